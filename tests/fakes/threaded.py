@@ -1,0 +1,64 @@
+"""Run an aiohttp application on 127.0.0.1:<free port> in a background thread with its own event loop.
+
+Fake upstreams and the in-process worker both run this way, so a test may talk to them with blocking
+clients (the official sync SDKs) as well as async ones without deadlocking its own loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+T = TypeVar("T")
+
+
+class ThreadedServer:
+    """An aiohttp app served from a daemon thread; `url` is ready once `start()` returns."""
+
+    def __init__(self, app_factory: Callable[[], Awaitable[web.Application]], shutdown_timeout: float = 5.0):
+        self._factory = app_factory
+        self._shutdown_timeout = shutdown_timeout
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self.app: web.Application | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def call(self, coro: Awaitable[T], timeout: float = 30) -> T:
+        """Run a coroutine on the server's loop and wait for its result."""
+        fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
+        return fut.result(timeout)
+
+    def start(self) -> ThreadedServer:
+        self._thread.start()
+        self.call(self._start())
+        return self
+
+    async def _start(self) -> None:
+        self.app = await self._factory()
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=self._shutdown_timeout)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server: Any = site._server
+        self.port = server.sockets[0].getsockname()[1]
+
+    def stop(self) -> None:
+        """Shut down gracefully (like the real server) and end the thread; safe to call twice."""
+        if self._loop.is_closed():
+            return
+        if self._runner is not None:
+            self.call(self._runner.cleanup())
+            self._runner = None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()

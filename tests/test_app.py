@@ -1,0 +1,207 @@
+"""The worker's edge behaviour as a client sees it: health, request ids, error shapes, body limits, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import socket
+from collections.abc import Callable, Iterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.harness import InProcessWorker
+from worker.appkeys import CTX, ENV
+from worker.handlers.health import VERSION
+from worker.jsonio import json_response, read_json_object
+from worker.logs import setup_logging
+
+
+async def echo(request: web.Request) -> web.StreamResponse:
+    return json_response(await read_json_object(request))
+
+
+async def boom(request: web.Request) -> web.StreamResponse:
+    raise RuntimeError("db password hunter2 and key sk-live-abcdefghijklmnopqrstuvwxyz")
+
+
+TEST_ROUTES = [
+    ("POST", "/_test/echo", echo),
+    ("GET", "/_test/boom", boom),
+    ("POST", "/v1/messages/_test/echo", echo),
+    ("GET", "/v1/messages/_test/boom", boom),
+]
+
+
+@pytest.fixture
+def w(make_worker: Callable[..., InProcessWorker]) -> InProcessWorker:
+    return make_worker(variables={"MAX_BODY_BYTES": 4096}, extra_routes=TEST_ROUTES)
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[io.StringIO]:
+    """Route the `trex` loggers through the real formatter into a buffer, then restore."""
+    logger = logging.getLogger("trex")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    buf = io.StringIO()
+    setup_logging("json", stream=buf)
+    yield buf
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
+async def test_health_without_auth(w: InProcessWorker) -> None:
+    async with aiohttp.ClientSession() as s:
+        for path in ("/health", "/v1/health"):
+            async with s.get(w.url + path) as r:
+                assert r.status == 200
+                assert await r.json() == {"status": "ok", "version": VERSION}
+                assert r.headers["X-Request-Id"].startswith("req_")
+
+
+async def test_request_id_echoed_when_valid_and_replaced_when_not(w: InProcessWorker) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(w.url + "/health", headers={"X-Request-Id": "abc-123.x:y"}) as r:
+            assert r.headers["X-Request-Id"] == "abc-123.x:y"
+        async with s.get(w.url + "/health", headers={"X-Request-Id": "bad id\twith spaces"}) as r:
+            assert r.headers["X-Request-Id"].startswith("req_")
+        async with s.get(w.url + "/nope", headers={"X-Request-Id": "on-errors-too"}) as r:
+            assert r.headers["X-Request-Id"] == "on-errors-too"
+        ids = set()
+        for _ in range(3):
+            async with s.get(w.url + "/health") as r:
+                ids.add(r.headers["X-Request-Id"])
+        assert len(ids) == 3
+
+
+async def test_unknown_route_404_openai_shape(w: InProcessWorker) -> None:
+    async with aiohttp.ClientSession() as s, s.get(w.url + "/v1/nothing-here") as r:
+        assert r.status == 404
+        body = await r.json()
+        assert set(body["error"]) == {"message", "type", "code", "param"}
+        assert body["error"]["code"] == "not_found"
+        assert "/v1/nothing-here" in body["error"]["message"]
+
+
+async def test_wrong_method_405_with_allow(w: InProcessWorker) -> None:
+    async with aiohttp.ClientSession() as s, s.post(w.url + "/health", data=b"{}") as r:
+        assert r.status == 405
+        assert "GET" in r.headers["Allow"]
+        assert (await r.json())["error"]["code"] == "method_not_allowed"
+
+
+async def test_messages_routes_use_anthropic_error_shape(w: InProcessWorker) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(w.url + "/v1/messages/unknown") as r:
+            assert r.status == 404
+            body = await r.json()
+            assert body["type"] == "error"
+            assert body["error"]["type"] == "not_found_error"
+            assert body["request_id"] == r.headers["X-Request-Id"]
+        async with s.post(w.url + "/v1/messages/_test/echo", data=b"{oops") as r:
+            assert r.status == 400
+            assert (await r.json())["error"]["type"] == "invalid_request_error"
+
+
+async def test_malformed_and_non_object_json_400(w: InProcessWorker) -> None:
+    async with aiohttp.ClientSession() as s:
+        for payload, needle in ((b"{not json", "Malformed JSON"), (b"", "empty"), (b"[1,2]", "JSON object")):
+            async with s.post(w.url + "/_test/echo", data=payload) as r:
+                assert r.status == 400
+                err = (await r.json())["error"]
+                assert err["type"] == "invalid_request_error" and err["code"] == "invalid_json"
+                assert needle in err["message"]
+        async with s.post(w.url + "/_test/echo", json={"ok": [1, "two"]}) as r:
+            assert r.status == 200 and await r.json() == {"ok": [1, "two"]}
+
+
+async def test_body_over_limit_413_by_content_length(w: InProcessWorker) -> None:
+    async with aiohttp.ClientSession() as s, s.post(w.url + "/_test/echo", data=b"x" * 5000) as r:
+        assert r.status == 413
+        err = (await r.json())["error"]
+        assert err["code"] == "request_too_large" and "4096" in err["message"]
+
+
+def test_413_is_sent_before_the_body_is_read(w: InProcessWorker) -> None:
+    """Announce 50 MB, send none of it: the answer must come without the worker waiting for the body."""
+    with socket.create_connection(("127.0.0.1", int(w.url.rsplit(":", 1)[1])), timeout=5) as sock:
+        sock.sendall(
+            b"POST /_test/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 52428800\r\n\r\n{"a":'
+        )
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed without a response"
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 413")
+
+
+async def test_chunked_body_over_limit_413(w: InProcessWorker) -> None:
+    async def gen():  # type: ignore[no-untyped-def]
+        for _ in range(10):
+            yield b"y" * 1000
+
+    async with aiohttp.ClientSession() as s, s.post(w.url + "/_test/echo", data=gen()) as r:
+        assert r.status == 413
+        assert (await r.json())["error"]["code"] == "request_too_large"
+
+
+async def test_unexpected_exception_500_with_request_id_and_no_internals(
+    w: InProcessWorker, captured_logs: io.StringIO
+) -> None:
+    headers = {
+        "X-Request-Id": "trace-500",
+        "Authorization": "Bearer trex_supersecretvalue1234567890",
+        "X-API-Key": "plainsecretvalue",
+        "X-Upstream-Api-Key": "sk-upstreamsecret123456789",
+    }
+    async with aiohttp.ClientSession() as s, s.get(w.url + "/_test/boom", headers=headers) as r:
+        assert r.status == 500
+        text = await r.text()
+        err = json.loads(text)["error"]
+        assert err["type"] == "server_error"
+        assert "trace-500" in err["message"]
+        for leak in ("Traceback", "RuntimeError", "hunter2", "sk-live", "boom"):
+            assert leak not in text
+    async with aiohttp.ClientSession() as s, s.get(w.url + "/v1/messages/_test/boom") as r:
+        body = await r.json()
+        assert r.status == 500 and body["type"] == "error" and body["error"]["type"] == "api_error"
+    logs = captured_logs.getvalue()
+    # The traceback is logged, with the request id, but no credential from headers or the message.
+    assert "trace-500" in logs and "RuntimeError" in logs
+    for secret in (
+        "trex_supersecretvalue1234567890",
+        "plainsecretvalue",
+        "sk-upstreamsecret123456789",
+        "sk-live-abcdefghijklmnopqrstuvwxyz",
+    ):
+        assert secret not in logs
+    assert "[REDACTED]" in logs
+
+
+async def test_access_log_line_per_request(w: InProcessWorker, captured_logs: io.StringIO) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(w.url + "/health", headers={"X-Request-Id": "acc-1"}) as r:
+            assert r.status == 200
+        async with s.get(w.url + "/missing", headers={"X-Request-Id": "acc-2"}) as r:
+            assert r.status == 404
+    await asyncio.sleep(0.05)
+    lines = [json.loads(ln) for ln in captured_logs.getvalue().splitlines()]
+    access = {ln["request_id"]: ln for ln in lines if ln["logger"] == "trex.access"}
+    assert access["acc-1"]["status"] == 200 and access["acc-1"]["path"] == "/health"
+    assert access["acc-1"]["method"] == "GET" and isinstance(access["acc-1"]["latency_ms"], float)
+    assert access["acc-2"]["status"] == 404
+
+
+def test_env_binding_exposes_kv(w: InProcessWorker) -> None:
+    kv = w.app[ENV].kv
+
+    async def roundtrip() -> bytes | None:
+        await kv.put("probe", b"v")
+        return await kv.get("probe")
+
+    assert w.call(roundtrip()) == b"v"
+    assert CTX is not None

@@ -1,0 +1,183 @@
+"""The `trex` command as a user runs it: `trex dev` in a subprocess, signals, workers, logs, `trex kv`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.harness import ROOT, WorkerProcess, free_port, write_config
+
+
+def trex(
+    *argv: str, stdin: bytes | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *argv],
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+    )
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def test_help_lists_commands() -> None:
+    out = trex("--help")
+    assert out.returncode == 0
+    for cmd in ("dev", "kv", "config"):
+        assert cmd in out.stdout.decode()
+    dev_help = trex("dev", "--help").stdout.decode()
+    for opt in (
+        "--config",
+        "--env",
+        "--ip",
+        "--port",
+        "--persist-to",
+        "--kv-url",
+        "--workers",
+        "--log-format",
+    ):
+        assert opt in dev_help
+    for sub in ("list", "get", "put", "delete"):
+        sub_help = trex("kv", sub, "--help").stdout.decode()
+        for opt in ("--config", "--env", "--persist-to", "--kv-url", "--json"):
+            assert opt in sub_help, (sub, opt)
+
+
+def test_dev_serves_and_stops_gracefully(tmp_path: Path, spawn_worker: Callable[..., WorkerProcess]) -> None:
+    cfg = write_config(tmp_path, {})
+    wp = spawn_worker(cfg)
+    assert wp.url.startswith("http://127.0.0.1:")
+    assert "kv: sqlite:///" in wp.ready_line
+    status, _, body = get(wp.url + "/v1/health")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+    wp.signal(signal.SIGTERM)
+    assert wp.wait() == 0
+    assert "stopped" in wp.logs()
+
+
+def test_sigint_also_stops_gracefully(tmp_path: Path, spawn_worker: Callable[..., WorkerProcess]) -> None:
+    wp = spawn_worker(write_config(tmp_path, {}))
+    wp.signal(signal.SIGINT)
+    assert wp.wait() == 0
+    assert "Traceback" not in wp.logs()
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_access_log_formats_and_redaction(
+    tmp_path: Path, spawn_worker: Callable[..., WorkerProcess], fmt: str
+) -> None:
+    wp = spawn_worker(write_config(tmp_path, {}), "--log-format", fmt)
+    secret = "trex_abcdefghijklmnopqrstuvwxyz0123"
+    get(wp.url + "/health", {"X-Request-Id": "log-check-1", "Authorization": f"Bearer {secret}"})
+    get(wp.url + "/missing", {"X-Request-Id": "log-check-2", "X-API-Key": secret})
+    wp.stop()
+    logs = wp.logs()
+    assert secret not in logs
+    lines = [ln for ln in logs.splitlines() if "log-check-" in ln]
+    assert len(lines) == 2
+    if fmt == "json":
+        first, second = (json.loads(ln) for ln in lines)
+        assert first["logger"] == "trex.access" and first["request_id"] == "log-check-1"
+        assert (first["method"], first["path"], first["status"]) == ("GET", "/health", 200)
+        assert first["latency_ms"] >= 0
+        assert second["status"] == 404
+    else:
+        assert "GET /health 200" in lines[0] and "request_id=log-check-1" in lines[0]
+        assert "GET /missing 404" in lines[1]
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path, spawn_worker: Callable[..., WorkerProcess]) -> None:
+    port = free_port()
+    spawn_worker(write_config(tmp_path, {}), port=port)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "worker.cli",
+            "dev",
+            "--config",
+            str(tmp_path / "wrangler_local.toml"),
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(x) for x in out.stdout.split()]
+
+
+def test_workers_share_one_port(tmp_path: Path, spawn_worker: Callable[..., WorkerProcess]) -> None:
+    wp = spawn_worker(write_config(tmp_path, {}), "--workers", "2")
+    assert "workers: 2" in wp.ready_line
+    assert wp.proc is not None
+    children = _children(wp.proc.pid)
+    # Exactly two serving processes (multiprocessing may add a resource-tracker child beside them).
+    serving = [c for c in children if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+    assert len(serving) == 2
+    for _ in range(20):
+        status, _, _ = get(wp.url + "/health")
+        assert status == 200
+    wp.signal(signal.SIGTERM)
+    assert wp.wait() == 0
+    time.sleep(0.2)
+    for c in children:
+        assert not Path(f"/proc/{c}").exists() or "zombie" in Path(f"/proc/{c}/status").read_text()
+
+
+def test_kv_commands_share_state_across_processes(tmp_path: Path) -> None:
+    cfg = str(write_config(tmp_path, {}))
+    assert trex("kv", "put", "--config", cfg, "greeting", "hello").returncode == 0
+    assert trex("kv", "put", "--config", cfg, "blob", stdin=b"\x00\x01bytes").returncode == 0
+    got = trex("kv", "get", "--config", cfg, "greeting")
+    assert got.returncode == 0 and got.stdout == b"hello"
+    assert trex("kv", "get", "--config", cfg, "blob").stdout == b"\x00\x01bytes"
+    listed = json.loads(trex("kv", "list", "--config", cfg, "--json").stdout)
+    assert [k["name"] for k in listed["keys"]] == ["blob", "greeting"] and listed["list_complete"] is True
+    assert (tmp_path / "state" / "kv.sqlite3").exists()
+    assert trex("kv", "delete", "--config", cfg, "greeting").returncode == 0
+    missing = trex("kv", "get", "--config", cfg, "greeting")
+    assert missing.returncode == 1 and b"no such key" in missing.stderr
+    bad = trex("kv", "put", "--config", cfg, "k", "v", "--ttl", "5")
+    assert bad.returncode == 1 and b"kv error" in bad.stderr
+
+
+def test_kv_commands_take_persist_to_and_kv_url(tmp_path: Path) -> None:
+    cfg = str(write_config(tmp_path, {}))
+    other = tmp_path / "elsewhere"
+    assert trex("kv", "put", "--config", cfg, "--persist-to", str(other), "k", "v").returncode == 0
+    assert (other / "kv.sqlite3").exists()
+    assert trex("kv", "get", "--config", cfg, "k").returncode == 1  # not in the default location
+    assert trex("kv", "get", "--config", cfg, "--persist-to", str(other), "k").stdout == b"v"
+    url = f"sqlite:///{tmp_path / 'explicit.db'}"
+    assert trex("kv", "put", "--config", cfg, "--kv-url", url, "x", "1").returncode == 0
+    assert json.loads(trex("kv", "get", "--config", cfg, "--kv-url", url, "x", "--json").stdout) == {
+        "key": "x",
+        "value": "1",
+    }

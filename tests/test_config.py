@@ -1,0 +1,177 @@
+"""wrangler_local.toml + .dev.vars + environment → Config, and one clear error for a bad file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.harness import ROOT
+from worker.config import ConfigError, Overrides, load_config
+
+BASE = """
+name = "svc"
+main = "worker/app.py"
+compatibility_date = "2026-11-01"
+
+[vars]
+OPENAI_BASE_URL = "http://openai.test/v1"
+MAX_BODY_BYTES = 2048
+FEATURE = true
+
+[[kv_namespaces]]
+binding = "TREX_KV"
+id = "main"
+
+[dev]
+ip = "127.0.0.1"
+port = 9999
+
+[local]
+persist_to = "state"
+
+[env.staging]
+name = "svc-staging"
+[env.staging.vars]
+ANTHROPIC_BASE_URL = "http://anthropic.staging/"
+[[env.staging.kv_namespaces]]
+binding = "TREX_KV"
+id = "staging"
+[env.staging.local]
+kv_url = "redis://127.0.0.1:6379/3"
+"""
+
+
+def write(tmp_path: Path, text: str, dev_vars: str | None = None) -> Path:
+    path = tmp_path / "wrangler_local.toml"
+    path.write_text(text)
+    if dev_vars is not None:
+        (tmp_path / ".dev.vars").write_text(dev_vars)
+    return path
+
+
+def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(environ={})
+    assert cfg.source == "<defaults>"
+    assert (cfg.ip, cfg.port) == ("127.0.0.1", 8787)
+    assert cfg.max_body_bytes == 1024 * 1024
+    assert cfg.vars["OPENAI_BASE_URL"] == "https://api.openai.com/v1"
+    assert cfg.persist_to == (tmp_path / ".wrangler/state").resolve()
+    assert cfg.kv_url == f"sqlite:///{cfg.persist_to / 'kv.sqlite3'}"
+
+
+def test_file_values_and_relative_persist_dir(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, BASE), environ={})
+    assert cfg.name == "svc" and cfg.port == 9999
+    assert cfg.vars["OPENAI_BASE_URL"] == "http://openai.test/v1"
+    assert cfg.vars["FEATURE"] == "true"
+    assert cfg.vars["ANTHROPIC_BASE_URL"] == "https://api.anthropic.com"  # default kept
+    assert cfg.max_body_bytes == 2048
+    assert cfg.persist_to == (tmp_path / "state").resolve()
+    assert cfg.kv_namespaces[0].id == "main"
+
+
+def test_env_section_overrides_and_vars_are_not_inherited(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, BASE), Overrides(env="staging"), environ={})
+    assert cfg.env_name == "staging"
+    assert cfg.name == "svc-staging"
+    assert cfg.port == 9999  # [dev] inherited
+    assert cfg.kv_url == "redis://127.0.0.1:6379/3"
+    assert cfg.persist_to == (tmp_path / "state").resolve()  # [local] merged, not replaced
+    assert cfg.vars["ANTHROPIC_BASE_URL"] == "http://anthropic.staging/"
+    # Like wrangler: [vars] of the top level are not inherited by [env.staging].
+    assert cfg.vars["OPENAI_BASE_URL"] == "https://api.openai.com/v1"
+    assert "FEATURE" not in cfg.vars
+    assert cfg.kv_namespaces[0].id == "staging"
+
+
+def test_environment_variables_override_vars(tmp_path: Path) -> None:
+    env = {"OPENAI_BASE_URL": "http://from-env/v1", "MAX_BODY_BYTES": "4096", "TREX_KV_URL": "memory://"}
+    cfg = load_config(write(tmp_path, BASE), environ=env)
+    assert cfg.vars["OPENAI_BASE_URL"] == "http://from-env/v1"
+    assert cfg.max_body_bytes == 4096
+    assert cfg.kv_url == "memory://"
+
+
+def test_cli_overrides_win(tmp_path: Path) -> None:
+    ov = Overrides(ip="0.0.0.0", port=1234, kv_url="memory://", log_format="json", shutdown_grace_seconds=1.5)
+    cfg = load_config(write(tmp_path, BASE), ov, environ={"TREX_KV_URL": "redis://x:1/0"})
+    assert (cfg.ip, cfg.port, cfg.kv_url, cfg.log_format, cfg.shutdown_grace_seconds) == (
+        "0.0.0.0",
+        1234,
+        "memory://",
+        "json",
+        1.5,
+    )
+
+
+def test_secrets_come_from_dev_vars_and_environment(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, BASE, dev_vars="TREX_MASTER_KEY=from-dev-vars-0123456789abcdef0123456789\nOTHER=x\n"
+    )
+    cfg = load_config(path, environ={})
+    assert cfg.secret("TREX_MASTER_KEY") == "from-dev-vars-0123456789abcdef0123456789"
+    cfg = load_config(path, environ={"TREX_MASTER_KEY": "from-env"})
+    assert cfg.secret("TREX_MASTER_KEY") == "from-env"
+    assert "TREX_MASTER_KEY" not in cfg.vars
+    assert "from-env" not in repr(cfg)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        ('name = "x"\nport = [', "", "invalid TOML"),
+        ('[dev]\nport = "eighty"', "dev.port", "expected 0..65535"),
+        ("[dev]\nport = 70000", "dev.port", "expected 0..65535"),
+        ("bogus = 1", "bogus", "unknown key"),
+        ('[vars]\nTREX_ADMIN_TOKEN = "x"', "vars.TREX_ADMIN_TOKEN", "looks like a secret"),
+        ('[vars]\nOPENAI_API_KEY = "sk-x"', "vars.OPENAI_API_KEY", "looks like a secret"),
+        ('[vars]\nMAX_BODY_BYTES = "lots"', "vars.MAX_BODY_BYTES", "expected an integer"),
+        ("[vars]\nNESTED = { a = 1 }", "vars.NESTED", "expected a string, number or boolean"),
+        ('[local]\nkv_url = "mysql://x"', "local.kv_url", "unsupported URL"),
+        ('[local]\nlog_format = "xml"', "local.log_format", "expected one of"),
+        ("[local]\nshutdown_grace_seconds = -1", "local.shutdown_grace_seconds", "positive"),
+        ('kv_namespaces = [{ binding = "OTHER" }]', "kv_namespaces", "TREX_KV"),
+        ('compatibility_date = "yesterday"', "compatibility_date", "YYYY-MM-DD"),
+    ],
+)
+def test_bad_config_names_file_key_and_problem(tmp_path: Path, text: str, key: str, problem: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert info.value.source == str(path)
+    assert info.value.key == key
+    assert problem in info.value.problem
+
+
+def test_unknown_env_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"env\.prod: no such environment \(staging\)"):
+        load_config(write(tmp_path, BASE), Overrides(env="prod"), environ={})
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml", environ={})
+
+
+def test_cli_exits_2_with_one_clear_error(tmp_path: Path) -> None:
+    path = write(tmp_path, '[dev]\nport = "eighty"\n')
+    for argv in (
+        ["dev", "--config", str(path)],
+        ["config", "--config", str(path)],
+        ["kv", "list", "--config", str(path)],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "worker.cli", *argv], cwd=ROOT, capture_output=True, text=True
+        )
+        assert proc.returncode == 2, proc.stderr
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert lines == [f"trex: config error: {path}: dev.port: expected 0..65535, got 'eighty'"]
+
+
+def test_shipped_config_is_valid() -> None:
+    cfg = load_config(ROOT / "wrangler_local.toml", environ={})
+    assert (cfg.ip, cfg.port) == ("127.0.0.1", 8787)
+    assert cfg.kv_url.startswith("sqlite:///")
+    shared = load_config(ROOT / "wrangler_local.toml", Overrides(env="shared"), environ={})
+    assert shared.kv_url.startswith("redis://")

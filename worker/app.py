@@ -1,0 +1,182 @@
+"""Builds the aiohttp application. The route table lives here: every (method, path) → handler in one place.
+
+One middleware (`edge`) does what every request needs — request id, body-size gate, error shaping, access
+log — in a single layer, because each aiohttp middleware layer costs a coroutine frame per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from kv import KVNamespace, open_kv
+
+from .appkeys import CONFIG, CTX, ENV, REQUEST_ID, TASKS
+from .config import Config
+from .context import Env, ExecutionContext, TaskRegistry
+from .errors import (
+    GatewayError,
+    InternalError,
+    MethodNotAllowedError,
+    NotFoundError,
+    PayloadTooLargeError,
+    error_format_for,
+)
+from .handlers import health
+from .logs import redact_headers
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+access_log = logging.getLogger("trex.access")
+error_log = logging.getLogger("trex.error")
+
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One entry of the route table."""
+
+    method: str
+    path: str
+    handler: Handler
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/health", health.health),
+    Route("GET", "/v1/health", health.health),
+)
+
+
+def _request_id(request: web.Request) -> str:
+    incoming = request.headers.get("X-Request-Id")
+    if incoming and _REQUEST_ID_RE.fullmatch(incoming):
+        return incoming
+    return "req_" + uuid.uuid4().hex
+
+
+def error_response(request: web.Request, exc: GatewayError) -> web.Response:
+    """Render `exc` in the client's format (OpenAI or Anthropic by route)."""
+    fmt = error_format_for(request.path)
+    resp = web.Response(
+        body=exc.body(fmt, request.get(REQUEST_ID)),
+        status=exc.status,
+        headers=exc.headers,
+        content_type="application/json",
+    )
+    if isinstance(exc, PayloadTooLargeError):
+        # The rest of the body is never read; don't keep the connection for it.
+        resp.force_close()
+    return resp
+
+
+def _from_http_exception(request: web.Request, exc: web.HTTPException) -> GatewayError:
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFoundError(f"Unknown route: {request.method} {request.path}")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return MethodNotAllowedError(
+            f"Method {exc.method} is not allowed here; allowed: {allowed}.", headers={"Allow": allowed}
+        )
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLargeError("Request body is too large.")
+    return GatewayError(exc.reason, status=exc.status, code=exc.reason.lower().replace(" ", "_"))
+
+
+def make_edge_middleware(config: Config) -> Middleware:
+    """The outermost middleware, closed over what it needs so nothing is looked up per request."""
+    max_body = config.max_body_bytes
+
+    @web.middleware
+    async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        rid = _request_id(request)
+        request[REQUEST_ID] = rid
+        request[CTX] = ExecutionContext(request.app[TASKS])
+        status = 500
+        try:
+            length = request.content_length
+            if length is not None and length > max_body:
+                raise PayloadTooLargeError(
+                    f"Request body of {length} bytes exceeds the limit of {max_body} bytes."
+                )
+            resp = await handler(request)
+            status = resp.status
+            return resp
+        except GatewayError as exc:
+            status = exc.status
+            return error_response(request, exc)
+        except web.HTTPException as exc:
+            err = _from_http_exception(request, exc)
+            status = err.status
+            return error_response(request, err)
+        except asyncio.CancelledError:
+            status = 499  # client went away; nothing to send
+            raise
+        except Exception:  # noqa: BLE001 - the last line of defence: log the cause, never leak it.
+            error_log.exception(
+                "unhandled error in %s %s",
+                request.method,
+                request.path,
+                extra={"request_id": rid, "headers": redact_headers(request.headers.items())},
+            )
+            status = 500
+            return error_response(
+                request, InternalError(f"Internal error (request id {rid}). The failure has been logged.")
+            )
+        finally:
+            if access_log.isEnabledFor(logging.INFO):
+                latency_ms = round((time.perf_counter() - started) * 1000, 2)
+                access_log.info(
+                    "%s %s %d %.2fms",
+                    request.method,
+                    request.path,
+                    status,
+                    latency_ms,
+                    extra={
+                        "request_id": rid,
+                        "method": request.method,
+                        "path": request.path,
+                        "status": status,
+                        "latency_ms": latency_ms,
+                    },
+                )
+
+    return edge
+
+
+async def _set_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
+    rid = request.get(REQUEST_ID)
+    if rid is not None:
+        response.headers["X-Request-Id"] = rid
+
+
+async def create_app(config: Config, kv: KVNamespace | None = None) -> web.Application:
+    """Build the worker application. Opens the configured KV unless one is given; closes what it opened."""
+    owns_kv = kv is None
+    if kv is None:
+        kv = await open_kv(config.kv_url)
+    app = web.Application(middlewares=[make_edge_middleware(config)], client_max_size=config.max_body_bytes)
+    app[CONFIG] = config
+    app[ENV] = Env(kv=kv, vars=config.vars, secrets=config.secrets, config=config)
+    app[TASKS] = TaskRegistry(task_timeout=config.wait_until_timeout_seconds)
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler)
+    app.on_response_prepare.append(_set_request_id_header)
+
+    async def _cleanup(app: web.Application) -> None:
+        # Runs after in-flight requests finished, so every wait_until they registered is drained here.
+        await app[TASKS].drain(config.shutdown_grace_seconds)
+        if owns_kv:
+            await app[ENV].kv.close()
+
+    app.on_cleanup.append(_cleanup)
+    return app

@@ -1,0 +1,15 @@
+"""Typed keys for state held on the aiohttp application and request (aiohttp `AppKey`/`RequestKey`)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .config import Config
+from .context import Env, ExecutionContext, TaskRegistry
+
+CONFIG = web.AppKey("config", Config)
+ENV = web.AppKey("env", Env)
+TASKS = web.AppKey("tasks", TaskRegistry)
+
+REQUEST_ID = web.RequestKey("request_id", str)
+CTX = web.RequestKey("ctx", ExecutionContext)

@@ -1,0 +1,174 @@
+"""The `trex` command.
+
+Every subcommand that touches state takes the same `--config`, `--env`, `--persist-to` and `--kv-url` as
+`trex dev`, so it works on the same KV as the server without the server running, and `--json` for
+machine-readable output. Exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import msgspec
+
+from kv import KVError, KVNamespace, open_kv
+
+from .config import ConfigError, Overrides
+from .handlers.health import VERSION
+from .server import ConfigSource, run
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _state_options() -> argparse.ArgumentParser:
+    """The options shared by every subcommand that reads or writes state."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--config", metavar="FILE", help="config file (default: ./wrangler_local.toml if present)")
+    p.add_argument("--env", metavar="NAME", help="use the [env.NAME] section of the config")
+    p.add_argument("--persist-to", metavar="DIR", help="directory for local state (default .wrangler/state)")
+    p.add_argument(
+        "--kv-url", metavar="URL", help="KV backend: memory://, sqlite:///PATH or redis://HOST:PORT/DB"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (exposed for tests and `--help`)."""
+    parser = argparse.ArgumentParser(prog="trex", description="Trex LLM edge gateway.")
+    parser.add_argument("--version", action="version", version=f"trex {VERSION}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    state = _state_options()
+
+    dev = sub.add_parser("dev", parents=[state], help="serve the worker locally (like wrangler dev)")
+    dev.add_argument("--ip", help="address to bind (default [dev] ip, 127.0.0.1)")
+    dev.add_argument("--port", type=int, help="port to bind (default [dev] port, 8787; 0 picks a free one)")
+    dev.add_argument("--workers", type=int, default=1, help="processes sharing the port via SO_REUSEPORT")
+    dev.add_argument("--log-format", choices=["text", "json"], help="access/error log format")
+    dev.add_argument("--grace-seconds", type=float, help="shutdown grace for in-flight work (default 10)")
+
+    kv = sub.add_parser("kv", help="read and write the configured KV namespace")
+    kv_sub = kv.add_subparsers(dest="kv_command", metavar="ACTION", required=True)
+    kv_list = kv_sub.add_parser("list", parents=[state], help="list keys")
+    kv_list.add_argument("--prefix", default="")
+    kv_list.add_argument("--limit", type=int, default=1000)
+    kv_get = kv_sub.add_parser("get", parents=[state], help="print a value")
+    kv_get.add_argument("key")
+    kv_put = kv_sub.add_parser("put", parents=[state], help="store a value (from the argument or stdin)")
+    kv_put.add_argument("key")
+    kv_put.add_argument("value", nargs="?", help="the value; read from stdin when omitted")
+    kv_put.add_argument("--ttl", type=int, help="expiration_ttl in seconds (>= 60)")
+    kv_del = kv_sub.add_parser("delete", parents=[state], help="delete a key")
+    kv_del.add_argument("key")
+
+    sub.add_parser("config", parents=[state], help="print the resolved configuration (secrets redacted)")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> Overrides:
+    return Overrides(
+        env=args.env,
+        ip=getattr(args, "ip", None),
+        port=getattr(args, "port", None),
+        persist_to=args.persist_to,
+        kv_url=args.kv_url,
+        log_format=getattr(args, "log_format", None),
+        shutdown_grace_seconds=getattr(args, "grace_seconds", None),
+    )
+
+
+def _print(args: argparse.Namespace, obj: Any, text: str) -> None:
+    print(msgspec.json.encode(obj).decode() if args.json else text)
+
+
+async def _with_kv(url: str, action: Callable[[KVNamespace], Awaitable[int]]) -> int:
+    kv = await open_kv(url)
+    try:
+        return await action(kv)
+    finally:
+        await kv.close()
+
+
+def _kv_command(args: argparse.Namespace, url: str) -> int:
+    async def act(kv: KVNamespace) -> int:
+        if args.kv_command == "list":
+            result = await kv.list(prefix=args.prefix, limit=args.limit)
+            rows = [{"name": k.name, "expiration": k.expiration, "metadata": k.metadata} for k in result.keys]
+            _print(
+                args,
+                {"keys": rows, "list_complete": result.list_complete, "cursor": result.cursor},
+                "\n".join(k.name for k in result.keys),
+            )
+        elif args.kv_command == "get":
+            value = await kv.get(args.key)
+            if value is None:
+                print(f"trex kv get: no such key: {args.key}", file=sys.stderr)
+                return EXIT_FAIL
+            if args.json:
+                _print(args, {"key": args.key, "value": value.decode("utf-8", "replace")}, "")
+            else:
+                sys.stdout.buffer.write(value)
+                sys.stdout.flush()
+        elif args.kv_command == "put":
+            value = args.value if args.value is not None else sys.stdin.buffer.read()
+            await kv.put(args.key, value, expiration_ttl=args.ttl)
+            _print(args, {"key": args.key, "stored": True}, f"stored {args.key}")
+        elif args.kv_command == "delete":
+            await kv.delete(args.key)
+            _print(args, {"key": args.key, "deleted": True}, f"deleted {args.key}")
+        return EXIT_OK
+
+    return asyncio.run(_with_kv(url, act))
+
+
+def _config_command(args: argparse.Namespace, source: ConfigSource) -> int:
+    config = source.load()
+    doc: dict[str, object] = {
+        "source": config.source,
+        "env": config.env_name,
+        "name": config.name,
+        "ip": config.ip,
+        "port": config.port,
+        "persist_to": str(config.persist_to),
+        "kv_url": config.kv_url,
+        "vars": dict(config.vars),
+        "secrets": sorted(config.secrets),  # names only, never values
+    }
+    text = "\n".join(f"{k} = {v}" for k, v in doc.items())
+    _print(args, doc, text)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `trex` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    source = ConfigSource(path=args.config, overrides=_overrides(args))
+    try:
+        if args.command == "dev":
+            if args.workers < 1:
+                parser.error("--workers must be at least 1")
+            return run(source, args.workers)
+        if args.command == "kv":
+            return _kv_command(args, source.load().kv_url)
+        if args.command == "config":
+            return _config_command(args, source)
+    except ConfigError as exc:
+        print(f"trex: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KVError as exc:
+        print(f"trex: kv error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    parser.error(f"unknown command {args.command}")
+    return EXIT_USAGE  # unreachable: parser.error exits
+
+
+if __name__ == "__main__":
+    sys.exit(main())

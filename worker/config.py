@@ -1,0 +1,335 @@
+"""Configuration: `wrangler_local.toml` + `.dev.vars` + the process environment → one frozen `Config`.
+
+The file mirrors wrangler.toml (`name`, `main`, `compatibility_date`, `[vars]`, `[[kv_namespaces]]`,
+`[dev]`, `[env.NAME]`) plus a project table `[local]`. Precedence, lowest first: built-in defaults, the top
+level of the file, the selected `[env.NAME]` section, process environment variables, command-line options.
+
+Secrets never live in `[vars]`: they come from `.dev.vars` (dotenv, beside the config) or the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from dotenv import dotenv_values
+
+DEFAULT_CONFIG_FILE = "wrangler_local.toml"
+DEV_VARS_FILE = ".dev.vars"
+KV_BINDING = "TREX_KV"
+
+DEFAULT_VARS: Mapping[str, str] = MappingProxyType(
+    {
+        "OPENAI_BASE_URL": "https://api.openai.com/v1",
+        "ANTHROPIC_BASE_URL": "https://api.anthropic.com",
+        "OPENROUTER_BASE_URL": "https://openrouter.ai/api/v1",
+        "LOCAL_BASE_URL": "http://127.0.0.1:11434/v1",
+        "MAX_BODY_BYTES": str(1024 * 1024),
+    }
+)
+
+# Names that are secrets wherever they appear; any other name matching SECRET_NAME_RE is treated the same.
+SECRET_NAMES = frozenset({"TREX_MASTER_KEY", "TREX_ADMIN_TOKEN"})
+SECRET_NAME_RE = re.compile(r"(?:^|_)(?:KEY|TOKEN|SECRET|PASSWORD)$")
+
+# Like wrangler: these are not inherited by `[env.NAME]` sections.
+NON_INHERITABLE = frozenset({"vars", "kv_namespaces", "models"})
+TOP_LEVEL_KEYS = frozenset(
+    {"name", "main", "compatibility_date", "vars", "kv_namespaces", "dev", "local", "env", "models"}
+)
+LOG_FORMATS = ("text", "json")
+KV_SCHEMES = ("memory://", "sqlite:///", "redis://", "rediss://")
+
+
+class ConfigError(Exception):
+    """A configuration problem, named by file, key and what is wrong. The CLI exits with code 2 on it."""
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        self.source = source
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{source}: {key}: {problem}" if key else f"{source}: {problem}")
+
+
+@dataclass(frozen=True, slots=True)
+class KVBinding:
+    """One `[[kv_namespaces]]` entry."""
+
+    binding: str
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """Command-line options that win over everything else. None means "not given"."""
+
+    env: str | None = None
+    ip: str | None = None
+    port: int | None = None
+    persist_to: str | None = None
+    kv_url: str | None = None
+    log_format: str | None = None
+    shutdown_grace_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The resolved configuration of one worker. Immutable: build a new one to change it."""
+
+    source: str
+    root: Path
+    name: str
+    main: str
+    compatibility_date: str
+    env_name: str | None
+    vars: Mapping[str, str]
+    secrets: Mapping[str, str] = field(repr=False)
+    kv_namespaces: tuple[KVBinding, ...]
+    ip: str
+    port: int
+    persist_to: Path
+    kv_url: str
+    log_format: str
+    shutdown_grace_seconds: float
+    wait_until_timeout_seconds: float
+    max_body_bytes: int
+    tables: Mapping[str, Any] = field(repr=False)
+    """The merged raw tables (after env selection), for modules that own their own sections."""
+
+    @property
+    def dev_vars_path(self) -> Path:
+        """Where `.dev.vars` lives for this config (next to the config file)."""
+        return self.root / DEV_VARS_FILE
+
+    def var(self, name: str, default: str | None = None) -> str | None:
+        """A `[vars]` value (after environment overrides)."""
+        return self.vars.get(name, default)
+
+    def secret(self, name: str) -> str | None:
+        """A secret from `.dev.vars` or the environment; None if unset or empty."""
+        value = self.secrets.get(name)
+        return value or None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Overrides | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Load and validate the configuration.
+
+    `path` None means `./wrangler_local.toml` if it exists, else the built-in defaults. An explicit path that
+    does not exist is an error. Raises `ConfigError` for anything invalid.
+    """
+    overrides = overrides or Overrides()
+    environ = os.environ if environ is None else environ
+    if path is None:
+        candidate = Path(DEFAULT_CONFIG_FILE)
+        file_path: Path | None = candidate if candidate.is_file() else None
+    else:
+        file_path = Path(path)
+        if not file_path.is_file():
+            raise ConfigError(str(path), "", "config file not found")
+    source = str(file_path) if file_path else "<defaults>"
+    root = (file_path.parent if file_path else Path.cwd()).resolve()
+    raw = _read_toml(file_path) if file_path else {}
+    tables = _select_env(raw, overrides.env, source)
+    return _build(tables, source, root, overrides, environ)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), "", f"invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
+
+
+def _select_env(raw: dict[str, Any], env_name: str | None, source: str) -> dict[str, Any]:
+    unknown = sorted(set(raw) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise ConfigError(
+            source, unknown[0], f"unknown key (expected one of {', '.join(sorted(TOP_LEVEL_KEYS))})"
+        )
+    envs = raw.get("env", {})
+    if not isinstance(envs, dict):
+        raise ConfigError(source, "env", "must be a table of [env.NAME] sections")
+    merged = {k: v for k, v in raw.items() if k != "env"}
+    if env_name is None:
+        return merged
+    if env_name not in envs:
+        known = ", ".join(sorted(envs)) or "none defined"
+        raise ConfigError(source, f"env.{env_name}", f"no such environment ({known})")
+    section = envs[env_name]
+    if not isinstance(section, dict):
+        raise ConfigError(source, f"env.{env_name}", "must be a table")
+    for key in NON_INHERITABLE:
+        merged.pop(key, None)
+    for key, value in section.items():
+        if key not in TOP_LEVEL_KEYS or key == "env":
+            raise ConfigError(source, f"env.{env_name}.{key}", "unknown key")
+        if key in ("local", "dev") and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    merged["__env__"] = env_name
+    return merged
+
+
+def _build(
+    tables: dict[str, Any], source: str, root: Path, ov: Overrides, environ: Mapping[str, str]
+) -> Config:
+    env_name = tables.pop("__env__", None)
+    name = _str(tables.get("name", "trex-worker"), source, "name")
+    main = _str(tables.get("main", "worker/app.py"), source, "main")
+    compat = _str(tables.get("compatibility_date", "2026-11-01"), source, "compatibility_date")
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", compat):
+        raise ConfigError(source, "compatibility_date", f"expected YYYY-MM-DD, got {compat!r}")
+
+    variables = _vars(tables.get("vars", {}), source, environ)
+    secrets = _secrets(root / DEV_VARS_FILE, environ)
+    kv_namespaces = _kv_namespaces(
+        tables.get("kv_namespaces", [{"binding": KV_BINDING, "id": "trex-local"}]), source
+    )
+
+    dev = _table(tables.get("dev", {}), source, "dev")
+    local = _table(tables.get("local", {}), source, "local")
+    ip = ov.ip or _str(dev.get("ip", "127.0.0.1"), source, "dev.ip")
+    port = ov.port if ov.port is not None else dev.get("port", 8787)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(
+            "--port" if ov.port is not None else source, "dev.port", f"expected 0..65535, got {port!r}"
+        )
+
+    persist_raw = ov.persist_to or _str(
+        local.get("persist_to", ".wrangler/state"), source, "local.persist_to"
+    )
+    persist_to = (root / persist_raw).resolve() if not Path(persist_raw).is_absolute() else Path(persist_raw)
+    kv_url = ov.kv_url or environ.get("TREX_KV_URL") or local.get("kv_url")
+    if kv_url is None:
+        kv_url = f"sqlite:///{persist_to / 'kv.sqlite3'}"
+    kv_url = _str(kv_url, source, "local.kv_url")
+    if not kv_url.startswith(KV_SCHEMES):
+        raise ConfigError(
+            source, "local.kv_url", f"unsupported URL {kv_url!r} (memory://, sqlite:///PATH, redis://)"
+        )
+
+    log_format = ov.log_format or _str(local.get("log_format", "text"), source, "local.log_format")
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(source, "local.log_format", f"expected one of {LOG_FORMATS}, got {log_format!r}")
+    grace = ov.shutdown_grace_seconds
+    if grace is None:
+        grace = _positive(local.get("shutdown_grace_seconds", 10), source, "local.shutdown_grace_seconds")
+    wait_timeout = _positive(
+        local.get("wait_until_timeout_seconds", 30), source, "local.wait_until_timeout_seconds"
+    )
+
+    max_body = _int_var(variables, "MAX_BODY_BYTES", source, environ)
+    if max_body < 1024:
+        raise ConfigError(source, "vars.MAX_BODY_BYTES", f"must be at least 1024, got {max_body}")
+
+    return Config(
+        source=source,
+        root=root,
+        name=name,
+        main=main,
+        compatibility_date=compat,
+        env_name=env_name,
+        vars=MappingProxyType(variables),
+        secrets=MappingProxyType(secrets),
+        kv_namespaces=kv_namespaces,
+        ip=ip,
+        port=port,
+        persist_to=persist_to,
+        kv_url=kv_url,
+        log_format=log_format,
+        shutdown_grace_seconds=grace,
+        wait_until_timeout_seconds=wait_timeout,
+        max_body_bytes=max_body,
+        tables=MappingProxyType(tables),
+    )
+
+
+def is_secret_name(name: str) -> bool:
+    """True for names that must only come from `.dev.vars` or the environment."""
+    return name in SECRET_NAMES or bool(SECRET_NAME_RE.search(name))
+
+
+def _vars(raw: Any, source: str, environ: Mapping[str, str]) -> dict[str, str]:
+    table = _table(raw, source, "vars")
+    variables = dict(DEFAULT_VARS)
+    for key, value in table.items():
+        if is_secret_name(key):
+            raise ConfigError(
+                source, f"vars.{key}", "looks like a secret: put it in .dev.vars or the environment"
+            )
+        if isinstance(value, bool):
+            variables[key] = "true" if value else "false"
+        elif isinstance(value, str | int | float):
+            variables[key] = str(value)
+        else:
+            raise ConfigError(
+                source, f"vars.{key}", f"expected a string, number or boolean, got {type(value).__name__}"
+            )
+    for key in variables:
+        if key in environ:
+            variables[key] = environ[key]
+    return variables
+
+
+def _secrets(dev_vars: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    secrets: dict[str, str] = {}
+    if dev_vars.is_file():
+        secrets.update({k: v for k, v in dotenv_values(dev_vars).items() if v is not None})
+    for key in SECRET_NAMES:
+        if key in environ:
+            secrets[key] = environ[key]
+    return secrets
+
+
+def _kv_namespaces(raw: Any, source: str) -> tuple[KVBinding, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(source, "kv_namespaces", "must be an array of tables ([[kv_namespaces]])")
+    out: list[KVBinding] = []
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, dict) or not isinstance(entry.get("binding"), str):
+            raise ConfigError(source, f"kv_namespaces[{i}].binding", "required string")
+        out.append(KVBinding(binding=entry["binding"], id=str(entry.get("id", entry["binding"]))))
+    if not any(b.binding == KV_BINDING for b in out):
+        raise ConfigError(source, "kv_namespaces", f"a namespace with binding = {KV_BINDING!r} is required")
+    return tuple(out)
+
+
+def _int_var(variables: Mapping[str, str], key: str, source: str, environ: Mapping[str, str]) -> int:
+    value = variables[key]
+    try:
+        return int(value)
+    except ValueError:
+        where = "environment" if key in environ else source
+        raise ConfigError(where, f"vars.{key}", f"expected an integer, got {value!r}") from None
+
+
+def _table(value: Any, source: str, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(source, key, f"must be a table, got {type(value).__name__}")
+    return value
+
+
+def _str(value: Any, source: str, key: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(source, key, f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _positive(value: Any, source: str, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(source, key, f"expected a positive number, got {value!r}")
+    return float(value)

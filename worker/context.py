@@ -1,0 +1,99 @@
+"""Workers-style bindings (`Env`) and `ExecutionContext.wait_until`.
+
+`wait_until(coro)` runs work after the response without delaying it. Tasks are held in a `TaskRegistry`
+(never a bare `create_task` nobody holds), each is bounded by a timeout, one failing does not cancel the
+others, and `drain()` waits for the rest at shutdown within a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kv import KVNamespace
+
+from .config import Config
+
+log = logging.getLogger("trex.wait_until")
+
+
+@dataclass(frozen=True, slots=True)
+class Env:
+    """What a handler can reach: the KV binding, `[vars]` and secrets, as `env` is in a Worker."""
+
+    kv: KVNamespace
+    vars: Mapping[str, str]
+    secrets: Mapping[str, str]
+    config: Config
+
+
+class TaskRegistry:
+    """Holds every `wait_until` task until it finishes, so none is lost or garbage-collected mid-flight."""
+
+    def __init__(self, task_timeout: float) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._task_timeout = task_timeout
+        self.completed = 0
+        self.failed = 0
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[None]:
+        """Schedule `coro` now; it is bounded by the task timeout and its failure is logged, not raised."""
+        task = asyncio.get_running_loop().create_task(self._run(coro), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _run(self, coro: Coroutine[Any, Any, Any]) -> None:
+        try:
+            async with asyncio.timeout(self._task_timeout):
+                await coro
+        except TimeoutError:
+            self.failed += 1
+            log.error("wait_until task timed out after %.1fs", self._task_timeout)
+        except asyncio.CancelledError:
+            self.failed += 1
+            raise
+        except Exception:
+            self.failed += 1
+            log.exception("wait_until task failed")
+        else:
+            self.completed += 1
+
+    async def drain(self, grace: float) -> int:
+        """Wait up to `grace` seconds for pending tasks (including ones they spawn), cancel the rest.
+
+        Returns how many were cancelled.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self._tasks:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            await asyncio.wait(set(self._tasks), timeout=remaining)
+        leftover = set(self._tasks)
+        for task in leftover:
+            task.cancel()
+        if leftover:
+            await asyncio.gather(*leftover, return_exceptions=True)
+            log.warning("shutdown: cancelled %d wait_until task(s) after %.1fs grace", len(leftover), grace)
+        return len(leftover)
+
+
+class ExecutionContext:
+    """The per-request `ctx` of a Worker: `wait_until` hands work to the registry."""
+
+    __slots__ = ("_registry",)
+
+    def __init__(self, registry: TaskRegistry) -> None:
+        self._registry = registry
+
+    def wait_until(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run `coro` after (or alongside) the response without delaying it."""
+        self._registry.spawn(coro)

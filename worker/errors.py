@@ -1,0 +1,167 @@
+"""One error hierarchy for the whole worker, rendered as OpenAI or Anthropic error bodies.
+
+Handlers raise `GatewayError` subclasses; the middleware in `worker.app` renders them in the format of the
+route the client called (`/v1/messages` speaks Anthropic, everything else OpenAI).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import msgspec
+
+ErrorFormat = Literal["openai", "anthropic"]
+
+_encoder = msgspec.json.Encoder()
+
+
+class GatewayError(Exception):
+    """Base of every error a client can see. Subclasses fix status and the two formats' type names."""
+
+    status: int = 500
+    openai_type: str = "server_error"
+    anthropic_type: str = "api_error"
+    default_code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+        self.param = param
+        self.headers = dict(headers or {})
+        if status is not None:
+            self.status = status
+
+    def body(self, fmt: ErrorFormat, request_id: str | None = None) -> bytes:
+        """The JSON error body in the client's format."""
+        if fmt == "anthropic":
+            doc: dict[str, object] = {
+                "type": "error",
+                "error": {"type": self.anthropic_type, "message": self.message},
+            }
+            if request_id:
+                doc["request_id"] = request_id
+            return _encoder.encode(doc)
+        return _encoder.encode(
+            {
+                "error": {
+                    "message": self.message,
+                    "type": self.openai_type,
+                    "code": self.code,
+                    "param": self.param,
+                }
+            }
+        )
+
+
+class InvalidRequestError(GatewayError):
+    """400: the request is malformed or has an invalid field."""
+
+    status = 400
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    default_code = "invalid_request"
+
+
+class AuthenticationError(GatewayError):
+    """401: missing, unknown or unusable credentials."""
+
+    status = 401
+    openai_type = "invalid_request_error"
+    anthropic_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class PaymentRequiredError(GatewayError):
+    """402: the key's balance cannot cover the request."""
+
+    status = 402
+    openai_type = "insufficient_quota"
+    anthropic_type = "billing_error"
+    default_code = "insufficient_balance"
+
+
+class PermissionDeniedError(GatewayError):
+    """403: authenticated, but not allowed to do this."""
+
+    status = 403
+    openai_type = "permission_error"
+    anthropic_type = "permission_error"
+    default_code = "permission_denied"
+
+
+class NotFoundError(GatewayError):
+    """404: no such route or resource."""
+
+    status = 404
+    openai_type = "invalid_request_error"
+    anthropic_type = "not_found_error"
+    default_code = "not_found"
+
+
+class MethodNotAllowedError(GatewayError):
+    """405: the route exists but not for this method."""
+
+    status = 405
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    default_code = "method_not_allowed"
+
+
+class PayloadTooLargeError(GatewayError):
+    """413: the body is larger than MAX_BODY_BYTES."""
+
+    status = 413
+    openai_type = "invalid_request_error"
+    anthropic_type = "request_too_large"
+    default_code = "request_too_large"
+
+
+class RateLimitError(GatewayError):
+    """429: a rate limit or quota was hit; carries Retry-After."""
+
+    status = 429
+    openai_type = "rate_limit_error"
+    anthropic_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+
+class InternalError(GatewayError):
+    """500: an unexpected failure inside the worker. The message never carries internals."""
+
+    status = 500
+    openai_type = "server_error"
+    anthropic_type = "api_error"
+    default_code = "internal_error"
+
+
+class UpstreamError(GatewayError):
+    """An upstream failure passed on to the client with the upstream's status."""
+
+    status = 502
+    openai_type = "upstream_error"
+    anthropic_type = "api_error"
+    default_code = "upstream_error"
+
+
+class ServiceUnavailableError(GatewayError):
+    """503: a dependency (KV, every upstream) is unavailable."""
+
+    status = 503
+    openai_type = "server_error"
+    anthropic_type = "overloaded_error"
+    default_code = "service_unavailable"
+
+
+def error_format_for(path: str) -> ErrorFormat:
+    """Anthropic error bodies on the Messages API, OpenAI everywhere else."""
+    return "anthropic" if path.startswith("/v1/messages") else "openai"

@@ -1,0 +1,1 @@
+"""Route handlers: thin functions that decode, call the domain, and encode."""

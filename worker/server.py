@@ -1,0 +1,173 @@
+"""Serving like `wrangler dev`: one process, or N processes sharing one port through SO_REUSEPORT.
+
+Shutdown on SIGINT/SIGTERM is graceful: stop accepting, let in-flight requests finish, then drain the
+`wait_until` tasks, all bounded by the configured grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import uvloop
+from aiohttp import web
+
+from kv import KVError
+
+from .app import create_app
+from .config import Config, Overrides, load_config
+from .logs import setup_logging
+
+log = logging.getLogger("trex.server")
+
+
+class ServeError(Exception):
+    """The server could not start (port taken, KV unreachable …)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSource:
+    """How to rebuild the config in a child process (Config itself holds unpicklable mapping proxies)."""
+
+    path: str | None
+    overrides: Overrides
+
+    def load(self) -> Config:
+        return load_config(self.path, self.overrides)
+
+
+async def serve(
+    config: Config, *, reuse_port: bool = False, on_ready: Callable[[str], None] | None = None
+) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully."""
+    try:
+        app = await create_app(config)
+    except KVError as exc:
+        raise ServeError(f"cannot open KV {config.kv_url}: {exc}") from exc
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=config.shutdown_grace_seconds
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, config.ip, config.port, reuse_port=reuse_port, backlog=2048)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ServeError(f"cannot listen on {config.ip}:{config.port}: {exc.strerror}") from exc
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    port = _bound_port(site, config.port)
+    if on_ready is not None:
+        on_ready(f"http://{config.ip}:{port}")
+    await stop.wait()
+    log.info("shutting down: no new connections, finishing in-flight requests")
+    await runner.cleanup()
+    log.info("stopped")
+
+
+def _bound_port(site: web.TCPSite, configured: int) -> int:
+    server: Any = site._server  # the asyncio Server; aiohttp has no public accessor for the bound port
+    if server is not None and server.sockets:
+        return int(server.sockets[0].getsockname()[1])
+    return configured
+
+
+def run(source: ConfigSource, workers: int) -> int:
+    """Run `trex dev`: in this process for one worker, else supervise `workers` child processes."""
+    config = source.load()
+    setup_logging(config.log_format)
+    if workers <= 1:
+        try:
+            uvloop.run(serve(config, on_ready=lambda url: _announce(url, config, 1)))
+        except ServeError as exc:
+            print(f"trex dev: error: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if config.port == 0:
+        print("trex dev: error: --workers > 1 needs a fixed --port", file=sys.stderr)
+        return 2
+    return _supervise(source, config, workers)
+
+
+def _announce(url: str, config: Config, workers: int) -> None:
+    env = f", env: {config.env_name}" if config.env_name else ""
+    print(f"trex dev: ready on {url} (kv: {config.kv_url}, workers: {workers}{env})", flush=True)
+
+
+def _child(source: ConfigSource, conn: multiprocessing.connection.Connection) -> None:
+    config = source.load()
+    setup_logging(config.log_format)
+
+    def ready(url: str) -> None:
+        conn.send(url)
+        conn.close()
+
+    try:
+        uvloop.run(serve(config, reuse_port=True, on_ready=ready))
+    except ServeError as exc:
+        print(f"trex dev: worker error: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _supervise(source: ConfigSource, config: Config, workers: int) -> int:
+    ctx = multiprocessing.get_context("spawn")
+    procs: list[Any] = []
+    conns: list[multiprocessing.connection.Connection] = []
+    for _ in range(workers):
+        parent_end, child_end = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_child, args=(source, child_end), daemon=False)
+        proc.start()
+        child_end.close()
+        procs.append(proc)
+        conns.append(parent_end)
+
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+
+    url = None
+    for conn in conns:
+        try:
+            url = conn.recv() if conn.poll(30) else None
+        except EOFError:
+            url = None
+        if url is None:
+            print("trex dev: error: a worker process failed to start", file=sys.stderr)
+            forward(signal.SIGTERM, None)
+            _join(procs)
+            return 1
+    assert url is not None
+    _announce(url, config, workers)
+    # Wait for any child to exit; if one dies on its own, stop the others rather than run degraded silently.
+    multiprocessing.connection.wait([p.sentinel for p in procs])
+    if not stopping:
+        print("trex dev: a worker process exited; stopping the others", file=sys.stderr)
+        forward(signal.SIGTERM, None)
+    _join(procs)
+    return 0 if stopping else 1
+
+
+def _join(procs: list[Any]) -> None:
+    for proc in procs:
+        proc.join()
