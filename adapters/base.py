@@ -1,0 +1,257 @@
+"""The canonical request, response and stream-event types: the spine every translator goes through.
+
+Three inbound wire formats (OpenAI chat, OpenAI Responses, Anthropic Messages) and two upstream wire formats
+(OpenAI-compatible chat, Anthropic Messages) each translate to and from these types once, so N inbound and M
+upstream formats cost N + M translators, never N x M. Same-format traffic (chat → OpenAI chat, Messages →
+Anthropic, Responses → OpenAI Responses) does not go through here at all: it is forwarded as it came.
+
+Conventions:
+- `Usage.input_tokens` counts every prompt token, cached or not (OpenAI's `prompt_tokens` semantics);
+  `cached_input_tokens` and `cache_creation_input_tokens` are the parts read from and written to the cache.
+  Anthropic's `input_tokens` excludes both, so its translators add or subtract them.
+- Tool-call arguments are kept as the JSON *string* the model produced (byte-exact), never re-serialized.
+- `cache_control` is an opaque dict carried on every block type and only emitted towards Anthropic.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+Role = Literal["user", "assistant"]
+StopReason = Literal["stop", "length", "tool_calls", "content_filter", "stop_sequence", "error"]
+CacheControl = dict[str, Any]
+
+
+class Text(msgspec.Struct, tag="text", omit_defaults=True):
+    """A text block."""
+
+    text: str
+    cache_control: CacheControl | None = None
+
+
+class Image(msgspec.Struct, tag="image", omit_defaults=True):
+    """An image, by URL or inline base64 (`data` with `media_type`)."""
+
+    url: str | None = None
+    media_type: str | None = None
+    data: str | None = None
+    detail: str | None = None
+    cache_control: CacheControl | None = None
+
+
+class ToolCall(msgspec.Struct, tag="tool_call", omit_defaults=True):
+    """An assistant's call of a tool. `arguments` is the JSON text exactly as produced."""
+
+    id: str
+    name: str
+    arguments: str
+    cache_control: CacheControl | None = None
+
+
+class ToolResult(msgspec.Struct, tag="tool_result", omit_defaults=True):
+    """The result of a tool call, paired to it by `tool_call_id`."""
+
+    tool_call_id: str
+    content: list[Text | Image]
+    is_error: bool = False
+    cache_control: CacheControl | None = None
+
+
+class Thinking(msgspec.Struct, tag="thinking", omit_defaults=True):
+    """Model reasoning text (Anthropic thinking blocks); kept for Anthropic, dropped towards OpenAI."""
+
+    text: str
+    signature: str | None = None
+
+
+Part = Text | Image | ToolCall | ToolResult | Thinking
+
+
+class Message(msgspec.Struct, omit_defaults=True):
+    """One conversational turn. Tool results travel in user messages (Anthropic's model)."""
+
+    role: Role
+    content: list[Part]
+
+
+class Tool(msgspec.Struct, omit_defaults=True):
+    """A function tool the model may call."""
+
+    name: str
+    parameters: dict[str, Any]
+    description: str | None = None
+    strict: bool | None = None
+    cache_control: CacheControl | None = None
+
+
+class ToolChoice(msgspec.Struct, omit_defaults=True):
+    """`auto`, `none`, `required` (any tool), or `tool` with a `name`."""
+
+    type: Literal["auto", "none", "required", "tool"]
+    name: str | None = None
+
+
+class ResponseFormat(msgspec.Struct, omit_defaults=True):
+    """JSON mode: `json_object`, or `json_schema` with a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+class Request(msgspec.Struct, omit_defaults=True):
+    """A model request in canonical form."""
+
+    model: str
+    messages: list[Message]
+    system: list[Text] = msgspec.field(default_factory=list)
+    tools: list[Tool] = msgspec.field(default_factory=list)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop: list[str] = msgspec.field(default_factory=list)
+    response_format: ResponseFormat | None = None
+    stream: bool = False
+    user: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class Usage(msgspec.Struct, omit_defaults=False):
+    """Token usage. `input_tokens` includes cached and cache-written tokens (see module doc)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+class Response(msgspec.Struct, omit_defaults=True):
+    """A complete (non-streaming) model response in canonical form."""
+
+    id: str
+    model: str
+    content: list[Text | ToolCall | Thinking]
+    stop_reason: StopReason | None
+    usage: Usage
+    stop_sequence: str | None = None
+    created: int = 0
+
+
+# ---- stream events ---------------------------------------------------------------------------------------
+# Blocks are numbered 0, 1, 2 … in the order they start; a block is text, a tool call, or thinking. Decoders
+# keep blocks sequential: they emit BlockStop for the open block before starting the next one. Every delta is
+# preceded by the start event of its block. A normal stream ends with StreamFinish, then StreamEnd (usage may
+# come between them or before); a broken one ends with StreamError.
+
+
+class StreamStart(msgspec.Struct, tag="start"):
+    """The response began. Usage, if the upstream reports input tokens up front (Anthropic does)."""
+
+    id: str
+    model: str
+    usage: Usage | None = None
+
+
+class TextStart(msgspec.Struct, tag="text_start"):
+    """A text block opens at `index`."""
+
+    index: int
+
+
+class TextDelta(msgspec.Struct, tag="text_delta"):
+    """More text for the block at `index`."""
+
+    index: int
+    text: str
+
+
+class ThinkingStart(msgspec.Struct, tag="thinking_start"):
+    """A thinking (reasoning) block opens at `index`."""
+
+    index: int
+
+
+class ThinkingDelta(msgspec.Struct, tag="thinking_delta"):
+    """More reasoning text for the thinking block at `index`; `signature` arrives once, at its end."""
+
+    index: int
+    text: str = ""
+    signature: str | None = None
+
+
+class ToolCallStart(msgspec.Struct, tag="tool_call_start"):
+    """A tool call opens at `index`."""
+
+    index: int
+    id: str
+    name: str
+
+
+class ToolCallDelta(msgspec.Struct, tag="tool_call_delta"):
+    """A fragment of the tool call's JSON arguments."""
+
+    index: int
+    arguments: str
+
+
+class BlockStop(msgspec.Struct, tag="block_stop"):
+    """The block at `index` is complete."""
+
+    index: int
+
+
+class StreamFinish(msgspec.Struct, tag="finish"):
+    """The model stopped. Usage may still follow (OpenAI sends it in a later chunk)."""
+
+    stop_reason: StopReason
+    stop_sequence: str | None = None
+
+
+class StreamUsage(msgspec.Struct, tag="usage"):
+    """Usage so far (cumulative); the last one wins."""
+
+    usage: Usage
+
+
+class StreamError(msgspec.Struct, tag="error"):
+    """The upstream reported an error mid-stream, or the stream broke."""
+
+    type: str
+    message: str
+
+
+class StreamEnd(msgspec.Struct, tag="end"):
+    """The upstream stream ended normally."""
+
+
+StreamEvent = (
+    StreamStart
+    | TextStart
+    | TextDelta
+    | ThinkingStart
+    | ThinkingDelta
+    | ToolCallStart
+    | ToolCallDelta
+    | BlockStop
+    | StreamFinish
+    | StreamUsage
+    | StreamError
+    | StreamEnd
+)
+
+
+class TranslationError(ValueError):
+    """The inbound request cannot be expressed for the target (named field and reason)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param

@@ -1,0 +1,113 @@
+"""Server-sent events, parsed per the WHATWG spec and framed for writing.
+
+The parser is incremental: feed it bytes as they arrive (any split, even mid-line or mid-UTF-8 sequence) and
+it returns the complete events so far. It handles `\\n`, `\\r\\n` and `\\r` line ends, comment lines (`: …`,
+e.g. OpenRouter's `: OPENROUTER PROCESSING`), multi-line `data:` (joined with `\\n`), `event:`, `id:` and
+`retry:`, and one optional space after the colon. An event is dispatched on a blank line; a block with no
+`data:` line dispatches nothing (spec), and a stream that ends mid-event drops that partial event (spec).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    """One dispatched event. `raw` is the exact bytes it was parsed from, comments included."""
+
+    event: str | None
+    data: str
+    id: str | None
+    raw: bytes
+
+
+class SSEParser:
+    """Incremental SSE parser; one per stream.
+
+    Lines are split on bytes: CR and LF never occur inside a UTF-8 multi-byte sequence, so every complete line
+    decodes on its own, and the exact raw bytes of each event are known without re-encoding anything.
+    """
+
+    __slots__ = ("_buf", "_data", "_event", "_event_start", "_has_data", "_last_id", "_pos", "retry")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0  # how far into _buf lines have been consumed
+        self._event_start = 0  # where the current event's raw bytes begin in _buf
+        self._data: list[str] = []
+        self._event: str | None = None
+        self._has_data = False
+        self._last_id: str | None = None
+        self.retry: int | None = None
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """Parse `chunk`; return the events it completed."""
+        buf = self._buf
+        buf += chunk
+        events: list[SSEEvent] = []
+        pos = self._pos
+        n = len(buf)
+        while pos < n:
+            lf = buf.find(b"\n", pos)
+            cr = buf.find(b"\r", pos, lf if lf != -1 else n)
+            if cr != -1:
+                if cr + 1 == n:
+                    break  # a lone CR at the end may be the first half of CRLF: wait for more
+                end, nxt = cr, (cr + 2 if buf[cr + 1] == 0x0A else cr + 1)
+            elif lf != -1:
+                end, nxt = lf, lf + 1
+            else:
+                break
+            line = buf[pos:end].decode("utf-8", "replace")
+            pos = nxt
+            if not line:
+                event = self._dispatch(bytes(buf[self._event_start : pos]))
+                if event is not None:
+                    # A block without data (comments, keep-alives) stays in the next event's raw bytes.
+                    self._event_start = pos
+                    events.append(event)
+            else:
+                self._field(line)
+        # Drop what was consumed so the buffer never grows with the stream.
+        if self._event_start:
+            del buf[: self._event_start]
+            pos -= self._event_start
+            self._event_start = 0
+        self._pos = pos
+        return events
+
+    def _field(self, line: str) -> None:
+        if line[0] == ":":
+            return  # comment
+        name, sep, value = line.partition(":")
+        if sep and value[:1] == " ":
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+            self._has_data = True
+        elif name == "event":
+            self._event = value
+        elif name == "id":
+            if "\0" not in value:
+                self._last_id = value
+        elif name == "retry" and value.isdigit():
+            self.retry = int(value)
+
+    def _dispatch(self, raw: bytes) -> SSEEvent | None:
+        if not self._has_data:
+            self._event = None
+            return None
+        event = SSEEvent(self._event, "\n".join(self._data), self._last_id, raw)
+        self._data = []
+        self._event = None
+        self._has_data = False
+        return event
+
+
+def frame(data: str | bytes, event: str | None = None) -> bytes:
+    """One SSE event as bytes: optional `event:` line, `data:` line(s), blank line."""
+    text = data.decode() if isinstance(data, bytes) else data
+    head = f"event: {event}\n" if event else ""
+    body = "".join(f"data: {line}\n" for line in text.split("\n"))
+    return (head + body + "\n").encode()

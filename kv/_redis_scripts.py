@@ -1,0 +1,52 @@
+"""Lua scripts that make multi-key Redis KV operations atomic."""
+
+from __future__ import annotations
+
+# KEYS[1] value hash, KEYS[2] index sorted set.
+# ARGV[1] index member (the raw key), ARGV[2] value, ARGV[3] expiration ('' = none),
+# ARGV[4] metadata JSON ('' = none; JSON is never empty), ARGV[5] native TTL in ms ('' = none),
+# ARGV[6] '1' to write only when no live entry exists, ARGV[7] the caller's clock.
+# Returns 1 when written, 0 when a live entry blocked an only-if-absent write.
+PUT = """
+if ARGV[6] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
+  local expiration = redis.call('HGET', KEYS[1], 'e')
+  if not expiration or tonumber(expiration) > tonumber(ARGV[7]) then
+    return 0
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'v', ARGV[2])
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[1], 'e', ARGV[3])
+end
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[1], 'm', ARGV[4])
+end
+if ARGV[5] ~= '' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+end
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+return 1
+"""
+
+# KEYS[1] index sorted set, KEYS[2..n] value hashes; ARGV[1] the caller's clock,
+# ARGV[2..n] the index members matching KEYS[2..n].
+# Drops index members whose hash is gone (native expiry) or expired by the caller's clock.
+# Re-checking here, inside one atomic script, keeps a concurrent re-put from being dropped.
+CLEANUP = """
+local removed = 0
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    removed = removed + 1
+  else
+    local expiration = redis.call('HGET', KEYS[i], 'e')
+    if expiration and tonumber(expiration) <= tonumber(ARGV[1]) then
+      redis.call('DEL', KEYS[i])
+      redis.call('ZREM', KEYS[1], ARGV[i])
+      removed = removed + 1
+    end
+  end
+end
+return removed
+"""

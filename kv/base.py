@@ -1,0 +1,277 @@
+"""The ``KVNamespace`` front end: Workers KV semantics, validated once for every backend."""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self, TypeAlias, cast
+
+import msgspec
+
+from kv._keyrange import decode_cursor, encode_cursor
+from kv._records import StoredKey, StoredValue, Write
+from kv._validation import (
+    MAX_KEY_BYTES,
+    check_limit,
+    encode_key,
+    encode_metadata,
+    encode_prefix,
+    encode_value,
+    resolve_expiration,
+)
+from kv.clock import Clock
+from kv.errors import (
+    InvalidExpirationError,
+    InvalidKeyError,
+    InvalidListArgumentError,
+    InvalidMetadataError,
+    KVClosedError,
+    KVError,
+    KVUnavailableError,
+    ValueTooLargeError,
+)
+
+__all__ = [
+    "InvalidExpirationError",
+    "InvalidKeyError",
+    "InvalidListArgumentError",
+    "InvalidMetadataError",
+    "KVClosedError",
+    "KVError",
+    "KVNamespace",
+    "KVUnavailableError",
+    "KeyInfo",
+    "ListResult",
+    "ValueTooLargeError",
+]
+
+Metadata: TypeAlias = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """One key of a ``list`` page: its name, absolute expiration (epoch seconds) and metadata."""
+
+    name: str
+    expiration: int | None
+    metadata: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ListResult:
+    """One page of ``list``; pass ``cursor`` back to get the next page until ``list_complete``."""
+
+    keys: list[KeyInfo]
+    list_complete: bool
+    cursor: str | None
+
+
+def _decode_metadata(raw: bytes | None) -> Metadata | None:
+    if raw is None:
+        return None
+    # Only dicts pass validation on the way in, so the stored JSON is always an object.
+    return cast(Metadata, msgspec.json.decode(raw))
+
+
+class KVNamespace(abc.ABC):
+    """A Workers-KV-style namespace.
+
+    Public methods validate their arguments here, once, then delegate to the protected
+    abstract methods a backend implements with already-encoded, already-checked data.
+    Every expiry decision uses ``clock`` so tests can move time without sleeping.
+    """
+
+    def __init__(self, *, clock: Clock = time.time) -> None:
+        """Create a namespace whose expiry decisions use ``clock`` (epoch seconds)."""
+        self._clock = clock
+        self._closed = False
+
+    async def __aenter__(self) -> Self:
+        """Use the namespace as an async context manager that closes it on exit."""
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the namespace."""
+        await self.close()
+
+    # -- public API -------------------------------------------------------------------------
+
+    async def get(self, key: str) -> bytes | None:
+        """Return the value stored under ``key``, or None if it is missing or expired."""
+        stored = await self._get_live(key)
+        return None if stored is None else stored.value
+
+    async def get_with_metadata(self, key: str) -> tuple[bytes | None, Metadata | None]:
+        """Return ``(value, metadata)`` for ``key``; ``(None, None)`` if missing or expired."""
+        stored = await self._get_live(key)
+        if stored is None:
+            return None, None
+        return stored.value, _decode_metadata(stored.metadata)
+
+    async def get_text(self, key: str) -> str | None:
+        """Return the value decoded as UTF-8 (raises UnicodeDecodeError if it is not)."""
+        value = await self.get(key)
+        return None if value is None else value.decode("utf-8")
+
+    async def get_json(self, key: str) -> Any:
+        """Return the value parsed as JSON, or None if missing (raises msgspec.DecodeError if invalid)."""
+        value = await self.get(key)
+        return None if value is None else msgspec.json.decode(value)
+
+    async def put(
+        self,
+        key: str,
+        value: bytes | str,
+        *,
+        expiration_ttl: int | None = None,
+        expiration: int | None = None,
+        metadata: Metadata | None = None,
+    ) -> None:
+        """Store ``value`` under ``key``, replacing any previous value and metadata.
+
+        ``expiration_ttl`` (seconds, >= 60) or ``expiration`` (epoch seconds, >= 60 s ahead)
+        makes the key disappear at that time; at most one of them may be given.
+        """
+        now = self._clock()
+        write = self._prepare_write(key, value, expiration_ttl, expiration, metadata, now)
+        await self._put(write, now)
+
+    async def put_json(
+        self,
+        key: str,
+        obj: Any,
+        *,
+        expiration_ttl: int | None = None,
+        expiration: int | None = None,
+        metadata: Metadata | None = None,
+    ) -> None:
+        """Store ``obj`` serialized as JSON (raises TypeError if it is not serializable)."""
+        await self.put(
+            key,
+            msgspec.json.encode(obj),
+            expiration_ttl=expiration_ttl,
+            expiration=expiration,
+            metadata=metadata,
+        )
+
+    async def put_if_absent(
+        self,
+        key: str,
+        value: bytes | str,
+        *,
+        expiration_ttl: int,
+        metadata: Metadata | None = None,
+    ) -> bool:
+        """Atomically store ``value`` unless a live value exists; return whether it was stored.
+
+        An expired entry counts as absent. The TTL is mandatory so a crashed owner cannot
+        hold the key forever.
+        """
+        if expiration_ttl is None:
+            raise InvalidExpirationError("put_if_absent requires an expiration_ttl")
+        now = self._clock()
+        write = self._prepare_write(key, value, expiration_ttl, None, metadata, now)
+        return await self._put_if_absent(write, now)
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; deleting a missing key is not an error."""
+        raw_key = encode_key(key)
+        self._check_open()
+        await self._delete(raw_key)
+
+    async def list(self, *, prefix: str = "", limit: int = 1000, cursor: str | None = None) -> ListResult:
+        """Return up to ``limit`` live keys starting with ``prefix``, in UTF-8 byte order.
+
+        ``prefix`` is matched literally. ``cursor`` resumes strictly after the last key of
+        the page that returned it; None or "" starts from the beginning.
+        """
+        checked_limit = check_limit(limit)
+        raw_prefix = encode_prefix(prefix)
+        after = decode_cursor(cursor, MAX_KEY_BYTES)
+        self._check_open()
+        # One extra key tells whether another page exists without a second round trip.
+        found = await self._scan(raw_prefix, after, checked_limit + 1, self._clock())
+        page = found[:checked_limit]
+        complete = len(found) <= checked_limit
+        return ListResult(
+            keys=[
+                KeyInfo(
+                    name=item.key.decode("utf-8"),
+                    expiration=item.expiration,
+                    metadata=_decode_metadata(item.metadata),
+                )
+                for item in page
+            ],
+            list_complete=complete,
+            cursor=None if complete else encode_cursor(page[-1].key),
+        )
+
+    async def close(self) -> None:
+        """Release the backend's resources; further calls raise KVClosedError. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._close()
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise KVClosedError(f"{type(self).__name__} is closed")
+
+    async def _get_live(self, key: str) -> StoredValue | None:
+        raw_key = encode_key(key)
+        self._check_open()
+        return await self._get(raw_key, self._clock())
+
+    def _prepare_write(
+        self,
+        key: str,
+        value: bytes | str,
+        expiration_ttl: int | None,
+        expiration: int | None,
+        metadata: Metadata | None,
+        now: float,
+    ) -> Write:
+        write = Write(
+            key=encode_key(key),
+            value=encode_value(value),
+            expiration=resolve_expiration(now, expiration_ttl, expiration),
+            metadata=encode_metadata(metadata),
+        )
+        self._check_open()
+        return write
+
+    # -- backend contract -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _get(self, key: bytes, now: float) -> StoredValue | None:
+        """Return the entry for ``key`` if it exists and its expiration is after ``now``."""
+
+    @abc.abstractmethod
+    async def _put(self, write: Write, now: float) -> None:
+        """Atomically replace the entry for ``write.key`` (value, metadata and expiration)."""
+
+    @abc.abstractmethod
+    async def _put_if_absent(self, write: Write, now: float) -> bool:
+        """Atomically store ``write`` unless a live entry exists at ``now``; return whether stored."""
+
+    @abc.abstractmethod
+    async def _delete(self, key: bytes) -> None:
+        """Remove ``key`` if present."""
+
+    @abc.abstractmethod
+    async def _scan(self, prefix: bytes, after: bytes | None, count: int, now: float) -> Sequence[StoredKey]:
+        """Return up to ``count`` live keys starting with ``prefix`` and above ``after``, ascending."""
+
+    @abc.abstractmethod
+    async def _close(self) -> None:
+        """Release connections, threads and other resources."""

@@ -1,0 +1,193 @@
+"""Redis KV backend: one hash per key plus a lexicographic sorted-set index for listing."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator, Sequence
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from kv import _redis_scripts
+from kv._keyrange import lower_bound, prefix_successor
+from kv._records import StoredKey, StoredValue, Write
+from kv.base import KVNamespace
+from kv.clock import Clock
+from kv.errors import KVError, KVUnavailableError
+
+_VALUE = b"v"
+_EXPIRATION = b"e"
+_METADATA = b"m"
+_MIN_SCAN_BATCH = 32
+
+
+def _describe(url: str) -> str:
+    # Never echo the URL itself: it may carry a password.
+    parts = urlsplit(url)
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        return f"{parts.scheme}://{parts.hostname} (invalid port)"
+    return f"{parts.scheme}://{parts.hostname}:{port}{parts.path}"
+
+
+def _raw(reply: bytes | str | None) -> bytes | None:
+    # The client keeps decode_responses off, so str only appears in the type stubs.
+    return reply.encode() if isinstance(reply, str) else reply
+
+
+def _live(expiration: bytes | None, now: float) -> bool:
+    return expiration is None or int(expiration) > now
+
+
+class RedisKV(KVNamespace):
+    """A KV namespace in Redis, isolated from others by ``namespace``.
+
+    Each key is a hash ``{namespace}:kv:v:<key>`` holding value, metadata and expiration;
+    the sorted set ``{namespace}:kv:index`` (all scores 0) lists keys in byte order.
+    Visibility is decided by ``clock``; native Redis expiry only reclaims memory.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Clock = time.time,
+        namespace: str = "trex",
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+    ) -> None:
+        """Prepare a client for ``url`` (redis:// or rediss://); nothing connects until first use."""
+        super().__init__(clock=clock)
+        if not namespace:
+            raise KVError("Redis namespace must be a non-empty string")
+        self._where = _describe(url)
+        self._prefix = f"{namespace}:kv:".encode()
+        self._index = self._prefix + b"index"
+        try:
+            # from_url gives this client its own pool, which aclose() shuts down.
+            self._client = aioredis.Redis.from_url(
+                url,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=connect_timeout,
+                health_check_interval=30,
+            )
+        except ValueError as exc:
+            raise KVError(f"invalid Redis URL {self._where}: {exc}") from exc
+        self._put_script = self._client.register_script(_redis_scripts.PUT)
+        self._cleanup_script = self._client.register_script(_redis_scripts.CLEANUP)
+
+    def _hash(self, key: bytes) -> bytes:
+        return self._prefix + b"v:" + key
+
+    @contextlib.contextmanager
+    def _translate_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise KVUnavailableError(f"Redis at {self._where} is unavailable: {exc}") from exc
+        except redis.exceptions.RedisError as exc:
+            raise KVError(f"Redis at {self._where} failed: {exc}") from exc
+
+    async def _write(self, write: Write, now: float, *, only_if_absent: bool) -> bool:
+        native_ttl_ms = ""
+        if write.expiration is not None:
+            # Relative TTL rather than EXPIREAT: the injected clock may be offset from Redis's
+            # own clock, and GC must never reclaim a key before the clock says it expired.
+            native_ttl_ms = str(math.ceil((write.expiration - now) * 1000))
+        with self._translate_errors():
+            written = await self._put_script(
+                keys=[self._hash(write.key), self._index],
+                args=[
+                    write.key,
+                    write.value,
+                    "" if write.expiration is None else str(write.expiration),
+                    write.metadata or b"",
+                    native_ttl_ms,
+                    "1" if only_if_absent else "0",
+                    repr(now),
+                ],
+            )
+        return bool(written)
+
+    async def _cleanup(self, keys: Sequence[bytes], now: float) -> None:
+        if keys:
+            with self._translate_errors():
+                await self._cleanup_script(
+                    keys=[self._index, *(self._hash(key) for key in keys)],
+                    args=[repr(now), *keys],
+                )
+
+    async def _get(self, key: bytes, now: float) -> StoredValue | None:
+        with self._translate_errors():
+            replies = await self._client.hmget(self._hash(key), [_VALUE, _METADATA, _EXPIRATION])
+        value, metadata, expiration = (_raw(reply) for reply in replies)
+        if value is None:
+            return None
+        if not _live(expiration, now):
+            await self._cleanup([key], now)
+            return None
+        return StoredValue(value=value, metadata=metadata)
+
+    async def _put(self, write: Write, now: float) -> None:
+        await self._write(write, now, only_if_absent=False)
+
+    async def _put_if_absent(self, write: Write, now: float) -> bool:
+        return await self._write(write, now, only_if_absent=True)
+
+    async def _delete(self, key: bytes) -> None:
+        with self._translate_errors():
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.delete(self._hash(key))
+                pipe.zrem(self._index, key)
+                await pipe.execute()
+
+    async def _scan(self, prefix: bytes, after: bytes | None, count: int, now: float) -> Sequence[StoredKey]:
+        bound, inclusive = lower_bound(prefix, after)
+        low = (b"[" if inclusive else b"(") + bound
+        upper = prefix_successor(prefix)
+        high = b"+" if upper is None else b"(" + upper
+        batch = max(count, _MIN_SCAN_BATCH)
+        found: list[StoredKey] = []
+        stale: list[bytes] = []
+        while len(found) < count:
+            with self._translate_errors():
+                members = [
+                    member
+                    for reply in await self._client.zrangebylex(self._index, low, high, start=0, num=batch)
+                    if (member := _raw(reply)) is not None
+                ]
+                if not members:
+                    break
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for member in members:
+                        pipe.exists(self._hash(member))
+                        pipe.hmget(self._hash(member), [_EXPIRATION, _METADATA])
+                    replies = await pipe.execute()
+            for member, exists, fields in zip(members, replies[0::2], replies[1::2], strict=True):
+                if len(found) >= count:
+                    break
+                expiration, metadata = (_raw(field) for field in fields)
+                # A missing hash means Redis's own expiry reclaimed it; drop it from the index too.
+                if not exists or not _live(expiration, now):
+                    stale.append(member)
+                    continue
+                found.append(
+                    StoredKey(
+                        key=member,
+                        expiration=None if expiration is None else int(expiration),
+                        metadata=metadata,
+                    )
+                )
+            if len(members) < batch:
+                break
+            low = b"(" + members[-1]
+        await self._cleanup(stale, now)
+        return found
+
+    async def _close(self) -> None:
+        with self._translate_errors():
+            await self._client.aclose()

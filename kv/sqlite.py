@@ -1,0 +1,188 @@
+"""SQLite KV backend (aiosqlite), safe for several processes sharing one database file."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from kv._keyrange import lower_bound, prefix_successor
+from kv._records import StoredKey, StoredValue, Write
+from kv.base import KVNamespace
+from kv.clock import Clock
+from kv.errors import KVUnavailableError
+
+_SCHEMA = (
+    # BLOB keys compare with memcmp, so the primary-key index is already in UTF-8 byte order.
+    """CREATE TABLE IF NOT EXISTS kv (
+        key BLOB PRIMARY KEY NOT NULL,
+        value BLOB NOT NULL,
+        expiration INTEGER,
+        metadata TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS kv_expiration ON kv (expiration) WHERE expiration IS NOT NULL",
+)
+
+_SELECT_LIVE = "SELECT value, metadata FROM kv WHERE key = ? AND (expiration IS NULL OR expiration > ?)"
+_UPSERT = (
+    "INSERT INTO kv (key, value, expiration, metadata) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+    "expiration = excluded.expiration, metadata = excluded.metadata"
+)
+# The conflict branch only fires over an expired row, and RETURNING yields a row only when
+# something was written, so one statement both decides and reports the outcome atomically.
+_INSERT_IF_ABSENT = _UPSERT + " WHERE kv.expiration IS NOT NULL AND kv.expiration <= ? RETURNING 1"
+_DELETE = "DELETE FROM kv WHERE key = ?"
+_PURGE_EXPIRED = "DELETE FROM kv WHERE expiration IS NOT NULL AND expiration <= ?"
+
+# busy_timeout already waits for other writers; these retries only cover the cases where
+# SQLite reports a lock without invoking the busy handler (e.g. during WAL recovery).
+_LOCK_RETRIES = 8
+_LOCK_BACKOFF_S = 0.02
+_PURGE_EVERY_WRITES = 1000
+
+
+def _is_lock_error(exc: sqlite3.OperationalError) -> bool:
+    return exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _metadata_text(raw: bytes | None) -> str | None:
+    return None if raw is None else raw.decode("utf-8")
+
+
+def _metadata_bytes(text: str | None) -> bytes | None:
+    return None if text is None else text.encode("utf-8")
+
+
+class SqliteKV(KVNamespace):
+    """A KV namespace stored in one SQLite table, in WAL mode.
+
+    Every statement runs in autocommit mode, so each operation is a single atomic
+    statement; concurrent writers in other processes wait on ``busy_timeout_ms``.
+    The connection opens on first use, or explicitly with ``connect()``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Clock = time.time,
+        busy_timeout_ms: int = 5000,
+    ) -> None:
+        """Prepare a namespace backed by the SQLite file at ``path`` (":memory:" also works)."""
+        super().__init__(clock=clock)
+        self._path = os.fspath(path)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._conn: aiosqlite.Connection | None = None
+        self._connect_lock = asyncio.Lock()
+        self._writes_since_purge = 0
+
+    async def connect(self) -> None:
+        """Open the database and create the schema now rather than on first use."""
+        self._check_open()
+        await self._connection()
+
+    async def _connection(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            async with self._connect_lock:
+                if self._conn is None:
+                    self._conn = await self._open()
+        return self._conn
+
+    async def _open(self) -> aiosqlite.Connection:
+        if self._path != ":memory:":
+            try:
+                await asyncio.to_thread(Path(self._path).parent.mkdir, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise KVUnavailableError(f"cannot create the directory of {self._path!r}: {exc}") from exc
+        try:
+            conn = await aiosqlite.connect(
+                self._path, isolation_level=None, timeout=self._busy_timeout_ms / 1000
+            )
+        except sqlite3.Error as exc:
+            raise KVUnavailableError(f"cannot open SQLite database {self._path!r}: {exc}") from exc
+        try:
+            await self._retrying(conn, f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}", ())
+            await self._retrying(conn, "PRAGMA journal_mode = WAL", ())
+            await self._retrying(conn, "PRAGMA synchronous = NORMAL", ())
+            for statement in _SCHEMA:
+                await self._retrying(conn, statement, ())
+            await self._retrying(conn, _PURGE_EXPIRED, (self._clock(),))
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def _retrying(
+        self, conn: aiosqlite.Connection, sql: str, params: Sequence[object]
+    ) -> list[sqlite3.Row]:
+        for attempt in range(_LOCK_RETRIES + 1):
+            try:
+                return list(await conn.execute_fetchall(sql, params))
+            except sqlite3.OperationalError as exc:
+                if not _is_lock_error(exc) or attempt == _LOCK_RETRIES:
+                    raise KVUnavailableError(f"SQLite database {self._path!r} failed: {exc}") from exc
+            await asyncio.sleep(_LOCK_BACKOFF_S * (attempt + 1))
+        raise AssertionError("unreachable: the last attempt either returns or raises")
+
+    async def _query(self, sql: str, params: Sequence[object]) -> list[Any]:
+        return await self._retrying(await self._connection(), sql, params)
+
+    async def _after_write(self, now: float) -> None:
+        # Expired rows are invisible but still take space; sweep them now and then.
+        self._writes_since_purge += 1
+        if self._writes_since_purge >= _PURGE_EVERY_WRITES:
+            self._writes_since_purge = 0
+            await self._query(_PURGE_EXPIRED, (now,))
+
+    async def _get(self, key: bytes, now: float) -> StoredValue | None:
+        rows = await self._query(_SELECT_LIVE, (key, now))
+        if not rows:
+            return None
+        value, metadata = rows[0]
+        return StoredValue(value=bytes(value), metadata=_metadata_bytes(metadata))
+
+    async def _put(self, write: Write, now: float) -> None:
+        await self._query(_UPSERT, (write.key, write.value, write.expiration, _metadata_text(write.metadata)))
+        await self._after_write(now)
+
+    async def _put_if_absent(self, write: Write, now: float) -> bool:
+        rows = await self._query(
+            _INSERT_IF_ABSENT,
+            (write.key, write.value, write.expiration, _metadata_text(write.metadata), now),
+        )
+        await self._after_write(now)
+        return bool(rows)
+
+    async def _delete(self, key: bytes) -> None:
+        await self._query(_DELETE, (key,))
+
+    async def _scan(self, prefix: bytes, after: bytes | None, count: int, now: float) -> Sequence[StoredKey]:
+        bound, inclusive = lower_bound(prefix, after)
+        conditions = ["key >= ?" if inclusive else "key > ?"]
+        params: list[object] = [bound]
+        upper = prefix_successor(prefix)
+        if upper is not None:
+            conditions.append("key < ?")
+            params.append(upper)
+        conditions.append("(expiration IS NULL OR expiration > ?)")
+        params += [now, count]
+        where = " AND ".join(conditions)
+        sql = f"SELECT key, expiration, metadata FROM kv WHERE {where} ORDER BY key LIMIT ?"
+        rows = await self._query(sql, params)
+        return [
+            StoredKey(key=bytes(key), expiration=expiration, metadata=_metadata_bytes(metadata))
+            for key, expiration, metadata in rows
+        ]
+
+    async def _close(self) -> None:
+        async with self._connect_lock:
+            if self._conn is not None:
+                conn, self._conn = self._conn, None
+                await conn.close()

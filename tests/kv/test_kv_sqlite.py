@@ -1,0 +1,137 @@
+"""SQLite-only behaviour: durability, shared files and cross-process atomicity."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import aiosqlite
+
+from kv import ManualClock, SqliteKV, open_kv
+
+_CONTENDER = """
+import asyncio, json, sys
+from kv import open_kv
+
+async def main(url: str, name: str, count: int) -> None:
+    kv = await open_kv(url)
+    try:
+        print("ready", flush=True)
+        sys.stdin.readline()
+        won = [i for i in range(count) if await kv.put_if_absent(f"key-{i}", name, expiration_ttl=3600)]
+        print(json.dumps(won), flush=True)
+    finally:
+        await kv.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+"""
+
+
+async def test_data_survives_reopen(sqlite_path: Path, clock: ManualClock) -> None:
+    """Data outlives the connection that wrote it."""
+    url = f"sqlite:///{sqlite_path}"
+    first = await open_kv(url, clock=clock)
+    await first.put("k", "v", metadata={"a": 1}, expiration_ttl=600)
+    await first.close()
+    second = await open_kv(url, clock=clock)
+    try:
+        assert await second.get_with_metadata("k") == (b"v", {"a": 1})
+        assert (await second.list()).keys[0].expiration == int(clock.now) + 600
+    finally:
+        await second.close()
+
+
+async def test_creates_parent_directories_and_uses_wal(sqlite_path: Path) -> None:
+    """Missing parent directories are created and the file is in WAL mode."""
+    assert not sqlite_path.parent.exists()
+    async with SqliteKV(sqlite_path) as kv:
+        await kv.put("k", "v")
+        assert await asyncio.to_thread(sqlite_path.exists)
+    async with aiosqlite.connect(sqlite_path) as conn:
+        [(mode,)] = list(await conn.execute_fetchall("PRAGMA journal_mode"))
+    assert mode == "wal"
+
+
+async def test_stores_keys_as_blobs(sqlite_path: Path) -> None:
+    """Keys are stored as BLOBs so SQLite orders them by bytes."""
+    async with SqliteKV(sqlite_path) as kv:
+        await kv.put("é", "v", metadata={"m": 1})
+    async with aiosqlite.connect(sqlite_path) as conn:
+        rows = list(await conn.execute_fetchall("SELECT key, typeof(key), metadata FROM kv"))
+    assert [tuple(row) for row in rows] == [("é".encode(), "blob", '{"m":1}')]
+
+
+async def test_two_instances_share_one_file(sqlite_path: Path, clock: ManualClock) -> None:
+    """Two instances on one file see each other's writes and share exclusivity."""
+    async with SqliteKV(sqlite_path, clock=clock) as one, SqliteKV(sqlite_path, clock=clock) as two:
+        await one.put("from-one", "1")
+        await two.put("from-two", "2", metadata={"by": "two"})
+        assert await two.get("from-one") == b"1"
+        assert await one.get_with_metadata("from-two") == (b"2", {"by": "two"})
+        await two.delete("from-one")
+        assert await one.get("from-one") is None
+        assert [info.name for info in (await one.list()).keys] == ["from-two"]
+
+        results = await asyncio.gather(
+            *(
+                kv.put_if_absent("lock", f"{index}", expiration_ttl=60)
+                for index in range(10)
+                for kv in (one, two)
+            )
+        )
+        assert results.count(True) == 1
+        clock.advance(60)
+        assert await two.put_if_absent("lock", "again", expiration_ttl=60) is True
+        assert await one.put_if_absent("lock", "late", expiration_ttl=60) is False
+        assert await one.get("lock") == b"again"
+
+
+async def test_put_if_absent_exclusive_across_processes(tmp_path: Path) -> None:
+    """Two processes racing over 50 keys win each key exactly once."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    count = 50
+    contenders = ("alpha", "beta")
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _CONTENDER,
+            url,
+            name,
+            str(count),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for name in contenders
+    ]
+    try:
+        # Both children open the database first, then start together to maximise contention.
+        for proc in procs:
+            assert proc.stdout is not None
+            assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"ready\n"
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+        outputs = await asyncio.wait_for(asyncio.gather(*(proc.communicate() for proc in procs)), 30)
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.communicate()
+    for proc, (_, stderr) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, stderr.decode()
+    won = [set(json.loads(stdout)) for stdout, _ in outputs]
+    assert won[0].isdisjoint(won[1])
+    assert won[0] | won[1] == set(range(count))
+
+    kv = await open_kv(url)
+    try:
+        for index in range(count):
+            winner = contenders[0] if index in won[0] else contenders[1]
+            assert await kv.get_text(f"key-{index}") == winner
+    finally:
+        await kv.close()
