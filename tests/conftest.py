@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anthropic
+import openai
 import pytest
 
 from tests.fakes.upstream import FakeUpstream
@@ -18,6 +21,7 @@ from tests.harness import (
     load_test_config,
     write_config,
 )
+from worker.appkeys import GATEWAY
 
 
 @pytest.fixture
@@ -78,3 +82,47 @@ def spawn_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     yield factory
     for p in procs:
         p.stop()
+
+
+MASTER_KEY = "test-master-key-0123456789abcdef0123456789abcdef"
+UPSTREAM_KEYS = {
+    "openai": "sk-openai-upstream-test-000000000000",
+    "anthropic": "sk-ant-upstream-test-000000000000",
+    "openrouter": "sk-or-upstream-test-000000000000",
+}
+
+
+@dataclass
+class GatewaySetup:
+    """A running worker pointed at a fake upstream, with one proxy key bound to every provider."""
+
+    worker: InProcessWorker
+    fake: FakeUpstream
+    key: str
+    key_id: str
+
+    def openai(self, **kw: Any) -> openai.OpenAI:
+        return openai.OpenAI(api_key=self.key, base_url=self.worker.url + "/v1", max_retries=0, **kw)
+
+    def anthropic(self, **kw: Any) -> anthropic.Anthropic:
+        return anthropic.Anthropic(api_key=self.key, base_url=self.worker.url, max_retries=0, **kw)
+
+    def new_key(self, name: str = "unbound") -> tuple[str, str]:
+        """Another proxy key, with no provider bindings: (key id, key)."""
+        record, token = self.worker.call(self.worker.app[GATEWAY].keys.create(name))
+        return record.id, token
+
+
+@pytest.fixture
+def gateway(make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream) -> GatewaySetup:
+    worker = make_worker(dev_vars={"TREX_MASTER_KEY": MASTER_KEY})
+    keys = worker.app[GATEWAY].keys
+
+    async def setup() -> tuple[str, str]:
+        record, token = await keys.create("test")
+        for provider, secret in UPSTREAM_KEYS.items():
+            await keys.bind(record.id, provider, secret)
+        return record.id, token
+
+    key_id, token = worker.call(setup())
+    return GatewaySetup(worker, fake_upstream, token, key_id)

@@ -19,7 +19,7 @@ from aiohttp.typedefs import Middleware
 
 from kv import KVNamespace, open_kv
 
-from .appkeys import CONFIG, CTX, ENV, REQUEST_ID, TASKS
+from .appkeys import CONFIG, CTX, ENV, GATEWAY, REQUEST_ID, TASKS
 from .config import Config
 from .context import Env, ExecutionContext, TaskRegistry
 from .errors import (
@@ -30,7 +30,8 @@ from .errors import (
     PayloadTooLargeError,
     error_format_for,
 )
-from .handlers import health
+from .gateway import build_gateway
+from .handlers import health, models
 from .logs import redact_headers
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -53,6 +54,11 @@ class Route:
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/health", health.health),
     Route("GET", "/v1/health", health.health),
+    Route("POST", "/v1/chat/completions", models.chat_completions),
+    Route("POST", "/v1/responses", models.responses),
+    Route("POST", "/v1/messages", models.messages),
+    Route("POST", "/v1/embeddings", models.embeddings),
+    Route("GET", "/v1/models", models.list_models),
 )
 
 
@@ -168,6 +174,7 @@ async def create_app(config: Config, kv: KVNamespace | None = None) -> web.Appli
     app[CONFIG] = config
     app[ENV] = Env(kv=kv, vars=config.vars, secrets=config.secrets, config=config)
     app[TASKS] = TaskRegistry(task_timeout=config.wait_until_timeout_seconds)
+    app[GATEWAY] = build_gateway(config, kv)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
     app.on_response_prepare.append(_set_request_id_header)
@@ -175,6 +182,7 @@ async def create_app(config: Config, kv: KVNamespace | None = None) -> web.Appli
     async def _cleanup(app: web.Application) -> None:
         # Runs after in-flight requests finished, so every wait_until they registered is drained here.
         await app[TASKS].drain(config.shutdown_grace_seconds)
+        await app[GATEWAY].close()
         if owns_kv:
             await app[ENV].kv.close()
 

@@ -6,10 +6,12 @@ from aiohttp import web
 
 from .config import Config
 from .context import Env, ExecutionContext, TaskRegistry
+from .gateway import Gateway
 
 CONFIG = web.AppKey("config", Config)
 ENV = web.AppKey("env", Env)
 TASKS = web.AppKey("tasks", TaskRegistry)
+GATEWAY = web.AppKey("gateway", Gateway)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CTX = web.RequestKey("ctx", ExecutionContext)

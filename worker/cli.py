@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -17,9 +18,12 @@ import msgspec
 
 from kv import KVError, KVNamespace, open_kv
 
-from .config import ConfigError, Overrides
+from .auth import PROVIDERS, KeyStore
+from .config import Config, ConfigError, Overrides
+from .errors import GatewayError
 from .handlers.health import VERSION
 from .server import ConfigSource, run
+from .vault import MASTER_KEY_NAME, Vault, VaultError, ensure_master_key
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -64,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     kv_put.add_argument("--ttl", type=int, help="expiration_ttl in seconds (>= 60)")
     kv_del = kv_sub.add_parser("delete", parents=[state], help="delete a key")
     kv_del.add_argument("key")
+
+    keys = sub.add_parser("keys", help="manage proxy keys and their provider-key bindings")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    k_create = keys_sub.add_parser("create", parents=[state], help="create a proxy key (printed once)")
+    k_create.add_argument("--name", required=True)
+    k_create.add_argument("--plan", help="plan name (see [plans])")
+    keys_sub.add_parser("list", parents=[state], help="list proxy keys")
+    k_bind = keys_sub.add_parser(
+        "bind", parents=[state], help="bind a provider key (read from stdin) to a proxy key, encrypted"
+    )
+    k_bind.add_argument("key_id")
+    k_bind.add_argument("--provider", required=True, choices=list(PROVIDERS))
 
     sub.add_parser("config", parents=[state], help="print the resolved configuration (secrets redacted)")
     return parser
@@ -125,6 +141,62 @@ def _kv_command(args: argparse.Namespace, url: str) -> int:
     return asyncio.run(_with_kv(url, act))
 
 
+def _keys_command(args: argparse.Namespace, config: Config) -> int:
+    vault = None
+    provider_key = ""
+    if args.keys_command == "bind":
+        try:
+            vault = Vault(ensure_master_key(config))
+        except VaultError as exc:
+            raise ConfigError(str(config.dev_vars_path), MASTER_KEY_NAME, str(exc)) from None
+        provider_key = sys.stdin.readline().strip()
+        if not provider_key:
+            print("trex keys bind: no provider key on stdin", file=sys.stderr)
+            return EXIT_USAGE
+
+    async def act(kv: KVNamespace) -> int:
+        store = KeyStore(kv, vault)
+        if args.keys_command == "create":
+            record, token = await store.create(args.name, plan=args.plan)
+            doc = {"id": record.id, "name": record.name, "key": token, "prefix": record.prefix}
+            text = f"id:  {record.id}\nkey: {token}\n(store the key now: it is not shown again)"
+            _print(args, doc, text)
+        elif args.keys_command == "list":
+            rows = [
+                {
+                    "id": r.id,
+                    "name": r.name,
+                    "state": r.state,
+                    "plan": r.plan,
+                    "created": r.created,
+                    "last_used": used,
+                    "prefix": r.prefix,
+                }
+                for r, used in await store.list_keys()
+            ]
+            lines = [f"{'ID':<22} {'NAME':<20} {'STATE':<10} {'CREATED':<20} {'LAST USED':<20} PREFIX"]
+            for row in rows:
+                lines.append(
+                    f"{row['id']:<22} {row['name']:<20} {row['state']:<10} {_when(row['created']):<20} "
+                    f"{_when(row['last_used']):<20} {row['prefix']}…"
+                )
+            _print(args, {"keys": rows}, "\n".join(lines))
+        elif args.keys_command == "bind":
+            await store.bind(args.key_id, args.provider, provider_key)
+            _print(
+                args,
+                {"id": args.key_id, "provider": args.provider, "bound": True},
+                f"bound {args.provider} key to {args.key_id} (encrypted)",
+            )
+        return EXIT_OK
+
+    return asyncio.run(_with_kv(config.kv_url, act))
+
+
+def _when(epoch: object) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch)) if isinstance(epoch, int) else "never"
+
+
 def _config_command(args: argparse.Namespace, source: ConfigSource) -> int:
     config = source.load()
     doc: dict[str, object] = {
@@ -160,11 +232,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _kv_command(args, source.load().kv_url)
         if args.command == "config":
             return _config_command(args, source)
+        if args.command == "keys":
+            return _keys_command(args, source.load())
     except ConfigError as exc:
         print(f"trex: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KVError as exc:
         print(f"trex: kv error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except GatewayError as exc:
+        print(f"trex: error: {exc.message}", file=sys.stderr)
         return EXIT_FAIL
     parser.error(f"unknown command {args.command}")
     return EXIT_USAGE  # unreachable: parser.error exits

@@ -31,6 +31,23 @@ DEFAULT_VARS: Mapping[str, str] = MappingProxyType(
         "OPENROUTER_BASE_URL": "https://openrouter.ai/api/v1",
         "LOCAL_BASE_URL": "http://127.0.0.1:11434/v1",
         "MAX_BODY_BYTES": str(1024 * 1024),
+        "UPSTREAM_CONNECT_TIMEOUT": "10",
+        "UPSTREAM_FIRST_BYTE_TIMEOUT": "300",
+        "UPSTREAM_IDLE_TIMEOUT": "120",
+        "UPSTREAM_TOTAL_TIMEOUT": "900",
+        "DEFAULT_MAX_TOKENS": "4096",
+        "ANTHROPIC_VERSION": "2023-06-01",
+    }
+)
+# Vars that must parse as positive numbers; checked at load so nothing fails later on a request.
+NUMERIC_VARS = frozenset(
+    {
+        "MAX_BODY_BYTES",
+        "UPSTREAM_CONNECT_TIMEOUT",
+        "UPSTREAM_FIRST_BYTE_TIMEOUT",
+        "UPSTREAM_IDLE_TIMEOUT",
+        "UPSTREAM_TOTAL_TIMEOUT",
+        "DEFAULT_MAX_TOKENS",
     }
 )
 
@@ -110,6 +127,10 @@ class Config:
     def var(self, name: str, default: str | None = None) -> str | None:
         """A `[vars]` value (after environment overrides)."""
         return self.vars.get(name, default)
+
+    def number(self, name: str) -> float:
+        """A numeric `[vars]` value (validated at load time)."""
+        return float(self.vars[name])
 
     def secret(self, name: str) -> str | None:
         """A secret from `.dev.vars` or the environment; None if unset or empty."""
@@ -232,6 +253,8 @@ def _build(
         local.get("wait_until_timeout_seconds", 30), source, "local.wait_until_timeout_seconds"
     )
 
+    for key in sorted(NUMERIC_VARS):
+        _positive_var(variables, key, source, environ)
     max_body = _int_var(variables, "MAX_BODY_BYTES", source, environ)
     if max_body < 1024:
         raise ConfigError(source, "vars.MAX_BODY_BYTES", f"must be at least 1024, got {max_body}")
@@ -315,6 +338,18 @@ def _int_var(variables: Mapping[str, str], key: str, source: str, environ: Mappi
     except ValueError:
         where = "environment" if key in environ else source
         raise ConfigError(where, f"vars.{key}", f"expected an integer, got {value!r}") from None
+
+
+def _positive_var(variables: Mapping[str, str], key: str, source: str, environ: Mapping[str, str]) -> float:
+    value = variables[key]
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not number > 0:
+        where = "environment" if key in environ else source
+        raise ConfigError(where, f"vars.{key}", f"expected a positive number, got {value!r}")
+    return number
 
 
 def _table(value: Any, source: str, key: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from kv import KVError
 from .app import create_app
 from .config import Config, Overrides, load_config
 from .logs import setup_logging
+from .vault import MASTER_KEY_NAME, ensure_master_key
 
 log = logging.getLogger("trex.server")
 
@@ -87,6 +88,9 @@ def _bound_port(site: web.TCPSite, configured: int) -> int:
 def run(source: ConfigSource, workers: int) -> int:
     """Run `trex dev`: in this process for one worker, else supervise `workers` child processes."""
     config = source.load()
+    if not config.secret(MASTER_KEY_NAME):
+        ensure_master_key(config)  # writes .dev.vars once, so every worker process reads the same key
+        config = source.load()
     setup_logging(config.log_format)
     if workers <= 1:
         try:

@@ -111,7 +111,9 @@ class FakeUpstream:
         self._queued: dict[str, deque[Reply]] = {}
         self._server = ThreadedServer(self._make_app)
         self.active_streams = 0
-        self.streams_closed = 0
+        self.streams_completed = 0
+        self.streams_aborted = 0
+        """Streams whose reader went away before the last event was written (a client disconnect)."""
 
     @property
     def url(self) -> str:
@@ -207,7 +209,9 @@ class FakeUpstream:
                 if reply.chunk_delay:
                     await asyncio.sleep(reply.chunk_delay)
             await resp.write_eof()
+            self.streams_completed += 1
+        except ConnectionResetError:
+            self.streams_aborted += 1
         finally:
             self.active_streams -= 1
-            self.streams_closed += 1
         return resp

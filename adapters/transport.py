@@ -1,0 +1,83 @@
+"""HTTP to the upstreams: one pooled `aiohttp.ClientSession` per provider, with four timeouts.
+
+- connect: establishing the TCP/TLS connection;
+- first_byte: from sending the request to the response headers (a non-streaming completion arrives whole,
+  so this bounds generation time too);
+- idle: the longest gap between two reads of the body (a stalled stream);
+- total: the whole exchange, body included (enforced by the caller around the body read).
+The domain never touches sockets: it hands this module bytes and gets a response back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import aiohttp
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Upstream timeouts in seconds."""
+
+    connect: float = 10.0
+    first_byte: float = 300.0
+    idle: float = 120.0
+    total: float = 900.0
+
+
+class UpstreamUnavailable(Exception):
+    """The upstream could not be reached or did not answer in time. `kind` is `connect` or `timeout`."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class UpstreamClient:
+    """Owns the connection pools. Create it on the serving loop; `close()` at shutdown."""
+
+    def __init__(self, timeouts: Timeouts, limit_per_host: int = 512) -> None:
+        self.timeouts = timeouts
+        self._limit = limit_per_host
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+
+    def session(self, name: str) -> aiohttp.ClientSession:
+        """The pooled session for one upstream (created on first use)."""
+        sess = self._sessions.get(name)
+        if sess is None or sess.closed:
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._limit, keepalive_timeout=60)
+            sess = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=self.timeouts.connect, sock_read=self.timeouts.idle
+                ),
+                auto_decompress=True,
+                skip_auto_headers=("User-Agent",),
+            )
+            self._sessions[name] = sess
+        return sess
+
+    async def request(
+        self, name: str, method: str, url: str, body: bytes | None, headers: Mapping[str, str]
+    ) -> aiohttp.ClientResponse:
+        """Send a request; return when the response headers arrived. The caller reads and releases it."""
+        sess = self.session(name)
+        try:
+            async with asyncio.timeout(self.timeouts.first_byte):
+                return await sess.request(method, url, data=body, headers=headers)
+        except TimeoutError as exc:
+            raise UpstreamUnavailable(
+                "timeout", f"{name} did not respond within {self.timeouts.first_byte:g}s"
+            ) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamUnavailable("connect", f"cannot connect to {name}: {exc.os_error or exc}") from exc
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            raise UpstreamUnavailable("connect", f"{name} closed the connection: {exc}") from exc
+
+    async def close(self) -> None:
+        """Close every pool."""
+        for sess in self._sessions.values():
+            await sess.close()
+        self._sessions.clear()

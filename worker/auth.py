@@ -1,0 +1,247 @@
+"""Proxy keys, provider-key bindings and request authentication.
+
+A proxy key (`trex_` + 32 random bytes, base64url) is shown once at creation; only its SHA-256 is stored.
+SHA-256 is enough here because the key is 256 bits of randomness: there is nothing to brute-force, so a slow
+password hash would only cost latency on every request. Provider keys are sealed by the `Vault`.
+
+KV layout:
+    keys/<id>               the key record (JSON)
+    keyhash/<sha256 hex>    → <id>
+    keyused/<id>            last-used epoch seconds (kept apart so it never races a state change)
+    bindings/<id>/<provider> the sealed provider key
+
+Lookups go through a short-lived per-process cache (1 s by default) so the hot path rarely touches the KV,
+while a state change or a new binding is still seen by every instance within that second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from kv import KVNamespace
+
+from .errors import AuthenticationError, GatewayError, InvalidRequestError
+from .vault import Vault, VaultError
+
+PROVIDERS = ("openai", "anthropic", "openrouter", "local")
+KEY_PREFIX = "trex_"
+KEY_STATES = ("active", "inactive", "suspended", "revoked")
+
+T = TypeVar("T")
+
+
+class KeyRecord(msgspec.Struct, omit_defaults=True):
+    """A proxy key as stored (never the key itself)."""
+
+    id: str
+    name: str
+    hash: str
+    prefix: str
+    created: int
+    state: str = "active"
+    plan: str | None = None
+
+
+class KeyNotFoundError(GatewayError):
+    """No proxy key with that id."""
+
+    status = 404
+    openai_type = "invalid_request_error"
+    anthropic_type = "not_found_error"
+    default_code = "key_not_found"
+
+
+class MissingProviderKeyError(GatewayError):
+    """No bound provider key and no `X-Upstream-Api-Key` override."""
+
+    status = 400
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    default_code = "missing_provider_key"
+
+
+class MasterKeyError(GatewayError):
+    """The master key is missing or does not match what sealed the stored secrets."""
+
+    status = 500
+    openai_type = "server_error"
+    anthropic_type = "api_error"
+    default_code = "master_key_error"
+
+
+class _TTLCache(Generic[T]):
+    """A tiny bounded TTL cache owned by one KeyStore (not module state)."""
+
+    def __init__(self, ttl: float, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic):
+        self._ttl = ttl
+        self._max = max_entries
+        self._clock = clock
+        self._data: dict[str, tuple[float, T]] = {}
+
+    def get(self, key: str) -> tuple[bool, T | None]:
+        hit = self._data.get(key)
+        if hit is None or hit[0] < self._clock():
+            return False, None
+        return True, hit[1]
+
+    def put(self, key: str, value: T) -> None:
+        if len(self._data) >= self._max:
+            self._data.clear()  # crude but bounded; entries live one TTL anyway
+        self._data[key] = (self._clock() + self._ttl, value)
+
+    def drop(self, key: str) -> None:
+        self._data.pop(key, None)
+
+
+def hash_key(token: str) -> str:
+    """The stored form of a proxy key."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def credential_from_headers(headers: Any) -> str | None:
+    """The proxy key a client sent: `Authorization: Bearer …`, `x-api-key` (Anthropic SDK) or `X-API-Key`."""
+    auth = headers.get("Authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return str(value.strip())
+    key = headers.get("x-api-key")
+    return str(key.strip()) if key and key.strip() else None
+
+
+class KeyStore:
+    """Creates, lists and resolves proxy keys and their provider bindings on a KV namespace."""
+
+    def __init__(self, kv: KVNamespace, vault: Vault | None, cache_ttl: float = 1.0) -> None:
+        self._kv = kv
+        self._vault = vault
+        self._records: _TTLCache[KeyRecord | None] = _TTLCache(cache_ttl)
+        self._provider_keys: _TTLCache[str | None] = _TTLCache(cache_ttl)
+        self._last_used_written: dict[str, float] = {}
+
+    # ---- administration --------------------------------------------------------------------------------
+
+    async def create(self, name: str, plan: str | None = None) -> tuple[KeyRecord, str]:
+        """Create a key; returns the record and the key itself (shown once, never stored)."""
+        if not name.strip():
+            raise InvalidRequestError("A key needs a non-empty name.", param="name")
+        token = KEY_PREFIX + secrets.token_urlsafe(32)
+        record = KeyRecord(
+            id="key_" + secrets.token_hex(8),
+            name=name.strip(),
+            hash=hash_key(token),
+            prefix=token[:12],
+            created=int(time.time()),
+            plan=plan,
+        )
+        await self._kv.put(f"keyhash/{record.hash}", record.id)
+        await self._kv.put(f"keys/{record.id}", msgspec.json.encode(record))
+        return record, token
+
+    async def get(self, key_id: str) -> KeyRecord:
+        """The record for `key_id`, or KeyNotFoundError."""
+        raw = await self._kv.get(f"keys/{key_id}")
+        if raw is None:
+            raise KeyNotFoundError(f"No proxy key with id {key_id!r}.")
+        return msgspec.json.decode(raw, type=KeyRecord)
+
+    async def list_keys(self) -> list[tuple[KeyRecord, int | None]]:
+        """Every key with its last-used time (epoch seconds or None)."""
+        out: list[tuple[KeyRecord, int | None]] = []
+        cursor: str | None = None
+        while True:
+            page = await self._kv.list(prefix="keys/", cursor=cursor)
+            for info in page.keys:
+                raw = await self._kv.get(info.name)
+                if raw is None:
+                    continue
+                record = msgspec.json.decode(raw, type=KeyRecord)
+                used = await self._kv.get(f"keyused/{record.id}")
+                out.append((record, int(used) if used else None))
+            if page.list_complete or page.cursor is None:
+                return out
+            cursor = page.cursor
+
+    async def bind(self, key_id: str, provider: str, provider_key: str) -> None:
+        """Store `provider_key` sealed for (`key_id`, `provider`), replacing any earlier binding."""
+        if provider not in PROVIDERS:
+            raise InvalidRequestError(
+                f"Unknown provider {provider!r}; expected one of {', '.join(PROVIDERS)}."
+            )
+        if not provider_key.strip():
+            raise InvalidRequestError("The provider key is empty.")
+        await self.get(key_id)
+        slot = f"bindings/{key_id}/{provider}"
+        sealed = self._require_vault().seal(provider_key.strip(), slot)
+        await self._kv.put(slot, msgspec.json.encode(sealed))
+        self._provider_keys.drop(slot)
+
+    async def bound_providers(self, key_id: str) -> list[str]:
+        """Providers with a binding for this key."""
+        page = await self._kv.list(prefix=f"bindings/{key_id}/")
+        return [info.name.rsplit("/", 1)[1] for info in page.keys]
+
+    # ---- request path ------------------------------------------------------------------------------------
+
+    async def authenticate(self, token: str | None) -> KeyRecord:
+        """The active key record for a presented proxy key, or AuthenticationError (401)."""
+        if not token:
+            raise AuthenticationError(
+                "Missing proxy key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
+                code="missing_api_key",
+            )
+        digest = hash_key(token)
+        hit, record = self._records.get(digest)
+        if not hit:
+            record = await self._load_by_hash(digest)
+            self._records.put(digest, record)  # unknown keys are cached too: a flood of bad keys stays cheap
+        if record is None or not hmac.compare_digest(record.hash, digest):
+            raise AuthenticationError("Invalid proxy key.", code="invalid_api_key")
+        if record.state != "active":
+            raise AuthenticationError(f"This proxy key is {record.state}.", code=f"key_{record.state}")
+        return record
+
+    async def _load_by_hash(self, digest: str) -> KeyRecord | None:
+        key_id = await self._kv.get(f"keyhash/{digest}")
+        if key_id is None:
+            return None
+        raw = await self._kv.get(f"keys/{key_id.decode()}")
+        return None if raw is None else msgspec.json.decode(raw, type=KeyRecord)
+
+    async def provider_key(self, key_id: str, provider: str) -> str | None:
+        """The plaintext provider key bound to this proxy key, or None."""
+        slot = f"bindings/{key_id}/{provider}"
+        hit, value = self._provider_keys.get(slot)
+        if hit:
+            return value
+        raw = await self._kv.get(slot)
+        plaintext = None
+        if raw is not None:
+            try:
+                plaintext = self._require_vault().unseal(msgspec.json.decode(raw), slot)
+            except VaultError as exc:
+                raise MasterKeyError(f"Cannot decrypt the bound {provider} key: {exc}.") from exc
+        self._provider_keys.put(slot, plaintext)
+        return plaintext
+
+    async def touch(self, key_id: str, now: float | None = None) -> None:
+        """Record use, at most once a minute per key per process (a write per request would dominate)."""
+        now = time.time() if now is None else now
+        if now - self._last_used_written.get(key_id, 0.0) < 60:
+            return
+        self._last_used_written[key_id] = now
+        await self._kv.put(f"keyused/{key_id}", str(int(now)))
+
+    def _require_vault(self) -> Vault:
+        if self._vault is None:
+            raise MasterKeyError(
+                "TREX_MASTER_KEY is not set; provider keys cannot be encrypted or decrypted."
+            )
+        return self._vault

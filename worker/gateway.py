@@ -1,0 +1,56 @@
+"""The services a proxied request needs, built once at start-up (never per request)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from adapters.transport import Timeouts, UpstreamClient
+from kv import KVNamespace
+
+from .auth import KeyStore
+from .config import Config, ConfigError
+from .routing import PROVIDER_NAMES, ModelRoute, Provider, parse_model_table
+from .vault import MASTER_KEY_NAME, Vault, VaultError
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    """Key store, upstream pools, model table and provider endpoints."""
+
+    keys: KeyStore
+    upstream: UpstreamClient
+    models: Mapping[str, ModelRoute]
+    base_urls: Mapping[Provider, str]
+    default_max_tokens: int
+    anthropic_version: str
+
+    async def close(self) -> None:
+        """Release the upstream connection pools."""
+        await self.upstream.close()
+
+
+def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
+    """Everything derived from the config once: vault key derivation, model table, base URLs, pools."""
+    master = config.secret(MASTER_KEY_NAME)
+    try:
+        vault = Vault(master) if master else None
+    except VaultError as exc:
+        raise ConfigError(str(config.dev_vars_path), MASTER_KEY_NAME, str(exc)) from None
+    base_urls: dict[Provider, str] = {
+        p: (config.var(f"{p.upper()}_BASE_URL") or "").rstrip("/") for p in PROVIDER_NAMES
+    }
+    timeouts = Timeouts(
+        connect=config.number("UPSTREAM_CONNECT_TIMEOUT"),
+        first_byte=config.number("UPSTREAM_FIRST_BYTE_TIMEOUT"),
+        idle=config.number("UPSTREAM_IDLE_TIMEOUT"),
+        total=config.number("UPSTREAM_TOTAL_TIMEOUT"),
+    )
+    return Gateway(
+        keys=KeyStore(kv, vault),
+        upstream=UpstreamClient(timeouts),
+        models=parse_model_table(config.tables.get("models"), config.source),
+        base_urls=base_urls,
+        default_max_tokens=int(config.number("DEFAULT_MAX_TOKENS")),
+        anthropic_version=config.var("ANTHROPIC_VERSION") or "2023-06-01",
+    )

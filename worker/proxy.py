@@ -1,0 +1,594 @@
+"""The proxy pipeline: inbound body → provider → upstream HTTP → response back in the client's format.
+
+Same-format traffic (chat → an OpenAI-compatible chat upstream, Messages → Anthropic, Responses → OpenAI) is
+forwarded as it came, byte for byte, with only the model id and the `trex*` fields changed. Cross-format
+traffic is decoded into the canonical types of `adapters.base` and encoded for the other side. Streams are
+translated event by event and every event is written the moment it is translated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, Protocol
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from adapters import anthropic, openai_chat, openai_responses
+from adapters.base import (
+    BlockStop,
+    Request,
+    Response,
+    StreamEnd,
+    StreamError,
+    StreamEvent,
+    StreamFinish,
+    StreamStart,
+    StreamUsage,
+    Text,
+    TextDelta,
+    TextStart,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallStart,
+    TranslationError,
+)
+from adapters.sse import SSEEvent, SSEParser, frame
+from adapters.transport import UpstreamUnavailable
+
+from .appkeys import REQUEST_ID
+from .auth import KeyRecord, MissingProviderKeyError, credential_from_headers
+from .errors import (
+    AuthenticationError,
+    GatewayError,
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitError,
+    UpstreamError,
+    error_format_for,
+)
+from .gateway import Gateway
+from .routing import ModelRoute, Provider, resolve
+
+InboundFormat = Literal["chat", "responses", "messages"]
+UpstreamWire = Literal["chat", "responses", "messages"]
+
+_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+
+# Upstream response headers worth passing on: rate-limit state and when to retry.
+_FORWARD_HEADER_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+_FORWARD_HEADERS = ("retry-after", "retry-after-ms")
+_ERROR_BODY_LIMIT = 1 << 20
+
+
+class Relay(Protocol):
+    """Turns upstream SSE events into client bytes."""
+
+    done: bool
+
+    def feed(self, event: SSEEvent) -> bytes: ...
+
+    def fail(self, message: str) -> bytes: ...
+
+
+# ---- entry points ------
+
+
+async def authenticate(request: web.Request, gw: Gateway) -> KeyRecord:
+    """The calling key (401 in the client's format otherwise)."""
+    return await gw.keys.authenticate(credential_from_headers(request.headers))
+
+
+async def proxy(
+    request: web.Request, gw: Gateway, key: KeyRecord, fmt: InboundFormat, body: dict[str, Any]
+) -> web.StreamResponse:
+    """Serve one model request end to end."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequestError("'model' is required and must be a non-empty string.", param="model")
+    body.pop("trex", None)
+    body.pop("trex_accounting", None)
+    route = resolve(model, gw.models)
+    wire: UpstreamWire = "responses" if fmt == "responses" and route.provider == "openai" else route.wire
+    api_key = await provider_key(request, gw, key, route.provider)
+    stream = body.get("stream") is True
+
+    wants_usage = True
+    if fmt == wire:
+        upstream_body: dict[str, Any] = body
+        upstream_body["model"] = route.upstream_model
+        if wire == "chat" and stream:
+            options = body.get("stream_options")
+            options = dict(options) if isinstance(options, dict) else {}
+            wants_usage = options.get("include_usage") is True
+            options["include_usage"] = True  # we always need the usage; the client sees it only if it asked
+            upstream_body["stream_options"] = options
+        canonical: Request | None = None
+    else:
+        canonical = _decode_request(fmt, body)
+        upstream_body = _encode_request(wire, canonical, route, gw)
+        if fmt == "chat" and stream:
+            options = body.get("stream_options")
+            wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+
+    url = _upstream_url(gw, route.provider, wire)
+    headers = _upstream_headers(request, gw, route.provider, api_key)
+    try:
+        upstream = await gw.upstream.request(
+            route.provider, "POST", url, _encoder.encode(upstream_body), headers
+        )
+    except UpstreamUnavailable as exc:
+        raise UpstreamError(
+            f"Upstream {route.provider} unavailable: {exc}",
+            status=504 if exc.kind == "timeout" else 502,
+            code="upstream_timeout" if exc.kind == "timeout" else "upstream_unreachable",
+            headers={"X-Trex-Upstream-Provider": route.provider},
+        ) from exc
+
+    out_headers = {"X-Trex-Upstream-Provider": route.provider, "X-Trex-Upstream-Model": route.upstream_model}
+    out_headers.update(_forwarded_headers(upstream.headers))
+    try:
+        if upstream.status >= 400:
+            return await _error_response(request, upstream, fmt, wire, out_headers)
+        is_sse = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
+        if stream and is_sse:
+            relay = _make_relay(fmt, wire, route, body, wants_usage)
+            return await _stream(request, upstream, relay, out_headers, gw.upstream.timeouts.total)
+        async with asyncio.timeout(gw.upstream.timeouts.total):
+            data = await upstream.read()
+        if fmt == wire and not stream:
+            return web.Response(
+                body=data, status=upstream.status, headers=out_headers, content_type="application/json"
+            )
+        resp = _decode_response(wire, _decode_json(data, route.provider))
+        if stream:  # the upstream answered a stream request with one JSON body: replay it as a stream
+            relay = _make_relay(fmt, "canonical", route, body, wants_usage)
+            return await _replay(request, resp, relay, out_headers)
+        doc = _encode_response(fmt, resp, body)
+        return web.Response(body=_encoder.encode(doc), headers=out_headers, content_type="application/json")
+    except TimeoutError as exc:
+        raise UpstreamError(
+            f"Upstream {route.provider} timed out.", status=504, code="upstream_timeout", headers=out_headers
+        ) from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(
+            f"Upstream {route.provider} failed: {exc.__class__.__name__}.",
+            code="upstream_error",
+            headers=out_headers,
+        ) from exc
+    finally:
+        upstream.release()
+
+
+async def provider_key(request: web.Request, gw: Gateway, key: KeyRecord, provider: Provider) -> str | None:
+    """The override header, else the bound key, else (local only) none; otherwise `missing_provider_key`."""
+    override = request.headers.get("X-Upstream-Api-Key")
+    if override and override.strip():
+        return override.strip()
+    bound = await gw.keys.provider_key(key.id, provider)
+    if bound:
+        return bound
+    if provider == "local":
+        return None
+    raise MissingProviderKeyError(
+        f"No {provider} key is bound to proxy key {key.id}. Bind one with "
+        f"`trex keys bind {key.id} --provider {provider}`, or send it in the X-Upstream-Api-Key header.",
+        param="model",
+    )
+
+
+# ---- request building ------
+
+
+def _decode_request(fmt: InboundFormat, body: dict[str, Any]) -> Request:
+    try:
+        if fmt == "chat":
+            return openai_chat.decode_request(body)
+        if fmt == "messages":
+            return anthropic.decode_request(body)
+        return openai_responses.decode_request(body)
+    except TranslationError as exc:
+        raise InvalidRequestError(str(exc), param=exc.param, code="invalid_request") from None
+
+
+def _encode_request(wire: UpstreamWire, req: Request, route: ModelRoute, gw: Gateway) -> dict[str, Any]:
+    try:
+        if wire == "messages":
+            return anthropic.encode_request(
+                req, upstream_model=route.upstream_model, default_max_tokens=gw.default_max_tokens
+            )
+        flavor: Literal["openai", "openrouter", "local"] = (
+            "openrouter"
+            if route.provider == "openrouter"
+            else "local"
+            if route.provider == "local"
+            else "openai"
+        )
+        return openai_chat.encode_request(req, upstream_model=route.upstream_model, flavor=flavor)
+    except TranslationError as exc:
+        raise InvalidRequestError(str(exc), param=exc.param, code="unsupported_for_provider") from None
+
+
+def _upstream_url(gw: Gateway, provider: Provider, wire: UpstreamWire) -> str:
+    base = gw.base_urls[provider]
+    if wire == "messages":
+        return f"{base}/messages" if base.endswith("/v1") else f"{base}/v1/messages"
+    return f"{base}/responses" if wire == "responses" else f"{base}/chat/completions"
+
+
+_CLIENT_HEADERS: Mapping[Provider, tuple[str, ...]] = {
+    "openai": ("OpenAI-Organization", "OpenAI-Project", "OpenAI-Beta"),
+    "anthropic": ("anthropic-beta",),
+    "openrouter": ("HTTP-Referer", "X-Title"),
+    "local": (),
+}
+
+
+def _upstream_headers(
+    request: web.Request, gw: Gateway, provider: Provider, api_key: str | None
+) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    if provider == "anthropic":
+        headers["anthropic-version"] = request.headers.get("anthropic-version") or gw.anthropic_version
+        if api_key:
+            headers["x-api-key"] = api_key
+    elif api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    for name in _CLIENT_HEADERS[provider]:
+        value = request.headers.get(name)
+        if value:
+            headers[name] = value
+    return headers
+
+
+def _forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in _FORWARD_HEADERS or lower.startswith(_FORWARD_HEADER_PREFIXES):
+            out[name] = value
+    return out
+
+
+# ---- non-streaming responses ------
+
+
+def _decode_json(data: bytes, provider: str) -> dict[str, Any]:
+    try:
+        doc = _decoder.decode(data)
+    except msgspec.DecodeError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise UpstreamError(
+            f"Upstream {provider} returned a body that is not a JSON object.", code="bad_upstream_response"
+        )
+    return doc
+
+
+def _decode_response(wire: UpstreamWire, doc: dict[str, Any]) -> Response:
+    try:
+        return anthropic.decode_response(doc) if wire == "messages" else openai_chat.decode_response(doc)
+    except (TranslationError, KeyError, TypeError, ValueError) as exc:
+        raise UpstreamError(
+            f"Upstream response could not be translated: {exc}", code="bad_upstream_response"
+        ) from exc
+
+
+def _encode_response(fmt: InboundFormat, resp: Response, body: dict[str, Any]) -> dict[str, Any]:
+    if fmt == "chat":
+        return openai_chat.encode_response(resp, model=resp.model)
+    if fmt == "messages":
+        return anthropic.encode_response(resp, model=resp.model)
+    return openai_responses.encode_response(resp, model=resp.model, request=body)
+
+
+# ---- errors ------
+
+_STATUS_ERRORS: Mapping[int, type[GatewayError]] = {
+    400: InvalidRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    413: PayloadTooLargeError,
+    422: InvalidRequestError,
+    429: RateLimitError,
+}
+
+
+async def _error_response(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    fmt: InboundFormat,
+    wire: UpstreamWire,
+    headers: dict[str, str],
+) -> web.Response:
+    data = await upstream.content.read(_ERROR_BODY_LIMIT)
+    if fmt == wire:  # same format: the upstream's error body is already what the client's SDK expects
+        return web.Response(
+            body=data, status=upstream.status, headers=headers, content_type="application/json"
+        )
+    message, code = _upstream_error_detail(data, upstream.status)
+    cls = _STATUS_ERRORS.get(upstream.status, UpstreamError)
+    err = cls(message, code=code, status=upstream.status, headers=headers)
+    if upstream.status == 529:
+        err.anthropic_type = "overloaded_error"
+    return web.Response(
+        body=err.body(error_format_for(request.path), request.get(REQUEST_ID)),
+        status=upstream.status,
+        headers=headers,
+        content_type="application/json",
+    )
+
+
+def _upstream_error_detail(data: bytes, status: int) -> tuple[str, str | None]:
+    """Message and code from an OpenAI-shaped or Anthropic-shaped error body."""
+    try:
+        doc = _decoder.decode(data)
+    except msgspec.DecodeError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+        err = doc["error"]
+        message = str(err.get("message") or f"Upstream error {status}")
+        code = err.get("code") or err.get("type")
+        return message, str(code) if code else None
+    text = data[:500].decode("utf-8", "replace").strip()
+    return (text or f"Upstream returned HTTP {status}"), None
+
+
+# ---- streaming ------
+
+
+class PassthroughRelay:
+    """Same format on both sides: forward each event's exact bytes; note when the stream is complete."""
+
+    def __init__(self, fmt: InboundFormat, wants_usage: bool) -> None:
+        self._fmt = fmt
+        self._wants_usage = wants_usage
+        self._last_sequence = -1
+        self.done = False
+
+    def feed(self, event: SSEEvent) -> bytes:
+        fmt = self._fmt
+        if fmt == "chat":
+            data = event.data
+            if data == "[DONE]":
+                self.done = True
+            elif not self._wants_usage and '"usage":{' in data and '"choices":[]' in data.replace(" ", ""):
+                return b""  # the usage chunk we forced on; the client did not ask for it
+            elif data.startswith('{"error"'):
+                self.done = True
+        elif fmt == "messages":
+            if event.event in ("message_stop", "error"):
+                self.done = True
+        else:
+            if event.event in ("response.completed", "response.incomplete", "response.failed", "error"):
+                self.done = True
+            seq = _sequence_number(event.data)
+            if seq is not None:
+                self._last_sequence = seq
+        return event.raw
+
+    def fail(self, message: str) -> bytes:
+        self.done = True
+        if self._fmt == "chat":
+            return frame(
+                _encoder.encode(
+                    {"error": {"message": message, "type": "upstream_error", "code": None, "param": None}}
+                )
+            )
+        if self._fmt == "messages":
+            return frame(
+                _encoder.encode({"type": "error", "error": {"type": "api_error", "message": message}}),
+                "error",
+            )
+        seq = self._last_sequence + 1
+        return frame(
+            _encoder.encode(
+                {
+                    "type": "error",
+                    "code": "upstream_error",
+                    "message": message,
+                    "param": None,
+                    "sequence_number": seq,
+                }
+            ),
+            "error",
+        )
+
+
+def _sequence_number(data: str) -> int | None:
+    marker = data.find('"sequence_number":')
+    if marker < 0:
+        return None
+    digits = data[marker + 18 :].lstrip()
+    end = 0
+    while end < len(digits) and digits[end].isdigit():
+        end += 1
+    return int(digits[:end]) if end else None
+
+
+class TranslatingRelay:
+    """Different formats: decode upstream events to canonical ones and encode them for the client."""
+
+    def __init__(
+        self, decode: Callable[[SSEEvent], list[StreamEvent]], encode: Callable[[StreamEvent], bytes]
+    ) -> None:
+        self._decode = decode
+        self._encode = encode
+        self.done = False
+
+    def feed(self, event: SSEEvent) -> bytes:
+        out = b""
+        for ev in self._decode(event):
+            out += self._encode(ev)
+            if isinstance(ev, StreamEnd | StreamError):
+                self.done = True
+        return out
+
+    def emit(self, ev: StreamEvent) -> bytes:
+        if isinstance(ev, StreamEnd | StreamError):
+            self.done = True
+        return self._encode(ev)
+
+    def fail(self, message: str) -> bytes:
+        self.done = True
+        return self._encode(StreamError("api_error", message))
+
+
+def _make_relay(
+    fmt: InboundFormat,
+    wire: UpstreamWire | Literal["canonical"],
+    route: ModelRoute,
+    body: dict[str, Any],
+    wants_usage: bool,
+) -> PassthroughRelay | TranslatingRelay:
+    if fmt == wire:
+        return PassthroughRelay(fmt, wants_usage)
+    model = route.upstream_model
+    encode: Callable[[StreamEvent], bytes]
+    if fmt == "chat":
+        encode = openai_chat.StreamEncoder(model=model, include_usage=wants_usage).encode
+    elif fmt == "messages":
+        encode = anthropic.StreamEncoder(model=model).encode
+    else:
+        encode = openai_responses.StreamEncoder(model=model, request=body).encode
+    decode: Callable[[SSEEvent], list[StreamEvent]]
+    if wire == "messages":
+        anthropic_decoder = anthropic.StreamDecoder()
+        decode = lambda ev: anthropic_decoder.feed(ev.event, ev.data)  # noqa: E731
+    elif wire == "chat":
+        chat_decoder = openai_chat.StreamDecoder()
+        decode = lambda ev: chat_decoder.feed(ev.data)  # noqa: E731
+    else:
+        decode = lambda ev: []  # noqa: E731 - canonical replays feed events directly through emit()
+    return TranslatingRelay(decode, encode)
+
+
+def _stream_headers(headers: dict[str, str]) -> dict[str, str]:
+    return {
+        **headers,
+        "Content-Type": "text/event-stream",
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+    }
+
+
+async def _write(out: web.StreamResponse, data: bytes) -> bool:
+    """Write to the client; False if it has gone away."""
+    try:
+        await out.write(data)
+    except ConnectionResetError:
+        return False
+    return True
+
+
+async def _stream(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    relay: PassthroughRelay | TranslatingRelay,
+    headers: dict[str, str],
+    total_timeout: float,
+) -> web.StreamResponse:
+    out = web.StreamResponse(status=200, headers=_stream_headers(headers))
+    await out.prepare(request)
+    parser = SSEParser()
+    tail = b""
+    try:
+        async with asyncio.timeout(total_timeout):
+            async for chunk in upstream.content.iter_any():
+                for event in parser.feed(chunk):
+                    data = relay.feed(event)
+                    if data and not await _write(out, data):
+                        upstream.close()  # client gone: stop reading and drop the upstream connection
+                        return out
+                if relay.done:
+                    break
+        if not relay.done:
+            tail = relay.fail("The upstream stream ended before completion.")
+    except TimeoutError:
+        tail = relay.fail("The upstream stream timed out.")
+    except aiohttp.ClientError as exc:
+        tail = relay.fail(f"The upstream connection failed mid-stream ({exc.__class__.__name__}).")
+    if tail and not await _write(out, tail):
+        return out
+    with contextlib.suppress(ConnectionResetError):
+        await out.write_eof()
+    return out
+
+
+def events_from_response(resp: Response) -> list[StreamEvent]:
+    """A complete response as the canonical event sequence a stream of it would produce."""
+    events: list[StreamEvent] = [StreamStart(id=resp.id, model=resp.model)]
+    index = 0
+    for part in resp.content:
+        if isinstance(part, Text):
+            events += [TextStart(index), TextDelta(index, part.text), BlockStop(index)]
+        elif isinstance(part, ToolCall):
+            events += [
+                ToolCallStart(index, part.id, part.name),
+                ToolCallDelta(index, part.arguments),
+                BlockStop(index),
+            ]
+        else:
+            continue  # thinking is not replayed
+        index += 1
+    events += [
+        StreamFinish(resp.stop_reason or "stop", resp.stop_sequence),
+        StreamUsage(resp.usage),
+        StreamEnd(),
+    ]
+    return events
+
+
+async def _replay(
+    request: web.Request, resp: Response, relay: PassthroughRelay | TranslatingRelay, headers: dict[str, str]
+) -> web.StreamResponse:
+    assert isinstance(relay, TranslatingRelay)
+    out = web.StreamResponse(status=200, headers=_stream_headers(headers))
+    await out.prepare(request)
+    for ev in events_from_response(resp):
+        data = relay.emit(ev)
+        if data and not await _write(out, data):
+            return out
+    with contextlib.suppress(ConnectionResetError):
+        await out.write_eof()
+    return out
+
+
+# ---- JSON pass-through endpoints (embeddings) ------
+
+
+async def forward_json(
+    request: web.Request, gw: Gateway, key: KeyRecord, route: ModelRoute, path: str, body: dict[str, Any]
+) -> web.Response:
+    """POST `body` to `<provider base>/<path>` and return the upstream's answer unchanged."""
+    api_key = await provider_key(request, gw, key, route.provider)
+    body["model"] = route.upstream_model
+    url = f"{gw.base_urls[route.provider]}/{path}"
+    headers = _upstream_headers(request, gw, route.provider, api_key)
+    out_headers = {"X-Trex-Upstream-Provider": route.provider, "X-Trex-Upstream-Model": route.upstream_model}
+    try:
+        upstream = await gw.upstream.request(route.provider, "POST", url, _encoder.encode(body), headers)
+    except UpstreamUnavailable as exc:
+        raise UpstreamError(
+            f"Upstream {route.provider} unavailable: {exc}",
+            status=504 if exc.kind == "timeout" else 502,
+            headers=out_headers,
+        ) from exc
+    try:
+        out_headers.update(_forwarded_headers(upstream.headers))
+        async with asyncio.timeout(gw.upstream.timeouts.total):
+            data = await upstream.read()
+        return web.Response(
+            body=data, status=upstream.status, headers=out_headers, content_type="application/json"
+        )
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise UpstreamError(f"Upstream {route.provider} failed.", status=502, headers=out_headers) from exc
+    finally:
+        upstream.release()

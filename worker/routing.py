@@ -1,0 +1,117 @@
+"""Which provider serves a model, and under which upstream model id.
+
+Built-in rules: `gpt-*`, `chatgpt-*`, `o1*`, `o3*`, `o4*`, `text-embedding-*` → OpenAI; `claude-*` →
+Anthropic; `local/NAME` → the local OpenAI-compatible server as `NAME`; any other `vendor/model` →
+OpenRouter. `[[models]]` entries in the config add names or override these rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .config import ConfigError
+from .errors import GatewayError
+
+Provider = Literal["openai", "anthropic", "openrouter", "local"]
+WireFormat = Literal["chat", "messages"]
+PROVIDER_NAMES: tuple[Provider, ...] = ("openai", "anthropic", "openrouter", "local")
+WIRE: Mapping[Provider, WireFormat] = {
+    "openai": "chat",
+    "anthropic": "messages",
+    "openrouter": "chat",
+    "local": "chat",
+}
+_OPENAI_PREFIXES = (
+    "gpt-",
+    "chatgpt-",
+    "o1",
+    "o3",
+    "o4",
+    "text-embedding-",
+    "omni-moderation",
+    "davinci",
+    "babbage",
+)
+
+
+# Listed by `GET /v1/models` (the full catalog with prices and windows comes with the routing work).
+BUILTIN_MODELS: tuple[str, ...] = (
+    "gpt-4.1",
+    "gpt-4.1-mini",
+    "gpt-4o",
+    "gpt-4o-mini",
+    "o3",
+    "o4-mini",
+    "text-embedding-3-small",
+    "text-embedding-3-large",
+    "claude-opus-4-1-20250805",
+    "claude-sonnet-4-20250514",
+    "claude-3-5-haiku-20241022",
+)
+
+
+class ModelNotFoundError(GatewayError):
+    """No provider serves this model name."""
+
+    status = 404
+    openai_type = "invalid_request_error"
+    anthropic_type = "not_found_error"
+    default_code = "model_not_found"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRoute:
+    """Where a requested model goes."""
+
+    model: str
+    provider: Provider
+    upstream_model: str
+
+    @property
+    def wire(self) -> WireFormat:
+        return WIRE[self.provider]
+
+
+def parse_model_table(raw: Any, source: str) -> dict[str, ModelRoute]:
+    """Validate `[[models]]` (name, provider, optional upstream_model) into a lookup table."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, list):
+        raise ConfigError(source, "models", "must be an array of tables ([[models]])")
+    table: dict[str, ModelRoute] = {}
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            raise ConfigError(source, f"models[{i}]", "must be a table")
+        name, provider = entry.get("name"), entry.get("provider")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(source, f"models[{i}].name", "required non-empty string")
+        if provider not in PROVIDER_NAMES:
+            raise ConfigError(source, f"models[{i}].provider", f"expected one of {', '.join(PROVIDER_NAMES)}")
+        upstream = entry.get("upstream_model", name)
+        if not isinstance(upstream, str) or not upstream:
+            raise ConfigError(source, f"models[{i}].upstream_model", "must be a non-empty string")
+        table[name] = ModelRoute(name, provider, upstream)
+    return table
+
+
+def resolve(model: str, table: Mapping[str, ModelRoute]) -> ModelRoute:
+    """The route for `model`, or ModelNotFoundError naming it."""
+    configured = table.get(model)
+    if configured is not None:
+        return configured
+    if model.startswith("local/") and len(model) > 6:
+        return ModelRoute(model, "local", model[6:])
+    if model.startswith("claude-"):
+        return ModelRoute(model, "anthropic", model)
+    if model.startswith(_OPENAI_PREFIXES):
+        return ModelRoute(model, "openai", model)
+    vendor, sep, name = model.partition("/")
+    if sep and vendor and name:
+        return ModelRoute(model, "openrouter", model)
+    raise ModelNotFoundError(
+        f"The model {model!r} does not exist or no provider serves it. Use an OpenAI (gpt-*, o*), Anthropic "
+        "(claude-*), OpenRouter (vendor/model) or local (local/NAME) model, or add it under [[models]].",
+        param="model",
+    )
