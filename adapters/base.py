@@ -153,7 +153,7 @@ class Response(msgspec.Struct, omit_defaults=True):
 # come between them or before); a broken one ends with StreamError.
 
 
-class StreamStart(msgspec.Struct, tag="start"):
+class StreamStart(msgspec.Struct, tag="start", tag_field="kind"):
     """The response began. Usage, if the upstream reports input tokens up front (Anthropic does)."""
 
     id: str
@@ -161,26 +161,26 @@ class StreamStart(msgspec.Struct, tag="start"):
     usage: Usage | None = None
 
 
-class TextStart(msgspec.Struct, tag="text_start"):
+class TextStart(msgspec.Struct, tag="text_start", tag_field="kind"):
     """A text block opens at `index`."""
 
     index: int
 
 
-class TextDelta(msgspec.Struct, tag="text_delta"):
+class TextDelta(msgspec.Struct, tag="text_delta", tag_field="kind"):
     """More text for the block at `index`."""
 
     index: int
     text: str
 
 
-class ThinkingStart(msgspec.Struct, tag="thinking_start"):
+class ThinkingStart(msgspec.Struct, tag="thinking_start", tag_field="kind"):
     """A thinking (reasoning) block opens at `index`."""
 
     index: int
 
 
-class ThinkingDelta(msgspec.Struct, tag="thinking_delta"):
+class ThinkingDelta(msgspec.Struct, tag="thinking_delta", tag_field="kind"):
     """More reasoning text for the thinking block at `index`; `signature` arrives once, at its end."""
 
     index: int
@@ -188,7 +188,7 @@ class ThinkingDelta(msgspec.Struct, tag="thinking_delta"):
     signature: str | None = None
 
 
-class ToolCallStart(msgspec.Struct, tag="tool_call_start"):
+class ToolCallStart(msgspec.Struct, tag="tool_call_start", tag_field="kind"):
     """A tool call opens at `index`."""
 
     index: int
@@ -196,40 +196,40 @@ class ToolCallStart(msgspec.Struct, tag="tool_call_start"):
     name: str
 
 
-class ToolCallDelta(msgspec.Struct, tag="tool_call_delta"):
+class ToolCallDelta(msgspec.Struct, tag="tool_call_delta", tag_field="kind"):
     """A fragment of the tool call's JSON arguments."""
 
     index: int
     arguments: str
 
 
-class BlockStop(msgspec.Struct, tag="block_stop"):
+class BlockStop(msgspec.Struct, tag="block_stop", tag_field="kind"):
     """The block at `index` is complete."""
 
     index: int
 
 
-class StreamFinish(msgspec.Struct, tag="finish"):
+class StreamFinish(msgspec.Struct, tag="finish", tag_field="kind"):
     """The model stopped. Usage may still follow (OpenAI sends it in a later chunk)."""
 
     stop_reason: StopReason
     stop_sequence: str | None = None
 
 
-class StreamUsage(msgspec.Struct, tag="usage"):
+class StreamUsage(msgspec.Struct, tag="usage", tag_field="kind"):
     """Usage so far (cumulative); the last one wins."""
 
     usage: Usage
 
 
-class StreamError(msgspec.Struct, tag="error"):
+class StreamError(msgspec.Struct, tag="error", tag_field="kind"):
     """The upstream reported an error mid-stream, or the stream broke."""
 
     type: str
     message: str
 
 
-class StreamEnd(msgspec.Struct, tag="end"):
+class StreamEnd(msgspec.Struct, tag="end", tag_field="kind"):
     """The upstream stream ended normally."""
 
 
