@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -100,12 +100,23 @@ class GatewaySetup:
     fake: FakeUpstream
     key: str
     key_id: str
+    clients: list[Any] = field(default_factory=list)
 
-    def openai(self, **kw: Any) -> openai.OpenAI:
-        return openai.OpenAI(api_key=self.key, base_url=self.worker.url + "/v1", max_retries=0, **kw)
+    def openai(self, key: str | None = None, **kw: Any) -> openai.OpenAI:
+        """An OpenAI SDK client pointed at the worker (closed at teardown)."""
+        client = openai.OpenAI(api_key=key or self.key, base_url=self.worker.url + "/v1", max_retries=0, **kw)
+        self.clients.append(client)
+        return client
 
-    def anthropic(self, **kw: Any) -> anthropic.Anthropic:
-        return anthropic.Anthropic(api_key=self.key, base_url=self.worker.url, max_retries=0, **kw)
+    def anthropic(self, key: str | None = None, **kw: Any) -> anthropic.Anthropic:
+        """An Anthropic SDK client pointed at the worker (closed at teardown)."""
+        client = anthropic.Anthropic(api_key=key or self.key, base_url=self.worker.url, max_retries=0, **kw)
+        self.clients.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
 
     def new_key(self, name: str = "unbound") -> tuple[str, str]:
         """Another proxy key, with no provider bindings: (key id, key)."""
@@ -114,7 +125,9 @@ class GatewaySetup:
 
 
 @pytest.fixture
-def gateway(make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream) -> GatewaySetup:
+def gateway(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> Iterator[GatewaySetup]:
     worker = make_worker(dev_vars={"TREX_MASTER_KEY": MASTER_KEY})
     keys = worker.app[GATEWAY].keys
 
@@ -125,4 +138,6 @@ def gateway(make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpst
         return record.id, token
 
     key_id, token = worker.call(setup())
-    return GatewaySetup(worker, fake_upstream, token, key_id)
+    setup_ = GatewaySetup(worker, fake_upstream, token, key_id)
+    yield setup_
+    setup_.close()

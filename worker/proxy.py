@@ -194,7 +194,7 @@ def _decode_request(fmt: InboundFormat, body: dict[str, Any]) -> Request:
             return anthropic.decode_request(body)
         return openai_responses.decode_request(body)
     except TranslationError as exc:
-        raise InvalidRequestError(str(exc), param=exc.param, code="invalid_request") from None
+        raise InvalidRequestError(_with_param(exc), param=exc.param, code="invalid_request") from None
 
 
 def _encode_request(wire: UpstreamWire, req: Request, route: ModelRoute, gw: Gateway) -> dict[str, Any]:
@@ -212,7 +212,14 @@ def _encode_request(wire: UpstreamWire, req: Request, route: ModelRoute, gw: Gat
         )
         return openai_chat.encode_request(req, upstream_model=route.upstream_model, flavor=flavor)
     except TranslationError as exc:
-        raise InvalidRequestError(str(exc), param=exc.param, code="unsupported_for_provider") from None
+        raise InvalidRequestError(
+            _with_param(exc), param=exc.param, code="unsupported_for_provider"
+        ) from None
+
+
+def _with_param(exc: TranslationError) -> str:
+    # Anthropic error bodies have no `param`, so the field is named in the message for every client.
+    return f"{exc.param}: {exc}" if exc.param and exc.param not in str(exc) else str(exc)
 
 
 def _upstream_url(gw: Gateway, provider: Provider, wire: UpstreamWire) -> str:
