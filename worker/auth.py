@@ -20,7 +20,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -231,13 +231,16 @@ class KeyStore:
         self._provider_keys.put(slot, plaintext)
         return plaintext
 
-    async def touch(self, key_id: str, now: float | None = None) -> None:
-        """Record use, at most once a minute per key per process (a write per request would dominate)."""
+    def touch(self, key_id: str, now: float | None = None) -> Coroutine[Any, Any, None] | None:
+        """The write recording use of `key_id`, or None when it was recorded in the last minute.
+
+        Checked synchronously so the hot path creates no coroutine or task at all in the common case.
+        """
         now = time.time() if now is None else now
         if now - self._last_used_written.get(key_id, 0.0) < 60:
-            return
+            return None
         self._last_used_written[key_id] = now
-        await self._kv.put(f"keyused/{key_id}", str(int(now)))
+        return self._kv.put(f"keyused/{key_id}", str(int(now)))
 
     def _require_vault(self) -> Vault:
         if self._vault is None:

@@ -39,7 +39,7 @@ from adapters.base import (
 from adapters.sse import SSEEvent, SSEParser, frame
 from adapters.transport import UpstreamUnavailable
 
-from .appkeys import REQUEST_ID
+from .appkeys import CTX, REQUEST_ID
 from .auth import KeyRecord, MissingProviderKeyError, credential_from_headers
 from .errors import (
     AuthenticationError,
@@ -81,8 +81,12 @@ class Relay(Protocol):
 
 
 async def authenticate(request: web.Request, gw: Gateway) -> KeyRecord:
-    """The calling key (401 in the client's format otherwise)."""
-    return await gw.keys.authenticate(credential_from_headers(request.headers))
+    """The calling key (401 in the client's format otherwise); its last use is recorded after the response."""
+    key = await gw.keys.authenticate(credential_from_headers(request.headers))
+    touch = gw.keys.touch(key.id)
+    if touch is not None:
+        request[CTX].wait_until(touch)
+    return key
 
 
 async def proxy(
@@ -361,6 +365,8 @@ class PassthroughRelay:
         self.done = False
 
     def feed(self, event: SSEEvent) -> bytes:
+        if self.done:
+            return b""
         fmt = self._fmt
         if fmt == "chat":
             data = event.data
@@ -431,6 +437,8 @@ class TranslatingRelay:
         self.done = False
 
     def feed(self, event: SSEEvent) -> bytes:
+        if self.done:
+            return b""
         out = b""
         for ev in self._decode(event):
             out += self._encode(ev)
@@ -526,7 +534,19 @@ async def _stream(
         return out
     with contextlib.suppress(ConnectionResetError):
         await out.write_eof()
+    await _drain(upstream)
     return out
+
+
+async def _drain(upstream: aiohttp.ClientResponse) -> None:
+    """Read what follows the terminal event (normally just EOF) so the connection can go back to the pool;
+    an upstream that keeps talking is cut off instead."""
+    try:
+        async with asyncio.timeout(1.0):
+            while await upstream.content.readany():
+                pass
+    except (TimeoutError, aiohttp.ClientError):
+        upstream.close()
 
 
 def events_from_response(resp: Response) -> list[StreamEvent]:
