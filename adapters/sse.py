@@ -9,11 +9,10 @@ e.g. OpenRouter's `: OPENROUTER PROCESSING`), multi-line `data:` (joined with `\
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class SSEEvent:
+class SSEEvent(NamedTuple):
     """One dispatched event. `raw` is the exact bytes it was parsed from, comments included."""
 
     event: str | None
@@ -48,6 +47,8 @@ class SSEParser:
         events: list[SSEEvent] = []
         pos = self._pos
         n = len(buf)
+        if b"\r" not in buf:
+            pos = self._feed_lf(buf, pos, events)
         while pos < n:
             lf = buf.find(b"\n", pos)
             cr = buf.find(b"\r", pos, lf if lf != -1 else n)
@@ -76,6 +77,29 @@ class SSEParser:
             self._event_start = 0
         self._pos = pos
         return events
+
+    def _feed_lf(self, buf: bytearray, pos: int, events: list[SSEEvent]) -> int:
+        """The common case, LF line ends only: find whole blocks with one search each instead of per line.
+
+        `pos` is always at the start of a line; returns the position of the first unconsumed line.
+        """
+        n = len(buf)
+        while pos < n:
+            if buf[pos] == 0x0A:  # a blank line right here: the block it ends was already read
+                end = pos + 1
+            else:
+                blank = buf.find(b"\n\n", pos)
+                if blank == -1:
+                    return pos  # the block is incomplete; wait for more
+                for line in bytes(buf[pos:blank]).split(b"\n"):
+                    self._field(line.decode("utf-8", "replace"))
+                end = blank + 2
+            event = self._dispatch(bytes(buf[self._event_start : end]))
+            if event is not None:
+                self._event_start = end
+                events.append(event)
+            pos = end
+        return pos
 
     def _field(self, line: str) -> None:
         if line[0] == ":":

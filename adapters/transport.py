@@ -4,7 +4,7 @@
 - first_byte: from sending the request to the response headers (a non-streaming completion arrives whole,
   so this bounds generation time too);
 - idle: the longest gap between two reads of the body (a stalled stream);
-- total: the whole exchange, body included (enforced by the caller around the body read).
+- total: the whole exchange, body included.
 The domain never touches sockets: it hands this module bytes and gets a response back.
 """
 
@@ -50,8 +50,11 @@ class UpstreamClient:
             connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._limit, keepalive_timeout=60)
             sess = aiohttp.ClientSession(
                 connector=connector,
+                # aiohttp enforces total (body included, until release), connect and idle-between-reads.
                 timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=self.timeouts.connect, sock_read=self.timeouts.idle
+                    total=self.timeouts.total,
+                    sock_connect=self.timeouts.connect,
+                    sock_read=self.timeouts.idle,
                 ),
                 auto_decompress=True,
                 skip_auto_headers=("User-Agent",),

@@ -113,6 +113,7 @@ class Config:
     persist_to: Path
     kv_url: str
     log_format: str
+    access_log: bool
     shutdown_grace_seconds: float
     wait_until_timeout_seconds: float
     max_body_bytes: int
@@ -246,6 +247,9 @@ def _build(
     log_format = ov.log_format or _str(local.get("log_format", "text"), source, "local.log_format")
     if log_format not in LOG_FORMATS:
         raise ConfigError(source, "local.log_format", f"expected one of {LOG_FORMATS}, got {log_format!r}")
+    access_log = local.get("access_log", True)
+    if not isinstance(access_log, bool):
+        raise ConfigError(source, "local.access_log", f"expected true or false, got {access_log!r}")
     grace = ov.shutdown_grace_seconds
     if grace is None:
         grace = _positive(local.get("shutdown_grace_seconds", 10), source, "local.shutdown_grace_seconds")
@@ -274,6 +278,7 @@ def _build(
         persist_to=persist_to,
         kv_url=kv_url,
         log_format=log_format,
+        access_log=access_log,
         shutdown_grace_seconds=grace,
         wait_until_timeout_seconds=wait_timeout,
         max_body_bytes=max_body,

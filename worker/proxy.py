@@ -143,9 +143,8 @@ async def proxy(
         is_sse = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
         if stream and is_sse:
             relay = _make_relay(fmt, wire, route, body, wants_usage)
-            return await _stream(request, upstream, relay, out_headers, gw.upstream.timeouts.total)
-        async with asyncio.timeout(gw.upstream.timeouts.total):
-            data = await upstream.read()
+            return await _stream(request, upstream, relay, out_headers)
+        data = await upstream.read()  # bounded by the session's total and idle timeouts
         if fmt == wire and not stream:
             return web.Response(
                 body=data, status=upstream.status, headers=out_headers, content_type="application/json"
@@ -508,22 +507,22 @@ async def _stream(
     upstream: aiohttp.ClientResponse,
     relay: PassthroughRelay | TranslatingRelay,
     headers: dict[str, str],
-    total_timeout: float,
 ) -> web.StreamResponse:
     out = web.StreamResponse(status=200, headers=_stream_headers(headers))
     await out.prepare(request)
     parser = SSEParser()
     tail = b""
     try:
-        async with asyncio.timeout(total_timeout):
-            async for chunk in upstream.content.iter_any():
-                for event in parser.feed(chunk):
-                    data = relay.feed(event)
-                    if data and not await _write(out, data):
-                        upstream.close()  # client gone: stop reading and drop the upstream connection
-                        return out
-                if relay.done:
-                    break
+        # iter_any yields whatever has arrived (never a fixed size); all the events it completed go out in
+        # one write, so nothing waits for a later event and no write is split per event.
+        async for chunk in upstream.content.iter_any():
+            feed = relay.feed
+            data = b"".join([feed(event) for event in parser.feed(chunk)])
+            if data and not await _write(out, data):
+                upstream.close()  # client gone: stop reading and drop the upstream connection
+                return out
+            if relay.done:
+                break
         if not relay.done:
             tail = relay.fail("The upstream stream ended before completion.")
     except TimeoutError:

@@ -81,3 +81,20 @@ def test_frame_roundtrip() -> None:
     raw = frame('{"a":\n1}', event="message_start")
     assert raw == b'event: message_start\ndata: {"a":\ndata: 1}\n\n'
     assert parse_all(raw) == [("message_start", '{"a":\n1}')]
+
+
+def test_fast_and_general_paths_agree_across_any_split() -> None:
+    """LF-only blocks take the fast path; a CR anywhere switches to the general one mid-stream."""
+    stream = (
+        b': keep-alive\n\ndata: a\ndata: b\n\nevent: x\ndata: {"k": 1}\n\n'
+        b"data: crlf\r\n\r\ndata: lf again\n\nid: 9\ndata: tail\n\n"
+    )
+    whole = parse_all(stream)
+    assert whole == [(None, "a\nb"), ("x", '{"k": 1}'), (None, "crlf"), (None, "lf again"), (None, "tail")]
+    for i in range(1, len(stream)):
+        for j in range(i, len(stream), 7):
+            parser = SSEParser()
+            got = []
+            for part in (stream[:i], stream[i:j], stream[j:]):
+                got += [(e.event, e.data) for e in parser.feed(part)]
+            assert got == whole, (i, j)
