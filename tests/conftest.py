@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import anthropic
 import openai
@@ -48,11 +48,12 @@ def make_worker(tmp_path: Path, fake_upstream: FakeUpstream) -> Iterator[Callabl
         extra_routes: ExtraRoutes | None = None,
         extra: str = "",
         dev_vars: dict[str, str] | None = None,
+        access_stream: TextIO | None = None,
     ) -> InProcessWorker:
         path = write_config(
             tmp_path, {**fake_upstream.base_urls(), **(variables or {})}, local, extra, dev_vars
         )
-        worker = InProcessWorker(load_test_config(path), extra_routes).start()
+        worker = InProcessWorker(load_test_config(path), extra_routes, access_stream).start()
         started.append(worker)
         return worker
 

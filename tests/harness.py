@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from aiohttp import web
 
@@ -77,11 +77,13 @@ def write_config(
 class InProcessWorker:
     """The worker app served on a background thread. `url` is the base URL (no `/v1`)."""
 
-    def __init__(self, config: Config, extra_routes: ExtraRoutes | None = None) -> None:
+    def __init__(
+        self, config: Config, extra_routes: ExtraRoutes | None = None, access_stream: TextIO | None = None
+    ) -> None:
         self.config = config
 
         async def factory() -> web.Application:
-            app = await create_app(config)
+            app = await create_app(config, access_stream=access_stream)
             for method, path, handler in extra_routes or []:
                 app.router.add_route(method, path, handler)
             return app

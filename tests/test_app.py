@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -182,14 +181,16 @@ async def test_unexpected_exception_500_with_request_id_and_no_internals(
     assert "[REDACTED]" in logs
 
 
-async def test_access_log_line_per_request(w: InProcessWorker, captured_logs: io.StringIO) -> None:
+async def test_access_log_line_per_request(make_worker: Callable[..., InProcessWorker]) -> None:
+    stream = io.StringIO()
+    w = make_worker(access_stream=stream, local={"log_format": "json"})
     async with aiohttp.ClientSession() as s:
         async with s.get(w.url + "/health", headers={"X-Request-Id": "acc-1"}) as r:
             assert r.status == 200
         async with s.get(w.url + "/missing", headers={"X-Request-Id": "acc-2"}) as r:
             assert r.status == 404
-    await asyncio.sleep(0.05)
-    lines = [json.loads(ln) for ln in captured_logs.getvalue().splitlines()]
+    w.stop()  # a graceful stop flushes every buffered line
+    lines = [json.loads(ln) for ln in stream.getvalue().splitlines()]
     access = {ln["request_id"]: ln for ln in lines if ln["logger"] == "trex.access"}
     assert access["acc-1"]["status"] == 200 and access["acc-1"]["path"] == "/health"
     assert access["acc-1"]["method"] == "GET" and isinstance(access["acc-1"]["latency_ms"], float)
