@@ -10,10 +10,12 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from tests.fakes.upstream import FakeUpstream
 from tests.harness import ROOT, WorkerProcess, free_port, write_config
 
 
@@ -133,22 +135,42 @@ def _children(pid: int) -> list[int]:
     return [int(x) for x in out.stdout.split()]
 
 
-def test_workers_share_one_port(tmp_path: Path, spawn_worker: Callable[..., WorkerProcess]) -> None:
-    wp = spawn_worker(write_config(tmp_path, {}), "--workers", "2")
+def test_workers_share_one_port_and_one_sqlite_file(
+    tmp_path: Path, spawn_worker: Callable[..., WorkerProcess], fake_upstream: FakeUpstream
+) -> None:
+    cfg = write_config(tmp_path, fake_upstream.base_urls(), dev_vars={"TREX_MASTER_KEY": "w" * 40})
+    created = json.loads(trex("keys", "create", "--config", str(cfg), "--name", "w", "--json").stdout)
+    wp = spawn_worker(cfg, "--workers", "2")
     assert "workers: 2" in wp.ready_line
     assert wp.proc is not None
     children = _children(wp.proc.pid)
     # Exactly two serving processes (multiprocessing may add a resource-tracker child beside them).
     serving = [c for c in children if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
     assert len(serving) == 2
-    for _ in range(20):
-        status, _, _ = get(wp.url + "/health")
-        assert status == 200
+    # Authenticated traffic from many connections: both processes read keys from (and record use in) one
+    # SQLite file concurrently.
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: _chat(wp.url, created["key"]), range(40)))
+    assert results == [200] * 40
     wp.signal(signal.SIGTERM)
     assert wp.wait() == 0
     time.sleep(0.2)
     for c in children:
         assert not Path(f"/proc/{c}").exists() or "zombie" in Path(f"/proc/{c}/status").read_text()
+
+
+def _chat(url: str, key: str) -> int:
+    req = urllib.request.Request(
+        url + "/v1/chat/completions",
+        data=json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+        headers={
+            "Authorization": f"Bearer {key}",
+            "X-Upstream-Api-Key": "sk-x",
+            "Content-Type": "application/json",
+        },
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return int(r.status)
 
 
 def test_kv_commands_share_state_across_processes(tmp_path: Path) -> None:
