@@ -1,0 +1,118 @@
+"""The exact-preservation catalog: what counts as a fact that must survive optimization byte for byte.
+
+IDs, hashes, UUIDs, amounts and currencies, percentages, dates and times, URLs, file paths, e-mail
+addresses, version numbers, error codes and inline code are found by the patterns below. Whatever a
+compressor drops, the facts inside it are listed verbatim in the marker that replaces it (`marker()`), so a
+fact is never lost: it is either kept in place or named in the marker. Constraint clauses (must, never,
+only, deadline, limit …) are recognised by `is_constraint` and kept whole by the narrative compressor.
+
+All patterns are compiled once at import; nothing here is per-request setup.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+_MONTHS = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)[a-z]*\.?"
+
+# Order matters only for readability; overlapping matches are resolved longest-first in `find_facts`.
+_FACT_PATTERNS: tuple[str, ...] = (
+    r"https?://[^\s<>\"'`)\]}]+[^\s<>\"'`)\]}.,;:!?]",  # URLs
+    r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b",  # e-mail addresses
+    r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b",  # UUIDs
+    r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,64}\b",  # hex hashes (git, sha)
+    r"\b0x[0-9a-fA-F]+\b",  # hex literals, addresses
+    r"`[^`\n]{1,200}`",  # inline code
+    r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?",  # ISO dates/times
+    r"\b\d{1,2}/\d{1,2}/\d{2,4}\b",  # 03/14/2026
+    rf"\b{_MONTHS} \d{{1,2}}(?:st|nd|rd|th)?(?:,? \d{{4}})?\b",  # March 14, 2026
+    rf"\b\d{{1,2}} {_MONTHS}(?: \d{{4}})?\b",  # 14 March 2026
+    r"\b\d{1,2}:\d{2}(?::\d{2})?(?:\s?[AaPp][Mm])?(?:\s?(?:UTC|GMT|[A-Z]{2,4}T))?",  # times
+    r"[$€£¥₹]\s?\d[\d,]*(?:\.\d+)?(?:\s?(?:[kKmMbB]n?|million|billion))?",  # $1,234.50
+    r"\b\d[\d,]*(?:\.\d+)?\s?(?:USD|EUR|GBP|JPY|CHF|CAD|AUD|CNY|INR|dollars|euros|pounds)\b",  # 1,200 EUR
+    r"\b\d+(?:\.\d+)?\s?%",  # percentages
+    r"\bv?\d+\.\d+(?:\.\d+)+(?:[-+][\w.]+)?\b|\bv\d+(?:\.\d+)?\b",  # versions 1.2.3, v2
+    r"(?:~|\.{1,2})?/(?:[\w.@-]+/)*[\w.@-]+|\b(?:[\w.@-]+/)+[\w.@-]*\.\w{1,8}\b",  # paths
+    r"\b[A-Za-z]:\\(?:[\w .-]+\\)*[\w .-]+",  # Windows paths
+    r"\b[\w-]+\.(?:py|js|ts|tsx|jsx|go|rs|java|kt|rb|php|c|h|cc|cpp|hpp|cs|swift|json|yaml|yml|toml|ini|cfg|"
+    r"md|txt|log|csv|sql|sh|html|css|lock|xml|proto)\b",  # file names
+    r"\b[A-Z][A-Z0-9]*(?:[-_][A-Z0-9]+)*[-_]\d[\w-]*\b",  # ORD-1042, INV_2026_07, JIRA-88
+    r"\b[a-z]{2,8}_[A-Za-z0-9]{6,}\b",  # cus_9fK2LmQ, sk_live… style ids
+    r"#\d{2,}\b",  # #1234
+    r"\b(?:E|ERR|ERROR|HTTP|TS|CS|PY)[-_]?\d{2,6}\b",  # E501, ERR-404, TS2345
+    r"\bE[A-Z]{4,}\b",  # ECONNREFUSED, ENOENT
+    r"\b[A-Z][A-Z0-9]+(?:_[A-Z0-9]+)+\b",  # NOT_FOUND, MAX_RETRIES
+    r"\b\d{3,}(?:[.,]\d+)*\b",  # other numbers of 3+ digits (counts, ports, line numbers, ids)
+)
+_FACT_RE = re.compile("|".join(f"(?:{p})" for p in _FACT_PATTERNS))
+
+_CONSTRAINT_RE = re.compile(
+    r"\b(?:must(?:\s+not)?|mustn't|never|only|always|do\s+not|don't|does\s+not|cannot|can't|shall(?:\s+not)?|"
+    r"should(?:\s+not)?|shouldn't|required?|requires|mandatory|forbidden|prohibited|not\s+allowed|deadline|"
+    r"due|no\s+later\s+than|by\s+(?:end\s+of|EOD|COB)|limit(?:ed|s)?|at\s+(?:most|least)|maximum|minimum|"
+    r"exactly|until|unless|except|without)\b",
+    re.IGNORECASE,
+)
+
+
+def find_facts(text: str) -> list[str]:
+    """Every fact in `text`, verbatim, unique, in order of first appearance (contained duplicates dropped)."""
+    seen: dict[str, None] = {}
+    for match in _FACT_RE.finditer(text):
+        fact = match.group(0).strip()
+        if len(fact) >= 2:
+            seen.setdefault(fact, None)
+    facts = list(seen)
+    if len(facts) < 2:
+        return facts
+    # Drop facts wholly contained in a longer one (a date inside a URL, a number inside an id).
+    ordered = sorted(facts, key=len, reverse=True)
+    kept: list[str] = []
+    for fact in ordered:
+        if not any(fact in longer for longer in kept):
+            kept.append(fact)
+    keep = set(kept)
+    return [f for f in facts if f in keep]
+
+
+def has_fact(text: str) -> bool:
+    """True if `text` contains at least one fact."""
+    return _FACT_RE.search(text) is not None
+
+
+def fact_count(text: str) -> int:
+    """How many fact matches `text` has (cheap density signal; not deduplicated)."""
+    return sum(1 for _ in _FACT_RE.finditer(text))
+
+
+def is_constraint(text: str) -> bool:
+    """True for clauses that constrain the task (must, never, only, deadline, limit …)."""
+    return _CONSTRAINT_RE.search(text) is not None
+
+
+def marker(what: str, dropped_text: Iterable[str] = (), limit_chars: int = 2000) -> str:
+    """The text that replaces dropped content: what was removed, plus every fact it contained, verbatim.
+
+    `limit_chars` bounds the fact list; facts past it are counted rather than listed — callers must only
+    drop content whose facts fit (or accept the count), which the compressors check via `facts_fit`.
+    """
+    facts: list[str] = []
+    seen: set[str] = set()
+    for chunk in dropped_text:
+        for fact in find_facts(chunk):
+            if fact not in seen:
+                seen.add(fact)
+                facts.append(fact)
+    if not facts:
+        return f"[trex: {what}]"
+    listed: list[str] = []
+    size = 0
+    for fact in facts:
+        if size + len(fact) > limit_chars:
+            break
+        listed.append(fact)
+        size += len(fact) + 2
+    rest = len(facts) - len(listed)
+    tail = f" (+{rest} more)" if rest else ""
+    return f"[trex: {what}; facts kept: {', '.join(listed)}{tail}]"

