@@ -35,7 +35,7 @@ from .errors import (
     error_format_for,
 )
 from .gateway import build_gateway
-from .handlers import health, models
+from .handlers import compress, health, models
 from .logs import redact_headers
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -62,6 +62,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/messages", models.messages),
     Route("POST", "/v1/embeddings", models.embeddings),
     Route("GET", "/v1/models", models.list_models),
+    Route("POST", "/v1/compress", compress.compress),
 )
 
 

@@ -12,6 +12,7 @@ import asyncio
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -22,6 +23,10 @@ from .auth import PROVIDERS, KeyStore
 from .config import Config, ConfigError, Overrides
 from .errors import GatewayError
 from .handlers.health import VERSION
+from .optimize.base import MODES
+from .optimize.pipeline import PROFILES, optimize
+from .optimize.segments import detect_format
+from .optimizing import compression_object, resolve_options, validate_payload
 from .server import ConfigSource, run
 from .vault import MASTER_KEY_NAME, Vault, VaultError, ensure_master_key
 
@@ -80,6 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     k_bind.add_argument("key_id")
     k_bind.add_argument("--provider", required=True, choices=list(PROVIDERS))
+
+    comp = sub.add_parser(
+        "compress", parents=[state], help="optimize a request payload (chat, Responses or Messages) offline"
+    )
+    comp.add_argument("file", help="a JSON payload file, or - for stdin")
+    comp.add_argument("--mode", choices=list(MODES), help="optimizer mode (default OPTIMIZE_MODE, balanced)")
+    comp.add_argument("--compression-model", choices=list(PROFILES), help="coding-agent profile")
+    comp.add_argument(
+        "--protect-recent-turns", type=int, help="prose turns kept whole at the end (default 2)"
+    )
 
     sub.add_parser("config", parents=[state], help="print the resolved configuration (secrets redacted)")
     return parser
@@ -197,6 +212,60 @@ def _when(epoch: object) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch)) if isinstance(epoch, int) else "never"
 
 
+def _compress_command(args: argparse.Namespace, config: Config) -> int:
+    try:
+        raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as exc:
+        print(f"trex compress: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        print(f"trex compress: {args.file}: not valid JSON: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not isinstance(body, dict):
+        print(f"trex compress: {args.file}: the payload must be a JSON object", file=sys.stderr)
+        return EXIT_USAGE
+    fmt = detect_format(body)
+    trex = body.pop("trex", None)
+    if args.mode or args.protect_recent_turns is not None:
+        trex = dict(trex) if isinstance(trex, dict) else {}
+        opt = dict(trex.get("optimize") or {})
+        if args.mode:
+            opt["mode"] = args.mode
+        if args.protect_recent_turns is not None:
+            opt["protect_recent_turns"] = args.protect_recent_turns
+        trex["optimize"] = opt
+    try:
+        validate_payload(fmt, body)
+        options = resolve_options(
+            trex,
+            {},
+            config.var("OPTIMIZE_MODE") or "balanced",
+            int(config.number("PROTECT_RECENT_TURNS")),
+            profile=args.compression_model or body.get("compression_model"),
+        )
+    except GatewayError as exc:
+        print(f"trex compress: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    report = optimize(fmt, body, options)
+    body["compression"] = compression_object(report)
+    if args.json:
+        print(msgspec.json.encode(body).decode())
+        return EXIT_OK
+    compression = body.pop("compression")
+    print(msgspec.json.encode(body).decode())
+    print(
+        f"format {fmt}, mode {report.mode}: {report.original_tokens} → {report.optimized_tokens} tokens "
+        f"({report.compression_rate:.1%} saved) in {report.time_ms:.1f} ms; "
+        f"strategies: {', '.join(compression['applied_strategies']) or 'none'}",
+        file=sys.stderr,
+    )
+    for removal in report.removed:
+        print(f"  {removal.where}: {removal.what}", file=sys.stderr)
+    return EXIT_OK
+
+
 def _config_command(args: argparse.Namespace, source: ConfigSource) -> int:
     config = source.load()
     doc: dict[str, object] = {
@@ -232,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _kv_command(args, source.load().kv_url)
         if args.command == "config":
             return _config_command(args, source)
+        if args.command == "compress":
+            return _compress_command(args, source.load())
         if args.command == "keys":
             return _keys_command(args, source.load())
     except ConfigError as exc:

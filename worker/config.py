@@ -37,6 +37,8 @@ DEFAULT_VARS: Mapping[str, str] = MappingProxyType(
         "UPSTREAM_TOTAL_TIMEOUT": "900",
         "DEFAULT_MAX_TOKENS": "4096",
         "ANTHROPIC_VERSION": "2023-06-01",
+        "OPTIMIZE_MODE": "balanced",
+        "PROTECT_RECENT_TURNS": "2",
     }
 )
 # Vars that must parse as positive numbers; checked at load so nothing fails later on a request.

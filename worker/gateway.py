@@ -10,6 +10,7 @@ from kv import KVNamespace
 
 from .auth import KeyStore
 from .config import Config, ConfigError
+from .optimize.base import MODES
 from .routing import PROVIDER_NAMES, ModelRoute, Provider, parse_model_table
 from .vault import MASTER_KEY_NAME, Vault, VaultError
 
@@ -24,6 +25,8 @@ class Gateway:
     base_urls: Mapping[Provider, str]
     default_max_tokens: int
     anthropic_version: str
+    optimize_mode: str
+    protect_recent_turns: int
 
     async def close(self) -> None:
         """Release the upstream connection pools."""
@@ -40,6 +43,11 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
     base_urls: dict[Provider, str] = {
         p: (config.var(f"{p.upper()}_BASE_URL") or "").rstrip("/") for p in PROVIDER_NAMES
     }
+    mode = config.var("OPTIMIZE_MODE") or "balanced"
+    if mode not in MODES:
+        raise ConfigError(
+            config.source, "vars.OPTIMIZE_MODE", f"expected one of {', '.join(MODES)}, got {mode!r}"
+        )
     timeouts = Timeouts(
         connect=config.number("UPSTREAM_CONNECT_TIMEOUT"),
         first_byte=config.number("UPSTREAM_FIRST_BYTE_TIMEOUT"),
@@ -53,4 +61,6 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
         base_urls=base_urls,
         default_max_tokens=int(config.number("DEFAULT_MAX_TOKENS")),
         anthropic_version=config.var("ANTHROPIC_VERSION") or "2023-06-01",
+        optimize_mode=mode,
+        protect_recent_turns=int(config.number("PROTECT_RECENT_TURNS")),
     )

@@ -53,6 +53,8 @@ from .errors import (
     error_format_for,
 )
 from .gateway import Gateway
+from .optimizing import resolve_options, savings_headers, session_id
+from .optimizing import run as run_optimizer
 from .routing import ModelRoute, Provider, resolve
 
 InboundFormat = Literal["chat", "responses", "messages"]
@@ -96,9 +98,12 @@ async def proxy(
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequestError("'model' is required and must be a non-empty string.", param="model")
-    body.pop("trex", None)
+    trex = body.pop("trex", None)
     body.pop("trex_accounting", None)
     route = resolve(model, gw.models)
+    options = resolve_options(trex, request.headers, gw.optimize_mode, gw.protect_recent_turns)
+    session = session_id(request.headers)
+    report = await run_optimizer(fmt, body, options, request.content_length or 0)
     wire: UpstreamWire = "responses" if fmt == "responses" and route.provider == "openai" else route.wire
     api_key = await provider_key(request, gw, key, route.provider)
     stream = body.get("stream") is True
@@ -108,18 +113,20 @@ async def proxy(
         upstream_body: dict[str, Any] = body
         upstream_body["model"] = route.upstream_model
         if wire == "chat" and stream:
-            options = body.get("stream_options")
-            options = dict(options) if isinstance(options, dict) else {}
-            wants_usage = options.get("include_usage") is True
-            options["include_usage"] = True  # we always need the usage; the client sees it only if it asked
-            upstream_body["stream_options"] = options
+            stream_options = body.get("stream_options")
+            stream_options = dict(stream_options) if isinstance(stream_options, dict) else {}
+            wants_usage = stream_options.get("include_usage") is True
+            stream_options["include_usage"] = (
+                True  # we always need the usage; the client sees it only if it asked
+            )
+            upstream_body["stream_options"] = stream_options
         canonical: Request | None = None
     else:
         canonical = _decode_request(fmt, body)
         upstream_body = _encode_request(wire, canonical, route, gw)
         if fmt == "chat" and stream:
-            options = body.get("stream_options")
-            wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+            client_options = body.get("stream_options")
+            wants_usage = isinstance(client_options, dict) and client_options.get("include_usage") is True
 
     url = _upstream_url(gw, route.provider, wire)
     headers = _upstream_headers(request, gw, route.provider, api_key)
@@ -136,6 +143,7 @@ async def proxy(
         ) from exc
 
     out_headers = {"X-Trex-Upstream-Provider": route.provider, "X-Trex-Upstream-Model": route.upstream_model}
+    out_headers.update(savings_headers(report, session))
     out_headers.update(_forwarded_headers(upstream.headers))
     try:
         if upstream.status >= 400:

@@ -32,6 +32,9 @@ _FACT_PATTERNS: tuple[str, ...] = (
     r"[$€£¥₹]\s?\d[\d,]*(?:\.\d+)?(?:\s?(?:[kKmMbB]n?|million|billion))?",  # $1,234.50
     r"\b\d[\d,]*(?:\.\d+)?\s?(?:USD|EUR|GBP|JPY|CHF|CAD|AUD|CNY|INR|dollars|euros|pounds)\b",  # 1,200 EUR
     r"\b\d+(?:\.\d+)?\s?%",  # percentages
+    r"\b\d+(?:\.\d+)?(?:\s?[-–]\s?\d+(?:\.\d+)?)?\s?(?:business |working |calendar )?(?:days?|hours?|hrs?|"  # noqa: RUF001
+    r"minutes?|mins?|seconds?|secs?|weeks?|months?|years?|ms|[KMGT]i?B|[kKMG]b|requests?|tokens?|users?|items?|"
+    r"records?|retries|attempts?|times|nodes?|replicas?|cores?|GHz|MHz|rps|qps)\b",  # quantities with units
     r"\bv?\d+\.\d+(?:\.\d+)+(?:[-+][\w.]+)?\b|\bv\d+(?:\.\d+)?\b",  # versions 1.2.3, v2
     r"(?:~|\.{1,2})?/(?:[\w.@-]+/)*[\w.@-]+|\b(?:[\w.@-]+/)+[\w.@-]*\.\w{1,8}\b",  # paths
     r"\b[A-Za-z]:\\(?:[\w .-]+\\)*[\w .-]+",  # Windows paths

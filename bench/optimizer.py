@@ -1,0 +1,165 @@
+"""Optimizer benchmark: per content kind and per whole session — token reduction, fact retention and time —
+compared in the same run with head+tail truncation at the same token budget and with `safe` mode.
+
+    python -m bench.optimizer [--repeat 7] [--no-write]
+
+Speed is reported against the floor: the time tiktoken takes to encode the same input once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.optimize.corpus import DIFF, _grep, _orders_json, _service_log, all_cases
+from worker import tokens
+from worker.optimize.base import Context
+from worker.optimize.facts import find_facts
+from worker.optimize.kinds import compress_tool_output
+from worker.optimize.pipeline import Options, optimize
+
+README = Path(__file__).resolve().parent / "README.md"
+START, END = "<!-- optimizer:start -->", "<!-- optimizer:end -->"
+GOALS = {"json": 0.70, "log": 0.60, "search": 0.50, "diff": 0.30, "session": 0.55}
+
+
+def _median_ms(fn: Callable[[], Any], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def _retention(facts: list[str] | tuple[str, ...], text: str) -> float:
+    return sum(1 for f in facts if f in text) / len(facts) if facts else 1.0
+
+
+def _head_tail(text: str, budget: int) -> str:
+    enc = tokens.encoding("o200k_base")
+    ids = enc.encode_ordinary(text)
+    if len(ids) <= budget:
+        return text
+    half = budget // 2
+    return enc.decode(ids[:half]) + "\n…\n" + enc.decode(ids[-(budget - half) :])
+
+
+def _kind_inputs() -> dict[str, str]:
+    rng = random.Random(7)
+    long_diff = "\n".join([DIFF.replace("refund.py", f"mod{i}.py") for i in range(4)])
+    return {"json": _orders_json(rng), "log": _service_log(rng), "search": _grep(rng), "diff": long_diff}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    tokens.encoding("o200k_base")  # load once, outside every timing
+    rows = []
+    query = "Fix the refund cap for ORD-77812"
+    for kind, text in _kind_inputs().items():
+        before = tokens.count(text)
+        facts = find_facts(text)
+        result = compress_tool_output(text, Context(mode="balanced", query=query))
+        out = result.text if result else text
+        safe = compress_tool_output(text, Context(mode="safe", query=query))
+        after, safe_after = tokens.count(out), tokens.count(safe.text if safe else text)
+        trunc = _head_tail(text, after)
+        t_opt = _median_ms(
+            lambda text=text: compress_tool_output(text, Context(mode="balanced", query=query)), args.repeat
+        )
+        t_enc = _median_ms(lambda text=text: tokens.count(text), args.repeat)
+        rows.append(
+            (
+                kind,
+                before,
+                after,
+                1 - after / before,
+                1 - safe_after / before,
+                _retention(facts, out),
+                _retention(facts, trunc),
+                t_opt,
+                t_enc,
+            )
+        )
+    for case in all_cases():
+        body = case.body
+        encoded = json.dumps(body)
+        before = tokens.count(encoded)
+        work = copy.deepcopy(body)
+        report = optimize(case.fmt, work, Options(mode="balanced"))  # type: ignore[arg-type]
+        safe_body = copy.deepcopy(body)
+        safe = optimize(case.fmt, safe_body, Options(mode="safe"))  # type: ignore[arg-type]
+        out = json.dumps(work, ensure_ascii=False)
+        trunc = _head_tail(json.dumps(body, ensure_ascii=False), report.optimized_tokens)
+        t_opt = _median_ms(
+            lambda case=case, body=body: optimize(case.fmt, copy.deepcopy(body), Options(mode="balanced")),  # type: ignore[arg-type]
+            args.repeat,
+        )
+        t_copy = _median_ms(lambda body=body: copy.deepcopy(body), args.repeat)  # not the optimizer's cost
+        t_enc = _median_ms(lambda encoded=encoded: tokens.count(encoded), args.repeat)
+        rows.append(
+            (
+                f"session: {case.name}",
+                report.original_tokens,
+                report.optimized_tokens,
+                report.compression_rate,
+                safe.compression_rate,
+                _retention(case.facts, out),
+                _retention(case.facts, trunc),
+                t_opt - t_copy,
+                t_enc,
+            )
+        )
+    lines = [
+        f"Run on {time.strftime('%Y-%m-%d')}, balanced mode, median of {args.repeat} runs; 'truncation' keeps the "
+        "head and tail of the input at the same token budget as the optimizer's output.",
+        "",
+        "| input | tokens in | tokens out | saved (balanced) | saved (safe) | facts kept | facts kept by truncation "
+        "| time ms | tiktoken encode ms | time / encode |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, before, after, saved, safe_saved, kept, trunc_kept, t_opt, t_enc in rows:
+        lines.append(
+            f"| {name} | {before:,} | {after:,} | {saved:.0%} | {safe_saved:.0%} | {kept:.0%} | {trunc_kept:.0%} "
+            f"| {t_opt:.2f} | {t_enc:.2f} | {t_opt / t_enc:.1f}x |"
+        )
+    lines += ["", "| goal | measured | met |", "| --- | ---: | :---: |"]
+    for name, _b, _a, saved, _s, kept, _t, _o, _e in rows:
+        key = "session" if name == "session: coding_session" else name
+        if key in GOALS:
+            ok = saved >= GOALS[key] and kept == 1.0
+            lines.append(
+                f"| {name}: >= {GOALS[key]:.0%} saved, 100% facts | {saved:.0%}, {kept:.0%} | "
+                f"{'yes' if ok else 'no'} |"
+            )
+    ratios = sorted(r[7] / r[8] for r in rows)
+    median_ratio = statistics.median(ratios)
+    lines.append(
+        f"| median time <= 2x one tiktoken encode | {median_ratio:.1f}x | "
+        f"{'yes' if median_ratio <= 2 else 'no'} |"
+    )
+    report_text = "\n".join(lines)
+    print(report_text)
+    if not args.no_write:
+        text = README.read_text()
+        if START not in text:
+            text += f"\n## optimizer\n\n```sh\n.venv/bin/python -m bench.optimizer\n```\n\n{START}\n{END}\n"
+        head, _, rest = text.partition(START)
+        _, _, tail = rest.partition(END)
+        README.write_text(head + START + "\n" + report_text + "\n" + END + tail)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

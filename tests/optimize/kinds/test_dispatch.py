@@ -1,0 +1,106 @@
+"""Kind detection and the `compress_tool_output` entry point (normalisation, pass-through, modes)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.optimize.kinds._data import (
+    PROSE,
+    PYTHON_SOURCE,
+    app_log,
+    csv_invoices,
+    git_diff,
+    grep_output,
+    html_page,
+    missing,
+    orders,
+)
+from worker.optimize.base import Context
+from worker.optimize.kinds import KINDS, compress_tool_output, detect
+
+
+def test_detects_every_kind() -> None:
+    samples = {
+        "json": json.dumps(orders(20), indent=2),
+        "log": app_log(50),
+        "search": grep_output(),
+        "diff": git_diff(),
+        "html": html_page(),
+        "table": csv_invoices(20),
+        "code": PYTHON_SOURCE,
+        "prose": PROSE,
+    }
+    assert set(samples) == set(KINDS)
+    for kind, text in samples.items():
+        assert detect(text) == kind, kind
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("", "prose"),
+        ("[1, 2, 3]", "json"),
+        ("[2026-03-14 09:12:00] INFO starting\n[2026-03-14 09:12:01] INFO ready", "log"),
+        ("level=info msg=started\nlevel=warn msg=slow", "log"),
+        ("tests/test_a.py::test_x PASSED\ntests/test_a.py::test_y FAILED", "log"),
+        ("export function f(a: number) {\n  return a + 1;\n}\n", "code"),
+        ("\n".join(f"{i:>6}\t{line}" for i, line in enumerate(PYTHON_SOURCE.split("\n"), 1)), "code"),
+        ("\n".join(f"{i:>6}→{line}" for i, line in enumerate(PYTHON_SOURCE.split("\n"), 1)), "code"),
+        ("a\tb\tc\n1\t2\t3\n4\t5\t6", "table"),
+        ("Hello there, this is a short note about the plan.", "prose"),
+    ],
+)
+def test_detection_heuristics(text: str, kind: str) -> None:
+    assert detect(text) == kind
+
+
+def test_off_mode_never_changes_anything() -> None:
+    off = Context(mode="off")
+    for text in (json.dumps(orders(), indent=2), app_log(), "x   \n\x1b[31mred\x1b[0m"):
+        assert compress_tool_output(text, off) is None
+
+
+def test_code_is_passed_through_except_trailing_whitespace() -> None:
+    ctx = Context(mode="aggressive")
+    assert compress_tool_output(PYTHON_SOURCE, ctx) is None
+    padded = "\n".join(line + "   " if line else line for line in PYTHON_SOURCE.split("\n"))
+    result = compress_tool_output(padded, ctx)
+    assert result is not None and result.strategy == "code-whitespace"
+    assert result.text == PYTHON_SOURCE  # blank lines of code are kept as they are
+
+
+def test_prose_only_gets_whitespace_normalised() -> None:
+    ctx = Context(mode="balanced")
+    assert compress_tool_output(PROSE, ctx) is None
+    messy = PROSE.replace("\n\n", "\n\n\n\n\n") + "   \n"
+    result = compress_tool_output(messy, ctx)
+    assert result is not None and result.text == PROSE + "\n"
+
+
+def test_ansi_escapes_are_stripped_in_safe_mode() -> None:
+    coloured = "\x1b[1m\x1b[31mFAILED\x1b[0m tests/test_orders.py::test_refund - AssertionError: 502 != 200\n"
+    result = compress_tool_output(coloured * 3, Context(mode="safe"))
+    assert result is not None
+    assert "\x1b" not in result.text
+    plain = "FAILED tests/test_orders.py::test_refund - AssertionError: 502 != 200\n"
+    assert missing(plain * 3, result.text) == []
+
+
+def test_results_are_never_larger() -> None:
+    for text in ("{}", "ok", "a\nb", "<p>x</p>", "--- a\n+++ b\n@@ -1 +1 @@\n-a\n+b", "x.py:1:y"):
+        for mode in ("safe", "balanced", "aggressive"):
+            result = compress_tool_output(text, Context(mode=mode))
+            assert result is None or len(result.text) <= len(text)
+
+
+def test_repeated_lines_of_unclassified_output_are_counted() -> None:
+    text = "Downloading package...\n" + "progress: still working\n" * 20 + "done in 12.5 s"
+    for mode in ("safe", "balanced"):
+        result = compress_tool_output(text, Context(mode=mode))
+        assert result is not None and result.strategy == "prose-dedupe"
+        assert result.text.split("\n")[1:3] == [
+            "progress: still working",
+            "[trex: previous line repeated 19 more times]",
+        ]

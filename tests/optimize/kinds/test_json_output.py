@@ -1,0 +1,211 @@
+"""JSON tool output: lossless minify in safe mode, record-array folding with full fact retention otherwise."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+import pytest
+
+from tests.optimize.kinds._data import (
+    FAILED_ORDER_INDEX,
+    OUTLIER_ORDER_INDEX,
+    missing,
+    orders,
+    reduction,
+    users,
+)
+from worker import tokens
+from worker.optimize.base import Context
+from worker.optimize.kinds import compress_tool_output, detect, json_output
+
+BALANCED = Context(mode="balanced")
+
+
+def _markers(value: Any) -> list[str]:
+    """Every trex marker string anywhere in a decoded document."""
+    if isinstance(value, str):
+        return [value] if value.startswith("[trex:") else []
+    if isinstance(value, list):
+        return [m for item in value for m in _markers(item)]
+    if isinstance(value, dict):
+        return [m for item in value.values() for m in _markers(item)]
+    return []
+
+
+@pytest.mark.parametrize("indent", [2, None], ids=["pretty", "minified"])
+def test_orders_balanced_meets_goal_and_keeps_every_fact(indent: int | None) -> None:
+    text = json.dumps(orders(), indent=indent)
+    assert detect(text) == "json"
+    result = json_output.compress(text, BALANCED)
+    assert result is not None and result.strategy == "json-fold"
+    assert missing(text, result.text) == []
+    assert reduction(text, result.text) >= 0.70
+    decoded = json.loads(result.text)  # still valid JSON
+    assert decoded["has_more"] is True and decoded["next_cursor"] == "cur_8f3K2mQ1xZ"
+    (marker,) = _markers(decoded)
+    assert marker.startswith("[trex: folded ")
+    assert "status values: paid (" in marker
+    assert "same keys: id, order_number, customer, status" in marker
+
+
+def test_first_last_error_and_outlier_records_stay_whole() -> None:
+    doc = orders()
+    result = json_output.compress(json.dumps(doc, indent=2), BALANCED)
+    assert result is not None
+    kept = [item for item in json.loads(result.text)["data"] if isinstance(item, dict)]
+    originals = doc["data"]
+    for index in (0, FAILED_ORDER_INDEX, OUTLIER_ORDER_INDEX, len(originals) - 1):
+        assert originals[index] in kept, index
+    assert [item["id"] for item in kept] == sorted(item["id"] for item in kept)  # order preserved
+
+
+def test_query_names_a_record_it_stays_whole() -> None:
+    doc = orders()
+    target = doc["data"][150]
+    ctx = Context(mode="balanced", query=f"why was {target['order_number']} not shipped?")
+    result = json_output.compress(json.dumps(doc), ctx)
+    assert result is not None
+    assert target in json.loads(result.text)["data"]
+
+
+def test_key_order_is_preserved() -> None:
+    doc = orders()
+    result = json_output.compress(json.dumps(doc), BALANCED)
+    assert result is not None
+    first = json.loads(result.text)["data"][0]
+    assert list(first) == list(doc["data"][0])
+    assert list(first["customer"]) == list(doc["data"][0]["customer"])
+
+
+def test_users_array_at_top_level() -> None:
+    accounts = users()
+    text = json.dumps(accounts, indent=2)
+    result = json_output.compress(text, BALANCED)
+    assert result is not None
+    assert missing(text, result.text) == []
+    assert reduction(text, result.text) >= 0.70
+    kept = [item for item in json.loads(result.text) if isinstance(item, dict)]
+    assert accounts[33] in kept and accounts[151] in kept  # the locked accounts (error key, active=false)
+
+
+def test_aggressive_is_not_larger_than_balanced() -> None:
+    text = json.dumps(orders(), indent=2)
+    balanced = json_output.compress(text, BALANCED)
+    aggressive = json_output.compress(text, Context(mode="aggressive"))
+    assert balanced is not None and aggressive is not None
+    assert tokens.count(aggressive.text) <= tokens.count(balanced.text)
+    assert missing(text, aggressive.text) == []
+    json.loads(aggressive.text)
+
+
+def test_safe_mode_only_minifies() -> None:
+    doc = orders(n=30)
+    text = json.dumps(doc, indent=4)
+    result = json_output.compress(text, Context(mode="safe"))
+    assert result is not None and result.strategy == "json-minify"
+    assert json.loads(result.text) == doc
+    assert "trex" not in result.text
+
+
+def test_safe_minify_keeps_number_and_string_spelling() -> None:
+    text = (
+        '{\n  "total": 1.50,\n  "big": 12345678901234567890123,\n'
+        '  "url": "https:\\/\\/x.example\\/a",\n  "e": 1E+3\n}'
+    )
+    result = json_output.compress(text, Context(mode="safe"))
+    assert result is not None
+    assert (
+        result.text
+        == '{"total":1.50,"big":12345678901234567890123,"url":"https:\\/\\/x.example\\/a","e":1E+3}'
+    )
+
+
+def test_float_spelling_survives_folding() -> None:
+    records = [{"sku": f"SKU-{i:04d}", "price": "x", "weight": 1.50 + i} for i in range(40)]
+    text = json.dumps(records, indent=2).replace('"weight": 1.5\n', '"weight": 1.50\n')
+    assert '"weight": 1.50' in text
+    result = json_output.compress(text, BALANCED)
+    assert result is not None
+    assert '"weight":1.50' in result.text  # the first record is kept, its float spelled as in the source
+
+
+def test_nested_arrays_are_folded_where_they_are() -> None:
+    inner = [{"line": i, "sku": "A", "qty": 1, "note": "standard packaging requested"} for i in range(30)]
+    doc = {"order": {"id": "ORD-1", "lines": inner}, "meta": {"page": 1}}
+    text = json.dumps(doc, indent=2)
+    result = json_output.compress(text, BALANCED)
+    assert result is not None
+    out = json.loads(result.text)
+    assert out["meta"] == {"page": 1} and out["order"]["id"] == "ORD-1"
+    assert isinstance(out["order"]["lines"][2], str) and out["order"]["lines"][2].startswith(
+        "[trex: folded 27 of 30"
+    )
+
+
+def test_short_arrays_are_left_alone() -> None:
+    doc = [{"id": i, "name": f"item {i}"} for i in range(5)]
+    text = json.dumps(doc, indent=2)
+    result = json_output.compress(text, BALANCED)
+    assert result is not None and result.strategy == "json-minify"
+    assert json.loads(result.text) == doc
+
+
+def test_fact_dense_records_are_kept_not_folded() -> None:
+    # Nothing but an id and a timestamp per record: a marker would be as long as the records themselves.
+    doc = [{"id": f"evt_{i:08d}", "at": f"2026-01-{1 + i % 28:02d}T10:{i % 60:02d}:00Z"} for i in range(50)]
+    text = json.dumps(doc)
+    result = json_output.compress(text, BALANCED)
+    assert result is None or json.loads(result.text) == doc
+
+
+def test_quotes_inside_facts_do_not_break_retention() -> None:
+    doc = [{"id": i, "cmd": f'`echo "run {i}"`', "state": "done", "owner": "build-bot"} for i in range(30)]
+    text = json.dumps(doc, indent=2)
+    result = json_output.compress(text, BALANCED)
+    assert result is not None
+    assert missing(text, result.text) == []
+    json.loads(result.text)
+
+
+def test_json_lines_are_folded_line_by_line() -> None:
+    lines = [
+        json.dumps(
+            {"ts": f"2026-03-14T09:12:{i % 60:02d}Z", "level": "info", "msg": "request served", "n": i}
+        )
+        for i in range(60)
+    ]
+    lines[40] = json.dumps(
+        {"ts": "2026-03-14T09:12:40Z", "level": "error", "msg": "upstream timeout", "n": 40}
+    )
+    text = "\n".join(lines)
+    assert detect(text) == "json"
+    result = json_output.compress(text, BALANCED)
+    assert result is not None
+    out = result.text.split("\n")
+    assert lines[0] in out and lines[40] in out and lines[-1] in out
+    for line in out:
+        msgspec.json.decode(line)  # every line is still JSON (the marker is a JSON string)
+    assert missing(text, result.text) == []
+
+
+def test_deterministic() -> None:
+    text = json.dumps(orders(), indent=2)
+    first = json_output.compress(text, BALANCED)
+    second = json_output.compress(text, BALANCED)
+    assert first is not None and second is not None and first.text == second.text
+
+
+def test_not_json_and_tiny_inputs() -> None:
+    assert json_output.compress("not json", BALANCED) is None
+    assert json_output.compress('{"a": ', BALANCED) is None
+    assert json_output.compress('{"a":1}', BALANCED) is None  # already minimal: nothing to gain
+    assert json_output.compress('{"a": 1}', Context(mode="off")) is None
+
+
+def test_dispatch_through_compress_tool_output() -> None:
+    text = json.dumps(orders(), indent=2)
+    result = compress_tool_output(text, BALANCED)
+    assert result is not None and result.strategy == "json-fold"
+    assert missing(text, result.text) == []

@@ -1,0 +1,146 @@
+"""Log output: template folding with facts in markers; warnings, errors and stack traces stay verbatim."""
+
+from __future__ import annotations
+
+import re
+
+from tests.optimize.kinds._data import (
+    JAVA_TRACE,
+    TRACEBACK,
+    WARN_LINE_INDEXES,
+    app_log,
+    java_log,
+    missing,
+    reduction,
+)
+from worker import tokens
+from worker.optimize.base import Context
+from worker.optimize.kinds import compress_tool_output, detect, logs
+
+BALANCED = Context(mode="balanced")
+_REPEAT_RE = re.compile(r"^\[trex: previous line repeated (\d+) more times\]$")
+
+
+def test_detected_as_log() -> None:
+    assert detect(app_log()) == "log"
+    assert detect(java_log()) == "log"
+
+
+def test_balanced_meets_goal_and_keeps_every_fact() -> None:
+    text = app_log()
+    result = logs.compress(text, BALANCED)
+    assert result is not None and result.strategy == "log-template"
+    assert missing(text, result.text) == []
+    assert reduction(text, result.text) >= 0.60
+
+
+def test_warnings_errors_and_traceback_stay_verbatim() -> None:
+    text = app_log()
+    lines = text.split("\n")
+    result = logs.compress(text, BALANCED)
+    assert result is not None
+    out = result.text.split("\n")
+    important = [line for line in lines if "WARNING" in line or "ERROR" in line]
+    assert len(important) == len(WARN_LINE_INDEXES) + 1
+    for line in important:
+        assert line in out
+    start = out.index(TRACEBACK[0])
+    assert out[start : start + len(TRACEBACK)] == TRACEBACK  # the whole trace, in order, uninterrupted
+    assert out[start - 1].endswith("unhandled exception on POST /api/v1/orders/ORD-20417/refund")
+
+
+def test_markers_give_counts_and_line_ranges() -> None:
+    result = logs.compress(app_log(), BALANCED)
+    assert result is not None
+    markers = [line for line in result.text.split("\n") if line.startswith("[trex:")]
+    assert markers
+    for marker in markers:
+        assert re.match(r"\[trex: \d+ more lines like the one above \(lines \d+-\d+\)", marker), marker
+    folded = sum(int(m.split()[1]) for m in markers)
+    kept = len(result.text.split("\n")) - len(markers)
+    assert folded + kept == len(app_log().split("\n"))
+
+
+def test_java_stack_trace_is_kept_whole() -> None:
+    text = java_log()
+    result = logs.compress(text, Context(mode="aggressive"))
+    assert result is not None
+    out = result.text.split("\n")
+    start = out.index(JAVA_TRACE[0])
+    assert out[start : start + len(JAVA_TRACE)] == JAVA_TRACE  # the ERROR line through `... 12 more`
+    assert missing(text, result.text) == []
+    assert reduction(text, result.text) > 0.3
+
+
+def test_aggressive_is_not_larger_than_balanced() -> None:
+    text = app_log()
+    balanced = logs.compress(text, BALANCED)
+    aggressive = logs.compress(text, Context(mode="aggressive"))
+    assert balanced is not None and aggressive is not None
+    assert tokens.count(aggressive.text) <= tokens.count(balanced.text)
+    assert missing(text, aggressive.text) == []
+
+
+def _expand(text: str) -> list[str]:
+    out: list[str] = []
+    for line in text.split("\n"):
+        repeat = _REPEAT_RE.match(line)
+        if repeat:
+            out.extend([out[-1]] * int(repeat.group(1)))
+        else:
+            out.append(line)
+    return out
+
+
+def test_safe_mode_folds_only_exact_consecutive_duplicates() -> None:
+    lines = app_log(80).split("\n")
+    noisy = lines[:10] + [lines[10]] * 25 + lines[11:40] + [lines[40]] * 2 + lines[41:]
+    text = "\n".join(noisy)
+    result = logs.compress(text, Context(mode="safe"))
+    assert result is not None and result.strategy == "log-dedupe"
+    assert _expand(result.text) == noisy  # lossless: the counts give back every line
+    assert result.text.count("[trex:") == 1  # a pair of repeats is not worth a marker
+
+
+def test_safe_mode_without_repeats_changes_nothing() -> None:
+    assert logs.compress(app_log(60), Context(mode="safe")) is None
+
+
+def test_deterministic() -> None:
+    text = app_log()
+    first = logs.compress(text, BALANCED)
+    second = logs.compress(text, BALANCED)
+    assert first is not None and second is not None and first.text == second.text
+
+
+def test_tiny_and_unrepetitive_logs() -> None:
+    assert logs.compress("2026-03-14 09:12:00 INFO started", BALANCED) is None
+    two = "2026-03-14 09:12:00 INFO started\n2026-03-14 09:12:01 INFO ready"
+    assert logs.compress(two, BALANCED) is None
+    assert logs.compress(app_log(), Context(mode="off")) is None
+
+
+def test_dispatch_through_compress_tool_output_with_ansi_colours() -> None:
+    plain = app_log()
+    coloured = "\n".join(
+        line.replace(" INFO ", " \x1b[32mINFO\x1b[0m ").replace(" WARNING ", " \x1b[33mWARNING\x1b[0m ")
+        for line in plain.split("\n")
+    )
+    result = compress_tool_output(coloured, BALANCED)
+    assert result is not None and result.strategy == "log-template"
+    assert "\x1b" not in result.text
+    assert missing(plain, result.text) == []
+    assert result.removed[0].startswith("terminal escape sequences")
+
+
+def test_pytest_progress_lines_fold_but_failures_stay() -> None:
+    lines = ["============================= test session starts =============================="]
+    lines += [f"tests/test_mod{i % 7}.py::test_case_{i} PASSED   [{i * 100 // 120:3d}%]" for i in range(120)]
+    lines[57] = lines[57].replace("PASSED", "FAILED")
+    text = "\n".join(lines)
+    assert detect(text) == "log"
+    result = logs.compress(text, BALANCED)
+    assert result is not None
+    assert lines[57] in result.text.split("\n")
+    assert missing(text, result.text) == []
+    assert reduction(text, result.text) >= 0.5

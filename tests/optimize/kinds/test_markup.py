@@ -1,0 +1,136 @@
+"""HTML to text and table folding."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from tests.optimize.kinds._data import (
+    csv_invoices,
+    html_page,
+    kubectl_pods,
+    markdown_services,
+    missing,
+    reduction,
+)
+from worker import tokens
+from worker.optimize.base import Context
+from worker.optimize.kinds import compress_tool_output, detect, markup
+
+BALANCED = Context(mode="balanced")
+AGGRESSIVE = Context(mode="aggressive")
+
+
+# --- HTML -------------------------------------------------------------------------------------------
+
+
+def test_html_detected() -> None:
+    assert detect(html_page()) == "html"
+    assert detect("<div><p>Hello</p><p>World</p><a href='/x'>x</a></div>") == "html"
+
+
+def test_html_to_text_keeps_content_and_every_fact() -> None:
+    text = html_page()
+    result = markup.compress(text, BALANCED)
+    assert result is not None and result.strategy == "html-text"
+    out = result.text
+    assert missing(text, out) == []
+    assert reduction(text, out) >= 0.40
+    lines = out.split("\n")
+    assert "Title: Orders API v2.4.1 — Reference" in lines
+    assert "# Orders API" in lines and "## Endpoints" in lines and "## Errors" in lines
+    assert "- [Create Refund](/docs/api/v2/endpoints/create-refund) — returns 5 fields" in lines
+    assert "429 | Rate limit exceeded (600 requests/min) | yes" in lines
+    assert "Code | Meaning | Retry" in lines
+    assert "`Authorization: Bearer <key>`" in out  # entities decoded, inline code marked
+    assert "     https://api.example.com/v2/orders?limit=50" in lines  # <pre> keeps its indentation
+    # Boilerplate is gone as text; what it carried survives only as facts in the closing marker.
+    assert "gtag(" not in out and "font-family" not in out and "Sign in" not in out
+    assert lines[-1].startswith("[trex: dropped HTML markup")
+
+
+def test_html_safe_mode_is_untouched() -> None:
+    assert markup.compress(html_page(), Context(mode="safe")) is None
+
+
+def test_html_deterministic() -> None:
+    first = markup.compress(html_page(), BALANCED)
+    second = markup.compress(html_page(), BALANCED)
+    assert first is not None and second is not None and first.text == second.text
+
+
+# --- tables -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "standout"),
+    [
+        (csv_invoices, ",failed,"),
+        (markdown_services, "| degraded |"),
+        (kubectl_pods, "CrashLoopBackOff"),
+    ],
+    ids=["csv", "markdown", "kubectl"],
+)
+def test_long_tables_fold_but_keep_header_edges_standouts_and_facts(
+    make: Callable[[], str], standout: str
+) -> None:
+    text = make()
+    assert detect(text) == "table"
+    result = markup.compress(text, BALANCED)
+    assert result is not None and result.strategy == "table-fold"
+    assert missing(text, result.text) == []
+    assert reduction(text, result.text) >= 0.45
+    out = result.text.split("\n")
+    assert any(standout in line for line in out)
+    assert sum(1 for line in out if line.startswith("[trex: folded ")) == 1
+    aggressive = markup.compress(text, AGGRESSIVE)
+    assert aggressive is not None
+    assert tokens.count(aggressive.text) <= tokens.count(result.text)
+    assert missing(text, aggressive.text) == []
+
+
+def test_table_marker_summarises_low_cardinality_columns() -> None:
+    result = markup.compress(csv_invoices(), BALANCED)
+    assert result is not None
+    (marker,) = [line for line in result.text.split("\n") if line.startswith("[trex:")]
+    assert "plan values: " in marker and "currency values: USD (" in marker
+    assert result.text.split("\n")[0] == "invoice_id,customer,plan,status,amount,currency,issued_on"
+
+
+def test_query_selects_rows() -> None:
+    ctx = Context(mode="balanced", query="what is the amount on INV-2026050?")
+    result = markup.compress(csv_invoices(), ctx)
+    assert result is not None
+    assert any(line.startswith("INV-2026050,") for line in result.text.split("\n"))
+
+
+def test_markdown_safe_mode_trims_padding_only() -> None:
+    text = markdown_services(8)
+    result = markup.compress(text, Context(mode="safe"))
+    assert result is not None and result.strategy == "table-whitespace"
+    out = result.text.split("\n")
+    assert out[0] == "| Service | Region | Status | p99 latency |"
+    assert out[1] == "| --- | --- | --- | --- |"
+
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+
+    original = text.split("\n")
+    assert [cells(line) for line in out[2:]] == [cells(line) for line in original[2:]]
+
+
+def test_short_tables_are_not_folded() -> None:
+    text = csv_invoices(6)
+    assert markup.compress(text, BALANCED) is None
+
+
+def test_csv_is_not_mistaken_for_search_output() -> None:
+    assert detect(csv_invoices()) == "table"
+
+
+def test_dispatch_through_compress_tool_output() -> None:
+    html = compress_tool_output(html_page(), BALANCED)
+    table = compress_tool_output(kubectl_pods(), BALANCED)
+    assert html is not None and html.strategy == "html-text"
+    assert table is not None and table.strategy == "table-fold"

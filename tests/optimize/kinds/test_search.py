@@ -1,0 +1,127 @@
+"""Search output: dedupe, BM25 ranking against the query, per-file folding with facts in markers."""
+
+from __future__ import annotations
+
+from tests.optimize.kinds._data import GREP_ANSWER, GREP_FILES, GREP_QUERY, grep_output, missing, reduction
+from worker import tokens
+from worker.optimize.base import Context
+from worker.optimize.kinds import compress_tool_output, detect, search
+
+BALANCED = Context(mode="balanced", query=GREP_QUERY)
+
+
+def test_detected_as_search() -> None:
+    assert detect(grep_output()) == "search"
+    assert detect("src/a.py\nsrc/b/c.py\n./docs/index.md\n") == "search"  # find-style
+    assert (
+        detect("src/app/main.py\n12:def main():\n40:    main()\n\nsrc/app/views.py\n3:import x\n") == "search"
+    )
+
+
+def test_compiler_diagnostics_are_not_search_results() -> None:
+    mypy = (
+        'worker/app.py:12: error: Incompatible return value type (got "int", expected "str")\n'
+        "worker/app.py:40: error: Missing return statement  [return]\n"
+        "worker/cli.py:7: note: See https://mypy.rtfd.io for more"
+    )
+    assert detect(mypy) == "log"
+
+
+def test_balanced_meets_goal_keeps_facts_and_the_answer() -> None:
+    text = grep_output()
+    assert len(text.split("\n")) == 300
+    result = search.compress(text, BALANCED)
+    assert result is not None and result.strategy == "search-rank"
+    assert missing(text, result.text) == []
+    assert reduction(text, result.text) >= 0.50
+    assert any(line.startswith(GREP_ANSWER) for line in result.text.split("\n"))
+
+
+def test_every_file_keeps_its_best_match_and_a_per_file_marker() -> None:
+    result = search.compress(grep_output(), BALANCED)
+    assert result is not None
+    lines = result.text.split("\n")
+    for path in GREP_FILES:
+        assert any(line.startswith(f"{path}:") for line in lines), path
+    markers = [line for line in lines if line.startswith("[trex:")]
+    assert len(markers) == len(GREP_FILES)
+    assert any(m.startswith("[trex: 19 more matches in src/config/settings.py (lines ") for m in markers)
+
+
+def test_kept_lines_are_verbatim_input_lines() -> None:
+    text = grep_output()
+    source = set(text.split("\n"))
+    result = search.compress(text, BALANCED)
+    assert result is not None
+    for line in result.text.split("\n"):
+        assert line.startswith("[trex:") or line in source
+
+
+def test_ranking_follows_the_query() -> None:
+    text = "\n".join(
+        [f"src/util.py:{i}:    value = compute(x)" for i in range(1, 40)]
+        + ["src/auth/tokens.py:88:def refreshAccessToken(session):"]
+    )
+    result = search.compress(text, Context(mode="aggressive", query="where do we refresh the access token?"))
+    assert result is not None
+    assert "src/auth/tokens.py:88:def refreshAccessToken(session):" in result.text.split("\n")
+
+
+def test_identical_lines_are_deduplicated() -> None:
+    text = grep_output()
+    doubled = text + "\n" + text  # two overlapping searches concatenated
+    result = search.compress(doubled, BALANCED)
+    assert result is not None
+    assert "dropped 300 duplicate lines" in result.removed
+    assert missing(doubled, result.text) == []
+
+
+def test_aggressive_is_not_larger_than_balanced() -> None:
+    text = grep_output()
+    balanced = search.compress(text, BALANCED)
+    aggressive = search.compress(text, Context(mode="aggressive", query=GREP_QUERY))
+    assert balanced is not None and aggressive is not None
+    assert tokens.count(aggressive.text) < tokens.count(balanced.text)
+    assert missing(text, aggressive.text) == []
+
+
+def test_rg_heading_mode() -> None:
+    body = "\n".join(f"{10 + i}:    retry_count = {i % 5}" for i in range(40))
+    text = f"src/payments/retry.py\n{body}\n\nsrc/jobs/worker.py\n7:from retry import policy\n"
+    result = search.compress(text, BALANCED)
+    assert result is not None
+    lines = result.text.split("\n")
+    assert lines[0] == "src/payments/retry.py"
+    assert "src/jobs/worker.py" in lines and "7:from retry import policy" in lines
+    assert missing(text, result.text) == []
+
+
+def test_safe_mode_folds_only_consecutive_repeats() -> None:
+    text = grep_output()
+    assert search.compress(text, Context(mode="safe")) is None
+    line = text.split("\n")[0]
+    repeated = "\n".join([line] * 5 + text.split("\n")[1:])
+    result = search.compress(repeated, Context(mode="safe"))
+    assert result is not None
+    assert result.text.split("\n")[:2] == [line, "[trex: previous line repeated 4 more times]"]
+
+
+def test_bm25_and_tokenizer() -> None:
+    assert {"getuserbyid", "get", "user", "by", "id"} <= set(search.tokenize("getUserById"))
+    assert {"max_retries", "max", "retries"} <= set(search.tokenize("MAX_RETRIES"))
+    docs = [search.tokenize(t) for t in ("retry the request", "unrelated line", "retry retry later")]
+    scores = search.BM25(docs).scores(search.tokenize("retry"))
+    assert scores[1] == 0.0 and scores[0] > 0 and scores[2] > scores[0]
+
+
+def test_deterministic_and_tiny() -> None:
+    text = grep_output()
+    first = search.compress(text, BALANCED)
+    second = search.compress(text, BALANCED)
+    assert first is not None and second is not None and first.text == second.text
+    assert search.compress("src/a.py:1:x", BALANCED) is None
+
+
+def test_dispatch_through_compress_tool_output() -> None:
+    result = compress_tool_output(grep_output(), BALANCED)
+    assert result is not None and result.strategy == "search-rank"

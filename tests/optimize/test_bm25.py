@@ -1,0 +1,120 @@
+"""BM25: tokenizer rules and Okapi scoring (k1=1.2, b=0.75) checked against the formula by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from worker.optimize.bm25 import BM25, STOPWORDS, tokenize
+
+
+def test_tokenize_lowercases_and_drops_stopwords_and_single_letters() -> None:
+    assert tokenize("The Quick brown FOX jumps over a lazy dog") == [
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "lazy",
+        "dog",
+    ]
+    assert tokenize("") == []
+    assert tokenize("it is what it is") == []
+    assert all(t not in STOPWORDS for t in tokenize("this is the one that we should use for x and y"))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("getUserById", ["user", "id", "getuserbyid"]),  # "get" and "by" are stopwords; the whole id stays
+        ("HTTPServerError", ["http", "server", "error", "httpservererror"]),
+        ("max_retry_count", ["max", "retry", "count", "max_retry_count"]),
+        ("rate-limiter", ["rate", "limiter", "rate-limiter"]),
+        ("redis.call", ["redis", "call", "redis.call"]),
+        ("src/app/main.py", ["src", "app", "main", "py", "src/app/main.py"]),
+        ("parseJSON2xml", ["parse", "json", "2", "xml", "parsejson2xml"]),
+    ],
+)
+def test_tokenize_splits_identifiers(text: str, expected: list[str]) -> None:
+    assert tokenize(text) == expected
+
+
+def test_tokenize_keeps_digits_and_versions() -> None:
+    assert tokenize("retry 3 times on port 8080") == ["retry", "3", "times", "port", "8080"]
+    assert tokenize("upgrade to v1.2.3") == ["upgrade", "1", "2", "3", "v1.2.3"]
+    assert tokenize("ORD-1042 refunded") == ["ord", "1042", "ord-1042", "refunded"]
+
+
+def test_tokenize_handles_unicode_words() -> None:
+    assert tokenize("Café naïve Straße") == ["café", "naïve", "straße"]
+
+
+def _okapi(query: list[str], docs: list[list[str]], k1: float = 1.2, b: float = 0.75) -> list[float]:
+    """The textbook formula, written out independently of the implementation."""
+    n = len(docs)
+    avgdl = sum(len(d) for d in docs) / n
+    out = []
+    for doc in docs:
+        total = 0.0
+        for term in dict.fromkeys(query):
+            df = sum(1 for d in docs if term in d)
+            if not df:
+                continue
+            idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+            tf = doc.count(term)
+            total += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len(doc) / avgdl))
+        out.append(total)
+    return out
+
+
+def test_scores_match_the_okapi_formula() -> None:
+    docs = [
+        tokenize("The refund for order ORD-1042 was issued on March 3."),
+        tokenize("Refunds usually take five to seven business days to arrive."),
+        tokenize("The shoes will ship with the original order."),
+        tokenize("Please confirm the refund amount and the refund reference."),
+        tokenize(""),
+    ]
+    query = tokenize("when will my refund arrive")
+    got = BM25(docs).scores(query)
+    assert got == pytest.approx(_okapi(query, docs))
+    assert got[4] == 0.0
+    assert got[2] == 0.0
+
+
+def test_ranking_prefers_matches_rare_terms_and_short_documents() -> None:
+    docs = [
+        tokenize("cache invalidation in the gateway"),
+        tokenize("the gateway forwards requests to the upstream provider"),
+        tokenize("gateway gateway gateway timeout"),
+        tokenize(
+            "cache invalidation in the gateway after a very long and winding explanation of many things"
+        ),
+    ]
+    bm25 = BM25(docs)
+    scores = bm25.scores(tokenize("cache invalidation"))
+    assert scores[0] > scores[3] > 0.0  # same terms, shorter document wins
+    assert scores[1] == scores[2] == 0.0
+    # A rare term outweighs a common one.
+    assert bm25.idf("timeout") > bm25.idf("gateway")
+    assert bm25.rank(tokenize("gateway timeout"))[0] == 2
+
+
+def test_repeated_query_terms_count_once_and_unknown_terms_score_zero() -> None:
+    docs = [tokenize("alpha beta"), tokenize("beta gamma")]
+    bm25 = BM25(docs)
+    assert bm25.scores(["alpha", "alpha", "alpha"]) == bm25.scores(["alpha"])
+    assert bm25.scores(["nothing", "here"]) == [0.0, 0.0]
+    assert bm25.scores([]) == [0.0, 0.0]
+
+
+def test_empty_corpus_and_empty_documents() -> None:
+    assert BM25([]).scores(["x"]) == []
+    assert BM25([[], []]).scores(["x"]) == [0.0, 0.0]
+
+
+def test_rank_is_deterministic_with_ties_in_document_order() -> None:
+    docs = [tokenize("same words here"), tokenize("other text"), tokenize("same words here")]
+    bm25 = BM25(docs)
+    assert bm25.rank(tokenize("same words")) == [0, 2, 1]
+    assert BM25(docs).scores(tokenize("same words")) == bm25.scores(tokenize("same words"))

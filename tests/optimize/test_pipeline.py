@@ -1,0 +1,226 @@
+"""The optimizer over the corpus and over random conversations: every planted fact forwarded verbatim, tool
+pairs intact, deterministic, never larger; what must never be touched is byte-identical."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.optimize.corpus import Case, all_cases, coding_session
+from worker.optimize.pipeline import Options, measure, optimize
+from worker.optimize.segments import detect_format
+
+CASES = {c.name: c for c in all_cases()}
+
+
+def _strings(obj: Any) -> str:
+    """Every string value in a JSON document, joined (facts are checked in the text, not in JSON escapes)."""
+    if isinstance(obj, str):
+        return obj
+    if isinstance(obj, dict):
+        return "\n".join(_strings(v) for v in obj.values())
+    if isinstance(obj, list):
+        return "\n".join(_strings(v) for v in obj)
+    return ""
+
+
+def _run(case: Case, mode: str = "balanced", turns: int = 2) -> tuple[dict[str, Any], Any]:
+    body = copy.deepcopy(case.body)
+    report = optimize(case.fmt, body, Options(mode=mode, protect_recent_turns=turns))  # type: ignore[arg-type]
+    return body, report
+
+
+def _tool_pairs_valid(body: dict[str, Any]) -> None:
+    """Every tool call has exactly one result after it, in order, with the same id (chat format)."""
+    pending: list[str] = []
+    for msg in body["messages"]:
+        if msg["role"] == "assistant":
+            assert not pending, f"tool calls without results: {pending}"
+            pending = [c["id"] for c in msg.get("tool_calls") or []]
+        elif msg["role"] == "tool":
+            assert msg["tool_call_id"] == pending.pop(0)
+    assert not pending
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("mode", ["safe", "balanced", "aggressive"])
+def test_every_planted_fact_is_forwarded_verbatim(name: str, mode: str) -> None:
+    case = CASES[name]
+    body, report = _run(case, mode)
+    text = _strings(body)
+    missing = [f for f in case.facts if f not in text]
+    assert not missing, f"{name}/{mode} lost {missing}"
+    assert report.optimized_tokens <= report.original_tokens
+    assert report.optimized_tokens == measure(case.fmt, body)  # the report describes what is forwarded
+    json.loads(json.dumps(body))  # still serialisable JSON
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_balanced_saves_tokens_and_aggressive_saves_more(name: str) -> None:
+    case = CASES[name]
+    _, safe = _run(case, "safe")
+    _, balanced = _run(case, "balanced")
+    _, aggressive = _run(case, "aggressive")
+    assert balanced.compression_rate > 0.25, (name, balanced.compression_rate)
+    assert aggressive.optimized_tokens <= balanced.optimized_tokens <= safe.optimized_tokens
+    assert balanced.applied_strategies and balanced.removed
+
+
+def test_coding_session_structure_is_intact() -> None:
+    case = coding_session()
+    body, report = _run(case)
+    _tool_pairs_valid(body)
+    original = case.body
+    assert len(body["messages"]) == len(original["messages"])
+    assert body["messages"][0] == original["messages"][0]  # system prompt untouched
+    assert body["messages"][-1] == original["messages"][-1]  # the latest user turn untouched
+    assert body["tools"] == original["tools"]  # tool definitions untouched
+    for new, old in zip(body["messages"], original["messages"], strict=True):
+        assert new.get("tool_calls") == old.get("tool_calls")  # arguments byte-identical
+    assert "cross_turn_dedup" in report.applied_strategies  # the file read twice
+    assert report.compression_rate > 0.5
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_deterministic(name: str) -> None:
+    first, _ = _run(CASES[name])
+    second, _ = _run(CASES[name])
+    assert json.dumps(first) == json.dumps(second)
+
+
+def test_off_changes_nothing() -> None:
+    for case in CASES.values():
+        body, report = _run(case, "off")
+        assert body == case.body and report.saved_tokens == 0 and not report.removed
+
+
+def test_cache_control_blocks_and_recent_prose_are_never_touched() -> None:
+    case = coding_session()
+    body = copy.deepcopy(case.body)
+    pinned = body["messages"][7]
+    assert pinned["role"] == "tool"
+    pinned["content"] = [{"type": "text", "text": pinned["content"], "cache_control": {"type": "ephemeral"}}]
+    before = copy.deepcopy(pinned)
+    optimize("chat", body, Options(mode="aggressive"))
+    assert body["messages"][7] == before
+    # The prose of the last N turns stays whole; older prose may be compacted.
+    long_prose = " ".join(["The deployment went fine and nothing unusual happened at all today."] * 30)
+    convo = {
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "user", "content": long_prose},
+            {"role": "assistant", "content": long_prose},
+            {"role": "user", "content": long_prose},
+            {"role": "assistant", "content": long_prose},
+            {"role": "user", "content": "And now?"},
+        ],
+    }
+    optimize("chat", convo, Options(mode="aggressive", protect_recent_turns=2))
+    assert convo["messages"][3]["content"] == long_prose  # within the last 2 turns
+    assert convo["messages"][4]["content"] == "And now?"
+
+
+def test_detect_format() -> None:
+    assert detect_format({"system": "x", "messages": []}) == "messages"
+    assert detect_format({"input": "x"}) == "responses"
+    assert detect_format({"messages": []}) == "chat"
+
+
+# ---- property-based: random conversations ---------------------------------------------------------------
+
+_FACTS = st.sampled_from(
+    [
+        "ORD-10293",
+        "$4,120.75",
+        "2026-02-28",
+        "a1b2c3d4e5f6",
+        "https://x.example.com/a/b",
+        "v1.22.3",
+        "ENOSPC",
+        "user_9xQ2mZ",
+        "45%",
+        "/var/log/app.log",
+    ]
+)
+_WORDS = st.sampled_from(
+    [
+        "the",
+        "service",
+        "request",
+        "retry",
+        "failed",
+        "because",
+        "of",
+        "timeout",
+        "ok",
+        "INFO",
+        "GET",
+        "/healthz",
+        "200",
+        "worker",
+        "batch",
+        "processed",
+        "again",
+    ]
+)
+
+
+@st.composite
+def _line(draw: st.DrawFn) -> str:
+    words = draw(st.lists(_WORDS, min_size=3, max_size=12))
+    if draw(st.booleans()):
+        words.insert(draw(st.integers(0, len(words))), draw(_FACTS))
+    return " ".join(words)
+
+
+@st.composite
+def _conversation(draw: st.DrawFn) -> dict[str, Any]:
+    messages: list[dict[str, Any]] = [{"role": "system", "content": "sys"}]
+    for i in range(draw(st.integers(1, 6))):
+        messages.append(
+            {"role": "user", "content": ". ".join(draw(st.lists(_line(), min_size=1, max_size=20)))}
+        )
+        if draw(st.booleans()):
+            cid = f"call_{i}"
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {"id": cid, "type": "function", "function": {"name": "t", "arguments": "{}"}}
+                    ],
+                }
+            )
+            lines = draw(st.lists(_line(), min_size=1, max_size=80))
+            if draw(st.booleans()):
+                lines = lines * draw(st.integers(2, 5))  # repeated output
+            messages.append({"role": "tool", "tool_call_id": cid, "content": "\n".join(lines)})
+        messages.append(
+            {"role": "assistant", "content": ". ".join(draw(st.lists(_line(), min_size=1, max_size=10)))}
+        )
+    messages.append({"role": "user", "content": "what failed?"})
+    return {"model": "gpt-4o-mini", "messages": messages}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(convo=_conversation(), mode=st.sampled_from(["safe", "balanced", "aggressive"]))
+def test_random_conversations_keep_the_invariants(convo: dict[str, Any], mode: str) -> None:
+    from worker.optimize.facts import find_facts
+
+    original = copy.deepcopy(convo)
+    facts = {f for m in original["messages"] for f in find_facts(m.get("content") or "")}
+    body = copy.deepcopy(convo)
+    report = optimize("chat", body, Options(mode=mode))  # type: ignore[arg-type]
+    text = _strings(body)
+    assert all(f in text for f in facts)
+    assert report.optimized_tokens <= report.original_tokens
+    _tool_pairs_valid(body)
+    again = copy.deepcopy(convo)
+    optimize("chat", again, Options(mode=mode))  # type: ignore[arg-type]
+    assert again == body
+    assert body["messages"][-1] == original["messages"][-1]

@@ -1,0 +1,174 @@
+"""Optimization as a client sees it: savings headers and the forwarded body on proxied requests,
+`POST /v1/compress` for the three formats, and `trex compress` on the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+from tests.conftest import GatewaySetup
+from tests.optimize.corpus import coding_session, long_document, support_conversation
+from tests.optimize.test_pipeline import _strings
+from tests.test_cli import trex
+
+
+def test_proxied_request_is_optimized_and_reports_savings(gateway: GatewaySetup) -> None:
+    case = coding_session()
+    body = copy.deepcopy(case.body)
+    raw = gateway.openai().chat.completions.with_raw_response.create(
+        model=body["model"],
+        messages=body["messages"],
+        tools=body["tools"],
+        extra_body={"trex": {"optimize": {"mode": "balanced"}}},
+        extra_headers={"X-Session-Id": "sess-abc"},
+    )
+    assert raw.parse().choices[0].message.content
+    h = raw.headers
+    original, optimized = int(h["X-Trex-Original-Tokens"]), int(h["X-Trex-Optimized-Tokens"])
+    assert optimized < original and int(h["X-Trex-Saved-Tokens"]) == original - optimized
+    assert float(h["X-Trex-Savings-Percent"]) == pytest.approx(
+        100 * (original - optimized) / original, abs=0.01
+    )
+    assert h["X-Trex-Session-Id"] == "sess-abc"
+    forwarded = gateway.fake.last().json
+    assert "trex" not in forwarded
+    text = _strings(forwarded)
+    assert all(f in text for f in case.facts)
+    assert forwarded["messages"][-1] == case.body["messages"][-1]
+    assert len(json.dumps(forwarded)) < len(json.dumps(case.body))
+
+
+def test_optimize_off_by_header_forwards_the_messages_unchanged(gateway: GatewaySetup) -> None:
+    case = coding_session()
+    raw = gateway.openai().chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=case.body["messages"], extra_headers={"X-Trex-Optimize": "off"}
+    )
+    assert raw.headers["X-Trex-Saved-Tokens"] == "0"
+    assert raw.headers["X-Trex-Session-Id"].startswith("sess_")
+    assert gateway.fake.last().json["messages"] == case.body["messages"]
+
+
+def test_cross_format_request_is_optimized_before_translation(gateway: GatewaySetup) -> None:
+    case = coding_session()
+    out = gateway.anthropic().messages.with_raw_response.create(
+        model="gpt-4o-mini",
+        max_tokens=100,
+        messages=[
+            {"role": "user", "content": case.body["messages"][5]["content"] * 3},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "what does it say?"},
+        ],
+    )
+    assert int(out.headers["X-Trex-Saved-Tokens"]) >= 0
+    assert gateway.fake.last().path == "/v1/chat/completions"
+
+
+def test_bad_optimizer_options_are_400(gateway: GatewaySetup) -> None:
+    client = gateway.openai()
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "x"}],
+            extra_body={"trex": {"optimize": {"mode": "extreme"}}},
+        )
+    assert err.value.param == "trex.optimize.mode"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "x"}],
+            extra_headers={"X-Trex-Optimize": "max"},
+        )
+    assert err.value.param == "X-Trex-Optimize"
+    assert gateway.fake.received == []
+
+
+def _compress(gateway: GatewaySetup, payload: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    async def go() -> tuple[int, Any]:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                gateway.worker.url + "/v1/compress",
+                json=payload,
+                headers={"Authorization": f"Bearer {gateway.key}", **(headers or {})},
+            ) as r,
+        ):
+            return r.status, await r.json()
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("make", [coding_session, support_conversation, long_document])
+def test_compress_endpoint_each_format(gateway: GatewaySetup, make: Any) -> None:
+    case = make()
+    payload = copy.deepcopy(case.body)
+    payload["custom_field"] = {"keep": [1, 2, 3]}
+    status, doc = _compress(gateway, payload)
+    assert status == 200
+    c = doc.pop("compression")
+    assert set(c) >= {
+        "technique",
+        "applied_strategies",
+        "compression_rate",
+        "uncompressed_input_tokens",
+        "compressed_input_tokens",
+        "compression_time_ms",
+    }
+    assert c["technique"] == "auto"
+    assert c["compressed_input_tokens"] < c["uncompressed_input_tokens"]
+    assert c["compression_rate"] == pytest.approx(
+        1 - c["compressed_input_tokens"] / c["uncompressed_input_tokens"], abs=1e-3
+    )
+    for key, value in case.body.items():  # every field the optimizer does not own is untouched
+        if key not in ("messages", "input", "system", "tools"):
+            assert doc[key] == value
+    assert doc["custom_field"] == {"keep": [1, 2, 3]}
+    text = _strings(doc)
+    assert all(f in text for f in case.facts)
+    assert gateway.fake.received == []  # no model call
+
+
+def test_compress_endpoint_errors(gateway: GatewaySetup) -> None:
+    status, doc = _compress(gateway, {"model": "gpt-4o-mini", "messages": []})
+    assert status == 400 and doc["error"]["param"] == "messages"
+    status, doc = _compress(gateway, {"messages": [{"role": "user", "content": "x"}]})
+    assert status == 400 and doc["error"]["param"] == "model"
+    status, doc = _compress(gateway, {"model": "m", "messages": [{"role": "wizard", "content": "x"}]})
+    assert status == 400 and doc["error"]["param"] == "messages[0].role"
+    status, doc = _compress(
+        gateway, {"model": "m", "messages": [{"role": "user", "content": "x"}], "compression_model": "vim"}
+    )
+    assert status == 400 and doc["error"]["param"] == "compression_model"
+    status, doc = _compress(gateway, [1, 2])
+    assert status == 400
+    status, doc = _compress(
+        gateway,
+        {"model": "m", "messages": [{"role": "user", "content": "x"}]},
+        {"X-Trex-Compression-Model": "codex"},
+    )
+    assert status == 200
+
+
+def test_compress_cli(tmp_path: Path) -> None:
+    case = coding_session()
+    path = tmp_path / "payload.json"
+    path.write_text(json.dumps(case.body))
+    out = trex("compress", str(path))
+    assert out.returncode == 0, out.stderr
+    forwarded = json.loads(out.stdout)
+    assert "compression" not in forwarded
+    assert all(f in _strings(forwarded) for f in case.facts)
+    report = out.stderr.decode()
+    assert "format chat, mode balanced" in report and "saved" in report
+    js = json.loads(trex("compress", "-", "--json", "--mode", "safe", stdin=path.read_bytes()).stdout)
+    assert js["compression"]["mode"] == "safe"
+    bad = trex("compress", str(tmp_path / "missing.json"))
+    assert bad.returncode == 2 and b"cannot read" in bad.stderr
+    bad = trex("compress", "-", stdin=b"{nope")
+    assert bad.returncode == 2 and b"not valid JSON" in bad.stderr

@@ -1,0 +1,28 @@
+"""`POST /v1/compress`: optimize a payload and return it, with no model call."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..appkeys import GATEWAY
+from ..jsonio import json_response, read_json_object
+from ..optimize.segments import detect_format
+from ..optimizing import compression_object, resolve_options, run, validate_payload
+from ..proxy import authenticate
+
+
+async def compress(request: web.Request) -> web.StreamResponse:
+    """The payload with `messages`/`input`/`system`/`tools` replaced by their optimized versions, every other
+    field untouched (the `trex` control field is consumed), plus a `compression` object."""
+    gw = request.app[GATEWAY]
+    await authenticate(request, gw)
+    body = await read_json_object(request)
+    fmt = detect_format(body)
+    validate_payload(fmt, body)
+    profile = body.get("compression_model") or request.headers.get("X-Trex-Compression-Model")
+    options = resolve_options(
+        body.pop("trex", None), request.headers, gw.optimize_mode, gw.protect_recent_turns, profile=profile
+    )
+    report = await run(fmt, body, options, request.content_length or 0)
+    body["compression"] = compression_object(report)
+    return json_response(body)

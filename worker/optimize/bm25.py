@@ -1,0 +1,111 @@
+"""A small, fast Okapi BM25 over short documents (sentences, search hits, lines).
+
+`tokenize` turns text into lowercase terms: words, identifiers split into their parts (camelCase,
+snake_case, kebab-case, dotted and slashed names — the whole identifier is kept as one more term so an
+exact identifier match outranks a partial one), and digit runs as terms of their own. A short English
+stopword list and single letters are dropped.
+
+`BM25(docs).scores(query_tokens)` gives one score per document (k1=1.2, b=0.75, the non-negative
+Lucene-style IDF). Everything is deterministic: postings are built in document order and the scores are
+summed in the order the query terms first appear, so the same input always gives the same floats.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+K1 = 1.2
+B = 0.75
+
+# A run of letters/digits, optionally joined to more runs by identifier punctuation (a.b, a_b, a-b, a/b).
+_CHUNK_RE = re.compile(r"[^\W_]+(?:[._\-/:@]+[^\W_]+)*")
+_SEP_RE = re.compile(r"[._\-/:@]+")
+# Parts of an ASCII identifier: "HTTPServer" → HTTP, Server; "getUser2FA" → get, User, 2, FA.
+_CAMEL_RE = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
+
+_STOPWORDS_TEXT = """
+    a about above after again against all also am an and any are as at be because been before being below
+    between both but by can could d did do does doing down during each few for from further had has have
+    having he her here hers herself him himself his how i if in into is it its itself just ll m me more most
+    my myself no nor not now of off on once only or other our ours ourselves out over own re s same she
+    should so some such t than that the their theirs them themselves then there these they this those
+    through to too under until up ve very was we were what when where which while who whom why will with
+    would you your yours yourself yourselves don doesn didn isn wasn aren weren won wouldn shouldn couldn
+    hasn haven hadn let lets get got may might must shall
+"""
+STOPWORDS: frozenset[str] = frozenset(_STOPWORDS_TEXT.split())
+
+
+def _parts(chunk: str) -> list[str]:
+    pieces = [p for p in _SEP_RE.split(chunk) if p]
+    out: list[str] = []
+    for piece in pieces:
+        if piece.isascii():
+            out.extend(_CAMEL_RE.findall(piece) or [piece])
+        else:
+            out.append(piece)
+    return out
+
+
+def tokenize(text: str) -> list[str]:
+    """Lowercase terms of `text`, in order (see the module docstring)."""
+    terms: list[str] = []
+    for match in _CHUNK_RE.finditer(text):
+        chunk = match.group(0)
+        parts = _parts(chunk)
+        for part in parts:
+            term = part.lower()
+            if term in STOPWORDS or (len(term) == 1 and not term.isdigit()):
+                continue
+            terms.append(term)
+        if len(parts) > 1:
+            whole = chunk.lower()
+            if whole not in STOPWORDS:
+                terms.append(whole)
+    return terms
+
+
+class BM25:
+    """Okapi BM25 over a fixed list of tokenized documents."""
+
+    __slots__ = ("_norm", "_postings", "avgdl", "k1", "n")
+
+    def __init__(self, docs: Sequence[Sequence[str]], k1: float = K1, b: float = B) -> None:
+        self.k1 = k1
+        self.n = len(docs)
+        lengths = [len(doc) for doc in docs]
+        total = sum(lengths)
+        self.avgdl = total / self.n if self.n and total else 1.0
+        postings: dict[str, list[tuple[int, int]]] = {}
+        for i, doc in enumerate(docs):
+            for term, freq in Counter(doc).items():
+                postings.setdefault(term, []).append((i, freq))
+        self._postings = postings
+        self._norm = [k1 * (1.0 - b + b * length / self.avgdl) for length in lengths]
+
+    def idf(self, term: str) -> float:
+        """Inverse document frequency of `term` (never negative)."""
+        df = len(self._postings.get(term, ()))
+        return math.log(1.0 + (self.n - df + 0.5) / (df + 0.5))
+
+    def scores(self, query_tokens: Iterable[str]) -> list[float]:
+        """One score per document, in document order (0.0 where no query term occurs)."""
+        out = [0.0] * self.n
+        k1p = self.k1 + 1.0
+        for term in dict.fromkeys(query_tokens):
+            posting = self._postings.get(term)
+            if not posting:
+                continue
+            idf = self.idf(term)
+            norm = self._norm
+            for i, freq in posting:
+                out[i] += idf * freq * k1p / (freq + norm[i])
+        return out
+
+    def rank(self, query_tokens: Iterable[str]) -> list[int]:
+        """Document indices, best score first (ties: earlier document first)."""
+        scored = self.scores(query_tokens)
+        return sorted(range(self.n), key=lambda i: (-scored[i], i))

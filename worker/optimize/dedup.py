@@ -1,0 +1,310 @@
+"""Cross-turn dedup: content repeated from an earlier block becomes a reference to it.
+
+Three cases, checked in this order for each block (conversation order, earliest reference wins):
+
+1. Identical: the block's text, trailing whitespace normalised, equals an earlier block's and is at least
+   `MIN_CHARS` long → `[trex: identical to the <role> content in turn <turn> (block <index>); omitted]`.
+2. Contains an earlier block: an earlier block (≥ `MIN_CHARS`) occurs in it as a contiguous substring → that
+   occurrence becomes `[trex: repeated from the <role> content in turn <turn> (block <index>); omitted]`,
+   the rest of the block stays byte for byte.
+3. Edited copy: the block is ≥ 90 % line-identical to an earlier one (a file read twice around a small
+   edit) → a reference plus the changed lines, verbatim, each hunk headed `@@ line N` (N counts lines of
+   this block), so the facts in changed lines stay where they are.
+
+Cases 2 and 3 may both apply; the shorter result wins. Nothing is ever replaced by something larger. Only
+blocks left unchanged are indexed as references for cases 2 and 3 (a reader can see their full text); a
+block identical to one that was itself rewritten gets that rewrite. Everything runs off hash maps: exact
+texts, anchor lines (containment) and bottom-k line-hash sketches (edited copies), so the work is linear
+in the total text size rather than quadratic in the number of blocks. Deterministic: line hashes are
+CRC-32, never Python's salted `hash`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+import zlib
+from dataclasses import dataclass
+from difflib import SequenceMatcher
+from typing import Literal, TypeVar
+
+from .. import tokens
+
+MIN_CHARS = 200
+"""Shorter repeats are left alone (a reference would save next to nothing)."""
+NEAR_RATIO = 0.9
+"""Share of identical lines (of the longer version) for an edited copy."""
+SKETCH_SIZE = 16
+"""Line hashes per block sketch (bottom-k)."""
+MAX_CANDIDATES = 16
+"""Earlier blocks remembered per anchor line, prefix or sketch hash (the most recent are kept)."""
+MIN_ANCHOR_CHARS = 3
+PREFIX_CHARS = 48
+"""Key length for finding one- and two-line blocks inside later blocks (at word starts)."""
+
+# Where a repeated block may start inside a later one: the start, or after whitespace or an opening mark.
+_BOUNDARY_RE = re.compile(r"(?:^|(?<=[\s>:=(\[{\"',;|]))(?=\S)")
+_T = TypeVar("_T")
+
+Kind = Literal["identical", "repeated", "edited"]
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One content block in conversation order: a tool result, file content, or message text."""
+
+    index: int
+    turn: int
+    role: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Replacement:
+    """A rewritten block: its new text, how it was rewritten, and the `Block.index` values it refers to."""
+
+    text: str
+    kind: Kind
+    refs: tuple[int, ...]
+
+
+def _where(block: Block) -> str:
+    return f"the {block.role} content in turn {block.turn} (block {block.index})"
+
+
+def identical_marker(block: Block) -> str:
+    """The text that replaces a block identical to `block`."""
+    return f"[trex: identical to {_where(block)}; omitted]"
+
+
+def repeated_marker(block: Block) -> str:
+    """The text that replaces an occurrence of `block`'s text inside a later block."""
+    return f"[trex: repeated from {_where(block)}; omitted]"
+
+
+def _normalise(text: str) -> str:
+    return "\n".join(line.rstrip() for line in text.split("\n")).rstrip()
+
+
+def _line_hash(line: str) -> int:
+    return zlib.crc32(line.encode("utf-8", "surrogatepass"))
+
+
+def _smaller(new: str, old: str) -> bool:
+    return len(new) < len(old) and tokens.count(new) < tokens.count(old)
+
+
+@dataclass(slots=True)
+class _Indexed:
+    """An unchanged earlier block, as cases 2 and 3 see it."""
+
+    block: Block
+    body: str
+    """The raw text without surrounding whitespace (what containment looks for)."""
+    lines: list[str]
+    """Normalised lines (trailing whitespace stripped), for the line diff."""
+
+
+class _Index:
+    def __init__(self) -> None:
+        self.items: list[_Indexed] = []
+        self.anchors: dict[str, list[tuple[int, int]]] = {}
+        """inner anchor line → (item, char offset of that line in the item's body)"""
+        self.prefixes: dict[str, list[int]] = {}
+        """first `PREFIX_CHARS` of the body → items (blocks without a usable inner line)"""
+        self.sketches: dict[int, list[int]] = {}
+
+    def add(self, block: Block) -> None:
+        body = block.text.strip()
+        if len(body) < MIN_CHARS:
+            return
+        item = len(self.items)
+        self.items.append(_Indexed(block, body, [line.rstrip() for line in block.text.rstrip().split("\n")]))
+        # Containment anchor: the longest inner line, since an inner line of a contained block is a whole line
+        # of the container. Blocks of one or two lines (or without a usable inner line) are found by prefix.
+        lines = body.split("\n")
+        k = 0
+        if len(lines) >= 3:
+            best = max(range(1, len(lines) - 1), key=lambda m: (len(lines[m].strip()), -m))
+            if len(lines[best].strip()) >= MIN_ANCHOR_CHARS:
+                k = best
+        if k:
+            offset = sum(len(line) + 1 for line in lines[:k])
+            _append(self.anchors.setdefault(lines[k], []), (item, offset))
+        else:
+            _append(self.prefixes.setdefault(body[:PREFIX_CHARS], []), item)
+        for h in _sketch(self.items[-1].lines):
+            _append(self.sketches.setdefault(h, []), item)
+
+
+def _append(bucket: list[_T], value: _T) -> None:
+    """Remember `value`, forgetting the oldest entry past `MAX_CANDIDATES` (recent versions match best)."""
+    if len(bucket) >= MAX_CANDIDATES:
+        del bucket[0]
+    bucket.append(value)
+
+
+def _sketch(lines: list[str]) -> list[int]:
+    hashes = {_line_hash(line) for line in lines if len(line.strip()) >= MIN_ANCHOR_CHARS}
+    return heapq.nsmallest(SKETCH_SIZE, hashes)
+
+
+def _contained(block: Block, index: _Index) -> Replacement | None:
+    """Case 2: replace occurrences of earlier blocks inside this one."""
+    text = block.text
+    starts: list[int] = []
+    pos = 0
+    lines = text.split("\n")
+    for line in lines:
+        starts.append(pos)
+        pos += len(line) + 1
+    found: dict[tuple[int, int], None] = {}
+    budget = 4 * len(text) + 4 * MIN_CHARS  # verification work stays linear in the block size
+    size = len(text.strip())
+
+    def verify(item: int, at: int) -> bool:
+        nonlocal budget
+        body = index.items[item].body
+        if at < 0 or len(body) > size or (at, item) in found:
+            return True
+        budget -= len(body)
+        if budget < 0:
+            return False
+        if text.startswith(body, at):
+            found[(at, item)] = None
+        return True
+
+    for number, line in enumerate(lines):
+        for item, offset in index.anchors.get(line, ()):
+            if not verify(item, starts[number] - offset):
+                break
+        if budget < 0:
+            break
+    if index.prefixes and budget >= 0:
+        for match in _BOUNDARY_RE.finditer(text):
+            at = match.start()
+            for item in index.prefixes.get(text[at : at + PREFIX_CHARS], ()):
+                if not verify(item, at):
+                    break
+            if budget < 0:
+                break
+    if not found:
+        return None
+    # Longest first, then earliest position; occurrences may not overlap.
+    chosen: list[tuple[int, int, int]] = []
+    for at, item in sorted(found, key=lambda f: (-len(index.items[f[1]].body), f[0], f[1])):
+        end = at + len(index.items[item].body)
+        if all(end <= a or at >= b for a, b, _ in chosen):
+            chosen.append((at, end, item))
+    chosen.sort()
+    parts: list[str] = []
+    cursor = 0
+    for at, end, item in chosen:
+        parts.append(text[cursor:at])
+        parts.append(repeated_marker(index.items[item].block))
+        cursor = end
+    parts.append(text[cursor:])
+    refs = tuple(dict.fromkeys(index.items[item].block.index for _, _, item in chosen))
+    return Replacement("".join(parts), "repeated", refs)
+
+
+def _span(a: int, b: int) -> str:
+    return f"line {a + 1}" if b - a == 1 else f"lines {a + 1}-{b}"
+
+
+def _diff(a: list[str], b: list[str]) -> tuple[list[tuple[str, int, int, int, int]], int]:
+    """Line diff opcodes of a → b (SequenceMatcher on what lies between the common head and tail), and the
+    number of identical lines."""
+    limit = min(len(a), len(b))
+    head = 0
+    while head < limit and a[head] == b[head]:
+        head += 1
+    tail = 0
+    while tail < limit - head and a[len(a) - 1 - tail] == b[len(b) - 1 - tail]:
+        tail += 1
+    mid_a = a[head : len(a) - tail]
+    mid_b = b[head : len(b) - tail]
+    matcher = SequenceMatcher(None, mid_a, mid_b, autojunk=len(mid_b) > 2000)
+    ops: list[tuple[str, int, int, int, int]] = [
+        (tag, i1 + head, i2 + head, j1 + head, j2 + head) for tag, i1, i2, j1, j2 in matcher.get_opcodes()
+    ]
+    same = head + tail + sum(i2 - i1 for tag, i1, i2, _, _ in ops if tag == "equal")
+    return ops, same
+
+
+def _edited(block: Block, index: _Index) -> Replacement | None:
+    """Case 3: a line diff against the most similar earlier block."""
+    raw = block.text.rstrip().split("\n")
+    lines = [line.rstrip() for line in raw]
+    sketch = _sketch(lines)
+    if not sketch:
+        return None
+    votes: dict[int, int] = {}
+    for h in sketch:
+        for item in index.sketches.get(h, ()):
+            votes[item] = votes.get(item, 0) + 1
+    # Most shared sketch hashes first, then the most recent earlier block (the closest version).
+    ranked = sorted(votes, key=lambda item: (-votes[item], -item))[:2]
+    best: Replacement | None = None
+    for item in ranked:
+        if votes[item] * 2 < len(sketch):
+            break
+        earlier = index.items[item]
+        a = earlier.lines
+        if min(len(a), len(lines)) < NEAR_RATIO * max(len(a), len(lines)):
+            continue
+        ops, same = _diff(a, lines)
+        if same < NEAR_RATIO * max(len(a), len(lines)) or same == len(a) == len(lines):
+            continue
+        out = [
+            f"[trex: edited copy of {_where(earlier.block)}; unchanged lines omitted, "
+            f"changed lines of this version below]"
+        ]
+        for tag, i1, i2, j1, j2 in ops:
+            if tag == "replace":
+                out.append(f"@@ line {j1 + 1} (replaces earlier {_span(i1, i2)})")
+            elif tag == "insert":
+                out.append(f"@@ line {j1 + 1} (added)")
+            elif tag == "delete":
+                out.append(f"@@ line {j1 + 1} (earlier {_span(i1, i2)} removed)")
+            else:
+                continue
+            out.extend(raw[j1:j2])
+        candidate = Replacement("\n".join(out), "edited", (earlier.block.index,))
+        if best is None or len(candidate.text) < len(best.text):
+            best = candidate
+    return best
+
+
+def dedupe_detailed(blocks: list[Block]) -> list[Replacement | None]:
+    """Like `dedupe`, with the kind of each rewrite and the blocks it refers to."""
+    results: list[Replacement | None] = []
+    first: dict[str, int] = {}  # normalised text → position of its first block
+    index = _Index()
+    for pos, block in enumerate(blocks):
+        norm = _normalise(block.text)
+        result: Replacement | None = None
+        if len(norm) >= MIN_CHARS:
+            seen = first.get(norm)
+            if seen is not None:
+                earlier = results[seen]
+                if earlier is None:
+                    result = Replacement(identical_marker(blocks[seen]), "identical", (blocks[seen].index,))
+                else:
+                    result = earlier  # the same rewrite, which refers to a block the reader can see
+            else:
+                first[norm] = pos
+                options = [r for r in (_contained(block, index), _edited(block, index)) if r is not None]
+                if options:
+                    result = min(options, key=lambda r: len(r.text))
+        if result is not None and not _smaller(result.text, block.text):
+            result = None
+        results.append(result)
+        if result is None and first.get(norm) == pos:
+            index.add(block)
+    return results
+
+
+def dedupe(blocks: list[Block]) -> list[str | None]:
+    """For each block, its replacement text, or None if it stays as it is (see the module docstring)."""
+    return [r.text if r is not None else None for r in dedupe_detailed(blocks)]

@@ -1,0 +1,90 @@
+"""Tool-output compressors: what coding agents get back from file reads, grep, test runs, diffs, APIs, logs.
+
+`compress_tool_output(text, ctx)` is the entry point: it strips terminal escapes and trailing whitespace
+(every mode but `off`), detects the kind of content (`detect`) and hands it to that kind's compressor:
+
+- json → `json_output` (minify; fold long record arrays),
+- log → `logs` (fold repeated lines by template; warnings, errors and stack traces stay verbatim),
+- search → `search` (dedupe, BM25-rank against the query, fold per file),
+- diff → `diffs` (fold unchanged context lines),
+- html, table → `markup` (HTML to text; fold long tables),
+- code → passed through (source code is never changed beyond the whitespace step),
+- prose → only runs of identical lines are counted (the rest belongs to the narrative compressor).
+
+Facts inside escape sequences (a 24-bit colour's `255;100;0`) are terminal styling, not content: retention
+is guaranteed against the escape-free text. Trailing whitespace is left alone in diffs, where it is part of
+the change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+
+from worker.optimize.base import Compressed, Context
+from worker.optimize.kinds import diffs, json_output, logs, markup, search
+from worker.optimize.kinds._common import (
+    collapse_blank_lines,
+    count,
+    finish,
+    fold_exact_repeats,
+    strip_ansi,
+    strip_trailing_ws,
+)
+from worker.optimize.kinds._detect import KINDS, Kind, detect
+
+__all__ = ["KINDS", "Kind", "compress_tool_output", "detect", "normalise"]
+
+
+def _prose(text: str, ctx: Context) -> Compressed | None:
+    """Unclassified output (progress lines, CLI chatter): fold runs of identical lines, losslessly."""
+    lines, folded = fold_exact_repeats(text.split("\n"))
+    if not folded:
+        return None
+    return finish(text, "\n".join(lines), "prose-dedupe", [f"{folded} exact repeated lines counted"])
+
+
+_COMPRESSORS: Mapping[Kind, Callable[[str, Context], Compressed | None]] = MappingProxyType(
+    {
+        "json": json_output.compress,
+        "log": logs.compress,
+        "search": search.compress,
+        "diff": diffs.compress,
+        "html": markup.compress,
+        "table": markup.compress,
+        "prose": _prose,
+    }
+)
+
+
+def normalise(text: str, kind: Kind) -> str:
+    """The lossless clean-up every mode but `off` applies: no escapes, no trailing blanks, fewer blank lines.
+
+    Diffs keep trailing whitespace (it can be the change itself); code keeps its blank lines.
+    """
+    text = strip_ansi(text)
+    if kind == "diff":
+        return text
+    text = strip_trailing_ws(text)
+    return text if kind == "code" else collapse_blank_lines(text)
+
+
+def compress_tool_output(text: str, ctx: Context) -> Compressed | None:
+    """Compress one tool result; None when the mode is `off` or nothing gets smaller."""
+    if ctx.mode == "off" or not text.strip():
+        return None
+    kind = detect(strip_ansi(text))
+    cleaned = normalise(text, kind)
+    compressor = _COMPRESSORS.get(kind)
+    result = compressor(cleaned, ctx) if compressor is not None else None
+    if result is None:
+        if cleaned == text or count(cleaned) >= count(text):
+            return None
+        removed = ["terminal escape sequences and trailing whitespace"]
+        return Compressed(text=cleaned, strategy=f"{kind}-whitespace", removed=removed)
+    if count(result.text) >= count(text):
+        return None
+    if cleaned == text:
+        return result
+    removed = ["terminal escape sequences and trailing whitespace", *result.removed]
+    return Compressed(text=result.text, strategy=result.strategy, removed=removed)

@@ -1,0 +1,180 @@
+"""Helpers shared by the tool-output compressors: text normalisation, fact checks, markers and size guards.
+
+Every compressor ends with `finish()`, which enforces the contract of `worker.optimize.base` on the
+candidate it built: it must differ from the input, be strictly smaller in tokens, and keep every fact of
+the input verbatim (in place or in a marker). A candidate that fails any check is discarded, so a bug in
+one folding rule can cost compression but never a fact.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from worker import tokens
+from worker.optimize import facts
+from worker.optimize.base import Compressed
+
+NO_LIMIT = 1 << 40
+"""`limit_chars` for `facts.marker`: our callers decide up front whether a fold is worth its fact list
+(`worth_folding`), so a marker they emit always lists every fact instead of counting some."""
+
+FOLD_RATIO = 0.7
+"""A fold must shrink what it replaces to at most this share of its tokens; when the dropped content is
+mostly facts, the marker would be nearly as long and would only lose the context around them."""
+
+# find_facts de-duplicates contained facts pairwise (quadratic in distinct facts), so big texts are
+# scanned in chunks of lines; facts never span lines in practice, so chunking finds the same facts. A very
+# long line (one-line JSON) is cut before a `,"` or `, "` (a JSON member or element boundary), which only
+# an inline-code fact could contain.
+_CHUNK_CHARS = 8000
+_LONG_LINE_CUT_RE = re.compile(r'(?:(?<=,)|(?<=, ))(?=")')
+
+# CSI sequences (colours, cursor moves), OSC sequences (titles, hyperlinks) and two-byte escapes.
+_ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+_TRAILING_WS_RE = re.compile(r"[ \t]+$", re.MULTILINE)
+_BLANK_RUN_RE = re.compile(r"\n{3,}")
+
+
+def strip_ansi(text: str) -> str:
+    """`text` without terminal escape sequences (they style output; they are not content)."""
+    if "\x1b" not in text:
+        return text
+    return _ANSI_RE.sub("", text)
+
+
+def strip_trailing_ws(text: str) -> str:
+    """`text` with CRLF line ends turned into LF and spaces/tabs at line ends removed."""
+    if "\r\n" in text:
+        text = text.replace("\r\n", "\n")
+    return _TRAILING_WS_RE.sub("", text)
+
+
+def collapse_blank_lines(text: str) -> str:
+    """Runs of blank lines reduced to one blank line (whitespace only; nothing else changes)."""
+    return _BLANK_RUN_RE.sub("\n\n", text)
+
+
+def count(text: str) -> int:
+    """Tokens in `text` (o200k_base)."""
+    return tokens.count(text)
+
+
+def _chunks(text: str) -> Iterable[str]:
+    """`text` in pieces of about `_CHUNK_CHARS`, cut at line ends (or JSON commas in a very long line)."""
+    buffer: list[str] = []
+    size = 0
+    for line in text.split("\n"):
+        pieces = _LONG_LINE_CUT_RE.split(line) if len(line) > _CHUNK_CHARS else [line]
+        for piece in pieces:
+            if size + len(piece) > _CHUNK_CHARS and buffer:
+                yield "\n".join(buffer)
+                buffer, size = [], 0
+            buffer.append(piece)
+            size += len(piece) + 1
+    if buffer:
+        yield "\n".join(buffer)
+
+
+def fact_list(text: str) -> list[str]:
+    """The facts of `text` (as `facts.find_facts` finds them), unique, in order, computed in chunks."""
+    if len(text) <= _CHUNK_CHARS:
+        return facts.find_facts(text)
+    seen: dict[str, None] = {}
+    for chunk in _chunks(text):
+        for fact in facts.find_facts(chunk):
+            seen.setdefault(fact, None)
+    return list(seen)
+
+
+def missing_facts(original: str, output: str, original_facts: Sequence[str] | None = None) -> list[str]:
+    """Facts of `original` that do not occur verbatim in `output` (pass `original_facts` if known)."""
+    found = fact_list(original) if original_facts is None else original_facts
+    return [fact for fact in found if fact not in output]
+
+
+def fold_marker(what: str, dropped: Iterable[str]) -> str:
+    """The marker replacing `dropped`: `what`, then every fact of the dropped pieces, verbatim."""
+    return facts.marker(what, dropped, limit_chars=NO_LIMIT)
+
+
+class FactLedger:
+    """Facts already visible in the output, so that a marker lists only the facts not shown elsewhere.
+
+    Built from the text a compressor keeps verbatim; every marker made through it adds its facts. A fact that
+    is already in the output verbatim needs no second copy: the contract is that each fact is present, and
+    repeating e.g. the same timestamp in five markers would cost tokens for nothing.
+    """
+
+    __slots__ = ("_listed", "_visible")
+
+    def __init__(self, visible: str) -> None:
+        self._visible = visible
+        self._listed: set[str] = set()
+
+    def marker(self, what: str, dropped: Sequence[str]) -> tuple[str, list[str]]:
+        """`fold_marker(what, …)` over the facts of `dropped` not visible yet, and those facts.
+
+        Pass the facts to `commit()` once the marker is really used.
+        """
+        fresh: dict[str, None] = {}
+        for chunk in dropped:
+            for fact in facts.find_facts(chunk):
+                if fact not in self._listed and fact not in fresh and fact not in self._visible:
+                    fresh.setdefault(fact, None)
+        listed = list(fresh)
+        return fold_marker(what, listed), listed
+
+    def commit(self, listed: Sequence[str]) -> None:
+        """Record that a marker listing `listed` is in the output."""
+        self._listed.update(listed)
+
+
+def worth_folding(marker_text: str, dropped: Sequence[str]) -> bool:
+    """True when `marker_text` is at most FOLD_RATIO of the dropped pieces' tokens."""
+    if not dropped:
+        return False
+    return count(marker_text) <= FOLD_RATIO * count("\n".join(dropped))
+
+
+def finish(
+    original: str,
+    text: str,
+    strategy: str,
+    removed: list[str],
+    original_facts: Sequence[str] | None = None,
+) -> Compressed | None:
+    """`Compressed(text, …)` if `text` is a valid replacement for `original`, else None.
+
+    Valid means: different, strictly fewer tokens, and every fact of `original` present verbatim.
+    `original_facts` (from `fact_list(original)`) saves recomputing them when a caller checks twice.
+    """
+    if text == original or count(text) >= count(original):
+        return None
+    if missing_facts(original, text, original_facts):
+        return None
+    return Compressed(text=text, strategy=strategy, removed=removed)
+
+
+def fold_exact_repeats(lines: Sequence[str]) -> tuple[list[str], int]:
+    """Consecutive identical non-blank lines folded to one line plus a count marker (lossless).
+
+    Returns the new lines and how many lines were folded. Only runs of 3+ are folded: a marker costs more
+    than a single repeat.
+    """
+    out: list[str] = []
+    folded = 0
+    i = 0
+    while i < len(lines):
+        j = i + 1
+        while j < len(lines) and lines[j] == lines[i]:
+            j += 1
+        run = j - i
+        out.append(lines[i])
+        if run >= 3 and lines[i].strip():
+            out.append(fold_marker(f"previous line repeated {run - 1} more times", ()))
+            folded += run - 1
+        else:
+            out.extend(lines[i + 1 : j])
+        i = j
+    return out, folded

@@ -1,0 +1,268 @@
+"""Cheap content-kind detection for tool output.
+
+Each test looks at a bounded sample (the first `_SAMPLE_LINES` non-blank lines), so detection costs a few
+regex passes however large the output is. Tests run from the most to the least specific kind: JSON must
+parse, a diff has hunk headers, HTML starts with a tag, grep output is `path:line:` lines, logs have a
+timestamp or level prefix, tables are consistently delimited; code and prose are the fallbacks.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import msgspec
+
+Kind = Literal["json", "log", "search", "diff", "html", "table", "code", "prose"]
+KINDS: tuple[Kind, ...] = ("json", "log", "search", "diff", "html", "table", "code", "prose")
+
+_SAMPLE_LINES = 400
+
+# --- diff -------------------------------------------------------------------------------------------
+HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+
+# --- search (grep/rg/find) --------------------------------------------------------------------------
+# `path:line:content`. The path has no blanks or commas and does not start with a digit, so timestamps
+# (`09:12:03 INFO`, `2026-03-14T09:12:03`) and CSV rows are not taken for paths. grep -C context lines
+# (`path-line-content`) are only recognised for paths with an extension: `-` is too common otherwise.
+GREP_LINE_RE = re.compile(r"^(?P<path>(?!\d)[^\s:,]+):(?P<line>\d+)(?P<sep>[:-])")
+GREP_CONTEXT_RE = re.compile(r"^(?P<path>(?!\d)[^\s:,]+?\.[A-Za-z]\w{0,7})-(?P<line>\d+)-")
+# `path:content` (grep without -n); `path::name` is a pytest node id, not a match.
+GREP_NOLINE_RE = re.compile(r"^(?P<path>[^\s:,]*[\w-]\.[A-Za-z]\w{0,7}):(?!:)(?P<content>.*)$")
+HEADING_LINE_RE = re.compile(r"^(?P<line>\d+)(?P<sep>[:-])")
+PATH_ONLY_RE = re.compile(r"^(?:\.{0,2}/)?[\w.@+-]+(?:/[\w.@+-]+)+/?$|^[\w.@+-]+\.[A-Za-z]\w{0,7}$")
+# Compiler/linter diagnostics look like grep lines but every line matters: they go to the log compressor.
+DIAGNOSTIC_RE = re.compile(
+    r"^[^\s:]+:\d+(?::\d+)?:?\s*(?:error|warning|note|fatal|[EWFC]\d{2,4}|[A-Z]{1,4}\d{3,4})\b", re.IGNORECASE
+)
+
+# --- logs -------------------------------------------------------------------------------------------
+LOG_PREFIX_RE = re.compile(
+    r"^\s{0,2}(?:"
+    r"\[?\d{4}[-/]\d{2}[-/]\d{2}[T ]\d{2}:\d{2}"  # ISO date-time
+    r"|\[?\d{2}:\d{2}:\d{2}"  # time of day
+    r"|[A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2}"  # syslog
+    r"|[IWEF]\d{4} \d{2}:\d{2}:\d{2}"  # glog/klog
+    r"|\d{10}(?:\.\d+)?\s"  # epoch seconds
+    r"|\d{1,3}(?:\.\d{1,3}){3} - \S+ \["  # access log
+    r"|(?:time|ts|level|lvl|t)=\S"  # logfmt
+    r"|\[?(?:TRACE|DEBUG|INFO|NOTICE|WARN|WARNING|ERROR|FATAL|CRITICAL|SEVERE)\b[\]:]?"  # level first
+    r"|(?:PASS|FAIL|ok|---|===|SKIP)\b|\S+::\S+ (?:PASSED|FAILED|SKIPPED|ERROR|XFAIL)\b"  # test runners
+    r")"
+)
+
+# --- html -------------------------------------------------------------------------------------------
+_HTML_START_RE = re.compile(
+    r"^\s*(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html|head|body)\b", re.IGNORECASE | re.DOTALL
+)
+_HTML_TAG_RE = re.compile(
+    r"</?(?:html|head|body|div|span|p|a|ul|ol|li|table|tr|td|th|h[1-6]|script|style|meta|link|section|"
+    r"article|nav|header|footer|main|br|img|form|input|button|pre|code|em|strong)\b[^<>]*>",
+    re.IGNORECASE,
+)
+
+# --- tables -----------------------------------------------------------------------------------------
+MD_SEPARATOR_RE = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(?:\|\s*:?-{3,}:?\s*)*\|?\s*$")
+# `NAME   READY   STATUS` (kubectl, docker ps): upper-case column names separated by 2+ spaces.
+_COLUMN = r"[A-Z][A-Z0-9_()%/.#-]*(?: [A-Z][A-Z0-9_()%/.#-]*)*"
+ALIGNED_HEADER_RE = re.compile(rf"^{_COLUMN}(?: {{2,}}{_COLUMN})+$")
+
+# --- code -------------------------------------------------------------------------------------------
+# Line-number gutters of file-read tools (`cat -n`, `   12→`), stripped before judging code-ness.
+LINE_GUTTER_RE = re.compile(r"^\s*\d+(?:→|\t|: |\| )")
+_CODE_KEYWORD_RE = re.compile(
+    r"^\s*(?:def|class|import|from|return|if|elif|else|for|while|try|except|finally|with|async|await|"
+    r"function|const|let|var|export|package|func|fn|pub|use|impl|struct|enum|interface|type|public|private|"
+    r"protected|static|#include|#define|namespace|template|switch|case|break|continue|throw|catch|yield|"
+    r"raise|assert|module|require|using|val|match|mod|extern|unsafe|void|int|char|bool)\b"
+)
+_CODE_SHAPE_RE = re.compile(
+    r"[{};(\[,:]\s*$|^\s*[})\]]|^\s*(?://|/\*|\*|#)|\w\(.*\)|\s(?:=|==|=>|->|:=|\+=)\s"
+)
+
+
+def _sample(text: str) -> list[str]:
+    lines: list[str] = []
+    for line in text.split("\n"):
+        if line.strip():
+            lines.append(line)
+            if len(lines) >= _SAMPLE_LINES:
+                break
+    return lines
+
+
+def is_json(stripped: str) -> bool:
+    """`stripped` is one JSON document, or JSON Lines (one object per line)."""
+    if not stripped or stripped[0] not in "[{":
+        return False
+    try:
+        msgspec.json.decode(stripped)
+        return True
+    except msgspec.DecodeError:
+        pass
+    return is_json_lines(stripped)
+
+
+def is_json_lines(stripped: str) -> bool:
+    """Every non-blank line of `stripped` is a JSON object (at least two lines)."""
+    lines = [line for line in stripped.split("\n") if line.strip()]
+    if len(lines) < 2:
+        return False
+    for line in lines:
+        s = line.strip()
+        if not (s.startswith("{") and s.endswith("}")):
+            return False
+        try:
+            msgspec.json.decode(s)
+        except msgspec.DecodeError:
+            return False
+    return True
+
+
+def is_diff(lines: list[str]) -> bool:
+    """Unified diff: a `diff --git` header, or a hunk header together with a `+++ ` file header."""
+    has_hunk = has_plus = False
+    for line in lines:
+        if line.startswith("diff --git "):
+            return True
+        if HUNK_RE.match(line):
+            has_hunk = True
+        elif line.startswith("+++ "):
+            has_plus = True
+        if has_hunk and has_plus:
+            return True
+    return False
+
+
+def is_html(text: str) -> bool:
+    """An HTML document or fragment: starts like one, or is dense with HTML tags and starts with a tag."""
+    head = text[:4000]
+    if _HTML_START_RE.match(head):
+        return True
+    if not head.lstrip().startswith("<"):
+        return False
+    tags = _HTML_TAG_RE.findall(head)
+    return len(tags) >= 4
+
+
+def is_search(lines: list[str]) -> bool:
+    """grep/rg `path:line:` output (also rg's heading mode), or a `find`/`ls`-style list of paths."""
+    body = [line for line in lines if line != "--"]
+    if len(body) < 2:
+        return False
+    grep = sum(
+        1
+        for line in body
+        if GREP_LINE_RE.match(line) or GREP_NOLINE_RE.match(line) or GREP_CONTEXT_RE.match(line)
+    )
+    diagnostics = sum(1 for line in body if DIAGNOSTIC_RE.match(line))
+    if diagnostics * 10 >= len(body) * 3:
+        return False
+    if grep * 10 >= len(body) * 6:
+        return True
+    numbered = sum(1 for line in body if HEADING_LINE_RE.match(line))
+    paths = sum(1 for line in body if PATH_ONLY_RE.match(line))
+    if numbered and paths and (numbered + paths) * 10 >= len(body) * 9:
+        return True
+    return len(body) >= 3 and paths * 10 >= len(body) * 8
+
+
+def is_log(lines: list[str]) -> bool:
+    """Most lines start with a timestamp or a level (or are compiler diagnostics / test-runner lines)."""
+    if len(lines) < 2:
+        return False
+    prefixed = sum(1 for line in lines if LOG_PREFIX_RE.match(line) or DIAGNOSTIC_RE.match(line))
+    return prefixed * 10 >= len(lines) * 4
+
+
+def is_table(lines: list[str]) -> bool:
+    """A markdown table, CSV/TSV with a constant column count, or a column-aligned CLI table."""
+    if len(lines) < 3:
+        return False
+    piped = sum(1 for line in lines if line.lstrip().startswith("|"))
+    if piped * 10 >= len(lines) * 8 and any(MD_SEPARATOR_RE.match(line) for line in lines[:4]):
+        return True
+    if ALIGNED_HEADER_RE.match(lines[0].strip()):
+        return True
+    return table_delimiter(lines) is not None
+
+
+def table_delimiter(lines: list[str]) -> str | None:
+    """The delimiter of a CSV/TSV sample: most lines split into the same number (>= 2 or 3) of fields."""
+    for delim, minimum in (("\t", 2), (",", 3), (";", 3)):
+        widths = [split_delimited(line, delim) for line in lines]
+        counts: dict[int, int] = {}
+        for fields in widths:
+            counts[len(fields)] = counts.get(len(fields), 0) + 1
+        width, hits = max(counts.items(), key=lambda kv: (kv[1], kv[0]))
+        if width >= minimum and hits * 10 >= len(lines) * 9 and len(widths[0]) == width:
+            return delim
+    return None
+
+
+def split_delimited(line: str, delim: str) -> list[str]:
+    """Fields of one CSV/TSV line, honouring double quotes (a quoted field may contain the delimiter)."""
+    fields: list[str] = []
+    cur: list[str] = []
+    quoted = False
+    for ch in line:
+        if ch == '"':
+            quoted = not quoted
+            cur.append(ch)
+        elif ch == delim and not quoted:
+            fields.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    fields.append("".join(cur))
+    return fields
+
+
+def has_gutter(lines: list[str]) -> bool:
+    """Most lines start with a file-read line-number gutter (`cat -n`, `   12→`)."""
+    return bool(lines) and sum(1 for line in lines if LINE_GUTTER_RE.match(line)) * 10 >= len(lines) * 8
+
+
+def strip_gutter(lines: list[str]) -> list[str]:
+    """Lines without a file-read line-number gutter, when most lines have one."""
+    if not has_gutter(lines):
+        return lines
+    return [LINE_GUTTER_RE.sub("", line, count=1) for line in lines]
+
+
+def is_code(lines: list[str]) -> bool:
+    """Source code: many lines start with a keyword or have code punctuation, and some are indented."""
+    lines = strip_gutter(lines)
+    if not lines:
+        return False
+    codeish = sum(1 for line in lines if _CODE_KEYWORD_RE.match(line) or _CODE_SHAPE_RE.search(line))
+    indented = sum(1 for line in lines if line[:1] in (" ", "\t"))
+    if len(lines) < 3:
+        return codeish == len(lines) and bool(_CODE_KEYWORD_RE.match(lines[0]))
+    return codeish * 10 >= len(lines) * 5 and indented * 10 >= len(lines)
+
+
+def detect(text: str) -> Kind:
+    """The kind of a tool output: json, diff, html, search, log, table, code or prose (the fallback)."""
+    stripped = text.strip()
+    if not stripped:
+        return "prose"
+    if is_json(stripped):
+        return "json"
+    lines = _sample(stripped)
+    if has_gutter(lines):
+        # A file read with line numbers: what the agent will edit. It is only ever passed through.
+        return "code" if is_code(lines) else "prose"
+    if is_diff(lines):
+        return "diff"
+    if is_html(stripped):
+        return "html"
+    if is_search(lines):
+        return "search"
+    if is_log(lines):
+        return "log"
+    if is_table(lines):
+        return "table"
+    if is_code(lines):
+        return "code"
+    return "prose"

@@ -1,0 +1,136 @@
+"""Unified diffs (`git diff`, `git show`, `diff -u`).
+
+Every header line (`diff --git`, `index`, `---`, `+++`, mode and rename lines), every hunk header and every
+changed line (`+`, `-`, `\\ No newline at end of file`) is kept byte for byte, as is anything outside hunks
+(a `git show` commit header, say). Only unchanged context lines are folded: balanced keeps 1 context line
+next to each change, aggressive keeps none. A folded run becomes one line `[trex: N unchanged lines; facts
+kept: …]` (no diff prefix, so it cannot be mistaken for a line of the file); hunk headers keep their
+original counts, so the line numbers they state stay true. Safe mode changes nothing (there is nothing
+lossless to remove from a diff: trailing blanks on `+`/`-` lines are part of the change).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from worker.optimize.base import Compressed, Context, Mode
+from worker.optimize.kinds._common import FactLedger, finish, worth_folding
+from worker.optimize.kinds._detect import HUNK_RE
+
+_CONTEXT_KEPT: Mapping[Mode, int] = MappingProxyType({"balanced": 1, "aggressive": 0})
+
+
+@dataclass(slots=True)
+class _Run:
+    """A run of consecutive context lines inside a hunk: lines [start, end) of the diff."""
+
+    start: int
+    end: int
+    before_change: bool
+    """A changed line follows the run (inside the same hunk)."""
+    after_change: bool
+    """A changed line precedes the run (inside the same hunk)."""
+
+
+def compress(text: str, ctx: Context) -> Compressed | None:
+    """Fold unchanged context lines of a unified diff; None in safe mode or when nothing folds."""
+    if ctx.mode not in _CONTEXT_KEPT:
+        return None
+    lines = text.split("\n")
+    runs = _context_runs(lines)
+    if not runs:
+        return None
+    keep_n = _CONTEXT_KEPT[ctx.mode]
+    folds: list[tuple[int, int]] = []  # [start, end) of each context stretch to fold
+    for run in runs:
+        lo = run.start + (keep_n if run.after_change else 0)
+        hi = run.end - (keep_n if run.before_change else 0)
+        if hi - lo >= 1:
+            folds.append((lo, hi))
+    if not folds:
+        return None
+    folded_lines = {i for lo, hi in folds for i in range(lo, hi)}
+    ledger = FactLedger("\n".join(line for i, line in enumerate(lines) if i not in folded_lines))
+    markers: dict[int, str] = {}
+    for lo, hi in folds:
+        dropped = lines[lo:hi]
+        noun = "line" if hi - lo == 1 else "lines"
+        marker_text, listed = ledger.marker(f"{hi - lo} unchanged {noun}", dropped)
+        if worth_folding(marker_text, dropped):
+            ledger.commit(listed)
+            markers[lo] = marker_text
+    if not markers:
+        return None
+    out: list[str] = []
+    skip_until = -1
+    total = 0
+    for i, line in enumerate(lines):
+        if i < skip_until:
+            continue
+        if i in markers:
+            out.append(markers[i])
+            end = next(hi for lo, hi in folds if lo == i)
+            total += end - i
+            skip_until = end
+            continue
+        out.append(line)
+    return finish(text, "\n".join(out), "diff-context", [f"folded {total} unchanged context lines"])
+
+
+def _context_runs(lines: list[str]) -> list[_Run]:
+    """The context-line runs of every hunk, walking hunks by the line counts their headers declare."""
+    runs: list[_Run] = []
+    i = 0
+    n = len(lines)
+    while i < n:
+        header = HUNK_RE.match(lines[i])
+        if not header:
+            i += 1
+            continue
+        old_left = int(header.group(2)) if header.group(2) is not None else 1
+        new_left = int(header.group(4)) if header.group(4) is not None else 1
+        i += 1
+        kinds: list[tuple[int, str]] = []  # (line index, "c" context / "x" change)
+        while i < n and (old_left > 0 or new_left > 0):
+            line = lines[i]
+            tag = line[:1]
+            if tag == " " or line == "":
+                # A blank context line whose leading space was stripped still counts as context.
+                old_left -= 1
+                new_left -= 1
+                kinds.append((i, "c"))
+            elif tag == "-":
+                old_left -= 1
+                kinds.append((i, "x"))
+            elif tag == "+":
+                new_left -= 1
+                kinds.append((i, "x"))
+            elif tag == "\\":
+                kinds.append((i, "x"))
+            else:
+                break  # malformed hunk: stop at the first line that cannot belong to it
+            i += 1
+        while i < n and lines[i].startswith("\\"):
+            kinds.append((i, "x"))
+            i += 1
+        runs.extend(_runs_of(kinds))
+    return runs
+
+
+def _runs_of(kinds: list[tuple[int, str]]) -> list[_Run]:
+    runs: list[_Run] = []
+    j = 0
+    while j < len(kinds):
+        if kinds[j][1] != "c":
+            j += 1
+            continue
+        k = j
+        while k < len(kinds) and kinds[k][1] == "c":
+            k += 1
+        runs.append(
+            _Run(start=kinds[j][0], end=kinds[k - 1][0] + 1, before_change=k < len(kinds), after_change=j > 0)
+        )
+        j = k
+    return runs

@@ -1,0 +1,359 @@
+"""JSON tool output (API responses, `jq` output, JSON Lines).
+
+Safe mode minifies: `msgspec.json.format` re-emits the document without insignificant whitespace, copying
+every string and number byte for byte, so nothing but whitespace changes.
+
+Balanced and aggressive modes fold long arrays of records (lists of objects), wherever they sit in the
+document. An array keeps its first and last items, the items that stand out (error-like keys or values, an
+HTTP status >= 400, a null or a missing key where the others have a value, a rare boolean, a number far
+from the median) and the items a selective term of `ctx.query` points at. The other items are replaced by
+ONE marker string at the position of the first of them, so the output is still valid JSON:
+
+    "[trex: folded 196 of 200 items (same keys: id, status, total); status values: paid (150), ...;
+      kept items at index 0, 1, 57, 199; facts kept: ORD-10001, 2026-02-11T08:15:00Z, ...]"
+
+Fact-retention rule for folded records: a fact is whatever `facts.find_facts` matches (ids, dates, amounts,
+e-mails, URLs, paths, 3+-digit numbers, …). Every fact of every folded record is listed verbatim in the
+marker, record after record, so an id, a date or an amount a task asks about is still in the text. What a
+fold gives up is the key structure around the facts and the values that are not facts (names, small
+numbers, flags), summarised as the schema and the value counts of low-cardinality fields. Records whose
+full structure a task is likely to need stay whole: the first/last ones, the outliers and the ones the
+query names. A fold happens only when its marker is at most `FOLD_RATIO` of the folded records' tokens:
+records made mostly of facts (say, a list of ids and timestamps) stay as they are, because listing their
+facts would save little and lose which value belonged to which key.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import msgspec
+
+from worker.optimize import facts
+from worker.optimize.base import Compressed, Context, Mode
+from worker.optimize.kinds._common import fact_list, finish, fold_marker, worth_folding
+from worker.optimize.kinds._detect import is_json_lines
+
+Scalar = str | int | bool | None | msgspec.Raw
+
+
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    min_items: int
+    """Arrays shorter than this are left alone."""
+    head: int
+    tail: int
+    outlier_cap: int
+    query_cap: int
+
+
+_SETTINGS: Mapping[Mode, _Settings] = MappingProxyType(
+    {
+        "balanced": _Settings(min_items=8, head=2, tail=1, outlier_cap=8, query_cap=8),
+        "aggressive": _Settings(min_items=6, head=1, tail=1, outlier_cap=4, query_cap=4),
+    }
+)
+
+_RARE_SHARE = 0.1
+"""A signal marks an item as an outlier only if at most this share of the items has it."""
+_FLATTEN_DEPTH = 3
+_SUMMARY_MAX_VALUES = 6
+_SUMMARY_MAX_FIELDS = 8
+_SUMMARY_MAX_LEN = 40
+_ROBUST_Z = 6.0
+
+# Floats are kept as their source text (msgspec.Raw), so `1.50` stays `1.50` and never becomes `1.5`.
+_DECODER = msgspec.json.Decoder(float_hook=lambda s: msgspec.Raw(s.encode()))
+
+_ERROR_KEY_RE = re.compile(
+    r"(?:^|[_\-.])(?:errors?|err|exception|failures?|fault|traceback|stack(?:trace)?)$", re.I
+)
+_ERROR_VALUE_RE = re.compile(
+    r"\b(?:errors?|errored|fail(?:ed|ing|ure)?|exception|fatal|panic|crash(?:ed)?|denied|rejected|declined|"
+    r"refused|invalid|unauthori[sz]ed|forbidden|time[ds]?[ _-]?out|abort(?:ed)?|unavailable|not[ _]found)\b",
+    re.I,
+)
+_STATUS_KEY_RE = re.compile(r"(?:^|[_.])(?:status|status_?code|code|http_?status)$", re.I)
+_QUERY_WORD_RE = re.compile(r"[A-Za-z0-9][\w-]{3,}")
+_STOPWORDS = frozenset(
+    (
+        "about", "after", "also", "been", "before", "being", "could", "does", "from", "have", "into", "just",
+        "like", "make", "more", "most", "much", "only", "other", "over", "same", "should", "show", "some",
+        "such", "than", "that", "their", "them", "then", "there", "these", "they", "this", "those", "very",
+        "what", "when", "where", "which", "while", "will", "with", "would", "your", "please", "find", "list",
+        "give", "tell", "check", "look",
+    )
+)  # fmt: skip
+
+
+def compress(text: str, ctx: Context) -> Compressed | None:
+    """Minify (safe) or fold record arrays (balanced/aggressive) in a JSON document or JSON Lines text."""
+    if ctx.mode == "off":
+        return None
+    stripped = text.strip()
+    if not stripped or stripped[0] not in "[{":
+        return None
+    try:
+        minified = msgspec.json.format(stripped.encode(), indent=-1).decode()
+    except msgspec.DecodeError:
+        if ctx.mode != "safe" and is_json_lines(stripped):
+            return _compress_json_lines(text, stripped, ctx)
+        return None
+    original_facts = fact_list(text)  # the costliest step: computed once for both candidates
+    lossless_note = ["insignificant JSON whitespace"]
+    if ctx.mode == "safe":
+        return finish(text, minified, "json-minify", lossless_note, original_facts)
+    folder = _Folder(_SETTINGS[ctx.mode], _query_terms(ctx.query))
+    new_doc = folder.walk(_DECODER.decode(stripped), "$")
+    if folder.notes:
+        encoded = msgspec.json.encode(new_doc).decode()
+        folded = finish(text, encoded, "json-fold", folder.notes, original_facts)
+        if folded is not None:
+            return folded
+    # No fold, or one that failed the final check (a fact spelled differently once re-encoded, e.g. with
+    # JSON escapes): the lossless minified text is still a valid answer.
+    return finish(text, minified, "json-minify", lossless_note, original_facts)
+
+
+def _compress_json_lines(text: str, stripped: str, ctx: Context) -> Compressed | None:
+    """JSON Lines: the lines are the records; kept lines stay byte for byte, the marker is a JSON string."""
+    lines = [line.strip() for line in stripped.split("\n") if line.strip()]
+    items = [_DECODER.decode(line) for line in lines]
+    settings = _SETTINGS[ctx.mode]
+    if len(items) < settings.min_items or not all(isinstance(item, dict) for item in items):
+        return None
+    plan = _plan_fold(items, lines, settings, _query_terms(ctx.query))
+    if plan is None:
+        return None
+    out: list[str] = []
+    placed = False
+    for i, line in enumerate(lines):
+        if i in plan.keep:
+            out.append(line)
+        elif not placed:
+            out.append(msgspec.json.encode(plan.marker).decode())
+            placed = True
+    note = f"JSON Lines: folded {len(lines) - len(plan.keep)} of {len(lines)} records"
+    return finish(text, "\n".join(out), "json-fold", [note])
+
+
+@dataclass(slots=True)
+class _Plan:
+    keep: set[int]
+    marker: str
+
+
+@dataclass(slots=True)
+class _Folder:
+    settings: _Settings
+    query_terms: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    def walk(self, value: Any, path: str) -> Any:
+        """`value` with its long record arrays folded (recursively, top-down; key order preserved)."""
+        if isinstance(value, dict):
+            return {key: self.walk(child, f"{path}.{key}") for key, child in value.items()}
+        if isinstance(value, list):
+            if len(value) >= self.settings.min_items and all(isinstance(item, dict) for item in value):
+                return self._fold(value, path)
+            return [self.walk(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        return value
+
+    def _fold(self, items: list[Any], path: str) -> list[Any]:
+        encoded = [msgspec.json.encode(item).decode() for item in items]
+        plan = _plan_fold(items, encoded, self.settings, self.query_terms)
+        if plan is None:
+            return [self.walk(item, f"{path}[{i}]") for i, item in enumerate(items)]
+        out: list[Any] = []
+        placed = False
+        for i, item in enumerate(items):
+            if i in plan.keep:
+                out.append(self.walk(item, f"{path}[{i}]"))
+            elif not placed:
+                out.append(plan.marker)
+                placed = True
+        self.notes.append(f"{path}: folded {len(items) - len(plan.keep)} of {len(items)} items")
+        return out
+
+
+def _plan_fold(
+    items: list[Any], encoded: list[str], settings: _Settings, query_terms: list[str]
+) -> _Plan | None:
+    """Which records of an array stay, and the marker for the rest; None when folding is not worth it."""
+    n = len(items)
+    flats = [_flatten(item) for item in items]
+    keep = set(range(min(settings.head, n))) | set(range(max(0, n - settings.tail), n))
+    keep.update(_outliers(flats)[: settings.outlier_cap])
+    keep.update(_query_hits(encoded, query_terms)[: settings.query_cap])
+    item_facts = {i: facts.find_facts(encoded[i]) for i in range(n) if i not in keep}
+    # A fact with a quote or backslash would come out escaped inside the marker string, no longer verbatim.
+    keep.update(i for i, found in item_facts.items() if any('"' in f or "\\" in f for f in found))
+    folded = [i for i in range(n) if i not in keep]
+    if len(folded) < 2:
+        return None
+    what = _describe(items, flats, folded, sorted(keep), n)
+    # The marker re-reads facts from each record's fact list (found once above), not the whole record.
+    marker_text = fold_marker(what, ["\n".join(item_facts[i]) for i in folded])
+    if not worth_folding(marker_text, [encoded[i] for i in folded]):
+        return None
+    return _Plan(keep=keep, marker=marker_text)
+
+
+def _flatten(item: dict[str, Any], prefix: str = "", depth: int = 1) -> dict[str, Scalar]:
+    """Scalar leaves of a record by dotted path (nested objects up to a small depth; arrays skipped)."""
+    out: dict[str, Scalar] = {}
+    for key, value in item.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            if depth < _FLATTEN_DEPTH:
+                out.update(_flatten(value, name, depth + 1))
+        elif not isinstance(value, list):
+            out[name] = value
+    return out
+
+
+def _number(value: Scalar) -> float | None:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return None
+    if isinstance(value, int):
+        return float(value)
+    try:
+        number = float(bytes(value))
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _outliers(flats: list[dict[str, Scalar]]) -> list[int]:
+    """Indices of records that stand out from the rest, most remarkable first (ties: document order)."""
+    n = len(flats)
+    rare = max(1, int(n * _RARE_SHARE))
+    paths: dict[str, list[int]] = {}
+    for i, flat in enumerate(flats):
+        for path in flat:
+            paths.setdefault(path, []).append(i)
+    score = [0] * n
+
+    def mark(hits: list[int], weight: int) -> None:
+        if 0 < len(hits) <= rare:
+            for i in hits:
+                score[i] += weight
+
+    for path, present in paths.items():
+        leaf = path.rsplit(".", 1)[-1]
+        values = [(i, flats[i][path]) for i in present]
+        if _ERROR_KEY_RE.search(leaf):
+            mark([i for i, v in values if v not in (None, "", False, 0)], 3)
+        if len(present) < n and n - len(present) <= rare:
+            present_set = set(present)
+            mark([i for i in range(n) if i not in present_set], 1)
+        mark([i for i, v in values if v is None], 1)
+        mark([i for i, v in values if isinstance(v, str) and len(v) <= 200 and _ERROR_VALUE_RE.search(v)], 3)
+        if _STATUS_KEY_RE.search(leaf):
+            mark(
+                [i for i, v in values if isinstance(v, int) and not isinstance(v, bool) and 400 <= v <= 599],
+                3,
+            )
+        bools = [(i, v) for i, v in values if isinstance(v, bool)]
+        if len(bools) == len(values) and bools:
+            trues = [i for i, v in bools if v]
+            falses = [i for i, v in bools if not v]
+            mark(trues if len(trues) < len(falses) else falses, 1)
+        numbers = [(i, x) for i, v in values if (x := _number(v)) is not None]
+        if len(numbers) >= 5:
+            _mark_numeric_outliers(numbers, mark)
+    ranked = sorted((i for i in range(n) if score[i] > 0), key=lambda i: (-score[i], i))
+    return ranked
+
+
+def _mark_numeric_outliers(numbers: list[tuple[int, float]], mark: Callable[[list[int], int], None]) -> None:
+    """Numbers far from the median (robust z-score on the median absolute deviation)."""
+    xs = sorted(x for _, x in numbers)
+    median = _median(xs)
+    mad = _median(sorted(abs(x - median) for x in xs))
+    if mad == 0:
+        mark([i for i, x in numbers if x != median], 1)
+        return
+    mark([i for i, x in numbers if 0.6745 * abs(x - median) / mad > _ROBUST_Z], 2)
+
+
+def _median(xs: list[float]) -> float:
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
+def _query_terms(query: str) -> list[str]:
+    """Facts and distinctive words (4+ characters, not stopwords) of the user's request."""
+    terms: dict[str, None] = {}
+    for fact in facts.find_facts(query):
+        terms.setdefault(fact, None)
+    for word in _QUERY_WORD_RE.findall(query):
+        low = word.lower()
+        if low not in _STOPWORDS:
+            terms.setdefault(low, None)
+    return list(terms)
+
+
+def _query_hits(encoded: list[str], terms: list[str]) -> list[int]:
+    """Records containing a query term that few records contain (a term in every record selects nothing)."""
+    if not terms:
+        return []
+    n = len(encoded)
+    limit = max(1, int(n * _RARE_SHARE))
+    lowered = [text.lower() for text in encoded]
+    hits: dict[int, None] = {}
+    for term in terms:
+        low = term.lower()
+        matches = [i for i in range(n) if low in lowered[i]]
+        if 0 < len(matches) <= limit:
+            for i in matches:
+                hits.setdefault(i, None)
+    return list(hits)
+
+
+def _describe(
+    items: list[Any], flats: list[dict[str, Scalar]], folded: list[int], kept: list[int], n: int
+) -> str:
+    """The marker's description: counts, schema, low-cardinality value counts, kept indices."""
+    keys: dict[str, None] = {}
+    keysets: set[tuple[str, ...]] = set()
+    for i in folded:
+        for key in items[i]:
+            keys.setdefault(str(key), None)
+        keysets.add(tuple(sorted(str(key) for key in items[i])))
+    label = "same keys" if len(keysets) == 1 else "keys"
+    parts = [f"folded {len(folded)} of {n} items ({label}: {', '.join(keys)})"]
+    parts.extend(_value_summaries(flats, folded))
+    parts.append("kept items at index " + ", ".join(str(i) for i in kept))
+    return "; ".join(parts)
+
+
+def _value_summaries(flats: list[dict[str, Scalar]], folded: list[int]) -> list[str]:
+    """`field values: a (120), b (3)` for string/boolean fields with few distinct values (folded items)."""
+    paths: dict[str, None] = {}
+    for i in folded:
+        for path in flats[i]:
+            paths.setdefault(path, None)
+    summaries: list[str] = []
+    for path in paths:
+        values = [flats[i][path] for i in folded if path in flats[i]]
+        if len(values) < 3 or not all(isinstance(v, str | bool) for v in values):
+            continue
+        counts: dict[str, int] = {}
+        for v in values:
+            shown = ("true" if v else "false") if isinstance(v, bool) else str(v)
+            counts[shown] = counts.get(shown, 0) + 1
+        if len(counts) > _SUMMARY_MAX_VALUES or len(counts) * 2 > len(values):
+            continue
+        if any(len(v) > _SUMMARY_MAX_LEN or not v for v in counts):
+            continue
+        ordered = sorted(counts.items(), key=lambda kv: -kv[1])  # stable: ties keep first-seen order
+        summaries.append(f"{path} values: " + ", ".join(f"{v} ({c})" for v, c in ordered))
+        if len(summaries) >= _SUMMARY_MAX_FIELDS:
+            break
+    return summaries

@@ -1,0 +1,253 @@
+"""Search output: grep/ripgrep `path:line:content` lines (also rg's heading mode), `find`/`ls` path lists.
+
+Safe mode folds runs of identical consecutive lines into one line plus a count (lossless).
+
+Balanced and aggressive modes drop exact duplicate lines, rank every match by BM25 relevance to
+`ctx.query` (identifiers split at camelCase, snake_case and punctuation), and keep the best match of each
+file (file diversity, up to a cap of files) plus the top N matches overall. The other matches of a file
+are folded into one marker per file: how many, which line range, and every fact of the folded lines
+(`facts.marker`) not already visible in the kept lines. Lines that are not matches (`Binary file … matches`,
+summaries) are kept. Output is grouped by file in order of first appearance.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from worker.optimize.base import Compressed, Context, Mode
+from worker.optimize.kinds._common import FactLedger, finish, fold_exact_repeats, worth_folding
+from worker.optimize.kinds._detect import (
+    GREP_CONTEXT_RE,
+    GREP_LINE_RE,
+    GREP_NOLINE_RE,
+    HEADING_LINE_RE,
+    PATH_ONLY_RE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    top_n: int
+    """Matches kept by relevance across all files."""
+    file_cap: int
+    """Files whose best match is kept regardless of rank."""
+
+
+_SETTINGS: Mapping[Mode, _Settings] = MappingProxyType(
+    {
+        "balanced": _Settings(top_n=25, file_cap=20),
+        "aggressive": _Settings(top_n=10, file_cap=8),
+    }
+)
+
+_K1 = 1.2
+_B = 0.75
+_WORD_RE = re.compile(r"[A-Za-z0-9_]+")
+_CAMEL_PART_RE = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
+_STOPWORDS = frozenset(
+    (
+        "a", "an", "and", "are", "as", "at", "be", "by", "do", "does", "for", "from", "how", "i", "in", "is",
+        "it", "me", "my", "of", "on", "or", "the", "this", "that", "to", "was", "what", "where", "which",
+        "who", "why", "with", "can", "you", "we", "our", "all", "any", "find", "show", "list", "look",
+        "search",
+        "grep", "file", "files", "code",
+    )
+)  # fmt: skip
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased search terms: each identifier whole, plus its camelCase / snake_case parts."""
+    terms: list[str] = []
+    for word in _WORD_RE.findall(text):
+        low = word.lower()
+        terms.append(low)
+        parts = [p.lower() for piece in word.split("_") for p in _CAMEL_PART_RE.findall(piece)]
+        if len(parts) > 1:
+            terms.extend(p for p in parts if p != low)
+    return terms
+
+
+class BM25:
+    """Okapi BM25 over a small corpus of documents (here: one grep line each)."""
+
+    def __init__(self, documents: list[list[str]]) -> None:
+        self._docs = documents
+        self._lengths = [len(doc) for doc in documents]
+        self._avg = (sum(self._lengths) / len(documents)) if documents else 0.0
+        df: dict[str, int] = {}
+        for doc in documents:
+            for term in set(doc):
+                df[term] = df.get(term, 0) + 1
+        n = len(documents)
+        self._idf = {term: math.log(1 + (n - f + 0.5) / (f + 0.5)) for term, f in df.items()}
+
+    def scores(self, query: list[str]) -> list[float]:
+        """The score of every document for `query` (0.0 where no query term occurs)."""
+        terms = [t for t in dict.fromkeys(query) if t in self._idf]
+        out: list[float] = []
+        for doc, length in zip(self._docs, self._lengths, strict=True):
+            if not terms:
+                out.append(0.0)
+                continue
+            tf: dict[str, int] = {}
+            for term in doc:
+                tf[term] = tf.get(term, 0) + 1
+            norm = _K1 * (1 - _B + _B * length / self._avg) if self._avg else _K1
+            out.append(sum(self._idf[t] * tf[t] * (_K1 + 1) / (tf[t] + norm) for t in terms if t in tf))
+        return out
+
+
+@dataclass(slots=True)
+class _Match:
+    index: int
+    path: str
+    line: int | None
+    raw: str
+    body: str
+    """The raw line without its `path:` prefix (what the marker's facts come from)."""
+
+
+@dataclass(slots=True)
+class _Group:
+    """One file's matches (or a single non-match line, `path` empty), with its rg heading line if any."""
+
+    path: str
+    heading: str | None = None
+    matches: list[_Match] = field(default_factory=list)
+
+
+def compress(text: str, ctx: Context) -> Compressed | None:
+    """Dedupe, rank and fold search results; None when nothing can be folded."""
+    if ctx.mode == "off":
+        return None
+    lines = text.split("\n")
+    if ctx.mode == "safe":
+        deduped, folded = fold_exact_repeats(lines)
+        if not folded:
+            return None
+        return finish(text, "\n".join(deduped), "search-dedupe", [f"{folded} repeated lines counted"])
+    groups, duplicates = _parse(lines)
+    matches = [m for g in groups if g.path for m in g.matches]
+    if not matches:
+        return None
+    settings = _SETTINGS[ctx.mode]
+    docs = [tokenize(m.body) + tokenize(m.path.rsplit("/", 1)[-1].rsplit(".", 1)[0]) for m in matches]
+    scores = dict(zip((m.index for m in matches), BM25(docs).scores(tokenize(ctx.query)), strict=True))
+    keep = _select(groups, scores, settings)
+    visible = "\n".join(
+        (g.heading or "") + "\n" + "\n".join(m.raw for m in g.matches if m.index in keep or not g.path)
+        for g in groups
+    )
+    ledger = FactLedger(visible)
+    out: list[str] = []
+    folded_total = 0
+    for group in groups:
+        if group.heading is not None:
+            out.append(group.heading)
+        dropped = [m for m in group.matches if group.path and m.index not in keep]
+        kept = [m for m in group.matches if not group.path or m.index in keep]
+        marker_text = ""
+        if dropped:
+            marker_text, listed = ledger.marker(_what(group, dropped, bool(kept)), [m.body for m in dropped])
+            if worth_folding(marker_text, [m.raw for m in dropped]):
+                ledger.commit(listed)
+                folded_total += len(dropped)
+            else:
+                kept, marker_text = group.matches, ""
+        out.extend(m.raw for m in kept)
+        if marker_text:
+            out.append(marker_text)
+    if not folded_total and not duplicates:
+        return None
+    notes = [f"folded {folded_total} lower-ranked matches"] if folded_total else []
+    if duplicates:
+        notes.append(f"dropped {duplicates} duplicate lines")
+    return finish(text, "\n".join(out), "search-rank", notes)
+
+
+def _what(group: _Group, dropped: list[_Match], some_kept: bool) -> str:
+    numbers = [m.line for m in dropped if m.line is not None]
+    if not numbers:
+        where = ""
+    elif min(numbers) == max(numbers):
+        where = f" (line {numbers[0]})"
+    else:
+        where = f" (lines {min(numbers)}-{max(numbers)})"
+    more = "more " if some_kept else ""
+    noun = "match" if len(dropped) == 1 else "matches"
+    return f"{len(dropped)} {more}{noun} in {group.path}{where}"
+
+
+def _parse(lines: list[str]) -> tuple[list[_Group], int]:
+    """Lines grouped by file (first-appearance order), and how many duplicate lines were dropped."""
+    groups: list[_Group] = []
+    by_path: dict[str, _Group] = {}
+    seen: set[tuple[str, str]] = set()
+    duplicates = 0
+    heading: str | None = None
+    for index, line in enumerate(lines):
+        if not line.strip() or line == "--":
+            heading = None if not line.strip() else heading
+            continue
+        match = _parse_line(index, line, heading)
+        if match is None:
+            nxt = lines[index + 1] if index + 1 < len(lines) else ""
+            if PATH_ONLY_RE.match(line) and HEADING_LINE_RE.match(nxt):
+                heading = line  # rg --heading: the file name on its own line, then `N:content` lines
+                group = _Group(path=line, heading=line)
+                groups.append(group)
+                by_path[line] = group
+                continue
+            if PATH_ONLY_RE.match(line.strip()):
+                match = _Match(index, line.strip(), None, line, line)
+            else:
+                groups.append(_Group(path="", matches=[_Match(index, "", None, line, line)]))
+                continue
+        key = (match.path, match.raw)
+        if key in seen:
+            duplicates += 1
+            continue
+        seen.add(key)
+        group_for = by_path.get(match.path)
+        if group_for is None:
+            group_for = _Group(path=match.path)
+            groups.append(group_for)
+            by_path[match.path] = group_for
+        group_for.matches.append(match)
+    return groups, duplicates
+
+
+def _parse_line(index: int, line: str, heading: str | None) -> _Match | None:
+    if heading is not None:
+        numbered = HEADING_LINE_RE.match(line)
+        if numbered:
+            return _Match(index, heading, int(numbered.group("line")), line, line)
+    for pattern in (GREP_LINE_RE, GREP_CONTEXT_RE):
+        grep = pattern.match(line)
+        if grep:
+            path = grep.group("path")
+            return _Match(index, path, int(grep.group("line")), line, line[len(path) + 1 :])
+    plain = GREP_NOLINE_RE.match(line)
+    if plain:
+        path = plain.group("path")
+        return _Match(index, path, None, line, line[len(path) + 1 :])
+    return None
+
+
+def _select(groups: list[_Group], scores: dict[int, float], settings: _Settings) -> set[int]:
+    """Indices of the matches to keep: each file's best (files ranked by it, up to the cap) and the top N."""
+
+    def rank(m: _Match) -> tuple[float, int]:
+        return (-scores[m.index], m.index)
+
+    keep: set[int] = set()
+    bests = [min(g.matches, key=rank) for g in groups if g.path and g.matches]
+    for best in sorted(bests, key=rank)[: settings.file_cap]:
+        keep.add(best.index)
+    ranked = sorted((m for g in groups if g.path for m in g.matches), key=rank)
+    keep.update(m.index for m in ranked[: settings.top_n])
+    return keep

@@ -1,0 +1,598 @@
+"""Extractive narrative compaction for prose: older conversation turns, long documents, support threads.
+
+Nothing is paraphrased. The text is cut into units — sentences, markdown bullets and headings, speaker
+labels ("Agent:"), and verbatim blocks (fenced or indented code, tables, code-like paragraphs) — each a
+byte span of the input. Verbatim blocks are always kept whole. Every sentence or bullet with a constraint
+(`facts.is_constraint`) or a fact (`facts.has_fact`) is kept. The rest are ranked by a score (fact density,
+constraint and conclusion cues, BM25 relevance to the latest user request, position, minus a penalty for
+pleasantries, hedging and filler) and the best are kept until the kept prose is about 50 % (`balanced`) or
+30 % (`aggressive`) of the prose tokens. Kept units are byte-identical and keep their original separators;
+each run of dropped units becomes one `facts.marker(...)`, which lists any fact the run contained.
+
+`safe` drops nothing (narrative compaction is lossy), so it, `off`, and texts under ~120 tokens return None.
+`compress_many` does the same for several blocks at once (the older turns of a conversation): one ranking
+and one budget over all of them, so turns too short to compact alone still lose their small talk.
+Courtesy formulas whose only constraint word constrains nothing ("don't hesitate to ask", "how frustrating
+this must be") are not treated as constraints (`is_hard_constraint`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .. import tokens
+from . import facts
+from .base import Compressed, Context
+from .bm25 import BM25, tokenize
+
+STRATEGY = "narrative"
+MIN_TOKENS = 120
+"""Texts shorter than this are not worth compacting."""
+KEEP_RATIO = {"balanced": 0.5, "aggressive": 0.3}
+"""The share of prose tokens kept (facts and constraints count towards it, and are kept even beyond it)."""
+FLOOR_RATIO = {"balanced": 0.2, "aggressive": 0.08}
+"""The best-scoring optional prose kept even when facts and constraints alone exceed the target."""
+
+# --- block structure -------------------------------------------------------------------------------------
+
+_FENCE_RE = re.compile(r"[ ]{0,3}(`{3,}|~{3,})")
+_HEADING_RE = re.compile(r"[ ]{0,3}#{1,6}(?:[ \t]|$)")
+_BULLET_RE = re.compile(r"[ \t]*(?:[-*+•]|\d{1,3}[.)])[ \t]+\S")
+_RULE_RE = re.compile(r"[ ]{0,3}([-*_])(?:[ \t]*\1){2,}\s*$")
+_TABLE_RE = re.compile(r"[ \t]*\|")
+_INDENTED_RE = re.compile(r"(?: {4}|\t)")
+# "Agent:", "**Customer:**", "[10:32] Maria:", "Dr. Lee (billing):" — a short name and a colon, then text.
+_LABEL_RE = re.compile(
+    r"[ \t]*(?:\[[^\]\n]{1,25}\][ \t]*)?(?:\*\*|__)?[A-Z][\w.'()#-]*(?:[ \t][\w.'()#-]+){0,2}"
+    r"(?:\*\*|__)?:(?:\*\*|__)?[ \t]+(?=\S)"
+)
+_STAMP_RE = re.compile(r"^[ \t]*\[[^\]\n]*\]")
+_CODE_CHARS = "{}[]();=<>$\\|"
+
+# --- sentence boundaries ---------------------------------------------------------------------------------
+
+_CLOSERS = "\"'\u2019\u201d)]*_"  # closing quotes, brackets and emphasis after the end punctuation
+_PUNCT_RE = re.compile(rf"[.!?]+[{re.escape(_CLOSERS)}]*(?=\s)")
+_INLINE_CODE_RE = re.compile(r"`[^`\n]+`")
+_WORD_BEFORE_RE = re.compile(r"(\S+)$")
+_INITIALISM_RE = re.compile(r"(?:[a-z]\.)+[a-z]")
+_ABBREVIATIONS_TEXT = """
+    mr mrs ms mx dr prof sr jr st vs al cf approx appx est dept fig figs eq eqs ref refs sec vol
+    inc ltd co corp llc bros no nos jan feb mar apr jun jul aug sep sept oct nov dec mon tue tues wed thu
+    thur thurs fri sat sun gen col capt lt sgt rev hon pres gov sen rep ave blvd rd mt ft approx min max
+"""
+_ABBREVIATIONS = frozenset(_ABBREVIATIONS_TEXT.split())
+_NEEDS_DIGIT = frozenset({"no", "nos", "vol", "fig", "figs", "eq", "eqs", "sec", "ref", "refs"})
+
+# --- scoring cues ----------------------------------------------------------------------------------------
+
+_CONCLUSION_RE = re.compile(
+    r"\b(?:therefore|thus|hence|in summary|to summari[sz]e|in conclusion|conclusions?|the fix|"
+    r"fix(?:ed)? (?:is|was|by)|root cause|decided|decision|we will|we'll|results?|resulted|answer|"
+    r"the solution|resolved|outcome|takeaways?|next steps?|action items?|owns|owner|assigned to|"
+    r"responsible for)\b",
+    re.IGNORECASE,
+)
+# Weaker cues: "So, …", "…, so we …", "agreed".
+_SO_RE = re.compile(r"(?:^|[,;:]\s*)so\b|\bagreed\b", re.IGNORECASE)
+# Pleasantries, small talk and conversational filler.
+_FILLER_RE = re.compile(
+    r"\b(?:i think|i guess|i believe|i feel like|i hope|i'm not sure|i am not sure|it seems|let me|let's see|"
+    r"(?<!make )(?<!be )sure|of course|happy to help|glad to help|happy to|glad to|as (?:i )?mentioned|"
+    r"as (?:we )?discussed|as noted|great question|good question|thanks|thank you|no problem|no worries|"
+    r"absolutely|certainly|basically|actually|honestly|kind of|sort of|you know|i mean|"
+    r"hope (?:this|that) helps|feel free|(?:don't|do not) hesitate|apologi[sz]e|sorry|hi|hello|hey|"
+    r"good (?:morning|afternoon|evening)|have a (?:great|nice|good|wonderful)|okay|ok|alright|awesome|"
+    r"perfect|wonderful|great|maybe|perhaps|probably|just wanted|appreciate|bear with me|bearing with me|"
+    r"one moment|hang on|hold on|quick question|just checking|circling back|touching base|"
+    r"(?:you're|you are) (?:very |most |so )?welcome|my pleasure|a pleasure|oh no|goodbye|bye|cheers)\b",
+    re.IGNORECASE,
+)
+# Vague or hedging wording: a milder penalty.
+_VAGUE_RE = re.compile(
+    r"\b(?:in general|generally|overall|a lot|lots of|somewhat|reasonably|quite|a bit|a fair amount|"
+    r"at some point|pretty|various|really|totally|completely|definitely|in theory|more or less|"
+    r"for the most part|some time|a while|it is worth|it's worth|a few|many|several|"
+    r"not (?:entirely |completely |really )?(?:clear|sure))\b",
+    re.IGNORECASE,
+)
+# Capitalised words past the first: names, products, places — specifics rather than narrative.
+_ENTITY_RE = re.compile(r"(?<=[\s,(/])[A-Z][A-Za-z0-9]+")
+_FEELING = r"(?:frustrat|annoy|upset|stressful|disappoint|inconvenien|confus|worr)"
+# Courtesy formulas that contain a constraint word but constrain nothing ("Don't hesitate to ask").
+_BOILERPLATE_RE = re.compile(
+    r"\b(?:(?:don't|do not) (?:hesitate|worry)|feel free|never mind|always (?:happy|glad|here)|"
+    r"only too (?:happy|glad)|(?:should|will|'ll) only take a (?:moment|minute|second|sec)|"
+    r"(?:always|never) (?:a|been a) pleasure)\b"
+    # Sympathy, where "must" guesses a feeling: "how frustrating this must be", "that must be annoying".
+    rf"|\bmust (?:be|have been)(?= (?:\w+ ){{0,2}}{_FEELING})"
+    rf"|\b{_FEELING}\w*(?: \w+){{0,2}} must (?:be|have been)\b",
+    re.IGNORECASE,
+)
+# Requests that bind like constraints without `facts.is_constraint`'s words: ranked as high, not mandatory.
+_REQUEST_RE = re.compile(r"\b(?:make sure|ensure|be sure to|guarantee)\b", re.IGNORECASE)
+MIN_SCORE = 1.0
+"""Optional prose scoring below this is not kept even when the budget has room."""
+
+# Unit kinds: verbatim blocks are always kept; prose units are selected; labels and headings follow them.
+_VERBATIM = frozenset({"code", "raw"})
+_PROSE = frozenset({"sentence", "bullet"})
+
+
+@dataclass(slots=True)
+class Unit:
+    """One byte span of the input: a sentence, bullet, heading, speaker label, or verbatim block."""
+
+    start: int
+    end: int
+    kind: str
+    """`sentence`, `bullet`, `heading`, `label`, `code` (fenced/indented) or `raw` (tables, code-like)."""
+    group: int
+    """Paragraph/speaker-turn id: a label is kept iff a unit of its group is."""
+    section: int
+    """Heading id: a heading is kept iff a unit of its section is (or its section is empty)."""
+    first: bool = False
+    """First prose unit of its paragraph or speaker turn."""
+
+
+def _trim(text: str, a: int, b: int) -> tuple[int, int]:
+    while a < b and text[a].isspace():
+        a += 1
+    while b > a and text[b - 1].isspace():
+        b -= 1
+    return a, b
+
+
+def _block_start(line: str) -> bool:
+    return bool(
+        _FENCE_RE.match(line)
+        or _HEADING_RE.match(line)
+        or _BULLET_RE.match(line)
+        or _TABLE_RE.match(line)
+        or _RULE_RE.match(line)
+    )
+
+
+def _is_label(line: str) -> bool:
+    """A speaker label opens the line (and is not itself a constraint, which must stay with its clause)."""
+    label = _LABEL_RE.match(line)
+    if label is None:
+        return False
+    name = _STAMP_RE.sub("", label.group(0))  # a "[10:32]" stamp may be a fact; the name must not be
+    return not is_hard_constraint(name) and not facts.has_fact(name)
+
+
+def _code_like(text: str) -> bool:
+    """A paragraph dense in code punctuation (JSON, pasted code) is verbatim; inline code is not counted."""
+    text = _INLINE_CODE_RE.sub(" ", text)
+    nonspace = len("".join(text.split()))
+    if nonspace < 20:
+        return False
+    return sum(text.count(c) for c in _CODE_CHARS) / nonspace > 0.08
+
+
+def _period_ends_sentence(seg: str, punct_start: int, nxt: str) -> bool:
+    """Whether a '.' at `punct_start` followed by whitespace and `nxt` ends a sentence."""
+    if nxt.islower():
+        return False
+    match = _WORD_BEFORE_RE.search(seg, max(0, punct_start - 40), punct_start)
+    if match is None:
+        return True
+    word = match.group(1).lstrip("([{\"'\u201c\u2018*_")
+    low = word.lower()
+    if low in _ABBREVIATIONS:
+        return low in _NEEDS_DIGIT and not nxt.isdigit()
+    if _INITIALISM_RE.fullmatch(low):  # e.g, i.e, u.s, a.m
+        return False
+    return not (len(word) == 1 and word.isalpha() and word.isupper())  # an initial: "J. Smith"
+
+
+def _sentence_spans(text: str, a: int, b: int) -> list[tuple[int, int]]:
+    """Sentence spans (absolute, trimmed) of text[a:b], a run of prose lines."""
+    seg = text[a:b]
+    code_starts: list[int] = []
+    code_ends: list[int] = []
+    for m in _INLINE_CODE_RE.finditer(seg):
+        code_starts.append(m.start())
+        code_ends.append(m.end())
+    cuts: set[int] = set()
+    for m in _PUNCT_RE.finditer(seg):
+        k = bisect.bisect_right(code_starts, m.start()) - 1
+        if k >= 0 and m.start() < code_ends[k]:
+            continue  # inside inline code
+        nxt_pos = m.end()
+        while nxt_pos < len(seg) and seg[nxt_pos].isspace():
+            nxt_pos += 1
+        if nxt_pos >= len(seg):
+            continue
+        punct = m.group(0)
+        if "!" in punct or "?" in punct or _period_ends_sentence(seg, m.start(), seg[nxt_pos]):
+            cuts.add(m.end())
+    # Line breaks: a break is a boundary unless it looks like a soft wrap inside a sentence.
+    line_start = 0
+    while True:
+        nl = seg.find("\n", line_start)
+        if nl < 0:
+            break
+        prev = seg[line_start:nl].strip()
+        nxt_end = seg.find("\n", nl + 1)
+        nxt = seg[nl + 1 : nxt_end if nxt_end >= 0 else len(seg)].strip()
+        line_start = nl + 1
+        if not prev or not nxt or prev.rstrip(_CLOSERS)[-1:] in (".", "!", "?"):
+            continue  # terminal punctuation is the punctuation rule's decision
+        if nxt[0].islower() or prev[-1] in ",;(&-\u2013\u2014/" or len(prev) >= 60:
+            continue
+        cuts.add(nl)
+    spans: list[tuple[int, int]] = []
+    start = 0
+    for cut in [*sorted(cuts), len(seg)]:
+        s, e = _trim(seg, start, cut)
+        if s < e:
+            spans.append((a + s, a + e))
+        start = cut
+    return spans
+
+
+def _paragraph(text: str, lines: list[tuple[int, str]], units: list[Unit], group: int, section: int) -> int:
+    """Units of one paragraph (consecutive prose lines); returns the next free group id."""
+    a, b = _trim(text, lines[0][0], lines[-1][0] + len(lines[-1][1]))
+    if _code_like(text[a:b]):
+        units.append(Unit(a, b, "raw", group, section))
+        return group + 1
+    # Speaker turns: a line starting with a label opens a new group.
+    chunks: list[list[tuple[int, str]]] = []
+    for line in lines:
+        if not chunks or _is_label(line[1]):
+            chunks.append([line])
+        else:
+            chunks[-1].append(line)
+    for chunk in chunks:
+        start = chunk[0][0]
+        end = chunk[-1][0] + len(chunk[-1][1])
+        label = _LABEL_RE.match(chunk[0][1]) if _is_label(chunk[0][1]) else None
+        if label is not None:
+            ls, le = _trim(text, start, start + label.end())
+            units.append(Unit(ls, le, "label", group, section))
+            start += label.end()
+        first = True
+        for s, e in _sentence_spans(text, start, end):
+            units.append(Unit(s, e, "sentence", group, section, first))
+            first = False
+        group += 1
+    return group
+
+
+def split_units(text: str) -> list[Unit]:
+    """The units of `text`, in order; every non-whitespace character is in exactly one unit."""
+    lines: list[tuple[int, str]] = []
+    pos = 0
+    for line in text.split("\n"):
+        lines.append((pos, line))
+        pos += len(line) + 1
+    units: list[Unit] = []
+    group = 0
+    section = 0
+    i = 0
+    n = len(lines)
+    prev_blank = True
+    while i < n:
+        start, line = lines[i]
+        if not line.strip():
+            i += 1
+            prev_blank = True
+            continue
+        fence = _FENCE_RE.match(line)
+        if fence is not None:
+            mark = fence.group(1)
+            close = re.compile(rf"[ ]{{0,3}}{re.escape(mark[0])}{{{len(mark)},}}\s*$")
+            j = i + 1
+            while j < n and not close.match(lines[j][1]):
+                j += 1
+            j = min(j, n - 1)
+            a, b = _trim(text, start, lines[j][0] + len(lines[j][1]))
+            units.append(Unit(a, b, "code", group, section))
+            group += 1
+            i = j + 1
+        elif _HEADING_RE.match(line):
+            section += 1
+            a, b = _trim(text, start, start + len(line))
+            units.append(Unit(a, b, "heading", group, section))
+            group += 1
+            i += 1
+        elif _RULE_RE.match(line):
+            a, b = _trim(text, start, start + len(line))
+            units.append(Unit(a, b, "raw", group, section))
+            group += 1
+            i += 1
+        elif _TABLE_RE.match(line) or (prev_blank and _INDENTED_RE.match(line)):
+            table = _TABLE_RE.match(line) is not None
+            j = i + 1
+            while j < n:
+                nxt = lines[j][1]
+                if table and not _TABLE_RE.match(nxt):
+                    break
+                if not table and nxt.strip() and not _INDENTED_RE.match(nxt):
+                    break
+                j += 1
+            a, b = _trim(text, start, lines[j - 1][0] + len(lines[j - 1][1]))
+            units.append(Unit(a, b, "raw", group, section))
+            group += 1
+            i = j
+        elif _BULLET_RE.match(line):
+            j = i + 1
+            while j < n and lines[j][1].strip() and not _block_start(lines[j][1]):
+                j += 1
+            a, b = _trim(text, start, lines[j - 1][0] + len(lines[j - 1][1]))
+            units.append(Unit(a, b, "bullet", group, section, True))
+            group += 1
+            i = j
+        else:
+            j = i + 1
+            while j < n and lines[j][1].strip() and not _block_start(lines[j][1]):
+                j += 1
+            group = _paragraph(text, lines[i:j], units, group, section)
+            i = j
+        prev_blank = False
+    return units
+
+
+def sentences(text: str) -> list[str]:
+    """The text of every unit of `text` (sentences, bullets, headings, labels, verbatim blocks), in order."""
+    return [text[u.start : u.end] for u in split_units(text)]
+
+
+# --- scoring ---------------------------------------------------------------------------------------------
+
+
+def is_hard_constraint(sentence: str) -> bool:
+    """A constraint clause, not counting courtesy formulas such as "don't hesitate to reach out"."""
+    return facts.is_constraint(_BOILERPLATE_RE.sub(" ", sentence))
+
+
+def score_sentences(
+    units: Sequence[str],
+    query: str = "",
+    counts: Sequence[int] | None = None,
+    cues: Sequence[str] | None = None,
+) -> list[float]:
+    """Content scores of `units` (higher = keep first), without the positional boosts.
+
+    `counts` are the units' token counts (computed if omitted); `cues[i]` is extra text whose conclusion
+    cues also count for unit i (its speaker or list label, e.g. "Action items:").
+    """
+    counts = list(counts) if counts is not None else [tokens.count(u) for u in units]
+    fact_counts = [facts.fact_count(u) for u in units]
+    constraints = [is_hard_constraint(u) for u in units]
+    return _scores(units, query, counts, fact_counts, constraints, cues)
+
+
+def _scores(
+    units: Sequence[str],
+    query: str,
+    counts: Sequence[int],
+    fact_counts: Sequence[int],
+    constraints: Sequence[bool],
+    cues: Sequence[str] | None,
+) -> list[float]:
+    docs = [tokenize(u) for u in units]
+    relevance = [0.0] * len(units)
+    query_terms = tokenize(query) if query else []
+    if query_terms and units:
+        raw = BM25(docs).scores(query_terms)
+        top = max(raw)
+        if top > 0:
+            relevance = [r / top for r in raw]
+    # Topicality: terms shared with other units mark what the text is about.
+    df: dict[str, int] = {}
+    uniques = [list(dict.fromkeys(doc)) for doc in docs]
+    for terms in uniques:
+        for term in terms:
+            df[term] = df.get(term, 0) + 1
+    topic = [sum(math.log(df[t]) for t in terms) / math.sqrt(len(terms) + 2) for terms in uniques]
+    top_topic = max(topic, default=0.0)
+    out: list[float] = []
+    for i, unit in enumerate(units):
+        cue = f"{cues[i]} {unit}" if cues is not None and cues[i] else unit
+        density = fact_counts[i] / max(counts[i], 1)
+        score = 4.0 * min(1.0, density * 4.0)
+        if constraints[i] or _REQUEST_RE.search(unit):
+            score += 3.0
+        if _CONCLUSION_RE.search(cue):
+            score += 2.0
+        elif _SO_RE.search(unit):
+            score += 1.0
+        score += 3.0 * relevance[i]
+        score += min(1.0, len(uniques[i]) / 10.0)
+        score += topic[i] / top_topic if top_topic > 0 else 0.0
+        score += 0.25 * min(3, len(_ENTITY_RE.findall(unit)))
+        score -= 1.5 * min(2, len(_FILLER_RE.findall(unit)))
+        score -= 0.5 * min(3, len(_VAGUE_RE.findall(unit)))
+        out.append(score)
+    return out
+
+
+# --- compression -----------------------------------------------------------------------------------------
+
+
+def _plural(n: int) -> str:
+    return f"{n} sentence" if n == 1 else f"{n} sentences"
+
+
+def _select(docs: Sequence[tuple[str, list[Unit]]], ctx: Context) -> list[list[bool]]:
+    """Which units of each text to keep, ranked and budgeted over all the texts together."""
+    keeps = [[u.kind in _VERBATIM for u in units] for _, units in docs]
+    prose = [(d, i) for d, (_, units) in enumerate(docs) for i, u in enumerate(units) if u.kind in _PROSE]
+    if not prose:
+        return keeps
+    texts = [docs[d][0][docs[d][1][i].start : docs[d][1][i].end] for d, i in prose]
+    counts = [tokens.count(t) for t in texts]
+    fact_counts = [facts.fact_count(t) for t in texts]
+    constraints = [is_hard_constraint(t) for t in texts]
+    labels = {
+        (d, u.group): text[u.start : u.end]
+        for d, (text, units) in enumerate(docs)
+        for u in units
+        if u.kind == "label"
+    }
+    cues = [labels.get((d, docs[d][1][i].group), "") for d, i in prose]
+    content = _scores(texts, ctx.query, counts, fact_counts, constraints, cues)
+    scores = list(content)
+    last_of_doc: dict[int, int] = {}
+    for k, (d, i) in enumerate(prose):
+        last_of_doc[d] = k
+        if docs[d][1][i].first:
+            scores[k] += 0.5
+    for k in last_of_doc.values():
+        scores[k] += 0.5  # the closing sentence of a text
+    mandatory = [c or f > 0 for c, f in zip(constraints, fact_counts, strict=True)]
+    for (d, i), m in zip(prose, mandatory, strict=True):
+        keeps[d][i] = keeps[d][i] or m
+    # The budget counts the markers too: a kept sentence inside a dropped run splits it (one marker more),
+    # one that fills the only gap between kept units removes one. Labels and headings follow later.
+    seqs = [[i for i, u in enumerate(units) if u.kind in _PROSE or u.kind in _VERBATIM] for _, units in docs]
+    where = {(d, i): p for d, seq in enumerate(seqs) for p, i in enumerate(seq)}
+    mcost = tokens.count(facts.marker("omitted 10 sentences")) + 1
+    markers = sum(
+        1
+        for d, seq in enumerate(seqs)
+        for p, i in enumerate(seq)
+        if not keeps[d][i] and (p == 0 or keeps[d][seq[p - 1]])
+    )
+    total = sum(counts)
+    mandatory_tokens = sum(c for c, m in zip(counts, mandatory, strict=True) if m)
+    optional_tokens = total - mandatory_tokens
+    budget = max(
+        KEEP_RATIO[ctx.mode] * total - mandatory_tokens - markers * mcost,
+        FLOOR_RATIO[ctx.mode] * optional_tokens,
+    )
+    used = 0
+    for k in sorted(range(len(prose)), key=lambda k: (-scores[k], k)):
+        if mandatory[k] or content[k] < MIN_SCORE:
+            continue
+        d, i = prose[k]
+        seq, keep = seqs[d], keeps[d]
+        p = where[(d, i)]
+        dropped_left = p > 0 and not keep[seq[p - 1]]
+        dropped_right = p + 1 < len(seq) and not keep[seq[p + 1]]
+        cost = counts[k] + mcost * (
+            1 if dropped_left and dropped_right else 0 if dropped_left or dropped_right else -1
+        )
+        if used + cost <= budget:
+            keep[i] = True
+            used += cost
+    for (_, units), keep in zip(docs, keeps, strict=True):
+        _follow(units, keep)
+    return keeps
+
+
+def _follow(units: list[Unit], keep: list[bool]) -> None:
+    """Labels follow their speaker turn, headings their section."""
+    kept_groups = {u.group for u, k in zip(units, keep, strict=True) if k and u.kind != "label"}
+    section_units: dict[int, bool] = {}
+    for u, k in zip(units, keep, strict=True):
+        if u.kind != "heading":
+            section_units[u.section] = section_units.get(u.section, False) or k
+    for i, u in enumerate(units):
+        if u.kind == "label":
+            keep[i] = u.group in kept_groups
+        elif u.kind == "heading":
+            keep[i] = section_units.get(u.section, True)
+
+
+def _runs(keep: list[bool]) -> list[tuple[int, int]]:
+    runs: list[tuple[int, int]] = []
+    i = 0
+    while i < len(keep):
+        if keep[i]:
+            i += 1
+            continue
+        j = i
+        while j < len(keep) and not keep[j]:
+            j += 1
+        runs.append((i, j))
+        i = j
+    return runs
+
+
+def _run_marker(text: str, units: list[Unit], a: int, b: int) -> str | None:
+    """The marker for dropped units a..b, or None if it could not list all their facts."""
+    dropped = [text[u.start : u.end] for u in units[a:b]]
+    count = sum(1 for u in units[a:b] if u.kind != "label")
+    marker = facts.marker(f"omitted {_plural(count)}", dropped)
+    listed = marker[marker.find("; facts kept: ") :]
+    if any(fact not in listed for chunk in dropped for fact in facts.find_facts(chunk)):
+        return None
+    return marker
+
+
+def _render(text: str, units: list[Unit], keep: list[bool], before: int) -> Compressed | None:
+    """The kept units with their separators, each dropped run replaced by one marker; None if no smaller."""
+    # A run whose marker costs as much as the run itself is kept instead.
+    markers: dict[int, str] = {}
+    for a, b in _runs(keep):
+        marker = _run_marker(text, units, a, b)
+        if marker is None or tokens.count(marker) >= tokens.count(text[units[a].start : units[b - 1].end]):
+            keep[a:b] = [True] * (b - a)
+        else:
+            markers[a] = marker
+    if not markers:
+        return None
+    out: list[str] = [text[: units[0].start]]
+    dropped_units = 0
+    i = 0
+    n = len(units)
+    while i < n:
+        if keep[i]:
+            out.append(text[units[i].start : units[i].end])
+            out.append(text[units[i].end : units[i + 1].start] if i + 1 < n else text[units[i].end :])
+            i += 1
+            continue
+        j = i
+        while j < n and not keep[j]:
+            j += 1
+        out.append(markers[i])
+        dropped_units += sum(1 for u in units[i:j] if u.kind != "label")
+        # The separator after the run: the widest break inside it or after it (keeps paragraph breaks).
+        if j == n:
+            out.append(text[units[-1].end :])
+        else:
+            gaps = [text[units[k].end : units[k + 1].start] for k in range(i, j)]
+            out.append(max(reversed(gaps), key=lambda g: g.count("\n")))
+        i = j
+    result = "".join(out)
+    after = tokens.count(result)
+    if after >= before:
+        return None
+    note = (
+        f"{_plural(dropped_units)} of low-signal narrative in {len(markers)} spans ({before - after} tokens)"
+    )
+    return Compressed(result, STRATEGY, [note])
+
+
+def compress_many(texts: Sequence[str], ctx: Context) -> list[Compressed | None]:
+    """Compact several prose blocks (e.g. the older turns of one conversation) as one text.
+
+    Ranking (BM25, topicality) and the keep budget span all the blocks, so short turns of small talk can go
+    even though each alone is under `MIN_TOKENS`; the `MIN_TOKENS` floor applies to their total. Each block
+    is rewritten on its own (markers never span blocks); None for blocks left as they are.
+    """
+    if ctx.mode not in KEEP_RATIO or not texts:
+        return [None] * len(texts)
+    befores = [tokens.count(t) for t in texts]
+    if sum(befores) < MIN_TOKENS:
+        return [None] * len(texts)
+    docs = [(text, split_units(text)) for text in texts]
+    keeps = _select(docs, ctx)
+    return [
+        _render(text, units, keep, before) if units else None
+        for (text, units), keep, before in zip(docs, keeps, befores, strict=True)
+    ]
+
+
+def compress(text: str, ctx: Context) -> Compressed | None:
+    """Compact the low-signal narrative of `text` (see the module docstring); None if nothing to gain."""
+    return compress_many([text], ctx)[0]

@@ -1,0 +1,146 @@
+"""The optimizer: one pass over a request body that compacts what the task does not depend on.
+
+Order of work, and what is never touched:
+1. System prompts, instructions, tool definitions, tool-call arguments, images and thinking are not
+   segments at all (see `segments`). Blocks with `cache_control` are pinned. The latest user turn is kept
+   whole, and it is the query that relevance ranking uses.
+2. Cross-turn dedup (all modes but `off`): content repeated from an earlier turn becomes a reference.
+3. Tool output, from the moment it arrives (the newest tool result is usually the largest and the one no
+   provider has cached yet): compacted by content kind (`kinds`).
+4. Prose older than the last `protect_recent_turns` turns: extractive narrative compaction (lossy modes).
+
+A change is kept only if it makes its block smaller, so the output is never larger than the input; the
+same input always gives the same bytes (every step is deterministic).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from .. import tokens
+from .base import Compressed, Context, Mode
+from .dedup import Block, dedupe_detailed
+from .kinds import compress_tool_output
+from .narrative import compress_many
+from .segments import Format, Segment, content_fields, extract
+
+PROFILES = ("claude", "opencode", "codex", "cursor")
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """How to optimize one request."""
+
+    mode: Mode = "balanced"
+    protect_recent_turns: int = 2
+    profile: str | None = None
+    encoding: str = "o200k_base"
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    """One thing the optimizer removed or folded, and where."""
+
+    where: str
+    what: str
+
+
+@dataclass(slots=True)
+class Report:
+    """What the optimizer did to one request."""
+
+    mode: Mode
+    original_tokens: int
+    optimized_tokens: int
+    time_ms: float
+    applied_strategies: list[str] = field(default_factory=list)
+    removed: list[Removal] = field(default_factory=list)
+    technique: str = "auto"
+
+    @property
+    def saved_tokens(self) -> int:
+        return self.original_tokens - self.optimized_tokens
+
+    @property
+    def compression_rate(self) -> float:
+        """The share of input tokens removed (0.19 = 19 % fewer tokens)."""
+        return round(self.saved_tokens / self.original_tokens, 4) if self.original_tokens else 0.0
+
+
+def measure(fmt: Format, body: dict[str, Any], encoding: str = "o200k_base") -> int:
+    """Input tokens of the billed content fields of `body` (compact JSON, as a provider receives them)."""
+    doc = {k: body[k] for k in content_fields(fmt) if k in body}
+    return tokens.count(_encoder.encode(doc).decode(), encoding)
+
+
+def optimize(fmt: Format, body: dict[str, Any], options: Options) -> Report:
+    """Optimize `body` in place and report what changed."""
+    started = time.perf_counter()
+    original = measure(fmt, body, options.encoding)
+    report = Report(mode=options.mode, original_tokens=original, optimized_tokens=original, time_ms=0.0)
+    if options.mode == "off":
+        report.time_ms = _elapsed(started)
+        return report
+
+    segments, turns = extract(fmt, body)
+    latest_user_turn = max((s.turn for s in segments if s.kind == "user"), default=-1)
+    query = "\n".join(s.text for s in segments if s.kind == "user" and s.turn == latest_user_turn)
+    ctx = Context(mode=options.mode, query=query, profile=options.profile)
+    open_segments = [s for s in segments if not s.pinned and s.turn != latest_user_turn]
+    prose_horizon = turns - options.protect_recent_turns
+    undo: list[tuple[Segment, str]] = []
+
+    # Dedup covers tool output of any age and prose outside the protected recent turns. A block that another
+    # one now refers to stays exactly as it is, so every reference keeps pointing at real text.
+    dedupable = [s for s in open_segments if s.kind == "tool_result" or s.turn < prose_horizon]
+    blocks = [Block(i, s.turn, s.kind, s.text) for i, s in enumerate(dedupable)]
+    done: set[int] = set()
+    for seg, rep in zip(dedupable, dedupe_detailed(blocks), strict=True):
+        if rep is not None:
+            _apply(seg, Compressed(rep.text, "cross_turn_dedup", [f"{rep.kind} content"]), report, undo)
+            done.add(id(seg))
+            done.update(id(dedupable[r]) for r in rep.refs)
+
+    rest = [s for s in open_segments if id(s) not in done]
+    for seg in rest:
+        if seg.kind == "tool_result":
+            result = compress_tool_output(seg.text, ctx)
+            if result is not None:
+                _apply(seg, result, report, undo)
+    if options.mode not in ("safe", "off"):
+        # Older prose is ranked as one text, so many short turns of small talk can go together.
+        prose = [s for s in rest if s.kind != "tool_result" and s.turn < prose_horizon]
+        for seg, prose_result in zip(prose, compress_many([s.text for s in prose], ctx), strict=True):
+            if prose_result is not None:
+                _apply(seg, prose_result, report, undo)
+
+    if undo:
+        optimized = measure(fmt, body, options.encoding)
+        if optimized >= original:  # shorter text is almost always fewer tokens; if not, forward the original
+            for seg, text in reversed(undo):
+                seg.set(text)
+            report.removed.clear()
+        else:
+            report.optimized_tokens = optimized
+    report.applied_strategies = list(dict.fromkeys(r.what.split(":", 1)[0] for r in report.removed))
+    report.time_ms = _elapsed(started)
+    return report
+
+
+def _apply(seg: Segment, result: Compressed, report: Report, undo: list[tuple[Segment, str]]) -> None:
+    """Replace the segment's text if the result is shorter; remember the old text to undo."""
+    if len(result.text) >= len(seg.text):
+        return
+    undo.append((seg, seg.text))
+    seg.set(result.text)
+    notes = result.removed or ["compacted"]
+    report.removed.extend(Removal(seg.where, f"{result.strategy}: {note}") for note in notes)
+
+
+def _elapsed(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)

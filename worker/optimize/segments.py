@@ -1,0 +1,210 @@
+"""Views over the three request wire formats: every text block, where it sits, and whether it may change.
+
+The optimizer edits the client's own body in place through these views instead of round-tripping it through
+the canonical types, so everything it does not touch — unknown fields, ordering, ids — stays exactly as the
+client sent it, and same-format traffic is still forwarded byte-faithfully apart from the optimized text.
+
+A `Segment` is one text block: its kind (`tool_result`, `user`, `assistant`), the conversation turn it is
+in (0-based message index, system entries excluded), and a setter. Never exposed as segments at all:
+system prompts and instructions, tool definitions, tool-call arguments, images, thinking blocks. A block
+carrying `cache_control` (or inside a message or tool result that carries it) is marked `pinned`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Format = Literal["chat", "responses", "messages"]
+SegmentKind = Literal["tool_result", "user", "assistant"]
+
+
+@dataclass(slots=True)
+class Segment:
+    """One text block of a request."""
+
+    kind: SegmentKind
+    turn: int
+    text: str
+    pinned: bool
+    where: str
+    """A JSON-path-like location for the report, e.g. `messages[4].content[0].text`."""
+    _container: Any
+    _key: Any
+
+    def set(self, text: str) -> None:
+        """Replace the block's text in the request body."""
+        self._container[self._key] = text
+        self.text = text
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.segments: list[Segment] = []
+        self.turns = 0
+
+    def add(self, kind: SegmentKind, turn: int, container: Any, key: Any, where: str, pinned: bool) -> None:
+        value = container[key]
+        if isinstance(value, str) and value:
+            self.segments.append(Segment(kind, turn, value, pinned, where, container, key))
+
+
+def _pinned(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("cache_control") is not None
+
+
+def _text_parts(
+    col: _Collector,
+    kind: SegmentKind,
+    turn: int,
+    content: Any,
+    where: str,
+    pinned: bool,
+    holder: Any = None,
+    holder_key: Any = None,
+) -> None:
+    """A content value that is a string, or a list of parts with `text`."""
+    if isinstance(content, str):
+        if holder is not None:
+            col.add(kind, turn, holder, holder_key, where, pinned)
+        return
+    if not isinstance(content, list):
+        return
+    for j, part in enumerate(content):
+        if (
+            isinstance(part, dict)
+            and isinstance(part.get("text"), str)
+            and part.get("type")
+            in (
+                None,
+                "text",
+                "input_text",
+                "output_text",
+            )
+        ):
+            col.add(kind, turn, part, "text", f"{where}[{j}].text", pinned or _pinned(part))
+
+
+def _chat(body: dict[str, Any], col: _Collector) -> None:
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return
+    turn = 0
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            continue
+        role = msg.get("role")
+        if role in ("system", "developer"):
+            continue
+        kind: SegmentKind = (
+            "tool_result"
+            if role in ("tool", "function")
+            else ("assistant" if role == "assistant" else "user")
+        )
+        _text_parts(
+            col, kind, turn, msg.get("content"), f"messages[{i}].content", _pinned(msg), msg, "content"
+        )
+        turn += 1
+    col.turns = turn
+
+
+def _messages(body: dict[str, Any], col: _Collector) -> None:
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return
+    for turn, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            continue
+        kind: SegmentKind = "assistant" if msg.get("role") == "assistant" else "user"
+        content = msg.get("content")
+        where = f"messages[{turn}].content"
+        if isinstance(content, str):
+            col.add(kind, turn, msg, "content", where, False)
+            continue
+        if not isinstance(content, list):
+            continue
+        for j, block in enumerate(content):
+            if not isinstance(block, dict):
+                continue
+            btype = block.get("type")
+            if btype == "text":
+                col.add(kind, turn, block, "text", f"{where}[{j}].text", _pinned(block))
+            elif btype == "tool_result":
+                inner = block.get("content")
+                _text_parts(
+                    col, "tool_result", turn, inner, f"{where}[{j}].content", _pinned(block), block, "content"
+                )
+    col.turns = len(messages)
+
+
+def _responses(body: dict[str, Any], col: _Collector) -> None:
+    items = body.get("input")
+    if isinstance(items, str):
+        col.add("user", 0, body, "input", "input", False)
+        col.turns = 1
+        return
+    if not isinstance(items, list):
+        return
+    turn = 0
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            continue
+        itype = item.get("type")
+        role = item.get("role")
+        if itype == "function_call_output":
+            _text_parts(
+                col,
+                "tool_result",
+                turn,
+                item.get("output"),
+                f"input[{i}].output",
+                _pinned(item),
+                item,
+                "output",
+            )
+        elif itype in (None, "message") and role in ("user", "assistant"):
+            kind: SegmentKind = "assistant" if role == "assistant" else "user"
+            _text_parts(
+                col, kind, turn, item.get("content"), f"input[{i}].content", _pinned(item), item, "content"
+            )
+        elif itype in (None, "message") and role in ("system", "developer"):
+            continue
+        else:
+            turn += 1  # function calls, reasoning: they are turns too, but carry no optimizable text
+            continue
+        turn += 1
+    col.turns = turn
+
+
+_EXTRACTORS: dict[Format, Callable[[dict[str, Any], _Collector], None]] = {
+    "chat": _chat,
+    "messages": _messages,
+    "responses": _responses,
+}
+
+
+def extract(fmt: Format, body: dict[str, Any]) -> tuple[list[Segment], int]:
+    """The text segments of `body` in conversation order, and the number of turns."""
+    col = _Collector()
+    _EXTRACTORS[fmt](body, col)
+    return col.segments, col.turns
+
+
+def content_fields(fmt: Format) -> tuple[str, ...]:
+    """The top-level fields whose size the report measures (what a provider bills as input)."""
+    if fmt == "messages":
+        return ("system", "messages", "tools")
+    if fmt == "responses":
+        return ("instructions", "input", "tools")
+    return ("messages", "tools")
+
+
+def detect_format(body: dict[str, Any]) -> Format:
+    """The wire format of a payload, as `/v1/compress` documents it: `system` → Messages, `input` →
+    Responses, otherwise Chat Completions."""
+    if "system" in body:
+        return "messages"
+    if "input" in body:
+        return "responses"
+    return "chat"

@@ -1,0 +1,136 @@
+"""Glue between HTTP and the optimizer: options from the request, running it, and the savings headers.
+
+Mode precedence, highest first: `trex.optimize.mode` in the body, the `X-Trex-Optimize` header, the key's
+own default, then `OPTIMIZE_MODE` from the config. Large bodies are optimized on a worker thread (tiktoken
+releases the GIL while encoding), so one 100k-token request never stalls every other request's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import InvalidRequestError
+from .optimize.base import MODES, Mode
+from .optimize.pipeline import PROFILES, Options, Report, optimize
+from .optimize.segments import Format
+
+_THREAD_THRESHOLD_BYTES = 64 * 1024
+_SESSION_ID_MAX = 128
+
+
+def resolve_options(
+    trex: Any,
+    headers: Mapping[str, str],
+    default_mode: str,
+    default_turns: int,
+    key_mode: str | None = None,
+    profile: str | None = None,
+) -> Options:
+    """Validated optimizer options for one request (400 naming the field on a bad value)."""
+    mode: Any = key_mode or default_mode
+    header = headers.get("X-Trex-Optimize")
+    if header:
+        mode = header.strip().lower()
+        if mode not in MODES:
+            raise InvalidRequestError(
+                f"X-Trex-Optimize must be one of {', '.join(MODES)}, got {header!r}.", param="X-Trex-Optimize"
+            )
+    turns = default_turns
+    if trex is not None:
+        if not isinstance(trex, dict):
+            raise InvalidRequestError("'trex' must be an object.", param="trex")
+        opt = trex.get("optimize")
+        if opt is not None:
+            if not isinstance(opt, dict):
+                raise InvalidRequestError("'trex.optimize' must be an object.", param="trex.optimize")
+            if "mode" in opt:
+                mode = opt["mode"]
+                if mode not in MODES:
+                    raise InvalidRequestError(
+                        f"trex.optimize.mode must be one of {', '.join(MODES)}.", param="trex.optimize.mode"
+                    )
+            if "protect_recent_turns" in opt:
+                turns = opt["protect_recent_turns"]
+                if isinstance(turns, bool) or not isinstance(turns, int) or not 0 <= turns <= 1000:
+                    raise InvalidRequestError(
+                        "trex.optimize.protect_recent_turns must be an integer from 0 to 1000.",
+                        param="trex.optimize.protect_recent_turns",
+                    )
+    if profile is not None and profile not in PROFILES:
+        raise InvalidRequestError(
+            f"compression_model must be one of {', '.join(PROFILES)}, got {profile!r}.",
+            param="compression_model",
+        )
+    checked: Mode = mode
+    return Options(mode=checked, protect_recent_turns=turns, profile=profile)
+
+
+async def run(fmt: Format, body: dict[str, Any], options: Options, size_hint: int) -> Report:
+    """Optimize `body` in place; off the event loop when it is large."""
+    if size_hint >= _THREAD_THRESHOLD_BYTES:
+        return await asyncio.to_thread(optimize, fmt, body, options)
+    return optimize(fmt, body, options)
+
+
+def session_id(headers: Mapping[str, str]) -> str:
+    """The client's `X-Session-Id`, or a new one."""
+    incoming = headers.get("X-Session-Id", "").strip()
+    if incoming and len(incoming) <= _SESSION_ID_MAX and incoming.isprintable():
+        return incoming
+    return "sess_" + secrets.token_hex(12)
+
+
+def savings_headers(report: Report, session: str) -> dict[str, str]:
+    """`X-Trex-*` headers describing what optimization saved."""
+    percent = 100.0 * report.saved_tokens / report.original_tokens if report.original_tokens else 0.0
+    return {
+        "X-Trex-Original-Tokens": str(report.original_tokens),
+        "X-Trex-Optimized-Tokens": str(report.optimized_tokens),
+        "X-Trex-Saved-Tokens": str(report.saved_tokens),
+        "X-Trex-Savings-Percent": f"{percent:.2f}",
+        "X-Trex-Session-Id": session,
+    }
+
+
+def validate_payload(fmt: Format, body: dict[str, Any]) -> None:
+    """The minimum a `/v1/compress` payload needs (400 naming the field otherwise)."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequestError("'model' is required and must be a non-empty string.", param="model")
+    if fmt == "responses":
+        if not isinstance(body["input"], str | list):
+            raise InvalidRequestError("'input' must be a string or a list of items.", param="input")
+        return
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequestError("'messages' must be a non-empty list.", param="messages")
+    roles = (
+        ("user", "assistant")
+        if fmt == "messages"
+        else ("system", "developer", "user", "assistant", "tool", "function")
+    )
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or msg.get("role") not in roles:
+            raise InvalidRequestError(
+                f"messages[{i}] must be an object with a role of {', '.join(roles)}.",
+                param=f"messages[{i}].role",
+            )
+    if "tools" in body and not isinstance(body["tools"], list):
+        raise InvalidRequestError("'tools' must be a list.", param="tools")
+
+
+def compression_object(report: Report) -> dict[str, Any]:
+    """The `compression` object `/v1/compress` appends."""
+    return {
+        "technique": report.technique,
+        "applied_strategies": report.applied_strategies,
+        "compression_rate": report.compression_rate,
+        "uncompressed_input_tokens": report.original_tokens,
+        "compressed_input_tokens": report.optimized_tokens,
+        "compression_time_ms": report.time_ms,
+        "mode": report.mode,
+        "removed": [{"where": r.where, "what": r.what} for r in report.removed],
+    }
