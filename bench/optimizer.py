@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.optimize.corpus import DIFF, _grep, _orders_json, _service_log, all_cases
+from tests.optimize.test_pipeline import _strings
 from worker import tokens
 from worker.optimize.base import Context
 from worker.optimize.facts import find_facts
@@ -100,8 +101,8 @@ def main() -> int:
         report = optimize(case.fmt, work, Options(mode="balanced"))  # type: ignore[arg-type]
         safe_body = copy.deepcopy(body)
         safe = optimize(case.fmt, safe_body, Options(mode="safe"))  # type: ignore[arg-type]
-        out = json.dumps(work, ensure_ascii=False)
-        trunc = _head_tail(json.dumps(body, ensure_ascii=False), report.optimized_tokens)
+        out = _strings(work)
+        trunc = _head_tail(_strings(body), report.optimized_tokens)  # truncation of the same text
         t_opt = _median_ms(
             lambda case=case, body=body: optimize(case.fmt, copy.deepcopy(body), Options(mode="balanced")),  # type: ignore[arg-type]
             args.repeat,

@@ -36,12 +36,13 @@ _FACT_PATTERNS: tuple[str, ...] = (
     r"minutes?|mins?|seconds?|secs?|weeks?|months?|years?|ms|[KMGT]i?B|[kKMG]b|requests?|tokens?|users?|items?|"
     r"records?|retries|attempts?|times|nodes?|replicas?|cores?|GHz|MHz|rps|qps)\b",  # quantities with units
     r"\bv?\d+\.\d+(?:\.\d+)+(?:[-+][\w.]+)?\b|\bv\d+(?:\.\d+)?\b",  # versions 1.2.3, v2
-    r"(?:~|\.{1,2})?/(?:[\w.@-]+/)*[\w.@-]+|\b(?:[\w.@-]+/)+[\w.@-]*\.\w{1,8}\b",  # paths
+    # paths: ./x, ~/x, or /a/b (two segments or more, so a closing HTML tag is not a path)
+    r"(?:~|\.{1,2})/(?:[\w.@-]+/)*[\w.@-]+|/(?:[\w.@-]+/)+[\w.@-]+|\b(?:[\w.@-]+/)+[\w.@-]*\.\w{1,8}\b",
     r"\b[A-Za-z]:\\(?:[\w .-]+\\)*[\w .-]+",  # Windows paths
     r"\b[\w-]+\.(?:py|js|ts|tsx|jsx|go|rs|java|kt|rb|php|c|h|cc|cpp|hpp|cs|swift|json|yaml|yml|toml|ini|cfg|"
     r"md|txt|log|csv|sql|sh|html|css|lock|xml|proto)\b",  # file names
     r"\b[A-Z][A-Z0-9]*(?:[-_][A-Z0-9]+)*[-_]\d[\w-]*\b",  # ORD-1042, INV_2026_07, JIRA-88
-    r"\b[a-z]{2,8}_[A-Za-z0-9]{6,}\b",  # cus_9fK2LmQ, sk_live… style ids
+    r"\b[a-z]{2,8}_(?=[A-Za-z]*\d)[A-Za-z0-9]{6,}\b",  # cus_9fK2LmQ style ids (a digit: not snake_case words)
     r"#\d{2,}\b",  # #1234
     r"\b(?:E|ERR|ERROR|HTTP|TS|CS|PY)[-_]?\d{2,6}\b",  # E501, ERR-404, TS2345
     r"\bE[A-Z]{4,}\b",  # ECONNREFUSED, ENOENT
@@ -49,6 +50,7 @@ _FACT_PATTERNS: tuple[str, ...] = (
     r"\b\d{3,}(?:[.,]\d+)*\b",  # other numbers of 3+ digits (counts, ports, line numbers, ids)
 )
 _FACT_RE = re.compile("|".join(f"(?:{p})" for p in _FACT_PATTERNS))
+_RUN_RE = re.compile(r"[A-Za-z0-9]+")
 
 _CONSTRAINT_RE = re.compile(
     r"\b(?:must(?:\s+not)?|mustn't|never|only|always|do\s+not|don't|does\s+not|cannot|can't|shall(?:\s+not)?|"
@@ -60,23 +62,23 @@ _CONSTRAINT_RE = re.compile(
 
 
 def find_facts(text: str) -> list[str]:
-    """Every fact in `text`, verbatim, unique, in order of first appearance (contained duplicates dropped)."""
+    """Every fact in `text`, verbatim, unique, in order of first appearance.
+
+    Linear in the text. A fact that is one alphanumeric run (`2026`, `5404`) is left out when the same run
+    is a whole token of a longer fact (`2026-03-14`, `ORD-5404`): the longer fact carries it. A run that only
+    occurs inside another token (`5404` in `ORD-15404`) is a different value and stays.
+    """
     seen: dict[str, None] = {}
     for match in _FACT_RE.finditer(text):
         fact = match.group(0).strip()
         if len(fact) >= 2:
             seen.setdefault(fact, None)
-    facts = list(seen)
-    if len(facts) < 2:
-        return facts
-    # Drop facts wholly contained in a longer one (a date inside a URL, a number inside an id).
-    ordered = sorted(facts, key=len, reverse=True)
-    kept: list[str] = []
-    for fact in ordered:
-        if not any(fact in longer for longer in kept):
-            kept.append(fact)
-    keep = set(kept)
-    return [f for f in facts if f in keep]
+    tokens_of_longer: set[str] = set()
+    for fact in seen:
+        runs = _RUN_RE.findall(fact)
+        if len(runs) > 1 or (runs and runs[0] != fact):
+            tokens_of_longer.update(runs)
+    return [f for f in seen if f not in tokens_of_longer]
 
 
 def has_fact(text: str) -> bool:
@@ -97,8 +99,8 @@ def is_constraint(text: str) -> bool:
 def marker(what: str, dropped_text: Iterable[str] = (), limit_chars: int = 2000) -> str:
     """The text that replaces dropped content: what was removed, plus every fact it contained, verbatim.
 
-    `limit_chars` bounds the fact list; facts past it are counted rather than listed — callers must only
-    drop content whose facts fit (or accept the count), which the compressors check via `facts_fit`.
+    `limit_chars` bounds the fact list; facts past it are counted rather than listed, so a caller that must
+    keep every fact passes a large enough limit (the compressors' final check rejects any loss).
     """
     facts: list[str] = []
     seen: set[str] = set()

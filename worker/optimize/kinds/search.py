@@ -12,13 +12,13 @@ summaries) are kept. Output is grouped by file in order of first appearance.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from worker.optimize.base import Compressed, Context, Mode
+from worker.optimize.bm25 import BM25, tokenize
 from worker.optimize.kinds._common import FactLedger, finish, fold_exact_repeats, worth_folding
 from worker.optimize.kinds._detect import (
     GREP_CONTEXT_RE,
@@ -44,61 +44,8 @@ _SETTINGS: Mapping[Mode, _Settings] = MappingProxyType(
     }
 )
 
-_K1 = 1.2
-_B = 0.75
 _WORD_RE = re.compile(r"[A-Za-z0-9_]+")
 _CAMEL_PART_RE = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
-_STOPWORDS = frozenset(
-    (
-        "a", "an", "and", "are", "as", "at", "be", "by", "do", "does", "for", "from", "how", "i", "in", "is",
-        "it", "me", "my", "of", "on", "or", "the", "this", "that", "to", "was", "what", "where", "which",
-        "who", "why", "with", "can", "you", "we", "our", "all", "any", "find", "show", "list", "look",
-        "search",
-        "grep", "file", "files", "code",
-    )
-)  # fmt: skip
-
-
-def tokenize(text: str) -> list[str]:
-    """Lower-cased search terms: each identifier whole, plus its camelCase / snake_case parts."""
-    terms: list[str] = []
-    for word in _WORD_RE.findall(text):
-        low = word.lower()
-        terms.append(low)
-        parts = [p.lower() for piece in word.split("_") for p in _CAMEL_PART_RE.findall(piece)]
-        if len(parts) > 1:
-            terms.extend(p for p in parts if p != low)
-    return terms
-
-
-class BM25:
-    """Okapi BM25 over a small corpus of documents (here: one grep line each)."""
-
-    def __init__(self, documents: list[list[str]]) -> None:
-        self._docs = documents
-        self._lengths = [len(doc) for doc in documents]
-        self._avg = (sum(self._lengths) / len(documents)) if documents else 0.0
-        df: dict[str, int] = {}
-        for doc in documents:
-            for term in set(doc):
-                df[term] = df.get(term, 0) + 1
-        n = len(documents)
-        self._idf = {term: math.log(1 + (n - f + 0.5) / (f + 0.5)) for term, f in df.items()}
-
-    def scores(self, query: list[str]) -> list[float]:
-        """The score of every document for `query` (0.0 where no query term occurs)."""
-        terms = [t for t in dict.fromkeys(query) if t in self._idf]
-        out: list[float] = []
-        for doc, length in zip(self._docs, self._lengths, strict=True):
-            if not terms:
-                out.append(0.0)
-                continue
-            tf: dict[str, int] = {}
-            for term in doc:
-                tf[term] = tf.get(term, 0) + 1
-            norm = _K1 * (1 - _B + _B * length / self._avg) if self._avg else _K1
-            out.append(sum(self._idf[t] * tf[t] * (_K1 + 1) / (tf[t] + norm) for t in terms if t in tf))
-        return out
 
 
 @dataclass(slots=True)
