@@ -39,6 +39,8 @@ DEFAULT_VARS: Mapping[str, str] = MappingProxyType(
         "ANTHROPIC_VERSION": "2023-06-01",
         "OPTIMIZE_MODE": "balanced",
         "PROTECT_RECENT_TURNS": "2",
+        "SESSION_TTL_SECONDS": "86400",
+        "SESSION_REOPTIMIZE_TOKENS": "100000",
     }
 )
 # Vars that must parse as positive numbers; checked at load so nothing fails later on a request.
@@ -50,6 +52,8 @@ NUMERIC_VARS = frozenset(
         "UPSTREAM_IDLE_TIMEOUT",
         "UPSTREAM_TOTAL_TIMEOUT",
         "DEFAULT_MAX_TOKENS",
+        "SESSION_TTL_SECONDS",
+        "SESSION_REOPTIMIZE_TOKENS",
     }
 )
 

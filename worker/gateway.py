@@ -20,6 +20,7 @@ class Gateway:
     """Key store, upstream pools, model table and provider endpoints."""
 
     keys: KeyStore
+    kv: KVNamespace
     upstream: UpstreamClient
     models: Mapping[str, ModelRoute]
     base_urls: Mapping[Provider, str]
@@ -27,6 +28,8 @@ class Gateway:
     anthropic_version: str
     optimize_mode: str
     protect_recent_turns: int
+    session_ttl_seconds: int
+    session_budget_tokens: int
 
     async def close(self) -> None:
         """Release the upstream connection pools."""
@@ -56,6 +59,7 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
     )
     return Gateway(
         keys=KeyStore(kv, vault),
+        kv=kv,
         upstream=UpstreamClient(timeouts),
         models=parse_model_table(config.tables.get("models"), config.source),
         base_urls=base_urls,
@@ -63,4 +67,6 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
         anthropic_version=config.var("ANTHROPIC_VERSION") or "2023-06-01",
         optimize_mode=mode,
         protect_recent_turns=int(config.number("PROTECT_RECENT_TURNS")),
+        session_ttl_seconds=max(60, int(config.number("SESSION_TTL_SECONDS"))),
+        session_budget_tokens=int(config.number("SESSION_REOPTIMIZE_TOKENS")),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, Protocol
 
@@ -39,6 +40,7 @@ from adapters.base import (
 from adapters.sse import SSEEvent, SSEParser, frame
 from adapters.transport import UpstreamUnavailable
 
+from . import sessions
 from .appkeys import CTX, REQUEST_ID
 from .auth import KeyRecord, MissingProviderKeyError, credential_from_headers
 from .errors import (
@@ -102,8 +104,21 @@ async def proxy(
     body.pop("trex_accounting", None)
     route = resolve(model, gw.models)
     options = resolve_options(trex, request.headers, gw.optimize_mode, gw.protect_recent_turns)
-    session = session_id(request.headers)
+    session, client_session = session_id(request.headers), "X-Session-Id" in request.headers
+    if client_session:
+        replay = await sessions.replay(gw.kv, key.id, session, fmt, body, gw.session_budget_tokens)
+    else:  # a generated id is new: there is nothing stored to replay, so skip the KV read
+        replay = sessions.fresh(fmt, body)
+    if replay.replayed:
+        options = dataclasses.replace(options, frozen_items=replay.replayed)
     report = await run_optimizer(fmt, body, options, request.content_length or 0)
+    report.note_session(replay.replayed, replay.reoptimize)
+    if replay.field is not None and (client_session or len(body[replay.field]) > 1):
+        request[CTX].wait_until(
+            sessions.remember(
+                gw.kv, key.id, session, fmt, body, replay, report.optimized_tokens, gw.session_ttl_seconds
+            )
+        )
     wire: UpstreamWire = "responses" if fmt == "responses" and route.provider == "openai" else route.wire
     api_key = await provider_key(request, gw, key, route.provider)
     stream = body.get("stream") is True

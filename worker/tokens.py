@@ -69,7 +69,11 @@ def ensure_encodings() -> Path:
 def encoding(name: str) -> tiktoken.Encoding:
     """A tiktoken encoding by name, loaded once per process from the local cache."""
     ensure_encodings()
-    return tiktoken.get_encoding(name)
+    enc = tiktoken.get_encoding(name)
+    # tiktoken keeps a Python copy of the whole rank table (~28 MB for o200k) that only pickling reads; the
+    # Rust core has its own. We never pickle encodings, so let the copy go.
+    enc._mergeable_ranks = {}
+    return enc
 
 
 def encoding_for_model(model: str) -> tuple[str, bool]:

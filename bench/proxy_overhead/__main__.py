@@ -86,8 +86,8 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(5)
 
 
-def tree_peak_rss_mib(pid: int) -> float:
-    """Sum of peak resident set sizes (VmHWM) over a process and its descendants."""
+def tree_peak_rss_mib(pid: int, field: str = "VmHWM") -> float:
+    """Sum of peak (VmHWM) or current (VmRSS) resident set sizes over a process and its descendants."""
     pids, total = [pid], 0
     while pids:
         p = pids.pop()
@@ -95,7 +95,7 @@ def tree_peak_rss_mib(pid: int) -> float:
             status = Path(f"/proc/{p}/status").read_text()
         except OSError:
             continue
-        m = re.search(r"VmHWM:\s+(\d+) kB", status)
+        m = re.search(rf"{field}:\s+(\d+) kB", status)
         total += int(m.group(1)) if m else 0
         out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(p)], capture_output=True, text=True)
         pids += [int(x) for x in out.stdout.split()]
@@ -267,6 +267,7 @@ def main() -> int:
             print(f"{name} ready on {base}", flush=True)
             runs += measure(name, base + "/v1/chat/completions", model, headers, args.duration)
             rss[name] = tree_peak_rss_mib(proc.pid)
+            rss[name + ":steady"] = tree_peak_rss_mib(proc.pid, "VmRSS")
             stop(proc)
             procs.remove(proc)
         rss["upstream"] = tree_peak_rss_mib(procs[0].pid)
@@ -295,14 +296,14 @@ def render(runs: list[Run], rss: dict[str, float], duration: float) -> str:
         f"Run on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, wrk -t1, {duration:g} s per cell, "
         "one target at a time against the same fake upstream.",
         "",
-        "| target | mode | conc. | RPS | p50 ms | p99 ms | added p50 ms | errors | peak RSS MiB |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| target | mode | conc. | RPS | p50 ms | p99 ms | added p50 ms | errors | peak RSS MiB | RSS after MiB |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in runs:
         added = "—" if r.target == "upstream" else f"{r.p50_ms - up[(r.mode, r.concurrency)].p50_ms:+.2f}"
         lines.append(
             f"| {r.target} | {r.mode} | {r.concurrency} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
-            f"{added} | {r.errors} | {rss.get(r.target, 0):.0f} |"
+            f"{added} | {r.errors} | {rss.get(r.target, 0):.0f} | {rss.get(r.target + ':steady', 0):.0f} |"
         )
     lines += ["", "Goals (ratios from this run):", ""]
     trex = {(m, c): by.get(("trex", m, c)) for m in ("non-stream", "stream") for c in (1, 32)}

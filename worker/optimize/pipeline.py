@@ -40,6 +40,8 @@ class Options:
     protect_recent_turns: int = 2
     profile: str | None = None
     encoding: str = "o200k_base"
+    frozen_items: int = 0
+    """Leading conversation entries replayed from a session: read for context, never modified."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,18 @@ class Report:
     applied_strategies: list[str] = field(default_factory=list)
     removed: list[Removal] = field(default_factory=list)
     technique: str = "auto"
+    replayed_items: int = 0
+    """Leading conversation entries replayed byte-for-byte from the session."""
+    reoptimized: bool = False
+    """True when the session's forwarded context passed its budget and was optimized afresh."""
+
+    def note_session(self, replayed: int, reoptimized: bool) -> None:
+        """Record what the session layer did, in the strategies the report lists."""
+        self.replayed_items, self.reoptimized = replayed, reoptimized
+        if reoptimized:
+            self.applied_strategies.insert(0, "session_full_reoptimization")
+        elif replayed:
+            self.applied_strategies.insert(0, "session_prefix_replay")
 
     @property
     def saved_tokens(self) -> int:
@@ -91,22 +105,23 @@ def optimize(fmt: Format, body: dict[str, Any], options: Options) -> Report:
     latest_user_turn = max((s.turn for s in segments if s.kind == "user"), default=-1)
     query = "\n".join(s.text for s in segments if s.kind == "user" and s.turn == latest_user_turn)
     ctx = Context(mode=options.mode, query=query, profile=options.profile)
-    open_segments = [s for s in segments if not s.pinned and s.turn != latest_user_turn]
+    candidates = [s for s in segments if not s.pinned and s.turn != latest_user_turn]
+    frozen = {id(s) for s in candidates if s.item < options.frozen_items}
     prose_horizon = turns - options.protect_recent_turns
     undo: list[tuple[Segment, str]] = []
 
     # Dedup covers tool output of any age and prose outside the protected recent turns. A block that another
     # one now refers to stays exactly as it is, so every reference keeps pointing at real text.
-    dedupable = [s for s in open_segments if s.kind == "tool_result" or s.turn < prose_horizon]
+    dedupable = [s for s in candidates if s.kind == "tool_result" or s.turn < prose_horizon]
     blocks = [Block(i, s.turn, s.kind, s.text) for i, s in enumerate(dedupable)]
     done: set[int] = set()
     for seg, rep in zip(dedupable, dedupe_detailed(blocks), strict=True):
-        if rep is not None:
+        if rep is not None and id(seg) not in frozen:
             _apply(seg, Compressed(rep.text, "cross_turn_dedup", [f"{rep.kind} content"]), report, undo)
             done.add(id(seg))
             done.update(id(dedupable[r]) for r in rep.refs)
 
-    rest = [s for s in open_segments if id(s) not in done]
+    rest = [s for s in candidates if id(s) not in done and id(s) not in frozen]
     for seg in rest:
         if seg.kind == "tool_result":
             result = compress_tool_output(seg.text, ctx)

@@ -33,6 +33,12 @@ class Segment:
     _container: Any
     _key: Any
 
+    @property
+    def item(self) -> int:
+        """The index of the conversation-list entry (`messages[i]` / `input[i]`) this block is in."""
+        start = self.where.find("[")
+        return int(self.where[start + 1 : self.where.index("]", start)]) if start >= 0 else 0
+
     def set(self, text: str) -> None:
         """Replace the block's text in the request body."""
         self._container[self._key] = text

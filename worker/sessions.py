@@ -1,0 +1,117 @@
+"""Cache-safe sessions: bytes already forwarded in a session are replayed, never rewritten.
+
+Providers cache prompt prefixes byte for byte. If every turn re-optimized the whole history, a message
+would change as it aged past the protected recent turns and the provider's cache would miss on every
+request. So, per (proxy key, session id), the KV keeps for each message of the conversation list the hash
+of what the client sent and the exact JSON that was forwarded for it. On the next turn the longest matching
+prefix is replayed as it was forwarded, and only the new tail is optimized. When the forwarded context
+passes a token budget, the whole conversation is optimized afresh once (and the report says so), which
+starts a new cached prefix.
+
+The conversation list is `messages` (chat, Messages) or `input` when it is a list (Responses).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from kv import KVNamespace
+
+from .optimize.segments import Format
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder()
+
+
+class SessionState(msgspec.Struct):
+    """What is stored per session."""
+
+    fmt: str
+    hashes: list[str]
+    forwarded: list[msgspec.Raw]
+    forwarded_tokens: int = 0
+
+
+@dataclass(slots=True)
+class Replay:
+    """The outcome of matching a request against its session."""
+
+    field: str | None
+    """The conversation field (`messages` or `input`), or None when the body has no list to replay."""
+    hashes: list[str]
+    replayed: int
+    """How many leading messages were replaced by their forwarded bytes."""
+    reoptimize: bool
+    """True when the stored context passed the budget: everything is optimized afresh this time."""
+
+
+def conversation_field(fmt: Format, body: dict[str, Any]) -> str | None:
+    """The name of the list that holds the conversation, if the body has one."""
+    name = "input" if fmt == "responses" else "messages"
+    return name if isinstance(body.get(name), list) else None
+
+
+def _hash(item: Any) -> str:
+    return hashlib.sha256(_encoder.encode(item)).hexdigest()[:32]
+
+
+def _key(key_id: str, session: str) -> str:
+    return f"session/{key_id}/{hashlib.sha256(session.encode()).hexdigest()[:40]}"
+
+
+def fresh(fmt: Format, body: dict[str, Any]) -> Replay:
+    """The replay of a session seen for the first time (nothing to look up)."""
+    field = conversation_field(fmt, body)
+    hashes = [_hash(item) for item in body[field]] if field is not None else []
+    return Replay(field, hashes, 0, False)
+
+
+async def replay(
+    kv: KVNamespace, key_id: str, session: str, fmt: Format, body: dict[str, Any], budget_tokens: int
+) -> Replay:
+    """Replace the longest prefix of the conversation that was forwarded before by its forwarded bytes."""
+    field = conversation_field(fmt, body)
+    if field is None:
+        return Replay(None, [], 0, False)
+    items: list[Any] = body[field]
+    hashes = [_hash(item) for item in items]
+    raw = await kv.get(_key(key_id, session))
+    if raw is None:
+        return Replay(field, hashes, 0, False)
+    state = msgspec.json.decode(raw, type=SessionState)
+    if state.fmt != fmt:
+        return Replay(field, hashes, 0, False)
+    if state.forwarded_tokens > budget_tokens:
+        return Replay(field, hashes, 0, True)
+    n = 0
+    for new, old in zip(hashes, state.hashes, strict=False):
+        if new != old:
+            break
+        n += 1
+    # The last message is always new work (the latest turn); replaying it too would skip its optimization.
+    n = min(n, len(items) - 1)
+    for i in range(n):
+        items[i] = _decoder.decode(state.forwarded[i])
+    return Replay(field, hashes, n, False)
+
+
+async def remember(
+    kv: KVNamespace,
+    key_id: str,
+    session: str,
+    fmt: Format,
+    body: dict[str, Any],
+    rep: Replay,
+    forwarded_tokens: int,
+    ttl_seconds: int,
+) -> None:
+    """Store what was forwarded for each message (run after the response, via wait_until)."""
+    if rep.field is None:
+        return
+    forwarded = [msgspec.Raw(_encoder.encode(item)) for item in body[rep.field]]
+    state = SessionState(fmt=fmt, hashes=rep.hashes, forwarded=forwarded, forwarded_tokens=forwarded_tokens)
+    await kv.put(_key(key_id, session), _encoder.encode(state), expiration_ttl=ttl_seconds)
