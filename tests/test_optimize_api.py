@@ -17,6 +17,7 @@ from tests.conftest import GatewaySetup
 from tests.optimize.corpus import coding_session, long_document, support_conversation
 from tests.optimize.test_pipeline import _strings
 from tests.test_cli import trex
+from worker.appkeys import GATEWAY
 
 
 def test_proxied_request_is_optimized_and_reports_savings(gateway: GatewaySetup) -> None:
@@ -172,3 +173,22 @@ def test_compress_cli(tmp_path: Path) -> None:
     assert bad.returncode == 2 and b"cannot read" in bad.stderr
     bad = trex("compress", "-", stdin=b"{nope")
     assert bad.returncode == 2 and b"not valid JSON" in bad.stderr
+
+
+def test_per_key_default_mode_and_request_override(gateway: GatewaySetup) -> None:
+    async def make() -> str:
+        _record, token = await gateway.worker.app[GATEWAY].keys.create("quiet", optimize_mode="off")
+        return token
+
+    token = gateway.worker.call(make())
+    client = gateway.openai(key=token, default_headers={"X-Upstream-Api-Key": "sk-x"})
+    case = coding_session()
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=case.body["messages"]
+    )
+    assert raw.headers["X-Trex-Saved-Tokens"] == "0"  # the key's default: off
+    assert gateway.fake.last().json["messages"] == case.body["messages"]
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=case.body["messages"], extra_headers={"X-Trex-Optimize": "balanced"}
+    )
+    assert int(raw.headers["X-Trex-Saved-Tokens"]) > 0  # a request overrides its key's default

@@ -28,6 +28,7 @@ import msgspec
 from kv import KVNamespace
 
 from .errors import AuthenticationError, GatewayError, InvalidRequestError
+from .optimize.base import MODES
 from .vault import Vault, VaultError
 
 PROVIDERS = ("openai", "anthropic", "openrouter", "local")
@@ -47,6 +48,8 @@ class KeyRecord(msgspec.Struct, omit_defaults=True):
     created: int
     state: str = "active"
     plan: str | None = None
+    optimize_mode: str | None = None
+    """This key's default optimizer mode (None: the configured OPTIMIZE_MODE)."""
 
 
 class KeyNotFoundError(GatewayError):
@@ -128,10 +131,16 @@ class KeyStore:
 
     # ---- administration --------------------------------------------------------------------------------
 
-    async def create(self, name: str, plan: str | None = None) -> tuple[KeyRecord, str]:
+    async def create(
+        self, name: str, plan: str | None = None, optimize_mode: str | None = None
+    ) -> tuple[KeyRecord, str]:
         """Create a key; returns the record and the key itself (shown once, never stored)."""
         if not name.strip():
             raise InvalidRequestError("A key needs a non-empty name.", param="name")
+        if optimize_mode is not None and optimize_mode not in MODES:
+            raise InvalidRequestError(
+                f"optimize mode must be one of {', '.join(MODES)}.", param="optimize_mode"
+            )
         token = KEY_PREFIX + secrets.token_urlsafe(32)
         record = KeyRecord(
             id="key_" + secrets.token_hex(8),
@@ -140,6 +149,7 @@ class KeyStore:
             prefix=token[:12],
             created=int(time.time()),
             plan=plan,
+            optimize_mode=optimize_mode,
         )
         await self._kv.put(f"keyhash/{record.hash}", record.id)
         await self._kv.put(f"keys/{record.id}", msgspec.json.encode(record))

@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     k_create = keys_sub.add_parser("create", parents=[state], help="create a proxy key (printed once)")
     k_create.add_argument("--name", required=True)
     k_create.add_argument("--plan", help="plan name (see [plans])")
+    k_create.add_argument("--optimize", choices=list(MODES), help="this key's default optimizer mode")
     keys_sub.add_parser("list", parents=[state], help="list proxy keys")
     k_bind = keys_sub.add_parser(
         "bind", parents=[state], help="bind a provider key (read from stdin) to a proxy key, encrypted"
@@ -172,7 +173,7 @@ def _keys_command(args: argparse.Namespace, config: Config) -> int:
     async def act(kv: KVNamespace) -> int:
         store = KeyStore(kv, vault)
         if args.keys_command == "create":
-            record, token = await store.create(args.name, plan=args.plan)
+            record, token = await store.create(args.name, plan=args.plan, optimize_mode=args.optimize)
             doc = {"id": record.id, "name": record.name, "key": token, "prefix": record.prefix}
             text = f"id:  {record.id}\nkey: {token}\n(store the key now: it is not shown again)"
             _print(args, doc, text)
@@ -186,6 +187,7 @@ def _keys_command(args: argparse.Namespace, config: Config) -> int:
                     "created": r.created,
                     "last_used": used,
                     "prefix": r.prefix,
+                    "optimize_mode": r.optimize_mode,
                 }
                 for r, used in await store.list_keys()
             ]

@@ -103,7 +103,9 @@ async def proxy(
     trex = body.pop("trex", None)
     body.pop("trex_accounting", None)
     route = resolve(model, gw.models)
-    options = resolve_options(trex, request.headers, gw.optimize_mode, gw.protect_recent_turns)
+    options = resolve_options(
+        trex, request.headers, gw.optimize_mode, gw.protect_recent_turns, key_mode=key.optimize_mode
+    )
     session, client_session = session_id(request.headers), "X-Session-Id" in request.headers
     if client_session:
         replay = await sessions.replay(gw.kv, key.id, session, fmt, body, gw.session_budget_tokens)

@@ -15,13 +15,18 @@ async def compress(request: web.Request) -> web.StreamResponse:
     """The payload with `messages`/`input`/`system`/`tools` replaced by their optimized versions, every other
     field untouched (the `trex` control field is consumed), plus a `compression` object."""
     gw = request.app[GATEWAY]
-    await authenticate(request, gw)
+    key = await authenticate(request, gw)
     body = await read_json_object(request)
     fmt = detect_format(body)
     validate_payload(fmt, body)
     profile = body.get("compression_model") or request.headers.get("X-Trex-Compression-Model")
     options = resolve_options(
-        body.pop("trex", None), request.headers, gw.optimize_mode, gw.protect_recent_turns, profile=profile
+        body.pop("trex", None),
+        request.headers,
+        gw.optimize_mode,
+        gw.protect_recent_turns,
+        key_mode=key.optimize_mode,
+        profile=profile,
     )
     report = await run(fmt, body, options, request.content_length or 0)
     body["compression"] = compression_object(report)
