@@ -55,6 +55,7 @@ from .base import (
     ToolResult,
     TranslationError,
     Usage,
+    parse_data_url,
 )
 
 __all__ = [
@@ -422,13 +423,12 @@ def _with_cache(block: dict[str, Any], cc: CacheControl | None) -> dict[str, Any
 def _image_block(img: Image, param: str) -> dict[str, Any]:
     url = img.url
     if url is not None:
-        if url.startswith("data:"):
+        if url[:5].lower() == "data:":
             # OpenAI clients send inline images as data URLs; Anthropic wants them as a base64 source.
-            header, sep, data = url[5:].partition(",")
-            media_type, _, encoding = header.partition(";")
-            if not sep or encoding != "base64" or not media_type:
+            inline = parse_data_url(url)
+            if inline is None:
                 _fail("image data URLs must be base64 with a media type", f"{param}.url")
-            source: dict[str, Any] = {"type": "base64", "media_type": media_type, "data": data}
+            source: dict[str, Any] = {"type": "base64", "media_type": inline[0], "data": inline[1]}
         else:
             source = {"type": "url", "url": url}
     elif img.data is not None:

@@ -249,6 +249,18 @@ StreamEvent = (
 )
 
 
+def parse_data_url(url: str) -> tuple[str, str] | None:
+    """(media type, base64 payload) of a `data:<type>[;param…];base64,<payload>` URL; None for anything else
+    (an ordinary URL, or a data URL that is not base64 or has no media type)."""
+    if url[:5].lower() != "data:":
+        return None
+    header, comma, payload = url[5:].partition(",")
+    media_type, _, encoding = header.rpartition(";")
+    if not comma or encoding.lower() != "base64" or not media_type:
+        return None
+    return media_type.split(";", 1)[0], payload
+
+
 class TranslationError(ValueError):
     """The inbound request cannot be expressed for the target (named field and reason)."""
 

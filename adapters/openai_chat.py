@@ -49,6 +49,7 @@ from .base import (
     ToolResult,
     TranslationError,
     Usage,
+    parse_data_url,
 )
 
 __all__ = [
@@ -298,12 +299,9 @@ def _decode_image(part: dict[str, Any], where: str) -> Image:
     if detail is not None and not isinstance(detail, str):
         raise TranslationError(f"'{where}.image_url.detail' must be a string.", f"{where}.image_url.detail")
     cc = _cache_control(part)
-    if url.startswith("data:"):
-        header, sep, payload = url[5:].partition(",")
-        if sep and header.endswith(";base64"):
-            media_type = header.partition(";")[0]
-            if media_type:
-                return Image(media_type=media_type, data=payload, detail=detail, cache_control=cc)
+    inline = parse_data_url(url)
+    if inline is not None:
+        return Image(media_type=inline[0], data=inline[1], detail=detail, cache_control=cc)
     # Non-base64 data URLs stay URLs: there are no raw bytes to carry without decoding them.
     return Image(url=url, detail=detail, cache_control=cc)
 

@@ -50,6 +50,7 @@ from adapters.base import (
     ToolResult,
     TranslationError,
     Usage,
+    parse_data_url,
 )
 
 __all__ = ["StreamEncoder", "decode_request", "encode_response"]
@@ -281,15 +282,13 @@ def _decode_image(part: dict[str, Any], param: str) -> Image:
     cache = _cache_control(part, param)
     if url[:5].lower() != "data:":
         return Image(url=url, detail=detail, cache_control=cache)
-    header, comma, data = url[5:].partition(",")
-    media_type, _, encoding = header.rpartition(";")
-    if not comma or encoding.lower() != "base64" or not media_type:
+    inline = parse_data_url(url)
+    if inline is None:
         raise TranslationError(
             f"`{param}.image_url` must be an https URL or a base64 data URL (data:image/png;base64,…).",
             f"{param}.image_url",
         )
-    # Drop data-URL parameters (`;name=…`): only the MIME type is meaningful upstream.
-    return Image(media_type=media_type.split(";", 1)[0], data=data, detail=detail, cache_control=cache)
+    return Image(media_type=inline[0], data=inline[1], detail=detail, cache_control=cache)
 
 
 def _text_only(parts: list[Text | Image], param: str, role: str) -> list[Text]:
