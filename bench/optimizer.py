@@ -16,9 +16,9 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from bench import write_section
 from tests.optimize.corpus import DIFF, _grep, _orders_json, _service_log, all_cases
 from tests.optimize.test_pipeline import _strings
 from worker import tokens
@@ -27,8 +27,6 @@ from worker.optimize.facts import find_facts
 from worker.optimize.kinds import compress_tool_output
 from worker.optimize.pipeline import Options, optimize
 
-README = Path(__file__).resolve().parent / "README.md"
-START, END = "<!-- optimizer:start -->", "<!-- optimizer:end -->"
 GOALS = {"json": 0.70, "log": 0.60, "search": 0.50, "diff": 0.30, "session": 0.55}
 
 
@@ -141,7 +139,7 @@ def main() -> int:
         if key in GOALS:
             ok = saved >= GOALS[key] and kept == 1.0
             lines.append(
-                f"| {name}: >= {GOALS[key]:.0%} saved, 100% facts | {saved:.0%}, {kept:.0%} | "
+                f"| {name}: >= {GOALS[key]:.0%} saved, 100% facts | {saved:.1%}, {kept:.0%} | "
                 f"{'yes' if ok else 'no'} |"
             )
     ratios = sorted(r[7] / r[8] for r in rows)
@@ -153,12 +151,7 @@ def main() -> int:
     report_text = "\n".join(lines)
     print(report_text)
     if not args.no_write:
-        text = README.read_text()
-        if START not in text:
-            text += f"\n## optimizer\n\n```sh\n.venv/bin/python -m bench.optimizer\n```\n\n{START}\n{END}\n"
-        head, _, rest = text.partition(START)
-        _, _, tail = rest.partition(END)
-        README.write_text(head + START + "\n" + report_text + "\n" + END + tail)
+        write_section("optimizer", report_text)
     return 0
 
 

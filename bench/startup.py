@@ -2,7 +2,7 @@
 
     python -m bench.startup [--runs 5]
 
-Goal: ready in under 2 s. Writes its line into bench/README.md.
+Goal: ready in under 2 s. Writes its line into README.md and bench/README.md.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench import write_section
+
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "bench" / "README.md"
-START, END = "<!-- startup:start -->", "<!-- startup:end -->"
 
 
 def free_port() -> int:
@@ -74,10 +74,7 @@ def main() -> int:
     )
     print(line)
     if not args.no_write:
-        text = README.read_text()
-        head, _, rest = text.partition(START)
-        _, _, tail = rest.partition(END)
-        README.write_text(head + START + "\n" + line + "\n" + END + tail)
+        write_section("startup", line)
     return 0
 
 

@@ -4,7 +4,7 @@ pass-through proxy, this worker (auth on) and LiteLLM, non-streaming and streami
     python -m bench.proxy_overhead [--duration 5] [--skip-litellm] [--no-write]
 
 Everything runs on loopback, one target at a time (so targets do not compete for the two cores), each
-bounded by --duration. Writes the table into bench/README.md and raw numbers into bench/results/.
+bounded by --duration. Writes the table into README.md and bench/README.md, and raw numbers into bench/results/.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench import write_section
+
 ROOT = Path(__file__).resolve().parents[2]
 LITELLM_START = ROOT.parent / "shared" / "peers" / "litellm" / "start.sh"
-README = ROOT / "bench" / "README.md"
 RESULTS = ROOT / "bench" / "results" / "proxy_overhead.json"
-START, END = "<!-- proxy_overhead:start -->", "<!-- proxy_overhead:end -->"
 MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
 
 
@@ -282,10 +282,7 @@ def main() -> int:
         RESULTS.write_text(
             json.dumps({"runs": [asdict(r) for r in runs], "peak_rss_mib": rss}, indent=2) + "\n"
         )
-        text = README.read_text()
-        head, _, rest = text.partition(START)
-        _, _, tail = rest.partition(END)
-        README.write_text(head + START + "\n" + report + "\n" + END + tail)
+        write_section("proxy_overhead", report)
     return 0
 
 
