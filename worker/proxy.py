@@ -103,6 +103,7 @@ async def proxy(
     trex = body.pop("trex", None)
     body.pop("trex_accounting", None)
     route = resolve(model, gw.models)
+    api_key = await provider_key(request, gw, key, route.provider)  # fail fast, before any optimizer work
     options = resolve_options(
         trex, request.headers, gw.optimize_mode, gw.protect_recent_turns, key_mode=key.optimize_mode
     )
@@ -115,14 +116,7 @@ async def proxy(
         options = dataclasses.replace(options, frozen_items=replay.replayed)
     report = await run_optimizer(fmt, body, options, request.content_length or 0)
     report.note_session(replay.replayed, replay.reoptimize)
-    if replay.field is not None and (client_session or len(body[replay.field]) > 1):
-        request[CTX].wait_until(
-            sessions.remember(
-                gw.kv, key.id, session, fmt, body, replay, report.optimized_tokens, gw.session_ttl_seconds
-            )
-        )
     wire: UpstreamWire = "responses" if fmt == "responses" and route.provider == "openai" else route.wire
-    api_key = await provider_key(request, gw, key, route.provider)
     stream = body.get("stream") is True
 
     wants_usage = True
@@ -133,9 +127,8 @@ async def proxy(
             stream_options = body.get("stream_options")
             stream_options = dict(stream_options) if isinstance(stream_options, dict) else {}
             wants_usage = stream_options.get("include_usage") is True
-            stream_options["include_usage"] = (
-                True  # we always need the usage; the client sees it only if it asked
-            )
+            # We always need the usage; the client sees the usage chunk only if it asked for it.
+            stream_options["include_usage"] = True
             upstream_body["stream_options"] = stream_options
         canonical: Request | None = None
     else:
@@ -165,6 +158,13 @@ async def proxy(
     try:
         if upstream.status >= 400:
             return await _error_response(request, upstream, fmt, wire, out_headers)
+        if replay.field is not None and (client_session or len(body[replay.field]) > 1):
+            # Remember what was forwarded once the upstream has accepted it, after the response.
+            request[CTX].wait_until(
+                sessions.remember(
+                    gw.kv, key.id, session, fmt, body, replay, report.optimized_tokens, gw.session_ttl_seconds
+                )
+            )
         is_sse = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
         if stream and is_sse:
             relay = _make_relay(fmt, wire, route, body, wants_usage)
