@@ -37,7 +37,7 @@ def one_start(tmp: Path) -> float:
     (tmp / ".dev.vars").write_text("TREX_MASTER_KEY=" + "s" * 40 + "\n")
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "dev", "--config", str(cfg), "--port", str(port)],
+        [sys.executable, "-m", "worker", "dev", "--config", str(cfg), "--port", str(port)],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, Any
 
 from kv.base import KeyInfo, KVNamespace, ListResult
 from kv.clock import Clock, ManualClock
@@ -17,8 +18,10 @@ from kv.errors import (
     ValueTooLargeError,
 )
 from kv.memory import MemoryKV
-from kv.redis import RedisKV
 from kv.sqlite import SqliteKV
+
+if TYPE_CHECKING:
+    from kv.redis import RedisKV
 
 __all__ = [
     "Clock",
@@ -39,6 +42,15 @@ __all__ = [
     "ValueTooLargeError",
     "open_kv",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # redis-py costs ~7 MB of resident memory on import: only a worker configured for Redis pays for it.
+    if name == "RedisKV":
+        from kv.redis import RedisKV
+
+        return RedisKV
+    raise AttributeError(f"module 'kv' has no attribute {name!r}")
 
 
 async def open_kv(url: str, *, clock: Clock = time.time, namespace: str = "trex") -> KVNamespace:
@@ -63,5 +75,7 @@ async def open_kv(url: str, *, clock: Clock = time.time, namespace: str = "trex"
         await sqlite_kv.connect()
         return sqlite_kv
     if scheme in ("redis", "rediss"):
+        from kv.redis import RedisKV
+
         return RedisKV(url, clock=clock, namespace=namespace)
     raise KVError(f"unsupported KV URL scheme {scheme!r}; expected memory, sqlite, redis or rediss")

@@ -133,7 +133,7 @@ class WorkerProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "dev", *self.args],
+            [sys.executable, "-m", "worker", "dev", *self.args],
             cwd=self.cwd,
             stdout=subprocess.PIPE,
             stderr=self._log,

@@ -23,7 +23,7 @@ def trex(
     *argv: str, stdin: bytes | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *argv],
+        [sys.executable, "-m", "worker", *argv],
         cwd=ROOT,
         input=stdin,
         capture_output=True,
@@ -114,7 +114,7 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path, spawn_worker: Callable[...
         [
             sys.executable,
             "-m",
-            "worker.cli",
+            "worker",
             "dev",
             "--config",
             str(tmp_path / "wrangler_local.toml"),

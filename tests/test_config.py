@@ -164,7 +164,7 @@ def test_cli_exits_2_with_one_clear_error(tmp_path: Path) -> None:
         ["kv", "list", "--config", str(path)],
     ):
         proc = subprocess.run(
-            [sys.executable, "-m", "worker.cli", *argv], cwd=ROOT, capture_output=True, text=True
+            [sys.executable, "-m", "worker", *argv], cwd=ROOT, capture_output=True, text=True
         )
         assert proc.returncode == 2, proc.stderr
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]

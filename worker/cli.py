@@ -20,14 +20,14 @@ import msgspec
 from kv import KVError, KVNamespace, open_kv
 
 from .auth import PROVIDERS, KeyStore
-from .config import Config, ConfigError, Overrides
+from .config import Config, ConfigError, ConfigSource, Overrides
 from .errors import GatewayError
 from .handlers.health import VERSION
 from .optimize.base import MODES
 from .optimize.pipeline import PROFILES, optimize
 from .optimize.segments import detect_format
 from .optimizing import compression_object, resolve_options, validate_payload
-from .server import ConfigSource, run
+from .server import run
 from .vault import MASTER_KEY_NAME, Vault, VaultError, ensure_master_key
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -318,7 +318,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAIL
     parser.error(f"unknown command {args.command}")
     return EXIT_USAGE  # unreachable: parser.error exits
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -379,3 +379,14 @@ def _positive(value: Any, source: str, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ConfigError(source, key, f"expected a positive number, got {value!r}")
     return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSource:
+    """How to rebuild the config in a child process (Config itself holds unpicklable mapping proxies)."""
+
+    path: str | None
+    overrides: Overrides
+
+    def load(self) -> Config:
+        return load_config(self.path, self.overrides)

@@ -16,7 +16,6 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import uvloop
@@ -24,8 +23,9 @@ from aiohttp import web
 
 from kv import KVError
 
+from . import entry, tokens
 from .app import create_app
-from .config import Config, Overrides, load_config
+from .config import Config, ConfigSource
 from .logs import setup_logging
 from .vault import MASTER_KEY_NAME, ensure_master_key
 
@@ -36,21 +36,15 @@ class ServeError(Exception):
     """The server could not start (port taken, KV unreachable …)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ConfigSource:
-    """How to rebuild the config in a child process (Config itself holds unpicklable mapping proxies)."""
-
-    path: str | None
-    overrides: Overrides
-
-    def load(self) -> Config:
-        return load_config(self.path, self.overrides)
-
-
 async def serve(
     config: Config, *, reuse_port: bool = False, on_ready: Callable[[str], None] | None = None
 ) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully."""
+    # The tokenizer every proxied request counts with: loaded before the first request, not during it.
+    try:
+        await asyncio.to_thread(tokens.preload)
+    except tokens.TokenizerError as exc:
+        raise ServeError(f"cannot load the tokenizer: {exc}") from exc
     try:
         app = await create_app(config)
     except KVError as exc:
@@ -115,7 +109,7 @@ def _announce(url: str, config: Config, workers: int) -> None:
     print(f"trex dev: ready on {url} (kv: {config.kv_url}, workers: {workers}{env})", flush=True)
 
 
-def _child(source: ConfigSource, conn: multiprocessing.connection.Connection) -> None:
+def child(source: ConfigSource, conn: multiprocessing.connection.Connection) -> None:
     config = source.load()
     setup_logging(config.log_format)
 
@@ -136,7 +130,8 @@ def _supervise(source: ConfigSource, config: Config, workers: int) -> int:
     conns: list[multiprocessing.connection.Connection] = []
     for _ in range(workers):
         parent_end, child_end = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_child, args=(source, child_end), daemon=False)
+        # The target lives in a light module so each child loads the tokenizer before the heavy imports.
+        proc = ctx.Process(target=entry.child, args=(source, child_end), daemon=False)
         proc.start()
         child_end.close()
         procs.append(proc)

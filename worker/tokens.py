@@ -11,9 +11,14 @@ older ones. Claude has no public tokenizer; its counts use o200k_base and are la
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
+import gc
 import gzip
 import hashlib
 import os
+import sys
 import tempfile
 from functools import lru_cache
 from importlib.resources import files
@@ -74,6 +79,28 @@ def encoding(name: str) -> tiktoken.Encoding:
     # Rust core has its own. We never pickle encodings, so let the copy go.
     enc._mergeable_ranks = {}
     return enc
+
+
+_preloaded: set[str] = set()
+
+
+def preload(name: str = "o200k_base") -> None:
+    """Load an encoding now (at start-up, not on the first request) and give its load-time garbage back.
+
+    Loading builds a ~22 MB Python rank table that tiktoken's Rust core copies and we then drop; glibc keeps
+    the freed pages unless asked, so they are trimmed here, once.
+    """
+    if name in _preloaded:
+        return
+    encoding(name)
+    _preloaded.add(name)
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        libc_name = ctypes.util.find_library("c")
+        if libc_name:
+            # Not glibc (musl has no malloc_trim): nothing to give back.
+            with contextlib.suppress(OSError, AttributeError):
+                ctypes.CDLL(libc_name).malloc_trim(0)
 
 
 def encoding_for_model(model: str) -> tuple[str, bool]:

@@ -102,6 +102,23 @@ def tree_peak_rss_mib(pid: int, field: str = "VmHWM") -> float:
     return total / 1024
 
 
+_FLOOR_PROBE = """
+from worker import tokens
+tokens.preload()
+import aiohttp.web
+import re
+status = open("/proc/self/status").read()
+print(*(re.search(field + r":\\s+(\\d+) kB", status).group(1) for field in ("VmHWM", "VmRSS")))
+"""
+
+
+def floor_rss_mib() -> tuple[float, float]:
+    """(peak, current) RSS of a process holding only Python, aiohttp and the o200k tokenizer."""
+    out = subprocess.run([sys.executable, "-c", _FLOOR_PROBE], capture_output=True, text=True, check=True)
+    peak, current = (int(x) / 1024 for x in out.stdout.split())
+    return peak, current
+
+
 def _ms(value: str) -> float:
     m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value)
     if not m:
@@ -177,7 +194,7 @@ def setup_trex(tmp: Path, upstream: str) -> tuple[Path, str]:
         f'[local]\npersist_to = "{tmp / "state"}"\n'
     )
     (tmp / ".dev.vars").write_text("TREX_MASTER_KEY=" + "b" * 48 + "\n")
-    cli = [sys.executable, "-m", "worker.cli"]
+    cli = [sys.executable, "-m", "worker"]
     created = json.loads(
         subprocess.run(
             [*cli, "keys", "create", "--config", str(cfg), "--name", "bench", "--json"],
@@ -238,7 +255,7 @@ def main() -> int:
         targets.append(
             (
                 "trex",
-                [sys.executable, "-m", "worker.cli", "dev", "--config", str(cfg), "--port", str(port)],
+                [sys.executable, "-m", "worker", "dev", "--config", str(cfg), "--port", str(port)],
                 f"http://127.0.0.1:{port}",
                 "gpt-4o-mini",
                 {"Authorization": f"Bearer {key}"},
@@ -271,6 +288,7 @@ def main() -> int:
             stop(proc)
             procs.remove(proc)
         rss["upstream"] = tree_peak_rss_mib(procs[0].pid)
+        rss["floor"], rss["floor:steady"] = floor_rss_mib()
     finally:
         for proc in procs:
             stop(proc)
@@ -324,6 +342,13 @@ def render(runs: list[Run], rss: dict[str, float], duration: float) -> str:
         goals.append(("peak RSS <= 80 MiB", f"{rss['trex']:.0f} MiB", rss["trex"] <= 80))
     lines += ["| goal | measured | met |", "| --- | ---: | :---: |"]
     lines += [f"| {g} | {v} | {'yes' if ok else 'no'} |" for g, v, ok in goals]
+    if "floor" in rss:
+        lines += [
+            "",
+            f"Memory floor in this run: a process holding only Python, aiohttp and tiktoken's o200k tokenizer "
+            f"(which every request is counted with) holds {rss['floor:steady']:.0f} MiB "
+            f"({rss['floor']:.0f} MiB peak while the tokenizer loads), before any gateway code.",
+        ]
     return "\n".join(lines)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,13 @@ def test_redis_url_with_bad_port() -> None:
     """A malformed Redis URL is a KVError, not a stray ValueError."""
     with pytest.raises(KVError):
         RedisKV("redis://127.0.0.1:notaport/0")
+
+
+def test_redis_client_is_imported_only_when_a_redis_kv_is_used() -> None:
+    # redis-py costs several MB of resident memory; a worker on SQLite must not load it.
+    probe = (
+        "import sys, worker.server, kv; before = 'redis' in sys.modules; kv.RedisKV; "
+        "print(before, 'redis' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
