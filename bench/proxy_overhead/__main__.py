@@ -1,10 +1,11 @@
 """Proxy overhead benchmark: the same wrk load against a fake OpenAI upstream directly, a minimal aiohttp
 pass-through proxy, this worker (auth on) and LiteLLM, non-streaming and streaming, at concurrency 1 and 32.
 
-    python -m bench.proxy_overhead [--duration 5] [--skip-litellm] [--no-write]
+    python -m bench.proxy_overhead [--duration 5] [--rounds 3] [--skip-litellm] [--no-write]
 
-Everything runs on loopback, one target at a time (so targets do not compete for the two cores), each
-bounded by --duration. Writes the table into README.md and bench/README.md, and raw numbers into bench/results/.
+Everything runs on loopback, one load at a time (so targets do not compete for the two cores), each bounded
+by --duration. The upstream, the pass-through and the worker are measured in turns, cell by cell, for
+several rounds, and the median round is reported, so machine drift does not skew their ratios. Writes the table into README.md and bench/README.md, and raw numbers into bench/results/.
 """
 
 from __future__ import annotations
@@ -167,23 +168,58 @@ def wrk(
     return {"rps": rps, "p50": p50, "p99": p99, "requests": requests, "errors": errors}
 
 
-def measure(target: str, url: str, model: str, headers: dict[str, str], duration: float) -> list[Run]:
-    runs = []
+CELLS = [(mode, conc) for mode in ("non-stream", "stream") for conc in (1, 32)]
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    model: str
+    headers: dict[str, str]
+
+
+def _body(model: str, mode: str) -> dict[str, object]:
+    body: dict[str, object] = {"model": model, "messages": MESSAGES}
+    if mode == "stream":
+        body["stream"] = True
+    return body
+
+
+def run_cell(t: Target, mode: str, conc: int, duration: float) -> Run:
+    r = wrk(t.url, _body(t.model, mode), t.headers, conc, duration)
+    print(
+        f"  {t.name:<12} {mode:<10} c={conc:<3} {r['rps']:>9.1f} rps  p50 {r['p50']:.2f} ms  "
+        f"p99 {r['p99']:.2f} ms  errors {int(r['errors'])}",
+        flush=True,
+    )
+    return Run(t.name, mode, conc, r["rps"], r["p50"], r["p99"], int(r["requests"]), int(r["errors"]))
+
+
+def warm_up(t: Target) -> None:
     for mode in ("non-stream", "stream"):
-        body: dict[str, object] = {"model": model, "messages": MESSAGES}
-        if mode == "stream":
-            body["stream"] = True
-        wrk(url, body, headers, 8, 1.0)  # warm-up: pools, caches, JIT-free but lazy imports
-        for conc in (1, 32):
-            r = wrk(url, body, headers, conc, duration)
-            runs.append(
-                Run(target, mode, conc, r["rps"], r["p50"], r["p99"], int(r["requests"]), int(r["errors"]))
-            )
-            print(
-                f"  {target:<12} {mode:<10} c={conc:<3} {r['rps']:>9.1f} rps  p50 {r['p50']:.2f} ms  "
-                f"p99 {r['p99']:.2f} ms  errors {int(r['errors'])}",
-                flush=True,
-            )
+        wrk(t.url, _body(t.model, mode), t.headers, 8, 1.0)  # pools, caches, lazy imports
+
+
+def measure_interleaved(targets: list[Target], duration: float, rounds: int) -> list[Run]:
+    """Each cell for every target back to back, repeated `rounds` times; the median round per cell is kept.
+
+    The machine's speed drifts over minutes (two cores, shared); measuring the targets a ratio compares
+    within seconds of each other, several times, keeps that drift out of the ratios.
+    """
+    for t in targets:
+        warm_up(t)
+    samples: dict[tuple[str, str, int], list[Run]] = {}
+    for i in range(rounds):
+        print(f"round {i + 1}/{rounds}", flush=True)
+        for mode, conc in CELLS:
+            for t in targets:
+                samples.setdefault((t.name, mode, conc), []).append(run_cell(t, mode, conc, duration))
+    runs = []
+    for t in targets:
+        for mode, conc in CELLS:
+            ordered = sorted(samples[(t.name, mode, conc)], key=lambda r: r.rps)
+            runs.append(ordered[len(ordered) // 2])
     return runs
 
 
@@ -216,6 +252,7 @@ def setup_trex(tmp: Path, upstream: str) -> tuple[Path, str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
     ap.add_argument("--skip-litellm", action="store_true")
     ap.add_argument("--no-write", action="store_true", help="print only; leave bench/README.md alone")
     args = ap.parse_args()
@@ -235,65 +272,48 @@ def main() -> int:
         )
         wait_http(upstream + "/health", 20)  # 404 means it is serving
         print(f"upstream on {upstream}", flush=True)
-        runs += measure("upstream", upstream + "/v1/chat/completions", "gpt-4o-mini", {}, args.duration)
-
-        targets: list[tuple[str, list[str], str, str, dict[str, str], str, dict[str, str]]] = []
-        port = free_port()
-        targets.append(
-            (
-                "passthrough",
-                [sys.executable, "-m", "bench.proxy_overhead.passthrough", str(port), upstream + "/v1"],
-                f"http://127.0.0.1:{port}",
-                "gpt-4o-mini",
-                {},
-                "/v1/chat/completions",
-                {},
-            )
-        )
         cfg, key = setup_trex(tmp, upstream)
+        local = [Target("upstream", upstream + "/v1/chat/completions", "gpt-4o-mini", {})]
         port = free_port()
-        targets.append(
-            (
-                "trex",
-                [sys.executable, "-m", "worker", "dev", "--config", str(cfg), "--port", str(port)],
-                f"http://127.0.0.1:{port}",
-                "gpt-4o-mini",
-                {"Authorization": f"Bearer {key}"},
-                "/health",
-                {},
-            )
-        )
-        if not args.skip_litellm:
-            port = free_port()
-            targets.append(
-                (
-                    "litellm",
-                    ["bash", str(LITELLM_START), upstream + "/v1", str(port), "1"],
-                    f"http://127.0.0.1:{port}",
-                    "mock-gpt",
-                    {"Authorization": "Bearer sk-peer-master-1234"},
-                    "/health/liveliness",
-                    {},
-                )
-            )
-
-        for name, argv, base, model, headers, ready_path, env in targets:
-            proc = start(argv, tmp / f"{name}.log", env)
-            procs.append(proc)
-            wait_http(base + ready_path, 300 if name == "litellm" else 30, headers)
-            print(f"{name} ready on {base}", flush=True)
-            runs += measure(name, base + "/v1/chat/completions", model, headers, args.duration)
+        argv = [sys.executable, "-m", "bench.proxy_overhead.passthrough", str(port), upstream + "/v1"]
+        procs.append(start(argv, tmp / "passthrough.log"))
+        wait_http(f"http://127.0.0.1:{port}/v1/chat/completions", 30)
+        local.append(Target("passthrough", f"http://127.0.0.1:{port}/v1/chat/completions", "gpt-4o-mini", {}))
+        port = free_port()
+        argv = [sys.executable, "-m", "worker", "dev", "--config", str(cfg), "--port", str(port)]
+        procs.append(start(argv, tmp / "trex.log"))
+        wait_http(f"http://127.0.0.1:{port}/health", 30)
+        auth = {"Authorization": f"Bearer {key}"}
+        local.append(Target("trex", f"http://127.0.0.1:{port}/v1/chat/completions", "gpt-4o-mini", auth))
+        print("upstream, passthrough and trex ready", flush=True)
+        # Idle targets use no CPU, so all three stay up and are measured in turns.
+        runs += measure_interleaved(local, args.duration, args.rounds)
+        for name, proc in zip(("upstream", "passthrough", "trex"), procs, strict=True):
             rss[name] = tree_peak_rss_mib(proc.pid)
             rss[name + ":steady"] = tree_peak_rss_mib(proc.pid, "VmRSS")
+        for proc in procs[1:]:
             stop(proc)
-            procs.remove(proc)
-        rss["upstream"] = tree_peak_rss_mib(procs[0].pid)
+        del procs[1:]
         rss["floor"], rss["floor:steady"] = floor_rss_mib()
+
+        if not args.skip_litellm:
+            # LiteLLM is two orders of magnitude slower and its own process tree is large: one pass, alone.
+            port = free_port()
+            proc = start(["bash", str(LITELLM_START), upstream + "/v1", str(port), "1"], tmp / "litellm.log")
+            procs.append(proc)
+            peer_auth = {"Authorization": "Bearer sk-peer-master-1234"}
+            wait_http(f"http://127.0.0.1:{port}/health/liveliness", 300, peer_auth)
+            print("litellm ready", flush=True)
+            lite = Target("litellm", f"http://127.0.0.1:{port}/v1/chat/completions", "mock-gpt", peer_auth)
+            warm_up(lite)
+            runs += [run_cell(lite, mode, conc, args.duration) for mode, conc in CELLS]
+            rss["litellm"] = tree_peak_rss_mib(proc.pid)
+            rss["litellm:steady"] = tree_peak_rss_mib(proc.pid, "VmRSS")
     finally:
         for proc in procs:
             stop(proc)
 
-    report = render(runs, rss, args.duration)
+    report = render(runs, rss, args.duration, args.rounds)
     print(report)
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -304,12 +324,13 @@ def main() -> int:
     return 0
 
 
-def render(runs: list[Run], rss: dict[str, float], duration: float) -> str:
+def render(runs: list[Run], rss: dict[str, float], duration: float, rounds: int) -> str:
     by = {(r.target, r.mode, r.concurrency): r for r in runs}
     up = {(m, c): by[("upstream", m, c)] for m in ("non-stream", "stream") for c in (1, 32)}
     lines = [
-        f"Run on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, wrk -t1, {duration:g} s per cell, "
-        "one target at a time against the same fake upstream.",
+        f"Run on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, wrk -t1, {duration:g} s per cell, one "
+        f"load at a time against the same fake upstream; upstream, pass-through and trex measured in turns, "
+        f"{rounds} rounds, median round per cell; LiteLLM one round, alone.",
         "",
         "| target | mode | conc. | RPS | p50 ms | p99 ms | added p50 ms | errors | peak RSS MiB | RSS after MiB |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",

@@ -106,6 +106,9 @@ def optimize(fmt: Format, body: dict[str, Any], options: Options) -> Report:
     query = "\n".join(s.text for s in segments if s.kind == "user" and s.turn == latest_user_turn)
     ctx = Context(mode=options.mode, query=query, profile=options.profile)
     candidates = [s for s in segments if not s.pinned and s.turn != latest_user_turn]
+    if not candidates:  # e.g. a first turn: only pinned content and the latest user turn, which stay whole
+        report.time_ms = _elapsed(started)
+        return report
     frozen = {id(s) for s in candidates if s.item < options.frozen_items}
     prose_horizon = turns - options.protect_recent_turns
     undo: list[tuple[Segment, str]] = []
