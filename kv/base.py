@@ -162,6 +162,23 @@ class KVNamespace(abc.ABC):
             metadata=metadata,
         )
 
+    async def put_many(
+        self,
+        entries: Sequence[tuple[str, bytes | str, Metadata | None]],
+        *,
+        expiration_ttl: int | None = None,
+    ) -> None:
+        """Store several `(key, value, metadata)` entries with one TTL, in as few backend round trips as
+        the backend allows (one statement per few hundred keys on SQLite, one pipeline on Redis).
+
+        Every entry is validated before anything is written. A batch is not a transaction: after a backend
+        failure some entries may be stored and others not.
+        """
+        now = self._clock()
+        writes = [self._prepare_write(k, v, expiration_ttl, None, m, now) for k, v, m in entries]
+        if writes:
+            await self._put_many(writes, now)
+
     async def put_if_absent(
         self,
         key: str,
@@ -259,6 +276,11 @@ class KVNamespace(abc.ABC):
     @abc.abstractmethod
     async def _put(self, write: Write, now: float) -> None:
         """Atomically replace the entry for ``write.key`` (value, metadata and expiration)."""
+
+    async def _put_many(self, writes: Sequence[Write], now: float) -> None:
+        """Backends with a batch path override this; the default writes one by one."""
+        for write in writes:
+            await self._put(write, now)
 
     @abc.abstractmethod
     async def _put_if_absent(self, write: Write, now: float) -> bool:

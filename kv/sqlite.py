@@ -38,6 +38,12 @@ _UPSERT = (
 # The conflict branch only fires over an expired row, and RETURNING yields a row only when
 # something was written, so one statement both decides and reports the outcome atomically.
 _INSERT_IF_ABSENT = _UPSERT + " WHERE kv.expiration IS NOT NULL AND kv.expiration <= ? RETURNING 1"
+_UPSERT_MANY_HEAD = "INSERT INTO kv (key, value, expiration, metadata) VALUES "
+_UPSERT_MANY_TAIL = (
+    " ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+    "expiration = excluded.expiration, metadata = excluded.metadata"
+)
+_ROWS_PER_STATEMENT = 500  # 4 parameters a row, well under SQLite's 32,766-parameter limit
 _DELETE = "DELETE FROM kv WHERE key = ?"
 _PURGE_EXPIRED = "DELETE FROM kv WHERE expiration IS NOT NULL AND expiration <= ?"
 
@@ -150,6 +156,17 @@ class SqliteKV(KVNamespace):
 
     async def _put(self, write: Write, now: float) -> None:
         await self._query(_UPSERT, (write.key, write.value, write.expiration, _metadata_text(write.metadata)))
+        await self._after_write(now)
+
+    async def _put_many(self, writes: Sequence[Write], now: float) -> None:
+        # One multi-row upsert per slice: a single statement is atomic and commits once.
+        for start in range(0, len(writes), _ROWS_PER_STATEMENT):
+            part = writes[start : start + _ROWS_PER_STATEMENT]
+            sql = _UPSERT_MANY_HEAD + ", ".join(["(?, ?, ?, ?)"] * len(part)) + _UPSERT_MANY_TAIL
+            params: list[object] = []
+            for w in part:
+                params += (w.key, w.value, w.expiration, _metadata_text(w.metadata))
+            await self._query(sql, params)
         await self._after_write(now)
 
     async def _put_if_absent(self, write: Write, now: float) -> bool:

@@ -431,3 +431,25 @@ async def test_put_if_absent_concurrent_single_winner(kv: KVNamespace) -> None:
     )
     assert results.count(True) == 1
     assert await kv.get_text("race") == f"contender-{results.index(True)}"
+
+
+async def test_put_many_writes_values_metadata_and_ttl(kv: KVNamespace, clock: ManualClock) -> None:
+    entries: list[tuple[str, bytes | str, dict[str, object] | None]] = [
+        (f"batch/{i:04d}", f"value {i}", {"n": i} if i % 2 else None) for i in range(1203)
+    ]
+    entries.append(("batch/0001", b"overwritten", {"n": -1}))  # a later entry for the same key wins
+    await kv.put_many(entries, expiration_ttl=120)
+    found = await list_all(kv, prefix="batch/")
+    assert len(found) == 1203
+    assert await kv.get_text("batch/0002") == "value 2"
+    assert await kv.get_with_metadata("batch/0001") == (b"overwritten", {"n": -1})
+    assert found[3].metadata == {"n": 3} and found[4].metadata is None
+    clock.advance(121)
+    assert await kv.get("batch/0002") is None
+
+
+async def test_put_many_validates_every_entry_before_writing(kv: KVNamespace) -> None:
+    with pytest.raises(InvalidKeyError):
+        await kv.put_many([("ok/1", b"x", None), ("", b"y", None)])
+    assert await kv.get("ok/1") is None
+    await kv.put_many([])  # nothing to do is not an error
