@@ -23,7 +23,7 @@ from aiohttp.typedefs import Middleware
 from kv import KVNamespace, open_kv
 
 from .accesslog import AccessLog
-from .appkeys import CONFIG, CTX, ENV, GATEWAY, REQUEST_ID, TASKS
+from .appkeys import CONFIG, CTX, ENV, GATEWAY, REQUEST_ID, STARTED, TASKS
 from .config import Config
 from .context import Env, ExecutionContext, TaskRegistry
 from .errors import (
@@ -35,7 +35,7 @@ from .errors import (
     error_format_for,
 )
 from .gateway import build_gateway
-from .handlers import compress, health, models
+from .handlers import compress, health, models, usage
 from .logs import redact_headers
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -63,6 +63,8 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/embeddings", models.embeddings),
     Route("GET", "/v1/models", models.list_models),
     Route("POST", "/v1/compress", compress.compress),
+    Route("GET", "/v1/usage", usage.usage_totals),
+    Route("GET", "/v1/usage/events/{id}", usage.usage_event),
 )
 
 
@@ -119,6 +121,7 @@ def make_edge_middleware(config: Config, access: AccessLog | None) -> Middleware
         started = time.perf_counter()
         rid = request_id(request)
         request[REQUEST_ID] = rid
+        request[STARTED] = started
         request[CTX] = ExecutionContext(request.app[TASKS])
         status = 500
         try:
@@ -201,5 +204,11 @@ async def create_app(
         if access is not None:
             access.close()
 
+    async def _startup(app: web.Application) -> None:
+        usage = app[GATEWAY].usage
+        if usage is not None:
+            usage.start()
+
+    app.on_startup.append(_startup)
     app.on_cleanup.append(_cleanup)
     return app

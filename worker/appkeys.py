@@ -15,3 +15,5 @@ GATEWAY = web.AppKey("gateway", Gateway)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CTX = web.RequestKey("ctx", ExecutionContext)
+STARTED = web.RequestKey("started", float)
+"""`time.perf_counter()` when the request reached the worker."""

@@ -41,6 +41,9 @@ DEFAULT_VARS: Mapping[str, str] = MappingProxyType(
         "PROTECT_RECENT_TURNS": "2",
         "SESSION_TTL_SECONDS": "86400",
         "SESSION_REOPTIMIZE_TOKENS": "100000",
+        "USAGE_ACCOUNTING": "on",
+        "USAGE_FLUSH_SECONDS": "1",
+        "USAGE_RETENTION_DAYS": "90",
     }
 )
 # Vars that must parse as positive numbers; checked at load so nothing fails later on a request.
@@ -54,6 +57,8 @@ NUMERIC_VARS = frozenset(
         "DEFAULT_MAX_TOKENS",
         "SESSION_TTL_SECONDS",
         "SESSION_REOPTIMIZE_TOKENS",
+        "USAGE_FLUSH_SECONDS",
+        "USAGE_RETENTION_DAYS",
     }
 )
 
@@ -64,7 +69,19 @@ SECRET_NAME_RE = re.compile(r"(?:^|_)(?:KEY|TOKEN|SECRET|PASSWORD)$")
 # Like wrangler: these are not inherited by `[env.NAME]` sections.
 NON_INHERITABLE = frozenset({"vars", "kv_namespaces", "models"})
 TOP_LEVEL_KEYS = frozenset(
-    {"name", "main", "compatibility_date", "vars", "kv_namespaces", "dev", "local", "env", "models"}
+    {
+        "name",
+        "main",
+        "compatibility_date",
+        "vars",
+        "kv_namespaces",
+        "dev",
+        "local",
+        "env",
+        "models",
+        "pricing",
+        "plans",
+    }
 )
 LOG_FORMATS = ("text", "json")
 KV_SCHEMES = ("memory://", "sqlite:///", "redis://", "rediss://")

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from adapters.transport import Timeouts, UpstreamClient
 from kv import KVNamespace
 
+from .accounting.events import UsageRecorder
+from .accounting.plans import parse_plans
+from .accounting.pricing import PriceTable, parse_price_overrides
 from .auth import KeyStore
 from .config import Config, ConfigError
 from .optimize.base import MODES
@@ -30,9 +33,13 @@ class Gateway:
     protect_recent_turns: int
     session_ttl_seconds: int
     session_budget_tokens: int
+    usage: UsageRecorder | None
+    """None when `USAGE_ACCOUNTING = "off"`."""
 
     async def close(self) -> None:
-        """Release the upstream connection pools."""
+        """Write the last usage events and release the upstream connection pools."""
+        if self.usage is not None:
+            await self.usage.close()
         await self.upstream.close()
 
 
@@ -50,6 +57,18 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
     if mode not in MODES:
         raise ConfigError(
             config.source, "vars.OPTIMIZE_MODE", f"expected one of {', '.join(MODES)}, got {mode!r}"
+        )
+    accounting = (config.var("USAGE_ACCOUNTING") or "on").strip().lower()
+    if accounting not in ("on", "off"):
+        raise ConfigError(config.source, "vars.USAGE_ACCOUNTING", f"expected on or off, got {accounting!r}")
+    usage = None
+    if accounting == "on":
+        usage = UsageRecorder(
+            kv,
+            PriceTable(parse_price_overrides(config.tables.get("pricing"), config.source)),
+            parse_plans(config.tables.get("plans"), config.source),
+            retention_seconds=max(60, int(config.number("USAGE_RETENTION_DAYS") * 86400)),
+            flush_seconds=config.number("USAGE_FLUSH_SECONDS"),
         )
     timeouts = Timeouts(
         connect=config.number("UPSTREAM_CONNECT_TIMEOUT"),
@@ -69,4 +88,5 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
         protect_recent_turns=int(config.number("PROTECT_RECENT_TURNS")),
         session_ttl_seconds=max(60, int(config.number("SESSION_TTL_SECONDS"))),
         session_budget_tokens=int(config.number("SESSION_REOPTIMIZE_TOKENS")),
+        usage=usage,
     )

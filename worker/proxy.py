@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, Protocol
 
@@ -40,8 +41,12 @@ from adapters.base import (
 from adapters.sse import SSEEvent, SSEParser, frame
 from adapters.transport import UpstreamUnavailable
 
-from . import sessions
-from .appkeys import CTX, REQUEST_ID
+from . import sessions, tokens
+from .accounting import claims, usage
+from .accounting.events import Begun, Outcome
+from .accounting.usage import Observed
+from .accounting.usage import billed_from_usage as _billed
+from .appkeys import CTX, REQUEST_ID, STARTED
 from .auth import KeyRecord, MissingProviderKeyError, credential_from_headers
 from .errors import (
     AuthenticationError,
@@ -55,6 +60,7 @@ from .errors import (
     error_format_for,
 )
 from .gateway import Gateway
+from .optimize.pipeline import Report, measure
 from .optimizing import resolve_options, savings_headers, session_id
 from .optimizing import run as run_optimizer
 from .routing import ModelRoute, Provider, resolve
@@ -101,20 +107,27 @@ async def proxy(
     if not isinstance(model, str) or not model:
         raise InvalidRequestError("'model' is required and must be a non-empty string.", param="model")
     trex = body.pop("trex", None)
-    body.pop("trex_accounting", None)
+    client_claims = claims.parse(body.pop("trex_accounting", None))
     route = resolve(model, gw.models)
     api_key = await provider_key(request, gw, key, route.provider)  # fail fast, before any optimizer work
+    encoding, exact = tokens.encoding_for_model(route.upstream_model)
     options = resolve_options(
         trex, request.headers, gw.optimize_mode, gw.protect_recent_turns, key_mode=key.optimize_mode
     )
+    options = dataclasses.replace(options, encoding=encoding)
     session, client_session = session_id(request.headers), "X-Session-Id" in request.headers
+    received_tokens: int | None = None
     if client_session:
+        # Replayed messages are what was forwarded before; "original" is counted on what the client sent.
+        received_tokens = measure(fmt, body, encoding)
         replay = await sessions.replay(gw.kv, key.id, session, fmt, body, gw.session_budget_tokens)
     else:  # a generated id is new: there is nothing stored to replay, so skip the KV read
         replay = sessions.fresh(fmt, body)
     if replay.replayed:
         options = dataclasses.replace(options, frozen_items=replay.replayed)
     report = await run_optimizer(fmt, body, options, request.content_length or 0)
+    if replay.replayed and received_tokens is not None:
+        report.original_tokens = max(received_tokens, report.optimized_tokens)
     report.note_session(replay.replayed, replay.reoptimize)
     wire: UpstreamWire = "responses" if fmt == "responses" and route.provider == "openai" else route.wire
     stream = body.get("stream") is True
@@ -140,23 +153,38 @@ async def proxy(
 
     url = _upstream_url(gw, route.provider, wire)
     headers = _upstream_headers(request, gw, route.provider, api_key)
-    try:
-        upstream = await gw.upstream.request(
-            route.provider, "POST", url, _encoder.encode(upstream_body), headers
-        )
-    except UpstreamUnavailable as exc:
-        raise UpstreamError(
-            f"Upstream {route.provider} unavailable: {exc}",
-            status=504 if exc.kind == "timeout" else 502,
-            code="upstream_timeout" if exc.kind == "timeout" else "upstream_unreachable",
-            headers={"X-Trex-Upstream-Provider": route.provider},
-        ) from exc
-
+    payload = _encoder.encode(upstream_body)
     out_headers = {"X-Trex-Upstream-Provider": route.provider, "X-Trex-Upstream-Model": route.upstream_model}
     out_headers.update(savings_headers(report, session))
+    if not exact:
+        out_headers["X-Trex-Token-Count"] = "estimate"
+    acct = await _begin_usage(
+        request, gw, key, route, model, stream, session, report, encoding, exact, payload, client_claims
+    )
+    if acct is not None:
+        out_headers["X-Trex-Usage-Event-Id"] = acct.event.id
+        out_headers["X-Trex-Guarantee-Status"] = await gw.usage.guarantee(key) if gw.usage else ""
+    sent = time.perf_counter()
+    try:
+        upstream = await gw.upstream.request(route.provider, "POST", url, payload, headers)
+    except UpstreamUnavailable as exc:
+        status = 504 if exc.kind == "timeout" else 502
+        _finish_usage(request, gw, acct, status, "upstream_failed", None)
+        raise UpstreamError(
+            f"Upstream {route.provider} unavailable: {exc}",
+            status=status,
+            code="upstream_timeout" if exc.kind == "timeout" else "upstream_unreachable",
+            headers=out_headers,
+        ) from exc
+    answered = time.perf_counter()
+
     out_headers.update(_forwarded_headers(upstream.headers))
+    if acct is not None:
+        overhead = (sent - acct.started) * 1000
+        out_headers["X-Trex-Proxy-Overhead-Ms"] = f"{overhead + (time.perf_counter() - answered) * 1000:.2f}"
     try:
         if upstream.status >= 400:
+            _finish_usage(request, gw, acct, upstream.status, "upstream_error", None)
             return await _error_response(request, upstream, fmt, wire, out_headers)
         if replay.field is not None and (client_session or len(body[replay.field]) > 1):
             # Remember what was forwarded once the upstream has accepted it, after the response.
@@ -168,30 +196,108 @@ async def proxy(
         is_sse = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
         if stream and is_sse:
             relay = _make_relay(fmt, wire, route, body, wants_usage)
-            return await _stream(request, upstream, relay, out_headers)
+            chunks: list[bytes] | None = [] if acct is not None else None
+            response, outcome = await _stream(request, upstream, relay, out_headers, chunks)
+            if acct is not None and chunks is not None:
+                request[CTX].wait_until(_account_stream(gw, acct, wire, chunks, outcome))
+            return response
         data = await upstream.read()  # bounded by the session's total and idle timeouts
         if fmt == wire and not stream:
+            if acct is not None:
+                request[CTX].wait_until(_account_body(gw, acct, upstream.status, wire, data))
             return web.Response(
                 body=data, status=upstream.status, headers=out_headers, content_type="application/json"
             )
         resp = _decode_response(wire, _decode_json(data, route.provider))
+        _finish_usage(request, gw, acct, upstream.status, "completed", Observed(_billed(resp.usage)))
         if stream:  # the upstream answered a stream request with one JSON body: replay it as a stream
             relay = _make_relay(fmt, "canonical", route, body, wants_usage)
             return await _replay(request, resp, relay, out_headers)
         doc = _encode_response(fmt, resp, body)
         return web.Response(body=_encoder.encode(doc), headers=out_headers, content_type="application/json")
     except TimeoutError as exc:
+        _finish_usage(request, gw, acct, 504, "upstream_failed", None)
         raise UpstreamError(
             f"Upstream {route.provider} timed out.", status=504, code="upstream_timeout", headers=out_headers
         ) from exc
     except aiohttp.ClientError as exc:
+        _finish_usage(request, gw, acct, 502, "upstream_failed", None)
         raise UpstreamError(
             f"Upstream {route.provider} failed: {exc.__class__.__name__}.",
             code="upstream_error",
             headers=out_headers,
         ) from exc
+    except GatewayError as exc:
+        _finish_usage(request, gw, acct, exc.status, "upstream_failed", None)
+        raise
     finally:
         upstream.release()
+
+
+# ---- usage accounting ------
+
+
+async def _begin_usage(
+    request: web.Request,
+    gw: Gateway,
+    key: KeyRecord,
+    route: ModelRoute,
+    model: str,
+    stream: bool,
+    session: str | None,
+    report: Report,
+    encoding: str,
+    exact: bool,
+    payload: bytes,
+    client_claims: claims.Claims,
+) -> Begun | None:
+    if gw.usage is None:
+        return None
+    started = request[STARTED]
+    return gw.usage.begin(
+        key=key,
+        route=request.path,
+        provider=route.provider,
+        model=model,
+        upstream_model=route.upstream_model,
+        stream=stream,
+        session_id=session,
+        original_tokens=report.original_tokens,
+        optimized_tokens=report.optimized_tokens,
+        encoding=encoding,
+        estimated=not exact,
+        bytes_before=len(await request.read()),  # aiohttp keeps the body it already read: no second read
+        bytes_after=len(payload),
+        claims=client_claims,
+        overhead_ms=round((time.perf_counter() - started) * 1000, 2),
+        started=started,
+    )
+
+
+def _finish_usage(
+    request: web.Request,
+    gw: Gateway,
+    acct: Begun | None,
+    status: int,
+    outcome: Outcome,
+    observed: Observed | None,
+) -> None:
+    if acct is not None and gw.usage is not None and acct.event.status == "pending":
+        request[CTX].wait_until(gw.usage.finish(acct, http_status=status, outcome=outcome, observed=observed))
+
+
+async def _account_body(gw: Gateway, acct: Begun, status: int, wire: UpstreamWire, data: bytes) -> None:
+    assert gw.usage is not None
+    await gw.usage.finish(
+        acct, http_status=status, outcome="completed", observed=Observed(usage.from_body(wire, data))
+    )
+
+
+async def _account_stream(
+    gw: Gateway, acct: Begun, wire: UpstreamWire, chunks: list[bytes], outcome: Outcome
+) -> None:
+    assert gw.usage is not None
+    await gw.usage.finish(acct, http_status=200, outcome=outcome, observed=usage.from_stream(wire, chunks))
 
 
 async def provider_key(request: web.Request, gw: Gateway, key: KeyRecord, provider: Provider) -> str | None:
@@ -532,34 +638,42 @@ async def _stream(
     upstream: aiohttp.ClientResponse,
     relay: PassthroughRelay | TranslatingRelay,
     headers: dict[str, str],
-) -> web.StreamResponse:
+    chunks: list[bytes] | None = None,
+) -> tuple[web.StreamResponse, Outcome]:
+    """Relay the stream; `chunks` (if given) collects the upstream's raw bytes for usage accounting."""
     out = web.StreamResponse(status=200, headers=_stream_headers(headers))
     await out.prepare(request)
     parser = SSEParser()
     tail = b""
+    outcome: Outcome = "completed"
     try:
         # iter_any yields whatever has arrived (never a fixed size); all the events it completed go out in
         # one write, so nothing waits for a later event and no write is split per event.
         async for chunk in upstream.content.iter_any():
+            if chunks is not None:
+                chunks.append(chunk)  # a reference, not a copy; parsed after the stream, off this path
             feed = relay.feed
             data = b"".join([feed(event) for event in parser.feed(chunk)])
             if data and not await _write(out, data):
                 upstream.close()  # client gone: stop reading and drop the upstream connection
-                return out
+                return out, "client_disconnected"
             if relay.done:
                 break
         if not relay.done:
+            outcome = "upstream_failed"
             tail = relay.fail("The upstream stream ended before completion.")
     except TimeoutError:
+        outcome = "upstream_failed"
         tail = relay.fail("The upstream stream timed out.")
     except aiohttp.ClientError as exc:
+        outcome = "upstream_failed"
         tail = relay.fail(f"The upstream connection failed mid-stream ({exc.__class__.__name__}).")
     if tail and not await _write(out, tail):
-        return out
+        return out, "client_disconnected"
     with contextlib.suppress(ConnectionResetError):
         await out.write_eof()
     await _drain(upstream)
-    return out
+    return out, outcome
 
 
 async def _drain(upstream: aiohttp.ClientResponse) -> None:

@@ -1,0 +1,1 @@
+"""Usage accounting: what each request would have cost, what it did cost, and what optimization saved."""

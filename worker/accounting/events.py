@@ -1,0 +1,504 @@
+"""Usage events: one per proxied request, reconciled after the response and written behind it in batches.
+
+Life of an event:
+1. `begin()` on the request path (no I/O): a `pending` event with the counts known before the upstream
+   answers; its id goes out in `X-Trex-Usage-Event-Id` with the response headers.
+2. `finish()` in `wait_until`, after the response (or stream) is complete: billed usage from the upstream
+   body or stream, priced; baseline, actual cost and savings; status `final`.
+3. The flush loop writes every changed event to the KV each `USAGE_FLUSH_SECONDS` (default 1 s) with one
+   `put_many`, as `usage/ev/<key id>/<YYYYMMDD>/<event id>`, kept `USAGE_RETENTION_DAYS`. The KV metadata of
+   each entry carries the numbers totals need, so `totals()` lists keys and never reads values.
+
+A graceful shutdown flushes everything (the flush runs after in-flight requests and their `wait_until`
+tasks have finished). A hard kill loses at most the events changed since the last flush: one interval.
+Reads (`get`, `totals`) see this process's unflushed events too; another worker process sees them after
+its next flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import msgspec
+
+from kv import KVError, KVNamespace
+
+from .. import tokens
+from ..auth import KeyRecord
+from .claims import Claims
+from .plans import Plan, guarantee_status
+from .pricing import PRICES_TAKEN, Billed, Price, PriceTable, cost
+from .usage import Observed
+
+log = logging.getLogger("trex.usage")
+
+PREFIX = "usage/ev/"
+GROUP_BYS = ("model", "day", "provider")
+Outcome = Literal["pending", "completed", "upstream_error", "upstream_failed", "client_disconnected"]
+_THREAD_COUNT_CHARS = 64 * 1024
+_GUARANTEE_REFRESH_SECONDS = 60.0
+
+
+class BilledTokens(msgspec.Struct):
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int
+    cache_write_tokens: int
+
+
+class Baseline(msgspec.Struct):
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None
+    source: str
+    """`client` (from trex_accounting.baseline_usage) or `computed` (billed usage plus what was saved)."""
+
+
+class UsageEvent(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "usage.event"
+    status: str = "pending"
+    created: int
+    created_at: str
+    key_id: str
+    route: str
+    provider: str
+    model: str
+    upstream_model: str
+    stream: bool
+    session_id: str | None
+    http_status: int | None = None
+    outcome: str = "pending"
+    latency_ms: float | None = None
+    proxy_overhead_ms: float
+    original_input_tokens: int
+    optimized_input_tokens: int
+    saved_input_tokens: int
+    token_count_encoding: str
+    token_count_estimated: bool
+    """True for models without a public tokenizer (Claude): the counts are o200k_base estimates."""
+    request_bytes_before: int
+    request_bytes_after: int
+    billed: BilledTokens | None = None
+    usage_source: str | None = None
+    """`upstream`, `override` (trex_accounting.actual_usage_override), `estimated` (no usage reported:
+    input from our count, output counted from what was streamed) or `none` (the upstream refused)."""
+    baseline: Baseline | None = None
+    actual_cost_usd: float | None = None
+    savings_tokens: int = 0
+    savings_usd: float | None = None
+    priced_as: str | None = None
+    prices_taken: str = PRICES_TAKEN
+    cache_write_ttl: str = "5m"
+    client_reported: dict[str, int] | None = None
+
+
+_encoder = msgspec.json.Encoder()
+_event_decoder = msgspec.json.Decoder(UsageEvent)
+
+
+@dataclass(slots=True)
+class Begun:
+    """An event in flight and what `finish` needs besides the outcome."""
+
+    event: UsageEvent
+    claims: Claims
+    price: Price | None
+    started: float
+
+
+def _summary(ev: UsageEvent) -> dict[str, Any]:
+    """What totals need, stored as the KV entry's metadata (well under its 1024-byte limit)."""
+    b = ev.billed
+    return {
+        "t": ev.created,
+        "m": ev.model[:200],
+        "p": ev.provider,
+        "s": ev.status,
+        "oi": ev.original_input_tokens,
+        "zi": ev.optimized_input_tokens,
+        "bi": b.input_tokens if b else 0,
+        "bo": b.output_tokens if b else 0,
+        "ci": b.cached_input_tokens if b else 0,
+        "st": ev.savings_tokens,
+        "bc": ev.baseline.cost_usd if ev.baseline else None,
+        "ac": ev.actual_cost_usd,
+        "sv": ev.savings_usd,
+    }
+
+
+def _day(epoch: int) -> str:
+    return time.strftime("%Y%m%d", time.gmtime(epoch))
+
+
+def kv_key(key_id: str, event_id: str) -> str | None:
+    """Where an event lives, from its id (`ue_<YYYYMMDD>_<hex>`); None for a malformed id."""
+    if len(event_id) != 32 or not event_id.startswith("ue_") or event_id[11] != "_":
+        return None
+    day, rand = event_id[3:11], event_id[12:]
+    if not day.isdigit() or not all(c in "0123456789abcdef" for c in rand):
+        return None
+    return f"{PREFIX}{key_id}/{day}/{event_id}"
+
+
+class UsageRecorder:
+    """Creates, reconciles, batches and reads usage events; one per worker process."""
+
+    def __init__(
+        self,
+        kv: KVNamespace,
+        prices: PriceTable,
+        plans: dict[str, Plan],
+        *,
+        retention_seconds: int,
+        flush_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.kv = kv
+        self.prices = prices
+        self.plans = plans
+        self.retention_seconds = retention_seconds
+        self.flush_seconds = flush_seconds
+        self._clock = clock
+        self._live: dict[str, UsageEvent] = {}
+        """Events not yet final or not yet flushed, by id."""
+        self._dirty: dict[str, UsageEvent] = {}
+        self._cycle: dict[tuple[str, str], list[float]] = {}
+        """(key id, YYYYMM) → [savings in the cycle, monotonic time loaded]."""
+        self._unflushed_savings: dict[tuple[str, str], float] = {}
+        self._flush_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._refreshing: set[tuple[str, str]] = set()
+
+    # ---- request path (no I/O) ----
+
+    def begin(
+        self,
+        *,
+        key: KeyRecord,
+        route: str,
+        provider: str,
+        model: str,
+        upstream_model: str,
+        stream: bool,
+        session_id: str | None,
+        original_tokens: int,
+        optimized_tokens: int,
+        encoding: str,
+        estimated: bool,
+        bytes_before: int,
+        bytes_after: int,
+        claims: Claims,
+        overhead_ms: float,
+        started: float,
+    ) -> Begun:
+        now = self._clock()
+        created = int(now)
+        event_id = f"ue_{_day(created)}_{secrets.token_hex(10)}"
+        original = (
+            claims.original_input_tokens if claims.original_input_tokens is not None else original_tokens
+        )
+        priced = self.prices.lookup(upstream_model) or self.prices.lookup(model)
+        ev = UsageEvent(
+            id=event_id,
+            created=created,
+            created_at=datetime.fromtimestamp(now, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            key_id=key.id,
+            route=route,
+            provider=provider,
+            model=model,
+            upstream_model=upstream_model,
+            stream=stream,
+            session_id=session_id,
+            proxy_overhead_ms=overhead_ms,
+            original_input_tokens=original,
+            optimized_input_tokens=optimized_tokens,
+            saved_input_tokens=max(0, original - optimized_tokens),
+            token_count_encoding=encoding,
+            token_count_estimated=estimated,
+            request_bytes_before=(
+                claims.request_bytes_before if claims.request_bytes_before is not None else bytes_before
+            ),
+            request_bytes_after=bytes_after,
+            priced_as=priced[0] if priced else None,
+            cache_write_ttl=claims.cache_write_ttl,
+            client_reported=claims.client_reported(),
+        )
+        self._live[event_id] = ev
+        self._dirty[event_id] = ev
+        return Begun(ev, claims, priced[1] if priced else None, started)
+
+    # ---- after the response ----
+
+    async def finish(
+        self,
+        begun: Begun,
+        *,
+        http_status: int,
+        outcome: Outcome,
+        observed: Observed | None,
+        overhead_ms: float | None = None,
+    ) -> None:
+        """Reconcile and mark final. `observed` is None when the upstream never answered usefully."""
+        ev, claims, price = begun.event, begun.claims, begun.price
+        ev.http_status = http_status
+        ev.outcome = outcome
+        ev.latency_ms = round((time.perf_counter() - begun.started) * 1000, 2)
+        if overhead_ms is not None:
+            ev.proxy_overhead_ms = overhead_ms
+        failed = http_status >= 400  # refused or never answered: nothing billed
+        billed: Billed
+        if failed:
+            billed, source = Billed(), "none"
+        elif observed is not None and observed.billed is not None:
+            billed, source = observed.billed, "upstream"
+        else:
+            text = observed.output_text if observed is not None else ""
+            if len(text) >= _THREAD_COUNT_CHARS:
+                output = await asyncio.to_thread(tokens.count, text, ev.token_count_encoding)
+            else:
+                output = tokens.count(text, ev.token_count_encoding)
+            billed, source = Billed(input_tokens=ev.optimized_input_tokens, output_tokens=output), "estimated"
+        if claims.has_override and not failed:
+            inp = claims.override_input_tokens
+            cached = claims.override_cached_input_tokens
+            billed = Billed(
+                input_tokens=inp if inp is not None else billed.input_tokens,
+                output_tokens=billed.output_tokens,
+                cached_input_tokens=cached if cached is not None else billed.cached_input_tokens,
+                cache_write_tokens=billed.cache_write_tokens,
+            )
+            source = "override"
+        ttl = claims.cache_write_ttl
+        actual = cost(billed, price, ttl)
+        if failed:
+            base_in, base_out, base_cost, base_source = 0, 0, actual, "computed"
+        elif claims.has_baseline:
+            claimed_in, claimed_out = claims.baseline_input_tokens, claims.baseline_output_tokens
+            base_in = claimed_in if claimed_in is not None else billed.input_tokens + ev.saved_input_tokens
+            base_out = claimed_out if claimed_out is not None else billed.output_tokens
+            base_cost = cost(Billed(input_tokens=base_in, output_tokens=base_out), price, ttl)
+            base_source = "client"
+        else:
+            base_in, base_out = billed.input_tokens + ev.saved_input_tokens, billed.output_tokens
+            base_cost = cost(
+                Billed(
+                    input_tokens=base_in,
+                    output_tokens=base_out,
+                    cached_input_tokens=billed.cached_input_tokens,
+                    cache_write_tokens=billed.cache_write_tokens,
+                ),
+                price,
+                ttl,
+            )
+            base_source = "computed"
+        ev.billed = BilledTokens(
+            billed.input_tokens, billed.output_tokens, billed.cached_input_tokens, billed.cache_write_tokens
+        )
+        ev.usage_source = source
+        ev.baseline = Baseline(base_in, base_out, base_cost, base_source)
+        ev.actual_cost_usd = actual
+        ev.savings_tokens = (base_in + base_out) - (billed.input_tokens + billed.output_tokens)
+        ev.savings_usd = None if base_cost is None or actual is None else round(base_cost - actual, 9)
+        ev.status = "final"
+        self._dirty[ev.id] = ev
+        if ev.savings_usd:
+            cycle = (ev.key_id, time.strftime("%Y%m", time.gmtime(ev.created)))
+            self._unflushed_savings[cycle] = self._unflushed_savings.get(cycle, 0.0) + ev.savings_usd
+            if cycle in self._cycle:
+                self._cycle[cycle][0] += ev.savings_usd
+
+    # ---- guarantee ----
+
+    async def guarantee(self, key: KeyRecord) -> str:
+        """`met`, `tracking` or `not_applicable` for the key's current cycle (the calendar month, UTC)."""
+        plan = self.plans.get(key.plan) if key.plan else None
+        if plan is None or not plan.tracks_guarantee:
+            return "not_applicable"
+        cycle = (key.id, time.strftime("%Y%m", time.gmtime(self._clock())))
+        entry = self._cycle.get(cycle)
+        if entry is None:
+            entry = self._cycle[cycle] = [await self._cycle_savings(*cycle), time.monotonic()]
+        elif time.monotonic() - entry[1] > _GUARANTEE_REFRESH_SECONDS and cycle not in self._refreshing:
+            self._refreshing.add(cycle)  # other workers' savings arrive through the KV: re-read now and then
+            asyncio.get_running_loop().create_task(self._refresh_cycle(cycle))
+        return guarantee_status(plan, entry[0])
+
+    async def _refresh_cycle(self, cycle: tuple[str, str]) -> None:
+        try:
+            self._cycle[cycle] = [await self._cycle_savings(*cycle), time.monotonic()]
+        except KVError as exc:
+            log.warning("could not refresh guarantee savings for %s: %s", cycle[0], exc)
+        finally:
+            self._refreshing.discard(cycle)
+
+    async def _cycle_savings(self, key_id: str, month: str) -> float:
+        total = self._unflushed_savings.get((key_id, month), 0.0)
+        async for _, meta in self._scan(f"{PREFIX}{key_id}/{month}"):
+            sv = meta.get("sv")
+            if isinstance(sv, int | float):
+                total += sv
+        return total
+
+    # ---- persistence ----
+
+    def start(self) -> None:
+        """Start the background flush loop (once the event loop runs)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-flush")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_seconds)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("usage flush failed; retrying at the next interval")
+
+    async def flush(self) -> int:
+        """Write every changed event now; returns how many were written."""
+        async with self._flush_lock:
+            if not self._dirty:
+                return 0
+            batch, self._dirty = self._dirty, {}
+            entries = []
+            for ev in batch.values():
+                key = f"{PREFIX}{ev.key_id}/{ev.id[3:11]}/{ev.id}"
+                entries.append((key, _encoder.encode(ev), _summary(ev)))
+            try:
+                await self.kv.put_many(entries, expiration_ttl=self.retention_seconds)
+            except KVError:
+                for event_id, ev in batch.items():  # keep them for the next attempt, newer changes first
+                    self._dirty.setdefault(event_id, ev)
+                raise
+            for ev in batch.values():
+                if ev.status == "final" and ev.id not in self._dirty:
+                    self._live.pop(ev.id, None)
+                    if ev.savings_usd:
+                        cycle = (ev.key_id, time.strftime("%Y%m", time.gmtime(ev.created)))
+                        left = self._unflushed_savings.get(cycle, 0.0) - ev.savings_usd
+                        if abs(left) < 1e-12:
+                            self._unflushed_savings.pop(cycle, None)
+                        else:
+                            self._unflushed_savings[cycle] = left
+            return len(entries)
+
+    async def close(self) -> None:
+        """Stop the loop and write what is left (graceful shutdown)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()
+
+    # ---- reads ----
+
+    async def get(self, key_id: str, event_id: str) -> UsageEvent | None:
+        """The event, if `key_id` made it."""
+        ev = self._live.get(event_id)
+        if ev is not None:
+            return ev if ev.key_id == key_id else None
+        where = kv_key(key_id, event_id)
+        if where is None:
+            return None
+        raw = await self.kv.get(where)
+        return None if raw is None else _event_decoder.decode(raw)
+
+    async def _scan(self, prefix: str) -> Any:
+        cursor: str | None = None
+        while True:
+            page = await self.kv.list(prefix=prefix, limit=1000, cursor=cursor)
+            for info in page.keys:
+                if isinstance(info.metadata, dict):
+                    yield info.name, info.metadata
+            if page.list_complete:
+                return
+            cursor = page.cursor
+
+    async def totals(self, key_id: str | None, start: int, end: int, group_by: str | None) -> dict[str, Any]:
+        """Sums over the events created in [start, end] (epoch seconds), overall and per group."""
+        await self.flush()  # include this process's latest events
+        prefix = PREFIX if key_id is None else f"{PREFIX}{key_id}/"
+        first, last = _day(start), _day(end)
+        overall = _Totals()
+        groups: dict[str, _Totals] = {}
+        async for name, meta in self._scan(prefix):
+            day = name.rsplit("/", 2)[-2]
+            if not first <= day <= last:
+                continue
+            t = meta.get("t")
+            if not isinstance(t, int) or not start <= t <= end:
+                continue
+            overall.add(meta)
+            if group_by is not None:
+                label = f"{day[:4]}-{day[4:6]}-{day[6:]}" if group_by == "day" else str(meta.get(group_by[0]))
+                groups.setdefault(label, _Totals()).add(meta)
+        out: dict[str, Any] = {"totals": overall.as_dict()}
+        if group_by is not None:
+            out["groups"] = [{group_by: label, **groups[label].as_dict()} for label in sorted(groups)]
+        return out
+
+
+class _Totals:
+    __slots__ = (
+        "actual",
+        "baseline",
+        "billed_in",
+        "billed_out",
+        "cached",
+        "final",
+        "optimized",
+        "original",
+        "requests",
+        "saved",
+        "savings",
+        "unpriced",
+    )
+
+    def __init__(self) -> None:
+        self.requests = self.final = self.unpriced = 0
+        self.original = self.optimized = self.billed_in = self.billed_out = self.cached = self.saved = 0
+        self.baseline = self.actual = self.savings = 0.0
+
+    def add(self, m: dict[str, Any]) -> None:
+        self.requests += 1
+        self.final += m.get("s") == "final"
+        self.original += int(m.get("oi") or 0)
+        self.optimized += int(m.get("zi") or 0)
+        self.billed_in += int(m.get("bi") or 0)
+        self.billed_out += int(m.get("bo") or 0)
+        self.cached += int(m.get("ci") or 0)
+        self.saved += int(m.get("st") or 0)
+        if m.get("ac") is None:
+            self.unpriced += m.get("s") == "final"
+        else:
+            self.baseline += float(m.get("bc") or 0.0)
+            self.actual += float(m["ac"])
+            self.savings += float(m.get("sv") or 0.0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "final_requests": self.final,
+            "original_input_tokens": self.original,
+            "optimized_input_tokens": self.optimized,
+            "billed_input_tokens": self.billed_in,
+            "billed_output_tokens": self.billed_out,
+            "cached_input_tokens": self.cached,
+            "saved_tokens": self.saved,
+            "baseline_cost_usd": round(self.baseline, 6),
+            "actual_cost_usd": round(self.actual, 6),
+            "savings_usd": round(self.savings, 6),
+            "unpriced_requests": self.unpriced,
+        }

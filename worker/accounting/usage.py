@@ -1,0 +1,137 @@
+"""What the upstream billed, read from its response: a JSON body or the raw bytes of an SSE stream.
+
+This runs after the response has gone out (in `wait_until`), never on the streaming path: the proxy only
+keeps references to the upstream chunks it forwarded, and they are parsed here with the same decoders the
+translators use. When a stream ends without a usage report (client disconnect, upstream cut), the output is
+counted from the text that was streamed and marked as an estimate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+
+from adapters import anthropic, openai_chat
+from adapters.base import StreamUsage, TextDelta, ThinkingDelta, ToolCallDelta, Usage
+from adapters.sse import SSEParser
+
+from .pricing import Billed
+
+Wire = Literal["chat", "responses", "messages", "embeddings"]
+_decoder = msgspec.json.Decoder()
+
+
+@dataclass(slots=True)
+class Observed:
+    """Billed usage as reported (None if the upstream never said) and the output text that was produced."""
+
+    billed: Billed | None
+    output_text: str = ""
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def billed_from_usage(u: Usage) -> Billed:
+    """A canonical (translated) usage as billed tokens."""
+    return Billed(
+        input_tokens=u.input_tokens,
+        output_tokens=u.output_tokens,
+        cached_input_tokens=u.cached_input_tokens,
+        cache_write_tokens=u.cache_creation_input_tokens,
+    )
+
+
+def _responses_usage(u: Any) -> Billed | None:
+    if not isinstance(u, dict):
+        return None
+    details = u.get("input_tokens_details")
+    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    return Billed(
+        input_tokens=_int(u.get("input_tokens")),
+        output_tokens=_int(u.get("output_tokens")),
+        cached_input_tokens=cached,
+    )
+
+
+def from_body(wire: Wire, data: bytes) -> Billed | None:
+    """Usage from a non-streaming response body; None if it has none (or is not JSON)."""
+    try:
+        doc = _decoder.decode(data)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("usage"), dict):
+        return None
+    u = doc["usage"]
+    if wire == "responses":
+        return _responses_usage(u)
+    if wire == "embeddings":
+        return Billed(input_tokens=_int(u.get("prompt_tokens") or u.get("input_tokens")))
+    if wire == "messages":
+        return billed_from_usage(anthropic._usage_from_anthropic(u))
+    details = u.get("prompt_tokens_details")
+    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    return Billed(
+        input_tokens=_int(u.get("prompt_tokens")),
+        output_tokens=_int(u.get("completion_tokens")),
+        cached_input_tokens=cached,
+    )
+
+
+def from_stream(wire: Wire, chunks: Iterable[bytes]) -> Observed:
+    """Usage and output text from the raw bytes of an upstream SSE stream (complete or cut off)."""
+    parser = SSEParser()
+    text: list[str] = []
+    usage: Usage | None = None
+    billed: Billed | None = None
+    if wire == "responses":
+        for chunk in chunks:
+            for event in parser.feed(chunk):
+                kind = event.event
+                if kind in (
+                    "response.output_text.delta",
+                    "response.function_call_arguments.delta",
+                    "response.reasoning_summary_text.delta",
+                ):
+                    doc = _safe(event.data)
+                    if isinstance(doc, dict) and isinstance(doc.get("delta"), str):
+                        text.append(doc["delta"])
+                elif kind in ("response.completed", "response.incomplete", "response.failed"):
+                    doc = _safe(event.data)
+                    resp = doc.get("response") if isinstance(doc, dict) else None
+                    if isinstance(resp, dict):
+                        billed = _responses_usage(resp.get("usage")) or billed
+        return Observed(billed, "".join(text))
+    chat = openai_chat.StreamDecoder() if wire == "chat" else None
+    messages = anthropic.StreamDecoder() if wire == "messages" else None
+    for chunk in chunks:
+        for event in parser.feed(chunk):
+            try:
+                if chat is not None:
+                    if event.data == "[DONE]":
+                        continue
+                    events = chat.feed(event.data)
+                else:
+                    assert messages is not None
+                    events = messages.feed(event.event, event.data)
+            except Exception:  # noqa: BLE001 - a malformed event costs its own content, not the accounting
+                continue
+            for ev in events:
+                if isinstance(ev, TextDelta | ThinkingDelta):
+                    text.append(ev.text)
+                elif isinstance(ev, ToolCallDelta):
+                    text.append(ev.arguments)
+                elif isinstance(ev, StreamUsage):
+                    usage = ev.usage
+    return Observed(billed_from_usage(usage) if usage is not None else None, "".join(text))
+
+
+def _safe(data: str) -> Any:
+    try:
+        return _decoder.decode(data)
+    except msgspec.DecodeError:
+        return None
