@@ -128,6 +128,32 @@ def _service_log(rng: random.Random) -> str:
     return "\n".join(lines)
 
 
+# What a task over each tool output depends on (the bench's per-kind "planted facts"): the failing record,
+# the error and warning lines, the one relevant grep match, the changed lines.
+JSON_FACTS = (
+    "5117",
+    "refund_failed",
+    "REFUND_CAP_EXCEEDED",
+    "ORD-77812",
+    "txn_8Hq2ZkLp0W",
+    "req_Q8z2Lx",
+    "1999.0",
+)
+LOG_FACTS = (
+    "2026-11-20T10:05:33.120Z ERROR refunds  refund failed order=ORD-77812 txn=txn_8Hq2ZkLp0W "
+    "reason=REFUND_CAP_EXCEEDED amount=$450.00",
+    'File "/srv/app/payments/refund.py", line 14, in refund',
+    "payments.refund.RefundError: refund 450.00 exceeds cap 1250.00",
+    "2026-11-20T10:02:00.001Z WARN  db  slow query 2300ms on ledger_entries",
+)
+GREP_FACTS = ("src/payments/refund.py:14:    if amount > MAX_REFUND:  # cap enforced for ORD-77812 audit",)
+DIFF_FACTS = (
+    "-    if order.refunded + amount > order.total:",
+    "+    if order.refunded + amount > order.total - order.fees:",
+    "index 3f9a2c1..7b41d0e 100644",
+    "@@ -10,12 +10,12 @@ class RefundError(Exception):",
+)
+
 DIFF = "\n".join(
     [
         "diff --git a/src/payments/refund.py b/src/payments/refund.py",

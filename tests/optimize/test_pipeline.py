@@ -217,7 +217,13 @@ def test_random_conversations_keep_the_invariants(convo: dict[str, Any], mode: s
     body = copy.deepcopy(convo)
     report = optimize("chat", body, Options(mode=mode))  # type: ignore[arg-type]
     text = _strings(body)
-    assert all(f in text for f in facts)
+    lost = [f for f in facts if f not in text]
+    if "log-template" in report.applied_strategies:
+        # Log folding may summarise incidental values (timestamps, numbers, hex ids) of folded lines.
+        from worker.optimize.kinds.logs import summarisable
+
+        lost = [f for f in lost if not summarisable(f)]
+    assert not lost
     assert report.optimized_tokens <= report.original_tokens
     _tool_pairs_valid(body)
     again = copy.deepcopy(convo)

@@ -15,6 +15,14 @@ def missing(original: str, output: str) -> list[str]:
     return [fact for fact in find_facts(original) if fact not in output]
 
 
+def missing_from_log(original: str, output: str) -> list[str]:
+    """`missing()` under the log compressor's rule: only incidental values (`logs.summarisable`) of folded
+    entries may be summarised instead of kept, so any other fact missing from `output` is a loss."""
+    from worker.optimize.kinds.logs import summarisable
+
+    return [fact for fact in missing(original, output) if not summarisable(fact)]
+
+
 def reduction(original: str, output: str) -> float:
     """Share of tokens saved."""
     return 1 - tokens.count(output) / tokens.count(original)

@@ -1,4 +1,5 @@
-"""Log output: template folding with facts in markers; warnings, errors and stack traces stay verbatim."""
+"""Log output: template folding with summarised slots and key facts in markers; warnings, errors, stack traces
+and what the latest request names stay verbatim."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from tests.optimize.kinds._data import (
     app_log,
     java_log,
     missing,
+    missing_from_log,
     reduction,
 )
 from worker import tokens
@@ -26,11 +28,17 @@ def test_detected_as_log() -> None:
     assert detect(java_log()) == "log"
 
 
-def test_balanced_meets_goal_and_keeps_every_fact() -> None:
+def test_balanced_meets_goal_and_keeps_every_fact_but_incidental_values() -> None:
     text = app_log()
     result = logs.compress(text, BALANCED)
     assert result is not None and result.strategy == "log-template"
-    assert missing(text, result.text) == []
+    assert missing_from_log(text, result.text) == []
+    summarised = missing(text, result.text)
+    assert summarised  # timestamps of folded health checks are summarised, not listed
+    assert all(logs.summarisable(fact) for fact in summarised)
+    # Order ids in folded request lines are not incidental: each is listed verbatim in a marker.
+    order_paths = sorted(set(re.findall(r"/api/v1/orders/\d+", text)))
+    assert len(order_paths) > 50 and all(p in result.text for p in order_paths)
     assert reduction(text, result.text) >= 0.60
 
 
@@ -68,7 +76,7 @@ def test_java_stack_trace_is_kept_whole() -> None:
     out = result.text.split("\n")
     start = out.index(JAVA_TRACE[0])
     assert out[start : start + len(JAVA_TRACE)] == JAVA_TRACE  # the ERROR line through `... 12 more`
-    assert missing(text, result.text) == []
+    assert missing_from_log(text, result.text) == []
     assert reduction(text, result.text) > 0.3
 
 
@@ -78,7 +86,7 @@ def test_aggressive_is_not_larger_than_balanced() -> None:
     aggressive = logs.compress(text, Context(mode="aggressive"))
     assert balanced is not None and aggressive is not None
     assert tokens.count(aggressive.text) <= tokens.count(balanced.text)
-    assert missing(text, aggressive.text) == []
+    assert missing_from_log(text, aggressive.text) == []
 
 
 def _expand(text: str) -> list[str]:
@@ -129,7 +137,7 @@ def test_dispatch_through_compress_tool_output_with_ansi_colours() -> None:
     result = compress_tool_output(coloured, BALANCED)
     assert result is not None and result.strategy == "log-template"
     assert "\x1b" not in result.text
-    assert missing(plain, result.text) == []
+    assert missing_from_log(plain, result.text) == []
     assert result.removed[0].startswith("terminal escape sequences")
 
 
@@ -142,5 +150,75 @@ def test_pytest_progress_lines_fold_but_failures_stay() -> None:
     result = logs.compress(text, BALANCED)
     assert result is not None
     assert lines[57] in result.text.split("\n")
-    assert missing(text, result.text) == []
+    assert missing_from_log(text, result.text) == []
     assert reduction(text, result.text) >= 0.5
+
+
+def test_summarisable_is_the_incidental_class_only() -> None:
+    for fact in ("2026-11-20T10:00:01.404Z", "2026-03-14 09:12:07", "09:12:07", "3ms", "2300ms", "1,204", "97%",
+                 "10.0.3.17", "0x7ffe12", "3f9a2c1d", "123e4567-e89b-12d3-a456-426614174000", "4.2 s"):  # fmt: skip
+        assert logs.summarisable(fact), fact
+    for fact in ("$450.00", "450 USD", "ORD-77812", "txn_8Hq2ZkLp0W", "REFUND_CAP_EXCEEDED", "E501",
+                 "/srv/app/payments/refund.py", "https://pay.example.net/v2/refunds", "ops@example.com",
+                 "`make test`", "v2", "#1234", "ECONNREFUSED"):  # fmt: skip
+        assert not logs.summarisable(fact), fact
+
+
+def _request_log() -> str:
+    lines = []
+    for i in range(60):
+        rid = f"{(i * 7919) % 65536:04x}beef{i:04d}"
+        lines.append(
+            f"2026-11-20T10:00:{i:02d}.000Z INFO api request_id={rid} GET /v1/items 200 {i % 9 + 1}ms"
+        )
+    return "\n".join(lines)
+
+
+def test_slots_are_summarised_in_the_marker() -> None:
+    text = _request_log()
+    result = logs.compress(text, BALANCED)
+    assert result is not None
+    out = result.text.split("\n")
+    assert out[0] == text.split("\n")[0]  # the example stays verbatim
+    assert out[1] == (
+        "[trex: 59 more lines like the one above (lines 2-60): {2026-11-20T10:00:01.000Z … 2026-11-20T10:00:59.000Z} "
+        "INFO api request_id={59 distinct hex} GET /v1/items 200 {1..9}ms]"
+    )
+    assert len(out) == 2
+
+
+def test_an_id_named_by_the_latest_request_keeps_its_line() -> None:
+    text = _request_log()
+    wanted = text.split("\n")[41]
+    rid = wanted.split("request_id=")[1].split()[0]
+    without = logs.compress(text, BALANCED)
+    assert without is not None and wanted not in without.text.split("\n")
+    asked = logs.compress(text, Context(mode="balanced", query=f"why was request {rid} slow?"))
+    assert asked is not None and wanted in asked.text.split("\n")
+    assert rid in asked.text
+    # A term most lines share (the date of every timestamp) singles nothing out and pins nothing.
+    dated = logs.compress(text, Context(mode="balanced", query="what happened on 2026-11-20?"))
+    assert dated is not None and dated.text == without.text
+
+
+def test_amounts_and_error_codes_in_folded_lines_are_listed_verbatim() -> None:
+    lines = [
+        f"2026-11-20T10:00:{i:02d}.000Z INFO billing charged ${10 + i}.50 code=PAY_{i % 4}X to card"
+        for i in range(40)
+    ]
+    text = "\n".join(lines)
+    result = logs.compress(text, BALANCED)
+    assert result is not None
+    for i in range(40):
+        assert f"${10 + i}.50" in result.text
+    assert missing_from_log(text, result.text) == []
+    assert reduction(text, result.text) > 0.3
+
+
+def test_few_distinct_values_are_all_listed() -> None:
+    lines = [
+        f"2026-11-20T10:00:{i:02d}.000Z INFO http GET /healthz {(200, 503)[i % 2]} 3ms" for i in range(30)
+    ]
+    result = logs.compress("\n".join(lines), BALANCED)
+    assert result is not None
+    assert "GET /healthz {503|200} 3ms]" in result.text

@@ -119,11 +119,14 @@ class FactLedger:
 
         Pass the facts to `commit()` once the marker is really used.
         """
+        return self.marker_of(what, [fact for chunk in dropped for fact in facts.find_facts(chunk)])
+
+    def marker_of(self, what: str, dropped_facts: Sequence[str]) -> tuple[str, list[str]]:
+        """Like `marker()`, for facts the caller already found (and filtered) in the dropped content."""
         fresh: dict[str, None] = {}
-        for chunk in dropped:
-            for fact in facts.find_facts(chunk):
-                if fact not in self._listed and fact not in fresh and fact not in self._visible:
-                    fresh.setdefault(fact, None)
+        for fact in dropped_facts:
+            if fact not in self._listed and fact not in fresh and fact not in self._visible:
+                fresh.setdefault(fact, None)
         listed = list(fresh)
         return fold_marker(what, listed), listed
 

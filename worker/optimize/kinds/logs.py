@@ -4,12 +4,33 @@ Safe mode folds runs of byte-identical consecutive lines into one line plus a co
 
 Balanced and aggressive modes fold by template. The log is split into entries (a line with a timestamp or
 level prefix plus its continuation lines); each entry's template is its text with timestamps, UUIDs, hex
-ids, IP addresses and numbers replaced by placeholders. Entries sharing a template are folded: the first one
-stays verbatim as the example, followed by a marker with the count, the line range and every fact of the
-folded entries (`facts.marker`). Never folded, kept verbatim in place: every entry with a warning, error,
-fatal/critical, exception or traceback line, together with its whole stack trace (indented lines,
-`at …` frames, `File "…", line N` frames, `Caused by:`); in balanced mode also the entry right before each of
-them (what happened just before a failure).
+ids, IP addresses and numbers replaced by slots. Entries sharing a template are folded: the first one stays
+verbatim as the example, followed by one marker with the count, the line range and the template with each
+slot summarised (`_summary`).
+
+Never folded, kept verbatim in place: every entry with a warning, error, fatal/critical, exception or
+traceback line, together with its whole stack trace (indented lines, `at …` frames, `File "…", line N`
+frames, `Caused by:`); every entry containing an id or other fact of the latest user request
+(`Context.query`); in balanced mode also the entry right before each important entry (what happened just
+before a failure).
+
+Fact retention in folded entries — the rule this module follows, and the only place where a fact may leave
+the text without being listed:
+
+- *Incidental* values (`summarisable`): timestamps, dates and times, bare numbers and numbers with a unit
+  (durations, sizes, counts, percentages), hex ids and hashes, UUIDs and IP addresses. In the entries of
+  a routine group these are the fields that vary from line to line (every health check has its own
+  timestamp, request id and latency); they are summarised per slot instead of listed: the value itself when
+  the whole group shares it, all distinct values when there are at most `_LISTED_VALUES`, else
+  `first … last` for timestamps, `min..max` for numbers and a count of distinct values for ids.
+- Every other fact of a folded entry — amounts with a currency, error codes, business ids (`ORD-1042`,
+  `txn_8Hq2`), constants, paths, URLs, e-mail addresses, versions, inline code — is listed verbatim in the
+  group's marker unless it is already visible elsewhere in the output.
+- Facts of entries that are not folded (warnings, errors, traces, their context and everything the latest
+  request mentions) are never touched.
+
+`finish()` checks the result against exactly this rule: every fact of the input must be in the output
+verbatim, except incidental values that occur only in folded entries.
 """
 
 from __future__ import annotations
@@ -19,8 +40,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from worker.optimize import facts
 from worker.optimize.base import Compressed, Context, Mode
-from worker.optimize.kinds._common import FactLedger, finish, fold_exact_repeats, worth_folding
+from worker.optimize.kinds._common import FactLedger, fact_list, finish, fold_exact_repeats, worth_folding
 from worker.optimize.kinds._detect import DIAGNOSTIC_RE, LOG_PREFIX_RE
 
 
@@ -52,28 +74,46 @@ _CONTINUATION_RE = re.compile(
     r"goroutine \d+|\[\d+ frames? omitted\])"
 )
 
-# Placeholders that turn an entry into its template; the order matters (a UUID before its hex parts).
-_NORMALISERS: tuple[tuple[re.Pattern[str], str], ...] = (
-    # Test ids (`tests/test_a.py::test_x PASSED`, `--- PASS: TestX`): one template for all passing tests.
-    (re.compile(r"\S+::\S+|(?<=^--- PASS: )\S+|(?<=^ok  \t)\S+"), "<test>"),
-    (
-        re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"),
-        "<uuid>",
-    ),
-    (
-        re.compile(
-            r"\d{4}[-/]\d{2}[-/]\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?)?"
-            r"|\b\d{1,2}/[A-Z][a-z]{2}/\d{4}(?::\d{2}:\d{2}:\d{2})?(?: [+-]\d{4})?"
-            r"|\b\d{2}:\d{2}:\d{2}(?:[.,]\d+)?"
-        ),
-        "<ts>",
-    ),
-    (re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"), "<ip>"),
-    (re.compile(r"\b0x[0-9a-fA-F]+\b"), "<hex>"),
-    (re.compile(r"\b(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{6,}\b"), "<hex>"),
-    (re.compile(r"\d+(?:\.\d+)?"), "<n>"),
-    (re.compile(r"[ \t]+"), " "),  # column padding that varies with the width of a number
+# Slots that turn an entry into its template, tried left to right at each position (a UUID before its hex
+# parts, a timestamp before its numbers). Test ids (`tests/test_a.py::test_x PASSED`, `--- PASS: TestX`)
+# make one template for all passing tests.
+_SLOT_RE = re.compile(
+    r"(?P<test>\S+::\S+|(?<=^--- PASS: )\S+|(?<=^ok  \t)\S+)"
+    r"|(?P<uuid>\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b)"
+    r"|(?P<ts>\d{4}[-/]\d{2}[-/]\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?)?"
+    r"|\b\d{1,2}/[A-Z][a-z]{2}/\d{4}(?::\d{2}:\d{2}:\d{2})?(?: [+-]\d{4})?"
+    r"|\b\d{2}:\d{2}:\d{2}(?:[.,]\d+)?)"
+    r"|(?P<ip>\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b)"
+    r"|(?P<hex>\b0x[0-9a-fA-F]+\b|\b(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{6,}\b)"
+    r"|(?P<n>\d+(?:\.\d+)?)",
+    re.MULTILINE,
 )
+_BLANKS_RE = re.compile(r"[ \t]+")  # column padding that varies with the width of a number
+
+# Facts that are incidental in a routine log line (see the module docstring). A currency amount is never
+# incidental, even though it is a number: amounts are what a billing task depends on.
+_INCIDENTAL_RE = re.compile(
+    r"(?:\d{4}[-/]\d{2}[-/]\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?"
+    r"|\d{1,2}/\d{1,2}/\d{2,4}|\d{1,2}/[A-Z][a-z]{2}/\d{4}(?::\d{2}:\d{2}:\d{2})?"
+    r"|\d{1,2}:\d{2}(?::\d{2})?(?:[.,]\d+)?(?:\s?[AaPp][Mm])?(?:\s?(?:UTC|GMT|[A-Z]{2,4}T))?"
+    r"|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|0x[0-9a-fA-F]+|(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,64}"
+    r"|\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?"
+    r"|\d[\d,]*(?:\.\d+)?(?:\s?(?:%|[A-Za-z]{1,12}))?)"
+)
+_CURRENCY_RE = re.compile(r"[$€£¥₹]|\b(?:USD|EUR|GBP|JPY|CHF|CAD|AUD|CNY|INR|dollars|euros|pounds)\b")
+
+_LISTED_VALUES = 3
+"""A slot with at most this many distinct values in a folded group lists them all."""
+
+# Id-like words of the latest request (`7f3a9c2`, `req-42`, `job_17`): an entry containing one is kept.
+_QUERY_ID_RE = re.compile(r"[A-Za-z0-9][\w.:/-]*\d[\w.:/-]*|[\w.:/-]*\d[\w.:/-]*[A-Za-z0-9]")
+
+
+def summarisable(fact: str) -> bool:
+    """True for facts that a folded log entry may summarise rather than list: timestamps, dates, times,
+    numbers with or without a unit, hex ids, UUIDs, IP addresses (never a currency amount)."""
+    return _INCIDENTAL_RE.fullmatch(fact) is not None and _CURRENCY_RE.search(fact) is None
 
 
 def compress(text: str, ctx: Context) -> Compressed | None:
@@ -94,24 +134,44 @@ def compress(text: str, ctx: Context) -> Compressed | None:
         if flag:
             for j in range(max(0, i - settings.context_before), i):
                 pinned[j] = True
+    bodies = ["\n".join(entry.lines) for entry in entries]
+    for i in _asked_entries(bodies, ctx.query):
+        pinned[i] = True  # the latest request names something in this entry: it stays as it is
     groups: dict[str, list[int]] = {}
+    shapes: dict[int, _Shape] = {}
     for i, entry in enumerate(entries):
-        if not pinned[i] and any(line.strip() for line in entry.lines):
-            groups.setdefault(_template(entry.lines), []).append(i)
+        if pinned[i] or not any(line.strip() for line in entry.lines):
+            continue
+        body = bodies[i]
+        shape = _shape(body)
+        shapes[i] = shape
+        groups.setdefault(shape.key, []).append(i)
     foldable = [members for members in groups.values() if len(members) >= settings.min_group]
+    if not foldable:
+        return None
     # Everything not in a foldable group's tail stays verbatim; markers need not repeat facts shown there.
     tails = {i for members in foldable for i in members[1:]}
     ledger = FactLedger("\n".join("\n".join(e.lines) for i, e in enumerate(entries) if i not in tails))
     markers: dict[int, str] = {}  # example entry index -> marker emitted after it
     folded_entries: set[int] = set()
+    required: dict[
+        str, None
+    ] = {}  # facts of folded entries that must stay verbatim (in a marker or elsewhere)
     for members in sorted(foldable, key=lambda m: m[0]):
         rest = members[1:]
         dropped = ["\n".join(entries[i].lines) for i in rest]
-        marker_text, listed = ledger.marker(_describe(entries, members), dropped)
+        listed_facts = [
+            f
+            for f in dict.fromkeys(f for chunk in dropped for f in facts.find_facts(chunk))
+            if not summarisable(f)
+        ]
+        what = f"{_describe(entries, members)}: {_summary(shapes[members[0]], [shapes[i] for i in rest])}"
+        marker_text, listed = ledger.marker_of(what, listed_facts)
         if worth_folding(marker_text, dropped):
             ledger.commit(listed)
             markers[members[0]] = marker_text
             folded_entries.update(rest)
+            required.update(dict.fromkeys(listed_facts))
     if not folded_entries:
         return None
     out: list[str] = []
@@ -122,7 +182,90 @@ def compress(text: str, ctx: Context) -> Compressed | None:
         if i in markers:
             out.append(markers[i])
     notes = [f"folded {len(folded_entries)} repeated log entries into {len(markers)} templates"]
-    return finish(text, "\n".join(out), "log-template", notes)
+    result = finish(text, "\n".join(out), "log-template", notes, original_facts=list(required))
+    if result is None or not _kept_everything_else(text, result.text):
+        return None
+    return result
+
+
+def _kept_everything_else(original: str, output: str) -> bool:
+    """Every fact of `original` is in `output`, except summarisable ones (the rule of the module docstring).
+
+    Scans the original once more: the guard that a bug in grouping or pinning costs compression, never an
+    error line or an amount.
+    """
+    return not any(f not in output and not summarisable(f) for f in fact_list(original))
+
+
+def _asked_entries(bodies: list[str], query: str) -> set[int]:
+    """Entries containing a fact or id-like word (with a digit) of the latest request.
+
+    Short values are too common to single anything out, and so is a term found in more than a tenth of the
+    entries (a date every timestamp shares): those pin nothing.
+    """
+    if not query:
+        return set()
+    terms = dict.fromkeys(f for f in facts.find_facts(query) if len(f) >= 4)
+    terms.update(dict.fromkeys(w for w in _QUERY_ID_RE.findall(query) if len(w) >= 4))
+    limit = max(3, len(bodies) // 10)
+    asked: set[int] = set()
+    for term in terms:
+        hits = [i for i, body in enumerate(bodies) if term in body]
+        if len(hits) <= limit:
+            asked.update(hits)
+    return asked
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """An entry split into its template (`key`) and the values of its slots, in order."""
+
+    key: str
+    parts: tuple[str, ...]
+    """Literal text and slot values alternating, starting and ending with literal text."""
+    kinds: tuple[str, ...]
+    """The kind of each slot (`ts`, `n`, `hex`, …)."""
+
+
+def _shape(body: str) -> _Shape:
+    parts: list[str] = []
+    kinds: list[str] = []
+    pos = 0
+    for match in _SLOT_RE.finditer(body):
+        parts.append(body[pos : match.start()])
+        parts.append(match.group(0))
+        kinds.append(match.lastgroup or "n")
+        pos = match.end()
+    parts.append(body[pos:])
+    key = "\x00".join(_BLANKS_RE.sub(" ", p) for p in parts[::2]) + "\x01" + " ".join(kinds)
+    return _Shape(key, tuple(parts), tuple(kinds))
+
+
+def _summary(example: _Shape, folded: list[_Shape]) -> str:
+    """The template of a group with each slot written as what the folded entries hold there.
+
+    A slot every folded entry shares with the example shows that value; otherwise `{a|b|c}` (at most
+    `_LISTED_VALUES` distinct values), `{first … last}` for timestamps, `{min..max}` for numbers, or
+    `{N distinct <kind>}`.
+    """
+    out: list[str] = []
+    for k, kind in enumerate(example.kinds):
+        out.append(example.parts[2 * k])
+        values = list(dict.fromkeys(shape.parts[2 * k + 1] for shape in folded))
+        if values == [example.parts[2 * k + 1]]:
+            out.append(values[0])
+        elif len(values) <= _LISTED_VALUES:
+            out.append("{" + "|".join(values) + "}")
+        elif kind == "ts":
+            out.append(f"{{{folded[0].parts[2 * k + 1]} … {folded[-1].parts[2 * k + 1]}}}")
+        elif kind == "n":
+            low = min(values, key=float)
+            high = max(values, key=float)
+            out.append(f"{{{low}..{high}}}")
+        else:
+            out.append(f"{{{len(values)} distinct {kind}}}")
+    out.append(example.parts[-1])
+    return _BLANKS_RE.sub(" ", "".join(out)).replace("\n", " ↵ ")
 
 
 def _describe(entries: list[_Entry], members: list[int]) -> str:
@@ -172,10 +315,3 @@ def _ends_traceback(entry: list[str], line: str) -> bool:
 
 def _is_important(lines: list[str]) -> bool:
     return any(_IMPORTANT_RE.search(line) or _EXCEPTION_NAME_RE.search(line) for line in lines)
-
-
-def _template(lines: list[str]) -> str:
-    text = "\n".join(lines)
-    for pattern, placeholder in _NORMALISERS:
-        text = pattern.sub(placeholder, text)
-    return text
