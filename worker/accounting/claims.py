@@ -72,7 +72,7 @@ def _object(value: Any, where: str, allowed: tuple[str, ...]) -> dict[str, Any]:
     unknown = sorted(set(value) - set(allowed))
     if unknown:
         raise InvalidRequestError(
-            f"'{where}' has unknown field(s) {', '.join(unknown)}; expected {', '.join(allowed)}.",
+            f"Unknown field '{where}.{unknown[0]}' ('{where}' takes {', '.join(allowed)}).",
             param=f"{where}.{unknown[0]}",
         )
     return value

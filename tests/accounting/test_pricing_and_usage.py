@@ -1,0 +1,121 @@
+"""Price lookup and cost arithmetic; billed usage read from provider bodies and streams."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.fakes.upstream import fixture_bytes, fixture_json
+from worker.accounting import usage
+from worker.accounting.plans import Plan, guarantee_status, parse_plans
+from worker.accounting.pricing import Billed, Price, PriceTable, cost, parse_price_overrides
+from worker.config import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("model", "entry"),
+    [
+        ("gpt-4o-mini", "gpt-4o-mini"),
+        ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),
+        ("gpt-5-mini", "gpt-5-mini"),
+        ("gpt-5.4-nano", "gpt-5.4-nano"),
+        ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5"),
+        ("claude-3-5-haiku-latest", "claude-3-5-haiku"),
+        ("openai/gpt-4o", "gpt-4o"),
+        ("anthropic/claude-sonnet-4.5", "claude-sonnet-4-5"),
+        ("gpt-5-turbo", None),  # a new name is not priced as its prefix
+        ("claude-opus-4-9", None),
+        ("llama3", None),
+    ],
+)
+def test_model_lookup(model: str, entry: str | None) -> None:
+    found = PriceTable().lookup(model)
+    assert (found[0] if found else None) == entry
+
+
+def test_cost_splits_uncached_cached_and_written_input() -> None:
+    price = Price(input=3.0, output=15.0, cached_input=0.3, cache_write=3.75, cache_write_1h=6.0)
+    billed = Billed(
+        input_tokens=1_000_000, output_tokens=100_000, cached_input_tokens=400_000, cache_write_tokens=100_000
+    )
+    assert cost(billed, price) == pytest.approx(500_000 * 3e-6 + 400_000 * 0.3e-6 + 100_000 * 3.75e-6 + 1.5)
+    assert cost(billed, price, "1h") == pytest.approx(
+        500_000 * 3e-6 + 400_000 * 0.3e-6 + 100_000 * 6e-6 + 1.5
+    )
+    assert cost(billed, None) is None
+
+
+def test_price_overrides_are_validated() -> None:
+    table = PriceTable(parse_price_overrides({"house": {"input": 1, "output": 2}}, "cfg"))
+    found = table.lookup("house")
+    assert found is not None and found[1].source == "config" and found[1].cached_input is None
+    for bad, where in [
+        ({"m": {"input": 1}}, "pricing.m"),
+        ({"m": {"input": -1, "output": 1}}, "pricing.m.input"),
+        ({"m": {"input": "1", "output": 1}}, "pricing.m.input"),
+        ({"m": {"input": 1, "output": 1, "cheap": True}}, "pricing.m"),
+        ([1], "pricing"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            parse_price_overrides(bad, "cfg")
+        assert err.value.key == where
+
+
+def test_plans_and_guarantee_status() -> None:
+    plans = parse_plans({"pro": {"monthly_price_usd": 49, "guarantee": True}, "free": {}}, "cfg")
+    assert guarantee_status(plans["pro"], 48.99) == "tracking"
+    assert guarantee_status(plans["pro"], 49.0) == "met"
+    assert guarantee_status(plans["free"], 1000) == "not_applicable"
+    assert guarantee_status(None, 1000) == "not_applicable"
+    assert Plan("x", 0.0, False).tracks_guarantee is False
+    with pytest.raises(ConfigError):
+        parse_plans({"pro": {"guarantee": True}}, "cfg")
+    with pytest.raises(ConfigError):
+        parse_plans({"pro": {"monthly_price_usd": "49"}}, "cfg")
+
+
+def test_usage_from_bodies_of_each_wire() -> None:
+    chat = fixture_json("openai/chat_text.json")["usage"]
+    assert usage.from_body("chat", fixture_bytes("openai/chat_text.json")) == Billed(
+        chat["prompt_tokens"], chat["completion_tokens"], chat["prompt_tokens_details"]["cached_tokens"], 0
+    )
+    msg = fixture_json("anthropic/message_text.json")["usage"]
+    read, write = msg["cache_read_input_tokens"], msg["cache_creation_input_tokens"]
+    assert usage.from_body("messages", fixture_bytes("anthropic/message_text.json")) == Billed(
+        msg["input_tokens"] + read + write, msg["output_tokens"], read, write
+    )
+    resp = fixture_json("openai/responses_text.json")["usage"]
+    assert usage.from_body("responses", fixture_bytes("openai/responses_text.json")) == Billed(
+        resp["input_tokens"], resp["output_tokens"], resp["input_tokens_details"]["cached_tokens"], 0
+    )
+    emb = fixture_json("openai/embeddings.json")["usage"]
+    assert usage.from_body("embeddings", fixture_bytes("openai/embeddings.json")) == Billed(
+        emb["prompt_tokens"]
+    )
+    assert usage.from_body("chat", b"not json") is None
+    assert usage.from_body("chat", b'{"id": "x"}') is None
+
+
+@pytest.mark.parametrize(
+    ("wire", "fixture", "text_part"),
+    [
+        ("chat", "openai/chat_text.sse", "Hello"),
+        ("messages", "anthropic/message_text.sse", ""),
+        ("responses", "openai/responses_text.sse", ""),
+        ("chat", "openrouter/chat_text.sse", ""),
+    ],
+)
+def test_usage_from_complete_streams(wire: usage.Wire, fixture: str, text_part: str) -> None:
+    raw = fixture_bytes(fixture)
+    # Split at arbitrary points: the parser must not depend on chunk boundaries.
+    chunks = [raw[i : i + 37] for i in range(0, len(raw), 37)]
+    observed = usage.from_stream(wire, chunks)
+    assert (
+        observed.billed is not None and observed.billed.output_tokens > 0 and observed.billed.input_tokens > 0
+    )
+    assert observed.output_text and text_part in observed.output_text
+
+
+def test_a_cut_stream_has_text_but_no_usage() -> None:
+    raw = fixture_bytes("openai/chat_text.sse")
+    observed = usage.from_stream("chat", [raw[: len(raw) // 2]])
+    assert observed.billed is None and observed.output_text.startswith("Hello")
