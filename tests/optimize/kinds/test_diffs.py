@@ -1,4 +1,5 @@
-"""Unified diffs: every header and changed line kept, unchanged context folded into counted markers."""
+"""Unified diffs: every changed line and hunk header kept, unchanged context folded into counted markers,
+`---`/`+++` pairs that restate their `diff --git` header omitted."""
 
 from __future__ import annotations
 
@@ -14,9 +15,19 @@ AGGRESSIVE = Context(mode="aggressive")
 
 
 def _changed(text: str) -> list[str]:
-    """Header, hunk-header and +/- lines, in order."""
+    """Header, hunk-header and +/- lines, in order, without `---`/`+++` pairs implied by `diff --git`."""
+    lines = text.split("\n")
+    implied = {
+        j
+        for i, line in enumerate(lines[:-1])
+        if line.startswith("--- a/") and lines[i + 1].startswith("+++ b/")
+        for j in (i, i + 1)
+        if f"diff --git {line[4:]} {lines[i + 1][4:]}" in lines[max(0, i - 3) : i]
+    }
     return [
-        line for line in text.split("\n") if line[:1] in ("+", "-", "@", "\\") or line.startswith("diff ")
+        line
+        for i, line in enumerate(lines)
+        if i not in implied and (line[:1] in ("+", "-", "@", "\\") or line.startswith("diff "))
     ]
 
 
@@ -151,3 +162,47 @@ def test_deterministic_and_tiny() -> None:
 def test_dispatch_through_compress_tool_output() -> None:
     result = compress_tool_output(git_diff(), BALANCED)
     assert result is not None and result.strategy == "diff-context"
+
+
+def test_file_header_pairs_are_omitted_only_when_implied() -> None:
+    text = git_diff()
+    result = diffs.compress(text, BALANCED)
+    assert result is not None
+    out = result.text.split("\n")
+    assert out[0] == diffs.IMPLIED_HEADERS_MARKER
+    assert not [line for line in out if line.startswith(("--- ", "+++ "))]
+    assert sum(1 for line in out if line.startswith("diff --git ")) == 4
+    # A new file's `--- /dev/null` says more than its `diff --git` line: that pair stays.
+    added = "\n".join(
+        [
+            "diff --git a/new.py b/new.py",
+            "new file mode 100644",
+            "index 0000000..1a2b3c4",
+            "--- /dev/null",
+            "+++ b/new.py",
+            "@@ -0,0 +1,2 @@",
+            "+x = 1",
+            "+y = 2",
+        ]
+    )
+    renamed = "\n".join(
+        [
+            "diff --git a/old_name.py b/new_name.py",
+            "--- a/old_name.py",
+            "+++ b/new_name.py",
+            "@@ -1 +1 @@",
+            "-a = 1",
+            "+a = 2",
+        ]
+    )
+    mixed = diffs.compress("\n".join([text, added, renamed]), BALANCED)
+    assert mixed is not None
+    out = mixed.text.split("\n")
+    assert "--- /dev/null" in out and "+++ b/new.py" in out
+    # A rename's pair restates the two paths of its header, which stays.
+    assert "--- a/old_name.py" not in out and "diff --git a/old_name.py b/new_name.py" in out
+    # One implied pair alone is not worth the marker.
+    single = text[: text.index("diff --git", 10)].rstrip("\n")
+    alone = diffs.compress(single, BALANCED)
+    assert alone is not None and diffs.IMPLIED_HEADERS_MARKER not in alone.text
+    assert "--- a/app/jobs/orders.py" in alone.text

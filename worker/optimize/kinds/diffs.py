@@ -1,12 +1,19 @@
 """Unified diffs (`git diff`, `git show`, `diff -u`).
 
-Every header line (`diff --git`, `index`, `---`, `+++`, mode and rename lines), every hunk header and every
-changed line (`+`, `-`, `\\ No newline at end of file`) is kept byte for byte, as is anything outside hunks
-(a `git show` commit header, say). Only unchanged context lines are folded: balanced keeps 1 context line
-next to each change, aggressive keeps none. A folded run becomes one line `[trex: N unchanged lines; facts
-kept: …]` (no diff prefix, so it cannot be mistaken for a line of the file); hunk headers keep their
-original counts, so the line numbers they state stay true. Safe mode changes nothing (there is nothing
-lossless to remove from a diff: trailing blanks on `+`/`-` lines are part of the change).
+Every changed line (`+`, `-`, `\\ No newline at end of file`), every hunk header, every `diff --git`, `index`,
+mode and rename line is kept byte for byte, as is anything outside hunks (a `git show` commit header, say).
+Only unchanged context lines are folded: balanced keeps 1 context line next to each change, aggressive keeps
+none. A folded run becomes one line `[trex: N unchanged lines; facts kept: …]` (no diff prefix, so it cannot
+be mistaken for a line of the file); hunk headers keep their original counts, so the line numbers they
+state stay true.
+
+The `--- a/P` / `+++ b/P` pair of a file is dropped when its `diff --git a/P b/P` header names exactly the
+same two paths (the pair says nothing more); pairs that differ (`/dev/null` for an added or deleted file,
+a rename) stay. One marker at the top says so, and only when at least `_MIN_IMPLIED_PAIRS` pairs go,
+so that the saving outweighs the marker.
+
+Safe mode changes nothing (there is nothing lossless to remove from a diff: trailing blanks on `+`/`-`
+lines are part of the change).
 """
 
 from __future__ import annotations
@@ -20,6 +27,10 @@ from worker.optimize.kinds._common import FactLedger, finish, worth_folding
 from worker.optimize.kinds._detect import HUNK_RE
 
 _CONTEXT_KEPT: Mapping[Mode, int] = MappingProxyType({"balanced": 1, "aggressive": 0})
+_MIN_IMPLIED_PAIRS = 2
+IMPLIED_HEADERS_MARKER = (
+    "[trex: `--- a/…` and `+++ b/…` lines omitted where `diff --git` names the same paths]"
+)
 
 
 @dataclass(slots=True)
@@ -40,7 +51,8 @@ def compress(text: str, ctx: Context) -> Compressed | None:
         return None
     lines = text.split("\n")
     runs = _context_runs(lines)
-    if not runs:
+    implied = _implied_file_headers(lines)
+    if not runs and not implied:
         return None
     keep_n = _CONTEXT_KEPT[ctx.mode]
     folds: list[tuple[int, int]] = []  # [start, end) of each context stretch to fold
@@ -61,13 +73,13 @@ def compress(text: str, ctx: Context) -> Compressed | None:
         if worth_folding(marker_text, dropped):
             ledger.commit(listed)
             markers[lo] = marker_text
-    if not markers:
+    if not markers and not implied:
         return None
-    out: list[str] = []
+    out: list[str] = [IMPLIED_HEADERS_MARKER] if implied else []
     skip_until = -1
     total = 0
     for i, line in enumerate(lines):
-        if i < skip_until:
+        if i < skip_until or i in implied:
             continue
         if i in markers:
             out.append(markers[i])
@@ -76,7 +88,31 @@ def compress(text: str, ctx: Context) -> Compressed | None:
             skip_until = end
             continue
         out.append(line)
-    return finish(text, "\n".join(out), "diff-context", [f"folded {total} unchanged context lines"])
+    notes = [f"folded {total} unchanged context lines"] if markers else []
+    if implied:
+        notes.append(f"omitted {len(implied) // 2} file header pairs implied by `diff --git`")
+    return finish(text, "\n".join(out), "diff-context", notes)
+
+
+def _implied_file_headers(lines: list[str]) -> set[int]:
+    """Indexes of the `--- a/P` / `+++ b/P` pairs restating their `diff --git a/P b/P` header (if enough)."""
+    implied: set[int] = set()
+    header = ""
+    for i, line in enumerate(lines):
+        if line.startswith("diff --git "):
+            header = line
+        elif line.startswith("@@"):
+            header = ""  # the pair comes before the first hunk of its file, or not at all
+        elif (
+            header
+            and line.startswith("--- ")
+            and lines[i + 1 : i + 2]
+            and lines[i + 1].startswith("+++ ")
+            and header == f"diff --git {line[4:]} {lines[i + 1][4:]}"
+        ):
+            implied.update((i, i + 1))
+            header = ""
+    return implied if len(implied) // 2 >= _MIN_IMPLIED_PAIRS else set()
 
 
 def _context_runs(lines: list[str]) -> list[_Run]:
