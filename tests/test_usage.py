@@ -18,8 +18,9 @@ import tiktoken
 from tests.conftest import MASTER_KEY, UPSTREAM_KEYS, GatewaySetup
 from tests.fakes.upstream import FakeUpstream, Reply, fixture_json
 from tests.harness import InProcessWorker
+from tests.test_cli import trex
 from worker.accounting.pricing import BUILTIN_PRICES
-from worker.appkeys import GATEWAY
+from worker.appkeys import CONFIG, GATEWAY
 
 
 class _Resp:
@@ -511,3 +512,34 @@ def test_accounting_off_sends_no_event_and_says_so(
     assert r.status_code == 200 and "X-Trex-Usage-Event-Id" not in r.headers
     r = HTTP.get(worker.url + "/v1/usage", headers=headers)
     assert r.status_code == 404 and r.json()["error"]["code"] == "usage_accounting_off"
+
+
+def test_trex_usage_prints_the_same_totals(gateway: GatewaySetup) -> None:
+    for model in ("gpt-4o-mini", "gpt-4.1"):
+        raw = gateway.openai().chat.completions.with_raw_response.create(model=model, messages=MESSAGES)
+        wait_final(gateway, raw.headers["X-Trex-Usage-Event-Id"])
+    served = _get(gateway, "/v1/usage", group_by="model").json()  # also flushes the worker's events
+    config = gateway.worker.app[CONFIG].source
+    out = trex("usage", "--config", config, "--group-by", "model", "--json")
+    assert out.returncode == 0, out.stderr
+    printed = json.loads(out.stdout)
+    assert printed["totals"] == served["totals"] and printed["groups"] == served["groups"]
+    text = trex("usage", "--config", config, "--key", gateway.key_id, "--group-by", "model")
+    lines = text.stdout.decode().splitlines()
+    assert lines[1].split()[:2] == ["MODEL", "REQUESTS"]
+    assert [line.split()[0] for line in lines[2:]] == ["gpt-4.1", "gpt-4o-mini", "TOTAL"]
+    assert lines[-1].split()[1] == "2"
+    bad = trex("usage", "--config", config, "--from", "someday")
+    assert bad.returncode == 1 and b"'from'" in bad.stderr
+
+
+def test_embeddings_produce_an_event_counted_and_billed(gateway: GatewaySetup) -> None:
+    texts = ["refund ORD-1042 for $1,250.00", "the cap is enforced in payments.py"]
+    raw = gateway.openai().embeddings.with_raw_response.create(model="text-embedding-3-small", input=texts)
+    event = wait_final(gateway, raw.headers["X-Trex-Usage-Event-Id"])
+    enc = tiktoken.get_encoding("cl100k_base")
+    assert event["token_count_encoding"] == "cl100k_base"
+    assert event["original_input_tokens"] == sum(len(enc.encode_ordinary(t)) for t in texts)
+    assert event["billed"]["input_tokens"] == fixture_json("openai/embeddings.json")["usage"]["prompt_tokens"]
+    assert event["billed"]["output_tokens"] == 0
+    assert event["actual_cost_usd"] == pytest.approx(_usd(event["billed"]["input_tokens"], 0.02))

@@ -19,10 +19,13 @@ import msgspec
 
 from kv import KVError, KVNamespace, open_kv
 
+from .accounting.events import GROUP_BYS, UsageRecorder
+from .accounting.pricing import PriceTable
 from .auth import PROVIDERS, KeyStore
 from .config import Config, ConfigError, ConfigSource, Overrides
 from .errors import GatewayError
 from .handlers.health import VERSION
+from .handlers.usage import resolve_range
 from .optimize.base import MODES
 from .optimize.pipeline import PROFILES, optimize
 from .optimize.segments import detect_format
@@ -96,6 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument(
         "--protect-recent-turns", type=int, help="prose turns kept whole at the end (default 2)"
     )
+
+    use = sub.add_parser("usage", parents=[state], help="usage totals: tokens, costs and savings")
+    use.add_argument("--key", metavar="KEY_ID", help="one proxy key (default: every key)")
+    use.add_argument(
+        "--from",
+        dest="start",
+        metavar="WHEN",
+        help="YYYY-MM-DD, ISO date-time or epoch (default: 1st of this month)",
+    )
+    use.add_argument(
+        "--to", dest="end", metavar="WHEN", help="YYYY-MM-DD, ISO date-time or epoch (default: now)"
+    )
+    use.add_argument("--group-by", choices=list(GROUP_BYS), help="one row per model, day or provider")
 
     sub.add_parser("config", parents=[state], help="print the resolved configuration (secrets redacted)")
     return parser
@@ -210,6 +226,53 @@ def _keys_command(args: argparse.Namespace, config: Config) -> int:
     return asyncio.run(_with_kv(config.kv_url, act))
 
 
+_USAGE_COLUMNS = (
+    ("requests", "REQUESTS", "{:,}"),
+    ("original_input_tokens", "ORIGINAL", "{:,}"),
+    ("optimized_input_tokens", "OPTIMIZED", "{:,}"),
+    ("billed_input_tokens", "BILLED IN", "{:,}"),
+    ("billed_output_tokens", "BILLED OUT", "{:,}"),
+    ("saved_tokens", "SAVED", "{:,}"),
+    ("baseline_cost_usd", "BASELINE $", "{:.4f}"),
+    ("actual_cost_usd", "ACTUAL $", "{:.4f}"),
+    ("savings_usd", "SAVINGS $", "{:.4f}"),
+)
+
+
+def _usage_command(args: argparse.Namespace, config: Config) -> int:
+    start, end = resolve_range(args.start, args.end, time.time())
+
+    async def act(kv: KVNamespace) -> int:
+        recorder = UsageRecorder(
+            kv,
+            PriceTable(),
+            {},
+            retention_seconds=86400,
+            flush_seconds=3600,
+        )
+        result = await recorder.totals(args.key, start, end, args.group_by)
+        label = args.group_by.upper() if args.group_by else ""
+        rows = [(g[args.group_by], g) for g in result.get("groups", [])] + [("TOTAL", result["totals"])]
+        width = max([len(label), *(len(str(name)) for name, _ in rows)]) + 2
+        lines = [f"{label:<{width}}" + "".join(f"{title:>14}" for _, title, _ in _USAGE_COLUMNS)]
+        for name, row in rows:
+            lines.append(
+                f"{name!s:<{width}}"
+                + "".join(f"{fmt.format(row[field]):>14}" for field, _, fmt in _USAGE_COLUMNS)
+            )
+        stamp = "%Y-%m-%d %H:%M"
+        when = f"{time.strftime(stamp, time.gmtime(start))} to {time.strftime(stamp, time.gmtime(end))} UTC"
+        unpriced = result["totals"]["unpriced_requests"]
+        note = (
+            f"\n{unpriced} request(s) on models without a price are not in the $ columns." if unpriced else ""
+        )
+        doc = {"key_id": args.key, "from": start, "to": end, "group_by": args.group_by, **result}
+        _print(args, doc, f"usage {when}\n" + "\n".join(lines) + note)
+        return EXIT_OK
+
+    return asyncio.run(_with_kv(config.kv_url, act))
+
+
 def _when(epoch: object) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch)) if isinstance(epoch, int) else "never"
 
@@ -307,6 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compress_command(args, source.load())
         if args.command == "keys":
             return _keys_command(args, source.load())
+        if args.command == "usage":
+            return _usage_command(args, source.load())
     except ConfigError as exc:
         print(f"trex: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE

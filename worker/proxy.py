@@ -286,7 +286,9 @@ def _finish_usage(
         request[CTX].wait_until(gw.usage.finish(acct, http_status=status, outcome=outcome, observed=observed))
 
 
-async def _account_body(gw: Gateway, acct: Begun, status: int, wire: UpstreamWire, data: bytes) -> None:
+async def _account_body(
+    gw: Gateway, acct: Begun, status: int, wire: UpstreamWire | Literal["embeddings"], data: bytes
+) -> None:
     assert gw.usage is not None
     await gw.usage.finish(
         acct, http_status=status, outcome="completed", observed=Observed(usage.from_body(wire, data))
@@ -729,31 +731,76 @@ async def _replay(
 # ---- JSON pass-through endpoints (embeddings) ------
 
 
+def _embedding_input_tokens(value: Any, encoding: str) -> int:
+    """Tokens in an embeddings `input`: a string, a list of strings, or token arrays (counted as given)."""
+    if isinstance(value, str):
+        return tokens.count(value, encoding)
+    if isinstance(value, list):
+        if all(isinstance(v, int) for v in value):
+            return len(value)
+        return sum(_embedding_input_tokens(v, encoding) for v in value)
+    return 0
+
+
 async def forward_json(
     request: web.Request, gw: Gateway, key: KeyRecord, route: ModelRoute, path: str, body: dict[str, Any]
 ) -> web.Response:
     """POST `body` to `<provider base>/<path>` and return the upstream's answer unchanged."""
+    client_claims = claims.parse(body.pop("trex_accounting", None))
     api_key = await provider_key(request, gw, key, route.provider)
+    model = body.get("model")
     body["model"] = route.upstream_model
     url = f"{gw.base_urls[route.provider]}/{path}"
     headers = _upstream_headers(request, gw, route.provider, api_key)
     out_headers = {"X-Trex-Upstream-Provider": route.provider, "X-Trex-Upstream-Model": route.upstream_model}
+    payload = _encoder.encode(body)
+    acct: Begun | None = None
+    if gw.usage is not None:
+        encoding, exact = tokens.encoding_for_model(route.upstream_model)
+        counted = _embedding_input_tokens(body.get("input"), encoding)
+        started = request[STARTED]
+        acct = gw.usage.begin(
+            key=key,
+            route=request.path,
+            provider=route.provider,
+            model=str(model),
+            upstream_model=route.upstream_model,
+            stream=False,
+            session_id=None,
+            original_tokens=counted,
+            optimized_tokens=counted,
+            encoding=encoding,
+            estimated=not exact,
+            bytes_before=len(await request.read()),
+            bytes_after=len(payload),
+            claims=client_claims,
+            overhead_ms=round((time.perf_counter() - started) * 1000, 2),
+            started=started,
+        )
+        out_headers["X-Trex-Usage-Event-Id"] = acct.event.id
+        out_headers["X-Trex-Guarantee-Status"] = await gw.usage.guarantee(key)
     try:
-        upstream = await gw.upstream.request(route.provider, "POST", url, _encoder.encode(body), headers)
+        upstream = await gw.upstream.request(route.provider, "POST", url, payload, headers)
     except UpstreamUnavailable as exc:
+        status = 504 if exc.kind == "timeout" else 502
+        _finish_usage(request, gw, acct, status, "upstream_failed", None)
         raise UpstreamError(
-            f"Upstream {route.provider} unavailable: {exc}",
-            status=504 if exc.kind == "timeout" else 502,
-            headers=out_headers,
+            f"Upstream {route.provider} unavailable: {exc}", status=status, headers=out_headers
         ) from exc
     try:
         out_headers.update(_forwarded_headers(upstream.headers))
         async with asyncio.timeout(gw.upstream.timeouts.total):
             data = await upstream.read()
+        if acct is not None:
+            if upstream.status >= 400:
+                _finish_usage(request, gw, acct, upstream.status, "upstream_error", None)
+            else:
+                request[CTX].wait_until(_account_body(gw, acct, upstream.status, "embeddings", data))
         return web.Response(
             body=data, status=upstream.status, headers=out_headers, content_type="application/json"
         )
     except (TimeoutError, aiohttp.ClientError) as exc:
+        _finish_usage(request, gw, acct, 502, "upstream_failed", None)
         raise UpstreamError(f"Upstream {route.provider} failed.", status=502, headers=out_headers) from exc
     finally:
         upstream.release()
