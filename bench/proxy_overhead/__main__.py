@@ -223,10 +223,12 @@ def measure_interleaved(targets: list[Target], duration: float, rounds: int) -> 
     return runs
 
 
-def setup_trex(tmp: Path, upstream: str) -> tuple[Path, str]:
+def setup_trex(tmp: Path, upstream: str, accounting: bool = True) -> tuple[Path, str]:
+    tmp.mkdir(parents=True, exist_ok=True)
     cfg = tmp / "wrangler_local.toml"
     cfg.write_text(
         f'name = "bench"\n[vars]\nOPENAI_BASE_URL = "{upstream}/v1"\n'
+        f'USAGE_ACCOUNTING = "{"on" if accounting else "off"}"\n'
         f'[local]\npersist_to = "{tmp / "state"}"\n'
     )
     (tmp / ".dev.vars").write_text("TREX_MASTER_KEY=" + "b" * 48 + "\n")
@@ -285,10 +287,19 @@ def main() -> int:
         wait_http(f"http://127.0.0.1:{port}/health", 30)
         auth = {"Authorization": f"Bearer {key}"}
         local.append(Target("trex", f"http://127.0.0.1:{port}/v1/chat/completions", "gpt-4o-mini", auth))
-        print("upstream, passthrough and trex ready", flush=True)
-        # Idle targets use no CPU, so all three stay up and are measured in turns.
+        # The same worker with usage accounting off: what accounting costs on the hot path.
+        cfg_off, key_off = setup_trex(tmp / "no-accounting", upstream, accounting=False)
+        port = free_port()
+        argv = [sys.executable, "-m", "worker", "dev", "--config", str(cfg_off), "--port", str(port)]
+        procs.append(start(argv, tmp / "trex-noacct.log"))
+        wait_http(f"http://127.0.0.1:{port}/health", 30)
+        auth_off = {"Authorization": f"Bearer {key_off}"}
+        url_off = f"http://127.0.0.1:{port}/v1/chat/completions"
+        local.append(Target("trex-noacct", url_off, "gpt-4o-mini", auth_off))
+        print("upstream, passthrough, trex and trex-noacct ready", flush=True)
+        # Idle targets use no CPU, so all of them stay up and are measured in turns.
         runs += measure_interleaved(local, args.duration, args.rounds)
-        for name, proc in zip(("upstream", "passthrough", "trex"), procs, strict=True):
+        for name, proc in zip(("upstream", "passthrough", "trex", "trex-noacct"), procs, strict=True):
             rss[name] = tree_peak_rss_mib(proc.pid)
             rss[name + ":steady"] = tree_peak_rss_mib(proc.pid, "VmRSS")
         for proc in procs[1:]:
@@ -329,7 +340,8 @@ def render(runs: list[Run], rss: dict[str, float], duration: float, rounds: int)
     up = {(m, c): by[("upstream", m, c)] for m in ("non-stream", "stream") for c in (1, 32)}
     lines = [
         f"Run on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, wrk -t1, {duration:g} s per cell, one "
-        f"load at a time against the same fake upstream; upstream, pass-through and trex measured in turns, "
+        f"load at a time against the same fake upstream; upstream, pass-through, trex and trex with usage "
+        f"accounting off (trex-noacct) measured in turns, "
         f"{rounds} rounds, median round per cell; LiteLLM one round, alone.",
         "",
         "| target | mode | conc. | RPS | p50 ms | p99 ms | added p50 ms | errors | peak RSS MiB | RSS after MiB |",
@@ -356,6 +368,10 @@ def render(runs: list[Run], rss: dict[str, float], duration: float, rounds: int)
     if t_ns and pt_ns:
         ratio = t_ns.rps / pt_ns.rps
         goals.append(("non-stream c=32 vs pass-through >= 60%", f"{ratio:.0%}", ratio >= 0.6))
+    off_ns = by.get(("trex-noacct", "non-stream", 32))
+    if t_ns and off_ns:
+        ratio = t_ns.rps / off_ns.rps
+        goals.append(("non-stream c=32, accounting on vs off >= 90%", f"{ratio:.0%}", ratio >= 0.9))
     if t_c1:
         added = t_c1.p50_ms - up[("non-stream", 1)].p50_ms
         goals.append(("added p50 at c=1 <= 1 ms", f"{added:.2f} ms", added <= 1.0))

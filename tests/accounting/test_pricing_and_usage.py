@@ -96,23 +96,27 @@ def test_usage_from_bodies_of_each_wire() -> None:
 
 
 @pytest.mark.parametrize(
-    ("wire", "fixture", "text_part"),
+    ("wire", "fixture"),
     [
-        ("chat", "openai/chat_text.sse", "Hello"),
-        ("messages", "anthropic/message_text.sse", ""),
-        ("responses", "openai/responses_text.sse", ""),
-        ("chat", "openrouter/chat_text.sse", ""),
+        ("chat", "openai/chat_text.sse"),
+        ("chat", "openai/chat_tool_calls.sse"),
+        ("chat", "openai/chat_multiline_data.sse"),
+        ("messages", "anthropic/message_text.sse"),
+        ("messages", "anthropic/message_tool_use.sse"),
+        ("responses", "openai/responses_text.sse"),
+        ("responses", "openai/responses_function_call.sse"),
+        ("chat", "openrouter/chat_text.sse"),
     ],
 )
-def test_usage_from_complete_streams(wire: usage.Wire, fixture: str, text_part: str) -> None:
+def test_usage_read_at_the_end_of_a_stream_equals_a_full_decode(wire: usage.Wire, fixture: str) -> None:
     raw = fixture_bytes(fixture)
-    # Split at arbitrary points: the parser must not depend on chunk boundaries.
+    # Split at arbitrary points: neither path may depend on chunk boundaries.
     chunks = [raw[i : i + 37] for i in range(0, len(raw), 37)]
-    observed = usage.from_stream(wire, chunks)
-    assert (
-        observed.billed is not None and observed.billed.output_tokens > 0 and observed.billed.input_tokens > 0
-    )
-    assert observed.output_text and text_part in observed.output_text
+    fast = usage.from_stream(wire, chunks)
+    full = usage._decode_stream(wire, chunks)
+    assert fast.billed is not None and fast.billed == full.billed
+    assert fast.billed.input_tokens > 0 and fast.billed.output_tokens > 0
+    assert full.output_text  # the full decode also recovers what was generated
 
 
 def test_a_cut_stream_has_text_but_no_usage() -> None:

@@ -66,7 +66,14 @@ def from_body(wire: Wire, data: bytes) -> Billed | None:
         return None
     if not isinstance(doc, dict) or not isinstance(doc.get("usage"), dict):
         return None
-    u = doc["usage"]
+    return from_doc(wire, doc)
+
+
+def from_doc(wire: Wire, doc: dict[str, Any]) -> Billed | None:
+    """Usage from a decoded response document (or the chat stream's usage chunk)."""
+    u = doc.get("usage")
+    if not isinstance(u, dict):
+        return None
     if wire == "responses":
         return _responses_usage(u)
     if wire == "embeddings":
@@ -82,8 +89,63 @@ def from_body(wire: Wire, data: bytes) -> Billed | None:
     )
 
 
+def _data_line(raw: bytes, marker: bytes, last: bool = True) -> Any:
+    """The JSON of the single-line `data:` field holding `marker` (its last or first occurrence), or None."""
+    pos = raw.rfind(marker) if last else raw.find(marker)
+    if pos < 0:
+        return None
+    start = raw.rfind(b"data:", 0, pos)
+    end = raw.find(b"\n", pos)
+    if start < 0 or raw.find(b"\n", start, pos) >= 0:  # the marker is not on that data line
+        return None
+    line = raw[start + 5 : end if end >= 0 else len(raw)].strip()
+    try:
+        return _decoder.decode(line)
+    except msgspec.DecodeError:
+        return None
+
+
+def _usage_at_the_end(wire: Wire, raw: bytes) -> Billed | None:
+    """Usage read straight from the event that carries it, without decoding the whole stream."""
+    if wire == "chat":
+        doc = _data_line(raw, b'"usage":{')
+        if isinstance(doc, dict) and isinstance(doc.get("usage"), dict):
+            return from_doc("chat", doc)
+        return None
+    if wire == "responses":
+        for kind in (b'"response.completed"', b'"response.incomplete"', b'"response.failed"'):
+            doc = _data_line(raw, b'"type":' + kind)
+            resp = doc.get("response") if isinstance(doc, dict) else None
+            if isinstance(resp, dict):
+                return _responses_usage(resp.get("usage"))
+        return None
+    start = _data_line(raw, b'"type":"message_start"', last=False)
+    delta = _data_line(raw, b'"type":"message_delta"')
+    if not isinstance(start, dict) or not isinstance(delta, dict):
+        return None
+    message = start.get("message")
+    first = message.get("usage") if isinstance(message, dict) else None
+    final = delta.get("usage")
+    if not isinstance(first, dict) or not isinstance(final, dict):
+        return None
+    merged = {**first, **{k: v for k, v in final.items() if v is not None}}
+    return billed_from_usage(anthropic._usage_from_anthropic(merged))
+
+
 def from_stream(wire: Wire, chunks: Iterable[bytes]) -> Observed:
-    """Usage and output text from the raw bytes of an upstream SSE stream (complete or cut off)."""
+    """Usage and output text from the raw bytes of an upstream SSE stream (complete or cut off).
+
+    A stream that reports its usage is read at the one or two events that carry it (microseconds for any
+    length); only a stream without usage (cut off, abandoned) is decoded whole, for its output text.
+    """
+    chunks = list(chunks)
+    billed = _usage_at_the_end(wire, b"".join(chunks)) if wire != "embeddings" else None
+    if billed is not None:
+        return Observed(billed)
+    return _decode_stream(wire, chunks)
+
+
+def _decode_stream(wire: Wire, chunks: Iterable[bytes]) -> Observed:
     parser = SSEParser()
     text: list[str] = []
     usage: Usage | None = None
