@@ -26,9 +26,11 @@ from .base import Compressed, Context, Mode
 from .dedup import Block, dedupe_detailed
 from .kinds import compress_tool_output
 from .narrative import compress_many
+from .profiles import PROFILES
 from .segments import Format, Segment, content_fields, extract
 
-PROFILES = ("claude", "opencode", "codex", "cursor")
+__all__ = ["PROFILES", "Options", "Removal", "Report", "measure", "optimize"]
+
 _encoder = msgspec.json.Encoder()
 
 
@@ -127,7 +129,7 @@ def optimize(fmt: Format, body: dict[str, Any], options: Options) -> Report:
     rest = [s for s in candidates if id(s) not in done and id(s) not in frozen]
     for seg in rest:
         if seg.kind == "tool_result":
-            result = compress_tool_output(seg.text, ctx)
+            result = compress_tool_output(seg.text, ctx, seg.tool)
             if result is not None:
                 _apply(seg, result, report, undo)
     if options.mode not in ("safe", "off"):

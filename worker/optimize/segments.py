@@ -8,6 +8,11 @@ A `Segment` is one text block: its kind (`tool_result`, `user`, `assistant`), th
 in (0-based message index, system entries excluded), and a setter. Never exposed as segments at all:
 system prompts and instructions, tool definitions, tool-call arguments, images, thinking blocks. A block
 carrying `cache_control` (or inside a message or tool result that carries it) is marked `pinned`.
+
+A tool result also carries the name of the tool whose call it answers (`Segment.tool`), found through the
+call id: `tool_call_id` → `tool_calls[].function.name` (chat), `tool_use_id` → the `tool_use` block's `name`
+(messages), `call_id` → the `function_call`/`custom_tool_call` item's `name` (responses). Coding-agent
+profiles (`profiles`) use it to know what kind of output a result is.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ class Segment:
     """A JSON-path-like location for the report, e.g. `messages[4].content[0].text`."""
     _container: Any
     _key: Any
+    tool: str | None = None
+    """For a tool result: the name of the tool that produced it, when the call is in the request."""
 
     @property
     def item(self) -> int:
@@ -49,11 +56,25 @@ class _Collector:
     def __init__(self) -> None:
         self.segments: list[Segment] = []
         self.turns = 0
+        self.tool_names: dict[str, str] = {}
+        """Call id → tool name, for the calls seen so far (a call always precedes its result)."""
+        self.tool: str | None = None
+        """The tool whose result is being collected (set around `_text_parts` of a tool result)."""
 
     def add(self, kind: SegmentKind, turn: int, container: Any, key: Any, where: str, pinned: bool) -> None:
         value = container[key]
         if isinstance(value, str) and value:
-            self.segments.append(Segment(kind, turn, value, pinned, where, container, key))
+            tool = self.tool if kind == "tool_result" else None
+            self.segments.append(Segment(kind, turn, value, pinned, where, container, key, tool))
+
+    def call(self, call_id: Any, name: Any) -> None:
+        """Remember the tool name of a call."""
+        if isinstance(call_id, str) and isinstance(name, str):
+            self.tool_names[call_id] = name
+
+    def answering(self, call_id: Any) -> None:
+        """The tool results collected next answer the call `call_id`."""
+        self.tool = self.tool_names.get(call_id) if isinstance(call_id, str) else None
 
 
 def _pinned(obj: Any) -> bool:
@@ -108,6 +129,13 @@ def _chat(body: dict[str, Any], col: _Collector) -> None:
             if role in ("tool", "function")
             else ("assistant" if role == "assistant" else "user")
         )
+        for call in msg.get("tool_calls") or () if role == "assistant" else ():
+            if isinstance(call, dict) and isinstance(call.get("function"), dict):
+                col.call(call.get("id"), call["function"].get("name"))
+        # A legacy `function` message names its function itself.
+        col.tool = msg.get("name") if role == "function" else None
+        if role == "tool":
+            col.answering(msg.get("tool_call_id"))
         _text_parts(
             col, kind, turn, msg.get("content"), f"messages[{i}].content", _pinned(msg), msg, "content"
         )
@@ -136,7 +164,10 @@ def _messages(body: dict[str, Any], col: _Collector) -> None:
             btype = block.get("type")
             if btype == "text":
                 col.add(kind, turn, block, "text", f"{where}[{j}].text", _pinned(block))
+            elif btype == "tool_use":
+                col.call(block.get("id"), block.get("name"))
             elif btype == "tool_result":
+                col.answering(block.get("tool_use_id"))
                 inner = block.get("content")
                 _text_parts(
                     col, "tool_result", turn, inner, f"{where}[{j}].content", _pinned(block), block, "content"
@@ -158,7 +189,10 @@ def _responses(body: dict[str, Any], col: _Collector) -> None:
             continue
         itype = item.get("type")
         role = item.get("role")
-        if itype == "function_call_output":
+        if itype in ("function_call", "custom_tool_call"):
+            col.call(item.get("call_id"), item.get("name"))
+        if itype in ("function_call_output", "custom_tool_call_output"):
+            col.answering(item.get("call_id"))
             _text_parts(
                 col,
                 "tool_result",

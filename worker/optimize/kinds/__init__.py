@@ -1,7 +1,8 @@
 """Tool-output compressors: what coding agents get back from file reads, grep, test runs, diffs, APIs, logs.
 
-`compress_tool_output(text, ctx)` is the entry point: it strips terminal escapes and trailing whitespace
-(every mode but `off`), detects the kind of content (`detect`) and hands it to that kind's compressor:
+`compress_tool_output(text, ctx, tool)` is the entry point: it strips terminal escapes and trailing whitespace
+(every mode but `off`), finds the kind of content — from the tool's name when a coding-agent profile knows
+it (`profiles`), else by detection (`detect`) — and hands it to that kind's compressor:
 
 - json → `json_output` (minify; fold long record arrays),
 - log → `logs` (fold repeated lines by template; warnings, errors and stack traces stay verbatim),
@@ -21,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
+from worker.optimize import profiles
 from worker.optimize.base import Compressed, Context
 from worker.optimize.kinds import diffs, json_output, logs, markup, search
 from worker.optimize.kinds._common import (
@@ -69,11 +71,24 @@ def normalise(text: str, kind: Kind) -> str:
     return text if kind == "code" else collapse_blank_lines(text)
 
 
-def compress_tool_output(text: str, ctx: Context) -> Compressed | None:
-    """Compress one tool result; None when the mode is `off` or nothing gets smaller."""
+def compress_tool_output(text: str, ctx: Context, tool: str | None = None) -> Compressed | None:
+    """Compress one tool result; None when the mode is `off` or nothing gets smaller.
+
+    `tool` is the name of the tool that produced it; with a coding-agent profile (`ctx.profile`) it decides
+    the kind before content detection does, and unwraps the agent's envelopes (`profiles`).
+    """
     if ctx.mode == "off" or not text.strip():
         return None
-    kind = detect(strip_ansi(text))
+    wrapped = profiles.unwrap(ctx.profile, tool, text)
+    if wrapped is not None:
+        inner = compress_tool_output(wrapped.inner, ctx, tool)
+        if inner is None:
+            return None
+        rewrapped = wrapped.rewrap(inner.text)
+        if len(rewrapped) >= len(text) or count(rewrapped) >= count(text):
+            return None
+        return Compressed(text=rewrapped, strategy=inner.strategy, removed=inner.removed)
+    kind = profiles.kind_for(ctx.profile, tool, lambda: detect(strip_ansi(text)))
     cleaned = normalise(text, kind)
     compressor = _COMPRESSORS.get(kind)
     result = compressor(cleaned, ctx) if compressor is not None else None
