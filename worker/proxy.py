@@ -42,7 +42,7 @@ from adapters.sse import SSEEvent, SSEParser, frame
 from adapters.transport import UpstreamUnavailable
 
 from . import sessions, tokens
-from .accounting import claims, usage
+from .accounting import claims
 from .accounting.events import Begun, Outcome
 from .accounting.usage import Observed
 from .accounting.usage import billed_from_usage as _billed
@@ -169,7 +169,7 @@ async def proxy(
         upstream = await gw.upstream.request(route.provider, "POST", url, payload, headers)
     except UpstreamUnavailable as exc:
         status = 504 if exc.kind == "timeout" else 502
-        _finish_usage(request, gw, acct, status, "upstream_failed", None)
+        _finish_usage(gw, acct, status, "upstream_failed", None)
         raise UpstreamError(
             f"Upstream {route.provider} unavailable: {exc}",
             status=status,
@@ -184,7 +184,7 @@ async def proxy(
         out_headers["X-Trex-Proxy-Overhead-Ms"] = f"{overhead + (time.perf_counter() - answered) * 1000:.2f}"
     try:
         if upstream.status >= 400:
-            _finish_usage(request, gw, acct, upstream.status, "upstream_error", None)
+            _finish_usage(gw, acct, upstream.status, "upstream_error", None)
             return await _error_response(request, upstream, fmt, wire, out_headers)
         if replay.field is not None and (client_session or len(body[replay.field]) > 1):
             # Remember what was forwarded once the upstream has accepted it, after the response.
@@ -198,37 +198,39 @@ async def proxy(
             relay = _make_relay(fmt, wire, route, body, wants_usage)
             chunks: list[bytes] | None = [] if acct is not None else None
             response, outcome = await _stream(request, upstream, relay, out_headers, chunks)
-            if acct is not None and chunks is not None:
-                request[CTX].wait_until(_account_stream(gw, acct, wire, chunks, outcome))
+            if acct is not None and gw.usage is not None:
+                gw.usage.complete(acct, http_status=200, outcome=outcome, wire=wire, chunks=chunks)
             return response
         data = await upstream.read()  # bounded by the session's total and idle timeouts
         if fmt == wire and not stream:
-            if acct is not None:
-                request[CTX].wait_until(_account_body(gw, acct, upstream.status, wire, data))
+            if acct is not None and gw.usage is not None:
+                gw.usage.complete(
+                    acct, http_status=upstream.status, outcome="completed", wire=wire, body=data
+                )
             return web.Response(
                 body=data, status=upstream.status, headers=out_headers, content_type="application/json"
             )
         resp = _decode_response(wire, _decode_json(data, route.provider))
-        _finish_usage(request, gw, acct, upstream.status, "completed", Observed(_billed(resp.usage)))
+        _finish_usage(gw, acct, upstream.status, "completed", Observed(_billed(resp.usage)))
         if stream:  # the upstream answered a stream request with one JSON body: replay it as a stream
             relay = _make_relay(fmt, "canonical", route, body, wants_usage)
             return await _replay(request, resp, relay, out_headers)
         doc = _encode_response(fmt, resp, body)
         return web.Response(body=_encoder.encode(doc), headers=out_headers, content_type="application/json")
     except TimeoutError as exc:
-        _finish_usage(request, gw, acct, 504, "upstream_failed", None)
+        _finish_usage(gw, acct, 504, "upstream_failed", None)
         raise UpstreamError(
             f"Upstream {route.provider} timed out.", status=504, code="upstream_timeout", headers=out_headers
         ) from exc
     except aiohttp.ClientError as exc:
-        _finish_usage(request, gw, acct, 502, "upstream_failed", None)
+        _finish_usage(gw, acct, 502, "upstream_failed", None)
         raise UpstreamError(
             f"Upstream {route.provider} failed: {exc.__class__.__name__}.",
             code="upstream_error",
             headers=out_headers,
         ) from exc
     except GatewayError as exc:
-        _finish_usage(request, gw, acct, exc.status, "upstream_failed", None)
+        _finish_usage(gw, acct, exc.status, "upstream_failed", None)
         raise
     finally:
         upstream.release()
@@ -275,31 +277,14 @@ async def _begin_usage(
 
 
 def _finish_usage(
-    request: web.Request,
     gw: Gateway,
     acct: Begun | None,
     status: int,
     outcome: Outcome,
     observed: Observed | None,
 ) -> None:
-    if acct is not None and gw.usage is not None and acct.event.status == "pending":
-        request[CTX].wait_until(gw.usage.finish(acct, http_status=status, outcome=outcome, observed=observed))
-
-
-async def _account_body(
-    gw: Gateway, acct: Begun, status: int, wire: UpstreamWire | Literal["embeddings"], data: bytes
-) -> None:
-    assert gw.usage is not None
-    await gw.usage.finish(
-        acct, http_status=status, outcome="completed", observed=Observed(usage.from_body(wire, data))
-    )
-
-
-async def _account_stream(
-    gw: Gateway, acct: Begun, wire: UpstreamWire, chunks: list[bytes], outcome: Outcome
-) -> None:
-    assert gw.usage is not None
-    await gw.usage.finish(acct, http_status=200, outcome=outcome, observed=usage.from_stream(wire, chunks))
+    if acct is not None and gw.usage is not None:
+        gw.usage.complete(acct, http_status=status, outcome=outcome, observed=observed)
 
 
 async def provider_key(request: web.Request, gw: Gateway, key: KeyRecord, provider: Provider) -> str | None:
@@ -783,7 +768,7 @@ async def forward_json(
         upstream = await gw.upstream.request(route.provider, "POST", url, payload, headers)
     except UpstreamUnavailable as exc:
         status = 504 if exc.kind == "timeout" else 502
-        _finish_usage(request, gw, acct, status, "upstream_failed", None)
+        _finish_usage(gw, acct, status, "upstream_failed", None)
         raise UpstreamError(
             f"Upstream {route.provider} unavailable: {exc}", status=status, headers=out_headers
         ) from exc
@@ -793,14 +778,16 @@ async def forward_json(
             data = await upstream.read()
         if acct is not None:
             if upstream.status >= 400:
-                _finish_usage(request, gw, acct, upstream.status, "upstream_error", None)
-            else:
-                request[CTX].wait_until(_account_body(gw, acct, upstream.status, "embeddings", data))
+                _finish_usage(gw, acct, upstream.status, "upstream_error", None)
+            elif gw.usage is not None:
+                gw.usage.complete(
+                    acct, http_status=upstream.status, outcome="completed", wire="embeddings", body=data
+                )
         return web.Response(
             body=data, status=upstream.status, headers=out_headers, content_type="application/json"
         )
     except (TimeoutError, aiohttp.ClientError) as exc:
-        _finish_usage(request, gw, acct, 502, "upstream_failed", None)
+        _finish_usage(gw, acct, 502, "upstream_failed", None)
         raise UpstreamError(f"Upstream {route.provider} failed.", status=502, headers=out_headers) from exc
     finally:
         upstream.release()

@@ -33,10 +33,11 @@ from kv import KVError, KVNamespace
 
 from .. import tokens
 from ..auth import KeyRecord
+from . import usage
 from .claims import Claims
 from .plans import Plan, guarantee_status
 from .pricing import PRICES_TAKEN, Billed, Price, PriceTable, cost
-from .usage import Observed
+from .usage import Observed, Wire
 
 log = logging.getLogger("trex.usage")
 
@@ -107,12 +108,20 @@ _event_decoder = msgspec.json.Decoder(UsageEvent)
 
 @dataclass(slots=True)
 class Begun:
-    """An event in flight and what `finish` needs besides the outcome."""
+    """An event in flight and what reconciling it needs."""
 
     event: UsageEvent
     claims: Claims
     price: Price | None
     started: float
+    # Set by `complete()`; read when the event is reconciled.
+    http_status: int = 0
+    outcome: Outcome = "pending"
+    latency_ms: float = 0.0
+    wire: Wire | None = None
+    body: bytes | None = None
+    chunks: list[bytes] | None = None
+    observed: Observed | None = None
 
 
 def _summary(ev: UsageEvent) -> dict[str, Any]:
@@ -171,6 +180,8 @@ class UsageRecorder:
         self._live: dict[str, UsageEvent] = {}
         """Events not yet final or not yet flushed, by id."""
         self._dirty: dict[str, UsageEvent] = {}
+        self._queued: dict[str, Begun] = {}
+        """Completed requests waiting to be reconciled (by the flush loop, or when read)."""
         self._cycle: dict[tuple[str, str], list[float]] = {}
         """(key id, YYYYMM) → [savings in the cycle, monotonic time loaded]."""
         self._unflushed_savings: dict[tuple[str, str], float] = {}
@@ -240,6 +251,50 @@ class UsageRecorder:
 
     # ---- after the response ----
 
+    def complete(
+        self,
+        begun: Begun,
+        *,
+        http_status: int,
+        outcome: Outcome,
+        wire: Wire | None = None,
+        body: bytes | None = None,
+        chunks: list[bytes] | None = None,
+        observed: Observed | None = None,
+    ) -> None:
+        """Record how the request ended; no parsing here. Usage is read from `body` (a response body) or
+        `chunks` (a stream's raw bytes) or taken from `observed` when the flush loop, or a read of this event,
+        reconciles it. Called once per event, on the request path: it only queues."""
+        if begun.outcome != "pending":
+            return
+        begun.http_status, begun.outcome = http_status, outcome
+        begun.latency_ms = round((time.perf_counter() - begun.started) * 1000, 2)
+        begun.wire, begun.body, begun.chunks, begun.observed = wire, body, chunks, observed
+        self._queued[begun.event.id] = begun
+
+    async def _reconcile_queued(self, only: str | None = None) -> None:
+        if only is not None:
+            begun = self._queued.pop(only, None)
+            if begun is not None:
+                await self._reconcile(begun)
+            return
+        queued, self._queued = self._queued, {}
+        for begun in queued.values():
+            await self._reconcile(begun)
+
+    async def _reconcile(self, begun: Begun) -> None:
+        observed = begun.observed
+        if observed is None and begun.wire is not None and begun.http_status < 400:
+            try:
+                if begun.body is not None:
+                    observed = Observed(usage.from_body(begun.wire, begun.body))
+                elif begun.chunks is not None:
+                    observed = usage.from_stream(begun.wire, begun.chunks)
+            except Exception:
+                log.exception("could not read usage for %s", begun.event.id)
+        begun.body = begun.chunks = None
+        await self.finish(begun, http_status=begun.http_status, outcome=begun.outcome, observed=observed)
+
     async def finish(
         self,
         begun: Begun,
@@ -247,15 +302,12 @@ class UsageRecorder:
         http_status: int,
         outcome: Outcome,
         observed: Observed | None,
-        overhead_ms: float | None = None,
     ) -> None:
         """Reconcile and mark final. `observed` is None when the upstream never answered usefully."""
         ev, claims, price = begun.event, begun.claims, begun.price
         ev.http_status = http_status
         ev.outcome = outcome
-        ev.latency_ms = round((time.perf_counter() - begun.started) * 1000, 2)
-        if overhead_ms is not None:
-            ev.proxy_overhead_ms = overhead_ms
+        ev.latency_ms = begun.latency_ms or round((time.perf_counter() - begun.started) * 1000, 2)
         failed = http_status >= 400  # refused or never answered: nothing billed
         billed: Billed
         if failed:
@@ -366,7 +418,8 @@ class UsageRecorder:
                 log.exception("usage flush failed; retrying at the next interval")
 
     async def flush(self) -> int:
-        """Write every changed event now; returns how many were written."""
+        """Reconcile what completed, then write every changed event; returns how many were written."""
+        await self._reconcile_queued()
         async with self._flush_lock:
             if not self._dirty:
                 return 0
@@ -408,7 +461,10 @@ class UsageRecorder:
         """The event, if `key_id` made it."""
         ev = self._live.get(event_id)
         if ev is not None:
-            return ev if ev.key_id == key_id else None
+            if ev.key_id != key_id:
+                return None
+            await self._reconcile_queued(event_id)  # reading it settles it: no need to wait for the loop
+            return ev
         where = kv_key(key_id, event_id)
         if where is None:
             return None
