@@ -116,11 +116,25 @@ def find_facts(text: str) -> list[str]:
     is a whole token of a longer fact (`2026-03-14`, `ORD-5404`): the longer fact carries it. A run that only
     occurs inside another token (`5404` in `ORD-15404`) is a different value and stays.
     """
-    seen: dict[str, None] = {}
+    return distinct_facts(fact for fact in map(str.strip, _FACT_RE.findall(text)) if len(fact) >= 2)
+
+
+def fact_spans(text: str) -> list[tuple[int, str]]:
+    """Every fact match of `text` with its start offset, in order (not de-duplicated).
+
+    For callers that scan a text once and attribute facts to its pieces by position.
+    """
+    spans: list[tuple[int, str]] = []
     for match in _FACT_RE.finditer(text):
         fact = match.group(0).strip()
         if len(fact) >= 2:
-            seen.setdefault(fact, None)
+            spans.append((match.start(), fact))
+    return spans
+
+
+def distinct_facts(found: Iterable[str]) -> list[str]:
+    """`found` unique, in order, minus one-run facts that are a whole token of a longer one (`find_facts`)."""
+    seen = dict.fromkeys(found)
     tokens_of_longer: set[str] = set()
     for fact in seen:
         runs = _RUN_RE.findall(fact)

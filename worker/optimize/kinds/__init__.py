@@ -26,6 +26,7 @@ from worker.optimize import profiles
 from worker.optimize.base import Compressed, Context
 from worker.optimize.kinds import diffs, json_output, logs, markup, search
 from worker.optimize.kinds._common import (
+    COUNT_CHECK_SHARE,
     collapse_blank_lines,
     count,
     finish,
@@ -71,6 +72,13 @@ def normalise(text: str, kind: Kind) -> str:
     return text if kind == "code" else collapse_blank_lines(text)
 
 
+def _smaller(new: str, old: str) -> bool:
+    """`new` has fewer tokens than `old`; counted only when it is not much shorter (see `finish`)."""
+    if len(new) >= len(old):
+        return False
+    return len(new) <= COUNT_CHECK_SHARE * len(old) or count(new) < count(old)
+
+
 def compress_tool_output(text: str, ctx: Context, tool: str | None = None) -> Compressed | None:
     """Compress one tool result; None when the mode is `off` or nothing gets smaller.
 
@@ -85,7 +93,7 @@ def compress_tool_output(text: str, ctx: Context, tool: str | None = None) -> Co
         if inner is None:
             return None
         rewrapped = wrapped.rewrap(inner.text)
-        if len(rewrapped) >= len(text) or count(rewrapped) >= count(text):
+        if not _smaller(rewrapped, text):
             return None
         return Compressed(text=rewrapped, strategy=inner.strategy, removed=inner.removed)
     kind = profiles.kind_for(ctx.profile, tool, lambda: detect(strip_ansi(text)))
@@ -93,11 +101,11 @@ def compress_tool_output(text: str, ctx: Context, tool: str | None = None) -> Co
     compressor = _COMPRESSORS.get(kind)
     result = compressor(cleaned, ctx) if compressor is not None else None
     if result is None:
-        if cleaned == text or count(cleaned) >= count(text):
+        if cleaned == text or not _smaller(cleaned, text):
             return None
         removed = ["terminal escape sequences and trailing whitespace"]
         return Compressed(text=cleaned, strategy=f"{kind}-whitespace", removed=removed)
-    if count(result.text) >= count(text):
+    if not _smaller(result.text, text):
         return None
     if cleaned == text:
         return result

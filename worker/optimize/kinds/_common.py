@@ -15,7 +15,8 @@ from worker import tokens
 from worker.optimize import facts
 from worker.optimize.base import Compressed
 
-_COUNT_CHECK_SHARE = 0.8
+COUNT_CHECK_SHARE = 0.8
+"""A candidate at most this share of its input's characters is taken as smaller without counting tokens."""
 
 NO_LIMIT = 1 << 40
 """`limit_chars` for `facts.marker`: our callers decide up front whether a fold is worth its fact list
@@ -136,10 +137,23 @@ class FactLedger:
 
 
 def worth_folding(marker_text: str, dropped: Sequence[str]) -> bool:
-    """True when `marker_text` is at most FOLD_RATIO of the dropped pieces' tokens."""
+    """True when `marker_text` is at most FOLD_RATIO of the dropped pieces' tokens.
+
+    A long run is judged on a prefix first: when the marker is already small next to the first pieces
+    (a few times its length), counting the whole run — often most of the input — cannot change the answer
+    (token counts of joined pieces add up, give or take a token at each seam).
+    """
     if not dropped:
         return False
-    return count(marker_text) <= FOLD_RATIO * count("\n".join(dropped))
+    marker_tokens = count(marker_text)
+    if len(dropped) > 8:
+        size, k = 0, 0
+        while k < len(dropped) and size < 4 * len(marker_text):
+            size += len(dropped[k]) + 1
+            k += 1
+        if k < len(dropped) and marker_tokens <= FOLD_RATIO * (count("\n".join(dropped[:k])) - k):
+            return True
+    return marker_tokens <= FOLD_RATIO * count("\n".join(dropped))
 
 
 def finish(
@@ -160,7 +174,7 @@ def finish(
     # Counting both sides costs two full encodes. A cut of over a fifth of the characters has never come out
     # with as many tokens (our outputs are the input's own text minus parts, plus short markers), and the
     # pipeline measures the whole request afterwards and forwards the original if it did not shrink.
-    if len(text) > _COUNT_CHECK_SHARE * len(original) and count(text) >= count(original):
+    if len(text) > COUNT_CHECK_SHARE * len(original) and count(text) >= count(original):
         return None
     if missing_facts(original, text, original_facts):
         return None

@@ -29,20 +29,21 @@ the text without being listed:
 - Facts of entries that are not folded (warnings, errors, traces, their context and everything the latest
   request mentions) are never touched.
 
-`finish()` checks the result against exactly this rule: every fact of the input must be in the output
-verbatim, except incidental values that occur only in folded entries.
+`finish()` checks the result against exactly this rule: every fact of the input that is not an incidental
+value must be in the output verbatim (incidental values of kept entries are there with their entries).
 """
 
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from worker.optimize import facts
 from worker.optimize.base import Compressed, Context, Mode
-from worker.optimize.kinds._common import FactLedger, fact_list, finish, fold_exact_repeats, worth_folding
+from worker.optimize.kinds._common import FactLedger, finish, fold_exact_repeats, worth_folding
 from worker.optimize.kinds._detect import DIAGNOSTIC_RE, LOG_PREFIX_RE
 
 
@@ -67,7 +68,10 @@ _IMPORTANT_RE = re.compile(
     r"fail|failed|failure)\b",
     re.IGNORECASE,
 )
-_EXCEPTION_NAME_RE = re.compile(r"[a-z0-9](?:Error|Exception|Warning|Fault)\b|^E\s{2,}|^Caused by:|^panic:")
+# MULTILINE: `^` is the start of any line of an entry.
+_EXCEPTION_NAME_RE = re.compile(
+    r"[a-z0-9](?:Error|Exception|Warning|Fault)\b|^E\s{2,}|^Caused by:|^panic:", re.MULTILINE
+)
 # Stack-trace and multi-line-message continuations for logs without a per-line prefix.
 _CONTINUATION_RE = re.compile(
     r"^(?:\s+\S|at \S|Caused by:|\.\.\. \d+ more|File \"|During handling of|The above exception|"
@@ -77,17 +81,19 @@ _CONTINUATION_RE = re.compile(
 # Slots that turn an entry into its template, tried left to right at each position (a UUID before its hex
 # parts, a timestamp before its numbers). Test ids (`tests/test_a.py::test_x PASSED`, `--- PASS: TestX`)
 # make one template for all passing tests.
-_SLOT_RE = re.compile(
-    r"(?P<test>\S+::\S+|(?<=^--- PASS: )\S+|(?<=^ok  \t)\S+)"
-    r"|(?P<uuid>\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b)"
+_TEST_SLOT = r"(?P<test>\S+::\S+|(?<=^--- PASS: )\S+|(?<=^ok  \t)\S+)|"
+_VALUE_SLOTS = (
+    r"(?P<uuid>\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b)"
     r"|(?P<ts>\d{4}[-/]\d{2}[-/]\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?)?"
     r"|\b\d{1,2}/[A-Z][a-z]{2}/\d{4}(?::\d{2}:\d{2}:\d{2})?(?: [+-]\d{4})?"
     r"|\b\d{2}:\d{2}:\d{2}(?:[.,]\d+)?)"
     r"|(?P<ip>\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b)"
     r"|(?P<hex>\b0x[0-9a-fA-F]+\b|\b(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{6,}\b)"
-    r"|(?P<n>\d+(?:\.\d+)?)",
-    re.MULTILINE,
+    r"|(?P<n>\d+(?:\.\d+)?)"
 )
+_SLOT_RE = re.compile(_TEST_SLOT + _VALUE_SLOTS, re.MULTILINE)
+# Most entries hold no test id; `\S+::` retried at every position is most of the cost of the slot scan.
+_VALUE_SLOT_RE = re.compile(_VALUE_SLOTS, re.MULTILINE)
 _BLANKS_RE = re.compile(r"[ \t]+")  # column padding that varies with the width of a number
 
 # Facts that are incidental in a routine log line (see the module docstring). A currency amount is never
@@ -128,13 +134,13 @@ def compress(text: str, ctx: Context) -> Compressed | None:
         return finish(text, "\n".join(deduped), "log-dedupe", [f"{folded} exact repeated lines counted"])
     settings = _SETTINGS[ctx.mode]
     entries = _entries(lines)
-    important = [_is_important(entry.lines) for entry in entries]
+    bodies = ["\n".join(entry.lines) for entry in entries]
+    important = [_is_important(body) for body in bodies]
     pinned = list(important)
     for i, flag in enumerate(important):
         if flag:
             for j in range(max(0, i - settings.context_before), i):
                 pinned[j] = True
-    bodies = ["\n".join(entry.lines) for entry in entries]
     for i in _asked_entries(bodies, ctx.query):
         pinned[i] = True  # the latest request names something in this entry: it stays as it is
     groups: dict[str, list[int]] = {}
@@ -149,29 +155,24 @@ def compress(text: str, ctx: Context) -> Compressed | None:
     foldable = [members for members in groups.values() if len(members) >= settings.min_group]
     if not foldable:
         return None
+    # One scan for facts, attributed to entries by position: what markers list and what the final check
+    # requires come from the same matches.
+    key_facts = _key_facts_by_entry(text, entries)
     # Everything not in a foldable group's tail stays verbatim; markers need not repeat facts shown there.
     tails = {i for members in foldable for i in members[1:]}
-    ledger = FactLedger("\n".join("\n".join(e.lines) for i, e in enumerate(entries) if i not in tails))
+    ledger = FactLedger("\n".join(bodies[i] for i in range(len(entries)) if i not in tails))
     markers: dict[int, str] = {}  # example entry index -> marker emitted after it
     folded_entries: set[int] = set()
-    required: dict[
-        str, None
-    ] = {}  # facts of folded entries that must stay verbatim (in a marker or elsewhere)
     for members in sorted(foldable, key=lambda m: m[0]):
         rest = members[1:]
-        dropped = ["\n".join(entries[i].lines) for i in rest]
-        listed_facts = [
-            f
-            for f in dict.fromkeys(f for chunk in dropped for f in facts.find_facts(chunk))
-            if not summarisable(f)
-        ]
+        dropped = [bodies[i] for i in rest]
+        listed_facts = facts.distinct_facts(f for i in rest for f in key_facts.get(i, ()))
         what = f"{_describe(entries, members)}: {_summary(shapes[members[0]], [shapes[i] for i in rest])}"
         marker_text, listed = ledger.marker_of(what, listed_facts)
         if worth_folding(marker_text, dropped):
             ledger.commit(listed)
             markers[members[0]] = marker_text
             folded_entries.update(rest)
-            required.update(dict.fromkeys(listed_facts))
     if not folded_entries:
         return None
     out: list[str] = []
@@ -182,19 +183,25 @@ def compress(text: str, ctx: Context) -> Compressed | None:
         if i in markers:
             out.append(markers[i])
     notes = [f"folded {len(folded_entries)} repeated log entries into {len(markers)} templates"]
-    result = finish(text, "\n".join(out), "log-template", notes, original_facts=list(required))
-    if result is None or not _kept_everything_else(text, result.text):
-        return None
-    return result
+    # The rule of the module docstring, checked on the result: every fact that is not an incidental value
+    # is in the output verbatim (kept in place or listed), so a bug in grouping or pinning costs compression,
+    # never an error line or an amount. Incidental values of kept entries are there with their entries.
+    required = facts.distinct_facts(f for found in key_facts.values() for f in found)
+    return finish(text, "\n".join(out), "log-template", notes, original_facts=required)
 
 
-def _kept_everything_else(original: str, output: str) -> bool:
-    """Every fact of `original` is in `output`, except summarisable ones (the rule of the module docstring).
-
-    Scans the original once more: the guard that a bug in grouping or pinning costs compression, never an
-    error line or an amount.
-    """
-    return not any(f not in output and not summarisable(f) for f in fact_list(original))
+def _key_facts_by_entry(text: str, entries: list[_Entry]) -> dict[int, list[str]]:
+    """The facts of each entry that are not incidental values (`summarisable`), from one scan of `text`."""
+    starts: list[int] = []
+    offset = 0
+    for entry in entries:
+        starts.append(offset)
+        offset += sum(len(line) + 1 for line in entry.lines)
+    found: dict[int, list[str]] = {}
+    for position, fact in facts.fact_spans(text):
+        if not summarisable(fact):
+            found.setdefault(bisect_right(starts, position) - 1, []).append(fact)
+    return found
 
 
 def _asked_entries(bodies: list[str], query: str) -> set[int]:
@@ -231,13 +238,15 @@ def _shape(body: str) -> _Shape:
     parts: list[str] = []
     kinds: list[str] = []
     pos = 0
-    for match in _SLOT_RE.finditer(body):
-        parts.append(body[pos : match.start()])
-        parts.append(match.group(0))
+    maybe_test = "::" in body or "--- PASS: " in body or "ok  \t" in body
+    for match in (_SLOT_RE if maybe_test else _VALUE_SLOT_RE).finditer(body):
+        start, end = match.span()
+        parts.append(body[pos:start])
+        parts.append(body[start:end])
         kinds.append(match.lastgroup or "n")
-        pos = match.end()
+        pos = end
     parts.append(body[pos:])
-    key = "\x00".join(_BLANKS_RE.sub(" ", p) for p in parts[::2]) + "\x01" + " ".join(kinds)
+    key = _BLANKS_RE.sub(" ", "\x00".join(parts[::2])) + "\x01" + " ".join(kinds)
     return _Shape(key, tuple(parts), tuple(kinds))
 
 
@@ -313,5 +322,5 @@ def _ends_traceback(entry: list[str], line: str) -> bool:
     return entry[0].startswith("Traceback") and bool(_EXCEPTION_NAME_RE.search(line))
 
 
-def _is_important(lines: list[str]) -> bool:
-    return any(_IMPORTANT_RE.search(line) or _EXCEPTION_NAME_RE.search(line) for line in lines)
+def _is_important(body: str) -> bool:
+    return _IMPORTANT_RE.search(body) is not None or _EXCEPTION_NAME_RE.search(body) is not None
