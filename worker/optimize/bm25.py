@@ -40,6 +40,9 @@ STOPWORDS: frozenset[str] = frozenset(_STOPWORDS_TEXT.split())
 
 
 def _parts(chunk: str) -> list[str]:
+    plain_word = chunk.isalpha() and (len(chunk) == 1 or chunk[1:].islower())
+    if chunk.isascii() and (plain_word or chunk.isdigit()):
+        return [chunk]  # a plain word or number (most chunks): nothing to split, no regex needed
     pieces = [p for p in _SEP_RE.split(chunk) if p]
     out: list[str] = []
     for piece in pieces:

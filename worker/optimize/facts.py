@@ -97,7 +97,55 @@ def _combine(patterns: tuple[str, ...]) -> str:
     return "|".join(parts)
 
 
-_FACT_RE = re.compile(_combine(_FACT_PATTERNS))
+# The characters each pattern can start with, by class: D a digit (`\d`), L an ASCII lower-case letter, U an
+# ASCII upper-case letter, O anything else. A superset is always safe (see `_dispatch`).
+_FIRST_CHARS: tuple[str, ...] = (
+    "L",  # URLs
+    "DLUO",  # e-mail addresses
+    "DLU",  # UUIDs
+    "DL",  # hex hashes
+    "D",  # hex literals
+    "O",  # inline code
+    "D",  # ISO dates/times
+    "D",  # 03/14/2026
+    "U",  # March 14, 2026
+    "D",  # 14 March 2026
+    "D",  # times
+    "O",  # $1,234.50
+    "D",  # 1,200 EUR
+    "D",  # percentages
+    "D",  # quantities with units
+    "DL",  # versions
+    "DLUO",  # paths
+    "LU",  # Windows paths
+    "DLUO",  # file names
+    "U",  # ORD-1042
+    "L",  # cus_9fK2LmQ
+    "O",  # #1234
+    "U",  # E501
+    "U",  # ECONNREFUSED
+    "U",  # NOT_FOUND
+    "D",  # numbers of 3+ digits
+)
+_CLASS_LOOKAHEAD = {"D": r"(?=\d)", "L": r"(?=[a-z])", "U": r"(?=[A-Z])", "O": r"(?![a-zA-Z\d])"}
+
+
+def _dispatch(patterns: tuple[str, ...], first_chars: tuple[str, ...]) -> str:
+    """`_combine(patterns)` split by the class of the character at the match start.
+
+    At a position whose character is in class K, only the patterns that can start with a K character can
+    match, and within each class the patterns keep their order, so the first pattern that matches — the
+    one the plain alternation picks — is the same. The scan tries one cheap look-ahead per class instead
+    of every pattern at every position.
+    """
+    branches = []
+    for cls in "DLUO":
+        members = tuple(p for p, first in zip(patterns, first_chars, strict=True) if cls in first)
+        branches.append(f"{_CLASS_LOOKAHEAD[cls]}(?:{_combine(members)})")
+    return "|".join(branches)
+
+
+_FACT_RE = re.compile(_dispatch(_FACT_PATTERNS, _FIRST_CHARS))
 _RUN_RE = re.compile(r"[A-Za-z0-9]+")
 
 _CONSTRAINT_RE = re.compile(
