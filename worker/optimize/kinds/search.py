@@ -13,10 +13,12 @@ summaries) are kept. Output is grouped by file in order of first appearance.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from worker.optimize import facts
 from worker.optimize.base import Compressed, Context, Mode
 from worker.optimize.bm25 import BM25, tokenize
 from worker.optimize.kinds._common import FactLedger, finish, fold_exact_repeats, worth_folding
@@ -90,6 +92,7 @@ def compress(text: str, ctx: Context) -> Compressed | None:
         for g in groups
     )
     ledger = FactLedger(visible)
+    found = _body_facts(text, lines, groups)
     out: list[str] = []
     folded_total = 0
     for group in groups:
@@ -99,7 +102,8 @@ def compress(text: str, ctx: Context) -> Compressed | None:
         kept = [m for m in group.matches if not group.path or m.index in keep]
         marker_text = ""
         if dropped:
-            marker_text, listed = ledger.marker(_what(group, dropped, bool(kept)), [m.body for m in dropped])
+            dropped_facts = [f for m in dropped for f in facts.distinct_facts(found.get(m.index, ()))]
+            marker_text, listed = ledger.marker_of(_what(group, dropped, bool(kept)), dropped_facts)
             if worth_folding(marker_text, [m.raw for m in dropped]):
                 ledger.commit(listed)
                 folded_total += len(dropped)
@@ -113,7 +117,28 @@ def compress(text: str, ctx: Context) -> Compressed | None:
     notes = [f"folded {folded_total} lower-ranked matches"] if folded_total else []
     if duplicates:
         notes.append(f"dropped {duplicates} duplicate lines")
-    return finish(text, "\n".join(out), "search-rank", notes)
+    every_fact = facts.distinct_facts(f for spans in found.values() for f in spans)
+    return finish(text, "\n".join(out), "search-rank", notes, original_facts=every_fact)
+
+
+def _body_facts(text: str, lines: list[str], groups: list[_Group]) -> dict[int, list[str]]:
+    """The facts of each match's body (by line index), from one scan of the whole text.
+
+    Facts that start in a `path:line:` prefix, or on a line that is not a match, are filed under -1: the
+    final check still requires them, the markers do not list them (as when each body is scanned alone).
+    """
+    starts: list[int] = []
+    offset = 0
+    for line in lines:
+        starts.append(offset)
+        offset += len(line) + 1
+    body_start = {m.index: starts[m.index] + len(m.raw) - len(m.body) for g in groups for m in g.matches}
+    found: dict[int, list[str]] = {}
+    for position, fact in facts.fact_spans(text):
+        index = bisect_right(starts, position) - 1
+        key = index if position >= body_start.get(index, offset + 1) else -1
+        found.setdefault(key, []).append(fact)
+    return found
 
 
 def _what(group: _Group, dropped: list[_Match], some_kept: bool) -> str:
