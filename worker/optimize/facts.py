@@ -98,7 +98,8 @@ def _combine(patterns: tuple[str, ...]) -> str:
 
 
 # The characters each pattern can start with, by class: D a digit (`\d`), L an ASCII lower-case letter, U an
-# ASCII upper-case letter, O anything else. A superset is always safe (see `_dispatch`).
+# ASCII upper-case letter, O anything else but whitespace (no fact starts with a blank, so the indentation of
+# pretty JSON or code costs one failed look-ahead per class). A superset is always safe (see `_dispatch`).
 _FIRST_CHARS: tuple[str, ...] = (
     "L",  # URLs
     "DLUO",  # e-mail addresses
@@ -127,7 +128,7 @@ _FIRST_CHARS: tuple[str, ...] = (
     "U",  # NOT_FOUND
     "D",  # numbers of 3+ digits
 )
-_CLASS_LOOKAHEAD = {"D": r"(?=\d)", "L": r"(?=[a-z])", "U": r"(?=[A-Z])", "O": r"(?![a-zA-Z\d])"}
+_CLASS_LOOKAHEAD = {"D": r"(?=\d)", "L": r"(?=[a-z])", "U": r"(?=[A-Z])", "O": r"(?![a-zA-Z\d\s])"}
 
 
 def _dispatch(patterns: tuple[str, ...], first_chars: tuple[str, ...]) -> str:
