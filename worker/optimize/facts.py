@@ -199,7 +199,7 @@ def has_fact(text: str) -> bool:
 
 def fact_count(text: str) -> int:
     """How many fact matches `text` has (cheap density signal; not deduplicated)."""
-    return sum(1 for _ in _FACT_RE.finditer(text))
+    return len(_FACT_RE.findall(text))
 
 
 def is_constraint(text: str) -> bool:
@@ -213,13 +213,12 @@ def marker(what: str, dropped_text: Iterable[str] = (), limit_chars: int = 2000)
     `limit_chars` bounds the fact list; facts past it are counted rather than listed, so a caller that must
     keep every fact passes a large enough limit (the compressors' final check rejects any loss).
     """
-    facts: list[str] = []
-    seen: set[str] = set()
-    for chunk in dropped_text:
-        for fact in find_facts(chunk):
-            if fact not in seen:
-                seen.add(fact)
-                facts.append(fact)
+    return listing_marker(what, [fact for chunk in dropped_text for fact in find_facts(chunk)], limit_chars)
+
+
+def listing_marker(what: str, found: Iterable[str], limit_chars: int = 2000) -> str:
+    """`marker()` for facts the caller already found in the dropped content (listed once each, in order)."""
+    facts = list(dict.fromkeys(found))
     if not facts:
         return f"[trex: {what}]"
     listed: list[str] = []

@@ -129,7 +129,7 @@ class FactLedger:
             if fact not in self._listed and fact not in fresh and fact not in self._visible:
                 fresh.setdefault(fact, None)
         listed = list(fresh)
-        return fold_marker(what, listed), listed
+        return facts.listing_marker(what, listed, limit_chars=NO_LIMIT), listed
 
     def commit(self, listed: Sequence[str]) -> None:
         """Record that a marker listing `listed` is in the output."""

@@ -36,7 +36,7 @@ import msgspec
 
 from worker.optimize import facts
 from worker.optimize.base import Compressed, Context, Mode
-from worker.optimize.kinds._common import fact_list, finish, fold_marker, worth_folding
+from worker.optimize.kinds._common import NO_LIMIT, fact_list, finish, worth_folding
 from worker.optimize.kinds._detect import is_json_lines
 
 Scalar = str | int | bool | None | msgspec.Raw
@@ -198,7 +198,7 @@ def _plan_fold(
         return None
     what = _describe(items, flats, folded, sorted(keep), n)
     # The marker re-reads facts from each record's fact list (found once above), not the whole record.
-    marker_text = fold_marker(what, ["\n".join(item_facts[i]) for i in folded])
+    marker_text = facts.listing_marker(what, (f for i in folded for f in item_facts[i]), limit_chars=NO_LIMIT)
     if not worth_folding(marker_text, [encoded[i] for i in folded]):
         return None
     return _Plan(keep=keep, marker=marker_text)
