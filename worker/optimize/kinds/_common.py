@@ -9,6 +9,7 @@ one folding rule can cost compression but never a fact.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 
 from worker import tokens
@@ -88,6 +89,23 @@ def fact_list(text: str) -> list[str]:
         for fact in facts.find_facts(chunk):
             seen.setdefault(fact, None)
     return list(seen)
+
+
+def facts_by_line(text: str) -> dict[int, list[str]]:
+    """The facts of `text` by the index of the line each starts on, from one scan (not de-duplicated).
+
+    For compressors that drop whole lines: the facts of the dropped lines feed their markers, and all of
+    them together are the final check's `original_facts`, without a second scan.
+    """
+    starts = [0]
+    position = text.find("\n")
+    while position >= 0:
+        starts.append(position + 1)
+        position = text.find("\n", position + 1)
+    found: dict[int, list[str]] = {}
+    for offset, fact in facts.fact_spans(text):
+        found.setdefault(bisect_right(starts, offset) - 1, []).append(fact)
+    return found
 
 
 def missing_facts(original: str, output: str, original_facts: Sequence[str] | None = None) -> list[str]:

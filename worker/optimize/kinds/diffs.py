@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from worker.optimize.base import Compressed, Context, Mode
-from worker.optimize.kinds._common import FactLedger, finish, worth_folding
+from worker.optimize.facts import distinct_facts
+from worker.optimize.kinds._common import FactLedger, facts_by_line, finish, worth_folding
 from worker.optimize.kinds._detect import HUNK_RE
 
 _CONTEXT_KEPT: Mapping[Mode, int] = MappingProxyType({"balanced": 1, "aggressive": 0})
@@ -61,15 +62,17 @@ def compress(text: str, ctx: Context) -> Compressed | None:
         hi = run.end - (keep_n if run.before_change else 0)
         if hi - lo >= 1:
             folds.append((lo, hi))
-    if not folds:
+    if not folds and not implied:
         return None
     folded_lines = {i for lo, hi in folds for i in range(lo, hi)}
     ledger = FactLedger("\n".join(line for i, line in enumerate(lines) if i not in folded_lines))
+    found = facts_by_line(text)
     markers: dict[int, str] = {}
     for lo, hi in folds:
         dropped = lines[lo:hi]
         noun = "line" if hi - lo == 1 else "lines"
-        marker_text, listed = ledger.marker(f"{hi - lo} unchanged {noun}", dropped)
+        dropped_facts = [f for i in range(lo, hi) for f in distinct_facts(found.get(i, ()))]
+        marker_text, listed = ledger.marker_of(f"{hi - lo} unchanged {noun}", dropped_facts)
         if worth_folding(marker_text, dropped):
             ledger.commit(listed)
             markers[lo] = marker_text
@@ -91,7 +94,8 @@ def compress(text: str, ctx: Context) -> Compressed | None:
     notes = [f"folded {total} unchanged context lines"] if markers else []
     if implied:
         notes.append(f"omitted {len(implied) // 2} file header pairs implied by `diff --git`")
-    return finish(text, "\n".join(out), "diff-context", notes)
+    every_fact = distinct_facts(f for line_facts in found.values() for f in line_facts)
+    return finish(text, "\n".join(out), "diff-context", notes, original_facts=every_fact)
 
 
 def _implied_file_headers(lines: list[str]) -> set[int]:
