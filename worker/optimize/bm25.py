@@ -40,9 +40,6 @@ STOPWORDS: frozenset[str] = frozenset(_STOPWORDS_TEXT.split())
 
 
 def _parts(chunk: str) -> list[str]:
-    plain_word = chunk.isalpha() and (len(chunk) == 1 or chunk[1:].islower())
-    if chunk.isascii() and (plain_word or chunk.isdigit()):
-        return [chunk]  # a plain word or number (most chunks): nothing to split, no regex needed
     pieces = [p for p in _SEP_RE.split(chunk) if p]
     out: list[str] = []
     for piece in pieces:
@@ -56,8 +53,15 @@ def _parts(chunk: str) -> list[str]:
 def tokenize(text: str) -> list[str]:
     """Lowercase terms of `text`, in order (see the module docstring)."""
     terms: list[str] = []
-    for match in _CHUNK_RE.finditer(text):
-        chunk = match.group(0)
+    for chunk in _CHUNK_RE.findall(text):
+        if chunk.isascii() and (
+            chunk.isdigit() or (chunk.isalpha() and (len(chunk) == 1 or chunk[1:].islower()))
+        ):
+            # A plain word or number (most chunks): one part, the chunk itself.
+            term = chunk.lower()
+            if term not in STOPWORDS and (len(term) > 1 or term.isdigit()):
+                terms.append(term)
+            continue
         parts = _parts(chunk)
         for part in parts:
             term = part.lower()

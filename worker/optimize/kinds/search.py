@@ -84,7 +84,11 @@ def compress(text: str, ctx: Context) -> Compressed | None:
     if not matches:
         return None
     settings = _SETTINGS[ctx.mode]
-    docs = [tokenize(m.body) + tokenize(m.path.rsplit("/", 1)[-1].rsplit(".", 1)[0]) for m in matches]
+    # Many matches share a file, and grep bodies repeat: tokenize each distinct string once.
+    terms: dict[str, list[str]] = {}
+    docs = [
+        _terms(terms, m.body) + _terms(terms, m.path.rsplit("/", 1)[-1].rsplit(".", 1)[0]) for m in matches
+    ]
     scores = dict(zip((m.index for m in matches), BM25(docs).scores(tokenize(ctx.query)), strict=True))
     keep = _select(groups, scores, settings)
     visible = "\n".join(
@@ -138,6 +142,13 @@ def _body_facts(text: str, lines: list[str], groups: list[_Group]) -> dict[int, 
         index = bisect_right(starts, position) - 1
         key = index if position >= body_start.get(index, offset + 1) else -1
         found.setdefault(key, []).append(fact)
+    return found
+
+
+def _terms(cache: dict[str, list[str]], text: str) -> list[str]:
+    found = cache.get(text)
+    if found is None:
+        found = cache[text] = tokenize(text)
     return found
 
 
