@@ -4,7 +4,9 @@ A compressor is a pure, deterministic function `(text, ctx) -> Compressed | None
 no dependence on dict/set iteration order of unordered inputs, the same bytes for the same input. It returns
 None when the content is not its kind, or when it cannot make the text smaller. A result is never larger
 than its input (the pipeline checks tokens again), and every fact (`facts.find_facts`) of the input is
-either still in the output verbatim or listed in a `facts.marker(...)` that replaced the dropped part.
+either still in the output verbatim or listed in a `facts.marker(...)` that replaced the dropped part —
+except the incidental values of folded routine log lines, which `kinds.logs` summarises (its docstring
+states the rule).
 """
 
 from __future__ import annotations

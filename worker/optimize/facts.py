@@ -3,8 +3,10 @@
 IDs, hashes, UUIDs, amounts and currencies, percentages, dates and times, URLs, file paths, e-mail
 addresses, version numbers, error codes and inline code are found by the patterns below. Whatever a
 compressor drops, the facts inside it are listed verbatim in the marker that replaces it (`marker()`), so a
-fact is never lost: it is either kept in place or named in the marker. Constraint clauses (must, never,
-only, deadline, limit …) are recognised by `is_constraint` and kept whole by the narrative compressor.
+fact is never lost: it is either kept in place or named in the marker. The one documented exception is log
+folding (`kinds.logs`): in routine lines folded into a template, incidental values (timestamps, numbers,
+hex ids, UUIDs, IPs) are summarised per field instead of listed. Constraint clauses (must, never, only,
+deadline, limit …) are recognised by `is_constraint` and kept whole by the narrative compressor.
 
 All patterns are compiled once at import; nothing here is per-request setup.
 """

@@ -2,8 +2,10 @@
 
 Every compressor ends with `finish()`, which enforces the contract of `worker.optimize.base` on the
 candidate it built: it must differ from the input, be strictly smaller in tokens, and keep every fact of
-the input verbatim (in place or in a marker). A candidate that fails any check is discarded, so a bug in
-one folding rule can cost compression but never a fact.
+the input verbatim (in place or in a marker; the log compressor passes the facts its rule requires). A
+candidate that fails any check is discarded, so a bug in one folding rule can cost compression but never a
+fact. Compressors that drop whole lines scan the input for facts once (`facts_by_line`, `facts.fact_spans`)
+and use the same matches for their markers and for the final check.
 """
 
 from __future__ import annotations
@@ -27,10 +29,9 @@ FOLD_RATIO = 0.7
 """A fold must shrink what it replaces to at most this share of its tokens; when the dropped content is
 mostly facts, the marker would be nearly as long and would only lose the context around them."""
 
-# find_facts de-duplicates contained facts pairwise (quadratic in distinct facts), so big texts are
-# scanned in chunks of lines; facts never span lines in practice, so chunking finds the same facts. A very
-# long line (one-line JSON) is cut before a `,"` or `, "` (a JSON member or element boundary), which only
-# an inline-code fact could contain.
+# Big texts are scanned in chunks of lines (facts never span lines in practice, so chunking finds the same
+# facts). A very long line (one-line JSON) is cut before a `,"` or `, "` (a JSON member or element
+# boundary), which only an inline-code fact could contain.
 _CHUNK_CHARS = 8000
 _LONG_LINE_CUT_RE = re.compile(r'(?:(?<=,)|(?<=, ))(?=")')
 
