@@ -175,7 +175,11 @@ class KVNamespace(abc.ABC):
         failure some entries may be stored and others not.
         """
         now = self._clock()
-        writes = [self._prepare_write(k, v, expiration_ttl, None, m, now) for k, v, m in entries]
+        expiration = resolve_expiration(now, expiration_ttl, None)  # one TTL check for the whole batch
+        writes = [
+            Write(encode_key(k), encode_value(v), expiration, encode_metadata(m)) for k, v, m in entries
+        ]
+        self._check_open()
         if writes:
             await self._put_many(writes, now)
 

@@ -59,6 +59,8 @@ class Claims:
 
     def client_reported(self) -> dict[str, int] | None:
         """The `trex` numbers the client sent, as given."""
+        if self is NO_CLAIMS:
+            return None
         out = {name: getattr(self, name) for name in _TREX if getattr(self, name) is not None}
         return out or None
 

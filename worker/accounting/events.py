@@ -24,7 +24,6 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
@@ -181,6 +180,10 @@ class UsageRecorder:
         """Events not yet final or not yet flushed, by id."""
         self._dirty: dict[str, UsageEvent] = {}
         self._queued: dict[str, Begun] = {}
+        self._id_prefix = secrets.token_hex(5)
+        self._counter = 0
+        self._second = -1
+        self._day = self._iso = ""
         """Completed requests waiting to be reconciled (by the flush loop, or when read)."""
         self._cycle: dict[tuple[str, str], list[float]] = {}
         """(key id, YYYYMM) → [savings in the cycle, monotonic time loaded]."""
@@ -211,9 +214,14 @@ class UsageRecorder:
         overhead_ms: float,
         started: float,
     ) -> Begun:
-        now = self._clock()
-        created = int(now)
-        event_id = f"ue_{_day(created)}_{secrets.token_hex(10)}"
+        created = int(self._clock())
+        if created != self._second:  # the time strings change once a second: build them once a second
+            self._second = created
+            self._day = _day(created)
+            self._iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
+        self._counter += 1
+        # Unique without a random draw per request: a random per-process prefix and a counter.
+        event_id = f"ue_{self._day}_{self._id_prefix}{self._counter & 0xFFFFFFFFFF:010x}"
         original = (
             claims.original_input_tokens if claims.original_input_tokens is not None else original_tokens
         )
@@ -221,9 +229,7 @@ class UsageRecorder:
         ev = UsageEvent(
             id=event_id,
             created=created,
-            created_at=datetime.fromtimestamp(now, UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            created_at=self._iso,
             key_id=key.id,
             route=route,
             provider=provider,
