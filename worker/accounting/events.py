@@ -45,6 +45,7 @@ GROUP_BYS = ("model", "day", "provider")
 Outcome = Literal["pending", "completed", "upstream_error", "upstream_failed", "client_disconnected"]
 _THREAD_COUNT_CHARS = 64 * 1024
 _GUARANTEE_REFRESH_SECONDS = 60.0
+_SLICE = 256
 
 
 class BilledTokens(msgspec.Struct):
@@ -285,8 +286,10 @@ class UsageRecorder:
                 await self._reconcile(begun)
             return
         queued, self._queued = self._queued, {}
-        for begun in queued.values():
+        for i, begun in enumerate(queued.values(), 1):
             await self._reconcile(begun)
+            if i % _SLICE == 0:
+                await asyncio.sleep(0)  # requests run between slices: a busy second never stalls the loop
 
     async def _reconcile(self, begun: Begun) -> None:
         observed = begun.observed
@@ -431,9 +434,11 @@ class UsageRecorder:
                 return 0
             batch, self._dirty = self._dirty, {}
             entries = []
-            for ev in batch.values():
+            for i, ev in enumerate(batch.values(), 1):
                 key = f"{PREFIX}{ev.key_id}/{ev.id[3:11]}/{ev.id}"
                 entries.append((key, _encoder.encode(ev), _summary(ev)))
+                if i % _SLICE == 0:
+                    await asyncio.sleep(0)
             try:
                 await self.kv.put_many(entries, expiration_ttl=self.retention_seconds)
             except KVError:
