@@ -235,6 +235,13 @@ class KVNamespace(abc.ABC):
             cursor=None if complete else encode_cursor(page[-1].key),
         )
 
+    def independent(self) -> KVNamespace:
+        """The same data through a connection of its own, for a background writer whose batches must not
+        queue everyone else's operations behind them. Backends whose operations never queue behind each
+        other (memory, Redis's connection pool) return themselves; the caller closes what it gets only if it
+        is not this namespace."""
+        return self
+
     async def close(self) -> None:
         """Release the backend's resources; further calls raise KVClosedError. Idempotent."""
         if self._closed:

@@ -89,6 +89,13 @@ class SqliteKV(KVNamespace):
         self._connect_lock = asyncio.Lock()
         self._writes_since_purge = 0
 
+    def independent(self) -> SqliteKV:
+        # aiosqlite runs one connection's statements one at a time on one thread; WAL lets a second
+        # connection write while the first one reads.
+        if self._path == ":memory:":
+            return self  # a second connection would open a different, empty database
+        return SqliteKV(self._path, clock=self._clock, busy_timeout_ms=self._busy_timeout_ms)
+
     async def connect(self) -> None:
         """Open the database and create the schema now rather than on first use."""
         self._check_open()

@@ -40,6 +40,8 @@ class Gateway:
         """Write the last usage events and release the upstream connection pools."""
         if self.usage is not None:
             await self.usage.close()
+            if self.usage.kv is not self.kv:
+                await self.usage.kv.close()
         await self.upstream.close()
 
 
@@ -64,7 +66,7 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
     usage = None
     if accounting == "on":
         usage = UsageRecorder(
-            kv,
+            kv.independent(),
             PriceTable(parse_price_overrides(config.tables.get("pricing"), config.source)),
             parse_plans(config.tables.get("plans"), config.source),
             retention_seconds=max(60, int(config.number("USAGE_RETENTION_DAYS") * 86400)),

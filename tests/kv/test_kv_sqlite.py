@@ -135,3 +135,24 @@ async def test_put_if_absent_exclusive_across_processes(tmp_path: Path) -> None:
             assert await kv.get_text(f"key-{index}") == winner
     finally:
         await kv.close()
+
+
+async def test_an_independent_connection_sees_the_same_data_and_writes_alongside(tmp_path: Path) -> None:
+    kv = SqliteKV(tmp_path / "kv.db")
+    writer = kv.independent()
+    assert writer is not kv
+    try:
+        await kv.put("a", "1")
+        # A long batch on the writer while the first connection keeps serving reads.
+        batch = [(f"b/{i:05d}", "x" * 500, {"i": i}) for i in range(3000)]
+        reads = [kv.get("a") for _ in range(20)]
+        results = await asyncio.gather(writer.put_many(batch, expiration_ttl=3600), *reads)
+        assert results[1:] == [b"1"] * 20
+        assert await writer.get("a") == b"1"
+        assert (await kv.get_with_metadata("b/02999")) == (b"x" * 500, {"i": 2999})
+    finally:
+        await writer.close()
+        await kv.close()
+    memory = SqliteKV(":memory:")
+    assert memory.independent() is memory  # a second :memory: connection would be another database
+    await memory.close()
