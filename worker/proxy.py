@@ -176,6 +176,9 @@ async def proxy(
             code="upstream_timeout" if exc.kind == "timeout" else "upstream_unreachable",
             headers=out_headers,
         ) from exc
+    except BaseException:
+        _finish_usage(gw, acct, 500, "upstream_failed", None)  # never leave an event pending forever
+        raise
     answered = time.perf_counter()
 
     out_headers.update(_forwarded_headers(upstream.headers))
@@ -234,6 +237,8 @@ async def proxy(
         raise
     finally:
         upstream.release()
+        if acct is not None and acct.outcome == "pending":  # an unexpected failure: account it, never leak it
+            _finish_usage(gw, acct, 500, "upstream_failed", None)
 
 
 # ---- usage accounting ------

@@ -276,6 +276,13 @@ class UsageRecorder:
             return
         begun.http_status, begun.outcome = http_status, outcome
         begun.latency_ms = round((time.perf_counter() - begun.started) * 1000, 2)
+        if chunks is not None and wire is not None and observed is None:
+            # The stream is over and sent. Its usage sits in one or two events: read it now and let the
+            # chunks go, rather than hold every stream's bytes until the next flush. Only a stream without
+            # usage (cut off, abandoned) keeps its bytes, to estimate the output from.
+            billed = usage.usage_at_the_end(wire, b"".join(chunks))
+            if billed is not None:
+                observed, chunks = Observed(billed), None
         begun.wire, begun.body, begun.chunks, begun.observed = wire, body, chunks, observed
         self._queued[begun.event.id] = begun
 
@@ -433,29 +440,38 @@ class UsageRecorder:
             if not self._dirty:
                 return 0
             batch, self._dirty = self._dirty, {}
-            entries = []
-            for i, ev in enumerate(batch.values(), 1):
-                key = f"{PREFIX}{ev.key_id}/{ev.id[3:11]}/{ev.id}"
-                entries.append((key, _encoder.encode(ev), _summary(ev)))
-                if i % _SLICE == 0:
-                    await asyncio.sleep(0)
-            try:
-                await self.kv.put_many(entries, expiration_ttl=self.retention_seconds)
-            except KVError:
-                for event_id, ev in batch.items():  # keep them for the next attempt, newer changes first
-                    self._dirty.setdefault(event_id, ev)
-                raise
-            for ev in batch.values():
-                if ev.status == "final" and ev.id not in self._dirty:
-                    self._live.pop(ev.id, None)
-                    if ev.savings_usd:
-                        cycle = (ev.key_id, time.strftime("%Y%m", time.gmtime(ev.created)))
-                        left = self._unflushed_savings.get(cycle, 0.0) - ev.savings_usd
-                        if abs(left) < 1e-12:
-                            self._unflushed_savings.pop(cycle, None)
-                        else:
-                            self._unflushed_savings[cycle] = left
-            return len(entries)
+            events = list(batch.values())
+            written = 0
+            # Slice by slice: encode a few hundred events, write them, let requests run, go on. The memory a
+            # flush needs stays small and no request waits long for the loop.
+            for start in range(0, len(events), _SLICE):
+                part = events[start : start + _SLICE]
+                entries = [
+                    (f"{PREFIX}{ev.key_id}/{ev.id[3:11]}/{ev.id}", _encoder.encode(ev), _summary(ev))
+                    for ev in part
+                ]
+                try:
+                    await self.kv.put_many(entries, expiration_ttl=self.retention_seconds)
+                except KVError:
+                    for ev in events[start:]:  # keep the unwritten for the next attempt, newer changes first
+                        self._dirty.setdefault(ev.id, ev)
+                    raise
+                written += len(entries)
+                self._settle(part)
+            return written
+
+    def _settle(self, written: list[UsageEvent]) -> None:
+        """Forget final events that are now in the KV (unless they changed again meanwhile)."""
+        for ev in written:
+            if ev.status == "final" and ev.id not in self._dirty:
+                self._live.pop(ev.id, None)
+                if ev.savings_usd:
+                    cycle = (ev.key_id, time.strftime("%Y%m", time.gmtime(ev.created)))
+                    left = self._unflushed_savings.get(cycle, 0.0) - ev.savings_usd
+                    if abs(left) < 1e-12:
+                        self._unflushed_savings.pop(cycle, None)
+                    else:
+                        self._unflushed_savings[cycle] = left
 
     async def close(self) -> None:
         """Stop the loop and write what is left (graceful shutdown)."""

@@ -105,7 +105,7 @@ def _data_line(raw: bytes, marker: bytes, last: bool = True) -> Any:
         return None
 
 
-def _usage_at_the_end(wire: Wire, raw: bytes) -> Billed | None:
+def usage_at_the_end(wire: Wire, raw: bytes) -> Billed | None:
     """Usage read straight from the event that carries it, without decoding the whole stream."""
     if wire == "chat":
         doc = _data_line(raw, b'"usage":{')
@@ -139,7 +139,7 @@ def from_stream(wire: Wire, chunks: Iterable[bytes]) -> Observed:
     length); only a stream without usage (cut off, abandoned) is decoded whole, for its output text.
     """
     chunks = list(chunks)
-    billed = _usage_at_the_end(wire, b"".join(chunks)) if wire != "embeddings" else None
+    billed = usage_at_the_end(wire, b"".join(chunks)) if wire != "embeddings" else None
     if billed is not None:
         return Observed(billed)
     return _decode_stream(wire, chunks)
