@@ -543,3 +543,26 @@ def test_embeddings_produce_an_event_counted_and_billed(gateway: GatewaySetup) -
     assert event["billed"]["input_tokens"] == fixture_json("openai/embeddings.json")["usage"]["prompt_tokens"]
     assert event["billed"]["output_tokens"] == 0
     assert event["actual_cost_usd"] == pytest.approx(_usd(event["billed"]["input_tokens"], 0.02))
+
+
+@pytest.mark.parametrize(
+    ("extra", "variables", "key"),
+    [
+        ('[pricing."m"]\ninput = 1\n', {}, "pricing.m"),
+        ('[pricing."m"]\ninput = "cheap"\noutput = 1\n', {}, "pricing.m.input"),
+        ("[plans.pro]\nguarantee = true\n", {}, "plans.pro.guarantee"),
+        ("[plans.pro]\nmonthly_price_usd = -5\n", {}, "plans.pro.monthly_price_usd"),
+        ("", {"USAGE_ACCOUNTING": "maybe"}, "vars.USAGE_ACCOUNTING"),
+    ],
+)
+def test_bad_accounting_config_is_a_config_error(
+    tmp_path: Any, extra: str, variables: dict[str, str], key: str
+) -> None:
+    from tests.harness import load_test_config, write_config
+    from worker.config import ConfigError
+    from worker.gateway import build_gateway
+
+    config = load_test_config(write_config(tmp_path, variables, extra=extra))
+    with pytest.raises(ConfigError) as err:
+        build_gateway(config, None)  # type: ignore[arg-type]
+    assert err.value.key == key

@@ -63,12 +63,16 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
     accounting = (config.var("USAGE_ACCOUNTING") or "on").strip().lower()
     if accounting not in ("on", "off"):
         raise ConfigError(config.source, "vars.USAGE_ACCOUNTING", f"expected on or off, got {accounting!r}")
+    # Every table is validated before anything is built on the KV.
+    models = parse_model_table(config.tables.get("models"), config.source)
+    prices = PriceTable(parse_price_overrides(config.tables.get("pricing"), config.source))
+    plans = parse_plans(config.tables.get("plans"), config.source)
     usage = None
     if accounting == "on":
         usage = UsageRecorder(
             kv.independent(),
-            PriceTable(parse_price_overrides(config.tables.get("pricing"), config.source)),
-            parse_plans(config.tables.get("plans"), config.source),
+            prices,
+            plans,
             retention_seconds=max(60, int(config.number("USAGE_RETENTION_DAYS") * 86400)),
             flush_seconds=config.number("USAGE_FLUSH_SECONDS"),
         )
@@ -82,7 +86,7 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
         keys=KeyStore(kv, vault),
         kv=kv,
         upstream=UpstreamClient(timeouts),
-        models=parse_model_table(config.tables.get("models"), config.source),
+        models=models,
         base_urls=base_urls,
         default_max_tokens=int(config.number("DEFAULT_MAX_TOKENS")),
         anthropic_version=config.var("ANTHROPIC_VERSION") or "2023-06-01",
