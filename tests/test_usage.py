@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.error
 import urllib.parse
@@ -306,25 +305,21 @@ def test_stream_cut_by_the_upstream_is_estimated_from_what_was_streamed(gateway:
 
 def test_client_disconnect_is_reconciled_from_what_was_streamed(gateway: GatewaySetup) -> None:
     gateway.fake.set("/v1/chat/completions", Reply.stream("openai/chat_text.sse", chunk_delay=0.2))
-    body = json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True, **OFF}).encode()
-    host, port = gateway.worker.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Authorization: Bearer {gateway.key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
-        head = b""
-        while b"data: " not in head:
-            head += sock.recv(65536)
-    event_id = next(
-        line.split(":", 1)[1].strip()
-        for line in head.decode().split("\r\n")
-        if line.lower().startswith("x-trex-usage-event-id")
-    )
+    with gateway.openai().chat.completions.with_streaming_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_body=OFF
+    ) as resp:
+        event_id = resp.headers["X-Trex-Usage-Event-Id"]
+        lines = resp.iter_lines()
+        first = next(line for line in lines if line.startswith("data: "))
+        assert json.loads(first[6:])["object"] == "chat.completion.chunk"
+    # Leaving the block closed the connection after the first chunk: the client went away mid-stream.
     event = wait_final(gateway, event_id)
     assert event["outcome"] == "client_disconnected" and event["usage_source"] == "estimated"
-    assert event["billed"]["output_tokens"] >= 0
+    assert event["billed"]["input_tokens"] == event["optimized_input_tokens"]
+    deadline = time.monotonic() + 5
+    while gateway.fake.streams_aborted < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gateway.fake.streams_aborted == 1  # and the worker stopped reading the upstream
 
 
 def test_upstream_errors_produce_a_final_event_with_nothing_billed(gateway: GatewaySetup) -> None:
