@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -147,3 +148,51 @@ def test_sigterm_lets_an_in_flight_stream_finish(
     assert wp.wait() == 0
     assert result.get("text")  # the client got the whole stream, not a cut
     assert fake_upstream.streams_completed == 1
+
+
+def test_key_states_from_the_cli_reach_a_running_worker_within_a_second(
+    tmp_path: Path, fake_upstream: FakeUpstream, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    cfg = str(
+        write_config(tmp_path, fake_upstream.base_urls(), extra="[plans.pro]\nmonthly_price_usd = 20\n")
+    )
+    created = _create_key(cfg)
+    wp = spawn_worker(Path(cfg))
+    headers = {"X-Upstream-Api-Key": "sk-x"}
+    with openai.OpenAI(
+        api_key=created["key"], base_url=wp.url + "/v1", max_retries=0, default_headers=headers
+    ) as client:
+
+        def status_code() -> tuple[int, str | None]:
+            try:
+                client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+            except openai.APIStatusError as err:
+                return err.status_code, err.code
+            return 200, None
+
+        def settles_to(expected: tuple[int, str | None]) -> bool:
+            deadline = time.monotonic() + 1.5  # the worker caches a key for at most 1 s
+            while time.monotonic() < deadline:
+                if status_code() == expected:
+                    return True
+                time.sleep(0.05)
+            return False
+
+        assert status_code() == (200, None)
+        for action, expected in [
+            ("suspend", (401, "key_suspended")),
+            ("activate", (200, None)),
+            ("revoke", (401, "key_revoked")),
+        ]:
+            out = trex("keys", action, created["id"], "--config", cfg, "--json")
+            assert out.returncode == 0, out.stderr
+            assert settles_to(expected), action
+    again = trex("keys", "activate", created["id"], "--config", cfg)
+    assert again.returncode == 1 and b"revoked" in again.stderr  # revocation is final
+    assert trex("keys", "suspend", "key_missing", "--config", cfg).returncode == 1
+    plan = trex("keys", "set-plan", created["id"], "pro", "--config", cfg, "--json")
+    assert plan.returncode == 0 and json.loads(plan.stdout)["plan"] == "pro"
+    assert trex("keys", "set-plan", created["id"], "gold", "--config", cfg).returncode == 2
+    listed = json.loads(trex("keys", "list", "--config", cfg, "--json").stdout)["keys"]
+    assert (listed[0]["state"], listed[0]["plan"]) == ("revoked", "pro")
+    assert wp.stop() == 0

@@ -27,12 +27,13 @@ import msgspec
 
 from kv import KVNamespace
 
-from .errors import AuthenticationError, GatewayError, InvalidRequestError
+from .errors import AuthenticationError, ConflictError, GatewayError, InvalidRequestError
 from .optimize.base import MODES
 from .vault import Vault, VaultError
 
 PROVIDERS = ("openai", "anthropic", "openrouter", "local")
 KEY_PREFIX = "trex_"
+KEY_STATES = ("active", "inactive", "suspended", "revoked")
 KEY_STATES = ("active", "inactive", "suspended", "revoked")
 
 T = TypeVar("T")
@@ -178,6 +179,26 @@ class KeyStore:
             if page.list_complete or page.cursor is None:
                 return out
             cursor = page.cursor
+
+    async def set_state(self, key_id: str, state: str) -> KeyRecord:
+        """Change a key's state. `revoked` is final; every instance sees a change within its 1 s cache."""
+        if state not in KEY_STATES:
+            raise InvalidRequestError(f"state must be one of {', '.join(KEY_STATES)}.", param="state")
+        record = await self.get(key_id)
+        if record.state == "revoked" and state != "revoked":
+            raise ConflictError(f"Proxy key {key_id} is revoked; a revoked key cannot change state again.")
+        updated = msgspec.structs.replace(record, state=state)
+        await self._kv.put(f"keys/{key_id}", msgspec.json.encode(updated))
+        self._records.drop(record.hash)
+        return updated
+
+    async def set_plan(self, key_id: str, plan: str | None) -> KeyRecord:
+        """Put a key on a plan (None: no plan)."""
+        record = await self.get(key_id)
+        updated = msgspec.structs.replace(record, plan=plan)
+        await self._kv.put(f"keys/{key_id}", msgspec.json.encode(updated))
+        self._records.drop(record.hash)
+        return updated
 
     async def bind(self, key_id: str, provider: str, provider_key: str) -> None:
         """Store `provider_key` sealed for (`key_id`, `provider`), replacing any earlier binding."""

@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     k_bind.add_argument("key_id")
     k_bind.add_argument("--provider", required=True, choices=list(PROVIDERS))
+    for action, verb in (("suspend", "suspend"), ("activate", "activate"), ("revoke", "revoke (final)")):
+        k_state = keys_sub.add_parser(action, parents=[state], help=f"{verb} a proxy key")
+        k_state.add_argument("key_id")
+    k_plan = keys_sub.add_parser("set-plan", parents=[state], help="put a proxy key on a plan")
+    k_plan.add_argument("key_id")
+    k_plan.add_argument("plan", help="a [plans.NAME] of the config, or 'none'")
 
     comp = sub.add_parser(
         "compress", parents=[state], help="optimize a request payload (chat, Responses or Messages) offline"
@@ -173,6 +179,9 @@ def _kv_command(args: argparse.Namespace, url: str) -> int:
     return asyncio.run(_with_kv(url, act))
 
 
+_STATE_ACTIONS = {"suspend": "suspended", "activate": "active", "revoke": "revoked"}
+
+
 def _keys_command(args: argparse.Namespace, config: Config) -> int:
     vault = None
     provider_key = ""
@@ -214,6 +223,20 @@ def _keys_command(args: argparse.Namespace, config: Config) -> int:
                     f"{_when(row['last_used']):<20} {row['prefix']}…"
                 )
             _print(args, {"keys": rows}, "\n".join(lines))
+        elif args.keys_command in _STATE_ACTIONS:
+            record = await store.set_state(args.key_id, _STATE_ACTIONS[args.keys_command])
+            _print(args, {"id": record.id, "state": record.state}, f"{record.id} is now {record.state}")
+        elif args.keys_command == "set-plan":
+            plan = None if args.plan == "none" else args.plan
+            if plan is not None and plan not in config.tables.get("plans", {}):
+                print(f"trex keys set-plan: no [plans.{plan}] in {config.source}", file=sys.stderr)
+                return EXIT_USAGE
+            record = await store.set_plan(args.key_id, plan)
+            _print(
+                args,
+                {"id": record.id, "plan": record.plan},
+                f"{record.id} is now on plan {record.plan or 'none'}",
+            )
         elif args.keys_command == "bind":
             await store.bind(args.key_id, args.provider, provider_key)
             _print(

@@ -117,6 +117,15 @@ class MethodNotAllowedError(GatewayError):
     default_code = "method_not_allowed"
 
 
+class ConflictError(GatewayError):
+    """409: the change conflicts with the resource's current state."""
+
+    status = 409
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    default_code = "conflict"
+
+
 class PayloadTooLargeError(GatewayError):
     """413: the body is larger than MAX_BODY_BYTES."""
 

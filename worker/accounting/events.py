@@ -45,7 +45,7 @@ GROUP_BYS = ("model", "day", "provider")
 Outcome = Literal["pending", "completed", "upstream_error", "upstream_failed", "client_disconnected"]
 _THREAD_COUNT_CHARS = 64 * 1024
 _GUARANTEE_REFRESH_SECONDS = 60.0
-_SLICE = 256
+_SLICE = 64
 
 
 class BilledTokens(msgspec.Struct):
