@@ -561,3 +561,46 @@ def test_bad_accounting_config_is_a_config_error(
     with pytest.raises(ConfigError) as err:
         build_gateway(config, None)  # type: ignore[arg-type]
     assert err.value.key == key
+
+
+def test_request_log_has_one_entry_per_authenticated_request_newest_first(gateway: GatewaySetup) -> None:
+    raw = gateway.openai().chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+    proxied_event = raw.headers["X-Trex-Usage-Event-Id"]
+    bad = HTTP.post(
+        gateway.worker.url + "/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": MESSAGES, "trex_accounting": "bad"},
+        headers={"Authorization": f"Bearer {gateway.key}"},
+    )
+    assert bad.status_code == 400
+    assert _get(gateway, "/v1/models").status_code == 200
+    HTTP.get(
+        gateway.worker.url + "/v1/models", headers={"Authorization": "Bearer trex_unknown"}
+    )  # no key: no entry
+    page = _get(gateway, "/v1/logs", limit="2")
+    assert page.status_code == 200, page.text
+    doc = page.json()
+    assert [e["route"] for e in doc["data"]] == ["/v1/models", "/v1/chat/completions"]
+    assert doc["data"][0]["status"] == 200 and doc["data"][1]["status"] == 400
+    assert doc["has_more"] is True and doc["next_cursor"]
+    rest = _get(gateway, "/v1/logs", cursor=doc["next_cursor"]).json()
+    assert [e["route"] for e in rest["data"]] == ["/v1/chat/completions"] and rest["has_more"] is False
+    entry = rest["data"][0]
+    assert entry["usage_event_id"] == proxied_event and entry["model"] == "gpt-4o-mini"
+    assert entry["billed_input_tokens"] == fixture_json("openai/chat_text.json")["usage"]["prompt_tokens"]
+    assert entry["request_id"] == raw.headers["X-Request-Id"] and entry["key_id"] == gateway.key_id
+    assert gateway.key not in json.dumps(doc) + json.dumps(rest)  # no secrets in the log
+    assert "messages" not in json.dumps(entry)  # no bodies
+    _, other = gateway.new_key("other")
+    assert _get(gateway, "/v1/logs", other).json()["data"] == []  # a key sees only its own entries
+    assert _get(gateway, "/v1/logs", limit="0").json()["error"]["param"] == "limit"
+    assert _get(gateway, "/v1/logs", cursor="!!").json()["error"]["param"] == "cursor"
+    config = gateway.worker.app[CONFIG].source
+    printed = trex("logs", gateway.key_id, "--config", config, "--json")
+    assert printed.returncode == 0, printed.stderr
+    data = json.loads(printed.stdout)["data"]
+    assert [e.get("usage_event_id") for e in data if e["route"] == "/v1/chat/completions"] == [
+        None,
+        proxied_event,
+    ]
+    text = trex("logs", gateway.key_id, "--config", config, "--limit", "20").stdout.decode()
+    assert text.splitlines()[0].split()[:3] == ["TIME", "STATUS", "MS"] and "/v1/chat/completions" in text

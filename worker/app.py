@@ -23,7 +23,7 @@ from aiohttp.typedefs import Middleware
 from kv import KVNamespace, open_kv
 
 from .accesslog import AccessLog
-from .appkeys import CONFIG, CTX, ENV, GATEWAY, REQUEST_ID, STARTED, TASKS
+from .appkeys import CONFIG, CTX, ENV, GATEWAY, KEY_ID, REQUEST_ID, STARTED, TASKS, USAGE_EVENT
 from .config import Config
 from .context import Env, ExecutionContext, TaskRegistry
 from .errors import (
@@ -65,6 +65,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/compress", compress.compress),
     Route("GET", "/v1/usage", usage.usage_totals),
     Route("GET", "/v1/usage/events/{id}", usage.usage_event),
+    Route("GET", "/v1/logs", usage.request_logs),
 )
 
 
@@ -155,14 +156,15 @@ def make_edge_middleware(config: Config, access: AccessLog | None) -> Middleware
                 request, InternalError(f"Internal error (request id {rid}). The failure has been logged.")
             )
         finally:
+            latency = round((time.perf_counter() - started) * 1000, 2)
             if access is not None:
-                access.log(
-                    rid,
-                    request.method,
-                    request.path,
-                    status,
-                    round((time.perf_counter() - started) * 1000, 2),
-                )
+                access.log(rid, request.method, request.path, status, latency)
+            key_id = request.get(KEY_ID)
+            if key_id is not None:  # an authenticated request: it goes in its key's request log
+                usage = request.app[GATEWAY].usage
+                if usage is not None:
+                    begun = request.get(USAGE_EVENT)
+                    usage.log(rid, key_id, request.method, request.path, status, latency, begun)
 
     return edge
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .accounting.events import Begun
 from .config import Config
 from .context import Env, ExecutionContext, TaskRegistry
 from .gateway import Gateway
@@ -16,4 +17,8 @@ GATEWAY = web.AppKey("gateway", Gateway)
 REQUEST_ID = web.RequestKey("request_id", str)
 CTX = web.RequestKey("ctx", ExecutionContext)
 STARTED = web.RequestKey("started", float)
+KEY_ID = web.RequestKey("key_id", str)
+"""The proxy key's id once the request has authenticated (for the request log)."""
+USAGE_EVENT = web.RequestKey("usage_event", Begun)
+"""The request's usage event in flight (`accounting.events.Begun`), if it has one."""
 """`time.perf_counter()` when the request reached the worker."""

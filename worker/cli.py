@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     use.add_argument("--group-by", choices=list(GROUP_BYS), help="one row per model, day or provider")
 
+    logs = sub.add_parser("logs", parents=[state], help="a proxy key's request log, newest first")
+    logs.add_argument("key_id")
+    logs.add_argument("--limit", type=int, default=50, help="entries to print (1-1000, default 50)")
+
     sub.add_parser("config", parents=[state], help="print the resolved configuration (secrets redacted)")
     return parser
 
@@ -296,6 +300,35 @@ def _usage_command(args: argparse.Namespace, config: Config) -> int:
     return asyncio.run(_with_kv(config.kv_url, act))
 
 
+def _logs_command(args: argparse.Namespace, config: Config) -> int:
+    if not 1 <= args.limit <= 1000:
+        print("trex logs: --limit must be from 1 to 1000", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def act(kv: KVNamespace) -> int:
+        recorder = UsageRecorder(kv, PriceTable(), {}, retention_seconds=86400, flush_seconds=3600)
+        entries, _ = await recorder.logs(args.key_id, args.limit, None)
+        lines = [
+            f"{'TIME':<20} {'STATUS':>6} {'MS':>8} {'METHOD':<6} {'ROUTE':<24} {'MODEL':<24} "
+            f"{'TOKENS':>15}  REQUEST"
+        ]
+        for e in entries:
+            tokens = (
+                f"{e.get('original_input_tokens', '')}→{e.get('optimized_input_tokens', '')}"
+                if "model" in e
+                else ""
+            )
+            lines.append(
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(e['time'])):<20} {e['status']:>6} "
+                f"{e['latency_ms']:>8.1f} {e['method']:<6} {e['route'][:24]:<24} "
+                f"{str(e.get('model', ''))[:24]:<24} {tokens:>15}  {e['request_id']}"
+            )
+        _print(args, {"key_id": args.key_id, "data": entries}, "\n".join(lines))
+        return EXIT_OK
+
+    return asyncio.run(_with_kv(config.kv_url, act))
+
+
 def _when(epoch: object) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch)) if isinstance(epoch, int) else "never"
 
@@ -395,6 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _keys_command(args, source.load())
         if args.command == "usage":
             return _usage_command(args, source.load())
+        if args.command == "logs":
+            return _logs_command(args, source.load())
     except ConfigError as exc:
         print(f"trex: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -44,6 +44,7 @@ DEFAULT_VARS: Mapping[str, str] = MappingProxyType(
         "USAGE_ACCOUNTING": "on",
         "USAGE_FLUSH_SECONDS": "1",
         "USAGE_RETENTION_DAYS": "90",
+        "LOG_RETENTION_DAYS": "30",
     }
 )
 # Vars that must parse as positive numbers; checked at load so nothing fails later on a request.
@@ -59,6 +60,7 @@ NUMERIC_VARS = frozenset(
         "SESSION_REOPTIMIZE_TOKENS",
         "USAGE_FLUSH_SECONDS",
         "USAGE_RETENTION_DAYS",
+        "LOG_RETENTION_DAYS",
     }
 )
 

@@ -75,6 +75,7 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
             plans,
             retention_seconds=max(60, int(config.number("USAGE_RETENTION_DAYS") * 86400)),
             flush_seconds=config.number("USAGE_FLUSH_SECONDS"),
+            log_retention_seconds=max(60, int(config.number("LOG_RETENTION_DAYS") * 86400)),
         )
     timeouts = Timeouts(
         connect=config.number("UPSTREAM_CONNECT_TIMEOUT"),

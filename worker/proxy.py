@@ -46,7 +46,7 @@ from .accounting import claims
 from .accounting.events import Begun, Outcome
 from .accounting.usage import Observed
 from .accounting.usage import billed_from_usage as _billed
-from .appkeys import CTX, REQUEST_ID, STARTED
+from .appkeys import CTX, KEY_ID, REQUEST_ID, STARTED, USAGE_EVENT
 from .auth import KeyRecord, MissingProviderKeyError, credential_from_headers
 from .errors import (
     AuthenticationError,
@@ -93,6 +93,7 @@ class Relay(Protocol):
 async def authenticate(request: web.Request, gw: Gateway) -> KeyRecord:
     """The calling key (401 in the client's format otherwise); its last use is recorded after the response."""
     key = await gw.keys.authenticate(credential_from_headers(request.headers))
+    request[KEY_ID] = key.id
     touch = gw.keys.touch(key.id)
     if touch is not None:
         request[CTX].wait_until(touch)
@@ -261,7 +262,7 @@ async def _begin_usage(
     if gw.usage is None:
         return None
     started = request[STARTED]
-    return gw.usage.begin(
+    begun = request[USAGE_EVENT] = gw.usage.begin(
         key=key,
         route=request.path,
         provider=route.provider,
@@ -279,6 +280,7 @@ async def _begin_usage(
         overhead_ms=round((time.perf_counter() - started) * 1000, 2),
         started=started,
     )
+    return begun
 
 
 def _finish_usage(
@@ -749,7 +751,7 @@ async def forward_json(
         encoding, exact = tokens.encoding_for_model(route.upstream_model)
         counted = _embedding_input_tokens(body.get("input"), encoding)
         started = request[STARTED]
-        acct = gw.usage.begin(
+        acct = request[USAGE_EVENT] = gw.usage.begin(
             key=key,
             route=request.path,
             provider=route.provider,

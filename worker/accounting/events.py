@@ -41,6 +41,7 @@ from .usage import Observed, Wire
 log = logging.getLogger("trex.usage")
 
 PREFIX = "usage/ev/"
+LOG_PREFIX = "logs/"
 GROUP_BYS = ("model", "day", "provider")
 Outcome = Literal["pending", "completed", "upstream_error", "upstream_failed", "client_disconnected"]
 _THREAD_COUNT_CHARS = 64 * 1024
@@ -169,18 +170,22 @@ class UsageRecorder:
         *,
         retention_seconds: int,
         flush_seconds: float,
+        log_retention_seconds: int = 30 * 86400,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.kv = kv
         self.prices = prices
         self.plans = plans
         self.retention_seconds = retention_seconds
+        self.log_retention_seconds = log_retention_seconds
         self.flush_seconds = flush_seconds
         self._clock = clock
         self._live: dict[str, UsageEvent] = {}
         """Events not yet final or not yet flushed, by id."""
         self._dirty: dict[str, UsageEvent] = {}
         self._queued: dict[str, Begun] = {}
+        self._logs: list[tuple[float, str, str, str, str, int, float, Begun | None]] = []
+        self._log_retry: list[tuple[str, bytes, dict[str, Any]]] = []
         self._id_prefix = secrets.token_hex(5)
         self._counter = 0
         self._second = -1
@@ -386,6 +391,63 @@ class UsageRecorder:
             if cycle in self._cycle:
                 self._cycle[cycle][0] += ev.savings_usd
 
+    # ---- request log ----
+
+    def log(
+        self,
+        request_id: str,
+        key_id: str,
+        method: str,
+        route: str,
+        status: int,
+        latency_ms: float,
+        begun: Begun | None,
+    ) -> None:
+        """Queue the request-log entry of an authenticated request; written with the next flush, after its
+        usage event (if any) is reconciled, so the entry carries the final tokens and savings."""
+        self._logs.append((time.time(), request_id, key_id, method, route, status, latency_ms, begun))
+
+    def _log_entries(self) -> list[tuple[str, bytes, dict[str, Any]]]:
+        queued, self._logs = self._logs, []
+        out = []
+        for at, rid, key_id, method, route, status, latency, begun in queued:
+            entry: dict[str, Any] = {
+                "time": round(at, 3),
+                "request_id": rid,
+                "key_id": key_id,
+                "method": method,
+                "route": route[:200],
+                "status": status,
+                "latency_ms": latency,
+            }
+            if begun is not None:
+                ev = begun.event
+                b = ev.billed
+                entry.update(
+                    model=ev.model[:120],
+                    provider=ev.provider,
+                    usage_event_id=ev.id,
+                    original_input_tokens=ev.original_input_tokens,
+                    optimized_input_tokens=ev.optimized_input_tokens,
+                    billed_input_tokens=b.input_tokens if b else None,
+                    billed_output_tokens=b.output_tokens if b else None,
+                    savings_tokens=ev.savings_tokens,
+                    savings_usd=ev.savings_usd,
+                )
+            # Newest first in key order: the key carries the time counted down from a far future.
+            inverted = 10**13 - int(at * 1000)
+            out.append((f"{LOG_PREFIX}{key_id}/{inverted:013d}-{rid}", b"", entry))
+        return out
+
+    async def logs(
+        self, key_id: str, limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """The key's request-log entries, newest first, and the cursor of the next page (None at the end)."""
+        await self.flush()
+        page = await self.kv.list(prefix=f"{LOG_PREFIX}{key_id}/", limit=limit, cursor=cursor)
+        entries = [info.metadata for info in page.keys if isinstance(info.metadata, dict)]
+        return entries, None if page.list_complete else page.cursor
+
     # ---- guarantee ----
 
     async def guarantee(self, key: KeyRecord) -> str:
@@ -437,8 +499,6 @@ class UsageRecorder:
         """Reconcile what completed, then write every changed event; returns how many were written."""
         await self._reconcile_queued()
         async with self._flush_lock:
-            if not self._dirty:
-                return 0
             batch, self._dirty = self._dirty, {}
             events = list(batch.values())
             written = 0
@@ -458,6 +518,17 @@ class UsageRecorder:
                     raise
                 written += len(entries)
                 self._settle(part)
+            # Request-log entries go after the events, so each carries its event's final numbers.
+            logs = self._log_retry + self._log_entries()
+            self._log_retry = []
+            for start in range(0, len(logs), _SLICE * 4):
+                try:
+                    await self.kv.put_many(
+                        logs[start : start + _SLICE * 4], expiration_ttl=self.log_retention_seconds
+                    )
+                except KVError:
+                    self._log_retry = logs[start:]
+                    raise
             return written
 
     def _settle(self, written: list[UsageEvent]) -> None:

@@ -1,4 +1,4 @@
-"""Usage reads for the calling key: one event by id, and totals over a time range."""
+"""Usage reads for the calling key: one event by id, totals over a time range, and its request log."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import time
 from datetime import UTC, date, datetime
 
 from aiohttp import web
+
+from kv import KVError
 
 from ..accounting.events import GROUP_BYS, UsageRecorder
 from ..appkeys import GATEWAY
@@ -100,4 +102,21 @@ async def usage_totals(request: web.Request) -> web.StreamResponse:
             "currency": "USD",
             **result,
         }
+    )
+
+
+async def request_logs(request: web.Request) -> web.StreamResponse:
+    """`GET /v1/logs?limit=&cursor=`: the calling key's request-log entries, newest first."""
+    gw = request.app[GATEWAY]
+    key = await authenticate(request, gw)
+    raw_limit = request.query.get("limit", "100")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+        raise InvalidRequestError("'limit' must be an integer from 1 to 1000.", param="limit")
+    cursor = request.query.get("cursor") or None
+    try:
+        entries, next_cursor = await _recorder(request).logs(key.id, int(raw_limit), cursor)
+    except KVError as exc:
+        raise InvalidRequestError(f"'cursor' is not valid: {exc}", param="cursor") from None
+    return json_response(
+        {"object": "list", "data": entries, "has_more": next_cursor is not None, "next_cursor": next_cursor}
     )
