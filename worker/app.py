@@ -35,7 +35,7 @@ from .errors import (
     error_format_for,
 )
 from .gateway import build_gateway
-from .handlers import compress, health, models, usage
+from .handlers import admin, compress, health, models, usage
 from .logs import redact_headers
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -66,6 +66,15 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/usage", usage.usage_totals),
     Route("GET", "/v1/usage/events/{id}", usage.usage_event),
     Route("GET", "/v1/logs", usage.request_logs),
+    Route("POST", "/admin/v1/keys", admin.create_key),
+    Route("GET", "/admin/v1/keys", admin.list_keys),
+    Route("GET", "/admin/v1/keys/{id}", admin.get_key),
+    Route("PATCH", "/admin/v1/keys/{id}", admin.update_key),
+    Route("DELETE", "/admin/v1/keys/{id}", admin.delete_key),
+    Route("GET", "/admin/v1/keys/{id}/bindings", admin.list_bindings),
+    Route("PUT", "/admin/v1/keys/{id}/bindings/{provider}", admin.put_binding),
+    Route("DELETE", "/admin/v1/keys/{id}/bindings/{provider}", admin.delete_binding),
+    Route("GET", "/admin/v1/plans", admin.list_plans),
 )
 
 

@@ -200,6 +200,26 @@ class KeyStore:
         self._records.drop(record.hash)
         return updated
 
+    async def delete(self, key_id: str) -> None:
+        """Remove a key, its hash index, its bindings and its last-used mark (its usage history stays)."""
+        record = await self.get(key_id)
+        for provider in await self.bound_providers(key_id):
+            await self._kv.delete(f"bindings/{key_id}/{provider}")
+            self._provider_keys.drop(f"bindings/{key_id}/{provider}")
+        await self._kv.delete(f"keyhash/{record.hash}")
+        await self._kv.delete(f"keyused/{key_id}")
+        await self._kv.delete(f"keys/{key_id}")
+        self._records.drop(record.hash)
+
+    async def unbind(self, key_id: str, provider: str) -> bool:
+        """Remove the key's binding for `provider`; False if there was none."""
+        await self.get(key_id)
+        slot = f"bindings/{key_id}/{provider}"
+        existed = await self._kv.get(slot) is not None
+        await self._kv.delete(slot)
+        self._provider_keys.drop(slot)
+        return existed
+
     async def bind(self, key_id: str, provider: str, provider_key: str) -> None:
         """Store `provider_key` sealed for (`key_id`, `provider`), replacing any earlier binding."""
         if provider not in PROVIDERS:
