@@ -18,6 +18,15 @@ from typing import Any
 from ..config import ConfigError
 
 _FIELDS = ("monthly_price_usd", "guarantee", "description")
+# Plan fields validated by the modules that use them (worker/quotas.py).
+QUOTA_FIELDS = (
+    "daily_requests",
+    "weekly_requests",
+    "daily_tokens",
+    "weekly_tokens",
+    "models",
+    "credit_models",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +52,7 @@ def parse_plans(raw: Any, source: str) -> dict[str, Plan]:
         where = f"plans.{name}"
         if not isinstance(entry, dict):
             raise ConfigError(source, where, "must be a table")
-        unknown = sorted(set(entry) - set(_FIELDS))
+        unknown = sorted(set(entry) - set(_FIELDS) - set(QUOTA_FIELDS))
         if unknown:
             raise ConfigError(source, where, f"unknown field(s) {', '.join(unknown)}; expected {_FIELDS}")
         price = entry.get("monthly_price_usd")
