@@ -50,3 +50,37 @@ for i = 2, #KEYS do
 end
 return removed
 """
+
+# KEYS[1] value hash, KEYS[2] index sorted set.
+# ARGV[1] index member (the raw key), ARGV[2] delta, ARGV[3] expiration for a new entry ('' = none),
+# ARGV[4] native TTL in ms for a new entry ('' = none), ARGV[5] the caller's clock.
+# Returns the new value; an error reply when a live value is not an integer (left unchanged).
+INCR = """
+local live = redis.call('EXISTS', KEYS[1]) == 1
+if live then
+  local expiration = redis.call('HGET', KEYS[1], 'e')
+  if expiration and tonumber(expiration) <= tonumber(ARGV[5]) then
+    live = false
+  end
+end
+if live then
+  local value = redis.call('HGET', KEYS[1], 'v')
+  local n = tonumber(value)
+  if not n or string.format('%d', n) ~= value then
+    return redis.error_reply('not an integer')
+  end
+  n = n + tonumber(ARGV[2])
+  redis.call('HSET', KEYS[1], 'v', string.format('%d', n))
+  return n
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'v', ARGV[2])
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[1], 'e', ARGV[3])
+end
+if ARGV[4] ~= '' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+return tonumber(ARGV[2])
+"""

@@ -202,6 +202,22 @@ class KVNamespace(abc.ABC):
         write = self._prepare_write(key, value, expiration_ttl, None, metadata, now)
         return await self._put_if_absent(write, now)
 
+    async def incr(self, key: str, delta: int = 1, *, expiration_ttl: int | None = None) -> int:
+        """Atomically add `delta` to the integer stored at `key` and return the new value.
+
+        A missing or expired key counts from 0 and is created with `expiration_ttl` (>= 60 s, or none); later
+        increments keep the expiration it was created with, so a counter covers a fixed window. The value is
+        the decimal number as text, so `get` reads it too. Atomic across processes on SQLite and instances on
+        Redis. A value that is not an integer raises KVError.
+        """
+        if isinstance(delta, bool) or not isinstance(delta, int):
+            raise TypeError(f"delta must be an int, got {type(delta).__name__}")
+        now = self._clock()
+        raw_key = encode_key(key)
+        expiration = resolve_expiration(now, expiration_ttl, None)
+        self._check_open()
+        return await self._incr(raw_key, delta, expiration, now)
+
     async def delete(self, key: str) -> None:
         """Remove ``key``; deleting a missing key is not an error."""
         raw_key = encode_key(key)
@@ -287,6 +303,10 @@ class KVNamespace(abc.ABC):
     @abc.abstractmethod
     async def _put(self, write: Write, now: float) -> None:
         """Atomically replace the entry for ``write.key`` (value, metadata and expiration)."""
+
+    @abc.abstractmethod
+    async def _incr(self, key: bytes, delta: int, expiration: int | None, now: float) -> int:
+        """Add `delta` atomically (see `incr`)."""
 
     async def _put_many(self, writes: Sequence[Write], now: float) -> None:
         """Backends with a batch path override this; the default writes one by one."""

@@ -10,6 +10,7 @@ from kv._keyrange import lower_bound
 from kv._records import StoredKey, StoredValue, Write
 from kv.base import KVNamespace
 from kv.clock import Clock
+from kv.errors import KVError
 
 
 def _is_live(entry: Write, now: float) -> bool:
@@ -45,6 +46,19 @@ class MemoryKV(KVNamespace):
         if write.key not in self._entries:
             bisect.insort(self._sorted_keys, write.key)
         self._entries[write.key] = write
+
+    async def _incr(self, key: bytes, delta: int, expiration: int | None, now: float) -> int:
+        existing = self._entries.get(key)
+        if existing is not None and _is_live(existing, now):
+            try:
+                value = int(existing.value) + delta
+            except ValueError:
+                raise KVError(f"the value at {key.decode()!r} is not an integer") from None
+            expiration, metadata = existing.expiration, existing.metadata
+        else:
+            value, metadata = delta, None
+        await self._put(Write(key, str(value).encode(), expiration, metadata), now)
+        return value
 
     async def _put_if_absent(self, write: Write, now: float) -> bool:
         existing = self._entries.get(write.key)

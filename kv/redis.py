@@ -79,6 +79,7 @@ class RedisKV(KVNamespace):
             raise KVError(f"invalid Redis URL {self._where}: {exc}") from exc
         self._put_script = self._client.register_script(_redis_scripts.PUT)
         self._cleanup_script = self._client.register_script(_redis_scripts.CLEANUP)
+        self._incr_script = self._client.register_script(_redis_scripts.INCR)
 
     def _hash(self, key: bytes) -> bytes:
         return self._prefix + b"v:" + key
@@ -134,6 +135,20 @@ class RedisKV(KVNamespace):
                         client=pipe,
                     )
                 await pipe.execute()
+
+    async def _incr(self, key: bytes, delta: int, expiration: int | None, now: float) -> int:
+        ttl_ms = "" if expiration is None else str(math.ceil((expiration - now) * 1000))
+        try:
+            with self._translate_errors():
+                value = await self._incr_script(
+                    keys=[self._hash(key), self._index],
+                    args=[key, str(delta), "" if expiration is None else str(expiration), ttl_ms, repr(now)],
+                )
+        except KVError as exc:
+            if "not an integer" in str(exc):
+                raise KVError(f"the value at {key.decode()!r} is not an integer") from None
+            raise
+        return int(value)
 
     async def _cleanup(self, keys: Sequence[bytes], now: float) -> None:
         if keys:

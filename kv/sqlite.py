@@ -16,7 +16,7 @@ from kv._keyrange import lower_bound, prefix_successor
 from kv._records import StoredKey, StoredValue, Write
 from kv.base import KVNamespace
 from kv.clock import Clock
-from kv.errors import KVUnavailableError
+from kv.errors import KVError, KVUnavailableError
 
 _SCHEMA = (
     # BLOB keys compare with memcmp, so the primary-key index is already in UTF-8 byte order.
@@ -44,6 +44,20 @@ _UPSERT_MANY_TAIL = (
     "expiration = excluded.expiration, metadata = excluded.metadata"
 )
 _ROWS_PER_STATEMENT = 500  # 4 parameters a row, well under SQLite's 32,766-parameter limit
+# One statement, so atomic across connections: a live integer is increased; a missing or expired row starts
+# from the delta with the new expiration; a live value that is not an integer is left as it is (and the
+# caller, seeing it come back, raises). The value stays a BLOB of the decimal digits.
+_LIVE = "(kv.expiration IS NULL OR kv.expiration > ?)"
+_INT_TEXT = "CAST(CAST(CAST(kv.value AS TEXT) AS INTEGER) AS TEXT) = CAST(kv.value AS TEXT)"
+_INCR = (
+    "INSERT INTO kv (key, value, expiration, metadata) VALUES (?, CAST(? AS BLOB), ?, NULL) "
+    "ON CONFLICT (key) DO UPDATE SET "
+    f"value = CASE WHEN NOT {_LIVE} THEN excluded.value "
+    f"WHEN {_INT_TEXT} THEN CAST(CAST(CAST(kv.value AS TEXT) AS INTEGER) + ? AS BLOB) ELSE kv.value END, "
+    f"metadata = CASE WHEN NOT {_LIVE} THEN NULL ELSE kv.metadata END, "
+    f"expiration = CASE WHEN NOT {_LIVE} THEN excluded.expiration ELSE kv.expiration END "
+    "RETURNING CAST(value AS TEXT)"
+)
 _DELETE = "DELETE FROM kv WHERE key = ?"
 _PURGE_EXPIRED = "DELETE FROM kv WHERE expiration IS NOT NULL AND expiration <= ?"
 
@@ -56,6 +70,10 @@ _PURGE_EVERY_WRITES = 1000
 
 def _is_lock_error(exc: sqlite3.OperationalError) -> bool:
     return exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _is_decimal(text: str) -> bool:
+    return text.lstrip("-").isdigit()
 
 
 def _metadata_text(raw: bytes | None) -> str | None:
@@ -175,6 +193,13 @@ class SqliteKV(KVNamespace):
                 params += (w.key, w.value, w.expiration, _metadata_text(w.metadata))
             await self._query(sql, params)
         await self._after_write(now)
+
+    async def _incr(self, key: bytes, delta: int, expiration: int | None, now: float) -> int:
+        rows = await self._query(_INCR, (key, str(delta), expiration, now, delta, now, now))
+        text = rows[0][0]
+        if not _is_decimal(text):
+            raise KVError(f"the value at {key.decode()!r} is not an integer")
+        return int(text)
 
     async def _put_if_absent(self, write: Write, now: float) -> bool:
         rows = await self._query(

@@ -14,6 +14,7 @@ from kv import (
     InvalidMetadataError,
     KeyInfo,
     KVClosedError,
+    KVError,
     KVNamespace,
     ManualClock,
     ValueTooLargeError,
@@ -453,3 +454,26 @@ async def test_put_many_validates_every_entry_before_writing(kv: KVNamespace) ->
         await kv.put_many([("ok/1", b"x", None), ("", b"y", None)])
     assert await kv.get("ok/1") is None
     await kv.put_many([])  # nothing to do is not an error
+
+
+async def test_incr_counts_atomically_within_a_fixed_window(kv: KVNamespace, clock: ManualClock) -> None:
+    assert await kv.incr("n") == 1
+    assert await kv.incr("n", 41) == 42
+    assert await kv.incr("n", -50) == -8
+    assert await kv.get("n") == b"-8"  # readable as text by get
+    # A counter with a TTL keeps the expiration it was created with: a fixed window.
+    assert await kv.incr("w", expiration_ttl=60) == 1
+    clock.advance(30)
+    assert await kv.incr("w", expiration_ttl=600) == 2
+    clock.advance(31)
+    assert await kv.get("w") is None
+    assert await kv.incr("w", expiration_ttl=60) == 1  # a new window
+    # Concurrent increments are never lost.
+    results = await asyncio.gather(*(kv.incr("c") for _ in range(50)))
+    assert sorted(results) == list(range(1, 51))
+    await kv.put("text", "abc")
+    with pytest.raises(KVError):
+        await kv.incr("text")
+    assert await kv.get("text") == b"abc"
+    with pytest.raises(InvalidExpirationError):
+        await kv.incr("x", expiration_ttl=5)
