@@ -75,6 +75,8 @@ ROUTES: tuple[Route, ...] = (
     Route("PUT", "/admin/v1/keys/{id}/bindings/{provider}", admin.put_binding),
     Route("DELETE", "/admin/v1/keys/{id}/bindings/{provider}", admin.delete_binding),
     Route("GET", "/admin/v1/plans", admin.list_plans),
+    Route("GET", "/admin/v1/keys/{id}/credits", admin.credits),
+    Route("POST", "/admin/v1/keys/{id}/credits", admin.credits),
 )
 
 

@@ -30,6 +30,7 @@ from .optimize.base import MODES
 from .optimize.pipeline import PROFILES, optimize
 from .optimize.segments import detect_format
 from .optimizing import compression_object, resolve_options, validate_payload
+from .quotas import Quotas
 from .server import run
 from .vault import MASTER_KEY_NAME, Vault, VaultError, ensure_master_key
 
@@ -118,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--to", dest="end", metavar="WHEN", help="YYYY-MM-DD, ISO date-time or epoch (default: now)"
     )
     use.add_argument("--group-by", choices=list(GROUP_BYS), help="one row per model, day or provider")
+
+    credits = sub.add_parser("credits", help="Compute Credits: a USD balance per proxy key")
+    credits_sub = credits.add_subparsers(dest="credits_command", metavar="ACTION", required=True)
+    c_add = credits_sub.add_parser("add", parents=[state], help="add credits (negative to remove)")
+    c_add.add_argument("key_id")
+    c_add.add_argument("amount", type=float, help="USD")
+    c_show = credits_sub.add_parser("show", parents=[state], help="a key's balance")
+    c_show.add_argument("key_id")
 
     logs = sub.add_parser("logs", parents=[state], help="a proxy key's request log, newest first")
     logs.add_argument("key_id")
@@ -300,6 +309,20 @@ def _usage_command(args: argparse.Namespace, config: Config) -> int:
     return asyncio.run(_with_kv(config.kv_url, act))
 
 
+def _credits_command(args: argparse.Namespace, config: Config) -> int:
+    async def act(kv: KVNamespace) -> int:
+        await KeyStore(kv, None).get(args.key_id)  # an unknown key is an error, not a new balance
+        quotas = Quotas(kv, {})
+        if args.credits_command == "add":
+            balance = await quotas.add_credits(args.key_id, args.amount)
+        else:
+            balance = await quotas.balance(args.key_id)
+        _print(args, {"key_id": args.key_id, "balance_usd": balance}, f"{args.key_id}: ${balance:,.6f}")
+        return EXIT_OK
+
+    return asyncio.run(_with_kv(config.kv_url, act))
+
+
 def _logs_command(args: argparse.Namespace, config: Config) -> int:
     if not 1 <= args.limit <= 1000:
         print("trex logs: --limit must be from 1 to 1000", file=sys.stderr)
@@ -430,6 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _usage_command(args, source.load())
         if args.command == "logs":
             return _logs_command(args, source.load())
+        if args.command == "credits":
+            return _credits_command(args, source.load())
     except ConfigError as exc:
         print(f"trex: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -14,6 +14,7 @@ from .accounting.pricing import PriceTable, parse_price_overrides
 from .auth import KeyStore
 from .config import Config, ConfigError
 from .optimize.base import MODES
+from .quotas import Quotas, parse_quota_plans
 from .routing import PROVIDER_NAMES, ModelRoute, Provider, parse_model_table
 from .vault import MASTER_KEY_NAME, Vault, VaultError
 
@@ -35,6 +36,8 @@ class Gateway:
     session_budget_tokens: int
     usage: UsageRecorder | None
     """None when `USAGE_ACCOUNTING = "off"`."""
+    quotas: Quotas
+    """Plan quotas, model lists and Compute Credits (no KV work for keys on plans without them)."""
 
     async def close(self) -> None:
         """Write the last usage events and release the upstream connection pools."""
@@ -67,6 +70,7 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
     models = parse_model_table(config.tables.get("models"), config.source)
     prices = PriceTable(parse_price_overrides(config.tables.get("pricing"), config.source))
     plans = parse_plans(config.tables.get("plans"), config.source)
+    quotas = Quotas(kv, parse_quota_plans(config.tables.get("plans"), config.source))
     usage = None
     if accounting == "on":
         usage = UsageRecorder(
@@ -76,6 +80,7 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
             retention_seconds=max(60, int(config.number("USAGE_RETENTION_DAYS") * 86400)),
             flush_seconds=config.number("USAGE_FLUSH_SECONDS"),
             log_retention_seconds=max(60, int(config.number("LOG_RETENTION_DAYS") * 86400)),
+            quotas=quotas,
         )
     timeouts = Timeouts(
         connect=config.number("UPSTREAM_CONNECT_TIMEOUT"),
@@ -96,4 +101,5 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
         session_ttl_seconds=max(60, int(config.number("SESSION_TTL_SECONDS"))),
         session_budget_tokens=int(config.number("SESSION_REOPTIMIZE_TOKENS")),
         usage=usage,
+        quotas=quotas,
     )

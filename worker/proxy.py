@@ -111,6 +111,7 @@ async def proxy(
     client_claims = claims.parse(body.pop("trex_accounting", None))
     route = resolve(model, gw.models)
     api_key = await provider_key(request, gw, key, route.provider)  # fail fast, before any optimizer work
+    admission = await gw.quotas.admit(key, model)  # the plan: model allowed, quota left, credits
     encoding, exact = tokens.encoding_for_model(route.upstream_model)
     options = resolve_options(
         trex, request.headers, gw.optimize_mode, gw.protect_recent_turns, key_mode=key.optimize_mode
@@ -163,6 +164,7 @@ async def proxy(
         request, gw, key, route, model, stream, session, report, encoding, exact, payload, client_claims
     )
     if acct is not None:
+        acct.admission = admission
         out_headers["X-Trex-Usage-Event-Id"] = acct.event.id
         out_headers["X-Trex-Guarantee-Status"] = await gw.usage.guarantee(key) if gw.usage else ""
     sent = time.perf_counter()
@@ -741,6 +743,7 @@ async def forward_json(
     client_claims = claims.parse(body.pop("trex_accounting", None))
     api_key = await provider_key(request, gw, key, route.provider)
     model = body.get("model")
+    admission = await gw.quotas.admit(key, str(model))
     body["model"] = route.upstream_model
     url = f"{gw.base_urls[route.provider]}/{path}"
     headers = _upstream_headers(request, gw, route.provider, api_key)
@@ -769,6 +772,7 @@ async def forward_json(
             overhead_ms=round((time.perf_counter() - started) * 1000, 2),
             started=started,
         )
+        acct.admission = admission
         out_headers["X-Trex-Usage-Event-Id"] = acct.event.id
         out_headers["X-Trex-Guarantee-Status"] = await gw.usage.guarantee(key)
     try:

@@ -24,7 +24,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -37,6 +37,9 @@ from .claims import Claims
 from .plans import Plan, guarantee_status
 from .pricing import PRICES_TAKEN, Billed, Price, PriceTable, cost
 from .usage import Observed, Wire
+
+if TYPE_CHECKING:
+    from ..quotas import Admission, Quotas
 
 log = logging.getLogger("trex.usage")
 
@@ -123,6 +126,8 @@ class Begun:
     body: bytes | None = None
     chunks: list[bytes] | None = None
     observed: Observed | None = None
+    admission: Admission | None = None
+    """How the key's plan charges this request (quota tokens or Compute Credits), if it does."""
 
 
 def _summary(ev: UsageEvent) -> dict[str, Any]:
@@ -171,6 +176,7 @@ class UsageRecorder:
         retention_seconds: int,
         flush_seconds: float,
         log_retention_seconds: int = 30 * 86400,
+        quotas: Quotas | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.kv = kv
@@ -178,6 +184,7 @@ class UsageRecorder:
         self.plans = plans
         self.retention_seconds = retention_seconds
         self.log_retention_seconds = log_retention_seconds
+        self.quotas = quotas
         self.flush_seconds = flush_seconds
         self._clock = clock
         self._live: dict[str, UsageEvent] = {}
@@ -385,6 +392,11 @@ class UsageRecorder:
         ev.savings_usd = None if base_cost is None or actual is None else round(base_cost - actual, 9)
         ev.status = "final"
         self._dirty[ev.id] = ev
+        if begun.admission is not None and self.quotas is not None and not failed:
+            try:
+                await self.quotas.charge(begun.admission, billed.input_tokens + billed.output_tokens, actual)
+            except KVError as exc:
+                log.warning("could not charge %s to its plan: %s", ev.id, exc)
         if ev.savings_usd:
             cycle = (ev.key_id, time.strftime("%Y%m", time.gmtime(ev.created)))
             self._unflushed_savings[cycle] = self._unflushed_savings.get(cycle, 0.0) + ev.savings_usd

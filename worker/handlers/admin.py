@@ -170,3 +170,20 @@ async def list_plans(request: web.Request) -> web.StreamResponse:
         for p in sorted(_plans(request).values(), key=lambda p: p.name)
     ]
     return json_response({"object": "list", "data": data})
+
+
+async def credits(request: web.Request) -> web.StreamResponse:
+    """`GET /admin/v1/keys/{id}/credits` (the balance) and `POST` {amount_usd} (add; negative removes)."""
+    _require_admin(request)
+    gw = request.app[GATEWAY]
+    key_id = request.match_info["id"]
+    await gw.keys.get(key_id)
+    if request.method == "POST":
+        body = await read_json_object(request)
+        amount = body.get("amount_usd")
+        if isinstance(amount, bool) or not isinstance(amount, int | float):
+            raise InvalidRequestError("'amount_usd' is required and must be a number.", param="amount_usd")
+        balance = await gw.quotas.add_credits(key_id, float(amount))
+    else:
+        balance = await gw.quotas.balance(key_id)
+    return json_response({"key_id": key_id, "object": "credits", "balance_usd": balance})

@@ -1,0 +1,131 @@
+"""Plan quotas, model lists and Compute Credits through the worker."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from tests.conftest import MASTER_KEY, UPSTREAM_KEYS, GatewaySetup
+from tests.fakes.upstream import FakeUpstream, fixture_json
+from tests.harness import InProcessWorker
+from tests.test_admin import ADMIN, call
+from tests.test_cli import trex
+from tests.test_usage import wait_final
+from worker.appkeys import CONFIG, GATEWAY
+
+PLANS = """
+[plans.free]
+daily_requests = 3
+models = ["gpt-4o-mini", "gpt-4.1*", "claude-*"]
+credit_models = ["gpt-4.1*"]
+[plans.metered]
+daily_tokens = 2000
+"""
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+_OPEN: list[GatewaySetup] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
+def _setup(make_worker: Callable[..., InProcessWorker], fake: FakeUpstream, plan: str) -> GatewaySetup:
+    worker = make_worker(dev_vars={"TREX_MASTER_KEY": MASTER_KEY, "TREX_ADMIN_TOKEN": ADMIN}, extra=PLANS)
+    keys = worker.app[GATEWAY].keys
+    record, token = worker.call(keys.create("q", plan=plan))
+    for provider, secret in UPSTREAM_KEYS.items():
+        worker.call(keys.bind(record.id, provider, secret))
+    setup = GatewaySetup(worker, fake, token, record.id)
+    _OPEN.append(setup)
+    return setup
+
+
+def _seconds_to_utc_midnight() -> int:
+    now = time.time()
+    return 86400 - int(now) % 86400
+
+
+def test_daily_request_quota_then_429_with_retry_after(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    setup = _setup(make_worker, fake_upstream, "free")
+    client = setup.openai()
+    for _ in range(3):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    before = len(fake_upstream.received)
+    with pytest.raises(openai.RateLimitError) as err:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    assert err.value.code == "quota_exceeded"
+    retry_after = int(err.value.response.headers["Retry-After"])
+    assert abs(retry_after - _seconds_to_utc_midnight()) <= 2
+    with pytest.raises(anthropic.RateLimitError) as aerr:  # the same quota, in Anthropic's error shape
+        setup.anthropic().messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=MESSAGES)  # type: ignore[arg-type]
+    assert aerr.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+    assert len(fake_upstream.received) == before  # nothing reached the upstream
+
+
+def test_models_outside_the_plan_are_403(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    setup = _setup(make_worker, fake_upstream, "free")
+    with pytest.raises(openai.PermissionDeniedError) as err:
+        setup.openai().chat.completions.create(model="gpt-5.5", messages=MESSAGES)  # type: ignore[arg-type]
+    assert err.value.code == "model_not_allowed" and "free" in err.value.message
+
+
+def test_credit_models_need_a_balance_and_are_debited_their_cost(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    setup = _setup(make_worker, fake_upstream, "free")
+    client = setup.openai()
+    with pytest.raises(openai.APIStatusError) as err:
+        client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)  # type: ignore[arg-type]
+    assert err.value.status_code == 402 and err.value.code == "insufficient_balance"
+    status, doc = call(setup.worker, "POST", f"/admin/v1/keys/{setup.key_id}/credits", {"amount_usd": 1.5})
+    assert status == 200 and doc["balance_usd"] == 1.5
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4.1", messages=MESSAGES)  # type: ignore[arg-type]
+    event = wait_final(setup, raw.headers["X-Trex-Usage-Event-Id"])
+    balance = call(setup.worker, "GET", f"/admin/v1/keys/{setup.key_id}/credits")[1]["balance_usd"]
+    assert balance == pytest.approx(1.5 - event["actual_cost_usd"], abs=1e-6)
+    # Credit models do not draw on the request quota: three more quota requests are still admitted.
+    for _ in range(3):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    config = setup.worker.app[CONFIG].source
+    shown = trex("credits", "show", setup.key_id, "--config", config, "--json")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["balance_usd"] == pytest.approx(balance)
+    added = trex("credits", "add", setup.key_id, "2", "--config", config)
+    assert added.returncode == 0 and f"${balance + 2:,.6f}" in added.stdout.decode()
+    assert trex("credits", "add", "key_missing", "1", "--config", config).returncode == 1
+
+
+def test_token_quota_counts_billed_tokens_at_reconciliation(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    setup = _setup(make_worker, fake_upstream, "metered")
+    usage: dict[str, Any] = fixture_json("openai/chat_text.json")["usage"]
+    per_request = usage["prompt_tokens"] + usage["completion_tokens"]
+    assert per_request < 2000 < 2 * per_request
+    client = setup.openai()
+    for _ in range(2):  # 0 used, then one request's tokens used: both under 2000 when admitted
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+        wait_final(setup, raw.headers["X-Trex-Usage-Event-Id"])
+    with pytest.raises(openai.RateLimitError) as err:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    assert err.value.code == "quota_exceeded" and "token" in err.value.message
+
+
+def test_keys_without_a_quota_plan_are_not_checked(gateway: GatewaySetup) -> None:
+    for _ in range(5):
+        gateway.openai().chat.completions.create(model="gpt-5.5", messages=MESSAGES)  # type: ignore[arg-type]
+    assert gateway.worker.app[GATEWAY].quotas.plans == {}

@@ -1,0 +1,204 @@
+"""Plan quotas, model access and Compute Credits (seeds `001_…`, `002_…`).
+
+    [plans.free]
+    daily_requests = 200          # per UTC day
+    weekly_requests = 1000        # per ISO week (Monday 00:00 UTC)
+    daily_tokens = 500000         # billed input + output tokens, counted at reconciliation
+    weekly_tokens = 2000000
+    models = ["gpt-4o-mini", "gpt-5-mini", "claude-haiku-*"]   # what the plan may use (glob); absent: all
+    credit_models = ["gpt-5.5*", "claude-opus-*"]               # drawn from Compute Credits, not the quota
+
+Checks, in order, before a request is routed: the model must be allowed (403 `model_not_allowed`); a credit
+model needs a positive Compute Credits balance (402 `insufficient_balance`) and is debited its actual cost
+when its usage is reconciled; any other model draws on the quotas: token quotas are checked against what
+was already counted, request quotas are counted atomically on admission (429 `quota_exceeded` with
+`Retry-After` until the window resets). Keys without a plan, or on a plan without these fields, have none of
+these checks and cost no KV round trip.
+
+Counters live in the KV (`quota/…`, `credits/…`) and are updated atomically there, so several instances on
+one SQLite file or one Redis share them. Credits are kept in micro-dollars (integers).
+"""
+
+from __future__ import annotations
+
+import calendar
+import fnmatch
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kv import KVNamespace
+
+from .auth import KeyRecord
+from .config import ConfigError
+from .errors import GatewayError, PaymentRequiredError, PermissionDeniedError, RateLimitError
+
+MICRO = 1_000_000
+_COUNTERS = ("daily_requests", "weekly_requests", "daily_tokens", "weekly_tokens")
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaPlan:
+    name: str
+    daily_requests: int | None = None
+    weekly_requests: int | None = None
+    daily_tokens: int | None = None
+    weekly_tokens: int | None = None
+    models: tuple[str, ...] | None = None
+    credit_models: tuple[str, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return (
+            any(getattr(self, name) is not None for name in _COUNTERS)
+            or self.models is not None
+            or bool(self.credit_models)
+        )
+
+
+def parse_quota_plans(raw: Any, source: str) -> dict[str, QuotaPlan]:
+    """The quota fields of `[plans.NAME]` (the other fields are validated in `accounting.plans`)."""
+    if not isinstance(raw, dict):
+        return {}
+    out: dict[str, QuotaPlan] = {}
+    for name, entry in raw.items():
+        if not isinstance(entry, dict):
+            continue  # accounting.plans reports it
+        values: dict[str, Any] = {}
+        for field in _COUNTERS:
+            value = entry.get(field)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(source, f"plans.{name}.{field}", "must be an integer >= 0")
+            values[field] = value
+        for field in ("models", "credit_models"):
+            value = entry.get(field)
+            if value is None:
+                continue
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise ConfigError(
+                    source, f"plans.{name}.{field}", "must be a list of model names or patterns"
+                )
+            values[field] = tuple(value)
+        plan = QuotaPlan(name, **values)
+        if plan.active:
+            out[name] = plan
+    return out
+
+
+class QuotaExceededError(RateLimitError):
+    default_code = "quota_exceeded"
+
+
+class InsufficientBalanceError(PaymentRequiredError):
+    default_code = "insufficient_balance"
+
+
+class ModelNotAllowedError(PermissionDeniedError):
+    default_code = "model_not_allowed"
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """How an admitted request is charged once its usage is known."""
+
+    key_id: str
+    plan: QuotaPlan
+    credits: bool
+    day: str
+    week: str
+
+
+def _windows(now: float) -> tuple[str, str, int, int]:
+    """(day id, week id, seconds to the day's end, seconds to the week's end), UTC."""
+    t = time.gmtime(now)
+    midnight = calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0))
+    day_left = midnight + 86400 - int(now)
+    week_left = day_left + (6 - t.tm_wday) * 86400
+    year, week, _ = time.strftime("%G %V %u", t).split()
+    return time.strftime("%Y%m%d", t), f"{year}W{week}", max(1, day_left), max(1, week_left)
+
+
+def _matches(model: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(model, p) for p in patterns)
+
+
+class Quotas:
+    """Admission checks and charges for keys on plans with quotas, model lists or credit models."""
+
+    def __init__(
+        self, kv: KVNamespace, plans: Mapping[str, QuotaPlan], clock: Callable[[], float] = time.time
+    ) -> None:
+        self.kv = kv
+        self.plans = plans
+        self._clock = clock
+
+    async def admit(self, key: KeyRecord, model: str) -> Admission | None:
+        """Raise the error that refuses this request, or return how to charge it (None: nothing to do)."""
+        plan = self.plans.get(key.plan) if key.plan else None
+        if plan is None:
+            return None
+        if plan.models is not None and not _matches(model, plan.models):
+            raise ModelNotAllowedError(
+                f"The model {model!r} is not available on the {plan.name!r} plan.", param="model"
+            )
+        day, week, day_left, week_left = _windows(self._clock())
+        if plan.credit_models and _matches(model, plan.credit_models):
+            balance = await self.balance(key.id)
+            if balance <= 0:
+                raise InsufficientBalanceError(
+                    f"The model {model!r} draws on Compute Credits and this key's balance is "
+                    f"${balance:.2f}. Add credits with `trex credits add {key.id} AMOUNT`.",
+                    param="model",
+                )
+            return Admission(key.id, plan, True, day, week)
+        for limit, counter, left, what in (
+            (plan.daily_tokens, f"quota/{key.id}/d{day}/tokens", day_left, "daily token"),
+            (plan.weekly_tokens, f"quota/{key.id}/w{week}/tokens", week_left, "weekly token"),
+        ):
+            if limit is not None and await self._read(counter) >= limit:
+                raise self._exceeded(what, limit, left)
+        for limit, counter, left, what in (
+            (plan.daily_requests, f"quota/{key.id}/d{day}/requests", day_left, "daily request"),
+            (plan.weekly_requests, f"quota/{key.id}/w{week}/requests", week_left, "weekly request"),
+        ):
+            if limit is not None and await self.kv.incr(counter, 1, expiration_ttl=left + 3600) > limit:
+                raise self._exceeded(what, limit, left)
+        return Admission(key.id, plan, False, day, week)
+
+    @staticmethod
+    def _exceeded(what: str, limit: int, retry_after: int) -> GatewayError:
+        return QuotaExceededError(
+            f"The {what} quota of this key's plan ({limit:,}) is used up; it resets in {retry_after} s.",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+    async def _read(self, counter: str) -> int:
+        raw = await self.kv.get(counter)
+        return int(raw) if raw else 0
+
+    async def charge(self, admission: Admission, billed_tokens: int, cost_usd: float | None) -> None:
+        """After reconciliation: debit a credit model's cost, or count the tokens against the quotas."""
+        if admission.credits:
+            if cost_usd:
+                await self.kv.incr(f"credits/{admission.key_id}", -round(cost_usd * MICRO))
+            return
+        plan = admission.plan
+        if billed_tokens <= 0:
+            return
+        if plan.daily_tokens is not None:
+            counter = f"quota/{admission.key_id}/d{admission.day}/tokens"
+            await self.kv.incr(counter, billed_tokens, expiration_ttl=2 * 86400)
+        if plan.weekly_tokens is not None:
+            counter = f"quota/{admission.key_id}/w{admission.week}/tokens"
+            await self.kv.incr(counter, billed_tokens, expiration_ttl=8 * 86400)
+
+    async def balance(self, key_id: str) -> float:
+        """The key's Compute Credits in USD."""
+        return await self._read(f"credits/{key_id}") / MICRO
+
+    async def add_credits(self, key_id: str, usd: float) -> float:
+        """Add (or, negative, remove) credits; returns the new balance in USD."""
+        return await self.kv.incr(f"credits/{key_id}", round(usd * MICRO)) / MICRO
