@@ -37,6 +37,12 @@ class Gateway:
     usage: UsageRecorder | None
     """None when `USAGE_ACCOUNTING = "off"`."""
     quotas: Quotas
+    retries: int = 1
+    """Retries of one route on a retryable failure (429, 502, 503, 504, 529, connect error, timeout)."""
+    retry_deadline: float = 30.0
+    """Seconds from the first attempt after which no retry or fallback starts."""
+    retry_max_wait: float = 2.0
+    """The longest wait before a retry (backoff or the upstream's Retry-After); longer means no retry."""
     """Plan quotas, model lists and Compute Credits (no KV work for keys on plans without them)."""
 
     async def close(self) -> None:
@@ -102,4 +108,16 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
         session_budget_tokens=int(config.number("SESSION_REOPTIMIZE_TOKENS")),
         usage=usage,
         quotas=quotas,
+        retries=_retries(config),
+        retry_deadline=config.number("UPSTREAM_RETRY_DEADLINE"),
+        retry_max_wait=config.number("UPSTREAM_RETRY_MAX_WAIT"),
     )
+
+
+def _retries(config: Config) -> int:
+    raw = config.var("UPSTREAM_RETRIES") or "0"
+    if not raw.strip().isdigit() or int(raw) > 10:
+        raise ConfigError(
+            config.source, "vars.UPSTREAM_RETRIES", f"expected an integer from 0 to 10, got {raw!r}"
+        )
+    return int(raw)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal, Protocol
 
 import aiohttp
@@ -63,7 +64,7 @@ from .gateway import Gateway
 from .optimize.pipeline import Report, measure
 from .optimizing import resolve_options, savings_headers, session_id
 from .optimizing import run as run_optimizer
-from .routing import ModelRoute, Provider, resolve
+from .routing import PROVIDER_NAMES, ModelRoute, Provider, resolve
 
 InboundFormat = Literal["chat", "responses", "messages"]
 UpstreamWire = Literal["chat", "responses", "messages"]
@@ -131,59 +132,103 @@ async def proxy(
     if replay.replayed and received_tokens is not None:
         report.original_tokens = max(received_tokens, report.optimized_tokens)
     report.note_session(replay.replayed, replay.reoptimize)
-    wire: UpstreamWire = "responses" if fmt == "responses" and route.provider == "openai" else route.wire
     stream = body.get("stream") is True
-
-    wants_usage = True
-    if fmt == wire:
-        upstream_body: dict[str, Any] = body
-        upstream_body["model"] = route.upstream_model
-        if wire == "chat" and stream:
-            stream_options = body.get("stream_options")
-            stream_options = dict(stream_options) if isinstance(stream_options, dict) else {}
-            wants_usage = stream_options.get("include_usage") is True
-            # We always need the usage; the client sees the usage chunk only if it asked for it.
-            stream_options["include_usage"] = True
-            upstream_body["stream_options"] = stream_options
-        canonical: Request | None = None
-    else:
-        canonical = _decode_request(fmt, body)
-        upstream_body = _encode_request(wire, canonical, route, gw)
-        if fmt == "chat" and stream:
-            client_options = body.get("stream_options")
-            wants_usage = isinstance(client_options, dict) and client_options.get("include_usage") is True
-
-    url = _upstream_url(gw, route.provider, wire)
-    headers = _upstream_headers(request, gw, route.provider, api_key)
-    payload = _encoder.encode(upstream_body)
-    out_headers = {"X-Trex-Upstream-Provider": route.provider, "X-Trex-Upstream-Model": route.upstream_model}
-    out_headers.update(savings_headers(report, session))
+    fallbacks = iter(_fallbacks(trex))
+    prepared = _prepare(fmt, body, stream, route, gw)
+    out_headers = savings_headers(report, session)
     if not exact:
         out_headers["X-Trex-Token-Count"] = "estimate"
     acct = await _begin_usage(
-        request, gw, key, route, model, stream, session, report, encoding, exact, payload, client_claims
+        request,
+        gw,
+        key,
+        route,
+        model,
+        stream,
+        session,
+        report,
+        encoding,
+        exact,
+        prepared.payload,
+        client_claims,
     )
     if acct is not None:
         acct.admission = admission
         out_headers["X-Trex-Usage-Event-Id"] = acct.event.id
         out_headers["X-Trex-Guarantee-Status"] = await gw.usage.guarantee(key) if gw.usage else ""
-    sent = time.perf_counter()
-    try:
-        upstream = await gw.upstream.request(route.provider, "POST", url, payload, headers)
-    except UpstreamUnavailable as exc:
-        status = 504 if exc.kind == "timeout" else 502
-        _finish_usage(gw, acct, status, "upstream_failed", None)
-        raise UpstreamError(
-            f"Upstream {route.provider} unavailable: {exc}",
-            status=status,
-            code="upstream_timeout" if exc.kind == "timeout" else "upstream_unreachable",
-            headers=out_headers,
-        ) from exc
-    except BaseException:
-        _finish_usage(gw, acct, 500, "upstream_failed", None)  # never leave an event pending forever
-        raise
-    answered = time.perf_counter()
 
+    # Attempts: the route, retried on retryable failures with jittered backoff (or the upstream's
+    # Retry-After) while that fits the deadline, then each `trex.routing.fallbacks` entry the same way.
+    # Every attempt happens before any byte reaches the client, so a fallback never duplicates output.
+    attempts: list[dict[str, Any]] = []
+    deadline = time.monotonic() + gw.retry_deadline
+    tries = 0
+    sent = time.perf_counter()
+    while True:
+        cand = prepared.route
+        out_headers["X-Trex-Upstream-Provider"] = cand.provider
+        out_headers["X-Trex-Upstream-Model"] = cand.upstream_model
+        began = time.perf_counter()
+        failure: UpstreamUnavailable | None = None
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            resp = await gw.upstream.request(
+                cand.provider,
+                "POST",
+                _upstream_url(gw, cand.provider, prepared.wire),
+                prepared.payload,
+                _upstream_headers(request, gw, cand.provider, api_key),
+            )
+        except UpstreamUnavailable as exc:
+            failure = exc
+        except BaseException:
+            _finish_usage(gw, acct, 500, "upstream_failed", None)  # never leave an event pending forever
+            raise
+        status = resp.status if resp is not None else (504 if failure and failure.kind == "timeout" else 502)
+        attempt: dict[str, Any] = {
+            "provider": cand.provider,
+            "model": cand.upstream_model,
+            "status": status,
+            "latency_ms": round((time.perf_counter() - began) * 1000, 2),
+        }
+        if failure is not None:
+            attempt["error"] = str(failure)
+        attempts.append(attempt)
+        if resp is not None and status not in _RETRYABLE:
+            upstream = resp
+            break
+        retry_after = _retry_after(resp.headers) if resp is not None else None
+        wait = retry_after if retry_after is not None else _backoff(tries)
+        again = tries < gw.retries and wait <= gw.retry_max_wait and time.monotonic() + wait < deadline
+        following = (
+            None if again else await _next_fallback(request, gw, key, fmt, body, stream, fallbacks, attempts)
+        )
+        if not again and following is None:
+            if resp is not None:
+                upstream = resp  # nothing left to try: the client gets this failure as it is
+                break
+            assert failure is not None
+            _record_attempts(gw, acct, attempts, cand)
+            _finish_usage(gw, acct, status, "upstream_failed", None)
+            raise UpstreamError(
+                f"Upstream {cand.provider} unavailable: {failure}",
+                status=status,
+                code="upstream_timeout" if failure.kind == "timeout" else "upstream_unreachable",
+                headers=out_headers,
+            ) from failure
+        if resp is not None:
+            await _discard(resp)
+        if again:
+            await asyncio.sleep(wait)
+            tries += 1
+        else:
+            assert following is not None
+            prepared, api_key = following
+            tries = 0
+    answered = time.perf_counter()
+    route, wire, wants_usage = prepared.route, prepared.wire, prepared.wants_usage
+    _record_attempts(gw, acct, attempts, route)
+    out_headers["X-Trex-Fallback-Attempts"] = str(sum(1 for a in attempts[:-1] if a.get("status")))
     out_headers.update(_forwarded_headers(upstream.headers))
     if acct is not None:
         overhead = (sent - acct.started) * 1000
@@ -216,12 +261,12 @@ async def proxy(
             return web.Response(
                 body=data, status=upstream.status, headers=out_headers, content_type="application/json"
             )
-        resp = _decode_response(wire, _decode_json(data, route.provider))
-        _finish_usage(gw, acct, upstream.status, "completed", Observed(_billed(resp.usage)))
+        answer = _decode_response(wire, _decode_json(data, route.provider))
+        _finish_usage(gw, acct, upstream.status, "completed", Observed(_billed(answer.usage)))
         if stream:  # the upstream answered a stream request with one JSON body: replay it as a stream
             relay = _make_relay(fmt, "canonical", route, body, wants_usage)
-            return await _replay(request, resp, relay, out_headers)
-        doc = _encode_response(fmt, resp, body)
+            return await _replay(request, answer, relay, out_headers)
+        doc = _encode_response(fmt, answer, body)
         return web.Response(body=_encoder.encode(doc), headers=out_headers, content_type="application/json")
     except TimeoutError as exc:
         _finish_usage(gw, acct, 504, "upstream_failed", None)
@@ -242,6 +287,143 @@ async def proxy(
         upstream.release()
         if acct is not None and acct.outcome == "pending":  # an unexpected failure: account it, never leak it
             _finish_usage(gw, acct, 500, "upstream_failed", None)
+
+
+# ---- attempts: retries and fallbacks ------
+
+_RETRYABLE = frozenset({429, 502, 503, 504, 529})  # 529: Anthropic's "overloaded"
+_MAX_FALLBACKS = 5
+
+
+@dataclasses.dataclass(slots=True)
+class _Prepared:
+    """One candidate's upstream request, built for its wire format."""
+
+    route: ModelRoute
+    wire: UpstreamWire
+    payload: bytes
+    wants_usage: bool
+
+
+def _prepare(
+    fmt: InboundFormat, body: dict[str, Any], stream: bool, route: ModelRoute, gw: Gateway
+) -> _Prepared:
+    wire: UpstreamWire = "responses" if fmt == "responses" and route.provider == "openai" else route.wire
+    wants_usage = True
+    if fmt == wire:
+        upstream_body = dict(body)  # a shallow copy: a fallback may need the client's body again
+        upstream_body["model"] = route.upstream_model
+        if wire == "chat" and stream:
+            stream_options = body.get("stream_options")
+            stream_options = dict(stream_options) if isinstance(stream_options, dict) else {}
+            wants_usage = stream_options.get("include_usage") is True
+            # We always need the usage; the client sees the usage chunk only if it asked for it.
+            stream_options["include_usage"] = True
+            upstream_body["stream_options"] = stream_options
+    else:
+        upstream_body = _encode_request(wire, _decode_request(fmt, body), route, gw)
+        if fmt == "chat" and stream:
+            client_options = body.get("stream_options")
+            wants_usage = isinstance(client_options, dict) and client_options.get("include_usage") is True
+    return _Prepared(route, wire, _encoder.encode(upstream_body), wants_usage)
+
+
+def _fallbacks(trex: Any) -> list[ModelRoute]:
+    """`trex.routing.fallbacks` as routes (400 naming the field when malformed)."""
+    routing = trex.get("routing") if isinstance(trex, dict) else None
+    if routing is None:
+        return []
+    if not isinstance(routing, dict):
+        raise InvalidRequestError("'trex.routing' must be an object.", param="trex.routing")
+    raw = routing.get("fallbacks")
+    if raw is None:
+        return []
+    where = "trex.routing.fallbacks"
+    if not isinstance(raw, list) or len(raw) > _MAX_FALLBACKS:
+        raise InvalidRequestError(
+            f"'{where}' must be a list of at most {_MAX_FALLBACKS} entries.", param=where
+        )
+    routes = []
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            raise InvalidRequestError(f"'{where}[{i}]' must be an object.", param=f"{where}[{i}]")
+        provider, name = entry.get("provider"), entry.get("model")
+        if provider not in PROVIDER_NAMES:
+            raise InvalidRequestError(
+                f"'{where}[{i}].provider' must be one of {', '.join(PROVIDER_NAMES)}.",
+                param=f"{where}[{i}].provider",
+            )
+        if not isinstance(name, str) or not name:
+            raise InvalidRequestError(
+                f"'{where}[{i}].model' must be a non-empty string.", param=f"{where}[{i}].model"
+            )
+        upstream = name[6:] if provider == "local" and name.startswith("local/") else name
+        routes.append(ModelRoute(name, provider, upstream))
+    return routes
+
+
+async def _next_fallback(
+    request: web.Request,
+    gw: Gateway,
+    key: KeyRecord,
+    fmt: InboundFormat,
+    body: dict[str, Any],
+    stream: bool,
+    fallbacks: Iterator[ModelRoute],
+    attempts: list[dict[str, Any]],
+) -> tuple[_Prepared, str | None] | None:
+    """The next fallback this key can use; one without a provider key, or that cannot take this request,
+    is recorded as skipped."""
+    for route in fallbacks:
+        try:
+            api_key = await provider_key(request, gw, key, route.provider)
+            return _prepare(fmt, body, stream, route, gw), api_key
+        except (MissingProviderKeyError, InvalidRequestError) as exc:
+            attempts.append(
+                {
+                    "provider": route.provider,
+                    "model": route.upstream_model,
+                    "status": None,
+                    "error": exc.message,
+                }
+            )
+    return None
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from `retry-after-ms` or `Retry-After` (seconds; an HTTP date is treated as absent)."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        with contextlib.suppress(ValueError):
+            return max(0.0, float(ms) / 1000)
+    value = headers.get("Retry-After")
+    if value:
+        with contextlib.suppress(ValueError):
+            return max(0.0, float(value))
+    return None
+
+
+def _backoff(tries: int) -> float:
+    """Exponential from 0.25 s with full jitter of ±50 %."""
+    return float(0.25 * (2**tries) * random.uniform(0.5, 1.5))
+
+
+async def _discard(resp: aiohttp.ClientResponse) -> None:
+    """Drop a failed attempt's answer, keeping the connection reusable when the body is small."""
+    try:
+        async with asyncio.timeout(1.0):
+            await resp.content.read(_ERROR_BODY_LIMIT)
+    except (TimeoutError, aiohttp.ClientError):
+        resp.close()
+    finally:
+        resp.release()
+
+
+def _record_attempts(
+    gw: Gateway, acct: Begun | None, attempts: list[dict[str, Any]], route: ModelRoute
+) -> None:
+    if acct is not None and gw.usage is not None:
+        gw.usage.reroute(acct, route.provider, route.upstream_model, attempts)
 
 
 # ---- usage accounting ------

@@ -104,6 +104,8 @@ class UsageEvent(msgspec.Struct, kw_only=True):
     prices_taken: str = PRICES_TAKEN
     cache_write_ttl: str = "5m"
     client_reported: dict[str, int] | None = None
+    attempts: list[dict[str, Any]] | None = None
+    """Every upstream attempt (provider, model, status, latency_ms, error): retries and fallbacks."""
 
 
 _encoder = msgspec.json.Encoder()
@@ -269,6 +271,18 @@ class UsageRecorder:
         return Begun(ev, claims, priced[1] if priced else None, started)
 
     # ---- after the response ----
+
+    def reroute(
+        self, begun: Begun, provider: str, upstream_model: str, attempts: list[dict[str, Any]]
+    ) -> None:
+        """Record the attempts, and the route that finally served (a fallback is priced as itself)."""
+        ev = begun.event
+        ev.attempts = attempts
+        if (provider, upstream_model) != (ev.provider, ev.upstream_model):
+            ev.provider, ev.upstream_model = provider, upstream_model
+            priced = self.prices.lookup(upstream_model)
+            ev.priced_as = priced[0] if priced else None
+            begun.price = priced[1] if priced else None
 
     def complete(
         self,

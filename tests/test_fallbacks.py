@@ -1,0 +1,219 @@
+"""Retries and fallbacks: retryable failures move on, others don't; streams fall back only before output."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import openai
+import pytest
+
+from adapters.sse import SSEParser
+from tests.conftest import MASTER_KEY, UPSTREAM_KEYS, GatewaySetup
+from tests.fakes.upstream import FakeUpstream, Reply, fixture_bytes
+from tests.harness import InProcessWorker, free_port
+from tests.test_usage import wait_final
+from worker.appkeys import GATEWAY
+
+MESSAGES = [{"role": "user", "content": "Write a short status update."}]
+TO_CLAUDE = {"trex": {"routing": {"fallbacks": [{"provider": "anthropic", "model": "claude-sonnet-4-6"}]}}}
+
+
+@pytest.fixture
+def routed(make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream) -> Any:
+    opened: list[GatewaySetup] = []
+
+    def factory(**variables: Any) -> GatewaySetup:
+        worker = make_worker({"UPSTREAM_RETRIES": 0, **variables}, dev_vars={"TREX_MASTER_KEY": MASTER_KEY})
+        keys = worker.app[GATEWAY].keys
+        record, token = worker.call(keys.create("routing"))
+        for provider, secret in UPSTREAM_KEYS.items():
+            worker.call(keys.bind(record.id, provider, secret))
+        setup = GatewaySetup(worker, fake_upstream, token, record.id)
+        opened.append(setup)
+        return setup
+
+    yield factory
+    for setup in opened:
+        setup.close()
+
+
+def _paths(fake: FakeUpstream) -> list[str]:
+    return [r.path for r in fake.received]
+
+
+@pytest.mark.parametrize("status", [429, 502, 503, 504, 529])
+def test_retryable_status_falls_back_to_the_next_provider(routed: Any, status: int) -> None:
+    setup = routed()
+    setup.fake.enqueue(
+        "/v1/chat/completions", Reply.json({"error": {"message": "busy", "type": "x"}}, status=status)
+    )
+    raw = setup.openai().chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, extra_body=TO_CLAUDE
+    )
+    completion = raw.parse()
+    assert completion.choices[0].message.content  # Claude's answer, translated to chat
+    assert raw.headers["X-Trex-Upstream-Provider"] == "anthropic"
+    assert raw.headers["X-Trex-Upstream-Model"] == "claude-sonnet-4-6"
+    assert raw.headers["X-Trex-Fallback-Attempts"] == "1"
+    assert _paths(setup.fake) == ["/v1/chat/completions", "/v1/messages"]
+    assert "trex" not in setup.fake.last().json  # the routing instructions are never forwarded
+    event = wait_final(setup, raw.headers["X-Trex-Usage-Event-Id"])
+    assert [(a["provider"], a["status"]) for a in event["attempts"]] == [
+        ("openai", status),
+        ("anthropic", 200),
+    ]
+    assert event["provider"] == "anthropic" and event["priced_as"] == "claude-sonnet-4-6"
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422, 500])
+def test_other_failures_do_not_fall_back(routed: Any, status: int) -> None:
+    setup = routed()
+    error = {"error": {"message": "nope", "type": "invalid_request_error", "code": "nope"}}
+    setup.fake.enqueue("/v1/chat/completions", Reply.json(error, status=status))
+    with pytest.raises(openai.APIStatusError) as err:
+        setup.openai().chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, extra_body=TO_CLAUDE)  # type: ignore[arg-type]
+    assert err.value.status_code == status
+    assert err.value.response.headers["X-Trex-Fallback-Attempts"] == "0"
+    assert _paths(setup.fake) == ["/v1/chat/completions"]
+
+
+def test_a_dropped_connection_falls_back(routed: Any) -> None:
+    setup = routed(OPENROUTER_BASE_URL=f"http://127.0.0.1:{free_port()}/api/v1")  # nothing listens there
+    fallback = {"trex": {"routing": {"fallbacks": [{"provider": "openai", "model": "gpt-4o-mini"}]}}}
+    raw = setup.openai().chat.completions.with_raw_response.create(
+        model="openai/gpt-4o-mini", messages=MESSAGES, extra_body=fallback
+    )
+    assert (
+        raw.headers["X-Trex-Upstream-Provider"] == "openai" and raw.headers["X-Trex-Fallback-Attempts"] == "1"
+    )
+    event = wait_final(setup, raw.headers["X-Trex-Usage-Event-Id"])
+    first = event["attempts"][0]
+    assert (first["provider"], first["status"]) == ("openrouter", 502) and "connect" in first["error"]
+
+
+def test_when_every_attempt_fails_the_last_failure_is_returned(routed: Any) -> None:
+    setup = routed()
+    setup.fake.enqueue(
+        "/v1/chat/completions", Reply.json({"error": {"message": "a", "type": "x"}}, status=503)
+    )
+    setup.fake.enqueue("/v1/messages", Reply.json("anthropic/error_overloaded.json", status=529))
+    with pytest.raises(openai.APIStatusError) as err:
+        setup.openai().chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, extra_body=TO_CLAUDE)  # type: ignore[arg-type]
+    assert err.value.status_code == 529
+    assert err.value.response.headers["X-Trex-Upstream-Provider"] == "anthropic"
+    assert err.value.response.headers["X-Trex-Fallback-Attempts"] == "1"
+
+
+def test_retries_back_off_then_succeed_on_the_same_route(routed: Any) -> None:
+    setup = routed(UPSTREAM_RETRIES=2)
+    busy = Reply.json({"error": {"message": "busy", "type": "x"}}, status=503)
+    setup.fake.enqueue("/v1/chat/completions", busy, busy)
+    started = time.monotonic()
+    raw = setup.openai().chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+    elapsed = time.monotonic() - started
+    assert raw.parse().choices[0].message.content
+    assert _paths(setup.fake) == ["/v1/chat/completions"] * 3
+    assert elapsed >= 0.125 + 0.25  # two jittered backoffs: at least 0.125 s and 0.25 s
+    assert raw.headers["X-Trex-Fallback-Attempts"] == "2"
+
+
+def test_retry_after_is_honoured_and_one_past_the_limit_is_not_waited_for(routed: Any) -> None:
+    setup = routed(UPSTREAM_RETRIES=1)
+    setup.fake.enqueue(
+        "/v1/chat/completions",
+        Reply.json(
+            {"error": {"message": "slow down", "type": "x"}}, status=429, headers={"Retry-After": "1"}
+        ),
+    )
+    started = time.monotonic()
+    setup.openai().chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    assert time.monotonic() - started >= 0.95
+    # A Retry-After beyond UPSTREAM_RETRY_MAX_WAIT is not waited for: the fallback is tried at once.
+    setup.fake.reset()
+    setup.fake.enqueue(
+        "/v1/chat/completions",
+        Reply.json({"error": {"message": "later", "type": "x"}}, status=429, headers={"Retry-After": "30"}),
+    )
+    started = time.monotonic()
+    raw = setup.openai().chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, extra_body=TO_CLAUDE
+    )
+    assert time.monotonic() - started < 1.0
+    assert raw.headers["X-Trex-Upstream-Provider"] == "anthropic"
+
+
+def test_streams_fall_back_before_the_first_byte(routed: Any) -> None:
+    setup = routed()
+    setup.fake.enqueue(
+        "/v1/chat/completions", Reply.json({"error": {"message": "x", "type": "x"}}, status=503)
+    )
+    with setup.openai().chat.completions.stream(
+        model="gpt-4o-mini",
+        messages=MESSAGES,
+        extra_body=TO_CLAUDE,  # type: ignore[arg-type]
+    ) as stream:
+        final = stream.get_final_completion()
+    assert final.choices[0].message.content
+    assert _paths(setup.fake) == ["/v1/chat/completions", "/v1/messages"]
+
+
+def test_a_stream_failing_after_its_first_byte_ends_with_an_error_and_no_fallback(routed: Any) -> None:
+    setup = routed()
+    setup.fake.enqueue("/v1/chat/completions", Reply.stream("openai/chat_text.sse", drop_after=4))
+    with setup.openai().chat.completions.with_streaming_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_body=TO_CLAUDE
+    ) as resp:
+        lines = [line for line in resp.iter_lines() if line.startswith("data: ")]
+    events = [json.loads(line[6:]) for line in lines if line != "data: [DONE]"]
+    assert "error" in events[-1]  # the stream ends with an error event
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events[:-1] if e.get("choices"))
+    full = "".join(
+        json.loads(ev.data)["choices"][0]["delta"].get("content") or ""
+        for ev in SSEParser().feed(fixture_bytes("openai/chat_text.sse"))
+        if ev.data.startswith("{") and json.loads(ev.data)["choices"]
+    )
+    assert text and full.startswith(text) and text != full  # a prefix, once: nothing replayed by a fallback
+    assert _paths(setup.fake) == ["/v1/chat/completions"]
+
+
+@pytest.mark.parametrize(
+    ("routing", "param"),
+    [
+        ("fast", "trex.routing"),
+        ({"fallbacks": "anthropic"}, "trex.routing.fallbacks"),
+        ({"fallbacks": [{"provider": "azure", "model": "x"}]}, "trex.routing.fallbacks[0].provider"),
+        ({"fallbacks": [{"provider": "openai"}]}, "trex.routing.fallbacks[0].model"),
+        ({"fallbacks": [{"provider": "openai", "model": "m"}] * 6}, "trex.routing.fallbacks"),
+    ],
+)
+def test_bad_fallbacks_are_a_400_naming_the_field(routed: Any, routing: Any, param: str) -> None:
+    setup = routed()
+    with pytest.raises(openai.BadRequestError) as err:
+        setup.openai().chat.completions.create(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            extra_body={"trex": {"routing": routing}},  # type: ignore[arg-type]
+        )
+    assert err.value.body["param"] == param  # type: ignore[index]
+    assert setup.fake.received == []
+
+
+def test_a_fallback_without_a_provider_key_is_skipped(routed: Any) -> None:
+    setup = routed()
+    key_id, only_openai = setup.new_key("only-openai")
+    setup.worker.call(setup.worker.app[GATEWAY].keys.bind(key_id, "openai", UPSTREAM_KEYS["openai"]))
+    setup.fake.enqueue(
+        "/v1/chat/completions", Reply.json({"error": {"message": "x", "type": "x"}}, status=503)
+    )
+    client = setup.openai(key=only_openai)
+    with pytest.raises(openai.APIStatusError) as err:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, extra_body=TO_CLAUDE)  # type: ignore[arg-type]
+    assert err.value.status_code == 503  # the only usable route's answer
+    assert _paths(setup.fake) == ["/v1/chat/completions"]
+    event_id = err.value.response.headers["X-Trex-Usage-Event-Id"]
+    event = wait_final(GatewaySetup(setup.worker, setup.fake, only_openai, key_id), event_id)
+    skipped = event["attempts"][1]
+    assert (skipped["provider"], skipped["status"]) == ("anthropic", None) and "anthropic" in skipped["error"]
