@@ -217,3 +217,46 @@ def test_a_fallback_without_a_provider_key_is_skipped(routed: Any) -> None:
     event = wait_final(GatewaySetup(setup.worker, setup.fake, only_openai, key_id), event_id)
     skipped = event["attempts"][1]
     assert (skipped["provider"], skipped["status"]) == ("anthropic", None) and "anthropic" in skipped["error"]
+
+
+def test_breaker_opens_skips_is_shared_and_recovers_after_a_probe(routed: Any) -> None:
+    setup = routed(BREAKER_FAILURES=2, BREAKER_COOLDOWN_SECONDS=60)
+    busy = Reply.json({"error": {"message": "down", "type": "x"}}, status=503)
+    setup.fake.enqueue("/v1/chat/completions", busy, busy)
+    client = setup.openai()
+    for _ in range(2):  # two failures, each served by the fallback
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=MESSAGES, extra_body=TO_CLAUDE
+        )
+        assert raw.headers["X-Trex-Upstream-Provider"] == "anthropic"
+    setup.fake.reset()
+    # Open: OpenAI is skipped without being contacted.
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, extra_body=TO_CLAUDE
+    )
+    assert raw.headers["X-Trex-Upstream-Provider"] == "anthropic" and _paths(setup.fake) == ["/v1/messages"]
+    event = wait_final(setup, raw.headers["X-Trex-Usage-Event-Id"])
+    assert event["attempts"][0] == {
+        "provider": "openai",
+        "model": "gpt-4o-mini",
+        "status": None,
+        "error": "circuit open",
+    }
+    # Without a fallback the client is told to come back, at once.
+    with pytest.raises(openai.InternalServerError) as err:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    assert err.value.status_code == 503 and err.value.code == "provider_unavailable"
+    assert err.value.response.headers["Retry-After"] == "60"
+    # Another instance on the same KV agrees.
+    other = routed(BREAKER_FAILURES=2, BREAKER_COOLDOWN_SECONDS=60)
+    setup.fake.reset()
+    with pytest.raises(openai.InternalServerError):
+        other.openai().chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    assert setup.fake.received == []
+    # After the cooldown one probe goes through; it succeeds, so the breaker closes for everyone.
+    breakers = setup.worker.app[GATEWAY].breakers
+    breakers._clock = lambda: time.time() + 61  # the cooldown has passed for this instance
+    assert client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices  # type: ignore[arg-type]
+    assert _paths(setup.fake) == ["/v1/chat/completions"]
+    time.sleep(1.1)  # the other instance re-reads the shared state within a second
+    assert other.openai().chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices  # type: ignore[arg-type]

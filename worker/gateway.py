@@ -13,6 +13,7 @@ from .accounting.plans import parse_plans
 from .accounting.pricing import PriceTable, parse_price_overrides
 from .auth import KeyStore
 from .config import Config, ConfigError
+from .health import Breakers
 from .optimize.base import MODES
 from .quotas import Quotas, parse_quota_plans
 from .routing import PROVIDER_NAMES, ModelRoute, Provider, parse_model_table
@@ -37,6 +38,7 @@ class Gateway:
     usage: UsageRecorder | None
     """None when `USAGE_ACCOUNTING = "off"`."""
     quotas: Quotas
+    breakers: Breakers
     retries: int = 1
     """Retries of one route on a retryable failure (429, 502, 503, 504, 529, connect error, timeout)."""
     retry_deadline: float = 30.0
@@ -108,16 +110,17 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
         session_budget_tokens=int(config.number("SESSION_REOPTIMIZE_TOKENS")),
         usage=usage,
         quotas=quotas,
-        retries=_retries(config),
+        breakers=Breakers(
+            kv, _count(config, "BREAKER_FAILURES", 1000), int(config.number("BREAKER_COOLDOWN_SECONDS"))
+        ),
+        retries=_count(config, "UPSTREAM_RETRIES", 10),
         retry_deadline=config.number("UPSTREAM_RETRY_DEADLINE"),
         retry_max_wait=config.number("UPSTREAM_RETRY_MAX_WAIT"),
     )
 
 
-def _retries(config: Config) -> int:
-    raw = config.var("UPSTREAM_RETRIES") or "0"
-    if not raw.strip().isdigit() or int(raw) > 10:
-        raise ConfigError(
-            config.source, "vars.UPSTREAM_RETRIES", f"expected an integer from 0 to 10, got {raw!r}"
-        )
+def _count(config: Config, name: str, most: int) -> int:
+    raw = (config.var(name) or "0").strip()
+    if not raw.isdigit() or int(raw) > most:
+        raise ConfigError(config.source, f"vars.{name}", f"expected an integer from 0 to {most}, got {raw!r}")
     return int(raw)

@@ -168,6 +168,28 @@ async def proxy(
         cand = prepared.route
         out_headers["X-Trex-Upstream-Provider"] = cand.provider
         out_headers["X-Trex-Upstream-Model"] = cand.upstream_model
+        if tries == 0 and not await gw.breakers.allow(cand.provider, cand.upstream_model):
+            attempts.append(
+                {
+                    "provider": cand.provider,
+                    "model": cand.upstream_model,
+                    "status": None,
+                    "error": "circuit open",
+                }
+            )
+            following = await _next_fallback(request, gw, key, fmt, body, stream, fallbacks, attempts)
+            if following is None:
+                _record_attempts(gw, acct, attempts, cand)
+                _finish_usage(gw, acct, 503, "upstream_failed", None)
+                raise UpstreamError(
+                    f"Upstream {cand.provider} ({cand.upstream_model}) is failing and paused for a moment; "
+                    "retry shortly or add a fallback.",
+                    status=503,
+                    code="provider_unavailable",
+                    headers={**out_headers, "Retry-After": str(gw.breakers.cooldown)},
+                )
+            prepared, api_key = following
+            continue
         began = time.perf_counter()
         failure: UpstreamUnavailable | None = None
         resp: aiohttp.ClientResponse | None = None
@@ -195,8 +217,10 @@ async def proxy(
             attempt["error"] = str(failure)
         attempts.append(attempt)
         if resp is not None and status not in _RETRYABLE:
+            await gw.breakers.succeeded(cand.provider, cand.upstream_model)  # it answered: it is up
             upstream = resp
             break
+        await gw.breakers.failed(cand.provider, cand.upstream_model)
         retry_after = _retry_after(resp.headers) if resp is not None else None
         wait = retry_after if retry_after is not None else _backoff(tries)
         again = tries < gw.retries and wait <= gw.retry_max_wait and time.monotonic() + wait < deadline

@@ -1,0 +1,121 @@
+"""Provider health: a circuit breaker per provider and model, shared by every instance through the KV.
+
+`BREAKER_FAILURES` consecutive retryable failures (429, 5xx gateway errors, refused connections, timeouts)
+open the breaker for `BREAKER_COOLDOWN_SECONDS`: routing then skips that provider+model without waiting on
+it. When the cooldown is over, one request — the first to win a KV `put_if_absent`, on whichever
+instance — is let through as a probe (half-open): a success closes the breaker, a failure opens it for
+another cooldown.
+
+KV keys: `health/<provider>/<model>/fails` (an `incr` counter), `health/<provider>/<model>/open` (the epoch
+second the cooldown ends, with the cooldown as TTL), `health/<provider>/<model>/probe` (who probes). Each
+instance caches a route's state for at most `_REFRESH_SECONDS`, so the request path reads the KV about once a
+second per route, not once per request, and writes only when something fails or recovers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kv import KVError, KVNamespace
+
+log = logging.getLogger("trex.health")
+_REFRESH_SECONDS = 1.0
+
+
+@dataclass(slots=True)
+class _State:
+    open_until: float
+    checked: float
+    failures_seen: bool
+
+
+class Breakers:
+    """Circuit breakers for every provider+model this instance routes to."""
+
+    def __init__(
+        self,
+        kv: KVNamespace,
+        failures: int,
+        cooldown_seconds: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.kv = kv
+        self.failures = failures
+        self.cooldown = max(60, cooldown_seconds)  # the KV's shortest TTL
+        self._clock = clock
+        self._states: dict[tuple[str, str], _State] = {}
+
+    def _key(self, provider: str, model: str, what: str) -> str:
+        return f"health/{provider}/{model}/{what}"
+
+    async def allow(self, provider: str, model: str) -> bool:
+        """False while the breaker is open (skip this route); True when closed or when this request is the
+        half-open probe."""
+        if self.failures <= 0:
+            return True
+        now = self._clock()
+        route = (provider, model)
+        state = self._states.get(route)
+        if state is None or now - state.checked >= _REFRESH_SECONDS:
+            try:
+                raw = await self.kv.get(self._key(provider, model, "open"))
+            except KVError as exc:  # health is advisory: an unreachable KV never blocks traffic
+                log.warning("breaker state for %s/%s unavailable: %s", provider, model, exc)
+                return True
+            open_until = float(raw) if raw else 0.0
+            seen = state.failures_seen if state else False
+            state = self._states[route] = _State(open_until, now, seen)
+        if state.open_until == 0.0:
+            return True
+        if now < state.open_until:
+            return False
+        # Cooling down is over: one probe, across every instance.
+        try:
+            return await self.kv.put_if_absent(
+                self._key(provider, model, "probe"), b"1", expiration_ttl=self.cooldown
+            )
+        except KVError:
+            return True
+
+    async def failed(self, provider: str, model: str) -> None:
+        """Count a retryable failure; open the breaker at the threshold."""
+        if self.failures <= 0:
+            return
+        route = (provider, model)
+        try:
+            count = await self.kv.incr(
+                self._key(provider, model, "fails"), 1, expiration_ttl=self.cooldown * 2
+            )
+            state = self._states.setdefault(route, _State(0.0, 0.0, True))
+            state.failures_seen = True
+            half_open = state.open_until > 0 and self._clock() >= state.open_until  # the probe failed
+            if count >= self.failures or half_open:
+                until = self._clock() + self.cooldown
+                await self.kv.put(
+                    self._key(provider, model, "open"), str(until), expiration_ttl=self.cooldown * 2
+                )
+                await self.kv.delete(self._key(provider, model, "fails"))
+                await self.kv.delete(self._key(provider, model, "probe"))
+                state.open_until, state.checked = until, self._clock()
+                log.warning(
+                    "breaker open for %s/%s for %d s after %d failures", provider, model, self.cooldown, count
+                )
+        except KVError as exc:
+            log.warning("could not record a failure of %s/%s: %s", provider, model, exc)
+
+    async def succeeded(self, provider: str, model: str) -> None:
+        """Close the breaker if this route had failures or was open (nothing to write otherwise)."""
+        state = self._states.get((provider, model))
+        if state is None or (not state.failures_seen and state.open_until == 0.0):
+            return
+        try:
+            for what in ("fails", "open", "probe"):
+                await self.kv.delete(self._key(provider, model, what))
+        except KVError as exc:
+            log.warning("could not close the breaker of %s/%s: %s", provider, model, exc)
+            return
+        state.open_until, state.failures_seen, state.checked = 0.0, False, self._clock()
+        log.info("breaker closed for %s/%s", provider, model)
