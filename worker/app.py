@@ -62,6 +62,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/messages", models.messages),
     Route("POST", "/v1/embeddings", models.embeddings),
     Route("GET", "/v1/models", models.list_models),
+    Route("GET", "/v1/models/{id:.+}", models.get_model),
     Route("POST", "/v1/compress", compress.compress),
     Route("GET", "/v1/usage", usage.usage_totals),
     Route("GET", "/v1/usage/events/{id}", usage.usage_event),

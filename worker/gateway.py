@@ -12,6 +12,7 @@ from .accounting.events import UsageRecorder
 from .accounting.plans import parse_plans
 from .accounting.pricing import PriceTable, parse_price_overrides
 from .auth import KeyStore
+from .catalog import Entry, build_catalog
 from .config import Config, ConfigError
 from .health import Breakers
 from .optimize.base import MODES
@@ -39,6 +40,8 @@ class Gateway:
     """None when `USAGE_ACCOUNTING = "off"`."""
     quotas: Quotas
     breakers: Breakers
+    catalog: Mapping[str, Entry]
+    prices: PriceTable
     retries: int = 1
     """Retries of one route on a retryable failure (429, 502, 503, 504, 529, connect error, timeout)."""
     retry_deadline: float = 30.0
@@ -110,6 +113,8 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
         session_budget_tokens=int(config.number("SESSION_REOPTIMIZE_TOKENS")),
         usage=usage,
         quotas=quotas,
+        catalog=build_catalog(models, config.tables.get("models"), config.source),
+        prices=prices,
         breakers=Breakers(
             kv, _count(config, "BREAKER_FAILURES", 1000), int(config.number("BREAKER_COOLDOWN_SECONDS"))
         ),

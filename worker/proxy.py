@@ -49,6 +49,7 @@ from .accounting.usage import Observed
 from .accounting.usage import billed_from_usage as _billed
 from .appkeys import CTX, KEY_ID, REQUEST_ID, STARTED, USAGE_EVENT
 from .auth import KeyRecord, MissingProviderKeyError, credential_from_headers
+from .catalog import SMART_AUTO, needs, smart_auto, usable
 from .errors import (
     AuthenticationError,
     GatewayError,
@@ -110,10 +111,12 @@ async def proxy(
         raise InvalidRequestError("'model' is required and must be a non-empty string.", param="model")
     trex = body.pop("trex", None)
     client_claims = claims.parse(body.pop("trex_accounting", None))
-    route = resolve(model, gw.models)
-    api_key = await provider_key(request, gw, key, route.provider)  # fail fast, before any optimizer work
+    smart = model == SMART_AUTO
+    # smart-auto is routed once the optimized size is known; any other model fails fast, before optimizing.
+    route = None if smart else resolve(model, gw.models)
+    api_key = None if route is None else await provider_key(request, gw, key, route.provider)
     admission = await gw.quotas.admit(key, model)  # the plan: model allowed, quota left, credits
-    encoding, exact = tokens.encoding_for_model(route.upstream_model)
+    encoding, exact = tokens.encoding_for_model(route.upstream_model if route is not None else "gpt-5")
     options = resolve_options(
         trex, request.headers, gw.optimize_mode, gw.protect_recent_turns, key_mode=key.optimize_mode
     )
@@ -133,7 +136,12 @@ async def proxy(
         report.original_tokens = max(received_tokens, report.optimized_tokens)
     report.note_session(replay.replayed, replay.reoptimize)
     stream = body.get("stream") is True
-    fallbacks = iter(_fallbacks(trex))
+    chain = _fallbacks(trex)
+    if route is None:
+        choices = await _smart_auto(request, gw, key, fmt, body, report.optimized_tokens)
+        route, chain = choices[0], [*choices[1 : _MAX_FALLBACKS + 1], *chain]
+        api_key = await provider_key(request, gw, key, route.provider)
+    fallbacks = iter(chain)
     prepared = _prepare(fmt, body, stream, route, gw)
     out_headers = savings_headers(report, session)
     if not exact:
@@ -412,6 +420,30 @@ async def _next_fallback(
                 }
             )
     return None
+
+
+async def reachable_providers(request: web.Request, gw: Gateway, key: KeyRecord) -> set[Provider]:
+    """Providers this request can reach: all with an `X-Upstream-Api-Key` override, else the bound ones and
+    the local server (which needs no key)."""
+    override = request.headers.get("X-Upstream-Api-Key")
+    if override and override.strip():
+        return set(PROVIDER_NAMES)
+    bound = await gw.keys.bound_providers(key.id)
+    return {p for p in PROVIDER_NAMES if p in bound or p == "local"}
+
+
+async def _smart_auto(
+    request: web.Request,
+    gw: Gateway,
+    key: KeyRecord,
+    fmt: InboundFormat,
+    body: dict[str, Any],
+    tokens_in: int,
+) -> list[ModelRoute]:
+    plan = gw.quotas.plans.get(key.plan) if key.plan else None
+    entries = usable(gw.catalog, await reachable_providers(request, gw, key), plan)
+    need, requested = needs(body, fmt)
+    return smart_auto(entries, gw.prices, tokens_in, need, requested, plan.credit_models if plan else ())
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

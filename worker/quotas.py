@@ -33,6 +33,7 @@ from kv import KVNamespace
 from .auth import KeyRecord
 from .config import ConfigError
 from .errors import GatewayError, PaymentRequiredError, PermissionDeniedError, RateLimitError
+from .routing import SMART_AUTO
 
 MICRO = 1_000_000
 _COUNTERS = ("daily_requests", "weekly_requests", "daily_tokens", "weekly_tokens")
@@ -140,7 +141,8 @@ class Quotas:
         plan = self.plans.get(key.plan) if key.plan else None
         if plan is None:
             return None
-        if plan.models is not None and not _matches(model, plan.models):
+        # smart-auto only ever picks models the plan allows.
+        if plan.models is not None and model != SMART_AUTO and not _matches(model, plan.models):
             raise ModelNotAllowedError(
                 f"The model {model!r} is not available on the {plan.name!r} plan.", param="model"
             )

@@ -36,20 +36,8 @@ _OPENAI_PREFIXES = (
 )
 
 
-# Listed by `GET /v1/models` (the full catalog with prices and windows comes with the routing work).
-BUILTIN_MODELS: tuple[str, ...] = (
-    "gpt-5.5",
-    "gpt-5.4-mini",
-    "gpt-5-mini",
-    "gpt-4.1",
-    "gpt-4o-mini",
-    "o4-mini",
-    "text-embedding-3-small",
-    "text-embedding-3-large",
-    "claude-opus-4-7",
-    "claude-sonnet-4-6",
-    "claude-haiku-4-5",
-)
+SMART_AUTO = "smart-auto"
+"""Not a model: the gateway picks one (see `catalog`)."""
 
 
 class ModelNotFoundError(GatewayError):

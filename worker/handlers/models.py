@@ -7,10 +7,11 @@ import time
 from aiohttp import web
 
 from ..appkeys import GATEWAY
+from ..catalog import Entry, usable
 from ..errors import InvalidRequestError
 from ..jsonio import json_response, read_json_object
-from ..proxy import authenticate, forward_json, proxy
-from ..routing import BUILTIN_MODELS, resolve
+from ..proxy import authenticate, forward_json, proxy, reachable_providers
+from ..routing import ModelNotFoundError, resolve
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -55,20 +56,27 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 _CREATED = int(time.mktime((2026, 11, 1, 0, 0, 0, 0, 0, 0)))
 
 
-async def list_models(request: web.Request) -> web.StreamResponse:
-    """`GET /v1/models`: the built-in catalog plus `[[models]]`, in OpenAI's list shape."""
+async def _usable(request: web.Request) -> list[Entry]:
     gw = request.app[GATEWAY]
-    await authenticate(request, gw)
-    routes = {name: resolve(name, gw.models) for name in BUILTIN_MODELS}
-    routes.update(gw.models)
-    data = [
-        {
-            "id": name,
-            "object": "model",
-            "created": _CREATED,
-            "owned_by": route.provider,
-            "provider": route.provider,
-        }
-        for name, route in sorted(routes.items())
-    ]
-    return json_response({"object": "list", "data": data})
+    key = await authenticate(request, gw)
+    reachable = await reachable_providers(request, gw, key)
+    plan = gw.quotas.plans.get(key.plan) if key.plan else None
+    return usable(gw.catalog, reachable, plan)
+
+
+async def list_models(request: web.Request) -> web.StreamResponse:
+    """`GET /v1/models`: what the calling key can use (a reachable provider, allowed by its plan), in
+    OpenAI's list shape plus `provider`, `context_window`, `max_output_tokens`, `capabilities`, `tier`,
+    `pricing`."""
+    prices = request.app[GATEWAY].prices
+    entries = sorted(await _usable(request), key=lambda e: e.info.name)
+    return json_response({"object": "list", "data": [e.describe(prices, _CREATED) for e in entries]})
+
+
+async def get_model(request: web.Request) -> web.StreamResponse:
+    """`GET /v1/models/{id}` (ids with a slash, like OpenRouter's, are matched whole)."""
+    wanted = request.match_info["id"]
+    for entry in await _usable(request):
+        if entry.info.name == wanted:
+            return json_response(entry.describe(request.app[GATEWAY].prices, _CREATED))
+    raise ModelNotFoundError(f"The model {wanted!r} is not available to this key.", param="model")

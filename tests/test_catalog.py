@@ -1,0 +1,120 @@
+"""The model catalog per key and smart-auto."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from tests.conftest import MASTER_KEY, UPSTREAM_KEYS
+from tests.fakes.upstream import FakeUpstream
+from tests.harness import InProcessWorker
+from worker.accounting.pricing import BUILTIN_PRICES
+from worker.appkeys import GATEWAY
+from worker.catalog import BUILTIN_CATALOG
+
+PLANS = '[plans.small]\nmodels = ["gpt-4o-mini", "claude-haiku-*"]\n'
+CUSTOM = '[[models]]\nname = "house"\nprovider = "local"\nupstream_model = "qwen3:8b"\ncontext_window = 32000\ntier = "free"\ncapabilities = ["tools"]\n'
+
+
+@pytest.fixture
+def keyed(make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream) -> Iterator[Any]:
+    worker = make_worker(dev_vars={"TREX_MASTER_KEY": MASTER_KEY}, extra=PLANS + CUSTOM)
+    opened: list[openai.OpenAI] = []
+
+    def client(providers: tuple[str, ...] = tuple(UPSTREAM_KEYS), plan: str | None = None) -> openai.OpenAI:
+        keys = worker.app[GATEWAY].keys
+        record, token = worker.call(keys.create("c", plan=plan))
+        for provider in providers:
+            worker.call(keys.bind(record.id, provider, UPSTREAM_KEYS[provider]))
+        c = openai.OpenAI(api_key=token, base_url=worker.url + "/v1", max_retries=0)
+        opened.append(c)
+        return c
+
+    yield client
+    for c in opened:
+        c.close()
+
+
+def test_models_lists_what_the_key_can_use_with_catalog_fields(keyed: Any) -> None:
+    everything = {m.id: m for m in keyed().models.list()}
+    assert {info.name for info in BUILTIN_CATALOG} | {"house"} == set(everything)
+    mini = everything["gpt-4o-mini"].model_dump()
+    assert mini["provider"] == "openai" and mini["context_window"] == 128_000 and mini["tier"] == "free"
+    assert mini["pricing"]["input"] == BUILTIN_PRICES["gpt-4o-mini"].input
+    assert "tools" in mini["capabilities"]
+    assert everything["house"].model_dump()["context_window"] == 32000
+    openai_only = {m.id for m in keyed(providers=("openai",)).models.list()}
+    assert "gpt-4o-mini" in openai_only and "claude-haiku-4-5" not in openai_only
+    assert "house" in openai_only  # the local server needs no key
+    planned = {m.id for m in keyed(plan="small").models.list()}
+    assert planned == {"gpt-4o-mini", "claude-haiku-4-5"}
+
+
+def test_one_model_by_id(keyed: Any) -> None:
+    client = keyed(providers=("anthropic",))
+    assert client.models.retrieve("claude-haiku-4-5").model_dump()["provider"] == "anthropic"
+    with pytest.raises(openai.NotFoundError) as err:
+        client.models.retrieve("gpt-4o-mini")  # exists, but this key cannot reach OpenAI
+    assert err.value.code == "model_not_found"
+
+
+def test_smart_auto_picks_the_cheapest_fitting_model(keyed: Any, fake_upstream: FakeUpstream) -> None:
+    client = keyed()
+    raw = client.chat.completions.with_raw_response.create(
+        model="smart-auto", messages=[{"role": "user", "content": "hi"}]
+    )
+    cheapest = min(
+        (i for i in BUILTIN_CATALOG if "embeddings" not in i.capabilities),
+        key=lambda i: BUILTIN_PRICES[i.name].input + BUILTIN_PRICES[i.name].output / 4,
+    )
+    assert raw.headers["X-Trex-Upstream-Model"] == cheapest.name
+    assert fake_upstream.last().json["model"] == cheapest.name
+    # A requested output above some models' maximum rules them out; so does a needed capability.
+    raw = client.chat.completions.with_raw_response.create(
+        model="smart-auto", messages=[{"role": "user", "content": "hi"}], max_tokens=100_000
+    )
+    chosen = raw.headers["X-Trex-Upstream-Model"]
+    assert next(i for i in BUILTIN_CATALOG if i.name == chosen).max_output >= 100_000
+    raw = client.chat.completions.with_raw_response.create(
+        model="smart-auto",
+        messages=[{"role": "user", "content": "json please"}],
+        response_format={"type": "json_object"},
+    )
+    assert (
+        "json"
+        in next(i for i in BUILTIN_CATALOG if i.name == raw.headers["X-Trex-Upstream-Model"]).capabilities
+    )
+
+
+def test_smart_auto_respects_plan_and_reach_and_falls_back(keyed: Any, fake_upstream: FakeUpstream) -> None:
+    raw = keyed(plan="small").chat.completions.with_raw_response.create(
+        model="smart-auto", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert raw.headers["X-Trex-Upstream-Model"] in ("gpt-4o-mini", "claude-haiku-4-5")
+    anthropic_only = keyed(providers=("anthropic",))
+    raw = anthropic_only.chat.completions.with_raw_response.create(
+        model="smart-auto", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert raw.headers["X-Trex-Upstream-Provider"] == "anthropic"
+    with pytest.raises(openai.BadRequestError) as err:
+        keyed(plan="small").chat.completions.create(
+            model="smart-auto", messages=[{"role": "user", "content": "hi"}], max_tokens=500_000
+        )
+    assert err.value.code == "no_model_fits"
+
+
+def test_smart_auto_falls_back_to_the_next_cheapest(keyed: Any, fake_upstream: FakeUpstream) -> None:
+    from tests.fakes.upstream import Reply
+
+    busy = Reply.json({"error": {"message": "busy", "type": "x"}}, status=503)
+    fake_upstream.enqueue("/v1/chat/completions", busy, busy)  # the first choice and its one retry
+    client = keyed()
+    first = client.chat.completions.with_raw_response.create(
+        model="smart-auto", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert first.headers["X-Trex-Fallback-Attempts"] == "2"
+    sent = [r.json["model"] for r in fake_upstream.received if r.json and "model" in r.json]
+    assert sent[0] == sent[1] != sent[2] == first.headers["X-Trex-Upstream-Model"]

@@ -1,0 +1,209 @@
+"""The model catalog, what a key may use, and `smart-auto`.
+
+Built-in entries describe current OpenAI and Anthropic models (context window, maximum output, capabilities,
+tier) as published when `PRICES_TAKEN` was; prices come from `accounting.pricing`. `[[models]]` entries add
+models or override these fields (`context_window`, `max_output`, `capabilities`, `tier`).
+
+`model: "smart-auto"` picks the cheapest catalog chat model the key may use (its provider reachable: bound,
+local, or an `X-Upstream-Api-Key` override; allowed by its plan; not drawn from Compute Credits) that fits the
+optimized request: input tokens plus requested output within the context window, requested output within the
+model's maximum, and the capabilities the request needs (tools, images, JSON output). The other fitting
+models, cheapest first, become its fallback chain.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .accounting.pricing import PriceTable
+from .config import ConfigError
+from .errors import InvalidRequestError
+from .quotas import QuotaPlan
+from .routing import SMART_AUTO, ModelRoute, Provider, resolve
+
+__all__ = ["SMART_AUTO", "Entry", "ModelInfo", "build_catalog", "needs", "smart_auto", "usable"]
+CAPABILITIES = ("tools", "vision", "json", "reasoning", "embeddings")
+_ALL = frozenset({"tools", "vision", "json", "reasoning"})
+_NO_JSON = frozenset({"tools", "vision", "reasoning"})  # Anthropic has no JSON mode
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    name: str
+    context_window: int
+    max_output: int
+    capabilities: frozenset[str]
+    tier: str  # "free" or "premium"
+
+
+BUILTIN_CATALOG: tuple[ModelInfo, ...] = (
+    ModelInfo("gpt-5.5", 1_000_000, 128_000, _ALL, "premium"),
+    ModelInfo("gpt-5.4", 1_000_000, 128_000, _ALL, "premium"),
+    ModelInfo("gpt-5.4-mini", 1_000_000, 128_000, _ALL, "free"),
+    ModelInfo("gpt-5.4-nano", 1_000_000, 128_000, _ALL, "free"),
+    ModelInfo("gpt-5-mini", 400_000, 128_000, _ALL, "free"),
+    ModelInfo("gpt-4.1", 1_047_576, 32_768, _ALL - {"reasoning"}, "premium"),
+    ModelInfo("gpt-4.1-mini", 1_047_576, 32_768, _ALL - {"reasoning"}, "free"),
+    ModelInfo("gpt-4o-mini", 128_000, 16_384, _ALL - {"reasoning"}, "free"),
+    ModelInfo("o4-mini", 200_000, 100_000, _ALL, "premium"),
+    ModelInfo("claude-opus-4-7", 200_000, 128_000, _NO_JSON, "premium"),
+    ModelInfo("claude-sonnet-4-6", 200_000, 64_000, _NO_JSON, "premium"),
+    ModelInfo("claude-haiku-4-5", 200_000, 64_000, _NO_JSON, "free"),
+    ModelInfo("text-embedding-3-small", 8_191, 0, frozenset({"embeddings"}), "free"),
+    ModelInfo("text-embedding-3-large", 8_191, 0, frozenset({"embeddings"}), "free"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    info: ModelInfo
+    route: ModelRoute
+
+    def describe(self, prices: PriceTable, created: int) -> dict[str, Any]:
+        """The entry in OpenAI's model shape plus our fields."""
+        priced = prices.lookup(self.route.upstream_model)
+        pricing = None
+        if priced is not None:
+            p = priced[1]
+            pricing = {
+                "input": p.input,
+                "cached_input": p.cached_input,
+                "output": p.output,
+                "unit": "USD per 1M tokens",
+            }
+        return {
+            "id": self.info.name,
+            "object": "model",
+            "created": created,
+            "owned_by": self.route.provider,
+            "provider": self.route.provider,
+            "context_window": self.info.context_window,
+            "max_output_tokens": self.info.max_output,
+            "capabilities": sorted(self.info.capabilities),
+            "tier": self.info.tier,
+            "pricing": pricing,
+        }
+
+
+def build_catalog(configured: Mapping[str, ModelRoute], raw_models: Any, source: str) -> dict[str, Entry]:
+    """Built-in entries plus `[[models]]` (which may override routes and catalog fields)."""
+    out = {m.name: Entry(m, resolve(m.name, configured)) for m in BUILTIN_CATALOG}
+    extra = {e["name"]: e for e in raw_models if isinstance(e, dict)} if isinstance(raw_models, list) else {}
+    for name, route in configured.items():
+        base = (
+            out[name].info
+            if name in out
+            else ModelInfo(name, 128_000, 16_384, frozenset({"tools", "json"}), "free")
+        )
+        fields = extra.get(name, {})
+        for field in ("context_window", "max_output"):
+            value = fields.get(field)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ConfigError(source, f"models.{name}.{field}", "must be an integer >= 0")
+        caps = fields.get("capabilities")
+        if caps is not None and (not isinstance(caps, list) or not set(caps) <= set(CAPABILITIES)):
+            raise ConfigError(
+                source, f"models.{name}.capabilities", f"must be a list drawn from {CAPABILITIES}"
+            )
+        tier = fields.get("tier", base.tier)
+        if tier not in ("free", "premium"):
+            raise ConfigError(source, f"models.{name}.tier", "must be free or premium")
+        info = ModelInfo(
+            name,
+            fields.get("context_window", base.context_window),
+            fields.get("max_output", base.max_output),
+            frozenset(caps) if caps is not None else base.capabilities,
+            tier,
+        )
+        out[name] = Entry(info, route)
+    return out
+
+
+def _allowed(name: str, plan: QuotaPlan | None) -> bool:
+    return plan is None or plan.models is None or any(fnmatch.fnmatchcase(name, p) for p in plan.models)
+
+
+def usable(
+    catalog: Mapping[str, Entry], reachable: Iterable[Provider], plan: QuotaPlan | None
+) -> list[Entry]:
+    """The entries a key can use: a reachable provider and a model its plan allows."""
+    providers = set(reachable)
+    return [e for e in catalog.values() if e.route.provider in providers and _allowed(e.info.name, plan)]
+
+
+def needs(body: dict[str, Any], fmt: str) -> tuple[set[str], int]:
+    """(capabilities the request needs, requested output tokens or 0)."""
+    need: set[str] = set()
+    if body.get("tools"):
+        need.add("tools")
+    output_format = body.get("response_format")
+    text = body.get("text")
+    if output_format is None and isinstance(text, dict):  # Responses: text.format
+        output_format = text.get("format")
+    if isinstance(output_format, dict) and str(output_format.get("type", "")).startswith("json"):
+        need.add("json")
+    if _has_image(body.get("messages") if fmt != "responses" else body.get("input")):
+        need.add("vision")
+    requested = (
+        body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens") or 0
+    )
+    return need, requested if isinstance(requested, int) and not isinstance(requested, bool) else 0
+
+
+def _has_image(value: Any) -> bool:
+    if isinstance(value, dict):
+        if value.get("type") in ("image_url", "image", "input_image"):
+            return True
+        return any(_has_image(v) for v in value.values() if isinstance(v, list | dict))
+    if isinstance(value, list):
+        return any(_has_image(v) for v in value)
+    return False
+
+
+def smart_auto(
+    entries: list[Entry],
+    prices: PriceTable,
+    input_tokens: int,
+    need: set[str],
+    requested_output: int,
+    credit_models: tuple[str, ...],
+) -> list[ModelRoute]:
+    """Fitting chat models, cheapest first (400 `no_model_fits` when none does)."""
+    fitting: list[tuple[float, str, ModelRoute]] = []
+    for e in entries:
+        info = e.info
+        if "embeddings" in info.capabilities or not need <= info.capabilities:
+            continue
+        if any(fnmatch.fnmatchcase(info.name, p) for p in credit_models):
+            continue
+        if (
+            requested_output > info.max_output
+            or input_tokens + max(requested_output, 1) > info.context_window
+        ):
+            continue
+        priced = prices.lookup(e.route.upstream_model)
+        if priced is None:
+            continue  # an unpriced model cannot be compared on cost
+        p = priced[1]
+        # Cost of a typical turn: the input as sent plus a quarter as much output.
+        fitting.append(
+            (
+                p.input * input_tokens + p.output * max(requested_output, input_tokens // 4, 1),
+                info.name,
+                e.route,
+            )
+        )
+    if not fitting:
+        raise InvalidRequestError(
+            "smart-auto found no model this key may use that fits the request "
+            f"({input_tokens} input tokens, {requested_output or 'default'} output tokens"
+            + (f", needs {', '.join(sorted(need))}" if need else "")
+            + ").",
+            param="model",
+            code="no_model_fits",
+        )
+    fitting.sort(key=lambda t: (t[0], t[1]))
+    return [route for _, _, route in fitting]
