@@ -118,3 +118,32 @@ def test_smart_auto_falls_back_to_the_next_cheapest(keyed: Any, fake_upstream: F
     assert first.headers["X-Trex-Fallback-Attempts"] == "2"
     sent = [r.json["model"] for r in fake_upstream.received if r.json and "model" in r.json]
     assert sent[0] == sent[1] != sent[2] == first.headers["X-Trex-Upstream-Model"]
+
+
+def test_smart_auto_skips_models_whose_context_window_is_too_small(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    tiny = (
+        '[[models]]\nname = "tiny"\nprovider = "local"\nupstream_model = "tiny:1b"\ncontext_window = 1000\n'
+        'capabilities = ["tools", "json"]\n[pricing."tiny:1b"]\ninput = 0.0\noutput = 0.0\n'
+    )
+    worker = make_worker(dev_vars={"TREX_MASTER_KEY": MASTER_KEY}, extra=tiny)
+    _, token = worker.call(worker.app[GATEWAY].keys.create("t"))
+    with openai.OpenAI(api_key=token, base_url=worker.url + "/v1", max_retries=0) as client:
+        short = client.chat.completions.with_raw_response.create(
+            model="smart-auto", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert short.headers["X-Trex-Upstream-Model"] == "tiny:1b"  # free and big enough
+        words = " ".join(f"word{i}" for i in range(1500))  # the latest turn: never compacted
+        # Only the local server is reachable (no bindings) and its window is too small: nothing fits.
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(model="smart-auto", messages=[{"role": "user", "content": words}])
+        assert err.value.code == "no_model_fits" and "input tokens" in err.value.message
+        # With every provider reachable, a model whose window holds the request is chosen instead.
+        long = client.chat.completions.with_raw_response.create(
+            model="smart-auto",
+            messages=[{"role": "user", "content": words}],
+            extra_headers={"X-Upstream-Api-Key": "sk-x"},
+        )
+        assert int(long.headers["X-Trex-Optimized-Tokens"]) > 1000
+        assert long.headers["X-Trex-Upstream-Model"] != "tiny:1b"
