@@ -6,6 +6,7 @@ import contextlib
 import math
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -93,25 +94,27 @@ class RedisKV(KVNamespace):
         except redis.exceptions.RedisError as exc:
             raise KVError(f"Redis at {self._where} failed: {exc}") from exc
 
-    async def _write(self, write: Write, now: float, *, only_if_absent: bool) -> bool:
+    def _put_call(self, write: Write, now: float, only_if_absent: bool) -> tuple[list[bytes], list[Any]]:
+        """The PUT script's keys and arguments for one write."""
         native_ttl_ms = ""
         if write.expiration is not None:
             # Relative TTL rather than EXPIREAT: the injected clock may be offset from Redis's
             # own clock, and GC must never reclaim a key before the clock says it expired.
             native_ttl_ms = str(math.ceil((write.expiration - now) * 1000))
+        return [self._hash(write.key), self._index], [
+            write.key,
+            write.value,
+            "" if write.expiration is None else str(write.expiration),
+            write.metadata or b"",
+            native_ttl_ms,
+            "1" if only_if_absent else "0",
+            repr(now),
+        ]
+
+    async def _write(self, write: Write, now: float, *, only_if_absent: bool) -> bool:
         with self._translate_errors():
-            written = await self._put_script(
-                keys=[self._hash(write.key), self._index],
-                args=[
-                    write.key,
-                    write.value,
-                    "" if write.expiration is None else str(write.expiration),
-                    write.metadata or b"",
-                    native_ttl_ms,
-                    "1" if only_if_absent else "0",
-                    repr(now),
-                ],
-            )
+            keys, args = self._put_call(write, now, only_if_absent)
+            written = await self._put_script(keys=keys, args=args)
         return bool(written)
 
     async def _put_many(self, writes: Sequence[Write], now: float) -> None:
@@ -119,21 +122,8 @@ class RedisKV(KVNamespace):
         with self._translate_errors():
             async with self._client.pipeline(transaction=False) as pipe:
                 for write in writes:
-                    expires = write.expiration
-                    ttl_ms = "" if expires is None else str(math.ceil((expires - now) * 1000))
-                    await self._put_script(
-                        keys=[self._hash(write.key), self._index],
-                        args=[
-                            write.key,
-                            write.value,
-                            "" if write.expiration is None else str(write.expiration),
-                            write.metadata or b"",
-                            ttl_ms,
-                            "0",
-                            repr(now),
-                        ],
-                        client=pipe,
-                    )
+                    keys, args = self._put_call(write, now, False)
+                    await self._put_script(keys=keys, args=args, client=pipe)
                 await pipe.execute()
 
     async def _incr(self, key: bytes, delta: int, expiration: int | None, now: float) -> int:
