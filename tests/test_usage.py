@@ -507,6 +507,10 @@ def test_accounting_off_sends_no_event_and_says_so(
     assert r.status_code == 200 and "X-Trex-Usage-Event-Id" not in r.headers
     r = HTTP.get(worker.url + "/v1/usage", headers=headers)
     assert r.status_code == 404 and r.json()["error"]["code"] == "usage_accounting_off"
+    # The request log does not depend on accounting.
+    logged = HTTP.get(worker.url + "/v1/logs", headers=headers).json()["data"]
+    assert [e["route"] for e in logged] == ["/v1/usage", "/v1/chat/completions"]
+    assert "usage_event_id" not in logged[1]
 
 
 def test_trex_usage_prints_the_same_totals(gateway: GatewaySetup) -> None:

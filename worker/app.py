@@ -173,10 +173,10 @@ def make_edge_middleware(config: Config, access: AccessLog | None) -> Middleware
                 access.log(rid, request.method, request.path, status, latency)
             key_id = request.get(KEY_ID)
             if key_id is not None:  # an authenticated request: it goes in its key's request log
-                usage = request.app[GATEWAY].usage
-                if usage is not None:
-                    begun = request.get(USAGE_EVENT)
-                    usage.log(rid, key_id, request.method, request.path, status, latency, begun)
+                begun = request.get(USAGE_EVENT)
+                request.app[GATEWAY].recorder.log(
+                    rid, key_id, request.method, request.path, status, latency, begun
+                )
 
     return edge
 
@@ -219,9 +219,7 @@ async def create_app(
             access.close()
 
     async def _startup(app: web.Application) -> None:
-        usage = app[GATEWAY].usage
-        if usage is not None:
-            usage.start()
+        app[GATEWAY].recorder.start()
 
     app.on_startup.append(_startup)
     app.on_cleanup.append(_cleanup)

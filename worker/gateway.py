@@ -38,6 +38,8 @@ class Gateway:
     session_budget_tokens: int
     usage: UsageRecorder | None
     """None when `USAGE_ACCOUNTING = "off"`."""
+    recorder: UsageRecorder
+    """Writes the request log (always) and, when accounting is on, the usage events (it is `usage` then)."""
     quotas: Quotas
     breakers: Breakers
     catalog: Mapping[str, Entry]
@@ -52,10 +54,9 @@ class Gateway:
 
     async def close(self) -> None:
         """Write the last usage events and release the upstream connection pools."""
-        if self.usage is not None:
-            await self.usage.close()
-            if self.usage.kv is not self.kv:
-                await self.usage.kv.close()
+        await self.recorder.close()
+        if self.recorder.kv is not self.kv:
+            await self.recorder.kv.close()
         await self.upstream.close()
 
 
@@ -82,17 +83,18 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
     prices = PriceTable(parse_price_overrides(config.tables.get("pricing"), config.source))
     plans = parse_plans(config.tables.get("plans"), config.source)
     quotas = Quotas(kv, parse_quota_plans(config.tables.get("plans"), config.source))
-    usage = None
-    if accounting == "on":
-        usage = UsageRecorder(
-            kv.independent(),
-            prices,
-            plans,
-            retention_seconds=max(60, int(config.number("USAGE_RETENTION_DAYS") * 86400)),
-            flush_seconds=config.number("USAGE_FLUSH_SECONDS"),
-            log_retention_seconds=max(60, int(config.number("LOG_RETENTION_DAYS") * 86400)),
-            quotas=quotas,
-        )
+    # One recorder writes usage events and the request log in the same batches; with accounting off it
+    # still writes the request log, and `usage` is None so no request creates an event.
+    recorder = UsageRecorder(
+        kv.independent(),
+        prices,
+        plans,
+        retention_seconds=max(60, int(config.number("USAGE_RETENTION_DAYS") * 86400)),
+        flush_seconds=config.number("USAGE_FLUSH_SECONDS"),
+        log_retention_seconds=max(60, int(config.number("LOG_RETENTION_DAYS") * 86400)),
+        quotas=quotas,
+    )
+    usage = recorder if accounting == "on" else None
     timeouts = Timeouts(
         connect=config.number("UPSTREAM_CONNECT_TIMEOUT"),
         first_byte=config.number("UPSTREAM_FIRST_BYTE_TIMEOUT"),
@@ -112,6 +114,7 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
         session_ttl_seconds=max(60, int(config.number("SESSION_TTL_SECONDS"))),
         session_budget_tokens=int(config.number("SESSION_REOPTIMIZE_TOKENS")),
         usage=usage,
+        recorder=recorder,
         quotas=quotas,
         catalog=build_catalog(models, config.tables.get("models"), config.source),
         prices=prices,

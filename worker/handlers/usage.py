@@ -114,7 +114,7 @@ async def request_logs(request: web.Request) -> web.StreamResponse:
         raise InvalidRequestError("'limit' must be an integer from 1 to 1000.", param="limit")
     cursor = request.query.get("cursor") or None
     try:
-        entries, next_cursor = await _recorder(request).logs(key.id, int(raw_limit), cursor)
+        entries, next_cursor = await gw.recorder.logs(key.id, int(raw_limit), cursor)
     except KVError as exc:
         raise InvalidRequestError(f"'cursor' is not valid: {exc}", param="cursor") from None
     return json_response(
