@@ -260,3 +260,13 @@ def test_breaker_opens_skips_is_shared_and_recovers_after_a_probe(routed: Any) -
     assert _paths(setup.fake) == ["/v1/chat/completions"]
     time.sleep(1.1)  # the other instance re-reads the shared state within a second
     assert other.openai().chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices  # type: ignore[arg-type]
+
+
+def test_no_fallback_starts_after_the_deadline(routed: Any) -> None:
+    setup = routed(UPSTREAM_RETRY_DEADLINE=0.3)
+    slow_failure = Reply.json({"error": {"message": "busy", "type": "x"}}, status=503, latency=0.5)
+    setup.fake.enqueue("/v1/chat/completions", slow_failure)
+    with pytest.raises(openai.InternalServerError) as err:
+        setup.openai().chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, extra_body=TO_CLAUDE)  # type: ignore[arg-type]
+    assert err.value.status_code == 503
+    assert _paths(setup.fake) == ["/v1/chat/completions"]

@@ -232,9 +232,9 @@ async def proxy(
         retry_after = _retry_after(resp.headers) if resp is not None else None
         wait = retry_after if retry_after is not None else _backoff(tries)
         again = tries < gw.retries and wait <= gw.retry_max_wait and time.monotonic() + wait < deadline
-        following = (
-            None if again else await _next_fallback(request, gw, key, fmt, body, stream, fallbacks, attempts)
-        )
+        following = None
+        if not again and time.monotonic() < deadline:  # no fallback starts past the deadline either
+            following = await _next_fallback(request, gw, key, fmt, body, stream, fallbacks, attempts)
         if not again and following is None:
             if resp is not None:
                 upstream = resp  # nothing left to try: the client gets this failure as it is
