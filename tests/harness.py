@@ -63,7 +63,10 @@ def write_config(
         "",
         "[vars]",
     ]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in (variables or {}).items()]
+    # Test clients fire bursts from one address: generous per-minute limits unless a test sets its own
+    # (tests/test_limits.py checks the product defaults and the limits themselves).
+    variables = {"RATE_LIMIT_PER_MINUTE": 100_000, "RATE_LIMIT_IP_PER_MINUTE": 100_000, **(variables or {})}
+    lines += [f"{k} = {_toml_value(v)}" for k, v in variables.items()]
     lines += ["", "[[kv_namespaces]]", 'binding = "TREX_KV"', 'id = "test"', "", "[dev]", 'ip = "127.0.0.1"']
     lines += ["port = 8787", "", "[local]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in local.items()]

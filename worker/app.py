@@ -23,7 +23,7 @@ from aiohttp.typedefs import Middleware
 from kv import KVNamespace, open_kv
 
 from .accesslog import AccessLog
-from .appkeys import CONFIG, CTX, ENV, GATEWAY, KEY_ID, REQUEST_ID, STARTED, TASKS, USAGE_EVENT
+from .appkeys import CONFIG, CTX, ENV, GATEWAY, KEY_ID, RATE, REQUEST_ID, STARTED, TASKS, USAGE_EVENT
 from .config import Config
 from .context import Env, ExecutionContext, TaskRegistry
 from .errors import (
@@ -171,6 +171,9 @@ def make_edge_middleware(config: Config, access: AccessLog | None) -> Middleware
             latency = round((time.perf_counter() - started) * 1000, 2)
             if access is not None:
                 access.log(rid, request.method, request.path, status, latency)
+            admitted = request.get(RATE)
+            if admitted is not None:
+                request.app[GATEWAY].limits.release(admitted)
             key_id = request.get(KEY_ID)
             if key_id is not None:  # an authenticated request: it goes in its key's request log
                 begun = request.get(USAGE_EVENT)
@@ -185,6 +188,9 @@ async def _set_request_id_header(request: web.Request, response: web.StreamRespo
     rid = request.get(REQUEST_ID)
     if rid is not None:
         response.headers["X-Request-Id"] = rid
+    admitted = request.get(RATE)
+    if admitted is not None:  # the rate-limit headers go on every authenticated response
+        response.headers.update(admitted.headers)
 
 
 async def create_app(

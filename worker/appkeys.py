@@ -8,6 +8,7 @@ from .accounting.events import Begun
 from .config import Config
 from .context import Env, ExecutionContext, TaskRegistry
 from .gateway import Gateway
+from .limits import Admitted
 
 CONFIG = web.AppKey("config", Config)
 ENV = web.AppKey("env", Env)
@@ -20,5 +21,7 @@ STARTED = web.RequestKey("started", float)
 KEY_ID = web.RequestKey("key_id", str)
 """The proxy key's id once the request has authenticated (for the request log)."""
 USAGE_EVENT = web.RequestKey("usage_event", Begun)
+RATE = web.RequestKey("rate", Admitted)
+"""How the request was admitted by the rate limits (headers, in-flight slot)."""
 """The request's usage event in flight (`accounting.events.Begun`), if it has one."""
 """`time.perf_counter()` when the request reached the worker."""

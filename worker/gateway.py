@@ -15,6 +15,7 @@ from .auth import KeyStore
 from .catalog import Entry, build_catalog
 from .config import Config, ConfigError
 from .health import Breakers
+from .limits import Limits, parse_plan_limits, parse_trusted
 from .optimize.base import MODES
 from .quotas import Quotas, parse_quota_plans
 from .routing import PROVIDER_NAMES, ModelRoute, Provider, parse_model_table
@@ -42,6 +43,7 @@ class Gateway:
     """Writes the request log (always) and, when accounting is on, the usage events (it is `usage` then)."""
     quotas: Quotas
     breakers: Breakers
+    limits: Limits
     catalog: Mapping[str, Entry]
     prices: PriceTable
     retries: int = 1
@@ -118,6 +120,7 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
         quotas=quotas,
         catalog=build_catalog(models, config.tables.get("models"), config.source),
         prices=prices,
+        limits=_limits(config, kv),
         breakers=Breakers(
             kv, _count(config, "BREAKER_FAILURES", 1000), int(config.number("BREAKER_COOLDOWN_SECONDS"))
         ),
@@ -132,3 +135,22 @@ def _count(config: Config, name: str, most: int) -> int:
     if not raw.isdigit() or int(raw) > most:
         raise ConfigError(config.source, f"vars.{name}", f"expected an integer from 0 to {most}, got {raw!r}")
     return int(raw)
+
+
+def _limits(config: Config, kv: KVNamespace) -> Limits:
+    switch = (config.var("RATE_LIMIT") or "on").strip().lower()
+    if switch not in ("on", "off"):
+        raise ConfigError(config.source, "vars.RATE_LIMIT", f"expected on or off, got {switch!r}")
+    fail = (config.var("RATE_LIMIT_FAIL") or "open").strip().lower()
+    if fail not in ("open", "closed"):
+        raise ConfigError(config.source, "vars.RATE_LIMIT_FAIL", f"expected open or closed, got {fail!r}")
+    return Limits(
+        kv,
+        enabled=switch == "on",
+        key_per_minute=_count(config, "RATE_LIMIT_PER_MINUTE", 10**9) or 1,
+        ip_per_minute=_count(config, "RATE_LIMIT_IP_PER_MINUTE", 10**9) or 1,
+        max_concurrent=_count(config, "RATE_LIMIT_MAX_CONCURRENT", 10**6),
+        trusted=parse_trusted(config.var("TRUSTED_PROXIES") or "", config.source),
+        fail_open=fail == "open",
+        plans=parse_plan_limits(config.tables.get("plans"), config.source),
+    )

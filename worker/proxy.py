@@ -47,7 +47,7 @@ from .accounting import claims
 from .accounting.events import Begun, Outcome
 from .accounting.usage import Observed
 from .accounting.usage import billed_from_usage as _billed
-from .appkeys import CTX, KEY_ID, REQUEST_ID, STARTED, USAGE_EVENT
+from .appkeys import CTX, KEY_ID, RATE, REQUEST_ID, STARTED, USAGE_EVENT
 from .auth import KeyRecord, MissingProviderKeyError, credential_from_headers
 from .catalog import SMART_AUTO, needs, smart_auto, usable
 from .errors import (
@@ -96,6 +96,12 @@ async def authenticate(request: web.Request, gw: Gateway) -> KeyRecord:
     """The calling key (401 in the client's format otherwise); its last use is recorded after the response."""
     key = await gw.keys.authenticate(credential_from_headers(request.headers))
     request[KEY_ID] = key.id
+    limits = gw.limits
+    if limits.enabled:
+        ip = limits.client_ip(request.remote, request.headers.get("X-Forwarded-For"))
+        admitted = await limits.admit(key, ip)  # 429 over a limit; released when the response is done
+        if admitted is not None:
+            request[RATE] = admitted
     touch = gw.keys.touch(key.id)
     if touch is not None:
         request[CTX].wait_until(touch)

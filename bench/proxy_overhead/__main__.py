@@ -229,6 +229,8 @@ def setup_trex(tmp: Path, upstream: str, accounting: bool = True) -> tuple[Path,
     cfg.write_text(
         f'name = "bench"\n[vars]\nOPENAI_BASE_URL = "{upstream}/v1"\n'
         f'USAGE_ACCOUNTING = "{"on" if accounting else "off"}"\n'
+        # The load comes from one key and one address: limits high enough never to refuse it, but checked.
+        "RATE_LIMIT_PER_MINUTE = 100000000\nRATE_LIMIT_IP_PER_MINUTE = 100000000\n"
         f'[local]\npersist_to = "{tmp / "state"}"\n'
     )
     (tmp / ".dev.vars").write_text("TREX_MASTER_KEY=" + "b" * 48 + "\n")

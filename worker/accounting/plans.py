@@ -18,7 +18,7 @@ from typing import Any
 from ..config import ConfigError
 
 _FIELDS = ("monthly_price_usd", "guarantee", "description")
-# Plan fields validated by the modules that use them (worker/quotas.py).
+# Plan fields validated by the modules that use them (worker/quotas.py, worker/limits.py).
 QUOTA_FIELDS = (
     "daily_requests",
     "weekly_requests",
@@ -26,6 +26,8 @@ QUOTA_FIELDS = (
     "weekly_tokens",
     "models",
     "credit_models",
+    "requests_per_minute",
+    "max_concurrent",
 )
 
 

@@ -1,0 +1,195 @@
+"""Rate limits: requests per minute per proxy key and per client IP, and concurrent requests per key.
+
+Both per-minute limits apply to every authenticated request (defaults 100 each, seed `002_…`; a plan's
+`requests_per_minute` overrides the key limit). They count in fixed windows aligned to the minute, with the
+KV's atomic `incr`, so every instance on one SQLite file or one Redis admits exactly the limit together.
+The in-flight limit (`RATE_LIMIT_MAX_CONCURRENT`, a plan's `max_concurrent`) is counted per instance.
+
+Over a limit: 429 in the client's error format with `Retry-After` (code `rate_limit_exceeded`, or
+`concurrency_limit_exceeded`). Every authenticated response carries `X-RateLimit-Limit`,
+`X-RateLimit-Remaining` and `X-RateLimit-Reset` (seconds until the window resets) for the key's limit.
+
+The client IP is the peer address; `X-Forwarded-For` is believed only when the peer is one of
+`TRUSTED_PROXIES` (IPs or CIDRs), and then the nearest address in it that is not a trusted proxy is used.
+When the KV cannot count (Redis down), `RATE_LIMIT_FAIL` decides: `open` admits (and logs and counts each
+case in `failures`), `closed` answers 503 `rate_limiter_unavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kv import KVError, KVNamespace
+
+from .auth import KeyRecord
+from .config import ConfigError
+from .errors import RateLimitError, ServiceUnavailableError
+
+log = logging.getLogger("trex.limits")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class RateLimitExceededError(RateLimitError):
+    default_code = "rate_limit_exceeded"
+
+
+@dataclass(frozen=True, slots=True)
+class PlanLimits:
+    requests_per_minute: int | None = None
+    max_concurrent: int | None = None
+
+
+def parse_plan_limits(raw: Any, source: str) -> dict[str, PlanLimits]:
+    """The rate-limit fields of `[plans.NAME]`."""
+    if not isinstance(raw, dict):
+        return {}
+    out: dict[str, PlanLimits] = {}
+    for name, entry in raw.items():
+        if not isinstance(entry, dict):
+            continue
+        values: dict[str, int] = {}
+        for field in ("requests_per_minute", "max_concurrent"):
+            value = entry.get(field)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(source, f"plans.{name}.{field}", "must be an integer >= 1")
+            values[field] = value
+        if values:
+            out[name] = PlanLimits(**values)
+    return out
+
+
+def parse_trusted(raw: str, source: str) -> tuple[Network, ...]:
+    nets = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        try:
+            nets.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ConfigError(
+                source, "vars.TRUSTED_PROXIES", f"{part!r} is not an IP address or CIDR"
+            ) from None
+    return tuple(nets)
+
+
+@dataclass(slots=True)
+class Admitted:
+    """What a request was admitted with: its rate-limit headers and the in-flight slot to give back."""
+
+    headers: dict[str, str]
+    key_id: str | None = None
+
+
+class Limits:
+    """Per-key and per-IP request counters in the KV, and per-key in-flight counts in this instance."""
+
+    def __init__(
+        self,
+        kv: KVNamespace,
+        *,
+        enabled: bool,
+        key_per_minute: int,
+        ip_per_minute: int,
+        max_concurrent: int,
+        trusted: tuple[Network, ...],
+        fail_open: bool,
+        plans: Mapping[str, PlanLimits],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.kv = kv
+        self.enabled = enabled
+        self.key_per_minute = key_per_minute
+        self.ip_per_minute = ip_per_minute
+        self.max_concurrent = max_concurrent
+        self.trusted = trusted
+        self.fail_open = fail_open
+        self.plans = plans
+        self.failures = 0
+        """Requests admitted without counting because the KV failed (fail-open)."""
+        self._clock = clock
+        self._in_flight: dict[str, int] = {}
+
+    def client_ip(self, peer: str | None, forwarded_for: str | None) -> str:
+        ip = peer or "unknown"
+        if not forwarded_for or not self.trusted or not self._is_trusted(ip):
+            return ip
+        for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+            if not self._is_trusted(hop):
+                return hop
+        return ip
+
+    def _is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.trusted)
+
+    async def admit(self, key: KeyRecord, ip: str) -> Admitted | None:
+        """Count this request; raise the 429 (or 503) that refuses it. None when limits are off."""
+        if not self.enabled:
+            return None
+        plan = self.plans.get(key.plan) if key.plan else None
+        key_limit = plan.requests_per_minute if plan and plan.requests_per_minute else self.key_per_minute
+        now = self._clock()
+        window = int(now // 60)
+        reset = max(1, math.ceil((window + 1) * 60 - now))
+        try:
+            used_key, used_ip = await asyncio.gather(
+                self.kv.incr(f"rl/k/{key.id}/{window}", 1, expiration_ttl=120),
+                self.kv.incr(f"rl/ip/{ip}/{window}", 1, expiration_ttl=120),
+            )
+        except KVError as exc:
+            if not self.fail_open:
+                raise ServiceUnavailableError(
+                    "Rate limits cannot be checked right now; try again shortly.",
+                    code="rate_limiter_unavailable",
+                    headers={"Retry-After": "1"},
+                ) from exc
+            self.failures += 1
+            log.warning("rate limits not checked (fail open, %d so far): %s", self.failures, exc)
+            used_key = used_ip = 0
+        headers = {
+            "X-RateLimit-Limit": str(key_limit),
+            "X-RateLimit-Remaining": str(max(0, key_limit - used_key)),
+            "X-RateLimit-Reset": str(reset),
+        }
+        if used_key > key_limit or used_ip > self.ip_per_minute:
+            which = "key" if used_key > key_limit else "client IP"
+            limit = key_limit if which == "key" else self.ip_per_minute
+            raise RateLimitExceededError(
+                f"Rate limit of {limit} requests per minute per {which} reached; retry in {reset} s.",
+                headers={**headers, "Retry-After": str(reset)},
+            )
+        concurrent = plan.max_concurrent if plan and plan.max_concurrent else self.max_concurrent
+        if concurrent:
+            in_flight = self._in_flight.get(key.id, 0)
+            if in_flight >= concurrent:
+                raise RateLimitError(
+                    f"This key already has {in_flight} requests in flight (limit {concurrent}).",
+                    code="concurrency_limit_exceeded",
+                    headers={**headers, "Retry-After": "1"},
+                )
+            self._in_flight[key.id] = in_flight + 1
+            return Admitted(headers, key.id)
+        return Admitted(headers)
+
+    def release(self, admitted: Admitted) -> None:
+        """Give back the in-flight slot (the request's response is complete, or it failed)."""
+        if admitted.key_id is None:
+            return
+        left = self._in_flight.get(admitted.key_id, 0) - 1
+        if left > 0:
+            self._in_flight[admitted.key_id] = left
+        else:
+            self._in_flight.pop(admitted.key_id, None)
