@@ -223,7 +223,7 @@ def measure_interleaved(targets: list[Target], duration: float, rounds: int) -> 
     return runs
 
 
-def setup_trex(tmp: Path, upstream: str, accounting: bool = True) -> tuple[Path, str]:
+def setup_trex(tmp: Path, upstream: str, accounting: bool = True, limits: bool = True) -> tuple[Path, str]:
     tmp.mkdir(parents=True, exist_ok=True)
     cfg = tmp / "wrangler_local.toml"
     cfg.write_text(
@@ -231,6 +231,7 @@ def setup_trex(tmp: Path, upstream: str, accounting: bool = True) -> tuple[Path,
         f'USAGE_ACCOUNTING = "{"on" if accounting else "off"}"\n'
         # The load comes from one key and one address: limits high enough never to refuse it, but checked.
         "RATE_LIMIT_PER_MINUTE = 100000000\nRATE_LIMIT_IP_PER_MINUTE = 100000000\n"
+        f'RATE_LIMIT = "{"on" if limits else "off"}"\n'
         f'[local]\npersist_to = "{tmp / "state"}"\n'
     )
     (tmp / ".dev.vars").write_text("TREX_MASTER_KEY=" + "b" * 48 + "\n")
@@ -298,10 +299,19 @@ def main() -> int:
         auth_off = {"Authorization": f"Bearer {key_off}"}
         url_off = f"http://127.0.0.1:{port}/v1/chat/completions"
         local.append(Target("trex-noacct", url_off, "gpt-4o-mini", auth_off))
-        print("upstream, passthrough, trex and trex-noacct ready", flush=True)
+        # The same worker with rate limits off: what the per-request limit checks cost.
+        cfg_nl, key_nl = setup_trex(tmp / "no-limits", upstream, limits=False)
+        port = free_port()
+        argv = [sys.executable, "-m", "worker", "dev", "--config", str(cfg_nl), "--port", str(port)]
+        procs.append(start(argv, tmp / "trex-nolimits.log"))
+        wait_http(f"http://127.0.0.1:{port}/health", 30)
+        url_nl = f"http://127.0.0.1:{port}/v1/chat/completions"
+        local.append(Target("trex-nolimits", url_nl, "gpt-4o-mini", {"Authorization": f"Bearer {key_nl}"}))
+        print("upstream, passthrough, trex, trex-noacct and trex-nolimits ready", flush=True)
         # Idle targets use no CPU, so all of them stay up and are measured in turns.
         runs += measure_interleaved(local, args.duration, args.rounds)
-        for name, proc in zip(("upstream", "passthrough", "trex", "trex-noacct"), procs, strict=True):
+        names = ("upstream", "passthrough", "trex", "trex-noacct", "trex-nolimits")
+        for name, proc in zip(names, procs, strict=True):
             rss[name] = tree_peak_rss_mib(proc.pid)
             rss[name + ":steady"] = tree_peak_rss_mib(proc.pid, "VmRSS")
         for proc in procs[1:]:
@@ -342,8 +352,8 @@ def render(runs: list[Run], rss: dict[str, float], duration: float, rounds: int)
     up = {(m, c): by[("upstream", m, c)] for m in ("non-stream", "stream") for c in (1, 32)}
     lines = [
         f"Run on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, wrk -t1, {duration:g} s per cell, one "
-        f"load at a time against the same fake upstream; upstream, pass-through, trex and trex with usage "
-        f"accounting off (trex-noacct) measured in turns, "
+        f"load at a time against the same fake upstream; upstream, pass-through, trex, trex with usage "
+        f"accounting off (trex-noacct) and trex with rate limits off (trex-nolimits) measured in turns, "
         f"{rounds} rounds, median round per cell; LiteLLM one round, alone.",
         "",
         "| target | mode | conc. | RPS | p50 ms | p99 ms | added p50 ms | errors | peak RSS MiB | RSS after MiB |",
@@ -374,6 +384,10 @@ def render(runs: list[Run], rss: dict[str, float], duration: float, rounds: int)
     if t_ns and off_ns:
         ratio = t_ns.rps / off_ns.rps
         goals.append(("non-stream c=32, accounting on vs off >= 90%", f"{ratio:.0%}", ratio >= 0.9))
+    nolim_ns = by.get(("trex-nolimits", "non-stream", 32))
+    if t_ns and nolim_ns:
+        ratio = t_ns.rps / nolim_ns.rps
+        goals.append(("non-stream c=32, rate limits on vs off >= 90% (SQLite)", f"{ratio:.0%}", ratio >= 0.9))
     if t_c1:
         added = t_c1.p50_ms - up[("non-stream", 1)].p50_ms
         goals.append(("added p50 at c=1 <= 1 ms", f"{added:.2f} ms", added <= 1.0))
