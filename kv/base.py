@@ -218,6 +218,21 @@ class KVNamespace(abc.ABC):
         self._check_open()
         return await self._incr(raw_key, delta, expiration, now)
 
+    async def incr_many(
+        self, keys: Sequence[str], delta: int = 1, *, expiration_ttl: int | None = None
+    ) -> Sequence[int]:
+        """`incr` for several distinct keys with one delta and TTL, in one round trip where the backend
+        allows it (one statement on SQLite, one pipeline on Redis); each key is atomic on its own."""
+        if isinstance(delta, bool) or not isinstance(delta, int):
+            raise TypeError(f"delta must be an int, got {type(delta).__name__}")
+        now = self._clock()
+        raw = [encode_key(k) for k in keys]
+        if len(set(raw)) != len(raw):
+            raise InvalidKeyError("incr_many needs distinct keys")
+        expiration = resolve_expiration(now, expiration_ttl, None)
+        self._check_open()
+        return await self._incr_many(raw, delta, expiration, now)
+
     async def delete(self, key: str) -> None:
         """Remove ``key``; deleting a missing key is not an error."""
         raw_key = encode_key(key)
@@ -307,6 +322,12 @@ class KVNamespace(abc.ABC):
     @abc.abstractmethod
     async def _incr(self, key: bytes, delta: int, expiration: int | None, now: float) -> int:
         """Add `delta` atomically (see `incr`)."""
+
+    async def _incr_many(
+        self, keys: Sequence[bytes], delta: int, expiration: int | None, now: float
+    ) -> Sequence[int]:
+        """Backends with a batch path override this; the default counts one by one."""
+        return [await self._incr(k, delta, expiration, now) for k in keys]
 
     async def _put_many(self, writes: Sequence[Write], now: float) -> None:
         """Backends with a batch path override this; the default writes one by one."""

@@ -140,6 +140,29 @@ class RedisKV(KVNamespace):
             raise
         return int(value)
 
+    async def _incr_many(
+        self, keys: Sequence[bytes], delta: int, expiration: int | None, now: float
+    ) -> list[int]:
+        ttl_ms = "" if expiration is None else str(math.ceil((expiration - now) * 1000))
+        with self._translate_errors():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    args: list[bytes | str] = [
+                        key,
+                        str(delta),
+                        "" if expiration is None else str(expiration),
+                        ttl_ms,
+                        repr(now),
+                    ]
+                    await self._incr_script(keys=[self._hash(key), self._index], args=args, client=pipe)
+                values = await pipe.execute(raise_on_error=False)
+        out = []
+        for key, value in zip(keys, values, strict=True):
+            if isinstance(value, Exception):
+                raise KVError(f"the value at {key.decode()!r} is not an integer")
+            out.append(int(value))
+        return out
+
     async def _cleanup(self, keys: Sequence[bytes], now: float) -> None:
         if keys:
             with self._translate_errors():

@@ -49,14 +49,16 @@ _ROWS_PER_STATEMENT = 500  # 4 parameters a row, well under SQLite's 32,766-para
 # caller, seeing it come back, raises). The value stays a BLOB of the decimal digits.
 _LIVE = "(kv.expiration IS NULL OR kv.expiration > ?)"
 _INT_TEXT = "CAST(CAST(CAST(kv.value AS TEXT) AS INTEGER) AS TEXT) = CAST(kv.value AS TEXT)"
+_INCR_HEAD = "INSERT INTO kv (key, value, expiration, metadata) VALUES "
+_INCR_ROW = "(?, CAST(? AS BLOB), ?, NULL)"
 _INCR = (
-    "INSERT INTO kv (key, value, expiration, metadata) VALUES (?, CAST(? AS BLOB), ?, NULL) "
+    _INCR_HEAD + _INCR_ROW + " "
     "ON CONFLICT (key) DO UPDATE SET "
     f"value = CASE WHEN NOT {_LIVE} THEN excluded.value "
     f"WHEN {_INT_TEXT} THEN CAST(CAST(CAST(kv.value AS TEXT) AS INTEGER) + ? AS BLOB) ELSE kv.value END, "
     f"metadata = CASE WHEN NOT {_LIVE} THEN NULL ELSE kv.metadata END, "
     f"expiration = CASE WHEN NOT {_LIVE} THEN excluded.expiration ELSE kv.expiration END "
-    "RETURNING CAST(value AS TEXT)"
+    "RETURNING CAST(value AS TEXT), key"
 )
 _DELETE = "DELETE FROM kv WHERE key = ?"
 _PURGE_EXPIRED = "DELETE FROM kv WHERE expiration IS NOT NULL AND expiration <= ?"
@@ -200,6 +202,25 @@ class SqliteKV(KVNamespace):
         if not _is_decimal(text):
             raise KVError(f"the value at {key.decode()!r} is not an integer")
         return int(text)
+
+    async def _incr_many(
+        self, keys: Sequence[bytes], delta: int, expiration: int | None, now: float
+    ) -> list[int]:
+        # One statement for every key: the rows share the delta and the expiration.
+        tail = _INCR[len(_INCR_HEAD) + len(_INCR_ROW) :]
+        sql = _INCR_HEAD + ", ".join([_INCR_ROW] * len(keys)) + tail
+        params: list[object] = []
+        for key in keys:
+            params += (key, str(delta), expiration)
+        rows = await self._query(sql, [*params, now, delta, now, now])
+        values = {bytes(k): text for text, k in rows}
+        out = []
+        for key in keys:
+            text = values[key]
+            if not _is_decimal(text):
+                raise KVError(f"the value at {key.decode()!r} is not an integer")
+            out.append(int(text))
+        return out
 
     async def _put_if_absent(self, write: Write, now: float) -> bool:
         rows = await self._query(

@@ -477,3 +477,19 @@ async def test_incr_counts_atomically_within_a_fixed_window(kv: KVNamespace, clo
     assert await kv.get("text") == b"abc"
     with pytest.raises(InvalidExpirationError):
         await kv.incr("x", expiration_ttl=5)
+
+
+async def test_incr_many_counts_each_key_in_one_call(kv: KVNamespace, clock: ManualClock) -> None:
+    assert await kv.incr_many(["a", "b"], expiration_ttl=60) == [1, 1]
+    assert await kv.incr_many(["b", "a", "c"], 5, expiration_ttl=60) == [6, 6, 5]
+    clock.advance(61)
+    assert await kv.incr_many(["a", "c"], expiration_ttl=60) == [1, 1]
+    results = await asyncio.gather(*(kv.incr_many(["x", "y"]) for _ in range(20)))
+    assert sorted(r[0] for r in results) == list(range(1, 21)) and sorted(r[1] for r in results) == list(
+        range(1, 21)
+    )
+    await kv.put("text", "abc")
+    with pytest.raises(KVError):
+        await kv.incr_many(["ok", "text"])
+    with pytest.raises(InvalidKeyError):
+        await kv.incr_many(["d", "d"])
