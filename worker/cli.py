@@ -22,6 +22,7 @@ from kv import KVError, KVNamespace, open_kv
 from .accounting.events import GROUP_BYS, UsageRecorder
 from .accounting.pricing import PriceTable
 from .auth import PROVIDERS, KeyStore
+from .cli_agents import add_agents_parser, agents_command
 from .config import Config, ConfigError, ConfigSource, Overrides
 from .errors import GatewayError
 from .handlers.health import VERSION
@@ -96,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     k_plan = keys_sub.add_parser("set-plan", parents=[state], help="put a proxy key on a plan")
     k_plan.add_argument("key_id")
     k_plan.add_argument("plan", help="a [plans.NAME] of the config, or 'none'")
+
+    add_agents_parser(sub, state)
 
     comp = sub.add_parser(
         "compress", parents=[state], help="optimize a request payload (chat, Responses or Messages) offline"
@@ -449,6 +452,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compress_command(args, source.load())
         if args.command == "keys":
             return _keys_command(args, source.load())
+        if args.command == "agents":
+            return agents_command(args, source.load())
         if args.command == "usage":
             return _usage_command(args, source.load())
         if args.command == "logs":

@@ -56,6 +56,7 @@ DEFAULT_VARS: Mapping[str, str] = MappingProxyType(
         "USAGE_FLUSH_SECONDS": "1",
         "USAGE_RETENTION_DAYS": "90",
         "LOG_RETENTION_DAYS": "30",
+        "AGENT_SIGNATURE_SKEW_SECONDS": "300",
     }
 )
 # Vars that must parse as positive numbers; checked at load so nothing fails later on a request.
@@ -75,6 +76,7 @@ NUMERIC_VARS = frozenset(
         "USAGE_FLUSH_SECONDS",
         "USAGE_RETENTION_DAYS",
         "LOG_RETENTION_DAYS",
+        "AGENT_SIGNATURE_SKEW_SECONDS",
     }
 )
 

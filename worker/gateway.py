@@ -11,6 +11,7 @@ from kv import KVNamespace
 from .accounting.events import UsageRecorder
 from .accounting.plans import parse_plans
 from .accounting.pricing import PriceTable, parse_price_overrides
+from .agents import AgentStore
 from .auth import KeyStore
 from .catalog import Entry, build_catalog
 from .config import Config, ConfigError
@@ -27,6 +28,8 @@ class Gateway:
     """Key store, upstream pools, model table and provider endpoints."""
 
     keys: KeyStore
+    agents: AgentStore
+    """Signed agents: administration and `verify_agent` for the payload routes."""
     kv: KVNamespace
     upstream: UpstreamClient
     models: Mapping[str, ModelRoute]
@@ -105,6 +108,7 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
     )
     return Gateway(
         keys=KeyStore(kv, vault),
+        agents=AgentStore(kv, vault, max_skew_seconds=config.number("AGENT_SIGNATURE_SKEW_SECONDS")),
         kv=kv,
         upstream=UpstreamClient(timeouts),
         models=models,
