@@ -34,7 +34,6 @@ from .vault import Vault, VaultError
 PROVIDERS = ("openai", "anthropic", "openrouter", "local")
 KEY_PREFIX = "trex_"
 KEY_STATES = ("active", "inactive", "suspended", "revoked")
-KEY_STATES = ("active", "inactive", "suspended", "revoked")
 
 T = TypeVar("T")
 
