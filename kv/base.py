@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self, TypeAlias, cast
+from typing import Any, Self, TypeAlias, TypeVar, cast
 
 import msgspec
 
@@ -49,6 +49,16 @@ __all__ = [
 ]
 
 Metadata: TypeAlias = dict[str, Any]
+
+T = TypeVar("T")
+
+
+def _per_key(value: T | Sequence[T], count: int, name: str) -> list[T]:
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        if len(value) != count:
+            raise ValueError(f"{name} has {len(value)} entries for {count} keys")
+        return list(value)
+    return [value] * count
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,28 +220,32 @@ class KVNamespace(abc.ABC):
         the decimal number as text, so `get` reads it too. Atomic across processes on SQLite and instances on
         Redis. A value that is not an integer raises KVError.
         """
-        if isinstance(delta, bool) or not isinstance(delta, int):
-            raise TypeError(f"delta must be an int, got {type(delta).__name__}")
-        now = self._clock()
-        raw_key = encode_key(key)
-        expiration = resolve_expiration(now, expiration_ttl, None)
-        self._check_open()
-        return await self._incr(raw_key, delta, expiration, now)
+        return (await self.incr_many([key], delta, expiration_ttl=expiration_ttl))[0]
 
     async def incr_many(
-        self, keys: Sequence[str], delta: int = 1, *, expiration_ttl: int | None = None
+        self,
+        keys: Sequence[str],
+        delta: int | Sequence[int] = 1,
+        *,
+        expiration_ttl: int | Sequence[int | None] | None = None,
     ) -> Sequence[int]:
-        """`incr` for several distinct keys with one delta and TTL, in one round trip where the backend
-        allows it (one statement on SQLite, one pipeline on Redis); each key is atomic on its own."""
-        if isinstance(delta, bool) or not isinstance(delta, int):
-            raise TypeError(f"delta must be an int, got {type(delta).__name__}")
+        """`incr` for several distinct keys in one round trip where the backend allows it (one statement on
+        SQLite, one pipeline on Redis); each key is atomic on its own. `delta` and `expiration_ttl` are one
+        value for every key, or one per key."""
         now = self._clock()
         raw = [encode_key(k) for k in keys]
         if len(set(raw)) != len(raw):
             raise InvalidKeyError("incr_many needs distinct keys")
-        expiration = resolve_expiration(now, expiration_ttl, None)
+        deltas = _per_key(delta, len(raw), "delta")
+        for d in deltas:
+            if isinstance(d, bool) or not isinstance(d, int):
+                raise TypeError(f"delta must be an int, got {type(d).__name__}")
+        ttls = _per_key(expiration_ttl, len(raw), "expiration_ttl")
+        expirations = [resolve_expiration(now, ttl, None) for ttl in ttls]
         self._check_open()
-        return await self._incr_many(raw, delta, expiration, now)
+        if not raw:
+            return []
+        return await self._incr_many(raw, deltas, expirations, now)
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; deleting a missing key is not an error."""
@@ -320,14 +334,11 @@ class KVNamespace(abc.ABC):
         """Atomically replace the entry for ``write.key`` (value, metadata and expiration)."""
 
     @abc.abstractmethod
-    async def _incr(self, key: bytes, delta: int, expiration: int | None, now: float) -> int:
-        """Add `delta` atomically (see `incr`)."""
-
+    @abc.abstractmethod
     async def _incr_many(
-        self, keys: Sequence[bytes], delta: int, expiration: int | None, now: float
+        self, keys: Sequence[bytes], deltas: Sequence[int], expirations: Sequence[int | None], now: float
     ) -> Sequence[int]:
-        """Backends with a batch path override this; the default counts one by one."""
-        return [await self._incr(k, delta, expiration, now) for k in keys]
+        """Add each delta atomically to its distinct key (see `incr`), returning the new values in order."""
 
     async def _put_many(self, writes: Sequence[Write], now: float) -> None:
         """Backends with a batch path override this; the default writes one by one."""

@@ -47,18 +47,23 @@ class MemoryKV(KVNamespace):
             bisect.insort(self._sorted_keys, write.key)
         self._entries[write.key] = write
 
-    async def _incr(self, key: bytes, delta: int, expiration: int | None, now: float) -> int:
-        existing = self._entries.get(key)
-        if existing is not None and _is_live(existing, now):
-            try:
-                value = int(existing.value) + delta
-            except ValueError:
-                raise KVError(f"the value at {key.decode()!r} is not an integer") from None
-            expiration, metadata = existing.expiration, existing.metadata
-        else:
-            value, metadata = delta, None
-        await self._put(Write(key, str(value).encode(), expiration, metadata), now)
-        return value
+    async def _incr_many(
+        self, keys: Sequence[bytes], deltas: Sequence[int], expirations: Sequence[int | None], now: float
+    ) -> list[int]:
+        out = []
+        for key, delta, expiration in zip(keys, deltas, expirations, strict=True):
+            existing = self._entries.get(key)
+            metadata = None
+            value = delta
+            if existing is not None and _is_live(existing, now):
+                try:
+                    value = int(existing.value) + delta
+                except ValueError:
+                    raise KVError(f"the value at {key.decode()!r} is not an integer") from None
+                expiration, metadata = existing.expiration, existing.metadata
+            await self._put(Write(key, str(value).encode(), expiration, metadata), now)
+            out.append(value)
+        return out
 
     async def _put_if_absent(self, write: Write, now: float) -> bool:
         existing = self._entries.get(write.key)

@@ -126,27 +126,13 @@ class RedisKV(KVNamespace):
                     await self._put_script(keys=keys, args=args, client=pipe)
                 await pipe.execute()
 
-    async def _incr(self, key: bytes, delta: int, expiration: int | None, now: float) -> int:
-        ttl_ms = "" if expiration is None else str(math.ceil((expiration - now) * 1000))
-        try:
-            with self._translate_errors():
-                value = await self._incr_script(
-                    keys=[self._hash(key), self._index],
-                    args=[key, str(delta), "" if expiration is None else str(expiration), ttl_ms, repr(now)],
-                )
-        except KVError as exc:
-            if "not an integer" in str(exc):
-                raise KVError(f"the value at {key.decode()!r} is not an integer") from None
-            raise
-        return int(value)
-
     async def _incr_many(
-        self, keys: Sequence[bytes], delta: int, expiration: int | None, now: float
+        self, keys: Sequence[bytes], deltas: Sequence[int], expirations: Sequence[int | None], now: float
     ) -> list[int]:
-        ttl_ms = "" if expiration is None else str(math.ceil((expiration - now) * 1000))
         with self._translate_errors():
             async with self._client.pipeline(transaction=False) as pipe:
-                for key in keys:
+                for key, delta, expiration in zip(keys, deltas, expirations, strict=True):
+                    ttl_ms = "" if expiration is None else str(math.ceil((expiration - now) * 1000))
                     args: list[bytes | str] = [
                         key,
                         str(delta),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sqlite3
 import time
@@ -43,23 +44,31 @@ _UPSERT_MANY_TAIL = (
     " ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
     "expiration = excluded.expiration, metadata = excluded.metadata"
 )
-_ROWS_PER_STATEMENT = 500  # 4 parameters a row, well under SQLite's 32,766-parameter limit
-# One statement, so atomic across connections: a live integer is increased; a missing or expired row starts
-# from the delta with the new expiration; a live value that is not an integer is left as it is (and the
-# caller, seeing it come back, raises). The value stays a BLOB of the decimal digits.
+_ROWS_PER_STATEMENT = 500  # at most 4 parameters a row, well under SQLite's 32,766-parameter limit
+# One statement, so atomic across connections: a live integer is increased by the row's delta (carried in
+# `excluded.value`); a missing or expired row starts from the delta with the row's expiration; a live value
+# that is not an integer is left as it is (and the caller, seeing it come back, raises). The value stays a
+# BLOB of the decimal digits.
 _LIVE = "(kv.expiration IS NULL OR kv.expiration > ?)"
-_INT_TEXT = "CAST(CAST(CAST(kv.value AS TEXT) AS INTEGER) AS TEXT) = CAST(kv.value AS TEXT)"
-_INCR_HEAD = "INSERT INTO kv (key, value, expiration, metadata) VALUES "
+_AS_INT = "CAST(CAST({} AS TEXT) AS INTEGER)"
+_INT_TEXT = f"CAST({_AS_INT.format('kv.value')} AS TEXT) = CAST(kv.value AS TEXT)"
 _INCR_ROW = "(?, CAST(? AS BLOB), ?, NULL)"
-_INCR = (
-    _INCR_HEAD + _INCR_ROW + " "
-    "ON CONFLICT (key) DO UPDATE SET "
-    f"value = CASE WHEN NOT {_LIVE} THEN excluded.value "
-    f"WHEN {_INT_TEXT} THEN CAST(CAST(CAST(kv.value AS TEXT) AS INTEGER) + ? AS BLOB) ELSE kv.value END, "
+_INCR_TAIL = (
+    " ON CONFLICT (key) DO UPDATE SET "
+    f"value = CASE WHEN NOT {_LIVE} THEN excluded.value WHEN {_INT_TEXT} "
+    f"THEN CAST({_AS_INT.format('kv.value')} + {_AS_INT.format('excluded.value')} AS BLOB) "
+    "ELSE kv.value END, "
     f"metadata = CASE WHEN NOT {_LIVE} THEN NULL ELSE kv.metadata END, "
     f"expiration = CASE WHEN NOT {_LIVE} THEN excluded.expiration ELSE kv.expiration END "
     "RETURNING CAST(value AS TEXT), key"
 )
+
+
+@functools.cache
+def _incr_sql(rows: int) -> str:
+    return _UPSERT_MANY_HEAD + ", ".join([_INCR_ROW] * rows) + _INCR_TAIL
+
+
 _DELETE = "DELETE FROM kv WHERE key = ?"
 _PURGE_EXPIRED = "DELETE FROM kv WHERE expiration IS NOT NULL AND expiration <= ?"
 
@@ -196,24 +205,17 @@ class SqliteKV(KVNamespace):
             await self._query(sql, params)
         await self._after_write(now)
 
-    async def _incr(self, key: bytes, delta: int, expiration: int | None, now: float) -> int:
-        rows = await self._query(_INCR, (key, str(delta), expiration, now, delta, now, now))
-        text = rows[0][0]
-        if not _is_decimal(text):
-            raise KVError(f"the value at {key.decode()!r} is not an integer")
-        return int(text)
-
     async def _incr_many(
-        self, keys: Sequence[bytes], delta: int, expiration: int | None, now: float
+        self, keys: Sequence[bytes], deltas: Sequence[int], expirations: Sequence[int | None], now: float
     ) -> list[int]:
-        # One statement for every key: the rows share the delta and the expiration.
-        tail = _INCR[len(_INCR_HEAD) + len(_INCR_ROW) :]
-        sql = _INCR_HEAD + ", ".join([_INCR_ROW] * len(keys)) + tail
-        params: list[object] = []
-        for key in keys:
-            params += (key, str(delta), expiration)
-        rows = await self._query(sql, [*params, now, delta, now, now])
-        values = {bytes(k): text for text, k in rows}
+        # One statement per slice of keys, each row with its own delta and expiration.
+        values: dict[bytes, str] = {}
+        for start in range(0, len(keys), _ROWS_PER_STATEMENT):
+            params: list[object] = []
+            for i in range(start, min(start + _ROWS_PER_STATEMENT, len(keys))):
+                params += (keys[i], str(deltas[i]), expirations[i])
+            rows = await self._query(_incr_sql(len(params) // 3), [*params, now, now, now])
+            values.update((bytes(k), text) for text, k in rows)
         out = []
         for key in keys:
             text = values[key]

@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from kv import RedisKV
+from kv.batching import CounterBatch
 from tests.conftest import MASTER_KEY
 from tests.fakes.upstream import FakeUpstream, Reply
 from tests.harness import InProcessWorker, WorkerProcess, write_config
@@ -141,7 +142,7 @@ def test_an_unreachable_counter_store_fails_open_or_closed(
     worker, token = _worker(make_worker, RATE_LIMIT_FAIL=mode)
     limits = worker.app[GATEWAY].limits
     dead = RedisKV("redis://127.0.0.1:1/0", socket_timeout=0.5, connect_timeout=0.5)
-    limits.kv = dead  # the counters' store goes away; keys still resolve from the main KV
+    limits.counters = CounterBatch(dead)  # the counters' store goes away; keys still resolve
     try:
         status, _ = _post(worker.url, token, {"X-Upstream-Api-Key": "sk-x"})
         assert status == expected

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from adapters.transport import Timeouts, UpstreamClient
 from kv import KVNamespace
+from kv.batching import CounterBatch
 
 from .accounting.events import UsageRecorder
 from .accounting.plans import parse_plans
@@ -87,7 +88,9 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
     models = parse_model_table(config.tables.get("models"), config.source)
     prices = PriceTable(parse_price_overrides(config.tables.get("pricing"), config.source))
     plans = parse_plans(config.tables.get("plans"), config.source)
-    quotas = Quotas(kv, parse_quota_plans(config.tables.get("plans"), config.source))
+    # Rate-limit and quota counters of concurrent requests share round trips.
+    counters = CounterBatch(kv)
+    quotas = Quotas(kv, parse_quota_plans(config.tables.get("plans"), config.source), counters)
     # One recorder writes usage events and the request log in the same batches; with accounting off it
     # still writes the request log, and `usage` is None so no request creates an event.
     recorder = UsageRecorder(
@@ -124,7 +127,7 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
         quotas=quotas,
         catalog=build_catalog(models, config.tables.get("models"), config.source),
         prices=prices,
-        limits=_limits(config, kv),
+        limits=_limits(config, kv, counters),
         breakers=Breakers(
             kv, _count(config, "BREAKER_FAILURES", 1000), int(config.number("BREAKER_COOLDOWN_SECONDS"))
         ),
@@ -141,7 +144,7 @@ def _count(config: Config, name: str, most: int) -> int:
     return int(raw)
 
 
-def _limits(config: Config, kv: KVNamespace) -> Limits:
+def _limits(config: Config, kv: KVNamespace, counters: CounterBatch) -> Limits:
     switch = (config.var("RATE_LIMIT") or "on").strip().lower()
     if switch not in ("on", "off"):
         raise ConfigError(config.source, "vars.RATE_LIMIT", f"expected on or off, got {switch!r}")
@@ -157,4 +160,5 @@ def _limits(config: Config, kv: KVNamespace) -> Limits:
         trusted=parse_trusted(config.var("TRUSTED_PROXIES") or "", config.source),
         fail_open=fail == "open",
         plans=parse_plan_limits(config.tables.get("plans"), config.source),
+        counters=counters,
     )

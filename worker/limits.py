@@ -3,6 +3,8 @@
 Both per-minute limits apply to every authenticated request (defaults 100 each, seed `002_…`; a plan's
 `requests_per_minute` overrides the key limit). They count in fixed windows aligned to the minute, with the
 KV's atomic `incr`, so every instance on one SQLite file or one Redis admits exactly the limit together.
+The counts of concurrent requests share one round trip (`kv.batching.CounterBatch`): one SQLite commit or
+one Redis pipeline per batch, not per request.
 The in-flight limit (`RATE_LIMIT_MAX_CONCURRENT`, a plan's `max_concurrent`) is counted per instance.
 
 Over a limit: 429 in the client's error format with `Retry-After` (code `rate_limit_exceeded`, or
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kv import KVError, KVNamespace
+from kv.batching import CounterBatch
 
 from .auth import KeyRecord
 from .config import ConfigError
@@ -103,9 +106,11 @@ class Limits:
         trusted: tuple[Network, ...],
         fail_open: bool,
         plans: Mapping[str, PlanLimits],
+        counters: CounterBatch | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.kv = kv
+        self.counters = counters or CounterBatch(kv)
         self.enabled = enabled
         self.key_per_minute = key_per_minute
         self.ip_per_minute = ip_per_minute
@@ -144,9 +149,9 @@ class Limits:
         window = int(now // 60)
         reset = max(1, math.ceil((window + 1) * 60 - now))
         try:
-            # Both counters in one round trip (one statement on SQLite, one pipeline on Redis).
-            used_key, used_ip = await self.kv.incr_many(
-                [f"rl/k/{key.id}/{window}", f"rl/ip/{ip}/{window}"], 1, expiration_ttl=120
+            # Both counters in one round trip shared with every request counted at the same time.
+            used_key, used_ip = await self.counters.incr(
+                [(f"rl/k/{key.id}/{window}", 1, 120), (f"rl/ip/{ip}/{window}", 1, 120)]
             )
         except KVError as exc:
             if not self.fail_open:

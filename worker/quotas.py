@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kv import KVNamespace
+from kv.batching import CounterBatch
 
 from .auth import KeyRecord
 from .config import ConfigError
@@ -130,9 +131,14 @@ class Quotas:
     """Admission checks and charges for keys on plans with quotas, model lists or credit models."""
 
     def __init__(
-        self, kv: KVNamespace, plans: Mapping[str, QuotaPlan], clock: Callable[[], float] = time.time
+        self,
+        kv: KVNamespace,
+        plans: Mapping[str, QuotaPlan],
+        counters: CounterBatch | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.kv = kv
+        self.counters = counters or CounterBatch(kv)
         self.plans = plans
         self._clock = clock
 
@@ -156,18 +162,26 @@ class Quotas:
                     param="model",
                 )
             return Admission(key.id, plan, True, day, week)
-        for limit, counter, left, what in (
-            (plan.daily_tokens, f"quota/{key.id}/d{day}/tokens", day_left, "daily token"),
-            (plan.weekly_tokens, f"quota/{key.id}/w{week}/tokens", week_left, "weekly token"),
-        ):
-            if limit is not None and await self._read(counter) >= limit:
-                raise self._exceeded(what, limit, left)
-        for limit, counter, left, what in (
-            (plan.daily_requests, f"quota/{key.id}/d{day}/requests", day_left, "daily request"),
-            (plan.weekly_requests, f"quota/{key.id}/w{week}/requests", week_left, "weekly request"),
-        ):
-            if limit is not None and await self.kv.incr(counter, 1, expiration_ttl=left + 3600) > limit:
-                raise self._exceeded(what, limit, left)
+        # The token counters are read (delta 0) and the request counters counted in one round trip, shared
+        # with every other request admitted at the same time.
+        checks = [
+            (limit, counter, delta, left, what)
+            for limit, counter, delta, left, what in (
+                (plan.daily_tokens, f"quota/{key.id}/d{day}/tokens", 0, day_left, "daily token"),
+                (plan.weekly_tokens, f"quota/{key.id}/w{week}/tokens", 0, week_left, "weekly token"),
+                (plan.daily_requests, f"quota/{key.id}/d{day}/requests", 1, day_left, "daily request"),
+                (plan.weekly_requests, f"quota/{key.id}/w{week}/requests", 1, week_left, "weekly request"),
+            )
+            if limit is not None
+        ]
+        if checks:
+            values = await self.counters.incr(
+                [(counter, delta, left + 3600) for _, counter, delta, left, _ in checks]
+            )
+            for (limit, _, delta, left, what), value in zip(checks, values, strict=True):
+                # Tokens: refused once used up; requests: this one is number `value`.
+                if (value >= limit) if delta == 0 else (value > limit):
+                    raise self._exceeded(what, limit, left)
         return Admission(key.id, plan, False, day, week)
 
     @staticmethod

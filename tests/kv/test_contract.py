@@ -493,3 +493,24 @@ async def test_incr_many_counts_each_key_in_one_call(kv: KVNamespace, clock: Man
         await kv.incr_many(["ok", "text"])
     with pytest.raises(InvalidKeyError):
         await kv.incr_many(["d", "d"])
+
+
+async def test_incr_many_takes_a_delta_and_a_ttl_per_key(kv: KVNamespace, clock: ManualClock) -> None:
+    assert await kv.incr_many(["p", "q", "r"], [2, 0, -3], expiration_ttl=[60, 600, None]) == [2, 0, -3]
+    assert await kv.incr_many(["p", "q"], [1, 7]) == [3, 7]  # later increments keep each row's expiration
+    clock.advance(61)
+    assert await kv.get("p") is None
+    assert await kv.get("q") == b"7" and await kv.get("r") == b"-3"
+    clock.advance(600)
+    assert await kv.get("q") is None and await kv.get("r") == b"-3"
+    with pytest.raises(ValueError):
+        await kv.incr_many(["a", "b"], [1])
+    with pytest.raises(InvalidExpirationError):
+        await kv.incr_many(["a", "b"], expiration_ttl=[60, 5])
+    assert await kv.incr_many([]) == []
+
+
+async def test_incr_many_counts_more_keys_than_one_statement_holds(kv: KVNamespace) -> None:
+    keys = [f"many/{i:04d}" for i in range(1203)]
+    assert await kv.incr_many(keys, list(range(1203))) == list(range(1203))
+    assert await kv.incr_many(keys[::-1]) == list(range(1203, 0, -1))

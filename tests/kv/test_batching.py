@@ -1,0 +1,92 @@
+"""CounterBatch: concurrent increments share round trips and each caller still gets its exact count."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from kv import KVError, KVNamespace, ManualClock, MemoryKV
+from kv.batching import CounterBatch
+
+
+async def test_concurrent_callers_get_every_count_exactly_once_in_few_round_trips(kv: KVNamespace) -> None:
+    counters = CounterBatch(kv)
+    results = await asyncio.gather(
+        *(counters.incr([("rl/key", 1, 120), (f"rl/ip/{i % 3}", 1, 120)]) for i in range(300))
+    )
+    assert sorted(r[0] for r in results) == list(range(1, 301))
+    for ip in range(3):
+        assert sorted(r[1] for i, r in enumerate(results) if i % 3 == ip) == list(range(1, 101))
+    assert await kv.get("rl/key") == b"300"
+    # The first caller's round trip goes alone; everyone who arrived meanwhile shares the next one.
+    assert counters.round_trips <= 3
+
+
+async def test_deltas_and_zero_reads_see_the_increments_before_them(kv: KVNamespace) -> None:
+    await kv.incr("tokens", 1000)
+    counters = CounterBatch(kv)
+    read, added, read_again = await asyncio.gather(
+        counters.incr([("tokens", 0, None)]),
+        counters.incr([("tokens", 250, None)]),
+        counters.incr([("tokens", 0, None)]),
+    )
+    assert (read, added, read_again) == ([1000], [1250], [1250])
+
+
+async def test_a_new_counter_keeps_the_ttl_it_was_created_with(kv: KVNamespace, clock: ManualClock) -> None:
+    counters = CounterBatch(kv)
+    await asyncio.gather(counters.incr([("w", 1, 60)]), counters.incr([("w", 1, 600)]))
+    clock.advance(61)
+    assert await kv.get("w") is None
+
+
+class _FailingKV(MemoryKV):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail = True
+
+    async def _incr_many(
+        self, keys: Sequence[bytes], deltas: Sequence[int], expirations: Sequence[int | None], now: float
+    ) -> list[int]:
+        await asyncio.sleep(0.01)
+        if self.fail:
+            raise KVError("the store is down")
+        return list(await super()._incr_many(keys, deltas, expirations, now))
+
+
+async def test_a_failed_round_trip_fails_its_callers_and_the_next_one_still_counts() -> None:
+    kv = _FailingKV()
+    counters = CounterBatch(kv)
+    outcomes = await asyncio.gather(
+        *(counters.incr([("n", 1, None)]) for _ in range(5)), return_exceptions=True
+    )
+    assert all(isinstance(o, KVError) for o in outcomes)
+    kv.fail = False
+    assert await counters.incr([("n", 1, None)]) == [1]
+
+
+async def test_one_caller_giving_up_does_not_cancel_the_others() -> None:
+    kv = _FailingKV()
+    kv.fail = False
+    counters = CounterBatch(kv)
+    first = asyncio.create_task(counters.incr([("n", 1, None)]))
+    await asyncio.sleep(0)  # the first round trip is in flight
+    quitter = asyncio.create_task(counters.incr([("n", 1, None)]))
+    stayer = asyncio.create_task(counters.incr([("n", 1, None)]))
+    await asyncio.sleep(0)
+    quitter.cancel()
+    assert await first == [1]
+    assert await stayer == [3]  # the quitter's increment was already part of the shared round trip
+    with pytest.raises(asyncio.CancelledError):
+        await quitter
+    assert await kv.get("n") == b"3"
+
+
+async def test_more_keys_than_one_round_trip_takes_go_in_the_next_ones() -> None:
+    kv = MemoryKV()
+    counters = CounterBatch(kv)
+    results = await asyncio.gather(*(counters.incr([(f"k/{i}", 1, None)]) for i in range(1200)))
+    assert results == [[1]] * 1200
+    assert counters.round_trips >= 3
