@@ -54,6 +54,10 @@ def test_optimize_off_by_header_forwards_the_messages_unchanged(gateway: Gateway
     assert raw.headers["X-Trex-Saved-Tokens"] == "0"
     assert raw.headers["X-Trex-Session-Id"].startswith("sess_")
     assert gateway.fake.last().json["messages"] == case.body["messages"]
+    again = gateway.openai().chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=case.body["messages"], extra_headers={"X-Trex-Optimize": "off"}
+    )
+    assert again.headers["X-Trex-Session-Id"] != raw.headers["X-Trex-Session-Id"]  # every new session is new
 
 
 def test_cross_format_request_is_optimized_before_translation(gateway: GatewaySetup) -> None:

@@ -8,6 +8,8 @@ releases the GIL while encoding), so one 100k-token request never stalls every o
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -80,7 +82,20 @@ def session_id(headers: Mapping[str, str]) -> str:
     incoming = headers.get("X-Session-Id", "").strip()
     if incoming and len(incoming) <= _SESSION_ID_MAX and incoming.isprintable():
         return incoming
-    return "sess_" + secrets.token_hex(12)
+    # Sessions are stored per proxy key, so a new id only has to be unique: a random per-process prefix and
+    # a counter, not a call into the OS's random source per request.
+    return f"{_session_prefix}{next(_session_counter):08x}"
+
+
+def _new_session_prefix() -> None:
+    global _session_prefix
+    _session_prefix = "sess_" + secrets.token_hex(8)
+
+
+_session_prefix = ""
+_new_session_prefix()
+os.register_at_fork(after_in_child=_new_session_prefix)  # a forked worker must not repeat the parent's ids
+_session_counter = itertools.count(1)
 
 
 def savings_headers(report: Report, session: str) -> dict[str, str]:
