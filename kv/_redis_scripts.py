@@ -51,36 +51,44 @@ end
 return removed
 """
 
-# KEYS[1] value hash, KEYS[2] index sorted set.
-# ARGV[1] index member (the raw key), ARGV[2] delta, ARGV[3] expiration for a new entry ('' = none),
-# ARGV[4] native TTL in ms for a new entry ('' = none), ARGV[5] the caller's clock.
-# Returns the new value; an error reply when a live value is not an integer (left unchanged).
-INCR = """
-local live = redis.call('EXISTS', KEYS[1]) == 1
-if live then
-  local expiration = redis.call('HGET', KEYS[1], 'e')
-  if expiration and tonumber(expiration) <= tonumber(ARGV[5]) then
-    live = false
+# KEYS[1] index sorted set, KEYS[2..n+1] value hashes. ARGV[1] the caller's clock, then four per key:
+# index member (the raw key), delta, expiration for a new entry ('' = none), native TTL in ms for a new
+# entry ('' = none). Returns the new values in key order; a live value that is not an integer is left
+# unchanged and reported as the string 'NaN' (the other keys are still counted: each key is atomic alone).
+INCR_MANY = """
+local now = tonumber(ARGV[1])
+local out = {}
+for i = 2, #KEYS do
+  local a = 2 + (i - 2) * 4
+  local live = redis.call('EXISTS', KEYS[i]) == 1
+  if live then
+    local expiration = redis.call('HGET', KEYS[i], 'e')
+    if expiration and tonumber(expiration) <= now then
+      live = false
+    end
+  end
+  if live then
+    local value = redis.call('HGET', KEYS[i], 'v')
+    local n = tonumber(value)
+    if not n or string.format('%d', n) ~= value then
+      out[#out + 1] = 'NaN'
+    else
+      n = n + tonumber(ARGV[a + 1])
+      redis.call('HSET', KEYS[i], 'v', string.format('%d', n))
+      out[#out + 1] = n
+    end
+  else
+    redis.call('DEL', KEYS[i])
+    redis.call('HSET', KEYS[i], 'v', ARGV[a + 1])
+    if ARGV[a + 2] ~= '' then
+      redis.call('HSET', KEYS[i], 'e', ARGV[a + 2])
+    end
+    if ARGV[a + 3] ~= '' then
+      redis.call('PEXPIRE', KEYS[i], ARGV[a + 3])
+    end
+    redis.call('ZADD', KEYS[1], 0, ARGV[a])
+    out[#out + 1] = tonumber(ARGV[a + 1])
   end
 end
-if live then
-  local value = redis.call('HGET', KEYS[1], 'v')
-  local n = tonumber(value)
-  if not n or string.format('%d', n) ~= value then
-    return redis.error_reply('not an integer')
-  end
-  n = n + tonumber(ARGV[2])
-  redis.call('HSET', KEYS[1], 'v', string.format('%d', n))
-  return n
-end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'v', ARGV[2])
-if ARGV[3] ~= '' then
-  redis.call('HSET', KEYS[1], 'e', ARGV[3])
-end
-if ARGV[4] ~= '' then
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-end
-redis.call('ZADD', KEYS[2], 0, ARGV[1])
-return tonumber(ARGV[2])
+return out
 """

@@ -16,6 +16,9 @@ from collections.abc import Sequence
 
 from kv.base import KVNamespace
 
+Increment = tuple[str, int, int | None]
+"""(key, delta, expiration_ttl)"""
+
 _MAX_KEYS = 500
 """Keys in one round trip; callers beyond it wait for the next one."""
 
@@ -45,7 +48,7 @@ class CounterBatch:
         self._queue: deque[_Batch] = deque()  # not sent yet; the last one still takes increments
         self._sender: asyncio.Task[None] | None = None
 
-    async def incr(self, increments: Sequence[tuple[str, int, int | None]]) -> list[int]:
+    async def incr(self, increments: Sequence[Increment]) -> list[int]:
         """Add each `(key, delta, expiration_ttl)` and return, per entry, the value after this call's
         increment. The keys of one call must be distinct. Raises the KV's error if the round trip fails."""
         if not self._queue or len(self._queue[-1].deltas) + len(increments) > _MAX_KEYS:

@@ -80,7 +80,7 @@ class RedisKV(KVNamespace):
             raise KVError(f"invalid Redis URL {self._where}: {exc}") from exc
         self._put_script = self._client.register_script(_redis_scripts.PUT)
         self._cleanup_script = self._client.register_script(_redis_scripts.CLEANUP)
-        self._incr_script = self._client.register_script(_redis_scripts.INCR)
+        self._incr_script = self._client.register_script(_redis_scripts.INCR_MANY)
 
     def _hash(self, key: bytes) -> bytes:
         return self._prefix + b"v:" + key
@@ -129,22 +129,16 @@ class RedisKV(KVNamespace):
     async def _incr_many(
         self, keys: Sequence[bytes], deltas: Sequence[int], expirations: Sequence[int | None], now: float
     ) -> list[int]:
+        # One script call for every key: one command to build and parse however many keys there are.
+        args: list[bytes | str] = [repr(now)]
+        for key, delta, expiration in zip(keys, deltas, expirations, strict=True):
+            ttl_ms = "" if expiration is None else str(math.ceil((expiration - now) * 1000))
+            args += (key, str(delta), "" if expiration is None else str(expiration), ttl_ms)
         with self._translate_errors():
-            async with self._client.pipeline(transaction=False) as pipe:
-                for key, delta, expiration in zip(keys, deltas, expirations, strict=True):
-                    ttl_ms = "" if expiration is None else str(math.ceil((expiration - now) * 1000))
-                    args: list[bytes | str] = [
-                        key,
-                        str(delta),
-                        "" if expiration is None else str(expiration),
-                        ttl_ms,
-                        repr(now),
-                    ]
-                    await self._incr_script(keys=[self._hash(key), self._index], args=args, client=pipe)
-                values = await pipe.execute(raise_on_error=False)
+            values = await self._incr_script(keys=[self._index, *map(self._hash, keys)], args=args)
         out = []
         for key, value in zip(keys, values, strict=True):
-            if isinstance(value, Exception):
+            if isinstance(value, bytes):
                 raise KVError(f"the value at {key.decode()!r} is not an integer")
             out.append(int(value))
         return out

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import calendar
 import fnmatch
+import functools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from kv import KVNamespace
-from kv.batching import CounterBatch
+from kv.batching import CounterBatch, Increment
 
 from .auth import KeyRecord
 from .config import ConfigError
@@ -113,11 +114,12 @@ class Admission:
     week: str
 
 
-def _windows(now: float) -> tuple[str, str, int, int]:
-    """(day id, week id, seconds to the day's end, seconds to the week's end), UTC."""
+@functools.lru_cache(maxsize=2)
+def _windows(now: int) -> tuple[str, str, int, int]:
+    """(day id, week id, seconds to the day's end, seconds to the week's end), UTC; cached per second."""
     t = time.gmtime(now)
     midnight = calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0))
-    day_left = midnight + 86400 - int(now)
+    day_left = midnight + 86400 - now
     week_left = day_left + (6 - t.tm_wday) * 86400
     year, week, _ = time.strftime("%G %V %u", t).split()
     return time.strftime("%Y%m%d", t), f"{year}W{week}", max(1, day_left), max(1, week_left)
@@ -152,7 +154,7 @@ class Quotas:
             raise ModelNotAllowedError(
                 f"The model {model!r} is not available on the {plan.name!r} plan.", param="model"
             )
-        day, week, day_left, week_left = _windows(self._clock())
+        day, week, day_left, week_left = _windows(int(self._clock()))
         if plan.credit_models and _matches(model, plan.credit_models):
             balance = await self.balance(key.id)
             if balance <= 0:
@@ -195,21 +197,27 @@ class Quotas:
         raw = await self.kv.get(counter)
         return int(raw) if raw else 0
 
-    async def charge(self, admission: Admission, billed_tokens: int, cost_usd: float | None) -> None:
-        """After reconciliation: debit a credit model's cost, or count the tokens against the quotas."""
+    @staticmethod
+    def charges(admission: Admission, billed_tokens: int, cost_usd: float | None) -> list[Increment]:
+        """What reconciliation adds: a credit model's cost debited, or the tokens counted against quotas."""
         if admission.credits:
-            if cost_usd:
-                await self.kv.incr(f"credits/{admission.key_id}", -round(cost_usd * MICRO))
-            return
+            return [(f"credits/{admission.key_id}", -round(cost_usd * MICRO), None)] if cost_usd else []
         plan = admission.plan
-        if billed_tokens <= 0:
-            return
-        if plan.daily_tokens is not None:
-            counter = f"quota/{admission.key_id}/d{admission.day}/tokens"
-            await self.kv.incr(counter, billed_tokens, expiration_ttl=2 * 86400)
-        if plan.weekly_tokens is not None:
-            counter = f"quota/{admission.key_id}/w{admission.week}/tokens"
-            await self.kv.incr(counter, billed_tokens, expiration_ttl=8 * 86400)
+        out: list[Increment] = []
+        if billed_tokens > 0 and plan.daily_tokens is not None:
+            out.append((f"quota/{admission.key_id}/d{admission.day}/tokens", billed_tokens, 2 * 86400))
+        if billed_tokens > 0 and plan.weekly_tokens is not None:
+            out.append((f"quota/{admission.key_id}/w{admission.week}/tokens", billed_tokens, 8 * 86400))
+        return out
+
+    async def charge(self, increments: Iterable[Increment]) -> None:
+        """Apply charges (several requests' together: one round trip)."""
+        totals: dict[str, list[Any]] = {}
+        for counter, delta, ttl in increments:
+            entry = totals.setdefault(counter, [0, ttl])
+            entry[0] += delta
+        if totals:
+            await self.counters.incr([(counter, delta, ttl) for counter, (delta, ttl) in totals.items()])
 
     async def balance(self, key_id: str) -> float:
         """The key's Compute Credits in USD."""

@@ -24,12 +24,16 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
+
+import redis
 
 from bench import write_section
 
 ROOT = Path(__file__).resolve().parents[2]
 LITELLM_START = ROOT.parent / "shared" / "peers" / "litellm" / "start.sh"
 RESULTS = ROOT / "bench" / "results" / "proxy_overhead.json"
+REDIS_URL = "redis://127.0.0.1:6379/11"
 MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
 
 
@@ -43,6 +47,14 @@ class Run:
     p99_ms: float
     requests: int
     errors: int
+
+
+def flush_redis(url: str) -> None:
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
 
 
 def free_port() -> int:
@@ -168,7 +180,7 @@ def wrk(
     return {"rps": rps, "p50": p50, "p99": p99, "requests": requests, "errors": errors}
 
 
-CELLS = [(mode, conc) for mode in ("non-stream", "stream") for conc in (1, 32)]
+CELLS = tuple((mode, conc) for mode in ("non-stream", "stream") for conc in (1, 32))
 
 
 @dataclass
@@ -177,6 +189,7 @@ class Target:
     url: str
     model: str
     headers: dict[str, str]
+    cells: tuple[tuple[str, int], ...] = ()
 
 
 def _body(model: str, mode: str) -> dict[str, object]:
@@ -214,31 +227,39 @@ def measure_interleaved(targets: list[Target], duration: float, rounds: int) -> 
         print(f"round {i + 1}/{rounds}", flush=True)
         for mode, conc in CELLS:
             for t in targets:
+                if (mode, conc) not in (t.cells or CELLS):
+                    continue
                 samples.setdefault((t.name, mode, conc), []).append(run_cell(t, mode, conc, duration))
     runs = []
     for t in targets:
-        for mode, conc in CELLS:
+        for mode, conc in t.cells or CELLS:
             ordered = sorted(samples[(t.name, mode, conc)], key=lambda r: r.rps)
             runs.append(ordered[len(ordered) // 2])
     return runs
 
 
-def setup_trex(tmp: Path, upstream: str, accounting: bool = True, limits: bool = True) -> tuple[Path, str]:
+def setup_trex(
+    tmp: Path, upstream: str, accounting: bool = True, checks: bool = True, kv_url: str | None = None
+) -> tuple[Path, str]:
+    """A worker's config and a bound proxy key. With `checks`, the key is on a plan with request and token
+    quotas and rate limits are on (high enough never to refuse the load, but every request is counted);
+    without, rate limits are off and the key has no plan. Authentication is always on."""
     tmp.mkdir(parents=True, exist_ok=True)
     cfg = tmp / "wrangler_local.toml"
     cfg.write_text(
         f'name = "bench"\n[vars]\nOPENAI_BASE_URL = "{upstream}/v1"\n'
         f'USAGE_ACCOUNTING = "{"on" if accounting else "off"}"\n'
-        # The load comes from one key and one address: limits high enough never to refuse it, but checked.
         "RATE_LIMIT_PER_MINUTE = 100000000\nRATE_LIMIT_IP_PER_MINUTE = 100000000\n"
-        f'RATE_LIMIT = "{"on" if limits else "off"}"\n'
-        f'[local]\npersist_to = "{tmp / "state"}"\n'
+        f'RATE_LIMIT = "{"on" if checks else "off"}"\n'
+        "[plans.bench]\ndaily_requests = 1000000000000\ndaily_tokens = 1000000000000\n"
+        f'[local]\npersist_to = "{tmp / "state"}"\n' + (f'kv_url = "{kv_url}"\n' if kv_url else "")
     )
     (tmp / ".dev.vars").write_text("TREX_MASTER_KEY=" + "b" * 48 + "\n")
     cli = [sys.executable, "-m", "worker"]
     created = json.loads(
         subprocess.run(
-            [*cli, "keys", "create", "--config", str(cfg), "--name", "bench", "--json"],
+            [*cli, "keys", "create", "--config", str(cfg), "--name", "bench", "--json"]
+            + (["--plan", "bench"] if checks else []),
             cwd=ROOT,
             capture_output=True,
             check=True,
@@ -260,6 +281,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
     ap.add_argument("--skip-litellm", action="store_true")
     ap.add_argument("--no-write", action="store_true", help="print only; leave bench/README.md alone")
+    ap.add_argument(
+        "--redis",
+        default=REDIS_URL,
+        help="a Redis database the bench may empty, for the Redis rows ('' to skip them)",
+    )
     args = ap.parse_args()
     if not shutil.which("wrk"):
         print("wrk is required: apt-get install wrk", file=sys.stderr)
@@ -277,40 +303,36 @@ def main() -> int:
         )
         wait_http(upstream + "/health", 20)  # 404 means it is serving
         print(f"upstream on {upstream}", flush=True)
-        cfg, key = setup_trex(tmp, upstream)
         local = [Target("upstream", upstream + "/v1/chat/completions", "gpt-4o-mini", {})]
         port = free_port()
         argv = [sys.executable, "-m", "bench.proxy_overhead.passthrough", str(port), upstream + "/v1"]
         procs.append(start(argv, tmp / "passthrough.log"))
         wait_http(f"http://127.0.0.1:{port}/v1/chat/completions", 30)
         local.append(Target("passthrough", f"http://127.0.0.1:{port}/v1/chat/completions", "gpt-4o-mini", {}))
-        port = free_port()
-        argv = [sys.executable, "-m", "worker", "dev", "--config", str(cfg), "--port", str(port)]
-        procs.append(start(argv, tmp / "trex.log"))
-        wait_http(f"http://127.0.0.1:{port}/health", 30)
-        auth = {"Authorization": f"Bearer {key}"}
-        local.append(Target("trex", f"http://127.0.0.1:{port}/v1/chat/completions", "gpt-4o-mini", auth))
+
+        def launch(name: str, cells: tuple[tuple[str, int], ...] = CELLS, **setup: Any) -> None:
+            cfg, key = setup_trex(tmp / name, upstream, **setup)
+            port = free_port()
+            argv = [sys.executable, "-m", "worker", "dev", "--config", str(cfg), "--port", str(port)]
+            procs.append(start(argv, tmp / f"{name}.log"))
+            wait_http(f"http://127.0.0.1:{port}/health", 30)
+            url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            local.append(Target(name, url, "gpt-4o-mini", {"Authorization": f"Bearer {key}"}, cells))
+
+        launch("trex")
         # The same worker with usage accounting off: what accounting costs on the hot path.
-        cfg_off, key_off = setup_trex(tmp / "no-accounting", upstream, accounting=False)
-        port = free_port()
-        argv = [sys.executable, "-m", "worker", "dev", "--config", str(cfg_off), "--port", str(port)]
-        procs.append(start(argv, tmp / "trex-noacct.log"))
-        wait_http(f"http://127.0.0.1:{port}/health", 30)
-        auth_off = {"Authorization": f"Bearer {key_off}"}
-        url_off = f"http://127.0.0.1:{port}/v1/chat/completions"
-        local.append(Target("trex-noacct", url_off, "gpt-4o-mini", auth_off))
-        # The same worker with rate limits off: what the per-request limit checks cost.
-        cfg_nl, key_nl = setup_trex(tmp / "no-limits", upstream, limits=False)
-        port = free_port()
-        argv = [sys.executable, "-m", "worker", "dev", "--config", str(cfg_nl), "--port", str(port)]
-        procs.append(start(argv, tmp / "trex-nolimits.log"))
-        wait_http(f"http://127.0.0.1:{port}/health", 30)
-        url_nl = f"http://127.0.0.1:{port}/v1/chat/completions"
-        local.append(Target("trex-nolimits", url_nl, "gpt-4o-mini", {"Authorization": f"Bearer {key_nl}"}))
-        print("upstream, passthrough, trex, trex-noacct and trex-nolimits ready", flush=True)
+        launch("trex-noacct", accounting=False)
+        # Rate limits off and a key without a plan: what the per-request limit and quota checks cost.
+        launch("trex-nochecks", checks=False)
+        # The same pair on Redis (a database of its own, emptied first), at the cell the goal is about.
+        if args.redis:
+            flush_redis(args.redis)
+            launch("trex-redis", cells=(("non-stream", 32),), kv_url=args.redis)
+            launch("trex-redis-nochecks", cells=(("non-stream", 32),), kv_url=args.redis, checks=False)
+        print(", ".join(t.name for t in local), "ready", flush=True)
         # Idle targets use no CPU, so all of them stay up and are measured in turns.
         runs += measure_interleaved(local, args.duration, args.rounds)
-        names = ("upstream", "passthrough", "trex", "trex-noacct", "trex-nolimits")
+        names = [t.name for t in local]
         for name, proc in zip(names, procs, strict=True):
             rss[name] = tree_peak_rss_mib(proc.pid)
             rss[name + ":steady"] = tree_peak_rss_mib(proc.pid, "VmRSS")
@@ -353,8 +375,10 @@ def render(runs: list[Run], rss: dict[str, float], duration: float, rounds: int)
     lines = [
         f"Run on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, wrk -t1, {duration:g} s per cell, one "
         f"load at a time against the same fake upstream; upstream, pass-through, trex, trex with usage "
-        f"accounting off (trex-noacct) and trex with rate limits off (trex-nolimits) measured in turns, "
-        f"{rounds} rounds, median round per cell; LiteLLM one round, alone.",
+        f"accounting off (trex-noacct), trex with rate limits off and a key without a plan (trex-nochecks), "
+        f"and that pair on Redis (trex-redis, trex-redis-nochecks; non-stream c=32 only) measured in turns, "
+        f"{rounds} rounds, median round per cell; LiteLLM one round, alone. trex's key is on a plan with "
+        f"request and token quotas and rate limits are on (high enough never to refuse the load).",
         "",
         "| target | mode | conc. | RPS | p50 ms | p99 ms | added p50 ms | errors | peak RSS MiB | RSS after MiB |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -384,10 +408,20 @@ def render(runs: list[Run], rss: dict[str, float], duration: float, rounds: int)
     if t_ns and off_ns:
         ratio = t_ns.rps / off_ns.rps
         goals.append(("non-stream c=32, accounting on vs off >= 90%", f"{ratio:.0%}", ratio >= 0.9))
-    nolim_ns = by.get(("trex-nolimits", "non-stream", 32))
-    if t_ns and nolim_ns:
-        ratio = t_ns.rps / nolim_ns.rps
-        goals.append(("non-stream c=32, rate limits on vs off >= 90% (SQLite)", f"{ratio:.0%}", ratio >= 0.9))
+    for kv, on, off in (
+        ("SQLite", "trex", "trex-nochecks"),
+        ("Redis", "trex-redis", "trex-redis-nochecks"),
+    ):
+        checked, unchecked = by.get((on, "non-stream", 32)), by.get((off, "non-stream", 32))
+        if checked and unchecked:
+            ratio = checked.rps / unchecked.rps
+            goals.append(
+                (
+                    f"non-stream c=32, limit and quota checks on vs off >= 90% ({kv})",
+                    f"{ratio:.0%}",
+                    ratio >= 0.9,
+                )
+            )
     if t_c1:
         added = t_c1.p50_ms - up[("non-stream", 1)].p50_ms
         goals.append(("added p50 at c=1 <= 1 ms", f"{added:.2f} ms", added <= 1.0))

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from kv import KVError, KVNamespace
+from kv import KVError, KVNamespace, KVUnavailableError
+from kv.batching import Increment
 
 from .. import tokens
 from ..auth import KeyRecord
@@ -203,6 +204,8 @@ class UsageRecorder:
         self._cycle: dict[tuple[str, str], list[float]] = {}
         """(key id, YYYYMM) → [savings in the cycle, monotonic time loaded]."""
         self._unflushed_savings: dict[tuple[str, str], float] = {}
+        self._charges: list[Increment] = []
+        """Quota and credit charges of reconciled events not yet applied."""
         self._flush_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._refreshing: set[tuple[str, str]] = set()
@@ -317,12 +320,24 @@ class UsageRecorder:
             begun = self._queued.pop(only, None)
             if begun is not None:
                 await self._reconcile(begun)
-            return
-        queued, self._queued = self._queued, {}
-        for i, begun in enumerate(queued.values(), 1):
-            await self._reconcile(begun)
-            if i % _SLICE == 0:
-                await asyncio.sleep(0)  # requests run between slices: a busy second never stalls the loop
+        else:
+            queued, self._queued = self._queued, {}
+            for i, begun in enumerate(queued.values(), 1):
+                await self._reconcile(begun)
+                if i % _SLICE == 0:
+                    await asyncio.sleep(0)  # requests run between slices: a busy second never stalls the loop
+        await self._apply_charges()
+
+    async def _apply_charges(self) -> None:
+        charges, self._charges = self._charges, []
+        if charges and self.quotas is not None:
+            try:
+                await self.quotas.charge(charges)
+            except KVUnavailableError as exc:
+                self._charges = charges + self._charges  # kept for the next pass
+                log.warning("could not charge %d requests to their plans yet: %s", len(charges), exc)
+            except KVError as exc:  # a counter that is not a number: retrying would not help
+                log.error("could not charge %d requests to their plans: %s", len(charges), exc)
 
     async def _reconcile(self, begun: Begun) -> None:
         observed = begun.observed
@@ -407,10 +422,10 @@ class UsageRecorder:
         ev.status = "final"
         self._dirty[ev.id] = ev
         if begun.admission is not None and self.quotas is not None and not failed:
-            try:
-                await self.quotas.charge(begun.admission, billed.input_tokens + billed.output_tokens, actual)
-            except KVError as exc:
-                log.warning("could not charge %s to its plan: %s", ev.id, exc)
+            # Applied together at the end of this reconciliation pass: one round trip for all of them.
+            self._charges += self.quotas.charges(
+                begun.admission, billed.input_tokens + billed.output_tokens, actual
+            )
         if ev.savings_usd:
             cycle = (ev.key_id, time.strftime("%Y%m", time.gmtime(ev.created)))
             self._unflushed_savings[cycle] = self._unflushed_savings.get(cycle, 0.0) + ev.savings_usd
