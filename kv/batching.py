@@ -6,11 +6,20 @@ round trip is in flight and sends them together as the next one, so at any concu
 round trip in flight per instance, and each caller still learns the exact value its own increment produced:
 within a batch the callers are ordered by arrival, and caller i sees the stored value before the batch plus
 the deltas of callers 0..i. Atomicity across instances is the KV's, as with a plain `incr`.
+
+`count` adds leases for counters checked against a limit (rate limits, request quotas). Far from its limit,
+an instance reserves a block of positions in the shared counter with one increment and hands them out
+locally, without a round trip; close to the limit the blocks shrink to one position, so counting is exact
+again where it decides. No position is ever handed out twice and none beyond what the counter holds, so
+all instances together never admit more than the limit; positions an instance reserved but did not use
+before the counter's window ended are lost (at most `LEASE_MAX` - 1 per instance and counter, and only for
+limits of at least `LEASE_MIN_LIMIT`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Sequence
 
@@ -21,6 +30,14 @@ Increment = tuple[str, int, int | None]
 
 _MAX_KEYS = 500
 """Keys in one round trip; callers beyond it wait for the next one."""
+
+LEASE_MAX = 64
+"""The most positions one lease reserves."""
+LEASE_MIN_LIMIT = 2 * 64
+"""Limits below this are counted one position at a time: exact, with nothing ever left unused."""
+_LEASE_SHARE = 64
+"""A lease is at most this fraction (1/n) of what is left before the limit."""
+_PRUNE_AT = 4096
 
 
 class _Batch:
@@ -39,6 +56,26 @@ class _Batch:
         return before
 
 
+class _Leases:
+    """One counter's unused reserved positions in this instance, and the highest value seen."""
+
+    __slots__ = ("expires", "ranges", "seen")
+
+    def __init__(self, ttl: int | None) -> None:
+        self.ranges: deque[list[int]] = deque()  # [next, last] position ranges
+        self.seen = 0
+        self.expires = time.monotonic() + (ttl or 3600)
+
+    def take(self) -> int | None:
+        while self.ranges:
+            first = self.ranges[0]
+            if first[0] <= first[1]:
+                first[0] += 1
+                return first[0] - 1
+            self.ranges.popleft()
+        return None
+
+
 class CounterBatch:
     """Coalesces concurrent increments on one KV namespace (see the module docstring)."""
 
@@ -47,6 +84,42 @@ class CounterBatch:
         self.round_trips = 0
         self._queue: deque[_Batch] = deque()  # not sent yet; the last one still takes increments
         self._sender: asyncio.Task[None] | None = None
+        self._leases: dict[str, _Leases] = {}
+
+    async def count(self, counters: Sequence[tuple[str, int | None, int]]) -> list[int]:
+        """Count one use of each `(key, expiration_ttl, limit)` and return its position: the counter's value
+        after this use, as `incr` would return it. Served from this instance's leases where it can."""
+        out = [0] * len(counters)
+        claims: list[tuple[int, int]] = []  # (index, size)
+        for i, (key, _, limit) in enumerate(counters):
+            leases = self._leases.get(key)
+            position = leases.take() if leases is not None else None
+            if position is not None:
+                out[i] = position
+            else:
+                seen = leases.seen if leases is not None else 0
+                left = limit - seen
+                size = min(LEASE_MAX, left // _LEASE_SHARE) if limit >= LEASE_MIN_LIMIT else 1
+                claims.append((i, max(1, size)))
+        if claims:
+            values = await self.incr([(counters[i][0], size, counters[i][1]) for i, size in claims])
+            for (i, size), value in zip(claims, values, strict=True):
+                key, ttl, _ = counters[i]
+                out[i] = value - size + 1
+                leases = self._leases.get(key)
+                if leases is None:
+                    if len(self._leases) >= _PRUNE_AT:
+                        self._prune()
+                    leases = self._leases[key] = _Leases(ttl)
+                leases.seen = max(leases.seen, value)
+                if size > 1:
+                    leases.ranges.append([value - size + 2, value])
+        return out
+
+    def _prune(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, v in self._leases.items() if v.expires <= now]:
+            del self._leases[key]
 
     async def incr(self, increments: Sequence[Increment]) -> list[int]:
         """Add each `(key, delta, expiration_ttl)` and return, per entry, the value after this call's

@@ -3,8 +3,9 @@
 Both per-minute limits apply to every authenticated request (defaults 100 each, seed `002_…`; a plan's
 `requests_per_minute` overrides the key limit). They count in fixed windows aligned to the minute, with the
 KV's atomic `incr`, so every instance on one SQLite file or one Redis admits exactly the limit together.
-The counts of concurrent requests share one round trip (`kv.batching.CounterBatch`): one SQLite commit or
-one Redis pipeline per batch, not per request.
+The counts of concurrent requests share one round trip (`kv.batching.CounterBatch`), and for limits of 128 or
+more an instance reserves blocks of the count (at most 64, at most 1/64 of what is left) while far from the
+limit, so most requests need no round trip at all; within 128 of the limit it counts one request at a time.
 The in-flight limit (`RATE_LIMIT_MAX_CONCURRENT`, a plan's `max_concurrent`) is counted per instance.
 
 Over a limit: 429 in the client's error format with `Retry-After` (code `rate_limit_exceeded`, or
@@ -150,8 +151,11 @@ class Limits:
         reset = max(1, math.ceil((window + 1) * 60 - now))
         try:
             # Both counters in one round trip shared with every request counted at the same time.
-            used_key, used_ip = await self.counters.incr(
-                [(f"rl/k/{key.id}/{window}", 1, 120), (f"rl/ip/{ip}/{window}", 1, 120)]
+            used_key, used_ip = await self.counters.count(
+                [
+                    (f"rl/k/{key.id}/{window}", 120, key_limit),
+                    (f"rl/ip/{ip}/{window}", 120, self.ip_per_minute),
+                ]
             )
         except KVError as exc:
             if not self.fail_open:

@@ -114,6 +114,9 @@ class Admission:
     week: str
 
 
+_TOKENS_FRESH_S = 1.0
+
+
 @functools.lru_cache(maxsize=2)
 def _windows(now: int) -> tuple[str, str, int, int]:
     """(day id, week id, seconds to the day's end, seconds to the week's end), UTC; cached per second."""
@@ -141,6 +144,7 @@ class Quotas:
     ) -> None:
         self.kv = kv
         self.counters = counters or CounterBatch(kv)
+        self._tokens: dict[str, tuple[int, float]] = {}  # token counter -> (value, fresh until)
         self.plans = plans
         self._clock = clock
 
@@ -164,25 +168,27 @@ class Quotas:
                     param="model",
                 )
             return Admission(key.id, plan, True, day, week)
-        # The token counters are read (delta 0) and the request counters counted in one round trip, shared
-        # with every other request admitted at the same time.
-        checks = [
-            (limit, counter, delta, left, what)
-            for limit, counter, delta, left, what in (
-                (plan.daily_tokens, f"quota/{key.id}/d{day}/tokens", 0, day_left, "daily token"),
-                (plan.weekly_tokens, f"quota/{key.id}/w{week}/tokens", 0, week_left, "weekly token"),
-                (plan.daily_requests, f"quota/{key.id}/d{day}/requests", 1, day_left, "daily request"),
-                (plan.weekly_requests, f"quota/{key.id}/w{week}/requests", 1, week_left, "weekly request"),
+        for limit, counter, left, what in (
+            (plan.daily_tokens, f"quota/{key.id}/d{day}/tokens", day_left, "daily token"),
+            (plan.weekly_tokens, f"quota/{key.id}/w{week}/tokens", week_left, "weekly token"),
+        ):
+            if limit is not None and await self._tokens_used(counter) >= limit:
+                raise self._exceeded(what, limit, left)
+        requests = [
+            (limit, counter, left, what)
+            for limit, counter, left, what in (
+                (plan.daily_requests, f"quota/{key.id}/d{day}/requests", day_left, "daily request"),
+                (plan.weekly_requests, f"quota/{key.id}/w{week}/requests", week_left, "weekly request"),
             )
             if limit is not None
         ]
-        if checks:
-            values = await self.counters.incr(
-                [(counter, delta, left + 3600) for _, counter, delta, left, _ in checks]
+        if requests:
+            # Counted like the rate limits: shared round trips, and leases while far from the quota.
+            positions = await self.counters.count(
+                [(counter, left + 3600, limit) for limit, counter, left, _ in requests]
             )
-            for (limit, _, delta, left, what), value in zip(checks, values, strict=True):
-                # Tokens: refused once used up; requests: this one is number `value`.
-                if (value >= limit) if delta == 0 else (value > limit):
+            for (limit, _, left, what), position in zip(requests, positions, strict=True):
+                if position > limit:
                     raise self._exceeded(what, limit, left)
         return Admission(key.id, plan, False, day, week)
 
@@ -192,6 +198,19 @@ class Quotas:
             f"The {what} quota of this key's plan ({limit:,}) is used up; it resets in {retry_after} s.",
             headers={"Retry-After": str(retry_after)},
         )
+
+    async def _tokens_used(self, counter: str) -> int:
+        """A token counter's value, read at most once a second per instance (tokens are charged after the
+        response anyway); this instance's own charges update it at once."""
+        now = time.monotonic()
+        cached = self._tokens.get(counter)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        (value,) = await self.counters.incr([(counter, 0, None)])
+        if len(self._tokens) >= 4096:
+            self._tokens = {k: v for k, v in self._tokens.items() if v[1] > now}
+        self._tokens[counter] = (value, now + _TOKENS_FRESH_S)
+        return value
 
     async def _read(self, counter: str) -> int:
         raw = await self.kv.get(counter)
@@ -217,7 +236,13 @@ class Quotas:
             entry = totals.setdefault(counter, [0, ttl])
             entry[0] += delta
         if totals:
-            await self.counters.incr([(counter, delta, ttl) for counter, (delta, ttl) in totals.items()])
+            values = await self.counters.incr(
+                [(counter, delta, ttl) for counter, (delta, ttl) in totals.items()]
+            )
+            fresh = time.monotonic() + _TOKENS_FRESH_S
+            for counter, value in zip(totals, values, strict=True):
+                if counter in self._tokens:
+                    self._tokens[counter] = (value, fresh)
 
     async def balance(self, key_id: str) -> float:
         """The key's Compute Credits in USD."""

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 
 from kv import KVError, KVNamespace, ManualClock, MemoryKV
-from kv.batching import CounterBatch
+from kv.batching import LEASE_MAX, LEASE_MIN_LIMIT, CounterBatch
 
 
 async def test_concurrent_callers_get_every_count_exactly_once_in_few_round_trips(kv: KVNamespace) -> None:
@@ -90,3 +90,42 @@ async def test_more_keys_than_one_round_trip_takes_go_in_the_next_ones() -> None
     results = await asyncio.gather(*(counters.incr([(f"k/{i}", 1, None)]) for i in range(1200)))
     assert results == [[1]] * 1200
     assert counters.round_trips >= 3
+
+
+async def test_counts_below_the_lease_threshold_go_one_at_a_time(kv: KVNamespace) -> None:
+    a, b = CounterBatch(kv), CounterBatch(kv)  # two instances on one store
+    positions = [(await (a if i % 2 else b).count([("q", None, LEASE_MIN_LIMIT - 1)]))[0] for i in range(20)]
+    assert positions == list(range(1, 21))
+    assert a.round_trips + b.round_trips == 20
+    assert await kv.get("q") == b"20"
+
+
+async def test_far_from_the_limit_an_instance_counts_from_a_lease_without_round_trips(
+    kv: KVNamespace,
+) -> None:
+    a, b = CounterBatch(kv), CounterBatch(kv)
+    first = [(await a.count([("rl", 120, 10**6)]))[0] for _ in range(LEASE_MAX)]
+    assert first == list(range(1, LEASE_MAX + 1))
+    assert a.round_trips == 1  # one increment reserved the whole block
+    assert await kv.get("rl") == str(LEASE_MAX).encode()
+    assert await b.count([("rl", 120, 10**6)]) == [LEASE_MAX + 1]  # the other instance starts after it
+    assert await a.count([("rl", 120, 10**6)]) == [2 * LEASE_MAX + 1]
+
+
+async def test_instances_sharing_a_counter_admit_exactly_the_limit_and_never_a_position_twice(
+    kv: KVNamespace,
+) -> None:
+    limit = 1000
+    instances = [CounterBatch(kv), CounterBatch(kv), CounterBatch(kv)]
+
+    async def client(n: int) -> list[int]:
+        got = []
+        for i in range(n):
+            got += await instances[(n + i) % 3].count([("quota", None, limit)])
+        return got
+
+    results = await asyncio.gather(*(client(n) for n in range(50, 70)))
+    positions = [p for r in results for p in r]
+    assert len(positions) == len(set(positions)) == sum(range(50, 70))  # 1190 attempts
+    assert sum(1 for p in positions if p <= limit) == limit
+    assert sum(i.round_trips for i in instances) < len(positions) / 4
