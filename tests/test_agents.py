@@ -345,3 +345,51 @@ def test_agents_from_the_command_line(
     assert again.returncode == 1 and b"revoked" in again.stderr
     missing = trex("agents", "suspend", "agent_00000000deadbeef", "--config", cfg)
     assert missing.returncode == 1 and b"No agent" in missing.stderr
+
+
+def _admin(
+    worker: InProcessWorker, method: str, path: str, body: Any = None, token: str = "adm_" + "q" * 40
+) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    req = urllib.request.Request(worker.url + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_agents_lifecycle_through_the_admin_api(make_worker: Callable[..., InProcessWorker]) -> None:
+    worker = make_worker(
+        extra_routes=PROBE_ROUTES,
+        dev_vars={"TREX_MASTER_KEY": MASTER_KEY, "TREX_ADMIN_TOKEN": "adm_" + "q" * 40},
+    )
+    assert _admin(worker, "GET", "/admin/v1/agents", token="adm_" + "x" * 40)[0] == 401
+    status, created = _admin(worker, "POST", "/admin/v1/agents", {"name": "  ingest-bot "})
+    assert status == 201 and created["object"] == "agent" and created["name"] == "ingest-bot"
+    agent_id, secret = created["id"], created["secret"]
+    assert agent_id.startswith("agent_") and secret.startswith("tsk_") and created["state"] == "active"
+    # The secret works at once for signed requests, and is never shown again.
+    assert _code(call(worker, authorization_header(agent_id, secret, "POST", PROBE))) is None
+    status, listed = _admin(worker, "GET", "/admin/v1/agents")
+    assert [a["id"] for a in listed["data"]] == [agent_id] and secret not in json.dumps(listed)
+    status, one = _admin(worker, "GET", f"/admin/v1/agents/{agent_id}")
+    assert status == 200 and one["prefix"] == secret[:12] and "secret" not in one
+
+    status, changed = _admin(worker, "PATCH", f"/admin/v1/agents/{agent_id}", {"state": "suspended"})
+    assert status == 200 and changed["state"] == "suspended"
+    assert _code(call(worker, authorization_header(agent_id, secret, "POST", PROBE))) == "agent_suspended"
+    for bad in ({"state": "paused"}, {}, {"name": "x"}):
+        status, doc = _admin(worker, "PATCH", f"/admin/v1/agents/{agent_id}", bad)
+        assert status == 400 and doc["error"]["param"] in ("state", "name")
+    assert _admin(worker, "PATCH", f"/admin/v1/agents/{agent_id}", {"state": "revoked"})[0] == 200
+    status, doc = _admin(worker, "PATCH", f"/admin/v1/agents/{agent_id}", {"state": "active"})
+    assert status == 409  # revoked is final
+    assert _admin(worker, "POST", "/admin/v1/agents", {"name": " "})[0] == 400
+    assert _admin(worker, "GET", "/admin/v1/agents/agent_0000000000000000")[0] == 404
+
+    status, deleted = _admin(worker, "DELETE", f"/admin/v1/agents/{agent_id}")
+    assert status == 200 and deleted == {"id": agent_id, "object": "agent", "deleted": True}
+    assert _code(call(worker, authorization_header(agent_id, secret, "POST", PROBE))) == "unknown_agent"
+    assert _admin(worker, "GET", "/admin/v1/agents")[1]["data"] == []

@@ -26,6 +26,11 @@ models = ["gpt-4o-mini", "gpt-4.1*", "claude-*"]
 credit_models = ["gpt-4.1*"]
 [plans.metered]
 daily_tokens = 2000
+[plans.search]
+daily_web_searches = 2
+credit_above_input_tokens = 60
+[plans.nosearch]
+daily_web_searches = 0
 """
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -129,3 +134,56 @@ def test_keys_without_a_quota_plan_are_not_checked(gateway: GatewaySetup) -> Non
     for _ in range(5):
         gateway.openai().chat.completions.create(model="gpt-5.5", messages=MESSAGES)  # type: ignore[arg-type]
     assert gateway.worker.app[GATEWAY].quotas.plans == {}
+
+
+def test_web_search_draws_on_the_plans_daily_allowance(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    setup = _setup(make_worker, fake_upstream, "search")
+    client = setup.openai()
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    client.chat.completions.create(  # type: ignore[call-overload]
+        model="gpt-4o-mini", messages=MESSAGES, extra_body={"web_search_options": {}}
+    )
+    setup.anthropic().messages.create(
+        model="claude-sonnet-4-6",
+        max_tokens=64,
+        messages=MESSAGES,  # type: ignore[arg-type]
+        tools=[{"type": "web_search_20250305", "name": "web_search", "max_uses": 1}],  # type: ignore[list-item]
+    )
+    with pytest.raises(anthropic.RateLimitError) as err:  # the day's two are used, in any format
+        setup.anthropic().messages.create(
+            model="claude-sonnet-4-6",
+            max_tokens=64,
+            messages=MESSAGES,  # type: ignore[arg-type]
+            tools=[{"type": "web_search_20250305", "name": "web_search"}],  # type: ignore[list-item]
+        )
+    assert err.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+    assert "web search" in err.value.message and int(err.value.response.headers["Retry-After"]) > 0
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+
+    closed = _setup(make_worker, fake_upstream, "nosearch").openai()
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        closed.chat.completions.create(  # type: ignore[call-overload]
+            model="gpt-4o-mini", messages=MESSAGES, extra_body={"web_search_options": {}}
+        )
+    assert denied.value.code == "web_search_not_allowed"
+
+
+def test_long_context_draws_on_compute_credits(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    setup = _setup(make_worker, fake_upstream, "search")
+    client = setup.openai()
+    long = [{"role": "user", "content": "Summarise the incident report for ticket INC-4471 please. " * 12}]
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    with pytest.raises(openai.APIStatusError) as err:
+        client.chat.completions.create(model="gpt-4o-mini", messages=long)  # type: ignore[arg-type]
+    assert err.value.status_code == 402 and err.value.code == "insufficient_balance"
+    assert "long context" in err.value.message
+    call(setup.worker, "POST", f"/admin/v1/keys/{setup.key_id}/credits", {"amount_usd": 1})
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=long)  # type: ignore[arg-type]
+    event = wait_final(setup, raw.headers["X-Trex-Usage-Event-Id"])
+    assert event["optimized_input_tokens"] > 60
+    balance = call(setup.worker, "GET", f"/admin/v1/keys/{setup.key_id}/credits")[1]["balance_usd"]
+    assert balance == pytest.approx(1 - event["actual_cost_usd"], abs=1e-6) and balance < 1

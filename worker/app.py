@@ -78,6 +78,11 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/admin/v1/plans", admin.list_plans),
     Route("GET", "/admin/v1/keys/{id}/credits", admin.credits),
     Route("POST", "/admin/v1/keys/{id}/credits", admin.credits),
+    Route("POST", "/admin/v1/agents", admin.create_agent),
+    Route("GET", "/admin/v1/agents", admin.list_agents),
+    Route("GET", "/admin/v1/agents/{id}", admin.get_agent),
+    Route("PATCH", "/admin/v1/agents/{id}", admin.update_agent),
+    Route("DELETE", "/admin/v1/agents/{id}", admin.delete_agent),
 )
 
 

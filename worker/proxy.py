@@ -65,6 +65,7 @@ from .gateway import Gateway
 from .optimize.pipeline import Report, measure
 from .optimizing import resolve_options, savings_headers, session_id
 from .optimizing import run as run_optimizer
+from .quotas import uses_web_search
 from .routing import PROVIDER_NAMES, ModelRoute, Provider, resolve
 
 InboundFormat = Literal["chat", "responses", "messages"]
@@ -121,7 +122,8 @@ async def proxy(
     # smart-auto is routed once the optimized size is known; any other model fails fast, before optimizing.
     route = None if smart else resolve(model, gw.models)
     api_key = None if route is None else await provider_key(request, gw, key, route.provider)
-    admission = await gw.quotas.admit(key, model)  # the plan: model allowed, quota left, credits
+    # The plan: model allowed, web search allowed, quota left, credits.
+    admission = await gw.quotas.admit(key, model, web_search=uses_web_search(body))
     encoding, exact = tokens.encoding_for_model(route.upstream_model if route is not None else "gpt-5")
     options = resolve_options(
         trex, request.headers, gw.optimize_mode, gw.protect_recent_turns, key_mode=key.optimize_mode
@@ -141,6 +143,7 @@ async def proxy(
     if replay.replayed and received_tokens is not None:
         report.original_tokens = max(received_tokens, report.optimized_tokens)
     report.note_session(replay.replayed, replay.reoptimize)
+    admission = await gw.quotas.long_context(key, admission, report.optimized_tokens)
     stream = body.get("stream") is True
     chain = _fallbacks(trex)
     if route is None:

@@ -7,13 +7,17 @@
     weekly_tokens = 2000000
     models = ["gpt-4o-mini", "gpt-5-mini", "claude-haiku-*"]   # what the plan may use (glob); absent: all
     credit_models = ["gpt-5.5*", "claude-opus-*"]               # drawn from Compute Credits, not the quota
+    credit_above_input_tokens = 32000   # long context: past this optimized input, Compute Credits too
+    daily_web_searches = 10       # requests using a provider's web search tool; 0 = not allowed
 
-Checks, in order, before a request is routed: the model must be allowed (403 `model_not_allowed`); a credit
-model needs a positive Compute Credits balance (402 `insufficient_balance`) and is debited its actual cost
-when its usage is reconciled; any other model draws on the quotas: token quotas are checked against what
-was already counted, request quotas are counted atomically on admission (429 `quota_exceeded` with
-`Retry-After` until the window resets). Keys without a plan, or on a plan without these fields, have none of
-these checks and cost no KV round trip.
+Checks, in order, before a request is routed: the model must be allowed (403 `model_not_allowed`); a
+request using web search needs the plan's allowance (403 `web_search_not_allowed` at 0, 429 `quota_exceeded`
+once the day's are used); a credit model needs a positive Compute Credits balance (402 `insufficient_balance`)
+and is debited its actual cost when its usage is reconciled, and so does, once optimized, an input longer than
+`credit_above_input_tokens` (long context); any other model draws on the quotas: token quotas are checked
+against what was already counted, request quotas are counted atomically on admission (429 `quota_exceeded`
+with `Retry-After` until the window resets). Keys without a plan, or on a plan without these fields, have none
+of these checks and cost no KV round trip.
 
 Counters live in the KV (`quota/…`, `credits/…`) and are updated atomically there, so several instances on
 one SQLite file or one Redis share them. Credits are kept in micro-dollars (integers).
@@ -22,11 +26,11 @@ one SQLite file or one Redis share them. Credits are kept in micro-dollars (inte
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import fnmatch
 import functools
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from kv import KVNamespace
@@ -38,10 +42,10 @@ from .errors import GatewayError, PaymentRequiredError, PermissionDeniedError, R
 from .routing import SMART_AUTO
 
 MICRO = 1_000_000
-_COUNTERS = ("daily_requests", "weekly_requests", "daily_tokens", "weekly_tokens")
+_COUNTERS = ("daily_requests", "weekly_requests", "daily_tokens", "weekly_tokens", "daily_web_searches")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class QuotaPlan:
     name: str
     daily_requests: int | None = None
@@ -50,6 +54,8 @@ class QuotaPlan:
     weekly_tokens: int | None = None
     models: tuple[str, ...] | None = None
     credit_models: tuple[str, ...] = ()
+    daily_web_searches: int | None = None
+    credit_above_input_tokens: int | None = None
 
     @property
     def active(self) -> bool:
@@ -57,6 +63,8 @@ class QuotaPlan:
             any(getattr(self, name) is not None for name in _COUNTERS)
             or self.models is not None
             or bool(self.credit_models)
+            or self.daily_web_searches is not None
+            or self.credit_above_input_tokens is not None
         )
 
 
@@ -85,6 +93,13 @@ def parse_quota_plans(raw: Any, source: str) -> dict[str, QuotaPlan]:
                     source, f"plans.{name}.{field}", "must be a list of model names or patterns"
                 )
             values[field] = tuple(value)
+        above = entry.get("credit_above_input_tokens")
+        if above is not None:
+            if isinstance(above, bool) or not isinstance(above, int) or above < 1:
+                raise ConfigError(
+                    source, f"plans.{name}.credit_above_input_tokens", "must be an integer >= 1"
+                )
+            values["credit_above_input_tokens"] = above
         plan = QuotaPlan(name, **values)
         if plan.active:
             out[name] = plan
@@ -99,11 +114,27 @@ class InsufficientBalanceError(PaymentRequiredError):
     default_code = "insufficient_balance"
 
 
+class WebSearchNotAllowedError(PermissionDeniedError):
+    default_code = "web_search_not_allowed"
+
+
+def uses_web_search(body: Mapping[str, Any]) -> bool:
+    """Whether a chat, Responses or Messages request asks the provider to search the web: chat's
+    `web_search_options`, or a `web_search*` tool (OpenAI `web_search`/`web_search_preview`, Anthropic
+    `web_search_20250305`)."""
+    if "web_search_options" in body:
+        return True
+    tools = body.get("tools")
+    return isinstance(tools, list) and any(
+        isinstance(t, dict) and str(t.get("type", "")).startswith("web_search") for t in tools
+    )
+
+
 class ModelNotAllowedError(PermissionDeniedError):
     default_code = "model_not_allowed"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Admission:
     """How an admitted request is charged once its usage is known."""
 
@@ -148,8 +179,9 @@ class Quotas:
         self.plans = plans
         self._clock = clock
 
-    async def admit(self, key: KeyRecord, model: str) -> Admission | None:
-        """Raise the error that refuses this request, or return how to charge it (None: nothing to do)."""
+    async def admit(self, key: KeyRecord, model: str, *, web_search: bool = False) -> Admission | None:
+        """Raise the error that refuses this request, or return how to charge it (None: nothing to do).
+        `web_search`: the request asks the provider to search the web."""
         plan = self.plans.get(key.plan) if key.plan else None
         if plan is None:
             return None
@@ -159,14 +191,18 @@ class Quotas:
                 f"The model {model!r} is not available on the {plan.name!r} plan.", param="model"
             )
         day, week, day_left, week_left = _windows(int(self._clock()))
-        if plan.credit_models and _matches(model, plan.credit_models):
-            balance = await self.balance(key.id)
-            if balance <= 0:
-                raise InsufficientBalanceError(
-                    f"The model {model!r} draws on Compute Credits and this key's balance is "
-                    f"${balance:.2f}. Add credits with `trex credits add {key.id} AMOUNT`.",
-                    param="model",
+        if web_search and plan.daily_web_searches is not None:
+            if plan.daily_web_searches == 0:
+                raise WebSearchNotAllowedError(
+                    f"Web search is not available on the {plan.name!r} plan.", param="tools"
                 )
+            (used,) = await self.counters.count(
+                [(f"quota/{key.id}/d{day}/web_searches", day_left + 3600, plan.daily_web_searches)]
+            )
+            if used > plan.daily_web_searches:
+                raise self._exceeded("daily web search", plan.daily_web_searches, day_left)
+        if plan.credit_models and _matches(model, plan.credit_models):
+            await self._require_balance(key.id, f"The model {model!r} draws")
             return Admission(key.id, plan, True, day, week)
         for limit, counter, left, what in (
             (plan.daily_tokens, f"quota/{key.id}/d{day}/tokens", day_left, "daily token"),
@@ -191,6 +227,31 @@ class Quotas:
                 if position > limit:
                     raise self._exceeded(what, limit, left)
         return Admission(key.id, plan, False, day, week)
+
+    async def long_context(
+        self, key: KeyRecord, admission: Admission | None, input_tokens: int
+    ) -> Admission | None:
+        """Once the optimized size is known: past the plan's `credit_above_input_tokens` the request draws on
+        Compute Credits instead of the token quota (402 without a balance); its request is already counted."""
+        if admission is None or admission.credits:
+            return admission
+        limit = admission.plan.credit_above_input_tokens
+        if limit is None or input_tokens <= limit:
+            return admission
+        await self._require_balance(
+            key.id,
+            f"This request's {input_tokens:,} input tokens are long context (over {limit:,}); it draws",
+        )
+        return dataclasses.replace(admission, credits=True)
+
+    async def _require_balance(self, key_id: str, why: str) -> None:
+        balance = await self.balance(key_id)
+        if balance <= 0:
+            raise InsufficientBalanceError(
+                f"{why} on Compute Credits and this key's balance is ${balance:.2f}. "
+                f"Add credits with `trex credits add {key_id} AMOUNT`.",
+                param="model",
+            )
 
     @staticmethod
     def _exceeded(what: str, limit: int, retry_after: int) -> GatewayError:

@@ -26,6 +26,8 @@ QUOTA_FIELDS = (
     "weekly_tokens",
     "models",
     "credit_models",
+    "daily_web_searches",
+    "credit_above_input_tokens",
     "requests_per_minute",
     "max_concurrent",
 )

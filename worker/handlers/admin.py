@@ -1,8 +1,9 @@
-"""The admin HTTP API: keys, their bindings and state, and the configured plans.
+"""The admin HTTP API: keys, their bindings, state and credits, signed agents, and the configured plans.
 
 Authenticated with `Authorization: Bearer $TREX_ADMIN_TOKEN` (compared in constant time). Without a token in
 the config every admin route answers 404, as if it did not exist. The handlers call the same `KeyStore`
-methods as the `trex keys` commands, so the CLI and the API share one service layer.
+methods as the `trex keys` commands (and the same `AgentStore` as `trex agents`), so the CLI and the API
+share one service layer.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from ..accounting.plans import Plan
+from ..agents import AGENT_STATES, AgentRecord
 from ..appkeys import CONFIG, GATEWAY
 from ..auth import KEY_STATES, PROVIDERS, KeyRecord
 from ..errors import AuthenticationError, InvalidRequestError, NotFoundError
@@ -187,3 +189,62 @@ async def credits(request: web.Request) -> web.StreamResponse:
     else:
         balance = await gw.quotas.balance(key_id)
     return json_response({"key_id": key_id, "object": "credits", "balance_usd": balance})
+
+
+def _agent_doc(record: AgentRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "object": "agent",
+        "name": record.name,
+        "state": record.state,
+        "created": record.created,
+        "prefix": record.prefix,
+    }
+
+
+async def create_agent(request: web.Request) -> web.StreamResponse:
+    """`POST /admin/v1/agents` {name}: the new agent and its secret (shown once; stored only sealed)."""
+    _require_admin(request)
+    body = await read_json_object(request)
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidRequestError("'name' is required and must be a non-empty string.", param="name")
+    record, secret = await request.app[GATEWAY].agents.create(name)
+    return json_response({**_agent_doc(record), "secret": secret}, status=201)
+
+
+async def list_agents(request: web.Request) -> web.StreamResponse:
+    """`GET /admin/v1/agents` (never the secrets)."""
+    _require_admin(request)
+    agents = await request.app[GATEWAY].agents.list_agents()
+    return json_response({"object": "list", "data": [_agent_doc(a) for a in agents]})
+
+
+async def get_agent(request: web.Request) -> web.StreamResponse:
+    """`GET /admin/v1/agents/{id}`."""
+    _require_admin(request)
+    return json_response(_agent_doc(await request.app[GATEWAY].agents.get(request.match_info["id"])))
+
+
+async def update_agent(request: web.Request) -> web.StreamResponse:
+    """`PATCH /admin/v1/agents/{id}` {state}: active, suspended or revoked (final)."""
+    _require_admin(request)
+    body = await read_json_object(request)
+    unknown = sorted(set(body) - {"state"})
+    if unknown:
+        raise InvalidRequestError(f"Unknown field '{unknown[0]}': only state can change.", param=unknown[0])
+    if "state" not in body:
+        raise InvalidRequestError("'state' is required.", param="state")
+    state = body["state"]
+    if state not in AGENT_STATES:
+        raise InvalidRequestError(f"'state' must be one of {', '.join(AGENT_STATES)}.", param="state")
+    record = await request.app[GATEWAY].agents.set_state(request.match_info["id"], state)
+    return json_response(_agent_doc(record))
+
+
+async def delete_agent(request: web.Request) -> web.StreamResponse:
+    """`DELETE /admin/v1/agents/{id}`."""
+    _require_admin(request)
+    agent_id = request.match_info["id"]
+    await request.app[GATEWAY].agents.delete(agent_id)
+    return json_response({"id": agent_id, "object": "agent", "deleted": True})
