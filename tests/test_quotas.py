@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anthropic
@@ -12,12 +13,14 @@ import openai
 import pytest
 
 from tests.conftest import MASTER_KEY, UPSTREAM_KEYS, GatewaySetup
-from tests.fakes.upstream import FakeUpstream, fixture_json
+from tests.fakes.upstream import FakeUpstream, Reply, fixture_json
 from tests.harness import InProcessWorker
 from tests.test_admin import ADMIN, call
 from tests.test_cli import trex
 from tests.test_usage import wait_final
 from worker.appkeys import CONFIG, GATEWAY
+from worker.config import ConfigError
+from worker.quotas import parse_quota_plans
 
 PLANS = """
 [plans.free]
@@ -31,6 +34,12 @@ daily_web_searches = 2
 credit_above_input_tokens = 60
 [plans.nosearch]
 daily_web_searches = 0
+[plans.tiers]
+credit_premium = true
+[plans.pinned]
+credit_pinned = true
+[plans.busy]
+credit_above_concurrent = 1
 """
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -187,3 +196,59 @@ def test_long_context_draws_on_compute_credits(
     assert event["optimized_input_tokens"] > 60
     balance = call(setup.worker, "GET", f"/admin/v1/keys/{setup.key_id}/credits")[1]["balance_usd"]
     assert balance == pytest.approx(1 - event["actual_cost_usd"], abs=1e-6) and balance < 1
+
+
+def test_premium_and_pinned_models_draw_on_credits_smart_auto_and_free_models_on_the_quota(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.set("/api/v1/chat/completions", Reply.json("openai/chat_text.json"))
+    for plan, expected in (
+        # model: catalog tier free, premium, not in the catalog (OpenRouter), smart-auto
+        ("tiers", {"gpt-4o-mini": 200, "gpt-5.5": 402, "openai/gpt-4o": 200, "smart-auto": 200}),
+        ("pinned", {"gpt-4o-mini": 200, "gpt-5.5": 402, "openai/gpt-4o": 402, "smart-auto": 200}),
+    ):
+        client = _setup(make_worker, fake_upstream, plan).openai()
+        got = {}
+        for model in expected:
+            try:
+                client.chat.completions.create(model=model, messages=MESSAGES)  # type: ignore[arg-type]
+                got[model] = 200
+            except openai.APIStatusError as exc:
+                got[model] = exc.status_code
+                assert exc.status_code != 402 or exc.code == "insufficient_balance"
+        assert got == expected, plan
+
+
+def test_high_concurrency_draws_on_credits(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    setup = _setup(make_worker, fake_upstream, "busy")
+    client = setup.openai()
+    fake_upstream.enqueue("/v1/chat/completions", Reply.json("openai/chat_text.json", latency=0.8))
+    with ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(client.chat.completions.create, model="gpt-4o-mini", messages=MESSAGES)
+        time.sleep(0.3)  # the first is in flight: a second one is over the plan's 1
+        with pytest.raises(openai.APIStatusError) as err:
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+        assert err.value.status_code == 402 and "in flight" in err.value.message
+        slow.result()
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("daily_requests", -1, "integer >= 0"),
+        ("daily_web_searches", True, "integer >= 0"),
+        ("credit_above_input_tokens", 0, "integer >= 1"),
+        ("credit_above_concurrent", "4", "integer >= 1"),
+        ("credit_premium", "yes", "true or false"),
+        ("credit_pinned", 1, "true or false"),
+        ("models", "gpt-*", "list of model names"),
+    ],
+)
+def test_bad_plan_fields_are_config_errors_naming_the_field(field: str, value: object, problem: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_quota_plans({"p": {field: value}}, "wrangler_local.toml")
+    assert f"plans.p.{field}" in str(err.value) and problem in str(err.value)
+    assert parse_quota_plans({"p": {"credit_pinned": True}}, "x")["p"].credit_pinned

@@ -91,6 +91,8 @@ class Admitted:
 
     headers: dict[str, str]
     key_id: str | None = None
+    in_flight: int = 0
+    """The key's requests in flight on this instance, this one included."""
 
 
 class Limits:
@@ -180,17 +182,16 @@ class Limits:
                 headers={**headers, "Retry-After": str(reset)},
             )
         concurrent = plan.max_concurrent if plan and plan.max_concurrent else self.max_concurrent
-        if concurrent:
-            in_flight = self._in_flight.get(key.id, 0)
-            if in_flight >= concurrent:
-                raise RateLimitError(
-                    f"This key already has {in_flight} requests in flight (limit {concurrent}).",
-                    code="concurrency_limit_exceeded",
-                    headers={**headers, "Retry-After": "1"},
-                )
-            self._in_flight[key.id] = in_flight + 1
-            return Admitted(headers, key.id)
-        return Admitted(headers)
+        in_flight = self._in_flight.get(key.id, 0)
+        if concurrent and in_flight >= concurrent:
+            raise RateLimitError(
+                f"This key already has {in_flight} requests in flight (limit {concurrent}).",
+                code="concurrency_limit_exceeded",
+                headers={**headers, "Retry-After": "1"},
+            )
+        # Counted even without a limit: a plan's credit_above_concurrent reads it.
+        self._in_flight[key.id] = in_flight + 1
+        return Admitted(headers, key.id, in_flight + 1)
 
     def release(self, admitted: Admitted) -> None:
         """Give back the in-flight slot (the request's response is complete, or it failed)."""

@@ -123,7 +123,15 @@ async def proxy(
     route = None if smart else resolve(model, gw.models)
     api_key = None if route is None else await provider_key(request, gw, key, route.provider)
     # The plan: model allowed, web search allowed, quota left, credits.
-    admission = await gw.quotas.admit(key, model, web_search=uses_web_search(body))
+    listed = gw.catalog.get(model)
+    admitted = request.get(RATE)
+    admission = await gw.quotas.admit(
+        key,
+        model,
+        web_search=uses_web_search(body),
+        tier=listed.info.tier if listed is not None else None,
+        in_flight=admitted.in_flight if admitted is not None else 0,
+    )
     encoding, exact = tokens.encoding_for_model(route.upstream_model if route is not None else "gpt-5")
     options = resolve_options(
         trex, request.headers, gw.optimize_mode, gw.protect_recent_turns, key_mode=key.optimize_mode

@@ -8,16 +8,20 @@
     models = ["gpt-4o-mini", "gpt-5-mini", "claude-haiku-*"]   # what the plan may use (glob); absent: all
     credit_models = ["gpt-5.5*", "claude-opus-*"]               # drawn from Compute Credits, not the quota
     credit_above_input_tokens = 32000   # long context: past this optimized input, Compute Credits too
+    credit_above_concurrent = 4   # high concurrency: past this many in flight (per instance), credits too
+    credit_premium = true         # premium-tier catalog models draw on credits
+    credit_pinned = false         # any named model but smart-auto and free-tier ones draws on credits
     daily_web_searches = 10       # requests using a provider's web search tool; 0 = not allowed
 
 Checks, in order, before a request is routed: the model must be allowed (403 `model_not_allowed`); a
 request using web search needs the plan's allowance (403 `web_search_not_allowed` at 0, 429 `quota_exceeded`
-once the day's are used); a credit model needs a positive Compute Credits balance (402 `insufficient_balance`)
-and is debited its actual cost when its usage is reconciled, and so does, once optimized, an input longer than
-`credit_above_input_tokens` (long context); any other model draws on the quotas: token quotas are checked
-against what was already counted, request quotas are counted atomically on admission (429 `quota_exceeded`
-with `Retry-After` until the window resets). Keys without a plan, or on a plan without these fields, have none
-of these checks and cost no KV round trip.
+once the day's are used); a credit model (in `credit_models`, premium with `credit_premium`, any named model
+but a free one with `credit_pinned`, or any request past `credit_above_concurrent` in flight) needs a positive
+Compute Credits balance (402 `insufficient_balance`) and is debited its actual cost when its usage is
+reconciled, and so does, once optimized, an input longer than `credit_above_input_tokens` (long context);
+anything else draws on the quotas: token quotas are checked against what was already counted, request quotas
+are counted atomically on admission (429 `quota_exceeded` with `Retry-After` until the window resets). Keys
+without a plan, or on a plan without these fields, have none of these checks and cost no KV round trip.
 
 Counters live in the KV (`quota/…`, `credits/…`) and are updated atomically there, so several instances on
 one SQLite file or one Redis share them. Credits are kept in micro-dollars (integers).
@@ -56,6 +60,9 @@ class QuotaPlan:
     credit_models: tuple[str, ...] = ()
     daily_web_searches: int | None = None
     credit_above_input_tokens: int | None = None
+    credit_above_concurrent: int | None = None
+    credit_premium: bool = False
+    credit_pinned: bool = False
 
     @property
     def active(self) -> bool:
@@ -65,6 +72,9 @@ class QuotaPlan:
             or bool(self.credit_models)
             or self.daily_web_searches is not None
             or self.credit_above_input_tokens is not None
+            or self.credit_above_concurrent is not None
+            or self.credit_premium
+            or self.credit_pinned
         )
 
 
@@ -93,13 +103,18 @@ def parse_quota_plans(raw: Any, source: str) -> dict[str, QuotaPlan]:
                     source, f"plans.{name}.{field}", "must be a list of model names or patterns"
                 )
             values[field] = tuple(value)
-        above = entry.get("credit_above_input_tokens")
-        if above is not None:
-            if isinstance(above, bool) or not isinstance(above, int) or above < 1:
-                raise ConfigError(
-                    source, f"plans.{name}.credit_above_input_tokens", "must be an integer >= 1"
-                )
-            values["credit_above_input_tokens"] = above
+        for field in ("credit_above_input_tokens", "credit_above_concurrent"):
+            above = entry.get(field)
+            if above is not None:
+                if isinstance(above, bool) or not isinstance(above, int) or above < 1:
+                    raise ConfigError(source, f"plans.{name}.{field}", "must be an integer >= 1")
+                values[field] = above
+        for field in ("credit_premium", "credit_pinned"):
+            flag = entry.get(field)
+            if flag is not None:
+                if not isinstance(flag, bool):
+                    raise ConfigError(source, f"plans.{name}.{field}", "must be true or false")
+                values[field] = flag
         plan = QuotaPlan(name, **values)
         if plan.active:
             out[name] = plan
@@ -179,9 +194,19 @@ class Quotas:
         self.plans = plans
         self._clock = clock
 
-    async def admit(self, key: KeyRecord, model: str, *, web_search: bool = False) -> Admission | None:
+    async def admit(
+        self,
+        key: KeyRecord,
+        model: str,
+        *,
+        web_search: bool = False,
+        tier: str | None = None,
+        in_flight: int = 0,
+    ) -> Admission | None:
         """Raise the error that refuses this request, or return how to charge it (None: nothing to do).
-        `web_search`: the request asks the provider to search the web."""
+
+        `web_search`: the request asks the provider to search the web; `tier`: the model's catalog tier
+        (None: not in the catalog); `in_flight`: the key's requests in flight here, this one included."""
         plan = self.plans.get(key.plan) if key.plan else None
         if plan is None:
             return None
@@ -201,8 +226,20 @@ class Quotas:
             )
             if used > plan.daily_web_searches:
                 raise self._exceeded("daily web search", plan.daily_web_searches, day_left)
+        why = None
         if plan.credit_models and _matches(model, plan.credit_models):
-            await self._require_balance(key.id, f"The model {model!r} draws")
+            why = f"The model {model!r} draws"
+        elif model != SMART_AUTO and plan.credit_premium and tier == "premium":
+            why = f"The premium model {model!r} draws"
+        elif model != SMART_AUTO and plan.credit_pinned and tier != "free":
+            why = f"Naming the model {model!r} (not smart-auto or a free model) draws"
+        elif plan.credit_above_concurrent is not None and in_flight > plan.credit_above_concurrent:
+            why = (
+                f"With {in_flight} requests in flight (over {plan.credit_above_concurrent} on the "
+                f"{plan.name!r} plan) this request draws"
+            )
+        if why is not None:
+            await self._require_balance(key.id, why)
             return Admission(key.id, plan, True, day, week)
         for limit, counter, left, what in (
             (plan.daily_tokens, f"quota/{key.id}/d{day}/tokens", day_left, "daily token"),

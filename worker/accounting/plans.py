@@ -28,6 +28,9 @@ QUOTA_FIELDS = (
     "credit_models",
     "daily_web_searches",
     "credit_above_input_tokens",
+    "credit_above_concurrent",
+    "credit_premium",
+    "credit_pinned",
     "requests_per_minute",
     "max_concurrent",
 )
