@@ -35,7 +35,7 @@ from .errors import (
     error_format_for,
 )
 from .gateway import build_gateway
-from .handlers import admin, compress, health, models, usage
+from .handlers import admin, compress, health, models, payloads, usage
 from .logs import redact_headers
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -64,6 +64,10 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/models", models.list_models),
     Route("GET", "/v1/models/{id:.+}", models.get_model),
     Route("POST", "/v1/compress", compress.compress),
+    Route("POST", "/v1/payloads", payloads.push),
+    Route("GET", "/v1/payloads/{trex_id}", payloads.get),
+    Route("HEAD", "/v1/payloads/{trex_id}", payloads.head),
+    Route("DELETE", "/v1/payloads/{trex_id}", payloads.delete),
     Route("GET", "/v1/usage", usage.usage_totals),
     Route("GET", "/v1/usage/events/{id}", usage.usage_event),
     Route("GET", "/v1/logs", usage.request_logs),

@@ -19,6 +19,7 @@ from .config import Config, ConfigError
 from .health import Breakers
 from .limits import Limits, parse_plan_limits, parse_trusted
 from .optimize.base import MODES
+from .payloads import PayloadStore
 from .quotas import Quotas, parse_quota_plans
 from .routing import PROVIDER_NAMES, ModelRoute, Provider, parse_model_table
 from .vault import MASTER_KEY_NAME, Vault, VaultError
@@ -50,6 +51,7 @@ class Gateway:
     limits: Limits
     catalog: Mapping[str, Entry]
     prices: PriceTable
+    payloads: PayloadStore
     retries: int = 1
     """Retries of one route on a retryable failure (429, 502, 503, 504, 529, connect error, timeout)."""
     retry_deadline: float = 30.0
@@ -127,6 +129,7 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
         quotas=quotas,
         catalog=build_catalog(models, config.tables.get("models"), config.source),
         prices=prices,
+        payloads=PayloadStore(kv),
         limits=_limits(config, kv, counters),
         breakers=Breakers(
             kv, _count(config, "BREAKER_FAILURES", 1000), int(config.number("BREAKER_COOLDOWN_SECONDS"))

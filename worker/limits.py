@@ -144,9 +144,16 @@ class Limits:
 
     async def admit(self, key: KeyRecord, ip: str) -> Admitted | None:
         """Count this request; raise the 429 (or 503) that refuses it. None when limits are off."""
+        return await self._admit(key.id, key.plan, ip)
+
+    async def admit_agent(self, agent_id: str, ip: str) -> Admitted | None:
+        """`admit` for a signed agent: the per-key limits apply to the agent id (agents have no plan)."""
+        return await self._admit(agent_id, None, ip)
+
+    async def _admit(self, ident: str, plan_name: str | None, ip: str) -> Admitted | None:
         if not self.enabled:
             return None
-        plan = self.plans.get(key.plan) if key.plan else None
+        plan = self.plans.get(plan_name) if plan_name else None
         key_limit = plan.requests_per_minute if plan and plan.requests_per_minute else self.key_per_minute
         now = self._clock()
         window = int(now // 60)
@@ -155,7 +162,7 @@ class Limits:
             # Both counters in one round trip shared with every request counted at the same time.
             used_key, used_ip = await self.counters.count(
                 [
-                    (f"rl/k/{key.id}/{window}", 120, key_limit),
+                    (f"rl/k/{ident}/{window}", 120, key_limit),
                     (f"rl/ip/{ip}/{window}", 120, self.ip_per_minute),
                 ]
             )
@@ -182,7 +189,7 @@ class Limits:
                 headers={**headers, "Retry-After": str(reset)},
             )
         concurrent = plan.max_concurrent if plan and plan.max_concurrent else self.max_concurrent
-        in_flight = self._in_flight.get(key.id, 0)
+        in_flight = self._in_flight.get(ident, 0)
         if concurrent and in_flight >= concurrent:
             raise RateLimitError(
                 f"This key already has {in_flight} requests in flight (limit {concurrent}).",
@@ -190,8 +197,8 @@ class Limits:
                 headers={**headers, "Retry-After": "1"},
             )
         # Counted even without a limit: a plan's credit_above_concurrent reads it.
-        self._in_flight[key.id] = in_flight + 1
-        return Admitted(headers, key.id, in_flight + 1)
+        self._in_flight[ident] = in_flight + 1
+        return Admitted(headers, ident, in_flight + 1)
 
     def release(self, admitted: Admitted) -> None:
         """Give back the in-flight slot (the request's response is complete, or it failed)."""
