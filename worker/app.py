@@ -68,6 +68,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/payloads/{trex_id}", payloads.get),
     Route("HEAD", "/v1/payloads/{trex_id}", payloads.head),
     Route("DELETE", "/v1/payloads/{trex_id}", payloads.delete),
+    Route("GET", "/v1/payloads/{trex_id}/expand", payloads.expand),
     Route("GET", "/v1/usage", usage.usage_totals),
     Route("GET", "/v1/usage/events/{id}", usage.usage_event),
     Route("GET", "/v1/logs", usage.request_logs),

@@ -57,6 +57,7 @@ DEFAULT_VARS: Mapping[str, str] = MappingProxyType(
         "USAGE_RETENTION_DAYS": "90",
         "LOG_RETENTION_DAYS": "30",
         "AGENT_SIGNATURE_SKEW_SECONDS": "300",
+        "MEMORY_TTL_SECONDS": str(7 * 86400),
     }
 )
 # Vars that must parse as positive numbers; checked at load so nothing fails later on a request.
@@ -77,6 +78,7 @@ NUMERIC_VARS = frozenset(
         "USAGE_RETENTION_DAYS",
         "LOG_RETENTION_DAYS",
         "AGENT_SIGNATURE_SKEW_SECONDS",
+        "MEMORY_TTL_SECONDS",
     }
 )
 

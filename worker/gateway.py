@@ -19,7 +19,7 @@ from .config import Config, ConfigError
 from .health import Breakers
 from .limits import Limits, parse_plan_limits, parse_trusted
 from .optimize.base import MODES
-from .payloads import PayloadStore
+from .payloads import MAX_TTL_SECONDS, MIN_TTL_SECONDS, PayloadStore
 from .quotas import Quotas, parse_quota_plans
 from .routing import PROVIDER_NAMES, ModelRoute, Provider, parse_model_table
 from .vault import MASTER_KEY_NAME, Vault, VaultError
@@ -52,6 +52,8 @@ class Gateway:
     catalog: Mapping[str, Entry]
     prices: PriceTable
     payloads: PayloadStore
+    memory_ttl_seconds: int = 7 * 86400
+    """How long context stored with `store` / `trex.store_context` lives."""
     retries: int = 1
     """Retries of one route on a retryable failure (429, 502, 503, 504, 529, connect error, timeout)."""
     retry_deadline: float = 30.0
@@ -130,6 +132,9 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
         catalog=build_catalog(models, config.tables.get("models"), config.source),
         prices=prices,
         payloads=PayloadStore(kv),
+        memory_ttl_seconds=min(
+            MAX_TTL_SECONDS, max(MIN_TTL_SECONDS, int(config.number("MEMORY_TTL_SECONDS")))
+        ),
         limits=_limits(config, kv, counters),
         breakers=Breakers(
             kv, _count(config, "BREAKER_FAILURES", 1000), int(config.number("BREAKER_COOLDOWN_SECONDS"))

@@ -42,7 +42,7 @@ from adapters.base import (
 from adapters.sse import SSEEvent, SSEParser, frame
 from adapters.transport import UpstreamUnavailable
 
-from . import sessions, tokens
+from . import memory, sessions, tokens
 from .accounting import claims
 from .accounting.events import Begun, Outcome
 from .accounting.usage import Observed
@@ -132,6 +132,10 @@ async def proxy(
         tier=listed.info.tier if listed is not None else None,
         in_flight=admitted.in_flight if admitted is not None else 0,
     )
+    # TrexID references are expanded before anything else reads the messages (404/403 before forwarding).
+    await memory.expand_refs(gw.payloads, key.id, fmt, body, trex)
+    store_ttl = memory.store_option(trex, gw.memory_ttl_seconds)
+    original_text = memory.context_text(fmt, body) if store_ttl is not None else None
     encoding, exact = tokens.encoding_for_model(route.upstream_model if route is not None else "gpt-5")
     options = resolve_options(
         trex, request.headers, gw.optimize_mode, gw.protect_recent_turns, key_mode=key.optimize_mode
@@ -161,6 +165,10 @@ async def proxy(
     fallbacks = iter(chain)
     prepared = _prepare(fmt, body, stream, route, gw)
     out_headers = savings_headers(report, session)
+    if store_ttl is not None and original_text is not None:
+        summary = memory.context_text(fmt, body)
+        kept = await memory.store(gw.payloads, key.id, summary, original_text, store_ttl)
+        out_headers["X-Trex-Id"] = kept.trex_id
     if not exact:
         out_headers["X-Trex-Token-Count"] = "estimate"
     acct = await _begin_usage(

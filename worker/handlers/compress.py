@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .. import memory
 from ..appkeys import GATEWAY
+from ..errors import InvalidRequestError
 from ..jsonio import json_response, read_json_object
 from ..optimize.segments import detect_format
 from ..optimizing import compression_object, resolve_options, run, validate_payload
@@ -28,6 +30,17 @@ async def compress(request: web.Request) -> web.StreamResponse:
         key_mode=key.optimize_mode,
         profile=profile,
     )
+    store = body.pop("store", None)
+    if store is not None and not isinstance(store, bool):
+        raise InvalidRequestError("'store' must be true or false.", param="store")
+    original = memory.context_text(fmt, body) if store else None
     report = await run(fmt, body, options, request.content_length or 0)
     body["compression"] = compression_object(report)
-    return json_response(body)
+    if original is None:
+        return json_response(body)
+    # The optimized context as a TokenZip payload owned by this key, passed on by its TrexID.
+    kept = await memory.store(
+        gw.payloads, key.id, memory.context_text(fmt, body), original, gw.memory_ttl_seconds
+    )
+    body["trex_id"] = kept.trex_id
+    return json_response(body, headers={"X-Trex-Id": kept.trex_id})

@@ -1,0 +1,202 @@
+"""The TrexID memory layer: store optimized context, reference it from a later request, expand it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import urllib.error
+import urllib.request
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from tests.conftest import GatewaySetup
+from worker import memory
+from worker.optimize.facts import find_facts
+
+# A handover document: four topics, each with facts a later request depends on.
+SECTIONS = [
+    "Billing: invoice INV-2024-0042 for Acme Corp totals $1,250.00 and is due 2026-03-31. The customer asked "
+    "for the late fee to be waived; finance agreed only if payment arrives before the due date. "
+    + "Routine reminders were sent every week and nobody answered them. "
+    * 4,
+    "Database migration: the orders table moves to the new cluster db-prod-7 on 2026-04-02 at 02:00 UTC. "
+    "The migration must not run during the quarterly close, and the rollback script is "
+    "scripts/rollback_orders.sql. "
+    + "The team discussed naming conventions at length without a decision. "
+    * 4,
+    "Incident INC-4471: checkout latency rose to 2.3 s p99 after release v4.12.1; the cause was a missing index "
+    "on payments.customer_id. " + "Several people joined the call and repeated what was already known. " * 4,
+    "Hiring: two backend roles are open, one in Berlin and one remote; interviews are scheduled by "
+    "recruiting@example.com. "
+    + "The job description went through many small wording changes over time. "
+    * 4,
+]
+DOCUMENT = "\n\n".join(SECTIONS)
+FACTS = [
+    "INV-2024-0042",
+    "$1,250.00",
+    "2026-03-31",
+    "2026-04-02",
+    "scripts/rollback_orders.sql",
+    "INC-4471",
+    "v4.12.1",
+    "recruiting@example.com",
+]
+
+
+def _compress_and_store(gateway: GatewaySetup, key: str | None = None) -> dict[str, Any]:
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": DOCUMENT}],
+        "store": True,
+    }
+    req = urllib.request.Request(
+        gateway.worker.url + "/v1/compress",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {key or gateway.key}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        doc: dict[str, Any] = json.loads(r.read())
+        assert r.headers["X-Trex-Id"] == doc["trex_id"]
+    assert "store" not in doc and doc["compression"]["technique"]
+    return doc
+
+
+def _get(gateway: GatewaySetup, path: str, key: str | None = None) -> tuple[int, Any]:
+    req = urllib.request.Request(
+        gateway.worker.url + path, headers={"Authorization": f"Bearer {key or gateway.key}"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _forwarded_text(gateway: GatewaySetup) -> str:
+    return json.dumps(gateway.fake.last("/v1/chat/completions").json["messages"], ensure_ascii=False)
+
+
+def test_lexical_vectors_are_deterministic_normalised_and_rank_the_matching_chunk_first() -> None:
+    vectors = memory.embed(SECTIONS)
+    assert vectors == memory.embed(SECTIONS) and all(len(v) == memory.DIMENSIONS for v in vectors)
+    assert all(abs(math.sqrt(sum(x * x for x in v)) - 1) < 1e-9 for v in vectors)
+    packed = memory.quantize(vectors[0])
+    assert len(packed) == 384
+    restored = memory.dequantize(packed, 384, memory.QUANT)
+    assert max(abs(a - b) for a, b in zip(vectors[0], restored, strict=True)) <= 1 / 255 + 1e-9
+    push = memory.build("summary", DOCUMENT, 3600)
+    assert push.payload.chunk_count == len(push.payload.chunks) == len(push.payload.vector_seq_b64) >= 4
+    assert all(len(base64.b64decode(v)) == 384 for v in push.payload.vector_seq_b64)
+    assert set(FACTS) <= set(push.payload.facts)
+    from worker.payloads import Stored
+
+    stored = Stored("tzp_x", "1.0", "key_x", 0, 1e12, "", 0, push.payload, push.metadata)
+    best, score = memory.search(stored, "database migration rollback cluster", 1)[0]
+    assert "db-prod-7" in push.payload.chunks[best] and score > 0
+
+
+def test_store_reference_and_expand_through_the_openai_sdk(gateway: GatewaySetup) -> None:
+    stored = _compress_and_store(gateway)
+    trex_id = stored["trex_id"]
+    client = gateway.openai()
+
+    # Default expansion: the summary and every preserved fact reach the upstream.
+    client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Using this context, what is owed and when?"},
+                    {"type": "trex_ref", "trex_id": trex_id},  # type: ignore[list-item]
+                ],
+            }
+        ],
+    )
+    text = _forwarded_text(gateway)
+    assert "trex_ref" not in text and f"TrexID {trex_id}" in text
+    assert all(fact in text for fact in FACTS)
+
+    # "full" restores the original, narrative included.
+    client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "What was discussed?"}],
+        extra_body={"trex": {"context_ref": [trex_id], "expand": "full"}},
+    )
+    text = _forwarded_text(gateway)
+    assert "nobody answered them" in text and "What was discussed?" in text
+
+    # A query brings back the most similar chunk, not the unrelated ones.
+    client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "When does the migration run?"}],
+        extra_body={
+            "trex": {
+                "context_ref": [{"trex_id": trex_id, "expand": {"query": "orders migration cluster", "k": 1}}]
+            }
+        },
+    )
+    text = _forwarded_text(gateway)
+    assert "db-prod-7" in text and "recruiting@example.com" not in text
+
+    # The expand route ranks chunks with scores.
+    status, found = _get(gateway, f"/v1/payloads/{trex_id}/expand?query=checkout+latency+index&k=2")
+    assert status == 200 and len(found["data"]) == 2
+    assert "INC-4471" in found["data"][0]["text"] and found["data"][0]["score"] >= found["data"][1]["score"]
+    status, doc = _get(gateway, f"/v1/payloads/{trex_id}")
+    assert status == 200 and doc["metadata"]["sender"] == gateway.key_id
+    assert doc["payload"]["original"] == DOCUMENT and set(FACTS) <= set(doc["payload"]["facts"])
+    assert _get(gateway, f"/v1/payloads/{trex_id}/expand?query=x&k=0")[0] == 400
+
+
+def test_store_context_on_a_proxied_request(gateway: GatewaySetup) -> None:
+    raw = gateway.openai().chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": DOCUMENT}],
+        extra_body={"trex": {"store_context": {"ttl_seconds": 3600}}},
+    )
+    trex_id = raw.headers["X-Trex-Id"]
+    status, doc = _get(gateway, f"/v1/payloads/{trex_id}")
+    assert status == 200 and doc["payload"]["dimensions"] == 384 and doc["payload"]["chunk_count"] >= 4
+    assert doc["payload"]["quant_params"] == {"min": -1, "max": 1, "method": "uniform"}
+    assert all(fact in doc["payload"]["summary"] for fact in find_facts(DOCUMENT))
+    assert "trex" not in gateway.fake.last("/v1/chat/completions").json
+    with pytest.raises(openai.BadRequestError) as err:
+        gateway.openai().chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "x"}],
+            extra_body={"trex": {"store_context": "yes"}},
+        )
+    assert err.value.body["param"] == "trex.store_context"  # type: ignore[index]
+
+
+def test_unknown_and_foreign_references_are_refused_before_anything_is_forwarded(
+    gateway: GatewaySetup,
+) -> None:
+    other_id, other_key = gateway.new_key("other")
+    foreign = _compress_and_store(gateway, other_key)["trex_id"]
+    sent = len(gateway.fake.received)
+    with pytest.raises(openai.NotFoundError) as missing:
+        gateway.openai().chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_body={"trex": {"context_ref": ["tzp_00000000000000000000000000000000"]}},
+        )
+    assert missing.value.code == "payload_not_found"
+    with pytest.raises(anthropic.PermissionDeniedError) as denied:
+        gateway.anthropic().messages.create(
+            model="claude-haiku-4-5",
+            max_tokens=32,
+            messages=[{"role": "user", "content": [{"type": "trex_ref", "trex_id": foreign}]}],  # type: ignore[list-item, typeddict-item]
+        )
+    assert denied.value.body["error"]["type"] == "permission_error"  # type: ignore[index]
+    assert len(gateway.fake.received) == sent  # nothing reached an upstream
+    assert _get(gateway, f"/v1/payloads/{foreign}")[0] == 403
+    assert _get(gateway, f"/v1/payloads/{foreign}", other_key)[0] == 200
+    assert other_id

@@ -1,0 +1,295 @@
+"""The TrexID memory layer: optimized context stored as a TokenZip payload, referenced and expanded later.
+
+Storing (`POST /v1/compress` with `"store": true`, or a proxied request with `trex: {"store_context": true}`)
+keeps, for the calling key: `summary` = the optimized text, `facts` = the exactly preserved facts (ids,
+amounts, dates, codes … found by the optimizer's fact scanner) verbatim, `original` = the text before
+optimization (for full expansion), and the original cut into chunks with one vector each.
+
+Vectors are lexical and need no model: each chunk's terms are feature-hashed into 384 dimensions (a signed
+hash, so collisions cancel rather than pile up), weighted by TF-IDF over the payload's chunks, L2-normalised,
+and quantized with the seed's `uniform` method (one byte per dimension over [-1, 1]). The same hashing turns
+a query into a vector; chunks are ranked by cosine similarity.
+
+A later request names a payload with a `{"type": "trex_ref", "trex_id": "…"}` content part in any message,
+or `trex: {"context_ref": ["…"]}`; the worker replaces it with the expansion before optimizing and routing:
+the summary and facts by default, the original with `"expand": "full"`, the k best chunks with
+`"expand": {"query": "…", "k": 5}`. A key may use the payloads it stored and those whose
+`allowed_receivers` name it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .errors import InvalidRequestError
+from .optimize.facts import distinct_facts, find_facts
+from .optimize.segments import Format, extract
+from .payloads import (
+    MAX_TTL_SECONDS,
+    MIN_TTL_SECONDS,
+    Metadata,
+    Payload,
+    PayloadStore,
+    PushRequest,
+    QuantParams,
+    Stored,
+)
+
+DIMENSIONS = 384
+QUANT = QuantParams(min=-1, max=1, method="uniform")
+CHUNK_CHARS = 800
+MAX_K = 50
+_TERM = re.compile(r"[0-9A-Za-z_]+(?:[.\-/][0-9A-Za-z_]+)*")
+
+
+def context_text(fmt: Format, body: dict[str, Any]) -> str:
+    """The request's text (system, messages and tool output), in conversation order."""
+    segments, _ = extract(fmt, body)
+    return "\n\n".join(s.text for s in segments if s.text.strip())
+
+
+def chunks(text: str, limit: int = CHUNK_CHARS) -> list[str]:
+    """Paragraphs grouped up to `limit` characters; a longer paragraph is cut at line ends, then hard."""
+    pieces: list[str] = []
+    for para in re.split(r"\n\s*\n", text):
+        para = para.strip()
+        while len(para) > limit:
+            cut = para.rfind("\n", 0, limit)
+            cut = cut if cut > limit // 2 else limit
+            pieces.append(para[:cut].strip())
+            para = para[cut:].strip()
+        if para:
+            pieces.append(para)
+    out: list[str] = []
+    for piece in pieces:
+        if out and len(out[-1]) + 2 + len(piece) <= limit:
+            out[-1] += "\n\n" + piece
+        else:
+            out.append(piece)
+    return out or [text[:limit] or " "]
+
+
+def _terms(text: str) -> list[str]:
+    return [t.lower() for t in _TERM.findall(text)]
+
+
+def _slot(term: str) -> tuple[int, float]:
+    digest = int.from_bytes(hashlib.blake2b(term.encode(), digest_size=8).digest(), "big")
+    return digest % DIMENSIONS, 1.0 if digest >> 63 else -1.0
+
+
+def _normalised(vec: list[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in vec))
+    return [x / norm for x in vec] if norm else vec
+
+
+def embed(texts: Sequence[str]) -> list[list[float]]:
+    """TF-IDF weighted, feature-hashed, L2-normalised vectors, one per text (IDF over these texts)."""
+    counts = [Counter(_terms(t)) for t in texts]
+    df: Counter[str] = Counter()
+    for c in counts:
+        df.update(c.keys())
+    n = len(texts)
+    out = []
+    for c in counts:
+        vec = [0.0] * DIMENSIONS
+        for term, tf in c.items():
+            slot, sign = _slot(term)
+            vec[slot] += sign * (1 + math.log(tf)) * (math.log((1 + n) / (1 + df[term])) + 1)
+        out.append(_normalised(vec))
+    return out
+
+
+def embed_query(query: str) -> list[float]:
+    vec = [0.0] * DIMENSIONS
+    for term, tf in Counter(_terms(query)).items():
+        slot, sign = _slot(term)
+        vec[slot] += sign * (1 + math.log(tf))
+    return _normalised(vec)
+
+
+def quantize(vec: Iterable[float], q: QuantParams = QUANT) -> bytes:
+    span = q.max - q.min
+    return bytes(min(255, max(0, round((x - q.min) / span * 255))) for x in vec)
+
+
+def dequantize(data: bytes, dimensions: int, q: QuantParams) -> list[float]:
+    span = q.max - q.min
+    vec = [q.min + b / 255 * span for b in data]
+    return vec + [0.0] * (dimensions - len(vec))  # a short vector's missing dimensions are zero
+
+
+def build(summary: str, original: str, ttl_seconds: int) -> PushRequest:
+    """The TokenZip payload for optimized context (see the module docstring)."""
+    parts = chunks(original)
+    vectors = [base64.b64encode(quantize(v)).decode() for v in embed(parts)]
+    return PushRequest(
+        tzp_version="1.0",
+        payload=Payload(
+            vector_seq_b64=vectors,
+            quant_params=QUANT,
+            dimensions=DIMENSIONS,
+            chunk_count=len(parts),
+            summary=summary,
+            facts=distinct_facts(find_facts(original)),
+            original=original,
+            chunks=parts,
+        ),
+        metadata=Metadata(ttl_seconds=ttl_seconds),
+    )
+
+
+def search(stored: Stored, query: str, k: int) -> list[tuple[int, float]]:
+    """(chunk index, cosine similarity) of the `k` chunks most similar to `query`, best first."""
+    p = stored.payload
+    q = embed_query(query)
+    if p.dimensions != DIMENSIONS or not any(q):
+        return [(i, 0.0) for i in range(min(k, p.chunk_count))]
+    scored = []
+    for i, encoded in enumerate(p.vector_seq_b64):
+        vec = dequantize(base64.b64decode(encoded), p.dimensions, p.quant_params)
+        norm = math.sqrt(sum(x * x for x in vec)) or 1.0
+        scored.append((i, round(sum(a * b for a, b in zip(q, vec, strict=True)) / norm, 6)))
+    scored.sort(key=lambda s: (-s[1], s[0]))
+    return scored[:k]
+
+
+def parse_expand(raw: Any, where: str) -> str | tuple[str, int] | None:
+    """None (summary and facts), "full", or (query, k); 400 naming `where` otherwise."""
+    if raw is None or raw == "summary":
+        return None
+    if raw == "full":
+        return "full"
+    if isinstance(raw, dict):
+        query, k = raw.get("query"), raw.get("k", 5)
+        if not isinstance(query, str) or not query.strip():
+            message = f"'{where}.query' must be a non-empty string."
+            raise InvalidRequestError(message, param=f"{where}.query")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise InvalidRequestError(
+                f"'{where}.k' must be an integer from 1 to {MAX_K}.", param=f"{where}.k"
+            )
+        return query, k
+    raise InvalidRequestError(
+        f'\'{where}\' must be "summary", "full" or {{"query": …, "k": …}}.', param=where
+    )
+
+
+def expansion(stored: Stored, how: str | tuple[str, int] | None) -> str:
+    """The text a reference is replaced with."""
+    p = stored.payload
+    if how == "full":
+        return p.original if p.original is not None else p.summary
+    if isinstance(how, tuple):
+        query, k = how
+        hits = search(stored, query, k)
+        texts = [p.chunks[i] for i, _ in hits if i < len(p.chunks)]
+        return f"[TrexID {stored.trex_id}: the {len(texts)} passages most relevant to {query!r}]\n\n" + (
+            "\n\n".join(texts) or p.summary
+        )
+    text = f"[TrexID {stored.trex_id}: summary]\n{p.summary}"
+    if p.facts:
+        text += "\n\nPreserved facts:\n" + "\n".join(f"- {f}" for f in p.facts)
+    return text
+
+
+async def expand_refs(
+    store: PayloadStore, reader: str, fmt: Format, body: dict[str, Any], trex: Any
+) -> list[str]:
+    """Replace every reference in `body` with its expansion (in place); returns the ids used.
+    A missing id is a 404 and a foreign one a 403, before anything is forwarded."""
+    used: list[str] = []
+
+    async def text_for(ref: dict[str, Any], where: str) -> str:
+        trex_id = ref.get("trex_id")
+        if not isinstance(trex_id, str) or not trex_id:
+            raise InvalidRequestError(f"'{where}.trex_id' must be a TrexID.", param=f"{where}.trex_id")
+        stored = await store.readable(trex_id, reader)
+        used.append(trex_id)
+        return expansion(stored, parse_expand(ref.get("expand"), f"{where}.expand"))
+
+    part_type = "input_text" if fmt == "responses" else "text"
+    field = "input" if fmt == "responses" else "messages"
+    items = body.get(field)
+    if isinstance(items, list):
+        for i, item in enumerate(items):
+            content = item.get("content") if isinstance(item, dict) else None
+            if not isinstance(content, list):
+                continue
+            for j, part in enumerate(content):
+                if isinstance(part, dict) and part.get("type") == "trex_ref":
+                    text = await text_for(part, f"{field}[{i}].content[{j}]")
+                    content[j] = {"type": part_type, "text": text}
+    refs = trex.get("context_ref") if isinstance(trex, dict) else None
+    if refs is not None:
+        if not isinstance(refs, list):
+            raise InvalidRequestError(
+                "'trex.context_ref' must be a list of TrexIDs.", param="trex.context_ref"
+            )
+        texts = []
+        for i, ref in enumerate(refs):
+            entry = {"trex_id": ref, "expand": trex.get("expand")} if isinstance(ref, str) else ref
+            if not isinstance(entry, dict):
+                raise InvalidRequestError(
+                    "'trex.context_ref' must be a list of TrexIDs.", param="trex.context_ref"
+                )
+            texts.append(await text_for(entry, f"trex.context_ref[{i}]"))
+        if texts:
+            _prepend_to_last_user_turn(fmt, body, "\n\n".join(texts), part_type)
+    return used
+
+
+def _prepend_to_last_user_turn(fmt: Format, body: dict[str, Any], text: str, part_type: str) -> None:
+    field = "input" if fmt == "responses" else "messages"
+    items = body.get(field)
+    if isinstance(items, str):  # Responses with a plain string input
+        body[field] = text + "\n\n" + items
+        return
+    if not isinstance(items, list):
+        raise InvalidRequestError(f"'{field}' must be a list to take trex.context_ref.", param=field)
+    for item in reversed(items):
+        if isinstance(item, dict) and item.get("role") == "user":
+            content = item.get("content")
+            if isinstance(content, str):
+                item["content"] = [{"type": part_type, "text": text}, {"type": part_type, "text": content}]
+            elif isinstance(content, list):
+                content.insert(0, {"type": part_type, "text": text})
+            else:
+                item["content"] = [{"type": part_type, "text": text}]
+            return
+    items.append({"role": "user", "content": [{"type": part_type, "text": text}]})
+
+
+_THREAD_CHARS = 100_000
+
+
+def store_option(trex: Any, default_ttl: int) -> int | None:
+    """`trex.store_context`: None (do not store), or the TTL to store with (`true` or {"ttl_seconds": N})."""
+    raw = trex.get("store_context") if isinstance(trex, dict) else None
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        return default_ttl
+    ttl = raw.get("ttl_seconds", default_ttl) if isinstance(raw, dict) else None
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not MIN_TTL_SECONDS <= ttl <= MAX_TTL_SECONDS:
+        bounds = f"{MIN_TTL_SECONDS}..{MAX_TTL_SECONDS}"
+        raise InvalidRequestError(
+            f"'trex.store_context' must be true or {{\"ttl_seconds\": {bounds}}}.", param="trex.store_context"
+        )
+    return ttl
+
+
+async def store(payloads: PayloadStore, owner: str, summary: str, original: str, ttl: int) -> Stored:
+    """Build (off the event loop when large) and store the payload for optimized context; owned by `owner`."""
+    if len(original) >= _THREAD_CHARS:
+        push = await asyncio.to_thread(build, summary, original, ttl)
+    else:
+        push = build(summary, original, ttl)
+    return await payloads.put(owner, push)
