@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import math
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import anthropic
 import openai
 import pytest
 
-from tests.conftest import GatewaySetup
+from tests.conftest import MASTER_KEY, GatewaySetup
+from tests.fakes.upstream import FakeUpstream, Reply
+from tests.harness import InProcessWorker
 from worker import memory
+from worker.appkeys import GATEWAY
 from worker.optimize.facts import find_facts
 
 # A handover document: four topics, each with facts a later request depends on.
@@ -97,7 +102,7 @@ def test_lexical_vectors_are_deterministic_normalised_and_rank_the_matching_chun
     from worker.payloads import Stored
 
     stored = Stored("tzp_x", "1.0", "key_x", 0, 1e12, "", 0, push.payload, push.metadata)
-    best, score = memory.search(stored, "database migration rollback cluster", 1)[0]
+    best, score = asyncio.run(memory.search(stored, "database migration rollback cluster", 1))[0]
     assert "db-prod-7" in push.payload.chunks[best] and score > 0
 
 
@@ -200,3 +205,58 @@ def test_unknown_and_foreign_references_are_refused_before_anything_is_forwarded
     assert _get(gateway, f"/v1/payloads/{foreign}")[0] == 403
     assert _get(gateway, f"/v1/payloads/{foreign}", other_key)[0] == 200
     assert other_id
+
+
+def test_an_embeddings_endpoint_replaces_the_lexical_vectors(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    base = fake_upstream.base_urls()["OPENAI_BASE_URL"]
+    worker = make_worker(
+        {"MEMORY_EMBEDDINGS_URL": base, "MEMORY_EMBEDDINGS_MODEL": "nomic-embed-text"},
+        dev_vars={"TREX_MASTER_KEY": MASTER_KEY, "MEMORY_EMBEDDINGS_API_KEY": "sk-embed-secret"},
+    )
+    assert worker.app[GATEWAY].embeddings is not None, worker.app[GATEWAY].embeddings
+    record, token = worker.call(worker.app[GATEWAY].keys.create("mem"))
+    worker.call(worker.app[GATEWAY].keys.bind(record.id, "openai", "sk-openai"))
+    setup = GatewaySetup(worker, fake_upstream, token, record.id)
+    try:
+
+        def one_hot(i: int) -> list[float]:
+            return [1.0 if j == i else 0.0 for j in range(8)]
+
+        def reply(vectors: list[list[float]]) -> Reply:
+            data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+            return Reply.json({"object": "list", "data": data, "model": "nomic-embed-text"})
+
+        fake_upstream.enqueue("/v1/embeddings", reply([one_hot(i) for i in range(len(SECTIONS))]))
+        trex_id = _compress_and_store(setup)["trex_id"]
+        sent = fake_upstream.last("/v1/embeddings")
+        assert sent.json == {"model": "nomic-embed-text", "input": memory.chunks(DOCUMENT)}
+        assert sent.headers["Authorization"] == "Bearer sk-embed-secret"
+        status, doc = _get(setup, f"/v1/payloads/{trex_id}")
+        assert status == 200
+        payload = doc["payload"]
+        assert payload["embedding"] == "provider:nomic-embed-text" and payload["dimensions"] == 8
+        assert payload["quant_params"] == {"min": 0.0, "max": 1.0, "method": "uniform"}
+        assert [base64.b64decode(v)[i] for i, v in enumerate(payload["vector_seq_b64"])] == [255] * len(
+            SECTIONS
+        )
+
+        # The query is embedded by the endpoint too: its vector, not the words, picks the chunk.
+        fake_upstream.enqueue("/v1/embeddings", reply([one_hot(3)]))
+        setup.openai().chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "Who schedules interviews?"}],
+            extra_body={"trex": {"context_ref": [{"trex_id": trex_id, "expand": {"query": "zzz", "k": 1}}]}},
+        )
+        text = _forwarded_text(setup)
+        assert "recruiting@example.com" in text and "db-prod-7" not in text
+
+        # An endpoint that fails leaves the lexical vectors, and the context is still stored.
+        fake_upstream.enqueue("/v1/embeddings", Reply.json({"error": {"message": "down"}}, status=500))
+        fallback = _compress_and_store(setup)["trex_id"]
+        status, doc = _get(setup, f"/v1/payloads/{fallback}")
+        assert status == 200
+        assert doc["payload"]["embedding"] == memory.LEXICAL and doc["payload"]["dimensions"] == 384
+    finally:
+        setup.close()

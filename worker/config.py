@@ -58,6 +58,8 @@ DEFAULT_VARS: Mapping[str, str] = MappingProxyType(
         "LOG_RETENTION_DAYS": "30",
         "AGENT_SIGNATURE_SKEW_SECONDS": "300",
         "MEMORY_TTL_SECONDS": str(7 * 86400),
+        "MEMORY_EMBEDDINGS_URL": "",
+        "MEMORY_EMBEDDINGS_MODEL": "text-embedding-3-small",
     }
 )
 # Vars that must parse as positive numbers; checked at load so nothing fails later on a request.

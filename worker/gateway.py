@@ -18,6 +18,7 @@ from .catalog import Entry, build_catalog
 from .config import Config, ConfigError
 from .health import Breakers
 from .limits import Limits, parse_plan_limits, parse_trusted
+from .memory import Embeddings
 from .optimize.base import MODES
 from .payloads import MAX_TTL_SECONDS, MIN_TTL_SECONDS, PayloadStore
 from .quotas import Quotas, parse_quota_plans
@@ -54,6 +55,8 @@ class Gateway:
     payloads: PayloadStore
     memory_ttl_seconds: int = 7 * 86400
     """How long context stored with `store` / `trex.store_context` lives."""
+    embeddings: Embeddings | None = None
+    """The endpoint whose vectors stored context uses (`MEMORY_EMBEDDINGS_URL`); None: lexical vectors."""
     retries: int = 1
     """Retries of one route on a retryable failure (429, 502, 503, 504, 529, connect error, timeout)."""
     retry_deadline: float = 30.0
@@ -113,11 +116,27 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
         idle=config.number("UPSTREAM_IDLE_TIMEOUT"),
         total=config.number("UPSTREAM_TOTAL_TIMEOUT"),
     )
+    upstream = UpstreamClient(timeouts)
+    embeddings_url = (config.var("MEMORY_EMBEDDINGS_URL") or "").strip()
+    if embeddings_url and not embeddings_url.startswith(("http://", "https://")):
+        raise ConfigError(
+            config.source, "vars.MEMORY_EMBEDDINGS_URL", f"not an http(s) URL: {embeddings_url!r}"
+        )
+    embeddings = (
+        Embeddings(
+            upstream,
+            embeddings_url,
+            config.var("MEMORY_EMBEDDINGS_MODEL") or "text-embedding-3-small",
+            config.secret("MEMORY_EMBEDDINGS_API_KEY"),
+        )
+        if embeddings_url
+        else None
+    )
     return Gateway(
         keys=KeyStore(kv, vault),
         agents=AgentStore(kv, vault, max_skew_seconds=config.number("AGENT_SIGNATURE_SKEW_SECONDS")),
         kv=kv,
-        upstream=UpstreamClient(timeouts),
+        upstream=upstream,
         models=models,
         base_urls=base_urls,
         default_max_tokens=int(config.number("DEFAULT_MAX_TOKENS")),
@@ -132,6 +151,7 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
         catalog=build_catalog(models, config.tables.get("models"), config.source),
         prices=prices,
         payloads=PayloadStore(kv),
+        embeddings=embeddings,
         memory_ttl_seconds=min(
             MAX_TTL_SECONDS, max(MIN_TTL_SECONDS, int(config.number("MEMORY_TTL_SECONDS")))
         ),

@@ -5,10 +5,14 @@ keeps, for the calling key: `summary` = the optimized text, `facts` = the exactl
 amounts, dates, codes … found by the optimizer's fact scanner) verbatim, `original` = the text before
 optimization (for full expansion), and the original cut into chunks with one vector each.
 
-Vectors are lexical and need no model: each chunk's terms are feature-hashed into 384 dimensions (a signed
-hash, so collisions cancel rather than pile up), weighted by TF-IDF over the payload's chunks, L2-normalised,
-and quantized with the seed's `uniform` method (one byte per dimension over [-1, 1]). The same hashing turns
-a query into a vector; chunks are ranked by cosine similarity.
+Vectors are lexical by default and need no model: each chunk's terms are feature-hashed into 384
+dimensions (a signed hash, so collisions cancel rather than pile up), weighted by TF-IDF over the payload's
+chunks, L2-normalised, and quantized with the seed's `uniform` method (one byte per dimension over [-1, 1]).
+The same hashing turns a query into a vector; chunks are ranked by cosine similarity. With
+`MEMORY_EMBEDDINGS_URL` set (any OpenAI-compatible `/embeddings`, e.g. a local server;
+`MEMORY_EMBEDDINGS_MODEL`, `MEMORY_EMBEDDINGS_API_KEY`), that endpoint's vectors are stored instead
+(quantized `uniform` over their own range) and queries on those payloads are embedded by it too; if it
+fails, the lexical vectors are used and a warning logged.
 
 A later request names a payload with a `{"type": "trex_ref", "trex_id": "…"}` content part in any message,
 or `trex: {"context_ref": ["…"]}`; the worker replaces it with the expansion before optimizing and routing:
@@ -22,11 +26,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
+import logging
 import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+from adapters.transport import UpstreamClient, UpstreamUnavailable
 
 from .errors import InvalidRequestError
 from .optimize.facts import distinct_facts, find_facts
@@ -42,8 +50,12 @@ from .payloads import (
     Stored,
 )
 
+log = logging.getLogger("trex.memory")
+
 DIMENSIONS = 384
 QUANT = QuantParams(min=-1, max=1, method="uniform")
+LEXICAL = "lexical-hash-384"
+"""The `embedding` of payloads whose vectors are the built-in lexical ones."""
 CHUNK_CHARS = 800
 MAX_K = 50
 _TERM = re.compile(r"[0-9A-Za-z_]+(?:[.\-/][0-9A-Za-z_]+)*")
@@ -126,16 +138,70 @@ def dequantize(data: bytes, dimensions: int, q: QuantParams) -> list[float]:
     return vec + [0.0] * (dimensions - len(vec))  # a short vector's missing dimensions are zero
 
 
-def build(summary: str, original: str, ttl_seconds: int) -> PushRequest:
-    """The TokenZip payload for optimized context (see the module docstring)."""
+class Embeddings:
+    """An OpenAI-compatible `/embeddings` endpoint (`MEMORY_EMBEDDINGS_URL`, e.g. a local server) whose
+    vectors replace the lexical ones for stored context and queries."""
+
+    def __init__(self, upstream: UpstreamClient, base_url: str, model: str, api_key: str | None) -> None:
+        self.upstream = upstream
+        self.url = base_url.rstrip("/") + "/embeddings"
+        self.model = model
+        self.name = f"provider:{model}"
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One vector per text; raises EmbeddingsError when the endpoint fails or answers something else."""
+        body = json.dumps({"model": self.model, "input": list(texts)}).encode()
+        try:
+            resp = await self.upstream.request("embeddings", "POST", self.url, body, self._headers)
+        except UpstreamUnavailable as exc:
+            raise EmbeddingsError(str(exc)) from exc
+        try:
+            raw = await resp.read()
+        finally:
+            resp.release()
+        if resp.status != 200:
+            raise EmbeddingsError(f"the embeddings endpoint answered {resp.status}")
+        try:
+            rows = sorted(json.loads(raw)["data"], key=lambda r: r["index"])
+            vectors = [[float(x) for x in r["embedding"]] for r in rows]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise EmbeddingsError(f"the embeddings endpoint answered an unexpected body: {exc}") from None
+        if len(vectors) != len(texts) or not vectors or any(len(v) != len(vectors[0]) for v in vectors):
+            raise EmbeddingsError("the embeddings endpoint answered the wrong number or size of vectors")
+        return vectors
+
+
+class EmbeddingsError(Exception):
+    pass
+
+
+def _encoded(vectors: list[list[float]], q: QuantParams) -> list[str]:
+    return [base64.b64encode(quantize(v, q)).decode() for v in vectors]
+
+
+def build(
+    summary: str, original: str, ttl_seconds: int, provided: tuple[str, list[list[float]]] | None = None
+) -> PushRequest:
+    """The TokenZip payload for optimized context (see the module docstring); `provided` = (embedding name,
+    one vector per chunk of `original`) from an embeddings endpoint, else the lexical vectors."""
     parts = chunks(original)
-    vectors = [base64.b64encode(quantize(v)).decode() for v in embed(parts)]
+    if provided is not None:
+        name, vectors = provided
+        lo, hi = min(min(v) for v in vectors), max(max(v) for v in vectors)
+        q = QuantParams(min=lo, max=hi if hi > lo else lo + 1, method="uniform")
+        dims, encoded = len(vectors[0]), _encoded(vectors, q)
+    else:
+        name, q, dims, encoded = LEXICAL, QUANT, DIMENSIONS, _encoded(embed(parts), QUANT)
     return PushRequest(
         tzp_version="1.0",
         payload=Payload(
-            vector_seq_b64=vectors,
-            quant_params=QUANT,
-            dimensions=DIMENSIONS,
+            vector_seq_b64=encoded,
+            quant_params=q,
+            dimensions=dims,
+            embedding=name,
             chunk_count=len(parts),
             summary=summary,
             facts=distinct_facts(find_facts(original)),
@@ -146,17 +212,35 @@ def build(summary: str, original: str, ttl_seconds: int) -> PushRequest:
     )
 
 
-def search(stored: Stored, query: str, k: int) -> list[tuple[int, float]]:
-    """(chunk index, cosine similarity) of the `k` chunks most similar to `query`, best first."""
+async def search(
+    stored: Stored, query: str, k: int, provider: Embeddings | None = None
+) -> list[tuple[int, float]]:
+    """(chunk index, cosine similarity) of the `k` chunks most similar to `query`, best first. The query is
+    embedded the way the payload's vectors were: by the configured endpoint for its own payloads, else
+    lexically (a payload from elsewhere with chunk texts but other vectors is re-embedded lexically)."""
     p = stored.payload
-    q = embed_query(query)
-    if p.dimensions != DIMENSIONS or not any(q):
+    q: list[float] = []
+    if provider is not None and p.embedding == provider.name:
+        try:
+            q = (await provider.embed([query]))[0]
+        except EmbeddingsError as exc:
+            log.warning("query not embedded by the endpoint (%s); ranking lexically", exc)
+    if not q and p.dimensions != DIMENSIONS and p.chunks:
+        return _rank(embed_query(query), [_normalised(v) for v in embed(p.chunks)], k)
+    q = q or embed_query(query)
+    if len(q) != p.dimensions or not any(q):
         return [(i, 0.0) for i in range(min(k, p.chunk_count))]
+    return _rank(
+        q, [dequantize(base64.b64decode(v), p.dimensions, p.quant_params) for v in p.vector_seq_b64], k
+    )
+
+
+def _rank(q: list[float], vectors: list[list[float]], k: int) -> list[tuple[int, float]]:
+    qn = math.sqrt(sum(x * x for x in q)) or 1.0
     scored = []
-    for i, encoded in enumerate(p.vector_seq_b64):
-        vec = dequantize(base64.b64decode(encoded), p.dimensions, p.quant_params)
+    for i, vec in enumerate(vectors):
         norm = math.sqrt(sum(x * x for x in vec)) or 1.0
-        scored.append((i, round(sum(a * b for a, b in zip(q, vec, strict=True)) / norm, 6)))
+        scored.append((i, round(sum(a * b for a, b in zip(q, vec, strict=True)) / norm / qn, 6)))
     scored.sort(key=lambda s: (-s[1], s[0]))
     return scored[:k]
 
@@ -182,14 +266,16 @@ def parse_expand(raw: Any, where: str) -> str | tuple[str, int] | None:
     )
 
 
-def expansion(stored: Stored, how: str | tuple[str, int] | None) -> str:
+async def expansion(
+    stored: Stored, how: str | tuple[str, int] | None, provider: Embeddings | None = None
+) -> str:
     """The text a reference is replaced with."""
     p = stored.payload
     if how == "full":
         return p.original if p.original is not None else p.summary
     if isinstance(how, tuple):
         query, k = how
-        hits = search(stored, query, k)
+        hits = await search(stored, query, k, provider)
         texts = [p.chunks[i] for i, _ in hits if i < len(p.chunks)]
         return f"[TrexID {stored.trex_id}: the {len(texts)} passages most relevant to {query!r}]\n\n" + (
             "\n\n".join(texts) or p.summary
@@ -201,7 +287,12 @@ def expansion(stored: Stored, how: str | tuple[str, int] | None) -> str:
 
 
 async def expand_refs(
-    store: PayloadStore, reader: str, fmt: Format, body: dict[str, Any], trex: Any
+    store: PayloadStore,
+    reader: str,
+    fmt: Format,
+    body: dict[str, Any],
+    trex: Any,
+    provider: Embeddings | None = None,
 ) -> list[str]:
     """Replace every reference in `body` with its expansion (in place); returns the ids used.
     A missing id is a 404 and a foreign one a 403, before anything is forwarded."""
@@ -213,7 +304,7 @@ async def expand_refs(
             raise InvalidRequestError(f"'{where}.trex_id' must be a TrexID.", param=f"{where}.trex_id")
         stored = await store.readable(trex_id, reader)
         used.append(trex_id)
-        return expansion(stored, parse_expand(ref.get("expand"), f"{where}.expand"))
+        return await expansion(stored, parse_expand(ref.get("expand"), f"{where}.expand"), provider)
 
     part_type = "input_text" if fmt == "responses" else "text"
     field = "input" if fmt == "responses" else "messages"
@@ -286,10 +377,24 @@ def store_option(trex: Any, default_ttl: int) -> int | None:
     return ttl
 
 
-async def store(payloads: PayloadStore, owner: str, summary: str, original: str, ttl: int) -> Stored:
-    """Build (off the event loop when large) and store the payload for optimized context; owned by `owner`."""
+async def store(
+    payloads: PayloadStore,
+    owner: str,
+    summary: str,
+    original: str,
+    ttl: int,
+    provider: Embeddings | None = None,
+) -> Stored:
+    """Build (off the event loop when large) and store the payload for optimized context; owned by `owner`.
+    With an embeddings endpoint its vectors are used; if it fails, the lexical ones (and a warning)."""
+    provided = None
+    if provider is not None:
+        try:
+            provided = (provider.name, await provider.embed(chunks(original)))
+        except EmbeddingsError as exc:
+            log.warning("context stored with lexical vectors: %s", exc)
     if len(original) >= _THREAD_CHARS:
-        push = await asyncio.to_thread(build, summary, original, ttl)
+        push = await asyncio.to_thread(build, summary, original, ttl, provided)
     else:
-        push = build(summary, original, ttl)
+        push = build(summary, original, ttl, provided)
     return await payloads.put(owner, push)

@@ -75,6 +75,8 @@ class Payload(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     chunk_count: int
     summary: str = ""
     # Set by the gateway when it stores optimized context for a proxy key.
+    embedding: str | None = None
+    """What made the vectors: `lexical-hash-384`, or `provider:<model>`."""
     facts: list[str] = []
     original: str | None = None
     chunks: list[str] = []

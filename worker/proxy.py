@@ -133,7 +133,7 @@ async def proxy(
         in_flight=admitted.in_flight if admitted is not None else 0,
     )
     # TrexID references are expanded before anything else reads the messages (404/403 before forwarding).
-    await memory.expand_refs(gw.payloads, key.id, fmt, body, trex)
+    await memory.expand_refs(gw.payloads, key.id, fmt, body, trex, gw.embeddings)
     store_ttl = memory.store_option(trex, gw.memory_ttl_seconds)
     original_text = memory.context_text(fmt, body) if store_ttl is not None else None
     encoding, exact = tokens.encoding_for_model(route.upstream_model if route is not None else "gpt-5")
@@ -167,7 +167,7 @@ async def proxy(
     out_headers = savings_headers(report, session)
     if store_ttl is not None and original_text is not None:
         summary = memory.context_text(fmt, body)
-        kept = await memory.store(gw.payloads, key.id, summary, original_text, store_ttl)
+        kept = await memory.store(gw.payloads, key.id, summary, original_text, store_ttl, gw.embeddings)
         out_headers["X-Trex-Id"] = kept.trex_id
     if not exact:
         out_headers["X-Trex-Token-Count"] = "estimate"

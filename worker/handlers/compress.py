@@ -39,8 +39,7 @@ async def compress(request: web.Request) -> web.StreamResponse:
     if original is None:
         return json_response(body)
     # The optimized context as a TokenZip payload owned by this key, passed on by its TrexID.
-    kept = await memory.store(
-        gw.payloads, key.id, memory.context_text(fmt, body), original, gw.memory_ttl_seconds
-    )
+    summary = memory.context_text(fmt, body)
+    kept = await memory.store(gw.payloads, key.id, summary, original, gw.memory_ttl_seconds, gw.embeddings)
     body["trex_id"] = kept.trex_id
     return json_response(body, headers={"X-Trex-Id": kept.trex_id})

@@ -83,7 +83,7 @@ async def expand(request: web.Request) -> web.StreamResponse:
     chunks = stored.payload.chunks
     data = [
         {"index": i, "score": score, "text": chunks[i] if i < len(chunks) else None}
-        for i, score in search(stored, query, k)
+        for i, score in await search(stored, query, k, request.app[GATEWAY].embeddings)
     ]
     return json_response({"object": "list", "trex_id": stored.trex_id, "query": query, "data": data})
 
