@@ -187,3 +187,19 @@ class WorkerProcess:
             self.proc.stdout.close()
         self._log.close()
         return self.proc.returncode
+
+
+def flush_redis_db(url: str) -> None:
+    """Empty a Redis test database: a failure under CI=true when Redis is unreachable, a skip elsewhere."""
+    import pytest
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    try:
+        client.flushdb()
+    except redis.exceptions.ConnectionError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis is required under CI=true: {exc}")
+        pytest.skip(f"Redis unreachable: {exc}")
+    finally:
+        client.close()

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from tests.conftest import MASTER_KEY
 from tests.harness import ExtraRoutes, InProcessWorker
+from tests.test_admin import call as admin_call
 from tests.test_cli import trex
 from worker.agents import (
     AgentStore,
@@ -347,25 +348,19 @@ def test_agents_from_the_command_line(
     assert missing.returncode == 1 and b"No agent" in missing.stderr
 
 
-def _admin(
-    worker: InProcessWorker, method: str, path: str, body: Any = None, token: str = "adm_" + "q" * 40
-) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    req = urllib.request.Request(worker.url + path, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+ADMIN_TOKEN = "adm_" + "q" * 40
+
+
+def _admin(worker: InProcessWorker, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    return admin_call(worker, method, path, body, token=ADMIN_TOKEN)
 
 
 def test_agents_lifecycle_through_the_admin_api(make_worker: Callable[..., InProcessWorker]) -> None:
     worker = make_worker(
         extra_routes=PROBE_ROUTES,
-        dev_vars={"TREX_MASTER_KEY": MASTER_KEY, "TREX_ADMIN_TOKEN": "adm_" + "q" * 40},
+        dev_vars={"TREX_MASTER_KEY": MASTER_KEY, "TREX_ADMIN_TOKEN": ADMIN_TOKEN},
     )
-    assert _admin(worker, "GET", "/admin/v1/agents", token="adm_" + "x" * 40)[0] == 401
+    assert admin_call(worker, "GET", "/admin/v1/agents", token="adm_" + "x" * 40)[0] == 401
     status, created = _admin(worker, "POST", "/admin/v1/agents", {"name": "  ingest-bot "})
     assert status == 201 and created["object"] == "agent" and created["name"] == "ingest-bot"
     agent_id, secret = created["id"], created["secret"]
