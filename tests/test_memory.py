@@ -260,3 +260,30 @@ def test_an_embeddings_endpoint_replaces_the_lexical_vectors(
         assert doc["payload"]["embedding"] == memory.LEXICAL and doc["payload"]["dimensions"] == 384
     finally:
         setup.close()
+
+
+def test_a_reference_in_a_responses_request_and_an_anthropic_one(gateway: GatewaySetup) -> None:
+    trex_id = _compress_and_store(gateway)["trex_id"]
+    gateway.openai().responses.create(
+        model="gpt-4o-mini",
+        input=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "What is owed?"},
+                    {"type": "trex_ref", "trex_id": trex_id},  # type: ignore[list-item, typeddict-item]
+                ],
+            }
+        ],
+    )
+    sent = gateway.fake.last("/v1/responses").json["input"][0]["content"]
+    assert sent[0] == {"type": "input_text", "text": "What is owed?"} and sent[1]["type"] == "input_text"
+    assert all(fact in sent[1]["text"] for fact in FACTS)
+    gateway.anthropic().messages.create(
+        model="claude-haiku-4-5",
+        max_tokens=64,
+        messages=[{"role": "user", "content": "What is owed?"}],
+        extra_body={"trex": {"context_ref": [trex_id]}},
+    )
+    text = json.dumps(gateway.fake.last("/v1/messages").json["messages"])
+    assert all(fact in text for fact in FACTS) and "What is owed?" in text

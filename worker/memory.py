@@ -314,10 +314,12 @@ async def expand_refs(
             content = item.get("content") if isinstance(item, dict) else None
             if not isinstance(content, list):
                 continue
+            # Responses wants output_text in assistant turns, input_text elsewhere.
+            kind = "output_text" if fmt == "responses" and item.get("role") == "assistant" else part_type
             for j, part in enumerate(content):
                 if isinstance(part, dict) and part.get("type") == "trex_ref":
                     text = await text_for(part, f"{field}[{i}].content[{j}]")
-                    content[j] = {"type": part_type, "text": text}
+                    content[j] = {"type": kind, "text": text}
     refs = trex.get("context_ref") if isinstance(trex, dict) else None
     if refs is not None:
         if not isinstance(refs, list):
