@@ -15,7 +15,10 @@ _PLAIN = re.compile("|".join(f"(?:{p})" for p in facts._FACT_PATTERNS))
 
 
 def _same(text: str) -> None:
-    assert [m.group(0) for m in facts._FACT_RE.finditer(text)] == [m.group(0) for m in _PLAIN.finditer(text)]
+    plain = [m.group(0) for m in _PLAIN.finditer(text)]
+    assert [m.group(0) for m in facts._FACT_RE.finditer(text)] == plain
+    # The whole-text scanner steps over words and punctuation runs, and must still find the same matches.
+    assert [m.group(1) for m in facts._SCAN_RE.finditer(text) if m.group(1) is not None] == plain
 
 
 def test_factored_scanner_matches_the_plain_alternation_on_the_corpus() -> None:
@@ -49,6 +52,23 @@ def test_factored_scanner_matches_the_plain_alternation_on_the_corpus() -> None:
                 "word",
                 "-",
                 "_",
+                "March 14",
+                "Marching",
+                "Mar",
+                "Error",
+                "end.",
+                "Done. ",
+                '"',
+                ",",
+                "{",
+                "}",
+                "[",
+                "]",
+                ":",
+                ".",
+                "http://x.io/a",
+                "john@x.com",
+                "ERROR",
             ]
         )
         | st.text(max_size=6),

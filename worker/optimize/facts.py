@@ -149,6 +149,16 @@ def _dispatch(patterns: tuple[str, ...], first_chars: tuple[str, ...]) -> str:
 
 
 _FACT_RE = re.compile(_dispatch(_FACT_PATTERNS, _FIRST_CHARS))
+# For scanning a whole text: stretches that cannot start a fact are stepped over in one go instead of trying
+# the catalog at each of their characters — a lowercase or capitalised word ending in a space, quote,
+# comma, bracket or full stop (no pattern starts inside one or with one that is not a month), and runs of
+# whitespace and JSON punctuation (no pattern starts with those). Facts are group 1; the other matches are
+# empty. Same matches as `_FACT_RE.findall`, about three times faster on JSON.
+_WORD_END = r"(?=[\s\",;)\]}]|\.(?:\s|$))"
+_SCAN_RE = re.compile(
+    rf"(?:[a-z]+{_WORD_END}|(?!(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec))[A-Z][a-z]+{_WORD_END}"
+    rf"|[\s\",:{{}}\[\]]+)|({_FACT_RE.pattern})"
+)
 _RUN_RE = re.compile(r"[A-Za-z0-9]+")
 
 _CONSTRAINT_RE = re.compile(
@@ -167,7 +177,7 @@ def find_facts(text: str) -> list[str]:
     is a whole token of a longer fact (`2026-03-14`, `ORD-5404`): the longer fact carries it. A run that only
     occurs inside another token (`5404` in `ORD-15404`) is a different value and stays.
     """
-    return distinct_facts(fact for fact in map(str.strip, _FACT_RE.findall(text)) if len(fact) >= 2)
+    return distinct_facts(fact for fact in map(str.strip, _SCAN_RE.findall(text)) if len(fact) >= 2)
 
 
 def fact_spans(text: str) -> list[tuple[int, str]]:
@@ -176,10 +186,12 @@ def fact_spans(text: str) -> list[tuple[int, str]]:
     For callers that scan a text once and attribute facts to its pieces by position.
     """
     spans: list[tuple[int, str]] = []
-    for match in _FACT_RE.finditer(text):
-        fact = match.group(0).strip()
-        if len(fact) >= 2:
-            spans.append((match.start(), fact))
+    for match in _SCAN_RE.finditer(text):
+        found = match.group(1)
+        if found is not None:
+            fact = found.strip()
+            if len(fact) >= 2:
+                spans.append((match.start(), fact))
     return spans
 
 
