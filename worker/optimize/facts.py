@@ -213,7 +213,7 @@ def has_fact(text: str) -> bool:
 
 def fact_count(text: str) -> int:
     """How many fact matches `text` has (cheap density signal; not deduplicated)."""
-    return len(_FACT_RE.findall(text))
+    return sum(1 for found in _SCAN_RE.findall(text) if found)
 
 
 def is_constraint(text: str) -> bool:

@@ -69,16 +69,17 @@ _ABBREVIATIONS = frozenset(_ABBREVIATIONS_TEXT.split())
 _NEEDS_DIGIT = frozenset({"no", "nos", "vol", "fig", "figs", "eq", "eqs", "sec", "ref", "refs"})
 
 # --- scoring cues ----------------------------------------------------------------------------------------
+# The cue patterns below are lowercase and match `text.lower()`: the same as re.IGNORECASE, about three
+# times faster (an ignore-case alternation has no literal prefix for the engine to skip ahead with).
 
 _CONCLUSION_RE = re.compile(
     r"\b(?:therefore|thus|hence|in summary|to summari[sz]e|in conclusion|conclusions?|the fix|"
     r"fix(?:ed)? (?:is|was|by)|root cause|decided|decision|we will|we'll|results?|resulted|answer|"
     r"the solution|resolved|outcome|takeaways?|next steps?|action items?|owns|owner|assigned to|"
     r"responsible for)\b",
-    re.IGNORECASE,
 )
 # Weaker cues: "So, …", "…, so we …", "agreed".
-_SO_RE = re.compile(r"(?:^|[,;:]\s*)so\b|\bagreed\b", re.IGNORECASE)
+_SO_RE = re.compile(r"(?:^|[,;:]\s*)so\b|\bagreed\b")
 # Pleasantries, small talk and conversational filler.
 _FILLER_RE = re.compile(
     r"\b(?:i think|i guess|i believe|i feel like|i hope|i'm not sure|i am not sure|it seems|let me|let's see|"
@@ -90,7 +91,6 @@ _FILLER_RE = re.compile(
     r"perfect|wonderful|great|maybe|perhaps|probably|just wanted|appreciate|bear with me|bearing with me|"
     r"one moment|hang on|hold on|quick question|just checking|circling back|touching base|"
     r"(?:you're|you are) (?:very |most |so )?welcome|my pleasure|a pleasure|oh no|goodbye|bye|cheers)\b",
-    re.IGNORECASE,
 )
 # Vague or hedging wording: a milder penalty.
 _VAGUE_RE = re.compile(
@@ -98,7 +98,6 @@ _VAGUE_RE = re.compile(
     r"at some point|pretty|various|really|totally|completely|definitely|in theory|more or less|"
     r"for the most part|some time|a while|it is worth|it's worth|a few|many|several|"
     r"not (?:entirely |completely |really )?(?:clear|sure))\b",
-    re.IGNORECASE,
 )
 # Capitalised words past the first: names, products, places — specifics rather than narrative.
 _ENTITY_RE = re.compile(r"(?<=[\s,(/])[A-Z][A-Za-z0-9]+")
@@ -114,7 +113,7 @@ _BOILERPLATE_RE = re.compile(
     re.IGNORECASE,
 )
 # Requests that bind like constraints without `facts.is_constraint`'s words: ranked as high, not mandatory.
-_REQUEST_RE = re.compile(r"\b(?:make sure|ensure|be sure to|guarantee)\b", re.IGNORECASE)
+_REQUEST_RE = re.compile(r"\b(?:make sure|ensure|be sure to|guarantee)\b")
 MIN_SCORE = 1.0
 """Optional prose scoring below this is not kept even when the budget has room."""
 
@@ -396,21 +395,22 @@ def _scores(
     top_topic = max(topic, default=0.0)
     out: list[float] = []
     for i, unit in enumerate(units):
-        cue = f"{cues[i]} {unit}" if cues is not None and cues[i] else unit
+        low = unit.lower()
+        cue = f"{cues[i].lower()} {low}" if cues is not None and cues[i] else low
         density = fact_counts[i] / max(counts[i], 1)
         score = 4.0 * min(1.0, density * 4.0)
-        if constraints[i] or _REQUEST_RE.search(unit):
+        if constraints[i] or _REQUEST_RE.search(low):
             score += 3.0
         if _CONCLUSION_RE.search(cue):
             score += 2.0
-        elif _SO_RE.search(unit):
+        elif _SO_RE.search(low):
             score += 1.0
         score += 3.0 * relevance[i]
         score += min(1.0, len(uniques[i]) / 10.0)
         score += topic[i] / top_topic if top_topic > 0 else 0.0
         score += 0.25 * min(3, len(_ENTITY_RE.findall(unit)))
-        score -= 1.5 * min(2, len(_FILLER_RE.findall(unit)))
-        score -= 0.5 * min(3, len(_VAGUE_RE.findall(unit)))
+        score -= 1.5 * min(2, len(_FILLER_RE.findall(low)))
+        score -= 0.5 * min(3, len(_VAGUE_RE.findall(low)))
         out.append(score)
     return out
 
