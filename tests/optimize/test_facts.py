@@ -69,6 +69,17 @@ def test_factored_scanner_matches_the_plain_alternation_on_the_corpus() -> None:
                 "http://x.io/a",
                 "john@x.com",
                 "ERROR",
+                "INFO",
+                "GET ",
+                "HTTP",
+                "DEADBEEF",
+                "=",
+                "(",
+                "<",
+                ">",
+                "status=",
+                "c:\\",
+                "C:\\x",
             ]
         )
         | st.text(max_size=6),
