@@ -287,3 +287,56 @@ def test_a_reference_in_a_responses_request_and_an_anthropic_one(gateway: Gatewa
     )
     text = json.dumps(gateway.fake.last("/v1/messages").json["messages"])
     assert all(fact in text for fact in FACTS) and "What is owed?" in text
+
+
+def _call(gateway: GatewaySetup, method: str, path: str, key: str | None = None) -> int:
+    req = urllib.request.Request(
+        gateway.worker.url + path, method=method, headers={"Authorization": f"Bearer {key or gateway.key}"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_the_owning_key_describes_and_revokes_its_payload(gateway: GatewaySetup) -> None:
+    trex_id = _compress_and_store(gateway)["trex_id"]
+    _, other_key = gateway.new_key("other")
+    assert _call(gateway, "HEAD", f"/v1/payloads/{trex_id}") == 200
+    assert _call(gateway, "DELETE", f"/v1/payloads/{trex_id}", other_key) == 403
+    assert _call(gateway, "DELETE", f"/v1/payloads/{trex_id}") == 204
+    assert _call(gateway, "GET", f"/v1/payloads/{trex_id}") == 404
+    assert _call(gateway, "GET", f"/v1/payloads/{trex_id}", "trex_not_a_key") == 401
+
+
+@pytest.mark.parametrize(
+    ("content", "trex", "param"),
+    [
+        ([{"type": "trex_ref"}], None, "messages[0].content[0].trex_id"),
+        (
+            [{"type": "trex_ref", "trex_id": "tzp_x", "expand": "everything"}],
+            None,
+            "messages[0].content[0].expand",
+        ),
+        ("hi", {"context_ref": "tzp_x"}, "trex.context_ref"),
+        ("hi", {"context_ref": [7]}, "trex.context_ref"),
+        (
+            "hi",
+            {"context_ref": [{"trex_id": "tzp_x", "expand": {"query": "q", "k": 99}}]},
+            "trex.context_ref[0].expand.k",
+        ),
+    ],
+)
+def test_malformed_references_are_400s_naming_the_field(
+    gateway: GatewaySetup, content: Any, trex: dict[str, Any] | None, param: str
+) -> None:
+    sent = len(gateway.fake.received)
+    with pytest.raises(openai.BadRequestError) as err:
+        gateway.openai().chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": content}],
+            extra_body={"trex": trex} if trex else None,
+        )
+    assert err.value.body["param"] == param  # type: ignore[index]
+    assert len(gateway.fake.received) == sent

@@ -302,9 +302,10 @@ async def expand_refs(
         trex_id = ref.get("trex_id")
         if not isinstance(trex_id, str) or not trex_id:
             raise InvalidRequestError(f"'{where}.trex_id' must be a TrexID.", param=f"{where}.trex_id")
+        how = parse_expand(ref.get("expand"), f"{where}.expand")  # 400 before any lookup
         stored = await store.readable(trex_id, reader)
         used.append(trex_id)
-        return await expansion(stored, parse_expand(ref.get("expand"), f"{where}.expand"), provider)
+        return await expansion(stored, how, provider)
 
     part_type = "input_text" if fmt == "responses" else "text"
     field = "input" if fmt == "responses" else "messages"
