@@ -222,3 +222,30 @@ def test_few_distinct_values_are_all_listed() -> None:
     result = logs.compress("\n".join(lines), BALANCED)
     assert result is not None
     assert "GET /healthz {503|200} 3ms]" in result.text
+
+
+def test_the_slot_scan_steps_over_words_without_changing_a_slot() -> None:
+    import random
+    import re
+
+    from tests.optimize.corpus import all_cases
+    from tests.optimize.test_pipeline import _strings
+    from worker.optimize.kinds import logs
+
+    plain = re.compile(logs._VALUE_SLOTS, re.MULTILINE)
+
+    def slots(rx: re.Pattern[str], s: str) -> list[tuple[tuple[int, int], str | None]]:
+        return [(m.span(), m.lastgroup) for m in rx.finditer(s) if m.lastgroup != "skip"]
+
+    rng = random.Random(3)
+    alphabet = [
+        *"abcdefghxyzABCDEFGXYZ_0123456789 .-:/,T+Z",
+        "0x",
+        "2026-11-20T10:00:00",
+        "deadbeef",
+        "worker3",
+    ]
+    samples = [line for case in all_cases() for line in _strings(case.body).split("\n")]
+    samples += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(5000)]
+    for s in samples:
+        assert slots(logs._VALUE_SLOT_RE, s) == slots(plain, s), s
