@@ -86,10 +86,6 @@ def _normalise(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.split("\n")).rstrip()
 
 
-def _line_hash(line: str) -> int:
-    return zlib.crc32(line.encode("utf-8", "surrogatepass"))
-
-
 def _smaller(new: str, old: str) -> bool:
     return len(new) < len(old) and tokens.count(new) < tokens.count(old)
 
@@ -145,7 +141,9 @@ def _append(bucket: list[_T], value: _T) -> None:
 
 
 def _sketch(lines: list[str]) -> list[int]:
-    hashes = {_line_hash(line) for line in lines if len(line.strip()) >= MIN_ANCHOR_CHARS}
+    # crc32, not hash(): the sketch must be the same in every process (same input, same bytes).
+    crc32, least = zlib.crc32, MIN_ANCHOR_CHARS
+    hashes = {crc32(line.encode("utf-8", "surrogatepass")) for line in lines if len(line.strip()) >= least}
     return heapq.nsmallest(SKETCH_SIZE, hashes)
 
 
