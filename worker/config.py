@@ -429,3 +429,13 @@ class ConfigSource:
 
     def load(self) -> Config:
         return load_config(self.path, self.overrides)
+
+
+def plan_int(source: str, plan: str, entry: Mapping[str, Any], field: str, minimum: int) -> int | None:
+    """`[plans.PLAN].field` as an integer >= `minimum`, None when absent; ConfigError naming it otherwise."""
+    value = entry.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(source, f"plans.{plan}.{field}", f"must be an integer >= {minimum}")
+    return value

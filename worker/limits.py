@@ -32,7 +32,7 @@ from kv import KVError, KVNamespace
 from kv.batching import CounterBatch
 
 from .auth import KeyRecord
-from .config import ConfigError
+from .config import ConfigError, plan_int
 from .errors import RateLimitError, ServiceUnavailableError
 
 log = logging.getLogger("trex.limits")
@@ -58,14 +58,11 @@ def parse_plan_limits(raw: Any, source: str) -> dict[str, PlanLimits]:
     for name, entry in raw.items():
         if not isinstance(entry, dict):
             continue
-        values: dict[str, int] = {}
-        for field in ("requests_per_minute", "max_concurrent"):
-            value = entry.get(field)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(source, f"plans.{name}.{field}", "must be an integer >= 1")
-            values[field] = value
+        values = {
+            field: value
+            for field in ("requests_per_minute", "max_concurrent")
+            if (value := plan_int(source, name, entry, field, 1)) is not None
+        }
         if values:
             out[name] = PlanLimits(**values)
     return out

@@ -41,12 +41,18 @@ from kv import KVNamespace
 from kv.batching import CounterBatch, Increment
 
 from .auth import KeyRecord
-from .config import ConfigError
+from .config import ConfigError, plan_int
 from .errors import GatewayError, PaymentRequiredError, PermissionDeniedError, RateLimitError
 from .routing import SMART_AUTO
 
 MICRO = 1_000_000
 _COUNTERS = ("daily_requests", "weekly_requests", "daily_tokens", "weekly_tokens", "daily_web_searches")
+# Integer plan fields and their least value.
+_INTEGER_FIELDS = (
+    *((f, 0) for f in _COUNTERS),
+    ("credit_above_input_tokens", 1),
+    ("credit_above_concurrent", 1),
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -87,13 +93,15 @@ def parse_quota_plans(raw: Any, source: str) -> dict[str, QuotaPlan]:
         if not isinstance(entry, dict):
             continue  # accounting.plans reports it
         values: dict[str, Any] = {}
-        for field in _COUNTERS:
-            value = entry.get(field)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(source, f"plans.{name}.{field}", "must be an integer >= 0")
-            values[field] = value
+        bounds = [
+            *((f, 0) for f in _COUNTERS),
+            ("credit_above_input_tokens", 1),
+            ("credit_above_concurrent", 1),
+        ]
+        for field, least in bounds:
+            value = plan_int(source, name, entry, field, least)
+            if value is not None:
+                values[field] = value
         for field in ("models", "credit_models"):
             value = entry.get(field)
             if value is None:
@@ -103,12 +111,6 @@ def parse_quota_plans(raw: Any, source: str) -> dict[str, QuotaPlan]:
                     source, f"plans.{name}.{field}", "must be a list of model names or patterns"
                 )
             values[field] = tuple(value)
-        for field in ("credit_above_input_tokens", "credit_above_concurrent"):
-            above = entry.get(field)
-            if above is not None:
-                if isinstance(above, bool) or not isinstance(above, int) or above < 1:
-                    raise ConfigError(source, f"plans.{name}.{field}", "must be an integer >= 1")
-                values[field] = above
         for field in ("credit_premium", "credit_pinned"):
             flag = entry.get(field)
             if flag is not None:
