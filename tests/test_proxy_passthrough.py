@@ -94,6 +94,9 @@ def test_stream_headers_and_incremental_delivery(gateway: GatewaySetup) -> None:
             assert r.headers["Content-Type"].startswith("text/event-stream")
             assert r.headers["X-Accel-Buffering"] == "no"
             assert r.headers["X-Trex-Upstream-Provider"] == "openai"
+            # A stream carries the request id and the rate-limit state like every other response.
+            assert r.headers["X-Request-Id"].startswith("req_")
+            assert r.headers["X-RateLimit-Limit"] == "100000"
             async for _ in r.content.iter_any():
                 arrivals.append(time.monotonic())
         return arrivals

@@ -23,7 +23,7 @@ from aiohttp.typedefs import Middleware
 from kv import KVNamespace, open_kv
 
 from .accesslog import AccessLog
-from .appkeys import CONFIG, CTX, ENV, GATEWAY, KEY_ID, RATE, REQUEST_ID, STARTED, TASKS, USAGE_EVENT
+from .appkeys import CONFIG, CTX, ENV, GATEWAY, KEY_ID, RATE, REQUEST_ID, STARTED, TASKS, USAGE_EVENT, stamp
 from .config import Config
 from .context import Env, ExecutionContext, TaskRegistry
 from .errors import (
@@ -154,15 +154,21 @@ def make_edge_middleware(config: Config, access: AccessLog | None) -> Middleware
                     f"Request body of {length} bytes exceeds the limit of {max_body} bytes."
                 )
             resp = await handler(request)
+            if not resp.prepared:  # a stream the handler prepared was stamped before it started
+                stamp(request, resp)
             status = resp.status
             return resp
         except GatewayError as exc:
             status = exc.status
-            return error_response(request, exc)
+            resp = error_response(request, exc)
+            stamp(request, resp)
+            return resp
         except web.HTTPException as exc:
             err = _from_http_exception(request, exc)
             status = err.status
-            return error_response(request, err)
+            resp = error_response(request, err)
+            stamp(request, resp)
+            return resp
         except asyncio.CancelledError:
             status = 499  # client went away; nothing to send
             raise
@@ -174,9 +180,11 @@ def make_edge_middleware(config: Config, access: AccessLog | None) -> Middleware
                 extra={"request_id": rid, "headers": redact_headers(request.headers.items())},
             )
             status = 500
-            return error_response(
+            resp = error_response(
                 request, InternalError(f"Internal error (request id {rid}). The failure has been logged.")
             )
+            stamp(request, resp)
+            return resp
         finally:
             latency = round((time.perf_counter() - started) * 1000, 2)
             if access is not None:
@@ -192,15 +200,6 @@ def make_edge_middleware(config: Config, access: AccessLog | None) -> Middleware
                 )
 
     return edge
-
-
-async def _set_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
-    rid = request.get(REQUEST_ID)
-    if rid is not None:
-        response.headers["X-Request-Id"] = rid
-    admitted = request.get(RATE)
-    if admitted is not None:  # the rate-limit headers go on every authenticated response
-        response.headers.update(admitted.headers)
 
 
 async def create_app(
@@ -223,7 +222,6 @@ async def create_app(
     app[GATEWAY] = build_gateway(config, kv)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
-    app.on_response_prepare.append(_set_request_id_header)
 
     async def _cleanup(app: web.Application) -> None:
         # Runs after in-flight requests finished, so every wait_until they registered is drained here.

@@ -18,10 +18,22 @@ GATEWAY = web.AppKey("gateway", Gateway)
 REQUEST_ID = web.RequestKey("request_id", str)
 CTX = web.RequestKey("ctx", ExecutionContext)
 STARTED = web.RequestKey("started", float)
+"""`time.perf_counter()` when the request reached the worker."""
 KEY_ID = web.RequestKey("key_id", str)
 """The proxy key's id once the request has authenticated (for the request log)."""
 USAGE_EVENT = web.RequestKey("usage_event", Begun)
+"""The request's usage event in flight (`accounting.events.Begun`), if it has one."""
 RATE = web.RequestKey("rate", Admitted)
 """How the request was admitted by the rate limits (headers, in-flight slot)."""
-"""The request's usage event in flight (`accounting.events.Begun`), if it has one."""
-"""`time.perf_counter()` when the request reached the worker."""
+
+
+def stamp(request: web.Request, response: web.StreamResponse) -> None:
+    """Put the request id and, for an admitted request, the rate-limit headers on a response that is not
+    prepared yet. The edge middleware stamps what handlers return; a handler that prepares a stream itself
+    stamps it first."""
+    rid = request.get(REQUEST_ID)
+    if rid is not None:
+        response.headers["X-Request-Id"] = rid
+    admitted = request.get(RATE)
+    if admitted is not None:
+        response.headers.update(admitted.headers)

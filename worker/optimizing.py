@@ -30,6 +30,7 @@ def resolve_options(
     default_turns: int,
     key_mode: str | None = None,
     profile: str | None = None,
+    encoding: str = "o200k_base",
 ) -> Options:
     """Validated optimizer options for one request (400 naming the field on a bad value)."""
     mode: Any = key_mode or default_mode
@@ -67,7 +68,7 @@ def resolve_options(
             param="compression_model",
         )
     checked: Mode = mode
-    return Options(mode=checked, protect_recent_turns=turns, profile=profile)
+    return Options(mode=checked, protect_recent_turns=turns, profile=profile, encoding=encoding)
 
 
 async def run(fmt: Format, body: dict[str, Any], options: Options, size_hint: int) -> Report:

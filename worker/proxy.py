@@ -47,7 +47,7 @@ from .accounting import claims
 from .accounting.events import Begun, Outcome
 from .accounting.usage import Observed
 from .accounting.usage import billed_from_usage as _billed
-from .appkeys import CTX, KEY_ID, RATE, REQUEST_ID, STARTED, USAGE_EVENT
+from .appkeys import CTX, KEY_ID, RATE, REQUEST_ID, STARTED, USAGE_EVENT, stamp
 from .auth import KeyRecord, MissingProviderKeyError, credential_from_headers
 from .catalog import SMART_AUTO, needs, smart_auto, usable
 from .errors import (
@@ -138,9 +138,13 @@ async def proxy(
     original_text = memory.context_text(fmt, body) if store_ttl is not None else None
     encoding, exact = tokens.encoding_for_model(route.upstream_model if route is not None else "gpt-5")
     options = resolve_options(
-        trex, request.headers, gw.optimize_mode, gw.protect_recent_turns, key_mode=key.optimize_mode
+        trex,
+        request.headers,
+        gw.optimize_mode,
+        gw.protect_recent_turns,
+        key_mode=key.optimize_mode,
+        encoding=encoding,
     )
-    options = dataclasses.replace(options, encoding=encoding)
     session, client_session = session_id(request.headers), "X-Session-Id" in request.headers
     received_tokens: int | None = None
     if client_session:
@@ -901,6 +905,7 @@ async def _stream(
 ) -> tuple[web.StreamResponse, Outcome]:
     """Relay the stream; `chunks` (if given) collects the upstream's raw bytes for usage accounting."""
     out = web.StreamResponse(status=200, headers=_stream_headers(headers))
+    stamp(request, out)
     await out.prepare(request)
     parser = SSEParser()
     tail = b""
@@ -975,6 +980,7 @@ async def _replay(
 ) -> web.StreamResponse:
     assert isinstance(relay, TranslatingRelay)
     out = web.StreamResponse(status=200, headers=_stream_headers(headers))
+    stamp(request, out)
     await out.prepare(request)
     for ev in events_from_response(resp):
         data = relay.emit(ev)

@@ -64,9 +64,14 @@ def _key(key_id: str, session: str) -> str:
 
 
 def fresh(fmt: Format, body: dict[str, Any]) -> Replay:
-    """The replay of a session seen for the first time (nothing to look up)."""
+    """The replay of a session seen for the first time (nothing to look up).
+
+    A one-item conversation under a generated id is not remembered (the proxy stores nothing to replay for
+    it), so its hash is not computed.
+    """
     field = conversation_field(fmt, body)
-    hashes = [_hash(item) for item in body[field]] if field is not None else []
+    items = body[field] if field is not None else []
+    hashes = [_hash(item) for item in items] if len(items) > 1 else []
     return Replay(field, hashes, 0, False)
 
 
