@@ -68,6 +68,11 @@ async def serve(
     # otherwise walk every imported module's objects on each full collection (a latency spike under load).
     gc.collect()
     gc.freeze()
+    # A request allocates a few hundred containers that nearly all die with it; at the default threshold
+    # (700) the young generation is scanned every few requests, mostly finding live in-flight objects and
+    # promoting them. Scanning every 20,000 allocations instead lets them die first: about 3% of the CPU
+    # a proxied request costs (callgrind), and the same cyclic garbage is still collected.
+    gc.set_threshold(20_000, 50, 100)
     port = _bound_port(site, config.port)
     if on_ready is not None:
         on_ready(f"http://{config.ip}:{port}")
