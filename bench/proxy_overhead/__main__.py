@@ -239,7 +239,13 @@ def measure_interleaved(targets: list[Target], duration: float, rounds: int) -> 
 
 
 def setup_trex(
-    tmp: Path, upstream: str, accounting: bool = True, checks: bool = True, kv_url: str | None = None
+    tmp: Path,
+    upstream: str,
+    accounting: bool = True,
+    checks: bool = True,
+    kv_url: str | None = None,
+    access_log: bool = True,
+    optimize: str = "balanced",
 ) -> tuple[Path, str]:
     """A worker's config and a bound proxy key. With `checks`, the key is on a plan with request and token
     quotas and rate limits are on (high enough never to refuse the load, but every request is counted);
@@ -248,11 +254,12 @@ def setup_trex(
     cfg = tmp / "wrangler_local.toml"
     cfg.write_text(
         f'name = "bench"\n[vars]\nOPENAI_BASE_URL = "{upstream}/v1"\n'
-        f'USAGE_ACCOUNTING = "{"on" if accounting else "off"}"\n'
+        f'USAGE_ACCOUNTING = "{"on" if accounting else "off"}"\nOPTIMIZE_MODE = "{optimize}"\n'
         "RATE_LIMIT_PER_MINUTE = 100000000\nRATE_LIMIT_IP_PER_MINUTE = 100000000\n"
         f'RATE_LIMIT = "{"on" if checks else "off"}"\n'
         "[plans.bench]\ndaily_requests = 1000000000000\ndaily_tokens = 1000000000000\n"
-        f'[local]\npersist_to = "{tmp / "state"}"\n' + (f'kv_url = "{kv_url}"\n' if kv_url else "")
+        f'[local]\npersist_to = "{tmp / "state"}"\naccess_log = {"true" if access_log else "false"}\n'
+        + (f'kv_url = "{kv_url}"\n' if kv_url else "")
     )
     (tmp / ".dev.vars").write_text("TREX_MASTER_KEY=" + "b" * 48 + "\n")
     cli = [sys.executable, "-m", "worker"]
