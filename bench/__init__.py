@@ -18,3 +18,10 @@ def write_section(name: str, text: str) -> None:
         head, _, rest = doc.partition(start)
         _, _, tail = rest.partition(end)
         readme.write_text(head + start + "\n" + text + "\n" + end + tail)
+
+
+def publish(name: str, text: str, write: bool) -> None:
+    """Print a benchmark's report and, with `write`, put it in the READMEs' `name` section."""
+    print(text)
+    if write:
+        write_section(name, text)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench import write_section
+from bench import publish
 from tests.optimize.corpus import (
     DIFF,
     DIFF_FACTS,
@@ -195,9 +195,7 @@ def main() -> int:
         f"{'yes' if median_ratio <= 2 else 'no'} |"
     )
     report_text = "\n".join(lines)
-    print(report_text)
-    if not args.no_write:
-        write_section("optimizer", report_text)
+    publish("optimizer", report_text, not args.no_write)
     return 0
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import write_section
+from bench import publish
 from bench.proxy_overhead.__main__ import _body, free_port, setup_trex, start, stop, wait_http
 
 WARM_UP = 300
@@ -169,9 +169,7 @@ def main() -> int:
         saved = "—" if v.name == "trex" else f"{(full - c) / 1000:,.0f}k ({(full - c) / full:.0%})"
         lines.append(f"| {v.name} | {v.what} | {c / 1000:,.0f} | {saved} | {ceiling / c:.0%} |")
     report = "\n".join(lines)
-    print(report)
-    if not args.no_write:
-        write_section("proxy_cost", report)
+    publish("proxy_cost", report, not args.no_write)
     return 0
 
 

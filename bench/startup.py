@@ -19,7 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench import write_section
+from bench import publish
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,9 +72,7 @@ def main() -> int:
         f"{median:.2f} s, worst {worst:.2f} s over {args.runs} cold starts; goal < 2 s: "
         f"{'met' if worst < 2 else 'not met'}."
     )
-    print(line)
-    if not args.no_write:
-        write_section("startup", line)
+    publish("startup", line, not args.no_write)
     return 0
 
 
