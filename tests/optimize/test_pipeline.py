@@ -52,6 +52,8 @@ def _tool_pairs_valid(body: dict[str, Any]) -> None:
 def test_every_planted_fact_is_forwarded_verbatim(name: str, mode: str) -> None:
     case = CASES[name]
     body, report = _run(case, mode)
+    # Both counts are exact, the input's included (it may be counted on another thread meanwhile).
+    assert report.original_tokens == measure(case.fmt, case.body)
     text = _strings(body)
     missing = [f for f in case.facts if f not in text]
     assert not missing, f"{name}/{mode} lost {missing}"

@@ -16,6 +16,7 @@ same input always gives the same bytes (every step is deterministic).
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,11 @@ from .segments import Format, Segment, content_fields, extract
 __all__ = ["PROFILES", "Options", "Removal", "Report", "measure", "optimize"]
 
 _encoder = msgspec.json.Encoder()
+# tiktoken releases the GIL while it encodes: a large input is counted on one of these threads while this one
+# compacts it, so the count costs (almost) no time of its own. Small inputs are counted in line: handing them
+# over would cost more than it saves.
+_counting = ThreadPoolExecutor(2, thread_name_prefix="trex-count")
+_COUNT_ALONGSIDE_CHARS = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,30 +96,57 @@ class Report:
 
 def measure(fmt: Format, body: dict[str, Any], encoding: str = "o200k_base") -> int:
     """Input tokens of the billed content fields of `body` (compact JSON, as a provider receives them)."""
-    doc = {k: body[k] for k in content_fields(fmt) if k in body}
-    return tokens.count(_encoder.encode(doc).decode(), encoding)
+    return tokens.count(_billed_text(fmt, body), encoding)
+
+
+def _billed_text(fmt: Format, body: dict[str, Any]) -> str:
+    return _encoder.encode({k: body[k] for k in content_fields(fmt) if k in body}).decode()
 
 
 def optimize(fmt: Format, body: dict[str, Any], options: Options) -> Report:
     """Optimize `body` in place and report what changed."""
     started = time.perf_counter()
-    original = measure(fmt, body, options.encoding)
+    text = _billed_text(fmt, body)  # taken before anything changes `body`
+    pending: Future[int] | None = None
+    if options.mode != "off" and len(text) >= _COUNT_ALONGSIDE_CHARS:
+        pending = _counting.submit(tokens.count, text, options.encoding)
+        original = -1  # known once the count is in, before anything reads it
+    else:
+        original = tokens.count(text, options.encoding)
     report = Report(mode=options.mode, original_tokens=original, optimized_tokens=original, time_ms=0.0)
-    if options.mode == "off":
-        report.time_ms = _elapsed(started)
-        return report
+    undo: list[tuple[Segment, str]] = []
+    try:
+        if options.mode != "off":
+            _compact(fmt, body, options, report, undo)
+    finally:
+        if pending is not None:
+            original = report.original_tokens = report.optimized_tokens = pending.result()
+    if undo:
+        optimized = measure(fmt, body, options.encoding)
+        if optimized >= original:  # shorter text is almost always fewer tokens; if not, forward the original
+            for seg, old in reversed(undo):
+                seg.set(old)
+            report.removed.clear()
+        else:
+            report.optimized_tokens = optimized
+    report.applied_strategies = list(dict.fromkeys(r.what.split(":", 1)[0] for r in report.removed))
+    report.time_ms = _elapsed(started)
+    return report
 
+
+def _compact(
+    fmt: Format, body: dict[str, Any], options: Options, report: Report, undo: list[tuple[Segment, str]]
+) -> None:
+    """Dedup, tool output by kind, older prose: every change applied to `body` and noted in `undo`."""
     segments, turns = extract(fmt, body)
     latest_user_turn = max((s.turn for s in segments if s.kind == "user"), default=-1)
     query = "\n".join(s.text for s in segments if s.kind == "user" and s.turn == latest_user_turn)
     ctx = Context(mode=options.mode, query=query, profile=options.profile)
     candidates = [s for s in segments if not s.pinned and s.turn != latest_user_turn]
     if not candidates:  # e.g. a first turn: only pinned content and the latest user turn, which stay whole
-        report.time_ms = _elapsed(started)
-        return report
+        return
     frozen = {id(s) for s in candidates if s.item < options.frozen_items}
     prose_horizon = turns - options.protect_recent_turns
-    undo: list[tuple[Segment, str]] = []
 
     # Dedup covers tool output of any age and prose outside the protected recent turns. A block that another
     # one now refers to stays exactly as it is, so every reference keeps pointing at real text.
@@ -125,7 +158,6 @@ def optimize(fmt: Format, body: dict[str, Any], options: Options) -> Report:
             _apply(seg, Compressed(rep.text, "cross_turn_dedup", [f"{rep.kind} content"]), report, undo)
             done.add(id(seg))
             done.update(id(dedupable[r]) for r in rep.refs)
-
     rest = [s for s in candidates if id(s) not in done and id(s) not in frozen]
     for seg in rest:
         if seg.kind == "tool_result":
@@ -138,18 +170,6 @@ def optimize(fmt: Format, body: dict[str, Any], options: Options) -> Report:
         for seg, prose_result in zip(prose, compress_many([s.text for s in prose], ctx), strict=True):
             if prose_result is not None:
                 _apply(seg, prose_result, report, undo)
-
-    if undo:
-        optimized = measure(fmt, body, options.encoding)
-        if optimized >= original:  # shorter text is almost always fewer tokens; if not, forward the original
-            for seg, text in reversed(undo):
-                seg.set(text)
-            report.removed.clear()
-        else:
-            report.optimized_tokens = optimized
-    report.applied_strategies = list(dict.fromkeys(r.what.split(":", 1)[0] for r in report.removed))
-    report.time_ms = _elapsed(started)
-    return report
 
 
 def _apply(seg: Segment, result: Compressed, report: Report, undo: list[tuple[Segment, str]]) -> None:
