@@ -201,6 +201,8 @@ def distinct_facts(found: Iterable[str]) -> list[str]:
     seen = dict.fromkeys(found)
     tokens_of_longer: set[str] = set()
     for fact in seen:
+        if fact.isalnum() and fact.isascii():
+            continue  # one alphanumeric run, the fact itself (most numbers and words): no regex needed
         runs = _RUN_RE.findall(fact)
         if len(runs) > 1 or (runs and runs[0] != fact):
             tokens_of_longer.update(runs)
