@@ -118,3 +118,22 @@ def test_rank_is_deterministic_with_ties_in_document_order() -> None:
     bm25 = BM25(docs)
     assert bm25.rank(tokenize("same words")) == [0, 2, 1]
     assert BM25(docs).scores(tokenize("same words")) == bm25.scores(tokenize("same words"))
+
+
+def test_tokenize_gives_the_same_terms_from_its_chunk_cache_and_keeps_the_cache_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from worker.optimize import bm25
+
+    text = "Retry getUserById on HTTPServerError 503: the the cache_size v1.2.3 Äpfel x"
+    monkeypatch.setattr(bm25, "_TERMS", {})
+    cold = tokenize(text)
+    assert cold == tokenize(text) == tokenize(text)  # warm: every chunk now comes from the cache
+    assert cold == [
+        "retry", "user", "id", "getuserbyid", "http", "server", "error", "httpservererror", "503",
+        "cache", "size", "cache_size", "1", "2", "3", "v1.2.3", "äpfel",
+    ]  # fmt: skip
+    monkeypatch.setattr(bm25, "_TERMS_MAX", 3)
+    bm25._TERMS.clear()
+    assert tokenize(text) == cold
+    assert len(bm25._TERMS) <= 3

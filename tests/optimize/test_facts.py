@@ -118,3 +118,62 @@ def test_each_pattern_starts_only_with_the_classes_it_is_dispatched_under() -> N
         for text in texts:
             for match in compiled.finditer(text):
                 assert _start_class(match.group(0)[0]) in classes, (pattern, match.group(0))
+
+
+_CONSTRAINT_WORDS = st.lists(
+    st.sampled_from(
+        [
+            "must",
+            "MUST not",
+            "Never",
+            "only",
+            "do  not",
+            "don't",
+            "by EOD",
+            "by end of",
+            "Deadline",
+            "limits",
+            "At Least",
+            "unless",
+            "feel free",
+            "don't hesitate",
+            "how frustrating this must be",
+            "must have been annoying",
+            "mustard",
+            "onlyness",
+            "word",
+            " ",
+            "\n",
+            ".",
+            "'",
+        ]
+    )
+    | st.text(max_size=5),
+    max_size=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_CONSTRAINT_WORDS)
+def test_constraint_check_on_lowercased_ascii_agrees_with_the_ignore_case_pattern(parts: list[str]) -> None:
+    from worker.optimize import narrative
+
+    text = "".join(parts)
+    assert facts.is_constraint(text) == (facts._CONSTRAINT_RE.search(text) is not None)
+    courtesy_free = narrative._BOILERPLATE_RE.sub(" ", text)
+    assert narrative.is_hard_constraint(text) == (facts._CONSTRAINT_RE.search(courtesy_free) is not None)
+
+
+def test_constraint_check_handles_non_ascii_text_with_the_ignore_case_pattern() -> None:
+    assert facts.is_constraint("Zahlung: MUST arrive, café") and not facts.is_constraint("café ok")
+    # U+017F (long s) folds to "s" under IGNORECASE only: the ASCII shortcut must not be taken for it.
+    long_s = "unle\u017fs"
+    assert facts.is_constraint(long_s) == (facts._CONSTRAINT_RE.search(long_s) is not None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_CONSTRAINT_WORDS)
+def test_fact_count_counts_every_fact_match(parts: list[str]) -> None:
+    text = "".join(parts) + " ORD-1042 at 10:30 AM, $12.50"
+    expected = sum(1 for m in facts._SCAN_RE.finditer(text) if m.group(1))
+    assert facts.fact_count(text) == expected >= 3

@@ -50,28 +50,44 @@ def _parts(chunk: str) -> list[str]:
     return out
 
 
+# Terms by chunk, shared by every call: words recur (within a text and across requests), and a chunk's terms
+# depend on the chunk alone. Bounded: emptied when full, so memory stays small whatever the traffic.
+_TERMS: dict[str, tuple[str, ...]] = {}
+_TERMS_MAX = 50_000
+
+
+def _chunk_terms(chunk: str) -> tuple[str, ...]:
+    if chunk.isascii() and (
+        chunk.isdigit() or (chunk.isalpha() and (len(chunk) == 1 or chunk[1:].islower()))
+    ):
+        # A plain word or number (most chunks): one part, the chunk itself.
+        term = chunk.lower()
+        return (term,) if term not in STOPWORDS and (len(term) > 1 or term.isdigit()) else ()
+    parts = _parts(chunk)
+    terms = [
+        term
+        for term in (part.lower() for part in parts)
+        if term not in STOPWORDS and (len(term) > 1 or term.isdigit())
+    ]
+    if len(parts) > 1:
+        whole = chunk.lower()
+        if whole not in STOPWORDS:
+            terms.append(whole)
+    return tuple(terms)
+
+
 def tokenize(text: str) -> list[str]:
     """Lowercase terms of `text`, in order (see the module docstring)."""
     terms: list[str] = []
+    cache = _TERMS
     for chunk in _CHUNK_RE.findall(text):
-        if chunk.isascii() and (
-            chunk.isdigit() or (chunk.isalpha() and (len(chunk) == 1 or chunk[1:].islower()))
-        ):
-            # A plain word or number (most chunks): one part, the chunk itself.
-            term = chunk.lower()
-            if term not in STOPWORDS and (len(term) > 1 or term.isdigit()):
-                terms.append(term)
-            continue
-        parts = _parts(chunk)
-        for part in parts:
-            term = part.lower()
-            if term in STOPWORDS or (len(term) == 1 and not term.isdigit()):
-                continue
-            terms.append(term)
-        if len(parts) > 1:
-            whole = chunk.lower()
-            if whole not in STOPWORDS:
-                terms.append(whole)
+        found = cache.get(chunk)
+        if found is None:
+            found = _chunk_terms(chunk)
+            if len(cache) >= _TERMS_MAX:
+                cache.clear()
+            cache[chunk] = found
+        terms += found
     return terms
 
 

@@ -169,6 +169,9 @@ _CONSTRAINT_RE = re.compile(
     r"exactly|until|unless|except|without)\b",
     re.IGNORECASE,
 )
+# The same on lower-cased ASCII text: an ignore-case alternation gives the engine no literal to skip ahead
+# with; for ASCII, lower-casing the text (same length, same word boundaries) gives the same matches.
+_CONSTRAINT_LOWER_RE = re.compile(_CONSTRAINT_RE.pattern.replace("EOD|COB", "eod|cob"))
 
 
 def find_facts(text: str) -> list[str]:
@@ -216,12 +219,20 @@ def has_fact(text: str) -> bool:
 
 def fact_count(text: str) -> int:
     """How many fact matches `text` has (cheap density signal; not deduplicated)."""
-    return sum(1 for found in _SCAN_RE.findall(text) if found)
+    found = _SCAN_RE.findall(text)  # one string per match: the fact, or "" for a stretch stepped over
+    return len(found) - found.count("")
 
 
 def is_constraint(text: str) -> bool:
     """True for clauses that constrain the task (must, never, only, deadline, limit …)."""
+    if text.isascii():
+        return is_constraint_lower(text.lower())
     return _CONSTRAINT_RE.search(text) is not None
+
+
+def is_constraint_lower(low: str) -> bool:
+    """`is_constraint` of an ASCII text already lower-cased (the same answer, about 3x faster)."""
+    return _CONSTRAINT_LOWER_RE.search(low) is not None
 
 
 def marker(what: str, dropped_text: Iterable[str] = (), limit_chars: int = 2000) -> str:

@@ -112,6 +112,8 @@ _BOILERPLATE_RE = re.compile(
     rf"|\b{_FEELING}\w*(?: \w+){{0,2}} must (?:be|have been)\b",
     re.IGNORECASE,
 )
+# The same for lower-cased ASCII text (see `facts.is_constraint_lower`); the pattern is lower-case already.
+_BOILERPLATE_LOWER_RE = re.compile(_BOILERPLATE_RE.pattern)
 # Requests that bind like constraints without `facts.is_constraint`'s words: ranked as high, not mandatory.
 _REQUEST_RE = re.compile(r"\b(?:make sure|ensure|be sure to|guarantee)\b")
 MIN_SCORE = 1.0
@@ -349,6 +351,8 @@ def sentences(text: str) -> list[str]:
 
 def is_hard_constraint(sentence: str) -> bool:
     """A constraint clause, not counting courtesy formulas such as "don't hesitate to reach out"."""
+    if sentence.isascii():
+        return facts.is_constraint_lower(_BOILERPLATE_LOWER_RE.sub(" ", sentence.lower()))
     return facts.is_constraint(_BOILERPLATE_RE.sub(" ", sentence))
 
 
@@ -422,8 +426,14 @@ def _plural(n: int) -> str:
     return f"{n} sentence" if n == 1 else f"{n} sentences"
 
 
-def _select(docs: Sequence[tuple[str, list[Unit]]], ctx: Context) -> list[list[bool]]:
-    """Which units of each text to keep, ranked and budgeted over all the texts together."""
+def _select(
+    docs: Sequence[tuple[str, list[Unit]]], ctx: Context, fact_free: list[list[bool]]
+) -> list[list[bool]]:
+    """Which units of each text to keep, ranked and budgeted over all the texts together.
+
+    Marks in `fact_free` (one list per text, all False on entry) the units found to hold no fact, so that
+    their markers need not scan them again.
+    """
     keeps = [[u.kind in _VERBATIM for u in units] for _, units in docs]
     prose = [(d, i) for d, (_, units) in enumerate(docs) for i, u in enumerate(units) if u.kind in _PROSE]
     if not prose:
@@ -431,6 +441,8 @@ def _select(docs: Sequence[tuple[str, list[Unit]]], ctx: Context) -> list[list[b
     texts = [docs[d][0][docs[d][1][i].start : docs[d][1][i].end] for d, i in prose]
     counts = [tokens.count(t) for t in texts]
     fact_counts = [facts.fact_count(t) for t in texts]
+    for (d, i), f in zip(prose, fact_counts, strict=True):
+        fact_free[d][i] = f == 0
     constraints = [is_hard_constraint(t) for t in texts]
     labels = {
         (d, u.group): text[u.start : u.end]
@@ -518,23 +530,30 @@ def _runs(keep: list[bool]) -> list[tuple[int, int]]:
     return runs
 
 
-def _run_marker(text: str, units: list[Unit], a: int, b: int) -> str | None:
+def _run_marker(text: str, units: list[Unit], a: int, b: int, fact_free: list[bool]) -> str | None:
     """The marker for dropped units a..b, or None if it could not list all their facts."""
-    dropped = [text[u.start : u.end] for u in units[a:b]]
+    found = [
+        fact
+        for k in range(a, b)
+        if not fact_free[k]
+        for fact in facts.find_facts(text[units[k].start : units[k].end])
+    ]
     count = sum(1 for u in units[a:b] if u.kind != "label")
-    marker = facts.marker(f"omitted {_plural(count)}", dropped)
+    marker = facts.listing_marker(f"omitted {_plural(count)}", found)
     listed = marker[marker.find("; facts kept: ") :]
-    if any(fact not in listed for chunk in dropped for fact in facts.find_facts(chunk)):
+    if any(fact not in listed for fact in found):
         return None
     return marker
 
 
-def _render(text: str, units: list[Unit], keep: list[bool], before: int) -> Compressed | None:
+def _render(
+    text: str, units: list[Unit], keep: list[bool], before: int, fact_free: list[bool]
+) -> Compressed | None:
     """The kept units with their separators, each dropped run replaced by one marker; None if no smaller."""
     # A run whose marker costs as much as the run itself is kept instead.
     markers: dict[int, str] = {}
     for a, b in _runs(keep):
-        marker = _run_marker(text, units, a, b)
+        marker = _run_marker(text, units, a, b, fact_free)
         if marker is None or tokens.count(marker) >= tokens.count(text[units[a].start : units[b - 1].end]):
             keep[a:b] = [True] * (b - a)
         else:
@@ -586,10 +605,11 @@ def compress_many(texts: Sequence[str], ctx: Context) -> list[Compressed | None]
     if sum(befores) < MIN_TOKENS:
         return [None] * len(texts)
     docs = [(text, split_units(text)) for text in texts]
-    keeps = _select(docs, ctx)
+    fact_free = [[False] * len(units) for _, units in docs]
+    keeps = _select(docs, ctx, fact_free)
     return [
-        _render(text, units, keep, before) if units else None
-        for (text, units), keep, before in zip(docs, keeps, befores, strict=True)
+        _render(text, units, keep, before, free) if units else None
+        for (text, units), keep, before, free in zip(docs, keeps, befores, fact_free, strict=True)
     ]
 
 
