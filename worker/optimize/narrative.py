@@ -380,7 +380,13 @@ def _scores(
     fact_counts: Sequence[int],
     constraints: Sequence[bool],
     cues: Sequence[str] | None,
+    needed: Sequence[bool] | None = None,
 ) -> list[float]:
+    """`score_sentences`; with `needed`, units whose score is not needed get 0.0 and skip the cue scans.
+
+    Every unit still counts towards the ranking statistics (BM25 and topicality normalise over all of them),
+    so the scores of the needed units are exactly what they would be without `needed`.
+    """
     docs = [tokenize(u) for u in units]
     relevance = [0.0] * len(units)
     query_terms = tokenize(query) if query else []
@@ -399,6 +405,9 @@ def _scores(
     top_topic = max(topic, default=0.0)
     out: list[float] = []
     for i, unit in enumerate(units):
+        if needed is not None and not needed[i]:
+            out.append(0.0)
+            continue
         low = unit.lower()
         cue = f"{cues[i].lower()} {low}" if cues is not None and cues[i] else low
         density = fact_counts[i] / max(counts[i], 1)
@@ -451,7 +460,9 @@ def _select(
         if u.kind == "label"
     }
     cues = [labels.get((d, docs[d][1][i].group), "") for d, i in prose]
-    content = _scores(texts, ctx.query, counts, fact_counts, constraints, cues)
+    mandatory = [c or f > 0 for c, f in zip(constraints, fact_counts, strict=True)]
+    # Mandatory units are kept whatever they score: only the optional ones are ranked.
+    content = _scores(texts, ctx.query, counts, fact_counts, constraints, cues, [not m for m in mandatory])
     scores = list(content)
     last_of_doc: dict[int, int] = {}
     for k, (d, i) in enumerate(prose):
@@ -460,7 +471,6 @@ def _select(
             scores[k] += 0.5
     for k in last_of_doc.values():
         scores[k] += 0.5  # the closing sentence of a text
-    mandatory = [c or f > 0 for c, f in zip(constraints, fact_counts, strict=True)]
     for (d, i), m in zip(prose, mandatory, strict=True):
         keeps[d][i] = keeps[d][i] or m
     # The budget counts the markers too: a kept sentence inside a dropped run splits it (one marker more),
