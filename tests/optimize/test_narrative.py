@@ -6,9 +6,11 @@ import itertools
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from worker import tokens
-from worker.optimize import facts
+from worker.optimize import facts, narrative
 from worker.optimize.base import Context
 from worker.optimize.narrative import (
     compress,
@@ -580,3 +582,57 @@ def test_many_respects_modes_and_the_total_minimum() -> None:
     assert compress_many(["Thanks!", "Sure, happy to help."], Context(mode="aggressive")) == [None, None]
     single = compress_many([DESIGN], Context(mode="balanced"))[0]
     assert single == compress(DESIGN, Context(mode="balanced"))
+
+
+_CUE_PIECES = st.lists(
+    st.sampled_from(
+        [
+            "i think",
+            "make sure",
+            "be sure",
+            "sure",
+            "thanks",
+            "so",
+            "also",
+            ", so",
+            "; so ",
+            "agreed",
+            "the fix is",
+            "root cause",
+            "a lot",
+            "not really clear",
+            "you're very welcome",
+            "don't hesitate",
+            "apologise",
+            "okay",
+            "ok",
+            " ",
+            "\n",
+            ",",
+            "'",
+            "x",
+        ]
+    )
+    | st.text(alphabet="abcdefghijklmnopqrstuvwxyz ,;:'\n", max_size=6),
+    max_size=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_CUE_PIECES)
+def test_gated_cue_patterns_match_exactly_what_the_plain_patterns_match(parts: list[str]) -> None:
+    text = "".join(parts)
+    for gated in (narrative._CONCLUSION_RE, narrative._FILLER_RE, narrative._VAGUE_RE):
+        body = gated.pattern.split("(?:", 1)[1][: -len(")\\b")]
+        plain = re.compile(rf"\b(?:{body})\b")
+        assert gated.findall(text) == plain.findall(text)
+    plain_so = re.compile(r"(?:^|[,;:]\s*)so\b|\bagreed\b")
+    assert [m.span() for m in narrative._SO_RE.finditer(text)] == [m.span() for m in plain_so.finditer(text)]
+
+
+def test_gate_letters_come_from_every_alternative() -> None:
+    assert narrative._first_letters("(?<!make )(?<!be )sure") == {"s"}
+    assert narrative._first_letters("(?:you're|you are) welcome") == {"y"}
+    assert narrative._gated_words("in general|a lot|(?:x|y)z").pattern.startswith(r"\b(?=[aixy])")
+    with pytest.raises(ValueError, match="first letter"):
+        narrative._gated_words("[ab]c|d")

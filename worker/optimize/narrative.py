@@ -69,20 +69,79 @@ _ABBREVIATIONS = frozenset(_ABBREVIATIONS_TEXT.split())
 _NEEDS_DIGIT = frozenset({"no", "nos", "vol", "fig", "figs", "eq", "eqs", "sec", "ref", "refs"})
 
 # --- scoring cues ----------------------------------------------------------------------------------------
+
+
+def _alternatives(body: str) -> list[str]:
+    """The top-level `|` alternatives of a pattern body."""
+    parts: list[str] = []
+    depth, start, i, in_class = 0, 0, 0, False
+    while i < len(body):
+        c = body[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            parts.append(body[start:i])
+            start = i + 1
+        i += 1
+    parts.append(body[start:])
+    return parts
+
+
+def _first_letters(alternative: str) -> set[str]:
+    """The letters `alternative` can start with (past leading look-behinds; into a leading `(?:…)` group)."""
+    while alternative.startswith("(?<"):
+        depth = 0
+        for j, c in enumerate(alternative):
+            depth += (c == "(") - (c == ")")
+            if depth == 0:
+                alternative = alternative[j + 1 :]
+                break
+    if alternative.startswith("(?:"):
+        depth = 0
+        for j, c in enumerate(alternative):
+            depth += (c == "(") - (c == ")")
+            if depth == 0:
+                return {x for alt in _alternatives(alternative[3:j]) for x in _first_letters(alt)}
+    if not alternative[:1].isalpha():
+        raise ValueError(f"cannot tell the first letter of {alternative!r}")
+    return {alternative[0]}
+
+
+def _gated_words(body: str) -> re.Pattern[str]:
+    r"""`\b(?:body)\b`, with a look-ahead for the letters its alternatives can start with.
+
+    The engine tries every alternative at every word boundary; the one-character class check first rejects
+    most boundaries at once (about 1.5x faster on prose). It matches exactly what the ungated pattern does.
+    """
+    letters = "".join(sorted({x for alt in _alternatives(body) for x in _first_letters(alt)}))
+    return re.compile(rf"\b(?=[{letters}])(?:{body})\b")
+
+
 # The cue patterns below are lowercase and match `text.lower()`: the same as re.IGNORECASE, about three
 # times faster (an ignore-case alternation has no literal prefix for the engine to skip ahead with).
 
-_CONCLUSION_RE = re.compile(
-    r"\b(?:therefore|thus|hence|in summary|to summari[sz]e|in conclusion|conclusions?|the fix|"
+_CONCLUSION_RE = _gated_words(
+    r"therefore|thus|hence|in summary|to summari[sz]e|in conclusion|conclusions?|the fix|"
     r"fix(?:ed)? (?:is|was|by)|root cause|decided|decision|we will|we'll|results?|resulted|answer|"
     r"the solution|resolved|outcome|takeaways?|next steps?|action items?|owns|owner|assigned to|"
-    r"responsible for)\b",
+    r"responsible for"
 )
 # Weaker cues: "So, …", "…, so we …", "agreed".
-_SO_RE = re.compile(r"(?:^|[,;:]\s*)so\b|\bagreed\b")
+# (The look-ahead admits what each alternative starts with — `s` of `^so`, the punctuation, the `a` of
+# "agreed" — so that other positions fail at once.)
+_SO_RE = re.compile(r"(?=[s,;:a])(?:(?:^|[,;:]\s*)so\b|\bagreed\b)")
 # Pleasantries, small talk and conversational filler.
-_FILLER_RE = re.compile(
-    r"\b(?:i think|i guess|i believe|i feel like|i hope|i'm not sure|i am not sure|it seems|let me|let's see|"
+_FILLER_RE = _gated_words(
+    r"i think|i guess|i believe|i feel like|i hope|i'm not sure|i am not sure|it seems|let me|let's see|"
     r"(?<!make )(?<!be )sure|of course|happy to help|glad to help|happy to|glad to|as (?:i )?mentioned|"
     r"as (?:we )?discussed|as noted|great question|good question|thanks|thank you|no problem|no worries|"
     r"absolutely|certainly|basically|actually|honestly|kind of|sort of|you know|i mean|"
@@ -90,14 +149,14 @@ _FILLER_RE = re.compile(
     r"good (?:morning|afternoon|evening)|have a (?:great|nice|good|wonderful)|okay|ok|alright|awesome|"
     r"perfect|wonderful|great|maybe|perhaps|probably|just wanted|appreciate|bear with me|bearing with me|"
     r"one moment|hang on|hold on|quick question|just checking|circling back|touching base|"
-    r"(?:you're|you are) (?:very |most |so )?welcome|my pleasure|a pleasure|oh no|goodbye|bye|cheers)\b",
+    r"(?:you're|you are) (?:very |most |so )?welcome|my pleasure|a pleasure|oh no|goodbye|bye|cheers"
 )
 # Vague or hedging wording: a milder penalty.
-_VAGUE_RE = re.compile(
-    r"\b(?:in general|generally|overall|a lot|lots of|somewhat|reasonably|quite|a bit|a fair amount|"
+_VAGUE_RE = _gated_words(
+    r"in general|generally|overall|a lot|lots of|somewhat|reasonably|quite|a bit|a fair amount|"
     r"at some point|pretty|various|really|totally|completely|definitely|in theory|more or less|"
     r"for the most part|some time|a while|it is worth|it's worth|a few|many|several|"
-    r"not (?:entirely |completely |really )?(?:clear|sure))\b",
+    r"not (?:entirely |completely |really )?(?:clear|sure)"
 )
 # Capitalised words past the first: names, products, places — specifics rather than narrative.
 _ENTITY_RE = re.compile(r"(?<=[\s,(/])[A-Z][A-Za-z0-9]+")
