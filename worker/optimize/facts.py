@@ -156,9 +156,11 @@ _FACT_RE = re.compile(_dispatch(_FACT_PATTERNS, _FIRST_CHARS))
 # whitespace and JSON punctuation (no pattern starts with those). Facts are group 1; the other matches are
 # empty. Same matches as `_FACT_RE` (tests/optimize/test_facts.py checks it); about 3x faster on JSON.
 _WORD_END = r"(?=[\s\",;()\[\]{}=<>]|\.(?:\s|$))"
+# One match steps over a whole run of such stretches (possessive: the run ends where none matches, exactly
+# where a lone stretch's match would have ended), so the caller sees a few matches per fact, not one per word.
 _SCAN_RE = re.compile(
     rf"(?:[a-z]+{_WORD_END}|(?!(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec))[A-Z][a-z]+{_WORD_END}"
-    rf"|(?!E)[A-Z]{{2,}}{_WORD_END}|[\s\",:{{}}\[\]]+)|({_FACT_RE.pattern})"
+    rf"|(?!E)[A-Z]{{2,}}{_WORD_END}|[\s\",:{{}}\[\]]+)++|({_FACT_RE.pattern})"
 )
 _RUN_RE = re.compile(r"[A-Za-z0-9]+")
 
