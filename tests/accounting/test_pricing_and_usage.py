@@ -93,6 +93,12 @@ def test_usage_from_bodies_of_each_wire() -> None:
     )
     assert usage.from_body("chat", b"not json") is None
     assert usage.from_body("chat", b'{"id": "x"}') is None
+    for not_usage in (b"[1, 2]", b'"text"', b'{"usage": 5}', b'{"usage": null}', b'{"usage": [1]}'):
+        assert usage.from_body("chat", not_usage) is None, not_usage
+    # Only `usage` is read; a large answer around it changes nothing (and is not built into Python objects).
+    big = b'{"choices": [{"message": {"content": "' + b"x" * 100_000 + b'"}}], "usage": {"prompt_tokens": 7}}'
+    assert usage.from_body("chat", big) == Billed(7, 0, 0, 0)
+    assert usage.from_body("chat", b'{"usage": {"prompt_tokens": true, "completion_tokens": -3}}') == Billed()
 
 
 @pytest.mark.parametrize(

@@ -58,15 +58,25 @@ def _responses_usage(u: Any) -> Billed | None:
     )
 
 
+class _UsageOnly(msgspec.Struct):
+    """A response body as far as accounting reads it: msgspec skips the rest (the answer's text, tool
+    calls …) without building Python objects for it."""
+
+    usage: dict[str, Any] | None = None
+
+
+_usage_decoder = msgspec.json.Decoder(_UsageOnly)
+
+
 def from_body(wire: Wire, data: bytes) -> Billed | None:
-    """Usage from a non-streaming response body; None if it has none (or is not JSON)."""
+    """Usage from a non-streaming response body; None if it has none (or is not a JSON object)."""
     try:
-        doc = _decoder.decode(data)
-    except msgspec.DecodeError:
+        found = _usage_decoder.decode(data).usage  # not an object, or `usage` not one: ValidationError
+    except msgspec.DecodeError:  # also msgspec.ValidationError, its subclass
         return None
-    if not isinstance(doc, dict) or not isinstance(doc.get("usage"), dict):
+    if found is None:
         return None
-    return from_doc(wire, doc)
+    return from_doc(wire, {"usage": found})
 
 
 def from_doc(wire: Wire, doc: dict[str, Any]) -> Billed | None:
