@@ -53,8 +53,10 @@ _FACT_PATTERNS: tuple[str, ...] = (
 )
 
 
-def _top_level_alternation(pattern: str) -> bool:
-    depth, i = 0, 0
+def alternatives(pattern: str) -> list[str]:
+    """The top-level `|` alternatives of a regex pattern (one item when there is no top-level `|`)."""
+    parts: list[str] = []
+    depth, start, i = 0, 0, 0
     in_class = False
     while i < len(pattern):
         c = pattern[i]
@@ -72,9 +74,15 @@ def _top_level_alternation(pattern: str) -> bool:
         elif c == ")":
             depth -= 1
         elif c == "|" and depth == 0:
-            return True
+            parts.append(pattern[start:i])
+            start = i + 1
         i += 1
-    return False
+    parts.append(pattern[start:])
+    return parts
+
+
+def _top_level_alternation(pattern: str) -> bool:
+    return len(alternatives(pattern)) > 1
 
 
 def _combine(patterns: tuple[str, ...]) -> str:

@@ -71,31 +71,6 @@ _NEEDS_DIGIT = frozenset({"no", "nos", "vol", "fig", "figs", "eq", "eqs", "sec",
 # --- scoring cues ----------------------------------------------------------------------------------------
 
 
-def _alternatives(body: str) -> list[str]:
-    """The top-level `|` alternatives of a pattern body."""
-    parts: list[str] = []
-    depth, start, i, in_class = 0, 0, 0, False
-    while i < len(body):
-        c = body[i]
-        if c == "\\":
-            i += 2
-            continue
-        if in_class:
-            in_class = c != "]"
-        elif c == "[":
-            in_class = True
-        elif c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-        elif c == "|" and depth == 0:
-            parts.append(body[start:i])
-            start = i + 1
-        i += 1
-    parts.append(body[start:])
-    return parts
-
-
 def _first_letters(alternative: str) -> set[str]:
     """The letters `alternative` can start with (past leading look-behinds; into a leading `(?:…)` group)."""
     while alternative.startswith("(?<"):
@@ -110,7 +85,7 @@ def _first_letters(alternative: str) -> set[str]:
         for j, c in enumerate(alternative):
             depth += (c == "(") - (c == ")")
             if depth == 0:
-                return {x for alt in _alternatives(alternative[3:j]) for x in _first_letters(alt)}
+                return {x for alt in facts.alternatives(alternative[3:j]) for x in _first_letters(alt)}
     if not alternative[:1].isalpha():
         raise ValueError(f"cannot tell the first letter of {alternative!r}")
     return {alternative[0]}
@@ -122,7 +97,7 @@ def _gated_words(body: str) -> re.Pattern[str]:
     The engine tries every alternative at every word boundary; the one-character class check first rejects
     most boundaries at once (about 1.5x faster on prose). It matches exactly what the ungated pattern does.
     """
-    letters = "".join(sorted({x for alt in _alternatives(body) for x in _first_letters(alt)}))
+    letters = "".join(sorted({x for alt in facts.alternatives(body) for x in _first_letters(alt)}))
     return re.compile(rf"\b(?=[{letters}])(?:{body})\b")
 
 
