@@ -9,11 +9,12 @@ the deltas of callers 0..i. Atomicity across instances is the KV's, as with a pl
 
 `count` adds leases for counters checked against a limit (rate limits, request quotas). Far from its limit,
 an instance reserves a block of positions in the shared counter with one increment and hands them out
-locally, without a round trip; close to the limit the blocks shrink to one position, so counting is exact
-again where it decides. No position is ever handed out twice and none beyond what the counter holds, so
-all instances together never admit more than the limit; positions an instance reserved but did not use
-before the counter's window ended are lost (at most `LEASE_MAX` - 1 per instance and counter, and only for
-limits of at least `LEASE_MIN_LIMIT`).
+locally, without a round trip; close to the limit (as far as the instance has seen the counter) the blocks
+shrink to one position. No position is ever handed out twice and none beyond what the counter holds, so
+all instances together never admit more than the limit. Positions an instance reserved but has not used yet
+wait for its next requests; those still unused when the counter's window ends are lost (a few per instance
+and counter, only for limits of at least `LEASE_MIN_LIMIT`: a lease is at most `LEASE_MAX` and at most
+1/64 of what the instance saw left).
 """
 
 from __future__ import annotations
