@@ -71,21 +71,27 @@ _NEEDS_DIGIT = frozenset({"no", "nos", "vol", "fig", "figs", "eq", "eqs", "sec",
 # --- scoring cues ----------------------------------------------------------------------------------------
 
 
+def _group_end(pattern: str) -> int:
+    """The index just past the group that `pattern` opens with (escaped parentheses are not counted)."""
+    depth, i = 0, 0
+    while True:
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        depth += (c == "(") - (c == ")")
+        i += 1
+        if depth == 0:
+            return i
+
+
 def _first_letters(alternative: str) -> set[str]:
     """The letters `alternative` can start with (past leading look-behinds; into a leading `(?:…)` group)."""
     while alternative.startswith("(?<"):
-        depth = 0
-        for j, c in enumerate(alternative):
-            depth += (c == "(") - (c == ")")
-            if depth == 0:
-                alternative = alternative[j + 1 :]
-                break
+        alternative = alternative[_group_end(alternative) :]
     if alternative.startswith("(?:"):
-        depth = 0
-        for j, c in enumerate(alternative):
-            depth += (c == "(") - (c == ")")
-            if depth == 0:
-                return {x for alt in facts.alternatives(alternative[3:j]) for x in _first_letters(alt)}
+        inner = alternative[3 : _group_end(alternative) - 1]
+        return {x for alt in facts.alternatives(inner) for x in _first_letters(alt)}
     if not alternative[:1].isalpha():
         raise ValueError(f"cannot tell the first letter of {alternative!r}")
     return {alternative[0]}
@@ -470,17 +476,15 @@ def _plural(n: int) -> str:
 
 
 def _select(
-    docs: Sequence[tuple[str, list[Unit]]], ctx: Context, fact_free: list[list[bool]]
-) -> list[list[bool]]:
-    """Which units of each text to keep, ranked and budgeted over all the texts together.
-
-    Marks in `fact_free` (one list per text, all False on entry) the units found to hold no fact, so that
-    their markers need not scan them again.
-    """
+    docs: Sequence[tuple[str, list[Unit]]], ctx: Context
+) -> tuple[list[list[bool]], list[list[bool]]]:
+    """Which units of each text to keep, ranked and budgeted over all the texts together; and which units
+    were found to hold no fact (their markers need not scan them again)."""
     keeps = [[u.kind in _VERBATIM for u in units] for _, units in docs]
+    fact_free = [[False] * len(units) for _, units in docs]
     prose = [(d, i) for d, (_, units) in enumerate(docs) for i, u in enumerate(units) if u.kind in _PROSE]
     if not prose:
-        return keeps
+        return keeps, fact_free
     texts = [docs[d][0][docs[d][1][i].start : docs[d][1][i].end] for d, i in prose]
     counts = [tokens.count(t) for t in texts]
     fact_counts = [facts.fact_count(t) for t in texts]
@@ -542,7 +546,7 @@ def _select(
             used += cost
     for (_, units), keep in zip(docs, keeps, strict=True):
         _follow(units, keep)
-    return keeps
+    return keeps, fact_free
 
 
 def _follow(units: list[Unit], keep: list[bool]) -> None:
@@ -649,8 +653,7 @@ def compress_many(texts: Sequence[str], ctx: Context) -> list[Compressed | None]
     if sum(befores) < MIN_TOKENS:
         return [None] * len(texts)
     docs = [(text, split_units(text)) for text in texts]
-    fact_free = [[False] * len(units) for _, units in docs]
-    keeps = _select(docs, ctx, fact_free)
+    keeps, fact_free = _select(docs, ctx)
     return [
         _render(text, units, keep, before, free) if units else None
         for (text, units), keep, before, free in zip(docs, keeps, befores, fact_free, strict=True)
