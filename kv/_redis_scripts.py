@@ -29,6 +29,29 @@ redis.call('ZADD', KEYS[2], 0, ARGV[1])
 return 1
 """
 
+# KEYS[1] index sorted set, KEYS[2..n+1] value hashes. ARGV: five per key, in KEYS order: index member (the
+# raw key), value, expiration ('' = none), metadata JSON ('' = none), native TTL in ms ('' = none).
+# PUT's unconditional write for every key, in order, in one call (a later write of the same key wins).
+# Returns the number of keys written.
+PUT_MANY = """
+for i = 2, #KEYS do
+  local a = (i - 2) * 5
+  redis.call('DEL', KEYS[i])
+  redis.call('HSET', KEYS[i], 'v', ARGV[a + 2])
+  if ARGV[a + 3] ~= '' then
+    redis.call('HSET', KEYS[i], 'e', ARGV[a + 3])
+  end
+  if ARGV[a + 4] ~= '' then
+    redis.call('HSET', KEYS[i], 'm', ARGV[a + 4])
+  end
+  if ARGV[a + 5] ~= '' then
+    redis.call('PEXPIRE', KEYS[i], ARGV[a + 5])
+  end
+  redis.call('ZADD', KEYS[1], 0, ARGV[a + 1])
+end
+return #KEYS - 1
+"""
+
 # KEYS[1] index sorted set, KEYS[2..n] value hashes; ARGV[1] the caller's clock,
 # ARGV[2..n] the index members matching KEYS[2..n].
 # Drops index members whose hash is gone (native expiry) or expired by the caller's clock.

@@ -35,6 +35,32 @@ async def test_overwrite_clears_native_expiry(redis_db: aioredis.Redis, redis_ur
     assert await redis_db.pttl("trex:kv:v:k") == -1
 
 
+async def test_put_many_has_the_layout_and_native_expiry_of_put(
+    redis_db: aioredis.Redis, redis_url: str, clock: ManualClock
+) -> None:
+    """A batch stores what single puts would: hash fields, index members, relative GC expiry; a later
+    batch without expiration clears it, and within a batch the last write of a key wins."""
+    async with RedisKV(redis_url, clock=clock, namespace="gw") as kv:
+        await kv.put_many(
+            [("a", b"1", {"n": 1}), ("b", "2", None), ("a", b"3", {"n": 3})], expiration_ttl=120
+        )
+        assert await redis_db.hgetall("gw:kv:v:a") == {
+            b"v": b"3",
+            b"m": b'{"n":3}',
+            b"e": str(int(clock.now) + 120).encode(),
+        }
+        assert await redis_db.hgetall("gw:kv:v:b") == {b"v": b"2", b"e": str(int(clock.now) + 120).encode()}
+        assert 119_000 <= await redis_db.pttl("gw:kv:v:b") <= 120_000
+        assert await redis_db.zrange("gw:kv:index", 0, -1) == [b"a", b"b"]
+        await kv.put_many([("b", b"kept", None)])
+        assert await redis_db.hgetall("gw:kv:v:b") == {b"v": b"kept"}
+        assert await redis_db.pttl("gw:kv:v:b") == -1
+        many = [(f"m/{i:04d}", f"v{i}", {"i": i}) for i in range(600)]  # more than one script call
+        await kv.put_many(many, expiration_ttl=60)
+        assert await redis_db.zcount("gw:kv:index", 0, 0) == 602
+        assert await kv.get_with_metadata("m/0599") == (b"v599", {"i": 599})
+
+
 async def test_namespaces_are_isolated(redis_db: aioredis.Redis, redis_url: str) -> None:
     """Two namespaces on one database never see each other's keys."""
     async with RedisKV(redis_url, namespace="a") as first, RedisKV(redis_url, namespace="b") as second:
