@@ -279,9 +279,12 @@ def dedupe_detailed(blocks: list[Block]) -> list[Replacement | None]:
     results: list[Replacement | None] = []
     first: dict[str, int] = {}  # normalised text → position of its first block
     index = _Index()
+    last = len(blocks) - 1
     for pos, block in enumerate(blocks):
-        norm = _normalise(block.text)
         result: Replacement | None = None
+        # Only an earlier block can be referred to: with none long enough so far, the last block is left
+        # as it is without being looked at, and no block is indexed for a later one that does not exist.
+        norm = _normalise(block.text) if pos < last or first else ""
         if len(norm) >= MIN_CHARS:
             seen = first.get(norm)
             if seen is not None:
@@ -292,13 +295,14 @@ def dedupe_detailed(blocks: list[Block]) -> list[Replacement | None]:
                     result = earlier  # the same rewrite, which refers to a block the reader can see
             else:
                 first[norm] = pos
-                options = [r for r in (_contained(block, index), _edited(block, index)) if r is not None]
-                if options:
-                    result = min(options, key=lambda r: len(r.text))
+                if index.items:
+                    options = [r for r in (_contained(block, index), _edited(block, index)) if r is not None]
+                    if options:
+                        result = min(options, key=lambda r: len(r.text))
         if result is not None and not _smaller(result.text, block.text):
             result = None
         results.append(result)
-        if result is None and first.get(norm) == pos:
+        if result is None and pos < last and first.get(norm) == pos:
             index.add(block)
     return results
 
