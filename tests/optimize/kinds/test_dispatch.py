@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.optimize.kinds._data import (
     PROSE,
@@ -19,6 +22,7 @@ from tests.optimize.kinds._data import (
 )
 from worker.optimize.base import Context
 from worker.optimize.kinds import KINDS, compress_tool_output, detect
+from worker.optimize.kinds._common import collapse_blank_lines, strip_trailing_ws
 
 
 def test_detects_every_kind() -> None:
@@ -104,3 +108,16 @@ def test_repeated_lines_of_unclassified_output_are_counted() -> None:
             "progress: still working",
             "[trex: previous line repeated 19 more times]",
         ]
+
+
+_WHITESPACE_TEXT = st.text(alphabet=" \t\r\n\x0bab{}\u00a0\u2028", max_size=60)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_WHITESPACE_TEXT)
+def test_whitespace_clean_up_is_the_regex_definition(text: str) -> None:
+    """The fast paths strip and collapse exactly what `[ \\t]+$` (multi-line) and `\\n{3,}` would."""
+    lf = text.replace("\r\n", "\n")
+    stripped = re.sub(r"[ \t]+$", "", lf, flags=re.MULTILINE)
+    assert strip_trailing_ws(text) == stripped
+    assert collapse_blank_lines(stripped) == re.sub(r"\n{3,}", "\n\n", stripped)
