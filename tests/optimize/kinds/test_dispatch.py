@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.optimize.kinds._data import (
@@ -22,7 +22,7 @@ from tests.optimize.kinds._data import (
 )
 from worker.optimize.base import Context
 from worker.optimize.kinds import KINDS, compress_tool_output, detect
-from worker.optimize.kinds._common import collapse_blank_lines, strip_trailing_ws
+from worker.optimize.kinds._common import _chunks, collapse_blank_lines, strip_trailing_ws
 
 
 def test_detects_every_kind() -> None:
@@ -121,3 +121,29 @@ def test_whitespace_clean_up_is_the_regex_definition(text: str) -> None:
     stripped = re.sub(r"[ \t]+$", "", lf, flags=re.MULTILINE)
     assert strip_trailing_ws(text) == stripped
     assert collapse_blank_lines(stripped) == re.sub(r"\n{3,}", "\n\n", stripped)
+
+
+def _chunks_reference(text: str, size: int) -> list[str]:
+    """The chunking rule, line by line: the most whole lines within `size`, over-long lines cut first."""
+    out: list[str] = []
+    buffer: list[str] = []
+    used = 0
+    for line in text.split("\n"):
+        pieces = re.split(r'(?:(?<=,)|(?<=, ))(?=")', line) if len(line) > size else [line]
+        for piece in pieces:
+            if used + len(piece) > size and buffer:
+                out.append("\n".join(buffer))
+                buffer, used = [], 0
+            buffer.append(piece)
+            used += len(piece) + 1
+    if buffer:
+        out.append("\n".join(buffer))
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet='ab\n,"', max_size=200), st.integers(min_value=1, max_value=20))
+@example('ab\na,"bbbbbbbbbbbbb', 10)  # an over-long line whose first piece joins the lines before it
+def test_chunks_follow_the_line_rule(text: str, size: int) -> None:
+    """Chunks found by searching for line ends are the ones the line-by-line rule builds."""
+    assert list(_chunks(text, size)) == _chunks_reference(text, size)

@@ -67,18 +67,35 @@ def count(text: str) -> int:
     return tokens.count(text)
 
 
-def _chunks(text: str) -> Iterable[str]:
-    """`text` in pieces of about `_CHUNK_CHARS`, cut at line ends (or JSON commas in a very long line)."""
+def _chunks(text: str, size: int = _CHUNK_CHARS) -> Iterable[str]:
+    """`text` in pieces of about `size` characters: each the most whole lines that fit, or one line cut before
+    JSON members when the line alone is longer."""
+    start = 0
+    while len(text) - start > size:
+        # The last line end that keeps this chunk within `size`: found with one search, not line by line.
+        cut = text.rfind("\n", start, start + size + 1)
+        after = text.find("\n", cut + 1) if cut >= 0 else -1
+        if cut < 0 or (after if after >= 0 else len(text)) - cut - 1 > size:
+            # A line longer than a chunk is cut into pieces, and its first pieces may share this chunk.
+            yield from _chunks_by_line(text[start:], size)
+            return
+        yield text[start:cut]
+        start = cut + 1
+    yield text[start:]
+
+
+def _chunks_by_line(text: str, size: int) -> Iterable[str]:
+    """What `_chunks` yields, built line by line, with lines longer than `size` cut into pieces."""
     buffer: list[str] = []
-    size = 0
+    used = 0
     for line in text.split("\n"):
-        pieces = _LONG_LINE_CUT_RE.split(line) if len(line) > _CHUNK_CHARS else [line]
+        pieces = _LONG_LINE_CUT_RE.split(line) if len(line) > size else [line]
         for piece in pieces:
-            if size + len(piece) > _CHUNK_CHARS and buffer:
+            if used + len(piece) > size and buffer:
                 yield "\n".join(buffer)
-                buffer, size = [], 0
+                buffer, used = [], 0
             buffer.append(piece)
-            size += len(piece) + 1
+            used += len(piece) + 1
     if buffer:
         yield "\n".join(buffer)
 
