@@ -18,6 +18,7 @@ from tests.conftest import MASTER_KEY, UPSTREAM_KEYS, GatewaySetup
 from tests.fakes.upstream import FakeUpstream, Reply, fixture_json
 from tests.harness import InProcessWorker
 from tests.test_cli import trex
+from worker.accounting.events import FLUSH_AT
 from worker.accounting.pricing import BUILTIN_PRICES
 from worker.appkeys import CONFIG, GATEWAY
 
@@ -491,6 +492,31 @@ def test_events_survive_a_restart_and_a_graceful_shutdown_flushes_them(
     assert after == before
     totals = _get(GatewaySetup(again, fake_upstream, token, record.id), "/v1/usage").json()["totals"]
     assert totals["requests"] == 3
+
+
+def test_a_busy_worker_writes_its_events_before_the_interval(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """However long the flush interval, a worker never holds more than FLUSH_AT requests' events and
+    request-log entries in memory: reaching that many starts a write at once."""
+    worker = make_worker({"USAGE_FLUSH_SECONDS": 3600}, dev_vars={"TREX_MASTER_KEY": MASTER_KEY})
+    _, token = worker.call(worker.app[GATEWAY].keys.create("busy"))
+    headers = {"Authorization": f"Bearer {token}", "X-Upstream-Api-Key": "sk-x"}
+    body = {"model": "gpt-4o-mini", "messages": MESSAGES}
+    kv = worker.app[GATEWAY].kv
+
+    def stored(prefix: str) -> int:
+        return len(worker.call(kv.list(prefix=prefix)).keys)
+
+    for _ in range(FLUSH_AT - 1):
+        assert HTTP.post(worker.url + "/v1/chat/completions", json=body, headers=headers).status_code == 200
+    time.sleep(0.3)
+    assert stored("usage/ev/") == 0  # under the threshold: they wait for the interval
+    assert HTTP.post(worker.url + "/v1/chat/completions", json=body, headers=headers).status_code == 200
+    deadline = time.monotonic() + 10
+    while (stored("usage/ev/"), stored("logs/")) != (FLUSH_AT, FLUSH_AT) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (stored("usage/ev/"), stored("logs/")) == (FLUSH_AT, FLUSH_AT)
 
 
 def test_accounting_off_sends_no_event_and_says_so(

@@ -5,7 +5,8 @@ Life of an event:
    answers; its id goes out in `X-Trex-Usage-Event-Id` with the response headers.
 2. `finish()` in `wait_until`, after the response (or stream) is complete: billed usage from the upstream
    body or stream, priced; baseline, actual cost and savings; status `final`.
-3. The flush loop writes every changed event to the KV each `USAGE_FLUSH_SECONDS` (default 1 s) with one
+3. The flush loop writes every changed event to the KV each `USAGE_FLUSH_SECONDS` (default 1 s), or as soon
+   as `FLUSH_AT` requests wait to be written (a busy worker holds a bounded number of them), with one
    `put_many`, as `usage/ev/<key id>/<YYYYMMDD>/<event id>`, kept `USAGE_RETENTION_DAYS`. The KV metadata of
    each entry carries the numbers totals need, so `totals()` lists keys and never reads values.
 
@@ -51,6 +52,8 @@ Outcome = Literal["pending", "completed", "upstream_error", "upstream_failed", "
 _THREAD_COUNT_CHARS = 64 * 1024
 _GUARANTEE_REFRESH_SECONDS = 60.0
 _SLICE = 64
+FLUSH_AT = 256
+"""Requests waiting to be written that start a flush before the interval is up."""
 
 
 class BilledTokens(msgspec.Struct):
@@ -209,6 +212,7 @@ class UsageRecorder:
         self._flush_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._refreshing: set[tuple[str, str]] = set()
+        self._wake = asyncio.Event()
 
     # ---- request path (no I/O) ----
 
@@ -447,6 +451,8 @@ class UsageRecorder:
         """Queue the request-log entry of an authenticated request; written with the next flush, after its
         usage event (if any) is reconciled, so the entry carries the final tokens and savings."""
         self._logs.append((time.time(), request_id, key_id, method, route, status, latency_ms, begun))
+        if len(self._logs) >= FLUSH_AT:
+            self._wake.set()  # a busy second: write now rather than hold every request until the interval
 
     def _log_entries(self) -> list[tuple[str, bytes, dict[str, Any]]]:
         queued, self._logs = self._logs, []
@@ -530,11 +536,16 @@ class UsageRecorder:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.flush_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_seconds)
+            self._wake.clear()
             try:
                 await self.flush()
             except Exception:
                 log.exception("usage flush failed; retrying at the next interval")
+                # A failing KV is retried at the interval, however many requests wait meanwhile.
+                await asyncio.sleep(self.flush_seconds)
+                self._wake.clear()
 
     async def flush(self) -> int:
         """Reconcile what completed, then write every changed event; returns how many were written."""
