@@ -5,12 +5,15 @@
   so this bounds generation time too);
 - idle: the longest gap between two reads of the body (a stalled stream);
 - total: the whole exchange, body included.
+aiohttp's read timeout covers both waits: it runs from the moment the request is sent, restarts on every
+read, and stops at the end of the body. It is set to `first_byte` for the wait for the response, then to
+`idle` once the headers are in, so a slow answer (a reasoning model thinking for minutes) is bounded by the
+first-byte timeout alone, and a stalled body by the idle one.
 The domain never touches sockets: it hands this module bytes and gets a response back.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -50,11 +53,12 @@ class UpstreamClient:
             connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._limit, keepalive_timeout=60)
             sess = aiohttp.ClientSession(
                 connector=connector,
-                # aiohttp enforces total (body included, until release), connect and idle-between-reads.
+                # aiohttp enforces total (body included, until release), connect, and the read timeout:
+                # first byte here, idle once the headers are in (see `request`).
                 timeout=aiohttp.ClientTimeout(
                     total=self.timeouts.total,
                     sock_connect=self.timeouts.connect,
-                    sock_read=self.timeouts.idle,
+                    sock_read=self.timeouts.first_byte,
                 ),
                 auto_decompress=True,
                 skip_auto_headers=("User-Agent",),
@@ -68,9 +72,8 @@ class UpstreamClient:
         """Send a request; return when the response headers arrived. The caller reads and releases it."""
         sess = self.session(name)
         try:
-            async with asyncio.timeout(self.timeouts.first_byte):
-                return await sess.request(method, url, data=body, headers=headers)
-        except TimeoutError as exc:
+            resp = await sess.request(method, url, data=body, headers=headers)
+        except TimeoutError as exc:  # aiohttp's read timeout, at its first-byte setting
             raise UpstreamUnavailable(
                 "timeout", f"{name} did not respond within {self.timeouts.first_byte:g}s"
             ) from exc
@@ -78,6 +81,14 @@ class UpstreamClient:
             raise UpstreamUnavailable("connect", f"cannot connect to {name}: {exc.os_error or exc}") from exc
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
             raise UpstreamUnavailable("connect", f"{name} closed the connection: {exc}") from exc
+        protocol = resp.connection.protocol if resp.connection is not None else None
+        if protocol is not None:
+            protocol.read_timeout = self.timeouts.idle  # from the next read on
+            if not resp.content.is_eof():
+                # Restart the running timer at the idle setting now. Only while the body is still coming:
+                # its end stops the timer, and one started after it would outlive the response.
+                protocol.start_timeout()
+        return resp
 
     async def close(self) -> None:
         """Close every pool."""

@@ -79,6 +79,23 @@ def test_first_byte_timeout_is_504(
     assert err.value.status_code == 504 and err.value.code == "upstream_timeout"
 
 
+def test_a_slow_answer_waits_for_the_first_byte_timeout_not_the_idle_one(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """A non-streaming completion that takes longer than the idle timeout to start (a reasoning model
+    thinking) still arrives: only the first-byte timeout bounds the wait for the response."""
+    w = make_worker(
+        variables={"UPSTREAM_FIRST_BYTE_TIMEOUT": 5, "UPSTREAM_IDLE_TIMEOUT": 0.3},
+        dev_vars={"TREX_MASTER_KEY": MASTER_KEY},
+    )
+    fake_upstream.set("/v1/chat/completions", Reply.json("openai/chat_text.json", latency=1))
+    with _client(w) as client:
+        done = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert done.choices[0].message.content
+
+
 def test_idle_timeout_ends_a_stalled_stream_with_an_error(
     make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
 ) -> None:
