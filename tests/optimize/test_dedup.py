@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import random
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from worker import tokens
 from worker.optimize import facts
 from worker.optimize.dedup import (
     MIN_CHARS,
+    PREFIX_CHARS,
     Block,
+    _prefix_hits,
     dedupe,
     dedupe_detailed,
     identical_marker,
@@ -235,3 +241,19 @@ def test_empty_and_trivial_inputs() -> None:
     assert dedupe([]) == []
     assert dedupe(_blocks(("user", ""), ("user", ""))) == [None, None]
     assert dedupe(_blocks(("user", " " * 500), ("user", " " * 500))) == [None, None]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(alphabet="ab \n\t\u00a0\u2028>:=([{\"',;|.-", min_size=1, max_size=160),
+    st.lists(st.integers(min_value=0, max_value=159), max_size=40),
+)
+def test_prefix_hits_are_the_boundaries_where_a_key_starts(text: str, starts: list[int]) -> None:
+    """Searching for each key finds the positions the boundary walk finds, for any number of keys."""
+    keys = {text[i : i + PREFIX_CHARS]: [0] for i in starts if i < len(text) and not text[i].isspace()}
+    walked = [
+        (m.start(), text[m.start() : m.start() + PREFIX_CHARS])
+        for m in re.finditer(r"(?:^|(?<=[\s>:=(\[{\"',;|]))(?=\S)", text)
+        if text[m.start() : m.start() + PREFIX_CHARS] in keys
+    ]
+    assert _prefix_hits(text, keys) == walked

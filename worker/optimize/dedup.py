@@ -43,7 +43,10 @@ PREFIX_CHARS = 48
 """Key length for finding one- and two-line blocks inside later blocks (at word starts)."""
 
 # Where a repeated block may start inside a later one: the start, or after whitespace or an opening mark.
-_BOUNDARY_RE = re.compile(r"(?:^|(?<=[\s>:=(\[{\"',;|]))(?=\S)")
+_BOUNDARY_AFTER = ">:=([{\"',;|"
+_BOUNDARY_RE = re.compile(rf"(?:^|(?<=[\s{re.escape(_BOUNDARY_AFTER)}]))(?=\S)")
+_DIRECT_PREFIX_KEYS = 32
+"""Up to this many prefix keys, `_prefix_hits` searches for each key instead of walking the boundaries."""
 _T = TypeVar("_T")
 
 Kind = Literal["identical", "repeated", "edited"]
@@ -147,6 +150,32 @@ def _sketch(lines: list[str]) -> list[int]:
     return heapq.nsmallest(SKETCH_SIZE, hashes)
 
 
+def _prefix_hits(text: str, prefixes: dict[str, list[int]]) -> list[tuple[int, str]]:
+    """(position, key) of every boundary of `text` (see `_BOUNDARY_RE`) where a prefix key starts, in order.
+
+    With few keys, each is searched for directly (a C substring search per key) and its hits checked for a
+    boundary; with many, the boundaries are walked and each looked up (linear in the text whatever the
+    number of keys). Both give the same list.
+    """
+    if len(prefixes) > _DIRECT_PREFIX_KEYS:
+        hits = []
+        for match in _BOUNDARY_RE.finditer(text):
+            at = match.start()
+            key = text[at : at + PREFIX_CHARS]
+            if key in prefixes:
+                hits.append((at, key))
+        return hits
+    found: list[tuple[int, str]] = []
+    for key in prefixes:  # a key starts with a non-blank: the body it comes from is stripped
+        at = text.find(key)
+        while at >= 0:
+            if at == 0 or text[at - 1] in _BOUNDARY_AFTER or text[at - 1].isspace():
+                found.append((at, key))
+            at = text.find(key, at + 1)
+    found.sort()
+    return found
+
+
 def _contained(block: Block, index: _Index) -> Replacement | None:
     """Case 2: replace occurrences of earlier blocks inside this one."""
     text = block.text
@@ -179,9 +208,8 @@ def _contained(block: Block, index: _Index) -> Replacement | None:
         if budget < 0:
             break
     if index.prefixes and budget >= 0:
-        for match in _BOUNDARY_RE.finditer(text):
-            at = match.start()
-            for item in index.prefixes.get(text[at : at + PREFIX_CHARS], ()):
+        for at, key in _prefix_hits(text, index.prefixes):
+            for item in index.prefixes[key]:
                 if not verify(item, at):
                     break
             if budget < 0:
