@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import re
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from worker import tokens
@@ -248,6 +248,7 @@ def test_empty_and_trivial_inputs() -> None:
     st.text(alphabet="ab \n\t\u00a0\u2028>:=([{\"',;|.-", min_size=1, max_size=160),
     st.lists(st.integers(min_value=0, max_value=159), max_size=40),
 )
+@example("::", [1])  # a key cut short by the end of the text matches only there
 def test_prefix_hits_are_the_boundaries_where_a_key_starts(text: str, starts: list[int]) -> None:
     """Searching for each key finds the positions the boundary walk finds, for any number of keys."""
     keys = {text[i : i + PREFIX_CHARS]: [0] for i in starts if i < len(text) and not text[i].isspace()}

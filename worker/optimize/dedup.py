@@ -167,11 +167,15 @@ def _prefix_hits(text: str, prefixes: dict[str, list[int]]) -> list[tuple[int, s
         return hits
     found: list[tuple[int, str]] = []
     for key in prefixes:  # a key starts with a non-blank: the body it comes from is stripped
-        at = text.find(key)
+        # A key shorter than PREFIX_CHARS is the slice at `at` only where it runs to the end of the text.
+        short = len(key) < PREFIX_CHARS
+        at = text.rfind(key) if short else text.find(key)
         while at >= 0:
-            if at == 0 or text[at - 1] in _BOUNDARY_AFTER or text[at - 1].isspace():
+            if (not short or at + len(key) == len(text)) and (
+                at == 0 or text[at - 1] in _BOUNDARY_AFTER or text[at - 1].isspace()
+            ):
                 found.append((at, key))
-            at = text.find(key, at + 1)
+            at = -1 if short else text.find(key, at + 1)
     found.sort()
     return found
 
