@@ -179,7 +179,7 @@ class KVNamespace(abc.ABC):
         expiration_ttl: int | None = None,
     ) -> None:
         """Store several `(key, value, metadata)` entries with one TTL, in as few backend round trips as
-        the backend allows (one statement per few hundred keys on SQLite, one pipeline on Redis).
+        the backend allows (one statement per few hundred keys on SQLite, one script call per 256 keys on Redis).
 
         Every entry is validated before anything is written. A batch is not a transaction: after a backend
         failure some entries may be stored and others not.
@@ -230,7 +230,7 @@ class KVNamespace(abc.ABC):
         expiration_ttl: int | Sequence[int | None] | None = None,
     ) -> Sequence[int]:
         """`incr` for several distinct keys in one round trip where the backend allows it (one statement on
-        SQLite, one pipeline on Redis); each key is atomic on its own. `delta` and `expiration_ttl` are one
+        SQLite, one script call on Redis); each key is atomic on its own. `delta` and `expiration_ttl` are one
         value for every key, or one per key."""
         now = self._clock()
         raw = [encode_key(k) for k in keys]
