@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.fakes.upstream import fixture_bytes, fixture_json
 from worker.accounting import usage
@@ -129,3 +132,29 @@ def test_a_cut_stream_has_text_but_no_usage() -> None:
     raw = fixture_bytes("openai/chat_text.sse")
     observed = usage.from_stream("chat", [raw[: len(raw) // 2]])
     assert observed.billed is None and observed.output_text.startswith("Hello")
+
+
+_VALUES = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=3),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details", "x"]),
+        st.one_of(_VALUES, st.dictionaries(st.sampled_from(["cached_tokens", "audio_tokens"]), _VALUES)),
+    )
+    | st.none()
+    | st.integers()
+)
+def test_chat_body_usage_reads_like_the_decoded_document(found: object) -> None:
+    """The typed fast path for Chat Completions bodies gives what reading the decoded usage gives, for
+    well-formed and malformed counts alike."""
+    body = msgspec.json.encode({"id": "c", "usage": found})
+    expected = usage.from_doc("chat", {"usage": found}) if isinstance(found, dict) else None
+    assert usage.from_body("chat", body) == expected

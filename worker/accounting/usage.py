@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -67,9 +67,47 @@ class _UsageOnly(msgspec.Struct):
 
 _usage_decoder = msgspec.json.Decoder(_UsageOnly)
 
+_Count = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class _PromptDetails(msgspec.Struct):
+    cached_tokens: _Count = 0
+
+
+class _ChatUsage(msgspec.Struct):
+    prompt_tokens: _Count = 0
+    completion_tokens: _Count = 0
+    prompt_tokens_details: _PromptDetails | None = None
+
+
+class _ChatUsageOnly(msgspec.Struct):
+    """A Chat Completions body whose usage holds only well-formed counts: decoded straight into them."""
+
+    usage: _ChatUsage | None = None
+
+
+_chat_usage_decoder = msgspec.json.Decoder(_ChatUsageOnly)
+
 
 def from_body(wire: Wire, data: bytes) -> Billed | None:
     """Usage from a non-streaming response body; None if it has none (or is not a JSON object)."""
+    if wire == "chat":
+        # The common case, without building the usage as dicts. A count that is missing reads as 0; one
+        # that is not a non-negative integer (null, a float, a string) fails here and is read below, where
+        # it counts as 0 too.
+        try:
+            typed = _chat_usage_decoder.decode(data).usage
+        except msgspec.DecodeError:
+            pass
+        else:
+            if typed is None:
+                return None
+            details = typed.prompt_tokens_details
+            return Billed(
+                input_tokens=typed.prompt_tokens,
+                output_tokens=typed.completion_tokens,
+                cached_input_tokens=details.cached_tokens if details is not None else 0,
+            )
     try:
         found = _usage_decoder.decode(data).usage  # not an object, or `usage` not one: ValidationError
     except msgspec.DecodeError:  # also msgspec.ValidationError, its subclass
