@@ -192,7 +192,11 @@ async def proxy(
     if acct is not None:
         acct.admission = admission
         out_headers["X-Trex-Usage-Event-Id"] = acct.event.id
-        out_headers["X-Trex-Guarantee-Status"] = await gw.usage.guarantee(key) if gw.usage else ""
+        if gw.usage is not None:  # no await unless the cycle's savings must be read
+            standing = gw.usage.guarantee_now(key)
+            out_headers["X-Trex-Guarantee-Status"] = standing or await gw.usage.guarantee(key)
+        else:
+            out_headers["X-Trex-Guarantee-Status"] = ""
 
     # Attempts: the route, retried on retryable failures with jittered backoff (or the upstream's
     # Retry-After) while that fits the deadline, then each `trex.routing.fallbacks` entry the same way.

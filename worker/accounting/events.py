@@ -458,29 +458,37 @@ class UsageRecorder:
         queued, self._logs = self._logs, []
         out = []
         for at, rid, key_id, method, route, status, latency, begun in queued:
-            entry: dict[str, Any] = {
-                "time": round(at, 3),
-                "request_id": rid,
-                "key_id": key_id,
-                "method": method,
-                "route": route[:200],
-                "status": status,
-                "latency_ms": latency,
-            }
-            if begun is not None:
+            if begun is None:
+                entry: dict[str, Any] = {
+                    "time": round(at, 3),
+                    "request_id": rid,
+                    "key_id": key_id,
+                    "method": method,
+                    "route": route[:200],
+                    "status": status,
+                    "latency_ms": latency,
+                }
+            else:
                 ev = begun.event
                 b = ev.billed
-                entry.update(
-                    model=ev.model[:120],
-                    provider=ev.provider,
-                    usage_event_id=ev.id,
-                    original_input_tokens=ev.original_input_tokens,
-                    optimized_input_tokens=ev.optimized_input_tokens,
-                    billed_input_tokens=b.input_tokens if b else None,
-                    billed_output_tokens=b.output_tokens if b else None,
-                    savings_tokens=ev.savings_tokens,
-                    savings_usd=ev.savings_usd,
-                )
+                entry = {
+                    "time": round(at, 3),
+                    "request_id": rid,
+                    "key_id": key_id,
+                    "method": method,
+                    "route": route[:200],
+                    "status": status,
+                    "latency_ms": latency,
+                    "model": ev.model[:120],
+                    "provider": ev.provider,
+                    "usage_event_id": ev.id,
+                    "original_input_tokens": ev.original_input_tokens,
+                    "optimized_input_tokens": ev.optimized_input_tokens,
+                    "billed_input_tokens": b.input_tokens if b else None,
+                    "billed_output_tokens": b.output_tokens if b else None,
+                    "savings_tokens": ev.savings_tokens,
+                    "savings_usd": ev.savings_usd,
+                }
             # Newest first in key order: the key carries the time counted down from a far future.
             inverted = 10**13 - int(at * 1000)
             out.append((f"{LOG_PREFIX}{key_id}/{inverted:013d}-{rid}", b"", entry))
@@ -496,6 +504,17 @@ class UsageRecorder:
         return entries, None if page.list_complete else page.cursor
 
     # ---- guarantee ----
+
+    def guarantee_now(self, key: KeyRecord) -> str | None:
+        """`guarantee()` when it needs no KV read (no tracked plan, or the cycle's savings are loaded and
+        fresh); None when it does."""
+        plan = self.plans.get(key.plan) if key.plan else None
+        if plan is None or not plan.tracks_guarantee:
+            return "not_applicable"
+        entry = self._cycle.get((key.id, time.strftime("%Y%m", time.gmtime(self._clock()))))
+        if entry is None or time.monotonic() - entry[1] > _GUARANTEE_REFRESH_SECONDS:
+            return None
+        return guarantee_status(plan, entry[0])
 
     async def guarantee(self, key: KeyRecord) -> str:
         """`met`, `tracking` or `not_applicable` for the key's current cycle (the calendar month, UTC)."""
