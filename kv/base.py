@@ -179,7 +179,8 @@ class KVNamespace(abc.ABC):
         expiration_ttl: int | None = None,
     ) -> None:
         """Store several `(key, value, metadata)` entries with one TTL, in as few backend round trips as
-        the backend allows (one statement per few hundred keys on SQLite, one script call per 256 keys on Redis).
+        the backend allows (one statement per few hundred keys on SQLite, one script call per 256 keys on
+        Redis).
 
         Every entry is validated before anything is written. A batch is not a transaction: after a backend
         failure some entries may be stored and others not.
