@@ -2,55 +2,64 @@
 
 from __future__ import annotations
 
+
+def _replace(
+    hash_key: str,
+    index: str,
+    member: str,
+    value: str,
+    expiration: str,
+    metadata: str | None,
+    ttl: str,
+    indent: str = "",
+) -> str:
+    """Lua that replaces one entry: a fresh hash holding the value, the expiration and the metadata (each
+    Lua expression given; '' means none), Redis's own TTL, and the key in the index."""
+    lines = [
+        f"redis.call('DEL', {hash_key})",
+        f"redis.call('HSET', {hash_key}, 'v', {value})",
+        f"if {expiration} ~= '' then redis.call('HSET', {hash_key}, 'e', {expiration}) end",
+    ]
+    if metadata is not None:
+        lines.append(f"if {metadata} ~= '' then redis.call('HSET', {hash_key}, 'm', {metadata}) end")
+    lines += [
+        f"if {ttl} ~= '' then redis.call('PEXPIRE', {hash_key}, {ttl}) end",
+        f"redis.call('ZADD', {index}, 0, {member})",
+    ]
+    return "".join(f"{indent}{line}\n" for line in lines)
+
+
 # KEYS[1] value hash, KEYS[2] index sorted set.
 # ARGV[1] index member (the raw key), ARGV[2] value, ARGV[3] expiration ('' = none),
 # ARGV[4] metadata JSON ('' = none; JSON is never empty), ARGV[5] native TTL in ms ('' = none),
 # ARGV[6] '1' to write only when no live entry exists, ARGV[7] the caller's clock.
 # Returns 1 when written, 0 when a live entry blocked an only-if-absent write.
-PUT = """
+PUT = f"""
 if ARGV[6] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
   local expiration = redis.call('HGET', KEYS[1], 'e')
   if not expiration or tonumber(expiration) > tonumber(ARGV[7]) then
     return 0
   end
 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'v', ARGV[2])
-if ARGV[3] ~= '' then
-  redis.call('HSET', KEYS[1], 'e', ARGV[3])
-end
-if ARGV[4] ~= '' then
-  redis.call('HSET', KEYS[1], 'm', ARGV[4])
-end
-if ARGV[5] ~= '' then
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
-end
-redis.call('ZADD', KEYS[2], 0, ARGV[1])
-return 1
+{_replace("KEYS[1]", "KEYS[2]", "ARGV[1]", "ARGV[2]", "ARGV[3]", "ARGV[4]", "ARGV[5]")}return 1
 """
 
 # KEYS[1] index sorted set, KEYS[2..n+1] value hashes. ARGV: five per key, in KEYS order: index member (the
 # raw key), value, expiration ('' = none), metadata JSON ('' = none), native TTL in ms ('' = none).
 # PUT's unconditional write for every key, in order, in one call (a later write of the same key wins).
 # Returns the number of keys written.
-PUT_MANY = """
+PUT_MANY = (
+    """
 for i = 2, #KEYS do
   local a = (i - 2) * 5
-  redis.call('DEL', KEYS[i])
-  redis.call('HSET', KEYS[i], 'v', ARGV[a + 2])
-  if ARGV[a + 3] ~= '' then
-    redis.call('HSET', KEYS[i], 'e', ARGV[a + 3])
-  end
-  if ARGV[a + 4] ~= '' then
-    redis.call('HSET', KEYS[i], 'm', ARGV[a + 4])
-  end
-  if ARGV[a + 5] ~= '' then
-    redis.call('PEXPIRE', KEYS[i], ARGV[a + 5])
-  end
-  redis.call('ZADD', KEYS[1], 0, ARGV[a + 1])
-end
+"""
+    + _replace(
+        "KEYS[i]", "KEYS[1]", "ARGV[a + 1]", "ARGV[a + 2]", "ARGV[a + 3]", "ARGV[a + 4]", "ARGV[a + 5]", "  "
+    )
+    + """end
 return #KEYS - 1
 """
+)
 
 # KEYS[1] index sorted set, KEYS[2..n] value hashes; ARGV[1] the caller's clock,
 # ARGV[2..n] the index members matching KEYS[2..n].
@@ -78,7 +87,8 @@ return removed
 # index member (the raw key), delta, expiration for a new entry ('' = none), native TTL in ms for a new
 # entry ('' = none). Returns the new values in key order; a live value that is not an integer is left
 # unchanged and reported as the string 'NaN' (the other keys are still counted: each key is atomic alone).
-INCR_MANY = """
+INCR_MANY = (
+    """
 local now = tonumber(ARGV[1])
 local out = {}
 for i = 2, #KEYS do
@@ -101,17 +111,11 @@ for i = 2, #KEYS do
       out[#out + 1] = n
     end
   else
-    redis.call('DEL', KEYS[i])
-    redis.call('HSET', KEYS[i], 'v', ARGV[a + 1])
-    if ARGV[a + 2] ~= '' then
-      redis.call('HSET', KEYS[i], 'e', ARGV[a + 2])
-    end
-    if ARGV[a + 3] ~= '' then
-      redis.call('PEXPIRE', KEYS[i], ARGV[a + 3])
-    end
-    redis.call('ZADD', KEYS[1], 0, ARGV[a])
-    out[#out + 1] = tonumber(ARGV[a + 1])
+"""
+    + _replace("KEYS[i]", "KEYS[1]", "ARGV[a]", "ARGV[a + 1]", "ARGV[a + 2]", None, "ARGV[a + 3]", "    ")
+    + """    out[#out + 1] = tonumber(ARGV[a + 1])
   end
 end
 return out
 """
+)

@@ -458,37 +458,27 @@ class UsageRecorder:
         queued, self._logs = self._logs, []
         out = []
         for at, rid, key_id, method, route, status, latency, begun in queued:
-            if begun is None:
-                entry: dict[str, Any] = {
-                    "time": round(at, 3),
-                    "request_id": rid,
-                    "key_id": key_id,
-                    "method": method,
-                    "route": route[:200],
-                    "status": status,
-                    "latency_ms": latency,
-                }
-            else:
+            entry: dict[str, Any] = {
+                "time": round(at, 3),
+                "request_id": rid,
+                "key_id": key_id,
+                "method": method,
+                "route": route[:200],
+                "status": status,
+                "latency_ms": latency,
+            }
+            if begun is not None:
                 ev = begun.event
                 b = ev.billed
-                entry = {
-                    "time": round(at, 3),
-                    "request_id": rid,
-                    "key_id": key_id,
-                    "method": method,
-                    "route": route[:200],
-                    "status": status,
-                    "latency_ms": latency,
-                    "model": ev.model[:120],
-                    "provider": ev.provider,
-                    "usage_event_id": ev.id,
-                    "original_input_tokens": ev.original_input_tokens,
-                    "optimized_input_tokens": ev.optimized_input_tokens,
-                    "billed_input_tokens": b.input_tokens if b else None,
-                    "billed_output_tokens": b.output_tokens if b else None,
-                    "savings_tokens": ev.savings_tokens,
-                    "savings_usd": ev.savings_usd,
-                }
+                entry["model"] = ev.model[:120]
+                entry["provider"] = ev.provider
+                entry["usage_event_id"] = ev.id
+                entry["original_input_tokens"] = ev.original_input_tokens
+                entry["optimized_input_tokens"] = ev.optimized_input_tokens
+                entry["billed_input_tokens"] = b.input_tokens if b else None
+                entry["billed_output_tokens"] = b.output_tokens if b else None
+                entry["savings_tokens"] = ev.savings_tokens
+                entry["savings_usd"] = ev.savings_usd
             # Newest first in key order: the key carries the time counted down from a far future.
             inverted = 10**13 - int(at * 1000)
             out.append((f"{LOG_PREFIX}{key_id}/{inverted:013d}-{rid}", b"", entry))
