@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections import Counter
 from collections.abc import Iterable, Sequence
 
 K1 = 1.2
@@ -94,7 +93,7 @@ def tokenize(text: str) -> list[str]:
 class BM25:
     """Okapi BM25 over a fixed list of tokenized documents."""
 
-    __slots__ = ("_norm", "_postings", "avgdl", "k1", "n")
+    __slots__ = ("_docs", "_norm", "_postings", "_sets", "avgdl", "k1", "n")
 
     def __init__(self, docs: Sequence[Sequence[str]], k1: float = K1, b: float = B) -> None:
         self.k1 = k1
@@ -102,23 +101,41 @@ class BM25:
         lengths = [len(doc) for doc in docs]
         total = sum(lengths)
         self.avgdl = total / self.n if self.n and total else 1.0
-        postings: dict[str, list[tuple[int, int]]] = {}
-        for i, doc in enumerate(docs):
-            for term, freq in Counter(doc).items():
-                postings.setdefault(term, []).append((i, freq))
-        self._postings = postings
+        self._docs = docs
+        self._sets: list[set[str]] | None = None
+        self._postings: dict[str, list[tuple[int, int]]] = {}
+        """(document, term frequency) by term, for the terms asked about so far: a query names a few
+        terms, and indexing every term of every document would cost more than the scoring."""
         self._norm = [k1 * (1.0 - b + b * length / self.avgdl) for length in lengths]
+
+    def _index(self, terms: Iterable[str]) -> None:
+        """Postings of the `terms` not indexed yet, in document order."""
+        wanted = {t for t in terms if t not in self._postings}
+        if not wanted:
+            return
+        sets = self._sets
+        if sets is None:
+            sets = self._sets = [set(doc) for doc in self._docs]
+        postings = self._postings
+        for term in wanted:
+            postings[term] = []
+        for i, terms_of_doc in enumerate(sets):
+            for term in wanted & terms_of_doc:
+                postings[term].append((i, self._docs[i].count(term)))
 
     def idf(self, term: str) -> float:
         """Inverse document frequency of `term` (never negative)."""
-        df = len(self._postings.get(term, ()))
+        self._index((term,))
+        df = len(self._postings[term])
         return math.log(1.0 + (self.n - df + 0.5) / (df + 0.5))
 
     def scores(self, query_tokens: Iterable[str]) -> list[float]:
         """One score per document, in document order (0.0 where no query term occurs)."""
         out = [0.0] * self.n
         k1p = self.k1 + 1.0
-        for term in dict.fromkeys(query_tokens):
+        terms = dict.fromkeys(query_tokens)
+        self._index(terms)
+        for term in terms:
             posting = self._postings.get(term)
             if not posting:
                 continue
