@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from ..config import ConfigError
 
 PRICES_TAKEN = "2026-11-22"
@@ -156,9 +158,9 @@ def parse_price_overrides(raw: Any, source: str) -> dict[str, Price]:
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class Billed:
-    """Input and output tokens as the provider bills them, split by price class."""
+class Billed(msgspec.Struct, frozen=True):
+    """Input and output tokens as the provider bills them, split by price class (a Struct: one is built
+    for every request, several times faster than a frozen dataclass)."""
 
     input_tokens: int = 0
     """Every input token, cached and cache-written ones included."""

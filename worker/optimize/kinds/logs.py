@@ -41,6 +41,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+import msgspec
+
 from worker.optimize import facts
 from worker.optimize.base import Compressed, Context, Mode
 from worker.optimize.kinds._common import FactLedger, finish, fold_exact_repeats, worth_folding
@@ -261,8 +263,7 @@ def _asked_entries(bodies: list[str], query: str) -> set[int]:
     return asked
 
 
-@dataclass(frozen=True, slots=True)
-class _Shape:
+class _Shape(msgspec.Struct, frozen=True):
     """An entry split into its template (`key`) and the values of its slots, in order."""
 
     key: str
