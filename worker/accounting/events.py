@@ -403,16 +403,22 @@ class UsageRecorder:
             base_cost = cost(Billed(input_tokens=base_in, output_tokens=base_out), price, ttl)
             base_source = "client"
         else:
-            base_in, base_out = billed.input_tokens + ev.saved_input_tokens, billed.output_tokens
-            base_cost = cost(
-                Billed(
-                    input_tokens=base_in,
-                    output_tokens=base_out,
-                    cached_input_tokens=billed.cached_input_tokens,
-                    cache_write_tokens=billed.cache_write_tokens,
-                ),
-                price,
-                ttl,
+            saved = ev.saved_input_tokens
+            base_in, base_out = billed.input_tokens + saved, billed.output_tokens
+            # Nothing saved: the baseline is the billed usage itself, at the same price.
+            base_cost = (
+                actual
+                if saved == 0
+                else cost(
+                    Billed(
+                        input_tokens=base_in,
+                        output_tokens=base_out,
+                        cached_input_tokens=billed.cached_input_tokens,
+                        cache_write_tokens=billed.cache_write_tokens,
+                    ),
+                    price,
+                    ttl,
+                )
             )
             base_source = "computed"
         ev.billed = BilledTokens(
