@@ -7,7 +7,8 @@ Life of an event:
    body or stream, priced; baseline, actual cost and savings; status `final`.
 3. The flush loop writes every changed event to the KV each `USAGE_FLUSH_SECONDS` (default 1 s), or as soon
    as `FLUSH_AT` requests wait to be written (a busy worker holds a bounded number of them), with one
-   `put_many`, as `usage/ev/<key id>/<YYYYMMDD>/<event id>`, kept `USAGE_RETENTION_DAYS`. The KV metadata of
+   `put_many` (an event still pending from the last interval waits for the next flush, so a short request
+   is written once, final), as `usage/ev/<key id>/<YYYYMMDD>/<event id>`, kept `USAGE_RETENTION_DAYS`. The KV metadata of
    each entry carries the numbers totals need, so `totals()` lists keys and never reads values.
 
 A graceful shutdown flushes everything (the flush runs after in-flight requests and their `wait_until`
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -555,19 +557,33 @@ class UsageRecorder:
                 await asyncio.wait_for(self._wake.wait(), self.flush_seconds)
             self._wake.clear()
             try:
-                await self.flush()
+                await self.flush(in_flight=False)
             except Exception:
                 log.exception("usage flush failed; retrying at the next interval")
                 # A failing KV is retried at the interval, however many requests wait meanwhile.
                 await asyncio.sleep(self.flush_seconds)
                 self._wake.clear()
 
-    async def flush(self) -> int:
-        """Reconcile what completed, then write every changed event; returns how many were written."""
+    async def flush(self, in_flight: bool = True) -> int:
+        """Reconcile what completed, then write every changed event; returns how many were written.
+
+        `in_flight=False` (the periodic flush) keeps back the events of requests still in flight that began
+        less than a flush interval ago: most complete before the next flush and are then written once, final,
+        instead of twice. A long request's pending event is still written at the next flush after that.
+        """
         await self._reconcile_queued()
         async with self._flush_lock:
             batch, self._dirty = self._dirty, {}
-            events = list(batch.values())
+            if in_flight:
+                events = list(batch.values())
+            else:
+                young = int(self._clock()) - max(1, math.ceil(self.flush_seconds))
+                events = []
+                for ev in batch.values():
+                    if ev.status == "pending" and ev.created > young:
+                        self._dirty[ev.id] = ev  # written with a later flush, most likely final by then
+                    else:
+                        events.append(ev)
             written = 0
             # Slice by slice: encode a few hundred events, write them, let requests run, go on. The memory a
             # flush needs stays small and no request waits long for the loop.

@@ -1,0 +1,60 @@
+"""The usage recorder's writes: what reaches the KV when, on a real SQLite file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kv import ManualClock, SqliteKV
+from worker.accounting.claims import NO_CLAIMS
+from worker.accounting.events import PREFIX, Begun, UsageRecorder
+from worker.accounting.pricing import PriceTable
+from worker.auth import KeyRecord
+
+BODY = b'{"id":"c","usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}'
+KEY = KeyRecord(id="key_rec", name="r", hash="h", prefix="trex_r", created=1)
+
+
+async def _stored(kv: SqliteKV) -> dict[str, str]:
+    page = await kv.list(prefix=PREFIX)
+    return {info.name.rsplit("/", 1)[-1]: info.metadata["s"] for info in page.keys}  # type: ignore[index]
+
+
+async def test_a_short_request_is_written_once_final_and_a_long_one_pending_after_an_interval(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock(1_800_000_000)
+    kv = SqliteKV(tmp_path / "kv.sqlite3", clock=clock)
+    recorder = UsageRecorder(kv, PriceTable(), {}, retention_seconds=86400, flush_seconds=1, clock=clock)
+
+    def begin() -> Begun:
+        return recorder.begin(
+            key=KEY,
+            route="/v1/chat/completions",
+            provider="openai",
+            model="gpt-4o-mini",
+            upstream_model="gpt-4o-mini",
+            stream=False,
+            session_id=None,
+            original_tokens=12,
+            optimized_tokens=12,
+            encoding="o200k_base",
+            estimated=False,
+            bytes_before=80,
+            bytes_after=80,
+            claims=NO_CLAIMS,
+            overhead_ms=0.1,
+            started=0.0,
+        )
+
+    short, long = begin(), begin()
+    await recorder.flush(in_flight=False)  # the periodic flush: both just began
+    assert await _stored(kv) == {}
+    recorder.complete(short, http_status=200, outcome="completed", wire="chat", body=BODY)
+    clock.advance(2)
+    await recorder.flush(in_flight=False)
+    assert await _stored(kv) == {short.event.id: "final", long.event.id: "pending"}
+    recorder.complete(long, http_status=200, outcome="completed", wire="chat", body=BODY)
+    third = begin()
+    await recorder.flush()  # a read's or the shutdown's flush writes what is in flight too
+    assert await _stored(kv) == {short.event.id: "final", long.event.id: "final", third.event.id: "pending"}
+    await kv.close()
