@@ -8,8 +8,9 @@ Life of an event:
 3. The flush loop writes every changed event to the KV each `USAGE_FLUSH_SECONDS` (default 1 s), or as soon
    as `FLUSH_AT` requests wait to be written (a busy worker holds a bounded number of them), with one
    `put_many` (an event still pending from the last interval waits for the next flush, so a short request
-   is written once, final), as `usage/ev/<key id>/<YYYYMMDD>/<event id>`, kept `USAGE_RETENTION_DAYS`. The KV metadata of
-   each entry carries the numbers totals need, so `totals()` lists keys and never reads values.
+   is written once, final), as `usage/ev/<key id>/<YYYYMMDD>/<event id>`, kept `USAGE_RETENTION_DAYS`. The
+   KV metadata of each entry carries the numbers totals need, so `totals()` lists keys and never reads
+   values.
 
 A graceful shutdown flushes everything (the flush runs after in-flight requests and their `wait_until`
 tasks have finished). A hard kill loses at most the events changed since the last flush: one interval.
