@@ -192,7 +192,7 @@ async def proxy(
     if acct is not None:
         acct.admission = admission
         out_headers["X-Trex-Usage-Event-Id"] = acct.event.id
-        if gw.usage is not None:  # no await unless the cycle's savings must be read
+        if gw.usage is not None:  # no await for the many keys whose plan tracks no guarantee
             standing = gw.usage.guarantee_now(key)
             out_headers["X-Trex-Guarantee-Status"] = standing or await gw.usage.guarantee(key)
         else:

@@ -504,21 +504,19 @@ class UsageRecorder:
 
     # ---- guarantee ----
 
-    def guarantee_now(self, key: KeyRecord) -> str | None:
-        """`guarantee()` when it needs no KV read (no tracked plan, or the cycle's savings are loaded and
-        fresh); None when it does."""
+    def _tracked_plan(self, key: KeyRecord) -> Plan | None:
         plan = self.plans.get(key.plan) if key.plan else None
-        if plan is None or not plan.tracks_guarantee:
-            return "not_applicable"
-        entry = self._cycle.get((key.id, time.strftime("%Y%m", time.gmtime(self._clock()))))
-        if entry is None or time.monotonic() - entry[1] > _GUARANTEE_REFRESH_SECONDS:
-            return None
-        return guarantee_status(plan, entry[0])
+        return plan if plan is not None and plan.tracks_guarantee else None
+
+    def guarantee_now(self, key: KeyRecord) -> str | None:
+        """`not_applicable` without an await when the key's plan tracks no guarantee (most keys); None when
+        `guarantee()` must be asked."""
+        return None if self._tracked_plan(key) else "not_applicable"
 
     async def guarantee(self, key: KeyRecord) -> str:
         """`met`, `tracking` or `not_applicable` for the key's current cycle (the calendar month, UTC)."""
-        plan = self.plans.get(key.plan) if key.plan else None
-        if plan is None or not plan.tracks_guarantee:
+        plan = self._tracked_plan(key)
+        if plan is None:
             return "not_applicable"
         cycle = (key.id, time.strftime("%Y%m", time.gmtime(self._clock())))
         entry = self._cycle.get(cycle)
