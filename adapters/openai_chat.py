@@ -707,10 +707,19 @@ def decode_response(body: dict[str, Any]) -> Response:
         id=str(body.get("id") or ""),
         model=model if isinstance(model, str) else "",
         content=content,
-        stop_reason=_finish_in(choice.get("finish_reason")),
+        stop_reason=_with_tools(_finish_in(choice.get("finish_reason")), content),
         usage=usage_from_body(body) or Usage(),
         created=_int(created),
     )
+
+
+def _with_tools(reason: StopReason | None, content: list[Text | ToolCall | Thinking]) -> StopReason | None:
+    """`stop` becomes `tool_calls` when the turn ends in tool calls: OpenAI answers a call forced by name
+    (`tool_choice` naming a function) with finish_reason `stop`, but a client in another format reads the
+    stop reason (Anthropic's `tool_use`) to know it must run the tools."""
+    if reason == "stop" and any(isinstance(c, ToolCall) for c in content):
+        return "tool_calls"
+    return reason
 
 
 def _tool_call_out(call_id: Any, fn: dict[str, Any]) -> ToolCall:
@@ -922,7 +931,10 @@ class StreamDecoder:
             self._close(events)
             if not self._finished:
                 self._finished = True
-                events.append(StreamFinish(stop_reason=_finish_in(finish) or "stop"))
+                reason = _finish_in(finish) or "stop"
+                if reason == "stop" and self._tools:
+                    reason = "tool_calls"  # a call forced by name ends with `stop` (see `_with_tools`)
+                events.append(StreamFinish(stop_reason=reason))
 
     def _tool_call(self, call: dict[str, Any], events: list[StreamEvent]) -> None:
         fn = call.get("function")
@@ -941,13 +953,17 @@ class StreamDecoder:
         if known is None or (call_id and name and call_id != known[1]):
             index = self._begin(_TOOL, events)
             self._tools[key] = (index, call_id)
-            events.append(ToolCallStart(index=index, id=call_id, name=name if isinstance(name, str) else ""))
+            # Some local servers send no id; a client in any format needs one to pair the result with it.
+            out_id = call_id or f"call_{uuid.uuid4().hex[:24]}"
+            events.append(ToolCallStart(index=index, id=out_id, name=name if isinstance(name, str) else ""))
         else:
             index = known[0]
         self._last_key = key
         args = fn.get("arguments")
         if args and isinstance(args, str):
             events.append(ToolCallDelta(index=index, arguments=args))
+
+            # Some local servers send no id; a client in any format needs one to pair the result with it.
 
 
 def _error_fields(error: Any) -> tuple[str, str]:
@@ -992,6 +1008,7 @@ class StreamEncoder:
         "_suffix",
         "_tool_numbers",
         "_usage",
+        "_with_arguments",
     )
 
     def __init__(
@@ -1010,6 +1027,7 @@ class StreamEncoder:
         # Canonical block index → the tool call's position among tool calls, which is what chat clients
         # index by (a text block before them must not shift the numbers).
         self._tool_numbers: dict[int, int] = {}
+        self._with_arguments: set[int] = set()  # tool blocks that received argument text
 
     @property
     def done(self) -> bool:
@@ -1028,15 +1046,14 @@ class StreamEncoder:
             number = self._tool_numbers.get(event.index)
             if number is None or not event.arguments:
                 return b""
-            return self._chunk(
-                _TOOL_CALLS_OPEN
-                + b'[{"index":'
-                + str(number).encode()
-                + b',"function":{"arguments":'
-                + _json_encode(event.arguments)
-                + b"}}]"
-                + _CHOICE_CLOSE
-            )
+            self._with_arguments.add(event.index)
+            return self._arguments(number, event.arguments)
+        if isinstance(event, BlockStop) and event.index in self._tool_numbers:
+            if event.index in self._with_arguments:
+                return b""
+            # A call without parameters (Anthropic streams `input: {}` and no JSON): chat clients parse the
+            # arguments as JSON, and OpenAI always sends an object.
+            return self._arguments(self._tool_numbers[event.index], "{}")
         if isinstance(event, ThinkingDelta | ThinkingStart | TextStart | BlockStop):
             # No chat equivalent (thinking is dropped, blocks are implicit); the role chunk still goes out.
             return b"" if self._started else self._chunk(None)
@@ -1072,6 +1089,17 @@ class StreamEncoder:
         self._done = True
         error = {"error": {"message": event.message, "type": event.type, "code": None, "param": None}}
         return b"data: " + _json_encode(error) + b"\n\n"
+
+    def _arguments(self, number: int, arguments: str) -> bytes:
+        return self._chunk(
+            _TOOL_CALLS_OPEN
+            + b'[{"index":'
+            + str(number).encode()
+            + b',"function":{"arguments":'
+            + _json_encode(arguments)
+            + b"}}]"
+            + _CHOICE_CLOSE
+        )
 
     def _finish(self, reason: StopReason) -> bytes:
         if self._finished:

@@ -114,9 +114,15 @@ def credential_from_headers(headers: Any) -> str | None:
     if auth:
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
-            return str(value.strip())
+            return _printable(value.strip())
     key = headers.get("x-api-key")
-    return str(key.strip()) if key and key.strip() else None
+    return _printable(key.strip()) if key and key.strip() else None
+
+
+def _printable(token: str) -> str:
+    """A presented credential as given, or "" (matches no key: 401) when it is not printable ASCII, which
+    every proxy key is. Raw non-UTF-8 header bytes reach us as surrogates, which could not be hashed."""
+    return str(token) if token.isascii() and token.isprintable() else ""
 
 
 class KeyStore:

@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from .appkeys import CONFIG
 from .errors import InvalidRequestError, PayloadTooLargeError
@@ -25,6 +26,8 @@ async def read_body(request: web.Request) -> bytes:
         raise PayloadTooLargeError(
             f"Request body exceeds the limit of {request.app[CONFIG].max_body_bytes} bytes."
         ) from exc
+    except RequestPayloadError as exc:  # e.g. `Content-Encoding: gzip` on a body that is not gzip
+        raise InvalidRequestError(f"Cannot read the request body: {exc}", code="invalid_body") from None
 
 
 async def read_json(request: web.Request) -> Any:
@@ -36,6 +39,8 @@ async def read_json(request: web.Request) -> Any:
         return _decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise InvalidRequestError(f"Malformed JSON body: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise InvalidRequestError("JSON body is nested too deeply.", code="invalid_json") from None
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:

@@ -66,7 +66,7 @@ from .optimize.pipeline import Report, measure
 from .optimizing import resolve_options, savings_headers, session_id
 from .optimizing import run as run_optimizer
 from .quotas import uses_web_search
-from .routing import PROVIDER_NAMES, ModelRoute, Provider, resolve
+from .routing import PROVIDER_NAMES, ModelRoute, Provider, checked_model, resolve
 
 InboundFormat = Literal["chat", "responses", "messages"]
 UpstreamWire = Literal["chat", "responses", "messages"]
@@ -113,9 +113,7 @@ async def proxy(
     request: web.Request, gw: Gateway, key: KeyRecord, fmt: InboundFormat, body: dict[str, Any]
 ) -> web.StreamResponse:
     """Serve one model request end to end."""
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequestError("'model' is required and must be a non-empty string.", param="model")
+    model = checked_model(body.get("model"))
     trex = body.pop("trex", None)
     client_claims = claims.parse(body.pop("trex_accounting", None))
     smart = model == SMART_AUTO
@@ -418,10 +416,7 @@ def _fallbacks(trex: Any) -> list[ModelRoute]:
                 f"'{where}[{i}].provider' must be one of {', '.join(PROVIDER_NAMES)}.",
                 param=f"{where}[{i}].provider",
             )
-        if not isinstance(name, str) or not name:
-            raise InvalidRequestError(
-                f"'{where}[{i}].model' must be a non-empty string.", param=f"{where}[{i}].model"
-            )
+        name = checked_model(name, f"{where}[{i}].model")
         upstream = name[6:] if provider == "local" and name.startswith("local/") else name
         routes.append(ModelRoute(name, provider, upstream))
     return routes

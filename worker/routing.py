@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .config import ConfigError
-from .errors import GatewayError
+from .errors import GatewayError, InvalidRequestError
 
 Provider = Literal["openai", "anthropic", "openrouter", "local"]
 WireFormat = Literal["chat", "messages"]
@@ -82,6 +82,22 @@ def parse_model_table(raw: Any, source: str) -> dict[str, ModelRoute]:
             raise ConfigError(source, f"models[{i}].upstream_model", "must be a non-empty string")
         table[name] = ModelRoute(name, provider, upstream)
     return table
+
+
+MAX_MODEL_CHARS = 256
+
+
+def checked_model(value: Any, param: str = "model") -> str:
+    """A request's model id: a non-empty string of printable characters (it is echoed in response
+    headers, where a control character cannot go), at most MAX_MODEL_CHARS long; else a 400 naming `param`."""
+    if not isinstance(value, str) or not value:
+        raise InvalidRequestError(f"'{param}' is required and must be a non-empty string.", param=param)
+    if len(value) > MAX_MODEL_CHARS or not value.isprintable():
+        raise InvalidRequestError(
+            f"'{param}' must be at most {MAX_MODEL_CHARS} printable characters (no control characters).",
+            param=param,
+        )
+    return value
 
 
 def resolve(model: str, table: Mapping[str, ModelRoute]) -> ModelRoute:

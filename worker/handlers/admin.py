@@ -32,7 +32,8 @@ def _require_admin(request: web.Request) -> None:
         raise AuthenticationError(
             "Admin routes need 'Authorization: Bearer <admin token>'.", code="missing_admin_token"
         )
-    if not hmac.compare_digest(presented.strip().encode(), token.encode()):
+    # surrogateescape: raw non-UTF-8 header bytes compare as themselves (and never match) instead of raising.
+    if not hmac.compare_digest(presented.strip().encode("utf-8", "surrogateescape"), token.encode()):
         raise AuthenticationError("Invalid admin token.", code="invalid_admin_token")
 
 

@@ -11,7 +11,7 @@ from ..catalog import Entry, usable
 from ..errors import InvalidRequestError
 from ..jsonio import json_response, read_json_object
 from ..proxy import authenticate, forward_json, proxy, reachable_providers
-from ..routing import ModelNotFoundError, resolve
+from ..routing import ModelNotFoundError, checked_model, resolve
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -40,9 +40,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     key = await authenticate(request, gw)
     body = await read_json_object(request)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequestError("'model' is required and must be a non-empty string.", param="model")
+    model = checked_model(body.get("model"))
     if "input" not in body:
         raise InvalidRequestError("'input' is required.", param="input")
     route = resolve(model, gw.models)

@@ -91,4 +91,4 @@ async def expand(request: web.Request) -> web.StreamResponse:
 def _k(raw: str | None) -> int | str:
     if raw is None:
         return 5
-    return int(raw) if raw.isdigit() else raw
+    return int(raw) if raw.isascii() and raw.isdigit() else raw

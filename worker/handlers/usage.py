@@ -41,12 +41,17 @@ async def usage_event(request: web.Request) -> web.StreamResponse:
     return json_response(event)
 
 
+_MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z: later bounds cannot be turned into dates
+
+
 def parse_bound(value: str, name: str, end: bool) -> int:
     """Epoch seconds from `YYYY-MM-DD` (the whole day: its start, or its end for `to`), an ISO-8601
     date-time (UTC unless it has an offset) or epoch seconds."""
     text = value.strip()
     try:
-        if text.isdigit():
+        if text.isascii() and text.isdigit():
+            if int(text) > _MAX_EPOCH:
+                raise ValueError(text)
             return int(text)
         if len(text) == 10:
             day = date.fromisoformat(text)
@@ -110,7 +115,7 @@ async def request_logs(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     key = await authenticate(request, gw)
     raw_limit = request.query.get("limit", "100")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= 1000:
         raise InvalidRequestError("'limit' must be an integer from 1 to 1000.", param="limit")
     cursor = request.query.get("cursor") or None
     try:

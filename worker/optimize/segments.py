@@ -62,7 +62,10 @@ class _Collector:
         """The tool whose result is being collected (set around `_text_parts` of a tool result)."""
 
     def add(self, kind: SegmentKind, turn: int, container: Any, key: Any, where: str, pinned: bool) -> None:
-        value = container[key]
+        try:
+            value = container[key]
+        except (KeyError, IndexError, TypeError):  # malformed (a text block without `text`): not content
+            return
         if isinstance(value, str) and value:
             tool = self.tool if kind == "tool_result" else None
             self.segments.append(Segment(kind, turn, value, pinned, where, container, key, tool))
@@ -129,7 +132,8 @@ def _chat(body: dict[str, Any], col: _Collector) -> None:
             if role in ("tool", "function")
             else ("assistant" if role == "assistant" else "user")
         )
-        for call in msg.get("tool_calls") or () if role == "assistant" else ():
+        calls = msg.get("tool_calls") if role == "assistant" else None
+        for call in calls if isinstance(calls, list) else ():
             if isinstance(call, dict) and isinstance(call.get("function"), dict):
                 col.call(call.get("id"), call["function"].get("name"))
         # A legacy `function` message names its function itself.

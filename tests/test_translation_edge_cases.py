@@ -1,0 +1,191 @@
+"""Translation edge cases found by an audit against the providers' stream formats and the official SDKs.
+
+- A Claude tool call without parameters streams to a chat client as arguments `{}` (never ``""``).
+- An OpenAI-compatible stream whose tool call has no id still gives every client format an id.
+- A tool call OpenAI answers with finish_reason `stop` (a call forced by name) reaches an Anthropic client
+  with stop_reason `tool_use`, streaming or not.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import openai
+import pydantic
+
+from tests.conftest import GatewaySetup
+from tests.fakes.upstream import Reply
+
+WEATHER_TOOLS = [
+    {"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+]
+CALL = {
+    "id": "call_A",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+}
+
+
+def _anthropic_stream(events: list[dict[str, Any]]) -> Reply:
+    return Reply.stream(b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events))
+
+
+def _chat_stream(chunks: list[dict[str, Any]]) -> Reply:
+    return Reply.stream(b"".join(f"data: {json.dumps(c)}\n\n".encode() for c in chunks) + b"data: [DONE]\n\n")
+
+
+def _chunk(delta: dict[str, Any] | None = None, finish: str | None = None) -> dict[str, Any]:
+    choice = {"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish}
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [choice],
+    }
+
+
+def _no_argument_tool_stream() -> Reply:
+    """What Anthropic streams for a tool without parameters: `input: {}` and one empty JSON delta."""
+    usage = {"input_tokens": 10, "output_tokens": 1}
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-6",
+        "content": [],
+    }
+    block = {"type": "tool_use", "id": "toolu_01A", "name": "GetTime", "input": {}}
+    return _anthropic_stream(
+        [
+            {"type": "message_start", "message": {**message, "stop_reason": None, "usage": usage}},
+            {"type": "content_block_start", "index": 0, "content_block": block},
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "input_json_delta", "partial_json": ""},
+            },
+            {"type": "content_block_stop", "index": 0},
+            {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 5}},
+            {"type": "message_stop"},
+        ]
+    )
+
+
+class GetTime(pydantic.BaseModel):
+    """Current time."""
+
+
+def test_a_claude_tool_call_without_parameters_streams_as_an_empty_json_object(gateway: GatewaySetup) -> None:
+    gateway.fake.set("/v1/messages", _no_argument_tool_stream())
+    tools: Any = [{"type": "function", "function": {"name": "GetTime", "parameters": {"type": "object"}}}]
+    chunks = list(
+        gateway.openai().chat.completions.create(
+            model="claude-sonnet-4-6",
+            messages=[{"role": "user", "content": "time?"}],
+            stream=True,
+            tools=tools,
+        )
+    )
+    calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert json.loads("".join(tc.function.arguments or "" for tc in calls if tc.function)) == {}
+    # The SDK's own stream helper parses the arguments into the tool's model.
+    gateway.fake.set("/v1/messages", _no_argument_tool_stream())
+    with gateway.openai().chat.completions.stream(
+        model="claude-sonnet-4-6",
+        messages=[{"role": "user", "content": "time?"}],
+        tools=[openai.pydantic_function_tool(GetTime)],
+    ) as stream:
+        final = stream.get_final_completion()
+    call = (final.choices[0].message.tool_calls or [])[0]
+    assert call.function.parsed_arguments == GetTime()  # type: ignore[union-attr]
+
+
+def _tool_call_without_id() -> Reply:
+    fragment = {
+        "index": 0,
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+    }
+    return _chat_stream(
+        [
+            _chunk({"role": "assistant", "content": None}),
+            _chunk({"tool_calls": [fragment]}),
+            _chunk(finish="tool_calls"),
+        ]
+    )
+
+
+def test_a_streamed_tool_call_without_an_id_gets_one_in_every_client_format(gateway: GatewaySetup) -> None:
+    gateway.fake.set("/local/v1/chat/completions", _tool_call_without_id())
+    tool: Any = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
+    with gateway.openai().responses.stream(model="local/qwen3", input="weather?", tools=[tool]) as stream:
+        output = stream.get_final_response().output
+    call_ids = [o.call_id for o in output if o.type == "function_call"]
+    assert len(call_ids) == 1 and call_ids[0].startswith("call_") and len(call_ids[0]) > len("call_")
+
+    gateway.fake.set("/local/v1/chat/completions", _tool_call_without_id())
+    with gateway.anthropic().messages.stream(
+        model="local/qwen3",
+        max_tokens=50,
+        messages=[{"role": "user", "content": "weather?"}],
+        tools=WEATHER_TOOLS,  # type: ignore[arg-type]
+    ) as astream:
+        message = astream.get_final_message()
+    tool_use = [b for b in message.content if b.type == "tool_use"]
+    assert len(tool_use) == 1 and tool_use[0].id.startswith("call_")
+
+
+def test_a_tool_call_ending_with_stop_is_a_tool_use_turn_for_an_anthropic_client(
+    gateway: GatewaySetup,
+) -> None:
+    body = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": None, "tool_calls": [CALL]},
+                "logprobs": None,
+                "finish_reason": "stop",  # what OpenAI answers a call forced by name with
+            }
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }
+    gateway.fake.set("/v1/chat/completions", Reply.json(body))
+    client = gateway.anthropic()
+    forced: Any = {"type": "tool", "name": "get_weather"}
+    message = client.messages.create(
+        model="gpt-4o-mini",
+        max_tokens=50,
+        tools=WEATHER_TOOLS,  # type: ignore[arg-type]
+        tool_choice=forced,
+        messages=[{"role": "user", "content": "weather?"}],
+    )
+    assert [b.type for b in message.content] == ["tool_use"] and message.stop_reason == "tool_use"
+
+    start = {**CALL, "index": 0, "function": {"name": "get_weather", "arguments": ""}}
+    rest = {"index": 0, "function": {"arguments": '{"city":"Paris"}'}}
+    gateway.fake.set(
+        "/v1/chat/completions",
+        _chat_stream(
+            [
+                _chunk({"role": "assistant", "content": None, "tool_calls": [start]}),
+                _chunk({"tool_calls": [rest]}),
+                _chunk(finish="stop"),
+            ]
+        ),
+    )
+    with client.messages.stream(
+        model="gpt-4o-mini",
+        max_tokens=50,
+        tools=WEATHER_TOOLS,  # type: ignore[arg-type]
+        tool_choice=forced,
+        messages=[{"role": "user", "content": "weather?"}],
+    ) as stream:
+        streamed = stream.get_final_message()
+    assert streamed.stop_reason == "tool_use"
+    assert [b.input for b in streamed.content if b.type == "tool_use"] == [{"city": "Paris"}]
