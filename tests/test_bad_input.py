@@ -7,13 +7,16 @@ import gzip
 import http.client
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import pytest
 
-from tests.conftest import GatewaySetup
+from tests.conftest import MASTER_KEY, GatewaySetup
+from tests.harness import InProcessWorker
+from worker.appkeys import GATEWAY
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -166,3 +169,36 @@ def test_malformed_conversation_items_never_crash_the_optimizer(
         # Forwarded as it is (the upstream judges it) or refused naming the field: never a crash.
         assert client.post(path, json=body).status_code < 500
         assert client.post("/v1/compress", json=body).status_code < 500
+
+
+ADMIN = "adm_" + "q" * 40
+
+
+def test_over_long_ids_are_not_found_and_admin_input_that_would_break_later_requests_is_refused(
+    make_worker: Callable[..., InProcessWorker],
+) -> None:
+    worker = make_worker(dev_vars={"TREX_MASTER_KEY": MASTER_KEY, "TREX_ADMIN_TOKEN": ADMIN})
+    record, token = worker.call(worker.app[GATEWAY].keys.create("k"))
+    admin = _Client(worker.url, {"Authorization": f"Bearer {ADMIN}"})
+    user = _Client(worker.url, {"Authorization": f"Bearer {token}"})
+    long_payload = "tzp_" + "a" * 600
+    assert _openai_error(user.get("/v1/payloads/" + long_payload), 404)["code"] == "payload_not_found"
+    assert _openai_error(admin.get("/admin/v1/keys/" + "k" * 600), 404)["code"] == "key_not_found"
+    assert (
+        _openai_error(admin.get("/admin/v1/keys/" + "k" * 600 + "/credits"), 404)["code"] == "key_not_found"
+    )
+    # A grant a 64-bit micro-dollar counter cannot hold is refused, and the balance is left as it was.
+    credits = f"/admin/v1/keys/{record.id}/credits"
+    assert admin.post(credits, json={"amount_usd": 5}).status_code == 200
+    for amount in (1e13, -1e13, 999_999_999.0):
+        assert _openai_error(admin.post(credits, json={"amount_usd": amount}), 400)["param"] == "amount_usd"
+    assert admin.post(credits, json={"amount_usd": -1}).json()["balance_usd"] == 4.0
+    # A provider key that cannot go out in a header is refused when bound, not on every later request.
+    binding = f"/admin/v1/keys/{record.id}/bindings/openai"
+    for bad in ("sk-abc\ndef", "sk abc", "sk-\x00", "sk-" + "a" * 5000):
+        resp = admin.request("PUT", binding, json_body={"api_key": bad})
+        _openai_error(resp, 400)
+    assert admin.request("PUT", binding, json_body={"api_key": "sk-good-123"}).status_code == 200
+    assert user.post("/v1/chat/completions", json=CHAT).status_code == 200
+    ref = {**CHAT, "trex": {"context_ref": [long_payload]}}
+    assert _openai_error(user.post("/v1/chat/completions", json=ref), 404)["code"] == "payload_not_found"

@@ -125,6 +125,10 @@ def _printable(token: str) -> str:
     return str(token) if token.isascii() and token.isprintable() else ""
 
 
+_MAX_KEY_ID_CHARS = 64
+_MAX_PROVIDER_KEY_CHARS = 4096
+
+
 class KeyStore:
     """Creates, lists and resolves proxy keys and their provider bindings on a KV namespace."""
 
@@ -163,7 +167,9 @@ class KeyStore:
 
     async def get(self, key_id: str) -> KeyRecord:
         """The record for `key_id`, or KeyNotFoundError."""
-        raw = await self._kv.get(f"keys/{key_id}")
+        # Ids are `key_` and 16 hex digits: a far longer one cannot exist, and must not reach the KV, whose
+        # keys are bounded.
+        raw = await self._kv.get(f"keys/{key_id}") if len(key_id) <= _MAX_KEY_ID_CHARS else None
         if raw is None:
             raise KeyNotFoundError(f"No proxy key with id {key_id!r}.")
         return msgspec.json.decode(raw, type=KeyRecord)
@@ -233,9 +239,21 @@ class KeyStore:
             )
         if not provider_key.strip():
             raise InvalidRequestError("The provider key is empty.")
+        secret = provider_key.strip()
+        # It goes out in a request header: a control character or a space would break every request made
+        # with it, so it is refused here rather than as a failure of each of them.
+        if (
+            len(secret) > _MAX_PROVIDER_KEY_CHARS
+            or not (secret.isascii() and secret.isprintable())
+            or " " in secret
+        ):
+            raise InvalidRequestError(
+                f"The provider key must be printable ASCII without spaces, at most {_MAX_PROVIDER_KEY_CHARS} "
+                "characters."
+            )
         await self.get(key_id)
         slot = f"bindings/{key_id}/{provider}"
-        sealed = self._require_vault().seal(provider_key.strip(), slot)
+        sealed = self._require_vault().seal(secret, slot)
         await self._kv.put(slot, msgspec.json.encode(sealed))
         self._provider_keys.drop(slot)
 

@@ -219,7 +219,7 @@ class PayloadStore:
 
     async def get(self, trex_id: str) -> Stored:
         """The live payload, or 404 (missing, expired or revoked: the same answer)."""
-        raw = await self.kv.get(_SLOT + trex_id) if trex_id.startswith(TREX_ID_PREFIX) else None
+        raw = await self.kv.get(_SLOT + trex_id) if _well_formed(trex_id) else None
         stored = None if raw is None else _stored_decoder.decode(raw)
         if stored is None or stored.expires_at <= self.clock():
             raise PayloadNotFoundError(f"No payload {trex_id!r}: it does not exist, expired or was revoked.")
@@ -237,6 +237,17 @@ class PayloadStore:
         if requester != stored.sender:
             raise NotTheSenderError(f"Only the sender of {trex_id} can revoke it.")
         await self.kv.delete(_SLOT + trex_id)
+
+
+def _well_formed(trex_id: str) -> bool:
+    """`tzp_` and 32 lower-case hex digits, as `put` makes them: anything else cannot exist (and an over-long
+    id must not reach the KV, whose keys are bounded)."""
+    digits = trex_id[len(TREX_ID_PREFIX) :]
+    return (
+        trex_id.startswith(TREX_ID_PREFIX)
+        and len(digits) == 32
+        and all(c in "0123456789abcdef" for c in digits)
+    )
 
 
 def receipt(stored: Stored) -> dict[str, Any]:

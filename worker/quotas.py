@@ -33,6 +33,7 @@ import calendar
 import dataclasses
 import fnmatch
 import functools
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -42,10 +43,18 @@ from kv.batching import CounterBatch, Increment
 
 from .auth import KeyRecord
 from .config import ConfigError, plan_int
-from .errors import GatewayError, PaymentRequiredError, PermissionDeniedError, RateLimitError
+from .errors import (
+    GatewayError,
+    InvalidRequestError,
+    PaymentRequiredError,
+    PermissionDeniedError,
+    RateLimitError,
+)
 from .routing import SMART_AUTO
 
 MICRO = 1_000_000
+MAX_CREDITS_USD = 1e9
+"""The largest credit grant, and balance, either way (far inside a 64-bit micro-dollar counter)."""
 _COUNTERS = ("daily_requests", "weekly_requests", "daily_tokens", "weekly_tokens", "daily_web_searches")
 # Integer plan fields and their least value.
 _INTEGER_FIELDS = (
@@ -349,5 +358,18 @@ class Quotas:
         return await self._read(f"credits/{key_id}") / MICRO
 
     async def add_credits(self, key_id: str, usd: float) -> float:
-        """Add (or, negative, remove) credits; returns the new balance in USD."""
+        """Add (or, negative, remove) credits; returns the new balance in USD.
+
+        Balances are micro-dollars in a 64-bit counter: a grant, and the balance it leaves, stay far inside it
+        (an overflow would corrupt the counter for good), else a 400 naming `amount_usd`.
+        """
+        if not math.isfinite(usd) or abs(usd) > MAX_CREDITS_USD:
+            raise InvalidRequestError(
+                f"'amount_usd' must be a finite number of at most {MAX_CREDITS_USD:,.0f} either way.",
+                param="amount_usd",
+            )
+        if abs(await self.balance(key_id) + usd) > MAX_CREDITS_USD:
+            raise InvalidRequestError(
+                f"A balance may not exceed {MAX_CREDITS_USD:,.0f} USD either way.", param="amount_usd"
+            )
         return await self.kv.incr(f"credits/{key_id}", round(usd * MICRO)) / MICRO
