@@ -34,6 +34,7 @@ from .base import (
     Part,
     Request,
     Response,
+    ResponseFormat,
     StopReason,
     StreamEnd,
     StreamError,
@@ -393,6 +394,8 @@ def decode_request(body: dict[str, Any]) -> Request:
             _fail("`stream` must be a boolean", "stream")
         stream = False
 
+    response_format = _decode_output_format(body.get("output_config"))
+
     return Request(
         model=model,
         messages=messages,
@@ -408,6 +411,27 @@ def decode_request(body: dict[str, Any]) -> Request:
         stream=stream,
         user=user,
         metadata=metadata,
+        response_format=response_format,
+    )
+
+
+def _decode_output_format(config: Any) -> ResponseFormat | None:
+    """`output_config.format` (structured outputs) as a JSON-schema response format, or None."""
+    if config is None:
+        return None
+    if type(config) is not dict:
+        _fail("`output_config` must be an object", "output_config")
+    fmt = config.get("format")
+    if fmt is None:
+        return None
+    if type(fmt) is not dict or fmt.get("type") != "json_schema":
+        _fail("`output_config.format` must be an object with type `json_schema`", "output_config.format")
+    schema = fmt.get("schema")
+    if type(schema) is not dict:
+        _fail("`output_config.format.schema` must be an object", "output_config.format.schema")
+    # Claude follows the schema exactly, as OpenAI does in strict mode (which needs a name; Claude has none).
+    return ResponseFormat(
+        type="json_schema", json_schema={"name": "response", "schema": schema, "strict": True}
     )
 
 
@@ -544,6 +568,8 @@ def _encode_tool(tool: Tool) -> dict[str, Any]:
     if tool.description is not None:
         out["description"] = tool.description
     out["input_schema"] = schema
+    if tool.strict:
+        out["strict"] = True  # inputs that follow the schema exactly (structured outputs)
     return _with_cache(out, tool.cache_control)
 
 
@@ -598,7 +624,13 @@ def encode_request(req: Request, *, upstream_model: str, default_max_tokens: int
         body["top_k"] = req.top_k
     if req.user is not None:
         body["metadata"] = {"user_id": req.user}
-    # response_format has no Messages API equivalent and is dropped.
+    fmt = req.response_format
+    if fmt is not None and fmt.type == "json_schema" and fmt.json_schema is not None:
+        # Structured outputs: the reply follows the schema. (JSON mode without a schema, `json_object`, has no
+        # Messages API equivalent and is dropped.)
+        schema = fmt.json_schema.get("schema")
+        if isinstance(schema, dict):
+            body["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
     if req.stream:
         body["stream"] = True
     return body

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anthropic
 import openai
 import pydantic
 
@@ -189,3 +190,81 @@ def test_a_tool_call_ending_with_stop_is_a_tool_use_turn_for_an_anthropic_client
         streamed = stream.get_final_message()
     assert streamed.stop_reason == "tool_use"
     assert [b.input for b in streamed.content if b.type == "tool_use"] == [{"city": "Paris"}]
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
+
+
+def _claude_reply(text: str) -> Reply:
+    return Reply.json(
+        {
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-sonnet-4-6",
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": 10, "output_tokens": 5},
+        }
+    )
+
+
+def test_structured_outputs_cross_between_openai_and_anthropic(gateway: GatewaySetup) -> None:
+    """A JSON schema the client asks the reply to follow reaches the upstream in its own format."""
+    wanted = {"format": {"type": "json_schema", "schema": SCHEMA}}
+    gateway.fake.set("/v1/messages", _claude_reply('{"city":"Paris"}'))
+    completion = gateway.openai().chat.completions.create(
+        model="claude-sonnet-4-6",
+        messages=[{"role": "user", "content": "Where?"}],
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "place", "schema": SCHEMA, "strict": True},
+        },
+    )
+    assert json.loads(completion.choices[0].message.content or "") == {"city": "Paris"}
+    assert gateway.fake.last().json["output_config"] == wanted
+
+    gateway.fake.set("/v1/messages", _claude_reply('{"city":"Paris"}'))
+    text: Any = {"format": {"type": "json_schema", "name": "place", "schema": SCHEMA, "strict": True}}
+    gateway.openai().responses.create(model="claude-sonnet-4-6", input="Where?", text=text)
+    assert gateway.fake.last().json["output_config"] == wanted
+
+    # A strict tool stays strict.
+    tool: Any = {"type": "function", "function": {"name": "find", "parameters": SCHEMA, "strict": True}}
+    gateway.fake.set("/v1/messages", _claude_reply("ok"))
+    gateway.openai().chat.completions.create(
+        model="claude-sonnet-4-6", messages=[{"role": "user", "content": "Where?"}], tools=[tool]
+    )
+    assert gateway.fake.last().json["tools"][0]["strict"] is True
+
+    # The other way: an Anthropic client's output_config.format reaches OpenAI as a strict json_schema.
+    client = gateway.anthropic()
+    config: Any = wanted
+    client.messages.create(
+        model="gpt-4o-mini",
+        max_tokens=50,
+        messages=[{"role": "user", "content": "Where?"}],
+        output_config=config,
+    )
+    assert gateway.fake.last().json["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "response", "schema": SCHEMA, "strict": True},
+    }
+    bad: Any = {"format": {"type": "json_schema", "schema": "not an object"}}
+    try:
+        client.messages.create(
+            model="gpt-4o-mini",
+            max_tokens=50,
+            messages=[{"role": "user", "content": "Where?"}],
+            output_config=bad,
+        )
+    except anthropic.BadRequestError as exc:
+        assert "output_config.format.schema" in str(exc)
+    else:
+        raise AssertionError("a malformed output_config was accepted")
