@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from kv import ManualClock, SqliteKV
 from worker.accounting.claims import NO_CLAIMS
 from worker.accounting.events import PREFIX, Begun, UsageRecorder
@@ -57,4 +59,22 @@ async def test_a_short_request_is_written_once_final_and_a_long_one_pending_afte
     third = begin()
     await recorder.flush()  # a read's or the shutdown's flush writes what is in flight too
     assert await _stored(kv) == {short.event.id: "final", long.event.id: "final", third.event.id: "pending"}
+    await kv.close()
+
+
+async def test_the_request_log_is_newest_first_within_one_millisecond_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kv = SqliteKV(tmp_path / "kv.sqlite3")
+    recorder = UsageRecorder(kv, PriceTable(), {}, retention_seconds=86400, flush_seconds=1)
+    monkeypatch.setattr("worker.accounting.events.time.time", lambda: 1_700_000_000.0)  # one millisecond
+    # Request ids sort oldest first here: the order must come from when each entry was logged.
+    for rid, route in (("req_a", "/first"), ("req_b", "/second"), ("req_c", "/third")):
+        recorder.log(rid, KEY.id, "POST", route, 200, 1.0, None)
+    monkeypatch.undo()
+    entries, cursor = await recorder.logs(KEY.id, limit=10, cursor=None)
+    assert [e["route"] for e in entries] == ["/third", "/second", "/first"] and cursor is None
+    recorder.log("req_z", KEY.id, "GET", "/fourth", 200, 1.0, None)  # a later flush, a later entry
+    entries, _ = await recorder.logs(KEY.id, limit=10, cursor=None)
+    assert [e["route"] for e in entries] == ["/fourth", "/third", "/second", "/first"]
     await kv.close()

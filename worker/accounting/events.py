@@ -56,6 +56,7 @@ _THREAD_COUNT_CHARS = 64 * 1024
 _GUARANTEE_REFRESH_SECONDS = 60.0
 _SLICE = 64
 FLUSH_AT = 256
+_SEQUENCE_END = 10**12
 """Requests waiting to be written that start a flush before the interval is up."""
 
 
@@ -202,6 +203,8 @@ class UsageRecorder:
         self._queued: dict[str, Begun] = {}
         self._logs: list[tuple[float, str, str, str, str, int, float, Begun | None]] = []
         self._log_retry: list[tuple[str, bytes, dict[str, Any]]] = []
+        self._logged = 0
+        """Request-log entries queued by this process so far."""
         self._id_prefix = secrets.token_hex(5)
         self._counter = 0
         self._second = -1
@@ -460,13 +463,16 @@ class UsageRecorder:
         """Queue the request-log entry of an authenticated request; written with the next flush, after its
         usage event (if any) is reconciled, so the entry carries the final tokens and savings."""
         self._logs.append((time.time(), request_id, key_id, method, route, status, latency_ms, begun))
+        self._logged += 1
         if len(self._logs) >= FLUSH_AT:
             self._wake.set()  # a busy second: write now rather than hold every request until the interval
 
     def _log_entries(self) -> list[tuple[str, bytes, dict[str, Any]]]:
         queued, self._logs = self._logs, []
         out = []
+        sequence = self._logged - len(queued)  # how many entries this process logged before these
         for at, rid, key_id, method, route, status, latency, begun in queued:
+            sequence += 1
             entry: dict[str, Any] = {
                 "time": round(at, 3),
                 "request_id": rid,
@@ -488,9 +494,11 @@ class UsageRecorder:
                 entry["billed_output_tokens"] = b.output_tokens if b else None
                 entry["savings_tokens"] = ev.savings_tokens
                 entry["savings_usd"] = ev.savings_usd
-            # Newest first in key order: the key carries the time counted down from a far future.
+            # Newest first in key order: the key carries the time counted down from a far future, then this
+            # process's count of entries counted down (requests in the same millisecond stay newest first).
             inverted = 10**13 - int(at * 1000)
-            out.append((f"{LOG_PREFIX}{key_id}/{inverted:013d}-{rid}", b"", entry))
+            key = f"{LOG_PREFIX}{key_id}/{inverted:013d}-{_SEQUENCE_END - sequence:012d}-{rid}"
+            out.append((key, b"", entry))
         return out
 
     async def logs(
