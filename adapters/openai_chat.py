@@ -813,10 +813,24 @@ class StreamDecoder:
     """Upstream chat.completion.chunk events → canonical stream events; one instance per stream.
 
     `feed` takes one SSE event's data (the parser has already joined multi-line data). Blocks are kept
-    sequential: a new kind of content, or a new tool call, closes the open block first.
+    sequential, as every client format needs them: a new kind of content closes the open block first. Tool
+    calls may arrive interleaved (fragments of calls 0 and 1 alternating, which chat clients merge by index),
+    so while one call streams, calls that start after it are held, with their fragments, and written whole
+    (start, arguments, stop) once it closes: the first call streams live, and no fragment is lost.
     """
 
-    __slots__ = ("_done", "_finished", "_kind", "_last_key", "_next", "_open", "_started", "_tools", "usage")
+    __slots__ = (
+        "_done",
+        "_finished",
+        "_held",
+        "_kind",
+        "_last_key",
+        "_next",
+        "_open",
+        "_started",
+        "_tools",
+        "usage",
+    )
 
     def __init__(self) -> None:
         self._done = False
@@ -825,8 +839,9 @@ class StreamDecoder:
         self._open: int | None = None  # the open block's index
         self._kind = _NONE  # the open block's kind
         self._next = 0  # index of the next block
-        # Upstream tool-call key (its `index`, or its id when a server omits the index) → (block index, id).
-        self._tools: dict[object, tuple[int, str]] = {}
+        # Upstream tool-call key (its `index`, or its id when a server omits the index) → the call.
+        self._tools: dict[object, _Call] = {}
+        self._held: list[_Call] = []  # calls that started while another one streams, in order
         self._last_key: object = None
         self.usage: Usage | None = None
 
@@ -891,6 +906,14 @@ class StreamDecoder:
             events.append(BlockStop(index=self._open))
             self._open = None
             self._kind = _NONE
+        for call in self._held:
+            call.index = index = self._next
+            self._next = index + 1
+            events.append(ToolCallStart(index=index, id=call.id, name=call.name))
+            if call.held:
+                events.append(ToolCallDelta(index=index, arguments="".join(call.held)))
+            events.append(BlockStop(index=index))
+        self._held.clear()
 
     def _begin(self, kind: int, events: list[StreamEvent]) -> int:
         self._close(events)
@@ -947,23 +970,43 @@ class StreamDecoder:
         if key is None:
             # Some servers omit `index`: a new id starts a call, a fragment without one continues the last.
             key = call_id or self._last_key
-        known = self._tools.get(key)
+        entry = self._tools.get(key)
         name = fn.get("name")
         # A different id under a known index is a new call (servers that number every call 0).
-        if known is None or (call_id and name and call_id != known[1]):
-            index = self._begin(_TOOL, events)
-            self._tools[key] = (index, call_id)
+        if entry is None or (call_id and name and call_id != entry.upstream_id):
             # Some local servers send no id; a client in any format needs one to pair the result with it.
             out_id = call_id or f"call_{uuid.uuid4().hex[:24]}"
-            events.append(ToolCallStart(index=index, id=out_id, name=name if isinstance(name, str) else ""))
-        else:
-            index = known[0]
+            entry = self._tools[key] = _Call(call_id, out_id, name if isinstance(name, str) else "")
+            if self._kind == _TOOL:
+                self._held.append(entry)  # another call is streaming: this one waits its turn
+            else:
+                entry.index = self._begin(_TOOL, events)
+                events.append(ToolCallStart(index=entry.index, id=out_id, name=entry.name))
         self._last_key = key
         args = fn.get("arguments")
         if args and isinstance(args, str):
-            events.append(ToolCallDelta(index=index, arguments=args))
+            if entry.index is None:
+                entry.held.append(args)
+            elif entry.index == self._open:
+                events.append(ToolCallDelta(index=entry.index, arguments=args))
+            # else: the call was closed when other content came between; no client format can take more of it
 
-            # Some local servers send no id; a client in any format needs one to pair the result with it.
+
+class _Call:
+    """One upstream tool call of a stream."""
+
+    __slots__ = ("held", "id", "index", "name", "upstream_id")
+
+    def __init__(self, upstream_id: str, id: str, name: str) -> None:
+        self.upstream_id = upstream_id
+        self.id = id
+        self.name = name
+        self.index: int | None = None
+        """Its block index once written; None while held."""
+        self.held: list[str] = []
+        """Argument fragments received while held."""
+
+        # Some local servers send no id; a client in any format needs one to pair the result with it.
 
 
 def _error_fields(error: Any) -> tuple[str, str]:

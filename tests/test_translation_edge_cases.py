@@ -4,6 +4,8 @@
 - An OpenAI-compatible stream whose tool call has no id still gives every client format an id.
 - A tool call OpenAI answers with finish_reason `stop` (a call forced by name) reaches an Anthropic client
   with stop_reason `tool_use`, streaming or not.
+- Structured outputs (a JSON schema, strict tools) cross between the OpenAI and Anthropic formats.
+- Parallel tool calls whose fragments arrive interleaved reach Anthropic and Responses clients whole.
 """
 
 from __future__ import annotations
@@ -268,3 +270,50 @@ def test_structured_outputs_cross_between_openai_and_anthropic(gateway: GatewayS
         assert "output_config.format.schema" in str(exc)
     else:
         raise AssertionError("a malformed output_config was accepted")
+
+
+def _interleaved_tool_calls() -> Reply:
+    """Two parallel calls whose argument fragments alternate by index (legal: chat clients merge by index)."""
+
+    def fragment(index: int, arguments: str, call_id: str | None = None) -> dict[str, Any]:
+        call: dict[str, Any] = {"index": index, "function": {"arguments": arguments}}
+        if call_id:  # the call's first chunk: id, type and name
+            call.update(id=call_id, type="function", function={"name": "get_weather", "arguments": arguments})
+        return _chunk({"tool_calls": [call]})
+
+    return _chat_stream(
+        [
+            _chunk({"role": "assistant", "content": None}),
+            fragment(0, "", "call_A"),
+            fragment(1, "", "call_B"),
+            fragment(0, '{"city":'),
+            fragment(1, '{"city":'),
+            fragment(0, '"Paris"}'),
+            fragment(1, '"Lyon"}'),
+            _chunk(finish="tool_calls"),
+        ]
+    )
+
+
+def test_interleaved_tool_call_fragments_all_reach_clients_of_sequential_formats(
+    gateway: GatewaySetup,
+) -> None:
+    gateway.fake.set("/v1/chat/completions", _interleaved_tool_calls())
+    with gateway.anthropic().messages.stream(
+        model="gpt-4o-mini",
+        max_tokens=100,
+        messages=[{"role": "user", "content": "weather?"}],
+        tools=WEATHER_TOOLS,  # type: ignore[arg-type]
+    ) as stream:
+        message = stream.get_final_message()
+    assert [(b.id, b.input) for b in message.content if b.type == "tool_use"] == [
+        ("call_A", {"city": "Paris"}),
+        ("call_B", {"city": "Lyon"}),
+    ]
+
+    gateway.fake.set("/local/v1/chat/completions", _interleaved_tool_calls())
+    tool: Any = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
+    with gateway.openai().responses.stream(model="local/qwen3", input="weather?", tools=[tool]) as rstream:
+        output = rstream.get_final_response().output
+    calls = [(o.call_id, json.loads(o.arguments)) for o in output if o.type == "function_call"]
+    assert calls == [("call_A", {"city": "Paris"}), ("call_B", {"city": "Lyon"})]

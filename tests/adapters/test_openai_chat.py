@@ -942,11 +942,13 @@ def test_decode_text_then_tool_call_and_interleaved_fragments() -> None:
         TextStart(index=0),
         TextDelta(index=0, text="Sure."),
         BlockStop(index=0),
+        # The first call streams live, fragments after the second one started included; the second is held
+        # and written whole once the first closes, so both blocks stay sequential and nothing is lost.
         ToolCallStart(index=1, id="c0", name="a"),
         ToolCallDelta(index=1, arguments='{"x":'),
+        ToolCallDelta(index=1, arguments="1}"),
         BlockStop(index=1),
         ToolCallStart(index=2, id="c1", name="b"),
-        ToolCallDelta(index=1, arguments="1}"),
         ToolCallDelta(index=2, arguments="{}"),
         BlockStop(index=2),
         StreamFinish(stop_reason="tool_calls"),
