@@ -317,3 +317,32 @@ def test_interleaved_tool_call_fragments_all_reach_clients_of_sequential_formats
         output = rstream.get_final_response().output
     calls = [(o.call_id, json.loads(o.arguments)) for o in output if o.type == "function_call"]
     assert calls == [("call_A", {"city": "Paris"}), ("call_B", {"city": "Lyon"})]
+
+
+def test_an_upstream_error_that_is_not_json_reaches_a_same_format_client_as_a_structured_error(
+    gateway: GatewaySetup,
+) -> None:
+    page = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+    gateway.fake.set("/v1/chat/completions", Reply(status=502, body=page))
+    try:
+        gateway.openai().chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+    except openai.APIStatusError as exc:
+        assert exc.status_code == 502
+        assert isinstance(exc.body, dict) and "502 Bad Gateway" in str(exc.body.get("message"))
+    else:
+        raise AssertionError("the upstream failure was not reported")
+    # A JSON error body of the client's own format still passes through exactly.
+    error = {
+        "error": {"message": "Rate limit reached", "type": "requests", "param": None, "code": "rate_limit"}
+    }
+    gateway.fake.set("/v1/chat/completions", Reply.json(error, status=429))
+    try:
+        gateway.openai().chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+    except openai.RateLimitError as exc:
+        assert exc.body == error["error"]
+    else:
+        raise AssertionError("the upstream 429 was not reported")

@@ -712,7 +712,9 @@ async def _error_response(
     headers: dict[str, str],
 ) -> web.Response:
     data = await upstream.content.read(_ERROR_BODY_LIMIT)
-    if fmt == wire:  # same format: the upstream's error body is already what the client's SDK expects
+    if fmt == wire and _is_error_document(data):
+        # Same format: the upstream's error body is already what the client's SDK expects. Anything else (an
+        # HTML page from a load balancer, plain text) becomes a structured error below.
         return web.Response(
             body=data, status=upstream.status, headers=headers, content_type="application/json"
         )
@@ -727,6 +729,15 @@ async def _error_response(
         headers=headers,
         content_type="application/json",
     )
+
+
+def _is_error_document(data: bytes) -> bool:
+    """True for a JSON error body of either shape: `{"error": {...}}` (OpenAI) or `{"type": "error", ...}`."""
+    try:
+        doc = _decoder.decode(data)
+    except msgspec.DecodeError:
+        return False
+    return isinstance(doc, dict) and (isinstance(doc.get("error"), dict) or doc.get("type") == "error")
 
 
 def _upstream_error_detail(data: bytes, status: int) -> tuple[str, str | None]:
