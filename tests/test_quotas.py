@@ -137,6 +137,13 @@ def test_token_quota_counts_billed_tokens_at_reconciliation(
     with pytest.raises(openai.RateLimitError) as err:
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
     assert err.value.code == "quota_exceeded" and "token" in err.value.message
+    # Every quota counter expires after its window (the first read of the token counter created it, and a
+    # counter keeps the expiration it was created with: it used to be created without one, forever).
+    kv = setup.worker.app[GATEWAY].kv
+    counters = setup.worker.call(kv.list(prefix=f"quota/{setup.key_id}/")).keys
+    assert {c.name.rsplit("/", 1)[1] for c in counters} == {"tokens"}
+    now = time.time()
+    assert all(c.expiration is not None and now < c.expiration <= now + 2 * 86400 for c in counters)
 
 
 def test_keys_without_a_quota_plan_are_not_checked(gateway: GatewaySetup) -> None:

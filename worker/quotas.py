@@ -53,6 +53,9 @@ from .errors import (
 from .routing import SMART_AUTO
 
 MICRO = 1_000_000
+_DAY_TOKENS_TTL = 2 * 86400
+_WEEK_TOKENS_TTL = 8 * 86400
+"""Token counters outlive their window (charges arrive after the response, possibly past midnight)."""
 MAX_CREDITS_USD = 1e9
 """The largest credit grant, and balance, either way (far inside a 64-bit micro-dollar counter)."""
 _COUNTERS = ("daily_requests", "weekly_requests", "daily_tokens", "weekly_tokens", "daily_web_searches")
@@ -252,11 +255,17 @@ class Quotas:
         if why is not None:
             await self._require_balance(key.id, why)
             return Admission(key.id, plan, True, day, week)
-        for limit, counter, left, what in (
-            (plan.daily_tokens, f"quota/{key.id}/d{day}/tokens", day_left, "daily token"),
-            (plan.weekly_tokens, f"quota/{key.id}/w{week}/tokens", week_left, "weekly token"),
+        for limit, counter, left, what, ttl in (
+            (plan.daily_tokens, f"quota/{key.id}/d{day}/tokens", day_left, "daily token", _DAY_TOKENS_TTL),
+            (
+                plan.weekly_tokens,
+                f"quota/{key.id}/w{week}/tokens",
+                week_left,
+                "weekly token",
+                _WEEK_TOKENS_TTL,
+            ),
         ):
-            if limit is not None and await self._tokens_used(counter) >= limit:
+            if limit is not None and await self._tokens_used(counter, ttl) >= limit:
                 raise self._exceeded(what, limit, left)
         requests = [
             (limit, counter, left, what)
@@ -308,14 +317,15 @@ class Quotas:
             headers={"Retry-After": str(retry_after)},
         )
 
-    async def _tokens_used(self, counter: str) -> int:
+    async def _tokens_used(self, counter: str, ttl: int) -> int:
         """A token counter's value, read at most once a second per instance (tokens are charged after the
-        response anyway); this instance's own charges update it at once."""
+        response anyway); this instance's own charges update it at once. The read creates a missing counter,
+        with the TTL its charges give it (a counter keeps the expiration it was created with)."""
         now = time.monotonic()
         cached = self._tokens.get(counter)
         if cached is not None and cached[1] > now:
             return cached[0]
-        (value,) = await self.counters.incr([(counter, 0, None)])
+        (value,) = await self.counters.incr([(counter, 0, ttl)])
         if len(self._tokens) >= 4096:
             self._tokens = {k: v for k, v in self._tokens.items() if v[1] > now}
         self._tokens[counter] = (value, now + _TOKENS_FRESH_S)
@@ -333,9 +343,11 @@ class Quotas:
         plan = admission.plan
         out: list[Increment] = []
         if billed_tokens > 0 and plan.daily_tokens is not None:
-            out.append((f"quota/{admission.key_id}/d{admission.day}/tokens", billed_tokens, 2 * 86400))
+            out.append((f"quota/{admission.key_id}/d{admission.day}/tokens", billed_tokens, _DAY_TOKENS_TTL))
         if billed_tokens > 0 and plan.weekly_tokens is not None:
-            out.append((f"quota/{admission.key_id}/w{admission.week}/tokens", billed_tokens, 8 * 86400))
+            out.append(
+                (f"quota/{admission.key_id}/w{admission.week}/tokens", billed_tokens, _WEEK_TOKENS_TTL)
+            )
         return out
 
     async def charge(self, increments: Iterable[Increment]) -> None:
