@@ -199,7 +199,8 @@ def test_trex_accounting_baseline_override_and_client_stats(gateway: GatewaySetu
     assert event["usage_source"] == "override"
     assert event["billed"]["input_tokens"] == 1887 and event["billed"]["cached_input_tokens"] == 143
     actual = _usd(1887 - 143, price.input) + _usd(143, price.cached_input or 0) + _usd(out, price.output)
-    baseline = _usd(6184, price.input) + _usd(380, price.output)
+    # The client's baseline is priced with the billed cache split (143 cached): a cache discount is no saving.
+    baseline = _usd(6184 - 143, price.input) + _usd(143, price.cached_input or 0) + _usd(380, price.output)
     assert event["actual_cost_usd"] == pytest.approx(actual)
     assert event["baseline"] == {
         "input_tokens": 6184,

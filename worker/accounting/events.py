@@ -160,6 +160,17 @@ def _summary(ev: UsageEvent) -> dict[str, Any]:
     }
 
 
+def _within(input_tokens: int, output_tokens: int, cached: int, cache_writes: int) -> Billed:
+    """Usage whose cached and cache-write tokens fit inside its input (they are part of it)."""
+    cached = min(cached, input_tokens)
+    return Billed(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cached_input_tokens=cached,
+        cache_write_tokens=min(cache_writes, input_tokens - cached),
+    )
+
+
 def _day(epoch: int) -> str:
     return time.strftime("%Y%m%d", time.gmtime(epoch))
 
@@ -388,14 +399,15 @@ class UsageRecorder:
             else:
                 output = tokens.count(text, ev.token_count_encoding)
             billed, source = Billed(input_tokens=ev.optimized_input_tokens, output_tokens=output), "estimated"
+        metered = billed  # what quotas and credits are charged: the upstream's usage, never a client's claim
         if claims.has_override and not failed:
             inp = claims.override_input_tokens
             cached = claims.override_cached_input_tokens
-            billed = Billed(
-                input_tokens=inp if inp is not None else billed.input_tokens,
-                output_tokens=billed.output_tokens,
-                cached_input_tokens=cached if cached is not None else billed.cached_input_tokens,
-                cache_write_tokens=billed.cache_write_tokens,
+            billed = _within(
+                inp if inp is not None else billed.input_tokens,
+                billed.output_tokens,
+                cached if cached is not None else billed.cached_input_tokens,
+                billed.cache_write_tokens,
             )
             source = "override"
         ttl = claims.cache_write_ttl
@@ -406,7 +418,11 @@ class UsageRecorder:
             claimed_in, claimed_out = claims.baseline_input_tokens, claims.baseline_output_tokens
             base_in = claimed_in if claimed_in is not None else billed.input_tokens + ev.saved_input_tokens
             base_out = claimed_out if claimed_out is not None else billed.output_tokens
-            base_cost = cost(Billed(input_tokens=base_in, output_tokens=base_out), price, ttl)
+            # Priced with the billed cache split, as the computed baseline is: the same prompt would have hit
+            # the same cache, so the cache discount is not counted as a saving.
+            base_cost = cost(
+                _within(base_in, base_out, billed.cached_input_tokens, billed.cache_write_tokens), price, ttl
+            )
             base_source = "client"
         else:
             saved = ev.saved_input_tokens
@@ -439,8 +455,9 @@ class UsageRecorder:
         self._dirty[ev.id] = ev
         if begun.admission is not None and self.quotas is not None and not failed:
             # Applied together at the end of this reconciliation pass: one round trip for all of them.
+            charged = actual if metered is billed else cost(metered, price, ttl)
             self._charges += self.quotas.charges(
-                begun.admission, billed.input_tokens + billed.output_tokens, actual
+                begun.admission, metered.input_tokens + metered.output_tokens, charged
             )
         if ev.savings_usd:
             cycle = (ev.key_id, time.strftime("%Y%m", time.gmtime(ev.created)))
