@@ -147,7 +147,12 @@ _VALUES = st.one_of(
 @given(
     st.dictionaries(
         st.sampled_from(["prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details", "x"]),
-        st.one_of(_VALUES, st.dictionaries(st.sampled_from(["cached_tokens", "audio_tokens"]), _VALUES)),
+        st.one_of(
+            _VALUES,
+            st.dictionaries(
+                st.sampled_from(["cached_tokens", "cache_write_tokens", "audio_tokens"]), _VALUES
+            ),
+        ),
     )
     | st.none()
     | st.integers()
@@ -158,3 +163,16 @@ def test_chat_body_usage_reads_like_the_decoded_document(found: object) -> None:
     body = msgspec.json.encode({"id": "c", "usage": found})
     expected = usage.from_doc("chat", {"usage": found}) if isinstance(found, dict) else None
     assert usage.from_body("chat", body) == expected
+
+
+def test_openrouter_cache_writes_are_billed_from_a_chat_body_and_stream() -> None:
+    """OpenRouter reports prompt-cache writes (Anthropic models) in `prompt_tokens_details.cache_write_tokens`;
+    they are priced at the cache-write rate on the same-format path, not as plain input."""
+    counts = {"prompt_tokens": 3000, "completion_tokens": 10, "total_tokens": 3010}
+    details = {"cached_tokens": 500, "cache_write_tokens": 2000}
+    expected = Billed(input_tokens=3000, output_tokens=10, cached_input_tokens=500, cache_write_tokens=2000)
+    body = msgspec.json.encode({"id": "gen-1", "usage": {**counts, "prompt_tokens_details": details}})
+    assert usage.from_body("chat", body) == expected
+    chunk = {"id": "gen-1", "choices": [], "usage": {**counts, "prompt_tokens_details": details}}
+    stream = b"data: " + msgspec.json.encode(chunk) + b"\n\ndata: [DONE]\n\n"
+    assert usage.usage_at_the_end("chat", stream) == expected

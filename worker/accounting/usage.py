@@ -72,6 +72,8 @@ _Count = Annotated[int, msgspec.Meta(ge=0)]
 
 class _PromptDetails(msgspec.Struct):
     cached_tokens: _Count = 0
+    cache_write_tokens: _Count = 0
+    """Prompt-cache writes, as OpenRouter reports them (for Anthropic models, among others)."""
 
 
 class _ChatUsage(msgspec.Struct):
@@ -107,6 +109,7 @@ def from_body(wire: Wire, data: bytes) -> Billed | None:
                 input_tokens=typed.prompt_tokens,
                 output_tokens=typed.completion_tokens,
                 cached_input_tokens=details.cached_tokens if details is not None else 0,
+                cache_write_tokens=details.cache_write_tokens if details is not None else 0,
             )
     try:
         found = _usage_decoder.decode(data).usage  # not an object, or `usage` not one: ValidationError
@@ -129,11 +132,13 @@ def from_doc(wire: Wire, doc: dict[str, Any]) -> Billed | None:
     if wire == "messages":
         return billed_from_usage(anthropic._usage_from_anthropic(u))
     details = u.get("prompt_tokens_details")
-    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    if not isinstance(details, dict):
+        details = {}
     return Billed(
         input_tokens=_int(u.get("prompt_tokens")),
         output_tokens=_int(u.get("completion_tokens")),
-        cached_input_tokens=cached,
+        cached_input_tokens=_int(details.get("cached_tokens")),
+        cache_write_tokens=_int(details.get("cache_write_tokens")),
     )
 
 
