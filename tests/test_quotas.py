@@ -17,7 +17,7 @@ from tests.fakes.upstream import FakeUpstream, Reply, fixture_json
 from tests.harness import InProcessWorker
 from tests.test_admin import ADMIN, call
 from tests.test_cli import trex
-from tests.test_usage import wait_final
+from tests.test_usage import HTTP, wait_final
 from worker.appkeys import CONFIG, GATEWAY
 from worker.config import ConfigError
 from worker.quotas import parse_quota_plans
@@ -54,8 +54,12 @@ def _close_clients() -> Iterator[None]:
         _OPEN.pop().close()
 
 
-def _setup(make_worker: Callable[..., InProcessWorker], fake: FakeUpstream, plan: str) -> GatewaySetup:
-    worker = make_worker(dev_vars={"TREX_MASTER_KEY": MASTER_KEY, "TREX_ADMIN_TOKEN": ADMIN}, extra=PLANS)
+def _setup(
+    make_worker: Callable[..., InProcessWorker], fake: FakeUpstream, plan: str, **variables: Any
+) -> GatewaySetup:
+    worker = make_worker(
+        variables, dev_vars={"TREX_MASTER_KEY": MASTER_KEY, "TREX_ADMIN_TOKEN": ADMIN}, extra=PLANS
+    )
     keys = worker.app[GATEWAY].keys
     record, token = worker.call(keys.create("q", plan=plan))
     for provider, secret in UPSTREAM_KEYS.items():
@@ -259,3 +263,44 @@ def test_bad_plan_fields_are_config_errors_naming_the_field(field: str, value: o
         parse_quota_plans({"p": {field: value}}, "wrangler_local.toml")
     assert f"plans.p.{field}" in str(err.value) and problem in str(err.value)
     assert parse_quota_plans({"p": {"credit_pinned": True}}, "x")["p"].credit_pinned
+
+
+def test_a_fallback_gets_the_plans_model_and_credit_checks_too(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """The `free` plan allows gpt-4o-mini, gpt-4.1* (on credits) and claude-*; gpt-5 is not on it."""
+    setup = _setup(make_worker, fake_upstream, "free", UPSTREAM_RETRIES=0)
+    quotas = setup.worker.app[GATEWAY].quotas
+
+    def ask(fallback: str) -> Any:
+        fake_upstream.enqueue("/v1/chat/completions", Reply.json("openai/error_rate_limit.json", status=429))
+        body = {
+            "model": "gpt-4o-mini",
+            "messages": MESSAGES,
+            "trex": {"routing": {"fallbacks": [{"provider": "openai", "model": fallback}]}},
+        }
+        return HTTP.post(
+            setup.worker.url + "/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {setup.key}"},
+        )
+
+    # Not on the plan: skipped, so the primary's 429 is the answer.
+    refused = ask("gpt-5")
+    assert refused.status_code == 429 and refused.headers["X-Trex-Upstream-Model"] == "gpt-4o-mini"
+    # On credits, without a balance: skipped as well.
+    unpaid = ask("gpt-4.1")
+    assert unpaid.status_code == 429 and unpaid.headers["X-Trex-Upstream-Model"] == "gpt-4o-mini"
+    assert [
+        a.get("error", "") for a in wait_final(setup, unpaid.headers["X-Trex-Usage-Event-Id"])["attempts"]
+    ][-1].startswith("The model 'gpt-4.1' draws on Compute Credits")
+    # With a balance it serves, and the request is paid with credits.
+    setup.worker.call(quotas.add_credits(setup.key_id, 1.0))
+    paid = ask("gpt-4.1")
+    assert paid.status_code == 200 and paid.headers["X-Trex-Upstream-Model"] == "gpt-4.1"
+    event = wait_final(setup, paid.headers["X-Trex-Usage-Event-Id"])
+    deadline = time.monotonic() + 5
+    while (balance := setup.worker.call(quotas.balance(setup.key_id))) == 1.0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert balance == pytest.approx(1.0 - event["actual_cost_usd"], abs=1e-6)

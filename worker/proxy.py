@@ -65,7 +65,7 @@ from .gateway import Gateway
 from .optimize.pipeline import Report, measure
 from .optimizing import resolve_options, savings_headers, session_id
 from .optimizing import run as run_optimizer
-from .quotas import uses_web_search
+from .quotas import Admission, InsufficientBalanceError, ModelNotAllowedError, uses_web_search
 from .routing import PROVIDER_NAMES, ModelRoute, Provider, checked_model, resolve
 
 InboundFormat = Literal["chat", "responses", "messages"]
@@ -216,7 +216,9 @@ async def proxy(
                     "error": "circuit open",
                 }
             )
-            following = await _next_fallback(request, gw, key, fmt, body, stream, fallbacks, attempts)
+            following = await _next_fallback(
+                request, gw, key, fmt, body, stream, fallbacks, attempts, admission
+            )
             if following is None:
                 _record_attempts(gw, acct, attempts, cand)
                 _finish_usage(gw, acct, 503, "upstream_failed", None)
@@ -227,7 +229,9 @@ async def proxy(
                     code="provider_unavailable",
                     headers={**out_headers, "Retry-After": str(gw.breakers.cooldown)},
                 )
-            prepared, api_key = following
+            prepared, api_key, admission = following
+            if acct is not None:
+                acct.admission = admission
             continue
         began = time.perf_counter()
         failure: UpstreamUnavailable | None = None
@@ -265,7 +269,9 @@ async def proxy(
         again = tries < gw.retries and wait <= gw.retry_max_wait and time.monotonic() + wait < deadline
         following = None
         if not again and time.monotonic() < deadline:  # no fallback starts past the deadline either
-            following = await _next_fallback(request, gw, key, fmt, body, stream, fallbacks, attempts)
+            following = await _next_fallback(
+                request, gw, key, fmt, body, stream, fallbacks, attempts, admission
+            )
         if not again and following is None:
             if resp is not None:
                 upstream = resp  # nothing left to try: the client gets this failure as it is
@@ -286,7 +292,9 @@ async def proxy(
             tries += 1
         else:
             assert following is not None
-            prepared, api_key = following
+            prepared, api_key, admission = following
+            if acct is not None:
+                acct.admission = admission
             tries = 0
     answered = time.perf_counter()
     route, wire, wants_usage = prepared.route, prepared.wire, prepared.wants_usage
@@ -431,14 +439,30 @@ async def _next_fallback(
     stream: bool,
     fallbacks: Iterator[ModelRoute],
     attempts: list[dict[str, Any]],
-) -> tuple[_Prepared, str | None] | None:
-    """The next fallback this key can use; one without a provider key, or that cannot take this request,
-    is recorded as skipped."""
+    admission: Admission | None,
+) -> tuple[_Prepared, str | None, Admission | None] | None:
+    """The next fallback this key can use, and how its request is then charged; one without a provider key,
+    that the key's plan does not allow (or allows on credits it lacks), or that cannot take this request, is
+    recorded as skipped."""
+    admitted = request.get(RATE)
     for route in fallbacks:
         try:
             api_key = await provider_key(request, gw, key, route.provider)
-            return _prepare(fmt, body, stream, route, gw), api_key
-        except (MissingProviderKeyError, InvalidRequestError) as exc:
+            listed = gw.catalog.get(route.model)
+            charged = await gw.quotas.admit_fallback(
+                key,
+                admission,
+                route.model,
+                tier=listed.info.tier if listed is not None else None,
+                in_flight=admitted.in_flight if admitted is not None else 0,
+            )
+            return _prepare(fmt, body, stream, route, gw), api_key, charged
+        except (
+            MissingProviderKeyError,
+            InvalidRequestError,
+            ModelNotAllowedError,
+            InsufficientBalanceError,
+        ) as exc:
             attempts.append(
                 {
                     "provider": route.provider,

@@ -192,6 +192,22 @@ def _matches(model: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(model, p) for p in patterns)
 
 
+def _credit_reason(plan: QuotaPlan, model: str, tier: str | None, in_flight: int) -> str | None:
+    """Why a request for `model` draws on Compute Credits under `plan` (how its 402 message starts)."""
+    if plan.credit_models and _matches(model, plan.credit_models):
+        return f"The model {model!r} draws"
+    if model != SMART_AUTO and plan.credit_premium and tier == "premium":
+        return f"The premium model {model!r} draws"
+    if model != SMART_AUTO and plan.credit_pinned and tier != "free":
+        return f"Naming the model {model!r} (not smart-auto or a free model) draws"
+    if plan.credit_above_concurrent is not None and in_flight > plan.credit_above_concurrent:
+        return (
+            f"With {in_flight} requests in flight (over {plan.credit_above_concurrent} on the "
+            f"{plan.name!r} plan) this request draws"
+        )
+    return None
+
+
 class Quotas:
     """Admission checks and charges for keys on plans with quotas, model lists or credit models."""
 
@@ -240,18 +256,7 @@ class Quotas:
             )
             if used > plan.daily_web_searches:
                 raise self._exceeded("daily web search", plan.daily_web_searches, day_left)
-        why = None
-        if plan.credit_models and _matches(model, plan.credit_models):
-            why = f"The model {model!r} draws"
-        elif model != SMART_AUTO and plan.credit_premium and tier == "premium":
-            why = f"The premium model {model!r} draws"
-        elif model != SMART_AUTO and plan.credit_pinned and tier != "free":
-            why = f"Naming the model {model!r} (not smart-auto or a free model) draws"
-        elif plan.credit_above_concurrent is not None and in_flight > plan.credit_above_concurrent:
-            why = (
-                f"With {in_flight} requests in flight (over {plan.credit_above_concurrent} on the "
-                f"{plan.name!r} plan) this request draws"
-            )
+        why = _credit_reason(plan, model, tier, in_flight)
         if why is not None:
             await self._require_balance(key.id, why)
             return Admission(key.id, plan, True, day, week)
@@ -284,6 +289,25 @@ class Quotas:
                 if position > limit:
                     raise self._exceeded(what, limit, left)
         return Admission(key.id, plan, False, day, week)
+
+    async def admit_fallback(
+        self, key: KeyRecord, admission: Admission | None, model: str, *, tier: str | None, in_flight: int
+    ) -> Admission | None:
+        """The plan's checks for a fallback model, whose request is already counted: a model outside the
+        plan's list is refused (403), and one that draws on Compute Credits needs a balance (402) and moves
+        the request onto credits. Without these a fallback would serve what the plan forbids, unpaid."""
+        if admission is None:
+            return None
+        plan = admission.plan
+        if plan.models is not None and not _matches(model, plan.models):
+            raise ModelNotAllowedError(
+                f"The model {model!r} is not available on the {plan.name!r} plan.", param="model"
+            )
+        why = None if admission.credits else _credit_reason(plan, model, tier, in_flight)
+        if why is None:
+            return admission
+        await self._require_balance(key.id, why)
+        return dataclasses.replace(admission, credits=True)
 
     async def long_context(
         self, key: KeyRecord, admission: Admission | None, input_tokens: int
