@@ -13,6 +13,7 @@ import openai
 from tests.conftest import MASTER_KEY
 from tests.fakes.upstream import FakeUpstream
 from tests.harness import InProcessWorker
+from tests.test_usage import HTTP
 from worker.appkeys import GATEWAY
 
 FILLER = [
@@ -114,3 +115,116 @@ def test_sessions_do_not_cross_keys_and_stop_at_an_edited_message(
     edited[0] = {"role": "user", "content": TURN1[0]["content"] + " (edited)"}
     replayed = _forwarded(fake_upstream, owner, edited)
     assert replayed[1] != first[1]  # the history diverged at message 0: no replay after it
+
+
+def _turn(
+    w: InProcessWorker,
+    fake: FakeUpstream,
+    key_id: str,
+    client: openai.OpenAI,
+    messages: list[dict[str, Any]],
+    **headers: str,
+) -> tuple[Any, list[Any]]:
+    """One chat turn: its response headers and the messages the upstream received, once the session state
+    the turn writes is stored."""
+    kv = w.app[GATEWAY].kv
+
+    def stored() -> list[bytes | None]:
+        return [w.call(kv.get(k.name)) for k in w.call(kv.list(prefix=f"session/{key_id}/")).keys]
+
+    before = stored()
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=messages,  # type: ignore[arg-type]
+        extra_headers=headers,
+    )
+    deadline = time.monotonic() + 5
+    while stored() == before:
+        assert time.monotonic() < deadline, "session state was not stored"
+        time.sleep(0.02)
+    return raw.headers, fake.last().json["messages"]
+
+
+def test_past_the_budget_a_session_is_reoptimized_once_then_replayed_again(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """A context that stays over the budget after its re-optimization is not re-optimized (and its cached
+    prefix lost) on every turn: only after growing by half the budget again."""
+    w = make_worker(variables={"SESSION_REOPTIMIZE_TOKENS": 50}, dev_vars={"TREX_MASTER_KEY": MASTER_KEY})
+    client, key_id = _client(w, "conv-regrow")
+    headers, _ = _turn(w, fake_upstream, key_id, client, TURN1)
+    assert headers["X-Trex-Session-Reoptimized"] == "false"
+    headers, second = _turn(w, fake_upstream, key_id, client, TURN2)
+    assert headers["X-Trex-Session-Reoptimized"] == "true" and headers["X-Trex-Session-Replayed"] == "0"
+    turn3 = [
+        *TURN2,
+        {"role": "assistant", "content": _prose("Invoice INV-2026-0042 is for $3,400.00.")},
+        {"role": "user", "content": "Thanks."},
+    ]
+    headers, third = _turn(w, fake_upstream, key_id, client, turn3)
+    assert headers["X-Trex-Session-Reoptimized"] == "false"
+    assert int(headers["X-Trex-Session-Replayed"]) == len(TURN2) and third[: len(TURN2)] == second
+    turn4 = [*turn3, {"role": "assistant", "content": "Welcome."}, {"role": "user", "content": "OK?"}]
+    headers, _ = _turn(w, fake_upstream, key_id, client, turn4)
+    # Turn 3 grew the forwarded context by more than half the budget since the re-optimization.
+    assert headers["X-Trex-Session-Reoptimized"] == "true"
+
+
+def test_with_optimization_off_a_session_forwards_the_messages_as_sent(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    w = make_worker(dev_vars={"TREX_MASTER_KEY": MASTER_KEY})
+    client, key_id = _client(w, "conv-off")
+    _, first = _turn(w, fake_upstream, key_id, client, TURN1)
+    assert first[0] != TURN1[0]  # compacted in balanced mode
+    headers, second = _turn(w, fake_upstream, key_id, client, TURN2, **{"X-Trex-Optimize": "off"})
+    assert second == TURN2 and headers["X-Trex-Saved-Tokens"] == "0"
+
+
+def test_a_moved_cache_breakpoint_keeps_the_replayed_prefix(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """Claude Code puts its `cache_control` breakpoint on the newest block each turn: the content already
+    forwarded is replayed unchanged, with the breakpoints where the client now puts them."""
+    w = make_worker(dev_vars={"TREX_MASTER_KEY": MASTER_KEY})
+    record, token = w.call(w.app[GATEWAY].keys.create("cc"))
+    key_id = record.id
+    headers = {"x-api-key": token, "X-Upstream-Api-Key": "sk-x", "X-Session-Id": "cc-1"}
+    breakpoint_ = {"type": "ephemeral"}
+
+    def text(words: str, cache: bool = False) -> dict[str, Any]:
+        block: dict[str, Any] = {"type": "text", "text": words}
+        return {**block, "cache_control": breakpoint_} if cache else block
+
+    history = [
+        {"role": "user", "content": [text(_prose("Ticket TCK-1 is open."))]},
+        {"role": "assistant", "content": [text(_prose("TCK-1 noted."))]},
+    ]
+    # The newest block carries the breakpoint, so it is pinned: forwarded whole, however long.
+    latest = _prose("TCK-2 was reported at 09:14 by the night shift.")
+    turn1 = [*history, {"role": "user", "content": [text(latest, cache=True)]}]
+    turn2 = [
+        *history,
+        {"role": "user", "content": [text(latest)]},  # the breakpoint moved on to the newest block
+        {"role": "assistant", "content": [text(_prose("TCK-2 is next."))]},
+        {"role": "user", "content": [text("Go.", cache=True)]},
+    ]
+    kv = w.app[GATEWAY].kv
+    sent = []
+    for messages in (turn1, turn2):
+        before = [w.call(kv.get(k.name)) for k in w.call(kv.list(prefix=f"session/{key_id}/")).keys]
+        body = {"model": "claude-sonnet-4-6", "max_tokens": 50, "messages": messages}
+        r = HTTP.post(w.url + "/v1/messages", json=body, headers=headers)
+        assert r.status_code == 200, r.text
+        sent.append(fake_upstream.last().json["messages"])
+        deadline = time.monotonic() + 5
+        while [w.call(kv.get(k.name)) for k in w.call(kv.list(prefix=f"session/{key_id}/")).keys] == before:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    first, second = sent
+    assert first[0] != turn1[0]  # compacted prose: what the session must replay, not re-derive
+    assert second[:2] == first[:2]  # the forwarded prefix, byte for byte
+    # Replayed as forwarded (whole), not compacted now that it has no breakpoint: the cached prefix holds.
+    assert first[2]["content"] == [text(latest, cache=True)]
+    assert second[2]["content"] == [text(latest)]  # the moved breakpoint is gone from here ...
+    assert second[-1]["content"][-1]["cache_control"] == breakpoint_  # ... and is on the newest block

@@ -108,6 +108,10 @@ def savings_headers(report: Report, session: str) -> dict[str, str]:
         "X-Trex-Saved-Tokens": str(report.saved_tokens),
         "X-Trex-Savings-Percent": f"{percent:.2f}",
         "X-Trex-Session-Id": session,
+        # Leading messages replayed byte for byte from the session (0 when none), and whether the session's
+        # context passed its budget and was optimized afresh this time (a new cached prefix starts).
+        "X-Trex-Session-Replayed": str(report.replayed_items),
+        "X-Trex-Session-Reoptimized": "true" if report.reoptimized else "false",
     }
 
 

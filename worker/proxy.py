@@ -145,11 +145,12 @@ async def proxy(
     )
     session, client_session = session_id(request.headers), "X-Session-Id" in request.headers
     received_tokens: int | None = None
-    if client_session:
+    if client_session and options.mode != "off":
         # Replayed messages are what was forwarded before; "original" is counted on what the client sent.
+        # With optimization off the client's messages go as they are: nothing compacted is replayed either.
         received_tokens = measure(fmt, body, encoding)
         replay = await sessions.replay(gw.kv, key.id, session, fmt, body, gw.session_budget_tokens)
-    else:  # a generated id is new: there is nothing stored to replay, so skip the KV read
+    else:  # a generated id is new (nothing stored to replay, so no KV read), or optimization is off
         replay = sessions.fresh(fmt, body)
     if replay.replayed:
         options = dataclasses.replace(options, frozen_items=replay.replayed)

@@ -6,7 +6,12 @@ request. So, per (proxy key, session id), the KV keeps for each message of the c
 of what the client sent and the exact JSON that was forwarded for it. On the next turn the longest matching
 prefix is replayed as it was forwarded, and only the new tail is optimized. When the forwarded context
 passes a token budget, the whole conversation is optimized afresh once (and the report says so), which
-starts a new cached prefix.
+starts a new cached prefix; it is optimized afresh again only once it has grown by half the budget since,
+so a context that stays large is not re-optimized (and its cache lost) on every turn.
+
+`cache_control` is not part of what is matched: agents such as Claude Code move their cache breakpoint to
+the newest block each turn, which changes no content (a provider's cache ignores the marker). A replayed
+message gets the client's current breakpoints, at the same places in its forwarded form.
 
 The conversation list is `messages` (chat, Messages) or `input` when it is a list (Responses).
 """
@@ -34,6 +39,8 @@ class SessionState(msgspec.Struct):
     hashes: list[str]
     forwarded: list[msgspec.Raw]
     forwarded_tokens: int = 0
+    reoptimized_at: int = 0
+    """The forwarded size right after the last full re-optimization (0: never)."""
 
 
 @dataclass(slots=True)
@@ -47,6 +54,8 @@ class Replay:
     """How many leading messages were replaced by their forwarded bytes."""
     reoptimize: bool
     """True when the stored context passed the budget: everything is optimized afresh this time."""
+    reoptimized_at: int = 0
+    """Carried from the stored state (see `SessionState.reoptimized_at`)."""
 
 
 def conversation_field(fmt: Format, body: dict[str, Any]) -> str | None:
@@ -55,8 +64,59 @@ def conversation_field(fmt: Format, body: dict[str, Any]) -> str | None:
     return name if isinstance(body.get(name), list) else None
 
 
+_CACHE_CONTROL = b'"cache_control"'
+
+
 def _hash(item: Any) -> str:
-    return hashlib.sha256(_encoder.encode(item)).hexdigest()[:32]
+    """The hash of an item's content, its `cache_control` breakpoints left out."""
+    data = _encoder.encode(item)
+    if _CACHE_CONTROL in data:
+        data = _encoder.encode(_without_breakpoints(item))
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def _without_breakpoints(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_breakpoints(v) for k, v in value.items() if k != "cache_control"}
+    if isinstance(value, list):
+        return [_without_breakpoints(v) for v in value]
+    return value
+
+
+def _breakpoints(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], Any]]:
+    """Where `cache_control` sits in an item: (path of the object holding it, its value), in order."""
+    found: list[tuple[tuple[Any, ...], Any]] = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k == "cache_control":
+                found.append((path, v))
+            else:
+                found += _breakpoints(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found += _breakpoints(v, (*path, i))
+    return found
+
+
+def _with_breakpoints(forwarded: Any, client: Any) -> Any | None:
+    """The forwarded form of an item with the client's current breakpoints; None if one has no place."""
+    wanted = _breakpoints(client)
+    if _breakpoints(forwarded) == wanted:
+        return forwarded  # unchanged: the very bytes forwarded before
+    out = _without_breakpoints(forwarded)
+    for path, value in wanted:
+        holder = out
+        for step in path:
+            ok = (isinstance(holder, dict) and step in holder) or (
+                isinstance(holder, list) and isinstance(step, int) and step < len(holder)
+            )
+            if not ok:
+                return None
+            holder = holder[step]
+        if not isinstance(holder, dict):
+            return None
+        holder["cache_control"] = value
+    return out
 
 
 def _key(key_id: str, session: str) -> str:
@@ -90,7 +150,10 @@ async def replay(
     state = msgspec.json.decode(raw, type=SessionState)
     if state.fmt != fmt:
         return Replay(field, hashes, 0, False)
-    if state.forwarded_tokens > budget_tokens:
+    if (
+        state.forwarded_tokens > budget_tokens
+        and state.forwarded_tokens - state.reoptimized_at > budget_tokens // 2
+    ):
         return Replay(field, hashes, 0, True)
     n = 0
     for new, old in zip(hashes, state.hashes, strict=False):
@@ -99,9 +162,14 @@ async def replay(
         n += 1
     # The last message is always new work (the latest turn); replaying it too would skip its optimization.
     n = min(n, len(items) - 1)
+    replayed = 0
     for i in range(n):
-        items[i] = _decoder.decode(state.forwarded[i])
-    return Replay(field, hashes, n, False)
+        item = _with_breakpoints(_decoder.decode(state.forwarded[i]), items[i])
+        if item is None:
+            break
+        items[i] = item
+        replayed += 1
+    return Replay(field, hashes, replayed, False, state.reoptimized_at)
 
 
 async def remember(
@@ -118,5 +186,11 @@ async def remember(
     if rep.field is None:
         return
     forwarded = [msgspec.Raw(_encoder.encode(item)) for item in body[rep.field]]
-    state = SessionState(fmt=fmt, hashes=rep.hashes, forwarded=forwarded, forwarded_tokens=forwarded_tokens)
+    state = SessionState(
+        fmt=fmt,
+        hashes=rep.hashes,
+        forwarded=forwarded,
+        forwarded_tokens=forwarded_tokens,
+        reoptimized_at=forwarded_tokens if rep.reoptimize else rep.reoptimized_at,
+    )
     await kv.put(_key(key_id, session), _encoder.encode(state), expiration_ttl=ttl_seconds)
