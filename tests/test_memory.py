@@ -57,7 +57,8 @@ def _compress_and_store(gateway: GatewaySetup, key: str | None = None) -> dict[s
     body = {
         "model": "gpt-4o-mini",
         "messages": [{"role": "user", "content": DOCUMENT}],
-        "store": True,
+        "trex": {"store_context": True},
+        "store": False,  # the payload's own field (OpenAI's): returned untouched
     }
     req = urllib.request.Request(
         gateway.worker.url + "/v1/compress",
@@ -68,7 +69,7 @@ def _compress_and_store(gateway: GatewaySetup, key: str | None = None) -> dict[s
     with urllib.request.urlopen(req, timeout=10) as r:
         doc: dict[str, Any] = json.loads(r.read())
         assert r.headers["X-Trex-Id"] == doc["trex_id"]
-    assert "store" not in doc and doc["compression"]["technique"]
+    assert "trex" not in doc and doc["store"] is False and doc["compression"]["technique"]
     return doc
 
 

@@ -114,6 +114,7 @@ def test_compress_endpoint_each_format(gateway: GatewaySetup, make: Any) -> None
     case = make()
     payload = copy.deepcopy(case.body)
     payload["custom_field"] = {"keep": [1, 2, 3]}
+    payload["store"] = False  # the payload's own field (OpenAI's; Codex always sends it): kept as it is
     status, doc = _compress(gateway, payload)
     assert status == 200
     c = doc.pop("compression")
@@ -133,7 +134,7 @@ def test_compress_endpoint_each_format(gateway: GatewaySetup, make: Any) -> None
     for key, value in case.body.items():  # every field the optimizer does not own is untouched
         if key not in ("messages", "input", "system", "tools"):
             assert doc[key] == value
-    assert doc["custom_field"] == {"keep": [1, 2, 3]}
+    assert doc["custom_field"] == {"keep": [1, 2, 3]} and doc["store"] is False and "trex_id" not in doc
     text = _strings(doc)
     assert all(f in text for f in case.facts)
     assert gateway.fake.received == []  # no model call
@@ -152,6 +153,12 @@ def test_compress_endpoint_errors(gateway: GatewaySetup) -> None:
     assert status == 400 and doc["error"]["param"] == "compression_model"
     status, doc = _compress(gateway, [1, 2])
     assert status == 400
+    for payload in (
+        {"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": "nope"},
+        {"model": "m", "input": "x", "tools": "nope"},
+    ):
+        status, doc = _compress(gateway, payload)
+        assert status == 400 and doc["error"]["param"] == "tools"
     status, doc = _compress(
         gateway,
         {"model": "m", "messages": [{"role": "user", "content": "x"}]},

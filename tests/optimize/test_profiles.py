@@ -165,3 +165,10 @@ def test_profiles_are_deterministic_and_never_grow() -> None:
         optimize("messages", second, Options(profile="claude"))
         assert first == second
         assert r1.optimized_tokens <= r1.original_tokens
+
+
+def test_a_claude_read_keeps_its_trailing_blanks() -> None:
+    """The agent's next edit quotes the file's exact lines; a stripped blank would make it miss."""
+    source = "     1\tdef f(x):   \n     2\t    return x  \n     3\t\n" * 40
+    ctx = Context(mode="aggressive", profile="claude")
+    assert compress_tool_output(source, ctx, "Read") is None

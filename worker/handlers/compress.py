@@ -6,7 +6,6 @@ from aiohttp import web
 
 from .. import memory
 from ..appkeys import GATEWAY
-from ..errors import InvalidRequestError
 from ..jsonio import json_response, read_json_object
 from ..optimize.segments import detect_format
 from ..optimizing import compression_object, resolve_options, run, validate_payload
@@ -22,24 +21,25 @@ async def compress(request: web.Request) -> web.StreamResponse:
     fmt = detect_format(body)
     validate_payload(fmt, body)
     profile = body.get("compression_model") or request.headers.get("X-Trex-Compression-Model")
+    trex = body.pop("trex", None)
     options = resolve_options(
-        body.pop("trex", None),
+        trex,
         request.headers,
         gw.optimize_mode,
         gw.protect_recent_turns,
         key_mode=key.optimize_mode,
         profile=profile,
     )
-    store = body.pop("store", None)
-    if store is not None and not isinstance(store, bool):
-        raise InvalidRequestError("'store' must be true or false.", param="store")
-    original = memory.context_text(fmt, body) if store else None
+    # `trex.store_context`, as on proxied requests. (A top-level `store` is the payload's own field, e.g.
+    # OpenAI's `store: false`, and stays untouched like every other field.)
+    store_ttl = memory.store_option(trex, gw.memory_ttl_seconds)
+    original = memory.context_text(fmt, body) if store_ttl is not None else None
     report = await run(fmt, body, options, request.content_length or 0)
     body["compression"] = compression_object(report)
-    if original is None:
+    if original is None or store_ttl is None:
         return json_response(body)
     # The optimized context as a TokenZip payload owned by this key, passed on by its TrexID.
     summary = memory.context_text(fmt, body)
-    kept = await memory.store(gw.payloads, key.id, summary, original, gw.memory_ttl_seconds, gw.embeddings)
+    kept = await memory.store(gw.payloads, key.id, summary, original, store_ttl, gw.embeddings)
     body["trex_id"] = kept.trex_id
     return json_response(body, headers={"X-Trex-Id": kept.trex_id})

@@ -4,8 +4,8 @@ Without a profile, a tool result's kind is detected from its content. With one, 
 result (`Segment.tool`, found through the call id) decides first, content detection second:
 
 - file reads (`Read`, `read`, `read_file`, `view`) are source the agent is about to edit, quoting exact
-  lines back in its edits: they are passed through (whitespace clean-up only), even when the file looks
-  like a log or JSON;
+  lines back in its edits: they are passed through untouched (trailing blanks included), even when the
+  file looks like a log or JSON;
 - grep and file searches, globs and directory listings are search output (dedupe, rank, keep diversity);
 - shell commands (`Bash`, `bash`, `shell`, `run_terminal_cmd`) are detected by content, and output that is
   none of the structured kinds is treated as command output (log folding), not as prose;

@@ -63,13 +63,15 @@ _COMPRESSORS: Mapping[Kind, Callable[[str, Context], Compressed | None]] = Mappi
 def normalise(text: str, kind: Kind) -> str:
     """The lossless clean-up every mode but `off` applies: no escapes, no trailing blanks, fewer blank lines.
 
-    Diffs keep trailing whitespace (it can be the change itself); code keeps its blank lines.
+    Source code is passed through untouched: an agent quotes its exact lines back in its edits, trailing
+    blanks included. Diffs keep trailing whitespace (it can be the change itself).
     """
+    if kind == "code":
+        return text
     text = strip_ansi(text)
     if kind == "diff":
         return text
-    text = strip_trailing_ws(text)
-    return text if kind == "code" else collapse_blank_lines(text)
+    return collapse_blank_lines(strip_trailing_ws(text))
 
 
 def _smaller(new: str, old: str) -> bool:
