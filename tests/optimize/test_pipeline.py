@@ -232,3 +232,82 @@ def test_random_conversations_keep_the_invariants(convo: dict[str, Any], mode: s
     optimize("chat", again, Options(mode=mode))  # type: ignore[arg-type]
     assert again == body
     assert body["messages"][-1] == original["messages"][-1]
+
+
+_FILLER = (
+    "Thanks for bearing with me while I went through all of the files one more time this afternoon. "
+    "It has been a long week and I appreciate your patience with the back and forth on this one. "
+)
+_TASK = _FILLER * 3 + "Please fix ORD-77812 in the billing service. " + _FILLER * 3
+_PLAN = _FILLER * 3 + "I will patch src/billing.py next; the limit must stay below 750. " + _FILLER * 3
+_EARLIER = _FILLER * 3 + "The service was deployed on 2026-11-30. " + _FILLER * 3
+
+
+def _same_conversation() -> dict[str, dict[str, Any]]:
+    """A task, the model's prose with two parallel tool calls, and their results, in each format."""
+    calls = [
+        {"id": f"c{i}", "type": "function", "function": {"name": "bash", "arguments": "{}"}} for i in (1, 2)
+    ]
+    return {
+        "chat": {
+            "model": "gpt-4o-mini",
+            "messages": [
+                {"role": "user", "content": "Hello."},
+                {"role": "assistant", "content": _EARLIER},
+                {"role": "user", "content": _TASK},
+                {"role": "assistant", "content": _PLAN, "tool_calls": calls},
+                {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+                {"role": "tool", "tool_call_id": "c2", "content": "ok"},
+            ],
+        },
+        "messages": {
+            "model": "claude-sonnet-4-6",
+            "max_tokens": 100,
+            "messages": [
+                {"role": "user", "content": "Hello."},
+                {"role": "assistant", "content": _EARLIER},
+                {"role": "user", "content": _TASK},
+                {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "text", "text": _PLAN},
+                        *({"type": "tool_use", "id": f"c{i}", "name": "bash", "input": {}} for i in (1, 2)),
+                    ],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": f"c{i}", "content": "ok"} for i in (1, 2)
+                    ],
+                },
+            ],
+        },
+        "responses": {
+            "model": "gpt-4o-mini",
+            "input": [
+                {"role": "user", "content": "Hello."},
+                {
+                    "type": "message",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": _EARLIER}],
+                },
+                {"role": "user", "content": _TASK},
+                {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": _PLAN}]},
+                *(
+                    {"type": "function_call", "call_id": f"c{i}", "name": "bash", "arguments": "{}"}
+                    for i in (1, 2)
+                ),
+                *({"type": "function_call_output", "call_id": f"c{i}", "output": "ok"} for i in (1, 2)),
+            ],
+        },
+    }
+
+
+def test_the_recent_turns_are_the_same_in_every_format() -> None:
+    """`protect_recent_turns` counts a model step (its prose and all its tool calls) as one turn and the
+    results of those calls as the next, whatever the format: the model's latest prose stays whole."""
+    for fmt, body in _same_conversation().items():
+        optimize(fmt, body, Options(mode="aggressive"))  # type: ignore[arg-type]
+        text = _strings(body)
+        assert _PLAN in text and _TASK in text, fmt
+        assert _EARLIER not in text and "2026-11-30" in text, fmt  # older prose compacted, its facts kept

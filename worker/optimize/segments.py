@@ -116,11 +116,31 @@ def _text_parts(
             col.add(kind, turn, part, "text", f"{where}[{j}].text", pinned or _pinned(part))
 
 
+class _Turns:
+    """Turn numbers counted the same way in every format: a user message is a turn of its own; the model's
+    message with its tool calls (and reasoning) is one turn, and the results of those calls are the next one,
+    however many calls there were. (Messages has this shape already: one assistant message holds the calls,
+    one user message their results.)"""
+
+    __slots__ = ("_last", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._last: SegmentKind | None = None
+
+    def next(self, kind: SegmentKind) -> int:
+        """The turn of the next item, of `kind` (`user`, `assistant` or `tool_result`)."""
+        if kind == "user" or kind != self._last:
+            self.count += 1
+            self._last = kind
+        return self.count - 1
+
+
 def _chat(body: dict[str, Any], col: _Collector) -> None:
     messages = body.get("messages")
     if not isinstance(messages, list):
         return
-    turn = 0
+    turns = _Turns()
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict):
             continue
@@ -132,6 +152,7 @@ def _chat(body: dict[str, Any], col: _Collector) -> None:
             if role in ("tool", "function")
             else ("assistant" if role == "assistant" else "user")
         )
+        turn = turns.next(kind)
         calls = msg.get("tool_calls") if role == "assistant" else None
         for call in calls if isinstance(calls, list) else ():
             if isinstance(call, dict) and isinstance(call.get("function"), dict):
@@ -143,8 +164,7 @@ def _chat(body: dict[str, Any], col: _Collector) -> None:
         _text_parts(
             col, kind, turn, msg.get("content"), f"messages[{i}].content", _pinned(msg), msg, "content"
         )
-        turn += 1
-    col.turns = turn
+    col.turns = turns.count
 
 
 def _messages(body: dict[str, Any], col: _Collector) -> None:
@@ -187,7 +207,7 @@ def _responses(body: dict[str, Any], col: _Collector) -> None:
         return
     if not isinstance(items, list):
         return
-    turn = 0
+    turns = _Turns()
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             continue
@@ -196,6 +216,7 @@ def _responses(body: dict[str, Any], col: _Collector) -> None:
         if itype in ("function_call", "custom_tool_call"):
             col.call(item.get("call_id"), item.get("name"))
         if itype in ("function_call_output", "custom_tool_call_output"):
+            turn = turns.next("tool_result")
             col.answering(item.get("call_id"))
             _text_parts(
                 col,
@@ -210,15 +231,20 @@ def _responses(body: dict[str, Any], col: _Collector) -> None:
         elif itype in (None, "message") and role in ("user", "assistant"):
             kind: SegmentKind = "assistant" if role == "assistant" else "user"
             _text_parts(
-                col, kind, turn, item.get("content"), f"input[{i}].content", _pinned(item), item, "content"
+                col,
+                kind,
+                turns.next(kind),
+                item.get("content"),
+                f"input[{i}].content",
+                _pinned(item),
+                item,
+                "content",
             )
         elif itype in (None, "message") and role in ("system", "developer"):
             continue
         else:
-            turn += 1  # function calls, reasoning: they are turns too, but carry no optimizable text
-            continue
-        turn += 1
-    col.turns = turn
+            turns.next("assistant")  # function calls, reasoning: the model's side, with no optimizable text
+    col.turns = turns.count
 
 
 _EXTRACTORS: dict[Format, Callable[[dict[str, Any], _Collector], None]] = {
