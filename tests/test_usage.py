@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
+import signal
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -16,7 +21,7 @@ import tiktoken
 
 from tests.conftest import MASTER_KEY, UPSTREAM_KEYS, GatewaySetup
 from tests.fakes.upstream import FakeUpstream, Reply, fixture_json
-from tests.harness import InProcessWorker
+from tests.harness import InProcessWorker, WorkerProcess, write_config
 from tests.test_cli import trex
 from worker.accounting.events import FLUSH_AT
 from worker.accounting.pricing import BUILTIN_PRICES
@@ -493,6 +498,53 @@ def test_events_survive_a_restart_and_a_graceful_shutdown_flushes_them(
     assert after == before
     totals = _get(GatewaySetup(again, fake_upstream, token, record.id), "/v1/usage").json()["totals"]
     assert totals["requests"] == 3
+
+
+def test_a_stream_cut_off_by_a_shutdown_is_billed_as_streamed(
+    tmp_path: Path, fake_upstream: FakeUpstream, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    """A shutdown whose grace period ends mid-stream: the client got a 200 and part of the stream, so the
+    upstream billed it; the event is estimated from what was streamed, not recorded as a free failure."""
+    config = write_config(tmp_path, fake_upstream.base_urls(), dev_vars={"TREX_MASTER_KEY": MASTER_KEY})
+    token = json.loads(trex("keys", "create", "--config", str(config), "--name", "k", "--json").stdout)["key"]
+    fake_upstream.set("/v1/chat/completions", Reply.stream("openai/chat_text.sse", chunk_delay=0.5))
+    worker = spawn_worker(config, "--grace-seconds", "1")
+    headers = {"Authorization": f"Bearer {token}", "X-Upstream-Api-Key": "sk-x"}
+    body = {
+        "model": "gpt-4o-mini",
+        "stream": True,
+        "messages": MESSAGES,
+        "trex": {"optimize": {"mode": "off"}},
+    }
+    got: dict[str, Any] = {}
+
+    def client() -> None:
+        req = urllib.request.Request(
+            worker.url + "/v1/chat/completions",
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json", **headers},
+        )
+        with urllib.request.urlopen(req, timeout=30) as r:
+            got["status"], got["event"] = r.status, r.headers["X-Trex-Usage-Event-Id"]
+            streamed = b""
+            with contextlib.suppress(http.client.HTTPException, OSError):  # the stream ends cut off
+                while chunk := r.read1(65536):
+                    streamed += chunk
+            got["events"] = streamed.count(b"data:")
+
+    reader = threading.Thread(target=client)
+    reader.start()
+    time.sleep(1.6)  # a few events are out
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(20) == 0
+    reader.join(20)
+    assert got["status"] == 200 and got["events"] > 0
+    again = spawn_worker(config)
+    r = HTTP.get(again.url + f"/v1/usage/events/{got['event']}", headers=headers)
+    event = r.json()
+    assert event["status"] == "final" and event["outcome"] == "interrupted" and event["http_status"] == 200
+    assert event["usage_source"] == "estimated" and event["billed"]["output_tokens"] > 0
 
 
 def test_a_busy_worker_writes_its_events_before_the_interval(

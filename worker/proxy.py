@@ -320,7 +320,14 @@ async def proxy(
         if stream and is_sse:
             relay = _make_relay(fmt, wire, route, body, wants_usage)
             chunks: list[bytes] | None = [] if acct is not None else None
-            response, outcome = await _stream(request, upstream, relay, out_headers, chunks)
+            try:
+                response, outcome = await _stream(request, upstream, relay, out_headers, chunks)
+            except asyncio.CancelledError:
+                # Cut off mid-stream (a shutdown past its grace period): what was streamed is billed, from
+                # its usage if it came, else estimated from the bytes, as for any stream that ends early.
+                if acct is not None and gw.usage is not None:
+                    gw.usage.complete(acct, http_status=200, outcome="interrupted", wire=wire, chunks=chunks)
+                raise
             if acct is not None and gw.usage is not None:
                 gw.usage.complete(acct, http_status=200, outcome=outcome, wire=wire, chunks=chunks)
             return response

@@ -51,7 +51,10 @@ log = logging.getLogger("trex.usage")
 PREFIX = "usage/ev/"
 LOG_PREFIX = "logs/"
 GROUP_BYS = ("model", "day", "provider")
-Outcome = Literal["pending", "completed", "upstream_error", "upstream_failed", "client_disconnected"]
+Outcome = Literal[
+    "pending", "completed", "upstream_error", "upstream_failed", "client_disconnected", "interrupted"
+]
+"""How a request ended; `interrupted`: the worker cut a stream off (a shutdown past its grace period)."""
 _THREAD_COUNT_CHARS = 64 * 1024
 _GUARANTEE_REFRESH_SECONDS = 60.0
 _SLICE = 64
