@@ -138,7 +138,15 @@ def _usage_from_anthropic(u: dict[str, Any]) -> Usage:
         cached_input_tokens=cache_read,
         cache_creation_input_tokens=cache_write,
         reasoning_tokens=_int(details.get("thinking_tokens")) if isinstance(details, dict) else 0,
+        cache_creation_1h_input_tokens=_one_hour_writes(u, cache_write),
     )
+
+
+def _one_hour_writes(u: dict[str, Any], cache_write: int) -> int:
+    """Cache writes with a 1-hour TTL: `cache_creation.ephemeral_1h_input_tokens` (priced 2x input, not the
+    5-minute 1.25x), at most all of the writes."""
+    split = u.get("cache_creation")
+    return min(_int(split.get("ephemeral_1h_input_tokens")), cache_write) if isinstance(split, dict) else 0
 
 
 def _usage_to_anthropic(u: Usage) -> dict[str, Any]:
@@ -734,7 +742,17 @@ class StreamDecoder:
     their deltas. Usage is cumulative: message_start's counts, overwritten by whatever message_delta reports.
     """
 
-    __slots__ = ("_cache_read", "_cache_write", "_done", "_input", "_open", "_output", "_thinking", "_usage")
+    __slots__ = (
+        "_cache_read",
+        "_cache_write",
+        "_cache_write_1h",
+        "_done",
+        "_input",
+        "_open",
+        "_output",
+        "_thinking",
+        "_usage",
+    )
 
     def __init__(self) -> None:
         self._done = False
@@ -743,6 +761,7 @@ class StreamDecoder:
         self._output = 0
         self._cache_read = 0
         self._cache_write = 0
+        self._cache_write_1h = 0
         self._thinking = 0
         self._usage: Usage | None = None
 
@@ -767,6 +786,8 @@ class StreamDecoder:
                 self._cache_read = v
             if (v := u.get("cache_creation_input_tokens")) is not None:
                 self._cache_write = v
+            if type(u.get("cache_creation")) is dict:
+                self._cache_write_1h = _one_hour_writes(u, self._cache_write)
             if type(details := u.get("output_tokens_details")) is dict:
                 self._thinking = _int(details.get("thinking_tokens"))
         usage = Usage(
@@ -775,6 +796,7 @@ class StreamDecoder:
             self._cache_read,
             self._cache_write,
             self._thinking,
+            min(self._cache_write_1h, self._cache_write),
         )
         self._usage = usage
         return usage

@@ -128,6 +128,8 @@ class Usage(msgspec.Struct, omit_defaults=False):
     cached_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_creation_1h_input_tokens: int = 0
+    """The part of `cache_creation_input_tokens` written with a 1-hour TTL, when the provider says so."""
 
     @property
     def total_tokens(self) -> int:

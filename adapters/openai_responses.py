@@ -795,6 +795,9 @@ class StreamEncoder:
                 old.cache_creation_input_tokens, usage.cache_creation_input_tokens
             ),
             reasoning_tokens=max(old.reasoning_tokens, usage.reasoning_tokens),
+            cache_creation_1h_input_tokens=max(
+                old.cache_creation_1h_input_tokens, usage.cache_creation_1h_input_tokens
+            ),
         )
 
     def _finish(self) -> bytes:

@@ -20,7 +20,7 @@ import pytest
 import tiktoken
 
 from tests.conftest import MASTER_KEY, UPSTREAM_KEYS, GatewaySetup
-from tests.fakes.upstream import FakeUpstream, Reply, fixture_json
+from tests.fakes.upstream import FakeUpstream, Reply, fixture_bytes, fixture_json
 from tests.harness import InProcessWorker, WorkerProcess, write_config
 from tests.test_cli import trex
 from worker.accounting.events import FLUSH_AT
@@ -178,6 +178,53 @@ def test_claude_counts_are_labelled_estimates_and_cache_writes_are_priced(gatewa
     assert event["cache_write_ttl"] == "1h"
     assert event["actual_cost_usd"] == pytest.approx(expected + _usd(write, 6.0 - 3.75))
     assert "trex_accounting" not in gateway.fake.last().json
+
+
+def test_cache_writes_anthropic_reports_as_one_hour_ones_are_priced_at_that_rate(
+    gateway: GatewaySetup,
+) -> None:
+    """Anthropic splits cache writes by TTL (`cache_creation.ephemeral_1h_input_tokens`): the 1-hour ones cost
+    2x input, not the 5-minute 1.25x, whatever the client's `cache_write_ttl` says; streaming or not."""
+    body = fixture_json("anthropic/message_text.json")
+    u = body["usage"]
+    u["cache_creation"] = {"ephemeral_5m_input_tokens": 48, "ephemeral_1h_input_tokens": 2000}
+    read, write = u["cache_read_input_tokens"], u["cache_creation_input_tokens"]
+    assert write == 2048
+    expected = (
+        _usd(u["input_tokens"], 3.0)
+        + _usd(read, 0.30)
+        + _usd(48, 3.75)
+        + _usd(2000, 6.0)
+        + _usd(u["output_tokens"], 15.0)
+    )
+    gateway.fake.set("/v1/messages", Reply.json(body))
+    raw = gateway.anthropic().messages.with_raw_response.create(
+        model="claude-sonnet-4-6", max_tokens=100, messages=[{"role": "user", "content": "hi"}]
+    )
+    event = wait_final(gateway, raw.headers["X-Trex-Usage-Event-Id"])
+    assert event["billed"]["cache_write_1h_tokens"] == 2000
+    assert event["actual_cost_usd"] == pytest.approx(expected)
+    # The same usage streamed to a chat client (translated), reported in message_start.
+    sse = (
+        fixture_bytes("anthropic/message_text.sse")
+        .replace(b'"cache_creation_input_tokens":0', b'"cache_creation_input_tokens":2048')
+        .replace(
+            b'"cache_creation":{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":0}',
+            b'"cache_creation":{"ephemeral_5m_input_tokens":48,"ephemeral_1h_input_tokens":2000}',
+        )
+    )
+    assert b'"ephemeral_1h_input_tokens":2000' in sse
+    gateway.fake.set("/v1/messages", Reply.stream(sse))
+    with gateway.openai().chat.completions.with_streaming_response.create(
+        model="claude-sonnet-4-6", messages=[{"role": "user", "content": "hi"}], stream=True
+    ) as resp:
+        event_id = resp.headers["X-Trex-Usage-Event-Id"]
+        list(resp.iter_lines())
+    streamed = wait_final(gateway, event_id)
+    assert (
+        streamed["billed"]["cache_write_tokens"] == 2048
+        and streamed["billed"]["cache_write_1h_tokens"] == 2000
+    )
 
 
 def test_trex_accounting_baseline_override_and_client_stats(gateway: GatewaySetup) -> None:

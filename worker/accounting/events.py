@@ -63,11 +63,13 @@ _SEQUENCE_END = 10**12
 """Requests waiting to be written that start a flush before the interval is up."""
 
 
-class BilledTokens(msgspec.Struct):
+class BilledTokens(msgspec.Struct, omit_defaults=True):
     input_tokens: int
     output_tokens: int
     cached_input_tokens: int
     cache_write_tokens: int
+    cache_write_1h_tokens: int = 0
+    """Of the cache writes, those the provider reports as 1-hour ones (shown only when there are some)."""
 
 
 class Baseline(msgspec.Struct):
@@ -163,14 +165,17 @@ def _summary(ev: UsageEvent) -> dict[str, Any]:
     }
 
 
-def _within(input_tokens: int, output_tokens: int, cached: int, cache_writes: int) -> Billed:
-    """Usage whose cached and cache-write tokens fit inside its input (they are part of it)."""
-    cached = min(cached, input_tokens)
+def _within(input_tokens: int, output_tokens: int, like: Billed) -> Billed:
+    """Usage of these sizes with the cache split of `like`, its cached and cache-write tokens kept inside the
+    input (they are part of it)."""
+    cached = min(like.cached_input_tokens, input_tokens)
+    writes = min(like.cache_write_tokens, input_tokens - cached)
     return Billed(
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         cached_input_tokens=cached,
-        cache_write_tokens=min(cache_writes, input_tokens - cached),
+        cache_write_tokens=writes,
+        cache_write_1h_tokens=min(like.cache_write_1h_tokens, writes),
     )
 
 
@@ -406,12 +411,8 @@ class UsageRecorder:
         if claims.has_override and not failed:
             inp = claims.override_input_tokens
             cached = claims.override_cached_input_tokens
-            billed = _within(
-                inp if inp is not None else billed.input_tokens,
-                billed.output_tokens,
-                cached if cached is not None else billed.cached_input_tokens,
-                billed.cache_write_tokens,
-            )
+            split = billed if cached is None else msgspec.structs.replace(billed, cached_input_tokens=cached)
+            billed = _within(inp if inp is not None else billed.input_tokens, billed.output_tokens, split)
             source = "override"
         ttl = claims.cache_write_ttl
         actual = cost(billed, price, ttl)
@@ -423,9 +424,7 @@ class UsageRecorder:
             base_out = claimed_out if claimed_out is not None else billed.output_tokens
             # Priced with the billed cache split, as the computed baseline is: the same prompt would have hit
             # the same cache, so the cache discount is not counted as a saving.
-            base_cost = cost(
-                _within(base_in, base_out, billed.cached_input_tokens, billed.cache_write_tokens), price, ttl
-            )
+            base_cost = cost(_within(base_in, base_out, billed), price, ttl)
             base_source = "client"
         else:
             saved = ev.saved_input_tokens
@@ -435,19 +434,16 @@ class UsageRecorder:
                 actual
                 if saved == 0
                 else cost(
-                    Billed(
-                        input_tokens=base_in,
-                        output_tokens=base_out,
-                        cached_input_tokens=billed.cached_input_tokens,
-                        cache_write_tokens=billed.cache_write_tokens,
-                    ),
-                    price,
-                    ttl,
+                    msgspec.structs.replace(billed, input_tokens=base_in, output_tokens=base_out), price, ttl
                 )
             )
             base_source = "computed"
         ev.billed = BilledTokens(
-            billed.input_tokens, billed.output_tokens, billed.cached_input_tokens, billed.cache_write_tokens
+            billed.input_tokens,
+            billed.output_tokens,
+            billed.cached_input_tokens,
+            billed.cache_write_tokens,
+            billed.cache_write_1h_tokens,
         )
         ev.usage_source = source
         ev.baseline = Baseline(base_in, base_out, base_cost, base_source)

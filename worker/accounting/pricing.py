@@ -167,6 +167,9 @@ class Billed(msgspec.Struct, frozen=True):
     output_tokens: int = 0
     cached_input_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    """The part of the cache writes the provider reports as 1-hour ones (Anthropic); the rest are priced at
+    the rate `cache_write_ttl` names."""
 
     @property
     def uncached_input_tokens(self) -> int:
@@ -180,10 +183,13 @@ def cost(billed: Billed, price: Price | None, cache_write_ttl: str = "5m") -> fl
     cached = price.cached_input if price.cached_input is not None else price.input
     write = price.cache_write_1h if cache_write_ttl == "1h" else price.cache_write
     write = write if write is not None else price.input
+    write_1h = price.cache_write_1h if price.cache_write_1h is not None else price.input
+    hour = min(billed.cache_write_1h_tokens, billed.cache_write_tokens)
     total = (
         billed.uncached_input_tokens * price.input
         + billed.cached_input_tokens * cached
-        + billed.cache_write_tokens * write
+        + (billed.cache_write_tokens - hour) * write
+        + hour * write_1h
         + billed.output_tokens * price.output
     )
     return round(total / 1_000_000, 9)

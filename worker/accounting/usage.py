@@ -43,6 +43,7 @@ def billed_from_usage(u: Usage) -> Billed:
         output_tokens=u.output_tokens,
         cached_input_tokens=u.cached_input_tokens,
         cache_write_tokens=u.cache_creation_input_tokens,
+        cache_write_1h_tokens=u.cache_creation_1h_input_tokens,
     )
 
 
