@@ -72,7 +72,9 @@ class UpstreamClient:
         """Send a request; return when the response headers arrived. The caller reads and releases it."""
         sess = self.session(name)
         try:
-            resp = await sess.request(method, url, data=body, headers=headers)
+            # Never follow a redirect: aiohttp would resend the provider key (`x-api-key` included) to the new
+            # host, and turn a POST into a GET; the caller reports a redirect as a bad upstream answer.
+            resp = await sess.request(method, url, data=body, headers=headers, allow_redirects=False)
         except TimeoutError as exc:  # aiohttp's read timeout, at its first-byte setting
             raise UpstreamUnavailable(
                 "timeout", f"{name} did not respond within {self.timeouts.first_byte:g}s"

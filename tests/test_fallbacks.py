@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 
@@ -270,3 +273,49 @@ def test_no_fallback_starts_after_the_deadline(routed: Any) -> None:
         setup.openai().chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, extra_body=TO_CLAUDE)  # type: ignore[arg-type]
     assert err.value.status_code == 503
     assert _paths(setup.fake) == ["/v1/chat/completions"]
+
+
+def test_a_retry_after_date_is_a_wait_and_a_nonsense_one_is_none(routed: Any) -> None:
+    setup = routed(UPSTREAM_RETRIES=1)
+    later = email.utils.format_datetime(datetime.now(UTC) + timedelta(hours=1), usegmt=True)
+    setup.fake.enqueue(
+        "/v1/chat/completions",
+        Reply.json({"error": {"message": "later", "type": "x"}}, status=429, headers={"Retry-After": later}),
+    )
+    raw = setup.openai().chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, extra_body=TO_CLAUDE
+    )
+    # An hour away: past UPSTREAM_RETRY_MAX_WAIT, so no retry of the same route; the fallback answers.
+    assert raw.headers["X-Trex-Upstream-Provider"] == "anthropic"
+    assert _paths(setup.fake) == ["/v1/chat/completions", "/v1/messages"]
+    for bad in ("-30", "nan"):  # the normal backoff, not an immediate retry
+        setup.fake.reset()
+        setup.fake.enqueue(
+            "/v1/chat/completions",
+            Reply.json({"error": {"message": "x", "type": "x"}}, status=429, headers={"Retry-After": bad}),
+        )
+        started = time.monotonic()
+        setup.openai().chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+        assert time.monotonic() - started >= 0.1, bad  # backoff starts at 0.25 s ± 50 %
+        assert _paths(setup.fake) == ["/v1/chat/completions"] * 2
+
+
+def test_an_upstream_that_answers_a_redirect_or_no_json_is_a_502(routed: Any) -> None:
+    """Redirects are not followed (the provider key would go to the new host, and a POST become a GET);
+    a 200 that is not a JSON object (empty, HTML, an SSE stream for a non-stream request) is no answer."""
+    setup = routed()
+    elsewhere = FakeUpstream().start()
+    try:
+        target = elsewhere.base_urls()["ANTHROPIC_BASE_URL"] + "/messages"
+        setup.fake.enqueue("/v1/messages", Reply(status=307, body=b"", headers={"Location": target}))
+        with pytest.raises(anthropic.APIStatusError) as err:
+            setup.anthropic().messages.create(model="claude-sonnet-4-6", max_tokens=10, messages=MESSAGES)  # type: ignore[arg-type]
+        assert err.value.status_code == 502 and "redirect" in err.value.message
+        assert elsewhere.received == []  # the key never left for the other host
+    finally:
+        elsewhere.stop()
+    for body in (b"", b"<html>maintenance</html>", fixture_bytes("openai/chat_text.sse")):
+        setup.fake.enqueue("/v1/chat/completions", Reply(status=200, body=body))
+        with pytest.raises(openai.APIStatusError) as oerr:
+            setup.openai().chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+        assert oerr.value.status_code == 502 and oerr.value.code == "bad_upstream_response"

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import email.utils
+import math
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -309,6 +311,13 @@ async def proxy(
         if upstream.status >= 400:
             _finish_usage(gw, acct, upstream.status, "upstream_error", None)
             return await _error_response(request, upstream, fmt, wire, out_headers)
+        if upstream.status >= 300:  # redirects are not followed (see adapters.transport)
+            raise UpstreamError(
+                f"Upstream {route.provider} answered with a redirect (HTTP {upstream.status}); set its base "
+                "URL to the address it redirects to.",
+                code="bad_upstream_response",
+                headers=out_headers,
+            )
         if replay.field is not None and (client_session or len(body[replay.field]) > 1):
             # Remember what was forwarded once the upstream has accepted it, after the response.
             request[CTX].wait_until(
@@ -333,6 +342,14 @@ async def proxy(
             return response
         data = await upstream.read()  # bounded by the session's total and idle timeouts
         if fmt == wire and not stream:
+            stripped = data.strip()
+            if not (stripped.startswith(b"{") and stripped.endswith(b"}")):
+                # Empty, HTML, plain text or an SSE stream: forwarded as JSON, an SDK would fail to parse it.
+                raise UpstreamError(
+                    f"Upstream {route.provider} returned a body that is not a JSON object.",
+                    code="bad_upstream_response",
+                    headers=out_headers,
+                )
             if acct is not None and gw.usage is not None:
                 gw.usage.complete(
                     acct, http_status=upstream.status, outcome="completed", wire=wire, body=data
@@ -507,15 +524,24 @@ async def _smart_auto(
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds from `retry-after-ms` or `Retry-After` (seconds; an HTTP date is treated as absent)."""
+    """Seconds from `retry-after-ms`, or `Retry-After` in seconds or as an HTTP date; None when absent or
+    not a sensible wait (negative, not a number), so the normal backoff applies."""
     ms = headers.get("retry-after-ms")
     if ms:
         with contextlib.suppress(ValueError):
-            return max(0.0, float(ms) / 1000)
+            wait = float(ms) / 1000
+            if math.isfinite(wait) and wait >= 0:
+                return wait
     value = headers.get("Retry-After")
-    if value:
-        with contextlib.suppress(ValueError):
-            return max(0.0, float(value))
+    if not value:
+        return None
+    with contextlib.suppress(ValueError):
+        wait = float(value)
+        return wait if math.isfinite(wait) and wait >= 0 else None
+    with contextlib.suppress(TypeError, ValueError, IndexError):
+        when = email.utils.parsedate_to_datetime(value)
+        if when.tzinfo is not None:
+            return max(0.0, when.timestamp() - time.time())
     return None
 
 
