@@ -319,3 +319,34 @@ def test_an_upstream_that_answers_a_redirect_or_no_json_is_a_502(routed: Any) ->
         with pytest.raises(openai.APIStatusError) as oerr:
             setup.openai().chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
         assert oerr.value.status_code == 502 and oerr.value.code == "bad_upstream_response"
+
+
+def test_rate_limits_do_not_open_the_breaker(routed: Any) -> None:
+    """A 429 is most often one customer's own provider key running out: the model stays up for the others."""
+    setup = routed(BREAKER_FAILURES=2)
+    limited = Reply.json({"error": {"message": "quota", "type": "insufficient_quota"}}, status=429)
+    setup.fake.enqueue("/v1/chat/completions", limited, limited, limited)
+    for _ in range(3):
+        with pytest.raises(openai.RateLimitError):
+            setup.openai().chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    setup.fake.reset()
+    assert setup.openai().chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices  # type: ignore[arg-type]
+    assert _paths(setup.fake) == ["/v1/chat/completions"]
+
+
+def test_a_success_on_another_instance_resets_the_failure_count(routed: Any) -> None:
+    """Failures must be consecutive across instances: one instance's success clears what another counted."""
+    first, second = routed(BREAKER_FAILURES=3), routed(BREAKER_FAILURES=3)
+    busy = Reply.json({"error": {"message": "down", "type": "x"}}, status=503)
+    for _ in range(3):
+        first.fake.enqueue("/v1/chat/completions", busy)
+        raw = first.openai().chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=MESSAGES, extra_body=TO_CLAUDE
+        )
+        assert raw.headers["X-Trex-Upstream-Provider"] == "anthropic"  # served by the fallback
+        time.sleep(1.1)  # the other instance re-reads the shared state within a second
+        assert second.openai().chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices  # type: ignore[arg-type]
+        time.sleep(1.1)
+    first.fake.reset()
+    assert first.openai().chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices  # type: ignore[arg-type]
+    assert _paths(first.fake) == ["/v1/chat/completions"]  # never three in a row: the breaker stayed closed

@@ -1,8 +1,10 @@
 """Provider health: a circuit breaker per provider and model, shared by every instance through the KV.
 
-`BREAKER_FAILURES` consecutive retryable failures (429, 5xx gateway errors, refused connections, timeouts)
-open the breaker for `BREAKER_COOLDOWN_SECONDS`: routing then skips that provider+model without waiting on
-it. When the cooldown is over, one request — the first to win a KV `put_if_absent`, on whichever
+`BREAKER_FAILURES` consecutive failures (5xx gateway errors, Anthropic's 529, refused connections, timeouts;
+not a 429, which is a rate limit, most often of one customer's own key, not an outage for everyone) open the
+breaker for `BREAKER_COOLDOWN_SECONDS`: routing then skips that provider+model without waiting on it. A
+success on any instance resets the count: the periodic state read also notices a failure count left by
+another instance. When the cooldown is over, one request — the first to win a KV `put_if_absent`, on whichever
 instance — is let through as a probe (half-open): a success closes the breaker, a failure opens it for
 another cooldown.
 
@@ -62,11 +64,13 @@ class Breakers:
         if state is None or now - state.checked >= _REFRESH_SECONDS:
             try:
                 raw = await self.kv.get(self._key(provider, model, "open"))
+                # Failures counted by any instance: a success here must reset them (consecutive failures).
+                counted = await self.kv.get(self._key(provider, model, "fails"))
             except KVError as exc:  # health is advisory: an unreachable KV never blocks traffic
                 log.warning("breaker state for %s/%s unavailable: %s", provider, model, exc)
                 return True
             open_until = float(raw) if raw else 0.0
-            seen = state.failures_seen if state else False
+            seen = (state.failures_seen if state else False) or counted is not None
             state = self._states[route] = _State(open_until, now, seen)
         if state.open_until == 0.0:
             return True

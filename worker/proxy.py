@@ -266,7 +266,8 @@ async def proxy(
             await gw.breakers.succeeded(cand.provider, cand.upstream_model)  # it answered: it is up
             upstream = resp
             break
-        await gw.breakers.failed(cand.provider, cand.upstream_model)
+        if status != 429:  # a rate limit (often one key's own) is retried, not held against the route
+            await gw.breakers.failed(cand.provider, cand.upstream_model)
         retry_after = _retry_after(resp.headers) if resp is not None else None
         wait = retry_after if retry_after is not None else _backoff(tries)
         again = tries < gw.retries and wait <= gw.retry_max_wait and time.monotonic() + wait < deadline
