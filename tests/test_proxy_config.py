@@ -13,6 +13,7 @@ from tests.fakes.upstream import FakeUpstream, Reply
 from tests.harness import InProcessWorker, load_test_config, write_config
 from worker.appkeys import GATEWAY
 from worker.config import ConfigError
+from worker.routing import parse_model_table
 from worker.gateway import build_gateway
 
 MODELS = """
@@ -107,3 +108,11 @@ def test_idle_timeout_ends_a_stalled_stream_with_an_error(
                 model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
             )
         )
+
+
+def test_a_models_entry_named_smart_auto_is_a_config_error() -> None:
+    """The router's own name cannot be rerouted: the entry would be listed and then ignored."""
+    entry = [{"name": "smart-auto", "provider": "anthropic", "upstream_model": "claude-haiku-4-5"}]
+    with pytest.raises(ConfigError) as info:
+        parse_model_table(entry, "wrangler_local.toml")
+    assert info.value.key == "models[0].name" and "smart-auto" in info.value.problem

@@ -75,6 +75,8 @@ def parse_model_table(raw: Any, source: str) -> dict[str, ModelRoute]:
         name, provider = entry.get("name"), entry.get("provider")
         if not isinstance(name, str) or not name:
             raise ConfigError(source, f"models[{i}].name", "required non-empty string")
+        if name == SMART_AUTO:
+            raise ConfigError(source, f"models[{i}].name", f"'{SMART_AUTO}' is the router's own name")
         if provider not in PROVIDER_NAMES:
             raise ConfigError(source, f"models[{i}].provider", f"expected one of {', '.join(PROVIDER_NAMES)}")
         upstream = entry.get("upstream_model", name)
