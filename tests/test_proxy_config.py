@@ -13,8 +13,8 @@ from tests.fakes.upstream import FakeUpstream, Reply
 from tests.harness import InProcessWorker, load_test_config, write_config
 from worker.appkeys import GATEWAY
 from worker.config import ConfigError
-from worker.routing import parse_model_table
 from worker.gateway import build_gateway
+from worker.routing import parse_model_table
 
 MODELS = """
 [[models]]
