@@ -6,6 +6,7 @@ import contextlib
 import http.client
 import json
 import signal
+import socket
 import threading
 import time
 import urllib.error
@@ -734,3 +735,30 @@ def test_request_log_has_one_entry_per_authenticated_request_newest_first(gatewa
     ]
     text = trex("logs", gateway.key_id, "--config", config, "--limit", "20").stdout.decode()
     assert text.splitlines()[0].split()[:3] == ["TIME", "STATUS", "MS"] and "/v1/chat/completions" in text
+
+
+def test_a_client_that_leaves_before_the_first_byte_is_not_an_upstream_failure(gateway: GatewaySetup) -> None:
+    """The upstream is slow to start a stream and the client hangs up meanwhile: the event says the client
+    went away (what was used is estimated), not that the upstream failed."""
+    gateway.fake.set("/v1/chat/completions", Reply.stream("openai/chat_text.sse", latency=1.0))
+    body = json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}).encode()
+    host, port = gateway.worker.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as conn:
+        conn.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {gateway.key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        time.sleep(0.3)  # the request is in, the upstream has not answered yet
+    kv, deadline = gateway.worker.app[GATEWAY].kv, time.monotonic() + 10
+    while True:
+        usage = gateway.worker.app[GATEWAY].usage
+        assert usage is not None
+        gateway.worker.call(usage.flush())
+        stored = gateway.worker.call(kv.list(prefix="usage/ev/")).keys
+        if stored and stored[0].metadata and stored[0].metadata.get("s") == "final":
+            break
+        assert time.monotonic() < deadline, "the event was not reconciled"
+        time.sleep(0.1)
+    event = msgspec.json.decode(gateway.worker.call(kv.get(stored[0].name)))
+    assert event["outcome"] == "client_disconnected" and event["usage_source"] == "estimated"

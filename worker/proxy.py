@@ -975,7 +975,11 @@ async def _stream(
     """Relay the stream; `chunks` (if given) collects the upstream's raw bytes for usage accounting."""
     out = web.StreamResponse(status=200, headers=_stream_headers(headers))
     stamp(request, out)
-    await out.prepare(request)
+    try:
+        await out.prepare(request)
+    except ConnectionResetError:  # the client left while the upstream was getting ready: not its failure
+        upstream.close()
+        return out, "client_disconnected"
     parser = SSEParser()
     tail = b""
     outcome: Outcome = "completed"
@@ -1050,7 +1054,10 @@ async def _replay(
     assert isinstance(relay, TranslatingRelay)
     out = web.StreamResponse(status=200, headers=_stream_headers(headers))
     stamp(request, out)
-    await out.prepare(request)
+    try:
+        await out.prepare(request)
+    except ConnectionResetError:  # the client left before its answer: it was billed all the same
+        return out
     for ev in events_from_response(resp):
         data = relay.emit(ev)
         if data and not await _write(out, data):
