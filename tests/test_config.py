@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT
+from tests.harness import ROOT, free_port
 from worker.config import ConfigError, Overrides, load_config
 
 BASE = """
@@ -177,3 +177,21 @@ def test_shipped_config_is_valid() -> None:
     assert cfg.kv_url.startswith("sqlite:///")
     shared = load_config(ROOT / "wrangler_local.toml", Overrides(env="shared"), environ={})
     assert shared.kv_url.startswith("redis://")
+
+
+def test_dev_exits_2_on_an_error_found_while_building_the_gateway(tmp_path: Path) -> None:
+    """A plan, a model entry or the master key is checked once the SQLite KV is open: the process still
+    exits 2 with one line (it used to hang, the KV's thread keeping it alive), with one worker or several."""
+    path = write(tmp_path, 'name = "t"\n[plans.broken]\ndaily_requests = -1\n')
+    (tmp_path / ".dev.vars").write_text("TREX_MASTER_KEY=" + "m" * 40 + "\n")
+    for extra in ([], ["--workers", "2", "--port", str(free_port())]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "worker", "dev", "--config", str(path), *extra],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 2, proc.stderr
+        errors = {ln for ln in proc.stderr.splitlines() if ln.startswith("trex: config error:")}
+        assert len(errors) == 1 and "plans.broken.daily_requests" in errors.pop(), proc.stderr

@@ -219,7 +219,16 @@ async def create_app(
     app[CONFIG] = config
     app[ENV] = Env(kv=kv, vars=config.vars, secrets=config.secrets, config=config)
     app[TASKS] = TaskRegistry(task_timeout=config.wait_until_timeout_seconds)
-    app[GATEWAY] = build_gateway(config, kv)
+    try:
+        app[GATEWAY] = build_gateway(config, kv)
+    except BaseException:
+        # A config error found while building (a bad plan, model entry, master key …): close what was opened,
+        # or the KV's thread keeps the process alive after the error was reported.
+        if owns_kv:
+            await kv.close()
+        if access is not None:
+            access.close()
+        raise
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
 

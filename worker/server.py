@@ -25,7 +25,7 @@ from kv import KVError
 
 from . import entry, tokens
 from .app import create_app
-from .config import Config, ConfigSource
+from .config import Config, ConfigError, ConfigSource
 from .logs import setup_logging
 from .vault import MASTER_KEY_NAME, ensure_master_key
 
@@ -127,6 +127,9 @@ def child(source: ConfigSource, conn: multiprocessing.connection.Connection) -> 
     except ServeError as exc:
         print(f"trex dev: worker error: {exc}", file=sys.stderr)
         sys.exit(1)
+    except ConfigError as exc:  # found while building the gateway (plans, models, the master key …)
+        print(f"trex: config error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _supervise(source: ConfigSource, config: Config, workers: int) -> int:
@@ -156,16 +159,17 @@ def _supervise(source: ConfigSource, config: Config, workers: int) -> int:
     signal.signal(signal.SIGTERM, forward)
 
     url = None
-    for conn in conns:
+    for proc, conn in zip(procs, conns, strict=True):
         try:
             url = conn.recv() if conn.poll(30) else None
-        except EOFError:
+        except EOFError:  # it is exiting: let it finish (and report why) before stopping the others
             url = None
+            proc.join(10)
         if url is None:
             print("trex dev: error: a worker process failed to start", file=sys.stderr)
             forward(signal.SIGTERM, None)
             _join(procs)
-            return 1
+            return 2 if proc.exitcode == 2 else 1  # 2: a config error
     assert url is not None
     _announce(url, config, workers)
     # Wait for any child to exit; if one dies on its own, stop the others rather than run degraded silently.
