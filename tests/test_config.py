@@ -10,6 +10,7 @@ import pytest
 
 from tests.harness import ROOT, free_port
 from worker.config import ConfigError, Overrides, load_config
+from worker.vault import ensure_master_key
 
 BASE = """
 name = "svc"
@@ -195,3 +196,21 @@ def test_dev_exits_2_on_an_error_found_while_building_the_gateway(tmp_path: Path
         assert proc.returncode == 2, proc.stderr
         errors = {ln for ln in proc.stderr.splitlines() if ln.startswith("trex: config error:")}
         assert len(errors) == 1 and "plans.broken.daily_requests" in errors.pop(), proc.stderr
+
+
+def test_an_empty_master_key_in_the_environment_does_not_hide_the_files(tmp_path: Path) -> None:
+    """`TREX_MASTER_KEY=` exported by a shell must not make every command generate a new key (which would
+    leave the provider keys sealed with the first one unreadable)."""
+    key = "k" * 40
+    path = write(tmp_path, 'name = "t"\n', dev_vars=f"TREX_MASTER_KEY={key}\n")
+    assert load_config(path, environ={"TREX_MASTER_KEY": ""}).secret("TREX_MASTER_KEY") == key
+    assert load_config(path, environ={"TREX_MASTER_KEY": "e" * 40}).secret("TREX_MASTER_KEY") == "e" * 40
+
+
+def test_a_master_key_line_that_cannot_be_read_is_an_error_not_a_new_key(tmp_path: Path) -> None:
+    broken = 'TREX_MASTER_KEY="' + "A" * 40 + "\n"  # the closing quote is missing
+    path = write(tmp_path, 'name = "t"\n', dev_vars=broken)
+    with pytest.raises(ConfigError) as info:
+        ensure_master_key(load_config(path, environ={}), announce=False)
+    assert info.value.key == "TREX_MASTER_KEY" and "line 1" in info.value.problem
+    assert (tmp_path / ".dev.vars").read_text() == broken  # nothing appended

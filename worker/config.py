@@ -363,7 +363,7 @@ def _secrets(dev_vars: Path, environ: Mapping[str, str]) -> dict[str, str]:
     if dev_vars.is_file():
         secrets.update({k: v for k, v in dotenv_values(dev_vars).items() if v is not None})
     for key in SECRET_NAMES:
-        if key in environ:
+        if environ.get(key, "").strip():  # an exported but empty variable does not hide the file's value
             secrets[key] = environ[key]
     return secrets
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .config import Config
+from .config import Config, ConfigError
 
 MASTER_KEY_NAME = "TREX_MASTER_KEY"
 MIN_MASTER_KEY_CHARS = 32
@@ -89,6 +89,13 @@ def ensure_master_key(config: Config, announce: bool = True) -> str:
     if path.exists():
         text = path.read_text()
         prefix = "" if not text or text.endswith("\n") else "\n"
+        for number, line in enumerate(text.splitlines(), 1):
+            name, sep, value = line.strip().removeprefix("export ").partition("=")
+            if sep and name.strip() == MASTER_KEY_NAME and value.strip():
+                # Defined, yet unreadable (an unclosed quote …): a new key would orphan every sealed binding.
+                raise ConfigError(
+                    str(path), MASTER_KEY_NAME, f"line {number} defines it but cannot be read; fix the line"
+                )
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with os.fdopen(fd, "a") as fh:
         fh.write(f"{prefix}{MASTER_KEY_NAME}={key}\n")
