@@ -193,6 +193,9 @@ def test_key_states_from_the_cli_reach_a_running_worker_within_a_second(
     plan = trex("keys", "set-plan", created["id"], "pro", "--config", cfg, "--json")
     assert plan.returncode == 0 and json.loads(plan.stdout)["plan"] == "pro"
     assert trex("keys", "set-plan", created["id"], "gold", "--config", cfg).returncode == 2
+    # Nor can a key be created on a plan the config does not have (a typo would give an unrestricted key).
+    typo = trex("keys", "create", "--name", "t", "--plan", "por", "--config", cfg, "--json")
+    assert typo.returncode == 2 and b"no [plans.por]" in typo.stderr and typo.stdout == b""
     listed = json.loads(trex("keys", "list", "--config", cfg, "--json").stdout)["keys"]
     assert (listed[0]["state"], listed[0]["plan"]) == ("revoked", "pro")
     assert wp.stop() == 0

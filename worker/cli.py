@@ -214,6 +214,10 @@ def _keys_command(args: argparse.Namespace, config: Config) -> int:
     async def act(kv: KVNamespace) -> int:
         store = KeyStore(kv, vault)
         if args.keys_command == "create":
+            if args.plan is not None and args.plan not in config.tables.get("plans", {}):
+                # A typo must not give a key without the plan's quotas and model limits.
+                print(f"trex keys create: no [plans.{args.plan}] in {config.source}", file=sys.stderr)
+                return EXIT_USAGE
             record, token = await store.create(args.name, plan=args.plan, optimize_mode=args.optimize)
             doc = {"id": record.id, "name": record.name, "key": token, "prefix": record.prefix}
             text = f"id:  {record.id}\nkey: {token}\n(store the key now: it is not shown again)"
