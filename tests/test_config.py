@@ -130,6 +130,8 @@ def test_secrets_come_from_dev_vars_and_environment(tmp_path: Path) -> None:
         ("bogus = 1", "bogus", "unknown key"),
         ('[vars]\nTREX_ADMIN_TOKEN = "x"', "vars.TREX_ADMIN_TOKEN", "looks like a secret"),
         ('[vars]\nOPENAI_API_KEY = "sk-x"', "vars.OPENAI_API_KEY", "looks like a secret"),
+        ('[vars]\nopenai_api_key = "sk-x"', "vars.openai_api_key", "looks like a secret"),
+        ('[vars]\nOPENAI_APIKEY = "sk-x"', "vars.OPENAI_APIKEY", "looks like a secret"),
         ('[vars]\nMAX_BODY_BYTES = "lots"', "vars.MAX_BODY_BYTES", "expected a positive number"),
         ("[vars]\nMAX_BODY_BYTES = 1.5e6", "vars.MAX_BODY_BYTES", "expected an integer"),
         ("[vars]\nUPSTREAM_IDLE_TIMEOUT = 0", "vars.UPSTREAM_IDLE_TIMEOUT", "expected a positive number"),
@@ -214,3 +216,15 @@ def test_a_master_key_line_that_cannot_be_read_is_an_error_not_a_new_key(tmp_pat
         ensure_master_key(load_config(path, environ={}), announce=False)
     assert info.value.key == "TREX_MASTER_KEY" and "line 1" in info.value.problem
     assert (tmp_path / ".dev.vars").read_text() == broken  # nothing appended
+
+
+def test_a_password_in_the_kv_url_is_never_printed(tmp_path: Path) -> None:
+    path = write(tmp_path, 'name = "t"\n[local]\nkv_url = "redis://:s3cretpass@127.0.0.1:6379/15"\n')
+    for argv in (["config", "--config", str(path)], ["config", "--config", str(path), "--json"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "worker", *argv], cwd=ROOT, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert (
+            "s3cretpass" not in proc.stdout + proc.stderr and "redis://:***@127.0.0.1:6379/15" in proc.stdout
+        )

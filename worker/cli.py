@@ -23,7 +23,7 @@ from .accounting.events import GROUP_BYS, UsageRecorder
 from .accounting.pricing import PriceTable
 from .auth import PROVIDERS, KeyStore
 from .cli_agents import add_agents_parser, agents_command
-from .config import Config, ConfigError, ConfigSource, Overrides
+from .config import Config, ConfigError, ConfigSource, Overrides, redacted_url
 from .errors import GatewayError
 from .handlers.health import VERSION
 from .handlers.usage import resolve_range
@@ -426,7 +426,7 @@ def _config_command(args: argparse.Namespace, source: ConfigSource) -> int:
         "ip": config.ip,
         "port": config.port,
         "persist_to": str(config.persist_to),
-        "kv_url": config.kv_url,
+        "kv_url": redacted_url(config.kv_url),
         "vars": dict(config.vars),
         "secrets": sorted(config.secrets),  # names only, never values
     }

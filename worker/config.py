@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 
@@ -86,7 +87,7 @@ NUMERIC_VARS = frozenset(
 
 # Names that are secrets wherever they appear; any other name matching SECRET_NAME_RE is treated the same.
 SECRET_NAMES = frozenset({"TREX_MASTER_KEY", "TREX_ADMIN_TOKEN"})
-SECRET_NAME_RE = re.compile(r"(?:^|_)(?:KEY|TOKEN|SECRET|PASSWORD)$")
+SECRET_NAME_RE = re.compile(r"(?:^|_)(?:API_?KEY|KEY|TOKEN|SECRET|PASSWORD|PASSWD)$", re.IGNORECASE)
 
 # Like wrangler: these are not inherited by `[env.NAME]` sections.
 NON_INHERITABLE = frozenset({"vars", "kv_namespaces", "models"})
@@ -329,6 +330,16 @@ def _build(
         max_body_bytes=max_body,
         tables=MappingProxyType(tables),
     )
+
+
+def redacted_url(url: str) -> str:
+    """`url` fit to print: a password in it (`redis://:pw@host`) is replaced by `***`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
 
 
 def is_secret_name(name: str) -> bool:

@@ -25,7 +25,7 @@ from kv import KVError
 
 from . import entry, tokens
 from .app import create_app
-from .config import Config, ConfigError, ConfigSource
+from .config import Config, ConfigError, ConfigSource, redacted_url
 from .logs import setup_logging
 from .vault import MASTER_KEY_NAME, ensure_master_key
 
@@ -48,7 +48,7 @@ async def serve(
     try:
         app = await create_app(config)
     except KVError as exc:
-        raise ServeError(f"cannot open KV {config.kv_url}: {exc}") from exc
+        raise ServeError(f"cannot open KV {redacted_url(config.kv_url)}: {exc}") from exc
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=config.shutdown_grace_seconds
     )
@@ -111,7 +111,9 @@ def run(source: ConfigSource, workers: int) -> int:
 
 def _announce(url: str, config: Config, workers: int) -> None:
     env = f", env: {config.env_name}" if config.env_name else ""
-    print(f"trex dev: ready on {url} (kv: {config.kv_url}, workers: {workers}{env})", flush=True)
+    print(
+        f"trex dev: ready on {url} (kv: {redacted_url(config.kv_url)}, workers: {workers}{env})", flush=True
+    )
 
 
 def child(source: ConfigSource, conn: multiprocessing.connection.Connection) -> None:
