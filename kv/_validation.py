@@ -74,6 +74,13 @@ def encode_metadata(metadata: object) -> bytes | None:
     return raw
 
 
+MAX_EXPIRATION = 253402300799
+"""9999-12-31T23:59:59Z: every backend stores it (SQLite integers, Redis millisecond expirations) and every
+clock turns it into a date; a later expiration is refused rather than overflowing half-way through a write."""
+MAX_EXPIRATION_TTL = 100 * 365 * 86400
+"""The largest TTL accepted as such (a century), well inside MAX_EXPIRATION."""
+
+
 def resolve_expiration(now: float, expiration_ttl: object, expiration: object) -> int | None:
     """Turn the ``expiration_ttl``/``expiration`` pair into an absolute epoch second, or None."""
     if expiration_ttl is not None and expiration is not None:
@@ -87,6 +94,8 @@ def resolve_expiration(now: float, expiration_ttl: object, expiration: object) -
             raise InvalidExpirationError(
                 f"expiration_ttl must be at least {MIN_EXPIRATION_TTL} seconds, got {expiration_ttl}"
             )
+        if expiration_ttl > MAX_EXPIRATION_TTL:
+            raise InvalidExpirationError(f"expiration_ttl must be at most {MAX_EXPIRATION_TTL} seconds")
         # Rounding up guarantees the key lives at least the requested TTL.
         return math.ceil(now) + expiration_ttl
     if expiration is not None:
@@ -99,6 +108,8 @@ def resolve_expiration(now: float, expiration_ttl: object, expiration: object) -
                 f"expiration {expiration} must be at least {MIN_EXPIRATION_TTL} seconds in the future "
                 f"(now is {now:.0f})"
             )
+        if expiration > MAX_EXPIRATION:
+            raise InvalidExpirationError(f"expiration must be at most {MAX_EXPIRATION} (epoch seconds)")
         return expiration
     return None
 

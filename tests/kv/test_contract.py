@@ -175,6 +175,16 @@ async def test_expiration_limits(kv: KVNamespace, clock: ManualClock) -> None:
         await kv.put("k", "v", expiration_ttl=60.5)  # type: ignore[arg-type]
     with pytest.raises(InvalidExpirationError):
         await kv.put("k", "v", expiration_ttl=True)
+    # Past any date a backend can hold: refused before anything is written (Redis used to replace the value,
+    # then fail to set its expiration).
+    await kv.put("kept", "old", expiration_ttl=600)
+    for far in ({"expiration_ttl": 10**20}, {"expiration": 10**20}, {"expiration_ttl": 200 * 365 * 86400}):
+        with pytest.raises(InvalidExpirationError):
+            await kv.put("kept", "new", **far)  # type: ignore[arg-type]
+    with pytest.raises(InvalidExpirationError):
+        await kv.incr("counter", 1, expiration_ttl=10**20)
+    assert await kv.get("kept") == b"old" and await kv.get("counter") is None
+    await kv.delete("kept")
     assert await kv.get("k") is None
     await kv.put("ttl", "v", expiration_ttl=60)
     await kv.put("abs", "v", expiration=now + 60)
