@@ -305,6 +305,12 @@ def _build(
 
     for key in sorted(NUMERIC_VARS):
         _positive_var(variables, key, source, environ)
+    turns = variables["PROTECT_RECENT_TURNS"].strip()
+    if not (turns.isascii() and turns.isdigit()) or int(turns) > 1000:  # what a request may ask for, too
+        where = "environment" if "PROTECT_RECENT_TURNS" in environ else source
+        raise ConfigError(
+            where, "vars.PROTECT_RECENT_TURNS", f"expected an integer from 0 to 1000, got {turns!r}"
+        )
     max_body = _int_var(variables, "MAX_BODY_BYTES", source, environ)
     if max_body < 1024:
         raise ConfigError(source, "vars.MAX_BODY_BYTES", f"must be at least 1024, got {max_body}")
@@ -401,15 +407,21 @@ def _int_var(variables: Mapping[str, str], key: str, source: str, environ: Mappi
         raise ConfigError(where, f"vars.{key}", f"expected an integer, got {value!r}") from None
 
 
+_MAX_NUMBER = 1e9
+"""The largest numeric `[vars]` value: 31 years in seconds, a gigabyte as a body limit."""
+
+
 def _positive_var(variables: Mapping[str, str], key: str, source: str, environ: Mapping[str, str]) -> float:
     value = variables[key]
     try:
         number = float(value)
     except ValueError:
         number = -1.0
+    where = "environment" if key in environ else source
     if not number > 0:
-        where = "environment" if key in environ else source
         raise ConfigError(where, f"vars.{key}", f"expected a positive number, got {value!r}")
+    if not number <= _MAX_NUMBER:  # `inf` and values no timer, TTL or counter can hold
+        raise ConfigError(where, f"vars.{key}", f"expected a number up to {_MAX_NUMBER:.0e}, got {value!r}")
     return number
 
 

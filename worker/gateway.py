@@ -142,7 +142,7 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
         default_max_tokens=int(config.number("DEFAULT_MAX_TOKENS")),
         anthropic_version=config.var("ANTHROPIC_VERSION") or "2023-06-01",
         optimize_mode=mode,
-        protect_recent_turns=int(config.number("PROTECT_RECENT_TURNS")),
+        protect_recent_turns=int(config.number("PROTECT_RECENT_TURNS")),  # 0..1000, checked at load
         session_ttl_seconds=max(60, int(config.number("SESSION_TTL_SECONDS"))),
         session_budget_tokens=int(config.number("SESSION_REOPTIMIZE_TOKENS")),
         usage=usage,
@@ -167,7 +167,7 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
 
 def _count(config: Config, name: str, most: int) -> int:
     raw = (config.var(name) or "0").strip()
-    if not raw.isdigit() or int(raw) > most:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > most:
         raise ConfigError(config.source, f"vars.{name}", f"expected an integer from 0 to {most}, got {raw!r}")
     return int(raw)
 
