@@ -152,6 +152,11 @@ def _variant(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
             "payload.quant_params.method",
         ),
         (lambda b: b["payload"]["quant_params"].update(min=2), "invalid_request", "payload.quant_params.min"),
+        (
+            lambda b: b["payload"]["quant_params"].update(min=-1e308, max=1e308),  # a span of inf: NaN scores
+            "invalid_request",
+            "payload.quant_params.max",
+        ),
         (lambda b: b["payload"].update(extra=1), "invalid_request", None),
         (lambda b: b["metadata"].update(ttl_seconds=5), "invalid_request", "metadata.ttl_seconds"),
         (

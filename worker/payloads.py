@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -160,6 +161,10 @@ def check(push: PushRequest) -> None:
     if not p.quant_params.min < p.quant_params.max:
         raise InvalidRequestError(
             "payload.quant_params.min must be below max.", param="payload.quant_params.min"
+        )
+    if not math.isfinite(p.quant_params.max - p.quant_params.min):  # dequantizing would give NaN scores
+        raise InvalidRequestError(
+            "payload.quant_params: max - min must be a finite number.", param="payload.quant_params.max"
         )
     if p.chunks and len(p.chunks) != p.chunk_count:
         raise InvalidRequestError("payload.chunks must have one text per vector.", param="payload.chunks")

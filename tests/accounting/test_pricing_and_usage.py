@@ -74,6 +74,10 @@ def test_plans_and_guarantee_status() -> None:
         parse_plans({"pro": {"guarantee": True}}, "cfg")
     with pytest.raises(ConfigError):
         parse_plans({"pro": {"monthly_price_usd": "49"}}, "cfg")
+    with pytest.raises(
+        ConfigError, match="expected one of monthly_price_usd, guarantee, description, daily_requests"
+    ):
+        parse_plans({"pro": {"daily_request": 5}}, "cfg")  # the message lists the quota fields too
 
 
 def test_usage_from_bodies_of_each_wire() -> None:

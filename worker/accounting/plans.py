@@ -61,7 +61,10 @@ def parse_plans(raw: Any, source: str) -> dict[str, Plan]:
             raise ConfigError(source, where, "must be a table")
         unknown = sorted(set(entry) - set(_FIELDS) - set(QUOTA_FIELDS))
         if unknown:
-            raise ConfigError(source, where, f"unknown field(s) {', '.join(unknown)}; expected {_FIELDS}")
+            expected = ", ".join((*_FIELDS, *QUOTA_FIELDS))
+            raise ConfigError(
+                source, where, f"unknown field(s) {', '.join(unknown)}; expected one of {expected}"
+            )
         price = entry.get("monthly_price_usd")
         if price is not None and (isinstance(price, bool) or not isinstance(price, int | float) or price < 0):
             raise ConfigError(source, f"{where}.monthly_price_usd", "must be a number >= 0")
