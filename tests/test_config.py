@@ -142,6 +142,8 @@ def test_secrets_come_from_dev_vars_and_environment(tmp_path: Path) -> None:
         ("[vars]\nNESTED = { a = 1 }", "vars.NESTED", "expected a string, number or boolean"),
         ('[local]\nkv_url = "mysql://x"', "local.kv_url", "unsupported URL"),
         ('[local]\nlog_format = "xml"', "local.log_format", "expected one of"),
+        ("[dev]\nprot = 8080", "dev.prot", "unknown setting"),
+        ('[local]\nkv_ur = "memory://"', "local.kv_ur", "unknown setting"),
         ("[local]\nshutdown_grace_seconds = -1", "local.shutdown_grace_seconds", "positive"),
         ('kv_namespaces = [{ binding = "OTHER" }]', "kv_namespaces", "TREX_KV"),
         ('compatibility_date = "yesterday"', "compatibility_date", "YYYY-MM-DD"),

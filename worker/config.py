@@ -270,6 +270,14 @@ def _build(
 
     dev = _table(tables.get("dev", {}), source, "dev")
     local = _table(tables.get("local", {}), source, "local")
+    for table, known in (("dev", _DEV_KEYS), ("local", _LOCAL_KEYS)):
+        unknown = sorted(set(tables.get(table, {})) - known)
+        if unknown:  # a typo (`prot`, `kv_ur`) would otherwise be ignored without a word
+            raise ConfigError(
+                source,
+                f"{table}.{unknown[0]}",
+                f"unknown setting; expected one of {', '.join(sorted(known))}",
+            )
     ip = ov.ip or _str(dev.get("ip", "127.0.0.1"), source, "dev.ip")
     port = ov.port if ov.port is not None else dev.get("port", 8787)
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
@@ -407,6 +415,17 @@ def _int_var(variables: Mapping[str, str], key: str, source: str, environ: Mappi
         raise ConfigError(where, f"vars.{key}", f"expected an integer, got {value!r}") from None
 
 
+_DEV_KEYS = frozenset({"ip", "port"})
+_LOCAL_KEYS = frozenset(
+    {
+        "persist_to",
+        "kv_url",
+        "log_format",
+        "access_log",
+        "shutdown_grace_seconds",
+        "wait_until_timeout_seconds",
+    }
+)
 _MAX_NUMBER = 1e9
 """The largest numeric `[vars]` value: 31 years in seconds, a gigabyte as a body limit."""
 
