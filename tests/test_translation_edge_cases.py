@@ -49,6 +49,17 @@ def _chunk(delta: dict[str, Any] | None = None, finish: str | None = None) -> di
     }
 
 
+def _streamed_to_anthropic_client(gateway: GatewaySetup, model: str) -> Any:
+    """The final message an Anthropic SDK client accumulates from a streamed weather question to `model`."""
+    with gateway.anthropic().messages.stream(
+        model=model,
+        max_tokens=100,
+        messages=[{"role": "user", "content": "weather?"}],
+        tools=WEATHER_TOOLS,  # type: ignore[arg-type]
+    ) as stream:
+        return stream.get_final_message()
+
+
 def _no_argument_tool_stream() -> Reply:
     """What Anthropic streams for a tool without parameters: `input: {}` and one empty JSON delta."""
     usage = {"input_tokens": 10, "output_tokens": 1}
@@ -129,13 +140,7 @@ def test_a_streamed_tool_call_without_an_id_gets_one_in_every_client_format(gate
     assert len(call_ids) == 1 and call_ids[0].startswith("call_") and len(call_ids[0]) > len("call_")
 
     gateway.fake.set("/local/v1/chat/completions", _tool_call_without_id())
-    with gateway.anthropic().messages.stream(
-        model="local/qwen3",
-        max_tokens=50,
-        messages=[{"role": "user", "content": "weather?"}],
-        tools=WEATHER_TOOLS,  # type: ignore[arg-type]
-    ) as astream:
-        message = astream.get_final_message()
+    message = _streamed_to_anthropic_client(gateway, "local/qwen3")
     tool_use = [b for b in message.content if b.type == "tool_use"]
     assert len(tool_use) == 1 and tool_use[0].id.startswith("call_")
 
@@ -299,13 +304,7 @@ def test_interleaved_tool_call_fragments_all_reach_clients_of_sequential_formats
     gateway: GatewaySetup,
 ) -> None:
     gateway.fake.set("/v1/chat/completions", _interleaved_tool_calls())
-    with gateway.anthropic().messages.stream(
-        model="gpt-4o-mini",
-        max_tokens=100,
-        messages=[{"role": "user", "content": "weather?"}],
-        tools=WEATHER_TOOLS,  # type: ignore[arg-type]
-    ) as stream:
-        message = stream.get_final_message()
+    message = _streamed_to_anthropic_client(gateway, "gpt-4o-mini")
     assert [(b.id, b.input) for b in message.content if b.type == "tool_use"] == [
         ("call_A", {"city": "Paris"}),
         ("call_B", {"city": "Lyon"}),
