@@ -1006,8 +1006,6 @@ class _Call:
         self.held: list[str] = []
         """Argument fragments received while held."""
 
-        # Some local servers send no id; a client in any format needs one to pair the result with it.
-
 
 def _error_fields(error: Any) -> tuple[str, str]:
     """(type, message) of an in-stream error object; OpenRouter puts a code where OpenAI puts a type."""
