@@ -234,3 +234,18 @@ def test_a_password_in_the_kv_url_is_never_printed(tmp_path: Path) -> None:
         assert (
             "s3cretpass" not in proc.stdout + proc.stderr and "redis://:***@127.0.0.1:6379/15" in proc.stdout
         )
+
+
+def test_a_relative_sqlite_kv_url_is_relative_to_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like persist_to: `trex kv …` run from another directory opens the server's file, not a new empty one."""
+    path = write(tmp_path, 'name = "t"\n[local]\nkv_url = "sqlite:///state/kv.sqlite3"\n')
+    elsewhere = tmp_path / "sub"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert (
+        load_config(path, environ={}).kv_url == f"sqlite:///{(tmp_path / 'state' / 'kv.sqlite3').resolve()}"
+    )
+    absolute = write(tmp_path, f'name = "t"\n[local]\nkv_url = "sqlite:///{tmp_path}/abs.sqlite3"\n')
+    assert load_config(absolute, environ={}).kv_url == f"sqlite:///{tmp_path}/abs.sqlite3"

@@ -116,3 +116,10 @@ def test_a_models_entry_named_smart_auto_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as info:
         parse_model_table(entry, "wrangler_local.toml")
     assert info.value.key == "models[0].name" and "smart-auto" in info.value.problem
+
+
+def test_an_unknown_field_of_a_models_entry_is_a_config_error() -> None:
+    entry = [{"name": "house", "provider": "local", "contxt_window": 32000}]  # a typo of context_window
+    with pytest.raises(ConfigError) as info:
+        parse_model_table(entry, "wrangler_local.toml")
+    assert info.value.key == "models[0].contxt_window" and "context_window" in info.value.problem

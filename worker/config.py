@@ -293,6 +293,10 @@ def _build(
     if kv_url is None:
         kv_url = f"sqlite:///{persist_to / 'kv.sqlite3'}"
     kv_url = _str(kv_url, source, "local.kv_url")
+    sqlite_path = kv_url.removeprefix("sqlite:///") if kv_url.startswith("sqlite:///") else None
+    if sqlite_path and not Path(sqlite_path).is_absolute():
+        # Relative to the config file, like persist_to: every command run from anywhere opens the same file.
+        kv_url = f"sqlite:///{(root / sqlite_path).resolve()}"
     if not kv_url.startswith(KV_SCHEMES):
         raise ConfigError(
             source, "local.kv_url", f"unsupported URL {kv_url!r} (memory://, sqlite:///PATH, redis://)"

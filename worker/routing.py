@@ -62,6 +62,12 @@ class ModelRoute:
         return WIRE[self.provider]
 
 
+_MODEL_KEYS = frozenset(
+    {"name", "provider", "upstream_model", "context_window", "max_output", "capabilities", "tier"}
+)
+"""A `[[models]]` entry's fields: its route here, its catalog fields in `worker.catalog`."""
+
+
 def parse_model_table(raw: Any, source: str) -> dict[str, ModelRoute]:
     """Validate `[[models]]` (name, provider, optional upstream_model) into a lookup table."""
     if raw is None:
@@ -72,6 +78,13 @@ def parse_model_table(raw: Any, source: str) -> dict[str, ModelRoute]:
     for i, entry in enumerate(raw):
         if not isinstance(entry, dict):
             raise ConfigError(source, f"models[{i}]", "must be a table")
+        unknown = sorted(set(entry) - _MODEL_KEYS)
+        if unknown:  # a typo (`contxt_window`) would otherwise be ignored without a word
+            raise ConfigError(
+                source,
+                f"models[{i}].{unknown[0]}",
+                f"unknown field; expected one of {', '.join(sorted(_MODEL_KEYS))}",
+            )
         name, provider = entry.get("name"), entry.get("provider")
         if not isinstance(name, str) or not name:
             raise ConfigError(source, f"models[{i}].name", "required non-empty string")
