@@ -158,7 +158,9 @@ def test_store_reference_and_expand_through_the_openai_sdk(gateway: GatewaySetup
     status, doc = _get(gateway, f"/v1/payloads/{trex_id}")
     assert status == 200 and doc["metadata"]["sender"] == gateway.key_id
     assert doc["payload"]["original"] == DOCUMENT and set(FACTS) <= set(doc["payload"]["facts"])
-    assert _get(gateway, f"/v1/payloads/{trex_id}/expand?query=x&k=0")[0] == 400
+    for query, param in (("query=x&k=0", "k"), ("query=+&k=2", "query")):  # named as in the query string
+        status, doc = _get(gateway, f"/v1/payloads/{trex_id}/expand?{query}")
+        assert status == 400 and doc["error"]["param"] == param
 
 
 def test_store_context_on_a_proxied_request(gateway: GatewaySetup) -> None:

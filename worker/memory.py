@@ -253,12 +253,13 @@ def parse_expand(raw: Any, where: str) -> str | tuple[str, int] | None:
         return "full"
     if isinstance(raw, dict):
         query, k = raw.get("query"), raw.get("k", 5)
+        prefix = f"{where}." if where else ""  # "": the query string's own parameters (`/expand?query=&k=`)
         if not isinstance(query, str) or not query.strip():
-            message = f"'{where}.query' must be a non-empty string."
-            raise InvalidRequestError(message, param=f"{where}.query")
+            message = f"'{prefix}query' must be a non-empty string."
+            raise InvalidRequestError(message, param=f"{prefix}query")
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise InvalidRequestError(
-                f"'{where}.k' must be an integer from 1 to {MAX_K}.", param=f"{where}.k"
+                f"'{prefix}k' must be an integer from 1 to {MAX_K}.", param=f"{prefix}k"
             )
         return query, k
     raise InvalidRequestError(

@@ -77,7 +77,7 @@ async def expand(request: web.Request) -> web.StreamResponse:
     """`GET /v1/payloads/{trex_id}/expand?query=…&k=…`: the chunks most similar to the query, with scores."""
     reader = await _reader(request)
     stored = await request.app[GATEWAY].payloads.readable(request.match_info["trex_id"], reader)
-    how = parse_expand({"query": request.query.get("query"), "k": _k(request.query.get("k"))}, "query")
+    how = parse_expand({"query": request.query.get("query"), "k": _k(request.query.get("k"))}, "")
     assert isinstance(how, tuple)
     query, k = how
     chunks = stored.payload.chunks
