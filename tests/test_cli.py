@@ -182,6 +182,14 @@ def test_kv_commands_share_state_across_processes(tmp_path: Path) -> None:
     assert trex("kv", "get", "--config", cfg, "blob").stdout == b"\x00\x01bytes"
     listed = json.loads(trex("kv", "list", "--config", cfg, "--json").stdout)
     assert [k["name"] for k in listed["keys"]] == ["blob", "greeting"] and listed["list_complete"] is True
+    # A page cut at --limit says so, and --cursor continues it.
+    first = trex("kv", "list", "--config", cfg, "--limit", "1")
+    assert (
+        first.stdout.decode().splitlines()[0] == "blob" and "(more keys: --cursor " in first.stdout.decode()
+    )
+    cursor = json.loads(trex("kv", "list", "--config", cfg, "--limit", "1", "--json").stdout)["cursor"]
+    rest = trex("kv", "list", "--config", cfg, "--limit", "1", "--cursor", cursor)
+    assert rest.returncode == 0 and rest.stdout.decode().splitlines() == ["greeting"]
     assert (tmp_path / "state" / "kv.sqlite3").exists()
     assert trex("kv", "delete", "--config", cfg, "greeting").returncode == 0
     missing = trex("kv", "get", "--config", cfg, "greeting")

@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     kv_list = kv_sub.add_parser("list", parents=[state], help="list keys")
     kv_list.add_argument("--prefix", default="")
     kv_list.add_argument("--limit", type=int, default=1000)
+    kv_list.add_argument("--cursor", help="continue a listing from the cursor the previous page gave")
     kv_get = kv_sub.add_parser("get", parents=[state], help="print a value")
     kv_get.add_argument("key")
     kv_put = kv_sub.add_parser("put", parents=[state], help="store a value (from the argument or stdin)")
@@ -166,12 +167,15 @@ async def _with_kv(url: str, action: Callable[[KVNamespace], Awaitable[int]]) ->
 def _kv_command(args: argparse.Namespace, url: str) -> int:
     async def act(kv: KVNamespace) -> int:
         if args.kv_command == "list":
-            result = await kv.list(prefix=args.prefix, limit=args.limit)
+            result = await kv.list(prefix=args.prefix, limit=args.limit, cursor=args.cursor)
             rows = [{"name": k.name, "expiration": k.expiration, "metadata": k.metadata} for k in result.keys]
+            names = [k.name for k in result.keys]
+            if not result.list_complete:  # say so: the page stopped at --limit, more keys follow
+                names.append(f"(more keys: --cursor {result.cursor})")
             _print(
                 args,
                 {"keys": rows, "list_complete": result.list_complete, "cursor": result.cursor},
-                "\n".join(k.name for k in result.keys),
+                "\n".join(names),
             )
         elif args.kv_command == "get":
             value = await kv.get(args.key)
