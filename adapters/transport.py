@@ -75,10 +75,8 @@ class UpstreamClient:
             # Never follow a redirect: aiohttp would resend the provider key (`x-api-key` included) to the new
             # host, and turn a POST into a GET; the caller reports a redirect as a bad upstream answer.
             resp = await sess.request(method, url, data=body, headers=headers, allow_redirects=False)
-        except TimeoutError as exc:  # aiohttp's read timeout, at its first-byte setting
-            raise UpstreamUnavailable(
-                "timeout", f"{name} did not respond within {self.timeouts.first_byte:g}s"
-            ) from exc
+        except TimeoutError as exc:
+            raise UpstreamUnavailable("timeout", self._timed_out(name, exc)) from exc
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamUnavailable("connect", f"cannot connect to {name}: {exc.os_error or exc}") from exc
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
@@ -91,6 +89,14 @@ class UpstreamClient:
                 # its end stops the timer, and one started after it would outlive the response.
                 protocol.start_timeout()
         return resp
+
+    def _timed_out(self, name: str, exc: TimeoutError) -> str:
+        """Which of the timeouts fired, in words."""
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return f"could not connect to {name} within {self.timeouts.connect:g}s"
+        if isinstance(exc, aiohttp.SocketTimeoutError):  # the read timeout, at its first-byte setting
+            return f"{name} did not respond within {self.timeouts.first_byte:g}s"
+        return f"{name} did not answer within the total timeout of {self.timeouts.total:g}s"
 
     async def close(self) -> None:
         """Close every pool."""

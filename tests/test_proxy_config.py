@@ -78,6 +78,20 @@ def test_first_byte_timeout_is_504(
     with _client(w) as client, pytest.raises(openai.APIStatusError) as err:
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     assert err.value.status_code == 504 and err.value.code == "upstream_timeout"
+    assert "did not respond within 0.3s" in err.value.message
+
+
+def test_the_total_timeout_is_named_when_it_is_the_one_that_fired(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    w = make_worker(
+        variables={"UPSTREAM_FIRST_BYTE_TIMEOUT": 5, "UPSTREAM_TOTAL_TIMEOUT": 0.3},
+        dev_vars={"TREX_MASTER_KEY": MASTER_KEY},
+    )
+    fake_upstream.set("/v1/chat/completions", Reply.json("openai/chat_text.json", latency=2))
+    with _client(w) as client, pytest.raises(openai.APIStatusError) as err:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert err.value.status_code == 504 and "total timeout of 0.3s" in err.value.message
 
 
 def test_a_slow_answer_waits_for_the_first_byte_timeout_not_the_idle_one(
