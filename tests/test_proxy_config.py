@@ -8,6 +8,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from kv.memory import MemoryKV
 from tests.conftest import MASTER_KEY
 from tests.fakes.upstream import FakeUpstream, Reply
 from tests.harness import InProcessWorker, load_test_config, write_config
@@ -137,3 +138,12 @@ def test_an_unknown_field_of_a_models_entry_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as info:
         parse_model_table(entry, "wrangler_local.toml")
     assert info.value.key == "models[0].contxt_window" and "context_window" in info.value.problem
+
+
+@pytest.mark.parametrize("name", ["RATE_LIMIT_PER_MINUTE", "RATE_LIMIT_IP_PER_MINUTE"])
+def test_a_rate_limit_of_zero_a_minute_is_a_config_error(tmp_path: Path, name: str) -> None:
+    """It would refuse every request (it used to mean one a minute, silently); RATE_LIMIT = "off" is the way."""
+    config = load_test_config(write_config(tmp_path, {name: 0}))
+    with pytest.raises(ConfigError) as err:
+        build_gateway(config, MemoryKV())
+    assert err.value.key == f"vars.{name}" and "from 1 to" in err.value.problem

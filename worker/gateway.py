@@ -165,10 +165,12 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
     )
 
 
-def _count(config: Config, name: str, most: int) -> int:
+def _count(config: Config, name: str, most: int, least: int = 0) -> int:
     raw = (config.var(name) or "0").strip()
-    if not (raw.isascii() and raw.isdigit()) or int(raw) > most:
-        raise ConfigError(config.source, f"vars.{name}", f"expected an integer from 0 to {most}, got {raw!r}")
+    if not (raw.isascii() and raw.isdigit()) or not least <= int(raw) <= most:
+        raise ConfigError(
+            config.source, f"vars.{name}", f"expected an integer from {least} to {most}, got {raw!r}"
+        )
     return int(raw)
 
 
@@ -182,8 +184,9 @@ def _limits(config: Config, kv: KVNamespace, counters: CounterBatch) -> Limits:
     return Limits(
         kv,
         enabled=switch == "on",
-        key_per_minute=_count(config, "RATE_LIMIT_PER_MINUTE", 10**9) or 1,
-        ip_per_minute=_count(config, "RATE_LIMIT_IP_PER_MINUTE", 10**9) or 1,
+        # 0 a minute would refuse everything (it silently meant 1); RATE_LIMIT = "off" turns the limits off.
+        key_per_minute=_count(config, "RATE_LIMIT_PER_MINUTE", 10**9, least=1),
+        ip_per_minute=_count(config, "RATE_LIMIT_IP_PER_MINUTE", 10**9, least=1),
         max_concurrent=_count(config, "RATE_LIMIT_MAX_CONCURRENT", 10**6),
         trusted=parse_trusted(config.var("TRUSTED_PROXIES") or "", config.source),
         fail_open=fail == "open",
