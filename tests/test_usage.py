@@ -656,7 +656,7 @@ def test_trex_usage_prints_the_same_totals(gateway: GatewaySetup) -> None:
     assert [line.split()[0] for line in lines[2:]] == ["gpt-4.1", "gpt-4o-mini", "TOTAL"]
     assert lines[-1].split()[1] == "2"
     bad = trex("usage", "--config", config, "--from", "someday")
-    assert bad.returncode == 1 and b"'from'" in bad.stderr
+    assert bad.returncode == 2 and b"'from'" in bad.stderr  # an argument refused: bad usage
 
 
 def test_embeddings_produce_an_event_counted_and_billed(gateway: GatewaySetup) -> None:

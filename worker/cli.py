@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from kv import KVError, KVNamespace, open_kv
+from kv import KVClosedError, KVError, KVNamespace, KVUnavailableError, open_kv
 
 from .accounting.events import GROUP_BYS, UsageRecorder
 from .accounting.pricing import PriceTable
@@ -473,9 +473,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KVError as exc:
         print(f"trex: kv error: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+        # A key, value, TTL or listing argument the KV refuses is bad usage (2); a KV that fails is not (1).
+        return EXIT_FAIL if isinstance(exc, KVUnavailableError | KVClosedError) else EXIT_USAGE
     except GatewayError as exc:
         print(f"trex: error: {exc.message}", file=sys.stderr)
-        return EXIT_FAIL
+        return EXIT_USAGE if exc.status == 400 else EXIT_FAIL  # 400: an argument was refused
     parser.error(f"unknown command {args.command}")
     return EXIT_USAGE  # unreachable: parser.error exits
