@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from kv._validation import MAX_EXPIRATION
 from kv.base import KeyInfo, KVNamespace, ListResult
 from kv.clock import Clock, ManualClock
 from kv.errors import (
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from kv.redis import RedisKV
 
 __all__ = [
+    "MAX_EXPIRATION",
     "Clock",
     "InvalidExpirationError",
     "InvalidKeyError",

@@ -317,12 +317,8 @@ def _build(
 
     for key in sorted(NUMERIC_VARS):
         _positive_var(variables, key, source, environ)
-    turns = variables["PROTECT_RECENT_TURNS"].strip()
-    if not (turns.isascii() and turns.isdigit()) or int(turns) > 1000:  # what a request may ask for, too
-        where = "environment" if "PROTECT_RECENT_TURNS" in environ else source
-        raise ConfigError(
-            where, "vars.PROTECT_RECENT_TURNS", f"expected an integer from 0 to 1000, got {turns!r}"
-        )
+    # What a request may ask for, too.
+    count_var(variables["PROTECT_RECENT_TURNS"], "PROTECT_RECENT_TURNS", 1000, source=source, environ=environ)
     max_body = _int_var(variables, "MAX_BODY_BYTES", source, environ)
     if max_body < 1024:
         raise ConfigError(source, "vars.MAX_BODY_BYTES", f"must be at least 1024, got {max_body}")
@@ -348,6 +344,17 @@ def _build(
         max_body_bytes=max_body,
         tables=MappingProxyType(tables),
     )
+
+
+def count_var(
+    raw: str, name: str, most: int, *, least: int = 0, source: str, environ: Mapping[str, str] | None = None
+) -> int:
+    """A `[vars]` value that must be a whole number from `least` to `most` (ASCII digits only)."""
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit()) or not least <= int(text) <= most:
+        where = "environment" if environ is not None and name in environ else source
+        raise ConfigError(where, f"vars.{name}", f"expected an integer from {least} to {most}, got {text!r}")
+    return int(text)
 
 
 def redacted_url(url: str) -> str:

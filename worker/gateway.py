@@ -15,7 +15,7 @@ from .accounting.pricing import PriceTable, parse_price_overrides
 from .agents import AgentStore
 from .auth import KeyStore
 from .catalog import Entry, build_catalog
-from .config import Config, ConfigError
+from .config import Config, ConfigError, count_var
 from .health import Breakers
 from .limits import Limits, parse_plan_limits, parse_trusted
 from .memory import Embeddings
@@ -166,12 +166,7 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
 
 
 def _count(config: Config, name: str, most: int, least: int = 0) -> int:
-    raw = (config.var(name) or "0").strip()
-    if not (raw.isascii() and raw.isdigit()) or not least <= int(raw) <= most:
-        raise ConfigError(
-            config.source, f"vars.{name}", f"expected an integer from {least} to {most}, got {raw!r}"
-        )
-    return int(raw)
+    return count_var(config.var(name) or "0", name, most, least=least, source=config.source)
 
 
 def _limits(config: Config, kv: KVNamespace, counters: CounterBatch) -> Limits:

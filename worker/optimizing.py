@@ -120,26 +120,26 @@ def validate_payload(fmt: Format, body: dict[str, Any]) -> None:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequestError("'model' is required and must be a non-empty string.", param="model")
+    if "tools" in body and not isinstance(body["tools"], list):
+        raise InvalidRequestError("'tools' must be a list.", param="tools")
     if fmt == "responses":
         if not isinstance(body["input"], str | list):
             raise InvalidRequestError("'input' must be a string or a list of items.", param="input")
-    else:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise InvalidRequestError("'messages' must be a non-empty list.", param="messages")
-        roles = (
-            ("user", "assistant")
-            if fmt == "messages"
-            else ("system", "developer", "user", "assistant", "tool", "function")
-        )
-        for i, msg in enumerate(messages):
-            if not isinstance(msg, dict) or msg.get("role") not in roles:
-                raise InvalidRequestError(
-                    f"messages[{i}] must be an object with a role of {', '.join(roles)}.",
-                    param=f"messages[{i}].role",
-                )
-    if "tools" in body and not isinstance(body["tools"], list):
-        raise InvalidRequestError("'tools' must be a list.", param="tools")
+        return
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequestError("'messages' must be a non-empty list.", param="messages")
+    roles = (
+        ("user", "assistant")
+        if fmt == "messages"
+        else ("system", "developer", "user", "assistant", "tool", "function")
+    )
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or msg.get("role") not in roles:
+            raise InvalidRequestError(
+                f"messages[{i}] must be an object with a role of {', '.join(roles)}.",
+                param=f"messages[{i}].role",
+            )
 
 
 def compression_object(report: Report) -> dict[str, Any]:

@@ -33,10 +33,10 @@ async def compress(request: web.Request) -> web.StreamResponse:
     # `trex.store_context`, as on proxied requests. (A top-level `store` is the payload's own field, e.g.
     # OpenAI's `store: false`, and stays untouched like every other field.)
     store_ttl = memory.store_option(trex, gw.memory_ttl_seconds)
-    original = memory.context_text(fmt, body) if store_ttl is not None else None
+    original = memory.context_text(fmt, body) if store_ttl is not None else ""
     report = await run(fmt, body, options, request.content_length or 0)
     body["compression"] = compression_object(report)
-    if original is None or store_ttl is None:
+    if store_ttl is None:
         return json_response(body)
     # The optimized context as a TokenZip payload owned by this key, passed on by its TrexID.
     summary = memory.context_text(fmt, body)

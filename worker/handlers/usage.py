@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime
 
 from aiohttp import web
 
-from kv import KVError
+from kv import MAX_EXPIRATION, KVError
 
 from ..accounting.events import GROUP_BYS, UsageRecorder
 from ..appkeys import GATEWAY
@@ -41,16 +41,13 @@ async def usage_event(request: web.Request) -> web.StreamResponse:
     return json_response(event)
 
 
-_MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z: later bounds cannot be turned into dates
-
-
 def parse_bound(value: str, name: str, end: bool) -> int:
     """Epoch seconds from `YYYY-MM-DD` (the whole day: its start, or its end for `to`), an ISO-8601
     date-time (UTC unless it has an offset) or epoch seconds."""
     text = value.strip()
     try:
         if text.isascii() and text.isdigit():
-            if int(text) > _MAX_EPOCH:
+            if int(text) > MAX_EXPIRATION:  # 9999-12-31: a later bound cannot be turned into a date
                 raise ValueError(text)
             return int(text)
         if len(text) == 10:
