@@ -22,6 +22,7 @@ from aiohttp import web
 from tests.fakes.threaded import ThreadedServer
 from worker.app import create_app
 from worker.config import Config, Overrides, load_config
+from worker.server import make_runner
 
 ROOT = Path(__file__).resolve().parent.parent
 ExtraRoutes = list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]]
@@ -91,7 +92,9 @@ class InProcessWorker:
                 app.router.add_route(method, path, handler)
             return app
 
-        self._server = ThreadedServer(factory, shutdown_timeout=config.shutdown_grace_seconds)
+        self._server = ThreadedServer(
+            factory, shutdown_timeout=config.shutdown_grace_seconds, runner=make_runner
+        )
 
     @property
     def url(self) -> str:

@@ -737,19 +737,26 @@ def test_request_log_has_one_entry_per_authenticated_request_newest_first(gatewa
     assert text.splitlines()[0].split()[:3] == ["TIME", "STATUS", "MS"] and "/v1/chat/completions" in text
 
 
-def test_a_client_that_leaves_before_the_first_byte_is_not_an_upstream_failure(gateway: GatewaySetup) -> None:
-    """The upstream is slow to start a stream and the client hangs up meanwhile: the event says the client
-    went away (what was used is estimated), not that the upstream failed."""
-    gateway.fake.set("/v1/chat/completions", Reply.stream("openai/chat_text.sse", latency=1.0))
-    body = json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}).encode()
+def _send_then_hang_up(
+    gateway: GatewaySetup, path: str, doc: dict[str, Any], after: float = 0.3, first_byte: bool = False
+) -> None:
+    """Send a request on a raw socket and close it `after` seconds later (after its first byte arrived if
+    `first_byte`), without reading the answer."""
+    body = json.dumps(doc).encode()
     host, port = gateway.worker.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as conn:
         conn.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
             + f"Authorization: Bearer {gateway.key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
-        time.sleep(0.3)  # the request is in, the upstream has not answered yet
+        if first_byte:
+            conn.recv(1)
+        time.sleep(after)
+
+
+def _the_final_event(gateway: GatewaySetup) -> Any:
+    """The only usage event, once it is final."""
     kv, deadline = gateway.worker.app[GATEWAY].kv, time.monotonic() + 10
     while True:
         usage = gateway.worker.app[GATEWAY].usage
@@ -757,8 +764,67 @@ def test_a_client_that_leaves_before_the_first_byte_is_not_an_upstream_failure(g
         gateway.worker.call(usage.flush())
         stored = gateway.worker.call(kv.list(prefix="usage/ev/")).keys
         if stored and stored[0].metadata and stored[0].metadata.get("s") == "final":
-            break
+            assert len(stored) == 1
+            return msgspec.json.decode(gateway.worker.call(kv.get(stored[0].name)))
         assert time.monotonic() < deadline, "the event was not reconciled"
         time.sleep(0.1)
-    event = msgspec.json.decode(gateway.worker.call(kv.get(stored[0].name)))
+
+
+def _until(condition: Callable[[], bool], seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_a_client_that_leaves_before_the_first_byte_is_not_an_upstream_failure(gateway: GatewaySetup) -> None:
+    """The upstream is slow to start a stream and the client hangs up meanwhile: the event says the client
+    went away (what was used is estimated), not that the upstream failed."""
+    gateway.fake.set("/v1/chat/completions", Reply.stream("openai/chat_text.sse", latency=1.0))
+    _send_then_hang_up(
+        gateway,
+        "/v1/chat/completions",
+        {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True},
+    )
+    event = _the_final_event(gateway)
     assert event["outcome"] == "client_disconnected" and event["usage_source"] == "estimated"
+
+
+@pytest.mark.parametrize(
+    ("path", "doc", "answer"),
+    [
+        ("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": MESSAGES}, "openai/chat_text.json"),
+        (
+            "/v1/messages",
+            {"model": "claude-sonnet-4-5", "max_tokens": 50, "messages": MESSAGES[1:]},
+            "anthropic/message_text.json",
+        ),
+        ("/v1/embeddings", {"model": "text-embedding-3-small", "input": "hello"}, "openai/embeddings.json"),
+    ],
+)
+def test_a_client_that_hangs_up_on_a_slow_answer_stops_the_upstream_call(
+    gateway: GatewaySetup, path: str, doc: dict[str, Any], answer: str
+) -> None:
+    """The upstream takes long to answer and the client hangs up: the worker drops the upstream call at once
+    (it would answer after 60 s) instead of paying for an answer nobody reads, and the event says so."""
+    gateway.fake.set(path, Reply.json(answer, latency=60))
+    _send_then_hang_up(gateway, path, doc)
+    assert _until(lambda: gateway.fake.abandoned == 1), "the upstream call went on after the client left"
+    event = _the_final_event(gateway)
+    assert event["outcome"] == "client_disconnected" and event["usage_source"] == "estimated"
+
+
+def test_a_client_that_hangs_up_while_the_stream_is_idle_stops_it_at_once(gateway: GatewaySetup) -> None:
+    """A model that pauses between events (thinking) does not keep a stream to a departed client open until
+    its next event: the upstream stream is dropped when the client hangs up."""
+    gateway.fake.set("/v1/chat/completions", Reply.stream("openai/chat_text.sse", chunk_delay=60))
+    doc = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}
+    _send_then_hang_up(gateway, "/v1/chat/completions", doc, first_byte=True)
+    assert _until(lambda: gateway.fake.streams_aborted == 1), (
+        "the upstream stream went on after the client left"
+    )
+    assert gateway.fake.active_streams == 0
+    event = _the_final_event(gateway)
+    assert event["outcome"] == "client_disconnected"

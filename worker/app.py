@@ -23,7 +23,21 @@ from aiohttp.typedefs import Middleware
 from kv import KVNamespace, open_kv
 
 from .accesslog import AccessLog
-from .appkeys import CONFIG, CTX, ENV, GATEWAY, KEY_ID, RATE, REQUEST_ID, STARTED, TASKS, USAGE_EVENT, stamp
+from .appkeys import (
+    CONFIG,
+    CTX,
+    ENV,
+    GATEWAY,
+    KEY_ID,
+    RATE,
+    REQUEST_ID,
+    STARTED,
+    STOPPING,
+    TASKS,
+    USAGE_EVENT,
+    abandoned,
+    stamp,
+)
 from .config import Config
 from .context import Env, ExecutionContext, TaskRegistry
 from .errors import (
@@ -122,7 +136,8 @@ def error_response(request: web.Request, exc: GatewayError) -> web.Response:
 
 
 def _from_http_exception(request: web.Request, exc: web.HTTPException) -> GatewayError:
-    if isinstance(exc, web.HTTPNotFound):
+    admin_off = request.path.startswith("/admin/") and not request.app[CONFIG].secret(admin.ADMIN_TOKEN_NAME)
+    if isinstance(exc, web.HTTPNotFound) or admin_off:  # no admin API: no hint that its routes exist
         return NotFoundError(f"Unknown route: {request.method} {request.path}")
     if isinstance(exc, web.HTTPMethodNotAllowed):
         allowed = ", ".join(sorted(exc.allowed_methods))
@@ -170,7 +185,13 @@ def make_edge_middleware(config: Config, access: AccessLog | None) -> Middleware
             stamp(request, resp)
             return resp
         except asyncio.CancelledError:
-            status = 499  # client went away; nothing to send
+            status = 499  # client went away (or shutdown cut it off); nothing to send
+            begun = request.get(USAGE_EVENT)
+            usage = request.app[GATEWAY].usage
+            if begun is not None and usage is not None:
+                # Cancelled before any upstream call it made could have been billed (a backoff, a check):
+                # nothing is charged. Where an upstream was already working, the handler recorded it first.
+                usage.complete(begun, http_status=499, outcome=abandoned(request))
             raise
         except Exception:  # noqa: BLE001 - the last line of defence: log the cause, never leak it.
             error_log.exception(
@@ -244,6 +265,11 @@ async def create_app(
     async def _startup(app: web.Application) -> None:
         app[GATEWAY].recorder.start()
 
+    async def _shutdown(app: web.Application) -> None:
+        app[STOPPING].set()
+
+    app[STOPPING] = asyncio.Event()
     app.on_startup.append(_startup)
+    app.on_shutdown.append(_shutdown)
     app.on_cleanup.append(_cleanup)
     return app

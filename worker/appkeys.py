@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
-from .accounting.events import Begun
+from .accounting.events import Begun, Outcome
 from .config import Config
 from .context import Env, ExecutionContext, TaskRegistry
 from .gateway import Gateway
@@ -14,6 +16,8 @@ CONFIG = web.AppKey("config", Config)
 ENV = web.AppKey("env", Env)
 TASKS = web.AppKey("tasks", TaskRegistry)
 GATEWAY = web.AppKey("gateway", Gateway)
+STOPPING = web.AppKey("stopping", asyncio.Event)
+"""Set when the worker starts shutting down (before in-flight requests get their grace period)."""
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CTX = web.RequestKey("ctx", ExecutionContext)
@@ -37,3 +41,9 @@ def stamp(request: web.Request, response: web.StreamResponse) -> None:
     admitted = request.get(RATE)
     if admitted is not None:
         response.headers.update(admitted.headers)
+
+
+def abandoned(request: web.Request) -> Outcome:
+    """Why a request's handler was cancelled: the worker cut it off at shutdown, past the grace period, or
+    else its client hung up."""
+    return "interrupted" if request.app[STOPPING].is_set() else "client_disconnected"

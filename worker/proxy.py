@@ -49,7 +49,7 @@ from .accounting import claims
 from .accounting.events import Begun, Outcome
 from .accounting.usage import Observed
 from .accounting.usage import billed_from_usage as _billed
-from .appkeys import CTX, KEY_ID, RATE, REQUEST_ID, STARTED, USAGE_EVENT, stamp
+from .appkeys import CTX, KEY_ID, RATE, REQUEST_ID, STARTED, USAGE_EVENT, abandoned, stamp
 from .auth import KeyRecord, MissingProviderKeyError, credential_from_headers
 from .catalog import SMART_AUTO, needs, smart_auto, usable
 from .errors import (
@@ -249,6 +249,11 @@ async def proxy(
             )
         except UpstreamUnavailable as exc:
             failure = exc
+        except asyncio.CancelledError:
+            # The client hung up (or shutdown cut it off) while the upstream worked on it: the call is dropped
+            # and what it used is estimated.
+            _finish_usage(gw, acct, 200, abandoned(request), None)
+            raise
         except BaseException:
             _finish_usage(gw, acct, 500, "upstream_failed", None)  # never leave an event pending forever
             raise
@@ -333,10 +338,12 @@ async def proxy(
             try:
                 response, outcome = await _stream(request, upstream, relay, out_headers, chunks)
             except asyncio.CancelledError:
-                # Cut off mid-stream (a shutdown past its grace period): what was streamed is billed, from
-                # its usage if it came, else estimated from the bytes, as for any stream that ends early.
+                # Cut off mid-stream (the client hung up, or a shutdown past its grace period): what was
+                # streamed is billed, from its usage if it came, else estimated from the bytes.
                 if acct is not None and gw.usage is not None:
-                    gw.usage.complete(acct, http_status=200, outcome="interrupted", wire=wire, chunks=chunks)
+                    gw.usage.complete(
+                        acct, http_status=200, outcome=abandoned(request), wire=wire, chunks=chunks
+                    )
                 raise
             if acct is not None and gw.usage is not None:
                 gw.usage.complete(acct, http_status=200, outcome=outcome, wire=wire, chunks=chunks)
@@ -379,6 +386,10 @@ async def proxy(
         ) from exc
     except GatewayError as exc:
         _finish_usage(gw, acct, exc.status, "upstream_failed", None)
+        raise
+    except asyncio.CancelledError:  # the client hung up (or shutdown) while the answer was being read
+        upstream.close()  # drop the upstream connection rather than read an answer nobody wants
+        _finish_usage(gw, acct, upstream.status if upstream.status >= 400 else 200, abandoned(request), None)
         raise
     finally:
         upstream.release()
@@ -1122,6 +1133,9 @@ async def forward_json(
         out_headers["X-Trex-Guarantee-Status"] = await gw.usage.guarantee(key)
     try:
         upstream = await gw.upstream.request(route.provider, "POST", url, payload, headers)
+    except asyncio.CancelledError:  # the client hung up while the upstream worked on it
+        _finish_usage(gw, acct, 200, abandoned(request), None)
+        raise
     except UpstreamUnavailable as exc:
         status = 504 if exc.kind == "timeout" else 502
         _finish_usage(gw, acct, status, "upstream_failed", None)
@@ -1145,5 +1159,9 @@ async def forward_json(
     except (TimeoutError, aiohttp.ClientError) as exc:
         _finish_usage(gw, acct, 502, "upstream_failed", None)
         raise UpstreamError(f"Upstream {route.provider} failed.", status=502, headers=out_headers) from exc
+    except asyncio.CancelledError:
+        upstream.close()
+        _finish_usage(gw, acct, upstream.status if upstream.status >= 400 else 200, abandoned(request), None)
+        raise
     finally:
         upstream.release()

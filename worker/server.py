@@ -49,9 +49,7 @@ async def serve(
         app = await create_app(config)
     except KVError as exc:
         raise ServeError(f"cannot open KV {redacted_url(config.kv_url)}: {exc}") from exc
-    runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=config.shutdown_grace_seconds
-    )
+    runner = make_runner(app, config.shutdown_grace_seconds)
     await runner.setup()
     site = web.TCPSite(runner, config.ip, config.port, reuse_port=reuse_port, backlog=2048)
     try:
@@ -80,6 +78,21 @@ async def serve(
     log.info("shutting down: no new connections, finishing in-flight requests")
     await runner.cleanup()
     log.info("stopped")
+
+
+def make_runner(app: web.Application, shutdown_timeout: float) -> web.AppRunner:
+    """The runner the worker is served by (tests serve it the same way).
+
+    `handler_cancellation`: a client that hangs up cancels its handler at once, so a request waiting on a slow
+    upstream stops that call instead of paying for an answer nobody reads (aiohttp's default lets it run).
+    """
+    return web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=shutdown_timeout,
+        handler_cancellation=True,
+    )
 
 
 def _bound_port(site: web.TCPSite, configured: int) -> int:

@@ -20,9 +20,15 @@ T = TypeVar("T")
 class ThreadedServer:
     """An aiohttp app served from a daemon thread; `url` is ready once `start()` returns."""
 
-    def __init__(self, app_factory: Callable[[], Awaitable[web.Application]], shutdown_timeout: float = 5.0):
+    def __init__(
+        self,
+        app_factory: Callable[[], Awaitable[web.Application]],
+        shutdown_timeout: float = 5.0,
+        runner: Callable[[web.Application, float], web.AppRunner] | None = None,
+    ):
         self._factory = app_factory
         self._shutdown_timeout = shutdown_timeout
+        self._make_runner = runner
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
@@ -45,7 +51,12 @@ class ThreadedServer:
 
     async def _start(self) -> None:
         self.app = await self._factory()
-        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=self._shutdown_timeout)
+        if self._make_runner is not None:
+            self._runner = self._make_runner(self.app, self._shutdown_timeout)
+        else:  # a fake that sees a client hang up mid-handler, as the worker does
+            self._runner = web.AppRunner(
+                self.app, access_log=None, shutdown_timeout=self._shutdown_timeout, handler_cancellation=True
+            )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()

@@ -114,6 +114,8 @@ class FakeUpstream:
         self.streams_completed = 0
         self.streams_aborted = 0
         """Streams whose reader went away before the last event was written (a client disconnect)."""
+        self.abandoned = 0
+        """Requests whose caller hung up before the reply started (during its latency)."""
 
     @property
     def url(self) -> str:
@@ -186,7 +188,11 @@ class FakeUpstream:
         self.received.append(Received(request.method, request.path, dict(request.headers), body))
         reply = self._pick(request.path, body)
         if reply.latency:
-            await asyncio.sleep(reply.latency)
+            try:
+                await asyncio.sleep(reply.latency)
+            except asyncio.CancelledError:  # the caller hung up (this server cancels handlers on that)
+                self.abandoned += 1
+                raise
         if reply.sse is None:
             return web.Response(
                 status=reply.status,
@@ -206,12 +212,15 @@ class FakeUpstream:
                     request.transport.abort()
                     return resp
                 await resp.write(event)
-                if reply.chunk_delay:
+                if reply.chunk_delay and i + 1 < len(reply.sse):  # between events, not after the last
                     await asyncio.sleep(reply.chunk_delay)
             await resp.write_eof()
             self.streams_completed += 1
         except ConnectionResetError:
             self.streams_aborted += 1
+        except asyncio.CancelledError:  # the reader hung up while this waited between events
+            self.streams_aborted += 1
+            raise
         finally:
             self.active_streams -= 1
         return resp
