@@ -57,6 +57,7 @@ from .base import (
     TranslationError,
     Usage,
     parse_data_url,
+    token_limit,
 )
 
 __all__ = [
@@ -411,7 +412,7 @@ def decode_request(body: dict[str, Any]) -> Request:
         tools=_decode_tools(body.get("tools")),
         tool_choice=tool_choice,
         parallel_tool_calls=parallel,
-        max_tokens=_integer(body, "max_tokens"),
+        max_tokens=token_limit(_integer(body, "max_tokens"), "max_tokens"),
         temperature=_number(body, "temperature"),
         top_p=_number(body, "top_p"),
         top_k=_integer(body, "top_k"),
@@ -601,7 +602,10 @@ def encode_request(req: Request, *, upstream_model: str, default_max_tokens: int
     Raises `TranslationError` for content Anthropic cannot take, e.g. tool-call arguments that are not a
     JSON object or an image without a media type.
     """
-    body: dict[str, Any] = {"model": upstream_model, "max_tokens": req.max_tokens or default_max_tokens}
+    body: dict[str, Any] = {
+        "model": upstream_model,
+        "max_tokens": default_max_tokens if req.max_tokens is None else req.max_tokens,
+    }
 
     system = [_with_cache({"type": "text", "text": t.text}, t.cache_control) for t in req.system if t.text]
     if len(system) == 1 and "cache_control" not in system[0]:

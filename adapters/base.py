@@ -269,3 +269,10 @@ class TranslationError(ValueError):
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+def token_limit(value: int | None, key: str) -> int | None:
+    """A request's output-token limit: at least 1 when given (0 must not read as "unset" downstream)."""
+    if value is not None and value < 1:
+        raise TranslationError(f"`{key}` must be at least 1, got {value}.", key)
+    return value

@@ -50,6 +50,7 @@ from .base import (
     TranslationError,
     Usage,
     parse_data_url,
+    token_limit,
 )
 
 __all__ = [
@@ -116,9 +117,9 @@ def decode_request(body: dict[str, Any]) -> Request:
 
     system, messages = _decode_messages(body.get("messages"))
 
-    max_tokens = _opt_int(body, "max_completion_tokens")
+    max_tokens = token_limit(_opt_int(body, "max_completion_tokens"), "max_completion_tokens")
     if max_tokens is None:
-        max_tokens = _opt_int(body, "max_tokens")
+        max_tokens = token_limit(_opt_int(body, "max_tokens"), "max_tokens")
 
     metadata = body.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):

@@ -51,6 +51,7 @@ from adapters.base import (
     TranslationError,
     Usage,
     parse_data_url,
+    token_limit,
 )
 
 __all__ = ["StreamEncoder", "decode_request", "encode_response"]
@@ -106,7 +107,7 @@ def decode_request(body: dict[str, Any]) -> Request:
         tools=_decode_tools(body.get("tools")),
         tool_choice=tool_choice,
         parallel_tool_calls=_optional(body, "parallel_tool_calls", bool, "a boolean"),
-        max_tokens=_optional_int(body, "max_output_tokens"),
+        max_tokens=token_limit(_optional_int(body, "max_output_tokens"), "max_output_tokens"),
         temperature=_optional_number(body, "temperature"),
         top_p=_optional_number(body, "top_p"),
         response_format=_decode_text_format(body.get("text")),
@@ -142,6 +143,8 @@ def _decode_input(raw: Any, system: list[Text]) -> list[Message]:
     if raw is None:
         raise TranslationError("`input` is required: send the whole conversation as input items.", "input")
     if isinstance(raw, str):
+        if not raw:
+            raise TranslationError("`input` must not be empty.", "input")
         return [Message(role="user", content=[Text(raw)])]
     if not isinstance(raw, list):
         raise TranslationError("`input` must be a string or an array of input items.", "input")
@@ -171,6 +174,10 @@ def _decode_input(raw: Any, system: list[Text]) -> list[Message]:
                 content = [p for p in _text_only(content, param, role) if p.text]
                 if not content:
                     continue
+            elif all(isinstance(p, Text) and not p.text for p in content):
+                # An empty user turn would be dropped on the way (Claude refuses empty text), leaving the
+                # upstream a conversation that is not the one sent.
+                raise TranslationError(f"`{param}.content` must not be empty.", f"{param}.content")
             parts: list[Part] = [*content]
             messages.append(Message(role=role, content=parts))
             last_is_output = False

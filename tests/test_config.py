@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -109,6 +110,13 @@ def test_cli_overrides_win(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("grace", [-5.0, 0.0, math.nan, math.inf])
+def test_a_bad_grace_seconds_override_is_refused(tmp_path: Path, grace: float) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, BASE), Overrides(shutdown_grace_seconds=grace), environ={})
+    assert info.value.source == "--grace-seconds" and "positive" in info.value.problem
+
+
 def test_secrets_come_from_dev_vars_and_environment(tmp_path: Path) -> None:
     path = write(
         tmp_path, BASE, dev_vars="TREX_MASTER_KEY=from-dev-vars-0123456789abcdef0123456789\nOTHER=x\n"
@@ -145,6 +153,8 @@ def test_secrets_come_from_dev_vars_and_environment(tmp_path: Path) -> None:
         ("[dev]\nprot = 8080", "dev.prot", "unknown setting"),
         ('[local]\nkv_ur = "memory://"', "local.kv_ur", "unknown setting"),
         ("[local]\nshutdown_grace_seconds = -1", "local.shutdown_grace_seconds", "positive"),
+        ("[local]\nshutdown_grace_seconds = nan", "local.shutdown_grace_seconds", "positive"),
+        ("[local]\nwait_until_timeout_seconds = inf", "local.wait_until_timeout_seconds", "up to 1e+09"),
         ('kv_namespaces = [{ binding = "OTHER" }]', "kv_namespaces", "TREX_KV"),
         ('compatibility_date = "yesterday"', "compatibility_date", "YYYY-MM-DD"),
     ],

@@ -345,3 +345,51 @@ def test_an_upstream_error_that_is_not_json_reaches_a_same_format_client_as_a_st
         assert exc.body == error["error"]
     else:
         raise AssertionError("the upstream 429 was not reported")
+
+
+def test_a_token_limit_under_one_and_an_empty_input_are_refused_before_the_upstream(
+    gateway: GatewaySetup,
+) -> None:
+    """A limit of 0 was read as "unset" (Claude got 4096) and an empty Responses input became an empty
+    conversation upstream; both are 400s naming the field, and nothing is forwarded."""
+    responses, chat = gateway.openai().responses, gateway.openai().chat.completions
+    cases: list[tuple[Any, dict[str, Any], str]] = [
+        (
+            responses.create,
+            {"model": "claude-sonnet-4-5", "input": "hi", "max_output_tokens": 0},
+            "max_output_tokens",
+        ),
+        (responses.create, {"model": "local/m", "input": "hi", "max_output_tokens": -5}, "max_output_tokens"),
+        (
+            chat.create,
+            {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0},
+            "max_tokens",
+        ),
+        (responses.create, {"model": "claude-sonnet-4-5", "input": ""}, "input"),
+        (
+            responses.create,
+            {"model": "claude-sonnet-4-5", "input": [{"role": "user", "content": []}]},
+            "input[0].content",
+        ),
+        (
+            responses.create,
+            {"model": "local/m", "input": [{"role": "user", "content": ""}]},
+            "input[0].content",
+        ),
+    ]
+    for create, body, param in cases:
+        try:
+            create(**body)
+        except openai.BadRequestError as exc:
+            assert isinstance(exc.body, dict) and exc.body.get("param") == param, (body, exc.body)
+        else:
+            raise AssertionError(f"accepted: {body}")
+    try:
+        gateway.anthropic().messages.create(
+            model="gpt-4o-mini", max_tokens=0, messages=[{"role": "user", "content": "hi"}]
+        )
+    except anthropic.BadRequestError as exc:
+        assert isinstance(exc.body, dict) and exc.body["error"]["message"].startswith("`max_tokens`")
+    else:
+        raise AssertionError("accepted max_tokens 0")
+    assert gateway.fake.received == []

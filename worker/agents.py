@@ -21,6 +21,7 @@ KV layout:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -179,6 +180,7 @@ class AgentStore:
         # in the future stays acceptable until `skew` in the past, so both directions are covered.
         self.nonce_ttl = max(60, math.ceil(2 * max_skew_seconds) + 1)
         self._cache: _TTLCache[tuple[AgentRecord, str] | None] = _TTLCache(cache_ttl)
+        self._changes = asyncio.Lock()  # one read-and-write-back at a time (a revoke is never undone)
 
     # ---- administration --------------------------------------------------------------------------------
 
@@ -224,19 +226,23 @@ class AgentStore:
         """Change an agent's state. `revoked` is final; instances see a change within their 1 s cache."""
         if state not in AGENT_STATES:
             raise InvalidRequestError(f"state must be one of {', '.join(AGENT_STATES)}.", param="state")
-        record = await self.get(agent_id)
-        if record.state == "revoked" and state != "revoked":
-            raise ConflictError(f"Agent {agent_id} is revoked; a revoked agent cannot change state again.")
-        updated = msgspec.structs.replace(record, state=state)
-        await self._kv.put(_agent_slot(agent_id), msgspec.json.encode(updated))
-        self._cache.drop(agent_id)
-        return updated
+        async with self._changes:
+            record = await self.get(agent_id)
+            if record.state == "revoked" and state != "revoked":
+                raise ConflictError(
+                    f"Agent {agent_id} is revoked; a revoked agent cannot change state again."
+                )
+            updated = msgspec.structs.replace(record, state=state)
+            await self._kv.put(_agent_slot(agent_id), msgspec.json.encode(updated))
+            self._cache.drop(agent_id)
+            return updated
 
     async def delete(self, agent_id: str) -> None:
         """Remove an agent (its used nonces expire on their own)."""
-        await self.get(agent_id)
-        await self._kv.delete(_agent_slot(agent_id))
-        self._cache.drop(agent_id)
+        async with self._changes:
+            await self.get(agent_id)
+            await self._kv.delete(_agent_slot(agent_id))
+            self._cache.drop(agent_id)
 
     # ---- request path ------------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ while a state change or a new binding is still seen by every instance within tha
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -138,6 +139,9 @@ class KeyStore:
         self._records: _TTLCache[KeyRecord | None] = _TTLCache(cache_ttl)
         self._provider_keys: _TTLCache[str | None] = _TTLCache(cache_ttl)
         self._last_used_written: dict[str, float] = {}
+        # Changes read a record and write it back whole: two at once (a revoke and a plan change) would
+        # undo each other, a revoked key come back active. One at a time in this process.
+        self._changes = asyncio.Lock()
 
     # ---- administration --------------------------------------------------------------------------------
 
@@ -185,51 +189,59 @@ class KeyStore:
                 if raw is None:
                     continue
                 record = msgspec.json.decode(raw, type=KeyRecord)
-                used = await self._kv.get(f"keyused/{record.id}")
-                out.append((record, int(used) if used else None))
+                out.append((record, await self.last_used(record.id)))
             if page.list_complete or page.cursor is None:
                 return out
             cursor = page.cursor
+
+    async def last_used(self, key_id: str) -> int | None:
+        """When the key was last used (epoch seconds), or None."""
+        used = await self._kv.get(f"keyused/{key_id}")
+        return int(used) if used else None
 
     async def set_state(self, key_id: str, state: str) -> KeyRecord:
         """Change a key's state. `revoked` is final; every instance sees a change within its 1 s cache."""
         if state not in KEY_STATES:
             raise InvalidRequestError(f"state must be one of {', '.join(KEY_STATES)}.", param="state")
-        record = await self.get(key_id)
-        if record.state == "revoked" and state != "revoked":
-            raise ConflictError(f"Proxy key {key_id} is revoked; a revoked key cannot change state again.")
-        updated = msgspec.structs.replace(record, state=state)
-        await self._kv.put(f"keys/{key_id}", msgspec.json.encode(updated))
-        self._records.drop(record.hash)
-        return updated
+        async with self._changes:
+            record = await self.get(key_id)
+            if record.state == "revoked" and state != "revoked":
+                raise ConflictError(
+                    f"Proxy key {key_id} is revoked; a revoked key cannot change state again."
+                )
+            return await self._write(msgspec.structs.replace(record, state=state))
 
     async def set_plan(self, key_id: str, plan: str | None) -> KeyRecord:
         """Put a key on a plan (None: no plan)."""
-        record = await self.get(key_id)
-        updated = msgspec.structs.replace(record, plan=plan)
-        await self._kv.put(f"keys/{key_id}", msgspec.json.encode(updated))
+        async with self._changes:
+            return await self._write(msgspec.structs.replace(await self.get(key_id), plan=plan))
+
+    async def _write(self, record: KeyRecord) -> KeyRecord:
+        await self._kv.put(f"keys/{record.id}", msgspec.json.encode(record))
         self._records.drop(record.hash)
-        return updated
+        return record
 
     async def delete(self, key_id: str) -> None:
         """Remove a key, its hash index, its bindings and its last-used mark (its usage history stays)."""
-        record = await self.get(key_id)
-        for provider in await self.bound_providers(key_id):
-            await self._kv.delete(f"bindings/{key_id}/{provider}")
-            self._provider_keys.drop(f"bindings/{key_id}/{provider}")
-        await self._kv.delete(f"keyhash/{record.hash}")
-        await self._kv.delete(f"keyused/{key_id}")
-        await self._kv.delete(f"keys/{key_id}")
-        self._records.drop(record.hash)
+        async with self._changes:
+            record = await self.get(key_id)
+            for provider in await self.bound_providers(key_id):
+                await self._kv.delete(f"bindings/{key_id}/{provider}")
+                self._provider_keys.drop(f"bindings/{key_id}/{provider}")
+            await self._kv.delete(f"keyhash/{record.hash}")
+            await self._kv.delete(f"keyused/{key_id}")
+            await self._kv.delete(f"keys/{key_id}")
+            self._records.drop(record.hash)
 
     async def unbind(self, key_id: str, provider: str) -> bool:
         """Remove the key's binding for `provider`; False if there was none."""
-        await self.get(key_id)
-        slot = f"bindings/{key_id}/{provider}"
-        existed = await self._kv.get(slot) is not None
-        await self._kv.delete(slot)
-        self._provider_keys.drop(slot)
-        return existed
+        async with self._changes:
+            await self.get(key_id)
+            slot = f"bindings/{key_id}/{provider}"
+            existed = await self._kv.get(slot) is not None
+            await self._kv.delete(slot)
+            self._provider_keys.drop(slot)
+            return existed
 
     async def bind(self, key_id: str, provider: str, provider_key: str) -> None:
         """Store `provider_key` sealed for (`key_id`, `provider`), replacing any earlier binding."""
@@ -251,11 +263,15 @@ class KeyStore:
                 f"The provider key must be printable ASCII without spaces, at most {_MAX_PROVIDER_KEY_CHARS} "
                 "characters."
             )
-        await self.get(key_id)
         slot = f"bindings/{key_id}/{provider}"
         sealed = self._require_vault().seal(secret, slot)
-        await self._kv.put(slot, msgspec.json.encode(sealed))
-        self._provider_keys.drop(slot)
+        async with self._changes:
+            await self.get(key_id)
+            await self._kv.put(slot, msgspec.json.encode(sealed))
+            self._provider_keys.drop(slot)
+            if await self._kv.get(f"keys/{key_id}") is None:  # deleted meanwhile (by another process)
+                await self._kv.delete(slot)
+                raise KeyNotFoundError(f"No proxy key with id {key_id!r}.")
 
     async def bound_providers(self, key_id: str) -> list[str]:
         """Providers with a binding for this key."""

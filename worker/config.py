@@ -308,9 +308,13 @@ def _build(
     access_log = local.get("access_log", True)
     if not isinstance(access_log, bool):
         raise ConfigError(source, "local.access_log", f"expected true or false, got {access_log!r}")
-    grace = ov.shutdown_grace_seconds
-    if grace is None:
-        grace = _positive(local.get("shutdown_grace_seconds", 10), source, "local.shutdown_grace_seconds")
+    grace = _positive(
+        ov.shutdown_grace_seconds
+        if ov.shutdown_grace_seconds is not None
+        else local.get("shutdown_grace_seconds", 10),
+        "--grace-seconds" if ov.shutdown_grace_seconds is not None else source,
+        "local.shutdown_grace_seconds",
+    )
     wait_timeout = _positive(
         local.get("wait_until_timeout_seconds", 30), source, "local.wait_until_timeout_seconds"
     )
@@ -468,8 +472,8 @@ def _str(value: Any, source: str, key: str) -> str:
 
 
 def _positive(value: Any, source: str, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(source, key, f"expected a positive number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= _MAX_NUMBER:
+        raise ConfigError(source, key, f"expected a positive number up to {_MAX_NUMBER:.0e}, got {value!r}")
     return float(value)
 
 

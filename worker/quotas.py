@@ -404,8 +404,13 @@ class Quotas:
                 f"'amount_usd' must be a finite number of at most {MAX_CREDITS_USD:,.0f} either way.",
                 param="amount_usd",
             )
-        if abs(await self.balance(key_id) + usd) > MAX_CREDITS_USD:
+        delta = round(usd * MICRO)
+        # Added first and taken back if it went past the bound: a check before the add would let grants made
+        # at the same moment pass it together.
+        balance = await self.kv.incr(f"credits/{key_id}", delta)
+        if abs(balance) > MAX_CREDITS_USD * MICRO:
+            await self.kv.incr(f"credits/{key_id}", -delta)
             raise InvalidRequestError(
                 f"A balance may not exceed {MAX_CREDITS_USD:,.0f} USD either way.", param="amount_usd"
             )
-        return await self.kv.incr(f"credits/{key_id}", round(usd * MICRO)) / MICRO
+        return balance / MICRO

@@ -9,6 +9,7 @@ share one service layer.
 from __future__ import annotations
 
 import hmac
+import math
 from typing import Any
 
 from aiohttp import web
@@ -19,6 +20,7 @@ from ..appkeys import CONFIG, GATEWAY
 from ..auth import KEY_STATES, PROVIDERS, KeyRecord
 from ..errors import AuthenticationError, InvalidRequestError, NotFoundError
 from ..jsonio import json_response, read_json_object
+from ..quotas import MAX_CREDITS_USD
 
 ADMIN_TOKEN_NAME = "TREX_ADMIN_TOKEN"
 
@@ -89,8 +91,9 @@ async def list_keys(request: web.Request) -> web.StreamResponse:
 async def get_key(request: web.Request) -> web.StreamResponse:
     """`GET /admin/v1/keys/{id}`."""
     _require_admin(request)
-    record = await request.app[GATEWAY].keys.get(request.match_info["id"])
-    return json_response(_key_doc(record))
+    store = request.app[GATEWAY].keys
+    record = await store.get(request.match_info["id"])
+    return json_response(_key_doc(record, await store.last_used(record.id)))
 
 
 async def update_key(request: web.Request) -> web.StreamResponse:
@@ -102,16 +105,17 @@ async def update_key(request: web.Request) -> web.StreamResponse:
         raise InvalidRequestError(
             f"Unknown field '{unknown[0]}': only state and plan can change.", param=unknown[0]
         )
+    if "state" in body and body["state"] not in KEY_STATES:
+        raise InvalidRequestError(f"'state' must be one of {', '.join(KEY_STATES)}.", param="state")
+    plan = _plan_value(request, body["plan"]) if "plan" in body else None  # all checked before any change
     store = request.app[GATEWAY].keys
     key_id = request.match_info["id"]
     record = await store.get(key_id)
     if "state" in body:
-        if body["state"] not in KEY_STATES:
-            raise InvalidRequestError(f"'state' must be one of {', '.join(KEY_STATES)}.", param="state")
         record = await store.set_state(key_id, body["state"])
     if "plan" in body:
-        record = await store.set_plan(key_id, _plan_value(request, body["plan"]))
-    return json_response(_key_doc(record))
+        record = await store.set_plan(key_id, plan)
+    return json_response(_key_doc(record, await store.last_used(key_id)))
 
 
 async def delete_key(request: web.Request) -> web.StreamResponse:
@@ -186,6 +190,8 @@ async def credits(request: web.Request) -> web.StreamResponse:
         amount = body.get("amount_usd")
         if isinstance(amount, bool) or not isinstance(amount, int | float):
             raise InvalidRequestError("'amount_usd' is required and must be a number.", param="amount_usd")
+        if isinstance(amount, int) and abs(amount) > MAX_CREDITS_USD:
+            amount = math.inf  # too many digits for a float: refused as out of range, not a 500
         balance = await gw.quotas.add_credits(key_id, float(amount))
     else:
         balance = await gw.quotas.balance(key_id)
