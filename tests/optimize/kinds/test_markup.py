@@ -50,6 +50,59 @@ def test_html_to_text_keeps_content_and_every_fact() -> None:
     assert lines[-1].startswith("[trex: dropped HTML markup")
 
 
+VUE_COMPONENT = """<template>
+  <div class="cart">
+    <span v-if="items.length === 0">Empty</span>
+    <ul>
+      <li v-for="item in items" :key="item.id">{{ item.name }}</li>
+    </ul>
+  </div>
+</template>
+
+<script setup>
+import { computed } from 'vue'
+const props = defineProps({ items: Array })
+const total = computed(() => props.items.reduce((sum, it) => sum + it.price * it.qty, 0))
+</script>
+
+<style scoped>
+.cart { display: flex; gap: 4px; }
+</style>
+"""
+SVELTE_COMPONENT = """<script>
+  export let name;
+  let count = 0;
+</script>
+
+<main>
+  <h1>Hello {name}!</h1>
+  <button on:click={() => count++}>Clicked {count} times</button>
+  <p>Visit the <a href="https://svelte.dev/tutorial">Svelte tutorial</a></p>
+</main>
+
+<style>
+  h1 { color: #ff3e00; }
+</style>
+"""
+
+
+@pytest.mark.parametrize("component", [VUE_COMPONENT, SVELTE_COMPONENT])
+def test_a_single_file_component_is_source_code_and_passes_through(component: str) -> None:
+    """Converted to text, a Vue or Svelte file lost its template, script and style: a Vue file came out empty
+    (an empty text block, which Anthropic refuses)."""
+    assert detect(component) == "code"
+    for mode in ("balanced", "aggressive"):
+        assert compress_tool_output(component, Context(mode=mode)) is None
+        assert compress_tool_output(component, Context(mode=mode, profile="claude"), "Bash") is None
+
+
+def test_markup_that_converts_to_nothing_is_kept_as_it_is() -> None:
+    page = (
+        "<html><body><script>track()</script><style>p{}</style><nav><a href='/'>Home</a></nav></body></html>"
+    )
+    assert compress_tool_output(page, BALANCED) is None
+
+
 def test_html_safe_mode_is_untouched() -> None:
     assert markup.compress(html_page(), Context(mode="safe")) is None
 

@@ -207,8 +207,8 @@ def finish(
     of `original` present verbatim.
     `original_facts` (from `fact_list(original)`) saves recomputing them when a caller checks twice.
     """
-    if text == original or len(text) >= len(original):
-        return None
+    if text == original or len(text) >= len(original) or not text.strip():
+        return None  # nothing left is never a replacement (providers also refuse an empty text block)
     # Counting both sides costs two full encodes. A cut of over a fifth of the characters has never come out
     # with as many tokens (our outputs are the input's own text minus parts, plus short markers), and the
     # pipeline measures the whole request afterwards and forwards the original if it did not shrink.

@@ -55,6 +55,9 @@ LOG_PREFIX_RE = re.compile(
 _HTML_START_RE = re.compile(
     r"^\s*(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html|head|body)\b", re.IGNORECASE | re.DOTALL
 )
+# A single-file component (Vue, Svelte, Astro): top-level <template>, <script> or <style> blocks. Source code,
+# however many tags it holds: converted to text, its template and script would be dropped.
+_COMPONENT_RE = re.compile(r"^\s*(?:<!--.*?-->\s*)*<(?:template|script|style)\b", re.IGNORECASE | re.DOTALL)
 _HTML_TAG_RE = re.compile(
     r"</?(?:html|head|body|div|span|p|a|ul|ol|li|table|tr|td|th|h[1-6]|script|style|meta|link|section|"
     r"article|nav|header|footer|main|br|img|form|input|button|pre|code|em|strong)\b[^<>]*>",
@@ -255,6 +258,8 @@ def detect(text: str) -> Kind:
         return "code" if is_code(lines) else "prose"
     if is_diff(lines):
         return "diff"
+    if _COMPONENT_RE.match(stripped):
+        return "code"
     if is_html(stripped):
         return "html"
     if is_search(lines):
