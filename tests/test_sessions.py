@@ -181,6 +181,22 @@ def test_with_optimization_off_a_session_forwards_the_messages_as_sent(
     assert second == TURN2 and headers["X-Trex-Saved-Tokens"] == "0"
 
 
+def test_a_session_that_changes_its_optimizer_settings_is_not_replayed_what_the_old_ones_made(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """Turn 1 in aggressive mode compacts the old prose; turn 2 asks for `safe` (lossless only) and must not
+    be sent those compacted bytes again. Settings kept the same replay as before."""
+    w = make_worker(dev_vars={"TREX_MASTER_KEY": MASTER_KEY})
+    client, key_id = _client(w, "conv-modes")
+    _, first = _turn(w, fake_upstream, key_id, client, TURN1, **{"X-Trex-Optimize": "aggressive"})
+    assert first[0] != TURN1[0]
+    headers, second = _turn(w, fake_upstream, key_id, client, TURN2, **{"X-Trex-Optimize": "safe"})
+    assert second == TURN2 and headers["X-Trex-Session-Replayed"] == "0"
+    turn3 = [*TURN2, {"role": "assistant", "content": "Done."}, {"role": "user", "content": "Thanks."}]
+    headers, third = _turn(w, fake_upstream, key_id, client, turn3, **{"X-Trex-Optimize": "safe"})
+    assert int(headers["X-Trex-Session-Replayed"]) == len(TURN2) and third[: len(TURN2)] == second
+
+
 def test_a_moved_cache_breakpoint_keeps_the_replayed_prefix(
     make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
 ) -> None:

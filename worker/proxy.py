@@ -151,9 +151,11 @@ async def proxy(
         # Replayed messages are what was forwarded before; "original" is counted on what the client sent.
         # With optimization off the client's messages go as they are: nothing compacted is replayed either.
         received_tokens = measure(fmt, body, encoding)
-        replay = await sessions.replay(gw.kv, key.id, session, fmt, body, gw.session_budget_tokens)
+        replay = await sessions.replay(
+            gw.kv, key.id, session, fmt, body, gw.session_budget_tokens, sessions.settings_of(options)
+        )
     else:  # a generated id is new (nothing stored to replay, so no KV read), or optimization is off
-        replay = sessions.fresh(fmt, body)
+        replay = sessions.fresh(fmt, body, sessions.settings_of(options))
     if replay.replayed:
         options = dataclasses.replace(options, frozen_items=replay.replayed)
     report = await run_optimizer(fmt, body, options, request.content_length or 0)

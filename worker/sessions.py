@@ -9,6 +9,9 @@ passes a token budget, the whole conversation is optimized afresh once (and the 
 starts a new cached prefix; it is optimized afresh again only once it has grown by half the budget since,
 so a context that stays large is not re-optimized (and its cache lost) on every turn.
 
+Bytes are replayed only under the optimizer settings (mode, protected turns, profile) that made them: a
+session that switches to `safe` must not be sent what `aggressive` compacted earlier.
+
 `cache_control` is not part of what is matched: agents such as Claude Code move their cache breakpoint to
 the newest block each turn, which changes no content (a provider's cache ignores the marker). A replayed
 message gets the client's current breakpoints, at the same places in its forwarded form.
@@ -26,6 +29,7 @@ import msgspec
 
 from kv import KVNamespace
 
+from .optimize.pipeline import Options
 from .optimize.segments import Format
 
 _encoder = msgspec.json.Encoder()
@@ -41,6 +45,8 @@ class SessionState(msgspec.Struct):
     forwarded_tokens: int = 0
     reoptimized_at: int = 0
     """The forwarded size right after the last full re-optimization (0: never)."""
+    settings: str = ""
+    """The optimizer settings the forwarded bytes were made with (`settings_of`)."""
 
 
 @dataclass(slots=True)
@@ -56,6 +62,13 @@ class Replay:
     """True when the stored context passed the budget: everything is optimized afresh this time."""
     reoptimized_at: int = 0
     """Carried from the stored state (see `SessionState.reoptimized_at`)."""
+    settings: str = ""
+    """The optimizer settings of this request, stored with what it forwards."""
+
+
+def settings_of(options: Options) -> str:
+    """What decides the bytes the optimizer forwards for a message, besides the message itself."""
+    return f"{options.mode}/{options.protect_recent_turns}/{options.profile or ''}"
 
 
 def conversation_field(fmt: Format, body: dict[str, Any]) -> str | None:
@@ -123,7 +136,7 @@ def _key(key_id: str, session: str) -> str:
     return f"session/{key_id}/{hashlib.sha256(session.encode()).hexdigest()[:40]}"
 
 
-def fresh(fmt: Format, body: dict[str, Any]) -> Replay:
+def fresh(fmt: Format, body: dict[str, Any], settings: str = "") -> Replay:
     """The replay of a session seen for the first time (nothing to look up).
 
     A one-item conversation under a generated id is not remembered (the proxy stores nothing to replay for
@@ -132,29 +145,35 @@ def fresh(fmt: Format, body: dict[str, Any]) -> Replay:
     field = conversation_field(fmt, body)
     items = body[field] if field is not None else []
     hashes = [_hash(item) for item in items] if len(items) > 1 else []
-    return Replay(field, hashes, 0, False)
+    return Replay(field, hashes, 0, False, settings=settings)
 
 
 async def replay(
-    kv: KVNamespace, key_id: str, session: str, fmt: Format, body: dict[str, Any], budget_tokens: int
+    kv: KVNamespace,
+    key_id: str,
+    session: str,
+    fmt: Format,
+    body: dict[str, Any],
+    budget_tokens: int,
+    settings: str = "",
 ) -> Replay:
     """Replace the longest prefix of the conversation that was forwarded before by its forwarded bytes."""
     field = conversation_field(fmt, body)
     if field is None:
-        return Replay(None, [], 0, False)
+        return Replay(None, [], 0, False, settings=settings)
     items: list[Any] = body[field]
     hashes = [_hash(item) for item in items]
     raw = await kv.get(_key(key_id, session))
     if raw is None:
-        return Replay(field, hashes, 0, False)
+        return Replay(field, hashes, 0, False, settings=settings)
     state = msgspec.json.decode(raw, type=SessionState)
-    if state.fmt != fmt:
-        return Replay(field, hashes, 0, False)
+    if state.fmt != fmt or state.settings != settings:  # made another way: optimized afresh
+        return Replay(field, hashes, 0, False, settings=settings)
     if (
         state.forwarded_tokens > budget_tokens
         and state.forwarded_tokens - state.reoptimized_at > budget_tokens // 2
     ):
-        return Replay(field, hashes, 0, True)
+        return Replay(field, hashes, 0, True, settings=settings)
     n = 0
     for new, old in zip(hashes, state.hashes, strict=False):
         if new != old:
@@ -169,7 +188,7 @@ async def replay(
             break
         items[i] = item
         replayed += 1
-    return Replay(field, hashes, replayed, False, state.reoptimized_at)
+    return Replay(field, hashes, replayed, False, state.reoptimized_at, settings)
 
 
 async def remember(
@@ -192,5 +211,6 @@ async def remember(
         forwarded=forwarded,
         forwarded_tokens=forwarded_tokens,
         reoptimized_at=forwarded_tokens if rep.reoptimize else rep.reoptimized_at,
+        settings=rep.settings,
     )
     await kv.put(_key(key_id, session), _encoder.encode(state), expiration_ttl=ttl_seconds)
