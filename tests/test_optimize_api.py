@@ -167,6 +167,33 @@ def test_compress_endpoint_errors(gateway: GatewaySetup) -> None:
     assert status == 200
 
 
+@pytest.mark.parametrize(
+    ("payload", "param"),
+    [
+        ({"model": "m", "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ({"model": "m", "messages": [{"role": "user", "content": [5, None]}]}, "messages[0].content"),
+        ({"model": "m", "system": 5, "messages": [{"role": "user", "content": "x"}]}, "system"),
+        ({"model": "m", "system": "s", "messages": [{"role": "user"}]}, "messages[0].content"),
+        ({"model": "m", "input": []}, "input"),
+        ({"model": "m", "input": ""}, "input"),
+        ({"model": "m", "input": [5]}, "input[0]"),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "compression_model": ""},
+            "compression_model",
+        ),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "compression_model": ["claude"]},
+            "compression_model",
+        ),
+    ],
+)
+def test_compress_refuses_malformed_content_naming_it(
+    gateway: GatewaySetup, payload: Any, param: str
+) -> None:
+    status, doc = _compress(gateway, payload)
+    assert status == 400 and doc["error"]["param"] == param
+
+
 def test_compress_cli(tmp_path: Path) -> None:
     case = coding_session()
     path = tmp_path / "payload.json"

@@ -123,12 +123,18 @@ def validate_payload(fmt: Format, body: dict[str, Any]) -> None:
     if "tools" in body and not isinstance(body["tools"], list):
         raise InvalidRequestError("'tools' must be a list.", param="tools")
     if fmt == "responses":
-        if not isinstance(body["input"], str | list):
-            raise InvalidRequestError("'input' must be a string or a list of items.", param="input")
+        items = body["input"]
+        if not isinstance(items, str | list) or not items:
+            raise InvalidRequestError("'input' must be a non-empty string or list of items.", param="input")
+        for i, item in enumerate(items if isinstance(items, list) else ()):
+            if not isinstance(item, dict):
+                raise InvalidRequestError(f"input[{i}] must be an object.", param=f"input[{i}]")
         return
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequestError("'messages' must be a non-empty list.", param="messages")
+    if fmt == "messages" and "system" in body and not _is_content(body["system"]):
+        raise InvalidRequestError("'system' must be a string or a list of content blocks.", param="system")
     roles = (
         ("user", "assistant")
         if fmt == "messages"
@@ -140,6 +146,17 @@ def validate_payload(fmt: Format, body: dict[str, Any]) -> None:
                 f"messages[{i}] must be an object with a role of {', '.join(roles)}.",
                 param=f"messages[{i}].role",
             )
+        content = msg.get("content")
+        # Chat lets an assistant turn that only calls tools have no content.
+        if not (_is_content(content) or (content is None and fmt == "chat")):
+            raise InvalidRequestError(
+                f"messages[{i}].content must be a string or a list of content parts.",
+                param=f"messages[{i}].content",
+            )
+
+
+def _is_content(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(p, dict) for p in value))
 
 
 def compression_object(report: Report) -> dict[str, Any]:

@@ -20,7 +20,9 @@ async def compress(request: web.Request) -> web.StreamResponse:
     body = await read_json_object(request)
     fmt = detect_format(body)
     validate_payload(fmt, body)
-    profile = body.get("compression_model") or request.headers.get("X-Trex-Compression-Model")
+    profile = body.get("compression_model")
+    if profile is None:  # an empty or mistyped field is refused, not read as "no profile"
+        profile = request.headers.get("X-Trex-Compression-Model")
     trex = body.pop("trex", None)
     options = resolve_options(
         trex,
