@@ -311,3 +311,38 @@ def test_the_recent_turns_are_the_same_in_every_format() -> None:
         text = _strings(body)
         assert _PLAN in text and _TASK in text, fmt
         assert _EARLIER not in text and "2026-11-30" in text, fmt  # older prose compacted, its facts kept
+
+
+def test_a_dedup_marker_names_where_the_earlier_copy_is_in_the_request() -> None:
+    """The marker points at the earlier copy's place in the request the model reads, not at internal block
+    numbers (system messages and parallel tool results made those unresolvable)."""
+    a = "\n".join(f"config line {i}: value_{i} = enabled" for i in range(15))
+    b = "\n".join(f"other file line {i}: flag_{i} = off" for i in range(15))
+
+    def call(cid: str, path: str) -> dict[str, Any]:
+        return {
+            "id": cid,
+            "type": "function",
+            "function": {"name": "read", "arguments": json.dumps({"p": path})},
+        }
+
+    body: dict[str, Any] = {
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "system", "content": "sys"},
+            {"role": "user", "content": "read both"},
+            {"role": "assistant", "content": None, "tool_calls": [call("c1", "a.cfg"), call("c2", "b.cfg")]},
+            {"role": "tool", "tool_call_id": "c1", "content": a},
+            {"role": "tool", "tool_call_id": "c2", "content": b},
+            {"role": "user", "content": "read b again"},
+            {"role": "assistant", "content": None, "tool_calls": [call("c3", "b.cfg")]},
+            {"role": "tool", "tool_call_id": "c3", "content": b},
+            {"role": "user", "content": "diff?"},
+        ],
+    }
+    optimize("chat", body, Options(mode="safe"))
+    assert (
+        body["messages"][7]["content"]
+        == "[trex: identical to the tool_result content at messages[4].content; omitted]"
+    )
+    assert body["messages"][4]["content"] == b

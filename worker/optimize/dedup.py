@@ -3,9 +3,10 @@
 Three cases, checked in this order for each block (conversation order, earliest reference wins):
 
 1. Identical: the block's text, trailing whitespace normalised, equals an earlier block's and is at least
-   `MIN_CHARS` long → `[trex: identical to the <role> content in turn <turn> (block <index>); omitted]`.
+   `MIN_CHARS` long → `[trex: identical to the <role> content at <where>; omitted]`, where `<where>` is
+   the earlier block's place in the request (`messages[4].content`; without one: its turn and block index).
 2. Contains an earlier block: an earlier block (≥ `MIN_CHARS`) occurs in it as a contiguous substring → that
-   occurrence becomes `[trex: repeated from the <role> content in turn <turn> (block <index>); omitted]`,
+   occurrence becomes `[trex: repeated from the <role> content at <where>; omitted]`,
    the rest of the block stays byte for byte.
 3. Edited copy: the block is ≥ 90 % line-identical to an earlier one (a file read twice around a small
    edit) → a reference plus the changed lines, verbatim, each hunk headed `@@ line N` (N counts lines of
@@ -60,6 +61,8 @@ class Block:
     turn: int
     role: str
     text: str
+    where: str = ""
+    """Where the block is in the request (`messages[4].content`): what a marker points the model to."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,8 @@ class Replacement:
 
 
 def _where(block: Block) -> str:
+    if block.where:
+        return f"the {block.role} content at {block.where}"
     return f"the {block.role} content in turn {block.turn} (block {block.index})"
 
 

@@ -151,7 +151,7 @@ def _compact(
     # Dedup covers tool output of any age and prose outside the protected recent turns. A block that another
     # one now refers to stays exactly as it is, so every reference keeps pointing at real text.
     dedupable = [s for s in candidates if s.kind == "tool_result" or s.turn < prose_horizon]
-    blocks = [Block(i, s.turn, s.kind, s.text) for i, s in enumerate(dedupable)]
+    blocks = [Block(i, s.turn, s.kind, s.text, s.where) for i, s in enumerate(dedupable)]
     done: set[int] = set()
     for seg, rep in zip(dedupable, dedupe_detailed(blocks), strict=True):
         if rep is not None and id(seg) not in frozen:
