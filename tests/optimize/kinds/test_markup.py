@@ -187,3 +187,23 @@ def test_dispatch_through_compress_tool_output() -> None:
     table = compress_tool_output(kubectl_pods(), BALANCED)
     assert html is not None and html.strategy == "html-text"
     assert table is not None and table.strategy == "table-fold"
+
+
+def test_safe_mode_keeps_escaped_pipes_and_empty_trailing_tsv_fields() -> None:
+    """Safe mode is lossless: an escaped pipe stays cell text (not a new column) and a trailing tab is an
+    empty last field, not padding. A TSV numbered by its first column is a table, not a `cat -n` read."""
+    md = (
+        "| Operator   | Meaning                     |\n|------------|-----------------------------|\n"
+        "| a \\| b     | either a or b, escaped pipe |\n| x          | plain value here            |\n"
+    )
+    result = compress_tool_output(md, Context(mode="safe"))
+    assert result is not None and "| a \\| b | either a or b, escaped pipe |" in result.text.split("\n")
+    tsv = "id\tname\tnote\tspare\n" + "\n".join(
+        f"{i}\titem{i}\t{'' if i % 2 else 'ok'}\t" for i in range(1, 15)
+    )
+    assert detect(tsv) == "table"
+    for mode in ("safe", "balanced"):
+        out = compress_tool_output(tsv, Context(mode=mode))
+        kept = tsv if out is None else out.text
+        rows = [line for line in kept.split("\n") if line and not line.startswith("[trex")]
+        assert all(line.count("\t") == 3 for line in rows), kept

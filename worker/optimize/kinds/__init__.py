@@ -71,7 +71,8 @@ def normalise(text: str, kind: Kind) -> str:
     text = strip_ansi(text)
     if kind == "diff":
         return text
-    return collapse_blank_lines(strip_trailing_ws(text))
+    # In a table a trailing tab is an empty last field (TSV), not padding.
+    return collapse_blank_lines(strip_trailing_ws(text, " " if kind == "table" else " \t"))
 
 
 def _smaller(new: str, old: str) -> bool:

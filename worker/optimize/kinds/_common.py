@@ -47,14 +47,14 @@ def strip_ansi(text: str) -> str:
     return _ANSI_RE.sub("", text)
 
 
-def strip_trailing_ws(text: str) -> str:
-    """`text` with CRLF line ends turned into LF and spaces/tabs at line ends removed."""
+def strip_trailing_ws(text: str, blanks: str = " \t") -> str:
+    """`text` with CRLF line ends turned into LF and `blanks` (spaces and tabs) at line ends removed."""
     if "\r\n" in text:
         text = text.replace("\r\n", "\n")
-    if " \n" not in text and "\t\n" not in text and not text.endswith((" ", "\t")):
-        return text  # nothing to strip: two substring searches instead of a regex pass
+    if all(f"{c}\n" not in text for c in blanks) and not text.endswith(tuple(blanks)):
+        return text  # nothing to strip: a substring search or two instead of a regex pass
     # Line by line, not `[ \t]+$`: the regex tries every space of indented text as a run's start.
-    return "\n".join([line.rstrip(" \t") for line in text.split("\n")])
+    return "\n".join([line.rstrip(blanks) for line in text.split("\n")])
 
 
 def collapse_blank_lines(text: str) -> str:

@@ -72,7 +72,8 @@ ALIGNED_HEADER_RE = re.compile(rf"^{_COLUMN}(?: {{2,}}{_COLUMN})+$")
 
 # --- code -------------------------------------------------------------------------------------------
 # Line-number gutters of file-read tools (`cat -n`, `   12→`), stripped before judging code-ness.
-LINE_GUTTER_RE = re.compile(r"^\s*\d+(?:→|\t|: |\| )")
+# `cat -n` right-aligns its numbers in six columns before the tab; an unpadded `12<TAB>` starts a TSV row.
+LINE_GUTTER_RE = re.compile(r"^\s*\d+(?:→|: |\| )|^ +\d+\t|^\d{6,}\t")
 _CODE_KEYWORD_RE = re.compile(
     r"^\s*(?:def|class|import|from|return|if|elif|else|for|while|try|except|finally|with|async|await|"
     r"function|const|let|var|export|package|func|fn|pub|use|impl|struct|enum|interface|type|public|private|"

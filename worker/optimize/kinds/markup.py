@@ -244,7 +244,7 @@ _ERROR_CELL_RE = re.compile(
     re.IGNORECASE,
 )
 _QUERY_WORD_RE = re.compile(r"[A-Za-z0-9][\w.-]{2,}")
-_MD_CELL_PAD_RE = re.compile(r" *\| *")
+_MD_CELL_PAD_RE = re.compile(r" *(?<!\\)\| *")  # an escaped pipe (`\|`) is cell text, not a border
 _DASH_RUN_RE = re.compile(r"-{3,}")
 _ALIGNED_SPLIT_RE = re.compile(r"\s{2,}")
 _SUMMARY_MAX_VALUES = 6
