@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -131,8 +132,8 @@ def _variant(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     ("change", "code", "param"),
     [
         (lambda b: b.update(tzp_version="2.0"), "unsupported_tzp_version", "tzp_version"),
-        (lambda b: b.pop("tzp_version"), "invalid_request", None),
-        (lambda b: b["payload"].pop("dimensions"), "invalid_request", None),
+        (lambda b: b.pop("tzp_version"), "invalid_request", "tzp_version"),
+        (lambda b: b["payload"].pop("dimensions"), "invalid_request", "payload.dimensions"),
         (lambda b: b["payload"].update(dimensions="384"), "invalid_request", "payload.dimensions"),
         (lambda b: b["payload"].update(dimensions=0), "invalid_request", "payload.dimensions"),
         (lambda b: b["payload"].update(chunk_count=2), "invalid_request", "payload.vector_seq_b64"),
@@ -157,7 +158,8 @@ def _variant(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
             "invalid_request",
             "payload.quant_params.max",
         ),
-        (lambda b: b["payload"].update(extra=1), "invalid_request", None),
+        (lambda b: b["payload"].update(extra=1), "invalid_request", "payload.extra"),
+        (lambda b: b.update(extra_top=1), "invalid_request", "extra_top"),
         (lambda b: b["metadata"].update(ttl_seconds=5), "invalid_request", "metadata.ttl_seconds"),
         (
             lambda b: b["metadata"].update(allowed_receivers="agent_x"),
@@ -175,9 +177,25 @@ def test_bad_pushes_are_400s_naming_the_field(
     worker = _worker(make_worker)
     sender = Agent(worker, "sender")
     status, got_code, got_param = _error(sender.request(worker, "POST", "/v1/payloads", _variant(change)))
-    assert (status, got_code) == (400, code)
-    if param is not None:
-        assert got_param == param
+    assert (status, got_code, got_param) == (400, code, param)
+
+
+@pytest.mark.parametrize("written", [{"summary": ""}, {"facts": []}, {"embedding": None}, {"chunks": []}])
+def test_a_payload_comes_back_and_is_checksummed_exactly_as_sent(
+    make_worker: Callable[..., InProcessWorker], written: dict[str, Any]
+) -> None:
+    """Optional fields written out with their default value are part of the payload: the checksum a client
+    computes over what it sent matches, and a read gives those fields back."""
+    worker = _worker(make_worker)
+    sender = Agent(worker, "sender")
+    body = _seed_body([])
+    body["payload"].update(written)
+    receipt = _push(sender, worker, body)
+    canonical = json.dumps(body["payload"], sort_keys=True, separators=(",", ":")).encode()
+    assert receipt["checksum"] == "sha256:" + hashlib.sha256(canonical).hexdigest()
+    assert receipt["size_bytes"] == len(canonical)
+    status, _, raw = sender.request(worker, "GET", f"/v1/payloads/{receipt['trex_id']}")
+    assert status == 200 and json.loads(raw)["payload"] == body["payload"]
 
 
 def test_unsigned_malformed_and_oversized_pushes(make_worker: Callable[..., InProcessWorker]) -> None:
@@ -238,3 +256,22 @@ def test_a_revocation_is_seen_by_another_instance_on_redis(
     full = _seed_body([])
     full["payload"]["vector_seq_b64"] = [encoded]
     assert sender.request(second, "POST", "/v1/payloads", full)[0] == 201
+
+
+def test_concurrent_revocations_of_one_payload_succeed_once(
+    make_worker: Callable[..., InProcessWorker],
+) -> None:
+    """Revocations racing each other (on one instance or several): one succeeds, the others are 404s."""
+    worker = _worker(make_worker)
+    sender = Agent(worker, "sender")
+    trex_id = _push(sender, worker, _seed_body([]))["trex_id"]
+    store = worker.app[GATEWAY].payloads
+
+    async def revoke_all() -> list[BaseException | None]:
+        return await asyncio.gather(
+            *(store.revoke(trex_id, sender.id) for _ in range(6)), return_exceptions=True
+        )
+
+    outcomes = worker.call(revoke_all())
+    assert sorted(type(o).__name__ for o in outcomes) == ["NoneType"] + ["PayloadNotFoundError"] * 5
+    assert sender.request(worker, "GET", f"/v1/payloads/{trex_id}")[0] == 404

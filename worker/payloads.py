@@ -25,9 +25,10 @@ import base64
 import binascii
 import hashlib
 import math
+import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -44,6 +45,8 @@ MIN_TTL_SECONDS = 60
 MAX_TTL_SECONDS = 365 * 86400
 DEFAULT_TTL_SECONDS = 86400
 _SLOT = "payloads/"
+_REVOKED = "payloads_revoked/"
+"""A revocation claim, so concurrent DELETEs of one payload (on any instance) revoke it once."""
 
 
 class UnsupportedVersionError(InvalidRequestError):
@@ -95,7 +98,7 @@ class PushRequest(msgspec.Struct, forbid_unknown_fields=True):
     metadata: Metadata = msgspec.field(default_factory=Metadata)
 
 
-class Stored(msgspec.Struct):
+class Stored(msgspec.Struct, omit_defaults=True):
     trex_id: str
     tzp_version: str
     sender: str
@@ -105,6 +108,18 @@ class Stored(msgspec.Struct):
     size_bytes: int
     payload: Payload
     metadata: Metadata
+    sent: list[str] = []
+    """Optional payload fields the sender wrote out, default values included: part of the payload as sent."""
+
+
+class _SentKeys(msgspec.Struct):
+    payload: dict[str, msgspec.Raw] = {}
+
+
+_OPTIONAL_FIELDS = Payload.__struct_fields__[
+    len(Payload.__struct_fields__) - len(Payload.__struct_defaults__) :
+]
+_sent_decoder = msgspec.json.Decoder(_SentKeys)
 
 
 _push_decoder = msgspec.json.Decoder(PushRequest)
@@ -118,12 +133,24 @@ def decode_push(body: bytes) -> PushRequest:
         push = _push_decoder.decode(body)
     except msgspec.ValidationError as exc:
         message = str(exc)
-        param = message.rsplit("at `$.", 1)[-1].rstrip("`") if "at `$." in message else None
-        raise InvalidRequestError(f"Invalid payload: {message}", param=param) from None
+        raise InvalidRequestError(f"Invalid payload: {message}", param=_param_of(message)) from None
     except msgspec.DecodeError as exc:
         raise InvalidRequestError(f"Malformed JSON body: {exc}", code="invalid_json") from None
     check(push)
     return push
+
+
+_FIELD_RE = re.compile(r"(?:unknown|missing required) field `([^`]+)`")
+
+
+def _param_of(message: str) -> str | None:
+    """The field a msgspec validation message is about: `Object missing required field `dimensions` - at
+    `$.payload`` names `payload.dimensions`, not its parent."""
+    where = message.rsplit("at `$.", 1)[-1].rstrip("`") if "at `$." in message else ""
+    field = _FIELD_RE.search(message)
+    if field is not None:
+        return f"{where}.{field[1]}" if where else field[1]
+    return where or None
 
 
 def check(push: PushRequest) -> None:
@@ -179,13 +206,25 @@ def check(push: PushRequest) -> None:
         )
 
 
-def canonical(payload: Payload) -> bytes:
+def sent_fields(body: bytes) -> list[str]:
+    """The optional payload fields a (valid) push body writes out, whatever their values."""
+    written = _sent_decoder.decode(body).payload  # nested values are not parsed again
+    return [name for name in _OPTIONAL_FIELDS if name in written]
+
+
+def _as_sent(payload: Payload, sent: Sequence[str] = ()) -> dict[str, Any]:
+    """The payload as its sender wrote it: an optional field sent with its default value (`"summary": ""`)
+    is part of it, though the struct leaves defaults out."""
+    doc: dict[str, Any] = msgspec.to_builtins(payload)
+    for name in sent:
+        if name not in doc:
+            doc[name] = msgspec.to_builtins(getattr(payload, name))
+    return doc
+
+
+def canonical(payload: Payload, sent: Sequence[str] = ()) -> bytes:
     """The payload's canonical encoding: JSON, keys sorted, no whitespace, UTF-8."""
-    return msgspec.json.encode(msgspec.to_builtins(payload), order="sorted")
-
-
-def checksum(payload: Payload) -> str:
-    return "sha256:" + hashlib.sha256(canonical(payload)).hexdigest()
+    return msgspec.json.encode(_as_sent(payload, sent), order="sorted")
 
 
 def iso(epoch: float) -> str:
@@ -201,10 +240,11 @@ class PayloadStore:
         self.kv = kv
         self.clock = clock
 
-    async def put(self, sender: str, push: PushRequest) -> Stored:
+    async def put(self, sender: str, push: PushRequest, sent: Sequence[str] = ()) -> Stored:
+        """Store a push; `sent` (`sent_fields`) keeps the checksum on the payload exactly as it was sent."""
         now = self.clock()
         trex_id = TREX_ID_PREFIX + secrets.token_hex(16)
-        body = canonical(push.payload)
+        body = canonical(push.payload, sent)
         stored = Stored(
             trex_id=trex_id,
             tzp_version=push.tzp_version,
@@ -215,6 +255,7 @@ class PayloadStore:
             size_bytes=len(body),
             payload=push.payload,
             metadata=push.metadata,
+            sent=list(sent),
         )
         # The KV entry outlives `expires_at` by a minute: reads decide expiry by the clock above.
         await self.kv.put(
@@ -241,6 +282,10 @@ class PayloadStore:
         stored = await self.get(trex_id)
         if requester != stored.sender:
             raise NotTheSenderError(f"Only the sender of {trex_id} can revoke it.")
+        # One revocation wins, on any instance: the others find it already revoked (404), not a second 204.
+        ttl = max(60, math.ceil(stored.expires_at - self.clock()) + 60)
+        if not await self.kv.put_if_absent(_REVOKED + trex_id, b"1", expiration_ttl=ttl):
+            raise PayloadNotFoundError(f"No payload {trex_id!r}: it does not exist, expired or was revoked.")
         await self.kv.delete(_SLOT + trex_id)
 
 
@@ -271,7 +316,7 @@ def document(stored: Stored) -> dict[str, Any]:
     return {
         "trex_id": stored.trex_id,
         "tzp_version": stored.tzp_version,
-        "payload": msgspec.to_builtins(stored.payload),
+        "payload": _as_sent(stored.payload, stored.sent),
         "metadata": {
             **msgspec.to_builtins(stored.metadata),
             "sender": stored.sender,

@@ -16,7 +16,7 @@ from ..appkeys import GATEWAY, RATE
 from ..auth import credential_from_headers
 from ..jsonio import json_response, read_body
 from ..memory import parse_expand, search
-from ..payloads import decode_push, document, headers, receipt
+from ..payloads import decode_push, document, headers, receipt, sent_fields
 from ..proxy import authenticate
 
 
@@ -44,7 +44,7 @@ async def push(request: web.Request) -> web.StreamResponse:
     """`POST /v1/payloads`: store a payload; 201 with its `trex_id`, `expires_at` and `checksum`."""
     agent = await _agent(request)
     body = await read_body(request)  # 413 past MAX_BODY_BYTES
-    stored = await request.app[GATEWAY].payloads.put(agent.id, decode_push(body))
+    stored = await request.app[GATEWAY].payloads.put(agent.id, decode_push(body), sent_fields(body))
     return json_response(
         receipt(stored),
         status=201,
