@@ -441,6 +441,13 @@ def test_totals_equal_the_sum_of_the_events(gateway: GatewaySetup) -> None:
     bad = _get(gateway, "/v1/usage", group_by="week")
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "group_by"
     assert _get(gateway, "/v1/usage", **{"from": "yesterday"}).json()["error"]["param"] == "from"
+    # Bounds past what a date can hold: the earliest reads as "from the start", a later end is refused.
+    ancient = _get(gateway, "/v1/usage", to="0001-01-02", **{"from": "0001-01-01"}).json()
+    assert (ancient["from"], ancient["to"], ancient["totals"]["requests"]) == (
+        "1970-01-01T00:00:00Z",
+    ) * 2 + (0,)
+    late = _get(gateway, "/v1/usage", to="9999-12-31T23:59:59-01:00")
+    assert late.status_code == 400 and late.json()["error"]["param"] == "to"
 
 
 def test_unknown_model_has_null_cost(

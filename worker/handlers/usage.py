@@ -53,11 +53,15 @@ def parse_bound(value: str, name: str, end: bool) -> int:
         if len(text) == 10:
             day = date.fromisoformat(text)
             start = calendar.timegm(day.timetuple())
-            return start + 86399 if end else start
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return int(moment.timestamp())
+            epoch = start + 86399 if end else start
+        else:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            epoch = int(moment.timestamp())
+        if epoch > MAX_EXPIRATION:  # the same bound as in epoch seconds (an offset can pass 9999-12-31)
+            raise ValueError(text)
+        return max(epoch, 0)  # nothing was recorded before 1970: an earlier bound means "from the start"
     except ValueError:
         raise InvalidRequestError(
             f"'{name}' must be a date (YYYY-MM-DD), an ISO-8601 date-time or epoch seconds, got {value!r}.",
