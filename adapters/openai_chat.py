@@ -543,6 +543,10 @@ def _encode_user(msg: Message, out: list[dict[str, Any]], keep_cc: bool) -> None
                     texts.append(item)
                 else:
                     tool_images.append(item)  # tool messages cannot carry images: a user message follows
+            if part.is_error:
+                # Chat has no error flag on a tool message: the model reads that the call failed instead.
+                first = texts[0] if texts else Text("")
+                texts[:1] = [msgspec.structs.replace(first, text=_TOOL_ERROR_PREFIX + first.text)]
             out.append(
                 {
                     "role": "tool",
@@ -564,6 +568,10 @@ def _encode_user(msg: Message, out: list[dict[str, Any]], keep_cc: bool) -> None
             if encoded is not None:
                 content.append(encoded)
     out.append({"role": "user", "content": content})
+
+
+_TOOL_ERROR_PREFIX = "Error: "
+"""Starts a failed tool call's result (Anthropic `is_error`) for a chat upstream."""
 
 
 def _tool_content(result: ToolResult, texts: list[Text], keep_cc: bool) -> str | list[dict[str, Any]]:

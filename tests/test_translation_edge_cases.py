@@ -393,3 +393,40 @@ def test_a_token_limit_under_one_and_an_empty_input_are_refused_before_the_upstr
     else:
         raise AssertionError("accepted max_tokens 0")
     assert gateway.fake.received == []
+
+
+def test_a_failed_tool_call_reaches_a_chat_upstream_as_a_failure(gateway: GatewaySetup) -> None:
+    """Anthropic marks a failed tool call with `is_error`; chat tool messages have no such flag, so the
+    result says it instead of reading like the tool's normal output."""
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "toolu_1",
+                    "is_error": True,
+                    "content": "service unreachable",
+                },
+                {"type": "text", "text": "try again?"},
+            ],
+        },
+    ]
+    gateway.anthropic().messages.create(
+        model="gpt-4o-mini", max_tokens=50, tools=WEATHER_TOOLS, messages=messages
+    )  # type: ignore[arg-type]
+    tool = [m for m in gateway.fake.last().json["messages"] if m["role"] == "tool"]
+    assert tool == [{"role": "tool", "tool_call_id": "toolu_1", "content": "Error: service unreachable"}]
+    messages[2]["content"][0]["is_error"] = False
+    gateway.anthropic().messages.create(
+        model="gpt-4o-mini", max_tokens=50, tools=WEATHER_TOOLS, messages=messages
+    )  # type: ignore[arg-type]
+    tool = [m for m in gateway.fake.last().json["messages"] if m["role"] == "tool"]
+    assert tool[0]["content"] == "service unreachable"
