@@ -24,6 +24,8 @@ _EXPIRATION = b"e"
 _METADATA = b"m"
 _MIN_SCAN_BATCH = 32
 _PUT_MANY_SLICE = 256
+MAX_CONNECTIONS = 128
+"""Connections per instance to Redis (the pool's default size; `?max_connections=N` in the URL changes it)."""
 
 
 def _describe(url: str) -> str:
@@ -70,13 +72,19 @@ class RedisKV(KVNamespace):
         self._prefix = f"{namespace}:kv:".encode()
         self._index = self._prefix + b"index"
         try:
-            # from_url gives this client its own pool, which aclose() shuts down.
-            self._client = aioredis.Redis.from_url(
+            # A blocking pool: past `max_connections` concurrent calls wait (up to the socket timeout) for a
+            # free connection, where the default pool fails them ("Too many connections") under a burst.
+            # `?max_connections=N` in the URL overrides the size. from_pool hands the pool to the client,
+            # whose aclose() shuts it down.
+            pool = aioredis.BlockingConnectionPool.from_url(
                 url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=socket_timeout,
                 socket_timeout=socket_timeout,
                 socket_connect_timeout=connect_timeout,
                 health_check_interval=30,
             )
+            self._client = aioredis.Redis.from_pool(pool)
         except ValueError as exc:
             raise KVError(f"invalid Redis URL {self._where}: {exc}") from exc
         self._put_script = self._client.register_script(_redis_scripts.PUT)

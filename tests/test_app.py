@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -206,3 +207,31 @@ def test_env_binding_exposes_kv(w: InProcessWorker) -> None:
 
     assert w.call(roundtrip()) == b"v"
     assert CTX is not None
+
+
+def test_an_unreachable_kv_is_a_503_to_retry_not_an_internal_error(
+    make_worker: Callable[..., InProcessWorker], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The KV going away is a known outage: each request gets a 503 in its client's format with
+    Retry-After, and the log a one-line warning (not a traceback per request)."""
+    worker = make_worker(local={"kv_url": "redis://127.0.0.1:1/0"})
+    headers = {"Authorization": "Bearer trex_" + "a" * 43, "Content-Type": "application/json"}
+    body = json.dumps(
+        {"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    )
+
+    async def post(path: str) -> tuple[int, dict[str, str], dict[str, object]]:
+        async with aiohttp.ClientSession() as s, s.post(worker.url + path, data=body, headers=headers) as r:
+            return r.status, dict(r.headers), await r.json()
+
+    with caplog.at_level(logging.WARNING):
+        for path, shape in (("/v1/chat/completions", "openai"), ("/v1/messages", "anthropic")):
+            status, got_headers, doc = asyncio.run(post(path))
+            assert status == 503 and got_headers["Retry-After"] == "1"
+            error = doc["error"]
+            assert isinstance(error, dict)
+            if shape == "anthropic":
+                assert doc["type"] == "error" and error["type"] == "overloaded_error"
+            else:
+                assert error["code"] == "kv_unavailable"
+    assert not any(r.exc_info for r in caplog.records)

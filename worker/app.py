@@ -20,7 +20,7 @@ from typing import TextIO
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from kv import KVNamespace, open_kv
+from kv import KVNamespace, KVUnavailableError, open_kv
 
 from .accesslog import AccessLog
 from .appkeys import (
@@ -46,6 +46,7 @@ from .errors import (
     MethodNotAllowedError,
     NotFoundError,
     PayloadTooLargeError,
+    ServiceUnavailableError,
     error_format_for,
 )
 from .gateway import build_gateway
@@ -180,6 +181,18 @@ def make_edge_middleware(config: Config, access: AccessLog | None) -> Middleware
             return resp
         except web.HTTPException as exc:
             err = _from_http_exception(request, exc)
+            status = err.status
+            resp = error_response(request, err)
+            stamp(request, resp)
+            return resp
+        except KVUnavailableError as exc:
+            # The KV is down or overloaded: a known outage, answered as one (no traceback per request).
+            error_log.warning("KV unavailable in %s %s: %s", request.method, request.path, exc)
+            err = ServiceUnavailableError(
+                "The gateway's state store is unavailable; retry shortly.",
+                code="kv_unavailable",
+                headers={"Retry-After": "1"},
+            )
             status = err.status
             resp = error_response(request, err)
             stamp(request, resp)

@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from kv import KVNamespace
+from kv import KVNamespace, KVUnavailableError
 
 from .optimize.pipeline import Options
 from .optimize.segments import Format
@@ -163,7 +163,10 @@ async def replay(
         return Replay(None, [], 0, False, settings=settings)
     items: list[Any] = body[field]
     hashes = [_hash(item) for item in items]
-    raw = await kv.get(_key(key_id, session))
+    try:
+        raw = await kv.get(_key(key_id, session))
+    except KVUnavailableError:  # the KV is down: the turn is optimized afresh rather than refused
+        raw = None
     if raw is None:
         return Replay(field, hashes, 0, False, settings=settings)
     state = msgspec.json.decode(raw, type=SessionState)

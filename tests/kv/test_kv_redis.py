@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import redis.asyncio as aioredis
 
@@ -133,3 +135,16 @@ def test_rejects_empty_namespace() -> None:
     """An empty namespace would collide with other users and is refused."""
     with pytest.raises(KVError, match="namespace"):
         RedisKV("redis://127.0.0.1:6379/13", namespace="")
+
+
+async def test_a_burst_past_the_pool_size_waits_for_connections_instead_of_failing(
+    redis_db: aioredis.Redis, redis_url: str
+) -> None:
+    """More concurrent calls than pooled connections queue for one (redis-py's default pool failed them
+    with "Too many connections": a 500 for every request past 100 in flight)."""
+    async with RedisKV(redis_url) as kv:
+        await kv.put("k", "v")
+        results = await asyncio.gather(*(kv.get("k") for _ in range(400)))
+        assert results == [b"v"] * 400
+    async with RedisKV(redis_url + "?max_connections=2") as small:
+        assert await asyncio.gather(*(small.get("k") for _ in range(20))) == [b"v"] * 20
