@@ -14,7 +14,9 @@ shrink to one position. No position is ever handed out twice and none beyond wha
 all instances together never admit more than the limit. Positions an instance reserved but has not used yet
 wait for its next requests; those still unused when the counter's window ends are lost (a few per instance
 and counter, only for limits of at least `LEASE_MIN_LIMIT`: a lease is at most `LEASE_MAX` and at most
-1/64 of what the instance saw left).
+1/64 of what the instance saw left). One lease per counter is reserved at a time: requests that find none
+while one is on its way count one position each (in the same round trip), so a burst of concurrent requests
+reserves one block, not a block each.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class CounterBatch:
         self._queue: deque[_Batch] = deque()  # not sent yet; the last one still takes increments
         self._sender: asyncio.Task[None] | None = None
         self._leases: dict[str, _Leases] = {}
+        self._claiming: set[str] = set()  # counters with a lease (a block of positions) being reserved
 
     async def count(self, counters: Sequence[tuple[str, int | None, int]]) -> list[int]:
         """Count one use of each `(key, expiration_ttl, limit)` and return its position: the counter's value
@@ -101,9 +104,18 @@ class CounterBatch:
                 seen = leases.seen if leases is not None else 0
                 left = limit - seen
                 size = min(LEASE_MAX, left // _LEASE_SHARE) if limit >= LEASE_MIN_LIMIT else 1
+                if key in self._claiming:
+                    size = 1  # one lease at a time: a burst must not reserve a block per request
+                elif size > 1:
+                    self._claiming.add(key)
                 claims.append((i, max(1, size)))
         if claims:
-            values = await self.incr([(counters[i][0], size, counters[i][1]) for i, size in claims])
+            try:
+                values = await self.incr([(counters[i][0], size, counters[i][1]) for i, size in claims])
+            finally:
+                for i, size in claims:
+                    if size > 1:
+                        self._claiming.discard(counters[i][0])
             for (i, size), value in zip(claims, values, strict=True):
                 key, ttl, _ = counters[i]
                 out[i] = value - size + 1

@@ -141,3 +141,14 @@ async def test_instances_sharing_a_counter_admit_exactly_the_limit_and_never_a_p
     assert sorted(p for p in positions + held if p <= limit) == list(range(1, limit + 1))
     assert len([p for p in held if p <= limit]) < len(instances) * LEASE_MAX
     assert sum(i.round_trips for i in instances) < len(positions) / 4
+
+
+async def test_a_burst_reserves_one_lease_not_one_per_request(kv: KVNamespace) -> None:
+    """64 requests arriving at once on an instance with no lease yet: one reserves a block, the others count
+    a position each, so the shared counter holds what was used plus at most one block (each used to
+    reserve its own block: 660 of a limit of 1000 for 64 requests, refusing the other instances early)."""
+    counters = CounterBatch(kv)
+    positions = await asyncio.gather(*(counters.count([("rl", 120, 1000)]) for _ in range(64)))
+    assert sorted(p[0] for p in positions) == sorted({p[0] for p in positions})  # never one twice
+    stored = int(await kv.get("rl") or 0)
+    assert stored - 64 <= 1000 // 64
