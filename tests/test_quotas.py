@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -40,6 +41,12 @@ credit_premium = true
 credit_pinned = true
 [plans.busy]
 credit_above_concurrent = 1
+[plans.weekly]
+daily_requests = 3
+weekly_requests = 10
+[plans.searchy]
+daily_requests = 2
+daily_web_searches = 5
 """
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -304,3 +311,35 @@ def test_a_fallback_gets_the_plans_model_and_credit_checks_too(
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert balance == pytest.approx(1.0 - event["actual_cost_usd"], abs=1e-6)
+
+
+def test_refused_requests_use_up_no_quota(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """Requests refused over the daily quota count against neither the weekly quota nor the web searches:
+    once the day turns over, the week still has what was served subtracted, and nothing more."""
+    setup = _setup(make_worker, fake_upstream, "weekly")
+    client = setup.openai()
+    statuses = []
+    for _ in range(12):
+        try:
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+            statuses.append(200)
+        except openai.RateLimitError:
+            statuses.append(429)
+    assert statuses == [200] * 3 + [429] * 9
+    kv = setup.worker.app[GATEWAY].kv
+    weekly = [k.name for k in setup.worker.call(kv.list(prefix=f"quota/{setup.key_id}/w")).keys]
+    assert [setup.worker.call(kv.get(name)) for name in weekly] == [b"3"]
+
+    searchy = _setup(make_worker, fake_upstream, "searchy")
+    search_tools = [{"type": "web_search"}]
+    for _ in range(4):
+        with contextlib.suppress(openai.RateLimitError):
+            searchy.openai().responses.create(model="gpt-4o-mini", input="news?", tools=search_tools)  # type: ignore[arg-type]
+    searches = [
+        k.name
+        for k in searchy.worker.call(kv.list(prefix=f"quota/{searchy.key_id}/")).keys
+        if k.name.endswith("web_searches")
+    ]
+    assert [searchy.worker.call(kv.get(name)) for name in searches] == [b"2"]

@@ -30,6 +30,7 @@ one SQLite file or one Redis share them. Credits are kept in micro-dollars (inte
 from __future__ import annotations
 
 import calendar
+import contextlib
 import dataclasses
 import fnmatch
 import functools
@@ -38,7 +39,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from kv import KVNamespace
+from kv import KVError, KVNamespace
 from kv.batching import CounterBatch, Increment
 
 from .auth import KeyRecord
@@ -245,17 +246,38 @@ class Quotas:
             raise ModelNotAllowedError(
                 f"The model {model!r} is not available on the {plan.name!r} plan.", param="model"
             )
+        # Uses counted for this request: given back if it is refused, which uses nothing up (a request over
+        # the daily quota must not eat into the weekly one).
+        counted: list[tuple[str, int | None]] = []
+        try:
+            return await self._admit(key, plan, model, web_search, tier, in_flight, counted)
+        except GatewayError:
+            if counted:
+                with contextlib.suppress(KVError):  # the refusal is the answer, whatever the KV does
+                    await self.counters.incr([(counter, -1, ttl) for counter, ttl in counted])
+            raise
+
+    async def _admit(
+        self,
+        key: KeyRecord,
+        plan: QuotaPlan,
+        model: str,
+        web_search: bool,
+        tier: str | None,
+        in_flight: int,
+        counted: list[tuple[str, int | None]],
+    ) -> Admission:
         day, week, day_left, week_left = _windows(int(self._clock()))
         if web_search and plan.daily_web_searches is not None:
             if plan.daily_web_searches == 0:
                 raise WebSearchNotAllowedError(
                     f"Web search is not available on the {plan.name!r} plan.", param="tools"
                 )
-            (used,) = await self.counters.count(
-                [(f"quota/{key.id}/d{day}/web_searches", day_left + 3600, plan.daily_web_searches)]
-            )
+            searches = f"quota/{key.id}/d{day}/web_searches"
+            (used,) = await self.counters.count([(searches, day_left + 3600, plan.daily_web_searches)])
             if used > plan.daily_web_searches:
                 raise self._exceeded("daily web search", plan.daily_web_searches, day_left)
+            counted.append((searches, day_left + 3600))
         why = _credit_reason(plan, model, tier, in_flight)
         if why is not None:
             await self._require_balance(key.id, why)
@@ -285,9 +307,14 @@ class Quotas:
             positions = await self.counters.count(
                 [(counter, left + 3600, limit) for limit, counter, left, _ in requests]
             )
-            for (limit, _, left, what), position in zip(requests, positions, strict=True):
+            exceeded = None
+            for (limit, counter, left, what), position in zip(requests, positions, strict=True):
                 if position > limit:
-                    raise self._exceeded(what, limit, left)
+                    exceeded = exceeded or self._exceeded(what, limit, left)
+                else:
+                    counted.append((counter, left + 3600))
+            if exceeded is not None:
+                raise exceeded
         return Admission(key.id, plan, False, day, week)
 
     async def admit_fallback(
