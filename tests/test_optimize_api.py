@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from tests.conftest import GatewaySetup
 from tests.optimize.corpus import coding_session, long_document, support_conversation
 from tests.optimize.test_pipeline import _strings
 from tests.test_cli import trex
+from worker import optimizing
 from worker.appkeys import GATEWAY
 
 
@@ -230,3 +232,56 @@ def test_per_key_default_mode_and_request_override(gateway: GatewaySetup) -> Non
         model="gpt-4o-mini", messages=case.body["messages"], extra_headers={"X-Trex-Optimize": "balanced"}
     )
     assert int(raw.headers["X-Trex-Saved-Tokens"]) > 0  # a request overrides its key's default
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/compress"])
+def test_a_large_chunked_body_is_optimized_off_the_event_loop(
+    gateway: GatewaySetup, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """A body sent chunked has no Content-Length; its size as read decides, so a large one is optimized (and
+    counted) on a worker thread instead of stalling every other request on the loop."""
+    threads: list[str] = []
+    real_optimize, real_measure = optimizing.optimize, optimizing.measure
+
+    def spy_optimize(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real_optimize(*args)
+
+    def spy_measure(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real_measure(*args)
+
+    monkeypatch.setattr(optimizing, "optimize", spy_optimize)
+    monkeypatch.setattr(optimizing, "measure", spy_measure)
+    big = "\n".join(f"line {i}: status=ok value={i * 7}" for i in range(8000))
+    body = json.dumps(
+        {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": big}, {"role": "user", "content": "ok?"}],
+        }
+    ).encode()
+    assert len(body) > 128 * 1024
+
+    async def send() -> int:
+        async def chunks() -> Any:
+            for i in range(0, len(body), 16384):
+                yield body[i : i + 16384]
+
+        headers = {
+            "Authorization": f"Bearer {gateway.key}",
+            "Content-Type": "application/json",
+            "X-Session-Id": "s",
+        }
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(gateway.worker.url + path, data=chunks(), headers=headers) as r,
+        ):
+            return r.status
+
+    assert asyncio.run(send()) == 200
+    loop_thread = gateway.worker.call(_thread_name())
+    assert threads and loop_thread not in threads
+
+
+async def _thread_name() -> str:
+    return threading.current_thread().name

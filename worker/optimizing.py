@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import InvalidRequestError
 from .optimize.base import MODES, Mode
-from .optimize.pipeline import PROFILES, Options, Report, optimize
+from .optimize.pipeline import PROFILES, Options, Report, measure, optimize
 from .optimize.segments import Format
 
 _THREAD_THRESHOLD_BYTES = 64 * 1024
@@ -72,10 +72,18 @@ def resolve_options(
 
 
 async def run(fmt: Format, body: dict[str, Any], options: Options, size_hint: int) -> Report:
-    """Optimize `body` in place; off the event loop when it is large."""
+    """Optimize `body` in place; off the event loop when it is large (`size_hint`: the body's bytes as read,
+    decompressed; a chunked body has no Content-Length to go by)."""
     if size_hint >= _THREAD_THRESHOLD_BYTES:
         return await asyncio.to_thread(optimize, fmt, body, options)
     return optimize(fmt, body, options)
+
+
+async def count_tokens(fmt: Format, body: dict[str, Any], encoding: str, size_hint: int) -> int:
+    """The request's input tokens as sent (`measure`); off the event loop when it is large, like `run`."""
+    if size_hint >= _THREAD_THRESHOLD_BYTES:
+        return await asyncio.to_thread(measure, fmt, body, encoding)
+    return measure(fmt, body, encoding)
 
 
 def session_id(headers: Mapping[str, str]) -> str:

@@ -64,8 +64,8 @@ from .errors import (
     error_format_for,
 )
 from .gateway import Gateway
-from .optimize.pipeline import Report, measure
-from .optimizing import resolve_options, savings_headers, session_id
+from .optimize.pipeline import Report
+from .optimizing import count_tokens, resolve_options, savings_headers, session_id
 from .optimizing import run as run_optimizer
 from .quotas import Admission, InsufficientBalanceError, ModelNotAllowedError, uses_web_search
 from .routing import PROVIDER_NAMES, ModelRoute, Provider, checked_model, resolve
@@ -146,11 +146,12 @@ async def proxy(
         encoding=encoding,
     )
     session, client_session = session_id(request.headers), "X-Session-Id" in request.headers
+    size = len(await request.read())  # already read (cached): its size decides what runs off the loop
     received_tokens: int | None = None
     if client_session and options.mode != "off":
         # Replayed messages are what was forwarded before; "original" is counted on what the client sent.
         # With optimization off the client's messages go as they are: nothing compacted is replayed either.
-        received_tokens = measure(fmt, body, encoding)
+        received_tokens = await count_tokens(fmt, body, encoding, size)
         replay = await sessions.replay(
             gw.kv, key.id, session, fmt, body, gw.session_budget_tokens, sessions.settings_of(options)
         )
@@ -158,7 +159,7 @@ async def proxy(
         replay = sessions.fresh(fmt, body, sessions.settings_of(options))
     if replay.replayed:
         options = dataclasses.replace(options, frozen_items=replay.replayed)
-    report = await run_optimizer(fmt, body, options, request.content_length or 0)
+    report = await run_optimizer(fmt, body, options, size)
     if replay.replayed and received_tokens is not None:
         report.original_tokens = max(received_tokens, report.optimized_tokens)
     report.note_session(replay.replayed, replay.reoptimize)

@@ -36,7 +36,7 @@ async def compress(request: web.Request) -> web.StreamResponse:
     # OpenAI's `store: false`, and stays untouched like every other field.)
     store_ttl = memory.store_option(trex, gw.memory_ttl_seconds)
     original = memory.context_text(fmt, body) if store_ttl is not None else ""
-    report = await run(fmt, body, options, request.content_length or 0)
+    report = await run(fmt, body, options, len(await request.read()))  # the body as read, even if chunked
     body["compression"] = compression_object(report)
     if store_ttl is None:
         return json_response(body)
