@@ -40,6 +40,7 @@ from adapters.base import (
     Text,
     TextDelta,
     TextStart,
+    Thinking,
     ThinkingDelta,
     ThinkingStart,
     Tool,
@@ -436,6 +437,74 @@ def _decode_text_format(raw: Any) -> ResponseFormat | None:
 # ---- response ----------------------------------------------------------------------------------------------
 
 _Status = Literal["completed", "incomplete", "failed"]
+
+
+def decode_response(doc: dict[str, Any]) -> Response:
+    """An upstream Responses object in canonical form: what a stream is rebuilt from when a Responses
+    server answers a stream request with one JSON body. Built-in tool items (web search …) are not kept."""
+    output = doc.get("output")
+    if not isinstance(output, list):
+        raise TranslationError("The upstream response has no output.", "output")
+    content: list[Text | ToolCall | Thinking] = []
+    for item in output:
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type")
+        if kind == "message":
+            for part in item.get("content") or []:
+                if not isinstance(part, dict):
+                    continue
+                text = part.get("refusal") if part.get("type") == "refusal" else part.get("text")
+                if isinstance(text, str) and text:
+                    content.append(Text(text))
+        elif kind == "function_call":
+            arguments = item.get("arguments")
+            content.append(
+                ToolCall(
+                    id=str(item.get("call_id") or item.get("id") or ""),
+                    name=str(item.get("name") or ""),
+                    arguments=arguments if isinstance(arguments, str) and arguments else "{}",
+                )
+            )
+        elif kind == "reasoning":
+            summary = "".join(
+                p["text"]
+                for p in item.get("summary") or []
+                if isinstance(p, dict) and isinstance(p.get("text"), str)
+            )
+            if summary:
+                content.append(Thinking(text=summary))
+    details = doc.get("incomplete_details")
+    reason = details.get("reason") if isinstance(details, dict) else None
+    stop: StopReason
+    if doc.get("status") == "incomplete":
+        stop = "content_filter" if reason == "content_filter" else "length"
+    else:
+        stop = "tool_calls" if any(isinstance(c, ToolCall) for c in content) else "stop"
+    raw_usage = doc.get("usage")
+    usage = Usage()
+    if isinstance(raw_usage, dict):
+        cached = (raw_usage.get("input_tokens_details") or {}).get("cached_tokens")
+        reasoning = (raw_usage.get("output_tokens_details") or {}).get("reasoning_tokens")
+        usage = Usage(
+            input_tokens=_count(raw_usage.get("input_tokens")),
+            output_tokens=_count(raw_usage.get("output_tokens")),
+            cached_input_tokens=_count(cached),
+            reasoning_tokens=_count(reasoning),
+        )
+    created = doc.get("created_at")
+    return Response(
+        id=str(doc.get("id") or ""),
+        model=str(doc.get("model") or ""),
+        content=content,
+        stop_reason=stop,
+        usage=usage,
+        created=created if isinstance(created, int) and not isinstance(created, bool) else 0,
+    )
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _base_id(upstream_id: str) -> str:

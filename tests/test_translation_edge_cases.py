@@ -18,7 +18,7 @@ import openai
 import pydantic
 
 from tests.conftest import GatewaySetup
-from tests.fakes.upstream import Reply
+from tests.fakes.upstream import Reply, fixture_json
 
 WEATHER_TOOLS = [
     {"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
@@ -430,3 +430,32 @@ def test_a_failed_tool_call_reaches_a_chat_upstream_as_a_failure(gateway: Gatewa
     )  # type: ignore[arg-type]
     tool = [m for m in gateway.fake.last().json["messages"] if m["role"] == "tool"]
     assert tool[0]["content"] == "service unreachable"
+
+
+def test_a_responses_stream_answered_with_one_json_body_is_replayed_as_a_stream(
+    gateway: GatewaySetup,
+) -> None:
+    """A Responses server that ignores `stream` answers with the whole object: the client still gets a
+    stream the SDK accumulates into that answer (a 502 before), with the usage billed from it."""
+    doc = fixture_json("openai/responses_text.json")
+    gateway.fake.set("/v1/responses", Reply.json(doc))
+    with gateway.openai().responses.stream(model="gpt-4o-mini", input="hi") as stream:
+        final = stream.get_final_response()
+    assert final.output_text == doc["output"][0]["content"][0]["text"]
+    assert final.status == "completed" and final.usage is not None
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (1536, 29)
+    assert final.usage.input_tokens_details.cached_tokens == 1280
+    call = {
+        "type": "function_call",
+        "id": "fc_1",
+        "call_id": "call_9",
+        "name": "get_weather",
+        "arguments": '{"city":"Rome"}',
+        "status": "completed",
+    }
+    gateway.fake.set("/v1/responses", Reply.json({**doc, "output": [call]}))
+    with gateway.openai().responses.stream(model="gpt-4o-mini", input="weather?") as stream:
+        final = stream.get_final_response()
+    assert [(o.type, getattr(o, "call_id", None), getattr(o, "arguments", None)) for o in final.output] == [
+        ("function_call", "call_9", '{"city":"Rome"}')
+    ]

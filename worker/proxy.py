@@ -749,7 +749,11 @@ def _decode_json(data: bytes, provider: str) -> dict[str, Any]:
 
 def _decode_response(wire: UpstreamWire, doc: dict[str, Any]) -> Response:
     try:
-        return anthropic.decode_response(doc) if wire == "messages" else openai_chat.decode_response(doc)
+        if wire == "messages":
+            return anthropic.decode_response(doc)
+        if wire == "responses":  # only a same-format stream answered with one body gets here
+            return openai_responses.decode_response(doc)
+        return openai_chat.decode_response(doc)
     except (TranslationError, KeyError, TypeError, ValueError) as exc:
         raise UpstreamError(
             f"Upstream response could not be translated: {exc}", code="bad_upstream_response"
