@@ -695,9 +695,11 @@ def decode_response(body: dict[str, Any]) -> Response:
     if isinstance(reasoning, str) and reasoning:
         content.append(Thinking(text=reasoning))
     text = _text_of(message.get("content"))
+    refused = False
     if not text:
         refusal = message.get("refusal")
         text = refusal if isinstance(refusal, str) else ""
+        refused = bool(text)
     if text:
         content.append(Text(text=text))
     tool_calls = message.get("tool_calls")
@@ -716,10 +718,16 @@ def decode_response(body: dict[str, Any]) -> Response:
         id=str(body.get("id") or ""),
         model=model if isinstance(model, str) else "",
         content=content,
-        stop_reason=_with_tools(_finish_in(choice.get("finish_reason")), content),
+        stop_reason=_refused(_with_tools(_finish_in(choice.get("finish_reason")), content), refused),
         usage=usage_from_body(body) or Usage(),
         created=_int(created),
     )
+
+
+def _refused(reason: StopReason | None, refused: bool) -> StopReason | None:
+    """A refusal (the model declined: `refusal` instead of content) ends with finish_reason `stop`; other
+    formats have a reason for it (Anthropic's `refusal`), which the client reads to know it was declined."""
+    return "content_filter" if refused and reason == "stop" else reason
 
 
 def _with_tools(reason: StopReason | None, content: list[Text | ToolCall | Thinking]) -> StopReason | None:
@@ -836,6 +844,7 @@ class StreamDecoder:
         "_last_key",
         "_next",
         "_open",
+        "_refused",
         "_started",
         "_tools",
         "usage",
@@ -852,6 +861,7 @@ class StreamDecoder:
         self._tools: dict[object, _Call] = {}
         self._held: list[_Call] = []  # calls that started while another one streams, in order
         self._last_key: object = None
+        self._refused = False  # the model declined (`refusal` deltas instead of content)
         self.usage: Usage | None = None
 
     @property
@@ -947,6 +957,7 @@ class StreamDecoder:
             if not text:
                 refusal = delta.get("refusal")
                 text = refusal if isinstance(refusal, str) else ""
+                self._refused = self._refused or bool(text)
             if text:
                 index = self._open if self._kind == _TEXT else None
                 if index is None:
@@ -966,6 +977,7 @@ class StreamDecoder:
                 reason = _finish_in(finish) or "stop"
                 if reason == "stop" and self._tools:
                     reason = "tool_calls"  # a call forced by name ends with `stop` (see `_with_tools`)
+                reason = _refused(reason, self._refused) or reason
                 events.append(StreamFinish(stop_reason=reason))
 
     def _tool_call(self, call: dict[str, Any], events: list[StreamEvent]) -> None:

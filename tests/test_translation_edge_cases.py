@@ -459,3 +459,44 @@ def test_a_responses_stream_answered_with_one_json_body_is_replayed_as_a_stream(
     assert [(o.type, getattr(o, "call_id", None), getattr(o, "arguments", None)) for o in final.output] == [
         ("function_call", "call_9", '{"city":"Rome"}')
     ]
+
+
+def test_an_openai_refusal_reaches_an_anthropic_client_as_a_refusal(gateway: GatewaySetup) -> None:
+    """OpenAI puts a declined answer in `refusal` and ends with `stop`; an Anthropic client reads
+    stop_reason `refusal` (not `end_turn`) with the refusal text, streaming or not."""
+    text = "I'm sorry, I can't help with that."
+    body = {
+        "id": "chatcmpl-r",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": None, "refusal": text},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14},
+    }
+    gateway.fake.set("/v1/chat/completions", Reply.json(body))
+    client = gateway.anthropic()
+    message = client.messages.create(
+        model="gpt-4o-mini", max_tokens=50, messages=[{"role": "user", "content": "x"}]
+    )
+    assert message.stop_reason == "refusal" and message.content[0].type == "text"
+    assert message.content[0].text == text
+    chunks = [
+        _chunk({"role": "assistant", "content": None, "refusal": ""}),
+        _chunk({"refusal": text[:10]}),
+        _chunk({"refusal": text[10:]}),
+        _chunk(finish="stop"),
+    ]
+    gateway.fake.set("/v1/chat/completions", _chat_stream(chunks))
+    with client.messages.stream(
+        model="gpt-4o-mini", max_tokens=50, messages=[{"role": "user", "content": "x"}]
+    ) as s:
+        final = s.get_final_message()
+    assert (
+        final.stop_reason == "refusal" and final.content[0].type == "text" and final.content[0].text == text
+    )
