@@ -570,6 +570,8 @@ def _encode_user(msg: Message, out: list[dict[str, Any]], keep_cc: bool) -> None
     out.append({"role": "user", "content": content})
 
 
+_PARAGRAPH = "\n\n"
+"""Between texts a tool call or thinking separated (chat has one content string)."""
 _TOOL_ERROR_PREFIX = "Error: "
 """Starts a failed tool call's result (Anthropic `is_error`) for a chat upstream."""
 
@@ -782,10 +784,16 @@ def encode_response(resp: Response, *, model: str) -> dict[str, Any]:
     """Build a chat.completion body, as the OpenAI SDK parses it, from a canonical `Response`."""
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
+    gap = False  # a tool call or thinking since the last text: the next text is a new paragraph
     for part in resp.content:
         if isinstance(part, Text):
+            if gap and texts:
+                texts.append(_PARAGRAPH)
             texts.append(part.text)
-        elif isinstance(part, ToolCall):
+            gap = False
+        else:
+            gap = True
+        if isinstance(part, ToolCall):
             calls.append(
                 {
                     "id": part.id,
@@ -796,7 +804,8 @@ def encode_response(resp: Response, *, model: str) -> dict[str, Any]:
         # Thinking is dropped: chat completions have no field for it.
     message: dict[str, Any] = {
         "role": "assistant",
-        # Adjacent text blocks (e.g. Anthropic splitting around citations) are one running text.
+        # Adjacent text blocks (e.g. Anthropic splitting around citations) are one running text; text on
+        # either side of a tool call is two paragraphs, not two sentences run together.
         "content": "".join(texts) if texts else None,
         "refusal": None,
         "annotations": [],
@@ -1062,6 +1071,7 @@ class StreamEncoder:
         "_created",
         "_done",
         "_finished",
+        "_gap",
         "_id",
         "_include_usage",
         "_model",
@@ -1071,6 +1081,7 @@ class StreamEncoder:
         "_tool_numbers",
         "_usage",
         "_with_arguments",
+        "_wrote_text",
     )
 
     def __init__(
@@ -1090,6 +1101,8 @@ class StreamEncoder:
         # index by (a text block before them must not shift the numbers).
         self._tool_numbers: dict[int, int] = {}
         self._with_arguments: set[int] = set()  # tool blocks that received argument text
+        self._wrote_text = False
+        self._gap = False  # a tool call or thinking began since the last text
 
     @property
     def done(self) -> bool:
@@ -1103,7 +1116,13 @@ class StreamEncoder:
         if isinstance(event, TextDelta):  # by far the most frequent event: keep it first and lean
             if not event.text:
                 return b""
-            return self._chunk(_CONTENT_OPEN + _json_encode(event.text) + _CHOICE_CLOSE)
+            text = event.text
+            if self._gap:  # text after a tool call or thinking: a new paragraph (see `encode_response`)
+                self._gap = False
+                if self._wrote_text:
+                    text = _PARAGRAPH + text
+            self._wrote_text = True
+            return self._chunk(_CONTENT_OPEN + _json_encode(text) + _CHOICE_CLOSE)
         if isinstance(event, ToolCallDelta):
             number = self._tool_numbers.get(event.index)
             if number is None or not event.arguments:
@@ -1116,10 +1135,13 @@ class StreamEncoder:
             # A call without parameters (Anthropic streams `input: {}` and no JSON): chat clients parse the
             # arguments as JSON, and OpenAI always sends an object.
             return self._arguments(self._tool_numbers[event.index], "{}")
+        if isinstance(event, ThinkingStart):
+            self._gap = True
         if isinstance(event, ThinkingDelta | ThinkingStart | TextStart | BlockStop):
             # No chat equivalent (thinking is dropped, blocks are implicit); the role chunk still goes out.
             return b"" if self._started else self._chunk(None)
         if isinstance(event, ToolCallStart):
+            self._gap = True
             number = len(self._tool_numbers)
             self._tool_numbers[event.index] = number
             call = {

@@ -500,3 +500,60 @@ def test_an_openai_refusal_reaches_an_anthropic_client_as_a_refusal(gateway: Gat
     assert (
         final.stop_reason == "refusal" and final.content[0].type == "text" and final.content[0].text == text
     )
+
+
+def test_claude_text_on_both_sides_of_a_tool_call_is_two_paragraphs_for_a_chat_client(
+    gateway: GatewaySetup,
+) -> None:
+    """Chat has one content string: text before and after a tool call (or thinking) is joined as two
+    paragraphs, not run together ("…check.Done"); adjacent text blocks (citations) still join as one."""
+    use = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}
+    body = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-5",
+        "content": [
+            {"type": "text", "text": "Let me check."},
+            use,
+            {"type": "text", "text": "Calling it now"},
+            {"type": "text", "text": ", with care."},
+        ],
+        "stop_reason": "tool_use",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 5, "output_tokens": 9},
+    }
+    gateway.fake.set("/v1/messages", Reply.json(body))
+    chat = gateway.openai().chat.completions
+    done = chat.create(model="claude-sonnet-4-5", messages=[{"role": "user", "content": "x"}], tools=[])  # type: ignore[arg-type]
+    assert done.choices[0].message.content == "Let me check.\n\nCalling it now, with care."
+    events: list[dict[str, Any]] = [
+        {"type": "message_start", "message": {**body, "content": [], "stop_reason": None}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Let me check."}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "content_block_start", "index": 1, "content_block": {**use, "input": {}}},
+        {
+            "type": "content_block_delta",
+            "index": 1,
+            "delta": {"type": "input_json_delta", "partial_json": '{"city":"Paris"}'},
+        },
+        {"type": "content_block_stop", "index": 1},
+        {"type": "content_block_start", "index": 2, "content_block": {"type": "text", "text": ""}},
+        {
+            "type": "content_block_delta",
+            "index": 2,
+            "delta": {"type": "text_delta", "text": "Calling it now"},
+        },
+        {"type": "content_block_stop", "index": 2},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+            "usage": {"output_tokens": 9},
+        },
+        {"type": "message_stop"},
+    ]
+    gateway.fake.set("/v1/messages", _anthropic_stream(events))
+    with chat.stream(model="claude-sonnet-4-5", messages=[{"role": "user", "content": "x"}]) as stream:
+        final = stream.get_final_completion()
+    assert final.choices[0].message.content == "Let me check.\n\nCalling it now"
