@@ -142,6 +142,7 @@ class KeyStore:
         # Changes read a record and write it back whole: two at once (a revoke and a plan change) would
         # undo each other, a revoked key come back active. One at a time in this process.
         self._changes = asyncio.Lock()
+        self._loading: dict[str, asyncio.Future[Any]] = {}  # cache misses being loaded (see `_once`)
 
     # ---- administration --------------------------------------------------------------------------------
 
@@ -290,7 +291,7 @@ class KeyStore:
         digest = hash_key(token)
         hit, record = self._records.get(digest)
         if not hit:
-            record = await self._load_by_hash(digest)
+            record = await self._once(digest, self._load_by_hash, digest)
             self._records.put(digest, record)  # unknown keys are cached too: a flood of bad keys stays cheap
         if record is None or not hmac.compare_digest(record.hash, digest):
             raise AuthenticationError("Invalid proxy key.", code="invalid_api_key")
@@ -311,6 +312,11 @@ class KeyStore:
         hit, value = self._provider_keys.get(slot)
         if hit:
             return value
+        plaintext = await self._once(slot, self._load_provider_key, slot, provider)
+        self._provider_keys.put(slot, plaintext)
+        return plaintext
+
+    async def _load_provider_key(self, slot: str, provider: str) -> str | None:
         raw = await self._kv.get(slot)
         plaintext = None
         if raw is not None:
@@ -318,8 +324,23 @@ class KeyStore:
                 plaintext = self._require_vault().unseal(msgspec.json.decode(raw), slot)
             except VaultError as exc:
                 raise MasterKeyError(f"Cannot decrypt the bound {provider} key: {exc}.") from exc
-        self._provider_keys.put(slot, plaintext)
         return plaintext
+
+    async def _once(self, key: str, load: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+        """`load(*args)`, run once for all the requests that miss the cache for `key` at the same moment (a
+        burst on a cold or just-expired entry would otherwise make one KV round trip per request). The load
+        is a task of its own: a requester that goes away does not cancel it for the others."""
+        task = self._loading.get(key)
+        if task is None:
+            task = self._loading[key] = asyncio.ensure_future(load(*args))
+            task.add_done_callback(lambda done: self._finished_loading(key, done))
+        result: T = await asyncio.shield(task)
+        return result
+
+    def _finished_loading(self, key: str, task: asyncio.Future[Any]) -> None:
+        self._loading.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: every requester may have gone already
 
     def touch(self, key_id: str, now: float | None = None) -> Coroutine[Any, Any, None] | None:
         """The write recording use of `key_id`, or None when it was recorded in the last minute.
