@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import re
+import time
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.optimize.corpus import all_cases
 from tests.optimize.test_pipeline import _strings
 from worker.optimize import facts
+from worker.optimize.kinds._common import fact_list
 
 _PLAIN = re.compile("|".join(f"(?:{p})" for p in facts._FACT_PATTERNS))
 
@@ -177,3 +180,25 @@ def test_fact_count_counts_every_fact_match(parts: list[str]) -> None:
     text = "".join(parts) + " ORD-1042 at 10:30 AM, $12.50"
     expected = sum(1 for m in facts._SCAN_RE.finditer(text) if m.group(1))
     assert facts.fact_count(text) == expected >= 3
+
+
+_ADVERSARIAL = {
+    "compact JSON int array": ",".join(str(i % 3) for i in range(50_000)).join("[]"),
+    "one line of 1,1,1": ",".join(["1"] * 50_000),
+    "a-a-a": "a-" * 50_000,
+    "a.a.a": "a." * 50_000,
+    "A-A-A": "A-" * 50_000,
+    "1a-1a-": "1a-" * 33_000,
+    "a.1a.1": "a.1" * 33_000,
+}
+
+
+@pytest.mark.parametrize("name", list(_ADVERSARIAL))
+def test_the_scan_is_linear_on_adversarial_input(name: str) -> None:
+    # A guard against catastrophic backtracking (each ~100 KB input once took 8 s to minutes), not a
+    # speed goal: the bound is far above the ~0.2 s a linear scan takes.
+    text = _ADVERSARIAL[name]
+    started = time.perf_counter()
+    facts.find_facts(text)
+    fact_list(text)
+    assert time.perf_counter() - started < 2.0

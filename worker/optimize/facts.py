@@ -19,9 +19,13 @@ from collections.abc import Iterable
 _MONTHS = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)[a-z]*\.?"
 
 # Order matters only for readability; overlapping matches are resolved longest-first in `find_facts`.
+# A run a pattern scans before it can fail (the local part before an `@`, the digits before a currency, the
+# name before `.py`) is bounded when matches may start inside it: `a.a.a…` offers a start at every word, and
+# an unbounded run scanned again from each start is quadratic (a 100 KB line took minutes). The bounds are
+# above any real value (an e-mail's local part is at most 64 characters), so the scan stays linear.
 _FACT_PATTERNS: tuple[str, ...] = (
     r"https?://[^\s<>\"'`)\]}]+[^\s<>\"'`)\]}.,;:!?]",  # URLs
-    r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b",  # e-mail addresses
+    r"\b[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}\b",  # e-mail addresses
     r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b",  # UUIDs
     r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,64}\b",  # hex hashes (git, sha)
     r"\b0x[0-9a-fA-F]+\b",  # hex literals, addresses
@@ -32,18 +36,20 @@ _FACT_PATTERNS: tuple[str, ...] = (
     rf"\b\d{{1,2}} {_MONTHS}(?: \d{{4}})?\b",  # 14 March 2026
     r"\b\d{1,2}:\d{2}(?::\d{2})?(?:\s?[AaPp][Mm])?(?:\s?(?:UTC|GMT|[A-Z]{2,4}T))?",  # times
     r"[$€£¥₹]\s?\d[\d,]*(?:\.\d+)?(?:\s?(?:[kKmMbB]n?|million|billion))?",  # $1,234.50
-    r"\b\d[\d,]*(?:\.\d+)?\s?(?:USD|EUR|GBP|JPY|CHF|CAD|AUD|CNY|INR|dollars|euros|pounds)\b",  # 1,200 EUR
+    # 1,200 EUR
+    r"\b\d[\d,]{0,24}(?:\.\d{1,12})?\s?(?:USD|EUR|GBP|JPY|CHF|CAD|AUD|CNY|INR|dollars|euros|pounds)\b",
     r"\b\d+(?:\.\d+)?\s?%",  # percentages
     r"\b\d+(?:\.\d+)?(?:\s?[-–]\s?\d+(?:\.\d+)?)?\s?(?:business |working |calendar )?(?:days?|hours?|hrs?|"  # noqa: RUF001
     r"minutes?|mins?|seconds?|secs?|weeks?|months?|years?|ms|[KMGT]i?B|[kKMG]b|requests?|tokens?|users?|items?|"
     r"records?|retries|attempts?|times|nodes?|replicas?|cores?|GHz|MHz|rps|qps)\b",  # quantities with units
     r"\bv?\d+\.\d+(?:\.\d+)+(?:[-+][\w.]+)?\b|\bv\d+(?:\.\d+)?\b",  # versions 1.2.3, v2
     # paths: ./x, ~/x, or /a/b (two segments or more, so a closing HTML tag is not a path)
-    r"(?:~|\.{1,2})/(?:[\w.@-]+/)*[\w.@-]+|/(?:[\w.@-]+/)+[\w.@-]+|\b(?:[\w.@-]+/)+[\w.@-]*\.\w{1,8}\b",
+    r"(?:~|\.{1,2})/(?:[\w.@-]+/)*[\w.@-]+|/(?:[\w.@-]+/)+[\w.@-]+"
+    r"|\b[\w.@-]{1,64}/(?:[\w.@-]+/)*[\w.@-]*\.\w{1,8}\b",
     r"\b[A-Za-z]:\\(?:[\w .-]+\\)*[\w .-]+",  # Windows paths
-    r"\b[\w-]+\.(?:py|js|ts|tsx|jsx|go|rs|java|kt|rb|php|c|h|cc|cpp|hpp|cs|swift|json|yaml|yml|toml|ini|cfg|"
-    r"md|txt|log|csv|sql|sh|html|css|lock|xml|proto)\b",  # file names
-    r"\b[A-Z][A-Z0-9]*(?:[-_][A-Z0-9]+)*[-_]\d[\w-]*\b",  # ORD-1042, INV_2026_07, JIRA-88
+    r"\b[\w-]{1,64}\.(?:py|js|ts|tsx|jsx|go|rs|java|kt|rb|php|c|h|cc|cpp|hpp|cs|swift|json|yaml|yml|toml|ini|"
+    r"cfg|md|txt|log|csv|sql|sh|html|css|lock|xml|proto)\b",  # file names
+    r"\b[A-Z][A-Z0-9]{0,31}(?:[-_][A-Z0-9]{1,31}){0,7}[-_]\d[\w-]{0,63}\b",  # ORD-1042, INV_2026_07, JIRA-88
     r"\b[a-z]{2,8}_(?=[A-Za-z]*\d)[A-Za-z0-9]{6,}\b",  # cus_9fK2LmQ style ids (a digit: not snake_case words)
     r"#\d{2,}\b",  # #1234
     r"\b(?:E|ERR|ERROR|HTTP|TS|CS|PY)[-_]?\d{2,6}\b",  # E501, ERR-404, TS2345
