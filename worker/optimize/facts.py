@@ -1,7 +1,8 @@
 """The exact-preservation catalog: what counts as a fact that must survive optimization byte for byte.
 
-IDs, hashes, UUIDs, amounts and currencies, percentages, dates and times, URLs, file paths, e-mail
-addresses, version numbers, error codes and inline code are found by the patterns below. Whatever a
+IDs, hashes, UUIDs, amounts and currencies (with their sign, the currency before or after), percentages,
+dates, times and ISO-8601 durations, URLs, file paths, e-mail addresses, IPv6 addresses, version numbers
+(with pre-release and build metadata), error codes and inline code are found by the patterns below. Whatever a
 compressor drops, the facts inside it are listed verbatim in the marker that replaces it (`marker()`), so a
 fact is never lost: it is either kept in place or named in the marker. The one documented exception is log
 folding (`kinds.logs`): in routine lines folded into a template, incidental values (timestamps, numbers,
@@ -17,6 +18,11 @@ import re
 from collections.abc import Iterable
 
 _MONTHS = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)[a-z]*\.?"
+_CURRENCY_CODES = "USD|EUR|GBP|JPY|CHF|CAD|AUD|CNY|INR"
+# The sign of an amount or a number belongs to it (`-$1,234.50`, `-1253.75`), unless it joins two values
+# (`2026-2027`, `10-200`) or is part of a flag or an id (`--1234`, `ORD-1042`).
+_SIGN = r"(?:(?<![\w.+-])[-+])?"
+_HEX4 = "[0-9A-Fa-f]{1,4}"
 
 # Order matters only for readability; overlapping matches are resolved longest-first in `find_facts`.
 # A run a pattern scans before it can fail (the local part before an `@`, the digits before a currency, the
@@ -27,6 +33,8 @@ _FACT_PATTERNS: tuple[str, ...] = (
     r"https?://[^\s<>\"'`)\]}]+[^\s<>\"'`)\]}.,;:!?]",  # URLs
     r"\b[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}\b",  # e-mail addresses
     r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b",  # UUIDs
+    # IPv6: eight groups, or `::` after a first group of 2+ digits (`fe80::1ff:fe23`, `2001:db8::`; no `1::2`)
+    rf"\b(?:(?:{_HEX4}:){{7}}{_HEX4}|[0-9A-Fa-f]{{2,4}}:(?:{_HEX4}:){{0,6}}:(?:{_HEX4}(?::{_HEX4}){{0,5}})?)(?![\w:])",
     r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,64}\b",  # hex hashes (git, sha)
     r"\b0x[0-9a-fA-F]+\b",  # hex literals, addresses
     r"`[^`\n]{1,200}`",  # inline code
@@ -35,14 +43,17 @@ _FACT_PATTERNS: tuple[str, ...] = (
     rf"\b{_MONTHS} \d{{1,2}}(?:st|nd|rd|th)?(?:,? \d{{4}})?\b",  # March 14, 2026
     rf"\b\d{{1,2}} {_MONTHS}(?: \d{{4}})?\b",  # 14 March 2026
     r"\b\d{1,2}:\d{2}(?::\d{2})?(?:\s?[AaPp][Mm])?(?:\s?(?:UTC|GMT|[A-Z]{2,4}T))?",  # times
-    r"[$€£¥₹]\s?\d[\d,]*(?:\.\d+)?(?:\s?(?:[kKmMbB]n?|million|billion))?",  # $1,234.50
-    # 1,200 EUR
-    r"\b\d[\d,]{0,24}(?:\.\d{1,12})?\s?(?:USD|EUR|GBP|JPY|CHF|CAD|AUD|CNY|INR|dollars|euros|pounds)\b",
-    r"\b\d+(?:\.\d+)?\s?%",  # percentages
+    r"\b(?:1[0-2]|0?[1-9])\s?(?:[AaPp][Mm]\b|[ap]\.m\.)",  # 5pm, 11 a.m.
+    # ISO-8601 durations: P3D, PT15M, P1Y2M3DT4H
+    r"\bP(?=\d|T\d)(?:\d{1,9}(?:[.,]\d{1,9})?[YMWD]){0,4}(?:T(?:\d{1,9}(?:[.,]\d{1,9})?[HMS]){1,3})?\b",
+    rf"{_SIGN}[$€£¥₹]\s?\d[\d,]*(?:\.\d+)?(?:\s?(?:[kKmMbB]n?|million|billion))?",  # $1,234.50, -$5
+    rf"\b(?:{_CURRENCY_CODES})\s?[-+]?\d(?:[\d.,]{{0,24}}\d)?",  # EUR 1.234,56, JPY 5000
+    rf"{_SIGN}\b\d[\d,]{{0,24}}(?:\.\d{{1,12}})?\s?(?:{_CURRENCY_CODES}|dollars|euros|pounds)\b",  # 1,200 EUR
+    rf"{_SIGN}\b\d+(?:\.\d+)?\s?%",  # percentages
     r"\b\d+(?:\.\d+)?(?:\s?[-–]\s?\d+(?:\.\d+)?)?\s?(?:business |working |calendar )?(?:days?|hours?|hrs?|"  # noqa: RUF001
     r"minutes?|mins?|seconds?|secs?|weeks?|months?|years?|ms|[KMGT]i?B|[kKMG]b|requests?|tokens?|users?|items?|"
     r"records?|retries|attempts?|times|nodes?|replicas?|cores?|GHz|MHz|rps|qps)\b",  # quantities with units
-    r"\bv?\d+\.\d+(?:\.\d+)+(?:[-+][\w.]+)?\b|\bv\d+(?:\.\d+)?\b",  # versions 1.2.3, v2
+    r"\bv?\d+\.\d+(?:\.\d+)+(?:-[\w.]{1,64})?(?:\+[\w.]{1,64})?\b|\bv\d+(?:\.\d+)?\b",  # 1.2.3-rc.1+b.5, v2
     # paths: ./x, ~/x, or /a/b (two segments or more, so a closing HTML tag is not a path)
     r"(?:~|\.{1,2})/(?:[\w.@-]+/)*[\w.@-]+|/(?:[\w.@-]+/)+[\w.@-]+"
     r"|\b[\w.@-]{1,64}/(?:[\w.@-]+/)*[\w.@-]*\.\w{1,8}\b",
@@ -50,12 +61,13 @@ _FACT_PATTERNS: tuple[str, ...] = (
     r"\b[\w-]{1,64}\.(?:py|js|ts|tsx|jsx|go|rs|java|kt|rb|php|c|h|cc|cpp|hpp|cs|swift|json|yaml|yml|toml|ini|"
     r"cfg|md|txt|log|csv|sql|sh|html|css|lock|xml|proto)\b",  # file names
     r"\b[A-Z][A-Z0-9]{0,31}(?:[-_][A-Z0-9]{1,31}){0,7}[-_]\d[\w-]{0,63}\b",  # ORD-1042, INV_2026_07, JIRA-88
-    r"\b[a-z]{2,8}_(?=[A-Za-z]*\d)[A-Za-z0-9]{6,}\b",  # cus_9fK2LmQ style ids (a digit: not snake_case words)
+    # cus_9fK2LmQ, txn_0042 style ids (a digit: not snake_case words)
+    r"\b[a-z]{2,8}_(?:(?=[A-Za-z]*\d)[A-Za-z0-9]{6,}|\d{3,})\b",
     r"#\d{2,}\b",  # #1234
     r"\b(?:E|ERR|ERROR|HTTP|TS|CS|PY)[-_]?\d{2,6}\b",  # E501, ERR-404, TS2345
     r"\bE[A-Z]{4,}\b",  # ECONNREFUSED, ENOENT
     r"\b[A-Z][A-Z0-9]+(?:_[A-Z0-9]+)+\b",  # NOT_FOUND, MAX_RETRIES
-    r"\b\d{3,}(?:[.,]\d+)*\b",  # other numbers of 3+ digits (counts, ports, line numbers, ids)
+    rf"{_SIGN}\b\d{{3,}}(?:[.,]\d+)*\b",  # other numbers of 3+ digits (counts, ports, line numbers, ids)
 )
 
 
@@ -120,6 +132,7 @@ _FIRST_CHARS: tuple[str, ...] = (
     "L",  # URLs
     "DLUO",  # e-mail addresses
     "DLU",  # UUIDs
+    "DLU",  # IPv6
     "DL",  # hex hashes
     "D",  # hex literals
     "O",  # inline code
@@ -128,9 +141,12 @@ _FIRST_CHARS: tuple[str, ...] = (
     "U",  # March 14, 2026
     "D",  # 14 March 2026
     "D",  # times
+    "D",  # 5pm
+    "U",  # PT15M
     "O",  # $1,234.50
-    "D",  # 1,200 EUR
-    "D",  # percentages
+    "U",  # EUR 1.234,56
+    "DO",  # 1,200 EUR
+    "DO",  # percentages
     "D",  # quantities with units
     "DL",  # versions
     "DLUO",  # paths
@@ -142,7 +158,7 @@ _FIRST_CHARS: tuple[str, ...] = (
     "U",  # E501
     "U",  # ECONNREFUSED
     "U",  # NOT_FOUND
-    "D",  # numbers of 3+ digits
+    "DO",  # numbers of 3+ digits
 )
 _CLASS_LOOKAHEAD = {"D": r"(?=\d)", "L": r"(?=[a-z])", "U": r"(?=[A-Z])", "O": r"(?![a-zA-Z\d\s])"}
 
@@ -174,7 +190,7 @@ _WORD_END = r"(?=[\s\",;()\[\]{}=<>]|\.(?:\s|$))"
 # where a lone stretch's match would have ended), so the caller sees a few matches per fact, not one per word.
 _SCAN_RE = re.compile(
     rf"(?:[a-z]+{_WORD_END}|(?!(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec))[A-Z][a-z]+{_WORD_END}"
-    rf"|(?!E)[A-Z]{{2,}}{_WORD_END}|[\s\",:{{}}\[\]]+)++|({_FACT_RE.pattern})"
+    rf"|(?!E|(?:{_CURRENCY_CODES})\b)[A-Z]{{2,}}{_WORD_END}|[\s\",:{{}}\[\]]+)++|({_FACT_RE.pattern})"
 )
 _RUN_RE = re.compile(r"[A-Za-z0-9]+")
 

@@ -112,7 +112,7 @@ _INCIDENTAL_RE = re.compile(
     r"|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
     r"|0x[0-9a-fA-F]+|(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,64}"
     r"|\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?"
-    r"|\d[\d,]*(?:\.\d+)?(?:\s?(?:%|[A-Za-z]{1,12}))?)"
+    r"|[-+]?\d[\d,]*(?:\.\d+)?(?:\s?(?:%|[A-Za-z]{1,12}))?)"
 )
 _CURRENCY_RE = re.compile(r"[$€£¥₹]|\b(?:USD|EUR|GBP|JPY|CHF|CAD|AUD|CNY|INR|dollars|euros|pounds)\b")
 
