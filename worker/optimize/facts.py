@@ -21,8 +21,12 @@ _MONTHS = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)[a-z]*\.?"
 _CURRENCY_CODES = "USD|EUR|GBP|JPY|CHF|CAD|AUD|CNY|INR"
 # The sign of an amount or a number belongs to it (`-$1,234.50`, `-1253.75`), unless it joins two values
 # (`2026-2027`, `10-200`) or is part of a flag or an id (`--1234`, `ORD-1042`).
-_SIGN = r"(?:(?<![\w.+-])[-+])?"
+_SIGN_AFTER = r"[\w.+-]"
+_SIGN = rf"(?<!{_SIGN_AFTER})[-+]"
 _HEX4 = "[0-9A-Fa-f]{1,4}"
+_AMOUNT_AFTER = rf"\b\d[\d,]{{0,24}}(?:\.\d{{1,12}})?\s?(?:{_CURRENCY_CODES}|dollars|euros|pounds)\b"
+_PERCENTAGE = r"\b\d+(?:\.\d+)?\s?%"
+_NUMBER = r"\b\d{3,}(?:[.,]\d+)*\b"
 
 # Order matters only for readability; overlapping matches are resolved longest-first in `find_facts`.
 # A run a pattern scans before it can fail (the local part before an `@`, the digits before a currency, the
@@ -42,14 +46,14 @@ _FACT_PATTERNS: tuple[str, ...] = (
     r"\b\d{1,2}/\d{1,2}/\d{2,4}\b",  # 03/14/2026
     rf"\b{_MONTHS} \d{{1,2}}(?:st|nd|rd|th)?(?:,? \d{{4}})?\b",  # March 14, 2026
     rf"\b\d{{1,2}} {_MONTHS}(?: \d{{4}})?\b",  # 14 March 2026
-    r"\b\d{1,2}:\d{2}(?::\d{2})?(?:\s?[AaPp][Mm])?(?:\s?(?:UTC|GMT|[A-Z]{2,4}T))?",  # times
-    r"\b(?:1[0-2]|0?[1-9])\s?(?:[AaPp][Mm]\b|[ap]\.m\.)",  # 5pm, 11 a.m.
+    # times: 10:30, 10:30:05 PM UTC, 5pm, 11 a.m.
+    r"\b\d{1,2}(?::\d{2}(?::\d{2})?(?:\s?[AaPp][Mm])?(?:\s?(?:UTC|GMT|[A-Z]{2,4}T))?|\s?(?:[AaPp][Mm]\b|[ap]\.m\.))",
     # ISO-8601 durations: P3D, PT15M, P1Y2M3DT4H
     r"\bP(?=\d|T\d)(?:\d{1,9}(?:[.,]\d{1,9})?[YMWD]){0,4}(?:T(?:\d{1,9}(?:[.,]\d{1,9})?[HMS]){1,3})?\b",
-    rf"{_SIGN}[$€£¥₹]\s?\d[\d,]*(?:\.\d+)?(?:\s?(?:[kKmMbB]n?|million|billion))?",  # $1,234.50, -$5
+    rf"(?:{_SIGN})?[$€£¥₹]\s?\d[\d,]*(?:\.\d+)?(?:\s?(?:[kKmMbB]n?|million|billion))?",  # $1,234.50, -$5
     rf"\b(?:{_CURRENCY_CODES})\s?[-+]?\d(?:[\d.,]{{0,24}}\d)?",  # EUR 1.234,56, JPY 5000
-    rf"{_SIGN}\b\d[\d,]{{0,24}}(?:\.\d{{1,12}})?\s?(?:{_CURRENCY_CODES}|dollars|euros|pounds)\b",  # 1,200 EUR
-    rf"{_SIGN}\b\d+(?:\.\d+)?\s?%",  # percentages
+    _AMOUNT_AFTER,  # 1,200 EUR
+    _PERCENTAGE,
     r"\b\d+(?:\.\d+)?(?:\s?[-–]\s?\d+(?:\.\d+)?)?\s?(?:business |working |calendar )?(?:days?|hours?|hrs?|"  # noqa: RUF001
     r"minutes?|mins?|seconds?|secs?|weeks?|months?|years?|ms|[KMGT]i?B|[kKMG]b|requests?|tokens?|users?|items?|"
     r"records?|retries|attempts?|times|nodes?|replicas?|cores?|GHz|MHz|rps|qps)\b",  # quantities with units
@@ -67,7 +71,10 @@ _FACT_PATTERNS: tuple[str, ...] = (
     r"\b(?:E|ERR|ERROR|HTTP|TS|CS|PY)[-_]?\d{2,6}\b",  # E501, ERR-404, TS2345
     r"\bE[A-Z]{4,}\b",  # ECONNREFUSED, ENOENT
     r"\b[A-Z][A-Z0-9]+(?:_[A-Z0-9]+)+\b",  # NOT_FOUND, MAX_RETRIES
-    rf"{_SIGN}\b\d{{3,}}(?:[.,]\d+)*\b",  # other numbers of 3+ digits (counts, ports, line numbers, ids)
+    _NUMBER,  # other numbers of 3+ digits (counts, ports, line numbers, ids)
+    # The same three with their sign: a pattern of its own, so that the unsigned ones keep their leading `\b`
+    # (which `_combine` factors) and the signed ones are tried only where a sign is (`_FIRST_CHARS`).
+    rf"[-+](?<!{_SIGN_AFTER}[-+])(?:{_AMOUNT_AFTER[2:]}|{_PERCENTAGE[2:]}|{_NUMBER[2:]})",
 )
 
 
@@ -141,12 +148,11 @@ _FIRST_CHARS: tuple[str, ...] = (
     "U",  # March 14, 2026
     "D",  # 14 March 2026
     "D",  # times
-    "D",  # 5pm
     "U",  # PT15M
     "O",  # $1,234.50
     "U",  # EUR 1.234,56
-    "DO",  # 1,200 EUR
-    "DO",  # percentages
+    "D",  # 1,200 EUR
+    "D",  # percentages
     "D",  # quantities with units
     "DL",  # versions
     "DLUO",  # paths
@@ -158,7 +164,8 @@ _FIRST_CHARS: tuple[str, ...] = (
     "U",  # E501
     "U",  # ECONNREFUSED
     "U",  # NOT_FOUND
-    "DO",  # numbers of 3+ digits
+    "D",  # numbers of 3+ digits
+    "O",  # -1,200 EUR, -12%, -1253.75
 )
 _CLASS_LOOKAHEAD = {"D": r"(?=\d)", "L": r"(?=[a-z])", "U": r"(?=[A-Z])", "O": r"(?![a-zA-Z\d\s])"}
 
@@ -186,11 +193,13 @@ _FACT_RE = re.compile(_dispatch(_FACT_PATTERNS, _FIRST_CHARS))
 # whitespace and JSON punctuation (no pattern starts with those). Facts are group 1; the other matches are
 # empty. Same matches as `_FACT_RE` (tests/optimize/test_facts.py checks it); about 3x faster on JSON.
 _WORD_END = r"(?=[\s\",;()\[\]{}=<>]|\.(?:\s|$))"
+# An all-caps word followed by a number may be a currency code (`JPY 5000`): not stepped over.
+_CAPS_END = r"(?=[\",;()\[\]{}=<>]|\s(?![-+]?\d)|\.(?:\s|$))"
 # One match steps over a whole run of such stretches (possessive: the run ends where none matches, exactly
 # where a lone stretch's match would have ended), so the caller sees a few matches per fact, not one per word.
 _SCAN_RE = re.compile(
     rf"(?:[a-z]+{_WORD_END}|(?!(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec))[A-Z][a-z]+{_WORD_END}"
-    rf"|(?!E|(?:{_CURRENCY_CODES})\b)[A-Z]{{2,}}{_WORD_END}|[\s\",:{{}}\[\]]+)++|({_FACT_RE.pattern})"
+    rf"|(?!E)[A-Z]{{2,}}{_CAPS_END}|[\s\",:{{}}\[\]]+)++|({_FACT_RE.pattern})"
 )
 _RUN_RE = re.compile(r"[A-Za-z0-9]+")
 
