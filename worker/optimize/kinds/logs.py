@@ -71,6 +71,15 @@ _IMPORTANT_RE = re.compile(
     re.IGNORECASE,
 )
 _IMPORTANT_LOWER_RE = re.compile(_IMPORTANT_RE.pattern)  # for lower-cased ASCII text
+# Levels written as a letter or an abbreviation, matched case-sensitively (lower-case `err` is a variable):
+# glog/klog `E0314 10:02:01.123 …]` (W, F too), zerolog's console `ERR`/`WRN`/`FTL`/`PNC`, logcat's
+# `E/Tag(123):` and threadtime `03-14 10:02:00.123  1234  5678 E Tag:`.
+_LEVEL_CODE_RE = re.compile(
+    r"^[ \t]{0,2}[EWF]\d{4} \d{2}:\d{2}:\d{2}|\b(?:ERR|WRN|FTL|PNC)\b"
+    r"|(?:^|[ \t])[EWFA]/[\w.$-]+(?:\([ \t]*\d+\))?:"
+    r"|^\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3}[ \t]+\d+[ \t]+\d+[ \t]+[EWFA][ \t]",
+    re.MULTILINE,
+)
 # MULTILINE: `^` is the start of any line of an entry.
 _EXCEPTION_NAME_RE = re.compile(
     r"[a-z0-9](?:Error|Exception|Warning|Fault)\b|^E\s{2,}|^Caused by:|^panic:", re.MULTILINE
@@ -222,6 +231,8 @@ def _important_entries(text: str, bodies: list[str], starts: list[int]) -> list[
         level_matches = _IMPORTANT_RE.finditer(text)
     for match in level_matches:
         important[bisect_right(starts, match.start()) - 1] = True
+    for match in _LEVEL_CODE_RE.finditer(text):  # matches stay within their line
+        important[bisect_right(starts, match.start()) - 1] = True
     for match in _EXCEPTION_NAME_RE.finditer(text):
         i = bisect_right(starts, match.start()) - 1
         if match.end() <= starts[i] + len(bodies[i]):
@@ -364,4 +375,8 @@ def _ends_traceback(entry: list[str], line: str) -> bool:
 
 
 def _is_important(body: str) -> bool:
-    return _IMPORTANT_RE.search(body) is not None or _EXCEPTION_NAME_RE.search(body) is not None
+    return (
+        _IMPORTANT_RE.search(body) is not None
+        or _EXCEPTION_NAME_RE.search(body) is not None
+        or _LEVEL_CODE_RE.search(body) is not None
+    )
