@@ -203,11 +203,19 @@ _SCAN_RE = re.compile(
 )
 _RUN_RE = re.compile(r"[A-Za-z0-9]+")
 
+_WEEKDAY = r"(?:mon|tues|wednes|thurs|fri|satur|sun)day"
+# A compact lexicon: English, then the German, French and Spanish words for must/never/only/forbidden, then
+# Chinese (no word boundaries in CJK text, so those are matched anywhere).
 _CONSTRAINT_RE = re.compile(
     r"\b(?:must(?:\s+not)?|mustn't|never|only|always|do\s+not|don't|does\s+not|cannot|can't|shall(?:\s+not)?|"
     r"should(?:\s+not)?|shouldn't|required?|requires|mandatory|forbidden|prohibited|not\s+allowed|deadline|"
-    r"due|no\s+later\s+than|by\s+(?:end\s+of|EOD|COB)|limit(?:ed|s)?|at\s+(?:most|least)|maximum|minimum|"
-    r"exactly|until|unless|except|without)\b",
+    r"due|no\s+later\s+than|no\s+(?:more|fewer|less)\s+than|avoid(?:ing)?|refrain|"
+    rf"(?:by|before)\s+(?:end\s+of|EOD|COB|{_WEEKDAY}|tomorrow|tonight|noon|midnight)|limit(?:ed|s)?|"
+    r"at\s+(?:most|least)|maximum|minimum|exactly|until|unless|except|without|"
+    r"darf|dürfen|muss|müssen|niemals|nie|nur|immer|verboten|keinesfalls|"  # German
+    r"doit|doivent|devez|jamais|interdit|obligatoire|uniquement|toujours|"  # French
+    r"debe[ns]?|nunca|jamás|siempre|prohibido|obligatorio|solamente|únicamente)\b"  # Spanish
+    r"|不能|不得|不可|不要|禁止|严禁|切勿|必须|务必|绝不|只能|永远不",  # Chinese
     re.IGNORECASE,
 )
 # The same on lower-cased ASCII text: an ignore-case alternation gives the engine no literal to skip ahead
