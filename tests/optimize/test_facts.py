@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import re
+import time
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.optimize.corpus import all_cases
 from tests.optimize.test_pipeline import _strings
 from worker.optimize import facts
+from worker.optimize.kinds._common import fact_list
 
 _PLAIN = re.compile("|".join(f"(?:{p})" for p in facts._FACT_PATTERNS))
 
@@ -110,7 +113,8 @@ def test_each_pattern_starts_only_with_the_classes_it_is_dispatched_under() -> N
         "0x7ffe `make test` 2026-03-14T09:12:00Z 03/14/2026 March 14, 2026 14 March 2026 10:30 AM $1,250.00 "
         "1,200 EUR 12% 5-7 business days v1.2.3 v2 ./x ~/y /srv/app/x.py src/a/b.py C:\\Users\\me x.py "
         "ORD-1042 cus_9fK2LmQ #1234 E501 ECONNREFUSED NOT_FOUND 5404 _x.py _a/b.py ._x/y ٣٤٥ days\n 10:30\n\tPM "
-        "$ 5 \u00a0$\u00a05 million 5\u2003days"
+        "$ 5 \u00a0$\u00a05 million 5\u2003days -$1,234.50 (-1253.75) EUR 1.234,56 JPY 5000 -1,200 EUR -12% "
+        "1.2.3-rc.1+build.5 fe80::1ff:fe23:abcd:890a 2001:db8:0:0:0:0:2:1 PT15M P1Y2M3DT4H 5pm 11 a.m. txn_0042"
     )
     assert len(facts._FIRST_CHARS) == len(facts._FACT_PATTERNS)
     for pattern, classes in zip(facts._FACT_PATTERNS, facts._FIRST_CHARS, strict=True):
@@ -177,3 +181,68 @@ def test_fact_count_counts_every_fact_match(parts: list[str]) -> None:
     text = "".join(parts) + " ORD-1042 at 10:30 AM, $12.50"
     expected = sum(1 for m in facts._SCAN_RE.finditer(text) if m.group(1))
     assert facts.fact_count(text) == expected >= 3
+
+
+_ADVERSARIAL = {
+    "compact JSON int array": ",".join(str(i % 3) for i in range(50_000)).join("[]"),
+    "one line of 1,1,1": ",".join(["1"] * 50_000),
+    "a-a-a": "a-" * 50_000,
+    "a.a.a": "a." * 50_000,
+    "A-A-A": "A-" * 50_000,
+    "1a-1a-": "1a-" * 33_000,
+    "a.1a.1": "a.1" * 33_000,
+}
+
+
+@pytest.mark.parametrize("name", list(_ADVERSARIAL))
+def test_the_scan_is_linear_on_adversarial_input(name: str) -> None:
+    # A guard against catastrophic backtracking (each ~100 KB input once took 8 s to minutes), not a
+    # speed goal: the bound is far above the ~0.2 s a linear scan takes.
+    text = _ADVERSARIAL[name]
+    started = time.perf_counter()
+    facts.find_facts(text)
+    fact_list(text)
+    assert time.perf_counter() - started < 2.0
+
+
+@pytest.mark.parametrize(
+    ("text", "fact"),
+    [
+        ("a refund of -$1,234.50 was issued", "-$1,234.50"),
+        ('{"amount":-1253.75}', "-1253.75"),
+        ("[12,-1253.75]", "-1253.75"),
+        ("a credit of +$20.00", "+$20.00"),
+        ("-1,200 EUR were written off", "-1,200 EUR"),
+        ("margin fell by -12%", "-12%"),
+        ("total EUR 1.234,56 due", "EUR 1.234,56"),
+        ("fee: JPY 5000.", "JPY 5000"),
+        ("ship 1.2.3-rc.1+build.5 today", "1.2.3-rc.1+build.5"),
+        ("listens on fe80::1ff:fe23:abcd:890a now", "fe80::1ff:fe23:abcd:890a"),
+        ("route 2001:db8:85a3:0:0:8a2e:370:7334 down", "2001:db8:85a3:0:0:8a2e:370:7334"),
+        ("prefix 2001:db8:: is ours", "2001:db8::"),
+        ("keep the window at PT15M.", "PT15M"),
+        ("a lease of P1Y2M3DT4H", "P1Y2M3DT4H"),
+        ("the standup moves to 5pm.", "5pm"),
+        ("call at 11 a.m. sharp", "11 a.m."),
+        ('{"txn":"txn_0042"}', "txn_0042"),
+    ],
+)
+def test_the_catalog_finds_signed_amounts_codes_first_build_metadata_ipv6_durations_and_short_times(
+    text: str, fact: str
+) -> None:
+    assert fact in facts.find_facts(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "not_a_fact"),
+    [
+        ("the years 2026-2027", "-2027"),  # a range, not a negative number
+        ("pages 10-200", "-200"),
+        ("id ORD-1042", "-1042"),
+        ("x[1::2]", "1::2"),  # a slice, not an address
+        ("std::vector<int>", "std::vector"),
+        ("PT alone", "P"),
+    ],
+)
+def test_signs_and_colons_that_join_values_are_not_part_of_a_fact(text: str, not_a_fact: str) -> None:
+    assert not_a_fact not in facts.find_facts(text)

@@ -478,6 +478,11 @@ def test_balanced_keeps_the_decisions_of_the_meeting() -> None:
             "etc. is fine mid-sentence, etc. and so on. Next.",
             ["etc. is fine mid-sentence, etc. and so on.", "Next."],
         ),
+        (
+            "生产数据库绝对不能删除。请先备份\uff01可以吗\uff1f好的。",
+            ["生产数据库绝对不能删除。", "请先备份\uff01", "可以吗\uff1f", "好的。"],
+        ),
+        ("Done. 生产数据库绝对不能删除。 Thanks.", ["Done.", "生产数据库绝对不能删除。", "Thanks."]),
     ],
 )
 def test_sentence_splitting(text: str, expected: list[str]) -> None:
@@ -636,3 +641,40 @@ def test_gate_letters_come_from_every_alternative() -> None:
     assert narrative._gated_words("in general|a lot|(?:x|y)z").pattern.startswith(r"\b(?=[aixy])")
     with pytest.raises(ValueError, match="first letter"):
         narrative._gated_words("[ab]c|d")
+
+
+_FILLER = (
+    "Thanks so much for getting back to me so quickly, I really appreciate it. "
+    "I hope you had a great weekend and that the weather was nice where you are. "
+    "It has been a pretty busy week over here with lots of meetings and various things going on. "
+    "Anyway, I wanted to give you a bit of background on the project before we dive in. "
+)
+
+
+@pytest.mark.parametrize(
+    "clause",
+    [
+        "Die Produktionsdatenbank darf niemals gelöscht werden.",
+        "Vous ne devez jamais supprimer la base de production.",
+        "Nunca borres la base de datos de producción.",
+        "生产数据库绝对不能删除。",
+        "Use no more than two replicas of the worker.",
+        "Ship it before Friday.",
+        "Avoid touching the billing tables.",
+        "Please refrain from pushing to main.",
+        "Keep the retention window at PT15M.",
+        "The gateway listens on fe80::1ff:fe23:abcd:890a now.",
+        "The standup moves to 5pm.",
+    ],
+)
+@pytest.mark.parametrize("mode", ["balanced", "aggressive"])
+def test_constraints_in_other_languages_and_phrasings_are_kept(clause: str, mode: str) -> None:
+    text = _FILLER + clause + " " + _FILLER
+    result = compress(text, Context(mode=mode))
+    assert result is not None  # the filler goes
+    assert clause in result.text
+
+
+def test_before_and_avoid_alone_are_not_constraints() -> None:
+    assert not facts.is_constraint("I wanted to give you some background before we dive in.")
+    assert facts.is_constraint("Deploy before Friday.") and facts.is_constraint("Avoid the billing tables.")

@@ -1,7 +1,8 @@
 """The exact-preservation catalog: what counts as a fact that must survive optimization byte for byte.
 
-IDs, hashes, UUIDs, amounts and currencies, percentages, dates and times, URLs, file paths, e-mail
-addresses, version numbers, error codes and inline code are found by the patterns below. Whatever a
+IDs, hashes, UUIDs, amounts and currencies (with their sign, the currency before or after), percentages,
+dates, times and ISO-8601 durations, URLs, file paths, e-mail addresses, IPv6 addresses, version numbers
+(with pre-release and build metadata), error codes and inline code are found by the patterns below. Whatever a
 compressor drops, the facts inside it are listed verbatim in the marker that replaces it (`marker()`), so a
 fact is never lost: it is either kept in place or named in the marker. The one documented exception is log
 folding (`kinds.logs`): in routine lines folded into a template, incidental values (timestamps, numbers,
@@ -17,12 +18,27 @@ import re
 from collections.abc import Iterable
 
 _MONTHS = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)[a-z]*\.?"
+_CURRENCY_CODES = "USD|EUR|GBP|JPY|CHF|CAD|AUD|CNY|INR"
+# The sign of an amount or a number belongs to it (`-$1,234.50`, `-1253.75`), unless it joins two values
+# (`2026-2027`, `10-200`) or is part of a flag or an id (`--1234`, `ORD-1042`).
+_SIGN_AFTER = r"[\w.+-]"
+_SIGN = rf"(?<!{_SIGN_AFTER})[-+]"
+_HEX4 = "[0-9A-Fa-f]{1,4}"
+_AMOUNT_AFTER = rf"\b\d[\d,]{{0,24}}(?:\.\d{{1,12}})?\s?(?:{_CURRENCY_CODES}|dollars|euros|pounds)\b"
+_PERCENTAGE = r"\b\d+(?:\.\d+)?\s?%"
+_NUMBER = r"\b\d{3,}(?:[.,]\d+)*\b"
 
 # Order matters only for readability; overlapping matches are resolved longest-first in `find_facts`.
+# A run a pattern scans before it can fail (the local part before an `@`, the digits before a currency, the
+# name before `.py`) is bounded when matches may start inside it: `a.a.a…` offers a start at every word, and
+# an unbounded run scanned again from each start is quadratic (a 100 KB line took minutes). The bounds are
+# above any real value (an e-mail's local part is at most 64 characters), so the scan stays linear.
 _FACT_PATTERNS: tuple[str, ...] = (
     r"https?://[^\s<>\"'`)\]}]+[^\s<>\"'`)\]}.,;:!?]",  # URLs
-    r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b",  # e-mail addresses
+    r"\b[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}\b",  # e-mail addresses
     r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b",  # UUIDs
+    # IPv6: eight groups, or `::` after a first group of 2+ digits (`fe80::1ff:fe23`, `2001:db8::`; no `1::2`)
+    rf"\b(?:(?:{_HEX4}:){{7}}{_HEX4}|[0-9A-Fa-f]{{2,4}}:(?:{_HEX4}:){{0,6}}:(?:{_HEX4}(?::{_HEX4}){{0,5}})?)(?![\w:])",
     r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,64}\b",  # hex hashes (git, sha)
     r"\b0x[0-9a-fA-F]+\b",  # hex literals, addresses
     r"`[^`\n]{1,200}`",  # inline code
@@ -30,26 +46,35 @@ _FACT_PATTERNS: tuple[str, ...] = (
     r"\b\d{1,2}/\d{1,2}/\d{2,4}\b",  # 03/14/2026
     rf"\b{_MONTHS} \d{{1,2}}(?:st|nd|rd|th)?(?:,? \d{{4}})?\b",  # March 14, 2026
     rf"\b\d{{1,2}} {_MONTHS}(?: \d{{4}})?\b",  # 14 March 2026
-    r"\b\d{1,2}:\d{2}(?::\d{2})?(?:\s?[AaPp][Mm])?(?:\s?(?:UTC|GMT|[A-Z]{2,4}T))?",  # times
-    r"[$€£¥₹]\s?\d[\d,]*(?:\.\d+)?(?:\s?(?:[kKmMbB]n?|million|billion))?",  # $1,234.50
-    r"\b\d[\d,]*(?:\.\d+)?\s?(?:USD|EUR|GBP|JPY|CHF|CAD|AUD|CNY|INR|dollars|euros|pounds)\b",  # 1,200 EUR
-    r"\b\d+(?:\.\d+)?\s?%",  # percentages
+    # times: 10:30, 10:30:05 PM UTC, 5pm, 11 a.m.
+    r"\b\d{1,2}(?::\d{2}(?::\d{2})?(?:\s?[AaPp][Mm])?(?:\s?(?:UTC|GMT|[A-Z]{2,4}T))?|\s?(?:[AaPp][Mm]\b|[ap]\.m\.))",
+    # ISO-8601 durations: P3D, PT15M, P1Y2M3DT4H
+    r"\bP(?=\d|T\d)(?:\d{1,9}(?:[.,]\d{1,9})?[YMWD]){0,4}(?:T(?:\d{1,9}(?:[.,]\d{1,9})?[HMS]){1,3})?\b",
+    rf"(?:{_SIGN})?[$€£¥₹]\s?\d[\d,]*(?:\.\d+)?(?:\s?(?:[kKmMbB]n?|million|billion))?",  # $1,234.50, -$5
+    rf"\b(?:{_CURRENCY_CODES})\s?[-+]?\d(?:[\d.,]{{0,24}}\d)?",  # EUR 1.234,56, JPY 5000
+    _AMOUNT_AFTER,  # 1,200 EUR
+    _PERCENTAGE,
     r"\b\d+(?:\.\d+)?(?:\s?[-–]\s?\d+(?:\.\d+)?)?\s?(?:business |working |calendar )?(?:days?|hours?|hrs?|"  # noqa: RUF001
     r"minutes?|mins?|seconds?|secs?|weeks?|months?|years?|ms|[KMGT]i?B|[kKMG]b|requests?|tokens?|users?|items?|"
     r"records?|retries|attempts?|times|nodes?|replicas?|cores?|GHz|MHz|rps|qps)\b",  # quantities with units
-    r"\bv?\d+\.\d+(?:\.\d+)+(?:[-+][\w.]+)?\b|\bv\d+(?:\.\d+)?\b",  # versions 1.2.3, v2
+    r"\bv?\d+\.\d+(?:\.\d+)+(?:-[\w.]{1,64})?(?:\+[\w.]{1,64})?\b|\bv\d+(?:\.\d+)?\b",  # 1.2.3-rc.1+b.5, v2
     # paths: ./x, ~/x, or /a/b (two segments or more, so a closing HTML tag is not a path)
-    r"(?:~|\.{1,2})/(?:[\w.@-]+/)*[\w.@-]+|/(?:[\w.@-]+/)+[\w.@-]+|\b(?:[\w.@-]+/)+[\w.@-]*\.\w{1,8}\b",
+    r"(?:~|\.{1,2})/(?:[\w.@-]+/)*[\w.@-]+|/(?:[\w.@-]+/)+[\w.@-]+"
+    r"|\b[\w.@-]{1,64}/(?:[\w.@-]+/)*[\w.@-]*\.\w{1,8}\b",
     r"\b[A-Za-z]:\\(?:[\w .-]+\\)*[\w .-]+",  # Windows paths
-    r"\b[\w-]+\.(?:py|js|ts|tsx|jsx|go|rs|java|kt|rb|php|c|h|cc|cpp|hpp|cs|swift|json|yaml|yml|toml|ini|cfg|"
-    r"md|txt|log|csv|sql|sh|html|css|lock|xml|proto)\b",  # file names
-    r"\b[A-Z][A-Z0-9]*(?:[-_][A-Z0-9]+)*[-_]\d[\w-]*\b",  # ORD-1042, INV_2026_07, JIRA-88
-    r"\b[a-z]{2,8}_(?=[A-Za-z]*\d)[A-Za-z0-9]{6,}\b",  # cus_9fK2LmQ style ids (a digit: not snake_case words)
+    r"\b[\w-]{1,64}\.(?:py|js|ts|tsx|jsx|go|rs|java|kt|rb|php|c|h|cc|cpp|hpp|cs|swift|json|yaml|yml|toml|ini|"
+    r"cfg|md|txt|log|csv|sql|sh|html|css|lock|xml|proto)\b",  # file names
+    r"\b[A-Z][A-Z0-9]{0,31}(?:[-_][A-Z0-9]{1,31}){0,7}[-_]\d[\w-]{0,63}\b",  # ORD-1042, INV_2026_07, JIRA-88
+    # cus_9fK2LmQ, txn_0042 style ids (a digit: not snake_case words)
+    r"\b[a-z]{2,8}_(?:(?=[A-Za-z]*\d)[A-Za-z0-9]{6,}|\d{3,})\b",
     r"#\d{2,}\b",  # #1234
     r"\b(?:E|ERR|ERROR|HTTP|TS|CS|PY)[-_]?\d{2,6}\b",  # E501, ERR-404, TS2345
     r"\bE[A-Z]{4,}\b",  # ECONNREFUSED, ENOENT
     r"\b[A-Z][A-Z0-9]+(?:_[A-Z0-9]+)+\b",  # NOT_FOUND, MAX_RETRIES
-    r"\b\d{3,}(?:[.,]\d+)*\b",  # other numbers of 3+ digits (counts, ports, line numbers, ids)
+    _NUMBER,  # other numbers of 3+ digits (counts, ports, line numbers, ids)
+    # The same three with their sign: a pattern of its own, so that the unsigned ones keep their leading `\b`
+    # (which `_combine` factors) and the signed ones are tried only where a sign is (`_FIRST_CHARS`).
+    rf"[-+](?<!{_SIGN_AFTER}[-+])(?:{_AMOUNT_AFTER[2:]}|{_PERCENTAGE[2:]}|{_NUMBER[2:]})",
 )
 
 
@@ -114,6 +139,7 @@ _FIRST_CHARS: tuple[str, ...] = (
     "L",  # URLs
     "DLUO",  # e-mail addresses
     "DLU",  # UUIDs
+    "DLU",  # IPv6
     "DL",  # hex hashes
     "D",  # hex literals
     "O",  # inline code
@@ -122,7 +148,9 @@ _FIRST_CHARS: tuple[str, ...] = (
     "U",  # March 14, 2026
     "D",  # 14 March 2026
     "D",  # times
+    "U",  # PT15M
     "O",  # $1,234.50
+    "U",  # EUR 1.234,56
     "D",  # 1,200 EUR
     "D",  # percentages
     "D",  # quantities with units
@@ -137,6 +165,7 @@ _FIRST_CHARS: tuple[str, ...] = (
     "U",  # ECONNREFUSED
     "U",  # NOT_FOUND
     "D",  # numbers of 3+ digits
+    "O",  # -1,200 EUR, -12%, -1253.75
 )
 _CLASS_LOOKAHEAD = {"D": r"(?=\d)", "L": r"(?=[a-z])", "U": r"(?=[A-Z])", "O": r"(?![a-zA-Z\d\s])"}
 
@@ -164,19 +193,29 @@ _FACT_RE = re.compile(_dispatch(_FACT_PATTERNS, _FIRST_CHARS))
 # whitespace and JSON punctuation (no pattern starts with those). Facts are group 1; the other matches are
 # empty. Same matches as `_FACT_RE` (tests/optimize/test_facts.py checks it); about 3x faster on JSON.
 _WORD_END = r"(?=[\s\",;()\[\]{}=<>]|\.(?:\s|$))"
+# An all-caps word followed by a number may be a currency code (`JPY 5000`): not stepped over.
+_CAPS_END = r"(?=[\",;()\[\]{}=<>]|\s(?![-+]?\d)|\.(?:\s|$))"
 # One match steps over a whole run of such stretches (possessive: the run ends where none matches, exactly
 # where a lone stretch's match would have ended), so the caller sees a few matches per fact, not one per word.
 _SCAN_RE = re.compile(
     rf"(?:[a-z]+{_WORD_END}|(?!(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec))[A-Z][a-z]+{_WORD_END}"
-    rf"|(?!E)[A-Z]{{2,}}{_WORD_END}|[\s\",:{{}}\[\]]+)++|({_FACT_RE.pattern})"
+    rf"|(?!E)[A-Z]{{2,}}{_CAPS_END}|[\s\",:{{}}\[\]]+)++|({_FACT_RE.pattern})"
 )
 _RUN_RE = re.compile(r"[A-Za-z0-9]+")
 
+_WEEKDAY = r"(?:mon|tues|wednes|thurs|fri|satur|sun)day"
+# A compact lexicon: English, then the German, French and Spanish words for must/never/only/forbidden, then
+# Chinese (no word boundaries in CJK text, so those are matched anywhere).
 _CONSTRAINT_RE = re.compile(
     r"\b(?:must(?:\s+not)?|mustn't|never|only|always|do\s+not|don't|does\s+not|cannot|can't|shall(?:\s+not)?|"
     r"should(?:\s+not)?|shouldn't|required?|requires|mandatory|forbidden|prohibited|not\s+allowed|deadline|"
-    r"due|no\s+later\s+than|by\s+(?:end\s+of|EOD|COB)|limit(?:ed|s)?|at\s+(?:most|least)|maximum|minimum|"
-    r"exactly|until|unless|except|without)\b",
+    r"due|no\s+later\s+than|no\s+(?:more|fewer|less)\s+than|avoid(?:ing)?|refrain|"
+    rf"(?:by|before)\s+(?:end\s+of|EOD|COB|{_WEEKDAY}|tomorrow|tonight|noon|midnight)|limit(?:ed|s)?|"
+    r"at\s+(?:most|least)|maximum|minimum|exactly|until|unless|except|without|"
+    r"darf|dürfen|muss|müssen|niemals|nie|nur|immer|verboten|keinesfalls|"  # German
+    r"doit|doivent|devez|jamais|interdit|obligatoire|uniquement|toujours|"  # French
+    r"debe[ns]?|nunca|jamás|siempre|prohibido|obligatorio|solamente|únicamente)\b"  # Spanish
+    r"|不能|不得|不可|不要|禁止|严禁|切勿|必须|务必|绝不|只能|永远不",  # Chinese
     re.IGNORECASE,
 )
 # The same on lower-cased ASCII text: an ignore-case alternation gives the engine no literal to skip ahead

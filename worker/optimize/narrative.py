@@ -56,7 +56,8 @@ _CODE_CHARS = "{}[]();=<>$\\|"
 # --- sentence boundaries ---------------------------------------------------------------------------------
 
 _CLOSERS = "\"'\u2019\u201d)]*_"  # closing quotes, brackets and emphasis after the end punctuation
-_PUNCT_RE = re.compile(rf"[.!?]+[{re.escape(_CLOSERS)}]*(?=\s)")
+_CJK_ENDS = "\u3002\uff01\uff1f"  # the ideographic full stop, full-width ! and ?: no space follows them
+_PUNCT_RE = re.compile(rf"[.!?]+[{re.escape(_CLOSERS)}]*(?=\s)|[{_CJK_ENDS}]+[{re.escape(_CLOSERS)}]*")
 _INLINE_CODE_RE = re.compile(r"`[^`\n]+`")
 _WORD_BEFORE_RE = re.compile(r"(\S+)$")
 _INITIALISM_RE = re.compile(r"(?:[a-z]\.)+[a-z]")
@@ -251,7 +252,8 @@ def _sentence_spans(text: str, a: int, b: int) -> list[tuple[int, int]]:
         if nxt_pos >= len(seg):
             continue
         punct = m.group(0)
-        if "!" in punct or "?" in punct or _period_ends_sentence(seg, m.start(), seg[nxt_pos]):
+        ends = "!" in punct or "?" in punct or punct[0] in _CJK_ENDS
+        if ends or _period_ends_sentence(seg, m.start(), seg[nxt_pos]):
             cuts.add(m.end())
     # Line breaks: a break is a boundary unless it looks like a soft wrap inside a sentence.
     line_start = 0

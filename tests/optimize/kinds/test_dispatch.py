@@ -123,6 +123,18 @@ def test_whitespace_clean_up_is_the_regex_definition(text: str) -> None:
     assert collapse_blank_lines(stripped) == re.sub(r"\n{3,}", "\n\n", stripped)
 
 
+def _comma_cuts_reference(piece: str, size: int) -> list[str]:
+    """An over-long piece cut after the last comma of each `size` characters (or the first one past them)."""
+    out: list[str] = []
+    while len(piece) > size and "," in piece:
+        ends = [i + 1 for i, c in enumerate(piece) if c == ","]
+        within = [end for end in ends if end <= size]
+        end = within[-1] if within else ends[0]
+        out.append(piece[:end])
+        piece = piece[end:]
+    return [*out, piece]
+
+
 def _chunks_reference(text: str, size: int) -> list[str]:
     """The chunking rule, line by line: the most whole lines within `size`, over-long lines cut first."""
     out: list[str] = []
@@ -130,7 +142,7 @@ def _chunks_reference(text: str, size: int) -> list[str]:
     used = 0
     for line in text.split("\n"):
         pieces = re.split(r'(?:(?<=,)|(?<=, ))(?=")', line) if len(line) > size else [line]
-        for piece in pieces:
+        for piece in (cut for whole in pieces for cut in _comma_cuts_reference(whole, size)):
             if used + len(piece) > size and buffer:
                 out.append("\n".join(buffer))
                 buffer, used = [], 0
@@ -144,6 +156,17 @@ def _chunks_reference(text: str, size: int) -> list[str]:
 @settings(max_examples=400, deadline=None)
 @given(st.text(alphabet='ab\n,"', max_size=200), st.integers(min_value=1, max_value=20))
 @example('ab\na,"bbbbbbbbbbbbb', 10)  # an over-long line whose first piece joins the lines before it
+@example("a,b,aaaaaaaaaa,bb,b,a", 5)  # an over-long piece without `,"`: cut after commas
 def test_chunks_follow_the_line_rule(text: str, size: int) -> None:
     """Chunks found by searching for line ends are the ones the line-by-line rule builds."""
-    assert list(_chunks(text, size)) == _chunks_reference(text, size)
+    chunks = list(_chunks(text, size))
+    assert chunks == _chunks_reference(text, size)
+    # Nothing is lost or added but line breaks between pieces.
+    assert "".join(chunks).replace("\n", "") == text.replace("\n", "")
+
+
+def test_a_long_line_without_json_members_is_cut_after_commas() -> None:
+    line = ",".join(["1"] * 20_000)  # 40 KB: one line, no `,"`
+    chunks = list(_chunks(line))
+    assert len(chunks) == 5 and all(len(chunk) <= 8000 for chunk in chunks)
+    assert "".join(chunks) == line

@@ -209,3 +209,95 @@ def test_dispatch_through_compress_tool_output() -> None:
     result = compress_tool_output(text, BALANCED)
     assert result is not None and result.strategy == "json-fold"
     assert missing(text, result.text) == []
+
+
+def _cart(n: int = 20) -> list[dict[str, Any]]:
+    return [
+        {"sku": f"widget-{chr(97 + i % 26)}", "qty": 1 + i % 3, "warnings": [], "errors": []}
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("errors", [1, 3, 5])
+def test_records_with_non_empty_error_and_warning_lists_stay_whole(errors: int) -> None:
+    items = _cart()
+    for j in range(errors):
+        items[3 + 3 * j]["errors"] = [f"payment declined: insufficient funds ({j})"]
+    items[17]["warnings"] = ["address could not be verified"]
+    result = json_output.compress(json.dumps({"results": items}, indent=2), BALANCED)
+    assert result is not None and result.strategy == "json-fold"
+    kept = [item for item in json.loads(result.text)["results"] if isinstance(item, dict)]
+    for index in [*(3 + 3 * j for j in range(errors)), 17]:
+        assert items[index] in kept, index
+
+
+def test_error_like_strings_inside_lists_mark_their_record() -> None:
+    items = [
+        {"id": f"job-{i}", "state": "done", "events": ["queued", "started", "finished"]} for i in range(20)
+    ]
+    items[11]["events"] = ["queued", "started", "upload failed: connection refused"]
+    result = json_output.compress(json.dumps(items, indent=2), BALANCED)
+    assert result is not None and result.strategy == "json-fold"
+    assert items[11] in json.loads(result.text)
+
+
+def test_the_marker_summarises_numbers_and_nulls_with_few_values() -> None:
+    items = [
+        {
+            "name": f"task number {i} of the nightly batch",
+            "priority": [1, 2, 3][i % 3],
+            "weight": [0.5, 1.5][i % 2],
+            "owner": None if i % 4 == 0 else "ops-team",
+            "tier": "gold",
+        }
+        for i in range(24)
+    ]
+    result = json_output.compress(json.dumps(items, indent=2), BALANCED)
+    assert result is not None
+    (marker,) = _markers(json.loads(result.text))
+    assert "priority values: 3 (7), 1 (7), 2 (7)" in marker
+    assert "weight values: 0.5 (11), 1.5 (10)" in marker
+    assert "owner values: ops-team (16), null (5)" in marker
+
+
+def test_the_marker_lists_signed_amounts_and_ids_verbatim() -> None:
+    items = [
+        {
+            "txn": f"txn_{i:04d}",
+            "type": "adjustment",
+            "amount": (-1250.75 - i) if i % 2 else (42.5 + i),
+            "display": f"EUR {1 + i}.234,56" if i % 3 == 0 else "n/a",
+            "currency": "EUR",
+        }
+        for i in range(24)
+    ]
+    text = json.dumps(items, indent=1)
+    result = json_output.compress(text, BALANCED)
+    assert result is not None and result.strategy == "json-fold"
+    (marker,) = _markers(json.loads(result.text))
+    for fact in ("txn_0002", "-1253.75", "EUR 4.234,56", "txn_0022"):
+        assert fact in marker
+    assert "1253.75" not in marker.replace("-1253.75", "")  # never without its sign
+
+
+@pytest.mark.parametrize(
+    "config",
+    ['{"mode": "strict", "mode": "permissive"}', '{"offset": -0}', '{"offsets": [1, -0, 2]}'],
+    ids=["duplicate-keys", "negative-zero", "negative-zero-in-array"],
+)
+def test_a_document_that_does_not_reencode_is_minified_not_folded(config: str) -> None:
+    records = ",".join(
+        f'{{"id": {i}, "name": "widget", "state": "ok", "note": "routine sync"}}' for i in range(30)
+    )
+    doc = '{"config": ' + config + ', "items": [' + records + "]}"
+    result = json_output.compress(doc, BALANCED)
+    assert result is not None and result.strategy == "json-minify"
+    assert result.text == msgspec.json.format(doc.encode(), indent=-1).decode()
+
+
+def test_string_escapes_alone_do_not_stop_a_fold() -> None:
+    records = ",".join(
+        f'{{"id": {i}, "name": "caf\\u00e9", "state": "ok", "note": "routine sync"}}' for i in range(30)
+    )
+    result = json_output.compress('{"items": [' + records + "]}", BALANCED)
+    assert result is not None and result.strategy == "json-fold"

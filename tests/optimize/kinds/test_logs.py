@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from tests.optimize.kinds._data import (
     JAVA_TRACE,
     TRACEBACK,
@@ -249,3 +251,58 @@ def test_the_slot_scan_steps_over_words_without_changing_a_slot() -> None:
     samples += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(5000)]
     for s in samples:
         assert slots(logs._VALUE_SLOT_RE, s) == slots(plain, s), s
+
+
+def _glog(i: int, level: str = "I", body: str = "") -> str:
+    where = "memcache.go:287" if body else f"controller.go:{100 + i % 7}"
+    return f"{level}0314 10:{i // 60:02d}:{i % 60:02d}.345678       1 {where}] " + (
+        body or f"Synced pod default/web-{i}"
+    )
+
+
+def _zerolog(i: int, level: str = "INF", body: str = "") -> str:
+    return f"{1 + i % 12}:{i % 60:02d}PM {level} " + (
+        body or f"request served path=/api/v1/items status=200 n={i}"
+    )
+
+
+def _logcat_brief(i: int, level: str = "I", body: str = "") -> str:
+    return f"{level}/ActivityManager( {1200 + i % 3}): " + (
+        body or f"Start proc {i} for service com.example/.Sync"
+    )
+
+
+def _logcat_threadtime(i: int, level: str = "I", body: str = "") -> str:
+    return f"03-14 10:02:{i % 60:02d}.123  1234  5678 {level} ActivityManager: " + (
+        body or f"Displayed com.example/.Main: +{300 + i}ms"
+    )
+
+
+_LEVEL_FORMATS = {
+    "glog": (_glog, ["E", "W", "F"]),
+    "zerolog": (_zerolog, ["ERR", "WRN", "FTL"]),
+    "logcat-brief": (_logcat_brief, ["E", "W", "F"]),
+    "logcat-threadtime": (_logcat_threadtime, ["E", "W", "F"]),
+}
+
+
+@pytest.mark.parametrize("name", list(_LEVEL_FORMATS))
+def test_letter_and_abbreviated_levels_stay_verbatim(name: str) -> None:
+    line, levels = _LEVEL_FORMATS[name]
+    lines = [line(i) for i in range(30)]
+    important = [
+        line(
+            30 + k,
+            level,
+            "couldn't get resource list for metrics.k8s.io/v1beta1: the server is unable to handle it",
+        )
+        for k, level in enumerate(sorted(levels * 5))
+    ]
+    text = "\n".join(lines[:10] + important + lines[10:])
+    assert detect(text) == "log"
+    for mode in ("balanced", "aggressive"):
+        result = logs.compress(text, Context(mode=mode))
+        assert result is not None and result.strategy == "log-template"  # the routine lines are folded
+        kept = result.text.split("\n")
+        for entry in important:
+            assert entry in kept, (mode, entry)

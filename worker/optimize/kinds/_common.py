@@ -31,7 +31,9 @@ mostly facts, the marker would be nearly as long and would only lose the context
 
 # Big texts are scanned in chunks of lines (facts never span lines in practice, so chunking finds the same
 # facts). A very long line (one-line JSON) is cut before a `,"` or `, "` (a JSON member or element
-# boundary), which only an inline-code fact could contain.
+# boundary), which only an inline-code fact could contain. A piece still longer than a chunk (a JSON array
+# of numbers, a CSV row) is cut after a comma, at most once per chunk: a number with thousands separators
+# cut there is checked as its two parts, which stay verbatim wherever the whole does.
 _CHUNK_CHARS = 8000
 _LONG_LINE_CUT_RE = re.compile(r'(?:(?<=,)|(?<=, ))(?=")')
 
@@ -90,7 +92,7 @@ def _chunks_by_line(text: str, size: int) -> Iterable[str]:
     used = 0
     for line in text.split("\n"):
         pieces = _LONG_LINE_CUT_RE.split(line) if len(line) > size else [line]
-        for piece in pieces:
+        for piece in (cut for whole in pieces for cut in _cut_after_commas(whole, size)):
             if used + len(piece) > size and buffer:
                 yield "\n".join(buffer)
                 buffer, used = [], 0
@@ -98,6 +100,26 @@ def _chunks_by_line(text: str, size: int) -> Iterable[str]:
             used += len(piece) + 1
     if buffer:
         yield "\n".join(buffer)
+
+
+def _cut_after_commas(piece: str, size: int) -> list[str]:
+    """`piece` cut after its last comma within each `size` characters (after the first comma past them when
+    there is none within); uncut when it fits or has no comma. Two neighbouring cuts never fit in one chunk
+    together, so `_chunks_by_line` never joins them with a line break that is not in the text."""
+    if len(piece) <= size:
+        return [piece]
+    cuts: list[str] = []
+    start = 0
+    while len(piece) - start > size:
+        comma = piece.rfind(",", start, start + size)
+        if comma < 0:
+            comma = piece.find(",", start + size)
+            if comma < 0:
+                break
+        cuts.append(piece[start : comma + 1])
+        start = comma + 1
+    cuts.append(piece[start:])
+    return cuts
 
 
 def fact_list(text: str) -> list[str]:

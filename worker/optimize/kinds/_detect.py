@@ -43,6 +43,9 @@ LOG_PREFIX_RE = re.compile(
     r"|\[?\d{2}:\d{2}:\d{2}"  # time of day
     r"|[A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2}"  # syslog
     r"|[IWEF]\d{4} \d{2}:\d{2}:\d{2}"  # glog/klog
+    r"|\d{1,2}:\d{2}[AP]M [A-Z]{3}\b"  # zerolog console: 3:04PM INF
+    r"|\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3}\s"  # logcat threadtime
+    r"|[VDIWEFA]/[\w.$-]+(?:\(\s*\d+\))?:"  # logcat brief: E/Tag( 123):
     r"|\d{10}(?:\.\d+)?\s"  # epoch seconds
     r"|\d{1,3}(?:\.\d{1,3}){3} - \S+ \["  # access log
     r"|(?:time|ts|level|lvl|t)=\S"  # logfmt

@@ -61,23 +61,31 @@ _SETTINGS: Mapping[Mode, _Settings] = MappingProxyType(
 
 _RARE_SHARE = 0.1
 """A signal marks an item as an outlier only if at most this share of the items has it."""
+_ERROR_SHARE = 0.5
+"""The same for error signals (an error field or value, an HTTP status >= 400): an error in a quarter of the
+records still stands out; the `outlier_cap` bounds how many are kept."""
+_ERROR_WEIGHT = 3
 _FLATTEN_DEPTH = 3
 _SUMMARY_MAX_VALUES = 6
 _SUMMARY_MAX_FIELDS = 8
 _SUMMARY_MAX_LEN = 40
 _ROBUST_Z = 6.0
+_LIST_SCAN_ITEMS = 20
+"""Elements of an array field looked at for error-like strings."""
 
 # Floats are kept as their source text (msgspec.Raw), so `1.50` stays `1.50` and never becomes `1.5`.
 _DECODER = msgspec.json.Decoder(float_hook=lambda s: msgspec.Raw(s.encode()))
 
 _ERROR_KEY_RE = re.compile(
-    r"(?:^|[_\-.])(?:errors?|err|exception|failures?|fault|traceback|stack(?:trace)?)$", re.I
+    r"(?:^|[_\-.])(?:errors?|err|exception|failures?|fault|traceback|stack(?:trace)?|warn(?:ings?)?)$", re.I
 )
 _ERROR_VALUE_RE = re.compile(
     r"\b(?:errors?|errored|fail(?:ed|ing|ure)?|exception|fatal|panic|crash(?:ed)?|denied|rejected|declined|"
     r"refused|invalid|unauthori[sz]ed|forbidden|time[ds]?[ _-]?out|abort(?:ed)?|unavailable|not[ _]found)\b",
     re.I,
 )
+# `-0` as a number in minified JSON (a member's or an element's value); decoded, it is the integer 0.
+_NEGATIVE_ZERO_RE = re.compile(r"[:,\[]-0(?=[,\]}]|$)")
 _STATUS_KEY_RE = re.compile(r"(?:^|[_.])(?:status|status_?code|code|http_?status)$", re.I)
 _QUERY_WORD_RE = re.compile(r"[A-Za-z0-9][\w-]{3,}")
 _STOPWORDS = frozenset(
@@ -109,8 +117,9 @@ def compress(text: str, ctx: Context) -> Compressed | None:
     if ctx.mode == "safe":
         return finish(text, minified, "json-minify", lossless_note, original_facts)
     folder = _Folder(_SETTINGS[ctx.mode], _query_terms(ctx.query))
-    new_doc = folder.walk(_DECODER.decode(stripped), "$")
-    if folder.notes:
+    doc = _DECODER.decode(stripped)
+    new_doc = folder.walk(doc, "$")
+    if folder.notes and _reencodes_faithfully(minified, doc):
         encoded = msgspec.json.encode(new_doc).decode()
         folded = finish(text, encoded, "json-fold", folder.notes, original_facts)
         if folded is not None:
@@ -118,6 +127,25 @@ def compress(text: str, ctx: Context) -> Compressed | None:
     # No fold, or one that failed the final check (a fact spelled differently once re-encoded, e.g. with
     # JSON escapes): the lossless minified text is still a valid answer.
     return finish(text, minified, "json-minify", lossless_note, original_facts)
+
+
+def _reencodes_faithfully(minified: str, doc: Any) -> bool:
+    """True when encoding the decoded `doc` again changes no value of the document `minified`.
+
+    A fold re-encodes the whole document, and decoding loses two things: the first value of a duplicate
+    key, and the sign of `-0`. Either way the document is not folded (it is still minified, which copies
+    every token). String escapes may come out spelled differently (`\\u00e9` as `é`), with the same meaning.
+    A key ends with `":` in both texts; inside a string that pair is always escaped (`\\":`), so equal
+    counts of unescaped ones mean no key was lost.
+    """
+    if "-0" in minified and _NEGATIVE_ZERO_RE.search(minified):
+        return False
+    again = msgspec.json.encode(doc).decode()
+    return again == minified or _key_count(again) == _key_count(minified)
+
+
+def _key_count(text: str) -> int:
+    return text.count('":') - text.count('\\":')
 
 
 def _compress_json_lines(text: str, stripped: str, ctx: Context) -> Compressed | None:
@@ -188,7 +216,7 @@ def _plan_fold(
     n = len(items)
     flats = [_flatten(item) for item in items]
     keep = set(range(min(settings.head, n))) | set(range(max(0, n - settings.tail), n))
-    keep.update(_outliers(flats)[: settings.outlier_cap])
+    keep.update(_outliers(flats, [_lists(item) for item in items])[: settings.outlier_cap])
     keep.update(_query_hits(encoded, query_terms)[: settings.query_cap])
     item_facts = {i: facts.find_facts(encoded[i]) for i in range(n) if i not in keep}
     # A fact with a quote or backslash would come out escaped inside the marker string, no longer verbatim.
@@ -217,6 +245,27 @@ def _flatten(item: dict[str, Any], prefix: str = "", depth: int = 1) -> dict[str
     return out
 
 
+def _lists(item: dict[str, Any], prefix: str = "", depth: int = 1) -> dict[str, list[Any]]:
+    """The array fields of a record by dotted path (the ones `_flatten` skips), to the same depth."""
+    out: dict[str, list[Any]] = {}
+    for key, value in item.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, list):
+            out[name] = value
+        elif isinstance(value, dict) and depth < _FLATTEN_DEPTH:
+            out.update(_lists(value, name, depth + 1))
+    return out
+
+
+def _error_text(value: list[Any]) -> bool:
+    """True when an array holds an error-like string (`["payment declined"]`), also in its objects' fields."""
+    for element in value[:_LIST_SCAN_ITEMS]:
+        texts = element.values() if isinstance(element, dict) else (element,)
+        if any(isinstance(t, str) and len(t) <= 200 and _ERROR_VALUE_RE.search(t) for t in texts):
+            return True
+    return False
+
+
 def _number(value: Scalar) -> float | None:
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return None
@@ -229,8 +278,13 @@ def _number(value: Scalar) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _outliers(flats: list[dict[str, Scalar]]) -> list[int]:
-    """Indices of records that stand out from the rest, most remarkable first (ties: document order)."""
+def _outliers(flats: list[dict[str, Scalar]], lists: list[dict[str, list[Any]]]) -> list[int]:
+    """Indices of records that stand out from the rest, most remarkable first (ties: document order).
+
+    `lists` holds each record's array fields (`_lists`): a non-empty `errors`/`warnings` array, or one holding
+    an error-like string, marks its record like an error field or value does; a rare non-empty array where
+    the others are empty (or missing) marks it like a rare value.
+    """
     n = len(flats)
     rare = max(1, int(n * _RARE_SHARE))
     paths: dict[str, list[int]] = {}
@@ -239,8 +293,11 @@ def _outliers(flats: list[dict[str, Scalar]]) -> list[int]:
             paths.setdefault(path, []).append(i)
     score = [0] * n
 
+    errors_rare = max(1, int(n * _ERROR_SHARE))
+
     def mark(hits: list[int], weight: int) -> None:
-        if 0 < len(hits) <= rare:
+        # Error signals (weight 3) stand out until they are the rule; milder signals only when rare.
+        if 0 < len(hits) <= (errors_rare if weight >= _ERROR_WEIGHT else rare):
             for i in hits:
                 score[i] += weight
 
@@ -248,16 +305,17 @@ def _outliers(flats: list[dict[str, Scalar]]) -> list[int]:
         leaf = path.rsplit(".", 1)[-1]
         values = [(i, flats[i][path]) for i in present]
         if _ERROR_KEY_RE.search(leaf):
-            mark([i for i, v in values if v not in (None, "", False, 0)], 3)
+            mark([i for i, v in values if v not in (None, "", False, 0)], _ERROR_WEIGHT)
         if len(present) < n and n - len(present) <= rare:
             present_set = set(present)
             mark([i for i in range(n) if i not in present_set], 1)
         mark([i for i, v in values if v is None], 1)
-        mark([i for i, v in values if isinstance(v, str) and len(v) <= 200 and _ERROR_VALUE_RE.search(v)], 3)
+        errors = [i for i, v in values if isinstance(v, str) and len(v) <= 200 and _ERROR_VALUE_RE.search(v)]
+        mark(errors, _ERROR_WEIGHT)
         if _STATUS_KEY_RE.search(leaf):
             mark(
                 [i for i, v in values if isinstance(v, int) and not isinstance(v, bool) and 400 <= v <= 599],
-                3,
+                _ERROR_WEIGHT,
             )
         bools = [(i, v) for i, v in values if isinstance(v, bool)]
         if len(bools) == len(values) and bools:
@@ -267,6 +325,17 @@ def _outliers(flats: list[dict[str, Scalar]]) -> list[int]:
         numbers = [(i, x) for i, v in values if (x := _number(v)) is not None]
         if len(numbers) >= 5:
             _mark_numeric_outliers(numbers, mark)
+    array_paths: dict[str, list[int]] = {}
+    for i, fields in enumerate(lists):
+        for path, value in fields.items():
+            if value:
+                array_paths.setdefault(path, []).append(i)
+    for path, filled in array_paths.items():
+        if _ERROR_KEY_RE.search(path.rsplit(".", 1)[-1]):
+            mark(filled, _ERROR_WEIGHT)
+        else:
+            mark(filled, 1)
+        mark([i for i in filled if _error_text(lists[i][path])], _ERROR_WEIGHT)
     ranked = sorted((i for i in range(n) if score[i] > 0), key=lambda i: (-score[i], i))
     return ranked
 
@@ -333,8 +402,22 @@ def _describe(
     return "; ".join(parts)
 
 
+def _shown(value: Scalar) -> str:
+    """A scalar as the summary writes it: JSON spelling for literals, numbers as written, strings bare."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, msgspec.Raw):
+        return bytes(value).decode()
+    return str(value)
+
+
 def _value_summaries(flats: list[dict[str, Scalar]], folded: list[int]) -> list[str]:
-    """`field values: a (120), b (3)` for string/boolean fields with few distinct values (folded items)."""
+    """`field values: a (120), b (3)` for scalar fields with few distinct values (folded items).
+
+    Strings, booleans, numbers (floats as written) and null; a field holding an object or array is left out.
+    """
     paths: dict[str, None] = {}
     for i in folded:
         for path in flats[i]:
@@ -342,11 +425,11 @@ def _value_summaries(flats: list[dict[str, Scalar]], folded: list[int]) -> list[
     summaries: list[str] = []
     for path in paths:
         values = [flats[i][path] for i in folded if path in flats[i]]
-        if len(values) < 3 or not all(isinstance(v, str | bool) for v in values):
+        if len(values) < 3:
             continue
         counts: dict[str, int] = {}
         for v in values:
-            shown = ("true" if v else "false") if isinstance(v, bool) else str(v)
+            shown = _shown(v)
             counts[shown] = counts.get(shown, 0) + 1
         if len(counts) > _SUMMARY_MAX_VALUES or len(counts) * 2 > len(values):
             continue

@@ -71,6 +71,16 @@ _IMPORTANT_RE = re.compile(
     re.IGNORECASE,
 )
 _IMPORTANT_LOWER_RE = re.compile(_IMPORTANT_RE.pattern)  # for lower-cased ASCII text
+# Levels written as a letter or an abbreviation in an entry's first line, matched case-sensitively (lower-case
+# `err` is a variable): glog/klog `E0314 10:02:01.123 …]` (W, F too), logcat threadtime
+# `03-14 10:02:00.123  1234  5678 E Tag:`, and within the first three words logcat's `E/Tag( 123):` and
+# zerolog's console `ERR`/`WRN`/`FTL`/`PNC`. Anchored at the entry's start: a `match` per entry costs a
+# tenth of a scan of the whole text.
+_LEVEL_CODE_RE = re.compile(
+    r"[ \t]{0,2}(?:[EWF]\d{4} \d{2}:\d{2}:\d{2}"
+    r"|\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3}[ \t]+\d+[ \t]+\d+[ \t]+[EWFA][ \t]"
+    r"|(?:\S+[ \t]+){0,2}(?:[EWFA]/[\w.$-]+(?:\([ \t]*\d+\))?:|(?:ERR|WRN|FTL|PNC)\b))"
+)
 # MULTILINE: `^` is the start of any line of an entry.
 _EXCEPTION_NAME_RE = re.compile(
     r"[a-z0-9](?:Error|Exception|Warning|Fault)\b|^E\s{2,}|^Caused by:|^panic:", re.MULTILINE
@@ -112,7 +122,7 @@ _INCIDENTAL_RE = re.compile(
     r"|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
     r"|0x[0-9a-fA-F]+|(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,64}"
     r"|\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?"
-    r"|\d[\d,]*(?:\.\d+)?(?:\s?(?:%|[A-Za-z]{1,12}))?)"
+    r"|[-+]?\d[\d,]*(?:\.\d+)?(?:\s?(?:%|[A-Za-z]{1,12}))?)"
 )
 _CURRENCY_RE = re.compile(r"[$€£¥₹]|\b(?:USD|EUR|GBP|JPY|CHF|CAD|AUD|CNY|INR|dollars|euros|pounds)\b")
 
@@ -222,6 +232,9 @@ def _important_entries(text: str, bodies: list[str], starts: list[int]) -> list[
         level_matches = _IMPORTANT_RE.finditer(text)
     for match in level_matches:
         important[bisect_right(starts, match.start()) - 1] = True
+    for i, body in enumerate(bodies):
+        if not important[i] and _LEVEL_CODE_RE.match(body):
+            important[i] = True
     for match in _EXCEPTION_NAME_RE.finditer(text):
         i = bisect_right(starts, match.start()) - 1
         if match.end() <= starts[i] + len(bodies[i]):
@@ -364,4 +377,8 @@ def _ends_traceback(entry: list[str], line: str) -> bool:
 
 
 def _is_important(body: str) -> bool:
-    return _IMPORTANT_RE.search(body) is not None or _EXCEPTION_NAME_RE.search(body) is not None
+    return (
+        _IMPORTANT_RE.search(body) is not None
+        or _EXCEPTION_NAME_RE.search(body) is not None
+        or _LEVEL_CODE_RE.match(body) is not None
+    )
