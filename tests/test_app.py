@@ -7,6 +7,8 @@ import io
 import json
 import logging
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 
 import aiohttp
@@ -14,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from tests.harness import InProcessWorker
+from worker.app import ROUTES, runs_to_completion
 from worker.appkeys import CTX, ENV
 from worker.handlers.health import VERSION
 from worker.jsonio import json_response, read_json_object
@@ -235,3 +238,42 @@ def test_an_unreachable_kv_is_a_503_to_retry_not_an_internal_error(
             else:
                 assert error["code"] == "kv_unavailable"
     assert not any(r.exc_info for r in caplog.records)
+
+
+def test_a_change_started_is_finished_when_its_client_hangs_up(
+    make_worker: Callable[..., InProcessWorker],
+) -> None:
+    """Handlers are cancelled when their client hangs up (a model call stops at once), but a handler that
+    changes state runs to its end: every state-changing route except the model calls is registered that way."""
+    finished = threading.Event()
+
+    async def slow_change(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(0.5)
+        finished.set()
+        return json_response({"done": True})
+
+    async def slow_read(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(0.5)
+        finished.set()
+        return json_response({"done": True})
+
+    worker = make_worker(
+        extra_routes=[
+            ("POST", "/test/change", runs_to_completion(slow_change)),
+            ("GET", "/test/read", slow_read),
+        ]
+    )
+    host, port = worker.url.removeprefix("http://").split(":")
+    for method, path, expected in (("GET", "/test/read", False), ("POST", "/test/change", True)):
+        finished.clear()
+        with socket.create_connection((host, int(port))) as conn:
+            conn.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
+            time.sleep(0.1)  # the handler has started
+        assert finished.wait(1.5) is expected, path
+    completing = {(r.method, r.path) for r in ROUTES if r.completes}
+    assert ("DELETE", "/admin/v1/keys/{id}") in completing and (
+        "DELETE",
+        "/v1/payloads/{trex_id}",
+    ) in completing
+    assert ("POST", "/v1/compress") in completing and ("POST", "/v1/chat/completions") not in completing
+    assert not any(method in ("GET", "HEAD") for method, _ in completing)

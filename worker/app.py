@@ -7,6 +7,7 @@ log — in a single layer, because each aiohttp middleware layer costs a corouti
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import re
@@ -67,6 +68,47 @@ class Route:
     method: str
     path: str
     handler: Handler
+
+    @property
+    def completes(self) -> bool:
+        """Whether the handler runs to the end when its client hangs up (see `runs_to_completion`): every
+        route that changes state, except the model calls, which a hang-up is meant to stop."""
+        return self.method not in ("GET", "HEAD") and self.path not in _MODEL_CALLS
+
+
+_MODEL_CALLS = frozenset({"/v1/chat/completions", "/v1/responses", "/v1/messages", "/v1/embeddings"})
+
+
+def runs_to_completion(handler: Handler) -> Handler:
+    """`handler`, finished even if its client hangs up meanwhile. Handlers are cancelled on a hang-up so a
+    model call stops at once (`server.make_runner`); a change half made (a key deleted but not its
+    bindings, a payload claimed revoked but still stored) would be worse than an answer nobody reads."""
+
+    @functools.wraps(handler)
+    async def run(request: web.Request) -> web.StreamResponse:
+        task = asyncio.ensure_future(handler(request))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(functools.partial(_log_failure, request))
+            raise
+
+    return run
+
+
+def _log_failure(request: web.Request, task: asyncio.Future[web.StreamResponse]) -> None:
+    """A handler that went on after its client left: its failure has nobody else to report it."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None and not isinstance(exc, GatewayError | web.HTTPException):
+        error_log.error(
+            "unhandled error in %s %s after its client left",
+            request.method,
+            request.path,
+            exc_info=exc,
+            extra={"request_id": request.get(REQUEST_ID)},
+        )
 
 
 ROUTES: tuple[Route, ...] = (
@@ -264,7 +306,8 @@ async def create_app(
             access.close()
         raise
     for route in ROUTES:
-        app.router.add_route(route.method, route.path, route.handler)
+        handler = runs_to_completion(route.handler) if route.completes else route.handler
+        app.router.add_route(route.method, route.path, handler)
 
     async def _cleanup(app: web.Application) -> None:
         # Runs after in-flight requests finished, so every wait_until they registered is drained here.
