@@ -88,6 +88,25 @@ _STOP_FROM_ANTHROPIC: Final[dict[str, StopReason]] = {
     "model_context_window_exceeded": "length",
 }
 
+_SERVER_SIDE_FIELDS: Final = ("mcp_servers", "container")
+"""Request fields for what Anthropic runs on its side (MCP connectors, the code-execution container)."""
+
+_ERROR_TYPES: Final = frozenset(
+    {
+        "invalid_request_error",
+        "authentication_error",
+        "billing_error",
+        "permission_error",
+        "not_found_error",
+        "request_too_large",
+        "rate_limit_error",
+        "api_error",
+        "timeout_error",
+        "overloaded_error",
+    }
+)
+"""Anthropic's error types: another format's (OpenAI's `server_error`) is named by the nearest of them."""
+
 _STOP_TO_ANTHROPIC: Final[dict[str, str]] = {
     "stop": "end_turn",
     "length": "max_tokens",
@@ -381,6 +400,9 @@ def decode_request(body: dict[str, Any]) -> Request:
         _fail("`model` must be a non-empty string", "model")
     messages = _decode_messages(body.get("messages"))
     tool_choice, parallel = _decode_tool_choice(body.get("tool_choice"))
+    for field in _SERVER_SIDE_FIELDS:
+        if body.get(field):  # tools Anthropic runs itself: another provider would answer without them
+            _fail(f"`{field}` is only available on Claude models", field)
 
     stop = body.get("stop_sequences")
     if stop is None:
@@ -1040,7 +1062,14 @@ class StreamEncoder:
             return self._end()
         # StreamError. Anthropic's own mid-stream errors are a lone `error` event with nothing after it.
         self._done = True
-        return _sse(b"error", {"type": "error", "error": {"type": ev.type, "message": ev.message}})
+        kind = (
+            ev.type
+            if ev.type in _ERROR_TYPES
+            else "overloaded_error"
+            if "overload" in ev.type
+            else "api_error"
+        )
+        return _sse(b"error", {"type": "error", "error": {"type": kind, "message": ev.message}})
 
     # -- helpers
 

@@ -19,6 +19,7 @@ import pydantic
 
 from tests.conftest import GatewaySetup
 from tests.fakes.upstream import Reply, fixture_json
+from worker.errors import UpstreamError
 
 WEATHER_TOOLS = [
     {"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
@@ -557,3 +558,66 @@ def test_claude_text_on_both_sides_of_a_tool_call_is_two_paragraphs_for_a_chat_c
     with chat.stream(model="claude-sonnet-4-5", messages=[{"role": "user", "content": "x"}]) as stream:
         final = stream.get_final_completion()
     assert final.choices[0].message.content == "Let me check.\n\nCalling it now"
+
+
+def test_anthropic_clients_get_anthropic_error_types_and_request_ids(gateway: GatewaySetup) -> None:
+    """Through a translated model an Anthropic client still gets Anthropic's own terms: `prompt is too long`
+    (what Claude Code compacts on) for a context overflow, `billing_error` for a 402, an Anthropic type for a
+    mid-stream error, a 400 for server-side fields another provider cannot run, and `request-id` (the SDK's
+    `_request_id`)."""
+    client = gateway.anthropic()
+    hi: list[dict[str, Any]] = [{"role": "user", "content": "hi"}]
+    overflow = {
+        "error": {
+            "message": "This model's maximum context length is 128000 tokens.",
+            "type": "invalid_request_error",
+            "code": "context_length_exceeded",
+        }
+    }
+    gateway.fake.enqueue("/v1/chat/completions", Reply.json(overflow, status=400))
+    try:
+        client.messages.create(model="gpt-4o-mini", max_tokens=50, messages=hi)  # type: ignore[arg-type]
+    except anthropic.BadRequestError as exc:
+        assert isinstance(exc.body, dict)
+        assert exc.body["error"]["message"].startswith(
+            "prompt is too long: This model's maximum context length"
+        )
+    else:
+        raise AssertionError("no error")
+    gateway.fake.enqueue(
+        "/v1/chat/completions", Reply.json({"error": {"message": "no funds", "type": "x"}}, status=402)
+    )
+    try:
+        client.messages.create(model="gpt-4o-mini", max_tokens=50, messages=hi)  # type: ignore[arg-type]
+    except anthropic.APIStatusError as exc:
+        assert (
+            exc.status_code == 402
+            and isinstance(exc.body, dict)
+            and exc.body["error"]["type"] == "billing_error"
+        )
+    else:
+        raise AssertionError("no error")
+    failing = [
+        _chunk({"role": "assistant", "content": "par"}),
+        {"error": {"message": "Provider disconnected", "code": "server_error"}},
+    ]
+    gateway.fake.enqueue("/v1/chat/completions", _chat_stream(failing))
+    raw = client.messages.with_raw_response.create(
+        model="gpt-4o-mini", max_tokens=50, messages=hi, stream=True
+    )  # type: ignore[arg-type]
+    text = raw.http_response.read().decode()
+    assert '"type":"error","error":{"type":"api_error"' in text.replace(" ", "")
+    try:
+        client.messages.create(
+            model="gpt-4o-mini",
+            max_tokens=50,
+            messages=hi,  # type: ignore[arg-type]
+            extra_body={"mcp_servers": [{"type": "url", "url": "https://x.example/mcp", "name": "x"}]},
+        )
+    except anthropic.BadRequestError as exc:
+        assert "mcp_servers" in exc.message
+    else:
+        raise AssertionError("mcp_servers was dropped")
+    done = client.messages.with_raw_response.create(model="gpt-4o-mini", max_tokens=50, messages=hi)  # type: ignore[arg-type]
+    assert done.headers["request-id"] == done.headers["X-Request-Id"] and done.parse()._request_id
+    assert json.loads(UpstreamError("timed out", status=504).body("anthropic"))["error"]["type"] == "timeout_error"

@@ -38,6 +38,9 @@ def stamp(request: web.Request, response: web.StreamResponse) -> None:
     rid = request.get(REQUEST_ID)
     if rid is not None:
         response.headers["X-Request-Id"] = rid
+        if request.path.startswith("/v1/messages") and "request-id" not in response.headers:
+            # What the Anthropic SDK reads as `_request_id` (Anthropic's own, passed on, when it answered).
+            response.headers["request-id"] = rid
     admitted = request.get(RATE)
     if admitted is not None:
         response.headers.update(admitted.headers)

@@ -40,6 +40,8 @@ class GatewayError(Exception):
         self.headers = dict(headers or {})
         if status is not None:
             self.status = status
+            if status == 504 and self.anthropic_type == "api_error":
+                self.anthropic_type = "timeout_error"  # Anthropic's name for a request that timed out
 
     def body(self, fmt: ErrorFormat, request_id: str | None = None) -> bytes:
         """The JSON error body in the client's format."""

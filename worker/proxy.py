@@ -14,6 +14,7 @@ import dataclasses
 import email.utils
 import math
 import random
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal, Protocol
@@ -58,6 +59,7 @@ from .errors import (
     InvalidRequestError,
     NotFoundError,
     PayloadTooLargeError,
+    PaymentRequiredError,
     PermissionDeniedError,
     RateLimitError,
     UpstreamError,
@@ -78,7 +80,7 @@ _encoder = msgspec.json.Encoder()
 
 # Upstream response headers worth passing on: rate-limit state and when to retry.
 _FORWARD_HEADER_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
-_FORWARD_HEADERS = ("retry-after", "retry-after-ms")
+_FORWARD_HEADERS = ("retry-after", "retry-after-ms", "request-id")
 _ERROR_BODY_LIMIT = 1 << 20
 
 
@@ -770,9 +772,13 @@ def _encode_response(fmt: InboundFormat, resp: Response, body: dict[str, Any]) -
 
 # ---- errors ------
 
+_CONTEXT_EXCEEDED_RE = re.compile(
+    r"context_length_exceeded|maximum context length|context window|too many (?:input )?tokens", re.IGNORECASE
+)
 _STATUS_ERRORS: Mapping[int, type[GatewayError]] = {
     400: InvalidRequestError,
     401: AuthenticationError,
+    402: PaymentRequiredError,
     403: PermissionDeniedError,
     404: NotFoundError,
     413: PayloadTooLargeError,
@@ -796,6 +802,10 @@ async def _error_response(
             body=data, status=upstream.status, headers=headers, content_type="application/json"
         )
     message, code = _upstream_error_detail(data, upstream.status)
+    if fmt == "messages" and upstream.status == 400 and _CONTEXT_EXCEEDED_RE.search(f"{code} {message}"):
+        # Claude Code compacts its conversation when it reads this phrase, and only then: without it a long
+        # session on a translated model stays stuck at the limit.
+        message = f"prompt is too long: {message}"
     cls = _STATUS_ERRORS.get(upstream.status, UpstreamError)
     err = cls(message, code=code, status=upstream.status, headers=headers)
     if upstream.status == 529:
