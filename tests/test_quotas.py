@@ -343,3 +343,51 @@ def test_refused_requests_use_up_no_quota(
         if k.name.endswith("web_searches")
     ]
     assert [searchy.worker.call(kv.get(name)) for name in searches] == [b"2"]
+
+
+def test_what_a_request_costs_comes_from_its_provider(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """An OpenRouter model the price table does not know is priced (and its credits debited) at the cost
+    OpenRouter reports; a local model is never priced at a cloud model's rates whatever it is called, unless
+    the config prices it; embeddings follow the plan's tier rules like chat (a free-tier model needs no
+    credits) and never forward the `trex` field."""
+    setup = _setup(make_worker, fake_upstream, "pinned")
+    client = setup.openai()
+    assert call(setup.worker, "POST", f"/admin/v1/keys/{setup.key_id}/credits", {"amount_usd": 10})[0] == 200
+    answer = fixture_json("openrouter/chat_text.json")
+    answer["usage"]["cost"] = 0.05
+    fake_upstream.set("/api/v1/chat/completions", Reply.json(answer))
+    raw = client.chat.completions.with_raw_response.create(
+        model="meta-llama/llama-3.3-70b-instruct", messages=MESSAGES
+    )  # type: ignore[arg-type]
+    event = wait_final(setup, raw.headers["X-Trex-Usage-Event-Id"])
+    assert event["actual_cost_usd"] == pytest.approx(0.05)
+    balance = call(setup.worker, "GET", f"/admin/v1/keys/{setup.key_id}/credits")[1]["balance_usd"]
+    assert balance == pytest.approx(9.95, abs=1e-6)
+
+    raw = client.chat.completions.with_raw_response.create(model="local/gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+    event = wait_final(setup, raw.headers["X-Trex-Usage-Event-Id"])
+    assert event["priced_as"] is None and event["actual_cost_usd"] is None
+
+    embedded = client.embeddings.with_raw_response.create(
+        model="text-embedding-3-small", input="hello", extra_body={"trex": {"optimize": {"mode": "off"}}}
+    )
+    assert embedded.status_code == 200 and "trex" not in fake_upstream.last("/v1/embeddings").json
+
+
+def test_a_configured_price_prices_a_local_model_everywhere(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    extra = (
+        '[[models]]\nname = "house"\nprovider = "local"\nupstream_model = "llama3.1:8b"\n'
+        '[pricing."house"]\ninput = 0.01\noutput = 0.02\n'
+    )
+    worker = make_worker(dev_vars={"TREX_MASTER_KEY": MASTER_KEY}, extra=extra)
+    _, token = worker.call(worker.app[GATEWAY].keys.create("k"))
+    client = openai.OpenAI(api_key=token, base_url=worker.url + "/v1", max_retries=0)
+    try:
+        listed = client.models.retrieve("house").model_dump()
+        assert listed["pricing"]["input"] == 0.01 and listed["pricing"]["output"] == 0.02
+    finally:
+        client.close()

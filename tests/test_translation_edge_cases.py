@@ -620,4 +620,7 @@ def test_anthropic_clients_get_anthropic_error_types_and_request_ids(gateway: Ga
         raise AssertionError("mcp_servers was dropped")
     done = client.messages.with_raw_response.create(model="gpt-4o-mini", max_tokens=50, messages=hi)  # type: ignore[arg-type]
     assert done.headers["request-id"] == done.headers["X-Request-Id"] and done.parse()._request_id
-    assert json.loads(UpstreamError("timed out", status=504).body("anthropic"))["error"]["type"] == "timeout_error"
+    assert (
+        json.loads(UpstreamError("timed out", status=504).body("anthropic"))["error"]["type"]
+        == "timeout_error"
+    )

@@ -64,7 +64,7 @@ class Entry:
 
     def describe(self, prices: PriceTable, created: int) -> dict[str, Any]:
         """The entry in OpenAI's model shape plus our fields."""
-        priced = prices.lookup(self.route.upstream_model)
+        priced = prices.for_route(self.info.name, self.route.provider, self.route.upstream_model)
         pricing = None
         if priced is not None:
             p = priced[1]
@@ -184,7 +184,7 @@ def smart_auto(
             or input_tokens + max(requested_output, 1) > info.context_window
         ):
             continue
-        priced = prices.lookup(e.route.upstream_model)
+        priced = prices.for_route(info.name, e.route.provider, e.route.upstream_model)
         if priced is None:
             continue  # an unpriced model cannot be compared on cost
         p = priced[1]

@@ -49,7 +49,6 @@ from . import memory, sessions, tokens
 from .accounting import claims
 from .accounting.events import Begun, Outcome
 from .accounting.usage import Observed
-from .accounting.usage import billed_from_usage as _billed
 from .appkeys import CTX, KEY_ID, RATE, REQUEST_ID, STARTED, USAGE_EVENT, abandoned, stamp
 from .auth import KeyRecord, MissingProviderKeyError, credential_from_headers
 from .catalog import SMART_AUTO, needs, smart_auto, usable
@@ -371,7 +370,10 @@ async def proxy(
                 body=data, status=upstream.status, headers=out_headers, content_type="application/json"
             )
         answer = _decode_response(wire, _decode_json(data, route.provider))
-        _finish_usage(gw, acct, upstream.status, "completed", Observed(_billed(answer.usage)))
+        if (
+            acct is not None and gw.usage is not None
+        ):  # usage read from the body as sent (OpenRouter's cost too)
+            gw.usage.complete(acct, http_status=upstream.status, outcome="completed", wire=wire, body=data)
         if stream:  # the upstream answered a stream request with one JSON body: replay it as a stream
             relay = _make_relay(fmt, "canonical", route, body, wants_usage)
             return await _replay(request, answer, relay, out_headers)
@@ -1114,9 +1116,17 @@ async def forward_json(
 ) -> web.Response:
     """POST `body` to `<provider base>/<path>` and return the upstream's answer unchanged."""
     client_claims = claims.parse(body.pop("trex_accounting", None))
+    body.pop("trex", None)  # never forwarded (it has nothing to say to an embeddings call)
     api_key = await provider_key(request, gw, key, route.provider)
     model = body.get("model")
-    admission = await gw.quotas.admit(key, str(model))
+    listed = gw.catalog.get(str(model))
+    admitted = request.get(RATE)
+    admission = await gw.quotas.admit(
+        key,
+        str(model),
+        tier=listed.info.tier if listed is not None else None,
+        in_flight=admitted.in_flight if admitted is not None else 0,
+    )
     body["model"] = route.upstream_model
     url = f"{gw.base_urls[route.provider]}/{path}"
     headers = _upstream_headers(request, gw, route.provider, api_key)

@@ -272,7 +272,7 @@ class UsageRecorder:
         original = (
             claims.original_input_tokens if claims.original_input_tokens is not None else original_tokens
         )
-        priced = self.prices.lookup(upstream_model) or self.prices.lookup(model)
+        priced = self.prices.for_route(model, provider, upstream_model)
         ev = UsageEvent(
             id=event_id,
             created=created,
@@ -312,7 +312,7 @@ class UsageRecorder:
         ev.attempts = attempts
         if (provider, upstream_model) != (ev.provider, ev.upstream_model):
             ev.provider, ev.upstream_model = provider, upstream_model
-            priced = self.prices.lookup(upstream_model)
+            priced = self.prices.for_route(upstream_model, provider, upstream_model)
             ev.priced_as = priced[0] if priced else None
             begun.price = priced[1] if priced else None
 
@@ -424,7 +424,8 @@ class UsageRecorder:
             base_out = claimed_out if claimed_out is not None else billed.output_tokens
             # Priced with the billed cache split, as the computed baseline is: the same prompt would have hit
             # the same cache, so the cache discount is not counted as a saving.
-            base_cost = cost(_within(base_in, base_out, billed), price, ttl)
+            # Without a price (a cost the upstream reported) there is nothing to price another usage at.
+            base_cost = cost(_within(base_in, base_out, billed), price, ttl) if price is not None else None
             base_source = "client"
         else:
             saved = ev.saved_input_tokens
@@ -436,6 +437,8 @@ class UsageRecorder:
                 else cost(
                     msgspec.structs.replace(billed, input_tokens=base_in, output_tokens=base_out), price, ttl
                 )
+                if price is not None
+                else None
             )
             base_source = "computed"
         ev.billed = BilledTokens(

@@ -99,8 +99,21 @@ class PriceTable:
     """Built-in prices plus config overrides, with the model-id matching described in the module doc."""
 
     def __init__(self, overrides: Mapping[str, Price] | None = None) -> None:
-        self._table: dict[str, Price] = {**BUILTIN_PRICES, **(overrides or {})}
+        self._overrides: dict[str, Price] = dict(overrides or {})
+        self._table: dict[str, Price] = {**BUILTIN_PRICES, **self._overrides}
         self._cache: dict[str, tuple[str, Price] | None] = {}
+
+    def for_route(self, model: str, provider: str, upstream_model: str) -> tuple[str, Price] | None:
+        """The price of a request for `model` that `provider` serves as `upstream_model`, wherever it is
+        needed (events, the catalog, smart-auto): a `[pricing."…"]` entry for either name first; a local
+        model has no other price (no one bills it, whatever it is called); else the table's match for the
+        upstream model, then for the name."""
+        for name in (model, upstream_model):
+            if name in self._overrides:
+                return name, self._overrides[name]
+        if provider == "local":
+            return None
+        return self.lookup(upstream_model) or self.lookup(model)
 
     def lookup(self, model: str) -> tuple[str, Price] | None:
         """(the table entry's name, its price), or None for a model without a known price."""
@@ -170,6 +183,9 @@ class Billed(msgspec.Struct, frozen=True):
     cache_write_1h_tokens: int = 0
     """The part of the cache writes the provider reports as 1-hour ones (Anthropic); the rest are priced at
     the rate `cache_write_ttl` names."""
+    reported_cost_usd: float | None = None
+    """What the upstream says the request cost (OpenRouter's `usage.cost`): the price of a model the price
+    table does not know."""
 
     @property
     def uncached_input_tokens(self) -> int:
@@ -177,9 +193,9 @@ class Billed(msgspec.Struct, frozen=True):
 
 
 def cost(billed: Billed, price: Price | None, cache_write_ttl: str = "5m") -> float | None:
-    """USD for `billed` at `price`; None without a price."""
+    """USD for `billed` at `price`; without a price, what the upstream reported it cost, or None."""
     if price is None:
-        return None
+        return billed.reported_cost_usd
     cached = price.cached_input if price.cached_input is not None else price.input
     write = price.cache_write_1h if cache_write_ttl == "1h" else price.cache_write
     write = write if write is not None else price.input

@@ -81,6 +81,8 @@ class _ChatUsage(msgspec.Struct):
     prompt_tokens: _Count = 0
     completion_tokens: _Count = 0
     prompt_tokens_details: _PromptDetails | None = None
+    cost: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    """USD, as OpenRouter reports it."""
 
 
 class _ChatUsageOnly(msgspec.Struct):
@@ -111,6 +113,7 @@ def from_body(wire: Wire, data: bytes) -> Billed | None:
                 output_tokens=typed.completion_tokens,
                 cached_input_tokens=details.cached_tokens if details is not None else 0,
                 cache_write_tokens=details.cache_write_tokens if details is not None else 0,
+                reported_cost_usd=typed.cost,
             )
     try:
         found = _usage_decoder.decode(data).usage  # not an object, or `usage` not one: ValidationError
@@ -135,11 +138,15 @@ def from_doc(wire: Wire, doc: dict[str, Any]) -> Billed | None:
     details = u.get("prompt_tokens_details")
     if not isinstance(details, dict):
         details = {}
+    reported = u.get("cost")
     return Billed(
         input_tokens=_int(u.get("prompt_tokens")),
         output_tokens=_int(u.get("completion_tokens")),
         cached_input_tokens=_int(details.get("cached_tokens")),
         cache_write_tokens=_int(details.get("cache_write_tokens")),
+        reported_cost_usd=float(reported)
+        if isinstance(reported, int | float) and not isinstance(reported, bool) and 0 <= reported < 1e9
+        else None,
     )
 
 
@@ -243,7 +250,12 @@ def _decode_stream(wire: Wire, chunks: Iterable[bytes]) -> Observed:
                     text.append(ev.arguments)
                 elif isinstance(ev, StreamUsage):
                     usage = ev.usage
-    return Observed(billed_from_usage(usage) if usage is not None else None, "".join(text))
+                    if chat is not None:  # read as the usage chunk itself: OpenRouter's cost comes with it
+                        doc = _safe(event.data)
+                        billed = from_doc("chat", doc) if isinstance(doc, dict) else None
+    if billed is None and usage is not None:
+        billed = billed_from_usage(usage)
+    return Observed(billed, "".join(text))
 
 
 def _safe(data: str) -> Any:
