@@ -87,6 +87,8 @@ class Relay(Protocol):
     """Turns upstream SSE events into client bytes."""
 
     done: bool
+    failed: bool
+    """The upstream ended the stream with an error event of its own (done, but not completed)."""
 
     def feed(self, event: SSEEvent) -> bytes: ...
 
@@ -353,6 +355,10 @@ async def proxy(
                 gw.usage.complete(acct, http_status=200, outcome=outcome, wire=wire, chunks=chunks)
             return response
         data = await upstream.read()  # bounded by the session's total and idle timeouts
+        failed_status = _error_in_body(data)
+        if failed_status is not None:
+            _finish_usage(gw, acct, failed_status, "upstream_error", None)
+            return _error_from(request, data, failed_status, fmt, wire, out_headers)
         if fmt == wire and not stream:
             stripped = data.strip()
             if not (stripped.startswith(b"{") and stripped.endswith(b"}")):
@@ -431,7 +437,8 @@ def _prepare(
         if wire == "chat" and stream:
             stream_options = body.get("stream_options")
             stream_options = dict(stream_options) if isinstance(stream_options, dict) else {}
-            wants_usage = stream_options.get("include_usage") is True
+            # OpenRouter sends its usage chunk (with the cost) whatever was asked: its clients expect it.
+            wants_usage = stream_options.get("include_usage") is True or route.provider == "openrouter"
             # We always need the usage; the client sees the usage chunk only if it asked for it.
             stream_options["include_usage"] = True
             upstream_body["stream_options"] = stream_options
@@ -797,24 +804,34 @@ async def _error_response(
     headers: dict[str, str],
 ) -> web.Response:
     data = await upstream.content.read(_ERROR_BODY_LIMIT)
+    return _error_from(request, data, upstream.status, fmt, wire, headers)
+
+
+def _error_from(
+    request: web.Request,
+    data: bytes,
+    status: int,
+    fmt: InboundFormat,
+    wire: UpstreamWire,
+    headers: dict[str, str],
+) -> web.Response:
+    """The client's response to an upstream error body `data` (with the status it stands for)."""
     if fmt == wire and _is_error_document(data):
         # Same format: the upstream's error body is already what the client's SDK expects. Anything else (an
         # HTML page from a load balancer, plain text) becomes a structured error below.
-        return web.Response(
-            body=data, status=upstream.status, headers=headers, content_type="application/json"
-        )
-    message, code = _upstream_error_detail(data, upstream.status)
-    if fmt == "messages" and upstream.status == 400 and _CONTEXT_EXCEEDED_RE.search(f"{code} {message}"):
+        return web.Response(body=data, status=status, headers=headers, content_type="application/json")
+    message, code = _upstream_error_detail(data, status)
+    if fmt == "messages" and status == 400 and _CONTEXT_EXCEEDED_RE.search(f"{code} {message}"):
         # Claude Code compacts its conversation when it reads this phrase, and only then: without it a long
         # session on a translated model stays stuck at the limit.
         message = f"prompt is too long: {message}"
-    cls = _STATUS_ERRORS.get(upstream.status, UpstreamError)
-    err = cls(message, code=code, status=upstream.status, headers=headers)
-    if upstream.status == 529:
+    cls = _STATUS_ERRORS.get(status, UpstreamError)
+    err = cls(message, code=code, status=status, headers=headers)
+    if status == 529:
         err.anthropic_type = "overloaded_error"
     return web.Response(
         body=err.body(error_format_for(request.path), request.get(REQUEST_ID)),
-        status=upstream.status,
+        status=status,
         headers=headers,
         content_type="application/json",
     )
@@ -829,6 +846,23 @@ def _is_error_document(data: bytes) -> bool:
     return isinstance(doc, dict) and (isinstance(doc.get("error"), dict) or doc.get("type") == "error")
 
 
+def _error_in_body(data: bytes) -> int | None:
+    """The status a 2xx body that is only an error stands for (OpenRouter reports errors met after it began
+    processing this way: HTTP 200, `{"error": {"code": 502, …}}`), or None for an answer."""
+    if not data.startswith(b'{"error"') and b'"error"' not in data[:200]:
+        return None
+    try:
+        doc = _decoder.decode(data)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("error"), dict):
+        return None
+    if any(key in doc for key in ("choices", "content", "output")):
+        return None
+    code = doc["error"].get("code")
+    return code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599 else 502
+
+
 def _upstream_error_detail(data: bytes, status: int) -> tuple[str, str | None]:
     """Message and code from an OpenAI-shaped or Anthropic-shaped error body."""
     try:
@@ -838,6 +872,11 @@ def _upstream_error_detail(data: bytes, status: int) -> tuple[str, str | None]:
     if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
         err = doc["error"]
         message = str(err.get("message") or f"Upstream error {status}")
+        meta = err.get("metadata")
+        if isinstance(meta, dict):  # OpenRouter: which provider failed, and what it said
+            said = " ".join(str(meta[k]) for k in ("provider_name", "raw") if isinstance(meta.get(k), str))
+            if said:
+                message = f"{message} ({said[:500]})"
         code = err.get("code") or err.get("type")
         return message, str(code) if code else None
     text = data[:500].decode("utf-8", "replace").strip()
@@ -855,6 +894,7 @@ class PassthroughRelay:
         self._wants_usage = wants_usage
         self._last_sequence = -1
         self.done = False
+        self.failed = False
 
     def feed(self, event: SSEEvent) -> bytes:
         if self.done:
@@ -864,16 +904,23 @@ class PassthroughRelay:
             data = event.data
             if data == "[DONE]":
                 self.done = True
-            elif not self._wants_usage and '"usage":{' in data and '"choices":[]' in data.replace(" ", ""):
-                return b""  # the usage chunk we forced on; the client did not ask for it
-            elif data.startswith('{"error"'):
-                self.done = True
+            elif data.startswith('{"error"') or (
+                '"error"' in data and '"finish_reason":"error"' in data.replace(" ", "")
+            ):
+                # An error chunk: OpenAI's alone, OpenRouter's as a chunk with `error` and that finish reason.
+                self.done = self.failed = True
+            elif not self._wants_usage and '"usage"' in data:
+                compact = data.replace(" ", "")  # servers that write `"usage": {` with spaces too
+                if '"usage":{' in compact and '"choices":[]' in compact:
+                    return b""  # the usage chunk we forced on; the client did not ask for it
         elif fmt == "messages":
             if event.event in ("message_stop", "error"):
                 self.done = True
+                self.failed = event.event == "error"
         else:
             if event.event in ("response.completed", "response.incomplete", "response.failed", "error"):
                 self.done = True
+                self.failed = event.event in ("response.failed", "error")
             seq = _sequence_number(event.data)
             if seq is not None:
                 self._last_sequence = seq
@@ -927,6 +974,7 @@ class TranslatingRelay:
         self._decode = decode
         self._encode = encode
         self.done = False
+        self.failed = False
 
     def feed(self, event: SSEEvent) -> bytes:
         if self.done:
@@ -936,11 +984,13 @@ class TranslatingRelay:
             out += self._encode(ev)
             if isinstance(ev, StreamEnd | StreamError):
                 self.done = True
+                self.failed = isinstance(ev, StreamError)
         return out
 
     def emit(self, ev: StreamEvent) -> bytes:
         if isinstance(ev, StreamEnd | StreamError):
             self.done = True
+            self.failed = isinstance(ev, StreamError)
         return self._encode(ev)
 
     def fail(self, message: str) -> bytes:
@@ -1029,6 +1079,8 @@ async def _stream(
         if not relay.done:
             outcome = "upstream_failed"
             tail = relay.fail("The upstream stream ended before completion.")
+        elif relay.failed:  # the upstream's own error event ended it (already relayed)
+            outcome = "upstream_failed"
     except TimeoutError:
         outcome = "upstream_failed"
         tail = relay.fail("The upstream stream timed out.")

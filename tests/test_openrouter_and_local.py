@@ -1,0 +1,121 @@
+"""OpenRouter's and local servers' ways, as their clients see them through the worker: OpenRouter's usage
+chunk and its errors (inside a 200 body, or as a chunk mid-stream), and local servers that space their JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from tests.conftest import GatewaySetup
+from tests.fakes.upstream import Reply, fixture_bytes
+from tests.test_usage import wait_final
+
+MESSAGES: list[dict[str, Any]] = [{"role": "user", "content": "hi"}]
+OPENROUTER = "/api/v1/chat/completions"
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+    doc = {
+        "id": "gen-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "openai/gpt-4o-mini",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        **extra,
+    }
+    return b"data: " + json.dumps(doc).encode() + b"\n\n"
+
+
+def test_openrouters_usage_chunk_reaches_its_streaming_clients(gateway: GatewaySetup) -> None:
+    """OpenRouter sends its usage (with the cost) as a last chunk whatever the client asked; a client of
+    OpenRouter reads it there, so it is passed on."""
+    chunks = list(
+        gateway.openai().chat.completions.create(model="openai/gpt-4o-mini", messages=MESSAGES, stream=True)  # type: ignore[call-overload]
+    )
+    usage = [c.usage for c in chunks if c.usage is not None]
+    assert (
+        len(usage) == 1
+        and usage[0].prompt_tokens == 14
+        and usage[0].model_extra["cost"] == pytest.approx(6.3e-06)
+    )
+
+
+def test_a_local_servers_spaced_usage_chunk_is_still_held_back(gateway: GatewaySetup) -> None:
+    """The usage chunk the worker asks for is not passed to a client that did not ask, however the server
+    spaces its JSON (Python's json.dumps writes `"usage": {`)."""
+    spaced = (
+        _chunk({"role": "assistant", "content": "hi"}).replace(b'{"id"', b'{ "id"')
+        + _chunk({}, "stop")
+        + b'data: {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [], '
+        b'"usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}\n\n' + b"data: [DONE]\n\n"
+    )
+    gateway.fake.set("/local/v1/chat/completions", Reply.stream(spaced))
+    chunks = list(gateway.openai().chat.completions.create(model="local/m", messages=MESSAGES, stream=True))  # type: ignore[call-overload]
+    assert chunks and all(c.choices for c in chunks)
+
+
+@pytest.mark.parametrize("route", ["chat", "messages"])
+def test_an_openrouter_error_in_a_200_body_is_an_error_billed_nothing(
+    gateway: GatewaySetup, route: str
+) -> None:
+    """OpenRouter reports a failure met after it began as HTTP 200 with only an `error`: the client gets an
+    error with OpenRouter's status and message (and which provider failed), nothing is billed."""
+    failure = {
+        "error": {
+            "code": 502,
+            "message": "Provider returned error",
+            "metadata": {"provider_name": "Together", "raw": "upstream overloaded"},
+        }
+    }
+    gateway.fake.set(OPENROUTER, Reply.json(failure))
+    if route == "chat":
+        with pytest.raises(openai.APIStatusError) as err:
+            gateway.openai().chat.completions.with_raw_response.create(
+                model="openai/gpt-4o-mini", messages=MESSAGES
+            )  # type: ignore[arg-type]
+        status, headers = err.value.status_code, err.value.response.headers
+    else:
+        with pytest.raises(anthropic.APIStatusError) as aerr:
+            gateway.anthropic().messages.create(model="openai/gpt-4o-mini", max_tokens=20, messages=MESSAGES)  # type: ignore[arg-type]
+        status, headers = aerr.value.status_code, aerr.value.response.headers
+        assert "Together" in aerr.value.message and "upstream overloaded" in aerr.value.message
+    assert status == 502
+    event = wait_final(gateway, headers["X-Trex-Usage-Event-Id"])
+    assert event["outcome"] == "upstream_error" and event["billed"]["input_tokens"] == 0
+
+
+@pytest.mark.parametrize("route", ["chat", "messages"])
+def test_an_openrouter_error_chunk_ends_the_stream_once_and_is_recorded_as_a_failure(
+    gateway: GatewaySetup, route: str
+) -> None:
+    error_chunk = _chunk(
+        {"content": ""}, "error", error={"code": "server_error", "message": "Provider disconnected"}
+    )
+    gateway.fake.set(OPENROUTER, Reply.stream(_chunk({"role": "assistant", "content": "Par"}) + error_chunk))
+    if route == "chat":
+        raw = gateway.openai().chat.completions.with_raw_response.create(
+            model="openai/gpt-4o-mini",
+            messages=MESSAGES,  # type: ignore[arg-type]
+            stream=True,
+        )
+        body = raw.http_response.read()
+        assert b"Provider disconnected" in body and b"ended before completion" not in body  # no second error
+    else:
+        raw = gateway.anthropic().messages.with_raw_response.create(
+            model="openai/gpt-4o-mini",
+            max_tokens=20,
+            messages=MESSAGES,  # type: ignore[arg-type]
+            stream=True,
+        )
+        body = raw.http_response.read()
+        assert body.count(b"event: error") == 1
+    event = wait_final(gateway, raw.headers["X-Trex-Usage-Event-Id"])
+    assert event["outcome"] == "upstream_failed"
+
+
+def test_openrouter_fixture_has_its_comment_lines() -> None:
+    assert b": OPENROUTER PROCESSING" in fixture_bytes("openrouter/chat_text.sse")
