@@ -47,12 +47,13 @@ def w(make_worker: Callable[..., InProcessWorker]) -> InProcessWorker:
 @pytest.fixture
 def captured_logs() -> Iterator[io.StringIO]:
     """Route the `trex` loggers through the real formatter into a buffer, then restore."""
-    logger = logging.getLogger("trex")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
+    loggers = [logging.getLogger("trex"), logging.getLogger("aiohttp")]
+    saved = [(logger.handlers[:], logger.level, logger.propagate) for logger in loggers]
     buf = io.StringIO()
     setup_logging("json", stream=buf)
     yield buf
-    logger.handlers[:], logger.level, logger.propagate = saved
+    for logger, (handlers, level, propagate) in zip(loggers, saved, strict=True):
+        logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate
 
 
 async def test_health_without_auth(w: InProcessWorker) -> None:
@@ -277,3 +278,39 @@ def test_a_change_started_is_finished_when_its_client_hangs_up(
     ) in completing
     assert ("POST", "/v1/compress") in completing and ("POST", "/v1/chat/completions") not in completing
     assert not any(method in ("GET", "HEAD") for method, _ in completing)
+
+
+def test_a_request_aiohttp_cannot_parse_is_one_scrubbed_json_line(
+    w: InProcessWorker, captured_logs: io.StringIO
+) -> None:
+    """aiohttp refuses a header with a control byte; it logged the raw request (the proxy key in it) as a
+    bare traceback. Now: one JSON warning line, no credential."""
+    token = "trex_" + "Q" * 43
+    host, port = w.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as conn:
+        conn.sendall(
+            f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\x01\r\n\r\n".encode()
+        )
+        assert conn.recv(100).startswith(b"HTTP/1.")
+    time.sleep(0.1)
+    logged = captured_logs.getvalue()
+    assert token not in logged and "Q" * 20 not in logged
+    lines = [json.loads(line) for line in logged.splitlines() if "unparsable" in line]
+    assert len(lines) == 1 and lines[0]["level"] == "warning"
+
+
+async def test_a_newline_in_a_path_cannot_forge_an_access_line(
+    make_worker: Callable[..., InProcessWorker],
+) -> None:
+    stream = io.StringIO()
+    worker = make_worker(access_stream=stream)
+    forged = "2026-12-06 13:00:00,000 INFO trex.access POST /admin/v1/keys 201 1.00ms"
+    async with aiohttp.ClientSession() as s:
+        async with s.get(worker.url + "/v1/nope%0A" + forged.replace(" ", "%20")) as r:
+            assert r.status == 404
+        async with s.head(worker.url + "/health") as r:  # HEAD on every GET route (load-balancer probes)
+            assert r.status == 200 and await r.read() == b""
+    worker.stop()
+    lines = stream.getvalue().splitlines()
+    assert not any(line.startswith("2026-12-06 13:00:00,000") for line in lines)
+    assert any("/v1/nope\\x0a2026-12-06" in line for line in lines)

@@ -350,3 +350,60 @@ def test_a_success_on_another_instance_resets_the_failure_count(routed: Any) -> 
     first.fake.reset()
     assert first.openai().chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices  # type: ignore[arg-type]
     assert _paths(first.fake) == ["/v1/chat/completions"]  # never three in a row: the breaker stayed closed
+
+
+def test_a_clients_own_provider_key_never_goes_to_another_provider(routed: Any) -> None:
+    """`X-Upstream-Api-Key` is a key for the requested model's provider: a fallback to another provider uses
+    that provider's bound key (or is skipped without one), never the client's OpenAI key."""
+    setup = routed()
+    own = "sk-proj-CLIENTS-OWN-OPENAI-KEY-1234"
+    setup.fake.enqueue(
+        "/v1/chat/completions", Reply.json({"error": {"message": "x", "type": "x"}}, status=503)
+    )
+    raw = setup.openai().chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=MESSAGES,
+        extra_body=TO_CLAUDE,
+        extra_headers={"X-Upstream-Api-Key": own},
+    )
+    assert raw.headers["X-Trex-Upstream-Provider"] == "anthropic"
+    first, fallback = setup.fake.received
+    assert first.headers["Authorization"] == f"Bearer {own}"
+    assert fallback.headers["x-api-key"] == UPSTREAM_KEYS["anthropic"] and own not in json.dumps(
+        fallback.headers
+    )
+    _, only_override = setup.new_key("nothing-bound")
+    setup.fake.reset()
+    setup.fake.enqueue(
+        "/v1/chat/completions", Reply.json({"error": {"message": "x", "type": "x"}}, status=503)
+    )
+    with pytest.raises(openai.APIStatusError) as err:
+        setup.openai(key=only_override).chat.completions.create(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            extra_body=TO_CLAUDE,
+            extra_headers={"X-Upstream-Api-Key": own},  # type: ignore[arg-type]
+        )
+    assert err.value.status_code == 503 and _paths(setup.fake) == ["/v1/chat/completions"]
+
+
+def test_a_provider_key_an_upstream_echoes_is_masked(routed: Any) -> None:
+    """Some servers repeat the credential they refused; the client never sees the operator's bound key."""
+    setup = routed()
+    secret = UPSTREAM_KEYS["openai"]
+    echo = {"error": {"message": f"bad key: Bearer {secret}", "type": "invalid_request_error"}}
+    for path, model in (
+        ("/v1/chat/completions", "gpt-4o-mini"),
+        ("/v1/embeddings", "text-embedding-3-small"),
+    ):
+        setup.fake.enqueue(path, Reply.json(echo, status=401))
+        with pytest.raises(openai.AuthenticationError) as err:
+            if path == "/v1/embeddings":
+                setup.openai().embeddings.create(model=model, input="x")
+            else:
+                setup.openai().chat.completions.create(model=model, messages=MESSAGES)  # type: ignore[arg-type]
+        assert secret not in err.value.response.text and "bad key: Bearer ***" in err.value.response.text
+    setup.fake.enqueue("/v1/embeddings", Reply(status=500, body=b"Internal Server Error (plain text)"))
+    with pytest.raises(openai.InternalServerError) as failed:
+        setup.openai().embeddings.create(model="text-embedding-3-small", input="x")
+    assert failed.value.response.json()["error"]["message"].startswith("Internal Server Error")

@@ -16,7 +16,7 @@ from typing import TextIO
 
 import msgspec
 
-from .logs import scrub
+from .logs import CONTROL_ESCAPES, scrub
 
 _encoder = msgspec.json.Encoder()
 
@@ -64,6 +64,8 @@ class AccessLog:
             request_id = scrub(request_id)  # client-chosen ids are echoed, but never a credential
         if "_" in path or "-" in path:
             path = scrub(path)  # a credential pasted into a URL path must not reach the log
+        if not path.isprintable():  # a decoded %0A must not start a forged line of its own
+            path = path.translate(CONTROL_ESCAPES)
         if self._json:
             line = _encoder.encode(
                 {

@@ -305,9 +305,13 @@ async def create_app(
         if access is not None:
             access.close()
         raise
+    explicit_head = {r.path for r in ROUTES if r.method == "HEAD"}
     for route in ROUTES:
         handler = runs_to_completion(route.handler) if route.completes else route.handler
-        app.router.add_route(route.method, route.path, handler)
+        if route.method == "GET" and route.path not in explicit_head:
+            app.router.add_get(route.path, handler)  # and HEAD (load balancers probe `HEAD /health`)
+        else:
+            app.router.add_route(route.method, route.path, handler)
 
     async def _cleanup(app: web.Application) -> None:
         # Runs after in-flight requests finished, so every wait_until they registered is drained here.

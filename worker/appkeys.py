@@ -27,6 +27,8 @@ KEY_ID = web.RequestKey("key_id", str)
 """The proxy key's id once the request has authenticated (for the request log)."""
 USAGE_EVENT = web.RequestKey("usage_event", Begun)
 """The request's usage event in flight (`accounting.events.Begun`), if it has one."""
+OVERRIDE_FOR = web.RequestKey("override_for", str)
+"""The provider an `X-Upstream-Api-Key` override is for (the requested model's)."""
 RATE = web.RequestKey("rate", Admitted)
 """How the request was admitted by the rate limits (headers, in-flight slot)."""
 

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
+from aiohttp.http_exceptions import HttpProcessingError
 
 REDACTED = "[REDACTED]"
 _SENSITIVE_HEADER_RE = re.compile(
@@ -25,6 +26,8 @@ _SECRET_VALUE_RE = re.compile(
     r"(Bearer\s+)[A-Za-z0-9._~+/:=-]{8,}|\b(?:sk|trex|tsk|rk|pk)[-_][A-Za-z0-9_-]{12,}",
 )
 _encoder = msgspec.json.Encoder(enc_hook=str)
+CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(32), 127)}
+"""Control characters, written as `\\xNN` escapes in text lines."""
 
 # Attributes every LogRecord has; anything else passed via `extra=` is a structured field.
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -67,6 +70,9 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if not message.isprintable():  # a request path with a decoded %0A must not forge a line of its own
+            record.msg, record.args = message.translate(CONTROL_ESCAPES), None
         line = super().format(record)
         extras = [f"{k}={v}" for k, v in record.__dict__.items() if k not in _RESERVED]
         if extras:
@@ -75,11 +81,32 @@ class TextFormatter(logging.Formatter):
         return scrub(line)
 
 
+class _BadRequestLines(logging.Filter):
+    """aiohttp logs a request it cannot parse with a traceback holding the raw request bytes (credentials
+    included): one warning line naming the error instead (its text scrubbed like every line)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = "unparsable HTTP request refused: %s", (exc.__class__.__name__,)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def setup_logging(fmt: str, level: int = logging.INFO, stream: Any = None) -> None:
-    """Configure the `trex` logger tree once per process."""
+    """Configure the `trex` logger tree once per process, and aiohttp's: its lines go through the same
+    formatter (JSON when asked) and the same scrubbing, never Python's bare last-resort handler."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger("trex")
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    server = logging.StreamHandler(stream or sys.stderr)
+    server.setFormatter(handler.formatter)
+    server.addFilter(_BadRequestLines())
+    aiohttp_log = logging.getLogger("aiohttp")
+    aiohttp_log.handlers[:] = [server]
+    aiohttp_log.setLevel(logging.WARNING)
+    aiohttp_log.propagate = False

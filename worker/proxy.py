@@ -17,7 +17,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import aiohttp
 import msgspec
@@ -49,7 +49,7 @@ from . import memory, sessions, tokens
 from .accounting import claims
 from .accounting.events import Begun, Outcome
 from .accounting.usage import Observed
-from .appkeys import CTX, KEY_ID, RATE, REQUEST_ID, STARTED, USAGE_EVENT, abandoned, stamp
+from .appkeys import CTX, KEY_ID, OVERRIDE_FOR, RATE, REQUEST_ID, STARTED, USAGE_EVENT, abandoned, stamp
 from .auth import KeyRecord, MissingProviderKeyError, credential_from_headers
 from .catalog import SMART_AUTO, needs, smart_auto, usable
 from .errors import (
@@ -124,6 +124,8 @@ async def proxy(
     smart = model == SMART_AUTO
     # smart-auto is routed once the optimized size is known; any other model fails fast, before optimizing.
     route = None if smart else resolve(model, gw.models)
+    if _override(request) is not None:  # the client's own key is for the provider of the model it named
+        request[OVERRIDE_FOR] = route.provider if route is not None else _override_provider(request)
     api_key = None if route is None else await provider_key(request, gw, key, route.provider)
     # The plan: model allowed, web search allowed, quota left, credits.
     listed = gw.catalog.get(model)
@@ -322,14 +324,9 @@ async def proxy(
     try:
         if upstream.status >= 400:
             _finish_usage(gw, acct, upstream.status, "upstream_error", None)
-            return await _error_response(request, upstream, fmt, wire, out_headers)
+            return await _error_response(request, upstream, fmt, wire, out_headers, api_key)
         if upstream.status >= 300:  # redirects are not followed (see adapters.transport)
-            raise UpstreamError(
-                f"Upstream {route.provider} answered with a redirect (HTTP {upstream.status}); set its base "
-                "URL to the address it redirects to.",
-                code="bad_upstream_response",
-                headers=out_headers,
-            )
+            raise _redirected(route.provider, upstream.status, out_headers)
         if replay.field is not None and (client_session or len(body[replay.field]) > 1):
             # Remember what was forwarded once the upstream has accepted it, after the response.
             request[CTX].wait_until(
@@ -358,7 +355,7 @@ async def proxy(
         failed_status = _error_in_body(data)
         if failed_status is not None:
             _finish_usage(gw, acct, failed_status, "upstream_error", None)
-            return _error_from(request, data, failed_status, fmt, wire, out_headers)
+            return _error_from(request, data, failed_status, fmt, wire, out_headers, api_key)
         if fmt == wire and not stream:
             stripped = data.strip()
             if not (stripped.startswith(b"{") and stripped.endswith(b"}")):
@@ -525,14 +522,40 @@ async def _next_fallback(
     return None
 
 
-async def reachable_providers(request: web.Request, gw: Gateway, key: KeyRecord) -> set[Provider]:
-    """Providers this request can reach: all with an `X-Upstream-Api-Key` override, else the bound ones and
-    the local server (which needs no key)."""
-    override = request.headers.get("X-Upstream-Api-Key")
-    if override and override.strip():
-        return set(PROVIDER_NAMES)
+async def reachable_providers(
+    request: web.Request, gw: Gateway, key: KeyRecord, *, chosen_for_the_client: bool = False
+) -> set[Provider]:
+    """Providers this request can reach: the bound ones and the local server (which needs no key); with an
+    `X-Upstream-Api-Key` override, every provider for a model the client names (the override is for its
+    provider), but for one chosen for it (smart-auto) only the provider the override's format names."""
     bound = await gw.keys.bound_providers(key.id)
-    return {p for p in PROVIDER_NAMES if p in bound or p == "local"}
+    reachable: set[Provider] = {p for p in PROVIDER_NAMES if p in bound or p == "local"}
+    if _override(request) is not None:
+        if not chosen_for_the_client:
+            return set(PROVIDER_NAMES)
+        reachable.add(_override_provider(request))
+    return reachable
+
+
+def _override(request: web.Request) -> str | None:
+    value = request.headers.get("X-Upstream-Api-Key")
+    return value.strip() if value and value.strip() else None
+
+
+def _override_provider(request: web.Request) -> Provider:
+    """The provider an `X-Upstream-Api-Key` override is for: the requested model's (set by `proxy`), else the
+    one its key format names (Anthropic's `sk-ant-`, OpenRouter's `sk-or-`; other keys are OpenAI's)."""
+    known = request.get(OVERRIDE_FOR)
+    if known is not None:
+        return cast(Provider, known)
+    secret = _override(request) or ""
+    return (
+        "anthropic"
+        if secret.startswith("sk-ant-")
+        else "openrouter"
+        if secret.startswith("sk-or-")
+        else "openai"
+    )
 
 
 async def _smart_auto(
@@ -544,7 +567,8 @@ async def _smart_auto(
     tokens_in: int,
 ) -> list[ModelRoute]:
     plan = gw.quotas.plans.get(key.plan) if key.plan else None
-    entries = usable(gw.catalog, await reachable_providers(request, gw, key), plan)
+    reachable = await reachable_providers(request, gw, key, chosen_for_the_client=True)
+    entries = usable(gw.catalog, reachable, plan)
     need, requested = needs(body, fmt)
     return smart_auto(entries, gw.prices, tokens_in, need, requested, plan.credit_models if plan else ())
 
@@ -647,10 +671,12 @@ def _finish_usage(
 
 
 async def provider_key(request: web.Request, gw: Gateway, key: KeyRecord, provider: Provider) -> str | None:
-    """The override header, else the bound key, else (local only) none; otherwise `missing_provider_key`."""
-    override = request.headers.get("X-Upstream-Api-Key")
-    if override and override.strip():
-        return override.strip()
+    """The override header (for the provider it is for only: a fallback to another provider must never be
+    sent the client's key for this one), else the bound key, else (local only) none; otherwise
+    `missing_provider_key`."""
+    override = _override(request)
+    if override is not None and request.get(OVERRIDE_FOR, provider) == provider:
+        return override
     bound = await gw.keys.provider_key(key.id, provider)
     if bound:
         return bound
@@ -802,9 +828,10 @@ async def _error_response(
     fmt: InboundFormat,
     wire: UpstreamWire,
     headers: dict[str, str],
+    secret: str | None,
 ) -> web.Response:
     data = await upstream.content.read(_ERROR_BODY_LIMIT)
-    return _error_from(request, data, upstream.status, fmt, wire, headers)
+    return _error_from(request, data, upstream.status, fmt, wire, headers, secret)
 
 
 def _error_from(
@@ -814,8 +841,12 @@ def _error_from(
     fmt: InboundFormat,
     wire: UpstreamWire,
     headers: dict[str, str],
+    secret: str | None,
 ) -> web.Response:
-    """The client's response to an upstream error body `data` (with the status it stands for)."""
+    """The client's response to an upstream error body `data` (with the status it stands for). The provider
+    key the request was sent with is masked: some servers echo the credential they refused."""
+    if secret and len(secret) >= 8 and secret.encode() in data:
+        data = data.replace(secret.encode(), b"***")
     if fmt == wire and _is_error_document(data):
         # Same format: the upstream's error body is already what the client's SDK expects. Anything else (an
         # HTML page from a load balancer, plain text) becomes a structured error below.
@@ -844,6 +875,15 @@ def _is_error_document(data: bytes) -> bool:
     except msgspec.DecodeError:
         return False
     return isinstance(doc, dict) and (isinstance(doc.get("error"), dict) or doc.get("type") == "error")
+
+
+def _redirected(provider: str, status: int, headers: dict[str, str]) -> UpstreamError:
+    return UpstreamError(
+        f"Upstream {provider} answered with a redirect (HTTP {status}); set its base URL to the address it "
+        "redirects to.",
+        code="bad_upstream_response",
+        headers=headers,
+    )
 
 
 def _error_in_body(data: bytes) -> int | None:
@@ -1223,15 +1263,18 @@ async def forward_json(
         ) from exc
     try:
         out_headers.update(_forwarded_headers(upstream.headers))
+        if upstream.status >= 300:  # an error (structured, the key masked) or a redirect, never passed raw
+            _finish_usage(gw, acct, upstream.status, "upstream_error", None)
+            if upstream.status < 400:
+                raise _redirected(route.provider, upstream.status, out_headers)
+            async with asyncio.timeout(gw.upstream.timeouts.total):
+                return await _error_response(request, upstream, "chat", "chat", out_headers, api_key)
         async with asyncio.timeout(gw.upstream.timeouts.total):
             data = await upstream.read()
-        if acct is not None:
-            if upstream.status >= 400:
-                _finish_usage(gw, acct, upstream.status, "upstream_error", None)
-            elif gw.usage is not None:
-                gw.usage.complete(
-                    acct, http_status=upstream.status, outcome="completed", wire="embeddings", body=data
-                )
+        if acct is not None and gw.usage is not None:
+            gw.usage.complete(
+                acct, http_status=upstream.status, outcome="completed", wire="embeddings", body=data
+            )
         return web.Response(
             body=data, status=upstream.status, headers=out_headers, content_type="application/json"
         )

@@ -84,7 +84,8 @@ def make_runner(app: web.Application, shutdown_timeout: float) -> web.AppRunner:
     """The runner the worker is served by (tests serve it the same way).
 
     `handler_cancellation`: a client that hangs up cancels its handler at once, so a request waiting on a slow
-    upstream stops that call instead of paying for an answer nobody reads (aiohttp's default lets it run).
+    upstream stops that call instead of paying for an answer nobody reads (aiohttp's default lets it run);
+    handlers that change state run to their end anyway (`app.runs_to_completion`).
     """
     return web.AppRunner(
         app,
@@ -92,6 +93,9 @@ def make_runner(app: web.Application, shutdown_timeout: float) -> web.AppRunner:
         handle_signals=False,
         shutdown_timeout=shutdown_timeout,
         handler_cancellation=True,
+        # After answering a request whose body it did not read (a 413), aiohttp keeps reading and discarding
+        # for this long so the client sees the answer; its default of 10 s let a sender push gigabytes.
+        lingering_time=1.0,
     )
 
 
