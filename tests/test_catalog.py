@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 
@@ -147,3 +148,40 @@ def test_smart_auto_skips_models_whose_context_window_is_too_small(
         )
         assert int(long.headers["X-Trex-Optimized-Tokens"]) > 1000
         assert long.headers["X-Trex-Upstream-Model"] != "tiny:1b"
+
+
+def test_smart_auto_picks_a_model_that_can_take_what_the_request_asks(
+    keyed: Any, fake_upstream: FakeUpstream
+) -> None:
+    """A Messages document or server tool only Claude can take, a Responses built-in tool only OpenAI can,
+    and a reasoning setting only a reasoning model accepts: smart-auto picks accordingly instead of a model
+    that answers 400. A reasoning model is sent `max_completion_tokens`, which it requires."""
+    client = keyed()
+    token = client.api_key
+    worker_url = str(client.base_url).removesuffix("/v1/")
+    claude = anthropic.Anthropic(api_key=token, base_url=worker_url, max_retries=0)
+    try:
+        doc = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "hello"}}
+        raw = claude.messages.with_raw_response.create(
+            model="smart-auto",
+            max_tokens=100,
+            messages=[{"role": "user", "content": [doc, {"type": "text", "text": "Summarize"}]}],  # type: ignore[list-item]
+        )
+        assert raw.headers["X-Trex-Upstream-Provider"] == "anthropic"
+    finally:
+        claude.close()
+    raw = client.responses.with_raw_response.create(
+        model="smart-auto", input="news?", tools=[{"type": "web_search_preview"}]
+    )
+    assert raw.headers["X-Trex-Upstream-Provider"] == "openai"
+    raw = client.chat.completions.with_raw_response.create(
+        model="smart-auto",
+        messages=[{"role": "user", "content": "think"}],
+        reasoning_effort="high",
+        max_tokens=1000,
+    )
+    chosen = next(i for i in BUILTIN_CATALOG if i.name == raw.headers["X-Trex-Upstream-Model"])
+    assert "reasoning" in chosen.capabilities
+    sent = fake_upstream.last().json
+    if raw.headers["X-Trex-Upstream-Provider"] == "openai":
+        assert sent["max_completion_tokens"] == 1000 and "max_tokens" not in sent

@@ -147,20 +147,50 @@ def needs(body: dict[str, Any], fmt: str) -> tuple[set[str], int]:
         need.add("json")
     if _has_image(body.get("messages") if fmt != "responses" else body.get("input")):
         need.add("vision")
+    if body.get("reasoning_effort") or body.get("reasoning") or body.get("thinking"):
+        need.add("reasoning")  # a model without it rejects the parameter (a 400 no fallback follows)
+    native = _native_provider(body, fmt)
+    if native is not None:
+        need.add(f"{_ONLY_ON}{native}")
     requested = (
         body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens") or 0
     )
     return need, requested if isinstance(requested, int) and not isinstance(requested, bool) else 0
 
 
-def _has_image(value: Any) -> bool:
+_ONLY_ON = "provider:"
+"""A need only one provider meets: its own format's features, which no translation carries."""
+
+
+def _native_provider(body: dict[str, Any], fmt: str) -> str | None:
+    """The provider a request can only go to: Anthropic for Messages documents, search results, server tools,
+    MCP servers or a container; OpenAI for Responses built-in tools (web search, file search …)."""
+    tools = body.get("tools")
+    typed_tools = [t for t in tools if isinstance(t, dict)] if isinstance(tools, list) else []
+    if fmt == "messages":
+        if body.get("mcp_servers") or body.get("container"):
+            return "anthropic"
+        if any(t.get("type") not in (None, "custom") for t in typed_tools):
+            return "anthropic"
+        if _has_block(body.get("messages"), ("document", "search_result")):
+            return "anthropic"
+    elif fmt == "responses" and any(t.get("type") not in (None, "function") for t in typed_tools):
+        return "openai"
+    return None
+
+
+def _has_block(value: Any, kinds: tuple[str, ...]) -> bool:
     if isinstance(value, dict):
-        if value.get("type") in ("image_url", "image", "input_image"):
+        if value.get("type") in kinds:
             return True
-        return any(_has_image(v) for v in value.values() if isinstance(v, list | dict))
+        return any(_has_block(v, kinds) for v in value.values() if isinstance(v, list | dict))
     if isinstance(value, list):
-        return any(_has_image(v) for v in value)
+        return any(_has_block(v, kinds) for v in value)
     return False
+
+
+def _has_image(value: Any) -> bool:
+    return _has_block(value, ("image_url", "image", "input_image"))
 
 
 def smart_auto(
@@ -173,9 +203,13 @@ def smart_auto(
 ) -> list[ModelRoute]:
     """Fitting chat models, cheapest first (400 `no_model_fits` when none does)."""
     fitting: list[tuple[float, str, ModelRoute]] = []
+    only_on = {n.removeprefix(_ONLY_ON) for n in need if n.startswith(_ONLY_ON)}
+    need = {n for n in need if not n.startswith(_ONLY_ON)}
     for e in entries:
         info = e.info
         if "embeddings" in info.capabilities or not need <= info.capabilities:
+            continue
+        if only_on and e.route.provider not in only_on:
             continue
         if any(fnmatch.fnmatchcase(info.name, p) for p in credit_models):
             continue

@@ -431,6 +431,16 @@ def _prepare(
     if fmt == wire:
         upstream_body = dict(body)  # a shallow copy: a fallback may need the client's body again
         upstream_body["model"] = route.upstream_model
+        if (
+            wire == "chat"
+            and route.provider == "openai"
+            and "max_tokens" in upstream_body
+            and "max_completion_tokens" not in upstream_body
+            and route.upstream_model.startswith(_REASONING_MODELS)
+        ):
+            # OpenAI's reasoning models refuse `max_tokens` ("use max_completion_tokens"), which older
+            # clients, and smart-auto's choice of such a model, would otherwise run into.
+            upstream_body["max_completion_tokens"] = upstream_body.pop("max_tokens")
         if wire == "chat" and stream:
             stream_options = body.get("stream_options")
             stream_options = dict(stream_options) if isinstance(stream_options, dict) else {}
@@ -445,6 +455,9 @@ def _prepare(
             client_options = body.get("stream_options")
             wants_usage = isinstance(client_options, dict) and client_options.get("include_usage") is True
     return _Prepared(route, wire, _encoder.encode(upstream_body), wants_usage)
+
+
+_REASONING_MODELS = ("o1", "o3", "o4", "gpt-5")
 
 
 def _fallbacks(trex: Any) -> list[ModelRoute]:
