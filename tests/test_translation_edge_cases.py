@@ -17,7 +17,7 @@ import anthropic
 import openai
 import pydantic
 
-from tests.conftest import GatewaySetup
+from tests.conftest import UPSTREAM_KEYS, GatewaySetup
 from tests.fakes.upstream import Reply, fixture_json
 from worker.errors import UpstreamError
 
@@ -624,3 +624,26 @@ def test_anthropic_clients_get_anthropic_error_types_and_request_ids(gateway: Ga
         json.loads(UpstreamError("timed out", status=504).body("anthropic"))["error"]["type"]
         == "timeout_error"
     )
+
+
+def test_count_tokens_is_served_for_every_model(gateway: GatewaySetup) -> None:
+    """`messages.count_tokens` (Claude Code asks it before long requests): Anthropic's own answer for a Claude
+    model, a tiktoken count for any other; free (no usage event); a bad body is an Anthropic-shaped 400."""
+    client = gateway.anthropic()
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "How many tokens is this sentence?"}]
+    gateway.fake.set("/v1/messages/count_tokens", Reply.json({"input_tokens": 42}))
+    raw = client.messages.with_raw_response.count_tokens(model="claude-sonnet-4-5", messages=messages)  # type: ignore[arg-type]
+    assert raw.parse().input_tokens == 42 and "X-Trex-Usage-Event-Id" not in raw.headers
+    sent = gateway.fake.last("/v1/messages/count_tokens")
+    assert (
+        sent.json["model"] == "claude-sonnet-4-5" and sent.headers["x-api-key"] == UPSTREAM_KEYS["anthropic"]
+    )
+    counted = client.messages.count_tokens(model="gpt-4o-mini", messages=messages).input_tokens  # type: ignore[arg-type]
+    longer = client.messages.count_tokens(model="gpt-4o-mini", messages=messages * 3).input_tokens  # type: ignore[arg-type]
+    assert 5 < counted < longer
+    try:
+        client.messages.count_tokens(model="gpt-4o-mini", messages="nope")  # type: ignore[arg-type]
+    except anthropic.BadRequestError as exc:
+        assert isinstance(exc.body, dict) and exc.body["type"] == "error"
+    else:
+        raise AssertionError("accepted")

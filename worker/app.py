@@ -76,7 +76,9 @@ class Route:
         return self.method not in ("GET", "HEAD") and self.path not in _MODEL_CALLS
 
 
-_MODEL_CALLS = frozenset({"/v1/chat/completions", "/v1/responses", "/v1/messages", "/v1/embeddings"})
+_MODEL_CALLS = frozenset(
+    {"/v1/chat/completions", "/v1/responses", "/v1/messages", "/v1/messages/count_tokens", "/v1/embeddings"}
+)
 
 
 def runs_to_completion(handler: Handler) -> Handler:
@@ -117,6 +119,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/chat/completions", models.chat_completions),
     Route("POST", "/v1/responses", models.responses),
     Route("POST", "/v1/messages", models.messages),
+    Route("POST", "/v1/messages/count_tokens", models.count_tokens),
     Route("POST", "/v1/embeddings", models.embeddings),
     Route("GET", "/v1/models", models.list_models),
     Route("GET", "/v1/models/{id:.+}", models.get_model),

@@ -1217,20 +1217,32 @@ def _embedding_input_tokens(value: Any, encoding: str) -> int:
 
 
 async def forward_json(
-    request: web.Request, gw: Gateway, key: KeyRecord, route: ModelRoute, path: str, body: dict[str, Any]
+    request: web.Request,
+    gw: Gateway,
+    key: KeyRecord,
+    route: ModelRoute,
+    path: str,
+    body: dict[str, Any],
+    *,
+    free: bool = False,
 ) -> web.Response:
-    """POST `body` to `<provider base>/<path>` and return the upstream's answer unchanged."""
+    """POST `body` to `<provider base>/<path>` and return the upstream's answer unchanged. `free`: a call no
+    provider bills (Anthropic's token counting): no plan quota, no usage event."""
     client_claims = claims.parse(body.pop("trex_accounting", None))
     body.pop("trex", None)  # never forwarded (it has nothing to say to an embeddings call)
     api_key = await provider_key(request, gw, key, route.provider)
     model = body.get("model")
     listed = gw.catalog.get(str(model))
     admitted = request.get(RATE)
-    admission = await gw.quotas.admit(
-        key,
-        str(model),
-        tier=listed.info.tier if listed is not None else None,
-        in_flight=admitted.in_flight if admitted is not None else 0,
+    admission = (
+        None
+        if free
+        else await gw.quotas.admit(
+            key,
+            str(model),
+            tier=listed.info.tier if listed is not None else None,
+            in_flight=admitted.in_flight if admitted is not None else 0,
+        )
     )
     body["model"] = route.upstream_model
     url = f"{gw.base_urls[route.provider]}/{path}"
@@ -1238,7 +1250,7 @@ async def forward_json(
     out_headers = {"X-Trex-Upstream-Provider": route.provider, "X-Trex-Upstream-Model": route.upstream_model}
     payload = _encoder.encode(body)
     acct: Begun | None = None
-    if gw.usage is not None:
+    if gw.usage is not None and not free:
         encoding, exact = tokens.encoding_for_model(route.upstream_model)
         counted = _embedding_input_tokens(body.get("input"), encoding)
         started = request[STARTED]

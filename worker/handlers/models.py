@@ -6,10 +6,12 @@ import time
 
 from aiohttp import web
 
+from .. import tokens
 from ..appkeys import GATEWAY
 from ..catalog import Entry, usable
 from ..errors import InvalidRequestError
 from ..jsonio import json_response, read_json_object
+from ..optimizing import count_tokens as count_request_tokens
 from ..proxy import authenticate, forward_json, proxy, reachable_providers
 from ..routing import ModelNotFoundError, checked_model, resolve
 
@@ -49,6 +51,24 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
             f"The model {model!r} ({route.provider}) does not provide embeddings.", param="model"
         )
     return await forward_json(request, gw, key, route, "embeddings", body)
+
+
+async def count_tokens(request: web.Request) -> web.StreamResponse:
+    """`POST /v1/messages/count_tokens` (what Claude Code and the Anthropic SDK ask before a long request):
+    Anthropic's own count for a Claude model, else `o200k_base`'s count of the request as sent."""
+    gw = request.app[GATEWAY]
+    key = await authenticate(request, gw)
+    body = await read_json_object(request)
+    model = checked_model(body.get("model"))
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise InvalidRequestError("'messages' must be a list of message objects.", param="messages")
+    route = resolve(model, gw.models)
+    if route.provider == "anthropic":
+        return await forward_json(request, gw, key, route, "v1/messages/count_tokens", body, free=True)
+    encoding, _ = tokens.encoding_for_model(route.upstream_model)
+    counted = await count_request_tokens("messages", body, encoding, len(await request.read()))
+    return json_response({"input_tokens": counted})
 
 
 _CREATED = int(time.mktime((2026, 11, 1, 0, 0, 0, 0, 0, 0)))
