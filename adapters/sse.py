@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+COMMENT: str = ":comment"
+"""The `event` of a comment-only block, from a parser made with `comments=True` (keep-alives such as
+OpenRouter's `: OPENROUTER PROCESSING`, to be passed on when they arrive rather than with the next event)."""
+
 
 class SSEEvent(NamedTuple):
     """One dispatched event. `raw` is the exact bytes it was parsed from, comments included."""
@@ -28,9 +32,24 @@ class SSEParser:
     decodes on its own, and the exact raw bytes of each event are known without re-encoding anything.
     """
 
-    __slots__ = ("_buf", "_data", "_event", "_event_start", "_has_data", "_last_id", "_pos", "retry")
+    __slots__ = (
+        "_buf",
+        "_comment",
+        "_comments",
+        "_data",
+        "_event",
+        "_event_start",
+        "_has_data",
+        "_last_id",
+        "_pos",
+        "retry",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, comments: bool = False) -> None:
+        """`comments`: a block of comment lines is an event of its own (`event` is `COMMENT`, `data` empty);
+        otherwise comments are skipped and stay in the next event's raw bytes."""
+        self._comments = comments
+        self._comment = False  # the current block has a comment line
         self._buf = bytearray()
         self._pos = 0  # how far into _buf lines have been consumed
         self._event_start = 0  # where the current event's raw bytes begin in _buf
@@ -103,7 +122,8 @@ class SSEParser:
 
     def _field(self, line: str) -> None:
         if line[0] == ":":
-            return  # comment
+            self._comment = True
+            return
         name, sep, value = line.partition(":")
         if sep and value[:1] == " ":
             value = value[1:]
@@ -119,9 +139,10 @@ class SSEParser:
             self.retry = int(value)
 
     def _dispatch(self, raw: bytes) -> SSEEvent | None:
+        comment, self._comment = self._comment, False
         if not self._has_data:
             self._event = None
-            return None
+            return SSEEvent(COMMENT, "", None, raw) if comment and self._comments else None
         event = SSEEvent(self._event, "\n".join(self._data), self._last_id, raw)
         self._data = []
         self._event = None

@@ -3,9 +3,12 @@ chunk and its errors (inside a 200 body, or as a chunk mid-stream), and local se
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any
 
+import aiohttp
 import anthropic
 import openai
 import pytest
@@ -119,3 +122,37 @@ def test_an_openrouter_error_chunk_ends_the_stream_once_and_is_recorded_as_a_fai
 
 def test_openrouter_fixture_has_its_comment_lines() -> None:
     assert b": OPENROUTER PROCESSING" in fixture_bytes("openrouter/chat_text.sse")
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"model": "openai/gpt-4o-mini", "messages": MESSAGES, "stream": True}),
+        (
+            "/v1/messages",
+            {"model": "openai/gpt-4o-mini", "max_tokens": 20, "messages": MESSAGES, "stream": True},
+        ),
+    ],
+)
+def test_openrouters_keep_alive_comments_are_passed_on_when_they_arrive(
+    gateway: GatewaySetup, path: str, body: dict[str, Any]
+) -> None:
+    """OpenRouter sends `: OPENROUTER PROCESSING` to keep a slow stream's connection open; held until the
+    next event they kept nothing open. Same-format clients get them as sent, others a comment of their own."""
+    stream = (
+        b": OPENROUTER PROCESSING\n\n"
+        + _chunk({"role": "assistant", "content": "hi"}, "stop")
+        + b"data: [DONE]\n\n"
+    )
+    gateway.fake.set(OPENROUTER, Reply.stream(stream, chunk_delay=3.0))
+
+    async def first_bytes() -> tuple[bytes, float]:
+        async with aiohttp.ClientSession() as s:
+            started = time.monotonic()
+            headers = {"Authorization": f"Bearer {gateway.key}"}
+            async with s.post(gateway.worker.url + path, json=body, headers=headers) as r:
+                first = await r.content.readany()
+                return first, time.monotonic() - started
+
+    first, waited = asyncio.run(first_bytes())
+    assert first.startswith(b": ") and waited < 2.0

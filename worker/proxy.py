@@ -42,7 +42,7 @@ from adapters.base import (
     ToolCallStart,
     TranslationError,
 )
-from adapters.sse import SSEEvent, SSEParser, frame
+from adapters.sse import COMMENT, SSEEvent, SSEParser, frame
 from adapters.transport import UpstreamUnavailable
 
 from . import memory, sessions, tokens
@@ -458,6 +458,7 @@ def _prepare(
 
 
 _REASONING_MODELS = ("o1", "o3", "o4", "gpt-5")
+_KEEP_ALIVE = b": keep-alive\n\n"
 
 
 def _fallbacks(trex: Any) -> list[ModelRoute]:
@@ -952,6 +953,8 @@ class PassthroughRelay:
     def feed(self, event: SSEEvent) -> bytes:
         if self.done:
             return b""
+        if event.event == COMMENT:  # a keep-alive: passed on the moment it arrives
+            return event.raw
         fmt = self._fmt
         if fmt == "chat":
             data = event.data
@@ -1032,6 +1035,8 @@ class TranslatingRelay:
     def feed(self, event: SSEEvent) -> bytes:
         if self.done:
             return b""
+        if event.event == COMMENT:  # the upstream's keep-alive, as one the client's SDK also ignores
+            return _KEEP_ALIVE
         out = b""
         for ev in self._decode(event):
             out += self._encode(ev)
@@ -1113,7 +1118,7 @@ async def _stream(
     except ConnectionResetError:  # the client left while the upstream was getting ready: not its failure
         upstream.close()
         return out, "client_disconnected"
-    parser = SSEParser()
+    parser = SSEParser(comments=True)
     tail = b""
     outcome: Outcome = "completed"
     try:
