@@ -407,3 +407,18 @@ def test_a_provider_key_an_upstream_echoes_is_masked(routed: Any) -> None:
     with pytest.raises(openai.InternalServerError) as failed:
         setup.openai().embeddings.create(model="text-embedding-3-small", input="x")
     assert failed.value.response.json()["error"]["message"].startswith("Internal Server Error")
+
+
+def test_embeddings_are_retried_like_model_calls(routed: Any) -> None:
+    setup = routed(UPSTREAM_RETRIES=1)
+    limited = Reply.json(
+        {"error": {"message": "slow down", "type": "x"}}, status=429, headers={"Retry-After": "0"}
+    )
+    setup.fake.enqueue("/v1/embeddings", limited)
+    vectors = setup.openai().embeddings.create(model="text-embedding-3-small", input="x")
+    assert vectors.data and _paths(setup.fake) == ["/v1/embeddings", "/v1/embeddings"]
+    setup.fake.reset()
+    setup.fake.enqueue("/v1/embeddings", limited, limited)
+    with pytest.raises(openai.RateLimitError):
+        setup.openai().embeddings.create(model="text-embedding-3-small", input="x")
+    assert len(setup.fake.received) == 2  # one retry, then the failure as it came

@@ -1280,17 +1280,33 @@ async def forward_json(
         acct.admission = admission
         out_headers["X-Trex-Usage-Event-Id"] = acct.event.id
         out_headers["X-Trex-Guarantee-Status"] = await gw.usage.guarantee(key)
-    try:
-        upstream = await gw.upstream.request(route.provider, "POST", url, payload, headers)
-    except asyncio.CancelledError:  # the client hung up while the upstream worked on it
-        _finish_usage(gw, acct, 200, abandoned(request), None)
-        raise
-    except UpstreamUnavailable as exc:
-        status = 504 if exc.kind == "timeout" else 502
-        _finish_usage(gw, acct, status, "upstream_failed", None)
-        raise UpstreamError(
-            f"Upstream {route.provider} unavailable: {exc}", status=status, headers=out_headers
-        ) from exc
+    deadline, tries = time.monotonic() + gw.retry_deadline, 0
+    while True:  # retried like a model call: a retryable status or failure, backoff or Retry-After
+        try:
+            upstream = await gw.upstream.request(route.provider, "POST", url, payload, headers)
+        except asyncio.CancelledError:  # the client hung up while the upstream worked on it
+            _finish_usage(gw, acct, 200, abandoned(request), None)
+            raise
+        except UpstreamUnavailable as exc:
+            wait = _backoff(tries)
+            if tries < gw.retries and wait <= gw.retry_max_wait and time.monotonic() + wait < deadline:
+                tries += 1
+                await asyncio.sleep(wait)
+                continue
+            status = 504 if exc.kind == "timeout" else 502
+            _finish_usage(gw, acct, status, "upstream_failed", None)
+            raise UpstreamError(
+                f"Upstream {route.provider} unavailable: {exc}", status=status, headers=out_headers
+            ) from exc
+        if upstream.status in _RETRYABLE and tries < gw.retries:
+            retry_after = _retry_after(upstream.headers)
+            wait = retry_after if retry_after is not None else _backoff(tries)
+            if wait <= gw.retry_max_wait and time.monotonic() + wait < deadline:
+                await _discard(upstream)
+                tries += 1
+                await asyncio.sleep(wait)
+                continue
+        break
     try:
         out_headers.update(_forwarded_headers(upstream.headers))
         if upstream.status >= 300:  # an error (structured, the key masked) or a redirect, never passed raw
