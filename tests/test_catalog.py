@@ -185,3 +185,24 @@ def test_smart_auto_picks_a_model_that_can_take_what_the_request_asks(
     sent = fake_upstream.last().json
     if raw.headers["X-Trex-Upstream-Provider"] == "openai":
         assert sent["max_completion_tokens"] == 1000 and "max_tokens" not in sent
+
+
+def test_the_anthropic_sdk_lists_models_in_anthropics_shape(keyed: Any) -> None:
+    """`anthropic.Anthropic().models.list()` (and Claude Code's model discovery) read Anthropic's model
+    objects and pages; the OpenAI SDK still gets OpenAI's list. Errors there are Anthropic-shaped."""
+    openai_client = keyed()
+    expected = sorted(m.id for m in openai_client.models.list())
+    url = str(openai_client.base_url).removesuffix("/v1/")
+    with anthropic.Anthropic(api_key=openai_client.api_key, base_url=url, max_retries=0) as claude:
+        seen = [m for m in claude.models.list(limit=5)]  # the SDK follows after_id page by page
+        assert [m.id for m in seen] == expected and all(m.type == "model" and m.display_name for m in seen)
+        first = claude.models.list(limit=2)
+        assert first.has_more and first.first_id == expected[0] and first.last_id == expected[1]
+        one = claude.models.retrieve(expected[0])
+        assert one.id == expected[0] and one.created_at.year == 2026
+        try:
+            claude.models.retrieve("no-such-model")
+        except anthropic.NotFoundError as exc:
+            assert isinstance(exc.body, dict) and exc.body["type"] == "error"
+        else:
+            raise AssertionError("found a model that does not exist")

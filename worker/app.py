@@ -168,7 +168,7 @@ class RequestIds:
 
 def error_response(request: web.Request, exc: GatewayError) -> web.Response:
     """Render `exc` in the client's format (OpenAI or Anthropic by route)."""
-    fmt = error_format_for(request.path)
+    fmt = error_format_for(request.path, request.headers)
     resp = web.Response(
         body=exc.body(fmt, request.get(REQUEST_ID)),
         status=exc.status,

@@ -173,6 +173,11 @@ class ServiceUnavailableError(GatewayError):
     default_code = "service_unavailable"
 
 
-def error_format_for(path: str) -> ErrorFormat:
-    """Anthropic error bodies on the Messages API, OpenAI everywhere else."""
-    return "anthropic" if path.startswith("/v1/messages") else "openai"
+def error_format_for(path: str, headers: Mapping[str, str] | None = None) -> ErrorFormat:
+    """Anthropic error bodies on the Messages API, and on the models routes for the Anthropic SDK (it sends
+    `anthropic-version`); OpenAI everywhere else."""
+    if path.startswith("/v1/messages"):
+        return "anthropic"
+    if headers is not None and path.startswith("/v1/models") and "anthropic-version" in headers:
+        return "anthropic"
+    return "openai"

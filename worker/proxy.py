@@ -875,7 +875,7 @@ def _error_from(
     if status == 529:
         err.anthropic_type = "overloaded_error"
     return web.Response(
-        body=err.body(error_format_for(request.path), request.get(REQUEST_ID)),
+        body=err.body(error_format_for(request.path, request.headers), request.get(REQUEST_ID)),
         status=status,
         headers=headers,
         content_type="application/json",

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from aiohttp import web
 
 from .. import tokens
+from ..accounting.pricing import PriceTable
 from ..appkeys import GATEWAY
 from ..catalog import Entry, usable
 from ..errors import InvalidRequestError
@@ -85,16 +87,66 @@ async def _usable(request: web.Request) -> list[Entry]:
 async def list_models(request: web.Request) -> web.StreamResponse:
     """`GET /v1/models`: what the calling key can use (a reachable provider, allowed by its plan), in
     OpenAI's list shape plus `provider`, `context_window`, `max_output_tokens`, `capabilities`, `tier`,
-    `pricing`."""
+    `pricing`; in Anthropic's (paged with `limit`, `after_id`, `before_id`) for the Anthropic SDK."""
     prices = request.app[GATEWAY].prices
     entries = sorted(await _usable(request), key=lambda e: e.info.name)
+    if _anthropic(request):
+        return json_response(_anthropic_page(request, [_anthropic_model(e, prices) for e in entries]))
     return json_response({"object": "list", "data": [e.describe(prices, _CREATED) for e in entries]})
 
 
 async def get_model(request: web.Request) -> web.StreamResponse:
     """`GET /v1/models/{id}` (ids with a slash, like OpenRouter's, are matched whole)."""
     wanted = request.match_info["id"]
+    prices = request.app[GATEWAY].prices
     for entry in await _usable(request):
         if entry.info.name == wanted:
-            return json_response(entry.describe(request.app[GATEWAY].prices, _CREATED))
+            if _anthropic(request):
+                return json_response(_anthropic_model(entry, prices))
+            return json_response(entry.describe(prices, _CREATED))
     raise ModelNotFoundError(f"The model {wanted!r} is not available to this key.", param="model")
+
+
+def _anthropic(request: web.Request) -> bool:
+    """The Anthropic SDK (and Claude Code's model discovery) sends `anthropic-version` with every request."""
+    return "anthropic-version" in request.headers
+
+
+_CREATED_AT = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(_CREATED))
+
+
+def _anthropic_model(entry: Entry, prices: PriceTable) -> dict[str, Any]:
+    """Anthropic's model object (`type`, `id`, `display_name`, `created_at`) plus our catalog fields."""
+    described = entry.describe(prices, _CREATED)
+    for openai_only in ("object", "created", "owned_by"):
+        described.pop(openai_only)
+    return {
+        "type": "model",
+        "id": entry.info.name,
+        "display_name": entry.info.name,
+        "created_at": _CREATED_AT,
+        **described,
+    }
+
+
+def _anthropic_page(request: web.Request, models: list[dict[str, Any]]) -> dict[str, Any]:
+    query = request.query
+    raw_limit = query.get("limit", "20")
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= 1000:
+        raise InvalidRequestError("'limit' must be an integer from 1 to 1000.", param="limit")
+    limit = int(raw_limit)
+    ids = [m["id"] for m in models]
+    after, before = query.get("after_id"), query.get("before_id")
+    start, end = 0, len(models)
+    if after is not None:
+        start = ids.index(after) + 1 if after in ids else len(models)
+    if before is not None:
+        end = ids.index(before) if before in ids else 0
+        start = max(start, end - limit)
+    page = models[start:end][:limit]
+    return {
+        "data": page,
+        "has_more": (start + len(page) < end) if before is None else start > 0,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+    }
