@@ -388,6 +388,20 @@ def _integer(body: dict[str, Any], key: str) -> int | None:
     _fail(f"`{key}` must be an integer", key)
 
 
+def _decode_thinking(raw: Any) -> int | None:
+    """Extended thinking's budget (`{"type": "enabled", "budget_tokens": N}`), or None (absent, disabled)."""
+    if raw is None:
+        return None
+    if type(raw) is not dict:
+        _fail("`thinking` must be an object", "thinking")
+    if raw.get("type") != "enabled":
+        return None
+    budget = raw.get("budget_tokens")
+    if type(budget) is not int or budget < 1:
+        _fail("`thinking.budget_tokens` must be a positive integer", "thinking.budget_tokens")
+    return int(budget)
+
+
 def decode_request(body: dict[str, Any]) -> Request:
     """Translate an inbound Anthropic `/v1/messages` body into a canonical `Request`.
 
@@ -426,6 +440,7 @@ def decode_request(body: dict[str, Any]) -> Request:
         stream = False
 
     response_format = _decode_output_format(body.get("output_config"))
+    reasoning_budget = _decode_thinking(body.get("thinking"))
 
     return Request(
         model=model,
@@ -443,6 +458,7 @@ def decode_request(body: dict[str, Any]) -> Request:
         user=user,
         metadata=metadata,
         response_format=response_format,
+        reasoning_budget=reasoning_budget,
     )
 
 

@@ -118,6 +118,8 @@ class Request(msgspec.Struct, omit_defaults=True):
     stream: bool = False
     user: str | None = None
     metadata: dict[str, Any] | None = None
+    reasoning_budget: int | None = None
+    """Tokens the model may think with before answering (Anthropic `thinking.budget_tokens`)."""
 
 
 class Usage(msgspec.Struct, omit_defaults=False):

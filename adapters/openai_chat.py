@@ -492,6 +492,13 @@ def encode_request(req: Request, *, upstream_model: str, flavor: Flavor) -> dict
             if fmt.type == "json_schema"
             else {"type": fmt.type}
         )
+    if req.reasoning_budget is not None:
+        if flavor == "openrouter":  # OpenRouter takes a token budget for any model that reasons
+            body["reasoning"] = {"max_tokens": req.reasoning_budget}
+        elif flavor == "openai" and upstream_model.startswith(REASONING_MODELS):
+            # OpenAI reasoning models take an effort level (other models refuse the parameter).
+            budget = req.reasoning_budget
+            body["reasoning_effort"] = "low" if budget < 4096 else "medium" if budget < 16384 else "high"
     if req.user is not None:
         body["user"] = req.user
     if req.stream:
@@ -570,6 +577,8 @@ def _encode_user(msg: Message, out: list[dict[str, Any]], keep_cc: bool) -> None
     out.append({"role": "user", "content": content})
 
 
+REASONING_MODELS = ("o1", "o3", "o4", "gpt-5")
+"""OpenAI reasoning models (name prefixes): they take `reasoning_effort`, and `max_completion_tokens` only."""
 _PARAGRAPH = "\n\n"
 """Between texts a tool call or thinking separated (chat has one content string)."""
 _TOOL_ERROR_PREFIX = "Error: "

@@ -647,3 +647,17 @@ def test_count_tokens_is_served_for_every_model(gateway: GatewaySetup) -> None:
         assert isinstance(exc.body, dict) and exc.body["type"] == "error"
     else:
         raise AssertionError("accepted")
+
+
+def test_extended_thinking_reaches_other_providers_as_their_reasoning_setting(gateway: GatewaySetup) -> None:
+    """Anthropic's `thinking` budget was dropped for every other model: OpenRouter takes it as
+    `reasoning.max_tokens`, an OpenAI reasoning model as an effort level; a model without reasoning gets none."""
+    client = gateway.anthropic()
+    hi: list[dict[str, Any]] = [{"role": "user", "content": "think first"}]
+    thinking = {"type": "enabled", "budget_tokens": 8000}
+    client.messages.create(model="openai/gpt-4o-mini", max_tokens=9000, messages=hi, thinking=thinking)  # type: ignore[arg-type]
+    assert gateway.fake.last("/api/v1/chat/completions").json["reasoning"] == {"max_tokens": 8000}
+    client.messages.create(model="o4-mini", max_tokens=9000, messages=hi, thinking=thinking)  # type: ignore[arg-type]
+    assert gateway.fake.last("/v1/chat/completions").json["reasoning_effort"] == "medium"
+    client.messages.create(model="gpt-4o-mini", max_tokens=9000, messages=hi, thinking=thinking)  # type: ignore[arg-type]
+    assert "reasoning_effort" not in gateway.fake.last("/v1/chat/completions").json

@@ -436,7 +436,7 @@ def _prepare(
             and route.provider == "openai"
             and "max_tokens" in upstream_body
             and "max_completion_tokens" not in upstream_body
-            and route.upstream_model.startswith(_REASONING_MODELS)
+            and route.upstream_model.startswith(openai_chat.REASONING_MODELS)
         ):
             # OpenAI's reasoning models refuse `max_tokens` ("use max_completion_tokens"), which older
             # clients, and smart-auto's choice of such a model, would otherwise run into.
@@ -457,7 +457,6 @@ def _prepare(
     return _Prepared(route, wire, _encoder.encode(upstream_body), wants_usage)
 
 
-_REASONING_MODELS = ("o1", "o3", "o4", "gpt-5")
 _KEEP_ALIVE = b": keep-alive\n\n"
 
 
