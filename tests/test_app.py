@@ -314,3 +314,17 @@ async def test_a_newline_in_a_path_cannot_forge_an_access_line(
     lines = stream.getvalue().splitlines()
     assert not any(line.startswith("2026-12-06 13:00:00,000") for line in lines)
     assert any("/v1/nope\\x0a2026-12-06" in line for line in lines)
+
+
+def test_a_body_over_the_limit_is_refused_before_the_client_is_invited_to_send_it(w: InProcessWorker) -> None:
+    """With `Expect: 100-continue` the answer to an oversized body is the 413 itself, not "100 Continue"
+    followed by a 413 once megabytes were uploaded; a body within the limit is still invited."""
+    host, port = w.url.removeprefix("http://").split(":")
+    for length, first_line in ((10_000_000, b"HTTP/1.1 413"), (10, b"HTTP/1.1 100 Continue")):
+        with socket.create_connection((host, int(port))) as conn:
+            conn.sendall(
+                f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Expect: 100-continue\r\nContent-Length: {length}\r\n\r\n".encode()
+            )
+            conn.settimeout(5)
+            assert conn.recv(200).startswith(first_line)

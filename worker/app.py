@@ -20,6 +20,7 @@ from typing import TextIO
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from aiohttp.web_urldispatcher import _default_expect_handler  # the 100-continue it sends otherwise
 
 from kv import KVNamespace, KVUnavailableError, open_kv
 
@@ -181,6 +182,18 @@ def error_response(request: web.Request, exc: GatewayError) -> web.Response:
     return resp
 
 
+def _expect_handler(max_body: int) -> Callable[[web.Request], Awaitable[None]]:
+    """`Expect: 100-continue`: no "100 Continue" for a body over the limit (the edge answers 413 from its
+    Content-Length, and the client never sends the body); aiohttp's own handler invited every body first."""
+
+    async def expect(request: web.Request) -> None:
+        length = request.content_length
+        if length is None or length <= max_body:
+            await _default_expect_handler(request)
+
+    return expect
+
+
 def _from_http_exception(request: web.Request, exc: web.HTTPException) -> GatewayError:
     admin_off = request.path.startswith("/admin/") and not request.app[CONFIG].secret(admin.ADMIN_TOKEN_NAME)
     if isinstance(exc, web.HTTPNotFound) or admin_off:  # no admin API: no hint that its routes exist
@@ -309,12 +322,13 @@ async def create_app(
             access.close()
         raise
     explicit_head = {r.path for r in ROUTES if r.method == "HEAD"}
+    expect = _expect_handler(config.max_body_bytes)
     for route in ROUTES:
         handler = runs_to_completion(route.handler) if route.completes else route.handler
         if route.method == "GET" and route.path not in explicit_head:
             app.router.add_get(route.path, handler)  # and HEAD (load balancers probe `HEAD /health`)
         else:
-            app.router.add_route(route.method, route.path, handler)
+            app.router.add_route(route.method, route.path, handler, expect_handler=expect)
 
     async def _cleanup(app: web.Application) -> None:
         # Runs after in-flight requests finished, so every wait_until they registered is drained here.
