@@ -172,3 +172,158 @@ def test_a_claude_read_keeps_its_trailing_blanks() -> None:
     source = "     1\tdef f(x):   \n     2\t    return x  \n     3\t\n" * 40
     ctx = Context(mode="aggressive", profile="claude")
     assert compress_tool_output(source, ctx, "Read") is None
+
+
+def _tree(widgets: int = 12) -> str:
+    lines = ["Absolute path: /repo/src/components"]
+    for i in range(widgets):
+        lines += [f"Widget{i}/", f"  Widget{i}.tsx", "  index.ts", "  styles.css"]
+    return "\n".join(lines)
+
+
+def test_a_directory_listing_keeps_every_file_of_every_directory() -> None:
+    """`index.ts` under twelve directories is twelve files: a listing is not deduplicated like search output."""
+    tree = _tree()
+    for profile, tool in (
+        ("codex", "list_dir"),
+        ("opencode", "list"),
+        ("cursor", "list_dir"),
+        ("claude", "LS"),
+    ):
+        result = compress_tool_output(tree, Context(mode="balanced", profile=profile), tool)
+        kept = tree if result is None else result.text
+        assert kept.count("index.ts") == 12 and kept.count("styles.css") == 12, profile
+
+
+def _claude_session(first_user: list[dict[str, Any]], later: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"model": "claude-sonnet-4-6", "system": "You are Claude Code.", "messages": [*first_user, *later]}
+
+
+def test_agent_instructions_in_user_turns_are_never_compacted_nor_taken_for_the_request() -> None:
+    """Claude Code puts CLAUDE.md in a `<system-reminder>` block of a user turn, Codex its AGENTS.md in a user
+    item: instructions, kept whole. A reminder after a tool result is not the request search output is
+    ranked against: the question the person typed is."""
+    rules = " ".join(
+        f"Rule {i}: keep the thing number {i} as it is, thank you very much for that." for i in range(12)
+    )
+    claude_md = f"<system-reminder>\nAs you answer, follow CLAUDE.md:\n{rules}\n</system-reminder>"
+    agents_md = f"# AGENTS.md instructions for /repo\n\n<INSTRUCTIONS>\n{rules}\n</INSTRUCTIONS>"
+    grep = "\n".join(
+        [
+            f"src/shop/module{f}/service{f}.py:{10 + k * 9}:    total = compute(order, line_{k})"
+            for f in range(40)
+            for k in range(4)
+        ]
+        + [
+            f"src/shop/refunds/partial.py:{88 + k * 5}:    total = compute(order, refund_partial_line{k})"
+            for k in range(4)
+        ]
+    )
+    use = {"type": "tool_use", "id": "toolu_1", "name": "Grep", "input": {"pattern": "total ="}}
+    body = _claude_session(
+        [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": claude_md}, {"type": "text", "text": "hello"}],
+            },
+            {"role": "assistant", "content": "Hi."},
+        ],
+        [
+            {"role": "user", "content": "Why does refund_partial compute the wrong total?"},
+            {"role": "assistant", "content": [use]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": grep},
+                    {
+                        "type": "text",
+                        "text": "<system-reminder>\nThe TodoWrite tool hasn't been used.\n</system-reminder>",
+                    },
+                ],
+            },
+        ],
+    )
+    for profile in ("claude", None):
+        out = copy.deepcopy(body)
+        optimize("messages", out, Options(mode="aggressive", protect_recent_turns=0, profile=profile))
+        assert out["messages"][0]["content"][0]["text"] == claude_md
+        result = out["messages"][-1]["content"][0]["content"]
+        assert all(f"refund_partial_line{k})" in result for k in range(4)), profile
+    codex = {
+        "model": "gpt-5",
+        "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": agents_md}]},
+            {"role": "user", "content": [{"type": "input_text", "text": "small talk " * 40}]},
+            {"role": "assistant", "content": [{"type": "output_text", "text": "ok " * 40}]},
+            {"role": "user", "content": [{"type": "input_text", "text": "now fix it"}]},
+        ],
+    }
+    optimize("responses", codex, Options(mode="aggressive", protect_recent_turns=0, profile="codex"))
+    assert codex["input"][0]["content"][0]["text"] == agents_md
+
+
+def test_a_result_of_only_terminal_escapes_is_not_emptied() -> None:
+    spinner = "\x1b[?25l\x1b[2K\x1b[?25h"
+    assert compress_tool_output(spinner, Context(mode="balanced")) is None
+    assert compress_tool_output(spinner, Context(mode="balanced", profile="claude"), "Bash") is None
+
+
+def test_codex_shell_command_output_is_command_output() -> None:
+    """`shell_command` (the current codex-rs default) and `write_stdin` run commands like `shell`."""
+    assert profiles.role("codex", "shell_command") == profiles.role("codex", "write_stdin") == "shell"
+    output = "Exit code: 1\nWall time: 2.1 seconds\nOutput:\n" + LOG
+    as_shell = compress_tool_output(output, Context(mode="balanced", profile="codex"), "shell")
+    as_command = compress_tool_output(output, Context(mode="balanced", profile="codex"), "shell_command")
+    assert as_shell is not None and as_command is not None and as_command.text == as_shell.text
+
+
+def test_a_changed_re_read_of_a_file_is_not_turned_into_a_patch() -> None:
+    """The agent quotes its latest read of a file in its next edit: that read stays as the file is, not as a
+    patch against the read before it."""
+    source = "\n".join(
+        f"{i:>6}→def handler_{i}(request):\n       return respond(request, {i})" for i in range(1, 40)
+    )
+    edited = source.replace("respond(request, 7)", "respond(request, 70)")
+
+    def read(call_id: str, text: str) -> list[dict[str, Any]]:
+        use = {"type": "tool_use", "id": call_id, "name": "Read", "input": {"file_path": "app.py"}}
+        return [
+            {"role": "assistant", "content": [use]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call_id, "content": text}]},
+        ]
+
+    body = _claude_session(
+        [{"role": "user", "content": "read app.py"}], [*read("t1", source), *read("t2", edited)]
+    )
+    body["messages"].append({"role": "user", "content": "now change handler 8"})
+    for profile in ("claude", None):
+        out = copy.deepcopy(body)
+        optimize("messages", out, Options(mode="aggressive", profile=profile))
+        assert out["messages"][4]["content"][0]["content"] == edited
+
+
+def test_every_failing_tests_code_frame_is_kept() -> None:
+    """Jest prints the failing source line of each failure as `> 22 |  expect(…)`: kept for every failure, not
+    folded into one template under the first."""
+    lines = [f"PASS src/orders/order{i}.test.ts" for i in range(40)] + ["FAIL src/refunds/refund.test.ts"]
+    for j, name in enumerate(["partial refund", "currency refund", "rounding refund", "tax refund"]):
+        lines += [
+            f"  \u25cf refund \u203a {name}",
+            "",
+            "    expect(received).toBe(expected) // Object.is equality",
+            "",
+        ]
+        lines += [f"    Expected: {100 + j}", f"    Received: {120 + j}", ""]
+        lines += [f"      {11 + j * 10} |   const r = refund(order, 20);"]
+        lines += [
+            f"    > {12 + j * 10} |   expect(r.remaining).toBe({100 + j});",
+            "         |                       ^",
+            "",
+        ]
+        lines += [f"      at Object.<anonymous> (src/refunds/refund.test.ts:{12 + j * 10}:23)", ""]
+    lines += ["Tests:       4 failed, 120 passed, 124 total"]
+    text = "\n".join(lines)
+    for mode in ("balanced", "aggressive"):
+        result = compress_tool_output(text, Context(mode=mode, profile="claude"), "Bash")
+        kept = text if result is None else result.text
+        assert all(f"> {12 + j * 10} |   expect(r.remaining).toBe({100 + j});" in kept for j in range(4))

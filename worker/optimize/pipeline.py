@@ -23,12 +23,13 @@ from typing import Any
 import msgspec
 
 from .. import tokens
+from . import profiles
 from .base import Compressed, Context, Mode
 from .dedup import Block, dedupe_detailed
-from .kinds import compress_tool_output
+from .kinds import compress_tool_output, detect
 from .narrative import compress_many
 from .profiles import PROFILES
-from .segments import Format, Segment, content_fields, extract
+from .segments import Format, Segment, content_fields, extract, instructions
 
 __all__ = ["PROFILES", "Options", "Removal", "Report", "measure", "optimize"]
 
@@ -139,8 +140,9 @@ def _compact(
 ) -> None:
     """Dedup, tool output by kind, older prose: every change applied to `body` and noted in `undo`."""
     segments, turns = extract(fmt, body)
-    latest_user_turn = max((s.turn for s in segments if s.kind == "user"), default=-1)
-    query = "\n".join(s.text for s in segments if s.kind == "user" and s.turn == latest_user_turn)
+    typed = [s for s in segments if s.kind == "user" and not instructions(s.text)]  # what a person wrote
+    latest_user_turn = max((s.turn for s in typed), default=-1)
+    query = "\n".join(s.text for s in typed if s.turn == latest_user_turn)
     ctx = Context(mode=options.mode, query=query, profile=options.profile)
     candidates = [s for s in segments if not s.pinned and s.turn != latest_user_turn]
     if not candidates:  # e.g. a first turn: only pinned content and the latest user turn, which stay whole
@@ -154,7 +156,11 @@ def _compact(
     blocks = [Block(i, s.turn, s.kind, s.text, s.where) for i, s in enumerate(dedupable)]
     done: set[int] = set()
     for seg, rep in zip(dedupable, dedupe_detailed(blocks), strict=True):
-        if rep is not None and id(seg) not in frozen:
+        if (
+            rep is not None
+            and id(seg) not in frozen
+            and (rep.kind == "identical" or not _verbatim(seg, options.profile))
+        ):
             _apply(seg, Compressed(rep.text, "cross_turn_dedup", [f"{rep.kind} content"]), report, undo)
             done.add(id(seg))
             done.update(id(dedupable[r]) for r in rep.refs)
@@ -172,9 +178,21 @@ def _compact(
                 _apply(seg, prose_result, report, undo)
 
 
+def _verbatim(seg: Segment, profile: str | None) -> bool:
+    """A file read (by the agent's read tool, or source code by content): the agent's current view of a
+    file, which it quotes back exactly in its edits. An identical later read may point to it, but a changed
+    one is never turned into a patch against the older read (the agent would have to apply it in its head
+    before quoting a line)."""
+    if seg.kind != "tool_result":
+        return False
+    if profiles.role(profile, seg.tool) == "read":
+        return True
+    return detect(seg.text) == "code"
+
+
 def _apply(seg: Segment, result: Compressed, report: Report, undo: list[tuple[Segment, str]]) -> None:
-    """Replace the segment's text if the result is shorter; remember the old text to undo."""
-    if len(result.text) >= len(seg.text):
+    """Replace the segment's text if the result is shorter (and not empty); remember the old text to undo."""
+    if len(result.text) >= len(seg.text) or not result.text.strip():
         return
     undo.append((seg, seg.text))
     seg.set(result.text)

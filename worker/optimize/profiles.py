@@ -6,7 +6,9 @@ result (`Segment.tool`, found through the call id) decides first, content detect
 - file reads (`Read`, `read`, `read_file`, `view`) are source the agent is about to edit, quoting exact
   lines back in its edits: they are passed through untouched (trailing blanks included), even when the
   file looks like a log or JSON;
-- grep and file searches, globs and directory listings are search output (dedupe, rank, keep diversity);
+- grep and file searches and globs are search output (dedupe, rank, keep diversity); directory listings
+  are detected by content (a tree's indented names are not duplicates of each other: `index.ts` under
+  twelve directories is twelve files);
 - shell commands (`Bash`, `bash`, `shell`, `run_terminal_cmd`) are detected by content, and output that is
   none of the structured kinds is treated as command output (log folding), not as prose;
 - everything else (web fetches, sub-agents, unknown tools) is detected by content.
@@ -51,7 +53,7 @@ _TOOLS: Mapping[str, Mapping[str, Role]] = MappingProxyType(
                 "Write": "read",
                 "Grep": "search",
                 "Glob": "search",
-                "LS": "search",
+                "LS": "other",
                 "Bash": "shell",
                 "BashOutput": "shell",
                 "WebFetch": "other",
@@ -68,7 +70,7 @@ _TOOLS: Mapping[str, Mapping[str, Role]] = MappingProxyType(
                 "patch": "read",
                 "grep": "search",
                 "glob": "search",
-                "list": "search",
+                "list": "other",
                 "bash": "shell",
                 "webfetch": "other",
                 "task": "other",
@@ -82,8 +84,10 @@ _TOOLS: Mapping[str, Mapping[str, Role]] = MappingProxyType(
                 "view_image": "other",
                 "apply_patch": "read",
                 "grep_files": "search",
-                "list_dir": "search",
+                "list_dir": "other",
                 "shell": "shell",
+                "shell_command": "shell",
+                "write_stdin": "shell",
                 "local_shell": "shell",
                 "exec_command": "shell",
                 "unified_exec": "shell",
@@ -98,7 +102,7 @@ _TOOLS: Mapping[str, Mapping[str, Role]] = MappingProxyType(
                 "grep_search": "search",
                 "codebase_search": "search",
                 "file_search": "search",
-                "list_dir": "search",
+                "list_dir": "other",
                 "run_terminal_cmd": "shell",
                 "web_search": "other",
                 "todo_write": "other",

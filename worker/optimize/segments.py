@@ -68,6 +68,7 @@ class _Collector:
             return
         if isinstance(value, str) and value:
             tool = self.tool if kind == "tool_result" else None
+            pinned = pinned or (kind == "user" and instructions(value))
             self.segments.append(Segment(kind, turn, value, pinned, where, container, key, tool))
 
     def call(self, call_id: Any, name: Any) -> None:
@@ -78,6 +79,23 @@ class _Collector:
     def answering(self, call_id: Any) -> None:
         """The tool results collected next answer the call `call_id`."""
         self.tool = self.tool_names.get(call_id) if isinstance(call_id, str) else None
+
+
+_INSTRUCTION_STARTS = (
+    "<system-reminder>",  # Claude Code: CLAUDE.md, todo state, reminders
+    "# AGENTS.md instructions",  # Codex
+    "<user_instructions>",
+    "<environment_context>",
+    "<user_info>",  # Cursor
+    "<rules>",
+    "<custom_instructions>",
+)
+
+
+def instructions(text: str) -> bool:
+    """A user-role block a coding agent fills with instructions or context for the model (its project file,
+    reminders, environment), not text the user typed: never compacted, and not the user's request."""
+    return text.lstrip().startswith(_INSTRUCTION_STARTS)
 
 
 def _pinned(obj: Any) -> bool:

@@ -104,8 +104,8 @@ def compress_tool_output(text: str, ctx: Context, tool: str | None = None) -> Co
     compressor = _COMPRESSORS.get(kind)
     result = compressor(cleaned, ctx) if compressor is not None else None
     if result is None:
-        if cleaned == text or not _smaller(cleaned, text):
-            return None
+        if cleaned == text or not cleaned.strip() or not _smaller(cleaned, text):
+            return None  # nothing left (only a spinner's escape codes) is never a replacement
         removed = ["terminal escape sequences and trailing whitespace"]
         return Compressed(text=cleaned, strategy=f"{kind}-whitespace", removed=removed)
     if not _smaller(result.text, text):

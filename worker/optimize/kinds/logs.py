@@ -235,6 +235,9 @@ def _important_entries(text: str, bodies: list[str], starts: list[int]) -> list[
     for i, body in enumerate(bodies):
         if not important[i] and _LEVEL_CODE_RE.match(body):
             important[i] = True
+    if "> " in text:
+        for match in _CODE_FRAME_RE.finditer(text):
+            important[bisect_right(starts, match.start()) - 1] = True
     for match in _EXCEPTION_NAME_RE.finditer(text):
         i = bisect_right(starts, match.start()) - 1
         if match.end() <= starts[i] + len(bodies[i]):
@@ -381,4 +384,9 @@ def _is_important(body: str) -> bool:
         _IMPORTANT_RE.search(body) is not None
         or _EXCEPTION_NAME_RE.search(body) is not None
         or _LEVEL_CODE_RE.match(body) is not None
+        or _CODE_FRAME_RE.search(body) is not None
     )
+
+
+# The failing line of a test runner's code frame (Jest, Vitest, Babel): `    > 22 |   expect(x).toBe(1);`.
+_CODE_FRAME_RE = re.compile(r"^[ \t]*> \d+ \|", re.MULTILINE)
