@@ -373,9 +373,8 @@ async def proxy(
                 body=data, status=upstream.status, headers=out_headers, content_type="application/json"
             )
         answer = _decode_response(wire, _decode_json(data, route.provider))
-        if (
-            acct is not None and gw.usage is not None
-        ):  # usage read from the body as sent (OpenRouter's cost too)
+        # Usage is read from the body as sent (OpenRouter's reported cost too), after the response.
+        if acct is not None and gw.usage is not None:
             gw.usage.complete(acct, http_status=upstream.status, outcome="completed", wire=wire, body=data)
         if stream:  # the upstream answered a stream request with one JSON body: replay it as a stream
             relay = _make_relay(fmt, "canonical", route, body, wants_usage)
@@ -902,7 +901,8 @@ def _redirected(provider: str, status: int, headers: dict[str, str]) -> Upstream
 def _error_in_body(data: bytes) -> int | None:
     """The status a 2xx body that is only an error stands for (OpenRouter reports errors met after it began
     processing this way: HTTP 200, `{"error": {"code": 502, …}}`), or None for an answer."""
-    if not data.startswith(b'{"error"') and b'"error"' not in data[:200]:
+    head = data[:200]
+    if b'"error":{' not in head and b'"error": {' not in head:  # an answer's `"error": null` is no error
         return None
     try:
         doc = _decoder.decode(data)
