@@ -30,7 +30,10 @@ MAX_CONNECTIONS = 128
 
 def _describe(url: str) -> str:
     # Never echo the URL itself: it may carry a password.
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed `[` in the host
+        return "an unparsable Redis URL"
     try:
         port = parts.port or 6379
     except ValueError:

@@ -211,3 +211,68 @@ def test_kv_commands_take_persist_to_and_kv_url(tmp_path: Path) -> None:
         "key": "x",
         "value": "1",
     }
+
+
+def test_a_second_multi_worker_server_cannot_join_a_taken_port(
+    tmp_path: Path, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    """The workers share their port with SO_REUSEPORT, which would also let them join another server on it
+    and split its traffic: a taken port is an error, as for one worker."""
+    port = free_port()
+    first = tmp_path / "a"
+    first.mkdir()
+    spawn_worker(write_config(first, {}), "--workers", "2", port=port)
+    second = tmp_path / "b"
+    second.mkdir()
+    proc = trex("dev", "--config", str(write_config(second, {})), "--port", str(port), "--workers", "2")
+    assert proc.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in proc.stderr.decode()
+
+
+def test_unreadable_secrets_and_bad_tables_are_one_line_config_errors(tmp_path: Path) -> None:
+    """A `.dev.vars` that is a directory or not UTF-8, a config that is not UTF-8, a `plans` that is not a
+    table: exit 2 and one line naming the file, never a traceback; bad KV-URL syntax likewise."""
+    config = write_config(tmp_path, {})
+    dev_vars = tmp_path / ".dev.vars"
+    dev_vars.unlink(missing_ok=True)
+    dev_vars.mkdir()
+    for argv, stdin in ((["config"], None), (["keys", "bind", "key_x", "--provider", "openai"], b"sk-x\n")):
+        proc = trex(*argv, "--config", str(config), stdin=stdin)
+        assert proc.returncode == 2 and b"Traceback" not in proc.stderr and b".dev.vars" in proc.stderr, argv
+    dev_vars.rmdir()
+    dev_vars.write_bytes(b"TREX_MASTER_KEY=\xff\xfeabc\n")
+    proc = trex("config", "--config", str(config))
+    assert proc.returncode == 2 and b"Traceback" not in proc.stderr and b"UTF-8" in proc.stderr
+    dev_vars.unlink()
+    proc = trex("config", "--config", str(config), env={"TREX_KV_URL": "redis://u:pw@[bad/0"})
+    assert b"Traceback" not in proc.stderr and b"pw" not in proc.stdout + proc.stderr
+    proc = trex(
+        "config", "--config", str(config), env={"TREX_KV_URL": "redis://127.0.0.1:1/0?password=s3cretpw"}
+    )
+    assert proc.returncode == 0 and b"s3cretpw" not in proc.stdout and b"password=***" in proc.stdout
+    for plans in ("plans = 5\n", 'plans = "free"\n', '[plans.free]\ndaily_requests = "x"\n'):
+        broken = tmp_path / "plans" / str(len(plans))
+        broken.mkdir(parents=True)
+        path = write_config(broken, {}, extra=plans)
+        proc = trex("keys", "create", "--name", "k", "--plan", "free", "--config", str(path))
+        assert proc.returncode == 2 and b"Traceback" not in proc.stderr, plans
+    latin = tmp_path / "latin"
+    latin.mkdir()
+    path = write_config(latin, {})
+    path.write_bytes(path.read_bytes() + b"# caf\xe9\n")
+    proc = trex("config", "--config", str(path))
+    assert proc.returncode == 2 and b"Traceback" not in proc.stderr
+
+
+def test_kv_put_stores_an_argument_that_is_not_utf8_as_its_bytes(tmp_path: Path) -> None:
+    config = str(write_config(tmp_path, {}))
+    value = os.fsdecode(b"\xff\xfe")
+    assert trex("kv", "put", "k", value, "--config", config).returncode == 0
+    assert trex("kv", "get", "k", "--config", config).stdout == b"\xff\xfe"
+
+
+def test_compress_refuses_a_bad_optimize_mode_as_dev_does(tmp_path: Path) -> None:
+    config = str(write_config(tmp_path, {"OPTIMIZE_MODE": "bogus"}))
+    payload = tmp_path / "p.json"
+    payload.write_text('{"model": "m", "messages": [{"role": "user", "content": "hi"}]}')
+    proc = trex("compress", str(payload), "--config", config)
+    assert proc.returncode == 2 and b"OPTIMIZE_MODE" in proc.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,18 +21,21 @@ import msgspec
 from kv import KVClosedError, KVError, KVNamespace, KVUnavailableError, open_kv
 
 from .accounting.events import GROUP_BYS, UsageRecorder
+from .accounting.plans import parse_plans
 from .accounting.pricing import PriceTable
 from .auth import PROVIDERS, KeyStore
 from .cli_agents import add_agents_parser, agents_command
 from .config import Config, ConfigError, ConfigSource, Overrides, redacted_url
 from .errors import GatewayError
+from .gateway import optimize_mode
 from .handlers.health import VERSION
 from .handlers.usage import resolve_range
+from .limits import parse_plan_limits
 from .optimize.base import MODES
 from .optimize.pipeline import PROFILES, optimize
 from .optimize.segments import detect_format
 from .optimizing import compression_object, resolve_options, validate_payload
-from .quotas import Quotas
+from .quotas import Quotas, parse_quota_plans
 from .server import run
 from .vault import MASTER_KEY_NAME, Vault, VaultError, ensure_master_key
 
@@ -188,7 +192,8 @@ def _kv_command(args: argparse.Namespace, url: str) -> int:
                 sys.stdout.buffer.write(value)
                 sys.stdout.flush()
         elif args.kv_command == "put":
-            value = args.value if args.value is not None else sys.stdin.buffer.read()
+            # An argument is stored as the bytes it was given (os.fsencode: not UTF-8 text either).
+            value = os.fsencode(args.value) if args.value is not None else sys.stdin.buffer.read()
             await kv.put(args.key, value, expiration_ttl=args.ttl)
             _print(args, {"key": args.key, "stored": True}, f"stored {args.key}")
         elif args.kv_command == "delete":
@@ -202,23 +207,32 @@ def _kv_command(args: argparse.Namespace, url: str) -> int:
 _STATE_ACTIONS = {"suspend": "suspended", "activate": "active", "revoke": "revoked"}
 
 
+def _configured_plans(config: Config) -> set[str]:
+    """The config's plan names, after the checks `trex dev` makes of them (ConfigError otherwise)."""
+    raw = config.tables.get("plans")
+    parse_plans(raw, config.source)
+    parse_plan_limits(raw, config.source)
+    return set(parse_quota_plans(raw, config.source))
+
+
 def _keys_command(args: argparse.Namespace, config: Config) -> int:
     vault = None
     provider_key = ""
     if args.keys_command == "bind":
+        provider_key = sys.stdin.readline().strip()  # read first: no master key is made for nothing
+        if not provider_key:
+            print("trex keys bind: no provider key on stdin", file=sys.stderr)
+            return EXIT_USAGE
         try:
             vault = Vault(ensure_master_key(config))
         except VaultError as exc:
             raise ConfigError(str(config.dev_vars_path), MASTER_KEY_NAME, str(exc)) from None
-        provider_key = sys.stdin.readline().strip()
-        if not provider_key:
-            print("trex keys bind: no provider key on stdin", file=sys.stderr)
-            return EXIT_USAGE
+    plans = _configured_plans(config) if args.keys_command in ("create", "set-plan") else set()
 
     async def act(kv: KVNamespace) -> int:
         store = KeyStore(kv, vault)
         if args.keys_command == "create":
-            if args.plan is not None and args.plan not in config.tables.get("plans", {}):
+            if args.plan is not None and args.plan not in plans:
                 # A typo must not give a key without the plan's quotas and model limits.
                 print(f"trex keys create: no [plans.{args.plan}] in {config.source}", file=sys.stderr)
                 return EXIT_USAGE
@@ -252,7 +266,7 @@ def _keys_command(args: argparse.Namespace, config: Config) -> int:
             _print(args, {"id": record.id, "state": record.state}, f"{record.id} is now {record.state}")
         elif args.keys_command == "set-plan":
             plan = None if args.plan == "none" else args.plan
-            if plan is not None and plan not in config.tables.get("plans", {}):
+            if plan is not None and plan not in plans:
                 print(f"trex keys set-plan: no [plans.{plan}] in {config.source}", file=sys.stderr)
                 return EXIT_USAGE
             record = await store.set_plan(args.key_id, plan)
@@ -396,7 +410,7 @@ def _compress_command(args: argparse.Namespace, config: Config) -> int:
         options = resolve_options(
             trex,
             {},
-            config.var("OPTIMIZE_MODE") or "balanced",
+            optimize_mode(config),
             int(config.number("PROTECT_RECENT_TURNS")),
             profile=args.compression_model or body.get("compression_model"),
         )

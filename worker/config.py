@@ -215,7 +215,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), "", f"invalid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
@@ -362,13 +362,24 @@ def count_var(
 
 
 def redacted_url(url: str) -> str:
-    """`url` fit to print: a password in it (`redis://:pw@host`) is replaced by `***`."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
+    """`url` fit to print: a password in it (`redis://:pw@host`, or `?password=pw`) is replaced by `***`."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # not a URL one can take apart (`[bad`): nothing of it is printed
+        return "(an unparsable URL)"
+    query = "&".join(_redacted_field(field) for field in parts.query.split("&")) if parts.query else ""
+    if password is None:
+        return url if query == parts.query else urlunsplit(parts._replace(query=query))
+    parts = parts._replace(query=query)
     user = f"{parts.username}:" if parts.username else ":"
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
+
+
+def _redacted_field(field: str) -> str:
+    name, sep, _ = field.partition("=")
+    return f"{name}=***" if sep and name.lower() in ("password", "pass", "passwd") else field
 
 
 def is_secret_name(name: str) -> bool:
@@ -400,8 +411,15 @@ def _vars(raw: Any, source: str, environ: Mapping[str, str]) -> dict[str, str]:
 
 def _secrets(dev_vars: Path, environ: Mapping[str, str]) -> dict[str, str]:
     secrets: dict[str, str] = {}
-    if dev_vars.is_file():
-        secrets.update({k: v for k, v in dotenv_values(dev_vars).items() if v is not None})
+    if dev_vars.exists():
+        if not dev_vars.is_file():
+            raise ConfigError(str(dev_vars), "", "cannot read: not a file")
+        try:
+            values = dotenv_values(dev_vars)
+        except (OSError, UnicodeDecodeError) as exc:
+            problem = exc.strerror if isinstance(exc, OSError) else f"not UTF-8 text ({exc.reason})"
+            raise ConfigError(str(dev_vars), "", f"cannot read: {problem}") from None
+        secrets.update({k: v for k, v in values.items() if v is not None})
     for key in SECRET_NAMES:
         if environ.get(key, "").strip():  # an exported but empty variable does not hide the file's value
             secrets[key] = environ[key]

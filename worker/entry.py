@@ -9,6 +9,7 @@ loading it and only then import the rest.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -29,16 +30,24 @@ def _preload_tokenizer() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
-    if args[:1] == ["dev"]:
-        _preload_tokenizer()
-    from .cli import main as cli_main
+    try:
+        if args[:1] == ["dev"]:
+            _preload_tokenizer()
+        from .cli import main as cli_main
 
-    return cli_main(args)
+        return cli_main(args)
+    except KeyboardInterrupt:  # Ctrl-C before the server's own signal handling is in place: a quiet stop
+        return 130
+    except BrokenPipeError:  # `trex kv list | head`: the reader left; no traceback about it
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def child(source: ConfigSource, conn: multiprocessing.connection.Connection) -> None:
     """One `trex dev --workers N` process."""
-    _preload_tokenizer()
-    from .server import child as serve_child
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C reaches the whole group while it starts
+        _preload_tokenizer()
+        from .server import child as serve_child
 
-    serve_child(source, conn)
+        serve_child(source, conn)

@@ -73,6 +73,16 @@ class Gateway:
         await self.upstream.close()
 
 
+def optimize_mode(config: Config) -> str:
+    """`OPTIMIZE_MODE`, checked (ConfigError naming it otherwise)."""
+    mode = config.var("OPTIMIZE_MODE") or "balanced"
+    if mode not in MODES:
+        raise ConfigError(
+            config.source, "vars.OPTIMIZE_MODE", f"expected one of {', '.join(MODES)}, got {mode!r}"
+        )
+    return mode
+
+
 def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
     """Everything derived from the config once: vault key derivation, model table, base URLs, pools."""
     master = config.secret(MASTER_KEY_NAME)
@@ -83,11 +93,7 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
     base_urls: dict[Provider, str] = {
         p: (config.var(f"{p.upper()}_BASE_URL") or "").rstrip("/") for p in PROVIDER_NAMES
     }
-    mode = config.var("OPTIMIZE_MODE") or "balanced"
-    if mode not in MODES:
-        raise ConfigError(
-            config.source, "vars.OPTIMIZE_MODE", f"expected one of {', '.join(MODES)}, got {mode!r}"
-        )
+    mode = optimize_mode(config)
     accounting = (config.var("USAGE_ACCOUNTING") or "on").strip().lower()
     if accounting not in ("on", "off"):
         raise ConfigError(config.source, "vars.USAGE_ACCOUNTING", f"expected on or off, got {accounting!r}")

@@ -14,6 +14,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -123,6 +124,14 @@ def run(source: ConfigSource, workers: int) -> int:
     if config.port == 0:
         print("trex dev: error: --workers > 1 needs a fixed --port", file=sys.stderr)
         return 2
+    # The workers share the port with SO_REUSEPORT, which also lets them join another server already on
+    # it (another `trex dev --workers`), silently splitting its traffic: make sure the port is free first.
+    try:
+        with socket.create_server((config.ip, config.port)):
+            pass
+    except OSError as exc:
+        print(f"trex dev: error: cannot listen on {config.ip}:{config.port}: {exc.strerror}", file=sys.stderr)
+        return 1
     return _supervise(source, config, workers)
 
 
