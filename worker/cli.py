@@ -212,7 +212,8 @@ def _configured_plans(config: Config) -> set[str]:
     raw = config.tables.get("plans")
     parse_plans(raw, config.source)
     parse_plan_limits(raw, config.source)
-    return set(parse_quota_plans(raw, config.source))
+    parse_quota_plans(raw, config.source)
+    return set(raw) if isinstance(raw, dict) else set()
 
 
 def _keys_command(args: argparse.Namespace, config: Config) -> int:
