@@ -121,6 +121,27 @@ def test_smart_auto_falls_back_to_the_next_cheapest(keyed: Any, fake_upstream: F
     assert sent[0] == sent[1] != sent[2] == first.headers["X-Trex-Upstream-Model"]
 
 
+def _client_of(make_worker: Callable[..., InProcessWorker], extra: str) -> openai.OpenAI:
+    """An OpenAI client with a new key on a worker with `extra` config (close it after use)."""
+    worker = make_worker(dev_vars={"TREX_MASTER_KEY": MASTER_KEY}, extra=extra)
+    _, token = worker.call(worker.app[GATEWAY].keys.create("t"))
+    return openai.OpenAI(api_key=token, base_url=worker.url + "/v1", max_retries=0)
+
+
+def test_a_configured_price_prices_a_local_model_everywhere(
+    make_worker: Callable[..., InProcessWorker],
+) -> None:
+    """A `[pricing]` entry for a local model's name is its price in the catalog too (the upstream model it is
+    served as has none)."""
+    extra = (
+        '[[models]]\nname = "house"\nprovider = "local"\nupstream_model = "llama3.1:8b"\n'
+        '[pricing."house"]\ninput = 0.01\noutput = 0.02\n'
+    )
+    with _client_of(make_worker, extra) as client:
+        listed = client.models.retrieve("house").model_dump()
+    assert listed["pricing"]["input"] == 0.01 and listed["pricing"]["output"] == 0.02
+
+
 def test_smart_auto_skips_models_whose_context_window_is_too_small(
     make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
 ) -> None:
@@ -128,9 +149,7 @@ def test_smart_auto_skips_models_whose_context_window_is_too_small(
         '[[models]]\nname = "tiny"\nprovider = "local"\nupstream_model = "tiny:1b"\ncontext_window = 1000\n'
         'capabilities = ["tools", "json"]\n[pricing."tiny:1b"]\ninput = 0.0\noutput = 0.0\n'
     )
-    worker = make_worker(dev_vars={"TREX_MASTER_KEY": MASTER_KEY}, extra=tiny)
-    _, token = worker.call(worker.app[GATEWAY].keys.create("t"))
-    with openai.OpenAI(api_key=token, base_url=worker.url + "/v1", max_retries=0) as client:
+    with _client_of(make_worker, tiny) as client:
         short = client.chat.completions.with_raw_response.create(
             model="smart-auto", messages=[{"role": "user", "content": "hi"}]
         )

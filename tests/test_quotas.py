@@ -374,20 +374,3 @@ def test_what_a_request_costs_comes_from_its_provider(
         model="text-embedding-3-small", input="hello", extra_body={"trex": {"optimize": {"mode": "off"}}}
     )
     assert embedded.status_code == 200 and "trex" not in fake_upstream.last("/v1/embeddings").json
-
-
-def test_a_configured_price_prices_a_local_model_everywhere(
-    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
-) -> None:
-    extra = (
-        '[[models]]\nname = "house"\nprovider = "local"\nupstream_model = "llama3.1:8b"\n'
-        '[pricing."house"]\ninput = 0.01\noutput = 0.02\n'
-    )
-    worker = make_worker(dev_vars={"TREX_MASTER_KEY": MASTER_KEY}, extra=extra)
-    _, token = worker.call(worker.app[GATEWAY].keys.create("k"))
-    client = openai.OpenAI(api_key=token, base_url=worker.url + "/v1", max_retries=0)
-    try:
-        listed = client.models.retrieve("house").model_dump()
-        assert listed["pricing"]["input"] == 0.01 and listed["pricing"]["output"] == 0.02
-    finally:
-        client.close()
