@@ -835,3 +835,32 @@ def test_a_client_that_hangs_up_while_the_stream_is_idle_stops_it_at_once(gatewa
     assert gateway.fake.active_streams == 0
     event = _the_final_event(gateway)
     assert event["outcome"] == "client_disconnected"
+
+
+def test_a_shutdown_ends_within_its_grace_period(
+    tmp_path: Path, fake_upstream: FakeUpstream, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    """`--grace-seconds` bounds the shutdown: a request still waiting on a slow upstream is cut off within it
+    (aiohttp's own wait took twice as long)."""
+    config = write_config(tmp_path, fake_upstream.base_urls(), dev_vars={"TREX_MASTER_KEY": MASTER_KEY})
+    token = json.loads(trex("keys", "create", "--config", str(config), "--name", "k", "--json").stdout)["key"]
+    fake_upstream.set("/v1/chat/completions", Reply.json("openai/chat_text.json", latency=30))
+    worker = spawn_worker(config, "--grace-seconds", "3")
+    headers = {"Authorization": f"Bearer {token}", "X-Upstream-Api-Key": "sk-x"}
+
+    def call() -> None:
+        with contextlib.suppress(Exception):
+            HTTP.post(
+                worker.url + "/v1/chat/completions",
+                json={"model": "gpt-4o-mini", "messages": MESSAGES},
+                headers=headers,
+            )
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    time.sleep(0.5)  # the request is waiting on the upstream
+    started = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(20) == 0
+    assert time.monotonic() - started < 4.5  # 3 s of grace, plus writing the last events (was about 6 s)
+    caller.join(10)

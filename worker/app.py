@@ -330,9 +330,15 @@ async def create_app(
         else:
             app.router.add_route(route.method, route.path, handler, expect_handler=expect)
 
+    stopping_at: list[float] = []
+
     async def _cleanup(app: web.Application) -> None:
-        # Runs after in-flight requests finished, so every wait_until they registered is drained here.
-        await app[TASKS].drain(config.shutdown_grace_seconds)
+        # Runs after in-flight requests finished, so every wait_until they registered is drained here, in
+        # what is left of the grace period (at least a moment: the tasks of the last requests are recent).
+        grace = config.shutdown_grace_seconds
+        if stopping_at:
+            grace -= asyncio.get_running_loop().time() - stopping_at[0]
+        await app[TASKS].drain(max(grace, 0.5))
         await app[GATEWAY].close()
         if owns_kv:
             await app[ENV].kv.close()
@@ -344,6 +350,7 @@ async def create_app(
 
     async def _shutdown(app: web.Application) -> None:
         app[STOPPING].set()
+        stopping_at.append(asyncio.get_running_loop().time())
 
     app[STOPPING] = asyncio.Event()
     app.on_startup.append(_startup)
