@@ -278,3 +278,8 @@ def token_limit(value: int | None, key: str) -> int | None:
     if value is not None and value < 1:
         raise TranslationError(f"`{key}` must be at least 1, got {value}.", key)
     return value
+
+
+def token_count(value: Any) -> int:
+    """A usage count as reported: a non-negative integer, else 0 (absent, null, a float, a string)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0

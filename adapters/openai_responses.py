@@ -52,6 +52,7 @@ from adapters.base import (
     TranslationError,
     Usage,
     parse_data_url,
+    token_count,
     token_limit,
 )
 
@@ -439,6 +440,19 @@ def _decode_text_format(raw: Any) -> ResponseFormat | None:
 _Status = Literal["completed", "incomplete", "failed"]
 
 
+def usage_from_doc(u: Any) -> Usage | None:
+    """A Responses `usage` object in canonical form (None if it is not one); malformed counts read as 0."""
+    if not isinstance(u, dict):
+        return None
+    inputs, outputs = u.get("input_tokens_details"), u.get("output_tokens_details")
+    return Usage(
+        input_tokens=token_count(u.get("input_tokens")),
+        output_tokens=token_count(u.get("output_tokens")),
+        cached_input_tokens=token_count(inputs.get("cached_tokens")) if isinstance(inputs, dict) else 0,
+        reasoning_tokens=token_count(outputs.get("reasoning_tokens")) if isinstance(outputs, dict) else 0,
+    )
+
+
 def decode_response(doc: dict[str, Any]) -> Response:
     """An upstream Responses object in canonical form: what a stream is rebuilt from when a Responses
     server answers a stream request with one JSON body. Built-in tool items (web search …) are not kept."""
@@ -481,17 +495,7 @@ def decode_response(doc: dict[str, Any]) -> Response:
         stop = "content_filter" if reason == "content_filter" else "length"
     else:
         stop = "tool_calls" if any(isinstance(c, ToolCall) for c in content) else "stop"
-    raw_usage = doc.get("usage")
-    usage = Usage()
-    if isinstance(raw_usage, dict):
-        cached = (raw_usage.get("input_tokens_details") or {}).get("cached_tokens")
-        reasoning = (raw_usage.get("output_tokens_details") or {}).get("reasoning_tokens")
-        usage = Usage(
-            input_tokens=_count(raw_usage.get("input_tokens")),
-            output_tokens=_count(raw_usage.get("output_tokens")),
-            cached_input_tokens=_count(cached),
-            reasoning_tokens=_count(reasoning),
-        )
+    usage = usage_from_doc(doc.get("usage")) or Usage()
     created = doc.get("created_at")
     return Response(
         id=str(doc.get("id") or ""),
@@ -501,10 +505,6 @@ def decode_response(doc: dict[str, Any]) -> Response:
         usage=usage,
         created=created if isinstance(created, int) and not isinstance(created, bool) else 0,
     )
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _base_id(upstream_id: str) -> str:

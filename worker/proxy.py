@@ -281,9 +281,8 @@ async def proxy(
             break
         if status != 429:  # a rate limit (often one key's own) is retried, not held against the route
             await gw.breakers.failed(cand.provider, cand.upstream_model)
-        retry_after = _retry_after(resp.headers) if resp is not None else None
-        wait = retry_after if retry_after is not None else _backoff(tries)
-        again = tries < gw.retries and wait <= gw.retry_max_wait and time.monotonic() + wait < deadline
+        wait = _retry_wait(gw, tries, deadline, resp)
+        again = wait is not None
         following = None
         if not again and time.monotonic() < deadline:  # no fallback starts past the deadline either
             following = await _next_fallback(
@@ -304,7 +303,7 @@ async def proxy(
             ) from failure
         if resp is not None:
             await _discard(resp)
-        if again:
+        if wait is not None:
             await asyncio.sleep(wait)
             tries += 1
         else:
@@ -605,6 +604,19 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         if when.tzinfo is not None:
             return max(0.0, when.timestamp() - time.time())
     return None
+
+
+def _retry_wait(
+    gw: Gateway, tries: int, deadline: float, failed: aiohttp.ClientResponse | None
+) -> float | None:
+    """How long to wait before retrying the same route after `tries` retries (the upstream's Retry-After on
+    its failed answer, else the backoff), or None when no retry is left or the wait is too long or would
+    end past the deadline."""
+    if tries >= gw.retries:
+        return None
+    retry_after = _retry_after(failed.headers) if failed is not None else None
+    wait = retry_after if retry_after is not None else _backoff(tries)
+    return wait if wait <= gw.retry_max_wait and time.monotonic() + wait < deadline else None
 
 
 def _backoff(tries: int) -> float:
@@ -1287,8 +1299,8 @@ async def forward_json(
             _finish_usage(gw, acct, 200, abandoned(request), None)
             raise
         except UpstreamUnavailable as exc:
-            wait = _backoff(tries)
-            if tries < gw.retries and wait <= gw.retry_max_wait and time.monotonic() + wait < deadline:
+            wait = _retry_wait(gw, tries, deadline, None)
+            if wait is not None:
                 tries += 1
                 await asyncio.sleep(wait)
                 continue
@@ -1297,15 +1309,12 @@ async def forward_json(
             raise UpstreamError(
                 f"Upstream {route.provider} unavailable: {exc}", status=status, headers=out_headers
             ) from exc
-        if upstream.status in _RETRYABLE and tries < gw.retries:
-            retry_after = _retry_after(upstream.headers)
-            wait = retry_after if retry_after is not None else _backoff(tries)
-            if wait <= gw.retry_max_wait and time.monotonic() + wait < deadline:
-                await _discard(upstream)
-                tries += 1
-                await asyncio.sleep(wait)
-                continue
-        break
+        wait = _retry_wait(gw, tries, deadline, upstream) if upstream.status in _RETRYABLE else None
+        if wait is None:
+            break
+        await _discard(upstream)
+        tries += 1
+        await asyncio.sleep(wait)
     try:
         out_headers.update(_forwarded_headers(upstream.headers))
         if upstream.status >= 300:  # an error (structured, the key masked) or a redirect, never passed raw

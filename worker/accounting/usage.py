@@ -14,8 +14,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from adapters import anthropic, openai_chat
+from adapters import anthropic, openai_chat, openai_responses
 from adapters.base import StreamUsage, TextDelta, ThinkingDelta, ToolCallDelta, Usage
+from adapters.base import token_count as _count
 from adapters.sse import SSEParser
 
 from .pricing import Billed
@@ -32,10 +33,6 @@ class Observed:
     output_text: str = ""
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-
 def billed_from_usage(u: Usage) -> Billed:
     """A canonical (translated) usage as billed tokens."""
     return Billed(
@@ -48,15 +45,8 @@ def billed_from_usage(u: Usage) -> Billed:
 
 
 def _responses_usage(u: Any) -> Billed | None:
-    if not isinstance(u, dict):
-        return None
-    details = u.get("input_tokens_details")
-    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
-    return Billed(
-        input_tokens=_int(u.get("input_tokens")),
-        output_tokens=_int(u.get("output_tokens")),
-        cached_input_tokens=cached,
-    )
+    usage = openai_responses.usage_from_doc(u)
+    return billed_from_usage(usage) if usage is not None else None
 
 
 class _UsageOnly(msgspec.Struct):
@@ -132,7 +122,7 @@ def from_doc(wire: Wire, doc: dict[str, Any]) -> Billed | None:
     if wire == "responses":
         return _responses_usage(u)
     if wire == "embeddings":
-        return Billed(input_tokens=_int(u.get("prompt_tokens") or u.get("input_tokens")))
+        return Billed(input_tokens=_count(u.get("prompt_tokens") or u.get("input_tokens")))
     if wire == "messages":
         return billed_from_usage(anthropic._usage_from_anthropic(u))
     details = u.get("prompt_tokens_details")
@@ -140,10 +130,10 @@ def from_doc(wire: Wire, doc: dict[str, Any]) -> Billed | None:
         details = {}
     reported = u.get("cost")
     return Billed(
-        input_tokens=_int(u.get("prompt_tokens")),
-        output_tokens=_int(u.get("completion_tokens")),
-        cached_input_tokens=_int(details.get("cached_tokens")),
-        cache_write_tokens=_int(details.get("cache_write_tokens")),
+        input_tokens=_count(u.get("prompt_tokens")),
+        output_tokens=_count(u.get("completion_tokens")),
+        cached_input_tokens=_count(details.get("cached_tokens")),
+        cache_write_tokens=_count(details.get("cache_write_tokens")),
         reported_cost_usd=float(reported)
         if isinstance(reported, int | float) and not isinstance(reported, bool) and 0 <= reported < 1e9
         else None,
