@@ -157,6 +157,78 @@ def test_codex_shell_output_is_unwrapped_compressed_and_rewrapped() -> None:
     assert "log-template" in report.applied_strategies
 
 
+def test_codex_local_shell_output_is_compressed_as_command_output() -> None:
+    """The hosted `local_shell` tool: its call has no name and its output names the call by `id` (the API
+    reference) or `call_id` (what Codex sends); either way the profile knows it is shell output."""
+    wrapped = json.dumps({"output": LOG, "metadata": {"exit_code": 1}})
+    for id_field in ("id", "call_id"):
+        body = {
+            "model": "codex-mini-latest",
+            "input": [
+                {"role": "user", "content": "Check the service log."},
+                {
+                    "type": "local_shell_call",
+                    "id": "lsh_1",
+                    "call_id": "call_1",
+                    "status": "completed",
+                    "action": {"type": "exec", "command": ["cat", "logs/app.log"], "env": {}},
+                },
+                {"type": "local_shell_call_output", id_field: "call_1", "output": wrapped},
+                {"role": "user", "content": "Why did the refund fail?"},
+            ],
+        }
+        segments, _ = extract("responses", body)
+        assert [(s.kind, s.tool) for s in segments if s.kind == "tool_result"] == [
+            ("tool_result", "local_shell")
+        ]
+        report = optimize("responses", body, Options(profile="codex"))
+        doc = msgspec.json.decode(body["input"][2]["output"])
+        assert doc["metadata"] == {"exit_code": 1}
+        assert len(doc["output"]) < len(LOG) // 2
+        assert missing_from_log(LOG, doc["output"]) == []
+        assert "log-template" in report.applied_strategies
+        assert body["input"][1]["action"]["command"] == ["cat", "logs/app.log"]
+
+
+def test_shell_tool_stdout_and_stderr_are_optimized_outcome_untouched() -> None:
+    """The `shell` tool (GPT-5.1 and later): its output is a list of {stdout, stderr, outcome} chunks."""
+    body = {
+        "model": "gpt-5.1",
+        "input": [
+            {"role": "user", "content": "Run the tests."},
+            {
+                "type": "shell_call",
+                "call_id": "call_9",
+                "status": "completed",
+                "action": {"commands": ["cat logs/app.log"]},
+            },
+            {
+                "type": "shell_call_output",
+                "call_id": "call_9",
+                "output": [
+                    {
+                        "stdout": LOG,
+                        "stderr": "warning: stale cache\n",
+                        "outcome": {"type": "exit", "exit_code": 0},
+                    }
+                ],
+            },
+            {"role": "user", "content": "Why did the refund fail?"},
+        ],
+    }
+    segments, _ = extract("responses", body)
+    assert [(s.where, s.tool) for s in segments if s.kind == "tool_result"] == [
+        ("input[2].output[0].stdout", "shell"),
+        ("input[2].output[0].stderr", "shell"),
+    ]
+    report = optimize("responses", body, Options(profile="codex"))
+    chunk = body["input"][2]["output"][0]
+    assert len(chunk["stdout"]) < len(LOG) // 2 and missing_from_log(LOG, chunk["stdout"]) == []
+    assert chunk["stderr"] == "warning: stale cache\n"
+    assert chunk["outcome"] == {"type": "exit", "exit_code": 0}
+    assert report.optimized_tokens < report.original_tokens
+
+
 def test_profiles_are_deterministic_and_never_grow() -> None:
     for tool in ("Read", "Grep", "Bash", "WebFetch", "Unknown"):
         body = _messages_body(tool, LOG)

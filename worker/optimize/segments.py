@@ -11,8 +11,10 @@ carrying `cache_control` (or inside a message or tool result that carries it) is
 
 A tool result also carries the name of the tool whose call it answers (`Segment.tool`), found through the
 call id: `tool_call_id` → `tool_calls[].function.name` (chat), `tool_use_id` → the `tool_use` block's `name`
-(messages), `call_id` → the `function_call`/`custom_tool_call` item's `name` (responses). Coding-agent
-profiles (`profiles`) use it to know what kind of output a result is.
+(messages), `call_id` → the `function_call`/`custom_tool_call` item's `name` (responses; the hosted shell
+tools' `local_shell_call` and `shell_call` items are named after their tool). Coding-agent profiles
+(`profiles`) use it to know what kind of output a result is. A `shell_call_output`'s text is the `stdout`
+and `stderr` of each of its chunks.
 """
 
 from __future__ import annotations
@@ -217,6 +219,10 @@ def _messages(body: dict[str, Any], col: _Collector) -> None:
     col.turns = len(messages)
 
 
+# Responses items of the hosted shell tools: call type → the tool name the coding-agent profiles know.
+_BUILT_IN_CALLS = {"local_shell_call": "local_shell", "shell_call": "shell"}
+
+
 def _responses(body: dict[str, Any], col: _Collector) -> None:
     items = body.get("input")
     if isinstance(items, str):
@@ -233,9 +239,12 @@ def _responses(body: dict[str, Any], col: _Collector) -> None:
         role = item.get("role")
         if itype in ("function_call", "custom_tool_call"):
             col.call(item.get("call_id"), item.get("name"))
-        if itype in ("function_call_output", "custom_tool_call_output"):
+        elif itype in _BUILT_IN_CALLS:  # the hosted shell tools' calls carry no name: the tool type is it
+            col.call(item.get("call_id"), _BUILT_IN_CALLS[itype])
+        if itype in ("function_call_output", "custom_tool_call_output", "local_shell_call_output"):
             turn = turns.next("tool_result")
-            col.answering(item.get("call_id"))
+            # local_shell_call_output names its call by `id` (the SDK's type), Codex sends `call_id`
+            col.answering(item.get("call_id", item.get("id")))
             _text_parts(
                 col,
                 "tool_result",
@@ -246,6 +255,21 @@ def _responses(body: dict[str, Any], col: _Collector) -> None:
                 item,
                 "output",
             )
+        elif itype == "shell_call_output":  # `output`: the captured stdout and stderr of each command
+            turn = turns.next("tool_result")
+            col.answering(item.get("call_id"))
+            chunks = item.get("output")
+            for j, chunk in enumerate(chunks if isinstance(chunks, list) else ()):
+                if isinstance(chunk, dict):
+                    for stream in ("stdout", "stderr"):
+                        col.add(
+                            "tool_result",
+                            turn,
+                            chunk,
+                            stream,
+                            f"input[{i}].output[{j}].{stream}",
+                            _pinned(item),
+                        )
         elif itype in (None, "message") and role in ("user", "assistant"):
             kind: SegmentKind = "assistant" if role == "assistant" else "user"
             _text_parts(
