@@ -16,7 +16,8 @@ result (`Segment.tool`, found through the call id) decides first, content detect
 Output-shape quirks handled per agent:
 
 - Claude Code: `Read` prefixes every line with a right-aligned line number and a tab or `→` (`     1\t`).
-- OpenCode: `read` wraps the file in `<file>` … `</file>` with zero-padded `00001| ` prefixes.
+- OpenCode: `read` wraps the file in `<file>` … `</file>` with zero-padded `00001| ` prefixes; `grep` prints
+  `Found N matches`, then per file a `path:` line and its `  Line N: content` lines (parsed by `search`).
 - Codex: `shell` results can come JSON-wrapped, `{"output": "…", "metadata": {"exit_code": 0, …}}`; the
   profile compresses the `output` string by its own kind and re-wraps it with the metadata unchanged
   (without the profile the wrapper is plain JSON and the command output inside is only minified).

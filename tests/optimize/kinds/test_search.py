@@ -96,6 +96,37 @@ def test_rg_heading_mode() -> None:
     assert missing(text, result.text) == []
 
 
+def _opencode(grep: str) -> str:
+    """The same matches as OpenCode's grep tool prints them: a count, then per file `path:` and its lines."""
+    out = [f"Found {len(grep.splitlines())} matches"]
+    current = ""
+    for line in grep.splitlines():
+        path, number, content = line.split(":", 2)
+        if path != current:
+            out += ([""] if current else []) + [f"/repo/{path}:"]
+            current = path
+        out.append(f"  Line {number}: {content}")
+    return "\n".join(out)
+
+
+def test_opencode_grep_output_is_ranked_and_folded_per_file() -> None:
+    text = _opencode(grep_output())
+    assert detect(text) == "search"
+    result = search.compress(text, BALANCED)
+    assert result is not None and result.strategy == "search-rank"
+    lines = result.text.split("\n")
+    assert lines[0] == "Found 300 matches"
+    for path in GREP_FILES:  # every file keeps its heading, its best match and one marker
+        assert f"/repo/{path}:" in lines, path
+    assert any(m.startswith("[trex: 19 more matches in /repo/src/config/settings.py (lines ") for m in lines)
+    answer = GREP_ANSWER.split(":", 2)
+    assert f"  Line {answer[1]}: {answer[2]}  # payment webhook retry limit" in lines
+    source = set(text.split("\n"))
+    assert all(line.startswith("[trex:") or line in source for line in lines)
+    assert missing(text, result.text) == []
+    assert reduction(text, result.text) >= 0.50
+
+
 def test_safe_mode_folds_only_consecutive_repeats() -> None:
     text = grep_output()
     assert search.compress(text, Context(mode="safe")) is None

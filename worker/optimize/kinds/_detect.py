@@ -30,6 +30,8 @@ GREP_CONTEXT_RE = re.compile(r"^(?P<path>(?!\d)[^\s:,]+?\.[A-Za-z]\w{0,7})-(?P<l
 # `path:content` (grep without -n); `path::name` is a pytest node id, not a match.
 GREP_NOLINE_RE = re.compile(r"^(?P<path>[^\s:,]*[\w-]\.[A-Za-z]\w{0,7}):(?!:)(?P<content>.*)$")
 HEADING_LINE_RE = re.compile(r"^(?P<line>\d+)(?P<sep>[:-])")
+# OpenCode's grep tool: `Found N matches`, then per file a `path:` line and its `  Line N: content` lines.
+OPENCODE_LINE_RE = re.compile(r"^  Line (?P<line>\d+): ")
 PATH_ONLY_RE = re.compile(r"^(?:\.{0,2}/)?[\w.@+-]+(?:/[\w.@+-]+)+/?$|^[\w.@+-]+\.[A-Za-z]\w{0,7}$")
 # Compiler/linter diagnostics look like grep lines but every line matters: they go to the log compressor.
 DIAGNOSTIC_RE = re.compile(
@@ -153,7 +155,8 @@ def is_html(text: str) -> bool:
 
 
 def is_search(lines: list[str]) -> bool:
-    """grep/rg `path:line:` output (also rg's heading mode), or a `find`/`ls`-style list of paths."""
+    """grep/rg `path:line:` output (also rg's and OpenCode's heading modes), or a `find`/`ls`-style list of
+    paths."""
     body = [line for line in lines if line != "--"]
     if len(body) < 2:
         return False
@@ -171,6 +174,11 @@ def is_search(lines: list[str]) -> bool:
     paths = sum(1 for line in body if PATH_ONLY_RE.match(line))
     if numbered and paths and (numbered + paths) * 10 >= len(body) * 9:
         return True
+    opencode = sum(1 for line in body if OPENCODE_LINE_RE.match(line))
+    if opencode:
+        headings = sum(1 for line in body if line.endswith(":") and PATH_ONLY_RE.match(line[:-1]))
+        if headings and (opencode + headings) * 10 >= len(body) * 8:
+            return True
     return len(body) >= 3 and paths * 10 >= len(body) * 8
 
 

@@ -1,4 +1,5 @@
-"""Search output: grep/ripgrep `path:line:content` lines (also rg's heading mode), `find`/`ls` path lists.
+"""Search output: grep/ripgrep `path:line:content` lines (also rg's heading mode, and OpenCode's: a `path:`
+line, then `  Line N: content` lines), `find`/`ls` path lists.
 
 Safe mode folds runs of identical consecutive lines into one line plus a count (lossless).
 
@@ -27,6 +28,7 @@ from worker.optimize.kinds._detect import (
     GREP_LINE_RE,
     GREP_NOLINE_RE,
     HEADING_LINE_RE,
+    OPENCODE_LINE_RE,
     PATH_ONLY_RE,
 )
 
@@ -176,15 +178,15 @@ def _parse(lines: list[str]) -> tuple[list[_Group], int]:
         if not line.strip() or line == "--":
             heading = None if not line.strip() else heading
             continue
+        path = _heading_path(line, lines[index + 1] if index + 1 < len(lines) else "")
+        if path is not None:
+            heading = path
+            group = _Group(path=path, heading=line)
+            groups.append(group)
+            by_path[path] = group
+            continue
         match = _parse_line(index, line, heading)
         if match is None:
-            nxt = lines[index + 1] if index + 1 < len(lines) else ""
-            if PATH_ONLY_RE.match(line) and HEADING_LINE_RE.match(nxt):
-                heading = line  # rg --heading: the file name on its own line, then `N:content` lines
-                group = _Group(path=line, heading=line)
-                groups.append(group)
-                by_path[line] = group
-                continue
             if PATH_ONLY_RE.match(line.strip()):
                 match = _Match(index, line.strip(), None, line, line)
             else:
@@ -204,9 +206,19 @@ def _parse(lines: list[str]) -> tuple[list[_Group], int]:
     return groups, duplicates
 
 
+def _heading_path(line: str, nxt: str) -> str | None:
+    """The file of a heading line: rg --heading's `path` before `N:content` lines, OpenCode's `path:` before
+    `  Line N: content` lines; None for any other line."""
+    if PATH_ONLY_RE.match(line) and HEADING_LINE_RE.match(nxt):
+        return line
+    if line.endswith(":") and OPENCODE_LINE_RE.match(nxt) and PATH_ONLY_RE.match(line[:-1]):
+        return line[:-1]
+    return None
+
+
 def _parse_line(index: int, line: str, heading: str | None) -> _Match | None:
     if heading is not None:
-        numbered = HEADING_LINE_RE.match(line)
+        numbered = HEADING_LINE_RE.match(line) or OPENCODE_LINE_RE.match(line)
         if numbered:
             return _Match(index, heading, int(numbered.group("line")), line, line)
     for pattern in (GREP_LINE_RE, GREP_CONTEXT_RE):
