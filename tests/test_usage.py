@@ -280,6 +280,9 @@ def test_trex_accounting_baseline_override_and_client_stats(gateway: GatewaySetu
         ({"cache_write_ttl": "10m"}, "trex_accounting.cache_write_ttl"),
         ({"trex": {"request_bytes_before": 1.5}}, "trex_accounting.trex.request_bytes_before"),
         ({"baseline": {}}, "trex_accounting.baseline"),
+        # Beyond any request (a float overflow when priced): refused, never a failed reconciliation.
+        ({"baseline_usage": {"input_tokens": 10**400}}, "trex_accounting.baseline_usage.input_tokens"),
+        ({"trex": {"original_input_tokens": 10**9 + 1}}, "trex_accounting.trex.original_input_tokens"),
     ],
 )
 def test_bad_trex_accounting_is_a_400_naming_the_field(
@@ -356,6 +359,45 @@ def test_stream_cut_by_the_upstream_is_estimated_from_what_was_streamed(gateway:
     assert event["outcome"] == "upstream_failed" and event["usage_source"] == "estimated"
     assert event["billed"]["input_tokens"] == event["optimized_input_tokens"]
     assert 0 < event["billed"]["output_tokens"] < 20
+
+
+def test_a_claude_stream_cut_off_bills_the_input_anthropic_reported(gateway: GatewaySetup) -> None:
+    """message_start carries the input and its cache split: only the output is estimated."""
+    gateway.fake.set("/v1/messages", Reply.stream("anthropic/message_text.sse", drop_after=5))
+    r = HTTP.post(
+        gateway.worker.url + "/v1/messages",
+        json={"model": "claude-sonnet-4-6", "max_tokens": 100, "stream": True, "messages": MESSAGES[1:]},
+        headers={"x-api-key": gateway.key},
+    )
+    assert r.status_code == 200 and "event: error" in r.text
+    event = wait_final(gateway, r.headers["X-Trex-Usage-Event-Id"])
+    assert event["outcome"] == "upstream_failed" and event["usage_source"] == "estimated"
+    start = json.loads(open_sse("anthropic/message_text.sse")[1][6:])["message"]["usage"]
+    billed = event["billed"]
+    assert billed["input_tokens"] == start["input_tokens"] + start["cache_read_input_tokens"]
+    assert billed["cached_input_tokens"] == start["cache_read_input_tokens"]
+    assert billed["output_tokens"] == len(tiktoken.get_encoding("o200k_base").encode("Hello! I'm"))
+
+
+def test_an_answer_without_usage_bills_its_output_estimated_from_its_text(gateway: GatewaySetup) -> None:
+    answer = fixture_json("openai/chat_tool_calls.json")
+    del answer["usage"]
+    gateway.fake.set("/v1/chat/completions", Reply.json(answer))
+    r = HTTP.post(
+        gateway.worker.url + "/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": MESSAGES, "trex": OFF["trex"]},
+        headers={"Authorization": f"Bearer {gateway.key}"},
+    )
+    assert r.status_code == 200, r.text
+    event = wait_final(gateway, r.headers["X-Trex-Usage-Event-Id"])
+    assert event["usage_source"] == "estimated"
+    message = answer["choices"][0]["message"]
+    produced = (message.get("content") or "") + "".join(
+        call["function"]["arguments"] for call in message["tool_calls"]
+    )
+    enc = tiktoken.get_encoding("o200k_base")
+    assert event["billed"]["output_tokens"] == len(enc.encode(produced)) > 0
+    assert event["billed"]["input_tokens"] == event["optimized_input_tokens"]
 
 
 def test_client_disconnect_is_reconciled_from_what_was_streamed(gateway: GatewaySetup) -> None:

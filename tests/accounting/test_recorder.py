@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +23,27 @@ async def _stored(kv: SqliteKV) -> dict[str, str]:
     return {info.name.rsplit("/", 1)[-1]: info.metadata["s"] for info in page.keys}  # type: ignore[index]
 
 
+def _begin(recorder: UsageRecorder) -> Begun:
+    return recorder.begin(
+        key=KEY,
+        route="/v1/chat/completions",
+        provider="openai",
+        model="gpt-4o-mini",
+        upstream_model="gpt-4o-mini",
+        stream=False,
+        session_id=None,
+        original_tokens=12,
+        optimized_tokens=12,
+        encoding="o200k_base",
+        estimated=False,
+        bytes_before=80,
+        bytes_after=80,
+        claims=NO_CLAIMS,
+        overhead_ms=0.1,
+        started=0.0,
+    )
+
+
 async def test_a_short_request_is_written_once_final_and_a_long_one_pending_after_an_interval(
     tmp_path: Path,
 ) -> None:
@@ -29,24 +52,7 @@ async def test_a_short_request_is_written_once_final_and_a_long_one_pending_afte
     recorder = UsageRecorder(kv, PriceTable(), {}, retention_seconds=86400, flush_seconds=1, clock=clock)
 
     def begin() -> Begun:
-        return recorder.begin(
-            key=KEY,
-            route="/v1/chat/completions",
-            provider="openai",
-            model="gpt-4o-mini",
-            upstream_model="gpt-4o-mini",
-            stream=False,
-            session_id=None,
-            original_tokens=12,
-            optimized_tokens=12,
-            encoding="o200k_base",
-            estimated=False,
-            bytes_before=80,
-            bytes_after=80,
-            claims=NO_CLAIMS,
-            overhead_ms=0.1,
-            started=0.0,
-        )
+        return _begin(recorder)
 
     short, long = begin(), begin()
     await recorder.flush(in_flight=False)  # the periodic flush: both just began
@@ -77,4 +83,38 @@ async def test_the_request_log_is_newest_first_within_one_millisecond_too(
     recorder.log("req_z", KEY.id, "GET", "/fourth", 200, 1.0, None)  # a later flush, a later entry
     entries, _ = await recorder.logs(KEY.id, limit=10, cursor=None)
     assert [e["route"] for e in entries] == ["/fourth", "/third", "/second", "/first"]
+    await kv.close()
+
+
+class _PausingKV(SqliteKV):
+    """A real SQLite KV whose next batch write waits until released: a request can finish mid-flush."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.writing, self.release = asyncio.Event(), asyncio.Event()
+
+    async def put_many(self, entries: Any, **kw: Any) -> None:
+        if not self.release.is_set():
+            self.writing.set()
+            await self.release.wait()
+        await super().put_many(entries, **kw)
+
+
+async def test_a_request_that_completes_during_a_flush_is_logged_with_its_final_numbers(
+    tmp_path: Path,
+) -> None:
+    kv = _PausingKV(tmp_path / "kv.sqlite3")
+    recorder = UsageRecorder(kv, PriceTable(), {}, retention_seconds=86400, flush_seconds=1)
+    first, late = _begin(recorder), _begin(recorder)
+    recorder.complete(first, http_status=200, outcome="completed", wire="chat", body=BODY)
+    recorder.log("req_first", KEY.id, "POST", "/v1/chat/completions", 200, 1.0, first)
+    flushing = asyncio.ensure_future(recorder.flush())
+    await kv.writing.wait()  # the flush is writing events: this request ends now
+    recorder.complete(late, http_status=200, outcome="completed", wire="chat", body=BODY)
+    recorder.log("req_late", KEY.id, "POST", "/v1/chat/completions", 200, 1.0, late)
+    kv.release.set()
+    await flushing
+    entries, _ = await recorder.logs(KEY.id, limit=10, cursor=None)
+    billed = {e["request_id"]: (e["billed_input_tokens"], e["billed_output_tokens"]) for e in entries}
+    assert billed == {"req_first": (12, 5), "req_late": (12, 5)}
     await kv.close()

@@ -33,6 +33,8 @@ _BASELINE = ("input_tokens", "output_tokens")
 _OVERRIDE = ("input_tokens", "cached_input_tokens")
 _TREX = ("original_input_tokens", "optimized_input_tokens", "request_bytes_before", "request_bytes_after")
 CACHE_WRITE_TTLS = ("5m", "1h")
+MAX_COUNT = 10**9
+"""The largest token or byte count a client may claim."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +87,16 @@ def _count(parent: dict[str, Any], name: str, where: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidRequestError(
-            f"'{where}.{name}' must be a non-negative integer, got {value!r}.", param=f"{where}.{name}"
+        got = (
+            "a negative number"
+            if isinstance(value, int) and not isinstance(value, bool)
+            else f"{value!r:.60}"
         )
+        raise InvalidRequestError(
+            f"'{where}.{name}' must be a non-negative integer, got {got}.", param=f"{where}.{name}"
+        )
+    if value > MAX_COUNT:  # no request is that large; an unbounded count would break pricing and sums
+        raise InvalidRequestError(f"'{where}.{name}' must be at most {MAX_COUNT:,}.", param=f"{where}.{name}")
     return value
 
 

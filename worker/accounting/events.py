@@ -357,6 +357,14 @@ class UsageRecorder:
                     await asyncio.sleep(0)  # requests run between slices: a busy second never stalls the loop
         await self._apply_charges()
 
+    async def _reconcile(self, begun: Begun) -> None:
+        """Reconcile one event; a failure is that event's alone (logged, the event stays pending), never the
+        rest of the pass's."""
+        try:
+            await self._reconcile_one(begun)
+        except Exception:
+            log.exception("could not reconcile usage event %s", begun.event.id)
+
     async def _apply_charges(self) -> None:
         charges, self._charges = self._charges, []
         if charges and self.quotas is not None:
@@ -368,12 +376,12 @@ class UsageRecorder:
             except KVError as exc:  # a counter that is not a number: retrying would not help
                 log.error("could not charge %d requests to their plans: %s", len(charges), exc)
 
-    async def _reconcile(self, begun: Begun) -> None:
+    async def _reconcile_one(self, begun: Begun) -> None:
         observed = begun.observed
         if observed is None and begun.wire is not None and begun.http_status < 400:
             try:
                 if begun.body is not None:
-                    observed = Observed(usage.from_body(begun.wire, begun.body))
+                    observed = usage.from_response(begun.wire, begun.body)
                 elif begun.chunks is not None:
                     observed = usage.from_stream(begun.wire, begun.chunks)
             except Exception:
@@ -406,7 +414,12 @@ class UsageRecorder:
                 output = await asyncio.to_thread(tokens.count, text, ev.token_count_encoding)
             else:
                 output = tokens.count(text, ev.token_count_encoding)
-            billed, source = Billed(input_tokens=ev.optimized_input_tokens, output_tokens=output), "estimated"
+            reported = observed.input_side if observed is not None else None
+            if reported is not None:  # the input as the upstream reported it, the output estimated
+                billed = msgspec.structs.replace(reported, output_tokens=output)
+            else:
+                billed = Billed(input_tokens=ev.optimized_input_tokens, output_tokens=output)
+            source = "estimated"
         metered = billed  # what quotas and credits are charged: the upstream's usage, never a client's claim
         if claims.has_override and not failed:
             inp = claims.override_input_tokens
@@ -486,10 +499,13 @@ class UsageRecorder:
         if len(self._logs) >= FLUSH_AT:
             self._wake.set()  # a busy second: write now rather than hold every request until the interval
 
-    def _log_entries(self) -> list[tuple[str, bytes, dict[str, Any]]]:
+    def _take_logs(self) -> tuple[int, list[Any]]:
+        """The queued request-log entries, and how many entries this process logged before them."""
         queued, self._logs = self._logs, []
+        return self._logged - len(queued), queued
+
+    def _log_entries(self, sequence: int, queued: list[Any]) -> list[tuple[str, bytes, dict[str, Any]]]:
         out = []
-        sequence = self._logged - len(queued)  # how many entries this process logged before these
         for at, rid, key_id, method, route, status, latency, begun in queued:
             sequence += 1
             entry: dict[str, Any] = {
@@ -597,7 +613,12 @@ class UsageRecorder:
         less than a flush interval ago: most complete before the next flush and are then written once, final,
         instead of twice. A long request's pending event is still written at the next flush after that.
         """
+        # The log entries are taken before the reconciliation: every one of them belongs to a request that
+        # has completed, so each is written with its event's final numbers. (Taken after the awaits below, an
+        # entry of a request that completed meanwhile would carry its event's pending, empty numbers.)
+        sequence, logged = self._take_logs()
         await self._reconcile_queued()
+        fresh_logs = self._log_entries(sequence, logged)
         async with self._flush_lock:
             batch, self._dirty = self._dirty, {}
             if in_flight:
@@ -624,11 +645,12 @@ class UsageRecorder:
                 except KVError:
                     for ev in events[start:]:  # keep the unwritten for the next attempt, newer changes first
                         self._dirty.setdefault(ev.id, ev)
+                    self._log_retry += fresh_logs
                     raise
                 written += len(entries)
                 self._settle(part)
-            # Request-log entries go after the events, so each carries its event's final numbers.
-            logs = self._log_retry + self._log_entries()
+            # Request-log entries go after the events they name.
+            logs = self._log_retry + fresh_logs
             self._log_retry = []
             for start in range(0, len(logs), _SLICE * 4):
                 try:

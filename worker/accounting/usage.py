@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from adapters import anthropic, openai_chat, openai_responses
-from adapters.base import StreamUsage, TextDelta, ThinkingDelta, ToolCallDelta, Usage
+from adapters.base import StreamUsage, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
 from adapters.base import token_count as _count
 from adapters.sse import SSEParser
 
@@ -31,6 +31,9 @@ class Observed:
 
     billed: Billed | None
     output_text: str = ""
+    input_side: Billed | None = None
+    """Without `billed`: the input side the upstream reported before the output was cut off (Anthropic's
+    `message_start` carries the input and its cache split); the output is then estimated from the text."""
 
 
 def billed_from_usage(u: Usage) -> Billed:
@@ -245,10 +248,32 @@ def _decode_stream(wire: Wire, chunks: Iterable[bytes]) -> Observed:
                         billed = from_doc("chat", doc) if isinstance(doc, dict) else None
     if billed is None and usage is not None:
         billed = billed_from_usage(usage)
-    return Observed(billed, "".join(text))
+    started = messages.usage if messages is not None and billed is None else None
+    return Observed(billed, "".join(text), billed_from_usage(started) if started is not None else None)
 
 
-def _safe(data: str) -> Any:
+def from_response(wire: Wire, data: bytes) -> Observed:
+    """Usage from a non-streaming response body; when it reports none, the answer's text (its text, thinking
+    and tool-call arguments) to estimate the output from."""
+    billed = from_body(wire, data)
+    if billed is not None or wire == "embeddings":
+        return Observed(billed)
+    doc = _safe(data)
+    if not isinstance(doc, dict):
+        return Observed(None)
+    try:
+        if wire == "messages":
+            answer = anthropic.decode_response(doc)
+        elif wire == "responses":
+            answer = openai_responses.decode_response(doc)
+        else:
+            answer = openai_chat.decode_response(doc)
+    except Exception:  # noqa: BLE001 - an answer we cannot read has no text to count, not a failed accounting
+        return Observed(None)
+    return Observed(None, "".join(p.arguments if isinstance(p, ToolCall) else p.text for p in answer.content))
+
+
+def _safe(data: str | bytes) -> Any:
     try:
         return _decoder.decode(data)
     except msgspec.DecodeError:
