@@ -171,12 +171,16 @@ async def proxy(
     admission = await gw.quotas.long_context(key, admission, report.optimized_tokens)
     stream = body.get("stream") is True
     chain = _fallbacks(trex)
+    attempts: list[dict[str, Any]] = []
     if route is None:
+        # smart-auto's choice, not the client's: one that cannot take the request is skipped like a fallback.
         choices = await _smart_auto(request, gw, key, fmt, body, report.optimized_tokens)
-        route, chain = choices[0], [*choices[1 : _MAX_FALLBACKS + 1], *chain]
-        api_key = await provider_key(request, gw, key, route.provider)
+        ranked = iter(choices[: _MAX_FALLBACKS + 1])
+        prepared, api_key = await _first_preparable(request, gw, key, fmt, body, stream, ranked, attempts)
+        route, chain = prepared.route, [*ranked, *chain]
+    else:
+        prepared = _prepare(fmt, body, stream, route, gw)
     fallbacks = iter(chain)
-    prepared = _prepare(fmt, body, stream, route, gw)
     out_headers = savings_headers(report, session)
     if store_ttl is not None and original_text is not None:
         summary = memory.context_text(fmt, body)
@@ -210,7 +214,6 @@ async def proxy(
     # Attempts: the route, retried on retryable failures with jittered backoff (or the upstream's
     # Retry-After) while that fits the deadline, then each `trex.routing.fallbacks` entry the same way.
     # Every attempt happens before any byte reaches the client, so a fallback never duplicates output.
-    attempts: list[dict[str, Any]] = []
     deadline = time.monotonic() + gw.retry_deadline
     tries = 0
     sent = time.perf_counter()
@@ -489,6 +492,40 @@ def _fallbacks(trex: Any) -> list[ModelRoute]:
     return routes
 
 
+_UNUSABLE = (MissingProviderKeyError, InvalidRequestError, ModelNotAllowedError, InsufficientBalanceError)
+"""Why a candidate route cannot be tried for this key and request: no provider key, a request its provider
+cannot take, a model the plan does not allow, or one on credits the key lacks."""
+
+
+def _skipped(route: ModelRoute, exc: GatewayError) -> dict[str, Any]:
+    """The usage event's record of a candidate that was never sent the request."""
+    return {"provider": route.provider, "model": route.upstream_model, "status": None, "error": exc.message}
+
+
+async def _first_preparable(
+    request: web.Request,
+    gw: Gateway,
+    key: KeyRecord,
+    fmt: InboundFormat,
+    body: dict[str, Any],
+    stream: bool,
+    ranked: Iterator[ModelRoute],
+    attempts: list[dict[str, Any]],
+) -> tuple[_Prepared, str | None]:
+    """smart-auto's first choice that can be sent this request (the ones before it are recorded as skipped);
+    when none can, the refusal of the first."""
+    first: GatewayError | None = None
+    for route in ranked:
+        try:
+            api_key = await provider_key(request, gw, key, route.provider)
+            return _prepare(fmt, body, stream, route, gw), api_key
+        except (MissingProviderKeyError, InvalidRequestError) as exc:
+            attempts.append(_skipped(route, exc))
+            first = first or exc
+    assert first is not None  # smart_auto returns at least one route
+    raise first
+
+
 async def _next_fallback(
     request: web.Request,
     gw: Gateway,
@@ -516,20 +553,8 @@ async def _next_fallback(
                 in_flight=admitted.in_flight if admitted is not None else 0,
             )
             return _prepare(fmt, body, stream, route, gw), api_key, charged
-        except (
-            MissingProviderKeyError,
-            InvalidRequestError,
-            ModelNotAllowedError,
-            InsufficientBalanceError,
-        ) as exc:
-            attempts.append(
-                {
-                    "provider": route.provider,
-                    "model": route.upstream_model,
-                    "status": None,
-                    "error": exc.message,
-                }
-            )
+        except _UNUSABLE as exc:
+            attempts.append(_skipped(route, exc))
     return None
 
 
