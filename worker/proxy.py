@@ -250,6 +250,8 @@ async def proxy(
         began = time.perf_counter()
         failure: UpstreamUnavailable | None = None
         resp: aiohttp.ClientResponse | None = None
+        answer_body: bytes | None = None
+        read_error: TimeoutError | aiohttp.ClientError | None = None
         try:
             resp = await gw.upstream.request(
                 cand.provider,
@@ -269,6 +271,21 @@ async def proxy(
             _finish_usage(gw, acct, 500, "upstream_failed", None)  # never leave an event pending forever
             raise
         status = resp.status if resp is not None else (504 if failure and failure.kind == "timeout" else 502)
+        carried = None
+        if resp is not None and status < 300 and not _is_event_stream(resp):
+            # A JSON answer is read before it is accepted: OpenRouter reports a failure met after it began as
+            # HTTP 200 with only an error, which is retried and falls back like the status it carries.
+            try:
+                answer_body = await resp.read()  # bounded by the session's total and idle timeouts
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                read_error = exc  # reported below, as before this answer was read here
+            except asyncio.CancelledError:
+                resp.close()
+                _finish_usage(gw, acct, 200, abandoned(request), None)
+                raise
+            carried = _error_in_body(answer_body) if answer_body is not None else None
+            if carried in _RETRYABLE:
+                status = carried
         attempt: dict[str, Any] = {
             "provider": cand.provider,
             "model": cand.upstream_model,
@@ -277,6 +294,8 @@ async def proxy(
         }
         if failure is not None:
             attempt["error"] = str(failure)
+        elif carried is not None and answer_body is not None:
+            attempt["error"] = _upstream_error_detail(answer_body, carried)[0]
         attempts.append(attempt)
         if resp is not None and status not in _RETRYABLE:
             await gw.breakers.succeeded(cand.provider, cand.upstream_model)  # it answered: it is up
@@ -336,7 +355,7 @@ async def proxy(
                     gw.kv, key.id, session, fmt, body, replay, report.optimized_tokens, gw.session_ttl_seconds
                 )
             )
-        is_sse = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
+        is_sse = _is_event_stream(upstream)
         if stream and is_sse:
             relay = _make_relay(fmt, wire, route, body, wants_usage)
             chunks: list[bytes] | None = [] if acct is not None else None
@@ -353,7 +372,10 @@ async def proxy(
             if acct is not None and gw.usage is not None:
                 gw.usage.complete(acct, http_status=200, outcome=outcome, wire=wire, chunks=chunks)
             return response
-        data = await upstream.read()  # bounded by the session's total and idle timeouts
+        if read_error is not None:
+            raise read_error
+        assert answer_body is not None  # a 2xx answer that is not a stream was read with its attempt
+        data = answer_body
         failed_status = _error_in_body(data)
         if failed_status is not None:
             _finish_usage(gw, acct, failed_status, "upstream_error", None)
@@ -933,6 +955,10 @@ def _redirected(provider: str, status: int, headers: dict[str, str]) -> Upstream
         code="bad_upstream_response",
         headers=headers,
     )
+
+
+def _is_event_stream(resp: aiohttp.ClientResponse) -> bool:
+    return resp.headers.get("Content-Type", "").startswith("text/event-stream")
 
 
 def _error_in_body(data: bytes) -> int | None:
