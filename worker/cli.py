@@ -357,6 +357,8 @@ def _logs_command(args: argparse.Namespace, config: Config) -> int:
     async def act(kv: KVNamespace) -> int:
         recorder = UsageRecorder(kv, PriceTable(), {}, retention_seconds=86400, flush_seconds=3600)
         entries, _ = await recorder.logs(args.key_id, args.limit, None)
+        if not entries:  # a mistyped id is an error; a deleted key's history stays readable
+            await KeyStore(kv, None).get(args.key_id)
         lines = [
             f"{'TIME':<20} {'STATUS':>6} {'MS':>8} {'METHOD':<6} {'ROUTE':<24} {'MODEL':<24} "
             f"{'TOKENS':>15}  REQUEST"
