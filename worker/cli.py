@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import os
 import sys
 import time
@@ -187,7 +188,11 @@ def _kv_command(args: argparse.Namespace, url: str) -> int:
                 print(f"trex kv get: no such key: {args.key}", file=sys.stderr)
                 return EXIT_FAIL
             if args.json:
-                _print(args, {"key": args.key, "value": value.decode("utf-8", "replace")}, "")
+                try:
+                    doc = {"key": args.key, "value": value.decode("utf-8"), "encoding": "utf-8"}
+                except UnicodeDecodeError:  # bytes that are not text: base64, so none are lost
+                    doc = {"key": args.key, "value": base64.b64encode(value).decode(), "encoding": "base64"}
+                _print(args, doc, "")
             else:
                 sys.stdout.buffer.write(value)
                 sys.stdout.flush()
