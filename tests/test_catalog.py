@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,7 +17,10 @@ from worker.accounting.pricing import BUILTIN_PRICES
 from worker.appkeys import GATEWAY
 from worker.catalog import BUILTIN_CATALOG
 
-PLANS = '[plans.small]\nmodels = ["gpt-4o-mini", "claude-haiku-*"]\n'
+PLANS = (
+    '[plans.small]\nmodels = ["gpt-4o-mini", "claude-haiku-*"]\n'
+    '[plans.claude_first]\nmodels = ["claude-haiku-*", "gpt-4.1"]\n'  # Claude the cheaper of the two
+)
 CUSTOM = '[[models]]\nname = "house"\nprovider = "local"\nupstream_model = "qwen3:8b"\ncontext_window = 32000\ntier = "free"\ncapabilities = ["tools"]\n'
 
 
@@ -119,6 +123,42 @@ def test_smart_auto_falls_back_to_the_next_cheapest(keyed: Any, fake_upstream: F
     assert first.headers["X-Trex-Fallback-Attempts"] == "2"
     sent = [r.json["model"] for r in fake_upstream.received if r.json and "model" in r.json]
     assert sent[0] == sent[1] != sent[2] == first.headers["X-Trex-Upstream-Model"]
+
+
+def test_smart_auto_moves_on_when_its_first_choice_cannot_take_the_request(
+    keyed: Any, fake_upstream: FakeUpstream
+) -> None:
+    """A choice whose provider cannot take the request as it is (here Claude, given tool-call arguments that
+    are not a JSON object) is skipped like a failing one: the next fitting model answers."""
+    messages: Any = [
+        {"role": "user", "content": "list them"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "ids", "arguments": "[1, 2]"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "1, 2"},
+    ]
+    tools: Any = [{"type": "function", "function": {"name": "ids", "parameters": {"type": "object"}}}]
+    client = keyed(plan="claude_first")
+    raw = client.chat.completions.with_raw_response.create(model="smart-auto", messages=messages, tools=tools)
+    assert raw.parse().choices[0].message.content
+    assert raw.headers["X-Trex-Upstream-Model"] == "gpt-4.1"
+    assert raw.headers["X-Trex-Fallback-Attempts"] == "0"  # nothing was sent to Claude
+    assert [r.path for r in fake_upstream.received] == ["/v1/chat/completions"]
+    assert fake_upstream.last().json["messages"][1]["tool_calls"][0]["function"]["arguments"] == "[1, 2]"
+    event: Any = {}
+    for _ in range(200):  # the usage event is written after the response
+        event = client.get(f"/usage/events/{raw.headers['X-Trex-Usage-Event-Id']}", cast_to=object)
+        if event["status"] == "final":
+            break
+        time.sleep(0.05)
+    skipped, served = event["attempts"]
+    assert (skipped["model"], skipped["status"]) == ("claude-haiku-4-5", None)
+    assert "JSON object" in skipped["error"]
+    assert (served["model"], served["status"]) == ("gpt-4.1", 200)
 
 
 def _client_of(make_worker: Callable[..., InProcessWorker], extra: str) -> openai.OpenAI:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -180,6 +181,17 @@ def test_kv_commands_share_state_across_processes(tmp_path: Path) -> None:
     got = trex("kv", "get", "--config", cfg, "greeting")
     assert got.returncode == 0 and got.stdout == b"hello"
     assert trex("kv", "get", "--config", cfg, "blob").stdout == b"\x00\x01bytes"
+    # --json gives text as text and any other bytes as base64, saying which: nothing is lost either way.
+    assert json.loads(trex("kv", "get", "--config", cfg, "blob", "--json").stdout) == {
+        "key": "blob",
+        "value": "\x00\x01bytes",
+        "encoding": "utf-8",
+    }
+    raw = b"\xff\xfe\x00not text \x80"
+    assert trex("kv", "put", "--config", cfg, "raw", stdin=raw).returncode == 0
+    doc = json.loads(trex("kv", "get", "--config", cfg, "raw", "--json").stdout)
+    assert doc["encoding"] == "base64" and base64.b64decode(doc["value"], validate=True) == raw
+    assert trex("kv", "delete", "--config", cfg, "raw").returncode == 0
     listed = json.loads(trex("kv", "list", "--config", cfg, "--json").stdout)
     assert [k["name"] for k in listed["keys"]] == ["blob", "greeting"] and listed["list_complete"] is True
     # A page cut at --limit says so, and --cursor continues it.
@@ -210,6 +222,7 @@ def test_kv_commands_take_persist_to_and_kv_url(tmp_path: Path) -> None:
     assert json.loads(trex("kv", "get", "--config", cfg, "--kv-url", url, "x", "--json").stdout) == {
         "key": "x",
         "value": "1",
+        "encoding": "utf-8",
     }
 
 

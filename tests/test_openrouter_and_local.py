@@ -91,6 +91,56 @@ def test_an_openrouter_error_in_a_200_body_is_an_error_billed_nothing(
     assert event["outcome"] == "upstream_error" and event["billed"]["input_tokens"] == 0
 
 
+def _failure_in_200(code: int) -> Reply:
+    return Reply.json({"error": {"code": code, "message": f"failed with {code}", "metadata": {"raw": "x"}}})
+
+
+def test_a_retryable_error_in_a_200_body_is_retried_then_falls_back(gateway: GatewaySetup) -> None:
+    """OpenRouter's 502 inside a 200 body is a 502 to the retry rules: retried on the route, then the next
+    fallback answers, and the usage event lists the failed attempts with the status they stood for."""
+    gateway.fake.enqueue(OPENROUTER, _failure_in_200(502))
+    raw = gateway.openai().chat.completions.with_raw_response.create(
+        model="openai/gpt-4o-mini",
+        messages=MESSAGES,  # type: ignore[arg-type]
+    )
+    assert raw.parse().choices[0].message.content
+    assert raw.headers["X-Trex-Fallback-Attempts"] == "1"
+    assert [r.path for r in gateway.fake.received] == [OPENROUTER, OPENROUTER]  # the retry answered
+    gateway.fake.reset()
+    gateway.fake.enqueue(OPENROUTER, _failure_in_200(503), _failure_in_200(503))  # the route and its retry
+    fallback = {"trex": {"routing": {"fallbacks": [{"provider": "openai", "model": "gpt-4o-mini"}]}}}
+    raw = gateway.openai().chat.completions.with_raw_response.create(
+        model="openai/gpt-4o-mini",
+        messages=MESSAGES,  # type: ignore[arg-type]
+        extra_body=fallback,
+    )
+    assert raw.parse().choices[0].message.content
+    assert raw.headers["X-Trex-Upstream-Provider"] == "openai"
+    event = wait_final(gateway, raw.headers["X-Trex-Usage-Event-Id"])
+    assert [(a["provider"], a["status"]) for a in event["attempts"]] == [
+        ("openrouter", 503),
+        ("openrouter", 503),
+        ("openai", 200),
+    ]
+
+
+@pytest.mark.parametrize("code", [400, 500])
+def test_an_error_in_a_200_body_that_is_not_retryable_is_returned_at_once(
+    gateway: GatewaySetup, code: int
+) -> None:
+    gateway.fake.enqueue(OPENROUTER, _failure_in_200(code))
+    fallback = {"trex": {"routing": {"fallbacks": [{"provider": "openai", "model": "gpt-4o-mini"}]}}}
+    with pytest.raises(openai.APIStatusError) as err:
+        gateway.openai().chat.completions.create(
+            model="openai/gpt-4o-mini",
+            messages=MESSAGES,  # type: ignore[arg-type]
+            extra_body=fallback,
+        )
+    assert err.value.status_code == code and f"failed with {code}" in err.value.message
+    assert err.value.response.headers["X-Trex-Fallback-Attempts"] == "0"
+    assert [r.path for r in gateway.fake.received] == [OPENROUTER]
+
+
 @pytest.mark.parametrize("route", ["chat", "messages"])
 def test_an_openrouter_error_chunk_ends_the_stream_once_and_is_recorded_as_a_failure(
     gateway: GatewaySetup, route: str

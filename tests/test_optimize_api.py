@@ -167,6 +167,14 @@ def test_compress_endpoint_errors(gateway: GatewaySetup) -> None:
         {"X-Trex-Compression-Model": "codex"},
     )
     assert status == 200
+    # A bad profile in the header is named as the header the client sent, not as a body field it did not.
+    status, doc = _compress(
+        gateway,
+        {"model": "m", "messages": [{"role": "user", "content": "x"}]},
+        {"X-Trex-Compression-Model": "vim"},
+    )
+    assert status == 400 and doc["error"]["param"] == "X-Trex-Compression-Model"
+    assert doc["error"]["message"].startswith("X-Trex-Compression-Model must be one of")
 
 
 @pytest.mark.parametrize(

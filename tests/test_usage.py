@@ -784,6 +784,17 @@ def test_request_log_has_one_entry_per_authenticated_request_newest_first(gatewa
     ]
     text = trex("logs", gateway.key_id, "--config", config, "--limit", "20").stdout.decode()
     assert text.splitlines()[0].split()[:3] == ["TIME", "STATUS", "MS"] and "/v1/chat/completions" in text
+    # A mistyped key id is an error, as in `trex keys` and `trex credits`, not an empty log.
+    unknown = trex("logs", "key_nope", "--config", config)
+    assert unknown.returncode == 1 and unknown.stdout == b""
+    assert unknown.stderr.decode() == "trex: error: No proxy key with id 'key_nope'.\n"
+    other_id, _ = gateway.new_key("quiet")
+    quiet = trex("logs", other_id, "--config", config, "--json")  # a key with no requests yet: an empty log
+    assert quiet.returncode == 0 and json.loads(quiet.stdout)["data"] == []
+    # A deleted key's history stays, and can still be read.
+    gateway.worker.call(gateway.worker.app[GATEWAY].keys.delete(gateway.key_id))
+    kept = trex("logs", gateway.key_id, "--config", config, "--json")
+    assert kept.returncode == 0 and json.loads(kept.stdout)["data"]
 
 
 def _send_then_hang_up(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import os
 import sys
 import time
@@ -187,7 +188,11 @@ def _kv_command(args: argparse.Namespace, url: str) -> int:
                 print(f"trex kv get: no such key: {args.key}", file=sys.stderr)
                 return EXIT_FAIL
             if args.json:
-                _print(args, {"key": args.key, "value": value.decode("utf-8", "replace")}, "")
+                try:
+                    doc = {"key": args.key, "value": value.decode("utf-8"), "encoding": "utf-8"}
+                except UnicodeDecodeError:  # bytes that are not text: base64, so none are lost
+                    doc = {"key": args.key, "value": base64.b64encode(value).decode(), "encoding": "base64"}
+                _print(args, doc, "")
             else:
                 sys.stdout.buffer.write(value)
                 sys.stdout.flush()
@@ -357,6 +362,8 @@ def _logs_command(args: argparse.Namespace, config: Config) -> int:
     async def act(kv: KVNamespace) -> int:
         recorder = UsageRecorder(kv, PriceTable(), {}, retention_seconds=86400, flush_seconds=3600)
         entries, _ = await recorder.logs(args.key_id, args.limit, None)
+        if not entries:  # a mistyped id is an error; a deleted key's history stays readable
+            await KeyStore(kv, None).get(args.key_id)
         lines = [
             f"{'TIME':<20} {'STATUS':>6} {'MS':>8} {'METHOD':<6} {'ROUTE':<24} {'MODEL':<24} "
             f"{'TOKENS':>15}  REQUEST"

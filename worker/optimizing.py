@@ -31,8 +31,10 @@ def resolve_options(
     key_mode: str | None = None,
     profile: str | None = None,
     encoding: str = "o200k_base",
+    profile_from: str = "compression_model",
 ) -> Options:
-    """Validated optimizer options for one request (400 naming the field on a bad value)."""
+    """Validated optimizer options for one request (400 naming the field on a bad value; `profile_from`: where
+    the client gave `profile`, a body field, a header or a command-line option)."""
     mode: Any = key_mode or default_mode
     header = headers.get("X-Trex-Optimize")
     if header:
@@ -64,8 +66,8 @@ def resolve_options(
                     )
     if profile is not None and profile not in PROFILES:
         raise InvalidRequestError(
-            f"compression_model must be one of {', '.join(PROFILES)}, got {profile!r}.",
-            param="compression_model",
+            f"{profile_from} must be one of {', '.join(PROFILES)}, got {profile!r}.",
+            param=profile_from,
         )
     checked: Mode = mode
     return Options(mode=checked, protect_recent_turns=turns, profile=profile, encoding=encoding)

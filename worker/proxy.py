@@ -171,12 +171,16 @@ async def proxy(
     admission = await gw.quotas.long_context(key, admission, report.optimized_tokens)
     stream = body.get("stream") is True
     chain = _fallbacks(trex)
+    attempts: list[dict[str, Any]] = []
     if route is None:
+        # smart-auto's choice, not the client's: one that cannot take the request is skipped like a fallback.
         choices = await _smart_auto(request, gw, key, fmt, body, report.optimized_tokens)
-        route, chain = choices[0], [*choices[1 : _MAX_FALLBACKS + 1], *chain]
-        api_key = await provider_key(request, gw, key, route.provider)
+        ranked = iter(choices[: _MAX_FALLBACKS + 1])
+        prepared, api_key = await _first_preparable(request, gw, key, fmt, body, stream, ranked, attempts)
+        route, chain = prepared.route, [*ranked, *chain]
+    else:
+        prepared = _prepare(fmt, body, stream, route, gw)
     fallbacks = iter(chain)
-    prepared = _prepare(fmt, body, stream, route, gw)
     out_headers = savings_headers(report, session)
     if store_ttl is not None and original_text is not None:
         summary = memory.context_text(fmt, body)
@@ -210,7 +214,6 @@ async def proxy(
     # Attempts: the route, retried on retryable failures with jittered backoff (or the upstream's
     # Retry-After) while that fits the deadline, then each `trex.routing.fallbacks` entry the same way.
     # Every attempt happens before any byte reaches the client, so a fallback never duplicates output.
-    attempts: list[dict[str, Any]] = []
     deadline = time.monotonic() + gw.retry_deadline
     tries = 0
     sent = time.perf_counter()
@@ -247,6 +250,8 @@ async def proxy(
         began = time.perf_counter()
         failure: UpstreamUnavailable | None = None
         resp: aiohttp.ClientResponse | None = None
+        answer_body: bytes | None = None
+        read_error: TimeoutError | aiohttp.ClientError | None = None
         try:
             resp = await gw.upstream.request(
                 cand.provider,
@@ -266,6 +271,21 @@ async def proxy(
             _finish_usage(gw, acct, 500, "upstream_failed", None)  # never leave an event pending forever
             raise
         status = resp.status if resp is not None else (504 if failure and failure.kind == "timeout" else 502)
+        carried = None
+        if resp is not None and status < 300 and not _is_event_stream(resp):
+            # A JSON answer is read before it is accepted: OpenRouter reports a failure met after it began as
+            # HTTP 200 with only an error, which is retried and falls back like the status it carries.
+            try:
+                answer_body = await resp.read()  # bounded by the session's total and idle timeouts
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                read_error = exc  # reported below, as before this answer was read here
+            except asyncio.CancelledError:
+                resp.close()
+                _finish_usage(gw, acct, 200, abandoned(request), None)
+                raise
+            carried = _error_in_body(answer_body) if answer_body is not None else None
+            if carried in _RETRYABLE:
+                status = carried
         attempt: dict[str, Any] = {
             "provider": cand.provider,
             "model": cand.upstream_model,
@@ -274,6 +294,8 @@ async def proxy(
         }
         if failure is not None:
             attempt["error"] = str(failure)
+        elif carried is not None and answer_body is not None:
+            attempt["error"] = _upstream_error_detail(answer_body, carried)[0]
         attempts.append(attempt)
         if resp is not None and status not in _RETRYABLE:
             await gw.breakers.succeeded(cand.provider, cand.upstream_model)  # it answered: it is up
@@ -333,7 +355,7 @@ async def proxy(
                     gw.kv, key.id, session, fmt, body, replay, report.optimized_tokens, gw.session_ttl_seconds
                 )
             )
-        is_sse = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
+        is_sse = _is_event_stream(upstream)
         if stream and is_sse:
             relay = _make_relay(fmt, wire, route, body, wants_usage)
             chunks: list[bytes] | None = [] if acct is not None else None
@@ -350,7 +372,10 @@ async def proxy(
             if acct is not None and gw.usage is not None:
                 gw.usage.complete(acct, http_status=200, outcome=outcome, wire=wire, chunks=chunks)
             return response
-        data = await upstream.read()  # bounded by the session's total and idle timeouts
+        if read_error is not None:
+            raise read_error
+        assert answer_body is not None  # a 2xx answer that is not a stream was read with its attempt
+        data = answer_body
         failed_status = _error_in_body(data)
         if failed_status is not None:
             _finish_usage(gw, acct, failed_status, "upstream_error", None)
@@ -489,6 +514,40 @@ def _fallbacks(trex: Any) -> list[ModelRoute]:
     return routes
 
 
+_UNUSABLE = (MissingProviderKeyError, InvalidRequestError, ModelNotAllowedError, InsufficientBalanceError)
+"""Why a candidate route cannot be tried for this key and request: no provider key, a request its provider
+cannot take, a model the plan does not allow, or one on credits the key lacks."""
+
+
+def _skipped(route: ModelRoute, exc: GatewayError) -> dict[str, Any]:
+    """The usage event's record of a candidate that was never sent the request."""
+    return {"provider": route.provider, "model": route.upstream_model, "status": None, "error": exc.message}
+
+
+async def _first_preparable(
+    request: web.Request,
+    gw: Gateway,
+    key: KeyRecord,
+    fmt: InboundFormat,
+    body: dict[str, Any],
+    stream: bool,
+    ranked: Iterator[ModelRoute],
+    attempts: list[dict[str, Any]],
+) -> tuple[_Prepared, str | None]:
+    """smart-auto's first choice that can be sent this request (the ones before it are recorded as skipped);
+    when none can, the refusal of the first."""
+    first: GatewayError | None = None
+    for route in ranked:
+        try:
+            api_key = await provider_key(request, gw, key, route.provider)
+            return _prepare(fmt, body, stream, route, gw), api_key
+        except (MissingProviderKeyError, InvalidRequestError) as exc:
+            attempts.append(_skipped(route, exc))
+            first = first or exc
+    assert first is not None  # smart_auto returns at least one route
+    raise first
+
+
 async def _next_fallback(
     request: web.Request,
     gw: Gateway,
@@ -516,20 +575,8 @@ async def _next_fallback(
                 in_flight=admitted.in_flight if admitted is not None else 0,
             )
             return _prepare(fmt, body, stream, route, gw), api_key, charged
-        except (
-            MissingProviderKeyError,
-            InvalidRequestError,
-            ModelNotAllowedError,
-            InsufficientBalanceError,
-        ) as exc:
-            attempts.append(
-                {
-                    "provider": route.provider,
-                    "model": route.upstream_model,
-                    "status": None,
-                    "error": exc.message,
-                }
-            )
+        except _UNUSABLE as exc:
+            attempts.append(_skipped(route, exc))
     return None
 
 
@@ -908,6 +955,10 @@ def _redirected(provider: str, status: int, headers: dict[str, str]) -> Upstream
         code="bad_upstream_response",
         headers=headers,
     )
+
+
+def _is_event_stream(resp: aiohttp.ClientResponse) -> bool:
+    return resp.headers.get("Content-Type", "").startswith("text/event-stream")
 
 
 def _error_in_body(data: bytes) -> int | None:

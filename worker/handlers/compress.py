@@ -20,9 +20,9 @@ async def compress(request: web.Request) -> web.StreamResponse:
     body = await read_json_object(request)
     fmt = detect_format(body)
     validate_payload(fmt, body)
-    profile = body.get("compression_model")
+    profile, profile_from = body.get("compression_model"), "compression_model"
     if profile is None:  # an empty or mistyped field is refused, not read as "no profile"
-        profile = request.headers.get("X-Trex-Compression-Model")
+        profile, profile_from = request.headers.get("X-Trex-Compression-Model"), "X-Trex-Compression-Model"
     trex = body.pop("trex", None)
     options = resolve_options(
         trex,
@@ -31,6 +31,7 @@ async def compress(request: web.Request) -> web.StreamResponse:
         gw.protect_recent_turns,
         key_mode=key.optimize_mode,
         profile=profile,
+        profile_from=profile_from,
     )
     # `trex.store_context`, as on proxied requests. (A top-level `store` is the payload's own field, e.g.
     # OpenAI's `store: false`, and stays untouched like every other field.)
