@@ -376,7 +376,7 @@ async def proxy(
             raise read_error
         assert answer_body is not None  # a 2xx answer that is not a stream was read with its attempt
         data = answer_body
-        failed_status = _error_in_body(data)
+        failed_status = carried  # read with the attempt that was accepted
         if failed_status is not None:
             _finish_usage(gw, acct, failed_status, "upstream_error", None)
             return _error_from(request, data, failed_status, fmt, wire, out_headers, api_key)
