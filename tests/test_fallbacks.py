@@ -265,6 +265,27 @@ def test_breaker_opens_skips_is_shared_and_recovers_after_a_probe(routed: Any) -
     assert other.openai().chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices  # type: ignore[arg-type]
 
 
+def test_a_short_cooldown_is_kept_and_retry_after_counts_down(routed: Any) -> None:
+    """A cooldown under the KV's 60 s minimum TTL is still the configured one, and Retry-After says what is
+    left of it."""
+    setup = routed(BREAKER_FAILURES=1, BREAKER_COOLDOWN_SECONDS=5)
+    setup.fake.enqueue(
+        "/v1/chat/completions", Reply.json({"error": {"message": "down", "type": "x"}}, status=503)
+    )
+    client = setup.openai().with_options(max_retries=0)
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    breakers = setup.worker.app[GATEWAY].breakers
+    opened = time.time()
+    breakers._clock = lambda: opened + 3  # three seconds into the cooldown
+    with pytest.raises(openai.InternalServerError) as err:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    assert err.value.code == "provider_unavailable"
+    assert int(err.value.response.headers["Retry-After"]) in (2, 3)
+    breakers._clock = lambda: opened + 6  # past the configured 5 s: the probe goes through and succeeds
+    assert client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices  # type: ignore[arg-type]
+
+
 def test_no_fallback_starts_after_the_deadline(routed: Any) -> None:
     setup = routed(UPSTREAM_RETRY_DEADLINE=0.3)
     slow_failure = Reply.json({"error": {"message": "busy", "type": "x"}}, status=503, latency=0.5)

@@ -17,6 +17,7 @@ second per route, not once per request, and writes only when something fails or 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,7 +47,8 @@ class Breakers:
     ) -> None:
         self.kv = kv
         self.failures = failures
-        self.cooldown = max(60, cooldown_seconds)  # the KV's shortest TTL
+        self.cooldown = max(1, cooldown_seconds)
+        self._ttl = max(60, cooldown_seconds)  # the KV's shortest TTL; `open` holds the exact end itself
         self._clock = clock
         self._states: dict[tuple[str, str], _State] = {}
 
@@ -79,10 +81,16 @@ class Breakers:
         # Cooling down is over: one probe, across every instance.
         try:
             return await self.kv.put_if_absent(
-                self._key(provider, model, "probe"), b"1", expiration_ttl=self.cooldown
+                self._key(provider, model, "probe"), b"1", expiration_ttl=self._ttl
             )
         except KVError:
             return True
+
+    def retry_after(self, provider: str, model: str) -> int:
+        """Whole seconds until the open breaker of this route lets a probe through (at least 1)."""
+        state = self._states.get((provider, model))
+        left = state.open_until - self._clock() if state is not None else self.cooldown
+        return max(1, math.ceil(left))
 
     async def failed(self, provider: str, model: str) -> None:
         """Count a retryable failure; open the breaker at the threshold."""
@@ -90,16 +98,14 @@ class Breakers:
             return
         route = (provider, model)
         try:
-            count = await self.kv.incr(
-                self._key(provider, model, "fails"), 1, expiration_ttl=self.cooldown * 2
-            )
+            count = await self.kv.incr(self._key(provider, model, "fails"), 1, expiration_ttl=self._ttl * 2)
             state = self._states.setdefault(route, _State(0.0, 0.0, True))
             state.failures_seen = True
             half_open = state.open_until > 0 and self._clock() >= state.open_until  # the probe failed
             if count >= self.failures or half_open:
                 until = self._clock() + self.cooldown
                 await self.kv.put(
-                    self._key(provider, model, "open"), str(until), expiration_ttl=self.cooldown * 2
+                    self._key(provider, model, "open"), str(until), expiration_ttl=self._ttl * 2
                 )
                 await self.kv.delete(self._key(provider, model, "fails"))
                 await self.kv.delete(self._key(provider, model, "probe"))

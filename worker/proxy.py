@@ -241,7 +241,10 @@ async def proxy(
                     "retry shortly or add a fallback.",
                     status=503,
                     code="provider_unavailable",
-                    headers={**out_headers, "Retry-After": str(gw.breakers.cooldown)},
+                    headers={
+                        **out_headers,
+                        "Retry-After": str(gw.breakers.retry_after(cand.provider, cand.upstream_model)),
+                    },
                 )
             prepared, api_key, admission = following
             if acct is not None:
