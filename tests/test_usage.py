@@ -711,6 +711,7 @@ def test_trex_usage_prints_the_same_totals(gateway: GatewaySetup) -> None:
 def test_embeddings_produce_an_event_counted_and_billed(gateway: GatewaySetup) -> None:
     texts = ["refund ORD-1042 for $1,250.00", "the cap is enforced in payments.py"]
     raw = gateway.openai().embeddings.with_raw_response.create(model="text-embedding-3-small", input=texts)
+    assert 0 < float(raw.headers["X-Trex-Proxy-Overhead-Ms"]) < 10_000  # like every proxied request
     event = wait_final(gateway, raw.headers["X-Trex-Usage-Event-Id"])
     enc = tiktoken.get_encoding("cl100k_base")
     assert event["token_count_encoding"] == "cl100k_base"

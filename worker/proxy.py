@@ -1346,6 +1346,7 @@ async def forward_json(
         out_headers["X-Trex-Usage-Event-Id"] = acct.event.id
         out_headers["X-Trex-Guarantee-Status"] = await gw.usage.guarantee(key)
     deadline, tries = time.monotonic() + gw.retry_deadline, 0
+    sent = time.perf_counter()
     while True:  # retried like a model call: a retryable status or failure, backoff or Retry-After
         try:
             upstream = await gw.upstream.request(route.provider, "POST", url, payload, headers)
@@ -1369,8 +1370,12 @@ async def forward_json(
         await _discard(upstream)
         tries += 1
         await asyncio.sleep(wait)
+    answered = time.perf_counter()
     try:
         out_headers.update(_forwarded_headers(upstream.headers))
+        if acct is not None:  # time in the worker, the upstream's excluded (as for model calls)
+            overhead = (sent - acct.started) + (time.perf_counter() - answered)
+            out_headers["X-Trex-Proxy-Overhead-Ms"] = f"{overhead * 1000:.2f}"
         if upstream.status >= 300:  # an error (structured, the key masked) or a redirect, never passed raw
             _finish_usage(gw, acct, upstream.status, "upstream_error", None)
             if upstream.status < 400:
