@@ -206,3 +206,38 @@ def test_openrouters_keep_alive_comments_are_passed_on_when_they_arrive(
 
     first, waited = asyncio.run(first_bytes())
     assert first.startswith(b": ") and waited < 2.0
+
+
+def test_totals_never_show_a_baseline_below_the_cost_openrouter_reported(gateway: GatewaySetup) -> None:
+    """A model priced at the cost OpenRouter reports has no rate to price its baseline at: the totals count
+    its actual cost as its baseline (no saving claimed) rather than as zero."""
+    records = [{"id": i, "status": "ok", "name": f"item-{i}", "value": i * 3} for i in range(300)]
+    messages = [
+        {"role": "user", "content": "list the items"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get", "arguments": "{}"}}],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": json.dumps(records, indent=2)},
+        {"role": "user", "content": "What is the value of item-7?"},
+    ]
+    answer = {
+        "id": "gen-2",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "mistralai/mistral-large",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "21"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1500, "completion_tokens": 10, "total_tokens": 1510, "cost": 0.01},
+    }
+    gateway.fake.set(OPENROUTER, Reply.json(answer))
+    raw = gateway.openai().chat.completions.with_raw_response.create(
+        model="mistralai/mistral-large",
+        messages=messages,  # type: ignore[arg-type]
+    )
+    event = wait_final(gateway, raw.headers["X-Trex-Usage-Event-Id"])
+    assert event["saved_input_tokens"] > 0 and event["actual_cost_usd"] == pytest.approx(0.01)
+    assert event["baseline"]["cost_usd"] is None and event["savings_usd"] is None
+    totals = gateway.openai().get("/usage", cast_to=object)["totals"]  # type: ignore[index]
+    assert totals["actual_cost_usd"] == pytest.approx(0.01)
+    assert totals["baseline_cost_usd"] == pytest.approx(0.01) and totals["savings_usd"] == 0

@@ -768,8 +768,11 @@ class _Totals:
         if m.get("ac") is None:
             self.unpriced += m.get("s") == "final"
         else:
-            self.baseline += float(m.get("bc") or 0.0)
-            self.actual += float(m["ac"])
+            actual = float(m["ac"])
+            # A baseline that could not be priced (a cost the upstream reported, at no known rate) counts as
+            # the actual cost: no saving is claimed for it, and the baseline never reads below the actual.
+            self.baseline += actual if m.get("bc") is None else float(m["bc"])
+            self.actual += actual
             self.savings += float(m.get("sv") or 0.0)
 
     def as_dict(self) -> dict[str, Any]:
