@@ -706,6 +706,11 @@ def test_trex_usage_prints_the_same_totals(gateway: GatewaySetup) -> None:
     assert lines[-1].split()[1] == "2"
     bad = trex("usage", "--config", config, "--from", "someday")
     assert bad.returncode == 2 and b"'from'" in bad.stderr  # an argument refused: bad usage
+    unknown = trex("usage", "--config", config, "--key", "key_mistyped")
+    assert unknown.returncode == 1 and b"key_mistyped" in unknown.stderr and not unknown.stdout
+    quiet, _ = gateway.new_key("quiet")  # a real key without requests: an empty table, not an error
+    empty = trex("usage", "--config", config, "--key", quiet, "--json")
+    assert empty.returncode == 0 and json.loads(empty.stdout)["totals"]["requests"] == 0
 
 
 def test_embeddings_produce_an_event_counted_and_billed(gateway: GatewaySetup) -> None:

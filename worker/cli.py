@@ -318,6 +318,8 @@ def _usage_command(args: argparse.Namespace, config: Config) -> int:
             flush_seconds=3600,
         )
         result = await recorder.totals(args.key, start, end, args.group_by)
+        if args.key is not None and not result["totals"]["requests"]:
+            await KeyStore(kv, None).get(args.key)  # a mistyped id is an error, not an empty table
         label = args.group_by.upper() if args.group_by else ""
         rows = [(g[args.group_by], g) for g in result.get("groups", [])] + [("TOTAL", result["totals"])]
         width = max([len(label), *(len(str(name)) for name, _ in rows)]) + 2
