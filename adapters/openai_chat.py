@@ -848,10 +848,12 @@ class StreamDecoder:
     """Upstream chat.completion.chunk events → canonical stream events; one instance per stream.
 
     `feed` takes one SSE event's data (the parser has already joined multi-line data). Blocks are kept
-    sequential, as every client format needs them: a new kind of content closes the open block first. Tool
-    calls may arrive interleaved (fragments of calls 0 and 1 alternating, which chat clients merge by index),
-    so while one call streams, calls that start after it are held, with their fragments, and written whole
-    (start, arguments, stop) once it closes: the first call streams live, and no fragment is lost.
+    sequential, as every client format needs them. Chat clients merge tool-call fragments by index whatever
+    comes between them, so an upstream may send a call's fragments interleaved with another call's, or with
+    text or reasoning (even in the same chunk). A tool call, once open, therefore stays open until the stream
+    finishes, and what starts meanwhile is held in arrival order: calls with their fragments, text and
+    reasoning as one block each. It is all written, whole, once the open call closes: that call streams live,
+    and no fragment of any call is lost.
     """
 
     __slots__ = (
@@ -877,7 +879,7 @@ class StreamDecoder:
         self._next = 0  # index of the next block
         # Upstream tool-call key (its `index`, or its id when a server omits the index) → the call.
         self._tools: dict[object, _Call] = {}
-        self._held: list[_Call] = []  # calls that started while another one streams, in order
+        self._held: list[_Call | _Held] = []  # what arrived while a tool call is open, in order
         self._last_key: object = None
         self._refused = False  # the model declined (`refusal` deltas instead of content)
         self.usage: Usage | None = None
@@ -943,12 +945,22 @@ class StreamDecoder:
             events.append(BlockStop(index=self._open))
             self._open = None
             self._kind = _NONE
-        for call in self._held:
-            call.index = index = self._next
+        if not self._held:
+            return
+        for item in self._held:
+            index = self._next
             self._next = index + 1
-            events.append(ToolCallStart(index=index, id=call.id, name=call.name))
-            if call.held:
-                events.append(ToolCallDelta(index=index, arguments="".join(call.held)))
+            if isinstance(item, _Call):
+                item.index = index
+                events.append(ToolCallStart(index=index, id=item.id, name=item.name))
+                if item.fragments:
+                    events.append(ToolCallDelta(index=index, arguments="".join(item.fragments)))
+            elif item.kind == _TEXT:
+                events.append(TextStart(index=index))
+                events.append(TextDelta(index=index, text="".join(item.parts)))
+            else:
+                events.append(ThinkingStart(index=index))
+                events.append(ThinkingDelta(index=index, text="".join(item.parts)))
             events.append(BlockStop(index=index))
         self._held.clear()
 
@@ -960,16 +972,28 @@ class StreamDecoder:
         self._kind = kind
         return index
 
+    def _start(self, kind: int, text: str, events: list[StreamEvent]) -> int | None:
+        """Open a text or thinking block for `text` and return its index; None if `text` was held instead
+        (a tool call is open: more of its fragments may follow)."""
+        if self._kind == _TOOL:
+            held = self._held[-1] if self._held else None
+            if isinstance(held, _Held) and held.kind == kind:
+                held.parts.append(text)
+            else:
+                self._held.append(_Held(kind, text))
+            return None
+        index = self._begin(kind, events)
+        events.append(TextStart(index=index) if kind == _TEXT else ThinkingStart(index=index))
+        return index
+
     def _choice(self, choice: dict[str, Any], events: list[StreamEvent]) -> None:
         delta = choice.get("delta")
         if isinstance(delta, dict):
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if reasoning and isinstance(reasoning, str):
-                index = self._open if self._kind == _THINKING else None
-                if index is None:
-                    index = self._begin(_THINKING, events)
-                    events.append(ThinkingStart(index=index))
-                events.append(ThinkingDelta(index=index, text=reasoning))
+                index = self._open if self._kind == _THINKING else self._start(_THINKING, reasoning, events)
+                if index is not None:
+                    events.append(ThinkingDelta(index=index, text=reasoning))
             content = delta.get("content")
             text = content if isinstance(content, str) else _text_of(content)
             if not text:
@@ -977,11 +1001,9 @@ class StreamDecoder:
                 text = refusal if isinstance(refusal, str) else ""
                 self._refused = self._refused or bool(text)
             if text:
-                index = self._open if self._kind == _TEXT else None
-                if index is None:
-                    index = self._begin(_TEXT, events)
-                    events.append(TextStart(index=index))
-                events.append(TextDelta(index=index, text=text))
+                index = self._open if self._kind == _TEXT else self._start(_TEXT, text, events)
+                if index is not None:
+                    events.append(TextDelta(index=index, text=text))
             tool_calls = delta.get("tool_calls")
             if tool_calls and isinstance(tool_calls, list):
                 for call in tool_calls:
@@ -1025,16 +1047,15 @@ class StreamDecoder:
         args = fn.get("arguments")
         if args and isinstance(args, str):
             if entry.index is None:
-                entry.held.append(args)
+                entry.fragments.append(args)
             elif entry.index == self._open:
                 events.append(ToolCallDelta(index=entry.index, arguments=args))
-            # else: the call was closed when other content came between; no client format can take more of it
 
 
 class _Call:
     """One upstream tool call of a stream."""
 
-    __slots__ = ("held", "id", "index", "name", "upstream_id")
+    __slots__ = ("fragments", "id", "index", "name", "upstream_id")
 
     def __init__(self, upstream_id: str, id: str, name: str) -> None:
         self.upstream_id = upstream_id
@@ -1042,8 +1063,18 @@ class _Call:
         self.name = name
         self.index: int | None = None
         """Its block index once written; None while held."""
-        self.held: list[str] = []
+        self.fragments: list[str] = []
         """Argument fragments received while held."""
+
+
+class _Held:
+    """Text or reasoning that arrived while a tool call was open, written as one block once it closes."""
+
+    __slots__ = ("kind", "parts")
+
+    def __init__(self, kind: int, text: str) -> None:
+        self.kind = kind
+        self.parts = [text]
 
 
 def _error_fields(error: Any) -> tuple[str, str]:

@@ -6,6 +6,7 @@
   with stop_reason `tool_use`, streaming or not.
 - Structured outputs (a JSON schema, strict tools) cross between the OpenAI and Anthropic formats.
 - Parallel tool calls whose fragments arrive interleaved reach Anthropic and Responses clients whole.
+- So does a tool call with text or reasoning between its argument fragments.
 """
 
 from __future__ import annotations
@@ -317,6 +318,63 @@ def test_interleaved_tool_call_fragments_all_reach_clients_of_sequential_formats
         output = rstream.get_final_response().output
     calls = [(o.call_id, json.loads(o.arguments)) for o in output if o.type == "function_call"]
     assert calls == [("call_A", {"city": "Paris"}), ("call_B", {"city": "Lyon"})]
+
+
+def _tool_call_with_other_content_between_its_fragments(between: dict[str, Any]) -> Reply:
+    """A call whose argument fragments have text or reasoning between them, the first one in the same chunk
+    (legal: a delta has both fields, and chat clients merge a call's fragments by index)."""
+
+    def fragment(arguments: str, **fields: Any) -> dict[str, Any]:
+        return {"tool_calls": [{"index": 0, "function": {"arguments": arguments}}], **fields}
+
+    start = {
+        "index": 0,
+        "id": "call_A",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": ""},
+    }
+    return _chat_stream(
+        [
+            _chunk({"role": "assistant", "content": "", "tool_calls": [start]}),
+            _chunk(fragment('{"city":', **between)),
+            _chunk(between),
+            _chunk(fragment('"Paris"}')),
+            _chunk(finish="tool_calls"),
+        ]
+    )
+
+
+def test_text_or_reasoning_between_a_tool_calls_fragments_does_not_cut_its_arguments(
+    gateway: GatewaySetup,
+) -> None:
+    gateway.fake.set(
+        "/v1/chat/completions", _tool_call_with_other_content_between_its_fragments({"content": "Checking."})
+    )
+    message = _streamed_to_anthropic_client(gateway, "gpt-4o-mini")
+    assert [(b.type, b.input if b.type == "tool_use" else b.text) for b in message.content] == [
+        ("tool_use", {"city": "Paris"}),
+        ("text", "Checking.Checking."),  # what came between, written once the call is whole
+    ]
+
+    gateway.fake.set(
+        "/api/v1/chat/completions", _tool_call_with_other_content_between_its_fragments({"reasoning": "Hm."})
+    )
+    message = _streamed_to_anthropic_client(gateway, "deepseek/deepseek-v3")
+    assert [(b.type, b.input if b.type == "tool_use" else b.thinking) for b in message.content] == [
+        ("tool_use", {"city": "Paris"}),
+        ("thinking", "Hm.Hm."),
+    ]
+
+    for between in ({"content": "Checking."}, {"reasoning": "Hm."}):
+        gateway.fake.set(
+            "/local/v1/chat/completions", _tool_call_with_other_content_between_its_fragments(between)
+        )
+        tool: Any = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
+        with gateway.openai().responses.stream(model="local/qwen3", input="weather?", tools=[tool]) as stream:
+            output = stream.get_final_response().output
+        assert [(o.call_id, json.loads(o.arguments)) for o in output if o.type == "function_call"] == [
+            ("call_A", {"city": "Paris"})
+        ]
 
 
 def test_an_upstream_error_that_is_not_json_reaches_a_same_format_client_as_a_structured_error(
