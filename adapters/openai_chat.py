@@ -850,13 +850,15 @@ class StreamDecoder:
     `feed` takes one SSE event's data (the parser has already joined multi-line data). Blocks are kept
     sequential, as every client format needs them. Chat clients merge tool-call fragments by index whatever
     comes between them, so an upstream may send a call's fragments interleaved with another call's, or with
-    text or reasoning (even in the same chunk). A tool call, once open, therefore stays open until the stream
-    finishes, and what starts meanwhile is held in arrival order: calls with their fragments, text and
-    reasoning as one block each. It is all written, whole, once the open call closes: that call streams live,
-    and no fragment of any call is lost.
+    text or reasoning (even in the same chunk). A tool call streams live; when something else begins, the
+    call closes if its arguments are already a whole JSON object (no further fragment could extend them: the
+    ordinary sequential stream, which then goes on live), and otherwise stays open until the stream finishes
+    while what arrives meanwhile is held in arrival order: calls with their fragments, text and reasoning as
+    one block each, all written whole once it closes. No fragment of any call is lost.
     """
 
     __slots__ = (
+        "_call",
         "_done",
         "_finished",
         "_held",
@@ -879,6 +881,7 @@ class StreamDecoder:
         self._next = 0  # index of the next block
         # Upstream tool-call key (its `index`, or its id when a server omits the index) → the call.
         self._tools: dict[object, _Call] = {}
+        self._call: _Call | None = None  # the open tool call, when the open block is one
         self._held: list[_Call | _Held] = []  # what arrived while a tool call is open, in order
         self._last_key: object = None
         self._refused = False  # the model declined (`refusal` deltas instead of content)
@@ -945,6 +948,7 @@ class StreamDecoder:
             events.append(BlockStop(index=self._open))
             self._open = None
             self._kind = _NONE
+            self._call = None
         if not self._held:
             return
         for item in self._held:
@@ -974,8 +978,8 @@ class StreamDecoder:
 
     def _start(self, kind: int, text: str, events: list[StreamEvent]) -> int | None:
         """Open a text or thinking block for `text` and return its index; None if `text` was held instead
-        (a tool call is open: more of its fragments may follow)."""
-        if self._kind == _TOOL:
+        (a tool call is open and more of its fragments may follow)."""
+        if self._kind == _TOOL and not self._settled():
             held = self._held[-1] if self._held else None
             if isinstance(held, _Held) and held.kind == kind:
                 held.parts.append(text)
@@ -985,6 +989,18 @@ class StreamDecoder:
         index = self._begin(kind, events)
         events.append(TextStart(index=index) if kind == _TEXT else ThinkingStart(index=index))
         return index
+
+    def _settled(self) -> bool:
+        """Whether the open tool call may close now that something else begins: nothing is held (so it is
+        not interleaved with other calls) and its arguments so far are a whole JSON object, which no further
+        fragment could extend. Asked once per call at most: a False answer starts holding."""
+        call = self._call
+        if call is None or self._held:
+            return False
+        try:
+            return type(_json_decode("".join(call.fragments))) is dict
+        except msgspec.DecodeError:
+            return False
 
     def _choice(self, choice: dict[str, Any], events: list[StreamEvent]) -> None:
         delta = choice.get("delta")
@@ -1038,10 +1054,11 @@ class StreamDecoder:
             # Some local servers send no id; a client in any format needs one to pair the result with it.
             out_id = call_id or f"call_{uuid.uuid4().hex[:24]}"
             entry = self._tools[key] = _Call(call_id, out_id, name if isinstance(name, str) else "")
-            if self._kind == _TOOL:
-                self._held.append(entry)  # another call is streaming: this one waits its turn
+            if self._kind == _TOOL and not self._settled():
+                self._held.append(entry)  # the open call may still stream: this one waits its turn
             else:
                 entry.index = self._begin(_TOOL, events)
+                self._call = entry
                 events.append(ToolCallStart(index=entry.index, id=out_id, name=entry.name))
         self._last_key = key
         args = fn.get("arguments")
@@ -1049,7 +1066,9 @@ class StreamDecoder:
             if entry.index is None:
                 entry.fragments.append(args)
             elif entry.index == self._open:
+                entry.fragments.append(args)
                 events.append(ToolCallDelta(index=entry.index, arguments=args))
+            # else: it closed with whole JSON arguments (see `_settled`); nothing but whitespace can follow
 
 
 class _Call:
@@ -1064,7 +1083,7 @@ class _Call:
         self.index: int | None = None
         """Its block index once written; None while held."""
         self.fragments: list[str] = []
-        """Argument fragments received while held."""
+        """Its argument fragments so far."""
 
 
 class _Held:

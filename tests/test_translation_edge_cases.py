@@ -7,11 +7,14 @@
 - Structured outputs (a JSON schema, strict tools) cross between the OpenAI and Anthropic formats.
 - Parallel tool calls whose fragments arrive interleaved reach Anthropic and Responses clients whole.
 - So does a tool call with text or reasoning between its argument fragments.
+- Parallel tool calls streamed one after another reach an Anthropic client live, not held to the end.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import threading
 from typing import Any
 
 import anthropic
@@ -375,6 +378,59 @@ def test_text_or_reasoning_between_a_tool_calls_fragments_does_not_cut_its_argum
         assert [(o.call_id, json.loads(o.arguments)) for o in output if o.type == "function_call"] == [
             ("call_A", {"city": "Paris"})
         ]
+
+
+def test_parallel_tool_calls_streamed_one_after_another_reach_an_anthropic_client_live(
+    gateway: GatewaySetup,
+) -> None:
+    """OpenAI streams parallel calls one after another (call 0 whole, then call 1): call 1 goes out as it
+    arrives, not held until the upstream finishes."""
+
+    def start(index: int, call_id: str) -> dict[str, Any]:
+        fn = {"name": "get_weather", "arguments": ""}
+        return _chunk({"tool_calls": [{"index": index, "id": call_id, "type": "function", "function": fn}]})
+
+    def fragment(index: int, arguments: str) -> dict[str, Any]:
+        return _chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments}}]})
+
+    chunks = [
+        _chunk({"role": "assistant", "content": None}),
+        start(0, "call_A"),
+        fragment(0, '{"city":'),
+        fragment(0, '"Paris"}'),
+        start(1, "call_B"),
+        fragment(1, '{"city":'),  # the upstream pauses after this one until the client has seen call 1
+        fragment(1, '"Lyon"}'),
+        _chunk(finish="tool_calls"),
+    ]
+    resume = threading.Event()
+    reply = dataclasses.replace(_chat_stream(chunks), pause_after=6, resume=resume)
+    gateway.fake.set("/v1/chat/completions", reply)
+    seen: list[tuple[str, int | None]] = []
+    while_paused: list[tuple[str, int | None]] = []
+    arguments: dict[int, str] = {}
+    with gateway.anthropic().messages.create(
+        model="gpt-4o-mini",
+        max_tokens=100,
+        messages=[{"role": "user", "content": "weather?"}],
+        tools=WEATHER_TOOLS,  # type: ignore[arg-type]
+        stream=True,
+    ) as stream:
+        for event in stream:
+            seen.append((event.type, getattr(event, "index", None)))
+            if event.type == "content_block_delta" and event.delta.type == "input_json_delta":
+                arguments[event.index] = arguments.get(event.index, "") + event.delta.partial_json
+                if event.index == 1 and not resume.is_set():
+                    while_paused = list(seen)
+                    resume.set()
+    assert while_paused[-4:] == [
+        ("content_block_delta", 0),
+        ("content_block_stop", 0),
+        ("content_block_start", 1),
+        ("content_block_delta", 1),
+    ]
+    assert {i: json.loads(a) for i, a in arguments.items()} == {0: {"city": "Paris"}, 1: {"city": "Lyon"}}
+    assert seen[-2:] == [("message_delta", None), ("message_stop", None)]
 
 
 def test_an_upstream_error_that_is_not_json_reaches_a_same_format_client_as_a_structured_error(
