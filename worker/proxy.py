@@ -89,8 +89,15 @@ class Relay(Protocol):
     done: bool
     failed: bool
     """The upstream ended the stream with an error event of its own (done, but not completed)."""
+    finished: bool
+    """The upstream has sent its finish signal (a finish_reason, Anthropic's message_delta): the answer is
+    complete, and an end of the stream without its terminator is a normal end, as the SDKs take it."""
 
     def feed(self, event: SSEEvent) -> bytes: ...
+
+    def end(self) -> bytes:
+        """The terminator the upstream left out, in the client's format."""
+        ...
 
     def fail(self, message: str) -> bytes: ...
 
@@ -481,6 +488,9 @@ def _prepare(
 
 
 _KEEP_ALIVE = b": keep-alive\n\n"
+# The terminators a same-format stream may end without once it has finished (see `Relay.finished`).
+_DONE = b"data: [DONE]\n\n"
+_MESSAGE_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 
 
 def _fallbacks(trex: Any) -> list[ModelRoute]:
@@ -1011,6 +1021,7 @@ class PassthroughRelay:
         self._last_sequence = -1
         self.done = False
         self.failed = False
+        self.finished = False
 
     def feed(self, event: SSEEvent) -> bytes:
         if self.done:
@@ -1027,14 +1038,19 @@ class PassthroughRelay:
             ):
                 # An error chunk: OpenAI's alone, OpenRouter's as a chunk with `error` and that finish reason.
                 self.done = self.failed = True
-            elif not self._wants_usage and '"usage"' in data:
-                compact = data.replace(" ", "")  # servers that write `"usage": {` with spaces too
-                if '"usage":{' in compact and '"choices":[]' in compact:
-                    return b""  # the usage chunk we forced on; the client did not ask for it
+            else:
+                if not self.finished and ('"finish_reason":"' in data or '"finish_reason": "' in data):
+                    self.finished = True
+                if not self._wants_usage and '"usage"' in data:
+                    compact = data.replace(" ", "")  # servers that write `"usage": {` with spaces too
+                    if '"usage":{' in compact and '"choices":[]' in compact:
+                        return b""  # the usage chunk we forced on; the client did not ask for it
         elif fmt == "messages":
             if event.event in ("message_stop", "error"):
                 self.done = True
                 self.failed = event.event == "error"
+            elif event.event == "message_delta":
+                self.finished = True
         else:
             if event.event in ("response.completed", "response.incomplete", "response.failed", "error"):
                 self.done = True
@@ -1043,6 +1059,13 @@ class PassthroughRelay:
             if seq is not None:
                 self._last_sequence = seq
         return event.raw
+
+    def end(self) -> bytes:
+        self.done = True
+        if self._fmt == "chat":
+            return _DONE
+        # Responses streams end with their finish event itself (response.completed): never missing here.
+        return _MESSAGE_STOP
 
     def fail(self, message: str) -> bytes:
         self.done = True
@@ -1093,6 +1116,7 @@ class TranslatingRelay:
         self._encode = encode
         self.done = False
         self.failed = False
+        self.finished = False
 
     def feed(self, event: SSEEvent) -> bytes:
         if self.done:
@@ -1102,16 +1126,24 @@ class TranslatingRelay:
         out = b""
         for ev in self._decode(event):
             out += self._encode(ev)
-            if isinstance(ev, StreamEnd | StreamError):
-                self.done = True
-                self.failed = isinstance(ev, StreamError)
+            if isinstance(ev, StreamFinish | StreamEnd | StreamError):
+                self._note(ev)
         return out
 
     def emit(self, ev: StreamEvent) -> bytes:
-        if isinstance(ev, StreamEnd | StreamError):
+        if isinstance(ev, StreamFinish | StreamEnd | StreamError):
+            self._note(ev)
+        return self._encode(ev)
+
+    def _note(self, ev: StreamFinish | StreamEnd | StreamError) -> None:
+        if isinstance(ev, StreamFinish):
+            self.finished = True
+        else:
             self.done = True
             self.failed = isinstance(ev, StreamError)
-        return self._encode(ev)
+
+    def end(self) -> bytes:
+        return self.emit(StreamEnd())
 
     def fail(self, message: str) -> bytes:
         self.done = True
@@ -1197,8 +1229,11 @@ async def _stream(
             if relay.done:
                 break
         if not relay.done:
-            outcome = "upstream_failed"
-            tail = relay.fail("The upstream stream ended before completion.")
+            if relay.finished:  # complete but for its terminator, which an SDK does not require either
+                tail = relay.end()
+            else:
+                outcome = "upstream_failed"
+                tail = relay.fail("The upstream stream ended before completion.")
         elif relay.failed:  # the upstream's own error event ended it (already relayed)
             outcome = "upstream_failed"
     except TimeoutError:

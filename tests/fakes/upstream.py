@@ -78,6 +78,14 @@ class Reply:
         raw = fixture_bytes(fixture) if isinstance(fixture, str) else fixture
         return cls(sse=split_sse(raw), **kw)
 
+    @classmethod
+    def unterminated(cls, fixture: str, **kw: Any) -> Reply:
+        """A stream transcript up to its finish signal and usage, its terminator (`data: [DONE]`, Anthropic's
+        message_stop) left out: the stream just ends after them."""
+        events = split_sse(fixture_bytes(fixture))
+        assert b"[DONE]" in events[-1] or b"message_stop" in events[-1], fixture
+        return cls(sse=events[:-1], **kw)
+
 
 @dataclass
 class Received:
