@@ -8,18 +8,21 @@
 - Parallel tool calls whose fragments arrive interleaved reach Anthropic and Responses clients whole.
 - So does a tool call with text or reasoning between its argument fragments.
 - Parallel tool calls streamed one after another reach an Anthropic client live, not held to the end.
+- An upstream stream a translator cannot take ends with the client's error event, never a second response.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import threading
 from typing import Any
 
 import anthropic
 import openai
 import pydantic
+import pytest
 
 from tests.conftest import UPSTREAM_KEYS, GatewaySetup
 from tests.fakes.upstream import Reply, fixture_json
@@ -431,6 +434,55 @@ def test_parallel_tool_calls_streamed_one_after_another_reach_an_anthropic_clien
     ]
     assert {i: json.loads(a) for i, a in arguments.items()} == {0: {"city": "Paris"}, 1: {"city": "Lyon"}}
     assert seen[-2:] == [("message_delta", None), ("message_stop", None)]
+
+
+def _claude_stream(message: dict[str, Any]) -> Reply:
+    return _anthropic_stream(
+        [
+            {"type": "message_start", "message": {"type": "message", "role": "assistant", **message}},
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}},
+            {"type": "content_block_stop", "index": 0},
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 3}},
+            {"type": "message_stop"},
+        ]
+    )
+
+
+def test_a_usage_count_that_is_not_an_integer_does_not_break_a_translated_stream(
+    gateway: GatewaySetup,
+) -> None:
+    message = {"id": "msg_1", "model": "claude-sonnet-4-6", "content": [], "stop_reason": None}
+    gateway.fake.set("/v1/messages", _claude_stream({**message, "usage": {"input_tokens": "10"}}))
+    chunks = list(
+        gateway.openai().chat.completions.create(
+            model="claude-sonnet-4-6", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hi"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_a_stream_the_translator_cannot_take_ends_with_the_clients_error_event(
+    gateway: GatewaySetup, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upstream event of a shape no translator expects (here a numeric message id) fails mid-stream: the
+    client gets the error event of its format, once, and the failure is logged once."""
+    message = {"model": "claude-sonnet-4-6", "content": [], "usage": {"input_tokens": 10, "output_tokens": 1}}
+    with caplog.at_level(logging.ERROR, logger="trex.error"):
+        gateway.fake.set("/v1/messages", _claude_stream({**message, "id": 12345}))
+        with pytest.raises(openai.APIError, match="could not translate the upstream stream"):
+            list(
+                gateway.openai().chat.completions.create(
+                    model="claude-sonnet-4-6", messages=[{"role": "user", "content": "hi"}], stream=True
+                )
+            )
+        gateway.fake.set("/v1/messages", _claude_stream({**message, "id": 12345}))
+        events = list(gateway.openai().responses.create(model="claude-sonnet-4-6", input="hi", stream=True))
+        assert [e.type for e in events[-2:]] == ["error", "response.failed"]
+        assert "could not translate the upstream stream" in events[-2].message  # type: ignore[union-attr]
+    failures = [r for r in caplog.records if r.name == "trex.error"]
+    assert len(failures) == 2 and all(r.exc_info for r in failures)
 
 
 def test_an_upstream_error_that_is_not_json_reaches_a_same_format_client_as_a_structured_error(

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import email.utils
+import logging
 import math
 import random
 import re
@@ -76,6 +77,7 @@ UpstreamWire = Literal["chat", "responses", "messages"]
 
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
+error_log = logging.getLogger("trex.error")
 
 # Upstream response headers worth passing on: rate-limit state and when to retry.
 _FORWARD_HEADER_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
@@ -1242,6 +1244,18 @@ async def _stream(
     except aiohttp.ClientError as exc:
         outcome = "upstream_failed"
         tail = relay.fail(f"The upstream connection failed mid-stream ({exc.__class__.__name__}).")
+    except Exception:  # noqa: BLE001 - logged with its cause; the client's stream still ends properly
+        # A translator that cannot take what the upstream sent: the response has begun, so the client gets
+        # the error event of its format (no second response can follow), and the upstream is let go.
+        error_log.exception(
+            "failed relaying the upstream stream of %s %s",
+            request.method,
+            request.path,
+            extra={"request_id": request.get(REQUEST_ID)},
+        )
+        upstream.close()
+        outcome = "upstream_failed"
+        tail = relay.fail("The gateway could not translate the upstream stream.")
     if tail and not await _write(out, tail):
         return out, "client_disconnected"
     with contextlib.suppress(ConnectionResetError):
