@@ -820,14 +820,15 @@ class StreamDecoder:
     def _merge_usage(self, u: Any) -> Usage:
         if type(u) is dict:
             # Later counts are cumulative totals: they replace, and an absent one keeps its earlier value.
+            # A count that is not an integer counts 0, as in a complete message (`_usage_from_anthropic`).
             if (v := u.get("input_tokens")) is not None:
-                self._input = v
+                self._input = _int(v)
             if (v := u.get("output_tokens")) is not None:
-                self._output = v
+                self._output = _int(v)
             if (v := u.get("cache_read_input_tokens")) is not None:
-                self._cache_read = v
+                self._cache_read = _int(v)
             if (v := u.get("cache_creation_input_tokens")) is not None:
-                self._cache_write = v
+                self._cache_write = _int(v)
             if type(u.get("cache_creation")) is dict:
                 self._cache_write_1h = _one_hour_writes(u, self._cache_write)
             if type(details := u.get("output_tokens_details")) is dict:

@@ -848,13 +848,17 @@ class StreamDecoder:
     """Upstream chat.completion.chunk events → canonical stream events; one instance per stream.
 
     `feed` takes one SSE event's data (the parser has already joined multi-line data). Blocks are kept
-    sequential, as every client format needs them: a new kind of content closes the open block first. Tool
-    calls may arrive interleaved (fragments of calls 0 and 1 alternating, which chat clients merge by index),
-    so while one call streams, calls that start after it are held, with their fragments, and written whole
-    (start, arguments, stop) once it closes: the first call streams live, and no fragment is lost.
+    sequential, as every client format needs them. Chat clients merge tool-call fragments by index whatever
+    comes between them, so an upstream may send a call's fragments interleaved with another call's, or with
+    text or reasoning (even in the same chunk). A tool call streams live; when something else begins, the
+    call closes if its arguments are already a whole JSON object (no further fragment could extend them: the
+    ordinary sequential stream, which then goes on live), and otherwise stays open until the stream finishes
+    while what arrives meanwhile is held in arrival order: calls with their fragments, text and reasoning as
+    one block each, all written whole once it closes. No fragment of any call is lost.
     """
 
     __slots__ = (
+        "_call",
         "_done",
         "_finished",
         "_held",
@@ -877,7 +881,8 @@ class StreamDecoder:
         self._next = 0  # index of the next block
         # Upstream tool-call key (its `index`, or its id when a server omits the index) → the call.
         self._tools: dict[object, _Call] = {}
-        self._held: list[_Call] = []  # calls that started while another one streams, in order
+        self._call: _Call | None = None  # the open tool call, when the open block is one
+        self._held: list[_Call | _Held] = []  # what arrived while a tool call is open, in order
         self._last_key: object = None
         self._refused = False  # the model declined (`refusal` deltas instead of content)
         self.usage: Usage | None = None
@@ -943,12 +948,23 @@ class StreamDecoder:
             events.append(BlockStop(index=self._open))
             self._open = None
             self._kind = _NONE
-        for call in self._held:
-            call.index = index = self._next
+            self._call = None
+        if not self._held:
+            return
+        for item in self._held:
+            index = self._next
             self._next = index + 1
-            events.append(ToolCallStart(index=index, id=call.id, name=call.name))
-            if call.held:
-                events.append(ToolCallDelta(index=index, arguments="".join(call.held)))
+            if isinstance(item, _Call):
+                item.index = index
+                events.append(ToolCallStart(index=index, id=item.id, name=item.name))
+                if item.fragments:
+                    events.append(ToolCallDelta(index=index, arguments="".join(item.fragments)))
+            elif item.kind == _TEXT:
+                events.append(TextStart(index=index))
+                events.append(TextDelta(index=index, text="".join(item.parts)))
+            else:
+                events.append(ThinkingStart(index=index))
+                events.append(ThinkingDelta(index=index, text="".join(item.parts)))
             events.append(BlockStop(index=index))
         self._held.clear()
 
@@ -960,16 +976,40 @@ class StreamDecoder:
         self._kind = kind
         return index
 
+    def _start(self, kind: int, text: str, events: list[StreamEvent]) -> int | None:
+        """Open a text or thinking block for `text` and return its index; None if `text` was held instead
+        (a tool call is open and more of its fragments may follow)."""
+        if self._kind == _TOOL and not self._settled():
+            held = self._held[-1] if self._held else None
+            if isinstance(held, _Held) and held.kind == kind:
+                held.parts.append(text)
+            else:
+                self._held.append(_Held(kind, text))
+            return None
+        index = self._begin(kind, events)
+        events.append(TextStart(index=index) if kind == _TEXT else ThinkingStart(index=index))
+        return index
+
+    def _settled(self) -> bool:
+        """Whether the open tool call may close now that something else begins: nothing is held (so it is
+        not interleaved with other calls) and its arguments so far are a whole JSON object, which no further
+        fragment could extend. Asked once per call at most: a False answer starts holding."""
+        call = self._call
+        if call is None or self._held:
+            return False
+        try:
+            return type(_json_decode("".join(call.fragments))) is dict
+        except msgspec.DecodeError:
+            return False
+
     def _choice(self, choice: dict[str, Any], events: list[StreamEvent]) -> None:
         delta = choice.get("delta")
         if isinstance(delta, dict):
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if reasoning and isinstance(reasoning, str):
-                index = self._open if self._kind == _THINKING else None
-                if index is None:
-                    index = self._begin(_THINKING, events)
-                    events.append(ThinkingStart(index=index))
-                events.append(ThinkingDelta(index=index, text=reasoning))
+                index = self._open if self._kind == _THINKING else self._start(_THINKING, reasoning, events)
+                if index is not None:
+                    events.append(ThinkingDelta(index=index, text=reasoning))
             content = delta.get("content")
             text = content if isinstance(content, str) else _text_of(content)
             if not text:
@@ -977,11 +1017,9 @@ class StreamDecoder:
                 text = refusal if isinstance(refusal, str) else ""
                 self._refused = self._refused or bool(text)
             if text:
-                index = self._open if self._kind == _TEXT else None
-                if index is None:
-                    index = self._begin(_TEXT, events)
-                    events.append(TextStart(index=index))
-                events.append(TextDelta(index=index, text=text))
+                index = self._open if self._kind == _TEXT else self._start(_TEXT, text, events)
+                if index is not None:
+                    events.append(TextDelta(index=index, text=text))
             tool_calls = delta.get("tool_calls")
             if tool_calls and isinstance(tool_calls, list):
                 for call in tool_calls:
@@ -1016,25 +1054,27 @@ class StreamDecoder:
             # Some local servers send no id; a client in any format needs one to pair the result with it.
             out_id = call_id or f"call_{uuid.uuid4().hex[:24]}"
             entry = self._tools[key] = _Call(call_id, out_id, name if isinstance(name, str) else "")
-            if self._kind == _TOOL:
-                self._held.append(entry)  # another call is streaming: this one waits its turn
+            if self._kind == _TOOL and not self._settled():
+                self._held.append(entry)  # the open call may still stream: this one waits its turn
             else:
                 entry.index = self._begin(_TOOL, events)
+                self._call = entry
                 events.append(ToolCallStart(index=entry.index, id=out_id, name=entry.name))
         self._last_key = key
         args = fn.get("arguments")
         if args and isinstance(args, str):
             if entry.index is None:
-                entry.held.append(args)
+                entry.fragments.append(args)
             elif entry.index == self._open:
+                entry.fragments.append(args)
                 events.append(ToolCallDelta(index=entry.index, arguments=args))
-            # else: the call was closed when other content came between; no client format can take more of it
+            # else: it closed with whole JSON arguments (see `_settled`); nothing but whitespace can follow
 
 
 class _Call:
     """One upstream tool call of a stream."""
 
-    __slots__ = ("held", "id", "index", "name", "upstream_id")
+    __slots__ = ("fragments", "id", "index", "name", "upstream_id")
 
     def __init__(self, upstream_id: str, id: str, name: str) -> None:
         self.upstream_id = upstream_id
@@ -1042,8 +1082,18 @@ class _Call:
         self.name = name
         self.index: int | None = None
         """Its block index once written; None while held."""
-        self.held: list[str] = []
-        """Argument fragments received while held."""
+        self.fragments: list[str] = []
+        """Its argument fragments so far."""
+
+
+class _Held:
+    """Text or reasoning that arrived while a tool call was open, written as one block once it closes."""
+
+    __slots__ = ("kind", "parts")
+
+    def __init__(self, kind: int, text: str) -> None:
+        self.kind = kind
+        self.parts = [text]
 
 
 def _error_fields(error: Any) -> tuple[str, str]:

@@ -299,6 +299,49 @@ def test_a_request_aiohttp_cannot_parse_is_one_scrubbed_json_line(
     assert len(lines) == 1 and lines[0]["level"] == "warning"
 
 
+async def fails_mid_stream(request: web.Request) -> web.StreamResponse:
+    out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await out.prepare(request)
+    await out.write(b'data: {"partial": true}\n\n')
+    raise RuntimeError("failed after the first event, key sk-live-abcdefghijklmnopqrstuvwxyz")
+
+
+def _raw_exchange(url: str, request: bytes) -> tuple[bytes, bool]:
+    """What the server sends for one request within 3 s, and whether it then closed the connection."""
+    host, port = url.removeprefix("http://").split(":")
+    received = b""
+    with socket.create_connection((host, int(port)), timeout=3) as conn:
+        conn.sendall(request)
+        try:
+            while chunk := conn.recv(65536):
+                received += chunk
+        except TimeoutError:
+            return received, False
+    return received, True
+
+
+def test_a_handler_failing_after_its_response_began_gets_no_second_response(
+    make_worker: Callable[..., InProcessWorker], captured_logs: io.StringIO
+) -> None:
+    """A failure after a stream's head and first bytes were sent is logged once; the client sees that one
+    response cut short (the connection closed without the body's last chunk), not a 500 written into it."""
+    worker = make_worker(extra_routes=[("GET", "/_test/fails-mid-stream", fails_mid_stream)])
+    received, closed = _raw_exchange(
+        worker.url, b"GET /_test/fails-mid-stream HTTP/1.1\r\nHost: x\r\nX-Request-Id: mid-stream-1\r\n\r\n"
+    )
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.count(b"HTTP/1.1") == 1
+    assert b'data: {"partial": true}' in received and not received.endswith(b"0\r\n\r\n")
+    assert closed
+    time.sleep(0.1)  # the access line is written after the connection closes
+    logged = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    failures = [line for line in logged if line.get("exc")]
+    assert len(failures) == 1 and failures[0]["request_id"] == "mid-stream-1"
+    assert (
+        "RuntimeError" in failures[0]["exc"]
+        and "sk-live-abcdefghijklmnopqrstuvwxyz" not in failures[0]["exc"]
+    )
+
+
 async def test_a_newline_in_a_path_cannot_forge_an_access_line(
     make_worker: Callable[..., InProcessWorker],
 ) -> None:

@@ -1,5 +1,6 @@
 """Same-format traffic through the worker with the official SDKs: chat → OpenAI, Responses → OpenAI,
-Messages → Anthropic, chat → OpenRouter and local; auth, provider keys, errors, streams cut and abandoned."""
+Messages → Anthropic, chat → OpenRouter and local; auth, provider keys, errors, streams cut, abandoned, or
+ended without their terminator."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from adapters.sse import SSEParser
 from tests.conftest import UPSTREAM_KEYS, GatewaySetup
 from tests.fakes.upstream import Reply, fixture_bytes, fixture_json
+from tests.test_usage import wait_final
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello"}]
 
@@ -326,6 +328,33 @@ def test_stream_cut_off_midway_ends_with_error_event(
     else:
         with pytest.raises(openai.APIError, match=r"mid-stream|before completion"):
             list(gateway.openai().chat.completions.create(model=model, messages=MESSAGES, stream=True))
+
+
+def test_a_finished_stream_that_ends_without_its_terminator_is_complete(gateway: GatewaySetup) -> None:
+    """The SDKs take a stream that has sent its finish signal and then ends as complete; so does the worker."""
+    gateway.fake.set("/v1/chat/completions", Reply.unterminated("openai/chat_text.sse"))
+    stream = gateway.openai().chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
+    event_id = stream.response.headers["X-Trex-Usage-Event-Id"]
+    chunks = list(stream)  # the SDK raises if the stream ends with an error event
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == _sse_chat_text(
+        "openai/chat_text.sse"
+    )
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 29
+    event = wait_final(gateway, event_id)
+    assert event["outcome"] == "completed" and event["billed"]["output_tokens"] == 10
+
+    gateway.fake.set("/v1/messages", Reply.unterminated("anthropic/message_text.sse"))
+    with gateway.anthropic().messages.stream(
+        model="claude-sonnet-4-6", max_tokens=50, messages=[{"role": "user", "content": "x"}]
+    ) as mstream:
+        message = mstream.get_final_message()
+        event_id = mstream.response.headers["X-Trex-Usage-Event-Id"]
+    assert message.stop_reason == "end_turn" and message.usage.output_tokens == 19
+    event = wait_final(gateway, event_id)
+    assert event["outcome"] == "completed" and event["billed"]["output_tokens"] == 19
 
 
 def test_client_disconnect_stops_the_upstream_read(gateway: GatewaySetup) -> None:

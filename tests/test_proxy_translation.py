@@ -13,6 +13,7 @@ import pytest
 from adapters.sse import SSEParser
 from tests.conftest import UPSTREAM_KEYS, GatewaySetup
 from tests.fakes.upstream import Reply, fixture_bytes, fixture_json
+from tests.test_usage import wait_final
 
 CLAUDE = "claude-sonnet-4-6"
 WEATHER_TOOL = {
@@ -357,3 +358,36 @@ def test_responses_to_chat_upstreams(gateway: GatewaySetup, model: str, path: st
     assert final.output_text and final.status == "completed"
     sent = gateway.fake.last().json
     assert sent["stream"] is True and sent["messages"] == [{"role": "user", "content": "hello"}]
+
+
+def test_a_finished_stream_that_ends_without_its_terminator_is_complete_in_every_client_format(
+    gateway: GatewaySetup,
+) -> None:
+    """A chat stream with its finish_reason and usage but no `[DONE]`, a Claude stream with message_delta but
+    no message_stop: the SDKs take them as complete, and so does the worker, whatever the client's format."""
+    gateway.fake.set("/v1/chat/completions", Reply.unterminated("openai/chat_text.sse"))
+    with gateway.anthropic().messages.stream(
+        model="gpt-4o-mini", max_tokens=50, messages=[{"role": "user", "content": "x"}]
+    ) as mstream:
+        message = mstream.get_final_message()
+        event_id = mstream.response.headers["X-Trex-Usage-Event-Id"]
+    assert message.stop_reason == "end_turn" and message.usage.output_tokens == 10
+    assert wait_final(gateway, event_id)["outcome"] == "completed"
+
+    gateway.fake.set("/local/v1/chat/completions", Reply.unterminated("openai/chat_text.sse"))
+    with gateway.openai().responses.stream(model="local/qwen3", input="x") as rstream:
+        response = rstream.get_final_response()
+    assert response.status == "completed" and response.output_text == "Hello! How can I help you today?"
+
+    gateway.fake.set("/v1/messages", Reply.unterminated("anthropic/message_text.sse"))
+    stream = gateway.openai().chat.completions.create(
+        model="claude-sonnet-4-6", messages=[{"role": "user", "content": "x"}], stream=True
+    )
+    event_id = stream.response.headers["X-Trex-Usage-Event-Id"]
+    chunks = list(stream)  # the SDK raises if the stream ends with an error event
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == (
+        "Hello! I'm Claude, an AI assistant made by Anthropic. How can I help today?"
+    )
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    event = wait_final(gateway, event_id)
+    assert event["outcome"] == "completed" and event["billed"]["output_tokens"] == 19

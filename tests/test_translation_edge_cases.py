@@ -6,16 +6,23 @@
   with stop_reason `tool_use`, streaming or not.
 - Structured outputs (a JSON schema, strict tools) cross between the OpenAI and Anthropic formats.
 - Parallel tool calls whose fragments arrive interleaved reach Anthropic and Responses clients whole.
+- So does a tool call with text or reasoning between its argument fragments.
+- Parallel tool calls streamed one after another reach an Anthropic client live, not held to the end.
+- An upstream stream a translator cannot take ends with the client's error event, never a second response.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+import threading
 from typing import Any
 
 import anthropic
 import openai
 import pydantic
+import pytest
 
 from tests.conftest import UPSTREAM_KEYS, GatewaySetup
 from tests.fakes.upstream import Reply, fixture_json
@@ -317,6 +324,165 @@ def test_interleaved_tool_call_fragments_all_reach_clients_of_sequential_formats
         output = rstream.get_final_response().output
     calls = [(o.call_id, json.loads(o.arguments)) for o in output if o.type == "function_call"]
     assert calls == [("call_A", {"city": "Paris"}), ("call_B", {"city": "Lyon"})]
+
+
+def _tool_call_with_other_content_between_its_fragments(between: dict[str, Any]) -> Reply:
+    """A call whose argument fragments have text or reasoning between them, the first one in the same chunk
+    (legal: a delta has both fields, and chat clients merge a call's fragments by index)."""
+
+    def fragment(arguments: str, **fields: Any) -> dict[str, Any]:
+        return {"tool_calls": [{"index": 0, "function": {"arguments": arguments}}], **fields}
+
+    start = {
+        "index": 0,
+        "id": "call_A",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": ""},
+    }
+    return _chat_stream(
+        [
+            _chunk({"role": "assistant", "content": "", "tool_calls": [start]}),
+            _chunk(fragment('{"city":', **between)),
+            _chunk(between),
+            _chunk(fragment('"Paris"}')),
+            _chunk(finish="tool_calls"),
+        ]
+    )
+
+
+def test_text_or_reasoning_between_a_tool_calls_fragments_does_not_cut_its_arguments(
+    gateway: GatewaySetup,
+) -> None:
+    gateway.fake.set(
+        "/v1/chat/completions", _tool_call_with_other_content_between_its_fragments({"content": "Checking."})
+    )
+    message = _streamed_to_anthropic_client(gateway, "gpt-4o-mini")
+    assert [(b.type, b.input if b.type == "tool_use" else b.text) for b in message.content] == [
+        ("tool_use", {"city": "Paris"}),
+        ("text", "Checking.Checking."),  # what came between, written once the call is whole
+    ]
+
+    gateway.fake.set(
+        "/api/v1/chat/completions", _tool_call_with_other_content_between_its_fragments({"reasoning": "Hm."})
+    )
+    message = _streamed_to_anthropic_client(gateway, "deepseek/deepseek-v3")
+    assert [(b.type, b.input if b.type == "tool_use" else b.thinking) for b in message.content] == [
+        ("tool_use", {"city": "Paris"}),
+        ("thinking", "Hm.Hm."),
+    ]
+
+    for between in ({"content": "Checking."}, {"reasoning": "Hm."}):
+        gateway.fake.set(
+            "/local/v1/chat/completions", _tool_call_with_other_content_between_its_fragments(between)
+        )
+        tool: Any = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
+        with gateway.openai().responses.stream(model="local/qwen3", input="weather?", tools=[tool]) as stream:
+            output = stream.get_final_response().output
+        assert [(o.call_id, json.loads(o.arguments)) for o in output if o.type == "function_call"] == [
+            ("call_A", {"city": "Paris"})
+        ]
+
+
+def test_parallel_tool_calls_streamed_one_after_another_reach_an_anthropic_client_live(
+    gateway: GatewaySetup,
+) -> None:
+    """OpenAI streams parallel calls one after another (call 0 whole, then call 1): call 1 goes out as it
+    arrives, not held until the upstream finishes."""
+
+    def start(index: int, call_id: str) -> dict[str, Any]:
+        fn = {"name": "get_weather", "arguments": ""}
+        return _chunk({"tool_calls": [{"index": index, "id": call_id, "type": "function", "function": fn}]})
+
+    def fragment(index: int, arguments: str) -> dict[str, Any]:
+        return _chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments}}]})
+
+    chunks = [
+        _chunk({"role": "assistant", "content": None}),
+        start(0, "call_A"),
+        fragment(0, '{"city":'),
+        fragment(0, '"Paris"}'),
+        start(1, "call_B"),
+        fragment(1, '{"city":'),  # the upstream pauses after this one until the client has seen call 1
+        fragment(1, '"Lyon"}'),
+        _chunk(finish="tool_calls"),
+    ]
+    resume = threading.Event()
+    reply = dataclasses.replace(_chat_stream(chunks), pause_after=6, resume=resume)
+    gateway.fake.set("/v1/chat/completions", reply)
+    seen: list[tuple[str, int | None]] = []
+    while_paused: list[tuple[str, int | None]] = []
+    arguments: dict[int, str] = {}
+    with gateway.anthropic().messages.create(
+        model="gpt-4o-mini",
+        max_tokens=100,
+        messages=[{"role": "user", "content": "weather?"}],
+        tools=WEATHER_TOOLS,  # type: ignore[arg-type]
+        stream=True,
+    ) as stream:
+        for event in stream:
+            seen.append((event.type, getattr(event, "index", None)))
+            if event.type == "content_block_delta" and event.delta.type == "input_json_delta":
+                arguments[event.index] = arguments.get(event.index, "") + event.delta.partial_json
+                if event.index == 1 and not resume.is_set():
+                    while_paused = list(seen)
+                    resume.set()
+    assert while_paused[-4:] == [
+        ("content_block_delta", 0),
+        ("content_block_stop", 0),
+        ("content_block_start", 1),
+        ("content_block_delta", 1),
+    ]
+    assert {i: json.loads(a) for i, a in arguments.items()} == {0: {"city": "Paris"}, 1: {"city": "Lyon"}}
+    assert seen[-2:] == [("message_delta", None), ("message_stop", None)]
+
+
+def _claude_stream(message: dict[str, Any]) -> Reply:
+    return _anthropic_stream(
+        [
+            {"type": "message_start", "message": {"type": "message", "role": "assistant", **message}},
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}},
+            {"type": "content_block_stop", "index": 0},
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 3}},
+            {"type": "message_stop"},
+        ]
+    )
+
+
+def test_a_usage_count_that_is_not_an_integer_does_not_break_a_translated_stream(
+    gateway: GatewaySetup,
+) -> None:
+    message = {"id": "msg_1", "model": "claude-sonnet-4-6", "content": [], "stop_reason": None}
+    gateway.fake.set("/v1/messages", _claude_stream({**message, "usage": {"input_tokens": "10"}}))
+    chunks = list(
+        gateway.openai().chat.completions.create(
+            model="claude-sonnet-4-6", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hi"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_a_stream_the_translator_cannot_take_ends_with_the_clients_error_event(
+    gateway: GatewaySetup, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upstream event of a shape no translator expects (here a numeric message id) fails mid-stream: the
+    client gets the error event of its format, once, and the failure is logged once."""
+    message = {"model": "claude-sonnet-4-6", "content": [], "usage": {"input_tokens": 10, "output_tokens": 1}}
+    with caplog.at_level(logging.ERROR, logger="trex.error"):
+        gateway.fake.set("/v1/messages", _claude_stream({**message, "id": 12345}))
+        with pytest.raises(openai.APIError, match="could not translate the upstream stream"):
+            list(
+                gateway.openai().chat.completions.create(
+                    model="claude-sonnet-4-6", messages=[{"role": "user", "content": "hi"}], stream=True
+                )
+            )
+        gateway.fake.set("/v1/messages", _claude_stream({**message, "id": 12345}))
+        events = list(gateway.openai().responses.create(model="claude-sonnet-4-6", input="hi", stream=True))
+        assert [e.type for e in events[-2:]] == ["error", "response.failed"]
+        assert "could not translate the upstream stream" in events[-2].message  # type: ignore[union-attr]
+    failures = [r for r in caplog.records if r.name == "trex.error"]
+    assert len(failures) == 2 and all(r.exc_info for r in failures)
 
 
 def test_an_upstream_error_that_is_not_json_reaches_a_same_format_client_as_a_structured_error(

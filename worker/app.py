@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.typedefs import Middleware
 from aiohttp.web_urldispatcher import _default_expect_handler  # the 100-continue it sends otherwise
 
@@ -208,6 +209,46 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> Gatewa
     return GatewayError(exc.reason, status=exc.status, code=exc.reason.lower().replace(" ", "_"))
 
 
+def _as_gateway_error(request: web.Request, exc: Exception, rid: str) -> GatewayError:
+    """The error a handler's failure is answered with; an unexpected one is logged, never shown."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, web.HTTPException):
+        return _from_http_exception(request, exc)
+    if isinstance(exc, KVUnavailableError):
+        # The KV is down or overloaded: a known outage, answered as one (no traceback per request).
+        error_log.warning("KV unavailable in %s %s: %s", request.method, request.path, exc)
+        return ServiceUnavailableError(
+            "The gateway's state store is unavailable; retry shortly.",
+            code="kv_unavailable",
+            headers={"Retry-After": "1"},
+        )
+    error_log.error(
+        "unhandled error in %s %s",
+        request.method,
+        request.path,
+        exc_info=exc,
+        extra={"request_id": rid, "headers": redact_headers(request.headers.items())},
+    )
+    return InternalError(f"Internal error (request id {rid}). The failure has been logged.")
+
+
+class _CutShort(web.StreamResponse):
+    """What the edge returns for a handler that failed after its response began: aiohttp writes nothing of
+    it and closes the connection (no keep-alive), so the client sees that response cut short (an incomplete
+    body, as aiohttp itself would leave it), never a second response after it."""
+
+    def __init__(self) -> None:
+        super().__init__(status=500)
+        self.force_close()
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
+
+
 def make_edge_middleware(config: Config, access: AccessLog | None) -> Middleware:
     """The outermost middleware, closed over what it needs so nothing is looked up per request."""
     max_body = config.max_body_bytes
@@ -232,29 +273,6 @@ def make_edge_middleware(config: Config, access: AccessLog | None) -> Middleware
                 stamp(request, resp)
             status = resp.status
             return resp
-        except GatewayError as exc:
-            status = exc.status
-            resp = error_response(request, exc)
-            stamp(request, resp)
-            return resp
-        except web.HTTPException as exc:
-            err = _from_http_exception(request, exc)
-            status = err.status
-            resp = error_response(request, err)
-            stamp(request, resp)
-            return resp
-        except KVUnavailableError as exc:
-            # The KV is down or overloaded: a known outage, answered as one (no traceback per request).
-            error_log.warning("KV unavailable in %s %s: %s", request.method, request.path, exc)
-            err = ServiceUnavailableError(
-                "The gateway's state store is unavailable; retry shortly.",
-                code="kv_unavailable",
-                headers={"Retry-After": "1"},
-            )
-            status = err.status
-            resp = error_response(request, err)
-            stamp(request, resp)
-            return resp
         except asyncio.CancelledError:
             status = 499  # client went away (or shutdown cut it off); nothing to send
             begun = request.get(USAGE_EVENT)
@@ -264,17 +282,21 @@ def make_edge_middleware(config: Config, access: AccessLog | None) -> Middleware
                 # nothing is charged. Where an upstream was already working, the handler recorded it first.
                 usage.complete(begun, http_status=499, outcome=abandoned(request))
             raise
-        except Exception:  # noqa: BLE001 - the last line of defence: log the cause, never leak it.
-            error_log.exception(
-                "unhandled error in %s %s",
-                request.method,
-                request.path,
-                extra={"request_id": rid, "headers": redact_headers(request.headers.items())},
-            )
-            status = 500
-            resp = error_response(
-                request, InternalError(f"Internal error (request id {rid}). The failure has been logged.")
-            )
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: log the cause, never leak it.
+            if request.writer.output_size:
+                # The handler had begun its response (a stream): no second one may follow its bytes.
+                error_log.error(
+                    "unhandled error in %s %s after its response began",
+                    request.method,
+                    request.path,
+                    exc_info=exc,
+                    extra={"request_id": rid, "headers": redact_headers(request.headers.items())},
+                )
+                status = 500
+                return _CutShort()
+            err = _as_gateway_error(request, exc, rid)
+            status = err.status
+            resp = error_response(request, err)
             stamp(request, resp)
             return resp
         finally:

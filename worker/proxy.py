@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import email.utils
+import logging
 import math
 import random
 import re
@@ -76,6 +77,7 @@ UpstreamWire = Literal["chat", "responses", "messages"]
 
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
+error_log = logging.getLogger("trex.error")
 
 # Upstream response headers worth passing on: rate-limit state and when to retry.
 _FORWARD_HEADER_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
@@ -89,8 +91,15 @@ class Relay(Protocol):
     done: bool
     failed: bool
     """The upstream ended the stream with an error event of its own (done, but not completed)."""
+    finished: bool
+    """The upstream has sent its finish signal (a finish_reason, Anthropic's message_delta): the answer is
+    complete, and an end of the stream without its terminator is a normal end, as the SDKs take it."""
 
     def feed(self, event: SSEEvent) -> bytes: ...
+
+    def end(self) -> bytes:
+        """The terminator the upstream left out, in the client's format."""
+        ...
 
     def fail(self, message: str) -> bytes: ...
 
@@ -484,6 +493,9 @@ def _prepare(
 
 
 _KEEP_ALIVE = b": keep-alive\n\n"
+# The terminators a same-format stream may end without once it has finished (see `Relay.finished`).
+_DONE = b"data: [DONE]\n\n"
+_MESSAGE_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 
 
 def _fallbacks(trex: Any) -> list[ModelRoute]:
@@ -1014,6 +1026,7 @@ class PassthroughRelay:
         self._last_sequence = -1
         self.done = False
         self.failed = False
+        self.finished = False
 
     def feed(self, event: SSEEvent) -> bytes:
         if self.done:
@@ -1030,14 +1043,19 @@ class PassthroughRelay:
             ):
                 # An error chunk: OpenAI's alone, OpenRouter's as a chunk with `error` and that finish reason.
                 self.done = self.failed = True
-            elif not self._wants_usage and '"usage"' in data:
-                compact = data.replace(" ", "")  # servers that write `"usage": {` with spaces too
-                if '"usage":{' in compact and '"choices":[]' in compact:
-                    return b""  # the usage chunk we forced on; the client did not ask for it
+            else:
+                if not self.finished and ('"finish_reason":"' in data or '"finish_reason": "' in data):
+                    self.finished = True
+                if not self._wants_usage and '"usage"' in data:
+                    compact = data.replace(" ", "")  # servers that write `"usage": {` with spaces too
+                    if '"usage":{' in compact and '"choices":[]' in compact:
+                        return b""  # the usage chunk we forced on; the client did not ask for it
         elif fmt == "messages":
             if event.event in ("message_stop", "error"):
                 self.done = True
                 self.failed = event.event == "error"
+            elif event.event == "message_delta":
+                self.finished = True
         else:
             if event.event in ("response.completed", "response.incomplete", "response.failed", "error"):
                 self.done = True
@@ -1046,6 +1064,13 @@ class PassthroughRelay:
             if seq is not None:
                 self._last_sequence = seq
         return event.raw
+
+    def end(self) -> bytes:
+        self.done = True
+        if self._fmt == "chat":
+            return _DONE
+        # Responses streams end with their finish event itself (response.completed): never missing here.
+        return _MESSAGE_STOP
 
     def fail(self, message: str) -> bytes:
         self.done = True
@@ -1096,6 +1121,7 @@ class TranslatingRelay:
         self._encode = encode
         self.done = False
         self.failed = False
+        self.finished = False
 
     def feed(self, event: SSEEvent) -> bytes:
         if self.done:
@@ -1105,16 +1131,24 @@ class TranslatingRelay:
         out = b""
         for ev in self._decode(event):
             out += self._encode(ev)
-            if isinstance(ev, StreamEnd | StreamError):
-                self.done = True
-                self.failed = isinstance(ev, StreamError)
+            if isinstance(ev, StreamFinish | StreamEnd | StreamError):
+                self._note(ev)
         return out
 
     def emit(self, ev: StreamEvent) -> bytes:
-        if isinstance(ev, StreamEnd | StreamError):
+        if isinstance(ev, StreamFinish | StreamEnd | StreamError):
+            self._note(ev)
+        return self._encode(ev)
+
+    def _note(self, ev: StreamFinish | StreamEnd | StreamError) -> None:
+        if isinstance(ev, StreamFinish):
+            self.finished = True
+        else:
             self.done = True
             self.failed = isinstance(ev, StreamError)
-        return self._encode(ev)
+
+    def end(self) -> bytes:
+        return self.emit(StreamEnd())
 
     def fail(self, message: str) -> bytes:
         self.done = True
@@ -1200,8 +1234,11 @@ async def _stream(
             if relay.done:
                 break
         if not relay.done:
-            outcome = "upstream_failed"
-            tail = relay.fail("The upstream stream ended before completion.")
+            if relay.finished:  # complete but for its terminator, which an SDK does not require either
+                tail = relay.end()
+            else:
+                outcome = "upstream_failed"
+                tail = relay.fail("The upstream stream ended before completion.")
         elif relay.failed:  # the upstream's own error event ended it (already relayed)
             outcome = "upstream_failed"
     except TimeoutError:
@@ -1210,6 +1247,18 @@ async def _stream(
     except aiohttp.ClientError as exc:
         outcome = "upstream_failed"
         tail = relay.fail(f"The upstream connection failed mid-stream ({exc.__class__.__name__}).")
+    except Exception:  # noqa: BLE001 - logged with its cause; the client's stream still ends properly
+        # A translator that cannot take what the upstream sent: the response has begun, so the client gets
+        # the error event of its format (no second response can follow), and the upstream is let go.
+        error_log.exception(
+            "failed relaying the upstream stream of %s %s",
+            request.method,
+            request.path,
+            extra={"request_id": request.get(REQUEST_ID)},
+        )
+        upstream.close()
+        outcome = "upstream_failed"
+        tail = relay.fail("The gateway could not translate the upstream stream.")
     if tail and not await _write(out, tail):
         return out, "client_disconnected"
     with contextlib.suppress(ConnectionResetError):

@@ -957,6 +957,32 @@ def test_decode_text_then_tool_call_and_interleaved_fragments() -> None:
     ]
 
 
+def test_decode_calls_one_after_another_and_text_after_them_go_out_as_they_arrive() -> None:
+    # A call whose arguments are whole JSON closes when something else begins; the rest is not held.
+    decoder = StreamDecoder()
+    decoder.feed(chunk({"role": "assistant", "content": None}))
+    assert decoder.feed(
+        chunk(call(0, id="c0", type="function", function={"name": "a", "arguments": "{}"}))
+    ) == [
+        ToolCallStart(index=0, id="c0", name="a"),
+        ToolCallDelta(index=0, arguments="{}"),
+    ]
+    assert decoder.feed(
+        chunk(call(1, id="c1", type="function", function={"name": "b", "arguments": ""}))
+    ) == [
+        BlockStop(index=0),
+        ToolCallStart(index=1, id="c1", name="b"),
+    ]
+    assert decoder.feed(chunk(call(1, function={"arguments": '{"k":1}'}))) == [
+        ToolCallDelta(index=1, arguments='{"k":1}')
+    ]
+    assert decoder.feed(chunk({"content": "Done."})) == [
+        BlockStop(index=1),
+        TextStart(index=2),
+        TextDelta(index=2, text="Done."),
+    ]
+
+
 def test_decode_tool_calls_without_index() -> None:
     # Some OpenAI-compatible servers send each complete call without an `index`.
     events = feed_all(

@@ -10,13 +10,14 @@ One server answers every provider's paths, so a worker can point all its `*_BASE
 By default each endpoint replays the standard transcript in `tests/fixtures/` (SSE when the request body has
 `"stream": true`). Tests change that with `set()` (sticky) or `enqueue()` (one-shot, first in first out), and
 read what arrived in `received`. Knobs per reply: status, headers, latency before the response, delay between
-SSE events, and dropping the connection after N events.
+SSE events, dropping the connection after N events, and pausing after N events until the test says go on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,10 @@ class Reply:
     chunk_delay: float = 0.0
     drop_after: int | None = None
     """Abort the TCP connection after this many SSE events (a stream cut off mid-way)."""
+    pause_after: int | None = None
+    """Stop after this many SSE events until `resume` is set. If the test has not set it within 5 s (it was
+    waiting for something that never reached it), the connection is aborted, so the test fails at once."""
+    resume: threading.Event | None = None
 
     @classmethod
     def json(cls, obj_or_fixture: Any, status: int = 200, **kw: Any) -> Reply:
@@ -72,6 +77,14 @@ class Reply:
     def stream(cls, fixture: str | bytes, **kw: Any) -> Reply:
         raw = fixture_bytes(fixture) if isinstance(fixture, str) else fixture
         return cls(sse=split_sse(raw), **kw)
+
+    @classmethod
+    def unterminated(cls, fixture: str, **kw: Any) -> Reply:
+        """A stream transcript up to its finish signal and usage, its terminator (`data: [DONE]`, Anthropic's
+        message_stop) left out: the stream just ends after them."""
+        events = split_sse(fixture_bytes(fixture))
+        assert b"[DONE]" in events[-1] or b"message_stop" in events[-1], fixture
+        return cls(sse=events[:-1], **kw)
 
 
 @dataclass
@@ -212,6 +225,11 @@ class FakeUpstream:
                     request.transport.abort()
                     return resp
                 await resp.write(event)
+                if reply.pause_after is not None and i + 1 == reply.pause_after:
+                    assert reply.resume is not None and request.transport is not None
+                    if not await asyncio.to_thread(reply.resume.wait, 5.0):
+                        request.transport.abort()
+                        return resp
                 if reply.chunk_delay and i + 1 < len(reply.sse):  # between events, not after the last
                     await asyncio.sleep(reply.chunk_delay)
             await resp.write_eof()
