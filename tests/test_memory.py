@@ -343,3 +343,67 @@ def test_malformed_references_are_400s_naming_the_field(
         )
     assert err.value.body["param"] == param  # type: ignore[index]
     assert len(gateway.fake.received) == sent
+
+
+def _setup(make_worker: Callable[..., InProcessWorker], fake: FakeUpstream, **variables: Any) -> GatewaySetup:
+    """A worker with its own [vars] and one key bound to OpenAI and Anthropic."""
+    worker = make_worker(variables, dev_vars={"TREX_MASTER_KEY": MASTER_KEY})
+    keys = worker.app[GATEWAY].keys
+    record, token = worker.call(keys.create("mem"))
+    for provider in ("openai", "anthropic"):
+        worker.call(keys.bind(record.id, provider, f"sk-{provider}-upstream"))
+    return GatewaySetup(worker, fake, token, record.id)
+
+
+def test_reference_expansion_is_bounded_by_count_and_by_the_body_limit(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """A 1 KB request naming a large payload many times forwarded megabytes: expansions may not take a request
+    past MAX_BODY_BYTES (413 in the client's format, naming the limit) nor carry more than 16 references."""
+    setup = _setup(make_worker, fake_upstream, MAX_BODY_BYTES=65536)
+    try:
+        big = "\n\n".join(f"{i}: " + SECTIONS[i % len(SECTIONS)] for i in range(40))  # ~22 KB
+        raw = setup.openai().chat.completions.with_raw_response.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": big}],
+            extra_body={"trex": {"store_context": True}},
+        )
+        trex_id = raw.headers["X-Trex-Id"]
+        sent = len(fake_upstream.received)
+        full = {"trex_id": trex_id, "expand": "full"}
+        # Two full expansions fit; four do not.
+        setup.openai().chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "Summarise."}],
+            extra_body={"trex": {"context_ref": [full, full]}},
+        )
+        assert len(fake_upstream.received) == sent + 1
+        with pytest.raises(openai.APIStatusError) as err:
+            setup.openai().chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": "Summarise."}],
+                extra_body={"trex": {"context_ref": [full] * 4}},
+            )
+        assert err.value.status_code == 413
+        body = err.value.body
+        assert isinstance(body, dict) and body["code"] == "request_too_large"
+        assert "65,536" in body["message"] and "MAX_BODY_BYTES" in body["message"]
+        parts: Any = [{"type": "trex_ref", "trex_id": trex_id, "expand": "full"}] * 4
+        with pytest.raises(anthropic.APIStatusError) as aerr:
+            setup.anthropic().messages.create(
+                model="claude-haiku-4-5", max_tokens=32, messages=[{"role": "user", "content": parts}]
+            )
+        assert aerr.value.status_code == 413
+        assert aerr.value.body["error"]["type"] == "request_too_large"  # type: ignore[index]
+        # Many small references: at most 16.
+        small = _compress_and_store(setup)["trex_id"]
+        with pytest.raises(openai.BadRequestError) as many:
+            setup.openai().chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": "Summarise."}],
+                extra_body={"trex": {"context_ref": [small] * 17}},
+            )
+        assert many.value.body["param"] == "trex.context_ref[16]"  # type: ignore[index]
+        assert len(fake_upstream.received) == sent + 1  # none of the refused ones was forwarded
+    finally:
+        setup.close()

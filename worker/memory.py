@@ -36,7 +36,7 @@ from typing import Any
 
 from adapters.transport import UpstreamClient, UpstreamUnavailable
 
-from .errors import InvalidRequestError
+from .errors import InvalidRequestError, PayloadTooLargeError
 from .optimize.facts import distinct_facts, find_facts
 from .optimize.segments import Format, extract
 from .payloads import (
@@ -58,6 +58,10 @@ LEXICAL = "lexical-hash-384"
 """The `embedding` of payloads whose vectors are the built-in lexical ones."""
 CHUNK_CHARS = 800
 MAX_K = 50
+MAX_REFS = 16
+"""TrexID references (content parts and `trex.context_ref` entries together) one request may carry."""
+_THREAD_CELLS = 200_000
+"""Vectors times dimensions from which a payload is ranked off the event loop (some 15 ms of scoring)."""
 _TERM = re.compile(r"[0-9A-Za-z_]+(?:[.\-/][0-9A-Za-z_]+)*")
 
 
@@ -217,7 +221,8 @@ async def search(
 ) -> list[tuple[int, float]]:
     """(chunk index, cosine similarity) of the `k` chunks most similar to `query`, best first. The query is
     embedded the way the payload's vectors were: by the configured endpoint for its own payloads, else
-    lexically (a payload from elsewhere with chunk texts but other vectors is re-embedded lexically)."""
+    lexically (a payload from elsewhere with chunk texts but other vectors is re-embedded lexically).
+    A large payload is ranked off the event loop: the scoring is pure Python."""
     p = stored.payload
     q: list[float] = []
     if provider is not None and p.embedding == provider.name:
@@ -225,6 +230,12 @@ async def search(
             q = (await provider.embed([query]))[0]
         except EmbeddingsError as exc:
             log.warning("query not embedded by the endpoint (%s); ranking lexically", exc)
+    if p.chunk_count * max(p.dimensions, DIMENSIONS) >= _THREAD_CELLS:
+        return await asyncio.to_thread(_search, p, q, query, k)
+    return _search(p, q, query, k)
+
+
+def _search(p: Payload, q: list[float], query: str, k: int) -> list[tuple[int, float]]:
     if not q and p.dimensions != DIMENSIONS and p.chunks:
         return _rank(embed_query(query), [_normalised(v) for v in embed(p.chunks)], k)
     q = q or embed_query(query)
@@ -294,19 +305,42 @@ async def expand_refs(
     body: dict[str, Any],
     trex: Any,
     provider: Embeddings | None = None,
-) -> list[str]:
-    """Replace every reference in `body` with its expansion (in place); returns the ids used.
-    A missing id is a 404 and a foreign one a 403, before anything is forwarded."""
-    used: list[str] = []
+    *,
+    size: int = 0,
+    limit: int | None = None,
+) -> int:
+    """Replace every reference in `body` with its expansion (in place); returns the bytes the expansions
+    added. A missing id is a 404 and a foreign one a 403, before anything is forwarded; more than `MAX_REFS`
+    references a 400; a request of `size` bytes that its expansions grow past `limit` bytes (the body
+    limit) a 413. A reference repeated with the same `expand` is read and expanded once."""
+    added = 0
+    count = 0
+    done: dict[tuple[str, str | tuple[str, int] | None], str] = {}
 
     async def text_for(ref: dict[str, Any], where: str) -> str:
+        nonlocal added, count
+        count += 1
+        if count > MAX_REFS:
+            raise InvalidRequestError(
+                f"A request may carry at most {MAX_REFS} TrexID references; '{where}' is one more.",
+                param=where,
+            )
         trex_id = ref.get("trex_id")
         if not isinstance(trex_id, str) or not trex_id:
             raise InvalidRequestError(f"'{where}.trex_id' must be a TrexID.", param=f"{where}.trex_id")
         how = parse_expand(ref.get("expand"), f"{where}.expand")  # 400 before any lookup
-        stored = await store.readable(trex_id, reader)
-        used.append(trex_id)
-        return await expansion(stored, how, provider)
+        text = done.get((trex_id, how))
+        if text is None:
+            stored = await store.readable(trex_id, reader)
+            text = done[trex_id, how] = await expansion(stored, how, provider)
+        added += len(text.encode())
+        if limit is not None and size + added > limit:
+            raise PayloadTooLargeError(
+                f"The TrexID references expand this request past the body limit (MAX_BODY_BYTES) of "
+                f"{limit:,} bytes, at '{where}'; reference fewer or use a query expansion.",
+                param=where,
+            )
+        return text
 
     part_type = "input_text" if fmt == "responses" else "text"
     field = "input" if fmt == "responses" else "messages"
@@ -338,7 +372,7 @@ async def expand_refs(
             texts.append(await text_for(entry, f"trex.context_ref[{i}]"))
         if texts:
             _prepend_to_last_user_turn(fmt, body, "\n\n".join(texts), part_type)
-    return used
+    return added
 
 
 def _prepend_to_last_user_turn(fmt: Format, body: dict[str, Any], text: str, part_type: str) -> None:

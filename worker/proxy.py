@@ -138,7 +138,12 @@ async def proxy(
         in_flight=admitted.in_flight if admitted is not None else 0,
     )
     # TrexID references are expanded before anything else reads the messages (404/403 before forwarding).
-    await memory.expand_refs(gw.payloads, key.id, fmt, body, trex, gw.embeddings)
+    # The body as read (cached), grown by the expansions, which may not take it past the body limit: that
+    # size decides what runs off the event loop.
+    size = len(await request.read())
+    size += await memory.expand_refs(
+        gw.payloads, key.id, fmt, body, trex, gw.embeddings, size=size, limit=gw.max_body_bytes
+    )
     store_ttl = memory.store_option(trex, gw.memory_ttl_seconds)
     original_text = memory.context_text(fmt, body) if store_ttl is not None else None
     encoding, exact = tokens.encoding_for_model(route.upstream_model if route is not None else "gpt-5")
@@ -151,7 +156,6 @@ async def proxy(
         encoding=encoding,
     )
     session, client_session = session_id(request.headers), "X-Session-Id" in request.headers
-    size = len(await request.read())  # already read (cached): its size decides what runs off the loop
     received_tokens: int | None = None
     if client_session and options.mode != "off":
         # Replayed messages are what was forwarded before; "original" is counted on what the client sent.
