@@ -407,3 +407,60 @@ def test_reference_expansion_is_bounded_by_count_and_by_the_body_limit(
         assert len(fake_upstream.received) == sent + 1  # none of the refused ones was forwarded
     finally:
         setup.close()
+
+
+def test_context_ref_lands_in_the_latest_turn_in_a_shape_each_provider_accepts(gateway: GatewaySetup) -> None:
+    """On a tool-result turn: after the tool_result blocks of a Messages user turn (Anthropic wants them
+    first), and as a new user message after chat's `tool` message or a Responses function_call_output (it
+    went into an older user turn)."""
+    trex_id = _compress_and_store(gateway)["trex_id"]
+    ref = {"trex": {"context_ref": [trex_id]}}
+    gateway.anthropic().messages.create(
+        model="claude-haiku-4-5",
+        max_tokens=32,
+        messages=[
+            {"role": "user", "content": "Check the orders."},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "toolu_1", "name": "orders", "input": {}}],
+            },
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "3 orders"}],
+            },
+        ],
+        extra_body=ref,
+    )
+    sent = gateway.fake.last("/v1/messages").json["messages"]
+    assert sent[0] == {"role": "user", "content": "Check the orders."}
+    assert [b["type"] for b in sent[-1]["content"]] == ["tool_result", "text"]
+    assert f"TrexID {trex_id}" in sent[-1]["content"][1]["text"]
+
+    chat: Any = [
+        {"role": "user", "content": "Check the orders."},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "orders", "arguments": "{}"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "3 orders"},
+    ]
+    gateway.openai().chat.completions.create(model="gpt-4o-mini", messages=chat, extra_body=ref)
+    sent = gateway.fake.last("/v1/chat/completions").json["messages"]
+    assert sent[:3] == chat  # the older user turn is left as it was
+    assert len(sent) == 4 and sent[3]["role"] == "user"
+    assert f"TrexID {trex_id}" in sent[3]["content"][0]["text"]
+
+    items: Any = [
+        {"role": "user", "content": "Check the orders."},
+        {"type": "function_call", "call_id": "c1", "name": "orders", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "3 orders"},
+    ]
+    gateway.openai().responses.create(model="gpt-4o-mini", input=items, extra_body=ref)
+    sent = gateway.fake.last("/v1/responses").json["input"]
+    assert sent[:3] == items and len(sent) == 4 and sent[3]["role"] == "user"
+    assert (
+        sent[3]["content"][0]["type"] == "input_text" and f"TrexID {trex_id}" in sent[3]["content"][0]["text"]
+    )

@@ -371,11 +371,15 @@ async def expand_refs(
                 )
             texts.append(await text_for(entry, f"trex.context_ref[{i}]"))
         if texts:
-            _prepend_to_last_user_turn(fmt, body, "\n\n".join(texts), part_type)
+            _add_to_latest_turn(fmt, body, "\n\n".join(texts), part_type)
     return added
 
 
-def _prepend_to_last_user_turn(fmt: Format, body: dict[str, Any], text: str, part_type: str) -> None:
+def _add_to_latest_turn(fmt: Format, body: dict[str, Any], text: str, part_type: str) -> None:
+    """Put `trex.context_ref`'s text where the latest turn is, in a shape each provider accepts: at the start
+    of the latest user turn, but after the tool_result blocks it opens with (Anthropic wants those first);
+    when the conversation ends with a tool result of its own (chat's `tool` message, a Responses
+    `*_call_output` item), in a new user message after it rather than in an older user turn."""
     field = "input" if fmt == "responses" else "messages"
     items = body.get(field)
     if isinstance(items, str):  # Responses with a plain string input
@@ -383,17 +387,39 @@ def _prepend_to_last_user_turn(fmt: Format, body: dict[str, Any], text: str, par
         return
     if not isinstance(items, list):
         raise InvalidRequestError(f"'{field}' must be a list to take trex.context_ref.", param=field)
+    part = {"type": part_type, "text": text}
+    if items and _is_tool_output(fmt, items[-1]):
+        items.append({"role": "user", "content": [part]})
+        return
     for item in reversed(items):
         if isinstance(item, dict) and item.get("role") == "user":
             content = item.get("content")
             if isinstance(content, str):
-                item["content"] = [{"type": part_type, "text": text}, {"type": part_type, "text": content}]
+                item["content"] = [part, {"type": part_type, "text": content}]
             elif isinstance(content, list):
-                content.insert(0, {"type": part_type, "text": text})
+                content.insert(_past_tool_results(content), part)
             else:
-                item["content"] = [{"type": part_type, "text": text}]
+                item["content"] = [part]
             return
-    items.append({"role": "user", "content": [{"type": part_type, "text": text}]})
+    items.append({"role": "user", "content": [part]})
+
+
+def _is_tool_output(fmt: Format, item: Any) -> bool:
+    """A conversation item that is a tool's answer rather than a user turn."""
+    if not isinstance(item, dict):
+        return False
+    if fmt == "responses":
+        return "role" not in item and str(item.get("type", "")).endswith("_call_output")
+    return fmt == "chat" and item.get("role") in ("tool", "function")
+
+
+def _past_tool_results(content: list[Any]) -> int:
+    """The index after the last tool_result block of a user turn's content (0 when it has none)."""
+    at = 0
+    for i, block in enumerate(content):
+        if isinstance(block, dict) and block.get("type") == "tool_result":
+            at = i + 1
+    return at
 
 
 _THREAD_CHARS = 100_000
