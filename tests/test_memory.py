@@ -464,3 +464,38 @@ def test_context_ref_lands_in_the_latest_turn_in_a_shape_each_provider_accepts(g
     assert (
         sent[3]["content"][0]["type"] == "input_text" and f"TrexID {trex_id}" in sent[3]["content"][0]["text"]
     )
+
+
+def test_references_inside_tool_results_system_and_tool_outputs_are_expanded(gateway: GatewaySetup) -> None:
+    """A trex_ref among a Messages tool_result's blocks or in its `system` list (and among a Responses tool
+    output's parts) reached the provider raw; it is expanded like one in a message."""
+    trex_id = _compress_and_store(gateway)["trex_id"]
+    ref: Any = {"type": "trex_ref", "trex_id": trex_id}
+    messages: Any = [
+        {"role": "user", "content": "What do we owe?"},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "toolu_1", "name": "recall", "input": {}}],
+        },
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [ref]}]},
+    ]
+    system: Any = [{"type": "text", "text": "Be brief."}, ref]
+    for model, path in (("claude-haiku-4-5", "/v1/messages"), ("gpt-4o-mini", "/v1/chat/completions")):
+        gateway.anthropic().messages.create(model=model, max_tokens=32, system=system, messages=messages)
+        sent = gateway.fake.last(path).json
+        text = json.dumps(sent)
+        assert "trex_ref" not in text and text.count(f"TrexID {trex_id}") == 2, model
+        assert all(fact in text for fact in FACTS)
+    sent = gateway.fake.last("/v1/messages").json
+    assert sent["system"][1]["type"] == "text" and f"TrexID {trex_id}" in sent["system"][1]["text"]
+    result = sent["messages"][2]["content"][0]
+    assert result["type"] == "tool_result" and result["content"][0]["type"] == "text"
+
+    items: Any = [
+        {"role": "user", "content": "What do we owe?"},
+        {"type": "function_call", "call_id": "c1", "name": "recall", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": [ref]},
+    ]
+    gateway.openai().responses.create(model="gpt-4o-mini", input=items)
+    output = gateway.fake.last("/v1/responses").json["input"][2]["output"]
+    assert output[0]["type"] == "input_text" and f"TrexID {trex_id}" in output[0]["text"]

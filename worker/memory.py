@@ -14,7 +14,8 @@ The same hashing turns a query into a vector; chunks are ranked by cosine simila
 (quantized `uniform` over their own range) and queries on those payloads are embedded by it too; if it
 fails, the lexical vectors are used and a warning logged.
 
-A later request names a payload with a `{"type": "trex_ref", "trex_id": "…"}` content part in any message,
+A later request names a payload with a `{"type": "trex_ref", "trex_id": "…"}` content part in any message
+(also among a Messages tool_result's blocks, in a Messages `system` list or a Responses tool output's parts),
 or `trex: {"context_ref": ["…"]}`; the worker replaces it with the expansion before optimizing and routing:
 the summary and facts by default, the original with `"expand": "full"`, the k best chunks with
 `"expand": {"query": "…", "k": 5}`. A key may use the payloads it stored and those whose
@@ -342,20 +343,33 @@ async def expand_refs(
             )
         return text
 
+    async def expand_parts(parts: list[Any], where: str, kind: str, nested: bool = True) -> None:
+        for j, part in enumerate(parts):
+            if not isinstance(part, dict):
+                continue
+            if part.get("type") == "trex_ref":
+                parts[j] = {"type": kind, "text": await text_for(part, f"{where}[{j}]")}
+            elif nested and isinstance(part.get("content"), list):  # a tool_result's own blocks
+                await expand_parts(part["content"], f"{where}[{j}].content", kind, nested=False)
+
     part_type = "input_text" if fmt == "responses" else "text"
     field = "input" if fmt == "responses" else "messages"
     items = body.get(field)
     if isinstance(items, list):
         for i, item in enumerate(items):
-            content = item.get("content") if isinstance(item, dict) else None
-            if not isinstance(content, list):
+            if not isinstance(item, dict):
                 continue
-            # Responses wants output_text in assistant turns, input_text elsewhere.
-            kind = "output_text" if fmt == "responses" and item.get("role") == "assistant" else part_type
-            for j, part in enumerate(content):
-                if isinstance(part, dict) and part.get("type") == "trex_ref":
-                    text = await text_for(part, f"{field}[{i}].content[{j}]")
-                    content[j] = {"type": kind, "text": text}
+            content = item.get("content")
+            if isinstance(content, list):
+                # Responses wants output_text in assistant turns, input_text elsewhere.
+                kind = "output_text" if fmt == "responses" and item.get("role") == "assistant" else part_type
+                await expand_parts(content, f"{field}[{i}].content", kind)
+            output = item.get("output") if fmt == "responses" else None
+            if isinstance(output, list):  # a Responses tool output given as content parts
+                await expand_parts(output, f"{field}[{i}].output", part_type)
+    system = body.get("system") if fmt == "messages" else None
+    if isinstance(system, list):
+        await expand_parts(system, "system", part_type)
     refs = trex.get("context_ref") if isinstance(trex, dict) else None
     if refs is not None:
         if not isinstance(refs, list):
