@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import math
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -499,3 +500,62 @@ def test_references_inside_tool_results_system_and_tool_outputs_are_expanded(gat
     gateway.openai().responses.create(model="gpt-4o-mini", input=items)
     output = gateway.fake.last("/v1/responses").json["input"][2]["output"]
     assert output[0]["type"] == "input_text" and f"TrexID {trex_id}" in output[0]["text"]
+
+
+def _session_turn(
+    gateway: GatewaySetup, session: str, messages: Any, trex: dict[str, Any] | None
+) -> tuple[Any, list[Any]]:
+    """One chat turn in a session: its response headers and the messages the upstream received, once the
+    session state the turn writes is stored."""
+    w, kv = gateway.worker, gateway.worker.app[GATEWAY].kv
+
+    def stored() -> list[bytes | None]:
+        return [w.call(kv.get(k.name)) for k in w.call(kv.list(prefix=f"session/{gateway.key_id}/")).keys]
+
+    before = stored()
+    raw = gateway.openai().chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=messages,
+        extra_headers={"X-Session-Id": session},
+        extra_body={"trex": trex} if trex else None,
+    )
+    deadline = time.monotonic() + 5
+    while stored() == before:
+        assert time.monotonic() < deadline, "session state was not stored"
+        time.sleep(0.02)
+    return raw.headers, gateway.fake.last("/v1/chat/completions").json["messages"]
+
+
+@pytest.mark.parametrize("how", ["context_ref once", "context_ref every turn", "trex_ref part"])
+def test_a_reference_in_a_session_keeps_the_replayed_prefix(gateway: GatewaySetup, how: str) -> None:
+    """The session hashed the newest user turn with the context_ref expansion in it, so when the client sent
+    that turn again (as it wrote it) it no longer matched: the prefix was not replayed and the provider's
+    cache missed every turn. It is matched as sent and replayed as forwarded, expansion included; a
+    context_ref sent again is not added a second time, and a trex_ref part in a replayed turn is not
+    expanded again."""
+    trex_id = _compress_and_store(gateway)["trex_id"]
+    first: Any = "Turn 0: what are the deadlines?"
+    if how == "trex_ref part":
+        first = [{"type": "trex_ref", "trex_id": trex_id}, {"type": "text", "text": first}]
+    messages: list[Any] = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": first},
+    ]
+    previous: list[Any] = []
+    for turn in range(3):
+        once = how == "context_ref once" and turn == 0
+        trex = {"context_ref": [trex_id]} if once or how == "context_ref every turn" else None
+        headers, sent = _session_turn(gateway, how, messages, trex)
+        if turn:
+            assert headers["X-Trex-Session-Replayed"] == str(len(previous))
+            assert sent[: len(previous)] == previous  # byte for byte what was forwarded before
+            assert (
+                sent[len(previous) :] == messages[len(previous) :]
+            )  # the new turn as sent: not expanded again
+        assert json.dumps(sent).count(f"TrexID {trex_id}") == 1
+        previous = sent
+        messages = [
+            *messages,
+            {"role": "assistant", "content": f"Answer {turn}."},
+            {"role": "user", "content": f"Turn {turn + 1}: and then?"},
+        ]

@@ -32,7 +32,7 @@ import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from adapters.transport import UpstreamClient, UpstreamUnavailable
@@ -309,17 +309,23 @@ async def expand_refs(
     *,
     size: int = 0,
     limit: int | None = None,
+    skip: int = 0,
+    sent: Callable[[str], bool] | None = None,
 ) -> int:
     """Replace every reference in `body` with its expansion (in place); returns the bytes the expansions
     added. A missing id is a 404 and a foreign one a 403, before anything is forwarded; more than `MAX_REFS`
     references a 400; a request of `size` bytes that its expansions grow past `limit` bytes (the body
-    limit) a 413. A reference repeated with the same `expand` is read and expanded once."""
+    limit) a 413. A reference repeated with the same `expand` is read and expanded once.
+
+    In a session, the first `skip` messages are replaced by what was forwarded for them before (expanded
+    then), so they are left alone, and a `trex.context_ref` expansion for which `sent` is true (already in
+    that replayed prefix) is not added again."""
     added = 0
     count = 0
     done: dict[tuple[str, str | tuple[str, int] | None], str] = {}
 
     async def text_for(ref: dict[str, Any], where: str) -> str:
-        nonlocal added, count
+        nonlocal count
         count += 1
         if count > MAX_REFS:
             raise InvalidRequestError(
@@ -334,6 +340,10 @@ async def expand_refs(
         if text is None:
             stored = await store.readable(trex_id, reader)
             text = done[trex_id, how] = await expansion(stored, how, provider)
+        return text
+
+    def grow(text: str, where: str) -> str:
+        nonlocal added
         added += len(text.encode())
         if limit is not None and size + added > limit:
             raise PayloadTooLargeError(
@@ -348,7 +358,8 @@ async def expand_refs(
             if not isinstance(part, dict):
                 continue
             if part.get("type") == "trex_ref":
-                parts[j] = {"type": kind, "text": await text_for(part, f"{where}[{j}]")}
+                at = f"{where}[{j}]"
+                parts[j] = {"type": kind, "text": grow(await text_for(part, at), at)}
             elif nested and isinstance(part.get("content"), list):  # a tool_result's own blocks
                 await expand_parts(part["content"], f"{where}[{j}].content", kind, nested=False)
 
@@ -357,7 +368,7 @@ async def expand_refs(
     items = body.get(field)
     if isinstance(items, list):
         for i, item in enumerate(items):
-            if not isinstance(item, dict):
+            if i < skip or not isinstance(item, dict):
                 continue
             content = item.get("content")
             if isinstance(content, list):
@@ -383,7 +394,10 @@ async def expand_refs(
                 raise InvalidRequestError(
                     "'trex.context_ref' must be a list of TrexIDs.", param="trex.context_ref"
                 )
-            texts.append(await text_for(entry, f"trex.context_ref[{i}]"))
+            at = f"trex.context_ref[{i}]"
+            text = await text_for(entry, at)
+            if sent is None or not sent(text):  # else forwarded before, in the replayed prefix: not again
+                texts.append(grow(text, at))
         if texts:
             _add_to_latest_turn(fmt, body, "\n\n".join(texts), part_type)
     return added

@@ -140,15 +140,6 @@ async def proxy(
     # Until the request is ready to send, a refusal (a bad TrexID or option, a body too large once expanded,
     # no usable route, no credits for long context) gives back what admission counted: it uses up no quota.
     try:
-        # TrexID references are expanded before anything else reads the messages (404/403 before forwarding).
-        # The body as read (cached), grown by the expansions, which may not take it past the body limit: that
-        # size decides what runs off the event loop.
-        size = len(await request.read())
-        size += await memory.expand_refs(
-            gw.payloads, key.id, fmt, body, trex, gw.embeddings, size=size, limit=gw.max_body_bytes
-        )
-        store_ttl = memory.store_option(trex, gw.memory_ttl_seconds)
-        original_text = memory.context_text(fmt, body) if store_ttl is not None else None
         encoding, exact = tokens.encoding_for_model(route.upstream_model if route is not None else "gpt-5")
         options = resolve_options(
             trex,
@@ -158,19 +149,40 @@ async def proxy(
             key_mode=key.optimize_mode,
             encoding=encoding,
         )
+        store_ttl = memory.store_option(trex, gw.memory_ttl_seconds)
         session, client_session = session_id(request.headers), "X-Session-Id" in request.headers
-        received_tokens: int | None = None
+        settings = sessions.settings_of(options)
+        # A session matches the messages as the client sent them, references unexpanded: as it sends them
+        # again next turn. With optimization off the client's messages go as they are: nothing is replayed.
         if client_session and options.mode != "off":
-            # Replayed messages are what was forwarded before; "original" is counted on what the client
-            # sent. With optimization off the client's messages go as they are: nothing compacted is
-            # replayed either.
-            received_tokens = await count_tokens(fmt, body, encoding, size)
-            replay = await sessions.replay(
-                gw.kv, key.id, session, fmt, body, gw.session_budget_tokens, sessions.settings_of(options)
+            replay = await sessions.lookup(
+                gw.kv, key.id, session, fmt, body, gw.session_budget_tokens, settings
             )
         else:  # a generated id is new (nothing stored to replay, so no KV read), or optimization is off
-            replay = sessions.fresh(fmt, body, sessions.settings_of(options))
+            replay = sessions.fresh(fmt, body, settings)
+        # TrexID references are expanded before anything else reads the messages (404/403 before forwarding),
+        # but for the prefix about to be replayed, whose forwarded bytes carry their expansions (and a
+        # context_ref already among them is not added again). The body as read (cached), grown by the
+        # expansions, which may not take it past the body limit: that size decides what runs off the loop.
+        size = len(await request.read())
+        size += await memory.expand_refs(
+            gw.payloads,
+            key.id,
+            fmt,
+            body,
+            trex,
+            gw.embeddings,
+            size=size,
+            limit=gw.max_body_bytes,
+            skip=replay.replayed,
+            sent=replay.carries if replay.replayed else None,
+        )
+        original_text = memory.context_text(fmt, body) if store_ttl is not None else None
+        received_tokens: int | None = None
         if replay.replayed:
+            # "Original" is counted on what the client sent; the replayed messages are what was forwarded.
+            received_tokens = await count_tokens(fmt, body, encoding, size)
+            replay.apply(body)
             options = dataclasses.replace(options, frozen_items=replay.replayed)
         report = await run_optimizer(fmt, body, options, size)
         if replay.replayed and received_tokens is not None:
@@ -360,7 +372,7 @@ async def proxy(
             return await _error_response(request, upstream, fmt, wire, out_headers, api_key)
         if upstream.status >= 300:  # redirects are not followed (see adapters.transport)
             raise _redirected(route.provider, upstream.status, out_headers)
-        if replay.field is not None and (client_session or len(body[replay.field]) > 1):
+        if replay.field is not None and (client_session or replay.hashes):
             # Remember what was forwarded once the upstream has accepted it, after the response.
             request[CTX].wait_until(
                 sessions.remember(
