@@ -150,7 +150,7 @@ async def proxy(
             encoding=encoding,
         )
         store_ttl = memory.store_option(trex, gw.memory_ttl_seconds)
-        session, client_session = session_id(request.headers), "X-Session-Id" in request.headers
+        session, client_session = session_id(request.headers)  # 400 for an unusable X-Session-Id
         settings = sessions.settings_of(options)
         # A session matches the messages as the client sent them, references unexpanded: as it sends them
         # again next turn. With optimization off the client's messages go as they are: nothing is replayed.
