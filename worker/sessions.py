@@ -46,7 +46,7 @@ class SessionState(msgspec.Struct):
     forwarded: list[msgspec.Raw]
     forwarded_tokens: int = 0
     reoptimized_at: int = 0
-    """The forwarded size right after the last full re-optimization (0: never)."""
+    """The forwarded size right after the last full re-optimization (0: never, or not of this history)."""
     settings: str = ""
     """The optimizer settings the forwarded bytes were made with (`settings_of`)."""
 
@@ -201,6 +201,9 @@ async def lookup(
         if new != old:
             break
         n += 1
+    # A conversation that no longer holds all of the stored one (a client that compacted or edited its
+    # history) is not the one last re-optimized: its growth is measured afresh, not from the old mark.
+    reoptimized_at = state.reoptimized_at if n == len(state.hashes) else 0
     # The last message is always new work (the latest turn); replaying it too would skip its optimization.
     n = min(n, len(items) - 1)
     prefix: list[Any] = []
@@ -211,7 +214,7 @@ async def lookup(
         prefix.append(item)
     replayed = len(prefix)
     return Replay(
-        field, hashes, replayed, False, state.reoptimized_at, settings, prefix, state.forwarded[:replayed]
+        field, hashes, replayed, False, reoptimized_at, settings, prefix, state.forwarded[:replayed]
     )
 
 
