@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from kv._validation import MAX_EXPIRATION
+from kv._validation import MAX_EXPIRATION, MAX_VALUE_BYTES
 from kv.base import KeyInfo, KVNamespace, ListResult
 from kv.clock import Clock, ManualClock
 from kv.errors import (
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_EXPIRATION",
+    "MAX_VALUE_BYTES",
     "Clock",
     "InvalidExpirationError",
     "InvalidKeyError",

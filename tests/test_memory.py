@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import math
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -343,3 +344,218 @@ def test_malformed_references_are_400s_naming_the_field(
         )
     assert err.value.body["param"] == param  # type: ignore[index]
     assert len(gateway.fake.received) == sent
+
+
+def _setup(make_worker: Callable[..., InProcessWorker], fake: FakeUpstream, **variables: Any) -> GatewaySetup:
+    """A worker with its own [vars] and one key bound to OpenAI and Anthropic."""
+    worker = make_worker(variables, dev_vars={"TREX_MASTER_KEY": MASTER_KEY})
+    keys = worker.app[GATEWAY].keys
+    record, token = worker.call(keys.create("mem"))
+    for provider in ("openai", "anthropic"):
+        worker.call(keys.bind(record.id, provider, f"sk-{provider}-upstream"))
+    return GatewaySetup(worker, fake, token, record.id)
+
+
+def test_reference_expansion_is_bounded_by_count_and_by_the_body_limit(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """A 1 KB request naming a large payload many times forwarded megabytes: expansions may not take a request
+    past MAX_BODY_BYTES (413 in the client's format, naming the limit) nor carry more than 16 references."""
+    setup = _setup(make_worker, fake_upstream, MAX_BODY_BYTES=65536)
+    try:
+        big = "\n\n".join(f"{i}: " + SECTIONS[i % len(SECTIONS)] for i in range(40))  # ~22 KB
+        raw = setup.openai().chat.completions.with_raw_response.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": big}],
+            extra_body={"trex": {"store_context": True}},
+        )
+        trex_id = raw.headers["X-Trex-Id"]
+        sent = len(fake_upstream.received)
+        full = {"trex_id": trex_id, "expand": "full"}
+        # Two full expansions fit; four do not.
+        setup.openai().chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "Summarise."}],
+            extra_body={"trex": {"context_ref": [full, full]}},
+        )
+        assert len(fake_upstream.received) == sent + 1
+        with pytest.raises(openai.APIStatusError) as err:
+            setup.openai().chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": "Summarise."}],
+                extra_body={"trex": {"context_ref": [full] * 4}},
+            )
+        assert err.value.status_code == 413
+        body = err.value.body
+        assert isinstance(body, dict) and body["code"] == "request_too_large"
+        assert "65,536" in body["message"] and "MAX_BODY_BYTES" in body["message"]
+        parts: Any = [{"type": "trex_ref", "trex_id": trex_id, "expand": "full"}] * 4
+        with pytest.raises(anthropic.APIStatusError) as aerr:
+            setup.anthropic().messages.create(
+                model="claude-haiku-4-5", max_tokens=32, messages=[{"role": "user", "content": parts}]
+            )
+        assert aerr.value.status_code == 413
+        assert aerr.value.body["error"]["type"] == "request_too_large"  # type: ignore[index]
+        # Many small references: at most 16.
+        small = _compress_and_store(setup)["trex_id"]
+        with pytest.raises(openai.BadRequestError) as many:
+            setup.openai().chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": "Summarise."}],
+                extra_body={"trex": {"context_ref": [small] * 17}},
+            )
+        assert many.value.body["param"] == "trex.context_ref[16]"  # type: ignore[index]
+        assert len(fake_upstream.received) == sent + 1  # none of the refused ones was forwarded
+    finally:
+        setup.close()
+
+
+def test_context_ref_lands_in_the_latest_turn_in_a_shape_each_provider_accepts(gateway: GatewaySetup) -> None:
+    """On a tool-result turn: after the tool_result blocks of a Messages user turn (Anthropic wants them
+    first), and as a new user message after chat's `tool` message or a Responses function_call_output (it
+    went into an older user turn)."""
+    trex_id = _compress_and_store(gateway)["trex_id"]
+    ref = {"trex": {"context_ref": [trex_id]}}
+    gateway.anthropic().messages.create(
+        model="claude-haiku-4-5",
+        max_tokens=32,
+        messages=[
+            {"role": "user", "content": "Check the orders."},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "toolu_1", "name": "orders", "input": {}}],
+            },
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "3 orders"}],
+            },
+        ],
+        extra_body=ref,
+    )
+    sent = gateway.fake.last("/v1/messages").json["messages"]
+    assert sent[0] == {"role": "user", "content": "Check the orders."}
+    assert [b["type"] for b in sent[-1]["content"]] == ["tool_result", "text"]
+    assert f"TrexID {trex_id}" in sent[-1]["content"][1]["text"]
+
+    chat: Any = [
+        {"role": "user", "content": "Check the orders."},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "orders", "arguments": "{}"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "3 orders"},
+    ]
+    gateway.openai().chat.completions.create(model="gpt-4o-mini", messages=chat, extra_body=ref)
+    sent = gateway.fake.last("/v1/chat/completions").json["messages"]
+    assert sent[:3] == chat  # the older user turn is left as it was
+    assert len(sent) == 4 and sent[3]["role"] == "user"
+    assert f"TrexID {trex_id}" in sent[3]["content"][0]["text"]
+
+    items: Any = [
+        {"role": "user", "content": "Check the orders."},
+        {"type": "function_call", "call_id": "c1", "name": "orders", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "3 orders"},
+    ]
+    gateway.openai().responses.create(model="gpt-4o-mini", input=items, extra_body=ref)
+    sent = gateway.fake.last("/v1/responses").json["input"]
+    assert sent[:3] == items and len(sent) == 4 and sent[3]["role"] == "user"
+    assert (
+        sent[3]["content"][0]["type"] == "input_text" and f"TrexID {trex_id}" in sent[3]["content"][0]["text"]
+    )
+
+
+def test_references_inside_tool_results_system_and_tool_outputs_are_expanded(gateway: GatewaySetup) -> None:
+    """A trex_ref among a Messages tool_result's blocks or in its `system` list (and among a Responses tool
+    output's parts) reached the provider raw; it is expanded like one in a message."""
+    trex_id = _compress_and_store(gateway)["trex_id"]
+    ref: Any = {"type": "trex_ref", "trex_id": trex_id}
+    messages: Any = [
+        {"role": "user", "content": "What do we owe?"},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "toolu_1", "name": "recall", "input": {}}],
+        },
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [ref]}]},
+    ]
+    system: Any = [{"type": "text", "text": "Be brief."}, ref]
+    for model, path in (("claude-haiku-4-5", "/v1/messages"), ("gpt-4o-mini", "/v1/chat/completions")):
+        gateway.anthropic().messages.create(model=model, max_tokens=32, system=system, messages=messages)
+        sent = gateway.fake.last(path).json
+        text = json.dumps(sent)
+        assert "trex_ref" not in text and text.count(f"TrexID {trex_id}") == 2, model
+        assert all(fact in text for fact in FACTS)
+    sent = gateway.fake.last("/v1/messages").json
+    assert sent["system"][1]["type"] == "text" and f"TrexID {trex_id}" in sent["system"][1]["text"]
+    result = sent["messages"][2]["content"][0]
+    assert result["type"] == "tool_result" and result["content"][0]["type"] == "text"
+
+    items: Any = [
+        {"role": "user", "content": "What do we owe?"},
+        {"type": "function_call", "call_id": "c1", "name": "recall", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": [ref]},
+    ]
+    gateway.openai().responses.create(model="gpt-4o-mini", input=items)
+    output = gateway.fake.last("/v1/responses").json["input"][2]["output"]
+    assert output[0]["type"] == "input_text" and f"TrexID {trex_id}" in output[0]["text"]
+
+
+def _session_turn(
+    gateway: GatewaySetup, session: str, messages: Any, trex: dict[str, Any] | None
+) -> tuple[Any, list[Any]]:
+    """One chat turn in a session: its response headers and the messages the upstream received, once the
+    session state the turn writes is stored."""
+    w, kv = gateway.worker, gateway.worker.app[GATEWAY].kv
+
+    def stored() -> list[bytes | None]:
+        return [w.call(kv.get(k.name)) for k in w.call(kv.list(prefix=f"session/{gateway.key_id}/")).keys]
+
+    before = stored()
+    raw = gateway.openai().chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=messages,
+        extra_headers={"X-Session-Id": session},
+        extra_body={"trex": trex} if trex else None,
+    )
+    deadline = time.monotonic() + 5
+    while stored() == before:
+        assert time.monotonic() < deadline, "session state was not stored"
+        time.sleep(0.02)
+    return raw.headers, gateway.fake.last("/v1/chat/completions").json["messages"]
+
+
+@pytest.mark.parametrize("how", ["context_ref once", "context_ref every turn", "trex_ref part"])
+def test_a_reference_in_a_session_keeps_the_replayed_prefix(gateway: GatewaySetup, how: str) -> None:
+    """The session hashed the newest user turn with the context_ref expansion in it, so when the client sent
+    that turn again (as it wrote it) it no longer matched: the prefix was not replayed and the provider's
+    cache missed every turn. It is matched as sent and replayed as forwarded, expansion included; a
+    context_ref sent again is not added a second time, and a trex_ref part in a replayed turn is not
+    expanded again."""
+    trex_id = _compress_and_store(gateway)["trex_id"]
+    first: Any = "Turn 0: what are the deadlines?"
+    if how == "trex_ref part":
+        first = [{"type": "trex_ref", "trex_id": trex_id}, {"type": "text", "text": first}]
+    messages: list[Any] = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": first},
+    ]
+    previous: list[Any] = []
+    for turn in range(3):
+        once = how == "context_ref once" and turn == 0
+        trex = {"context_ref": [trex_id]} if once or how == "context_ref every turn" else None
+        headers, sent = _session_turn(gateway, how, messages, trex)
+        if turn:
+            assert headers["X-Trex-Session-Replayed"] == str(len(previous))
+            assert sent[: len(previous)] == previous  # byte for byte what was forwarded before
+            assert (
+                sent[len(previous) :] == messages[len(previous) :]
+            )  # the new turn as sent: not expanded again
+        assert json.dumps(sent).count(f"TrexID {trex_id}") == 1
+        previous = sent
+        messages = [
+            *messages,
+            {"role": "assistant", "content": f"Answer {turn}."},
+            {"role": "user", "content": f"Turn {turn + 1}: and then?"},
+        ]

@@ -214,6 +214,28 @@ def test_unsigned_malformed_and_oversized_pushes(make_worker: Callable[..., InPr
     assert _error(sender.request(worker, "POST", "/v1/payloads", big))[:2] == (413, "request_too_large")
 
 
+def test_pushes_past_the_ranking_or_storage_limits_are_refused_not_500s(
+    make_worker: Callable[..., InProcessWorker],
+) -> None:
+    """10,000 one-byte vectors at 384 dimensions (70 KB) are 3.8M floats to rank in pure Python: refused.
+    A payload past the KV's 25 MiB value limit (here under a 32 MiB body limit) is a 413, not a 500."""
+    worker = _worker(make_worker, variables={"MAX_BODY_BYTES": 32 * 1024 * 1024})
+    sender = Agent(worker, "sender")
+    wide = _seed_body([])
+    wide["payload"].update(vector_seq_b64=["gA=="] * 10_000, chunk_count=10_000)
+    status, code, param = _error(sender.request(worker, "POST", "/v1/payloads", wide))
+    assert (status, code, param) == (400, "invalid_request", "payload.chunk_count")
+    fits = _seed_body([])
+    fits["payload"].update(vector_seq_b64=["gA=="] * 5_000, chunk_count=5_000)
+    _push(sender, worker, fits)
+    big = _seed_body([])
+    big["payload"]["summary"] = "x" * (26 * 1024 * 1024)
+    status, _, raw = sender.request(worker, "POST", "/v1/payloads", big)
+    error = json.loads(raw)["error"]
+    assert (status, error["code"]) == (413, "request_too_large"), raw[:300]
+    assert "26,214,400" in error["message"]
+
+
 def test_payloads_expire_by_the_stores_clock(make_worker: Callable[..., InProcessWorker]) -> None:
     worker = _worker(make_worker)
     sender = Agent(worker, "sender")

@@ -345,6 +345,44 @@ def test_refused_requests_use_up_no_quota(
     assert [searchy.worker.call(kv.get(name)) for name in searches] == [b"2"]
 
 
+def test_requests_refused_after_admission_give_back_what_they_counted(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """A request refused for an unknown TrexID (404), a malformed reference or `trex` option (400), or a
+    body its expansions make too large (413) reaches no upstream and uses up none of the daily quota (3)."""
+    setup = _setup(make_worker, fake_upstream, "free", MAX_BODY_BYTES=4096)
+    client = setup.openai()
+    stored = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "The invoice INV-1 is due 2026-03-31. " * 60}],
+        extra_body={"trex": {"store_context": True}},
+    )  # counted: one of the three
+    trex_id = stored.headers["X-Trex-Id"]
+    full = {"trex_id": trex_id, "expand": "full"}
+    refused: list[tuple[dict[str, Any], int]] = [
+        ({"context_ref": ["tzp_" + "0" * 32]}, 404),
+        ({"context_ref": [{"trex_id": trex_id, "expand": "bogus"}]}, 400),
+        ({"optimize": {"mode": "bogus"}}, 400),
+        ({"store_context": "yes"}, 400),
+        ({"routing": {"fallbacks": "none"}}, 400),
+        ({"context_ref": [full, full]}, 413),
+    ]
+    before = len(fake_upstream.received)
+    for option, status in refused:
+        with pytest.raises(openai.APIStatusError) as err:
+            client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=MESSAGES,  # type: ignore[arg-type]
+                extra_body={"trex": option},
+            )
+        assert err.value.status_code == status, option
+    assert len(fake_upstream.received) == before
+    for _ in range(2):  # what is left of the day's three
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+
+
 def test_what_a_request_costs_comes_from_its_provider(
     make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
 ) -> None:

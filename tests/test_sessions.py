@@ -244,3 +244,64 @@ def test_a_moved_cache_breakpoint_keeps_the_replayed_prefix(
     assert first[2]["content"] == [text(latest, cache=True)]
     assert second[2]["content"] == [text(latest)]  # the moved breakpoint is gone from here ...
     assert second[-1]["content"][-1]["cache_control"] == breakpoint_  # ... and is on the newest block
+
+
+def test_any_printable_session_id_up_to_1024_characters_is_kept_and_others_are_400s(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """An id over 128 characters (or with a tab) was replaced by a new generated id on every turn while the
+    request was still treated as the client's session: nothing was ever replayed and each turn left an
+    orphan session behind. A long id is kept; an unusable one is a 400 naming the header."""
+    w = make_worker(dev_vars={"TREX_MASTER_KEY": MASTER_KEY})
+    long_id = "agent-run/" + "0123456789abcdef" * 40  # 650 characters
+    client, key_id = _client(w, long_id)
+    headers, first = _turn(w, fake_upstream, key_id, client, TURN1)
+    assert headers["X-Trex-Session-Id"] == long_id
+    headers, second = _turn(w, fake_upstream, key_id, client, TURN2)
+    assert headers["X-Trex-Session-Id"] == long_id and headers["X-Trex-Session-Replayed"] == str(len(TURN1))
+    assert second[: len(TURN1)] == first
+    assert len(w.call(w.app[GATEWAY].kv.list(prefix=f"session/{key_id}/")).keys) == 1  # no orphans
+
+    auth = {"Authorization": f"Bearer {client.api_key}", "X-Upstream-Api-Key": "sk-x"}
+    body = {"model": "gpt-4o-mini", "messages": TURN1}
+    sent = len(fake_upstream.received)
+    for bad, problem in (("a" * 1025, "at most 1024 characters"), ("run\t7", "printable")):
+        r = HTTP.post(w.url + "/v1/chat/completions", json=body, headers={**auth, "X-Session-Id": bad})
+        error = r.json()["error"]
+        assert (r.status_code, error["param"]) == (400, "X-Session-Id") and problem in error["message"], (
+            r.text
+        )
+    assert len(fake_upstream.received) == sent
+    # An empty header is no session id: a generated one, as without the header.
+    r = HTTP.post(w.url + "/v1/chat/completions", json=body, headers={**auth, "X-Session-Id": ""})
+    assert r.status_code == 200 and r.headers["X-Trex-Session-Id"].startswith("sess_")
+
+
+def test_a_session_compacted_by_its_client_is_reoptimized_by_the_budget_again(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """After a re-optimization, a client that compacts its history under the same session id (agents do, on
+    /compact) starts a new conversation: its growth past the budget is measured from nothing. The old mark
+    was carried over, so a compacted conversation was not re-optimized until it passed the old size."""
+    w = make_worker(variables={"SESSION_REOPTIMIZE_TOKENS": 50}, dev_vars={"TREX_MASTER_KEY": MASTER_KEY})
+    client, key_id = _client(w, "conv-compact")
+    _turn(w, fake_upstream, key_id, client, TURN1)
+    headers, _ = _turn(w, fake_upstream, key_id, client, TURN2)
+    assert headers["X-Trex-Session-Reoptimized"] == "true"
+    mark = int(headers["X-Trex-Optimized-Tokens"])
+    compacted: list[dict[str, Any]] = [
+        {"role": "user", "content": "Summary so far: invoice INV-2026-0042 for $3,400.00 is due 2026-12-15."},
+        {"role": "assistant", "content": "Noted: INV-2026-0042, $3,400.00, due 2026-12-15."},
+        {"role": "user", "content": "Who should I remind about it, and by which date at the latest?"},
+    ]
+    headers, _ = _turn(w, fake_upstream, key_id, client, compacted)
+    assert headers["X-Trex-Session-Reoptimized"] == "false" and headers["X-Trex-Session-Replayed"] == "0"
+    grown = [
+        *compacted,
+        {"role": "assistant", "content": "Remind billing."},
+        {"role": "user", "content": "OK."},
+    ]
+    headers, _ = _turn(w, fake_upstream, key_id, client, grown)
+    # Past the budget, and far below the old mark plus half the budget: re-optimized all the same.
+    assert int(headers["X-Trex-Optimized-Tokens"]) < mark
+    assert headers["X-Trex-Session-Reoptimized"] == "true"

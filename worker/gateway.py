@@ -53,6 +53,8 @@ class Gateway:
     catalog: Mapping[str, Entry]
     prices: PriceTable
     payloads: PayloadStore
+    max_body_bytes: int = 1 << 20
+    """`MAX_BODY_BYTES`: also the most a request may grow to once its TrexID references are expanded."""
     memory_ttl_seconds: int = 7 * 86400
     """How long context stored with `store` / `trex.store_context` lives."""
     embeddings: Embeddings | None = None
@@ -158,6 +160,7 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
         prices=prices,
         payloads=PayloadStore(kv),
         embeddings=embeddings,
+        max_body_bytes=config.max_body_bytes,
         memory_ttl_seconds=min(
             MAX_TTL_SECONDS, max(MIN_TTL_SECONDS, int(config.number("MEMORY_TTL_SECONDS")))
         ),

@@ -14,7 +14,8 @@ The same hashing turns a query into a vector; chunks are ranked by cosine simila
 (quantized `uniform` over their own range) and queries on those payloads are embedded by it too; if it
 fails, the lexical vectors are used and a warning logged.
 
-A later request names a payload with a `{"type": "trex_ref", "trex_id": "…"}` content part in any message,
+A later request names a payload with a `{"type": "trex_ref", "trex_id": "…"}` content part in any message
+(also among a Messages tool_result's blocks, in a Messages `system` list or a Responses tool output's parts),
 or `trex: {"context_ref": ["…"]}`; the worker replaces it with the expansion before optimizing and routing:
 the summary and facts by default, the original with `"expand": "full"`, the k best chunks with
 `"expand": {"query": "…", "k": 5}`. A key may use the payloads it stored and those whose
@@ -31,12 +32,12 @@ import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from adapters.transport import UpstreamClient, UpstreamUnavailable
 
-from .errors import InvalidRequestError
+from .errors import InvalidRequestError, PayloadTooLargeError
 from .optimize.facts import distinct_facts, find_facts
 from .optimize.segments import Format, extract
 from .payloads import (
@@ -58,6 +59,10 @@ LEXICAL = "lexical-hash-384"
 """The `embedding` of payloads whose vectors are the built-in lexical ones."""
 CHUNK_CHARS = 800
 MAX_K = 50
+MAX_REFS = 16
+"""TrexID references (content parts and `trex.context_ref` entries together) one request may carry."""
+_THREAD_CELLS = 200_000
+"""Vectors times dimensions from which a payload is ranked off the event loop (some 15 ms of scoring)."""
 _TERM = re.compile(r"[0-9A-Za-z_]+(?:[.\-/][0-9A-Za-z_]+)*")
 
 
@@ -217,7 +222,8 @@ async def search(
 ) -> list[tuple[int, float]]:
     """(chunk index, cosine similarity) of the `k` chunks most similar to `query`, best first. The query is
     embedded the way the payload's vectors were: by the configured endpoint for its own payloads, else
-    lexically (a payload from elsewhere with chunk texts but other vectors is re-embedded lexically)."""
+    lexically (a payload from elsewhere with chunk texts but other vectors is re-embedded lexically).
+    A large payload is ranked off the event loop: the scoring is pure Python."""
     p = stored.payload
     q: list[float] = []
     if provider is not None and p.embedding == provider.name:
@@ -225,6 +231,12 @@ async def search(
             q = (await provider.embed([query]))[0]
         except EmbeddingsError as exc:
             log.warning("query not embedded by the endpoint (%s); ranking lexically", exc)
+    if p.chunk_count * max(p.dimensions, DIMENSIONS) >= _THREAD_CELLS:
+        return await asyncio.to_thread(_search, p, q, query, k)
+    return _search(p, q, query, k)
+
+
+def _search(p: Payload, q: list[float], query: str, k: int) -> list[tuple[int, float]]:
     if not q and p.dimensions != DIMENSIONS and p.chunks:
         return _rank(embed_query(query), [_normalised(v) for v in embed(p.chunks)], k)
     q = q or embed_query(query)
@@ -294,34 +306,81 @@ async def expand_refs(
     body: dict[str, Any],
     trex: Any,
     provider: Embeddings | None = None,
-) -> list[str]:
-    """Replace every reference in `body` with its expansion (in place); returns the ids used.
-    A missing id is a 404 and a foreign one a 403, before anything is forwarded."""
-    used: list[str] = []
+    *,
+    size: int = 0,
+    limit: int | None = None,
+    skip: int = 0,
+    sent: Callable[[str], bool] | None = None,
+) -> int:
+    """Replace every reference in `body` with its expansion (in place); returns the bytes the expansions
+    added. A missing id is a 404 and a foreign one a 403, before anything is forwarded; more than `MAX_REFS`
+    references a 400; a request of `size` bytes that its expansions grow past `limit` bytes (the body
+    limit) a 413. A reference repeated with the same `expand` is read and expanded once.
+
+    In a session, the first `skip` messages are replaced by what was forwarded for them before (expanded
+    then), so they are left alone, and a `trex.context_ref` expansion for which `sent` is true (already in
+    that replayed prefix) is not added again."""
+    added = 0
+    count = 0
+    done: dict[tuple[str, str | tuple[str, int] | None], str] = {}
 
     async def text_for(ref: dict[str, Any], where: str) -> str:
+        nonlocal count
+        count += 1
+        if count > MAX_REFS:
+            raise InvalidRequestError(
+                f"A request may carry at most {MAX_REFS} TrexID references; '{where}' is one more.",
+                param=where,
+            )
         trex_id = ref.get("trex_id")
         if not isinstance(trex_id, str) or not trex_id:
             raise InvalidRequestError(f"'{where}.trex_id' must be a TrexID.", param=f"{where}.trex_id")
         how = parse_expand(ref.get("expand"), f"{where}.expand")  # 400 before any lookup
-        stored = await store.readable(trex_id, reader)
-        used.append(trex_id)
-        return await expansion(stored, how, provider)
+        text = done.get((trex_id, how))
+        if text is None:
+            stored = await store.readable(trex_id, reader)
+            text = done[trex_id, how] = await expansion(stored, how, provider)
+        return text
+
+    def grow(text: str, where: str) -> str:
+        nonlocal added
+        added += len(text.encode())
+        if limit is not None and size + added > limit:
+            raise PayloadTooLargeError(
+                f"The TrexID references expand this request past the body limit (MAX_BODY_BYTES) of "
+                f"{limit:,} bytes, at '{where}'; reference fewer or use a query expansion.",
+                param=where,
+            )
+        return text
+
+    async def expand_parts(parts: list[Any], where: str, kind: str, nested: bool = True) -> None:
+        for j, part in enumerate(parts):
+            if not isinstance(part, dict):
+                continue
+            if part.get("type") == "trex_ref":
+                at = f"{where}[{j}]"
+                parts[j] = {"type": kind, "text": grow(await text_for(part, at), at)}
+            elif nested and isinstance(part.get("content"), list):  # a tool_result's own blocks
+                await expand_parts(part["content"], f"{where}[{j}].content", kind, nested=False)
 
     part_type = "input_text" if fmt == "responses" else "text"
     field = "input" if fmt == "responses" else "messages"
     items = body.get(field)
     if isinstance(items, list):
         for i, item in enumerate(items):
-            content = item.get("content") if isinstance(item, dict) else None
-            if not isinstance(content, list):
+            if i < skip or not isinstance(item, dict):
                 continue
-            # Responses wants output_text in assistant turns, input_text elsewhere.
-            kind = "output_text" if fmt == "responses" and item.get("role") == "assistant" else part_type
-            for j, part in enumerate(content):
-                if isinstance(part, dict) and part.get("type") == "trex_ref":
-                    text = await text_for(part, f"{field}[{i}].content[{j}]")
-                    content[j] = {"type": kind, "text": text}
+            content = item.get("content")
+            if isinstance(content, list):
+                # Responses wants output_text in assistant turns, input_text elsewhere.
+                kind = "output_text" if fmt == "responses" and item.get("role") == "assistant" else part_type
+                await expand_parts(content, f"{field}[{i}].content", kind)
+            output = item.get("output") if fmt == "responses" else None
+            if isinstance(output, list):  # a Responses tool output given as content parts
+                await expand_parts(output, f"{field}[{i}].output", part_type)
+    system = body.get("system") if fmt == "messages" else None
+    if isinstance(system, list):
+        await expand_parts(system, "system", part_type)
     refs = trex.get("context_ref") if isinstance(trex, dict) else None
     if refs is not None:
         if not isinstance(refs, list):
@@ -335,13 +394,20 @@ async def expand_refs(
                 raise InvalidRequestError(
                     "'trex.context_ref' must be a list of TrexIDs.", param="trex.context_ref"
                 )
-            texts.append(await text_for(entry, f"trex.context_ref[{i}]"))
+            at = f"trex.context_ref[{i}]"
+            text = await text_for(entry, at)
+            if sent is None or not sent(text):  # else forwarded before, in the replayed prefix: not again
+                texts.append(grow(text, at))
         if texts:
-            _prepend_to_last_user_turn(fmt, body, "\n\n".join(texts), part_type)
-    return used
+            _add_to_latest_turn(fmt, body, "\n\n".join(texts), part_type)
+    return added
 
 
-def _prepend_to_last_user_turn(fmt: Format, body: dict[str, Any], text: str, part_type: str) -> None:
+def _add_to_latest_turn(fmt: Format, body: dict[str, Any], text: str, part_type: str) -> None:
+    """Put `trex.context_ref`'s text where the latest turn is, in a shape each provider accepts: at the start
+    of the latest user turn, but after the tool_result blocks it opens with (Anthropic wants those first);
+    when the conversation ends with a tool result of its own (chat's `tool` message, a Responses
+    `*_call_output` item), in a new user message after it rather than in an older user turn."""
     field = "input" if fmt == "responses" else "messages"
     items = body.get(field)
     if isinstance(items, str):  # Responses with a plain string input
@@ -349,17 +415,39 @@ def _prepend_to_last_user_turn(fmt: Format, body: dict[str, Any], text: str, par
         return
     if not isinstance(items, list):
         raise InvalidRequestError(f"'{field}' must be a list to take trex.context_ref.", param=field)
+    part = {"type": part_type, "text": text}
+    if items and _is_tool_output(fmt, items[-1]):
+        items.append({"role": "user", "content": [part]})
+        return
     for item in reversed(items):
         if isinstance(item, dict) and item.get("role") == "user":
             content = item.get("content")
             if isinstance(content, str):
-                item["content"] = [{"type": part_type, "text": text}, {"type": part_type, "text": content}]
+                item["content"] = [part, {"type": part_type, "text": content}]
             elif isinstance(content, list):
-                content.insert(0, {"type": part_type, "text": text})
+                content.insert(_past_tool_results(content), part)
             else:
-                item["content"] = [{"type": part_type, "text": text}]
+                item["content"] = [part]
             return
-    items.append({"role": "user", "content": [{"type": part_type, "text": text}]})
+    items.append({"role": "user", "content": [part]})
+
+
+def _is_tool_output(fmt: Format, item: Any) -> bool:
+    """A conversation item that is a tool's answer rather than a user turn."""
+    if not isinstance(item, dict):
+        return False
+    if fmt == "responses":
+        return "role" not in item and str(item.get("type", "")).endswith("_call_output")
+    return fmt == "chat" and item.get("role") in ("tool", "function")
+
+
+def _past_tool_results(content: list[Any]) -> int:
+    """The index after the last tool_result block of a user turn's content (0 when it has none)."""
+    at = 0
+    for i, block in enumerate(content):
+        if isinstance(block, dict) and block.get("type") == "tool_result":
+            at = i + 1
+    return at
 
 
 _THREAD_CHARS = 100_000

@@ -20,7 +20,7 @@ from .optimize.pipeline import PROFILES, Options, Report, measure, optimize
 from .optimize.segments import Format
 
 _THREAD_THRESHOLD_BYTES = 64 * 1024
-_SESSION_ID_MAX = 128
+_SESSION_ID_MAX = 1024
 
 
 def resolve_options(
@@ -88,14 +88,27 @@ async def count_tokens(fmt: Format, body: dict[str, Any], encoding: str, size_hi
     return measure(fmt, body, encoding)
 
 
-def session_id(headers: Mapping[str, str]) -> str:
-    """The client's `X-Session-Id`, or a new one."""
+def session_id(headers: Mapping[str, str]) -> tuple[str, bool]:
+    """(the session id, whether the client chose it): the client's `X-Session-Id`, or a new one when it sent
+    none (or an empty one). Any printable id up to 1024 characters is taken as it is (the KV key is its
+    hash); a longer one, or one with a tab or another control character, is a 400 naming the header rather
+    than quietly replaced by a new id every turn."""
     incoming = headers.get("X-Session-Id", "").strip()
-    if incoming and len(incoming) <= _SESSION_ID_MAX and incoming.isprintable():
-        return incoming
+    if incoming:
+        if len(incoming) > _SESSION_ID_MAX:
+            raise InvalidRequestError(
+                f"X-Session-Id must be at most {_SESSION_ID_MAX} characters, got {len(incoming)}.",
+                param="X-Session-Id",
+            )
+        if not incoming.isprintable():
+            raise InvalidRequestError(
+                "X-Session-Id must be printable characters only (no tab or other control character).",
+                param="X-Session-Id",
+            )
+        return incoming, True
     # Sessions are stored per proxy key, so a new id only has to be unique: a random per-process prefix and
     # a counter, not a call into the OS's random source per request.
-    return f"{_session_prefix}{next(_session_counter):08x}"
+    return f"{_session_prefix}{next(_session_counter):08x}", False
 
 
 def _new_session_prefix() -> None:

@@ -33,14 +33,16 @@ from typing import Any, Literal
 
 import msgspec
 
-from kv import KVNamespace
+from kv import MAX_VALUE_BYTES, KVNamespace
 
-from .errors import InvalidRequestError, NotFoundError, PermissionDeniedError
+from .errors import InvalidRequestError, NotFoundError, PayloadTooLargeError, PermissionDeniedError
 
 TZP_VERSIONS = ("1.0", "1.0.0")
 TREX_ID_PREFIX = "tzp_"
 MAX_DIMENSIONS = 4096
 MAX_CHUNKS = 10_000
+MAX_VECTOR_CELLS = 1 << 21
+"""chunk_count times dimensions: each vector is ranked at full width (zero-padded), in pure Python."""
 MIN_TTL_SECONDS = 60
 MAX_TTL_SECONDS = 365 * 86400
 DEFAULT_TTL_SECONDS = 86400
@@ -169,6 +171,13 @@ def check(push: PushRequest) -> None:
         raise InvalidRequestError(
             f"payload.chunk_count must be from 1 to {MAX_CHUNKS}.", param="payload.chunk_count"
         )
+    if p.chunk_count * p.dimensions > MAX_VECTOR_CELLS:
+        # A one-byte vector stands for `dimensions` floats: without this a 70 KB push is 41M floats to rank.
+        raise InvalidRequestError(
+            f"payload.chunk_count * payload.dimensions must be at most {MAX_VECTOR_CELLS:,} "
+            f"({p.chunk_count:,} * {p.dimensions:,} given).",
+            param="payload.chunk_count",
+        )
     if len(p.vector_seq_b64) != p.chunk_count:
         raise InvalidRequestError(
             f"payload.vector_seq_b64 has {len(p.vector_seq_b64)} vectors for chunk_count {p.chunk_count}.",
@@ -257,10 +266,14 @@ class PayloadStore:
             metadata=push.metadata,
             sent=list(sent),
         )
+        value = _encoder.encode(stored)
+        if len(value) > MAX_VALUE_BYTES:  # the KV would refuse it: the client's 413, not a 500
+            raise PayloadTooLargeError(
+                f"The payload to store is {len(value):,} bytes once encoded; a stored payload is at most "
+                f"{MAX_VALUE_BYTES:,} bytes (the KV's value limit)."
+            )
         # The KV entry outlives `expires_at` by a minute: reads decide expiry by the clock above.
-        await self.kv.put(
-            _SLOT + trex_id, _encoder.encode(stored), expiration_ttl=push.metadata.ttl_seconds + 60
-        )
+        await self.kv.put(_SLOT + trex_id, value, expiration_ttl=push.metadata.ttl_seconds + 60)
         return stored
 
     async def get(self, trex_id: str) -> Stored:

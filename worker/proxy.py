@@ -146,57 +146,81 @@ async def proxy(
         tier=listed.info.tier if listed is not None else None,
         in_flight=admitted.in_flight if admitted is not None else 0,
     )
-    # TrexID references are expanded before anything else reads the messages (404/403 before forwarding).
-    await memory.expand_refs(gw.payloads, key.id, fmt, body, trex, gw.embeddings)
-    store_ttl = memory.store_option(trex, gw.memory_ttl_seconds)
-    original_text = memory.context_text(fmt, body) if store_ttl is not None else None
-    encoding, exact = tokens.encoding_for_model(route.upstream_model if route is not None else "gpt-5")
-    options = resolve_options(
-        trex,
-        request.headers,
-        gw.optimize_mode,
-        gw.protect_recent_turns,
-        key_mode=key.optimize_mode,
-        encoding=encoding,
-    )
-    session, client_session = session_id(request.headers), "X-Session-Id" in request.headers
-    size = len(await request.read())  # already read (cached): its size decides what runs off the loop
-    received_tokens: int | None = None
-    if client_session and options.mode != "off":
-        # Replayed messages are what was forwarded before; "original" is counted on what the client sent.
-        # With optimization off the client's messages go as they are: nothing compacted is replayed either.
-        received_tokens = await count_tokens(fmt, body, encoding, size)
-        replay = await sessions.replay(
-            gw.kv, key.id, session, fmt, body, gw.session_budget_tokens, sessions.settings_of(options)
+    # Until the request is ready to send, a refusal (a bad TrexID or option, a body too large once expanded,
+    # no usable route, no credits for long context) gives back what admission counted: it uses up no quota.
+    try:
+        encoding, exact = tokens.encoding_for_model(route.upstream_model if route is not None else "gpt-5")
+        options = resolve_options(
+            trex,
+            request.headers,
+            gw.optimize_mode,
+            gw.protect_recent_turns,
+            key_mode=key.optimize_mode,
+            encoding=encoding,
         )
-    else:  # a generated id is new (nothing stored to replay, so no KV read), or optimization is off
-        replay = sessions.fresh(fmt, body, sessions.settings_of(options))
-    if replay.replayed:
-        options = dataclasses.replace(options, frozen_items=replay.replayed)
-    report = await run_optimizer(fmt, body, options, size)
-    if replay.replayed and received_tokens is not None:
-        report.original_tokens = max(received_tokens, report.optimized_tokens)
-    report.note_session(replay.replayed, replay.reoptimize)
-    admission = await gw.quotas.long_context(key, admission, report.optimized_tokens)
-    stream = body.get("stream") is True
-    chain = _fallbacks(trex)
-    attempts: list[dict[str, Any]] = []
-    if route is None:
-        # smart-auto's choice, not the client's: one that cannot take the request is skipped like a fallback.
-        choices = await _smart_auto(request, gw, key, fmt, body, report.optimized_tokens)
-        ranked = iter(choices[: _MAX_FALLBACKS + 1])
-        prepared, api_key = await _first_preparable(request, gw, key, fmt, body, stream, ranked, attempts)
-        route, chain = prepared.route, [*ranked, *chain]
-    else:
-        prepared = _prepare(fmt, body, stream, route, gw)
-    fallbacks = iter(chain)
-    out_headers = savings_headers(report, session)
-    if store_ttl is not None and original_text is not None:
-        summary = memory.context_text(fmt, body)
-        kept = await memory.store(gw.payloads, key.id, summary, original_text, store_ttl, gw.embeddings)
-        out_headers["X-Trex-Id"] = kept.trex_id
-    if not exact:
-        out_headers["X-Trex-Token-Count"] = "estimate"
+        store_ttl = memory.store_option(trex, gw.memory_ttl_seconds)
+        session, client_session = session_id(request.headers)  # 400 for an unusable X-Session-Id
+        settings = sessions.settings_of(options)
+        # A session matches the messages as the client sent them, references unexpanded: as it sends them
+        # again next turn. With optimization off the client's messages go as they are: nothing is replayed.
+        if client_session and options.mode != "off":
+            replay = await sessions.lookup(
+                gw.kv, key.id, session, fmt, body, gw.session_budget_tokens, settings
+            )
+        else:  # a generated id is new (nothing stored to replay, so no KV read), or optimization is off
+            replay = sessions.fresh(fmt, body, settings)
+        # TrexID references are expanded before anything else reads the messages (404/403 before forwarding),
+        # but for the prefix about to be replayed, whose forwarded bytes carry their expansions (and a
+        # context_ref already among them is not added again). The body as read (cached), grown by the
+        # expansions, which may not take it past the body limit: that size decides what runs off the loop.
+        size = len(await request.read())
+        size += await memory.expand_refs(
+            gw.payloads,
+            key.id,
+            fmt,
+            body,
+            trex,
+            gw.embeddings,
+            size=size,
+            limit=gw.max_body_bytes,
+            skip=replay.replayed,
+            sent=replay.carries if replay.replayed else None,
+        )
+        original_text = memory.context_text(fmt, body) if store_ttl is not None else None
+        received_tokens: int | None = None
+        if replay.replayed:
+            # "Original" is counted on what the client sent; the replayed messages are what was forwarded.
+            received_tokens = await count_tokens(fmt, body, encoding, size)
+            replay.apply(body)
+            options = dataclasses.replace(options, frozen_items=replay.replayed)
+        report = await run_optimizer(fmt, body, options, size)
+        if replay.replayed and received_tokens is not None:
+            report.original_tokens = max(received_tokens, report.optimized_tokens)
+        report.note_session(replay.replayed, replay.reoptimize)
+        admission = await gw.quotas.long_context(key, admission, report.optimized_tokens)
+        stream = body.get("stream") is True
+        chain = _fallbacks(trex)
+        attempts: list[dict[str, Any]] = []
+        if route is None:
+            # smart-auto's choice, not the client's: one that cannot take the request is skipped like a
+            # fallback.
+            choices = await _smart_auto(request, gw, key, fmt, body, report.optimized_tokens)
+            ranked = iter(choices[: _MAX_FALLBACKS + 1])
+            prepared, api_key = await _first_preparable(request, gw, key, fmt, body, stream, ranked, attempts)
+            route, chain = prepared.route, [*ranked, *chain]
+        else:
+            prepared = _prepare(fmt, body, stream, route, gw)
+        fallbacks = iter(chain)
+        out_headers = savings_headers(report, session)
+        if store_ttl is not None and original_text is not None:
+            summary = memory.context_text(fmt, body)
+            kept = await memory.store(gw.payloads, key.id, summary, original_text, store_ttl, gw.embeddings)
+            out_headers["X-Trex-Id"] = kept.trex_id
+        if not exact:
+            out_headers["X-Trex-Token-Count"] = "estimate"
+    except BaseException:
+        await gw.quotas.give_back(admission)
+        raise
     acct = await _begin_usage(
         request,
         gw,
@@ -360,7 +384,7 @@ async def proxy(
             return await _error_response(request, upstream, fmt, wire, out_headers, api_key)
         if upstream.status >= 300:  # redirects are not followed (see adapters.transport)
             raise _redirected(route.provider, upstream.status, out_headers)
-        if replay.field is not None and (client_session or len(body[replay.field]) > 1):
+        if replay.field is not None and (client_session or replay.hashes):
             # Remember what was forwarded once the upstream has accepted it, after the response.
             request[CTX].wait_until(
                 sessions.remember(

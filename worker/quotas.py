@@ -36,7 +36,7 @@ import fnmatch
 import functools
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from kv import KVError, KVNamespace
@@ -173,6 +173,9 @@ class Admission:
     credits: bool
     day: str
     week: str
+    counted: tuple[tuple[str, int | None], ...] = ()
+    """The uses counted on admission (request quotas, web searches): given back if the request is refused
+    before it reaches an upstream (`Quotas.give_back`)."""
 
 
 _TOKENS_FRESH_S = 1.0
@@ -252,10 +255,19 @@ class Quotas:
         try:
             return await self._admit(key, plan, model, web_search, tier, in_flight, counted)
         except GatewayError:
-            if counted:
-                with contextlib.suppress(KVError):  # the refusal is the answer, whatever the KV does
-                    await self.counters.incr([(counter, -1, ttl) for counter, ttl in counted])
+            await self._uncount(counted)
             raise
+
+    async def give_back(self, admission: Admission | None) -> None:
+        """Give back what an admitted request counted, when it is refused before reaching an upstream (a bad
+        TrexID, option or input found after admission): a refused request uses nothing up."""
+        if admission is not None:
+            await self._uncount(admission.counted)
+
+    async def _uncount(self, counted: Sequence[tuple[str, int | None]]) -> None:
+        if counted:
+            with contextlib.suppress(KVError):  # the refusal is the answer, whatever the KV does
+                await self.counters.incr([(counter, -1, ttl) for counter, ttl in counted])
 
     async def _admit(
         self,
@@ -281,7 +293,7 @@ class Quotas:
         why = _credit_reason(plan, model, tier, in_flight)
         if why is not None:
             await self._require_balance(key.id, why)
-            return Admission(key.id, plan, True, day, week)
+            return Admission(key.id, plan, True, day, week, tuple(counted))
         for limit, counter, left, what, ttl in (
             (plan.daily_tokens, f"quota/{key.id}/d{day}/tokens", day_left, "daily token", _DAY_TOKENS_TTL),
             (
@@ -315,7 +327,7 @@ class Quotas:
                     counted.append((counter, left + 3600))
             if exceeded is not None:
                 raise exceeded
-        return Admission(key.id, plan, False, day, week)
+        return Admission(key.id, plan, False, day, week, tuple(counted))
 
     async def admit_fallback(
         self, key: KeyRecord, admission: Admission | None, model: str, *, tier: str | None, in_flight: int

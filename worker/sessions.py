@@ -3,11 +3,12 @@
 Providers cache prompt prefixes byte for byte. If every turn re-optimized the whole history, a message
 would change as it aged past the protected recent turns and the provider's cache would miss on every
 request. So, per (proxy key, session id), the KV keeps for each message of the conversation list the hash
-of what the client sent and the exact JSON that was forwarded for it. On the next turn the longest matching
-prefix is replayed as it was forwarded, and only the new tail is optimized. When the forwarded context
-passes a token budget, the whole conversation is optimized afresh once (and the report says so), which
-starts a new cached prefix; it is optimized afresh again only once it has grown by half the budget since,
-so a context that stays large is not re-optimized (and its cache lost) on every turn.
+of what the client sent (its TrexID references unexpanded, as the client sends it again next turn) and the
+exact JSON that was forwarded for it (expanded). On the next turn the longest matching prefix is replayed
+as it was forwarded, and only the new tail is optimized. When the forwarded context passes a token budget,
+the whole conversation is optimized afresh once (and the report says so), which starts a new cached prefix;
+it is optimized afresh again only once it has grown by half the budget since, so a context that stays
+large is not re-optimized (and its cache lost) on every turn.
 
 Bytes are replayed only under the optimizer settings (mode, protected turns, profile) that made them: a
 session that switches to `safe` must not be sent what `aggressive` compacted earlier.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 import msgspec
@@ -44,7 +46,7 @@ class SessionState(msgspec.Struct):
     forwarded: list[msgspec.Raw]
     forwarded_tokens: int = 0
     reoptimized_at: int = 0
-    """The forwarded size right after the last full re-optimization (0: never)."""
+    """The forwarded size right after the last full re-optimization (0: never, or not of this history)."""
     settings: str = ""
     """The optimizer settings the forwarded bytes were made with (`settings_of`)."""
 
@@ -56,14 +58,30 @@ class Replay:
     field: str | None
     """The conversation field (`messages` or `input`), or None when the body has no list to replay."""
     hashes: list[str]
+    """One per message as the client sent it (before its TrexID references were expanded)."""
     replayed: int
-    """How many leading messages were replaced by their forwarded bytes."""
+    """How many leading messages are replaced by their forwarded bytes."""
     reoptimize: bool
     """True when the stored context passed the budget: everything is optimized afresh this time."""
     reoptimized_at: int = 0
     """Carried from the stored state (see `SessionState.reoptimized_at`)."""
     settings: str = ""
     """The optimizer settings of this request, stored with what it forwards."""
+    prefix: list[Any] = dataclass_field(default_factory=list)
+    """The forwarded form of each replayed message, with the client's current breakpoints."""
+    sent: list[msgspec.Raw] = dataclass_field(default_factory=list)
+    """The bytes stored for the replayed messages."""
+
+    def apply(self, body: dict[str, Any]) -> None:
+        """Put the forwarded prefix in place of the client's leading messages."""
+        if self.field is not None and self.replayed:
+            body[self.field][: self.replayed] = self.prefix
+
+    def carries(self, text: str) -> bool:
+        """Whether `text` is in what the replayed prefix forwarded (a `trex.context_ref` expansion added on an
+        earlier turn is not added again)."""
+        needle = _encoder.encode(text)[1:-1]  # as it appears inside a JSON string
+        return any(needle in bytes(raw) for raw in self.sent)
 
 
 def settings_of(options: Options) -> str:
@@ -148,7 +166,7 @@ def fresh(fmt: Format, body: dict[str, Any], settings: str = "") -> Replay:
     return Replay(field, hashes, 0, False, settings=settings)
 
 
-async def replay(
+async def lookup(
     kv: KVNamespace,
     key_id: str,
     session: str,
@@ -157,7 +175,8 @@ async def replay(
     budget_tokens: int,
     settings: str = "",
 ) -> Replay:
-    """Replace the longest prefix of the conversation that was forwarded before by its forwarded bytes."""
+    """The longest prefix of the conversation, as the client sent it, that was forwarded before, with its
+    forwarded bytes; `Replay.apply` puts them in place (after the rest's TrexID references are expanded)."""
     field = conversation_field(fmt, body)
     if field is None:
         return Replay(None, [], 0, False, settings=settings)
@@ -182,16 +201,21 @@ async def replay(
         if new != old:
             break
         n += 1
+    # A conversation that no longer holds all of the stored one (a client that compacted or edited its
+    # history) is not the one last re-optimized: its growth is measured afresh, not from the old mark.
+    reoptimized_at = state.reoptimized_at if n == len(state.hashes) else 0
     # The last message is always new work (the latest turn); replaying it too would skip its optimization.
     n = min(n, len(items) - 1)
-    replayed = 0
+    prefix: list[Any] = []
     for i in range(n):
         item = _with_breakpoints(_decoder.decode(state.forwarded[i]), items[i])
         if item is None:
             break
-        items[i] = item
-        replayed += 1
-    return Replay(field, hashes, replayed, False, state.reoptimized_at, settings)
+        prefix.append(item)
+    replayed = len(prefix)
+    return Replay(
+        field, hashes, replayed, False, reoptimized_at, settings, prefix, state.forwarded[:replayed]
+    )
 
 
 async def remember(
@@ -204,10 +228,12 @@ async def remember(
     forwarded_tokens: int,
     ttl_seconds: int,
 ) -> None:
-    """Store what was forwarded for each message (run after the response, via wait_until)."""
+    """Store what was forwarded for each message the client sent (run after the response, via wait_until).
+    A message the worker added after them (a `trex.context_ref` expansion after a tool result) is not kept:
+    it has no message of the client's to be matched with."""
     if rep.field is None:
         return
-    forwarded = [msgspec.Raw(_encoder.encode(item)) for item in body[rep.field]]
+    forwarded = [msgspec.Raw(_encoder.encode(item)) for item in body[rep.field][: len(rep.hashes)]]
     state = SessionState(
         fmt=fmt,
         hashes=rep.hashes,
