@@ -92,9 +92,11 @@ def make_runner(app: web.Application, shutdown_timeout: float) -> web.AppRunner:
         app,
         access_log=None,
         handle_signals=False,
-        # aiohttp waits this long for in-flight handlers, cancels the rest, then waits as long again: half
-        # the grace period each, so requests are cut off within it (wait_until drains in what is left).
-        shutdown_timeout=shutdown_timeout / 2,
+        # aiohttp waits this long for in-flight handlers to finish, then asks them to stop (which a handler
+        # waiting on its upstream does not notice) and waits as long again before cancelling them: a quarter
+        # each, so in-flight requests are cut off at half the grace period and wait_until tasks drain in the
+        # other half.
+        shutdown_timeout=shutdown_timeout / 4,
         handler_cancellation=True,
         # After answering a request whose body it did not read (a 413), aiohttp keeps reading and discarding
         # for this long so the client sees the answer; its default of 10 s let a sender push gigabytes.
