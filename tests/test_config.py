@@ -127,6 +127,9 @@ def test_secrets_come_from_dev_vars_and_environment(tmp_path: Path) -> None:
     assert cfg.secret("TREX_MASTER_KEY") == "from-env"
     assert "TREX_MASTER_KEY" not in cfg.vars
     assert "from-env" not in repr(cfg)
+    # Every secret the worker reads may come from the environment, the embeddings endpoint's key too.
+    cfg = load_config(path, environ={"MEMORY_EMBEDDINGS_API_KEY": "sk-embed-env"})
+    assert cfg.secret("MEMORY_EMBEDDINGS_API_KEY") == "sk-embed-env"
 
 
 @pytest.mark.parametrize(
@@ -140,6 +143,10 @@ def test_secrets_come_from_dev_vars_and_environment(tmp_path: Path) -> None:
         ('[vars]\nOPENAI_API_KEY = "sk-x"', "vars.OPENAI_API_KEY", "looks like a secret"),
         ('[vars]\nopenai_api_key = "sk-x"', "vars.openai_api_key", "looks like a secret"),
         ('[vars]\nOPENAI_APIKEY = "sk-x"', "vars.OPENAI_APIKEY", "looks like a secret"),
+        ('[vars]\nOPENAIAPIKEY = "sk-x"', "vars.OPENAIAPIKEY", "looks like a secret"),
+        ('[vars]\nGITHUBTOKEN = "x"', "vars.GITHUBTOKEN", "looks like a secret"),
+        ('[vars]\nMYSECRET = "x"', "vars.MYSECRET", "looks like a secret"),
+        ('[vars]\nDBPASSWORD = "x"', "vars.DBPASSWORD", "looks like a secret"),
         ('[vars]\nMAX_BODY_BYTES = "lots"', "vars.MAX_BODY_BYTES", "expected a positive number"),
         ("[vars]\nMAX_BODY_BYTES = 1.5e6", "vars.MAX_BODY_BYTES", "expected an integer"),
         ("[vars]\nUPSTREAM_IDLE_TIMEOUT = 0", "vars.UPSTREAM_IDLE_TIMEOUT", "expected a positive number"),

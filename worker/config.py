@@ -86,8 +86,9 @@ NUMERIC_VARS = frozenset(
 )
 
 # Names that are secrets wherever they appear; any other name matching SECRET_NAME_RE is treated the same.
-SECRET_NAMES = frozenset({"TREX_MASTER_KEY", "TREX_ADMIN_TOKEN"})
-SECRET_NAME_RE = re.compile(r"(?:^|_)(?:API_?KEY|KEY|TOKEN|SECRET|PASSWORD|PASSWD)$", re.IGNORECASE)
+SECRET_NAMES = frozenset({"TREX_MASTER_KEY", "TREX_ADMIN_TOKEN", "MEMORY_EMBEDDINGS_API_KEY"})
+# Ending in KEY (APIKEY, API_KEY), TOKEN, SECRET or PASSWORD, with or without an underscore before it.
+SECRET_NAME_RE = re.compile(r"(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD)$", re.IGNORECASE)
 
 # Like wrangler: these are not inherited by `[env.NAME]` sections.
 NON_INHERITABLE = frozenset({"vars", "kv_namespaces", "models"})

@@ -1,6 +1,6 @@
 """The TrexID memory layer: optimized context stored as a TokenZip payload, referenced and expanded later.
 
-Storing (`POST /v1/compress` with `"store": true`, or a proxied request with `trex: {"store_context": true}`)
+Storing (`POST /v1/compress` or a proxied request with `trex: {"store_context": true}`)
 keeps, for the calling key: `summary` = the optimized text, `facts` = the exactly preserved facts (ids,
 amounts, dates, codes … found by the optimizer's fact scanner) verbatim, `original` = the text before
 optimization (for full expansion), and the original cut into chunks with one vector each.
