@@ -572,7 +572,7 @@ def _encode_part(part: Part, param: str) -> dict[str, Any] | None:
             "type": "tool_use",
             "id": _tool_id(part.id),
             "name": part.name,
-            "input": _tool_input(part.arguments, part.name, f"{param}.arguments"),
+            "input": _tool_input(part.arguments, part.name, part.where or f"{param}.arguments"),
         }
         return _with_cache(block, part.cache_control)
     if isinstance(part, Image):

@@ -48,6 +48,8 @@ class ToolCall(msgspec.Struct, tag="tool_call", omit_defaults=True):
     name: str
     arguments: str
     cache_control: CacheControl | None = None
+    where: str | None = None
+    """Where the client sent the arguments (`input[3].arguments`): what an error about them names."""
 
 
 class ToolResult(msgspec.Struct, tag="tool_result", omit_defaults=True):

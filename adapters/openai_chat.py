@@ -241,7 +241,13 @@ def _decode_tool_call(call: Any, where: str) -> ToolCall:
                 f"{where}.function.arguments",
             )
         args = _json_encode(args).decode()
-    return ToolCall(id=call_id, name=name, arguments=args, cache_control=_cache_control(call))
+    return ToolCall(
+        id=call_id,
+        name=name,
+        arguments=args,
+        cache_control=_cache_control(call),
+        where=f"{where}.function.arguments",
+    )
 
 
 def _decode_tool_message(msg: dict[str, Any], where: str, cc: CacheControl | None) -> ToolResult:

@@ -325,6 +325,7 @@ def _decode_function_call(item: dict[str, Any], param: str) -> ToolCall:
         name=_required_str(item, "name", param),
         arguments=_required_str(item, "arguments", param),
         cache_control=_cache_control(item, param),
+        where=f"{param}.arguments",
     )
 
 

@@ -827,3 +827,43 @@ def test_extended_thinking_reaches_other_providers_as_their_reasoning_setting(ga
     assert gateway.fake.last("/v1/chat/completions").json["reasoning_effort"] == "medium"
     client.messages.create(model="gpt-4o-mini", max_tokens=9000, messages=hi, thinking=thinking)  # type: ignore[arg-type]
     assert "reasoning_effort" not in gateway.fake.last("/v1/chat/completions").json
+
+
+def test_tool_call_arguments_claude_cannot_take_are_a_400_naming_the_clients_field(
+    gateway: GatewaySetup,
+) -> None:
+    """Arguments that are not a JSON object cannot become Claude's `tool_use.input`: the 400 names where the
+    client sent them (its own message and item positions, not the gateway's internal ones)."""
+    chat = {
+        "model": "claude-sonnet-4-6",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Sum these."},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "sum", "arguments": "[1, 2]"}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "3"},
+        ],
+    }
+    with pytest.raises(openai.BadRequestError) as err:
+        gateway.openai().chat.completions.create(**chat)
+    assert err.value.body["param"] == "messages[2].tool_calls[0].function.arguments"  # type: ignore[index]
+    responses = {
+        "model": "claude-sonnet-4-6",
+        "instructions": "Be brief.",
+        "input": [
+            {"role": "user", "content": "Sum these."},
+            {"type": "reasoning", "id": "rs_1", "summary": []},
+            {"type": "function_call", "call_id": "call_1", "name": "sum", "arguments": "[1, 2]"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "3"},
+        ],
+    }
+    with pytest.raises(openai.BadRequestError) as err:
+        gateway.openai().responses.create(**responses)
+    assert err.value.body["param"] == "input[2].arguments"  # type: ignore[index]
+    assert "sum" in err.value.body["message"]  # type: ignore[index]
+    assert gateway.fake.received == []

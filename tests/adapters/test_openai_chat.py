@@ -189,8 +189,18 @@ def test_parallel_tool_calls_and_their_results_pair_up_by_id() -> None:
     assistant, results = req.messages[1], req.messages[2]
     # The empty text beside the calls carries nothing and is not kept.
     assert assistant.content == [
-        ToolCall(id="call_a", name="get_weather", arguments=ODD_ARGS),
-        ToolCall(id="call_b", name="get_weather", arguments='{"city":"Oslo"}'),
+        ToolCall(
+            id="call_a",
+            name="get_weather",
+            arguments=ODD_ARGS,
+            where="messages[1].tool_calls[0].function.arguments",
+        ),
+        ToolCall(
+            id="call_b",
+            name="get_weather",
+            arguments='{"city":"Oslo"}',
+            where="messages[1].tool_calls[1].function.arguments",
+        ),
     ]
     # Consecutive tool messages become one user turn with both results, in order.
     assert results.role == "user"
@@ -247,7 +257,15 @@ def test_cache_control_is_kept_wherever_the_client_put_it() -> None:
         Text(text="question"),
     ]
     assert req.messages[1].content == [Text(text="a", cache_control=EPHEMERAL)]
-    assert req.messages[2].content == [ToolCall(id="c1", name="f", arguments="{}", cache_control=EPHEMERAL)]
+    assert req.messages[2].content == [
+        ToolCall(
+            id="c1",
+            name="f",
+            arguments="{}",
+            cache_control=EPHEMERAL,
+            where="messages[3].tool_calls[0].function.arguments",
+        )
+    ]
     assert req.messages[3].content == [
         ToolResult(tool_call_id="c1", content=[Text(text="out")], cache_control=EPHEMERAL)
     ]

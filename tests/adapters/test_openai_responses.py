@@ -284,8 +284,18 @@ def test_function_calls_and_outputs_are_merged_into_turns() -> None:
             role="assistant",
             content=[
                 Text("Checking both."),
-                ToolCall(id="call_1", name="get_weather", arguments='{"location":"Paris"}'),
-                ToolCall(id="call_2", name="get_weather", arguments='{"location": "Rome"}'),
+                ToolCall(
+                    id="call_1",
+                    name="get_weather",
+                    arguments='{"location":"Paris"}',
+                    where="input[3].arguments",
+                ),
+                ToolCall(
+                    id="call_2",
+                    name="get_weather",
+                    arguments='{"location": "Rome"}',
+                    where="input[4].arguments",
+                ),
             ],
         ),
         Message(
@@ -298,7 +308,14 @@ def test_function_calls_and_outputs_are_merged_into_turns() -> None:
         Message(role="user", content=[Text("And Oslo?")]),
         Message(
             role="assistant",
-            content=[ToolCall(id="call_3", name="get_weather", arguments='{"location":"Oslo"}')],
+            content=[
+                ToolCall(
+                    id="call_3",
+                    name="get_weather",
+                    arguments='{"location":"Oslo"}',
+                    where="input[8].arguments",
+                )
+            ],
         ),
         # An empty output is an empty result, not an empty text block (which Anthropic rejects).
         Message(role="user", content=[ToolResult(tool_call_id="call_3", content=[])]),
@@ -358,7 +375,12 @@ def test_output_items_of_a_response_can_be_sent_back_as_input() -> None:
             role="assistant",
             content=[
                 Text("Let me look."),
-                ToolCall(id="toolu_1", name="get_weather", arguments='{"location":"Oslo"}'),
+                ToolCall(
+                    id="toolu_1",
+                    name="get_weather",
+                    arguments='{"location":"Oslo"}',
+                    where="input[2].arguments",
+                ),
             ],
         ),
         Message(role="user", content=[ToolResult(tool_call_id="toolu_1", content=[Text("-3C")])]),
@@ -436,7 +458,11 @@ def test_cache_control_is_preserved() -> None:
         Message(role="user", content=[Text("c", cache_control=mark)]),
         Message(
             role="assistant",
-            content=[ToolCall(id="x", name="get_weather", arguments="{}", cache_control=mark)],
+            content=[
+                ToolCall(
+                    id="x", name="get_weather", arguments="{}", cache_control=mark, where="input[3].arguments"
+                )
+            ],
         ),
         Message(
             role="user", content=[ToolResult(tool_call_id="x", content=[Text("ok")], cache_control=mark)]
