@@ -197,9 +197,13 @@ _WORD_END = r"(?=[\s\",;()\[\]{}=<>]|\.(?:\s|$))"
 _CAPS_END = r"(?=[\",;()\[\]{}=<>]|\s(?![-+]?\d)|\.(?:\s|$))"
 # One match steps over a whole run of such stretches (possessive: the run ends where none matches, exactly
 # where a lone stretch's match would have ended), so the caller sees a few matches per fact, not one per word.
+# A word is stepped over only when at most 64 letters long: a word's letters are taken possessively and the
+# end test then passes or fails once, and the bound keeps a run of thousands of letters that does not end at
+# such a character (the scan retries at each of its positions) from costing its length at each of them, which
+# made the scan quadratic. A longer word is scanned like any other text; no pattern matches inside it either.
 _SCAN_RE = re.compile(
-    rf"(?:[a-z]+{_WORD_END}|(?!(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec))[A-Z][a-z]+{_WORD_END}"
-    rf"|(?!E)[A-Z]{{2,}}{_CAPS_END}|[\s\",:{{}}\[\]]+)++|({_FACT_RE.pattern})"
+    rf"(?:[a-z]{{1,64}}+{_WORD_END}|(?!(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec))[A-Z][a-z]{{1,63}}+"
+    rf"{_WORD_END}|(?!E)[A-Z]{{2,64}}+{_CAPS_END}|[\s\",:{{}}\[\]]+)++|({_FACT_RE.pattern})"
 )
 _RUN_RE = re.compile(r"[A-Za-z0-9]+")
 

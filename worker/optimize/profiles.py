@@ -151,7 +151,7 @@ def unwrap(profile: str | None, tool: str | None, text: str) -> Wrapped | None:
         return None
     try:
         doc: Any = msgspec.json.decode(text)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # nested too deep: not JSON to us
         return None
     if not isinstance(doc, dict) or not isinstance(doc.get("output"), str):
         return None

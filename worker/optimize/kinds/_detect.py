@@ -57,12 +57,15 @@ LOG_PREFIX_RE = re.compile(
 )
 
 # --- html -------------------------------------------------------------------------------------------
+# Leading comments: each read up to its first `-->` and never re-split (possessive), so a run of `<!---->`
+# costs its length, not twice as much per comment as `(?:<!--.*?-->\s*)*` did.
+_LEADING_COMMENTS = r"^\s*+(?:<!--(?:(?!-->).)*+-->\s*+)*+"
 _HTML_START_RE = re.compile(
-    r"^\s*(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html|head|body)\b", re.IGNORECASE | re.DOTALL
+    _LEADING_COMMENTS + r"<(?:!doctype\s+html|html|head|body)\b", re.IGNORECASE | re.DOTALL
 )
 # A single-file component (Vue, Svelte, Astro): top-level <template>, <script> or <style> blocks. Source code,
 # however many tags it holds: converted to text, its template and script would be dropped.
-_COMPONENT_RE = re.compile(r"^\s*(?:<!--.*?-->\s*)*<(?:template|script|style)\b", re.IGNORECASE | re.DOTALL)
+_COMPONENT_RE = re.compile(_LEADING_COMMENTS + r"<(?:template|script|style)\b", re.IGNORECASE | re.DOTALL)
 _HTML_TAG_RE = re.compile(
     r"</?(?:html|head|body|div|span|p|a|ul|ol|li|table|tr|td|th|h[1-6]|script|style|meta|link|section|"
     r"article|nav|header|footer|main|br|img|form|input|button|pre|code|em|strong)\b[^<>]*>",
@@ -85,8 +88,10 @@ _CODE_KEYWORD_RE = re.compile(
     r"protected|static|#include|#define|namespace|template|switch|case|break|continue|throw|catch|yield|"
     r"raise|assert|module|require|using|val|match|mod|extern|unsafe|void|int|char|bool)\b"
 )
+# A call is `name(…)` with no other parenthesis inside (`f(g(x))` counts by `g(x)`): each try reads only up to
+# the next parenthesis, so a line of `a(a(a(…` costs its length, not its length at each `(`.
 _CODE_SHAPE_RE = re.compile(
-    r"[{};(\[,:]\s*$|^\s*[})\]]|^\s*(?://|/\*|\*|#)|\w\(.*\)|\s(?:=|==|=>|->|:=|\+=)\s"
+    r"[{};(\[,:]\s*$|^\s*[})\]]|^\s*(?://|/\*|\*|#)|\w\([^()\n]*+\)|\s(?:=|==|=>|->|:=|\+=)\s"
 )
 
 
@@ -107,7 +112,7 @@ def is_json(stripped: str) -> bool:
     try:
         msgspec.json.decode(stripped)
         return True
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # nested too deep: not JSON to us
         pass
     return is_json_lines(stripped)
 
@@ -123,7 +128,7 @@ def is_json_lines(stripped: str) -> bool:
             return False
         try:
             msgspec.json.decode(s)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # nested too deep: not JSON to us
             return False
     return True
 

@@ -1,0 +1,67 @@
+"""Tool output crafted against the optimizer's patterns: each input here made one pattern backtrack
+exponentially or quadratically (one 500-byte request held the worker's event loop for seconds to hours, since
+a regex holds the GIL even on a thread). They must now be handled like any other text. The timeout bounds
+each test far above what the fixed patterns need (milliseconds) and far below what the old ones took."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from worker.optimize.facts import find_facts
+from worker.optimize.kinds import detect
+from worker.optimize.pipeline import Options, optimize
+
+pytestmark = pytest.mark.timeout(20)
+
+
+def _tool_result(output: str) -> dict[str, Any]:
+    return {
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "user", "content": "run it"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "sh", "arguments": "{}"}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": output},
+            {"role": "user", "content": "and now?"},
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        "<!---->" * 60 + "<x>",  # leading HTML comments: doubled the time per comment (60: centuries)
+        "<!-- a -->" * 40 + "<p>not a page</p>",
+        "a(" * 200_000,  # a call shape with no closing parenthesis: quadratic per line (about 30 s)
+        "[" * 5_000,  # nested too deep to decode: not JSON, not a failure (it was a 500)
+    ],
+    ids=["comments", "spaced-comments", "open-calls", "deep-json"],
+)
+def test_adversarial_tool_output_is_optimized_like_any_other(output: str) -> None:
+    body = _tool_result(output)
+    report = optimize("chat", copy.deepcopy(body), Options())
+    assert report.optimized_tokens <= report.original_tokens
+    assert detect(output) in {"html", "code", "prose", "log", "search", "table", "json", "diff"}
+
+
+def test_a_long_word_in_old_prose_is_scanned_once() -> None:
+    """One unbroken word: the fact scan retried it at each of its letters (an 80 KB word took 46 s)."""
+    assert find_facts("abcdefgh" * 20_000) == find_facts("abcdefgh" * 20_000 + " ") == []
+    assert find_facts("Ab" * 50_000 + "1") == []
+    body = {
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "user", "content": "abcdefgh" * 10_000},
+            *[{"role": r, "content": c} for r, c in zip(["assistant", "user"] * 3, "abcdef", strict=True)],
+        ],
+    }
+    report = optimize("chat", body, Options())
+    assert report.optimized_tokens <= report.original_tokens
