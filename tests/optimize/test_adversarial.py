@@ -65,3 +65,25 @@ def test_a_long_word_in_old_prose_is_scanned_once() -> None:
     }
     report = optimize("chat", body, Options())
     assert report.optimized_tokens <= report.original_tokens
+
+
+def _log(extra: str) -> str:
+    lines = [f"2026-01-0{i % 9 + 1} 12:00:{i % 60:02d} INFO request served id={i}" for i in range(60)]
+    return "\n".join([*lines[:30], extra, *lines[30:]])
+
+
+@pytest.mark.parametrize(
+    ("output", "question"),
+    [
+        # An id-like word of the latest request was looked for at each position of a long run (about 1 h).
+        (_log("2026-01-01 12:00:00 ERROR job failed"), "why did it fail? " + "a_" * 100_000),
+        # A test id (`path::name`) was tried at each position of a long word of colons (about 30 s).
+        (_log("tests/test_a.py::test_x PASSED " + "a:" * 60_000), "why did it fail?"),
+    ],
+    ids=["query-ids", "test-slot"],
+)
+def test_adversarial_logs_tables_and_questions(output: str, question: str) -> None:
+    body = _tool_result(output)
+    body["messages"][-1]["content"] = question
+    report = optimize("chat", body, Options())
+    assert report.optimized_tokens <= report.original_tokens

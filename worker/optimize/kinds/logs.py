@@ -94,7 +94,9 @@ _CONTINUATION_RE = re.compile(
 # Slots that turn an entry into its template, tried left to right at each position (a UUID before its hex
 # parts, a timestamp before its numbers). Test ids (`tests/test_a.py::test_x PASSED`, `--- PASS: TestX`)
 # make one template for all passing tests.
-_TEST_SLOT = r"(?P<test>\S+::\S+|(?<=^--- PASS: )\S+|(?<=^ok  \t)\S+)|"
+# A test id is tried only where a word starts (a match inside a word would have started at its beginning):
+# tried at each position of a long word instead, `\S+::` cost the word's length at each of them.
+_TEST_SLOT = r"(?P<test>(?<!\S)\S+::\S+|(?<=^--- PASS: )\S+|(?<=^ok  \t)\S+)|"
 _VALUE_SLOTS = (
     r"(?P<uuid>\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b)"
     r"|(?P<ts>\d{4}[-/]\d{2}[-/]\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?)?"
@@ -131,6 +133,10 @@ _LISTED_VALUES = 3
 
 # Id-like words of the latest request (`7f3a9c2`, `req-42`, `job_17`): an entry containing one is kept.
 _QUERY_ID_RE = re.compile(r"[A-Za-z0-9][\w.:/-]*\d[\w.:/-]*|[\w.:/-]*\d[\w.:/-]*[A-Za-z0-9]")
+# The id-like words are looked for in each run of such characters up to this long (an id is short; a longer
+# run, a URL, is a fact already): the pattern retries a run at each of its positions, quadratic in its length.
+_QUERY_RUN_RE = re.compile(r"[\w.:/-]+")
+_QUERY_RUN_MAX = 256
 
 
 def summarisable(fact: str) -> bool:
@@ -269,7 +275,9 @@ def _asked_entries(bodies: list[str], query: str) -> set[int]:
     if not query:
         return set()
     terms = dict.fromkeys(f for f in facts.find_facts(query) if len(f) >= 4)
-    terms.update(dict.fromkeys(w for w in _QUERY_ID_RE.findall(query) if len(w) >= 4))
+    for run in _QUERY_RUN_RE.findall(query):
+        if 4 <= len(run) <= _QUERY_RUN_MAX:
+            terms.update(dict.fromkeys(w for w in _QUERY_ID_RE.findall(run) if len(w) >= 4))
     limit = max(3, len(bodies) // 10)
     asked: set[int] = set()
     for term in terms:
