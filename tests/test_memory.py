@@ -559,3 +559,40 @@ def test_a_reference_in_a_session_keeps_the_replayed_prefix(gateway: GatewaySetu
             {"role": "assistant", "content": f"Answer {turn}."},
             {"role": "user", "content": f"Turn {turn + 1}: and then?"},
         ]
+
+
+def test_a_key_may_store_only_so_many_bytes_a_day(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """store_context keeps several times a request's size for up to a year: past PAYLOAD_BYTES_PER_DAY a key's
+    stores are refused until midnight UTC (a stream of cheap requests could otherwise fill the disk), other
+    keys are not affected, and compressing without storing still works."""
+    worker = make_worker({"PAYLOAD_BYTES_PER_DAY": 60_000}, dev_vars={"TREX_MASTER_KEY": MASTER_KEY})
+    tokens = [worker.call(worker.app[GATEWAY].keys.create(name))[1] for name in ("a", "b")]
+    setup = GatewaySetup(worker, fake_upstream, tokens[0], "")
+    _compress_and_store(setup)  # one store fits
+    refused = None
+    for _ in range(10):
+        try:
+            _compress_and_store(setup)
+        except urllib.error.HTTPError as exc:
+            refused = exc
+            break
+    assert refused is not None and refused.code == 429
+    doc = json.loads(refused.read())
+    assert (
+        doc["error"]["code"] == "storage_quota_exceeded"
+        and "PAYLOAD_BYTES_PER_DAY" in doc["error"]["message"]
+    )
+    assert 0 < int(refused.headers["Retry-After"]) <= 86400
+    _compress_and_store(setup, key=tokens[1])  # another key's budget is its own
+    plain = urllib.request.Request(
+        worker.url + "/v1/compress",
+        data=json.dumps(
+            {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": DOCUMENT}]}
+        ).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {tokens[0]}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(plain, timeout=10) as r:
+        assert r.status == 200

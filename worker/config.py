@@ -59,6 +59,7 @@ DEFAULT_VARS: Mapping[str, str] = MappingProxyType(
         "LOG_RETENTION_DAYS": "30",
         "AGENT_SIGNATURE_SKEW_SECONDS": "300",
         "MEMORY_TTL_SECONDS": str(7 * 86400),
+        "PAYLOAD_BYTES_PER_DAY": str(256 * 1024 * 1024),
         "MEMORY_EMBEDDINGS_URL": "",
         "MEMORY_EMBEDDINGS_MODEL": "text-embedding-3-small",
     }

@@ -158,7 +158,7 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
         quotas=quotas,
         catalog=build_catalog(models, config.tables.get("models"), config.source),
         prices=prices,
-        payloads=PayloadStore(kv),
+        payloads=PayloadStore(kv, bytes_per_day=_count(config, "PAYLOAD_BYTES_PER_DAY", 2**50)),
         embeddings=embeddings,
         max_body_bytes=config.max_body_bytes,
         memory_ttl_seconds=min(

@@ -16,7 +16,9 @@ Stored under `payloads/<trex_id>` with the sender, `created_at`, `expires_at` an
 the canonical encoding of `payload` (JSON with sorted keys, no whitespace, UTF-8). Expiry is decided by the
 store's clock on every read (the KV entry also expires, a minute later, to reclaim space); a delete removes
 the entry, so a revocation is seen by every instance at once. Payloads stored by the gateway for a proxy key
-(`/v1/compress` with `store`, `trex.store_context`) carry extra fields: the preserved facts and the original.
+(`trex.store_context`, on `/v1/compress` or a proxied request) carry extra fields: the preserved facts and the
+original. What one sender stores is counted per UTC day (`payloads_bytes/<sender>/<day>`); past
+`PAYLOAD_BYTES_PER_DAY` a store is a 429 `storage_quota_exceeded` until midnight UTC.
 """
 
 from __future__ import annotations
@@ -35,7 +37,13 @@ import msgspec
 
 from kv import MAX_VALUE_BYTES, KVNamespace
 
-from .errors import InvalidRequestError, NotFoundError, PayloadTooLargeError, PermissionDeniedError
+from .errors import (
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitError,
+)
 
 TZP_VERSIONS = ("1.0", "1.0.0")
 TREX_ID_PREFIX = "tzp_"
@@ -47,6 +55,13 @@ MIN_TTL_SECONDS = 60
 MAX_TTL_SECONDS = 365 * 86400
 DEFAULT_TTL_SECONDS = 86400
 _SLOT = "payloads/"
+_BYTES_SLOT = "payloads_bytes/"  # per sender and UTC day: what it stored
+
+
+class StorageQuotaError(RateLimitError):
+    default_code = "storage_quota_exceeded"
+
+
 _REVOKED = "payloads_revoked/"
 """A revocation claim, so concurrent DELETEs of one payload (on any instance) revoke it once."""
 
@@ -245,9 +260,13 @@ def iso(epoch: float) -> str:
 class PayloadStore:
     """TokenZip payloads in the KV. `clock` decides expiry (tests move it)."""
 
-    def __init__(self, kv: KVNamespace, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, kv: KVNamespace, clock: Callable[[], float] = time.time, bytes_per_day: int = 0
+    ) -> None:
         self.kv = kv
         self.clock = clock
+        self.bytes_per_day = bytes_per_day
+        """What one sender (a proxy key or an agent) may store per UTC day; 0: no limit."""
 
     async def put(self, sender: str, push: PushRequest, sent: Sequence[str] = ()) -> Stored:
         """Store a push; `sent` (`sent_fields`) keeps the checksum on the payload exactly as it was sent."""
@@ -272,9 +291,25 @@ class PayloadStore:
                 f"The payload to store is {len(value):,} bytes once encoded; a stored payload is at most "
                 f"{MAX_VALUE_BYTES:,} bytes (the KV's value limit)."
             )
+        if self.bytes_per_day:
+            await self._charge(sender, len(value), now)
         # The KV entry outlives `expires_at` by a minute: reads decide expiry by the clock above.
         await self.kv.put(_SLOT + trex_id, value, expiration_ttl=push.metadata.ttl_seconds + 60)
         return stored
+
+    async def _charge(self, sender: str, size: int, now: float) -> None:
+        """Count `size` stored bytes against the sender's day (atomically, shared by every instance); over the
+        budget, give them back and refuse: a stream of cheap requests cannot fill the KV's disk."""
+        day = int(now // 86400)
+        counter = f"{_BYTES_SLOT}{sender}/{day}"
+        used = await self.kv.incr(counter, size, expiration_ttl=2 * 86400)
+        if used > self.bytes_per_day:
+            await self.kv.incr(counter, -size, expiration_ttl=2 * 86400)
+            raise StorageQuotaError(
+                f"Storing this payload ({size:,} bytes) would pass the {self.bytes_per_day:,} bytes a sender "
+                "may store per day (PAYLOAD_BYTES_PER_DAY); retry after midnight UTC.",
+                headers={"Retry-After": str(max(1, (day + 1) * 86400 - int(now)))},
+            )
 
     async def get(self, trex_id: str) -> Stored:
         """The live payload, or 404 (missing, expired or revoked: the same answer)."""
