@@ -118,6 +118,20 @@ def test_forwarded_for_from_an_untrusted_peer_is_ignored(
     assert statuses == [200, 200, 429]  # all counted for the real peer
 
 
+def test_a_forwarded_hop_that_is_not_an_address_counts_as_the_proxy(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """A trusted proxy passing on a hop that is no IP address (`unknown`, or whatever a client wrote): that
+    hop is not a client of its own (each made-up value had a fresh count), the proxy's address is counted."""
+    _wait_for_a_fresh_minute()
+    worker, token = _worker(make_worker, RATE_LIMIT_IP_PER_MINUTE=2, TRUSTED_PROXIES="127.0.0.1/32")
+    up = {"X-Upstream-Api-Key": "sk-x"}
+    statuses = [
+        _post(worker.url, token, {**up, "X-Forwarded-For": f"client-{i}-" + "x" * 300})[0] for i in range(3)
+    ]
+    assert statuses == [200, 200, 429]
+
+
 def test_in_flight_limit_per_key(
     make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
 ) -> None:

@@ -128,7 +128,11 @@ class Limits:
         if not forwarded_for or not self.trusted or not self._is_trusted(ip):
             return ip
         for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
-            if not self._is_trusted(hop):
+            try:
+                address = ipaddress.ip_address(hop)
+            except ValueError:  # `unknown`, or made up: no client of its own; the proxy is counted
+                return ip
+            if not any(address in net for net in self.trusted):
                 return hop
         return ip
 
