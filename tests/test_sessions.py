@@ -305,3 +305,34 @@ def test_a_session_compacted_by_its_client_is_reoptimized_by_the_budget_again(
     # Past the budget, and far below the old mark plus half the budget: re-optimized all the same.
     assert int(headers["X-Trex-Optimized-Tokens"]) < mark
     assert headers["X-Trex-Session-Reoptimized"] == "true"
+
+
+def test_new_sessions_past_the_keys_daily_storage_are_not_stored_known_ones_are(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """Every new X-Session-Id stores a conversation for a day: past PAYLOAD_BYTES_PER_DAY a key's new sessions
+    are not stored (their next turn is not replayed; the request itself is served), while the sessions it has
+    keep being replayed and updated."""
+    probe = make_worker(dev_vars={"TREX_MASTER_KEY": MASTER_KEY})
+    client, key_id = _client(probe, "measure")
+    _turn(probe, fake_upstream, key_id, client, TURN1)
+    entry = probe.call(probe.app[GATEWAY].kv.list(prefix=f"session/{key_id}/")).keys[0].name
+    size = len(probe.call(probe.app[GATEWAY].kv.get(entry)) or b"")
+    w = make_worker(
+        variables={"PAYLOAD_BYTES_PER_DAY": size * 3 // 2}, dev_vars={"TREX_MASTER_KEY": MASTER_KEY}
+    )
+    first, key_id = _client(w, "first")
+    _turn(w, fake_upstream, key_id, first, TURN1)  # fits: stored
+    token = first.api_key
+    second = openai.OpenAI(
+        api_key=token,
+        base_url=w.url + "/v1",
+        max_retries=0,
+        default_headers={"X-Upstream-Api-Key": "sk-x", "X-Session-Id": "second"},
+    )
+    assert second.chat.completions.create(model="gpt-4o-mini", messages=TURN1).choices  # type: ignore[arg-type]
+    time.sleep(0.3)  # its state would be written after the response
+    raw = second.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=TURN2)  # type: ignore[arg-type]
+    assert raw.headers["X-Trex-Session-Replayed"] == "0"  # it was not stored
+    headers, _ = _turn(w, fake_upstream, key_id, first, TURN2)
+    assert int(headers["X-Trex-Session-Replayed"]) > 0  # the session it had is replayed and updated

@@ -298,17 +298,12 @@ class PayloadStore:
         return stored
 
     async def _charge(self, sender: str, size: int, now: float) -> None:
-        """Count `size` stored bytes against the sender's day (atomically, shared by every instance); over the
-        budget, give them back and refuse: a stream of cheap requests cannot fill the KV's disk."""
-        day = int(now // 86400)
-        counter = f"{_BYTES_SLOT}{sender}/{day}"
-        used = await self.kv.incr(counter, size, expiration_ttl=2 * 86400)
-        if used > self.bytes_per_day:
-            await self.kv.incr(counter, -size, expiration_ttl=2 * 86400)
+        wait = await charge_stored_bytes(self.kv, sender, size, self.bytes_per_day, now)
+        if wait is not None:
             raise StorageQuotaError(
                 f"Storing this payload ({size:,} bytes) would pass the {self.bytes_per_day:,} bytes a sender "
                 "may store per day (PAYLOAD_BYTES_PER_DAY); retry after midnight UTC.",
-                headers={"Retry-After": str(max(1, (day + 1) * 86400 - int(now)))},
+                headers={"Retry-After": str(wait)},
             )
 
     async def get(self, trex_id: str) -> Stored:
@@ -386,3 +381,16 @@ def headers(stored: Stored) -> dict[str, str]:
         "X-Trex-Chunk-Count": str(stored.payload.chunk_count),
         "X-Trex-Dimensions": str(stored.payload.dimensions),
     }
+
+
+async def charge_stored_bytes(kv: KVNamespace, sender: str, size: int, limit: int, now: float) -> int | None:
+    """Count `size` stored bytes against the sender's UTC day (atomically, shared by every instance): None
+    when they fit in `limit`, else they are given back and the seconds until the day ends are returned. A
+    stream of cheap requests cannot fill the KV's disk (payloads, sessions)."""
+    day = int(now // 86400)
+    counter = f"{_BYTES_SLOT}{sender}/{day}"
+    used = await kv.incr(counter, size, expiration_ttl=2 * 86400)
+    if used <= limit:
+        return None
+    await kv.incr(counter, -size, expiration_ttl=2 * 86400)
+    return max(1, (day + 1) * 86400 - int(now))

@@ -388,7 +388,15 @@ async def proxy(
             # Remember what was forwarded once the upstream has accepted it, after the response.
             request[CTX].wait_until(
                 sessions.remember(
-                    gw.kv, key.id, session, fmt, body, replay, report.optimized_tokens, gw.session_ttl_seconds
+                    gw.kv,
+                    key.id,
+                    session,
+                    fmt,
+                    body,
+                    replay,
+                    report.optimized_tokens,
+                    gw.session_ttl_seconds,
+                    gw.payloads.bytes_per_day,
                 )
             )
         is_sse = _is_event_stream(upstream)

@@ -23,6 +23,8 @@ The conversation list is `messages` (chat, Messages) or `input` when it is a lis
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
@@ -33,6 +35,9 @@ from kv import KVNamespace, KVUnavailableError
 
 from .optimize.pipeline import Options
 from .optimize.segments import Format
+from .payloads import charge_stored_bytes
+
+log = logging.getLogger("trex.sessions")
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
@@ -71,6 +76,8 @@ class Replay:
     """The forwarded form of each replayed message, with the client's current breakpoints."""
     sent: list[msgspec.Raw] = dataclass_field(default_factory=list)
     """The bytes stored for the replayed messages."""
+    known: bool = False
+    """The session was found stored: remembering this turn replaces its entry rather than adding one."""
 
     def apply(self, body: dict[str, Any]) -> None:
         """Put the forwarded prefix in place of the client's leading messages."""
@@ -190,12 +197,12 @@ async def lookup(
         return Replay(field, hashes, 0, False, settings=settings)
     state = msgspec.json.decode(raw, type=SessionState)
     if state.fmt != fmt or state.settings != settings:  # made another way: optimized afresh
-        return Replay(field, hashes, 0, False, settings=settings)
+        return Replay(field, hashes, 0, False, settings=settings, known=True)
     if (
         state.forwarded_tokens > budget_tokens
         and state.forwarded_tokens - state.reoptimized_at > budget_tokens // 2
     ):
-        return Replay(field, hashes, 0, True, settings=settings)
+        return Replay(field, hashes, 0, True, settings=settings, known=True)
     n = 0
     for new, old in zip(hashes, state.hashes, strict=False):
         if new != old:
@@ -214,7 +221,15 @@ async def lookup(
         prefix.append(item)
     replayed = len(prefix)
     return Replay(
-        field, hashes, replayed, False, reoptimized_at, settings, prefix, state.forwarded[:replayed]
+        field,
+        hashes,
+        replayed,
+        False,
+        reoptimized_at,
+        settings,
+        prefix,
+        state.forwarded[:replayed],
+        known=True,
     )
 
 
@@ -227,10 +242,13 @@ async def remember(
     rep: Replay,
     forwarded_tokens: int,
     ttl_seconds: int,
+    bytes_per_day: int = 0,
 ) -> None:
     """Store what was forwarded for each message the client sent (run after the response, via wait_until).
     A message the worker added after them (a `trex.context_ref` expansion after a tool result) is not kept:
-    it has no message of the client's to be matched with."""
+    it has no message of the client's to be matched with. A session not stored yet counts against the key's
+    `bytes_per_day` of stored bytes (0: no limit); past it, it is not stored (its next turn is not
+    replayed)."""
     if rep.field is None:
         return
     forwarded = [msgspec.Raw(_encoder.encode(item)) for item in body[rep.field][: len(rep.hashes)]]
@@ -242,4 +260,12 @@ async def remember(
         reoptimized_at=forwarded_tokens if rep.reoptimize else rep.reoptimized_at,
         settings=rep.settings,
     )
-    await kv.put(_key(key_id, session), _encoder.encode(state), expiration_ttl=ttl_seconds)
+    value = _encoder.encode(state)
+    if (
+        bytes_per_day
+        and not rep.known
+        and await charge_stored_bytes(kv, key_id, len(value), bytes_per_day, time.time()) is not None
+    ):
+        log.info("session %s not stored: key %s is past PAYLOAD_BYTES_PER_DAY", session[:12], key_id)
+        return
+    await kv.put(_key(key_id, session), value, expiration_ttl=ttl_seconds)
