@@ -1,12 +1,13 @@
 """Provider health: a circuit breaker per provider and model, shared by every instance through the KV.
 
 `BREAKER_FAILURES` consecutive failures (5xx gateway errors, Anthropic's 529, refused connections, timeouts;
-not a 429, which is a rate limit, most often of one customer's own key, not an outage for everyone) open the
-breaker for `BREAKER_COOLDOWN_SECONDS`: routing then skips that provider+model without waiting on it. A
-success on any instance resets the count: the periodic state read also notices a failure count left by
-another instance. When the cooldown is over, one request — the first to win a KV `put_if_absent`, on whichever
-instance — is let through as a probe (half-open): a success closes the breaker, a failure opens it for
-another cooldown.
+not a 429, which is a rate limit, most often of one customer's own key, not an outage for everyone; nor any
+failure of a request sent with the client's own provider key, which may be that key's) open the breaker for
+`BREAKER_COOLDOWN_SECONDS`: routing then skips that provider+model without waiting on it. A success on any
+instance resets the count: the periodic state read also notices a failure count left by another instance.
+When the cooldown is over, one request — the first to win a KV `put_if_absent`, on whichever instance — is let
+through as a probe (half-open): a success closes the breaker, a failure opens it for another cooldown (one
+with the client's own key gives the probe up for the next request instead).
 
 KV keys: `health/<provider>/<model>/fails` (an `incr` counter), `health/<provider>/<model>/open` (the epoch
 second the cooldown ends, with the cooldown as TTL), `health/<provider>/<model>/probe` (who probes). Each
@@ -92,11 +93,24 @@ class Breakers:
         left = state.open_until - self._clock() if state is not None else self.cooldown
         return max(1, math.ceil(left))
 
-    async def failed(self, provider: str, model: str) -> None:
-        """Count a retryable failure; open the breaker at the threshold."""
+    async def failed(self, provider: str, model: str, *, counted: bool = True) -> None:
+        """Count a retryable failure; open the breaker at the threshold.
+
+        `counted=False`: a failure that says nothing about the route for everyone (a request sent with the
+        client's own provider key). It is not counted; if it was the half-open probe, the probe is given up
+        so that the next request probes instead of the route staying skipped until the probe entry expires.
+        """
         if self.failures <= 0:
             return
         route = (provider, model)
+        if not counted:
+            state = self._states.get(route)
+            if state is not None and 0 < state.open_until <= self._clock():
+                try:
+                    await self.kv.delete(self._key(provider, model, "probe"))
+                except KVError as exc:
+                    log.warning("could not give up the probe of %s/%s: %s", provider, model, exc)
+            return
         try:
             count = await self.kv.incr(self._key(provider, model, "fails"), 1, expiration_ttl=self._ttl * 2)
             state = self._states.setdefault(route, _State(0.0, 0.0, True))

@@ -338,7 +338,11 @@ async def proxy(
             upstream = resp
             break
         if status != 429:  # a rate limit (often one key's own) is retried, not held against the route
-            await gw.breakers.failed(cand.provider, cand.upstream_model)
+            # A failure with the client's own provider key may be that key's or its account's (its limits,
+            # its long generations passing the timeout): it is not held against the route everyone shares.
+            await gw.breakers.failed(
+                cand.provider, cand.upstream_model, counted=not _uses_own_key(request, cand.provider)
+            )
         wait = _retry_wait(gw, tries, deadline, resp)
         again = wait is not None
         following = None
@@ -637,6 +641,11 @@ async def reachable_providers(
 def _override(request: web.Request) -> str | None:
     value = request.headers.get("X-Upstream-Api-Key")
     return value.strip() if value and value.strip() else None
+
+
+def _uses_own_key(request: web.Request, provider: Provider) -> bool:
+    """True when a call to `provider` for this request goes with the client's `X-Upstream-Api-Key`."""
+    return _override(request) is not None and request.get(OVERRIDE_FOR, provider) == provider
 
 
 def _override_provider(request: web.Request) -> Provider:
