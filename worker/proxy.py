@@ -860,6 +860,9 @@ _CLIENT_HEADERS: Mapping[Provider, tuple[str, ...]] = {
     "openrouter": ("HTTP-Referer", "X-Title"),
     "local": (),
 }
+# Which organization or project a call is billed to: the client chooses only for its own provider key. With
+# the operator's bound key they would let a tenant bill any organization or project that key can reach.
+_OWN_KEY_ONLY_HEADERS = frozenset({"OpenAI-Organization", "OpenAI-Project"})
 
 
 def _upstream_headers(
@@ -874,7 +877,7 @@ def _upstream_headers(
         headers["Authorization"] = f"Bearer {api_key}"
     for name in _CLIENT_HEADERS[provider]:
         value = request.headers.get(name)
-        if value:
+        if value and (name not in _OWN_KEY_ONLY_HEADERS or _uses_own_key(request, provider)):
             headers[name] = value
     return headers
 
