@@ -253,6 +253,36 @@ def test_a_password_in_the_kv_url_is_never_printed(tmp_path: Path) -> None:
         )
 
 
+def test_credentials_in_any_url_valued_var_are_never_printed(tmp_path: Path) -> None:
+    """`trex config` masks the userinfo and secret query parameters of every URL it prints, not only kv_url's."""
+    path = write(
+        tmp_path,
+        'name = "t"\n[vars]\n'
+        'OPENAI_BASE_URL = "https://proxyuser:s3cretpass@openai.internal/v1"\n'
+        'ANTHROPIC_BASE_URL = "https://tok3n-as-user@anthropic.internal"\n'
+        'MEMORY_EMBEDDINGS_URL = "http://embed.internal/v1?api_key=s3cretkey&dim=256"\n'
+        'LOCAL_BASE_URL = "http://127.0.0.1:11434/v1"\n'
+        "[local]\n"
+        'kv_url = "redis://127.0.0.1:6379/15?password=s3cretkv"\n',
+    )
+    expected = (
+        "https://proxyuser:***@openai.internal/v1",
+        "https://***@anthropic.internal",
+        "http://embed.internal/v1?api_key=***&dim=256",
+        "http://127.0.0.1:11434/v1",
+        "redis://127.0.0.1:6379/15?password=***",
+    )
+    for argv in (["config", "--config", str(path)], ["config", "--config", str(path), "--json"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "worker", *argv], cwd=ROOT, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr
+        for secret in ("s3cretpass", "tok3n-as-user", "s3cretkey", "s3cretkv"):
+            assert secret not in proc.stdout + proc.stderr, (argv, secret)
+        for shown in expected:
+            assert shown in proc.stdout, (argv, shown)
+
+
 def test_a_relative_sqlite_kv_url_is_relative_to_the_config_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -355,6 +355,51 @@ def test_rate_limits_do_not_open_the_breaker(routed: Any) -> None:
     assert _paths(setup.fake) == ["/v1/chat/completions"]
 
 
+def test_failures_with_a_clients_own_provider_key_do_not_open_the_breaker_for_others(routed: Any) -> None:
+    """One tenant whose own key (`X-Upstream-Api-Key`) fails — its account's outage, long generations past the
+    timeout — must not pause the model for every other tenant."""
+    setup = routed(BREAKER_FAILURES=2, UPSTREAM_FIRST_BYTE_TIMEOUT=0.3)
+    _, tenant = setup.new_key("own-key-only")
+    own = setup.openai(key=tenant, default_headers={"X-Upstream-Api-Key": "sk-tenant-own-key-0000000"})
+    busy = Reply.json({"error": {"message": "down", "type": "x"}}, status=503)
+    slow = Reply.json("openai/chat_text.json", latency=1.0)
+    setup.fake.enqueue("/v1/chat/completions", busy, slow, busy)
+    statuses = []
+    for _ in range(3):
+        with pytest.raises(openai.InternalServerError) as err:
+            own.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+        statuses.append(err.value.status_code)
+    assert statuses == [503, 504, 503]  # each reached the upstream: the tenant's own key is not paused either
+    setup.fake.reset()
+    # Another tenant, with the operator's bound key, is served by the model as usual.
+    raw = setup.openai().chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    assert raw.headers["X-Trex-Upstream-Provider"] == "openai" and raw.parse().choices
+    (sent,) = setup.fake.received
+    assert sent.path == "/v1/chat/completions"
+    assert sent.headers["Authorization"] == f"Bearer {UPSTREAM_KEYS['openai']}"
+
+
+def test_a_probe_that_fails_with_a_clients_own_key_leaves_the_probe_to_the_next_request(routed: Any) -> None:
+    setup = routed(BREAKER_FAILURES=1, BREAKER_COOLDOWN_SECONDS=60)
+    busy = Reply.json({"error": {"message": "down", "type": "x"}}, status=503)
+    setup.fake.enqueue("/v1/chat/completions", busy)
+    client = setup.openai()
+    with pytest.raises(openai.InternalServerError):  # the operator's key: counted, the breaker opens
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    breakers = setup.worker.app[GATEWAY].breakers
+    breakers._clock = lambda: time.time() + 61  # the cooldown has passed
+    _, tenant = setup.new_key("own-key-only")
+    own = setup.openai(key=tenant, default_headers={"X-Upstream-Api-Key": "sk-tenant-own-key-0000000"})
+    setup.fake.enqueue("/v1/chat/completions", busy)
+    with pytest.raises(openai.InternalServerError) as err:  # it probes with its own key, and fails
+        own.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    assert err.value.code != "provider_unavailable"
+    setup.fake.reset()
+    # Its failure neither opened the breaker again nor kept the probe: the next request probes, and closes it.
+    assert client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices  # type: ignore[arg-type]
+    assert _paths(setup.fake) == ["/v1/chat/completions"]
+
+
 def test_a_success_on_another_instance_resets_the_failure_count(routed: Any) -> None:
     """Failures must be consecutive across instances: one instance's success clears what another counted."""
     first, second = routed(BREAKER_FAILURES=3), routed(BREAKER_FAILURES=3)

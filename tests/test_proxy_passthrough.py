@@ -250,6 +250,32 @@ def test_missing_provider_key_and_override(gateway: GatewaySetup) -> None:
     assert "anthropic" in str(aerr.value.body)
 
 
+def test_organization_and_project_go_upstream_only_with_the_clients_own_key(gateway: GatewaySetup) -> None:
+    """`OpenAI-Organization` and `OpenAI-Project` choose whom a call is billed to: with the operator's bound
+    key they are dropped (a tenant could bill another organization the key can reach); with the client's own
+    `X-Upstream-Api-Key` they are the client's to send. `OpenAI-Beta` is forwarded either way."""
+    client = gateway.openai(
+        organization="org-someone-else", project="proj-someone-else", default_headers={"OpenAI-Beta": "x=v1"}
+    )
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    client.responses.create(model="gpt-4o-mini", input="hi")
+    client.embeddings.create(model="text-embedding-3-small", input="a")
+    for sent in gateway.fake.received:
+        assert sent.headers["Authorization"] == f"Bearer {UPSTREAM_KEYS['openai']}"
+        assert not {"openai-organization", "openai-project"} & {name.lower() for name in sent.headers}
+        assert sent.headers["OpenAI-Beta"] == "x=v1"
+    assert len(gateway.fake.received) == 3
+    gateway.fake.reset()
+    own = {"X-Upstream-Api-Key": "sk-clients-own-key-123"}
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, extra_headers=own)  # type: ignore[arg-type]
+    client.embeddings.create(model="text-embedding-3-small", input="a", extra_headers=own)
+    for sent in gateway.fake.received:
+        assert sent.headers["Authorization"] == "Bearer sk-clients-own-key-123"
+        assert sent.headers["OpenAI-Organization"] == "org-someone-else"
+        assert sent.headers["OpenAI-Project"] == "proj-someone-else"
+    assert len(gateway.fake.received) == 2
+
+
 def test_upstream_errors_keep_status_body_and_retry_after(gateway: GatewaySetup) -> None:
     gateway.fake.set(
         "/v1/chat/completions",

@@ -16,7 +16,13 @@ The timestamp holds colons itself, so the header is split at its first and last 
 
 KV layout:
     agents/<agent id>             the agent record (JSON, the secret sealed inside)
+    agents_revoked/<agent id>     a revoke, kept for good: the agent is revoked whatever its record says
     nonce/<agent id>/<nonce>      a used nonce, kept long enough to cover the whole skew window
+
+A state change reads the record and writes it back whole, so an activation on another instance racing a revoke
+could write back an active record; the revoke's own entry, which no other change touches, keeps it revoked:
+every load of a record (for verification, once per cache load) reports it, and a change that finds it after
+writing puts `revoked` back.
 """
 
 from __future__ import annotations
@@ -78,6 +84,14 @@ class AgentNotFoundError(GatewayError):
 
 def _agent_slot(agent_id: str) -> str:
     return f"agents/{agent_id}"
+
+
+def _revoked_slot(agent_id: str) -> str:
+    return f"agents_revoked/{agent_id}"
+
+
+def _revoked_conflict(agent_id: str) -> ConflictError:
+    return ConflictError(f"Agent {agent_id} is revoked; a revoked agent cannot change state again.")
 
 
 def canonical_string(method: str, path: str, timestamp: str, nonce: str) -> str:
@@ -180,7 +194,9 @@ class AgentStore:
         # in the future stays acceptable until `skew` in the past, so both directions are covered.
         self.nonce_ttl = max(60, math.ceil(2 * max_skew_seconds) + 1)
         self._cache: _TTLCache[tuple[AgentRecord, str] | None] = _TTLCache(cache_ttl)
-        self._changes = asyncio.Lock()  # one read-and-write-back at a time (a revoke is never undone)
+        # One read-and-write-back at a time in this process; across instances the `agents_revoked/` entry
+        # keeps a revoke (see the module docstring).
+        self._changes = asyncio.Lock()
 
     # ---- administration --------------------------------------------------------------------------------
 
@@ -211,15 +227,29 @@ class AgentStore:
     async def list_agents(self) -> list[AgentRecord]:
         """Every agent, in id order."""
         out: list[AgentRecord] = []
+        revoked = await self._revoked_ids()
         cursor: str | None = None
         while True:
             page = await self._kv.list(prefix="agents/", cursor=cursor)
             for info in page.keys:
                 raw = await self._kv.get(info.name)
                 if raw is not None:
-                    out.append(msgspec.json.decode(raw, type=AgentRecord))
+                    record = msgspec.json.decode(raw, type=AgentRecord)
+                    if record.id in revoked:
+                        record = msgspec.structs.replace(record, state="revoked")
+                    out.append(record)
             if page.list_complete or page.cursor is None:
                 return out
+            cursor = page.cursor
+
+    async def _revoked_ids(self) -> set[str]:
+        ids: set[str] = set()
+        cursor: str | None = None
+        while True:
+            page = await self._kv.list(prefix="agents_revoked/", cursor=cursor)
+            ids.update(info.name.partition("/")[2] for info in page.keys)
+            if page.list_complete or page.cursor is None:
+                return ids
             cursor = page.cursor
 
     async def set_state(self, agent_id: str, state: str) -> AgentRecord:
@@ -229,12 +259,18 @@ class AgentStore:
         async with self._changes:
             record = await self.get(agent_id)
             if record.state == "revoked" and state != "revoked":
-                raise ConflictError(
-                    f"Agent {agent_id} is revoked; a revoked agent cannot change state again."
-                )
+                raise _revoked_conflict(agent_id)
+            if state == "revoked":  # first the entry no racing change can overwrite, then the record
+                await self._kv.put(_revoked_slot(agent_id), str(int(time.time())))
             updated = msgspec.structs.replace(record, state=state)
             await self._kv.put(_agent_slot(agent_id), msgspec.json.encode(updated))
             self._cache.drop(agent_id)
+            if state != "revoked" and await self._kv.get(_revoked_slot(agent_id)) is not None:
+                # Revoked on another instance while this change was made: the revoke stands.
+                revoked = msgspec.structs.replace(updated, state="revoked")
+                await self._kv.put(_agent_slot(agent_id), msgspec.json.encode(revoked))
+                self._cache.drop(agent_id)
+                raise _revoked_conflict(agent_id)
             return updated
 
     async def delete(self, agent_id: str) -> None:
@@ -242,6 +278,7 @@ class AgentStore:
         async with self._changes:
             await self.get(agent_id)
             await self._kv.delete(_agent_slot(agent_id))
+            await self._kv.delete(_revoked_slot(agent_id))  # last: the record it guards is gone
             self._cache.drop(agent_id)
 
     # ---- request path ------------------------------------------------------------------------------------
@@ -285,8 +322,14 @@ class AgentStore:
         return record
 
     async def _load(self, agent_id: str) -> AgentRecord | None:
+        """The stored record, revoked if a revoke was ever written for it (see the module docstring)."""
         raw = await self._kv.get(_agent_slot(agent_id))
-        return None if raw is None else msgspec.json.decode(raw, type=AgentRecord)
+        if raw is None:
+            return None
+        record = msgspec.json.decode(raw, type=AgentRecord)
+        if record.state != "revoked" and await self._kv.get(_revoked_slot(agent_id)) is not None:
+            return msgspec.structs.replace(record, state="revoked")
+        return record
 
     async def _load_with_secret(self, agent_id: str) -> tuple[AgentRecord, str] | None:
         record = await self._load(agent_id)

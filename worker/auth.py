@@ -8,7 +8,14 @@ KV layout:
     keys/<id>               the key record (JSON)
     keyhash/<sha256 hex>    → <id>
     keyused/<id>            last-used epoch seconds (kept apart so it never races a state change)
+    keys_revoked/<id>       a revoke, kept for good: the key is revoked whatever its record says
     bindings/<id>/<provider> the sealed provider key
+
+A change reads a record and writes it back whole, so a plan change or an activation on another instance,
+racing a revoke, can write back a record that is not revoked. The revoke therefore also writes its own entry,
+which no other change touches: every load of a record for authentication (once per cache load, not per
+request) and every admin read reports the key revoked when it is there, and a change that finds it after
+writing puts `revoked` back.
 
 Lookups go through a short-lived per-process cache (1 s by default) so the hot path rarely touches the KV,
 while a state change or a new binding is still seen by every instance within that second.
@@ -130,6 +137,14 @@ _MAX_KEY_ID_CHARS = 64
 _MAX_PROVIDER_KEY_CHARS = 4096
 
 
+def _revoked_slot(key_id: str) -> str:
+    return f"keys_revoked/{key_id}"
+
+
+def _revoked_conflict(key_id: str) -> ConflictError:
+    return ConflictError(f"Proxy key {key_id} is revoked; a revoked key cannot change state again.")
+
+
 class KeyStore:
     """Creates, lists and resolves proxy keys and their provider bindings on a KV namespace."""
 
@@ -140,7 +155,8 @@ class KeyStore:
         self._provider_keys: _TTLCache[str | None] = _TTLCache(cache_ttl)
         self._last_used_written: dict[str, float] = {}
         # Changes read a record and write it back whole: two at once (a revoke and a plan change) would
-        # undo each other, a revoked key come back active. One at a time in this process.
+        # undo each other, a revoked key come back active. One at a time in this process; across instances
+        # the `keys_revoked/` entry keeps a revoke (see the module docstring).
         self._changes = asyncio.Lock()
         self._loading: dict[str, asyncio.Future[Any]] = {}  # cache misses being loaded (see `_once`)
 
@@ -177,11 +193,28 @@ class KeyStore:
         raw = await self._kv.get(f"keys/{key_id}") if len(key_id) <= _MAX_KEY_ID_CHARS else None
         if raw is None:
             raise KeyNotFoundError(f"No proxy key with id {key_id!r}.")
-        return msgspec.json.decode(raw, type=KeyRecord)
+        return await self._with_revoke(msgspec.json.decode(raw, type=KeyRecord))
+
+    async def _with_revoke(self, record: KeyRecord) -> KeyRecord:
+        """`record`, revoked if a revoke was ever written for it (see the module docstring)."""
+        if record.state != "revoked" and await self._kv.get(_revoked_slot(record.id)) is not None:
+            return msgspec.structs.replace(record, state="revoked")
+        return record
+
+    async def _revoked_ids(self) -> set[str]:
+        ids: set[str] = set()
+        cursor: str | None = None
+        while True:
+            page = await self._kv.list(prefix="keys_revoked/", cursor=cursor)
+            ids.update(info.name.partition("/")[2] for info in page.keys)
+            if page.list_complete or page.cursor is None:
+                return ids
+            cursor = page.cursor
 
     async def list_keys(self) -> list[tuple[KeyRecord, int | None]]:
         """Every key with its last-used time (epoch seconds or None)."""
         out: list[tuple[KeyRecord, int | None]] = []
+        revoked = await self._revoked_ids()
         cursor: str | None = None
         while True:
             page = await self._kv.list(prefix="keys/", cursor=cursor)
@@ -190,6 +223,8 @@ class KeyStore:
                 if raw is None:
                     continue
                 record = msgspec.json.decode(raw, type=KeyRecord)
+                if record.id in revoked:
+                    record = msgspec.structs.replace(record, state="revoked")
                 out.append((record, await self.last_used(record.id)))
             if page.list_complete or page.cursor is None:
                 return out
@@ -207,10 +242,13 @@ class KeyStore:
         async with self._changes:
             record = await self.get(key_id)
             if record.state == "revoked" and state != "revoked":
-                raise ConflictError(
-                    f"Proxy key {key_id} is revoked; a revoked key cannot change state again."
-                )
-            return await self._write(msgspec.structs.replace(record, state=state))
+                raise _revoked_conflict(key_id)
+            if state == "revoked":  # first the entry no racing change can overwrite, then the record
+                await self._kv.put(_revoked_slot(key_id), str(int(time.time())))
+            written = await self._write(msgspec.structs.replace(record, state=state))
+            if written.state != state:  # revoked on another instance while this change was made
+                raise _revoked_conflict(key_id)
+            return written
 
     async def set_plan(self, key_id: str, plan: str | None) -> KeyRecord:
         """Put a key on a plan (None: no plan)."""
@@ -218,9 +256,14 @@ class KeyStore:
             return await self._write(msgspec.structs.replace(await self.get(key_id), plan=plan))
 
     async def _write(self, record: KeyRecord) -> KeyRecord:
+        """Store `record` whole; revoked again if a revoke (on any instance) came in meanwhile."""
         await self._kv.put(f"keys/{record.id}", msgspec.json.encode(record))
         self._records.drop(record.hash)
-        return record
+        checked = await self._with_revoke(record)
+        if checked is not record:
+            await self._kv.put(f"keys/{record.id}", msgspec.json.encode(checked))
+            self._records.drop(record.hash)
+        return checked
 
     async def delete(self, key_id: str) -> None:
         """Remove a key, its hash index, its bindings and its last-used mark (its usage history stays)."""
@@ -232,6 +275,7 @@ class KeyStore:
             await self._kv.delete(f"keyhash/{record.hash}")
             await self._kv.delete(f"keyused/{key_id}")
             await self._kv.delete(f"keys/{key_id}")
+            await self._kv.delete(_revoked_slot(key_id))  # last: the record it guards is gone
             self._records.drop(record.hash)
 
     async def unbind(self, key_id: str, provider: str) -> bool:
@@ -304,7 +348,7 @@ class KeyStore:
         if key_id is None:
             return None
         raw = await self._kv.get(f"keys/{key_id.decode()}")
-        return None if raw is None else msgspec.json.decode(raw, type=KeyRecord)
+        return None if raw is None else await self._with_revoke(msgspec.json.decode(raw, type=KeyRecord))
 
     async def provider_key(self, key_id: str, provider: str) -> str | None:
         """The plaintext provider key bound to this proxy key, or None."""

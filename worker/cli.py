@@ -455,7 +455,8 @@ def _config_command(args: argparse.Namespace, source: ConfigSource) -> int:
         "port": config.port,
         "persist_to": str(config.persist_to),
         "kv_url": redacted_url(config.kv_url),
-        "vars": dict(config.vars),
+        # Any URL-valued var (`*_BASE_URL`, `MEMORY_EMBEDDINGS_URL` …) may carry credentials too.
+        "vars": {name: redacted_url(v) if "://" in v else v for name, v in config.vars.items()},
         "secrets": sorted(config.secrets),  # names only, never values
     }
     text = "\n".join(f"{k} = {v}" for k, v in doc.items())

@@ -364,24 +364,26 @@ def count_var(
 
 
 def redacted_url(url: str) -> str:
-    """`url` fit to print: a password in it (`redis://:pw@host`, or `?password=pw`) is replaced by `***`."""
+    """`url` fit to print: the credentials in it are replaced by `***` — a password (`redis://:pw@host`), a
+    user name given alone (`https://TOKEN@host`, how a token is often passed) and a query parameter that names
+    a secret (`?password=`, `?pass=`, `?key=`, `?api_key=`, `?token=`, `?client_secret=` …)."""
     try:
         parts = urlsplit(url)
         password = parts.password
     except ValueError:  # not a URL one can take apart (`[bad`): nothing of it is printed
         return "(an unparsable URL)"
     query = "&".join(_redacted_field(field) for field in parts.query.split("&")) if parts.query else ""
-    if password is None:
+    _, at, host = parts.netloc.rpartition("@")
+    if not at:
         return url if query == parts.query else urlunsplit(parts._replace(query=query))
-    parts = parts._replace(query=query)
-    user = f"{parts.username}:" if parts.username else ":"
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
+    user = "***" if password is None else f"{parts.username or ''}:***"
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}", query=query))
 
 
 def _redacted_field(field: str) -> str:
     name, sep, _ = field.partition("=")
-    return f"{name}=***" if sep and name.lower() in ("password", "pass", "passwd") else field
+    secret = name.lower() in ("pass", "passwd") or SECRET_NAME_RE.search(name) is not None
+    return f"{name}=***" if sep and secret else field
 
 
 def is_secret_name(name: str) -> bool:

@@ -1,17 +1,21 @@
 """Provider health: a circuit breaker per provider and model, shared by every instance through the KV.
 
 `BREAKER_FAILURES` consecutive failures (5xx gateway errors, Anthropic's 529, refused connections, timeouts;
-not a 429, which is a rate limit, most often of one customer's own key, not an outage for everyone) open the
-breaker for `BREAKER_COOLDOWN_SECONDS`: routing then skips that provider+model without waiting on it. A
-success on any instance resets the count: the periodic state read also notices a failure count left by
-another instance. When the cooldown is over, one request — the first to win a KV `put_if_absent`, on whichever
-instance — is let through as a probe (half-open): a success closes the breaker, a failure opens it for
-another cooldown.
+not a 429, which is a rate limit, most often of one customer's own key, not an outage for everyone; nor any
+failure of a request sent with the client's own provider key, which may be that key's) open the breaker for
+`BREAKER_COOLDOWN_SECONDS`: routing then skips that provider+model without waiting on it. A success on any
+instance resets the count: the periodic state read also notices a failure count left by another instance.
+When the cooldown is over, one request — the first to win a KV `put_if_absent`, on whichever instance — is let
+through as a probe (half-open): a success closes the breaker, a failure opens it for another cooldown (one
+with the client's own key gives the probe up for the next request instead).
 
 KV keys: `health/<provider>/<model>/fails` (an `incr` counter), `health/<provider>/<model>/open` (the epoch
 second the cooldown ends, with the cooldown as TTL), `health/<provider>/<model>/probe` (who probes). Each
 instance caches a route's state for at most `_REFRESH_SECONDS`, so the request path reads the KV about once a
-second per route, not once per request, and writes only when something fails or recovers.
+second per route, not once per request, and writes only when something fails or recovers. That cache holds at
+most `max_routes` routes: a client can name any number of models (`local/<anything>` needs no key), and each
+would otherwise stay in it for good. Past that, the route least recently read from the KV goes, one without
+failures if one of the oldest few has none; the KV still holds its state, so it is only read again.
 """
 
 from __future__ import annotations
@@ -19,13 +23,17 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 
 from kv import KVError, KVNamespace
 
 log = logging.getLogger("trex.health")
 _REFRESH_SECONDS = 1.0
+MAX_ROUTES = 4096
+_EVICTION_SCAN = 32  # how many of the oldest routes are looked at for one without failures
 
 
 @dataclass(slots=True)
@@ -44,13 +52,16 @@ class Breakers:
         failures: int,
         cooldown_seconds: int,
         clock: Callable[[], float] = time.time,
+        max_routes: int = MAX_ROUTES,
     ) -> None:
         self.kv = kv
         self.failures = failures
         self.cooldown = max(1, cooldown_seconds)
         self._ttl = max(60, cooldown_seconds)  # the KV's shortest TTL; `open` holds the exact end itself
         self._clock = clock
-        self._states: dict[tuple[str, str], _State] = {}
+        self._max_routes = max(1, max_routes)
+        # Least recently read from the KV first (see the module docstring).
+        self._states: OrderedDict[tuple[str, str], _State] = OrderedDict()
 
     def _key(self, provider: str, model: str, what: str) -> str:
         return f"health/{provider}/{model}/{what}"
@@ -73,7 +84,8 @@ class Breakers:
                 return True
             open_until = float(raw) if raw else 0.0
             seen = (state.failures_seen if state else False) or counted is not None
-            state = self._states[route] = _State(open_until, now, seen)
+            state = _State(open_until, now, seen)
+            self._remember(route, state)
         if state.open_until == 0.0:
             return True
         if now < state.open_until:
@@ -86,20 +98,51 @@ class Breakers:
         except KVError:
             return True
 
+    def _remember(self, route: tuple[str, str], state: _State) -> None:
+        """Hold `state` for `route` (as the most recently read), within `max_routes`."""
+        states = self._states
+        if route in states:
+            states[route] = state
+            states.move_to_end(route)
+            return
+        if len(states) >= self._max_routes:
+            oldest = islice(states.items(), _EVICTION_SCAN)
+            victim = next(
+                (r for r, s in oldest if not s.failures_seen and s.open_until == 0.0), next(iter(states))
+            )
+            del states[victim]
+        states[route] = state
+
     def retry_after(self, provider: str, model: str) -> int:
         """Whole seconds until the open breaker of this route lets a probe through (at least 1)."""
         state = self._states.get((provider, model))
         left = state.open_until - self._clock() if state is not None else self.cooldown
         return max(1, math.ceil(left))
 
-    async def failed(self, provider: str, model: str) -> None:
-        """Count a retryable failure; open the breaker at the threshold."""
+    async def failed(self, provider: str, model: str, *, counted: bool = True) -> None:
+        """Count a retryable failure; open the breaker at the threshold.
+
+        `counted=False`: a failure that says nothing about the route for everyone (a request sent with the
+        client's own provider key). It is not counted; if it was the half-open probe, the probe is given up
+        so that the next request probes instead of the route staying skipped until the probe entry expires.
+        """
         if self.failures <= 0:
             return
         route = (provider, model)
+        if not counted:
+            state = self._states.get(route)
+            if state is not None and 0 < state.open_until <= self._clock():
+                try:
+                    await self.kv.delete(self._key(provider, model, "probe"))
+                except KVError as exc:
+                    log.warning("could not give up the probe of %s/%s: %s", provider, model, exc)
+            return
         try:
             count = await self.kv.incr(self._key(provider, model, "fails"), 1, expiration_ttl=self._ttl * 2)
-            state = self._states.setdefault(route, _State(0.0, 0.0, True))
+            state = self._states.get(route)
+            if state is None:
+                state = _State(0.0, 0.0, True)
+                self._remember(route, state)
             state.failures_seen = True
             half_open = state.open_until > 0 and self._clock() >= state.open_until  # the probe failed
             if count >= self.failures or half_open:

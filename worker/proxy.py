@@ -338,7 +338,11 @@ async def proxy(
             upstream = resp
             break
         if status != 429:  # a rate limit (often one key's own) is retried, not held against the route
-            await gw.breakers.failed(cand.provider, cand.upstream_model)
+            # A failure with the client's own provider key may be that key's or its account's (its limits,
+            # its long generations passing the timeout): it is not held against the route everyone shares.
+            await gw.breakers.failed(
+                cand.provider, cand.upstream_model, counted=not _uses_own_key(request, cand.provider)
+            )
         wait = _retry_wait(gw, tries, deadline, resp)
         again = wait is not None
         following = None
@@ -647,6 +651,11 @@ def _override(request: web.Request) -> str | None:
     return value.strip() if value and value.strip() else None
 
 
+def _uses_own_key(request: web.Request, provider: Provider) -> bool:
+    """True when a call to `provider` for this request goes with the client's `X-Upstream-Api-Key`."""
+    return _override(request) is not None and request.get(OVERRIDE_FOR, provider) == provider
+
+
 def _override_provider(request: web.Request) -> Provider:
     """The provider an `X-Upstream-Api-Key` override is for: the requested model's (set by `proxy`), else the
     one its key format names (Anthropic's `sk-ant-`, OpenRouter's `sk-or-`; other keys are OpenAI's)."""
@@ -859,6 +868,9 @@ _CLIENT_HEADERS: Mapping[Provider, tuple[str, ...]] = {
     "openrouter": ("HTTP-Referer", "X-Title"),
     "local": (),
 }
+# Which organization or project a call is billed to: the client chooses only for its own provider key. With
+# the operator's bound key they would let a tenant bill any organization or project that key can reach.
+_OWN_KEY_ONLY_HEADERS = frozenset({"OpenAI-Organization", "OpenAI-Project"})
 
 
 def _upstream_headers(
@@ -873,7 +885,7 @@ def _upstream_headers(
         headers["Authorization"] = f"Bearer {api_key}"
     for name in _CLIENT_HEADERS[provider]:
         value = request.headers.get(name)
-        if value:
+        if value and (name not in _OWN_KEY_ONLY_HEADERS or _uses_own_key(request, provider)):
             headers[name] = value
     return headers
 
