@@ -634,8 +634,17 @@ def _encode_tool_choice(choice: ToolChoice | None, parallel: bool | None) -> dic
     return out
 
 
-def encode_request(req: Request, *, upstream_model: str, default_max_tokens: int = 4096) -> dict[str, Any]:
+def encode_request(
+    req: Request,
+    *,
+    upstream_model: str,
+    default_max_tokens: int = 4096,
+    sampling: Literal["any", "one", "none"] = "any",
+) -> dict[str, Any]:
     """Translate a canonical `Request` into an Anthropic `/v1/messages` body for `upstream_model`.
+
+    `sampling`: the sampling parameters the model takes (`worker.catalog.Sampling`): all of them, temperature
+    or top_p but not both (temperature is kept), or none (they are left out).
 
     Raises `TranslationError` for content Anthropic cannot take, e.g. tool-call arguments that are not a
     JSON object or an image without a media type.
@@ -665,13 +674,14 @@ def encode_request(req: Request, *, upstream_model: str, default_max_tokens: int
         stop = [s for s in req.stop if s and not s.isspace()]
         if stop:
             body["stop_sequences"] = stop
-    if req.temperature is not None:
-        # Anthropic's range is [0, 1]; OpenAI's is [0, 2].
-        body["temperature"] = min(max(req.temperature, 0.0), 1.0)
-    if req.top_p is not None:
-        body["top_p"] = req.top_p
-    if req.top_k is not None:
-        body["top_k"] = req.top_k
+    if sampling != "none":  # a model that takes none answers 400 to any of them
+        if req.temperature is not None:
+            # Anthropic's range is [0, 1]; OpenAI's is [0, 2].
+            body["temperature"] = min(max(req.temperature, 0.0), 1.0)
+        if req.top_p is not None and (sampling == "any" or req.temperature is None):
+            body["top_p"] = req.top_p
+        if req.top_k is not None:
+            body["top_k"] = req.top_k
     if req.user is not None:
         body["metadata"] = {"user_id": req.user}
     fmt = req.response_format

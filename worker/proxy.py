@@ -52,7 +52,7 @@ from .accounting.events import Begun, Outcome
 from .accounting.usage import Observed
 from .appkeys import CTX, KEY_ID, OVERRIDE_FOR, RATE, REQUEST_ID, STARTED, USAGE_EVENT, abandoned, stamp
 from .auth import KeyRecord, MissingProviderKeyError, credential_from_headers
-from .catalog import SMART_AUTO, needs, smart_auto, usable
+from .catalog import SMART_AUTO, needs, sampling_of, smart_auto, usable
 from .errors import (
     AuthenticationError,
     GatewayError,
@@ -817,7 +817,10 @@ def _encode_request(wire: UpstreamWire, req: Request, route: ModelRoute, gw: Gat
     try:
         if wire == "messages":
             return anthropic.encode_request(
-                req, upstream_model=route.upstream_model, default_max_tokens=gw.default_max_tokens
+                req,
+                upstream_model=route.upstream_model,
+                default_max_tokens=gw.default_max_tokens,
+                sampling=sampling_of(route.upstream_model),
             )
         flavor: Literal["openai", "openrouter", "local"] = (
             "openrouter"
