@@ -68,6 +68,7 @@ __all__ = [
     "decode_response",
     "encode_request",
     "encode_response",
+    "fit_sampling",
 ]
 
 REDACTED_PREFIX: Final = "redacted_thinking:"
@@ -674,14 +675,15 @@ def encode_request(
         stop = [s for s in req.stop if s and not s.isspace()]
         if stop:
             body["stop_sequences"] = stop
-    if sampling != "none":  # a model that takes none answers 400 to any of them
-        if req.temperature is not None:
-            # Anthropic's range is [0, 1]; OpenAI's is [0, 2].
-            body["temperature"] = min(max(req.temperature, 0.0), 1.0)
-        if req.top_p is not None and (sampling == "any" or req.temperature is None):
-            body["top_p"] = req.top_p
-        if req.top_k is not None:
-            body["top_k"] = req.top_k
+    if req.temperature is not None:
+        # Anthropic's range is [0, 1]; OpenAI's is [0, 2].
+        body["temperature"] = min(max(req.temperature, 0.0), 1.0)
+    if req.top_p is not None:
+        body["top_p"] = req.top_p
+    if req.top_k is not None:
+        body["top_k"] = req.top_k
+    if sampling != "any":
+        fit_sampling(body, sampling)
     if req.user is not None:
         body["metadata"] = {"user_id": req.user}
     fmt = req.response_format
@@ -694,6 +696,17 @@ def encode_request(
     if req.stream:
         body["stream"] = True
     return body
+
+
+def fit_sampling(body: dict[str, Any], sampling: Literal["any", "one", "none"]) -> None:
+    """Leave out of a Messages body the sampling parameters its model refuses (`encode_request`'s
+    `sampling`): top_p beside temperature for a model that takes one of them, all three for one that takes
+    none."""
+    if sampling == "none":
+        for key in ("temperature", "top_p", "top_k"):
+            body.pop(key, None)
+    elif sampling == "one" and body.get("temperature") is not None:
+        body.pop("top_p", None)
 
 
 # ---- responses -----------------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ __all__ = [
     "decode_response",
     "encode_request",
     "encode_response",
+    "fit_reasoning_model",
     "usage_from_body",
     "usage_from_chunk",
 ]
@@ -483,13 +484,15 @@ def encode_request(req: Request, *, upstream_model: str, flavor: Flavor) -> dict
             body["parallel_tool_calls"] = req.parallel_tool_calls
     if req.max_tokens is not None:
         body["max_completion_tokens" if flavor == "openai" else "max_tokens"] = req.max_tokens
-    if req.temperature is not None:
+    # OpenAI's reasoning models refuse sampling parameters other than their default of 1, and stop sequences.
+    reasoning = flavor == "openai" and upstream_model.startswith(REASONING_MODELS)
+    if req.temperature is not None and (not reasoning or req.temperature == 1):
         body["temperature"] = req.temperature
-    if req.top_p is not None:
+    if req.top_p is not None and (not reasoning or req.top_p == 1):
         body["top_p"] = req.top_p
     if req.top_k is not None and flavor != "openai":
         body["top_k"] = req.top_k
-    if req.stop:
+    if req.stop and not reasoning:
         body["stop"] = req.stop
     if req.response_format is not None:
         fmt = req.response_format
@@ -501,7 +504,7 @@ def encode_request(req: Request, *, upstream_model: str, flavor: Flavor) -> dict
     if req.reasoning_budget is not None:
         if flavor == "openrouter":  # OpenRouter takes a token budget for any model that reasons
             body["reasoning"] = {"max_tokens": req.reasoning_budget}
-        elif flavor == "openai" and upstream_model.startswith(REASONING_MODELS):
+        elif reasoning:
             # OpenAI reasoning models take an effort level (other models refuse the parameter).
             budget = req.reasoning_budget
             body["reasoning_effort"] = "low" if budget < 4096 else "medium" if budget < 16384 else "high"
@@ -585,6 +588,21 @@ def _encode_user(msg: Message, out: list[dict[str, Any]], keep_cc: bool) -> None
 
 REASONING_MODELS = ("o1", "o3", "o4", "gpt-5")
 """OpenAI reasoning models (name prefixes): they take `reasoning_effort`, and `max_completion_tokens` only."""
+_REASONING_REFUSED: Final = ("stop", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs")
+"""Chat parameters OpenAI's reasoning models refuse whatever their value."""
+
+
+def fit_reasoning_model(body: dict[str, Any], *, responses: bool = False) -> None:
+    """Leave out of a chat (or, `responses`, a Responses) body what OpenAI's reasoning models refuse:
+    `temperature` and `top_p` other than 1, and in chat stop sequences, penalties and log probabilities."""
+    for key in ("temperature", "top_p"):
+        if key in body and body[key] != 1:
+            del body[key]
+    if not responses:
+        for key in _REASONING_REFUSED:
+            body.pop(key, None)
+
+
 _PARAGRAPH = "\n\n"
 """Between texts a tool call or thinking separated (chat has one content string)."""
 _TOOL_ERROR_PREFIX = "Error: "

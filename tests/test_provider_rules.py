@@ -2,15 +2,20 @@
 
 - Claude models that take temperature or top_p but not both (Sonnet/Haiku 4.5 and on) get temperature only;
   Claude Opus 4.7, which takes no sampling parameters, gets none.
+- OpenAI reasoning models get no temperature or top_p other than 1 and no stop sequences (nor penalties or
+  log probabilities) from a translated request or when smart-auto chose them; a client that names one in
+  its own format gets its body forwarded as sent.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from tests.conftest import GatewaySetup
+from tests.conftest import UPSTREAM_KEYS, GatewaySetup
+from worker.appkeys import GATEWAY
 
 HI: Any = [{"role": "user", "content": "hi"}]
+# (The Anthropic SDK has no sampling parameters any more: its clients send them as extra body fields.)
 
 
 def _sampling(sent: dict[str, Any]) -> dict[str, Any]:
@@ -33,3 +38,65 @@ def test_claude_gets_only_the_sampling_parameters_its_model_takes(gateway: Gatew
     # A model that takes both still gets both.
     client.chat.completions.create(model="claude-3-7-sonnet-latest", messages=HI, temperature=0.2, top_p=0.9)
     assert _sampling(gateway.fake.last().json) == {"temperature": 0.2, "top_p": 0.9}
+
+
+def test_openai_reasoning_models_get_no_parameters_they_refuse(gateway: GatewaySetup) -> None:
+    claude_client = gateway.anthropic()
+    claude_client.messages.create(
+        model="o4-mini", max_tokens=512, messages=HI, stop_sequences=["END"], extra_body={"temperature": 0}
+    )
+    sent = gateway.fake.last().json
+    assert sent["max_completion_tokens"] == 512 and "temperature" not in sent and "stop" not in sent
+    claude_client.messages.create(
+        model="gpt-5-mini", max_tokens=512, messages=HI, extra_body={"temperature": 1, "top_p": 0.9}
+    )
+    assert _sampling(gateway.fake.last().json) == {"temperature": 1}  # its default is accepted
+    # Not a reasoning model: all of it goes.
+    claude_client.messages.create(
+        model="gpt-4.1", max_tokens=512, messages=HI, stop_sequences=["END"], extra_body={"temperature": 0.3}
+    )
+    sent = gateway.fake.last().json
+    assert (sent["temperature"], sent["stop"]) == (0.3, ["END"])
+
+    client = gateway.openai()
+    # smart-auto picks a reasoning model (reasoning_effort needs one): what it refuses is left out.
+    raw = client.chat.completions.with_raw_response.create(
+        model="smart-auto",
+        messages=HI,
+        reasoning_effort="low",
+        temperature=0.2,
+        top_p=1,
+        stop=["END"],
+        presence_penalty=0.5,
+        frequency_penalty=0.5,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    assert raw.headers["X-Trex-Upstream-Model"].startswith(("o", "gpt-5"))
+    sent = gateway.fake.last().json
+    assert sent["reasoning_effort"] == "low" and _sampling(sent) == {"top_p": 1}
+    assert not {"stop", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs"} & set(sent)
+    raw = client.responses.with_raw_response.create(
+        model="smart-auto", input="hi", reasoning={"effort": "low"}, temperature=0.3, top_p=0.5
+    )
+    assert gateway.fake.last().path == "/v1/responses" and _sampling(gateway.fake.last().json) == {}
+    # A reasoning model the client names in its own format gets the body as sent.
+    client.chat.completions.create(model="o4-mini", messages=HI, temperature=0.2, stop=["END"])
+    sent = gateway.fake.last().json
+    assert (sent["temperature"], sent["stop"]) == (0.2, ["END"])
+
+
+def test_smart_auto_sends_claude_only_the_sampling_parameters_it_takes(gateway: GatewaySetup) -> None:
+    keys = gateway.worker.app[GATEWAY].keys
+    record, token = gateway.worker.call(keys.create("claude only"))
+    gateway.worker.call(keys.bind(record.id, "anthropic", UPSTREAM_KEYS["anthropic"]))
+    raw = gateway.anthropic(key=token).messages.with_raw_response.create(
+        model="smart-auto", max_tokens=100, messages=HI, extra_body={"temperature": 0.5, "top_p": 0.9}
+    )
+    assert raw.headers["X-Trex-Upstream-Provider"] == "anthropic"
+    assert _sampling(gateway.fake.last().json) == {"temperature": 0.5}
+    # Named by the client in its own format: as sent.
+    gateway.anthropic(key=token).messages.create(
+        model="claude-haiku-4-5", max_tokens=100, messages=HI, extra_body={"temperature": 0.5, "top_p": 0.9}
+    )
+    assert _sampling(gateway.fake.last().json) == {"temperature": 0.5, "top_p": 0.9}

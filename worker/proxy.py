@@ -490,6 +490,10 @@ def _prepare(
     if fmt == wire:
         upstream_body = dict(body)  # a shallow copy: a fallback may need the client's body again
         upstream_body["model"] = route.upstream_model
+        if body.get("model") == SMART_AUTO:
+            # smart-auto's choice, not the client's: what the client set for any model, the chosen one must
+            # take. (A model the client named gets its body as sent, and the provider's answer to it.)
+            _fit_chosen_model(upstream_body, route, wire)
         if (
             wire == "chat"
             and route.provider == "openai"
@@ -514,6 +518,15 @@ def _prepare(
             client_options = body.get("stream_options")
             wants_usage = isinstance(client_options, dict) and client_options.get("include_usage") is True
     return _Prepared(route, wire, _encoder.encode(upstream_body), wants_usage)
+
+
+def _fit_chosen_model(body: dict[str, Any], route: ModelRoute, wire: UpstreamWire) -> None:
+    """Leave out of a same-format body what the model smart-auto chose refuses: an OpenAI reasoning model's
+    refused sampling parameters and stop sequences, a Claude model's refused sampling parameters."""
+    if route.provider == "openai" and route.upstream_model.startswith(openai_chat.REASONING_MODELS):
+        openai_chat.fit_reasoning_model(body, responses=wire == "responses")
+    elif wire == "messages":
+        anthropic.fit_sampling(body, sampling_of(route.upstream_model))
 
 
 _KEEP_ALIVE = b": keep-alive\n\n"
