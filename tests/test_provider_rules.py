@@ -5,11 +5,16 @@
 - OpenAI reasoning models get no temperature or top_p other than 1 and no stop sequences (nor penalties or
   log probabilities) from a translated request or when smart-auto chose them; a client that names one in
   its own format gets its body forwarded as sent.
+- A chat user turn with no content is a 400 naming it when the request is translated for Claude (which would
+  be sent no conversation, or one ending with the assistant's turn).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import openai
+import pytest
 
 from tests.conftest import UPSTREAM_KEYS, GatewaySetup
 from worker.appkeys import GATEWAY
@@ -100,3 +105,30 @@ def test_smart_auto_sends_claude_only_the_sampling_parameters_it_takes(gateway: 
         model="claude-haiku-4-5", max_tokens=100, messages=HI, extra_body={"temperature": 0.5, "top_p": 0.9}
     )
     assert _sampling(gateway.fake.last().json) == {"temperature": 0.5, "top_p": 0.9}
+
+
+def test_an_empty_chat_user_turn_for_claude_is_a_400_naming_it(gateway: GatewaySetup) -> None:
+    client = gateway.openai()
+    cases: Any = [
+        (
+            [{"role": "system", "content": "Be brief."}, {"role": "user", "content": ""}],
+            "messages[1].content",
+        ),
+        (
+            [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "Hello."},
+                {"role": "user", "content": [{"type": "text", "text": ""}]},
+            ],
+            "messages[2].content",
+        ),
+    ]
+    for messages, param in cases:
+        before = len(gateway.fake.received)
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(model="claude-sonnet-4-6", messages=messages)
+        assert err.value.status_code == 400 and err.value.param == param
+        assert len(gateway.fake.received) == before  # nothing was forwarded
+    # In its own format the request goes as sent.
+    client.chat.completions.create(model="gpt-4.1", messages=cases[0][0])
+    assert gateway.fake.last().json["messages"][1] == {"role": "user", "content": ""}
