@@ -563,8 +563,8 @@ def _thinking_block(part: Thinking) -> dict[str, Any] | None:
 
 def _encode_part(part: Part, param: str) -> dict[str, Any] | None:
     if isinstance(part, Text):
-        if not part.text:
-            return None  # Anthropic rejects empty text blocks
+        if _blank(part.text):
+            return None  # Anthropic rejects empty text blocks (see _blank)
         return _with_cache({"type": "text", "text": part.text}, part.cache_control)
     if isinstance(part, ToolResult):
         return _tool_result_block(part, param)
@@ -581,6 +581,13 @@ def _encode_part(part: Part, param: str) -> dict[str, Any] | None:
     return _thinking_block(part)
 
 
+def _blank(text: str) -> bool:
+    """Empty or only whitespace: text Anthropic refuses as a block ("text content blocks must be non-empty",
+    "… must contain non-whitespace text" when it is all a message or the system prompt has). A chat client
+    sends back whatever Claude answered, `"\n\n"` included, so every later turn would be refused too."""
+    return not text or text.isspace()
+
+
 def _encode_messages(messages: list[Message]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i, msg in enumerate(messages):
@@ -590,7 +597,8 @@ def _encode_messages(messages: list[Message]) -> list[dict[str, Any]]:
             if block is not None:
                 blocks.append(block)
         if not blocks:
-            # Anthropic rejects empty messages; dropping one may leave two same-role turns, merged below.
+            # Anthropic rejects empty messages; dropping one may leave two same-role turns, merged below (as
+            # Anthropic would merge them: consecutive turns of one role are one turn).
             continue
         if out and out[-1]["role"] == msg.role:
             # Anthropic wants one message per turn: all results of one assistant turn in ONE user message.
@@ -655,13 +663,19 @@ def encode_request(
         "max_tokens": default_max_tokens if req.max_tokens is None else req.max_tokens,
     }
 
-    system = [_with_cache({"type": "text", "text": t.text}, t.cache_control) for t in req.system if t.text]
+    system = [
+        _with_cache({"type": "text", "text": t.text}, t.cache_control)
+        for t in req.system
+        if not _blank(t.text)
+    ]
     if len(system) == 1 and "cache_control" not in system[0]:
         body["system"] = system[0]["text"]
     elif system:
         body["system"] = system
 
     body["messages"] = _encode_messages(req.messages)
+    if not body["messages"]:
+        _fail("there is no user or assistant message with content to send", "messages")
 
     if req.tools:
         body["tools"] = [_encode_tool(t) for t in req.tools]

@@ -175,11 +175,12 @@ def _decode_messages(raw: Any) -> tuple[list[Text], list[Message]]:
             if isinstance(content, list) and not content:
                 raise TranslationError(f"Invalid '{where}.content': empty array.", f"{where}.content")
             parts = _decode_parts(content, f"{where}.content", cc, images=True)
-            if all(isinstance(p, Text) and not p.text for p in parts):
-                # Claude refuses empty text, and the turn dropped on the way would leave it a conversation
-                # that is not the one sent (none at all, or one ending with the assistant's turn).
+            if all(isinstance(p, Text) and (not p.text or p.text.isspace()) for p in parts):
+                # Claude refuses empty or whitespace-only text, and the turn dropped on the way would leave
+                # it a conversation that is not the one sent (none at all, or one ending with its answer).
                 raise TranslationError(
-                    f"Invalid '{where}.content': a user turn must not be empty.", f"{where}.content"
+                    f"Invalid '{where}.content': a user turn must not be empty or only whitespace.",
+                    f"{where}.content",
                 )
             messages.append(Message(role="user", content=cast("list[Part]", parts)))
         elif role == "assistant":

@@ -6,7 +6,9 @@
   log probabilities) from a translated request or when smart-auto chose them; a client that names one in
   its own format gets its body forwarded as sent.
 - A chat user turn with no content is a 400 naming it when the request is translated for Claude (which would
-  be sent no conversation, or one ending with the assistant's turn).
+  be sent no conversation, or one ending with the assistant's turn); so is one of only whitespace.
+- Whitespace-only text, which Claude refuses as all of a message or system prompt, is left out of what it is
+  sent: a chat client that got `"\n\n"` from Claude can go on with the conversation.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import openai
 import pytest
 
 from tests.conftest import UPSTREAM_KEYS, GatewaySetup
+from tests.fakes.upstream import Reply
 from worker.appkeys import GATEWAY
 
 HI: Any = [{"role": "user", "content": "hi"}]
@@ -132,3 +135,80 @@ def test_an_empty_chat_user_turn_for_claude_is_a_400_naming_it(gateway: GatewayS
     # In its own format the request goes as sent.
     client.chat.completions.create(model="gpt-4.1", messages=cases[0][0])
     assert gateway.fake.last().json["messages"][1] == {"role": "user", "content": ""}
+
+
+def test_whitespace_only_text_is_not_sent_to_claude(gateway: GatewaySetup) -> None:
+    claude = "claude-sonnet-4-6"
+    blank = {
+        "id": "msg_01",
+        "type": "message",
+        "role": "assistant",
+        "model": claude,
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "content": [{"type": "text", "text": "\n\n"}],
+        "usage": {"input_tokens": 10, "output_tokens": 2},
+    }
+    gateway.fake.enqueue("/v1/messages", Reply.json(blank))
+    client = gateway.openai()
+    history: Any = [{"role": "system", "content": "  "}, {"role": "user", "content": "Anything to add?"}]
+    answer = client.chat.completions.create(model=claude, messages=history).choices[0].message
+    assert answer.content == "\n\n"
+    history += [{"role": "assistant", "content": answer.content}, {"role": "user", "content": "Next step?"}]
+    client.chat.completions.create(model=claude, messages=history)
+    sent = gateway.fake.last().json
+    assert "system" not in sent
+    # The blank assistant turn is left out; the two user turns around it are one, as Claude reads them.
+    assert sent["messages"] == [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Anything to add?"}, {"type": "text", "text": "Next step?"}],
+        }
+    ]
+    # Beside a tool call, a blank text is left out and the call kept.
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    client.chat.completions.create(
+        model=claude,
+        messages=[
+            {"role": "user", "content": "go"},
+            {"role": "assistant", "content": " ", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "done"},
+        ],
+        tools=[{"type": "function", "function": {"name": "f"}}],
+    )
+    assistant = gateway.fake.last().json["messages"][1]
+    assert [b["type"] for b in assistant["content"]] == ["tool_use"]
+    client.responses.create(
+        model=claude,
+        input=[
+            {"role": "user", "content": "hi"},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "\n"}]},
+            {"role": "user", "content": "again"},
+        ],
+    )
+    assert [m["role"] for m in gateway.fake.last().json["messages"]] == ["user"]
+
+
+def test_a_whitespace_only_user_turn_for_claude_is_a_400_naming_it(gateway: GatewaySetup) -> None:
+    client = gateway.openai()
+    before = len(gateway.fake.received)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model="claude-sonnet-4-6",
+            messages=[
+                {"role": "user", "content": [{"type": "text", "text": ""}, {"type": "text", "text": " "}]}
+            ],
+        )
+    assert err.value.param == "messages[0].content"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(
+            model="claude-sonnet-4-6",
+            input=[{"role": "user", "content": [{"type": "input_text", "text": " "}]}],
+        )
+    assert err.value.param == "input[0].content"
+    with pytest.raises(openai.BadRequestError) as err:  # nothing but a system prompt
+        client.chat.completions.create(
+            model="claude-sonnet-4-6", messages=[{"role": "system", "content": "Be brief."}]
+        )
+    assert err.value.param == "messages"
+    assert len(gateway.fake.received) == before
