@@ -9,12 +9,15 @@
   be sent no conversation, or one ending with the assistant's turn); so is one of only whitespace.
 - Whitespace-only text, which Claude refuses as all of a message or system prompt, is left out of what it is
   sent: a chat client that got `"\n\n"` from Claude can go on with the conversation.
+- `/v1/messages/count_tokens` expands TrexID references as `/v1/messages` does, and never forwards `trex`.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 
@@ -212,3 +215,50 @@ def test_a_whitespace_only_user_turn_for_claude_is_a_400_naming_it(gateway: Gate
         )
     assert err.value.param == "messages"
     assert len(gateway.fake.received) == before
+
+
+def test_count_tokens_expands_trex_references_like_messages(gateway: GatewaySetup) -> None:
+    stored: Any = gateway.openai().post(
+        "/compress",
+        body={
+            "model": "claude-sonnet-4-6",
+            "messages": [{"role": "user", "content": "Order ord_123 costs $42.50; ship by 2026-12-24."}],
+            "trex": {"store_context": True},
+        },
+        cast_to=object,
+    )
+    trex_id = stored["trex_id"]
+    gateway.fake.set("/v1/messages/count_tokens", Reply.json({"input_tokens": 42}))
+    client = gateway.anthropic()
+    ref: Any = [{"type": "trex_ref", "trex_id": trex_id}, {"type": "text", "text": "Summarise the order."}]
+    assert (
+        client.messages.count_tokens(
+            model="claude-sonnet-4-6", messages=[{"role": "user", "content": ref}]
+        ).input_tokens
+        == 42
+    )
+    sent = gateway.fake.last("/v1/messages/count_tokens").json
+    first = sent["messages"][0]["content"][0]
+    assert first["type"] == "text" and f"TrexID {trex_id}" in first["text"] and "ord_123" in first["text"]
+    client.messages.count_tokens(
+        model="claude-sonnet-4-6",
+        messages=[{"role": "user", "content": "Summarise the order."}],
+        extra_body={"trex": {"context_ref": [trex_id]}},
+    )
+    sent = gateway.fake.last("/v1/messages/count_tokens").json
+    assert "trex" not in sent and "ord_123" in json.dumps(sent["messages"])
+    # Counted here for another model: the expansion counts.
+    plain = client.messages.count_tokens(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Summarise the order."}]
+    ).input_tokens
+    expanded = client.messages.count_tokens(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": ref}]
+    ).input_tokens
+    assert expanded > plain + 10
+    # A reference to nothing is a 404, as on /v1/messages.
+    with pytest.raises(anthropic.NotFoundError):
+        client.messages.count_tokens(
+            model="claude-sonnet-4-6",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_body={"trex": {"context_ref": ["tzp_00000000000000000000000000000000"]}},
+        )
