@@ -9,6 +9,7 @@
   be sent no conversation, or one ending with the assistant's turn); so is one of only whitespace.
 - Whitespace-only text, which Claude refuses as all of a message or system prompt, is left out of what it is
   sent: a chat client that got `"\n\n"` from Claude can go on with the conversation.
+- A Messages request for Claude without `max_tokens`, which Anthropic requires, is sent DEFAULT_MAX_TOKENS.
 - `/v1/messages/count_tokens` expands TrexID references as `/v1/messages` does, and never forwards `trex`.
 """
 
@@ -262,3 +263,16 @@ def test_count_tokens_expands_trex_references_like_messages(gateway: GatewaySetu
             messages=[{"role": "user", "content": "hi"}],
             extra_body={"trex": {"context_ref": ["tzp_00000000000000000000000000000000"]}},
         )
+
+
+def test_a_messages_request_without_max_tokens_gets_the_default(gateway: GatewaySetup) -> None:
+    # (The Anthropic SDK always sends max_tokens; a plain HTTP client may not.)
+    gateway.openai().post(
+        "/messages",
+        body={"model": "claude-sonnet-4-6", "messages": HI},
+        cast_to=object,
+        options={"headers": {"anthropic-version": "2023-06-01"}},
+    )
+    assert gateway.fake.last("/v1/messages").json["max_tokens"] == 4096  # DEFAULT_MAX_TOKENS's default
+    gateway.anthropic().messages.create(model="claude-sonnet-4-6", max_tokens=77, messages=HI)
+    assert gateway.fake.last("/v1/messages").json["max_tokens"] == 77

@@ -1,9 +1,10 @@
 """The proxy pipeline: inbound body → provider → upstream HTTP → response back in the client's format.
 
 Same-format traffic (chat → an OpenAI-compatible chat upstream, Messages → Anthropic, Responses → OpenAI) is
-forwarded as it came, byte for byte, with only the model id and the `trex*` fields changed. Cross-format
-traffic is decoded into the canonical types of `adapters.base` and encoded for the other side. Streams are
-translated event by event and every event is written the moment it is translated.
+forwarded as it came, with only the model id and the `trex*` fields changed, and what the provider requires
+(Anthropic's `max_tokens`, a reasoning model's `max_completion_tokens`) or a model smart-auto chose refuses.
+Cross-format traffic is decoded into the canonical types of `adapters.base` and encoded for the other side.
+Streams are translated event by event and every event is written the moment it is translated.
 """
 
 from __future__ import annotations
@@ -490,6 +491,8 @@ def _prepare(
     if fmt == wire:
         upstream_body = dict(body)  # a shallow copy: a fallback may need the client's body again
         upstream_body["model"] = route.upstream_model
+        if wire == "messages" and upstream_body.get("max_tokens") is None:
+            upstream_body["max_tokens"] = gw.default_max_tokens  # Anthropic requires it
         if body.get("model") == SMART_AUTO:
             # smart-auto's choice, not the client's: what the client set for any model, the chosen one must
             # take. (A model the client named gets its body as sent, and the provider's answer to it.)
