@@ -455,6 +455,7 @@ def decode_request(body: dict[str, Any]) -> Request:
         top_p=_number(body, "top_p"),
         top_k=_integer(body, "top_k"),
         stop=stop,
+        stop_field="stop_sequences",
         stream=stream,
         user=user,
         metadata=metadata,

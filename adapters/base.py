@@ -116,6 +116,8 @@ class Request(msgspec.Struct, omit_defaults=True):
     top_p: float | None = None
     top_k: int | None = None
     stop: list[str] = msgspec.field(default_factory=list)
+    stop_field: str = "stop"
+    """The client's name for `stop` (Messages: `stop_sequences`): what an error about it names."""
     response_format: ResponseFormat | None = None
     stream: bool = False
     user: str | None = None

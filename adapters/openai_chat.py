@@ -500,6 +500,12 @@ def encode_request(req: Request, *, upstream_model: str, flavor: Flavor) -> dict
     if req.top_k is not None and flavor != "openai":
         body["top_k"] = req.top_k
     if req.stop and not reasoning:
+        if flavor == "openai" and len(req.stop) > _OPENAI_MAX_STOP:
+            raise TranslationError(
+                f"'{req.stop_field}' may have at most {_OPENAI_MAX_STOP} sequences for this model "
+                f"(OpenAI's limit), got {len(req.stop)}.",
+                req.stop_field,
+            )
         body["stop"] = req.stop
     if req.response_format is not None:
         fmt = req.response_format
@@ -595,6 +601,8 @@ def _encode_user(msg: Message, out: list[dict[str, Any]], keep_cc: bool) -> None
 
 REASONING_MODELS = ("o1", "o3", "o4", "gpt-5")
 """OpenAI reasoning models (name prefixes): they take `reasoning_effort`, and `max_completion_tokens` only."""
+_OPENAI_MAX_STOP: Final = 4
+"""Stop sequences an OpenAI chat model takes."""
 _REASONING_REFUSED: Final = ("stop", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs")
 """Chat parameters OpenAI's reasoning models refuse whatever their value."""
 

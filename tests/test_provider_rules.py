@@ -9,6 +9,7 @@
   be sent no conversation, or one ending with the assistant's turn); so is one of only whitespace.
 - Whitespace-only text, which Claude refuses as all of a message or system prompt, is left out of what it is
   sent: a chat client that got `"\n\n"` from Claude can go on with the conversation.
+- More than 4 stop sequences for an OpenAI chat model (its limit) are a 400 naming the client's field.
 - A Messages request for Claude without `max_tokens`, which Anthropic requires, is sent DEFAULT_MAX_TOKENS.
 - `/v1/messages/count_tokens` expands TrexID references as `/v1/messages` does, and never forwards `trex`.
 """
@@ -276,3 +277,22 @@ def test_a_messages_request_without_max_tokens_gets_the_default(gateway: Gateway
     assert gateway.fake.last("/v1/messages").json["max_tokens"] == 4096  # DEFAULT_MAX_TOKENS's default
     gateway.anthropic().messages.create(model="claude-sonnet-4-6", max_tokens=77, messages=HI)
     assert gateway.fake.last("/v1/messages").json["max_tokens"] == 77
+
+
+def test_more_stop_sequences_than_openai_takes_are_a_400_naming_the_clients_field(
+    gateway: GatewaySetup,
+) -> None:
+    client = gateway.anthropic()
+    five = ["\n\nHuman:", "END", "###", "</answer>", "STOP"]
+    before = len(gateway.fake.received)
+    with pytest.raises(anthropic.BadRequestError) as err:
+        client.messages.create(model="gpt-4.1", max_tokens=64, messages=HI, stop_sequences=five)
+    assert err.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    assert "stop_sequences" in err.value.message and "at most 4" in err.value.message
+    assert len(gateway.fake.received) == before
+    client.messages.create(model="gpt-4.1", max_tokens=64, messages=HI, stop_sequences=five[:4])
+    assert gateway.fake.last().json["stop"] == five[:4]
+    # OpenAI's limit is not Claude's, nor that of the models OpenRouter serves.
+    client.messages.create(model="claude-sonnet-4-6", max_tokens=64, messages=HI, stop_sequences=five)
+    client.messages.create(model="meta-llama/llama-3.3-70b", max_tokens=64, messages=HI, stop_sequences=five)
+    assert gateway.fake.last().json["stop"] == five
