@@ -493,6 +493,10 @@ def _with_cache(block: dict[str, Any], cc: CacheControl | None) -> dict[str, Any
     return block
 
 
+_IMAGE_TYPES: Final = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+"""The media types Anthropic takes for a base64 image."""
+
+
 def _image_block(img: Image, param: str) -> dict[str, Any]:
     url = img.url
     if url is not None:
@@ -500,16 +504,23 @@ def _image_block(img: Image, param: str) -> dict[str, Any]:
             # OpenAI clients send inline images as data URLs; Anthropic wants them as a base64 source.
             inline = parse_data_url(url)
             if inline is None:
-                _fail("image data URLs must be base64 with a media type", f"{param}.url")
-            source: dict[str, Any] = {"type": "base64", "media_type": inline[0], "data": inline[1]}
+                _fail("image data URLs must be base64 with a media type", img.where or f"{param}.url")
+            media_type, data = inline
         else:
-            source = {"type": "url", "url": url}
+            return _with_cache({"type": "image", "source": {"type": "url", "url": url}}, img.cache_control)
     elif img.data is not None:
         if not img.media_type:
-            _fail("an inline image needs a media_type", f"{param}.media_type")
-        source = {"type": "base64", "media_type": img.media_type, "data": img.data}
+            _fail("an inline image needs a media_type", img.where or f"{param}.media_type")
+        media_type, data = img.media_type, img.data
     else:
-        _fail("an image needs a url or inline data", param)
+        _fail("an image needs a url or inline data", img.where or param)
+    if media_type not in _IMAGE_TYPES:
+        _fail(
+            f"images of type {media_type!r} cannot be sent to Claude; use image/jpeg, image/png, image/gif "
+            "or image/webp",
+            img.where or f"{param}.media_type",
+        )
+    source = {"type": "base64", "media_type": media_type, "data": data}
     return _with_cache({"type": "image", "source": source}, img.cache_control)
 
 

@@ -315,10 +315,11 @@ def _decode_image(part: dict[str, Any], where: str) -> Image:
         raise TranslationError(f"'{where}.image_url.detail' must be a string.", f"{where}.image_url.detail")
     cc = _cache_control(part)
     inline = parse_data_url(url)
+    at = f"{where}.image_url.url"
     if inline is not None:
-        return Image(media_type=inline[0], data=inline[1], detail=detail, cache_control=cc)
+        return Image(media_type=inline[0], data=inline[1], detail=detail, cache_control=cc, where=at)
     # Non-base64 data URLs stay URLs: there are no raw bytes to carry without decoding them.
-    return Image(url=url, detail=detail, cache_control=cc)
+    return Image(url=url, detail=detail, cache_control=cc, where=at)
 
 
 def _decode_tools(raw: Any) -> list[Tool]:

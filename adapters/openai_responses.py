@@ -291,15 +291,15 @@ def _decode_image(part: dict[str, Any], param: str) -> Image:
     if detail is not None and not isinstance(detail, str):
         raise TranslationError(f"`{param}.detail` must be a string.", f"{param}.detail")
     cache = _cache_control(part, param)
+    at = f"{param}.image_url"
     if url[:5].lower() != "data:":
-        return Image(url=url, detail=detail, cache_control=cache)
+        return Image(url=url, detail=detail, cache_control=cache, where=at)
     inline = parse_data_url(url)
     if inline is None:
         raise TranslationError(
-            f"`{param}.image_url` must be an https URL or a base64 data URL (data:image/png;base64,…).",
-            f"{param}.image_url",
+            f"`{param}.image_url` must be an https URL or a base64 data URL (data:image/png;base64,…).", at
         )
-    return Image(media_type=inline[0], data=inline[1], detail=detail, cache_control=cache)
+    return Image(media_type=inline[0], data=inline[1], detail=detail, cache_control=cache, where=at)
 
 
 def _text_only(parts: list[Text | Image], param: str, role: str) -> list[Text]:

@@ -10,6 +10,8 @@
 - Whitespace-only text, which Claude refuses as all of a message or system prompt, is left out of what it is
   sent: a chat client that got `"\n\n"` from Claude can go on with the conversation.
 - More than 4 stop sequences for an OpenAI chat model (its limit) are a 400 naming the client's field.
+- An image for Claude is sent with its registered media type (`image/jpg` is `image/jpeg`); one of a type
+  Claude does not take is a 400 naming the client's field.
 - A Messages request for Claude without `max_tokens`, which Anthropic requires, is sent DEFAULT_MAX_TOKENS.
 - `/v1/messages/count_tokens` expands TrexID references as `/v1/messages` does, and never forwards `trex`.
 """
@@ -296,3 +298,63 @@ def test_more_stop_sequences_than_openai_takes_are_a_400_naming_the_clients_fiel
     client.messages.create(model="claude-sonnet-4-6", max_tokens=64, messages=HI, stop_sequences=five)
     client.messages.create(model="meta-llama/llama-3.3-70b", max_tokens=64, messages=HI, stop_sequences=five)
     assert gateway.fake.last().json["stop"] == five
+
+
+def test_images_for_claude_carry_a_media_type_it_takes(gateway: GatewaySetup) -> None:
+    client = gateway.openai()
+    jpeg = "/9j/4AAQSkZJRg=="
+
+    def chat_image(url: str) -> Any:
+        return [
+            {"role": "system", "content": "Be brief."},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {"type": "image_url", "image_url": {"url": url}},
+                ],
+            },
+        ]
+
+    client.chat.completions.create(
+        model="claude-sonnet-4-6", messages=chat_image(f"data:image/jpg;base64,{jpeg}")
+    )
+    image = gateway.fake.last().json["messages"][0]["content"][1]
+    assert image["source"] == {"type": "base64", "media_type": "image/jpeg", "data": jpeg}
+    client.responses.create(
+        model="claude-sonnet-4-6",
+        input=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "What is this?"},
+                    {"type": "input_image", "image_url": f"data:Image/PNG;base64,{jpeg}", "detail": "auto"},
+                ],
+            }
+        ],
+    )
+    assert gateway.fake.last().json["messages"][0]["content"][1]["source"]["media_type"] == "image/png"
+    before = len(gateway.fake.received)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model="claude-sonnet-4-6", messages=chat_image(f"data:image/bmp;base64,{jpeg}")
+        )
+    assert err.value.param == "messages[1].content[1].image_url.url" and "image/bmp" in err.value.message
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(
+            model="claude-sonnet-4-6",
+            input=[
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "input_image",
+                            "image_url": f"data:image/tiff;base64,{jpeg}",
+                            "detail": "auto",
+                        }
+                    ],
+                }
+            ],
+        )
+    assert err.value.param == "input[0].content[0].image_url"
+    assert len(gateway.fake.received) == before
