@@ -14,6 +14,8 @@
   Claude does not take is a 400 naming the client's field.
 - A Messages request for Claude without `max_tokens`, which Anthropic requires, is sent DEFAULT_MAX_TOKENS.
 - `/v1/messages/count_tokens` expands TrexID references as `/v1/messages` does, and never forwards `trex`.
+- Proxied requests honour a coding-agent profile (`X-Trex-Compression-Model`, `trex.optimize.compression_model`)
+  as `/v1/compress` does.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import pytest
 
 from tests.conftest import UPSTREAM_KEYS, GatewaySetup
 from tests.fakes.upstream import Reply
+from tests.optimize.kinds._data import app_log
 from worker.appkeys import GATEWAY
 
 HI: Any = [{"role": "user", "content": "hi"}]
@@ -358,3 +361,33 @@ def test_images_for_claude_carry_a_media_type_it_takes(gateway: GatewaySetup) ->
         )
     assert err.value.param == "input[0].content[0].image_url"
     assert len(gateway.fake.received) == before
+
+
+def test_proxied_requests_honour_a_coding_agent_profile(gateway: GatewaySetup) -> None:
+    log = app_log(200)
+    read: Any = {"type": "tool_use", "id": "toolu_01", "name": "Read", "input": {"file_path": "logs/app.log"}}
+    messages: Any = [
+        {"role": "user", "content": "Look at logs/app.log."},
+        {"role": "assistant", "content": [{"type": "text", "text": "Reading it."}, read]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_01", "content": log}]},
+        {"role": "user", "content": "Why did the refund for ORD-20417 fail?"},
+    ]
+
+    def forwarded_read(**kw: Any) -> str:
+        gateway.anthropic().messages.create(model="claude-sonnet-4-6", max_tokens=64, messages=messages, **kw)
+        content = gateway.fake.last("/v1/messages").json["messages"][2]["content"][0]["content"]
+        assert isinstance(content, str)
+        return content
+
+    assert len(forwarded_read()) < len(log) // 2  # no profile: a log, folded
+    # Claude Code's profile: a file it read is passed through (it quotes those lines in its edits).
+    assert forwarded_read(extra_headers={"X-Trex-Compression-Model": "claude"}) == log
+    assert forwarded_read(extra_body={"trex": {"optimize": {"compression_model": "claude"}}}) == log
+    with pytest.raises(anthropic.BadRequestError) as err:
+        forwarded_read(extra_headers={"X-Trex-Compression-Model": "vim"})
+    assert "X-Trex-Compression-Model must be one of" in err.value.message
+    with pytest.raises(openai.BadRequestError) as bad:
+        gateway.openai().chat.completions.create(
+            model="gpt-4.1", messages=HI, extra_body={"trex": {"optimize": {"compression_model": "vim"}}}
+        )
+    assert bad.value.param == "trex.optimize.compression_model"

@@ -157,7 +157,9 @@ async def proxy(
             gw.optimize_mode,
             gw.protect_recent_turns,
             key_mode=key.optimize_mode,
+            profile=request.headers.get("X-Trex-Compression-Model"),
             encoding=encoding,
+            profile_from="X-Trex-Compression-Model",
         )
         store_ttl = memory.store_option(trex, gw.memory_ttl_seconds)
         session, client_session = session_id(request.headers)  # 400 for an unusable X-Session-Id
