@@ -68,6 +68,7 @@ __all__ = [
     "decode_response",
     "encode_request",
     "encode_response",
+    "fit_sampling",
 ]
 
 REDACTED_PREFIX: Final = "redacted_thinking:"
@@ -454,6 +455,7 @@ def decode_request(body: dict[str, Any]) -> Request:
         top_p=_number(body, "top_p"),
         top_k=_integer(body, "top_k"),
         stop=stop,
+        stop_field="stop_sequences",
         stream=stream,
         user=user,
         metadata=metadata,
@@ -491,6 +493,10 @@ def _with_cache(block: dict[str, Any], cc: CacheControl | None) -> dict[str, Any
     return block
 
 
+_IMAGE_TYPES: Final = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+"""The media types Anthropic takes for a base64 image."""
+
+
 def _image_block(img: Image, param: str) -> dict[str, Any]:
     url = img.url
     if url is not None:
@@ -498,16 +504,23 @@ def _image_block(img: Image, param: str) -> dict[str, Any]:
             # OpenAI clients send inline images as data URLs; Anthropic wants them as a base64 source.
             inline = parse_data_url(url)
             if inline is None:
-                _fail("image data URLs must be base64 with a media type", f"{param}.url")
-            source: dict[str, Any] = {"type": "base64", "media_type": inline[0], "data": inline[1]}
+                _fail("image data URLs must be base64 with a media type", img.where or f"{param}.url")
+            media_type, data = inline
         else:
-            source = {"type": "url", "url": url}
+            return _with_cache({"type": "image", "source": {"type": "url", "url": url}}, img.cache_control)
     elif img.data is not None:
         if not img.media_type:
-            _fail("an inline image needs a media_type", f"{param}.media_type")
-        source = {"type": "base64", "media_type": img.media_type, "data": img.data}
+            _fail("an inline image needs a media_type", img.where or f"{param}.media_type")
+        media_type, data = img.media_type, img.data
     else:
-        _fail("an image needs a url or inline data", param)
+        _fail("an image needs a url or inline data", img.where or param)
+    if media_type not in _IMAGE_TYPES:
+        _fail(
+            f"images of type {media_type!r} cannot be sent to Claude; use image/jpeg, image/png, image/gif "
+            "or image/webp",
+            img.where or f"{param}.media_type",
+        )
+    source = {"type": "base64", "media_type": media_type, "data": data}
     return _with_cache({"type": "image", "source": source}, img.cache_control)
 
 
@@ -562,8 +575,8 @@ def _thinking_block(part: Thinking) -> dict[str, Any] | None:
 
 def _encode_part(part: Part, param: str) -> dict[str, Any] | None:
     if isinstance(part, Text):
-        if not part.text:
-            return None  # Anthropic rejects empty text blocks
+        if _blank(part.text):
+            return None  # Anthropic rejects empty text blocks (see _blank)
         return _with_cache({"type": "text", "text": part.text}, part.cache_control)
     if isinstance(part, ToolResult):
         return _tool_result_block(part, param)
@@ -580,6 +593,13 @@ def _encode_part(part: Part, param: str) -> dict[str, Any] | None:
     return _thinking_block(part)
 
 
+def _blank(text: str) -> bool:
+    """Empty or only whitespace: text Anthropic refuses as a block ("text content blocks must be non-empty",
+    "… must contain non-whitespace text" when it is all a message or the system prompt has). A chat client
+    sends back whatever Claude answered, `"\n\n"` included, so every later turn would be refused too."""
+    return not text or text.isspace()
+
+
 def _encode_messages(messages: list[Message]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i, msg in enumerate(messages):
@@ -589,7 +609,8 @@ def _encode_messages(messages: list[Message]) -> list[dict[str, Any]]:
             if block is not None:
                 blocks.append(block)
         if not blocks:
-            # Anthropic rejects empty messages; dropping one may leave two same-role turns, merged below.
+            # Anthropic rejects empty messages; dropping one may leave two same-role turns, merged below (as
+            # Anthropic would merge them: consecutive turns of one role are one turn).
             continue
         if out and out[-1]["role"] == msg.role:
             # Anthropic wants one message per turn: all results of one assistant turn in ONE user message.
@@ -634,8 +655,17 @@ def _encode_tool_choice(choice: ToolChoice | None, parallel: bool | None) -> dic
     return out
 
 
-def encode_request(req: Request, *, upstream_model: str, default_max_tokens: int = 4096) -> dict[str, Any]:
+def encode_request(
+    req: Request,
+    *,
+    upstream_model: str,
+    default_max_tokens: int = 4096,
+    sampling: Literal["any", "one", "none"] = "any",
+) -> dict[str, Any]:
     """Translate a canonical `Request` into an Anthropic `/v1/messages` body for `upstream_model`.
+
+    `sampling`: the sampling parameters the model takes (`worker.catalog.Sampling`): all of them, temperature
+    or top_p but not both (temperature is kept), or none (they are left out).
 
     Raises `TranslationError` for content Anthropic cannot take, e.g. tool-call arguments that are not a
     JSON object or an image without a media type.
@@ -645,13 +675,19 @@ def encode_request(req: Request, *, upstream_model: str, default_max_tokens: int
         "max_tokens": default_max_tokens if req.max_tokens is None else req.max_tokens,
     }
 
-    system = [_with_cache({"type": "text", "text": t.text}, t.cache_control) for t in req.system if t.text]
+    system = [
+        _with_cache({"type": "text", "text": t.text}, t.cache_control)
+        for t in req.system
+        if not _blank(t.text)
+    ]
     if len(system) == 1 and "cache_control" not in system[0]:
         body["system"] = system[0]["text"]
     elif system:
         body["system"] = system
 
     body["messages"] = _encode_messages(req.messages)
+    if not body["messages"]:
+        _fail("there is no user or assistant message with content to send", "messages")
 
     if req.tools:
         body["tools"] = [_encode_tool(t) for t in req.tools]
@@ -672,6 +708,8 @@ def encode_request(req: Request, *, upstream_model: str, default_max_tokens: int
         body["top_p"] = req.top_p
     if req.top_k is not None:
         body["top_k"] = req.top_k
+    if sampling != "any":
+        fit_sampling(body, sampling)
     if req.user is not None:
         body["metadata"] = {"user_id": req.user}
     fmt = req.response_format
@@ -684,6 +722,17 @@ def encode_request(req: Request, *, upstream_model: str, default_max_tokens: int
     if req.stream:
         body["stream"] = True
     return body
+
+
+def fit_sampling(body: dict[str, Any], sampling: Literal["any", "one", "none"]) -> None:
+    """Leave out of a Messages body the sampling parameters its model refuses (`encode_request`'s
+    `sampling`): top_p beside temperature for a model that takes one of them, all three for one that takes
+    none."""
+    if sampling == "none":
+        for key in ("temperature", "top_p", "top_k"):
+            body.pop(key, None)
+    elif sampling == "one" and body.get("temperature") is not None:
+        body.pop("top_p", None)
 
 
 # ---- responses -----------------------------------------------------------------------------------------

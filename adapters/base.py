@@ -39,6 +39,8 @@ class Image(msgspec.Struct, tag="image", omit_defaults=True):
     data: str | None = None
     detail: str | None = None
     cache_control: CacheControl | None = None
+    where: str | None = None
+    """Where the client sent the image (`messages[1].content[0].image_url.url`): what an error names."""
 
 
 class ToolCall(msgspec.Struct, tag="tool_call", omit_defaults=True):
@@ -116,6 +118,8 @@ class Request(msgspec.Struct, omit_defaults=True):
     top_p: float | None = None
     top_k: int | None = None
     stop: list[str] = msgspec.field(default_factory=list)
+    stop_field: str = "stop"
+    """The client's name for `stop` (Messages: `stop_sequences`): what an error about it names."""
     response_format: ResponseFormat | None = None
     stream: bool = False
     user: str | None = None
@@ -255,16 +259,22 @@ StreamEvent = (
 )
 
 
+_MEDIA_TYPE_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png"}
+"""Names clients give image types that are not their registered names (which is what providers check)."""
+
+
 def parse_data_url(url: str) -> tuple[str, str] | None:
     """(media type, base64 payload) of a `data:<type>[;param…];base64,<payload>` URL; None for anything else
-    (an ordinary URL, or a data URL that is not base64 or has no media type)."""
+    (an ordinary URL, or a data URL that is not base64 or has no media type). The media type is given in
+    lower case by its registered name (`image/JPG` is `image/jpeg`)."""
     if url[:5].lower() != "data:":
         return None
     header, comma, payload = url[5:].partition(",")
     media_type, _, encoding = header.rpartition(";")
     if not comma or encoding.lower() != "base64" or not media_type:
         return None
-    return media_type.split(";", 1)[0], payload
+    media_type = media_type.split(";", 1)[0].strip().lower()
+    return _MEDIA_TYPE_ALIASES.get(media_type, media_type), payload
 
 
 class TranslationError(ValueError):

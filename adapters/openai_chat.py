@@ -60,6 +60,7 @@ __all__ = [
     "decode_response",
     "encode_request",
     "encode_response",
+    "fit_reasoning_model",
     "usage_from_body",
     "usage_from_chunk",
 ]
@@ -174,6 +175,13 @@ def _decode_messages(raw: Any) -> tuple[list[Text], list[Message]]:
             if isinstance(content, list) and not content:
                 raise TranslationError(f"Invalid '{where}.content': empty array.", f"{where}.content")
             parts = _decode_parts(content, f"{where}.content", cc, images=True)
+            if all(isinstance(p, Text) and (not p.text or p.text.isspace()) for p in parts):
+                # Claude refuses empty or whitespace-only text, and the turn dropped on the way would leave
+                # it a conversation that is not the one sent (none at all, or one ending with its answer).
+                raise TranslationError(
+                    f"Invalid '{where}.content': a user turn must not be empty or only whitespace.",
+                    f"{where}.content",
+                )
             messages.append(Message(role="user", content=cast("list[Part]", parts)))
         elif role == "assistant":
             messages.append(_decode_assistant(msg, where, cc))
@@ -307,10 +315,11 @@ def _decode_image(part: dict[str, Any], where: str) -> Image:
         raise TranslationError(f"'{where}.image_url.detail' must be a string.", f"{where}.image_url.detail")
     cc = _cache_control(part)
     inline = parse_data_url(url)
+    at = f"{where}.image_url.url"
     if inline is not None:
-        return Image(media_type=inline[0], data=inline[1], detail=detail, cache_control=cc)
+        return Image(media_type=inline[0], data=inline[1], detail=detail, cache_control=cc, where=at)
     # Non-base64 data URLs stay URLs: there are no raw bytes to carry without decoding them.
-    return Image(url=url, detail=detail, cache_control=cc)
+    return Image(url=url, detail=detail, cache_control=cc, where=at)
 
 
 def _decode_tools(raw: Any) -> list[Tool]:
@@ -483,13 +492,21 @@ def encode_request(req: Request, *, upstream_model: str, flavor: Flavor) -> dict
             body["parallel_tool_calls"] = req.parallel_tool_calls
     if req.max_tokens is not None:
         body["max_completion_tokens" if flavor == "openai" else "max_tokens"] = req.max_tokens
-    if req.temperature is not None:
+    # OpenAI's reasoning models refuse sampling parameters other than their default of 1, and stop sequences.
+    reasoning = flavor == "openai" and upstream_model.startswith(REASONING_MODELS)
+    if req.temperature is not None and (not reasoning or req.temperature == 1):
         body["temperature"] = req.temperature
-    if req.top_p is not None:
+    if req.top_p is not None and (not reasoning or req.top_p == 1):
         body["top_p"] = req.top_p
     if req.top_k is not None and flavor != "openai":
         body["top_k"] = req.top_k
-    if req.stop:
+    if req.stop and not reasoning:
+        if flavor == "openai" and len(req.stop) > _OPENAI_MAX_STOP:
+            raise TranslationError(
+                f"'{req.stop_field}' may have at most {_OPENAI_MAX_STOP} sequences for this model "
+                f"(OpenAI's limit), got {len(req.stop)}.",
+                req.stop_field,
+            )
         body["stop"] = req.stop
     if req.response_format is not None:
         fmt = req.response_format
@@ -501,7 +518,7 @@ def encode_request(req: Request, *, upstream_model: str, flavor: Flavor) -> dict
     if req.reasoning_budget is not None:
         if flavor == "openrouter":  # OpenRouter takes a token budget for any model that reasons
             body["reasoning"] = {"max_tokens": req.reasoning_budget}
-        elif flavor == "openai" and upstream_model.startswith(REASONING_MODELS):
+        elif reasoning:
             # OpenAI reasoning models take an effort level (other models refuse the parameter).
             budget = req.reasoning_budget
             body["reasoning_effort"] = "low" if budget < 4096 else "medium" if budget < 16384 else "high"
@@ -585,6 +602,23 @@ def _encode_user(msg: Message, out: list[dict[str, Any]], keep_cc: bool) -> None
 
 REASONING_MODELS = ("o1", "o3", "o4", "gpt-5")
 """OpenAI reasoning models (name prefixes): they take `reasoning_effort`, and `max_completion_tokens` only."""
+_OPENAI_MAX_STOP: Final = 4
+"""Stop sequences an OpenAI chat model takes."""
+_REASONING_REFUSED: Final = ("stop", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs")
+"""Chat parameters OpenAI's reasoning models refuse whatever their value."""
+
+
+def fit_reasoning_model(body: dict[str, Any], *, responses: bool = False) -> None:
+    """Leave out of a chat (or, `responses`, a Responses) body what OpenAI's reasoning models refuse:
+    `temperature` and `top_p` other than 1, and in chat stop sequences, penalties and log probabilities."""
+    for key in ("temperature", "top_p"):
+        if key in body and body[key] != 1:
+            del body[key]
+    if not responses:
+        for key in _REASONING_REFUSED:
+            body.pop(key, None)
+
+
 _PARAGRAPH = "\n\n"
 """Between texts a tool call or thinking separated (chat has one content string)."""
 _TOOL_ERROR_PREFIX = "Error: "

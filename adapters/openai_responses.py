@@ -145,8 +145,8 @@ def _decode_input(raw: Any, system: list[Text]) -> list[Message]:
     if raw is None:
         raise TranslationError("`input` is required: send the whole conversation as input items.", "input")
     if isinstance(raw, str):
-        if not raw:
-            raise TranslationError("`input` must not be empty.", "input")
+        if not raw or raw.isspace():
+            raise TranslationError("`input` must not be empty or only whitespace.", "input")
         return [Message(role="user", content=[Text(raw)])]
     if not isinstance(raw, list):
         raise TranslationError("`input` must be a string or an array of input items.", "input")
@@ -176,10 +176,12 @@ def _decode_input(raw: Any, system: list[Text]) -> list[Message]:
                 content = [p for p in _text_only(content, param, role) if p.text]
                 if not content:
                     continue
-            elif all(isinstance(p, Text) and not p.text for p in content):
-                # An empty user turn would be dropped on the way (Claude refuses empty text), leaving the
-                # upstream a conversation that is not the one sent.
-                raise TranslationError(f"`{param}.content` must not be empty.", f"{param}.content")
+            elif all(isinstance(p, Text) and (not p.text or p.text.isspace()) for p in content):
+                # An empty user turn would be dropped on the way (Claude refuses empty and whitespace-only
+                # text), leaving the upstream a conversation that is not the one sent.
+                raise TranslationError(
+                    f"`{param}.content` must not be empty or only whitespace.", f"{param}.content"
+                )
             parts: list[Part] = [*content]
             messages.append(Message(role=role, content=parts))
             last_is_output = False
@@ -289,15 +291,15 @@ def _decode_image(part: dict[str, Any], param: str) -> Image:
     if detail is not None and not isinstance(detail, str):
         raise TranslationError(f"`{param}.detail` must be a string.", f"{param}.detail")
     cache = _cache_control(part, param)
+    at = f"{param}.image_url"
     if url[:5].lower() != "data:":
-        return Image(url=url, detail=detail, cache_control=cache)
+        return Image(url=url, detail=detail, cache_control=cache, where=at)
     inline = parse_data_url(url)
     if inline is None:
         raise TranslationError(
-            f"`{param}.image_url` must be an https URL or a base64 data URL (data:image/png;base64,…).",
-            f"{param}.image_url",
+            f"`{param}.image_url` must be an https URL or a base64 data URL (data:image/png;base64,…).", at
         )
-    return Image(media_type=inline[0], data=inline[1], detail=detail, cache_control=cache)
+    return Image(media_type=inline[0], data=inline[1], detail=detail, cache_control=cache, where=at)
 
 
 def _text_only(parts: list[Text | Image], param: str, role: str) -> list[Text]:

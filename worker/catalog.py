@@ -1,8 +1,9 @@
 """The model catalog, what a key may use, and `smart-auto`.
 
 Built-in entries describe current OpenAI and Anthropic models (context window, maximum output, capabilities,
-tier) as published when `PRICES_TAKEN` was; prices come from `accounting.pricing`. `[[models]]` entries add
-models or override these fields (`context_window`, `max_output`, `capabilities`, `tier`).
+tier, the sampling parameters they take) as published when `PRICES_TAKEN` was; prices come from
+`accounting.pricing`. `[[models]]` entries add models or override these fields (`context_window`,
+`max_output`, `capabilities`, `tier`).
 
 `model: "smart-auto"` picks the cheapest catalog chat model the key may use (its provider reachable: bound,
 local, or an `X-Upstream-Api-Key` override; allowed by its plan; not drawn from Compute Credits) that fits the
@@ -16,7 +17,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from .accounting.pricing import PriceTable
 from .config import ConfigError
@@ -24,10 +25,24 @@ from .errors import InvalidRequestError
 from .quotas import QuotaPlan
 from .routing import SMART_AUTO, ModelRoute, Provider, resolve
 
-__all__ = ["SMART_AUTO", "Entry", "ModelInfo", "build_catalog", "needs", "smart_auto", "usable"]
+__all__ = [
+    "SMART_AUTO",
+    "Entry",
+    "ModelInfo",
+    "Sampling",
+    "build_catalog",
+    "needs",
+    "sampling_of",
+    "smart_auto",
+    "usable",
+]
 CAPABILITIES = ("tools", "vision", "json", "reasoning", "embeddings")
 _ALL = frozenset({"tools", "vision", "json", "reasoning"})
 _NO_JSON = frozenset({"tools", "vision", "reasoning"})  # Anthropic has no JSON mode
+
+Sampling = Literal["any", "one", "none"]
+"""The sampling parameters a model takes: `any` (temperature, top_p, top_k); `one` (Claude Sonnet/Haiku 4.5
+and Opus 4.1 on: temperature or top_p, not both; top_k too); `none` (Claude Opus 4.7 removed all three)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +52,7 @@ class ModelInfo:
     max_output: int
     capabilities: frozenset[str]
     tier: str  # "free" or "premium"
+    sampling: Sampling = "any"
 
 
 BUILTIN_CATALOG: tuple[ModelInfo, ...] = (
@@ -49,12 +65,34 @@ BUILTIN_CATALOG: tuple[ModelInfo, ...] = (
     ModelInfo("gpt-4.1-mini", 1_047_576, 32_768, _ALL - {"reasoning"}, "free"),
     ModelInfo("gpt-4o-mini", 128_000, 16_384, _ALL - {"reasoning"}, "free"),
     ModelInfo("o4-mini", 200_000, 100_000, _ALL, "premium"),
-    ModelInfo("claude-opus-4-7", 200_000, 128_000, _NO_JSON, "premium"),
-    ModelInfo("claude-sonnet-4-6", 200_000, 64_000, _NO_JSON, "premium"),
-    ModelInfo("claude-haiku-4-5", 200_000, 64_000, _NO_JSON, "free"),
+    ModelInfo("claude-opus-4-7", 200_000, 128_000, _NO_JSON, "premium", "none"),
+    ModelInfo("claude-sonnet-4-6", 200_000, 64_000, _NO_JSON, "premium", "one"),
+    ModelInfo("claude-haiku-4-5", 200_000, 64_000, _NO_JSON, "free", "one"),
     ModelInfo("text-embedding-3-small", 8_191, 0, frozenset({"embeddings"}), "free"),
     ModelInfo("text-embedding-3-large", 8_191, 0, frozenset({"embeddings"}), "free"),
 )
+
+_OLDER_SAMPLING: tuple[tuple[str, Sampling], ...] = (
+    ("claude-opus-4-6", "one"),
+    ("claude-opus-4-5", "one"),
+    ("claude-opus-4-1", "one"),
+    ("claude-sonnet-4-5", "one"),
+)
+"""Claude models outside the catalog that clients still name, with the same rule as their successors."""
+
+_SAMPLING: tuple[tuple[str, Sampling], ...] = (
+    *((m.name, m.sampling) for m in BUILTIN_CATALOG if m.sampling != "any"),
+    *_OLDER_SAMPLING,
+)
+
+
+def sampling_of(upstream_model: str) -> Sampling:
+    """The sampling rule of the model a request is sent to, by its upstream id (a dated snapshot such as
+    `claude-haiku-4-5-20251001` follows its model)."""
+    for prefix, rule in _SAMPLING:
+        if upstream_model.startswith(prefix):
+            return rule
+    return "any"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +155,7 @@ def build_catalog(configured: Mapping[str, ModelRoute], raw_models: Any, source:
             fields.get("max_output", base.max_output),
             frozenset(caps) if caps is not None else base.capabilities,
             tier,
+            base.sampling,
         )
         out[name] = Entry(info, route)
     return out

@@ -34,7 +34,8 @@ def resolve_options(
     profile_from: str = "compression_model",
 ) -> Options:
     """Validated optimizer options for one request (400 naming the field on a bad value; `profile_from`: where
-    the client gave `profile`, a body field, a header or a command-line option)."""
+    the client gave `profile`, a body field, a header or a command-line option). `trex.optimize` may name the
+    profile too (`compression_model`), and then overrides `profile`, as its `mode` overrides the header's."""
     mode: Any = key_mode or default_mode
     header = headers.get("X-Trex-Optimize")
     if header:
@@ -57,6 +58,8 @@ def resolve_options(
                     raise InvalidRequestError(
                         f"trex.optimize.mode must be one of {', '.join(MODES)}.", param="trex.optimize.mode"
                     )
+            if "compression_model" in opt:
+                profile, profile_from = opt["compression_model"], "trex.optimize.compression_model"
             if "protect_recent_turns" in opt:
                 turns = opt["protect_recent_turns"]
                 if isinstance(turns, bool) or not isinstance(turns, int) or not 0 <= turns <= 1000:

@@ -1,9 +1,10 @@
 """The proxy pipeline: inbound body → provider → upstream HTTP → response back in the client's format.
 
 Same-format traffic (chat → an OpenAI-compatible chat upstream, Messages → Anthropic, Responses → OpenAI) is
-forwarded as it came, byte for byte, with only the model id and the `trex*` fields changed. Cross-format
-traffic is decoded into the canonical types of `adapters.base` and encoded for the other side. Streams are
-translated event by event and every event is written the moment it is translated.
+forwarded as it came, with only the model id and the `trex*` fields changed, and what the provider requires
+(Anthropic's `max_tokens`, a reasoning model's `max_completion_tokens`) or a model smart-auto chose refuses.
+Cross-format traffic is decoded into the canonical types of `adapters.base` and encoded for the other side.
+Streams are translated event by event and every event is written the moment it is translated.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from .accounting.events import Begun, Outcome
 from .accounting.usage import Observed
 from .appkeys import CTX, KEY_ID, OVERRIDE_FOR, RATE, REQUEST_ID, STARTED, USAGE_EVENT, abandoned, stamp
 from .auth import KeyRecord, MissingProviderKeyError, credential_from_headers
-from .catalog import SMART_AUTO, needs, smart_auto, usable
+from .catalog import SMART_AUTO, needs, sampling_of, smart_auto, usable
 from .errors import (
     AuthenticationError,
     GatewayError,
@@ -156,7 +157,9 @@ async def proxy(
             gw.optimize_mode,
             gw.protect_recent_turns,
             key_mode=key.optimize_mode,
+            profile=request.headers.get("X-Trex-Compression-Model"),
             encoding=encoding,
+            profile_from="X-Trex-Compression-Model",
         )
         store_ttl = memory.store_option(trex, gw.memory_ttl_seconds)
         session, client_session = session_id(request.headers)  # 400 for an unusable X-Session-Id
@@ -502,6 +505,12 @@ def _prepare(
     if fmt == wire:
         upstream_body = dict(body)  # a shallow copy: a fallback may need the client's body again
         upstream_body["model"] = route.upstream_model
+        if wire == "messages" and upstream_body.get("max_tokens") is None:
+            upstream_body["max_tokens"] = gw.default_max_tokens  # Anthropic requires it
+        if body.get("model") == SMART_AUTO:
+            # smart-auto's choice, not the client's: what the client set for any model, the chosen one must
+            # take. (A model the client named gets its body as sent, and the provider's answer to it.)
+            _fit_chosen_model(upstream_body, route, wire)
         if (
             wire == "chat"
             and route.provider == "openai"
@@ -526,6 +535,15 @@ def _prepare(
             client_options = body.get("stream_options")
             wants_usage = isinstance(client_options, dict) and client_options.get("include_usage") is True
     return _Prepared(route, wire, _encoder.encode(upstream_body), wants_usage)
+
+
+def _fit_chosen_model(body: dict[str, Any], route: ModelRoute, wire: UpstreamWire) -> None:
+    """Leave out of a same-format body what the model smart-auto chose refuses: an OpenAI reasoning model's
+    refused sampling parameters and stop sequences, a Claude model's refused sampling parameters."""
+    if route.provider == "openai" and route.upstream_model.startswith(openai_chat.REASONING_MODELS):
+        openai_chat.fit_reasoning_model(body, responses=wire == "responses")
+    elif wire == "messages":
+        anthropic.fit_sampling(body, sampling_of(route.upstream_model))
 
 
 _KEEP_ALIVE = b": keep-alive\n\n"
@@ -834,7 +852,10 @@ def _encode_request(wire: UpstreamWire, req: Request, route: ModelRoute, gw: Gat
     try:
         if wire == "messages":
             return anthropic.encode_request(
-                req, upstream_model=route.upstream_model, default_max_tokens=gw.default_max_tokens
+                req,
+                upstream_model=route.upstream_model,
+                default_max_tokens=gw.default_max_tokens,
+                sampling=sampling_of(route.upstream_model),
             )
         flavor: Literal["openai", "openrouter", "local"] = (
             "openrouter"

@@ -151,10 +151,10 @@ def test_user_images_by_url_and_base64() -> None:
     )
     assert req.messages[0].content == [
         Text(text="Compare these."),
-        Image(url="https://example.com/a.jpg", detail="low"),
-        Image(media_type="image/png", data=PNG_B64),
+        Image(url="https://example.com/a.jpg", detail="low", where="messages[0].content[1].image_url.url"),
+        Image(media_type="image/png", data=PNG_B64, where="messages[0].content[2].image_url.url"),
         # Not base64: there are no bytes to extract, so the URL is passed on as it is.
-        Image(url="data:image/svg+xml,%3Csvg%2F%3E"),
+        Image(url="data:image/svg+xml,%3Csvg%2F%3E", where="messages[0].content[3].image_url.url"),
     ]
 
 

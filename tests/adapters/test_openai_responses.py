@@ -235,8 +235,12 @@ def test_message_list_with_system_developer_images_and_refusal() -> None:
             role="user",
             content=[
                 Text("What is in these?"),
-                Image(media_type="image/png", data=PNG_B64, detail="low"),
-                Image(url="https://example.com/cat.jpg", detail="auto"),
+                Image(
+                    media_type="image/png", data=PNG_B64, detail="low", where="input[1].content[1].image_url"
+                ),
+                Image(
+                    url="https://example.com/cat.jpg", detail="auto", where="input[1].content[2].image_url"
+                ),
             ],
         ),
         Message(role="assistant", content=[Text("A cat."), Text(" I won't say more.")]),
@@ -342,7 +346,13 @@ def test_function_call_output_with_parts() -> None:
     assert req.messages[1] == Message(
         role="user",
         content=[
-            ToolResult(tool_call_id="c", content=[Text("Here it is"), Image(url="https://example.com/s.png")])
+            ToolResult(
+                tool_call_id="c",
+                content=[
+                    Text("Here it is"),
+                    Image(url="https://example.com/s.png", where="input[1].output[1].image_url"),
+                ],
+            )
         ],
     )
 
@@ -1080,4 +1090,6 @@ def test_content_filter_is_incomplete() -> None:
 def test_data_url_parameters_are_dropped_from_the_media_type() -> None:
     part = {"type": "input_image", "image_url": f"data:image/jpeg;name=a.jpg;base64,{PNG_B64}"}
     req = decode_request(_items({"role": "user", "content": [part]}))
-    assert req.messages[0].content == [Image(media_type="image/jpeg", data=PNG_B64)]
+    assert req.messages[0].content == [
+        Image(media_type="image/jpeg", data=PNG_B64, where="input[0].content[0].image_url")
+    ]

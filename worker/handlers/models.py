@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import tokens
+from .. import memory, tokens
 from ..accounting.pricing import PriceTable
 from ..appkeys import GATEWAY
 from ..catalog import Entry, usable
@@ -57,7 +57,9 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 
 async def count_tokens(request: web.Request) -> web.StreamResponse:
     """`POST /v1/messages/count_tokens` (what Claude Code and the Anthropic SDK ask before a long request):
-    Anthropic's own count for a Claude model, else `o200k_base`'s count of the request as sent."""
+    Anthropic's own count for a Claude model, else `o200k_base`'s count of the request as sent. TrexID
+    references (`trex_ref` parts, `trex.context_ref`) are expanded first, as `/v1/messages` expands them: the
+    count is of what that request would send."""
     gw = request.app[GATEWAY]
     key = await authenticate(request, gw)
     body = await read_json_object(request)
@@ -66,10 +68,15 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise InvalidRequestError("'messages' must be a list of message objects.", param="messages")
     route = resolve(model, gw.models)
+    trex = body.pop("trex", None)  # never forwarded
+    size = len(await request.read())
+    size += await memory.expand_refs(
+        gw.payloads, key.id, "messages", body, trex, gw.embeddings, size=size, limit=gw.max_body_bytes
+    )
     if route.provider == "anthropic":
         return await forward_json(request, gw, key, route, "v1/messages/count_tokens", body, free=True)
     encoding, _ = tokens.encoding_for_model(route.upstream_model)
-    counted = await count_request_tokens("messages", body, encoding, len(await request.read()))
+    counted = await count_request_tokens("messages", body, encoding, size)
     return json_response({"input_tokens": counted})
 
 
