@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import builtins
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -280,6 +281,17 @@ class KVNamespace(abc.ABC):
             list_complete=complete,
             cursor=None if complete else encode_cursor(page[-1].key),
         )
+
+    async def names(self, prefix: str) -> builtins.list[str]:
+        """The names of every live key starting with ``prefix``, all pages of ``list`` read."""
+        out: builtins.list[str] = []
+        cursor: str | None = None
+        while True:
+            page = await self.list(prefix=prefix, cursor=cursor)
+            out += (info.name for info in page.keys)
+            if page.list_complete or page.cursor is None:
+                return out
+            cursor = page.cursor
 
     def independent(self) -> KVNamespace:
         """The same data through a connection of its own, for a background writer whose batches must not

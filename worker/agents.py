@@ -243,14 +243,7 @@ class AgentStore:
             cursor = page.cursor
 
     async def _revoked_ids(self) -> set[str]:
-        ids: set[str] = set()
-        cursor: str | None = None
-        while True:
-            page = await self._kv.list(prefix="agents_revoked/", cursor=cursor)
-            ids.update(info.name.partition("/")[2] for info in page.keys)
-            if page.list_complete or page.cursor is None:
-                return ids
-            cursor = page.cursor
+        return {name.partition("/")[2] for name in await self._kv.names("agents_revoked/")}
 
     async def set_state(self, agent_id: str, state: str) -> AgentRecord:
         """Change an agent's state. `revoked` is final; instances see a change within their 1 s cache."""

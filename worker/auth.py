@@ -202,14 +202,7 @@ class KeyStore:
         return record
 
     async def _revoked_ids(self) -> set[str]:
-        ids: set[str] = set()
-        cursor: str | None = None
-        while True:
-            page = await self._kv.list(prefix="keys_revoked/", cursor=cursor)
-            ids.update(info.name.partition("/")[2] for info in page.keys)
-            if page.list_complete or page.cursor is None:
-                return ids
-            cursor = page.cursor
+        return {name.partition("/")[2] for name in await self._kv.names("keys_revoked/")}
 
     async def list_keys(self) -> list[tuple[KeyRecord, int | None]]:
         """Every key with its last-used time (epoch seconds or None)."""
