@@ -160,6 +160,17 @@ def test_workers_share_one_port_and_one_sqlite_file(
         assert not Path(f"/proc/{c}").exists() or "zombie" in Path(f"/proc/{c}/status").read_text()
 
 
+def test_a_crashed_worker_process_stops_the_others_and_fails(
+    tmp_path: Path, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    """A child that dies on its own is a failure (exit 1), so a supervisor restarting on failure restarts it."""
+    wp = spawn_worker(write_config(tmp_path, {}), "--workers", "2")
+    assert wp.proc is not None
+    serving = [c for c in _children(wp.proc.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+    os.kill(serving[0], signal.SIGKILL)
+    assert wp.wait() == 1
+
+
 def _chat(url: str, key: str) -> int:
     req = urllib.request.Request(
         url + "/v1/chat/completions",

@@ -206,11 +206,12 @@ def _supervise(source: ConfigSource, config: Config, workers: int) -> int:
     _announce(url, config, workers)
     # Wait for any child to exit; if one dies on its own, stop the others rather than run degraded silently.
     multiprocessing.connection.wait([p.sentinel for p in procs])
-    if not stopping:
+    crashed = not stopping  # no signal asked for it: a failure, whatever stopping the others does next
+    if crashed:
         print("trex dev: a worker process exited; stopping the others", file=sys.stderr)
         forward(signal.SIGTERM, None)
     _join(procs)
-    return 0 if stopping else 1
+    return 1 if crashed else 0
 
 
 def _join(procs: list[Any]) -> None:
