@@ -383,6 +383,30 @@ def test_requests_refused_after_admission_give_back_what_they_counted(
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
 
 
+def test_a_request_an_open_breaker_refuses_uses_no_quota(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """While a model's breaker is open its requests are refused without reaching it: none of them uses up the
+    day's quota (3), so the key is not drained by another tenant's outage."""
+    setup = _setup(make_worker, fake_upstream, "free", BREAKER_FAILURES=1, UPSTREAM_RETRIES=0)
+    client = setup.openai().with_options(max_retries=0)
+    fake_upstream.enqueue(
+        "/v1/chat/completions", Reply.json({"error": {"message": "down", "type": "x"}}, status=503)
+    )
+    with pytest.raises(openai.InternalServerError):  # counted: it reached the upstream
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    for _ in range(4):
+        with pytest.raises(openai.InternalServerError) as err:
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+        assert err.value.code == "provider_unavailable"
+    setup.worker.app[GATEWAY].breakers._states.clear()  # the route recovers (as after its cooldown)
+    setup.worker.call(setup.worker.app[GATEWAY].kv.delete("health/openai/gpt-4o-mini/open"))
+    for _ in range(2):  # what is left of the day's three
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+
+
 def test_what_a_request_costs_comes_from_its_provider(
     make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
 ) -> None:

@@ -272,6 +272,8 @@ async def proxy(
             if following is None:
                 _record_attempts(gw, acct, attempts, cand)
                 _finish_usage(gw, acct, 503, "upstream_failed", None)
+                if all(a.get("status") is None for a in attempts):  # no upstream was ever sent it
+                    await gw.quotas.give_back(admission)
                 raise UpstreamError(
                     f"Upstream {cand.provider} ({cand.upstream_model}) is failing and paused for a moment; "
                     "retry shortly or add a fallback.",
