@@ -297,3 +297,21 @@ def test_concurrent_revocations_of_one_payload_succeed_once(
     outcomes = worker.call(revoke_all())
     assert sorted(type(o).__name__ for o in outcomes) == ["NoneType"] + ["PayloadNotFoundError"] * 5
     assert sender.request(worker, "GET", f"/v1/payloads/{trex_id}")[0] == 404
+
+
+def test_a_revoke_cut_off_after_its_claim_still_revokes_and_a_retry_finishes_it(
+    make_worker: Callable[..., InProcessWorker],
+) -> None:
+    """A revoke claims the payload, then deletes it. One cut off between the two (the KV went away: the
+    client got a 503 and was told to retry) has revoked it all the same: every read is a 404, and the retry
+    removes what was left (the payload stayed readable for its whole TTL)."""
+    worker = _worker(make_worker)
+    sender = Agent(worker, "sender")
+    receiver = Agent(worker, "receiver")
+    trex_id = _push(sender, worker, _seed_body([receiver.id]))["trex_id"]
+    kv = worker.app[GATEWAY].kv
+    assert receiver.request(worker, "GET", f"/v1/payloads/{trex_id}")[0] == 200
+    worker.call(kv.put(f"payloads_revoked/{trex_id}", b"1", expiration_ttl=3600))  # the claim, no delete
+    assert receiver.request(worker, "GET", f"/v1/payloads/{trex_id}")[0] == 404
+    assert sender.request(worker, "DELETE", f"/v1/payloads/{trex_id}")[0] == 404  # already revoked
+    assert worker.call(kv.get(f"payloads/{trex_id}")) is None  # and now removed

@@ -310,7 +310,13 @@ class PayloadStore:
         """The live payload, or 404 (missing, expired or revoked: the same answer)."""
         raw = await self.kv.get(_SLOT + trex_id) if _well_formed(trex_id) else None
         stored = None if raw is None else _stored_decoder.decode(raw)
-        if stored is None or stored.expires_at <= self.clock():
+        # A revoke claims the payload, then deletes it: one cut off between the two (a KV outage) has still
+        # revoked it, on every instance.
+        if (
+            stored is None
+            or stored.expires_at <= self.clock()
+            or await self.kv.get(_REVOKED + trex_id) is not None
+        ):
             raise PayloadNotFoundError(f"No payload {trex_id!r}: it does not exist, expired or was revoked.")
         return stored
 
@@ -322,7 +328,13 @@ class PayloadStore:
         return stored
 
     async def revoke(self, trex_id: str, requester: str) -> None:
-        stored = await self.get(trex_id)
+        try:
+            stored = await self.get(trex_id)
+        except PayloadNotFoundError:
+            # A revoke cut off between its claim and its delete: the next attempt deletes what it left.
+            if _well_formed(trex_id) and await self.kv.get(_REVOKED + trex_id) is not None:
+                await self.kv.delete(_SLOT + trex_id)
+            raise
         if requester != stored.sender:
             raise NotTheSenderError(f"Only the sender of {trex_id} can revoke it.")
         # One revocation wins, on any instance: the others find it already revoked (404), not a second 204.
