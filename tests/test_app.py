@@ -371,3 +371,38 @@ def test_a_body_over_the_limit_is_refused_before_the_client_is_invited_to_send_i
             )
             conn.settimeout(5)
             assert conn.recv(200).startswith(first_line)
+
+
+def test_access_lines_reach_a_shared_pipe_in_writes_no_other_process_can_split() -> None:
+    """With `--workers` every process writes its access lines to one pipe: a write of at most PIPE_BUF bytes
+    of whole lines is never interleaved with another's, a longer one can be (lines were spliced together)."""
+    import io
+    import select
+
+    from worker.accesslog import AccessLog
+
+    class Pipe(io.StringIO):
+        """What reaches the pipe: each flush is one write."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.writes: list[str] = []
+            self._pending = ""
+
+        def write(self, text: str) -> int:
+            self._pending += text
+            return len(text)
+
+        def flush(self) -> None:
+            if self._pending:
+                self.writes.append(self._pending)
+                self._pending = ""
+
+    pipe = Pipe()
+    log = AccessLog("json", pipe, flush_interval=3600)
+    for i in range(500):
+        log.log(f"req_{i:06d}", "POST", "/v1/chat/completions", 200, 1.25)
+    log.close()
+    assert all(len(w.encode()) <= select.PIPE_BUF and w.endswith("\n") for w in pipe.writes)
+    lines = "".join(pipe.writes).splitlines()
+    assert [json.loads(line)["request_id"] for line in lines] == [f"req_{i:06d}" for i in range(500)]

@@ -10,6 +10,7 @@ The line format is the one `worker.logs` uses for every other logger, with the l
 
 from __future__ import annotations
 
+import select
 import threading
 import time
 from typing import TextIO
@@ -17,6 +18,8 @@ from typing import TextIO
 import msgspec
 
 from .logs import CONTROL_ESCAPES, scrub
+
+_PIPE_BUF = getattr(select, "PIPE_BUF", 512)  # the largest write to a pipe that is never interleaved
 
 _encoder = msgspec.json.Encoder()
 
@@ -96,9 +99,24 @@ class AccessLog:
         """Write out every buffered line (called by the thread, and at close)."""
         with self._lock:
             lines, self._lines = self._lines, []
-        if lines:
-            self._stream.write("\n".join(lines) + "\n")
-            self._stream.flush()
+        # In pieces of whole lines of at most PIPE_BUF bytes, each written at once: with `--workers` every
+        # process writes to the same pipe, and only a write that small is never interleaved with another's
+        # (one write of a whole batch had other processes' lines spliced into it).
+        chunk: list[str] = []
+        size = 0
+        for line in lines:
+            n = len(line.encode()) + 1
+            if chunk and size + n > _PIPE_BUF:
+                self._write(chunk)
+                chunk, size = [], 0
+            chunk.append(line)
+            size += n
+        if chunk:
+            self._write(chunk)
+
+    def _write(self, lines: list[str]) -> None:
+        self._stream.write("\n".join(lines) + "\n")
+        self._stream.flush()
 
     def close(self) -> None:
         """Stop the thread and write what is left."""
