@@ -15,6 +15,7 @@ from kv.errors import (
     InvalidMetadataError,
     KVClosedError,
     KVError,
+    KVIndeterminateError,
     KVUnavailableError,
     ValueTooLargeError,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "InvalidMetadataError",
     "KVClosedError",
     "KVError",
+    "KVIndeterminateError",
     "KVNamespace",
     "KVUnavailableError",
     "KeyInfo",

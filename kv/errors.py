@@ -31,5 +31,10 @@ class KVUnavailableError(KVError):
     """The storage backend cannot be reached or opened."""
 
 
+class KVIndeterminateError(KVUnavailableError):
+    """The backend stopped answering after the operation was sent (a reply timed out, the connection broke
+    mid-reply): it may or may not have been applied. Retrying an increment could apply it twice."""
+
+
 class KVClosedError(KVError):
     """The namespace was used after ``close()``."""

@@ -17,7 +17,7 @@ from kv._keyrange import lower_bound, prefix_successor
 from kv._records import StoredKey, StoredValue, Write
 from kv.base import KVNamespace
 from kv.clock import Clock
-from kv.errors import KVError, KVUnavailableError
+from kv.errors import KVError, KVIndeterminateError, KVUnavailableError
 
 _VALUE = b"v"
 _EXPIRATION = b"e"
@@ -26,6 +26,20 @@ _MIN_SCAN_BATCH = 32
 _PUT_MANY_SLICE = 256
 MAX_CONNECTIONS = 128
 """Connections per instance to Redis (the pool's default size; `?max_connections=N` in the URL changes it)."""
+
+
+# redis-py's messages for failures before a command went out: connecting, or waiting for a pooled connection.
+_BEFORE_SENDING = ("connecting to", "connection available", "from pool")
+
+
+def _never_sent(exc: Exception) -> bool:
+    """Whether the failed call never reached Redis (then it was not applied and a retry is safe)."""
+    if isinstance(exc, ConnectionRefusedError | redis.exceptions.ConnectionError) and isinstance(
+        exc.__cause__ or exc.__context__, ConnectionRefusedError
+    ):
+        return True
+    text = str(exc).lower()
+    return any(marker in text for marker in _BEFORE_SENDING)
 
 
 def _describe(url: str) -> str:
@@ -103,7 +117,10 @@ class RedisKV(KVNamespace):
         try:
             yield
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise KVUnavailableError(f"Redis at {self._where} is unavailable: {exc}") from exc
+            message = f"Redis at {self._where} is unavailable: {exc}"
+            if _never_sent(exc):
+                raise KVUnavailableError(message) from exc
+            raise KVIndeterminateError(message + " (the command may have been applied)") from exc
         except redis.exceptions.RedisError as exc:
             raise KVError(f"Redis at {self._where} failed: {exc}") from exc
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from kv import KVError, KVNamespace, KVUnavailableError
+from kv import KVError, KVIndeterminateError, KVNamespace, KVUnavailableError
 from kv.batching import Increment
 
 from .. import tokens
@@ -370,6 +370,10 @@ class UsageRecorder:
         if charges and self.quotas is not None:
             try:
                 await self.quotas.charge(charges)
+            except KVIndeterminateError as exc:  # maybe applied: a retry could charge every request twice
+                log.error(
+                    "charges of %d requests may not have been applied (not retried): %s", len(charges), exc
+                )
             except KVUnavailableError as exc:
                 self._charges = charges + self._charges  # kept for the next pass
                 log.warning("could not charge %d requests to their plans yet: %s", len(charges), exc)
