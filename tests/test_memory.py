@@ -561,6 +561,20 @@ def test_a_reference_in_a_session_keeps_the_replayed_prefix(gateway: GatewaySetu
         ]
 
 
+def test_a_new_context_ref_reaches_a_latest_user_turn_before_an_assistant_prefill(
+    gateway: GatewaySetup,
+) -> None:
+    """The latest user turn sits inside the replayed prefix when the conversation ends with an assistant
+    prefill: the expansion added to it this turn must not be replaced by the turn's old forwarded bytes."""
+    trex_id = _compress_and_store(gateway)["trex_id"]
+    question = {"role": "user", "content": "What is the invoice number?"}
+    _session_turn(gateway, "prefill", [question], None)
+    messages = [question, {"role": "assistant", "content": "The invoice number is"}]
+    headers, sent = _session_turn(gateway, "prefill", messages, {"context_ref": [trex_id]})
+    assert f"TrexID {trex_id}" in json.dumps(sent[0])
+    assert headers["X-Trex-Session-Replayed"] == "0"
+
+
 def test_a_key_may_store_only_so_many_bytes_a_day(
     make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
 ) -> None:

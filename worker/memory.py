@@ -311,6 +311,7 @@ async def expand_refs(
     limit: int | None = None,
     skip: int = 0,
     sent: Callable[[str], bool] | None = None,
+    placed: Callable[[int], None] | None = None,
 ) -> int:
     """Replace every reference in `body` with its expansion (in place); returns the bytes the expansions
     added. A missing id is a 404 and a foreign one a 403, before anything is forwarded; more than `MAX_REFS`
@@ -399,27 +400,31 @@ async def expand_refs(
             if sent is None or not sent(text):  # else forwarded before, in the replayed prefix: not again
                 texts.append(grow(text, at))
         if texts:
-            _add_to_latest_turn(fmt, body, "\n\n".join(texts), part_type)
+            at_item = _add_to_latest_turn(fmt, body, "\n\n".join(texts), part_type)
+            if placed is not None and at_item is not None:
+                placed(at_item)  # a session must not replay this message's old bytes over the expansion
     return added
 
 
-def _add_to_latest_turn(fmt: Format, body: dict[str, Any], text: str, part_type: str) -> None:
+def _add_to_latest_turn(fmt: Format, body: dict[str, Any], text: str, part_type: str) -> int | None:
     """Put `trex.context_ref`'s text where the latest turn is, in a shape each provider accepts: at the start
     of the latest user turn, but after the tool_result blocks it opens with (Anthropic wants those first);
     when the conversation ends with a tool result of its own (chat's `tool` message, a Responses
-    `*_call_output` item), in a new user message after it rather than in an older user turn."""
+    `*_call_output` item), in a new user message after it rather than in an older user turn. Returns the
+    index of the item that holds it (None for a plain-string input)."""
     field = "input" if fmt == "responses" else "messages"
     items = body.get(field)
     if isinstance(items, str):  # Responses with a plain string input
         body[field] = text + "\n\n" + items
-        return
+        return None
     if not isinstance(items, list):
         raise InvalidRequestError(f"'{field}' must be a list to take trex.context_ref.", param=field)
     part = {"type": part_type, "text": text}
     if items and _is_tool_output(fmt, items[-1]):
         items.append({"role": "user", "content": [part]})
-        return
-    for item in reversed(items):
+        return len(items) - 1
+    for i in range(len(items) - 1, -1, -1):
+        item = items[i]
         if isinstance(item, dict) and item.get("role") == "user":
             content = item.get("content")
             if isinstance(content, str):
@@ -428,8 +433,9 @@ def _add_to_latest_turn(fmt: Format, body: dict[str, Any], text: str, part_type:
                 content.insert(_past_tool_results(content), part)
             else:
                 item["content"] = [part]
-            return
+            return i
     items.append({"role": "user", "content": [part]})
+    return len(items) - 1
 
 
 def _is_tool_output(fmt: Format, item: Any) -> bool:

@@ -188,6 +188,7 @@ async def proxy(
             limit=gw.max_body_bytes,
             skip=replay.replayed,
             sent=replay.carries if replay.replayed else None,
+            placed=replay.keep_before,
         )
         original_text = memory.context_text(fmt, body) if store_ttl is not None else None
         received_tokens: int | None = None

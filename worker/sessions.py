@@ -79,6 +79,13 @@ class Replay:
     known: bool = False
     """The session was found stored: remembering this turn replaces its entry rather than adding one."""
 
+    def keep_before(self, index: int) -> None:
+        """Replay nothing from message `index` on (the worker changed it this turn: a context_ref added to
+        a latest user turn that sits before an assistant prefill)."""
+        if index < self.replayed:
+            self.replayed = index
+            del self.prefix[index:], self.sent[index:]
+
     def apply(self, body: dict[str, Any]) -> None:
         """Put the forwarded prefix in place of the client's leading messages."""
         if self.field is not None and self.replayed:
