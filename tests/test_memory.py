@@ -600,6 +600,20 @@ def test_a_key_may_store_only_so_many_bytes_a_day(
     )
     assert 0 < int(refused.headers["Retry-After"]) <= 86400
     _compress_and_store(setup, key=tokens[1])  # another key's budget is its own
+    # Ordinary traffic (no X-Session-Id: a session under a generated id) does not use up a key's budget.
+    other = openai.OpenAI(api_key=tokens[1], base_url=worker.url + "/v1", max_retries=0)
+    for _ in range(40):  # about 120 KB of sessions
+        other.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[
+                {"role": "user", "content": DOCUMENT},
+                {"role": "assistant", "content": "ok"},
+                {"role": "user", "content": "and?"},
+            ],
+            extra_headers={"X-Upstream-Api-Key": "sk-x"},
+        )
+    time.sleep(0.3)  # their sessions are written after the responses
+    _compress_and_store(setup, key=tokens[1])
     plain = urllib.request.Request(
         worker.url + "/v1/compress",
         data=json.dumps(

@@ -406,7 +406,10 @@ async def proxy(
                     replay,
                     report.optimized_tokens,
                     gw.session_ttl_seconds,
-                    gw.payloads.bytes_per_day,
+                    # A session the client named counts against its key's day of stored bytes; one under an
+                    # id the worker made up (most traffic) does not, or ordinary requests would use up the
+                    # budget of its payloads.
+                    gw.payloads.bytes_per_day if client_session else 0,
                 )
             )
         is_sse = _is_event_stream(upstream)
