@@ -118,3 +118,24 @@ async def test_a_request_that_completes_during_a_flush_is_logged_with_its_final_
     billed = {e["request_id"]: (e["billed_input_tokens"], e["billed_output_tokens"]) for e in entries}
     assert billed == {"req_first": (12, 5), "req_late": (12, 5)}
     await kv.close()
+
+
+async def test_a_flush_cut_off_by_a_shutdown_loses_nothing(tmp_path: Path) -> None:
+    """A shutdown cancels the loop's flush while it writes: the next flush (the one at close) still writes the
+    events and the request-log entries it had taken."""
+    kv = _PausingKV(tmp_path / "kv.sqlite3")
+    recorder = UsageRecorder(kv, PriceTable(), {}, retention_seconds=86400, flush_seconds=1)
+    begun = _begin(recorder)
+    recorder.complete(begun, http_status=200, outcome="completed", wire="chat", body=BODY)
+    recorder.log("req_cut", KEY.id, "POST", "/v1/chat/completions", 200, 1.0, begun)
+    flushing = asyncio.ensure_future(recorder.flush())
+    await kv.writing.wait()
+    flushing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await flushing
+    kv.release.set()
+    await recorder.flush()
+    assert await _stored(kv) == {begun.event.id: "final"}
+    entries, _ = await recorder.logs(KEY.id, limit=10, cursor=None)
+    assert [(e["request_id"], e["billed_input_tokens"]) for e in entries] == [("req_cut", 12)]
+    await kv.close()

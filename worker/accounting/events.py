@@ -351,10 +351,17 @@ class UsageRecorder:
                 await self._reconcile(begun)
         else:
             queued, self._queued = self._queued, {}
-            for i, begun in enumerate(queued.values(), 1):
-                await self._reconcile(begun)
-                if i % _SLICE == 0:
-                    await asyncio.sleep(0)  # requests run between slices: a busy second never stalls the loop
+            pending = list(queued.values())
+            try:
+                for i, begun in enumerate(pending, 1):
+                    await self._reconcile(begun)
+                    if i % _SLICE == 0:
+                        await asyncio.sleep(0)  # requests run between slices: a busy second never stalls
+            except BaseException:  # cut off: what was not reconciled waits for the next pass
+                self._queued = {
+                    b.event.id: b for b in pending if b.outcome != "pending" and b.event.status != "final"
+                } | self._queued
+                raise
         await self._apply_charges()
 
     async def _reconcile(self, begun: Begun) -> None:
@@ -621,8 +628,21 @@ class UsageRecorder:
         # has completed, so each is written with its event's final numbers. (Taken after the awaits below, an
         # entry of a request that completed meanwhile would carry its event's pending, empty numbers.)
         sequence, logged = self._take_logs()
-        await self._reconcile_queued()
+        try:
+            await self._reconcile_queued()
+        except BaseException:  # cut off (a shutdown cancels the loop's flush): the next flush writes them
+            self._logs[:0] = logged
+            raise
         fresh_logs = self._log_entries(sequence, logged)
+        try:
+            return await self._write(in_flight, fresh_logs)
+        except BaseException:
+            self._log_retry += fresh_logs  # written by the next flush (the one at close, at the latest)
+            raise
+
+    async def _write(self, in_flight: bool, fresh_logs: list[tuple[str, bytes, dict[str, Any]]]) -> int:
+        """Write the changed events, then the request-log entries (with those a failed flush left); events
+        not written stay queued for the next flush, whatever stopped this one."""
         async with self._flush_lock:
             batch, self._dirty = self._dirty, {}
             if in_flight:
@@ -646,22 +666,22 @@ class UsageRecorder:
                 ]
                 try:
                     await self.kv.put_many(entries, expiration_ttl=self.retention_seconds)
-                except KVError:
+                except BaseException:
                     for ev in events[start:]:  # keep the unwritten for the next attempt, newer changes first
                         self._dirty.setdefault(ev.id, ev)
-                    self._log_retry += fresh_logs
                     raise
                 written += len(entries)
                 self._settle(part)
             # Request-log entries go after the events they name.
             logs = self._log_retry + fresh_logs
             self._log_retry = []
+            fresh_logs.clear()  # in `logs` now: the caller must not queue them again
             for start in range(0, len(logs), _SLICE * 4):
                 try:
                     await self.kv.put_many(
                         logs[start : start + _SLICE * 4], expiration_ttl=self.log_retention_seconds
                     )
-                except KVError:
+                except BaseException:
                     self._log_retry = logs[start:]
                     raise
             return written
