@@ -286,6 +286,25 @@ def test_a_short_cooldown_is_kept_and_retry_after_counts_down(routed: Any) -> No
     assert client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices  # type: ignore[arg-type]
 
 
+def test_a_probe_that_never_reports_back_lets_the_next_request_probe_a_cooldown_later(routed: Any) -> None:
+    """The half-open probe answered 429 (neither a success nor a failure): the route is probed again a
+    cooldown later, not only when the KV entry of the probe expires (60 s at least)."""
+    setup = routed(BREAKER_FAILURES=1, BREAKER_COOLDOWN_SECONDS=5)
+    client = setup.openai().with_options(max_retries=0)
+    busy = Reply.json({"error": {"message": "down", "type": "x"}}, status=503)
+    limited = Reply.json({"error": {"message": "slow down", "type": "x"}}, status=429)
+    setup.fake.enqueue("/v1/chat/completions", busy, limited)
+    with pytest.raises(openai.InternalServerError):  # opens the breaker
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    breakers = setup.worker.app[GATEWAY].breakers
+    opened = time.time()
+    breakers._clock = lambda: opened + 6
+    with pytest.raises(openai.RateLimitError):  # the probe: a 429 says nothing about the route's health
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    breakers._clock = lambda: opened + 12  # a cooldown after that probe began
+    assert client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices  # type: ignore[arg-type]
+
+
 def test_no_fallback_starts_after_the_deadline(routed: Any) -> None:
     setup = routed(UPSTREAM_RETRY_DEADLINE=0.3)
     slow_failure = Reply.json({"error": {"message": "busy", "type": "x"}}, status=503, latency=0.5)

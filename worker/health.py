@@ -36,6 +36,13 @@ MAX_ROUTES = 4096
 _EVICTION_SCAN = 32  # how many of the oldest routes are looked at for one without failures
 
 
+def _number(raw: bytes) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        return 0.0
+
+
 @dataclass(slots=True)
 class _State:
     open_until: float
@@ -90,11 +97,19 @@ class Breakers:
             return True
         if now < state.open_until:
             return False
-        # Cooling down is over: one probe, across every instance.
+        # Cooling down is over: one probe, across every instance. The probe's turn lasts a cooldown (its value
+        # says until when): one that never reported back (answered 429, its client left) lets the next request
+        # probe then, not only when the KV entry expires (60 s at least).
+        probe = self._key(provider, model, "probe")
+        turn = str(now + self.cooldown).encode()
         try:
-            return await self.kv.put_if_absent(
-                self._key(provider, model, "probe"), b"1", expiration_ttl=self._ttl
-            )
+            if await self.kv.put_if_absent(probe, turn, expiration_ttl=self._ttl):
+                return True
+            held = await self.kv.get(probe)
+            if held is None or _number(held) > now:
+                return False
+            await self.kv.delete(probe)
+            return await self.kv.put_if_absent(probe, turn, expiration_ttl=self._ttl)
         except KVError:
             return True
 
