@@ -346,3 +346,26 @@ def test_a_dedup_marker_names_where_the_earlier_copy_is_in_the_request() -> None
         == "[trex: identical to the tool_result content at messages[4].content; omitted]"
     )
     assert body["messages"][4]["content"] == b
+
+
+def test_an_assistant_prefill_ending_the_conversation_is_never_touched() -> None:
+    """A conversation that ends with the model's own turn asks it to continue that exact text: compacting it
+    (with no recent turns protected) would change what the model is continuing."""
+    filler = (
+        "I looked at the overall situation and there is a lot of general background to go through here. "
+        "Honestly most of it is routine and I am only mentioning it to be thorough about everything. "
+    ) * 12
+    prefill = filler + "The refund for order ORD-20417 of $1,250.00 is"
+    body = {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 100,
+        "messages": [
+            {"role": "user", "content": filler + "Summarise the refund."},
+            {"role": "assistant", "content": filler},
+            {"role": "user", "content": "Finish the sentence."},
+            {"role": "assistant", "content": prefill},
+        ],
+    }
+    report = optimize("messages", body, Options(mode="aggressive", protect_recent_turns=0))
+    assert body["messages"][-1]["content"] == prefill
+    assert report.optimized_tokens < report.original_tokens  # the older turns were compacted

@@ -3,7 +3,8 @@
 Order of work, and what is never touched:
 1. System prompts, instructions, tool definitions, tool-call arguments, images and thinking are not
    segments at all (see `segments`). Blocks with `cache_control` are pinned. The latest user turn is kept
-   whole, and it is the query that relevance ranking uses.
+   whole, and it is the query that relevance ranking uses; so is an assistant prefill ending the
+   conversation (the model continues that exact text).
 2. Cross-turn dedup (all modes but `off`): content repeated from an earlier turn becomes a reference.
 3. Tool output, from the moment it arrives (the newest tool result is usually the largest and the one no
    provider has cached yet): compacted by content kind (`kinds`).
@@ -144,7 +145,9 @@ def _compact(
     latest_user_turn = max((s.turn for s in typed), default=-1)
     query = "\n".join(s.text for s in typed if s.turn == latest_user_turn)
     ctx = Context(mode=options.mode, query=query, profile=options.profile)
-    candidates = [s for s in segments if not s.pinned and s.turn != latest_user_turn]
+    # A conversation ending with the model's own turn is a prefill: the model continues that exact text.
+    prefill = turns - 1 if any(s.kind == "assistant" and s.turn == turns - 1 for s in segments) else -2
+    candidates = [s for s in segments if not s.pinned and s.turn not in (latest_user_turn, prefill)]
     if not candidates:  # e.g. a first turn: only pinned content and the latest user turn, which stay whole
         return
     frozen = {id(s) for s in candidates if s.item < options.frozen_items}
