@@ -492,16 +492,15 @@ def encode_request(req: Request, *, upstream_model: str, flavor: Flavor) -> dict
             body["parallel_tool_calls"] = req.parallel_tool_calls
     if req.max_tokens is not None:
         body["max_completion_tokens" if flavor == "openai" else "max_tokens"] = req.max_tokens
-    # OpenAI's reasoning models refuse sampling parameters other than their default of 1, and stop sequences.
     reasoning = flavor == "openai" and upstream_model.startswith(REASONING_MODELS)
-    if req.temperature is not None and (not reasoning or req.temperature == 1):
+    if req.temperature is not None:
         body["temperature"] = req.temperature
-    if req.top_p is not None and (not reasoning or req.top_p == 1):
+    if req.top_p is not None:
         body["top_p"] = req.top_p
     if req.top_k is not None and flavor != "openai":
         body["top_k"] = req.top_k
-    if req.stop and not reasoning:
-        if flavor == "openai" and len(req.stop) > _OPENAI_MAX_STOP:
+    if req.stop:
+        if flavor == "openai" and not reasoning and len(req.stop) > _OPENAI_MAX_STOP:
             raise TranslationError(
                 f"'{req.stop_field}' may have at most {_OPENAI_MAX_STOP} sequences for this model "
                 f"(OpenAI's limit), got {len(req.stop)}.",
@@ -528,6 +527,8 @@ def encode_request(req: Request, *, upstream_model: str, flavor: Flavor) -> dict
         body["stream"] = True
         # Without this OpenAI sends no usage at all in streams, and usage is what we bill and reconcile.
         body["stream_options"] = {"include_usage": True}
+    if reasoning:  # what OpenAI's reasoning models refuse: the same rule as for a body smart-auto routes
+        fit_reasoning_model(body)
     return body
 
 
