@@ -80,17 +80,6 @@ def test_later_turn_replays_the_forwarded_prefix(
     assert second[4] == json.dumps(TURN2[4], sort_keys=True)
 
 
-def test_without_a_session_the_prefix_would_change(
-    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
-) -> None:
-    """The control for the test above: with no session the aged assistant turn gets compacted."""
-    w = make_worker(dev_vars={"TREX_MASTER_KEY": MASTER_KEY})
-    client, _ = _client(w, None)
-    first = _forwarded(fake_upstream, client, TURN1)
-    second = _forwarded(fake_upstream, client, TURN2)
-    assert second[1] != first[1]
-
-
 def test_budget_triggers_one_full_reoptimization(
     make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
 ) -> None:

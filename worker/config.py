@@ -53,6 +53,7 @@ DEFAULT_VARS: Mapping[str, str] = MappingProxyType(
         "PROTECT_RECENT_TURNS": "2",
         "SESSION_TTL_SECONDS": "86400",
         "SESSION_REOPTIMIZE_TOKENS": "100000",
+        "IMPLICIT_SESSIONS": "on",
         "USAGE_ACCOUNTING": "on",
         "USAGE_FLUSH_SECONDS": "1",
         "USAGE_RETENTION_DAYS": "90",

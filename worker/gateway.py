@@ -65,7 +65,8 @@ class Gateway:
     """Seconds from the first attempt after which no retry or fallback starts."""
     retry_max_wait: float = 2.0
     """The longest wait before a retry (backoff or the upstream's Retry-After); longer means no retry."""
-    """Plan quotas, model lists and Compute Credits (no KV work for keys on plans without them)."""
+    implicit_sessions: bool = True
+    """`IMPLICIT_SESSIONS`: a conversation sent without `X-Session-Id` is matched by its opening exchange."""
 
     async def close(self) -> None:
         """Write the last usage events and release the upstream connection pools."""
@@ -96,9 +97,8 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
         p: (config.var(f"{p.upper()}_BASE_URL") or "").rstrip("/") for p in PROVIDER_NAMES
     }
     mode = optimize_mode(config)
-    accounting = (config.var("USAGE_ACCOUNTING") or "on").strip().lower()
-    if accounting not in ("on", "off"):
-        raise ConfigError(config.source, "vars.USAGE_ACCOUNTING", f"expected on or off, got {accounting!r}")
+    accounting = _on_off(config, "USAGE_ACCOUNTING")
+    implicit_sessions = _on_off(config, "IMPLICIT_SESSIONS")
     # Every table is validated before anything is built on the KV.
     models = parse_model_table(config.tables.get("models"), config.source)
     prices = PriceTable(parse_price_overrides(config.tables.get("pricing"), config.source))
@@ -117,7 +117,7 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
         log_retention_seconds=max(60, int(config.number("LOG_RETENTION_DAYS") * 86400)),
         quotas=quotas,
     )
-    usage = recorder if accounting == "on" else None
+    usage = recorder if accounting else None
     timeouts = Timeouts(
         connect=config.number("UPSTREAM_CONNECT_TIMEOUT"),
         first_byte=config.number("UPSTREAM_FIRST_BYTE_TIMEOUT"),
@@ -153,6 +153,7 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
         protect_recent_turns=int(config.number("PROTECT_RECENT_TURNS")),  # 0..1000, checked at load
         session_ttl_seconds=max(60, int(config.number("SESSION_TTL_SECONDS"))),
         session_budget_tokens=int(config.number("SESSION_REOPTIMIZE_TOKENS")),
+        implicit_sessions=implicit_sessions,
         usage=usage,
         recorder=recorder,
         quotas=quotas,
@@ -178,16 +179,21 @@ def _count(config: Config, name: str, most: int, least: int = 0) -> int:
     return count_var(config.var(name) or "0", name, most, least=least, source=config.source)
 
 
-def _limits(config: Config, kv: KVNamespace, counters: CounterBatch) -> Limits:
-    switch = (config.var("RATE_LIMIT") or "on").strip().lower()
+def _on_off(config: Config, name: str) -> bool:
+    """A switch var (`on` unless set): True for on; a ConfigError for anything but on or off."""
+    switch = (config.var(name) or "on").strip().lower()
     if switch not in ("on", "off"):
-        raise ConfigError(config.source, "vars.RATE_LIMIT", f"expected on or off, got {switch!r}")
+        raise ConfigError(config.source, f"vars.{name}", f"expected on or off, got {switch!r}")
+    return switch == "on"
+
+
+def _limits(config: Config, kv: KVNamespace, counters: CounterBatch) -> Limits:
     fail = (config.var("RATE_LIMIT_FAIL") or "open").strip().lower()
     if fail not in ("open", "closed"):
         raise ConfigError(config.source, "vars.RATE_LIMIT_FAIL", f"expected open or closed, got {fail!r}")
     return Limits(
         kv,
-        enabled=switch == "on",
+        enabled=_on_off(config, "RATE_LIMIT"),
         # 0 a minute would refuse everything (it silently meant 1); RATE_LIMIT = "off" turns the limits off.
         key_per_minute=_count(config, "RATE_LIMIT_PER_MINUTE", 10**9, least=1),
         ip_per_minute=_count(config, "RATE_LIMIT_IP_PER_MINUTE", 10**9, least=1),

@@ -162,13 +162,18 @@ async def proxy(
             profile_from="X-Trex-Compression-Model",
         )
         store_ttl = memory.store_option(trex, gw.memory_ttl_seconds)
-        session, client_session = session_id(request.headers)  # 400 for an unusable X-Session-Id
+        session, named = session_id(request.headers)  # 400 for an unusable X-Session-Id
         settings = sessions.settings_of(options)
         # A session matches the messages as the client sent them, references unexpanded: as it sends them
         # again next turn. With optimization off the client's messages go as they are: nothing is replayed.
-        if client_session and options.mode != "off":
+        hashes: list[str] | None = None
+        if not named and gw.implicit_sessions and options.mode != "off":
+            anchored = sessions.anchored_id(key.id, fmt, body)
+            if anchored is not None:  # a conversation past its first exchange: its session is found by it
+                (session, hashes), named = anchored, True
+        if named and options.mode != "off":
             replay = await sessions.lookup(
-                gw.kv, key.id, session, fmt, body, gw.session_budget_tokens, settings
+                gw.kv, key.id, session, fmt, body, gw.session_budget_tokens, settings, hashes
             )
         else:  # a generated id is new (nothing stored to replay, so no KV read), or optimization is off
             replay = sessions.fresh(fmt, body, settings)
@@ -394,7 +399,7 @@ async def proxy(
             return await _error_response(request, upstream, fmt, wire, out_headers, api_key)
         if upstream.status >= 300:  # redirects are not followed (see adapters.transport)
             raise _redirected(route.provider, upstream.status, out_headers)
-        if replay.field is not None and (client_session or replay.hashes):
+        if replay.field is not None and (named or replay.hashes):
             # Remember what was forwarded once the upstream has accepted it, after the response.
             request[CTX].wait_until(
                 sessions.remember(
@@ -406,10 +411,10 @@ async def proxy(
                     replay,
                     report.optimized_tokens,
                     gw.session_ttl_seconds,
-                    # A session the client named counts against its key's day of stored bytes; one under an
-                    # id the worker made up (most traffic) does not, or ordinary requests would use up the
-                    # budget of its payloads.
-                    gw.payloads.bytes_per_day if client_session else 0,
+                    # A new session counts against its key's day of stored bytes, whether the client named it
+                    # or its opening exchange did; one under an id the worker made up (a conversation before
+                    # its first exchange) does not, or ordinary requests would use up the budget of payloads.
+                    gw.payloads.bytes_per_day if named else 0,
                 )
             )
         is_sse = _is_event_stream(upstream)

@@ -18,6 +18,12 @@ the newest block each turn, which changes no content (a provider's cache ignores
 message gets the client's current breakpoints, at the same places in its forwarded form.
 
 The conversation list is `messages` (chat, Messages) or `input` when it is a list (Responses).
+
+A client that names no session (`X-Session-Id`), such as an OpenAI or Anthropic SDK pointed here unchanged,
+still gets one: its conversation is matched by its opening exchange, the first two messages after any
+system or developer ones, which a conversation carries unchanged from its second turn on (`anchored_id`).
+Two conversations of one key that open alike share that state; each turn replays only the prefix that
+matches its own messages, so they can take turns overwriting it, never get each other's messages.
 """
 
 from __future__ import annotations
@@ -164,6 +170,29 @@ def _with_breakpoints(forwarded: Any, client: Any) -> Any | None:
     return out
 
 
+_SYSTEM_ROLES = frozenset({"system", "developer"})
+
+
+def anchored_id(key_id: str, fmt: Format, body: dict[str, Any]) -> tuple[str, list[str]] | None:
+    """The session id of a conversation sent without one, from its opening exchange (module doc): the first
+    two items after the leading system and developer ones; with the hashes of all its items, for `lookup`.
+    None for a conversation that has not had its first exchange yet (nothing of it could be replayed next
+    turn). The key is part of the hash, so the id names nothing another key could look up, and does not
+    fingerprint the messages across keys."""
+    field = conversation_field(fmt, body)
+    if field is None:
+        return None
+    items: list[Any] = body[field]
+    start = 0
+    while start < len(items) and isinstance(items[start], dict) and items[start].get("role") in _SYSTEM_ROLES:
+        start += 1
+    if len(items) - start < 3:  # the opening exchange and a new message after it
+        return None
+    hashes = [_hash(item) for item in items]
+    seed = f"{key_id}\n{fmt}\n{hashes[start]}\n{hashes[start + 1]}"
+    return "sess_" + hashlib.sha256(seed.encode()).hexdigest()[:32], hashes
+
+
 def _key(key_id: str, session: str) -> str:
     return f"session/{key_id}/{hashlib.sha256(session.encode()).hexdigest()[:40]}"
 
@@ -188,14 +217,17 @@ async def lookup(
     body: dict[str, Any],
     budget_tokens: int,
     settings: str = "",
+    hashes: list[str] | None = None,
 ) -> Replay:
     """The longest prefix of the conversation, as the client sent it, that was forwarded before, with its
-    forwarded bytes; `Replay.apply` puts them in place (after the rest's TrexID references are expanded)."""
+    forwarded bytes; `Replay.apply` puts them in place (after the rest's TrexID references are expanded).
+    `hashes`: the conversation's `item_hashes`, when the caller has them already."""
     field = conversation_field(fmt, body)
     if field is None:
         return Replay(None, [], 0, False, settings=settings)
     items: list[Any] = body[field]
-    hashes = [_hash(item) for item in items]
+    if hashes is None:
+        hashes = [_hash(item) for item in items]
     try:
         raw = await kv.get(_key(key_id, session))
     except KVUnavailableError:  # the KV is down: the turn is optimized afresh rather than refused
