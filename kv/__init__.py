@@ -6,7 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from kv._validation import MAX_EXPIRATION, MAX_VALUE_BYTES
-from kv.base import KeyInfo, KVNamespace, ListResult
+from kv.base import ONCE_MAX_KEYS, KeyInfo, KVNamespace, ListResult
 from kv.clock import Clock, ManualClock
 from kv.errors import (
     InvalidExpirationError,
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_EXPIRATION",
     "MAX_VALUE_BYTES",
+    "ONCE_MAX_KEYS",
     "Clock",
     "InvalidExpirationError",
     "InvalidKeyError",

@@ -83,17 +83,18 @@ end
 return removed
 """
 
-# KEYS[1] index sorted set, KEYS[2..n+1] value hashes. ARGV[1] the caller's clock, then four per key:
-# index member (the raw key), delta, expiration for a new entry ('' = none), native TTL in ms for a new
-# entry ('' = none). Returns the new values in key order; a live value that is not an integer is left
-# unchanged and reported as the string 'NaN' (the other keys are still counted: each key is atomic alone).
-INCR_MANY = (
-    """
+
+def _incr_loop(first_key: int, first_arg: int) -> str:
+    """Lua that counts KEYS[first_key..] (value hashes; KEYS[1] is the index) and returns their new values;
+    their arguments are four per key from ARGV[first_arg] on, ARGV[1] is the caller's clock."""
+    return (
+        f"""
 local now = tonumber(ARGV[1])
-local out = {}
-for i = 2, #KEYS do
-  local a = 2 + (i - 2) * 4
-  local live = redis.call('EXISTS', KEYS[i]) == 1
+local out = {{}}
+for i = {first_key}, #KEYS do
+  local a = {first_arg} + (i - {first_key}) * 4
+"""
+        + """  local live = redis.call('EXISTS', KEYS[i]) == 1
   if live then
     local expiration = redis.call('HGET', KEYS[i], 'e')
     if expiration and tonumber(expiration) <= now then
@@ -112,10 +113,30 @@ for i = 2, #KEYS do
     end
   else
 """
-    + _replace("KEYS[i]", "KEYS[1]", "ARGV[a]", "ARGV[a + 1]", "ARGV[a + 2]", None, "ARGV[a + 3]", "    ")
-    + """    out[#out + 1] = tonumber(ARGV[a + 1])
+        + _replace("KEYS[i]", "KEYS[1]", "ARGV[a]", "ARGV[a + 1]", "ARGV[a + 2]", None, "ARGV[a + 3]", "    ")
+        + """    out[#out + 1] = tonumber(ARGV[a + 1])
   end
 end
 return out
 """
-)
+    )
+
+
+# KEYS[1] index sorted set, KEYS[2..n+1] value hashes. ARGV[1] the caller's clock, then four per key:
+# index member (the raw key), delta, expiration for a new entry ('' = none), native TTL in ms for a new
+# entry ('' = none). Returns the new values in key order; a live value that is not an integer is left
+# unchanged and reported as the string 'NaN' (the other keys are still counted: each key is atomic alone).
+INCR_MANY = _incr_loop(2, 2)
+
+# INCR_MANY at most once per token. KEYS[1] index sorted set, KEYS[2] the token's record (a plain string
+# holding its expiration by the caller's clock; Redis's own expiry only reclaims it), KEYS[3..n+2] value
+# hashes. ARGV[1] the caller's clock, ARGV[2] the record's expiration, ARGV[3] its native TTL in ms, then
+# INCR_MANY's four per key. A live record: nothing is written and the reply is nil. Otherwise the record is
+# written and the keys are counted in the same script (atomic: a script runs whole), INCR_MANY's reply.
+INCR_MANY_ONCE = """
+local recorded = redis.call('GET', KEYS[2])
+if recorded and tonumber(recorded) > tonumber(ARGV[1]) then
+  return false
+end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+""" + _incr_loop(3, 4)

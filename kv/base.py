@@ -36,6 +36,7 @@ from kv.errors import (
 )
 
 __all__ = [
+    "ONCE_MAX_KEYS",
     "InvalidExpirationError",
     "InvalidKeyError",
     "InvalidListArgumentError",
@@ -53,6 +54,9 @@ Metadata: TypeAlias = dict[str, Any]
 
 T = TypeVar("T")
 
+ONCE_MAX_KEYS = 500
+"""The most keys one `incr_many_once` call takes: all of them are written in one atomic step."""
+
 
 def _per_key(value: T | Sequence[T], count: int, name: str) -> list[T]:
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
@@ -60,6 +64,24 @@ def _per_key(value: T | Sequence[T], count: int, name: str) -> list[T]:
             raise ValueError(f"{name} has {len(value)} entries for {count} keys")
         return list(value)
     return [value] * count
+
+
+def _counters(
+    keys: Sequence[str],
+    delta: int | Sequence[int],
+    expiration_ttl: int | Sequence[int | None] | None,
+    now: float,
+) -> tuple[list[bytes], list[int], list[int | None]]:
+    """The checked, encoded arguments of `incr_many`: keys, one delta and one expiration per key."""
+    raw = [encode_key(k) for k in keys]
+    if len(set(raw)) != len(raw):
+        raise InvalidKeyError("incr_many needs distinct keys")
+    deltas = _per_key(delta, len(raw), "delta")
+    for d in deltas:
+        if isinstance(d, bool) or not isinstance(d, int):
+            raise TypeError(f"delta must be an int, got {type(d).__name__}")
+    ttls = _per_key(expiration_ttl, len(raw), "expiration_ttl")
+    return raw, deltas, [resolve_expiration(now, ttl, None) for ttl in ttls]
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,19 +257,44 @@ class KVNamespace(abc.ABC):
         SQLite, one script call on Redis); each key is atomic on its own. `delta` and `expiration_ttl` are one
         value for every key, or one per key."""
         now = self._clock()
-        raw = [encode_key(k) for k in keys]
-        if len(set(raw)) != len(raw):
-            raise InvalidKeyError("incr_many needs distinct keys")
-        deltas = _per_key(delta, len(raw), "delta")
-        for d in deltas:
-            if isinstance(d, bool) or not isinstance(d, int):
-                raise TypeError(f"delta must be an int, got {type(d).__name__}")
-        ttls = _per_key(expiration_ttl, len(raw), "expiration_ttl")
-        expirations = [resolve_expiration(now, ttl, None) for ttl in ttls]
+        raw, deltas, expirations = _counters(keys, delta, expiration_ttl, now)
         self._check_open()
         if not raw:
             return []
         return await self._incr_many(raw, deltas, expirations, now)
+
+    async def incr_many_once(
+        self,
+        token: str,
+        keys: Sequence[str],
+        delta: int | Sequence[int] = 1,
+        *,
+        expiration_ttl: int | Sequence[int | None] | None = None,
+        token_ttl: int,
+    ) -> Sequence[int] | None:
+        """`incr_many` applied at most once per `token`, so that a call whose outcome is unknown can be sent
+        again: the increments and a record of the token are written in one atomic step, and while that record
+        lives (`token_ttl` seconds, >= 60) a call with the same token changes nothing and returns None.
+
+        A call that failed with `KVIndeterminateError` (Redis took it and its reply never came) may or may not
+        have been applied; sent again with the same token and the same increments within `token_ttl`, it is
+        applied if the first was lost and not again if it was not. Tokens are shared by every process and
+        instance on the backend, so make them unique (a random id per batch). A token is not an entry:
+        `get` and `list` never see it. At most `ONCE_MAX_KEYS` keys, all written in one step; no keys: no-op,
+        nothing recorded."""
+        now = self._clock()
+        raw_token = encode_key(token)
+        if token_ttl is None:
+            raise InvalidExpirationError("incr_many_once requires a token_ttl")
+        token_expiration = resolve_expiration(now, token_ttl, None)
+        raw, deltas, expirations = _counters(keys, delta, expiration_ttl, now)
+        if len(raw) > ONCE_MAX_KEYS:
+            raise ValueError(f"incr_many_once takes at most {ONCE_MAX_KEYS} keys, got {len(raw)}")
+        self._check_open()
+        if not raw:
+            return []
+        assert token_expiration is not None  # a TTL was given
+        return await self._incr_many_once(raw_token, token_expiration, raw, deltas, expirations, now)
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; deleting a missing key is not an error."""
@@ -347,11 +394,24 @@ class KVNamespace(abc.ABC):
         """Atomically replace the entry for ``write.key`` (value, metadata and expiration)."""
 
     @abc.abstractmethod
-    @abc.abstractmethod
     async def _incr_many(
         self, keys: Sequence[bytes], deltas: Sequence[int], expirations: Sequence[int | None], now: float
     ) -> Sequence[int]:
         """Add each delta atomically to its distinct key (see `incr`), returning the new values in order."""
+
+    @abc.abstractmethod
+    async def _incr_many_once(
+        self,
+        token: bytes,
+        token_expiration: int,
+        keys: Sequence[bytes],
+        deltas: Sequence[int],
+        expirations: Sequence[int | None],
+        now: float,
+    ) -> Sequence[int] | None:
+        """Unless `token` is recorded and its record lives past `now`: record it until `token_expiration`
+        and apply `_incr_many`, both in one atomic step, returning the new values; else change nothing and
+        return None. Token records live apart from the entries."""
 
     async def _put_many(self, writes: Sequence[Write], now: float) -> None:
         """Backends with a batch path override this; the default writes one by one."""

@@ -33,7 +33,8 @@ class KVUnavailableError(KVError):
 
 class KVIndeterminateError(KVUnavailableError):
     """The backend stopped answering after the operation was sent (a reply timed out, the connection broke
-    mid-reply): it may or may not have been applied. Retrying an increment could apply it twice."""
+    mid-reply): it may or may not have been applied. Retrying an increment could apply it twice; an
+    `incr_many_once` sent again with the same token cannot."""
 
 
 class KVClosedError(KVError):

@@ -12,6 +12,8 @@ from kv.base import KVNamespace
 from kv.clock import Clock
 from kv.errors import KVError
 
+_PRUNE_TOKENS_AT = 4096
+
 
 def _is_live(entry: Write, now: float) -> bool:
     return entry.expiration is None or entry.expiration > now
@@ -28,6 +30,8 @@ class MemoryKV(KVNamespace):
         super().__init__(clock=clock)
         self._entries: dict[bytes, Write] = {}
         self._sorted_keys: list[bytes] = []
+        self._tokens: dict[bytes, int] = {}
+        """`incr_many_once` tokens and the expiration of their record."""
 
     def _remove(self, key: bytes) -> None:
         if self._entries.pop(key, None) is not None:
@@ -51,6 +55,7 @@ class MemoryKV(KVNamespace):
         self, keys: Sequence[bytes], deltas: Sequence[int], expirations: Sequence[int | None], now: float
     ) -> list[int]:
         out = []
+        not_integer = None
         for key, delta, expiration in zip(keys, deltas, expirations, strict=True):
             existing = self._entries.get(key)
             metadata = None
@@ -59,11 +64,32 @@ class MemoryKV(KVNamespace):
                 try:
                     value = int(existing.value) + delta
                 except ValueError:
-                    raise KVError(f"the value at {key.decode()!r} is not an integer") from None
+                    # Left as it is; the other keys are still counted, as on SQLite and Redis.
+                    not_integer = not_integer or key
+                    continue
                 expiration, metadata = existing.expiration, existing.metadata
             await self._put(Write(key, str(value).encode(), expiration, metadata), now)
             out.append(value)
+        if not_integer is not None:
+            raise KVError(f"the value at {not_integer.decode()!r} is not an integer")
         return out
+
+    async def _incr_many_once(
+        self,
+        token: bytes,
+        token_expiration: int,
+        keys: Sequence[bytes],
+        deltas: Sequence[int],
+        expirations: Sequence[int | None],
+        now: float,
+    ) -> list[int] | None:
+        recorded = self._tokens.get(token)
+        if recorded is not None and recorded > now:
+            return None
+        if len(self._tokens) >= _PRUNE_TOKENS_AT:
+            self._tokens = {t: e for t, e in self._tokens.items() if e > now}
+        self._tokens[token] = token_expiration
+        return await self._incr_many(keys, deltas, expirations, now)
 
     async def _put_if_absent(self, write: Write, now: float) -> bool:
         existing = self._entries.get(write.key)
@@ -98,3 +124,4 @@ class MemoryKV(KVNamespace):
     async def _close(self) -> None:
         self._entries.clear()
         self._sorted_keys.clear()
+        self._tokens.clear()

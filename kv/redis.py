@@ -107,6 +107,7 @@ class RedisKV(KVNamespace):
         self._put_script = self._client.register_script(_redis_scripts.PUT)
         self._cleanup_script = self._client.register_script(_redis_scripts.CLEANUP)
         self._incr_script = self._client.register_script(_redis_scripts.INCR_MANY)
+        self._incr_once_script = self._client.register_script(_redis_scripts.INCR_MANY_ONCE)
         self._put_many_script = self._client.register_script(_redis_scripts.PUT_MANY)
 
     def _hash(self, key: bytes) -> bytes:
@@ -164,22 +165,57 @@ class RedisKV(KVNamespace):
                         args += (write.key, write.value, str(write.expiration), write.metadata or b"", ttl_ms)
                 await self._put_many_script(keys=keys, args=args)
 
-    async def _incr_many(
-        self, keys: Sequence[bytes], deltas: Sequence[int], expirations: Sequence[int | None], now: float
-    ) -> list[int]:
-        # One script call for every key: one command to build and parse however many keys there are.
-        args: list[bytes | str] = [repr(now)]
+    @staticmethod
+    def _incr_args(
+        keys: Sequence[bytes], deltas: Sequence[int], expirations: Sequence[int | None], now: float
+    ) -> list[bytes | str]:
+        """INCR_MANY's four arguments per key."""
+        args: list[bytes | str] = []
         for key, delta, expiration in zip(keys, deltas, expirations, strict=True):
             ttl_ms = "" if expiration is None else str(math.ceil((expiration - now) * 1000))
             args += (key, str(delta), "" if expiration is None else str(expiration), ttl_ms)
-        with self._translate_errors():
-            values = await self._incr_script(keys=[self._index, *map(self._hash, keys)], args=args)
+        return args
+
+    @staticmethod
+    def _counted(keys: Sequence[bytes], values: Sequence[Any]) -> list[int]:
         out = []
         for key, value in zip(keys, values, strict=True):
             if isinstance(value, bytes):
                 raise KVError(f"the value at {key.decode()!r} is not an integer")
             out.append(int(value))
         return out
+
+    async def _incr_many(
+        self, keys: Sequence[bytes], deltas: Sequence[int], expirations: Sequence[int | None], now: float
+    ) -> list[int]:
+        # One script call for every key: one command to build and parse however many keys there are.
+        args = [repr(now), *self._incr_args(keys, deltas, expirations, now)]
+        with self._translate_errors():
+            values = await self._incr_script(keys=[self._index, *map(self._hash, keys)], args=args)
+        return self._counted(keys, values)
+
+    async def _incr_many_once(
+        self,
+        token: bytes,
+        token_expiration: int,
+        keys: Sequence[bytes],
+        deltas: Sequence[int],
+        expirations: Sequence[int | None],
+        now: float,
+    ) -> list[int] | None:
+        # The token's record is a plain key outside the index: nothing lists it, and Redis's own expiry
+        # removes it for good (an indexed entry that is never listed would leave its index member behind).
+        args = [
+            repr(now),
+            str(token_expiration),
+            str(math.ceil((token_expiration - now) * 1000)),
+            *self._incr_args(keys, deltas, expirations, now),
+        ]
+        with self._translate_errors():
+            values = await self._incr_once_script(
+                keys=[self._index, self._prefix + b"once:" + token, *map(self._hash, keys)], args=args
+            )
+        return None if values is None else self._counted(keys, values)
 
     async def _cleanup(self, keys: Sequence[bytes], now: float) -> None:
         if keys:

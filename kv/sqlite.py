@@ -69,6 +69,25 @@ def _incr_sql(rows: int) -> str:
     return _UPSERT_MANY_HEAD + ", ".join([_INCR_ROW] * rows) + _INCR_TAIL
 
 
+# `incr_many_once` tokens are rows of the same table, so that recording one and counting go in one statement:
+# the token's row is one more row of the increment, and none of the rows is written while the token has a
+# live row. Their keys start with 0xFF, a byte no UTF-8 key contains, so no entry is ever one of them and
+# scans stop below them.
+_TOKEN_PREFIX = b"\xffonce/"
+_ENTRIES_END = b"\xff"
+
+
+@functools.cache
+def _incr_once_sql(rows: int) -> str:
+    return (
+        "INSERT INTO kv (key, value, expiration, metadata) "
+        + "SELECT column1, CAST(column2 AS BLOB), column3, NULL FROM (VALUES "
+        + ", ".join(["(?, ?, ?)"] * rows)
+        + ") WHERE NOT EXISTS (SELECT 1 FROM kv WHERE key = ? AND expiration > ?)"
+        + _INCR_TAIL
+    )
+
+
 _DELETE = "DELETE FROM kv WHERE key = ?"
 _PURGE_EXPIRED = "DELETE FROM kv WHERE expiration IS NOT NULL AND expiration <= ?"
 
@@ -216,6 +235,10 @@ class SqliteKV(KVNamespace):
                 params += (keys[i], str(deltas[i]), expirations[i])
             rows = await self._query(_incr_sql(len(params) // 3), [*params, now, now, now])
             values.update((bytes(k), text) for text, k in rows)
+        return self._counted(keys, values)
+
+    @staticmethod
+    def _counted(keys: Sequence[bytes], values: dict[bytes, str]) -> list[int]:
         out = []
         for key in keys:
             text = values[key]
@@ -223,6 +246,26 @@ class SqliteKV(KVNamespace):
                 raise KVError(f"the value at {key.decode()!r} is not an integer")
             out.append(int(text))
         return out
+
+    async def _incr_many_once(
+        self,
+        token: bytes,
+        token_expiration: int,
+        keys: Sequence[bytes],
+        deltas: Sequence[int],
+        expirations: Sequence[int | None],
+        now: float,
+    ) -> list[int] | None:
+        marker = _TOKEN_PREFIX + token
+        params: list[object] = [marker, "1", token_expiration]
+        for key, delta, expiration in zip(keys, deltas, expirations, strict=True):
+            params += (key, str(delta), expiration)
+        # ONCE_MAX_KEYS rows at most: one statement, so the token and every count are written together.
+        rows = await self._query(_incr_once_sql(len(keys) + 1), [*params, marker, now, now, now, now])
+        await self._after_write(now)
+        if not rows:
+            return None  # the token's row is live: applied before
+        return self._counted(keys, {bytes(k): text for text, k in rows})
 
     async def _put_if_absent(self, write: Write, now: float) -> bool:
         rows = await self._query(
@@ -239,10 +282,8 @@ class SqliteKV(KVNamespace):
         bound, inclusive = lower_bound(prefix, after)
         conditions = ["key >= ?" if inclusive else "key > ?"]
         params: list[object] = [bound]
-        upper = prefix_successor(prefix)
-        if upper is not None:
-            conditions.append("key < ?")
-            params.append(upper)
+        conditions.append("key < ?")
+        params.append(prefix_successor(prefix) or _ENTRIES_END)
         conditions.append("(expiration IS NULL OR expiration > ?)")
         params += [now, count]
         where = " AND ".join(conditions)

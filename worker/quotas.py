@@ -24,7 +24,9 @@ are counted atomically on admission (429 `quota_exceeded` with `Retry-After` unt
 without a plan, or on a plan without these fields, have none of these checks and cost no KV round trip.
 
 Counters live in the KV (`quota/…`, `credits/…`) and are updated atomically there, so several instances on
-one SQLite file or one Redis share them. Credits are kept in micro-dollars (integers).
+one SQLite file or one Redis share them; the charges of reconciled requests are applied at most once per
+batch (`accounting/charges.py`), so a batch can be sent again when Redis leaves its outcome unknown. Credits
+are kept in micro-dollars (integers).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import fnmatch
 import functools
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kv import KVError, KVNamespace
@@ -413,20 +415,25 @@ class Quotas:
             )
         return out
 
-    async def charge(self, increments: Iterable[Increment]) -> None:
-        """Apply charges (several requests' together: one round trip)."""
-        totals: dict[str, list[Any]] = {}
-        for counter, delta, ttl in increments:
-            entry = totals.setdefault(counter, [0, ttl])
-            entry[0] += delta
-        if totals:
-            values = await self.counters.incr(
-                [(counter, delta, ttl) for counter, (delta, ttl) in totals.items()]
-            )
-            fresh = time.monotonic() + _TOKENS_FRESH_S
-            for counter, value in zip(totals, values, strict=True):
-                if counter in self._tokens:
-                    self._tokens[counter] = (value, fresh)
+    async def charge(
+        self, token: str, totals: Mapping[str, tuple[int, int | None]], *, token_ttl: int
+    ) -> None:
+        """Apply a batch of charges (counter → (delta, expiration TTL)) in one round trip, at most once per
+        `token`: sent again after an error that leaves its outcome unknown, it is not applied twice."""
+        counters = list(totals)
+        values = await self.kv.incr_many_once(
+            token,
+            counters,
+            [totals[c][0] for c in counters],
+            expiration_ttl=[totals[c][1] for c in counters],
+            token_ttl=token_ttl,
+        )
+        if values is None:
+            return  # applied before (its reply was lost): this instance's token counts are re-read in 1 s
+        fresh = time.monotonic() + _TOKENS_FRESH_S
+        for counter, value in zip(counters, values, strict=True):
+            if counter in self._tokens:
+                self._tokens[counter] = (value, fresh)
 
     async def balance(self, key_id: str) -> float:
         """The key's Compute Credits in USD."""

@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from kv import KVError, KVIndeterminateError, KVNamespace, KVUnavailableError
-from kv.batching import Increment
+from kv import KVError, KVNamespace
 
 from .. import tokens
 from ..auth import KeyRecord
 from . import usage
+from .charges import PendingCharges
 from .claims import Claims
 from .plans import Plan, guarantee_status
 from .pricing import PRICES_TAKEN, Billed, Price, PriceTable, cost
@@ -232,7 +232,7 @@ class UsageRecorder:
         self._cycle: dict[tuple[str, str], list[float]] = {}
         """(key id, YYYYMM) → [savings in the cycle, monotonic time loaded]."""
         self._unflushed_savings: dict[tuple[str, str], float] = {}
-        self._charges: list[Increment] = []
+        self._charges = PendingCharges(clock)
         """Quota and credit charges of reconciled events not yet applied."""
         self._flush_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -373,19 +373,8 @@ class UsageRecorder:
             log.exception("could not reconcile usage event %s", begun.event.id)
 
     async def _apply_charges(self) -> None:
-        charges, self._charges = self._charges, []
-        if charges and self.quotas is not None:
-            try:
-                await self.quotas.charge(charges)
-            except KVIndeterminateError as exc:  # maybe applied: a retry could charge every request twice
-                log.error(
-                    "charges of %d requests may not have been applied (not retried): %s", len(charges), exc
-                )
-            except KVUnavailableError as exc:
-                self._charges = charges + self._charges  # kept for the next pass
-                log.warning("could not charge %d requests to their plans yet: %s", len(charges), exc)
-            except KVError as exc:  # a counter that is not a number: retrying would not help
-                log.error("could not charge %d requests to their plans: %s", len(charges), exc)
+        if self.quotas is not None:
+            await self._charges.apply(self.quotas)
 
     async def _reconcile_one(self, begun: Begun) -> None:
         observed = begun.observed
@@ -480,10 +469,11 @@ class UsageRecorder:
         ev.status = "final"
         self._dirty[ev.id] = ev
         if begun.admission is not None and self.quotas is not None and not failed:
-            # Applied together at the end of this reconciliation pass: one round trip for all of them.
+            # Applied together at the end of this reconciliation pass: one round trip for all of them, at most
+            # once (charges.py).
             charged = actual if metered is billed else cost(metered, price, ttl)
-            self._charges += self.quotas.charges(
-                begun.admission, metered.input_tokens + metered.output_tokens, charged
+            self._charges.add(
+                self.quotas.charges(begun.admission, metered.input_tokens + metered.output_tokens, charged)
             )
         if ev.savings_usd:
             cycle = (ev.key_id, time.strftime("%Y%m", time.gmtime(ev.created)))
@@ -706,7 +696,13 @@ class UsageRecorder:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self.flush()
+        try:
+            await self.flush()
+        finally:
+            if left := len(self._charges):
+                log.error(
+                    "%d charges to plans were not applied before shutdown (the KV did not take them)", left
+                )
 
     # ---- reads ----
 
