@@ -1,7 +1,7 @@
 """OpenAI's stored objects through the worker, as the official SDK reaches them: a background response polled,
 its stream resumed, cancelled and deleted, its input items listed, input tokens counted; stored chat
 completions retrieved, updated, listed and deleted. Each call is passed through to OpenAI with the calling
-key's OpenAI binding."""
+key's OpenAI binding; `background` on a model OpenAI does not serve is refused."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from yarl import URL
 from tests.conftest import MASTER_KEY, UPSTREAM_KEYS, GatewaySetup
 from tests.fakes.upstream import FakeUpstream, Reply, fixture_bytes, fixture_json, split_sse
 from tests.harness import InProcessWorker
+from tests.test_usage import wait_final
 from worker.appkeys import GATEWAY
 
 RESP_ID = "resp_bg68af2b61c4e08190a0b1c2d3e4f5a6b7"
@@ -454,3 +455,41 @@ def test_polls_are_rate_limited_like_every_authenticated_request(
         client.responses.retrieve(RESP_ID)
     assert err.value.code == "rate_limit_exceeded" and err.value.response.headers["Retry-After"]
     assert len(fake_upstream.received) == 2
+
+
+# ---- background on a model OpenAI does not serve ------
+
+
+@pytest.mark.parametrize("model", [CLAUDE, "anthropic/claude-sonnet-4", "local/qwen3"])
+def test_background_on_a_model_openai_does_not_serve_is_a_400_naming_it(
+    gateway: GatewaySetup, model: str
+) -> None:
+    client = gateway.openai()
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(model=model, input="x", background=True)
+    assert err.value.param == "background" and "background" in err.value.message
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(model=model, input="x", background=True, stream=True)
+    assert gateway.fake.received == []
+    assert client.responses.create(model=model, input="x", background=False).status == "completed"
+
+
+def test_smart_auto_sends_a_background_response_to_openai(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream, setups: list[GatewaySetup]
+) -> None:
+    setup = _setup(
+        make_worker,
+        fake_upstream,
+        '[plans.claude_first]\nmodels = ["claude-haiku-*", "gpt-4.1"]\n',
+        plan="claude_first",
+    )
+    setups.append(setup)
+    client = setup.openai()
+    raw = client.responses.with_raw_response.create(model="smart-auto", input="x")
+    assert raw.headers["X-Trex-Upstream-Provider"] == "anthropic"  # the cheaper of the two
+    fake_upstream.set("/v1/responses", Reply.json(_response("queued")))
+    raw = client.responses.with_raw_response.create(model="smart-auto", input="x", background=True)
+    assert raw.headers["X-Trex-Upstream-Model"] == "gpt-4.1" and raw.parse().status == "queued"
+    assert fake_upstream.last().json["background"] is True
+    event = wait_final(setup, raw.headers["X-Trex-Usage-Event-Id"])
+    assert [a["model"] for a in event["attempts"]] == ["gpt-4.1"]  # Claude was not even a choice
