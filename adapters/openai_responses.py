@@ -2,8 +2,8 @@
 
 OpenAI models get the request forwarded untouched; this module is only for Claude, OpenRouter and local
 models, so everything that depends on OpenAI-side state or tools is refused with a `TranslationError` that
-names the parameter: `previous_response_id`, `conversation`, stored `prompt`s, `item_reference` items,
-`file_id` images and every built-in tool (web search, file search, code interpreter, computer use, …).
+names the parameter: `previous_response_id`, `conversation`, `background`, stored `prompt`s, `item_reference`
+items, `file_id` images and every built-in tool (web search, file search, code interpreter, computer use, …).
 
 - `decode_request`: a Responses request body → canonical `Request`.
 - `encode_response`: a canonical `Response` → a Responses `response` object.
@@ -83,6 +83,13 @@ def decode_request(body: dict[str, Any]) -> Request:
             "`conversation` is not supported for this model: conversation state is only stored for OpenAI "
             "models. Send the full conversation in `input` instead.",
             "conversation",
+        )
+    if body.get("background") not in (None, False):
+        raise TranslationError(
+            "`background` is not supported for this model: background responses are run and stored only by "
+            "OpenAI, so one on this model could be neither polled nor cancelled. Leave it out to get the "
+            "response when it is done, or use an OpenAI model.",
+            "background",
         )
     if body.get("prompt") is not None:
         raise TranslationError(

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
+from yarl import URL
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +68,10 @@ class UpstreamClient:
         return sess
 
     async def request(
-        self, name: str, method: str, url: str, body: bytes | None, headers: Mapping[str, str]
+        self, name: str, method: str, url: str | URL, body: bytes | None, headers: Mapping[str, str]
     ) -> aiohttp.ClientResponse:
-        """Send a request; return when the response headers arrived. The caller reads and releases it."""
+        """Send a request; return when the response headers arrived. The caller reads and releases it. A `URL`
+        is sent as it is (one built with `encoded=True` is not requoted)."""
         sess = self.session(name)
         try:
             # Never follow a redirect: aiohttp would resend the provider key (`x-api-key` included) to the new

@@ -53,7 +53,7 @@ from .errors import (
     error_format_for,
 )
 from .gateway import build_gateway
-from .handlers import admin, compress, health, models, payloads, usage
+from .handlers import admin, compress, health, models, payloads, stored, usage
 from .logs import redact_headers
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -79,7 +79,14 @@ class Route:
 
 
 _MODEL_CALLS = frozenset(
-    {"/v1/chat/completions", "/v1/responses", "/v1/messages", "/v1/messages/count_tokens", "/v1/embeddings"}
+    {
+        "/v1/chat/completions",
+        "/v1/responses",
+        "/v1/responses/input_tokens",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/v1/embeddings",
+    }
 )
 
 
@@ -120,6 +127,17 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/health", health.health),
     Route("POST", "/v1/chat/completions", models.chat_completions),
     Route("POST", "/v1/responses", models.responses),
+    # What OpenAI stores (background and stored responses, stored chat completions): passed through to it.
+    Route("GET", "/v1/responses/{id}", stored.forward),  # ?stream=true&starting_after=N resumes a stream
+    Route("DELETE", "/v1/responses/{id}", stored.forward),
+    Route("POST", "/v1/responses/{id}/cancel", stored.forward),
+    Route("GET", "/v1/responses/{id}/input_items", stored.forward),
+    Route("POST", "/v1/responses/input_tokens", stored.forward),
+    Route("GET", "/v1/chat/completions", stored.forward),
+    Route("GET", "/v1/chat/completions/{id}", stored.forward),
+    Route("POST", "/v1/chat/completions/{id}", stored.forward),
+    Route("DELETE", "/v1/chat/completions/{id}", stored.forward),
+    Route("GET", "/v1/chat/completions/{id}/messages", stored.forward),
     Route("POST", "/v1/messages", models.messages),
     Route("POST", "/v1/messages/count_tokens", models.count_tokens),
     Route("POST", "/v1/embeddings", models.embeddings),

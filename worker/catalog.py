@@ -203,7 +203,8 @@ _ONLY_ON = "provider:"
 
 def _native_provider(body: dict[str, Any], fmt: str) -> str | None:
     """The provider a request can only go to: Anthropic for Messages documents, search results, server tools,
-    MCP servers or a container; OpenAI for Responses built-in tools (web search, file search …)."""
+    MCP servers or a container; OpenAI for Responses built-in tools (web search, file search …) and
+    background responses."""
     tools = body.get("tools")
     typed_tools = [t for t in tools if isinstance(t, dict)] if isinstance(tools, list) else []
     if fmt == "messages":
@@ -213,8 +214,11 @@ def _native_provider(body: dict[str, Any], fmt: str) -> str | None:
             return "anthropic"
         if _has_block(body.get("messages"), ("document", "search_result")):
             return "anthropic"
-    elif fmt == "responses" and any(t.get("type") not in (None, "function") for t in typed_tools):
-        return "openai"
+    elif fmt == "responses":
+        if body.get("background") not in (None, False):  # only OpenAI runs and stores one
+            return "openai"
+        if any(t.get("type") not in (None, "function") for t in typed_tools):
+            return "openai"
     return None
 
 

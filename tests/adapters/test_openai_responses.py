@@ -500,6 +500,7 @@ CALL = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"
         pytest.param(_body(input=[]), "input", id="input-empty"),
         pytest.param(_body(previous_response_id="resp_123"), "previous_response_id", id="previous-response"),
         pytest.param(_body(conversation="conv_1"), "conversation", id="conversation"),
+        pytest.param(_body(background=True), "background", id="background"),
         pytest.param(_body(prompt={"id": "pmpt_1"}), "prompt", id="stored-prompt"),
         pytest.param(_body(instructions=["x"]), "instructions", id="instructions-list"),
         pytest.param(_items("hi"), "input[0]", id="item-not-object"),

@@ -95,6 +95,8 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    query: str = ""
+    """The query string exactly as it arrived (still percent-encoded)."""
 
     @property
     def json(self) -> Any:
@@ -198,7 +200,11 @@ class FakeUpstream:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        self.received.append(Received(request.method, request.path, dict(request.headers), body))
+        self.received.append(
+            Received(
+                request.method, request.path, dict(request.headers), body, request.rel_url.raw_query_string
+            )
+        )
         reply = self._pick(request.path, body)
         if reply.latency:
             try:

@@ -1,0 +1,174 @@
+"""What OpenAI keeps on its side: background and stored Responses, stored chat completions. Every follow-up
+the OpenAI SDK offers on them — retrieve (and resume a background stream), cancel, delete, list input items,
+count input tokens; retrieve, update, list and delete stored chat completions and list their messages — is
+passed through to OpenAI: method, query string and body as they came, the path rebuilt from the route and its
+id.
+
+They are no model calls: no optimizer, no routing, no plan quota, no usage event. The calling key is
+authenticated and admitted by the rate limits like `GET /v1/models`, and the call goes with its OpenAI binding
+(or an `X-Upstream-Api-Key` whose format names OpenAI). OpenAI's answer comes back with its status and body, a
+stream event by event as it arrives. State exists only for what OpenAI served: a response translated for
+Claude or another provider was stored nowhere, and asking about its id gets OpenAI's own 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+
+import aiohttp
+import msgspec
+from aiohttp import web
+from yarl import URL
+
+from adapters.transport import UpstreamUnavailable
+
+from ..appkeys import GATEWAY, OVERRIDE_FOR, stamp
+from ..auth import MissingProviderKeyError
+from ..errors import InvalidRequestError, UpstreamError
+from ..jsonio import read_body
+from ..proxy import (
+    _error_response,
+    _forwarded_headers,
+    _is_event_stream,
+    _override,
+    _override_provider,
+    _redirected,
+    _stream_headers,
+    _upstream_headers,
+    _write,
+    authenticate,
+    provider_key,
+)
+
+# An id goes into the upstream path as it is: only what OpenAI's ids are made of (`resp_…`, `chatcmpl-…`),
+# never a `/`, `.` or `%` that could make the path another endpoint's for the bound key.
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,255}")
+_decoder = msgspec.json.Decoder()
+
+
+async def forward(request: web.Request) -> web.StreamResponse:
+    """Pass the request through to OpenAI's endpoint of the same path (without `/v1`, which the configured
+    base URL ends with) and return its answer."""
+    gw = request.app[GATEWAY]
+    key = await authenticate(request, gw)
+    url = _upstream_url(request, gw.base_urls["openai"])
+    body = await read_body(request)
+    if body.strip():
+        try:
+            doc = _decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            raise InvalidRequestError(f"Malformed JSON body: {exc}", code="invalid_json") from None
+        if not isinstance(doc, dict):
+            raise InvalidRequestError("Request body must be a JSON object.", code="invalid_json")
+    if _override(request) is not None:
+        # No model names the provider here: the client's own key is for the one its format names, as for
+        # smart-auto; an Anthropic or OpenRouter key is never sent to OpenAI.
+        request[OVERRIDE_FOR] = _override_provider(request)
+    try:
+        api_key = await provider_key(request, gw, key, "openai")
+    except MissingProviderKeyError as exc:
+        exc.param = None  # there is no model to name
+        raise
+    headers = _upstream_headers(request, gw, "openai", api_key)
+    out_headers = {"X-Trex-Upstream-Provider": "openai"}
+    try:
+        upstream = await gw.upstream.request("openai", request.method, url, body or None, headers)
+    except UpstreamUnavailable as exc:
+        timed_out = exc.kind == "timeout"
+        raise UpstreamError(
+            f"Upstream openai unavailable: {exc}",
+            status=504 if timed_out else 502,
+            code="upstream_timeout" if timed_out else "upstream_unreachable",
+            headers=out_headers,
+        ) from exc
+    try:
+        out_headers.update(_forwarded_headers(upstream.headers))
+        if upstream.status >= 400:
+            async with asyncio.timeout(gw.upstream.timeouts.total):
+                return await _error_response(request, upstream, "chat", "chat", out_headers, api_key)
+        if upstream.status >= 300:  # redirects are not followed (see adapters.transport)
+            raise _redirected("openai", upstream.status, out_headers)
+        if _is_event_stream(upstream):
+            return await _relay(request, upstream, out_headers)
+        data = await upstream.read()  # bounded by the session's total and idle timeouts
+        if data or upstream.status not in (204, 205):
+            out_headers["Content-Type"] = upstream.headers.get("Content-Type", "application/json")
+        return web.Response(body=data or None, status=upstream.status, headers=out_headers)
+    except TimeoutError as exc:
+        raise UpstreamError(
+            "Upstream openai timed out.", status=504, code="upstream_timeout", headers=out_headers
+        ) from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(
+            f"Upstream openai failed: {exc.__class__.__name__}.", code="upstream_error", headers=out_headers
+        ) from exc
+    except asyncio.CancelledError:  # the client left: stop reading what nobody will get
+        upstream.close()
+        raise
+    finally:
+        upstream.release()
+
+
+def _upstream_url(request: web.Request, base: str) -> URL:
+    """The route's own path with its id checked, under OpenAI's base URL, and the query string unchanged."""
+    resource = request.match_info.route.resource
+    assert resource is not None  # a matched route always has one
+    path = resource.canonical.removeprefix("/v1")
+    if "{id}" in path:
+        ident = request.match_info["id"]
+        if not _ID_RE.fullmatch(ident):
+            param = "response_id" if path.startswith("/responses") else "completion_id"
+            raise InvalidRequestError(
+                f"Invalid '{param}': {ident[:100]!r}; expected an OpenAI id ('resp_…', 'chatcmpl-…').",
+                param=param,
+                code="invalid_id",
+            )
+        path = path.replace("{id}", ident)
+    url = str(URL(base + path))
+    query = request.rel_url.raw_query_string
+    return URL(f"{url}?{query}" if query else url, encoded=True)  # encoded: sent exactly as it came
+
+
+class _Relayed(web.StreamResponse):
+    """A stream that ends as the upstream's did: complete, or cut off (no final chunk, the connection closed),
+    so the client's SDK sees the interruption and can resume after the last event it got (a background
+    response: `starting_after`). An error event made up here would carry a sequence number OpenAI never sent,
+    and a resume after it would skip an event; a partial event the upstream left is dropped by the client's
+    SSE parser, as the spec says, where an event written after it would be garbled."""
+
+    _cut = False
+
+    def cut(self) -> None:
+        self._cut = True
+        self.force_close()
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        if not self._cut:
+            await super().write_eof(data)
+
+
+async def _relay(
+    request: web.Request, upstream: aiohttp.ClientResponse, headers: dict[str, str]
+) -> web.StreamResponse:
+    """The upstream's event stream byte for byte: what arrived is written at once, never a fixed-size read."""
+    out = _Relayed(status=upstream.status, headers=_stream_headers(headers))
+    stamp(request, out)
+    try:
+        await out.prepare(request)
+    except ConnectionResetError:  # the client left while the upstream got ready
+        upstream.close()
+        return out
+    try:
+        async for chunk in upstream.content.iter_any():
+            if not await _write(out, chunk):
+                upstream.close()  # the client left: stop reading the upstream
+                return out
+    except (TimeoutError, aiohttp.ClientError):  # the upstream broke off or stalled
+        upstream.close()
+        out.cut()
+        return out
+    with contextlib.suppress(ConnectionResetError):
+        await out.write_eof()
+    return out
