@@ -121,6 +121,8 @@ class Request(msgspec.Struct, omit_defaults=True):
     stop_field: str = "stop"
     """The client's name for `stop` (Messages: `stop_sequences`): what an error about it names."""
     response_format: ResponseFormat | None = None
+    format_field: str = "response_format"
+    """The client's name for `response_format` (Responses: `text.format`): what an error about it names."""
     stream: bool = False
     user: str | None = None
     metadata: dict[str, Any] | None = None

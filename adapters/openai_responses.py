@@ -113,6 +113,7 @@ def decode_request(body: dict[str, Any]) -> Request:
         temperature=_optional_number(body, "temperature"),
         top_p=_optional_number(body, "top_p"),
         response_format=_decode_text_format(body.get("text")),
+        format_field="text.format",
         stream=bool(stream),
         user=_optional(body, "user", str, "a string"),
         metadata=_optional(body, "metadata", dict, "an object"),

@@ -648,7 +648,7 @@ def test_encode_max_tokens_sampling_and_misc() -> None:
             top_k=5,
             stop=["END", "\n", "", "  STOP  "],
             user="user-7",
-            response_format=ResponseFormat("json_object"),
+            response_format=ResponseFormat("text"),
             stream=True,
         ),
         upstream_model="m",
@@ -662,6 +662,10 @@ def test_encode_max_tokens_sampling_and_misc() -> None:
 
     plain = encode_request(_req(msg), upstream_model="m")
     assert set(plain) == {"model", "max_tokens", "messages"}
+    # Claude answers in JSON only to a schema: JSON mode without one is refused, naming the client's field.
+    with pytest.raises(TranslationError) as info:
+        encode_request(_req(msg, response_format=ResponseFormat("json_object")), upstream_model="m")
+    assert info.value.param == "response_format"
 
 
 TOOLS = [Tool("get_weather", {"type": "object", "properties": {"location": {"type": "string"}}})]
