@@ -19,6 +19,7 @@ from typing import Any, Final, Literal, cast
 
 import msgspec
 
+from . import unhonoured
 from .base import (
     BlockStop,
     CacheControl,
@@ -107,7 +108,8 @@ def decode_request(body: dict[str, Any]) -> Request:
 
     Raises `TranslationError` with `param` naming the offending field (OpenAI's `param` convention, e.g.
     `messages[3].content`) when the body is not a valid chat request or uses something canonical cannot
-    carry (audio/file parts, non-function tools, `n` > 1). Unknown top-level fields are ignored.
+    carry (audio/file parts, non-function tools, `n` > 1) or a field the answer depends on that no other
+    provider honours (`adapters.unhonoured`). Other unknown top-level fields are ignored.
     """
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -115,6 +117,7 @@ def decode_request(body: dict[str, Any]) -> Request:
     n = body.get("n")
     if n is not None and n != 1:
         raise TranslationError("Only n=1 is supported.", "n")
+    unhonoured.check_chat(body)
 
     system, messages = _decode_messages(body.get("messages"))
 
