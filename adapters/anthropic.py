@@ -703,8 +703,15 @@ def encode_request(
             body["tool_choice"] = tool_choice
 
     if req.stop:
-        # Anthropic rejects empty and whitespace-only stop sequences (OpenAI clients often send "\n").
-        stop = [s for s in req.stop if s and not s.isspace()]
+        for s in req.stop:
+            if s.isspace():
+                # Anthropic refuses it, and without it the client asking for one line would get several.
+                _fail(
+                    f"Claude does not take stop sequences of only whitespace (got {s!r}); send one with "
+                    "other characters, or none.",
+                    req.stop_field,
+                )
+        stop = [s for s in req.stop if s]  # Anthropic refuses an empty one too: it names nothing to stop at
         if stop:
             body["stop_sequences"] = stop
     if req.temperature is not None:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from adapters import unhonoured
 from adapters.base import (
     BlockStop,
     Image,
@@ -90,6 +91,8 @@ def decode_request(body: dict[str, Any]) -> Request:
             "`instructions` and `input` instead.",
             "prompt",
         )
+
+    unhonoured.check_responses(body)
 
     system: list[Text] = []
     instructions = body.get("instructions")

@@ -17,7 +17,9 @@ from typing import Any, NoReturn
 
 from .base import TranslationError
 
-__all__ = ["check_chat"]
+__all__ = ["check_chat", "check_responses"]
+
+_NO_LOGPROBS = "log probabilities are not available for this model through this API"
 
 
 def _refuse(message: str, param: str) -> NoReturn:
@@ -26,6 +28,19 @@ def _refuse(message: str, param: str) -> NoReturn:
 
 def check_chat(body: dict[str, Any]) -> None:
     """Refuse the first chat field the translation would drop though the client relies on it."""
+    if body.get("logprobs"):
+        _refuse(f"`logprobs`: {_NO_LOGPROBS}.", "logprobs")
+    if body.get("top_logprobs") not in (None, 0):
+        _refuse(f"`top_logprobs`: {_NO_LOGPROBS}.", "top_logprobs")
+    modalities = body.get("modalities")
+    if isinstance(modalities, list) and any(m != "text" for m in modalities):
+        _refuse('`modalities`: this model answers in text only; ask for ["text"].', "modalities")
+    if body.get("audio") is not None:
+        _refuse("`audio`: this model answers in text only; audio output is not available.", "audio")
+    if body.get("logit_bias"):
+        _refuse("`logit_bias` is not available for this model.", "logit_bias")
+    if body.get("functions"):
+        _refuse("`functions` is not available for this model; declare them in `tools` instead.", "functions")
     if body.get("web_search_options") is not None:
         _refuse(
             "`web_search_options` is not available for this model through Chat Completions: it would answer "
@@ -33,3 +48,14 @@ def check_chat(body: dict[str, Any]) -> None:
             "search tool.",
             "web_search_options",
         )
+
+
+def check_responses(body: dict[str, Any]) -> None:
+    """Refuse the first Responses field the translation would drop though the client relies on it."""
+    if body.get("top_logprobs") not in (None, 0):
+        _refuse(f"`top_logprobs`: {_NO_LOGPROBS}.", "top_logprobs")
+    include = body.get("include")
+    if isinstance(include, list):
+        for i, item in enumerate(include):
+            if item == "message.output_text.logprobs":
+                _refuse(f"`include`: {_NO_LOGPROBS}.", f"include[{i}]")

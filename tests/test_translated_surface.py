@@ -4,6 +4,9 @@ while the client is told it worked.
 - JSON mode: Claude answers in JSON only to a schema, so chat `response_format` and Responses `text.format`
   of `json_object` (and a chat `json_schema` without a schema) are 400s naming the client's field when sent to
   Claude; Anthropic's beta `output_format` reaches an OpenAI-format upstream as `output_config.format` does.
+- Fields the answer depends on that a translation cannot carry (log probabilities, audio, logit_bias, legacy
+  functions, chat web search for Claude, a whitespace-only stop sequence for Claude) are 400s naming them;
+  same-format requests carry them as sent, and fields that only tune the answer are still left out.
 """
 
 from __future__ import annotations
@@ -120,3 +123,85 @@ def test_anthropics_beta_output_format_reaches_an_openai_model(gateway: GatewayS
         model=CLAUDE, max_tokens=64, messages=HI, extra_body={"output_format": fmt}, extra_headers=beta
     )
     assert json.loads(gateway.fake.last().body)["output_format"] == fmt
+
+
+# ---- fields a translation cannot carry ------
+
+CHAT_REFUSED: Any = [
+    ({"logprobs": True}, "logprobs"),
+    ({"logprobs": False, "top_logprobs": 3}, "top_logprobs"),
+    ({"modalities": ["text", "audio"]}, "modalities"),
+    ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+    ({"logit_bias": {"50256": -100}}, "logit_bias"),
+    ({"web_search_options": {"search_context_size": "low"}}, "web_search_options"),
+    ({"functions": [{"name": "f", "parameters": {"type": "object"}}]}, "functions"),
+    ({"stop": "\n"}, "stop"),
+    ({"stop": ["END", " \n"]}, "stop"),
+]
+
+
+@pytest.mark.parametrize(("extra", "param"), CHAT_REFUSED, ids=[p for _, p in CHAT_REFUSED])
+def test_chat_fields_claude_cannot_honour_are_400s_naming_them(
+    gateway: GatewaySetup, extra: dict[str, Any], param: str
+) -> None:
+    client = gateway.openai()
+    for stream in (False, True):
+        err = _refused(
+            gateway,
+            lambda stream=stream: client.chat.completions.create(
+                model=CLAUDE, messages=HI, stream=stream, extra_body=extra
+            ),
+            param,
+        )
+        assert err.code == "unsupported_for_provider"
+    # In its own format (OpenAI, OpenRouter) the field goes as sent.
+    for model in ("gpt-4o-mini", "openai/gpt-4o-mini"):
+        client.chat.completions.create(model=model, messages=HI, extra_body=extra)
+        sent = gateway.fake.last().json
+        assert {k: sent.get(k) for k in extra} == extra
+
+
+def test_chat_fields_that_do_not_change_what_is_asked_still_go_to_claude(gateway: GatewaySetup) -> None:
+    """Off values ask for nothing; tuning fields and penalties (no Claude equivalent) are left out."""
+    gateway.openai().chat.completions.create(
+        model=CLAUDE,
+        messages=HI,
+        logprobs=False,
+        top_logprobs=0,
+        modalities=["text"],
+        logit_bias={},
+        frequency_penalty=0.5,
+        presence_penalty=0.5,
+        seed=7,
+        service_tier="auto",
+        store=False,
+        prediction={"type": "content", "content": "hello"},
+        stop=["END", ""],
+    )
+    sent = gateway.fake.last().json
+    assert sent["stop_sequences"] == ["END"]
+    assert not {"logprobs", "frequency_penalty", "presence_penalty", "seed", "prediction"} & set(sent)
+
+
+RESPONSES_REFUSED: Any = [
+    ({"top_logprobs": 2}, "top_logprobs"),
+    ({"include": ["reasoning.encrypted_content", "message.output_text.logprobs"]}, "include[1]"),
+]
+
+
+@pytest.mark.parametrize(("extra", "param"), RESPONSES_REFUSED, ids=[p for _, p in RESPONSES_REFUSED])
+def test_responses_fields_a_translation_cannot_honour_are_400s_naming_them(
+    gateway: GatewaySetup, extra: dict[str, Any], param: str
+) -> None:
+    client = gateway.openai()
+    for model in (CLAUDE, "meta-llama/llama-3.3-70b-instruct", "local/qwen"):
+        _refused(
+            gateway, lambda m=model: client.responses.create(model=m, input="hi", extra_body=extra), param
+        )
+    # OpenAI gets the request as sent.
+    client.responses.create(model="gpt-4o-mini", input="hi", extra_body=extra)
+    sent = gateway.fake.last().json
+    assert {k: sent.get(k) for k in extra} == extra
+    # Codex asks for encrypted reasoning with every request: that alone is no reason to refuse it.
+    client.responses.create(model=CLAUDE, input="hi", include=["reasoning.encrypted_content"], top_logprobs=0)
+    assert gateway.fake.last().path == "/v1/messages"
