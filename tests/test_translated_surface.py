@@ -7,6 +7,8 @@ while the client is told it worked.
 - Fields the answer depends on that a translation cannot carry (log probabilities, audio, logit_bias, legacy
   functions, chat web search for Claude, a whitespace-only stop sequence for Claude) are 400s naming them;
   same-format requests carry them as sent, and fields that only tune the answer are still left out.
+- `tool_choice: {"type": "allowed_tools", …}` (chat and Responses shapes) reaches Claude and OpenRouter as only
+  the allowed tools, `auto` as auto and `required` as Claude's `any`.
 """
 
 from __future__ import annotations
@@ -205,3 +207,91 @@ def test_responses_fields_a_translation_cannot_honour_are_400s_naming_them(
     # Codex asks for encrypted reasoning with every request: that alone is no reason to refuse it.
     client.responses.create(model=CLAUDE, input="hi", include=["reasoning.encrypted_content"], top_logprobs=0)
     assert gateway.fake.last().path == "/v1/messages"
+
+
+# ---- allowed_tools ------
+
+
+def _chat_tool(name: str) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {"name": name, "parameters": {"type": "object", "properties": {}}},
+    }
+
+
+def _responses_tool(name: str) -> dict[str, Any]:
+    return {"type": "function", "name": name, "parameters": {"type": "object", "properties": {}}}
+
+
+def test_allowed_tools_reach_claude_as_only_those_tools(gateway: GatewaySetup) -> None:
+    client = gateway.openai()
+    tools: Any = [_chat_tool("get_weather"), _chat_tool("get_time"), _chat_tool("send_mail")]
+    for mode, sent_choice in (("required", {"type": "any"}), ("auto", {"type": "auto"})):
+        allowed = {
+            "mode": mode,
+            "tools": [{"type": "function", "function": {"name": n}} for n in ("send_mail", "get_weather")],
+        }
+        client.chat.completions.create(
+            model=CLAUDE,
+            messages=HI,
+            tools=tools,
+            tool_choice={"type": "allowed_tools", "allowed_tools": allowed},  # type: ignore[typeddict-item]
+        )
+        sent = gateway.fake.last().json
+        assert [t["name"] for t in sent["tools"]] == ["get_weather", "send_mail"]  # in declared order
+        assert sent["tool_choice"] == sent_choice
+
+    responses_tools: Any = [_responses_tool("get_weather"), _responses_tool("get_time")]
+    for model, path in (
+        (CLAUDE, "/v1/messages"),
+        ("meta-llama/llama-3.3-70b-instruct", "/api/v1/chat/completions"),
+    ):
+        client.responses.create(
+            model=model,
+            input="hi",
+            tools=responses_tools,
+            tool_choice={
+                "type": "allowed_tools",
+                "mode": "required",
+                "tools": [{"type": "function", "name": "get_time"}],
+            },
+        )
+        sent = gateway.fake.last(path).json
+        names = [t.get("name") or t["function"]["name"] for t in sent["tools"]]
+        assert names == ["get_time"] and sent["tool_choice"] in ({"type": "any"}, "required")
+
+    # A tool the request does not declare cannot be allowed.
+    _refused(
+        gateway,
+        lambda: client.chat.completions.create(
+            model=CLAUDE,
+            messages=HI,
+            tools=tools,
+            tool_choice={  # type: ignore[typeddict-item]
+                "type": "allowed_tools",
+                "allowed_tools": {
+                    "mode": "auto",
+                    "tools": [{"type": "function", "function": {"name": "nope"}}],
+                },
+            },
+        ),
+        "tool_choice.allowed_tools.tools[0].function.name",
+    )
+    _refused(
+        gateway,
+        lambda: client.responses.create(
+            model=CLAUDE,
+            input="hi",
+            tools=responses_tools,
+            tool_choice={"type": "allowed_tools", "mode": "sometimes", "tools": []},  # type: ignore[typeddict-item]
+        ),
+        "tool_choice.mode",
+    )
+    # OpenAI gets the choice as sent.
+    choice = {
+        "type": "allowed_tools",
+        "allowed_tools": {"mode": "auto", "tools": [{"type": "function", "function": {"name": "get_time"}}]},
+    }
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI, tools=tools, tool_choice=choice)  # type: ignore[arg-type]
+    sent = gateway.fake.last().json
+    assert sent["tool_choice"] == choice and len(sent["tools"]) == 3
