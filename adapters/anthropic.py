@@ -440,7 +440,7 @@ def decode_request(body: dict[str, Any]) -> Request:
             _fail("`stream` must be a boolean", "stream")
         stream = False
 
-    response_format = _decode_output_format(body.get("output_config"))
+    response_format = _decode_output_format(body.get("output_config"), body.get("output_format"))
     reasoning_budget = _decode_thinking(body.get("thinking"))
 
     return Request(
@@ -464,20 +464,26 @@ def decode_request(body: dict[str, Any]) -> Request:
     )
 
 
-def _decode_output_format(config: Any) -> ResponseFormat | None:
-    """`output_config.format` (structured outputs) as a JSON-schema response format, or None."""
-    if config is None:
-        return None
-    if type(config) is not dict:
+def _decode_output_format(config: Any, beta: Any) -> ResponseFormat | None:
+    """Structured outputs as a JSON-schema response format, or None: `output_config.format`, or the beta's
+    top-level `output_format` (`structured-outputs-2025-11-13`, which some SDK versions and pydantic-ai still
+    send) with the same shape."""
+    if config is not None and type(config) is not dict:
         _fail("`output_config` must be an object", "output_config")
-    fmt = config.get("format")
-    if fmt is None:
-        return None
+    fmt = config.get("format") if config is not None else None
+    if beta is not None:
+        if fmt is not None and fmt != beta:
+            _fail("give the output format once: `output_config.format` or `output_format`", "output_format")
+        return _decode_format(beta, "output_format")
+    return None if fmt is None else _decode_format(fmt, "output_config.format")
+
+
+def _decode_format(fmt: Any, param: str) -> ResponseFormat:
     if type(fmt) is not dict or fmt.get("type") != "json_schema":
-        _fail("`output_config.format` must be an object with type `json_schema`", "output_config.format")
+        _fail(f"`{param}` must be an object with type `json_schema`", param)
     schema = fmt.get("schema")
     if type(schema) is not dict:
-        _fail("`output_config.format.schema` must be an object", "output_config.format.schema")
+        _fail(f"`{param}.schema` must be an object", f"{param}.schema")
     # Claude follows the schema exactly, as OpenAI does in strict mode (which needs a name; Claude has none).
     return ResponseFormat(
         type="json_schema", json_schema={"name": "response", "schema": schema, "strict": True}
@@ -697,8 +703,15 @@ def encode_request(
             body["tool_choice"] = tool_choice
 
     if req.stop:
-        # Anthropic rejects empty and whitespace-only stop sequences (OpenAI clients often send "\n").
-        stop = [s for s in req.stop if s and not s.isspace()]
+        for s in req.stop:
+            if s.isspace():
+                # Anthropic refuses it, and without it the client asking for one line would get several.
+                _fail(
+                    f"Claude does not take stop sequences of only whitespace (got {s!r}); send one with "
+                    "other characters, or none.",
+                    req.stop_field,
+                )
+        stop = [s for s in req.stop if s]  # Anthropic refuses an empty one too: it names nothing to stop at
         if stop:
             body["stop_sequences"] = stop
     if req.temperature is not None:
@@ -713,15 +726,30 @@ def encode_request(
     if req.user is not None:
         body["metadata"] = {"user_id": req.user}
     fmt = req.response_format
-    if fmt is not None and fmt.type == "json_schema" and fmt.json_schema is not None:
-        # Structured outputs: the reply follows the schema. (JSON mode without a schema, `json_object`, has no
-        # Messages API equivalent and is dropped.)
-        schema = fmt.json_schema.get("schema")
-        if isinstance(schema, dict):
-            body["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+    if fmt is not None and fmt.type != "text":
+        # Structured outputs: the reply follows the schema.
+        body["output_config"] = {"format": _output_format(fmt, req.format_field)}
     if req.stream:
         body["stream"] = True
     return body
+
+
+def _output_format(fmt: ResponseFormat, field: str) -> dict[str, Any]:
+    """A JSON response format as Claude's `output_config.format`. Claude answers in JSON only to a schema:
+    asked for JSON without one, it would answer in prose that the client then fails to parse, so that is
+    refused, naming the client's field (`field`: `response_format` or `text.format`)."""
+    if fmt.type == "json_object":
+        _fail(
+            "Claude has no JSON mode without a schema: its structured outputs take only schemas whose "
+            "objects list their properties (`additionalProperties` must be false), so 'any JSON object' "
+            "cannot be asked for. Send `json_schema` with a schema instead.",
+            field,
+        )
+    schema = fmt.json_schema.get("schema") if fmt.json_schema is not None else None
+    if type(schema) is not dict:
+        where = f"{field}.json_schema.schema" if field == "response_format" else f"{field}.schema"
+        _fail("Claude answers in JSON only to a schema: give the JSON schema its answer must follow", where)
+    return {"type": "json_schema", "schema": schema}
 
 
 def fit_sampling(body: dict[str, Any], sampling: Literal["any", "one", "none"]) -> None:

@@ -121,6 +121,8 @@ class Request(msgspec.Struct, omit_defaults=True):
     stop_field: str = "stop"
     """The client's name for `stop` (Messages: `stop_sequences`): what an error about it names."""
     response_format: ResponseFormat | None = None
+    format_field: str = "response_format"
+    """The client's name for `response_format` (Responses: `text.format`): what an error about it names."""
     stream: bool = False
     user: str | None = None
     metadata: dict[str, Any] | None = None
@@ -278,11 +280,13 @@ def parse_data_url(url: str) -> tuple[str, str] | None:
 
 
 class TranslationError(ValueError):
-    """The inbound request cannot be expressed for the target (named field and reason)."""
+    """The inbound request cannot be expressed for the target (named field and reason). `unsupported`: the
+    request is valid in its own format, but asks for what the provider it is translated for cannot do."""
 
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, *, unsupported: bool = False) -> None:
         super().__init__(message)
         self.param = param
+        self.unsupported = unsupported
 
 
 def token_limit(value: int | None, key: str) -> int | None:

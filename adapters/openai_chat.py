@@ -19,6 +19,7 @@ from typing import Any, Final, Literal, cast
 
 import msgspec
 
+from . import allowed_tools, unhonoured
 from .base import (
     BlockStop,
     CacheControl,
@@ -107,7 +108,8 @@ def decode_request(body: dict[str, Any]) -> Request:
 
     Raises `TranslationError` with `param` naming the offending field (OpenAI's `param` convention, e.g.
     `messages[3].content`) when the body is not a valid chat request or uses something canonical cannot
-    carry (audio/file parts, non-function tools, `n` > 1). Unknown top-level fields are ignored.
+    carry (audio/file parts, non-function tools, `n` > 1) or a field the answer depends on that no other
+    provider honours (`adapters.unhonoured`). Other unknown top-level fields are ignored.
     """
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -115,6 +117,7 @@ def decode_request(body: dict[str, Any]) -> Request:
     n = body.get("n")
     if n is not None and n != 1:
         raise TranslationError("Only n=1 is supported.", "n")
+    unhonoured.check_chat(body)
 
     system, messages = _decode_messages(body.get("messages"))
 
@@ -126,12 +129,21 @@ def decode_request(body: dict[str, Any]) -> Request:
     if metadata is not None and not isinstance(metadata, dict):
         raise TranslationError("'metadata' must be an object.", "metadata")
 
+    tools = _decode_tools(body.get("tools"))
+    choice = body.get("tool_choice")
+    tool_choice: ToolChoice | None
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        where = "tool_choice.allowed_tools"
+        tools, tool_choice = allowed_tools.restrict(choice.get("allowed_tools"), where, tools, chat=True)
+    else:
+        tool_choice = _decode_tool_choice(choice)
+
     return Request(
         model=model,
         messages=messages,
         system=system,
-        tools=_decode_tools(body.get("tools")),
-        tool_choice=_decode_tool_choice(body.get("tool_choice")),
+        tools=tools,
+        tool_choice=tool_choice,
         parallel_tool_calls=_opt_bool(body, "parallel_tool_calls"),
         max_tokens=max_tokens,
         temperature=_opt_float(body, "temperature"),
@@ -387,7 +399,8 @@ def _decode_tool_choice(raw: Any) -> ToolChoice | None:
             return ToolChoice(type="tool", name=name)
         raise TranslationError("'tool_choice.function.name' is required.", "tool_choice.function.name")
     raise TranslationError(
-        "Invalid 'tool_choice': expected 'auto', 'none', 'required' or a function choice.", "tool_choice"
+        "Invalid 'tool_choice': expected 'auto', 'none', 'required', a function choice or allowed_tools.",
+        "tool_choice",
     )
 
 

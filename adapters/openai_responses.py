@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from adapters import allowed_tools, unhonoured
 from adapters.base import (
     BlockStop,
     Image,
@@ -98,6 +99,8 @@ def decode_request(body: dict[str, Any]) -> Request:
             "prompt",
         )
 
+    unhonoured.check_responses(body)
+
     system: list[Text] = []
     instructions = body.get("instructions")
     if instructions is not None:
@@ -107,19 +110,26 @@ def decode_request(body: dict[str, Any]) -> Request:
             system.append(Text(instructions))
     messages = _decode_input(body.get("input"), system)
 
-    tool_choice = _decode_tool_choice(body.get("tool_choice"))
+    tools = _decode_tools(body.get("tools"))
+    choice = body.get("tool_choice")
+    tool_choice: ToolChoice | None
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        tools, tool_choice = allowed_tools.restrict(choice, "tool_choice", tools, chat=False)
+    else:
+        tool_choice = _decode_tool_choice(choice)
     stream = _optional(body, "stream", bool, "a boolean")
     return Request(
         model=model,
         messages=messages,
         system=system,
-        tools=_decode_tools(body.get("tools")),
+        tools=tools,
         tool_choice=tool_choice,
         parallel_tool_calls=_optional(body, "parallel_tool_calls", bool, "a boolean"),
         max_tokens=token_limit(_optional_int(body, "max_output_tokens"), "max_output_tokens"),
         temperature=_optional_number(body, "temperature"),
         top_p=_optional_number(body, "top_p"),
         response_format=_decode_text_format(body.get("text")),
+        format_field="text.format",
         stream=bool(stream),
         user=_optional(body, "user", str, "a string"),
         metadata=_optional(body, "metadata", dict, "an object"),
@@ -405,7 +415,8 @@ def _decode_tool_choice(raw: Any) -> ToolChoice | None:
             raise TranslationError("`tool_choice.name` must be a non-empty string.", "tool_choice.name")
         return ToolChoice(type="tool", name=name)
     raise TranslationError(
-        '`tool_choice` must be "auto", "none", "required" or {"type": "function", "name": …} for this model.',
+        '`tool_choice` must be "auto", "none", "required", {"type": "function", "name": …} or allowed_tools '
+        "for this model.",
         "tool_choice",
     )
 

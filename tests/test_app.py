@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable, Iterator
 
 import aiohttp
+import anthropic
+import openai
 import pytest
 from aiohttp import web
 
@@ -87,6 +89,33 @@ async def test_unknown_route_404_openai_shape(w: InProcessWorker) -> None:
         assert set(body["error"]) == {"message", "type", "code", "param"}
         assert body["error"]["code"] == "not_found"
         assert "/v1/nothing-here" in body["error"]["message"]
+
+
+def test_the_anthropic_sdk_gets_an_anthropic_404_naming_the_api_it_called(w: InProcessWorker) -> None:
+    """`client.beta.files.list()` and other APIs the gateway does not serve: the SDK (it sends
+    `anthropic-version`) reads an Anthropic error that says what it asked for and what is served."""
+    with anthropic.Anthropic(api_key="trex_anything", base_url=w.url, max_retries=0) as client:
+        for call, api in (
+            (lambda: client.beta.files.list(), "Files API"),
+            (lambda: client.messages.batches.list(), "Message Batches API"),
+            (lambda: client.get("/v1/agents", cast_to=object), "this API"),
+        ):
+            with pytest.raises(anthropic.NotFoundError) as err:
+                call()
+            body = err.value.body
+            assert isinstance(body, dict) and body["type"] == "error", body
+            assert body["error"]["type"] == "not_found_error" and body["request_id"]
+            assert api in body["error"]["message"] and "POST /v1/messages" in body["error"]["message"]
+    # Without it, the OpenAI shape (OpenAI's SDK has a Files API of its own at that path).
+    with openai.OpenAI(api_key="trex_anything", base_url=w.url + "/v1", max_retries=0) as oai:
+        with pytest.raises(openai.NotFoundError) as nf:
+            oai.files.list()
+        assert nf.value.code == "not_found" and nf.value.body == {
+            "message": "Unknown route: GET /v1/files",
+            "type": "invalid_request_error",
+            "code": "not_found",
+            "param": None,
+        }
 
 
 async def test_wrong_method_405_with_allow(w: InProcessWorker) -> None:

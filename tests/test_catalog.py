@@ -66,6 +66,33 @@ def test_one_model_by_id(keyed: Any) -> None:
     assert err.value.code == "model_not_found"
 
 
+def test_a_model_the_key_can_send_to_is_found_by_id_outside_the_catalog(keyed: Any) -> None:
+    """`models.retrieve` of a model chat would serve (`gpt-4o`, an older Claude, an OpenRouter id) answers
+    with a minimal model in the SDK's shape, not a 404; a model the key cannot reach or use is still one."""
+    client = keyed()
+    for model, provider in (
+        ("gpt-4o", "openai"),
+        ("claude-sonnet-4-5", "anthropic"),
+        ("meta-llama/llama-3.3-70b-instruct", "openrouter"),
+        ("local/qwen3:8b", "local"),
+    ):
+        assert all(m.id != model for m in client.models.list())
+        found = client.models.retrieve(model)
+        assert (found.id, found.object, found.owned_by) == (model, "model", provider)
+        assert found.model_dump()["provider"] == provider
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    url = str(client.base_url).removesuffix("/v1/")
+    with anthropic.Anthropic(api_key=client.api_key, base_url=url, max_retries=0) as claude:
+        info = claude.models.retrieve("claude-sonnet-4-5")
+        assert (info.id, info.type, info.display_name) == ("claude-sonnet-4-5", "model", "claude-sonnet-4-5")
+    with pytest.raises(openai.NotFoundError):
+        keyed(providers=("anthropic",)).models.retrieve("gpt-4o")  # no OpenAI key
+    with pytest.raises(openai.NotFoundError):
+        keyed(plan="small").models.retrieve("gpt-4o")  # not on the plan
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")  # no provider serves it
+
+
 def test_smart_auto_picks_the_cheapest_fitting_model(keyed: Any, fake_upstream: FakeUpstream) -> None:
     client = keyed()
     raw = client.chat.completions.with_raw_response.create(

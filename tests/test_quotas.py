@@ -197,6 +197,37 @@ def test_web_search_draws_on_the_plans_daily_allowance(
     assert denied.value.code == "web_search_not_allowed"
 
 
+def test_only_a_search_the_provider_is_asked_for_uses_the_allowance(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """Chat's `web_search_options` cannot be sent to Claude (a 400 naming it, however many searches are
+    left) and a null one asks for nothing: neither uses up the day's searches."""
+    setup = _setup(make_worker, fake_upstream, "search")
+    client = setup.openai()
+    for _ in range(3):
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(  # type: ignore[call-overload]
+                model="claude-sonnet-4-6", messages=MESSAGES, extra_body={"web_search_options": {}}
+            )
+        assert err.value.param == "web_search_options" and err.value.code == "unsupported_for_provider"
+    client.chat.completions.create(  # type: ignore[call-overload]
+        model="gpt-4o-mini", messages=MESSAGES, extra_body={"web_search_options": None}
+    )
+    for _ in range(2):  # the day's two
+        client.chat.completions.create(  # type: ignore[call-overload]
+            model="gpt-4o-search-preview", messages=MESSAGES, extra_body={"web_search_options": {}}
+        )
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(  # type: ignore[call-overload]
+            model="gpt-4o-search-preview", messages=MESSAGES, extra_body={"web_search_options": {}}
+        )
+    # On a plan without web search, the refusal names the field that asked for one.
+    closed = _setup(make_worker, fake_upstream, "nosearch").openai()
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        closed.responses.create(model="gpt-4o-mini", input="hi", tools=[{"type": "web_search"}])  # type: ignore[list-item]
+    assert denied.value.param == "tools[0]"
+
+
 def test_long_context_draws_on_compute_credits(
     make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
 ) -> None:

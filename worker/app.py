@@ -47,10 +47,11 @@ from .errors import (
     GatewayError,
     InternalError,
     MethodNotAllowedError,
-    NotFoundError,
     PayloadTooLargeError,
     ServiceUnavailableError,
+    UnknownRouteError,
     error_format_for,
+    unknown_route,
 )
 from .gateway import build_gateway
 from .handlers import admin, compress, health, models, payloads, stored, usage
@@ -188,7 +189,7 @@ class RequestIds:
 
 def error_response(request: web.Request, exc: GatewayError) -> web.Response:
     """Render `exc` in the client's format (OpenAI or Anthropic by route)."""
-    fmt = error_format_for(request.path, request.headers)
+    fmt = error_format_for(request.path, request.headers, unknown_route=isinstance(exc, UnknownRouteError))
     resp = web.Response(
         body=exc.body(fmt, request.get(REQUEST_ID)),
         status=exc.status,
@@ -216,7 +217,7 @@ def _expect_handler(max_body: int) -> Callable[[web.Request], Awaitable[None]]:
 def _from_http_exception(request: web.Request, exc: web.HTTPException) -> GatewayError:
     admin_off = request.path.startswith("/admin/") and not request.app[CONFIG].secret(admin.ADMIN_TOKEN_NAME)
     if isinstance(exc, web.HTTPNotFound) or admin_off:  # no admin API: no hint that its routes exist
-        return NotFoundError(f"Unknown route: {request.method} {request.path}")
+        return unknown_route(request.method, request.path, request.headers)
     if isinstance(exc, web.HTTPMethodNotAllowed):
         allowed = ", ".join(sorted(exc.allowed_methods))
         return MethodNotAllowedError(

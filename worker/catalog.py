@@ -32,6 +32,7 @@ __all__ = [
     "Sampling",
     "build_catalog",
     "needs",
+    "plan_allows",
     "sampling_of",
     "smart_auto",
     "usable",
@@ -161,7 +162,8 @@ def build_catalog(configured: Mapping[str, ModelRoute], raw_models: Any, source:
     return out
 
 
-def _allowed(name: str, plan: QuotaPlan | None) -> bool:
+def plan_allows(name: str, plan: QuotaPlan | None) -> bool:
+    """Whether a key on `plan` (None: no plan) may use the model `name`."""
     return plan is None or plan.models is None or any(fnmatch.fnmatchcase(name, p) for p in plan.models)
 
 
@@ -170,7 +172,7 @@ def usable(
 ) -> list[Entry]:
     """The entries a key can use: a reachable provider and a model its plan allows."""
     providers = set(reachable)
-    return [e for e in catalog.values() if e.route.provider in providers and _allowed(e.info.name, plan)]
+    return [e for e in catalog.values() if e.route.provider in providers and plan_allows(e.info.name, plan)]
 
 
 def needs(body: dict[str, Any], fmt: str) -> tuple[set[str], int]:

@@ -110,6 +110,39 @@ class NotFoundError(GatewayError):
     default_code = "not_found"
 
 
+class UnknownRouteError(NotFoundError):
+    """404: no route has this path (see `unknown_route`)."""
+
+
+_ANTHROPIC_APIS = (
+    ("/v1/messages/batches", "Message Batches API"),
+    ("/v1/files", "Files API"),
+    ("/v1/skills", "Skills API"),
+    ("/v1/complete", "Text Completions API"),
+    ("/v1/organizations", "Admin API"),
+)
+"""Anthropic's APIs the gateway does not serve, by path: what a 404 for an Anthropic client names."""
+
+
+def unknown_route(method: str, path: str, headers: Mapping[str, str]) -> UnknownRouteError:
+    """The 404 for a path no route has. An Anthropic client (on `/v1/messages…`, or sending
+    `anthropic-version` under `/v1/`) is told which of Anthropic's APIs it asked for and what is served."""
+    if _anthropic_client(path, headers):
+        api = next((name for prefix, name in _ANTHROPIC_APIS if path.startswith(prefix)), None)
+        return UnknownRouteError(
+            f"{method} {path}: this gateway does not serve {f'the {api}' if api else 'this API'}; of "
+            "Anthropic's APIs it serves Messages (POST /v1/messages, POST /v1/messages/count_tokens) and "
+            "Models (GET /v1/models)."
+        )
+    return UnknownRouteError(f"Unknown route: {method} {path}")
+
+
+def _anthropic_client(path: str, headers: Mapping[str, str] | None) -> bool:
+    return path.startswith("/v1/messages") or (
+        headers is not None and path.startswith("/v1/") and "anthropic-version" in headers
+    )
+
+
 class MethodNotAllowedError(GatewayError):
     """405: the route exists but not for this method."""
 
@@ -173,9 +206,14 @@ class ServiceUnavailableError(GatewayError):
     default_code = "service_unavailable"
 
 
-def error_format_for(path: str, headers: Mapping[str, str] | None = None) -> ErrorFormat:
-    """Anthropic error bodies on the Messages API, and on the models routes for the Anthropic SDK (it sends
-    `anthropic-version`); OpenAI everywhere else."""
+def error_format_for(
+    path: str, headers: Mapping[str, str] | None = None, *, unknown_route: bool = False
+) -> ErrorFormat:
+    """Anthropic error bodies on the Messages API, and for the Anthropic SDK (it sends `anthropic-version`) on
+    the models routes and on any `/v1/` path no route has (`unknown_route`: its Files API, Message Batches
+    …); OpenAI everywhere else."""
+    if unknown_route:
+        return "anthropic" if _anthropic_client(path, headers) else "openai"
     if path.startswith("/v1/messages"):
         return "anthropic"
     if headers is not None and path.startswith("/v1/models") and "anthropic-version" in headers:

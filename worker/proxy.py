@@ -143,7 +143,9 @@ async def proxy(
     admission = await gw.quotas.admit(
         key,
         model,
-        web_search=uses_web_search(body),
+        # Only a request forwarded as sent can ask for a search: a translation refuses one (a 400 below),
+        # and what is refused uses up nothing.
+        web_search=uses_web_search(body) if route is None or _wire(fmt, route) == fmt else None,
         tier=listed.info.tier if listed is not None else None,
         in_flight=admitted.in_flight if admitted is not None else 0,
     )
@@ -511,7 +513,7 @@ class _Prepared:
 def _prepare(
     fmt: InboundFormat, body: dict[str, Any], stream: bool, route: ModelRoute, gw: Gateway
 ) -> _Prepared:
-    wire: UpstreamWire = "responses" if fmt == "responses" and route.provider == "openai" else route.wire
+    wire = _wire(fmt, route)
     wants_usage = True
     if fmt == wire:
         upstream_body = dict(body)  # a shallow copy: a fallback may need the client's body again
@@ -546,6 +548,12 @@ def _prepare(
             client_options = body.get("stream_options")
             wants_usage = isinstance(client_options, dict) and client_options.get("include_usage") is True
     return _Prepared(route, wire, _encoder.encode(upstream_body), wants_usage)
+
+
+def _wire(fmt: InboundFormat, route: ModelRoute) -> UpstreamWire:
+    """The format `route` is sent a request of `fmt` in: the client's own (forwarded as sent), or not
+    (translated)."""
+    return "responses" if fmt == "responses" and route.provider == "openai" else route.wire
 
 
 def _fit_chosen_model(body: dict[str, Any], route: ModelRoute, wire: UpstreamWire) -> None:
@@ -856,7 +864,8 @@ def _decode_request(fmt: InboundFormat, body: dict[str, Any]) -> Request:
             return anthropic.decode_request(body)
         return openai_responses.decode_request(body)
     except TranslationError as exc:
-        raise InvalidRequestError(_with_param(exc), param=exc.param, code="invalid_request") from None
+        code = "unsupported_for_provider" if exc.unsupported else "invalid_request"
+        raise InvalidRequestError(_with_param(exc), param=exc.param, code=code) from None
 
 
 def _encode_request(wire: UpstreamWire, req: Request, route: ModelRoute, gw: Gateway) -> dict[str, Any]:

@@ -150,16 +150,18 @@ class WebSearchNotAllowedError(PermissionDeniedError):
     default_code = "web_search_not_allowed"
 
 
-def uses_web_search(body: Mapping[str, Any]) -> bool:
-    """Whether a chat, Responses or Messages request asks the provider to search the web: chat's
-    `web_search_options`, or a `web_search*` tool (OpenAI `web_search`/`web_search_preview`, Anthropic
-    `web_search_20250305`)."""
-    if "web_search_options" in body:
-        return True
+def uses_web_search(body: Mapping[str, Any]) -> str | None:
+    """The field with which a chat, Responses or Messages request asks the provider to search the web, or
+    None: chat's `web_search_options`, or a `web_search*` tool (OpenAI `web_search`/`web_search_preview`,
+    Anthropic `web_search_20250305`)."""
+    if body.get("web_search_options") is not None:
+        return "web_search_options"
     tools = body.get("tools")
-    return isinstance(tools, list) and any(
-        isinstance(t, dict) and str(t.get("type", "")).startswith("web_search") for t in tools
-    )
+    if isinstance(tools, list):
+        for i, t in enumerate(tools):
+            if isinstance(t, dict) and str(t.get("type", "")).startswith("web_search"):
+                return f"tools[{i}]"
+    return None
 
 
 class ModelNotAllowedError(PermissionDeniedError):
@@ -235,14 +237,15 @@ class Quotas:
         key: KeyRecord,
         model: str,
         *,
-        web_search: bool = False,
+        web_search: str | None = None,
         tier: str | None = None,
         in_flight: int = 0,
     ) -> Admission | None:
         """Raise the error that refuses this request, or return how to charge it (None: nothing to do).
 
-        `web_search`: the request asks the provider to search the web; `tier`: the model's catalog tier
-        (None: not in the catalog); `in_flight`: the key's requests in flight here, this one included."""
+        `web_search`: the field with which the request asks the provider to search the web; `tier`: the
+        model's catalog tier (None: not in the catalog); `in_flight`: the key's requests in flight here, this
+        one included."""
         plan = self.plans.get(key.plan) if key.plan else None
         if plan is None:
             return None
@@ -276,16 +279,16 @@ class Quotas:
         key: KeyRecord,
         plan: QuotaPlan,
         model: str,
-        web_search: bool,
+        web_search: str | None,
         tier: str | None,
         in_flight: int,
         counted: list[tuple[str, int | None]],
     ) -> Admission:
         day, week, day_left, week_left = _windows(int(self._clock()))
-        if web_search and plan.daily_web_searches is not None:
+        if web_search is not None and plan.daily_web_searches is not None:
             if plan.daily_web_searches == 0:
                 raise WebSearchNotAllowedError(
-                    f"Web search is not available on the {plan.name!r} plan.", param="tools"
+                    f"Web search is not available on the {plan.name!r} plan.", param=web_search
                 )
             searches = f"quota/{key.id}/d{day}/web_searches"
             (used,) = await self.counters.count([(searches, day_left + 3600, plan.daily_web_searches)])

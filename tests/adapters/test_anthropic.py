@@ -646,15 +646,15 @@ def test_encode_max_tokens_sampling_and_misc() -> None:
             msg,
             top_p=0.8,
             top_k=5,
-            stop=["END", "\n", "", "  STOP  "],
+            stop=["END", "", "  STOP  "],
             user="user-7",
-            response_format=ResponseFormat("json_object"),
+            response_format=ResponseFormat("text"),
             stream=True,
         ),
         upstream_model="m",
     )
     assert body["top_p"] == 0.8 and body["top_k"] == 5
-    # Anthropic rejects empty and whitespace-only stop sequences.
+    # Anthropic rejects empty stop sequences, and whitespace-only ones (below).
     assert body["stop_sequences"] == ["END", "  STOP  "]
     assert body["metadata"] == {"user_id": "user-7"}
     assert body["stream"] is True
@@ -662,6 +662,14 @@ def test_encode_max_tokens_sampling_and_misc() -> None:
 
     plain = encode_request(_req(msg), upstream_model="m")
     assert set(plain) == {"model", "max_tokens", "messages"}
+    # Without the whitespace-only sequence the client asking for one line would get several: refused.
+    with pytest.raises(TranslationError) as info:
+        encode_request(_req(msg, stop=["END", "\n"]), upstream_model="m")
+    assert info.value.param == "stop"
+    # Claude answers in JSON only to a schema: JSON mode without one is refused, naming the client's field.
+    with pytest.raises(TranslationError) as info:
+        encode_request(_req(msg, response_format=ResponseFormat("json_object")), upstream_model="m")
+    assert info.value.param == "response_format"
 
 
 TOOLS = [Tool("get_weather", {"type": "object", "properties": {"location": {"type": "string"}}})]

@@ -403,7 +403,11 @@ VALID = chat(
         (_set("tools.0.function.name", ""), "tools[0].function.name"),
         (_set("tools.0.function.parameters", "schema"), "tools[0].function.parameters"),
         (_set("tool_choice", "sometimes"), "tool_choice"),
-        (_set("tool_choice", {"type": "allowed_tools", "allowed_tools": {}}), "tool_choice"),
+        (
+            _set("tool_choice", {"type": "allowed_tools", "allowed_tools": {}}),
+            "tool_choice.allowed_tools.mode",
+        ),
+        (_set("tool_choice", {"type": "sometimes"}), "tool_choice"),
         (_set("n", 2), "n"),
         (_set("max_tokens", "100"), "max_tokens"),
         (_set("max_completion_tokens", 1.5), "max_completion_tokens"),

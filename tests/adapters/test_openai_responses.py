@@ -188,6 +188,7 @@ def test_string_input_with_instructions_and_settings() -> None:
         max_tokens=256,
         temperature=0.0,
         top_p=0.9,
+        format_field="text.format",
         stream=True,
         metadata={"trace": "abc"},
         user="u-1",

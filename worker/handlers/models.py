@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -10,12 +11,13 @@ from aiohttp import web
 from .. import memory, tokens
 from ..accounting.pricing import PriceTable
 from ..appkeys import GATEWAY
-from ..catalog import Entry, usable
+from ..catalog import Entry, plan_allows, usable
 from ..errors import InvalidRequestError
 from ..jsonio import json_response, read_json_object
 from ..optimizing import count_tokens as count_request_tokens
 from ..proxy import authenticate, forward_json, proxy, reachable_providers
-from ..routing import ModelNotFoundError, checked_model, resolve
+from ..quotas import QuotaPlan
+from ..routing import ModelNotFoundError, Provider, checked_model, resolve
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -83,12 +85,17 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
 _CREATED = int(time.mktime((2026, 11, 1, 0, 0, 0, 0, 0, 0)))
 
 
-async def _usable(request: web.Request) -> list[Entry]:
+async def _reach(request: web.Request) -> tuple[set[Provider], QuotaPlan | None]:
+    """The providers the calling key can reach, and its plan."""
     gw = request.app[GATEWAY]
     key = await authenticate(request, gw)
-    reachable = await reachable_providers(request, gw, key)
     plan = gw.quotas.plans.get(key.plan) if key.plan else None
-    return usable(gw.catalog, reachable, plan)
+    return await reachable_providers(request, gw, key), plan
+
+
+async def _usable(request: web.Request) -> list[Entry]:
+    reachable, plan = await _reach(request)
+    return usable(request.app[GATEWAY].catalog, reachable, plan)
 
 
 async def list_models(request: web.Request) -> web.StreamResponse:
@@ -103,15 +110,36 @@ async def list_models(request: web.Request) -> web.StreamResponse:
 
 
 async def get_model(request: web.Request) -> web.StreamResponse:
-    """`GET /v1/models/{id}` (ids with a slash, like OpenRouter's, are matched whole)."""
+    """`GET /v1/models/{id}` (ids with a slash, like OpenRouter's, are matched whole): a catalog model with
+    its catalog fields; any other model the key could send a request to (routed to a provider it can reach,
+    allowed by its plan: `gpt-4o`, an OpenRouter `vendor/model`) with the fields every model has."""
     wanted = request.match_info["id"]
-    prices = request.app[GATEWAY].prices
-    for entry in await _usable(request):
-        if entry.info.name == wanted:
-            if _anthropic(request):
-                return json_response(_anthropic_model(entry, prices))
-            return json_response(entry.describe(prices, _CREATED))
+    gw = request.app[GATEWAY]
+    reachable, plan = await _reach(request)
+    entry = gw.catalog.get(wanted)
+    if entry is not None and entry.route.provider in reachable and plan_allows(wanted, plan):
+        if _anthropic(request):
+            return json_response(_anthropic_model(entry, gw.prices))
+        return json_response(entry.describe(gw.prices, _CREATED))
+    if entry is None and plan_allows(wanted, plan):
+        with contextlib.suppress(ModelNotFoundError):
+            route = resolve(wanted, gw.models)
+            if route.provider in reachable:
+                return json_response(_routed_model(request, wanted, route.provider))
     raise ModelNotFoundError(f"The model {wanted!r} is not available to this key.", param="model")
+
+
+def _routed_model(request: web.Request, model: str, provider: str) -> dict[str, Any]:
+    """A model outside the catalog, in the client's shape: nothing is known of it but where it goes."""
+    if _anthropic(request):
+        return {
+            "type": "model",
+            "id": model,
+            "display_name": model,
+            "created_at": _CREATED_AT,
+            "provider": provider,
+        }
+    return {"id": model, "object": "model", "created": _CREATED, "owned_by": provider, "provider": provider}
 
 
 def _anthropic(request: web.Request) -> bool:
