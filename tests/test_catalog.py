@@ -15,7 +15,8 @@ from tests.fakes.upstream import FakeUpstream
 from tests.harness import InProcessWorker
 from worker.accounting.pricing import BUILTIN_PRICES
 from worker.appkeys import GATEWAY
-from worker.catalog import BUILTIN_CATALOG
+from worker.catalog import BUILTIN_CATALOG, build_catalog
+from worker.routing import parse_model_table
 
 PLANS = (
     '[plans.small]\nmodels = ["gpt-4o-mini", "claude-haiku-*"]\n'
@@ -292,3 +293,45 @@ def test_the_anthropic_sdk_lists_models_in_anthropics_shape(keyed: Any) -> None:
             assert isinstance(exc.body, dict) and exc.body["type"] == "error"
         else:
             raise AssertionError("found a model that does not exist")
+
+
+def test_smart_auto_sends_a_json_schema_to_claude_but_never_json_mode(
+    keyed: Any, fake_upstream: FakeUpstream
+) -> None:
+    """Claude takes a schema (`output_config.format`) but has no JSON mode: on a plan where Claude is the
+    cheaper choice, a schema goes to Claude and JSON mode to the OpenAI model."""
+    client = keyed(plan="claude_first")
+    schema = {
+        "name": "answer",
+        "schema": {
+            "type": "object",
+            "properties": {"ok": {"type": "boolean"}},
+            "required": ["ok"],
+            "additionalProperties": False,
+        },
+    }
+    raw = client.chat.completions.with_raw_response.create(
+        model="smart-auto",
+        messages=[{"role": "user", "content": "json please"}],
+        response_format={"type": "json_schema", "json_schema": schema},  # type: ignore[typeddict-item]
+    )
+    assert raw.headers["X-Trex-Upstream-Provider"] == "anthropic"
+    assert fake_upstream.last().json["output_config"]["format"]["schema"] == schema["schema"]
+    raw = client.chat.completions.with_raw_response.create(
+        model="smart-auto",
+        messages=[{"role": "user", "content": "json please"}],
+        response_format={"type": "json_object"},
+    )
+    assert raw.headers["X-Trex-Upstream-Model"] == "gpt-4.1"
+    assert fake_upstream.last().json["response_format"] == {"type": "json_object"}
+    listed = {m.id: m.model_dump()["capabilities"] for m in client.models.list()}
+    assert "json_schema" in listed["claude-haiku-4-5"] and "json" not in listed["claude-haiku-4-5"]
+
+
+def test_a_models_table_that_says_json_keeps_meaning_structured_output_too() -> None:
+    raw = [{"name": "house2", "provider": "local", "upstream_model": "q", "capabilities": ["json"]}]
+    catalog = build_catalog(parse_model_table(raw, "test"), raw, "test")
+    assert catalog["house2"].info.capabilities == {"json", "json_schema"}
+    raw[0]["capabilities"] = ["json_schema"]
+    catalog = build_catalog(parse_model_table(raw, "test"), raw, "test")
+    assert catalog["house2"].info.capabilities == {"json_schema"}

@@ -37,9 +37,10 @@ __all__ = [
     "smart_auto",
     "usable",
 ]
-CAPABILITIES = ("tools", "vision", "json", "reasoning", "embeddings")
-_ALL = frozenset({"tools", "vision", "json", "reasoning"})
-_NO_JSON = frozenset({"tools", "vision", "reasoning"})  # Anthropic has no JSON mode
+CAPABILITIES = ("tools", "vision", "json", "json_schema", "reasoning", "embeddings")
+"""`json`: JSON mode (`json_object`); `json_schema`: structured output to a given schema."""
+_ALL = frozenset({"tools", "vision", "json", "json_schema", "reasoning"})
+_NO_JSON = _ALL - {"json"}  # Claude takes a schema (`output_config.format`) but has no JSON mode
 
 Sampling = Literal["any", "one", "none"]
 """The sampling parameters a model takes: `any` (temperature, top_p, top_k); `one` (Claude Sonnet/Haiku 4.5
@@ -135,7 +136,7 @@ def build_catalog(configured: Mapping[str, ModelRoute], raw_models: Any, source:
         base = (
             out[name].info
             if name in out
-            else ModelInfo(name, 128_000, 16_384, frozenset({"tools", "json"}), "free")
+            else ModelInfo(name, 128_000, 16_384, frozenset({"tools", "json", "json_schema"}), "free")
         )
         fields = extra.get(name, {})
         for field in ("context_window", "max_output"):
@@ -154,7 +155,11 @@ def build_catalog(configured: Mapping[str, ModelRoute], raw_models: Any, source:
             name,
             fields.get("context_window", base.context_window),
             fields.get("max_output", base.max_output),
-            frozenset(caps) if caps is not None else base.capabilities,
+            # JSON mode implies structured output, as on the OpenAI-compatible servers `[[models]]` name
+            # (a table written before `json_schema` was its own capability keeps its meaning).
+            frozenset(caps) | ({"json_schema"} if "json" in caps else set())
+            if caps is not None
+            else base.capabilities,
             tier,
             base.sampling,
         )
@@ -184,8 +189,17 @@ def needs(body: dict[str, Any], fmt: str) -> tuple[set[str], int]:
     text = body.get("text")
     if output_format is None and isinstance(text, dict):  # Responses: text.format
         output_format = text.get("format")
-    if isinstance(output_format, dict) and str(output_format.get("type", "")).startswith("json"):
-        need.add("json")
+    if output_format is None and fmt == "messages":  # Anthropic structured output
+        config = body.get("output_config")
+        output_format = (config.get("format") if isinstance(config, dict) else None) or body.get(
+            "output_format"
+        )
+    if isinstance(output_format, dict):
+        kind = output_format.get("type")
+        if kind == "json_object":
+            need.add("json")
+        elif kind == "json_schema":
+            need.add("json_schema")
     if _has_image(body.get("messages") if fmt != "responses" else body.get("input")):
         need.add("vision")
     if body.get("reasoning_effort") or body.get("reasoning") or body.get("thinking"):
