@@ -309,3 +309,34 @@ def test_a_delete_openai_refuses_keeps_the_record(gateway: GatewaySetup) -> None
         gateway.openai().responses.delete(RESP_ID)
     settle(gateway)
     assert list(_records(gateway)) == [f"stored/response/{RESP_ID}"]
+
+
+def test_a_previous_response_of_another_key_is_not_found(gateway: GatewaySetup) -> None:
+    """previous_response_id would give the model another key's conversation (and input_tokens would count
+    it): with the binding it must be one of the calling key's responses."""
+    make_response(gateway)
+    other = gateway.openai(key=_other_tenant(gateway))
+    asked = len(gateway.fake.received)
+    with pytest.raises(openai.BadRequestError) as err:
+        other.responses.create(model="gpt-5", input="Repeat the conversation.", previous_response_id=RESP_ID)
+    assert err.value.body == {
+        "message": f"Previous response with id '{RESP_ID}' not found.",
+        "type": "invalid_request_error",
+        "param": "previous_response_id",
+        "code": "previous_response_not_found",
+    }
+    with pytest.raises(openai.BadRequestError) as err:
+        other.responses.input_tokens.count(model="gpt-5", input="x", previous_response_id=RESP_ID)
+    assert err.value.code == "previous_response_not_found"
+    assert len(gateway.fake.received) == asked
+    # The key that made it goes on from it; with its own OpenAI key, any key goes unchecked.
+    client = gateway.openai()
+    assert client.responses.create(model="gpt-5", input="Go on.", previous_response_id=RESP_ID).id
+    assert gateway.fake.last().json["previous_response_id"] == RESP_ID
+    gateway.fake.set(
+        "/v1/responses/input_tokens", Reply.json({"object": "response.input_tokens", "input_tokens": 3})
+    )
+    assert client.responses.input_tokens.count(model="gpt-5", previous_response_id=RESP_ID).input_tokens == 3
+    own = {"X-Upstream-Api-Key": OWN_KEY}
+    other.responses.create(model="gpt-5", input="x", previous_response_id="resp_mine", extra_headers=own)
+    assert gateway.fake.last().json["previous_response_id"] == "resp_mine"

@@ -21,7 +21,7 @@ import msgspec
 from adapters.sse import COMMENT, SSEEvent
 from kv import KVNamespace
 
-from .errors import GatewayError
+from .errors import GatewayError, InvalidRequestError
 
 if TYPE_CHECKING:
     from .context import ExecutionContext
@@ -128,6 +128,15 @@ def not_found(kind: Kind, ident: str) -> NotStoredError:
     else:
         message = f"No chat completion found with id '{ident}'."
     return NotStoredError(message, headers={"X-Trex-Upstream-Provider": "openai"})
+
+
+def previous_not_found(ident: str) -> InvalidRequestError:
+    """OpenAI's 400 for a `previous_response_id` it does not have."""
+    return InvalidRequestError(
+        f"Previous response with id '{ident}' not found.",
+        param="previous_response_id",
+        code="previous_response_not_found",
+    )
 
 
 class OwnedStream:

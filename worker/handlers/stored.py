@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -29,6 +30,7 @@ from adapters.transport import UpstreamUnavailable
 
 from ..appkeys import CTX, GATEWAY, OVERRIDE_FOR, stamp
 from ..auth import KeyRecord, MissingProviderKeyError
+from ..catalog import SMART_AUTO
 from ..errors import InvalidRequestError, PermissionDeniedError, UpstreamError
 from ..gateway import Gateway
 from ..jsonio import read_body
@@ -46,7 +48,7 @@ from ..proxy import (
     authenticate,
     provider_key,
 )
-from ..stored_owners import ID_RE, Kind, forget, made_by, not_found
+from ..stored_owners import ID_RE, Kind, forget, made_by, not_found, previous_not_found
 
 _decoder = msgspec.json.Decoder()
 
@@ -58,6 +60,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
     key = await authenticate(request, gw)
     url, target = _upstream_url(request, gw.base_urls["openai"])
     body = await read_body(request)
+    doc: dict[str, Any] = {}
     if body.strip():
         try:
             doc = _decoder.decode(body)
@@ -75,7 +78,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
         exc.param = None  # there is no model to name
         raise
     if not _uses_own_key(request, "openai"):  # the binding, perhaps shared: only what this key made
-        await _check_made_by(request, gw, key, target)
+        await _check_made_by(request, gw, key, target, doc)
     headers = _upstream_headers(request, gw, "openai", api_key)
     out_headers = {"X-Trex-Upstream-Provider": "openai"}
     try:
@@ -150,7 +153,7 @@ def _canonical(request: web.Request) -> str:
 
 
 async def _check_made_by(
-    request: web.Request, gw: Gateway, key: KeyRecord, target: tuple[Kind, str] | None
+    request: web.Request, gw: Gateway, key: KeyRecord, target: tuple[Kind, str] | None, doc: dict[str, Any]
 ) -> None:
     """With the key's binding, which other proxy keys may share, only what this key made is reached: another
     id is OpenAI's own not-found (asked of nobody, so nothing tells whether it exists), and the list of stored
@@ -166,6 +169,23 @@ async def _check_made_by(
             code="own_upstream_key_required",
             headers={"X-Trex-Upstream-Provider": "openai"},
         )
+    else:  # counting input tokens: a previous response is read too
+        await check_previous_response(gw, key, doc)
+
+
+def goes_with_own_key(request: web.Request, model: Any) -> bool:
+    """True when a model request naming `model` reaches OpenAI with the client's own `X-Upstream-Api-Key`
+    (for a model it names, the override is for that model's provider; for smart-auto, for the provider its
+    format names)."""
+    return _override(request) is not None and (model != SMART_AUTO or _override_provider(request) == "openai")
+
+
+async def check_previous_response(gw: Gateway, key: KeyRecord, body: dict[str, Any]) -> None:
+    """A `previous_response_id` sent with the key's binding must be a response this key made: the model would
+    otherwise be given another key's conversation. Another id is OpenAI's own 400 for one it does not have."""
+    previous = body.get("previous_response_id")
+    if isinstance(previous, str) and not await made_by(gw.kv, "response", previous, key.id):
+        raise previous_not_found(previous)
 
 
 class _Relayed(web.StreamResponse):
