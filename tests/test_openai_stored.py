@@ -1,7 +1,8 @@
 """OpenAI's stored objects through the worker, as the official SDK reaches them: a background response polled,
 its stream resumed, cancelled and deleted, its input items listed, input tokens counted; stored chat
 completions retrieved, updated, listed and deleted. Each call is passed through to OpenAI with the calling
-key's OpenAI binding; `background` on a model OpenAI does not serve is refused."""
+key's OpenAI binding, for an object that key made (tests/test_openai_stored_owners.py has who may reach
+what); `background` on a model OpenAI does not serve is refused."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from yarl import URL
 from tests.conftest import MASTER_KEY, UPSTREAM_KEYS, GatewaySetup
 from tests.fakes.upstream import FakeUpstream, Reply, fixture_bytes, fixture_json, split_sse
 from tests.harness import InProcessWorker
+from tests.test_openai_stored_owners import make_completion, make_response
 from tests.test_usage import wait_final
 from worker.appkeys import GATEWAY
 
@@ -107,6 +109,7 @@ def test_a_background_response_is_polled_until_it_is_done(gateway: GatewaySetup)
 
 
 def test_the_query_string_reaches_openai_exactly_as_sent(gateway: GatewaySetup) -> None:
+    make_response(gateway, RESP_ID)
     gateway.fake.set(f"/v1/responses/{RESP_ID}", Reply.json(_response("completed")))
     query = "include[]=message.output_text.logprobs&include[]=reasoning.encrypted_content&x=%2F%20"
     status, _, body = _raw(gateway, "GET", f"/v1/responses/{RESP_ID}?{query}")
@@ -115,6 +118,7 @@ def test_the_query_string_reaches_openai_exactly_as_sent(gateway: GatewaySetup) 
 
 
 def test_a_background_stream_resumes_after_a_sequence_number(gateway: GatewaySetup) -> None:
+    make_response(gateway, RESP_ID, background=True)
     gateway.fake.set(f"/v1/responses/{RESP_ID}", Reply(sse=EVENTS[3:], chunk_delay=0.05))
     stream = gateway.openai().responses.retrieve(RESP_ID, stream=True, starting_after=2)
     events = list(stream)
@@ -151,6 +155,7 @@ def test_a_stream_the_upstream_breaks_off_is_broken_off_for_the_client_who_resum
 ) -> None:
     """No event is made up at the break: its sequence number would not be OpenAI's, and a resume after it
     would skip one. The client sees the connection fail, as it would with OpenAI, and resumes."""
+    make_response(gateway, RESP_ID, background=True)
     path = f"/v1/responses/{RESP_ID}"
     gateway.fake.set(path, Reply(sse=EVENTS[3:], drop_after=5))
     client = gateway.openai()
@@ -166,6 +171,7 @@ def test_a_stream_the_upstream_breaks_off_is_broken_off_for_the_client_who_resum
 
 
 def test_a_client_that_leaves_a_resumed_stream_stops_the_upstream_read(gateway: GatewaySetup) -> None:
+    make_response(gateway, RESP_ID, background=True)
     many = EVENTS[4:5] * 200 + EVENTS[-1:]
     gateway.fake.set(f"/v1/responses/{RESP_ID}", Reply(sse=many, chunk_delay=0.02))
 
@@ -186,6 +192,7 @@ def test_a_client_that_leaves_a_resumed_stream_stops_the_upstream_read(gateway: 
 
 
 def test_cancel_delete_input_items_and_input_tokens(gateway: GatewaySetup) -> None:
+    make_response(gateway, RESP_ID, background=True)
     client = gateway.openai()
     gateway.fake.set(f"/v1/responses/{RESP_ID}/cancel", Reply.json(_response("cancelled")))
     assert client.responses.cancel(RESP_ID).status == "cancelled"
@@ -193,13 +200,6 @@ def test_cancel_delete_input_items_and_input_tokens(gateway: GatewaySetup) -> No
         "POST",
         f"/v1/responses/{RESP_ID}/cancel",
     )
-
-    deleted = {"id": RESP_ID, "object": "response.deleted", "deleted": True}
-    gateway.fake.set(f"/v1/responses/{RESP_ID}", Reply.json(deleted))
-    assert client.responses.delete(RESP_ID) is None
-    assert gateway.fake.last().method == "DELETE"
-    status, _, body = _raw(gateway, "DELETE", f"/v1/responses/{RESP_ID}")
-    assert (status, body) == (200, deleted)  # the body OpenAI sent, as it sent it
 
     item = {
         "id": "msg_in1",
@@ -227,8 +227,16 @@ def test_cancel_delete_input_items_and_input_tokens(gateway: GatewaySetup) -> No
     assert counted.input_tokens == 11
     assert gateway.fake.last().json == {"model": "gpt-5", "input": "Tell me a joke."}  # unchanged
 
+    deleted = {"id": RESP_ID, "object": "response.deleted", "deleted": True}
+    gateway.fake.set(f"/v1/responses/{RESP_ID}", Reply.json(deleted))
+    assert client.responses.delete(RESP_ID) is None
+    assert gateway.fake.last().method == "DELETE"
+    make_response(gateway, RESP_ID, background=True)  # deleted: made again
+    status, _, body = _raw(gateway, "DELETE", f"/v1/responses/{RESP_ID}")
+    assert (status, body) == (200, deleted)  # the body OpenAI sent, as it sent it
 
-def test_a_response_the_gateway_translated_for_claude_has_no_state_openai_says_404(
+
+def test_a_response_the_gateway_translated_for_claude_has_no_state_its_id_is_openai_s_404(
     gateway: GatewaySetup,
 ) -> None:
     client = gateway.openai()
@@ -236,10 +244,12 @@ def test_a_response_the_gateway_translated_for_claude_has_no_state_openai_says_4
     assert created.store is False  # said so when it was made
     with pytest.raises(openai.NotFoundError) as err:
         client.responses.retrieve(created.id)
-    assert gateway.fake.last().path == f"/v1/responses/{created.id}"  # OpenAI's own answer, passed on
+    assert [r.path for r in gateway.fake.received] == ["/v1/messages"]  # OpenAI is not asked about it
     assert err.value.body == {
-        "message": f"fake: no route /v1/responses/{created.id}",
+        "message": f"Response with id '{created.id}' not found.",
         "type": "invalid_request_error",
+        "param": None,
+        "code": None,
     }
 
 
@@ -247,6 +257,7 @@ def test_a_response_the_gateway_translated_for_claude_has_no_state_openai_says_4
 
 
 def test_stored_chat_completions_retrieve_update_list_delete_and_messages(gateway: GatewaySetup) -> None:
+    make_completion(gateway, CHAT_ID)
     client = gateway.openai()
     path = f"/v1/chat/completions/{CHAT_ID}"
     gateway.fake.set(path, Reply.json(_completion()))
@@ -266,7 +277,10 @@ def test_stored_chat_completions_retrieve_update_list_delete_and_messages(gatewa
         "has_more": False,
     }
     gateway.fake.set("/v1/chat/completions", Reply.json(listing))
-    page = client.chat.completions.list(model="gpt-4o-mini", metadata={"topic": "billing"}, limit=5)
+    own = {"X-Upstream-Api-Key": "sk-proj-client-own-key-0123456789"}  # the list needs the client's own key
+    page = client.chat.completions.list(
+        model="gpt-4o-mini", metadata={"topic": "billing"}, limit=5, extra_headers=own
+    )
     assert [c.id for c in page.data] == [CHAT_ID]
     assert gateway.fake.last().method == "GET"
     assert _query(gateway) == {"model": ["gpt-4o-mini"], "metadata[topic]": ["billing"], "limit": ["5"]}
@@ -301,7 +315,13 @@ def test_every_route_needs_a_proxy_key(gateway: GatewaySetup) -> None:
 
 def test_every_route_reaches_openai_with_the_key_binding(gateway: GatewaySetup) -> None:
     for method, path, body in ROUTES:
+        make_response(gateway, RESP_ID)  # again, for a delete takes it (and its record) away
+        make_completion(gateway, CHAT_ID)
         gateway.fake.set(path, Reply.json({"ok": path}))
+        if path == "/v1/chat/completions":  # the list would show other keys' completions
+            status, _, doc = _raw(gateway, method, path, body)
+            assert status == 403 and doc["error"]["code"] == "own_upstream_key_required"
+            continue
         status, headers, doc = _raw(gateway, method, path, body)
         assert (status, doc) == (200, {"ok": path}), (method, path)
         assert headers["X-Trex-Upstream-Provider"] == "openai"
@@ -331,6 +351,7 @@ def test_a_key_without_an_openai_binding_and_the_override_header(gateway: Gatewa
     sent = gateway.fake.last().headers
     assert sent["Authorization"] == f"Bearer {own}" and sent["OpenAI-Organization"] == "org-client"
     # With the bound key the organization is not the client's to choose.
+    make_response(gateway, RESP_ID)
     gateway.openai().responses.retrieve(RESP_ID, extra_headers={"OpenAI-Organization": "org-other"})
     assert "OpenAI-Organization" not in gateway.fake.last().headers
 
@@ -367,6 +388,7 @@ def test_a_malformed_body_is_a_400_before_anything_is_sent(gateway: GatewaySetup
 
 
 def test_upstream_errors_come_back_with_their_status_in_openai_shape(gateway: GatewaySetup) -> None:
+    make_response(gateway, RESP_ID)
     path = f"/v1/responses/{RESP_ID}"
     client = gateway.openai()
     gateway.fake.set(path, Reply.json("openai/error_rate_limit.json", 429, headers={"Retry-After": "7"}))
@@ -444,17 +466,18 @@ def test_polling_counts_against_the_rate_limit_not_the_plan_quota(
 def test_polls_are_rate_limited_like_every_authenticated_request(
     make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream, setups: list[GatewaySetup]
 ) -> None:
-    setup = _setup(make_worker, fake_upstream, RATE_LIMIT_PER_MINUTE=2)
+    setup = _setup(make_worker, fake_upstream, RATE_LIMIT_PER_MINUTE=3)
     setups.append(setup)
+    make_response(setup, RESP_ID, background=True)  # the minute's first request
     fake_upstream.set(f"/v1/responses/{RESP_ID}", Reply.json(_response("in_progress")))
     client = setup.openai()
     first = client.responses.with_raw_response.retrieve(RESP_ID)
-    assert first.headers["X-RateLimit-Limit"] == "2" and first.headers["X-RateLimit-Remaining"] == "1"
+    assert first.headers["X-RateLimit-Limit"] == "3" and first.headers["X-RateLimit-Remaining"] == "1"
     client.responses.retrieve(RESP_ID)
     with pytest.raises(openai.RateLimitError) as err:
         client.responses.retrieve(RESP_ID)
     assert err.value.code == "rate_limit_exceeded" and err.value.response.headers["Retry-After"]
-    assert len(fake_upstream.received) == 2
+    assert len(fake_upstream.received) == 3
 
 
 # ---- background on a model OpenAI does not serve ------

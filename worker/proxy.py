@@ -47,7 +47,7 @@ from adapters.base import (
 from adapters.sse import COMMENT, SSEEvent, SSEParser, frame
 from adapters.transport import UpstreamUnavailable
 
-from . import memory, sessions, tokens
+from . import memory, sessions, stored_owners, tokens
 from .accounting import claims
 from .accounting.events import Begun, Outcome
 from .accounting.usage import Observed
@@ -89,12 +89,19 @@ _ERROR_BODY_LIMIT = 1 << 20
 class Relay(Protocol):
     """Turns upstream SSE events into client bytes."""
 
-    done: bool
-    failed: bool
-    """The upstream ended the stream with an error event of its own (done, but not completed)."""
-    finished: bool
-    """The upstream has sent its finish signal (a finish_reason, Anthropic's message_delta): the answer is
-    complete, and an end of the stream without its terminator is a normal end, as the SDKs take it."""
+    @property
+    def done(self) -> bool: ...
+
+    @property
+    def failed(self) -> bool:
+        """The upstream ended the stream with an error event of its own (done, but not completed)."""
+        ...
+
+    @property
+    def finished(self) -> bool:
+        """The upstream has sent its finish signal (a finish_reason, Anthropic's message_delta): the answer is
+        complete, and an end of the stream without its terminator is a normal end, as the SDKs take it."""
+        ...
 
     def feed(self, event: SSEEvent) -> bytes: ...
 
@@ -419,9 +426,13 @@ async def proxy(
                     gw.payloads.bytes_per_day if named else 0,
                 )
             )
+        # What OpenAI stores for this request is recorded as this key's (stored_owners); nothing else is.
+        made = stored_owners.kind_made(wire, body) if fmt == wire and route.provider == "openai" else None
         is_sse = _is_event_stream(upstream)
         if stream and is_sse:
-            relay = _make_relay(fmt, wire, route, body, wants_usage)
+            relay: Relay = _make_relay(fmt, wire, route, body, wants_usage)
+            if made is not None:
+                relay = stored_owners.OwnedStream(relay, request[CTX], gw.kv, made, key.id)
             chunks: list[bytes] | None = [] if acct is not None else None
             try:
                 response, outcome = await _stream(request, upstream, relay, out_headers, chunks)
@@ -444,6 +455,8 @@ async def proxy(
         if failed_status is not None:
             _finish_usage(gw, acct, failed_status, "upstream_error", None)
             return _error_from(request, data, failed_status, fmt, wire, out_headers, api_key)
+        if made is not None:
+            request[CTX].wait_until(stored_owners.remember_answer(gw.kv, made, data, key.id))
         if fmt == wire and not stream:
             stripped = data.strip()
             if not (stripped.startswith(b"{") and stripped.endswith(b"}")):
@@ -1290,7 +1303,7 @@ async def _write(out: web.StreamResponse, data: bytes) -> bool:
 async def _stream(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
-    relay: PassthroughRelay | TranslatingRelay,
+    relay: Relay,
     headers: dict[str, str],
     chunks: list[bytes] | None = None,
 ) -> tuple[web.StreamResponse, Outcome]:

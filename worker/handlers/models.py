@@ -18,6 +18,7 @@ from ..optimizing import count_tokens as count_request_tokens
 from ..proxy import authenticate, forward_json, proxy, reachable_providers
 from ..quotas import QuotaPlan
 from ..routing import ModelNotFoundError, Provider, checked_model, resolve
+from .stored import check_previous_response, goes_with_own_key
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -31,7 +32,10 @@ async def responses(request: web.Request) -> web.StreamResponse:
     """`POST /v1/responses` (OpenAI Responses)."""
     gw = request.app[GATEWAY]
     key = await authenticate(request, gw)
-    return await proxy(request, gw, key, "responses", await read_json_object(request))
+    body = await read_json_object(request)
+    if "previous_response_id" in body and not goes_with_own_key(request, body.get("model")):
+        await check_previous_response(gw, key, body)
+    return await proxy(request, gw, key, "responses", body)
 
 
 async def messages(request: web.Request) -> web.StreamResponse:

@@ -7,15 +7,19 @@ id.
 They are no model calls: no optimizer, no routing, no plan quota, no usage event. The calling key is
 authenticated and admitted by the rate limits like `GET /v1/models`, and the call goes with its OpenAI binding
 (or an `X-Upstream-Api-Key` whose format names OpenAI). OpenAI's answer comes back with its status and body, a
-stream event by event as it arrives. State exists only for what OpenAI served: a response translated for
-Claude or another provider was stored nowhere, and asking about its id gets OpenAI's own 404.
+stream event by event as it arrives.
+
+OpenAI keeps these objects per OpenAI project, and one OpenAI key may be bound to several proxy keys: with the
+binding, an id is served only to the proxy key that made it through the gateway (`stored_owners`); any other
+id gets OpenAI's own not-found without OpenAI being asked, and the list of stored chat completions, which
+would show every key's, is refused. The client's own OpenAI key reaches its own project: passed through as is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -24,9 +28,11 @@ from yarl import URL
 
 from adapters.transport import UpstreamUnavailable
 
-from ..appkeys import GATEWAY, OVERRIDE_FOR, stamp
-from ..auth import MissingProviderKeyError
-from ..errors import InvalidRequestError, UpstreamError
+from ..appkeys import CTX, GATEWAY, OVERRIDE_FOR, stamp
+from ..auth import KeyRecord, MissingProviderKeyError
+from ..catalog import SMART_AUTO
+from ..errors import InvalidRequestError, PermissionDeniedError, UpstreamError
+from ..gateway import Gateway
 from ..jsonio import read_body
 from ..proxy import (
     _error_response,
@@ -37,14 +43,13 @@ from ..proxy import (
     _redirected,
     _stream_headers,
     _upstream_headers,
+    _uses_own_key,
     _write,
     authenticate,
     provider_key,
 )
+from ..stored_owners import ID_RE, Kind, forget, made_by, not_found, previous_not_found
 
-# An id goes into the upstream path as it is: only what OpenAI's ids are made of (`resp_…`, `chatcmpl-…`),
-# never a `/`, `.` or `%` that could make the path another endpoint's for the bound key.
-_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,255}")
 _decoder = msgspec.json.Decoder()
 
 
@@ -53,8 +58,9 @@ async def forward(request: web.Request) -> web.StreamResponse:
     base URL ends with) and return its answer."""
     gw = request.app[GATEWAY]
     key = await authenticate(request, gw)
-    url = _upstream_url(request, gw.base_urls["openai"])
+    url, target = _upstream_url(request, gw.base_urls["openai"])
     body = await read_body(request)
+    doc: dict[str, Any] = {}
     if body.strip():
         try:
             doc = _decoder.decode(body)
@@ -71,6 +77,8 @@ async def forward(request: web.Request) -> web.StreamResponse:
     except MissingProviderKeyError as exc:
         exc.param = None  # there is no model to name
         raise
+    if not _uses_own_key(request, "openai"):  # the binding, perhaps shared: only what this key made
+        await _check_made_by(request, gw, key, target, doc)
     headers = _upstream_headers(request, gw, "openai", api_key)
     out_headers = {"X-Trex-Upstream-Provider": "openai"}
     try:
@@ -93,6 +101,8 @@ async def forward(request: web.Request) -> web.StreamResponse:
         if _is_event_stream(upstream):
             return await _relay(request, upstream, out_headers)
         data = await upstream.read()  # bounded by the session's total and idle timeouts
+        if request.method == "DELETE" and target is not None:  # OpenAI deleted it: so goes its record
+            request[CTX].wait_until(forget(gw.kv, *target))
         if data or upstream.status not in (204, 205):
             out_headers["Content-Type"] = upstream.headers.get("Content-Type", "application/json")
         return web.Response(body=data or None, status=upstream.status, headers=out_headers)
@@ -111,24 +121,71 @@ async def forward(request: web.Request) -> web.StreamResponse:
         upstream.release()
 
 
-def _upstream_url(request: web.Request, base: str) -> URL:
-    """The route's own path with its id checked, under OpenAI's base URL, and the query string unchanged."""
-    resource = request.match_info.route.resource
-    assert resource is not None  # a matched route always has one
-    path = resource.canonical.removeprefix("/v1")
+def _upstream_url(request: web.Request, base: str) -> tuple[URL, tuple[Kind, str] | None]:
+    """The route's own path with its id checked, under OpenAI's base URL, and the query string unchanged;
+    and the object the route is about, if it names one."""
+    path = _canonical(request).removeprefix("/v1")
+    target: tuple[Kind, str] | None = None
     if "{id}" in path:
         ident = request.match_info["id"]
-        if not _ID_RE.fullmatch(ident):
-            param = "response_id" if path.startswith("/responses") else "completion_id"
+        responses = path.startswith("/responses")
+        # The id goes into the upstream path as it is: never a `/`, `.` or `%` that could make the path
+        # another endpoint's for the bound key.
+        if not ID_RE.fullmatch(ident):
+            param = "response_id" if responses else "completion_id"
             raise InvalidRequestError(
                 f"Invalid '{param}': {ident[:100]!r}; expected an OpenAI id ('resp_…', 'chatcmpl-…').",
                 param=param,
                 code="invalid_id",
             )
         path = path.replace("{id}", ident)
+        target = ("response" if responses else "chat_completion", ident)
     url = str(URL(base + path))
     query = request.rel_url.raw_query_string
-    return URL(f"{url}?{query}" if query else url, encoded=True)  # encoded: sent exactly as it came
+    return URL(f"{url}?{query}" if query else url, encoded=True), target  # encoded: sent exactly as it came
+
+
+def _canonical(request: web.Request) -> str:
+    """The route's path as the route table has it (`/v1/responses/{id}`)."""
+    resource = request.match_info.route.resource
+    assert resource is not None  # a matched route always has one
+    return resource.canonical
+
+
+async def _check_made_by(
+    request: web.Request, gw: Gateway, key: KeyRecord, target: tuple[Kind, str] | None, doc: dict[str, Any]
+) -> None:
+    """With the key's binding, which other proxy keys may share, only what this key made is reached: another
+    id is OpenAI's own not-found (asked of nobody, so nothing tells whether it exists), and the list of stored
+    chat completions, which would hold every key's, is refused."""
+    if target is not None:
+        if not await made_by(gw.kv, *target, key.id):
+            raise not_found(*target)
+    elif _canonical(request) == "/v1/chat/completions":
+        raise PermissionDeniedError(
+            "Listing stored chat completions is not available with the OpenAI key this proxy key is bound "
+            "to: it may be shared with other proxy keys, whose completions the list would show. Retrieve "
+            "yours by id, or list them with your own OpenAI key in the X-Upstream-Api-Key header.",
+            code="own_upstream_key_required",
+            headers={"X-Trex-Upstream-Provider": "openai"},
+        )
+    else:  # counting input tokens: a previous response is read too
+        await check_previous_response(gw, key, doc)
+
+
+def goes_with_own_key(request: web.Request, model: Any) -> bool:
+    """True when a model request naming `model` reaches OpenAI with the client's own `X-Upstream-Api-Key`
+    (for a model it names, the override is for that model's provider; for smart-auto, for the provider its
+    format names)."""
+    return _override(request) is not None and (model != SMART_AUTO or _override_provider(request) == "openai")
+
+
+async def check_previous_response(gw: Gateway, key: KeyRecord, body: dict[str, Any]) -> None:
+    """A `previous_response_id` sent with the key's binding must be a response this key made: the model would
+    otherwise be given another key's conversation. Another id is OpenAI's own 400 for one it does not have."""
+    previous = body.get("previous_response_id")
+    if isinstance(previous, str) and not await made_by(gw.kv, "response", previous, key.id):
+        raise previous_not_found(previous)
 
 
 class _Relayed(web.StreamResponse):
