@@ -137,3 +137,22 @@ def test_tokenize_gives_the_same_terms_from_its_chunk_cache_and_keeps_the_cache_
     bm25._TERMS.clear()
     assert tokenize(text) == cold
     assert len(bm25._TERMS) <= 3
+
+
+def test_tokenizing_long_unique_tokens_retains_no_memory() -> None:
+    """Hex strings, base64 blobs and JWTs in a conversation are one chunk each, rarely seen twice: the
+    tokenizer's shared cache must not keep them (it held ~25x their size each, growing the worker by MBs
+    per request until it ran out of memory)."""
+    import secrets
+    import tracemalloc
+
+    tokens = [secrets.token_urlsafe(7_500) for _ in range(100)]  # ~10 KB each, like a base64url blob
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for token in tokens:
+            assert tokenize(f"the blob {token} again")
+        retained = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert retained < 1_000_000, f"{retained} bytes kept after tokenizing {len(tokens)} long tokens"

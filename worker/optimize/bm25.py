@@ -50,9 +50,13 @@ def _parts(chunk: str) -> list[str]:
 
 
 # Terms by chunk, shared by every call: words recur (within a text and across requests), and a chunk's terms
-# depend on the chunk alone. Bounded: emptied when full, so memory stays small whatever the traffic.
+# depend on the chunk alone. Bounded in entries (emptied when full) and in their size: only chunks of words'
+# length are kept. A long chunk (a hex string, a base64 blob, a JWT) is rarely seen twice, and its terms
+# repeat it lowercased and in pieces, so caching each one held many times its size: a few MB per request
+# of such traffic, up to gigabytes before the entry bound was reached.
 _TERMS: dict[str, tuple[str, ...]] = {}
-_TERMS_MAX = 50_000
+_TERMS_MAX = 20_000
+_CACHED_CHUNK_MAX = 32
 
 
 def _chunk_terms(chunk: str) -> tuple[str, ...]:
@@ -83,9 +87,10 @@ def tokenize(text: str) -> list[str]:
         found = cache.get(chunk)
         if found is None:
             found = _chunk_terms(chunk)
-            if len(cache) >= _TERMS_MAX:
-                cache.clear()
-            cache[chunk] = found
+            if len(chunk) <= _CACHED_CHUNK_MAX:
+                if len(cache) >= _TERMS_MAX:
+                    cache.clear()
+                cache[chunk] = found
         terms += found
     return terms
 
