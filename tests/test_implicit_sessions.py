@@ -148,3 +148,24 @@ def test_implicit_sessions_is_an_on_off_switch(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         build_gateway(config, None)  # type: ignore[arg-type]
     assert err.value.key == "vars.IMPLICIT_SESSIONS"
+
+
+def test_a_one_shot_request_stores_nothing(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """A system prompt and a question (a classification pipeline's every request) has no exchange to replay:
+    nothing is kept for it, where each such request used to be stored for SESSION_TTL_SECONDS. With implicit
+    sessions off, its generated id is the only way back to it, and it is stored as before."""
+    for switch, kept in (("on", 0), ("off", 1)):
+        w = make_worker(variables={"IMPLICIT_SESSIONS": switch}, dev_vars={"TREX_MASTER_KEY": MASTER_KEY})
+        key_id, token = _key(w)
+        client = _openai(w, token)
+        one_shot = [SYSTEM, {"role": "user", "content": "Classify: the refund of $40.00 never arrived."}]
+        for _ in range(3):
+            raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=one_shot)  # type: ignore[arg-type]
+            assert raw.headers["X-Trex-Session-Id"].startswith("sess_")
+        deadline = time.monotonic() + 2
+        while len(_stored(w, key_id)) < 3 * kept and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
+        assert len(_stored(w, key_id)) == 3 * kept

@@ -408,8 +408,11 @@ async def proxy(
             return await _error_response(request, upstream, fmt, wire, out_headers, api_key)
         if upstream.status >= 300:  # redirects are not followed (see adapters.transport)
             raise _redirected(route.provider, upstream.status, out_headers)
-        if replay.field is not None and (named or replay.hashes):
-            # Remember what was forwarded once the upstream has accepted it, after the response.
+        # Remember what was forwarded once the upstream has accepted it, after the response. Under an id the
+        # worker generated, only when that id is the one way back to it (implicit sessions off): otherwise
+        # the conversation has not had its first exchange, nothing of it would be replayed, and storing it
+        # would keep every one-shot request (a system prompt and a question) for SESSION_TTL_SECONDS.
+        if replay.field is not None and (named or (replay.hashes and not gw.implicit_sessions)):
             request[CTX].wait_until(
                 sessions.remember(
                     gw.kv,
