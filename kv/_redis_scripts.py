@@ -140,3 +140,44 @@ if recorded and tonumber(recorded) > tonumber(ARGV[1]) then
 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 """ + _incr_loop(3, 4)
+
+# One slice of the sweep that drops index members whose entry is gone: Redis's own expiry removes a value hash
+# but not its member of the index, and a key nobody lists again would keep it for good. KEYS[1] index sorted
+# set, KEYS[2] the sweep's cursor (shared by every instance: the last member looked at; '' while resting
+# after a pass). ARGV[1] the value hashes' name prefix, ARGV[2] the caller's clock, ARGV[3] the slice size,
+# ARGV[4] how long to rest after a pass, in ms. The hashes are named here from their members rather than
+# passed as KEYS, since which members a slice holds is only known inside the script (standalone Redis allows
+# it; this layout, an index beside its hashes, is not for Redis Cluster anyway). Atomic, as CLEANUP: an entry
+# written again meanwhile is never dropped. Returns 1 while the pass has more members to see, else 0.
+SWEEP = """
+local after = redis.call('GET', KEYS[2])
+if after == '' then
+  return 0
+end
+local low = '-'
+if after then
+  low = '(' .. after
+end
+local size = tonumber(ARGV[3])
+local members = redis.call('ZRANGEBYLEX', KEYS[1], low, '+', 'LIMIT', 0, size)
+local now = tonumber(ARGV[2])
+for _, member in ipairs(members) do
+  local hash = ARGV[1] .. member
+  local expiration = redis.call('HGET', hash, 'e')
+  if expiration then
+    if tonumber(expiration) <= now then
+      redis.call('DEL', hash)
+      redis.call('ZREM', KEYS[1], member)
+    end
+  elseif redis.call('EXISTS', hash) == 0 then
+    redis.call('ZREM', KEYS[1], member)
+  end
+end
+if #members < size then
+  redis.call('SET', KEYS[2], '', 'PX', ARGV[4])
+  return 0
+end
+-- A day's TTL: a namespace nobody uses any more keeps no cursor (a pass it cuts short starts again).
+redis.call('SET', KEYS[2], members[#members], 'EX', 86400)
+return 1
+"""

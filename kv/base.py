@@ -340,6 +340,25 @@ class KVNamespace(abc.ABC):
                 return out
             cursor = page.cursor
 
+    async def sweep(self, *, rest_seconds: float) -> bool:
+        """Reclaim the space of expired entries, one bounded slice per call; returns whether the current pass
+        over the store has more to look at (call again soon) or is over (call again in a while).
+
+        Expired entries are invisible at once but keep their space until something removes them: a `get` or
+        `list` that meets them, or this. Keys nothing reads again (per-minute counters, sessions, nonces)
+        are only ever removed here, so a long-running process calls it now and then (the worker does, in the
+        background). Each call does a bounded amount of work, so it never holds the store long: on SQLite it
+        deletes a few hundred expired rows; on Redis, whose own expiry removes the value hashes but not their
+        members of the index `list` reads, it looks at a few hundred index members from where the last call
+        (of any instance) left off and drops those whose entry is gone. `rest_seconds` (> 0): after a pass
+        ends, calls by any instance on the same Redis return False at once for that long, so several
+        instances do one pass between them, not one each. Safe alongside every other operation and other
+        callers."""
+        if not rest_seconds > 0:
+            raise ValueError(f"rest_seconds must be positive, got {rest_seconds!r}")
+        self._check_open()
+        return await self._sweep(self._clock(), rest_seconds)
+
     def independent(self) -> KVNamespace:
         """The same data through a connection of its own, for a background writer whose batches must not
         queue everyone else's operations behind them. Backends whose operations never queue behind each
@@ -429,6 +448,10 @@ class KVNamespace(abc.ABC):
     @abc.abstractmethod
     async def _scan(self, prefix: bytes, after: bytes | None, count: int, now: float) -> Sequence[StoredKey]:
         """Return up to ``count`` live keys starting with ``prefix`` and above ``after``, ascending."""
+
+    @abc.abstractmethod
+    async def _sweep(self, now: float, rest_seconds: float) -> bool:
+        """Remove a bounded slice of what expired by `now`; True while the current pass has more to see."""
 
     @abc.abstractmethod
     async def _close(self) -> None:

@@ -13,6 +13,7 @@ from kv.clock import Clock
 from kv.errors import KVError
 
 _PRUNE_TOKENS_AT = 4096
+_SWEEP_SLICE = 1000
 
 
 def _is_live(entry: Write, now: float) -> bool:
@@ -32,6 +33,8 @@ class MemoryKV(KVNamespace):
         self._sorted_keys: list[bytes] = []
         self._tokens: dict[bytes, int] = {}
         """`incr_many_once` tokens and the expiration of their record."""
+        self._swept_to: bytes | None = None
+        """The last key the sweep's current pass looked at (None: the pass starts from the first)."""
 
     def _remove(self, key: bytes) -> None:
         if self._entries.pop(key, None) is not None:
@@ -120,6 +123,20 @@ class MemoryKV(KVNamespace):
         for key in expired:
             self._remove(key)
         return found
+
+    async def _sweep(self, now: float, rest_seconds: float) -> bool:
+        keys = self._sorted_keys
+        start = 0 if self._swept_to is None else bisect.bisect_right(keys, self._swept_to)
+        seen = keys[start : start + _SWEEP_SLICE]
+        for key in seen:
+            if not _is_live(self._entries[key], now):
+                self._remove(key)
+        if len(seen) < _SWEEP_SLICE:
+            self._swept_to = None
+            self._tokens = {t: e for t, e in self._tokens.items() if e > now}
+            return False
+        self._swept_to = seen[-1]
+        return True
 
     async def _close(self) -> None:
         self._entries.clear()

@@ -24,6 +24,8 @@ _EXPIRATION = b"e"
 _METADATA = b"m"
 _MIN_SCAN_BATCH = 32
 _PUT_MANY_SLICE = 256
+_SWEEP_SLICE = 256
+"""Index members one sweep call looks at: a script of well under a millisecond, so nobody waits behind it."""
 MAX_CONNECTIONS = 128
 """Connections per instance to Redis (the pool's default size; `?max_connections=N` in the URL changes it)."""
 
@@ -69,7 +71,8 @@ class RedisKV(KVNamespace):
 
     Each key is a hash ``{namespace}:kv:v:<key>`` holding value, metadata and expiration;
     the sorted set ``{namespace}:kv:index`` (all scores 0) lists keys in byte order.
-    Visibility is decided by ``clock``; native Redis expiry only reclaims memory.
+    Visibility is decided by ``clock``; native Redis expiry only reclaims memory, and ``sweep`` drops the
+    index members it leaves behind (``{namespace}:kv:sweep`` holds where the sweep is).
     """
 
     def __init__(
@@ -109,6 +112,7 @@ class RedisKV(KVNamespace):
         self._incr_script = self._client.register_script(_redis_scripts.INCR_MANY)
         self._incr_once_script = self._client.register_script(_redis_scripts.INCR_MANY_ONCE)
         self._put_many_script = self._client.register_script(_redis_scripts.PUT_MANY)
+        self._sweep_script = self._client.register_script(_redis_scripts.SWEEP)
 
     def _hash(self, key: bytes) -> bytes:
         return self._prefix + b"v:" + key
@@ -291,6 +295,14 @@ class RedisKV(KVNamespace):
             low = b"(" + members[-1]
         await self._cleanup(stale, now)
         return found
+
+    async def _sweep(self, now: float, rest_seconds: float) -> bool:
+        with self._translate_errors():
+            more = await self._sweep_script(
+                keys=[self._index, self._prefix + b"sweep"],
+                args=[self._prefix + b"v:", repr(now), _SWEEP_SLICE, max(1, math.ceil(rest_seconds * 1000))],
+            )
+        return bool(more)
 
     async def _close(self) -> None:
         with self._translate_errors():

@@ -89,13 +89,18 @@ def _incr_once_sql(rows: int) -> str:
 
 
 _DELETE = "DELETE FROM kv WHERE key = ?"
-_PURGE_EXPIRED = "DELETE FROM kv WHERE expiration IS NOT NULL AND expiration <= ?"
+# One bounded slice of expired rows (the partial index on expiration finds them), so that a sweep never holds
+# the database's one write lock for long, however much expired at once.
+_SWEEP_EXPIRED = (
+    "DELETE FROM kv WHERE rowid IN "
+    "(SELECT rowid FROM kv WHERE expiration IS NOT NULL AND expiration <= ? LIMIT ?) RETURNING 1"
+)
+_SWEEP_ROWS = 500
 
 # busy_timeout already waits for other writers; these retries only cover the cases where
 # SQLite reports a lock without invoking the busy handler (e.g. during WAL recovery).
 _LOCK_RETRIES = 8
 _LOCK_BACKOFF_S = 0.02
-_PURGE_EVERY_WRITES = 1000
 
 
 def _is_lock_error(exc: sqlite3.OperationalError) -> bool:
@@ -135,7 +140,6 @@ class SqliteKV(KVNamespace):
         self._busy_timeout_ms = busy_timeout_ms
         self._conn: aiosqlite.Connection | None = None
         self._connect_lock = asyncio.Lock()
-        self._writes_since_purge = 0
 
     def independent(self) -> SqliteKV:
         # aiosqlite runs one connection's statements one at a time on one thread; WAL lets a second
@@ -174,7 +178,6 @@ class SqliteKV(KVNamespace):
             await self._retrying(conn, "PRAGMA synchronous = NORMAL", ())
             for statement in _SCHEMA:
                 await self._retrying(conn, statement, ())
-            await self._retrying(conn, _PURGE_EXPIRED, (self._clock(),))
         except BaseException:
             await conn.close()
             raise
@@ -195,13 +198,6 @@ class SqliteKV(KVNamespace):
     async def _query(self, sql: str, params: Sequence[object]) -> list[Any]:
         return await self._retrying(await self._connection(), sql, params)
 
-    async def _after_write(self, now: float) -> None:
-        # Expired rows are invisible but still take space; sweep them now and then.
-        self._writes_since_purge += 1
-        if self._writes_since_purge >= _PURGE_EVERY_WRITES:
-            self._writes_since_purge = 0
-            await self._query(_PURGE_EXPIRED, (now,))
-
     async def _get(self, key: bytes, now: float) -> StoredValue | None:
         rows = await self._query(_SELECT_LIVE, (key, now))
         if not rows:
@@ -211,7 +207,6 @@ class SqliteKV(KVNamespace):
 
     async def _put(self, write: Write, now: float) -> None:
         await self._query(_UPSERT, (write.key, write.value, write.expiration, _metadata_text(write.metadata)))
-        await self._after_write(now)
 
     async def _put_many(self, writes: Sequence[Write], now: float) -> None:
         # One multi-row upsert per slice: a single statement is atomic and commits once.
@@ -222,7 +217,6 @@ class SqliteKV(KVNamespace):
             for w in part:
                 params += (w.key, w.value, w.expiration, _metadata_text(w.metadata))
             await self._query(sql, params)
-        await self._after_write(now)
 
     async def _incr_many(
         self, keys: Sequence[bytes], deltas: Sequence[int], expirations: Sequence[int | None], now: float
@@ -262,7 +256,6 @@ class SqliteKV(KVNamespace):
             params += (key, str(delta), expiration)
         # ONCE_MAX_KEYS rows at most: one statement, so the token and every count are written together.
         rows = await self._query(_incr_once_sql(len(keys) + 1), [*params, marker, now, now, now, now])
-        await self._after_write(now)
         if not rows:
             return None  # the token's row is live: applied before
         return self._counted(keys, {bytes(k): text for text, k in rows})
@@ -272,7 +265,6 @@ class SqliteKV(KVNamespace):
             _INSERT_IF_ABSENT,
             (write.key, write.value, write.expiration, _metadata_text(write.metadata), now),
         )
-        await self._after_write(now)
         return bool(rows)
 
     async def _delete(self, key: bytes) -> None:
@@ -293,6 +285,13 @@ class SqliteKV(KVNamespace):
             StoredKey(key=bytes(key), expiration=expiration, metadata=_metadata_bytes(metadata))
             for key, expiration, metadata in rows
         ]
+
+    async def _sweep(self, now: float, rest_seconds: float) -> bool:
+        # Expired rows are invisible but keep their space until deleted; every process on the file may sweep,
+        # each slice one short statement. (`rest_seconds` is for stores shared with instances that cannot
+        # see each other's passes; a slice that finds nothing here is one index probe.)
+        deleted = await self._query(_SWEEP_EXPIRED, (now, _SWEEP_ROWS))
+        return len(deleted) == _SWEEP_ROWS
 
     async def _close(self) -> None:
         async with self._connect_lock:

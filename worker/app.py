@@ -388,6 +388,7 @@ async def create_app(
 
     async def _startup(app: web.Application) -> None:
         app[GATEWAY].recorder.start()
+        app[GATEWAY].sweeper.start()
 
     async def _shutdown(app: web.Application) -> None:
         app[STOPPING].set()

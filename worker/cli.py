@@ -26,6 +26,7 @@ from .accounting.plans import parse_plans
 from .accounting.pricing import PriceTable
 from .auth import PROVIDERS, KeyStore
 from .cli_agents import add_agents_parser, agents_command
+from .cli_credits import add_credits_parser, credits_command
 from .config import Config, ConfigError, ConfigSource, Overrides, redacted_url
 from .errors import GatewayError
 from .gateway import optimize_mode
@@ -36,7 +37,7 @@ from .optimize.base import MODES
 from .optimize.pipeline import PROFILES, optimize
 from .optimize.segments import detect_format
 from .optimizing import compression_object, resolve_options, validate_payload
-from .quotas import Quotas, parse_quota_plans
+from .quotas import parse_quota_plans
 from .server import run
 from .vault import MASTER_KEY_NAME, Vault, VaultError, ensure_master_key
 
@@ -129,13 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     use.add_argument("--group-by", choices=list(GROUP_BYS), help="one row per model, day or provider")
 
-    credits = sub.add_parser("credits", help="Compute Credits: a USD balance per proxy key")
-    credits_sub = credits.add_subparsers(dest="credits_command", metavar="ACTION", required=True)
-    c_add = credits_sub.add_parser("add", parents=[state], help="add credits (negative to remove)")
-    c_add.add_argument("key_id")
-    c_add.add_argument("amount", type=float, help="USD")
-    c_show = credits_sub.add_parser("show", parents=[state], help="a key's balance")
-    c_show.add_argument("key_id")
+    add_credits_parser(sub, state)
 
     logs = sub.add_parser("logs", parents=[state], help="a proxy key's request log, newest first")
     logs.add_argument("key_id")
@@ -342,20 +337,6 @@ def _usage_command(args: argparse.Namespace, config: Config) -> int:
     return asyncio.run(_with_kv(config.kv_url, act))
 
 
-def _credits_command(args: argparse.Namespace, config: Config) -> int:
-    async def act(kv: KVNamespace) -> int:
-        await KeyStore(kv, None).get(args.key_id)  # an unknown key is an error, not a new balance
-        quotas = Quotas(kv, {})
-        if args.credits_command == "add":
-            balance = await quotas.add_credits(args.key_id, args.amount)
-        else:
-            balance = await quotas.balance(args.key_id)
-        _print(args, {"key_id": args.key_id, "balance_usd": balance}, f"{args.key_id}: ${balance:,.6f}")
-        return EXIT_OK
-
-    return asyncio.run(_with_kv(config.kv_url, act))
-
-
 def _logs_command(args: argparse.Namespace, config: Config) -> int:
     if not 1 <= args.limit <= 1000:
         print("trex logs: --limit must be from 1 to 1000", file=sys.stderr)
@@ -492,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "logs":
             return _logs_command(args, source.load())
         if args.command == "credits":
-            return _credits_command(args, source.load())
+            return credits_command(args, source.load())
     except ConfigError as exc:
         print(f"trex: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -502,6 +483,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAIL if isinstance(exc, KVUnavailableError | KVClosedError) else EXIT_USAGE
     except GatewayError as exc:
         print(f"trex: error: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE if exc.status == 400 else EXIT_FAIL  # 400: an argument was refused
+        return EXIT_USAGE if exc.status in (400, 422) else EXIT_FAIL  # an argument was refused
     parser.error(f"unknown command {args.command}")
     return EXIT_USAGE  # unreachable: parser.error exits

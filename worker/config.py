@@ -58,6 +58,7 @@ DEFAULT_VARS: Mapping[str, str] = MappingProxyType(
         "USAGE_FLUSH_SECONDS": "1",
         "USAGE_RETENTION_DAYS": "90",
         "LOG_RETENTION_DAYS": "30",
+        "KV_SWEEP_SECONDS": "60",
         "AGENT_SIGNATURE_SKEW_SECONDS": "300",
         "MEMORY_TTL_SECONDS": str(7 * 86400),
         "PAYLOAD_BYTES_PER_DAY": str(256 * 1024 * 1024),
@@ -82,6 +83,7 @@ NUMERIC_VARS = frozenset(
         "USAGE_FLUSH_SECONDS",
         "USAGE_RETENTION_DAYS",
         "LOG_RETENTION_DAYS",
+        "KV_SWEEP_SECONDS",
         "AGENT_SIGNATURE_SKEW_SECONDS",
         "MEMORY_TTL_SECONDS",
     }

@@ -23,6 +23,7 @@ from .optimize.base import MODES
 from .payloads import MAX_TTL_SECONDS, MIN_TTL_SECONDS, PayloadStore
 from .quotas import Quotas, parse_quota_plans
 from .routing import PROVIDER_NAMES, ModelRoute, Provider, parse_model_table
+from .sweeper import Sweeper
 from .vault import MASTER_KEY_NAME, Vault, VaultError
 
 
@@ -53,6 +54,8 @@ class Gateway:
     catalog: Mapping[str, Entry]
     prices: PriceTable
     payloads: PayloadStore
+    sweeper: Sweeper
+    """Reclaims the space of expired KV entries in the background (started with the app)."""
     max_body_bytes: int = 1 << 20
     """`MAX_BODY_BYTES`: also the most a request may grow to once its TrexID references are expanded."""
     memory_ttl_seconds: int = 7 * 86400
@@ -69,7 +72,8 @@ class Gateway:
     """`IMPLICIT_SESSIONS`: a conversation sent without `X-Session-Id` is matched by its opening exchange."""
 
     async def close(self) -> None:
-        """Write the last usage events and release the upstream connection pools."""
+        """Stop the KV sweep, write the last usage events and release the upstream connection pools."""
+        await self.sweeper.close()
         await self.recorder.close()
         if self.recorder.kv is not self.kv:
             await self.recorder.kv.close()
@@ -172,6 +176,8 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
         retries=_count(config, "UPSTREAM_RETRIES", 10),
         retry_deadline=config.number("UPSTREAM_RETRY_DEADLINE"),
         retry_max_wait=config.number("UPSTREAM_RETRY_MAX_WAIT"),
+        # On the background writer's connection: on SQLite, requests never queue behind a slice.
+        sweeper=Sweeper(recorder.kv, config.number("KV_SWEEP_SECONDS")),
     )
 
 

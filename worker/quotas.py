@@ -36,7 +36,6 @@ import contextlib
 import dataclasses
 import fnmatch
 import functools
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -48,19 +47,16 @@ from .auth import KeyRecord
 from .config import ConfigError, plan_int
 from .errors import (
     GatewayError,
-    InvalidRequestError,
     PaymentRequiredError,
     PermissionDeniedError,
     RateLimitError,
 )
+from .grants import MICRO, Grant, grant_credits
 from .routing import SMART_AUTO
 
-MICRO = 1_000_000
 _DAY_TOKENS_TTL = 2 * 86400
 _WEEK_TOKENS_TTL = 8 * 86400
 """Token counters outlive their window (charges arrive after the response, possibly past midnight)."""
-MAX_CREDITS_USD = 1e9
-"""The largest credit grant, and balance, either way (far inside a 64-bit micro-dollar counter)."""
 _COUNTERS = ("daily_requests", "weekly_requests", "daily_tokens", "weekly_tokens", "daily_web_searches")
 # Integer plan fields and their least value.
 _INTEGER_FIELDS = (
@@ -442,24 +438,11 @@ class Quotas:
         """The key's Compute Credits in USD."""
         return await self._read(f"credits/{key_id}") / MICRO
 
-    async def add_credits(self, key_id: str, usd: float) -> float:
-        """Add (or, negative, remove) credits; returns the new balance in USD.
+    async def add_credits(self, key_id: str, usd: float, *, idempotency_key: str | None = None) -> Grant:
+        """Add (or, negative, remove) credits; the new balance in USD, applied at most once per
+        `idempotency_key` when one is given (see the `grants` module).
 
         Balances are micro-dollars in a 64-bit counter: a grant, and the balance it leaves, stay far inside it
         (an overflow would corrupt the counter for good), else a 400 naming `amount_usd`.
         """
-        if not math.isfinite(usd) or abs(usd) > MAX_CREDITS_USD:
-            raise InvalidRequestError(
-                f"'amount_usd' must be a finite number of at most {MAX_CREDITS_USD:,.0f} either way.",
-                param="amount_usd",
-            )
-        delta = round(usd * MICRO)
-        # Added first and taken back if it went past the bound: a check before the add would let grants made
-        # at the same moment pass it together.
-        balance = await self.kv.incr(f"credits/{key_id}", delta)
-        if abs(balance) > MAX_CREDITS_USD * MICRO:
-            await self.kv.incr(f"credits/{key_id}", -delta)
-            raise InvalidRequestError(
-                f"A balance may not exceed {MAX_CREDITS_USD:,.0f} USD either way.", param="amount_usd"
-            )
-        return balance / MICRO
+        return await grant_credits(self.kv, key_id, usd, idempotency_key)

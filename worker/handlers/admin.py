@@ -19,8 +19,8 @@ from ..agents import AGENT_STATES, AgentRecord
 from ..appkeys import CONFIG, GATEWAY
 from ..auth import KEY_STATES, PROVIDERS, KeyRecord
 from ..errors import AuthenticationError, InvalidRequestError, NotFoundError
+from ..grants import MAX_CREDITS_USD
 from ..jsonio import json_response, read_json_object
-from ..quotas import MAX_CREDITS_USD
 
 ADMIN_TOKEN_NAME = "TREX_ADMIN_TOKEN"
 
@@ -180,11 +180,14 @@ async def list_plans(request: web.Request) -> web.StreamResponse:
 
 
 async def credits(request: web.Request) -> web.StreamResponse:
-    """`GET /admin/v1/keys/{id}/credits` (the balance) and `POST` {amount_usd} (add; negative removes)."""
+    """`GET /admin/v1/keys/{id}/credits` (the balance) and `POST` {amount_usd} (add; negative removes),
+    applied at most once per `Idempotency-Key` header within a day (a repeat answers the first answer again,
+    marked `Idempotent-Replayed: true`; the key reused for another grant is a 422)."""
     _require_admin(request)
     gw = request.app[GATEWAY]
     key_id = request.match_info["id"]
     await gw.keys.get(key_id)
+    headers = {}
     if request.method == "POST":
         body = await read_json_object(request)
         amount = body.get("amount_usd")
@@ -192,10 +195,15 @@ async def credits(request: web.Request) -> web.StreamResponse:
             raise InvalidRequestError("'amount_usd' is required and must be a number.", param="amount_usd")
         if isinstance(amount, int) and abs(amount) > MAX_CREDITS_USD:
             amount = math.inf  # too many digits for a float: refused as out of range, not a 500
-        balance = await gw.quotas.add_credits(key_id, float(amount))
+        grant = await gw.quotas.add_credits(
+            key_id, float(amount), idempotency_key=request.headers.get("Idempotency-Key")
+        )
+        balance = grant.balance_usd
+        if grant.replayed:
+            headers["Idempotent-Replayed"] = "true"
     else:
         balance = await gw.quotas.balance(key_id)
-    return json_response({"key_id": key_id, "object": "credits", "balance_usd": balance})
+    return json_response({"key_id": key_id, "object": "credits", "balance_usd": balance}, headers=headers)
 
 
 def _agent_doc(record: AgentRecord) -> dict[str, Any]:
