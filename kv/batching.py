@@ -85,6 +85,9 @@ class CounterBatch:
     def __init__(self, kv: KVNamespace) -> None:
         self.kv = kv
         self.round_trips = 0
+        self.prunes = 0
+        """Passes over the leases that dropped the expired ones (each is O(leases); see `_prune`)."""
+        self._prune_at = _PRUNE_AT
         self._queue: deque[_Batch] = deque()  # not sent yet; the last one still takes increments
         self._sender: asyncio.Task[None] | None = None
         self._leases: dict[str, _Leases] = {}
@@ -121,7 +124,7 @@ class CounterBatch:
                 out[i] = value - size + 1
                 leases = self._leases.get(key)
                 if leases is None:
-                    if len(self._leases) >= _PRUNE_AT:
+                    if len(self._leases) >= self._prune_at:
                         self._prune()
                     leases = self._leases[key] = _Leases(ttl)
                 leases.seen = max(leases.seen, value)
@@ -130,9 +133,14 @@ class CounterBatch:
         return out
 
     def _prune(self) -> None:
+        """Drop the expired leases. The next pass waits until the map has doubled from what is left, so with
+        many live counters (a new client IP every request) a new counter does not pay a scan of them all:
+        the cost per counter stays constant and the map at most twice its live size."""
         now = time.monotonic()
         for key in [k for k, v in self._leases.items() if v.expires <= now]:
             del self._leases[key]
+        self.prunes += 1
+        self._prune_at = max(_PRUNE_AT, 2 * len(self._leases))
 
     async def incr(self, increments: Sequence[Increment]) -> list[int]:
         """Add each `(key, delta, expiration_ttl)` and return, per entry, the value after this call's
