@@ -268,6 +268,16 @@ class _CutShort(web.StreamResponse):
         return None
 
 
+def _fail_usage(request: web.Request, status: int) -> None:
+    """A request that failed after its usage event began (a KV error between attempts, say): the event ends
+    as failed, nothing billed, rather than staying pending in memory and in the KV for good. One the handler
+    completed already is left as it is."""
+    begun = request.get(USAGE_EVENT)
+    usage = request.app[GATEWAY].usage
+    if begun is not None and usage is not None:
+        usage.complete(begun, http_status=status, outcome="upstream_failed")
+
+
 def make_edge_middleware(config: Config, access: AccessLog | None) -> Middleware:
     """The outermost middleware, closed over what it needs so nothing is looked up per request."""
     max_body = config.max_body_bytes
@@ -312,9 +322,11 @@ def make_edge_middleware(config: Config, access: AccessLog | None) -> Middleware
                     extra={"request_id": rid, "headers": redact_headers(request.headers.items())},
                 )
                 status = 500
+                _fail_usage(request, status)
                 return _CutShort()
             err = _as_gateway_error(request, exc, rid)
             status = err.status
+            _fail_usage(request, status)
             resp = error_response(request, err)
             stamp(request, resp)
             return resp
