@@ -27,6 +27,7 @@ from kv import KVError
 from . import entry, tokens
 from .app import create_app
 from .config import Config, ConfigError, ConfigSource, redacted_url
+from .connection import GatewayRunner
 from .logs import setup_logging
 from .vault import MASTER_KEY_NAME, ensure_master_key
 
@@ -86,9 +87,10 @@ def make_runner(app: web.Application, shutdown_timeout: float) -> web.AppRunner:
 
     `handler_cancellation`: a client that hangs up cancels its handler at once, so a request waiting on a slow
     upstream stops that call instead of paying for an answer nobody reads (aiohttp's default lets it run);
-    handlers that change state run to their end anyway (`app.runs_to_completion`).
+    handlers that change state run to their end anyway (`app.runs_to_completion`). Connections are
+    `connection.GatewayProtocol`: requests aiohttp cannot parse are refused in JSON.
     """
-    return web.AppRunner(
+    return GatewayRunner(
         app,
         access_log=None,
         handle_signals=False,

@@ -1,0 +1,181 @@
+"""The worker's connections as a raw-socket client sees them: requests aiohttp cannot parse are refused in
+JSON, in the format of the route they were calling, and the connection is closed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.conftest import GatewaySetup
+from tests.harness import InProcessWorker
+
+TOKEN = "trex_" + "Q" * 43
+
+
+@dataclass
+class Reply:
+    """One response read off a raw connection, and whether the server then closed it."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    closed: bool
+
+    def json(self) -> Any:
+        assert self.headers["content-type"].startswith("application/json"), self.headers
+        return json.loads(self.body)
+
+
+async def exchange(url: str, *parts: bytes, pause: float = 0.2, wait: float = 5.0) -> Reply:
+    """Send `parts` on one connection, `pause` seconds apart; read one response and wait up to `wait` seconds
+    for the server to close the connection."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        for i, part in enumerate(parts):
+            if i:
+                await asyncio.sleep(pause)
+            writer.write(part)
+            await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), wait)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ln)}
+        body = await asyncio.wait_for(reader.readexactly(int(headers.get("content-length", "0"))), wait)
+        try:
+            closed = await asyncio.wait_for(reader.read(1), wait) == b""
+        except TimeoutError:
+            closed = False
+        return Reply(int(lines[0].split()[1]), headers, body, closed)
+    finally:
+        writer.close()
+
+
+def _openai_error(reply: Reply, status: int, code: str) -> str:
+    assert reply.status == status, reply
+    error = reply.json()["error"]
+    assert set(error) == {"message", "type", "code", "param"}
+    assert error["type"] == "invalid_request_error" and error["param"] is None and error["code"] == code
+    return str(error["message"])
+
+
+def _anthropic_error(reply: Reply, status: int) -> str:
+    assert reply.status == status, reply
+    doc = reply.json()
+    assert doc["type"] == "error" and doc["error"]["type"] in ("invalid_request_error", "request_too_large")
+    return str(doc["error"]["message"])
+
+
+HOST = b"Host: x\r\n"
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code", "needle"),
+    [
+        (b"G@T /v1/models HTTP/1.1\r\n" + HOST + b"\r\n", 400, "malformed_request", "method"),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400, "malformed_request", "HTTPS"),
+        (b"GET /v1/models HTTP/9.9\r\n" + HOST + b"\r\n", 400, "malformed_request", "HTTP version"),
+        (b"GET /v1/models HTTP/1.1\r\n\r\n", 400, "malformed_request", "Host"),
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\n" + HOST + b"Content-Length: abc\r\n\r\n",
+            400,
+            "malformed_request",
+            "Content-Length",
+        ),
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\n"
+            + HOST
+            + b"Content-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            400,
+            "malformed_request",
+            "Duplicate",
+        ),
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
+            400,
+            "malformed_request",
+            "chunk size",
+        ),
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\n"
+            + HOST
+            + b"Content-Length: 99999999999999999999999\r\n\r\n",
+            413,
+            "request_too_large",
+            "overflow",
+        ),
+        (
+            b"GET /v1/models HTTP/1.1\r\n" + HOST + b"X-Big: " + b"a" * 9000 + b"\r\n\r\n",
+            431,
+            "request_headers_too_large",
+            "8190",
+        ),
+        (
+            b"GET /v1/models HTTP/1.1\r\n"
+            + HOST
+            + b"".join(b"X-%d: a\r\n" % i for i in range(200))
+            + b"\r\n",
+            431,
+            "request_headers_too_large",
+            "Too many headers",
+        ),
+        (b"GET /v1/" + b"a" * 9000 + b" HTTP/1.1\r\n" + HOST + b"\r\n", 414, "uri_too_long", "request line"),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400, "malformed_request", "HTTP/2"),
+    ],
+)
+async def test_a_request_aiohttp_cannot_parse_is_refused_in_json_and_the_connection_closed(
+    worker: InProcessWorker, request_bytes: bytes, status: int, code: str, needle: str
+) -> None:
+    """aiohttp answered these with a plain-text 400 (its parser's message, quoting the request's bytes)."""
+    reply = await exchange(worker.url, request_bytes)
+    assert needle in _openai_error(reply, status, code)
+    assert reply.closed and reply.headers.get("connection", "close").lower() == "close"
+
+
+async def test_on_the_messages_api_the_refusal_is_anthropic_shaped_and_quotes_no_credential(
+    worker: InProcessWorker,
+) -> None:
+    bad_header = f"POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: {TOKEN}\x01\r\n\r\n".encode()
+    reply = await exchange(worker.url, bad_header)
+    assert "header" in _anthropic_error(reply, 400)
+    assert TOKEN.encode() not in reply.body and b"QQQQ" not in reply.body and reply.closed
+    # The route is known from a request line that came in an earlier packet than the header aiohttp refused.
+    reply = await exchange(worker.url, b"POST /v1/messages HTTP/1.1\r\nHost: x\r\n", b"X-A: a\x7f\r\n\r\n")
+    _anthropic_error(reply, 400)
+    too_many = b"".join(b"X-%d: a\r\n" % i for i in range(200))
+    reply = await exchange(
+        worker.url, b"POST /v1/messages/count_tokens HTTP/1.1\r\n" + HOST + too_many + b"\r\n"
+    )
+    _anthropic_error(reply, 431)
+    reply = await exchange(
+        worker.url, b"POST /v1/messages HTTP/1.1\r\n" + HOST + b"Content-Length: 1e3\r\n\r\n"
+    )
+    _anthropic_error(reply, 400)
+    # The worker serves the next connection as usual.
+    reply = await exchange(worker.url, b"GET /health HTTP/1.1\r\n" + HOST + b"\r\n", wait=0.5)
+    assert reply.status == 200 and reply.json()["status"] == "ok" and not reply.closed
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+async def test_a_body_whose_chunked_framing_breaks_midway_is_a_json_400_not_a_hang(
+    gateway: GatewaySetup, path: str
+) -> None:
+    """The head was fine and the handler was reading the body when a broken chunk size arrived: aiohttp's
+    parser stopped, the handler waited for the rest of the body until the client gave up."""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {gateway.key}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    before = len(gateway.fake.received)
+    reply = await exchange(gateway.worker.url, head, b'8\r\n{"model"\r\n', b"zz\r\n", wait=3)
+    message = (
+        _anthropic_error(reply, 400)
+        if path == "/v1/messages"
+        else _openai_error(reply, 400, "malformed_request")
+    )
+    assert "chunk size" in message
+    assert reply.closed and reply.headers["x-request-id"].startswith("req_")
+    assert len(gateway.fake.received) == before  # nothing was forwarded

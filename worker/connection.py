@@ -1,0 +1,134 @@
+"""The worker's HTTP connections: aiohttp's request handler, with what an edge server needs and aiohttp lacks.
+
+A request aiohttp cannot parse — a malformed request line or header, a head past its size limits, a broken
+`Content-Length` or chunked encoding — is refused with a JSON error in the format of the route it was
+calling (`worker.refusals`), not aiohttp's plain-text 400, and the connection is closed. A request whose body
+turns out to be broken after its handler started fails that handler's read of the body (`BodyRefused`, which
+`jsonio.read_body` turns into the error) instead of leaving it waiting for bytes that will never be parsed.
+
+aiohttp has no hook for either (aio-libs/aiohttp#3287), so `GatewayProtocol` subclasses its `RequestHandler`
+and reads a few of its internals: `_messages` (the queue its parser fills, where a parse error is queued as an
+`_ErrInfo`), `_request_count` and `_current_request`. tests/test_connection.py pins the behaviour they give.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestPayloadError, _ErrInfo
+
+from .errors import GatewayError
+from .refusals import head_format, refusal
+
+log = logging.getLogger("trex.server")
+
+_HEAD_KEPT = 16 * 1024
+"""How much of a request head is kept while it arrives in pieces: enough for the request line, which is all a
+refusal needs of it."""
+
+
+class BodyRefused(RequestPayloadError):
+    """Raised to a handler reading a request body the connection gave up on; carries the client's answer."""
+
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class GatewayProtocol(web.RequestHandler):
+    """One client connection (see the module docstring)."""
+
+    __slots__ = ("_body", "_head")
+
+    def __init__(self, manager: web.Server, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._head = b""
+        """What arrived of the request head being read (a refused head is kept for its answer)."""
+        self._body: StreamReader | None = None
+        """The body of the latest request while it is still arriving."""
+
+    def data_received(self, data: bytes) -> None:
+        body = self._body
+        if body is not None and body.is_eof():
+            body = self._body = None
+        if body is None and data:  # between bodies, bytes are a request head
+            head = self._head
+            if not head:
+                self._head = data  # the usual case, a head in one piece: no copy
+            elif len(head) < _HEAD_KEPT:
+                self._head = head + data[:_HEAD_KEPT]
+        count = self._request_count
+        super().data_received(data)
+        if self._request_count != count:  # the parser finished a head (or refused one)
+            self._parsed(body)
+
+    def _parsed(self, body: StreamReader | None) -> None:
+        if not self._messages:
+            return
+        message, payload = self._messages[-1]
+        if isinstance(message, _ErrInfo):
+            if body is not None and not body.is_eof() and isinstance(message.exc, HttpProcessingError):
+                # The error is in the body of a request already passed on: its handler answers it.
+                self._messages.pop()
+                self._refuse_body(body, refusal(message.exc, in_body=True))
+            return  # a refused head is answered by handle_error, from `_head`
+        self._head = b""
+        self._body = None if payload.is_eof() else payload
+
+    def _refuse_body(self, body: StreamReader, error: GatewayError) -> None:
+        """Give up on a request body: a handler reading it gets `error`; nothing more is read."""
+        if self._current_request is not None or any(p is body for _, p in self._messages):
+            body.set_exception(BodyRefused(error))
+        body.feed_eof()  # what is left of aiohttp's lingering read of an unread body ends at once
+        self._body = None
+        self.close()  # the rest of the stream cannot be parsed: no further request on this connection
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """Answer a request aiohttp refused with a JSON error; other failures (none reach here past the edge
+        middleware) are left to aiohttp."""
+        if not isinstance(exc, HttpProcessingError):
+            return super().handle_error(request, status, exc, message)
+        error = refusal(exc, self._head)
+        # A first request that is not HTTP at all: scanners, TLS on the wrong port (aiohttp's view too).
+        noise = self._request_count == 1 and isinstance(exc, BadHttpMethod)
+        log.log(
+            logging.DEBUG if noise else logging.WARNING,
+            "unparsable HTTP request refused: %s (%d)",
+            exc.__class__.__name__,
+            error.status,
+        )
+        resp = web.Response(
+            body=error.body(head_format(self._head)),
+            status=error.status,
+            headers=error.headers,
+            content_type="application/json",
+        )
+        resp.force_close()
+        return resp
+
+
+class GatewayServer(web.Server):
+    """aiohttp's low-level server, making `GatewayProtocol` connections."""
+
+    def __call__(self) -> GatewayProtocol:
+        return GatewayProtocol(self, loop=self._loop, **self._kwargs)
+
+
+class GatewayRunner(web.AppRunner):
+    """An `AppRunner` serving the app through `GatewayServer`."""
+
+    __slots__ = ()
+
+    async def _make_server(self) -> web.Server:
+        made = await super()._make_server()  # the app's start-up, and the server aiohttp would have used
+        return GatewayServer(made.request_handler, request_factory=made.request_factory, **self._kwargs)
