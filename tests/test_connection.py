@@ -1,16 +1,23 @@
 """The worker's connections as a raw-socket client sees them: requests aiohttp cannot parse are refused in
-JSON, in the format of the route they were calling, and the connection is closed."""
+JSON, in the format of the route they were calling, and the connection is closed; a request head that does not
+arrive within `[local] header_timeout_seconds` is a 408, and a connection that sends nothing is closed."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import openai
 import pytest
 
-from tests.conftest import GatewaySetup
+from tests.conftest import MASTER_KEY, GatewaySetup, with_key
+from tests.fakes.upstream import FakeUpstream
+from tests.fakes.upstream import Reply as UpstreamReply
 from tests.harness import InProcessWorker
 
 TOKEN = "trex_" + "Q" * 43
@@ -33,25 +40,45 @@ class Reply:
 async def exchange(url: str, *parts: bytes, pause: float = 0.2, wait: float = 5.0) -> Reply:
     """Send `parts` on one connection, `pause` seconds apart; read one response and wait up to `wait` seconds
     for the server to close the connection."""
-    host, port = url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    reader, writer = await connect(url)
     try:
-        for i, part in enumerate(parts):
-            if i:
-                await asyncio.sleep(pause)
-            writer.write(part)
-            await writer.drain()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), wait)
-        lines = head.decode("latin-1").split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ln)}
-        body = await asyncio.wait_for(reader.readexactly(int(headers.get("content-length", "0"))), wait)
-        try:
-            closed = await asyncio.wait_for(reader.read(1), wait) == b""
-        except TimeoutError:
-            closed = False
-        return Reply(int(lines[0].split()[1]), headers, body, closed)
+        return await send_and_read(reader, writer, *parts, pause=pause, wait=wait)
     finally:
         writer.close()
+
+
+async def connect(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = url.removeprefix("http://").split(":")
+    return await asyncio.open_connection(host, int(port))
+
+
+async def send_and_read(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    *parts: bytes,
+    pause: float = 0.2,
+    wait: float = 5.0,
+    until_closed: bool = True,
+) -> Reply:
+    """Send `parts` `pause` seconds apart, stopping early if a response begins; read one response and, with
+    `until_closed`, wait up to `wait` seconds for the server to close the connection."""
+    head_read = asyncio.ensure_future(reader.readuntil(b"\r\n\r\n"))
+    for i, part in enumerate(parts):
+        if i:
+            await asyncio.wait([head_read], timeout=pause)
+        if head_read.done():
+            break
+        writer.write(part)
+        await writer.drain()
+    head = await asyncio.wait_for(head_read, wait)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ln)}
+    body = await asyncio.wait_for(reader.readexactly(int(headers.get("content-length", "0"))), wait)
+    closed = False
+    if until_closed:
+        with contextlib.suppress(TimeoutError):
+            closed = await asyncio.wait_for(reader.read(1), wait) == b""
+    return Reply(int(lines[0].split()[1]), headers, body, closed)
 
 
 def _openai_error(reply: Reply, status: int, code: str) -> str:
@@ -179,3 +206,107 @@ async def test_a_body_whose_chunked_framing_breaks_midway_is_a_json_400_not_a_ha
     assert "chunk size" in message
     assert reply.closed and reply.headers["x-request-id"].startswith("req_")
     assert len(gateway.fake.received) == before  # nothing was forwarded
+
+
+@pytest.fixture
+def quick(make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream) -> Iterator[GatewaySetup]:
+    """A worker that waits one second for a request head, with a proxy key."""
+    worker = make_worker(local={"header_timeout_seconds": 1}, dev_vars={"TREX_MASTER_KEY": MASTER_KEY})
+    setup = with_key(worker, fake_upstream)
+    yield setup
+    setup.close()
+
+
+def _trickle(first: bytes, piece: bytes, count: int) -> list[bytes]:
+    return [first, *([piece] * count)]
+
+
+async def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(
+    quick: GatewaySetup,
+) -> None:
+    """It was kept for aiohttp's keep-alive timeout (an hour), holding a socket per idle connection."""
+    started = time.monotonic()
+    reader, writer = await connect(quick.worker.url)
+    try:
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, with nothing to answer
+    finally:
+        writer.close()
+    assert 0.9 <= time.monotonic() - started < 4
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+async def test_a_head_sent_too_slowly_is_a_408_in_the_route_format(quick: GatewaySetup, path: str) -> None:
+    """A client that keeps adding header lines, one at a time, never finishing its head: aiohttp read it as
+    long as it kept coming."""
+    started = time.monotonic()
+    parts = _trickle(f"POST {path} HTTP/1.1\r\nHost: x\r\n".encode(), b"X-Slow: 1\r\n", 20)
+    reply = await exchange(quick.worker.url, *parts, pause=0.25)
+    elapsed = time.monotonic() - started
+    assert 0.9 <= elapsed < 4 and reply.status == 408 and reply.closed
+    if path == "/v1/messages":
+        assert "not received within 1 seconds" in _anthropic_error(reply, 408)
+    else:
+        assert "not received within 1 seconds" in _openai_error(reply, 408, "request_timeout")
+
+
+async def test_a_kept_alive_connection_idles_freely_and_only_its_next_head_is_timed(
+    quick: GatewaySetup,
+) -> None:
+    """Between requests only aiohttp's keep-alive timeout applies; the next head's time starts at its first
+    byte."""
+    reader, writer = await connect(quick.worker.url)
+    try:
+        health = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        first = await send_and_read(reader, writer, health, until_closed=False)
+        await asyncio.sleep(1.5)  # longer than the header timeout
+        second = await send_and_read(reader, writer, health, until_closed=False)
+        assert first.status == second.status == 200
+        await asyncio.sleep(1.5)
+        started = time.monotonic()
+        parts = _trickle(b"GET /v1/models HTTP/1.1\r\n", b"X-Slow: 1\r\n", 20)
+        third = await send_and_read(reader, writer, *parts, pause=0.25)
+        assert 0.9 <= time.monotonic() - started < 4
+        _openai_error(third, 408, "request_timeout")
+        assert third.closed
+    finally:
+        writer.close()
+
+
+async def test_only_the_head_is_timed_not_a_slow_body_or_a_long_stream(quick: GatewaySetup) -> None:
+    """While a head trickled in for longer than the header timeout is refused, a body trickled in over the
+    same time is read and answered, and a stream that lasts longer is delivered whole."""
+    quick.fake.set("/v1/chat/completions", UpstreamReply.stream("openai/chat_text.sse", chunk_delay=0.2))
+    payload = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]})
+    body = payload.encode()
+    head = (
+        f"POST /v1/compress HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {quick.key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    pieces = [body[i : i + 8] for i in range(0, len(body), 8)]
+    step = 2.5 / len(pieces)
+
+    async def slow_upload() -> Reply:
+        reader, writer = await connect(quick.worker.url)
+        try:
+            return await send_and_read(reader, writer, head, *pieces, pause=step, until_closed=False)
+        finally:
+            writer.close()
+
+    async def long_stream() -> tuple[str, float]:
+        started = time.monotonic()
+        client = openai.AsyncOpenAI(api_key=quick.key, base_url=quick.worker.url + "/v1", max_retries=0)
+        async with client:
+            stream = await client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+            text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        return text, time.monotonic() - started
+
+    slow_head = _trickle(b"POST /v1/compress HTTP/1.1\r\n", b"X-Slow: 1\r\n", 20)
+    uploaded, (streamed, stream_time), refused = await asyncio.gather(
+        slow_upload(), long_stream(), exchange(quick.worker.url, *slow_head, pause=0.25)
+    )
+    assert uploaded.status == 200, uploaded
+    assert uploaded.json()["messages"][0]["content"] == "hello there"
+    assert stream_time > 2 and streamed  # every event, over more than twice the header timeout
+    assert refused.status == 408 and refused.closed

@@ -6,29 +6,49 @@ calling (`worker.refusals`), not aiohttp's plain-text 400, and the connection is
 turns out to be broken after its handler started fails that handler's read of the body (`BodyRefused`, which
 `jsonio.read_body` turns into the error) instead of leaving it waiting for bytes that will never be parsed.
 
-aiohttp has no hook for either (aio-libs/aiohttp#3287), so `GatewayProtocol` subclasses its `RequestHandler`
-and reads a few of its internals: `_messages` (the queue its parser fills, where a parse error is queued as an
-`_ErrInfo`), `_request_count` and `_current_request`. tests/test_connection.py pins the behaviour they give.
+A request head must arrive within `header_timeout` seconds, counted from the connection's accept for its
+first request and from the head's first byte after that (the wait between requests on a kept-alive
+connection is aiohttp's keep-alive timeout, not this). A late head is refused with a JSON 408, like an
+unparsable one; a connection on which nothing at all arrived is just closed, since there is no request to
+answer, and an unsolicited 408 on it could be read by a pooling client as the answer to the request it sends
+next. Bodies and responses, however long, are not timed by this. It costs one timer per connection, rearmed
+only for a head that arrives in pieces, and no task.
+
+aiohttp has no hook for any of this (aio-libs/aiohttp#3287), so `GatewayProtocol` subclasses its
+`RequestHandler` and reads a few of its internals: `_messages` (the queue its parser fills, where a parse
+error is queued as an `_ErrInfo`), `_request_count`, `_current_request` and `_waiter` (set while it waits for
+the next request). tests/test_connection.py pins the behaviour they give.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
-from aiohttp.streams import StreamReader
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import RequestPayloadError, _ErrInfo
 
 from .errors import GatewayError
-from .refusals import head_format, refusal
+from .refusals import HeadTimeout, head_format, refusal
 
 log = logging.getLogger("trex.server")
 
+_SLACK = 0.001
+"""A deadline this close is taken as passed (timers fire up to the clock's resolution early)."""
 _HEAD_KEPT = 16 * 1024
 """How much of a request head is kept while it arrives in pieces: enough for the request line, which is all a
 refusal needs of it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadTimeouts:
+    """How long the worker waits for what a client sends (seconds)."""
+
+    header: float
 
 
 class BodyRefused(RequestPayloadError):
@@ -42,20 +62,37 @@ class BodyRefused(RequestPayloadError):
 class GatewayProtocol(web.RequestHandler):
     """One client connection (see the module docstring)."""
 
-    __slots__ = ("_body", "_head")
+    __slots__ = ("_body", "_head", "_head_since", "_timeouts", "_watcher")
 
-    def __init__(self, manager: web.Server, **kwargs: Any) -> None:
+    def __init__(self, manager: web.Server, *, timeouts: ReadTimeouts, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
+        self._timeouts = timeouts
         self._head = b""
         """What arrived of the request head being read (a refused head is kept for its answer)."""
+        self._head_since: float | None = None
+        """When the head being read began (None while no head is being read)."""
         self._body: StreamReader | None = None
         """The body of the latest request while it is still arriving."""
+        self._watcher: asyncio.TimerHandle | None = None
+        """The connection's one timer: it fires at the earliest deadline, or later and then looks again."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._head_began()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
 
     def data_received(self, data: bytes) -> None:
         body = self._body
         if body is not None and body.is_eof():
             body = self._body = None
         if body is None and data:  # between bodies, bytes are a request head
+            if self._head_since is None:
+                self._head_began()
             head = self._head
             if not head:
                 self._head = data  # the usual case, a head in one piece: no copy
@@ -75,9 +112,51 @@ class GatewayProtocol(web.RequestHandler):
                 # The error is in the body of a request already passed on: its handler answers it.
                 self._messages.pop()
                 self._refuse_body(body, refusal(message.exc, in_body=True))
+            self._head_since = None
             return  # a refused head is answered by handle_error, from `_head`
-        self._head = b""
+        self._head, self._head_since = b"", None
         self._body = None if payload.is_eof() else payload
+
+    def _head_began(self) -> None:
+        self._head_since = self._loop.time()
+        self._watch(self._head_since + self._timeouts.header)
+
+    def _watch(self, when: float) -> None:
+        """Make sure the timer fires by `when`."""
+        watcher = self._watcher
+        if watcher is None or when < watcher.when():
+            if watcher is not None:
+                watcher.cancel()
+            self._watcher = self._loop.call_at(when, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        self._watcher = None
+        if self.transport is None or self._force_close or self._close or self._head_since is None:
+            return
+        due = self._head_since + self._timeouts.header
+        if self._loop.time() < due - _SLACK:  # the timer was set for an earlier head
+            self._watch(due)
+        elif self._waiter is None:
+            # The connection is busy with an earlier request (this head came pipelined behind it): the head is
+            # read once that request is answered, and its time counts from then.
+            self._head_began()
+        else:
+            self._head_too_slow(self._waiter)
+
+    def _head_too_slow(self, waiter: asyncio.Future[None]) -> None:
+        self._head_since = None
+        if not self._head:
+            log.debug("connection closed: no request within %gs", self._timeouts.header)
+            self.force_close()
+            return
+        # Queued like a head aiohttp refused, so it is answered the same way (`handle_error`).
+        timeout = HeadTimeout(self._timeouts.header)
+        self._messages.append(
+            (_ErrInfo(status=timeout.code, exc=timeout, message=timeout.message), EMPTY_PAYLOAD)
+        )
+        self._request_count += 1
+        if not waiter.done():
+            waiter.set_result(None)
 
     def _refuse_body(self, body: StreamReader, error: GatewayError) -> None:
         """Give up on a request body: a handler reading it gets `error`; nothing more is read."""
@@ -99,14 +178,17 @@ class GatewayProtocol(web.RequestHandler):
         if not isinstance(exc, HttpProcessingError):
             return super().handle_error(request, status, exc, message)
         error = refusal(exc, self._head)
-        # A first request that is not HTTP at all: scanners, TLS on the wrong port (aiohttp's view too).
-        noise = self._request_count == 1 and isinstance(exc, BadHttpMethod)
-        log.log(
-            logging.DEBUG if noise else logging.WARNING,
-            "unparsable HTTP request refused: %s (%d)",
-            exc.__class__.__name__,
-            error.status,
-        )
+        if isinstance(exc, HeadTimeout):
+            log.info("request head not received within %gs: refused (408)", self._timeouts.header)
+        else:
+            # A first request that is not HTTP at all: scanners, TLS on the wrong port (aiohttp's view too).
+            noise = self._request_count == 1 and isinstance(exc, BadHttpMethod)
+            log.log(
+                logging.DEBUG if noise else logging.WARNING,
+                "unparsable HTTP request refused: %s (%d)",
+                exc.__class__.__name__,
+                error.status,
+            )
         resp = web.Response(
             body=error.body(head_format(self._head)),
             status=error.status,
@@ -120,15 +202,28 @@ class GatewayProtocol(web.RequestHandler):
 class GatewayServer(web.Server):
     """aiohttp's low-level server, making `GatewayProtocol` connections."""
 
+    def __init__(self, handler: Any, *, timeouts: ReadTimeouts, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._timeouts = timeouts
+
     def __call__(self) -> GatewayProtocol:
-        return GatewayProtocol(self, loop=self._loop, **self._kwargs)
+        return GatewayProtocol(self, loop=self._loop, timeouts=self._timeouts, **self._kwargs)
 
 
 class GatewayRunner(web.AppRunner):
     """An `AppRunner` serving the app through `GatewayServer`."""
 
-    __slots__ = ()
+    __slots__ = ("_timeouts",)
+
+    def __init__(self, app: web.Application, *, timeouts: ReadTimeouts, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._timeouts = timeouts
 
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()  # the app's start-up, and the server aiohttp would have used
-        return GatewayServer(made.request_handler, request_factory=made.request_factory, **self._kwargs)
+        return GatewayServer(
+            made.request_handler,
+            request_factory=made.request_factory,
+            timeouts=self._timeouts,
+            **self._kwargs,
+        )

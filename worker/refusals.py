@@ -1,5 +1,6 @@
-"""What a client is told when aiohttp cannot parse its request: a JSON error in the format of the route it was
-calling, in place of aiohttp's plain-text "400 Bad Request" (see `worker.connection`, which sends it).
+"""What a client is told when aiohttp cannot parse its request, or its head does not arrive in time: a JSON
+error in the format of the route it was calling, in place of aiohttp's plain-text "400 Bad Request" (see
+`worker.connection`, which sends it).
 
 The route is read from the first bytes of the request head, since aiohttp keeps nothing of a head it refused;
 aiohttp's description of the problem is passed on without the request bytes it quotes (they may hold a key).
@@ -11,7 +12,14 @@ import re
 
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
-from .errors import ErrorFormat, GatewayError, InvalidRequestError, PayloadTooLargeError, error_format_for
+from .errors import (
+    ErrorFormat,
+    GatewayError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+    error_format_for,
+)
 from .logs import scrub
 
 # The request line as far as it is needed: `METHOD /path` or `METHOD http://host/path` (leading blank lines
@@ -23,6 +31,15 @@ _MAX_DESCRIPTION = 200
 _DEFAULT_LIMIT = 8190  # aiohttp's max_line_size and max_field_size
 _HEADERS_TOO_LARGE = "request_headers_too_large"
 _MALFORMED = "malformed_request"
+
+
+class HeadTimeout(HttpProcessingError):
+    """A request head that did not arrive in time, refused like one aiohttp could not parse."""
+
+    code = 408
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(message=f"The request head was not received within {seconds:g} seconds.")
 
 
 def head_format(head: bytes) -> ErrorFormat:
@@ -51,6 +68,8 @@ def describe(exc: HttpProcessingError) -> str:
 def refusal(exc: HttpProcessingError, head: bytes = b"", *, in_body: bool = False) -> GatewayError:
     """The error a request aiohttp could not parse is answered with: `head` is what arrived of its head, or
     `in_body` says the head was fine and the error is in the (chunked) body after it."""
+    if isinstance(exc, HeadTimeout):
+        return RequestTimeoutError(exc.message)
     if isinstance(exc, LineTooLong):
         limit = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else _DEFAULT_LIMIT
         if in_body:  # a chunk-size line or a trailer
