@@ -1,6 +1,7 @@
 """The worker's connections as a raw-socket client sees them: requests aiohttp cannot parse are refused in
 JSON, in the format of the route they were calling, and the connection is closed; a request head that does not
-arrive within `[local] header_timeout_seconds` is a 408, and a connection that sends nothing is closed."""
+arrive within `[local] header_timeout_seconds` is a 408, and a connection that sends nothing is closed; a body
+that goes `body_idle_timeout_seconds` without a byte is a 408 too."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from typing import Any
 
 import openai
 import pytest
+from aiohttp import web
 
 from tests.conftest import MASTER_KEY, GatewaySetup, with_key
 from tests.fakes.upstream import FakeUpstream
 from tests.fakes.upstream import Reply as UpstreamReply
 from tests.harness import InProcessWorker
+from worker.jsonio import json_response, read_body
 
 TOKEN = "trex_" + "Q" * 43
 
@@ -210,8 +213,9 @@ async def test_a_body_whose_chunked_framing_breaks_midway_is_a_json_400_not_a_ha
 
 @pytest.fixture
 def quick(make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream) -> Iterator[GatewaySetup]:
-    """A worker that waits one second for a request head, with a proxy key."""
-    worker = make_worker(local={"header_timeout_seconds": 1}, dev_vars={"TREX_MASTER_KEY": MASTER_KEY})
+    """A worker that waits one second for a request head and for each piece of a body, with a proxy key."""
+    local = {"header_timeout_seconds": 1, "body_idle_timeout_seconds": 1}
+    worker = make_worker(local=local, dev_vars={"TREX_MASTER_KEY": MASTER_KEY})
     setup = with_key(worker, fake_upstream)
     yield setup
     setup.close()
@@ -272,9 +276,10 @@ async def test_a_kept_alive_connection_idles_freely_and_only_its_next_head_is_ti
         writer.close()
 
 
-async def test_only_the_head_is_timed_not_a_slow_body_or_a_long_stream(quick: GatewaySetup) -> None:
+async def test_a_slow_body_that_keeps_coming_and_a_long_stream_are_not_cut_off(quick: GatewaySetup) -> None:
     """While a head trickled in for longer than the header timeout is refused, a body trickled in over the
-    same time is read and answered, and a stream that lasts longer is delivered whole."""
+    same time, never pausing for the body idle timeout, is read and answered, and a stream that lasts longer
+    than both is delivered whole."""
     quick.fake.set("/v1/chat/completions", UpstreamReply.stream("openai/chat_text.sse", chunk_delay=0.2))
     payload = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]})
     body = payload.encode()
@@ -282,13 +287,12 @@ async def test_only_the_head_is_timed_not_a_slow_body_or_a_long_stream(quick: Ga
         f"POST /v1/compress HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {quick.key}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
-    pieces = [body[i : i + 8] for i in range(0, len(body), 8)]
-    step = 2.5 / len(pieces)
+    pieces = [body[i : i + 20] for i in range(0, len(body), 20)]  # five pieces, 0.6 s apart
 
     async def slow_upload() -> Reply:
         reader, writer = await connect(quick.worker.url)
         try:
-            return await send_and_read(reader, writer, head, *pieces, pause=step, until_closed=False)
+            return await send_and_read(reader, writer, head, *pieces, pause=0.6, until_closed=False)
         finally:
             writer.close()
 
@@ -310,3 +314,47 @@ async def test_only_the_head_is_timed_not_a_slow_body_or_a_long_stream(quick: Ga
     assert uploaded.json()["messages"][0]["content"] == "hello there"
     assert stream_time > 2 and streamed  # every event, over more than twice the header timeout
     assert refused.status == 408 and refused.closed
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+async def test_a_body_that_stops_arriving_is_a_408_from_its_handler(quick: GatewaySetup, path: str) -> None:
+    """Content-Length promised 200 bytes and 20 came: the handler waited for the rest until the client left."""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nx-api-key: {quick.key}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 200\r\n\r\n"
+    ).encode()
+    before = len(quick.fake.received)
+    started = time.monotonic()
+    reply = await exchange(quick.worker.url, head, b'{"model":"gpt-4o-mini"', wait=4)
+    assert 0.9 <= time.monotonic() - started < 4
+    message = (
+        _anthropic_error(reply, 408)
+        if path == "/v1/messages"
+        else _openai_error(reply, 408, "request_timeout")
+    )
+    assert "request body" in message
+    assert reply.closed and reply.headers["x-request-id"].startswith("req_")
+    assert len(quick.fake.received) == before
+
+
+async def reads_late(request: web.Request) -> web.StreamResponse:
+    await asyncio.sleep(2)
+    return json_response({"bytes": len(await read_body(request))})
+
+
+async def test_a_body_the_worker_is_not_reading_yet_is_not_counted_as_idle(
+    make_worker: Callable[..., InProcessWorker],
+) -> None:
+    """The client sent its whole body at once; the worker stopped reading it (its buffer full) until the
+    handler got to it two seconds later. That silence is the worker's, not the client's."""
+    worker = make_worker(
+        local={"body_idle_timeout_seconds": 1}, extra_routes=[("POST", "/_test/late", reads_late)]
+    )
+    body = b"x" * 600_000
+    head = f"POST /_test/late HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    reader, writer = await connect(worker.url)
+    try:
+        reply = await send_and_read(reader, writer, head + body, until_closed=False)
+    finally:
+        writer.close()
+    assert reply.status == 200 and reply.json() == {"bytes": len(body)}

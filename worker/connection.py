@@ -11,8 +11,10 @@ first request and from the head's first byte after that (the wait between reques
 connection is aiohttp's keep-alive timeout, not this). A late head is refused with a JSON 408, like an
 unparsable one; a connection on which nothing at all arrived is just closed, since there is no request to
 answer, and an unsolicited 408 on it could be read by a pooling client as the answer to the request it sends
-next. Bodies and responses, however long, are not timed by this. It costs one timer per connection, rearmed
-only for a head that arrives in pieces, and no task.
+next. A body that is still arriving may not go `body_idle` seconds without a byte (however long it takes as
+a whole, and not counting time the worker itself stopped reading it): past that its handler's read fails
+with a 408 for the handler to answer. Responses, however long, are not timed. It costs one timer per
+connection, rearmed only for a head or body that arrives in pieces, and no task.
 
 aiohttp has no hook for any of this (aio-libs/aiohttp#3287), so `GatewayProtocol` subclasses its
 `RequestHandler` and reads a few of its internals: `_messages` (the queue its parser fills, where a parse
@@ -32,7 +34,7 @@ from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import RequestPayloadError, _ErrInfo
 
-from .errors import GatewayError
+from .errors import GatewayError, RequestTimeoutError
 from .refusals import HeadTimeout, head_format, refusal
 
 log = logging.getLogger("trex.server")
@@ -49,6 +51,7 @@ class ReadTimeouts:
     """How long the worker waits for what a client sends (seconds)."""
 
     header: float
+    body_idle: float
 
 
 class BodyRefused(RequestPayloadError):
@@ -62,7 +65,7 @@ class BodyRefused(RequestPayloadError):
 class GatewayProtocol(web.RequestHandler):
     """One client connection (see the module docstring)."""
 
-    __slots__ = ("_body", "_head", "_head_since", "_timeouts", "_watcher")
+    __slots__ = ("_body", "_head", "_head_since", "_last_read", "_timeouts", "_watcher")
 
     def __init__(self, manager: web.Server, *, timeouts: ReadTimeouts, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -73,6 +76,8 @@ class GatewayProtocol(web.RequestHandler):
         """When the head being read began (None while no head is being read)."""
         self._body: StreamReader | None = None
         """The body of the latest request while it is still arriving."""
+        self._last_read = 0.0
+        """When the last bytes of that body arrived."""
         self._watcher: asyncio.TimerHandle | None = None
         """The connection's one timer: it fires at the earliest deadline, or later and then looks again."""
 
@@ -90,7 +95,9 @@ class GatewayProtocol(web.RequestHandler):
         body = self._body
         if body is not None and body.is_eof():
             body = self._body = None
-        if body is None and data:  # between bodies, bytes are a request head
+        if body is not None:
+            self._last_read = self._loop.time()
+        elif data:  # between bodies, bytes are a request head
             if self._head_since is None:
                 self._head_began()
             head = self._head
@@ -115,7 +122,10 @@ class GatewayProtocol(web.RequestHandler):
             self._head_since = None
             return  # a refused head is answered by handle_error, from `_head`
         self._head, self._head_since = b"", None
-        self._body = None if payload.is_eof() else payload
+        if not payload.is_eof():  # the body is still to come
+            self._body = payload
+            self._last_read = self._loop.time()
+            self._watch(self._last_read + self._timeouts.body_idle)
 
     def _head_began(self) -> None:
         self._head_since = self._loop.time()
@@ -131,10 +141,13 @@ class GatewayProtocol(web.RequestHandler):
 
     def _deadline_passed(self) -> None:
         self._watcher = None
-        if self.transport is None or self._force_close or self._close or self._head_since is None:
+        if self.transport is None or self._force_close or self._close:
+            return
+        if self._head_since is None:
+            self._body_deadline_passed()
             return
         due = self._head_since + self._timeouts.header
-        if self._loop.time() < due - _SLACK:  # the timer was set for an earlier head
+        if self._loop.time() < due - _SLACK:  # the timer was set for an earlier deadline
             self._watch(due)
         elif self._waiter is None:
             # The connection is busy with an earlier request (this head came pipelined behind it): the head is
@@ -157,6 +170,24 @@ class GatewayProtocol(web.RequestHandler):
         self._request_count += 1
         if not waiter.done():
             waiter.set_result(None)
+
+    def _body_deadline_passed(self) -> None:
+        body = self._body
+        if body is None or body.is_eof():
+            return
+        now = self._loop.time()
+        if self._reading_paused or self._buffer_paused:
+            # The worker stopped reading (its buffers are full): a silence of its own, not the client's.
+            self._last_read = now
+        due = self._last_read + self._timeouts.body_idle
+        if now < due - _SLACK:
+            self._watch(due)
+            return
+        log.info("request body idle for %gs: refused (408)", self._timeouts.body_idle)
+        seconds = f"{self._timeouts.body_idle:g}"
+        self._refuse_body(
+            body, RequestTimeoutError(f"No bytes of the request body arrived for {seconds} seconds.")
+        )
 
     def _refuse_body(self, body: StreamReader, error: GatewayError) -> None:
         """Give up on a request body: a handler reading it gets `error`; nothing more is read."""

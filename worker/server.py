@@ -89,13 +89,15 @@ def make_runner(app: web.Application, shutdown_timeout: float) -> web.AppRunner:
     `handler_cancellation`: a client that hangs up cancels its handler at once, so a request waiting on a slow
     upstream stops that call instead of paying for an answer nobody reads (aiohttp's default lets it run);
     handlers that change state run to their end anyway (`app.runs_to_completion`). Connections are
-    `connection.GatewayProtocol`: requests aiohttp cannot parse are refused in JSON, and a request head must
-    arrive within `[local] header_timeout_seconds`.
+    `connection.GatewayProtocol`: requests aiohttp cannot parse are refused in JSON, a request head must
+    arrive within `[local] header_timeout_seconds` and a body may not stall for `body_idle_timeout_seconds`.
     """
     config = app[CONFIG]
     return GatewayRunner(
         app,
-        timeouts=ReadTimeouts(header=config.header_timeout_seconds),
+        timeouts=ReadTimeouts(
+            header=config.header_timeout_seconds, body_idle=config.body_idle_timeout_seconds
+        ),
         access_log=None,
         handle_signals=False,
         # aiohttp waits this long for in-flight handlers to finish, then asks them to stop (which a handler
