@@ -92,40 +92,42 @@ class GatewayProtocol(web.RequestHandler):
             self._watcher = None
 
     def data_received(self, data: bytes) -> None:
+        # Runs for every packet: a request whose head (and body) come in one packet, the usual case, costs a
+        # few attribute reads here, and the timer is only touched for what arrives in pieces.
         body = self._body
-        if body is not None and body.is_eof():
-            body = self._body = None
-        if body is not None:
+        if body is not None and not body.is_eof():  # bytes of a body still arriving
             self._last_read = self._loop.time()
-        elif data:  # between bodies, bytes are a request head
-            if self._head_since is None:
-                self._head_began()
+        else:  # bytes of a request head
+            body = self._body = None
             head = self._head
             if not head:
-                self._head = data  # the usual case, a head in one piece: no copy
+                self._head = data  # no copy
             elif len(head) < _HEAD_KEPT:
                 self._head = head + data[:_HEAD_KEPT]
         count = self._request_count
-        super().data_received(data)
-        if self._request_count != count:  # the parser finished a head (or refused one)
-            self._parsed(body)
-
-    def _parsed(self, body: StreamReader | None) -> None:
-        if not self._messages:
+        # Not super(): per packet, a zero-argument super() costs a third of what this method adds.
+        web.RequestHandler.data_received(self, data)
+        if self._request_count == count or not self._messages:
+            if body is None and data and self._head_since is None:
+                self._head_began()  # a head arriving in pieces: timed from its first one
             return
-        message, payload = self._messages[-1]
+        message, payload = self._messages[-1]  # the parser finished a head (or refused one)
         if isinstance(message, _ErrInfo):
-            if body is not None and not body.is_eof() and isinstance(message.exc, HttpProcessingError):
-                # The error is in the body of a request already passed on: its handler answers it.
-                self._messages.pop()
-                self._refuse_body(body, refusal(message.exc, in_body=True))
-            self._head_since = None
-            return  # a refused head is answered by handle_error, from `_head`
+            self._refused(message, body)
+            return
         self._head, self._head_since = b"", None
-        if not payload.is_eof():  # the body is still to come
+        if payload is not EMPTY_PAYLOAD and not payload.is_eof():  # the body is still to come
             self._body = payload
             self._last_read = self._loop.time()
             self._watch(self._last_read + self._timeouts.body_idle)
+
+    def _refused(self, message: _ErrInfo, body: StreamReader | None) -> None:
+        self._head_since = None
+        if body is not None and not body.is_eof() and isinstance(message.exc, HttpProcessingError):
+            # The error is in the body of a request already passed on: its handler answers it.
+            self._messages.pop()
+            self._refuse_body(body, refusal(message.exc, in_body=True))
+        # A refused head is answered by handle_error, from `_head`.
 
     def _head_began(self) -> None:
         self._head_since = self._loop.time()
