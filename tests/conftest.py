@@ -129,7 +129,13 @@ class GatewaySetup:
 def gateway(
     make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
 ) -> Iterator[GatewaySetup]:
-    worker = make_worker(dev_vars={"TREX_MASTER_KEY": MASTER_KEY})
+    setup_ = with_key(make_worker(dev_vars={"TREX_MASTER_KEY": MASTER_KEY}), fake_upstream)
+    yield setup_
+    setup_.close()
+
+
+def with_key(worker: InProcessWorker, fake_upstream: FakeUpstream) -> GatewaySetup:
+    """`worker` (started with `TREX_MASTER_KEY = MASTER_KEY`) with one proxy key bound to every provider."""
     keys = worker.app[GATEWAY].keys
 
     async def setup() -> tuple[str, str]:
@@ -139,6 +145,4 @@ def gateway(
         return record.id, token
 
     key_id, token = worker.call(setup())
-    setup_ = GatewaySetup(worker, fake_upstream, token, key_id)
-    yield setup_
-    setup_.close()
+    return GatewaySetup(worker, fake_upstream, token, key_id)

@@ -167,6 +167,11 @@ class Config:
     access_log: bool
     shutdown_grace_seconds: float
     wait_until_timeout_seconds: float
+    header_timeout_seconds: float
+    """How long a connection may take to send a request's head: from its accept, or from the head's first
+    byte on a kept-alive connection."""
+    body_idle_timeout_seconds: float
+    """The longest a request body that is still arriving may go without a byte."""
     max_body_bytes: int
     tables: Mapping[str, Any] = field(repr=False)
     """The merged raw tables (after env selection), for modules that own their own sections."""
@@ -323,6 +328,12 @@ def _build(
     wait_timeout = _positive(
         local.get("wait_until_timeout_seconds", 30), source, "local.wait_until_timeout_seconds"
     )
+    header_timeout = _positive(
+        local.get("header_timeout_seconds", 20), source, "local.header_timeout_seconds"
+    )
+    body_idle_timeout = _positive(
+        local.get("body_idle_timeout_seconds", 60), source, "local.body_idle_timeout_seconds"
+    )
 
     for key in sorted(NUMERIC_VARS):
         _positive_var(variables, key, source, environ)
@@ -350,6 +361,8 @@ def _build(
         access_log=access_log,
         shutdown_grace_seconds=grace,
         wait_until_timeout_seconds=wait_timeout,
+        header_timeout_seconds=header_timeout,
+        body_idle_timeout_seconds=body_idle_timeout,
         max_body_bytes=max_body,
         tables=MappingProxyType(tables),
     )
@@ -464,6 +477,8 @@ _LOCAL_KEYS = frozenset(
         "access_log",
         "shutdown_grace_seconds",
         "wait_until_timeout_seconds",
+        "header_timeout_seconds",
+        "body_idle_timeout_seconds",
     }
 )
 _MAX_NUMBER = 1e9

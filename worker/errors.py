@@ -152,6 +152,15 @@ class MethodNotAllowedError(GatewayError):
     default_code = "method_not_allowed"
 
 
+class RequestTimeoutError(GatewayError):
+    """408: the client did not send its request in time."""
+
+    status = 408
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    default_code = "request_timeout"
+
+
 class ConflictError(GatewayError):
     """409: the change conflicts with the resource's current state."""
 

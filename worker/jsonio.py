@@ -10,6 +10,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from .appkeys import CONFIG
+from .connection import BodyRefused
 from .errors import InvalidRequestError, PayloadTooLargeError
 
 _decoder = msgspec.json.Decoder()
@@ -26,6 +27,8 @@ async def read_body(request: web.Request) -> bytes:
         raise PayloadTooLargeError(
             f"Request body exceeds the limit of {request.app[CONFIG].max_body_bytes} bytes."
         ) from exc
+    except BodyRefused as exc:  # the connection gave up on the body (its framing is broken)
+        raise exc.error from None
     except RequestPayloadError as exc:  # e.g. `Content-Encoding: gzip` on a body that is not gzip
         raise InvalidRequestError(f"Cannot read the request body: {exc}", code="invalid_body") from None
 

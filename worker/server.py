@@ -26,7 +26,9 @@ from kv import KVError
 
 from . import entry, tokens
 from .app import create_app
+from .appkeys import CONFIG
 from .config import Config, ConfigError, ConfigSource, redacted_url
+from .connection import GatewayRunner, ReadTimeouts
 from .logs import setup_logging
 from .vault import MASTER_KEY_NAME, ensure_master_key
 
@@ -86,10 +88,16 @@ def make_runner(app: web.Application, shutdown_timeout: float) -> web.AppRunner:
 
     `handler_cancellation`: a client that hangs up cancels its handler at once, so a request waiting on a slow
     upstream stops that call instead of paying for an answer nobody reads (aiohttp's default lets it run);
-    handlers that change state run to their end anyway (`app.runs_to_completion`).
+    handlers that change state run to their end anyway (`app.runs_to_completion`). Connections are
+    `connection.GatewayProtocol`: requests aiohttp cannot parse are refused in JSON, a request head must
+    arrive within `[local] header_timeout_seconds` and a body may not stall for `body_idle_timeout_seconds`.
     """
-    return web.AppRunner(
+    config = app[CONFIG]
+    return GatewayRunner(
         app,
+        timeouts=ReadTimeouts(
+            header=config.header_timeout_seconds, body_idle=config.body_idle_timeout_seconds
+        ),
         access_log=None,
         handle_signals=False,
         # aiohttp waits this long for in-flight handlers to finish, then asks them to stop (which a handler
