@@ -64,6 +64,7 @@ def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert cfg.persist_to == (tmp_path / ".wrangler/state").resolve()
     assert cfg.kv_url == f"sqlite:///{cfg.persist_to / 'kv.sqlite3'}"
     assert (cfg.header_timeout_seconds, cfg.body_idle_timeout_seconds) == (20, 60)
+    assert cfg.client_read_timeout_seconds == 120
 
 
 def test_file_values_and_relative_persist_dir(tmp_path: Path) -> None:
@@ -166,6 +167,7 @@ def test_secrets_come_from_dev_vars_and_environment(tmp_path: Path) -> None:
         ("[local]\nheader_timeout_seconds = 0", "local.header_timeout_seconds", "positive"),
         ('[local]\nheader_timeout_seconds = "10s"', "local.header_timeout_seconds", "positive"),
         ("[local]\nbody_idle_timeout_seconds = -5", "local.body_idle_timeout_seconds", "positive"),
+        ("[local]\nclient_read_timeout_seconds = 0", "local.client_read_timeout_seconds", "positive"),
         ('kv_namespaces = [{ binding = "OTHER" }]', "kv_namespaces", "TREX_KV"),
         ('compatibility_date = "yesterday"', "compatibility_date", "YYYY-MM-DD"),
     ],

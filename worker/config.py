@@ -172,6 +172,8 @@ class Config:
     byte on a kept-alive connection."""
     body_idle_timeout_seconds: float
     """The longest a request body that is still arriving may go without a byte."""
+    client_read_timeout_seconds: float
+    """The longest a streamed response waits for a client that has stopped reading (its buffers full)."""
     max_body_bytes: int
     tables: Mapping[str, Any] = field(repr=False)
     """The merged raw tables (after env selection), for modules that own their own sections."""
@@ -334,6 +336,9 @@ def _build(
     body_idle_timeout = _positive(
         local.get("body_idle_timeout_seconds", 60), source, "local.body_idle_timeout_seconds"
     )
+    client_read_timeout = _positive(
+        local.get("client_read_timeout_seconds", 120), source, "local.client_read_timeout_seconds"
+    )
 
     for key in sorted(NUMERIC_VARS):
         _positive_var(variables, key, source, environ)
@@ -363,6 +368,7 @@ def _build(
         wait_until_timeout_seconds=wait_timeout,
         header_timeout_seconds=header_timeout,
         body_idle_timeout_seconds=body_idle_timeout,
+        client_read_timeout_seconds=client_read_timeout,
         max_body_bytes=max_body,
         tables=MappingProxyType(tables),
     )
@@ -479,6 +485,7 @@ _LOCAL_KEYS = frozenset(
         "wait_until_timeout_seconds",
         "header_timeout_seconds",
         "body_idle_timeout_seconds",
+        "client_read_timeout_seconds",
     }
 )
 _MAX_NUMBER = 1e9

@@ -51,7 +51,18 @@ from . import memory, sessions, stored_owners, tokens
 from .accounting import claims
 from .accounting.events import Begun, Outcome
 from .accounting.usage import Observed
-from .appkeys import CTX, KEY_ID, OVERRIDE_FOR, RATE, REQUEST_ID, STARTED, USAGE_EVENT, abandoned, stamp
+from .appkeys import (
+    CONFIG,
+    CTX,
+    KEY_ID,
+    OVERRIDE_FOR,
+    RATE,
+    REQUEST_ID,
+    STARTED,
+    USAGE_EVENT,
+    abandoned,
+    stamp,
+)
 from .auth import KeyRecord, MissingProviderKeyError, credential_from_headers
 from .catalog import SMART_AUTO, needs, sampling_of, smart_auto, usable
 from .errors import (
@@ -79,6 +90,7 @@ UpstreamWire = Literal["chat", "responses", "messages"]
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 error_log = logging.getLogger("trex.error")
+log = logging.getLogger("trex.proxy")
 
 # Upstream response headers worth passing on: rate-limit state and when to retry.
 _FORWARD_HEADER_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
@@ -1294,13 +1306,50 @@ def _stream_headers(headers: dict[str, str]) -> dict[str, str]:
     }
 
 
-async def _write(out: web.StreamResponse, data: bytes) -> bool:
-    """Write to the client; False if it has gone away."""
+async def _write(out: web.StreamResponse, data: bytes, client: _Client) -> bool:
+    """Write to the client; False if it has gone away, or has stopped reading: a write that waits for it
+    longer than `[local] client_read_timeout_seconds` cuts its connection (an upstream stream it holds is
+    let go with it). A write can only wait when it takes the bytes waiting for the client past the
+    transport's high-water mark, so only such a write is timed."""
     try:
-        await out.write(data)
+        if (
+            client.transport is not None
+            and client.transport.get_write_buffer_size() + len(data) > client.room
+        ):
+            async with asyncio.timeout(client.read_timeout):
+                await out.write(data)
+        else:
+            await out.write(data)
     except ConnectionResetError:
         return False
+    except TimeoutError:
+        log.info("client stopped reading for %gs: its stream is cut", client.read_timeout)
+        if client.transport is not None:
+            client.transport.abort()
+        return False
     return True
+
+
+_FRAMING = 1024
+"""Room left for what aiohttp adds to a write (chunk sizes, the head on the first one)."""
+
+
+@dataclasses.dataclass(slots=True, frozen=True)
+class _Client:
+    """The client end of a streamed response, for `_write`."""
+
+    transport: asyncio.Transport | None
+    read_timeout: float
+    room: int
+    """What may wait in the transport's buffer before a write pauses on the client (high-water mark)."""
+
+    @classmethod
+    def of(cls, request: web.Request) -> _Client:
+        transport = request.transport
+        timeout = request.app[CONFIG].client_read_timeout_seconds
+        if not isinstance(transport, asyncio.WriteTransport):
+            return cls(None, timeout, 0)
+        return cls(transport, timeout, transport.get_write_buffer_limits()[1] - _FRAMING)
 
 
 async def _stream(
@@ -1318,6 +1367,7 @@ async def _stream(
     except ConnectionResetError:  # the client left while the upstream was getting ready: not its failure
         upstream.close()
         return out, "client_disconnected"
+    client = _Client.of(request)
     parser = SSEParser(comments=True)
     tail = b""
     outcome: Outcome = "completed"
@@ -1329,7 +1379,7 @@ async def _stream(
                 chunks.append(chunk)  # a reference, not a copy; parsed after the stream, off this path
             feed = relay.feed
             data = b"".join([feed(event) for event in parser.feed(chunk)])
-            if data and not await _write(out, data):
+            if data and not await _write(out, data, client):
                 upstream.close()  # client gone: stop reading and drop the upstream connection
                 return out, "client_disconnected"
             if relay.done:
@@ -1360,7 +1410,7 @@ async def _stream(
         upstream.close()
         outcome = "upstream_failed"
         tail = relay.fail("The gateway could not translate the upstream stream.")
-    if tail and not await _write(out, tail):
+    if tail and not await _write(out, tail, client):
         return out, "client_disconnected"
     with contextlib.suppress(ConnectionResetError):
         await out.write_eof()
@@ -1413,9 +1463,10 @@ async def _replay(
         await out.prepare(request)
     except ConnectionResetError:  # the client left before its answer: it was billed all the same
         return out
+    client = _Client.of(request)
     for ev in events_from_response(resp):
         data = relay.emit(ev)
-        if data and not await _write(out, data):
+        if data and not await _write(out, data, client):
             return out
     with contextlib.suppress(ConnectionResetError):
         await out.write_eof()

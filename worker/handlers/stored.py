@@ -35,6 +35,7 @@ from ..errors import InvalidRequestError, PermissionDeniedError, UpstreamError
 from ..gateway import Gateway
 from ..jsonio import read_body
 from ..proxy import (
+    _Client,
     _error_response,
     _forwarded_headers,
     _is_event_stream,
@@ -217,9 +218,10 @@ async def _relay(
     except ConnectionResetError:  # the client left while the upstream got ready
         upstream.close()
         return out
+    client = _Client.of(request)
     try:
         async for chunk in upstream.content.iter_any():
-            if not await _write(out, chunk):
+            if not await _write(out, chunk, client):
                 upstream.close()  # the client left: stop reading the upstream
                 return out
     except (TimeoutError, aiohttp.ClientError):  # the upstream broke off or stalled
