@@ -1,0 +1,193 @@
+"""PDFs and other documents across formats, through the worker with the official SDKs.
+
+- An OpenAI chat `file` part or Responses `input_file` (base64 data URL or `file_url`) reaches Claude as a
+  `document` block (its filename as the title); an Anthropic `document` (base64 PDF) reaches an OpenAI-format
+  model as a chat `file` part named by its title, and a text document as text headed by its title.
+- A PDF by URL reaches OpenRouter (which documents URLs in `file_data`) but no other chat upstream: a 400
+  naming the field. File ids, Anthropic `file` sources and citations never cross: 400s naming the field.
+- Same-format requests carry their documents as sent; the optimizer never changes a document's content.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from tests.conftest import GatewaySetup
+from tests.optimize.corpus import long_document
+
+CLAUDE = "claude-sonnet-4-6"
+PDF = base64.b64encode(b"%PDF-1.4\n1 0 obj << /Type /Page >> endobj\ntrailer << >>\n%%EOF").decode()
+PDF_URL = f"data:application/pdf;base64,{PDF}"
+PDF_SOURCE = {"type": "base64", "media_type": "application/pdf", "data": PDF}
+CLAUDE_DOCUMENT = {"type": "document", "source": PDF_SOURCE, "title": "report.pdf"}
+
+
+def _chat_file(**file: Any) -> Any:
+    return [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Summarize."}, {"type": "file", "file": file}],
+        }
+    ]
+
+
+def _user(*blocks: Any) -> Any:
+    return [{"role": "user", "content": list(blocks)}]
+
+
+def test_a_pdf_from_a_chat_client_reaches_claude_as_a_document(gateway: GatewaySetup) -> None:
+    client = gateway.openai()
+    messages = _chat_file(filename="report.pdf", file_data=PDF_URL)
+    answer = client.chat.completions.create(model=CLAUDE, messages=messages)
+    assert answer.choices[0].message.content
+    sent = gateway.fake.last()
+    assert sent.path == "/v1/messages"
+    assert sent.json["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "Summarize."}, CLAUDE_DOCUMENT]}
+    ]
+    stream = client.chat.completions.create(model=CLAUDE, messages=messages, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    sent = gateway.fake.last()
+    assert sent.json["stream"] is True and sent.json["messages"][0]["content"][1] == CLAUDE_DOCUMENT
+    # To an OpenAI model the part goes as the client sent it.
+    client.chat.completions.create(model="gpt-4o", messages=messages)
+    assert gateway.fake.last().json["messages"] == messages
+
+
+def test_responses_input_files_reach_claude_by_data_or_url(gateway: GatewaySetup) -> None:
+    client = gateway.openai()
+    content: Any = [
+        {"type": "input_file", "filename": "report.pdf", "file_data": PDF_URL},
+        {"type": "input_file", "file_url": "https://example.com/annual.pdf"},
+        {"type": "input_text", "text": "Compare them."},
+    ]
+    expected = [
+        CLAUDE_DOCUMENT,
+        {"type": "document", "source": {"type": "url", "url": "https://example.com/annual.pdf"}},
+        {"type": "text", "text": "Compare them."},
+    ]
+    response = client.responses.create(model=CLAUDE, input=[{"role": "user", "content": content}])
+    assert response.output_text
+    assert gateway.fake.last().json["messages"][0]["content"] == expected
+    with client.responses.stream(model=CLAUDE, input=[{"role": "user", "content": content}]) as stream:
+        assert stream.get_final_response().status == "completed"
+    sent = gateway.fake.last().json
+    assert sent["stream"] is True and sent["messages"][0]["content"] == expected
+
+
+def test_claude_documents_reach_openai_models_as_files_and_text(gateway: GatewaySetup) -> None:
+    claude = gateway.anthropic()
+    notes = {"type": "text", "media_type": "text/plain", "data": "Revenue grew 12%."}
+    messages = _user(
+        {**CLAUDE_DOCUMENT, "title": "Q3 report", "context": "Written by the finance team."},
+        {"type": "document", "source": notes, "title": "Notes", "citations": {"enabled": False}},
+        {"type": "text", "text": "What changed?"},
+    )
+    expected = [
+        {"type": "text", "text": "Written by the finance team."},
+        {"type": "file", "file": {"filename": "Q3 report.pdf", "file_data": PDF_URL}},
+        {"type": "text", "text": "# Notes\n\nRevenue grew 12%."},
+        {"type": "text", "text": "What changed?"},
+    ]
+    answer = claude.messages.create(model="gpt-4o", max_tokens=100, messages=messages)
+    assert answer.content[0].type == "text"
+    sent = gateway.fake.last()
+    assert sent.path == "/v1/chat/completions" and sent.json["messages"][0]["content"] == expected
+    with claude.messages.stream(model="gpt-4o", max_tokens=100, messages=messages) as stream:
+        assert stream.get_final_message().stop_reason == "end_turn"
+    sent = gateway.fake.last()
+    assert sent.json["stream"] is True and sent.json["messages"][0]["content"] == expected
+    # To Claude the blocks go as the client sent them.
+    claude.messages.create(model=CLAUDE, max_tokens=100, messages=messages)
+    assert gateway.fake.last().json["messages"] == messages
+
+
+def test_a_pdf_by_url_reaches_openrouter_but_not_openai(gateway: GatewaySetup) -> None:
+    claude = gateway.anthropic()
+    messages = _user(
+        {"type": "document", "source": {"type": "url", "url": "https://example.com/a.pdf"}},
+        {"type": "text", "text": "Summarize."},
+    )
+    claude.messages.create(model="anthropic/claude-sonnet-4", max_tokens=100, messages=messages)
+    sent = gateway.fake.last()
+    assert sent.path == "/api/v1/chat/completions"
+    assert sent.json["messages"][0]["content"][0] == {
+        "type": "file",
+        "file": {"filename": "document.pdf", "file_data": "https://example.com/a.pdf"},
+    }
+    before = len(gateway.fake.received)
+    with pytest.raises(anthropic.BadRequestError) as err:
+        claude.messages.create(model="gpt-4o", max_tokens=100, messages=messages)
+    body: Any = err.value.body
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert "messages[0].content[0].source.url" in body["error"]["message"]
+    assert len(gateway.fake.received) == before
+
+
+def test_file_ids_and_citations_do_not_cross_providers(gateway: GatewaySetup) -> None:
+    client, claude = gateway.openai(), gateway.anthropic()
+    before = len(gateway.fake.received)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=CLAUDE, messages=_chat_file(file_id="file-abc123"))
+    assert (err.value.param, err.value.code) == (
+        "messages[0].content[1].file.file_id",
+        "unsupported_for_provider",
+    )
+    assert "file ids belong to one provider's Files API" in err.value.message
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(
+            model=CLAUDE,
+            input=[{"role": "user", "content": [{"type": "input_file", "file_id": "file-abc123"}]}],
+        )
+    assert (err.value.param, err.value.code) == ("input[0].content[0].file_id", "unsupported_for_provider")
+    for block, field in (
+        ({"type": "document", "source": {"type": "file", "file_id": "file_011"}}, "source.file_id"),
+        ({**CLAUDE_DOCUMENT, "citations": {"enabled": True}}, "citations"),
+    ):
+        with pytest.raises(anthropic.BadRequestError) as claude_err:
+            claude.messages.create(
+                model="gpt-4o", max_tokens=100, messages=_user(block, {"type": "text", "text": "Summarize."})
+            )
+        body: Any = claude_err.value.body
+        assert f"messages[0].content[0].{field}" in body["error"]["message"]
+    assert len(gateway.fake.received) == before
+
+
+def test_the_optimizer_leaves_documents_as_sent(gateway: GatewaySetup) -> None:
+    """Aggressive optimization compacts an older turn's prose, never a document's text or bytes."""
+    prose = long_document().body["input"][0]["content"]
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "document",
+                    "title": "Offsite",
+                    "source": {"type": "text", "media_type": "text/plain", "data": prose},
+                },
+                CLAUDE_DOCUMENT,
+                {"type": "text", "text": prose},
+            ],
+        },
+        {"role": "assistant", "content": "Read."},
+        {"role": "user", "content": "Anything else?"},
+        {"role": "assistant", "content": "No."},
+        {"role": "user", "content": "What is the rollback budget?"},
+    ]
+    gateway.anthropic().messages.create(
+        model="gpt-4o",
+        max_tokens=100,
+        messages=messages,  # type: ignore[arg-type]
+        extra_body={"trex": {"optimize": {"mode": "aggressive"}}},
+    )
+    first = gateway.fake.last().json["messages"][0]["content"]
+    assert first[0] == {"type": "text", "text": f"# Offsite\n\n{prose}"}
+    assert first[1] == {"type": "file", "file": {"filename": "report.pdf", "file_data": PDF_URL}}
+    assert len(first[2]["text"]) < len(prose)  # the same prose as a text block was compacted
+    assert json.dumps(first).count(PDF) == 1
