@@ -6,20 +6,25 @@
 - A PDF by URL reaches OpenRouter (which documents URLs in `file_data`) but no other chat upstream: a 400
   naming the field. File ids, Anthropic `file` sources and citations never cross: 400s naming the field.
 - Same-format requests carry their documents as sent; the optimizer never changes a document's content.
+- smart-auto sends a PDF only to a model that reads images, and what only one provider takes to its models.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anthropic
 import openai
 import pytest
 
-from tests.conftest import GatewaySetup
+from tests.conftest import MASTER_KEY, UPSTREAM_KEYS, GatewaySetup
+from tests.fakes.upstream import FakeUpstream
+from tests.harness import InProcessWorker
 from tests.optimize.corpus import long_document
+from worker.appkeys import GATEWAY
 
 CLAUDE = "claude-sonnet-4-6"
 PDF = base64.b64encode(b"%PDF-1.4\n1 0 obj << /Type /Page >> endobj\ntrailer << >>\n%%EOF").decode()
@@ -191,3 +196,68 @@ def test_the_optimizer_leaves_documents_as_sent(gateway: GatewaySetup) -> None:
     assert first[1] == {"type": "file", "file": {"filename": "report.pdf", "file_data": PDF_URL}}
     assert len(first[2]["text"]) < len(prose)  # the same prose as a text block was compacted
     assert json.dumps(first).count(PDF) == 1
+
+
+NO_VISION = '[[models]]\nname = "gpt-4o-mini"\nprovider = "openai"\ncapabilities = ["tools", "json"]\n'
+"""The cheapest catalog model, made one that cannot read images (or PDFs)."""
+
+
+@pytest.fixture
+def smart(make_worker: Callable[..., InProcessWorker]) -> Iterator[tuple[openai.OpenAI, anthropic.Anthropic]]:
+    worker = make_worker(dev_vars={"TREX_MASTER_KEY": MASTER_KEY}, extra=NO_VISION)
+    keys = worker.app[GATEWAY].keys
+    record, token = worker.call(keys.create("smart"))
+    for provider in ("openai", "anthropic"):
+        worker.call(keys.bind(record.id, provider, UPSTREAM_KEYS[provider]))
+    with (
+        openai.OpenAI(api_key=token, base_url=worker.url + "/v1", max_retries=0) as client,
+        anthropic.Anthropic(api_key=token, base_url=worker.url, max_retries=0) as claude,
+    ):
+        yield client, claude
+
+
+def test_smart_auto_sends_a_pdf_only_to_a_model_that_reads_it(
+    smart: tuple[openai.OpenAI, anthropic.Anthropic], fake_upstream: FakeUpstream
+) -> None:
+    """A PDF needs a model that reads images (PDF pages are read as text and images); a text document does not,
+    and now goes to any provider; what only one provider can take (a file id, citations, a PDF by URL for a
+    Messages client) goes to a model of that provider."""
+    client, claude = smart
+
+    def chosen(raw: Any) -> str:
+        return str(raw.headers["X-Trex-Upstream-Model"])
+
+    hi: Any = [{"role": "user", "content": "hi"}]
+    assert (
+        chosen(client.chat.completions.with_raw_response.create(model="smart-auto", messages=hi))
+        == "gpt-4o-mini"
+    )
+    pdf = _chat_file(filename="report.pdf", file_data=PDF_URL)
+    assert (
+        chosen(client.chat.completions.with_raw_response.create(model="smart-auto", messages=pdf))
+        == "gpt-5.4-nano"
+    )
+    file_id = _chat_file(file_id="file-abc123")
+    raw = client.chat.completions.with_raw_response.create(model="smart-auto", messages=file_id)
+    assert raw.headers["X-Trex-Upstream-Provider"] == "openai"
+
+    def messages_to(*blocks: Any) -> str:
+        raw = claude.messages.with_raw_response.create(
+            model="smart-auto",
+            max_tokens=100,
+            messages=_user(*blocks, {"type": "text", "text": "Summarize."}),
+        )
+        return chosen(raw)
+
+    text = {
+        "type": "document",
+        "source": {"type": "text", "media_type": "text/plain", "data": "Revenue grew."},
+    }
+    assert messages_to(text) == "gpt-4o-mini"
+    assert messages_to(CLAUDE_DOCUMENT) == "gpt-5.4-nano"
+    assert fake_upstream.last().json["messages"][0]["content"][0]["type"] == "file"
+    assert messages_to({**text, "citations": {"enabled": True}}) == "claude-haiku-4-5"
+    before = len(fake_upstream.received)
+    url = {"type": "document", "source": {"type": "url", "url": "https://example.com/a.pdf"}}
+    assert messages_to(url) == "claude-haiku-4-5"
+    assert [r.path for r in fake_upstream.received[before:]] == ["/v1/messages"]  # no OpenAI model was tried
