@@ -6,13 +6,15 @@
 - A PDF by URL reaches OpenRouter (which documents URLs in `file_data`) but no other chat upstream: a 400
   naming the field. File ids, Anthropic `file` sources and citations never cross: 400s naming the field.
 - Same-format requests carry their documents as sent; the optimizer never changes a document's content.
-- smart-auto sends a PDF only to a model that reads images, and what only one provider takes to its models.
+- smart-auto sends a PDF only to a model that reads images, and what only one provider takes to its models;
+  a PDF is counted by its pages, not by its base64.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,6 +27,7 @@ from tests.fakes.upstream import FakeUpstream
 from tests.harness import InProcessWorker
 from tests.optimize.corpus import long_document
 from worker.appkeys import GATEWAY
+from worker.optimize.opaque import PAGE_TOKENS
 
 CLAUDE = "claude-sonnet-4-6"
 PDF = base64.b64encode(b"%PDF-1.4\n1 0 obj << /Type /Page >> endobj\ntrailer << >>\n%%EOF").decode()
@@ -261,3 +264,17 @@ def test_smart_auto_sends_a_pdf_only_to_a_model_that_reads_it(
     url = {"type": "document", "source": {"type": "url", "url": "https://example.com/a.pdf"}}
     assert messages_to(url) == "claude-haiku-4-5"
     assert [r.path for r in fake_upstream.received[before:]] == ["/v1/messages"]  # no OpenAI model was tried
+
+
+def test_a_large_pdf_is_counted_by_its_pages_not_its_base64(gateway: GatewaySetup) -> None:
+    """A 3-page PDF of 400 KB is some 9,000 tokens to the model; counted as base64 text it was ~280,000, past
+    every context window but the largest, so smart-auto could not pick the cheapest model that reads PDFs.
+    The file reaches the model byte-identical."""
+    pages = b"".join(b"%d 0 obj << /Type /Page >> endobj\n" % i for i in (2, 3, 4))
+    raw = b"%PDF-1.7\n" + pages + random.Random(7).randbytes(300_000) + b"%%EOF"
+    data = "data:application/pdf;base64," + base64.b64encode(raw).decode()
+    messages = _chat_file(filename="scan.pdf", file_data=data)
+    reply = gateway.openai().chat.completions.with_raw_response.create(model="smart-auto", messages=messages)
+    assert reply.headers["X-Trex-Upstream-Model"] == "gpt-4o-mini"
+    assert 3 * PAGE_TOKENS < int(reply.headers["X-Trex-Original-Tokens"]) < 3 * PAGE_TOKENS + 100
+    assert gateway.fake.last().json["messages"][0]["content"][1]["file"]["file_data"] == data
