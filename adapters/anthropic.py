@@ -26,9 +26,11 @@ from typing import Any, Final, Literal, NoReturn
 
 import msgspec
 
+from . import documents
 from .base import (
     BlockStop,
     CacheControl,
+    Document,
     Image,
     Message,
     Part,
@@ -214,6 +216,8 @@ def _decode_image(block: dict[str, Any], param: str) -> Image:
         )
     if kind == "url":
         return Image(url=_string(source, "url", f"{param}.source"), cache_control=cc)
+    if kind == "file":
+        raise documents.file_id_refused(f"{param}.source.file_id", "send the image inline or by URL instead")
     _fail(f"image source type {kind!r} is not supported; use 'base64' or 'url'", f"{param}.source.type")
 
 
@@ -224,7 +228,7 @@ def _decode_text(block: dict[str, Any], param: str) -> Text:
 
 def _decode_tool_result(block: dict[str, Any], param: str) -> ToolResult:
     content = block.get("content")
-    parts: list[Text | Image]
+    parts: list[Text | Image | Document]
     if content is None:
         parts = []
     elif type(content) is str:
@@ -239,6 +243,8 @@ def _decode_tool_result(block: dict[str, Any], param: str) -> ToolResult:
                 parts.append(_decode_text(item, f"{param}.content[{k}]"))
             elif kind == "image":
                 parts.append(_decode_image(item, f"{param}.content[{k}]"))
+            elif kind == "document":
+                parts.extend(_decode_document(item, f"{param}.content[{k}]"))
             else:
                 _fail(
                     f"tool_result content of type {kind!r} cannot be translated for this model's provider",
@@ -250,6 +256,17 @@ def _decode_tool_result(block: dict[str, Any], param: str) -> ToolResult:
     if type(is_error) is not bool:
         _fail("`is_error` must be a boolean", f"{param}.is_error")
     return ToolResult(_string(block, "tool_use_id", param), parts, is_error, _cache_control(block, param))
+
+
+def _decode_document(block: dict[str, Any], param: str) -> list[Text | Image | Document]:
+    return documents.from_anthropic(block, param, _cache_control(block, param))
+
+
+def _decode_blocks(block: Any, param: str) -> list[Part]:
+    """The parts one content block stands for: itself, or a document's (its context, its text)."""
+    if type(block) is dict and block.get("type") == "document":
+        return [*_decode_document(block, param)]
+    return [_decode_block(block, param)]
 
 
 def _decode_block(block: Any, param: str) -> Part:
@@ -279,7 +296,7 @@ def _decode_block(block: Any, param: str) -> Part:
         return Thinking("", REDACTED_PREFIX + _string(block, "data", param))
     if kind is None:
         _fail("content block has no `type`", f"{param}.type")
-    # document, search_result, server tool blocks, …: no canonical form, and silently dropping them would
+    # search_result, server tool blocks, …: no canonical form, and silently dropping them would
     # change what the model is asked.
     _fail(f"content blocks of type {kind!r} cannot be translated for this model's provider", f"{param}.type")
 
@@ -299,7 +316,7 @@ def _decode_messages(raw: Any) -> list[Message]:
             parts: list[Part] = [Text(content)]
         elif type(content) is list:
             prefix = f"messages[{i}].content"
-            parts = [_decode_block(b, f"{prefix}[{j}]") for j, b in enumerate(content)]
+            parts = [p for j, b in enumerate(content) for p in _decode_blocks(b, f"{prefix}[{j}]")]
         else:
             _fail("`content` must be a string or a list of blocks", f"messages[{i}].content")
         messages.append(Message(role, parts))
@@ -407,8 +424,8 @@ def decode_request(body: dict[str, Any]) -> Request:
     """Translate an inbound Anthropic `/v1/messages` body into a canonical `Request`.
 
     Raises `TranslationError` naming the offending field (e.g. `messages[2].content[1].type`) for shapes
-    that are invalid, or valid for Anthropic but impossible to express for another provider (documents,
-    search results, server tools).
+    that are invalid, or valid for Anthropic but impossible to express for another provider (search results,
+    server tools, documents from the Files API or asking for citations).
     """
     model = body.get("model")
     if type(model) is not str or not model:
@@ -557,6 +574,8 @@ def _tool_result_block(part: ToolResult, param: str) -> dict[str, Any]:
         if isinstance(item, Text):
             if item.text:  # Anthropic rejects empty text blocks
                 content.append(_with_cache({"type": "text", "text": item.text}, item.cache_control))
+        elif isinstance(item, Document):
+            content.append(documents.to_anthropic(item, f"{param}.content[{k}]"))
         else:
             content.append(_image_block(item, f"{param}.content[{k}]"))
     block: dict[str, Any] = {"type": "tool_result", "tool_use_id": _tool_id(part.tool_call_id)}
@@ -596,6 +615,8 @@ def _encode_part(part: Part, param: str) -> dict[str, Any] | None:
         return _with_cache(block, part.cache_control)
     if isinstance(part, Image):
         return _image_block(part, param)
+    if isinstance(part, Document):
+        return documents.to_anthropic(part, param)
     return _thinking_block(part)
 
 

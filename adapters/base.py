@@ -43,6 +43,21 @@ class Image(msgspec.Struct, tag="image", omit_defaults=True):
     """Where the client sent the image (`messages[1].content[0].image_url.url`): what an error names."""
 
 
+class Document(msgspec.Struct, tag="document", omit_defaults=True):
+    """A document for the model to read: a PDF (or plain text) inline as base64 `data` with its `media_type`,
+    or a PDF by `url`. `title` is its name (OpenAI `filename`, Anthropic `title`). Files uploaded to a
+    provider's Files API have no canonical form: their ids mean nothing to another provider, so the decoders
+    refuse them (see `adapters.documents`)."""
+
+    media_type: str | None = None
+    data: str | None = None
+    url: str | None = None
+    title: str | None = None
+    cache_control: CacheControl | None = None
+    where: str | None = None
+    """Where the client sent the document (`messages[1].content[0].file.file_data`): what an error names."""
+
+
 class ToolCall(msgspec.Struct, tag="tool_call", omit_defaults=True):
     """An assistant's call of a tool. `arguments` is the JSON text exactly as produced."""
 
@@ -58,7 +73,7 @@ class ToolResult(msgspec.Struct, tag="tool_result", omit_defaults=True):
     """The result of a tool call, paired to it by `tool_call_id`."""
 
     tool_call_id: str
-    content: list[Text | Image]
+    content: list[Text | Image | Document]
     is_error: bool = False
     cache_control: CacheControl | None = None
 
@@ -70,7 +85,7 @@ class Thinking(msgspec.Struct, tag="thinking", omit_defaults=True):
     signature: str | None = None
 
 
-Part = Text | Image | ToolCall | ToolResult | Thinking
+Part = Text | Image | Document | ToolCall | ToolResult | Thinking
 
 
 class Message(msgspec.Struct, omit_defaults=True):

@@ -19,10 +19,11 @@ from typing import Any, Final, Literal, cast
 
 import msgspec
 
-from . import allowed_tools, unhonoured
+from . import allowed_tools, documents, unhonoured
 from .base import (
     BlockStop,
     CacheControl,
+    Document,
     Image,
     Message,
     Part,
@@ -186,7 +187,7 @@ def _decode_messages(raw: Any) -> tuple[list[Text], list[Message]]:
             content = msg.get("content")
             if isinstance(content, list) and not content:
                 raise TranslationError(f"Invalid '{where}.content': empty array.", f"{where}.content")
-            parts = _decode_parts(content, f"{where}.content", cc, images=True)
+            parts = _decode_parts(content, f"{where}.content", cc, media=True)
             if all(isinstance(p, Text) and (not p.text or p.text.isspace()) for p in parts):
                 # Claude refuses empty or whitespace-only text, and the turn dropped on the way would leave
                 # it a conversation that is not the one sent (none at all, or one ending with its answer).
@@ -202,7 +203,7 @@ def _decode_messages(raw: Any) -> tuple[list[Text], list[Message]]:
             if isinstance(content, list) and not content:
                 raise TranslationError(f"Invalid '{where}.content': empty array.", f"{where}.content")
             for part in _decode_parts(content, f"{where}.content", cc):
-                assert isinstance(part, Text)  # images=False admits text parts only
+                assert isinstance(part, Text)  # media=False admits text parts only
                 system.append(part)
         else:
             raise TranslationError(
@@ -278,21 +279,22 @@ def _decode_tool_message(msg: dict[str, Any], where: str, cc: CacheControl | Non
         )
     content = msg.get("content")
     # A message-level cache_control marks the whole result: that is the tool_result block for Anthropic.
-    parts = _decode_parts(content, f"{where}.content", None, images=True)
+    parts = _decode_parts(content, f"{where}.content", None, media=True)
     return ToolResult(tool_call_id=call_id, content=parts, cache_control=cc)
 
 
 def _decode_parts(
-    content: Any, where: str, cc: CacheControl | None, *, images: bool = False, refusal: bool = False
-) -> list[Text | Image]:
-    """Content (string or parts) → Text/Image parts; a message-level cache_control lands on the last part."""
+    content: Any, where: str, cc: CacheControl | None, *, media: bool = False, refusal: bool = False
+) -> list[Text | Image | Document]:
+    """Content (string or parts) → Text parts, and with `media` Image and Document (file) parts too; a
+    message-level cache_control lands on the last part."""
     if isinstance(content, str):
         return [Text(text=content, cache_control=cc)]
     if not isinstance(content, list):
         raise TranslationError(
             f"Invalid type for '{where}': expected a string or an array of content parts.", where
         )
-    parts: list[Text | Image] = []
+    parts: list[Text | Image | Document] = []
     for j, part in enumerate(content):
         pwhere = f"{where}[{j}]"
         if not isinstance(part, dict):
@@ -304,8 +306,13 @@ def _decode_parts(
             if not isinstance(text, str):
                 raise TranslationError(f"'{pwhere}.{key}' must be a string.", f"{pwhere}.{key}")
             parts.append(Text(text=text, cache_control=_cache_control(part)))
-        elif images and ptype == "image_url":
+        elif media and ptype == "image_url":
             parts.append(_decode_image(part, pwhere))
+        elif media and ptype == "file":
+            spec = part.get("file")
+            if not isinstance(spec, dict):
+                raise TranslationError(f"'{pwhere}.file' must be an object.", f"{pwhere}.file")
+            parts.append(documents.from_openai(spec, f"{pwhere}.file", _cache_control(part), responses=False))
         else:
             raise TranslationError(f"Unsupported content part type {ptype!r} in '{where}'.", f"{pwhere}.type")
     if cc is not None and parts and parts[-1].cache_control is None:
@@ -484,11 +491,11 @@ def encode_request(req: Request, *, upstream_model: str, flavor: Flavor) -> dict
     messages: list[dict[str, Any]] = []
     if req.system:
         messages.append({"role": "system", "content": _text_content(req.system, keep_cc)})
-    for msg in req.messages:
+    for i, msg in enumerate(req.messages):
         if msg.role == "assistant":
             _encode_assistant(msg, messages, keep_cc)
         else:
-            _encode_user(msg, messages, keep_cc)
+            _encode_user(msg, messages, flavor, f"messages[{i}]")
 
     body: dict[str, Any] = {"model": upstream_model, "messages": messages}
     if req.tools:
@@ -573,11 +580,12 @@ def _image_part(image: Image) -> dict[str, Any] | None:
     return {"type": "image_url", "image_url": spec}
 
 
-def _encode_user(msg: Message, out: list[dict[str, Any]], keep_cc: bool) -> None:
-    parts: list[Text | Image] = []
-    tool_images: list[Image] = []
+def _encode_user(msg: Message, out: list[dict[str, Any]], flavor: Flavor, where: str) -> None:
+    keep_cc = flavor == "openrouter"
+    parts: list[Text | Image | Document] = []
+    tool_media: list[Image | Document] = []
     for part in msg.content:
-        if isinstance(part, Text | Image):
+        if isinstance(part, Text | Image | Document):
             parts.append(part)
         elif isinstance(part, ToolResult):
             # Tool messages must directly follow the assistant's tool calls, so they go out first.
@@ -586,7 +594,7 @@ def _encode_user(msg: Message, out: list[dict[str, Any]], keep_cc: bool) -> None
                 if isinstance(item, Text):
                     texts.append(item)
                 else:
-                    tool_images.append(item)  # tool messages cannot carry images: a user message follows
+                    tool_media.append(item)  # tool messages carry text only: a user message follows
             if part.is_error:
                 # Chat has no error flag on a tool message: the model reads that the call failed instead.
                 first = texts[0] if texts else Text("")
@@ -599,8 +607,8 @@ def _encode_user(msg: Message, out: list[dict[str, Any]], keep_cc: bool) -> None
                 }
             )
         # Thinking and tool calls have no place in a chat user message.
-    if tool_images:
-        parts = [*tool_images, *parts]
+    if tool_media:
+        parts = [*tool_media, *parts]
     if not parts:
         return
     if all(isinstance(p, Text) for p in parts):
@@ -608,7 +616,12 @@ def _encode_user(msg: Message, out: list[dict[str, Any]], keep_cc: bool) -> None
     else:
         content = []
         for p in parts:
-            encoded = _text_part(p, keep_cc) if isinstance(p, Text) else _image_part(p)
+            if isinstance(p, Text):
+                encoded: dict[str, Any] | None = _text_part(p, keep_cc)
+            elif isinstance(p, Image):
+                encoded = _image_part(p)
+            else:
+                encoded = documents.to_chat(p, flavor, where)
             if encoded is not None:
                 content.append(encoded)
     out.append({"role": "user", "content": content})

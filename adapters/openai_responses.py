@@ -3,7 +3,8 @@
 OpenAI models get the request forwarded untouched; this module is only for Claude, OpenRouter and local
 models, so everything that depends on OpenAI-side state or tools is refused with a `TranslationError` that
 names the parameter: `previous_response_id`, `conversation`, `background`, stored `prompt`s, `item_reference`
-items, `file_id` images and every built-in tool (web search, file search, code interpreter, computer use, …).
+items, `file_id` images and files, and every built-in tool (web search, file search, code interpreter,
+computer use, …).
 
 - `decode_request`: a Responses request body → canonical `Request`.
 - `encode_response`: a canonical `Response` → a Responses `response` object.
@@ -22,9 +23,10 @@ from typing import Any, Literal
 
 import msgspec
 
-from adapters import allowed_tools, unhonoured
+from adapters import allowed_tools, documents, unhonoured
 from adapters.base import (
     BlockStop,
+    Document,
     Image,
     Message,
     Part,
@@ -249,10 +251,10 @@ def _cache_control(obj: dict[str, Any], param: str) -> dict[str, Any] | None:
     return value
 
 
-def _decode_content(item: dict[str, Any], param: str) -> list[Text | Image]:
+def _decode_content(item: dict[str, Any], param: str) -> list[Text | Image | Document]:
     content = item.get("content")
     item_cache = _cache_control(item, param)
-    parts: list[Text | Image]
+    parts: list[Text | Image | Document]
     if isinstance(content, str):
         parts = [Text(content)]
     elif isinstance(content, list):
@@ -267,8 +269,8 @@ def _decode_content(item: dict[str, Any], param: str) -> list[Text | Image]:
     return parts
 
 
-def _decode_parts(raw: list[Any], param: str, *, allow_output: bool) -> list[Text | Image]:
-    parts: list[Text | Image] = []
+def _decode_parts(raw: list[Any], param: str, *, allow_output: bool) -> list[Text | Image | Document]:
+    parts: list[Text | Image | Document] = []
     for j, part in enumerate(raw):
         pparam = f"{param}[{j}]"
         if not isinstance(part, dict):
@@ -286,6 +288,8 @@ def _decode_parts(raw: list[Any], param: str, *, allow_output: bool) -> list[Tex
             parts.append(Text(refusal, cache_control=_cache_control(part, pparam)))
         elif kind == "input_image":
             parts.append(_decode_image(part, pparam))
+        elif kind == "input_file":
+            parts.append(documents.from_openai(part, pparam, _cache_control(part, pparam), responses=True))
         else:
             raise TranslationError(
                 f"`{pparam}`: content parts of type {kind!r} are not supported for this model.",
@@ -297,10 +301,8 @@ def _decode_parts(raw: list[Any], param: str, *, allow_output: bool) -> list[Tex
 def _decode_image(part: dict[str, Any], param: str) -> Image:
     url = part.get("image_url")
     if url is None and part.get("file_id") is not None:
-        raise TranslationError(
-            f"`{param}.file_id`: uploaded files are only available to OpenAI models; send `image_url` "
-            "(an https or base64 data URL) instead.",
-            f"{param}.file_id",
+        raise documents.file_id_refused(
+            f"{param}.file_id", "send `image_url` (an https or base64 data URL) instead"
         )
     if not isinstance(url, str) or not url:
         raise TranslationError(f"`{param}.image_url` must be a non-empty string.", f"{param}.image_url")
@@ -319,7 +321,7 @@ def _decode_image(part: dict[str, Any], param: str) -> Image:
     return Image(media_type=inline[0], data=inline[1], detail=detail, cache_control=cache, where=at)
 
 
-def _text_only(parts: list[Text | Image], param: str, role: str) -> list[Text]:
+def _text_only(parts: list[Text | Image | Document], param: str, role: str) -> list[Text]:
     texts: list[Text] = []
     for j, part in enumerate(parts):
         if not isinstance(part, Text):
@@ -351,7 +353,7 @@ def _decode_function_call(item: dict[str, Any], param: str) -> ToolCall:
 def _decode_function_call_output(item: dict[str, Any], param: str) -> ToolResult:
     call_id = _required_str(item, "call_id", param)
     output = item.get("output")
-    content: list[Text | Image]
+    content: list[Text | Image | Document]
     if isinstance(output, str):
         # An empty tool output is legal; an empty text block is not (Anthropic), so send no block.
         content = [Text(output)] if output else []

@@ -240,7 +240,7 @@ def test_smart_auto_skips_models_whose_context_window_is_too_small(
 def test_smart_auto_picks_a_model_that_can_take_what_the_request_asks(
     keyed: Any, fake_upstream: FakeUpstream
 ) -> None:
-    """A Messages document or server tool only Claude can take, a Responses built-in tool only OpenAI can,
+    """A Messages search result or server tool only Claude can take, a Responses built-in tool only OpenAI can,
     and a reasoning setting only a reasoning model accepts: smart-auto picks accordingly instead of a model
     that answers 400. A reasoning model is sent `max_completion_tokens`, which it requires."""
     client = keyed()
@@ -248,7 +248,7 @@ def test_smart_auto_picks_a_model_that_can_take_what_the_request_asks(
     worker_url = str(client.base_url).removesuffix("/v1/")
     claude = anthropic.Anthropic(api_key=token, base_url=worker_url, max_retries=0)
     try:
-        doc = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "hello"}}
+        doc = {"type": "search_result", "source": "https://example.com", "title": "t", "content": []}
         raw = claude.messages.with_raw_response.create(
             model="smart-auto",
             max_tokens=100,

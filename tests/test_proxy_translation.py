@@ -329,13 +329,13 @@ def test_messages_to_openai_errors_in_anthropic_shape(gateway: GatewaySetup) -> 
                     "content": [
                         {
                             "type": "document",
-                            "source": {"type": "text", "data": "x", "media_type": "text/plain"},
+                            "source": {"type": "file", "file_id": "file_011"},
                         }
                     ],
                 }
             ],  # type: ignore[list-item]
         )
-    assert "messages[0].content[0]" in str(err.value.body)
+    assert "messages[0].content[0].source.file_id" in str(err.value.body)
 
 
 # ---- Responses → OpenRouter and local ------

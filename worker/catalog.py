@@ -15,7 +15,7 @@ models, cheapest first, become its fallback chain.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -200,13 +200,16 @@ def needs(body: dict[str, Any], fmt: str) -> tuple[set[str], int]:
             need.add("json")
         elif kind == "json_schema":
             need.add("json_schema")
-    if _has_image(body.get("messages") if fmt != "responses" else body.get("input")):
-        need.add("vision")
+    conversation = body.get("messages") if fmt != "responses" else body.get("input")
+    if _has_image(conversation) or _any(conversation, _is_pdf):
+        need.add("vision")  # a PDF is read as text and page images: a model that reads images reads PDFs
     if body.get("reasoning_effort") or body.get("reasoning") or body.get("thinking"):
         need.add("reasoning")  # a model without it rejects the parameter (a 400 no fallback follows)
     native = _native_provider(body, fmt)
     if native is not None:
         need.add(f"{_ONLY_ON}{native}")
+    if fmt == "messages" and _any(body.get("messages"), _pdf_by_url):
+        need.add(f"{_ONLY_ON}anthropic|openrouter")  # Chat Completions takes no file by URL; OpenRouter does
     requested = (
         body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens") or 0
     )
@@ -214,13 +217,15 @@ def needs(body: dict[str, Any], fmt: str) -> tuple[set[str], int]:
 
 
 _ONLY_ON = "provider:"
-"""A need only one provider meets: its own format's features, which no translation carries."""
+"""A need only some providers meet (`provider:anthropic`, `provider:anthropic|openrouter`): a format's own
+features, which no translation carries. A model must meet each such need."""
 
 
 def _native_provider(body: dict[str, Any], fmt: str) -> str | None:
-    """The provider a request can only go to: Anthropic for Messages documents, search results, server tools,
-    MCP servers or a container; OpenAI for Responses built-in tools (web search, file search …) and
-    background responses."""
+    """The provider a request can only go to: Anthropic for Messages search results, documents asking for
+    citations, files from its Files API, server tools, MCP servers or a container; OpenAI for a file id of its
+    Files API (chat or Responses), Responses built-in tools (web search, file search …) and background
+    responses."""
     tools = body.get("tools")
     typed_tools = [t for t in tools if isinstance(t, dict)] if isinstance(tools, list) else []
     if fmt == "messages":
@@ -228,9 +233,11 @@ def _native_provider(body: dict[str, Any], fmt: str) -> str | None:
             return "anthropic"
         if any(t.get("type") not in (None, "custom") for t in typed_tools):
             return "anthropic"
-        if _has_block(body.get("messages"), ("document", "search_result")):
+        if _has_block(body.get("messages"), ("search_result",)) or _any(body.get("messages"), _claude_only):
             return "anthropic"
-    elif fmt == "responses":
+    elif _any(body.get("messages") if fmt == "chat" else body.get("input"), _file_id):
+        return "openai"  # an upload to OpenAI's Files API: another provider cannot read it
+    if fmt == "responses":
         if body.get("background") not in (None, False):  # only OpenAI runs and stores one
             return "openai"
         if any(t.get("type") not in (None, "function") for t in typed_tools):
@@ -238,14 +245,55 @@ def _native_provider(body: dict[str, Any], fmt: str) -> str | None:
     return None
 
 
-def _has_block(value: Any, kinds: tuple[str, ...]) -> bool:
+def _any(value: Any, test: Callable[[dict[str, Any]], bool]) -> bool:
+    """Whether `test` holds for an object anywhere in `value`."""
     if isinstance(value, dict):
-        if value.get("type") in kinds:
+        if test(value):
             return True
-        return any(_has_block(v, kinds) for v in value.values() if isinstance(v, list | dict))
+        return any(_any(v, test) for v in value.values() if isinstance(v, list | dict))
     if isinstance(value, list):
-        return any(_has_block(v, kinds) for v in value)
+        return any(_any(v, test) for v in value)
     return False
+
+
+def _has_block(value: Any, kinds: tuple[str, ...]) -> bool:
+    return _any(value, lambda block: block.get("type") in kinds)
+
+
+def _source_type(block: dict[str, Any]) -> Any:
+    source = block.get("source")
+    return source.get("type") if isinstance(source, dict) else None
+
+
+def _is_pdf(block: dict[str, Any]) -> bool:
+    """A file the model reads (a chat `file` part, a Responses `input_file`, a Messages document that is not
+    a text or content source, which are text)."""
+    kind = block.get("type")
+    return kind in ("file", "input_file") or (
+        kind == "document" and _source_type(block) not in ("text", "content")
+    )
+
+
+def _pdf_by_url(block: dict[str, Any]) -> bool:
+    return block.get("type") == "document" and _source_type(block) == "url"
+
+
+def _claude_only(block: dict[str, Any]) -> bool:
+    """A Messages block no other provider can be sent: a file from Anthropic's Files API, or a document asking
+    for citations (only Claude answers with them)."""
+    if block.get("type") not in ("document", "image"):
+        return False
+    citations = block.get("citations")
+    return _source_type(block) == "file" or (isinstance(citations, dict) and citations.get("enabled") is True)
+
+
+def _file_id(block: dict[str, Any]) -> bool:
+    """A chat `file` part or a Responses `input_file` / `input_image` naming an upload by `file_id`."""
+    kind = block.get("type")
+    if kind == "file":
+        spec = block.get("file")
+        return isinstance(spec, dict) and spec.get("file_id") is not None
+    return kind in ("input_file", "input_image") and block.get("file_id") is not None
 
 
 def _has_image(value: Any) -> bool:
@@ -262,13 +310,13 @@ def smart_auto(
 ) -> list[ModelRoute]:
     """Fitting chat models, cheapest first (400 `no_model_fits` when none does)."""
     fitting: list[tuple[float, str, ModelRoute]] = []
-    only_on = {n.removeprefix(_ONLY_ON) for n in need if n.startswith(_ONLY_ON)}
+    only_on = [set(n.removeprefix(_ONLY_ON).split("|")) for n in need if n.startswith(_ONLY_ON)]
     need = {n for n in need if not n.startswith(_ONLY_ON)}
     for e in entries:
         info = e.info
         if "embeddings" in info.capabilities or not need <= info.capabilities:
             continue
-        if only_on and e.route.provider not in only_on:
+        if any(e.route.provider not in providers for providers in only_on):
             continue
         if any(fnmatch.fnmatchcase(info.name, p) for p in credit_models):
             continue

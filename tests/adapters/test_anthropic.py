@@ -384,8 +384,8 @@ def _msgs(*content: Any) -> dict[str, Any]:
         (_body(messages=[{"role": "user", "content": 7}]), "messages[0].content"),
         (_body(messages=[{"role": "user"}]), "messages[0].content"),
         (
-            _msgs({"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}}),
-            "messages[2].content[1].type",
+            _msgs({"type": "document", "source": {"type": "file", "file_id": "file_011"}}),
+            "messages[2].content[1].source.file_id",
         ),
         (
             _msgs({"type": "search_result", "source": "s", "title": "t", "content": []}),
@@ -404,7 +404,7 @@ def _msgs(*content: Any) -> dict[str, Any]:
         ),
         (
             _msgs({"type": "image", "source": {"type": "file", "file_id": "f"}}),
-            "messages[2].content[1].source.type",
+            "messages[2].content[1].source.file_id",
         ),
         (_msgs({"type": "image"}), "messages[2].content[1].source"),
         (
@@ -419,7 +419,7 @@ def _msgs(*content: Any) -> dict[str, Any]:
                 {
                     "type": "tool_result",
                     "tool_use_id": "t",
-                    "content": [{"type": "text", "text": "ok"}, {"type": "document", "source": {}}],
+                    "content": [{"type": "text", "text": "ok"}, {"type": "search_result", "source": "s"}],
                 }
             ),
             "messages[2].content[1].content[1].type",

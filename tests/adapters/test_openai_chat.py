@@ -382,7 +382,7 @@ VALID = chat(
         ),
         (
             _set("messages.1.content", [{"type": "text", "text": "a"}, {"type": "file", "file": {}}]),
-            "messages[1].content[1].type",
+            "messages[1].content[1].file.file_data",
         ),
         (_set("messages.1.content", [{"type": "text", "text": 5}]), "messages[1].content[0].text"),
         (

@@ -532,7 +532,7 @@ CALL = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"
                     "content": [{"type": "input_text", "text": "a"}, {"type": "input_file", "file_id": "f"}],
                 }
             ),
-            "input[0].content[1].type",
+            "input[0].content[1].file_id",
             id="input-file-part",
         ),
         pytest.param(

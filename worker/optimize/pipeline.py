@@ -1,10 +1,11 @@
 """The optimizer: one pass over a request body that compacts what the task does not depend on.
 
 Order of work, and what is never touched:
-1. System prompts, instructions, tool definitions, tool-call arguments, images and thinking are not
-   segments at all (see `segments`). Blocks with `cache_control` are pinned. The latest user turn is kept
-   whole, and it is the query that relevance ranking uses; so is an assistant prefill ending the
-   conversation (the model continues that exact text).
+1. System prompts, instructions, tool definitions, tool-call arguments, images, files, documents and
+   thinking are not segments at all (see `segments`); images and files are counted by estimate (`opaque`).
+   Blocks with `cache_control` are pinned. The latest user turn is kept whole, and it is the query that
+   relevance ranking uses; so is an assistant prefill ending the conversation (the model continues that
+   exact text).
 2. Cross-turn dedup (all modes but `off`): content repeated from an earlier turn becomes a reference.
 3. Tool output, from the moment it arrives (the newest tool result is usually the largest and the one no
    provider has cached yet): compacted by content kind (`kinds`).
@@ -29,6 +30,7 @@ from .base import Compressed, Context, Mode
 from .dedup import Block, dedupe_detailed
 from .kinds import compress_tool_output, detect
 from .narrative import compress_many
+from .opaque import without_payloads
 from .profiles import PROFILES
 from .segments import Format, Segment, content_fields, extract, instructions
 
@@ -97,24 +99,28 @@ class Report:
 
 
 def measure(fmt: Format, body: dict[str, Any], encoding: str = "o200k_base") -> int:
-    """Input tokens of the billed content fields of `body` (compact JSON, as a provider receives them)."""
-    return tokens.count(_billed_text(fmt, body), encoding)
+    """Input tokens of the billed content fields of `body` (compact JSON, as a provider receives them), with
+    images and files counted by estimate (`opaque`)."""
+    text, estimated = _billed(fmt, body)
+    return tokens.count(text, encoding) + estimated
 
 
-def _billed_text(fmt: Format, body: dict[str, Any]) -> str:
-    return _encoder.encode({k: body[k] for k in content_fields(fmt) if k in body}).decode()
+def _billed(fmt: Format, body: dict[str, Any]) -> tuple[str, int]:
+    """The billed content fields as text without image and file payloads, and the estimate for those."""
+    fields, estimated = without_payloads({k: body[k] for k in content_fields(fmt) if k in body})
+    return _encoder.encode(fields).decode(), estimated
 
 
 def optimize(fmt: Format, body: dict[str, Any], options: Options) -> Report:
     """Optimize `body` in place and report what changed."""
     started = time.perf_counter()
-    text = _billed_text(fmt, body)  # taken before anything changes `body`
+    text, estimated = _billed(fmt, body)  # taken before anything changes `body`
     pending: Future[int] | None = None
     if options.mode != "off" and len(text) >= _COUNT_ALONGSIDE_CHARS:
         pending = _counting.submit(tokens.count, text, options.encoding)
         original = -1  # known once the count is in, before anything reads it
     else:
-        original = tokens.count(text, options.encoding)
+        original = tokens.count(text, options.encoding) + estimated
     report = Report(mode=options.mode, original_tokens=original, optimized_tokens=original, time_ms=0.0)
     undo: list[tuple[Segment, str]] = []
     try:
@@ -122,7 +128,7 @@ def optimize(fmt: Format, body: dict[str, Any], options: Options) -> Report:
             _compact(fmt, body, options, report, undo)
     finally:
         if pending is not None:
-            original = report.original_tokens = report.optimized_tokens = pending.result()
+            original = report.original_tokens = report.optimized_tokens = pending.result() + estimated
     if undo:
         optimized = measure(fmt, body, options.encoding)
         if optimized >= original:  # shorter text is almost always fewer tokens; if not, forward the original
