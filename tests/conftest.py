@@ -134,12 +134,15 @@ def gateway(
     setup_.close()
 
 
-def with_key(worker: InProcessWorker, fake_upstream: FakeUpstream) -> GatewaySetup:
-    """`worker` (started with `TREX_MASTER_KEY = MASTER_KEY`) with one proxy key bound to every provider."""
+def with_key(
+    worker: InProcessWorker, fake_upstream: FakeUpstream, name: str = "test", plan: str | None = None
+) -> GatewaySetup:
+    """`worker` (started with `TREX_MASTER_KEY = MASTER_KEY`) with one proxy key, on `plan` if given, bound to
+    every provider."""
     keys = worker.app[GATEWAY].keys
 
     async def setup() -> tuple[str, str]:
-        record, token = await keys.create("test")
+        record, token = await keys.create(name, plan=plan)
         for provider, secret in UPSTREAM_KEYS.items():
             await keys.bind(record.id, provider, secret)
         return record.id, token

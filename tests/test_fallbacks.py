@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from adapters.sse import SSEParser
-from tests.conftest import MASTER_KEY, UPSTREAM_KEYS, GatewaySetup
+from tests.conftest import MASTER_KEY, UPSTREAM_KEYS, GatewaySetup, with_key
 from tests.fakes.upstream import FakeUpstream, Reply, fixture_bytes
 from tests.harness import InProcessWorker, free_port
 from tests.test_usage import wait_final
@@ -30,11 +30,7 @@ def routed(make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstr
 
     def factory(**variables: Any) -> GatewaySetup:
         worker = make_worker({"UPSTREAM_RETRIES": 0, **variables}, dev_vars={"TREX_MASTER_KEY": MASTER_KEY})
-        keys = worker.app[GATEWAY].keys
-        record, token = worker.call(keys.create("routing"))
-        for provider, secret in UPSTREAM_KEYS.items():
-            worker.call(keys.bind(record.id, provider, secret))
-        setup = GatewaySetup(worker, fake_upstream, token, record.id)
+        setup = with_key(worker, fake_upstream, "routing")
         opened.append(setup)
         return setup
 

@@ -15,7 +15,7 @@ import pytest
 
 from kv import KVIndeterminateError, KVUnavailableError
 from kv.redis import RedisKV
-from tests.conftest import MASTER_KEY, UPSTREAM_KEYS, GatewaySetup
+from tests.conftest import MASTER_KEY, GatewaySetup, with_key
 from tests.fakes.redis_proxy import RedisProxy
 from tests.fakes.upstream import FakeUpstream, fixture_json
 from tests.harness import InProcessWorker
@@ -59,11 +59,7 @@ def on_redis(
             dev_vars={"TREX_MASTER_KEY": MASTER_KEY},
             extra=PLANS.format(one=ONE_REQUEST, three_but_one=3 * ONE_REQUEST - 1),
         )
-        keys = worker.app[GATEWAY].keys
-        record, token = worker.call(keys.create("charged", plan=plan))
-        for provider, secret in UPSTREAM_KEYS.items():
-            worker.call(keys.bind(record.id, provider, secret))
-        setup = GatewaySetup(worker, fake_upstream, token, record.id)
+        setup = with_key(worker, fake_upstream, "charged", plan)
         opened.append(setup)
         return setup
 
