@@ -1,0 +1,99 @@
+"""Shell output as coding agents receive it: what the agent's next step needs reaches the model verbatim."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.optimize._agents import Step, call, claude, codex, codex_shell_text, cursor, forwarded, user
+from worker.optimize.pipeline import Options
+from worker.optimize.segments import Format
+
+_COMMITS = [
+    (
+        "1197955e4244c18bdb9b375076bcb6ca05414672",
+        "Dana Kim <dana@acme.io>",
+        "Bump eslint from 8.56.0 to 8.57.0",
+    ),
+    ("2f22765d04931a078909145ca628d2264c852d7d", "Lee Wong <lee@acme.io>", "Fix flaky ledger test"),
+    ("6b1f53303a732ccc8c6aae6640399827c15250e3", "Dana Kim <dana@acme.io>", "Raise refund cap to 1250.00"),
+    ("a625406f6977d45c1391b078f4d3656e0b75bfcb", "Lee Wong <lee@acme.io>", "Add FX cache warmup"),
+    ("e4666a670f042877c67a84473a71675ee0950a08", "Dana Kim <dana@acme.io>", "Refactor invoice PDF renderer"),
+    ("0c3b9d51f2a84e7d9a6b1c0e5f4d3a2b1c0d9e8f", "Lee Wong <lee@acme.io>", "Update README"),
+    ("5d2e8f7a1b4c3d6e9f0a2b5c8d1e4f7a0b3c6d9e", "Dana Kim <dana@acme.io>", "Add retries to gateway client"),
+    ("9f8e7d6c5b4a39281706f5e4d3c2b1a098765432", "Lee Wong <lee@acme.io>", "Drop Python 3.9 support"),
+]
+GIT_LOG = "\n\n".join(
+    f"commit {sha}\nAuthor: {author}\nDate:   Mon Mar {18 - i} {10 + i}:0{i}:12 2024 +0100\n\n    {message}"
+    for i, (sha, author, message) in enumerate(_COMMITS)
+)
+PS = "\n".join(
+    [
+        "USER         PID %CPU %MEM    VSZ   RSS TTY      STAT START   TIME COMMAND",
+        *(
+            f"dev        {pid}  0.{i % 3}  0.3 412344 {98000 + i * 37} ?        S    {start}   0:0{i % 4} "
+            "/repo/.venv/bin/python -m celery -A app worker -l info"
+            for i, (pid, start) in enumerate(
+                [
+                    (48213, "09:14"),
+                    (48391, "09:14"),
+                    (48392, "09:14"),
+                    (51877, "10:41"),
+                    (51902, "10:41"),
+                    (51903, "10:41"),
+                ]
+            )
+        ),
+        "dev        49120  0.0  0.2 300112 61200 ?        S    09:15   0:00 /repo/.venv/bin/python -m celery -A app beat",
+        "dev        52011  0.0  0.0   6432   720 pts/3    S+   10:52   0:00 grep celery",
+    ]
+)
+
+Agent = tuple[str, Format, Callable[[list[Step]], dict[str, Any]], Callable[[str], Any], Callable[[str], str]]
+AGENTS: list[Agent] = [
+    (
+        "claude",
+        "messages",
+        claude,
+        lambda cmd: ("Bash", {"command": cmd, "description": "Run"}),
+        lambda out: out,
+    ),
+    ("codex", "responses", codex, lambda cmd: ("shell", {"command": ["bash", "-lc", cmd]}), codex_shell_text),
+    (
+        "cursor",
+        "chat",
+        cursor,
+        lambda cmd: ("run_terminal_cmd", {"command": cmd, "is_background": False}),
+        lambda out: out,
+    ),
+]
+
+
+def _shell(agent: Agent, command: str, output: str, ask: str, mode: str) -> str:
+    profile, fmt, build, tool_of, wrap = agent
+    tool, args = tool_of(command)
+    body = build([user("Look at the repository."), call(tool, args, wrap(output)), user(ask)])
+    results, _ = forwarded(fmt, body, Options(mode=mode, profile=profile))  # type: ignore[arg-type]
+    return results[-1]
+
+
+@pytest.mark.parametrize("mode", ["balanced", "aggressive"])
+@pytest.mark.parametrize("agent", AGENTS, ids=[a[0] for a in AGENTS])
+def test_git_log_keeps_every_commit_with_its_message(agent: Agent, mode: str) -> None:
+    """Folded by template, `git log` lost all SHAs but the first and left each message under another commit."""
+    out = _shell(agent, "git log -8", GIT_LOG, "Revert the commit that raised the refund cap.", mode)
+    for sha, author, message in _COMMITS:
+        at = out.index(f"commit {sha}\nAuthor: {author}\n")
+        assert out.index(f"    {message}", at) < out.find("commit ", at + 1) or sha == _COMMITS[-1][0]
+
+
+@pytest.mark.parametrize("mode", ["balanced", "aggressive"])
+@pytest.mark.parametrize("agent", AGENTS, ids=[a[0] for a in AGENTS])
+def test_ps_keeps_every_process_row(agent: Agent, mode: str) -> None:
+    """The agent kills processes by PID, chosen by their start time: each row stays as `ps` printed it."""
+    ask = "Kill the stale celery workers from this morning but keep the newer ones and the beat scheduler."
+    out = _shell(agent, "ps aux | grep celery", PS, ask, mode)
+    for row in PS.split("\n"):
+        assert row in out.split("\n")
