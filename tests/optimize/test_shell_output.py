@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.optimize._agents import Step, call, claude, codex, codex_shell_text, cursor, forwarded, user
+from tests.optimize._agents import (
+    Step,
+    call,
+    claude,
+    codex,
+    codex_shell_json,
+    codex_shell_text,
+    cursor,
+    forwarded,
+    user,
+)
 from worker.optimize.pipeline import Options
 from worker.optimize.segments import Format
 
@@ -97,3 +108,65 @@ def test_ps_keeps_every_process_row(agent: Agent, mode: str) -> None:
     out = _shell(agent, "ps aux | grep celery", PS, ask, mode)
     for row in PS.split("\n"):
         assert row in out.split("\n")
+
+
+PACKAGE_JSON = """{
+  "name": "@acme/checkout-web",
+  "version": "3.8.1",
+  "private": true,
+  "type": "module",
+  "scripts": {
+    "dev": "vite",
+    "build": "tsc -b && vite build",
+    "test": "vitest run",
+    "lint": "eslint . --max-warnings 0"
+  },
+  "dependencies": {
+    "@tanstack/react-query": "^5.28.4",
+    "axios": "^1.6.8",
+    "react": "^18.2.0",
+    "react-dom": "^18.2.0",
+    "zod": "^3.22.4"
+  },
+  "devDependencies": {
+    "@types/react": "^18.2.66",
+    "eslint": "^8.57.0",
+    "typescript": "^5.4.2",
+    "vite": "^5.1.6",
+    "vitest": "^1.4.0"
+  }
+}
+"""
+
+
+@pytest.mark.parametrize(
+    "agent", [*AGENTS, (*AGENTS[1][:4], codex_shell_json)], ids=["claude", "codex", "cursor", "codex-json"]
+)
+def test_a_json_file_viewed_through_the_shell_keeps_its_lines(agent: Agent) -> None:
+    """`cat package.json` was minified to one line: the next edit (Edit's old_string, apply_patch's context
+    lines) could not quote `"lint": "eslint . --max-warnings 0"\\n  },` from it."""
+    profile, fmt, build, tool_of, wrap = agent
+    tool, args = tool_of("cat package.json")
+    body = build(
+        [
+            user("Add a `typecheck` script running `tsc --noEmit`, right after `lint`."),
+            call(tool, args, wrap(PACKAGE_JSON)),
+            user("Go on."),
+        ]
+    )
+    for options in (
+        Options(mode="balanced", profile=profile),
+        Options(mode="safe"),
+        Options(mode="aggressive"),
+    ):
+        results, _ = forwarded(fmt, body, options)  # type: ignore[arg-type]
+        assert results == [wrap(PACKAGE_JSON)]
+
+
+def test_json_from_an_api_is_still_minified() -> None:
+    """The same document printed by `curl` is an API response, read and not edited: it is still compacted."""
+    tool, args = AGENTS[0][3]("curl -s https://registry.npmjs.org/@acme%2fcheckout-web/latest")
+    body = claude([user("Which version is published?"), call(tool, args, PACKAGE_JSON), user("Go on.")])
+    results, report = forwarded("messages", body, Options(profile="claude"))
+    assert results[0] == json.dumps(json.loads(PACKAGE_JSON), separators=(",", ":"))
+    assert report.applied_strategies == ["json-minify"]

@@ -171,7 +171,7 @@ def _compact(
     rest = [s for s in candidates if id(s) not in done and id(s) not in frozen]
     for seg in rest:
         if seg.kind == "tool_result":
-            result = compress_tool_output(seg.text, ctx, seg.tool)
+            result = compress_tool_output(seg.text, ctx, seg.tool, command_of(seg.args))
             if result is not None:
                 _apply(seg, result, report, undo)
     if options.mode not in ("safe", "off"):
