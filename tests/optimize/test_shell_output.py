@@ -170,3 +170,63 @@ def test_json_from_an_api_is_still_minified() -> None:
     results, report = forwarded("messages", body, Options(profile="claude"))
     assert results[0] == json.dumps(json.loads(PACKAGE_JSON), separators=(",", ":"))
     assert report.applied_strategies == ["json-minify"]
+
+
+CHECKOUT_HTML = """<!DOCTYPE html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>Acme Checkout</title>
+  <link rel="stylesheet" href="/assets/index-4f9c2a1b.css">
+  <script type="module" crossorigin src="/assets/index-9e8d7c6b.js"></script>
+</head>
+<body>
+  <div id="root"><main class="checkout"><h1>Checkout</h1><form id="pay-form" action="/api/pay" method="post"><input type="hidden" name="csrf" value=""><button type="submit" disabled>Pay now</button></form></main></div>
+  <script>window.__INITIAL_STATE__ = {"cart":{"id":"cart_7Hk2Lm9Q","items":2,"currency":"EUR"},"user":null};</script>
+</body>
+</html>"""
+_MARKUP = [
+    '<button type="submit" disabled>',
+    '<input type="hidden" name="csrf" value="">',
+    "window.__INITIAL_STATE__",
+]
+
+
+@pytest.mark.parametrize("profile", ["claude", None])
+@pytest.mark.parametrize(
+    "command",
+    ["curl -s http://localhost:3000/checkout", "cat public/index.html", "cat public/index.html | head -40"],
+)
+def test_html_a_shell_printed_keeps_its_markup(command: str, profile: str | None) -> None:
+    """Converted to text, the SSR output lost `disabled`, the empty csrf value and the inline state: what a
+    question about the markup is about."""
+    ask = "The Pay button is dead in production and the csrf token seems empty. What's wrong with the form markup?"
+    body = claude(
+        [user("Check the checkout page."), call("Bash", {"command": command}, CHECKOUT_HTML), user(ask)]
+    )
+    for mode in ("balanced", "aggressive"):
+        results, _ = forwarded("messages", body, Options(mode=mode, profile=profile))  # type: ignore[arg-type]
+        assert all(markup in results[0] for markup in _MARKUP)
+
+
+@pytest.mark.parametrize("wrap", [codex_shell_json, codex_shell_text], ids=["json", "text"])
+def test_codex_keeps_the_markup_of_a_file_it_printed(wrap: Callable[[str], str]) -> None:
+    shell = {"command": ["bash", "-lc", "cat public/index.html"]}
+    body = codex(
+        [
+            user("Enable the Pay button in public/index.html."),
+            call("shell", shell, wrap(CHECKOUT_HTML)),
+            user("Go."),
+        ]
+    )
+    results, _ = forwarded("responses", body, Options(mode="aggressive", profile="codex"))
+    assert results == [wrap(CHECKOUT_HTML)]
+
+
+def test_a_fetched_web_page_is_still_converted_to_text() -> None:
+    fetch = {"url": "https://shop.acme.io/checkout", "prompt": "What does the page say?"}
+    body = claude(
+        [user("Read the checkout page."), call("WebFetch", fetch, CHECKOUT_HTML), user("Summarise it.")]
+    )
+    results, report = forwarded("messages", body, Options(profile="claude"))
+    assert "html-text" in report.applied_strategies and results[0].startswith("Title: Acme Checkout")

@@ -8,7 +8,8 @@ it (`profiles`), else by detection (`detect`) — and hands it to that kind's co
 - log → `logs` (fold repeated lines by template; warnings, errors and stack traces stay verbatim),
 - search → `search` (dedupe, BM25-rank against the query, fold per file),
 - diff → `diffs` (fold unchanged context lines),
-- html, table → `markup` (HTML to text; fold long tables),
+- html, table → `markup` (HTML to text, for a page a fetch tool read: markup a shell command printed is
+  what its task is about, and is only normalised like prose; fold long tables),
 - code → passed through (source code is never changed beyond the whitespace step),
 - prose → only runs of identical lines are counted (the rest belongs to the narrative compressor).
 
@@ -114,6 +115,8 @@ def compress_tool_output(
     kind = profiles.kind_for(ctx.profile, tool, lambda: detect(strip_ansi(text)))
     if command is not None and kind not in _FILE_VIEW_KINDS_COMPRESSED and views_file(command):
         return None  # `cat package.json`: the file as the agent will quote it in its next edit
+    if kind == "html" and (command is not None or profiles.role(ctx.profile, tool) == "shell"):
+        kind = "prose"  # markup a command printed (curl, a build): its tags and attributes are the subject
     cleaned = normalise(text, kind)
     compressor = _COMPRESSORS.get(kind)
     result = compressor(cleaned, ctx) if compressor is not None else None
