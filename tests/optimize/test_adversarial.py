@@ -79,8 +79,11 @@ def _log(extra: str) -> str:
         (_log("2026-01-01 12:00:00 ERROR job failed"), "why did it fail? " + "a_" * 100_000),
         # A test id (`path::name`) was tried at each position of a long word of colons (about 30 s).
         (_log("tests/test_a.py::test_x PASSED " + "a:" * 60_000), "why did it fail?"),
+        # Ids are told from numbers by their place in the line: a long leading word and long hex runs.
+        (_log("w" + "\t" * 50_000 + "1 " + "a1" * 60_000), "why did it fail?"),
+        ("\n".join(f"2026-01-01 12:00:{i:02d} INFO {'a1' * 20_000}{i} pid={i}" for i in range(30)), "why?"),
     ],
-    ids=["query-ids", "test-slot"],
+    ids=["query-ids", "test-slot", "leading-word", "hex-runs"],
 )
 def test_adversarial_logs_tables_and_questions(output: str, question: str) -> None:
     body = _tool_result(output)

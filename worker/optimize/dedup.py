@@ -8,9 +8,11 @@ Three cases, checked in this order for each block (conversation order, earliest 
 2. Contains an earlier block: an earlier block (≥ `MIN_CHARS`) occurs in it as a contiguous substring → that
    occurrence becomes `[trex: repeated from the <role> content at <where>; omitted]`,
    the rest of the block stays byte for byte.
-3. Edited copy: the block is ≥ 90 % line-identical to an earlier one (a file read twice around a small
-   edit) → a reference plus the changed lines, verbatim, each hunk headed `@@ line N` (N counts lines of
-   this block), so the facts in changed lines stay where they are.
+3. Edited copy: the block is ≥ 90 % line-identical to an earlier one (a test run repeated after a small
+   fix) → a reference plus the changed lines, verbatim, each hunk headed `@@ line N`, so the facts in
+   changed lines stay where they are. N counts lines of this block, which the marker says: in a tool output
+   that is not a file's line number. (The pipeline never rewrites a file view this way: see
+   `pipeline._verbatim`.)
 
 Cases 2 and 3 may both apply; the shorter result wins. Nothing is ever replaced by something larger. Only
 blocks left unchanged are indexed as references for cases 2 and 3 (a reader can see their full text); a
@@ -293,7 +295,7 @@ def _edited(block: Block, index: _Index) -> Replacement | None:
             continue
         out = [
             f"[trex: edited copy of {_where(earlier.block)}; unchanged lines omitted, "
-            f"changed lines of this version below]"
+            f"changed lines of this version below, numbered by line of this {earlier.block.role} content]"
         ]
         for tag, i1, i2, j1, j2 in ops:
             if tag == "replace":

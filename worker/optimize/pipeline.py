@@ -27,6 +27,7 @@ import msgspec
 from .. import tokens
 from . import profiles
 from .base import Compressed, Context, Mode
+from .commands import command_of, views_file
 from .dedup import Block, dedupe_detailed
 from .kinds import compress_tool_output, detect
 from .narrative import compress_many
@@ -176,7 +177,7 @@ def _compact(
     rest = [s for s in candidates if id(s) not in done and id(s) not in frozen]
     for seg in rest:
         if seg.kind == "tool_result":
-            result = compress_tool_output(seg.text, ctx, seg.tool)
+            result = compress_tool_output(seg.text, ctx, seg.tool, command_of(seg.args))
             if result is not None:
                 _apply(seg, result, report, undo)
     if options.mode not in ("safe", "off"):
@@ -188,15 +189,17 @@ def _compact(
 
 
 def _verbatim(seg: Segment, profile: str | None) -> bool:
-    """A file read (by the agent's read tool, or source code by content): the agent's current view of a
-    file, which it quotes back exactly in its edits. An identical later read may point to it, but a changed
-    one is never turned into a patch against the older read (the agent would have to apply it in its head
-    before quoting a line)."""
+    """A file view (the agent's read tool, numbered lines or source code by content, or a shell command
+    that only prints files): the agent's current view of a file, which it quotes back exactly in its edits.
+    An identical later view may point to it, but a changed one is never turned into a patch against the
+    older view (the agent would have to apply it in its head before quoting a line, and count lines of a
+    tool output where it needs the file's)."""
     if seg.kind != "tool_result":
         return False
     if profiles.role(profile, seg.tool) == "read":
         return True
-    return detect(seg.text) == "code"
+    command = command_of(seg.args)
+    return (command is not None and views_file(command)) or detect(seg.text) == "code"
 
 
 def _apply(seg: Segment, result: Compressed, report: Report, undo: list[tuple[Segment, str]]) -> None:

@@ -9,8 +9,9 @@ result (`Segment.tool`, found through the call id) decides first, content detect
 - grep and file searches and globs are search output (dedupe, rank, keep diversity); directory listings
   are detected by content (a tree's indented names are not duplicates of each other: `index.ts` under
   twelve directories is twelve files);
-- shell commands (`Bash`, `bash`, `shell`, `run_terminal_cmd`) are detected by content, and output that is
-  none of the structured kinds is treated as command output (log folding), not as prose;
+- shell commands (`Bash`, `bash`, `shell`, `run_terminal_cmd`) are detected by content; output that is none
+  of the structured kinds (`git log`, `ps`, a YAML file) is only folded where lines repeat exactly: folded
+  by template like a log, commits would lose their SHAs and processes their PIDs;
 - everything else (web fetches, sub-agents, unknown tools) is detected by content.
 
 Output-shape quirks handled per agent:
@@ -128,10 +129,7 @@ def kind_for(profile: str | None, tool: str | None, detected: Callable[[], Kind]
         return "code"
     if tool_role == "search":
         return "search"
-    kind = detected()
-    if tool_role == "shell" and kind == "prose":
-        return "log"  # command output is line-oriented: repeated lines fold by template
-    return kind
+    return detected()
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,12 +9,14 @@ in (0-based message index, system entries excluded), and a setter. Never exposed
 system prompts and instructions, tool definitions, tool-call arguments, images, thinking blocks. A block
 carrying `cache_control` (or inside a message or tool result that carries it) is marked `pinned`.
 
-A tool result also carries the name of the tool whose call it answers (`Segment.tool`), found through the
-call id: `tool_call_id` → `tool_calls[].function.name` (chat), `tool_use_id` → the `tool_use` block's `name`
-(messages), `call_id` → the `function_call`/`custom_tool_call` item's `name` (responses; the hosted shell
-tools' `local_shell_call` and `shell_call` items are named after their tool). Coding-agent profiles
-(`profiles`) use it to know what kind of output a result is. A `shell_call_output`'s text is the `stdout`
-and `stderr` of each of its chunks.
+A tool result also carries the name of the tool whose call it answers (`Segment.tool`) and that call's
+arguments (`Segment.args`, read only: the JSON text of a function call, the `input` object of a `tool_use`
+or the `action` of a hosted shell call), found through the call id: `tool_call_id` →
+`tool_calls[].function` (chat), `tool_use_id` → the `tool_use` block (messages), `call_id` → the
+`function_call`/`custom_tool_call` item (responses; the hosted shell tools' `local_shell_call` and
+`shell_call` items are named after their tool). Coding-agent profiles (`profiles`) use the name to know
+what kind of output a result is, and the arguments tell which shell command printed it (`commands`). A
+`shell_call_output`'s text is the `stdout` and `stderr` of each of its chunks.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class Segment:
     _key: Any
     tool: str | None = None
     """For a tool result: the name of the tool that produced it, when the call is in the request."""
+    args: Any = None
+    """For a tool result: the arguments of the call it answers, as the request carries them (read only)."""
 
     @property
     def item(self) -> int:
@@ -60,8 +64,12 @@ class _Collector:
         self.turns = 0
         self.tool_names: dict[str, str] = {}
         """Call id → tool name, for the calls seen so far (a call always precedes its result)."""
+        self.tool_args: dict[str, Any] = {}
+        """Call id → the call's arguments."""
         self.tool: str | None = None
         """The tool whose result is being collected (set around `_text_parts` of a tool result)."""
+        self.args: Any = None
+        """The arguments of that tool's call."""
 
     def add(self, kind: SegmentKind, turn: int, container: Any, key: Any, where: str, pinned: bool) -> None:
         try:
@@ -69,18 +77,20 @@ class _Collector:
         except (KeyError, IndexError, TypeError):  # malformed (a text block without `text`): not content
             return
         if isinstance(value, str) and value:
-            tool = self.tool if kind == "tool_result" else None
+            tool, args = (self.tool, self.args) if kind == "tool_result" else (None, None)
             pinned = pinned or (kind == "user" and instructions(value))
-            self.segments.append(Segment(kind, turn, value, pinned, where, container, key, tool))
+            self.segments.append(Segment(kind, turn, value, pinned, where, container, key, tool, args))
 
-    def call(self, call_id: Any, name: Any) -> None:
-        """Remember the tool name of a call."""
+    def call(self, call_id: Any, name: Any, args: Any = None) -> None:
+        """Remember the tool name and the arguments of a call."""
         if isinstance(call_id, str) and isinstance(name, str):
             self.tool_names[call_id] = name
+            self.tool_args[call_id] = args
 
     def answering(self, call_id: Any) -> None:
         """The tool results collected next answer the call `call_id`."""
         self.tool = self.tool_names.get(call_id) if isinstance(call_id, str) else None
+        self.args = self.tool_args.get(call_id) if isinstance(call_id, str) else None
 
 
 _INSTRUCTION_STARTS = (
@@ -176,9 +186,9 @@ def _chat(body: dict[str, Any], col: _Collector) -> None:
         calls = msg.get("tool_calls") if role == "assistant" else None
         for call in calls if isinstance(calls, list) else ():
             if isinstance(call, dict) and isinstance(call.get("function"), dict):
-                col.call(call.get("id"), call["function"].get("name"))
+                col.call(call.get("id"), call["function"].get("name"), call["function"].get("arguments"))
         # A legacy `function` message names its function itself.
-        col.tool = msg.get("name") if role == "function" else None
+        col.tool, col.args = (msg.get("name") if role == "function" else None), None
         if role == "tool":
             col.answering(msg.get("tool_call_id"))
         _text_parts(
@@ -209,7 +219,7 @@ def _messages(body: dict[str, Any], col: _Collector) -> None:
             if btype == "text":
                 col.add(kind, turn, block, "text", f"{where}[{j}].text", _pinned(block))
             elif btype == "tool_use":
-                col.call(block.get("id"), block.get("name"))
+                col.call(block.get("id"), block.get("name"), block.get("input"))
             elif btype == "tool_result":
                 col.answering(block.get("tool_use_id"))
                 inner = block.get("content")
@@ -237,10 +247,12 @@ def _responses(body: dict[str, Any], col: _Collector) -> None:
             continue
         itype = item.get("type")
         role = item.get("role")
-        if itype in ("function_call", "custom_tool_call"):
-            col.call(item.get("call_id"), item.get("name"))
+        if itype == "function_call":
+            col.call(item.get("call_id"), item.get("name"), item.get("arguments"))
+        elif itype == "custom_tool_call":
+            col.call(item.get("call_id"), item.get("name"), item.get("input"))
         elif itype in _BUILT_IN_CALLS:  # the hosted shell tools' calls carry no name: the tool type is it
-            col.call(item.get("call_id"), _BUILT_IN_CALLS[itype])
+            col.call(item.get("call_id"), _BUILT_IN_CALLS[itype], item.get("action"))
         if itype in ("function_call_output", "custom_tool_call_output", "local_shell_call_output"):
             turn = turns.next("tool_result")
             # local_shell_call_output names its call by `id` (the SDK's type), Codex sends `call_id`

@@ -4,6 +4,7 @@ and what the latest request names stay verbatim."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import pytest
 
@@ -19,7 +20,7 @@ from tests.optimize.kinds._data import (
 )
 from worker import tokens
 from worker.optimize.base import Context
-from worker.optimize.kinds import compress_tool_output, detect, logs
+from worker.optimize.kinds import _templates, compress_tool_output, detect, logs
 
 BALANCED = Context(mode="balanced")
 _REPEAT_RE = re.compile(r"^\[trex: previous line repeated (\d+) more times\]$")
@@ -59,16 +60,41 @@ def test_warnings_errors_and_traceback_stay_verbatim() -> None:
     assert out[start - 1].endswith("unhandled exception on POST /api/v1/orders/ORD-20417/refund")
 
 
-def test_markers_give_counts_and_line_ranges() -> None:
-    result = logs.compress(app_log(), BALANCED)
-    assert result is not None
-    markers = [line for line in result.text.split("\n") if line.startswith("[trex:")]
-    assert markers
-    for marker in markers:
-        assert re.match(r"\[trex: \d+ more lines like the one above \(lines \d+-\d+\)", marker), marker
-    folded = sum(int(m.split()[1]) for m in markers)
-    kept = len(result.text.split("\n")) - len(markers)
-    assert folded + kept == len(app_log().split("\n"))
+_RANGE_RE = re.compile(
+    r"^\[trex: (?:(\d+) more lines like the one above \(lines? (\d+)(?:-(\d+))?[;)]|lines? (\d+)(?:-(\d+))? folded)"
+)
+
+
+def _folded_ranges(output: str) -> list[tuple[int, int]]:
+    """The 1-based line ranges the markers of `output` say they folded."""
+    ranges = []
+    for line in output.split("\n"):
+        match = _RANGE_RE.match(line)
+        if line.startswith("[trex:"):
+            assert match, line
+            run_count, run_start, run_end, start, end = match.groups()
+            first = int(run_start or start)
+            last = int(run_end or end or first)
+            assert run_count is None or int(run_count) == last - first + 1, line
+            ranges.append((first, last))
+    return ranges
+
+
+def test_markers_give_exact_line_ranges_and_nothing_moves() -> None:
+    text = app_log()
+    for mode in ("balanced", "aggressive"):
+        result = logs.compress(text, Context(mode=mode))
+        assert result is not None
+        ranges = _folded_ranges(result.text)
+        assert ranges
+        folded = {n for first, last in ranges for n in range(first, last + 1)}
+        # Exactly the lines no marker claims are kept, in their order: a marker never claims a kept line, and
+        # no line is moved next to another template's example.
+        expected = [line for n, line in enumerate(text.split("\n"), 1) if n not in folded]
+        kept = [line for line in result.text.split("\n") if not line.startswith("[trex:")]
+        assert kept == expected
+        assert "re-run to see them" in result.text.split("[trex:")[1]  # said once, in the first marker
+        assert result.text.count("re-run to see them") == 1
 
 
 def test_java_stack_trace_is_kept_whole() -> None:
@@ -158,20 +184,21 @@ def test_pytest_progress_lines_fold_but_failures_stay() -> None:
 
 def test_summarisable_is_the_incidental_class_only() -> None:
     for fact in ("2026-11-20T10:00:01.404Z", "2026-03-14 09:12:07", "09:12:07", "3ms", "2300ms", "1,204", "97%",
-                 "10.0.3.17", "0x7ffe12", "3f9a2c1d", "123e4567-e89b-12d3-a456-426614174000", "4.2 s"):  # fmt: skip
+                 "10.0.3.17", "0x7ffe12", "4.2 s"):  # fmt: skip
         assert logs.summarisable(fact), fact
     for fact in ("$450.00", "450 USD", "ORD-77812", "txn_8Hq2ZkLp0W", "REFUND_CAP_EXCEEDED", "E501",
                  "/srv/app/payments/refund.py", "https://pay.example.net/v2/refunds", "ops@example.com",
-                 "`make test`", "v2", "#1234", "ECONNREFUSED"):  # fmt: skip
+                 "`make test`", "v2", "#1234", "ECONNREFUSED",
+                 # ids: a commit SHA, a trace id, a UUID, an address (a number with a unit can look like one)
+                 "3f9a2c1d", "123abcd", "0x7ffe12a0", "123e4567-e89b-12d3-a456-426614174000"):  # fmt: skip
         assert not logs.summarisable(fact), fact
 
 
-def _request_log() -> str:
+def _request_log(span_id: Callable[[int], str] = lambda i: f"{i * 7919 % 4096:03x}e{i:02d}") -> str:
     lines = []
     for i in range(60):
-        rid = f"{(i * 7919) % 65536:04x}beef{i:04d}"
         lines.append(
-            f"2026-11-20T10:00:{i:02d}.000Z INFO api request_id={rid} GET /v1/items 200 {i % 9 + 1}ms"
+            f"2026-11-20T10:00:{i:02d}.000Z INFO api span={span_id(i)} GET /v1/items 200 {i % 9 + 1}ms"
         )
     return "\n".join(lines)
 
@@ -183,19 +210,65 @@ def test_slots_are_summarised_in_the_marker() -> None:
     out = result.text.split("\n")
     assert out[0] == text.split("\n")[0]  # the example stays verbatim
     assert out[1] == (
-        "[trex: 59 more lines like the one above (lines 2-60): {2026-11-20T10:00:01.000Z … 2026-11-20T10:00:59.000Z} "
-        "INFO api request_id={59 distinct hex} GET /v1/items 200 {1..9}ms]"
+        "[trex: 59 more lines like the one above (lines 2-60; re-run to see them): "
+        "{2026-11-20T10:00:01.000Z … 2026-11-20T10:00:59.000Z} INFO api span={59 distinct hex} GET /v1/items 200 "
+        "{1..9}ms]"
     )
     assert len(out) == 2
+
+
+def test_ids_are_never_summarised() -> None:
+    """A request id, a trace id, a commit SHA: the line of each one is there to find it again, so lines that
+    differ in one are not folded together."""
+    for span_id in (
+        lambda i: f"{(i * 7919) % 65536:04x}beef{i:04d}",  # a 12-digit hex id
+        lambda i: f"{i:08x}-e89b-12d3-a456-426614174000",  # a UUID
+    ):
+        text = _request_log(span_id)
+        result = logs.compress(text, BALANCED)
+        kept = text if result is None else result.text
+        assert all(f"span={span_id(i)} " in kept for i in range(60))
+        assert missing_from_log(text, kept) == []
+
+
+def test_a_line_s_leading_number_and_pids_are_never_summarised() -> None:
+    """`ps` rows, numbered lines, `pid=` fields, `name[pid]`: what the number identifies is what the agent
+    acts on (the process to kill), so lines that differ in it are not folded together."""
+    rows = "\n".join(
+        f"dev  {48213 + i * 7}  0.0  0.3 412344 98212 ?  S  09:14  0:0{i % 3} celery worker"
+        for i in range(20)
+    )
+    numbered = "\n".join(f"{i + 1}. queued job for worker {i % 4}" for i in range(20))
+    labelled = "\n".join(
+        f"2026-11-20T10:00:{i:02d}Z INFO spawned worker pid={4100 + i} ok" for i in range(20)
+    )
+    syslog = "\n".join(f"2026-11-20T10:00:{i:02d}Z host celery[{4100 + i}]: task received" for i in range(20))
+    for text in (rows, numbered, labelled, syslog):
+        result = logs.compress(text, Context(mode="aggressive"))
+        kept = text if result is None else result.text
+        assert [line for line in kept.split("\n") if not line.startswith("[trex:")] == text.split("\n")
+
+
+def test_values_of_two_slots_are_never_listed_as_if_combined() -> None:
+    """`{09|10}:{14|41}` would read as four start times where two occurred: with two slots that vary, each
+    shows its range instead of a list."""
+    lines = [
+        f"2026-11-20T10:00:{i:02d}.000Z INFO http GET /healthz {(200, 503)[i % 2]} {(3, 7)[i % 2]}ms"
+        for i in range(30)
+    ]
+    result = logs.compress("\n".join(lines), BALANCED)
+    assert result is not None
+    assert "GET /healthz {200..503} {3..7}ms]" in result.text
+    assert "|" not in result.text
 
 
 def test_an_id_named_by_the_latest_request_keeps_its_line() -> None:
     text = _request_log()
     wanted = text.split("\n")[41]
-    rid = wanted.split("request_id=")[1].split()[0]
+    rid = wanted.split("span=")[1].split()[0]
     without = logs.compress(text, BALANCED)
     assert without is not None and wanted not in without.text.split("\n")
-    asked = logs.compress(text, Context(mode="balanced", query=f"why was request {rid} slow?"))
+    asked = logs.compress(text, Context(mode="balanced", query=f"why was span {rid} slow?"))
     assert asked is not None and wanted in asked.text.split("\n")
     assert rid in asked.text
     # A term most lines share (the date of every timestamp) singles nothing out and pins nothing.
@@ -232,9 +305,8 @@ def test_the_slot_scan_steps_over_words_without_changing_a_slot() -> None:
 
     from tests.optimize.corpus import all_cases
     from tests.optimize.test_pipeline import _strings
-    from worker.optimize.kinds import logs
 
-    plain = re.compile(logs._VALUE_SLOTS, re.MULTILINE)
+    plain = re.compile(_templates._VALUE_SLOTS, re.MULTILINE)
 
     def slots(rx: re.Pattern[str], s: str) -> list[tuple[tuple[int, int], str | None]]:
         return [(m.span(), m.lastgroup) for m in rx.finditer(s) if m.lastgroup != "skip"]
@@ -250,7 +322,7 @@ def test_the_slot_scan_steps_over_words_without_changing_a_slot() -> None:
     samples = [line for case in all_cases() for line in _strings(case.body).split("\n")]
     samples += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(5000)]
     for s in samples:
-        assert slots(logs._VALUE_SLOT_RE, s) == slots(plain, s), s
+        assert slots(_templates._VALUE_SLOT_RE, s) == slots(plain, s), s
 
 
 def _glog(i: int, level: str = "I", body: str = "") -> str:

@@ -8,9 +8,13 @@ it (`profiles`), else by detection (`detect`) — and hands it to that kind's co
 - log → `logs` (fold repeated lines by template; warnings, errors and stack traces stay verbatim),
 - search → `search` (dedupe, BM25-rank against the query, fold per file),
 - diff → `diffs` (fold unchanged context lines),
-- html, table → `markup` (HTML to text; fold long tables),
+- html, table → `markup` (HTML to text, for a page a fetch tool read: markup a shell command printed is
+  what its task is about, and is only normalised like prose; fold long tables),
 - code → passed through (source code is never changed beyond the whitespace step),
 - prose → only runs of identical lines are counted (the rest belongs to the narrative compressor).
+
+A file printed by a shell command (`cat package.json`, `sed -n '1,80p' app.py`: `commands.views_file`) is
+passed through as it is, unless it is a log or a table: the agent quotes its lines in its next edit.
 
 Facts inside escape sequences (a 24-bit colour's `255;100;0`) are terminal styling, not content: retention
 is guaranteed against the escape-free text. Trailing whitespace is left alone in diffs, where it is part of
@@ -24,6 +28,7 @@ from types import MappingProxyType
 
 from worker.optimize import profiles
 from worker.optimize.base import Compressed, Context
+from worker.optimize.commands import views_file
 from worker.optimize.kinds import diffs, json_output, logs, markup, search
 from worker.optimize.kinds._common import (
     COUNT_CHECK_SHARE,
@@ -60,6 +65,11 @@ _COMPRESSORS: Mapping[Kind, Callable[[str, Context], Compressed | None]] = Mappi
 )
 
 
+_FILE_VIEW_KINDS_COMPRESSED = frozenset({"log", "table"})
+"""Kinds still compacted when a shell command printed them from a file: logs and data tables are read, not
+edited, and are the large files (every other file view passes through as it is)."""
+
+
 def normalise(text: str, kind: Kind) -> str:
     """The lossless clean-up every mode but `off` applies: no escapes, no trailing blanks, fewer blank lines.
 
@@ -82,17 +92,20 @@ def _smaller(new: str, old: str) -> bool:
     return len(new) <= COUNT_CHECK_SHARE * len(old) or count(new) < count(old)
 
 
-def compress_tool_output(text: str, ctx: Context, tool: str | None = None) -> Compressed | None:
+def compress_tool_output(
+    text: str, ctx: Context, tool: str | None = None, command: str | None = None
+) -> Compressed | None:
     """Compress one tool result; None when the mode is `off` or nothing gets smaller.
 
     `tool` is the name of the tool that produced it; with a coding-agent profile (`ctx.profile`) it decides
-    the kind before content detection does, and unwraps the agent's envelopes (`profiles`).
+    the kind before content detection does, and unwraps the agent's envelopes (`profiles`). `command` is the
+    shell command that printed it, when the call ran one (`commands.command_of`).
     """
     if ctx.mode == "off" or not text.strip():
         return None
     wrapped = profiles.unwrap(ctx.profile, tool, text)
     if wrapped is not None:
-        inner = compress_tool_output(wrapped.inner, ctx, tool)
+        inner = compress_tool_output(wrapped.inner, ctx, tool, command)
         if inner is None:
             return None
         rewrapped = wrapped.rewrap(inner.text)
@@ -100,6 +113,10 @@ def compress_tool_output(text: str, ctx: Context, tool: str | None = None) -> Co
             return None
         return Compressed(text=rewrapped, strategy=inner.strategy, removed=inner.removed)
     kind = profiles.kind_for(ctx.profile, tool, lambda: detect(strip_ansi(text)))
+    if command is not None and kind not in _FILE_VIEW_KINDS_COMPRESSED and views_file(command):
+        return None  # `cat package.json`: the file as the agent will quote it in its next edit
+    if kind == "html" and (command is not None or profiles.role(ctx.profile, tool) == "shell"):
+        kind = "prose"  # markup a command printed (curl, a build): its tags and attributes are the subject
     cleaned = normalise(text, kind)
     compressor = _COMPRESSORS.get(kind)
     result = compressor(cleaned, ctx) if compressor is not None else None

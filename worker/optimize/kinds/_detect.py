@@ -2,8 +2,9 @@
 
 Each test looks at a bounded sample (the first `_SAMPLE_LINES` non-blank lines), so detection costs a few
 regex passes however large the output is. Tests run from the most to the least specific kind: JSON must
-parse, a diff has hunk headers, HTML starts with a tag, grep output is `path:line:` lines, logs have a
-timestamp or level prefix, tables are consistently delimited; code and prose are the fallbacks.
+parse, text under a line-number gutter is a file read (`code`, passed through whatever the file holds), a diff
+has hunk headers, HTML starts with a tag, grep output is `path:line:` lines, logs have a timestamp or level
+prefix, tables are consistently delimited; code and prose are the fallbacks.
 """
 
 from __future__ import annotations
@@ -239,8 +240,11 @@ def split_delimited(line: str, delim: str) -> list[str]:
 
 
 def has_gutter(lines: list[str]) -> bool:
-    """Most lines start with a file-read line-number gutter (`cat -n`, `   12→`)."""
-    return bool(lines) and sum(1 for line in lines if LINE_GUTTER_RE.match(line)) * 10 >= len(lines) * 8
+    """Most lines start with a file-read line-number gutter (`cat -n`, `   12→`), not counting the
+    `<system-reminder>` block Claude Code appends to a read (a short file would fall under the share)."""
+    end = next((k for k, line in enumerate(lines) if line.startswith("<system-reminder>")), len(lines))
+    numbered = sum(1 for line in lines[:end] if LINE_GUTTER_RE.match(line))
+    return end > 0 and numbered * 10 >= end * 8
 
 
 def strip_gutter(lines: list[str]) -> list[str]:
@@ -271,8 +275,10 @@ def detect(text: str) -> Kind:
         return "json"
     lines = _sample(stripped)
     if has_gutter(lines):
-        # A file read with line numbers: what the agent will edit. It is only ever passed through.
-        return "code" if is_code(lines) else "prose"
+        # A file read with line numbers: what the agent will edit, quoting its lines back exactly (a Markdown
+        # hard break's trailing blanks, the tab after the number of a blank line). Passed through as it is,
+        # whatever the file holds.
+        return "code"
     if is_diff(lines):
         return "diff"
     if _COMPONENT_RE.match(stripped):

@@ -2,11 +2,23 @@
 
 Safe mode folds runs of byte-identical consecutive lines into one line plus a count (lossless).
 
-Balanced and aggressive modes fold by template. The log is split into entries (a line with a timestamp or
-level prefix plus its continuation lines); each entry's template is its text with timestamps, UUIDs, hex
-ids, IP addresses and numbers replaced by slots. Entries sharing a template are folded: the first one stays
-verbatim as the example, followed by one marker with the count, the line range and the template with each
-slot summarised (`_summary`).
+Balanced and aggressive modes fold by template (`_templates`). The log is split into entries (a line with
+a timestamp or level prefix plus its continuation lines); each entry's template is its text with
+timestamps, short hex values, IP addresses and numbers replaced by slots. Folding never reorders output
+(a `git log` commit line folded with the next commit's would leave each message under the wrong commit):
+
+- a run of neighbouring entries sharing a template keeps its first entry verbatim as the example, followed
+  by one marker with the count, the range of the folded lines and the template with each slot summarised;
+- the routine entries between those runs and the entries that stay (a busy service interleaves health
+  checks, requests and metrics) fold into one marker in their place, with the range and a census: each
+  template with its count.
+
+A marker's range is exactly the lines it folded; the first marker of an output says to re-run to see them.
+
+Ids are never slots, so entries that differ in one never share a template: hex ids of 7+ digits (commit
+SHAs, container and trace ids), UUIDs, and, in lines that do not start with a timestamp or a level, the
+number in a line's first field or right after a leading word (`ps` output's PID column), a number labelled
+`pid` and a number in `name[1234]`.
 
 Never folded, kept verbatim in place: every entry with a warning, error, fatal/critical, exception or
 traceback line, together with its whole stack trace (indented lines, `at …` frames, `File "…", line N`
@@ -18,11 +30,12 @@ Fact retention in folded entries — the rule this module follows, and the only 
 the text without being listed:
 
 - *Incidental* values (`summarisable`): timestamps, dates and times, bare numbers and numbers with a unit
-  (durations, sizes, counts, percentages), hex ids and hashes, UUIDs and IP addresses. In the entries of
+  (durations, sizes, counts, percentages), hex values of up to 6 digits and IP addresses. In the entries of
   a routine group these are the fields that vary from line to line (every health check has its own
-  timestamp, request id and latency); they are summarised per slot instead of listed: the value itself when
-  the whole group shares it, all distinct values when there are at most `_LISTED_VALUES`, else
-  `first … last` for timestamps, `min..max` for numbers and a count of distinct values for ids.
+  timestamp and latency); they are summarised per slot instead of listed: the value itself when the whole
+  group shares it; for one slot at most, all its distinct values if there are at most three; else
+  `first … last` for timestamps, `min..max` for numbers and a count of distinct values otherwise (lists of
+  values in two slots would read as if every combination had occurred).
 - Every other fact of a folded entry — amounts with a currency, error codes, business ids (`ORD-1042`,
   `txn_8Hq2`), constants, paths, URLs, e-mail addresses, versions, inline code — is listed verbatim in the
   group's marker unless it is already visible elsewhere in the output.
@@ -41,12 +54,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-import msgspec
-
 from worker.optimize import facts
 from worker.optimize.base import Compressed, Context, Mode
 from worker.optimize.kinds._common import FactLedger, finish, fold_exact_repeats, worth_folding
 from worker.optimize.kinds._detect import DIAGNOSTIC_RE, LOG_PREFIX_RE
+from worker.optimize.kinds._templates import Piece, Shape, fold_pieces, shape, stretches, summary
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,29 +103,6 @@ _CONTINUATION_RE = re.compile(
     r"goroutine \d+|\[\d+ frames? omitted\])"
 )
 
-# Slots that turn an entry into its template, tried left to right at each position (a UUID before its hex
-# parts, a timestamp before its numbers). Test ids (`tests/test_a.py::test_x PASSED`, `--- PASS: TestX`)
-# make one template for all passing tests.
-# A test id is tried only where a word starts (a match inside a word would have started at its beginning):
-# tried at each position of a long word instead, `\S+::` cost the word's length at each of them.
-_TEST_SLOT = r"(?P<test>(?<!\S)\S+::\S+|(?<=^--- PASS: )\S+|(?<=^ok  \t)\S+)|"
-_VALUE_SLOTS = (
-    r"(?P<uuid>\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b)"
-    r"|(?P<ts>\d{4}[-/]\d{2}[-/]\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?)?"
-    r"|\b\d{1,2}/[A-Z][a-z]{2}/\d{4}(?::\d{2}:\d{2}:\d{2})?(?: [+-]\d{4})?"
-    r"|\b\d{2}:\d{2}:\d{2}(?:[.,]\d+)?)"
-    r"|(?P<ip>\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b)"
-    r"|(?P<hex>\b0x[0-9a-fA-F]+\b|\b(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{6,}\b)"
-    r"|(?P<n>\d+(?:\.\d+)?)"
-)
-_SLOT_RE = re.compile(_TEST_SLOT + _VALUE_SLOTS, re.MULTILINE)
-# Most entries hold no test id; `\S+::` retried at every position is most of the cost of the slot scan.
-# Words starting with a letter past f step over in one match: no value slot starts with such a letter, nor
-# inside a word (the hex and UUID slots need a word start; the rest start with a digit, where the step ends).
-# So do the blanks and punctuation around them (no slot starts with a non-word character): one step covers
-# `  INFO  http  GET /healthz ` instead of four, and fewer matches cost fewer turns of the Python loop.
-_VALUE_SLOT_RE = re.compile(r"(?P<skip>(?:[g-zG-Z_][A-Za-z_]*|\W)+)|" + _VALUE_SLOTS, re.MULTILINE)
-_BLANKS_RE = re.compile(r"[ \t]+")  # column padding that varies with the width of a number
 
 # Facts that are incidental in a routine log line (see the module docstring). A currency amount is never
 # incidental, even though it is a number: amounts are what a billing task depends on.
@@ -121,15 +110,15 @@ _INCIDENTAL_RE = re.compile(
     r"(?:\d{4}[-/]\d{2}[-/]\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?"
     r"|\d{1,2}/\d{1,2}/\d{2,4}|\d{1,2}/[A-Z][a-z]{2}/\d{4}(?::\d{2}:\d{2}:\d{2})?"
     r"|\d{1,2}:\d{2}(?::\d{2})?(?:[.,]\d+)?(?:\s?[AaPp][Mm])?(?:\s?(?:UTC|GMT|[A-Z]{2,4}T))?"
-    r"|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-    r"|0x[0-9a-fA-F]+|(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,64}"
+    r"|0x[0-9a-fA-F]{1,6}"
     r"|\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?"
     r"|[-+]?\d[\d,]*(?:\.\d+)?(?:\s?(?:%|[A-Za-z]{1,12}))?)"
 )
+# Hex ids (commit SHAs, container and trace ids): never incidental, never summarised. A number with a unit
+# can look like one (`123abcd`), hence the separate test in `summarisable`.
+_HEX_ID_RE = re.compile(r"(?:0x)?(?=[0-9a-fA-F]*[a-fA-F])(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{7,}|0x[0-9a-fA-F]{7,}")
 _CURRENCY_RE = re.compile(r"[$€£¥₹]|\b(?:USD|EUR|GBP|JPY|CHF|CAD|AUD|CNY|INR|dollars|euros|pounds)\b")
 
-_LISTED_VALUES = 3
-"""A slot with at most this many distinct values in a folded group lists them all."""
 
 # Id-like words of the latest request (`7f3a9c2`, `req-42`, `job_17`): an entry containing one is kept.
 _QUERY_ID_RE = re.compile(r"[A-Za-z0-9][\w.:/-]*\d[\w.:/-]*|[\w.:/-]*\d[\w.:/-]*[A-Za-z0-9]")
@@ -141,8 +130,13 @@ _QUERY_RUN_MAX = 256
 
 def summarisable(fact: str) -> bool:
     """True for facts that a folded log entry may summarise rather than list: timestamps, dates, times,
-    numbers with or without a unit, hex ids, UUIDs, IP addresses (never a currency amount)."""
-    return _INCIDENTAL_RE.fullmatch(fact) is not None and _CURRENCY_RE.search(fact) is None
+    numbers with or without a unit, hex values of up to 6 digits, IP addresses (never a currency amount, a
+    hex id of 7+ digits or a UUID)."""
+    return (
+        _INCIDENTAL_RE.fullmatch(fact) is not None
+        and _CURRENCY_RE.search(fact) is None
+        and _HEX_ID_RE.fullmatch(fact) is None
+    )
 
 
 def compress(text: str, ctx: Context) -> Compressed | None:
@@ -167,46 +161,42 @@ def compress(text: str, ctx: Context) -> Compressed | None:
                 pinned[j] = True
     for i in _asked_entries(bodies, ctx.query):
         pinned[i] = True  # the latest request names something in this entry: it stays as it is
-    groups: dict[str, list[int]] = {}
-    shapes: dict[int, _Shape] = {}
-    for i, entry in enumerate(entries):
-        if pinned[i] or not any(line.strip() for line in entry.lines):
-            continue
-        body = bodies[i]
-        shape = _shape(body)
-        shapes[i] = shape
-        groups.setdefault(shape.key, []).append(i)
-    foldable = [members for members in groups.values() if len(members) >= settings.min_group]
-    if not foldable:
+    shapes = {
+        i: shape(bodies[i])
+        for i, entry in enumerate(entries)
+        if not pinned[i] and any(line.strip() for line in entry.lines)
+    }
+    pieces = fold_pieces(stretches(shapes, len(entries)), shapes, settings.min_group)
+    if not pieces:
         return None
     # One scan for facts, attributed to entries by position: what markers list and what the final check
     # requires come from the same matches.
     key_facts = _key_facts_by_entry(text, starts)
-    # Everything not in a foldable group's tail stays verbatim; markers need not repeat facts shown there.
-    tails = {i for members in foldable for i in members[1:]}
-    ledger = FactLedger("\n".join(bodies[i] for i in range(len(entries)) if i not in tails))
-    markers: dict[int, str] = {}  # example entry index -> marker emitted after it
+    # Everything no fold may drop stays verbatim; markers need not repeat facts shown there.
+    droppable = {i for piece in pieces for i in piece.dropped}
+    ledger = FactLedger("\n".join(bodies[i] for i in range(len(entries)) if i not in droppable))
+    markers: dict[
+        int, str
+    ] = {}  # entry index -> marker emitted after it (a run) or instead of it (a stretch)
     folded_entries: set[int] = set()
-    for members in sorted(foldable, key=lambda m: m[0]):
-        rest = members[1:]
-        dropped = [bodies[i] for i in rest]
-        listed_facts = facts.distinct_facts(f for i in rest for f in key_facts.get(i, ()))
-        what = f"{_describe(entries, members)}: {_summary(shapes[members[0]], [shapes[i] for i in rest])}"
+    for piece in pieces:
+        dropped = [bodies[i] for i in piece.dropped]
+        listed_facts = facts.distinct_facts(f for i in piece.dropped for f in key_facts.get(i, ()))
+        what = _describe(entries, piece, shapes, first=not markers)
         marker_text, listed = ledger.marker_of(what, listed_facts)
         if worth_folding(marker_text, dropped):
             ledger.commit(listed)
-            markers[members[0]] = marker_text
-            folded_entries.update(rest)
+            markers[piece.members[0]] = marker_text
+            folded_entries.update(piece.dropped)
     if not folded_entries:
         return None
     out: list[str] = []
     for i, entry in enumerate(entries):
-        if i in folded_entries:
-            continue
-        out.extend(entry.lines)
+        if i not in folded_entries:
+            out.extend(entry.lines)
         if i in markers:
             out.append(markers[i])
-    notes = [f"folded {len(folded_entries)} repeated log entries into {len(markers)} templates"]
+    notes = [f"folded {len(folded_entries)} repeated log entries under {len(markers)} markers"]
     # The rule of the module docstring, checked on the result: every fact that is not an incidental value
     # is in the output verbatim (kept in place or listed), so a bug in grouping or pinning costs compression,
     # never an error line or an amount. Incidental values of kept entries are there with their entries.
@@ -287,69 +277,28 @@ def _asked_entries(bodies: list[str], query: str) -> set[int]:
     return asked
 
 
-class _Shape(msgspec.Struct, frozen=True):
-    """An entry split into its template (`key`) and the values of its slots, in order."""
-
-    key: str
-    parts: tuple[str, ...]
-    """Literal text and slot values alternating, starting and ending with literal text."""
-    kinds: tuple[str, ...]
-    """The kind of each slot (`ts`, `n`, `hex`, …)."""
-
-
-def _shape(body: str) -> _Shape:
-    parts: list[str] = []
-    kinds: list[str] = []
-    pos = 0
-    maybe_test = "::" in body or "--- PASS: " in body or "ok  \t" in body
-    for match in (_SLOT_RE if maybe_test else _VALUE_SLOT_RE).finditer(body):
-        if match.lastgroup == "skip":
-            continue
-        start, end = match.span()
-        parts.append(body[pos:start])
-        parts.append(body[start:end])
-        kinds.append(match.lastgroup or "n")
-        pos = end
-    parts.append(body[pos:])
-    key = _BLANKS_RE.sub(" ", "\x00".join(parts[::2])) + "\x01" + " ".join(kinds)
-    return _Shape(key, tuple(parts), tuple(kinds))
-
-
-def _summary(example: _Shape, folded: list[_Shape]) -> str:
-    """The template of a group with each slot written as what the folded entries hold there.
-
-    A slot every folded entry shares with the example shows that value; otherwise `{a|b|c}` (at most
-    `_LISTED_VALUES` distinct values), `{first … last}` for timestamps, `{min..max}` for numbers, or
-    `{N distinct <kind>}`.
-    """
-    out: list[str] = []
-    for k, kind in enumerate(example.kinds):
-        out.append(example.parts[2 * k])
-        values = list(dict.fromkeys(shape.parts[2 * k + 1] for shape in folded))
-        if values == [example.parts[2 * k + 1]]:
-            out.append(values[0])
-        elif len(values) <= _LISTED_VALUES:
-            out.append("{" + "|".join(values) + "}")
-        elif kind == "ts":
-            out.append(f"{{{folded[0].parts[2 * k + 1]} … {folded[-1].parts[2 * k + 1]}}}")
-        elif kind == "n":
-            low = min(values, key=float)
-            high = max(values, key=float)
-            out.append(f"{{{low}..{high}}}")
-        else:
-            out.append(f"{{{len(values)} distinct {kind}}}")
-    out.append(example.parts[-1])
-    return _BLANKS_RE.sub(" ", "".join(out)).replace("\n", " ↵ ")
-
-
-def _describe(entries: list[_Entry], members: list[int]) -> str:
-    """`179 more lines like the one above (lines 3-500)` for a group whose first member stays."""
-    rest = members[1:]
-    first, last = entries[rest[0]].start + 1, entries[rest[-1]].start + 1
-    single = all(len(entries[i].lines) == 1 for i in members)
-    noun = ("line" if single else "entry") if len(rest) == 1 else ("lines" if single else "entries")
-    where = f"line {first}" if first == last else f"lines {first}-{last}"
-    return f"{len(rest)} more {noun} like the one above ({where})"
+def _describe(entries: list[_Entry], piece: Piece, shapes: dict[int, Shape], first: bool) -> str:
+    """The marker's text before its facts. A run: `179 more lines like the one above (lines 3-181): <tmpl>`;
+    a stretch: `lines 3-42 folded: 25 like <tmpl>; 15 like <tmpl>`. The range is exactly the folded lines;
+    the output's first marker also says how to see them (`first`)."""
+    dropped = piece.dropped
+    start, end = entries[dropped[0]].start + 1, entries[dropped[-1]].start + len(entries[dropped[-1]].lines)
+    where = f"line {start}" if start == end else f"lines {start}-{end}"
+    if piece.run:
+        single = all(len(entries[i].lines) == 1 for i in piece.members)
+        noun = ("line" if single else "entry") if len(dropped) == 1 else ("lines" if single else "entries")
+        hint = "; re-run to see them" if first else ""
+        template = summary(shapes[piece.members[0]], [shapes[i] for i in dropped])
+        return f"{len(dropped)} more {noun} like the one above ({where}{hint}): {template}"
+    templates: dict[str, list[int]] = {}
+    for i in dropped:
+        templates.setdefault(shapes[i].key, []).append(i)
+    census = "; ".join(
+        f"{len(group)} like {summary(shapes[group[0]], [shapes[i] for i in group])}"
+        for group in templates.values()
+    )
+    hint = ", re-run to see them" if first else ""
+    return f"{where} folded{hint}: {census}"
 
 
 @dataclass(slots=True)
