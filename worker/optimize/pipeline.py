@@ -17,6 +17,7 @@ same input always gives the same bytes (every step is deterministic).
 
 from __future__ import annotations
 
+import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -106,9 +107,18 @@ def measure(fmt: Format, body: dict[str, Any], encoding: str = "o200k_base") -> 
     return tokens.count(text, encoding) + estimated
 
 
+_MAY_CARRY_PAYLOAD = re.compile(rb'"type":"(?:image|image_url|input_image|file|input_file|document)"')
+"""The part types `opaque` takes payloads out of, as compact JSON writes them: most requests have none, and
+are not walked for them."""
+
+
 def _billed(fmt: Format, body: dict[str, Any]) -> tuple[str, int]:
     """The billed content fields as text without image and file payloads, and the estimate for those."""
-    fields, estimated = without_payloads({k: body[k] for k in content_fields(fmt) if k in body})
+    fields = {k: body[k] for k in content_fields(fmt) if k in body}
+    data = _encoder.encode(fields)
+    if _MAY_CARRY_PAYLOAD.search(data) is None:
+        return data.decode(), 0
+    fields, estimated = without_payloads(fields)
     return _encoder.encode(fields).decode(), estimated
 
 
