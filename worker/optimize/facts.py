@@ -7,7 +7,8 @@ compressor drops, the facts inside it are listed verbatim in the marker that rep
 fact is never lost: it is either kept in place or named in the marker. The one documented exception is log
 folding (`kinds.logs`): in routine lines folded into a template, incidental values (timestamps, numbers,
 hex ids, UUIDs, IPs) are summarised per field instead of listed. Constraint clauses (must, never, only,
-deadline, limit …) are recognised by `is_constraint` and kept whole by the narrative compressor.
+deadline, limit, "not through X", "instead of" …) are recognised by `is_constraint` and kept whole by the
+narrative compressor.
 
 All patterns are compiled once at import; nothing here is per-request setup.
 """
@@ -216,6 +217,8 @@ _CONSTRAINT_RE = re.compile(
     r"due|no\s+later\s+than|no\s+(?:more|fewer|less)\s+than|avoid(?:ing)?|refrain|"
     rf"(?:by|before)\s+(?:end\s+of|EOD|COB|{_WEEKDAY}|tomorrow|tonight|noon|midnight)|limit(?:ed|s)?|"
     r"at\s+(?:most|least)|maximum|minimum|exactly|until|unless|except|without|"
+    # A way ruled out: "through the wrapper, not through the raw SDK", "instead of", "rather than".
+    r"not\s+(?:through|via|using|over|from|into|inside|directly|any|the)|instead\s+of|rather\s+than|"
     r"darf|dürfen|muss|müssen|niemals|nie|nur|immer|verboten|keinesfalls|"  # German
     r"doit|doivent|devez|jamais|interdit|obligatoire|uniquement|toujours|"  # French
     r"debe[ns]?|nunca|jamás|siempre|prohibido|obligatorio|solamente|únicamente)\b"  # Spanish
