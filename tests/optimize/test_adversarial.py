@@ -105,3 +105,12 @@ def test_a_long_typed_turn_is_scanned_in_linear_time() -> None:
     }
     report = optimize("chat", body, Options(mode="aggressive", protect_recent_turns=0))
     assert report.optimized_tokens <= report.original_tokens
+
+
+def test_locations_after_paths_are_scanned_in_linear_time() -> None:
+    """A path's `:line:col` is taken along by the path pattern (two at most), and the diagnostics test reads
+    each line once."""
+    assert find_facts("a/b.py" + ":1" * 100_000)[0] == "a/b.py"
+    line = "a/b.go" + ":7" * 50_000 + " x"
+    assert detect("\n".join([line] * 4)) in {"diagnostics", "search", "log", "prose", "table", "code"}
+    assert detect("x" + "y:" * 100_000) in {"diagnostics", "search", "log", "prose", "table", "code"}

@@ -28,6 +28,7 @@ _HEX4 = "[0-9A-Fa-f]{1,4}"
 _AMOUNT_AFTER = rf"\b\d[\d,]{{0,24}}(?:\.\d{{1,12}})?\s?(?:{_CURRENCY_CODES}|dollars|euros|pounds)\b"
 _PERCENTAGE = r"\b\d+(?:\.\d+)?\s?%"
 _NUMBER = r"\b\d{3,}(?:[.,]\d+)*\b"
+_LOCATION = r"(?::\d{1,7}\b){0,2}"
 
 # Order matters only for readability; overlapping matches are resolved longest-first in `find_facts`.
 # A run a pattern scans before it can fail (the local part before an `@`, the digits before a currency, the
@@ -59,12 +60,13 @@ _FACT_PATTERNS: tuple[str, ...] = (
     r"minutes?|mins?|seconds?|secs?|weeks?|months?|years?|ms|[KMGT]i?B|[kKMG]b|requests?|tokens?|users?|items?|"
     r"records?|retries|attempts?|times|nodes?|replicas?|cores?|GHz|MHz|rps|qps)\b",  # quantities with units
     r"\bv?\d+\.\d+(?:\.\d+)+(?:-[\w.]{1,64})?(?:\+[\w.]{1,64})?\b|\bv\d+(?:\.\d+)?\b",  # 1.2.3-rc.1+b.5, v2
-    # paths: ./x, ~/x, or /a/b (two segments or more, so a closing HTML tag is not a path)
-    r"(?:~|\.{1,2})/(?:[\w.@-]+/)*[\w.@-]+|/(?:[\w.@-]+/)+[\w.@-]+"
-    r"|\b[\w.@-]{1,64}/(?:[\w.@-]+/)*[\w.@-]*\.\w{1,8}\b",
+    # paths: ./x, ~/x, or /a/b (two segments or more, so a closing HTML tag is not a path), with the `:line`
+    # or `:line:col` of a compiler's or grep's location taken along (and left out of the fact: `_LOCATED`)
+    rf"(?:(?:~|\.{{1,2}})/(?:[\w.@-]+/)*[\w.@-]+|/(?:[\w.@-]+/)+[\w.@-]+"
+    rf"|\b[\w.@-]{{1,64}}/(?:[\w.@-]+/)*[\w.@-]*\.\w{{1,8}}\b){_LOCATION}",
     r"\b[A-Za-z]:\\(?:[\w .-]+\\)*[\w .-]+",  # Windows paths
     r"\b[\w-]{1,64}\.(?:py|js|ts|tsx|jsx|go|rs|java|kt|rb|php|c|h|cc|cpp|hpp|cs|swift|json|yaml|yml|toml|ini|"
-    r"cfg|md|txt|log|csv|sql|sh|html|css|lock|xml|proto)\b",  # file names
+    rf"cfg|md|txt|log|csv|sql|sh|html|css|lock|xml|proto)\b{_LOCATION}",  # file names
     r"\b[A-Z][A-Z0-9]{0,31}(?:[-_][A-Z0-9]{1,31}){0,7}[-_]\d[\w-]{0,63}\b",  # ORD-1042, INV_2026_07, JIRA-88
     # cus_9fK2LmQ, txn_0042 style ids (a digit: not snake_case words)
     r"\b[a-z]{2,8}_(?:(?=[A-Za-z]*\d)[A-Za-z0-9]{6,}|\d{3,})\b",
@@ -230,6 +232,21 @@ _CONSTRAINT_RE = re.compile(
 _CONSTRAINT_LOWER_RE = re.compile(_CONSTRAINT_RE.pattern.replace("EOD|COB", "eod|cob"))
 
 
+def _located(fact: str) -> str:
+    """A path or file name without the `:line` or `:line:col` its pattern took along (`post.go:70:26` is the
+    fact `post.go`: a line and a column are not a time of day, nor a number worth listing on their own)."""
+    if not fact[-1].isdigit() or ":" not in fact or "://" in fact:
+        return fact
+    head, _, last = fact.rpartition(":")
+    if not last.isdigit():
+        return fact
+    before, _, mid = head.rpartition(":")
+    if before and mid.isdigit():
+        head = before
+    # Times, dates and IPv6 addresses end in digits after a colon too, but hold no `/` and no `.`.
+    return head if ("/" in head or "." in head) and head[-1] not in ".:/" else fact
+
+
 def find_facts(text: str) -> list[str]:
     """Every fact in `text`, verbatim, unique, in order of first appearance.
 
@@ -237,7 +254,7 @@ def find_facts(text: str) -> list[str]:
     is a whole token of a longer fact (`2026-03-14`, `ORD-5404`): the longer fact carries it. A run that only
     occurs inside another token (`5404` in `ORD-15404`) is a different value and stays.
     """
-    return distinct_facts(fact for fact in map(str.strip, _SCAN_RE.findall(text)) if len(fact) >= 2)
+    return distinct_facts(_located(fact) for fact in map(str.strip, _SCAN_RE.findall(text)) if len(fact) >= 2)
 
 
 def fact_spans(text: str) -> list[tuple[int, str]]:
@@ -251,7 +268,7 @@ def fact_spans(text: str) -> list[tuple[int, str]]:
         if found is not None:
             fact = found.strip()
             if len(fact) >= 2:
-                spans.append((match.start(), fact))
+                spans.append((match.start(), _located(fact)))
     return spans
 
 
