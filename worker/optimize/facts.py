@@ -272,6 +272,50 @@ def fact_spans(text: str) -> list[tuple[int, str]]:
     return spans
 
 
+# A fact that a joiner ties to more word characters is part of a longer word: `16790` of the pod name
+# `payments-api-7d9f8c6b5-16790`, `v2` of the flag `pdf-v2`, `8080` of `localhost:8080`.
+_JOINERS = "-_./:@"
+_TOKEN_SPAN = 64
+"""How far a fact's word is followed on each side; a longer run (a blob) keeps the fact alone."""
+
+
+def _word_char(c: str) -> bool:
+    return c.isalnum() or c == "_"
+
+
+def whole_token(text: str, start: int, fact: str) -> str:
+    """The word of `text` that the fact found at `start` is part of (see `_JOINERS`), or the fact itself.
+
+    What a marker lists: a fragment alone (`16790`, `v2`) names nothing the reader can look for. Leading and
+    trailing joiners (a sentence's full stop, a location's colon) are not part of the word.
+    """
+    end = start + len(fact)
+    n = len(text)
+    left = start > 1 and text[start - 1] in _JOINERS and _word_char(text[start - 2])
+    right = end + 1 < n and text[end] in _JOINERS and _word_char(text[end + 1])
+    if not (left or right):
+        return fact
+    a, b = start, end
+    while a > 0 and (_word_char(text[a - 1]) or text[a - 1] in _JOINERS):
+        a -= 1
+        if start - a > _TOKEN_SPAN:
+            return fact
+    while b < n and (_word_char(text[b]) or text[b] in _JOINERS):
+        b += 1
+        if b - end > _TOKEN_SPAN:
+            return fact
+    token = text[a:b].strip(_JOINERS)
+    return token if fact in token else fact
+
+
+def facts_in_words(text: str) -> list[tuple[str, str]]:
+    """`find_facts(text)`, each with the whole word it is part of (`whole_token`, at its first occurrence)."""
+    first: dict[str, int] = {}
+    for start, fact in fact_spans(text):
+        first.setdefault(fact, start)
+    return [(fact, whole_token(text, first[fact], fact)) for fact in distinct_facts(first)]
+
+
 def distinct_facts(found: Iterable[str]) -> list[str]:
     """`found` unique, in order, minus one-run facts that are a whole token of a longer one (`find_facts`)."""
     seen = dict.fromkeys(found)

@@ -597,15 +597,15 @@ def _runs(keep: list[bool]) -> list[tuple[int, int]]:
 def _run_marker(text: str, units: list[Unit], a: int, b: int, fact_free: list[bool]) -> str | None:
     """The marker for dropped units a..b, or None if it could not list all their facts."""
     found = [
-        fact
+        pair
         for k in range(a, b)
         if not fact_free[k]
-        for fact in facts.find_facts(text[units[k].start : units[k].end])
+        for pair in facts.facts_in_words(text[units[k].start : units[k].end])
     ]
     count = sum(1 for u in units[a:b] if u.kind != "label")
-    marker = facts.listing_marker(f"omitted {_plural(count)}", found)
+    marker = facts.listing_marker(f"omitted {_plural(count)}", [word for _, word in found])
     listed = marker[marker.find("; facts kept: ") :]
-    if any(fact not in listed for fact in found):
+    if any(fact not in listed for fact, _ in found):
         return None
     return marker
 

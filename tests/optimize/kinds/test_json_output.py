@@ -354,6 +354,7 @@ def test_a_fold_names_its_records_and_who_holds_a_minority_value(mode: str) -> N
     assert f"key of each: {', '.join(folded)};" in marker
     on = [key for key in folded if key in _FLAGS_ON]
     assert f", true ({len(on)}: {', '.join(on)})" in marker
+    assert "facts kept" not in marker  # `v2` of `pdf-v2` was listed alone; the key names it already
     for key in _FLAGS_ON:
         assert key in kept or key in marker
 
@@ -364,3 +365,14 @@ def test_numeric_ids_the_marker_lists_as_facts_are_not_listed_twice() -> None:
     assert result is not None
     (marker,) = _markers(json.loads(result.text))
     assert "id of each" not in marker and "ORD-10003" in marker
+
+
+def test_a_fact_inside_a_longer_value_is_listed_as_that_value() -> None:
+    items = [
+        {"pod": f"payments-api-7d9f8c6b5-{i:05d}", "ready": "1/1", "zone": "eu-west-1a"} for i in range(30)
+    ]
+    result = json_output.compress(json.dumps(items, indent=2), BALANCED)
+    assert result is not None
+    (marker,) = _markers(json.loads(result.text))
+    listed = marker.partition("facts kept: ")[2].rstrip("]").split(", ")
+    assert "payments-api-7d9f8c6b5-00012" in listed and "00012" not in listed

@@ -262,3 +262,11 @@ def test_a_minority_value_of_the_folded_rows_names_them() -> None:
     (marker,) = [line for line in result.text.split("\n") if line.startswith("[trex:")]
     assert "RESTARTS values: 0 (" in marker
     assert "1 (4: payments-api-7d9f8c6b5-c81e7, payments-api-7d9f8c6b5-e4da3," in marker
+
+
+def test_the_marker_lists_a_folded_pod_by_its_whole_name() -> None:
+    """The marker listed `facts kept: 16790`, a fragment of `payments-api-7d9f8c6b5-16790`."""
+    result = markup.compress(_pods({}, {}), Context(mode="balanced"))
+    assert result is not None
+    (marker,) = [line for line in result.text.split("\n") if line.startswith("[trex:")]
+    assert marker.endswith("; facts kept: payments-api-7d9f8c6b5-16790]")

@@ -230,18 +230,21 @@ def _plan_fold(
     keep = set(range(min(settings.head, n))) | set(range(max(0, n - settings.tail), n))
     keep.update(_outliers(flats, [_lists(item) for item in items])[: settings.outlier_cap])
     keep.update(_query_hits(encoded, query_terms)[: settings.query_cap])
-    item_facts = {i: facts.find_facts(encoded[i]) for i in range(n) if i not in keep}
+    # Each fact with the whole word it is part of, which the marker lists (`pdf-v2`, not `v2`).
+    item_facts = {i: facts.facts_in_words(encoded[i]) for i in range(n) if i not in keep}
     # A fact with a quote or backslash would come out escaped inside the marker string, no longer verbatim.
-    keep.update(i for i, found in item_facts.items() if any('"' in f or "\\" in f for f in found))
+    keep.update(i for i, found in item_facts.items() if any('"' in f or "\\" in f for f, _ in found))
     folded = [i for i in range(n) if i not in keep]
     if len(folded) < 2:
         return None
-    # The facts the marker lists, and their alphanumeric runs: `10003` is shown by `ORD-10003`.
-    listed = {f for i in folded for f in item_facts[i]}
-    listed.update(run for f in list(listed) for run in _RUN_RE.findall(f))
-    what = _describe(items, flats, folded, sorted(keep), n, listed)
-    # The marker re-reads facts from each record's fact list (found once above), not the whole record.
-    marker_text = facts.listing_marker(what, (f for i in folded for f in item_facts[i]), limit_chars=NO_LIMIT)
+    # The words the marker lists, and their alphanumeric runs: `10003` is shown by `ORD-10003`.
+    listed = {word for i in folded for _, word in item_facts[i]}
+    listed.update(run for word in list(listed) for run in _RUN_RE.findall(word))
+    what, named = _describe(items, flats, folded, sorted(keep), n, listed)
+    # The marker re-reads facts from each record's fact list (found once above), not the whole record; a
+    # word the description already names (an identity) is not listed again.
+    words = (word for i in folded for _, word in item_facts[i] if word not in named)
+    marker_text = facts.listing_marker(what, words, limit_chars=NO_LIMIT)
     if not worth_folding(marker_text, [encoded[i] for i in folded]):
         return None
     return _Plan(keep=keep, marker=marker_text)
@@ -407,9 +410,10 @@ def _describe(
     kept: list[int],
     n: int,
     listed: set[str],
-) -> str:
+) -> tuple[str, set[str]]:
     """The marker's description: counts, schema, the folded records' identities (unless `listed`, the facts
-    the marker lists, already holds them all), low-cardinality value counts, kept indices."""
+    the marker lists, already holds them all), low-cardinality value counts, kept indices; and the
+    identities it names."""
     keys: dict[str, None] = {}
     keysets: set[tuple[str, ...]] = set()
     for i in folded:
@@ -420,14 +424,16 @@ def _describe(
     parts = [f"folded {len(folded)} of {n} items ({label}: {', '.join(keys)})"]
     identity = _identity(items, folded)
     names: dict[int, str] = {}
+    named: set[str] = set()
     if identity is not None:
         key, values = identity
         names = dict(zip(folded, values, strict=True))
         if any(value not in listed for value in values):
             parts.append(f"{key} of each: {', '.join(values)}")
+            named.update(values)
     parts.extend(_value_summaries(flats, folded, names))
     parts.append("kept items at index " + ", ".join(str(i) for i in kept))
-    return "; ".join(parts)
+    return "; ".join(parts), named
 
 
 def _identity(items: list[Any], folded: list[int]) -> tuple[str, list[str]] | None:
