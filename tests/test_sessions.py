@@ -30,8 +30,14 @@ def _prose(fact: str, n: int = 8) -> str:
     return " ".join(sentences)
 
 
+def _notes(fact: str) -> str:
+    """Notes the user pasted: long enough (`narrative.PASTED_TOKENS`) to be compacted like other prose. A
+    shorter older user turn is the user's instructions, which balanced mode keeps whole."""
+    return "My notes from the billing call:\n\n" + _prose(fact, n=56)
+
+
 TURN1: list[dict[str, Any]] = [
-    {"role": "user", "content": _prose("The invoice INV-2026-0042 must be paid by 2026-12-15.")},
+    {"role": "user", "content": _notes("The invoice INV-2026-0042 must be paid by 2026-12-15.")},
     {"role": "assistant", "content": _prose("I confirmed the balance of $3,400.00 with the billing team.")},
     {"role": "user", "content": "What is the deadline?"},
 ]
@@ -202,7 +208,7 @@ def test_a_moved_cache_breakpoint_keeps_the_replayed_prefix(
         return {**block, "cache_control": breakpoint_} if cache else block
 
     history = [
-        {"role": "user", "content": [text(_prose("Ticket TCK-1 is open."))]},
+        {"role": "user", "content": [text(_notes("Ticket TCK-1 is open."))]},
         {"role": "assistant", "content": [text(_prose("TCK-1 noted."))]},
     ]
     # The newest block carries the breakpoint, so it is pinned: forwarded whole, however long.

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from worker.optimize.facts import find_facts
+from worker.optimize.directives import is_directive
+from worker.optimize.facts import find_facts, is_constraint
 from worker.optimize.kinds import detect
 from worker.optimize.pipeline import Options, optimize
 
@@ -90,3 +91,29 @@ def test_adversarial_logs_tables_and_questions(output: str, question: str) -> No
     body["messages"][-1]["content"] = question
     report = optimize("chat", body, Options())
     assert report.optimized_tokens <= report.original_tokens
+
+
+def test_a_long_typed_turn_is_scanned_in_linear_time() -> None:
+    """The directive patterns read only a sentence's first words; the constraint words each take one look."""
+    text = "also, " * 40_000 + "then " * 40_000 + "x"
+    assert not is_directive(text)
+    assert not is_constraint("not " * 100_000 + "x") and not is_constraint("instead " * 100_000)
+    body = {
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "user", "content": "Also, " * 40_000 + "please do it."},
+            {"role": "assistant", "content": "ok " * 300},
+            {"role": "user", "content": "and now?"},
+        ],
+    }
+    report = optimize("chat", body, Options(mode="aggressive", protect_recent_turns=0))
+    assert report.optimized_tokens <= report.original_tokens
+
+
+def test_locations_after_paths_are_scanned_in_linear_time() -> None:
+    """A path's `:line:col` is taken along by the path pattern (two at most), and the diagnostics test reads
+    each line once."""
+    assert find_facts("a/b.py" + ":1" * 100_000)[0] == "a/b.py"
+    line = "a/b.go" + ":7" * 50_000 + " x"
+    assert detect("\n".join([line] * 4)) in {"diagnostics", "search", "log", "prose", "table", "code"}
+    assert detect("x" + "y:" * 100_000) in {"diagnostics", "search", "log", "prose", "table", "code"}

@@ -246,3 +246,33 @@ def test_the_catalog_finds_signed_amounts_codes_first_build_metadata_ipv6_durati
 )
 def test_signs_and_colons_that_join_values_are_not_part_of_a_fact(text: str, not_a_fact: str) -> None:
     assert not_a_fact not in facts.find_facts(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "fact", "word"),
+    [
+        ("payments-api-7d9f8c6b5-16790        1/1     Running", "16790", "payments-api-7d9f8c6b5-16790"),
+        ('{"key":"pdf-v2","name":"Pdf V2"}', "v2", "pdf-v2"),
+        ("listens on localhost:8080.", "8080", "localhost:8080"),
+        (
+            "internal/ledger/post.go:70:26: copylocks",
+            "internal/ledger/post.go",
+            "internal/ledger/post.go:70:26",
+        ),
+        ("deployed build-20417.", "20417", "build-20417"),
+        ("order ORD-1042 shipped on 2026-03-14.", "2026-03-14", "2026-03-14"),  # a fact that is a word
+        ("v2.", "v2", "v2"),  # the full stop ends the sentence
+        ("x-" + "a" * 100 + "-12345", "12345", "12345"),  # a blob, not a word: the fact alone
+    ],
+)
+def test_a_marker_lists_the_whole_word_a_fact_is_part_of(text: str, fact: str, word: str) -> None:
+    """`facts kept: 16790` (a pod-name hash) or `v2` (a flag key) named nothing the reader could find."""
+    assert (fact, word) in facts.facts_in_words(text)
+    assert [f for f, _ in facts.facts_in_words(text)] == facts.find_facts(text)
+
+
+def test_whole_words_are_found_in_linear_time() -> None:
+    text = "a-111-" * 40_000
+    started = time.perf_counter()
+    facts.facts_in_words(text)
+    assert time.perf_counter() - started < 5

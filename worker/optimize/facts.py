@@ -7,7 +7,8 @@ compressor drops, the facts inside it are listed verbatim in the marker that rep
 fact is never lost: it is either kept in place or named in the marker. The one documented exception is log
 folding (`kinds.logs`): in routine lines folded into a template, incidental values (timestamps, numbers,
 hex ids, UUIDs, IPs) are summarised per field instead of listed. Constraint clauses (must, never, only,
-deadline, limit …) are recognised by `is_constraint` and kept whole by the narrative compressor.
+deadline, limit, "not through X", "instead of" …) are recognised by `is_constraint` and kept whole by the
+narrative compressor.
 
 All patterns are compiled once at import; nothing here is per-request setup.
 """
@@ -27,6 +28,7 @@ _HEX4 = "[0-9A-Fa-f]{1,4}"
 _AMOUNT_AFTER = rf"\b\d[\d,]{{0,24}}(?:\.\d{{1,12}})?\s?(?:{_CURRENCY_CODES}|dollars|euros|pounds)\b"
 _PERCENTAGE = r"\b\d+(?:\.\d+)?\s?%"
 _NUMBER = r"\b\d{3,}(?:[.,]\d+)*\b"
+_LOCATION = r"(?::\d{1,7}\b){0,2}"
 
 # Order matters only for readability; overlapping matches are resolved longest-first in `find_facts`.
 # A run a pattern scans before it can fail (the local part before an `@`, the digits before a currency, the
@@ -58,12 +60,13 @@ _FACT_PATTERNS: tuple[str, ...] = (
     r"minutes?|mins?|seconds?|secs?|weeks?|months?|years?|ms|[KMGT]i?B|[kKMG]b|requests?|tokens?|users?|items?|"
     r"records?|retries|attempts?|times|nodes?|replicas?|cores?|GHz|MHz|rps|qps)\b",  # quantities with units
     r"\bv?\d+\.\d+(?:\.\d+)+(?:-[\w.]{1,64})?(?:\+[\w.]{1,64})?\b|\bv\d+(?:\.\d+)?\b",  # 1.2.3-rc.1+b.5, v2
-    # paths: ./x, ~/x, or /a/b (two segments or more, so a closing HTML tag is not a path)
-    r"(?:~|\.{1,2})/(?:[\w.@-]+/)*[\w.@-]+|/(?:[\w.@-]+/)+[\w.@-]+"
-    r"|\b[\w.@-]{1,64}/(?:[\w.@-]+/)*[\w.@-]*\.\w{1,8}\b",
+    # paths: ./x, ~/x, or /a/b (two segments or more, so a closing HTML tag is not a path), with the `:line`
+    # or `:line:col` of a compiler's or grep's location taken along (and left out of the fact: `_LOCATED`)
+    rf"(?:(?:~|\.{{1,2}})/(?:[\w.@-]+/)*[\w.@-]+|/(?:[\w.@-]+/)+[\w.@-]+"
+    rf"|\b[\w.@-]{{1,64}}/(?:[\w.@-]+/)*[\w.@-]*\.\w{{1,8}}\b){_LOCATION}",
     r"\b[A-Za-z]:\\(?:[\w .-]+\\)*[\w .-]+",  # Windows paths
     r"\b[\w-]{1,64}\.(?:py|js|ts|tsx|jsx|go|rs|java|kt|rb|php|c|h|cc|cpp|hpp|cs|swift|json|yaml|yml|toml|ini|"
-    r"cfg|md|txt|log|csv|sql|sh|html|css|lock|xml|proto)\b",  # file names
+    rf"cfg|md|txt|log|csv|sql|sh|html|css|lock|xml|proto)\b{_LOCATION}",  # file names
     r"\b[A-Z][A-Z0-9]{0,31}(?:[-_][A-Z0-9]{1,31}){0,7}[-_]\d[\w-]{0,63}\b",  # ORD-1042, INV_2026_07, JIRA-88
     # cus_9fK2LmQ, txn_0042 style ids (a digit: not snake_case words)
     r"\b[a-z]{2,8}_(?:(?=[A-Za-z]*\d)[A-Za-z0-9]{6,}|\d{3,})\b",
@@ -216,6 +219,8 @@ _CONSTRAINT_RE = re.compile(
     r"due|no\s+later\s+than|no\s+(?:more|fewer|less)\s+than|avoid(?:ing)?|refrain|"
     rf"(?:by|before)\s+(?:end\s+of|EOD|COB|{_WEEKDAY}|tomorrow|tonight|noon|midnight)|limit(?:ed|s)?|"
     r"at\s+(?:most|least)|maximum|minimum|exactly|until|unless|except|without|"
+    # A way ruled out: "through the wrapper, not through the raw SDK", "instead of", "rather than".
+    r"not\s+(?:through|via|using|over|from|into|inside|directly|any|the)|instead\s+of|rather\s+than|"
     r"darf|dürfen|muss|müssen|niemals|nie|nur|immer|verboten|keinesfalls|"  # German
     r"doit|doivent|devez|jamais|interdit|obligatoire|uniquement|toujours|"  # French
     r"debe[ns]?|nunca|jamás|siempre|prohibido|obligatorio|solamente|únicamente)\b"  # Spanish
@@ -227,6 +232,21 @@ _CONSTRAINT_RE = re.compile(
 _CONSTRAINT_LOWER_RE = re.compile(_CONSTRAINT_RE.pattern.replace("EOD|COB", "eod|cob"))
 
 
+def _located(fact: str) -> str:
+    """A path or file name without the `:line` or `:line:col` its pattern took along (`post.go:70:26` is the
+    fact `post.go`: a line and a column are not a time of day, nor a number worth listing on their own)."""
+    if not fact[-1].isdigit() or ":" not in fact or "://" in fact:
+        return fact
+    head, _, last = fact.rpartition(":")
+    if not last.isdigit():
+        return fact
+    before, _, mid = head.rpartition(":")
+    if before and mid.isdigit():
+        head = before
+    # Times, dates and IPv6 addresses end in digits after a colon too, but hold no `/` and no `.`.
+    return head if ("/" in head or "." in head) and head[-1] not in ".:/" else fact
+
+
 def find_facts(text: str) -> list[str]:
     """Every fact in `text`, verbatim, unique, in order of first appearance.
 
@@ -234,7 +254,7 @@ def find_facts(text: str) -> list[str]:
     is a whole token of a longer fact (`2026-03-14`, `ORD-5404`): the longer fact carries it. A run that only
     occurs inside another token (`5404` in `ORD-15404`) is a different value and stays.
     """
-    return distinct_facts(fact for fact in map(str.strip, _SCAN_RE.findall(text)) if len(fact) >= 2)
+    return distinct_facts(_located(fact) for fact in map(str.strip, _SCAN_RE.findall(text)) if len(fact) >= 2)
 
 
 def fact_spans(text: str) -> list[tuple[int, str]]:
@@ -248,8 +268,52 @@ def fact_spans(text: str) -> list[tuple[int, str]]:
         if found is not None:
             fact = found.strip()
             if len(fact) >= 2:
-                spans.append((match.start(), fact))
+                spans.append((match.start(), _located(fact)))
     return spans
+
+
+# A fact that a joiner ties to more word characters is part of a longer word: `16790` of the pod name
+# `payments-api-7d9f8c6b5-16790`, `v2` of the flag `pdf-v2`, `8080` of `localhost:8080`.
+_JOINERS = "-_./:@"
+_TOKEN_SPAN = 64
+"""How far a fact's word is followed on each side; a longer run (a blob) keeps the fact alone."""
+
+
+def _word_char(c: str) -> bool:
+    return c.isalnum() or c == "_"
+
+
+def whole_token(text: str, start: int, fact: str) -> str:
+    """The word of `text` that the fact found at `start` is part of (see `_JOINERS`), or the fact itself.
+
+    What a marker lists: a fragment alone (`16790`, `v2`) names nothing the reader can look for. Leading and
+    trailing joiners (a sentence's full stop, a location's colon) are not part of the word.
+    """
+    end = start + len(fact)
+    n = len(text)
+    left = start > 1 and text[start - 1] in _JOINERS and _word_char(text[start - 2])
+    right = end + 1 < n and text[end] in _JOINERS and _word_char(text[end + 1])
+    if not (left or right):
+        return fact
+    a, b = start, end
+    while a > 0 and (_word_char(text[a - 1]) or text[a - 1] in _JOINERS):
+        a -= 1
+        if start - a > _TOKEN_SPAN:
+            return fact
+    while b < n and (_word_char(text[b]) or text[b] in _JOINERS):
+        b += 1
+        if b - end > _TOKEN_SPAN:
+            return fact
+    token = text[a:b].strip(_JOINERS)
+    return token if fact in token else fact
+
+
+def facts_in_words(text: str) -> list[tuple[str, str]]:
+    """`find_facts(text)`, each with the whole word it is part of (`whole_token`, at its first occurrence)."""
+    first: dict[str, int] = {}
+    for start, fact in fact_spans(text):
+        first.setdefault(fact, start)
+    return [(fact, whole_token(text, first[fact], fact)) for fact in distinct_facts(first)]
 
 
 def distinct_facts(found: Iterable[str]) -> list[str]:

@@ -12,6 +12,13 @@ each run of dropped units becomes one `facts.marker(...)`, which lists any fact 
 `safe` drops nothing (narrative compaction is lossy), so it, `off`, and texts under ~120 tokens return None.
 `compress_many` does the same for several blocks at once (the older turns of a conversation): one ranking
 and one budget over all of them, so turns too short to compact alone still lose their small talk.
+
+Text the user typed (`typed`) is instructions, not narrative: an older request ("Put the handler next to
+the capture handler. The request body takes an order id and an amount.") is what the agent's later work is
+checked against. `balanced` keeps it whole, unless it is longer than `PASTED_TOKENS` (pasted material:
+notes, a document, a transcript); `aggressive` compacts it too. Where typed text is compacted, every
+directive (`directives.is_directive`: an imperative sentence, "please", "I'd like", "could you" …) is kept
+like a constraint.
 Courtesy formulas whose only constraint word constrains nothing ("don't hesitate to ask", "how frustrating
 this must be") are not treated as constraints (`is_hard_constraint`).
 """
@@ -28,6 +35,7 @@ from .. import tokens
 from . import facts
 from .base import Compressed, Context
 from .bm25 import BM25, tokenize
+from .directives import is_directive
 
 STRATEGY = "narrative"
 MIN_TOKENS = 120
@@ -36,6 +44,8 @@ KEEP_RATIO = {"balanced": 0.5, "aggressive": 0.3}
 """The share of prose tokens kept (facts and constraints count towards it, and are kept even beyond it)."""
 FLOOR_RATIO = {"balanced": 0.2, "aggressive": 0.08}
 """The best-scoring optional prose kept even when facts and constraints alone exceed the target."""
+PASTED_TOKENS = 1000
+"""A typed text at least this long is taken for pasted material, which `balanced` compacts (see above)."""
 
 # --- block structure -------------------------------------------------------------------------------------
 
@@ -478,10 +488,11 @@ def _plural(n: int) -> str:
 
 
 def _select(
-    docs: Sequence[tuple[str, list[Unit]]], ctx: Context
+    docs: Sequence[tuple[str, list[Unit]]], ctx: Context, typed: Sequence[bool]
 ) -> tuple[list[list[bool]], list[list[bool]]]:
     """Which units of each text to keep, ranked and budgeted over all the texts together; and which units
-    were found to hold no fact (their markers need not scan them again)."""
+    were found to hold no fact (their markers need not scan them again). The directives of `typed` texts
+    are kept like constraints."""
     keeps = [[u.kind in _VERBATIM for u in units] for _, units in docs]
     fact_free = [[False] * len(units) for _, units in docs]
     prose = [(d, i) for d, (_, units) in enumerate(docs) for i, u in enumerate(units) if u.kind in _PROSE]
@@ -500,7 +511,10 @@ def _select(
         if u.kind == "label"
     }
     cues = [labels.get((d, docs[d][1][i].group), "") for d, i in prose]
-    mandatory = [c or f > 0 for c, f in zip(constraints, fact_counts, strict=True)]
+    mandatory = [
+        c or f > 0 or (typed[d] and is_directive(t))
+        for c, f, (d, _), t in zip(constraints, fact_counts, prose, texts, strict=True)
+    ]
     # Mandatory units are kept whatever they score: only the optional ones are ranked.
     content = _scores(texts, ctx.query, counts, fact_counts, constraints, cues, [not m for m in mandatory])
     scores = list(content)
@@ -583,15 +597,15 @@ def _runs(keep: list[bool]) -> list[tuple[int, int]]:
 def _run_marker(text: str, units: list[Unit], a: int, b: int, fact_free: list[bool]) -> str | None:
     """The marker for dropped units a..b, or None if it could not list all their facts."""
     found = [
-        fact
+        pair
         for k in range(a, b)
         if not fact_free[k]
-        for fact in facts.find_facts(text[units[k].start : units[k].end])
+        for pair in facts.facts_in_words(text[units[k].start : units[k].end])
     ]
     count = sum(1 for u in units[a:b] if u.kind != "label")
-    marker = facts.listing_marker(f"omitted {_plural(count)}", found)
+    marker = facts.listing_marker(f"omitted {_plural(count)}", [word for _, word in found])
     listed = marker[marker.find("; facts kept: ") :]
-    if any(fact not in listed for fact in found):
+    if any(fact not in listed for fact, _ in found):
         return None
     return marker
 
@@ -642,24 +656,32 @@ def _render(
     return Compressed(result, STRATEGY, [note])
 
 
-def compress_many(texts: Sequence[str], ctx: Context) -> list[Compressed | None]:
+def compress_many(
+    texts: Sequence[str], ctx: Context, typed: Sequence[bool] | None = None
+) -> list[Compressed | None]:
     """Compact several prose blocks (e.g. the older turns of one conversation) as one text.
 
     Ranking (BM25, topicality) and the keep budget span all the blocks, so short turns of small talk can go
     even though each alone is under `MIN_TOKENS`; the `MIN_TOKENS` floor applies to their total. Each block
-    is rewritten on its own (markers never span blocks); None for blocks left as they are.
+    is rewritten on its own (markers never span blocks); None for blocks left as they are. `typed[i]` marks
+    a block the user typed (see the module docstring).
     """
     if ctx.mode not in KEEP_RATIO or not texts:
         return [None] * len(texts)
+    marks = list(typed) if typed is not None else [False] * len(texts)
     befores = [tokens.count(t) for t in texts]
-    if sum(befores) < MIN_TOKENS:
-        return [None] * len(texts)
-    docs = [(text, split_units(text)) for text in texts]
-    keeps, fact_free = _select(docs, ctx)
-    return [
-        _render(text, units, keep, before, free) if units else None
-        for (text, units), keep, before, free in zip(docs, keeps, befores, fact_free, strict=True)
-    ]
+    # Typed text below the pasted-material size is the user's instructions: balanced leaves it out entirely
+    # (not even ranked alongside the rest).
+    open_typed = ctx.mode == "aggressive"
+    chosen = [i for i, b in enumerate(befores) if not marks[i] or open_typed or b >= PASTED_TOKENS]
+    out: list[Compressed | None] = [None] * len(texts)
+    if sum(befores[i] for i in chosen) < MIN_TOKENS:
+        return out
+    docs = [(texts[i], split_units(texts[i])) for i in chosen]
+    keeps, fact_free = _select(docs, ctx, [marks[i] for i in chosen])
+    for i, (text, units), keep, free in zip(chosen, docs, keeps, fact_free, strict=True):
+        out[i] = _render(text, units, keep, befores[i], free) if units else None
+    return out
 
 
 def compress(text: str, ctx: Context) -> Compressed | None:

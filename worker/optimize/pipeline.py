@@ -9,7 +9,8 @@ Order of work, and what is never touched:
 2. Cross-turn dedup (all modes but `off`): content repeated from an earlier turn becomes a reference.
 3. Tool output, from the moment it arrives (the newest tool result is usually the largest and the one no
    provider has cached yet): compacted by content kind (`kinds`).
-4. Prose older than the last `protect_recent_turns` turns: extractive narrative compaction (lossy modes).
+4. Prose older than the last `protect_recent_turns` turns: extractive narrative compaction (lossy modes);
+   what the user typed is kept whole in `balanced` unless it is pasted material (`narrative`).
 
 A change is kept only if it makes its block smaller, so the output is never larger than the input; the
 same input always gives the same bytes (every step is deterministic).
@@ -191,9 +192,11 @@ def _compact(
             if result is not None:
                 _apply(seg, result, report, undo)
     if options.mode not in ("safe", "off"):
-        # Older prose is ranked as one text, so many short turns of small talk can go together.
+        # Older prose is ranked as one text, so many short turns of small talk can go together. What the user
+        # typed is their instructions, compacted only as `narrative` allows.
         prose = [s for s in rest if s.kind != "tool_result" and s.turn < prose_horizon]
-        for seg, prose_result in zip(prose, compress_many([s.text for s in prose], ctx), strict=True):
+        results = compress_many([s.text for s in prose], ctx, [s.kind == "user" for s in prose])
+        for seg, prose_result in zip(prose, results, strict=True):
             if prose_result is not None:
                 _apply(seg, prose_result, report, undo)
 

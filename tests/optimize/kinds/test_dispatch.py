@@ -30,6 +30,8 @@ def test_detects_every_kind() -> None:
         "json": json.dumps(orders(20), indent=2),
         "log": app_log(50),
         "search": grep_output(),
+        "diagnostics": "cmd/app/main.go:12:2: unusedresult: result of errors.New call not used\n"
+        "cmd/app/main.go:40:9: printf: fmt.Sprintf format %d has arg id of wrong type string",
         "diff": git_diff(),
         "html": html_page(),
         "table": csv_invoices(20),

@@ -257,7 +257,9 @@ def test_the_marker_summarises_numbers_and_nulls_with_few_values() -> None:
     (marker,) = _markers(json.loads(result.text))
     assert "priority values: 3 (7), 1 (7), 2 (7)" in marker
     assert "weight values: 0.5 (11), 1.5 (10)" in marker
-    assert "owner values: ops-team (16), null (5)" in marker
+    # A minority value names its records (the five without an owner), by their identity field.
+    nameless = ", ".join(f"task number {i} of the nightly batch" for i in (4, 8, 12, 16, 20))
+    assert f"owner values: ops-team (16), null (5: {nameless})" in marker
 
 
 def test_the_marker_lists_signed_amounts_and_ids_verbatim() -> None:
@@ -301,3 +303,76 @@ def test_string_escapes_alone_do_not_stop_a_fold() -> None:
     )
     result = json_output.compress('{"items": [' + records + "]}", BALANCED)
     assert result is not None and result.strategy == "json-fold"
+
+
+_FLAG_KEYS = [
+    "new-checkout",
+    "fast-refunds",
+    "fx-cache",
+    "dark-mode",
+    "ledger-sync",
+    "pdf-v2",
+    "tax-engine",
+    "smart-retry",
+    "beta-dashboard",
+    "one-click",
+    "apple-pay",
+    "sepa-debit",
+    "invoice-email",
+    "audit-trail",
+    "webhooks-v2",
+    "rate-limit-v3",
+]
+_FLAGS_ON = {"new-checkout", "dark-mode", "tax-engine", "one-click", "invoice-email", "rate-limit-v3"}
+
+
+def _flags() -> str:
+    items = [
+        {
+            "key": key,
+            "name": key.replace("-", " ").title(),
+            "kind": "boolean",
+            "on": key in _FLAGS_ON,
+            "archived": False,
+            "tags": ["payments"],
+            "maintainer": "team-payments",
+        }
+        for key in _FLAG_KEYS
+    ]
+    return json.dumps({"items": items, "totalCount": len(items)}, indent=2)
+
+
+@pytest.mark.parametrize("mode", ["balanced", "aggressive"])
+def test_a_fold_names_its_records_and_who_holds_a_minority_value(mode: str) -> None:
+    """ "Which flags are turned on?": the fold said `on values: false (9), true (4)` and the keys were gone."""
+    result = json_output.compress(_flags(), Context(mode=mode, query="Which feature flags are turned on?"))
+    assert result is not None and result.strategy == "json-fold"
+    doc = json.loads(result.text)
+    (marker,) = _markers(doc)
+    kept = {item["key"] for item in doc["items"] if isinstance(item, dict)}
+    folded = [key for key in _FLAG_KEYS if key not in kept]
+    assert f"key of each: {', '.join(folded)};" in marker
+    on = [key for key in folded if key in _FLAGS_ON]
+    assert f", true ({len(on)}: {', '.join(on)})" in marker
+    assert "facts kept" not in marker  # `v2` of `pdf-v2` was listed alone; the key names it already
+    for key in _FLAGS_ON:
+        assert key in kept or key in marker
+
+
+def test_numeric_ids_the_marker_lists_as_facts_are_not_listed_twice() -> None:
+    text = json.dumps(orders(), indent=2)
+    result = json_output.compress(text, BALANCED)
+    assert result is not None
+    (marker,) = _markers(json.loads(result.text))
+    assert "id of each" not in marker and "ORD-10003" in marker
+
+
+def test_a_fact_inside_a_longer_value_is_listed_as_that_value() -> None:
+    items = [
+        {"pod": f"payments-api-7d9f8c6b5-{i:05d}", "ready": "1/1", "zone": "eu-west-1a"} for i in range(30)
+    ]
+    result = json_output.compress(json.dumps(items, indent=2), BALANCED)
+    assert result is not None
+    (marker,) = _markers(json.loads(result.text))
+    listed = marker.partition("facts kept: ")[2].rstrip("]").split(", ")
+    assert "payments-api-7d9f8c6b5-00012" in listed and "00012" not in listed

@@ -207,3 +207,66 @@ def test_safe_mode_keeps_escaped_pipes_and_empty_trailing_tsv_fields() -> None:
         kept = tsv if out is None else out.text
         rows = [line for line in kept.split("\n") if line and not line.startswith("[trex")]
         assert all(line.count("\t") == 3 for line in rows), kept
+
+
+_PODS_HEADER = "NAME                                READY   STATUS             RESTARTS        AGE"
+_POD_SUFFIXES = [
+    "cfcd2",
+    "c4ca4",
+    "c81e7",
+    "eccbc",
+    "a87ff",
+    "e4da3",
+    "16790",
+    "8f14e",
+    "c9f0f",
+    "45c48",
+    "d3d94",
+    "6512b",
+    "c20ad",
+    "c51ce",
+]
+
+
+def _pods(ready: dict[str, str], restarts: dict[str, str]) -> str:
+    lines = [_PODS_HEADER]
+    for suffix in _POD_SUFFIXES:
+        name = f"payments-api-7d9f8c6b5-{suffix}"
+        lines.append(
+            f"{name:<36}{ready.get(suffix, '1/1'):<8}{'Running':<19}{restarts.get(suffix, '0'):<16}3h"
+        )
+    for suffix in ["f8991", "38b3e", "ec895", "6974c", "c9e10", "65b9e"]:
+        lines.append(f"{'ledger-worker-5c4b7d9f8-' + suffix:<36}{'1/1':<8}{'Running':<19}{'0':<16}3h")
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("mode", ["balanced", "aggressive"])
+def test_the_row_with_a_rare_value_in_its_column_stays(mode: str) -> None:
+    """ "One of the payments-api pods keeps restarting": the restarting pod was folded, and the marker said
+    `RESTARTS values: 0 (14), 7 (2m ago) (1)` without its name; a pod not ready (`0/1`) went the same way."""
+    text = _pods({"a87ff": "0/1"}, {"45c48": "7 (2m ago)"})
+    ctx = Context(mode=mode, query="One of the payments-api pods keeps restarting. Get its previous logs.")
+    result = compress_tool_output(text, ctx, "Bash")
+    assert result is not None and result.strategy == "table-fold"
+    lines = text.split("\n")
+    out = result.text.split("\n")
+    for suffix in ("45c48", "a87ff"):
+        (row,) = [line for line in lines if suffix in line]
+        assert row in out
+
+
+def test_a_minority_value_of_the_folded_rows_names_them() -> None:
+    text = _pods({}, {"c81e7": "1", "e4da3": "1", "8f14e": "2", "d3d94": "1", "c20ad": "3", "c51ce": "1"})
+    result = markup.compress(text, Context(mode="aggressive"))
+    assert result is not None
+    (marker,) = [line for line in result.text.split("\n") if line.startswith("[trex:")]
+    assert "RESTARTS values: 0 (" in marker
+    assert "1 (4: payments-api-7d9f8c6b5-c81e7, payments-api-7d9f8c6b5-e4da3," in marker
+
+
+def test_the_marker_lists_a_folded_pod_by_its_whole_name() -> None:
+    """The marker listed `facts kept: 16790`, a fragment of `payments-api-7d9f8c6b5-16790`."""
+    result = markup.compress(_pods({}, {}), Context(mode="balanced"))
+    assert result is not None
+    (marker,) = [line for line in result.text.split("\n") if line.startswith("[trex:")]
+    assert marker.endswith("; facts kept: payments-api-7d9f8c6b5-16790]")

@@ -156,3 +156,21 @@ def test_deterministic_and_tiny() -> None:
 def test_dispatch_through_compress_tool_output() -> None:
     result = compress_tool_output(grep_output(), BALANCED)
     assert result is not None and result.strategy == "search-rank"
+
+
+def test_markers_list_whole_words_not_their_fragments() -> None:
+    """A folded match's `payments-queue-00012` was listed as `00012`."""
+    text = "\n".join(
+        f"src/jobs/worker_{i % 3}.py:{10 + i}:    queue = connect('payments-queue-{i:05d}')"
+        for i in range(60)
+    )
+    result = search.compress(text, Context(mode="balanced", query="which queue does the worker use?"))
+    assert result is not None
+    listed = [
+        fact
+        for line in result.text.split("\n")
+        if line.startswith("[trex:")
+        for fact in line.partition("facts kept: ")[2].rstrip("]").split(", ")
+    ]
+    assert "payments-queue-00012" in listed or "payments-queue-00012" in result.text
+    assert not any(fact.isdigit() for fact in listed)

@@ -7,6 +7,8 @@ it (`profiles`), else by detection (`detect`) — and hands it to that kind's co
 - json → `json_output` (minify; fold long record arrays),
 - log → `logs` (fold repeated lines by template; warnings, errors and stack traces stay verbatim),
 - search → `search` (dedupe, BM25-rank against the query, fold per file),
+- diagnostics (`path:line:col: message` from compilers, vet tools, linters) → kept whole: each line is a
+  finding to fix; only runs of identical lines are counted,
 - diff → `diffs` (fold unchanged context lines),
 - html, table → `markup` (HTML to text, for a page a fetch tool read: markup a shell command printed is
   what its task is about, and is only normalised like prose; fold long tables),
@@ -52,11 +54,20 @@ def _prose(text: str, ctx: Context) -> Compressed | None:
     return finish(text, "\n".join(lines), "prose-dedupe", [f"{folded} exact repeated lines counted"])
 
 
+def _diagnostics(text: str, ctx: Context) -> Compressed | None:
+    """Compiler, vet and linter findings: every one is kept; runs of identical lines are counted."""
+    lines, folded = fold_exact_repeats(text.split("\n"))
+    if not folded:
+        return None
+    return finish(text, "\n".join(lines), "diagnostics-dedupe", [f"{folded} exact repeated lines counted"])
+
+
 _COMPRESSORS: Mapping[Kind, Callable[[str, Context], Compressed | None]] = MappingProxyType(
     {
         "json": json_output.compress,
         "log": logs.compress,
         "search": search.compress,
+        "diagnostics": _diagnostics,
         "diff": diffs.compress,
         "html": markup.compress,
         "table": markup.compress,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from worker import tokens
 from worker.optimize import facts
@@ -178,18 +178,28 @@ class FactLedger:
     def marker(self, what: str, dropped: Sequence[str]) -> tuple[str, list[str]]:
         """`fold_marker(what, …)` over the facts of `dropped` not visible yet, and those facts.
 
-        Pass the facts to `commit()` once the marker is really used.
+        A fact that is part of a longer word is listed as that word (`facts.whole_token`): the pod name
+        `payments-api-7d9f8c6b5-16790`, not `16790`. Pass the facts to `commit()` once the marker is really
+        used.
         """
-        return self.marker_of(what, [fact for chunk in dropped for fact in facts.find_facts(chunk)])
+        pairs = [pair for chunk in dropped for pair in facts.facts_in_words(chunk)]
+        words: dict[str, str] = {}
+        for fact, word in pairs:
+            words.setdefault(fact, word)
+        return self.marker_of(what, [fact for fact, _ in pairs], words)
 
-    def marker_of(self, what: str, dropped_facts: Sequence[str]) -> tuple[str, list[str]]:
-        """Like `marker()`, for facts the caller already found (and filtered) in the dropped content."""
+    def marker_of(
+        self, what: str, dropped_facts: Sequence[str], words: Mapping[str, str] | None = None
+    ) -> tuple[str, list[str]]:
+        """Like `marker()`, for facts the caller already found (and filtered) in the dropped content; `words`
+        maps a fact to the whole word the marker lists for it."""
         fresh: dict[str, None] = {}
         for fact in dropped_facts:
             if fact not in self._listed and fact not in fresh and fact not in self._visible:
                 fresh.setdefault(fact, None)
         listed = list(fresh)
-        return facts.listing_marker(what, listed, limit_chars=NO_LIMIT), listed
+        shown = listed if words is None else [words.get(fact, fact) for fact in listed]
+        return facts.listing_marker(what, shown, limit_chars=NO_LIMIT), listed
 
     def commit(self, listed: Sequence[str]) -> None:
         """Record that a marker listing `listed` is in the output."""

@@ -3,8 +3,9 @@
 Each test looks at a bounded sample (the first `_SAMPLE_LINES` non-blank lines), so detection costs a few
 regex passes however large the output is. Tests run from the most to the least specific kind: JSON must
 parse, text under a line-number gutter is a file read (`code`, passed through whatever the file holds), a diff
-has hunk headers, HTML starts with a tag, grep output is `path:line:` lines, logs have a timestamp or level
-prefix, tables are consistently delimited; code and prose are the fallbacks.
+has hunk headers, HTML starts with a tag, diagnostics are `path:line:col: message` lines, grep output is
+`path:line:` lines, logs have a timestamp or level prefix, tables are consistently delimited; code and prose
+are the fallbacks.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Literal
 
 import msgspec
 
-Kind = Literal["json", "log", "search", "diff", "html", "table", "code", "prose"]
-KINDS: tuple[Kind, ...] = ("json", "log", "search", "diff", "html", "table", "code", "prose")
+Kind = Literal["json", "log", "search", "diagnostics", "diff", "html", "table", "code", "prose"]
+KINDS: tuple[Kind, ...] = ("json", "log", "search", "diagnostics", "diff", "html", "table", "code", "prose")
 
 _SAMPLE_LINES = 400
 
@@ -34,7 +35,12 @@ HEADING_LINE_RE = re.compile(r"^(?P<line>\d+)(?P<sep>[:-])")
 # OpenCode's grep tool: `Found N matches`, then per file a `path:` line and its `  Line N: content` lines.
 OPENCODE_LINE_RE = re.compile(r"^  Line (?P<line>\d+): ")
 PATH_ONLY_RE = re.compile(r"^(?:\.{0,2}/)?[\w.@+-]+(?:/[\w.@+-]+)+/?$|^[\w.@+-]+\.[A-Za-z]\w{0,7}$")
-# Compiler/linter diagnostics look like grep lines but every line matters: they go to the log compressor.
+# `path:line:col: message` (go vet, staticcheck, eslint's unix format, gcc): a line and a column, then the
+# finding. Such output is diagnostics whatever its words (`copylocks: call of fmt.Println copies lock
+# value`): every line is a finding to fix, none ranked away as a less relevant grep match.
+LOCATION_LINE_RE = re.compile(r"^(?!\d)[^\s:,]+:\d+:\d+: ?\S")
+# Compiler/linter diagnostics without a column look like grep lines, but a level word or a code right after
+# the location (`error`, `E501`) says what they are; every line matters: they go to the log compressor.
 DIAGNOSTIC_RE = re.compile(
     r"^[^\s:]+:\d+(?::\d+)?:?\s*(?:error|warning|note|fatal|[EWFC]\d{2,4}|[A-Z]{1,4}\d{3,4})\b", re.IGNORECASE
 )
@@ -188,6 +194,12 @@ def is_search(lines: list[str]) -> bool:
     return len(body) >= 3 and paths * 10 >= len(body) * 8
 
 
+def is_diagnostics(lines: list[str]) -> bool:
+    """Most lines are `path:line:col: message` findings (a compiler's, a vet tool's or a linter's)."""
+    located = sum(1 for line in lines if LOCATION_LINE_RE.match(line))
+    return located >= 2 and located * 10 >= len(lines) * 6
+
+
 def is_log(lines: list[str]) -> bool:
     """Most lines start with a timestamp or a level (or are compiler diagnostics / test-runner lines)."""
     if len(lines) < 2:
@@ -267,7 +279,8 @@ def is_code(lines: list[str]) -> bool:
 
 
 def detect(text: str) -> Kind:
-    """The kind of a tool output: json, diff, html, search, log, table, code or prose (the fallback)."""
+    """The kind of a tool output: json, diff, html, diagnostics, search, log, table, code or prose (the
+    fallback)."""
     stripped = text.strip()
     if not stripped:
         return "prose"
@@ -285,6 +298,8 @@ def detect(text: str) -> Kind:
         return "code"
     if is_html(stripped):
         return "html"
+    if is_diagnostics(lines):
+        return "diagnostics"
     if is_search(lines):
         return "search"
     if is_log(lines):

@@ -16,7 +16,11 @@ Fact-retention rule for folded records: a fact is whatever `facts.find_facts` ma
 e-mails, URLs, paths, 3+-digit numbers, …). Every fact of every folded record is listed verbatim in the
 marker, record after record, so an id, a date or an amount a task asks about is still in the text. What a
 fold gives up is the key structure around the facts and the values that are not facts (names, small
-numbers, flags), summarised as the schema and the value counts of low-cardinality fields. Records whose
+numbers, flags), summarised as the schema and the value counts of low-cardinality fields. The marker also
+names each folded record by its identity field (`id`, `key`, `name`, `slug` …: one every folded record has,
+with distinct values) unless those values are all facts it lists anyway, and a minority value of a summary
+names its records: `on values: false (9), true (4: dark-mode, one-click, tax-engine, invoice-email)`
+answers "which flags are on" without the records. Records whose
 full structure a task is likely to need stay whole: the first/last ones, the outliers and the ones the
 query names. A fold happens only when its marker is at most `FOLD_RATIO` of the folded records' tokens:
 records made mostly of facts (say, a list of ids and timestamps) stay as they are, because listing their
@@ -69,6 +73,13 @@ _FLATTEN_DEPTH = 3
 _SUMMARY_MAX_VALUES = 6
 _SUMMARY_MAX_FIELDS = 8
 _SUMMARY_MAX_LEN = 40
+_NAMED_MAX = 8
+"""A summarised value held by at most this many folded records (and by fewer than half as many as the most
+common value) names them by their identity field."""
+_IDENTITY_KEYS = (
+    "id", "key", "name", "slug", "uid", "uuid", "handle", "code", "sku", "login", "username", "title",
+)  # fmt: skip
+_IDENTITY_MAX_LEN = 60
 _ROBUST_Z = 6.0
 _LIST_SCAN_ITEMS = 20
 """Elements of an array field looked at for error-like strings."""
@@ -88,6 +99,7 @@ _ERROR_VALUE_RE = re.compile(
 _NEGATIVE_ZERO_RE = re.compile(r"[:,\[]-0(?=[,\]}]|$)")
 _STATUS_KEY_RE = re.compile(r"(?:^|[_.])(?:status|status_?code|code|http_?status)$", re.I)
 _QUERY_WORD_RE = re.compile(r"[A-Za-z0-9][\w-]{3,}")
+_RUN_RE = re.compile(r"[A-Za-z0-9]+")
 _STOPWORDS = frozenset(
     (
         "about", "after", "also", "been", "before", "being", "could", "does", "from", "have", "into", "just",
@@ -218,15 +230,21 @@ def _plan_fold(
     keep = set(range(min(settings.head, n))) | set(range(max(0, n - settings.tail), n))
     keep.update(_outliers(flats, [_lists(item) for item in items])[: settings.outlier_cap])
     keep.update(_query_hits(encoded, query_terms)[: settings.query_cap])
-    item_facts = {i: facts.find_facts(encoded[i]) for i in range(n) if i not in keep}
+    # Each fact with the whole word it is part of, which the marker lists (`pdf-v2`, not `v2`).
+    item_facts = {i: facts.facts_in_words(encoded[i]) for i in range(n) if i not in keep}
     # A fact with a quote or backslash would come out escaped inside the marker string, no longer verbatim.
-    keep.update(i for i, found in item_facts.items() if any('"' in f or "\\" in f for f in found))
+    keep.update(i for i, found in item_facts.items() if any('"' in f or "\\" in f for f, _ in found))
     folded = [i for i in range(n) if i not in keep]
     if len(folded) < 2:
         return None
-    what = _describe(items, flats, folded, sorted(keep), n)
-    # The marker re-reads facts from each record's fact list (found once above), not the whole record.
-    marker_text = facts.listing_marker(what, (f for i in folded for f in item_facts[i]), limit_chars=NO_LIMIT)
+    # The words the marker lists, and their alphanumeric runs: `10003` is shown by `ORD-10003`.
+    listed = {word for i in folded for _, word in item_facts[i]}
+    listed.update(run for word in list(listed) for run in _RUN_RE.findall(word))
+    what, named = _describe(items, flats, folded, sorted(keep), n, listed)
+    # The marker re-reads facts from each record's fact list (found once above), not the whole record; a
+    # word the description already names (an identity) is not listed again.
+    words = (word for i in folded for _, word in item_facts[i] if word not in named)
+    marker_text = facts.listing_marker(what, words, limit_chars=NO_LIMIT)
     if not worth_folding(marker_text, [encoded[i] for i in folded]):
         return None
     return _Plan(keep=keep, marker=marker_text)
@@ -386,9 +404,16 @@ def _query_hits(encoded: list[str], terms: list[str]) -> list[int]:
 
 
 def _describe(
-    items: list[Any], flats: list[dict[str, Scalar]], folded: list[int], kept: list[int], n: int
-) -> str:
-    """The marker's description: counts, schema, low-cardinality value counts, kept indices."""
+    items: list[Any],
+    flats: list[dict[str, Scalar]],
+    folded: list[int],
+    kept: list[int],
+    n: int,
+    listed: set[str],
+) -> tuple[str, set[str]]:
+    """The marker's description: counts, schema, the folded records' identities (unless `listed`, the facts
+    the marker lists, already holds them all), low-cardinality value counts, kept indices; and the
+    identities it names."""
     keys: dict[str, None] = {}
     keysets: set[tuple[str, ...]] = set()
     for i in folded:
@@ -397,9 +422,41 @@ def _describe(
         keysets.add(tuple(sorted(str(key) for key in items[i])))
     label = "same keys" if len(keysets) == 1 else "keys"
     parts = [f"folded {len(folded)} of {n} items ({label}: {', '.join(keys)})"]
-    parts.extend(_value_summaries(flats, folded))
+    identity = _identity(items, folded)
+    names: dict[int, str] = {}
+    named: set[str] = set()
+    if identity is not None:
+        key, values = identity
+        names = dict(zip(folded, values, strict=True))
+        if any(value not in listed for value in values):
+            parts.append(f"{key} of each: {', '.join(values)}")
+            named.update(values)
+    parts.extend(_value_summaries(flats, folded, names))
     parts.append("kept items at index " + ", ".join(str(i) for i in kept))
-    return "; ".join(parts)
+    return "; ".join(parts), named
+
+
+def _identity(items: list[Any], folded: list[int]) -> tuple[str, list[str]] | None:
+    """The identity field of the folded records and its values: the first of `_IDENTITY_KEYS` (any case)
+    that every one of them has, as a short string or an integer, with no value repeated."""
+    first = {str(key).lower(): key for key in items[folded[0]]}
+    for candidate in _IDENTITY_KEYS:
+        key = first.get(candidate)
+        if key is None:
+            continue
+        values: list[str] = []
+        for i in folded:
+            value = items[i].get(key)
+            if isinstance(value, bool) or not isinstance(value, str | int):
+                break
+            shown = str(value)
+            if not 0 < len(shown) <= _IDENTITY_MAX_LEN:
+                break
+            values.append(shown)
+        else:
+            if len(set(values)) == len(values):
+                return str(key), values
+    return None
 
 
 def _shown(value: Scalar) -> str:
@@ -413,10 +470,11 @@ def _shown(value: Scalar) -> str:
     return str(value)
 
 
-def _value_summaries(flats: list[dict[str, Scalar]], folded: list[int]) -> list[str]:
-    """`field values: a (120), b (3)` for scalar fields with few distinct values (folded items).
+def _value_summaries(flats: list[dict[str, Scalar]], folded: list[int], names: dict[int, str]) -> list[str]:
+    """`field values: a (120), b (3: x, y, z)` for scalar fields with few distinct values (folded items).
 
     Strings, booleans, numbers (floats as written) and null; a field holding an object or array is left out.
+    A minority value (`_NAMED_MAX`) lists the `names` of its records, when the records have them.
     """
     paths: dict[str, None] = {}
     for i in folded:
@@ -424,19 +482,25 @@ def _value_summaries(flats: list[dict[str, Scalar]], folded: list[int]) -> list[
             paths.setdefault(path, None)
     summaries: list[str] = []
     for path in paths:
-        values = [flats[i][path] for i in folded if path in flats[i]]
-        if len(values) < 3:
+        holders: dict[str, list[int]] = {}
+        for i in folded:
+            if path in flats[i]:
+                holders.setdefault(_shown(flats[i][path]), []).append(i)
+        total = sum(len(members) for members in holders.values())
+        if total < 3:
             continue
-        counts: dict[str, int] = {}
-        for v in values:
-            shown = _shown(v)
-            counts[shown] = counts.get(shown, 0) + 1
-        if len(counts) > _SUMMARY_MAX_VALUES or len(counts) * 2 > len(values):
+        if len(holders) > _SUMMARY_MAX_VALUES or len(holders) * 2 > total:
             continue
-        if any(len(v) > _SUMMARY_MAX_LEN or not v for v in counts):
+        if any(len(v) > _SUMMARY_MAX_LEN or not v for v in holders):
             continue
-        ordered = sorted(counts.items(), key=lambda kv: -kv[1])  # stable: ties keep first-seen order
-        summaries.append(f"{path} values: " + ", ".join(f"{v} ({c})" for v, c in ordered))
+        ordered = sorted(holders.items(), key=lambda kv: -len(kv[1]))  # stable: ties keep first-seen order
+        top = len(ordered[0][1])
+        shown_values = []
+        for v, members in ordered:
+            named = names and len(members) <= _NAMED_MAX and len(members) * 2 < top
+            who = ": " + ", ".join(names[i] for i in members) if named else ""
+            shown_values.append(f"{v} ({len(members)}{who})")
+        summaries.append(f"{path} values: " + ", ".join(shown_values))
         if len(summaries) >= _SUMMARY_MAX_FIELDS:
             break
     return summaries

@@ -8,8 +8,10 @@ leaves HTML alone: converting it is not lossless.
 
 Tables: safe mode trims the padding around markdown cells (the table reads the same). Balanced/aggressive
 fold the body of long tables: the header, the first and last rows and the rows that stand out (an error-like
-cell, a term of `ctx.query` that few rows contain) stay; the other rows become one marker with their count,
-the value counts of low-cardinality columns and every fact they contained (`facts.marker`).
+cell, a term of `ctx.query` that few rows contain, a value that few rows of its column share where most
+share one: the pod with `7 (2m ago)` restarts among `0`s, the `0/1` among `1/1`) stay; the other rows become
+one marker with their count, the value counts of low-cardinality columns (a minority value naming its rows
+by their first cell) and every fact they contained (`facts.marker`).
 """
 
 from __future__ import annotations
@@ -249,6 +251,9 @@ _DASH_RUN_RE = re.compile(r"-{3,}")
 _ALIGNED_SPLIT_RE = re.compile(r"\s{2,}")
 _SUMMARY_MAX_VALUES = 6
 _SUMMARY_MAX_FIELDS = 6
+_NAMED_MAX = 8
+"""A summarised value held by at most this many folded rows (and by fewer than half as many as the most
+common value) names them by their first cell."""
 
 
 @dataclass(slots=True)
@@ -342,7 +347,8 @@ def _compress_table(text: str, ctx: Context) -> Compressed | None:
 
 
 def _interesting_rows(table: _Table, query: str) -> list[int]:
-    """Rows with an error-like cell, then rows containing a query word that few rows contain."""
+    """Rows with an error-like cell, then rows containing a query word that few rows contain, then rows with
+    a rare value in a column where most rows share one value (rarest first)."""
     n = len(table.rows)
     rare = max(1, n // 10)
     hits: dict[int, None] = {}
@@ -354,25 +360,50 @@ def _interesting_rows(table: _Table, query: str) -> list[int]:
         matches = [i for i in range(n) if word in lowered[i]]
         if 0 < len(matches) <= rare:
             hits.update(dict.fromkeys(matches))
+    hits.update(dict.fromkeys(_rare_value_rows(table, rare)))
     return list(hits)
 
 
-def _column_summaries(table: _Table, folded: list[int]) -> list[str]:
-    """`column values: a (40), b (3)` for columns with few distinct values among the folded rows."""
-    out: list[str] = []
-    for c, name in enumerate(table.columns):
-        values = [table.cells[i][c] for i in folded if c < len(table.cells[i])]
+def _rare_value_rows(table: _Table, rare: int) -> list[int]:
+    """Rows holding a value shared by at most `rare` rows of a column whose most common value most rows hold
+    (a column of ids or free text, where every value is rare, marks nothing); rarest first."""
+    n = len(table.rows)
+    found: dict[int, int] = {}
+    for c in range(len(table.columns)):
+        values = [cells[c] if c < len(cells) else "" for cells in table.cells]
         counts: dict[str, int] = {}
         for v in values:
             counts[v] = counts.get(v, 0) + 1
-        if len(values) < 3 or len(counts) > _SUMMARY_MAX_VALUES or len(counts) * 2 > len(values):
+        if max(counts.values()) * 2 <= n:
             continue
-        if any(not v or len(v) > 40 for v in counts):
+        for i, v in enumerate(values):
+            if counts[v] <= rare:
+                found[i] = min(found.get(i, n), counts[v])
+    return sorted(found, key=lambda i: (found[i], i))
+
+
+def _column_summaries(table: _Table, folded: list[int]) -> list[str]:
+    """`column values: a (40), b (3: x, y, z)` for columns with few distinct values among the folded rows;
+    a minority value names its rows by their first cell when the first cells of the folded rows differ."""
+    firsts = [table.cells[i][0] for i in folded]
+    names = dict(zip(folded, firsts, strict=True)) if len(set(firsts)) == len(firsts) else {}
+    out: list[str] = []
+    for c, name in enumerate(table.columns):
+        holders: dict[str, list[int]] = {}
+        for i in folded:
+            if c < len(table.cells[i]):
+                holders.setdefault(table.cells[i][c], []).append(i)
+        total = sum(len(rows) for rows in holders.values())
+        if total < 3 or len(holders) > _SUMMARY_MAX_VALUES or len(holders) * 2 > total:
             continue
-        ordered = sorted(counts.items(), key=lambda kv: -kv[1])
-        out.append(
-            f"{name.strip() or f'column {c + 1}'} values: " + ", ".join(f"{v} ({k})" for v, k in ordered)
-        )
+        if any(not v or len(v) > 40 for v in holders):
+            continue
+        ordered = sorted(holders.items(), key=lambda kv: -len(kv[1]))
+        shown = []
+        for v, rows in ordered:
+            named = c > 0 and names and len(rows) <= _NAMED_MAX and len(rows) * 2 < len(ordered[0][1])
+            shown.append(f"{v} ({len(rows)}{': ' + ', '.join(names[i] for i in rows) if named else ''})")
+        out.append(f"{name.strip() or f'column {c + 1}'} values: " + ", ".join(shown))
         if len(out) >= _SUMMARY_MAX_FIELDS:
             break
     return out

@@ -98,7 +98,7 @@ def compress(text: str, ctx: Context) -> Compressed | None:
         for g in groups
     )
     ledger = FactLedger(visible)
-    found = _body_facts(text, lines, groups)
+    found, words = _body_facts(text, lines, groups)
     out: list[str] = []
     folded_total = 0
     for group in groups:
@@ -109,7 +109,7 @@ def compress(text: str, ctx: Context) -> Compressed | None:
         marker_text = ""
         if dropped:
             dropped_facts = [f for m in dropped for f in facts.distinct_facts(found.get(m.index, ()))]
-            marker_text, listed = ledger.marker_of(_what(group, dropped, bool(kept)), dropped_facts)
+            marker_text, listed = ledger.marker_of(_what(group, dropped, bool(kept)), dropped_facts, words)
             if worth_folding(marker_text, [m.raw for m in dropped]):
                 ledger.commit(listed)
                 folded_total += len(dropped)
@@ -127,8 +127,11 @@ def compress(text: str, ctx: Context) -> Compressed | None:
     return finish(text, "\n".join(out), "search-rank", notes, original_facts=every_fact)
 
 
-def _body_facts(text: str, lines: list[str], groups: list[_Group]) -> dict[int, list[str]]:
-    """The facts of each match's body (by line index), from one scan of the whole text.
+def _body_facts(
+    text: str, lines: list[str], groups: list[_Group]
+) -> tuple[dict[int, list[str]], dict[str, str]]:
+    """The facts of each match's body (by line index), from one scan of the whole text, and the whole word
+    a marker lists for each (`facts.whole_token`, at its first occurrence in a body).
 
     Facts that start in a `path:line:` prefix, or on a line that is not a match, are filed under -1: the
     final check still requires them, the markers do not list them (as when each body is scanned alone).
@@ -140,11 +143,14 @@ def _body_facts(text: str, lines: list[str], groups: list[_Group]) -> dict[int, 
         offset += len(line) + 1
     body_start = {m.index: starts[m.index] + len(m.raw) - len(m.body) for g in groups for m in g.matches}
     found: dict[int, list[str]] = {}
+    words: dict[str, str] = {}
     for position, fact in facts.fact_spans(text):
         index = bisect_right(starts, position) - 1
         key = index if position >= body_start.get(index, offset + 1) else -1
         found.setdefault(key, []).append(fact)
-    return found
+        if key >= 0 and fact not in words:
+            words[fact] = facts.whole_token(text, position, fact)
+    return found, words
 
 
 def _terms(cache: dict[str, list[str]], text: str) -> list[str]:
