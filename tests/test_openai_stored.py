@@ -16,12 +16,11 @@ from urllib.parse import parse_qs
 import aiohttp
 import openai
 import pytest
-from yarl import URL
 
 from tests.conftest import MASTER_KEY, UPSTREAM_KEYS, GatewaySetup
 from tests.fakes.upstream import FakeUpstream, Reply, fixture_bytes, fixture_json, split_sse
 from tests.harness import InProcessWorker
-from tests.test_openai_stored_owners import make_completion, make_response
+from tests.test_openai_stored_owners import _raw, make_completion, make_response
 from tests.test_usage import wait_final
 from worker.appkeys import GATEWAY
 
@@ -60,25 +59,6 @@ def _completion() -> dict[str, Any]:
 
 def _query(gateway: GatewaySetup) -> dict[str, list[str]]:
     return parse_qs(gateway.fake.last().query)
-
-
-def _raw(
-    gateway: GatewaySetup, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], Any]:
-    async def go() -> tuple[int, dict[str, str], Any]:
-        async with (
-            aiohttp.ClientSession() as s,
-            s.request(
-                method,
-                URL(gateway.worker.url + path, encoded=True),
-                json=body,
-                headers={"Authorization": f"Bearer {gateway.key}", **(headers or {})},
-            ) as r,
-        ):
-            data = await r.read()
-            return r.status, dict(r.headers), json.loads(data) if data else None
-
-    return asyncio.run(go())
 
 
 # ---- Responses ------

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from yarl import URL
 
 from tests.conftest import UPSTREAM_KEYS, GatewaySetup
 from tests.fakes.upstream import Reply, fixture_json
@@ -80,16 +81,23 @@ def make_completion(gateway: GatewaySetup, cid: str = CHAT_ID) -> None:
 
 
 def _raw(
-    gateway: GatewaySetup, key: str, method: str, path: str, body: Any = None, **headers: str
+    gateway: GatewaySetup,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    key: str | None = None,
 ) -> tuple[int, dict[str, str], Any]:
+    """One request as raw HTTP with `key` (the gateway's own by default): (status, headers, JSON body)."""
+
     async def go() -> tuple[int, dict[str, str], Any]:
         async with (
             aiohttp.ClientSession() as s,
             s.request(
                 method,
-                gateway.worker.url + path,
+                URL(gateway.worker.url + path, encoded=True),
                 json=body,
-                headers={"Authorization": f"Bearer {key}", **headers},
+                headers={"Authorization": f"Bearer {key or gateway.key}", **(headers or {})},
             ) as r,
         ):
             data = await r.read()
@@ -134,7 +142,7 @@ def test_another_key_on_the_same_openai_key_gets_openai_s_404_for_a_stored_respo
     other = _other_tenant(gateway)
     asked = len(gateway.fake.received)
     for method, path in RESPONSE_ROUTES:
-        status, headers, doc = _raw(gateway, other, method, path, {} if method == "POST" else None)
+        status, headers, doc = _raw(gateway, method, path, {} if method == "POST" else None, key=other)
         assert (status, doc) == (404, {"error": NOT_FOUND["response"]}), (method, path)
         assert headers["X-Trex-Upstream-Provider"] == "openai"
     client = gateway.openai(key=other)
@@ -159,7 +167,7 @@ def test_another_key_on_the_same_openai_key_gets_openai_s_404_for_a_stored_chat_
     asked = len(gateway.fake.received)
     for method, path in COMPLETION_ROUTES:
         body = {"metadata": {"topic": "x"}} if method == "POST" else None
-        status, _, doc = _raw(gateway, other, method, path, body)
+        status, _, doc = _raw(gateway, method, path, body, key=other)
         assert (status, doc) == (404, {"error": NOT_FOUND["chat_completion"]}), (method, path)
     with pytest.raises(openai.NotFoundError) as err:
         gateway.openai(key=other).chat.completions.retrieve(CHAT_ID)
@@ -173,10 +181,10 @@ def test_an_id_never_made_through_the_gateway_is_openai_s_404_without_asking_ope
     gateway: GatewaySetup,
 ) -> None:
     for method, path in RESPONSE_ROUTES:
-        status, _, doc = _raw(gateway, gateway.key, method, path, {} if method == "POST" else None)
+        status, _, doc = _raw(gateway, method, path, {} if method == "POST" else None, key=gateway.key)
         assert (status, doc) == (404, {"error": NOT_FOUND["response"]}), (method, path)
     for method, path in COMPLETION_ROUTES:
-        status, _, doc = _raw(gateway, gateway.key, method, path, {} if method == "POST" else None)
+        status, _, doc = _raw(gateway, method, path, {} if method == "POST" else None, key=gateway.key)
         assert (status, doc) == (404, {"error": NOT_FOUND["chat_completion"]}), (method, path)
     assert gateway.fake.received == []
 
