@@ -24,6 +24,7 @@ from typing import Any, Literal, Protocol, cast
 import aiohttp
 import msgspec
 from aiohttp import web
+from aiohttp.base_protocol import BaseProtocol
 
 from adapters import anthropic, openai_chat, openai_responses
 from adapters.base import (
@@ -1309,13 +1310,9 @@ def _stream_headers(headers: dict[str, str]) -> dict[str, str]:
 async def _write(out: web.StreamResponse, data: bytes, client: _Client) -> bool:
     """Write to the client; False if it has gone away, or has stopped reading: a write that waits for it
     longer than `[local] client_read_timeout_seconds` cuts its connection (an upstream stream it holds is
-    let go with it). A write can only wait when it takes the bytes waiting for the client past the
-    transport's high-water mark, so only such a write is timed."""
+    let go with it). Only a write that can wait is timed (`_Client.may_wait`)."""
     try:
-        if (
-            client.transport is not None
-            and client.transport.get_write_buffer_size() + len(data) > client.room
-        ):
+        if client.may_wait(len(data)):
             async with asyncio.timeout(client.read_timeout):
                 await out.write(data)
         else:
@@ -1323,11 +1320,21 @@ async def _write(out: web.StreamResponse, data: bytes, client: _Client) -> bool:
     except ConnectionResetError:
         return False
     except TimeoutError:
-        log.info("client stopped reading for %gs: its stream is cut", client.read_timeout)
-        if client.transport is not None:
-            client.transport.abort()
+        client.cut()
         return False
     return True
+
+
+async def _end(out: web.StreamResponse, client: _Client) -> None:
+    """End the response (its last chunk), timed as a write is: the end waits for the client to take what is
+    still buffered for it."""
+    try:
+        async with asyncio.timeout(client.read_timeout):
+            await out.write_eof()
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        client.cut()
 
 
 _FRAMING = 1024
@@ -1336,20 +1343,34 @@ _FRAMING = 1024
 
 @dataclasses.dataclass(slots=True, frozen=True)
 class _Client:
-    """The client end of a streamed response, for `_write`."""
+    """The client end of a streamed response, for `_write` and `_end`."""
 
     transport: asyncio.Transport | None
+    protocol: BaseProtocol | None
     read_timeout: float
     room: int
     """What may wait in the transport's buffer before a write pauses on the client (high-water mark)."""
 
     @classmethod
     def of(cls, request: web.Request) -> _Client:
-        transport = request.transport
+        transport, protocol = request.transport, request.protocol
         timeout = request.app[CONFIG].client_read_timeout_seconds
-        if not isinstance(transport, asyncio.WriteTransport):
-            return cls(None, timeout, 0)
-        return cls(transport, timeout, transport.get_write_buffer_limits()[1] - _FRAMING)
+        if not isinstance(transport, asyncio.WriteTransport) or not isinstance(protocol, BaseProtocol):
+            return cls(None, None, timeout, 0)
+        return cls(transport, protocol, timeout, transport.get_write_buffer_limits()[1] - _FRAMING)
+
+    def may_wait(self, size: int) -> bool:
+        """Whether a write of `size` bytes can wait on the client: its writes are paused already (until
+        what is buffered for it drains to the low-water mark), or these bytes take that past the high-water
+        mark."""
+        if self.transport is None or self.protocol is None:
+            return False
+        return self.protocol.writing_paused or self.transport.get_write_buffer_size() + size > self.room
+
+    def cut(self) -> None:
+        log.info("client stopped reading for %gs: its stream is cut", self.read_timeout)
+        if self.transport is not None:
+            self.transport.abort()
 
 
 async def _stream(
@@ -1412,8 +1433,7 @@ async def _stream(
         tail = relay.fail("The gateway could not translate the upstream stream.")
     if tail and not await _write(out, tail, client):
         return out, "client_disconnected"
-    with contextlib.suppress(ConnectionResetError):
-        await out.write_eof()
+    await _end(out, client)
     await _drain(upstream)
     return out, outcome
 
@@ -1468,8 +1488,7 @@ async def _replay(
         data = relay.emit(ev)
         if data and not await _write(out, data, client):
             return out
-    with contextlib.suppress(ConnectionResetError):
-        await out.write_eof()
+    await _end(out, client)
     return out
 
 

@@ -18,7 +18,6 @@ would show every key's, is refused. The client's own OpenAI key reaches its own 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 import aiohttp
@@ -36,6 +35,7 @@ from ..gateway import Gateway
 from ..jsonio import read_body
 from ..proxy import (
     _Client,
+    _end,
     _error_response,
     _forwarded_headers,
     _is_event_stream,
@@ -228,6 +228,5 @@ async def _relay(
         upstream.close()
         out.cut()
         return out
-    with contextlib.suppress(ConnectionResetError):
-        await out.write_eof()
+    await _end(out, client)
     return out
