@@ -169,3 +169,42 @@ def test_a_one_shot_request_stores_nothing(
             time.sleep(0.02)
         time.sleep(0.3)
         assert len(_stored(w, key_id)) == 3 * kept
+
+
+def test_conversations_that_open_with_the_same_instructions_keep_their_own_sessions(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """A coding agent opens every conversation in a repository with the same items (its developer message,
+    the AGENTS.md instructions, the environment): two conversations taking turns are told apart by the
+    model's first reply, and each keeps its own forwarded prefix byte for byte."""
+    developer = {"role": "developer", "content": "Sandbox: workspace-write. Approvals: on-request."}
+    agents = {
+        "role": "user",
+        "content": "# AGENTS.md instructions for /repo\n\nRun make test before committing.",
+    }
+    environment = {"role": "user", "content": "<environment_context><cwd>/repo</cwd></environment_context>"}
+
+    def conversation(tag: str, turns: int) -> list[Any]:
+        opening = {"role": "user", "content": f"[{tag}] fix ticket {tag}-0"}
+        out: list[Any] = [developer, agents, environment, opening]
+        for t in range(turns):
+            reply = _prose(f"For {tag}-{t} I changed billing/{tag}_{t}.py.")
+            out.append({"role": "assistant", "content": reply})
+            out.append({"role": "user", "content": f"[{tag}] what next for ticket {tag}-{t + 1}?"})
+        return out
+
+    w = make_worker(dev_vars={"TREX_MASTER_KEY": MASTER_KEY})
+    key_id, token = _key(w)
+    client = _openai(w, token)
+    ids: set[str] = set()
+    previous: list[str] | None = None
+    for turns in range(1, 5):
+        headers, forwarded = _chat(w, fake_upstream, key_id, client, conversation("A", turns))
+        ids.add(headers["X-Trex-Session-Id"])
+        if previous is not None:
+            assert int(headers["X-Trex-Session-Replayed"]) == len(previous)
+            assert forwarded[: len(previous)] == previous  # nothing A forwarded before is rewritten
+        previous = forwarded
+        other, _ = _chat(w, fake_upstream, key_id, client, conversation("B", turns))
+        ids.add(other["X-Trex-Session-Id"])
+    assert len(ids) == 2

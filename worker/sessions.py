@@ -20,8 +20,9 @@ message gets the client's current breakpoints, at the same places in its forward
 The conversation list is `messages` (chat, Messages) or `input` when it is a list (Responses).
 
 A client that names no session (`X-Session-Id`), such as an OpenAI or Anthropic SDK pointed here unchanged,
-still gets one: its conversation is matched by its opening exchange, the first two messages after any
-system or developer ones, which a conversation carries unchanged from its second turn on (`anchored_id`).
+still gets one: its conversation is matched by its opening exchange, its messages after any system or
+developer ones up to and including the model's first reply, which a conversation carries unchanged from its
+second turn on (`anchored_id`).
 Two conversations of one key that open alike share that state; each turn replays only the prefix that
 matches its own messages, so they can take turns overwriting it, never get each other's messages.
 """
@@ -173,12 +174,30 @@ def _with_breakpoints(forwarded: Any, client: Any) -> Any | None:
 _SYSTEM_ROLES = frozenset({"system", "developer"})
 
 
+_CLIENT_ITEM_TYPES = frozenset({"message", "item_reference"})
+"""Responses item types the client writes (with the `…_output` ones); any other type is the model's."""
+
+
+def _from_the_model(item: Any) -> bool:
+    """Whether a conversation item is the model's: an assistant message, or a Responses output item (a
+    function call, reasoning …) that carries no role."""
+    if not isinstance(item, dict):
+        return False
+    role = item.get("role")
+    if role is not None:
+        return bool(role == "assistant")
+    kind = item.get("type")
+    return isinstance(kind, str) and kind not in _CLIENT_ITEM_TYPES and not kind.endswith("_output")
+
+
 def anchored_id(key_id: str, fmt: Format, body: dict[str, Any]) -> tuple[str, list[str]] | None:
-    """The session id of a conversation sent without one, from its opening exchange (module doc): the first
-    two items after the leading system and developer ones; with the hashes of all its items, for `lookup`.
-    None for a conversation that has not had its first exchange yet (nothing of it could be replayed next
-    turn). The key is part of the hash, so the id names nothing another key could look up, and does not
-    fingerprint the messages across keys."""
+    """The session id of a conversation sent without one, from its opening exchange (module doc): its items
+    from the first after the leading system and developer ones up to and including the model's first reply,
+    which is the conversation's own where what comes before it may be the same in every conversation of an
+    agent (its instructions, the environment); with the hashes of all its items, for `lookup`. None for a
+    conversation that has not had its first exchange yet (nothing of it could be replayed next turn). The key
+    is part of the hash, so the id names nothing another key could look up, and does not fingerprint the
+    messages across keys."""
     field = conversation_field(fmt, body)
     if field is None:
         return None
@@ -186,10 +205,11 @@ def anchored_id(key_id: str, fmt: Format, body: dict[str, Any]) -> tuple[str, li
     start = 0
     while start < len(items) and isinstance(items[start], dict) and items[start].get("role") in _SYSTEM_ROLES:
         start += 1
-    if len(items) - start < 3:  # the opening exchange and a new message after it
+    reply = next((i for i in range(start + 1, len(items) - 1) if _from_the_model(items[i])), None)
+    if reply is None:  # no reply yet with a new message after it
         return None
     hashes = [_hash(item) for item in items]
-    seed = f"{key_id}\n{fmt}\n{hashes[start]}\n{hashes[start + 1]}"
+    seed = "\n".join([key_id, fmt, *hashes[start : reply + 1]])
     return "sess_" + hashlib.sha256(seed.encode()).hexdigest()[:32], hashes
 
 
