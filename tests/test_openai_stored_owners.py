@@ -234,6 +234,9 @@ def test_records_are_written_only_for_what_openai_stores_and_kept_thirty_days(ga
     gateway.fake.enqueue("/v1/responses", Reply.json(_response("resp_unstored", store=False)))
     client.responses.create(model="gpt-5", input="x", store=False)
     client.responses.create(model="claude-sonnet-4-6", input="x")  # translated: stored nowhere
+    gateway.fake.enqueue("/v1/responses", Reply.json(_response("resp_own_project")))
+    # With the client's own OpenAI key the response is in its own project: nothing to record.
+    client.responses.create(model="gpt-5", input="x", extra_headers={"X-Upstream-Api-Key": OWN_KEY})
     settle(gateway)
     assert _records(gateway) == {}
     before = time.time()

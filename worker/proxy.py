@@ -443,7 +443,12 @@ async def proxy(
                 )
             )
         # What OpenAI stores for this request is recorded as this key's (stored_owners); nothing else is.
-        made = stored_owners.kind_made(wire, body) if fmt == wire and route.provider == "openai" else None
+        # (With the client's own OpenAI key the object is in its own project: nothing to record.)
+        made = (
+            stored_owners.kind_made(wire, body)
+            if fmt == wire and route.provider == "openai" and not _uses_own_key(request, "openai")
+            else None
+        )
         is_sse = _is_event_stream(upstream)
         if stream and is_sse:
             relay: Relay = _make_relay(fmt, wire, route, body, wants_usage)
