@@ -5,6 +5,8 @@ thousandth put deleted them all while its request waited."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -13,11 +15,13 @@ from pathlib import Path
 import pytest
 import redis
 
+from kv import MemoryKV
 from tests.conftest import MASTER_KEY
 from tests.fakes.upstream import FakeUpstream
 from tests.harness import InProcessWorker, flush_redis_db
 from tests.test_limits import _post
 from worker.appkeys import GATEWAY
+from worker.sweeper import Sweeper
 
 REDIS_DB = "redis://127.0.0.1:6379/15"
 CLIENTS = 300
@@ -94,3 +98,28 @@ def test_sqlite_file_sheds_expired_rows_while_the_worker_runs(
 
     assert _until(lambda: expired() == 0), f"{expired()} expired rows left"
     assert _post(worker.url, token, UP)[0] == 200
+
+
+class _SlowSweeps(MemoryKV):
+    """A memory KV whose sweep slices each take 50 ms and never finish a pass (a large backlog)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slices: list[tuple[float, float]] = []
+
+    async def _sweep(self, now: float, rest_seconds: float) -> bool:
+        started = time.monotonic()
+        await asyncio.sleep(0.05)
+        self.slices.append((started, time.monotonic()))
+        return True
+
+
+async def test_slow_slices_are_spaced_so_the_sweep_takes_a_fifth_of_the_store_at_most() -> None:
+    kv = _SlowSweeps()
+    sweeper = Sweeper(kv, rest_seconds=60, pause_seconds=0.001)
+    sweeper.start()
+    await asyncio.sleep(1.0)
+    await sweeper.close()
+    assert len(kv.slices) >= 3
+    for (_, ended), (next_started, _) in itertools.pairwise(kv.slices):
+        assert next_started - ended >= 4 * 0.05 * 0.95  # four times the slice, not the 1 ms pause

@@ -19,8 +19,10 @@ from kv import KVError, KVNamespace
 log = logging.getLogger("trex.sweep")
 
 PAUSE_SECONDS = 0.02
-"""Between two slices of one pass: a slice takes about a millisecond of the store's time, so a pass takes at
-most a few percent of it."""
+"""Between two slices of one pass, at the least: a slice takes about a millisecond of the store's time."""
+_SHARE = 4
+"""A pause is at least this many times the slice before it took: a pass holds the store a fifth of the time at
+most (SQLite's write lock, say, with a large backlog of expired rows)."""
 
 
 class Sweeper:
@@ -42,7 +44,9 @@ class Sweeper:
 
     async def _run(self) -> None:
         delay = self.pause_seconds
+        clock = asyncio.get_running_loop().time
         while not await self._stopped_within(delay):
+            started = clock()
             try:
                 more = await self.kv.sweep(rest_seconds=self.rest_seconds)
             except KVError as exc:
@@ -51,7 +55,9 @@ class Sweeper:
             except Exception:
                 log.exception("KV sweep failed; trying again in %.0f s", self.rest_seconds)
                 more = False
-            delay = self.pause_seconds if more else self.rest_seconds
+            # A slow slice (a large backlog, a busy store) waits longer before the next: the sweep takes at
+            # most a fifth of the store's time, whatever a slice costs.
+            delay = max(self.pause_seconds, _SHARE * (clock() - started)) if more else self.rest_seconds
 
     async def _stopped_within(self, seconds: float) -> bool:
         with contextlib.suppress(TimeoutError):
