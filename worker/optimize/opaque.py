@@ -23,14 +23,18 @@ import binascii
 import re
 from typing import Any, Final
 
-__all__ = ["IMAGE_TOKENS", "PAGE_TOKENS", "without_payloads"]
+from adapters.documents import PDF
+
+__all__ = ["IMAGE_TOKENS", "PAGE_TOKENS", "PAYLOAD_PART_TYPES", "without_payloads"]
+
+PAYLOAD_PART_TYPES: Final = ("image", "image_url", "input_image", "file", "input_file", "document")
+"""The content part types that can carry an image or file payload (`_stand_in` says which do)."""
 
 IMAGE_TOKENS: Final = 1_600
 PAGE_TOKENS: Final = 3_000
 _BYTES_PER_PAGE: Final = 50_000
 """A page's share of a PDF whose page objects are compressed out of sight (object streams)."""
 _PAGE: Final = re.compile(rb"/Type\s*/Page(?![A-Za-z])")
-_PDF: Final = "application/pdf"
 
 
 def without_payloads(value: Any) -> tuple[Any, int]:
@@ -95,7 +99,7 @@ def _file_tokens(data: Any, media_type: Any) -> int:
         raw = binascii.a2b_base64(data)
     except binascii.Error:
         raw = b""
-    if media_type == _PDF or raw.startswith(b"%PDF"):
+    if media_type == PDF or raw.startswith(b"%PDF"):
         pages = len(_PAGE.findall(raw)) or (1 + len(raw) // _BYTES_PER_PAGE)
         return pages * PAGE_TOKENS
     return max(1, len(raw) // 4)

@@ -33,7 +33,7 @@ from .commands import command_of, views_file
 from .dedup import Block, dedupe_detailed
 from .kinds import compress_tool_output, detect
 from .narrative import compress_many
-from .opaque import without_payloads
+from .opaque import PAYLOAD_PART_TYPES, without_payloads
 from .profiles import PROFILES
 from .segments import Format, Segment, content_fields, extract, instructions
 
@@ -108,7 +108,7 @@ def measure(fmt: Format, body: dict[str, Any], encoding: str = "o200k_base") -> 
     return tokens.count(text, encoding) + estimated
 
 
-_MAY_CARRY_PAYLOAD = re.compile(rb'"type":"(?:image|image_url|input_image|file|input_file|document)"')
+_MAY_CARRY_PAYLOAD = re.compile(b'"type":"(?:' + b"|".join(t.encode() for t in PAYLOAD_PART_TYPES) + b')"')
 """The part types `opaque` takes payloads out of, as compact JSON writes them: most requests have none, and
 are not walked for them."""
 

@@ -46,20 +46,17 @@ from worker.optimize.kinds._detect import KINDS, Kind, detect
 __all__ = ["KINDS", "Kind", "compress_tool_output", "detect", "normalise"]
 
 
-def _prose(text: str, ctx: Context) -> Compressed | None:
-    """Unclassified output (progress lines, CLI chatter): fold runs of identical lines, losslessly."""
-    lines, folded = fold_exact_repeats(text.split("\n"))
-    if not folded:
-        return None
-    return finish(text, "\n".join(lines), "prose-dedupe", [f"{folded} exact repeated lines counted"])
+def _exact_repeats(strategy: str) -> Callable[[str, Context], Compressed | None]:
+    """A compressor that only folds runs of identical lines (losslessly), labelled `strategy`: for
+    unclassified output (progress lines, CLI chatter) and for diagnostics, every finding of which is kept."""
 
+    def compress(text: str, ctx: Context) -> Compressed | None:
+        lines, folded = fold_exact_repeats(text.split("\n"))
+        if not folded:
+            return None
+        return finish(text, "\n".join(lines), strategy, [f"{folded} exact repeated lines counted"])
 
-def _diagnostics(text: str, ctx: Context) -> Compressed | None:
-    """Compiler, vet and linter findings: every one is kept; runs of identical lines are counted."""
-    lines, folded = fold_exact_repeats(text.split("\n"))
-    if not folded:
-        return None
-    return finish(text, "\n".join(lines), "diagnostics-dedupe", [f"{folded} exact repeated lines counted"])
+    return compress
 
 
 _COMPRESSORS: Mapping[Kind, Callable[[str, Context], Compressed | None]] = MappingProxyType(
@@ -67,11 +64,11 @@ _COMPRESSORS: Mapping[Kind, Callable[[str, Context], Compressed | None]] = Mappi
         "json": json_output.compress,
         "log": logs.compress,
         "search": search.compress,
-        "diagnostics": _diagnostics,
+        "diagnostics": _exact_repeats("diagnostics-dedupe"),
         "diff": diffs.compress,
         "html": markup.compress,
         "table": markup.compress,
-        "prose": _prose,
+        "prose": _exact_repeats("prose-dedupe"),
     }
 )
 
