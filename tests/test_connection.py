@@ -47,7 +47,15 @@ async def exchange(url: str, *parts: bytes, pause: float = 0.2, wait: float = 5.
     try:
         return await send_and_read(reader, writer, *parts, pause=pause, wait=wait)
     finally:
-        writer.close()
+        await close(writer)
+
+
+async def close(writer: asyncio.StreamWriter) -> None:
+    """Close a test connection and wait until it is closed: a socket whose close was only scheduled when the
+    test's event loop ends stays open until garbage collection, which reports it in whatever test runs then."""
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
 
 
 async def connect(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -234,7 +242,7 @@ async def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeou
     try:
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, with nothing to answer
     finally:
-        writer.close()
+        await close(writer)
     assert 0.9 <= time.monotonic() - started < 4
 
 
@@ -273,7 +281,7 @@ async def test_a_kept_alive_connection_idles_freely_and_only_its_next_head_is_ti
         _openai_error(third, 408, "request_timeout")
         assert third.closed
     finally:
-        writer.close()
+        await close(writer)
 
 
 async def test_a_slow_body_that_keeps_coming_and_a_long_stream_are_not_cut_off(quick: GatewaySetup) -> None:
@@ -294,7 +302,7 @@ async def test_a_slow_body_that_keeps_coming_and_a_long_stream_are_not_cut_off(q
         try:
             return await send_and_read(reader, writer, head, *pieces, pause=0.6, until_closed=False)
         finally:
-            writer.close()
+            await close(writer)
 
     async def long_stream() -> tuple[str, float]:
         started = time.monotonic()
@@ -356,5 +364,5 @@ async def test_a_body_the_worker_is_not_reading_yet_is_not_counted_as_idle(
     try:
         reply = await send_and_read(reader, writer, head + body, until_closed=False)
     finally:
-        writer.close()
+        await close(writer)
     assert reply.status == 200 and reply.json() == {"bytes": len(body)}
