@@ -11,6 +11,7 @@ import anthropic
 import openai
 import pytest
 
+from tests.fakes.redis_proxy import RedisProxy
 from tests.fakes.upstream import FakeUpstream
 from tests.harness import (
     ROOT,
@@ -22,6 +23,14 @@ from tests.harness import (
     write_config,
 )
 from worker.appkeys import GATEWAY
+
+
+@pytest.fixture
+def proxy() -> Iterator[RedisProxy]:
+    """A TCP proxy to the machine's Redis that a test can cut, stall or refuse (tests/fakes/redis_proxy.py)."""
+    proxy = RedisProxy().start()
+    yield proxy
+    proxy.stop()
 
 
 @pytest.fixture

@@ -134,11 +134,10 @@ def test_a_grant_past_the_bound_is_refused_again_when_sent_again(admin_worker: I
 
 
 @pytest.fixture
-def proxy() -> Iterator[RedisProxy]:
+def proxy(proxy: RedisProxy) -> Iterator[RedisProxy]:
+    """conftest's Redis proxy, on a database emptied before and after."""
     flush_redis_db(f"redis://127.0.0.1:6379/{DB}")
-    proxy = RedisProxy().start()
     yield proxy
-    proxy.stop()
     flush_redis_db(f"redis://127.0.0.1:6379/{DB}")
 
 

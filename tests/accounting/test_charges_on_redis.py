@@ -38,13 +38,6 @@ ONE_REQUEST = _USAGE["prompt_tokens"] + _USAGE["completion_tokens"]
 
 
 @pytest.fixture
-def proxy() -> Iterator[RedisProxy]:
-    proxy = RedisProxy().start()
-    yield proxy
-    proxy.stop()
-
-
-@pytest.fixture
 def on_redis(
     proxy: RedisProxy, make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
 ) -> Iterator[Callable[[str], GatewaySetup]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import openai
@@ -20,13 +20,6 @@ from worker.accounting.events import PREFIX
 from worker.appkeys import GATEWAY
 
 DB = 13
-
-
-@pytest.fixture
-def proxy() -> Iterator[RedisProxy]:
-    proxy = RedisProxy().start()
-    yield proxy
-    proxy.stop()
 
 
 def _events(w: InProcessWorker, key_id: str, token: str) -> list[dict[str, Any]]:
