@@ -109,7 +109,13 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
     plans = parse_plans(config.tables.get("plans"), config.source)
     # Rate-limit and quota counters of concurrent requests share round trips.
     counters = CounterBatch(kv)
-    quotas = Quotas(kv, parse_quota_plans(config.tables.get("plans"), config.source), counters)
+    # With accounting off no usage is reconciled to release a credit hold: requests are only checked.
+    quotas = Quotas(
+        kv,
+        parse_quota_plans(config.tables.get("plans"), config.source),
+        counters,
+        hold_credits=accounting,
+    )
     # One recorder writes usage events and the request log in the same batches; with accounting off it
     # still writes the request log, and `usage` is None so no request creates an event.
     recorder = UsageRecorder(

@@ -79,6 +79,7 @@ from .errors import (
     error_format_for,
 )
 from .gateway import Gateway
+from .holds import DEFAULT_HOLD_OUTPUT_TOKENS, Estimate
 from .optimize.pipeline import Report
 from .optimizing import count_tokens, resolve_options, savings_headers, session_id
 from .optimizing import run as run_optimizer
@@ -241,6 +242,9 @@ async def proxy(
             route, chain = prepared.route, [*ranked, *chain]
         else:
             prepared = _prepare(fmt, body, stream, route, gw)
+        if admission is not None and admission.credits:  # what it may cost is held before anything is kept
+            estimate = _credit_estimate(gw, fmt, prepared, body, report.optimized_tokens)
+            admission = await gw.quotas.hold(admission, estimate)
         fallbacks = iter(chain)
         out_headers = savings_headers(report, session)
         if store_ttl is not None and original_text is not None:
@@ -295,13 +299,14 @@ async def proxy(
                 }
             )
             following = await _next_fallback(
-                request, gw, key, fmt, body, stream, fallbacks, attempts, admission
+                request, gw, key, fmt, body, stream, fallbacks, attempts, admission, report.optimized_tokens
             )
             if following is None:
                 _record_attempts(gw, acct, attempts, cand)
                 _finish_usage(gw, acct, 503, "upstream_failed", None)
                 if all(a.get("status") is None for a in attempts):  # no upstream was ever sent it
-                    await gw.quotas.give_back(admission)
+                    # Its credit hold is released with its (failed) usage event.
+                    await gw.quotas.give_back(admission, release=acct is None)
                 raise UpstreamError(
                     f"Upstream {cand.provider} ({cand.upstream_model}) is failing and paused for a moment; "
                     "retry shortly or add a fallback.",
@@ -381,7 +386,7 @@ async def proxy(
         following = None
         if not again and time.monotonic() < deadline:  # no fallback starts past the deadline either
             following = await _next_fallback(
-                request, gw, key, fmt, body, stream, fallbacks, attempts, admission
+                request, gw, key, fmt, body, stream, fallbacks, attempts, admission, report.optimized_tokens
             )
         if not again and following is None:
             if resp is not None:
@@ -584,6 +589,46 @@ def _prepare(
     return _Prepared(route, wire, _encoder.encode(upstream_body), wants_usage)
 
 
+_OUTPUT_CAPS: Mapping[InboundFormat, tuple[str, ...]] = {
+    "chat": ("max_tokens", "max_completion_tokens"),
+    "messages": ("max_tokens",),
+    "responses": ("max_output_tokens",),
+}
+"""The fields that cap a request's output, by inbound format (the first is the one a 402 names by default)."""
+
+
+def _credit_estimate(
+    gw: Gateway, fmt: InboundFormat, prepared: _Prepared, body: dict[str, Any], input_tokens: int
+) -> Estimate:
+    """What a request on Compute Credits may cost at most on `prepared`'s route (see `holds`): its input at
+    the input price, and its output cap at the output price — the client's cap, at most the model's catalog
+    maximum; else the `max_tokens` an Anthropic upstream is sent; else the catalog maximum; else the
+    default."""
+    route = prepared.route
+    listed = gw.catalog.get(route.model)
+    ceiling = listed.info.max_output if listed is not None and listed.info.max_output > 0 else None
+    fields = _OUTPUT_CAPS[fmt]
+    asked = [
+        (v, f) for f in fields if isinstance(v := body.get(f), int) and not isinstance(v, bool) and v > 0
+    ]
+    field = max(asked)[1] if asked else fields[0]
+    if asked:
+        cap = min(max(asked)[0], ceiling) if ceiling is not None else max(asked)[0]
+    elif prepared.wire == "messages":
+        cap = gw.default_max_tokens
+    else:
+        cap = ceiling or DEFAULT_HOLD_OUTPUT_TOKENS
+    priced = gw.prices.for_route(route.model, route.provider, route.upstream_model)
+    price = priced[1] if priced is not None else None
+    return Estimate(
+        input_tokens,
+        cap,
+        field,
+        price.input if price is not None else 0.0,
+        price.output if price is not None else 0.0,
+    )
+
+
 def _wire(fmt: InboundFormat, route: ModelRoute) -> UpstreamWire:
     """The format `route` is sent a request of `fmt` in: the client's own (forwarded as sent), or not
     (translated)."""
@@ -680,14 +725,18 @@ async def _next_fallback(
     fallbacks: Iterator[ModelRoute],
     attempts: list[dict[str, Any]],
     admission: Admission | None,
+    input_tokens: int,
 ) -> tuple[_Prepared, str | None, Admission | None] | None:
     """The next fallback this key can use, and how its request is then charged; one without a provider key,
     that the key's plan does not allow (or allows on credits it lacks), or that cannot take this request, is
-    recorded as skipped."""
+    recorded as skipped. On credits, it holds what the fallback may cost in place of what was held."""
     admitted = request.get(RATE)
     for route in fallbacks:
         try:
             api_key = await provider_key(request, gw, key, route.provider)
+            prepared = _prepare(fmt, body, stream, route, gw)
+            if admission is None:  # no plan: nothing to check
+                return prepared, api_key, None
             listed = gw.catalog.get(route.model)
             charged = await gw.quotas.admit_fallback(
                 key,
@@ -695,8 +744,9 @@ async def _next_fallback(
                 route.model,
                 tier=listed.info.tier if listed is not None else None,
                 in_flight=admitted.in_flight if admitted is not None else 0,
+                estimate=_credit_estimate(gw, fmt, prepared, body, input_tokens),
             )
-            return _prepare(fmt, body, stream, route, gw), api_key, charged
+            return prepared, api_key, charged
         except _UNUSABLE as exc:
             attempts.append(_skipped(route, exc))
     return None
@@ -1544,10 +1594,16 @@ async def forward_json(
     headers = _upstream_headers(request, gw, route.provider, api_key)
     out_headers = {"X-Trex-Upstream-Provider": route.provider, "X-Trex-Upstream-Model": route.upstream_model}
     payload = _encoder.encode(body)
+    encoding, exact = tokens.encoding_for_model(route.upstream_model)
+    counted = 0
+    if (gw.usage is not None and not free) or (admission is not None and admission.credits):
+        counted = _embedding_input_tokens(body.get("input"), encoding)
+    if admission is not None and admission.credits:  # an embedding's output costs nothing
+        priced = gw.prices.for_route(str(model), route.provider, route.upstream_model)
+        estimate = Estimate(counted, 0, "input", priced[1].input if priced is not None else 0.0, 0.0)
+        admission = await gw.quotas.hold(admission, estimate)
     acct: Begun | None = None
     if gw.usage is not None and not free:
-        encoding, exact = tokens.encoding_for_model(route.upstream_model)
-        counted = _embedding_input_tokens(body.get("input"), encoding)
         started = request[STARTED]
         acct = request[USAGE_EVENT] = gw.usage.begin(
             key=key,

@@ -15,22 +15,27 @@
 
 Checks, in order, before a request is routed: the model must be allowed (403 `model_not_allowed`); a
 request using web search needs the plan's allowance (403 `web_search_not_allowed` at 0, 429 `quota_exceeded`
-once the day's are used); a credit model (in `credit_models`, premium with `credit_premium`, any named model
-but a free one with `credit_pinned`, or any request past `credit_above_concurrent` in flight) needs a positive
-Compute Credits balance (402 `insufficient_balance`) and is debited its actual cost when its usage is
-reconciled, and so does, once optimized, an input longer than `credit_above_input_tokens` (long context);
-anything else draws on the quotas: token quotas are checked against what was already counted, request quotas
-are counted atomically on admission (429 `quota_exceeded` with `Retry-After` until the window resets). Keys
-without a plan, or on a plan without these fields, have none of these checks and cost no KV round trip.
+once the day's are used); a request on Compute Credits (a model in `credit_models`, premium with
+`credit_premium`, any named model but a free one with `credit_pinned`, any request past
+`credit_above_concurrent` in flight, or, once optimized, an input longer than `credit_above_input_tokens`:
+long context) holds, once optimized and routed, the most it may cost (`holds`: its input at the input price,
+its output cap at the output price) out of what the key has available, its balance less the holds of its
+requests in flight (402 `insufficient_balance`, saying what it needed, what is available and what output cap
+would fit); when its usage is reconciled the hold is released and the actual cost debited, together. A
+fallback holds for the model that serves it. Anything else draws on the quotas: token quotas are checked
+against what was already counted, request quotas are counted atomically on admission (429 `quota_exceeded`
+with `Retry-After` until the window resets). Keys without a plan, or on a plan without these fields, have
+none of these checks and cost no KV round trip; a request on a plan but not on credits costs no hold.
 
-Counters live in the KV (`quota/…`, `credits/…`) and are updated atomically there, so several instances on
-one SQLite file or one Redis share them; the charges of reconciled requests are applied at most once per
-batch (`accounting/charges.py`), so a batch can be sent again when Redis leaves its outcome unknown. Credits
-are kept in micro-dollars (integers).
+Counters live in the KV (`quota/…`, `credits/…`, `credits_held/…`) and are updated atomically there, so
+several instances on one SQLite file or one Redis share them; the charges of reconciled requests (debits and
+hold releases) are applied at most once per batch (`accounting/charges.py`), so a batch can be sent again
+when Redis leaves its outcome unknown. Credits are kept in micro-dollars (integers).
 """
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import contextlib
 import dataclasses
@@ -52,6 +57,7 @@ from .errors import (
     RateLimitError,
 )
 from .grants import MICRO, Grant, grant_credits
+from .holds import HOLD_TTL, Estimate, Hold, counters
 from .routing import SMART_AUTO
 
 _DAY_TOKENS_TTL = 2 * 86400
@@ -176,6 +182,10 @@ class Admission:
     counted: tuple[tuple[str, int | None], ...] = ()
     """The uses counted on admission (request quotas, web searches): given back if the request is refused
     before it reaches an upstream (`Quotas.give_back`)."""
+    reason: str = ""
+    """Why the request draws on Compute Credits (how its 402 message starts)."""
+    hold: Hold | None = None
+    """What it holds of the key's credits (`Quotas.hold`), released when its usage is reconciled."""
 
 
 _TOKENS_FRESH_S = 1.0
@@ -221,9 +231,14 @@ class Quotas:
         plans: Mapping[str, QuotaPlan],
         counters: CounterBatch | None = None,
         clock: Callable[[], float] = time.time,
+        *,
+        hold_credits: bool = True,
     ) -> None:
         self.kv = kv
         self.counters = counters or CounterBatch(kv)
+        self.hold_credits = hold_credits
+        """False with usage accounting off: nothing would release a hold (or debit the cost), so a request on
+        credits is only checked against what is available."""
         self._tokens: dict[str, tuple[int, float]] = {}  # token counter -> (value, fresh until)
         self.plans = plans
         self._clock = clock
@@ -259,16 +274,20 @@ class Quotas:
             await self._uncount(counted)
             raise
 
-    async def give_back(self, admission: Admission | None) -> None:
+    async def give_back(self, admission: Admission | None, *, release: bool = True) -> None:
         """Give back what an admitted request counted, when it is refused before reaching an upstream (a bad
-        TrexID, option or input found after admission): a refused request uses nothing up."""
+        TrexID, option or input found after admission): a refused request uses nothing up. Its credit hold is
+        released too, unless `release` is False: its usage event releases it when reconciled."""
         if admission is not None:
-            await self._uncount(admission.counted)
+            await self._uncount(admission.counted, admission.hold if release else None)
 
-    async def _uncount(self, counted: Sequence[tuple[str, int | None]]) -> None:
-        if counted:
+    async def _uncount(self, counted: Sequence[tuple[str, int | None]], hold: Hold | None = None) -> None:
+        back = [(counter, -1, ttl) for counter, ttl in counted]
+        if hold is not None:
+            back.append(hold.release())
+        if back:
             with contextlib.suppress(KVError):  # the refusal is the answer, whatever the KV does
-                await self.counters.incr([(counter, -1, ttl) for counter, ttl in counted])
+                await self.counters.incr(back)
 
     async def _admit(
         self,
@@ -293,8 +312,8 @@ class Quotas:
             counted.append((searches, day_left + 3600))
         why = _credit_reason(plan, model, tier, in_flight)
         if why is not None:
-            await self._require_balance(key.id, why)
-            return Admission(key.id, plan, True, day, week, tuple(counted))
+            # What it may cost is known once its input is optimized and its model routed: it holds it then.
+            return Admission(key.id, plan, True, day, week, tuple(counted), why)
         for limit, counter, left, what, ttl in (
             (plan.daily_tokens, f"quota/{key.id}/d{day}/tokens", day_left, "daily token", _DAY_TOKENS_TTL),
             (
@@ -331,11 +350,20 @@ class Quotas:
         return Admission(key.id, plan, False, day, week, tuple(counted))
 
     async def admit_fallback(
-        self, key: KeyRecord, admission: Admission | None, model: str, *, tier: str | None, in_flight: int
+        self,
+        key: KeyRecord,
+        admission: Admission | None,
+        model: str,
+        *,
+        tier: str | None,
+        in_flight: int,
+        estimate: Estimate,
     ) -> Admission | None:
         """The plan's checks for a fallback model, whose request is already counted: a model outside the
-        plan's list is refused (403), and one that draws on Compute Credits needs a balance (402) and moves
-        the request onto credits. Without these a fallback would serve what the plan forbids, unpaid."""
+        plan's list is refused (403), and one that draws on Compute Credits (or a request on credits already)
+        holds what the fallback may cost, `estimate`, in place of what it held (402 when that does not fit),
+        so a fallback to a dearer model is covered too. Without these a fallback would serve what the plan
+        forbids, unpaid."""
         if admission is None:
             return None
         plan = admission.plan
@@ -343,36 +371,66 @@ class Quotas:
             raise ModelNotAllowedError(
                 f"The model {model!r} is not available on the {plan.name!r} plan.", param="model"
             )
-        why = None if admission.credits else _credit_reason(plan, model, tier, in_flight)
-        if why is None:
+        why = _credit_reason(plan, model, tier, in_flight)
+        if why is None and not admission.credits:
             return admission
-        await self._require_balance(key.id, why)
-        return dataclasses.replace(admission, credits=True)
+        return await self.hold(
+            dataclasses.replace(admission, credits=True, reason=why or admission.reason), estimate
+        )
 
     async def long_context(
         self, key: KeyRecord, admission: Admission | None, input_tokens: int
     ) -> Admission | None:
         """Once the optimized size is known: past the plan's `credit_above_input_tokens` the request draws on
-        Compute Credits instead of the token quota (402 without a balance); its request is already counted."""
+        Compute Credits instead of the token quota (it holds what it may cost once routed: `hold`); its
+        request is already counted. No I/O."""
         if admission is None or admission.credits:
             return admission
         limit = admission.plan.credit_above_input_tokens
         if limit is None or input_tokens <= limit:
             return admission
-        await self._require_balance(
-            key.id,
-            f"This request's {input_tokens:,} input tokens are long context (over {limit:,}); it draws",
-        )
-        return dataclasses.replace(admission, credits=True)
+        why = f"This request's {input_tokens:,} input tokens are long context (over {limit:,}); it draws"
+        return dataclasses.replace(admission, credits=True, reason=why)
 
-    async def _require_balance(self, key_id: str, why: str) -> None:
-        balance = await self.balance(key_id)
-        if balance <= 0:
+    async def hold(self, admission: Admission, estimate: Estimate) -> Admission:
+        """Hold what a request on credits may cost at most (`estimate`) before it goes upstream, in place of
+        what it held before (a fallback's), or raise the 402 that says what it needed and what is available.
+
+        One round trip: the hold is added to the key's current hold counter, and the values that increment
+        returns, with the previous hour's holds and the balance read alongside (increments of 0), decide: the
+        balance less every other hold must cover it. Not covered, the increment is taken back. See `holds`."""
+        key_id = admission.key_id
+        current, previous = counters(key_id, self._clock())
+        amount = estimate.micro if self.hold_credits else 0
+        deltas = {current: amount, previous: 0}
+        old = admission.hold
+        if old is not None:
+            deltas[old.counter] = deltas.get(old.counter, 0) - old.micro
+        increments = [(f"credits/{key_id}", 0, None), *((c, d, HOLD_TTL) for c, d in deltas.items())]
+        try:
+            balance, held_now, held_before, *_ = await self.counters.incr(increments)
+        except asyncio.CancelledError:
+            # The round trip is shared and goes on without this caller: what it applies is taken back, as the
+            # caller's admission (what its usage event releases) never learns of it.
+            await self._undo(deltas)
+            raise
+        others = held_now + held_before - amount  # the key's other requests in flight
+        available = balance - others
+        if available <= 0 or available < estimate.micro:
+            await self._undo(deltas)
+            affordable = estimate.affordable_output(available) > 0
             raise InsufficientBalanceError(
-                f"{why} on Compute Credits and this key's balance is ${balance:.2f}. "
+                f"{estimate.refusal(admission.reason, balance, others)} "
                 f"Add credits with `trex credits add {key_id} AMOUNT`.",
-                param="model",
+                param=estimate.output_field if affordable else "model",
             )
+        return dataclasses.replace(admission, hold=Hold(current, amount) if amount else None)
+
+    async def _undo(self, deltas: Mapping[str, int]) -> None:
+        back = [(counter, -delta, HOLD_TTL) for counter, delta in deltas.items() if delta]
+        if back:
+            with contextlib.suppress(KVError):  # left, a hold lapses with its hour's counter
+                await self.counters.incr(back)
 
     @staticmethod
     def _exceeded(what: str, limit: int, retry_after: int) -> GatewayError:
@@ -401,11 +459,17 @@ class Quotas:
 
     @staticmethod
     def charges(admission: Admission, billed_tokens: int, cost_usd: float | None) -> list[Increment]:
-        """What reconciliation adds: a credit model's cost debited, or the tokens counted against quotas."""
-        if admission.credits:
-            return [(f"credits/{admission.key_id}", -round(cost_usd * MICRO), None)] if cost_usd else []
-        plan = admission.plan
+        """What reconciliation adds: a request on credits has its cost debited and its hold released (in the
+        same batch, so both are applied once), any other has its tokens counted against the quotas. A failed
+        request is charged nothing (`billed_tokens` 0, `cost_usd` None) and only releases its hold."""
         out: list[Increment] = []
+        if admission.credits:
+            if cost_usd:
+                out.append((f"credits/{admission.key_id}", -round(cost_usd * MICRO), None))
+            if admission.hold is not None:
+                out.append(admission.hold.release())
+            return out
+        plan = admission.plan
         if billed_tokens > 0 and plan.daily_tokens is not None:
             out.append((f"quota/{admission.key_id}/d{admission.day}/tokens", billed_tokens, _DAY_TOKENS_TTL))
         if billed_tokens > 0 and plan.weekly_tokens is not None:

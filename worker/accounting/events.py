@@ -468,13 +468,12 @@ class UsageRecorder:
         ev.savings_usd = None if base_cost is None or actual is None else round(base_cost - actual, 9)
         ev.status = "final"
         self._dirty[ev.id] = ev
-        if begun.admission is not None and self.quotas is not None and not failed:
+        if begun.admission is not None and self.quotas is not None:
             # Applied together at the end of this reconciliation pass: one round trip for all of them, at most
-            # once (charges.py).
-            charged = actual if metered is billed else cost(metered, price, ttl)
-            self._charges.add(
-                self.quotas.charges(begun.admission, metered.input_tokens + metered.output_tokens, charged)
-            )
+            # once (charges.py). A failed request is charged nothing, and releases its credit hold.
+            charged = None if failed else actual if metered is billed else cost(metered, price, ttl)
+            tokens_used = 0 if failed else metered.input_tokens + metered.output_tokens
+            self._charges.add(self.quotas.charges(begun.admission, tokens_used, charged))
         if ev.savings_usd:
             cycle = (ev.key_id, time.strftime("%Y%m", time.gmtime(ev.created)))
             self._unflushed_savings[cycle] = self._unflushed_savings.get(cycle, 0.0) + ev.savings_usd
