@@ -77,7 +77,7 @@ class Estimate:
 
     def refusal(self, why: str, balance_micro: int, held_micro: int) -> str:
         """The 402's message: what the request needed, what is available, and what would fit."""
-        available = balance_micro - held_micro
+        available = max(0, balance_micro - held_micro)
         text = f"{why} on Compute Credits: this request can cost up to {usd(self.micro)} ("
         if self.input_price or self.output_price:
             text += (
