@@ -293,3 +293,41 @@ def test_a_fallback_holds_for_the_model_that_serves_it(
     spent = round(wait_final(setup, raw.headers["X-Trex-Usage-Event-Id"])["actual_cost_usd"] * 1e6)
     assert 4000 <= spent <= 5000
     _settled(setup, 5000 - spent)
+
+
+def test_requests_refused_after_their_hold_release_it(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """A request refused once its hold is made — its context over the day's storage (429), its model's breaker
+    open (503) — releases it, once: the balance of $0.01 still covers a request able to cost $0.008 (which
+    spends most of it; the one after that does not fit), and nothing is left held, nor held below zero."""
+    (setup,) = _workers(
+        make_worker, fake_upstream, PAYLOAD_BYTES_PER_DAY=100, BREAKER_FAILURES=1, UPSTREAM_RETRIES=0
+    )
+    _grant(setup, 0.01)
+    client = setup.openai()
+    with pytest.raises(openai.RateLimitError) as over:
+        client.chat.completions.create(
+            model="gpt-4.1",
+            messages=MESSAGES,  # type: ignore[arg-type]
+            max_tokens=1000,
+            extra_body={"trex": {"store_context": True}},
+        )
+    assert over.value.code == "storage_quota_exceeded"
+    _settled(setup, 10_000)
+    fake_upstream.enqueue("/v1/chat/completions", Reply.json({"error": {"message": "down"}}, status=503))
+    assert _ask(setup, "chat", 1000)[0] == 503  # the upstream's failure: it opens the breaker
+    _settled(setup, 10_000)  # released when its usage is reconciled
+    status, error = _ask(setup, "chat", 1000)
+    assert status == 503 and error.code == "provider_unavailable"
+    wait_final(setup, error.response.headers["X-Trex-Usage-Event-Id"])
+    _settled(setup, 10_000)
+    gw = setup.worker.app[GATEWAY]
+    gw.breakers._states.clear()  # the route recovers (as after its cooldown)
+    setup.worker.call(gw.kv.delete("health/openai/gpt-4.1/open"))
+    fake_upstream.set("/v1/chat/completions", Reply.json(_chat_answer(1000)))
+    status, event_id = _ask(setup, "chat", 1000)
+    assert status == 200
+    spent = round(wait_final(setup, event_id)["actual_cost_usd"] * 1e6)
+    _settled(setup, 10_000 - spent)
+    assert _ask(setup, "chat", 1000)[0] == 402
