@@ -12,8 +12,9 @@ Holds are counters in the KV, `credits_held/<key id>/<hour>`: a hold adds to the
 the value the increment returns (with the previous hour's counter and the balance, read in the same round
 trip) says whether it fits, so of two requests racing for the last dollar the later sees the earlier's hold.
 When the request's usage is reconciled, its hold is released and its actual cost debited in one charge batch,
-applied at most once (`accounting/charges.py`). A request that fails, is cut off or refused after admission
-releases its hold the same way (a failed request is reconciled too, at no cost). An hour's counter is read
+applied at most once (`accounting/charges.py`). A request that fails upstream or is cut off releases its hold
+the same way (it is reconciled too, a failure at no cost); one refused before its usage event begins (a bad
+option, a storage quota) releases it at once (`Quotas.give_back`). An hour's counter is read
 during that hour and the next, and expires after them: the holds of an instance that died are gone after one
 to two hours, and a request still running by then no longer holds anything.
 
