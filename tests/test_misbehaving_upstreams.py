@@ -1,0 +1,201 @@
+"""Upstreams that misbehave, on every path (chat, Responses and Messages clients; OpenAI and Anthropic
+upstreams; streaming and not): what the client sees, what the usage event says, and that nothing is logged as
+an unhandled error.
+
+The client must get an error in its own format (OpenAI's on OpenAI routes, Anthropic's on `/v1/messages`;
+for a stream, an error event and the end of the stream) with a sensible status, and the usage event must end
+final, with no negative or absurd counts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import MASTER_KEY, GatewaySetup, with_key
+from tests.fakes.upstream import FakeUpstream, Reply, fixture_bytes, split_sse
+from tests.harness import InProcessWorker
+from tests.test_usage import HTTP, wait_final
+
+# name → (client route, model, upstream path, upstream wire)
+PATHS: dict[str, tuple[str, str, str, str]] = {
+    "chat>openai": ("/v1/chat/completions", "gpt-4o-mini", "/v1/chat/completions", "chat"),
+    "chat>anthropic": ("/v1/chat/completions", "claude-sonnet-4-6", "/v1/messages", "messages"),
+    "responses>openai": ("/v1/responses", "gpt-4o-mini", "/v1/responses", "responses"),
+    "responses>anthropic": ("/v1/responses", "claude-sonnet-4-6", "/v1/messages", "messages"),
+    "messages>anthropic": ("/v1/messages", "claude-sonnet-4-6", "/v1/messages", "messages"),
+    "messages>openai": ("/v1/messages", "gpt-4o-mini", "/v1/chat/completions", "chat"),
+}
+TO_ANTHROPIC = [p for p in PATHS if PATHS[p][3] == "messages"]
+JSON_FIXTURES = {
+    "chat": "openai/chat_text.json",
+    "messages": "anthropic/message_text.json",
+    "responses": "openai/responses_text.json",
+}
+SSE_FIXTURES = {
+    "chat": "openai/chat_text.sse",
+    "messages": "anthropic/message_text.sse",
+    "responses": "openai/responses_text.sse",
+}
+OFF = {"optimize": {"mode": "off"}}
+
+
+@pytest.fixture
+def setup(make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream) -> Iterator[GatewaySetup]:
+    """A worker that does not retry (each test's one reply is the whole story), with short timeouts."""
+    worker = make_worker(
+        {"UPSTREAM_RETRIES": 0, "UPSTREAM_IDLE_TIMEOUT": 1, "UPSTREAM_FIRST_BYTE_TIMEOUT": 2},
+        dev_vars={"TREX_MASTER_KEY": MASTER_KEY},
+    )
+    setup_ = with_key(worker, fake_upstream, "misbehaving")
+    yield setup_
+    setup_.close()
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def errors_logged() -> Iterator[list[logging.LogRecord]]:
+    """What the worker logs at ERROR (an unhandled error, a traceback), on its own loggers."""
+    handler = _Records()
+    loggers = [logging.getLogger(name) for name in ("trex", "aiohttp")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    yield handler.records
+    for logger in loggers:
+        logger.removeHandler(handler)
+
+
+def body_for(path: str, stream: bool = False) -> dict[str, Any]:
+    route, model, _, _ = PATHS[path]
+    body: dict[str, Any] = {"model": model, "stream": stream, "trex": OFF}
+    if route == "/v1/responses":
+        body["input"] = "Say hello."
+    else:
+        body["messages"] = [{"role": "user", "content": "Say hello."}]
+    if route == "/v1/messages":
+        body["max_tokens"] = 64
+    return body
+
+
+def answer(wire: str) -> dict[str, Any]:
+    """The upstream's standard non-streaming answer in its wire format."""
+    doc: dict[str, Any] = json.loads(fixture_bytes(JSON_FIXTURES[wire]))
+    return doc
+
+
+def events(wire: str) -> list[bytes]:
+    """The upstream's standard stream in its wire format, one SSE event per item."""
+    return split_sse(fixture_bytes(SSE_FIXTURES[wire]))
+
+
+def sdk_create(setup: GatewaySetup, path: str, stream: bool = False) -> Any:
+    """The request through the client's official SDK (chat, Responses or Messages)."""
+    body = body_for(path, stream)
+    body.pop("stream")
+    extra = {"extra_body": {"trex": body.pop("trex")}}
+    route = PATHS[path][0]
+    if route == "/v1/chat/completions":
+        return setup.openai().chat.completions.create(**body, **extra, stream=stream)
+    if route == "/v1/responses":
+        return setup.openai().responses.create(**body, **extra, stream=stream)
+    return setup.anthropic().messages.create(**body, **extra, stream=stream)
+
+
+def post(setup: GatewaySetup, path: str, body: dict[str, Any]) -> Any:
+    route = PATHS[path][0]
+    return HTTP.post(setup.worker.url + route, body, headers={"Authorization": f"Bearer {setup.key}"})
+
+
+def assert_error_shape(path: str, doc: Any) -> str:
+    """The error body is in the client's format; returns its message."""
+    if PATHS[path][0] == "/v1/messages":
+        assert doc["type"] == "error" and set(doc["error"]) == {"type", "message"}, doc
+        assert doc["request_id"].startswith("req_"), doc
+        return str(doc["error"]["message"])
+    assert set(doc["error"]) == {"message", "type", "code", "param"}, doc
+    return str(doc["error"]["message"])
+
+
+def final_event(setup: GatewaySetup, headers: Any) -> dict[str, Any]:
+    event_id = headers["X-Trex-Usage-Event-Id"]
+    return wait_final(setup, event_id)
+
+
+# ---- non-streaming answers of the wrong shape ------
+
+
+@pytest.mark.parametrize("path", ["chat>anthropic", "responses>anthropic"])
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"content": "Hello"}, {"content": None}, {"type": "message", "content": {"text": "Hello"}}],
+    ids=["empty-object", "content-a-string", "content-null", "content-an-object"],
+)
+def test_a_claude_answer_without_a_content_list_is_a_502_in_the_clients_format(
+    setup: GatewaySetup, errors_logged: list[logging.LogRecord], path: str, body: dict[str, Any]
+) -> None:
+    setup.fake.enqueue(PATHS[path][2], Reply.json(body))
+    r = post(setup, path, body_for(path))
+    assert r.status_code == 502, r.text
+    message = assert_error_shape(path, r.json())
+    assert "no content" in message
+    if PATHS[path][0] != "/v1/messages":
+        assert r.json()["error"]["code"] == "bad_upstream_response"
+    assert errors_logged == []
+
+
+@pytest.mark.parametrize("path", ["chat>anthropic", "responses>anthropic", "messages>openai"])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"content": [None, {"type": "text", "text": "Hello"}]},
+        {"content": [{"type": "text", "text": 123}, {"type": "text", "text": "Hello"}]},
+        {"content": [{"type": "text", "text": "Hello"}], "usage": "lots", "id": 5, "model": None},
+        {"content": [{"type": "text", "text": "Hello"}], "stop_sequence": 7},
+        {"content": [{"type": "text", "text": "Hello"}, {"type": "thinking", "thinking": 1, "signature": 2}]},
+        {"content": [{"type": "text", "text": "Hello"}, {"type": "redacted_thinking", "data": None}]},
+        {"content": [{"type": "text", "text": "Hello"}, {"type": "tool_use", "id": 1, "name": None}]},
+    ],
+    ids=[
+        "a-null-block",
+        "text-a-number",
+        "usage-id-model-wrong",
+        "stop-sequence-a-number",
+        "thinking-numbers",
+        "redacted-null",
+        "tool-use-numbers",
+    ],
+)
+def test_fields_of_the_wrong_type_in_a_translated_answer_read_as_empty_not_as_a_500(
+    setup: GatewaySetup, errors_logged: list[logging.LogRecord], path: str, change: dict[str, Any]
+) -> None:
+    """A field of the wrong type reads as empty, as the chat decoder reads its bodies: the rest of the
+    answer reaches the client, through its SDK."""
+    wire = PATHS[path][3]
+    if wire == "chat":  # the same misreadings in OpenAI's shape
+        doc = answer("chat")
+        doc["choices"][0]["message"] = {"role": "assistant", "content": "Hello", "refusal": 5}
+        doc["usage"], doc["id"], doc["model"] = "lots", 5, None
+    else:
+        doc = {**answer("messages"), **change}
+    setup.fake.enqueue(PATHS[path][2], Reply.json(doc))
+    route = PATHS[path][0]
+    got = sdk_create(setup, path)
+    if route == "/v1/chat/completions":
+        assert got.choices[0].message.content == "Hello"
+    elif route == "/v1/responses":
+        assert got.output_text == "Hello"
+    else:
+        assert [b.text for b in got.content if b.type == "text"] == ["Hello"]
+    assert errors_logged == []
