@@ -199,3 +199,33 @@ def test_fields_of_the_wrong_type_in_a_translated_answer_read_as_empty_not_as_a_
     else:
         assert [b.text for b in got.content if b.type == "text"] == ["Hello"]
     assert errors_logged == []
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(body=b"<html><body>Service temporarily unavailable</body></html>", content_type="text/html"),
+        Reply(body=b'{"id": "chatcmpl-1", "choices": [{"message": {"content": "Hel'),
+        Reply(body=b""),
+        Reply(body=b"[1, 2, 3]"),
+    ],
+    ids=["html", "truncated-json", "empty", "a-json-list"],
+)
+def test_a_200_that_is_not_a_json_object_is_a_502_with_the_usual_headers(
+    setup: GatewaySetup, errors_logged: list[logging.LogRecord], path: str, stream: bool, reply: Reply
+) -> None:
+    """Every path answers it alike: a 502 `bad_upstream_response` in the client's format, carrying the usage
+    event's id and the upstream's name as any answer does, and the event is final, nothing billed."""
+    setup.fake.enqueue(PATHS[path][2], reply)
+    r = post(setup, path, body_for(path, stream))
+    assert r.status_code == 502, r.text
+    assert "not a JSON object" in assert_error_shape(path, r.json())
+    assert r.headers["X-Trex-Upstream-Provider"] == (
+        "anthropic" if PATHS[path][3] == "messages" else "openai"
+    )
+    event = final_event(setup, r.headers)
+    assert event["outcome"] == "upstream_failed" and event["http_status"] == 502
+    assert event["billed"]["input_tokens"] == 0 and event["billed"]["output_tokens"] == 0
+    assert errors_logged == []

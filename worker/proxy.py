@@ -517,6 +517,9 @@ async def proxy(
         ) from exc
     except GatewayError as exc:
         _finish_usage(gw, acct, exc.status, "upstream_failed", None)
+        # An answer the worker cannot use (not JSON, a shape it cannot translate) still reaches the client
+        # with what every answer carries: its usage event, the upstream that answered, the rate-limit state.
+        exc.headers = {**out_headers, **exc.headers}
         raise
     except asyncio.CancelledError:  # the client hung up (or shutdown) while the answer was being read
         upstream.close()  # drop the upstream connection rather than read an answer nobody wants
