@@ -147,8 +147,8 @@ def _fail(message: str, param: str) -> NoReturn:
 
 
 def _int(value: Any) -> int:
-    """An Anthropic usage count; absent or null counts are 0."""
-    return value if type(value) is int else 0
+    """An Anthropic usage count; absent, null and negative counts are 0 (as `token_count` reads OpenAI's)."""
+    return value if type(value) is int and value >= 0 else 0
 
 
 def _usage_from_anthropic(u: dict[str, Any]) -> Usage:

@@ -229,3 +229,75 @@ def test_a_200_that_is_not_a_json_object_is_a_502_with_the_usual_headers(
     assert event["outcome"] == "upstream_failed" and event["http_status"] == 502
     assert event["billed"]["input_tokens"] == 0 and event["billed"]["output_tokens"] == 0
     assert errors_logged == []
+
+
+# ---- usage of odd values ------
+
+ODD_USAGE: dict[str, Any] = {
+    "negative": {
+        "prompt_tokens": -5,
+        "completion_tokens": -7,
+        "input_tokens": -5,
+        "output_tokens": -7,
+        "cache_read_input_tokens": -1,
+    },
+    "huge": {
+        "prompt_tokens": 10**18,
+        "completion_tokens": 10**18,
+        "input_tokens": 10**18,
+        "output_tokens": 10**18,
+    },
+    "strings": {"prompt_tokens": "12", "completion_tokens": "x", "input_tokens": "12", "output_tokens": "x"},
+    "floats": {"prompt_tokens": 1.5, "completion_tokens": 2e300, "input_tokens": 1.5, "output_tokens": 2e300},
+    "null": None,
+    "a-string": "lots",
+}
+
+
+def with_usage_in_body(wire: str, usage: Any) -> Reply:
+    return Reply.json({**answer(wire), "usage": usage})
+
+
+def with_usage_in_stream(wire: str, usage: Any) -> Reply:
+    """The standard stream with `usage` wherever the wire reports usage (Anthropic: in both events)."""
+    out = []
+    for raw in events(wire):
+        name, _, data = raw.rstrip(b"\n").rpartition(b"data: ")
+        if not data.startswith(b"{"):  # [DONE]
+            out.append(raw)
+            continue
+        doc = json.loads(data)
+        if wire == "chat" and isinstance(doc.get("usage"), dict):
+            doc["usage"] = usage
+        elif wire == "messages" and doc["type"] == "message_start":
+            doc["message"]["usage"] = usage
+        elif wire == "messages" and doc["type"] == "message_delta":
+            doc["usage"] = usage
+        elif wire == "responses" and doc["type"] == "response.completed":
+            doc["response"]["usage"] = usage
+        out.append(name + b"data: " + json.dumps(doc).encode() + b"\n\n")
+    return Reply(sse=out)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("odd", list(ODD_USAGE))
+def test_usage_of_odd_values_is_estimated_never_billed_negative_or_absurd(
+    setup: GatewaySetup, errors_logged: list[logging.LogRecord], path: str, stream: bool, odd: str
+) -> None:
+    """The answer reaches the client; the event is billed as one without usage: the input as counted, the
+    output estimated from the text (a few tokens here), not the upstream's negative, zero or 10^18 tokens."""
+    wire = PATHS[path][3]
+    make = with_usage_in_stream if stream else with_usage_in_body
+    setup.fake.enqueue(PATHS[path][2], make(wire, ODD_USAGE[odd]))
+    r = post(setup, path, body_for(path, stream))
+    assert r.status_code == 200, r.text
+    if stream:
+        assert "event: error" not in r.text and 'data: {"error"' not in r.text, r.text
+    event = final_event(setup, r.headers)
+    assert event["outcome"] == "completed", event
+    assert event["usage_source"] == "estimated", event
+    billed = event["billed"]
+    assert 0 < billed["input_tokens"] < 100 and 0 < billed["output_tokens"] < 100, event
+    assert 0 <= event["actual_cost_usd"] < 0.01, event
+    assert errors_logged == []
