@@ -1055,9 +1055,10 @@ def _error_from(
     key the request was sent with is masked: some servers echo the credential they refused."""
     if secret and len(secret) >= 8 and secret.encode() in data:
         data = data.replace(secret.encode(), b"***")
-    if fmt == wire and _is_error_document(data):
+    if fmt == wire and _is_error_document(data, fmt):
         # Same format: the upstream's error body is already what the client's SDK expects. Anything else (an
-        # HTML page from a load balancer, plain text) becomes a structured error below.
+        # HTML page from a load balancer, plain text, an error body of the other format's shape) becomes a
+        # structured error below.
         return web.Response(body=data, status=status, headers=headers, content_type="application/json")
     message, code = _upstream_error_detail(data, status)
     if fmt == "messages" and status == 400 and _CONTEXT_EXCEEDED_RE.search(f"{code} {message}"):
@@ -1076,13 +1077,16 @@ def _error_from(
     )
 
 
-def _is_error_document(data: bytes) -> bool:
-    """True for a JSON error body of either shape: `{"error": {...}}` (OpenAI) or `{"type": "error", ...}`."""
+def _is_error_document(data: bytes, fmt: InboundFormat) -> bool:
+    """True for a JSON error body of the shape `fmt`'s SDK reads: `{"type": "error", "error": {...}}` for
+    Anthropic's, `{"error": {...}}` (and no `type: error`) for OpenAI's."""
     try:
         doc = _decoder.decode(data)
     except msgspec.DecodeError:
         return False
-    return isinstance(doc, dict) and (isinstance(doc.get("error"), dict) or doc.get("type") == "error")
+    if not isinstance(doc, dict) or not isinstance(doc.get("error"), dict):
+        return False
+    return (doc.get("type") == "error") == (fmt == "messages")
 
 
 def _redirected(provider: str, status: int, headers: dict[str, str]) -> UpstreamError:
