@@ -341,3 +341,88 @@ def test_a_429_reaches_every_client_in_its_own_error_shape_with_the_rate_limit_h
         with pytest.raises(openai.RateLimitError) as oerr:
             sdk_create(setup, path)
         assert "Slow down." in oerr.value.message
+
+
+# ---- malformed streams ------
+
+
+def stream_errors(path: str, text: str) -> list[str]:
+    """The error events in a streamed response body, in the client's format (asserting the format)."""
+    found = []
+    for block in text.split("\n\n"):
+        lines = block.split("\n")
+        data = "\n".join(line[6:] for line in lines if line.startswith("data: "))
+        name = next((line[7:] for line in lines if line.startswith("event: ")), None)
+        if not data or data == "[DONE]":
+            continue
+        doc = json.loads(data)
+        route = PATHS[path][0]
+        if route == "/v1/chat/completions" and "error" in doc:
+            assert name is None and {"message", "type"} <= set(doc["error"]), block
+            found.append(doc["error"]["message"])
+        elif route == "/v1/messages" and name == "error":
+            assert doc["type"] == "error" and set(doc["error"]) == {"type", "message"}, block
+            found.append(doc["error"]["message"])
+        elif route == "/v1/responses" and name in ("error", "response.failed"):
+            found.append(doc["message"] if name == "error" else doc["response"]["error"]["message"])
+    return found
+
+
+def assert_ends_with_one_error(path: str, text: str, says: str) -> None:
+    """The stream ends with one error event (in the client's format) saying `says`, then nothing but the end."""
+    errors = stream_errors(path, text)
+    # Responses: an `error` event and the `response.failed` after it are the one failure.
+    assert len(errors) == 1 + (len(errors) == 2 and errors[0] == errors[1]), text[-1500:]
+    assert says in errors[0], text[-1500:]
+    if PATHS[path][0] == "/v1/responses":  # the last event is the error or the failed response
+        assert text.rstrip().rsplit("\n\n", 1)[-1].split("\n")[0] in (
+            "event: error",
+            "event: response.failed",
+        )
+    else:
+        assert text.rstrip().endswith("}"), text[-300:]  # no [DONE] or message_stop after it
+
+
+def malformed_line(wire: str) -> Reply:
+    raw = events(wire)
+    name = {
+        "chat": b"",
+        "messages": b"event: content_block_delta\n",
+        "responses": b"event: response.output_text.delta\n",
+    }
+    return Reply(
+        sse=[
+            *raw[:3],
+            name[wire] + b'data: {"type": "content_block_delta", "index": 0, "delta": {"te\n\n',
+            *raw[3:],
+        ]
+    )
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_an_event_that_is_not_json_ends_the_stream_with_the_clients_error_event(
+    setup: GatewaySetup, errors_logged: list[logging.LogRecord], path: str
+) -> None:
+    """On every path, same format or not: the SDK gets the error event of its format (an error it raises
+    with the message), never the broken line its JSON parser would fail on."""
+    wire = PATHS[path][3]
+    setup.fake.enqueue(PATHS[path][2], malformed_line(wire))
+    r = post(setup, path, body_for(path, stream=True))
+    assert r.status_code == 200 and r.headers["Content-Type"] == "text/event-stream"
+    assert '"te\n' not in r.text and '{"te' not in r.text
+    assert_ends_with_one_error(path, r.text, "malformed")
+    event = final_event(setup, r.headers)
+    assert event["outcome"] == "upstream_failed" and event["billed"]["output_tokens"] >= 0
+    assert errors_logged == []
+    setup.fake.enqueue(PATHS[path][2], malformed_line(wire))
+    if PATHS[path][0] == "/v1/messages":
+        with pytest.raises(anthropic.APIStatusError) as aerr:
+            list(sdk_create(setup, path, stream=True))
+        assert "malformed" in str(aerr.value)
+    elif PATHS[path][0] == "/v1/chat/completions":
+        with pytest.raises(openai.APIError) as oerr:
+            list(sdk_create(setup, path, stream=True))
+        assert "malformed" in str(oerr.value)
+    else:  # the Responses SDK hands over the error event; it does not raise
+        kinds = [ev.type for ev in sdk_create(setup, path, stream=True)]
+        assert kinds[-1] in ("error", "response.failed"), kinds

@@ -1144,7 +1144,11 @@ def _upstream_error_detail(data: bytes, status: int) -> tuple[str, str | None]:
 
 
 class PassthroughRelay:
-    """Same format on both sides: forward each event's exact bytes; note when the stream is complete."""
+    """Same format on both sides: forward each event's exact bytes; note when the stream is complete.
+
+    What the client's SDK could not read is not forwarded: an event whose data is not JSON, which the SDK's
+    parser fails on with an error of its own. The stream ends there with the error event of the client's
+    format instead, as a translated stream does."""
 
     def __init__(self, fmt: InboundFormat, wants_usage: bool) -> None:
         self._fmt = fmt
@@ -1160,6 +1164,11 @@ class PassthroughRelay:
         if event.event == COMMENT:  # a keep-alive: passed on the moment it arrives
             return event.raw
         fmt = self._fmt
+        if not (event.data == "[DONE]" and fmt == "chat") and event.event != "ping":
+            try:
+                _json_check.decode(event.data)  # validated, not built: a quarter of a microsecond
+            except msgspec.DecodeError:
+                return self._refuse("The upstream sent a malformed stream event.")
         if fmt == "chat":
             data = event.data
             if data == "[DONE]":
@@ -1190,6 +1199,11 @@ class PassthroughRelay:
             if seq is not None:
                 self._last_sequence = seq
         return event.raw
+
+    def _refuse(self, message: str) -> bytes:
+        """End the stream with the client's error event in place of an event it could not read."""
+        self.failed = True
+        return self.fail(message)
 
     def end(self) -> bytes:
         self.done = True
@@ -1224,6 +1238,9 @@ class PassthroughRelay:
             ),
             "error",
         )
+
+
+_json_check = msgspec.json.Decoder(msgspec.Raw)
 
 
 def _sequence_number(data: str) -> int | None:
