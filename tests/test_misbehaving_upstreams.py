@@ -426,3 +426,59 @@ def test_an_event_that_is_not_json_ends_the_stream_with_the_clients_error_event(
     else:  # the Responses SDK hands over the error event; it does not raise
         kinds = [ev.type for ev in sdk_create(setup, path, stream=True)]
         assert kinds[-1] in ("error", "response.failed"), kinds
+
+
+def _claude_event(doc: dict[str, Any]) -> bytes:
+    return f"event: {doc['type']}\ndata: {json.dumps(doc)}\n\n".encode()
+
+
+START = {
+    "type": "message_start",
+    "message": {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-6",
+        "content": [],
+        "stop_reason": None,
+        "usage": {"input_tokens": 12, "output_tokens": 1},
+    },
+}
+BLOCK0 = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+DELTA0 = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}}
+GHOST = {"type": "content_block_delta", "index": 7, "delta": {"type": "text_delta", "text": "ghost"}}
+STOP0 = {"type": "content_block_stop", "index": 0}
+FINISH = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 2}}
+END = {"type": "message_stop"}
+
+
+@pytest.mark.parametrize(
+    ("sequence", "says"),
+    [
+        ([DELTA0, START, BLOCK0, DELTA0, STOP0, FINISH, END], "content_block_delta before message_start"),
+        ([START, BLOCK0, DELTA0, GHOST, STOP0, FINISH, END], "content block 7, which it never started"),
+        ([START, DELTA0, STOP0, FINISH, END], "content block 0, which it never started"),
+    ],
+    ids=["delta-before-message-start", "delta-for-a-block-never-started", "no-block-start"],
+)
+def test_claude_events_out_of_order_end_an_anthropic_clients_stream_with_an_error_event(
+    setup: GatewaySetup, errors_logged: list[logging.LogRecord], sequence: list[dict[str, Any]], says: str
+) -> None:
+    """Forwarded as they came, they would fail in the SDK's stream helper ("Unexpected event order", an
+    IndexError): the client gets Anthropic's error event instead, and what came before it."""
+    setup.fake.enqueue("/v1/messages", Reply(sse=[_claude_event(doc) for doc in sequence]))
+    r = post(setup, "messages>anthropic", body_for("messages>anthropic", stream=True))
+    assert r.status_code == 200
+    assert_ends_with_one_error("messages>anthropic", r.text, says)
+    assert "ghost" not in r.text
+    assert final_event(setup, r.headers)["outcome"] == "upstream_failed"
+    setup.fake.enqueue("/v1/messages", Reply(sse=[_claude_event(doc) for doc in sequence]))
+    messages: Any = [{"role": "user", "content": "Say hello."}]
+    helper = setup.anthropic().messages.stream(model="claude-sonnet-4-6", max_tokens=64, messages=messages)
+    with (
+        pytest.raises(anthropic.APIStatusError) as err,
+        helper as stream,
+    ):  # the error event, as SDKs raise it
+        stream.get_final_message()
+    assert says in str(err.value)
+    assert errors_logged == []

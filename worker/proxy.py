@@ -1146,14 +1146,17 @@ def _upstream_error_detail(data: bytes, status: int) -> tuple[str, str | None]:
 class PassthroughRelay:
     """Same format on both sides: forward each event's exact bytes; note when the stream is complete.
 
-    What the client's SDK could not read is not forwarded: an event whose data is not JSON, which the SDK's
-    parser fails on with an error of its own. The stream ends there with the error event of the client's
-    format instead, as a translated stream does."""
+    What the client's SDK could not read is not forwarded: an event whose data is not JSON, and on the
+    Messages API an event out of order (content before `message_start`, a block's delta or stop before its
+    start), which the SDKs' stream helpers fail on with an error of their own. The stream ends there with
+    the error event of the client's format instead, as a translated stream does."""
 
     def __init__(self, fmt: InboundFormat, wants_usage: bool) -> None:
         self._fmt = fmt
         self._wants_usage = wants_usage
         self._last_sequence = -1
+        self._started = False  # Messages: message_start has come
+        self._blocks: set[int | None] = set()  # Messages: the indexes of the content blocks started
         self.done = False
         self.failed = False
         self.finished = False
@@ -1164,11 +1167,19 @@ class PassthroughRelay:
         if event.event == COMMENT:  # a keep-alive: passed on the moment it arrives
             return event.raw
         fmt = self._fmt
+        index = None
         if not (event.data == "[DONE]" and fmt == "chat") and event.event != "ping":
             try:
-                _json_check.decode(event.data)  # validated, not built: a quarter of a microsecond
-            except msgspec.DecodeError:
+                if fmt == "messages" and event.event in _BLOCK_EVENTS:
+                    index = _block_index.decode(event.data).index
+                else:
+                    _json_check.decode(event.data)  # validated, not built: a quarter of a microsecond
+            except msgspec.DecodeError:  # not JSON, or a block's index that is not a number
                 return self._refuse("The upstream sent a malformed stream event.")
+        if fmt == "messages" and event.event != "ping":
+            out_of_order = self._out_of_order(event.event, index)
+            if out_of_order is not None:
+                return self._refuse(out_of_order)
         if fmt == "chat":
             data = event.data
             if data == "[DONE]":
@@ -1199,6 +1210,18 @@ class PassthroughRelay:
             if seq is not None:
                 self._last_sequence = seq
         return event.raw
+
+    def _out_of_order(self, kind: str | None, index: int | None) -> str | None:
+        """Why a Messages event (of a content block at `index`) cannot come now, or None."""
+        if kind == "message_start":
+            self._started = True
+        elif kind in _MESSAGE_CONTENT and not self._started:
+            return f"The upstream sent {kind} before message_start."
+        if kind == "content_block_start":
+            self._blocks.add(index)
+        elif kind in ("content_block_delta", "content_block_stop") and index not in self._blocks:
+            return f"The upstream sent {kind} for content block {index}, which it never started."
+        return None
 
     def _refuse(self, message: str) -> bytes:
         """End the stream with the client's error event in place of an event it could not read."""
@@ -1240,7 +1263,16 @@ class PassthroughRelay:
         )
 
 
+class _BlockIndex(msgspec.Struct):
+    """A Messages content-block event as far as its order is checked: the rest is skipped, not built."""
+
+    index: int | None = None
+
+
 _json_check = msgspec.json.Decoder(msgspec.Raw)
+_block_index = msgspec.json.Decoder(_BlockIndex)
+_BLOCK_EVENTS = frozenset({"content_block_start", "content_block_delta", "content_block_stop"})
+_MESSAGE_CONTENT = _BLOCK_EVENTS | {"message_delta", "message_stop"}
 
 
 def _sequence_number(data: str) -> int | None:
