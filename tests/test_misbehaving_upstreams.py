@@ -156,6 +156,42 @@ def test_a_claude_answer_without_a_content_list_is_a_502_in_the_clients_format(
     assert errors_logged == []
 
 
+SAME_FORMAT = ["chat>openai", "responses>openai", "messages>anthropic"]
+ANSWER_FIELD = {"chat": "choices", "messages": "content", "responses": "output"}
+
+
+@pytest.mark.parametrize("path", SAME_FORMAT)
+@pytest.mark.parametrize("shape", ["empty-object", "field-null", "field-a-string", "an-error-field-null"])
+def test_a_same_format_answer_without_its_answer_list_is_a_502_not_an_empty_object_for_the_sdk(
+    setup: GatewaySetup, errors_logged: list[logging.LogRecord], path: str, shape: str
+) -> None:
+    """Forwarded as it came, the SDK would build an answer object without its answer (reading `choices`
+    raises AttributeError): the client gets a 502 naming what is missing, in its format, and its SDK raises
+    an APIStatusError."""
+    wire = PATHS[path][3]
+    field = ANSWER_FIELD[wire]
+    doc = {k: v for k, v in answer(wire).items() if k != field}
+    if shape == "field-null":
+        doc[field] = None
+    elif shape == "field-a-string":
+        doc[field] = "Hello"
+    elif shape == "empty-object":
+        doc = {}
+    else:
+        doc["error"] = None
+    setup.fake.enqueue(PATHS[path][2], Reply.json(doc))
+    r = post(setup, path, body_for(path))
+    assert r.status_code == 502, r.text
+    assert f"without its `{field}` list" in assert_error_shape(path, r.json())
+    assert final_event(setup, r.headers)["outcome"] == "upstream_failed"
+    setup.fake.enqueue(PATHS[path][2], Reply.json(doc))
+    error = anthropic.APIStatusError if PATHS[path][0] == "/v1/messages" else openai.APIStatusError
+    with pytest.raises(error) as err:
+        sdk_create(setup, path)
+    assert err.value.status_code == 502
+    assert errors_logged == []
+
+
 @pytest.mark.parametrize("path", ["chat>anthropic", "responses>anthropic", "messages>openai"])
 @pytest.mark.parametrize(
     "change",

@@ -479,11 +479,12 @@ async def proxy(
         if made is not None:
             request[CTX].wait_until(stored_owners.remember_answer(gw.kv, made, data, key.id))
         if fmt == wire and not stream:
-            stripped = data.strip()
-            if not (stripped.startswith(b"{") and stripped.endswith(b"}")):
-                # Empty, HTML, plain text or an SSE stream: forwarded as JSON, an SDK would fail to parse it.
+            problem = _unreadable_answer(wire, data)
+            if problem is not None:
+                # Forwarded, an SDK would fail to parse it (empty, HTML, an SSE stream), or hand the client an
+                # answer object without its answer (`{}`): a 502 in the client's format instead.
                 raise UpstreamError(
-                    f"Upstream {route.provider} returned a body that is not a JSON object.",
+                    f"Upstream {route.provider} returned {problem}.",
                     code="bad_upstream_response",
                     headers=out_headers,
                 )
@@ -1075,6 +1076,40 @@ def _error_from(
         headers=headers,
         content_type="application/json",
     )
+
+
+class _ChatAnswer(msgspec.Struct):
+    choices: list[msgspec.Raw]
+
+
+class _MessagesAnswer(msgspec.Struct):
+    content: list[msgspec.Raw]
+
+
+class _ResponsesAnswer(msgspec.Struct):
+    output: list[msgspec.Raw]
+
+
+_ANSWERS: Mapping[UpstreamWire, tuple[str, msgspec.json.Decoder[Any]]] = {
+    "chat": ("choices", msgspec.json.Decoder(_ChatAnswer)),
+    "messages": ("content", msgspec.json.Decoder(_MessagesAnswer)),
+    "responses": ("output", msgspec.json.Decoder(_ResponsesAnswer)),
+}
+"""What a same-format answer must have for the client's SDK to read it, checked without building it."""
+
+
+def _unreadable_answer(wire: UpstreamWire, data: bytes) -> str | None:
+    """What makes a 2xx body unreadable as a `wire` answer (in words), or None for one that is readable."""
+    field, decoder = _ANSWERS[wire]
+    if not data.lstrip().startswith(b"{"):
+        return "a body that is not a JSON object"
+    try:
+        decoder.decode(data)
+    except msgspec.ValidationError:
+        return f"an answer without its `{field}` list"
+    except msgspec.DecodeError:
+        return "a body that is not a JSON object"
+    return None
 
 
 def _is_error_document(data: bytes, fmt: InboundFormat) -> bool:
