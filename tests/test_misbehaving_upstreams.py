@@ -518,3 +518,58 @@ def test_claude_events_out_of_order_end_an_anthropic_clients_stream_with_an_erro
         stream.get_final_message()
     assert says in str(err.value)
     assert errors_logged == []
+
+
+# ---- fallbacks ------
+
+
+def with_fallback(path: str, stream: bool = False) -> dict[str, Any]:
+    """The request with a fallback to the other provider's model."""
+    body = body_for(path, stream)
+    other = (
+        {"provider": "openai", "model": "gpt-4o-mini"}
+        if PATHS[path][3] == "messages"
+        else {"provider": "anthropic", "model": "claude-sonnet-4-6"}
+    )
+    body["trex"] = {**OFF, "routing": {"fallbacks": [other]}}
+    return body
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        (Reply(body=b"<html>Bad gateway</html>", content_type="text/html"), "not a JSON object"),
+        (Reply(body=b"{}"), "list"),
+        (Reply(body=fixture_bytes("openai/chat_text.json"), cut_after=40), "cut off"),
+    ],
+    ids=["html", "empty-object", "reset-mid-body"],
+)
+def test_an_unusable_200_falls_back_before_the_client_sees_a_byte(
+    setup: GatewaySetup,
+    errors_logged: list[logging.LogRecord],
+    path: str,
+    stream: bool,
+    reply: Reply,
+    error: str,
+) -> None:
+    """An answer no SDK could read, or one cut off, is a bad gateway: the fallback answers instead, and the
+    usage event records the failed attempt (502) and is priced as the model that served."""
+    first = PATHS[path][2]
+    if reply.cut_after is not None and PATHS[path][3] != "chat":
+        reply = Reply(body=fixture_bytes(JSON_FIXTURES[PATHS[path][3]]), cut_after=40)
+    setup.fake.enqueue(first, reply)
+    r = post(setup, path, with_fallback(path, stream))
+    assert r.status_code == 200, r.text
+    fallback = "openai" if PATHS[path][3] == "messages" else "anthropic"
+    assert r.headers["X-Trex-Upstream-Provider"] == fallback
+    assert r.headers["X-Trex-Fallback-Attempts"] == "1"
+    if stream:
+        assert stream_errors(path, r.text) == [], r.text
+    event = final_event(setup, r.headers)
+    assert event["outcome"] == "completed" and event["provider"] == fallback
+    failed, served = event["attempts"]
+    assert failed["status"] == 502 and error in failed["error"], failed
+    assert served["status"] == 200
+    assert errors_logged == []

@@ -341,9 +341,11 @@ async def proxy(
             raise
         status = resp.status if resp is not None else (504 if failure and failure.kind == "timeout" else 502)
         carried = None
+        unusable: str | None = None
         if resp is not None and status < 300 and not _is_event_stream(resp):
             # A JSON answer is read before it is accepted: OpenRouter reports a failure met after it began as
-            # HTTP 200 with only an error, which is retried and falls back like the status it carries.
+            # HTTP 200 with only an error, which is retried and falls back like the status it carries; an
+            # answer cut off, or one no SDK could read (an HTML page from a proxy, `{}`), like a bad gateway.
             try:
                 answer_body = await resp.read()  # bounded by the session's total and idle timeouts
             except (TimeoutError, aiohttp.ClientError) as exc:
@@ -355,6 +357,12 @@ async def proxy(
             carried = _error_in_body(answer_body) if answer_body is not None else None
             if carried in _RETRYABLE:
                 status = carried
+            elif read_error is not None:
+                status = 504 if isinstance(read_error, TimeoutError) else 502
+                unusable = f"an answer cut off ({read_error.__class__.__name__})"
+            elif carried is None and answer_body is not None:
+                unusable = _unreadable_answer(prepared.wire, answer_body)
+                status = 502 if unusable is not None else status
         attempt: dict[str, Any] = {
             "provider": cand.provider,
             "model": cand.upstream_model,
@@ -365,6 +373,8 @@ async def proxy(
             attempt["error"] = str(failure)
         elif carried is not None and answer_body is not None:
             attempt["error"] = _upstream_error_detail(answer_body, carried)[0]
+        elif unusable is not None:
+            attempt["error"] = f"returned {unusable}"
         attempts.append(attempt)
         if resp is not None and status not in _RETRYABLE:
             await gw.breakers.succeeded(cand.provider, cand.upstream_model)  # it answered: it is up
