@@ -573,3 +573,75 @@ def test_an_unusable_200_falls_back_before_the_client_sees_a_byte(
     assert failed["status"] == 502 and error in failed["error"], failed
     assert served["status"] == 200
     assert errors_logged == []
+
+
+def failing_stream(wire: str, case: str) -> Reply:
+    """A stream that fails before its first event of substance, in the upstream's wire format."""
+    preamble = events(wire)[:1] if wire != "chat" else []  # message_start, response.created
+    error = {
+        "chat": b'data: {"error": {"message": "The server is overloaded.", "type": "server_error"}}\n\n',
+        "messages": b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error", '
+        b'"message": "Overloaded"}}\n\n',
+        "responses": b'event: error\ndata: {"type": "error", "code": "server_error", "message": "Overloaded", '
+        b'"param": null, "sequence_number": 1}\n\n',
+    }[wire]
+    if case == "error-first":
+        return Reply(sse=[*preamble, error])
+    if case == "ends-before-any-event":
+        return Reply(sse=preamble)
+    if case == "cut-before-any-event":
+        return Reply(sse=[*preamble, *events(wire)], drop_after=len(preamble))
+    import threading
+
+    return Reply(sse=[*preamble, *events(wire)], pause_after=len(preamble), resume=threading.Event())
+
+
+@pytest.mark.parametrize(
+    ("case", "path"),
+    [
+        (case, path)
+        for case in (
+            "error-first",
+            "ends-before-any-event",
+            "cut-before-any-event",
+            "stalls-before-any-event",
+        )
+        for path in PATHS
+        # A chat stream has no preamble to stall after (a stall before the head is the first-byte timeout).
+        if not (case == "stalls-before-any-event" and PATHS[path][3] == "chat")
+    ],
+)
+def test_a_stream_that_fails_before_its_first_event_falls_back(
+    setup: GatewaySetup, errors_logged: list[logging.LogRecord], path: str, case: str
+) -> None:
+    """Anthropic's overloaded_error as a stream's first event (after message_start), an error chunk, a stream
+    that ends, is cut or stalls before any event: the client has been sent nothing, so the fallback answers,
+    and the usage event records the failed attempt with the status it stood for."""
+    wire = PATHS[path][3]
+    setup.fake.enqueue(PATHS[path][2], failing_stream(wire, case))
+    r = post(setup, path, with_fallback(path, stream=True))
+    assert r.status_code == 200, r.text
+    fallback = "openai" if wire == "messages" else "anthropic"
+    assert r.headers["X-Trex-Upstream-Provider"] == fallback
+    assert stream_errors(path, r.text) == [], r.text
+    event = final_event(setup, r.headers)
+    assert event["outcome"] == "completed" and event["provider"] == fallback, event
+    failed, served = event["attempts"]
+    expected = {"error-first": 529 if wire == "messages" else 502, "stalls-before-any-event": 504}
+    assert failed["status"] == expected.get(case, 502), failed
+    assert served["status"] == 200
+    assert errors_logged == []
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_without_a_fallback_a_stream_failing_at_its_first_event_reaches_the_client_as_an_error_event(
+    setup: GatewaySetup, errors_logged: list[logging.LogRecord], path: str
+) -> None:
+    wire = PATHS[path][3]
+    setup.fake.enqueue(PATHS[path][2], failing_stream(wire, "error-first"))
+    r = post(setup, path, body_for(path, stream=True))
+    assert r.status_code == 200 and r.headers["Content-Type"] == "text/event-stream"
+    assert_ends_with_one_error(path, r.text, "verloaded")
+    event = final_event(setup, r.headers)
+    assert event["outcome"] == "upstream_failed" and event["attempts"][0]["status"] in (502, 529)
+    assert errors_logged == []

@@ -18,7 +18,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, Literal, Protocol, cast
 
 import aiohttp
@@ -342,6 +342,20 @@ async def proxy(
         status = resp.status if resp is not None else (504 if failure and failure.kind == "timeout" else 502)
         carried = None
         unusable: str | None = None
+        head: _Head | None = None
+        if resp is not None and status < 300 and stream and _is_event_stream(resp):
+            # A stream is read up to its first event of substance before the client is answered: one that
+            # fails there (Anthropic's overloaded_error as its first event, a stream that ends or stalls
+            # before any) has sent the client nothing yet: it is retried and falls back like the status it
+            # stands for.
+            try:
+                head = await _first_event(resp, prepared.wire)
+            except asyncio.CancelledError:
+                resp.close()
+                _finish_usage(gw, acct, 200, abandoned(request), None)
+                raise
+            if head.failed is not None:
+                status, unusable = head.failed
         if resp is not None and status < 300 and not _is_event_stream(resp):
             # A JSON answer is read before it is accepted: OpenRouter reports a failure met after it began as
             # HTTP 200 with only an error, which is retried and falls back like the status it carries; an
@@ -406,7 +420,9 @@ async def proxy(
                 code="upstream_timeout" if failure.kind == "timeout" else "upstream_unreachable",
                 headers=out_headers,
             ) from failure
-        if resp is not None:
+        if head is not None and resp is not None:
+            resp.close()  # a failed stream is not read to its end
+        elif resp is not None:
             await _discard(resp)
         if wait is not None:
             await asyncio.sleep(wait)
@@ -466,7 +482,7 @@ async def proxy(
                 relay = stored_owners.OwnedStream(relay, request[CTX], gw.kv, made, key.id)
             chunks: list[bytes] | None = [] if acct is not None else None
             try:
-                response, outcome = await _stream(request, upstream, relay, out_headers, chunks)
+                response, outcome = await _stream(request, upstream, relay, out_headers, chunks, head)
             except asyncio.CancelledError:
                 # Cut off mid-stream (the client hung up, or a shutdown past its grace period): what was
                 # streamed is billed, from its usage if it came, else estimated from the bytes.
@@ -1485,8 +1501,10 @@ async def _stream(
     relay: Relay,
     headers: dict[str, str],
     chunks: list[bytes] | None = None,
+    head: _Head | None = None,
 ) -> tuple[web.StreamResponse, Outcome]:
-    """Relay the stream; `chunks` (if given) collects the upstream's raw bytes for usage accounting."""
+    """Relay the stream (from what `head` read of it already); `chunks` (if given) collects the upstream's raw
+    bytes for usage accounting."""
     out = web.StreamResponse(status=200, headers=_stream_headers(headers))
     stamp(request, out)
     try:
@@ -1501,7 +1519,7 @@ async def _stream(
     try:
         # iter_any yields whatever has arrived (never a fixed size); all the events it completed go out in
         # one write, so nothing waits for a later event and no write is split per event.
-        async for chunk in upstream.content.iter_any():
+        async for chunk in _body(upstream, head):
             if chunks is not None:
                 chunks.append(chunk)  # a reference, not a copy; parsed after the stream, off this path
             feed = relay.feed
@@ -1542,6 +1560,103 @@ async def _stream(
     await _end(out, client)
     await _drain(upstream)
     return out, outcome
+
+
+@dataclasses.dataclass(slots=True)
+class _Head:
+    """What was read of a stream before its client was answered."""
+
+    chunks: list[bytes]
+    error: TimeoutError | aiohttp.ClientError | None = None
+    """The read failed with this (raised again when the stream is relayed)."""
+    ended: bool = False
+    failed: tuple[int, str] | None = None
+    """The stream failed before its first event of substance: the status that stands for, and why."""
+
+
+_PREAMBLE = frozenset({"message_start", "ping", "response.created", "response.in_progress"})
+"""Events that open a stream and carry nothing of the answer: read past while looking for its first one."""
+_HEAD_EVENTS = 8
+_ERROR_STATUSES = (("rate_limit", 429), ("overloaded", 529), ("timeout", 504), ("server_error", 502))
+_ERROR_STATUSES_BY_TYPE = {"api_error": 502}
+
+
+async def _first_event(resp: aiohttp.ClientResponse, wire: UpstreamWire) -> _Head:
+    """Read a stream up to its first event of substance (past its preamble; a comment, a keep-alive the
+    client should get at once, ends the wait), and judge it: an error event that stands for a retryable
+    status, or an end, a cut or a stall before it, is a failure."""
+    head = _Head([])
+    parser = SSEParser(comments=True)
+    seen = 0
+    try:
+        while True:
+            chunk = await resp.content.readany()
+            if not chunk:
+                head.ended = True
+                head.failed = (502, "a stream that ended before its first event")
+                return head
+            head.chunks.append(chunk)
+            for event in parser.feed(chunk):
+                seen += 1
+                if event.event == COMMENT or seen > _HEAD_EVENTS:
+                    return head
+                if event.event in _PREAMBLE:
+                    continue
+                status = _stream_error_status(wire, event)
+                if status is not None:
+                    head.failed = (status, "an error event as its first: " + event.data[:300])
+                return head
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        head.error = exc
+        cut = "stalled" if isinstance(exc, TimeoutError) else f"was cut off ({exc.__class__.__name__})"
+        head.failed = (
+            504 if isinstance(exc, TimeoutError) else 502,
+            f"a stream that {cut} before its first event",
+        )
+        return head
+
+
+def _stream_error_status(wire: UpstreamWire, event: SSEEvent) -> int | None:
+    """The retryable status an upstream's error event stands for (Anthropic's `overloaded_error` is its
+    529), or None: not an error, or one a retry would meet again (an invalid request)."""
+    if wire == "chat":
+        if not event.data.startswith('{"error"'):
+            return None
+    elif event.event not in ("error", "response.failed"):
+        return None
+    try:
+        doc = _decoder.decode(event.data)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    err = doc.get("error")
+    if event.event == "response.failed":
+        response = doc.get("response")
+        err = response.get("error") if isinstance(response, dict) else None
+    elif not isinstance(err, dict):  # a Responses `error` event carries its code at the top level
+        err = doc
+    if not isinstance(err, dict):
+        return None
+    code = err.get("code")
+    if isinstance(code, int) and not isinstance(code, bool):
+        return code if code in _RETRYABLE else None
+    kind = f"{err.get('type') or ''} {code or ''}"
+    status = next((status for word, status in _ERROR_STATUSES if word in kind), None)
+    return status or _ERROR_STATUSES_BY_TYPE.get(str(err.get("type")))
+
+
+async def _body(upstream: aiohttp.ClientResponse, head: _Head | None) -> AsyncIterator[bytes]:
+    """The stream's body: what `head` read of it, then the rest as it arrives (or the failure `head` met)."""
+    if head is not None:
+        for chunk in head.chunks:
+            yield chunk
+        if head.error is not None:
+            raise head.error
+        if head.ended:
+            return
+    async for chunk in upstream.content.iter_any():
+        yield chunk
 
 
 async def _drain(upstream: aiohttp.ClientResponse) -> None:
