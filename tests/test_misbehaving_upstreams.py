@@ -788,3 +788,31 @@ def test_an_upstream_failure_before_an_answer_reaches_the_client_with_its_status
     }
     assert connections_held(setup) == 0
     assert errors_logged == []
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("case", ["complete", "malformed"])
+def test_a_client_hanging_up_after_its_stream_ended_leaves_the_outcome_as_it_was(
+    setup: GatewaySetup, errors_logged: list[logging.LogRecord], path: str, case: str
+) -> None:
+    """The upstream keeps its connection open after the stream's end (or after the event that ended it), so
+    the worker is still reading what follows when a client that has read everything closes its connection:
+    the stream was complete (or failed) for the client, and its usage event says so, not
+    `client_disconnected`."""
+    import threading
+
+    wire = PATHS[path][3]
+    raw = events(wire) if case == "complete" else (malformed_line(wire).sse or [])
+    lingering = Reply(sse=raw, pause_after=len(raw), resume=threading.Event())
+    setup.fake.enqueue(PATHS[path][2], lingering)
+    r = post(setup, path, body_for(path, stream=True))  # urllib: reads to the end, then closes
+    assert r.status_code == 200
+    if case == "complete":
+        assert stream_errors(path, r.text) == []
+    else:
+        assert_ends_with_one_error(path, r.text, "malformed")
+    event = final_event(setup, r.headers)
+    assert event["outcome"] == ("completed" if case == "complete" else "upstream_failed"), event
+    assert lingering.resume is not None
+    lingering.resume.set()
+    assert errors_logged == []

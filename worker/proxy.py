@@ -493,6 +493,10 @@ async def proxy(
                 raise
             if acct is not None and gw.usage is not None:
                 gw.usage.complete(acct, http_status=200, outcome=outcome, wire=wire, chunks=chunks)
+            # What follows the stream's end is read only now that its outcome is recorded: a client that has
+            # read its whole response may hang up meanwhile (cancelling this), and changes nothing by it.
+            if outcome != "client_disconnected":
+                await _drain(upstream)
             return response
         if read_error is not None:
             raise read_error
@@ -1558,7 +1562,6 @@ async def _stream(
     if tail and not await _write(out, tail, client):
         return out, "client_disconnected"
     await _end(out, client)
-    await _drain(upstream)
     return out, outcome
 
 
