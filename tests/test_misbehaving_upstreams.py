@@ -580,7 +580,7 @@ def test_an_unusable_200_falls_back_before_the_client_sees_a_byte(
 
 def failing_stream(wire: str, case: str) -> Reply:
     """A stream that fails before its first event of substance, in the upstream's wire format."""
-    preamble = events(wire)[:1] if wire != "chat" else []  # message_start, response.created
+    preamble = events(wire)[:1] if wire == "messages" else []  # message_start
     error = {
         "chat": b'data: {"error": {"message": "The server is overloaded.", "type": "server_error"}}\n\n',
         "messages": b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error", '
@@ -610,8 +610,9 @@ def failing_stream(wire: str, case: str) -> Reply:
             "stalls-before-any-event",
         )
         for path in PATHS
-        # A chat stream has no preamble to stall after (a stall before the head is the first-byte timeout).
-        if not (case == "stalls-before-any-event" and PATHS[path][3] == "chat")
+        # The fake stalls only after an event it sent: on the other wires that first event is the one the
+        # client is answered with, and a stall after it is a stream failing after its first byte (below).
+        if not (case == "stalls-before-any-event" and PATHS[path][3] != "messages")
     ],
 )
 def test_a_stream_that_fails_before_its_first_event_falls_back(

@@ -1577,8 +1577,10 @@ class _Head:
     """The stream failed before its first event of substance: the status that stands for, and why."""
 
 
-_PREAMBLE = frozenset({"message_start", "ping", "response.created", "response.in_progress"})
-"""Events that open a stream and carry nothing of the answer: read past while looking for its first one."""
+_PREAMBLE = frozenset({"message_start", "ping"})
+"""Events that open a Claude stream and carry nothing of the answer: read past while looking for its first
+one (Anthropic's overloaded_error may follow message_start). A Responses stream's first event is not read
+past: `response.created` carries the id a client may need at once (to cancel a background response)."""
 _HEAD_EVENTS = 8
 _ERROR_STATUSES = (("rate_limit", 429), ("overloaded", 529), ("timeout", 504), ("server_error", 502))
 _ERROR_STATUSES_BY_TYPE = {"api_error": 502}
