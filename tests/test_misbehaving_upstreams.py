@@ -250,8 +250,9 @@ def test_fields_of_the_wrong_type_in_a_translated_answer_read_as_empty_not_as_a_
         Reply(body=b'{"id": "chatcmpl-1", "choices": [{"message": {"content": "Hel'),
         Reply(body=b""),
         Reply(body=b"[1, 2, 3]"),
+        Reply(body=fixture_bytes("openai/chat_text.sse"), content_type="text/plain"),
     ],
-    ids=["html", "truncated-json", "empty", "a-json-list"],
+    ids=["html", "truncated-json", "empty", "a-json-list", "sse-as-text-plain"],
 )
 def test_a_200_that_is_not_a_json_object_is_a_502_with_the_usual_headers(
     setup: GatewaySetup, errors_logged: list[logging.LogRecord], path: str, stream: bool, reply: Reply
