@@ -147,8 +147,8 @@ def _fail(message: str, param: str) -> NoReturn:
 
 
 def _int(value: Any) -> int:
-    """An Anthropic usage count; absent or null counts are 0."""
-    return value if type(value) is int else 0
+    """An Anthropic usage count; absent, null and negative counts are 0 (as `token_count` reads OpenAI's)."""
+    return value if type(value) is int and value >= 0 else 0
 
 
 def _usage_from_anthropic(u: dict[str, Any]) -> Usage:
@@ -794,28 +794,46 @@ def _stop_from_anthropic(reason: Any) -> StopReason | None:
 
 
 def decode_response(body: dict[str, Any]) -> Response:
-    """Translate an Anthropic Message (a non-streaming `/v1/messages` reply) into a canonical `Response`."""
+    """Translate an Anthropic Message (a non-streaming `/v1/messages` reply) into a canonical `Response`.
+
+    Read as tolerantly as the chat decoder reads its bodies (a field of the wrong type reads as empty), but a
+    body without a `content` list is no Message: a TranslationError, which the proxy answers with a 502."""
+    blocks = body.get("content")
+    if not isinstance(blocks, list):
+        raise TranslationError("The upstream response has no content.", "content")
     content: list[Text | ToolCall | Thinking] = []
-    for block in body.get("content") or ():
+    for block in blocks:
+        if not isinstance(block, dict):
+            continue
         kind = block.get("type")
         if kind == "text":
-            content.append(Text(block.get("text") or ""))
+            content.append(Text(_str(block.get("text"))))
         elif kind == "tool_use":
             args = _json_encode(block.get("input") or {}).decode()
-            content.append(ToolCall(block.get("id") or "", block.get("name") or "", args))
+            content.append(ToolCall(_str(block.get("id")), _str(block.get("name")), args))
         elif kind == "thinking":
-            content.append(Thinking(block.get("thinking") or "", block.get("signature")))
+            signature = block.get("signature")
+            content.append(
+                Thinking(_str(block.get("thinking")), signature if isinstance(signature, str) else None)
+            )
         elif kind == "redacted_thinking":
-            content.append(Thinking("", REDACTED_PREFIX + block.get("data", "")))
+            content.append(Thinking("", REDACTED_PREFIX + _str(block.get("data"))))
         # Server-tool blocks cannot occur: encode_request never sends server tools.
+    usage = body.get("usage")
+    stop_sequence = body.get("stop_sequence")
     return Response(
-        id=body.get("id") or "",
-        model=body.get("model") or "",
+        id=_str(body.get("id")),
+        model=_str(body.get("model")),
         content=content,
         stop_reason=_stop_from_anthropic(body.get("stop_reason")),
-        usage=_usage_from_anthropic(body.get("usage") or {}),
-        stop_sequence=body.get("stop_sequence"),
+        usage=_usage_from_anthropic(usage if isinstance(usage, dict) else {}),
+        stop_sequence=stop_sequence if isinstance(stop_sequence, str) else None,
     )
+
+
+def _str(value: Any) -> str:
+    """A string field of an upstream body; anything else (absent, null, a number) reads as empty."""
+    return value if isinstance(value, str) else ""
 
 
 def _message_id(id: str) -> str:

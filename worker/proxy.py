@@ -18,7 +18,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, Literal, Protocol, cast
 
 import aiohttp
@@ -346,9 +346,25 @@ async def proxy(
             raise
         status = resp.status if resp is not None else (504 if failure and failure.kind == "timeout" else 502)
         carried = None
+        unusable: str | None = None
+        head: _Head | None = None
+        if resp is not None and status < 300 and stream and _is_event_stream(resp):
+            # A stream is read up to its first event of substance before the client is answered: one that
+            # fails there (Anthropic's overloaded_error as its first event, a stream that ends or stalls
+            # before any) has sent the client nothing yet: it is retried and falls back like the status it
+            # stands for.
+            try:
+                head = await _first_event(resp, prepared.wire)
+            except asyncio.CancelledError:
+                resp.close()
+                _finish_usage(gw, acct, 200, abandoned(request), None)
+                raise
+            if head.failed is not None:
+                status, unusable = head.failed
         if resp is not None and status < 300 and not _is_event_stream(resp):
             # A JSON answer is read before it is accepted: OpenRouter reports a failure met after it began as
-            # HTTP 200 with only an error, which is retried and falls back like the status it carries.
+            # HTTP 200 with only an error, which is retried and falls back like the status it carries; an
+            # answer cut off, or one no SDK could read (an HTML page from a proxy, `{}`), like a bad gateway.
             try:
                 answer_body = await resp.read()  # bounded by the session's total and idle timeouts
             except (TimeoutError, aiohttp.ClientError) as exc:
@@ -360,6 +376,12 @@ async def proxy(
             carried = _error_in_body(answer_body) if answer_body is not None else None
             if carried in _RETRYABLE:
                 status = carried
+            elif read_error is not None:
+                status = 504 if isinstance(read_error, TimeoutError) else 502
+                unusable = f"an answer cut off ({read_error.__class__.__name__})"
+            elif carried is None and answer_body is not None:
+                unusable = _unreadable_answer(prepared.wire, answer_body)
+                status = 502 if unusable is not None else status
         attempt: dict[str, Any] = {
             "provider": cand.provider,
             "model": cand.upstream_model,
@@ -370,6 +392,8 @@ async def proxy(
             attempt["error"] = str(failure)
         elif carried is not None and answer_body is not None:
             attempt["error"] = _upstream_error_detail(answer_body, carried)[0]
+        elif unusable is not None:
+            attempt["error"] = f"returned {unusable}"
         attempts.append(attempt)
         if resp is not None and status not in _RETRYABLE:
             await gw.breakers.succeeded(cand.provider, cand.upstream_model)  # it answered: it is up
@@ -401,7 +425,9 @@ async def proxy(
                 code="upstream_timeout" if failure.kind == "timeout" else "upstream_unreachable",
                 headers=out_headers,
             ) from failure
-        if resp is not None:
+        if head is not None and resp is not None:
+            resp.close()  # a failed stream is not read to its end
+        elif resp is not None:
             await _discard(resp)
         if wait is not None:
             await asyncio.sleep(wait)
@@ -461,7 +487,7 @@ async def proxy(
                 relay = stored_owners.OwnedStream(relay, request[CTX], gw.kv, made, key.id)
             chunks: list[bytes] | None = [] if acct is not None else None
             try:
-                response, outcome = await _stream(request, upstream, relay, out_headers, chunks)
+                response, outcome = await _stream(request, upstream, relay, out_headers, chunks, head)
             except asyncio.CancelledError:
                 # Cut off mid-stream (the client hung up, or a shutdown past its grace period): what was
                 # streamed is billed, from its usage if it came, else estimated from the bytes.
@@ -472,6 +498,10 @@ async def proxy(
                 raise
             if acct is not None and gw.usage is not None:
                 gw.usage.complete(acct, http_status=200, outcome=outcome, wire=wire, chunks=chunks)
+            # What follows the stream's end is read only now that its outcome is recorded: a client that has
+            # read its whole response may hang up meanwhile (cancelling this), and changes nothing by it.
+            if outcome != "client_disconnected":
+                await _drain(upstream)
             return response
         if read_error is not None:
             raise read_error
@@ -484,11 +514,12 @@ async def proxy(
         if made is not None:
             request[CTX].wait_until(stored_owners.remember_answer(gw.kv, made, data, key.id))
         if fmt == wire and not stream:
-            stripped = data.strip()
-            if not (stripped.startswith(b"{") and stripped.endswith(b"}")):
-                # Empty, HTML, plain text or an SSE stream: forwarded as JSON, an SDK would fail to parse it.
+            problem = _unreadable_answer(wire, data)
+            if problem is not None:
+                # Forwarded, an SDK would fail to parse it (empty, HTML, an SSE stream), or hand the client an
+                # answer object without its answer (`{}`): a 502 in the client's format instead.
                 raise UpstreamError(
-                    f"Upstream {route.provider} returned a body that is not a JSON object.",
+                    f"Upstream {route.provider} returned {problem}.",
                     code="bad_upstream_response",
                     headers=out_headers,
                 )
@@ -522,6 +553,9 @@ async def proxy(
         ) from exc
     except GatewayError as exc:
         _finish_usage(gw, acct, exc.status, "upstream_failed", None)
+        # An answer the worker cannot use (not JSON, a shape it cannot translate) still reaches the client
+        # with what every answer carries: its usage event, the upstream that answered, the rate-limit state.
+        exc.headers = {**out_headers, **exc.headers}
         raise
     except asyncio.CancelledError:  # the client hung up (or shutdown) while the answer was being read
         upstream.close()  # drop the upstream connection rather than read an answer nobody wants
@@ -1102,9 +1136,10 @@ def _error_from(
     key the request was sent with is masked: some servers echo the credential they refused."""
     if secret and len(secret) >= 8 and secret.encode() in data:
         data = data.replace(secret.encode(), b"***")
-    if fmt == wire and _is_error_document(data):
+    if fmt == wire and _is_error_document(data, fmt):
         # Same format: the upstream's error body is already what the client's SDK expects. Anything else (an
-        # HTML page from a load balancer, plain text) becomes a structured error below.
+        # HTML page from a load balancer, plain text, an error body of the other format's shape) becomes a
+        # structured error below.
         return web.Response(body=data, status=status, headers=headers, content_type="application/json")
     message, code = _upstream_error_detail(data, status)
     if fmt == "messages" and status == 400 and _CONTEXT_EXCEEDED_RE.search(f"{code} {message}"):
@@ -1123,13 +1158,50 @@ def _error_from(
     )
 
 
-def _is_error_document(data: bytes) -> bool:
-    """True for a JSON error body of either shape: `{"error": {...}}` (OpenAI) or `{"type": "error", ...}`."""
+class _ChatAnswer(msgspec.Struct):
+    choices: list[msgspec.Raw]
+
+
+class _MessagesAnswer(msgspec.Struct):
+    content: list[msgspec.Raw]
+
+
+class _ResponsesAnswer(msgspec.Struct):
+    output: list[msgspec.Raw]
+
+
+_ANSWERS: Mapping[UpstreamWire, tuple[str, msgspec.json.Decoder[Any]]] = {
+    "chat": ("choices", msgspec.json.Decoder(_ChatAnswer)),
+    "messages": ("content", msgspec.json.Decoder(_MessagesAnswer)),
+    "responses": ("output", msgspec.json.Decoder(_ResponsesAnswer)),
+}
+"""What a same-format answer must have for the client's SDK to read it, checked without building it."""
+
+
+def _unreadable_answer(wire: UpstreamWire, data: bytes) -> str | None:
+    """What makes a 2xx body unreadable as a `wire` answer (in words), or None for one that is readable."""
+    field, decoder = _ANSWERS[wire]
+    if not data.lstrip().startswith(b"{"):
+        return "a body that is not a JSON object"
+    try:
+        decoder.decode(data)
+    except msgspec.ValidationError:
+        return f"an answer without its `{field}` list"
+    except msgspec.DecodeError:
+        return "a body that is not a JSON object"
+    return None
+
+
+def _is_error_document(data: bytes, fmt: InboundFormat) -> bool:
+    """True for a JSON error body of the shape `fmt`'s SDK reads: `{"type": "error", "error": {...}}` for
+    Anthropic's, `{"error": {...}}` (and no `type: error`) for OpenAI's."""
     try:
         doc = _decoder.decode(data)
     except msgspec.DecodeError:
         return False
-    return isinstance(doc, dict) and (isinstance(doc.get("error"), dict) or doc.get("type") == "error")
+    if not isinstance(doc, dict) or not isinstance(doc.get("error"), dict):
+        return False
+    return (doc.get("type") == "error") == (fmt == "messages")
 
 
 def _redirected(provider: str, status: int, headers: dict[str, str]) -> UpstreamError:
@@ -1187,12 +1259,19 @@ def _upstream_error_detail(data: bytes, status: int) -> tuple[str, str | None]:
 
 
 class PassthroughRelay:
-    """Same format on both sides: forward each event's exact bytes; note when the stream is complete."""
+    """Same format on both sides: forward each event's exact bytes; note when the stream is complete.
+
+    What the client's SDK could not read is not forwarded: an event whose data is not JSON, and on the
+    Messages API an event out of order (content before `message_start`, a block's delta or stop before its
+    start), which the SDKs' stream helpers fail on with an error of their own. The stream ends there with
+    the error event of the client's format instead, as a translated stream does."""
 
     def __init__(self, fmt: InboundFormat, wants_usage: bool) -> None:
         self._fmt = fmt
         self._wants_usage = wants_usage
         self._last_sequence = -1
+        self._started = False  # Messages: message_start has come
+        self._blocks: set[int | None] = set()  # Messages: the indexes of the content blocks started
         self.done = False
         self.failed = False
         self.finished = False
@@ -1203,6 +1282,19 @@ class PassthroughRelay:
         if event.event == COMMENT:  # a keep-alive: passed on the moment it arrives
             return event.raw
         fmt = self._fmt
+        index = None
+        if not (event.data == "[DONE]" and fmt == "chat") and event.event != "ping":
+            try:
+                if fmt == "messages" and event.event in _BLOCK_EVENTS:
+                    index = _block_index.decode(event.data).index
+                else:
+                    _json_check.decode(event.data)  # validated, not built: a quarter of a microsecond
+            except msgspec.DecodeError:  # not JSON, or a block's index that is not a number
+                return self._refuse("The upstream sent a malformed stream event.")
+        if fmt == "messages" and event.event != "ping":
+            out_of_order = self._out_of_order(event.event, index)
+            if out_of_order is not None:
+                return self._refuse(out_of_order)
         if fmt == "chat":
             data = event.data
             if data == "[DONE]":
@@ -1233,6 +1325,23 @@ class PassthroughRelay:
             if seq is not None:
                 self._last_sequence = seq
         return event.raw
+
+    def _out_of_order(self, kind: str | None, index: int | None) -> str | None:
+        """Why a Messages event (of a content block at `index`) cannot come now, or None."""
+        if kind == "message_start":
+            self._started = True
+        elif kind in _MESSAGE_CONTENT and not self._started:
+            return f"The upstream sent {kind} before message_start."
+        if kind == "content_block_start":
+            self._blocks.add(index)
+        elif kind in ("content_block_delta", "content_block_stop") and index not in self._blocks:
+            return f"The upstream sent {kind} for content block {index}, which it never started."
+        return None
+
+    def _refuse(self, message: str) -> bytes:
+        """End the stream with the client's error event in place of an event it could not read."""
+        self.failed = True
+        return self.fail(message)
 
     def end(self) -> bytes:
         self.done = True
@@ -1267,6 +1376,18 @@ class PassthroughRelay:
             ),
             "error",
         )
+
+
+class _BlockIndex(msgspec.Struct):
+    """A Messages content-block event as far as its order is checked: the rest is skipped, not built."""
+
+    index: int | None = None
+
+
+_json_check = msgspec.json.Decoder(msgspec.Raw)
+_block_index = msgspec.json.Decoder(_BlockIndex)
+_BLOCK_EVENTS = frozenset({"content_block_start", "content_block_delta", "content_block_stop"})
+_MESSAGE_CONTENT = _BLOCK_EVENTS | {"message_delta", "message_stop"}
 
 
 def _sequence_number(data: str) -> int | None:
@@ -1434,8 +1555,10 @@ async def _stream(
     relay: Relay,
     headers: dict[str, str],
     chunks: list[bytes] | None = None,
+    head: _Head | None = None,
 ) -> tuple[web.StreamResponse, Outcome]:
-    """Relay the stream; `chunks` (if given) collects the upstream's raw bytes for usage accounting."""
+    """Relay the stream (from what `head` read of it already); `chunks` (if given) collects the upstream's raw
+    bytes for usage accounting."""
     out = web.StreamResponse(status=200, headers=_stream_headers(headers))
     stamp(request, out)
     try:
@@ -1450,7 +1573,7 @@ async def _stream(
     try:
         # iter_any yields whatever has arrived (never a fixed size); all the events it completed go out in
         # one write, so nothing waits for a later event and no write is split per event.
-        async for chunk in upstream.content.iter_any():
+        async for chunk in _body(upstream, head):
             if chunks is not None:
                 chunks.append(chunk)  # a reference, not a copy; parsed after the stream, off this path
             feed = relay.feed
@@ -1489,8 +1612,106 @@ async def _stream(
     if tail and not await _write(out, tail, client):
         return out, "client_disconnected"
     await _end(out, client)
-    await _drain(upstream)
     return out, outcome
+
+
+@dataclasses.dataclass(slots=True)
+class _Head:
+    """What was read of a stream before its client was answered."""
+
+    chunks: list[bytes]
+    error: TimeoutError | aiohttp.ClientError | None = None
+    """The read failed with this (raised again when the stream is relayed)."""
+    ended: bool = False
+    failed: tuple[int, str] | None = None
+    """The stream failed before its first event of substance: the status that stands for, and why."""
+
+
+_PREAMBLE = frozenset({"message_start", "ping"})
+"""Events that open a Claude stream and carry nothing of the answer: read past while looking for its first
+one (Anthropic's overloaded_error may follow message_start). A Responses stream's first event is not read
+past: `response.created` carries the id a client may need at once (to cancel a background response)."""
+_HEAD_EVENTS = 8
+_ERROR_STATUSES = (("rate_limit", 429), ("overloaded", 529), ("timeout", 504), ("server_error", 502))
+_ERROR_STATUSES_BY_TYPE = {"api_error": 502}
+
+
+async def _first_event(resp: aiohttp.ClientResponse, wire: UpstreamWire) -> _Head:
+    """Read a stream up to its first event of substance (past its preamble; a comment, a keep-alive the
+    client should get at once, ends the wait), and judge it: an error event that stands for a retryable
+    status, or an end, a cut or a stall before it, is a failure."""
+    head = _Head([])
+    parser = SSEParser(comments=True)
+    seen = 0
+    try:
+        while True:
+            chunk = await resp.content.readany()
+            if not chunk:
+                head.ended = True
+                head.failed = (502, "a stream that ended before its first event")
+                return head
+            head.chunks.append(chunk)
+            for event in parser.feed(chunk):
+                seen += 1
+                if event.event == COMMENT or seen > _HEAD_EVENTS:
+                    return head
+                if event.event in _PREAMBLE:
+                    continue
+                status = _stream_error_status(wire, event)
+                if status is not None:
+                    head.failed = (status, "an error event as its first: " + event.data[:300])
+                return head
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        head.error = exc
+        cut = "stalled" if isinstance(exc, TimeoutError) else f"was cut off ({exc.__class__.__name__})"
+        head.failed = (
+            504 if isinstance(exc, TimeoutError) else 502,
+            f"a stream that {cut} before its first event",
+        )
+        return head
+
+
+def _stream_error_status(wire: UpstreamWire, event: SSEEvent) -> int | None:
+    """The retryable status an upstream's error event stands for (Anthropic's `overloaded_error` is its
+    529), or None: not an error, or one a retry would meet again (an invalid request)."""
+    if wire == "chat":
+        if not event.data.startswith('{"error"'):
+            return None
+    elif event.event not in ("error", "response.failed"):
+        return None
+    try:
+        doc = _decoder.decode(event.data)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    err = doc.get("error")
+    if event.event == "response.failed":
+        response = doc.get("response")
+        err = response.get("error") if isinstance(response, dict) else None
+    elif not isinstance(err, dict):  # a Responses `error` event carries its code at the top level
+        err = doc
+    if not isinstance(err, dict):
+        return None
+    code = err.get("code")
+    if isinstance(code, int) and not isinstance(code, bool):
+        return code if code in _RETRYABLE else None
+    kind = f"{err.get('type') or ''} {code or ''}"
+    status = next((status for word, status in _ERROR_STATUSES if word in kind), None)
+    return status or _ERROR_STATUSES_BY_TYPE.get(str(err.get("type")))
+
+
+async def _body(upstream: aiohttp.ClientResponse, head: _Head | None) -> AsyncIterator[bytes]:
+    """The stream's body: what `head` read of it, then the rest as it arrives (or the failure `head` met)."""
+    if head is not None:
+        for chunk in head.chunks:
+            yield chunk
+        if head.error is not None:
+            raise head.error
+        if head.ended:
+            return
+    async for chunk in upstream.content.iter_any():
+        yield chunk
 
 
 async def _drain(upstream: aiohttp.ClientResponse) -> None:

@@ -105,7 +105,8 @@ def test_usage_from_bodies_of_each_wire() -> None:
     # Only `usage` is read; a large answer around it changes nothing (and is not built into Python objects).
     big = b'{"choices": [{"message": {"content": "' + b"x" * 100_000 + b'"}}], "usage": {"prompt_tokens": 7}}'
     assert usage.from_body("chat", big) == Billed(7, 0, 0, 0)
-    assert usage.from_body("chat", b'{"usage": {"prompt_tokens": true, "completion_tokens": -3}}') == Billed()
+    # A count that is not one (a boolean, a negative number) makes the report unusable: none is taken from it.
+    assert usage.from_body("chat", b'{"usage": {"prompt_tokens": true, "completion_tokens": -3}}') is None
 
 
 @pytest.mark.parametrize(

@@ -63,6 +63,13 @@ class Reply:
     """Stop after this many SSE events until `resume` is set. If the test has not set it within 5 s (it was
     waiting for something that never reached it), the connection is aborted, so the test fails at once."""
     resume: threading.Event | None = None
+    content_type: str | None = None
+    """The Content-Type sent instead of the usual one (`application/json`, or `text/event-stream` for `sse`)."""
+    cut_after: int | None = None
+    """Send the head (announcing the whole body's length) and this many bytes of `body`, then reset the
+    connection: a body cut off mid-way."""
+    hang_up: bool = False
+    """Close the connection without answering: no status line, no headers."""
 
     @classmethod
     def json(cls, obj_or_fixture: Any, status: int = 200, **kw: Any) -> Reply:
@@ -212,15 +219,30 @@ class FakeUpstream:
             except asyncio.CancelledError:  # the caller hung up (this server cancels handlers on that)
                 self.abandoned += 1
                 raise
+        if reply.hang_up:
+            assert request.transport is not None
+            request.transport.abort()
+            raise asyncio.CancelledError  # nothing may be written after the abort
+        if reply.sse is None and reply.cut_after is not None:
+            body = reply.body or b""
+            cut = web.StreamResponse(status=reply.status, headers=reply.headers)
+            cut.content_type = reply.content_type or "application/json"
+            cut.content_length = len(body)
+            await cut.prepare(request)
+            await cut.write(body[: reply.cut_after])
+            await asyncio.sleep(0.05)  # let the bytes go before the reset
+            assert request.transport is not None
+            request.transport.abort()
+            return cut
         if reply.sse is None:
             return web.Response(
                 status=reply.status,
                 body=reply.body or b"",
                 headers=reply.headers,
-                content_type="application/json",
+                content_type=reply.content_type or "application/json",
             )
         resp = web.StreamResponse(status=reply.status, headers=reply.headers)
-        resp.content_type = "text/event-stream"
+        resp.content_type = reply.content_type or "text/event-stream"
         resp.headers["Cache-Control"] = "no-cache"
         await resp.prepare(request)
         self.active_streams += 1

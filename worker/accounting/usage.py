@@ -36,6 +36,50 @@ class Observed:
     `message_start` carries the input and its cache split); the output is then estimated from the text."""
 
 
+MAX_TOKENS = 100_000_000
+"""More tokens than one request has (the largest context windows hold a few million): a count above it is an
+upstream's error, not usage, and would price a request at millions of dollars."""
+
+
+_COUNTS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "chat": (
+        ("prompt_tokens",),
+        ("completion_tokens",),
+        ("prompt_tokens_details", "cached_tokens"),
+        ("prompt_tokens_details", "cache_write_tokens"),
+    ),
+    "responses": (
+        ("input_tokens",),
+        ("output_tokens",),
+        ("input_tokens_details", "cached_tokens"),
+        ("output_tokens_details", "reasoning_tokens"),
+    ),
+    "messages": (
+        ("input_tokens",),
+        ("output_tokens",),
+        ("cache_read_input_tokens",),
+        ("cache_creation_input_tokens",),
+        ("cache_creation", "ephemeral_1h_input_tokens"),
+        ("output_tokens_details", "thinking_tokens"),
+    ),
+}
+"""The counts billing reads from each wire's usage report, as paths into it."""
+
+
+def usable(wire: Wire, u: dict[str, Any]) -> bool:
+    """Whether every count billing reads from a usage report is absent, null or a whole number from 0 to
+    MAX_TOKENS. One that is not (negative, a string, a float, absurdly large) makes the whole report unusable:
+    the request is then counted as one without usage (its output estimated from its text), never billed a
+    negative, zero or absurd number of tokens on the upstream's word."""
+    for path in _COUNTS.get(wire, ()):
+        value: Any = u
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None and (type(value) is not int or not 0 <= value <= MAX_TOKENS):
+            return False
+    return True
+
+
 def billed_from_usage(u: Usage) -> Billed:
     """A canonical (translated) usage as billed tokens."""
     return Billed(
@@ -48,7 +92,7 @@ def billed_from_usage(u: Usage) -> Billed:
 
 
 def _responses_usage(u: Any) -> Billed | None:
-    usage = openai_responses.usage_from_doc(u)
+    usage = openai_responses.usage_from_doc(u) if isinstance(u, dict) and usable("responses", u) else None
     return billed_from_usage(usage) if usage is not None else None
 
 
@@ -61,7 +105,7 @@ class _UsageOnly(msgspec.Struct):
 
 _usage_decoder = msgspec.json.Decoder(_UsageOnly)
 
-_Count = Annotated[int, msgspec.Meta(ge=0)]
+_Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS)]
 
 
 class _PromptDetails(msgspec.Struct):
@@ -91,8 +135,8 @@ def from_body(wire: Wire, data: bytes) -> Billed | None:
     """Usage from a non-streaming response body; None if it has none (or is not a JSON object)."""
     if wire == "chat":
         # The common case, without building the usage as dicts. A count that is missing reads as 0; one
-        # that is not a non-negative integer (null, a float, a string) fails here and is read below, where
-        # it counts as 0 too.
+        # that is not a whole number up to MAX_TOKENS (null, negative, a float, a string) fails here and is
+        # read below, where a null one counts as 0 and any other makes the report unusable.
         try:
             typed = _chat_usage_decoder.decode(data).usage
         except msgspec.DecodeError:
@@ -120,7 +164,7 @@ def from_body(wire: Wire, data: bytes) -> Billed | None:
 def from_doc(wire: Wire, doc: dict[str, Any]) -> Billed | None:
     """Usage from a decoded response document (or the chat stream's usage chunk)."""
     u = doc.get("usage")
-    if not isinstance(u, dict):
+    if not isinstance(u, dict) or not usable(wire, u):
         return None
     if wire == "responses":
         return _responses_usage(u)
@@ -180,7 +224,11 @@ def usage_at_the_end(wire: Wire, raw: bytes) -> Billed | None:
     message = start.get("message")
     first = message.get("usage") if isinstance(message, dict) else None
     final = delta.get("usage")
-    if not isinstance(first, dict) or not isinstance(final, dict):
+    if (
+        not isinstance(first, dict)
+        or not isinstance(final, dict)
+        or not (usable("messages", first) and usable("messages", final))
+    ):
         return None
     merged = {**first, **{k: v for k, v in final.items() if v is not None}}
     return billed_from_usage(anthropic._usage_from_anthropic(merged))
@@ -224,6 +272,8 @@ def _decode_stream(wire: Wire, chunks: Iterable[bytes]) -> Observed:
         return Observed(billed, "".join(text))
     chat = openai_chat.StreamDecoder() if wire == "chat" else None
     messages = anthropic.StreamDecoder() if wire == "messages" else None
+    # Anthropic's usage comes in two events: none reported is no usage, and either one unusable spoils both.
+    reported = unusable = False
     for chunk in chunks:
         for event in parser.feed(chunk):
             try:
@@ -234,6 +284,11 @@ def _decode_stream(wire: Wire, chunks: Iterable[bytes]) -> Observed:
                 else:
                     assert messages is not None
                     events = messages.feed(event.event, event.data)
+                    if event.event in ("message_start", "message_delta"):
+                        u = _usage_in(event.data)
+                        if u is not None:
+                            reported = True
+                            unusable = unusable or not usable("messages", u)
             except Exception:  # noqa: BLE001 - a malformed event costs its own content, not the accounting
                 continue
             for ev in events:
@@ -242,10 +297,13 @@ def _decode_stream(wire: Wire, chunks: Iterable[bytes]) -> Observed:
                 elif isinstance(ev, ToolCallDelta):
                     text.append(ev.arguments)
                 elif isinstance(ev, StreamUsage):
-                    usage = ev.usage
                     if chat is not None:  # read as the usage chunk itself: OpenRouter's cost comes with it
                         doc = _safe(event.data)
                         billed = from_doc("chat", doc) if isinstance(doc, dict) else None
+                    else:
+                        usage = ev.usage
+    if unusable or (messages is not None and not reported):
+        return Observed(None, "".join(text))
     if billed is None and usage is not None:
         billed = billed_from_usage(usage)
     started = messages.usage if messages is not None and billed is None else None
@@ -271,6 +329,16 @@ def from_response(wire: Wire, data: bytes) -> Observed:
     except Exception:  # noqa: BLE001 - an answer we cannot read has no text to count, not a failed accounting
         return Observed(None)
     return Observed(None, "".join(p.arguments if isinstance(p, ToolCall) else p.text for p in answer.content))
+
+
+def _usage_in(data: str) -> dict[str, Any] | None:
+    """The usage object of an Anthropic `message_start` or `message_delta` event, if it has one."""
+    doc = _safe(data)
+    if not isinstance(doc, dict):
+        return None
+    message = doc.get("message")
+    u = message.get("usage") if isinstance(message, dict) else doc.get("usage")
+    return u if isinstance(u, dict) else None
 
 
 def _safe(data: str | bytes) -> Any:
