@@ -25,8 +25,8 @@ from worker.appkeys import GATEWAY
 
 PLANS = """
 [plans.credits]
-credit_models = ["gpt-4.1*", "claude-opus-*"]
-models = ["gpt-4o-mini", "gpt-4.1*", "claude-opus-*"]
+credit_models = ["gpt-4.1*", "claude-opus-*", "text-embedding-3-large"]
+models = ["gpt-4o-mini", "gpt-4.1*", "claude-opus-*", "text-embedding-3-large"]
 """
 MESSAGES = [{"role": "user", "content": "hi"}]
 REDIS = "redis://127.0.0.1:6379/11"
@@ -331,3 +331,34 @@ def test_requests_refused_after_their_hold_release_it(
     spent = round(wait_final(setup, event_id)["actual_cost_usd"] * 1e6)
     _settled(setup, 10_000 - spent)
     assert _ask(setup, "chat", 1000)[0] == 402
+
+
+def test_embeddings_on_credits_hold_their_input(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """An embeddings request on credits holds its input's cost (its output costs nothing): of two at once, each
+    of about 2,000 input tokens at $0.13/M (260 micro-dollars), a balance of 400 covers one; the other is a 402
+    in OpenAI's shape. Once settled nothing is held and the balance covers the next."""
+    (setup,) = _workers(make_worker, fake_upstream)
+    _grant(setup, 0.0004)
+    fake_upstream.set("/v1/embeddings", Reply.json(fixture_json("openai/embeddings.json"), latency=0.5))
+    text = "ledger " * 2000
+
+    def embed(_: int) -> tuple[int, Any]:
+        try:
+            raw = setup.openai().embeddings.with_raw_response.create(
+                model="text-embedding-3-large", input=text
+            )
+        except openai.APIStatusError as exc:
+            return exc.status_code, exc
+        return raw.status_code, raw.headers["X-Trex-Usage-Event-Id"]
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(embed, range(2)))
+    assert sorted(status for status, _ in results) == [200, 402], results
+    ((_, event_id),) = [r for r in results if r[0] == 200]
+    ((_, error),) = [r for r in results if r[0] == 402]
+    assert error.code == "insufficient_balance" and "available" in error.message
+    spent = round(wait_final(setup, event_id)["actual_cost_usd"] * 1e6)
+    _settled(setup, 400 - spent)
+    assert embed(0)[0] == 200
