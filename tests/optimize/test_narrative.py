@@ -635,6 +635,15 @@ def test_gated_cue_patterns_match_exactly_what_the_plain_patterns_match(parts: l
     assert [m.span() for m in narrative._SO_RE.finditer(text)] == [m.span() for m in plain_so.finditer(text)]
 
 
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=".!?\u3002\uff01\uff1f\"'\u2019\u201d)]*_ \n\tab", max_size=30))
+def test_end_punctuation_pattern_matches_what_the_plain_pattern_matches(text: str) -> None:
+    closers = re.escape(narrative._CLOSERS)
+    cjk = narrative._CJK_ENDS
+    plain = re.compile(rf"[.!?]+[{closers}]*(?=\s)|[{cjk}]+[{closers}]*")
+    assert [m.span() for m in narrative._PUNCT_RE.finditer(text)] == [m.span() for m in plain.finditer(text)]
+
+
 def test_gate_letters_come_from_every_alternative() -> None:
     assert narrative._first_letters("(?<!make )(?<!be )sure") == {"s"}
     assert narrative._first_letters("(?:you're|you are) welcome") == {"y"}

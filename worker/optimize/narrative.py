@@ -28,7 +28,7 @@ from __future__ import annotations
 import bisect
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .. import tokens
@@ -67,7 +67,14 @@ _CODE_CHARS = "{}[]();=<>$\\|"
 
 _CLOSERS = "\"'\u2019\u201d)]*_"  # closing quotes, brackets and emphasis after the end punctuation
 _CJK_ENDS = "\u3002\uff01\uff1f"  # the ideographic full stop, full-width ! and ?: no space follows them
-_PUNCT_RE = re.compile(rf"[.!?]+[{re.escape(_CLOSERS)}]*(?=\s)|[{_CJK_ENDS}]+[{re.escape(_CLOSERS)}]*")
+# `[.!?]+<closers>(?=\s)|[<CJK ends>]+<closers>`, written to open with one character class: the engine then
+# skips to the next end punctuation in one step (a pattern opening with a repeat or an alternation is tried
+# at every position, five times slower on prose). The look-behind tells which of the two the first character
+# was; the matches are the same (tests/optimize/test_narrative.py checks it).
+_PUNCT_RE = re.compile(
+    rf"[.!?{_CJK_ENDS}](?:(?<=[.!?])[.!?]*[{re.escape(_CLOSERS)}]*(?=\s)|(?<=[{_CJK_ENDS}])[{_CJK_ENDS}]*"
+    rf"[{re.escape(_CLOSERS)}]*)"
+)
 _INLINE_CODE_RE = re.compile(r"`[^`\n]+`")
 _WORD_BEFORE_RE = re.compile(r"(\S+)$")
 _INITIALISM_RE = re.compile(r"(?:[a-z]\.)+[a-z]")
@@ -439,7 +446,8 @@ def _scores(
     Every unit still counts towards the ranking statistics (BM25 and topicality normalise over all of them),
     so the scores of the needed units are exactly what they would be without `needed`.
     """
-    docs = [tokenize(u) for u in units]
+    terms_of = {u: tokenize(u) for u in dict.fromkeys(units)}  # a repeated unit is tokenized once
+    docs = [terms_of[u] for u in units]
     relevance = [0.0] * len(units)
     query_terms = tokenize(query) if query else []
     if query_terms and units:
@@ -449,19 +457,32 @@ def _scores(
             relevance = [r / top for r in raw]
     # Topicality: terms shared with other units mark what the text is about.
     df: dict[str, int] = {}
-    uniques = [list(dict.fromkeys(doc)) for doc in docs]
+    unique_of = {u: list(dict.fromkeys(terms)) for u, terms in terms_of.items()}
+    uniques = [unique_of[u] for u in units]
     for terms in uniques:
         for term in terms:
             df[term] = df.get(term, 0) + 1
-    topic = [sum(math.log(df[t]) for t in terms) / math.sqrt(len(terms) + 2) for terms in uniques]
+    topic_of = {
+        u: sum(math.log(df[t]) for t in terms) / math.sqrt(len(terms) + 2) for u, terms in unique_of.items()
+    }
+    topic = [topic_of[u] for u in units]
     top_topic = max(topic, default=0.0)
     out: list[float] = []
+    # A unit's score depends on its text, cue, counts and constraint flag alone (the statistics above are
+    # shared): a repeated unit is scored once.
+    scored: dict[tuple[str, str, int, int, bool], float] = {}
     for i, unit in enumerate(units):
         if needed is not None and not needed[i]:
             out.append(0.0)
             continue
+        label = cues[i] if cues is not None else ""
+        key = (unit, label, counts[i], fact_counts[i], constraints[i])
+        known = scored.get(key)
+        if known is not None:
+            out.append(known)
+            continue
         low = unit.lower()
-        cue = f"{cues[i].lower()} {low}" if cues is not None and cues[i] else low
+        cue = f"{label.lower()} {low}" if label else low
         density = fact_counts[i] / max(counts[i], 1)
         score = 4.0 * min(1.0, density * 4.0)
         if constraints[i] or _REQUEST_RE.search(low):
@@ -476,8 +497,17 @@ def _scores(
         score += 0.25 * min(3, len(_ENTITY_RE.findall(unit)))
         score -= 1.5 * min(2, len(_FILLER_RE.findall(low)))
         score -= 0.5 * min(3, len(_VAGUE_RE.findall(low)))
+        scored[key] = score
         out.append(score)
     return out
+
+
+def _memo(memo: dict[str, bool], text: str, test: Callable[[str], bool]) -> bool:
+    """`test(text)`, computed once per distinct text in `memo`."""
+    known = memo.get(text)
+    if known is None:
+        known = memo[text] = test(text)
+    return known
 
 
 # --- compression -----------------------------------------------------------------------------------------
@@ -499,11 +529,16 @@ def _select(
     if not prose:
         return keeps, fact_free
     texts = [docs[d][0][docs[d][1][i].start : docs[d][1][i].end] for d, i in prose]
-    counts = [tokens.count(t) for t in texts]
-    fact_counts = [facts.fact_count(t) for t in texts]
+    # A conversation repeats itself (greetings, sign-offs, boilerplate pasted twice): each distinct unit is
+    # counted and scanned once.
+    distinct = {
+        t: (tokens.count(t), facts.fact_count(t), is_hard_constraint(t)) for t in dict.fromkeys(texts)
+    }
+    counts = [distinct[t][0] for t in texts]
+    fact_counts = [distinct[t][1] for t in texts]
     for (d, i), f in zip(prose, fact_counts, strict=True):
         fact_free[d][i] = f == 0
-    constraints = [is_hard_constraint(t) for t in texts]
+    constraints = [distinct[t][2] for t in texts]
     labels = {
         (d, u.group): text[u.start : u.end]
         for d, (text, units) in enumerate(docs)
@@ -511,8 +546,9 @@ def _select(
         if u.kind == "label"
     }
     cues = [labels.get((d, docs[d][1][i].group), "") for d, i in prose]
+    directives: dict[str, bool] = {}
     mandatory = [
-        c or f > 0 or (typed[d] and is_directive(t))
+        c or f > 0 or (typed[d] and _memo(directives, t, is_directive))
         for c, f, (d, _), t in zip(constraints, fact_counts, prose, texts, strict=True)
     ]
     # Mandatory units are kept whatever they score: only the optional ones are ranked.
