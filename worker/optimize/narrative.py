@@ -654,7 +654,10 @@ def _render(
     markers: dict[int, str] = {}
     for a, b in _runs(keep):
         marker = _run_marker(text, units, a, b, fact_free)
-        if marker is None or tokens.count(marker) >= tokens.count(text[units[a].start : units[b - 1].end]):
+        run = text[units[a].start : units[b - 1].end]
+        if marker is None or (
+            tokens.at_most(marker) >= tokens.at_least(run) and tokens.count(marker) >= tokens.count(run)
+        ):
             keep[a:b] = [True] * (b - a)
         else:
             markers[a] = marker
@@ -705,11 +708,17 @@ def compress_many(
     if ctx.mode not in KEEP_RATIO or not texts:
         return [None] * len(texts)
     marks = list(typed) if typed is not None else [False] * len(texts)
-    befores = [tokens.count(t) for t in texts]
     # Typed text below the pasted-material size is the user's instructions: balanced leaves it out entirely
-    # (not even ranked alongside the rest).
+    # (not even ranked alongside the rest, nor counted when it is too short to reach that size).
     open_typed = ctx.mode == "aggressive"
-    chosen = [i for i, b in enumerate(befores) if not marks[i] or open_typed or b >= PASTED_TOKENS]
+    befores: dict[int, int] = {}
+    chosen: list[int] = []
+    for i, text in enumerate(texts):
+        if marks[i] and not open_typed and tokens.at_most(text) < PASTED_TOKENS:
+            continue
+        befores[i] = tokens.count(text)
+        if not marks[i] or open_typed or befores[i] >= PASTED_TOKENS:
+            chosen.append(i)
     out: list[Compressed | None] = [None] * len(texts)
     if sum(befores[i] for i in chosen) < MIN_TOKENS:
         return out
