@@ -160,12 +160,12 @@ _CONSTRAINT_WORDS = st.lists(
 @settings(max_examples=300, deadline=None)
 @given(_CONSTRAINT_WORDS)
 def test_constraint_check_on_lowercased_ascii_agrees_with_the_ignore_case_pattern(parts: list[str]) -> None:
-    from worker.optimize import narrative
+    from worker.optimize import prose_units
 
     text = "".join(parts)
     assert facts.is_constraint(text) == (facts._CONSTRAINT_RE.search(text) is not None)
-    courtesy_free = narrative._BOILERPLATE_RE.sub(" ", text)
-    assert narrative.is_hard_constraint(text) == (facts._CONSTRAINT_RE.search(courtesy_free) is not None)
+    courtesy_free = prose_units._BOILERPLATE_RE.sub(" ", text)
+    assert prose_units.is_hard_constraint(text) == (facts._CONSTRAINT_RE.search(courtesy_free) is not None)
 
 
 def test_constraint_check_handles_non_ascii_text_with_the_ignore_case_pattern() -> None:
