@@ -319,16 +319,18 @@ def _entries(lines: list[str]) -> list[_Entry]:
     When most lines carry a timestamp/level prefix, every unprefixed line continues the entry before it;
     otherwise only indented lines and stack-frame shapes do.
     """
-    nonblank = [line for line in lines if line.strip()]
-    prefixed = sum(1 for line in nonblank if LOG_PREFIX_RE.match(line) or DIAGNOSTIC_RE.match(line))
-    structured = bool(nonblank) and prefixed * 2 >= len(nonblank)
+    blank = [not line.strip() for line in lines]
+    # Whether each line opens with a prefix, tested once per line (the census and the grouping both need it).
+    opens = [
+        not b and bool(LOG_PREFIX_RE.match(line) or DIAGNOSTIC_RE.match(line))
+        for line, b in zip(lines, blank, strict=True)
+    ]
+    nonblank = blank.count(False)
+    structured = nonblank > 0 and sum(opens) * 2 >= nonblank
     entries: list[_Entry] = []
     for index, line in enumerate(lines):
-        if entries and line.strip() and entries[-1].lines[-1].strip():
-            if structured:
-                continues = not (LOG_PREFIX_RE.match(line) or DIAGNOSTIC_RE.match(line))
-            else:
-                continues = bool(_CONTINUATION_RE.match(line))
+        if entries and not blank[index] and entries[-1].lines[-1].strip():
+            continues = not opens[index] if structured else bool(_CONTINUATION_RE.match(line))
             if continues or _ends_traceback(entries[-1].lines, line):
                 entries[-1].lines.append(line)
                 continue
