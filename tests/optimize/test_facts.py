@@ -93,6 +93,22 @@ def test_factored_scanner_matches_the_plain_alternation_on_random_text(parts: li
     _same("".join(parts))
 
 
+# What can follow a number and make it part of another fact (an amount, a quantity, a range, a percentage,
+# a version, a date, an id, a path) or end it: the plain-number shortcut must find what the alternation does.
+_AROUND_NUMBERS = [
+    *["854", "5117", "12", "5", "0", ".", ",", ",\n  ", "\n", " ", "  ", "\t", "\u00a0", "\u2009"],
+    *[" USD", "EUR", "USD", " dollars", "ms", " ms", " days", "business ", "%", " %", "-", " - ", "\u2013"],
+    *["]", "}", '"', "{", "[", "e", "x", "a", "A", ":", "/", "@", "_", "#", "$", "+", "1,200", "2026-03-14"],
+    *["10:30", " PM", "v1", "0x1f", "3f9a2c1"],
+]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_AROUND_NUMBERS), min_size=1, max_size=12))
+def test_plain_number_shortcut_finds_what_the_plain_alternation_finds(parts: list[str]) -> None:
+    _same("".join(parts))
+
+
 def _start_class(char: str) -> str:
     if re.match(r"\d", char):
         return "D"
