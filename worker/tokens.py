@@ -118,3 +118,24 @@ def count(text: str, encoding_name: str = "o200k_base") -> int:
     if not text:
         return 0
     return len(encoding(encoding_name).encode_ordinary(text))
+
+
+def at_most(text: str) -> int:
+    """A number of tokens `text` cannot exceed, without encoding it: its UTF-8 length (a token is one byte at
+    least)."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def at_least(text: str) -> int:
+    """A number of tokens `text` has at least, without encoding it: its words, the runs between spaces and
+    tabs that hold something other than whitespace.
+
+    The pre-tokenizer of o200k_base and cl100k_base cuts text into pieces, and each piece is one token or
+    more. A piece holds a space or a tab only as its first character or among whitespace alone (a letter run
+    may open with one, a punctuation run with a space; the rest are blanks and line breaks), so two words
+    never share a piece. Line breaks are not word boundaries here: a punctuation run takes the line breaks
+    and slashes after it (`.\\n/` is one piece). A compressor that only needs to know that a marker is
+    shorter than what it replaces compares `at_most(marker)` with `at_least(replaced)` before counting.
+    """
+    words = text.replace("\t", " ").split(" ")
+    return sum(1 for word in words if word and not word.isspace())

@@ -83,6 +83,7 @@ def test_factored_scanner_matches_the_plain_alternation_on_the_corpus() -> None:
                 "status=",
                 "c:\\",
                 "C:\\x",
+                *[";", "!", "?", "*", "|", "&", "%", "^", "\\", "'", ")", "x(", "\\\\srv\\share"],
             ]
         )
         | st.text(max_size=6),
@@ -90,6 +91,22 @@ def test_factored_scanner_matches_the_plain_alternation_on_the_corpus() -> None:
     )
 )
 def test_factored_scanner_matches_the_plain_alternation_on_random_text(parts: list[str]) -> None:
+    _same("".join(parts))
+
+
+# What can follow a number and make it part of another fact (an amount, a quantity, a range, a percentage,
+# a version, a date, an id, a path) or end it: the plain-number shortcut must find what the alternation does.
+_AROUND_NUMBERS = [
+    *["854", "5117", "12", "5", "0", ".", ",", ",\n  ", "\n", " ", "  ", "\t", "\u00a0", "\u2009"],
+    *[" USD", "EUR", "USD", " dollars", "ms", " ms", " days", "business ", "%", " %", "-", " - ", "\u2013"],
+    *["]", "}", '"', "{", "[", "e", "x", "a", "A", ":", "/", "@", "_", "#", "$", "+", "1,200", "2026-03-14"],
+    *["10:30", " PM", "v1", "0x1f", "3f9a2c1"],
+]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_AROUND_NUMBERS), min_size=1, max_size=12))
+def test_plain_number_shortcut_finds_what_the_plain_alternation_finds(parts: list[str]) -> None:
     _same("".join(parts))
 
 
@@ -160,12 +177,12 @@ _CONSTRAINT_WORDS = st.lists(
 @settings(max_examples=300, deadline=None)
 @given(_CONSTRAINT_WORDS)
 def test_constraint_check_on_lowercased_ascii_agrees_with_the_ignore_case_pattern(parts: list[str]) -> None:
-    from worker.optimize import narrative
+    from worker.optimize import prose_units
 
     text = "".join(parts)
     assert facts.is_constraint(text) == (facts._CONSTRAINT_RE.search(text) is not None)
-    courtesy_free = narrative._BOILERPLATE_RE.sub(" ", text)
-    assert narrative.is_hard_constraint(text) == (facts._CONSTRAINT_RE.search(courtesy_free) is not None)
+    courtesy_free = prose_units._BOILERPLATE_RE.sub(" ", text)
+    assert prose_units.is_hard_constraint(text) == (facts._CONSTRAINT_RE.search(courtesy_free) is not None)
 
 
 def test_constraint_check_handles_non_ascii_text_with_the_ignore_case_pattern() -> None:

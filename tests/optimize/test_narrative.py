@@ -10,16 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker import tokens
-from worker.optimize import facts, narrative
+from worker.optimize import facts, narrative, prose_units
 from worker.optimize.base import Context
-from worker.optimize.narrative import (
-    compress,
-    compress_many,
-    is_hard_constraint,
-    score_sentences,
-    sentences,
-    split_units,
-)
+from worker.optimize.narrative import compress, compress_many, score_sentences
+from worker.optimize.prose_units import is_hard_constraint, sentences, split_units
 
 SUPPORT = """\
 Customer: Hi there, I hope you're having a good day. I'm writing because something went wrong with my \
@@ -633,6 +627,17 @@ def test_gated_cue_patterns_match_exactly_what_the_plain_patterns_match(parts: l
         assert gated.findall(text) == plain.findall(text)
     plain_so = re.compile(r"(?:^|[,;:]\s*)so\b|\bagreed\b")
     assert [m.span() for m in narrative._SO_RE.finditer(text)] == [m.span() for m in plain_so.finditer(text)]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=".!?\u3002\uff01\uff1f\"'\u2019\u201d)]*_ \n\tab", max_size=30))
+def test_end_punctuation_pattern_matches_what_the_plain_pattern_matches(text: str) -> None:
+    closers = re.escape(prose_units._CLOSERS)
+    cjk = prose_units._CJK_ENDS
+    plain = re.compile(rf"[.!?]+[{closers}]*(?=\s)|[{cjk}]+[{closers}]*")
+    assert [m.span() for m in prose_units._PUNCT_RE.finditer(text)] == [
+        m.span() for m in plain.finditer(text)
+    ]
 
 
 def test_gate_letters_come_from_every_alternative() -> None:

@@ -1,13 +1,14 @@
 """Extractive narrative compaction for prose: older conversation turns, long documents, support threads.
 
-Nothing is paraphrased. The text is cut into units — sentences, markdown bullets and headings, speaker
-labels ("Agent:"), and verbatim blocks (fenced or indented code, tables, code-like paragraphs) — each a
-byte span of the input. Verbatim blocks are always kept whole. Every sentence or bullet with a constraint
-(`facts.is_constraint`) or a fact (`facts.has_fact`) is kept. The rest are ranked by a score (fact density,
-constraint and conclusion cues, BM25 relevance to the latest user request, position, minus a penalty for
-pleasantries, hedging and filler) and the best are kept until the kept prose is about 50 % (`balanced`) or
-30 % (`aggressive`) of the prose tokens. Kept units are byte-identical and keep their original separators;
-each run of dropped units becomes one `facts.marker(...)`, which lists any fact the run contained.
+Nothing is paraphrased. The text is cut into units (`prose_units`) — sentences, markdown bullets and
+headings, speaker labels ("Agent:"), and verbatim blocks (fenced or indented code, tables, code-like
+paragraphs) — each a byte span of the input. Verbatim blocks are always kept whole. Every sentence or bullet
+with a constraint (`facts.is_constraint`) or a fact (`facts.has_fact`) is kept. The rest are ranked by a
+score (fact density, constraint and conclusion cues, BM25 relevance to the latest user request, position,
+minus a penalty for pleasantries, hedging and filler) and the best are kept until the kept prose is about
+50 % (`balanced`) or 30 % (`aggressive`) of the prose tokens. Kept units are byte-identical and keep their
+original separators; each run of dropped units becomes one `facts.marker(...)`, which lists any fact the
+run contained.
 
 `safe` drops nothing (narrative compaction is lossy), so it, `off`, and texts under ~120 tokens return None.
 `compress_many` does the same for several blocks at once (the older turns of a conversation): one ranking
@@ -25,17 +26,16 @@ this must be") are not treated as constraints (`is_hard_constraint`).
 
 from __future__ import annotations
 
-import bisect
 import math
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 from .. import tokens
 from . import facts
 from .base import Compressed, Context
 from .bm25 import BM25, tokenize
 from .directives import is_directive
+from .prose_units import Unit, is_hard_constraint, split_units
 
 STRATEGY = "narrative"
 MIN_TOKENS = 120
@@ -46,38 +46,6 @@ FLOOR_RATIO = {"balanced": 0.2, "aggressive": 0.08}
 """The best-scoring optional prose kept even when facts and constraints alone exceed the target."""
 PASTED_TOKENS = 1000
 """A typed text at least this long is taken for pasted material, which `balanced` compacts (see above)."""
-
-# --- block structure -------------------------------------------------------------------------------------
-
-_FENCE_RE = re.compile(r"[ ]{0,3}(`{3,}|~{3,})")
-_HEADING_RE = re.compile(r"[ ]{0,3}#{1,6}(?:[ \t]|$)")
-_BULLET_RE = re.compile(r"[ \t]*(?:[-*+•]|\d{1,3}[.)])[ \t]+\S")
-_RULE_RE = re.compile(r"[ ]{0,3}([-*_])(?:[ \t]*\1){2,}\s*$")
-_TABLE_RE = re.compile(r"[ \t]*\|")
-_INDENTED_RE = re.compile(r"(?: {4}|\t)")
-# "Agent:", "**Customer:**", "[10:32] Maria:", "Dr. Lee (billing):" — a short name and a colon, then text.
-_LABEL_RE = re.compile(
-    r"[ \t]*(?:\[[^\]\n]{1,25}\][ \t]*)?(?:\*\*|__)?[A-Z][\w.'()#-]*(?:[ \t][\w.'()#-]+){0,2}"
-    r"(?:\*\*|__)?:(?:\*\*|__)?[ \t]+(?=\S)"
-)
-_STAMP_RE = re.compile(r"^[ \t]*\[[^\]\n]*\]")
-_CODE_CHARS = "{}[]();=<>$\\|"
-
-# --- sentence boundaries ---------------------------------------------------------------------------------
-
-_CLOSERS = "\"'\u2019\u201d)]*_"  # closing quotes, brackets and emphasis after the end punctuation
-_CJK_ENDS = "\u3002\uff01\uff1f"  # the ideographic full stop, full-width ! and ?: no space follows them
-_PUNCT_RE = re.compile(rf"[.!?]+[{re.escape(_CLOSERS)}]*(?=\s)|[{_CJK_ENDS}]+[{re.escape(_CLOSERS)}]*")
-_INLINE_CODE_RE = re.compile(r"`[^`\n]+`")
-_WORD_BEFORE_RE = re.compile(r"(\S+)$")
-_INITIALISM_RE = re.compile(r"(?:[a-z]\.)+[a-z]")
-_ABBREVIATIONS_TEXT = """
-    mr mrs ms mx dr prof sr jr st vs al cf approx appx est dept fig figs eq eqs ref refs sec vol
-    inc ltd co corp llc bros no nos jan feb mar apr jun jul aug sep sept oct nov dec mon tue tues wed thu
-    thur thurs fri sat sun gen col capt lt sgt rev hon pres gov sen rep ave blvd rd mt ft approx min max
-"""
-_ABBREVIATIONS = frozenset(_ABBREVIATIONS_TEXT.split())
-_NEEDS_DIGIT = frozenset({"no", "nos", "vol", "fig", "figs", "eq", "eqs", "sec", "ref", "refs"})
 
 # --- scoring cues ----------------------------------------------------------------------------------------
 
@@ -152,19 +120,6 @@ _VAGUE_RE = _gated_words(
 )
 # Capitalised words past the first: names, products, places — specifics rather than narrative.
 _ENTITY_RE = re.compile(r"(?<=[\s,(/])[A-Z][A-Za-z0-9]+")
-_FEELING = r"(?:frustrat|annoy|upset|stressful|disappoint|inconvenien|confus|worr)"
-# Courtesy formulas that contain a constraint word but constrain nothing ("Don't hesitate to ask").
-_BOILERPLATE_RE = re.compile(
-    r"\b(?:(?:don't|do not) (?:hesitate|worry)|feel free|never mind|always (?:happy|glad|here)|"
-    r"only too (?:happy|glad)|(?:should|will|'ll) only take a (?:moment|minute|second|sec)|"
-    r"(?:always|never) (?:a|been a) pleasure)\b"
-    # Sympathy, where "must" guesses a feeling: "how frustrating this must be", "that must be annoying".
-    rf"|\bmust (?:be|have been)(?= (?:\w+ ){{0,2}}{_FEELING})"
-    rf"|\b{_FEELING}\w*(?: \w+){{0,2}} must (?:be|have been)\b",
-    re.IGNORECASE,
-)
-# The same for lower-cased ASCII text (see `facts.is_constraint_lower`); the pattern is lower-case already.
-_BOILERPLATE_LOWER_RE = re.compile(_BOILERPLATE_RE.pattern)
 # Requests that bind like constraints without `facts.is_constraint`'s words: ranked as high, not mandatory.
 _REQUEST_RE = re.compile(r"\b(?:make sure|ensure|be sure to|guarantee)\b")
 MIN_SCORE = 1.0
@@ -175,237 +130,7 @@ _VERBATIM = frozenset({"code", "raw"})
 _PROSE = frozenset({"sentence", "bullet"})
 
 
-@dataclass(slots=True)
-class Unit:
-    """One byte span of the input: a sentence, bullet, heading, speaker label, or verbatim block."""
-
-    start: int
-    end: int
-    kind: str
-    """`sentence`, `bullet`, `heading`, `label`, `code` (fenced/indented) or `raw` (tables, code-like)."""
-    group: int
-    """Paragraph/speaker-turn id: a label is kept iff a unit of its group is."""
-    section: int
-    """Heading id: a heading is kept iff a unit of its section is (or its section is empty)."""
-    first: bool = False
-    """First prose unit of its paragraph or speaker turn."""
-
-
-def _trim(text: str, a: int, b: int) -> tuple[int, int]:
-    while a < b and text[a].isspace():
-        a += 1
-    while b > a and text[b - 1].isspace():
-        b -= 1
-    return a, b
-
-
-def _block_start(line: str) -> bool:
-    return bool(
-        _FENCE_RE.match(line)
-        or _HEADING_RE.match(line)
-        or _BULLET_RE.match(line)
-        or _TABLE_RE.match(line)
-        or _RULE_RE.match(line)
-    )
-
-
-def _is_label(line: str) -> bool:
-    """A speaker label opens the line (and is not itself a constraint, which must stay with its clause)."""
-    label = _LABEL_RE.match(line)
-    if label is None:
-        return False
-    name = _STAMP_RE.sub("", label.group(0))  # a "[10:32]" stamp may be a fact; the name must not be
-    return not is_hard_constraint(name) and not facts.has_fact(name)
-
-
-def _code_like(text: str) -> bool:
-    """A paragraph dense in code punctuation (JSON, pasted code) is verbatim; inline code is not counted."""
-    text = _INLINE_CODE_RE.sub(" ", text)
-    nonspace = len("".join(text.split()))
-    if nonspace < 20:
-        return False
-    return sum(text.count(c) for c in _CODE_CHARS) / nonspace > 0.08
-
-
-def _period_ends_sentence(seg: str, punct_start: int, nxt: str) -> bool:
-    """Whether a '.' at `punct_start` followed by whitespace and `nxt` ends a sentence."""
-    if nxt.islower():
-        return False
-    match = _WORD_BEFORE_RE.search(seg, max(0, punct_start - 40), punct_start)
-    if match is None:
-        return True
-    word = match.group(1).lstrip("([{\"'\u201c\u2018*_")
-    low = word.lower()
-    if low in _ABBREVIATIONS:
-        return low in _NEEDS_DIGIT and not nxt.isdigit()
-    if _INITIALISM_RE.fullmatch(low):  # e.g, i.e, u.s, a.m
-        return False
-    return not (len(word) == 1 and word.isalpha() and word.isupper())  # an initial: "J. Smith"
-
-
-def _sentence_spans(text: str, a: int, b: int) -> list[tuple[int, int]]:
-    """Sentence spans (absolute, trimmed) of text[a:b], a run of prose lines."""
-    seg = text[a:b]
-    code_starts: list[int] = []
-    code_ends: list[int] = []
-    for m in _INLINE_CODE_RE.finditer(seg):
-        code_starts.append(m.start())
-        code_ends.append(m.end())
-    cuts: set[int] = set()
-    for m in _PUNCT_RE.finditer(seg):
-        k = bisect.bisect_right(code_starts, m.start()) - 1
-        if k >= 0 and m.start() < code_ends[k]:
-            continue  # inside inline code
-        nxt_pos = m.end()
-        while nxt_pos < len(seg) and seg[nxt_pos].isspace():
-            nxt_pos += 1
-        if nxt_pos >= len(seg):
-            continue
-        punct = m.group(0)
-        ends = "!" in punct or "?" in punct or punct[0] in _CJK_ENDS
-        if ends or _period_ends_sentence(seg, m.start(), seg[nxt_pos]):
-            cuts.add(m.end())
-    # Line breaks: a break is a boundary unless it looks like a soft wrap inside a sentence.
-    line_start = 0
-    while True:
-        nl = seg.find("\n", line_start)
-        if nl < 0:
-            break
-        prev = seg[line_start:nl].strip()
-        nxt_end = seg.find("\n", nl + 1)
-        nxt = seg[nl + 1 : nxt_end if nxt_end >= 0 else len(seg)].strip()
-        line_start = nl + 1
-        if not prev or not nxt or prev.rstrip(_CLOSERS)[-1:] in (".", "!", "?"):
-            continue  # terminal punctuation is the punctuation rule's decision
-        if nxt[0].islower() or prev[-1] in ",;(&-\u2013\u2014/" or len(prev) >= 60:
-            continue
-        cuts.add(nl)
-    spans: list[tuple[int, int]] = []
-    start = 0
-    for cut in [*sorted(cuts), len(seg)]:
-        s, e = _trim(seg, start, cut)
-        if s < e:
-            spans.append((a + s, a + e))
-        start = cut
-    return spans
-
-
-def _paragraph(text: str, lines: list[tuple[int, str]], units: list[Unit], group: int, section: int) -> int:
-    """Units of one paragraph (consecutive prose lines); returns the next free group id."""
-    a, b = _trim(text, lines[0][0], lines[-1][0] + len(lines[-1][1]))
-    if _code_like(text[a:b]):
-        units.append(Unit(a, b, "raw", group, section))
-        return group + 1
-    # Speaker turns: a line starting with a label opens a new group.
-    chunks: list[list[tuple[int, str]]] = []
-    for line in lines:
-        if not chunks or _is_label(line[1]):
-            chunks.append([line])
-        else:
-            chunks[-1].append(line)
-    for chunk in chunks:
-        start = chunk[0][0]
-        end = chunk[-1][0] + len(chunk[-1][1])
-        label = _LABEL_RE.match(chunk[0][1]) if _is_label(chunk[0][1]) else None
-        if label is not None:
-            ls, le = _trim(text, start, start + label.end())
-            units.append(Unit(ls, le, "label", group, section))
-            start += label.end()
-        first = True
-        for s, e in _sentence_spans(text, start, end):
-            units.append(Unit(s, e, "sentence", group, section, first))
-            first = False
-        group += 1
-    return group
-
-
-def split_units(text: str) -> list[Unit]:
-    """The units of `text`, in order; every non-whitespace character is in exactly one unit."""
-    lines: list[tuple[int, str]] = []
-    pos = 0
-    for line in text.split("\n"):
-        lines.append((pos, line))
-        pos += len(line) + 1
-    units: list[Unit] = []
-    group = 0
-    section = 0
-    i = 0
-    n = len(lines)
-    prev_blank = True
-    while i < n:
-        start, line = lines[i]
-        if not line.strip():
-            i += 1
-            prev_blank = True
-            continue
-        fence = _FENCE_RE.match(line)
-        if fence is not None:
-            mark = fence.group(1)
-            close = re.compile(rf"[ ]{{0,3}}{re.escape(mark[0])}{{{len(mark)},}}\s*$")
-            j = i + 1
-            while j < n and not close.match(lines[j][1]):
-                j += 1
-            j = min(j, n - 1)
-            a, b = _trim(text, start, lines[j][0] + len(lines[j][1]))
-            units.append(Unit(a, b, "code", group, section))
-            group += 1
-            i = j + 1
-        elif _HEADING_RE.match(line):
-            section += 1
-            a, b = _trim(text, start, start + len(line))
-            units.append(Unit(a, b, "heading", group, section))
-            group += 1
-            i += 1
-        elif _RULE_RE.match(line):
-            a, b = _trim(text, start, start + len(line))
-            units.append(Unit(a, b, "raw", group, section))
-            group += 1
-            i += 1
-        elif _TABLE_RE.match(line) or (prev_blank and _INDENTED_RE.match(line)):
-            table = _TABLE_RE.match(line) is not None
-            j = i + 1
-            while j < n:
-                nxt = lines[j][1]
-                if table and not _TABLE_RE.match(nxt):
-                    break
-                if not table and nxt.strip() and not _INDENTED_RE.match(nxt):
-                    break
-                j += 1
-            a, b = _trim(text, start, lines[j - 1][0] + len(lines[j - 1][1]))
-            units.append(Unit(a, b, "raw", group, section))
-            group += 1
-            i = j
-        elif _BULLET_RE.match(line):
-            j = i + 1
-            while j < n and lines[j][1].strip() and not _block_start(lines[j][1]):
-                j += 1
-            a, b = _trim(text, start, lines[j - 1][0] + len(lines[j - 1][1]))
-            units.append(Unit(a, b, "bullet", group, section, True))
-            group += 1
-            i = j
-        else:
-            j = i + 1
-            while j < n and lines[j][1].strip() and not _block_start(lines[j][1]):
-                j += 1
-            group = _paragraph(text, lines[i:j], units, group, section)
-            i = j
-        prev_blank = False
-    return units
-
-
-def sentences(text: str) -> list[str]:
-    """The text of every unit of `text` (sentences, bullets, headings, labels, verbatim blocks), in order."""
-    return [text[u.start : u.end] for u in split_units(text)]
-
-
 # --- scoring ---------------------------------------------------------------------------------------------
-
-
-def is_hard_constraint(sentence: str) -> bool:
-    """A constraint clause, not counting courtesy formulas such as "don't hesitate to reach out"."""
-    if sentence.isascii():
-        return facts.is_constraint_lower(_BOILERPLATE_LOWER_RE.sub(" ", sentence.lower()))
-    return facts.is_constraint(_BOILERPLATE_RE.sub(" ", sentence))
 
 
 def score_sentences(
@@ -439,7 +164,8 @@ def _scores(
     Every unit still counts towards the ranking statistics (BM25 and topicality normalise over all of them),
     so the scores of the needed units are exactly what they would be without `needed`.
     """
-    docs = [tokenize(u) for u in units]
+    terms_of = {u: tokenize(u) for u in dict.fromkeys(units)}  # a repeated unit is tokenized once
+    docs = [terms_of[u] for u in units]
     relevance = [0.0] * len(units)
     query_terms = tokenize(query) if query else []
     if query_terms and units:
@@ -449,19 +175,32 @@ def _scores(
             relevance = [r / top for r in raw]
     # Topicality: terms shared with other units mark what the text is about.
     df: dict[str, int] = {}
-    uniques = [list(dict.fromkeys(doc)) for doc in docs]
+    unique_of = {u: list(dict.fromkeys(terms)) for u, terms in terms_of.items()}
+    uniques = [unique_of[u] for u in units]
     for terms in uniques:
         for term in terms:
             df[term] = df.get(term, 0) + 1
-    topic = [sum(math.log(df[t]) for t in terms) / math.sqrt(len(terms) + 2) for terms in uniques]
+    topic_of = {
+        u: sum(math.log(df[t]) for t in terms) / math.sqrt(len(terms) + 2) for u, terms in unique_of.items()
+    }
+    topic = [topic_of[u] for u in units]
     top_topic = max(topic, default=0.0)
     out: list[float] = []
+    # A unit's score depends on its text, cue, counts and constraint flag alone (the statistics above are
+    # shared): a repeated unit is scored once.
+    scored: dict[tuple[str, str, int, int, bool], float] = {}
     for i, unit in enumerate(units):
         if needed is not None and not needed[i]:
             out.append(0.0)
             continue
+        label = cues[i] if cues is not None else ""
+        key = (unit, label, counts[i], fact_counts[i], constraints[i])
+        known = scored.get(key)
+        if known is not None:
+            out.append(known)
+            continue
         low = unit.lower()
-        cue = f"{cues[i].lower()} {low}" if cues is not None and cues[i] else low
+        cue = f"{label.lower()} {low}" if label else low
         density = fact_counts[i] / max(counts[i], 1)
         score = 4.0 * min(1.0, density * 4.0)
         if constraints[i] or _REQUEST_RE.search(low):
@@ -476,8 +215,17 @@ def _scores(
         score += 0.25 * min(3, len(_ENTITY_RE.findall(unit)))
         score -= 1.5 * min(2, len(_FILLER_RE.findall(low)))
         score -= 0.5 * min(3, len(_VAGUE_RE.findall(low)))
+        scored[key] = score
         out.append(score)
     return out
+
+
+def _memo(memo: dict[str, bool], text: str, test: Callable[[str], bool]) -> bool:
+    """`test(text)`, computed once per distinct text in `memo`."""
+    known = memo.get(text)
+    if known is None:
+        known = memo[text] = test(text)
+    return known
 
 
 # --- compression -----------------------------------------------------------------------------------------
@@ -499,11 +247,16 @@ def _select(
     if not prose:
         return keeps, fact_free
     texts = [docs[d][0][docs[d][1][i].start : docs[d][1][i].end] for d, i in prose]
-    counts = [tokens.count(t) for t in texts]
-    fact_counts = [facts.fact_count(t) for t in texts]
+    # A conversation repeats itself (greetings, sign-offs, boilerplate pasted twice): each distinct unit is
+    # counted and scanned once.
+    distinct = {
+        t: (tokens.count(t), facts.fact_count(t), is_hard_constraint(t)) for t in dict.fromkeys(texts)
+    }
+    counts = [distinct[t][0] for t in texts]
+    fact_counts = [distinct[t][1] for t in texts]
     for (d, i), f in zip(prose, fact_counts, strict=True):
         fact_free[d][i] = f == 0
-    constraints = [is_hard_constraint(t) for t in texts]
+    constraints = [distinct[t][2] for t in texts]
     labels = {
         (d, u.group): text[u.start : u.end]
         for d, (text, units) in enumerate(docs)
@@ -511,8 +264,9 @@ def _select(
         if u.kind == "label"
     }
     cues = [labels.get((d, docs[d][1][i].group), "") for d, i in prose]
+    directives: dict[str, bool] = {}
     mandatory = [
-        c or f > 0 or (typed[d] and is_directive(t))
+        c or f > 0 or (typed[d] and _memo(directives, t, is_directive))
         for c, f, (d, _), t in zip(constraints, fact_counts, prose, texts, strict=True)
     ]
     # Mandatory units are kept whatever they score: only the optional ones are ranked.
@@ -618,7 +372,10 @@ def _render(
     markers: dict[int, str] = {}
     for a, b in _runs(keep):
         marker = _run_marker(text, units, a, b, fact_free)
-        if marker is None or tokens.count(marker) >= tokens.count(text[units[a].start : units[b - 1].end]):
+        run = text[units[a].start : units[b - 1].end]
+        if marker is None or (
+            tokens.at_most(marker) >= tokens.at_least(run) and tokens.count(marker) >= tokens.count(run)
+        ):
             keep[a:b] = [True] * (b - a)
         else:
             markers[a] = marker
@@ -669,11 +426,17 @@ def compress_many(
     if ctx.mode not in KEEP_RATIO or not texts:
         return [None] * len(texts)
     marks = list(typed) if typed is not None else [False] * len(texts)
-    befores = [tokens.count(t) for t in texts]
     # Typed text below the pasted-material size is the user's instructions: balanced leaves it out entirely
-    # (not even ranked alongside the rest).
+    # (not even ranked alongside the rest, nor counted when it is too short to reach that size).
     open_typed = ctx.mode == "aggressive"
-    chosen = [i for i, b in enumerate(befores) if not marks[i] or open_typed or b >= PASTED_TOKENS]
+    befores: dict[int, int] = {}
+    chosen: list[int] = []
+    for i, text in enumerate(texts):
+        if marks[i] and not open_typed and tokens.at_most(text) < PASTED_TOKENS:
+            continue
+        befores[i] = tokens.count(text)
+        if not marks[i] or open_typed or befores[i] >= PASTED_TOKENS:
+            chosen.append(i)
     out: list[Compressed | None] = [None] * len(texts)
     if sum(befores[i] for i in chosen) < MIN_TOKENS:
         return out

@@ -325,6 +325,48 @@ def test_the_slot_scan_steps_over_words_without_changing_a_slot() -> None:
         assert slots(_templates._VALUE_SLOT_RE, s) == slots(plain, s), s
 
 
+def test_the_exception_name_scan_finds_what_the_plain_pattern_finds() -> None:
+    import random
+
+    from tests.optimize.corpus import all_cases
+    from tests.optimize.test_pipeline import _strings
+
+    plain = re.compile(
+        r"[a-z0-9](?:Error|Exception|Warning|Fault)\b|^E\s{2,}|^Caused by:|^panic:", re.MULTILINE
+    )
+
+    def found(rx: re.Pattern[str], s: str) -> list[tuple[int, int]]:
+        # A match is used for the line it starts on and where it ends (`_important_entries`).
+        return [(s.count("\n", 0, m.start()), m.end()) for m in rx.finditer(s)]
+
+    rng = random.Random(5)
+    pieces = [
+        "E",
+        "  ",
+        "\t",
+        "\n",
+        "Caused by:",
+        "panic:",
+        "Error",
+        "Exception",
+        "Fault",
+        "Warning",
+        "x",
+        "0",
+    ]
+    pieces += ["p", "C", "E  ", "\nE\t\t", "ValueError", "Errors", "_Error", "É"]
+    samples = [_strings(case.body) for case in all_cases()] + [
+        app_log(),
+        java_log(),
+        "\n".join(TRACEBACK),
+        "\n".join(JAVA_TRACE),
+    ]
+    samples += ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 12))) for _ in range(20000)]
+    for s in samples:
+        assert found(logs._EXCEPTION_NAME_RE, s) == found(plain, s), s
+        assert (logs._EXCEPTION_NAME_RE.search(s) is None) == (plain.search(s) is None), s
+
+
 def _glog(i: int, level: str = "I", body: str = "") -> str:
     where = "memcache.go:287" if body else f"controller.go:{100 + i % 7}"
     return f"{level}0314 10:{i // 60:02d}:{i % 60:02d}.345678       1 {where}] " + (
