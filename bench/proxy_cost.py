@@ -1,6 +1,6 @@
 """CPU cost per proxied request, counted in instructions by callgrind: what each part of the worker costs.
 
-    python -m bench.proxy_cost [--requests 1000] [--jobs 2] [--no-write]
+    python -m bench.proxy_cost [--requests 1000] [--jobs 2] [--no-write] [--targets passthrough,trex,...]
 
 Wall-clock throughput on a shared two-core machine drifts by tens of percent between runs; the number of
 instructions a process executes for the same requests does not (callgrind counts them whatever else the
@@ -63,6 +63,17 @@ VARIANTS = (
         {"access_log": False, "accounting": False, "checks": False, "optimize": "off"},
     ),
 )
+
+# Short names for --targets (a partial run, to compare two versions of the worker quickly).
+SHORT_NAMES = {
+    "passthrough": "passthrough",
+    "trex": "trex",
+    "trex-log-off": "trex, access log off",
+    "trex-accounting-off": "trex, accounting off",
+    "trex-checks-off": "trex, checks off",
+    "trex-optimizer-off": "trex, optimizer off",
+    "trex-all-off": "trex, all four off",
+}
 
 
 async def _load(url: str, headers: dict[str, str], n: int) -> None:
@@ -134,7 +145,18 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--jobs", type=int, default=2, help="targets measured at the same time")
     ap.add_argument("--no-write", action="store_true", help="print only; leave the READMEs alone")
+    ap.add_argument(
+        "--targets",
+        help="comma-separated short names of the targets to measure (implies --no-write): "
+        + ", ".join(SHORT_NAMES),
+    )
     args = ap.parse_args()
+    wanted = list(SHORT_NAMES)
+    if args.targets:
+        wanted = [t.strip() for t in args.targets.split(",") if t.strip()]
+        unknown = [t for t in wanted if t not in SHORT_NAMES]
+        if unknown:
+            ap.error(f"unknown targets {unknown}; choose from {', '.join(SHORT_NAMES)}")
     if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
         print("valgrind is required: apt-get install valgrind", file=sys.stderr)
         return 2
@@ -144,8 +166,9 @@ def main() -> int:
     up = start([sys.executable, "-m", "bench.proxy_overhead.upstream", str(up_port)], tmp / "upstream.log")
     try:
         wait_http(upstream + "/health", 20)
-        targets: list[tuple[str, dict[str, Any] | None]] = [("passthrough", None)]
-        targets += [(v.name, v.setup) for v in VARIANTS]
+        setups: dict[str, dict[str, Any] | None] = {"passthrough": None}
+        setups.update((v.name, v.setup) for v in VARIANTS)
+        targets = [(SHORT_NAMES[t], setups[SHORT_NAMES[t]]) for t in wanted]
         with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
             futures = {
                 name: pool.submit(measure, name, upstream, tmp, args.requests, s) for name, s in targets
@@ -153,6 +176,9 @@ def main() -> int:
             cost = {name: f.result() for name, f in futures.items()}
     finally:
         stop(up)
+    if args.targets:
+        # A partial run is for comparing two versions of the worker, not for the published table.
+        return 0
     full, ceiling = cost["trex"], cost["passthrough"]
     lines = [
         f"Run on {time.strftime('%Y-%m-%d')}: instructions per non-streaming request (callgrind, all threads, "

@@ -103,12 +103,23 @@ _LOCK_RETRIES = 8
 _LOCK_BACKOFF_S = 0.02
 
 
+_BLOB_COPY_MAX = 4096
+
+
 def _is_lock_error(exc: sqlite3.OperationalError) -> bool:
     return exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def _is_decimal(text: str) -> bool:
     return text.lstrip("-").isdigit()
+
+
+def _blob(data: bytes) -> bytes | bytearray:
+    """`data` as a statement parameter. The sqlite3 module binds int, float, str and bytearray as they are,
+    but looks every other type up in its adapter registry first (bytes included): a tuple built, a dict miss
+    and two attribute probes per parameter, as much as binding the rest of the row. A bytearray is bound as
+    the same BLOB; a large value, for which that lookup is nothing next to its bytes, is not copied."""
+    return bytearray(data) if len(data) <= _BLOB_COPY_MAX else data
 
 
 def _metadata_text(raw: bytes | None) -> str | None:
@@ -199,14 +210,16 @@ class SqliteKV(KVNamespace):
         return await self._retrying(await self._connection(), sql, params)
 
     async def _get(self, key: bytes, now: float) -> StoredValue | None:
-        rows = await self._query(_SELECT_LIVE, (key, now))
+        rows = await self._query(_SELECT_LIVE, (_blob(key), now))
         if not rows:
             return None
         value, metadata = rows[0]
         return StoredValue(value=bytes(value), metadata=_metadata_bytes(metadata))
 
     async def _put(self, write: Write, now: float) -> None:
-        await self._query(_UPSERT, (write.key, write.value, write.expiration, _metadata_text(write.metadata)))
+        await self._query(
+            _UPSERT, (_blob(write.key), _blob(write.value), write.expiration, _metadata_text(write.metadata))
+        )
 
     async def _put_many(self, writes: Sequence[Write], now: float) -> None:
         # One multi-row upsert per slice: a single statement is atomic and commits once.
@@ -215,7 +228,7 @@ class SqliteKV(KVNamespace):
             sql = _UPSERT_MANY_HEAD + ", ".join(["(?, ?, ?, ?)"] * len(part)) + _UPSERT_MANY_TAIL
             params: list[object] = []
             for w in part:
-                params += (w.key, w.value, w.expiration, _metadata_text(w.metadata))
+                params += (_blob(w.key), _blob(w.value), w.expiration, _metadata_text(w.metadata))
             await self._query(sql, params)
 
     async def _incr_many(
@@ -226,7 +239,7 @@ class SqliteKV(KVNamespace):
         for start in range(0, len(keys), _ROWS_PER_STATEMENT):
             params: list[object] = []
             for i in range(start, min(start + _ROWS_PER_STATEMENT, len(keys))):
-                params += (keys[i], str(deltas[i]), expirations[i])
+                params += (_blob(keys[i]), str(deltas[i]), expirations[i])
             rows = await self._query(_incr_sql(len(params) // 3), [*params, now, now, now])
             values.update((bytes(k), text) for text, k in rows)
         return self._counted(keys, values)
@@ -251,11 +264,11 @@ class SqliteKV(KVNamespace):
         now: float,
     ) -> list[int] | None:
         marker = _TOKEN_PREFIX + token
-        params: list[object] = [marker, "1", token_expiration]
+        params: list[object] = [_blob(marker), "1", token_expiration]
         for key, delta, expiration in zip(keys, deltas, expirations, strict=True):
-            params += (key, str(delta), expiration)
+            params += (_blob(key), str(delta), expiration)
         # ONCE_MAX_KEYS rows at most: one statement, so the token and every count are written together.
-        rows = await self._query(_incr_once_sql(len(keys) + 1), [*params, marker, now, now, now, now])
+        rows = await self._query(_incr_once_sql(len(keys) + 1), [*params, _blob(marker), now, now, now, now])
         if not rows:
             return None  # the token's row is live: applied before
         return self._counted(keys, {bytes(k): text for text, k in rows})
@@ -263,19 +276,19 @@ class SqliteKV(KVNamespace):
     async def _put_if_absent(self, write: Write, now: float) -> bool:
         rows = await self._query(
             _INSERT_IF_ABSENT,
-            (write.key, write.value, write.expiration, _metadata_text(write.metadata), now),
+            (_blob(write.key), _blob(write.value), write.expiration, _metadata_text(write.metadata), now),
         )
         return bool(rows)
 
     async def _delete(self, key: bytes) -> None:
-        await self._query(_DELETE, (key,))
+        await self._query(_DELETE, (_blob(key),))
 
     async def _scan(self, prefix: bytes, after: bytes | None, count: int, now: float) -> Sequence[StoredKey]:
         bound, inclusive = lower_bound(prefix, after)
         conditions = ["key >= ?" if inclusive else "key > ?"]
-        params: list[object] = [bound]
+        params: list[object] = [_blob(bound)]
         conditions.append("key < ?")
-        params.append(prefix_successor(prefix) or _ENTRIES_END)
+        params.append(_blob(prefix_successor(prefix) or _ENTRIES_END))
         conditions.append("(expiration IS NULL OR expiration > ?)")
         params += [now, count]
         where = " AND ".join(conditions)

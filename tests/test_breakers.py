@@ -1,8 +1,12 @@
-"""Circuit breakers held by one instance: what a flood of made-up model names leaves behind."""
+"""Circuit breakers held by one instance: what a flood of made-up model names leaves behind, and how often a
+burst of requests reads the KV."""
 
 from __future__ import annotations
 
-from kv import MemoryKV
+import asyncio
+from pathlib import Path
+
+from kv import MemoryKV, SqliteKV
 from worker.health import Breakers
 
 
@@ -18,3 +22,24 @@ async def test_model_names_a_client_makes_up_do_not_grow_the_breakers_without_bo
     assert ("local", "down") in breakers._states  # the evicted ones were the routes without failures
     assert not await breakers.allow("local", "down")
     assert breakers.retry_after("local", "down") > 1
+
+
+async def test_requests_that_find_a_route_stale_together_read_its_state_once(tmp_path: Path) -> None:
+    """The state is read from the KV about once a second per route: the requests that arrive while it is being
+    read (a burst, or every request in flight when the second is up) wait for that read instead of each
+    making their own, and all of them get its answer."""
+    statements: list[str] = []
+    async with SqliteKV(tmp_path / "kv.sqlite3") as kv:
+        await kv.connect()
+        assert kv._conn is not None
+        await kv._conn.set_trace_callback(statements.append)  # every statement SQLite runs
+        breakers = Breakers(kv, failures=1, cooldown_seconds=60)
+        await breakers.failed("openai", "down")  # opened (and known) here: no read needed for it yet
+        assert await asyncio.gather(*(breakers.allow("openai", "up") for _ in range(32))) == [True] * 32
+        reads = [s for s in statements if s.startswith("SELECT")]
+        assert len(reads) == 2  # the route's `open` and `fails` entries, once
+
+        other = Breakers(kv, failures=1, cooldown_seconds=60)  # another instance: it reads the open breaker
+        statements.clear()
+        assert await asyncio.gather(*(other.allow("openai", "down") for _ in range(8))) == [False] * 8
+        assert len([s for s in statements if s.startswith("SELECT")]) == 2

@@ -12,14 +12,17 @@ with the client's own key gives the probe up for the next request instead).
 KV keys: `health/<provider>/<model>/fails` (an `incr` counter), `health/<provider>/<model>/open` (the epoch
 second the cooldown ends, with the cooldown as TTL), `health/<provider>/<model>/probe` (who probes). Each
 instance caches a route's state for at most `_REFRESH_SECONDS`, so the request path reads the KV about once a
-second per route, not once per request, and writes only when something fails or recovers. That cache holds at
-most `max_routes` routes: a client can name any number of models (`local/<anything>` needs no key), and each
-would otherwise stay in it for good. Past that, the route least recently read from the KV goes, one without
+second per route, not once per request (the requests that find the state stale while it is being read wait for
+that one read), and writes only when something fails or recovers. That cache holds at most `max_routes`
+routes: a client can name any number of models (`local/<anything>` needs no key), and each would otherwise
+stay in it for good. Past that, the route least recently read from the KV goes, one without
 failures if one of the oldest few has none; the KV still holds its state, so it is only read again.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import math
 import time
@@ -69,6 +72,8 @@ class Breakers:
         self._max_routes = max(1, max_routes)
         # Least recently read from the KV first (see the module docstring).
         self._states: OrderedDict[tuple[str, str], _State] = OrderedDict()
+        self._reading: dict[tuple[str, str], asyncio.Future[_State | None]] = {}
+        """The reads of a route's state from the KV in flight."""
 
     def _key(self, provider: str, model: str, what: str) -> str:
         return f"health/{provider}/{model}/{what}"
@@ -82,17 +87,15 @@ class Breakers:
         route = (provider, model)
         state = self._states.get(route)
         if state is None or now - state.checked >= _REFRESH_SECONDS:
-            try:
-                raw = await self.kv.get(self._key(provider, model, "open"))
-                # Failures counted by any instance: a success here must reset them (consecutive failures).
-                counted = await self.kv.get(self._key(provider, model, "fails"))
-            except KVError as exc:  # health is advisory: an unreachable KV never blocks traffic
-                log.warning("breaker state for %s/%s unavailable: %s", provider, model, exc)
+            reading = self._reading.get(route)
+            if reading is None:  # one read of the KV for every request that finds the state stale meanwhile
+                reading = self._reading[route] = asyncio.ensure_future(self._read(route, now))
+                reading.add_done_callback(functools.partial(self._read_done, route))
+            # Shielded: a request that goes away does not cancel the read the others wait for.
+            fresh = await asyncio.shield(reading)
+            if fresh is None:  # health is advisory: an unreachable KV never blocks traffic
                 return True
-            open_until = float(raw) if raw else 0.0
-            seen = (state.failures_seen if state else False) or counted is not None
-            state = _State(open_until, now, seen)
-            self._remember(route, state)
+            state = fresh
         if state.open_until == 0.0:
             return True
         if now < state.open_until:
@@ -112,6 +115,28 @@ class Breakers:
             return await self.kv.put_if_absent(probe, turn, expiration_ttl=self._ttl)
         except KVError:
             return True
+
+    async def _read(self, route: tuple[str, str], now: float) -> _State | None:
+        """The route's state as the KV holds it now (None when the KV cannot say)."""
+        provider, model = route
+        try:
+            raw = await self.kv.get(self._key(provider, model, "open"))
+            # Failures counted by any instance: a success here must reset them (consecutive failures).
+            counted = await self.kv.get(self._key(provider, model, "fails"))
+        except KVError as exc:
+            log.warning("breaker state for %s/%s unavailable: %s", provider, model, exc)
+            return None
+        held = self._states.get(route)
+        state = _State(
+            float(raw) if raw else 0.0, now, (held.failures_seen if held else False) or counted is not None
+        )
+        self._remember(route, state)
+        return state
+
+    def _read_done(self, route: tuple[str, str], reading: asyncio.Future[_State | None]) -> None:
+        self._reading.pop(route, None)
+        if not reading.cancelled():
+            reading.exception()  # retrieved: every request that waited for it may have gone already
 
     def _remember(self, route: tuple[str, str], state: _State) -> None:
         """Hold `state` for `route` (as the most recently read), within `max_routes`."""

@@ -299,6 +299,60 @@ async def expansion(
     return text
 
 
+class _Expander:
+    """The state of one `expand_refs` call: the references met so far, the expansions read (each once) and the
+    bytes they add. A class rather than closures: a closure that calls itself (nested parts) is a reference
+    cycle, which left every request's closures, cells and their locals to the garbage collector."""
+
+    __slots__ = ("added", "count", "done", "limit", "provider", "reader", "size", "store")
+
+    def __init__(
+        self, store: PayloadStore, reader: str, provider: Embeddings | None, size: int, limit: int | None
+    ) -> None:
+        self.store, self.reader, self.provider = store, reader, provider
+        self.size, self.limit = size, limit
+        self.added = 0
+        self.count = 0
+        self.done: dict[tuple[str, str | tuple[str, int] | None], str] = {}
+
+    async def text_for(self, ref: dict[str, Any], where: str) -> str:
+        self.count += 1
+        if self.count > MAX_REFS:
+            raise InvalidRequestError(
+                f"A request may carry at most {MAX_REFS} TrexID references; '{where}' is one more.",
+                param=where,
+            )
+        trex_id = ref.get("trex_id")
+        if not isinstance(trex_id, str) or not trex_id:
+            raise InvalidRequestError(f"'{where}.trex_id' must be a TrexID.", param=f"{where}.trex_id")
+        how = parse_expand(ref.get("expand"), f"{where}.expand")  # 400 before any lookup
+        text = self.done.get((trex_id, how))
+        if text is None:
+            stored = await self.store.readable(trex_id, self.reader)
+            text = self.done[trex_id, how] = await expansion(stored, how, self.provider)
+        return text
+
+    def grow(self, text: str, where: str) -> str:
+        self.added += len(text.encode())
+        if self.limit is not None and self.size + self.added > self.limit:
+            raise PayloadTooLargeError(
+                f"The TrexID references expand this request past the body limit (MAX_BODY_BYTES) of "
+                f"{self.limit:,} bytes, at '{where}'; reference fewer or use a query expansion.",
+                param=where,
+            )
+        return text
+
+    async def expand_parts(self, parts: list[Any], where: str, kind: str, nested: bool = True) -> None:
+        for j, part in enumerate(parts):
+            if not isinstance(part, dict):
+                continue
+            if part.get("type") == "trex_ref":
+                at = f"{where}[{j}]"
+                parts[j] = {"type": kind, "text": self.grow(await self.text_for(part, at), at)}
+            elif nested and isinstance(part.get("content"), list):  # a tool_result's own blocks
+                await self.expand_parts(part["content"], f"{where}[{j}].content", kind, nested=False)
+
+
 async def expand_refs(
     store: PayloadStore,
     reader: str,
@@ -321,49 +375,7 @@ async def expand_refs(
     In a session, the first `skip` messages are replaced by what was forwarded for them before (expanded
     then), so they are left alone, and a `trex.context_ref` expansion for which `sent` is true (already in
     that replayed prefix) is not added again."""
-    added = 0
-    count = 0
-    done: dict[tuple[str, str | tuple[str, int] | None], str] = {}
-
-    async def text_for(ref: dict[str, Any], where: str) -> str:
-        nonlocal count
-        count += 1
-        if count > MAX_REFS:
-            raise InvalidRequestError(
-                f"A request may carry at most {MAX_REFS} TrexID references; '{where}' is one more.",
-                param=where,
-            )
-        trex_id = ref.get("trex_id")
-        if not isinstance(trex_id, str) or not trex_id:
-            raise InvalidRequestError(f"'{where}.trex_id' must be a TrexID.", param=f"{where}.trex_id")
-        how = parse_expand(ref.get("expand"), f"{where}.expand")  # 400 before any lookup
-        text = done.get((trex_id, how))
-        if text is None:
-            stored = await store.readable(trex_id, reader)
-            text = done[trex_id, how] = await expansion(stored, how, provider)
-        return text
-
-    def grow(text: str, where: str) -> str:
-        nonlocal added
-        added += len(text.encode())
-        if limit is not None and size + added > limit:
-            raise PayloadTooLargeError(
-                f"The TrexID references expand this request past the body limit (MAX_BODY_BYTES) of "
-                f"{limit:,} bytes, at '{where}'; reference fewer or use a query expansion.",
-                param=where,
-            )
-        return text
-
-    async def expand_parts(parts: list[Any], where: str, kind: str, nested: bool = True) -> None:
-        for j, part in enumerate(parts):
-            if not isinstance(part, dict):
-                continue
-            if part.get("type") == "trex_ref":
-                at = f"{where}[{j}]"
-                parts[j] = {"type": kind, "text": grow(await text_for(part, at), at)}
-            elif nested and isinstance(part.get("content"), list):  # a tool_result's own blocks
-                await expand_parts(part["content"], f"{where}[{j}].content", kind, nested=False)
-
+    expander = _Expander(store, reader, provider, size, limit)
     part_type = "input_text" if fmt == "responses" else "text"
     field = "input" if fmt == "responses" else "messages"
     items = body.get(field)
@@ -375,13 +387,13 @@ async def expand_refs(
             if isinstance(content, list):
                 # Responses wants output_text in assistant turns, input_text elsewhere.
                 kind = "output_text" if fmt == "responses" and item.get("role") == "assistant" else part_type
-                await expand_parts(content, f"{field}[{i}].content", kind)
+                await expander.expand_parts(content, f"{field}[{i}].content", kind)
             output = item.get("output") if fmt == "responses" else None
             if isinstance(output, list):  # a Responses tool output given as content parts
-                await expand_parts(output, f"{field}[{i}].output", part_type)
+                await expander.expand_parts(output, f"{field}[{i}].output", part_type)
     system = body.get("system") if fmt == "messages" else None
     if isinstance(system, list):
-        await expand_parts(system, "system", part_type)
+        await expander.expand_parts(system, "system", part_type)
     refs = trex.get("context_ref") if isinstance(trex, dict) else None
     if refs is not None:
         if not isinstance(refs, list):
@@ -396,14 +408,14 @@ async def expand_refs(
                     "'trex.context_ref' must be a list of TrexIDs.", param="trex.context_ref"
                 )
             at = f"trex.context_ref[{i}]"
-            text = await text_for(entry, at)
+            text = await expander.text_for(entry, at)
             if sent is None or not sent(text):  # else forwarded before, in the replayed prefix: not again
-                texts.append(grow(text, at))
+                texts.append(expander.grow(text, at))
         if texts:
             at_item = _add_to_latest_turn(fmt, body, "\n\n".join(texts), part_type)
             if placed is not None and at_item is not None:
                 placed(at_item)  # a session must not replay this message's old bytes over the expansion
-    return added
+    return expander.added
 
 
 def _add_to_latest_turn(fmt: Format, body: dict[str, Any], text: str, part_type: str) -> int | None:

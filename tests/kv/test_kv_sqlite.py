@@ -64,6 +64,34 @@ async def test_stores_keys_as_blobs(sqlite_path: Path) -> None:
     assert [tuple(row) for row in rows] == [("é".encode(), "blob", '{"m":1}')]
 
 
+async def test_every_write_stores_its_key_and_value_as_the_same_blobs(sqlite_path: Path) -> None:
+    """Whichever statement writes a row (and however it hands SQLite the bytes), the key and the value are
+    BLOBs of exactly the bytes given: an empty value is an empty BLOB, not NULL, and a large one is whole."""
+    large = bytes(range(256)) * 64
+    async with SqliteKV(sqlite_path) as kv:
+        await kv.put("one", b"")
+        await kv.put_many([("many/a", b"\x00a", None), ("many/b", large, {"m": 1})], expiration_ttl=600)
+        assert await kv.put_if_absent("absent", "x", expiration_ttl=600)
+        assert await kv.incr_many(["count/a", "count/b"], [2, 3]) == [2, 3]
+        assert await kv.incr_many_once("token", ["count/a"], 5, token_ttl=60) == [7]
+        assert await kv.get("many/b") == large
+        assert [k.name for k in (await kv.list(prefix="many/")).keys] == ["many/a", "many/b"]
+    async with aiosqlite.connect(sqlite_path) as conn:
+        rows = list(
+            await conn.execute_fetchall(
+                "SELECT key, typeof(key), value, typeof(value) FROM kv WHERE key < X'FF' ORDER BY key"
+            )
+        )
+    assert [tuple(row) for row in rows] == [
+        (b"absent", "blob", b"x", "blob"),
+        (b"count/a", "blob", b"7", "blob"),
+        (b"count/b", "blob", b"3", "blob"),
+        (b"many/a", "blob", b"\x00a", "blob"),
+        (b"many/b", "blob", large, "blob"),
+        (b"one", "blob", b"", "blob"),
+    ]
+
+
 async def test_two_instances_share_one_file(sqlite_path: Path, clock: ManualClock) -> None:
     """Two instances on one file see each other's writes and share exclusivity."""
     async with SqliteKV(sqlite_path, clock=clock) as one, SqliteKV(sqlite_path, clock=clock) as two:

@@ -161,13 +161,13 @@ def _compact(
     segments, turns = extract(fmt, body)
     typed = [s for s in segments if s.kind == "user" and not instructions(s.text)]  # what a person wrote
     latest_user_turn = max((s.turn for s in typed), default=-1)
-    query = "\n".join(s.text for s in typed if s.turn == latest_user_turn)
-    ctx = Context(mode=options.mode, query=query, profile=options.profile)
     # A conversation ending with the model's own turn is a prefill: the model continues that exact text.
     prefill = turns - 1 if any(s.kind == "assistant" and s.turn == turns - 1 for s in segments) else -2
     candidates = [s for s in segments if not s.pinned and s.turn not in (latest_user_turn, prefill)]
     if not candidates:  # e.g. a first turn: only pinned content and the latest user turn, which stay whole
-        return
+        return  # before the query and the context are built: only the compressors below read them
+    query = "\n".join(s.text for s in typed if s.turn == latest_user_turn)
+    ctx = Context(mode=options.mode, query=query, profile=options.profile)
     frozen = {id(s) for s in candidates if s.item < options.frozen_items}
     prose_horizon = turns - options.protect_recent_turns
 
