@@ -1,0 +1,153 @@
+"""What clients see, and what state is left, when the KV fails mid-traffic: the worker on Redis through a
+proxy a test can cut, stall, refuse or make answer errors (tests/fakes/redis_proxy.py).
+
+A store that is unreachable, stalled past its reply timeout or refusing commands is a 503 `kv_unavailable`
+with `Retry-After: 1` in the client's format, never a 500 or a hang, and the worker recovers by itself when
+the store comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+import redis
+
+from tests.conftest import MASTER_KEY, GatewaySetup, with_key
+from tests.fakes.redis_proxy import RedisProxy
+from tests.fakes.upstream import FakeUpstream
+from tests.harness import InProcessWorker
+
+DB = 7
+"""This module's Redis database: no other test file uses it."""
+PLANS = """
+[plans.metered]
+daily_requests = 1
+daily_web_searches = 1
+daily_tokens = 1000000
+"""
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(autouse=True)
+def redis_db() -> Iterator[None]:
+    """An empty database 7 on the machine's Redis; a failure, not a skip, when Redis is not there."""
+    client = redis.Redis(port=6379, db=DB, socket_connect_timeout=1)
+    try:
+        client.flushdb()
+    except redis.exceptions.ConnectionError as exc:
+        pytest.fail(f"these tests need the Redis on 127.0.0.1:6379: {exc}")
+    yield
+    client.flushdb()
+    client.close()
+
+
+_OPEN: list[GatewaySetup] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
+def _setup(
+    make_worker: Callable[..., InProcessWorker],
+    fake: FakeUpstream,
+    proxy: RedisProxy,
+    plan: str | None = None,
+    **variables: Any,
+) -> GatewaySetup:
+    w = make_worker(
+        {"USAGE_FLUSH_SECONDS": 0.2, **variables},
+        local={"kv_url": proxy.url(DB)},
+        dev_vars={"TREX_MASTER_KEY": MASTER_KEY},
+        extra=PLANS,
+    )
+    gw = with_key(w, fake, plan=plan)
+    _OPEN.append(gw)
+    return gw
+
+
+def _past_key_cache() -> None:
+    time.sleep(1.1)  # a key is looked up in the KV again once its 1 s cache entry is over
+
+
+def _assert_kv_unavailable_openai(err: openai.APIStatusError) -> None:
+    assert err.status_code == 503
+    assert err.response.headers["Retry-After"] == "1"
+    body = err.response.json()
+    assert body["error"]["code"] == "kv_unavailable" and body["error"]["type"] == "server_error"
+    assert "redis" not in body["error"]["message"].lower()  # nothing of the store's address or errors
+
+
+def test_a_stalled_store_times_out_into_a_503_and_recovers(
+    proxy: RedisProxy, make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    gw = _setup(make_worker, fake_upstream, proxy)
+    client = gw.openai()
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+    proxy.stalled = True
+    _past_key_cache()
+    began = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as err:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+    _assert_kv_unavailable_openai(err.value)
+    assert time.monotonic() - began < 3  # the URL's socket_timeout=0.5 bounds each wait for a reply
+    proxy.stalled = False
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+
+
+def test_a_store_unreachable_at_start_up_is_served_as_an_outage_until_it_comes(
+    proxy: RedisProxy, make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    first = _setup(make_worker, fake_upstream, proxy)
+    first.worker.stop()
+    proxy.refuse()
+    w = make_worker(local={"kv_url": proxy.url(DB)}, dev_vars={"TREX_MASTER_KEY": MASTER_KEY}, extra=PLANS)
+    client = openai.OpenAI(api_key=first.key, base_url=w.url + "/v1", max_retries=0)
+    try:
+        with pytest.raises(openai.APIStatusError) as err:
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+        _assert_kv_unavailable_openai(err.value)
+        proxy.accept()
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+    finally:
+        client.close()
+
+
+def test_redis_refusing_a_command_is_a_503_not_an_internal_error(
+    proxy: RedisProxy,
+    make_worker: Callable[..., InProcessWorker],
+    fake_upstream: FakeUpstream,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gw = _setup(make_worker, fake_upstream, proxy)
+    client, claude = gw.openai(), gw.anthropic()
+    with caplog.at_level(logging.WARNING):
+        for error in (
+            "OOM command not allowed when used memory > 'maxmemory'.",
+            "READONLY You can't write against a read only replica.",
+            "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.",
+        ):
+            _past_key_cache()
+            proxy.fail(b"keyhash/", error)
+            with pytest.raises(openai.APIStatusError) as err:
+                client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+            _assert_kv_unavailable_openai(err.value)
+        _past_key_cache()
+        proxy.fail(b"keyhash/", "OOM command not allowed when used memory > 'maxmemory'.")
+        with pytest.raises(anthropic.APIStatusError) as aerr:
+            claude.messages.create(model="claude-haiku-4-5", max_tokens=16, messages=HI)  # type: ignore[arg-type]
+        assert (
+            aerr.value.status_code == 503
+            and aerr.value.response.json()["error"]["type"] == "overloaded_error"
+        )
+    assert not [r for r in caplog.records if r.exc_info], "a store refusing commands is no unhandled error"
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
