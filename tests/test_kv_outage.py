@@ -3,12 +3,14 @@ proxy a test can cut, stall, refuse or make answer errors (tests/fakes/redis_pro
 
 A store that is unreachable, stalled past its reply timeout or refusing commands is a 503 `kv_unavailable`
 with `Retry-After: 1` in the client's format, never a 500 or a hang, and the worker recovers by itself when
-the store comes back.
+the store comes back. Usage written behind the response waits out an outage and is charged once after it; a
+shutdown during one finishes and says what it could not write.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,8 +22,10 @@ import redis
 
 from tests.conftest import MASTER_KEY, GatewaySetup, with_key
 from tests.fakes.redis_proxy import RedisProxy
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes.upstream import FakeUpstream, Reply
 from tests.harness import InProcessWorker
+from tests.test_usage import wait_final
+from worker.appkeys import GATEWAY
 
 DB = 7
 """This module's Redis database: no other test file uses it."""
@@ -151,3 +155,92 @@ def test_redis_refusing_a_command_is_a_503_not_an_internal_error(
         )
     assert not [r for r in caplog.records if r.exc_info], "a store refusing commands is no unhandled error"
     client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+
+
+def test_a_store_that_is_down_is_a_503_in_each_format_and_the_worker_recovers_by_itself(
+    proxy: RedisProxy,
+    make_worker: Callable[..., InProcessWorker],
+    fake_upstream: FakeUpstream,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gw = _setup(make_worker, fake_upstream, proxy)
+    client, claude = gw.openai(), gw.anthropic()
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+    proxy.refuse()
+    _past_key_cache()
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(openai.APIStatusError) as err:
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+        _assert_kv_unavailable_openai(err.value)
+        with pytest.raises(anthropic.APIStatusError) as aerr:
+            claude.messages.create(model="claude-haiku-4-5", max_tokens=16, messages=HI)  # type: ignore[arg-type]
+        assert aerr.value.status_code == 503 and aerr.value.response.headers["Retry-After"] == "1"
+        assert aerr.value.response.json()["error"]["type"] == "overloaded_error"
+    assert not [r for r in caplog.records if r.exc_info], "an outage is no unhandled error"
+    proxy.accept()
+    began = time.monotonic()
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+    assert time.monotonic() - began < 2  # no restart, no backoff to wait out
+
+
+def _counter(w: InProcessWorker, prefix: str, suffix: str) -> int:
+    """The value of the one counter under `prefix` ending in `suffix`, read through the worker's own KV."""
+    kv = w.app[GATEWAY].kv
+    names = [n for n in w.call(kv.names(prefix)) if n.endswith(suffix)]
+    assert len(names) == 1, names
+    return int(w.call(kv.get(names[0])))
+
+
+def test_a_stream_outlives_an_outage_and_its_usage_is_written_and_charged_once_after_it(
+    proxy: RedisProxy,
+    make_worker: Callable[..., InProcessWorker],
+    fake_upstream: FakeUpstream,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis goes away in the middle of a stream: the stream ends normally (it needs no KV), its usage event
+    waits in memory while the flushes fail (a warning when the outage begins, no traceback every interval),
+    and once Redis is back the event is written and its tokens charged to the plan once."""
+    gw = _setup(make_worker, fake_upstream, proxy, plan="metered")
+    go_on = threading.Event()
+    fake_upstream.enqueue(
+        "/v1/chat/completions", Reply.stream("openai/chat_text.sse", pause_after=3, resume=go_on)
+    )
+    stream = gw.openai().chat.completions.create(
+        model="gpt-4o-mini",
+        messages=HI,  # type: ignore[arg-type]
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = iter(stream)
+    next(chunks)
+    with caplog.at_level(logging.WARNING):
+        proxy.refuse()
+        go_on.set()
+        usage = [chunk.usage for chunk in chunks if chunk.usage is not None]
+        assert usage and usage[0].total_tokens > 0
+        time.sleep(1.5)  # several flushes fail meanwhile
+    assert not [r for r in caplog.records if r.exc_info], "an outage is no unhandled error"
+    warned = [r.getMessage() for r in caplog.records if r.name == "trex.usage"]
+    # One line as the outage begins (events not written, charges not applied), not one per flush.
+    assert len(warned) == 2, warned
+    proxy.accept()
+    event_id = stream.response.headers["X-Trex-Usage-Event-Id"]
+    event = wait_final(gw, event_id)
+    assert event["billed"]["input_tokens"] + event["billed"]["output_tokens"] == usage[0].total_tokens
+    time.sleep(0.5)  # more flushes: nothing is charged twice
+    assert _counter(gw.worker, f"quota/{gw.key_id}/d", "/tokens") == usage[0].total_tokens
+
+
+def test_a_shutdown_while_the_store_is_down_completes_and_says_what_was_not_written(
+    proxy: RedisProxy,
+    make_worker: Callable[..., InProcessWorker],
+    fake_upstream: FakeUpstream,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gw = _setup(make_worker, fake_upstream, proxy, USAGE_FLUSH_SECONDS=30)
+    gw.openai().chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+    proxy.refuse()
+    with caplog.at_level(logging.WARNING):
+        gw.worker.stop()  # raised the KV's error out of the shutdown, leaving the rest of it undone
+    lost = [r.getMessage() for r in caplog.records if "not written before shutdown" in r.getMessage()]
+    assert lost and lost[0].startswith("1 usage events and 1 request-log entries were not written")

@@ -60,6 +60,9 @@ class PendingCharges:
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._batches: list[_Batch] = []
+        self._failing = False
+        """Whether the last pass stopped at a batch the KV did not take: an outage is logged when it begins,
+        not at every pass."""
 
     def __len__(self) -> int:
         """The charges waiting."""
@@ -79,6 +82,10 @@ class PendingCharges:
             before, first_ttl = batch.totals.get(counter, (0, ttl))
             batch.totals[counter] = (before + delta, first_ttl)  # a counter keeps the TTL it was created with
             batch.charges += 1
+
+    def _warn(self, message: str, *args: object) -> None:
+        log.log(logging.DEBUG if self._failing else logging.WARNING, message, *args)
+        self._failing = True
 
     async def apply(self, quotas: Quotas) -> None:
         """Send the batches in order, stopping at the first the KV did not take (it is likely down: the
@@ -103,7 +110,7 @@ class PendingCharges:
                 try:
                     await quotas.charge(batch.token, batch.totals, token_ttl=TOKEN_TTL)
                 except KVIndeterminateError as exc:
-                    log.warning(
+                    self._warn(
                         "%d charges (batch %s) may not have been applied; sent again at the next pass: %s",
                         batch.charges,
                         batch.id,
@@ -113,10 +120,13 @@ class PendingCharges:
                 except KVUnavailableError as exc:
                     if never_sent:
                         batch.sent_at = None  # it never reached the KV
-                    log.warning("could not apply %d charges to their plans yet: %s", batch.charges, exc)
+                    self._warn("could not apply %d charges to their plans yet: %s", batch.charges, exc)
                     return
                 except KVError as exc:  # a counter that is not a number: sending again would not help
                     log.error("could not apply %d charges to their plans: %s", batch.charges, exc)
+                if self._failing:
+                    self._failing = False
+                    log.info("charges to plans applied again")
                 done += 1
         finally:  # also when cut off (a shutdown): a batch on its way counts as sent, and is kept
             self._batches = batches[done:] + self._batches
