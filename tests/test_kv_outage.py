@@ -3,7 +3,7 @@ proxy a test can cut, stall, refuse or make answer errors (tests/fakes/redis_pro
 
 A store that is unreachable, stalled past its reply timeout or refusing commands is a 503 `kv_unavailable`
 with `Retry-After: 1` in the client's format, never a 500 or a hang, and the worker recovers by itself when
-the store comes back. Usage written behind the response waits out an outage and is charged once after it; a
+the store comes back; `/health` says whether the store takes writes. Usage written behind the response waits out an outage and is charged once after it; a
 shutdown during one finishes and says what it could not write.
 """
 
@@ -24,7 +24,7 @@ from tests.conftest import MASTER_KEY, GatewaySetup, with_key
 from tests.fakes.redis_proxy import RedisProxy
 from tests.fakes.upstream import FakeUpstream, Reply
 from tests.harness import InProcessWorker
-from tests.test_usage import wait_final
+from tests.test_usage import HTTP, wait_final
 from worker.appkeys import GATEWAY
 
 DB = 7
@@ -244,3 +244,27 @@ def test_a_shutdown_while_the_store_is_down_completes_and_says_what_was_not_writ
         gw.worker.stop()  # raised the KV's error out of the shutdown, leaving the rest of it undone
     lost = [r.getMessage() for r in caplog.records if "not written before shutdown" in r.getMessage()]
     assert lost and lost[0].startswith("1 usage events and 1 request-log entries were not written")
+
+
+def test_health_says_whether_the_store_answers(
+    proxy: RedisProxy, make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """/health answered 200 whatever the store did, so a load balancer kept sending requests that were all
+    503s; it now says whether the KV takes writes, in time even when the store stalls."""
+    w = _setup(make_worker, fake_upstream, proxy).worker
+    ok = HTTP.get(w.url + "/health")
+    assert ok.status_code == 200 and ok.json()["status"] == "ok" and ok.json()["kv"] == "ok"
+    proxy.refuse()
+    time.sleep(1.1)  # what the store said is kept for a second
+    down = HTTP.get(w.url + "/health")
+    assert down.status_code == 503 and down.headers["Retry-After"] == "1"
+    assert down.json()["status"] == "unavailable" and down.json()["kv"] == "unavailable"
+    proxy.accept()
+    proxy.stalled = True
+    time.sleep(1.1)
+    began = time.monotonic()
+    assert HTTP.get(w.url + "/health").status_code == 503  # a stalled store too, answered in time
+    assert time.monotonic() - began < 1.5
+    proxy.stalled = False
+    time.sleep(1.1)
+    assert HTTP.get(w.url + "/health").json()["kv"] == "ok"
