@@ -268,3 +268,28 @@ def test_health_says_whether_the_store_answers(
     proxy.stalled = False
     time.sleep(1.1)
     assert HTTP.get(w.url + "/health").json()["kv"] == "ok"
+
+
+def _search(client: openai.OpenAI) -> Any:
+    """A chat request that asks OpenAI to search the web (counted against `daily_web_searches`)."""
+    return client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=HI,  # type: ignore[arg-type]
+        extra_body={"web_search_options": {}},
+    )
+
+
+def test_a_request_refused_because_the_store_failed_during_admission_uses_up_no_quota(
+    proxy: RedisProxy, make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """Its web search was counted, then the count of its request was lost with the connection (a 503): the
+    web search is given back, so the day's one search and one request are still there. It was kept: the
+    next request was a 429 `quota_exceeded` for the rest of the day."""
+    gw = _setup(make_worker, fake_upstream, proxy, plan="metered")
+    client = gw.openai()
+    proxy.cut(b"/requests", lose="command")
+    with pytest.raises(openai.APIStatusError) as err:
+        _search(client)
+    _assert_kv_unavailable_openai(err.value)
+    assert proxy.cuts == 1
+    _search(client)

@@ -270,7 +270,7 @@ class Quotas:
         counted: list[tuple[str, int | None]] = []
         try:
             return await self._admit(key, plan, model, web_search, tier, in_flight, counted)
-        except GatewayError:
+        except BaseException:  # refused, the KV failing midway (a 503), or the client gone
             await self._uncount(counted)
             raise
 
