@@ -293,3 +293,27 @@ def test_a_request_refused_because_the_store_failed_during_admission_uses_up_no_
     _assert_kv_unavailable_openai(err.value)
     assert proxy.cuts == 1
     _search(client)
+
+
+def test_what_a_request_counted_is_given_back_once_the_store_is_back(
+    proxy: RedisProxy, make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """Redis goes away after the request was counted, as its context is being stored: it is a 503, and its
+    count, which Redis could not take back then, is given back once Redis is back (once: the day's one
+    request is there again, not two). It was lost: the day's request was used up by a request refused."""
+    gw = _setup(make_worker, fake_upstream, proxy, plan="metered")
+    client = gw.openai()
+    proxy.cut(b"payloads/", lose="command", then_refuse=True)
+    with pytest.raises(openai.APIStatusError) as err:
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=HI,  # type: ignore[arg-type]
+            extra_body={"trex": {"store_context": True}},
+        )
+    _assert_kv_unavailable_openai(err.value)
+    proxy.accept()
+    time.sleep(1)  # a few flushes: the give-back is applied at the first
+    assert _counter(gw.worker, f"quota/{gw.key_id}/d", "/requests") == 0
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]

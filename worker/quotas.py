@@ -37,17 +37,18 @@ from __future__ import annotations
 
 import asyncio
 import calendar
-import contextlib
 import dataclasses
 import fnmatch
 import functools
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from kv import KVError, KVNamespace
+from kv import KVError, KVIndeterminateError, KVNamespace, KVUnavailableError
 from kv.batching import CounterBatch, Increment
 
+from .accounting.charges import PendingCharges
 from .auth import KeyRecord
 from .config import ConfigError, plan_int
 from .errors import (
@@ -59,6 +60,8 @@ from .errors import (
 from .grants import MICRO, Grant, grant_credits
 from .holds import HOLD_TTL, Estimate, Hold, counters
 from .routing import SMART_AUTO
+
+log = logging.getLogger("trex.quotas")
 
 _DAY_TOKENS_TTL = 2 * 86400
 _WEEK_TOKENS_TTL = 8 * 86400
@@ -236,6 +239,9 @@ class Quotas:
     ) -> None:
         self.kv = kv
         self.counters = counters or CounterBatch(kv)
+        self.pending = PendingCharges(clock)
+        """Charges waiting to be applied, each batch once: those of reconciled requests (the usage recorder
+        adds and applies them at every flush) and give-backs the KV could not take when they were made."""
         self.hold_credits = hold_credits
         """False with usage accounting off: nothing would release a hold (or debit the cost), so a request on
         credits is only checked against what is available."""
@@ -285,9 +291,24 @@ class Quotas:
         back = [(counter, -1, ttl) for counter, ttl in counted]
         if hold is not None:
             back.append(hold.release())
-        if back:
-            with contextlib.suppress(KVError):  # the refusal is the answer, whatever the KV does
-                await self.counters.incr(back)
+        await self._give_back(back)
+
+    async def _give_back(self, back: Sequence[Increment]) -> None:
+        """Apply increments that undo what a refused request counted or held. The refusal is the answer,
+        whatever the KV does: when it cannot be reached (a request refused because the KV went down, most
+        often) the give-back waits with the plan charges, applied once when the KV is back (`pending`). One
+        whose outcome is unknown (sent, its reply lost) is not sent again: it may have been applied, and
+        twice would give back more than was counted."""
+        if not back:
+            return
+        try:
+            await self.counters.incr(back)
+        except KVIndeterminateError as exc:
+            log.warning("%d counts of a refused request may not have been given back: %s", len(back), exc)
+        except KVUnavailableError:
+            self.pending.add(back)
+        except KVError as exc:
+            log.error("could not give back %d counts of a refused request: %s", len(back), exc)
 
     async def _admit(
         self,
@@ -427,10 +448,7 @@ class Quotas:
         return dataclasses.replace(admission, hold=Hold(current, amount) if amount else None)
 
     async def _undo(self, deltas: Mapping[str, int]) -> None:
-        back = [(counter, -delta, HOLD_TTL) for counter, delta in deltas.items() if delta]
-        if back:
-            with contextlib.suppress(KVError):  # left, a hold lapses with its hour's counter
-                await self.counters.incr(back)
+        await self._give_back([(counter, -delta, HOLD_TTL) for counter, delta in deltas.items() if delta])
 
     @staticmethod
     def _exceeded(what: str, limit: int, retry_after: int) -> GatewayError:

@@ -232,8 +232,9 @@ class UsageRecorder:
         self._cycle: dict[tuple[str, str], list[float]] = {}
         """(key id, YYYYMM) → [savings in the cycle, monotonic time loaded]."""
         self._unflushed_savings: dict[tuple[str, str], float] = {}
-        self._charges = PendingCharges(clock)
-        """Quota and credit charges of reconciled events not yet applied."""
+        self._charges = quotas.pending if quotas is not None else PendingCharges(clock)
+        """Quota and credit charges of reconciled events not yet applied (with the give-backs the KV could not
+        take at once: they are applied with them)."""
         self._flush_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._refreshing: set[tuple[str, str]] = set()
