@@ -317,3 +317,37 @@ def test_what_a_request_counted_is_given_back_once_the_store_is_back(
     client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
     with pytest.raises(openai.RateLimitError):
         client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+
+
+def test_a_session_write_the_store_cannot_take_is_one_warning_and_the_next_turn_is_served(
+    proxy: RedisProxy,
+    make_worker: Callable[..., InProcessWorker],
+    fake_upstream: FakeUpstream,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A session's state is written after the upstream accepted the turn; with Redis gone by then the write
+    fails in the background: one warning line (it was a traceback, as for an unhandled error), and the next
+    turn, with Redis back, is served (optimized afresh, as nothing was stored)."""
+    gw = _setup(make_worker, fake_upstream, proxy)
+    client = gw.openai()
+    fake_upstream.enqueue("/v1/chat/completions", Reply.json("openai/chat_text.json", latency=0.6))
+    turn = [{"role": "system", "content": "Be brief."}, *HI]
+    going = threading.Timer(0.3, proxy.refuse)  # while the upstream works on the turn
+    with caplog.at_level(logging.WARNING):
+        going.start()
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=turn,  # type: ignore[arg-type]
+            extra_headers={"X-Session-Id": "outage-1"},
+        )
+        going.join()
+        time.sleep(0.3)  # the session write fails meanwhile
+    assert not [r for r in caplog.records if r.exc_info], "an outage is no unhandled error"
+    assert [r for r in caplog.records if r.name == "trex.wait_until" and "KV" in r.getMessage()]
+    proxy.accept()
+    answer = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[*turn, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "again"}],  # type: ignore[arg-type]
+        extra_headers={"X-Session-Id": "outage-1"},
+    )
+    assert answer.choices[0].message.content
