@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import anthropic
 import openai
@@ -34,6 +34,9 @@ PLANS = """
 daily_requests = 1
 daily_web_searches = 1
 daily_tokens = 1000000
+
+[plans.credits]
+credit_models = ["gpt-4.1*"]
 """
 HI = [{"role": "user", "content": "hi"}]
 
@@ -351,3 +354,42 @@ def test_a_session_write_the_store_cannot_take_is_one_warning_and_the_next_turn_
         extra_headers={"X-Session-Id": "outage-1"},
     )
     assert answer.choices[0].message.content
+
+
+def _held_micro(w: InProcessWorker, key_id: str) -> int:
+    """The key's Compute Credits holds as they stand in the KV (every hour's counter)."""
+    kv = w.app[GATEWAY].kv
+
+    async def total() -> int:
+        return sum([int(await kv.get(name) or 0) for name in await kv.names(f"credits_held/{key_id}/")])
+
+    return int(w.call(total()))
+
+
+@pytest.mark.parametrize("lose", ["reply", "command"])
+def test_a_credit_hold_whose_outcome_is_unknown_is_settled_once(
+    proxy: RedisProxy,
+    make_worker: Callable[..., InProcessWorker],
+    fake_upstream: FakeUpstream,
+    lose: Literal["reply", "command"],
+) -> None:
+    """Redis applies a request's hold and its reply is lost (or the hold is lost on its way): the request is a
+    503, and its hold, which it may or may not have made, is settled once Redis answers again — sent again
+    under the id it went with (applied only if it was lost), then released: nothing held, never less. It
+    stayed until its hour's counter lapsed (one to two hours), and every request that needed that much of
+    the balance meanwhile was a 402."""
+    gw = _setup(make_worker, fake_upstream, proxy, plan="credits")
+    w = gw.worker
+    w.call(w.app[GATEWAY].quotas.add_credits(gw.key_id, 0.01))  # $0.01: one hold of ~$0.008 at a time
+    client = gw.openai()
+    ask = {"model": "gpt-4.1", "messages": HI, "max_tokens": 1000}
+    proxy.cut(b"credits_held/", lose=lose)
+    with pytest.raises(openai.APIStatusError) as err:
+        client.chat.completions.create(**ask)  # type: ignore[call-overload]
+    _assert_kv_unavailable_openai(err.value)
+    assert proxy.cuts == 1
+    deadline = time.monotonic() + 5
+    while _held_micro(w, gw.key_id) != 0:
+        assert time.monotonic() < deadline, _held_micro(w, gw.key_id)
+        time.sleep(0.1)
+    assert client.chat.completions.create(**ask).choices  # type: ignore[call-overload]

@@ -41,6 +41,7 @@ import dataclasses
 import fnmatch
 import functools
 import logging
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -48,7 +49,7 @@ from typing import Any
 from kv import KVError, KVIndeterminateError, KVNamespace, KVUnavailableError
 from kv.batching import CounterBatch, Increment
 
-from .accounting.charges import PendingCharges
+from .accounting.charges import PendingCharges, token_for
 from .auth import KeyRecord
 from .config import ConfigError, plan_int
 from .errors import (
@@ -58,7 +59,7 @@ from .errors import (
     RateLimitError,
 )
 from .grants import MICRO, Grant, grant_credits
-from .holds import HOLD_TTL, Estimate, Hold, counters
+from .holds import HOLD_TOKEN_TTL, HOLD_TTL, Estimate, Hold, counters
 from .routing import SMART_AUTO
 
 log = logging.getLogger("trex.quotas")
@@ -428,13 +429,10 @@ class Quotas:
         if old is not None:
             deltas[old.counter] = deltas.get(old.counter, 0) - old.micro
         increments = [(f"credits/{key_id}", 0, None), *((c, d, HOLD_TTL) for c, d in deltas.items())]
-        try:
+        if any(deltas.values()):
+            balance, held_now, held_before, *_ = await self._hold_once(increments, deltas)
+        else:  # nothing held (accounting off): only a read, in a shared round trip
             balance, held_now, held_before, *_ = await self.counters.incr(increments)
-        except asyncio.CancelledError:
-            # The round trip is shared and goes on without this caller: what it applies is taken back, as the
-            # caller's admission (what its usage event releases) never learns of it.
-            await self._undo(deltas)
-            raise
         others = held_now + held_before - amount  # the key's other requests in flight
         available = balance - others
         if available <= 0 or available < estimate.micro:
@@ -446,6 +444,29 @@ class Quotas:
                 param=estimate.output_field if affordable else "model",
             )
         return dataclasses.replace(admission, hold=Hold(current, amount) if amount else None)
+
+    async def _hold_once(self, increments: Sequence[Increment], deltas: Mapping[str, int]) -> list[int]:
+        """The hold's round trip, applied at most once under a token of its own: when its outcome is unknown
+        (Redis took it and its reply was lost; the caller cancelled while it was on its way) the request is
+        refused, and the hold, which it may or may not have made, is settled with the plan charges — sent
+        again under its token, then released. Left, it would hold part of the balance until it lapsed."""
+        batch_id = secrets.token_hex(16)
+        sent_at = self._clock()
+        try:
+            values = await self.kv.incr_many_once(
+                token_for(batch_id),
+                [counter for counter, _, _ in increments],
+                [delta for _, delta, _ in increments],
+                expiration_ttl=[ttl for _, _, ttl in increments],
+                token_ttl=HOLD_TOKEN_TTL,
+            )
+        except (KVIndeterminateError, asyncio.CancelledError):
+            undo = [(counter, -delta, HOLD_TTL) for counter, delta in deltas.items() if delta]
+            self.pending.settle(batch_id, sent_at, increments, undo)
+            raise
+        if values is None:  # a token of 128 random bits, never sent before
+            raise KVError(f"the hold token {batch_id} was applied before")
+        return list(values)
 
     async def _undo(self, deltas: Mapping[str, int]) -> None:
         await self._give_back([(counter, -delta, HOLD_TTL) for counter, delta in deltas.items() if delta])
