@@ -187,10 +187,14 @@ class SqliteKV(KVNamespace):
         self, conn: aiosqlite.Connection, sql: str, params: Sequence[object]
     ) -> list[sqlite3.Row]:
         for attempt in range(_LOCK_RETRIES + 1):
+            began = time.monotonic()
             try:
                 return list(await conn.execute_fetchall(sql, params))
             except sqlite3.OperationalError as exc:
-                if not _is_lock_error(exc) or attempt == _LOCK_RETRIES:
+                # A lock reported after the busy handler waited it out is held by another process (a backup,
+                # a shell in a transaction): retrying would wait the busy timeout again, nine times over.
+                waited_out = time.monotonic() - began >= self._busy_timeout_ms / 2000
+                if not _is_lock_error(exc) or attempt == _LOCK_RETRIES or waited_out:
                     raise KVUnavailableError(f"SQLite database {self._path!r} failed: {exc}") from exc
             await asyncio.sleep(_LOCK_BACKOFF_S * (attempt + 1))
         raise AssertionError("unreachable: the last attempt either returns or raises")

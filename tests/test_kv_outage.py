@@ -10,6 +10,7 @@ shutdown during one finishes and says what it could not write.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -393,3 +394,38 @@ def test_a_credit_hold_whose_outcome_is_unknown_is_settled_once(
         assert time.monotonic() < deadline, _held_micro(w, gw.key_id)
         time.sleep(0.1)
     assert client.chat.completions.create(**ask).choices  # type: ignore[call-overload]
+
+
+def test_a_sqlite_file_locked_by_another_process_delays_a_request_by_the_busy_timeout_once(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """Another process holds the SQLite file's write lock (a backup, a `sqlite3` shell left in a transaction):
+    `/health` says so within its second, probe after probe, and a request that must write (its rate-limit
+    count) waits the busy timeout once — 5 s — and, the limits failing open, is served. Each statement was
+    retried eight more times after the busy timeout had run out, so the request took 45 s, every other KV
+    call of the worker queued behind it, and each health probe queued one more."""
+    # Limits under 128 are counted one request at a time: each request writes.
+    limits = {"RATE_LIMIT_PER_MINUTE": 100, "RATE_LIMIT_IP_PER_MINUTE": 100}
+    w = make_worker(limits, dev_vars={"TREX_MASTER_KEY": MASTER_KEY})
+    gw = with_key(w, fake_upstream)
+    _OPEN.append(gw)
+    client = gw.openai()
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+    path = w.config.kv_url.removeprefix("sqlite:///")
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        time.sleep(1.1)  # past the last health check's second
+        for _ in range(3):
+            began = time.monotonic()
+            assert HTTP.get(w.url + "/health").status_code == 503
+            assert time.monotonic() - began < 1.5
+            time.sleep(1.1 - (time.monotonic() - began) % 1.1)
+        began = time.monotonic()
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+        took = time.monotonic() - began
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert took < 8, took
+    assert HTTP.get(w.url + "/health").status_code == 200

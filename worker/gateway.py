@@ -75,8 +75,10 @@ class Gateway:
     """`IMPLICIT_SESSIONS`: a conversation sent without `X-Session-Id` is matched by its opening exchange."""
 
     async def close(self) -> None:
-        """Stop the KV sweep, write the last usage events and release the upstream connection pools."""
+        """Stop the KV sweep and any KV check, write the last usage events and release the upstream connection
+        pools."""
         await self.sweeper.close()
+        await self.kv_check.close()
         await self.recorder.close()
         if self.recorder.kv is not self.kv:
             await self.recorder.kv.close()
