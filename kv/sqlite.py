@@ -103,7 +103,7 @@ _LOCK_RETRIES = 8
 _LOCK_BACKOFF_S = 0.02
 
 
-def _is_lock_error(exc: sqlite3.OperationalError) -> bool:
+def _is_lock_error(exc: sqlite3.DatabaseError) -> bool:
     return exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
@@ -190,7 +190,7 @@ class SqliteKV(KVNamespace):
             began = time.monotonic()
             try:
                 return list(await conn.execute_fetchall(sql, params))
-            except sqlite3.OperationalError as exc:
+            except sqlite3.DatabaseError as exc:  # locked, read-only, full disk, not a database, damaged …
                 # A lock reported after the busy handler waited it out is held by another process (a backup,
                 # a shell in a transaction): retrying would wait the busy timeout again, nine times over.
                 waited_out = time.monotonic() - began >= self._busy_timeout_ms / 2000

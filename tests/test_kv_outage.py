@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import anthropic
@@ -24,7 +27,7 @@ import redis
 from tests.conftest import MASTER_KEY, GatewaySetup, with_key
 from tests.fakes.redis_proxy import RedisProxy
 from tests.fakes.upstream import FakeUpstream, Reply
-from tests.harness import InProcessWorker
+from tests.harness import ROOT, InProcessWorker, free_port
 from tests.test_usage import HTTP, wait_final
 from worker.appkeys import GATEWAY
 
@@ -429,3 +432,23 @@ def test_a_sqlite_file_locked_by_another_process_delays_a_request_by_the_busy_ti
         holder.close()
     assert took < 8, took
     assert HTTP.get(w.url + "/health").status_code == 200
+
+
+def test_a_kv_file_that_is_no_sqlite_database_is_a_clear_start_up_error(
+    tmp_path: Path, config_path: Path
+) -> None:
+    """`kv_url` naming a file that is not a SQLite database (a wrong path, a damaged file): `trex dev` says it
+    cannot open the KV and exits 1, as for any KV it cannot open. It died with SQLite's traceback."""
+    bad = tmp_path / "not-a-database.sqlite3"
+    bad.write_bytes(b"\x13\x37" * 4096)
+    argv = ["dev", "--config", str(config_path), "--port", str(free_port()), "--kv-url", f"sqlite:///{bad}"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "cannot open KV" in proc.stderr and "file is not a database" in proc.stderr
+    assert "Traceback" not in proc.stderr
