@@ -9,6 +9,7 @@ shutdown during one finishes and says what it could not write.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import subprocess
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -98,21 +100,45 @@ def _assert_kv_unavailable_openai(err: openai.APIStatusError) -> None:
     assert "redis" not in body["error"]["message"].lower()  # nothing of the store's address or errors
 
 
-def test_a_stalled_store_times_out_into_a_503_and_recovers(
+def _tasks(w: InProcessWorker) -> int:
+    async def count() -> int:
+        return len(asyncio.all_tasks())
+
+    return int(w.call(count()))
+
+
+def test_a_stalled_store_times_out_into_503s_and_the_worker_recovers_with_nothing_left_behind(
     proxy: RedisProxy, make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
 ) -> None:
+    """Redis stops answering (its replies held back): 20 requests at once each get a 503 within the reply
+    timeout (`?socket_timeout=0.5` in the URL; 5 s by default), none hangs; when it answers again requests
+    are served, and no task is left behind."""
     gw = _setup(make_worker, fake_upstream, proxy)
     client = gw.openai()
     client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+    time.sleep(0.5)  # the first usage flush
+    tasks = _tasks(gw.worker)
     proxy.stalled = True
     _past_key_cache()
-    began = time.monotonic()
-    with pytest.raises(openai.APIStatusError) as err:
-        client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
-    _assert_kv_unavailable_openai(err.value)
-    assert time.monotonic() - began < 3  # the URL's socket_timeout=0.5 bounds each wait for a reply
+
+    def ask(_: int) -> tuple[int, float]:
+        began = time.monotonic()
+        try:
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+        except openai.APIStatusError as err:
+            _assert_kv_unavailable_openai(err)
+            return err.status_code, time.monotonic() - began
+        return 200, time.monotonic() - began
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(ask, range(20)))
+    client.close()  # its 20 kept-alive connections, each a task of the server's
+    assert {status for status, _ in answers} == {503}
+    assert max(took for _, took in answers) < 3, answers
     proxy.stalled = False
-    client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+    gw.openai().chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+    time.sleep(0.5)
+    assert _tasks(gw.worker) <= tasks
 
 
 def test_a_store_unreachable_at_start_up_is_served_as_an_outage_until_it_comes(
@@ -452,3 +478,24 @@ def test_a_kv_file_that_is_no_sqlite_database_is_a_clear_start_up_error(
     assert proc.returncode == 1, proc.stderr
     assert "cannot open KV" in proc.stderr and "file is not a database" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("fail", ["open", "closed"])
+def test_rate_limits_the_store_cannot_count_fail_as_configured(
+    proxy: RedisProxy, make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream, fail: str
+) -> None:
+    """Only the rate-limit count fails (Redis refuses it): `RATE_LIMIT_FAIL = "open"` (the default) serves
+    the request, `"closed"` answers 503 `rate_limiter_unavailable` with `Retry-After` in the client's
+    format, as the README says."""
+    gw = _setup(make_worker, fake_upstream, proxy, RATE_LIMIT_FAIL=fail)
+    claude = gw.anthropic()
+    proxy.fail(b"rl/k/", "OOM command not allowed when used memory > 'maxmemory'.")
+    if fail == "open":
+        assert claude.messages.create(model="claude-haiku-4-5", max_tokens=16, messages=HI).content  # type: ignore[arg-type]
+        assert gw.worker.app[GATEWAY].limits.failures == 1
+        return
+    with pytest.raises(anthropic.APIStatusError) as err:
+        claude.messages.create(model="claude-haiku-4-5", max_tokens=16, messages=HI)  # type: ignore[arg-type]
+    assert err.value.status_code == 503 and err.value.response.headers["Retry-After"] == "1"
+    assert err.value.response.json()["error"]["type"] == "overloaded_error"
+    assert "Rate limits cannot be checked" in err.value.response.json()["error"]["message"]
