@@ -499,3 +499,22 @@ def test_rate_limits_the_store_cannot_count_fail_as_configured(
     assert err.value.status_code == 503 and err.value.response.headers["Retry-After"] == "1"
     assert err.value.response.json()["error"]["type"] == "overloaded_error"
     assert "Rate limits cannot be checked" in err.value.response.json()["error"]["message"]
+
+
+def test_the_request_log_while_the_store_is_down_is_a_503_that_names_no_store(
+    proxy: RedisProxy, make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """`GET /v1/logs` with the key still in its 1 s cache and Redis gone: a 503 `kv_unavailable`. It was a 400
+    saying the cursor was not valid, with the KV's error in it — the store's address for any client."""
+    gw = _setup(make_worker, fake_upstream, proxy)
+    gw.openai().chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+    proxy.refuse()
+    r = HTTP.get(gw.worker.url + "/v1/logs", headers={"Authorization": f"Bearer {gw.key}"})
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "kv_unavailable" and r.headers["Retry-After"] == "1"
+    assert "redis" not in r.text.lower() and "127.0.0.1" not in r.text
+    proxy.accept()
+    r = HTTP.get(
+        gw.worker.url + "/v1/logs", headers={"Authorization": f"Bearer {gw.key}"}, params={"cursor": "x"}
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "cursor"
