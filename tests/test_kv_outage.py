@@ -518,3 +518,38 @@ def test_the_request_log_while_the_store_is_down_is_a_503_that_names_no_store(
         gw.worker.url + "/v1/logs", headers={"Authorization": f"Bearer {gw.key}"}, params={"cursor": "x"}
     )
     assert r.status_code == 400 and r.json()["error"]["param"] == "cursor"
+
+
+def test_a_restarted_redis_that_lost_its_scripts_is_served_without_a_failure(
+    proxy: RedisProxy, make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """A Redis restarted (or failed over) has none of the worker's Lua scripts loaded: the first script call
+    is answered NOSCRIPT, and the script is loaded again and run, so the rate limits are counted as ever."""
+    gw = _setup(make_worker, fake_upstream, proxy, RATE_LIMIT_PER_MINUTE=100, RATE_LIMIT_IP_PER_MINUTE=100)
+    client = gw.openai()
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+    proxy.fail(b"rl/k/", "NOSCRIPT No matching script. Please use EVAL.")
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+    assert proxy.cuts == 1 and gw.worker.app[GATEWAY].limits.failures == 0
+    assert _counter(gw.worker, f"rl/k/{gw.key_id}/", "") == 2
+
+
+def test_a_session_the_store_cannot_read_is_served_optimized_afresh(
+    proxy: RedisProxy, make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """The read of a session's state is lost with its connection: the turn is served, optimized as a new
+    session (as the README says), not refused."""
+    gw = _setup(make_worker, fake_upstream, proxy)
+    client = gw.openai()
+    turn = [{"role": "system", "content": "Be brief."}, *HI]
+    session = {"X-Session-Id": "blip-1"}
+    client.chat.completions.create(model="gpt-4o-mini", messages=turn, extra_headers=session)  # type: ignore[arg-type]
+    time.sleep(0.3)  # its state is written behind the response
+    proxy.cut(b"session/", lose="command")
+    answer = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=[*turn, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "again"}],  # type: ignore[arg-type]
+        extra_headers=session,
+    )
+    assert proxy.cuts == 1 and answer.parse().choices[0].message.content
+    assert answer.headers["X-Trex-Session-Replayed"] == "0"
