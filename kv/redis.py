@@ -32,6 +32,12 @@ MAX_CONNECTIONS = 128
 
 # redis-py's messages for failures before a command went out: connecting, or waiting for a pooled connection.
 _BEFORE_SENDING = ("connecting to", "connection available", "from pool")
+# Error replies of a Redis that cannot serve commands right now (out of memory, a read-only replica after a
+# failover, a failed snapshot that stops writes, a script that runs too long …): an outage, not a fault of the
+# command, and over once Redis is fixed.
+_REFUSALS = frozenset(
+    {"OOM", "READONLY", "MISCONF", "BUSY", "MASTERDOWN", "NOREPLICAS", "TRYAGAIN", "CLUSTERDOWN"}
+)
 
 
 def _never_sent(exc: Exception) -> bool:
@@ -42,6 +48,12 @@ def _never_sent(exc: Exception) -> bool:
         return True
     text = str(exc).lower()
     return any(marker in text for marker in _BEFORE_SENDING)
+
+
+def _refusal(exc: redis.exceptions.ResponseError) -> bool:
+    """Whether Redis refused the command because it cannot serve now (see `_REFUSALS`)."""
+    code = getattr(exc, "status_code", None) or str(exc).split(" ", 1)[0]
+    return code in _REFUSALS
 
 
 def _describe(url: str) -> str:
@@ -126,6 +138,12 @@ class RedisKV(KVNamespace):
             if _never_sent(exc):
                 raise KVUnavailableError(message) from exc
             raise KVIndeterminateError(message + " (the command may have been applied)") from exc
+        except redis.exceptions.ResponseError as exc:
+            if _refusal(exc):
+                # Unavailable as for a broken connection. A script refused midway (out of memory at its first
+                # write) may have applied what came before: the outcome is unknown.
+                raise KVIndeterminateError(f"Redis at {self._where} refused the command: {exc}") from exc
+            raise KVError(f"Redis at {self._where} failed: {exc}") from exc
         except redis.exceptions.RedisError as exc:
             raise KVError(f"Redis at {self._where} failed: {exc}") from exc
 

@@ -106,7 +106,7 @@ _LOCK_BACKOFF_S = 0.02
 _BLOB_COPY_MAX = 4096
 
 
-def _is_lock_error(exc: sqlite3.OperationalError) -> bool:
+def _is_lock_error(exc: sqlite3.DatabaseError) -> bool:
     return exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
@@ -198,10 +198,14 @@ class SqliteKV(KVNamespace):
         self, conn: aiosqlite.Connection, sql: str, params: Sequence[object]
     ) -> list[sqlite3.Row]:
         for attempt in range(_LOCK_RETRIES + 1):
+            began = time.monotonic()
             try:
                 return list(await conn.execute_fetchall(sql, params))
-            except sqlite3.OperationalError as exc:
-                if not _is_lock_error(exc) or attempt == _LOCK_RETRIES:
+            except sqlite3.DatabaseError as exc:  # locked, read-only, full disk, not a database, damaged …
+                # A lock reported after the busy handler waited it out is held by another process (a backup,
+                # a shell in a transaction): retrying would wait the busy timeout again, nine times over.
+                waited_out = time.monotonic() - began >= self._busy_timeout_ms / 2000
+                if not _is_lock_error(exc) or attempt == _LOCK_RETRIES or waited_out:
                     raise KVUnavailableError(f"SQLite database {self._path!r} failed: {exc}") from exc
             await asyncio.sleep(_LOCK_BACKOFF_S * (attempt + 1))
         raise AssertionError("unreachable: the last attempt either returns or raises")

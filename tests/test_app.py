@@ -63,7 +63,7 @@ async def test_health_without_auth(w: InProcessWorker) -> None:
         for path in ("/health", "/v1/health"):
             async with s.get(w.url + path) as r:
                 assert r.status == 200
-                assert await r.json() == {"status": "ok", "version": VERSION}
+                assert await r.json() == {"status": "ok", "version": VERSION, "kv": "ok"}
                 assert r.headers["X-Request-Id"].startswith("req_")
 
 

@@ -13,7 +13,7 @@ from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kv import KVNamespace
+from kv import KVNamespace, KVUnavailableError
 
 from .config import Config
 
@@ -59,6 +59,10 @@ class TaskRegistry:
         except asyncio.CancelledError:
             self.failed += 1
             raise
+        except KVUnavailableError as exc:
+            # The store is down (or stalled): an outage, not a fault of the task; no traceback for each one.
+            self.failed += 1
+            log.warning("wait_until task not done, the KV is unavailable: %s", exc)
         except Exception:
             self.failed += 1
             log.exception("wait_until task failed")

@@ -17,6 +17,7 @@ from .auth import KeyStore
 from .catalog import Entry, build_catalog
 from .config import Config, ConfigError, count_var
 from .health import Breakers
+from .kvcheck import KVCheck
 from .limits import Limits, parse_plan_limits, parse_trusted
 from .memory import Embeddings
 from .optimize.base import MODES
@@ -56,6 +57,8 @@ class Gateway:
     payloads: PayloadStore
     sweeper: Sweeper
     """Reclaims the space of expired KV entries in the background (started with the app)."""
+    kv_check: KVCheck
+    """Whether the KV takes writes, for `GET /health`."""
     max_body_bytes: int = 1 << 20
     """`MAX_BODY_BYTES`: also the most a request may grow to once its TrexID references are expanded."""
     memory_ttl_seconds: int = 7 * 86400
@@ -72,8 +75,10 @@ class Gateway:
     """`IMPLICIT_SESSIONS`: a conversation sent without `X-Session-Id` is matched by its opening exchange."""
 
     async def close(self) -> None:
-        """Stop the KV sweep, write the last usage events and release the upstream connection pools."""
+        """Stop the KV sweep and any KV check, write the last usage events and release the upstream connection
+        pools."""
         await self.sweeper.close()
+        await self.kv_check.close()
         await self.recorder.close()
         if self.recorder.kv is not self.kv:
             await self.recorder.kv.close()
@@ -184,6 +189,7 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
         retry_max_wait=config.number("UPSTREAM_RETRY_MAX_WAIT"),
         # On the background writer's connection: on SQLite, requests never queue behind a slice.
         sweeper=Sweeper(recorder.kv, config.number("KV_SWEEP_SECONDS")),
+        kv_check=KVCheck(kv),
     )
 
 

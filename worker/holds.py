@@ -14,7 +14,9 @@ trip) says whether it fits, so of two requests racing for the last dollar the la
 When the request's usage is reconciled, its hold is released and its actual cost debited in one charge batch,
 applied at most once (`accounting/charges.py`). A request that fails upstream or is cut off releases its hold
 the same way (it is reconciled too, a failure at no cost); one refused before its usage event begins (a bad
-option, a storage quota) releases it at once (`Quotas.give_back`). An hour's counter is read
+option, a storage quota) releases it at once (`Quotas.give_back`). A hold is applied at most once, under a
+token of its own: one whose outcome is unknown (its Redis reply lost: the request is a 503) is sent again
+under that token once Redis answers, then released, with the plan charges. An hour's counter is read
 during that hour and the next, and expires after them: the holds of an instance that died are gone after one
 to two hours, and a request still running by then no longer holds anything.
 
@@ -32,6 +34,11 @@ HOLD_WINDOW_SECONDS = 3600
 """A hold counts in its hour's counter, read during that hour and the next."""
 HOLD_TTL = 2 * HOLD_WINDOW_SECONDS + 60
 """An hour's counter outlives the two hours it is read in, whenever in its hour it was created."""
+HOLD_TOKEN_TTL = 900
+"""How long the KV remembers that a hold was applied: a hold whose outcome is unknown is sent again under its
+token within that time (applied only if it was lost) and then released. Sent again later (a longer outage),
+it may be applied twice and released once: it then lapses with its hour's counter, as before; it is never
+released more than it was held."""
 DEFAULT_HOLD_OUTPUT_TOKENS = 32_768
 """The output held for a model outside the catalog when the request sets no output cap."""
 

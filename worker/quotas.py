@@ -37,17 +37,19 @@ from __future__ import annotations
 
 import asyncio
 import calendar
-import contextlib
 import dataclasses
 import fnmatch
 import functools
+import logging
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from kv import KVError, KVNamespace
+from kv import KVError, KVIndeterminateError, KVNamespace, KVUnavailableError
 from kv.batching import CounterBatch, Increment
 
+from .accounting.charges import PendingCharges, token_for
 from .auth import KeyRecord
 from .config import ConfigError, plan_int
 from .errors import (
@@ -57,8 +59,10 @@ from .errors import (
     RateLimitError,
 )
 from .grants import MICRO, Grant, grant_credits
-from .holds import HOLD_TTL, Estimate, Hold, counters
+from .holds import HOLD_TOKEN_TTL, HOLD_TTL, Estimate, Hold, counters
 from .routing import SMART_AUTO
+
+log = logging.getLogger("trex.quotas")
 
 _DAY_TOKENS_TTL = 2 * 86400
 _WEEK_TOKENS_TTL = 8 * 86400
@@ -236,6 +240,9 @@ class Quotas:
     ) -> None:
         self.kv = kv
         self.counters = counters or CounterBatch(kv)
+        self.pending = PendingCharges(clock)
+        """Charges waiting to be applied, each batch once: those of reconciled requests (the usage recorder
+        adds and applies them at every flush) and give-backs the KV could not take when they were made."""
         self.hold_credits = hold_credits
         """False with usage accounting off: nothing would release a hold (or debit the cost), so a request on
         credits is only checked against what is available."""
@@ -270,7 +277,7 @@ class Quotas:
         counted: list[tuple[str, int | None]] = []
         try:
             return await self._admit(key, plan, model, web_search, tier, in_flight, counted)
-        except GatewayError:
+        except BaseException:  # refused, the KV failing midway (a 503), or the client gone
             await self._uncount(counted)
             raise
 
@@ -285,9 +292,24 @@ class Quotas:
         back = [(counter, -1, ttl) for counter, ttl in counted]
         if hold is not None:
             back.append(hold.release())
-        if back:
-            with contextlib.suppress(KVError):  # the refusal is the answer, whatever the KV does
-                await self.counters.incr(back)
+        await self._give_back(back)
+
+    async def _give_back(self, back: Sequence[Increment]) -> None:
+        """Apply increments that undo what a refused request counted or held. The refusal is the answer,
+        whatever the KV does: when it cannot be reached (a request refused because the KV went down, most
+        often) the give-back waits with the plan charges, applied once when the KV is back (`pending`). One
+        whose outcome is unknown (sent, its reply lost) is not sent again: it may have been applied, and
+        twice would give back more than was counted."""
+        if not back:
+            return
+        try:
+            await self.counters.incr(back)
+        except KVIndeterminateError as exc:
+            log.warning("%d counts of a refused request may not have been given back: %s", len(back), exc)
+        except KVUnavailableError:
+            self.pending.add(back)
+        except KVError as exc:
+            log.error("could not give back %d counts of a refused request: %s", len(back), exc)
 
     async def _admit(
         self,
@@ -407,13 +429,10 @@ class Quotas:
         if old is not None:
             deltas[old.counter] = deltas.get(old.counter, 0) - old.micro
         increments = [(f"credits/{key_id}", 0, None), *((c, d, HOLD_TTL) for c, d in deltas.items())]
-        try:
+        if any(deltas.values()):
+            balance, held_now, held_before, *_ = await self._hold_once(increments, deltas)
+        else:  # nothing held (accounting off): only a read, in a shared round trip
             balance, held_now, held_before, *_ = await self.counters.incr(increments)
-        except asyncio.CancelledError:
-            # The round trip is shared and goes on without this caller: what it applies is taken back, as the
-            # caller's admission (what its usage event releases) never learns of it.
-            await self._undo(deltas)
-            raise
         others = held_now + held_before - amount  # the key's other requests in flight
         available = balance - others
         if available <= 0 or available < estimate.micro:
@@ -426,11 +445,31 @@ class Quotas:
             )
         return dataclasses.replace(admission, hold=Hold(current, amount) if amount else None)
 
+    async def _hold_once(self, increments: Sequence[Increment], deltas: Mapping[str, int]) -> list[int]:
+        """The hold's round trip, applied at most once under a token of its own: when its outcome is unknown
+        (Redis took it and its reply was lost; the caller cancelled while it was on its way) the request is
+        refused, and the hold, which it may or may not have made, is settled with the plan charges — sent
+        again under its token, then released. Left, it would hold part of the balance until it lapsed."""
+        batch_id = secrets.token_hex(16)
+        sent_at = self._clock()
+        try:
+            values = await self.kv.incr_many_once(
+                token_for(batch_id),
+                [counter for counter, _, _ in increments],
+                [delta for _, delta, _ in increments],
+                expiration_ttl=[ttl for _, _, ttl in increments],
+                token_ttl=HOLD_TOKEN_TTL,
+            )
+        except (KVIndeterminateError, asyncio.CancelledError):
+            undo = [(counter, -delta, HOLD_TTL) for counter, delta in deltas.items() if delta]
+            self.pending.settle(batch_id, sent_at, increments, undo)
+            raise
+        if values is None:  # a token of 128 random bits, never sent before
+            raise KVError(f"the hold token {batch_id} was applied before")
+        return list(values)
+
     async def _undo(self, deltas: Mapping[str, int]) -> None:
-        back = [(counter, -delta, HOLD_TTL) for counter, delta in deltas.items() if delta]
-        if back:
-            with contextlib.suppress(KVError):  # left, a hold lapses with its hour's counter
-                await self.counters.incr(back)
+        await self._give_back([(counter, -delta, HOLD_TTL) for counter, delta in deltas.items() if delta])
 
     @staticmethod
     def _exceeded(what: str, limit: int, retry_after: int) -> GatewayError:

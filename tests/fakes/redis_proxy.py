@@ -5,7 +5,10 @@
 lost (`lose="reply"`: Redis gets it, the client never hears back). Either way the client times out not
 knowing whether the command was applied, which is what `KVIndeterminateError` means; the connections opened
 after the cut pass through untouched. `stalled = True` holds back every reply on every connection.
-`refuse()` closes every connection and refuses new ones (Redis is down: nothing is sent) until `accept()`.
+`refuse()` closes every connection and refuses new ones (Redis is down: nothing is sent) until `accept()`;
+`cut(..., then_refuse=True)` does that at the cut (Redis went away with that command). `fail(pattern, error)`
+answers the next command containing `pattern` with a Redis error reply, as Redis does when it refuses a
+command (`OOM command not allowed …`, `READONLY …`, `MISCONF …`), without forwarding it.
 
 It runs on a thread of its own with its own event loop, so sync tests (an in-process worker) and async tests
 can both use it.
@@ -22,11 +25,19 @@ REDIS = ("127.0.0.1", 6379)
 
 
 class _Cut:
-    __slots__ = ("lose", "pattern")
+    __slots__ = ("error", "lose", "pattern", "then_refuse")
 
-    def __init__(self, pattern: bytes, lose: Literal["command", "reply"]) -> None:
+    def __init__(
+        self,
+        pattern: bytes,
+        lose: Literal["command", "reply"] | None,
+        then_refuse: bool = False,
+        error: bytes = b"",
+    ) -> None:
         self.pattern = pattern
         self.lose = lose
+        self.then_refuse = then_refuse
+        self.error = error
 
 
 class RedisProxy:
@@ -54,10 +65,16 @@ class RedisProxy:
         asyncio.run_coroutine_threadsafe(self._listen(0), self._loop).result(10)
         return self
 
-    def cut(self, pattern: bytes, lose: Literal["command", "reply"]) -> None:
-        """Cut the connection that next sends a command containing `pattern` (once)."""
+    def cut(self, pattern: bytes, lose: Literal["command", "reply"], *, then_refuse: bool = False) -> None:
+        """Cut the connection that next sends a command containing `pattern` (once); `then_refuse`: and from
+        then on refuse every connection, as `refuse()`, until `accept()`."""
         with self._lock:
-            self._armed = _Cut(pattern, lose)
+            self._armed = _Cut(pattern, lose, then_refuse)
+
+    def fail(self, pattern: bytes, error: str) -> None:
+        """Answer the next command containing `pattern` with the Redis error reply `error` (once)."""
+        with self._lock:
+            self._armed = _Cut(pattern, None, error=b"-" + error.encode() + b"\r\n")
 
     def refuse(self) -> None:
         """Close every connection and stop listening: connecting is refused until `accept()`."""
@@ -94,7 +111,13 @@ class RedisProxy:
             with contextlib.suppress(ConnectionError):
                 while data := await reader.read(65536):
                     if not cut and (taken := self._take(data)) is not None:
+                        if taken.error:  # refused by "Redis": answered, the connection stays usable
+                            writer.write(taken.error)
+                            await writer.drain()
+                            continue
                         cut.append(taken)
+                        if taken.then_refuse:
+                            self._loop.create_task(self._close_all())
                     if cut and cut[0].lose == "command":
                         continue  # lost on the way, and everything after it
                     up_writer.write(data)

@@ -14,6 +14,10 @@ their own.
 Sending again is bounded: a batch whose outcome is still unknown `RETRY_SECONDS` after it was first sent is
 dropped with an error (it may not have been applied). The KV keeps a batch's id for `TOKEN_TTL`, well past
 that, so a batch is never sent again once the KV may have forgotten it: that would charge twice.
+
+The same settles a credit hold whose outcome is unknown (`settle`): the hold was sent with a once-token of its
+own; it is sent again under that token (applied only if it was lost), and once that is known applied, a batch
+of its own releases it. A release never goes without its hold: dropped with it.
 """
 
 from __future__ import annotations
@@ -48,10 +52,18 @@ class _Batch:
     """Charges (one request adds up to two) merged into it, for the logs."""
     sent_at: float | None = None
     """When it was first sent without learning the outcome; None while it never reached the KV."""
+    after: str | None = None
+    """The batch that must be applied before this one (a hold before its release); set, it takes no other
+    charges, and it is dropped if that batch is."""
 
     @property
     def token(self) -> str:
-        return f"charges/{self.id}"
+        return token_for(self.id)
+
+
+def token_for(batch_id: str) -> str:
+    """The once-token a batch is applied under."""
+    return f"charges/{batch_id}"
 
 
 class PendingCharges:
@@ -60,6 +72,9 @@ class PendingCharges:
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._batches: list[_Batch] = []
+        self._failing = False
+        """Whether the last pass stopped at a batch the KV did not take: an outage is logged when it begins,
+        not at every pass."""
 
     def __len__(self) -> int:
         """The charges waiting."""
@@ -72,6 +87,7 @@ class PendingCharges:
             if (
                 batch is None
                 or batch.sent_at is not None
+                or batch.after is not None
                 or (counter not in batch.totals and len(batch.totals) >= ONCE_MAX_KEYS)
             ):
                 batch = _Batch(secrets.token_hex(16))
@@ -80,13 +96,38 @@ class PendingCharges:
             batch.totals[counter] = (before + delta, first_ttl)  # a counter keeps the TTL it was created with
             batch.charges += 1
 
+    def settle(
+        self, batch_id: str, sent_at: float, increments: Iterable[Increment], undo: Iterable[Increment]
+    ) -> None:
+        """Settle increments sent at `sent_at` as `incr_many_once(token_for(batch_id), …)` whose outcome is
+        unknown: send them again under that token until the KV answers (applied once), then apply `undo`."""
+        first = _Batch(batch_id, sent_at=sent_at, charges=1)
+        for counter, delta, ttl in increments:
+            first.totals[counter] = (delta, ttl)
+        then = _Batch(secrets.token_hex(16), charges=1, after=batch_id)
+        for counter, delta, ttl in undo:
+            then.totals[counter] = (delta, ttl)
+        self._batches += (first, then)
+
+    def _warn(self, message: str, *args: object) -> None:
+        log.log(logging.DEBUG if self._failing else logging.WARNING, message, *args)
+        self._failing = True
+
     async def apply(self, quotas: Quotas) -> None:
         """Send the batches in order, stopping at the first the KV did not take (it is likely down: the
         others wait with it for the next pass)."""
         batches, self._batches = self._batches, []  # a concurrent pass sends only what arrives meanwhile
         done = 0
+        dropped: set[str] = set()
         try:
             for batch in batches:
+                if batch.after in dropped:
+                    log.error(
+                        "%d charges (batch %s) dropped with the batch before them", batch.charges, batch.id
+                    )
+                    dropped.add(batch.id)
+                    done += 1
+                    continue
                 if batch.sent_at is not None and self._clock() - batch.sent_at > RETRY_SECONDS:
                     log.error(
                         "%d charges (batch %s) dropped: Redis never confirmed them in %d s, and "
@@ -95,6 +136,7 @@ class PendingCharges:
                         batch.id,
                         RETRY_SECONDS,
                     )
+                    dropped.add(batch.id)
                     done += 1
                     continue
                 never_sent = batch.sent_at is None
@@ -103,7 +145,7 @@ class PendingCharges:
                 try:
                     await quotas.charge(batch.token, batch.totals, token_ttl=TOKEN_TTL)
                 except KVIndeterminateError as exc:
-                    log.warning(
+                    self._warn(
                         "%d charges (batch %s) may not have been applied; sent again at the next pass: %s",
                         batch.charges,
                         batch.id,
@@ -113,10 +155,14 @@ class PendingCharges:
                 except KVUnavailableError as exc:
                     if never_sent:
                         batch.sent_at = None  # it never reached the KV
-                    log.warning("could not apply %d charges to their plans yet: %s", batch.charges, exc)
+                    self._warn("could not apply %d charges to their plans yet: %s", batch.charges, exc)
                     return
                 except KVError as exc:  # a counter that is not a number: sending again would not help
                     log.error("could not apply %d charges to their plans: %s", batch.charges, exc)
+                    dropped.add(batch.id)
+                if self._failing:
+                    self._failing = False
+                    log.info("charges to plans applied again")
                 done += 1
         finally:  # also when cut off (a shutdown): a batch on its way counts as sent, and is kept
             self._batches = batches[done:] + self._batches

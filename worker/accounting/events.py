@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from kv import KVError, KVNamespace
+from kv import KVError, KVNamespace, KVUnavailableError
 
 from .. import tokens
 from ..auth import KeyRecord
@@ -232,8 +232,9 @@ class UsageRecorder:
         self._cycle: dict[tuple[str, str], list[float]] = {}
         """(key id, YYYYMM) → [savings in the cycle, monotonic time loaded]."""
         self._unflushed_savings: dict[tuple[str, str], float] = {}
-        self._charges = PendingCharges(clock)
-        """Quota and credit charges of reconciled events not yet applied."""
+        self._charges = quotas.pending if quotas is not None else PendingCharges(clock)
+        """Quota and credit charges of reconciled events not yet applied (with the give-backs the KV could not
+        take at once: they are applied with them)."""
         self._flush_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._refreshing: set[tuple[str, str]] = set()
@@ -594,17 +595,32 @@ class UsageRecorder:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-flush")
 
     async def _run(self) -> None:
+        down_since: float | None = None  # when the KV stopped taking the flushes
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.flush_seconds)
             self._wake.clear()
             try:
                 await self.flush(in_flight=False)
-            except Exception:
-                log.exception("usage flush failed; retrying at the next interval")
+            except Exception as exc:
+                if not isinstance(exc, KVUnavailableError):
+                    log.exception("usage flush failed; retrying at the next interval")
+                elif down_since is None:
+                    # An outage, not a fault: one line when it begins and one when it ends, no traceback
+                    # every interval. What is not written waits in memory (requests need the KV too).
+                    down_since = time.monotonic()
+                    log.warning(
+                        "usage not written, the KV is unavailable; retrying every %g s: %s",
+                        2 * self.flush_seconds,
+                        exc,
+                    )
                 # A failing KV is retried at the interval, however many requests wait meanwhile.
                 await asyncio.sleep(self.flush_seconds)
                 self._wake.clear()
+            else:
+                if down_since is not None:
+                    log.info("usage written again after %.1f s of KV outage", time.monotonic() - down_since)
+                    down_since = None
 
     async def flush(self, in_flight: bool = True) -> int:
         """Reconcile what completed, then write every changed event; returns how many were written.
@@ -697,6 +713,14 @@ class UsageRecorder:
             self._task = None
         try:
             await self.flush()
+        except KVUnavailableError as exc:
+            # The rest of the shutdown goes on: what could not be written is lost, and said so.
+            log.error(
+                "%d usage events and %d request-log entries were not written before shutdown: %s",
+                len(self._dirty) + len(self._queued),
+                len(self._logs) + len(self._log_retry),
+                exc,
+            )
         finally:
             if left := len(self._charges):
                 log.error(

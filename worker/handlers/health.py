@@ -1,4 +1,9 @@
-"""`GET /health`, `GET /v1/health`: liveness without authentication."""
+"""`GET /health`, `GET /v1/health`: whether this worker can serve, without authentication.
+
+200 `{"status": "ok", "kv": "ok"}` while the KV takes writes; 503 `{"status": "unavailable", "kv":
+"unavailable"}` with `Retry-After: 1` while it does not (`worker.kvcheck`), when nearly every request would
+be a 503 `kv_unavailable` too, so a load balancer sends traffic elsewhere until the store is back.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from aiohttp import web
 
+from ..appkeys import GATEWAY
 from ..jsonio import encode
 
 
@@ -17,10 +23,13 @@ def _version() -> str:
 
 
 VERSION = _version()
-# The body never changes: encode it once at import, not per request.
-_BODY = encode({"status": "ok", "version": VERSION})
+# The bodies never change: encoded once at import, not per request.
+_OK = encode({"status": "ok", "version": VERSION, "kv": "ok"})
+_DOWN = encode({"status": "unavailable", "version": VERSION, "kv": "unavailable"})
 
 
 async def health(request: web.Request) -> web.Response:
-    """Always 200 while the worker is serving."""
-    return web.Response(body=_BODY, content_type="application/json")
+    """200 while the worker can serve; 503 while its KV takes no writes."""
+    if await request.app[GATEWAY].kv_check.ok():
+        return web.Response(body=_OK, content_type="application/json")
+    return web.Response(body=_DOWN, status=503, headers={"Retry-After": "1"}, content_type="application/json")

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime
 
 from aiohttp import web
 
-from kv import MAX_EXPIRATION, KVError
+from kv import MAX_EXPIRATION, InvalidListArgumentError
 
 from ..accounting.events import GROUP_BYS, UsageRecorder
 from ..appkeys import GATEWAY
@@ -121,7 +121,7 @@ async def request_logs(request: web.Request) -> web.StreamResponse:
     cursor = request.query.get("cursor") or None
     try:
         entries, next_cursor = await gw.recorder.logs(key.id, int(raw_limit), cursor)
-    except KVError as exc:
+    except InvalidListArgumentError as exc:  # not an outage (a 503 at the edge): only the cursor's fault
         raise InvalidRequestError(f"'cursor' is not valid: {exc}", param="cursor") from None
     return json_response(
         {"object": "list", "data": entries, "has_more": next_cursor is not None, "next_cursor": next_cursor}
