@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from aiohttp import web
 
+from .. import __version__
 from ..jsonio import encode
 
+VERSION = __version__
 
-def _version() -> str:
-    try:
-        return version("trex-worker")
-    except PackageNotFoundError:
-        return "0.0.0+unknown"
-
-
-VERSION = _version()
 # The body never changes: encode it once at import, not per request.
 _BODY = encode({"status": "ok", "version": VERSION})
 
