@@ -42,6 +42,11 @@ def test_serving_does_not_import_package_metadata() -> None:
     assert _imported_by_trex_dev("importlib.metadata", "zipfile", "csv") == []
 
 
+def test_a_single_process_worker_does_not_import_multiprocessing() -> None:
+    """Only `trex dev --workers N` (N > 1) supervises child processes."""
+    assert _imported_by_trex_dev("multiprocessing", "multiprocessing.connection") == []
+
+
 async def test_health_reports_the_installed_version(worker: InProcessWorker) -> None:
     async with aiohttp.ClientSession() as s, s.get(worker.url + "/health") as r:
         assert r.status == 200
