@@ -50,4 +50,4 @@ def test_a_single_process_worker_does_not_import_multiprocessing() -> None:
 async def test_health_reports_the_installed_version(worker: InProcessWorker) -> None:
     async with aiohttp.ClientSession() as s, s.get(worker.url + "/health") as r:
         assert r.status == 200
-        assert await r.json() == {"status": "ok", "version": version("trex-worker")}
+        assert await r.json() == {"status": "ok", "version": version("trex-worker"), "kv": "ok"}
