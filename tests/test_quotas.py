@@ -47,6 +47,8 @@ weekly_requests = 10
 [plans.searchy]
 daily_requests = 2
 daily_web_searches = 5
+[plans.weeklymetered]
+weekly_tokens = 2000
 """
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -155,6 +157,30 @@ def test_token_quota_counts_billed_tokens_at_reconciliation(
     assert {c.name.rsplit("/", 1)[1] for c in counters} == {"tokens"}
     now = time.time()
     assert all(c.expiration is not None and now < c.expiration <= now + 2 * 86400 + 1 for c in counters)
+
+
+def test_weekly_token_quota_refuses_once_the_weeks_billed_tokens_reach_it(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    setup = _setup(make_worker, fake_upstream, "weeklymetered")
+    usage: dict[str, Any] = fixture_json("openai/chat_text.json")["usage"]
+    assert (
+        usage["prompt_tokens"] + usage["completion_tokens"]
+        < 2000
+        < 2 * (usage["prompt_tokens"] + usage["completion_tokens"])
+    )
+    client = setup.openai()
+    for _ in range(2):
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+        wait_final(setup, raw.headers["X-Trex-Usage-Event-Id"])
+    with pytest.raises(openai.RateLimitError) as err:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    assert err.value.code == "quota_exceeded" and "weekly token quota" in err.value.message
+    # Only the week's token counter exists: no daily or request counter for a plan without those limits.
+    kv = setup.worker.app[GATEWAY].kv
+    counters = setup.worker.call(kv.list(prefix=f"quota/{setup.key_id}/")).keys
+    assert len(counters) == 1 and counters[0].name.split("/")[2].startswith("w")
+    assert counters[0].name.endswith("/tokens")
 
 
 def test_keys_without_a_quota_plan_are_not_checked(gateway: GatewaySetup) -> None:

@@ -336,26 +336,24 @@ class Quotas:
         if why is not None:
             # What it may cost is known once its input is optimized and its model routed: it holds it then.
             return Admission(key.id, plan, True, day, week, tuple(counted), why)
-        for limit, counter, left, what, ttl in (
-            (plan.daily_tokens, f"quota/{key.id}/d{day}/tokens", day_left, "daily token", _DAY_TOKENS_TTL),
-            (
-                plan.weekly_tokens,
-                f"quota/{key.id}/w{week}/tokens",
-                week_left,
-                "weekly token",
-                _WEEK_TOKENS_TTL,
-            ),
-        ):
-            if limit is not None and await self._tokens_used(counter, ttl) >= limit:
-                raise self._exceeded(what, limit, left)
-        requests = [
-            (limit, counter, left, what)
-            for limit, counter, left, what in (
-                (plan.daily_requests, f"quota/{key.id}/d{day}/requests", day_left, "daily request"),
-                (plan.weekly_requests, f"quota/{key.id}/w{week}/requests", week_left, "weekly request"),
+        # Counter names are built only for the windows the plan limits (most plans limit one or two).
+        if plan.daily_tokens is not None:
+            used = await self._tokens_used(f"quota/{key.id}/d{day}/tokens", _DAY_TOKENS_TTL)
+            if used >= plan.daily_tokens:
+                raise self._exceeded("daily token", plan.daily_tokens, day_left)
+        if plan.weekly_tokens is not None:
+            used = await self._tokens_used(f"quota/{key.id}/w{week}/tokens", _WEEK_TOKENS_TTL)
+            if used >= plan.weekly_tokens:
+                raise self._exceeded("weekly token", plan.weekly_tokens, week_left)
+        requests: list[tuple[int, str, int, str]] = []
+        if plan.daily_requests is not None:
+            requests.append(
+                (plan.daily_requests, f"quota/{key.id}/d{day}/requests", day_left, "daily request")
             )
-            if limit is not None
-        ]
+        if plan.weekly_requests is not None:
+            requests.append(
+                (plan.weekly_requests, f"quota/{key.id}/w{week}/requests", week_left, "weekly request")
+            )
         if requests:
             # Counted like the rate limits: shared round trips, and leases while far from the quota.
             positions = await self.counters.count(
