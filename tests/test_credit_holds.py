@@ -362,3 +362,20 @@ def test_embeddings_on_credits_hold_their_input(
     spent = round(wait_final(setup, event_id)["actual_cost_usd"] * 1e6)
     _settled(setup, 400 - spent)
     assert embed(0)[0] == 200
+
+
+def test_the_402_of_an_overdrawn_key_names_its_balance_and_no_output_an_embedding_cannot_have(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """An embeddings 402 says what the input may cost, without an "up to 0 output tokens at $0/M" clause, and a
+    balance below zero reads as -$0.03, the way an amount owed is written."""
+    (setup,) = _workers(make_worker, fake_upstream)
+    _grant(setup, -0.03)
+    fake_upstream.set("/v1/embeddings", Reply.json(fixture_json("openai/embeddings.json")))
+    with pytest.raises(openai.APIStatusError) as refused:
+        setup.openai().embeddings.create(model="text-embedding-3-large", input="ledger " * 2000)
+    message = refused.value.message
+    assert refused.value.status_code == 402 and refused.value.code == "insufficient_balance"
+    assert "input tokens at $0.13/M), " in message, message
+    assert "output tokens" not in message, message
+    assert "$0.00 available (-$0.03 balance)" in message, message

@@ -88,10 +88,10 @@ class Estimate:
         available = max(0, balance_micro - held_micro)
         text = f"{why} on Compute Credits: this request can cost up to {usd(self.micro)} ("
         if self.input_price or self.output_price:
-            text += (
-                f"{self.input_tokens:,} input tokens at ${self.input_price:g}/M and up to "
-                f"{self.output_tokens:,} output tokens at ${self.output_price:g}/M), "
-            )
+            text += f"{self.input_tokens:,} input tokens at ${self.input_price:g}/M"
+            if self.output_tokens:  # an embeddings request has no output to name
+                text += f" and up to {self.output_tokens:,} output tokens at ${self.output_price:g}/M"
+            text += "), "
         else:
             text += "the model has no known price, so it needs a positive balance), "
         text += f"and this key has {usd(available)} available ({usd(balance_micro)} balance"
@@ -107,6 +107,7 @@ class Estimate:
 
 def usd(micro: int) -> str:
     """Micro-dollars as USD, to the cent at least and to the micro-dollar when it has them."""
-    text = f"{micro / 1_000_000:,.6f}".rstrip("0")
+    text = f"{abs(micro) / 1_000_000:,.6f}".rstrip("0")
     whole, _, cents = text.partition(".")
-    return f"${whole}.{cents.ljust(2, '0')}"
+    sign = "-" if micro < 0 else ""  # an overdrawn balance reads -$0.03, not $-0.03
+    return f"{sign}${whole}.{cents.ljust(2, '0')}"
