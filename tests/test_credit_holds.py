@@ -379,3 +379,40 @@ def test_the_402_of_an_overdrawn_key_names_its_balance_and_no_output_an_embeddin
     assert "input tokens at $0.13/M), " in message, message
     assert "output tokens" not in message, message
     assert "$0.00 available (-$0.03 balance)" in message, message
+
+
+def test_a_chat_request_for_n_choices_holds_the_output_of_all_of_them(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """OpenAI bills every one of a chat request's `n` choices: with $0.01, one 1,000-token answer at $8/M fits
+    but five do not, so `n=5` is a 402 saying how many output tokens per choice would fit (before, it was
+    served and took the balance to -$0.03). Asked with that many, it is served and the balance stays >= 0."""
+    (setup,) = _workers(make_worker, fake_upstream)
+    _grant(setup, 0.01)
+    fake_upstream.set("/v1/chat/completions", Reply.json(_chat_answer(5000)))
+    client = setup.openai()
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.chat.completions.create(
+            model="gpt-4.1",
+            messages=MESSAGES,  # type: ignore[arg-type]
+            max_tokens=1000,
+            n=5,
+        )
+    message = refused.value.message
+    assert refused.value.status_code == 402 and refused.value.code == "insufficient_balance", message
+    assert "5,000 output tokens (5 choices of 1,000) at $8/M" in message, message
+    assert "You requested up to 1,000 output tokens per choice, but can only afford" in message, message
+    affordable = int(message.split("can only afford ")[1].split(":")[0].replace(",", ""))
+    assert 240 <= affordable <= 250  # ($0.01 less the input) / ($8/M x 5)
+    _settled(setup, 10_000)
+    fake_upstream.set("/v1/chat/completions", Reply.json(_chat_answer(5 * affordable)))
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4.1",
+        messages=MESSAGES,  # type: ignore[arg-type]
+        max_tokens=affordable,
+        n=5,
+    )
+    assert raw.status_code == 200
+    spent = round(wait_final(setup, raw.headers["X-Trex-Usage-Event-Id"])["actual_cost_usd"] * 1e6)
+    _settled(setup, 10_000 - spent)
+    assert 10_000 - spent >= 0

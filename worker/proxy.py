@@ -637,7 +637,7 @@ def _credit_estimate(
     """What a request on Compute Credits may cost at most on `prepared`'s route (see `holds`): its input at
     the input price, and its output cap at the output price — the client's cap, at most the model's catalog
     maximum; else the `max_tokens` an Anthropic upstream is sent; else the catalog maximum; else the
-    default."""
+    default — for each of a chat request's `n` choices."""
     route = prepared.route
     listed = gw.catalog.get(route.model)
     ceiling = listed.info.max_output if listed is not None and listed.info.max_output > 0 else None
@@ -654,12 +654,16 @@ def _credit_estimate(
         cap = ceiling or DEFAULT_HOLD_OUTPUT_TOKENS
     priced = gw.prices.for_route(route.model, route.provider, route.upstream_model)
     price = priced[1] if priced is not None else None
+    # A chat request's `n` choices may each generate the cap, all billed (a translated request refuses n > 1,
+    # and the Messages and Responses APIs have no `n`).
+    n = body.get("n") if fmt == "chat" else None
     return Estimate(
         input_tokens,
         cap,
         field,
         price.input if price is not None else 0.0,
         price.output if price is not None else 0.0,
+        n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1,
     )
 
 
