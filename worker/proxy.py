@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import email.utils
+import functools
 import logging
 import math
 import random
@@ -782,7 +783,7 @@ async def _next_fallback(
                 route.model,
                 tier=listed.info.tier if listed is not None else None,
                 in_flight=admitted.in_flight if admitted is not None else 0,
-                estimate=_credit_estimate(gw, fmt, prepared, body, input_tokens),
+                estimate=functools.partial(_credit_estimate, gw, fmt, prepared, body, input_tokens),
             )
             return prepared, api_key, charged
         except _UNUSABLE as exc:
