@@ -515,7 +515,7 @@ async def proxy(
         if made is not None:
             request[CTX].wait_until(stored_owners.remember_answer(gw.kv, made, data, key.id))
         if fmt == wire and not stream:
-            problem = _unreadable_answer(wire, data)
+            problem = unusable  # judged when its attempt read it (`_unreadable_answer`), not decoded again
             if problem is not None:
                 # Forwarded, an SDK would fail to parse it (empty, HTML, an SSE stream), or hand the client an
                 # answer object without its answer (`{}`): a 502 in the client's format instead.
