@@ -18,8 +18,10 @@ import openai
 import pytest
 
 from tests.conftest import MASTER_KEY, GatewaySetup, with_key
+from tests.fakes.redis_proxy import RedisProxy
 from tests.fakes.upstream import FakeUpstream, Reply, fixture_json
 from tests.harness import InProcessWorker, flush_redis_db
+from tests.test_misbehaving_upstreams import connections_held
 from tests.test_usage import wait_final
 from worker.appkeys import GATEWAY
 
@@ -416,3 +418,35 @@ def test_a_chat_request_for_n_choices_holds_the_output_of_all_of_them(
     spent = round(wait_final(setup, raw.headers["X-Trex-Usage-Event-Id"])["actual_cost_usd"] * 1e6)
     _settled(setup, 10_000 - spent)
     assert 10_000 - spent >= 0
+
+
+def test_a_kv_failure_at_a_fallbacks_hold_lets_the_failed_answers_connection_go(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream, proxy: RedisProxy
+) -> None:
+    """The primary (a quota model) answers 503; its fallback draws on credits, and the KV fails as its hold is
+    made: the client gets a 503, and the primary's answer, never read, does not keep its upstream connection
+    (before, it was left acquired from the pool)."""
+    flush_redis_db(REDIS)
+    rest = threading.Event()
+    try:
+        (setup,) = _workers(make_worker, fake_upstream, kv_url=proxy.url(11), UPSTREAM_RETRIES=0)
+        _grant(setup, 1)
+        # A 503 whose body has not all come when the fallback is tried: its connection is still in use.
+        error = b'data: {"error": {"message": "down", "type": "server_error"}}\n\n'
+        fake_upstream.enqueue(
+            "/v1/chat/completions", Reply(status=503, sse=[error, error], pause_after=1, resume=rest)
+        )
+        proxy.cut(b"credits_held/", lose="command")
+        with pytest.raises(openai.APIStatusError) as failed:
+            setup.openai().chat.completions.create(
+                model="gpt-4o-mini",
+                messages=MESSAGES,  # type: ignore[arg-type]
+                max_tokens=100,
+                extra_body={"trex": {"routing": {"fallbacks": [{"provider": "openai", "model": "gpt-4.1"}]}}},
+            )
+        assert failed.value.status_code == 503 and proxy.cuts == 1, failed.value.message
+        assert len(fake_upstream.received) == 1  # the fallback was never sent
+        assert connections_held(setup) == 0
+    finally:
+        rest.set()
+        flush_redis_db(REDIS)

@@ -410,9 +410,25 @@ async def proxy(
         again = wait is not None
         following = None
         if not again and time.monotonic() < deadline:  # no fallback starts past the deadline either
-            following = await _next_fallback(
-                request, gw, key, fmt, body, stream, fallbacks, attempts, admission, report.optimized_tokens
-            )
+            try:
+                following = await _next_fallback(
+                    request,
+                    gw,
+                    key,
+                    fmt,
+                    body,
+                    stream,
+                    fallbacks,
+                    attempts,
+                    admission,
+                    report.optimized_tokens,
+                )
+            except BaseException:
+                # Its hold's KV round trip failed (a 503) or the client hung up meanwhile: the failed answer,
+                # kept in case no fallback took over, is let go rather than left holding its connection.
+                if resp is not None:
+                    resp.close()
+                raise
         if not again and following is None:
             if resp is not None:
                 upstream = resp  # nothing left to try: the client gets this failure as it is
