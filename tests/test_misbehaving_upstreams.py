@@ -818,3 +818,32 @@ def test_a_client_hanging_up_after_its_stream_ended_leaves_the_outcome_as_it_was
     assert lingering.resume is not None
     lingering.resume.set()
     assert errors_logged == []
+
+
+def test_a_claude_stream_with_events_the_anthropic_sdk_skips_is_relayed_whole(
+    setup: GatewaySetup, errors_logged: list[logging.LogRecord]
+) -> None:
+    """Events without a name, or with empty data (keep-alives some proxies add), are skipped by the Anthropic
+    SDK: a same-format Messages stream carrying them is relayed to its end, not ended as malformed."""
+    raw = events("messages")
+    skipped = [
+        b"data: \n\n",
+        b"event: keepalive\ndata: \n\n",
+        b'data: {"note": "no name"}\n\n',
+        b"data: ...\n\n",
+    ]
+
+    def relayed(sse: list[bytes]) -> tuple[list[str], str]:
+        setup.fake.enqueue("/v1/messages", Reply(sse=sse))
+        stream = sdk_create(setup, "messages>anthropic", stream=True)
+        got = list(stream)
+        assert final_event(setup, stream.response.headers)["outcome"] == "completed"
+        text = "".join(
+            e.delta.text for e in got if e.type == "content_block_delta" and e.delta.type == "text_delta"
+        )
+        return [e.type for e in got], text
+
+    plain = relayed(raw)
+    assert plain[0][-1] == "message_stop" and plain[1]
+    assert relayed([raw[0], *skipped, *raw[1:3], *skipped, *raw[3:]]) == plain
+    assert errors_logged == []

@@ -1303,6 +1303,11 @@ class PassthroughRelay:
         if event.event == COMMENT:  # a keep-alive: passed on the moment it arrives
             return event.raw
         fmt = self._fmt
+        if fmt == "messages" and (event.event is None or (not event.data and event.event != "error")):
+            # The Anthropic SDK skips an event without a name or without data (a keep-alive of a proxy in
+            # between): passed on as it is. (The OpenAI SDK parses every event's data, empty or unnamed: on
+            # the other paths such an event is checked like any other.)
+            return event.raw
         index = None
         if not (event.data == "[DONE]" and fmt == "chat") and event.event != "ping":
             try:
