@@ -355,7 +355,7 @@ async def proxy(
             # before any) has sent the client nothing yet: it is retried and falls back like the status it
             # stands for.
             try:
-                head = await _first_event(resp, prepared.wire)
+                head = await _first_event(resp, prepared.wire, gw.first_event_wait)
             except asyncio.CancelledError:
                 resp.close()
                 _finish_usage(gw, acct, 200, abandoned(request), None)
@@ -1662,32 +1662,42 @@ _ERROR_STATUSES = (("rate_limit", 429), ("overloaded", 529), ("timeout", 504), (
 _ERROR_STATUSES_BY_TYPE = {"api_error": 502}
 
 
-async def _first_event(resp: aiohttp.ClientResponse, wire: UpstreamWire) -> _Head:
+async def _first_event(resp: aiohttp.ClientResponse, wire: UpstreamWire, wait: float) -> _Head:
     """Read a stream up to its first event of substance (past its preamble; a comment, a keep-alive the
     client should get at once, ends the wait), and judge it: an error event that stands for a retryable
-    status, or an end, a cut or a stall before it, is a failure."""
+    status, or an end, a cut or a stall (`UPSTREAM_IDLE_TIMEOUT`) before it, is a failure.
+
+    Waited for `wait` seconds at most: a reasoning model may send its first chunk only after minutes of
+    thought, and a client (or a proxy in front with a time-to-headers limit) must not wait that long for the
+    response's headers. Past it, the stream is relayed from what was read so far, and a failure after that
+    ends it with an error event. Leaving `readany` at the deadline loses nothing: what arrives is buffered
+    in the response's stream, and taken from there only once the wait has returned."""
     head = _Head([])
     parser = SSEParser(comments=True)
     seen = 0
+    waited = asyncio.timeout(wait)
     try:
-        while True:
-            chunk = await resp.content.readany()
-            if not chunk:
-                head.ended = True
-                head.failed = (502, "a stream that ended before its first event")
-                return head
-            head.chunks.append(chunk)
-            for event in parser.feed(chunk):
-                seen += 1
-                if event.event == COMMENT or seen > _HEAD_EVENTS:
+        async with waited:
+            while True:
+                chunk = await resp.content.readany()
+                if not chunk:
+                    head.ended = True
+                    head.failed = (502, "a stream that ended before its first event")
                     return head
-                if event.event in _PREAMBLE:
-                    continue
-                status = _stream_error_status(wire, event)
-                if status is not None:
-                    head.failed = (status, "an error event as its first: " + event.data[:300])
-                return head
+                head.chunks.append(chunk)
+                for event in parser.feed(chunk):
+                    seen += 1
+                    if event.event == COMMENT or seen > _HEAD_EVENTS:
+                        return head
+                    if event.event in _PREAMBLE:
+                        continue
+                    status = _stream_error_status(wire, event)
+                    if status is not None:
+                        head.failed = (status, "an error event as its first: " + event.data[:300])
+                    return head
     except (TimeoutError, aiohttp.ClientError) as exc:
+        if waited.expired():  # the wait is over, not the upstream's idle timeout: it is relayed as it comes
+            return head
         head.error = exc
         cut = "stalled" if isinstance(exc, TimeoutError) else f"was cut off ({exc.__class__.__name__})"
         head.failed = (
