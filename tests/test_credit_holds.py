@@ -18,8 +18,10 @@ import openai
 import pytest
 
 from tests.conftest import MASTER_KEY, GatewaySetup, with_key
+from tests.fakes.redis_proxy import RedisProxy
 from tests.fakes.upstream import FakeUpstream, Reply, fixture_json
 from tests.harness import InProcessWorker, flush_redis_db
+from tests.test_misbehaving_upstreams import connections_held
 from tests.test_usage import wait_final
 from worker.appkeys import GATEWAY
 
@@ -362,3 +364,89 @@ def test_embeddings_on_credits_hold_their_input(
     spent = round(wait_final(setup, event_id)["actual_cost_usd"] * 1e6)
     _settled(setup, 400 - spent)
     assert embed(0)[0] == 200
+
+
+def test_the_402_of_an_overdrawn_key_names_its_balance_and_no_output_an_embedding_cannot_have(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """An embeddings 402 says what the input may cost, without an "up to 0 output tokens at $0/M" clause, and a
+    balance below zero reads as -$0.03, the way an amount owed is written."""
+    (setup,) = _workers(make_worker, fake_upstream)
+    _grant(setup, -0.03)
+    fake_upstream.set("/v1/embeddings", Reply.json(fixture_json("openai/embeddings.json")))
+    with pytest.raises(openai.APIStatusError) as refused:
+        setup.openai().embeddings.create(model="text-embedding-3-large", input="ledger " * 2000)
+    message = refused.value.message
+    assert refused.value.status_code == 402 and refused.value.code == "insufficient_balance"
+    assert "input tokens at $0.13/M), " in message, message
+    assert "output tokens" not in message, message
+    assert "$0.00 available (-$0.03 balance)" in message, message
+
+
+def test_a_chat_request_for_n_choices_holds_the_output_of_all_of_them(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """OpenAI bills every one of a chat request's `n` choices: with $0.01, one 1,000-token answer at $8/M fits
+    but five do not, so `n=5` is a 402 saying how many output tokens per choice would fit (before, it was
+    served and took the balance to -$0.03). Asked with that many, it is served and the balance stays >= 0."""
+    (setup,) = _workers(make_worker, fake_upstream)
+    _grant(setup, 0.01)
+    fake_upstream.set("/v1/chat/completions", Reply.json(_chat_answer(5000)))
+    client = setup.openai()
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.chat.completions.create(
+            model="gpt-4.1",
+            messages=MESSAGES,  # type: ignore[arg-type]
+            max_tokens=1000,
+            n=5,
+        )
+    message = refused.value.message
+    assert refused.value.status_code == 402 and refused.value.code == "insufficient_balance", message
+    assert "5,000 output tokens (5 choices of 1,000) at $8/M" in message, message
+    assert "You requested up to 1,000 output tokens per choice, but can only afford" in message, message
+    affordable = int(message.split("can only afford ")[1].split(":")[0].replace(",", ""))
+    assert 240 <= affordable <= 250  # ($0.01 less the input) / ($8/M x 5)
+    _settled(setup, 10_000)
+    fake_upstream.set("/v1/chat/completions", Reply.json(_chat_answer(5 * affordable)))
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4.1",
+        messages=MESSAGES,  # type: ignore[arg-type]
+        max_tokens=affordable,
+        n=5,
+    )
+    assert raw.status_code == 200
+    spent = round(wait_final(setup, raw.headers["X-Trex-Usage-Event-Id"])["actual_cost_usd"] * 1e6)
+    _settled(setup, 10_000 - spent)
+    assert 10_000 - spent >= 0
+
+
+def test_a_kv_failure_at_a_fallbacks_hold_lets_the_failed_answers_connection_go(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream, proxy: RedisProxy
+) -> None:
+    """The primary (a quota model) answers 503; its fallback draws on credits, and the KV fails as its hold is
+    made: the client gets a 503, and the primary's answer, never read, does not keep its upstream connection
+    (before, it was left acquired from the pool)."""
+    flush_redis_db(REDIS)
+    rest = threading.Event()
+    try:
+        (setup,) = _workers(make_worker, fake_upstream, kv_url=proxy.url(11), UPSTREAM_RETRIES=0)
+        _grant(setup, 1)
+        # A 503 whose body has not all come when the fallback is tried: its connection is still in use.
+        error = b'data: {"error": {"message": "down", "type": "server_error"}}\n\n'
+        fake_upstream.enqueue(
+            "/v1/chat/completions", Reply(status=503, sse=[error, error], pause_after=1, resume=rest)
+        )
+        proxy.cut(b"credits_held/", lose="command")
+        with pytest.raises(openai.APIStatusError) as failed:
+            setup.openai().chat.completions.create(
+                model="gpt-4o-mini",
+                messages=MESSAGES,  # type: ignore[arg-type]
+                max_tokens=100,
+                extra_body={"trex": {"routing": {"fallbacks": [{"provider": "openai", "model": "gpt-4.1"}]}}},
+            )
+        assert failed.value.status_code == 503 and proxy.cuts == 1, failed.value.message
+        assert len(fake_upstream.received) == 1  # the fallback was never sent
+        assert connections_held(setup) == 0
+    finally:
+        rest.set()
+        flush_redis_db(REDIS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -818,3 +819,84 @@ def test_a_client_hanging_up_after_its_stream_ended_leaves_the_outcome_as_it_was
     assert lingering.resume is not None
     lingering.resume.set()
     assert errors_logged == []
+
+
+def test_a_claude_stream_with_events_the_anthropic_sdk_skips_is_relayed_whole(
+    setup: GatewaySetup, errors_logged: list[logging.LogRecord]
+) -> None:
+    """Events without a name, or with empty data (keep-alives some proxies add), are skipped by the Anthropic
+    SDK: a same-format Messages stream carrying them is relayed to its end, not ended as malformed."""
+    raw = events("messages")
+    skipped = [
+        b"data: \n\n",
+        b"event: keepalive\ndata: \n\n",
+        b'data: {"note": "no name"}\n\n',
+        b"data: ...\n\n",
+    ]
+
+    def relayed(sse: list[bytes]) -> tuple[list[str], str]:
+        setup.fake.enqueue("/v1/messages", Reply(sse=sse))
+        stream = sdk_create(setup, "messages>anthropic", stream=True)
+        got = list(stream)
+        assert final_event(setup, stream.response.headers)["outcome"] == "completed"
+        text = "".join(
+            e.delta.text for e in got if e.type == "content_block_delta" and e.delta.type == "text_delta"
+        )
+        return [e.type for e in got], text
+
+    plain = relayed(raw)
+    assert plain[0][-1] == "message_stop" and plain[1]
+    assert relayed([raw[0], *skipped, *raw[1:3], *skipped, *raw[3:]]) == plain
+    assert errors_logged == []
+
+
+def streamed_text(wire: str) -> str:
+    """The text of the standard stream of `wire` (chat or Messages)."""
+    docs = [json.loads(e.split(b"data: ", 1)[1]) for e in events(wire) if b"data: {" in e]
+    if wire == "chat":
+        return "".join(c["delta"].get("content") or "" for d in docs for c in d.get("choices", []))
+    return "".join(d["delta"]["text"] for d in docs if d.get("type") == "content_block_delta")
+
+
+@pytest.mark.parametrize("path", ["chat>openai", "messages>anthropic"])
+def test_a_stream_slow_to_its_first_event_gets_its_headers_after_the_first_event_wait(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream, path: str
+) -> None:
+    """A reasoning model may send its first chunk only after minutes: past `UPSTREAM_FIRST_EVENT_WAIT` the
+    client has its response headers (a proxy in front with a time-to-headers limit does not fail it), then the
+    whole stream as it comes. Before, the headers waited for the first event (here, never: the client's
+    read timeout ran out first)."""
+    worker = make_worker(
+        {"UPSTREAM_RETRIES": 0, "UPSTREAM_FIRST_EVENT_WAIT": 0.3, "UPSTREAM_IDLE_TIMEOUT": 10},
+        dev_vars={"TREX_MASTER_KEY": MASTER_KEY},
+    )
+    setup = with_key(worker, fake_upstream, "slow-thinker")
+    try:
+        wire = PATHS[path][3]
+        first = (
+            threading.Event()
+        )  # the upstream's first event waits for it: sent after the client has headers
+        fake_upstream.enqueue(PATHS[path][2], Reply(sse=[b"", *events(wire)], pause_after=1, resume=first))
+        if wire == "chat":
+            client: Any = setup.openai(timeout=3).chat.completions
+        else:
+            client = setup.anthropic(timeout=3).messages
+        body = body_for(path)
+        body.pop("stream")
+        trex = body.pop("trex")
+        started = time.monotonic()
+        stream = client.create(**body, extra_body={"trex": trex}, stream=True)
+        assert not first.is_set() and time.monotonic() - started < 2  # headers, and nothing of the answer yet
+        first.set()
+        got = list(stream)
+        assert got, "no events"
+        if wire == "chat":
+            text = "".join(c.choices[0].delta.content or "" for c in got if c.choices)
+        else:
+            text = "".join(
+                e.delta.text for e in got if e.type == "content_block_delta" and e.delta.type == "text_delta"
+            )
+        assert text == streamed_text(wire), text
+        assert final_event(setup, stream.response.headers)["outcome"] == "completed"
+    finally:
+        setup.close()

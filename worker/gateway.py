@@ -71,6 +71,9 @@ class Gateway:
     """Seconds from the first attempt after which no retry or fallback starts."""
     retry_max_wait: float = 2.0
     """The longest wait before a retry (backoff or the upstream's Retry-After); longer means no retry."""
+    first_event_wait: float = 5.0
+    """`UPSTREAM_FIRST_EVENT_WAIT`: how long a stream's first event is waited for before the client is
+    answered; a stream slower than that (a reasoning model) is relayed from what came so far."""
     implicit_sessions: bool = True
     """`IMPLICIT_SESSIONS`: a conversation sent without `X-Session-Id` is matched by its opening exchange."""
 
@@ -187,6 +190,7 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
         retries=_count(config, "UPSTREAM_RETRIES", 10),
         retry_deadline=config.number("UPSTREAM_RETRY_DEADLINE"),
         retry_max_wait=config.number("UPSTREAM_RETRY_MAX_WAIT"),
+        first_event_wait=config.number("UPSTREAM_FIRST_EVENT_WAIT"),
         # On the background writer's connection: on SQLite, requests never queue behind a slice.
         sweeper=Sweeper(recorder.kv, config.number("KV_SWEEP_SECONDS")),
         kv_check=KVCheck(kv),

@@ -5,8 +5,9 @@ admitted together could each find the balance positive and together take it belo
 draws on credits first holds its most possible cost: its optimized input tokens at the model's input price
 plus its output cap (`max_tokens`, `max_completion_tokens` or `max_output_tokens`, at most the model's catalog
 maximum; without one, what the upstream is sent — `DEFAULT_MAX_TOKENS` for Anthropic — else the catalog
-maximum, else `DEFAULT_HOLD_OUTPUT_TOKENS`) at its output price. What a key can spend is its balance less
-every hold of its requests in flight, on any instance sharing the KV; a hold it cannot cover is a 402.
+maximum, else `DEFAULT_HOLD_OUTPUT_TOKENS`) at its output price, for each of a chat request's `n` choices.
+What a key can spend is its balance less every hold of its requests in flight, on any instance sharing the
+KV; a hold it cannot cover is a 402.
 
 Holds are counters in the KV, `credits_held/<key id>/<hour>`: a hold adds to the current hour's counter, and
 the value the increment returns (with the previous hour's counter and the balance, read in the same round
@@ -71,35 +72,43 @@ class Estimate:
     input_price: float
     """USD per 1M tokens; both 0 for a model without a known price, which holds nothing."""
     output_price: float
+    choices: int = 1
+    """A chat request's `n`: each of its choices may generate `output_tokens`, and OpenAI bills them all."""
 
     @property
     def micro(self) -> int:
-        return math.ceil(self.input_tokens * self.input_price + self.output_tokens * self.output_price)
+        output = self.output_tokens * self.choices
+        return math.ceil(self.input_tokens * self.input_price + output * self.output_price)
 
     def affordable_output(self, available_micro: int) -> int:
-        """The most output tokens `available_micro` pays for besides the input (0 when not even that fits)."""
+        """The most output tokens per choice `available_micro` pays for besides the input (0 when not even
+        that fits): the value of the output cap that would fit."""
         left = available_micro - math.ceil(self.input_tokens * self.input_price)
         if left <= 0 or self.output_price <= 0:
             return 0
-        return min(self.output_tokens, int(left / self.output_price))
+        return min(self.output_tokens, int(left / (self.output_price * self.choices)))
 
     def refusal(self, why: str, balance_micro: int, held_micro: int) -> str:
         """The 402's message: what the request needed, what is available, and what would fit."""
         available = max(0, balance_micro - held_micro)
         text = f"{why} on Compute Credits: this request can cost up to {usd(self.micro)} ("
         if self.input_price or self.output_price:
-            text += (
-                f"{self.input_tokens:,} input tokens at ${self.input_price:g}/M and up to "
-                f"{self.output_tokens:,} output tokens at ${self.output_price:g}/M), "
-            )
+            text += f"{self.input_tokens:,} input tokens at ${self.input_price:g}/M"
+            if self.output_tokens:  # an embeddings request has no output to name
+                output = f"{self.output_tokens * self.choices:,} output tokens"
+                if self.choices > 1:
+                    output += f" ({self.choices} choices of {self.output_tokens:,})"
+                text += f" and up to {output} at ${self.output_price:g}/M"
+            text += "), "
         else:
             text += "the model has no known price, so it needs a positive balance), "
         text += f"and this key has {usd(available)} available ({usd(balance_micro)} balance"
         text += f", {usd(held_micro)} held by requests in flight)." if held_micro else ")."
         affordable = self.affordable_output(available)
         if affordable > 0:
+            each = " per choice" if self.choices > 1 else ""
             text += (
-                f" You requested up to {self.output_tokens:,} output tokens, but can only afford "
+                f" You requested up to {self.output_tokens:,} output tokens{each}, but can only afford "
                 f"{affordable:,}: a lower `{self.output_field}` may fit."
             )
         return text
@@ -107,6 +116,7 @@ class Estimate:
 
 def usd(micro: int) -> str:
     """Micro-dollars as USD, to the cent at least and to the micro-dollar when it has them."""
-    text = f"{micro / 1_000_000:,.6f}".rstrip("0")
+    text = f"{abs(micro) / 1_000_000:,.6f}".rstrip("0")
     whole, _, cents = text.partition(".")
-    return f"${whole}.{cents.ljust(2, '0')}"
+    sign = "-" if micro < 0 else ""  # an overdrawn balance reads -$0.03, not $-0.03
+    return f"{sign}${whole}.{cents.ljust(2, '0')}"

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import email.utils
+import functools
 import logging
 import math
 import random
@@ -354,7 +355,7 @@ async def proxy(
             # before any) has sent the client nothing yet: it is retried and falls back like the status it
             # stands for.
             try:
-                head = await _first_event(resp, prepared.wire)
+                head = await _first_event(resp, prepared.wire, gw.first_event_wait)
             except asyncio.CancelledError:
                 resp.close()
                 _finish_usage(gw, acct, 200, abandoned(request), None)
@@ -409,9 +410,25 @@ async def proxy(
         again = wait is not None
         following = None
         if not again and time.monotonic() < deadline:  # no fallback starts past the deadline either
-            following = await _next_fallback(
-                request, gw, key, fmt, body, stream, fallbacks, attempts, admission, report.optimized_tokens
-            )
+            try:
+                following = await _next_fallback(
+                    request,
+                    gw,
+                    key,
+                    fmt,
+                    body,
+                    stream,
+                    fallbacks,
+                    attempts,
+                    admission,
+                    report.optimized_tokens,
+                )
+            except BaseException:
+                # Its hold's KV round trip failed (a 503) or the client hung up meanwhile: the failed answer,
+                # kept in case no fallback took over, is let go rather than left holding its connection.
+                if resp is not None:
+                    resp.close()
+                raise
         if not again and following is None:
             if resp is not None:
                 upstream = resp  # nothing left to try: the client gets this failure as it is
@@ -514,7 +531,7 @@ async def proxy(
         if made is not None:
             request[CTX].wait_until(stored_owners.remember_answer(gw.kv, made, data, key.id))
         if fmt == wire and not stream:
-            problem = _unreadable_answer(wire, data)
+            problem = unusable  # judged when its attempt read it (`_unreadable_answer`), not decoded again
             if problem is not None:
                 # Forwarded, an SDK would fail to parse it (empty, HTML, an SSE stream), or hand the client an
                 # answer object without its answer (`{}`): a 502 in the client's format instead.
@@ -637,7 +654,7 @@ def _credit_estimate(
     """What a request on Compute Credits may cost at most on `prepared`'s route (see `holds`): its input at
     the input price, and its output cap at the output price — the client's cap, at most the model's catalog
     maximum; else the `max_tokens` an Anthropic upstream is sent; else the catalog maximum; else the
-    default."""
+    default — for each of a chat request's `n` choices."""
     route = prepared.route
     listed = gw.catalog.get(route.model)
     ceiling = listed.info.max_output if listed is not None and listed.info.max_output > 0 else None
@@ -654,12 +671,16 @@ def _credit_estimate(
         cap = ceiling or DEFAULT_HOLD_OUTPUT_TOKENS
     priced = gw.prices.for_route(route.model, route.provider, route.upstream_model)
     price = priced[1] if priced is not None else None
+    # A chat request's `n` choices may each generate the cap, all billed (a translated request refuses n > 1,
+    # and the Messages and Responses APIs have no `n`).
+    n = body.get("n") if fmt == "chat" else None
     return Estimate(
         input_tokens,
         cap,
         field,
         price.input if price is not None else 0.0,
         price.output if price is not None else 0.0,
+        n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1,
     )
 
 
@@ -778,7 +799,7 @@ async def _next_fallback(
                 route.model,
                 tier=listed.info.tier if listed is not None else None,
                 in_flight=admitted.in_flight if admitted is not None else 0,
-                estimate=_credit_estimate(gw, fmt, prepared, body, input_tokens),
+                estimate=functools.partial(_credit_estimate, gw, fmt, prepared, body, input_tokens),
             )
             return prepared, api_key, charged
         except _UNUSABLE as exc:
@@ -1282,6 +1303,11 @@ class PassthroughRelay:
         if event.event == COMMENT:  # a keep-alive: passed on the moment it arrives
             return event.raw
         fmt = self._fmt
+        if fmt == "messages" and (event.event is None or (not event.data and event.event != "error")):
+            # The Anthropic SDK skips an event without a name or without data (a keep-alive of a proxy in
+            # between): passed on as it is. (The OpenAI SDK parses every event's data, empty or unnamed: on
+            # the other paths such an event is checked like any other.)
+            return event.raw
         index = None
         if not (event.data == "[DONE]" and fmt == "chat") and event.event != "ping":
             try:
@@ -1636,32 +1662,42 @@ _ERROR_STATUSES = (("rate_limit", 429), ("overloaded", 529), ("timeout", 504), (
 _ERROR_STATUSES_BY_TYPE = {"api_error": 502}
 
 
-async def _first_event(resp: aiohttp.ClientResponse, wire: UpstreamWire) -> _Head:
+async def _first_event(resp: aiohttp.ClientResponse, wire: UpstreamWire, wait: float) -> _Head:
     """Read a stream up to its first event of substance (past its preamble; a comment, a keep-alive the
     client should get at once, ends the wait), and judge it: an error event that stands for a retryable
-    status, or an end, a cut or a stall before it, is a failure."""
+    status, or an end, a cut or a stall (`UPSTREAM_IDLE_TIMEOUT`) before it, is a failure.
+
+    Waited for `wait` seconds at most: a reasoning model may send its first chunk only after minutes of
+    thought, and a client (or a proxy in front with a time-to-headers limit) must not wait that long for the
+    response's headers. Past it, the stream is relayed from what was read so far, and a failure after that
+    ends it with an error event. Leaving `readany` at the deadline loses nothing: what arrives is buffered
+    in the response's stream, and taken from there only once the wait has returned."""
     head = _Head([])
     parser = SSEParser(comments=True)
     seen = 0
+    waited = asyncio.timeout(wait)
     try:
-        while True:
-            chunk = await resp.content.readany()
-            if not chunk:
-                head.ended = True
-                head.failed = (502, "a stream that ended before its first event")
-                return head
-            head.chunks.append(chunk)
-            for event in parser.feed(chunk):
-                seen += 1
-                if event.event == COMMENT or seen > _HEAD_EVENTS:
+        async with waited:
+            while True:
+                chunk = await resp.content.readany()
+                if not chunk:
+                    head.ended = True
+                    head.failed = (502, "a stream that ended before its first event")
                     return head
-                if event.event in _PREAMBLE:
-                    continue
-                status = _stream_error_status(wire, event)
-                if status is not None:
-                    head.failed = (status, "an error event as its first: " + event.data[:300])
-                return head
+                head.chunks.append(chunk)
+                for event in parser.feed(chunk):
+                    seen += 1
+                    if event.event == COMMENT or seen > _HEAD_EVENTS:
+                        return head
+                    if event.event in _PREAMBLE:
+                        continue
+                    status = _stream_error_status(wire, event)
+                    if status is not None:
+                        head.failed = (status, "an error event as its first: " + event.data[:300])
+                    return head
     except (TimeoutError, aiohttp.ClientError) as exc:
+        if waited.expired():  # the wait is over, not the upstream's idle timeout: it is relayed as it comes
+            return head
         head.error = exc
         cut = "stalled" if isinstance(exc, TimeoutError) else f"was cut off ({exc.__class__.__name__})"
         head.failed = (

@@ -377,13 +377,13 @@ class Quotas:
         *,
         tier: str | None,
         in_flight: int,
-        estimate: Estimate,
+        estimate: Callable[[], Estimate],
     ) -> Admission | None:
         """The plan's checks for a fallback model, whose request is already counted: a model outside the
         plan's list is refused (403), and one that draws on Compute Credits (or a request on credits already)
-        holds what the fallback may cost, `estimate`, in place of what it held (402 when that does not fit),
-        so a fallback to a dearer model is covered too. Without these a fallback would serve what the plan
-        forbids, unpaid."""
+        holds what the fallback may cost, `estimate()` (worked out only then), in place of what it held (402
+        when that does not fit), so a fallback to a dearer model is covered too. Without these a fallback
+        would serve what the plan forbids, unpaid."""
         if admission is None:
             return None
         plan = admission.plan
@@ -395,7 +395,7 @@ class Quotas:
         if why is None and not admission.credits:
             return admission
         return await self.hold(
-            dataclasses.replace(admission, credits=True, reason=why or admission.reason), estimate
+            dataclasses.replace(admission, credits=True, reason=why or admission.reason), estimate()
         )
 
     async def long_context(
