@@ -143,6 +143,22 @@ def gateway(
     setup_.close()
 
 
+_TO_CLOSE: list[GatewaySetup] = []
+
+
+def closed_after_test(setup: GatewaySetup) -> GatewaySetup:
+    """`setup`, its SDK clients closed when the test ends (for setups a test's helpers make themselves)."""
+    _TO_CLOSE.append(setup)
+    return setup
+
+
+@pytest.fixture(autouse=True)
+def _close_setups() -> Iterator[None]:
+    yield
+    while _TO_CLOSE:
+        _TO_CLOSE.pop().close()
+
+
 def with_key(
     worker: InProcessWorker, fake_upstream: FakeUpstream, name: str = "test", plan: str | None = None
 ) -> GatewaySetup:

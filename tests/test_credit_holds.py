@@ -17,7 +17,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.conftest import MASTER_KEY, GatewaySetup, with_key
+from tests.conftest import MASTER_KEY, GatewaySetup, closed_after_test, with_key
 from tests.fakes.redis_proxy import RedisProxy
 from tests.fakes.upstream import FakeUpstream, Reply, fixture_json
 from tests.harness import InProcessWorker, flush_redis_db
@@ -35,15 +35,6 @@ REDIS = "redis://127.0.0.1:6379/11"
 # gpt-4.1: $2 input, $8 output per 1M tokens; claude-opus-4-7: $5 and $25. Micro-dollars per token, then.
 OUTPUT_MICRO = {"chat": 8, "messages": 25}
 MODEL = {"chat": "gpt-4.1", "messages": "claude-opus-4-7"}
-
-_OPEN: list[GatewaySetup] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _OPEN:
-        _OPEN.pop().close()
 
 
 @pytest.fixture
@@ -70,7 +61,8 @@ def _workers(
     for _ in range(count - 1):
         worker = make_worker(variables, local=local, dev_vars=dev_vars, extra=PLANS)
         setups.append(GatewaySetup(worker, fake, first.key, first.key_id))
-    _OPEN.extend(setups)
+    for setup in setups:
+        closed_after_test(setup)
     return setups
 
 

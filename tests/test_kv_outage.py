@@ -26,7 +26,7 @@ import openai
 import pytest
 import redis
 
-from tests.conftest import MASTER_KEY, GatewaySetup, with_key
+from tests.conftest import MASTER_KEY, GatewaySetup, closed_after_test, with_key
 from tests.fakes.redis_proxy import RedisProxy
 from tests.fakes.upstream import FakeUpstream, Reply
 from tests.harness import ROOT, InProcessWorker, free_port
@@ -60,16 +60,6 @@ def redis_db() -> Iterator[None]:
     client.close()
 
 
-_OPEN: list[GatewaySetup] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _OPEN:
-        _OPEN.pop().close()
-
-
 def _setup(
     make_worker: Callable[..., InProcessWorker],
     fake: FakeUpstream,
@@ -84,7 +74,7 @@ def _setup(
         extra=PLANS,
     )
     gw = with_key(w, fake, plan=plan)
-    _OPEN.append(gw)
+    closed_after_test(gw)
     return gw
 
 
@@ -437,7 +427,7 @@ def test_a_sqlite_file_locked_by_another_process_delays_a_request_by_the_busy_ti
     limits = {"RATE_LIMIT_PER_MINUTE": 100, "RATE_LIMIT_IP_PER_MINUTE": 100}
     w = make_worker(limits, dev_vars={"TREX_MASTER_KEY": MASTER_KEY})
     gw = with_key(w, fake_upstream)
-    _OPEN.append(gw)
+    closed_after_test(gw)
     client = gw.openai()
     client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
     path = w.config.kv_url.removeprefix("sqlite:///")

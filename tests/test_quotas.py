@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -13,7 +13,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.conftest import MASTER_KEY, UPSTREAM_KEYS, GatewaySetup
+from tests.conftest import MASTER_KEY, UPSTREAM_KEYS, GatewaySetup, closed_after_test
 from tests.fakes.upstream import FakeUpstream, Reply, fixture_json
 from tests.harness import InProcessWorker
 from tests.test_admin import ADMIN, call
@@ -53,16 +53,6 @@ weekly_tokens = 2000
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
-_OPEN: list[GatewaySetup] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _OPEN:
-        _OPEN.pop().close()
-
-
 def _setup(
     make_worker: Callable[..., InProcessWorker], fake: FakeUpstream, plan: str, **variables: Any
 ) -> GatewaySetup:
@@ -74,7 +64,7 @@ def _setup(
     for provider, secret in UPSTREAM_KEYS.items():
         worker.call(keys.bind(record.id, provider, secret))
     setup = GatewaySetup(worker, fake, token, record.id)
-    _OPEN.append(setup)
+    closed_after_test(setup)
     return setup
 
 
