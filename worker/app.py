@@ -53,7 +53,7 @@ from .errors import (
     error_format_for,
     unknown_route,
 )
-from .gateway import build_gateway
+from .gateway import Gateway, build_gateway
 from .handlers import admin, compress, health, models, payloads, stored, usage
 from .logs import redact_headers
 
@@ -278,10 +278,13 @@ def _fail_usage(request: web.Request, status: int) -> None:
         usage.complete(begun, http_status=status, outcome="upstream_failed")
 
 
-def make_edge_middleware(config: Config, access: AccessLog | None) -> Middleware:
+def make_edge_middleware(
+    config: Config, access: AccessLog | None, tasks: TaskRegistry, gateway: Gateway
+) -> Middleware:
     """The outermost middleware, closed over what it needs so nothing is looked up per request."""
     max_body = config.max_body_bytes
     request_id = RequestIds()
+    limits, recorder = gateway.limits, gateway.recorder
 
     @web.middleware
     async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -289,7 +292,7 @@ def make_edge_middleware(config: Config, access: AccessLog | None) -> Middleware
         rid = request_id(request)
         request[REQUEST_ID] = rid
         request[STARTED] = started
-        request[CTX] = ExecutionContext(request.app[TASKS])
+        request[CTX] = ExecutionContext(tasks)
         status = 500
         try:
             length = request.content_length
@@ -305,7 +308,7 @@ def make_edge_middleware(config: Config, access: AccessLog | None) -> Middleware
         except asyncio.CancelledError:
             status = 499  # client went away (or shutdown cut it off); nothing to send
             begun = request.get(USAGE_EVENT)
-            usage = request.app[GATEWAY].usage
+            usage = gateway.usage
             if begun is not None and usage is not None:
                 # Cancelled before any upstream call it made could have been billed (a backoff, a check):
                 # nothing is charged. Where an upstream was already working, the handler recorded it first.
@@ -336,13 +339,11 @@ def make_edge_middleware(config: Config, access: AccessLog | None) -> Middleware
                 access.log(rid, request.method, request.path, status, latency)
             admitted = request.get(RATE)
             if admitted is not None:
-                request.app[GATEWAY].limits.release(admitted)
+                limits.release(admitted)
             key_id = request.get(KEY_ID)
             if key_id is not None:  # an authenticated request: it goes in its key's request log
                 begun = request.get(USAGE_EVENT)
-                request.app[GATEWAY].recorder.log(
-                    rid, key_id, request.method, request.path, status, latency, begun
-                )
+                recorder.log(rid, key_id, request.method, request.path, status, latency, begun)
 
     return edge
 
@@ -358,14 +359,9 @@ async def create_app(
     if kv is None:
         kv = await open_kv(config.kv_url)
     access = AccessLog(config.log_format, access_stream or sys.stderr) if config.access_log else None
-    app = web.Application(
-        middlewares=[make_edge_middleware(config, access)], client_max_size=config.max_body_bytes
-    )
-    app[CONFIG] = config
-    app[ENV] = Env(kv=kv, vars=config.vars, secrets=config.secrets, config=config)
-    app[TASKS] = TaskRegistry(task_timeout=config.wait_until_timeout_seconds)
+    tasks = TaskRegistry(task_timeout=config.wait_until_timeout_seconds)
     try:
-        app[GATEWAY] = build_gateway(config, kv)
+        gateway = build_gateway(config, kv)
     except BaseException:
         # A config error found while building (a bad plan, model entry, master key …): close what was opened,
         # or the KV's thread keeps the process alive after the error was reported.
@@ -374,6 +370,14 @@ async def create_app(
         if access is not None:
             access.close()
         raise
+    app = web.Application(
+        middlewares=[make_edge_middleware(config, access, tasks, gateway)],
+        client_max_size=config.max_body_bytes,
+    )
+    app[CONFIG] = config
+    app[ENV] = Env(kv=kv, vars=config.vars, secrets=config.secrets, config=config)
+    app[TASKS] = tasks
+    app[GATEWAY] = gateway
     explicit_head = {r.path for r in ROUTES if r.method == "HEAD"}
     expect = _expect_handler(config.max_body_bytes)
     for route in ROUTES:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from yarl import URL
 
 from adapters.transport import Timeouts, UpstreamClient
 from kv import KVNamespace
@@ -76,6 +78,8 @@ class Gateway:
     answered; a stream slower than that (a reasoning model) is relayed from what came so far."""
     implicit_sessions: bool = True
     """`IMPLICIT_SESSIONS`: a conversation sent without `X-Session-Id` is matched by its opening exchange."""
+    endpoints: dict[tuple[Provider, str], URL | str] = field(default_factory=dict)
+    """(provider, wire) → its endpoint URL, parsed once (aiohttp would parse a string on every request)."""
 
     async def close(self) -> None:
         """Stop the KV sweep and any KV check, write the last usage events and release the upstream connection

@@ -26,6 +26,7 @@ import aiohttp
 import msgspec
 from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
+from yarl import URL
 
 from adapters import anthropic, openai_chat, openai_responses
 from adapters.base import (
@@ -205,7 +206,7 @@ async def proxy(
         # but for the prefix about to be replayed, whose forwarded bytes carry their expansions (and a
         # context_ref already among them is not added again). The body as read (cached), grown by the
         # expansions, which may not take it past the body limit: that size decides what runs off the loop.
-        size = len(await request.read())
+        received = size = len(await request.read())
         size += await memory.expand_refs(
             gw.payloads,
             key.id,
@@ -257,7 +258,7 @@ async def proxy(
     except BaseException:
         await gw.quotas.give_back(admission)
         raise
-    acct = await _begin_usage(
+    acct = _begin_usage(
         request,
         gw,
         key,
@@ -268,6 +269,7 @@ async def proxy(
         report,
         encoding,
         exact,
+        received,
         prepared.payload,
         client_claims,
     )
@@ -924,7 +926,7 @@ def _record_attempts(
 # ---- usage accounting ------
 
 
-async def _begin_usage(
+def _begin_usage(
     request: web.Request,
     gw: Gateway,
     key: KeyRecord,
@@ -935,6 +937,7 @@ async def _begin_usage(
     report: Report,
     encoding: str,
     exact: bool,
+    received: int,
     payload: bytes,
     client_claims: claims.Claims,
 ) -> Begun | None:
@@ -953,7 +956,7 @@ async def _begin_usage(
         optimized_tokens=report.optimized_tokens,
         encoding=encoding,
         estimated=not exact,
-        bytes_before=len(await request.read()),  # aiohttp keeps the body it already read: no second read
+        bytes_before=received,
         bytes_after=len(payload),
         claims=client_claims,
         overhead_ms=round((time.perf_counter() - started) * 1000, 2),
@@ -1035,11 +1038,27 @@ def _with_param(exc: TranslationError) -> str:
     return f"{exc.param}: {exc}" if exc.param and exc.param not in str(exc) else str(exc)
 
 
-def _upstream_url(gw: Gateway, provider: Provider, wire: UpstreamWire) -> str:
-    base = gw.base_urls[provider]
+def _upstream_url(gw: Gateway, provider: Provider, wire: UpstreamWire) -> URL | str:
+    """The endpoint of `provider` for a `wire` request, parsed once per gateway."""
+    url = gw.endpoints.get((provider, wire))
+    if url is None:
+        url = gw.endpoints[(provider, wire)] = _parsed(_endpoint(gw.base_urls[provider], wire))
+    return url
+
+
+def _endpoint(base: str, wire: UpstreamWire) -> str:
     if wire == "messages":
         return f"{base}/messages" if base.endswith("/v1") else f"{base}/v1/messages"
     return f"{base}/responses" if wire == "responses" else f"{base}/chat/completions"
+
+
+def _parsed(url: str) -> URL | str:
+    """`url` as the `URL` aiohttp would make of it; one it cannot parse stays a string, refused by aiohttp on
+    the request as before."""
+    try:
+        return URL(url)
+    except (TypeError, ValueError):
+        return url
 
 
 _CLIENT_HEADERS: Mapping[Provider, tuple[str, ...]] = {
