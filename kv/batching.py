@@ -15,8 +15,9 @@ all instances together never admit more than the limit. Positions an instance re
 wait for its next requests; those still unused when the counter's window ends are lost (a few per instance
 and counter, only for limits of at least `LEASE_MIN_LIMIT`: a lease is at most `LEASE_MAX` and at most
 1/64 of what the instance saw left). One lease per counter is reserved at a time: requests that find none
-while one is on its way count one position each (in the same round trip), so a burst of concurrent requests
-reserves one block, not a block each.
+while one is on its way wait for it and take their positions from it, so a burst of concurrent requests
+reserves one block, not a block each, in one round trip; those the block is too small for count one
+position each.
 """
 
 from __future__ import annotations
@@ -91,34 +92,55 @@ class CounterBatch:
         self._queue: deque[_Batch] = deque()  # not sent yet; the last one still takes increments
         self._sender: asyncio.Task[None] | None = None
         self._leases: dict[str, _Leases] = {}
-        self._claiming: set[str] = set()  # counters with a lease (a block of positions) being reserved
+        self._claiming: dict[str, list[asyncio.Future[None]]] = {}
+        """Counters with a block of positions being reserved, and the requests waiting for it."""
 
     async def count(self, counters: Sequence[tuple[str, int | None, int]]) -> list[int]:
         """Count one use of each `(key, expiration_ttl, limit)` and return its position: the counter's value
         after this use, as `incr` would return it. Served from this instance's leases where it can."""
         out = [0] * len(counters)
         claims: list[tuple[int, int]] = []  # (index, size)
+        waits: list[tuple[int, asyncio.Future[None]]] = []
         for i, (key, _, limit) in enumerate(counters):
             leases = self._leases.get(key)
             position = leases.take() if leases is not None else None
             if position is not None:
                 out[i] = position
-            else:
-                seen = leases.seen if leases is not None else 0
-                left = limit - seen
-                size = min(LEASE_MAX, left // _LEASE_SHARE) if limit >= LEASE_MIN_LIMIT else 1
-                if key in self._claiming:
-                    size = 1  # one lease at a time: a burst must not reserve a block per request
-                elif size > 1:
-                    self._claiming.add(key)
-                claims.append((i, max(1, size)))
+                continue
+            waiters = self._claiming.get(key)
+            if waiters is not None:  # a block is on its way: served from it rather than by a round trip
+                waiter = asyncio.get_running_loop().create_future()
+                waiters.append(waiter)
+                waits.append((i, waiter))
+                continue
+            seen = leases.seen if leases is not None else 0
+            size = min(LEASE_MAX, (limit - seen) // _LEASE_SHARE) if limit >= LEASE_MIN_LIMIT else 1
+            if size > 1:
+                self._claiming[key] = []
+            claims.append((i, max(1, size)))
         if claims:
-            try:
-                values = await self.incr([(counters[i][0], size, counters[i][1]) for i, size in claims])
-            finally:
-                for i, size in claims:
-                    if size > 1:
-                        self._claiming.discard(counters[i][0])
+            await self._claim(counters, claims, out)
+        if waits:
+            late: list[tuple[int, int]] = []
+            for i, waiter in waits:
+                await waiter
+                leases = self._leases.get(counters[i][0])
+                position = leases.take() if leases is not None else None
+                if position is None:  # the block ran out before this request's turn, or never came
+                    late.append((i, 1))
+                else:
+                    out[i] = position
+            if late:
+                await self._claim(counters, late, out)
+        return out
+
+    async def _claim(
+        self, counters: Sequence[tuple[str, int | None, int]], claims: list[tuple[int, int]], out: list[int]
+    ) -> None:
+        """Count `claims`, (index in `counters`, size), in one increment: the first position of each block is
+        this caller's, the rest its instance's lease; then wake the requests that waited for those blocks."""
+        try:
+            values = await self.incr([(counters[i][0], size, counters[i][1]) for i, size in claims])
             for (i, size), value in zip(claims, values, strict=True):
                 key, ttl, _ = counters[i]
                 out[i] = value - size + 1
@@ -130,7 +152,12 @@ class CounterBatch:
                 leases.seen = max(leases.seen, value)
                 if size > 1:
                     leases.ranges.append([value - size + 2, value])
-        return out
+        finally:
+            for i, size in claims:
+                if size > 1:
+                    for waiter in self._claiming.pop(counters[i][0], ()):
+                        if not waiter.done():  # one whose request was cancelled meanwhile is done
+                            waiter.set_result(None)
 
     def _prune(self) -> None:
         """Drop the expired leases. The next pass waits until the map has doubled from what is left, so with

@@ -154,6 +154,25 @@ async def test_a_burst_reserves_one_lease_not_one_per_request(kv: KVNamespace) -
     assert stored - 64 <= 1000 // 64
 
 
+async def test_requests_that_arrive_while_a_lease_is_reserved_are_served_from_it(kv: KVNamespace) -> None:
+    """32 requests at once far from the limit: the first reserves a block and the others wait for it rather
+    than each counting a position of its own, so the block serves all of them in one round trip."""
+    counters = CounterBatch(kv)
+    positions = await asyncio.gather(*(counters.count([("rl", 120, 10**6)]) for _ in range(32)))
+    assert sorted(p[0] for p in positions) == list(range(1, 33))
+    assert counters.round_trips == 1
+    assert await kv.get("rl") == str(LEASE_MAX).encode()
+
+
+async def test_requests_a_reserved_block_is_too_small_for_count_their_own(kv: KVNamespace) -> None:
+    counters = CounterBatch(kv)
+    # The first of 40 requests reserves a block of 15 (1/64 of the limit), which serves 15 of them.
+    positions = await asyncio.gather(*(counters.count([("rl", 120, 1000)]) for _ in range(40)))
+    assert sorted(p[0] for p in positions) == list(range(1, 41))
+    assert await kv.get("rl") == b"40"  # nothing reserved is left over
+    assert counters.round_trips == 2  # the block, then one shared round trip for the other 25
+
+
 async def test_many_live_counters_are_not_scanned_for_every_new_one() -> None:
     """A new client IP every request makes a new live counter each time: the expired-lease pass must not run
     for each of them once the map is large (it scanned every live counter per request: 2.4 ms at 100k)."""
