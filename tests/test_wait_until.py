@@ -8,12 +8,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from kv import open_kv
 from tests.harness import InProcessWorker
 from worker.appkeys import CTX, ENV, TASKS
-from worker.context import TaskRegistry
+from worker.context import TaskRegistry, shared
 from worker.jsonio import json_response
 
 
@@ -207,3 +208,34 @@ async def test_drain_returns_cancelled_count() -> None:
     registry.spawn(asyncio.Event().wait())
     assert await registry.drain(grace) == 2
     assert len(registry) == 0
+
+
+async def test_shared_gives_every_waiter_the_outcome_and_a_waiter_leaving_cancels_nothing() -> None:
+    loop = asyncio.get_running_loop()
+    read: asyncio.Future[int] = loop.create_future()
+    leaver = asyncio.ensure_future(shared(read))
+    stayer = asyncio.ensure_future(shared(read))
+    await asyncio.sleep(0)
+    leaver.cancel()
+    await asyncio.sleep(0)
+    assert not read.cancelled()
+    read.set_result(7)
+    assert await stayer == 7
+    assert await shared(read) == 7  # done already: no waiting
+    assert leaver.cancelled()
+
+
+async def test_shared_passes_on_a_failure_and_a_cancellation() -> None:
+    loop = asyncio.get_running_loop()
+    failing: asyncio.Future[int] = loop.create_future()
+    waiter = asyncio.ensure_future(shared(failing))
+    await asyncio.sleep(0)
+    failing.set_exception(KeyError("gone"))
+    with pytest.raises(KeyError):
+        await waiter
+    cancelled: asyncio.Future[int] = loop.create_future()
+    waiter = asyncio.ensure_future(shared(cancelled))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter

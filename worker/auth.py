@@ -35,6 +35,7 @@ import msgspec
 
 from kv import KVNamespace
 
+from .context import shared
 from .errors import AuthenticationError, ConflictError, GatewayError, InvalidRequestError
 from .optimize.base import MODES
 from .vault import Vault, VaultError
@@ -371,8 +372,7 @@ class KeyStore:
         if task is None:
             task = self._loading[key] = asyncio.ensure_future(load(*args))
             task.add_done_callback(lambda done: self._finished_loading(key, done))
-        result: T = await asyncio.shield(task)
-        return result
+        return await shared(task)
 
     def _finished_loading(self, key: str, task: asyncio.Future[Any]) -> None:
         self._loading.pop(key, None)

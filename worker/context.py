@@ -8,16 +8,19 @@ others, and `drain()` waits for the rest at shutdown within a grace period.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from kv import KVNamespace, KVUnavailableError
 
 from .config import Config
 
 log = logging.getLogger("trex.wait_until")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,3 +104,26 @@ class ExecutionContext:
     def wait_until(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run `coro` after (or alongside) the response without delaying it."""
         self._registry.spawn(coro)
+
+
+async def shared(future: asyncio.Future[T]) -> T:
+    """The outcome of `future`, which other requests wait for too: as with `asyncio.shield`, a waiter that is
+    cancelled (its client went away) does not cancel it for the others. Cheaper than `shield` (no
+    `ensure_future`, one callback, no outer future's bookkeeping), which counts when a cache refresh has every
+    request in flight waiting for the same read."""
+    if future.done():
+        return future.result()
+    waiter: asyncio.Future[T] = future.get_loop().create_future()
+    future.add_done_callback(functools.partial(_pass_on, waiter))
+    return await waiter
+
+
+def _pass_on(waiter: asyncio.Future[T], future: asyncio.Future[T]) -> None:
+    if waiter.done():  # cancelled meanwhile
+        return
+    if future.cancelled():
+        waiter.cancel()
+    elif (exc := future.exception()) is not None:
+        waiter.set_exception(exc)
+    else:
+        waiter.set_result(future.result())

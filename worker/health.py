@@ -33,6 +33,8 @@ from itertools import islice
 
 from kv import KVError, KVNamespace
 
+from .context import shared
+
 log = logging.getLogger("trex.health")
 _REFRESH_SECONDS = 1.0
 MAX_ROUTES = 4096
@@ -92,7 +94,7 @@ class Breakers:
                 reading = self._reading[route] = asyncio.ensure_future(self._read(route, now))
                 reading.add_done_callback(functools.partial(self._read_done, route))
             # Shielded: a request that goes away does not cancel the read the others wait for.
-            fresh = await asyncio.shield(reading)
+            fresh = await shared(reading)
             if fresh is None:  # health is advisory: an unreachable KV never blocks traffic
                 return True
             state = fresh
