@@ -89,6 +89,24 @@ def _forwarded_text(gateway: GatewaySetup) -> str:
     return json.dumps(gateway.fake.last("/v1/chat/completions").json["messages"], ensure_ascii=False)
 
 
+def test_a_reference_spelled_with_json_escapes_is_expanded_too(gateway: GatewaySetup) -> None:
+    """The part's type written with `\\u` escapes is still a reference: the body is not judged by its bytes."""
+    trex_id = _compress_and_store(gateway)["trex_id"]
+    body = (
+        '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": [{"type": "text", "text": "Use it."},'
+        ' {"type": "trex\\u005fref", "trex_id": "' + trex_id + '"}]}]}'
+    ).encode()
+    request = urllib.request.Request(
+        gateway.worker.url + "/v1/chat/completions",
+        data=body,
+        headers={"Authorization": f"Bearer {gateway.key}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert resp.status == 200
+    text = _forwarded_text(gateway)
+    assert "trex_ref" not in text and f"TrexID {trex_id}" in text
+
+
 def test_lexical_vectors_are_deterministic_normalised_and_rank_the_matching_chunk_first() -> None:
     vectors = memory.embed(SECTIONS)
     assert vectors == memory.embed(SECTIONS) and all(len(v) == memory.DIMENSIONS for v in vectors)

@@ -353,6 +353,12 @@ class _Expander:
                 await self.expand_parts(part["content"], f"{where}[{j}].content", kind, nested=False)
 
 
+def may_refer(raw: bytes) -> bool:
+    """Whether a request body, as sent, may hold a `trex_ref` part: its bytes name one, or carry a `\\u`
+    escape that could spell one. Most bodies do neither, and need not be walked for references."""
+    return b"trex_ref" in raw or b"\\u" in raw
+
+
 async def expand_refs(
     store: PayloadStore,
     reader: str,

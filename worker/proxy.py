@@ -206,20 +206,22 @@ async def proxy(
         # but for the prefix about to be replayed, whose forwarded bytes carry their expansions (and a
         # context_ref already among them is not added again). The body as read (cached), grown by the
         # expansions, which may not take it past the body limit: that size decides what runs off the loop.
-        received = size = len(await request.read())
-        size += await memory.expand_refs(
-            gw.payloads,
-            key.id,
-            fmt,
-            body,
-            trex,
-            gw.embeddings,
-            size=size,
-            limit=gw.max_body_bytes,
-            skip=replay.replayed,
-            sent=replay.carries if replay.replayed else None,
-            placed=replay.keep_before,
-        )
+        raw = await request.read()
+        received = size = len(raw)
+        if trex is not None or memory.may_refer(raw):  # else nothing in it can be a reference
+            size += await memory.expand_refs(
+                gw.payloads,
+                key.id,
+                fmt,
+                body,
+                trex,
+                gw.embeddings,
+                size=size,
+                limit=gw.max_body_bytes,
+                skip=replay.replayed,
+                sent=replay.carries if replay.replayed else None,
+                placed=replay.keep_before,
+            )
         original_text = memory.context_text(fmt, body) if store_ttl is not None else None
         received_tokens: int | None = None
         if replay.replayed:
