@@ -52,6 +52,7 @@ from kv.batching import CounterBatch, Increment
 from .accounting.charges import PendingCharges, token_for
 from .auth import KeyRecord
 from .config import ConfigError, plan_int
+from .context import shared
 from .errors import (
     GatewayError,
     PaymentRequiredError,
@@ -247,6 +248,7 @@ class Quotas:
         """False with usage accounting off: nothing would release a hold (or debit the cost), so a request on
         credits is only checked against what is available."""
         self._tokens: dict[str, tuple[int, float]] = {}  # token counter -> (value, fresh until)
+        self._reading: dict[str, asyncio.Future[int]] = {}  # token counters being read again
         self.plans = plans
         self._clock = clock
 
@@ -479,11 +481,24 @@ class Quotas:
     async def _tokens_used(self, counter: str, ttl: int) -> int:
         """A token counter's value, read at most once a second per instance (tokens are charged after the
         response anyway); this instance's own charges update it at once. The read creates a missing counter,
-        with the TTL its charges give it (a counter keeps the expiration it was created with)."""
-        now = time.monotonic()
+        with the TTL its charges give it (a counter keeps the expiration it was created with). Requests that
+        find the value stale while it is being read again wait for that read."""
         cached = self._tokens.get(counter)
-        if cached is not None and cached[1] > now:
+        if cached is not None and cached[1] > time.monotonic():
             return cached[0]
+        reading = self._reading.get(counter)
+        if reading is None:
+            reading = self._reading[counter] = asyncio.ensure_future(self._read_tokens(counter, ttl))
+            reading.add_done_callback(functools.partial(self._read_done, counter))
+        return await shared(reading)
+
+    def _read_done(self, counter: str, reading: asyncio.Future[int]) -> None:
+        self._reading.pop(counter, None)
+        if not reading.cancelled():
+            reading.exception()  # retrieved: every request that waited for it may have gone already
+
+    async def _read_tokens(self, counter: str, ttl: int) -> int:
+        now = time.monotonic()
         (value,) = await self.counters.incr([(counter, 0, ttl)])
         if len(self._tokens) >= 4096:
             self._tokens = {k: v for k, v in self._tokens.items() if v[1] > now}
