@@ -3,8 +3,12 @@
     python -m bench.proxy_cost [--requests 1000] [--jobs 2] [--no-write] [--targets passthrough,trex,...]
 
 Wall-clock throughput on a shared two-core machine drifts by tens of percent between runs; the number of
-instructions a process executes for the same requests does not (callgrind counts them whatever else the
-machine is doing, the same total run after run). Each target runs under `valgrind --tool=callgrind` against
+instructions a process executes for the same requests drifts far less (callgrind counts them whatever else
+the machine is doing). It is not fully independent of load: under callgrind the worker serves only a few
+dozen requests a second, so work done once a second (cache refreshes with one-second lifetimes, usage
+flushes, the access-log thread) falls on a share of requests that depends on how fast the machine runs it.
+The same code has measured a few percent apart alone and beside another target: compare versions side by
+side in one run. Each target runs under `valgrind --tool=callgrind` against
 the fake OpenAI upstream of `bench.proxy_overhead`; after a warm-up its counters are zeroed, `--requests`
 non-streaming chat completions are sent 32 at a time, background work (usage flushes) is given time to run,
 and the counters are dumped. Every thread of the process is counted; the kernel's share (socket system
