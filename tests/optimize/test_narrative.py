@@ -684,3 +684,9 @@ def test_constraints_in_other_languages_and_phrasings_are_kept(clause: str, mode
 def test_before_and_avoid_alone_are_not_constraints() -> None:
     assert not facts.is_constraint("I wanted to give you some background before we dive in.")
     assert facts.is_constraint("Deploy before Friday.") and facts.is_constraint("Avoid the billing tables.")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="ab.!/ \t\n\r\x0b\x0c\x1c\x85\xa0\u2028\u3000", max_size=40))
+def test_quick_word_bound_never_exceeds_at_least(text: str) -> None:
+    assert narrative._words_at_least(text) <= tokens.at_least(text) <= tokens.count(text)

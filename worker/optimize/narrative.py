@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 from .. import tokens
@@ -177,9 +178,9 @@ def _scores(
     df: dict[str, int] = {}
     unique_of = {u: list(dict.fromkeys(terms)) for u, terms in terms_of.items()}
     uniques = [unique_of[u] for u in units]
-    for terms in uniques:
-        for term in terms:
-            df[term] = df.get(term, 0) + 1
+    for u, times in Counter(units).items():  # a repeated unit adds its terms as often as it occurs
+        for term in unique_of[u]:
+            df[term] = df.get(term, 0) + times
     topic_of = {
         u: sum(math.log(df[t]) for t in terms) / math.sqrt(len(terms) + 2) for u, terms in unique_of.items()
     }
@@ -348,15 +349,17 @@ def _runs(keep: list[bool]) -> list[tuple[int, int]]:
     return runs
 
 
-def _run_marker(text: str, units: list[Unit], a: int, b: int, fact_free: list[bool]) -> str | None:
-    """The marker for dropped units a..b, or None if it could not list all their facts."""
+def _run_marker(
+    text: str, units: list[Unit], a: int, b: int, fact_free: list[bool], count: int
+) -> str | None:
+    """The marker for dropped units a..b (`count` of them not labels), or None if it could not list all their
+    facts."""
     found = [
         pair
         for k in range(a, b)
         if not fact_free[k]
         for pair in facts.facts_in_words(text[units[k].start : units[k].end])
     ]
-    count = sum(1 for u in units[a:b] if u.kind != "label")
     marker = facts.listing_marker(f"omitted {_plural(count)}", [word for _, word in found])
     listed = marker[marker.find("; facts kept: ") :]
     if any(fact not in listed for fact, _ in found):
@@ -364,21 +367,34 @@ def _run_marker(text: str, units: list[Unit], a: int, b: int, fact_free: list[bo
     return marker
 
 
+def _words_at_least(text: str) -> int:
+    """A lower bound of `tokens.at_least(text)`, so of the tokens of `text`, in a few passes in C.
+
+    `at_least` counts the runs between spaces and tabs that hold more than whitespace, word by word in
+    Python. Each such run holds one whitespace-separated word (`str.split`) or more, and only another
+    whitespace character (a line break, mostly) puts a second one in it: the words less those characters.
+    """
+    words = text.split()
+    other_space = len(text) - len("".join(words)) - text.count(" ") - text.count("\t")
+    return len(words) - other_space
+
+
 def _render(
     text: str, units: list[Unit], keep: list[bool], before: int, fact_free: list[bool]
 ) -> Compressed | None:
     """The kept units with their separators, each dropped run replaced by one marker; None if no smaller."""
     # A run whose marker costs as much as the run itself is kept instead.
-    markers: dict[int, str] = {}
+    markers: dict[int, tuple[str, int]] = {}
     for a, b in _runs(keep):
-        marker = _run_marker(text, units, a, b, fact_free)
+        count = sum(1 for u in units[a:b] if u.kind != "label")
+        marker = _run_marker(text, units, a, b, fact_free, count)
         run = text[units[a].start : units[b - 1].end]
         if marker is None or (
-            tokens.at_most(marker) >= tokens.at_least(run) and tokens.count(marker) >= tokens.count(run)
+            tokens.at_most(marker) >= _words_at_least(run) and tokens.count(marker) >= tokens.count(run)
         ):
             keep[a:b] = [True] * (b - a)
         else:
-            markers[a] = marker
+            markers[a] = (marker, count)
     if not markers:
         return None
     out: list[str] = [text[: units[0].start]]
@@ -394,8 +410,9 @@ def _render(
         j = i
         while j < n and not keep[j]:
             j += 1
-        out.append(markers[i])
-        dropped_units += sum(1 for u in units[i:j] if u.kind != "label")
+        marker, count = markers[i]
+        out.append(marker)
+        dropped_units += count
         # The separator after the run: the widest break inside it or after it (keeps paragraph breaks).
         if j == n:
             out.append(text[units[-1].end :])
