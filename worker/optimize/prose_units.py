@@ -81,12 +81,17 @@ _BOILERPLATE_RE = re.compile(
 )
 # The same for lower-cased ASCII text (see `facts.is_constraint_lower`); the pattern is lower-case already.
 _BOILERPLATE_LOWER_RE = re.compile(_BOILERPLATE_RE.pattern)
+# Every match of it holds one of these: text without any (most sentences) is not scanned.
+_BOILERPLATE_WORDS = ("must", "don't", "do not", "free", "mind", "always", "only t", "pleasure")
 
 
 def is_hard_constraint(sentence: str) -> bool:
     """A constraint clause, not counting courtesy formulas such as "don't hesitate to reach out"."""
     if sentence.isascii():
-        return facts.is_constraint_lower(_BOILERPLATE_LOWER_RE.sub(" ", sentence.lower()))
+        low = sentence.lower()
+        if any(word in low for word in _BOILERPLATE_WORDS):
+            low = _BOILERPLATE_LOWER_RE.sub(" ", low)
+        return facts.is_constraint_lower(low)
     return facts.is_constraint(_BOILERPLATE_RE.sub(" ", sentence))
 
 
