@@ -383,18 +383,22 @@ def _render(
     text: str, units: list[Unit], keep: list[bool], before: int, fact_free: list[bool]
 ) -> Compressed | None:
     """The kept units with their separators, each dropped run replaced by one marker; None if no smaller."""
-    # A run whose marker costs as much as the run itself is kept instead.
+    # A run whose marker costs as much as the run itself is kept instead. The marker is counted (once per
+    # distinct marker: most read "omitted 1 sentence"), the run only where its words do not outnumber that.
     markers: dict[int, tuple[str, int]] = {}
+    marker_tokens: dict[str, int] = {}
     for a, b in _runs(keep):
         count = sum(1 for u in units[a:b] if u.kind != "label")
         marker = _run_marker(text, units, a, b, fact_free, count)
-        run = text[units[a].start : units[b - 1].end]
-        if marker is None or (
-            tokens.at_most(marker) >= _words_at_least(run) and tokens.count(marker) >= tokens.count(run)
-        ):
-            keep[a:b] = [True] * (b - a)
-        else:
-            markers[a] = (marker, count)
+        if marker is not None:
+            cost = marker_tokens.get(marker)
+            if cost is None:
+                cost = marker_tokens[marker] = tokens.count(marker)
+            run = text[units[a].start : units[b - 1].end]
+            if cost < _words_at_least(run) or cost < tokens.count(run):
+                markers[a] = (marker, count)
+                continue
+        keep[a:b] = [True] * (b - a)
     if not markers:
         return None
     out: list[str] = [text[: units[0].start]]
