@@ -221,6 +221,15 @@ def _scores(
     return out
 
 
+class _Counts(dict[str, int]):
+    """Token counts of one request's texts, each distinct text encoded once: sentences, turns and markers
+    repeat (a one-sentence turn is its own sentence; a turn dropped whole becomes its marker)."""
+
+    def __missing__(self, text: str) -> int:
+        count = self[text] = tokens.count(text)
+        return count
+
+
 def _memo(memo: dict[str, bool], text: str, test: Callable[[str], bool]) -> bool:
     """`test(text)`, computed once per distinct text in `memo`."""
     known = memo.get(text)
@@ -237,7 +246,7 @@ def _plural(n: int) -> str:
 
 
 def _select(
-    docs: Sequence[tuple[str, list[Unit]]], ctx: Context, typed: Sequence[bool]
+    docs: Sequence[tuple[str, list[Unit]]], ctx: Context, typed: Sequence[bool], counted: _Counts
 ) -> tuple[list[list[bool]], list[list[bool]]]:
     """Which units of each text to keep, ranked and budgeted over all the texts together; and which units
     were found to hold no fact (their markers need not scan them again). The directives of `typed` texts
@@ -250,9 +259,7 @@ def _select(
     texts = [docs[d][0][docs[d][1][i].start : docs[d][1][i].end] for d, i in prose]
     # A conversation repeats itself (greetings, sign-offs, boilerplate pasted twice): each distinct unit is
     # counted and scanned once.
-    distinct = {
-        t: (tokens.count(t), facts.fact_count(t), is_hard_constraint(t)) for t in dict.fromkeys(texts)
-    }
+    distinct = {t: (counted[t], facts.fact_count(t), is_hard_constraint(t)) for t in dict.fromkeys(texts)}
     counts = [distinct[t][0] for t in texts]
     fact_counts = [distinct[t][1] for t in texts]
     for (d, i), f in zip(prose, fact_counts, strict=True):
@@ -286,7 +293,7 @@ def _select(
     # one that fills the only gap between kept units removes one. Labels and headings follow later.
     seqs = [[i for i, u in enumerate(units) if u.kind in _PROSE or u.kind in _VERBATIM] for _, units in docs]
     where = {(d, i): p for d, seq in enumerate(seqs) for p, i in enumerate(seq)}
-    mcost = tokens.count(facts.marker("omitted 10 sentences")) + 1
+    mcost = counted[facts.marker("omitted 10 sentences")] + 1
     markers = sum(
         1
         for d, seq in enumerate(seqs)
@@ -380,20 +387,17 @@ def _words_at_least(text: str) -> int:
 
 
 def _render(
-    text: str, units: list[Unit], keep: list[bool], before: int, fact_free: list[bool]
+    text: str, units: list[Unit], keep: list[bool], before: int, fact_free: list[bool], counted: _Counts
 ) -> Compressed | None:
     """The kept units with their separators, each dropped run replaced by one marker; None if no smaller."""
-    # A run whose marker costs as much as the run itself is kept instead. The marker is counted (once per
-    # distinct marker: most read "omitted 1 sentence"), the run only where its words do not outnumber that.
+    # A run whose marker costs as much as the run itself is kept instead. The marker is counted (most read
+    # "omitted 1 sentence"), the run only where its words do not outnumber that.
     markers: dict[int, tuple[str, int]] = {}
-    marker_tokens: dict[str, int] = {}
     for a, b in _runs(keep):
         count = sum(1 for u in units[a:b] if u.kind != "label")
         marker = _run_marker(text, units, a, b, fact_free, count)
         if marker is not None:
-            cost = marker_tokens.get(marker)
-            if cost is None:
-                cost = marker_tokens[marker] = tokens.count(marker)
+            cost = counted[marker]
             run = text[units[a].start : units[b - 1].end]
             if cost < _words_at_least(run) or cost < tokens.count(run):
                 markers[a] = (marker, count)
@@ -425,7 +429,7 @@ def _render(
             out.append(max(reversed(gaps), key=lambda g: g.count("\n")))
         i = j
     result = "".join(out)
-    after = tokens.count(result)
+    after = counted[result]
     if after >= before:
         return None
     note = (
@@ -450,21 +454,22 @@ def compress_many(
     # Typed text below the pasted-material size is the user's instructions: balanced leaves it out entirely
     # (not even ranked alongside the rest, nor counted when it is too short to reach that size).
     open_typed = ctx.mode == "aggressive"
+    counted = _Counts()
     befores: dict[int, int] = {}
     chosen: list[int] = []
     for i, text in enumerate(texts):
         if marks[i] and not open_typed and tokens.at_most(text) < PASTED_TOKENS:
             continue
-        befores[i] = tokens.count(text)
+        befores[i] = counted[text]
         if not marks[i] or open_typed or befores[i] >= PASTED_TOKENS:
             chosen.append(i)
     out: list[Compressed | None] = [None] * len(texts)
     if sum(befores[i] for i in chosen) < MIN_TOKENS:
         return out
     docs = [(texts[i], split_units(texts[i])) for i in chosen]
-    keeps, fact_free = _select(docs, ctx, [marks[i] for i in chosen])
+    keeps, fact_free = _select(docs, ctx, [marks[i] for i in chosen], counted)
     for i, (text, units), keep, free in zip(chosen, docs, keeps, fact_free, strict=True):
-        out[i] = _render(text, units, keep, befores[i], free) if units else None
+        out[i] = _render(text, units, keep, befores[i], free, counted) if units else None
     return out
 
 
