@@ -177,15 +177,13 @@ def _scores(
     # Topicality: terms shared with other units mark what the text is about.
     df: dict[str, int] = {}
     unique_of = {u: list(dict.fromkeys(terms)) for u, terms in terms_of.items()}
-    uniques = [unique_of[u] for u in units]
     for u, times in Counter(units).items():  # a repeated unit adds its terms as often as it occurs
         for term in unique_of[u]:
             df[term] = df.get(term, 0) + times
     topic_of = {
         u: sum(math.log(df[t]) for t in terms) / math.sqrt(len(terms) + 2) for u, terms in unique_of.items()
     }
-    topic = [topic_of[u] for u in units]
-    top_topic = max(topic, default=0.0)
+    top_topic = max(topic_of.values(), default=0.0)
     out: list[float] = []
     # A unit's score depends on its text, cue, counts and constraint flag alone (the statistics above are
     # shared): a repeated unit is scored once.
@@ -211,8 +209,8 @@ def _scores(
         elif _SO_RE.search(low):
             score += 1.0
         score += 3.0 * relevance[i]
-        score += min(1.0, len(uniques[i]) / 10.0)
-        score += topic[i] / top_topic if top_topic > 0 else 0.0
+        score += min(1.0, len(unique_of[unit]) / 10.0)
+        score += topic_of[unit] / top_topic if top_topic > 0 else 0.0
         score += 0.25 * min(3, len(_ENTITY_RE.findall(unit)))
         score -= 1.5 * min(2, len(_FILLER_RE.findall(low)))
         score -= 0.5 * min(3, len(_VAGUE_RE.findall(low)))
@@ -375,7 +373,8 @@ def _run_marker(
 
 
 def _words_at_least(text: str) -> int:
-    """A lower bound of `tokens.at_least(text)`, so of the tokens of `text`, in a few passes in C.
+    """A lower bound of `tokens.at_least(text)`, so of the tokens of `text` and of any text it begins, in a
+    few passes in C.
 
     `at_least` counts the runs between spaces and tabs that hold more than whitespace, word by word in
     Python. Each such run holds one whitespace-separated word (`str.split`) or more, and only another
@@ -398,8 +397,10 @@ def _render(
         marker = _run_marker(text, units, a, b, fact_free, count)
         if marker is not None:
             cost = counted[marker]
-            run = text[units[a].start : units[b - 1].end]
-            if cost < _words_at_least(run) or cost < tokens.count(run):
+            start, end = units[a].start, units[b - 1].end
+            # The bound of a prefix bounds the run too: a dozen characters a token of the marker are enough.
+            words = _words_at_least(text[start : min(end, start + 12 * cost)])
+            if cost < words or cost < tokens.count(text[start:end]):
                 markers[a] = (marker, count)
                 continue
         keep[a:b] = [True] * (b - a)
