@@ -64,6 +64,8 @@ _ABBREVIATIONS_TEXT = """
     thur thurs fri sat sun gen col capt lt sgt rev hon pres gov sen rep ave blvd rd mt ft approx min max
 """
 _ABBREVIATIONS = frozenset(_ABBREVIATIONS_TEXT.split())
+# A period after more letters than this closes no abbreviation, initialism or initial.
+_LONG_WORD = max(map(len, _ABBREVIATIONS)) + 1
 _NEEDS_DIGIT = frozenset({"no", "nos", "vol", "fig", "figs", "eq", "eqs", "sec", "ref", "refs"})
 
 # --- constraint clauses ----------------------------------------------------------------------------------
@@ -165,6 +167,8 @@ def _period_ends_sentence(seg: str, punct_start: int, nxt: str) -> bool:
     """Whether a '.' at `punct_start` followed by whitespace and `nxt` ends a sentence."""
     if nxt.islower():
         return False
+    if punct_start >= _LONG_WORD and seg[punct_start - _LONG_WORD : punct_start].isalpha():
+        return True  # the end of a long word (most sentence ends)
     # The word before it: the last run of non-space in the 40 characters before (a line break right before
     # the period is passed over, as `(\S+)$` would).
     before = seg[max(0, punct_start - 40) : punct_start]
