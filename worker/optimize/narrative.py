@@ -398,7 +398,7 @@ def _render(
         if marker is not None:
             cost = counted[marker]
             start, end = units[a].start, units[b - 1].end
-            # The bound of a prefix bounds the run too: a dozen characters a token of the marker are enough.
+            # The bound of a prefix bounds the run too: a dozen characters per token of the marker are enough.
             words = _words_at_least(text[start : min(end, start + 12 * cost)])
             if cost < words or cost < tokens.count(text[start:end]):
                 markers[a] = (marker, count)
