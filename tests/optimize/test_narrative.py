@@ -631,13 +631,14 @@ def test_gated_cue_patterns_match_exactly_what_the_plain_patterns_match(parts: l
 
 @settings(max_examples=500, deadline=None)
 @given(st.text(alphabet=".!?\u3002\uff01\uff1f\"'\u2019\u201d)]*_ \n\tab", max_size=30))
-def test_end_punctuation_pattern_matches_what_the_plain_pattern_matches(text: str) -> None:
+def test_end_punctuation_pattern_matches_what_the_plain_pattern_matches_before_text(text: str) -> None:
     closers = re.escape(prose_units._CLOSERS)
     cjk = prose_units._CJK_ENDS
     plain = re.compile(rf"[.!?]+[{closers}]*(?=\s)|[{cjk}]+[{closers}]*")
-    assert [m.span() for m in prose_units._PUNCT_RE.finditer(text)] == [
-        m.span() for m in plain.finditer(text)
+    followed = [
+        (m.span(), text[m.end() :].split()[0][0]) for m in plain.finditer(text) if text[m.end() :].strip()
     ]
+    assert [(m.span(), m.group(1)) for m in prose_units._PUNCT_RE.finditer(text)] == followed
 
 
 def test_gate_letters_come_from_every_alternative() -> None:
@@ -683,3 +684,9 @@ def test_constraints_in_other_languages_and_phrasings_are_kept(clause: str, mode
 def test_before_and_avoid_alone_are_not_constraints() -> None:
     assert not facts.is_constraint("I wanted to give you some background before we dive in.")
     assert facts.is_constraint("Deploy before Friday.") and facts.is_constraint("Avoid the billing tables.")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="ab.!/ \t\n\r\x0b\x0c\x1c\x85\xa0\u2028\u3000", max_size=40))
+def test_quick_word_bound_never_exceeds_at_least(text: str) -> None:
+    assert narrative._words_at_least(text) <= tokens.at_least(text) <= tokens.count(text)

@@ -98,7 +98,7 @@ def tokenize(text: str) -> list[str]:
 class BM25:
     """Okapi BM25 over a fixed list of tokenized documents."""
 
-    __slots__ = ("_docs", "_norm", "_postings", "_sets", "avgdl", "k1", "n")
+    __slots__ = ("_docs", "_norm", "_postings", "avgdl", "k1", "n")
 
     def __init__(self, docs: Sequence[Sequence[str]], k1: float = K1, b: float = B) -> None:
         self.k1 = k1
@@ -107,26 +107,29 @@ class BM25:
         total = sum(lengths)
         self.avgdl = total / self.n if self.n and total else 1.0
         self._docs = docs
-        self._sets: list[set[str]] | None = None
         self._postings: dict[str, list[tuple[int, int]]] = {}
         """(document, term frequency) by term, for the terms asked about so far: a query names a few
         terms, and indexing every term of every document would cost more than the scoring."""
         self._norm = [k1 * (1.0 - b + b * length / self.avgdl) for length in lengths]
 
     def _index(self, terms: Iterable[str]) -> None:
-        """Postings of the `terms` not indexed yet, in document order."""
+        """Postings of the `terms` not indexed yet, in document order.
+
+        A document passed more than once as the same list (a sentence repeated through a text) is read once.
+        """
         wanted = {t for t in terms if t not in self._postings}
         if not wanted:
             return
-        sets = self._sets
-        if sets is None:
-            sets = self._sets = [set(doc) for doc in self._docs]
         postings = self._postings
         for term in wanted:
             postings[term] = []
-        for i, terms_of_doc in enumerate(sets):
-            for term in wanted & terms_of_doc:
-                postings[term].append((i, self._docs[i].count(term)))
+        hits_of: dict[int, list[tuple[str, int]]] = {}
+        for i, doc in enumerate(self._docs):
+            hits = hits_of.get(id(doc))
+            if hits is None:
+                hits = hits_of[id(doc)] = [(term, doc.count(term)) for term in wanted.intersection(doc)]
+            for term, freq in hits:
+                postings[term].append((i, freq))
 
     def idf(self, term: str) -> float:
         """Inverse document frequency of `term` (never negative)."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 from .. import tokens
@@ -176,15 +177,13 @@ def _scores(
     # Topicality: terms shared with other units mark what the text is about.
     df: dict[str, int] = {}
     unique_of = {u: list(dict.fromkeys(terms)) for u, terms in terms_of.items()}
-    uniques = [unique_of[u] for u in units]
-    for terms in uniques:
-        for term in terms:
-            df[term] = df.get(term, 0) + 1
+    for u, times in Counter(units).items():  # a repeated unit adds its terms as often as it occurs
+        for term in unique_of[u]:
+            df[term] = df.get(term, 0) + times
     topic_of = {
         u: sum(math.log(df[t]) for t in terms) / math.sqrt(len(terms) + 2) for u, terms in unique_of.items()
     }
-    topic = [topic_of[u] for u in units]
-    top_topic = max(topic, default=0.0)
+    top_topic = max(topic_of.values(), default=0.0)
     out: list[float] = []
     # A unit's score depends on its text, cue, counts and constraint flag alone (the statistics above are
     # shared): a repeated unit is scored once.
@@ -210,14 +209,23 @@ def _scores(
         elif _SO_RE.search(low):
             score += 1.0
         score += 3.0 * relevance[i]
-        score += min(1.0, len(uniques[i]) / 10.0)
-        score += topic[i] / top_topic if top_topic > 0 else 0.0
+        score += min(1.0, len(unique_of[unit]) / 10.0)
+        score += topic_of[unit] / top_topic if top_topic > 0 else 0.0
         score += 0.25 * min(3, len(_ENTITY_RE.findall(unit)))
         score -= 1.5 * min(2, len(_FILLER_RE.findall(low)))
         score -= 0.5 * min(3, len(_VAGUE_RE.findall(low)))
         scored[key] = score
         out.append(score)
     return out
+
+
+class _Counts(dict[str, int]):
+    """Token counts of one request's texts, each distinct text encoded once: sentences, turns and markers
+    repeat (a one-sentence turn is its own sentence; a turn dropped whole becomes its marker)."""
+
+    def __missing__(self, text: str) -> int:
+        count = self[text] = tokens.count(text)
+        return count
 
 
 def _memo(memo: dict[str, bool], text: str, test: Callable[[str], bool]) -> bool:
@@ -236,7 +244,7 @@ def _plural(n: int) -> str:
 
 
 def _select(
-    docs: Sequence[tuple[str, list[Unit]]], ctx: Context, typed: Sequence[bool]
+    docs: Sequence[tuple[str, list[Unit]]], ctx: Context, typed: Sequence[bool], counted: _Counts
 ) -> tuple[list[list[bool]], list[list[bool]]]:
     """Which units of each text to keep, ranked and budgeted over all the texts together; and which units
     were found to hold no fact (their markers need not scan them again). The directives of `typed` texts
@@ -249,9 +257,7 @@ def _select(
     texts = [docs[d][0][docs[d][1][i].start : docs[d][1][i].end] for d, i in prose]
     # A conversation repeats itself (greetings, sign-offs, boilerplate pasted twice): each distinct unit is
     # counted and scanned once.
-    distinct = {
-        t: (tokens.count(t), facts.fact_count(t), is_hard_constraint(t)) for t in dict.fromkeys(texts)
-    }
+    distinct = {t: (counted[t], facts.fact_count(t), is_hard_constraint(t)) for t in dict.fromkeys(texts)}
     counts = [distinct[t][0] for t in texts]
     fact_counts = [distinct[t][1] for t in texts]
     for (d, i), f in zip(prose, fact_counts, strict=True):
@@ -285,7 +291,7 @@ def _select(
     # one that fills the only gap between kept units removes one. Labels and headings follow later.
     seqs = [[i for i, u in enumerate(units) if u.kind in _PROSE or u.kind in _VERBATIM] for _, units in docs]
     where = {(d, i): p for d, seq in enumerate(seqs) for p, i in enumerate(seq)}
-    mcost = tokens.count(facts.marker("omitted 10 sentences")) + 1
+    mcost = counted[facts.marker("omitted 10 sentences")] + 1
     markers = sum(
         1
         for d, seq in enumerate(seqs)
@@ -348,15 +354,17 @@ def _runs(keep: list[bool]) -> list[tuple[int, int]]:
     return runs
 
 
-def _run_marker(text: str, units: list[Unit], a: int, b: int, fact_free: list[bool]) -> str | None:
-    """The marker for dropped units a..b, or None if it could not list all their facts."""
+def _run_marker(
+    text: str, units: list[Unit], a: int, b: int, fact_free: list[bool], count: int
+) -> str | None:
+    """The marker for dropped units a..b (`count` of them not labels), or None if it could not list all their
+    facts."""
     found = [
         pair
         for k in range(a, b)
         if not fact_free[k]
         for pair in facts.facts_in_words(text[units[k].start : units[k].end])
     ]
-    count = sum(1 for u in units[a:b] if u.kind != "label")
     marker = facts.listing_marker(f"omitted {_plural(count)}", [word for _, word in found])
     listed = marker[marker.find("; facts kept: ") :]
     if any(fact not in listed for fact, _ in found):
@@ -364,21 +372,38 @@ def _run_marker(text: str, units: list[Unit], a: int, b: int, fact_free: list[bo
     return marker
 
 
+def _words_at_least(text: str) -> int:
+    """A lower bound of `tokens.at_least(text)`, so of the tokens of `text` and of any text it begins, in a
+    few passes in C.
+
+    `at_least` counts the runs between spaces and tabs that hold more than whitespace, word by word in
+    Python. Each such run holds one whitespace-separated word (`str.split`) or more, and only another
+    whitespace character (a line break, mostly) puts a second one in it: the words less those characters.
+    """
+    words = text.split()
+    other_space = len(text) - len("".join(words)) - text.count(" ") - text.count("\t")
+    return len(words) - other_space
+
+
 def _render(
-    text: str, units: list[Unit], keep: list[bool], before: int, fact_free: list[bool]
+    text: str, units: list[Unit], keep: list[bool], before: int, fact_free: list[bool], counted: _Counts
 ) -> Compressed | None:
     """The kept units with their separators, each dropped run replaced by one marker; None if no smaller."""
-    # A run whose marker costs as much as the run itself is kept instead.
-    markers: dict[int, str] = {}
+    # A run whose marker costs as much as the run itself is kept instead. The marker is counted (most read
+    # "omitted 1 sentence"), the run only where its words do not outnumber that.
+    markers: dict[int, tuple[str, int]] = {}
     for a, b in _runs(keep):
-        marker = _run_marker(text, units, a, b, fact_free)
-        run = text[units[a].start : units[b - 1].end]
-        if marker is None or (
-            tokens.at_most(marker) >= tokens.at_least(run) and tokens.count(marker) >= tokens.count(run)
-        ):
-            keep[a:b] = [True] * (b - a)
-        else:
-            markers[a] = marker
+        count = sum(1 for u in units[a:b] if u.kind != "label")
+        marker = _run_marker(text, units, a, b, fact_free, count)
+        if marker is not None:
+            cost = counted[marker]
+            start, end = units[a].start, units[b - 1].end
+            # The bound of a prefix bounds the run too: a dozen characters per token of the marker are enough.
+            words = _words_at_least(text[start : min(end, start + 12 * cost)])
+            if cost < words or cost < tokens.count(text[start:end]):
+                markers[a] = (marker, count)
+                continue
+        keep[a:b] = [True] * (b - a)
     if not markers:
         return None
     out: list[str] = [text[: units[0].start]]
@@ -394,8 +419,9 @@ def _render(
         j = i
         while j < n and not keep[j]:
             j += 1
-        out.append(markers[i])
-        dropped_units += sum(1 for u in units[i:j] if u.kind != "label")
+        marker, count = markers[i]
+        out.append(marker)
+        dropped_units += count
         # The separator after the run: the widest break inside it or after it (keeps paragraph breaks).
         if j == n:
             out.append(text[units[-1].end :])
@@ -404,7 +430,7 @@ def _render(
             out.append(max(reversed(gaps), key=lambda g: g.count("\n")))
         i = j
     result = "".join(out)
-    after = tokens.count(result)
+    after = counted[result]
     if after >= before:
         return None
     note = (
@@ -429,21 +455,22 @@ def compress_many(
     # Typed text below the pasted-material size is the user's instructions: balanced leaves it out entirely
     # (not even ranked alongside the rest, nor counted when it is too short to reach that size).
     open_typed = ctx.mode == "aggressive"
+    counted = _Counts()
     befores: dict[int, int] = {}
     chosen: list[int] = []
     for i, text in enumerate(texts):
         if marks[i] and not open_typed and tokens.at_most(text) < PASTED_TOKENS:
             continue
-        befores[i] = tokens.count(text)
+        befores[i] = counted[text]
         if not marks[i] or open_typed or befores[i] >= PASTED_TOKENS:
             chosen.append(i)
     out: list[Compressed | None] = [None] * len(texts)
     if sum(befores[i] for i in chosen) < MIN_TOKENS:
         return out
     docs = [(texts[i], split_units(texts[i])) for i in chosen]
-    keeps, fact_free = _select(docs, ctx, [marks[i] for i in chosen])
+    keeps, fact_free = _select(docs, ctx, [marks[i] for i in chosen], counted)
     for i, (text, units), keep, free in zip(chosen, docs, keeps, fact_free, strict=True):
-        out[i] = _render(text, units, keep, befores[i], free) if units else None
+        out[i] = _render(text, units, keep, befores[i], free, counted) if units else None
     return out
 
 

@@ -37,21 +37,26 @@ _LABEL_RE = re.compile(
 )
 _STAMP_RE = re.compile(r"^[ \t]*\[[^\]\n]*\]")
 _CODE_CHARS = "{}[]();=<>$\\|"
+_CODE_CHAR_RE = re.compile(f"[{re.escape(_CODE_CHARS)}]")
+# What a block-structure line (fence, heading, bullet, rule, table) can open with, past its indentation (and
+# any decimal digit): most prose lines start with none of these, and skip the block patterns.
+_BLOCK_FIRST = frozenset("`~#-*+•_|")
 
 # --- sentence boundaries ---------------------------------------------------------------------------------
 
 _CLOSERS = "\"'\u2019\u201d)]*_"  # closing quotes, brackets and emphasis after the end punctuation
 _CJK_ENDS = "\u3002\uff01\uff1f"  # the ideographic full stop, full-width ! and ?: no space follows them
-# `[.!?]+<closers>(?=\s)|[<CJK ends>]+<closers>`, written to open with one character class: the engine then
-# skips to the next end punctuation in one step (a pattern opening with a repeat or an alternation is tried
-# at every position, five times slower on prose). The look-behind tells which of the two the first character
-# was; the matches are the same (tests/optimize/test_narrative.py checks it).
+# `[.!?]+<closers>(?=\s)|[<CJK ends>]+<closers>`, where a non-space character comes after (group 1: there is
+# no sentence to end before otherwise), written to open with one character class: the engine then skips to
+# the next end punctuation in one step (a pattern opening with a repeat or an alternation is tried at every
+# position, five times slower on prose). The look-behind tells which of the two the first character was; the
+# atomic group keeps each match as long as the plain pattern's, so the look-ahead cannot shorten it. The
+# matches are the same (tests/optimize/test_narrative.py checks it).
 _PUNCT_RE = re.compile(
-    rf"[.!?{_CJK_ENDS}](?:(?<=[.!?])[.!?]*[{re.escape(_CLOSERS)}]*(?=\s)|(?<=[{_CJK_ENDS}])[{_CJK_ENDS}]*"
-    rf"[{re.escape(_CLOSERS)}]*)"
+    rf"[.!?{_CJK_ENDS}](?>(?<=[.!?])[.!?]*[{re.escape(_CLOSERS)}]*(?=\s)|(?<=[{_CJK_ENDS}])[{_CJK_ENDS}]*"
+    rf"[{re.escape(_CLOSERS)}]*)(?=\s*(\S))"
 )
 _INLINE_CODE_RE = re.compile(r"`[^`\n]+`")
-_WORD_BEFORE_RE = re.compile(r"(\S+)$")
 _INITIALISM_RE = re.compile(r"(?:[a-z]\.)+[a-z]")
 _ABBREVIATIONS_TEXT = """
     mr mrs ms mx dr prof sr jr st vs al cf approx appx est dept fig figs eq eqs ref refs sec vol
@@ -59,6 +64,8 @@ _ABBREVIATIONS_TEXT = """
     thur thurs fri sat sun gen col capt lt sgt rev hon pres gov sen rep ave blvd rd mt ft approx min max
 """
 _ABBREVIATIONS = frozenset(_ABBREVIATIONS_TEXT.split())
+# A period after more letters than this closes no abbreviation, initialism or initial.
+_LONG_WORD = max(map(len, _ABBREVIATIONS)) + 1
 _NEEDS_DIGIT = frozenset({"no", "nos", "vol", "fig", "figs", "eq", "eqs", "sec", "ref", "refs"})
 
 # --- constraint clauses ----------------------------------------------------------------------------------
@@ -76,12 +83,17 @@ _BOILERPLATE_RE = re.compile(
 )
 # The same for lower-cased ASCII text (see `facts.is_constraint_lower`); the pattern is lower-case already.
 _BOILERPLATE_LOWER_RE = re.compile(_BOILERPLATE_RE.pattern)
+# Every match of it holds one of these: text without any (most sentences) is not scanned.
+_BOILERPLATE_WORDS = ("must", "don't", "do not", "free", "mind", "always", "only t", "pleasure")
 
 
 def is_hard_constraint(sentence: str) -> bool:
     """A constraint clause, not counting courtesy formulas such as "don't hesitate to reach out"."""
     if sentence.isascii():
-        return facts.is_constraint_lower(_BOILERPLATE_LOWER_RE.sub(" ", sentence.lower()))
+        low = sentence.lower()
+        if any(word in low for word in _BOILERPLATE_WORDS):
+            low = _BOILERPLATE_LOWER_RE.sub(" ", low)
+        return facts.is_constraint_lower(low)
     return facts.is_constraint(_BOILERPLATE_RE.sub(" ", sentence))
 
 
@@ -112,8 +124,14 @@ def _trim(text: str, a: int, b: int) -> tuple[int, int]:
     return a, b
 
 
+def _may_open_block(line: str) -> bool:
+    """False if `line` cannot match any block-structure pattern (a prose line, most often)."""
+    first = line.lstrip(" \t")[:1]
+    return first in _BLOCK_FIRST or first.isdigit()
+
+
 def _block_start(line: str) -> bool:
-    return bool(
+    return _may_open_block(line) and bool(
         _FENCE_RE.match(line)
         or _HEADING_RE.match(line)
         or _BULLET_RE.match(line)
@@ -122,36 +140,47 @@ def _block_start(line: str) -> bool:
     )
 
 
-def _is_label(line: str) -> bool:
-    """A speaker label opens the line (and is not itself a constraint, which must stay with its clause)."""
+def _label(line: str) -> re.Match[str] | None:
+    """The speaker label opening the line, if any (not one that is itself a constraint, which must stay with
+    its clause)."""
     label = _LABEL_RE.match(line)
     if label is None:
-        return False
+        return None
     name = _STAMP_RE.sub("", label.group(0))  # a "[10:32]" stamp may be a fact; the name must not be
-    return not is_hard_constraint(name) and not facts.has_fact(name)
+    return label if not is_hard_constraint(name) and not facts.has_fact(name) else None
 
 
 def _code_like(text: str) -> bool:
     """A paragraph dense in code punctuation (JSON, pasted code) is verbatim; inline code is not counted."""
-    text = _INLINE_CODE_RE.sub(" ", text)
+    if "`" in text:
+        text = _INLINE_CODE_RE.sub(" ", text)
+    code = len(_CODE_CHAR_RE.findall(text))
+    if not code:  # prose, most often
+        return False
     nonspace = len("".join(text.split()))
     if nonspace < 20:
         return False
-    return sum(text.count(c) for c in _CODE_CHARS) / nonspace > 0.08
+    return code / nonspace > 0.08
 
 
 def _period_ends_sentence(seg: str, punct_start: int, nxt: str) -> bool:
     """Whether a '.' at `punct_start` followed by whitespace and `nxt` ends a sentence."""
     if nxt.islower():
         return False
-    match = _WORD_BEFORE_RE.search(seg, max(0, punct_start - 40), punct_start)
-    if match is None:
+    if punct_start >= _LONG_WORD and seg[punct_start - _LONG_WORD : punct_start].isalpha():
+        return True  # the end of a long word (most sentence ends)
+    # The word before it: the last run of non-space in the 40 characters before (a line break right before
+    # the period is passed over, as `(\S+)$` would).
+    before = seg[max(0, punct_start - 40) : punct_start]
+    if before[-1:] == "\n":
+        before = before[:-1]
+    if not before or before[-1].isspace():
         return True
-    word = match.group(1).lstrip("([{\"'\u201c\u2018*_")
+    word = before.rsplit(None, 1)[-1].lstrip("([{\"'\u201c\u2018*_")
     low = word.lower()
     if low in _ABBREVIATIONS:
         return low in _NEEDS_DIGIT and not nxt.isdigit()
-    if _INITIALISM_RE.fullmatch(low):  # e.g, i.e, u.s, a.m
+    if "." in low and _INITIALISM_RE.fullmatch(low):  # e.g, i.e, u.s, a.m
         return False
     return not (len(word) == 1 and word.isalpha() and word.isupper())  # an initial: "J. Smith"
 
@@ -161,23 +190,21 @@ def _sentence_spans(text: str, a: int, b: int) -> list[tuple[int, int]]:
     seg = text[a:b]
     code_starts: list[int] = []
     code_ends: list[int] = []
-    for m in _INLINE_CODE_RE.finditer(seg):
-        code_starts.append(m.start())
-        code_ends.append(m.end())
-    cuts: set[int] = set()
+    if "`" in seg:
+        for m in _INLINE_CODE_RE.finditer(seg):
+            code_starts.append(m.start())
+            code_ends.append(m.end())
+    cuts: list[int] = []
     for m in _PUNCT_RE.finditer(seg):
-        k = bisect.bisect_right(code_starts, m.start()) - 1
-        if k >= 0 and m.start() < code_ends[k]:
-            continue  # inside inline code
-        nxt_pos = m.end()
-        while nxt_pos < len(seg) and seg[nxt_pos].isspace():
-            nxt_pos += 1
-        if nxt_pos >= len(seg):
-            continue
-        punct = m.group(0)
+        start, end = m.span()
+        if code_starts:
+            k = bisect.bisect_right(code_starts, start) - 1
+            if k >= 0 and start < code_ends[k]:
+                continue  # inside inline code
+        punct = seg[start:end]
         ends = "!" in punct or "?" in punct or punct[0] in _CJK_ENDS
-        if ends or _period_ends_sentence(seg, m.start(), seg[nxt_pos]):
-            cuts.add(m.end())
+        if ends or _period_ends_sentence(seg, start, m.group(1)):
+            cuts.append(end)
     # Line breaks: a break is a boundary unless it looks like a soft wrap inside a sentence.
     line_start = 0
     while True:
@@ -192,10 +219,10 @@ def _sentence_spans(text: str, a: int, b: int) -> list[tuple[int, int]]:
             continue  # terminal punctuation is the punctuation rule's decision
         if nxt[0].islower() or prev[-1] in ",;(&-\u2013\u2014/" or len(prev) >= 60:
             continue
-        cuts.add(nl)
+        cuts.append(nl)
     spans: list[tuple[int, int]] = []
     start = 0
-    for cut in [*sorted(cuts), len(seg)]:
+    for cut in [*sorted(set(cuts)), len(seg)]:
         s, e = _trim(seg, start, cut)
         if s < e:
             spans.append((a + s, a + e))
@@ -210,16 +237,16 @@ def _paragraph(text: str, lines: list[tuple[int, str]], units: list[Unit], group
         units.append(Unit(a, b, "raw", group, section))
         return group + 1
     # Speaker turns: a line starting with a label opens a new group.
-    chunks: list[list[tuple[int, str]]] = []
+    chunks: list[tuple[re.Match[str] | None, list[tuple[int, str]]]] = []
     for line in lines:
-        if not chunks or _is_label(line[1]):
-            chunks.append([line])
+        label = _label(line[1])
+        if not chunks or label is not None:
+            chunks.append((label, [line]))
         else:
-            chunks[-1].append(line)
-    for chunk in chunks:
+            chunks[-1][1].append(line)
+    for label, chunk in chunks:
         start = chunk[0][0]
         end = chunk[-1][0] + len(chunk[-1][1])
-        label = _LABEL_RE.match(chunk[0][1]) if _is_label(chunk[0][1]) else None
         if label is not None:
             ls, le = _trim(text, start, start + label.end())
             units.append(Unit(ls, le, "label", group, section))
@@ -251,7 +278,8 @@ def split_units(text: str) -> list[Unit]:
             i += 1
             prev_blank = True
             continue
-        fence = _FENCE_RE.match(line)
+        block = _may_open_block(line)
+        fence = _FENCE_RE.match(line) if block else None
         if fence is not None:
             mark = fence.group(1)
             close = re.compile(rf"[ ]{{0,3}}{re.escape(mark[0])}{{{len(mark)},}}\s*$")
@@ -263,19 +291,19 @@ def split_units(text: str) -> list[Unit]:
             units.append(Unit(a, b, "code", group, section))
             group += 1
             i = j + 1
-        elif _HEADING_RE.match(line):
+        elif block and _HEADING_RE.match(line):
             section += 1
             a, b = _trim(text, start, start + len(line))
             units.append(Unit(a, b, "heading", group, section))
             group += 1
             i += 1
-        elif _RULE_RE.match(line):
+        elif block and _RULE_RE.match(line):
             a, b = _trim(text, start, start + len(line))
             units.append(Unit(a, b, "raw", group, section))
             group += 1
             i += 1
-        elif _TABLE_RE.match(line) or (prev_blank and _INDENTED_RE.match(line)):
-            table = _TABLE_RE.match(line) is not None
+        elif (block and _TABLE_RE.match(line)) or (prev_blank and _INDENTED_RE.match(line)):
+            table = block and _TABLE_RE.match(line) is not None
             j = i + 1
             while j < n:
                 nxt = lines[j][1]
@@ -288,7 +316,7 @@ def split_units(text: str) -> list[Unit]:
             units.append(Unit(a, b, "raw", group, section))
             group += 1
             i = j
-        elif _BULLET_RE.match(line):
+        elif block and _BULLET_RE.match(line):
             j = i + 1
             while j < n and lines[j][1].strip() and not _block_start(lines[j][1]):
                 j += 1
