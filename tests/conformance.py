@@ -231,10 +231,22 @@ def check_chat_body(doc: Any) -> ChatCompletion:
 def check_chat_stream(raw: bytes) -> list[ChatCompletionChunk]:
     """Every chunk a valid ChatCompletionChunk with the same id, created and model; `[DONE]` last; one
     finish_reason per choice, nothing for that choice after it; every tool call opened (id, type, name)
-    before its argument fragments."""
+    before its argument fragments. A stream that broke ends instead with an error object after the chunks so
+    far: `data: {"error": {…}}` as OpenAI sends one mid-stream (OpenRouter's error chunk, a chunk with an
+    `error` of OpenRouter's own shape, goes to its clients as it came)."""
     events = parse_sse(raw)
-    assert events and events[-1].data == "[DONE]", [e.data for e in events[-3:]]
-    chunks = [strict(ChatCompletionChunk, json.loads(e.data)) for e in events[:-1]]
+    last = json.loads(events[-1].data) if events and events[-1].data.startswith("{") else None
+    broken = isinstance(last, dict) and "error" in last
+    if broken:
+        assert isinstance(last, dict)
+        events.pop()
+        if "choices" in last:  # OpenRouter's own shape: a numeric code, no type
+            assert isinstance(last["error"].get("message"), str), last
+        else:
+            check_openai_error(last)
+    else:
+        assert events and events.pop().data == "[DONE]", [e.data for e in events[-3:]]
+    chunks = [strict(ChatCompletionChunk, json.loads(e.data)) for e in events]
     assert len({(c.id, c.created, c.model) for c in chunks}) == 1, {
         (c.id, c.created, c.model) for c in chunks
     }
@@ -249,7 +261,7 @@ def check_chat_stream(raw: bytes) -> list[ChatCompletionChunk]:
                     opened.add((choice.index, call.index))
             if choice.finish_reason is not None:
                 finished.add(choice.index)
-    assert finished, "no chunk carries a finish_reason"
+    assert finished or broken, "no chunk carries a finish_reason"
     return chunks
 
 
@@ -358,18 +370,28 @@ _DELTA_OF = {
 def check_messages_stream(raw: bytes) -> list[Any]:
     """Every event a valid RawMessageStreamEvent (pings aside) named by its `event:` line; message_start
     first; blocks started at 0, 1, 2 …, each with deltas of its own kind and then stopped before the next
-    starts; message_delta after the last block, message_stop last."""
+    starts; message_delta after the last block, message_stop last. A stream that broke ends instead with an
+    `error` event of Anthropic's error shape, after the events so far in that same order."""
     events: list[SSEEvent] = [e for e in parse_sse(raw) if e.event != "ping"]
     docs = [json.loads(e.data) for e in events]
+    broken = docs[-1]["type"] == "error"
+    if broken:
+        check_anthropic_error(docs.pop())
+        assert events.pop().event == "error"
     parsed = [strict(MESSAGE_EVENTS, d) for d in docs]
     for e, d in zip(events, docs, strict=True):
         assert e.event == d["type"], (e.event, d["type"])
     kinds = [d["type"] for d in docs]
-    assert kinds[0] == "message_start" and kinds[-2:] == ["message_delta", "message_stop"], kinds
-    assert kinds.count("message_start") == 1 and kinds.count("message_delta") == 1, kinds
+    assert kinds[0] == "message_start" and kinds.count("message_start") == 1, kinds
+    blocks = docs[1:]
+    if not broken:
+        assert kinds[-2:] == ["message_delta", "message_stop"], kinds
+        blocks = docs[1:-2]
+    elif kinds[-1] == "message_delta":
+        blocks = docs[1:-1]
     open_kind: str | None = None
     next_index = 0
-    for d in docs[1:-2]:
+    for d in blocks:
         if d["type"] == "content_block_start":
             assert open_kind is None and d["index"] == next_index, d
             open_kind = d["content_block"]["type"]
@@ -380,6 +402,6 @@ def check_messages_stream(raw: bytes) -> list[Any]:
             assert open_kind is not None and d["index"] == next_index, d
             open_kind, next_index = None, next_index + 1
         else:
-            raise AssertionError(f"unexpected event {d['type']}")
-    assert open_kind is None, "a content block was never stopped"
+            raise AssertionError(f"unexpected event {d['type']} at {kinds}")
+    assert open_kind is None or broken, "a content block was never stopped"
     return parsed

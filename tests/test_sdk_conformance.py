@@ -21,6 +21,7 @@ from typing import Any
 
 import anthropic.types
 import openai.types
+import pydantic
 import pytest
 
 from tests.conformance import (
@@ -40,7 +41,7 @@ from tests.conformance import (
     strict,
 )
 from tests.conftest import MASTER_KEY, GatewaySetup, with_key
-from tests.fakes.upstream import FakeUpstream, Reply
+from tests.fakes.upstream import FakeUpstream, Reply, fixture_json, split_sse
 from tests.harness import InProcessWorker, load_test_config, write_config
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
@@ -473,25 +474,71 @@ def test_upstream_errors_conform(
                 check_openai_error(resp.json())
 
 
-@pytest.mark.parametrize("model", [CLAUDE, GPT])
-def test_errors_mid_stream_conform(gw: GatewaySetup, http: Http, model: str) -> None:
-    """A stream that breaks after it began ends with the error event of the client's format."""
+def _broken_stream(model: str) -> Reply:
+    """A stream of `model`'s upstream that breaks with an error event after its first words."""
     if model == CLAUDE:
-        gw.fake.set(UPSTREAM_PATH[model], Reply.stream("anthropic/stream_error.sse"))
-    else:
-        events = chat_sse(SCENARIOS["text"]).split(b"\n\n")[:2]
-        error = {"error": {"message": "overloaded", "type": "server_error", "param": None, "code": None}}
-        raw = b"\n\n".join(events) + b"\n\ndata: " + json.dumps(error).encode() + b"\n\n"
-        gw.fake.set(UPSTREAM_PATH[model], Reply.stream(raw))
+        return Reply.stream("anthropic/stream_error.sse")
+    events = chat_sse(SCENARIOS["text"]).split(b"\n\n")[:3]
+    # OpenAI sends an error object; OpenRouter its error chunk, with finish_reason "error".
+    error: dict[str, Any] = {
+        "error": {"message": "overloaded", "type": "server_error", "param": None, "code": None}
+    }
+    if model == OPENROUTER:
+        error = json.loads(events[-1].removeprefix(b"data: ")) | {"error": {"code": 502, "message": "died"}}
+        error["choices"][0] |= {"delta": {"content": ""}, "finish_reason": "error"}
+    return Reply.stream(b"\n\n".join(events) + b"\n\ndata: " + json.dumps(error).encode() + b"\n\n")
+
+
+@pytest.mark.parametrize("model", [CLAUDE, GPT, OPENROUTER])
+def test_errors_mid_stream_conform(gw: GatewaySetup, http: Http, model: str) -> None:
+    """A stream that breaks after it began ends with the error event of the client's format, after events
+    that are valid and in order as far as they go."""
+    gw.fake.set(UPSTREAM_PATH[model], _broken_stream(model))
     answer = SCENARIOS["text"]
-    chat = _post(http, gw, "/v1/chat/completions", _chat_request(model, "text", answer, True))
-    last = json.loads(chat.content.split(b"data: ")[-1])
-    check_openai_error(last)
-    responses = _post(http, gw, "/v1/responses", _responses_request(model, "text", answer, True))
-    assert responses.status_code == 200, responses.text
-    check_responses_stream(responses.content)
-    messages = _post(http, gw, "/v1/messages", _messages_request(model, "text", answer, True))
-    raw = messages.content
-    events = raw.split(b"\n\n")
-    assert b"event: error" in events[-2], events[-3:]
-    check_anthropic_error(json.loads(events[-2].split(b"data: ", 1)[1]))
+    for path, request, check in (
+        ("/v1/chat/completions", _chat_request(model, "text", answer, True), check_chat_stream),
+        ("/v1/responses", _responses_request(model, "text", answer, True), check_responses_stream),
+        ("/v1/messages", _messages_request(model, "text", answer, True), check_messages_stream),
+    ):
+        resp = _post(http, gw, path, request)
+        assert resp.status_code == 200, resp.text
+        assert b'"error"' in resp.content.rsplit(b"\n\n", 2)[-2], resp.text[-300:]
+        check(resp.content)
+
+
+def test_messages_token_count_conforms(gw: GatewaySetup, http: Http) -> None:
+    """`/v1/messages/count_tokens` for a model not Claude's is counted here, in Anthropic's shape."""
+    body = {"model": GPT, "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+    resp = _post(http, gw, "/v1/messages/count_tokens", body)
+    assert resp.status_code == 200, resp.text
+    assert strict(anthropic.types.MessageTokensCount, resp.json()).input_tokens > 0
+
+
+def test_the_checks_refuse_what_strict_clients_refuse() -> None:
+    """The checks above fail on the breakages the SDKs let through: a float `created`, a chunk choice without
+    its `index`, usage without `input_tokens`, a Responses item without `status`, a tool_use block started
+    without its id, events out of order."""
+    invalid = (pydantic.ValidationError, AssertionError)
+    check_chat_body(chat_body(SCENARIOS["text"]))
+    with pytest.raises(invalid):
+        check_chat_body({**chat_body(SCENARIOS["text"]), "created": 1752583901.5})
+    stream = chat_sse(SCENARIOS["text"])
+    check_chat_stream(stream)
+    with pytest.raises(invalid):
+        check_chat_stream(stream.replace(b'{"index": 0, "delta"', b'{"delta"', 1))
+    message = claude_body(SCENARIOS["text"])
+    check_messages_body(message)
+    with pytest.raises(invalid):
+        check_messages_body({**message, "usage": {"output_tokens": 12}})
+    response = fixture_json("openai/responses_text.json")
+    check_responses_body(response)
+    del response["output"][0]["status"]
+    with pytest.raises(invalid):
+        check_responses_body(response)
+    calls = claude_sse(SCENARIOS["tool"])
+    check_messages_stream(calls)
+    with pytest.raises(invalid):
+        check_messages_stream(calls.replace(b'"id": "toolu_01Paris", ', b""))
+    events = split_sse(calls)
+    with pytest.raises(invalid):  # message_delta before the block's stop
+        check_messages_stream(b"".join([*events[:-3], events[-2], events[-3], events[-1]]))
