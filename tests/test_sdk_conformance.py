@@ -507,6 +507,28 @@ def test_errors_mid_stream_conform(gw: GatewaySetup, http: Http, model: str) -> 
         check(resp.content)
 
 
+@pytest.mark.parametrize("model", [CLAUDE, GPT])
+def test_a_stream_for_a_request_for_one_answer_is_a_502_in_the_clients_format(
+    gw: GatewaySetup, http: Http, model: str
+) -> None:
+    """An upstream that streams to a request that did not ask for a stream gives the client a 502 in its own
+    format (as any answer no SDK could read does), not an internal error."""
+    gw.fake.set(
+        UPSTREAM_PATH[model],
+        Reply.stream(claude_sse(SCENARIOS["text"]) if model == CLAUDE else chat_sse(SCENARIOS["text"])),
+    )
+    gw.fake.set("/v1/responses", Reply.stream("openai/responses_text.sse"))  # OpenAI's Responses, as sent
+    answer = SCENARIOS["text"]
+    for path, request in (
+        ("/v1/chat/completions", _chat_request(model, "text", answer, False)),
+        ("/v1/responses", _responses_request(model, "text", answer, False)),
+        ("/v1/messages", _messages_request(model, "text", answer, False)),
+    ):
+        resp = _post(http, gw, path, request)
+        _check_error(resp, 502, path == "/v1/messages")
+        assert "event stream" in resp.text
+
+
 def test_messages_token_count_conforms(gw: GatewaySetup, http: Http) -> None:
     """`/v1/messages/count_tokens` for a model not Claude's is counted here, in Anthropic's shape."""
     body = {"model": GPT, "messages": [{"role": "user", "content": "What is the capital of France?"}]}
