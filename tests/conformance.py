@@ -4,13 +4,17 @@ The SDKs build their response models without validation (`construct()`), so a bo
 or carrying one of the wrong type reads fine through them and breaks stricter clients (typed Go, TypeScript and
 Java clients, the Vercel AI SDK). These helpers validate every body and every stream event with
 `model_validate(..., strict=True)` and check the order rules of each stream format. They also build the
-upstream answers the conformance tests replay (Anthropic Messages and OpenAI chat, plain and streamed).
+upstream answers the conformance tests replay (Anthropic Messages and OpenAI chat, plain and streamed), and
+talk to the worker in raw HTTP, as a client that is not an SDK does.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +39,58 @@ def strict(model: Any, doc: Any) -> Any:
     if isinstance(model, pydantic.TypeAdapter):
         return model.validate_json(raw, strict=True)
     return model.model_validate_json(raw, strict=True)
+
+
+# ---- raw HTTP ------
+
+
+@dataclass
+class Got:
+    """An HTTP response as the client got it."""
+
+    status_code: int
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+@dataclass
+class Http:
+    """Raw HTTP to the worker: what a client that is not an SDK sees, status and bytes."""
+
+    base: str
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        content: bytes | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> Got:
+        url = self.base + path + ("?" + urllib.parse.urlencode(params) if params else "")
+        req = urllib.request.Request(
+            url, data=content, method=method, headers={"Content-Type": "application/json", **headers}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return Got(r.status, r.read())
+        except urllib.error.HTTPError as err:
+            with err:
+                return Got(err.code, err.read())
+
+    def get(self, path: str, headers: Mapping[str, str], params: Mapping[str, Any] | None = None) -> Got:
+        return self.request("GET", path, headers, params=params)
+
+    def post(
+        self, path: str, headers: Mapping[str, str], content: bytes | None = None, body: Any = None
+    ) -> Got:
+        return self.request("POST", path, headers, content if body is None else json.dumps(body).encode())
 
 
 # ---- upstream answers ------

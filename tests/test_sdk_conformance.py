@@ -2,20 +2,18 @@
 
 The SDKs read responses without validating them, so these tests validate instead (see tests/conformance.py):
 every body and every stream event of the six translation paths (chat, Responses and Messages clients, each to
-an OpenAI-format and an Anthropic upstream), of OpenRouter and local chat, of embeddings and the model list,
-and the error bodies of each format, for the answers that shape the output: text with cached tokens, one tool
-call, parallel tool calls after text, a stop sequence, the token limit reached, reasoning, and an image in.
-One worker and one fake upstream serve the whole module.
+an OpenAI-format and an Anthropic upstream), of OpenRouter and local chat, of embeddings, the model list and
+the token count, and the error bodies of each format (the gateway's own, the upstream's, a stream that breaks
+mid-way), for the answers that shape the output: text with cached tokens, one tool call, parallel tool calls
+after text, a stop sequence, the token limit reached, reasoning (alone and before tool calls), a refusal, an
+image in, and the sparse answers some OpenAI-compatible servers give. One worker and one fake upstream serve
+the whole module.
 """
 
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,8 @@ import pytest
 
 from tests.conformance import (
     Answer,
+    Got,
+    Http,
     chat_body,
     chat_sse,
     check_anthropic_error,
@@ -91,6 +91,8 @@ UPSTREAM_PATH = {
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewaySetup]:
+    """The module's worker, with no retries (an upstream error reaches the client at once) and no circuit
+    breaker (one test's upstream errors do not pause a route for the next)."""
     fake = FakeUpstream().start()
     directory: Path = tmp_path_factory.mktemp("conformance")
     path = write_config(
@@ -104,55 +106,6 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewaySetup]:
     finally:
         worker.stop()
         fake.stop()
-
-
-@dataclass
-class Got:
-    """An HTTP response as the client got it."""
-
-    status_code: int
-    content: bytes
-
-    @property
-    def text(self) -> str:
-        return self.content.decode("utf-8", "replace")
-
-    def json(self) -> Any:
-        return json.loads(self.content)
-
-
-@dataclass
-class Http:
-    """Raw HTTP to the worker: what a client that is not an SDK sees, status and bytes."""
-
-    base: str
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        headers: Mapping[str, str],
-        content: bytes | None = None,
-        params: Mapping[str, Any] | None = None,
-    ) -> Got:
-        url = self.base + path + ("?" + urllib.parse.urlencode(params) if params else "")
-        req = urllib.request.Request(
-            url, data=content, method=method, headers={"Content-Type": "application/json", **headers}
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return Got(r.status, r.read())
-        except urllib.error.HTTPError as err:
-            with err:
-                return Got(err.code, err.read())
-
-    def get(self, path: str, headers: Mapping[str, str], params: Mapping[str, Any] | None = None) -> Got:
-        return self.request("GET", path, headers, params=params)
-
-    def post(
-        self, path: str, headers: Mapping[str, str], content: bytes | None = None, body: Any = None
-    ) -> Got:
-        return self.request("POST", path, headers, content if body is None else json.dumps(body).encode())
 
 
 @pytest.fixture(scope="module")
