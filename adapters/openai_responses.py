@@ -461,6 +461,7 @@ def _decode_text_format(raw: Any) -> ResponseFormat | None:
 # ---- response ----------------------------------------------------------------------------------------------
 
 _Status = Literal["completed", "incomplete", "failed"]
+_ItemStatus = Literal["completed", "incomplete"]
 
 
 def usage_from_doc(u: Any) -> Usage | None:
@@ -702,6 +703,8 @@ def encode_response(resp: Response, *, model: str, request: dict[str, Any]) -> d
             )
             text_part = None
     status, incomplete_details, error = _outcome(resp.stop_reason)
+    if status == "incomplete" and output and not isinstance(resp.content[-1], Thinking):
+        output[-1]["status"] = "incomplete"  # the item the limit cut off, as OpenAI marks it
     return _response_object(
         resp_id=f"resp_{base}",
         created_at=resp.created or int(time.time()),
@@ -756,6 +759,10 @@ class StreamEncoder:
     Each canonical block becomes one output item (text → `message`, tool call → `function_call`), numbered by
     `output_index` in the order they start; thinking blocks are skipped. `encode` returns the bytes to write
     (possibly several events, possibly none); after the stream's final event it returns b"".
+
+    A block's `.done` events wait for the event after its stop: a block the response ends with is reported
+    `incomplete` when the response is (the token limit or a content filter cut it off, as OpenAI marks such an
+    item), and which it is can only be known from the stop reason that follows the block.
     """
 
     __slots__ = (
@@ -764,6 +771,7 @@ class StreamEncoder:
         "_created_at",
         "_done",
         "_echo",
+        "_held",
         "_id",
         "_model",
         "_output",
@@ -783,6 +791,7 @@ class StreamEncoder:
         self._started = False
         self._done = False
         self._blocks: dict[int, _Block] = {}
+        self._held: _Block | None = None  # stopped, its `.done` events not yet written
         self._output: list[dict[str, Any]] = []
         self._stop_reason: StopReason | None = None
         self._usage: Usage | None = None
@@ -814,7 +823,11 @@ class StreamEncoder:
             return out
         if isinstance(event, BlockStop):
             block = self._blocks.pop(event.index, None)
-            return out + (self._close(block) if block is not None else b"")
+            if block is None:
+                return out
+            out += self._close_all()  # blocks are sequential: anything stopped before this one is done
+            self._held = block
+            return out
         if isinstance(event, StreamFinish):
             self._stop_reason = event.stop_reason
             return out
@@ -900,13 +913,14 @@ class StreamEncoder:
         )
 
     def _finish(self) -> bytes:
-        out = self._close_all()
         status, incomplete_details, error = _outcome(self._stop_reason)
+        out = self._close_all("incomplete" if status == "incomplete" else "completed")
         self._done = True
         kind = "response.completed" if status == "completed" else f"response.{status}"
         return out + self._event(kind, {"response": self._response(status, incomplete_details, error)})
 
     def _fail(self, event: StreamError) -> bytes:
+        out = self._close_held()  # it was complete before the error came
         self._done = True
         # Items cut off by the error are reported as they stood, marked incomplete.
         for block in self._blocks.values():
@@ -920,18 +934,30 @@ class StreamEncoder:
                 item["arguments"] = "".join(block.parts)
         self._blocks.clear()
         error = {"code": _error_code(event.type), "message": event.message}
-        return self._event(
-            "error", {"code": event.type, "message": event.message, "param": None}
-        ) + self._event("response.failed", {"response": self._response("failed", error=error)})
+        return (
+            out
+            + self._event("error", {"code": event.type, "message": event.message, "param": None})
+            + self._event("response.failed", {"response": self._response("failed", error=error)})
+        )
 
     # -- blocks
 
-    def _close_all(self) -> bytes:
-        if not self._blocks:
-            return b""
-        out = b"".join(self._close(self._blocks[index]) for index in sorted(self._blocks))
+    def _close_held(self) -> bytes:
+        block, self._held = self._held, None
+        return self._close(block, "completed") if block is not None else b""
+
+    def _close_all(self, last: _ItemStatus = "completed") -> bytes:
+        """The `.done` events of the stopped block and of any still open, in order, the last one's item
+        `last`."""
+        blocks = [self._blocks[index] for index in sorted(self._blocks)]
+        if self._held is not None:
+            blocks.insert(0, self._held)
+            self._held = None
         self._blocks.clear()
-        return out
+        return b"".join(
+            self._close(block, last if n == len(blocks) - 1 else "completed")
+            for n, block in enumerate(blocks)
+        )
 
     def _open_text(self, index: int) -> bytes:
         out = self._close_all()  # blocks are sequential: a new one means the previous one ended
@@ -982,11 +1008,11 @@ class StreamEncoder:
         block.parts.append(event.arguments)
         return self._delta(_ARGS_DELTA, block, event.arguments)
 
-    def _close(self, block: _Block) -> bytes:
+    def _close(self, block: _Block, status: _ItemStatus) -> bytes:
         item = block.item
         if item is None:
             return b""
-        item["status"] = "completed"
+        item["status"] = status
         where = {"item_id": block.item_id, "output_index": block.output_index}
         if block.kind == "message":
             text = "".join(block.parts)

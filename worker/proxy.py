@@ -387,6 +387,9 @@ async def proxy(
             elif carried is None and answer_body is not None:
                 unusable = _unreadable_answer(prepared.wire, answer_body)
                 status = 502 if unusable is not None else status
+        elif resp is not None and status < 300 and not stream:
+            # An event stream for a request that asked for one JSON answer: no SDK reads it as that answer.
+            status, unusable = 502, "an event stream to a request for one answer"
         attempt: dict[str, Any] = {
             "provider": cand.provider,
             "model": cand.upstream_model,
@@ -526,7 +529,12 @@ async def proxy(
             return response
         if read_error is not None:
             raise read_error
-        assert answer_body is not None  # a 2xx answer that is not a stream was read with its attempt
+        if answer_body is None:  # a stream to a request for one answer (judged with its attempt)
+            raise UpstreamError(
+                f"Upstream {route.provider} returned {unusable}.",
+                code="bad_upstream_response",
+                headers=out_headers,
+            )
         data = answer_body
         failed_status = carried  # read with the attempt that was accepted
         if failed_status is not None:

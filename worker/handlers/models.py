@@ -141,6 +141,7 @@ def _routed_model(request: web.Request, model: str, provider: str) -> dict[str, 
             "id": model,
             "display_name": model,
             "created_at": _CREATED_AT,
+            "lifecycle": "active",
             "provider": provider,
         }
     return {"id": model, "object": "model", "created": _CREATED, "owned_by": provider, "provider": provider}
@@ -155,15 +156,20 @@ _CREATED_AT = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(_CREATED))
 
 
 def _anthropic_model(entry: Entry, prices: PriceTable) -> dict[str, Any]:
-    """Anthropic's model object (`type`, `id`, `display_name`, `created_at`) plus our catalog fields."""
+    """Anthropic's model object (`type`, `id`, `display_name`, `created_at`, `lifecycle`, `max_input_tokens`,
+    `max_tokens`) plus our catalog fields. Our `capabilities` list is left out: Anthropic's `capabilities` is
+    an object of per-feature support details, which typed clients fail to read a list as."""
     described = entry.describe(prices, _CREATED)
-    for openai_only in ("object", "created", "owned_by"):
-        described.pop(openai_only)
+    for not_anthropics in ("object", "created", "owned_by", "capabilities"):
+        described.pop(not_anthropics)
     return {
         "type": "model",
         "id": entry.info.name,
         "display_name": entry.info.name,
         "created_at": _CREATED_AT,
+        "lifecycle": "active",
+        "max_input_tokens": entry.info.context_window or None,  # 0: not known
+        "max_tokens": entry.info.max_output or None,
         **described,
     }
 
