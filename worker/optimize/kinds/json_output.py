@@ -226,21 +226,23 @@ def _plan_fold(
 ) -> _Plan | None:
     """Which records of an array stay, and the marker for the rest; None when folding is not worth it."""
     n = len(items)
-    flats = [_flatten(item) for item in items]
+    fields = _Fields.of(items)
     keep = set(range(min(settings.head, n))) | set(range(max(0, n - settings.tail), n))
-    keep.update(_outliers(flats, [_lists(item) for item in items])[: settings.outlier_cap])
+    keep.update(_outliers(fields, n)[: settings.outlier_cap])
     keep.update(_query_hits(encoded, query_terms)[: settings.query_cap])
     # Each fact with the whole word it is part of, which the marker lists (`pdf-v2`, not `v2`).
-    item_facts = {i: facts.facts_in_words(encoded[i]) for i in range(n) if i not in keep}
+    item_facts = _facts_in_words(encoded, [i for i in range(n) if i not in keep])
     # A fact with a quote or backslash would come out escaped inside the marker string, no longer verbatim.
     keep.update(i for i, found in item_facts.items() if any('"' in f or "\\" in f for f, _ in found))
     folded = [i for i in range(n) if i not in keep]
     if len(folded) < 2:
         return None
-    # The words the marker lists, and their alphanumeric runs: `10003` is shown by `ORD-10003`.
+    # The words the marker lists, and their alphanumeric runs: `10003` is shown by `ORD-10003` (a word that
+    # is one ASCII run is its own only run).
     listed = {word for i in folded for _, word in item_facts[i]}
-    listed.update(run for word in list(listed) for run in _RUN_RE.findall(word))
-    what, named = _describe(items, flats, folded, sorted(keep), n, listed)
+    runs_of = [word for word in listed if not (word.isascii() and word.isalnum())]
+    listed.update(run for word in runs_of for run in _RUN_RE.findall(word))
+    what, named = _describe(items, fields, folded, sorted(keep), n, listed)
     # The marker re-reads facts from each record's fact list (found once above), not the whole record; a
     # word the description already names (an identity) is not listed again.
     words = (word for i in folded for _, word in item_facts[i] if word not in named)
@@ -250,29 +252,74 @@ def _plan_fold(
     return _Plan(keep=keep, marker=marker_text)
 
 
-def _flatten(item: dict[str, Any], prefix: str = "", depth: int = 1) -> dict[str, Scalar]:
-    """Scalar leaves of a record by dotted path (nested objects up to a small depth; arrays skipped)."""
-    out: dict[str, Scalar] = {}
-    for key, value in item.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            if depth < _FLATTEN_DEPTH:
-                out.update(_flatten(value, name, depth + 1))
-        elif not isinstance(value, list):
-            out[name] = value
-    return out
+def _facts_in_words(encoded: list[str], wanted: list[int]) -> dict[int, list[tuple[str, str]]]:
+    """`facts.facts_in_words` of each `wanted` record, from one fact scan of them all.
+
+    The records are scanned as one text, joined by line breaks: an encoded record holds no line break (JSON
+    escapes it in strings) and starts with `{` and ends with `}`, which no fact starts or ends with, so no
+    match and no word (`facts.whole_token`) reaches across a seam, and each record's facts are the ones a
+    scan of it alone finds. One scan instead of one per record saves the per-call cost hundreds of times.
+    """
+    joined = "\n".join(encoded[i] for i in wanted)
+    spans = facts.fact_spans(joined)
+    found: dict[int, list[tuple[str, str]]] = {}
+    k = 0
+    end = -1
+    for i in wanted:
+        end += 1 + len(encoded[i])  # where the record's line ends
+        first: dict[str, int] = {}
+        while k < len(spans) and spans[k][0] < end:
+            first.setdefault(spans[k][1], spans[k][0])
+            k += 1
+        found[i] = [
+            (fact, facts.whole_token(joined, first[fact], fact)) for fact in facts.distinct_facts(first)
+        ]
+    return found
 
 
-def _lists(item: dict[str, Any], prefix: str = "", depth: int = 1) -> dict[str, list[Any]]:
-    """The array fields of a record by dotted path (the ones `_flatten` skips), to the same depth."""
-    out: dict[str, list[Any]] = {}
-    for key, value in item.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, list):
-            out[name] = value
-        elif isinstance(value, dict) and depth < _FLATTEN_DEPTH:
-            out.update(_lists(value, name, depth + 1))
-    return out
+@dataclass(frozen=True, slots=True)
+class _Fields:
+    """The leaves of an array's records, by dotted path (nested objects up to `_FLATTEN_DEPTH` levels), as
+    columns: every step that compares records (outliers, value summaries, marker order) reads these instead
+    of walking the records again."""
+
+    scalars: dict[str, list[tuple[int, Scalar]]]
+    """The scalar leaves: for each path, (record index, value) in record order, one per record holding it."""
+    arrays: dict[str, list[tuple[int, list[Any]]]]
+    """The array fields, likewise."""
+    shapes: list[tuple[str, ...]]
+    """Each record's scalar paths in its own order (the value summaries follow the folded records' order)."""
+
+    @classmethod
+    def of(cls, items: list[Any]) -> _Fields:
+        fields = cls({}, {}, [])
+        for i, item in enumerate(items):
+            names: list[str] = []
+            fields._collect(item, i, "", 1, names)
+            fields.shapes.append(tuple(names))
+        return fields
+
+    def _collect(self, item: dict[str, Any], i: int, prefix: str, depth: int, names: list[str]) -> None:
+        scalars, arrays = self.scalars, self.arrays
+        for key, value in item.items():
+            name = prefix + key if prefix else key
+            kind = type(value)
+            if kind is dict:
+                if depth < _FLATTEN_DEPTH:
+                    self._collect(value, i, name + ".", depth + 1, names)
+                continue
+            if kind is list:
+                columns: dict[str, list[tuple[int, Any]]] = arrays
+            else:
+                columns = scalars
+                names.append(name)
+            column = columns.get(name)
+            if column is None:
+                columns[name] = [(i, value)]
+            elif column[-1][0] == i:  # a dotted key and a nested object spell the same path: the later counts
+                column[-1] = (i, value)
+            else:
+                column.append((i, value))
 
 
 def _error_text(value: list[Any]) -> bool:
@@ -284,11 +331,17 @@ def _error_text(value: list[Any]) -> bool:
     return False
 
 
-def _number(value: Scalar) -> float | None:
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return None
-    if isinstance(value, int):
-        return float(value)
+def _error_strings(strings: list[tuple[int, str]]) -> list[int]:
+    """The records of `strings` whose value is error-like, searched once per distinct value; the common
+    answer, none, from one search of them all (joined by line breaks, which no error word spans)."""
+    distinct = dict.fromkeys(v for _, v in strings if len(v) <= 200)
+    if not distinct or _ERROR_VALUE_RE.search("\n".join(distinct)) is None:
+        return []
+    errors = {v for v in distinct if _ERROR_VALUE_RE.search(v)}
+    return [i for i, v in strings if v in errors]
+
+
+def _raw_number(value: msgspec.Raw) -> float | None:
     try:
         number = float(bytes(value))
     except ValueError:
@@ -296,19 +349,14 @@ def _number(value: Scalar) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _outliers(flats: list[dict[str, Scalar]], lists: list[dict[str, list[Any]]]) -> list[int]:
+def _outliers(fields: _Fields, n: int) -> list[int]:
     """Indices of records that stand out from the rest, most remarkable first (ties: document order).
 
-    `lists` holds each record's array fields (`_lists`): a non-empty `errors`/`warnings` array, or one holding
-    an error-like string, marks its record like an error field or value does; a rare non-empty array where
-    the others are empty (or missing) marks it like a rare value.
+    A non-empty `errors`/`warnings` array field, or one holding an error-like string, marks its record like
+    an error field or value does; a rare non-empty array where the others are empty (or missing) marks it
+    like a rare value.
     """
-    n = len(flats)
     rare = max(1, int(n * _RARE_SHARE))
-    paths: dict[str, list[int]] = {}
-    for i, flat in enumerate(flats):
-        for path in flat:
-            paths.setdefault(path, []).append(i)
     score = [0] * n
 
     errors_rare = max(1, int(n * _ERROR_SHARE))
@@ -319,41 +367,45 @@ def _outliers(flats: list[dict[str, Scalar]], lists: list[dict[str, list[Any]]])
             for i in hits:
                 score[i] += weight
 
-    for path, present in paths.items():
+    for path, column in fields.scalars.items():
         leaf = path.rsplit(".", 1)[-1]
-        values = [(i, flats[i][path]) for i in present]
         if _ERROR_KEY_RE.search(leaf):
-            mark([i for i, v in values if v not in (None, "", False, 0)], _ERROR_WEIGHT)
-        if len(present) < n and n - len(present) <= rare:
-            present_set = set(present)
-            mark([i for i in range(n) if i not in present_set], 1)
-        mark([i for i, v in values if v is None], 1)
-        errors = [i for i, v in values if isinstance(v, str) and len(v) <= 200 and _ERROR_VALUE_RE.search(v)]
-        mark(errors, _ERROR_WEIGHT)
+            mark([i for i, v in column if v not in (None, "", False, 0)], _ERROR_WEIGHT)
+        if len(column) < n and n - len(column) <= rare:
+            present = {i for i, _ in column}
+            mark([i for i in range(n) if i not in present], 1)
+        # One pass sorts the values by type (msgspec decodes to exactly these types, no subclasses).
+        nones: list[int] = []
+        strings: list[tuple[int, str]] = []
+        bools: list[tuple[int, bool]] = []
+        numbers: list[tuple[int, float]] = []
+        for i, v in column:
+            if type(v) is str:
+                strings.append((i, v))
+            elif type(v) is int:
+                numbers.append((i, float(v)))
+            elif type(v) is bool:
+                bools.append((i, v))
+            elif v is None:
+                nones.append(i)
+            elif isinstance(v, msgspec.Raw) and (x := _raw_number(v)) is not None:
+                numbers.append((i, x))
+        mark(nones, 1)
+        mark(_error_strings(strings), _ERROR_WEIGHT)
         if _STATUS_KEY_RE.search(leaf):
-            mark(
-                [i for i, v in values if isinstance(v, int) and not isinstance(v, bool) and 400 <= v <= 599],
-                _ERROR_WEIGHT,
-            )
-        bools = [(i, v) for i, v in values if isinstance(v, bool)]
-        if len(bools) == len(values) and bools:
+            mark([i for i, v in column if type(v) is int and 400 <= v <= 599], _ERROR_WEIGHT)
+        if bools and len(bools) == len(column):
             trues = [i for i, v in bools if v]
             falses = [i for i, v in bools if not v]
             mark(trues if len(trues) < len(falses) else falses, 1)
-        numbers = [(i, x) for i, v in values if (x := _number(v)) is not None]
         if len(numbers) >= 5:
             _mark_numeric_outliers(numbers, mark)
-    array_paths: dict[str, list[int]] = {}
-    for i, fields in enumerate(lists):
-        for path, value in fields.items():
-            if value:
-                array_paths.setdefault(path, []).append(i)
-    for path, filled in array_paths.items():
-        if _ERROR_KEY_RE.search(path.rsplit(".", 1)[-1]):
-            mark(filled, _ERROR_WEIGHT)
-        else:
-            mark(filled, 1)
-        mark([i for i in filled if _error_text(lists[i][path])], _ERROR_WEIGHT)
+    for path, arrays in fields.arrays.items():
+        filled = [(i, value) for i, value in arrays if value]
+        if not filled:
+            continue
+        mark([i for i, _ in filled], _ERROR_WEIGHT if _ERROR_KEY_RE.search(path.rsplit(".", 1)[-1]) else 1)
+        mark([i for i, value in filled if _error_text(value)], _ERROR_WEIGHT)
     ranked = sorted((i for i in range(n) if score[i] > 0), key=lambda i: (-score[i], i))
     return ranked
 
@@ -405,7 +457,7 @@ def _query_hits(encoded: list[str], terms: list[str]) -> list[int]:
 
 def _describe(
     items: list[Any],
-    flats: list[dict[str, Scalar]],
+    fields: _Fields,
     folded: list[int],
     kept: list[int],
     n: int,
@@ -414,13 +466,10 @@ def _describe(
     """The marker's description: counts, schema, the folded records' identities (unless `listed`, the facts
     the marker lists, already holds them all), low-cardinality value counts, kept indices; and the
     identities it names."""
-    keys: dict[str, None] = {}
-    keysets: set[tuple[str, ...]] = set()
-    for i in folded:
-        for key in items[i]:
-            keys.setdefault(str(key), None)
-        keysets.add(tuple(sorted(str(key) for key in items[i])))
-    label = "same keys" if len(keysets) == 1 else "keys"
+    # Records of an array mostly share one key order: each distinct one is looked at once.
+    key_orders = dict.fromkeys(tuple(items[i]) for i in folded)
+    keys = dict.fromkeys(key for order in key_orders for key in order)
+    label = "same keys" if len({tuple(sorted(order)) for order in key_orders}) == 1 else "keys"
     parts = [f"folded {len(folded)} of {n} items ({label}: {', '.join(keys)})"]
     identity = _identity(items, folded)
     names: dict[int, str] = {}
@@ -431,7 +480,7 @@ def _describe(
         if any(value not in listed for value in values):
             parts.append(f"{key} of each: {', '.join(values)}")
             named.update(values)
-    parts.extend(_value_summaries(flats, folded, names))
+    parts.extend(_value_summaries(fields, folded, names))
     parts.append("kept items at index " + ", ".join(str(i) for i in kept))
     return "; ".join(parts), named
 
@@ -470,26 +519,23 @@ def _shown(value: Scalar) -> str:
     return str(value)
 
 
-def _value_summaries(flats: list[dict[str, Scalar]], folded: list[int], names: dict[int, str]) -> list[str]:
+def _value_summaries(fields: _Fields, folded: list[int], names: dict[int, str]) -> list[str]:
     """`field values: a (120), b (3: x, y, z)` for scalar fields with few distinct values (folded items).
 
     Strings, booleans, numbers (floats as written) and null; a field holding an object or array is left out.
     A minority value (`_NAMED_MAX`) lists the `names` of its records, when the records have them.
     """
-    paths: dict[str, None] = {}
+    paths = dict.fromkeys(path for shape in dict.fromkeys(fields.shapes[i] for i in folded) for path in shape)
+    is_folded = [False] * len(fields.shapes)
     for i in folded:
-        for path in flats[i]:
-            paths.setdefault(path, None)
+        is_folded[i] = True
     summaries: list[str] = []
     for path in paths:
-        holders: dict[str, list[int]] = {}
-        for i in folded:
-            if path in flats[i]:
-                holders.setdefault(_shown(flats[i][path]), []).append(i)
-        total = sum(len(members) for members in holders.values())
-        if total < 3:
+        holders = _holders(fields.scalars[path], is_folded)
+        if holders is None:
             continue
-        if len(holders) > _SUMMARY_MAX_VALUES or len(holders) * 2 > total:
+        total = sum(len(members) for members in holders.values())
+        if total < 3 or len(holders) * 2 > total:
             continue
         if any(len(v) > _SUMMARY_MAX_LEN or not v for v in holders):
             continue
@@ -504,3 +550,21 @@ def _value_summaries(flats: list[dict[str, Scalar]], folded: list[int], names: d
         if len(summaries) >= _SUMMARY_MAX_FIELDS:
             break
     return summaries
+
+
+def _holders(column: list[tuple[int, Scalar]], is_folded: list[bool]) -> dict[str, list[int]] | None:
+    """The folded records of a column by shown value, in first-seen order; None as soon as there are more than
+    `_SUMMARY_MAX_VALUES` values (an id or an amount: no summary, and no need to look further)."""
+    holders: dict[str, list[int]] = {}
+    for i, value in column:
+        if not is_folded[i]:
+            continue
+        shown = value if type(value) is str else _shown(value)
+        members = holders.get(shown)
+        if members is not None:
+            members.append(i)
+        elif len(holders) == _SUMMARY_MAX_VALUES:
+            return None
+        else:
+            holders[shown] = [i]
+    return holders
