@@ -7,6 +7,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.optimize.kinds._data import (
     FAILED_ORDER_INDEX,
@@ -376,3 +378,51 @@ def test_a_fact_inside_a_longer_value_is_listed_as_that_value() -> None:
     (marker,) = _markers(json.loads(result.text))
     listed = marker.partition("facts kept: ")[2].rstrip("]").split(", ")
     assert "payments-api-7d9f8c6b5-00012" in listed and "00012" not in listed
+
+
+# The pieces tokens are made of, in ASCII: words, contractions, digit runs, JSON punctuation, blanks.
+_ASCII_PARTS = [
+    *["paid", "USD", "it's", "O'Neil", "'", "''", "s", "camelCase", "ABCdef", "x", "e", "E"],
+    *["5000", "854.12", "1", "12", "1234567", "-0", "1e+30", "0x1f", "v2"],
+    *[
+        '{"',
+        '":',
+        '","',
+        '":"',
+        "},{",
+        "[",
+        "]",
+        ",",
+        ":",
+        "-",
+        "_",
+        "/",
+        "\\n",
+        '\\"',
+        " ",
+        "  ",
+        "\n",
+        "\t",
+    ],
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_ASCII_PARTS), min_size=1, max_size=40))
+def test_the_token_floor_of_folded_records_is_never_above_their_count(parts: list[str]) -> None:
+    """A fold is judged worth it from a floor of the folded records' tokens; above the count, a fold that
+    saves too little would pass."""
+    text = "".join(parts)
+    assert json_output._pieces_at_least(text) <= tokens.count(text)
+
+
+def test_records_with_a_lone_backtick_each_fold_like_any_others() -> None:
+    """The folded records' facts come from one scan of them all: a backtick in one record and one in the
+    next are not an inline-code fact (which, holding quotes, would keep both records whole)."""
+    records = [{"id": f"job-{i}", "note": "press ` to retry", "state": "done"} for i in range(30)]
+    result = json_output.compress(json.dumps(records, indent=2), BALANCED)
+    assert result is not None and result.strategy == "json-fold"
+    doc = json.loads(result.text)
+    assert len([item for item in doc if isinstance(item, dict)]) == 3  # the first two and the last
+    (marker,) = _markers(doc)
+    assert marker.startswith("[trex: folded 27 of 30 items")
