@@ -380,30 +380,13 @@ def test_a_fact_inside_a_longer_value_is_listed_as_that_value() -> None:
     assert "payments-api-7d9f8c6b5-00012" in listed and "00012" not in listed
 
 
-# The pieces tokens are made of, in ASCII: words, contractions, digit runs, JSON punctuation, blanks.
+# The pieces tokens are made of, in ASCII: words, contractions, digit runs, punctuation, blanks, line breaks
+# (a piece takes the slashes after its line breaks) and control characters.
 _ASCII_PARTS = [
     *["paid", "USD", "it's", "O'Neil", "'", "''", "s", "camelCase", "ABCdef", "x", "e", "E"],
     *["5000", "854.12", "1", "12", "1234567", "-0", "1e+30", "0x1f", "v2"],
-    *[
-        '{"',
-        '":',
-        '","',
-        '":"',
-        "},{",
-        "[",
-        "]",
-        ",",
-        ":",
-        "-",
-        "_",
-        "/",
-        "\\n",
-        '\\"',
-        " ",
-        "  ",
-        "\n",
-        "\t",
-    ],
+    *['{"', '":', '","', '":"', "},{", "[", "]", ",", ":", "-", "_", "/", "//", "\\n", '\\"', "!?"],
+    *[" ", "  ", "\t", "\n", "\r\n", "\n/", "\v", "\f", "\x00", "\x01", "\x1c", "\x1f", "\x7f"],
 ]
 
 
