@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import GatewaySetup
 from tests.optimize.kinds._data import (
     FAILED_ORDER_INDEX,
     OUTLIER_ORDER_INDEX,
@@ -409,3 +410,46 @@ def test_records_with_a_lone_backtick_each_fold_like_any_others() -> None:
     assert len([item for item in doc if isinstance(item, dict)]) == 3  # the first two and the last
     (marker,) = _markers(doc)
     assert marker.startswith("[trex: folded 27 of 30 items")
+
+
+def _jobs(size: str) -> str:
+    records = [f'{{"id": {i}, "state": "done", "size": {size if i == 5 else i * 1000}}}' for i in range(40)]
+    return "[\n  " + ",\n  ".join(records) + "\n]"
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        (_jobs("9" * 400), "9" * 400),
+        ('{\n  "a": ' * 600 + '"ORD-77812"' + "\n}" * 600, "ORD-77812"),
+    ],
+    ids=["integer-past-float-range", "nested-600-deep"],
+)
+def test_json_the_fold_cannot_handle_is_still_forwarded_minified(
+    gateway: GatewaySetup, text: str, kept: str
+) -> None:
+    """A tool result whose records hold an integer of 400 digits failed the whole request (the outlier test
+    turned it into a float), and so did a document nested 600 levels deep (deeper than the fold's walk goes).
+    """
+    call = {"id": "call_1", "type": "function", "function": {"name": "list_jobs", "arguments": "{}"}}
+    messages: list[Any] = [
+        {"role": "user", "content": "Which job is the largest?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": text},
+    ]
+    raw = gateway.openai().chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=messages, extra_body={"trex": {"optimize": {"mode": "balanced"}}}
+    )
+    assert raw.parse().choices[0].message.content
+    assert int(raw.headers["X-Trex-Saved-Tokens"]) > 0
+    forwarded = gateway.fake.last().json["messages"][-1]["content"]
+    assert kept in forwarded and len(forwarded) < len(text)
+
+
+def test_an_integer_the_decoder_refuses_is_still_minified() -> None:
+    """Minifying copies numbers as text; decoding refuses an integer of thousands of digits (content
+    detection does too, so only a caller of this compressor meets it)."""
+    text = _jobs("9" * 5000)
+    result = json_output.compress(text, BALANCED)
+    assert result is not None and result.strategy == "json-minify"
+    assert "9" * 5000 in result.text

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import re
 import string
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -83,6 +84,7 @@ _IDENTITY_KEYS = (
 )  # fmt: skip
 _IDENTITY_MAX_LEN = 60
 _ROBUST_Z = 6.0
+_FLOAT_MAX = sys.float_info.max
 _LIST_SCAN_ITEMS = 20
 """Elements of an array field looked at for error-like strings."""
 
@@ -130,7 +132,7 @@ def compress(text: str, ctx: Context) -> Compressed | None:
         return None
     try:
         minified = msgspec.json.format(stripped.encode(), indent=-1).decode()
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # nested too deep: not JSON to us
         if ctx.mode != "safe" and is_json_lines(stripped):
             return _compress_json_lines(text, stripped, ctx)
         return None
@@ -138,17 +140,30 @@ def compress(text: str, ctx: Context) -> Compressed | None:
     lossless_note = ["insignificant JSON whitespace"]
     if ctx.mode == "safe":
         return finish(text, minified, "json-minify", lossless_note, original_facts)
-    folder = _Folder(_SETTINGS[ctx.mode], _query_terms(ctx.query))
-    doc = _DECODER.decode(stripped)
-    new_doc = folder.walk(doc, "$")
-    if folder.notes and _reencodes_faithfully(minified, doc):
-        encoded = msgspec.json.encode(new_doc).decode()
-        folded = finish(text, encoded, "json-fold", folder.notes, original_facts)
-        if folded is not None:
-            return folded
+    folded = _folded(text, stripped, minified, ctx, original_facts)
+    if folded is not None:
+        return folded
     # No fold, or one that failed the final check (a fact spelled differently once re-encoded, e.g. with
     # JSON escapes): the lossless minified text is still a valid answer.
     return finish(text, minified, "json-minify", lossless_note, original_facts)
+
+
+def _folded(
+    text: str, stripped: str, minified: str, ctx: Context, original_facts: list[str]
+) -> Compressed | None:
+    """The document with its long record arrays folded, if that passes the final check."""
+    folder = _Folder(_SETTINGS[ctx.mode], _query_terms(ctx.query))
+    try:
+        doc = _DECODER.decode(stripped)
+        new_doc = folder.walk(doc, "$")
+    except (msgspec.DecodeError, RecursionError):
+        # Minifying copies numbers as text, decoding refuses an integer of thousands of digits; and a document
+        # nested hundreds of levels deep is deeper than the walk goes. Both are still minified.
+        return None
+    if not folder.notes or not _reencodes_faithfully(minified, doc):
+        return None
+    encoded = msgspec.json.encode(new_doc).decode()
+    return finish(text, encoded, "json-fold", folder.notes, original_facts)
 
 
 def _reencodes_faithfully(minified: str, doc: Any) -> bool:
@@ -425,7 +440,8 @@ def _outliers(fields: _Fields, n: int) -> list[int]:
             if type(v) is str:
                 strings.append((i, v))
             elif type(v) is int:
-                numbers.append((i, float(v)))
+                if -_FLOAT_MAX <= v <= _FLOAT_MAX:  # hundreds of digits have no float: not compared
+                    numbers.append((i, float(v)))
             elif type(v) is bool:
                 bools.append((i, v))
             elif v is None:
