@@ -328,10 +328,17 @@ def _facts_in_words(encoded: list[str], wanted: list[int]) -> dict[int, list[tup
         while k < len(spans) and spans[k][0] < end:
             first.setdefault(spans[k][1], spans[k][0])
             k += 1
-        found[i] = [
-            (fact, facts.whole_token(joined, first[fact], fact)) for fact in facts.distinct_facts(first)
-        ]
+        found[i] = [(fact, _word(joined, first[fact], fact)) for fact in facts.distinct_facts(first)]
     return found
+
+
+def _word(text: str, start: int, fact: str) -> str:
+    """`facts.whole_token`, answered at once for a whole JSON value: a fact after a quote, bracket, brace,
+    comma or a key's colon and before a quote, bracket, brace or comma has no joiner tying it to more."""
+    before = text[start - 1]
+    if text[start + len(fact)] in '"]},' and (before in '"[{,' or (before == ":" and text[start - 2] == '"')):
+        return fact
+    return facts.whole_token(text, start, fact)
 
 
 @dataclass(frozen=True, slots=True)
