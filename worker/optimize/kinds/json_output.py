@@ -36,7 +36,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -347,9 +347,9 @@ class _Fields:
     columns: every step that compares records (outliers, value summaries, marker order) reads these instead
     of walking the records again."""
 
-    scalars: dict[str, list[tuple[int, Scalar]]]
-    """The scalar leaves: for each path, (record index, value) in record order, one per record holding it."""
-    arrays: dict[str, list[tuple[int, list[Any]]]]
+    scalars: dict[str, dict[int, Scalar]]
+    """The scalar leaves: for each path, each holding record's value by its index, in record order."""
+    arrays: dict[str, dict[int, list[Any]]]
     """The array fields, likewise."""
     shapes: list[tuple[str, ...]]
     """Each record's scalar paths in its own order (the value summaries follow the folded records' order)."""
@@ -373,17 +373,15 @@ class _Fields:
                     self._collect(value, i, name + ".", depth + 1, names)
                 continue
             if kind is list:
-                columns: dict[str, list[tuple[int, Any]]] = arrays
+                columns: dict[str, dict[int, Any]] = arrays
             else:
                 columns = scalars
                 names.append(name)
             column = columns.get(name)
             if column is None:
-                columns[name] = [(i, value)]
-            elif column[-1][0] == i:  # a dotted key and a nested object spell the same path: the later counts
-                column[-1] = (i, value)
-            else:
-                column.append((i, value))
+                columns[name] = {i: value}
+            else:  # (a dotted key and a nested object may spell the same path: the later one counts)
+                column[i] = value
 
 
 def _error_text(value: list[Any]) -> bool:
@@ -395,14 +393,14 @@ def _error_text(value: list[Any]) -> bool:
     return False
 
 
-def _error_strings(strings: list[tuple[int, str]]) -> list[int]:
+def _error_strings(strings: Mapping[int, str]) -> list[int]:
     """The records of `strings` whose value is error-like, searched once per distinct value; the common
     answer, none, from one search of them all (joined by line breaks, which no error word spans)."""
-    distinct = dict.fromkeys(v for _, v in strings if len(v) <= 200)
+    distinct = dict.fromkeys(v for v in strings.values() if len(v) <= 200)
     if not distinct or _ERROR_VALUE_RE.search("\n".join(distinct)) is None:
         return []
     errors = {v for v in distinct if _ERROR_VALUE_RE.search(v)}
-    return [i for i, v in strings if v in errors]
+    return [i for i, v in strings.items() if v in errors]
 
 
 def _raw_number(value: msgspec.Raw) -> float | None:
@@ -434,18 +432,21 @@ def _outliers(fields: _Fields, n: int) -> list[int]:
     for path, column in fields.scalars.items():
         leaf = path.rsplit(".", 1)[-1]
         if _ERROR_KEY_RE.search(leaf):
-            mark([i for i, v in column if v not in (None, "", False, 0)], _ERROR_WEIGHT)
+            mark([i for i, v in column.items() if v not in (None, "", False, 0)], _ERROR_WEIGHT)
         if len(column) < n and n - len(column) <= rare:
-            present = {i for i, _ in column}
-            mark([i for i in range(n) if i not in present], 1)
-        # One pass sorts the values by type (msgspec decodes to exactly these types, no subclasses).
+            mark([i for i in range(n) if i not in column], 1)
+        # msgspec decodes to exactly these types, no subclasses. A column of strings (names, states, codes),
+        # the commonest, can only hold error-like values; others are sorted by type in one pass.
+        if set(map(type, column.values())) == {str}:
+            mark(_error_strings(cast(dict[int, str], column)), _ERROR_WEIGHT)
+            continue
         nones: list[int] = []
-        strings: list[tuple[int, str]] = []
+        strings: dict[int, str] = {}
         bools: list[tuple[int, bool]] = []
         numbers: list[tuple[int, float]] = []
-        for i, v in column:
+        for i, v in column.items():
             if type(v) is str:
-                strings.append((i, v))
+                strings[i] = v
             elif type(v) is int:
                 if -_FLOAT_MAX <= v <= _FLOAT_MAX:  # hundreds of digits have no float: not compared
                     numbers.append((i, float(v)))
@@ -458,7 +459,7 @@ def _outliers(fields: _Fields, n: int) -> list[int]:
         mark(nones, 1)
         mark(_error_strings(strings), _ERROR_WEIGHT)
         if _STATUS_KEY_RE.search(leaf):
-            mark([i for i, v in column if type(v) is int and 400 <= v <= 599], _ERROR_WEIGHT)
+            mark([i for i, v in column.items() if type(v) is int and 400 <= v <= 599], _ERROR_WEIGHT)
         if bools and len(bools) == len(column):
             trues = [i for i, v in bools if v]
             falses = [i for i, v in bools if not v]
@@ -466,7 +467,7 @@ def _outliers(fields: _Fields, n: int) -> list[int]:
         if len(numbers) >= 5:
             _mark_numeric_outliers(numbers, mark)
     for path, arrays in fields.arrays.items():
-        filled = [(i, value) for i, value in arrays if value]
+        filled = [(i, value) for i, value in arrays.items() if value]
         if not filled:
             continue
         mark([i for i, _ in filled], _ERROR_WEIGHT if _ERROR_KEY_RE.search(path.rsplit(".", 1)[-1]) else 1)
@@ -617,11 +618,11 @@ def _value_summaries(fields: _Fields, folded: list[int], names: dict[int, str]) 
     return summaries
 
 
-def _holders(column: list[tuple[int, Scalar]], is_folded: list[bool]) -> dict[str, list[int]] | None:
+def _holders(column: dict[int, Scalar], is_folded: list[bool]) -> dict[str, list[int]] | None:
     """The folded records of a column by shown value, in first-seen order; None as soon as there are more than
     `_SUMMARY_MAX_VALUES` values (an id or an amount: no summary, and no need to look further)."""
     holders: dict[str, list[int]] = {}
-    for i, value in column:
+    for i, value in column.items():
         if not is_folded[i]:
             continue
         shown = value if type(value) is str else _shown(value)
