@@ -7,7 +7,10 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tests.conftest import GatewaySetup
 from tests.optimize.kinds._data import (
     FAILED_ORDER_INDEX,
     OUTLIER_ORDER_INDEX,
@@ -376,3 +379,77 @@ def test_a_fact_inside_a_longer_value_is_listed_as_that_value() -> None:
     (marker,) = _markers(json.loads(result.text))
     listed = marker.partition("facts kept: ")[2].rstrip("]").split(", ")
     assert "payments-api-7d9f8c6b5-00012" in listed and "00012" not in listed
+
+
+# The pieces tokens are made of, in ASCII: words, contractions, digit runs, punctuation, blanks, line breaks
+# (a piece takes the slashes after its line breaks) and control characters.
+_ASCII_PARTS = [
+    *["paid", "USD", "it's", "O'Neil", "'", "''", "s", "camelCase", "ABCdef", "x", "e", "E"],
+    *["5000", "854.12", "1", "12", "1234567", "-0", "1e+30", "0x1f", "v2"],
+    *['{"', '":', '","', '":"', "},{", "[", "]", ",", ":", "-", "_", "/", "//", "\\n", '\\"', "!?"],
+    *[" ", "  ", "\t", "\n", "\r\n", "\n/", "\v", "\f", "\x00", "\x01", "\x1c", "\x1f", "\x7f"],
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_ASCII_PARTS), min_size=1, max_size=40))
+def test_the_token_floor_of_folded_records_is_never_above_their_count(parts: list[str]) -> None:
+    """A fold is judged worth it from a floor of the folded records' tokens; above the count, a fold that
+    saves too little would pass."""
+    text = "".join(parts)
+    assert json_output._pieces_at_least(text) <= tokens.count(text)
+
+
+def test_records_with_a_lone_backtick_each_fold_like_any_others() -> None:
+    """The folded records' facts come from one scan of them all: a backtick in one record and one in the
+    next are not an inline-code fact (which, holding quotes, would keep both records whole)."""
+    records = [{"id": f"job-{i}", "note": "press ` to retry", "state": "done"} for i in range(30)]
+    result = json_output.compress(json.dumps(records, indent=2), BALANCED)
+    assert result is not None and result.strategy == "json-fold"
+    doc = json.loads(result.text)
+    assert len([item for item in doc if isinstance(item, dict)]) == 3  # the first two and the last
+    (marker,) = _markers(doc)
+    assert marker.startswith("[trex: folded 27 of 30 items")
+
+
+def _jobs(size: str) -> str:
+    records = [f'{{"id": {i}, "state": "done", "size": {size if i == 5 else i * 1000}}}' for i in range(40)]
+    return "[\n  " + ",\n  ".join(records) + "\n]"
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        (_jobs("9" * 400), "9" * 400),
+        ('{\n  "a": ' * 600 + '"ORD-77812"' + "\n}" * 600, "ORD-77812"),
+    ],
+    ids=["integer-past-float-range", "nested-600-deep"],
+)
+def test_json_the_fold_cannot_handle_is_still_forwarded_minified(
+    gateway: GatewaySetup, text: str, kept: str
+) -> None:
+    """A tool result whose records hold an integer of 400 digits failed the whole request (the outlier test
+    turned it into a float), and so did a document nested 600 levels deep (deeper than the fold's walk goes).
+    """
+    call = {"id": "call_1", "type": "function", "function": {"name": "list_jobs", "arguments": "{}"}}
+    messages: list[Any] = [
+        {"role": "user", "content": "Which job is the largest?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": text},
+    ]
+    raw = gateway.openai().chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=messages, extra_body={"trex": {"optimize": {"mode": "balanced"}}}
+    )
+    assert raw.parse().choices[0].message.content
+    assert int(raw.headers["X-Trex-Saved-Tokens"]) > 0
+    forwarded = gateway.fake.last().json["messages"][-1]["content"]
+    assert kept in forwarded and len(forwarded) < len(text)
+
+
+def test_an_integer_the_decoder_refuses_is_still_minified() -> None:
+    """Minifying copies numbers as text; decoding refuses an integer of thousands of digits (content
+    detection does too, so only a caller of this compressor meets it)."""
+    text = _jobs("9" * 5000)
+    result = json_output.compress(text, BALANCED)
+    assert result is not None and result.strategy == "json-minify"
+    assert "9" * 5000 in result.text

@@ -31,16 +31,19 @@ from __future__ import annotations
 
 import math
 import re
+import string
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
+from worker import tokens
 from worker.optimize import facts
 from worker.optimize.base import Compressed, Context, Mode
-from worker.optimize.kinds._common import NO_LIMIT, fact_list, finish, worth_folding
+from worker.optimize.kinds._common import FOLD_RATIO, NO_LIMIT, count, fact_list, finish, worth_folding
 from worker.optimize.kinds._detect import is_json_lines
 
 Scalar = str | int | bool | None | msgspec.Raw
@@ -81,6 +84,7 @@ _IDENTITY_KEYS = (
 )  # fmt: skip
 _IDENTITY_MAX_LEN = 60
 _ROBUST_Z = 6.0
+_FLOAT_MAX = sys.float_info.max
 _LIST_SCAN_ITEMS = 20
 """Elements of an array field looked at for error-like strings."""
 
@@ -100,6 +104,14 @@ _NEGATIVE_ZERO_RE = re.compile(r"[:,\[]-0(?=[,\]}]|$)")
 _STATUS_KEY_RE = re.compile(r"(?:^|[_.])(?:status|status_?code|code|http_?status)$", re.I)
 _QUERY_WORD_RE = re.compile(r"[A-Za-z0-9][\w-]{3,}")
 _RUN_RE = re.compile(r"[A-Za-z0-9]+")
+# Translation tables for `_pieces_at_least`: one class of ASCII characters kept as one character (letters;
+# digits; punctuation and control characters, with line breaks apart), all else a blank.
+_LETTER_RUNS = bytes(ord("a") if chr(c) in string.ascii_letters else ord(" ") for c in range(256))
+_DIGIT_RUNS = bytes(ord("0") if chr(c) in string.digits else ord(" ") for c in range(256))
+_PUNCTUATION_RUNS = bytes(
+    ord("\n") if chr(c) in "\r\n" else ord(" ") if chr(c).isalnum() or chr(c) in " \t\v\f" else ord(".")
+    for c in range(256)
+)
 _STOPWORDS = frozenset(
     (
         "about", "after", "also", "been", "before", "being", "could", "does", "from", "have", "into", "just",
@@ -120,7 +132,7 @@ def compress(text: str, ctx: Context) -> Compressed | None:
         return None
     try:
         minified = msgspec.json.format(stripped.encode(), indent=-1).decode()
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # nested too deep: not JSON to us
         if ctx.mode != "safe" and is_json_lines(stripped):
             return _compress_json_lines(text, stripped, ctx)
         return None
@@ -128,17 +140,30 @@ def compress(text: str, ctx: Context) -> Compressed | None:
     lossless_note = ["insignificant JSON whitespace"]
     if ctx.mode == "safe":
         return finish(text, minified, "json-minify", lossless_note, original_facts)
-    folder = _Folder(_SETTINGS[ctx.mode], _query_terms(ctx.query))
-    doc = _DECODER.decode(stripped)
-    new_doc = folder.walk(doc, "$")
-    if folder.notes and _reencodes_faithfully(minified, doc):
-        encoded = msgspec.json.encode(new_doc).decode()
-        folded = finish(text, encoded, "json-fold", folder.notes, original_facts)
-        if folded is not None:
-            return folded
+    folded = _folded(text, stripped, minified, ctx, original_facts)
+    if folded is not None:
+        return folded
     # No fold, or one that failed the final check (a fact spelled differently once re-encoded, e.g. with
     # JSON escapes): the lossless minified text is still a valid answer.
     return finish(text, minified, "json-minify", lossless_note, original_facts)
+
+
+def _folded(
+    text: str, stripped: str, minified: str, ctx: Context, original_facts: list[str]
+) -> Compressed | None:
+    """The document with its long record arrays folded, if that passes the final check."""
+    folder = _Folder(_SETTINGS[ctx.mode], _query_terms(ctx.query))
+    try:
+        doc = _DECODER.decode(stripped)
+        new_doc = folder.walk(doc, "$")
+    except (msgspec.DecodeError, RecursionError):
+        # Minifying copies numbers as text, decoding refuses an integer of thousands of digits; and a document
+        # nested hundreds of levels deep is deeper than the walk goes. Both are still minified.
+        return None
+    if not folder.notes or not _reencodes_faithfully(minified, doc):
+        return None
+    encoded = msgspec.json.encode(new_doc).decode()
+    return finish(text, encoded, "json-fold", folder.notes, original_facts)
 
 
 def _reencodes_faithfully(minified: str, doc: Any) -> bool:
@@ -226,53 +251,137 @@ def _plan_fold(
 ) -> _Plan | None:
     """Which records of an array stay, and the marker for the rest; None when folding is not worth it."""
     n = len(items)
-    flats = [_flatten(item) for item in items]
+    fields = _Fields.of(items)
     keep = set(range(min(settings.head, n))) | set(range(max(0, n - settings.tail), n))
-    keep.update(_outliers(flats, [_lists(item) for item in items])[: settings.outlier_cap])
+    keep.update(_outliers(fields, n)[: settings.outlier_cap])
     keep.update(_query_hits(encoded, query_terms)[: settings.query_cap])
     # Each fact with the whole word it is part of, which the marker lists (`pdf-v2`, not `v2`).
-    item_facts = {i: facts.facts_in_words(encoded[i]) for i in range(n) if i not in keep}
+    item_facts = _facts_in_words(encoded, [i for i in range(n) if i not in keep])
     # A fact with a quote or backslash would come out escaped inside the marker string, no longer verbatim.
     keep.update(i for i, found in item_facts.items() if any('"' in f or "\\" in f for f, _ in found))
     folded = [i for i in range(n) if i not in keep]
     if len(folded) < 2:
         return None
-    # The words the marker lists, and their alphanumeric runs: `10003` is shown by `ORD-10003`.
+    # The words the marker lists, and their alphanumeric runs: `10003` is shown by `ORD-10003` (a word that
+    # is one ASCII run is its own only run).
     listed = {word for i in folded for _, word in item_facts[i]}
-    listed.update(run for word in list(listed) for run in _RUN_RE.findall(word))
-    what, named = _describe(items, flats, folded, sorted(keep), n, listed)
+    runs_of = [word for word in listed if not (word.isascii() and word.isalnum())]
+    listed.update(run for word in runs_of for run in _RUN_RE.findall(word))
+    what, named = _describe(items, fields, folded, sorted(keep), n, listed)
     # The marker re-reads facts from each record's fact list (found once above), not the whole record; a
     # word the description already names (an identity) is not listed again.
     words = (word for i in folded for _, word in item_facts[i] if word not in named)
     marker_text = facts.listing_marker(what, words, limit_chars=NO_LIMIT)
-    if not worth_folding(marker_text, [encoded[i] for i in folded]):
+    if not _worth_folding(marker_text, [encoded[i] for i in folded]):
         return None
     return _Plan(keep=keep, marker=marker_text)
 
 
-def _flatten(item: dict[str, Any], prefix: str = "", depth: int = 1) -> dict[str, Scalar]:
-    """Scalar leaves of a record by dotted path (nested objects up to a small depth; arrays skipped)."""
-    out: dict[str, Scalar] = {}
-    for key, value in item.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            if depth < _FLATTEN_DEPTH:
-                out.update(_flatten(value, name, depth + 1))
-        elif not isinstance(value, list):
-            out[name] = value
-    return out
+def _worth_folding(marker_text: str, dropped: list[str]) -> bool:
+    """`worth_folding`, without counting the folded records when a lower bound of their tokens is enough.
+
+    Minified records hold no spaces, so `worth_folding`'s cheap bound (one token a word) says nothing and it
+    counts thousands of tokens; `_pieces_at_least` bounds them in a few C-speed passes. The answer is the
+    same: when the marker is within `FOLD_RATIO` of the bound, it is within `FOLD_RATIO` of the count.
+    """
+    joined = "\n".join(dropped)
+    if joined.isascii():
+        enough = FOLD_RATIO * _pieces_at_least(joined)
+        if tokens.at_most(marker_text) <= enough or count(marker_text) <= enough:
+            return True
+    return worth_folding(marker_text, dropped)
 
 
-def _lists(item: dict[str, Any], prefix: str = "", depth: int = 1) -> dict[str, list[Any]]:
-    """The array fields of a record by dotted path (the ones `_flatten` skips), to the same depth."""
-    out: dict[str, list[Any]] = {}
-    for key, value in item.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, list):
-            out[name] = value
-        elif isinstance(value, dict) and depth < _FLATTEN_DEPTH:
-            out.update(_lists(value, name, depth + 1))
-    return out
+def _pieces_at_least(text: str) -> int:
+    """A number of tokens the ASCII `text` has at least, from the pieces tiktoken's pre-tokenizer cuts.
+
+    o200k_base (and cl100k_base) cut text into pieces before merging, and each piece is one token or more. A
+    piece holds letters of one run only, after one optional leading character (a contraction, `it's`, holds
+    two runs: hence one run less for each apostrophe); digits in pieces of one to three that hold nothing
+    else; punctuation in pieces of its own, except the one character a letter piece may lead with, and the
+    slashes a piece takes after its line breaks. So each run of letters, each 3-digit piece of a run of
+    digits and each run of two or more punctuation characters not right after a line break is a piece.
+    """
+    data = text.encode()
+    letter_runs = len(data.translate(_LETTER_RUNS).split()) - data.count(b"'")
+    digit_pieces = sum((len(run) + 2) // 3 for run in data.translate(_DIGIT_RUNS).split())
+    punctuation_runs = (b" " + data.translate(_PUNCTUATION_RUNS)).count(b" ..")
+    return letter_runs + digit_pieces + punctuation_runs
+
+
+def _facts_in_words(encoded: list[str], wanted: list[int]) -> dict[int, list[tuple[str, str]]]:
+    """`facts.facts_in_words` of each `wanted` record, from one fact scan of them all.
+
+    The records are scanned as one text, joined by line breaks: an encoded record holds no line break (JSON
+    escapes it in strings) and starts with `{` and ends with `}`, which no fact starts or ends with, so no
+    match and no word (`facts.whole_token`) reaches across a seam, and each record's facts are the ones a
+    scan of it alone finds. One scan instead of one per record saves the per-call cost hundreds of times.
+    """
+    joined = "\n".join(encoded[i] for i in wanted)
+    spans = facts.fact_spans(joined)
+    found: dict[int, list[tuple[str, str]]] = {}
+    k = 0
+    end = -1
+    for i in wanted:
+        end += 1 + len(encoded[i])  # where the record's line ends
+        first: dict[str, int] = {}
+        while k < len(spans) and spans[k][0] < end:
+            first.setdefault(spans[k][1], spans[k][0])
+            k += 1
+        found[i] = [(fact, _word(joined, first[fact], fact)) for fact in facts.distinct_facts(first)]
+    return found
+
+
+def _word(text: str, start: int, fact: str) -> str:
+    """`facts.whole_token`, answered at once for a whole JSON value: a fact after a quote, bracket, brace,
+    comma or a key's colon and before a quote, bracket, brace or comma has no joiner tying it to more."""
+    before = text[start - 1]
+    if text[start + len(fact)] in '"]},' and (before in '"[{,' or (before == ":" and text[start - 2] == '"')):
+        return fact
+    return facts.whole_token(text, start, fact)
+
+
+@dataclass(frozen=True, slots=True)
+class _Fields:
+    """The leaves of an array's records, by dotted path (nested objects up to `_FLATTEN_DEPTH` levels), as
+    columns: every step that compares records (outliers, value summaries, marker order) reads these instead
+    of walking the records again."""
+
+    scalars: dict[str, dict[int, Scalar]]
+    """The scalar leaves: for each path, each holding record's value by its index, in record order."""
+    arrays: dict[str, dict[int, list[Any]]]
+    """The array fields, likewise."""
+    shapes: list[tuple[str, ...]]
+    """Each record's scalar paths in its own order (the value summaries follow the folded records' order)."""
+
+    @classmethod
+    def of(cls, items: list[Any]) -> _Fields:
+        fields = cls({}, {}, [])
+        for i, item in enumerate(items):
+            names: list[str] = []
+            fields._collect(item, i, "", 1, names)
+            fields.shapes.append(tuple(names))
+        return fields
+
+    def _collect(self, item: dict[str, Any], i: int, prefix: str, depth: int, names: list[str]) -> None:
+        scalars, arrays = self.scalars, self.arrays
+        for key, value in item.items():
+            name = prefix + key if prefix else key
+            kind = type(value)
+            if kind is dict:
+                if depth < _FLATTEN_DEPTH:
+                    self._collect(value, i, name + ".", depth + 1, names)
+                continue
+            if kind is list:
+                columns: dict[str, dict[int, Any]] = arrays
+            else:
+                columns = scalars
+                names.append(name)
+            column = columns.get(name)
+            if column is None:
+                columns[name] = {i: value}
+            else:  # (a dotted key and a nested object may spell the same path: the later one counts)
+                column[i] = value
 
 
 def _error_text(value: list[Any]) -> bool:
@@ -284,11 +393,17 @@ def _error_text(value: list[Any]) -> bool:
     return False
 
 
-def _number(value: Scalar) -> float | None:
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return None
-    if isinstance(value, int):
-        return float(value)
+def _error_strings(strings: Mapping[int, str]) -> list[int]:
+    """The records of `strings` whose value is error-like, searched once per distinct value; the common
+    answer, none, from one search of them all (joined by line breaks, which no error word spans)."""
+    distinct = dict.fromkeys(v for v in strings.values() if len(v) <= 200)
+    if not distinct or _ERROR_VALUE_RE.search("\n".join(distinct)) is None:
+        return []
+    errors = {v for v in distinct if _ERROR_VALUE_RE.search(v)}
+    return [i for i, v in strings.items() if v in errors]
+
+
+def _raw_number(value: msgspec.Raw) -> float | None:
     try:
         number = float(bytes(value))
     except ValueError:
@@ -296,19 +411,14 @@ def _number(value: Scalar) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _outliers(flats: list[dict[str, Scalar]], lists: list[dict[str, list[Any]]]) -> list[int]:
+def _outliers(fields: _Fields, n: int) -> list[int]:
     """Indices of records that stand out from the rest, most remarkable first (ties: document order).
 
-    `lists` holds each record's array fields (`_lists`): a non-empty `errors`/`warnings` array, or one holding
-    an error-like string, marks its record like an error field or value does; a rare non-empty array where
-    the others are empty (or missing) marks it like a rare value.
+    A non-empty `errors`/`warnings` array field, or one holding an error-like string, marks its record like
+    an error field or value does; a rare non-empty array where the others are empty (or missing) marks it
+    like a rare value.
     """
-    n = len(flats)
     rare = max(1, int(n * _RARE_SHARE))
-    paths: dict[str, list[int]] = {}
-    for i, flat in enumerate(flats):
-        for path in flat:
-            paths.setdefault(path, []).append(i)
     score = [0] * n
 
     errors_rare = max(1, int(n * _ERROR_SHARE))
@@ -319,41 +429,49 @@ def _outliers(flats: list[dict[str, Scalar]], lists: list[dict[str, list[Any]]])
             for i in hits:
                 score[i] += weight
 
-    for path, present in paths.items():
+    for path, column in fields.scalars.items():
         leaf = path.rsplit(".", 1)[-1]
-        values = [(i, flats[i][path]) for i in present]
         if _ERROR_KEY_RE.search(leaf):
-            mark([i for i, v in values if v not in (None, "", False, 0)], _ERROR_WEIGHT)
-        if len(present) < n and n - len(present) <= rare:
-            present_set = set(present)
-            mark([i for i in range(n) if i not in present_set], 1)
-        mark([i for i, v in values if v is None], 1)
-        errors = [i for i, v in values if isinstance(v, str) and len(v) <= 200 and _ERROR_VALUE_RE.search(v)]
-        mark(errors, _ERROR_WEIGHT)
+            mark([i for i, v in column.items() if v not in (None, "", False, 0)], _ERROR_WEIGHT)
+        if len(column) < n and n - len(column) <= rare:
+            mark([i for i in range(n) if i not in column], 1)
+        # msgspec decodes to exactly these types, no subclasses. A column of strings (names, states, codes),
+        # the commonest, can only hold error-like values; others are sorted by type in one pass.
+        if set(map(type, column.values())) == {str}:
+            mark(_error_strings(cast(dict[int, str], column)), _ERROR_WEIGHT)
+            continue
+        nones: list[int] = []
+        strings: dict[int, str] = {}
+        bools: list[tuple[int, bool]] = []
+        numbers: list[tuple[int, float]] = []
+        for i, v in column.items():
+            if type(v) is str:
+                strings[i] = v
+            elif type(v) is int:
+                if -_FLOAT_MAX <= v <= _FLOAT_MAX:  # hundreds of digits have no float: not compared
+                    numbers.append((i, float(v)))
+            elif type(v) is bool:
+                bools.append((i, v))
+            elif v is None:
+                nones.append(i)
+            elif isinstance(v, msgspec.Raw) and (x := _raw_number(v)) is not None:
+                numbers.append((i, x))
+        mark(nones, 1)
+        mark(_error_strings(strings), _ERROR_WEIGHT)
         if _STATUS_KEY_RE.search(leaf):
-            mark(
-                [i for i, v in values if isinstance(v, int) and not isinstance(v, bool) and 400 <= v <= 599],
-                _ERROR_WEIGHT,
-            )
-        bools = [(i, v) for i, v in values if isinstance(v, bool)]
-        if len(bools) == len(values) and bools:
+            mark([i for i, v in column.items() if type(v) is int and 400 <= v <= 599], _ERROR_WEIGHT)
+        if bools and len(bools) == len(column):
             trues = [i for i, v in bools if v]
             falses = [i for i, v in bools if not v]
             mark(trues if len(trues) < len(falses) else falses, 1)
-        numbers = [(i, x) for i, v in values if (x := _number(v)) is not None]
         if len(numbers) >= 5:
             _mark_numeric_outliers(numbers, mark)
-    array_paths: dict[str, list[int]] = {}
-    for i, fields in enumerate(lists):
-        for path, value in fields.items():
-            if value:
-                array_paths.setdefault(path, []).append(i)
-    for path, filled in array_paths.items():
-        if _ERROR_KEY_RE.search(path.rsplit(".", 1)[-1]):
-            mark(filled, _ERROR_WEIGHT)
-        else:
-            mark(filled, 1)
-        mark([i for i in filled if _error_text(lists[i][path])], _ERROR_WEIGHT)
+    for path, arrays in fields.arrays.items():
+        filled = [(i, value) for i, value in arrays.items() if value]
+        if not filled:
+            continue
+        mark([i for i, _ in filled], _ERROR_WEIGHT if _ERROR_KEY_RE.search(path.rsplit(".", 1)[-1]) else 1)
+        mark([i for i, value in filled if _error_text(value)], _ERROR_WEIGHT)
     ranked = sorted((i for i in range(n) if score[i] > 0), key=lambda i: (-score[i], i))
     return ranked
 
@@ -405,7 +523,7 @@ def _query_hits(encoded: list[str], terms: list[str]) -> list[int]:
 
 def _describe(
     items: list[Any],
-    flats: list[dict[str, Scalar]],
+    fields: _Fields,
     folded: list[int],
     kept: list[int],
     n: int,
@@ -414,13 +532,10 @@ def _describe(
     """The marker's description: counts, schema, the folded records' identities (unless `listed`, the facts
     the marker lists, already holds them all), low-cardinality value counts, kept indices; and the
     identities it names."""
-    keys: dict[str, None] = {}
-    keysets: set[tuple[str, ...]] = set()
-    for i in folded:
-        for key in items[i]:
-            keys.setdefault(str(key), None)
-        keysets.add(tuple(sorted(str(key) for key in items[i])))
-    label = "same keys" if len(keysets) == 1 else "keys"
+    # Records of an array mostly share one key order: each distinct one is looked at once.
+    key_orders = dict.fromkeys(tuple(items[i]) for i in folded)
+    keys = dict.fromkeys(key for order in key_orders for key in order)
+    label = "same keys" if len({tuple(sorted(order)) for order in key_orders}) == 1 else "keys"
     parts = [f"folded {len(folded)} of {n} items ({label}: {', '.join(keys)})"]
     identity = _identity(items, folded)
     names: dict[int, str] = {}
@@ -431,7 +546,7 @@ def _describe(
         if any(value not in listed for value in values):
             parts.append(f"{key} of each: {', '.join(values)}")
             named.update(values)
-    parts.extend(_value_summaries(flats, folded, names))
+    parts.extend(_value_summaries(fields, folded, names))
     parts.append("kept items at index " + ", ".join(str(i) for i in kept))
     return "; ".join(parts), named
 
@@ -470,26 +585,23 @@ def _shown(value: Scalar) -> str:
     return str(value)
 
 
-def _value_summaries(flats: list[dict[str, Scalar]], folded: list[int], names: dict[int, str]) -> list[str]:
+def _value_summaries(fields: _Fields, folded: list[int], names: dict[int, str]) -> list[str]:
     """`field values: a (120), b (3: x, y, z)` for scalar fields with few distinct values (folded items).
 
     Strings, booleans, numbers (floats as written) and null; a field holding an object or array is left out.
     A minority value (`_NAMED_MAX`) lists the `names` of its records, when the records have them.
     """
-    paths: dict[str, None] = {}
+    paths = dict.fromkeys(path for shape in dict.fromkeys(fields.shapes[i] for i in folded) for path in shape)
+    is_folded = [False] * len(fields.shapes)
     for i in folded:
-        for path in flats[i]:
-            paths.setdefault(path, None)
+        is_folded[i] = True
     summaries: list[str] = []
     for path in paths:
-        holders: dict[str, list[int]] = {}
-        for i in folded:
-            if path in flats[i]:
-                holders.setdefault(_shown(flats[i][path]), []).append(i)
-        total = sum(len(members) for members in holders.values())
-        if total < 3:
+        holders = _holders(fields.scalars[path], is_folded)
+        if holders is None:
             continue
-        if len(holders) > _SUMMARY_MAX_VALUES or len(holders) * 2 > total:
+        total = sum(len(members) for members in holders.values())
+        if total < 3 or len(holders) * 2 > total:
             continue
         if any(len(v) > _SUMMARY_MAX_LEN or not v for v in holders):
             continue
@@ -504,3 +616,21 @@ def _value_summaries(flats: list[dict[str, Scalar]], folded: list[int], names: d
         if len(summaries) >= _SUMMARY_MAX_FIELDS:
             break
     return summaries
+
+
+def _holders(column: dict[int, Scalar], is_folded: list[bool]) -> dict[str, list[int]] | None:
+    """The folded records of a column by shown value, in first-seen order; None as soon as there are more than
+    `_SUMMARY_MAX_VALUES` values (an id or an amount: no summary, and no need to look further)."""
+    holders: dict[str, list[int]] = {}
+    for i, value in column.items():
+        if not is_folded[i]:
+            continue
+        shown = value if type(value) is str else _shown(value)
+        members = holders.get(shown)
+        if members is not None:
+            members.append(i)
+        elif len(holders) == _SUMMARY_MAX_VALUES:
+            return None
+        else:
+            holders[shown] = [i]
+    return holders
