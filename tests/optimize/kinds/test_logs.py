@@ -325,6 +325,42 @@ def test_the_slot_scan_steps_over_words_without_changing_a_slot() -> None:
         assert slots(_templates._VALUE_SLOT_RE, s) == slots(plain, s), s
 
 
+def test_entries_sharing_a_skeleton_get_the_shapes_they_get_alone() -> None:
+    import random
+
+    rng = random.Random(5)
+    alphabet = [
+        *"abcdefxyzABCXYZ_ .-:/,[]=#(T+Z\t",
+        *[
+            "D",
+            "D",
+            "DDD",
+            "0x",
+            "0xD",
+            "DxD",
+            "Dxab",
+            "pid=",
+            "pid ",
+            "sshd[",
+            "--- PASS: ",
+            "ok  \t",
+            "::",
+            "dev   ",
+        ],
+        *["DDDD-DD-DDTDD:DD:DD.DDDZ", "DD:DD:DD", "DDD.DDD.DDD.DDD", "deadbeef", "DeadD", "D.D", "\n  at "],
+    ]
+    skeletons = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 24))) for _ in range(400)]
+    # Each skeleton filled in with other digits several times (`0` among them: `0x` is not a digit's twin).
+    bodies = [
+        "".join(rng.choice("0123456789") if c == "D" else c for c in skeleton)
+        for skeleton in skeletons
+        for _ in range(4)
+    ]
+    bodies += [line for line in app_log().split("\n")] + ["I1203 10:00:00 x 12", "12 a 7", "x 1 2"]
+    found = _templates.shapes_of(bodies, range(len(bodies)))
+    assert found == {i: _templates.shape(body) for i, body in enumerate(bodies)}
+
+
 def test_the_exception_name_scan_finds_what_the_plain_pattern_finds() -> None:
     import random
 

@@ -9,6 +9,7 @@ entries that stay. `summary` writes a template with what its folded entries hold
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -55,7 +56,48 @@ class Shape(msgspec.Struct, frozen=True):
 
 def shape(body: str) -> Shape:
     """The template of one entry and the values of its slots."""
-    parts: list[str] = []
+    cuts, kinds = _cuts(body)
+    parts = tuple(map(body.__getitem__, cuts))
+    return Shape(_key(parts[::2], kinds), parts, kinds)
+
+
+def shapes_of(bodies: list[str], indices: Iterable[int]) -> dict[int, Shape]:
+    """`shape(bodies[i])` for each of `indices`, with the slot scan done once per skeleton.
+
+    A log repeats a few line skeletons with other numbers in them: every health check is the same line with
+    another timestamp and latency. Where each slot is, of what kind, and which values are ids depend only on
+    which characters are digits, not on which digits (no pattern here names a digit, but for `0x`), so
+    entries with the same text once every ASCII digit is written `1` have their slots at the same places.
+    The slot scan runs once per such skeleton; entries holding `0x` are scanned on their own.
+    """
+    found: dict[int, Shape] = {}
+    known: dict[str, tuple[tuple[slice, ...], tuple[str, ...], str | None]] = {}
+    for i in indices:
+        body = bodies[i]
+        if "0x" in body:
+            found[i] = shape(body)
+            continue
+        skeleton = body.translate(_DIGITS_AS_ONE)
+        seen = known.get(skeleton)
+        if seen is None:
+            cuts, kinds = _cuts(body)
+            literal = [skeleton[cut] for cut in cuts[::2]]
+            # The template text of a skeleton whose literal text holds no digit is every such entry's.
+            shared = None if any("1" in text for text in literal) else _key(literal, kinds)
+            seen = known[skeleton] = (cuts, kinds, shared)
+        cuts, kinds, shared = seen
+        parts = tuple(map(body.__getitem__, cuts))
+        found[i] = Shape(_key(parts[::2], kinds) if shared is None else shared, parts, kinds)
+    return found
+
+
+_DIGITS_AS_ONE = str.maketrans("0123456789", "1111111111")
+
+
+def _cuts(body: str) -> tuple[tuple[slice, ...], tuple[str, ...]]:
+    """Where `body` splits into literal text and slot values (alternating, literal first and last), and the
+    kind of each slot."""
+    cuts: list[slice] = []
     kinds: list[str] = []
     pos = 0
     maybe_test = "::" in body or "--- PASS: " in body or "ok  \t" in body
@@ -66,13 +108,17 @@ def shape(body: str) -> Shape:
         start, end = match.span()
         if is_id(body, kind, start, end):
             continue  # part of the template's text: entries with another id are another template
-        parts.append(body[pos:start])
-        parts.append(body[start:end])
+        cuts.append(slice(pos, start))
+        cuts.append(slice(start, end))
         kinds.append(kind)
         pos = end
-    parts.append(body[pos:])
-    key = _BLANKS_RE.sub(" ", "\x00".join(parts[::2])) + "\x01" + " ".join(kinds)
-    return Shape(key, tuple(parts), tuple(kinds))
+    cuts.append(slice(pos, None))
+    return tuple(cuts), tuple(kinds)
+
+
+def _key(literal: Sequence[str], kinds: tuple[str, ...]) -> str:
+    """The template: the literal text between the slots with blank runs as one space, and the slots' kinds."""
+    return _BLANKS_RE.sub(" ", "\x00".join(literal)) + "\x01" + " ".join(kinds)
 
 
 # A leading word and the blanks after it (`dev        48213 …` in `ps` output: the number is the PID column).

@@ -58,7 +58,7 @@ from worker.optimize import facts
 from worker.optimize.base import Compressed, Context, Mode
 from worker.optimize.kinds._common import FactLedger, finish, fold_exact_repeats, worth_folding
 from worker.optimize.kinds._detect import DIAGNOSTIC_RE, LOG_PREFIX_RE
-from worker.optimize.kinds._templates import Piece, Shape, fold_pieces, shape, stretches, summary
+from worker.optimize.kinds._templates import Piece, Shape, fold_pieces, shapes_of, stretches, summary
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,11 +166,10 @@ def compress(text: str, ctx: Context) -> Compressed | None:
                 pinned[j] = True
     for i in _asked_entries(bodies, ctx.query):
         pinned[i] = True  # the latest request names something in this entry: it stays as it is
-    shapes = {
-        i: shape(bodies[i])
-        for i, entry in enumerate(entries)
-        if not pinned[i] and any(line.strip() for line in entry.lines)
-    }
+    shapes = shapes_of(
+        bodies,
+        (i for i, entry in enumerate(entries) if not pinned[i] and any(line.strip() for line in entry.lines)),
+    )
     pieces = fold_pieces(stretches(shapes, len(entries)), shapes, settings.min_group)
     if not pieces:
         return None
