@@ -28,6 +28,11 @@ _HEX4 = "[0-9A-Fa-f]{1,4}"
 _AMOUNT_AFTER = rf"\b\d[\d,]{{0,24}}(?:\.\d{{1,12}})?\s?(?:{_CURRENCY_CODES}|dollars|euros|pounds)\b"
 _PERCENTAGE = r"\b\d+(?:\.\d+)?\s?%"
 _NUMBER = r"\b\d{3,}(?:[.,]\d+)*\b"
+_UNITS = (
+    r"(?:business |working |calendar )?(?:days?|hours?|hrs?|minutes?|mins?|seconds?|secs?|weeks?|months?|"
+    r"years?|ms|[KMGT]i?B|[kKMG]b|requests?|tokens?|users?|items?|records?|retries|attempts?|times|nodes?|"
+    r"replicas?|cores?|GHz|MHz|rps|qps)"
+)
 _LOCATION = r"(?::\d{1,7}\b){0,2}"
 
 # Order matters only for readability; overlapping matches are resolved longest-first in `find_facts`.
@@ -56,9 +61,7 @@ _FACT_PATTERNS: tuple[str, ...] = (
     rf"\b(?:{_CURRENCY_CODES})\s?[-+]?\d(?:[\d.,]{{0,24}}\d)?",  # EUR 1.234,56, JPY 5000
     _AMOUNT_AFTER,  # 1,200 EUR
     _PERCENTAGE,
-    r"\b\d+(?:\.\d+)?(?:\s?[-–]\s?\d+(?:\.\d+)?)?\s?(?:business |working |calendar )?(?:days?|hours?|hrs?|"  # noqa: RUF001
-    r"minutes?|mins?|seconds?|secs?|weeks?|months?|years?|ms|[KMGT]i?B|[kKMG]b|requests?|tokens?|users?|items?|"
-    r"records?|retries|attempts?|times|nodes?|replicas?|cores?|GHz|MHz|rps|qps)\b",  # quantities with units
+    rf"\b\d+(?:\.\d+)?(?:\s?[-–]\s?\d+(?:\.\d+)?)?\s?{_UNITS}\b",  # quantities with units  # noqa: RUF001
     r"\bv?\d+\.\d+(?:\.\d+)+(?:-[\w.]{1,64})?(?:\+[\w.]{1,64})?\b|\bv\d+(?:\.\d+)?\b",  # 1.2.3-rc.1+b.5, v2
     # paths: ./x, ~/x, or /a/b (two segments or more, so a closing HTML tag is not a path), with the `:line`
     # or `:line:col` of a compiler's or grep's location taken along (and left out of the fact: `_LOCATED`)
@@ -223,6 +226,20 @@ _SCAN_RE = re.compile(
 )
 _RUN_RE = re.compile(r"[A-Za-z0-9]+")
 
+# Where a fact may run across a line break: the `\s?` between a number and its unit, currency, percent sign,
+# range or time zone, or between a currency and its amount, meeting a line break. What may stand on either
+# side of it is listed (a superset: a unit's first letters, any capital before a digit). No other pattern
+# matches a line break, and to every look-around a line break is what the start and the end of a text are (a
+# blank, a word boundary), so where none of these occurs each line holds, scanned alone, the facts a scan of
+# the whole text finds on it (`may_cross_lines`).
+_ACROSS_LINES_RE = re.compile(
+    r"\n(?:"
+    rf"(?<=[\d,]\n)(?:[AaPp][Mm]|[ap]\.m\.|[A-Z]{{2,4}}T|UTC|GMT|[kKmMbB]|%|[-\u2013]\s?\d|{_CURRENCY_CODES}|dollars|"
+    rf"euros|pounds|{_UNITS})"
+    r"|(?<=[Mm]\n)(?:UTC|GMT|[A-Z]{2,4}T)|(?<=[$€£¥₹]\n)\d|(?<=[A-Z]\n)[-+]?\d|(?<=[-\u2013]\n)\d"
+    r")"
+)
+
 _WEEKDAY = r"(?:mon|tues|wednes|thurs|fri|satur|sun)day"
 # A compact lexicon: English, then the German, French and Spanish words for must/never/only/forbidden, then
 # Chinese (no word boundaries in CJK text, so those are matched anywhere).
@@ -340,6 +357,13 @@ def distinct_facts(found: Iterable[str]) -> list[str]:
         if len(runs) > 1 or (runs and runs[0] != fact):
             tokens_of_longer.update(runs)
     return [f for f in seen if f not in tokens_of_longer]
+
+
+def may_cross_lines(text: str) -> bool:
+    """False when no fact of `text` can run across one of its line breaks: then each line, or each run of
+    whole lines, scanned on its own holds exactly the facts (`fact_spans`) a scan of the whole text finds in
+    it, at the same places."""
+    return _ACROSS_LINES_RE.search(text) is not None
 
 
 def has_fact(text: str) -> bool:

@@ -19,6 +19,7 @@ from tests.optimize.kinds._data import (
     reduction,
 )
 from worker import tokens
+from worker.optimize import facts
 from worker.optimize.base import Context
 from worker.optimize.kinds import _templates, compress_tool_output, detect, logs
 
@@ -359,6 +360,42 @@ def test_entries_sharing_a_skeleton_get_the_shapes_they_get_alone() -> None:
     bodies += [line for line in app_log().split("\n")] + ["I1203 10:00:00 x 12", "12 a 7", "x 1 2"]
     found = _templates.shapes_of(bodies, range(len(bodies)))
     assert found == {i: _templates.shape(body) for i, body in enumerate(bodies)}
+
+
+def test_entry_facts_found_per_skeleton_are_the_whole_scans() -> None:
+    import random
+
+    rng = random.Random(8)
+    pieces = [
+        *[
+            "DDDD-DD-DDTDD:DD:DD.DDDZ ",
+            "INFO ",
+            "ERROR ",
+            "GET /healthz ",
+            "DDD ",
+            "Dms",
+            " in DDms",
+            "0xDD ",
+        ],
+        *["order=ORD-DDDD ", "txn_DDDDDDab ", "amount=$DDD.DD ", "DD USD", "DD%", "v1.D.D ", "/srv/a.py:DD "],
+        *["deadbeefD ", "pid=DDD ", "DD:DD PM ", "\n  at x.y(Z.java:DD)", "\nTraceback", "\nDD", "- ", "M"],
+        *["\nms later", "\nUSD D", " took DD", "\n%", "$", "\nDDD"],
+    ]
+    texts = [app_log(), java_log()]
+    for _ in range(60):
+        skeletons = ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 6))) for _ in range(5)]
+        lines = [rng.choice(skeletons) for _ in range(40)]
+        texts.append(
+            "\n".join("".join(rng.choice("0123456789") if c == "D" else c for c in x) for x in lines)
+        )
+    crossing = 0
+    for text in texts:
+        entries = logs._entries(text.split("\n"))
+        bodies = ["\n".join(entry.lines) for entry in entries]
+        starts = logs._offsets(bodies)
+        assert logs._key_facts_by_entry(text, bodies, starts) == logs._key_facts_by_scan(text, starts)
+        crossing += facts.may_cross_lines(text)
+    assert 0 < crossing < len(texts)  # both ways are taken
 
 
 def test_the_exception_name_scan_finds_what_the_plain_pattern_finds() -> None:

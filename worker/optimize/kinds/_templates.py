@@ -74,21 +74,31 @@ def shapes_of(bodies: list[str], indices: Iterable[int]) -> dict[int, Shape]:
     known: dict[str, tuple[tuple[slice, ...], tuple[str, ...], str | None]] = {}
     for i in indices:
         body = bodies[i]
-        if "0x" in body:
+        form = skeleton(body)
+        if form is None:
             found[i] = shape(body)
             continue
-        skeleton = body.translate(_DIGITS_AS_ONE)
-        seen = known.get(skeleton)
+        seen = known.get(form)
         if seen is None:
             cuts, kinds = _cuts(body)
-            literal = [skeleton[cut] for cut in cuts[::2]]
+            literal = [form[cut] for cut in cuts[::2]]
             # The template text of a skeleton whose literal text holds no digit is every such entry's.
             shared = None if any("1" in text for text in literal) else _key(literal, kinds)
-            seen = known[skeleton] = (cuts, kinds, shared)
+            seen = known[form] = (cuts, kinds, shared)
         cuts, kinds, shared = seen
         parts = tuple(map(body.__getitem__, cuts))
         found[i] = Shape(_key(parts[::2], kinds) if shared is None else shared, parts, kinds)
     return found
+
+
+def skeleton(body: str) -> str | None:
+    """`body` with every ASCII digit written `1`, or None when it holds `0x`.
+
+    The slot patterns here, the fact catalog (`facts`) and the incidental-value test of `logs` tell digits
+    from other characters but never one digit from another, except in `0x`: texts with the same skeleton
+    have their matches at the same places, of the same kinds.
+    """
+    return None if "0x" in body else body.translate(_DIGITS_AS_ONE)
 
 
 _DIGITS_AS_ONE = str.maketrans("0123456789", "1111111111")

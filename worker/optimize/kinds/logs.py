@@ -58,7 +58,15 @@ from worker.optimize import facts
 from worker.optimize.base import Compressed, Context, Mode
 from worker.optimize.kinds._common import FactLedger, finish, fold_exact_repeats, worth_folding
 from worker.optimize.kinds._detect import DIAGNOSTIC_RE, LOG_PREFIX_RE
-from worker.optimize.kinds._templates import Piece, Shape, fold_pieces, shapes_of, stretches, summary
+from worker.optimize.kinds._templates import (
+    Piece,
+    Shape,
+    fold_pieces,
+    shapes_of,
+    skeleton,
+    stretches,
+    summary,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +183,7 @@ def compress(text: str, ctx: Context) -> Compressed | None:
         return None
     # One scan for facts, attributed to entries by position: what markers list and what the final check
     # requires come from the same matches.
-    key_facts = _key_facts_by_entry(text, starts)
+    key_facts = _key_facts_by_entry(text, bodies, starts)
     # Everything no fold may drop stays verbatim; markers need not repeat facts shown there.
     droppable = {i for piece in pieces for i in piece.dropped}
     ledger = FactLedger("\n".join(bodies[i] for i in range(len(entries)) if i not in droppable))
@@ -247,8 +255,35 @@ def _important_entries(text: str, bodies: list[str], starts: list[int]) -> list[
     return important
 
 
-def _key_facts_by_entry(text: str, starts: list[int]) -> dict[int, list[str]]:
-    """The facts of each entry that are not incidental values (`summarisable`), from one scan of `text`."""
+def _key_facts_by_entry(text: str, bodies: list[str], starts: list[int]) -> dict[int, list[str]]:
+    """The facts of each entry that are not incidental values (`summarisable`), as one scan of `text` finds
+    and attributes them.
+
+    When no fact can run across a line break (`facts.may_cross_lines`), each entry scanned alone holds
+    exactly those facts; entries with the same skeleton (`_templates.skeleton`: a log's lines mostly differ
+    in their digits) hold them at the same places, so each skeleton is scanned once.
+    """
+    if facts.may_cross_lines(text):
+        return _key_facts_by_scan(text, starts)
+    found: dict[int, list[str]] = {}
+    known: dict[str, tuple[slice, ...]] = {}
+    for i, body in enumerate(bodies):
+        form = skeleton(body)
+        if form is None:
+            key = [fact for _, fact in facts.fact_spans(body) if not summarisable(fact)]
+        else:
+            cuts = known.get(form)
+            if cuts is None:
+                spans = facts.fact_spans(form)  # a fact never starts with a blank: it is at its match's start
+                cuts = known[form] = tuple(slice(p, p + len(f)) for p, f in spans if not summarisable(f))
+            key = [body[cut] for cut in cuts]
+        if key:
+            found[i] = key
+    return found
+
+
+def _key_facts_by_scan(text: str, starts: list[int]) -> dict[int, list[str]]:
+    """`_key_facts_by_entry` from one scan of the whole text."""
     found: dict[int, list[str]] = {}
     incidental: dict[str, bool] = {}  # many facts repeat (a status code, a path): judged once each
     for position, fact in facts.fact_spans(text):
