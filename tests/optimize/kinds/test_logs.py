@@ -358,7 +358,7 @@ def test_entries_sharing_a_skeleton_get_the_shapes_they_get_alone() -> None:
         for _ in range(4)
     ]
     bodies += [line for line in app_log().split("\n")] + ["I1203 10:00:00 x 12", "12 a 7", "x 1 2"]
-    found = _templates.shapes_of(bodies, range(len(bodies)))
+    found = _templates.shapes_of(bodies, [_templates.skeleton(body) for body in bodies], range(len(bodies)))
     assert found == {i: _templates.shape(body) for i, body in enumerate(bodies)}
 
 
@@ -393,7 +393,9 @@ def test_entry_facts_found_per_skeleton_are_the_whole_scans() -> None:
         entries = logs._entries(text.split("\n"))
         bodies = ["\n".join(entry.lines) for entry in entries]
         starts = logs._offsets(bodies)
-        assert logs._key_facts_by_entry(text, bodies, starts) == logs._key_facts_by_scan(text, starts)
+        forms = _templates.skeletons(text, bodies, starts)
+        assert forms == [_templates.skeleton(body) for body in bodies]
+        assert logs._key_facts_by_entry(text, bodies, forms, starts) == logs._key_facts_by_scan(text, starts)
         crossing += facts.may_cross_lines(text)
     assert 0 < crossing < len(texts)  # both ways are taken
 

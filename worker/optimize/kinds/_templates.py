@@ -61,20 +61,20 @@ def shape(body: str) -> Shape:
     return Shape(_key(parts[::2], kinds), parts, kinds)
 
 
-def shapes_of(bodies: list[str], indices: Iterable[int]) -> dict[int, Shape]:
+def shapes_of(bodies: list[str], forms: list[str | None], indices: Iterable[int]) -> dict[int, Shape]:
     """`shape(bodies[i])` for each of `indices`, with the slot scan done once per skeleton.
 
     A log repeats a few line skeletons with other numbers in them: every health check is the same line with
     another timestamp and latency. Where each slot is, of what kind, and which values are ids depend only on
     which characters are digits, not on which digits (no pattern here names a digit, but for `0x`), so
     entries with the same text once every ASCII digit is written `1` have their slots at the same places.
-    The slot scan runs once per such skeleton; entries holding `0x` are scanned on their own.
+    The slot scan runs once per such skeleton (`forms`: each body's `skeleton`); entries holding `0x` are
+    scanned on their own.
     """
     found: dict[int, Shape] = {}
     known: dict[str, tuple[tuple[slice, ...], tuple[str, ...], str | None]] = {}
     for i in indices:
-        body = bodies[i]
-        form = skeleton(body)
+        body, form = bodies[i], forms[i]
         if form is None:
             found[i] = shape(body)
             continue
@@ -99,6 +99,16 @@ def skeleton(body: str) -> str | None:
     have their matches at the same places, of the same kinds.
     """
     return None if "0x" in body else body.translate(_DIGITS_AS_ONE)
+
+
+def skeletons(text: str, bodies: list[str], starts: list[int]) -> list[str | None]:
+    """`skeleton()` of each of `bodies`, which start at `starts` in `text`: one translation of the whole text
+    (translating each body on its own cost forty times as much)."""
+    whole = text.translate(_DIGITS_AS_ONE)
+    return [
+        None if "0x" in body else whole[start : start + len(body)]
+        for body, start in zip(bodies, starts, strict=True)
+    ]
 
 
 _DIGITS_AS_ONE = str.maketrans("0123456789", "1111111111")

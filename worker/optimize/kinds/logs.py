@@ -63,7 +63,7 @@ from worker.optimize.kinds._templates import (
     Shape,
     fold_pieces,
     shapes_of,
-    skeleton,
+    skeletons,
     stretches,
     summary,
 )
@@ -174,8 +174,10 @@ def compress(text: str, ctx: Context) -> Compressed | None:
                 pinned[j] = True
     for i in _asked_entries(bodies, ctx.query):
         pinned[i] = True  # the latest request names something in this entry: it stays as it is
+    forms = skeletons(text, bodies, starts)
     shapes = shapes_of(
         bodies,
+        forms,
         (i for i, entry in enumerate(entries) if not pinned[i] and any(line.strip() for line in entry.lines)),
     )
     pieces = fold_pieces(stretches(shapes, len(entries)), shapes, settings.min_group)
@@ -183,7 +185,7 @@ def compress(text: str, ctx: Context) -> Compressed | None:
         return None
     # One scan for facts, attributed to entries by position: what markers list and what the final check
     # requires come from the same matches.
-    key_facts = _key_facts_by_entry(text, bodies, starts)
+    key_facts = _key_facts_by_entry(text, bodies, forms, starts)
     # Everything no fold may drop stays verbatim; markers need not repeat facts shown there.
     droppable = {i for piece in pieces for i in piece.dropped}
     ledger = FactLedger("\n".join(bodies[i] for i in range(len(entries)) if i not in droppable))
@@ -255,20 +257,21 @@ def _important_entries(text: str, bodies: list[str], starts: list[int]) -> list[
     return important
 
 
-def _key_facts_by_entry(text: str, bodies: list[str], starts: list[int]) -> dict[int, list[str]]:
+def _key_facts_by_entry(
+    text: str, bodies: list[str], forms: list[str | None], starts: list[int]
+) -> dict[int, list[str]]:
     """The facts of each entry that are not incidental values (`summarisable`), as one scan of `text` finds
     and attributes them.
 
     When no fact can run across a line break (`facts.may_cross_lines`), each entry scanned alone holds
-    exactly those facts; entries with the same skeleton (`_templates.skeleton`: a log's lines mostly differ
-    in their digits) hold them at the same places, so each skeleton is scanned once.
+    exactly those facts; entries with the same skeleton (`forms`, see `_templates.skeleton`: a log's lines
+    mostly differ in their digits) hold them at the same places, so each skeleton is scanned once.
     """
     if facts.may_cross_lines(text):
         return _key_facts_by_scan(text, starts)
     found: dict[int, list[str]] = {}
     known: dict[str, tuple[slice, ...]] = {}
-    for i, body in enumerate(bodies):
-        form = skeleton(body)
+    for i, (body, form) in enumerate(zip(bodies, forms, strict=True)):
         if form is None:
             key = [fact for _, fact in facts.fact_spans(body) if not summarisable(fact)]
         else:
