@@ -351,3 +351,32 @@ def test_a_fact_across_a_line_break_is_noticed() -> None:
         "2026-11-20T10:00:00.191Z INFO GET /healthz 200 4ms\n2026-11-20T10:00:01.191Z INFO done 12\nTraceback"
     )
     assert not facts.may_cross_lines(log)
+
+
+_SKELETON_PIECES = [
+    *["DDDD-DD-DDTDD:DD:DD.DDDZ ", "INFO ", '  "id": DDDD,', '  "total": DDD.DD,', "ORD-DDDD "],
+    *["0xDD ", "DxD", "txn_DDDDab ", "$D,DDD.DD ", "DD USD", "DD%", "vD.D.D ", "/srv/a.py:DD "],
+    *["deadbeefD ", "DD:DD PM ", "D", "took DD", "ms later", "USD D", "D days ", "#DDD ", "EDDD "],
+    *["DD/DD/DDDD ", "Mar D ", "PTDM ", "- ", ","],
+]
+
+
+def test_facts_found_line_by_line_per_skeleton_are_the_whole_scans() -> None:
+    import random
+
+    rng = random.Random(11)
+    by_line = 0
+    for _ in range(300):
+        skeletons = [
+            "".join(rng.choice(_SKELETON_PIECES) for _ in range(rng.randint(0, 5))) for _ in range(4)
+        ]
+        lines = [rng.choice(skeletons) for _ in range(rng.randint(2, 30))]
+        text = "\n".join("".join(rng.choice("0123456789") if c == "D" else c for c in line) for line in lines)
+        spans = facts._spans_by_line(text)
+        scanned = facts._scanned_spans(text)
+        assert facts.fact_spans(text) == scanned
+        assert facts.find_facts(text) == facts.distinct_facts(fact for _, fact in scanned)
+        if spans is not None:
+            by_line += 1
+            assert spans == scanned, text
+    assert 100 < by_line < 300  # both ways are taken

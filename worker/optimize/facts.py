@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from itertools import accumulate, compress
 
 _MONTHS = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)[a-z]*\.?"
 _CURRENCY_CODES = "USD|EUR|GBP|JPY|CHF|CAD|AUD|CNY|INR"
@@ -234,7 +235,7 @@ _RUN_RE = re.compile(r"[A-Za-z0-9]+")
 # the whole text finds on it (`may_cross_lines`).
 _ACROSS_LINES_RE = re.compile(
     r"\n(?:"
-    rf"(?<=[\d,]\n)(?:[AaPp][Mm]|[ap]\.m\.|[A-Z]{{2,4}}T|UTC|GMT|[kKmMbB]|%|[-\u2013]\s?\d|{_CURRENCY_CODES}|dollars|"
+    rf"(?<=[\d,]\n)(?=[A-Za-z%\-\u2013])(?:[AaPp][Mm]|[ap]\.m\.|[A-Z]{{2,4}}T|UTC|GMT|[kKmMbB]|%|[-\u2013]\s?\d|{_CURRENCY_CODES}|dollars|"
     rf"euros|pounds|{_UNITS})"
     r"|(?<=[Mm]\n)(?:UTC|GMT|[A-Z]{2,4}T)|(?<=[$€£¥₹]\n)\d|(?<=[A-Z]\n)[-+]?\d|(?<=[-\u2013]\n)\d"
     r")"
@@ -284,6 +285,9 @@ def find_facts(text: str) -> list[str]:
     is a whole token of a longer fact (`2026-03-14`, `ORD-5404`): the longer fact carries it. A run that only
     occurs inside another token (`5404` in `ORD-15404`) is a different value and stays.
     """
+    by_line = _spans_by_line(text)
+    if by_line is not None:
+        return distinct_facts(fact for _, fact in by_line)
     return distinct_facts(_located(fact) for fact in map(str.strip, _SCAN_RE.findall(text)) if len(fact) >= 2)
 
 
@@ -292,6 +296,12 @@ def fact_spans(text: str) -> list[tuple[int, str]]:
 
     For callers that scan a text once and attribute facts to its pieces by position.
     """
+    by_line = _spans_by_line(text)
+    return by_line if by_line is not None else _scanned_spans(text)
+
+
+def _scanned_spans(text: str) -> list[tuple[int, str]]:
+    """`fact_spans` from one scan of `text`."""
     spans: list[tuple[int, str]] = []
     for match in _SCAN_RE.finditer(text):
         found = match.group(1)
@@ -299,6 +309,51 @@ def fact_spans(text: str) -> list[tuple[int, str]]:
             fact = found.strip()
             if len(fact) >= 2:
                 spans.append((match.start(), _located(fact)))
+    return spans
+
+
+def digit_skeleton(text: str) -> str:
+    """`text` with every ASCII digit written `1`.
+
+    No pattern of the catalog tells one digit from another (they tell digits from other characters), except
+    `0x`: texts without `0x` that have the same skeleton have their facts at the same places, each as long.
+    """
+    return text.translate(_DIGITS_AS_ONE)
+
+
+_DIGITS_AS_ONE = str.maketrans("0123456789", "1111111111")
+_REPEATED_LINES_SHARE = 0.5
+"""`_spans_by_line` pays when at most this share of a text's lines have a skeleton of their own."""
+
+
+def _spans_by_line(text: str) -> list[tuple[int, str]] | None:
+    """`fact_spans(text)` with each line skeleton (`digit_skeleton`) scanned once, or None where that would
+    not pay or could differ: most lines of pretty JSON, logs and test output repeat a few skeletons, and
+    unless a fact can cross a line break (`may_cross_lines`) each line holds, scanned alone, the facts the
+    whole scan finds on it. A line holding `0x` is scanned as it is."""
+    if "\n" not in text:
+        return None
+    lines = text.split("\n")
+    forms = digit_skeleton(text).split("\n")
+    distinct = dict.fromkeys(forms)
+    if len(distinct) > _REPEATED_LINES_SHARE * len(lines) or may_cross_lines(text):
+        return None
+    # skeleton -> (start, end) of each of its facts: a fact is where its match starts (no fact starts with a
+    # blank: see `_CLASS_LOOKAHEAD`) and as long as in the skeleton
+    known = {form: [(start, start + len(fact)) for start, fact in _scanned_spans(form)] for form in distinct}
+    # Only the lines with a fact are visited (picked in C), each with the characters before it.
+    chars_before = [0, *accumulate(map(len, lines[:-1]))]
+    visited: Iterable[int] = compress(range(len(lines)), map(bool, map(known.__getitem__, forms)))
+    with_0x = {i for i, line in enumerate(lines) if "0x" in line} if "0x" in text else set()
+    if with_0x:
+        visited = sorted(with_0x.union(visited))
+    spans: list[tuple[int, str]] = []
+    for i in visited:
+        line, offset = lines[i], chars_before[i] + i
+        if i in with_0x:
+            spans += [(offset + start, fact) for start, fact in _scanned_spans(line)]
+        else:
+            spans += [(offset + a, line[a:b]) for a, b in known[forms[i]]]
     return spans
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from worker.optimize import facts
 from worker.optimize.kinds._detect import LOG_PREFIX_RE
 
 # Slots that turn an entry into its template, tried left to right at each position (a UUID before its hex
@@ -98,20 +99,17 @@ def skeleton(body: str) -> str | None:
     from other characters but never one digit from another, except in `0x`: texts with the same skeleton
     have their matches at the same places, of the same kinds.
     """
-    return None if "0x" in body else body.translate(_DIGITS_AS_ONE)
+    return None if "0x" in body else facts.digit_skeleton(body)
 
 
 def skeletons(text: str, bodies: list[str], starts: list[int]) -> list[str | None]:
     """`skeleton()` of each of `bodies`, which start at `starts` in `text`: one translation of the whole text
     (translating each body on its own cost forty times as much)."""
-    whole = text.translate(_DIGITS_AS_ONE)
+    whole = facts.digit_skeleton(text)
     return [
         None if "0x" in body else whole[start : start + len(body)]
         for body, start in zip(bodies, starts, strict=True)
     ]
-
-
-_DIGITS_AS_ONE = str.maketrans("0123456789", "1111111111")
 
 
 def _cuts(body: str) -> tuple[tuple[slice, ...], tuple[str, ...]]:
