@@ -322,7 +322,7 @@ def digit_skeleton(text: str) -> str:
 
 
 _DIGITS_AS_ONE = str.maketrans("0123456789", "1111111111")
-_REPEATED_LINES_SHARE = 0.5
+_REPEATED_LINES_SHARE = 0.75
 """`_spans_by_line` pays when at most this share of a text's lines have a skeleton of their own."""
 
 
