@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 import msgspec
 
@@ -165,6 +166,9 @@ def is_id(body: str, kind: str, start: int, end: int) -> bool:
     return not prefix.strip(" \t[(#") or _LEADING_WORD_RE.fullmatch(prefix) is not None
 
 
+_PARTS = attrgetter("parts")
+
+
 def summary(example: Shape, folded: list[Shape]) -> str:
     """The template of a group with each slot written as what the folded entries hold there.
 
@@ -175,9 +179,9 @@ def summary(example: Shape, folded: list[Shape]) -> str:
     each slot on its own.
     """
     out: list[str] = []
-    slots = [
-        list(dict.fromkeys(shape.parts[2 * k + 1] for shape in folded)) for k in range(len(example.kinds))
-    ]
+    # The folded entries share the example's template, so their parts line up: one column per part.
+    columns = list(zip(*map(_PARTS, folded), strict=True)) or [() for _ in example.parts]
+    slots = [list(dict.fromkeys(columns[2 * k + 1])) for k in range(len(example.kinds))]
     listable = [
         k
         for k, values in enumerate(slots)

@@ -52,6 +52,8 @@ import re
 from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import accumulate
+from operator import add
 from types import MappingProxyType
 
 from worker.optimize import facts
@@ -95,11 +97,12 @@ _IMPORTANT_LOWER_RE = re.compile(_IMPORTANT_RE.pattern)  # for lower-cased ASCII
 # `err` is a variable): glog/klog `E0314 10:02:01.123 …]` (W, F too), logcat threadtime
 # `03-14 10:02:00.123  1234  5678 E Tag:`, and within the first three words logcat's `E/Tag( 123):` and
 # zerolog's console `ERR`/`WRN`/`FTL`/`PNC`. Anchored at the entry's start: a `match` per entry costs a
-# tenth of a scan of the whole text.
+# tenth of a scan of the whole text. A word and the blanks after it are taken possessively: a shorter word is
+# followed by no blank, fewer blanks by no word, so giving characters back could only fail again.
 _LEVEL_CODE_RE = re.compile(
     r"[ \t]{0,2}(?:[EWF]\d{4} \d{2}:\d{2}:\d{2}"
     r"|\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3}[ \t]+\d+[ \t]+\d+[ \t]+[EWFA][ \t]"
-    r"|(?:\S+[ \t]+){0,2}(?:[EWFA]/[\w.$-]+(?:\([ \t]*\d+\))?:|(?:ERR|WRN|FTL|PNC)\b))"
+    r"|(?:\S++[ \t]++){0,2}(?:[EWFA]/[\w.$-]+(?:\([ \t]*\d+\))?:|(?:ERR|WRN|FTL|PNC)\b))"
 )
 # `[a-z0-9](?:Error|Exception|Warning|Fault)\b|^E\s{2,}|^Caused by:|^panic:` (MULTILINE: `^` is the start of
 # any line of an entry), written so that every alternative opens with a letter: the engine then jumps
@@ -178,7 +181,7 @@ def compress(text: str, ctx: Context) -> Compressed | None:
     shapes = shapes_of(
         bodies,
         forms,
-        (i for i, entry in enumerate(entries) if not pinned[i] and any(line.strip() for line in entry.lines)),
+        (i for i, body in enumerate(bodies) if not pinned[i] and body and not body.isspace()),  # not blank
     )
     pieces = fold_pieces(stretches(shapes, len(entries)), shapes, settings.min_group)
     if not pieces:
@@ -220,12 +223,8 @@ def compress(text: str, ctx: Context) -> Compressed | None:
 
 def _offsets(bodies: list[str]) -> list[int]:
     """Where each entry starts in the text (`"\\n".join(bodies)`, which is the text itself)."""
-    starts: list[int] = []
-    offset = 0
-    for body in bodies:
-        starts.append(offset)
-        offset += len(body) + 1
-    return starts
+    chars_before = accumulate(map(len, bodies[:-1]), initial=0)
+    return list(map(add, chars_before, range(len(bodies))))  # and a line break after each earlier entry
 
 
 def _important_entries(text: str, bodies: list[str], starts: list[int]) -> list[bool]:
