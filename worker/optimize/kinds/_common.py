@@ -243,7 +243,9 @@ def worth_folding(marker_text: str, dropped: Sequence[str]) -> bool:
     words = tokens.at_least(" ".join(dropped)) - (len(dropped) - 1)
     if tokens.at_most(marker_text) <= FOLD_RATIO * words:
         return True
-    marker_tokens = count(marker_text)
+    marker_tokens = count(marker_text)  # a marker is short: counting it is cheap, unlike the dropped pieces
+    if marker_tokens <= FOLD_RATIO * words:
+        return True  # the pieces have at least `words` tokens
     if len(dropped) > 8:
         size, k = 0, 0
         while k < len(dropped) and size < 4 * len(marker_text):
