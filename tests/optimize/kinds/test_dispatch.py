@@ -206,3 +206,21 @@ def test_a_share_of_lines_is_judged_as_counting_them_all_would() -> None:
         assert _detect._share_at_least(lines, bool, tenths, least) == (
             hits >= least and hits * 10 >= len(lines) * tenths
         )
+
+
+def test_delimited_fields_of_lines_with_and_without_quotes() -> None:
+    assert _detect.split_delimited("a,,b,", ",") == ["a", "", "b", ""]
+    assert _detect.split_delimited('a,"b,c",d', ",") == ["a", '"b,c"', "d"]
+    rng = random.Random(8)
+    for _ in range(5_000):
+        line = "".join(rng.choice('ab,;\t" ') for _ in range(rng.randint(0, 12)))
+        for delim in ",;\t":
+            fields, quoted, current = [], False, ""
+            for ch in line:  # the definition: a delimiter outside quotes ends a field
+                if ch == delim and not quoted:
+                    fields.append(current)
+                    current = ""
+                else:
+                    quoted ^= ch == '"'
+                    current += ch
+            assert _detect.split_delimited(line, delim) == [*fields, current], (line, delim)
