@@ -368,7 +368,7 @@ def test_facts_found_line_by_line_per_skeleton_are_the_whole_scans() -> None:
     by_line = 0
     for _ in range(300):
         skeletons = [
-            "".join(rng.choice(_SKELETON_PIECES) for _ in range(rng.randint(0, 5))) for _ in range(4)
+            "".join(rng.choice(_SKELETON_PIECES) for _ in range(rng.randint(0, 9))) for _ in range(4)
         ]
         lines = [rng.choice(skeletons) for _ in range(rng.randint(2, 30))]
         text = "\n".join("".join(rng.choice("0123456789") if c == "D" else c for c in line) for line in lines)

@@ -323,7 +323,9 @@ def digit_skeleton(text: str) -> str:
 
 _DIGITS_AS_ONE = str.maketrans("0123456789", "1111111111")
 _REPEATED_LINES_SHARE = 0.75
-"""`_spans_by_line` pays when at most this share of a text's lines have a skeleton of their own."""
+"""`_spans_by_line` pays when at most this share of a text's lines have a skeleton of their own ..."""
+_MEAN_LINE_CHARS = 32
+"""... and its lines are this long on average: short lines (pretty JSON) scan faster than they are visited."""
 
 
 def _spans_by_line(text: str) -> list[tuple[int, str]] | None:
@@ -334,6 +336,8 @@ def _spans_by_line(text: str) -> list[tuple[int, str]] | None:
     if "\n" not in text:
         return None
     lines = text.split("\n")
+    if len(text) < _MEAN_LINE_CHARS * len(lines):
+        return None
     forms = digit_skeleton(text).split("\n")
     distinct = dict.fromkeys(forms)
     if len(distinct) > _REPEATED_LINES_SHARE * len(lines) or may_cross_lines(text):
