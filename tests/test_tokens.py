@@ -65,3 +65,17 @@ def test_bounds_hold_on_the_corpus_line_by_line() -> None:
 def test_words_are_a_useful_lower_bound() -> None:
     assert tokens.at_least("The rollback budget is limited to 30 minutes.") == 8
     assert tokens.at_least(".\n/ x") == 2  # the line break does not part words: `.\n/` may be one token
+
+
+def test_at_least_counts_the_words_between_spaces_and_tabs_and_adds_up_over_pieces() -> None:
+    import random
+
+    rng = random.Random(9)
+    alphabet = [" ", "\t", "\n", "\r", "\x0b", "\xa0", "\u2003", "a", "bc", "é", ".", "x\ny", " \n "]
+    pieces = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 10))) for _ in range(3000)]
+    for text in pieces:
+        words = text.replace("\t", " ").split(" ")
+        assert tokens.at_least(text) == sum(1 for word in words if word and not word.isspace()), repr(text)
+    for k in range(0, 3000, 7):
+        group = pieces[k : k + 7]
+        assert tokens.at_least(" ".join(group)) == sum(tokens.at_least(piece) for piece in group)

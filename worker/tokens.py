@@ -138,4 +138,4 @@ def at_least(text: str) -> int:
     shorter than what it replaces compares `at_most(marker)` with `at_least(replaced)` before counting.
     """
     words = text.replace("\t", " ").split(" ")
-    return sum(1 for word in words if word and not word.isspace())
+    return len(words) - words.count("") - sum(map(str.isspace, words))  # counted in C, not word by word

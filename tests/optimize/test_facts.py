@@ -293,3 +293,90 @@ def test_whole_words_are_found_in_linear_time() -> None:
     started = time.perf_counter()
     facts.facts_in_words(text)
     assert time.perf_counter() - started < 5
+
+
+# What stands on either side of a line break inside a fact, and what looks like it but is not.
+_AROUND_LINE_BREAKS = [
+    *["\n", "\n", "\n", "\r\n", " ", ", ", ",", "12", "5", "1,200", "3.5", "0x1f", "deadbeef1", "2026-03-14"],
+    *["ms", " ms", "days", "business days", "TB", "Traceback", "%", "-", "- ", "\u2013", "-6", "USD", "EUR"],
+    *["dollars", "AM", "pm", "a.m.", "PM", "UTC", "PST", "k", "million", "more", "bn", "$", "€", "+", "M"],
+    *["INFO", "ERROR", "GET /x", "ORD-1042", "10:30", "\t", "word", "Mar", "x.py", "/srv/a.py:12", "P3D"],
+]
+
+
+# Pieces that end a line, and pieces that start the next one.
+_LINE_ENDS = [
+    *["12", "5", "1,200", "1,200,", "3.5", "$5", "$", "€", "USD", "EUR", "5 -", "5 \u2013", "10:30"],
+    *["10:30 PM", "10 AM", "12 ", "word", "ERROR", "M", "INFO 200", "ORD-1042", "-", "Mar 5", "0x1f"],
+    *["v1.2", "5 ms", "P3D"],
+]
+_LINE_STARTS = [
+    *["ms", "days", "business days", "TB", "TiB", "Traceback", "%", "-6", "- 6", "\u20136", "USD", "EUR 5"],
+    *["M", "dollars", "AM", "pm", "a.m.", "PM", "UTC", "PST", "k", "million", "more", "bn", "5", "-5", "+5"],
+    *["GHz", "12 ms", "INFO x", "2026-03-14", "GET /x", "x.py", "requests", "hrs", " 5", "\t", "Mar 5"],
+    "USD\n5",
+]
+
+
+def _scan_lines_alone(text: str) -> None:
+    """Unless `may_cross_lines`, the lines of `text` scanned one by one give the whole text's fact spans."""
+    if facts.may_cross_lines(text):
+        return
+    by_line: list[tuple[int, str]] = []
+    offset = 0
+    for line in text.split("\n"):
+        by_line += [(offset + start, fact) for start, fact in facts.fact_spans(line)]
+        offset += len(line) + 1
+    assert by_line == facts.fact_spans(text), text
+
+
+def test_lines_scanned_alone_hold_the_whole_scans_facts_when_none_can_cross_a_line() -> None:
+    for end in _LINE_ENDS:
+        for start in _LINE_STARTS:
+            for between in ("\n", "\n\n", "\r\n", " \n"):
+                _scan_lines_alone(f"{end}{between}{start}")
+                _scan_lines_alone(f"x {end}{between}{start} y")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_AROUND_LINE_BREAKS), min_size=1, max_size=14))
+def test_lines_scanned_alone_hold_the_whole_scans_facts_on_random_text(parts: list[str]) -> None:
+    _scan_lines_alone("".join(parts))
+
+
+def test_a_fact_across_a_line_break_is_noticed() -> None:
+    for text in ["took 12\nms", "1,200\nEUR", "5 -\n6 days", "10:30 PM\nUTC", "$\n5", "USD\n-5", "12\n%"]:
+        assert facts.may_cross_lines(text), text
+    log = (
+        "2026-11-20T10:00:00.191Z INFO GET /healthz 200 4ms\n2026-11-20T10:00:01.191Z INFO done 12\nTraceback"
+    )
+    assert not facts.may_cross_lines(log)
+
+
+_SKELETON_PIECES = [
+    *["DDDD-DD-DDTDD:DD:DD.DDDZ ", "INFO ", '  "id": DDDD,', '  "total": DDD.DD,', "ORD-DDDD "],
+    *["0xDD ", "DxD", "txn_DDDDab ", "$D,DDD.DD ", "DD USD", "DD%", "vD.D.D ", "/srv/a.py:DD "],
+    *["deadbeefD ", "DD:DD PM ", "D", "took DD", "ms later", "USD D", "D days ", "#DDD ", "EDDD "],
+    *["DD/DD/DDDD ", "Mar D ", "PTDM ", "- ", ","],
+]
+
+
+def test_facts_found_line_by_line_per_skeleton_are_the_whole_scans() -> None:
+    import random
+
+    rng = random.Random(11)
+    by_line = 0
+    for _ in range(300):
+        skeletons = [
+            "".join(rng.choice(_SKELETON_PIECES) for _ in range(rng.randint(0, 9))) for _ in range(4)
+        ]
+        lines = [rng.choice(skeletons) for _ in range(rng.randint(2, 30))]
+        text = "\n".join("".join(rng.choice("0123456789") if c == "D" else c for c in line) for line in lines)
+        spans = facts._spans_by_line(text)
+        scanned = facts._scanned_spans(text)
+        assert facts.fact_spans(text) == scanned
+        assert facts.find_facts(text) == facts.distinct_facts(fact for _, fact in scanned)
+        if spans is not None:
+            by_line += 1
+            assert spans == scanned, text
+    assert 100 < by_line < 300  # both ways are taken

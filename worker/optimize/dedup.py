@@ -29,6 +29,8 @@ import re
 import zlib
 from dataclasses import dataclass
 from difflib import SequenceMatcher
+from itertools import accumulate, compress
+from operator import methodcaller
 from typing import Literal, TypeVar
 
 from .. import tokens
@@ -93,7 +95,12 @@ def repeated_marker(block: Block) -> str:
 
 
 def _normalise(text: str) -> str:
-    return "\n".join(line.rstrip() for line in text.split("\n")).rstrip()
+    return "\n".join(map(str.rstrip, text.split("\n"))).rstrip()
+
+
+def _lines(text: str) -> list[str]:
+    """The lines of `text` with trailing whitespace stripped (what the line diff and the sketch compare)."""
+    return list(map(str.rstrip, text.rstrip().split("\n")))
 
 
 def _smaller(new: str, old: str) -> bool:
@@ -120,26 +127,29 @@ class _Index:
         """first `PREFIX_CHARS` of the body → items (blocks without a usable inner line)"""
         self.sketches: dict[int, list[int]] = {}
 
-    def add(self, block: Block) -> None:
+    def add(self, block: Block, normalised: list[str], sketch: list[int]) -> None:
+        """Index `block`, whose `_lines` are `normalised` and whose `_sketch` of those is `sketch`."""
         body = block.text.strip()
         if len(body) < MIN_CHARS:
             return
         item = len(self.items)
-        self.items.append(_Indexed(block, body, [line.rstrip() for line in block.text.rstrip().split("\n")]))
+        self.items.append(_Indexed(block, body, normalised))
         # Containment anchor: the longest inner line, since an inner line of a contained block is a whole line
-        # of the container. Blocks of one or two lines (or without a usable inner line) are found by prefix.
+        # of the container; the first of the longest. Blocks of one or two lines (or without a usable inner
+        # line) are found by prefix.
         lines = body.split("\n")
         k = 0
         if len(lines) >= 3:
-            best = max(range(1, len(lines) - 1), key=lambda m: (len(lines[m].strip()), -m))
-            if len(lines[best].strip()) >= MIN_ANCHOR_CHARS:
-                k = best
+            widths = list(map(len, map(str.strip, lines[1:-1])))
+            longest = max(widths)
+            if longest >= MIN_ANCHOR_CHARS:
+                k = 1 + widths.index(longest)
         if k:
-            offset = sum(len(line) + 1 for line in lines[:k])
+            offset = sum(map(len, lines[:k])) + k
             _append(self.anchors.setdefault(lines[k], []), (item, offset))
         else:
             _append(self.prefixes.setdefault(body[:PREFIX_CHARS], []), item)
-        for h in _sketch(self.items[-1].lines):
+        for h in sketch:
             _append(self.sketches.setdefault(h, []), item)
 
 
@@ -150,11 +160,17 @@ def _append(bucket: list[_T], value: _T) -> None:
     bucket.append(value)
 
 
+_UTF8 = methodcaller("encode", "utf-8", "surrogatepass")
+
+
 def _sketch(lines: list[str]) -> list[int]:
-    # crc32, not hash(): the sketch must be the same in every process (same input, same bytes).
-    crc32, least = zlib.crc32, MIN_ANCHOR_CHARS
-    hashes = {crc32(line.encode("utf-8", "surrogatepass")) for line in lines if len(line.strip()) >= least}
-    return heapq.nsmallest(SKETCH_SIZE, hashes)
+    """The smallest hashes of the lines with at least `MIN_ANCHOR_CHARS` non-blank characters.
+
+    crc32, not hash(): the sketch must be the same in every process (same input, same bytes). Mapped, not
+    looped: a block has thousands of lines, and every step here runs in C.
+    """
+    usable = compress(lines, map(MIN_ANCHOR_CHARS.__le__, map(len, map(str.strip, lines))))
+    return heapq.nsmallest(SKETCH_SIZE, set(map(zlib.crc32, map(_UTF8, usable))))
 
 
 def _prefix_hits(text: str, prefixes: dict[str, list[int]]) -> list[tuple[int, str]]:
@@ -190,12 +206,7 @@ def _prefix_hits(text: str, prefixes: dict[str, list[int]]) -> list[tuple[int, s
 def _contained(block: Block, index: _Index) -> Replacement | None:
     """Case 2: replace occurrences of earlier blocks inside this one."""
     text = block.text
-    starts: list[int] = []
-    pos = 0
     lines = text.split("\n")
-    for line in lines:
-        starts.append(pos)
-        pos += len(line) + 1
     found: dict[tuple[int, int], None] = {}
     budget = 4 * len(text) + 4 * MIN_CHARS  # verification work stays linear in the block size
     size = len(text.strip())
@@ -212,12 +223,14 @@ def _contained(block: Block, index: _Index) -> Replacement | None:
             found[(at, item)] = None
         return True
 
-    for number, line in enumerate(lines):
-        for item, offset in index.anchors.get(line, ()):
-            if not verify(item, starts[number] - offset):
+    if not index.anchors.keys().isdisjoint(lines):  # most blocks hold no anchor line: no walk over them
+        chars_before = [0, *accumulate(map(len, lines[:-1]))]  # a line starts after them and `number` breaks
+        for number, line in enumerate(lines):
+            for item, offset in index.anchors.get(line, ()):
+                if not verify(item, chars_before[number] + number - offset):
+                    break
+            if budget < 0:
                 break
-        if budget < 0:
-            break
     if index.prefixes and budget >= 0:
         for at, key in _prefix_hits(text, index.prefixes):
             for item in index.prefixes[key]:
@@ -269,11 +282,9 @@ def _diff(a: list[str], b: list[str]) -> tuple[list[tuple[str, int, int, int, in
     return ops, same
 
 
-def _edited(block: Block, index: _Index) -> Replacement | None:
-    """Case 3: a line diff against the most similar earlier block."""
+def _edited(block: Block, index: _Index, lines: list[str], sketch: list[int]) -> Replacement | None:
+    """Case 3: a line diff against the most similar earlier block (`lines` and `sketch` are the block's)."""
     raw = block.text.rstrip().split("\n")
-    lines = [line.rstrip() for line in raw]
-    sketch = _sketch(lines)
     if not sketch:
         return None
     votes: dict[int, int] = {}
@@ -313,6 +324,11 @@ def _edited(block: Block, index: _Index) -> Replacement | None:
     return best
 
 
+def _shape(block: Block) -> tuple[list[str], list[int]]:
+    lines = _lines(block.text)
+    return lines, _sketch(lines)
+
+
 def dedupe_detailed(blocks: list[Block]) -> list[Replacement | None]:
     """Like `dedupe`, with the kind of each rewrite and the blocks it refers to."""
     results: list[Replacement | None] = []
@@ -321,6 +337,7 @@ def dedupe_detailed(blocks: list[Block]) -> list[Replacement | None]:
     last = len(blocks) - 1
     for pos, block in enumerate(blocks):
         result: Replacement | None = None
+        shape: tuple[list[str], list[int]] | None = None  # the block's `_lines` and their `_sketch`, once
         # Only an earlier block can be referred to: with none long enough so far, the last block is left
         # as it is without being looked at, and no block is indexed for a later one that does not exist.
         norm = _normalise(block.text) if pos < last or first else ""
@@ -335,14 +352,17 @@ def dedupe_detailed(blocks: list[Block]) -> list[Replacement | None]:
             else:
                 first[norm] = pos
                 if index.items:
-                    options = [r for r in (_contained(block, index), _edited(block, index)) if r is not None]
+                    shape = _shape(block)
+                    options = [
+                        r for r in (_contained(block, index), _edited(block, index, *shape)) if r is not None
+                    ]
                     if options:
                         result = min(options, key=lambda r: len(r.text))
         if result is not None and not _smaller(result.text, block.text):
             result = None
         results.append(result)
         if result is None and pos < last and first.get(norm) == pos:
-            index.add(block)
+            index.add(block, *(shape or _shape(block)))
     return results
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from itertools import accumulate, compress
 
 _MONTHS = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)[a-z]*\.?"
 _CURRENCY_CODES = "USD|EUR|GBP|JPY|CHF|CAD|AUD|CNY|INR"
@@ -28,6 +29,11 @@ _HEX4 = "[0-9A-Fa-f]{1,4}"
 _AMOUNT_AFTER = rf"\b\d[\d,]{{0,24}}(?:\.\d{{1,12}})?\s?(?:{_CURRENCY_CODES}|dollars|euros|pounds)\b"
 _PERCENTAGE = r"\b\d+(?:\.\d+)?\s?%"
 _NUMBER = r"\b\d{3,}(?:[.,]\d+)*\b"
+_UNITS = (
+    r"(?:business |working |calendar )?(?:days?|hours?|hrs?|minutes?|mins?|seconds?|secs?|weeks?|months?|"
+    r"years?|ms|[KMGT]i?B|[kKMG]b|requests?|tokens?|users?|items?|records?|retries|attempts?|times|nodes?|"
+    r"replicas?|cores?|GHz|MHz|rps|qps)"
+)
 _LOCATION = r"(?::\d{1,7}\b){0,2}"
 
 # Order matters only for readability; overlapping matches are resolved longest-first in `find_facts`.
@@ -56,9 +62,7 @@ _FACT_PATTERNS: tuple[str, ...] = (
     rf"\b(?:{_CURRENCY_CODES})\s?[-+]?\d(?:[\d.,]{{0,24}}\d)?",  # EUR 1.234,56, JPY 5000
     _AMOUNT_AFTER,  # 1,200 EUR
     _PERCENTAGE,
-    r"\b\d+(?:\.\d+)?(?:\s?[-–]\s?\d+(?:\.\d+)?)?\s?(?:business |working |calendar )?(?:days?|hours?|hrs?|"  # noqa: RUF001
-    r"minutes?|mins?|seconds?|secs?|weeks?|months?|years?|ms|[KMGT]i?B|[kKMG]b|requests?|tokens?|users?|items?|"
-    r"records?|retries|attempts?|times|nodes?|replicas?|cores?|GHz|MHz|rps|qps)\b",  # quantities with units
+    rf"\b\d+(?:\.\d+)?(?:\s?[-–]\s?\d+(?:\.\d+)?)?\s?{_UNITS}\b",  # quantities with units  # noqa: RUF001
     r"\bv?\d+\.\d+(?:\.\d+)+(?:-[\w.]{1,64})?(?:\+[\w.]{1,64})?\b|\bv\d+(?:\.\d+)?\b",  # 1.2.3-rc.1+b.5, v2
     # paths: ./x, ~/x, or /a/b (two segments or more, so a closing HTML tag is not a path), with the `:line`
     # or `:line:col` of a compiler's or grep's location taken along (and left out of the fact: `_LOCATED`)
@@ -223,6 +227,20 @@ _SCAN_RE = re.compile(
 )
 _RUN_RE = re.compile(r"[A-Za-z0-9]+")
 
+# Where a fact may run across a line break: the `\s?` between a number and its unit, currency, percent sign,
+# range or time zone, or between a currency and its amount, meeting a line break. What may stand on either
+# side of it is listed (a superset: a unit's first letters, any capital before a digit). No other pattern
+# matches a line break, and to every look-around a line break is what the start and the end of a text are (a
+# blank, a word boundary), so where none of these occurs each line holds, scanned alone, the facts a scan of
+# the whole text finds on it (`may_cross_lines`).
+_ACROSS_LINES_RE = re.compile(
+    r"\n(?:"
+    rf"(?<=[\d,]\n)(?=[A-Za-z%\-\u2013])(?:[AaPp][Mm]|[ap]\.m\.|[A-Z]{{2,4}}T|UTC|GMT|[kKmMbB]|%|[-\u2013]\s?\d|{_CURRENCY_CODES}|dollars|"
+    rf"euros|pounds|{_UNITS})"
+    r"|(?<=[Mm]\n)(?:UTC|GMT|[A-Z]{2,4}T)|(?<=[$€£¥₹]\n)\d|(?<=[A-Z]\n)[-+]?\d|(?<=[-\u2013]\n)\d"
+    r")"
+)
+
 _WEEKDAY = r"(?:mon|tues|wednes|thurs|fri|satur|sun)day"
 # A compact lexicon: English, then the German, French and Spanish words for must/never/only/forbidden, then
 # Chinese (no word boundaries in CJK text, so those are matched anywhere).
@@ -267,6 +285,9 @@ def find_facts(text: str) -> list[str]:
     is a whole token of a longer fact (`2026-03-14`, `ORD-5404`): the longer fact carries it. A run that only
     occurs inside another token (`5404` in `ORD-15404`) is a different value and stays.
     """
+    by_line = _spans_by_line(text)
+    if by_line is not None:
+        return distinct_facts(fact for _, fact in by_line)
     return distinct_facts(_located(fact) for fact in map(str.strip, _SCAN_RE.findall(text)) if len(fact) >= 2)
 
 
@@ -275,6 +296,12 @@ def fact_spans(text: str) -> list[tuple[int, str]]:
 
     For callers that scan a text once and attribute facts to its pieces by position.
     """
+    by_line = _spans_by_line(text)
+    return by_line if by_line is not None else _scanned_spans(text)
+
+
+def _scanned_spans(text: str) -> list[tuple[int, str]]:
+    """`fact_spans` from one scan of `text`."""
     spans: list[tuple[int, str]] = []
     for match in _SCAN_RE.finditer(text):
         found = match.group(1)
@@ -282,6 +309,55 @@ def fact_spans(text: str) -> list[tuple[int, str]]:
             fact = found.strip()
             if len(fact) >= 2:
                 spans.append((match.start(), _located(fact)))
+    return spans
+
+
+def digit_skeleton(text: str) -> str:
+    """`text` with every ASCII digit written `1`.
+
+    No pattern of the catalog tells one digit from another (they tell digits from other characters), except
+    `0x`: texts without `0x` that have the same skeleton have their facts at the same places, each as long.
+    """
+    return text.translate(_DIGITS_AS_ONE)
+
+
+_DIGITS_AS_ONE = str.maketrans("0123456789", "1111111111")
+_REPEATED_LINES_SHARE = 0.75
+"""`_spans_by_line` pays when at most this share of a text's lines have a skeleton of their own ..."""
+_MEAN_LINE_CHARS = 32
+"""... and its lines are this long on average: short lines (pretty JSON) scan faster than they are visited."""
+
+
+def _spans_by_line(text: str) -> list[tuple[int, str]] | None:
+    """`fact_spans(text)` with each line skeleton (`digit_skeleton`) scanned once, or None where that would
+    not pay or could differ: most lines of pretty JSON, logs and test output repeat a few skeletons, and
+    unless a fact can cross a line break (`may_cross_lines`) each line holds, scanned alone, the facts the
+    whole scan finds on it. A line holding `0x` is scanned as it is."""
+    if "\n" not in text:
+        return None
+    lines = text.split("\n")
+    if len(text) < _MEAN_LINE_CHARS * len(lines):
+        return None
+    forms = digit_skeleton(text).split("\n")
+    distinct = dict.fromkeys(forms)
+    if len(distinct) > _REPEATED_LINES_SHARE * len(lines) or may_cross_lines(text):
+        return None
+    # skeleton -> (start, end) of each of its facts: a fact is where its match starts (no fact starts with a
+    # blank: see `_CLASS_LOOKAHEAD`) and as long as in the skeleton
+    known = {form: [(start, start + len(fact)) for start, fact in _scanned_spans(form)] for form in distinct}
+    # Only the lines with a fact are visited (picked in C), each with the characters before it.
+    chars_before = [0, *accumulate(map(len, lines[:-1]))]
+    visited: Iterable[int] = compress(range(len(lines)), map(bool, map(known.__getitem__, forms)))
+    with_0x = {i for i, line in enumerate(lines) if "0x" in line} if "0x" in text else set()
+    if with_0x:
+        visited = sorted(with_0x.union(visited))
+    spans: list[tuple[int, str]] = []
+    for i in visited:
+        line, offset = lines[i], chars_before[i] + i
+        if i in with_0x:
+            spans += [(offset + start, fact) for start, fact in _scanned_spans(line)]
+        else:
+            spans += [(offset + a, line[a:b]) for a, b in known[forms[i]]]
     return spans
 
 
@@ -340,6 +416,13 @@ def distinct_facts(found: Iterable[str]) -> list[str]:
         if len(runs) > 1 or (runs and runs[0] != fact):
             tokens_of_longer.update(runs)
     return [f for f in seen if f not in tokens_of_longer]
+
+
+def may_cross_lines(text: str) -> bool:
+    """False when no fact of `text` can run across one of its line breaks: then each line, or each run of
+    whole lines, scanned on its own holds exactly the facts (`fact_spans`) a scan of the whole text finds in
+    it, at the same places."""
+    return _ACROSS_LINES_RE.search(text) is not None
 
 
 def has_fact(text: str) -> bool:

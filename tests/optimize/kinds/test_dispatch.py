@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 
 import pytest
@@ -21,7 +22,7 @@ from tests.optimize.kinds._data import (
     orders,
 )
 from worker.optimize.base import Context
-from worker.optimize.kinds import KINDS, compress_tool_output, detect
+from worker.optimize.kinds import KINDS, _detect, compress_tool_output, detect
 from worker.optimize.kinds._common import _chunks, collapse_blank_lines, strip_trailing_ws
 
 
@@ -172,3 +173,54 @@ def test_a_long_line_without_json_members_is_cut_after_commas() -> None:
     chunks = list(_chunks(line))
     assert len(chunks) == 5 and all(len(chunk) <= 8000 for chunk in chunks)
     assert "".join(chunks) == line
+
+
+def test_the_diagnostic_pattern_matches_what_its_backtracking_form_matches() -> None:
+    plain = re.compile(
+        r"^[^\s:]+:\d+(?::\d+)?:?\s*(?:error|warning|note|fatal|[EWFC]\d{2,4}|[A-Z]{1,4}\d{3,4})\b",
+        re.IGNORECASE,
+    )
+    rng = random.Random(4)
+    alphabet = [
+        *"ab:1234 \t.-_EeWwCcFfxXZ\u00e9",
+        "error",
+        "Warning",
+        "note",
+        "E501",
+        "W12",
+        ":12:",
+        "src/a.py",
+    ]
+    for _ in range(50_000):
+        s = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        fast, slow = _detect.DIAGNOSTIC_RE.match(s), plain.match(s)
+        assert (fast and fast.group(0)) == (slow and slow.group(0)), s
+
+
+def test_a_share_of_lines_is_judged_as_counting_them_all_would() -> None:
+    rng = random.Random(6)
+    for _ in range(5_000):
+        lines = ["x" if rng.random() < rng.random() else "" for _ in range(rng.randint(0, 30))]
+        tenths, least = rng.randint(1, 10), rng.choice([0, 2])
+        hits = sum(1 for line in lines if line)
+        assert _detect._share_at_least(lines, bool, tenths, least) == (
+            hits >= least and hits * 10 >= len(lines) * tenths
+        )
+
+
+def test_delimited_fields_of_lines_with_and_without_quotes() -> None:
+    assert _detect.split_delimited("a,,b,", ",") == ["a", "", "b", ""]
+    assert _detect.split_delimited('a,"b,c",d', ",") == ["a", '"b,c"', "d"]
+    rng = random.Random(8)
+    for _ in range(5_000):
+        line = "".join(rng.choice('ab,;\t" ') for _ in range(rng.randint(0, 12)))
+        for delim in ",;\t":
+            fields, quoted, current = [], False, ""
+            for ch in line:  # the definition: a delimiter outside quotes ends a field
+                if ch == delim and not quoted:
+                    fields.append(current)
+                    current = ""
+                else:
+                    quoted ^= ch == '"'
+                    current += ch
+            assert _detect.split_delimited(line, delim) == [*fields, current], (line, delim)

@@ -19,6 +19,7 @@ from tests.optimize.kinds._data import (
     reduction,
 )
 from worker import tokens
+from worker.optimize import facts
 from worker.optimize.base import Context
 from worker.optimize.kinds import _templates, compress_tool_output, detect, logs
 
@@ -325,6 +326,80 @@ def test_the_slot_scan_steps_over_words_without_changing_a_slot() -> None:
         assert slots(_templates._VALUE_SLOT_RE, s) == slots(plain, s), s
 
 
+def test_entries_sharing_a_skeleton_get_the_shapes_they_get_alone() -> None:
+    import random
+
+    rng = random.Random(5)
+    alphabet = [
+        *"abcdefxyzABCXYZ_ .-:/,[]=#(T+Z\t",
+        *[
+            "D",
+            "D",
+            "DDD",
+            "0x",
+            "0xD",
+            "DxD",
+            "Dxab",
+            "pid=",
+            "pid ",
+            "sshd[",
+            "--- PASS: ",
+            "ok  \t",
+            "::",
+            "dev   ",
+        ],
+        *["DDDD-DD-DDTDD:DD:DD.DDDZ", "DD:DD:DD", "DDD.DDD.DDD.DDD", "deadbeef", "DeadD", "D.D", "\n  at "],
+    ]
+    skeletons = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 24))) for _ in range(400)]
+    # Each skeleton filled in with other digits several times (`0` among them: `0x` is not a digit's twin).
+    bodies = [
+        "".join(rng.choice("0123456789") if c == "D" else c for c in skeleton)
+        for skeleton in skeletons
+        for _ in range(4)
+    ]
+    bodies += [line for line in app_log().split("\n")] + ["I1203 10:00:00 x 12", "12 a 7", "x 1 2"]
+    found = _templates.shapes_of(bodies, [_templates.skeleton(body) for body in bodies], range(len(bodies)))
+    assert found == {i: _templates.shape(body) for i, body in enumerate(bodies)}
+
+
+def test_entry_facts_found_per_skeleton_are_the_whole_scans() -> None:
+    import random
+
+    rng = random.Random(8)
+    pieces = [
+        *[
+            "DDDD-DD-DDTDD:DD:DD.DDDZ ",
+            "INFO ",
+            "ERROR ",
+            "GET /healthz ",
+            "DDD ",
+            "Dms",
+            " in DDms",
+            "0xDD ",
+        ],
+        *["order=ORD-DDDD ", "txn_DDDDDDab ", "amount=$DDD.DD ", "DD USD", "DD%", "v1.D.D ", "/srv/a.py:DD "],
+        *["deadbeefD ", "pid=DDD ", "DD:DD PM ", "\n  at x.y(Z.java:DD)", "\nTraceback", "\nDD", "- ", "M"],
+        *["\nms later", "\nUSD D", " took DD", "\n%", "$", "\nDDD"],
+    ]
+    texts = [app_log(), java_log()]
+    for _ in range(60):
+        skeletons = ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 6))) for _ in range(5)]
+        lines = [rng.choice(skeletons) for _ in range(40)]
+        texts.append(
+            "\n".join("".join(rng.choice("0123456789") if c == "D" else c for c in x) for x in lines)
+        )
+    crossing = 0
+    for text in texts:
+        entries = logs._entries(text.split("\n"))
+        bodies = ["\n".join(entry.lines) for entry in entries]
+        starts = logs._offsets(bodies)
+        forms = _templates.skeletons(text, bodies, starts)
+        assert forms == [_templates.skeleton(body) for body in bodies]
+        assert logs._key_facts_by_entry(text, bodies, forms, starts) == logs._key_facts_by_scan(text, starts)
+        crossing += facts.may_cross_lines(text)
+    assert 0 < crossing < len(texts)  # both ways are taken
+
+
 def test_the_exception_name_scan_finds_what_the_plain_pattern_finds() -> None:
     import random
 
@@ -420,3 +495,37 @@ def test_letter_and_abbreviated_levels_stay_verbatim(name: str) -> None:
         kept = result.text.split("\n")
         for entry in important:
             assert entry in kept, (mode, entry)
+
+
+def test_the_level_code_pattern_matches_what_its_backtracking_form_matches() -> None:
+    import random
+
+    plain = re.compile(logs._LEVEL_CODE_RE.pattern.replace(r"(?:\S++[ \t]++){0,2}", r"(?:\S+[ \t]+){0,2}"))
+    assert plain.pattern != logs._LEVEL_CODE_RE.pattern
+    rng = random.Random(3)
+    alphabet = [
+        *"ab \t/:()EWFAI1234\u00a0",
+        "ERR",
+        "WRN",
+        "E/Tag",
+        "W1203 10:02:01",
+        "03-14 10:02:00.123  1  2 E ",
+    ]
+    for _ in range(50_000):
+        s = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 10)))
+        fast, slow = logs._LEVEL_CODE_RE.match(s), plain.match(s)
+        assert (fast and fast.group(0)) == (slow and slow.group(0)), s
+
+
+def test_the_level_word_scan_of_lowercased_text_finds_what_the_plain_pattern_finds() -> None:
+    import random
+
+    plain = re.compile(logs._IMPORTANT_RE.pattern)
+    words = plain.pattern.split("(?:", 1)[1].split(")", 1)[0].replace("\n", "").split("|")
+    rng = random.Random(2)
+    alphabet = [*words, *" _x1-.e\n", "rror", "ing", "s"]
+    for _ in range(50_000):
+        s = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8)))
+        assert [m.start() for m in logs._IMPORTANT_LOWER_RE.finditer(s)] == [
+            m.start() for m in plain.finditer(s)
+        ]

@@ -11,6 +11,7 @@ are the fallbacks.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Literal
 
 import msgspec
@@ -41,8 +42,11 @@ PATH_ONLY_RE = re.compile(r"^(?:\.{0,2}/)?[\w.@+-]+(?:/[\w.@+-]+)+/?$|^[\w.@+-]+
 LOCATION_LINE_RE = re.compile(r"^(?!\d)[^\s:,]+:\d+:\d+: ?\S")
 # Compiler/linter diagnostics without a column look like grep lines, but a level word or a code right after
 # the location (`error`, `E501`) says what they are; every line matters: they go to the log compressor.
+# Possessive: what follows each run cannot start inside it (a path ends at a colon, the level starts with a
+# letter), so giving characters back could only fail again; on a log line that was most of the match's cost.
 DIAGNOSTIC_RE = re.compile(
-    r"^[^\s:]+:\d+(?::\d+)?:?\s*(?:error|warning|note|fatal|[EWFC]\d{2,4}|[A-Z]{1,4}\d{3,4})\b", re.IGNORECASE
+    r"^[^\s:]++:\d++(?::\d++)?+:?\s*+(?:error|warning|note|fatal|[EWFC]\d{2,4}|[A-Z]{1,4}\d{3,4})\b",
+    re.IGNORECASE,
 )
 
 # --- logs -------------------------------------------------------------------------------------------
@@ -100,6 +104,27 @@ _CODE_KEYWORD_RE = re.compile(
 _CODE_SHAPE_RE = re.compile(
     r"[{};(\[,:]\s*$|^\s*[})\]]|^\s*(?://|/\*|\*|#)|\w\([^()\n]*+\)|\s(?:=|==|=>|->|:=|\+=)\s"
 )
+
+
+def _share_at_least(lines: list[str], test: Callable[[str], object], tenths: int, least: int = 0) -> bool:
+    """True when at least `tenths` tenths of `lines` (and at least `least` of them) pass `test`: the answer
+    of counting them all, found as soon as it is known (a sample of 400 log lines is not grep output after
+    its first 161 misses)."""
+    need = max(least, -(-len(lines) * tenths // 10))
+    misses_left = len(lines) - need
+    if misses_left < 0:
+        return False
+    hits = 0
+    for line in lines:
+        if test(line):
+            hits += 1
+            if hits >= need:
+                return True
+        else:
+            misses_left -= 1
+            if misses_left < 0:
+                return False
+    return hits >= need
 
 
 def _sample(text: str) -> list[str]:
@@ -172,18 +197,12 @@ def is_search(lines: list[str]) -> bool:
     body = [line for line in lines if line != "--"]
     if len(body) < 2:
         return False
-    grep = sum(
-        1
-        for line in body
-        if GREP_LINE_RE.match(line) or GREP_NOLINE_RE.match(line) or GREP_CONTEXT_RE.match(line)
-    )
-    diagnostics = sum(1 for line in body if DIAGNOSTIC_RE.match(line))
-    if diagnostics * 10 >= len(body) * 3:
+    if _share_at_least(body, DIAGNOSTIC_RE.match, 3):
         return False
-    if grep * 10 >= len(body) * 6:
+    if _share_at_least(body, _grep_line, 6):
         return True
     numbered = sum(1 for line in body if HEADING_LINE_RE.match(line))
-    paths = sum(1 for line in body if PATH_ONLY_RE.match(line))
+    paths = sum(1 for line in body if PATH_ONLY_RE.match(line)) if numbered else None
     if numbered and paths and (numbered + paths) * 10 >= len(body) * 9:
         return True
     opencode = sum(1 for line in body if OPENCODE_LINE_RE.match(line))
@@ -191,21 +210,29 @@ def is_search(lines: list[str]) -> bool:
         headings = sum(1 for line in body if line.endswith(":") and PATH_ONLY_RE.match(line[:-1]))
         if headings and (opencode + headings) * 10 >= len(body) * 8:
             return True
-    return len(body) >= 3 and paths * 10 >= len(body) * 8
+    if len(body) < 3:
+        return False
+    return paths * 10 >= len(body) * 8 if paths is not None else _share_at_least(body, PATH_ONLY_RE.match, 8)
+
+
+def _grep_line(line: str) -> bool:
+    return bool(GREP_LINE_RE.match(line) or GREP_NOLINE_RE.match(line) or GREP_CONTEXT_RE.match(line))
 
 
 def is_diagnostics(lines: list[str]) -> bool:
     """Most lines are `path:line:col: message` findings (a compiler's, a vet tool's or a linter's)."""
-    located = sum(1 for line in lines if LOCATION_LINE_RE.match(line))
-    return located >= 2 and located * 10 >= len(lines) * 6
+    return _share_at_least(lines, LOCATION_LINE_RE.match, 6, least=2)
 
 
 def is_log(lines: list[str]) -> bool:
     """Most lines start with a timestamp or a level (or are compiler diagnostics / test-runner lines)."""
     if len(lines) < 2:
         return False
-    prefixed = sum(1 for line in lines if LOG_PREFIX_RE.match(line) or DIAGNOSTIC_RE.match(line))
-    return prefixed * 10 >= len(lines) * 4
+    return _share_at_least(lines, _log_line, 4)
+
+
+def _log_line(line: str) -> bool:
+    return bool(LOG_PREFIX_RE.match(line) or DIAGNOSTIC_RE.match(line))
 
 
 def is_table(lines: list[str]) -> bool:
@@ -235,6 +262,8 @@ def table_delimiter(lines: list[str]) -> str | None:
 
 def split_delimited(line: str, delim: str) -> list[str]:
     """Fields of one CSV/TSV line, honouring double quotes (a quoted field may contain the delimiter)."""
+    if '"' not in line:
+        return line.split(delim)  # what the walk below gives a line without quotes, in C
     fields: list[str] = []
     cur: list[str] = []
     quoted = False
@@ -255,8 +284,7 @@ def has_gutter(lines: list[str]) -> bool:
     """Most lines start with a file-read line-number gutter (`cat -n`, `   12→`), not counting the
     `<system-reminder>` block Claude Code appends to a read (a short file would fall under the share)."""
     end = next((k for k, line in enumerate(lines) if line.startswith("<system-reminder>")), len(lines))
-    numbered = sum(1 for line in lines[:end] if LINE_GUTTER_RE.match(line))
-    return end > 0 and numbered * 10 >= end * 8
+    return end > 0 and _share_at_least(lines[:end], LINE_GUTTER_RE.match, 8)
 
 
 def strip_gutter(lines: list[str]) -> list[str]:

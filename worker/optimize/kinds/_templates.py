@@ -9,10 +9,13 @@ entries that stay. `summary` writes a template with what its folded entries hold
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 import msgspec
 
+from worker.optimize import facts
 from worker.optimize.kinds._detect import LOG_PREFIX_RE
 
 # Slots that turn an entry into its template, tried left to right at each position (a UUID before its hex
@@ -55,7 +58,65 @@ class Shape(msgspec.Struct, frozen=True):
 
 def shape(body: str) -> Shape:
     """The template of one entry and the values of its slots."""
-    parts: list[str] = []
+    cuts, kinds = _cuts(body)
+    parts = tuple(map(body.__getitem__, cuts))
+    return Shape(_key(parts[::2], kinds), parts, kinds)
+
+
+def shapes_of(bodies: list[str], forms: list[str | None], indices: Iterable[int]) -> dict[int, Shape]:
+    """`shape(bodies[i])` for each of `indices`, with the slot scan done once per skeleton.
+
+    A log repeats a few line skeletons with other numbers in them: every health check is the same line with
+    another timestamp and latency. Where each slot is, of what kind, and which values are ids depend only on
+    which characters are digits, not on which digits (no pattern here names a digit, but for `0x`), so
+    entries with the same text once every ASCII digit is written `1` have their slots at the same places.
+    The slot scan runs once per such skeleton (`forms`: each body's `skeleton`); entries holding `0x` are
+    scanned on their own.
+    """
+    found: dict[int, Shape] = {}
+    known: dict[str, tuple[tuple[slice, ...], tuple[str, ...], str | None]] = {}
+    for i in indices:
+        body, form = bodies[i], forms[i]
+        if form is None:
+            found[i] = shape(body)
+            continue
+        seen = known.get(form)
+        if seen is None:
+            cuts, kinds = _cuts(body)
+            literal = [form[cut] for cut in cuts[::2]]
+            # The template text of a skeleton whose literal text holds no digit is every such entry's.
+            shared = None if any("1" in text for text in literal) else _key(literal, kinds)
+            seen = known[form] = (cuts, kinds, shared)
+        cuts, kinds, shared = seen
+        parts = tuple(map(body.__getitem__, cuts))
+        found[i] = Shape(_key(parts[::2], kinds) if shared is None else shared, parts, kinds)
+    return found
+
+
+def skeleton(body: str) -> str | None:
+    """`body` with every ASCII digit written `1`, or None when it holds `0x`.
+
+    The slot patterns here, the fact catalog (`facts`) and the incidental-value test of `logs` tell digits
+    from other characters but never one digit from another, except in `0x`: texts with the same skeleton
+    have their matches at the same places, of the same kinds.
+    """
+    return None if "0x" in body else facts.digit_skeleton(body)
+
+
+def skeletons(text: str, bodies: list[str], starts: list[int]) -> list[str | None]:
+    """`skeleton()` of each of `bodies`, which start at `starts` in `text`: one translation of the whole text
+    (translating each body on its own cost forty times as much)."""
+    whole = facts.digit_skeleton(text)
+    return [
+        None if "0x" in body else whole[start : start + len(body)]
+        for body, start in zip(bodies, starts, strict=True)
+    ]
+
+
+def _cuts(body: str) -> tuple[tuple[slice, ...], tuple[str, ...]]:
+    """Where `body` splits into literal text and slot values (alternating, literal first and last), and the
+    kind of each slot."""
+    cuts: list[slice] = []
     kinds: list[str] = []
     pos = 0
     maybe_test = "::" in body or "--- PASS: " in body or "ok  \t" in body
@@ -66,13 +127,17 @@ def shape(body: str) -> Shape:
         start, end = match.span()
         if is_id(body, kind, start, end):
             continue  # part of the template's text: entries with another id are another template
-        parts.append(body[pos:start])
-        parts.append(body[start:end])
+        cuts.append(slice(pos, start))
+        cuts.append(slice(start, end))
         kinds.append(kind)
         pos = end
-    parts.append(body[pos:])
-    key = _BLANKS_RE.sub(" ", "\x00".join(parts[::2])) + "\x01" + " ".join(kinds)
-    return Shape(key, tuple(parts), tuple(kinds))
+    cuts.append(slice(pos, None))
+    return tuple(cuts), tuple(kinds)
+
+
+def _key(literal: Sequence[str], kinds: tuple[str, ...]) -> str:
+    """The template: the literal text between the slots with blank runs as one space, and the slots' kinds."""
+    return _BLANKS_RE.sub(" ", "\x00".join(literal)) + "\x01" + " ".join(kinds)
 
 
 # A leading word and the blanks after it (`dev        48213 …` in `ps` output: the number is the PID column).
@@ -101,6 +166,9 @@ def is_id(body: str, kind: str, start: int, end: int) -> bool:
     return not prefix.strip(" \t[(#") or _LEADING_WORD_RE.fullmatch(prefix) is not None
 
 
+_PARTS = attrgetter("parts")
+
+
 def summary(example: Shape, folded: list[Shape]) -> str:
     """The template of a group with each slot written as what the folded entries hold there.
 
@@ -111,9 +179,9 @@ def summary(example: Shape, folded: list[Shape]) -> str:
     each slot on its own.
     """
     out: list[str] = []
-    slots = [
-        list(dict.fromkeys(shape.parts[2 * k + 1] for shape in folded)) for k in range(len(example.kinds))
-    ]
+    # The folded entries share the example's template, so their parts line up: one column per part.
+    columns = list(zip(*map(_PARTS, folded), strict=True)) or [() for _ in example.parts]
+    slots = [list(dict.fromkeys(columns[2 * k + 1])) for k in range(len(example.kinds))]
     listable = [
         k
         for k, values in enumerate(slots)

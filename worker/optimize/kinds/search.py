@@ -108,7 +108,9 @@ def compress(text: str, ctx: Context) -> Compressed | None:
         kept = [m for m in group.matches if not group.path or m.index in keep]
         marker_text = ""
         if dropped:
-            dropped_facts = [f for m in dropped for f in facts.distinct_facts(found.get(m.index, ()))]
+            dropped_facts = [
+                f for m in dropped if m.index in found for f in facts.distinct_facts(found[m.index])
+            ]
             marker_text, listed = ledger.marker_of(_what(group, dropped, bool(kept)), dropped_facts, words)
             if worth_folding(marker_text, [m.raw for m in dropped]):
                 ledger.commit(listed)
@@ -215,7 +217,7 @@ def _parse(lines: list[str]) -> tuple[list[_Group], int]:
 def _heading_path(line: str, nxt: str) -> str | None:
     """The file of a heading line: rg --heading's `path` before `N:content` lines, OpenCode's `path:` before
     `  Line N: content` lines; None for any other line."""
-    if PATH_ONLY_RE.match(line) and HEADING_LINE_RE.match(nxt):
+    if HEADING_LINE_RE.match(nxt) and PATH_ONLY_RE.match(line):  # the cheap test first: most lines fail it
         return line
     if line.endswith(":") and OPENCODE_LINE_RE.match(nxt) and PATH_ONLY_RE.match(line[:-1]):
         return line[:-1]
