@@ -139,3 +139,22 @@ async def test_a_flush_cut_off_by_a_shutdown_loses_nothing(tmp_path: Path) -> No
     entries, _ = await recorder.logs(KEY.id, limit=10, cursor=None)
     assert [(e["request_id"], e["billed_input_tokens"]) for e in entries] == [("req_cut", 12)]
     await kv.close()
+
+
+async def test_a_request_that_completes_within_an_interval_is_written_once_across_a_second_boundary(
+    tmp_path: Path,
+) -> None:
+    """A request begun a moment before a new second is as young at the periodic flush as any other: it is not
+    written pending (its event's `created` is the second it began in; the flush must not judge by that)."""
+    clock = ManualClock(1_800_000_000.9)
+    kv = SqliteKV(tmp_path / "kv.sqlite3", clock=clock)
+    recorder = UsageRecorder(kv, PriceTable(), {}, retention_seconds=86400, flush_seconds=1, clock=clock)
+    begun = _begin(recorder)
+    clock.advance(0.2)
+    await recorder.flush(in_flight=False)
+    assert await _stored(kv) == {}
+    recorder.complete(begun, http_status=200, outcome="completed", wire="chat", body=BODY)
+    clock.advance(1)
+    await recorder.flush(in_flight=False)
+    assert await _stored(kv) == {begun.event.id: "final"}
+    await kv.close()

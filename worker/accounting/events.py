@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import secrets
 import time
 from collections.abc import Callable
@@ -219,6 +218,11 @@ class UsageRecorder:
         self._live: dict[str, UsageEvent] = {}
         """Events not yet final or not yet flushed, by id."""
         self._dirty: dict[str, UsageEvent] = {}
+        """Events to write with the next flush."""
+        self._fresh: dict[str, UsageEvent] = {}
+        """Events begun since the last periodic flush: written pending only if still in flight at the next."""
+        self._aging: dict[str, UsageEvent] = {}
+        """Events begun before the last periodic flush: those still pending are written with the next one."""
         self._queued: dict[str, Begun] = {}
         self._logs: list[tuple[float, str, str, str, str, int, float, Begun | None]] = []
         self._log_retry: list[tuple[str, bytes, dict[str, Any]]] = []
@@ -300,7 +304,7 @@ class UsageRecorder:
             client_reported=claims.client_reported(),
         )
         self._live[event_id] = ev
-        self._dirty[event_id] = ev
+        self._fresh[event_id] = ev
         return Begun(ev, claims, priced[1] if priced else None, started)
 
     # ---- after the response ----
@@ -626,8 +630,9 @@ class UsageRecorder:
         """Reconcile what completed, then write every changed event; returns how many were written.
 
         `in_flight=False` (the periodic flush) keeps back the events of requests still in flight that began
-        less than a flush interval ago: most complete before the next flush and are then written once, final,
-        instead of twice. A long request's pending event is still written at the next flush after that.
+        after the previous periodic flush: most complete before the next flush and are then written once,
+        final, instead of twice. A long request's pending event is written at the next periodic flush after
+        that, so a crash mid-request still leaves its trace.
         """
         # The log entries are taken before the reconciliation: every one of them belongs to a request that
         # has completed, so each is written with its event's final numbers. (Taken after the awaits below, an
@@ -650,16 +655,16 @@ class UsageRecorder:
         not written stay queued for the next flush, whatever stopped this one."""
         async with self._flush_lock:
             batch, self._dirty = self._dirty, {}
+            # A final event is in `batch` already (it may still be in the dicts of the begun, as `pending` no
+            # more): only those still pending are taken from them.
+            aged, self._aging, self._fresh = self._aging, self._fresh, {}
             if in_flight:
-                events = list(batch.values())
-            else:
-                young = int(self._clock()) - max(1, math.ceil(self.flush_seconds))
-                events = []
-                for ev in batch.values():
-                    if ev.status == "pending" and ev.created > young:
-                        self._dirty[ev.id] = ev  # written with a later flush, most likely final by then
-                    else:
-                        events.append(ev)
+                aged |= self._aging
+                self._aging = {}
+            for ev in aged.values():
+                if ev.status == "pending":
+                    batch.setdefault(ev.id, ev)
+            events = list(batch.values())
             written = 0
             # Slice by slice: encode a few hundred events, write them, let requests run, go on. The memory a
             # flush needs stays small and no request waits long for the loop.
