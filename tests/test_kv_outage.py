@@ -543,3 +543,38 @@ def test_a_session_the_store_cannot_read_is_served_optimized_afresh(
     )
     assert proxy.cuts == 1 and answer.parse().choices[0].message.content
     assert answer.headers["X-Trex-Session-Replayed"] == "0"
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_sqlite_file_deleted_or_replaced_under_the_worker_is_a_503_not_lost_writes(
+    make_worker: Callable[..., InProcessWorker],
+    fake_upstream: FakeUpstream,
+    caplog: pytest.LogCaptureFixture,
+    how: str,
+) -> None:
+    """The KV file is removed (an operator cleaning up, a volume remounted) or swapped for another file while
+    the worker runs: `/health` turns 503 and requests are refused with 503 `kv_unavailable`, with one error in
+    the log naming the file, instead of every key, count and usage record going on into the unlinked file and
+    being gone at the next start."""
+    w = make_worker(dev_vars={"TREX_MASTER_KEY": MASTER_KEY})
+    gw = with_key(w, fake_upstream)
+    closed_after_test(gw)
+    client = gw.openai()
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+    assert HTTP.get(w.url + "/health").status_code == 200
+    path = Path(w.config.kv_url.removeprefix("sqlite:///"))
+    with caplog.at_level(logging.WARNING):
+        for leftover in path.parent.glob(path.name + "*"):  # the database, its -wal and -shm files
+            leftover.unlink()
+        if how == "replaced":
+            sqlite3.connect(path).close()
+        time.sleep(1.1)  # past the key's 1 s cache and the store's once-a-second look at its file
+        health = HTTP.get(w.url + "/health")
+        assert health.status_code == 503 and health.json()["kv"] == "unavailable"
+        with pytest.raises(openai.InternalServerError) as refused:
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+        assert refused.value.status_code == 503
+        assert refused.value.code == "kv_unavailable"
+        assert HTTP.get(w.url + "/health").status_code == 503
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and f"was {how}" in errors[0] and str(path) in errors[0], errors
