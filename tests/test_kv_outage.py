@@ -578,3 +578,46 @@ def test_a_sqlite_file_deleted_or_replaced_under_the_worker_is_a_503_not_lost_wr
         assert HTTP.get(w.url + "/health").status_code == 503
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and f"was {how}" in errors[0] and str(path) in errors[0], errors
+
+
+@pytest.mark.parametrize("lose", ["reply", "command"])
+def test_a_rate_limit_count_whose_reply_was_lost_is_taken_back_once(
+    proxy: RedisProxy,
+    make_worker: Callable[..., InProcessWorker],
+    fake_upstream: FakeUpstream,
+    lose: Literal["reply", "command"],
+) -> None:
+    """Redis counts a request against its key's and its IP's per-minute limits and the reply is lost (or the
+    count is lost on its way): the request is served uncounted (the limits fail open), and once Redis answers
+    the count is settled — sent again under the round trip's token (applied only if it was lost), then taken
+    back — so the window holds what was counted for the requests served with a count, once. It stayed in the
+    window: one request of the minute's limit used up by a request the limiter never counted."""
+    limits = {"RATE_LIMIT_PER_MINUTE": 100, "RATE_LIMIT_IP_PER_MINUTE": 100}  # counted one request at a time
+    gw = _setup(make_worker, fake_upstream, proxy, **limits)
+    client = gw.openai()
+    minute = int(time.time() // 60)
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+    proxy.cut(b"rl/k/", lose=lose)
+    assert client.chat.completions.create(model="gpt-4o-mini", messages=HI).choices  # type: ignore[arg-type]
+    assert proxy.cuts == 1 and gw.worker.app[GATEWAY].limits.failures == 1
+    if int(time.time() // 60) != minute:
+        pytest.skip("the minute turned: the counts are in two windows")
+    window = f"rl/k/{gw.key_id}/{minute}"
+    gateway = gw.worker.app[GATEWAY]
+
+    def settled() -> int:
+        """The window's count once nothing waits to be settled, seen twice a flush apart (a pass sends its
+        batches one after the other: in between, the settled count was sent again but not yet taken back)."""
+        deadline, seen = time.monotonic() + 5, None
+        while True:
+            count = None if len(gateway.quotas.pending) else int(gw.worker.call(gateway.kv.get(window)))
+            if count is not None and count == seen:
+                return count
+            assert time.monotonic() < deadline, count
+            seen = count
+            time.sleep(0.3)  # USAGE_FLUSH_SECONDS is 0.2 here
+
+    assert settled() == 1
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+    if int(time.time() // 60) == minute:
+        assert settled() == 2
