@@ -14,6 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import msgspec
 from aiohttp import web
 
 from tests.fakes.threaded import ThreadedServer
@@ -25,25 +26,40 @@ CALLS = 120_000
 
 
 def _huge_answer() -> bytes:
-    calls = [
-        {
-            "id": f"call_{i}",
-            "type": "function",
-            "function": {"name": "lookup", "arguments": json.dumps({"row": i, "note": "x" * 160})},
-        }
-        for i in range(CALLS)
-    ]
-    message = {"role": "assistant", "content": None, "tool_calls": calls}
-    return json.dumps(
-        {
-            "id": "chatcmpl-huge",
-            "object": "chat.completion",
-            "created": 1,
-            "model": "big",
-            "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
-        }
+    """Built as text, and the worker's answer read into structs without garbage-collector tracking: 120k dicts
+    would set off collections in this process, and with them the finalizers of whatever an earlier test left
+    unclosed, reported as this test's failure."""
+    note = "x" * 160
+    call = (
+        '{"id": "call_%d", "type": "function", "function": {"name": "lookup", "arguments": '
+        + json.dumps('{"row": %d, "note": "' + note + '"}')
+        + "}}"
+    )
+    calls = ", ".join(call % (i, i) for i in range(CALLS))
+    return (
+        '{"id": "chatcmpl-huge", "object": "chat.completion", "created": 1, "model": "big", "choices": [{"index": '
+        '0, "message": {"role": "assistant", "content": null, "tool_calls": ['
+        + calls
+        + ']}, "finish_reason": '
+        '"tool_calls"}], "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}'
     ).encode()
+
+
+class _Input(msgspec.Struct, gc=False):
+    row: int
+    note: str
+
+
+class _ToolUse(msgspec.Struct, gc=False):
+    type: str
+    id: str
+    name: str
+    input: _Input
+
+
+class _Message(msgspec.Struct, gc=False):
+    content: list[_ToolUse]
+    stop_reason: str
 
 
 def test_a_huge_answer_is_translated_while_other_requests_are_served(
@@ -83,7 +99,7 @@ def test_a_huge_answer_is_translated_while_other_requests_are_served(
 
         host, port = wp.url.removeprefix("http://").split(":")
 
-        def ask_big() -> dict[str, object]:
+        def ask_big() -> _Message:
             conn = http.client.HTTPConnection(host, int(port), timeout=300)
             try:
                 request = {
@@ -96,7 +112,7 @@ def test_a_huge_answer_is_translated_while_other_requests_are_served(
                 resp = conn.getresponse()
                 answered.set()  # its status and headers are here: the translation is done
                 assert resp.status == 200
-                return dict(json.loads(resp.read()))
+                return msgspec.json.decode(resp.read(), type=_Message)
             finally:
                 conn.close()
 
@@ -117,15 +133,9 @@ def test_a_huge_answer_is_translated_while_other_requests_are_served(
                 probe.close()
             message = big.result(300)
         assert before >= 3, f"only {before} health probes were answered while the answer was translated"
-        blocks = message["content"]
-        assert isinstance(blocks, list) and len(blocks) == CALLS
-        assert blocks[0] == {
-            "type": "tool_use",
-            "id": "call_0",
-            "name": "lookup",
-            "input": {"row": 0, "note": "x" * 160},
-        }
-        assert blocks[-1]["id"] == f"call_{CALLS - 1}" and blocks[-1]["input"]["row"] == CALLS - 1
-        assert message["stop_reason"] == "tool_use"
+        assert len(message.content) == CALLS and message.stop_reason == "tool_use"
+        assert message.content[0] == _ToolUse("tool_use", "call_0", "lookup", _Input(0, "x" * 160))
+        last = message.content[-1]
+        assert last.id == f"call_{CALLS - 1}" and last.input.row == CALLS - 1 and last.type == "tool_use"
     finally:
         upstream.stop()
