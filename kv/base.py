@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self, TypeAlias, TypeVar, cast
+from typing import Any, ClassVar, Self, TypeAlias, TypeVar, cast
 
 import msgspec
 
@@ -116,6 +116,10 @@ class KVNamespace(abc.ABC):
     abstract methods a backend implements with already-encoded, already-checked data.
     Every expiry decision uses ``clock`` so tests can move time without sleeping.
     """
+
+    loses_replies: ClassVar[bool] = False
+    """Whether a call can fail with `KVIndeterminateError` (sent, its reply lost): a network store's can, a
+    local database's cannot. A caller pays for `incr_many_once` over `incr_many` only where it can."""
 
     def __init__(self, *, clock: Clock = time.time) -> None:
         """Create a namespace whose expiry decisions use ``clock`` (epoch seconds)."""

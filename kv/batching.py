@@ -18,16 +18,26 @@ and counter, only for limits of at least `LEASE_MIN_LIMIT`: a lease is at most `
 while one is on its way wait for it and take their positions from it, so a burst of concurrent requests
 reserves one block, not a block each, in one round trip; those the block is too small for count one
 position each.
+
+On a store that can lose a reply (Redis: sent, the reply never came, `KVIndeterminateError`), a round trip
+may have counted what its callers were refused or admitted uncounted for. With a `Settler` (`settle_with`),
+each round trip goes out as `incr_many_once` under a token of its own, and one whose outcome is unknown is
+handed to it: sent again under that token once the store answers (applied once, whether or not the first
+went through), then its `count` increments taken back, so the counter ends as if they had never been sent.
+Its plain `incr` increments (a give-back, a read) are left applied.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from kv.base import KVNamespace
+from kv.errors import KVError, KVIndeterminateError
 
 Increment = tuple[str, int, int | None]
 """(key, delta, expiration_ttl)"""
@@ -42,21 +52,41 @@ LEASE_MIN_LIMIT = 2 * 64
 _LEASE_SHARE = 64
 """A lease is at most this fraction (1/n) of what is left before the limit."""
 _PRUNE_AT = 4096
+TOKEN_TTL = 120
+"""How long the store remembers a round trip's token: as long as a per-minute rate-limit counter lives, so a
+round trip settled later finds its counters gone anyway. (A request-quota count settled more than this after
+an outage began may be counted twice and taken back once.) One token key per round trip lives that long."""
+
+
+class Settler(Protocol):
+    """Where round trips whose outcome is unknown are settled (see the module docstring)."""
+
+    def token(self, batch_id: str) -> str:
+        """The once-token a round trip with this id is sent under."""
+
+    def settle(
+        self, batch_id: str, sent_at: float, increments: Iterable[Increment], undo: Iterable[Increment]
+    ) -> None:
+        """Send `increments` again under `batch_id`'s token until the store answers, then apply `undo`."""
 
 
 class _Batch:
-    __slots__ = ("deltas", "future", "ttls")
+    __slots__ = ("counted", "deltas", "future", "ttls")
 
     def __init__(self) -> None:
         self.deltas: dict[str, int] = {}
         self.ttls: dict[str, int | None] = {}
+        self.counted: dict[str, int] = {}
+        """The part of `deltas` that `count` added: taken back if the round trip's outcome is unknown."""
         self.future: asyncio.Future[dict[str, int]] = asyncio.get_running_loop().create_future()
 
-    def add(self, key: str, delta: int, ttl: int | None) -> int:
+    def add(self, key: str, delta: int, ttl: int | None, counted: bool) -> int:
         """Add one increment; returns the batch's total for `key` before it."""
         before = self.deltas.get(key, 0)
         self.deltas[key] = before + delta
         self.ttls.setdefault(key, ttl)  # a counter keeps the expiration it was created with anyway
+        if counted:
+            self.counted[key] = self.counted.get(key, 0) + delta
         return before
 
 
@@ -94,6 +124,13 @@ class CounterBatch:
         self._leases: dict[str, _Leases] = {}
         self._claiming: dict[str, list[asyncio.Future[None]]] = {}
         """Counters with a block of positions being reserved, and the requests waiting for it."""
+        self._settler: Settler | None = None
+
+    def settle_with(self, settler: Settler) -> None:
+        """Send round trips under tokens and hand those whose outcome is unknown to `settler`; only on a
+        store that can lose a reply (elsewhere a token would be a write for nothing)."""
+        if self.kv.loses_replies:
+            self._settler = settler
 
     async def count(self, counters: Sequence[tuple[str, int | None, int]]) -> list[int]:
         """Count one use of each `(key, expiration_ttl, limit)` and return its position: the counter's value
@@ -140,7 +177,7 @@ class CounterBatch:
         """Count `claims`, (index in `counters`, size), in one increment: the first position of each block is
         this caller's, the rest its instance's lease; then wake the requests that waited for those blocks."""
         try:
-            values = await self.incr([(counters[i][0], size, counters[i][1]) for i, size in claims])
+            values = await self._incr([(counters[i][0], size, counters[i][1]) for i, size in claims], True)
             for (i, size), value in zip(claims, values, strict=True):
                 key, ttl, _ = counters[i]
                 out[i] = value - size + 1
@@ -172,10 +209,13 @@ class CounterBatch:
     async def incr(self, increments: Sequence[Increment]) -> list[int]:
         """Add each `(key, delta, expiration_ttl)` and return, per entry, the value after this call's
         increment. The keys of one call must be distinct. Raises the KV's error if the round trip fails."""
+        return await self._incr(increments, False)
+
+    async def _incr(self, increments: Sequence[Increment], counted: bool) -> list[int]:
         if not self._queue or len(self._queue[-1].deltas) + len(increments) > _MAX_KEYS:
             self._queue.append(_Batch())
         batch = self._queue[-1]
-        offsets = [batch.add(key, delta, ttl) for key, delta, ttl in increments]
+        offsets = [batch.add(key, delta, ttl, counted) for key, delta, ttl in increments]
         if self._sender is None:
             self._sender = asyncio.create_task(self._send())
         # Shielded: one caller giving up must not cancel the others' round trip.
@@ -192,11 +232,7 @@ class CounterBatch:
                 batch = self._queue.popleft()  # from here on, new increments go to a new batch
                 keys = list(batch.deltas)
                 try:
-                    values = await self.kv.incr_many(
-                        keys,
-                        [batch.deltas[k] for k in keys],
-                        expiration_ttl=[batch.ttls[k] for k in keys],
-                    )
+                    values = await self._round_trip(batch, keys)
                 except Exception as exc:  # noqa: BLE001 - handed to every caller of this batch
                     batch.future.set_exception(exc)
                     batch.future.exception()  # retrieved: every waiter may have gone already
@@ -211,3 +247,22 @@ class CounterBatch:
             raise
         finally:
             self._sender = None
+
+    async def _round_trip(self, batch: _Batch, keys: list[str]) -> Sequence[int]:
+        deltas = [batch.deltas[k] for k in keys]
+        ttls = [batch.ttls[k] for k in keys]
+        if self._settler is None:
+            return await self.kv.incr_many(keys, deltas, expiration_ttl=ttls)
+        batch_id = secrets.token_hex(16)
+        sent_at = time.time()
+        try:
+            values = await self.kv.incr_many_once(
+                self._settler.token(batch_id), keys, deltas, expiration_ttl=ttls, token_ttl=TOKEN_TTL
+            )
+        except KVIndeterminateError:
+            undo = [(k, -batch.counted[k], batch.ttls[k]) for k in keys if batch.counted.get(k)]
+            self._settler.settle(batch_id, sent_at, zip(keys, deltas, ttls, strict=True), undo)
+            raise
+        if values is None:  # a token of 128 random bits, never sent before
+            raise KVError(f"the counters' token {batch_id} was applied before")
+        return values

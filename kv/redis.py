@@ -87,6 +87,8 @@ class RedisKV(KVNamespace):
     index members it leaves behind (``{namespace}:kv:sweep`` holds where the sweep is).
     """
 
+    loses_replies = True
+
     def __init__(
         self,
         url: str,

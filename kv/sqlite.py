@@ -1,9 +1,17 @@
-"""SQLite KV backend (aiosqlite), safe for several processes sharing one database file."""
+"""SQLite KV backend (aiosqlite), safe for several processes sharing one database file.
+
+A connection keeps the file it opened, not its path: were the file deleted (or replaced) under a running
+worker, every write would go on into the unlinked file and be gone at the next start. So the path is checked
+against the open file at most once a second, and once it no longer names that file the store refuses every
+operation (`KVUnavailableError`, which requests and `GET /health` answer as a 503) until the worker is
+restarted onto the file now at the path: usage records and keys are refused loudly rather than lost silently.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import sqlite3
 import time
@@ -111,6 +119,12 @@ _LOCK_BACKOFF_S = 0.02
 
 _BLOB_COPY_MAX = 4096
 
+_FILE_CHECK_SECONDS = 1.0
+"""How often the path is checked against the open file: a stat per second, not per statement (the writes of
+the second before a deletion is noticed are lost with it)."""
+
+log = logging.getLogger("trex.kv")
+
 
 def _is_lock_error(exc: sqlite3.DatabaseError) -> bool:
     return exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
@@ -136,6 +150,49 @@ def _metadata_bytes(text: str | None) -> bytes | None:
     return None if text is None else text.encode("utf-8")
 
 
+class _FileWatch:
+    """Whether the database file is still the one at the path; shared by a namespace and its `independent`
+    copies, so that one deletion is noticed (and logged) once."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.identity: tuple[int, int] | None = None
+        """(st_dev, st_ino) of the file the first connection opened."""
+        self.next_check = 0.0
+        self.lost: str | None = None
+
+    def opened(self) -> None:
+        """Record the file a connection has just opened (the first one's is the one every copy must see)."""
+        if self.identity is None:
+            self.identity = self._stat()
+        self.next_check = time.monotonic() + _FILE_CHECK_SECONDS
+
+    def check(self) -> None:
+        """Raise `KVUnavailableError` when the path no longer names the open file (checked once a second)."""
+        if self.lost is None and self.identity is not None and time.monotonic() >= self.next_check:
+            self.next_check = time.monotonic() + _FILE_CHECK_SECONDS
+            now = self._stat()
+            if now != self.identity:
+                self.lost = "deleted" if now is None else "replaced by another file"
+                log.error(
+                    "SQLite KV file %r was %s while the worker had it open: refusing every KV operation (503 "
+                    "kv_unavailable) rather than writing into a file that is gone; restart the worker",
+                    self.path,
+                    self.lost,
+                )
+        if self.lost is not None:
+            raise KVUnavailableError(
+                f"SQLite database {self.path!r} was {self.lost} while open; restart the worker"
+            )
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
+
 class SqliteKV(KVNamespace):
     """A KV namespace stored in one SQLite table, in WAL mode.
 
@@ -155,6 +212,7 @@ class SqliteKV(KVNamespace):
         super().__init__(clock=clock)
         self._path = os.fspath(path)
         self._busy_timeout_ms = busy_timeout_ms
+        self._watch = _FileWatch(self._path) if self._path != ":memory:" else None
         self._conn: aiosqlite.Connection | None = None
         self._connect_lock = asyncio.Lock()
 
@@ -163,7 +221,9 @@ class SqliteKV(KVNamespace):
         # connection write while the first one reads.
         if self._path == ":memory:":
             return self  # a second connection would open a different, empty database
-        return SqliteKV(self._path, clock=self._clock, busy_timeout_ms=self._busy_timeout_ms)
+        copy = SqliteKV(self._path, clock=self._clock, busy_timeout_ms=self._busy_timeout_ms)
+        copy._watch = self._watch
+        return copy
 
     async def connect(self) -> None:
         """Open the database and create the schema now rather than on first use."""
@@ -201,6 +261,8 @@ class SqliteKV(KVNamespace):
         except BaseException:
             await conn.close()
             raise
+        if self._watch is not None:
+            self._watch.opened()
         return conn
 
     async def _retrying(
@@ -220,7 +282,10 @@ class SqliteKV(KVNamespace):
         raise AssertionError("unreachable: the last attempt either returns or raises")
 
     async def _query(self, sql: str, params: Sequence[object]) -> list[Any]:
-        return await self._retrying(await self._connection(), sql, params)
+        conn = await self._connection()
+        if self._watch is not None:
+            self._watch.check()
+        return await self._retrying(conn, sql, params)
 
     async def _get(self, key: bytes, now: float) -> StoredValue | None:
         rows = await self._query(_SELECT_LIVE, (_blob(key), now))

@@ -128,6 +128,8 @@ def build_gateway(config: Config, kv: KVNamespace) -> Gateway:
         counters,
         hold_credits=accounting,
     )
+    # A count whose Redis reply was lost is settled with the plan charges: sent again, then taken back.
+    counters.settle_with(quotas.pending)
     # One recorder writes usage events and the request log in the same batches; with accounting off it
     # still writes the request log, and `usage` is None so no request creates an event.
     recorder = UsageRecorder(

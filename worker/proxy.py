@@ -559,15 +559,20 @@ async def proxy(
             return web.Response(
                 body=data, status=upstream.status, headers=out_headers, content_type="application/json"
             )
-        answer = _decode_response(wire, _decode_json(data, route.provider))
+        work: Callable[[], Response | bytes] = (
+            # The upstream answered a stream request with one JSON body: it is replayed as a stream below.
+            functools.partial(_decode_answer, wire, data, route.provider)
+            if stream
+            else functools.partial(_translated, fmt, wire, data, route.provider, body)
+        )
+        done = await asyncio.to_thread(work) if len(data) >= _OFF_LOOP_ANSWER_BYTES else work()
         # Usage is read from the body as sent (OpenRouter's reported cost too), after the response.
         if acct is not None and gw.usage is not None:
             gw.usage.complete(acct, http_status=upstream.status, outcome="completed", wire=wire, body=data)
-        if stream:  # the upstream answered a stream request with one JSON body: replay it as a stream
+        if isinstance(done, Response):
             relay = _make_relay(fmt, "canonical", route, body, wants_usage)
-            return await _replay(request, answer, relay, out_headers)
-        doc = _encode_response(fmt, answer, body)
-        return web.Response(body=_encoder.encode(doc), headers=out_headers, content_type="application/json")
+            return await _replay(request, done, relay, out_headers)
+        return web.Response(body=done, headers=out_headers, content_type="application/json")
     except TimeoutError as exc:
         _finish_usage(gw, acct, 504, "upstream_failed", None)
         raise UpstreamError(
@@ -1109,6 +1114,25 @@ def _forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 # ---- non-streaming responses ------
+
+
+_OFF_LOOP_ANSWER_BYTES = 1 << 20
+"""From this size on, an answer that is translated is decoded and translated on a worker thread (the default
+executor, which large request bodies are optimized on): tens of MB of JSON (a provider or local server gone
+wrong) take a second or more to turn into another format, which on the event loop would hold up every other
+request of the instance meanwhile. Below it, the hop to the thread would cost more than it saves."""
+
+
+def _decode_answer(wire: UpstreamWire, data: bytes, provider: str) -> Response:
+    """A 2xx JSON answer in `wire`'s format as the canonical response (else a 502 `UpstreamError`)."""
+    return _decode_response(wire, _decode_json(data, provider))
+
+
+def _translated(
+    fmt: InboundFormat, wire: UpstreamWire, data: bytes, provider: str, body: dict[str, Any]
+) -> bytes:
+    """A 2xx JSON answer in `wire`'s format, as the body of `fmt`'s answer to the client's request `body`."""
+    return _encoder.encode(_encode_response(fmt, _decode_answer(wire, data, provider), body))
 
 
 def _decode_json(data: bytes, provider: str) -> dict[str, Any]:

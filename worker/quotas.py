@@ -300,14 +300,16 @@ class Quotas:
         """Apply increments that undo what a refused request counted or held. The refusal is the answer,
         whatever the KV does: when it cannot be reached (a request refused because the KV went down, most
         often) the give-back waits with the plan charges, applied once when the KV is back (`pending`). One
-        whose outcome is unknown (sent, its reply lost) is not sent again: it may have been applied, and
-        twice would give back more than was counted."""
+        whose outcome is unknown (sent, its Redis reply lost) is settled there too, sent again under its
+        round trip's token: applied once, never twice (see `kv.batching`)."""
         if not back:
             return
         try:
             await self.counters.incr(back)
         except KVIndeterminateError as exc:
-            log.warning("%d counts of a refused request may not have been given back: %s", len(back), exc)
+            log.warning(
+                "%d counts of a refused request are given back once the KV answers: %s", len(back), exc
+            )
         except KVUnavailableError:
             self.pending.add(back)
         except KVError as exc:

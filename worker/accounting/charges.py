@@ -17,7 +17,9 @@ that, so a batch is never sent again once the KV may have forgotten it: that wou
 
 The same settles a credit hold whose outcome is unknown (`settle`): the hold was sent with a once-token of its
 own; it is sent again under that token (applied only if it was lost), and once that is known applied, a batch
-of its own releases it. A release never goes without its hold: dropped with it.
+of its own releases it. A release never goes without its hold: dropped with it. Rate-limit and request-quota
+counts on Redis are settled the same way (`kv.batching.CounterBatch.settle_with`): a round trip of them whose
+reply was lost is sent again under its token, then what it counted is taken back.
 """
 
 from __future__ import annotations
@@ -95,6 +97,10 @@ class PendingCharges:
             before, first_ttl = batch.totals.get(counter, (0, ttl))
             batch.totals[counter] = (before + delta, first_ttl)  # a counter keeps the TTL it was created with
             batch.charges += 1
+
+    def token(self, batch_id: str) -> str:
+        """The once-token a batch of this id is sent under (`token_for`): what `settle` sends again."""
+        return token_for(batch_id)
 
     def settle(
         self, batch_id: str, sent_at: float, increments: Iterable[Increment], undo: Iterable[Increment]
