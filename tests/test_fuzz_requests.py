@@ -739,3 +739,20 @@ def test_a_body_nested_deeper_than_the_decoder_goes_is_a_400_on_the_passed_throu
     answer = send(env, Target("POST", path, {}), raw)
     assert answer.status == 400, answer
     assert answer.json()["error"]["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize("arguments", ["[" * 5000 + "]" * 5000, '{"a": ' * 5000 + "1" + "}" * 5000])
+def test_tool_call_arguments_nested_too_deeply_are_a_400_when_translated_for_claude(
+    env: Env, arguments: str
+) -> None:
+    """The arguments (a JSON string) are decoded to become Claude's `input`: a malformed string was a 400 but one
+    nested deeper than the decoder goes raised RecursionError, a 500."""
+    chat = targets(env)[0]
+    call = {**TOOL_CALL, "function": {"name": "read", "arguments": arguments}}
+    body = replaced({**chat.body, "model": "claude-sonnet-4-5"}, ("messages", 2, "tool_calls", 0), call)
+    answer = send(env, chat, encode(body))
+    assert answer.status == 400, answer
+    assert "arguments" in answer.json()["error"]["message"]
+    responses = targets(env)[1]
+    body = replaced({**responses.body, "model": "claude-sonnet-4-5"}, ("input", 1, "arguments"), arguments)
+    assert_handled(env, responses, send(env, responses, encode(body)), arguments[:20])
