@@ -391,10 +391,8 @@ def paths_of(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 def replaced(body: Any, path: tuple[Any, ...], new: Any) -> Any:
     """`body` with the value at `path` replaced by `new`: the containers on the path are copied, the rest is
     shared (a deep copy would recurse through a deeply nested value)."""
-    if not path:
-        return new
     out = copy.copy(body)
-    out[path[0]] = replaced(body[path[0]], path[1:], new)
+    out[path[0]] = replaced(body[path[0]], path[1:], new) if len(path) > 1 else new
     return out
 
 
@@ -756,3 +754,46 @@ def test_tool_call_arguments_nested_too_deeply_are_a_400_when_translated_for_cla
     responses = targets(env)[1]
     body = replaced({**responses.body, "model": "claude-sonnet-4-5"}, ("input", 1, "arguments"), arguments)
     assert_handled(env, responses, send(env, responses, encode(body)), arguments[:20])
+
+
+# Nesting as deep as the body decoder takes, at each place a walk over the body may recurse into.
+DEEPEST = 880
+DEEP_PLACES: list[tuple[int, tuple[Any, ...]]] = [
+    (0, ("messages", 1, "content", 0, "text")),
+    (0, ("messages", 3, "content")),
+    (0, ("tools", 0, "function", "parameters", "properties")),
+    (0, ("metadata",)),
+    (0, ("response_format",)),
+    (3, ("messages", 1, "content", 0, "input")),
+    (3, ("tools", 0, "input_schema", "properties")),
+    (3, ("messages", 2, "content", 0, "content")),
+    (1, ("input", 0, "content")),
+    (1, ("tools", 0, "parameters", "properties")),
+    (1, ("text",)),
+]
+
+
+def nested(levels: int, kind: str) -> bytes:
+    """JSON text nested `levels` deep (written out: the encoder would recurse as deep as the worker must)."""
+    if kind == "list":
+        return b"[" * levels + b'"x"' + b"]" * levels
+    return b'{"k": ' * levels + b'"x"' + b"}" * levels
+
+
+@pytest.mark.parametrize("kind", ["list", "dict"])
+@pytest.mark.parametrize(("which", "place"), DEEP_PLACES, ids=[f"deep{i}" for i in range(len(DEEP_PLACES))])
+def test_nesting_as_deep_as_the_decoder_takes_is_served_or_refused(
+    env: Env, which: int, place: tuple[Any, ...], kind: str
+) -> None:
+    base = targets(env)[which]
+    models = ("claude-sonnet-4-5", "gpt-4o-mini") if base.anthropic else ("gpt-4o-mini", "claude-sonnet-4-5")
+    for model in models:
+        for stream in (False, True):
+            body = replaced({**base.body, "model": model, "stream": stream}, place, "\0DEEP")
+            raw = encode(body).replace(b'"\\u0000DEEP"', nested(DEEPEST, kind))
+            for target in (base, Target("POST", "/v1/compress", body)):
+                answer = send(env, target, raw)
+                if answer.status < 400 and stream and target is base:
+                    continue
+                assert_handled(env, target, answer, (model, stream, place))
+    assert_healthy(env)
