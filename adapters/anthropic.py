@@ -553,7 +553,7 @@ def _tool_input(arguments: str, name: str, param: str) -> dict[str, Any]:
         return {}  # OpenAI-style calls without parameters may carry no arguments at all
     try:
         value = _json_decode(arguments)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # nested deeper than the decoder goes: no JSON to us
         _fail(f"the arguments of tool call {name!r} are not valid JSON", param)
     if type(value) is not dict:
         _fail(f"the arguments of tool call {name!r} must be a JSON object for Anthropic", param)
@@ -846,7 +846,7 @@ def _response_input(arguments: str) -> dict[str, Any]:
         return {}
     try:
         value = _json_decode(arguments)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return {}
     return value if type(value) is dict else {}
 

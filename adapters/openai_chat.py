@@ -427,7 +427,7 @@ def _decode_response_format(raw: Any) -> ResponseFormat | None:
     if not isinstance(raw, dict):
         raise TranslationError("Invalid type for 'response_format': expected an object.", "response_format")
     rtype = raw.get("type")
-    if rtype not in _RESPONSE_FORMATS:
+    if not isinstance(rtype, str) or rtype not in _RESPONSE_FORMATS:
         raise TranslationError(
             "Invalid 'response_format.type': expected text, json_object or json_schema.",
             "response_format.type",
@@ -437,7 +437,8 @@ def _decode_response_format(raw: Any) -> ResponseFormat | None:
         raise TranslationError(
             "'response_format.json_schema' is required for type json_schema.", "response_format.json_schema"
         )
-    return ResponseFormat(type=rtype, json_schema=schema if rtype == "json_schema" else None)
+    kind = cast('Literal["text", "json_object", "json_schema"]', rtype)
+    return ResponseFormat(type=kind, json_schema=schema if rtype == "json_schema" else None)
 
 
 def _cache_control(obj: dict[str, Any]) -> CacheControl | None:

@@ -38,6 +38,11 @@ async def read_json(request: web.Request) -> Any:
     body = await read_body(request)
     if not body.strip():
         raise InvalidRequestError("Request body is empty; expected a JSON object.", code="invalid_json")
+    return decode_json(body)
+
+
+def decode_json(body: bytes) -> Any:
+    """A request body decoded as JSON; malformed, or nested deeper than the decoder goes, is a 400."""
     try:
         return _decoder.decode(body)
     except msgspec.DecodeError as exc:

@@ -86,7 +86,7 @@ from .optimize.pipeline import Report
 from .optimizing import count_tokens, resolve_options, savings_headers, session_id
 from .optimizing import run as run_optimizer
 from .quotas import Admission, InsufficientBalanceError, ModelNotAllowedError, uses_web_search
-from .routing import PROVIDER_NAMES, ModelRoute, Provider, checked_model, resolve
+from .routing import PROVIDER_NAMES, ModelRoute, Provider, checked_model, checked_stream, resolve
 
 InboundFormat = Literal["chat", "responses", "messages"]
 UpstreamWire = Literal["chat", "responses", "messages"]
@@ -152,6 +152,7 @@ async def proxy(
 ) -> web.StreamResponse:
     """Serve one model request end to end."""
     model = checked_model(body.get("model"))
+    stream = checked_stream(body.get("stream"))
     trex = body.pop("trex", None)
     client_claims = claims.parse(body.pop("trex_accounting", None))
     smart = model == SMART_AUTO
@@ -234,7 +235,6 @@ async def proxy(
             report.original_tokens = max(received_tokens, report.optimized_tokens)
         report.note_session(replay.replayed, replay.reoptimize)
         admission = await gw.quotas.long_context(key, admission, report.optimized_tokens)
-        stream = body.get("stream") is True
         chain = _fallbacks(trex)
         attempts: list[dict[str, Any]] = []
         if route is None:

@@ -115,6 +115,16 @@ def checked_model(value: Any, param: str = "model") -> str:
     return value
 
 
+def checked_stream(value: Any) -> bool:
+    """A request's `stream`: a boolean, or absent/null for no stream; else a 400 naming it. Read as a truthy
+    value instead, a `"stream": 1` would be answered as one answer by the worker but streamed by an upstream
+    that reads it as the client meant it (or refused there with an error about a field the client cannot
+    see went wrong); the providers themselves take only a boolean."""
+    if value is None or isinstance(value, bool):
+        return value is True
+    raise InvalidRequestError(f"'stream' must be a boolean, got {type(value).__name__}.", param="stream")
+
+
 def resolve(model: str, table: Mapping[str, ModelRoute]) -> ModelRoute:
     """The route for `model`, or ModelNotFoundError naming it."""
     configured = table.get(model)

@@ -174,6 +174,12 @@ def _with_breakpoints(forwarded: Any, client: Any) -> Any | None:
 _SYSTEM_ROLES = frozenset({"system", "developer"})
 
 
+def _is_system(item: Any) -> bool:
+    """Whether `item` is a system or developer message (a role of any JSON type may come in: a list or an
+    object cannot be looked up in a set, and is no system role)."""
+    return isinstance(item, dict) and isinstance(role := item.get("role"), str) and role in _SYSTEM_ROLES
+
+
 _CLIENT_ITEM_TYPES = frozenset({"message", "item_reference"})
 """Responses item types the client writes (with the `…_output` ones); any other type is the model's."""
 
@@ -203,7 +209,7 @@ def anchored_id(key_id: str, fmt: Format, body: dict[str, Any]) -> tuple[str, li
         return None
     items: list[Any] = body[field]
     start = 0
-    while start < len(items) and isinstance(items[start], dict) and items[start].get("role") in _SYSTEM_ROLES:
+    while start < len(items) and _is_system(items[start]):
         start += 1
     reply = next((i for i in range(start + 1, len(items) - 1) if _from_the_model(items[i])), None)
     if reply is None:  # no reply yet with a new message after it

@@ -21,7 +21,6 @@ import asyncio
 from typing import Any
 
 import aiohttp
-import msgspec
 from aiohttp import web
 from yarl import URL
 
@@ -32,7 +31,7 @@ from ..auth import KeyRecord, MissingProviderKeyError
 from ..catalog import SMART_AUTO
 from ..errors import InvalidRequestError, PermissionDeniedError, UpstreamError
 from ..gateway import Gateway
-from ..jsonio import read_body
+from ..jsonio import decode_json, read_body
 from ..proxy import (
     _Client,
     _end,
@@ -51,8 +50,6 @@ from ..proxy import (
 )
 from ..stored_owners import ID_RE, Kind, forget, made_by, not_found, previous_not_found
 
-_decoder = msgspec.json.Decoder()
-
 
 async def forward(request: web.Request) -> web.StreamResponse:
     """Pass the request through to OpenAI's endpoint of the same path (without `/v1`, which the configured
@@ -63,10 +60,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
     body = await read_body(request)
     doc: dict[str, Any] = {}
     if body.strip():
-        try:
-            doc = _decoder.decode(body)
-        except msgspec.DecodeError as exc:
-            raise InvalidRequestError(f"Malformed JSON body: {exc}", code="invalid_json") from None
+        doc = decode_json(body)
         if not isinstance(doc, dict):
             raise InvalidRequestError("Request body must be a JSON object.", code="invalid_json")
     if _override(request) is not None:

@@ -251,7 +251,9 @@ def _responses(body: dict[str, Any], col: _Collector) -> None:
             col.call(item.get("call_id"), item.get("name"), item.get("arguments"))
         elif itype == "custom_tool_call":
             col.call(item.get("call_id"), item.get("name"), item.get("input"))
-        elif itype in _BUILT_IN_CALLS:  # the hosted shell tools' calls carry no name: the tool type is it
+        elif (
+            isinstance(itype, str) and itype in _BUILT_IN_CALLS
+        ):  # hosted shell calls: the type names the tool
             col.call(item.get("call_id"), _BUILT_IN_CALLS[itype], item.get("action"))
         if itype in ("function_call_output", "custom_tool_call_output", "local_shell_call_output"):
             turn = turns.next("tool_result")
