@@ -16,8 +16,8 @@ wait for its next requests; those still unused when the counter's window ends ar
 and counter, only for limits of at least `LEASE_MIN_LIMIT`: a lease is at most `LEASE_MAX` and at most
 1/64 of what the instance saw left). One lease per counter is reserved at a time: requests that find none
 while one is on its way wait for it and take their positions from it, so a burst of concurrent requests
-reserves one block, not a block each, in one round trip; those the block is too small for count one
-position each.
+reserves one block, not a block each, in one round trip; those the block has no room left for count one
+position each at once (they do not wait for it).
 
 On a store that can lose a reply (Redis: sent, the reply never came, `KVIndeterminateError`), a round trip
 may have counted what its callers were refused or admitted uncounted for. With a `Settler` (`settle_with`),
@@ -122,8 +122,9 @@ class CounterBatch:
         self._queue: deque[_Batch] = deque()  # not sent yet; the last one still takes increments
         self._sender: asyncio.Task[None] | None = None
         self._leases: dict[str, _Leases] = {}
-        self._claiming: dict[str, list[asyncio.Future[None]]] = {}
-        """Counters with a block of positions being reserved, and the requests waiting for it."""
+        self._claiming: dict[str, tuple[int, list[asyncio.Future[None]]]] = {}
+        """Counters with a block of positions being reserved: how many positions it will have for others, and
+        the requests waiting for them."""
         self._settler: Settler | None = None
 
     def settle_with(self, settler: Settler) -> None:
@@ -144,16 +145,20 @@ class CounterBatch:
             if position is not None:
                 out[i] = position
                 continue
-            waiters = self._claiming.get(key)
-            if waiters is not None:  # a block is on its way: served from it rather than by a round trip
-                waiter = asyncio.get_running_loop().create_future()
-                waiters.append(waiter)
-                waits.append((i, waiter))
+            claiming = self._claiming.get(key)
+            if claiming is not None:
+                room, waiters = claiming
+                if len(waiters) < room:  # a block is on its way with a position left: served from it
+                    waiter = asyncio.get_running_loop().create_future()
+                    waiters.append(waiter)
+                    waits.append((i, waiter))
+                else:  # spoken for: one position of its own now, not a second wait and round trip later
+                    claims.append((i, 1))
                 continue
             seen = leases.seen if leases is not None else 0
             size = min(LEASE_MAX, (limit - seen) // _LEASE_SHARE) if limit >= LEASE_MIN_LIMIT else 1
             if size > 1:
-                self._claiming[key] = []
+                self._claiming[key] = (size - 1, [])
             claims.append((i, max(1, size)))
         if claims:
             await self._claim(counters, claims, out)
@@ -192,7 +197,7 @@ class CounterBatch:
         finally:
             for i, size in claims:
                 if size > 1:
-                    for waiter in self._claiming.pop(counters[i][0], ()):
+                    for waiter in self._claiming.pop(counters[i][0], (0, []))[1]:
                         if not waiter.done():  # one whose request was cancelled meanwhile is done
                             waiter.set_result(None)
 
