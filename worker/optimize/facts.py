@@ -361,6 +361,30 @@ def _spans_by_line(text: str) -> list[tuple[int, str]] | None:
     return spans
 
 
+def piece_spans(text: str, bounds: Iterable[tuple[int, int]]) -> list[tuple[int, str]]:
+    """`fact_spans(text)` from a scan of each piece `text[a:b]` of `bounds`, each digit skeleton
+    (`digit_skeleton`) scanned once, a piece holding `0x` as it is.
+
+    For pieces that repeat their skeleton where whole lines do not (the `path:line:` and the content of grep
+    lines). The caller proves the cut: the pieces, in order, cover every character of `text` but line breaks,
+    and no fact, nor any look-around of the catalog, reaches across a seam between two of them.
+    """
+    forms = digit_skeleton(text)
+    known: dict[str, list[tuple[int, int]]] = {}
+    spans: list[tuple[int, str]] = []
+    for a, b in bounds:
+        piece = text[a:b]
+        if "0x" in piece:
+            spans += [(a + start, fact) for start, fact in _scanned_spans(piece)]
+            continue
+        form = forms[a:b]
+        places = known.get(form)
+        if places is None:
+            places = known[form] = [(start, start + len(fact)) for start, fact in _scanned_spans(form)]
+        spans += [(a + start, text[a + start : a + end]) for start, end in places]
+    return spans
+
+
 # A fact that a joiner ties to more word characters is part of a longer word: `16790` of the pod name
 # `payments-api-7d9f8c6b5-16790`, `v2` of the flag `pdf-v2`, `8080` of `localhost:8080`.
 _JOINERS = "-_./:@"
