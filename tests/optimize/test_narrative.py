@@ -642,11 +642,11 @@ def test_end_punctuation_pattern_matches_what_the_plain_pattern_matches_before_t
 
 
 def test_gate_letters_come_from_every_alternative() -> None:
-    assert narrative._first_letters("(?<!make )(?<!be )sure") == {"s"}
-    assert narrative._first_letters("(?:you're|you are) welcome") == {"y"}
-    assert narrative._gated_words("in general|a lot|(?:x|y)z").pattern.startswith(r"\b(?=[aixy])")
+    assert facts._first_letters("(?<!make )(?<!be )sure") == {"s"}
+    assert facts._first_letters("(?:you're|you are) welcome") == {"y"}
+    assert facts.gated_words("in general|a lot|(?:x|y)z").pattern.startswith(r"\b(?=[aixy])")
     with pytest.raises(ValueError, match="first letter"):
-        narrative._gated_words("[ab]c|d")
+        facts.gated_words("[ab]c|d")
 
 
 _FILLER = (

@@ -117,6 +117,42 @@ def _top_level_alternation(pattern: str) -> bool:
     return len(alternatives(pattern)) > 1
 
 
+def _group_end(pattern: str) -> int:
+    """The index just past the group that `pattern` opens with (escaped parentheses are not counted)."""
+    depth, i = 0, 0
+    while True:
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        depth += (c == "(") - (c == ")")
+        i += 1
+        if depth == 0:
+            return i
+
+
+def _first_letters(alternative: str) -> set[str]:
+    """The letters `alternative` can start with (past leading look-behinds; into a leading `(?:…)` group)."""
+    while alternative.startswith("(?<"):
+        alternative = alternative[_group_end(alternative) :]
+    if alternative.startswith("(?:"):
+        inner = alternative[3 : _group_end(alternative) - 1]
+        return {x for alt in alternatives(inner) for x in _first_letters(alt)}
+    if not alternative[:1].isalpha():
+        raise ValueError(f"cannot tell the first letter of {alternative!r}")
+    return {alternative[0]}
+
+
+def gated_words(body: str) -> re.Pattern[str]:
+    r"""`\b(?:body)\b`, with a look-ahead for the letters its alternatives can start with.
+
+    The engine tries every alternative at every word boundary; the one-character class check first rejects
+    most boundaries at once (about 1.5x faster on prose). It matches exactly what the ungated pattern does.
+    """
+    letters = "".join(sorted({x for alt in alternatives(body) for x in _first_letters(alt)}))
+    return re.compile(rf"\b(?=[{letters}])(?:{body})\b")
+
+
 def _combine(patterns: tuple[str, ...]) -> str:
     r"""One alternation of `patterns`, in order, with the `\b` of each run of word-boundary patterns factored.
 
@@ -244,8 +280,8 @@ _ACROSS_LINES_RE = re.compile(
 _WEEKDAY = r"(?:mon|tues|wednes|thurs|fri|satur|sun)day"
 # A compact lexicon: English, then the German, French and Spanish words for must/never/only/forbidden, then
 # Chinese (no word boundaries in CJK text, so those are matched anywhere).
-_CONSTRAINT_RE = re.compile(
-    r"\b(?:must(?:\s+not)?|mustn't|never|only|always|do\s+not|don't|does\s+not|cannot|can't|shall(?:\s+not)?|"
+_CONSTRAINT_WORDS = (
+    r"must(?:\s+not)?|mustn't|never|only|always|do\s+not|don't|does\s+not|cannot|can't|shall(?:\s+not)?|"
     r"should(?:\s+not)?|shouldn't|required?|requires|mandatory|forbidden|prohibited|not\s+allowed|deadline|"
     r"due|no\s+later\s+than|no\s+(?:more|fewer|less)\s+than|avoid(?:ing)?|refrain|"
     rf"(?:by|before)\s+(?:end\s+of|EOD|COB|{_WEEKDAY}|tomorrow|tonight|noon|midnight)|limit(?:ed|s)?|"
@@ -254,13 +290,15 @@ _CONSTRAINT_RE = re.compile(
     r"not\s+(?:through|via|using|over|from|into|inside|directly|any|the)|instead\s+of|rather\s+than|"
     r"darf|dürfen|muss|müssen|niemals|nie|nur|immer|verboten|keinesfalls|"  # German
     r"doit|doivent|devez|jamais|interdit|obligatoire|uniquement|toujours|"  # French
-    r"debe[ns]?|nunca|jamás|siempre|prohibido|obligatorio|solamente|únicamente)\b"  # Spanish
-    r"|不能|不得|不可|不要|禁止|严禁|切勿|必须|务必|绝不|只能|永远不",  # Chinese
-    re.IGNORECASE,
+    r"debe[ns]?|nunca|jamás|siempre|prohibido|obligatorio|solamente|únicamente"  # Spanish
 )
+_CONSTRAINT_CJK = "不能|不得|不可|不要|禁止|严禁|切勿|必须|务必|绝不|只能|永远不"  # Chinese
+_CONSTRAINT_RE = re.compile(rf"\b(?:{_CONSTRAINT_WORDS})\b|{_CONSTRAINT_CJK}", re.IGNORECASE)
 # The same on lower-cased ASCII text: an ignore-case alternation gives the engine no literal to skip ahead
-# with; for ASCII, lower-casing the text (same length, same word boundaries) gives the same matches.
-_CONSTRAINT_LOWER_RE = re.compile(_CONSTRAINT_RE.pattern.replace("EOD|COB", "eod|cob"))
+# with; for ASCII, lower-casing the text (same length, same word boundaries) gives the same matches. ASCII
+# text holds none of the Chinese words, which the engine would try at every character; the rest is gated by
+# the words' first letters (`gated_words`). About 3x faster on prose.
+_CONSTRAINT_LOWER_RE = gated_words(_CONSTRAINT_WORDS.replace("EOD|COB", "eod|cob"))
 
 
 def _located(fact: str) -> str:
@@ -361,6 +399,30 @@ def _spans_by_line(text: str) -> list[tuple[int, str]] | None:
     return spans
 
 
+def piece_spans(text: str, bounds: Iterable[tuple[int, int]]) -> list[tuple[int, str]]:
+    """`fact_spans(text)` from a scan of each piece `text[a:b]` of `bounds`, each digit skeleton
+    (`digit_skeleton`) scanned once, a piece holding `0x` as it is.
+
+    For pieces that repeat their skeleton where whole lines do not (the `path:line:` and the content of grep
+    lines). The caller proves the cut: the pieces, in order, cover every character of `text` but line breaks,
+    and no fact, nor any look-around of the catalog, reaches across a seam between two of them.
+    """
+    forms = digit_skeleton(text)
+    known: dict[str, list[tuple[int, int]]] = {}
+    spans: list[tuple[int, str]] = []
+    for a, b in bounds:
+        piece = text[a:b]
+        if "0x" in piece:
+            spans += [(a + start, fact) for start, fact in _scanned_spans(piece)]
+            continue
+        form = forms[a:b]
+        places = known.get(form)
+        if places is None:
+            places = known[form] = [(start, start + len(fact)) for start, fact in _scanned_spans(form)]
+        spans += [(a + start, text[a + start : a + end]) for start, end in places]
+    return spans
+
+
 # A fact that a joiner ties to more word characters is part of a longer word: `16790` of the pod name
 # `payments-api-7d9f8c6b5-16790`, `v2` of the flag `pdf-v2`, `8080` of `localhost:8080`.
 _JOINERS = "-_./:@"
@@ -444,7 +506,8 @@ def is_constraint(text: str) -> bool:
 
 
 def is_constraint_lower(low: str) -> bool:
-    """`is_constraint` of an ASCII text already lower-cased (the same answer, about 3x faster)."""
+    """`is_constraint` of an ASCII text already lower-cased (the same answer, about 10x faster; not for other
+    text, whose Chinese constraint words this does not look for)."""
     return _CONSTRAINT_LOWER_RE.search(low) is not None
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from tests.optimize.kinds._data import GREP_ANSWER, GREP_FILES, GREP_QUERY, grep_output, missing, reduction
 from worker import tokens
+from worker.optimize import facts
 from worker.optimize.base import Context
 from worker.optimize.kinds import compress_tool_output, detect, search
 
@@ -174,3 +178,54 @@ def test_markers_list_whole_words_not_their_fragments() -> None:
     ]
     assert "payments-queue-00012" in listed or "payments-queue-00012" in result.text
     assert not any(fact.isdigit() for fact in listed)
+
+
+# Around the `path:line: ` seam where search cuts a grep line for its fact scan: what a fact can hold next to
+# a colon or a blank (times, IPv6 addresses, inline code, amounts, units, Windows paths, signs).
+_AROUND_THE_SEAM = [
+    *["src/a.py", "a.py", ":", ": ", ":\t", " ", "  ", "12", "3", "2026", "::", "1: ", "9:\t", "12:", ":1"],
+    *[
+        "`",
+        "`x: 1`",
+        "$",
+        "USD",
+        " PM",
+        "pm",
+        "ab",
+        "fe80",
+        "0x1f",
+        "Jan",
+        "-",
+        "+",
+        "/",
+        ".",
+        "\\",
+        "C:\\x y",
+    ],
+    *["%", "10:30", "a.b.c", "v1.2.3", "ORD-", "cus_", "e@x.io", "http://h/p", " days", "ms", "ECONN", "#12"],
+    *[
+        "NOT_FOUND",
+        "x",
+        "Foo",
+        ",",
+        "(",
+        ")",
+        "T",
+        "Z",
+        "€",
+        "1,200",
+        "EUR",
+        "a.m.",
+        "\u00a0",
+        "\u00b2",
+        "\n",
+    ],
+]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from(_AROUND_THE_SEAM), max_size=40))
+def test_grep_lines_cut_after_their_location_hold_the_whole_scans_facts(parts: list[str]) -> None:
+    text = "".join(parts)
+    if not facts.may_cross_lines(text):
+        assert facts.piece_spans(text, search._pieces(text.split("\n"))) == facts.fact_spans(text), text

@@ -146,13 +146,38 @@ def _body_facts(
     body_start = {m.index: starts[m.index] + len(m.raw) - len(m.body) for g in groups for m in g.matches}
     found: dict[int, list[str]] = {}
     words: dict[str, str] = {}
-    for position, fact in facts.fact_spans(text):
+    spans = facts.fact_spans(text) if facts.may_cross_lines(text) else facts.piece_spans(text, _pieces(lines))
+    for position, fact in spans:
         index = bisect_right(starts, position) - 1
         key = index if position >= body_start.get(index, offset + 1) else -1
         found.setdefault(key, []).append(fact)
         if key >= 0 and fact not in words:
             words[fact] = facts.whole_token(text, position, fact)
     return found, words
+
+
+def _pieces(lines: list[str]) -> list[tuple[int, int]]:
+    """The lines as (start, end) offsets of the text, a grep line cut in two after its `path:line:`: the paths
+    and the contents repeat their digit skeletons (`facts.piece_spans`) where whole lines seldom do.
+
+    A line is cut at its first `: ` after a digit when no backtick comes before it. No fact spans that seam:
+    a fact holds a blank only after a digit, a letter, a currency sign or a backslash (in amounts, times,
+    dates, quantities, Windows paths), never after a colon, and only inline code (opened by a backtick)
+    holds anything else; and no fact starts on a blank. Nor does a look-around tell the two scans apart:
+    what ends at the seam ends in a colon, which no pattern ends a word, a number or a look-ahead test with
+    (an IPv6 address ends in `::`, and the colon here follows a digit), and the blank opening the second
+    piece is as much a non-word character, and no sign, as it is in the whole line.
+    """
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    for line in lines:
+        cut = line.find(": ")
+        if cut > 0 and line[cut - 1].isdigit() and "`" not in line[:cut]:
+            bounds += [(start, start + cut + 1), (start + cut + 1, start + len(line))]
+        elif line:
+            bounds.append((start, start + len(line)))
+        start += len(line) + 1
+    return bounds
 
 
 def _terms(cache: dict[str, list[str]], text: str) -> list[str]:
