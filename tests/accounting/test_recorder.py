@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from kv import ManualClock, SqliteKV
+from kv import KVUnavailableError, ManualClock, SqliteKV
 from worker.accounting.claims import NO_CLAIMS
 from worker.accounting.events import PREFIX, Begun, UsageRecorder
 from worker.accounting.pricing import PriceTable
@@ -157,4 +157,28 @@ async def test_a_request_that_completes_within_an_interval_is_written_once_acros
     clock.advance(1)
     await recorder.flush(in_flight=False)
     assert await _stored(kv) == {begun.event.id: "final"}
+    await kv.close()
+
+
+class _DownKV(SqliteKV):
+    """A store that takes no writes (an outage that outlasts the shutdown)."""
+
+    async def put_many(self, *args: Any, **kwargs: Any) -> None:
+        raise KVUnavailableError("the store is down")
+
+    async def incr_many(self, *args: Any, **kwargs: Any) -> list[int]:
+        raise KVUnavailableError("the store is down")
+
+
+async def test_a_shutdown_the_store_refuses_names_every_event_it_loses_still_running_ones_too(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    kv = _DownKV(tmp_path / "kv.sqlite3")
+    recorder = UsageRecorder(kv, PriceTable(), {}, retention_seconds=86400, flush_seconds=1)
+    done = _begin(recorder)
+    recorder.complete(done, http_status=200, outcome="completed", wire="chat", body=BODY)
+    _begin(recorder), _begin(recorder)  # still running at shutdown: written pending, or lost
+    with caplog.at_level("ERROR"):
+        await recorder.close()
+    assert "3 usage events" in caplog.text, caplog.text
     await kv.close()

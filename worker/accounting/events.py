@@ -722,7 +722,11 @@ class UsageRecorder:
             # The rest of the shutdown goes on: what could not be written is lost, and said so.
             log.error(
                 "%d usage events and %d request-log entries were not written before shutdown: %s",
-                len(self._dirty) + len(self._queued),
+                len(self._dirty)
+                + len(self._queued)
+                # still-running requests' pending events wait there until a write takes them
+                + sum(ev.status == "pending" and ev.id not in self._dirty for ev in self._aging.values())
+                + sum(ev.status == "pending" and ev.id not in self._dirty for ev in self._fresh.values()),
                 len(self._logs) + len(self._log_retry),
                 exc,
             )
