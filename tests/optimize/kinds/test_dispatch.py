@@ -21,6 +21,7 @@ from tests.optimize.kinds._data import (
     missing,
     orders,
 )
+from tests.optimize.kinds._equivalence import assert_matches_alike
 from worker.optimize.base import Context
 from worker.optimize.kinds import KINDS, _detect, compress_tool_output, detect
 from worker.optimize.kinds._common import _chunks, collapse_blank_lines, strip_trailing_ws
@@ -180,7 +181,6 @@ def test_the_diagnostic_pattern_matches_what_its_backtracking_form_matches() -> 
         r"^[^\s:]+:\d+(?::\d+)?:?\s*(?:error|warning|note|fatal|[EWFC]\d{2,4}|[A-Z]{1,4}\d{3,4})\b",
         re.IGNORECASE,
     )
-    rng = random.Random(4)
     alphabet = [
         *"ab:1234 \t.-_EeWwCcFfxXZ\u00e9",
         "error",
@@ -191,10 +191,7 @@ def test_the_diagnostic_pattern_matches_what_its_backtracking_form_matches() -> 
         ":12:",
         "src/a.py",
     ]
-    for _ in range(50_000):
-        s = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
-        fast, slow = _detect.DIAGNOSTIC_RE.match(s), plain.match(s)
-        assert (fast and fast.group(0)) == (slow and slow.group(0)), s
+    assert_matches_alike(_detect.DIAGNOSTIC_RE, plain, alphabet, seed=4, most=12)
 
 
 def test_a_share_of_lines_is_judged_as_counting_them_all_would() -> None:
