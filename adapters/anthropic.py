@@ -61,6 +61,7 @@ from .base import (
     parse_data_url,
     token_limit,
 )
+from .jsondecode import JsonDecoder
 
 __all__ = [
     "REDACTED_PREFIX",
@@ -77,7 +78,7 @@ REDACTED_PREFIX: Final = "redacted_thinking:"
 """Prefix of a canonical `Thinking.signature` that stands for a `redacted_thinking` block (module doc)."""
 
 _json_encode = msgspec.json.encode
-_json_decode = msgspec.json.decode
+_json_decode = JsonDecoder().decode
 
 _STOP_FROM_ANTHROPIC: Final[dict[str, StopReason]] = {
     "end_turn": "stop",
@@ -553,7 +554,7 @@ def _tool_input(arguments: str, name: str, param: str) -> dict[str, Any]:
         return {}  # OpenAI-style calls without parameters may carry no arguments at all
     try:
         value = _json_decode(arguments)
-    except (msgspec.DecodeError, RecursionError):  # nested deeper than the decoder goes: no JSON to us
+    except msgspec.DecodeError:  # also JSON nested deeper than the decoder goes
         _fail(f"the arguments of tool call {name!r} are not valid JSON", param)
     if type(value) is not dict:
         _fail(f"the arguments of tool call {name!r} must be a JSON object for Anthropic", param)
@@ -846,7 +847,7 @@ def _response_input(arguments: str) -> dict[str, Any]:
         return {}
     try:
         value = _json_decode(arguments)
-    except (msgspec.DecodeError, RecursionError):
+    except msgspec.DecodeError:
         return {}
     return value if type(value) is dict else {}
 

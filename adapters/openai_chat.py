@@ -54,6 +54,7 @@ from .base import (
     parse_data_url,
     token_limit,
 )
+from .jsondecode import JsonDecoder
 
 __all__ = [
     "StreamDecoder",
@@ -70,7 +71,7 @@ __all__ = [
 Flavor = Literal["openai", "openrouter", "local"]
 
 # Stateless codecs, built once: constructing them per call is measurable on the per-chunk path.
-_json_decode: Final = msgspec.json.Decoder().decode
+_json_decode: Final = JsonDecoder().decode
 _json_encode: Final = msgspec.json.Encoder().encode
 
 # Read-only lookup tables (MappingProxyType so nothing can mutate them at runtime).

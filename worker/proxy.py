@@ -47,6 +47,7 @@ from adapters.base import (
     ToolCallStart,
     TranslationError,
 )
+from adapters.jsondecode import JsonDecoder
 from adapters.sse import COMMENT, SSEEvent, SSEParser, frame
 from adapters.transport import UpstreamUnavailable
 
@@ -91,7 +92,7 @@ from .routing import PROVIDER_NAMES, ModelRoute, Provider, checked_model, checke
 InboundFormat = Literal["chat", "responses", "messages"]
 UpstreamWire = Literal["chat", "responses", "messages"]
 
-_decoder = msgspec.json.Decoder()
+_decoder = JsonDecoder()
 _encoder = msgspec.json.Encoder()
 error_log = logging.getLogger("trex.error")
 log = logging.getLogger("trex.proxy")
@@ -1244,10 +1245,10 @@ class _ResponsesAnswer(msgspec.Struct):
     output: list[msgspec.Raw]
 
 
-_ANSWERS: Mapping[UpstreamWire, tuple[str, msgspec.json.Decoder[Any]]] = {
-    "chat": ("choices", msgspec.json.Decoder(_ChatAnswer)),
-    "messages": ("content", msgspec.json.Decoder(_MessagesAnswer)),
-    "responses": ("output", msgspec.json.Decoder(_ResponsesAnswer)),
+_ANSWERS: Mapping[UpstreamWire, tuple[str, JsonDecoder[Any]]] = {
+    "chat": ("choices", JsonDecoder(_ChatAnswer)),
+    "messages": ("content", JsonDecoder(_MessagesAnswer)),
+    "responses": ("output", JsonDecoder(_ResponsesAnswer)),
 }
 """What a same-format answer must have for the client's SDK to read it, checked without building it."""
 
@@ -1463,8 +1464,8 @@ class _BlockIndex(msgspec.Struct):
     index: int | None = None
 
 
-_json_check = msgspec.json.Decoder(msgspec.Raw)
-_block_index = msgspec.json.Decoder(_BlockIndex)
+_json_check = JsonDecoder(msgspec.Raw)
+_block_index = JsonDecoder(_BlockIndex)
 _BLOCK_EVENTS = frozenset({"content_block_start", "content_block_delta", "content_block_stop"})
 _MESSAGE_CONTENT = _BLOCK_EVENTS | {"message_delta", "message_stop"}
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
+from adapters.jsondecode import JsonDecoder
 from adapters.sse import COMMENT, SSEEvent
 from kv import KVNamespace
 
@@ -60,8 +61,8 @@ class _Event(msgspec.Struct):
     response: _Made | None = None
 
 
-_made = msgspec.json.Decoder(_Made)
-_event = msgspec.json.Decoder(_Event)
+_made = JsonDecoder(_Made)
+_event = JsonDecoder(_Event)
 
 
 def _checked(ident: Any, store: Any) -> str | None:
@@ -81,7 +82,7 @@ async def remember_answer(kv: KVNamespace, kind: Kind, answer: bytes, key_id: st
     response: only `id` and `store` are read)."""
     try:
         made = _made.decode(answer)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except msgspec.DecodeError:  # also msgspec.ValidationError, its subclass
         return
     ident = _checked(made.id, made.store)
     if ident is not None:
@@ -93,7 +94,7 @@ def id_in_event(data: str) -> str | None:
     chunk's `id`."""
     try:
         event = _event.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except msgspec.DecodeError:  # also msgspec.ValidationError, its subclass
         return None
     if event.response is not None:
         return _checked(event.response.id, event.response.store)

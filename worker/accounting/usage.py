@@ -17,12 +17,13 @@ import msgspec
 from adapters import anthropic, openai_chat, openai_responses
 from adapters.base import StreamUsage, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
 from adapters.base import token_count as _count
+from adapters.jsondecode import JsonDecoder
 from adapters.sse import SSEParser
 
 from .pricing import Billed
 
 Wire = Literal["chat", "responses", "messages", "embeddings"]
-_decoder = msgspec.json.Decoder()
+_decoder = JsonDecoder()
 
 
 @dataclass(slots=True)
@@ -103,7 +104,7 @@ class _UsageOnly(msgspec.Struct):
     usage: dict[str, Any] | None = None
 
 
-_usage_decoder = msgspec.json.Decoder(_UsageOnly)
+_usage_decoder = JsonDecoder(_UsageOnly)
 
 _Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS)]
 
@@ -128,7 +129,7 @@ class _ChatUsageOnly(msgspec.Struct):
     usage: _ChatUsage | None = None
 
 
-_chat_usage_decoder = msgspec.json.Decoder(_ChatUsageOnly)
+_chat_usage_decoder = JsonDecoder(_ChatUsageOnly)
 
 
 def from_body(wire: Wire, data: bytes) -> Billed | None:
