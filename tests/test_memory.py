@@ -280,6 +280,14 @@ def test_an_embeddings_endpoint_replaces_the_lexical_vectors(
         status, doc = _get(setup, f"/v1/payloads/{fallback}")
         assert status == 200
         assert doc["payload"]["embedding"] == memory.LEXICAL and doc["payload"]["dimensions"] == 384
+
+        # So does one answering JSON nested deeper than the decoder goes (it was a 500 for the client).
+        deep = b'{"data": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+        fake_upstream.enqueue("/v1/embeddings", Reply(body=deep))
+        deep_fallback = _compress_and_store(setup)["trex_id"]
+        status, doc = _get(setup, f"/v1/payloads/{deep_fallback}")
+        assert status == 200
+        assert doc["payload"]["embedding"] == memory.LEXICAL
     finally:
         setup.close()
 

@@ -172,7 +172,7 @@ class Embeddings:
         try:
             rows = sorted(json.loads(raw)["data"], key=lambda r: r["index"])
             vectors = [[float(x) for x in r["embedding"]] for r in rows]
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: nested too deep
             raise EmbeddingsError(f"the embeddings endpoint answered an unexpected body: {exc}") from None
         if len(vectors) != len(texts) or not vectors or any(len(v) != len(vectors[0]) for v in vectors):
             raise EmbeddingsError("the embeddings endpoint answered the wrong number or size of vectors")
