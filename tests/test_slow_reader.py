@@ -18,11 +18,11 @@ from tests.fakes.upstream import FakeUpstream, Reply
 from tests.harness import InProcessWorker
 from worker.proxy import _Client, _end, _write
 
-EVENTS = 400
+EVENTS = 2000
 PIECE = "x" * 32_000
 
 
-def _chunk(i: int) -> bytes:
+def _chunk() -> bytes:
     chunk = {
         "id": "chatcmpl-big",
         "object": "chat.completion.chunk",
@@ -34,7 +34,9 @@ def _chunk(i: int) -> bytes:
 
 
 def _big_stream() -> Reply:
-    """About 13 MB of content deltas: more than every socket buffer between the worker and a client."""
+    """About 64 MB of content deltas: more than every socket buffer between the upstream, the worker and a
+    client can take (Linux grows a loopback receive buffer up to `tcp_rmem`'s maximum, 32 MB here; 13 MB once
+    fitted and the upstream finished its stream before the worker let it go). One chunk object, repeated."""
     finish = {
         "id": "chatcmpl-big",
         "object": "chat.completion.chunk",
@@ -42,7 +44,7 @@ def _big_stream() -> Reply:
         "model": "gpt-4o-mini",
         "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
     }
-    events = [_chunk(i) for i in range(EVENTS)]
+    events = [_chunk()] * EVENTS
     return Reply(sse=[*events, f"data: {json.dumps(finish)}\n\n".encode(), b"data: [DONE]\n\n"])
 
 
