@@ -126,20 +126,27 @@ def test_credit_models_need_a_balance_and_are_debited_their_cost(
     assert trex("credits", "add", "key_missing", "1", "--config", config).returncode == 1
 
 
-def test_token_quota_counts_billed_tokens_at_reconciliation(
-    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
-) -> None:
-    setup = _setup(make_worker, fake_upstream, "metered")
+def _third_request_over_2000_tokens(setup: GatewaySetup) -> openai.RateLimitError:
+    """Two requests on a 2000-token quota (0 used, then one request's tokens: both under it when admitted),
+    each reconciled; the third is refused: its error."""
     usage: dict[str, Any] = fixture_json("openai/chat_text.json")["usage"]
     per_request = usage["prompt_tokens"] + usage["completion_tokens"]
     assert per_request < 2000 < 2 * per_request
     client = setup.openai()
-    for _ in range(2):  # 0 used, then one request's tokens used: both under 2000 when admitted
+    for _ in range(2):
         raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
         wait_final(setup, raw.headers["X-Trex-Usage-Event-Id"])
     with pytest.raises(openai.RateLimitError) as err:
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
-    assert err.value.code == "quota_exceeded" and "token" in err.value.message
+    return err.value
+
+
+def test_token_quota_counts_billed_tokens_at_reconciliation(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    setup = _setup(make_worker, fake_upstream, "metered")
+    err = _third_request_over_2000_tokens(setup)
+    assert err.code == "quota_exceeded" and "token" in err.message
     # Every quota counter expires after its window (the first read of the token counter created it, and a
     # counter keeps the expiration it was created with: it used to be created without one, forever).
     kv = setup.worker.app[GATEWAY].kv
@@ -153,19 +160,8 @@ def test_weekly_token_quota_refuses_once_the_weeks_billed_tokens_reach_it(
     make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
 ) -> None:
     setup = _setup(make_worker, fake_upstream, "weeklymetered")
-    usage: dict[str, Any] = fixture_json("openai/chat_text.json")["usage"]
-    assert (
-        usage["prompt_tokens"] + usage["completion_tokens"]
-        < 2000
-        < 2 * (usage["prompt_tokens"] + usage["completion_tokens"])
-    )
-    client = setup.openai()
-    for _ in range(2):
-        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
-        wait_final(setup, raw.headers["X-Trex-Usage-Event-Id"])
-    with pytest.raises(openai.RateLimitError) as err:
-        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
-    assert err.value.code == "quota_exceeded" and "weekly token quota" in err.value.message
+    err = _third_request_over_2000_tokens(setup)
+    assert err.code == "quota_exceeded" and "weekly token quota" in err.message
     # Only the week's token counter exists: no daily or request counter for a plan without those limits.
     kv = setup.worker.app[GATEWAY].kv
     counters = setup.worker.call(kv.list(prefix=f"quota/{setup.key_id}/")).keys
