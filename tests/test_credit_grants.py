@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from kv.redis import RedisKV
+from tests import redis_target
 from tests.conftest import MASTER_KEY
 from tests.fakes.redis_proxy import RedisProxy
 from tests.harness import InProcessWorker, flush_redis_db
@@ -136,9 +137,9 @@ def test_a_grant_past_the_bound_is_refused_again_when_sent_again(admin_worker: I
 @pytest.fixture
 def proxy(proxy: RedisProxy) -> Iterator[RedisProxy]:
     """conftest's Redis proxy, on a database emptied before and after."""
-    flush_redis_db(f"redis://127.0.0.1:6379/{DB}")
+    flush_redis_db(redis_target.url(DB))
     yield proxy
-    flush_redis_db(f"redis://127.0.0.1:6379/{DB}")
+    flush_redis_db(redis_target.url(DB))
 
 
 def test_a_grant_whose_redis_reply_was_lost_is_applied_once_when_sent_again(
@@ -174,7 +175,7 @@ def _redis_key(url: str) -> str:
 def test_trex_credits_add_retries_a_lost_reply_without_granting_twice(
     proxy: RedisProxy, tmp_path: Path
 ) -> None:
-    direct = f"redis://127.0.0.1:6379/{DB}"
+    direct = redis_target.url(DB)
     key_id = _redis_key(direct)
     proxy.cut(f"credits/{key_id}".encode(), lose="reply")
     run = trex(
@@ -188,7 +189,7 @@ def test_trex_credits_add_retries_a_lost_reply_without_granting_twice(
 
 
 def test_trex_credits_add_with_a_key_run_twice_grants_once(proxy: RedisProxy, tmp_path: Path) -> None:
-    direct = f"redis://127.0.0.1:6379/{DB}"
+    direct = redis_target.url(DB)
     key_id = _redis_key(direct)
     args = ("--kv-url", direct, "--persist-to", str(tmp_path), "--json")
     for _ in range(2):

@@ -17,6 +17,7 @@ import anthropic
 import openai
 import pytest
 
+from tests import redis_target
 from tests.conftest import MASTER_KEY, GatewaySetup, closed_after_test, with_key
 from tests.fakes.redis_proxy import RedisProxy
 from tests.fakes.upstream import FakeUpstream, Reply, fixture_json
@@ -31,7 +32,7 @@ credit_models = ["gpt-4.1*", "claude-opus-*", "text-embedding-3-large"]
 models = ["gpt-4o-mini", "gpt-4.1*", "claude-opus-*", "text-embedding-3-large"]
 """
 MESSAGES = [{"role": "user", "content": "hi"}]
-REDIS = "redis://127.0.0.1:6379/11"
+REDIS = redis_target.url(11)
 # gpt-4.1: $2 input, $8 output per 1M tokens; claude-opus-4-7: $5 and $25. Micro-dollars per token, then.
 OUTPUT_MICRO = {"chat": 8, "messages": 25}
 MODEL = {"chat": "gpt-4.1", "messages": "claude-opus-4-7"}

@@ -26,6 +26,7 @@ import openai
 import pytest
 import redis
 
+from tests import redis_target
 from tests.conftest import MASTER_KEY, GatewaySetup, closed_after_test, with_key
 from tests.fakes.redis_proxy import RedisProxy
 from tests.fakes.upstream import FakeUpstream, Reply
@@ -50,11 +51,11 @@ HI = [{"role": "user", "content": "hi"}]
 @pytest.fixture(autouse=True)
 def redis_db() -> Iterator[None]:
     """An empty database 7 on the machine's Redis; a failure, not a skip, when Redis is not there."""
-    client = redis.Redis(port=6379, db=DB, socket_connect_timeout=1)
+    client = redis.Redis(host=redis_target.HOST, port=redis_target.PORT, db=DB, socket_connect_timeout=1)
     try:
         client.flushdb()
     except redis.exceptions.ConnectionError as exc:
-        pytest.fail(f"these tests need the Redis on 127.0.0.1:6379: {exc}")
+        pytest.fail(f"these tests need the Redis on {redis_target.HOST}:{redis_target.PORT}: {exc}")
     yield
     client.flushdb()
     client.close()

@@ -17,6 +17,7 @@ import pytest
 
 from kv import RedisKV
 from kv.batching import CounterBatch
+from tests import redis_target
 from tests.conftest import MASTER_KEY
 from tests.fakes.upstream import FakeUpstream, Reply
 from tests.harness import InProcessWorker, WorkerProcess, flush_redis_db, write_config
@@ -24,7 +25,7 @@ from tests.test_cli import trex
 from worker.appkeys import GATEWAY
 
 MESSAGES = [{"role": "user", "content": "hi"}]
-REDIS_DB = "redis://127.0.0.1:6379/12"
+REDIS_DB = redis_target.url(12)
 
 
 def _post(url: str, key: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:

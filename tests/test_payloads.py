@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 
+from tests import redis_target
 from tests.conftest import MASTER_KEY
 from tests.harness import InProcessWorker, flush_redis_db
 from worker.agents import authorization_header
 from worker.appkeys import GATEWAY
 
-REDIS_DB = "redis://127.0.0.1:6379/10"
+REDIS_DB = redis_target.url(10)
 
 # The seed's push body, as its Node example sends it (the receiver is filled in per test).
 SEED_BODY: dict[str, Any] = {

@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from kv import MemoryKV
+from tests import redis_target
 from tests.conftest import MASTER_KEY
 from tests.fakes.upstream import FakeUpstream
 from tests.harness import InProcessWorker, flush_redis_db
@@ -23,7 +24,7 @@ from tests.test_limits import _post
 from worker.appkeys import GATEWAY
 from worker.sweeper import Sweeper
 
-REDIS_DB = "redis://127.0.0.1:6379/15"
+REDIS_DB = redis_target.url(15)
 CLIENTS = 300
 UP = {"X-Upstream-Api-Key": "sk-x"}
 

@@ -15,6 +15,7 @@ import pytest
 
 from kv import KVIndeterminateError, KVUnavailableError
 from kv.redis import RedisKV
+from tests import redis_target
 from tests.conftest import MASTER_KEY, GatewaySetup, with_key
 from tests.fakes.redis_proxy import RedisProxy
 from tests.fakes.upstream import FakeUpstream, fixture_json
@@ -116,7 +117,7 @@ async def test_a_reply_that_never_comes_is_indeterminate_and_a_refused_connectio
 ) -> None:
     namespace = f"test-indeterminate-{uuid.uuid4().hex[:8]}"
     through = RedisKV(proxy.url(DB), namespace=namespace)
-    direct = RedisKV(f"redis://127.0.0.1:6379/{DB}", namespace=namespace)
+    direct = RedisKV(redis_target.url(DB), namespace=namespace)
     try:
         assert await through.incr("c", 1, expiration_ttl=600) == 1
         proxy.stalled = True
@@ -146,7 +147,7 @@ async def test_a_charge_whose_outcome_stays_unknown_is_dropped_once_it_could_be_
 ) -> None:
     namespace = f"test-charges-{uuid.uuid4().hex[:8]}"
     through = RedisKV(proxy.url(DB), namespace=namespace)
-    direct = RedisKV(f"redis://127.0.0.1:6379/{DB}", namespace=namespace)
+    direct = RedisKV(redis_target.url(DB), namespace=namespace)
     clock = _Clock()
     pending = PendingCharges(clock)
     quotas = Quotas(through, {})
@@ -175,7 +176,7 @@ async def test_charges_made_while_redis_is_down_wait_and_are_applied_once_it_is_
 ) -> None:
     namespace = f"test-charges-{uuid.uuid4().hex[:8]}"
     through = RedisKV(proxy.url(DB), namespace=namespace, connect_timeout=0.5)
-    direct = RedisKV(f"redis://127.0.0.1:6379/{DB}", namespace=namespace)
+    direct = RedisKV(redis_target.url(DB), namespace=namespace)
     pending = PendingCharges(time.time)
     quotas = Quotas(through, {})
     try:

@@ -21,7 +21,9 @@ import contextlib
 import threading
 from typing import Literal
 
-REDIS = ("127.0.0.1", 6379)
+from tests import redis_target
+
+REDIS = (redis_target.HOST, redis_target.PORT)
 
 
 class _Cut:

@@ -11,8 +11,9 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from kv import KVNamespace, ManualClock, open_kv
+from tests import redis_target
 
-REDIS_URL = "redis://127.0.0.1:6379/13"
+REDIS_URL = redis_target.url(13)
 # A fixed instant years in the past: Redis's own expiry must not reclaim keys early just
 # because the injected clock disagrees with the server's.
 START_TIME = 1_700_000_000.0

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from kv import KVError, KVUnavailableError, MemoryKV, RedisKV, SqliteKV, open_kv
+from tests import redis_target
 
 
 async def test_memory_url() -> None:
@@ -47,7 +48,7 @@ async def test_sqlite_unopenable_path(tmp_path: Path) -> None:
         await open_kv(f"sqlite:///{blocker}/x.db")
 
 
-@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/13", "rediss://127.0.0.1:6380/0"])
+@pytest.mark.parametrize("url", [redis_target.url(13), "rediss://127.0.0.1:6380/0"])
 async def test_redis_urls_connect_lazily(url: str) -> None:
     """redis:// and rediss:// URLs open without connecting."""
     kv = await open_kv(url, namespace="other")

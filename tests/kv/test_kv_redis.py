@@ -8,6 +8,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from kv import KVError, KVUnavailableError, ManualClock, RedisKV, open_kv
+from tests import redis_target
 
 
 async def test_key_layout_and_native_expiry(
@@ -134,7 +135,7 @@ async def test_error_messages_hide_password() -> None:
 def test_rejects_empty_namespace() -> None:
     """An empty namespace would collide with other users and is refused."""
     with pytest.raises(KVError, match="namespace"):
-        RedisKV("redis://127.0.0.1:6379/13", namespace="")
+        RedisKV(redis_target.url(13), namespace="")
 
 
 async def test_a_burst_past_the_pool_size_waits_for_connections_instead_of_failing(
