@@ -68,8 +68,9 @@ def test_an_answer_nested_too_deep_is_a_502_in_the_clients_format(
 def test_an_answer_nested_too_deep_falls_back(
     setup: GatewaySetup, errors_logged: list[logging.LogRecord], path: str
 ) -> None:
-    """Like any unusable answer it is a bad gateway the fallback answers for. (A stream whose first event is
-    unreadable is not fallen back from, deep or malformed: it ends with the error event, as tested below.)"""
+    """Like any unusable answer it is a bad gateway the fallback answers for (so is a stream whose first event
+    is unreadable: tests/test_misbehaving_upstreams.py). A later event nested too deep ends the stream with the
+    error event, as tested below."""
     setup.fake.enqueue(PATHS[path][2], Reply(body=with_deep_field(answer(PATHS[path][3]))))
     r = post(setup, path, with_fallback(path))
     assert r.status_code == 200, r.text

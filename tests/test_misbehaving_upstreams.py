@@ -592,6 +592,13 @@ def failing_stream(wire: str, case: str) -> Reply:
     }[wire]
     if case == "error-first":
         return Reply(sse=[*preamble, error])
+    if case == "unreadable-first":  # a proxy's error page where the first event should be
+        name = b"" if wire == "chat" else events(wire)[len(preamble)].partition(b"\n")[0] + b"\n"
+        return Reply(sse=[*preamble, name + b"data: <html><body>502 Bad Gateway</body></html>\n\n"])
+    if case == "unreadable-preamble":  # message_start (Claude), the role chunk (chat), response.created
+        raw = events(wire)
+        name = b"" if wire == "chat" else raw[0].partition(b"\n")[0] + b"\n"
+        return Reply(sse=[name + b'data: {"type": [[[\n\n', *raw[1:]])
     if case == "ends-before-any-event":
         return Reply(sse=preamble)
     if case == "cut-before-any-event":
@@ -607,6 +614,8 @@ def failing_stream(wire: str, case: str) -> Reply:
         (case, path)
         for case in (
             "error-first",
+            "unreadable-first",
+            "unreadable-preamble",
             "ends-before-any-event",
             "cut-before-any-event",
             "stalls-before-any-event",
@@ -620,8 +629,9 @@ def failing_stream(wire: str, case: str) -> Reply:
 def test_a_stream_that_fails_before_its_first_event_falls_back(
     setup: GatewaySetup, errors_logged: list[logging.LogRecord], path: str, case: str
 ) -> None:
-    """Anthropic's overloaded_error as a stream's first event (after message_start), an error chunk, a stream
-    that ends, is cut or stalls before any event: the client has been sent nothing, so the fallback answers,
+    """Anthropic's overloaded_error as a stream's first event (after message_start), an error chunk, an event
+    that is not JSON (a proxy's error page, a garbled message_start), a stream that ends, is cut or stalls
+    before any event: the client has been sent nothing, so the fallback answers,
     and the usage event records the failed attempt with the status it stood for."""
     wire = PATHS[path][3]
     setup.fake.enqueue(PATHS[path][2], failing_stream(wire, case))

@@ -1719,7 +1719,8 @@ _ERROR_STATUSES_BY_TYPE = {"api_error": 502}
 async def _first_event(resp: aiohttp.ClientResponse, wire: UpstreamWire, wait: float) -> _Head:
     """Read a stream up to its first event of substance (past its preamble; a comment, a keep-alive the
     client should get at once, ends the wait), and judge it: an error event that stands for a retryable
-    status, or an end, a cut or a stall (`UPSTREAM_IDLE_TIMEOUT`) before it, is a failure.
+    status, or an unreadable event (data that is not a JSON object), an end, a cut or a stall
+    (`UPSTREAM_IDLE_TIMEOUT`) before it, is a failure.
 
     Waited for `wait` seconds at most: a reasoning model may send its first chunk only after minutes of
     thought, and a client (or a proxy in front with a time-to-headers limit) must not wait that long for the
@@ -1743,9 +1744,13 @@ async def _first_event(resp: aiohttp.ClientResponse, wire: UpstreamWire, wait: f
                     seen += 1
                     if event.event == COMMENT or seen > _HEAD_EVENTS:
                         return head
+                    doc = _event_doc(wire, event)
+                    if doc is None:  # nothing has reached the client: unusable like a cut, fallen back from
+                        head.failed = (502, "an unreadable event before its first: " + event.data[:300])
+                        return head
                     if event.event in _PREAMBLE:
                         continue
-                    status = _stream_error_status(wire, event)
+                    status = _stream_error_status(wire, event, doc)
                     if status is not None:
                         head.failed = (status, "an error event as its first: " + event.data[:300])
                     return head
@@ -1761,19 +1766,27 @@ async def _first_event(resp: aiohttp.ClientResponse, wire: UpstreamWire, wait: f
         return head
 
 
-def _stream_error_status(wire: UpstreamWire, event: SSEEvent) -> int | None:
-    """The retryable status an upstream's error event stands for (Anthropic's `overloaded_error` is its
-    529), or None: not an error, or one a retry would meet again (an invalid request)."""
-    if wire == "chat":
-        if not event.data.startswith('{"error"'):
-            return None
-    elif event.event not in ("error", "response.failed"):
-        return None
+_NOT_JSON: dict[str, Any] = {}
+"""`_event_doc` of an event whose data is rightly not JSON (a chat stream's `[DONE]`)."""
+
+
+def _event_doc(wire: UpstreamWire, event: SSEEvent) -> dict[str, Any] | None:
+    """An upstream event's data as the JSON object every event of a provider's stream carries, or None when
+    it is unreadable (not JSON, not an object, nested too deep)."""
+    if wire == "chat" and event.data == "[DONE]":
+        return _NOT_JSON
     try:
         doc = _decoder.decode(event.data)
     except msgspec.DecodeError:
         return None
-    if not isinstance(doc, dict):
+    return doc if isinstance(doc, dict) else None
+
+
+def _stream_error_status(wire: UpstreamWire, event: SSEEvent, doc: dict[str, Any]) -> int | None:
+    """The retryable status an upstream's error event (its data decoded as `doc`) stands for (Anthropic's
+    `overloaded_error` is its 529), or None: not an error, or one a retry would meet again (an invalid
+    request). A chat stream's error is a chunk with an `error` field (OpenRouter's carries its id too)."""
+    if ("error" not in doc) if wire == "chat" else (event.event not in ("error", "response.failed")):
         return None
     err = doc.get("error")
     if event.event == "response.failed":
