@@ -206,3 +206,11 @@ def flush_redis_db(url: str) -> None:
         pytest.skip(f"Redis unreachable: {exc}")
     finally:
         client.close()
+
+
+def wait_for_a_fresh_minute() -> None:
+    """Rate limits count in fixed one-minute windows: start a test that counts a few requests against a small
+    limit early in a minute, so all of them fall in one window (sleeps up to 15 s, only past second 45)."""
+    into = time.time() % 60
+    if into > 45:
+        time.sleep(61 - into)

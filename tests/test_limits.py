@@ -20,7 +20,13 @@ from kv.batching import CounterBatch
 from tests import redis_target
 from tests.conftest import MASTER_KEY
 from tests.fakes.upstream import FakeUpstream, Reply
-from tests.harness import InProcessWorker, WorkerProcess, flush_redis_db, write_config
+from tests.harness import (
+    InProcessWorker,
+    WorkerProcess,
+    flush_redis_db,
+    wait_for_a_fresh_minute,
+    write_config,
+)
 from tests.test_cli import trex
 from worker.appkeys import GATEWAY
 
@@ -45,13 +51,6 @@ def _worker(make_worker: Callable[..., InProcessWorker], **variables: Any) -> tu
     return worker, token
 
 
-def _wait_for_a_fresh_minute() -> None:
-    """Fixed windows: start early in a minute so a test's requests all fall in one window."""
-    into = time.time() % 60
-    if into > 45:
-        time.sleep(61 - into)
-
-
 def test_product_defaults() -> None:
     from worker.config import DEFAULT_VARS
 
@@ -63,7 +62,7 @@ def test_product_defaults() -> None:
 def test_key_limit_headers_and_429_in_both_formats(
     make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
 ) -> None:
-    _wait_for_a_fresh_minute()
+    wait_for_a_fresh_minute()
     worker, token = _worker(make_worker, RATE_LIMIT_PER_MINUTE=3)
     client = openai.OpenAI(
         api_key=token,
@@ -95,7 +94,7 @@ def test_key_limit_headers_and_429_in_both_formats(
 def test_the_client_ip_limit_spans_keys_and_trusts_forwarded_for_only_from_trusted_proxies(
     make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
 ) -> None:
-    _wait_for_a_fresh_minute()
+    wait_for_a_fresh_minute()
     worker, first = _worker(make_worker, RATE_LIMIT_IP_PER_MINUTE=2, TRUSTED_PROXIES="127.0.0.1/32")
     _, second = worker.call(worker.app[GATEWAY].keys.create("second"))
     up = {"X-Upstream-Api-Key": "sk-x"}
@@ -112,7 +111,7 @@ def test_the_client_ip_limit_spans_keys_and_trusts_forwarded_for_only_from_trust
 def test_forwarded_for_from_an_untrusted_peer_is_ignored(
     make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
 ) -> None:
-    _wait_for_a_fresh_minute()
+    wait_for_a_fresh_minute()
     worker, token = _worker(make_worker, RATE_LIMIT_IP_PER_MINUTE=2)
     up = {"X-Upstream-Api-Key": "sk-x"}
     statuses = [_post(worker.url, token, {**up, "X-Forwarded-For": f"10.0.0.{i}"})[0] for i in range(3)]
@@ -124,7 +123,7 @@ def test_a_forwarded_hop_that_is_not_an_address_counts_as_the_proxy(
 ) -> None:
     """A trusted proxy passing on a hop that is no IP address (`unknown`, or whatever a client wrote): that
     hop is not a client of its own (each made-up value had a fresh count), the proxy's address is counted."""
-    _wait_for_a_fresh_minute()
+    wait_for_a_fresh_minute()
     worker, token = _worker(make_worker, RATE_LIMIT_IP_PER_MINUTE=2, TRUSTED_PROXIES="127.0.0.1/32")
     up = {"X-Upstream-Api-Key": "sk-x"}
     statuses = [
@@ -178,7 +177,7 @@ def _shared_limit(
     assert created.returncode == 0, created.stderr
     token = json.loads(created.stdout)["key"]
     workers = [spawn_worker(cfg), spawn_worker(cfg)]
-    _wait_for_a_fresh_minute()
+    wait_for_a_fresh_minute()
     up = {"X-Upstream-Api-Key": "sk-x"}
     with ThreadPoolExecutor(16) as pool:
         statuses = list(pool.map(lambda i: _post(workers[i % 2].url, token, up)[0], range(3 * limit)))

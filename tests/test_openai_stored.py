@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import MASTER_KEY, UPSTREAM_KEYS, GatewaySetup
 from tests.fakes.upstream import FakeUpstream, Reply, fixture_bytes, fixture_json, split_sse
-from tests.harness import InProcessWorker
+from tests.harness import InProcessWorker, wait_for_a_fresh_minute
 from tests.test_openai_stored_owners import _raw, make_completion, make_response
 from tests.test_usage import wait_final
 from worker.appkeys import GATEWAY
@@ -448,6 +448,7 @@ def test_polls_are_rate_limited_like_every_authenticated_request(
 ) -> None:
     setup = _setup(make_worker, fake_upstream, RATE_LIMIT_PER_MINUTE=3)
     setups.append(setup)
+    wait_for_a_fresh_minute()
     make_response(setup, RESP_ID, background=True)  # the minute's first request
     fake_upstream.set(f"/v1/responses/{RESP_ID}", Reply.json(_response("in_progress")))
     client = setup.openai()

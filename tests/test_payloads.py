@@ -17,7 +17,7 @@ import pytest
 
 from tests import redis_target
 from tests.conftest import MASTER_KEY
-from tests.harness import InProcessWorker, flush_redis_db
+from tests.harness import InProcessWorker, flush_redis_db, wait_for_a_fresh_minute
 from worker.agents import authorization_header
 from worker.appkeys import GATEWAY
 
@@ -254,6 +254,7 @@ def test_payloads_expire_by_the_stores_clock(make_worker: Callable[..., InProces
 def test_retrievals_are_rate_limited_but_never_charged(make_worker: Callable[..., InProcessWorker]) -> None:
     worker = _worker(make_worker, variables={"RATE_LIMIT_PER_MINUTE": 3})
     sender = Agent(worker, "sender")
+    wait_for_a_fresh_minute()
     trex_id = _push(sender, worker, _seed_body([]))["trex_id"]
     statuses = [sender.request(worker, "GET", f"/v1/payloads/{trex_id}")[0] for _ in range(3)]
     assert statuses == [200, 200, 429]  # the push was the first of the three
