@@ -51,3 +51,27 @@ async def test_health_reports_the_installed_version(worker: InProcessWorker) -> 
     async with aiohttp.ClientSession() as s, s.get(worker.url + "/health") as r:
         assert r.status == 200
         assert await r.json() == {"status": "ok", "version": version("trex-worker"), "kv": "ok"}
+
+
+_TOKENIZER_PROBE = """
+import json, sys
+from worker import tokens
+tokens.preload()
+print(json.dumps(sorted(name for name in ("ctypes.util", "subprocess") if name in sys.modules)))
+"""
+
+
+def test_loading_the_tokenizer_runs_no_subprocess() -> None:
+    """malloc_trim is looked up in the process's own symbols: `ctypes.util.find_library` ran `ldconfig -p` in
+    a subprocess at every start, and imported `subprocess` just before the tokenizer's load, when the process
+    is at its peak."""
+    out = subprocess.run(
+        [sys.executable, "-c", _TOKENIZER_PROBE],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+    )
+    assert json.loads(out.stdout) == []

@@ -11,20 +11,18 @@ older ones. Claude has no public tokenizer; its counts use o200k_base and are la
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
 import gc
 import gzip
 import hashlib
 import os
-import sys
 import tempfile
 from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
 
 import tiktoken
+
+from . import heap
 
 _ENCODINGS = {
     "o200k_base": (
@@ -95,12 +93,7 @@ def preload(name: str = "o200k_base") -> None:
     encoding(name)
     _preloaded.add(name)
     gc.collect()
-    if sys.platform.startswith("linux"):
-        libc_name = ctypes.util.find_library("c")
-        if libc_name:
-            # Not glibc (musl has no malloc_trim): nothing to give back.
-            with contextlib.suppress(OSError, AttributeError):
-                ctypes.CDLL(libc_name).malloc_trim(0)
+    heap.give_back()
 
 
 def encoding_for_model(model: str) -> tuple[str, bool]:
