@@ -20,9 +20,12 @@ if TYPE_CHECKING:
     from .config import ConfigSource
 
 
-def _preload_tokenizer() -> None:
-    from . import tokens
+def _prepare_to_serve() -> None:
+    """What a serving process does first: limit malloc's arenas before any thread starts, then load the
+    tokenizer before the heavy imports."""
+    from . import heap, tokens
 
+    heap.limit_arenas()
     # On failure `trex dev` loads it again while starting and reports the problem properly there.
     with contextlib.suppress(tokens.TokenizerError):
         tokens.preload()
@@ -32,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         if args[:1] == ["dev"]:
-            _preload_tokenizer()
+            _prepare_to_serve()
         from .cli import main as cli_main
 
         return cli_main(args)
@@ -47,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def child(source: ConfigSource, conn: multiprocessing.connection.Connection) -> None:
     """One `trex dev --workers N` process."""
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C reaches the whole group while it starts
-        _preload_tokenizer()
+        _prepare_to_serve()
         from .server import child as serve_child
 
         serve_child(source, conn)
