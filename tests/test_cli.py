@@ -160,6 +160,22 @@ def test_workers_share_one_port_and_one_sqlite_file(
         assert not Path(f"/proc/{c}").exists() or "zombie" in Path(f"/proc/{c}/status").read_text()
 
 
+def _rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+
+def test_the_supervisor_of_worker_processes_does_not_load_the_tokenizer(
+    tmp_path: Path, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    """Only the serving children count tokens; the supervisor held the o200k tokenizer (about 44 MiB) too."""
+    wp = spawn_worker(write_config(tmp_path, {}), "--workers", "2")
+    assert wp.proc is not None
+    serving = [c for c in _children(wp.proc.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+    assert len(serving) == 2
+    assert _rss_mib(wp.proc.pid) < min(_rss_mib(c) for c in serving) - 30
+
+
 def test_a_crashed_worker_process_stops_the_others_and_fails(
     tmp_path: Path, spawn_worker: Callable[..., WorkerProcess]
 ) -> None:

@@ -31,10 +31,26 @@ def _prepare_to_serve() -> None:
         tokens.preload()
 
 
+def _serves_itself(dev_args: Sequence[str]) -> bool:
+    """False for `trex dev --workers N` (N > 1): that process only supervises, and each child loads the
+    tokenizer (about 44 MiB) instead. A value argparse will refuse counts as serving: it reports it later."""
+    workers = 1
+    for i, arg in enumerate(dev_args):
+        value = dev_args[i + 1] if arg == "--workers" and i + 1 < len(dev_args) else None
+        if arg.startswith("--workers="):
+            value = arg.partition("=")[2]
+        if value is not None:
+            try:
+                workers = int(value)  # the last one given counts, as for argparse
+            except ValueError:
+                return True
+    return workers <= 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     try:
-        if args[:1] == ["dev"]:
+        if args[:1] == ["dev"] and _serves_itself(args[1:]):
             _prepare_to_serve()
         from .cli import main as cli_main
 
