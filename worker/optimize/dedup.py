@@ -104,7 +104,11 @@ def _lines(text: str) -> list[str]:
 
 
 def _smaller(new: str, old: str) -> bool:
-    return len(new) < len(old) and tokens.count(new) < tokens.count(old)
+    """`new` has fewer tokens than `old`. A reference marker is short next to the block it replaces: when its
+    bytes are fewer than the block's words (`tokens.at_most`, `tokens.at_least`), neither is encoded."""
+    if len(new) >= len(old):
+        return False
+    return tokens.at_most(new) < tokens.at_least(old) or tokens.count(new) < tokens.count(old)
 
 
 @dataclass(slots=True)

@@ -221,3 +221,9 @@ def test_delimited_fields_of_lines_with_and_without_quotes() -> None:
                     quoted ^= ch == '"'
                     current += ch
             assert _detect.split_delimited(line, delim) == [*fields, current], (line, delim)
+
+
+def test_the_path_pattern_matches_what_its_backtracking_form_matches() -> None:
+    plain = re.compile(r"^(?:\.{0,2}/)?[\w.@+-]+(?:/[\w.@+-]+)+/?$|^[\w.@+-]+\.[A-Za-z]\w{0,7}$")
+    alphabet = [*"ab1/.:-_ @+é\t", "src", ".py", "../", "./", "/", "x.toml", "2026-03-14T10"]
+    assert_matches_alike(_detect.PATH_ONLY_RE, plain, alphabet, seed=9, most=10)

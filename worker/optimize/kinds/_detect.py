@@ -35,7 +35,12 @@ GREP_NOLINE_RE = re.compile(r"^(?P<path>[^\s:,]*[\w-]\.[A-Za-z]\w{0,7}):(?!:)(?P
 HEADING_LINE_RE = re.compile(r"^(?P<line>\d+)(?P<sep>[:-])")
 # OpenCode's grep tool: `Found N matches`, then per file a `path:` line and its `  Line N: content` lines.
 OPENCODE_LINE_RE = re.compile(r"^  Line (?P<line>\d+): ")
-PATH_ONLY_RE = re.compile(r"^(?:\.{0,2}/)?[\w.@+-]+(?:/[\w.@+-]+)+/?$|^[\w.@+-]+\.[A-Za-z]\w{0,7}$")
+# A whole line of path characters: a path of two segments or more, or a file name. Possessive where giving
+# characters back cannot help (a segment ends where a `/` or the line's end follows it), and a file name is
+# looked for only in a line made of path characters alone: on a log line each test fails at its first blank.
+PATH_ONLY_RE = re.compile(
+    r"^(?:\.{0,2}/)?[\w.@+-]++(?:/[\w.@+-]++)++/?$|^(?=[\w.@+-]++$)[\w.@+-]+\.[A-Za-z]\w{0,7}$"
+)
 # `path:line:col: message` (go vet, staticcheck, eslint's unix format, gcc): a line and a column, then the
 # finding. Such output is diagnostics whatever its words (`copylocks: call of fmt.Println copies lock
 # value`): every line is a finding to fix, none ranked away as a less relevant grep match.
@@ -167,6 +172,9 @@ def is_json_lines(stripped: str) -> bool:
 
 def is_diff(lines: list[str]) -> bool:
     """Unified diff: a `diff --git` header, or a hunk header together with a `+++ ` file header."""
+    joined = "\n".join(lines)  # the lines that start with one of them hold it: most samples hold none
+    if "diff --git " not in joined and ("@@ -" not in joined or "+++ " not in joined):
+        return False
     has_hunk = has_plus = False
     for line in lines:
         if line.startswith("diff --git "):
