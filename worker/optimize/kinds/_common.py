@@ -34,7 +34,7 @@ mostly facts, the marker would be nearly as long and would only lose the context
 # boundary), which only an inline-code fact could contain. A piece still longer than a chunk (a JSON array
 # of numbers, a CSV row) is cut after a comma, at most once per chunk: a number with thousands separators
 # cut there is checked as its two parts, which stay verbatim wherever the whole does.
-_CHUNK_CHARS = 8000
+CHUNK_CHARS = 8000
 _LONG_LINE_CUT_RE = re.compile(r'(?:(?<=,)|(?<=, ))(?=")')
 
 # CSI sequences (colours, cursor moves), OSC sequences (titles, hyperlinks) and two-byte escapes.
@@ -72,7 +72,7 @@ def count(text: str) -> int:
     return tokens.count(text)
 
 
-def _chunks(text: str, size: int = _CHUNK_CHARS) -> Iterable[str]:
+def _chunks(text: str, size: int = CHUNK_CHARS) -> Iterable[str]:
     """`text` in pieces of about `size` characters: each the most whole lines that fit, or one line cut before
     JSON members when the line alone is longer."""
     start = 0
@@ -127,7 +127,7 @@ def _cut_after_commas(piece: str, size: int) -> list[str]:
 
 def fact_list(text: str) -> list[str]:
     """The facts of `text` (as `facts.find_facts` finds them), unique, in order, computed in chunks."""
-    if len(text) <= _CHUNK_CHARS:
+    if len(text) <= CHUNK_CHARS:
         return facts.find_facts(text)
     seen: dict[str, None] = {}
     for chunk in _chunks(text):
