@@ -24,7 +24,7 @@ from tests.optimize.kinds._data import (
 from tests.optimize.kinds._equivalence import assert_matches_alike
 from worker.optimize.base import Context
 from worker.optimize.kinds import KINDS, _detect, compress_tool_output, detect
-from worker.optimize.kinds._common import _chunks, collapse_blank_lines, strip_trailing_ws
+from worker.optimize.kinds._common import _chunks, collapse_blank_lines, missing_facts, strip_trailing_ws
 
 
 def test_detects_every_kind() -> None:
@@ -227,3 +227,16 @@ def test_the_path_pattern_matches_what_its_backtracking_form_matches() -> None:
     plain = re.compile(r"^(?:\.{0,2}/)?[\w.@+-]+(?:/[\w.@+-]+)+/?$|^[\w.@+-]+\.[A-Za-z]\w{0,7}$")
     alphabet = [*"ab1/.:-_ @+é\t", "src", ".py", "../", "./", "/", "x.toml", "2026-03-14T10"]
     assert_matches_alike(_detect.PATH_ONLY_RE, plain, alphabet, seed=9, most=10)
+
+
+def test_the_final_check_finds_missing_facts_as_searching_for_each_would() -> None:
+    """`missing_facts` looks facts up among the items a marker lists before searching the output; the facts it
+    reports missing are exactly those the output does not hold, in order, whether few or many."""
+    rng = random.Random(12)
+    words = ["ORD-1042", "1042", "854.12", "54.1", "a.py", "x", "", " ", ", ", "[trex: y; facts kept: ", "]"]
+    for _ in range(400):
+        output = "".join(rng.choice(words) for _ in range(rng.randint(0, 40)))
+        found = [
+            rng.choice(words[:6]) + rng.choice(["", "0", ", 7"]) for _ in range(rng.choice([3, 40, 600]))
+        ]
+        assert missing_facts("", output, found) == [fact for fact in found if fact not in output]
