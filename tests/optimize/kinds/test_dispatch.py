@@ -224,9 +224,16 @@ def test_delimited_fields_of_lines_with_and_without_quotes() -> None:
 
 
 def test_the_path_pattern_matches_what_its_backtracking_form_matches() -> None:
+    """Also when lines with a blank are ruled out before the pattern is tried (`_path_lines`)."""
     plain = re.compile(r"^(?:\.{0,2}/)?[\w.@+-]+(?:/[\w.@+-]+)+/?$|^[\w.@+-]+\.[A-Za-z]\w{0,7}$")
     alphabet = [*"ab1/.:-_ @+é\t", "src", ".py", "../", "./", "/", "x.toml", "2026-03-14T10"]
     assert_matches_alike(_detect.PATH_ONLY_RE, plain, alphabet, seed=9, most=10)
+    rng = random.Random(10)
+    for _ in range(2_000):
+        lines = [
+            "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6))) for _ in range(rng.randint(0, 9))
+        ]
+        assert _detect._path_lines(lines) == sum(1 for line in lines if plain.match(line)), lines
 
 
 def test_the_final_check_finds_missing_facts_as_searching_for_each_would() -> None:

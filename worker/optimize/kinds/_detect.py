@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from itertools import filterfalse
+from operator import methodcaller
 from typing import Literal
 
 import msgspec
@@ -209,18 +211,34 @@ def is_search(lines: list[str]) -> bool:
         return False
     if _share_at_least(body, _grep_line, 6):
         return True
-    numbered = sum(1 for line in body if HEADING_LINE_RE.match(line))
-    paths = sum(1 for line in body if PATH_ONLY_RE.match(line)) if numbered else None
+    numbered = _lines_matching(HEADING_LINE_RE, body)
+    paths = _path_lines(body) if numbered else None
     if numbered and paths and (numbered + paths) * 10 >= len(body) * 9:
         return True
-    opencode = sum(1 for line in body if OPENCODE_LINE_RE.match(line))
+    opencode = _lines_matching(OPENCODE_LINE_RE, body)
     if opencode:
         headings = sum(1 for line in body if line.endswith(":") and PATH_ONLY_RE.match(line[:-1]))
         if headings and (opencode + headings) * 10 >= len(body) * 8:
             return True
     if len(body) < 3:
         return False
-    return paths * 10 >= len(body) * 8 if paths is not None else _share_at_least(body, PATH_ONLY_RE.match, 8)
+    if paths is None:
+        paths = _path_lines(body)
+    return paths * 10 >= len(body) * 8
+
+
+def _lines_matching(pattern: re.Pattern[str], lines: list[str]) -> int:
+    """How many of `lines` `pattern` matches at their start (counted in C)."""
+    return sum(map(bool, map(pattern.match, lines)))
+
+
+_HAS_BLANK = methodcaller("__contains__", " ")
+
+
+def _path_lines(lines: list[str]) -> int:
+    """How many of `lines` are a path alone (PATH_ONLY_RE): a line with a blank never is, and most lines of
+    a log have one (ruled out by a substring test instead of a match)."""
+    return _lines_matching(PATH_ONLY_RE, list(filterfalse(_HAS_BLANK, lines)))
 
 
 def _grep_line(line: str) -> bool:
