@@ -369,22 +369,25 @@ def _facts_in_words(
     at = scan.text.find(",".join(encoded)) if scan is not None and wanted else -1
     records: Iterable[int]
     if scan is not None and at >= 0:
-        text, spans, starts = scan.text, scan.spans, scan.starts
+        text, spans, k = scan.text, scan.spans, bisect_left(scan.starts, at)
         records = range(len(encoded))  # all of them, one after the other in the minified document
     else:
         text = "\n".join(encoded[i] for i in wanted)
-        spans = facts.fact_spans(text)
-        starts = [start for start, _ in spans]
+        spans, k = facts.fact_spans(text), 0
         at, records = 0, wanted
     found: dict[int, list[tuple[str, str]]] = {}
     begin = at
     wanted_now = set(wanted)
+    n = len(spans)
     for i in records:
         end = begin + len(encoded[i])
+        first: dict[str, int] = {}
+        while k < n and spans[k][0] < end:  # the record's facts, each at its first place
+            start, fact = spans[k]
+            if fact not in first:
+                first[fact] = start
+            k += 1
         if i in wanted_now:
-            first: dict[str, int] = {}
-            for k in range(bisect_left(starts, begin), bisect_left(starts, end)):
-                first.setdefault(spans[k][1], spans[k][0])
             found[i] = [(fact, _word(text, first[fact], fact)) for fact in facts.distinct_facts(first)]
         begin = end + 1  # past the comma or the line break after the record
     return found
