@@ -79,3 +79,14 @@ def test_at_least_counts_the_words_between_spaces_and_tabs_and_adds_up_over_piec
     for k in range(0, 3000, 7):
         group = pieces[k : k + 7]
         assert tokens.at_least(" ".join(group)) == sum(tokens.at_least(piece) for piece in group)
+
+
+def test_at_least_splits_ascii_text_at_spaces_and_tabs_only() -> None:
+    """ASCII text whose only blanks are spaces and tabs is counted by `str.split`; any other ASCII blank (a line
+    break, a form feed, a file separator) joins the runs on either side into one word, as in other text."""
+    for blank in map(chr, range(128)):
+        for text in (f"a{blank}b", f"a {blank} b", f"{blank}a\tb{blank}"):
+            words = text.replace("\t", " ").split(" ")
+            assert tokens.at_least(text) == sum(1 for word in words if word and not word.isspace()), repr(
+                text
+            )

@@ -130,5 +130,11 @@ def at_least(text: str) -> int:
     and slashes after it (`.\\n/` is one piece). A compressor that only needs to know that a marker is
     shorter than what it replaces compares `at_most(marker)` with `at_least(replaced)` before counting.
     """
+    if text.isascii() and not any(blank in text for blank in _OTHER_ASCII_BLANKS):
+        return len(text.split())  # blanks are spaces and tabs alone: the words are the runs between them
     words = text.replace("\t", " ").split(" ")
     return len(words) - words.count("") - sum(map(str.isspace, words))  # counted in C, not word by word
+
+
+_OTHER_ASCII_BLANKS = ("\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x1f")
+"""The ASCII characters other than space and tab that `str.split()` splits at (`str.isspace`)."""

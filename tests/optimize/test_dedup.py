@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import heapq
 import random
 import re
+import zlib
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from worker import tokens
-from worker.optimize import facts
+from worker.optimize import dedup, facts
 from worker.optimize.dedup import (
     MIN_CHARS,
     PREFIX_CHARS,
@@ -258,3 +260,32 @@ def test_prefix_hits_are_the_boundaries_where_a_key_starts(text: str, starts: li
         if text[m.start() : m.start() + PREFIX_CHARS] in keys
     ]
     assert _prefix_hits(text, keys) == walked
+
+
+def test_lines_joined_are_the_text_normalised_and_sketched_line_by_line() -> None:
+    """Dedup normalises a block as its stripped lines joined, and sketches their bytes from one encoding of
+    that text: the same as stripping each line and the whole text, and encoding each line on its own."""
+    rng = random.Random(5)
+    alphabet = [
+        "a",
+        "bc",
+        " ",
+        "\t",
+        "\n",
+        "\r",
+        "\x0b",
+        "\x1c",
+        "\x85",
+        "\u2028",
+        "\u3000",
+        "é",
+        "中",
+        "\ud800",
+    ]
+    for _ in range(3_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        lines = dedup._lines(text)
+        assert "\n".join(lines) == "\n".join(map(str.rstrip, text.split("\n"))).rstrip(), repr(text)
+        usable = [line for line in lines if len(line.strip()) >= dedup.MIN_ANCHOR_CHARS]
+        crcs = {zlib.crc32(line.encode("utf-8", "surrogatepass")) for line in usable}
+        assert dedup._sketch(lines, "\n".join(lines)) == heapq.nsmallest(dedup.SKETCH_SIZE, crcs), repr(text)

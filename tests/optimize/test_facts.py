@@ -377,3 +377,28 @@ def test_facts_found_line_by_line_per_skeleton_are_the_whole_scans() -> None:
             by_line += 1
             assert spans == scanned, text
     assert 100 < by_line < 300  # both ways are taken
+
+
+def _distinct_by_runs(found: list[str]) -> list[str]:
+    """`distinct_facts` by its definition: drop a fact that is one alphanumeric run of a longer fact."""
+    runs_of_longer = {
+        run
+        for fact in found
+        for run in re.findall(r"[A-Za-z0-9]+", fact)
+        if re.findall(r"[A-Za-z0-9]+", fact) != [fact]
+    }
+    return [fact for fact in dict.fromkeys(found) if fact not in runs_of_longer]
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["5000", "854", "854.12", "ORD-854", "a.py", "x1", "12", "2026-03-14", "2026", "03"])
+        | st.sampled_from(["é1", "1", "v2", "pdf-v2", "ab", "AB_12", "12x", "中", "x.y.z", "y"])
+        | st.text(alphabet="ab1-._é", min_size=1, max_size=5),
+        max_size=40,
+    )
+)
+def test_distinct_facts_drops_exactly_the_runs_of_longer_facts(found: list[str]) -> None:
+    """Few facts are compared pair by pair as substrings first, many by their runs: both by the definition."""
+    assert facts.distinct_facts(found) == _distinct_by_runs(found)

@@ -94,17 +94,22 @@ def repeated_marker(block: Block) -> str:
     return f"[trex: repeated from {_where(block)}; omitted]"
 
 
-def _normalise(text: str) -> str:
-    return "\n".join(map(str.rstrip, text.split("\n"))).rstrip()
-
-
 def _lines(text: str) -> list[str]:
-    """The lines of `text` with trailing whitespace stripped (what the line diff and the sketch compare)."""
+    """The lines of `text` with trailing whitespace stripped (what the line diff and the sketch compare).
+
+    Joined by line breaks, they are the text normalised for the identical-block test: each line without its
+    trailing whitespace, the text without its trailing blank lines (what `rstrip` takes off the end of the
+    text is the trailing whitespace of its last non-blank line and the blank lines after it, which the lines
+    stripped one by one lose too; tests/optimize/test_dedup.py compares the two ways)."""
     return list(map(str.rstrip, text.rstrip().split("\n")))
 
 
 def _smaller(new: str, old: str) -> bool:
-    return len(new) < len(old) and tokens.count(new) < tokens.count(old)
+    """`new` has fewer tokens than `old`. A reference marker is short next to the block it replaces: when its
+    bytes are fewer than the block's words (`tokens.at_most`, `tokens.at_least`), neither is encoded."""
+    if len(new) >= len(old):
+        return False
+    return tokens.at_most(new) < tokens.at_least(old) or tokens.count(new) < tokens.count(old)
 
 
 @dataclass(slots=True)
@@ -163,14 +168,18 @@ def _append(bucket: list[_T], value: _T) -> None:
 _UTF8 = methodcaller("encode", "utf-8", "surrogatepass")
 
 
-def _sketch(lines: list[str]) -> list[int]:
-    """The smallest hashes of the lines with at least `MIN_ANCHOR_CHARS` non-blank characters.
+def _sketch(lines: list[str], joined: str | None = None) -> list[int]:
+    """The smallest hashes of the lines with at least `MIN_ANCHOR_CHARS` non-blank characters (`joined`: the
+    lines joined by line breaks, when the caller has them).
 
     crc32, not hash(): the sketch must be the same in every process (same input, same bytes). Mapped, not
-    looped: a block has thousands of lines, and every step here runs in C.
+    looped: a block has thousands of lines, and every step here runs in C. The lines are encoded as one text
+    and split: UTF-8 writes a line break as that one byte and no other character with it, so the pieces are
+    each line's own bytes.
     """
-    usable = compress(lines, map(MIN_ANCHOR_CHARS.__le__, map(len, map(str.strip, lines))))
-    return heapq.nsmallest(SKETCH_SIZE, set(map(zlib.crc32, map(_UTF8, usable))))
+    encoded = _UTF8("\n".join(lines) if joined is None else joined).split(b"\n")
+    usable = compress(encoded, map(MIN_ANCHOR_CHARS.__le__, map(len, map(str.strip, lines))))
+    return heapq.nsmallest(SKETCH_SIZE, set(map(zlib.crc32, usable)))
 
 
 def _prefix_hits(text: str, prefixes: dict[str, list[int]]) -> list[tuple[int, str]]:
@@ -324,9 +333,9 @@ def _edited(block: Block, index: _Index, lines: list[str], sketch: list[int]) ->
     return best
 
 
-def _shape(block: Block) -> tuple[list[str], list[int]]:
-    lines = _lines(block.text)
-    return lines, _sketch(lines)
+def _shape(lines: list[str], joined: str) -> tuple[list[str], list[int]]:
+    """A block's `_lines` and their `_sketch`, from those lines and their `joined` text."""
+    return lines, _sketch(lines, joined)
 
 
 def dedupe_detailed(blocks: list[Block]) -> list[Replacement | None]:
@@ -340,7 +349,8 @@ def dedupe_detailed(blocks: list[Block]) -> list[Replacement | None]:
         shape: tuple[list[str], list[int]] | None = None  # the block's `_lines` and their `_sketch`, once
         # Only an earlier block can be referred to: with none long enough so far, the last block is left
         # as it is without being looked at, and no block is indexed for a later one that does not exist.
-        norm = _normalise(block.text) if pos < last or first else ""
+        lines = _lines(block.text) if pos < last or first else []
+        norm = "\n".join(lines)  # the normalised text: no trailing whitespace on a line or at the end
         if len(norm) >= MIN_CHARS:
             seen = first.get(norm)
             if seen is not None:
@@ -352,7 +362,7 @@ def dedupe_detailed(blocks: list[Block]) -> list[Replacement | None]:
             else:
                 first[norm] = pos
                 if index.items:
-                    shape = _shape(block)
+                    shape = _shape(lines, norm)
                     options = [
                         r for r in (_contained(block, index), _edited(block, index, *shape)) if r is not None
                     ]
@@ -362,7 +372,7 @@ def dedupe_detailed(blocks: list[Block]) -> list[Replacement | None]:
             result = None
         results.append(result)
         if result is None and pos < last and first.get(norm) == pos:
-            index.add(block, *(shape or _shape(block)))
+            index.add(block, *(shape or _shape(lines, norm)))
     return results
 
 

@@ -468,16 +468,31 @@ def facts_in_words(text: str) -> list[tuple[str, str]]:
 
 
 def distinct_facts(found: Iterable[str]) -> list[str]:
-    """`found` unique, in order, minus one-run facts that are a whole token of a longer one (`find_facts`)."""
+    """`found` unique, in order, minus one-run facts that are a whole token of a longer one (`find_facts`).
+
+    A run is ASCII letters and digits, so only a fact that is one such run can be a token of another. With
+    few of them and few other facts (the facts of one record or one log entry), a substring test of each
+    pair usually shows that none is inside another, and no fact's runs need to be found.
+    """
     seen = dict.fromkeys(found)
-    tokens_of_longer: set[str] = set()
+    alone: list[str] = []  # one alphanumeric run, the fact itself (most numbers and words)
+    longer: list[str] = []
     for fact in seen:
-        if fact.isalnum() and fact.isascii():
-            continue  # one alphanumeric run, the fact itself (most numbers and words): no regex needed
+        (alone if fact.isalnum() and fact.isascii() else longer).append(fact)
+    if not alone or not longer:
+        return list(seen)
+    if len(alone) * len(longer) <= _PAIRS_TESTED and not any(run in fact for fact in longer for run in alone):
+        return list(seen)
+    tokens_of_longer: set[str] = set()
+    for fact in longer:
         runs = _RUN_RE.findall(fact)
         if len(runs) > 1 or (runs and runs[0] != fact):
             tokens_of_longer.update(runs)
     return [f for f in seen if f not in tokens_of_longer]
+
+
+_PAIRS_TESTED = 64
+"""`distinct_facts` tests up to this many (run, longer fact) pairs as substrings before finding runs."""
 
 
 def may_cross_lines(text: str) -> bool:

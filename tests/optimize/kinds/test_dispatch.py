@@ -24,7 +24,7 @@ from tests.optimize.kinds._data import (
 from tests.optimize.kinds._equivalence import assert_matches_alike
 from worker.optimize.base import Context
 from worker.optimize.kinds import KINDS, _detect, compress_tool_output, detect
-from worker.optimize.kinds._common import _chunks, collapse_blank_lines, strip_trailing_ws
+from worker.optimize.kinds._common import _chunks, collapse_blank_lines, missing_facts, strip_trailing_ws
 
 
 def test_detects_every_kind() -> None:
@@ -221,3 +221,29 @@ def test_delimited_fields_of_lines_with_and_without_quotes() -> None:
                     quoted ^= ch == '"'
                     current += ch
             assert _detect.split_delimited(line, delim) == [*fields, current], (line, delim)
+
+
+def test_the_path_pattern_matches_what_its_backtracking_form_matches() -> None:
+    """Also when lines with a blank are ruled out before the pattern is tried (`_path_lines`)."""
+    plain = re.compile(r"^(?:\.{0,2}/)?[\w.@+-]+(?:/[\w.@+-]+)+/?$|^[\w.@+-]+\.[A-Za-z]\w{0,7}$")
+    alphabet = [*"ab1/.:-_ @+é\t", "src", ".py", "../", "./", "/", "x.toml", "2026-03-14T10"]
+    assert_matches_alike(_detect.PATH_ONLY_RE, plain, alphabet, seed=9, most=10)
+    rng = random.Random(10)
+    for _ in range(2_000):
+        lines = [
+            "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6))) for _ in range(rng.randint(0, 9))
+        ]
+        assert _detect._path_lines(lines) == sum(1 for line in lines if plain.match(line)), lines
+
+
+def test_the_final_check_finds_missing_facts_as_searching_for_each_would() -> None:
+    """`missing_facts` looks facts up among the items a marker lists before searching the output; the facts it
+    reports missing are exactly those the output does not hold, in order, whether few or many."""
+    rng = random.Random(12)
+    words = ["ORD-1042", "1042", "854.12", "54.1", "a.py", "x", "", " ", ", ", "[trex: y; facts kept: ", "]"]
+    for _ in range(400):
+        output = "".join(rng.choice(words) for _ in range(rng.randint(0, 40)))
+        found = [
+            rng.choice(words[:6]) + rng.choice(["", "0", ", 7"]) for _ in range(rng.choice([3, 40, 600]))
+        ]
+        assert missing_facts("", output, found) == [fact for fact in found if fact not in output]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 import msgspec
@@ -20,8 +21,10 @@ from tests.optimize.kinds._data import (
     users,
 )
 from worker import tokens
+from worker.optimize import facts
 from worker.optimize.base import Context
 from worker.optimize.kinds import compress_tool_output, detect, json_output
+from worker.optimize.kinds._common import _chunks
 
 BALANCED = Context(mode="balanced")
 
@@ -453,3 +456,79 @@ def test_an_integer_the_decoder_refuses_is_still_minified() -> None:
     result = json_output.compress(text, BALANCED)
     assert result is not None and result.strategy == "json-minify"
     assert "9" * 5000 in result.text
+
+
+# Values whose facts sit at the edges of strings and numbers, next to the quotes, commas, colons and blanks
+# that pretty printing moves (amounts, units, times, dates, ids, paths, signs, escapes, line breaks).
+_FACTY_STRINGS = [
+    *["ORD-1042", "2026-03-14T10:00:00Z", "$1,234.50", "EUR 5", "5 EUR", "v1.2.3", "a.py:12", "10 ms", "5pm"],
+    *["12 %", "-12%", "https://x.io/a?b=1", "e@x.io", "0x1f", "7f3a9c2e", "#1234", "E501", "NOT_FOUND"],
+    *["cus_9fK2LmQ", "~/a/b", "/srv/app/x.log", "C:\\x\\y", "March 14, 2026", "P3D", "fe80::1ff:fe23", "ms"],
+    *["", " ", "  x", "x.", "a\nb", '"', "\\", "é", "10-200", "1,200", "pm", "UTC", "-", "+5", "12:"],
+]
+
+
+def _random_value(rng: random.Random, depth: int) -> Any:
+    roll = rng.random()
+    if depth < 3 and roll < 0.15:
+        return {
+            rng.choice(["id", "total", "ms", "at", "-5", "pm", "a b"]): _random_value(rng, depth + 1)
+            for _ in range(3)
+        }
+    if depth < 3 and roll < 0.25:
+        size = rng.choice([2, 9, 12])
+        return [
+            {"id": i, "v": _random_value(rng, depth + 1), "n": _random_value(rng, depth + 1)}
+            for i in range(size)
+        ]
+    if roll < 0.55:
+        return " ".join(rng.choice(_FACTY_STRINGS) for _ in range(rng.randint(0, 3)))
+    if roll < 0.8:
+        return rng.choice([0, 5, -5, 10, 854, -1253, 1234567, 12.5, -0.25, 1e21, 5000])
+    return rng.choice([True, False, None])
+
+
+def _printed(rng: random.Random, doc: Any) -> str:
+    """`doc` as JSON, minified or pretty, with blanks before and after colons and commas."""
+    indent = rng.choice([None, 0, 1, 2, 4, "\t"])
+    separators = rng.choice([(",", ":"), (", ", ": "), (" ,", " : "), (",\n", ":\n")])
+    return json.dumps(doc, indent=indent, separators=separators, ensure_ascii=rng.random() < 0.5)
+
+
+def test_the_facts_of_the_minified_document_are_the_facts_of_the_input() -> None:
+    """The final check of a JSON fold and its markers read the facts of one scan of the minified document
+    (`json_output._Scan`): without a backtick, and cut only at line breaks, the input holds the same facts."""
+    rng = random.Random(17)
+    compared = 0
+    for _ in range(1_500):
+        text = _printed(rng, {"data": _random_value(rng, 0), "x": _random_value(rng, 1)})
+        minified = msgspec.json.format(text.encode(), indent=-1).decode()
+        scan = json_output._Scan.of(text, minified)
+        assert scan is not None  # no backtick, no line of over 8,000 characters
+        in_input = {fact for chunk in _chunks(text) for _, fact in facts.fact_spans(chunk)}
+        assert {fact for _, fact in scan.spans} == in_input, text
+        compared += bool(in_input)
+    assert compared > 1_000
+
+
+@pytest.mark.parametrize("mode", ["safe", "balanced", "aggressive"])
+def test_folding_from_the_scan_of_the_minified_document_changes_nothing(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same output as scanning the input for the final check and the folded records for the markers."""
+    rng = random.Random(23)
+    cases = []
+    for _ in range(300):
+        doc = {
+            "data": _random_value(rng, 0),
+            "rows": [{"id": f"r-{i}", "v": _random_value(rng, 2)} for i in range(12)],
+        }
+        cases.append(_printed(rng, doc))
+    cases += [json.dumps(orders(), indent=2), json.dumps(users()), json.dumps(orders())]
+    ctx = Context(mode=mode, query="ORD-1042 refund 5pm")  # type: ignore[arg-type]
+    shared = [json_output.compress(text, ctx) for text in cases]
+    monkeypatch.setattr(json_output._Scan, "of", classmethod(lambda cls, text, minified: None))
+    apart = [json_output.compress(text, ctx) for text in cases]
+    assert shared == apart
+    expected = "json-minify" if mode == "safe" else "json-fold"
+    assert sum(r is not None and r.strategy == expected for r in shared) > 100

@@ -34,7 +34,7 @@ mostly facts, the marker would be nearly as long and would only lose the context
 # boundary), which only an inline-code fact could contain. A piece still longer than a chunk (a JSON array
 # of numbers, a CSV row) is cut after a comma, at most once per chunk: a number with thousands separators
 # cut there is checked as its two parts, which stay verbatim wherever the whole does.
-_CHUNK_CHARS = 8000
+CHUNK_CHARS = 8000
 _LONG_LINE_CUT_RE = re.compile(r'(?:(?<=,)|(?<=, ))(?=")')
 
 # CSI sequences (colours, cursor moves), OSC sequences (titles, hyperlinks) and two-byte escapes.
@@ -43,6 +43,8 @@ _BLANK_RUN_RE = re.compile(r"\n{3,}")
 
 _SEARCHED_FACTS_MAX = 512
 """`missing_facts` searches for at most this many facts as text instead of scanning the output for facts."""
+_LISTED_FACTS_MIN = 32
+"""From this many facts on, `missing_facts` first looks each up among the items a marker lists."""
 
 
 def strip_ansi(text: str) -> str:
@@ -72,7 +74,7 @@ def count(text: str) -> int:
     return tokens.count(text)
 
 
-def _chunks(text: str, size: int = _CHUNK_CHARS) -> Iterable[str]:
+def _chunks(text: str, size: int = CHUNK_CHARS) -> Iterable[str]:
     """`text` in pieces of about `size` characters: each the most whole lines that fit, or one line cut before
     JSON members when the line alone is longer."""
     start = 0
@@ -127,7 +129,7 @@ def _cut_after_commas(piece: str, size: int) -> list[str]:
 
 def fact_list(text: str) -> list[str]:
     """The facts of `text` (as `facts.find_facts` finds them), unique, in order, computed in chunks."""
-    if len(text) <= _CHUNK_CHARS:
+    if len(text) <= CHUNK_CHARS:
         return facts.find_facts(text)
     seen: dict[str, None] = {}
     for chunk in _chunks(text):
@@ -162,7 +164,14 @@ def missing_facts(original: str, output: str, original_facts: Sequence[str] | No
     searched for (one substring search per fact over the whole output was quadratic: seconds for a large
     table). Both give the same answer: every fact the scan finds is a substring of `output`."""
     found = fact_list(original) if original_facts is None else original_facts
-    if len(found) <= _SEARCHED_FACTS_MAX:
+    searched_one_by_one = len(found) <= _SEARCHED_FACTS_MAX
+    if len(found) >= _LISTED_FACTS_MIN:
+        # A marker lists facts between commas and blanks: most facts of the dropped content are whole items
+        # of the output split there, each found by one set lookup instead of a search of the whole output
+        # (an item is a piece of the output: a fact it is, the output holds).
+        listed = set(output.split(", "))
+        found = [fact for fact in found if fact not in listed]
+    if searched_one_by_one:
         return [fact for fact in found if fact not in output]
     seen = {fact for _, fact in facts.fact_spans(output)}
     searched: dict[str, bool] = {}

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from itertools import filterfalse
+from operator import methodcaller
 from typing import Literal
 
 import msgspec
@@ -35,7 +37,12 @@ GREP_NOLINE_RE = re.compile(r"^(?P<path>[^\s:,]*[\w-]\.[A-Za-z]\w{0,7}):(?!:)(?P
 HEADING_LINE_RE = re.compile(r"^(?P<line>\d+)(?P<sep>[:-])")
 # OpenCode's grep tool: `Found N matches`, then per file a `path:` line and its `  Line N: content` lines.
 OPENCODE_LINE_RE = re.compile(r"^  Line (?P<line>\d+): ")
-PATH_ONLY_RE = re.compile(r"^(?:\.{0,2}/)?[\w.@+-]+(?:/[\w.@+-]+)+/?$|^[\w.@+-]+\.[A-Za-z]\w{0,7}$")
+# A whole line of path characters: a path of two segments or more, or a file name. Possessive where giving
+# characters back cannot help (a segment ends where a `/` or the line's end follows it), and a file name is
+# looked for only in a line made of path characters alone: on a log line each test fails at its first blank.
+PATH_ONLY_RE = re.compile(
+    r"^(?:\.{0,2}/)?[\w.@+-]++(?:/[\w.@+-]++)++/?$|^(?=[\w.@+-]++$)[\w.@+-]+\.[A-Za-z]\w{0,7}$"
+)
 # `path:line:col: message` (go vet, staticcheck, eslint's unix format, gcc): a line and a column, then the
 # finding. Such output is diagnostics whatever its words (`copylocks: call of fmt.Println copies lock
 # value`): every line is a finding to fix, none ranked away as a less relevant grep match.
@@ -167,6 +174,9 @@ def is_json_lines(stripped: str) -> bool:
 
 def is_diff(lines: list[str]) -> bool:
     """Unified diff: a `diff --git` header, or a hunk header together with a `+++ ` file header."""
+    joined = "\n".join(lines)  # the lines that start with one of them hold it: most samples hold none
+    if "diff --git " not in joined and ("@@ -" not in joined or "+++ " not in joined):
+        return False
     has_hunk = has_plus = False
     for line in lines:
         if line.startswith("diff --git "):
@@ -201,18 +211,34 @@ def is_search(lines: list[str]) -> bool:
         return False
     if _share_at_least(body, _grep_line, 6):
         return True
-    numbered = sum(1 for line in body if HEADING_LINE_RE.match(line))
-    paths = sum(1 for line in body if PATH_ONLY_RE.match(line)) if numbered else None
+    numbered = _lines_matching(HEADING_LINE_RE, body)
+    paths = _path_lines(body) if numbered else None
     if numbered and paths and (numbered + paths) * 10 >= len(body) * 9:
         return True
-    opencode = sum(1 for line in body if OPENCODE_LINE_RE.match(line))
+    opencode = _lines_matching(OPENCODE_LINE_RE, body)
     if opencode:
         headings = sum(1 for line in body if line.endswith(":") and PATH_ONLY_RE.match(line[:-1]))
         if headings and (opencode + headings) * 10 >= len(body) * 8:
             return True
     if len(body) < 3:
         return False
-    return paths * 10 >= len(body) * 8 if paths is not None else _share_at_least(body, PATH_ONLY_RE.match, 8)
+    if paths is None:
+        paths = _path_lines(body)
+    return paths * 10 >= len(body) * 8
+
+
+def _lines_matching(pattern: re.Pattern[str], lines: list[str]) -> int:
+    """How many of `lines` `pattern` matches at their start (counted in C)."""
+    return sum(map(bool, map(pattern.match, lines)))
+
+
+_HAS_BLANK = methodcaller("__contains__", " ")
+
+
+def _path_lines(lines: list[str]) -> int:
+    """How many of `lines` are a path alone (PATH_ONLY_RE): a line with a blank never is, and most lines of
+    a log have one (ruled out by a substring test instead of a match)."""
+    return _lines_matching(PATH_ONLY_RE, list(filterfalse(_HAS_BLANK, lines)))
 
 
 def _grep_line(line: str) -> bool:

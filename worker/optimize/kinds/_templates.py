@@ -9,9 +9,9 @@ entries that stay. `summary` writes a template with what its folded entries hold
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 
 import msgspec
 
@@ -74,7 +74,7 @@ def shapes_of(bodies: list[str], forms: list[str | None], indices: Iterable[int]
     scanned on their own.
     """
     found: dict[int, Shape] = {}
-    known: dict[str, tuple[tuple[slice, ...], tuple[str, ...], str | None]] = {}
+    known: dict[str, tuple[Callable[[str], tuple[str, ...]], tuple[str, ...], str | None]] = {}
     for i in indices:
         body, form = bodies[i], forms[i]
         if form is None:
@@ -86,11 +86,17 @@ def shapes_of(bodies: list[str], forms: list[str | None], indices: Iterable[int]
             literal = [form[cut] for cut in cuts[::2]]
             # The template text of a skeleton whose literal text holds no digit is every such entry's.
             shared = None if any("1" in text for text in literal) else _key(literal, kinds)
-            seen = known[form] = (cuts, kinds, shared)
-        cuts, kinds, shared = seen
-        parts = tuple(map(body.__getitem__, cuts))
+            # The parts of every entry of the skeleton, cut in one C call (a lone cut, no slot, is the body).
+            pick: Callable[[str], tuple[str, ...]] = itemgetter(*cuts) if len(cuts) > 1 else _whole
+            seen = known[form] = (pick, kinds, shared)
+        cut, kinds, shared = seen
+        parts = cut(body)
         found[i] = Shape(_key(parts[::2], kinds) if shared is None else shared, parts, kinds)
     return found
+
+
+def _whole(body: str) -> tuple[str, ...]:
+    return (body,)
 
 
 def skeleton(body: str) -> str | None:

@@ -33,7 +33,8 @@ import math
 import re
 import string
 import sys
-from collections.abc import Callable, Mapping
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, cast
@@ -43,7 +44,15 @@ import msgspec
 from worker import tokens
 from worker.optimize import facts
 from worker.optimize.base import Compressed, Context, Mode
-from worker.optimize.kinds._common import FOLD_RATIO, NO_LIMIT, count, fact_list, finish, worth_folding
+from worker.optimize.kinds._common import (
+    CHUNK_CHARS,
+    FOLD_RATIO,
+    NO_LIMIT,
+    count,
+    fact_list,
+    finish,
+    worth_folding,
+)
 from worker.optimize.kinds._detect import is_json_lines
 
 Scalar = str | int | bool | None | msgspec.Raw
@@ -136,11 +145,12 @@ def compress(text: str, ctx: Context) -> Compressed | None:
         if ctx.mode != "safe" and is_json_lines(stripped):
             return _compress_json_lines(text, stripped, ctx)
         return None
-    original_facts = fact_list(text)  # the costliest step: computed once for both candidates
+    scan = _Scan.of(text, minified)  # the costliest step: done once for the final check and the markers
+    original_facts = fact_list(text) if scan is None else facts.distinct_facts(f for _, f in scan.spans)
     lossless_note = ["insignificant JSON whitespace"]
     if ctx.mode == "safe":
         return finish(text, minified, "json-minify", lossless_note, original_facts)
-    folded = _folded(text, stripped, minified, ctx, original_facts)
+    folded = _folded(text, stripped, minified, ctx, original_facts, scan)
     if folded is not None:
         return folded
     # No fold, or one that failed the final check (a fact spelled differently once re-encoded, e.g. with
@@ -149,10 +159,10 @@ def compress(text: str, ctx: Context) -> Compressed | None:
 
 
 def _folded(
-    text: str, stripped: str, minified: str, ctx: Context, original_facts: list[str]
+    text: str, stripped: str, minified: str, ctx: Context, original_facts: list[str], scan: _Scan | None
 ) -> Compressed | None:
     """The document with its long record arrays folded, if that passes the final check."""
-    folder = _Folder(_SETTINGS[ctx.mode], _query_terms(ctx.query))
+    folder = _Folder(_SETTINGS[ctx.mode], _query_terms(ctx.query), scan)
     try:
         doc = _DECODER.decode(stripped)
         new_doc = folder.walk(doc, "$")
@@ -207,6 +217,35 @@ def _compress_json_lines(text: str, stripped: str, ctx: Context) -> Compressed |
     return finish(text, "\n".join(out), "json-fold", [note])
 
 
+@dataclass(frozen=True, slots=True)
+class _Scan:
+    """The fact matches of the minified document (`facts.fact_spans`), which the final check and the markers
+    of folded records both read: one scan instead of one of the input and another of the folded records.
+
+    Without a backtick, no fact crosses a JSON structural character or the whitespace around one: inline
+    code is the only fact that may hold a quote, a brace or a bracket, a fact holds a blank only before a
+    letter, a digit, `%`, a dash or a currency sign and after a digit, a letter or a currency sign (none of
+    which JSON puts on both sides of the whitespace between tokens), and no look-around reaches past the
+    quote, colon, comma, bracket or brace next to a fact. So the minified text (strings copied byte for
+    byte, the whitespace between tokens dropped) holds the facts of the input, and the input's lines, which
+    break only between tokens, each hold theirs: `fact_list` finds the same facts when it cuts the input
+    only at line breaks, that is when no line is longer than its chunks (tests/optimize/kinds/
+    test_json_output.py compares them). The facts one run of a longer fact may leave out (`distinct_facts`)
+    are inside that fact: checking it checks them.
+    """
+
+    text: str
+    spans: list[tuple[int, str]]
+    starts: list[int]
+
+    @classmethod
+    def of(cls, text: str, minified: str) -> _Scan | None:
+        if "`" in minified or (len(text) > CHUNK_CHARS and max(map(len, text.split("\n"))) > CHUNK_CHARS):
+            return None
+        spans = facts.fact_spans(minified)
+        return cls(minified, spans, [start for start, _ in spans])
+
+
 @dataclass(slots=True)
 class _Plan:
     keep: set[int]
@@ -217,6 +256,7 @@ class _Plan:
 class _Folder:
     settings: _Settings
     query_terms: list[str]
+    scan: _Scan | None = None
     notes: list[str] = field(default_factory=list)
 
     def walk(self, value: Any, path: str) -> Any:
@@ -231,7 +271,7 @@ class _Folder:
 
     def _fold(self, items: list[Any], path: str) -> list[Any]:
         encoded = [msgspec.json.encode(item).decode() for item in items]
-        plan = _plan_fold(items, encoded, self.settings, self.query_terms)
+        plan = _plan_fold(items, encoded, self.settings, self.query_terms, self.scan)
         if plan is None:
             return [self.walk(item, f"{path}[{i}]") for i, item in enumerate(items)]
         out: list[Any] = []
@@ -247,7 +287,11 @@ class _Folder:
 
 
 def _plan_fold(
-    items: list[Any], encoded: list[str], settings: _Settings, query_terms: list[str]
+    items: list[Any],
+    encoded: list[str],
+    settings: _Settings,
+    query_terms: list[str],
+    scan: _Scan | None = None,
 ) -> _Plan | None:
     """Which records of an array stay, and the marker for the rest; None when folding is not worth it."""
     n = len(items)
@@ -256,7 +300,7 @@ def _plan_fold(
     keep.update(_outliers(fields, n)[: settings.outlier_cap])
     keep.update(_query_hits(encoded, query_terms)[: settings.query_cap])
     # Each fact with the whole word it is part of, which the marker lists (`pdf-v2`, not `v2`).
-    item_facts = _facts_in_words(encoded, [i for i in range(n) if i not in keep])
+    item_facts = _facts_in_words(encoded, [i for i in range(n) if i not in keep], scan)
     # A fact with a quote or backslash would come out escaped inside the marker string, no longer verbatim.
     keep.update(i for i, found in item_facts.items() if any('"' in f or "\\" in f for f, _ in found))
     folded = [i for i in range(n) if i not in keep]
@@ -309,26 +353,43 @@ def _pieces_at_least(text: str) -> int:
     return letter_runs + digit_pieces + punctuation_runs
 
 
-def _facts_in_words(encoded: list[str], wanted: list[int]) -> dict[int, list[tuple[str, str]]]:
+def _facts_in_words(
+    encoded: list[str], wanted: list[int], scan: _Scan | None = None
+) -> dict[int, list[tuple[str, str]]]:
     """`facts.facts_in_words` of each `wanted` record, from one fact scan of them all.
 
     The records are scanned as one text, joined by line breaks: an encoded record holds no line break (JSON
     escapes it in strings) and starts with `{` and ends with `}`, which no fact starts or ends with, so no
     match and no word (`facts.whole_token`) reaches across a seam, and each record's facts are the ones a
     scan of it alone finds. One scan instead of one per record saves the per-call cost hundreds of times.
+    When the minified document was scanned (`scan`, without a backtick) and holds the array's records as
+    they are encoded, joined by commas, their facts are read from that scan: the same seams, by the same
+    argument.
     """
-    joined = "\n".join(encoded[i] for i in wanted)
-    spans = facts.fact_spans(joined)
+    at = scan.text.find(",".join(encoded)) if scan is not None and wanted else -1
+    records: Iterable[int]
+    if scan is not None and at >= 0:
+        text, spans, k = scan.text, scan.spans, bisect_left(scan.starts, at)
+        records = range(len(encoded))  # all of them, one after the other in the minified document
+    else:
+        text = "\n".join(encoded[i] for i in wanted)
+        spans, k = facts.fact_spans(text), 0
+        at, records = 0, wanted
     found: dict[int, list[tuple[str, str]]] = {}
-    k = 0
-    end = -1
-    for i in wanted:
-        end += 1 + len(encoded[i])  # where the record's line ends
+    begin = at
+    wanted_now = set(wanted)
+    n = len(spans)
+    for i in records:
+        end = begin + len(encoded[i])
         first: dict[str, int] = {}
-        while k < len(spans) and spans[k][0] < end:
-            first.setdefault(spans[k][1], spans[k][0])
+        while k < n and spans[k][0] < end:  # the record's facts, each at its first place
+            start, fact = spans[k]
+            if fact not in first:
+                first[fact] = start
             k += 1
-        found[i] = [(fact, _word(joined, first[fact], fact)) for fact in facts.distinct_facts(first)]
+        if i in wanted_now:
+            found[i] = [(fact, _word(text, first[fact], fact)) for fact in facts.distinct_facts(first)]
+        begin = end + 1  # past the comma or the line break after the record
     return found
 
 

@@ -48,6 +48,7 @@ value must be in the output verbatim (incidental values of kept entries are ther
 
 from __future__ import annotations
 
+import itertools
 import re
 from bisect import bisect_right
 from collections.abc import Mapping
@@ -247,9 +248,8 @@ def _important_entries(text: str, bodies: list[str], starts: list[int]) -> list[
         level_matches = _IMPORTANT_RE.finditer(text)
     for match in level_matches:
         important[bisect_right(starts, match.start()) - 1] = True
-    for i, body in enumerate(bodies):
-        if not important[i] and _LEVEL_CODE_RE.match(body):
-            important[i] = True
+    for i in itertools.compress(range(len(bodies)), map(_LEVEL_CODE_RE.match, bodies)):  # matched in C
+        important[i] = True
     if "> " in text:
         for match in _CODE_FRAME_RE.finditer(text):
             important[bisect_right(starts, match.start()) - 1] = True
@@ -370,13 +370,15 @@ def _entries(lines: list[str]) -> list[_Entry]:
     nonblank = blank.count(False)
     structured = nonblank > 0 and sum(opens) * 2 >= nonblank
     entries: list[_Entry] = []
+    current: list[str] = []  # the lines of the last entry, which ends with the line before this one
     for index, line in enumerate(lines):
-        if entries and not blank[index] and entries[-1].lines[-1].strip():
+        if index and not blank[index] and not blank[index - 1]:
             continues = not opens[index] if structured else bool(_CONTINUATION_RE.match(line))
-            if continues or _ends_traceback(entries[-1].lines, line):
-                entries[-1].lines.append(line)
+            if continues or _ends_traceback(current, line):
+                current.append(line)
                 continue
-        entries.append(_Entry(index, [line]))
+        current = [line]
+        entries.append(_Entry(index, current))
     return entries
 
 

@@ -86,11 +86,16 @@ def compress(text: str, ctx: Context) -> Compressed | None:
     if not matches:
         return None
     settings = _SETTINGS[ctx.mode]
-    # Many matches share a file, and grep bodies repeat: tokenize each distinct string once.
+    # Many matches share a file, and grep bodies repeat: tokenize each distinct string once, and each file's
+    # name stem once per file.
     terms: dict[str, list[str]] = {}
-    docs = [
-        _terms(terms, m.body) + _terms(terms, m.path.rsplit("/", 1)[-1].rsplit(".", 1)[0]) for m in matches
-    ]
+    stems: dict[str, list[str]] = {}
+    docs = []
+    for m in matches:
+        stem = stems.get(m.path)
+        if stem is None:
+            stem = stems[m.path] = _terms(terms, m.path.rsplit("/", 1)[-1].rsplit(".", 1)[0])
+        docs.append(_terms(terms, m.body) + stem)
     scores = dict(zip((m.index for m in matches), BM25(docs).scores(tokenize(ctx.query)), strict=True))
     keep = _select(groups, scores, settings)
     visible = "\n".join(
