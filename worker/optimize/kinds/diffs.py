@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from worker.optimize.base import Compressed, Context, Mode
-from worker.optimize.facts import distinct_facts
+from worker.optimize.facts import distinct_facts, may_cross_lines
 from worker.optimize.kinds._common import FactLedger, facts_by_line, finish, worth_folding
 from worker.optimize.kinds._detect import HUNK_RE
 
@@ -66,7 +66,7 @@ def compress(text: str, ctx: Context) -> Compressed | None:
         return None
     folded_lines = {i for lo, hi in folds for i in range(lo, hi)}
     ledger = FactLedger("\n".join(line for i, line in enumerate(lines) if i not in folded_lines))
-    found = facts_by_line(text)
+    found = _facts_of_lines(text, lines, sorted(folded_lines.union(implied)))
     markers: dict[int, str] = {}
     for lo, hi in folds:
         dropped = lines[lo:hi]
@@ -94,8 +94,24 @@ def compress(text: str, ctx: Context) -> Compressed | None:
     notes = [f"folded {total} unchanged context lines"] if markers else []
     if implied:
         notes.append(f"omitted {len(implied) // 2} file header pairs implied by `diff --git`")
+    # The facts of every line that may leave the output: the final check needs no others, since every other
+    # line is in the output as it is, and so is each fact on it (or, if another fact holds it as a whole
+    # token, that fact).
     every_fact = distinct_facts(f for line_facts in found.values() for f in line_facts)
     return finish(text, "\n".join(out), "diff-context", notes, original_facts=every_fact)
+
+
+def _facts_of_lines(text: str, lines: list[str], wanted: list[int]) -> dict[int, list[str]]:
+    """`facts_by_line(text)`, or only its entries for the lines `wanted` (in order): what a fold or a dropped
+    file header takes out of the output. Those lines are scanned alone, joined, when no fact can run across
+    a line break of `text` or of the joined lines (`facts.may_cross_lines`): each line then holds the facts
+    a scan of the whole text finds on it. Most of a diff stays (changed lines, hunk headers), and is not
+    scanned."""
+    if len(wanted) < len(lines) and not may_cross_lines(text):
+        part = "\n".join([lines[i] for i in wanted])
+        if not may_cross_lines(part):
+            return {wanted[k]: found for k, found in facts_by_line(part).items()}
+    return facts_by_line(text)
 
 
 def _implied_file_headers(lines: list[str]) -> set[int]:
