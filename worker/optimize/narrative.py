@@ -30,6 +30,8 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
+from itertools import compress as pick
+from itertools import repeat
 
 from .. import tokens
 from . import facts
@@ -130,7 +132,7 @@ def _scores(
     so the scores of the needed units are exactly what they would be without `needed`.
     """
     terms_of = {u: tokenize(u) for u in dict.fromkeys(units)}  # a repeated unit is tokenized once
-    docs = [terms_of[u] for u in units]
+    docs = list(map(terms_of.__getitem__, units))
     relevance = [0.0] * len(units)
     query_terms = tokenize(query) if query else []
     if query_terms and units:
@@ -152,27 +154,30 @@ def _scores(
     # A unit's score depends on its text, cue, counts and constraint flag alone (the statistics above are
     # shared): a repeated unit is scored once.
     scored: dict[tuple[str, str, int, int, bool], float] = {}
-    for i, unit in enumerate(units):
-        if needed is not None and not needed[i]:
+    labels = cues if cues is not None else repeat("")
+    wanted = needed if needed is not None else repeat(True)
+    for unit, label, unit_count, unit_facts, constraint, want, rel in zip(
+        units, labels, counts, fact_counts, constraints, wanted, relevance, strict=False
+    ):
+        if not want:
             out.append(0.0)
             continue
-        label = cues[i] if cues is not None else ""
-        key = (unit, label, counts[i], fact_counts[i], constraints[i])
+        key = (unit, label, unit_count, unit_facts, constraint)
         known = scored.get(key)
         if known is not None:
             out.append(known)
             continue
         low = unit.lower()
         cue = f"{label.lower()} {low}" if label else low
-        density = fact_counts[i] / max(counts[i], 1)
+        density = unit_facts / max(unit_count, 1)
         score = 4.0 * min(1.0, density * 4.0)
-        if constraints[i] or _REQUEST_RE.search(low):
+        if constraint or _REQUEST_RE.search(low):
             score += 3.0
         if _CONCLUSION_RE.search(cue):
             score += 2.0
         elif _SO_RE.search(low):
             score += 1.0
-        score += 3.0 * relevance[i]
+        score += 3.0 * rel
         score += min(1.0, len(unique_of[unit]) / 10.0)
         score += topic_of[unit] / top_topic if top_topic > 0 else 0.0
         score += 0.25 * min(3, len(_ENTITY_RE.findall(unit)))
@@ -213,27 +218,30 @@ def _select(
     """Which units of each text to keep, ranked and budgeted over all the texts together; and which units
     were found to hold no fact (their markers need not scan them again). The directives of `typed` texts
     are kept like constraints."""
-    keeps = [[u.kind in _VERBATIM for u in units] for _, units in docs]
-    fact_free = [[False] * len(units) for _, units in docs]
-    prose = [(d, i) for d, (_, units) in enumerate(docs) for i, u in enumerate(units) if u.kind in _PROSE]
+    keeps: list[list[bool]] = []
+    fact_free: list[list[bool]] = []
+    prose: list[tuple[int, int]] = []  # (text, unit) of each prose unit, in order
+    texts: list[str] = []
+    cues: list[str] = []
+    firsts: list[bool] = []
+    for d, (text, units) in enumerate(docs):
+        keeps.append([u.kind in _VERBATIM for u in units])
+        fact_free.append([False] * len(units))
+        labels = {u.group: text[u.start : u.end] for u in units if u.kind == "label"}
+        for i, u in enumerate(units):
+            if u.kind in _PROSE:
+                prose.append((d, i))
+                texts.append(text[u.start : u.end])
+                cues.append(labels.get(u.group, ""))
+                firsts.append(u.first)
     if not prose:
         return keeps, fact_free
-    texts = [docs[d][0][docs[d][1][i].start : docs[d][1][i].end] for d, i in prose]
     # A conversation repeats itself (greetings, sign-offs, boilerplate pasted twice): each distinct unit is
     # counted and scanned once.
     distinct = {t: (counted[t], facts.fact_count(t), is_hard_constraint(t)) for t in dict.fromkeys(texts)}
-    counts = [distinct[t][0] for t in texts]
-    fact_counts = [distinct[t][1] for t in texts]
+    counts, fact_counts, constraints = map(list, zip(*map(distinct.__getitem__, texts), strict=True))
     for (d, i), f in zip(prose, fact_counts, strict=True):
         fact_free[d][i] = f == 0
-    constraints = [distinct[t][2] for t in texts]
-    labels = {
-        (d, u.group): text[u.start : u.end]
-        for d, (text, units) in enumerate(docs)
-        for u in units
-        if u.kind == "label"
-    }
-    cues = [labels.get((d, docs[d][1][i].group), "") for d, i in prose]
     directives: dict[str, bool] = {}
     mandatory = [
         c or f > 0 or (typed[d] and _memo(directives, t, is_directive))
@@ -241,20 +249,16 @@ def _select(
     ]
     # Mandatory units are kept whatever they score: only the optional ones are ranked.
     content = _scores(texts, ctx.query, counts, fact_counts, constraints, cues, [not m for m in mandatory])
-    scores = list(content)
-    last_of_doc: dict[int, int] = {}
-    for k, (d, i) in enumerate(prose):
-        last_of_doc[d] = k
-        if docs[d][1][i].first:
-            scores[k] += 0.5
-    for k in last_of_doc.values():
+    scores = [score + 0.5 if first else score for score, first in zip(content, firsts, strict=True)]
+    for k in {d: k for k, (d, _) in enumerate(prose)}.values():
         scores[k] += 0.5  # the closing sentence of a text
     for (d, i), m in zip(prose, mandatory, strict=True):
-        keeps[d][i] = keeps[d][i] or m
+        if m:
+            keeps[d][i] = True
     # The budget counts the markers too: a kept sentence inside a dropped run splits it (one marker more),
     # one that fills the only gap between kept units removes one. Labels and headings follow later.
     seqs = [[i for i, u in enumerate(units) if u.kind in _PROSE or u.kind in _VERBATIM] for _, units in docs]
-    where = {(d, i): p for d, seq in enumerate(seqs) for p, i in enumerate(seq)}
+    where = [{i: p for p, i in enumerate(seq)} for seq in seqs]
     mcost = counted[facts.marker("omitted 10 sentences")] + 1
     markers = sum(
         1
@@ -263,19 +267,19 @@ def _select(
         if not keeps[d][i] and (p == 0 or keeps[d][seq[p - 1]])
     )
     total = sum(counts)
-    mandatory_tokens = sum(c for c, m in zip(counts, mandatory, strict=True) if m)
+    mandatory_tokens = sum(pick(counts, mandatory))
     optional_tokens = total - mandatory_tokens
     budget = max(
         KEEP_RATIO[ctx.mode] * total - mandatory_tokens - markers * mcost,
         FLOOR_RATIO[ctx.mode] * optional_tokens,
     )
     used = 0
-    for k in sorted(range(len(prose)), key=lambda k: (-scores[k], k)):
-        if mandatory[k] or content[k] < MIN_SCORE:
-            continue
+    # Best score first, ties in text order (a stable sort in reverse keeps equal keys in their order).
+    ranked = [k for k, m in enumerate(mandatory) if not m and content[k] >= MIN_SCORE]
+    for k in sorted(ranked, key=scores.__getitem__, reverse=True):
         d, i = prose[k]
         seq, keep = seqs[d], keeps[d]
-        p = where[(d, i)]
+        p = where[d][i]
         dropped_left = p > 0 and not keep[seq[p - 1]]
         dropped_right = p + 1 < len(seq) and not keep[seq[p + 1]]
         cost = counts[k] + mcost * (
@@ -304,15 +308,19 @@ def _follow(units: list[Unit], keep: list[bool]) -> None:
 
 
 def _runs(keep: list[bool]) -> list[tuple[int, int]]:
+    """The [start, end) of each run of False in `keep` (each bound found by a search in C)."""
     runs: list[tuple[int, int]] = []
+    n = len(keep)
     i = 0
-    while i < len(keep):
-        if keep[i]:
-            i += 1
-            continue
-        j = i
-        while j < len(keep) and not keep[j]:
-            j += 1
+    while i < n:
+        try:
+            i = keep.index(False, i)
+        except ValueError:
+            break
+        try:
+            j = keep.index(True, i)
+        except ValueError:
+            j = n
         runs.append((i, j))
         i = j
     return runs
@@ -355,9 +363,10 @@ def _render(
     """The kept units with their separators, each dropped run replaced by one marker; None if no smaller."""
     # A run whose marker costs as much as the run itself is kept instead. The marker is counted (most read
     # "omitted 1 sentence"), the run only where its words do not outnumber that.
-    markers: dict[int, tuple[str, int]] = {}
+    markers: list[tuple[int, int, str, int]] = []  # (first unit, end unit, marker, sentences) of each run
+    kinds = [u.kind for u in units]
     for a, b in _runs(keep):
-        count = sum(1 for u in units[a:b] if u.kind != "label")
+        count = b - a - kinds[a:b].count("label")
         marker = _run_marker(text, units, a, b, fact_free, count)
         if marker is not None:
             cost = counted[marker]
@@ -365,34 +374,30 @@ def _render(
             # The bound of a prefix bounds the run too: a dozen characters per token of the marker are enough.
             words = _words_at_least(text[start : min(end, start + 12 * cost)])
             if cost < words or cost < tokens.count(text[start:end]):
-                markers[a] = (marker, count)
+                markers.append((a, b, marker, count))
                 continue
         keep[a:b] = [True] * (b - a)
     if not markers:
         return None
+    # Each stretch of kept units is copied with its separators in one slice.
     out: list[str] = [text[: units[0].start]]
     dropped_units = 0
-    i = 0
+    kept_from = 0  # the first unit of the kept stretch before the next run
     n = len(units)
-    while i < n:
-        if keep[i]:
-            out.append(text[units[i].start : units[i].end])
-            out.append(text[units[i].end : units[i + 1].start] if i + 1 < n else text[units[i].end :])
-            i += 1
-            continue
-        j = i
-        while j < n and not keep[j]:
-            j += 1
-        marker, count = markers[i]
+    for a, b, marker, count in markers:
+        if a > kept_from:
+            out.append(text[units[kept_from].start : units[a].start])
         out.append(marker)
         dropped_units += count
         # The separator after the run: the widest break inside it or after it (keeps paragraph breaks).
-        if j == n:
+        if b == n:
             out.append(text[units[-1].end :])
         else:
-            gaps = [text[units[k].end : units[k + 1].start] for k in range(i, j)]
+            gaps = [text[units[k].end : units[k + 1].start] for k in range(a, b)]
             out.append(max(reversed(gaps), key=lambda g: g.count("\n")))
-        i = j
+        kept_from = b
+    if kept_from < n:
+        out.append(text[units[kept_from].start :])
     result = "".join(out)
     after = counted[result]
     if after >= before:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import bisect
 import re
 from dataclasses import dataclass
+from itertools import accumulate, count
+from operator import add
 
 from . import facts
 
@@ -117,11 +119,17 @@ class Unit:
 
 
 def _trim(text: str, a: int, b: int) -> tuple[int, int]:
-    while a < b and text[a].isspace():
-        a += 1
-    while b > a and text[b - 1].isspace():
-        b -= 1
-    return a, b
+    """The span `text[a:b]` without leading and trailing whitespace (empty at `b` if it is all whitespace).
+
+    `str.strip` skips exactly the characters `str.isspace` accepts, in C: no loop over them here."""
+    if a >= b:
+        return a, b
+    piece = text[a:b]
+    body = piece.lstrip()
+    if not body:
+        return b, b
+    a += len(piece) - len(body)
+    return a, a + len(body.rstrip())
 
 
 def _may_open_block(line: str) -> bool:
@@ -202,10 +210,20 @@ def _sentence_spans(text: str, a: int, b: int) -> list[tuple[int, int]]:
             if k >= 0 and start < code_ends[k]:
                 continue  # inside inline code
         punct = seg[start:end]
-        ends = "!" in punct or "?" in punct or punct[0] in _CJK_ENDS
-        if ends or _period_ends_sentence(seg, start, m.group(1)):
+        if "!" in punct or "?" in punct or punct[0] in _CJK_ENDS:
+            cuts.append(end)
+            continue
+        nxt = m.group(1)
+        # The two commonest answers of `_period_ends_sentence`, without the call: a lower-case word next (no
+        # end), the end of a long word (an end).
+        if nxt.islower():
+            continue
+        if (start >= _LONG_WORD and seg[start - _LONG_WORD : start].isalpha()) or _period_ends_sentence(
+            seg, start, nxt
+        ):
             cuts.append(end)
     # Line breaks: a break is a boundary unless it looks like a soft wrap inside a sentence.
+    ordered = True  # the punctuation cuts come in order, each once; a line break's may fall between them
     line_start = 0
     while True:
         nl = seg.find("\n", line_start)
@@ -220,12 +238,15 @@ def _sentence_spans(text: str, a: int, b: int) -> list[tuple[int, int]]:
         if nxt[0].islower() or prev[-1] in ",;(&-\u2013\u2014/" or len(prev) >= 60:
             continue
         cuts.append(nl)
+        ordered = False
     spans: list[tuple[int, int]] = []
     start = 0
-    for cut in [*sorted(set(cuts)), len(seg)]:
-        s, e = _trim(seg, start, cut)
-        if s < e:
-            spans.append((a + s, a + e))
+    for cut in [*(cuts if ordered else sorted(set(cuts))), len(seg)]:
+        piece = seg[start:cut]
+        body = piece.lstrip()
+        if body:  # `_trim`, inline
+            s = a + cut - len(body)
+            spans.append((s, s + len(body.rstrip())))
         start = cut
     return spans
 
@@ -261,11 +282,9 @@ def _paragraph(text: str, lines: list[tuple[int, str]], units: list[Unit], group
 
 def split_units(text: str) -> list[Unit]:
     """The units of `text`, in order; every non-whitespace character is in exactly one unit."""
-    lines: list[tuple[int, str]] = []
-    pos = 0
-    for line in text.split("\n"):
-        lines.append((pos, line))
-        pos += len(line) + 1
+    parts = text.split("\n")
+    # (start, line): a line starts after the lines before it and a line break each
+    lines = list(zip(map(add, accumulate(map(len, parts), initial=0), count()), parts, strict=False))
     units: list[Unit] = []
     group = 0
     section = 0

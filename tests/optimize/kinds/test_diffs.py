@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from tests.optimize.kinds._data import git_diff, missing, reduction
 from worker import tokens
 from worker.optimize.base import Context
 from worker.optimize.kinds import compress_tool_output, detect, diffs
+from worker.optimize.kinds._common import facts_by_line
 
 BALANCED = Context(mode="balanced")
 AGGRESSIVE = Context(mode="aggressive")
@@ -206,3 +209,19 @@ def test_file_header_pairs_are_omitted_only_when_implied() -> None:
     alone = diffs.compress(single, BALANCED)
     assert alone is not None and diffs.IMPLIED_HEADERS_MARKER not in alone.text
     assert "--- a/app/jobs/orders.py" in alone.text
+
+
+def test_facts_of_the_lines_that_may_go_are_those_the_whole_scan_finds_on_them() -> None:
+    # The compressor scans only the lines a fold or a dropped header pair takes out of the output; on each of
+    # them it must find what a scan of the whole diff finds there, also where a fact could run across a line
+    # break (`10\nPM`, `$\n5`), in text that holds one or not.
+    rng = random.Random(11)
+    pieces = ["10", "5", " ", "PM", "UTC", "$", "-", "%", "EUR", "abc", "src/x.py", "0x1f", "2026-01-02",
+              ":", "ORD-7", "\n", "\n", "\n", "+", " line"]  # fmt: skip
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 40)))
+        lines = text.split("\n")
+        wanted = sorted(rng.sample(range(len(lines)), rng.randint(0, len(lines))))
+        whole = facts_by_line(text)
+        got = diffs._facts_of_lines(text, lines, wanted)
+        assert {i: got.get(i) for i in wanted} == {i: whole.get(i) for i in wanted}, text

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from itertools import filterfalse
+from itertools import filterfalse, islice
 from operator import methodcaller
 from typing import Literal
 
@@ -135,13 +135,8 @@ def _share_at_least(lines: list[str], test: Callable[[str], object], tenths: int
 
 
 def _sample(text: str) -> list[str]:
-    lines: list[str] = []
-    for line in text.split("\n"):
-        if line.strip():
-            lines.append(line)
-            if len(lines) >= _SAMPLE_LINES:
-                break
-    return lines
+    """The first `_SAMPLE_LINES` non-blank lines of `text` (picked in C)."""
+    return list(islice(filter(str.strip, text.split("\n")), _SAMPLE_LINES))
 
 
 def is_json(stripped: str) -> bool:
@@ -306,10 +301,16 @@ def split_delimited(line: str, delim: str) -> list[str]:
     return fields
 
 
+_REMINDER = "<system-reminder>"
+
+
 def has_gutter(lines: list[str]) -> bool:
     """Most lines start with a file-read line-number gutter (`cat -n`, `   12→`), not counting the
     `<system-reminder>` block Claude Code appends to a read (a short file would fall under the share)."""
-    end = next((k for k, line in enumerate(lines) if line.startswith("<system-reminder>")), len(lines))
+    end = len(lines)
+    joined = "\n".join(lines)  # one search in C rules the reminder out, as it mostly is
+    if joined.startswith(_REMINDER) or f"\n{_REMINDER}" in joined:
+        end = next(k for k, line in enumerate(lines) if line.startswith(_REMINDER))
     return end > 0 and _share_at_least(lines[:end], LINE_GUTTER_RE.match, 8)
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from worker.optimize.base import Compressed, Context, Mode
-from worker.optimize.facts import distinct_facts
+from worker.optimize.facts import distinct_facts, may_cross_lines
 from worker.optimize.kinds._common import FactLedger, facts_by_line, finish, worth_folding
 from worker.optimize.kinds._detect import HUNK_RE
 
@@ -66,18 +66,19 @@ def compress(text: str, ctx: Context) -> Compressed | None:
         return None
     folded_lines = {i for lo, hi in folds for i in range(lo, hi)}
     ledger = FactLedger("\n".join(line for i, line in enumerate(lines) if i not in folded_lines))
-    found = facts_by_line(text)
+    found = _facts_of_lines(text, lines, sorted(folded_lines.union(implied)))
     markers: dict[int, str] = {}
     for lo, hi in folds:
         dropped = lines[lo:hi]
         noun = "line" if hi - lo == 1 else "lines"
-        dropped_facts = [f for i in range(lo, hi) for f in distinct_facts(found.get(i, ()))]
+        dropped_facts = [f for i in range(lo, hi) if i in found for f in distinct_facts(found[i])]
         marker_text, listed = ledger.marker_of(f"{hi - lo} unchanged {noun}", dropped_facts)
         if worth_folding(marker_text, dropped):
             ledger.commit(listed)
             markers[lo] = marker_text
     if not markers and not implied:
         return None
+    fold_end = dict(folds)
     out: list[str] = [IMPLIED_HEADERS_MARKER] if implied else []
     skip_until = -1
     total = 0
@@ -86,7 +87,7 @@ def compress(text: str, ctx: Context) -> Compressed | None:
             continue
         if i in markers:
             out.append(markers[i])
-            end = next(hi for lo, hi in folds if lo == i)
+            end = fold_end[i]
             total += end - i
             skip_until = end
             continue
@@ -94,15 +95,33 @@ def compress(text: str, ctx: Context) -> Compressed | None:
     notes = [f"folded {total} unchanged context lines"] if markers else []
     if implied:
         notes.append(f"omitted {len(implied) // 2} file header pairs implied by `diff --git`")
+    # The facts of every line that may leave the output: the final check needs no others, since every other
+    # line is in the output as it is, and so is each fact on it (or, if another fact holds it as a whole
+    # token, that fact).
     every_fact = distinct_facts(f for line_facts in found.values() for f in line_facts)
     return finish(text, "\n".join(out), "diff-context", notes, original_facts=every_fact)
+
+
+def _facts_of_lines(text: str, lines: list[str], wanted: list[int]) -> dict[int, list[str]]:
+    """`facts_by_line(text)`, or only its entries for the lines `wanted` (in order): what a fold or a dropped
+    file header takes out of the output. Those lines are scanned alone, joined, when no fact can run across
+    a line break of `text` or of the joined lines (`facts.may_cross_lines`): each line then holds the facts
+    a scan of the whole text finds on it. Most of a diff stays (changed lines, hunk headers), and is not
+    scanned."""
+    if len(wanted) < len(lines) and not may_cross_lines(text):
+        part = "\n".join([lines[i] for i in wanted])
+        if not may_cross_lines(part):
+            return {wanted[k]: found for k, found in facts_by_line(part).items()}
+    return facts_by_line(text)
 
 
 def _implied_file_headers(lines: list[str]) -> set[int]:
     """Indexes of the `--- a/P` / `+++ b/P` pairs restating their `diff --git a/P b/P` header (if enough)."""
     implied: set[int] = set()
     header = ""
-    for i, line in enumerate(lines):
+    # Every other line leaves the state below as it is: only these are visited.
+    for i in [i for i, line in enumerate(lines) if line.startswith(("diff --git ", "@@", "--- "))]:
+        line = lines[i]
         if line.startswith("diff --git "):
             header = line
         elif line.startswith("@@"):
@@ -132,7 +151,10 @@ def _context_runs(lines: list[str]) -> list[_Run]:
         old_left = int(header.group(2)) if header.group(2) is not None else 1
         new_left = int(header.group(4)) if header.group(4) is not None else 1
         i += 1
-        kinds: list[tuple[int, str]] = []  # (line index, "c" context / "x" change)
+        # The runs of context lines, closed at each changed line and at the hunk's end: a run is "after" a
+        # change when one came earlier in the hunk, "before" one when a changed line closes it.
+        run_start = -1
+        run_after = changed = False
         while i < n and (old_left > 0 or new_left > 0):
             line = lines[i]
             tag = line[:1]
@@ -140,37 +162,26 @@ def _context_runs(lines: list[str]) -> list[_Run]:
                 # A blank context line whose leading space was stripped still counts as context.
                 old_left -= 1
                 new_left -= 1
-                kinds.append((i, "c"))
-            elif tag == "-":
+                if run_start < 0:
+                    run_start, run_after = i, changed
+                i += 1
+                continue
+            if tag == "-":
                 old_left -= 1
-                kinds.append((i, "x"))
             elif tag == "+":
                 new_left -= 1
-                kinds.append((i, "x"))
-            elif tag == "\\":
-                kinds.append((i, "x"))
-            else:
+            elif tag != "\\":
                 break  # malformed hunk: stop at the first line that cannot belong to it
+            if run_start >= 0:
+                runs.append(_Run(run_start, i, before_change=True, after_change=run_after))
+                run_start = -1
+            changed = True
             i += 1
         while i < n and lines[i].startswith("\\"):
-            kinds.append((i, "x"))
+            if run_start >= 0:
+                runs.append(_Run(run_start, i, before_change=True, after_change=run_after))
+                run_start = -1
             i += 1
-        runs.extend(_runs_of(kinds))
-    return runs
-
-
-def _runs_of(kinds: list[tuple[int, str]]) -> list[_Run]:
-    runs: list[_Run] = []
-    j = 0
-    while j < len(kinds):
-        if kinds[j][1] != "c":
-            j += 1
-            continue
-        k = j
-        while k < len(kinds) and kinds[k][1] == "c":
-            k += 1
-        runs.append(
-            _Run(start=kinds[j][0], end=kinds[k - 1][0] + 1, before_change=k < len(kinds), after_change=j > 0)
-        )
-        j = k
+        if run_start >= 0:
+            runs.append(_Run(run_start, i, before_change=False, after_change=run_after))
     return runs
