@@ -55,18 +55,7 @@ from . import memory, sessions, stored_owners, tokens
 from .accounting import claims
 from .accounting.events import Begun, Outcome
 from .accounting.usage import Observed
-from .appkeys import (
-    CONFIG,
-    CTX,
-    KEY_ID,
-    OVERRIDE_FOR,
-    RATE,
-    REQUEST_ID,
-    STARTED,
-    USAGE_EVENT,
-    abandoned,
-    stamp,
-)
+from .appkeys import CONFIG, CTX, abandoned, stamp
 from .auth import KeyRecord, MissingProviderKeyError, credential_from_headers
 from .catalog import SMART_AUTO, needs, sampling_of, smart_auto, usable
 from .errors import (
@@ -135,16 +124,16 @@ class Relay(Protocol):
 async def authenticate(request: web.Request, gw: Gateway) -> KeyRecord:
     """The calling key (401 in the client's format otherwise); its last use is recorded after the response."""
     key = await gw.keys.authenticate(credential_from_headers(request.headers))
-    request[KEY_ID] = key.id
+    ctx = request[CTX]
+    ctx.key_id = key.id
     limits = gw.limits
     if limits.enabled:
         ip = limits.client_ip(request.remote, request.headers.get("X-Forwarded-For"))
-        admitted = await limits.admit(key, ip)  # 429 over a limit; released when the response is done
-        if admitted is not None:
-            request[RATE] = admitted
+        # 429 over a limit; released when the response is done
+        ctx.rate = await limits.admit(key, ip)
     touch = gw.keys.touch(key.id)
     if touch is not None:
-        request[CTX].wait_until(touch)
+        ctx.wait_until(touch)
     return key
 
 
@@ -152,6 +141,7 @@ async def proxy(
     request: web.Request, gw: Gateway, key: KeyRecord, fmt: InboundFormat, body: dict[str, Any]
 ) -> web.StreamResponse:
     """Serve one model request end to end."""
+    ctx = request[CTX]
     model = checked_model(body.get("model"))
     stream = checked_stream(body.get("stream"))
     trex = body.pop("trex", None)
@@ -160,11 +150,11 @@ async def proxy(
     # smart-auto is routed once the optimized size is known; any other model fails fast, before optimizing.
     route = None if smart else resolve(model, gw.models)
     if _override(request) is not None:  # the client's own key is for the provider of the model it named
-        request[OVERRIDE_FOR] = route.provider if route is not None else _override_provider(request)
+        ctx.override_for = route.provider if route is not None else _override_provider(request)
     api_key = None if route is None else await provider_key(request, gw, key, route.provider)
     # The plan: model allowed, web search allowed, quota left, credits.
     listed = gw.catalog.get(model)
-    admitted = request.get(RATE)
+    admitted = ctx.rate
     admission = await gw.quotas.admit(
         key,
         model,
@@ -482,7 +472,7 @@ async def proxy(
         # the conversation has not had its first exchange, nothing of it would be replayed, and storing it
         # would keep every one-shot request (a system prompt and a question) for SESSION_TTL_SECONDS.
         if replay.field is not None and (named or (replay.hashes and not gw.implicit_sessions)):
-            request[CTX].wait_until(
+            ctx.wait_until(
                 sessions.remember(
                     gw.kv,
                     key.id,
@@ -509,7 +499,7 @@ async def proxy(
         if stream and is_sse:
             relay: Relay = _make_relay(fmt, wire, route, body, wants_usage)
             if made is not None:
-                relay = stored_owners.OwnedStream(relay, request[CTX], gw.kv, made, key.id)
+                relay = stored_owners.OwnedStream(relay, ctx, gw.kv, made, key.id)
             chunks: list[bytes] | None = [] if acct is not None else None
             try:
                 response, outcome = await _stream(request, upstream, relay, out_headers, chunks, head)
@@ -542,7 +532,7 @@ async def proxy(
             _finish_usage(gw, acct, failed_status, "upstream_error", None)
             return _error_from(request, data, failed_status, fmt, wire, out_headers, api_key)
         if made is not None:
-            request[CTX].wait_until(stored_owners.remember_answer(gw.kv, made, data, key.id))
+            ctx.wait_until(stored_owners.remember_answer(gw.kv, made, data, key.id))
         if fmt == wire and not stream:
             problem = unusable  # judged when its attempt read it (`_unreadable_answer`), not decoded again
             if problem is not None:
@@ -803,7 +793,7 @@ async def _next_fallback(
     """The next fallback this key can use, and how its request is then charged; one without a provider key,
     that the key's plan does not allow (or allows on credits it lacks), or that cannot take this request, is
     recorded as skipped. On credits, it holds what the fallback may cost in place of what was held."""
-    admitted = request.get(RATE)
+    admitted = request[CTX].rate
     for route in fallbacks:
         try:
             api_key = await provider_key(request, gw, key, route.provider)
@@ -847,13 +837,13 @@ def _override(request: web.Request) -> str | None:
 
 def _uses_own_key(request: web.Request, provider: Provider) -> bool:
     """True when a call to `provider` for this request goes with the client's `X-Upstream-Api-Key`."""
-    return _override(request) is not None and request.get(OVERRIDE_FOR, provider) == provider
+    return _override(request) is not None and request[CTX].override_for in (None, provider)
 
 
 def _override_provider(request: web.Request) -> Provider:
     """The provider an `X-Upstream-Api-Key` override is for: the requested model's (set by `proxy`), else the
     one its key format names (Anthropic's `sk-ant-`, OpenRouter's `sk-or-`; other keys are OpenAI's)."""
-    known = request.get(OVERRIDE_FOR)
+    known = request[CTX].override_for
     if known is not None:
         return cast(Provider, known)
     secret = _override(request) or ""
@@ -959,8 +949,9 @@ def _begin_usage(
 ) -> Begun | None:
     if gw.usage is None:
         return None
-    started = request[STARTED]
-    begun = request[USAGE_EVENT] = gw.usage.begin(
+    ctx = request[CTX]
+    started = ctx.started
+    begun = ctx.usage_event = gw.usage.begin(
         key=key,
         route=request.path,
         provider=route.provider,
@@ -997,7 +988,7 @@ async def provider_key(request: web.Request, gw: Gateway, key: KeyRecord, provid
     sent the client's key for this one), else the bound key, else (local only) none; otherwise
     `missing_provider_key`."""
     override = _override(request)
-    if override is not None and request.get(OVERRIDE_FOR, provider) == provider:
+    if override is not None and request[CTX].override_for in (None, provider):
         return override
     bound = await gw.keys.provider_key(key.id, provider)
     if bound:
@@ -1226,7 +1217,7 @@ def _error_from(
     if status == 529:
         err.anthropic_type = "overloaded_error"
     return web.Response(
-        body=err.body(error_format_for(request.path, request.headers), request.get(REQUEST_ID)),
+        body=err.body(error_format_for(request.path, request.headers), request[CTX].request_id),
         status=status,
         headers=headers,
         content_type="application/json",
@@ -1684,7 +1675,7 @@ async def _stream(
             "failed relaying the upstream stream of %s %s",
             request.method,
             request.path,
-            extra={"request_id": request.get(REQUEST_ID)},
+            extra={"request_id": request[CTX].request_id},
         )
         upstream.close()
         outcome = "upstream_failed"
@@ -1889,7 +1880,8 @@ async def forward_json(
     api_key = await provider_key(request, gw, key, route.provider)
     model = body.get("model")
     listed = gw.catalog.get(str(model))
-    admitted = request.get(RATE)
+    ctx = request[CTX]
+    admitted = ctx.rate
     admission = (
         None
         if free
@@ -1915,8 +1907,8 @@ async def forward_json(
         admission = await gw.quotas.hold(admission, estimate)
     acct: Begun | None = None
     if gw.usage is not None and not free:
-        started = request[STARTED]
-        acct = request[USAGE_EVENT] = gw.usage.begin(
+        started = ctx.started
+        acct = ctx.usage_event = gw.usage.begin(
             key=key,
             route=request.path,
             provider=route.provider,
