@@ -138,6 +138,25 @@ _MAX_KEY_ID_CHARS = 64
 _MAX_PROVIDER_KEY_CHARS = 4096
 
 
+def _digest(token: str | None) -> str:
+    """The hash of a presented proxy key, or AuthenticationError (401) when none was presented."""
+    if not token:
+        raise AuthenticationError(
+            "Missing proxy key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
+            code="missing_api_key",
+        )
+    return hash_key(token)
+
+
+def _active(record: KeyRecord | None, digest: str) -> KeyRecord:
+    """`record` when it is the active key with this hash, else AuthenticationError (401)."""
+    if record is None or not hmac.compare_digest(record.hash, digest):
+        raise AuthenticationError("Invalid proxy key.", code="invalid_api_key")
+    if record.state != "active":
+        raise AuthenticationError(f"This proxy key is {record.state}.", code=f"key_{record.state}")
+    return record
+
+
 def _revoked_slot(key_id: str) -> str:
     return f"keys_revoked/{key_id}"
 
@@ -321,21 +340,19 @@ class KeyStore:
 
     async def authenticate(self, token: str | None) -> KeyRecord:
         """The active key record for a presented proxy key, or AuthenticationError (401)."""
-        if not token:
-            raise AuthenticationError(
-                "Missing proxy key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
-                code="missing_api_key",
-            )
-        digest = hash_key(token)
+        digest = _digest(token)
         hit, record = self._records.get(digest)
         if not hit:
             record = await self._once(digest, self._load_by_hash, digest)
             self._records.put(digest, record)  # unknown keys are cached too: a flood of bad keys stays cheap
-        if record is None or not hmac.compare_digest(record.hash, digest):
-            raise AuthenticationError("Invalid proxy key.", code="invalid_api_key")
-        if record.state != "active":
-            raise AuthenticationError(f"This proxy key is {record.state}.", code=f"key_{record.state}")
-        return record
+        return _active(record, digest)
+
+    def authenticate_cached(self, token: str | None) -> KeyRecord | None:
+        """What `authenticate` answers when the key's record is in the cache (the 401s included); None when
+        only `authenticate` can tell (it reads the KV). Most requests are answered here, with no coroutine."""
+        digest = _digest(token)
+        hit, record = self._records.get(digest)
+        return _active(record, digest) if hit else None
 
     async def _load_by_hash(self, digest: str) -> KeyRecord | None:
         key_id = await self._kv.get(f"keyhash/{digest}")
@@ -343,6 +360,10 @@ class KeyStore:
             return None
         raw = await self._kv.get(f"keys/{key_id.decode()}")
         return None if raw is None else await self._with_revoke(msgspec.json.decode(raw, type=KeyRecord))
+
+    def cached_provider_key(self, key_id: str, provider: str) -> tuple[bool, str | None]:
+        """(True, what `provider_key` answers) when the cache holds it, else (False, None)."""
+        return self._provider_keys.get(f"bindings/{key_id}/{provider}")
 
     async def provider_key(self, key_id: str, provider: str) -> str | None:
         """The plaintext provider key bound to this proxy key, or None."""

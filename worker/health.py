@@ -27,9 +27,10 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from itertools import islice
+from typing import Any
 
 from kv import KVError, KVNamespace
 
@@ -79,6 +80,22 @@ class Breakers:
 
     def _key(self, provider: str, model: str, what: str) -> str:
         return f"health/{provider}/{model}/{what}"
+
+    def allowed(self, provider: str, model: str) -> bool | None:
+        """What `allow` would answer, when this instance knows it without the KV (the state read within the
+        last second, and no probe to contend for); None when only `allow` can tell. The request path asks
+        this first: most requests need no coroutine for their breaker."""
+        if self.failures <= 0:
+            return True
+        state = self._states.get((provider, model))
+        if state is None:
+            return None
+        now = self._clock()
+        if now - state.checked >= _REFRESH_SECONDS:
+            return None
+        if state.open_until == 0.0:
+            return True
+        return False if now < state.open_until else None
 
     async def allow(self, provider: str, model: str) -> bool:
         """False while the breaker is open (skip this route); True when closed or when this request is the
@@ -201,11 +218,15 @@ class Breakers:
         except KVError as exc:
             log.warning("could not record a failure of %s/%s: %s", provider, model, exc)
 
-    async def succeeded(self, provider: str, model: str) -> None:
-        """Close the breaker if this route had failures or was open (nothing to write otherwise)."""
+    def succeeded(self, provider: str, model: str) -> Coroutine[Any, Any, None] | None:
+        """The writes closing the breaker if this route had failures or was open, else None (nothing to
+        write, the usual case: decided without creating a coroutine)."""
         state = self._states.get((provider, model))
         if state is None or (not state.failures_seen and state.open_until == 0.0):
-            return
+            return None
+        return self._close(provider, model, state)
+
+    async def _close(self, provider: str, model: str, state: _State) -> None:
         try:
             for what in ("fails", "open", "probe"):
                 await self.kv.delete(self._key(provider, model, what))

@@ -72,8 +72,8 @@ from .errors import (
 )
 from .gateway import Gateway
 from .holds import DEFAULT_HOLD_OUTPUT_TOKENS, Estimate
-from .optimize.pipeline import Report
-from .optimizing import count_tokens, resolve_options, savings_headers, session_id
+from .optimize.pipeline import Report, optimize
+from .optimizing import count_tokens, resolve_options, runs_inline, savings_headers, session_id
 from .optimizing import run as run_optimizer
 from .quotas import Admission, InsufficientBalanceError, ModelNotAllowedError, uses_web_search
 from .routing import PROVIDER_NAMES, ModelRoute, Provider, checked_model, checked_stream, resolve
@@ -123,7 +123,10 @@ class Relay(Protocol):
 
 async def authenticate(request: web.Request, gw: Gateway) -> KeyRecord:
     """The calling key (401 in the client's format otherwise); its last use is recorded after the response."""
-    key = await gw.keys.authenticate(credential_from_headers(request.headers))
+    token = credential_from_headers(request.headers)
+    key = gw.keys.authenticate_cached(token)
+    if key is None:
+        key = await gw.keys.authenticate(token)
     ctx = request[CTX]
     ctx.key_id = key.id
     limits = gw.limits
@@ -138,9 +141,9 @@ async def authenticate(request: web.Request, gw: Gateway) -> KeyRecord:
 
 
 async def proxy(
-    request: web.Request, gw: Gateway, key: KeyRecord, fmt: InboundFormat, body: dict[str, Any]
+    request: web.Request, gw: Gateway, key: KeyRecord, fmt: InboundFormat, body: dict[str, Any], raw: bytes
 ) -> web.StreamResponse:
-    """Serve one model request end to end."""
+    """Serve one model request end to end (`body`: the request's body `raw` decoded)."""
     ctx = request[CTX]
     model = checked_model(body.get("model"))
     stream = checked_stream(body.get("stream"))
@@ -151,7 +154,11 @@ async def proxy(
     route = None if smart else resolve(model, gw.models)
     if _override(request) is not None:  # the client's own key is for the provider of the model it named
         ctx.override_for = route.provider if route is not None else _override_provider(request)
-    api_key = None if route is None else await provider_key(request, gw, key, route.provider)
+    api_key = None
+    if route is not None:
+        known, api_key = _known_provider_key(request, gw, key, route.provider)
+        if not known:
+            api_key = await provider_key(request, gw, key, route.provider)
     # The plan: model allowed, web search allowed, quota left, credits.
     listed = gw.catalog.get(model)
     admitted = ctx.rate
@@ -196,9 +203,8 @@ async def proxy(
             replay = sessions.fresh(fmt, body, settings)
         # TrexID references are expanded before anything else reads the messages (404/403 before forwarding),
         # but for the prefix about to be replayed, whose forwarded bytes carry their expansions (and a
-        # context_ref already among them is not added again). The body as read (cached), grown by the
-        # expansions, which may not take it past the body limit: that size decides what runs off the loop.
-        raw = await request.read()
+        # context_ref already among them is not added again). The body as read, grown by the expansions,
+        # which may not take it past the body limit: that size decides what runs off the loop.
         received = size = len(raw)
         if trex is not None or memory.may_refer(raw):  # else nothing in it can be a reference
             size += await memory.expand_refs(
@@ -221,7 +227,11 @@ async def proxy(
             received_tokens = await count_tokens(fmt, body, encoding, size)
             replay.apply(body)
             options = dataclasses.replace(options, frozen_items=replay.replayed)
-        report = await run_optimizer(fmt, body, options, size)
+        report = (
+            optimize(fmt, body, options)
+            if runs_inline(size)
+            else await run_optimizer(fmt, body, options, size)
+        )
         if replay.replayed and received_tokens is not None:
             report.original_tokens = max(received_tokens, report.optimized_tokens)
         report.note_session(replay.replayed, replay.reoptimize)
@@ -285,7 +295,10 @@ async def proxy(
         cand = prepared.route
         out_headers["X-Trex-Upstream-Provider"] = cand.provider
         out_headers["X-Trex-Upstream-Model"] = cand.upstream_model
-        if tries == 0 and not await gw.breakers.allow(cand.provider, cand.upstream_model):
+        allowed = gw.breakers.allowed(cand.provider, cand.upstream_model) if tries == 0 else True
+        if allowed is None:
+            allowed = await gw.breakers.allow(cand.provider, cand.upstream_model)
+        if not allowed:
             attempts.append(
                 {
                     "provider": cand.provider,
@@ -395,7 +408,9 @@ async def proxy(
             attempt["error"] = f"returned {unusable}"
         attempts.append(attempt)
         if resp is not None and status not in _RETRYABLE:
-            await gw.breakers.succeeded(cand.provider, cand.upstream_model)  # it answered: it is up
+            closing = gw.breakers.succeeded(cand.provider, cand.upstream_model)  # it answered: it is up
+            if closing is not None:
+                await closing
             upstream = resp
             break
         if status != 429:  # a rate limit (often one key's own) is retried, not held against the route
@@ -987,10 +1002,25 @@ async def provider_key(request: web.Request, gw: Gateway, key: KeyRecord, provid
     """The override header (for the provider it is for only: a fallback to another provider must never be
     sent the client's key for this one), else the bound key, else (local only) none; otherwise
     `missing_provider_key`."""
+    known, value = _known_provider_key(request, gw, key, provider)
+    if known:
+        return value
+    return _bound_or_missing(key, provider, await gw.keys.provider_key(key.id, provider))
+
+
+def _known_provider_key(
+    request: web.Request, gw: Gateway, key: KeyRecord, provider: Provider
+) -> tuple[bool, str | None]:
+    """(True, what `provider_key` answers) when that needs no KV read (the override, or the bound key in the
+    key store's cache), else (False, None)."""
     override = _override(request)
     if override is not None and request[CTX].override_for in (None, provider):
-        return override
-    bound = await gw.keys.provider_key(key.id, provider)
+        return True, override
+    hit, bound = gw.keys.cached_provider_key(key.id, provider)
+    return (True, _bound_or_missing(key, provider, bound)) if hit else (False, None)
+
+
+def _bound_or_missing(key: KeyRecord, provider: Provider, bound: str | None) -> str | None:
     if bound:
         return bound
     if provider == "local":
