@@ -41,7 +41,7 @@ from .errors import (
 )
 from .gateway import Gateway, build_gateway
 from .handlers import admin, compress, health, models, payloads, stored, usage
-from .logs import redact_headers
+from .logs import elapsed_ms, redact_headers
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -324,7 +324,7 @@ def make_edge_middleware(
             stamp(request, resp, ctx)
             return resp
         finally:
-            latency = round((time.perf_counter() - started) * 1000, 2)
+            latency = elapsed_ms(started)
             if access is not None:
                 access.log(rid, request.method, request.path, status, latency)
             admitted = ctx.rate

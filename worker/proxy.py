@@ -72,6 +72,7 @@ from .errors import (
 )
 from .gateway import Gateway
 from .holds import DEFAULT_HOLD_OUTPUT_TOKENS, Estimate
+from .logs import elapsed_ms
 from .optimize.pipeline import Report, optimize
 from .optimizing import count_tokens, resolve_options, runs_inline, savings_headers, session_id
 from .optimizing import run as run_optimizer
@@ -398,7 +399,7 @@ async def proxy(
             "provider": cand.provider,
             "model": cand.upstream_model,
             "status": status,
-            "latency_ms": round((time.perf_counter() - began) * 1000, 2),
+            "latency_ms": elapsed_ms(began),
         }
         if failure is not None:
             attempt["error"] = str(failure)
@@ -981,7 +982,7 @@ def _begin_usage(
         bytes_before=received,
         bytes_after=len(payload),
         claims=client_claims,
-        overhead_ms=round((time.perf_counter() - started) * 1000, 2),
+        overhead_ms=elapsed_ms(started),
         started=started,
     )
     return begun
@@ -1953,7 +1954,7 @@ async def forward_json(
             bytes_before=len(await request.read()),
             bytes_after=len(payload),
             claims=client_claims,
-            overhead_ms=round((time.perf_counter() - started) * 1000, 2),
+            overhead_ms=elapsed_ms(started),
             started=started,
         )
         acct.admission = admission
