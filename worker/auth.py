@@ -18,12 +18,15 @@ request) and every admin read reports the key revoked when it is there, and a ch
 writing puts `revoked` back.
 
 Lookups go through a short-lived per-process cache (1 s by default) so the hot path rarely touches the KV,
-while a state change or a new binding is still seen by every instance within that second.
+while a state change or a new binding is still seen by every instance within that second. An entry in use is
+loaded again in the background shortly before it expires, so that under steady traffic no request waits for
+the KV (a load that a change on this instance overtook is not cached).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import secrets
@@ -93,9 +96,13 @@ class _TTLCache(Generic[T]):
 
     def __init__(self, ttl: float, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic):
         self._ttl = ttl
+        self._renew = ttl * _RENEW_SHARE
         self._max = max_entries
         self._clock = clock
         self._data: dict[str, tuple[float, T]] = {}
+        self.drops = 0
+        """How many entries were dropped so far: a load that began before a drop must not put back what it
+        read (see `KeyStore._finished_loading`)."""
 
     def get(self, key: str) -> tuple[bool, T | None]:
         hit = self._data.get(key)
@@ -103,13 +110,32 @@ class _TTLCache(Generic[T]):
             return False, None
         return True, hit[1]
 
+    def lookup(self, key: str) -> tuple[bool, T | None, bool]:
+        """Like `get`, and whether a hit is in the last part of its lifetime, when it is time to load it again
+        (in the background: until it expires, the entry answers as before)."""
+        hit = self._data.get(key)
+        if hit is None:
+            return False, None, False
+        left = hit[0] - self._clock()
+        if left < 0:
+            return False, None, False
+        return True, hit[1], left < self._renew
+
     def put(self, key: str, value: T) -> None:
         if len(self._data) >= self._max:
             self._data.clear()  # crude but bounded; entries live one TTL anyway
         self._data[key] = (self._clock() + self._ttl, value)
 
     def drop(self, key: str) -> None:
+        self.drops += 1
         self._data.pop(key, None)
+
+
+_RENEW_SHARE = 0.2
+"""The last part of a cache entry's lifetime in which a request that uses it starts loading it again. Under
+steady traffic an entry is then renewed before it expires, and no request waits for the KV read (with a 1 s
+TTL, every request in flight would otherwise wait for it once a second); what a request is answered with is
+never older than the TTL, as before."""
 
 
 def hash_key(token: str) -> str:
@@ -168,17 +194,23 @@ def _revoked_conflict(key_id: str) -> ConflictError:
 class KeyStore:
     """Creates, lists and resolves proxy keys and their provider bindings on a KV namespace."""
 
-    def __init__(self, kv: KVNamespace, vault: Vault | None, cache_ttl: float = 1.0) -> None:
+    def __init__(
+        self,
+        kv: KVNamespace,
+        vault: Vault | None,
+        cache_ttl: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._kv = kv
         self._vault = vault
-        self._records: _TTLCache[KeyRecord | None] = _TTLCache(cache_ttl)
-        self._provider_keys: _TTLCache[str | None] = _TTLCache(cache_ttl)
+        self._records: _TTLCache[KeyRecord | None] = _TTLCache(cache_ttl, clock=clock)
+        self._provider_keys: _TTLCache[str | None] = _TTLCache(cache_ttl, clock=clock)
         self._last_used_written: dict[str, float] = {}
         # Changes read a record and write it back whole: two at once (a revoke and a plan change) would
         # undo each other, a revoked key come back active. One at a time in this process; across instances
         # the `keys_revoked/` entry keeps a revoke (see the module docstring).
         self._changes = asyncio.Lock()
-        self._loading: dict[str, asyncio.Future[Any]] = {}  # cache misses being loaded (see `_once`)
+        self._loading: dict[str, asyncio.Future[Any]] = {}  # cache entries being loaded (see `_load`)
 
     # ---- administration --------------------------------------------------------------------------------
 
@@ -341,18 +373,24 @@ class KeyStore:
     async def authenticate(self, token: str | None) -> KeyRecord:
         """The active key record for a presented proxy key, or AuthenticationError (401)."""
         digest = _digest(token)
-        hit, record = self._records.get(digest)
+        hit, record, renew = self._records.lookup(digest)
         if not hit:
-            record = await self._once(digest, self._load_by_hash, digest)
-            self._records.put(digest, record)  # unknown keys are cached too: a flood of bad keys stays cheap
+            # Unknown keys are cached too: a flood of bad keys stays cheap.
+            record = await shared(self._load(self._records, digest, self._load_by_hash, digest))
+        elif renew:
+            self._load(self._records, digest, self._load_by_hash, digest)
         return _active(record, digest)
 
     def authenticate_cached(self, token: str | None) -> KeyRecord | None:
         """What `authenticate` answers when the key's record is in the cache (the 401s included); None when
         only `authenticate` can tell (it reads the KV). Most requests are answered here, with no coroutine."""
         digest = _digest(token)
-        hit, record = self._records.get(digest)
-        return _active(record, digest) if hit else None
+        hit, record, renew = self._records.lookup(digest)
+        if not hit:
+            return None
+        if renew:
+            self._load(self._records, digest, self._load_by_hash, digest)
+        return _active(record, digest)
 
     async def _load_by_hash(self, digest: str) -> KeyRecord | None:
         key_id = await self._kv.get(f"keyhash/{digest}")
@@ -363,17 +401,19 @@ class KeyStore:
 
     def cached_provider_key(self, key_id: str, provider: str) -> tuple[bool, str | None]:
         """(True, what `provider_key` answers) when the cache holds it, else (False, None)."""
-        return self._provider_keys.get(f"bindings/{key_id}/{provider}")
+        slot = f"bindings/{key_id}/{provider}"
+        hit, value, renew = self._provider_keys.lookup(slot)
+        if renew:
+            self._load(self._provider_keys, slot, self._load_provider_key, slot, provider)
+        return hit, value
 
     async def provider_key(self, key_id: str, provider: str) -> str | None:
         """The plaintext provider key bound to this proxy key, or None."""
         slot = f"bindings/{key_id}/{provider}"
-        hit, value = self._provider_keys.get(slot)
+        hit, value = self.cached_provider_key(key_id, provider)
         if hit:
             return value
-        plaintext = await self._once(slot, self._load_provider_key, slot, provider)
-        self._provider_keys.put(slot, plaintext)
-        return plaintext
+        return await shared(self._load(self._provider_keys, slot, self._load_provider_key, slot, provider))
 
     async def _load_provider_key(self, slot: str, provider: str) -> str | None:
         raw = await self._kv.get(slot)
@@ -385,20 +425,30 @@ class KeyStore:
                 raise MasterKeyError(f"Cannot decrypt the bound {provider} key: {exc}.") from exc
         return plaintext
 
-    async def _once(self, key: str, load: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
-        """`load(*args)`, run once for all the requests that miss the cache for `key` at the same moment (a
-        burst on a cold or just-expired entry would otherwise make one KV round trip per request). The load
-        is a task of its own: a requester that goes away does not cancel it for the others."""
+    def _load(
+        self, cache: _TTLCache[T], key: str, load: Callable[..., Coroutine[Any, Any, T]], *args: Any
+    ) -> asyncio.Future[T]:
+        """`load(*args)` for `key` of `cache`, put into the cache when it succeeds; the load in flight if
+        there is one, so that it runs once for all the requests that miss the cache at the same moment (a
+        burst on a cold or just-expired entry would otherwise make one KV round trip per request), or once for
+        the requests that find the entry due for renewal. The load is a task of its own: a requester that
+        goes away does not cancel it for the others (await it with `shared`)."""
         task = self._loading.get(key)
         if task is None:
             task = self._loading[key] = asyncio.ensure_future(load(*args))
-            task.add_done_callback(lambda done: self._finished_loading(key, done))
-        return await shared(task)
+            task.add_done_callback(functools.partial(self._finished_loading, cache, key, cache.drops))
+        return task
 
-    def _finished_loading(self, key: str, task: asyncio.Future[Any]) -> None:
+    def _finished_loading(
+        self, cache: _TTLCache[Any], key: str, drops: int, task: asyncio.Future[Any]
+    ) -> None:
         self._loading.pop(key, None)
-        if not task.cancelled():
-            task.exception()  # retrieved: every requester may have gone already
+        if task.cancelled():
+            return
+        # Retrieved here: every requester may have gone already (a renewal has none). A failed renewal leaves
+        # the entry to expire; the next request then loads it, and meets the failure itself.
+        if task.exception() is None and cache.drops == drops:  # else a change may have come after the read
+            cache.put(key, task.result())
 
     def touch(self, key_id: str, now: float | None = None) -> Coroutine[Any, Any, None] | None:
         """The write recording use of `key_id`, or None when it was recorded in the last minute.

@@ -13,7 +13,8 @@ KV keys: `health/<provider>/<model>/fails` (an `incr` counter), `health/<provide
 second the cooldown ends, with the cooldown as TTL), `health/<provider>/<model>/probe` (who probes). Each
 instance caches a route's state for at most `_REFRESH_SECONDS`, so the request path reads the KV about once a
 second per route, not once per request (the requests that find the state stale while it is being read wait for
-that one read), and writes only when something fails or recovers. That cache holds at most `max_routes`
+that one read; under steady traffic it is read again before it is stale, `_RENEW_AFTER_SECONDS`, and none
+waits), and writes only when something fails or recovers. That cache holds at most `max_routes`
 routes: a client can name any number of models (`local/<anything>` needs no key), and each would otherwise
 stay in it for good. Past that, the route least recently read from the KV goes, one without
 failures if one of the oldest few has none; the KV still holds its state, so it is only read again.
@@ -38,6 +39,10 @@ from .context import shared
 
 log = logging.getLogger("trex.health")
 _REFRESH_SECONDS = 1.0
+_RENEW_AFTER_SECONDS = 0.8
+"""A request that finds its route's state this old starts reading it again, and goes on with the state it has:
+under steady traffic the state is renewed before it is stale, and no request waits for the read (every
+request in flight otherwise would, once a second)."""
 MAX_ROUTES = 4096
 _EVICTION_SCAN = 32  # how many of the oldest routes are looked at for one without failures
 
@@ -87,12 +92,16 @@ class Breakers:
         this first: most requests need no coroutine for their breaker."""
         if self.failures <= 0:
             return True
-        state = self._states.get((provider, model))
+        route = (provider, model)
+        state = self._states.get(route)
         if state is None:
             return None
         now = self._clock()
-        if now - state.checked >= _REFRESH_SECONDS:
+        age = now - state.checked
+        if age >= _REFRESH_SECONDS:
             return None
+        if age >= _RENEW_AFTER_SECONDS:
+            self._start_read(route, now)
         if state.open_until == 0.0:
             return True
         return False if now < state.open_until else None
@@ -106,15 +115,13 @@ class Breakers:
         route = (provider, model)
         state = self._states.get(route)
         if state is None or now - state.checked >= _REFRESH_SECONDS:
-            reading = self._reading.get(route)
-            if reading is None:  # one read of the KV for every request that finds the state stale meanwhile
-                reading = self._reading[route] = asyncio.ensure_future(self._read(route, now))
-                reading.add_done_callback(functools.partial(self._read_done, route))
             # Shielded: a request that goes away does not cancel the read the others wait for.
-            fresh = await shared(reading)
+            fresh = await shared(self._start_read(route, now))
             if fresh is None:  # health is advisory: an unreachable KV never blocks traffic
                 return True
             state = fresh
+        elif now - state.checked >= _RENEW_AFTER_SECONDS:
+            self._start_read(route, now)
         if state.open_until == 0.0:
             return True
         if now < state.open_until:
@@ -134,6 +141,15 @@ class Breakers:
             return await self.kv.put_if_absent(probe, turn, expiration_ttl=self._ttl)
         except KVError:
             return True
+
+    def _start_read(self, route: tuple[str, str], now: float) -> asyncio.Future[_State | None]:
+        """The read of the route's state in flight, started if there is none: one read of the KV for every
+        request that finds the state stale (or due for renewal) meanwhile."""
+        reading = self._reading.get(route)
+        if reading is None:
+            reading = self._reading[route] = asyncio.ensure_future(self._read(route, now))
+            reading.add_done_callback(functools.partial(self._read_done, route))
+        return reading
 
     async def _read(self, route: tuple[str, str], now: float) -> _State | None:
         """The route's state as the KV holds it now (None when the KV cannot say)."""
