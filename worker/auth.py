@@ -370,9 +370,11 @@ class KeyStore:
 
     # ---- request path ------------------------------------------------------------------------------------
 
-    async def authenticate(self, token: str | None) -> KeyRecord:
-        """The active key record for a presented proxy key, or AuthenticationError (401)."""
-        digest = _digest(token)
+    async def authenticate(self, token: str | None, digest: str | None = None) -> KeyRecord:
+        """The active key record for a presented proxy key, or AuthenticationError (401). (`digest`: the
+        token's, when the caller has it from `authenticate_cached`.)"""
+        if digest is None:
+            digest = _digest(token)
         hit, record, renew = self._records.lookup(digest)
         if not hit:
             # Unknown keys are cached too: a flood of bad keys stays cheap.
@@ -381,16 +383,17 @@ class KeyStore:
             self._load(self._records, digest, self._load_by_hash, digest)
         return _active(record, digest)
 
-    def authenticate_cached(self, token: str | None) -> KeyRecord | None:
-        """What `authenticate` answers when the key's record is in the cache (the 401s included); None when
-        only `authenticate` can tell (it reads the KV). Most requests are answered here, with no coroutine."""
+    def authenticate_cached(self, token: str | None) -> tuple[KeyRecord | None, str]:
+        """What `authenticate` answers when the key's record is in the cache (the 401s included), or None
+        when only `authenticate` can tell (it reads the KV); and the token's digest, to pass it. Most requests
+        are answered here, with no coroutine."""
         digest = _digest(token)
         hit, record, renew = self._records.lookup(digest)
         if not hit:
-            return None
+            return None, digest
         if renew:
             self._load(self._records, digest, self._load_by_hash, digest)
-        return _active(record, digest)
+        return _active(record, digest), digest
 
     async def _load_by_hash(self, digest: str) -> KeyRecord | None:
         key_id = await self._kv.get(f"keyhash/{digest}")

@@ -125,9 +125,9 @@ class Relay(Protocol):
 async def authenticate(request: web.Request, gw: Gateway) -> KeyRecord:
     """The calling key (401 in the client's format otherwise); its last use is recorded after the response."""
     token = credential_from_headers(request.headers)
-    key = gw.keys.authenticate_cached(token)
+    key, digest = gw.keys.authenticate_cached(token)
     if key is None:
-        key = await gw.keys.authenticate(token)
+        key = await gw.keys.authenticate(token, digest)
     ctx = request[CTX]
     ctx.key_id = key.id
     limits = gw.limits
