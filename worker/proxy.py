@@ -153,11 +153,12 @@ async def proxy(
     smart = model == SMART_AUTO
     # smart-auto is routed once the optimized size is known; any other model fails fast, before optimizing.
     route = None if smart else resolve(model, gw.models)
-    if _override(request) is not None:  # the client's own key is for the provider of the model it named
+    override = _override(request)  # read once: it is needed several times below
+    if override is not None:  # the client's own key is for the provider of the model it named
         ctx.override_for = route.provider if route is not None else _override_provider(request)
     api_key = None
     if route is not None:
-        known, api_key = _known_provider_key(request, gw, key, route.provider)
+        known, api_key = _known_provider_key(request, gw, key, route.provider, override)
         if not known:
             api_key = await provider_key(request, gw, key, route.provider)
     # The plan: model allowed, web search allowed, quota left, credits.
@@ -508,7 +509,9 @@ async def proxy(
         # (With the client's own OpenAI key the object is in its own project: nothing to record.)
         made = (
             stored_owners.kind_made(wire, body)
-            if fmt == wire and route.provider == "openai" and not _uses_own_key(request, "openai")
+            if fmt == wire
+            and route.provider == "openai"
+            and (override is None or ctx.override_for not in (None, "openai"))  # not with its own key
             else None
         )
         is_sse = _is_event_stream(upstream)
@@ -1003,18 +1006,17 @@ async def provider_key(request: web.Request, gw: Gateway, key: KeyRecord, provid
     """The override header (for the provider it is for only: a fallback to another provider must never be
     sent the client's key for this one), else the bound key, else (local only) none; otherwise
     `missing_provider_key`."""
-    known, value = _known_provider_key(request, gw, key, provider)
+    known, value = _known_provider_key(request, gw, key, provider, _override(request))
     if known:
         return value
     return _bound_or_missing(key, provider, await gw.keys.provider_key(key.id, provider))
 
 
 def _known_provider_key(
-    request: web.Request, gw: Gateway, key: KeyRecord, provider: Provider
+    request: web.Request, gw: Gateway, key: KeyRecord, provider: Provider, override: str | None
 ) -> tuple[bool, str | None]:
     """(True, what `provider_key` answers) when that needs no KV read (the override, or the bound key in the
-    key store's cache), else (False, None)."""
-    override = _override(request)
+    key store's cache), else (False, None). `override`: the request's `_override`."""
     if override is not None and request[CTX].override_for in (None, provider):
         return True, override
     hit, bound = gw.keys.cached_provider_key(key.id, provider)
