@@ -90,6 +90,9 @@ log = logging.getLogger("trex.proxy")
 # Upstream response headers worth passing on: rate-limit state and when to retry.
 _FORWARD_HEADER_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
 _FORWARD_HEADERS = ("retry-after", "retry-after-ms", "request-id")
+_FORWARD_INITIALS = frozenset(
+    c for name in (*_FORWARD_HEADERS, *_FORWARD_HEADER_PREFIXES) for c in (name[0], name[0].upper())
+)
 _ERROR_BODY_LIMIT = 1 << 20
 
 
@@ -1132,9 +1135,12 @@ def _upstream_headers(
 def _forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in headers.items():
-        lower = name.lower()
-        if lower in _FORWARD_HEADERS or lower.startswith(_FORWARD_HEADER_PREFIXES):
-            out[name] = value
+        # Every header passed on starts with one of these letters; most of an answer's headers (content-*,
+        # date, server, openai-*, cf-*, …) are passed over on their first letter, without lowering the name.
+        if name[:1] in _FORWARD_INITIALS:
+            lower = name.lower()
+            if lower in _FORWARD_HEADERS or lower.startswith(_FORWARD_HEADER_PREFIXES):
+                out[name] = value
     return out
 
 
