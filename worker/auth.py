@@ -18,9 +18,9 @@ request) and every admin read reports the key revoked when it is there, and a ch
 writing puts `revoked` back.
 
 Lookups go through a short-lived per-process cache (1 s by default) so the hot path rarely touches the KV,
-while a state change or a new binding is still seen by every instance within that second. An entry in use is
-loaded again in the background shortly before it expires, so that under steady traffic no request waits for
-the KV (a load that a change on this instance overtook is not cached).
+while a state change or a new binding is still seen by every instance within that second. An entry requests
+read is loaded again in the background shortly before it expires, so that under steady traffic no request
+waits for the KV (a load that a change on this instance overtook is not cached).
 """
 
 from __future__ import annotations
@@ -95,11 +95,12 @@ class _TTLCache(Generic[T]):
     """A tiny bounded TTL cache owned by one KeyStore (not module state)."""
 
     def __init__(self, ttl: float, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic):
-        self._ttl = ttl
-        self._renew = ttl * _RENEW_SHARE
+        self.ttl = ttl
         self._max = max_entries
         self._clock = clock
         self._data: dict[str, tuple[float, T]] = {}
+        self.used: set[str] = set()
+        """The entries read since they were last loaded: the ones worth loading again before they expire."""
         self.drops = 0
         """How many entries were dropped so far: a load that began before a drop must not put back what it
         read (see `KeyStore._finished_loading`)."""
@@ -108,34 +109,26 @@ class _TTLCache(Generic[T]):
         hit = self._data.get(key)
         if hit is None or hit[0] < self._clock():
             return False, None
+        self.used.add(key)
         return True, hit[1]
-
-    def lookup(self, key: str) -> tuple[bool, T | None, bool]:
-        """Like `get`, and whether a hit is in the last part of its lifetime, when it is time to load it again
-        (in the background: until it expires, the entry answers as before)."""
-        hit = self._data.get(key)
-        if hit is None:
-            return False, None, False
-        left = hit[0] - self._clock()
-        if left < 0:
-            return False, None, False
-        return True, hit[1], left < self._renew
 
     def put(self, key: str, value: T) -> None:
         if len(self._data) >= self._max:
             self._data.clear()  # crude but bounded; entries live one TTL anyway
-        self._data[key] = (self._clock() + self._ttl, value)
+            self.used.clear()
+        self._data[key] = (self._clock() + self.ttl, value)
+        self.used.discard(key)
 
     def drop(self, key: str) -> None:
         self.drops += 1
         self._data.pop(key, None)
 
 
-_RENEW_SHARE = 0.2
-"""The last part of a cache entry's lifetime in which a request that uses it starts loading it again. Under
-steady traffic an entry is then renewed before it expires, and no request waits for the KV read (with a 1 s
-TTL, every request in flight would otherwise wait for it once a second); what a request is answered with is
-never older than the TTL, as before."""
+_RENEW_AT = 0.8
+"""When, in a cache entry's lifetime, it is loaded again if requests read it since it was loaded: an entry in
+use is renewed before it expires, and no request waits for the KV read (with a 1 s TTL, every request in
+flight would otherwise wait for it once a second); what a request is answered with is never older than the
+TTL, as before. An entry nobody read since its load is left to expire."""
 
 
 def hash_key(token: str) -> str:
@@ -211,6 +204,8 @@ class KeyStore:
         # the `keys_revoked/` entry keeps a revoke (see the module docstring).
         self._changes = asyncio.Lock()
         self._loading: dict[str, asyncio.Future[Any]] = {}  # cache entries being loaded (see `_load`)
+        self._renewals: dict[str, asyncio.TimerHandle] = {}  # when each loaded entry is looked at again
+        self._closed = False
 
     # ---- administration --------------------------------------------------------------------------------
 
@@ -375,12 +370,10 @@ class KeyStore:
         token's, when the caller has it from `authenticate_cached`.)"""
         if digest is None:
             digest = _digest(token)
-        hit, record, renew = self._records.lookup(digest)
+        hit, record = self._records.get(digest)
         if not hit:
             # Unknown keys are cached too: a flood of bad keys stays cheap.
             record = await shared(self._load(self._records, digest, self._load_by_hash, digest))
-        elif renew:
-            self._load(self._records, digest, self._load_by_hash, digest)
         return _active(record, digest)
 
     def authenticate_cached(self, token: str | None) -> tuple[KeyRecord | None, str]:
@@ -388,12 +381,8 @@ class KeyStore:
         when only `authenticate` can tell (it reads the KV); and the token's digest, to pass it. Most requests
         are answered here, with no coroutine."""
         digest = _digest(token)
-        hit, record, renew = self._records.lookup(digest)
-        if not hit:
-            return None, digest
-        if renew:
-            self._load(self._records, digest, self._load_by_hash, digest)
-        return _active(record, digest), digest
+        hit, record = self._records.get(digest)
+        return (_active(record, digest) if hit else None), digest
 
     async def _load_by_hash(self, digest: str) -> KeyRecord | None:
         key_id = await self._kv.get(f"keyhash/{digest}")
@@ -404,11 +393,7 @@ class KeyStore:
 
     def cached_provider_key(self, key_id: str, provider: str) -> tuple[bool, str | None]:
         """(True, what `provider_key` answers) when the cache holds it, else (False, None)."""
-        slot = f"bindings/{key_id}/{provider}"
-        hit, value, renew = self._provider_keys.lookup(slot)
-        if renew:
-            self._load(self._provider_keys, slot, self._load_provider_key, slot, provider)
-        return hit, value
+        return self._provider_keys.get(f"bindings/{key_id}/{provider}")
 
     async def provider_key(self, key_id: str, provider: str) -> str | None:
         """The plaintext provider key bound to this proxy key, or None."""
@@ -433,25 +418,57 @@ class KeyStore:
     ) -> asyncio.Future[T]:
         """`load(*args)` for `key` of `cache`, put into the cache when it succeeds; the load in flight if
         there is one, so that it runs once for all the requests that miss the cache at the same moment (a
-        burst on a cold or just-expired entry would otherwise make one KV round trip per request), or once for
-        the requests that find the entry due for renewal. The load is a task of its own: a requester that
-        goes away does not cancel it for the others (await it with `shared`)."""
+        burst on a cold or just-expired entry would otherwise make one KV round trip per request). The load is
+        a task of its own: a requester that goes away does not cancel it for the others (await it with
+        `shared`). Once loaded, an entry is renewed before it expires if requests read it (`_RENEW_AT`)."""
         task = self._loading.get(key)
         if task is None:
             task = self._loading[key] = asyncio.ensure_future(load(*args))
-            task.add_done_callback(functools.partial(self._finished_loading, cache, key, cache.drops))
+            task.add_done_callback(
+                functools.partial(self._finished_loading, cache, key, cache.drops, load, args)
+            )
         return task
 
     def _finished_loading(
-        self, cache: _TTLCache[Any], key: str, drops: int, task: asyncio.Future[Any]
+        self,
+        cache: _TTLCache[Any],
+        key: str,
+        drops: int,
+        load: Callable[..., Coroutine[Any, Any, Any]],
+        args: tuple[Any, ...],
+        task: asyncio.Future[Any],
     ) -> None:
         self._loading.pop(key, None)
-        if task.cancelled():
+        # Retrieved here: every requester may have gone already (a renewal has none). A failed load leaves the
+        # entry to expire; the next request then loads it, and meets the failure itself.
+        if task.cancelled() or task.exception() is not None:
             return
-        # Retrieved here: every requester may have gone already (a renewal has none). A failed renewal leaves
-        # the entry to expire; the next request then loads it, and meets the failure itself.
-        if task.exception() is None and cache.drops == drops:  # else a change may have come after the read
-            cache.put(key, task.result())
+        if cache.drops != drops:  # a change on this instance may have come after the read: not cached
+            return
+        cache.put(key, task.result())
+        if not self._closed:
+            self._renewals[key] = asyncio.get_running_loop().call_later(
+                cache.ttl * _RENEW_AT, self._renew, cache, key, load, args
+            )
+
+    def _renew(
+        self,
+        cache: _TTLCache[Any],
+        key: str,
+        load: Callable[..., Coroutine[Any, Any, Any]],
+        args: tuple[Any, ...],
+    ) -> None:
+        """Load `key` again if requests read it since its last load (see `_RENEW_AT`)."""
+        self._renewals.pop(key, None)
+        if key in cache.used:
+            self._load(cache, key, load, *args)
+
+    def close(self) -> None:
+        """Stop renewing cache entries (at shutdown: no KV read is started after it)."""
+        self._closed = True
+        for handle in self._renewals.values():
+            handle.cancel()
+        self._renewals.clear()
 
     def touch(self, key_id: str, now: float | None = None) -> Coroutine[Any, Any, None] | None:
         """The write recording use of `key_id`, or None when it was recorded in the last minute.

@@ -13,11 +13,11 @@ KV keys: `health/<provider>/<model>/fails` (an `incr` counter), `health/<provide
 second the cooldown ends, with the cooldown as TTL), `health/<provider>/<model>/probe` (who probes). Each
 instance caches a route's state for at most `_REFRESH_SECONDS`, so the request path reads the KV about once a
 second per route, not once per request (the requests that find the state stale while it is being read wait for
-that one read; under steady traffic it is read again before it is stale, `_RENEW_AFTER_SECONDS`, and none
-waits), and writes only when something fails or recovers. That cache holds at most `max_routes`
-routes: a client can name any number of models (`local/<anything>` needs no key), and each would otherwise
-stay in it for good. Past that, the route least recently read from the KV goes, one without
-failures if one of the oldest few has none; the KV still holds its state, so it is only read again.
+that one read; a route in use is read again before its state is stale, `_RENEW_AFTER_SECONDS`, so that
+under steady traffic none waits), and writes only when something fails or recovers. That cache holds at most
+`max_routes` routes: a client can name any number of models (`local/<anything>` needs no key), and each would
+otherwise stay in it for good. Past that, the route least recently read from the KV goes, one without failures
+if one of the oldest few has none; the KV still holds its state, so it is only read again.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ from .context import shared
 log = logging.getLogger("trex.health")
 _REFRESH_SECONDS = 1.0
 _RENEW_AFTER_SECONDS = 0.8
-"""A request that finds its route's state this old starts reading it again, and goes on with the state it has:
-under steady traffic the state is renewed before it is stale, and no request waits for the read (every
-request in flight otherwise would, once a second)."""
+"""How long after a read a route's state is read again, if requests used it since: under steady traffic the
+state is renewed before it is stale, and no request waits for the read (every request in flight otherwise
+would, once a second). A route nobody used since its read is left to go stale."""
 MAX_ROUTES = 4096
 _EVICTION_SCAN = 32  # how many of the oldest routes are looked at for one without failures
 
@@ -82,6 +82,10 @@ class Breakers:
         self._states: OrderedDict[tuple[str, str], _State] = OrderedDict()
         self._reading: dict[tuple[str, str], asyncio.Future[_State | None]] = {}
         """The reads of a route's state from the KV in flight."""
+        self._used: set[tuple[str, str]] = set()
+        """Routes whose state requests used since it was last read."""
+        self._renewals: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._closed = False
 
     def _key(self, provider: str, model: str, what: str) -> str:
         return f"health/{provider}/{model}/{what}"
@@ -97,11 +101,9 @@ class Breakers:
         if state is None:
             return None
         now = self._clock()
-        age = now - state.checked
-        if age >= _REFRESH_SECONDS:
+        if now - state.checked >= _REFRESH_SECONDS:
             return None
-        if age >= _RENEW_AFTER_SECONDS:
-            self._start_read(route, now)
+        self._used.add(route)
         if state.open_until == 0.0:
             return True
         return False if now < state.open_until else None
@@ -120,8 +122,7 @@ class Breakers:
             if fresh is None:  # health is advisory: an unreachable KV never blocks traffic
                 return True
             state = fresh
-        elif now - state.checked >= _RENEW_AFTER_SECONDS:
-            self._start_read(route, now)
+        self._used.add(route)
         if state.open_until == 0.0:
             return True
         if now < state.open_until:
@@ -144,7 +145,7 @@ class Breakers:
 
     def _start_read(self, route: tuple[str, str], now: float) -> asyncio.Future[_State | None]:
         """The read of the route's state in flight, started if there is none: one read of the KV for every
-        request that finds the state stale (or due for renewal) meanwhile."""
+        request that finds the state stale meanwhile (and for its renewal)."""
         reading = self._reading.get(route)
         if reading is None:
             reading = self._reading[route] = asyncio.ensure_future(self._read(route, now))
@@ -170,8 +171,27 @@ class Breakers:
 
     def _read_done(self, route: tuple[str, str], reading: asyncio.Future[_State | None]) -> None:
         self._reading.pop(route, None)
-        if not reading.cancelled():
-            reading.exception()  # retrieved: every request that waited for it may have gone already
+        # Retrieved: every request that waited for it may have gone already (a renewal has none).
+        if reading.cancelled() or reading.exception() is not None or reading.result() is None:
+            return
+        self._used.discard(route)
+        if not self._closed:
+            self._renewals[route] = asyncio.get_running_loop().call_later(
+                _RENEW_AFTER_SECONDS, self._renew, route
+            )
+
+    def _renew(self, route: tuple[str, str]) -> None:
+        """Read the route's state again if requests used it since its last read (`_RENEW_AFTER_SECONDS`)."""
+        self._renewals.pop(route, None)
+        if route in self._used:
+            self._start_read(route, self._clock())
+
+    def close(self) -> None:
+        """Stop renewing route states (at shutdown: no KV read is started after it)."""
+        self._closed = True
+        for handle in self._renewals.values():
+            handle.cancel()
+        self._renewals.clear()
 
     def _remember(self, route: tuple[str, str], state: _State) -> None:
         """Hold `state` for `route` (as the most recently read), within `max_routes`."""
