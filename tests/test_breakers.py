@@ -43,3 +43,37 @@ async def test_requests_that_find_a_route_stale_together_read_its_state_once(tmp
         statements.clear()
         assert await asyncio.gather(*(other.allow("openai", "down") for _ in range(8))) == [False] * 8
         assert len([s for s in statements if s.startswith("SELECT")]) == 2
+
+
+class _CountingKV(MemoryKV):
+    """A real in-memory KV that counts the reads reaching it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def get(self, key: str) -> bytes | None:
+        self.reads += 1
+        return await super().get(key)
+
+
+async def test_a_route_in_use_has_its_state_read_again_before_it_is_stale() -> None:
+    """Under steady traffic no request waits for the state's read once a second: the state of a route that
+    requests used is read again in the background before it is stale, so the requests after its second find
+    it fresh."""
+    now = [1000.0]  # the state's second; its renewal is timed by the event loop (0.8 s)
+    kv = _CountingKV()
+    breakers = Breakers(kv, failures=3, cooldown_seconds=60, clock=lambda: now[0])
+    assert await breakers.allow("openai", "up")
+    assert await breakers.allow("openai", "up")  # in use
+    kv.reads = 0
+    now[0] += 0.5
+    for _ in range(300):  # the read runs in the background: the route's `open` and `fails` entries
+        if kv.reads == 2:
+            break
+        await asyncio.sleep(0.01)
+    now[0] += 0.9  # past the second of the first read, within the renewed one
+    kv.reads = 0
+    assert await breakers.allow("openai", "up")
+    assert kv.reads == 0
+    breakers.close()

@@ -52,3 +52,39 @@ async def test_a_requester_that_goes_away_does_not_fail_the_others_waiting_on_th
     await asyncio.sleep(0)
     first.cancel()  # its client hung up
     assert [r.id for r in await asyncio.gather(*others)] == [record.id] * 5
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_key_in_use_is_loaded_again_before_its_cache_entry_expires() -> None:
+    """Under steady traffic no request waits for the KV once a second: a cache entry that requests read is
+    loaded again in the background before it expires, so the requests after its second find the renewed
+    entry."""
+    kv = _CountingKV()
+    vault = Vault(MASTER_KEY)
+    record, token = await KeyStore(kv, vault).create("k")
+    await KeyStore(kv, vault).bind(record.id, "openai", "sk-bound")
+    clock = _Clock()  # the entries' second; their renewal is timed by the event loop (0.8 s)
+    store = KeyStore(kv, vault, clock=clock)
+    await store.authenticate(token)
+    await store.provider_key(record.id, "openai")
+    assert (await store.authenticate(token)).id == record.id  # read from the cache: in use
+    assert await store.provider_key(record.id, "openai") == "sk-bound"
+    kv.reads = 0
+    clock.now += 0.5
+    for _ in range(300):  # the renewals run in the background: keyhash, keys, keys_revoked and the binding
+        if kv.reads == 4:
+            break
+        await asyncio.sleep(0.01)
+    clock.now += 0.9  # past the second of the first load, within the renewed one
+    kv.reads = 0
+    assert (await store.authenticate(token)).id == record.id
+    assert await store.provider_key(record.id, "openai") == "sk-bound"
+    assert kv.reads == 0
+    store.close()

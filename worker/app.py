@@ -26,23 +26,9 @@ from aiohttp.web_urldispatcher import _default_expect_handler  # the 100-continu
 from kv import KVNamespace, KVUnavailableError, open_kv
 
 from .accesslog import AccessLog
-from .appkeys import (
-    CONFIG,
-    CTX,
-    ENV,
-    GATEWAY,
-    KEY_ID,
-    RATE,
-    REQUEST_ID,
-    STARTED,
-    STOPPING,
-    TASKS,
-    USAGE_EVENT,
-    abandoned,
-    stamp,
-)
+from .appkeys import CONFIG, CTX, ENV, GATEWAY, STOPPING, TASKS, RequestContext, abandoned, stamp
 from .config import Config
-from .context import Env, ExecutionContext, TaskRegistry
+from .context import Env, TaskRegistry
 from .errors import (
     GatewayError,
     InternalError,
@@ -55,7 +41,7 @@ from .errors import (
 )
 from .gateway import Gateway, build_gateway
 from .handlers import admin, compress, health, models, payloads, stored, usage
-from .logs import redact_headers
+from .logs import elapsed_ms, redact_headers
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -119,8 +105,13 @@ def _log_failure(request: web.Request, task: asyncio.Future[web.StreamResponse])
             request.method,
             request.path,
             exc_info=exc,
-            extra={"request_id": request.get(REQUEST_ID)},
+            extra={"request_id": _request_id(request)},
         )
+
+
+def _request_id(request: web.Request) -> str | None:
+    ctx = request.get(CTX)
+    return ctx.request_id if ctx is not None else None
 
 
 ROUTES: tuple[Route, ...] = (
@@ -191,7 +182,7 @@ def error_response(request: web.Request, exc: GatewayError) -> web.Response:
     """Render `exc` in the client's format (OpenAI or Anthropic by route)."""
     fmt = error_format_for(request.path, request.headers, unknown_route=isinstance(exc, UnknownRouteError))
     resp = web.Response(
-        body=exc.body(fmt, request.get(REQUEST_ID)),
+        body=exc.body(fmt, _request_id(request)),
         status=exc.status,
         headers=exc.headers,
         content_type="application/json",
@@ -272,7 +263,8 @@ def _fail_usage(request: web.Request, status: int) -> None:
     """A request that failed after its usage event began (a KV error between attempts, say): the event ends
     as failed, nothing billed, rather than staying pending in memory and in the KV for good. One the handler
     completed already is left as it is."""
-    begun = request.get(USAGE_EVENT)
+    ctx = request.get(CTX)
+    begun = ctx.usage_event if ctx is not None else None
     usage = request.app[GATEWAY].usage
     if begun is not None and usage is not None:
         usage.complete(begun, http_status=status, outcome="upstream_failed")
@@ -290,9 +282,7 @@ def make_edge_middleware(
     async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         rid = request_id(request)
-        request[REQUEST_ID] = rid
-        request[STARTED] = started
-        request[CTX] = ExecutionContext(tasks)
+        ctx = request[CTX] = RequestContext(tasks, rid, started)
         status = 500
         try:
             length = request.content_length
@@ -302,12 +292,12 @@ def make_edge_middleware(
                 )
             resp = await handler(request)
             if not resp.prepared:  # a stream the handler prepared was stamped before it started
-                stamp(request, resp)
+                stamp(request, resp, ctx)
             status = resp.status
             return resp
         except asyncio.CancelledError:
             status = 499  # client went away (or shutdown cut it off); nothing to send
-            begun = request.get(USAGE_EVENT)
+            begun = ctx.usage_event
             usage = gateway.usage
             if begun is not None and usage is not None:
                 # Cancelled before any upstream call it made could have been billed (a backoff, a check):
@@ -331,19 +321,18 @@ def make_edge_middleware(
             status = err.status
             _fail_usage(request, status)
             resp = error_response(request, err)
-            stamp(request, resp)
+            stamp(request, resp, ctx)
             return resp
         finally:
-            latency = round((time.perf_counter() - started) * 1000, 2)
+            latency = elapsed_ms(started)
             if access is not None:
                 access.log(rid, request.method, request.path, status, latency)
-            admitted = request.get(RATE)
+            admitted = ctx.rate
             if admitted is not None:
                 limits.release(admitted)
-            key_id = request.get(KEY_ID)
+            key_id = ctx.key_id
             if key_id is not None:  # an authenticated request: it goes in its key's request log
-                begun = request.get(USAGE_EVENT)
-                recorder.log(rid, key_id, request.method, request.path, status, latency, begun)
+                recorder.log(rid, key_id, request.method, request.path, status, latency, ctx.usage_event)
 
     return edge
 

@@ -19,31 +19,50 @@ GATEWAY = web.AppKey("gateway", Gateway)
 STOPPING = web.AppKey("stopping", asyncio.Event)
 """Set when the worker starts shutting down (before in-flight requests get their grace period)."""
 
-REQUEST_ID = web.RequestKey("request_id", str)
-CTX = web.RequestKey("ctx", ExecutionContext)
-STARTED = web.RequestKey("started", float)
-"""`time.perf_counter()` when the request reached the worker."""
-KEY_ID = web.RequestKey("key_id", str)
-"""The proxy key's id once the request has authenticated (for the request log)."""
-USAGE_EVENT = web.RequestKey("usage_event", Begun)
-"""The request's usage event in flight (`accounting.events.Begun`), if it has one."""
-OVERRIDE_FOR = web.RequestKey("override_for", str)
-"""The provider an `X-Upstream-Api-Key` override is for (the requested model's)."""
-RATE = web.RequestKey("rate", Admitted)
-"""How the request was admitted by the rate limits (headers, in-flight slot)."""
+
+class RequestContext(ExecutionContext):
+    """A request's `ctx`: `wait_until`, and what the worker learns about the request while serving it.
+
+    One object per request, read and written as attributes: the request's own mapping costs a Python call
+    per access, and its `get` raises and catches a KeyError for every key that was not set (most requests
+    have no override, many no rate admission or usage event), several times per request.
+    """
+
+    __slots__ = ("key_id", "override_for", "rate", "request_id", "started", "usage_event")
+
+    def __init__(self, registry: TaskRegistry, request_id: str, started: float) -> None:
+        super().__init__(registry)
+        self.request_id = request_id
+        self.started = started
+        """`time.perf_counter()` when the request reached the worker."""
+        self.key_id: str | None = None
+        """The proxy key's id once the request has authenticated (for the request log)."""
+        self.usage_event: Begun | None = None
+        """The request's usage event in flight (`accounting.events.Begun`), if it has one."""
+        self.override_for: str | None = None
+        """The provider an `X-Upstream-Api-Key` override is for (the requested model's)."""
+        self.rate: Admitted | None = None
+        """How the request was admitted by the rate limits (headers, in-flight slot)."""
 
 
-def stamp(request: web.Request, response: web.StreamResponse) -> None:
+CTX = web.RequestKey("ctx", RequestContext)
+"""Set by the edge middleware on every request it serves."""
+
+
+def stamp(request: web.Request, response: web.StreamResponse, ctx: RequestContext | None = None) -> None:
     """Put the request id and, for an admitted request, the rate-limit headers on a response that is not
     prepared yet. The edge middleware stamps what handlers return; a handler that prepares a stream itself
-    stamps it first."""
-    rid = request.get(REQUEST_ID)
-    if rid is not None:
-        response.headers["X-Request-Id"] = rid
-        if request.path.startswith("/v1/messages") and "request-id" not in response.headers:
-            # What the Anthropic SDK reads as `_request_id` (Anthropic's own, passed on, when it answered).
-            response.headers["request-id"] = rid
-    admitted = request.get(RATE)
+    stamps it first. (`ctx`: the request's, when the caller has it at hand.)"""
+    if ctx is None:
+        ctx = request.get(CTX)
+        if ctx is None:
+            return
+    rid = ctx.request_id
+    response.headers["X-Request-Id"] = rid
+    if request.path.startswith("/v1/messages") and "request-id" not in response.headers:
+        # What the Anthropic SDK reads as `_request_id` (Anthropic's own, passed on, when it answered).
+        response.headers["request-id"] = rid
+    admitted = ctx.rate
     if admitted is not None:
         response.headers.update(admitted.headers)
 

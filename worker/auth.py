@@ -18,12 +18,15 @@ request) and every admin read reports the key revoked when it is there, and a ch
 writing puts `revoked` back.
 
 Lookups go through a short-lived per-process cache (1 s by default) so the hot path rarely touches the KV,
-while a state change or a new binding is still seen by every instance within that second.
+while a state change or a new binding is still seen by every instance within that second. An entry requests
+read is loaded again in the background shortly before it expires, so that under steady traffic no request
+waits for the KV (a load that a change on this instance overtook is not cached).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import secrets
@@ -92,24 +95,40 @@ class _TTLCache(Generic[T]):
     """A tiny bounded TTL cache owned by one KeyStore (not module state)."""
 
     def __init__(self, ttl: float, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic):
-        self._ttl = ttl
+        self.ttl = ttl
         self._max = max_entries
         self._clock = clock
         self._data: dict[str, tuple[float, T]] = {}
+        self.used: set[str] = set()
+        """The entries read since they were last loaded: the ones worth loading again before they expire."""
+        self.drops = 0
+        """How many entries were dropped so far: a load that began before a drop must not put back what it
+        read (see `KeyStore._finished_loading`)."""
 
     def get(self, key: str) -> tuple[bool, T | None]:
         hit = self._data.get(key)
         if hit is None or hit[0] < self._clock():
             return False, None
+        self.used.add(key)
         return True, hit[1]
 
     def put(self, key: str, value: T) -> None:
         if len(self._data) >= self._max:
             self._data.clear()  # crude but bounded; entries live one TTL anyway
-        self._data[key] = (self._clock() + self._ttl, value)
+            self.used.clear()
+        self._data[key] = (self._clock() + self.ttl, value)
+        self.used.discard(key)
 
     def drop(self, key: str) -> None:
+        self.drops += 1
         self._data.pop(key, None)
+
+
+_RENEW_AT = 0.8
+"""When, in a cache entry's lifetime, it is loaded again if requests read it since it was loaded: an entry in
+use is renewed before it expires, and no request waits for the KV read (with a 1 s TTL, every request in
+flight would otherwise wait for it once a second); what a request is answered with is never older than the
+TTL, as before. An entry nobody read since its load is left to expire."""
 
 
 def hash_key(token: str) -> str:
@@ -138,6 +157,25 @@ _MAX_KEY_ID_CHARS = 64
 _MAX_PROVIDER_KEY_CHARS = 4096
 
 
+def _digest(token: str | None) -> str:
+    """The hash of a presented proxy key, or AuthenticationError (401) when none was presented."""
+    if not token:
+        raise AuthenticationError(
+            "Missing proxy key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
+            code="missing_api_key",
+        )
+    return hash_key(token)
+
+
+def _active(record: KeyRecord | None, digest: str) -> KeyRecord:
+    """`record` when it is the active key with this hash, else AuthenticationError (401)."""
+    if record is None or not hmac.compare_digest(record.hash, digest):
+        raise AuthenticationError("Invalid proxy key.", code="invalid_api_key")
+    if record.state != "active":
+        raise AuthenticationError(f"This proxy key is {record.state}.", code=f"key_{record.state}")
+    return record
+
+
 def _revoked_slot(key_id: str) -> str:
     return f"keys_revoked/{key_id}"
 
@@ -149,17 +187,25 @@ def _revoked_conflict(key_id: str) -> ConflictError:
 class KeyStore:
     """Creates, lists and resolves proxy keys and their provider bindings on a KV namespace."""
 
-    def __init__(self, kv: KVNamespace, vault: Vault | None, cache_ttl: float = 1.0) -> None:
+    def __init__(
+        self,
+        kv: KVNamespace,
+        vault: Vault | None,
+        cache_ttl: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._kv = kv
         self._vault = vault
-        self._records: _TTLCache[KeyRecord | None] = _TTLCache(cache_ttl)
-        self._provider_keys: _TTLCache[str | None] = _TTLCache(cache_ttl)
+        self._records: _TTLCache[KeyRecord | None] = _TTLCache(cache_ttl, clock=clock)
+        self._provider_keys: _TTLCache[str | None] = _TTLCache(cache_ttl, clock=clock)
         self._last_used_written: dict[str, float] = {}
         # Changes read a record and write it back whole: two at once (a revoke and a plan change) would
         # undo each other, a revoked key come back active. One at a time in this process; across instances
         # the `keys_revoked/` entry keeps a revoke (see the module docstring).
         self._changes = asyncio.Lock()
-        self._loading: dict[str, asyncio.Future[Any]] = {}  # cache misses being loaded (see `_once`)
+        self._loading: dict[str, asyncio.Future[Any]] = {}  # cache entries being loaded (see `_load`)
+        self._renewals: dict[str, asyncio.TimerHandle] = {}  # when each loaded entry is looked at again
+        self._closed = False
 
     # ---- administration --------------------------------------------------------------------------------
 
@@ -319,23 +365,24 @@ class KeyStore:
 
     # ---- request path ------------------------------------------------------------------------------------
 
-    async def authenticate(self, token: str | None) -> KeyRecord:
-        """The active key record for a presented proxy key, or AuthenticationError (401)."""
-        if not token:
-            raise AuthenticationError(
-                "Missing proxy key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
-                code="missing_api_key",
-            )
-        digest = hash_key(token)
+    async def authenticate(self, token: str | None, digest: str | None = None) -> KeyRecord:
+        """The active key record for a presented proxy key, or AuthenticationError (401). (`digest`: the
+        token's, when the caller has it from `authenticate_cached`.)"""
+        if digest is None:
+            digest = _digest(token)
         hit, record = self._records.get(digest)
         if not hit:
-            record = await self._once(digest, self._load_by_hash, digest)
-            self._records.put(digest, record)  # unknown keys are cached too: a flood of bad keys stays cheap
-        if record is None or not hmac.compare_digest(record.hash, digest):
-            raise AuthenticationError("Invalid proxy key.", code="invalid_api_key")
-        if record.state != "active":
-            raise AuthenticationError(f"This proxy key is {record.state}.", code=f"key_{record.state}")
-        return record
+            # Unknown keys are cached too: a flood of bad keys stays cheap.
+            record = await shared(self._load(self._records, digest, self._load_by_hash, digest))
+        return _active(record, digest)
+
+    def authenticate_cached(self, token: str | None) -> tuple[KeyRecord | None, str]:
+        """What `authenticate` answers when the key's record is in the cache (the 401s included), or None
+        when only `authenticate` can tell (it reads the KV); and the token's digest, to pass it. Most requests
+        are answered here, with no coroutine."""
+        digest = _digest(token)
+        hit, record = self._records.get(digest)
+        return (_active(record, digest) if hit else None), digest
 
     async def _load_by_hash(self, digest: str) -> KeyRecord | None:
         key_id = await self._kv.get(f"keyhash/{digest}")
@@ -344,15 +391,17 @@ class KeyStore:
         raw = await self._kv.get(f"keys/{key_id.decode()}")
         return None if raw is None else await self._with_revoke(msgspec.json.decode(raw, type=KeyRecord))
 
+    def cached_provider_key(self, key_id: str, provider: str) -> tuple[bool, str | None]:
+        """(True, what `provider_key` answers) when the cache holds it, else (False, None)."""
+        return self._provider_keys.get(f"bindings/{key_id}/{provider}")
+
     async def provider_key(self, key_id: str, provider: str) -> str | None:
         """The plaintext provider key bound to this proxy key, or None."""
         slot = f"bindings/{key_id}/{provider}"
-        hit, value = self._provider_keys.get(slot)
+        hit, value = self.cached_provider_key(key_id, provider)
         if hit:
             return value
-        plaintext = await self._once(slot, self._load_provider_key, slot, provider)
-        self._provider_keys.put(slot, plaintext)
-        return plaintext
+        return await shared(self._load(self._provider_keys, slot, self._load_provider_key, slot, provider))
 
     async def _load_provider_key(self, slot: str, provider: str) -> str | None:
         raw = await self._kv.get(slot)
@@ -364,20 +413,62 @@ class KeyStore:
                 raise MasterKeyError(f"Cannot decrypt the bound {provider} key: {exc}.") from exc
         return plaintext
 
-    async def _once(self, key: str, load: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
-        """`load(*args)`, run once for all the requests that miss the cache for `key` at the same moment (a
-        burst on a cold or just-expired entry would otherwise make one KV round trip per request). The load
-        is a task of its own: a requester that goes away does not cancel it for the others."""
+    def _load(
+        self, cache: _TTLCache[T], key: str, load: Callable[..., Coroutine[Any, Any, T]], *args: Any
+    ) -> asyncio.Future[T]:
+        """`load(*args)` for `key` of `cache`, put into the cache when it succeeds; the load in flight if
+        there is one, so that it runs once for all the requests that miss the cache at the same moment (a
+        burst on a cold or just-expired entry would otherwise make one KV round trip per request). The load is
+        a task of its own: a requester that goes away does not cancel it for the others (await it with
+        `shared`). Once loaded, an entry is renewed before it expires if requests read it (`_RENEW_AT`)."""
         task = self._loading.get(key)
         if task is None:
             task = self._loading[key] = asyncio.ensure_future(load(*args))
-            task.add_done_callback(lambda done: self._finished_loading(key, done))
-        return await shared(task)
+            task.add_done_callback(
+                functools.partial(self._finished_loading, cache, key, cache.drops, load, args)
+            )
+        return task
 
-    def _finished_loading(self, key: str, task: asyncio.Future[Any]) -> None:
+    def _finished_loading(
+        self,
+        cache: _TTLCache[Any],
+        key: str,
+        drops: int,
+        load: Callable[..., Coroutine[Any, Any, Any]],
+        args: tuple[Any, ...],
+        task: asyncio.Future[Any],
+    ) -> None:
         self._loading.pop(key, None)
-        if not task.cancelled():
-            task.exception()  # retrieved: every requester may have gone already
+        # Retrieved here: every requester may have gone already (a renewal has none). A failed load leaves the
+        # entry to expire; the next request then loads it, and meets the failure itself.
+        if task.cancelled() or task.exception() is not None:
+            return
+        if cache.drops != drops:  # a change on this instance may have come after the read: not cached
+            return
+        cache.put(key, task.result())
+        if not self._closed:
+            self._renewals[key] = asyncio.get_running_loop().call_later(
+                cache.ttl * _RENEW_AT, self._renew, cache, key, load, args
+            )
+
+    def _renew(
+        self,
+        cache: _TTLCache[Any],
+        key: str,
+        load: Callable[..., Coroutine[Any, Any, Any]],
+        args: tuple[Any, ...],
+    ) -> None:
+        """Load `key` again if requests read it since its last load (see `_RENEW_AT`)."""
+        self._renewals.pop(key, None)
+        if key in cache.used:
+            self._load(cache, key, load, *args)
+
+    def close(self) -> None:
+        """Stop renewing cache entries (at shutdown: no KV read is started after it)."""
+        self._closed = True
+        for handle in self._renewals.values():
+            handle.cancel()
+        self._renewals.clear()
 
     def touch(self, key_id: str, now: float | None = None) -> Coroutine[Any, Any, None] | None:
         """The write recording use of `key_id`, or None when it was recorded in the last minute.

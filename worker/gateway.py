@@ -84,6 +84,8 @@ class Gateway:
     async def close(self) -> None:
         """Stop the KV sweep and any KV check, write the last usage events and release the upstream connection
         pools."""
+        self.keys.close()  # no more cache renewals: they would read a KV about to close
+        self.breakers.close()
         await self.sweeper.close()
         await self.kv_check.close()
         await self.recorder.close()

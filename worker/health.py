@@ -13,10 +13,11 @@ KV keys: `health/<provider>/<model>/fails` (an `incr` counter), `health/<provide
 second the cooldown ends, with the cooldown as TTL), `health/<provider>/<model>/probe` (who probes). Each
 instance caches a route's state for at most `_REFRESH_SECONDS`, so the request path reads the KV about once a
 second per route, not once per request (the requests that find the state stale while it is being read wait for
-that one read), and writes only when something fails or recovers. That cache holds at most `max_routes`
-routes: a client can name any number of models (`local/<anything>` needs no key), and each would otherwise
-stay in it for good. Past that, the route least recently read from the KV goes, one without
-failures if one of the oldest few has none; the KV still holds its state, so it is only read again.
+that one read; a route in use is read again before its state is stale, `_RENEW_AFTER_SECONDS`, so that
+under steady traffic none waits), and writes only when something fails or recovers. That cache holds at most
+`max_routes` routes: a client can name any number of models (`local/<anything>` needs no key), and each would
+otherwise stay in it for good. Past that, the route least recently read from the KV goes, one without failures
+if one of the oldest few has none; the KV still holds its state, so it is only read again.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from itertools import islice
+from typing import Any
 
 from kv import KVError, KVNamespace
 
@@ -37,6 +39,10 @@ from .context import shared
 
 log = logging.getLogger("trex.health")
 _REFRESH_SECONDS = 1.0
+_RENEW_AFTER_SECONDS = 0.8
+"""How long after a read a route's state is read again, if requests used it since: under steady traffic the
+state is renewed before it is stale, and no request waits for the read (every request in flight otherwise
+would, once a second). A route nobody used since its read is left to go stale."""
 MAX_ROUTES = 4096
 _EVICTION_SCAN = 32  # how many of the oldest routes are looked at for one without failures
 
@@ -76,9 +82,31 @@ class Breakers:
         self._states: OrderedDict[tuple[str, str], _State] = OrderedDict()
         self._reading: dict[tuple[str, str], asyncio.Future[_State | None]] = {}
         """The reads of a route's state from the KV in flight."""
+        self._used: set[tuple[str, str]] = set()
+        """Routes whose state requests used since it was last read."""
+        self._renewals: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._closed = False
 
     def _key(self, provider: str, model: str, what: str) -> str:
         return f"health/{provider}/{model}/{what}"
+
+    def allowed(self, provider: str, model: str) -> bool | None:
+        """What `allow` would answer, when this instance knows it without the KV (the state read within the
+        last second, and no probe to contend for); None when only `allow` can tell. The request path asks
+        this first: most requests need no coroutine for their breaker."""
+        if self.failures <= 0:
+            return True
+        route = (provider, model)
+        state = self._states.get(route)
+        if state is None:
+            return None
+        now = self._clock()
+        if now - state.checked >= _REFRESH_SECONDS:
+            return None
+        self._used.add(route)
+        if state.open_until == 0.0:
+            return True
+        return False if now < state.open_until else None
 
     async def allow(self, provider: str, model: str) -> bool:
         """False while the breaker is open (skip this route); True when closed or when this request is the
@@ -89,15 +117,12 @@ class Breakers:
         route = (provider, model)
         state = self._states.get(route)
         if state is None or now - state.checked >= _REFRESH_SECONDS:
-            reading = self._reading.get(route)
-            if reading is None:  # one read of the KV for every request that finds the state stale meanwhile
-                reading = self._reading[route] = asyncio.ensure_future(self._read(route, now))
-                reading.add_done_callback(functools.partial(self._read_done, route))
             # Shielded: a request that goes away does not cancel the read the others wait for.
-            fresh = await shared(reading)
+            fresh = await shared(self._start_read(route, now))
             if fresh is None:  # health is advisory: an unreachable KV never blocks traffic
                 return True
             state = fresh
+        self._used.add(route)
         if state.open_until == 0.0:
             return True
         if now < state.open_until:
@@ -118,6 +143,15 @@ class Breakers:
         except KVError:
             return True
 
+    def _start_read(self, route: tuple[str, str], now: float) -> asyncio.Future[_State | None]:
+        """The read of the route's state in flight, started if there is none: one read of the KV for every
+        request that finds the state stale meanwhile (and for its renewal)."""
+        reading = self._reading.get(route)
+        if reading is None:
+            reading = self._reading[route] = asyncio.ensure_future(self._read(route, now))
+            reading.add_done_callback(functools.partial(self._read_done, route))
+        return reading
+
     async def _read(self, route: tuple[str, str], now: float) -> _State | None:
         """The route's state as the KV holds it now (None when the KV cannot say)."""
         provider, model = route
@@ -137,8 +171,27 @@ class Breakers:
 
     def _read_done(self, route: tuple[str, str], reading: asyncio.Future[_State | None]) -> None:
         self._reading.pop(route, None)
-        if not reading.cancelled():
-            reading.exception()  # retrieved: every request that waited for it may have gone already
+        # Retrieved: every request that waited for it may have gone already (a renewal has none).
+        if reading.cancelled() or reading.exception() is not None or reading.result() is None:
+            return
+        self._used.discard(route)
+        if not self._closed:
+            self._renewals[route] = asyncio.get_running_loop().call_later(
+                _RENEW_AFTER_SECONDS, self._renew, route
+            )
+
+    def _renew(self, route: tuple[str, str]) -> None:
+        """Read the route's state again if requests used it since its last read (`_RENEW_AFTER_SECONDS`)."""
+        self._renewals.pop(route, None)
+        if route in self._used:
+            self._start_read(route, self._clock())
+
+    def close(self) -> None:
+        """Stop renewing route states (at shutdown: no KV read is started after it)."""
+        self._closed = True
+        for handle in self._renewals.values():
+            handle.cancel()
+        self._renewals.clear()
 
     def _remember(self, route: tuple[str, str], state: _State) -> None:
         """Hold `state` for `route` (as the most recently read), within `max_routes`."""
@@ -201,11 +254,15 @@ class Breakers:
         except KVError as exc:
             log.warning("could not record a failure of %s/%s: %s", provider, model, exc)
 
-    async def succeeded(self, provider: str, model: str) -> None:
-        """Close the breaker if this route had failures or was open (nothing to write otherwise)."""
+    def succeeded(self, provider: str, model: str) -> Coroutine[Any, Any, None] | None:
+        """The writes closing the breaker if this route had failures or was open, else None (nothing to
+        write, the usual case: decided without creating a coroutine)."""
         state = self._states.get((provider, model))
         if state is None or (not state.failures_seen and state.open_until == 0.0):
-            return
+            return None
+        return self._close(provider, model, state)
+
+    async def _close(self, provider: str, model: str, state: _State) -> None:
         try:
             for what in ("fails", "open", "probe"):
                 await self.kv.delete(self._key(provider, model, what))

@@ -35,7 +35,11 @@ async def read_body(request: web.Request) -> bytes:
 
 async def read_json(request: web.Request) -> Any:
     """The body decoded as JSON; malformed or empty bodies are a 400 naming the problem."""
-    body = await read_body(request)
+    return json_of(await read_body(request))
+
+
+def json_of(body: bytes) -> Any:
+    """A request body as read, decoded as JSON; malformed or empty is a 400 naming the problem."""
     if not body.strip():
         raise InvalidRequestError("Request body is empty; expected a JSON object.", code="invalid_json")
     return decode_json(body)
@@ -53,7 +57,12 @@ def decode_json(body: bytes) -> Any:
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
     """Like `read_json`, but the top level must be an object."""
-    doc = await read_json(request)
+    return object_of(await read_body(request))
+
+
+def object_of(body: bytes) -> dict[str, Any]:
+    """Like `json_of`, but the top level must be an object."""
+    doc = json_of(body)
     if not isinstance(doc, dict):
         raise InvalidRequestError("Request body must be a JSON object.", code="invalid_json")
     return doc

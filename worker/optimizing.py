@@ -76,6 +76,12 @@ def resolve_options(
     return Options(mode=checked, protect_recent_turns=turns, profile=profile, encoding=encoding)
 
 
+def runs_inline(size_hint: int) -> bool:
+    """Whether `run` optimizes a body of this size on the event loop: the caller may then call
+    `optimize.pipeline.optimize` itself, without the coroutine."""
+    return size_hint < _THREAD_THRESHOLD_BYTES
+
+
 async def run(fmt: Format, body: dict[str, Any], options: Options, size_hint: int) -> Report:
     """Optimize `body` in place; off the event loop when it is large (`size_hint`: the body's bytes as read,
     decompressed; a chunked body has no Content-Length to go by)."""

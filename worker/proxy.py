@@ -55,18 +55,7 @@ from . import memory, sessions, stored_owners, tokens
 from .accounting import claims
 from .accounting.events import Begun, Outcome
 from .accounting.usage import Observed
-from .appkeys import (
-    CONFIG,
-    CTX,
-    KEY_ID,
-    OVERRIDE_FOR,
-    RATE,
-    REQUEST_ID,
-    STARTED,
-    USAGE_EVENT,
-    abandoned,
-    stamp,
-)
+from .appkeys import CONFIG, CTX, abandoned, stamp
 from .auth import KeyRecord, MissingProviderKeyError, credential_from_headers
 from .catalog import SMART_AUTO, needs, sampling_of, smart_auto, usable
 from .errors import (
@@ -83,8 +72,9 @@ from .errors import (
 )
 from .gateway import Gateway
 from .holds import DEFAULT_HOLD_OUTPUT_TOKENS, Estimate
-from .optimize.pipeline import Report
-from .optimizing import count_tokens, resolve_options, savings_headers, session_id
+from .logs import elapsed_ms
+from .optimize.pipeline import Report, optimize
+from .optimizing import count_tokens, resolve_options, runs_inline, savings_headers, session_id
 from .optimizing import run as run_optimizer
 from .quotas import Admission, InsufficientBalanceError, ModelNotAllowedError, uses_web_search
 from .routing import PROVIDER_NAMES, ModelRoute, Provider, checked_model, checked_stream, resolve
@@ -100,6 +90,9 @@ log = logging.getLogger("trex.proxy")
 # Upstream response headers worth passing on: rate-limit state and when to retry.
 _FORWARD_HEADER_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
 _FORWARD_HEADERS = ("retry-after", "retry-after-ms", "request-id")
+_FORWARD_INITIALS = frozenset(
+    c for name in (*_FORWARD_HEADERS, *_FORWARD_HEADER_PREFIXES) for c in (name[0], name[0].upper())
+)
 _ERROR_BODY_LIMIT = 1 << 20
 
 
@@ -134,24 +127,28 @@ class Relay(Protocol):
 
 async def authenticate(request: web.Request, gw: Gateway) -> KeyRecord:
     """The calling key (401 in the client's format otherwise); its last use is recorded after the response."""
-    key = await gw.keys.authenticate(credential_from_headers(request.headers))
-    request[KEY_ID] = key.id
+    token = credential_from_headers(request.headers)
+    key, digest = gw.keys.authenticate_cached(token)
+    if key is None:
+        key = await gw.keys.authenticate(token, digest)
+    ctx = request[CTX]
+    ctx.key_id = key.id
     limits = gw.limits
     if limits.enabled:
         ip = limits.client_ip(request.remote, request.headers.get("X-Forwarded-For"))
-        admitted = await limits.admit(key, ip)  # 429 over a limit; released when the response is done
-        if admitted is not None:
-            request[RATE] = admitted
+        # 429 over a limit; released when the response is done
+        ctx.rate = await limits.admit(key, ip)
     touch = gw.keys.touch(key.id)
     if touch is not None:
-        request[CTX].wait_until(touch)
+        ctx.wait_until(touch)
     return key
 
 
 async def proxy(
-    request: web.Request, gw: Gateway, key: KeyRecord, fmt: InboundFormat, body: dict[str, Any]
+    request: web.Request, gw: Gateway, key: KeyRecord, fmt: InboundFormat, body: dict[str, Any], raw: bytes
 ) -> web.StreamResponse:
-    """Serve one model request end to end."""
+    """Serve one model request end to end (`body`: the request's body `raw` decoded)."""
+    ctx = request[CTX]
     model = checked_model(body.get("model"))
     stream = checked_stream(body.get("stream"))
     trex = body.pop("trex", None)
@@ -159,12 +156,17 @@ async def proxy(
     smart = model == SMART_AUTO
     # smart-auto is routed once the optimized size is known; any other model fails fast, before optimizing.
     route = None if smart else resolve(model, gw.models)
-    if _override(request) is not None:  # the client's own key is for the provider of the model it named
-        request[OVERRIDE_FOR] = route.provider if route is not None else _override_provider(request)
-    api_key = None if route is None else await provider_key(request, gw, key, route.provider)
+    override = _override(request)  # read once: it is needed several times below
+    if override is not None:  # the client's own key is for the provider of the model it named
+        ctx.override_for = route.provider if route is not None else _override_provider(request)
+    api_key = None
+    if route is not None:
+        known, api_key = _known_provider_key(request, gw, key, route.provider, override)
+        if not known:
+            api_key = await provider_key(request, gw, key, route.provider)
     # The plan: model allowed, web search allowed, quota left, credits.
     listed = gw.catalog.get(model)
-    admitted = request.get(RATE)
+    admitted = ctx.rate
     admission = await gw.quotas.admit(
         key,
         model,
@@ -206,9 +208,8 @@ async def proxy(
             replay = sessions.fresh(fmt, body, settings)
         # TrexID references are expanded before anything else reads the messages (404/403 before forwarding),
         # but for the prefix about to be replayed, whose forwarded bytes carry their expansions (and a
-        # context_ref already among them is not added again). The body as read (cached), grown by the
-        # expansions, which may not take it past the body limit: that size decides what runs off the loop.
-        raw = await request.read()
+        # context_ref already among them is not added again). The body as read, grown by the expansions,
+        # which may not take it past the body limit: that size decides what runs off the loop.
         received = size = len(raw)
         if trex is not None or memory.may_refer(raw):  # else nothing in it can be a reference
             size += await memory.expand_refs(
@@ -231,7 +232,11 @@ async def proxy(
             received_tokens = await count_tokens(fmt, body, encoding, size)
             replay.apply(body)
             options = dataclasses.replace(options, frozen_items=replay.replayed)
-        report = await run_optimizer(fmt, body, options, size)
+        report = (
+            optimize(fmt, body, options)
+            if runs_inline(size)
+            else await run_optimizer(fmt, body, options, size)
+        )
         if replay.replayed and received_tokens is not None:
             report.original_tokens = max(received_tokens, report.optimized_tokens)
         report.note_session(replay.replayed, replay.reoptimize)
@@ -295,7 +300,10 @@ async def proxy(
         cand = prepared.route
         out_headers["X-Trex-Upstream-Provider"] = cand.provider
         out_headers["X-Trex-Upstream-Model"] = cand.upstream_model
-        if tries == 0 and not await gw.breakers.allow(cand.provider, cand.upstream_model):
+        allowed = gw.breakers.allowed(cand.provider, cand.upstream_model) if tries == 0 else True
+        if allowed is None:
+            allowed = await gw.breakers.allow(cand.provider, cand.upstream_model)
+        if not allowed:
             attempts.append(
                 {
                     "provider": cand.provider,
@@ -395,7 +403,7 @@ async def proxy(
             "provider": cand.provider,
             "model": cand.upstream_model,
             "status": status,
-            "latency_ms": round((time.perf_counter() - began) * 1000, 2),
+            "latency_ms": elapsed_ms(began),
         }
         if failure is not None:
             attempt["error"] = str(failure)
@@ -405,7 +413,9 @@ async def proxy(
             attempt["error"] = f"returned {unusable}"
         attempts.append(attempt)
         if resp is not None and status not in _RETRYABLE:
-            await gw.breakers.succeeded(cand.provider, cand.upstream_model)  # it answered: it is up
+            closing = gw.breakers.succeeded(cand.provider, cand.upstream_model)  # it answered: it is up
+            if closing is not None:
+                await closing
             upstream = resp
             break
         if status != 429:  # a rate limit (often one key's own) is retried, not held against the route
@@ -482,7 +492,7 @@ async def proxy(
         # the conversation has not had its first exchange, nothing of it would be replayed, and storing it
         # would keep every one-shot request (a system prompt and a question) for SESSION_TTL_SECONDS.
         if replay.field is not None and (named or (replay.hashes and not gw.implicit_sessions)):
-            request[CTX].wait_until(
+            ctx.wait_until(
                 sessions.remember(
                     gw.kv,
                     key.id,
@@ -502,14 +512,16 @@ async def proxy(
         # (With the client's own OpenAI key the object is in its own project: nothing to record.)
         made = (
             stored_owners.kind_made(wire, body)
-            if fmt == wire and route.provider == "openai" and not _uses_own_key(request, "openai")
+            if fmt == wire
+            and route.provider == "openai"
+            and (override is None or ctx.override_for not in (None, "openai"))  # not with its own key
             else None
         )
         is_sse = _is_event_stream(upstream)
         if stream and is_sse:
             relay: Relay = _make_relay(fmt, wire, route, body, wants_usage)
             if made is not None:
-                relay = stored_owners.OwnedStream(relay, request[CTX], gw.kv, made, key.id)
+                relay = stored_owners.OwnedStream(relay, ctx, gw.kv, made, key.id)
             chunks: list[bytes] | None = [] if acct is not None else None
             try:
                 response, outcome = await _stream(request, upstream, relay, out_headers, chunks, head)
@@ -542,7 +554,7 @@ async def proxy(
             _finish_usage(gw, acct, failed_status, "upstream_error", None)
             return _error_from(request, data, failed_status, fmt, wire, out_headers, api_key)
         if made is not None:
-            request[CTX].wait_until(stored_owners.remember_answer(gw.kv, made, data, key.id))
+            ctx.wait_until(stored_owners.remember_answer(gw.kv, made, data, key.id))
         if fmt == wire and not stream:
             problem = unusable  # judged when its attempt read it (`_unreadable_answer`), not decoded again
             if problem is not None:
@@ -803,7 +815,7 @@ async def _next_fallback(
     """The next fallback this key can use, and how its request is then charged; one without a provider key,
     that the key's plan does not allow (or allows on credits it lacks), or that cannot take this request, is
     recorded as skipped. On credits, it holds what the fallback may cost in place of what was held."""
-    admitted = request.get(RATE)
+    admitted = request[CTX].rate
     for route in fallbacks:
         try:
             api_key = await provider_key(request, gw, key, route.provider)
@@ -847,13 +859,13 @@ def _override(request: web.Request) -> str | None:
 
 def _uses_own_key(request: web.Request, provider: Provider) -> bool:
     """True when a call to `provider` for this request goes with the client's `X-Upstream-Api-Key`."""
-    return _override(request) is not None and request.get(OVERRIDE_FOR, provider) == provider
+    return _override(request) is not None and request[CTX].override_for in (None, provider)
 
 
 def _override_provider(request: web.Request) -> Provider:
     """The provider an `X-Upstream-Api-Key` override is for: the requested model's (set by `proxy`), else the
     one its key format names (Anthropic's `sk-ant-`, OpenRouter's `sk-or-`; other keys are OpenAI's)."""
-    known = request.get(OVERRIDE_FOR)
+    known = request[CTX].override_for
     if known is not None:
         return cast(Provider, known)
     secret = _override(request) or ""
@@ -959,8 +971,9 @@ def _begin_usage(
 ) -> Begun | None:
     if gw.usage is None:
         return None
-    started = request[STARTED]
-    begun = request[USAGE_EVENT] = gw.usage.begin(
+    ctx = request[CTX]
+    started = ctx.started
+    begun = ctx.usage_event = gw.usage.begin(
         key=key,
         route=request.path,
         provider=route.provider,
@@ -975,7 +988,7 @@ def _begin_usage(
         bytes_before=received,
         bytes_after=len(payload),
         claims=client_claims,
-        overhead_ms=round((time.perf_counter() - started) * 1000, 2),
+        overhead_ms=elapsed_ms(started),
         started=started,
     )
     return begun
@@ -996,10 +1009,24 @@ async def provider_key(request: web.Request, gw: Gateway, key: KeyRecord, provid
     """The override header (for the provider it is for only: a fallback to another provider must never be
     sent the client's key for this one), else the bound key, else (local only) none; otherwise
     `missing_provider_key`."""
-    override = _override(request)
-    if override is not None and request.get(OVERRIDE_FOR, provider) == provider:
-        return override
-    bound = await gw.keys.provider_key(key.id, provider)
+    known, value = _known_provider_key(request, gw, key, provider, _override(request))
+    if known:
+        return value
+    return _bound_or_missing(key, provider, await gw.keys.provider_key(key.id, provider))
+
+
+def _known_provider_key(
+    request: web.Request, gw: Gateway, key: KeyRecord, provider: Provider, override: str | None
+) -> tuple[bool, str | None]:
+    """(True, what `provider_key` answers) when that needs no KV read (the override, or the bound key in the
+    key store's cache), else (False, None). `override`: the request's `_override`."""
+    if override is not None and request[CTX].override_for in (None, provider):
+        return True, override
+    hit, bound = gw.keys.cached_provider_key(key.id, provider)
+    return (True, _bound_or_missing(key, provider, bound)) if hit else (False, None)
+
+
+def _bound_or_missing(key: KeyRecord, provider: Provider, bound: str | None) -> str | None:
     if bound:
         return bound
     if provider == "local":
@@ -1108,9 +1135,12 @@ def _upstream_headers(
 def _forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in headers.items():
-        lower = name.lower()
-        if lower in _FORWARD_HEADERS or lower.startswith(_FORWARD_HEADER_PREFIXES):
-            out[name] = value
+        # Every header passed on starts with one of these letters; most of an answer's headers (content-*,
+        # date, server, openai-*, cf-*, …) are passed over on their first letter, without lowering the name.
+        if name[:1] in _FORWARD_INITIALS:
+            lower = name.lower()
+            if lower in _FORWARD_HEADERS or lower.startswith(_FORWARD_HEADER_PREFIXES):
+                out[name] = value
     return out
 
 
@@ -1226,7 +1256,7 @@ def _error_from(
     if status == 529:
         err.anthropic_type = "overloaded_error"
     return web.Response(
-        body=err.body(error_format_for(request.path, request.headers), request.get(REQUEST_ID)),
+        body=err.body(error_format_for(request.path, request.headers), request[CTX].request_id),
         status=status,
         headers=headers,
         content_type="application/json",
@@ -1684,7 +1714,7 @@ async def _stream(
             "failed relaying the upstream stream of %s %s",
             request.method,
             request.path,
-            extra={"request_id": request.get(REQUEST_ID)},
+            extra={"request_id": request[CTX].request_id},
         )
         upstream.close()
         outcome = "upstream_failed"
@@ -1902,7 +1932,8 @@ async def forward_json(
     api_key = await provider_key(request, gw, key, route.provider)
     model = body.get("model")
     listed = gw.catalog.get(str(model))
-    admitted = request.get(RATE)
+    ctx = request[CTX]
+    admitted = ctx.rate
     admission = (
         None
         if free
@@ -1928,8 +1959,8 @@ async def forward_json(
         admission = await gw.quotas.hold(admission, estimate)
     acct: Begun | None = None
     if gw.usage is not None and not free:
-        started = request[STARTED]
-        acct = request[USAGE_EVENT] = gw.usage.begin(
+        started = ctx.started
+        acct = ctx.usage_event = gw.usage.begin(
             key=key,
             route=request.path,
             provider=route.provider,
@@ -1944,7 +1975,7 @@ async def forward_json(
             bytes_before=len(await request.read()),
             bytes_after=len(payload),
             claims=client_claims,
-            overhead_ms=round((time.perf_counter() - started) * 1000, 2),
+            overhead_ms=elapsed_ms(started),
             started=started,
         )
         acct.admission = admission

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
 from .config import ConfigError
@@ -130,6 +131,13 @@ def resolve(model: str, table: Mapping[str, ModelRoute]) -> ModelRoute:
     configured = table.get(model)
     if configured is not None:
         return configured
+    return _built_in(model)
+
+
+@lru_cache(maxsize=1024)
+def _built_in(model: str) -> ModelRoute:
+    """The route of `model` by the built-in rules (a pure function of the name, remembered for the names in
+    use: a frozen dataclass costs several attribute writes to build, on every request)."""
     if model.startswith("local/") and len(model) > 6:
         return ModelRoute(model, "local", model[6:])
     if model.startswith("claude-"):

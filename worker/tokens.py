@@ -96,6 +96,7 @@ def preload(name: str = "o200k_base") -> None:
     heap.give_back()
 
 
+@lru_cache(maxsize=1024)  # a pure function of the name, asked on every request
 def encoding_for_model(model: str) -> tuple[str, bool]:
     """(encoding name, exact?) for a model id; `exact` is False where the count is an estimate."""
     name = model.rsplit("/", 1)[-1]

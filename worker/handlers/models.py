@@ -13,7 +13,7 @@ from ..accounting.pricing import PriceTable
 from ..appkeys import GATEWAY
 from ..catalog import Entry, plan_allows, usable
 from ..errors import InvalidRequestError
-from ..jsonio import json_response, read_json_object
+from ..jsonio import json_response, object_of, read_body, read_json_object
 from ..optimizing import count_tokens as count_request_tokens
 from ..proxy import authenticate, forward_json, proxy, reachable_providers
 from ..quotas import QuotaPlan
@@ -25,24 +25,27 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     """`POST /v1/chat/completions` (OpenAI Chat Completions)."""
     gw = request.app[GATEWAY]
     key = await authenticate(request, gw)
-    return await proxy(request, gw, key, "chat", await read_json_object(request))
+    raw = await read_body(request)
+    return await proxy(request, gw, key, "chat", object_of(raw), raw)
 
 
 async def responses(request: web.Request) -> web.StreamResponse:
     """`POST /v1/responses` (OpenAI Responses)."""
     gw = request.app[GATEWAY]
     key = await authenticate(request, gw)
-    body = await read_json_object(request)
+    raw = await read_body(request)
+    body = object_of(raw)
     if "previous_response_id" in body and not goes_with_own_key(request, body.get("model")):
         await check_previous_response(gw, key, body)
-    return await proxy(request, gw, key, "responses", body)
+    return await proxy(request, gw, key, "responses", body, raw)
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
     """`POST /v1/messages` (Anthropic Messages; errors in Anthropic's shape)."""
     gw = request.app[GATEWAY]
     key = await authenticate(request, gw)
-    return await proxy(request, gw, key, "messages", await read_json_object(request))
+    raw = await read_body(request)
+    return await proxy(request, gw, key, "messages", object_of(raw), raw)
 
 
 async def embeddings(request: web.Request) -> web.StreamResponse:

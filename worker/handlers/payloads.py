@@ -12,7 +12,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..agents import AGENT_PREFIX, AgentRecord, verify_agent
-from ..appkeys import GATEWAY, RATE
+from ..appkeys import CTX, GATEWAY
 from ..auth import credential_from_headers
 from ..jsonio import json_response, read_body
 from ..memory import parse_expand, search
@@ -28,7 +28,7 @@ async def _agent(request: web.Request) -> AgentRecord:
         ip = limits.client_ip(request.remote, request.headers.get("X-Forwarded-For"))
         admitted = await limits.admit_agent(agent.id, ip)
         if admitted is not None:
-            request[RATE] = admitted
+            request[CTX].rate = admitted
     return agent
 
 

@@ -26,7 +26,7 @@ from yarl import URL
 
 from adapters.transport import UpstreamUnavailable
 
-from ..appkeys import CTX, GATEWAY, OVERRIDE_FOR, stamp
+from ..appkeys import CTX, GATEWAY, stamp
 from ..auth import KeyRecord, MissingProviderKeyError
 from ..catalog import SMART_AUTO
 from ..errors import InvalidRequestError, PermissionDeniedError, UpstreamError
@@ -66,7 +66,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
     if _override(request) is not None:
         # No model names the provider here: the client's own key is for the one its format names, as for
         # smart-auto; an Anthropic or OpenRouter key is never sent to OpenAI.
-        request[OVERRIDE_FOR] = _override_provider(request)
+        request[CTX].override_for = _override_provider(request)
     try:
         api_key = await provider_key(request, gw, key, "openai")
     except MissingProviderKeyError as exc:
