@@ -24,6 +24,8 @@ from tests.harness import (
 )
 from worker.appkeys import GATEWAY
 
+pytest_plugins = ["pytester", "tests.socket_guard"]
+
 
 @pytest.fixture
 def proxy() -> Iterator[RedisProxy]:
@@ -154,7 +156,7 @@ _TO_CLOSE: list[_Closeable] = []
 def closed_after_test(closeable: C) -> C:
     """`closeable` (a `GatewaySetup` and its SDK clients, an SDK client), closed when the test ends: for what a
     test's helpers make themselves. A client left open keeps its pooled connection open until garbage
-    collection, which fails a later test with a `ResourceWarning`."""
+    collection, which fails a later test with a `ResourceWarning` (tests/socket_guard.py)."""
     _TO_CLOSE.append(closeable)
     return closeable
 
