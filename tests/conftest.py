@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO, TypeVar
 
 import anthropic
 import openai
@@ -23,6 +23,8 @@ from tests.harness import (
     write_config,
 )
 from worker.appkeys import GATEWAY
+
+pytest_plugins = ["pytester", "tests.socket_guard"]
 
 
 @pytest.fixture
@@ -143,13 +145,20 @@ def gateway(
     setup_.close()
 
 
-_TO_CLOSE: list[GatewaySetup] = []
+class _Closeable(Protocol):
+    def close(self) -> None: ...
 
 
-def closed_after_test(setup: GatewaySetup) -> GatewaySetup:
-    """`setup`, its SDK clients closed when the test ends (for setups a test's helpers make themselves)."""
-    _TO_CLOSE.append(setup)
-    return setup
+C = TypeVar("C", bound=_Closeable)
+_TO_CLOSE: list[_Closeable] = []
+
+
+def closed_after_test(closeable: C) -> C:
+    """`closeable` (a `GatewaySetup` and its SDK clients, an SDK client), closed when the test ends: for what a
+    test's helpers make themselves. A client left open keeps its pooled connection open until garbage
+    collection, which fails a later test with a `ResourceWarning` (tests/socket_guard.py)."""
+    _TO_CLOSE.append(closeable)
+    return closeable
 
 
 @pytest.fixture(autouse=True)

@@ -212,7 +212,8 @@ def test_a_refused_key_change_changes_nothing_and_a_key_shows_its_last_use(
     )
     assert status == 400 and doc["error"]["param"] == "plan"
     assert call(worker, "GET", f"/admin/v1/keys/{created['id']}")[1]["state"] == "active"
-    openai.OpenAI(api_key=created["key"], base_url=worker.url + "/v1", max_retries=0).models.list()
+    with openai.OpenAI(api_key=created["key"], base_url=worker.url + "/v1", max_retries=0) as client:
+        client.models.list()
     worker.call(asyncio.sleep(0.2))  # the last-use mark is written after the response
     listed = call(worker, "GET", "/admin/v1/keys")[1]["data"][0]["last_used"]
     assert (

@@ -15,7 +15,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.conftest import MASTER_KEY
+from tests.conftest import MASTER_KEY, closed_after_test
 from tests.fakes.upstream import FakeUpstream
 from tests.harness import InProcessWorker, load_test_config, write_config
 from tests.test_sessions import TURN1, TURN2, _prose
@@ -32,8 +32,14 @@ def _key(w: InProcessWorker) -> tuple[str, str]:
 
 
 def _openai(w: InProcessWorker, token: str) -> openai.OpenAI:
-    return openai.OpenAI(
-        api_key=token, base_url=w.url + "/v1", max_retries=0, default_headers={"X-Upstream-Api-Key": "sk-x"}
+    """An OpenAI client of `token`'s (closed when the test ends)."""
+    return closed_after_test(
+        openai.OpenAI(
+            api_key=token,
+            base_url=w.url + "/v1",
+            max_retries=0,
+            default_headers={"X-Upstream-Api-Key": "sk-x"},
+        )
     )
 
 
@@ -123,8 +129,10 @@ def test_an_anthropic_client_that_names_no_session_is_replayed_too(
 ) -> None:
     w = make_worker(dev_vars={"TREX_MASTER_KEY": MASTER_KEY})
     key_id, token = _key(w)
-    client = anthropic.Anthropic(
-        api_key=token, base_url=w.url, max_retries=0, default_headers={"X-Upstream-Api-Key": "sk-ant-x"}
+    client = closed_after_test(
+        anthropic.Anthropic(
+            api_key=token, base_url=w.url, max_retries=0, default_headers={"X-Upstream-Api-Key": "sk-ant-x"}
+        )
     )
 
     def turn(messages: list[Any]) -> tuple[Any, list[Any]]:

@@ -16,7 +16,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.conftest import MASTER_KEY, GatewaySetup
+from tests.conftest import MASTER_KEY, GatewaySetup, closed_after_test
 from tests.fakes.upstream import FakeUpstream, Reply
 from tests.harness import InProcessWorker
 from worker import memory
@@ -627,7 +627,7 @@ def test_a_key_may_store_only_so_many_bytes_a_day(
     assert 0 < int(refused.headers["Retry-After"]) <= 86400
     _compress_and_store(setup, key=tokens[1])  # another key's budget is its own
     # Ordinary traffic (no X-Session-Id: a session under a generated id) does not use up a key's budget.
-    other = openai.OpenAI(api_key=tokens[1], base_url=worker.url + "/v1", max_retries=0)
+    other = closed_after_test(openai.OpenAI(api_key=tokens[1], base_url=worker.url + "/v1", max_retries=0))
     for _ in range(40):  # about 120 KB of sessions
         other.chat.completions.create(
             model="gpt-4o-mini",

@@ -10,7 +10,7 @@ from typing import Any
 
 import openai
 
-from tests.conftest import MASTER_KEY
+from tests.conftest import MASTER_KEY, closed_after_test
 from tests.fakes.upstream import FakeUpstream
 from tests.harness import InProcessWorker
 from tests.test_usage import HTTP
@@ -51,9 +51,8 @@ TURN2 = [
 def _client(w: InProcessWorker, session: str | None) -> tuple[openai.OpenAI, str]:
     record, token = w.call(w.app[GATEWAY].keys.create("s"))
     headers = {"X-Upstream-Api-Key": "sk-x", **({"X-Session-Id": session} if session else {})}
-    return openai.OpenAI(
-        api_key=token, base_url=w.url + "/v1", max_retries=0, default_headers=headers
-    ), record.id
+    client = openai.OpenAI(api_key=token, base_url=w.url + "/v1", max_retries=0, default_headers=headers)
+    return closed_after_test(client), record.id
 
 
 def _forwarded(fake: FakeUpstream, client: openai.OpenAI, messages: list[dict[str, Any]]) -> list[str]:
@@ -319,11 +318,13 @@ def test_new_sessions_past_the_keys_daily_storage_are_not_stored_known_ones_are(
     first, key_id = _client(w, "first")
     _turn(w, fake_upstream, key_id, first, TURN1)  # fits: stored
     token = first.api_key
-    second = openai.OpenAI(
-        api_key=token,
-        base_url=w.url + "/v1",
-        max_retries=0,
-        default_headers={"X-Upstream-Api-Key": "sk-x", "X-Session-Id": "second"},
+    second = closed_after_test(
+        openai.OpenAI(
+            api_key=token,
+            base_url=w.url + "/v1",
+            max_retries=0,
+            default_headers={"X-Upstream-Api-Key": "sk-x", "X-Session-Id": "second"},
+        )
     )
     assert second.chat.completions.create(model="gpt-4o-mini", messages=TURN1).choices  # type: ignore[arg-type]
     time.sleep(0.3)  # its state would be written after the response

@@ -11,7 +11,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import MASTER_KEY, UPSTREAM_KEYS
+from tests.conftest import MASTER_KEY, UPSTREAM_KEYS, closed_after_test
 from tests.fakes.redis_proxy import RedisProxy
 from tests.fakes.upstream import FakeUpstream, Reply
 from tests.harness import InProcessWorker
@@ -43,7 +43,7 @@ def test_a_kv_failure_between_attempts_ends_the_event_as_failed(
     record, token = w.call(keys.create("fails-between-attempts"))
     for provider in ("openai", "anthropic"):
         w.call(keys.bind(record.id, provider, UPSTREAM_KEYS[provider]))
-    client = openai.OpenAI(api_key=token, base_url=w.url + "/v1", max_retries=0)
+    client = closed_after_test(openai.OpenAI(api_key=token, base_url=w.url + "/v1", max_retries=0))
     hi = [{"role": "user", "content": "hi"}]
     client.chat.completions.create(model="gpt-4o-mini", messages=hi)  # type: ignore[arg-type]
     # OpenAI answers 503 after a while; meanwhile Redis stops answering, so the fallback's first read of its

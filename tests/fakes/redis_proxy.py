@@ -45,7 +45,9 @@ class _Cut:
 class RedisProxy:
     """Forwards 127.0.0.1:`port` to Redis; see the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, target: tuple[str, int] = REDIS) -> None:
+        self.target = target
+        """Where Redis listens."""
         self.stalled = False
         self.port = 0
         self.cuts = 0
@@ -105,8 +107,13 @@ class RedisProxy:
         task.add_done_callback(self._tasks.discard)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*REDIS)
-        self._writers += [writer, up_writer]
+        self._writers.append(writer)  # closed by `_close_all` even when this task is cancelled right here
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:  # Redis cannot be reached: hang up on the client
+            writer.close()
+            return
+        self._writers.append(up_writer)
         cut: list[_Cut] = []  # this connection's cut, once it happened
 
         async def commands() -> None:
