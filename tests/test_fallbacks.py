@@ -140,7 +140,7 @@ def test_retry_after_is_honoured_and_one_past_the_limit_is_not_waited_for(routed
     raw = setup.openai().chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=MESSAGES, extra_body=TO_CLAUDE
     )
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 10  # not the 30 s asked for (a bound a loaded machine cannot miss)
     assert raw.headers["X-Trex-Upstream-Provider"] == "anthropic"
 
 
