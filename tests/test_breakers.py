@@ -19,9 +19,12 @@ async def test_model_names_a_client_makes_up_do_not_grow_the_breakers_without_bo
     for i in range(6000):
         assert await breakers.allow("local", f"made-up-{i}")
     assert len(breakers._states) <= 4096
+    # nor does an evicted route keep a renewal timer (which would read it back in, evicting another)
+    assert len(breakers._renewals) <= 4096 and len(breakers._used) <= 4096
     assert ("local", "down") in breakers._states  # the evicted ones were the routes without failures
     assert not await breakers.allow("local", "down")
     assert breakers.retry_after("local", "down") > 1
+    breakers.close()
 
 
 async def test_requests_that_find_a_route_stale_together_read_its_state_once(tmp_path: Path) -> None:

@@ -165,11 +165,13 @@ def _rss_mib(pid: int) -> float:
     return int(status.split("VmRSS:")[1].split()[0]) / 1024
 
 
+@pytest.mark.parametrize("workers", [("--workers", "2"), ("--work=2",)])
 def test_the_supervisor_of_worker_processes_does_not_load_the_tokenizer(
-    tmp_path: Path, spawn_worker: Callable[..., WorkerProcess]
+    tmp_path: Path, spawn_worker: Callable[..., WorkerProcess], workers: tuple[str, ...]
 ) -> None:
-    """Only the serving children count tokens; the supervisor held the o200k tokenizer (about 44 MiB) too."""
-    wp = spawn_worker(write_config(tmp_path, {}), "--workers", "2")
+    """Only the serving children count tokens; the supervisor held the o200k tokenizer (about 44 MiB) too.
+    (`--work=2` is `--workers 2` to argparse, which takes an option's unambiguous abbreviation.)"""
+    wp = spawn_worker(write_config(tmp_path, {}), *workers)
     assert wp.proc is not None
     serving = [c for c in _children(wp.proc.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
     assert len(serving) == 2

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from kv import MemoryKV
 from tests.conftest import MASTER_KEY
 from worker.auth import KeyStore
+from worker.errors import AuthenticationError
 from worker.vault import Vault
 
 
@@ -87,4 +90,64 @@ async def test_a_key_in_use_is_loaded_again_before_its_cache_entry_expires() -> 
     assert (await store.authenticate(token)).id == record.id
     assert await store.provider_key(record.id, "openai") == "sk-bound"
     assert kv.reads == 0
+    store.close()
+
+
+async def test_changes_to_a_key_in_use_leave_it_one_renewal_and_none_after_close() -> None:
+    """Each change made on this instance (a state change, a binding) drops the key's cache entry and the next
+    request loads it again: the key keeps one renewal all the same, so under steady traffic the KV is read
+    about once a second however many changes were made, and not at all once the store is closed."""
+    kv = _CountingKV()
+    vault = Vault(MASTER_KEY)
+    record, token = await KeyStore(kv, vault).create("k")
+    store = KeyStore(kv, vault)
+    await store.authenticate(token)
+    for _ in range(10):
+        await store.set_state(record.id, "active")
+        await store.authenticate(token)
+        await asyncio.sleep(0.05)
+    kv.reads = 0
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 2.5
+    while loop.time() < end:  # a request every 10 ms
+        assert (await store.authenticate(token)).id == record.id
+        await asyncio.sleep(0.01)
+    # keyhash/…, keys/… and keys_revoked/… each renewal (0.8 s): 3 or 4 renewals in 2.5 s
+    assert kv.reads <= 12, kv.reads
+    await store.authenticate(token)  # in use when it closes
+    store.close()
+    kv.reads = 0
+    await asyncio.sleep(1.2)
+    assert kv.reads == 0
+
+
+class _SlowRevocationReads(MemoryKV):
+    """A KV whose answer about a revocation comes back slowly: the value is read, then the reply takes
+    `delay` to arrive (a load can be in flight with a read made before a change)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.delay = 0.0
+
+    async def get(self, key: str) -> bytes | None:
+        value = await super().get(key)
+        if key.startswith("keys_revoked/"):
+            await asyncio.sleep(self.delay)
+        return value
+
+
+async def test_a_request_after_a_revocation_does_not_join_a_load_that_read_the_key_before_it() -> None:
+    kv = _SlowRevocationReads()
+    vault = Vault(MASTER_KEY)
+    record, token = await KeyStore(kv, vault).create("k")
+    store = KeyStore(kv, vault)
+    kv.delay = 0.2
+    before = asyncio.ensure_future(store.authenticate(token))  # its load reads the key still active
+    await asyncio.sleep(0.05)
+    kv.delay = 0.0
+    await store.set_state(record.id, "revoked")  # on this instance: seen at once, not within the second
+    with pytest.raises(AuthenticationError) as err:
+        await store.authenticate(token)
+    assert err.value.code == "key_revoked"
+    await before  # (the request that came first may still be answered as before the change)
     store.close()

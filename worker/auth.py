@@ -203,7 +203,8 @@ class KeyStore:
         # undo each other, a revoked key come back active. One at a time in this process; across instances
         # the `keys_revoked/` entry keeps a revoke (see the module docstring).
         self._changes = asyncio.Lock()
-        self._loading: dict[str, asyncio.Future[Any]] = {}  # cache entries being loaded (see `_load`)
+        self._loading: dict[str, tuple[asyncio.Future[Any], int]] = {}
+        """Cache entries being loaded, and the cache's `drops` when each load began (see `_load`)."""
         self._renewals: dict[str, asyncio.TimerHandle] = {}  # when each loaded entry is looked at again
         self._closed = False
 
@@ -421,12 +422,14 @@ class KeyStore:
         burst on a cold or just-expired entry would otherwise make one KV round trip per request). The load is
         a task of its own: a requester that goes away does not cancel it for the others (await it with
         `shared`). Once loaded, an entry is renewed before it expires if requests read it (`_RENEW_AT`)."""
-        task = self._loading.get(key)
-        if task is None:
-            task = self._loading[key] = asyncio.ensure_future(load(*args))
-            task.add_done_callback(
-                functools.partial(self._finished_loading, cache, key, cache.drops, load, args)
-            )
+        loading = self._loading.get(key)
+        if loading is not None and loading[1] == cache.drops:
+            return loading[0]
+        # None in flight, or one that began before a change on this instance (a revocation, a new binding):
+        # its read may be from before the change, so a request that comes after it does not wait for it.
+        task = asyncio.ensure_future(load(*args))
+        self._loading[key] = (task, cache.drops)
+        task.add_done_callback(functools.partial(self._finished_loading, cache, key, cache.drops, load, args))
         return task
 
     def _finished_loading(
@@ -438,7 +441,9 @@ class KeyStore:
         args: tuple[Any, ...],
         task: asyncio.Future[Any],
     ) -> None:
-        self._loading.pop(key, None)
+        loading = self._loading.get(key)
+        if loading is not None and loading[0] is task:
+            del self._loading[key]
         # Retrieved here: every requester may have gone already (a renewal has none). A failed load leaves the
         # entry to expire; the next request then loads it, and meets the failure itself.
         if task.cancelled() or task.exception() is not None:
@@ -446,6 +451,9 @@ class KeyStore:
         if cache.drops != drops:  # a change on this instance may have come after the read: not cached
             return
         cache.put(key, task.result())
+        pending = self._renewals.pop(key, None)
+        if pending is not None:  # one renewal per entry: the entry was loaded again before its timer came
+            pending.cancel()
         if not self._closed:
             self._renewals[key] = asyncio.get_running_loop().call_later(
                 cache.ttl * _RENEW_AT, self._renew, cache, key, load, args
@@ -460,7 +468,7 @@ class KeyStore:
     ) -> None:
         """Load `key` again if requests read it since its last load (see `_RENEW_AT`)."""
         self._renewals.pop(key, None)
-        if key in cache.used:
+        if key in cache.used and not self._closed:
             self._load(cache, key, load, *args)
 
     def close(self) -> None:

@@ -36,9 +36,10 @@ def _serves_itself(dev_args: Sequence[str]) -> bool:
     tokenizer (about 44 MiB) instead. A value argparse will refuse counts as serving: it reports it later."""
     workers = 1
     for i, arg in enumerate(dev_args):
-        value = dev_args[i + 1] if arg == "--workers" and i + 1 < len(dev_args) else None
-        if arg.startswith("--workers="):
-            value = arg.partition("=")[2]
+        name, equals, given = arg.partition("=")
+        if len(name) < 3 or not "--workers".startswith(name):  # argparse takes `--work 3` for `--workers 3`
+            continue
+        value = given if equals else dev_args[i + 1] if i + 1 < len(dev_args) else None
         if value is not None:
             try:
                 workers = int(value)  # the last one given counts, as for argparse

@@ -171,11 +171,14 @@ class Breakers:
 
     def _read_done(self, route: tuple[str, str], reading: asyncio.Future[_State | None]) -> None:
         self._reading.pop(route, None)
+        self._used.discard(route)
+        pending = self._renewals.pop(route, None)
+        if pending is not None:  # one renewal per route: its state was read again before its timer came
+            pending.cancel()
         # Retrieved: every request that waited for it may have gone already (a renewal has none).
         if reading.cancelled() or reading.exception() is not None or reading.result() is None:
             return
-        self._used.discard(route)
-        if not self._closed:
+        if not self._closed and route in self._states:
             self._renewals[route] = asyncio.get_running_loop().call_later(
                 _RENEW_AFTER_SECONDS, self._renew, route
             )
@@ -183,7 +186,7 @@ class Breakers:
     def _renew(self, route: tuple[str, str]) -> None:
         """Read the route's state again if requests used it since its last read (`_RENEW_AFTER_SECONDS`)."""
         self._renewals.pop(route, None)
-        if route in self._used:
+        if route in self._used and not self._closed:
             self._start_read(route, self._clock())
 
     def close(self) -> None:
@@ -206,6 +209,10 @@ class Breakers:
                 (r for r, s in oldest if not s.failures_seen and s.open_until == 0.0), next(iter(states))
             )
             del states[victim]
+            self._used.discard(victim)
+            pending = self._renewals.pop(victim, None)
+            if pending is not None:
+                pending.cancel()
         states[route] = state
 
     def retry_after(self, provider: str, model: str) -> int:
