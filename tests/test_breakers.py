@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 from kv import MemoryKV, SqliteKV
+from tests.fakes.counting_kv import CountingKV
 from worker.health import Breakers
 
 
@@ -48,24 +49,12 @@ async def test_requests_that_find_a_route_stale_together_read_its_state_once(tmp
         assert len([s for s in statements if s.startswith("SELECT")]) == 2
 
 
-class _CountingKV(MemoryKV):
-    """A real in-memory KV that counts the reads reaching it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads = 0
-
-    async def get(self, key: str) -> bytes | None:
-        self.reads += 1
-        return await super().get(key)
-
-
 async def test_a_route_in_use_has_its_state_read_again_before_it_is_stale() -> None:
     """Under steady traffic no request waits for the state's read once a second: the state of a route that
     requests used is read again in the background before it is stale, so the requests after its second find
     it fresh."""
     now = [1000.0]  # the state's second; its renewal is timed by the event loop (0.8 s)
-    kv = _CountingKV()
+    kv = CountingKV()
     breakers = Breakers(kv, failures=3, cooldown_seconds=60, clock=lambda: now[0])
     assert await breakers.allow("openai", "up")
     assert await breakers.allow("openai", "up")  # in use

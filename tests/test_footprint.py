@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -29,9 +30,10 @@ print(json.dumps(sorted(name for name in {names!r} if name in sys.modules)))
 """
 
 
-def _imported_by_trex_dev(*names: str) -> list[str]:
+def _probe(code: str) -> Any:
+    """What `code`, run in a fresh interpreter on this checkout, prints (as JSON)."""
     out = subprocess.run(
-        [sys.executable, "-c", _PROBE.format(names=names)],
+        [sys.executable, "-c", code],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -39,7 +41,11 @@ def _imported_by_trex_dev(*names: str) -> list[str]:
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         timeout=60,
     )
-    return list(json.loads(out.stdout))
+    return json.loads(out.stdout)
+
+
+def _imported_by_trex_dev(*names: str) -> list[str]:
+    return list(_probe(_PROBE.format(names=names)))
 
 
 def test_serving_does_not_import_package_metadata() -> None:
@@ -71,16 +77,7 @@ def test_loading_the_tokenizer_runs_no_subprocess() -> None:
     """malloc_trim is looked up in the process's own symbols: `ctypes.util.find_library` ran `ldconfig -p` in
     a subprocess at every start, and imported `subprocess` just before the tokenizer's load, when the process
     is at its peak."""
-    out = subprocess.run(
-        [sys.executable, "-c", _TOKENIZER_PROBE],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        timeout=60,
-    )
-    assert json.loads(out.stdout) == []
+    assert _probe(_TOKENIZER_PROBE) == []
 
 
 def _thread_arenas(pid: int) -> int:

@@ -8,26 +8,14 @@ import pytest
 
 from kv import MemoryKV
 from tests.conftest import MASTER_KEY
+from tests.fakes.counting_kv import CountingKV
 from worker.auth import KeyStore
 from worker.errors import AuthenticationError
 from worker.vault import Vault
 
 
-class _CountingKV(MemoryKV):
-    """A real in-memory KV that counts the reads reaching it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads = 0
-
-    async def get(self, key: str) -> bytes | None:
-        self.reads += 1
-        await asyncio.sleep(0.01)  # a round trip: the burst arrives while it is in flight
-        return await super().get(key)
-
-
 async def test_a_burst_of_cache_misses_reads_the_key_and_its_binding_once() -> None:
-    kv = _CountingKV()
+    kv = CountingKV(round_trip=0.01)  # a round trip: the burst arrives while a read is in flight
     vault = Vault(MASTER_KEY)
     record, token = await KeyStore(kv, vault).create("k")
     await KeyStore(kv, vault).bind(record.id, "openai", "sk-bound")
@@ -45,7 +33,7 @@ async def test_a_burst_of_cache_misses_reads_the_key_and_its_binding_once() -> N
 
 
 async def test_a_requester_that_goes_away_does_not_fail_the_others_waiting_on_the_same_load() -> None:
-    kv = _CountingKV()
+    kv = CountingKV(round_trip=0.01)
     vault = Vault(MASTER_KEY)
     record, token = await KeyStore(kv, vault).create("k")
     store = KeyStore(kv, vault)
@@ -69,7 +57,7 @@ async def test_a_key_in_use_is_loaded_again_before_its_cache_entry_expires() -> 
     """Under steady traffic no request waits for the KV once a second: a cache entry that requests read is
     loaded again in the background before it expires, so the requests after its second find the renewed
     entry."""
-    kv = _CountingKV()
+    kv = CountingKV(round_trip=0.01)
     vault = Vault(MASTER_KEY)
     record, token = await KeyStore(kv, vault).create("k")
     await KeyStore(kv, vault).bind(record.id, "openai", "sk-bound")
@@ -97,7 +85,7 @@ async def test_changes_to_a_key_in_use_leave_it_one_renewal_and_none_after_close
     """Each change made on this instance (a state change, a binding) drops the key's cache entry and the next
     request loads it again: the key keeps one renewal all the same, so under steady traffic the KV is read
     about once a second however many changes were made, and not at all once the store is closed."""
-    kv = _CountingKV()
+    kv = CountingKV(round_trip=0.01)
     vault = Vault(MASTER_KEY)
     record, token = await KeyStore(kv, vault).create("k")
     store = KeyStore(kv, vault)
