@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -500,7 +501,12 @@ class UsageRecorder:
         ev.baseline = Baseline(base_in, base_out, base_cost, base_source)
         ev.actual_cost_usd = actual
         ev.savings_tokens = (base_in + base_out) - (billed.input_tokens + billed.output_tokens)
-        ev.savings_usd = None if base_cost is None or actual is None else round(base_cost - actual, 9)
+        if base_cost is None or actual is None:
+            ev.savings_usd = None
+        elif base_cost is actual and math.isfinite(actual):  # the baseline is the billed usage: nothing saved
+            ev.savings_usd = 0.0  # round(actual - actual, 9), without rounding (costly) on most requests
+        else:
+            ev.savings_usd = round(base_cost - actual, 9)
         ev.status = "final"
         self._dirty[ev.id] = ev
         if begun.admission is not None and self.quotas is not None:
