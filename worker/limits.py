@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -92,6 +91,19 @@ class Admitted:
     """The key's requests in flight on this instance, this one included."""
 
 
+@dataclass(slots=True)
+class _Second:
+    now: int
+    plan_name: str | None
+    counters: tuple[tuple[str, int, int], tuple[str, int, int]]
+    """(counter, TTL, limit) of the key's and the client IP's minute windows."""
+    key_limit: int
+    limit_text: str
+    reset: int
+    """Seconds until the minute window resets."""
+    concurrent: int
+
+
 class Limits:
     """Per-key and per-IP request counters in the KV, and per-key in-flight counts in this instance."""
 
@@ -122,6 +134,8 @@ class Limits:
         """Requests admitted without counting because the KV failed (fail-open)."""
         self._clock = clock
         self._in_flight: dict[str, int] = {}
+        self._seconds: dict[tuple[str, str], _Second] = {}
+        """(key or agent id, client IP) -> what counting its requests needs in the current second."""
 
     def client_ip(self, peer: str | None, forwarded_for: str | None) -> str:
         ip = peer or "unknown"
@@ -154,19 +168,12 @@ class Limits:
     async def _admit(self, ident: str, plan_name: str | None, ip: str) -> Admitted | None:
         if not self.enabled:
             return None
-        plan = self.plans.get(plan_name) if plan_name else None
-        key_limit = plan.requests_per_minute if plan and plan.requests_per_minute else self.key_per_minute
         now = self._clock()
-        window = int(now // 60)
-        reset = max(1, math.ceil((window + 1) * 60 - now))
+        second = self._second(ident, plan_name, ip, int(now))
+        key_limit = second.key_limit
         try:
             # Both counters in one round trip shared with every request counted at the same time.
-            used_key, used_ip = await self.counters.count(
-                [
-                    (f"rl/k/{ident}/{window}", 120, key_limit),
-                    (f"rl/ip/{ip}/{window}", 120, self.ip_per_minute),
-                ]
-            )
+            used_key, used_ip = await self.counters.count(second.counters)
         except KVError as exc:
             if not self.fail_open:
                 raise ServiceUnavailableError(
@@ -177,8 +184,9 @@ class Limits:
             self.failures += 1
             log.warning("rate limits not checked (fail open, %d so far): %s", self.failures, exc)
             used_key = used_ip = 0
+        reset = second.reset
         headers = {
-            "X-RateLimit-Limit": str(key_limit),
+            "X-RateLimit-Limit": second.limit_text,
             "X-RateLimit-Remaining": str(max(0, key_limit - used_key)),
             "X-RateLimit-Reset": str(reset),
         }
@@ -189,7 +197,7 @@ class Limits:
                 f"Rate limit of {limit} requests per minute per {which} reached; retry in {reset} s.",
                 headers={**headers, "Retry-After": str(reset)},
             )
-        concurrent = plan.max_concurrent if plan and plan.max_concurrent else self.max_concurrent
+        concurrent = second.concurrent
         in_flight = self._in_flight.get(ident, 0)
         if concurrent and in_flight >= concurrent:
             raise RateLimitError(
@@ -200,6 +208,33 @@ class Limits:
         # Counted even without a limit: a plan's credit_above_concurrent reads it.
         self._in_flight[ident] = in_flight + 1
         return Admitted(headers, ident, in_flight + 1)
+
+    def _second(self, ident: str, plan_name: str | None, ip: str, now: int) -> _Second:
+        """What counting a request of `ident` from `ip` needs in this second: built once a second per key
+        and client IP, not per request (the reset counts down by the second)."""
+        entry = self._seconds.get((ident, ip))
+        if entry is not None and entry.now == now and entry.plan_name == plan_name:
+            return entry
+        plan = self.plans.get(plan_name) if plan_name else None
+        key_limit = plan.requests_per_minute if plan and plan.requests_per_minute else self.key_per_minute
+        window = now // 60
+        entry = _Second(
+            now,
+            plan_name,
+            (
+                (f"rl/k/{ident}/{window}", 120, key_limit),
+                (f"rl/ip/{ip}/{window}", 120, self.ip_per_minute),
+            ),
+            key_limit,
+            str(key_limit),
+            # ceil((window + 1) * 60 - t) for any t within this second: the seconds left in the minute.
+            max(1, (window + 1) * 60 - now),
+            plan.max_concurrent if plan and plan.max_concurrent else self.max_concurrent,
+        )
+        if len(self._seconds) >= 4096:  # many client IPs: start over rather than scan them every second
+            self._seconds.clear()
+        self._seconds[(ident, ip)] = entry
+        return entry
 
     def release(self, admitted: Admitted) -> None:
         """Give back the in-flight slot (the request's response is complete, or it failed)."""

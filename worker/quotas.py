@@ -196,6 +196,22 @@ class Admission:
 _TOKENS_FRESH_S = 1.0
 
 
+@dataclasses.dataclass(slots=True)
+class _Window:
+    """A key's quota counters in one second: their names, the request counts to make (counter, TTL, limit)
+    and the admission of a request that counted them all."""
+
+    now: int
+    plan: QuotaPlan
+    daily_tokens: str | None
+    daily_tokens_limit: int
+    weekly_tokens: str | None
+    weekly_tokens_limit: int
+    requests: tuple[tuple[str, int, int], ...]
+    what: tuple[str, ...]
+    admission: Admission
+
+
 @functools.lru_cache(maxsize=2)
 def _windows(now: int) -> tuple[str, str, int, int]:
     """(day id, week id, seconds to the day's end, seconds to the week's end), UTC; cached per second."""
@@ -251,6 +267,7 @@ class Quotas:
         self._reading: dict[str, asyncio.Future[int]] = {}  # token counters being read again
         self.plans = plans
         self._clock = clock
+        self._windows: dict[str, _Window] = {}  # key id -> its counters and admission in the current second
 
     async def admit(
         self,
@@ -325,7 +342,8 @@ class Quotas:
         in_flight: int,
         counted: list[tuple[str, int | None]],
     ) -> Admission:
-        day, week, day_left, week_left = _windows(int(self._clock()))
+        now = int(self._clock())
+        day, week, day_left, week_left = _windows(now)
         if web_search is not None and plan.daily_web_searches is not None:
             if plan.daily_web_searches == 0:
                 raise WebSearchNotAllowedError(
@@ -340,38 +358,65 @@ class Quotas:
         if why is not None:
             # What it may cost is known once its input is optimized and its model routed: it holds it then.
             return Admission(key.id, plan, True, day, week, tuple(counted), why)
-        # Counter names are built only for the windows the plan limits (most plans limit one or two).
-        if plan.daily_tokens is not None:
-            used = await self._tokens_used(f"quota/{key.id}/d{day}/tokens", _DAY_TOKENS_TTL)
-            if used >= plan.daily_tokens:
-                raise self._exceeded("daily token", plan.daily_tokens, day_left)
-        if plan.weekly_tokens is not None:
-            used = await self._tokens_used(f"quota/{key.id}/w{week}/tokens", _WEEK_TOKENS_TTL)
-            if used >= plan.weekly_tokens:
-                raise self._exceeded("weekly token", plan.weekly_tokens, week_left)
-        requests: list[tuple[int, str, int, str]] = []
-        if plan.daily_requests is not None:
-            requests.append(
-                (plan.daily_requests, f"quota/{key.id}/d{day}/requests", day_left, "daily request")
-            )
-        if plan.weekly_requests is not None:
-            requests.append(
-                (plan.weekly_requests, f"quota/{key.id}/w{week}/requests", week_left, "weekly request")
-            )
-        if requests:
+        window = self._window(key.id, plan, now)
+        if window.daily_tokens is not None:
+            used = await self._tokens_used(window.daily_tokens, _DAY_TOKENS_TTL)
+            if used >= window.daily_tokens_limit:
+                raise self._exceeded("daily token", window.daily_tokens_limit, day_left)
+        if window.weekly_tokens is not None:
+            used = await self._tokens_used(window.weekly_tokens, _WEEK_TOKENS_TTL)
+            if used >= window.weekly_tokens_limit:
+                raise self._exceeded("weekly token", window.weekly_tokens_limit, week_left)
+        if window.requests:
             # Counted like the rate limits: shared round trips, and leases while far from the quota.
-            positions = await self.counters.count(
-                [(counter, left + 3600, limit) for limit, counter, left, _ in requests]
-            )
+            positions = await self.counters.count(window.requests)
             exceeded = None
-            for (limit, counter, left, what), position in zip(requests, positions, strict=True):
+            for (counter, ttl, limit), position, what in zip(
+                window.requests, positions, window.what, strict=True
+            ):
                 if position > limit:
-                    exceeded = exceeded or self._exceeded(what, limit, left)
+                    exceeded = exceeded or self._exceeded(what, limit, ttl - 3600)
                 else:
-                    counted.append((counter, left + 3600))
+                    counted.append((counter, ttl))
             if exceeded is not None:
                 raise exceeded
+        # Nothing counted but the request quotas (the common case): the admission this second's requests of
+        # this key share (it is immutable).
+        if len(counted) == len(window.requests):
+            return window.admission
         return Admission(key.id, plan, False, day, week, tuple(counted))
+
+    def _window(self, key_id: str, plan: QuotaPlan, now: int) -> _Window:
+        """The counter names, counts and admission of a key's requests in this second (built once a second
+        per key, not for every request)."""
+        window = self._windows.get(key_id)
+        if window is not None and window.now == now and window.plan is plan:
+            return window
+        day, week, day_left, week_left = _windows(now)
+        # Counter names are built only for the windows the plan limits (most plans limit one or two).
+        requests: list[tuple[str, int, int]] = []
+        what: list[str] = []
+        if plan.daily_requests is not None:
+            requests.append((f"quota/{key_id}/d{day}/requests", day_left + 3600, plan.daily_requests))
+            what.append("daily request")
+        if plan.weekly_requests is not None:
+            requests.append((f"quota/{key_id}/w{week}/requests", week_left + 3600, plan.weekly_requests))
+            what.append("weekly request")
+        window = _Window(
+            now,
+            plan,
+            f"quota/{key_id}/d{day}/tokens" if plan.daily_tokens is not None else None,
+            plan.daily_tokens or 0,
+            f"quota/{key_id}/w{week}/tokens" if plan.weekly_tokens is not None else None,
+            plan.weekly_tokens or 0,
+            tuple(requests),
+            tuple(what),
+            Admission(key_id, plan, False, day, week, tuple((c, ttl) for c, ttl, _ in requests)),
+        )
+        if len(self._windows) >= 4096:  # many keys: start over rather than scan them every second
+            self._windows.clear()
+        self._windows[key_id] = window
+        return window
 
     async def admit_fallback(
         self,

@@ -182,3 +182,31 @@ async def test_a_shutdown_the_store_refuses_names_every_event_it_loses_still_run
         await recorder.close()
     assert "3 usage events" in caplog.text, caplog.text
     await kv.close()
+
+
+async def test_a_long_answer_without_usage_has_its_output_counted_off_the_loop_and_written_final(
+    tmp_path: Path,
+) -> None:
+    # Past 64 KiB of text the output tokens are counted in a thread; the event ends as any other estimate.
+    from worker import tokens
+
+    kv = SqliteKV(tmp_path / "kv.sqlite3")
+    recorder = UsageRecorder(kv, PriceTable(), {}, retention_seconds=86400, flush_seconds=1)
+    text = "lorem ipsum dolor sit amet " * 3000
+    body = (
+        b'{"id":"c","choices":[{"index":0,"message":{"role":"assistant","content":"'
+        + text.encode()
+        + b'"}}]}'
+    )
+    short_body = b'{"id":"c","choices":[{"index":0,"message":{"role":"assistant","content":"ok"}}]}'
+    long, short = _begin(recorder), _begin(recorder)
+    recorder.complete(long, http_status=200, outcome="completed", wire="chat", body=body)
+    recorder.complete(short, http_status=200, outcome="completed", wire="chat", body=short_body)
+    await recorder.flush()
+    assert await _stored(kv) == {long.event.id: "final", short.event.id: "final"}
+    for begun, answer in ((long, text), (short, "ok")):
+        event = await recorder.get(KEY.id, begun.event.id)
+        assert event is not None and event.billed is not None
+        assert (event.usage_source, event.billed.input_tokens) == ("estimated", 12)
+        assert event.billed.output_tokens == tokens.count(answer, "o200k_base")
+    await kv.close()

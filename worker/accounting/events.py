@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -359,7 +360,8 @@ class UsageRecorder:
             pending = list(queued.values())
             try:
                 for i, begun in enumerate(pending, 1):
-                    await self._reconcile(begun)
+                    if not self._reconcile_now(begun):
+                        await self._reconcile_later(begun)
                     if i % _SLICE == 0:
                         await asyncio.sleep(0)  # requests run between slices: a busy second never stalls
             except BaseException:  # cut off: what was not reconciled waits for the next pass
@@ -372,8 +374,31 @@ class UsageRecorder:
     async def _reconcile(self, begun: Begun) -> None:
         """Reconcile one event; a failure is that event's alone (logged, the event stays pending), never the
         rest of the pass's."""
+        if not self._reconcile_now(begun):
+            await self._reconcile_later(begun)
+
+    def _reconcile_now(self, begun: Begun) -> bool:
+        """Reconcile one event without an await (nearly every event: a pass over hundreds of them creates no
+        coroutine per event). False when its output must first be counted off the loop (a long answer
+        without reported usage): `_reconcile_later` does that; its usage, read here, waits in `observed`."""
         try:
-            await self._reconcile_one(begun)
+            observed = self._observed(begun)
+            if self._long_output(begun, observed):
+                begun.observed = observed
+                return False
+            self._finish(begun, observed, None)
+        except Exception:
+            log.exception("could not reconcile usage event %s", begun.event.id)
+        return True
+
+    async def _reconcile_later(self, begun: Begun) -> None:
+        try:
+            observed = begun.observed
+            assert observed is not None  # set by _reconcile_now for a long output
+            output = await asyncio.to_thread(
+                tokens.count, observed.output_text, begun.event.token_count_encoding
+            )
+            self._finish(begun, observed, output)
         except Exception:
             log.exception("could not reconcile usage event %s", begun.event.id)
 
@@ -381,7 +406,8 @@ class UsageRecorder:
         if self.quotas is not None:
             await self._charges.apply(self.quotas)
 
-    async def _reconcile_one(self, begun: Begun) -> None:
+    def _observed(self, begun: Begun) -> Observed | None:
+        """The usage the upstream reported (read from the response body or stream once), if any."""
         observed = begun.observed
         if observed is None and begun.wire is not None and begun.http_status < 400:
             try:
@@ -392,20 +418,25 @@ class UsageRecorder:
             except Exception:
                 log.exception("could not read usage for %s", begun.event.id)
         begun.body = begun.chunks = None
-        await self.finish(begun, http_status=begun.http_status, outcome=begun.outcome, observed=observed)
+        return observed
 
-    async def finish(
-        self,
-        begun: Begun,
-        *,
-        http_status: int,
-        outcome: Outcome,
-        observed: Observed | None,
-    ) -> None:
-        """Reconcile and mark final. `observed` is None when the upstream never answered usefully."""
+    @staticmethod
+    def _long_output(begun: Begun, observed: Observed | None) -> bool:
+        """Whether the event's output is estimated from a text long enough to count off the loop."""
+        return (
+            begun.http_status < 400
+            and observed is not None
+            and observed.billed is None
+            and len(observed.output_text) >= _THREAD_COUNT_CHARS
+        )
+
+    def _finish(self, begun: Begun, observed: Observed | None, output_tokens: int | None) -> None:
+        """Reconcile and mark final. `observed` is None when the upstream never answered usefully;
+        `output_tokens`, when given, is the count of its output text (counted off the loop)."""
         ev, claims, price = begun.event, begun.claims, begun.price
+        http_status = begun.http_status
         ev.http_status = http_status
-        ev.outcome = outcome
+        ev.outcome = begun.outcome
         ev.latency_ms = begun.latency_ms or round((time.perf_counter() - begun.started) * 1000, 2)
         failed = http_status >= 400  # refused or never answered: nothing billed
         billed: Billed
@@ -414,10 +445,10 @@ class UsageRecorder:
         elif observed is not None and observed.billed is not None:
             billed, source = observed.billed, "upstream"
         else:
-            text = observed.output_text if observed is not None else ""
-            if len(text) >= _THREAD_COUNT_CHARS:
-                output = await asyncio.to_thread(tokens.count, text, ev.token_count_encoding)
+            if output_tokens is not None:
+                output = output_tokens
             else:
+                text = observed.output_text if observed is not None else ""
                 output = tokens.count(text, ev.token_count_encoding)
             reported = observed.input_side if observed is not None else None
             if reported is not None:  # the input as the upstream reported it, the output estimated
@@ -470,7 +501,12 @@ class UsageRecorder:
         ev.baseline = Baseline(base_in, base_out, base_cost, base_source)
         ev.actual_cost_usd = actual
         ev.savings_tokens = (base_in + base_out) - (billed.input_tokens + billed.output_tokens)
-        ev.savings_usd = None if base_cost is None or actual is None else round(base_cost - actual, 9)
+        if base_cost is None or actual is None:
+            ev.savings_usd = None
+        elif base_cost is actual and math.isfinite(actual):  # the baseline is the billed usage: nothing saved
+            ev.savings_usd = 0.0  # round(actual - actual, 9), without rounding (costly) on most requests
+        else:
+            ev.savings_usd = round(base_cost - actual, 9)
         ev.status = "final"
         self._dirty[ev.id] = ev
         if begun.admission is not None and self.quotas is not None:
