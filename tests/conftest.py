@@ -69,8 +69,14 @@ def make_worker(tmp_path: Path, fake_upstream: FakeUpstream) -> Iterator[Callabl
         return worker
 
     yield factory
-    for w in started:
-        w.stop()
+    failures: list[BaseException] = []
+    for w in started:  # every one, even after one failed: a worker left running leaks into later tests
+        try:
+            w.stop()
+        except Exception as exc:  # noqa: BLE001 - raised below, once the others are stopped
+            failures.append(exc)
+    if failures:
+        raise failures[0]
 
 
 @pytest.fixture

@@ -270,6 +270,36 @@ def test_a_shutdown_while_the_store_is_down_completes_and_says_what_was_not_writ
     assert lost and lost[0].startswith("1 usage events and 1 request-log entries were not written")
 
 
+def test_a_shutdown_while_the_store_stalls_ends_within_its_grace_period(
+    proxy: RedisProxy,
+    make_worker: Callable[..., InProcessWorker],
+    fake_upstream: FakeUpstream,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis takes commands and never answers (a stalled server, a dropped route): the last usage write waited
+    out the reply timeout of each of its commands, so a shutdown with a 1 s grace period took two reply
+    timeouts (20 s here, past a supervisor's patience, whose SIGKILL loses everything). It now gives up on
+    the KV when the grace period is over and says what it could not write."""
+    w = make_worker(
+        {"USAGE_FLUSH_SECONDS": 30},
+        local={
+            "kv_url": f"redis://127.0.0.1:{proxy.port}/{DB}?socket_timeout=10",
+            "shutdown_grace_seconds": 1,
+        },
+        dev_vars={"TREX_MASTER_KEY": MASTER_KEY},
+        extra=PLANS,
+    )
+    gw = closed_after_test(with_key(w, fake_upstream, plan="metered"))
+    gw.openai().chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+    proxy.stalled = True
+    began = time.monotonic()
+    with caplog.at_level(logging.WARNING):
+        w.stop()
+    assert time.monotonic() - began < 8, "the shutdown waited for the stalled KV"  # 1 s grace + 1 s write
+    lost = [r.getMessage() for r in caplog.records if "not written before shutdown" in r.getMessage()]
+    assert lost and lost[0].startswith("1 usage events and 1 request-log entries were not written"), lost
+
+
 def test_health_says_whether_the_store_answers(
     proxy: RedisProxy, make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
 ) -> None:

@@ -48,6 +48,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 error_log = logging.getLogger("trex.error")
 
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_LAST_WRITE_SECONDS = 1.0
+"""The least time the shutdown gives the last usage write, past the grace period if need be."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,12 +382,13 @@ async def create_app(
 
     async def _cleanup(app: web.Application) -> None:
         # Runs after in-flight requests finished, so every wait_until they registered is drained here, in
-        # what is left of the grace period (at least a moment: the tasks of the last requests are recent).
-        grace = config.shutdown_grace_seconds
-        if stopping_at:
-            grace -= asyncio.get_running_loop().time() - stopping_at[0]
-        await app[TASKS].drain(max(grace, 0.5))
-        await app[GATEWAY].close()
+        # what is left of the grace period (at least a moment: the tasks of the last requests are recent),
+        # and the last usage events are written in what is left after that (at least a second, or a drain
+        # that used the whole grace would leave them no chance even on a KV that answers at once).
+        loop = asyncio.get_running_loop()
+        deadline = (stopping_at[0] if stopping_at else loop.time()) + config.shutdown_grace_seconds
+        await app[TASKS].drain(max(deadline - loop.time(), 0.5))
+        await app[GATEWAY].close(within=max(deadline - loop.time(), _LAST_WRITE_SECONDS))
         if owns_kv:
             await app[ENV].kv.close()
         if access is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -28,6 +30,8 @@ from .quotas import Quotas, parse_quota_plans
 from .routing import PROVIDER_NAMES, ModelRoute, Provider, parse_model_table
 from .sweeper import Sweeper
 from .vault import MASTER_KEY_NAME, Vault, VaultError
+
+log = logging.getLogger("trex.server")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,14 +85,21 @@ class Gateway:
     endpoints: dict[tuple[Provider, str], URL | str] = field(default_factory=dict)
     """(provider, wire) → its endpoint URL, parsed once (aiohttp would parse a string on every request)."""
 
-    async def close(self) -> None:
+    async def close(self, within: float | None = None) -> None:
         """Stop the KV sweep and any KV check, write the last usage events and release the upstream connection
-        pools."""
+        pools. What waits on the KV is given up after `within` seconds in all (None: no bound), so a KV that
+        stalls cannot hold a shutdown past its grace period; what was not written is logged."""
         self.keys.close()  # no more cache renewals: they would read a KV about to close
         self.breakers.close()
-        await self.sweeper.close()
+        loop = asyncio.get_running_loop()
+        deadline = None if within is None else loop.time() + within
         await self.kv_check.close()
-        await self.recorder.close()
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self.sweeper.close()  # a slice in flight on a stalled KV is cut off: it is redone later
+        except TimeoutError:
+            log.warning("shutdown: the KV sweep did not stop within %g s; cut off", within)
+        await self.recorder.close(None if deadline is None else max(deadline - loop.time(), 0.0))
         if self.recorder.kv is not self.kv:
             await self.recorder.kv.close()
         await self.upstream.close()

@@ -7,7 +7,9 @@ clients (the official sync SDKs) as well as async ones without deadlocking its o
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
+import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -63,13 +65,38 @@ class ThreadedServer:
         server: Any = site._server
         self.port = server.sockets[0].getsockname()[1]
 
-    def stop(self) -> None:
-        """Shut down gracefully (like the real server) and end the thread; safe to call twice."""
+    def stop(self, timeout: float = 30) -> None:
+        """Shut down gracefully (like the real server) and end the thread; safe to call twice. A shutdown that
+        takes over `timeout` seconds is a TimeoutError saying where the server's loop and its tasks wait."""
         if self._loop.is_closed():
             return
         if self._runner is not None:
-            self.call(self._runner.cleanup())
+            try:
+                self.call(self._runner.cleanup(), timeout)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"the server on port {self.port} did not shut down within {timeout:g} s:\n{self.waits()}"
+                ) from None
             self._runner = None
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
+
+    def waits(self) -> str:
+        """Where the loop's thread is, and where each of its tasks waits, down the chain of what it awaits
+        (read from this thread: a report, not exact; what a stuck shutdown is stuck on)."""
+        lines = ["the loop's thread:\n"]
+        frame = sys._current_frames().get(self._thread.ident or -1)
+        lines += traceback.format_stack(frame)[-3:] if frame is not None else ["  (not running)\n"]
+        for task in asyncio.all_tasks(self._loop):
+            lines.append(f"{task.get_name()}:\n")
+            awaited: Any = task.get_coro()
+            while awaited is not None:
+                frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+                if frame is None:  # a future, or a coroutine done
+                    lines.append(f"  awaiting {awaited!r}\n")
+                    break
+                code = frame.f_code
+                lines.append(f'  File "{code.co_filename}", line {frame.f_lineno}, in {code.co_name}\n')
+                awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+        return "".join(lines)

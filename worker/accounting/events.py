@@ -745,17 +745,23 @@ class UsageRecorder:
                     else:
                         self._unflushed_savings[cycle] = left
 
-    async def close(self) -> None:
-        """Stop the loop and write what is left (graceful shutdown)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    async def close(self, within: float | None = None) -> None:
+        """Stop the loop and write what is left (graceful shutdown), giving up after `within` seconds (None:
+        however long the KV takes). A KV that stalls answers each command only at its reply timeout, and the
+        last write takes several: unbounded, it held the shutdown past its grace period (and past a
+        supervisor's patience, whose SIGKILL then lost everything, the rest of the shutdown included)."""
         try:
-            await self.flush()
-        except KVUnavailableError as exc:
+            async with asyncio.timeout(within):
+                if self._task is not None:
+                    self._task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self._task
+                    self._task = None
+                await self.flush()
+        except (KVUnavailableError, TimeoutError) as exc:
             # The rest of the shutdown goes on: what could not be written is lost, and said so.
+            timed_out = within is not None and not isinstance(exc, KVUnavailableError)
+            why = f"the KV did not take them within the {within:g} s left" if timed_out else exc
             log.error(
                 "%d usage events and %d request-log entries were not written before shutdown: %s",
                 len(self._dirty)
@@ -764,7 +770,7 @@ class UsageRecorder:
                 + sum(ev.status == "pending" and ev.id not in self._dirty for ev in self._aging.values())
                 + sum(ev.status == "pending" and ev.id not in self._dirty for ev in self._fresh.values()),
                 len(self._logs) + len(self._log_retry),
-                exc,
+                why,
             )
         finally:
             if left := len(self._charges):
