@@ -210,6 +210,24 @@ async def test_drain_returns_cancelled_count() -> None:
     assert len(registry) == 0
 
 
+async def test_drain_does_not_wait_without_end_for_a_task_that_holds_out_against_its_cancellation() -> None:
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await release.wait()  # goes on regardless (a shutdown used to wait for it however long it took)
+
+    registry = TaskRegistry(task_timeout=60)
+    task = registry.spawn(stubborn())
+    await asyncio.sleep(0)
+    async with asyncio.timeout(10):
+        assert await registry.drain(0.1) == 1
+    release.set()
+    await task
+
+
 async def test_shared_gives_every_waiter_the_outcome_and_a_waiter_leaving_cancels_nothing() -> None:
     loop = asyncio.get_running_loop()
     read: asyncio.Future[int] = loop.create_future()

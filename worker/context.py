@@ -33,6 +33,10 @@ class Env:
     config: Config
 
 
+_CANCELLED_WAIT_S = 1.0
+"""How long a drain waits for the tasks it cancelled to stop."""
+
+
 class TaskRegistry:
     """Holds every `wait_until` task until it finishes, so none is lost or garbage-collected mid-flight."""
 
@@ -88,8 +92,14 @@ class TaskRegistry:
         for task in leftover:
             task.cancel()
         if leftover:
-            await asyncio.gather(*leftover, return_exceptions=True)
+            # A task that holds out against its cancellation (it catches it, or waits on a thread) is left
+            # behind after a moment: the rest of the shutdown must not wait for it without end.
+            _, stubborn = await asyncio.wait(leftover, timeout=_CANCELLED_WAIT_S)
             log.warning("shutdown: cancelled %d wait_until task(s) after %.1fs grace", len(leftover), grace)
+            if stubborn:
+                log.warning(
+                    "shutdown: %d cancelled wait_until task(s) did not stop: left behind", len(stubborn)
+                )
         return len(leftover)
 
 
