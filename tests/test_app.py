@@ -231,6 +231,34 @@ async def test_access_log_line_per_request(make_worker: Callable[..., InProcessW
     assert access["acc-2"]["status"] == 404
 
 
+async def test_an_access_log_stream_that_does_not_drain_cannot_hold_the_shutdown(
+    make_worker: Callable[..., InProcessWorker],
+) -> None:
+    """stderr piped to a reader that stopped reading: every write blocks. The shutdown waits a bounded time
+    for the last lines, off the event loop, and the lines still reach the stream if it drains later."""
+    drained = threading.Event()
+
+    class StuckPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            drained.wait()
+            return super().write(text)
+
+    stream = StuckPipe()
+    w = make_worker(access_stream=stream)
+    async with aiohttp.ClientSession() as s:
+        for rid in ("stuck-1", "stuck-2"):  # the first blocks the writer; the second waits in the buffer
+            async with s.get(w.url + "/health", headers={"X-Request-Id": rid}) as r:
+                assert r.status == 200
+            await asyncio.sleep(0.5)
+    w.stop()  # returns: nothing on the loop waits on the stuck stream
+    drained.set()
+    for _ in range(100):
+        if "stuck-2" in stream.getvalue():
+            break
+        await asyncio.sleep(0.05)
+    assert "request_id=stuck-1" in stream.getvalue() and "request_id=stuck-2" in stream.getvalue()
+
+
 def test_env_binding_exposes_kv(w: InProcessWorker) -> None:
     kv = w.app[ENV].kv
 

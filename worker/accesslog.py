@@ -3,7 +3,9 @@
 The generic `logging` path (LogRecord, handler locks, a synchronous write to stderr) cost about a fifth of
 the worker's CPU under load and blocked the loop on every write. Here a line is one f-string (text) or one
 msgspec encode (JSON) appended to a buffer; a daemon thread writes the buffer out in batches every
-`flush_interval` seconds. `close()` flushes what is left, so a graceful shutdown loses no line.
+`flush_interval` seconds. `close()` has the thread write what is left, so a graceful shutdown loses no line;
+it waits for that a bounded time, so a stream that does not drain (a full pipe nobody reads) cannot hold the
+shutdown.
 
 The line format is the one `worker.logs` uses for every other logger, with the logger name `trex.access`.
 """
@@ -22,6 +24,9 @@ from .logs import CONTROL_ESCAPES, scrub
 _PIPE_BUF = getattr(select, "PIPE_BUF", 512)  # the largest write to a pipe that is never interleaved
 
 _encoder = msgspec.json.Encoder()
+
+CLOSE_WAIT_SECONDS = 5.0
+"""How long `close()` waits for the last lines to be written."""
 
 
 class _Clock:
@@ -94,6 +99,7 @@ class AccessLog:
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             self.flush()
+        self.flush()  # what was logged before close()
 
     def flush(self) -> None:
         """Write out every buffered line (called by the thread, and at close)."""
@@ -118,8 +124,11 @@ class AccessLog:
         self._stream.write("\n".join(lines) + "\n")
         self._stream.flush()
 
-    def close(self) -> None:
-        """Stop the thread and write what is left."""
+    def close(self, wait: float = CLOSE_WAIT_SECONDS) -> None:
+        """Stop the thread, which writes what is left, and wait for it `wait` seconds at most.
+
+        Blocks while it waits: the worker calls it on a thread of its own. If the stream is stuck, the lines
+        stay with the (daemon) thread, written should the stream drain before the process ends.
+        """
         self._stop.set()
-        self._thread.join(5)
-        self.flush()
+        self._thread.join(wait)

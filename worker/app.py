@@ -359,7 +359,7 @@ async def create_app(
         if owns_kv:
             await kv.close()
         if access is not None:
-            access.close()
+            await asyncio.to_thread(access.close)
         raise
     app = web.Application(
         middlewares=[make_edge_middleware(config, access, tasks, gateway)],
@@ -392,7 +392,7 @@ async def create_app(
         if owns_kv:
             await app[ENV].kv.close()
         if access is not None:
-            access.close()
+            await asyncio.to_thread(access.close)
 
     async def _startup(app: web.Application) -> None:
         app[GATEWAY].recorder.start()
