@@ -485,6 +485,31 @@ def test_a_stream_the_translator_cannot_take_ends_with_the_clients_error_event(
     assert len(failures) == 2 and all(r.exc_info for r in failures)
 
 
+def test_an_html_error_page_upstream_reaches_the_client_as_its_text_not_its_markup(
+    gateway: GatewaySetup,
+) -> None:
+    """A load balancer's error page opens with kilobytes of styles: the message is the page's text."""
+    page = (
+        "<!DOCTYPE html><html><head><title>example.com | 502: Bad gateway</title><style>"
+        + "body{font-family:system-ui;margin:0}.cf-error{color:#b00}" * 60
+        + "</style><script>var cfRay='8f1c2a';</script></head><body>\n\n  <h1>Bad gateway</h1>\n"
+        "  <p>The web server reported a bad gateway error.</p><p>Ray ID: 8f1c2a9b7e</p></body></html>"
+    ).encode()
+    gateway.fake.set("/v1/chat/completions", Reply(status=502, body=page, content_type="text/html"))
+    with pytest.raises(openai.APIStatusError) as caught:
+        gateway.openai().chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert caught.value.status_code == 502
+    body = caught.value.body
+    assert isinstance(body, dict)
+    message = str(body.get("message"))
+    assert "The web server reported a bad gateway error." in message and "Ray ID: 8f1c2a9b7e" in message
+    assert (
+        "<" not in message and "font-family" not in message and "cfRay" not in message and "  " not in message
+    )
+
+
 def test_an_upstream_error_that_is_not_json_reaches_a_same_format_client_as_a_structured_error(
     gateway: GatewaySetup,
 ) -> None:

@@ -73,6 +73,7 @@ from .errors import (
 from .gateway import Gateway
 from .holds import DEFAULT_HOLD_OUTPUT_TOKENS, Estimate
 from .logs import elapsed_ms
+from .optimize.kinds.markup import html_to_text
 from .optimize.pipeline import Report, optimize
 from .optimizing import count_tokens, resolve_options, runs_inline, savings_headers, session_id
 from .optimizing import run as run_optimizer
@@ -1356,8 +1357,17 @@ def _upstream_error_detail(data: bytes, status: int) -> tuple[str, str | None]:
                 message = f"{message} ({said[:500]})"
         code = err.get("code") or err.get("type")
         return message, str(code) if code else None
-    text = data[:500].decode("utf-8", "replace").strip()
+    text = data[:_PAGE_BYTES].decode("utf-8", "replace").strip()
+    if text.startswith("<") and "</" in text:  # a load balancer's or a proxy's HTML error page
+        with contextlib.suppress(Exception):  # the raw text is still better than no message
+            text = html_to_text(text)
+    text = " ".join(text.split())[:500]
     return (text or f"Upstream returned HTTP {status}"), None
+
+
+_PAGE_BYTES = 16384
+"""How much of an error body that is not JSON is read for its message: enough for an HTML page's text behind
+its `<head>` (styles and scripts), of which the message keeps the first 500 characters."""
 
 
 # ---- streaming ------
