@@ -16,16 +16,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from Crypto.Cipher import AES
+from Crypto.Hash import SHA256
+from Crypto.Protocol.KDF import HKDF
 
 from .config import Config, ConfigError
 
 MASTER_KEY_NAME = "TREX_MASTER_KEY"
 MIN_MASTER_KEY_CHARS = 32
 _SALT = b"trex-worker/vault/v1"
+# "ct" holds the ciphertext followed by GCM's 16-byte tag (the layout of `cryptography`'s AESGCM, which
+# sealed the first stored values).
+_TAG_BYTES = 16
 
 
 class VaultError(Exception):
@@ -33,7 +35,7 @@ class VaultError(Exception):
 
 
 def _derive(master_key: str, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=_SALT, info=info).derive(master_key.encode())
+    return HKDF(master_key.encode(), 32, _SALT, SHA256, context=info)
 
 
 def _b64(data: bytes) -> str:
@@ -50,15 +52,17 @@ class Vault:
     def __init__(self, master_key: str) -> None:
         if len(master_key) < MIN_MASTER_KEY_CHARS:
             raise VaultError(f"{MASTER_KEY_NAME} must be at least {MIN_MASTER_KEY_CHARS} characters long")
-        self._aead = AESGCM(_derive(master_key, b"aes-256-gcm"))
+        self._key = _derive(master_key, b"aes-256-gcm")
         # A separate derivation, so the fingerprint reveals nothing about the encryption key.
         self.fingerprint = _derive(master_key, b"fingerprint")[:8].hex()
 
     def seal(self, plaintext: str, slot: str) -> dict[str, Any]:
         """Encrypt `plaintext` for `slot`; the result is JSON-safe."""
         nonce = os.urandom(12)
-        ciphertext = self._aead.encrypt(nonce, plaintext.encode(), slot.encode())
-        return {"v": 1, "kid": self.fingerprint, "nonce": _b64(nonce), "ct": _b64(ciphertext)}
+        cipher = AES.new(self._key, AES.MODE_GCM, nonce=nonce)
+        cipher.update(slot.encode())
+        ciphertext, tag = cipher.encrypt_and_digest(plaintext.encode())
+        return {"v": 1, "kid": self.fingerprint, "nonce": _b64(nonce), "ct": _b64(ciphertext + tag)}
 
     def unseal(self, sealed: dict[str, Any], slot: str) -> str:
         """Decrypt a value sealed for `slot`, or raise `VaultError` saying why not."""
@@ -68,8 +72,13 @@ class Vault:
                 "restore the original master key or bind the provider key again"
             )
         try:
-            plaintext = self._aead.decrypt(_unb64(sealed["nonce"]), _unb64(sealed["ct"]), slot.encode())
-        except (InvalidTag, KeyError, ValueError) as exc:
+            nonce, sealed_ct = _unb64(sealed["nonce"]), _unb64(sealed["ct"])
+            if len(sealed_ct) < _TAG_BYTES:
+                raise ValueError("shorter than a tag")
+            cipher = AES.new(self._key, AES.MODE_GCM, nonce=nonce)
+            cipher.update(slot.encode())
+            plaintext = cipher.decrypt_and_verify(sealed_ct[:-_TAG_BYTES], sealed_ct[-_TAG_BYTES:])
+        except (KeyError, ValueError) as exc:
             raise VaultError("stored secret failed authentication (tampered or corrupted)") from exc
         return plaintext.decode()
 
