@@ -46,9 +46,11 @@ def encode_key(key: object) -> bytes:
 
 def encode_value(value: object) -> bytes:
     """Return ``value`` as bytes (str is encoded as UTF-8) after checking its size."""
-    if isinstance(value, str):
+    if type(value) is bytes:  # the common case: taken as it is (bytes(value) would return it too)
+        raw = value
+    elif isinstance(value, str):
         raw = value.encode("utf-8")
-    elif isinstance(value, bytes | bytearray | memoryview):
+    elif isinstance(value, (bytes, bytearray, memoryview)):  # a tuple: `X | Y` builds a union every call
         raw = bytes(value)
     else:
         raise TypeError(f"value must be bytes or str, got {type(value).__name__}")
@@ -67,6 +69,18 @@ def encode_metadata(metadata: object) -> bytes | None:
         raw = msgspec.json.encode(metadata)
     except (TypeError, ValueError, RecursionError, msgspec.EncodeError) as exc:
         raise InvalidMetadataError(f"metadata is not JSON-serializable: {exc}") from exc
+    if len(raw) > MAX_METADATA_BYTES:
+        raise InvalidMetadataError(
+            f"metadata is {len(raw)} bytes when serialized; the maximum is {MAX_METADATA_BYTES}"
+        )
+    return raw
+
+
+def encoded_metadata(raw: bytes) -> bytes:
+    """Check metadata given already encoded as JSON: an object (not parsed again: its writer encoded it)
+    within the size limit."""
+    if not (raw.startswith(b"{") and raw.endswith(b"}")):
+        raise InvalidMetadataError("encoded metadata must be the JSON of an object")
     if len(raw) > MAX_METADATA_BYTES:
         raise InvalidMetadataError(
             f"metadata is {len(raw)} bytes when serialized; the maximum is {MAX_METADATA_BYTES}"

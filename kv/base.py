@@ -21,6 +21,7 @@ from kv._validation import (
     encode_metadata,
     encode_prefix,
     encode_value,
+    encoded_metadata,
     resolve_expiration,
 )
 from kv.clock import Clock
@@ -201,7 +202,7 @@ class KVNamespace(abc.ABC):
 
     async def put_many(
         self,
-        entries: Sequence[tuple[str, bytes | str, Metadata | None]],
+        entries: Sequence[tuple[str, bytes | str, Metadata | bytes | None]],
         *,
         expiration_ttl: int | None = None,
     ) -> None:
@@ -209,13 +210,23 @@ class KVNamespace(abc.ABC):
         the backend allows (one statement per few hundred keys on SQLite, one script call per 256 keys on
         Redis).
 
+        The metadata of an entry may also be given already encoded: the JSON of an object, as bytes (what a
+        writer of many entries of one shape encodes faster from a `msgspec.Struct` than from a dict); it
+        reads back as that object.
+
         Every entry is validated before anything is written. A batch is not a transaction: after a backend
         failure some entries may be stored and others not.
         """
         now = self._clock()
         expiration = resolve_expiration(now, expiration_ttl, None)  # one TTL check for the whole batch
         writes = [
-            Write(encode_key(k), encode_value(v), expiration, encode_metadata(m)) for k, v, m in entries
+            Write(
+                encode_key(k),
+                encode_value(v),
+                expiration,
+                encoded_metadata(m) if type(m) is bytes else encode_metadata(m),
+            )
+            for k, v, m in entries
         ]
         self._check_open()
         if writes:

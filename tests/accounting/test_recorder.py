@@ -210,3 +210,54 @@ async def test_a_long_answer_without_usage_has_its_output_counted_off_the_loop_a
         assert (event.usage_source, event.billed.input_tokens) == ("estimated", 12)
         assert event.billed.output_tokens == tokens.count(answer, "o200k_base")
     await kv.close()
+
+
+async def test_the_metadata_of_events_and_log_entries_holds_every_field_in_order(tmp_path: Path) -> None:
+    kv = SqliteKV(tmp_path / "kv.sqlite3")
+    recorder = UsageRecorder(kv, PriceTable(), {}, retention_seconds=86400, flush_seconds=1)
+    begun = _begin(recorder)
+    recorder.complete(begun, http_status=200, outcome="completed", wire="chat", body=BODY)
+    recorder.log("req_1", KEY.id, "POST", "/v1/chat/completions", 200, 1.5, begun)
+    recorder.log("req_2", KEY.id, "GET", "/v1/usage", 200, 0.25, None)
+    await recorder.flush()
+    ev = begun.event
+    assert ev.billed is not None and ev.baseline is not None
+    (event,) = (await kv.list(prefix=PREFIX)).keys
+    assert list((event.metadata or {}).items()) == [
+        ("t", ev.created),
+        ("m", "gpt-4o-mini"),
+        ("p", "openai"),
+        ("s", "final"),
+        ("oi", 12),
+        ("zi", 12),
+        ("bi", 12),
+        ("bo", 5),
+        ("ci", 0),
+        ("st", 0),
+        ("bc", ev.baseline.cost_usd),
+        ("ac", ev.actual_cost_usd),
+        ("sv", 0.0),
+    ]
+    logs, _ = await recorder.logs(KEY.id, 10, None)
+    common = ["time", "request_id", "key_id", "method", "route", "status", "latency_ms"]
+    assert [list(entry) for entry in logs] == [
+        common,
+        [
+            *common,
+            "model",
+            "provider",
+            "usage_event_id",
+            "original_input_tokens",
+            "optimized_input_tokens",
+            "billed_input_tokens",
+            "billed_output_tokens",
+            "savings_tokens",
+            "savings_usd",
+        ],
+    ]
+    assert [(e["request_id"], e["route"], e["latency_ms"]) for e in logs] == [
+        ("req_2", "/v1/usage", 0.25),
+        ("req_1", "/v1/chat/completions", 1.5),
+    ]
+    assert logs[1]["usage_event_id"] == ev.id and logs[1]["billed_output_tokens"] == 5
+    await kv.close()

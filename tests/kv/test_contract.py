@@ -466,6 +466,22 @@ async def test_put_many_validates_every_entry_before_writing(kv: KVNamespace) ->
     await kv.put_many([])  # nothing to do is not an error
 
 
+async def test_put_many_takes_metadata_already_encoded_as_a_json_object(kv: KVNamespace) -> None:
+    await kv.put_many(
+        [("enc/a", b"1", b'{"t":1,"m":"gpt","x":null}'), ("enc/b", b"2", {"t": 2})], expiration_ttl=120
+    )
+    assert await kv.get_with_metadata("enc/a") == (b"1", {"t": 1, "m": "gpt", "x": None})
+    assert [info.metadata for info in (await kv.list(prefix="enc/")).keys] == [
+        {"t": 1, "m": "gpt", "x": None},
+        {"t": 2},
+    ]
+    # Checked like metadata given as a dict: an object, within the size limit; nothing written otherwise.
+    for bad in (b"[1, 2]", b'"text"', b'{"big":"' + b"x" * 1100 + b'"}'):
+        with pytest.raises(InvalidMetadataError):
+            await kv.put_many([("enc/c", b"3", None), ("enc/d", b"4", bad)])
+    assert await kv.get("enc/c") is None
+
+
 async def test_incr_counts_atomically_within_a_fixed_window(kv: KVNamespace, clock: ManualClock) -> None:
     assert await kv.incr("n") == 1
     assert await kv.incr("n", 41) == 42
