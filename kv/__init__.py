@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from kv._validation import MAX_EXPIRATION, MAX_VALUE_BYTES
+from kv._validation import MAX_EXPIRATION, MAX_VALUE_BYTES, EncodedMetadata, struct_metadata
 from kv.base import ONCE_MAX_KEYS, KeyInfo, KVNamespace, ListResult
 from kv.clock import Clock, ManualClock
 from kv.errors import (
@@ -30,6 +30,7 @@ __all__ = [
     "MAX_VALUE_BYTES",
     "ONCE_MAX_KEYS",
     "Clock",
+    "EncodedMetadata",
     "InvalidExpirationError",
     "InvalidKeyError",
     "InvalidListArgumentError",
@@ -47,6 +48,7 @@ __all__ = [
     "SqliteKV",
     "ValueTooLargeError",
     "open_kv",
+    "struct_metadata",
 ]
 
 

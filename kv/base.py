@@ -16,6 +16,7 @@ from kv._keyrange import decode_cursor, encode_cursor
 from kv._records import StoredKey, StoredValue, Write
 from kv._validation import (
     MAX_KEY_BYTES,
+    EncodedMetadata,
     check_limit,
     encode_key,
     encode_metadata,
@@ -202,7 +203,7 @@ class KVNamespace(abc.ABC):
 
     async def put_many(
         self,
-        entries: Sequence[tuple[str, bytes | str, Metadata | bytes | None]],
+        entries: Sequence[tuple[str, bytes | str, Metadata | EncodedMetadata | None]],
         *,
         expiration_ttl: int | None = None,
     ) -> None:
@@ -210,9 +211,9 @@ class KVNamespace(abc.ABC):
         the backend allows (one statement per few hundred keys on SQLite, one script call per 256 keys on
         Redis).
 
-        The metadata of an entry may also be given already encoded: the JSON of an object, as bytes (what a
-        writer of many entries of one shape encodes faster from a `msgspec.Struct` than from a dict); it
-        reads back as that object.
+        The metadata of an entry may also be given already encoded, by `struct_metadata` (what a writer of
+        many entries of one shape encodes faster from a `msgspec.Struct` than from a dict); it reads back as
+        that object.
 
         Every entry is validated before anything is written. A batch is not a transaction: after a backend
         failure some entries may be stored and others not.
@@ -224,7 +225,7 @@ class KVNamespace(abc.ABC):
                 encode_key(k),
                 encode_value(v),
                 expiration,
-                encoded_metadata(m) if type(m) is bytes else encode_metadata(m),
+                encoded_metadata(m) if type(m) is EncodedMetadata else encode_metadata(m),
             )
             for k, v, m in entries
         ]

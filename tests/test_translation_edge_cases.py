@@ -510,6 +510,31 @@ def test_an_html_error_page_upstream_reaches_the_client_as_its_text_not_its_mark
     )
 
 
+@pytest.mark.timeout(12)
+def test_a_malformed_html_error_page_does_not_stall_the_worker(gateway: GatewaySetup) -> None:
+    """16 KiB of unclosed tags took `html.parser` 4-16 s, on the event loop: every client of the worker
+    waited (four such pages took the old code over 16 s). The error is answered at once, with the page's
+    text; an unclosed script hides what follows it."""
+    gateway.fake.set(
+        "/v1/chat/completions",
+        Reply(status=502, body=b"<a></a>Gateway down" + b"<a " * 5455, content_type="text/html"),
+    )
+    for model in ("gpt-4o-mini", "gpt-4o", "gpt-4.1", "gpt-4.1-mini"):  # one circuit breaker each
+        with pytest.raises(openai.APIStatusError) as caught:
+            gateway.openai().chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "hi"}]
+            )
+        assert caught.value.status_code == 502 and "Gateway down" in str(caught.value.body)
+    gateway.fake.set(
+        "/v1/responses",
+        Reply(status=503, body=b"<p>Busy</p><script>" + b"<!--" * 4000, content_type="text/html"),
+    )
+    with pytest.raises(openai.APIStatusError) as caught:
+        gateway.openai().responses.create(model="gpt-4o-mini", input="hi")
+    assert caught.value.status_code == 503 and "Busy" in str(caught.value.body)
+    assert "<!--" not in str(caught.value.body)
+
+
 def test_an_upstream_error_that_is_not_json_reaches_a_same_format_client_as_a_structured_error(
     gateway: GatewaySetup,
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 
+import msgspec
 import pytest
 
 from kv import (
@@ -18,6 +19,7 @@ from kv import (
     KVNamespace,
     ManualClock,
     ValueTooLargeError,
+    struct_metadata,
 )
 
 MIB = 1024 * 1024
@@ -466,20 +468,34 @@ async def test_put_many_validates_every_entry_before_writing(kv: KVNamespace) ->
     await kv.put_many([])  # nothing to do is not an error
 
 
-async def test_put_many_takes_metadata_already_encoded_as_a_json_object(kv: KVNamespace) -> None:
+class _Meta(msgspec.Struct):
+    t: int
+    m: str
+    x: None = None
+
+
+async def test_put_many_takes_metadata_already_encoded_from_a_struct(kv: KVNamespace) -> None:
     await kv.put_many(
-        [("enc/a", b"1", b'{"t":1,"m":"gpt","x":null}'), ("enc/b", b"2", {"t": 2})], expiration_ttl=120
+        [("enc/a", b"1", struct_metadata(_Meta(1, "gpt"))), ("enc/b", b"2", {"t": 2})], expiration_ttl=120
     )
     assert await kv.get_with_metadata("enc/a") == (b"1", {"t": 1, "m": "gpt", "x": None})
     assert [info.metadata for info in (await kv.list(prefix="enc/")).keys] == [
         {"t": 1, "m": "gpt", "x": None},
         {"t": 2},
     ]
-    # Checked like metadata given as a dict: an object, within the size limit; nothing written otherwise.
-    for bad in (b"[1, 2]", b'"text"', b'{"big":"' + b"x" * 1100 + b'"}'):
+    # Plain bytes are not metadata (nothing says they are a JSON object: b"{not json}" would break every
+    # later read of the prefix), nor is an encoding past the size limit; nothing is written then.
+    for bad in (b'{"t":1}', b"{not json}", b"\xff", struct_metadata(_Meta(1, "x" * 1100))):
         with pytest.raises(InvalidMetadataError):
-            await kv.put_many([("enc/c", b"3", None), ("enc/d", b"4", bad)])
+            await kv.put_many([("enc/c", b"3", None), ("enc/d", b"4", bad)])  # type: ignore[list-item]
     assert await kv.get("enc/c") is None
+    with pytest.raises(InvalidMetadataError):
+        struct_metadata(_Row(1, 2))  # an array-like Struct is not an object
+
+
+class _Row(msgspec.Struct, array_like=True):
+    a: int
+    b: int
 
 
 async def test_incr_counts_atomically_within_a_fixed_window(kv: KVNamespace, clock: ManualClock) -> None:

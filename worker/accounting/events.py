@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from kv import KVError, KVNamespace, KVUnavailableError
+from kv import EncodedMetadata, KVError, KVNamespace, KVUnavailableError, struct_metadata
 
 from .. import tokens
 from ..auth import KeyRecord
@@ -163,10 +163,10 @@ class _Summary(msgspec.Struct):
     sv: float | None
 
 
-def _summary(ev: UsageEvent) -> bytes:
+def _summary(ev: UsageEvent) -> EncodedMetadata:
     b = ev.billed
     base = ev.baseline
-    return _encoder.encode(
+    return struct_metadata(
         _Summary(
             ev.created,
             ev.model[:200],
@@ -279,7 +279,7 @@ class UsageRecorder:
         """Events begun before the last periodic flush: those still pending are written with the next one."""
         self._queued: dict[str, Begun] = {}
         self._logs: list[tuple[float, str, str, str, str, int, float, Begun | None]] = []
-        self._log_retry: list[tuple[str, bytes, bytes]] = []
+        self._log_retry: list[tuple[str, bytes, EncodedMetadata]] = []
         self._logged = 0
         """Request-log entries queued by this process so far."""
         self._id_prefix = secrets.token_hex(5)
@@ -599,9 +599,9 @@ class UsageRecorder:
         queued, self._logs = self._logs, []
         return self._logged - len(queued), queued
 
-    def _log_entries(self, sequence: int, queued: list[Any]) -> list[tuple[str, bytes, bytes]]:
+    def _log_entries(self, sequence: int, queued: list[Any]) -> list[tuple[str, bytes, EncodedMetadata]]:
         out = []
-        encode = _encoder.encode
+        encode = struct_metadata
         for at, rid, key_id, method, route, status, latency, begun in queued:
             sequence += 1
             if begun is None:
@@ -745,7 +745,7 @@ class UsageRecorder:
             self._log_retry += fresh_logs  # written by the next flush (the one at close, at the latest)
             raise
 
-    async def _write(self, in_flight: bool, fresh_logs: list[tuple[str, bytes, bytes]]) -> int:
+    async def _write(self, in_flight: bool, fresh_logs: list[tuple[str, bytes, EncodedMetadata]]) -> int:
         """Write the changed events, then the request-log entries (with those a failed flush left); events
         not written stay queued for the next flush, whatever stopped this one."""
         async with self._flush_lock:
