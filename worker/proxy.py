@@ -227,7 +227,9 @@ async def proxy(
                 gw.kv, key.id, session, fmt, body, gw.session_budget_tokens, settings, hashes
             )
         else:  # a generated id is new (nothing stored to replay, so no KV read), or optimization is off
-            replay = sessions.fresh(fmt, body, settings)
+            # Its hashes serve only to remember this turn, which happens below only under a named session or
+            # with implicit sessions off.
+            replay = sessions.fresh(fmt, body, settings, remembered=named or not gw.implicit_sessions)
         # TrexID references are expanded before anything else reads the messages (404/403 before forwarding),
         # but for the prefix about to be replayed, whose forwarded bytes carry their expansions (and a
         # context_ref already among them is not added again). The body as read, grown by the expansions,
