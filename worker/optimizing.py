@@ -8,6 +8,7 @@ releases the GIL while encoding), so one 100k-token request never stalls every o
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import secrets
@@ -83,8 +84,14 @@ def resolve_options(
             f"{profile_from} must be one of {', '.join(PROFILES)}, got {profile!r}.",
             param=profile_from,
         )
-    checked: Mode = mode
-    return Options(mode=checked, protect_recent_turns=turns, profile=profile, encoding=encoding)
+    return _options(mode, turns, profile, encoding)
+
+
+@functools.lru_cache(maxsize=256)
+def _options(mode: Mode, turns: int, profile: str | None, encoding: str) -> Options:
+    """One `Options` per combination in use (they are immutable): building the frozen dataclass costs about
+    10k instructions (an `object.__setattr__` per field), which every request paid."""
+    return Options(mode=mode, protect_recent_turns=turns, profile=profile, encoding=encoding)
 
 
 def runs_inline(size_hint: int) -> bool:

@@ -500,7 +500,9 @@ async def proxy(
     answered = time.perf_counter()
     route, wire, wants_usage = prepared.route, prepared.wire, prepared.wants_usage
     _record_attempts(gw, acct, attempts, route)
-    out_headers[X_TREX_FALLBACK_ATTEMPTS] = str(sum(1 for a in attempts[:-1] if a.get("status")))
+    out_headers[X_TREX_FALLBACK_ATTEMPTS] = (
+        str(sum(1 for a in attempts[:-1] if a.get("status"))) if len(attempts) > 1 else "0"
+    )
     out_headers.update(_forwarded_headers(upstream.headers))
     if acct is not None:
         overhead = (sent - acct.started) * 1000
