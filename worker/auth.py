@@ -155,8 +155,6 @@ def _printable(token: str) -> str:
 
 
 _MAX_KEY_ID_CHARS = 64
-_MAX_MEMO_TOKEN_CHARS = 64  # a proxy key is KEY_PREFIX and 43 characters
-_MAX_MEMO_DIGESTS = 4096
 _MAX_PROVIDER_KEY_CHARS = 4096
 
 
@@ -210,10 +208,6 @@ class KeyStore:
         """Cache entries being loaded, and the cache's `drops` when each load began (see `_load`)."""
         self._renewals: dict[str, asyncio.TimerHandle] = {}  # when each loaded entry is looked at again
         self._closed = False
-        self._digests: dict[str, str] = {}
-        """`hash_key` of the proxy keys presented lately: SHA-256 through OpenSSL (a context made, copied and
-        finalized) costs about 10k instructions a request, a dict lookup a few hundred. Only in this process's
-        memory, which holds each request's headers anyway; bounded (see `_digest_of`)."""
 
     # ---- administration --------------------------------------------------------------------------------
 
@@ -377,7 +371,7 @@ class KeyStore:
         """The active key record for a presented proxy key, or AuthenticationError (401). (`digest`: the
         token's, when the caller has it from `authenticate_cached`.)"""
         if digest is None:
-            digest = self._digest_of(token)
+            digest = _digest(token)
         hit, record = self._records.get(digest)
         if not hit:
             # Unknown keys are cached too: a flood of bad keys stays cheap.
@@ -388,21 +382,9 @@ class KeyStore:
         """What `authenticate` answers when the key's record is in the cache (the 401s included), or None
         when only `authenticate` can tell (it reads the KV); and the token's digest, to pass it. Most requests
         are answered here, with no coroutine."""
-        digest = self._digest_of(token)
+        digest = _digest(token)
         hit, record = self._records.get(digest)
         return (_active(record, digest) if hit else None), digest
-
-    def _digest_of(self, token: str | None) -> str:
-        """`_digest(token)` (a 401 when none was presented), remembered for a token of a proxy key's length at
-        most: a flood of long made-up keys cannot grow the memo, which starts over when full."""
-        digest = self._digests.get(token) if token else None
-        if digest is None:
-            digest = _digest(token)
-            if token is not None and len(token) <= _MAX_MEMO_TOKEN_CHARS:
-                if len(self._digests) >= _MAX_MEMO_DIGESTS:
-                    self._digests.clear()
-                self._digests[token] = digest
-        return digest
 
     async def _load_by_hash(self, digest: str) -> KeyRecord | None:
         key_id = await self._kv.get(f"keyhash/{digest}")
