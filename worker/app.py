@@ -41,6 +41,7 @@ from .errors import (
 )
 from .gateway import Gateway, build_gateway
 from .handlers import admin, compress, health, models, payloads, stored, usage
+from .headernames import X_REQUEST_ID
 from .logs import elapsed_ms, redact_headers
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -174,10 +175,10 @@ class RequestIds:
         self._counter = itertools.count(1)
 
     def __call__(self, request: web.Request) -> str:
-        incoming = request.headers.get("X-Request-Id")
+        incoming = request.headers.get(X_REQUEST_ID)
         if incoming and _REQUEST_ID_RE.fullmatch(incoming):
             return incoming
-        return f"{self._prefix}{next(self._counter):08x}"
+        return "%s%08x" % (self._prefix, next(self._counter))  # noqa: UP031 - cheaper than an f-string int format
 
 
 def error_response(request: web.Request, exc: GatewayError) -> web.Response:

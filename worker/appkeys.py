@@ -10,6 +10,7 @@ from .accounting.events import Begun, Outcome
 from .config import Config
 from .context import Env, ExecutionContext, TaskRegistry
 from .gateway import Gateway
+from .headernames import REQUEST_ID, X_REQUEST_ID
 from .limits import Admitted
 
 CONFIG = web.AppKey("config", Config)
@@ -58,10 +59,10 @@ def stamp(request: web.Request, response: web.StreamResponse, ctx: RequestContex
         if ctx is None:
             return
     rid = ctx.request_id
-    response.headers["X-Request-Id"] = rid
-    if request.path.startswith("/v1/messages") and "request-id" not in response.headers:
+    response.headers[X_REQUEST_ID] = rid
+    if request.path.startswith("/v1/messages") and REQUEST_ID not in response.headers:
         # What the Anthropic SDK reads as `_request_id` (Anthropic's own, passed on, when it answered).
-        response.headers["request-id"] = rid
+        response.headers[REQUEST_ID] = rid
     admitted = ctx.rate
     if admitted is not None:
         response.headers.update(admitted.headers)

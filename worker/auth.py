@@ -40,6 +40,7 @@ from kv import KVNamespace
 
 from .context import shared
 from .errors import AuthenticationError, ConflictError, GatewayError, InvalidRequestError
+from .headernames import AUTHORIZATION, X_API_KEY
 from .optimize.base import MODES
 from .vault import Vault, VaultError
 
@@ -138,12 +139,12 @@ def hash_key(token: str) -> str:
 
 def credential_from_headers(headers: Any) -> str | None:
     """The proxy key a client sent: `Authorization: Bearer …`, `x-api-key` (Anthropic SDK) or `X-API-Key`."""
-    auth = headers.get("Authorization")
+    auth = headers.get(AUTHORIZATION)
     if auth:
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return _printable(value.strip())
-    key = headers.get("x-api-key")
+    key = headers.get(X_API_KEY)
     return _printable(key.strip()) if key and key.strip() else None
 
 

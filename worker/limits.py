@@ -33,6 +33,7 @@ from kv.batching import CounterBatch
 from .auth import KeyRecord
 from .config import ConfigError, plan_int
 from .errors import RateLimitError, ServiceUnavailableError
+from .headernames import X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET
 
 log = logging.getLogger("trex.limits")
 
@@ -186,9 +187,9 @@ class Limits:
             used_key = used_ip = 0
         reset = second.reset
         headers = {
-            "X-RateLimit-Limit": second.limit_text,
-            "X-RateLimit-Remaining": str(max(0, key_limit - used_key)),
-            "X-RateLimit-Reset": str(reset),
+            X_RATELIMIT_LIMIT: second.limit_text,
+            X_RATELIMIT_REMAINING: str(max(0, key_limit - used_key)),
+            X_RATELIMIT_RESET: str(reset),
         }
         if used_key > key_limit or used_ip > self.ip_per_minute:
             which = "key" if used_key > key_limit else "client IP"

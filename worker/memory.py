@@ -356,7 +356,9 @@ class _Expander:
 def may_refer(raw: bytes) -> bool:
     """Whether a request body, as sent, may hold a `trex_ref` part: its bytes name one, or carry a `\\u`
     escape that could spell one. Most bodies do neither, and need not be walked for references."""
-    return b"trex_ref" in raw or b"\\u" in raw
+    # bytes.find, not `in`: on Python 3.11 `in` first tries the needle as an int, raising and clearing a
+    # TypeError each time (a few thousand instructions per request).
+    return raw.find(b"trex_ref") != -1 or raw.find(b"\\u") != -1
 
 
 async def expand_refs(

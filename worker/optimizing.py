@@ -8,6 +8,7 @@ releases the GIL while encoding), so one 100k-token request never stalls every o
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import secrets
@@ -15,6 +16,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import InvalidRequestError
+from .headernames import (
+    X_SESSION_ID,
+    X_TREX_OPTIMIZE,
+    X_TREX_OPTIMIZED_TOKENS,
+    X_TREX_ORIGINAL_TOKENS,
+    X_TREX_SAVED_TOKENS,
+    X_TREX_SAVINGS_PERCENT,
+    X_TREX_SESSION_ID,
+    X_TREX_SESSION_REOPTIMIZED,
+    X_TREX_SESSION_REPLAYED,
+)
 from .optimize.base import MODES, Mode
 from .optimize.pipeline import PROFILES, Options, Report, measure, optimize
 from .optimize.segments import Format
@@ -37,7 +49,7 @@ def resolve_options(
     the client gave `profile`, a body field, a header or a command-line option). `trex.optimize` may name the
     profile too (`compression_model`), and then overrides `profile`, as its `mode` overrides the header's."""
     mode: Any = key_mode or default_mode
-    header = headers.get("X-Trex-Optimize")
+    header = headers.get(X_TREX_OPTIMIZE)
     if header:
         mode = header.strip().lower()
         if mode not in MODES:
@@ -72,8 +84,14 @@ def resolve_options(
             f"{profile_from} must be one of {', '.join(PROFILES)}, got {profile!r}.",
             param=profile_from,
         )
-    checked: Mode = mode
-    return Options(mode=checked, protect_recent_turns=turns, profile=profile, encoding=encoding)
+    return _options(mode, turns, profile, encoding)
+
+
+@functools.lru_cache(maxsize=256)
+def _options(mode: Mode, turns: int, profile: str | None, encoding: str) -> Options:
+    """One `Options` per combination in use (they are immutable): building the frozen dataclass costs about
+    10k instructions (an `object.__setattr__` per field), which every request paid."""
+    return Options(mode=mode, protect_recent_turns=turns, profile=profile, encoding=encoding)
 
 
 def runs_inline(size_hint: int) -> bool:
@@ -102,7 +120,7 @@ def session_id(headers: Mapping[str, str]) -> tuple[str, bool]:
     none (or an empty one). Any printable id up to 1024 characters is taken as it is (the KV key is its
     hash); a longer one, or one with a tab or another control character, is a 400 naming the header rather
     than quietly replaced by a new id every turn."""
-    incoming = headers.get("X-Session-Id", "").strip()
+    incoming = headers.get(X_SESSION_ID, "").strip()
     if incoming:
         if len(incoming) > _SESSION_ID_MAX:
             raise InvalidRequestError(
@@ -117,7 +135,7 @@ def session_id(headers: Mapping[str, str]) -> tuple[str, bool]:
         return incoming, True
     # Sessions are stored per proxy key, so a new id only has to be unique: a random per-process prefix and
     # a counter, not a call into the OS's random source per request.
-    return f"{_session_prefix}{next(_session_counter):08x}", False
+    return "%s%08x" % (_session_prefix, next(_session_counter)), False  # noqa: UP031 - cheaper than f"{n:08x}"
 
 
 def _new_session_prefix() -> None:
@@ -133,17 +151,19 @@ _session_counter = itertools.count(1)
 
 def savings_headers(report: Report, session: str) -> dict[str, str]:
     """`X-Trex-*` headers describing what optimization saved."""
-    percent = 100.0 * report.saved_tokens / report.original_tokens if report.original_tokens else 0.0
+    saved = report.saved_tokens
+    # Nothing saved (optimization off, or nothing to take out) is the same "0.00" without formatting a float.
+    percent = f"{100.0 * saved / report.original_tokens:.2f}" if saved and report.original_tokens else "0.00"
     return {
-        "X-Trex-Original-Tokens": str(report.original_tokens),
-        "X-Trex-Optimized-Tokens": str(report.optimized_tokens),
-        "X-Trex-Saved-Tokens": str(report.saved_tokens),
-        "X-Trex-Savings-Percent": f"{percent:.2f}",
-        "X-Trex-Session-Id": session,
+        X_TREX_ORIGINAL_TOKENS: str(report.original_tokens),
+        X_TREX_OPTIMIZED_TOKENS: str(report.optimized_tokens),
+        X_TREX_SAVED_TOKENS: str(saved),
+        X_TREX_SAVINGS_PERCENT: percent,
+        X_TREX_SESSION_ID: session,
         # Leading messages replayed byte for byte from the session (0 when none), and whether the session's
         # context passed its budget and was optimized afresh this time (a new cached prefix starts).
-        "X-Trex-Session-Replayed": str(report.replayed_items),
-        "X-Trex-Session-Reoptimized": "true" if report.reoptimized else "false",
+        X_TREX_SESSION_REPLAYED: str(report.replayed_items),
+        X_TREX_SESSION_REOPTIMIZED: "true" if report.reoptimized else "false",
     }
 
 

@@ -27,6 +27,7 @@ import aiohttp
 import msgspec
 from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
+from multidict import istr
 from yarl import URL
 
 from adapters import anthropic, openai_chat, openai_responses
@@ -72,6 +73,24 @@ from .errors import (
     error_format_for,
 )
 from .gateway import Gateway
+from .headernames import (
+    ACCEPT,
+    ANTHROPIC_VERSION,
+    AUTHORIZATION,
+    CONTENT_TYPE,
+    X_API_KEY,
+    X_FORWARDED_FOR,
+    X_TREX_COMPRESSION_MODEL,
+    X_TREX_FALLBACK_ATTEMPTS,
+    X_TREX_GUARANTEE_STATUS,
+    X_TREX_ID,
+    X_TREX_PROXY_OVERHEAD_MS,
+    X_TREX_TOKEN_COUNT,
+    X_TREX_UPSTREAM_MODEL,
+    X_TREX_UPSTREAM_PROVIDER,
+    X_TREX_USAGE_EVENT_ID,
+    X_UPSTREAM_API_KEY,
+)
 from .holds import DEFAULT_HOLD_OUTPUT_TOKENS, Estimate
 from .logs import elapsed_ms
 from .optimize.pipeline import Report, optimize
@@ -136,7 +155,7 @@ async def authenticate(request: web.Request, gw: Gateway) -> KeyRecord:
     ctx.key_id = key.id
     limits = gw.limits
     if limits.enabled:
-        ip = limits.client_ip(request.remote, request.headers.get("X-Forwarded-For"))
+        ip = limits.client_ip(request.remote, request.headers.get(X_FORWARDED_FOR))
         # 429 over a limit; released when the response is done
         ctx.rate = await limits.admit(key, ip)
     touch = gw.keys.touch(key.id)
@@ -165,18 +184,21 @@ async def proxy(
         known, api_key = _known_provider_key(request, gw, key, route.provider, override)
         if not known:
             api_key = await provider_key(request, gw, key, route.provider)
-    # The plan: model allowed, web search allowed, quota left, credits.
-    listed = gw.catalog.get(model)
-    admitted = ctx.rate
-    admission = await gw.quotas.admit(
-        key,
-        model,
-        # Only a request forwarded as sent can ask for a search: a translation refuses one (a 400 below),
-        # and what is refused uses up nothing.
-        web_search=uses_web_search(body) if route is None or _wire(fmt, route) == fmt else None,
-        tier=listed.info.tier if listed is not None else None,
-        in_flight=admitted.in_flight if admitted is not None else 0,
-    )
+    # The plan: model allowed, web search allowed, quota left, credits. A key on no plan has nothing to check
+    # (admission None), found without a coroutine.
+    admission = None
+    if gw.quotas.applies(key):
+        listed = gw.catalog.get(model)
+        admitted = ctx.rate
+        admission = await gw.quotas.admit(
+            key,
+            model,
+            # Only a request forwarded as sent can ask for a search: a translation refuses one (a 400 below),
+            # and what is refused uses up nothing.
+            web_search=uses_web_search(body) if route is None or _wire(fmt, route) == fmt else None,
+            tier=listed.info.tier if listed is not None else None,
+            in_flight=admitted.in_flight if admitted is not None else 0,
+        )
     # Until the request is ready to send, a refusal (a bad TrexID or option, a body too large once expanded,
     # no usable route, no credits for long context) gives back what admission counted: it uses up no quota.
     try:
@@ -187,7 +209,7 @@ async def proxy(
             gw.optimize_mode,
             gw.protect_recent_turns,
             key_mode=key.optimize_mode,
-            profile=request.headers.get("X-Trex-Compression-Model"),
+            profile=request.headers.get(X_TREX_COMPRESSION_MODEL),
             encoding=encoding,
             profile_from="X-Trex-Compression-Model",
         )
@@ -206,7 +228,9 @@ async def proxy(
                 gw.kv, key.id, session, fmt, body, gw.session_budget_tokens, settings, hashes
             )
         else:  # a generated id is new (nothing stored to replay, so no KV read), or optimization is off
-            replay = sessions.fresh(fmt, body, settings)
+            # Its hashes serve only to remember this turn, which happens below only under a named session or
+            # with implicit sessions off.
+            replay = sessions.fresh(fmt, body, settings, remembered=named or not gw.implicit_sessions)
         # TrexID references are expanded before anything else reads the messages (404/403 before forwarding),
         # but for the prefix about to be replayed, whose forwarded bytes carry their expansions (and a
         # context_ref already among them is not added again). The body as read, grown by the expansions,
@@ -241,7 +265,7 @@ async def proxy(
         if replay.replayed and received_tokens is not None:
             report.original_tokens = max(received_tokens, report.optimized_tokens)
         report.note_session(replay.replayed, replay.reoptimize)
-        admission = await gw.quotas.long_context(key, admission, report.optimized_tokens)
+        admission = gw.quotas.long_context(admission, report.optimized_tokens)
         chain = _fallbacks(trex)
         attempts: list[dict[str, Any]] = []
         if route is None:
@@ -261,9 +285,9 @@ async def proxy(
         if store_ttl is not None and original_text is not None:
             summary = memory.context_text(fmt, body)
             kept = await memory.store(gw.payloads, key.id, summary, original_text, store_ttl, gw.embeddings)
-            out_headers["X-Trex-Id"] = kept.trex_id
+            out_headers[X_TREX_ID] = kept.trex_id
         if not exact:
-            out_headers["X-Trex-Token-Count"] = "estimate"
+            out_headers[X_TREX_TOKEN_COUNT] = "estimate"
     except BaseException:
         await gw.quotas.give_back(admission)
         raise
@@ -284,12 +308,12 @@ async def proxy(
     )
     if acct is not None:
         acct.admission = admission
-        out_headers["X-Trex-Usage-Event-Id"] = acct.event.id
+        out_headers[X_TREX_USAGE_EVENT_ID] = acct.event.id
         if gw.usage is not None:  # no await for the many keys whose plan tracks no guarantee
             standing = gw.usage.guarantee_now(key)
-            out_headers["X-Trex-Guarantee-Status"] = standing or await gw.usage.guarantee(key)
+            out_headers[X_TREX_GUARANTEE_STATUS] = standing or await gw.usage.guarantee(key)
         else:
-            out_headers["X-Trex-Guarantee-Status"] = ""
+            out_headers[X_TREX_GUARANTEE_STATUS] = ""
 
     # Attempts: the route, retried on retryable failures with jittered backoff (or the upstream's
     # Retry-After) while that fits the deadline, then each `trex.routing.fallbacks` entry the same way.
@@ -299,8 +323,8 @@ async def proxy(
     sent = time.perf_counter()
     while True:
         cand = prepared.route
-        out_headers["X-Trex-Upstream-Provider"] = cand.provider
-        out_headers["X-Trex-Upstream-Model"] = cand.upstream_model
+        out_headers[X_TREX_UPSTREAM_PROVIDER] = cand.provider
+        out_headers[X_TREX_UPSTREAM_MODEL] = cand.upstream_model
         allowed = gw.breakers.allowed(cand.provider, cand.upstream_model) if tries == 0 else True
         if allowed is None:
             allowed = await gw.breakers.allow(cand.provider, cand.upstream_model)
@@ -477,11 +501,13 @@ async def proxy(
     answered = time.perf_counter()
     route, wire, wants_usage = prepared.route, prepared.wire, prepared.wants_usage
     _record_attempts(gw, acct, attempts, route)
-    out_headers["X-Trex-Fallback-Attempts"] = str(sum(1 for a in attempts[:-1] if a.get("status")))
+    out_headers[X_TREX_FALLBACK_ATTEMPTS] = (
+        str(sum(1 for a in attempts[:-1] if a.get("status"))) if len(attempts) > 1 else "0"
+    )
     out_headers.update(_forwarded_headers(upstream.headers))
     if acct is not None:
         overhead = (sent - acct.started) * 1000
-        out_headers["X-Trex-Proxy-Overhead-Ms"] = f"{overhead + (time.perf_counter() - answered) * 1000:.2f}"
+        out_headers[X_TREX_PROXY_OVERHEAD_MS] = f"{overhead + (time.perf_counter() - answered) * 1000:.2f}"
     try:
         if upstream.status >= 400:
             _finish_usage(gw, acct, upstream.status, "upstream_error", None)
@@ -854,7 +880,7 @@ async def reachable_providers(
 
 
 def _override(request: web.Request) -> str | None:
-    value = request.headers.get("X-Upstream-Api-Key")
+    value = request.headers.get(X_UPSTREAM_API_KEY)
     return value.strip() if value and value.strip() else None
 
 
@@ -1106,9 +1132,9 @@ def _parsed(url: str) -> URL | str:
 
 
 _CLIENT_HEADERS: Mapping[Provider, tuple[str, ...]] = {
-    "openai": ("OpenAI-Organization", "OpenAI-Project", "OpenAI-Beta"),
-    "anthropic": ("anthropic-beta",),
-    "openrouter": ("HTTP-Referer", "X-Title"),
+    "openai": (istr("OpenAI-Organization"), istr("OpenAI-Project"), istr("OpenAI-Beta")),
+    "anthropic": (istr("anthropic-beta"),),
+    "openrouter": (istr("HTTP-Referer"), istr("X-Title")),
     "local": (),
 }
 # Which organization or project a call is billed to: the client chooses only for its own provider key. With
@@ -1119,13 +1145,13 @@ _OWN_KEY_ONLY_HEADERS = frozenset({"OpenAI-Organization", "OpenAI-Project"})
 def _upstream_headers(
     request: web.Request, gw: Gateway, provider: Provider, api_key: str | None
 ) -> dict[str, str]:
-    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    headers = {CONTENT_TYPE: "application/json", ACCEPT: "application/json, text/event-stream"}
     if provider == "anthropic":
-        headers["anthropic-version"] = request.headers.get("anthropic-version") or gw.anthropic_version
+        headers[ANTHROPIC_VERSION] = request.headers.get(ANTHROPIC_VERSION) or gw.anthropic_version
         if api_key:
-            headers["x-api-key"] = api_key
+            headers[X_API_KEY] = api_key
     elif api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
+        headers[AUTHORIZATION] = f"Bearer {api_key}"
     for name in _CLIENT_HEADERS[provider]:
         value = request.headers.get(name)
         if value and (name not in _OWN_KEY_ONLY_HEADERS or _uses_own_key(request, provider)):
@@ -1320,14 +1346,16 @@ def _redirected(provider: str, status: int, headers: dict[str, str]) -> Upstream
 
 
 def _is_event_stream(resp: aiohttp.ClientResponse) -> bool:
-    return resp.headers.get("Content-Type", "").startswith("text/event-stream")
+    return resp.headers.get(CONTENT_TYPE, "").startswith("text/event-stream")
 
 
 def _error_in_body(data: bytes) -> int | None:
     """The status a 2xx body that is only an error stands for (OpenRouter reports errors met after it began
     processing this way: HTTP 200, `{"error": {"code": 502, …}}`), or None for an answer."""
     head = data[:200]
-    if b'"error":{' not in head and b'"error": {' not in head:  # an answer's `"error": null` is no error
+    # An answer's `"error": null` is no error. (bytes.find, not `in`: on Python 3.11 `in` first tries the
+    # needle as an int, raising and clearing a TypeError each time, a few thousand instructions.)
+    if head.find(b'"error":{') == -1 and head.find(b'"error": {') == -1:
         return None
     try:
         doc = _decoder.decode(data)
@@ -1980,7 +2008,7 @@ async def forward_json(
     body["model"] = route.upstream_model
     url = f"{gw.base_urls[route.provider]}/{path}"
     headers = _upstream_headers(request, gw, route.provider, api_key)
-    out_headers = {"X-Trex-Upstream-Provider": route.provider, "X-Trex-Upstream-Model": route.upstream_model}
+    out_headers = {X_TREX_UPSTREAM_PROVIDER: route.provider, X_TREX_UPSTREAM_MODEL: route.upstream_model}
     payload = _encoder.encode(body)
     encoding, exact = tokens.encoding_for_model(route.upstream_model)
     counted = 0
@@ -2012,8 +2040,8 @@ async def forward_json(
             started=started,
         )
         acct.admission = admission
-        out_headers["X-Trex-Usage-Event-Id"] = acct.event.id
-        out_headers["X-Trex-Guarantee-Status"] = await gw.usage.guarantee(key)
+        out_headers[X_TREX_USAGE_EVENT_ID] = acct.event.id
+        out_headers[X_TREX_GUARANTEE_STATUS] = await gw.usage.guarantee(key)
     deadline, tries = time.monotonic() + gw.retry_deadline, 0
     sent = time.perf_counter()
     while True:  # retried like a model call: a retryable status or failure, backoff or Retry-After
@@ -2044,7 +2072,7 @@ async def forward_json(
         out_headers.update(_forwarded_headers(upstream.headers))
         if acct is not None:  # time in the worker, the upstream's excluded (as for model calls)
             overhead = (sent - acct.started) + (time.perf_counter() - answered)
-            out_headers["X-Trex-Proxy-Overhead-Ms"] = f"{overhead * 1000:.2f}"
+            out_headers[X_TREX_PROXY_OVERHEAD_MS] = f"{overhead * 1000:.2f}"
         if upstream.status >= 300:  # an error (structured, the key masked) or a redirect, never passed raw
             _finish_usage(gw, acct, upstream.status, "upstream_error", None)
             if upstream.status < 400:

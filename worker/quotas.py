@@ -269,6 +269,10 @@ class Quotas:
         self._clock = clock
         self._windows: dict[str, _Window] = {}  # key id -> its counters and admission in the current second
 
+    def applies(self, key: KeyRecord) -> bool:
+        """Whether `key` is on a plan: else `admit` has nothing to check or count (it answers None)."""
+        return bool(key.plan) and key.plan in self.plans
+
     async def admit(
         self,
         key: KeyRecord,
@@ -447,12 +451,10 @@ class Quotas:
             dataclasses.replace(admission, credits=True, reason=why or admission.reason), estimate()
         )
 
-    async def long_context(
-        self, key: KeyRecord, admission: Admission | None, input_tokens: int
-    ) -> Admission | None:
+    def long_context(self, admission: Admission | None, input_tokens: int) -> Admission | None:
         """Once the optimized size is known: past the plan's `credit_above_input_tokens` the request draws on
         Compute Credits instead of the token quota (it holds what it may cost once routed: `hold`); its
-        request is already counted. No I/O."""
+        request is already counted. No I/O (and no coroutine)."""
         if admission is None or admission.credits:
             return admission
         limit = admission.plan.credit_above_input_tokens

@@ -223,15 +223,17 @@ def _key(key_id: str, session: str) -> str:
     return f"session/{key_id}/{hashlib.sha256(session.encode()).hexdigest()[:40]}"
 
 
-def fresh(fmt: Format, body: dict[str, Any], settings: str = "") -> Replay:
+def fresh(fmt: Format, body: dict[str, Any], settings: str = "", *, remembered: bool = True) -> Replay:
     """The replay of a session seen for the first time (nothing to look up).
 
     A one-item conversation under a generated id is not remembered (the proxy stores nothing to replay for
-    it), so its hash is not computed.
+    it), so its hash is not computed; nor are any when the caller will not remember this turn
+    (`remembered` False: a generated id with implicit sessions on, whose conversation is found again by its
+    opening exchange instead), which spares hashing every message of every request with optimization off.
     """
     field = conversation_field(fmt, body)
     items = body[field] if field is not None else []
-    hashes = [_hash(item) for item in items] if len(items) > 1 else []
+    hashes = [_hash(item) for item in items] if remembered and len(items) > 1 else []
     return Replay(field, hashes, 0, False, settings=settings)
 
 
