@@ -511,6 +511,50 @@ def test_the_facts_of_the_minified_document_are_the_facts_of_the_input() -> None
     assert compared > 1_000
 
 
+# Values that end or start next to a `,"` cut: a string ending with a comma puts one right before its
+# closing quote, and facts may end with a comma (`$5,`) or stop before one (a URL, a plain number).
+_SEAM_PARTS = [
+    *["$5,", "1,200,", "EUR 1,", "https://x.io/a,", "5 -", "12", "ORD-1042,", "a", "10:30,", " PM", "USD"],
+    *["5%", ",", "-5", "+5,", "e@x.io,", "v1.2,", "/a/b,", "ERROR,", "MAX_X,", "12,5", "1,2,3,", '"', "\\"],
+    *["5 ms,", "Mar 5,", "é,", "7f3a9c2e,", "#12,", " "],
+]
+
+
+def test_the_scan_of_the_minified_document_by_member_skeletons_is_the_plain_scan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`json_output._member_spans` (the document cut at `,"`, each digit skeleton scanned once) finds the facts
+    of one scan of the whole text, at the same places; here it cuts every document, however few of its
+    pieces share a skeleton."""
+    rng = random.Random(29)
+    for doc in (orders(), users()):  # records: few skeletons, each scanned once
+        text = json.dumps(doc, separators=(",", ":"))
+        forms = facts.digit_skeleton(text).split(',"')
+        assert len(set(forms)) <= json_output._DISTINCT_MEMBERS_SHARE * len(forms)
+        assert json_output._member_spans(text) == facts.fact_spans(text)
+    monkeypatch.setattr(json_output, "_DISTINCT_MEMBERS_SHARE", 1.0)
+    compared = 0
+    for _ in range(4_000):
+        if rng.random() < 0.5:
+            rows = [{"id": f"r-{i}", "v": _random_value(rng, 2)} for i in range(rng.randint(0, 20))]
+            doc: Any = {"data": _random_value(rng, 0), "rows": rows}
+        else:
+            values = [
+                "".join(rng.choice(_SEAM_PARTS) for _ in range(rng.randint(0, 4)))
+                if rng.random() < 0.7
+                else rng.choice([5, -12, 1200, 3.5, None])
+                for _ in range(rng.randint(0, 12))
+            ]
+            doc = {"".join(rng.choice(_SEAM_PARTS) for _ in range(rng.randint(0, 2))): values, "k": values}
+        minified = msgspec.json.format(json.dumps(doc).encode(), indent=-1).decode()
+        if "`" in minified:
+            continue
+        spans = facts.fact_spans(minified)
+        assert json_output._member_spans(minified) == spans, minified
+        compared += bool(spans) and "0x" not in minified and minified.count(',"') >= 2
+    assert compared > 2_000
+
+
 @pytest.mark.parametrize("mode", ["safe", "balanced", "aggressive"])
 def test_folding_from_the_scan_of_the_minified_document_changes_nothing(
     mode: str, monkeypatch: pytest.MonkeyPatch
