@@ -576,3 +576,10 @@ def test_folding_from_the_scan_of_the_minified_document_changes_nothing(
     assert shared == apart
     expected = "json-minify" if mode == "safe" else "json-fold"
     assert sum(r is not None and r.strategy == expected for r in shared) > 100
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(["a", "bb", "cccc", "\n", "\n\n"]), max_size=60), st.integers(0, 12))
+def test_a_line_longer_than_a_chunk_is_found_without_splitting_the_text(parts: list[str], size: int) -> None:
+    text = "".join(parts)
+    assert json_output._has_longer_line(text, size) == (max(map(len, text.split("\n"))) > size)

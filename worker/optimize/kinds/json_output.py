@@ -242,10 +242,22 @@ class _Scan:
 
     @classmethod
     def of(cls, text: str, minified: str) -> _Scan | None:
-        if "`" in minified or (len(text) > CHUNK_CHARS and max(map(len, text.split("\n"))) > CHUNK_CHARS):
+        if "`" in minified or _has_longer_line(text, CHUNK_CHARS):
             return None
         spans = _member_spans(minified)
         return cls(minified, spans, [start for start, _ in spans])
+
+
+def _has_longer_line(text: str, size: int) -> bool:
+    """True when a line of `text` is longer than `size` characters: a search per `size` characters (the last
+    line break within reach of each line start), not a split of the text into its lines."""
+    start = 0
+    while len(text) - start > size:
+        cut = text.rfind("\n", start, start + size + 1)
+        if cut < 0:
+            return True  # the line starting at `start` runs past `size`
+        start = cut + 1  # every line up to `cut` fits
+    return False
 
 
 _MEMBER_SEAM = ',"'
@@ -348,7 +360,10 @@ def _plan_fold(
     # Each fact with the whole word it is part of, which the marker lists (`pdf-v2`, not `v2`).
     item_facts = _facts_in_words(encoded, [i for i in range(n) if i not in keep], scan)
     # A fact with a quote or backslash would come out escaped inside the marker string, no longer verbatim.
-    keep.update(i for i, found in item_facts.items() if any('"' in f or "\\" in f for f, _ in found))
+    # Without a backslash in a scanned document (no backtick), its strings hold no escape, hence no quote, no
+    # backslash and no backtick, and encoding them writes none: no fact holds a quote or a backslash.
+    if scan is None or "\\" in scan.text:
+        keep.update(i for i, found in item_facts.items() if any('"' in f or "\\" in f for f, _ in found))
     folded = [i for i in range(n) if i not in keep]
     if len(folded) < 2:
         return None
