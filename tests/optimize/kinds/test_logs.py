@@ -437,6 +437,41 @@ def test_important_entries_found_per_skeleton_or_by_scans_are_each_entrys_own(
     assert (by_skeleton > 100) == (share > 0), by_skeleton
 
 
+def test_a_line_and_its_digit_skeleton_both_open_an_entry_or_neither() -> None:
+    """`_entries` tests each line skeleton once for a log prefix (`_opens`)."""
+    import random
+
+    rng = random.Random(4)
+    pieces = [
+        *[
+            "2026-03-14T10:02:00.123Z ",
+            "[2026/03/14 10:02",
+            "10:02:03 ",
+            "Mar  4 10:02:03 ",
+            "E0314 10:02:01 ",
+        ],
+        *["3:04PM INF ", "03-14 10:02:00.123 ", "E/Tag( 123):", "1700000000.5 ", "10.0.0.1 - x [", "ts=1"],
+        *[
+            "INFO",
+            "[ERROR] ",
+            "PASS",
+            "a::b PASSED",
+            "src/a.py:12:5: error",
+            "a.go:7: E501 ",
+            "x:12:",
+            "0x1f ",
+        ],
+        *[" ", "  ", "\t", "x", "1", "12", "123", "1234", "0", "-", ":", "/", ".", "AM", "PM", "Z"],
+    ]
+    opened = 0
+    for _ in range(20_000):
+        line = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 5)))
+        line = "".join(rng.choice("0123456789") if c.isdigit() else c for c in line)
+        assert logs._opens(line) == logs._opens(facts.digit_skeleton(line)), line
+        opened += logs._opens(line)
+    assert 2_000 < opened < 18_000
+
+
 def test_the_exception_name_scan_finds_what_the_plain_pattern_finds() -> None:
     import random
 

@@ -380,11 +380,12 @@ def _entries(lines: list[str]) -> list[_Entry]:
     otherwise only indented lines and stack-frame shapes do.
     """
     blank = [not line.strip() for line in lines]
-    # Whether each line opens with a prefix, tested once per line (the census and the grouping both need it).
-    opens = [
-        not b and bool(LOG_PREFIX_RE.match(line) or DIAGNOSTIC_RE.match(line))
-        for line, b in zip(lines, blank, strict=True)
-    ]
+    # Whether each line opens with a prefix, tested once per line skeleton (the census and the grouping both
+    # need it): the prefixes name no digit (a timestamp is digits of any value), so a line and its skeleton
+    # (`facts.digit_skeleton`) both open with one or neither, and a log's lines repeat a few skeletons.
+    forms = facts.digit_skeleton("\n".join(lines)).split("\n")
+    known = {form: _opens(form) for form in dict.fromkeys(forms)}
+    opens = list(map(known.__getitem__, forms))
     nonblank = blank.count(False)
     structured = nonblank > 0 and sum(opens) * 2 >= nonblank
     entries: list[_Entry] = []
@@ -398,6 +399,11 @@ def _entries(lines: list[str]) -> list[_Entry]:
         current = [line]
         entries.append(_Entry(index, current))
     return entries
+
+
+def _opens(line: str) -> bool:
+    """A line that is not blank and starts with a log prefix or a diagnostic's location."""
+    return bool(line.strip()) and bool(LOG_PREFIX_RE.match(line) or DIAGNOSTIC_RE.match(line))
 
 
 def _ends_traceback(entry: list[str], line: str) -> bool:
