@@ -289,3 +289,20 @@ def test_lines_joined_are_the_text_normalised_and_sketched_line_by_line() -> Non
         usable = [line for line in lines if len(line.strip()) >= dedup.MIN_ANCHOR_CHARS]
         crcs = {zlib.crc32(line.encode("utf-8", "surrogatepass")) for line in usable}
         assert dedup._sketch(lines, "\n".join(lines)) == heapq.nsmallest(dedup.SKETCH_SIZE, crcs), repr(text)
+
+
+def test_a_block_whose_lines_mostly_repeat_is_sketched_as_line_by_line() -> None:
+    """`_sketch` hashes each distinct line once where most lines repeat one (pretty JSON): the same sketch."""
+    rng = random.Random(6)
+    alphabet = ["a", "bc", " ", "\t", "\x1c", "\x85", "\u3000", "é", "中", "\ud800", "}", ",", "1"]
+    repeated = 0
+    for _ in range(3_000):
+        pool = [
+            "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8))) for _ in range(rng.randint(1, 8))
+        ]
+        lines = [rng.choice(pool).rstrip() for _ in range(rng.randint(0, 40))]
+        usable = [line for line in lines if len(line.strip()) >= dedup.MIN_ANCHOR_CHARS]
+        crcs = {zlib.crc32(line.encode("utf-8", "surrogatepass")) for line in usable}
+        assert dedup._sketch(lines, "\n".join(lines)) == heapq.nsmallest(dedup.SKETCH_SIZE, crcs), lines
+        repeated += len(set(lines)) * 2 <= len(lines)
+    assert repeated > 2_000

@@ -175,8 +175,13 @@ def _sketch(lines: list[str], joined: str | None = None) -> list[int]:
     crc32, not hash(): the sketch must be the same in every process (same input, same bytes). Mapped, not
     looped: a block has thousands of lines, and every step here runs in C. The lines are encoded as one text
     and split: UTF-8 writes a line break as that one byte and no other character with it, so the pieces are
-    each line's own bytes.
+    each line's own bytes. The sketch is a set: where most lines repeat an earlier one, only the distinct
+    lines are tested and hashed, each encoded on its own.
     """
+    distinct = list(dict.fromkeys(lines))
+    if len(distinct) * 2 <= len(lines):  # most lines repeat one (pretty JSON): each is looked at once
+        kept = compress(distinct, map(MIN_ANCHOR_CHARS.__le__, map(len, map(str.strip, distinct))))
+        return heapq.nsmallest(SKETCH_SIZE, set(map(zlib.crc32, map(_UTF8, kept))))
     encoded = _UTF8("\n".join(lines) if joined is None else joined).split(b"\n")
     usable = compress(encoded, map(MIN_ANCHOR_CHARS.__le__, map(len, map(str.strip, lines))))
     return heapq.nsmallest(SKETCH_SIZE, set(map(zlib.crc32, usable)))

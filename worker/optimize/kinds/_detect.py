@@ -324,8 +324,8 @@ def table_delimiter(lines: list[str]) -> str | None:
 
 def split_delimited(line: str, delim: str) -> list[str]:
     """Fields of one CSV/TSV line, honouring double quotes (a quoted field may contain the delimiter)."""
-    if '"' not in line:
-        return line.split(delim)  # what the walk below gives a line without quotes, in C
+    if '"' not in line or delim not in line:
+        return line.split(delim)  # what the walk below gives a line without quotes or delimiters, in C
     fields: list[str] = []
     cur: list[str] = []
     quoted = False
