@@ -427,19 +427,26 @@ def _facts_in_words(
     they are encoded, joined by commas, their facts are read from that scan: the same seams, by the same
     argument.
     """
-    at = scan.text.find(",".join(encoded)) if scan is not None and wanted else -1
+    joined = ",".join(encoded)
+    at = scan.text.find(joined) if scan is not None and wanted else -1
     records: Iterable[int]
     if scan is not None and at >= 0:
-        text, spans, k = scan.text, scan.spans, bisect_left(scan.starts, at)
+        text, spans, starts = scan.text, scan.spans, scan.starts
         records = range(len(encoded))  # all of them, one after the other in the minified document
     else:
-        text = "\n".join(encoded[i] for i in wanted)
-        spans, k = facts.fact_spans(text), 0
+        text = joined = "\n".join(encoded[i] for i in wanted)
+        spans = facts.fact_spans(text)
+        starts = [start for start, _ in spans]
         at, records = 0, wanted
+    k = bisect_left(starts, at)
     found: dict[int, list[tuple[str, str]]] = {}
     begin = at
     wanted_now = set(wanted)
     n = len(spans)
+    # `distinct_facts` leaves out a fact that is an alphanumeric run of a longer fact of its record. Where no
+    # fact of a record is a run of a longer fact of any of these records, it leaves out nothing (the common
+    # case: an id and an amount), and the record's facts are distinct as found.
+    runs = _runs_of_longer([fact for _, fact in spans[k : bisect_left(starts, at + len(joined), k)]])
     for i in records:
         end = begin + len(encoded[i])
         first: dict[str, int] = {}
@@ -449,9 +456,16 @@ def _facts_in_words(
                 first[fact] = start
             k += 1
         if i in wanted_now:
-            found[i] = [(fact, _word(text, first[fact], fact)) for fact in facts.distinct_facts(first)]
+            distinct = list(first) if first.keys().isdisjoint(runs) else facts.distinct_facts(first)
+            found[i] = [(fact, _word(text, first[fact], fact)) for fact in distinct]
         begin = end + 1  # past the comma or the line break after the record
     return found
+
+
+def _runs_of_longer(found: list[str]) -> set[str]:
+    """The alphanumeric runs of the facts of `found` that are not one run themselves (`distinct_facts`); found
+    in them joined by blanks, which no run holds."""
+    return set(_RUN_RE.findall(" ".join([fact for fact in found if not (fact.isalnum() and fact.isascii())])))
 
 
 def _word(text: str, start: int, fact: str) -> str:
