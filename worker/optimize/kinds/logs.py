@@ -390,13 +390,17 @@ def _entries(lines: list[str]) -> list[_Entry]:
     structured = nonblank > 0 and sum(opens) * 2 >= nonblank
     entries: list[_Entry] = []
     current: list[str] = []  # the lines of the last entry, which ends with the line before this one
+    traceback = (
+        False  # the last entry opens with `Traceback`: the `ValueError: …` line closing it belongs to it
+    )
     for index, line in enumerate(lines):
         if index and not blank[index] and not blank[index - 1]:
             continues = not opens[index] if structured else bool(_CONTINUATION_RE.match(line))
-            if continues or _ends_traceback(current, line):
+            if continues or (traceback and _EXCEPTION_NAME_RE.search(line)):
                 current.append(line)
                 continue
         current = [line]
+        traceback = line.startswith("Traceback")
         entries.append(_Entry(index, current))
     return entries
 
@@ -404,11 +408,6 @@ def _entries(lines: list[str]) -> list[_Entry]:
 def _opens(line: str) -> bool:
     """A line that is not blank and starts with a log prefix or a diagnostic's location."""
     return bool(line.strip()) and bool(LOG_PREFIX_RE.match(line) or DIAGNOSTIC_RE.match(line))
-
-
-def _ends_traceback(entry: list[str], line: str) -> bool:
-    """The `ValueError: …` line closing a Python traceback belongs to it."""
-    return entry[0].startswith("Traceback") and bool(_EXCEPTION_NAME_RE.search(line))
 
 
 def _is_important(body: str) -> bool:
