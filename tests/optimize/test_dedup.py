@@ -289,3 +289,50 @@ def test_lines_joined_are_the_text_normalised_and_sketched_line_by_line() -> Non
         usable = [line for line in lines if len(line.strip()) >= dedup.MIN_ANCHOR_CHARS]
         crcs = {zlib.crc32(line.encode("utf-8", "surrogatepass")) for line in usable}
         assert dedup._sketch(lines, "\n".join(lines)) == heapq.nsmallest(dedup.SKETCH_SIZE, crcs), repr(text)
+
+
+def test_a_block_whose_lines_mostly_repeat_is_sketched_as_line_by_line() -> None:
+    """`_sketch` hashes each distinct line once where most lines repeat one (pretty JSON): the same sketch."""
+    rng = random.Random(6)
+    alphabet = ["a", "bc", " ", "\t", "\x1c", "\x85", "\u3000", "é", "中", "\ud800", "}", ",", "1"]
+    repeated = 0
+    for _ in range(3_000):
+        pool = [
+            "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8))) for _ in range(rng.randint(1, 8))
+        ]
+        lines = [rng.choice(pool).rstrip() for _ in range(rng.randint(0, 40))]
+        usable = [line for line in lines if len(line.strip()) >= dedup.MIN_ANCHOR_CHARS]
+        crcs = {zlib.crc32(line.encode("utf-8", "surrogatepass")) for line in usable}
+        assert dedup._sketch(lines, "\n".join(lines)) == heapq.nsmallest(dedup.SKETCH_SIZE, crcs), lines
+        repeated += len(set(lines)) * 2 <= len(lines)
+    assert repeated > 2_000
+
+
+def test_the_containment_anchor_is_the_first_longest_inner_line_of_the_body() -> None:
+    """`_Index.add` reads the lines' non-blank widths that `_shape` measured for the sketch where the block
+    has no leading whitespace (its body's lines are the normalised ones): the anchor is the same."""
+    rng = random.Random(7)
+    alphabet = ["a", "bc", " ", "\t", "\n", "\n\n", "\x1c", "\u3000", "é", "}", "defgh"]
+    anchored = 0
+    for _ in range(3_000):
+        pool = [
+            "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6))) for _ in range(rng.randint(1, 6))
+        ]
+        text = "".join(rng.choice(pool) for _ in range(rng.randint(0, 60)))
+        lines = dedup._lines(text)
+        index = dedup._Index()
+        index.add(Block(0, 0, "tool_result", text), *dedup._shape(lines, "\n".join(lines)))
+        body = text.strip()
+        if len(body) < dedup.MIN_CHARS:
+            assert not index.items
+            continue
+        inner = [len(line.strip()) for line in body.split("\n")[1:-1]]
+        if inner and max(inner) >= dedup.MIN_ANCHOR_CHARS:
+            k = 1 + inner.index(max(inner))
+            line = body.split("\n")[k]
+            offset = len("\n".join(body.split("\n")[:k])) + 1
+            assert index.anchors == {line: [(0, offset)]}, repr(text)
+            anchored += 1
+        else:
+            assert index.prefixes == {body[: dedup.PREFIX_CHARS]: [0]}, repr(text)
+    assert anchored > 300

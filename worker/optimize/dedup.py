@@ -132,8 +132,9 @@ class _Index:
         """first `PREFIX_CHARS` of the body → items (blocks without a usable inner line)"""
         self.sketches: dict[int, list[int]] = {}
 
-    def add(self, block: Block, normalised: list[str], sketch: list[int]) -> None:
-        """Index `block`, whose `_lines` are `normalised` and whose `_sketch` of those is `sketch`."""
+    def add(self, block: Block, normalised: list[str], sketch: list[int], widths: list[int]) -> None:
+        """Index `block`, whose `_lines` are `normalised`, with their `_sketch` and how many non-blank
+        characters each holds (`widths`)."""
         body = block.text.strip()
         if len(body) < MIN_CHARS:
             return
@@ -145,7 +146,9 @@ class _Index:
         lines = body.split("\n")
         k = 0
         if len(lines) >= 3:
-            widths = list(map(len, map(str.strip, lines[1:-1])))
+            # Without leading whitespace, the body's lines are the normalised ones plus trailing blanks.
+            same = not block.text[:1].isspace()
+            widths = widths[1:-1] if same else list(map(len, map(str.strip, lines[1:-1])))
             longest = max(widths)
             if longest >= MIN_ANCHOR_CHARS:
                 k = 1 + widths.index(longest)
@@ -170,16 +173,29 @@ _UTF8 = methodcaller("encode", "utf-8", "surrogatepass")
 
 def _sketch(lines: list[str], joined: str | None = None) -> list[int]:
     """The smallest hashes of the lines with at least `MIN_ANCHOR_CHARS` non-blank characters (`joined`: the
-    lines joined by line breaks, when the caller has them).
+    lines joined by line breaks, when the caller has them)."""
+    return _sketch_and_widths(lines, joined)[0]
+
+
+def _sketch_and_widths(lines: list[str], joined: str | None = None) -> tuple[list[int], list[int]]:
+    """`_sketch(lines, joined)`, and how many non-blank characters each line holds (which the index reads).
 
     crc32, not hash(): the sketch must be the same in every process (same input, same bytes). Mapped, not
     looped: a block has thousands of lines, and every step here runs in C. The lines are encoded as one text
     and split: UTF-8 writes a line break as that one byte and no other character with it, so the pieces are
-    each line's own bytes.
+    each line's own bytes. The sketch is a set: where most lines repeat an earlier one, only the distinct
+    lines are tested and hashed, each encoded on its own.
     """
+    distinct = list(dict.fromkeys(lines))
+    if len(distinct) * 2 <= len(lines):  # most lines repeat one (pretty JSON): each is looked at once
+        width = dict(zip(distinct, map(len, map(str.strip, distinct)), strict=True))
+        kept = compress(distinct, map(MIN_ANCHOR_CHARS.__le__, width.values()))
+        sketch = heapq.nsmallest(SKETCH_SIZE, set(map(zlib.crc32, map(_UTF8, kept))))
+        return sketch, list(map(width.__getitem__, lines))
+    widths = list(map(len, map(str.strip, lines)))
     encoded = _UTF8("\n".join(lines) if joined is None else joined).split(b"\n")
-    usable = compress(encoded, map(MIN_ANCHOR_CHARS.__le__, map(len, map(str.strip, lines))))
-    return heapq.nsmallest(SKETCH_SIZE, set(map(zlib.crc32, usable)))
+    usable = compress(encoded, map(MIN_ANCHOR_CHARS.__le__, widths))
+    return heapq.nsmallest(SKETCH_SIZE, set(map(zlib.crc32, usable))), widths
 
 
 def _prefix_hits(text: str, prefixes: dict[str, list[int]]) -> list[tuple[int, str]]:
@@ -333,9 +349,10 @@ def _edited(block: Block, index: _Index, lines: list[str], sketch: list[int]) ->
     return best
 
 
-def _shape(lines: list[str], joined: str) -> tuple[list[str], list[int]]:
-    """A block's `_lines` and their `_sketch`, from those lines and their `joined` text."""
-    return lines, _sketch(lines, joined)
+def _shape(lines: list[str], joined: str) -> tuple[list[str], list[int], list[int]]:
+    """A block's `_lines`, their `_sketch` and their non-blank widths, from those lines and their `joined`
+    text."""
+    return (lines, *_sketch_and_widths(lines, joined))
 
 
 def dedupe_detailed(blocks: list[Block]) -> list[Replacement | None]:
@@ -346,7 +363,7 @@ def dedupe_detailed(blocks: list[Block]) -> list[Replacement | None]:
     last = len(blocks) - 1
     for pos, block in enumerate(blocks):
         result: Replacement | None = None
-        shape: tuple[list[str], list[int]] | None = None  # the block's `_lines` and their `_sketch`, once
+        shape: tuple[list[str], list[int], list[int]] | None = None  # the block's `_shape`, once
         # Only an earlier block can be referred to: with none long enough so far, the last block is left
         # as it is without being looked at, and no block is indexed for a later one that does not exist.
         lines = _lines(block.text) if pos < last or first else []
@@ -364,7 +381,9 @@ def dedupe_detailed(blocks: list[Block]) -> list[Replacement | None]:
                 if index.items:
                     shape = _shape(lines, norm)
                     options = [
-                        r for r in (_contained(block, index), _edited(block, index, *shape)) if r is not None
+                        r
+                        for r in (_contained(block, index), _edited(block, index, *shape[:2]))
+                        if r is not None
                     ]
                     if options:
                         result = min(options, key=lambda r: len(r.text))

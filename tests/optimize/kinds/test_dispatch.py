@@ -18,6 +18,8 @@ from tests.optimize.kinds._data import (
     git_diff,
     grep_output,
     html_page,
+    java_log,
+    kubectl_pods,
     missing,
     orders,
 )
@@ -203,6 +205,49 @@ def test_a_share_of_lines_is_judged_as_counting_them_all_would() -> None:
         assert _detect._share_at_least(lines, bool, tenths, least) == (
             hits >= least and hits * 10 >= len(lines) * tenths
         )
+
+
+def _is_search_line_by_line(lines: list[str]) -> bool:
+    """`_detect.is_search` as its definition reads: every line tested, none grouped by skeleton."""
+    body = [line for line in lines if line != "--"]
+    if len(body) < 2:
+        return False
+    if _detect._share_at_least(body, _detect.DIAGNOSTIC_RE.match, 3):
+        return False
+    if _detect._share_at_least(body, _detect._grep_line, 6):
+        return True
+    numbered = sum(1 for line in body if _detect.HEADING_LINE_RE.match(line))
+    paths = sum(1 for line in body if _detect.PATH_ONLY_RE.match(line))
+    if numbered and paths and (numbered + paths) * 10 >= len(body) * 9:
+        return True
+    opencode = sum(1 for line in body if _detect.OPENCODE_LINE_RE.match(line))
+    headings = sum(1 for line in body if line.endswith(":") and _detect.PATH_ONLY_RE.match(line[:-1]))
+    if opencode and headings and (opencode + headings) * 10 >= len(body) * 8:
+        return True
+    return len(body) >= 3 and paths * 10 >= len(body) * 8
+
+
+def test_search_output_is_told_per_line_skeleton_as_line_by_line() -> None:
+    """`is_search` tests each digit skeleton of its lines once, counted as often as it occurs."""
+    rng = random.Random(14)
+    parts = [
+        *["src/a.py:12:", "src/a.py-12-", "a.py:", "src/a.py", "./b/c", "12:", "12-", "  Line 12: ", "x"],
+        *["src/a.go:7:3: x", "a.c:5: error ", "E501 ", "W12", "2026-03-14T10:02:00Z INFO ", "0x1f", " ", ":"],
+        *["--", "Found 3 matches", "tests/test_a.py::test_x PASSED", "é", "ab", "1", "10", "-", "/", "."],
+    ]
+    found = 0
+    for _ in range(6_000):
+        kinds = [
+            "".join(rng.choice(parts) for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(1, 4))
+        ]
+        lines = [rng.choice(kinds) for _ in range(rng.randint(0, 30))]
+        lines = ["".join(rng.choice("0123456789") if c.isdigit() else c for c in line) for line in lines]
+        assert _detect.is_search(lines) == _is_search_line_by_line(lines), lines
+        found += _detect.is_search(lines)
+    assert 300 < found < 5_700
+    for text in (grep_output(), app_log(), java_log(), git_diff(), kubectl_pods()):
+        lines = _detect._sample(text)
+        assert _detect.is_search(lines) == _is_search_line_by_line(lines)
 
 
 def test_delimited_fields_of_lines_with_and_without_quotes() -> None:

@@ -511,6 +511,78 @@ def test_the_facts_of_the_minified_document_are_the_facts_of_the_input() -> None
     assert compared > 1_000
 
 
+# Values that end or start next to a `,"` cut: a string ending with a comma puts one right before its
+# closing quote, and facts may end with a comma (`$5,`) or stop before one (a URL, a plain number).
+_SEAM_PARTS = [
+    *["$5,", "1,200,", "EUR 1,", "https://x.io/a,", "5 -", "12", "ORD-1042,", "a", "10:30,", " PM", "USD"],
+    *["5%", ",", "-5", "+5,", "e@x.io,", "v1.2,", "/a/b,", "ERROR,", "MAX_X,", "12,5", "1,2,3,", '"', "\\"],
+    *["5 ms,", "Mar 5,", "é,", "7f3a9c2e,", "#12,", " "],
+]
+
+
+def test_the_scan_of_the_minified_document_by_member_skeletons_is_the_plain_scan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`json_output._member_spans` (the document cut at `,"`, each digit skeleton scanned once) finds the facts
+    of one scan of the whole text, at the same places; here it cuts every document, however few of its
+    pieces share a skeleton."""
+    rng = random.Random(29)
+    for doc in (orders(), users()):  # records: few skeletons, each scanned once
+        text = json.dumps(doc, separators=(",", ":"))
+        forms = facts.digit_skeleton(text).split(',"')
+        assert len(set(forms)) <= json_output._DISTINCT_MEMBERS_SHARE * len(forms)
+        assert json_output._member_spans(text) == facts.fact_spans(text)
+    monkeypatch.setattr(json_output, "_DISTINCT_MEMBERS_SHARE", 1.0)
+    compared = 0
+    for _ in range(4_000):
+        if rng.random() < 0.5:
+            rows = [{"id": f"r-{i}", "v": _random_value(rng, 2)} for i in range(rng.randint(0, 20))]
+            doc: Any = {"data": _random_value(rng, 0), "rows": rows}
+        else:
+            values = [
+                "".join(rng.choice(_SEAM_PARTS) for _ in range(rng.randint(0, 4)))
+                if rng.random() < 0.7
+                else rng.choice([5, -12, 1200, 3.5, None])
+                for _ in range(rng.randint(0, 12))
+            ]
+            doc = {"".join(rng.choice(_SEAM_PARTS) for _ in range(rng.randint(0, 2))): values, "k": values}
+        minified = msgspec.json.format(json.dumps(doc).encode(), indent=-1).decode()
+        if "`" in minified:
+            continue
+        spans = facts.fact_spans(minified)
+        assert json_output._member_spans(minified) == spans, minified
+        compared += bool(spans) and "0x" not in minified and minified.count(',"') >= 2
+    assert compared > 2_000
+
+
+def test_the_facts_of_each_record_are_its_own_facts_in_words() -> None:
+    """`_facts_in_words` reads each record's facts from one scan (of the document or of the records), and
+    takes a record's facts as distinct where none is a run of a longer fact of the records: what
+    `facts.facts_in_words` of each record alone gives."""
+    rng = random.Random(31)
+    values = ["5117", "5117.0", "ORD-5117", "txn_5117ab", "17", "2026-03-14", "2026", "v2", "pdf-v2", "a b"]
+    values += ["$5,117.00", "117", "51", "ORD-1042", "1042", "x", "E501", "501", "10:30", "30"]
+    compared = 0
+    for _ in range(600):
+        records = [
+            {
+                key: rng.choice([*values, rng.randint(0, 9999), rng.random() * 1000])
+                for key in ("id", "a", "b")
+            }
+            for _ in range(rng.randint(1, 12))
+        ]
+        doc = {"data": records, "n": rng.choice(values)}
+        minified = msgspec.json.encode(doc).decode()
+        scan = json_output._Scan.of(minified, minified)
+        encoded = [msgspec.json.encode(record).decode() for record in records]
+        wanted = sorted(rng.sample(range(len(records)), rng.randint(0, len(records))))
+        expected = {i: facts.facts_in_words(encoded[i]) for i in wanted}
+        assert json_output._facts_in_words(encoded, wanted, scan) == expected, minified
+        assert json_output._facts_in_words(encoded, wanted) == expected, minified
+        compared += sum(len(found) != len(facts.fact_spans(encoded[i])) for i, found in expected.items())
+    assert compared > 100  # records where a fact is left out as a run of another, or found twice
+
+
 @pytest.mark.parametrize("mode", ["safe", "balanced", "aggressive"])
 def test_folding_from_the_scan_of_the_minified_document_changes_nothing(
     mode: str, monkeypatch: pytest.MonkeyPatch
@@ -532,3 +604,10 @@ def test_folding_from_the_scan_of_the_minified_document_changes_nothing(
     assert shared == apart
     expected = "json-minify" if mode == "safe" else "json-fold"
     assert sum(r is not None and r.strategy == expected for r in shared) > 100
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(["a", "bb", "cccc", "\n", "\n\n"]), max_size=60), st.integers(0, 12))
+def test_a_line_longer_than_a_chunk_is_found_without_splitting_the_text(parts: list[str], size: int) -> None:
+    text = "".join(parts)
+    assert json_output._has_longer_line(text, size) == (max(map(len, text.split("\n"))) > size)

@@ -401,6 +401,77 @@ def test_entry_facts_found_per_skeleton_are_the_whole_scans() -> None:
     assert 0 < crossing < len(texts)  # both ways are taken
 
 
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_important_entries_found_per_skeleton_or_by_scans_are_each_entrys_own(
+    share: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`_important_entries` tests each digit skeleton once when entries repeat a few (`_SKELETON_SHARE`), or
+    scans the whole text: either way, the answer of `_is_important` for each entry."""
+    import random
+
+    monkeypatch.setattr(logs, "_SKELETON_SHARE", share)
+    rng = random.Random(12)
+    pieces = [
+        *["DDDD-DD-DDTDD:DD:DD.DDDZ ", "INFO ", "ERROR ", "error", "WARN", "warning ", "fail ", "failed"],
+        *["GET /healthz ", "DDD ", "Dms", "0xDD ", "E", "EDDDD DD:DD:DD.DDD ", "W", "DD-DD DD:DD:DD.DDD  "],
+        *["DDDD  DDDD E Tag: ", "E/Tag( DDD): ", "ERR ", "x ", "ValueError", "DError", "dException: ", "  "],
+        *["\n  at x.y(Z.java:DD)", "\nTraceback", "\nE  ", "\nCaused by: x", "\npanic: x", "\n    > DD | x"],
+        *["Fault", "Warning", "criticalD", "_error", "é", "\t", "\nDD", "- ", "panic", "alert"],
+    ]
+    texts = [app_log(), java_log()]
+    for _ in range(150):
+        skeletons = ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 6))) for _ in range(5)]
+        lines = [rng.choice(skeletons) for _ in range(rng.randint(1, 40))]
+        texts.append(
+            "\n".join("".join(rng.choice("0123456789") if c == "D" else c for c in x) for x in lines)
+        )
+    by_skeleton = 0
+    for text in texts:
+        entries = logs._entries(text.split("\n"))
+        bodies = ["\n".join(entry.lines) for entry in entries]
+        starts = logs._offsets(bodies)
+        forms = _templates.skeletons(text, bodies, starts)
+        found = logs._important_entries(text, bodies, starts, forms)
+        assert found == [logs._is_important(body) for body in bodies], text
+        by_skeleton += len(set(forms)) + forms.count(None) <= share * len(bodies)
+    assert (by_skeleton > 100) == (share > 0), by_skeleton
+
+
+def test_a_line_and_its_digit_skeleton_both_open_an_entry_or_neither() -> None:
+    """`_entries` tests each line skeleton once for a log prefix (`_opens`)."""
+    import random
+
+    rng = random.Random(4)
+    pieces = [
+        *[
+            "2026-03-14T10:02:00.123Z ",
+            "[2026/03/14 10:02",
+            "10:02:03 ",
+            "Mar  4 10:02:03 ",
+            "E0314 10:02:01 ",
+        ],
+        *["3:04PM INF ", "03-14 10:02:00.123 ", "E/Tag( 123):", "1700000000.5 ", "10.0.0.1 - x [", "ts=1"],
+        *[
+            "INFO",
+            "[ERROR] ",
+            "PASS",
+            "a::b PASSED",
+            "src/a.py:12:5: error",
+            "a.go:7: E501 ",
+            "x:12:",
+            "0x1f ",
+        ],
+        *[" ", "  ", "\t", "x", "1", "12", "123", "1234", "0", "-", ":", "/", ".", "AM", "PM", "Z"],
+    ]
+    opened = 0
+    for _ in range(20_000):
+        line = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 5)))
+        line = "".join(rng.choice("0123456789") if c.isdigit() else c for c in line)
+        assert logs._opens(line) == logs._opens(facts.digit_skeleton(line)), line
+        opened += logs._opens(line)
+    assert 2_000 < opened < 18_000
+
+
 def test_the_exception_name_scan_finds_what_the_plain_pattern_finds() -> None:
     import random
 

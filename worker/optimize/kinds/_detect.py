@@ -11,12 +11,15 @@ are the fallbacks.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from itertools import filterfalse, islice
 from operator import methodcaller
 from typing import Literal
 
 import msgspec
+
+from worker.optimize.facts import digit_skeleton
 
 Kind = Literal["json", "log", "search", "diagnostics", "diff", "html", "table", "code", "prose"]
 KINDS: tuple[Kind, ...] = ("json", "log", "search", "diagnostics", "diff", "html", "table", "code", "prose")
@@ -198,28 +201,66 @@ def is_html(text: str) -> bool:
 
 def is_search(lines: list[str]) -> bool:
     """grep/rg `path:line:` output (also rg's and OpenCode's heading modes), or a `find`/`ls`-style list of
-    paths."""
+    paths.
+
+    No test here tells one digit from another (a line number, a timestamp are digits of any value), so a
+    line and its digit skeleton (`facts.digit_skeleton`) pass the same tests: each distinct skeleton is
+    tested once and counted as often as it occurs (a log or a test run repeats a few).
+    """
     body = [line for line in lines if line != "--"]
     if len(body) < 2:
         return False
-    if _share_at_least(body, DIAGNOSTIC_RE.match, 3):
+    census = Counter(digit_skeleton("\n".join(body)).split("\n"))
+    if _census_share(census, DIAGNOSTIC_RE.match, 3):
         return False
-    if _share_at_least(body, _grep_line, 6):
+    if _census_share(census, _grep_line, 6):
         return True
-    numbered = _lines_matching(HEADING_LINE_RE, body)
-    paths = _path_lines(body) if numbered else None
+    numbered = _census_matching(census, HEADING_LINE_RE.match)
+    paths = _census_matching(census, _path_line) if numbered else None
     if numbered and paths and (numbered + paths) * 10 >= len(body) * 9:
         return True
-    opencode = _lines_matching(OPENCODE_LINE_RE, body)
+    opencode = _census_matching(census, OPENCODE_LINE_RE.match)
     if opencode:
-        headings = sum(1 for line in body if line.endswith(":") and PATH_ONLY_RE.match(line[:-1]))
+        headings = _census_matching(census, _heading_line)
         if headings and (opencode + headings) * 10 >= len(body) * 8:
             return True
     if len(body) < 3:
         return False
     if paths is None:
-        paths = _path_lines(body)
+        paths = _census_matching(census, _path_line)
     return paths * 10 >= len(body) * 8
+
+
+def _census_share(census: Mapping[str, int], test: Callable[[str], object], tenths: int) -> bool:
+    """`_share_at_least` of the lines that `census` counts (each distinct line tested once)."""
+    need = -(-sum(census.values()) * tenths // 10)
+    misses_left = sum(census.values()) - need
+    hits = 0
+    for line, times in census.items():
+        if test(line):
+            hits += times
+            if hits >= need:
+                return True
+        else:
+            misses_left -= times
+            if misses_left < 0:
+                return False
+    return hits >= need
+
+
+def _census_matching(census: Mapping[str, int], test: Callable[[str], object]) -> int:
+    """How many of the lines that `census` counts pass `test` (each distinct line tested once)."""
+    return sum(times for line, times in census.items() if test(line))
+
+
+def _path_line(line: str) -> bool:
+    """A path alone (`PATH_ONLY_RE`); a line with a blank never is."""
+    return " " not in line and PATH_ONLY_RE.match(line) is not None
+
+
+def _heading_line(line: str) -> bool:
+    """A path alone followed by a colon: the heading of OpenCode's matches in a file."""
+    return line.endswith(":") and PATH_ONLY_RE.match(line[:-1]) is not None
 
 
 def _lines_matching(pattern: re.Pattern[str], lines: list[str]) -> int:
@@ -283,8 +324,8 @@ def table_delimiter(lines: list[str]) -> str | None:
 
 def split_delimited(line: str, delim: str) -> list[str]:
     """Fields of one CSV/TSV line, honouring double quotes (a quoted field may contain the delimiter)."""
-    if '"' not in line:
-        return line.split(delim)  # what the walk below gives a line without quotes, in C
+    if '"' not in line or delim not in line:
+        return line.split(delim)  # what the walk below gives a line without quotes or delimiters, in C
     fields: list[str] = []
     cur: list[str] = []
     quoted = False

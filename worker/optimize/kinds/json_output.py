@@ -36,6 +36,8 @@ import sys
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import accumulate
+from itertools import compress as selected
 from types import MappingProxyType
 from typing import Any, cast
 
@@ -240,10 +242,66 @@ class _Scan:
 
     @classmethod
     def of(cls, text: str, minified: str) -> _Scan | None:
-        if "`" in minified or (len(text) > CHUNK_CHARS and max(map(len, text.split("\n"))) > CHUNK_CHARS):
+        if "`" in minified or _has_longer_line(text, CHUNK_CHARS):
             return None
-        spans = facts.fact_spans(minified)
+        spans = _member_spans(minified)
         return cls(minified, spans, [start for start, _ in spans])
+
+
+def _has_longer_line(text: str, size: int) -> bool:
+    """True when a line of `text` is longer than `size` characters: a search per `size` characters (the last
+    line break within reach of each line start), not a split of the text into its lines."""
+    start = 0
+    while len(text) - start > size:
+        cut = text.rfind("\n", start, start + size + 1)
+        if cut < 0:
+            return True  # the line starting at `start` runs past `size`
+        start = cut + 1  # every line up to `cut` fits
+    return False
+
+
+_MEMBER_SEAM = ',"'
+_DISTINCT_MEMBERS_SHARE = 0.25
+"""`_member_spans` scans each skeleton once when at most this share of the pieces has one of its own."""
+
+
+def _member_spans(minified: str) -> list[tuple[int, str]]:
+    r"""`facts.fact_spans(minified)` of a minified document without a backtick, each piece's digit skeleton
+    (`facts.digit_skeleton`) scanned once: records repeat a few keys and value shapes, so a document of
+    hundreds of members has a few dozen skeletons.
+
+    The pieces are cut between a comma and a double quote (`,"`: before a member or a string element, or
+    after a string ending with a comma), each piece taking the comma. No fact holds a double quote (inline
+    code alone may, and there is no backtick), so none reaches across a cut. No look-around sees past one
+    either: a piece opens with the quote, which no fact starts with, and the one- and two-character
+    look-behinds of a fact starting after it see the same quote; a piece ends with the comma, after which
+    the text's end passes every look-ahead that the quote passes and fails every one the quote fails (a
+    word boundary, `(?![\w:])`, a plain number's `,"` or `,$`), and a run that takes a comma (a number's
+    `[.,]\d`, an amount's `[\d,]`) needs a digit or a currency word after it, which neither offers.
+    tests/optimize/kinds/test_json_output.py compares this with the plain scan.
+    """
+    pieces = minified.split(_MEMBER_SEAM)
+    last = len(pieces) - 1
+    if last < 2 or "0x" in minified:  # `0x` tells digits apart (`digit_skeleton`)
+        return facts.fact_spans(minified)
+    forms = facts.digit_skeleton(minified).split(_MEMBER_SEAM)
+    middle = forms[1:last]
+    distinct = dict.fromkeys(middle)
+    if len(distinct) > _DISTINCT_MEMBERS_SHARE * len(pieces):
+        return facts.fact_spans(minified)
+    # skeleton -> (start, end) of each fact of a middle piece, relative to the piece without its quote
+    known = {form: [(a - 1, a - 1 + len(f)) for a, f in facts.fact_spans(f'"{form},')] for form in distinct}
+    after_seam = list(accumulate([len(piece) + 2 for piece in pieces[:-1]]))  # where piece i + 1 starts
+    spans = facts.fact_spans(pieces[0] + ",")
+    places = known.__getitem__
+    spans += [
+        (start + a, minified[start + a : start + b])  # (a fact may end with the piece's comma)
+        for i in selected(range(1, last), map(places, middle))  # the pieces with a fact
+        for start in (after_seam[i - 1],)
+        for a, b in places(forms[i])
+    ]
+    spans += [(after_seam[-1] - 1 + a, fact) for a, fact in facts.fact_spans('"' + pieces[last])]
+    return spans
 
 
 @dataclass(slots=True)
@@ -302,7 +360,10 @@ def _plan_fold(
     # Each fact with the whole word it is part of, which the marker lists (`pdf-v2`, not `v2`).
     item_facts = _facts_in_words(encoded, [i for i in range(n) if i not in keep], scan)
     # A fact with a quote or backslash would come out escaped inside the marker string, no longer verbatim.
-    keep.update(i for i, found in item_facts.items() if any('"' in f or "\\" in f for f, _ in found))
+    # Without a backslash in a scanned document (no backtick), its strings hold no escape, hence no quote, no
+    # backslash and no backtick, and encoding them writes none: no fact holds a quote or a backslash.
+    if scan is None or "\\" in scan.text:
+        keep.update(i for i, found in item_facts.items() if any('"' in f or "\\" in f for f, _ in found))
     folded = [i for i in range(n) if i not in keep]
     if len(folded) < 2:
         return None
@@ -366,19 +427,26 @@ def _facts_in_words(
     they are encoded, joined by commas, their facts are read from that scan: the same seams, by the same
     argument.
     """
-    at = scan.text.find(",".join(encoded)) if scan is not None and wanted else -1
+    joined = ",".join(encoded)
+    at = scan.text.find(joined) if scan is not None and wanted else -1
     records: Iterable[int]
     if scan is not None and at >= 0:
-        text, spans, k = scan.text, scan.spans, bisect_left(scan.starts, at)
+        text, spans, starts = scan.text, scan.spans, scan.starts
         records = range(len(encoded))  # all of them, one after the other in the minified document
     else:
-        text = "\n".join(encoded[i] for i in wanted)
-        spans, k = facts.fact_spans(text), 0
+        text = joined = "\n".join(encoded[i] for i in wanted)
+        spans = facts.fact_spans(text)
+        starts = [start for start, _ in spans]
         at, records = 0, wanted
+    k = bisect_left(starts, at)
     found: dict[int, list[tuple[str, str]]] = {}
     begin = at
     wanted_now = set(wanted)
     n = len(spans)
+    # `distinct_facts` leaves out a fact that is an alphanumeric run of a longer fact of its record. Where no
+    # fact of a record is a run of a longer fact of any of these records, it leaves out nothing (the common
+    # case: an id and an amount), and the record's facts are distinct as found.
+    runs = _runs_of_longer([fact for _, fact in spans[k : bisect_left(starts, at + len(joined), k)]])
     for i in records:
         end = begin + len(encoded[i])
         first: dict[str, int] = {}
@@ -388,9 +456,16 @@ def _facts_in_words(
                 first[fact] = start
             k += 1
         if i in wanted_now:
-            found[i] = [(fact, _word(text, first[fact], fact)) for fact in facts.distinct_facts(first)]
+            distinct = list(first) if first.keys().isdisjoint(runs) else facts.distinct_facts(first)
+            found[i] = [(fact, _word(text, first[fact], fact)) for fact in distinct]
         begin = end + 1  # past the comma or the line break after the record
     return found
+
+
+def _runs_of_longer(found: list[str]) -> set[str]:
+    """The alphanumeric runs of the facts of `found` that are not one run themselves (`distinct_facts`); found
+    in them joined by blanks, which no run holds."""
+    return set(_RUN_RE.findall(" ".join([fact for fact in found if not (fact.isalnum() and fact.isascii())])))
 
 
 def _word(text: str, start: int, fact: str) -> str:

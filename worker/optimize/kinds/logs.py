@@ -176,7 +176,8 @@ def compress(text: str, ctx: Context) -> Compressed | None:
     entries = _entries(lines)
     bodies = ["\n".join(entry.lines) for entry in entries]
     starts = _offsets(bodies)
-    important = _important_entries(text, bodies, starts)
+    forms = skeletons(text, bodies, starts)
+    important = _important_entries(text, bodies, starts, forms)
     pinned = list(important)
     for i, flag in enumerate(important):
         if flag:
@@ -184,7 +185,6 @@ def compress(text: str, ctx: Context) -> Compressed | None:
                 pinned[j] = True
     for i in _asked_entries(bodies, ctx.query):
         pinned[i] = True  # the latest request names something in this entry: it stays as it is
-    forms = skeletons(text, bodies, starts)
     shapes = shapes_of(
         bodies,
         forms,
@@ -234,12 +234,25 @@ def _offsets(bodies: list[str]) -> list[int]:
     return list(map(add, chars_before, range(len(bodies))))  # and a line break after each earlier entry
 
 
-def _important_entries(text: str, bodies: list[str], starts: list[int]) -> list[bool]:
-    """`_is_important` of every entry, from one scan of the whole text per pattern instead of one per entry.
+def _important_entries(
+    text: str, bodies: list[str], starts: list[int], forms: list[str | None]
+) -> list[bool]:
+    """`_is_important` of every entry: once per skeleton (`forms`) when entries mostly repeat a few, else from
+    one scan of the whole text per pattern instead of one per entry.
 
-    A match is attributed to the entry it starts in. Only `^E\\s{2,}` can run past its line; when it runs
-    past its entry, that entry is checked on its own (its body may hold fewer blanks).
+    No pattern of `_is_important` tells one digit from another (a level, an exception name, a level code
+    and a code frame's line number are letters, or digits of any value): an entry and its skeleton are
+    both important or neither. In the scan of the whole text, a match is attributed to the entry it starts
+    in. Only `^E\\s{2,}` can run past its line; when it runs past its entry, that entry is checked on its
+    own (its body may hold fewer blanks).
     """
+    distinct = dict.fromkeys(forms)
+    if len(distinct) + forms.count(None) <= _SKELETON_SHARE * len(bodies):
+        known = {form: _is_important(form) for form in distinct if form is not None}
+        return [
+            _is_important(body) if form is None else known[form]
+            for body, form in zip(bodies, forms, strict=True)
+        ]
     important = [False] * len(bodies)
     if text.isascii():
         # Lower-cased ASCII has the same words and word boundaries; a case-sensitive scan is ~3x faster.
@@ -260,6 +273,11 @@ def _important_entries(text: str, bodies: list[str], starts: list[int]) -> list[
         elif not important[i]:
             important[i] = _is_important(bodies[i])
     return important
+
+
+_SKELETON_SHARE = 0.5
+"""`_important_entries` tests each skeleton once when there are at most this many per entry; with more, the
+scans of the whole text cost less than a test of each entry."""
 
 
 def _key_facts_by_entry(
@@ -362,29 +380,34 @@ def _entries(lines: list[str]) -> list[_Entry]:
     otherwise only indented lines and stack-frame shapes do.
     """
     blank = [not line.strip() for line in lines]
-    # Whether each line opens with a prefix, tested once per line (the census and the grouping both need it).
-    opens = [
-        not b and bool(LOG_PREFIX_RE.match(line) or DIAGNOSTIC_RE.match(line))
-        for line, b in zip(lines, blank, strict=True)
-    ]
+    # Whether each line opens with a prefix, tested once per line skeleton (the census and the grouping both
+    # need it): the prefixes name no digit (a timestamp is digits of any value), so a line and its skeleton
+    # (`facts.digit_skeleton`) both open with one or neither, and a log's lines repeat a few skeletons.
+    forms = facts.digit_skeleton("\n".join(lines)).split("\n")
+    known = {form: _opens(form) for form in dict.fromkeys(forms)}
+    opens = list(map(known.__getitem__, forms))
     nonblank = blank.count(False)
     structured = nonblank > 0 and sum(opens) * 2 >= nonblank
     entries: list[_Entry] = []
     current: list[str] = []  # the lines of the last entry, which ends with the line before this one
+    traceback = (
+        False  # the last entry opens with `Traceback`: the `ValueError: …` line closing it belongs to it
+    )
     for index, line in enumerate(lines):
         if index and not blank[index] and not blank[index - 1]:
             continues = not opens[index] if structured else bool(_CONTINUATION_RE.match(line))
-            if continues or _ends_traceback(current, line):
+            if continues or (traceback and _EXCEPTION_NAME_RE.search(line)):
                 current.append(line)
                 continue
         current = [line]
+        traceback = line.startswith("Traceback")
         entries.append(_Entry(index, current))
     return entries
 
 
-def _ends_traceback(entry: list[str], line: str) -> bool:
-    """The `ValueError: …` line closing a Python traceback belongs to it."""
-    return entry[0].startswith("Traceback") and bool(_EXCEPTION_NAME_RE.search(line))
+def _opens(line: str) -> bool:
+    """A line that is not blank and starts with a log prefix or a diagnostic's location."""
+    return bool(line.strip()) and bool(LOG_PREFIX_RE.match(line) or DIAGNOSTIC_RE.match(line))
 
 
 def _is_important(body: str) -> bool:
