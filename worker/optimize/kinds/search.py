@@ -212,18 +212,26 @@ def _parse(lines: list[str]) -> tuple[list[_Group], int]:
     seen: set[tuple[str, str]] = set()
     duplicates = 0
     heading: str | None = None
-    for index, line in enumerate(lines):
-        if not line.strip() or line == "--":
-            heading = None if not line.strip() else heading
+    # Matched in C up front: whether the next line is a numbered `N:` line (which makes this one a heading),
+    # and the `path:line:` of a grep line (what most lines are).
+    numbered_next = [*map(HEADING_LINE_RE.match, lines[1:]), None]
+    greps = map(GREP_LINE_RE.match, lines)
+    for index, (line, numbered, grep) in enumerate(zip(lines, numbered_next, greps, strict=True)):
+        if not line or line.isspace() or line == "--":
+            heading = None if not line or line.isspace() else heading
             continue
-        path = _heading_path(line, lines[index + 1] if index + 1 < len(lines) else "")
+        path = _heading_path(line, lines[index + 1] if index + 1 < len(lines) else "", numbered is not None)
         if path is not None:
             heading = path
             group = _Group(path=path, heading=line)
             groups.append(group)
             by_path[path] = group
             continue
-        match = _parse_line(index, line, heading)
+        if heading is None and grep is not None:  # what `_parse_line` finds first
+            found = grep.group("path")
+            match: _Match | None = _Match(index, found, int(grep.group("line")), line, line[len(found) + 1 :])
+        else:
+            match = _parse_line(index, line, heading)
         if match is None:
             if PATH_ONLY_RE.match(line.strip()):
                 match = _Match(index, line.strip(), None, line, line)
@@ -244,10 +252,10 @@ def _parse(lines: list[str]) -> tuple[list[_Group], int]:
     return groups, duplicates
 
 
-def _heading_path(line: str, nxt: str) -> str | None:
+def _heading_path(line: str, nxt: str, nxt_numbered: bool) -> str | None:
     """The file of a heading line: rg --heading's `path` before `N:content` lines, OpenCode's `path:` before
-    `  Line N: content` lines; None for any other line."""
-    if HEADING_LINE_RE.match(nxt) and PATH_ONLY_RE.match(line):  # the cheap test first: most lines fail it
+    `  Line N: content` lines; None for any other line. `nxt_numbered`: HEADING_LINE_RE matches `nxt`."""
+    if nxt_numbered and PATH_ONLY_RE.match(line):  # the cheap test first: most lines fail it
         return line
     if line.endswith(":") and OPENCODE_LINE_RE.match(nxt) and PATH_ONLY_RE.match(line[:-1]):
         return line[:-1]
