@@ -128,7 +128,10 @@ class BM25:
         for term in wanted:
             postings[term] = []
         hits_of: dict[int, list[tuple[str, int]]] = {}
+        disjoint = wanted.isdisjoint
         for i, doc in enumerate(self._docs):
+            if disjoint(doc):  # most documents hold no query term: ruled out in C, no list built
+                continue
             hits = hits_of.get(id(doc))
             if hits is None:
                 hits = hits_of[id(doc)] = [(term, doc.count(term)) for term in wanted.intersection(doc)]
