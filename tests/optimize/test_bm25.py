@@ -175,3 +175,18 @@ def test_ascii_text_is_cut_into_the_chunks_the_unicode_pattern_finds(parts: list
     """`tokenize` cuts ASCII text with an ASCII character set (faster): the same chunks as `[^\\W_]`."""
     text = "".join(parts)
     assert bm25._ASCII_CHUNK_RE.findall(text) == bm25._CHUNK_RE.findall(text), text
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["a", "Zz", "09", "_", ".", "-", ":", "é", "x1", "getX", "\t", "\n"]), max_size=12
+    ),
+    st.lists(
+        st.sampled_from(["a", "Zz", "09", "_", ".", "-", ":", "é", " ", "getX", "HTTPServer"]), max_size=12
+    ),
+)
+def test_text_cut_at_a_blank_has_the_terms_of_its_two_parts(head: list[str], tail: list[str]) -> None:
+    """No term holds a blank: search tokenizes a grep body in two at its first blank (`search.compress`)."""
+    a, b = "".join(head), " " + "".join(tail)
+    assert tokenize(a + b) == tokenize(a) + tokenize(b)

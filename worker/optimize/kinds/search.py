@@ -89,7 +89,8 @@ def compress(text: str, ctx: Context) -> Compressed | None:
         return None
     settings = _SETTINGS[ctx.mode]
     # Many matches share a file, and grep bodies repeat: tokenize each distinct string once, and each file's
-    # name stem once per file.
+    # name stem once per file. A body is tokenized in two, at its first blank (no term holds a blank): its
+    # line number and what follows it, which repeats where the whole body, numbered, seldom does.
     terms: dict[str, list[str]] = {}
     stems: dict[str, list[str]] = {}
     docs = []
@@ -97,7 +98,12 @@ def compress(text: str, ctx: Context) -> Compressed | None:
         stem = stems.get(m.path)
         if stem is None:
             stem = stems[m.path] = _terms(terms, m.path.rsplit("/", 1)[-1].rsplit(".", 1)[0])
-        docs.append(_terms(terms, m.body) + stem)
+        body = m.body
+        cut = body.find(" ")
+        if cut > 0:
+            docs.append(_terms(terms, body[:cut]) + _terms(terms, body[cut:]) + stem)
+        else:
+            docs.append(_terms(terms, body) + stem)
     scores = dict(zip((m.index for m in matches), BM25(docs).scores(tokenize(ctx.query)), strict=True))
     keep = _select(groups, scores, settings)
     visible = "\n".join(
@@ -225,7 +231,12 @@ def _parse(lines: list[str]) -> tuple[list[_Group], int]:
         if not line or line.isspace() or line == "--":
             heading = None if not line or line.isspace() else heading
             continue
-        path = _heading_path(line, lines[index + 1] if index + 1 < len(lines) else "", numbered is not None)
+        # A heading is followed by a numbered line, or ends in a colon (OpenCode): most lines are neither.
+        path = (
+            _heading_path(line, lines[index + 1] if index + 1 < len(lines) else "", numbered is not None)
+            if numbered is not None or line[-1] == ":"
+            else None
+        )
         if path is not None:
             heading = path
             group = _Group(path=path, heading=line)
@@ -233,8 +244,8 @@ def _parse(lines: list[str]) -> tuple[list[_Group], int]:
             by_path[path] = group
             continue
         if heading is None and grep is not None:  # what `_parse_line` finds first
-            found = grep.group("path")
-            match: _Match | None = _Match(index, found, int(grep.group("line")), line, line[len(found) + 1 :])
+            found, number = grep.group(1, 2)  # the path and the line number
+            match: _Match | None = _Match(index, found, int(number), line, line[len(found) + 1 :])
         else:
             match = _parse_line(index, line, heading)
         if match is None:
