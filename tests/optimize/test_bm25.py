@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from worker.optimize import bm25
 from worker.optimize.bm25 import BM25, STOPWORDS, tokenize
 
 
@@ -156,3 +159,34 @@ def test_tokenizing_long_unique_tokens_retains_no_memory() -> None:
     finally:
         tracemalloc.stop()
     assert retained < 1_000_000, f"{retained} bytes kept after tokenizing {len(tokens)} long tokens"
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            ["a", "Zz", "09", "_", ".", "-", "/", ":", "@", "..", " ", "\n", "#", "(", "x_y", "a-1"]
+        )
+        | st.text(alphabet=st.characters(max_codepoint=127), max_size=4),
+        max_size=30,
+    )
+)
+def test_ascii_text_is_cut_into_the_chunks_the_unicode_pattern_finds(parts: list[str]) -> None:
+    """`tokenize` cuts ASCII text with an ASCII character set (faster): the same chunks as `[^\\W_]`."""
+    text = "".join(parts)
+    assert bm25._ASCII_CHUNK_RE.findall(text) == bm25._CHUNK_RE.findall(text), text
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["a", "Zz", "09", "_", ".", "-", ":", "é", "x1", "getX", "\t", "\n"]), max_size=12
+    ),
+    st.lists(
+        st.sampled_from(["a", "Zz", "09", "_", ".", "-", ":", "é", " ", "getX", "HTTPServer"]), max_size=12
+    ),
+)
+def test_text_cut_at_a_blank_has_the_terms_of_its_two_parts(head: list[str], tail: list[str]) -> None:
+    """No term holds a blank: search tokenizes a grep body in two at its first blank (`search.compress`)."""
+    a, b = "".join(head), " " + "".join(tail)
+    assert tokenize(a + b) == tokenize(a) + tokenize(b)

@@ -690,3 +690,26 @@ def test_before_and_avoid_alone_are_not_constraints() -> None:
 @given(st.text(alphabet="ab.!/ \t\n\r\x0b\x0c\x1c\x85\xa0\u2028\u3000", max_size=40))
 def test_quick_word_bound_never_exceeds_at_least(text: str) -> None:
     assert narrative._words_at_least(text) <= tokens.at_least(text) <= tokens.count(text)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            ["Agent", "Dr.", " Lee", " (billing)", " x", "A", "_", "__", "**", ":", ": ", " hi", "\t"]
+        )
+        | st.sampled_from(
+            ["[10:32] ", "[", "]", "-", "'", ".", "é", "1", "\n", "Ab_", "a__b", "*", "#", " "]
+        ),
+        max_size=10,
+    )
+)
+def test_label_pattern_matches_what_the_backtracking_pattern_matches(parts: list[str]) -> None:
+    """`_LABEL_RE` takes a name's words possessively (no backtracking): the same matches as without."""
+    text = "".join(parts)
+    plain = re.compile(
+        r"[ \t]*(?:\[[^\]\n]{1,25}\][ \t]*)?(?:\*\*|__)?[A-Z][\w.'()#-]*(?:[ \t][\w.'()#-]+){0,2}"
+        r"(?:\*\*|__)?:(?:\*\*|__)?[ \t]+(?=\S)"
+    )
+    found, expected = prose_units._LABEL_RE.match(text), plain.match(text)
+    assert (found and found.span()) == (expected and expected.span()), text

@@ -409,19 +409,28 @@ def piece_spans(text: str, bounds: Iterable[tuple[int, int]]) -> list[tuple[int,
     lines). The caller proves the cut: the pieces, in order, cover every character of `text` but line breaks,
     and no fact, nor any look-around of the catalog, reaches across a seam between two of them.
     """
+    bounds = list(bounds)
     forms = digit_skeleton(text)
-    known: dict[str, list[tuple[int, int]]] = {}
+    pieces = [forms[a:b] for a, b in bounds]
+    # skeleton -> (start, end) of each of its facts, as in `_spans_by_line`
+    known = {
+        form: [(start, start + len(fact)) for start, fact in _scanned_spans(form)]
+        for form in dict.fromkeys(pieces)
+    }
+    # Only the pieces with a fact are visited (picked in C), and those holding `0x`.
+    visited: Iterable[int] = compress(range(len(pieces)), map(bool, map(known.__getitem__, pieces)))
+    with_0x = {k for k, (a, b) in enumerate(bounds) if "0x" in text[a:b]} if "0x" in text else set()
+    if with_0x:
+        visited = sorted(with_0x.union(visited))
     spans: list[tuple[int, str]] = []
-    for a, b in bounds:
-        piece = text[a:b]
-        if "0x" in piece:
-            spans += [(a + start, fact) for start, fact in _scanned_spans(piece)]
+    add = spans.append
+    for k in visited:  # a loop, not a comprehension: most pieces hold one fact, and a comprehension is a call
+        a, b = bounds[k]
+        if k in with_0x:
+            spans += [(a + start, fact) for start, fact in _scanned_spans(text[a:b])]
             continue
-        form = forms[a:b]
-        places = known.get(form)
-        if places is None:
-            places = known[form] = [(start, start + len(fact)) for start, fact in _scanned_spans(form)]
-        spans += [(a + start, text[a + start : a + end]) for start, end in places]
+        for start, end in known[pieces[k]]:
+            add((a + start, text[a + start : a + end]))
     return spans
 
 

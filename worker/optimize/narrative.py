@@ -32,6 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from itertools import compress as pick
 from itertools import repeat
+from operator import methodcaller
 
 from .. import tokens
 from . import facts
@@ -146,8 +147,9 @@ def _scores(
     for u, times in Counter(units).items():  # a repeated unit adds its terms as often as it occurs
         for term in unique_of[u]:
             df[term] = df.get(term, 0) + times
+    log, df_of = math.log, df.__getitem__
     topic_of = {
-        u: sum(math.log(df[t]) for t in terms) / math.sqrt(len(terms) + 2) for u, terms in unique_of.items()
+        u: sum(map(log, map(df_of, terms))) / math.sqrt(len(terms) + 2) for u, terms in unique_of.items()
     }
     top_topic = max(topic_of.values(), default=0.0)
     out: list[float] = []
@@ -295,15 +297,19 @@ def _select(
 
 def _follow(units: list[Unit], keep: list[bool]) -> None:
     """Labels follow their speaker turn, headings their section."""
+    followers = [i for i, u in enumerate(units) if u.kind == "label" or u.kind == "heading"]
+    if not followers:
+        return  # plain prose (most texts): nothing follows anything
     kept_groups = {u.group for u, k in zip(units, keep, strict=True) if k and u.kind != "label"}
     section_units: dict[int, bool] = {}
     for u, k in zip(units, keep, strict=True):
         if u.kind != "heading":
             section_units[u.section] = section_units.get(u.section, False) or k
-    for i, u in enumerate(units):
+    for i in followers:
+        u = units[i]
         if u.kind == "label":
             keep[i] = u.group in kept_groups
-        elif u.kind == "heading":
+        else:
             keep[i] = section_units.get(u.section, True)
 
 
@@ -357,6 +363,9 @@ def _words_at_least(text: str) -> int:
     return len(words) - other_space
 
 
+_line_breaks = methodcaller("count", "\n")
+
+
 def _render(
     text: str, units: list[Unit], keep: list[bool], before: int, fact_free: list[bool], counted: _Counts
 ) -> Compressed | None:
@@ -394,7 +403,7 @@ def _render(
             out.append(text[units[-1].end :])
         else:
             gaps = [text[units[k].end : units[k + 1].start] for k in range(a, b)]
-            out.append(max(reversed(gaps), key=lambda g: g.count("\n")))
+            out.append(max(reversed(gaps), key=_line_breaks))
         kept_from = b
     if kept_from < n:
         out.append(text[units[kept_from].start :])

@@ -229,3 +229,42 @@ def test_grep_lines_cut_after_their_location_hold_the_whole_scans_facts(parts: l
     text = "".join(parts)
     if not facts.may_cross_lines(text):
         assert facts.piece_spans(text, search._pieces(text.split("\n"))) == facts.fact_spans(text), text
+
+
+def _select_by_definition(
+    groups: list[search._Group], scores: dict[int, float], top_n: int, cap: int
+) -> set[int]:
+    """Each file's best match (files ranked by it, up to `cap`) and the `top_n` best, ties in line order."""
+
+    def rank(m: search._Match) -> tuple[float, int]:
+        return (-scores[m.index], m.index)
+
+    bests = sorted((min(g.matches, key=rank) for g in groups if g.path and g.matches), key=rank)
+    ranked = sorted((m for g in groups if g.path for m in g.matches), key=rank)
+    return {m.index for m in bests[:cap]} | {m.index for m in ranked[:top_n]}
+
+
+def test_selection_keeps_each_files_best_and_the_top_matches_with_ties_in_line_order() -> None:
+    import random
+
+    rng = random.Random(5)
+    for _ in range(2000):
+        indices = list(range(rng.randint(0, 60)))
+        rng.shuffle(indices)  # groups list files in order of first appearance, not line order
+        groups: list[search._Group] = []
+        pos = 0
+        while pos < len(indices):
+            path = rng.choice(["", "a.py", "b.py", "c.py", "d.py"])  # a path may come back (rg headings)
+            taken = indices[pos : pos + (rng.randint(1, 8) if path else 1)]  # a non-match line is alone
+            pos += len(taken)
+            groups.append(
+                search._Group(path, matches=[search._Match(i, path, None, "x", "x") for i in taken])
+            )
+        if rng.random() < 0.2:
+            groups.append(search._Group("e.py"))  # a heading without matches
+        scores = {
+            m.index: rng.choice([0.0, 0.5, 1.0, rng.random()]) for g in groups if g.path for m in g.matches
+        }
+        top_n, cap = rng.randint(0, 10), rng.randint(0, 5)
+        expected = _select_by_definition(groups, scores, top_n, cap)
+        assert search._select(groups, scores, search._Settings(top_n=top_n, file_cap=cap)) == expected

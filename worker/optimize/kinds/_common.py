@@ -237,12 +237,13 @@ class FactLedger:
         self._listed.update(listed)
 
 
-def worth_folding(marker_text: str, dropped: Sequence[str]) -> bool:
+def worth_folding(marker_text: str, dropped: Sequence[str], counted: dict[str, int] | None = None) -> bool:
     """True when `marker_text` is at most FOLD_RATIO of the dropped pieces' tokens.
 
     A long run is judged on a prefix first: when the marker is already small next to the first pieces
     (a few times its length), counting the whole run — often most of the input — cannot change the answer
-    (token counts of joined pieces add up, give or take a token at each seam).
+    (token counts of joined pieces add up, give or take a token at each seam). `counted` keeps the markers'
+    counts across the calls of one compressor: its markers repeat (`[trex: 4 unchanged lines]`).
     """
     if not dropped:
         return False
@@ -252,7 +253,12 @@ def worth_folding(marker_text: str, dropped: Sequence[str]) -> bool:
     words = tokens.at_least(" ".join(dropped)) - (len(dropped) - 1)
     if tokens.at_most(marker_text) <= FOLD_RATIO * words:
         return True
-    marker_tokens = count(marker_text)  # a marker is short: counting it is cheap, unlike the dropped pieces
+    # A marker is short: counting it is cheap, unlike the dropped pieces.
+    marker_tokens = counted.get(marker_text) if counted is not None else None
+    if marker_tokens is None:
+        marker_tokens = count(marker_text)
+        if counted is not None:
+            counted[marker_text] = marker_tokens
     if marker_tokens <= FOLD_RATIO * words:
         return True  # the pieces have at least `words` tokens
     if len(dropped) > 8:

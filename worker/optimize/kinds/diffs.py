@@ -68,12 +68,13 @@ def compress(text: str, ctx: Context) -> Compressed | None:
     ledger = FactLedger("\n".join(line for i, line in enumerate(lines) if i not in folded_lines))
     found = _facts_of_lines(text, lines, sorted(folded_lines.union(implied)))
     markers: dict[int, str] = {}
+    counted: dict[str, int] = {}
     for lo, hi in folds:
         dropped = lines[lo:hi]
         noun = "line" if hi - lo == 1 else "lines"
         dropped_facts = [f for i in range(lo, hi) if i in found for f in distinct_facts(found[i])]
         marker_text, listed = ledger.marker_of(f"{hi - lo} unchanged {noun}", dropped_facts)
-        if worth_folding(marker_text, dropped):
+        if worth_folding(marker_text, dropped, counted):
             ledger.commit(listed)
             markers[lo] = marker_text
     if not markers and not implied:

@@ -17,6 +17,8 @@ import re
 from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import accumulate, repeat
+from operator import add
 from types import MappingProxyType
 
 from worker.optimize import facts
@@ -87,7 +89,8 @@ def compress(text: str, ctx: Context) -> Compressed | None:
         return None
     settings = _SETTINGS[ctx.mode]
     # Many matches share a file, and grep bodies repeat: tokenize each distinct string once, and each file's
-    # name stem once per file.
+    # name stem once per file. A body is tokenized in two, at its first blank (no term holds a blank): its
+    # line number and what follows it, which repeats where the whole body, numbered, seldom does.
     terms: dict[str, list[str]] = {}
     stems: dict[str, list[str]] = {}
     docs = []
@@ -95,7 +98,12 @@ def compress(text: str, ctx: Context) -> Compressed | None:
         stem = stems.get(m.path)
         if stem is None:
             stem = stems[m.path] = _terms(terms, m.path.rsplit("/", 1)[-1].rsplit(".", 1)[0])
-        docs.append(_terms(terms, m.body) + stem)
+        body = m.body
+        cut = body.find(" ")
+        if cut > 0:
+            docs.append(_terms(terms, body[:cut]) + _terms(terms, body[cut:]) + stem)
+        else:
+            docs.append(_terms(terms, body) + stem)
     scores = dict(zip((m.index for m in matches), BM25(docs).scores(tokenize(ctx.query)), strict=True))
     keep = _select(groups, scores, settings)
     visible = "\n".join(
@@ -143,21 +151,21 @@ def _body_facts(
     Facts that start in a `path:line:` prefix, or on a line that is not a match, are filed under -1: the
     final check still requires them, the markers do not list them (as when each body is scanned alone).
     """
-    starts: list[int] = []
-    offset = 0
-    for line in lines:
-        starts.append(offset)
-        offset += len(line) + 1
+    # Where each line starts (a line break after each), and where a line after the last one would.
+    starts = list(accumulate(map(add, map(len, lines), repeat(1)), initial=0))
     body_start = {m.index: starts[m.index] + len(m.raw) - len(m.body) for g in groups for m in g.matches}
+    no_body = starts[-1] + 1
     found: dict[int, list[str]] = {}
     words: dict[str, str] = {}
     spans = facts.fact_spans(text) if facts.may_cross_lines(text) else facts.piece_spans(text, _pieces(lines))
     for position, fact in spans:
         index = bisect_right(starts, position) - 1
-        key = index if position >= body_start.get(index, offset + 1) else -1
-        found.setdefault(key, []).append(fact)
-        if key >= 0 and fact not in words:
-            words[fact] = facts.whole_token(text, position, fact)
+        if position >= body_start.get(index, no_body):
+            found.setdefault(index, []).append(fact)
+            if fact not in words:
+                words[fact] = facts.whole_token(text, position, fact)
+        else:
+            found.setdefault(-1, []).append(fact)
     return found, words
 
 
@@ -174,14 +182,17 @@ def _pieces(lines: list[str]) -> list[tuple[int, int]]:
     piece is as much a non-word character, and no sign, as it is in the whole line.
     """
     bounds: list[tuple[int, int]] = []
+    add_bound = bounds.append
     start = 0
     for line in lines:
+        end = start + len(line)
         cut = line.find(": ")
-        if cut > 0 and line[cut - 1].isdigit() and "`" not in line[:cut]:
-            bounds += [(start, start + cut + 1), (start + cut + 1, start + len(line))]
+        if cut > 0 and line[cut - 1].isdigit() and line.find("`", 0, cut) < 0:
+            add_bound((start, start + cut + 1))
+            add_bound((start + cut + 1, end))
         elif line:
-            bounds.append((start, start + len(line)))
-        start += len(line) + 1
+            add_bound((start, end))
+        start = end + 1
     return bounds
 
 
@@ -212,18 +223,31 @@ def _parse(lines: list[str]) -> tuple[list[_Group], int]:
     seen: set[tuple[str, str]] = set()
     duplicates = 0
     heading: str | None = None
-    for index, line in enumerate(lines):
-        if not line.strip() or line == "--":
-            heading = None if not line.strip() else heading
+    # Matched in C up front: whether the next line is a numbered `N:` line (which makes this one a heading),
+    # and the `path:line:` of a grep line (what most lines are).
+    numbered_next = [*map(HEADING_LINE_RE.match, lines[1:]), None]
+    greps = map(GREP_LINE_RE.match, lines)
+    for index, (line, numbered, grep) in enumerate(zip(lines, numbered_next, greps, strict=True)):
+        if not line or line.isspace() or line == "--":
+            heading = None if not line or line.isspace() else heading
             continue
-        path = _heading_path(line, lines[index + 1] if index + 1 < len(lines) else "")
+        # A heading is followed by a numbered line, or ends in a colon (OpenCode): most lines are neither.
+        path = (
+            _heading_path(line, lines[index + 1] if index + 1 < len(lines) else "", numbered is not None)
+            if numbered is not None or line[-1] == ":"
+            else None
+        )
         if path is not None:
             heading = path
             group = _Group(path=path, heading=line)
             groups.append(group)
             by_path[path] = group
             continue
-        match = _parse_line(index, line, heading)
+        if heading is None and grep is not None:  # what `_parse_line` finds first
+            found, number = grep.group(1, 2)  # the path and the line number
+            match: _Match | None = _Match(index, found, int(number), line, line[len(found) + 1 :])
+        else:
+            match = _parse_line(index, line, heading)
         if match is None:
             if PATH_ONLY_RE.match(line.strip()):
                 match = _Match(index, line.strip(), None, line, line)
@@ -244,10 +268,10 @@ def _parse(lines: list[str]) -> tuple[list[_Group], int]:
     return groups, duplicates
 
 
-def _heading_path(line: str, nxt: str) -> str | None:
+def _heading_path(line: str, nxt: str, nxt_numbered: bool) -> str | None:
     """The file of a heading line: rg --heading's `path` before `N:content` lines, OpenCode's `path:` before
-    `  Line N: content` lines; None for any other line."""
-    if HEADING_LINE_RE.match(nxt) and PATH_ONLY_RE.match(line):  # the cheap test first: most lines fail it
+    `  Line N: content` lines; None for any other line. `nxt_numbered`: HEADING_LINE_RE matches `nxt`."""
+    if nxt_numbered and PATH_ONLY_RE.match(line):  # the cheap test first: most lines fail it
         return line
     if line.endswith(":") and OPENCODE_LINE_RE.match(nxt) and PATH_ONLY_RE.match(line[:-1]):
         return line[:-1]
@@ -272,15 +296,21 @@ def _parse_line(index: int, line: str, heading: str | None) -> _Match | None:
 
 
 def _select(groups: list[_Group], scores: dict[int, float], settings: _Settings) -> set[int]:
-    """Indices of the matches to keep: each file's best (files ranked by it, up to the cap) and the top N."""
+    """Indices of the matches to keep: each file's best (files ranked by it, up to the cap) and the top N.
 
-    def rank(m: _Match) -> tuple[float, int]:
-        return (-scores[m.index], m.index)
-
-    keep: set[int] = set()
-    bests = [min(g.matches, key=rank) for g in groups if g.path and g.matches]
-    for best in sorted(bests, key=rank)[: settings.file_cap]:
-        keep.add(best.index)
-    ranked = sorted((m for g in groups if g.path for m in g.matches), key=rank)
-    keep.update(m.index for m in ranked[: settings.top_n])
+    Ranked best score first, ties in line order: a stable sort in reverse of the indices in line order keeps
+    equal scores in that order. A file's best match is its first in that ranking, and the files ranked by
+    their best are the files in the order their bests come in it.
+    """
+    group_of = {m.index: k for k, g in enumerate(groups) if g.path for m in g.matches}
+    ranked = sorted(sorted(group_of), key=scores.__getitem__, reverse=True)
+    keep = set(ranked[: settings.top_n])
+    files: set[int] = set()
+    for index in ranked:
+        if len(files) >= settings.file_cap:
+            break
+        group = group_of[index]
+        if group not in files:
+            files.add(group)
+            keep.add(index)
     return keep
