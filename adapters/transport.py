@@ -63,6 +63,9 @@ class UpstreamClient:
                 ),
                 auto_decompress=True,
                 skip_auto_headers=("User-Agent",),
+                # The pool serves every tenant: a cookie one answer set (a CDN's bot-management cookie, a
+                # provider's session) must not be sent with anyone's later requests.
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
             self._sessions[name] = sess
         return sess

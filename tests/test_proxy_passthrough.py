@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 
 import aiohttp
 import anthropic
@@ -14,8 +15,9 @@ import openai
 import pytest
 
 from adapters.sse import SSEParser
-from tests.conftest import UPSTREAM_KEYS, GatewaySetup
-from tests.fakes.upstream import Reply, fixture_bytes, fixture_json
+from tests.conftest import MASTER_KEY, UPSTREAM_KEYS, GatewaySetup, with_key
+from tests.fakes.upstream import FakeUpstream, Reply, fixture_bytes, fixture_json
+from tests.harness import InProcessWorker
 from tests.test_usage import wait_final
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello"}]
@@ -274,6 +276,32 @@ def test_organization_and_project_go_upstream_only_with_the_clients_own_key(gate
         assert sent.headers["OpenAI-Organization"] == "org-someone-else"
         assert sent.headers["OpenAI-Project"] == "proj-someone-else"
     assert len(gateway.fake.received) == 2
+
+
+def test_cookies_an_upstream_sets_are_not_sent_back_on_later_requests(
+    make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream
+) -> None:
+    """The connection pool serves every tenant: a cookie a provider (or the CDN in front of it) set on one
+    tenant's answer must not ride along on the next tenant's request. (aiohttp's default cookie jar keeps
+    cookies from a host name, not from an IP address: the upstream is reached as `localhost` here.)"""
+    by_name = {name: url.replace("127.0.0.1", "localhost") for name, url in fake_upstream.base_urls().items()}
+    gateway = with_key(make_worker(by_name, dev_vars={"TREX_MASTER_KEY": MASTER_KEY}), fake_upstream)
+    fake_upstream.set(
+        "/v1/chat/completions",
+        Reply(
+            body=fixture_bytes("openai/chat_text.json"),
+            headers={"Set-Cookie": "__cf_bm=tenant-a-session; Path=/; HttpOnly"},
+        ),
+    )
+    own = {"X-Upstream-Api-Key": "sk-tenant-a-own-key-123"}
+    client = gateway.openai()
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, extra_headers=own)  # type: ignore[arg-type]
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    client.responses.create(model="gpt-4o-mini", input="hi")
+    client.close()
+    assert len(fake_upstream.received) == 3
+    for sent in fake_upstream.received:
+        assert "cookie" not in {name.lower() for name in sent.headers}
 
 
 def test_upstream_errors_keep_status_body_and_retry_after(gateway: GatewaySetup) -> None:
