@@ -463,3 +463,36 @@ def test_access_lines_reach_a_shared_pipe_in_writes_no_other_process_can_split()
     assert all(len(w.encode()) <= select.PIPE_BUF and w.endswith("\n") for w in pipe.writes)
     lines = "".join(pipe.writes).splitlines()
     assert [json.loads(line)["request_id"] for line in lines] == [f"req_{i:06d}" for i in range(500)]
+
+
+def test_serving_logs_reach_stderr_before_an_error_escaping_the_server_is_reported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A serving process's lines are written by a thread: when an exception ends the serving, what was logged
+    is written before the error message that follows (the thread is waited for, a bounded time)."""
+    import sys
+
+    from worker.logs import serving_logs
+
+    class SlowStderr(io.StringIO):
+        """A stderr that takes a while to take each write (a busy log shipper)."""
+
+        def write(self, text: str) -> int:
+            time.sleep(0.3)
+            return super().write(text)
+
+    stderr = SlowStderr()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    loggers = [logging.getLogger("trex"), logging.getLogger("aiohttp")]
+    saved = [(logger.handlers[:], logger.level, logger.propagate) for logger in loggers]
+    try:
+        with pytest.raises(RuntimeError), serving_logs("text"):
+            logging.getLogger("trex.server").warning("first")
+            logging.getLogger("aiohttp.server").error("second")
+            raise RuntimeError("serving failed")
+        written = stderr.getvalue()  # when the error is reported (as `run()` prints it)
+    finally:
+        for logger, (handlers, level, propagate) in zip(loggers, saved, strict=True):
+            logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate
+    lines = written.splitlines()
+    assert [line.split(" ", 3)[-1] for line in lines] == ["trex.server first", "aiohttp.server second"]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import array
 import base64
+import fcntl
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
+import termios
 import time
 import urllib.request
 from collections.abc import Callable
@@ -82,6 +86,95 @@ def test_sigint_also_stops_gracefully(tmp_path: Path, spawn_worker: Callable[...
     wp.signal(signal.SIGINT)
     assert wp.wait() == 0
     assert "Traceback" not in wp.logs()
+
+
+class StderrPipe:
+    """`trex dev` with its stderr (the logs) going to a small pipe that this test reads only when it chooses,
+    as a log shipper that stopped reading would."""
+
+    SIZE = 16384
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.read_end, write_end = os.pipe()
+        # A small pipe, a hundred lines fill it (yet larger than PIPE_BUF: a write of that many bytes waits
+        # for room for all of them, which a pipe of that size has only once empty).
+        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, self.SIZE)
+        config = write_config(tmp_path, {})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "dev", "--config", str(config), "--port", str(free_port())],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=write_end,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "TREX_MASTER_KEY": "m" * 40},
+            start_new_session=True,
+        )
+        os.close(write_end)
+        assert self.proc.stdout is not None
+        ready = self.proc.stdout.readline().decode()  # `ready on …`, or EOF should it fail to start
+        assert "ready on " in ready, ready
+        self.url = ready.split("ready on ", 1)[1].split()[0]
+
+    def unread(self) -> int:
+        count = array.array("i", [0])
+        fcntl.ioctl(self.read_end, termios.FIONREAD, count)
+        return count[0]
+
+    def fill(self) -> int:
+        """Send requests until their access lines fill the pipe (less room left than a write of PIPE_BUF
+        bytes needs), then as many again that wait behind it; the number of requests."""
+        n = 0
+        while self.unread() <= self.SIZE - select.PIPE_BUF and n < 1000:
+            assert get(self.url + "/health")[0] == 200
+            n += 1
+        for _ in range(n):
+            assert get(self.url + "/health")[0] == 200
+        return 2 * n
+
+    def read_all(self) -> str:
+        """Everything written to stderr, until the worker's end closes it."""
+        chunks = []
+        while chunk := os.read(self.read_end, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks).decode()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        os.close(self.read_end)
+
+
+def test_a_stderr_nobody_reads_cannot_hold_a_graceful_stop(tmp_path: Path) -> None:
+    """The worker's log lines were written to stderr on the event loop: with the pipe full, its "shutting
+    down" line blocked the loop and SIGTERM never ended the process."""
+    stderr = StderrPipe(tmp_path)
+    try:
+        stderr.fill()
+        stderr.proc.send_signal(signal.SIGTERM)
+        assert stderr.proc.wait(30) == 0  # without the pipe being read (the waits are bounded: 10 s)
+        lines = stderr.read_all().split("\n")
+        assert lines.pop() == ""  # only whole lines were written
+        assert len(lines) > 50 and all(line.startswith("20") and " INFO trex." in line for line in lines)
+    finally:
+        stderr.close()
+
+
+def test_a_stderr_read_late_gets_every_line_up_to_stopped(tmp_path: Path) -> None:
+    """Lines wait for a slow stderr, a bounded time: none is lost when it drains in that time."""
+    stderr = StderrPipe(tmp_path)
+    try:
+        requests = stderr.fill()
+        stderr.proc.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        lines = stderr.read_all().splitlines()
+        assert stderr.proc.wait(30) == 0
+        assert sum(" INFO trex.access GET /health 200 " in line for line in lines) == requests
+        assert any(" INFO trex.server shutting down: " in line for line in lines)
+        assert lines[-1].endswith(" INFO trex.server stopped")
+    finally:
+        stderr.close()
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])

@@ -27,7 +27,7 @@ from .app import create_app
 from .appkeys import CONFIG
 from .config import Config, ConfigError, ConfigSource, redacted_url
 from .connection import GatewayRunner, ReadTimeouts
-from .logs import setup_logging
+from .logs import serving_logs, setup_logging
 from .vault import MASTER_KEY_NAME, ensure_master_key
 
 if TYPE_CHECKING:
@@ -129,10 +129,11 @@ def run(source: ConfigSource, workers: int) -> int:
     if not config.secret(MASTER_KEY_NAME):
         ensure_master_key(config)  # writes .dev.vars once, so every worker process reads the same key
         config = source.load()
-    setup_logging(config.log_format)
+    setup_logging(config.log_format)  # lines while not serving (a supervisor's) are written at once
     if workers <= 1:
         try:
-            uvloop.run(serve(config, on_ready=lambda url: _announce(url, config, 1)))
+            with serving_logs(config.log_format):
+                uvloop.run(serve(config, on_ready=lambda url: _announce(url, config, 1)))
         except ServeError as exc:
             print(f"trex dev: error: {exc}", file=sys.stderr)
             return 1
@@ -160,14 +161,14 @@ def _announce(url: str, config: Config, workers: int) -> None:
 
 def child(source: ConfigSource, conn: multiprocessing.connection.Connection) -> None:
     config = source.load()
-    setup_logging(config.log_format)
 
     def ready(url: str) -> None:
         conn.send(url)
         conn.close()
 
     try:
-        uvloop.run(serve(config, reuse_port=True, on_ready=ready))
+        with serving_logs(config.log_format):
+            uvloop.run(serve(config, reuse_port=True, on_ready=ready))
     except ServeError as exc:
         print(f"trex dev: worker error: {exc}", file=sys.stderr)
         sys.exit(1)
