@@ -197,16 +197,9 @@ class _LogEntry(msgspec.Struct):
     latency_ms: float
 
 
-class _UsageLogEntry(msgspec.Struct):
-    """A request-log entry with its usage event's numbers."""
+class _UsageLogEntry(_LogEntry):
+    """A request-log entry with its usage event's numbers (after the fields of `_LogEntry`, in this order)."""
 
-    time: float
-    request_id: str
-    key_id: str
-    method: str
-    route: str
-    status: int
-    latency_ms: float
     model: str
     provider: str
     usage_event_id: str
