@@ -101,7 +101,13 @@ def compress(text: str, ctx: Context) -> Compressed | None:
         body = m.body
         cut = body.find(" ")
         if cut > 0:
-            docs.append(_terms(terms, body[:cut]) + _terms(terms, body[cut:]) + stem)
+            head = body[:cut]
+            number = head[:-1]
+            # A grep body's head is its line number and a colon, whose one term is the number.
+            if head[-1] == ":" and number.isdigit() and number.isascii():
+                docs.append([number, *_terms(terms, body[cut:]), *stem])
+            else:
+                docs.append(_terms(terms, head) + _terms(terms, body[cut:]) + stem)
         else:
             docs.append(_terms(terms, body) + stem)
     scores = dict(zip((m.index for m in matches), BM25(docs).scores(tokenize(ctx.query)), strict=True))
