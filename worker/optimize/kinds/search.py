@@ -101,7 +101,13 @@ def compress(text: str, ctx: Context) -> Compressed | None:
         body = m.body
         cut = body.find(" ")
         if cut > 0:
-            docs.append(_terms(terms, body[:cut]) + _terms(terms, body[cut:]) + stem)
+            head = body[:cut]
+            number = head[:-1]
+            # A grep body's head is its line number and a colon, whose one term is the number.
+            if head[-1] == ":" and number.isdigit() and number.isascii():
+                docs.append([number, *_terms(terms, body[cut:]), *stem])
+            else:
+                docs.append(_terms(terms, head) + _terms(terms, body[cut:]) + stem)
         else:
             docs.append(_terms(terms, body) + stem)
     scores = dict(zip((m.index for m in matches), BM25(docs).scores(tokenize(ctx.query)), strict=True))
@@ -228,6 +234,21 @@ def _parse(lines: list[str]) -> tuple[list[_Group], int]:
     numbered_next = [*map(HEADING_LINE_RE.match, lines[1:]), None]
     greps = map(GREP_LINE_RE.match, lines)
     for index, (line, numbered, grep) in enumerate(zip(lines, numbered_next, greps, strict=True)):
+        if grep is not None and heading is None and numbered is None and line[-1] != ":":
+            # A grep line (most lines), neither a heading nor under one: what the steps below do with it, in
+            # fewer tests (it is not blank, and its match is made once it is known not to repeat).
+            found, number = grep.group(1, 2)  # the path and the line number
+            key = (found, line)
+            if key in seen:
+                duplicates += 1
+                continue
+            seen.add(key)
+            group_for = by_path.get(found)
+            if group_for is None:
+                group_for = by_path[found] = _Group(path=found)
+                groups.append(group_for)
+            group_for.matches.append(_Match(index, found, int(number), line, line[len(found) + 1 :]))
+            continue
         if not line or line.isspace() or line == "--":
             heading = None if not line or line.isspace() else heading
             continue
