@@ -271,7 +271,10 @@ class Quotas:
 
     def applies(self, key: KeyRecord) -> bool:
         """Whether `key` is on a plan: else `admit` has nothing to check or count (it answers None)."""
-        return bool(key.plan) and key.plan in self.plans
+        return self._plan_of(key) is not None
+
+    def _plan_of(self, key: KeyRecord) -> QuotaPlan | None:
+        return self.plans.get(key.plan) if key.plan else None
 
     async def admit(
         self,
@@ -287,7 +290,7 @@ class Quotas:
         `web_search`: the field with which the request asks the provider to search the web; `tier`: the
         model's catalog tier (None: not in the catalog); `in_flight`: the key's requests in flight here, this
         one included."""
-        plan = self.plans.get(key.plan) if key.plan else None
+        plan = self._plan_of(key)
         if plan is None:
             return None
         # smart-auto only ever picks models the plan allows.
