@@ -22,7 +22,7 @@ from worker.app import ROUTES, runs_to_completion
 from worker.appkeys import CTX, ENV
 from worker.handlers.health import VERSION
 from worker.jsonio import json_response, read_json_object
-from worker.logs import setup_logging
+from worker.logs import LineWriter, setup_logging
 
 
 async def echo(request: web.Request) -> web.StreamResponse:
@@ -257,6 +257,34 @@ async def test_an_access_log_stream_that_does_not_drain_cannot_hold_the_shutdown
             break
         await asyncio.sleep(0.05)
     assert "request_id=stuck-1" in stream.getvalue() and "request_id=stuck-2" in stream.getvalue()
+
+
+def test_a_stream_found_stuck_is_not_waited_for_again_by_another_writer() -> None:
+    """The access log and the serving logs each have a writer on stderr: a stop with stderr stuck waited the
+    whole bound for the first and then again for the second. A writer closed after another one found the
+    stream stuck goes at once; its lines are still written should the stream drain."""
+    drained = threading.Event()
+
+    class StuckPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            drained.wait()
+            return super().write(text)
+
+    stream = StuckPipe()
+    access, serving = LineWriter(stream, "t-access"), LineWriter(stream, "t-serving")
+    access.add("access line")
+    access.close(wait=0.2)  # stuck: its thread is still blocked in the write
+    serving.add("stopped")
+    closing = threading.Thread(target=serving.close, kwargs={"wait": 3600.0})
+    closing.start()
+    closing.join(20)
+    assert not closing.is_alive()  # it did not wait its hour for a stream known to be stuck
+    drained.set()
+    for _ in range(200):
+        if stream.getvalue().count("\n") == 2:
+            break
+        time.sleep(0.05)
+    assert sorted(stream.getvalue().splitlines()) == ["access line", "stopped"]
 
 
 def test_env_binding_exposes_kv(w: InProcessWorker) -> None:

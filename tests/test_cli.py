@@ -153,7 +153,7 @@ def test_a_stderr_nobody_reads_cannot_hold_a_graceful_stop(tmp_path: Path) -> No
     try:
         stderr.fill()
         stderr.proc.send_signal(signal.SIGTERM)
-        assert stderr.proc.wait(30) == 0  # without the pipe being read (the waits are bounded: 10 s)
+        assert stderr.proc.wait(30) == 0  # without the pipe being read (one bounded wait: 5 s)
         lines = stderr.read_all().split("\n")
         assert lines.pop() == ""  # only whole lines were written
         assert len(lines) > 50 and all(line.startswith("20") and " INFO trex." in line for line in lines)

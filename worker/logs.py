@@ -17,6 +17,7 @@ import select
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TextIO
@@ -37,6 +38,10 @@ _PIPE_BUF = getattr(select, "PIPE_BUF", 512)  # the largest write to a pipe that
 
 CLOSE_WAIT_SECONDS = 5.0
 """How long closing a `LineWriter` waits for its last lines to be written."""
+
+_stuck: weakref.WeakSet[Any] = weakref.WeakSet()
+"""Streams a `LineWriter`'s close found not draining in its wait: another writer's close on the same stream
+(the access log's and the serving logs' both write to stderr) does not wait for it a second time."""
 
 CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(32), 127)}
 """Control characters, written as `\\xNN` escapes in text lines."""
@@ -183,11 +188,16 @@ class LineWriter:
         """Stop the thread, which writes what is left, and wait for it `wait` seconds at most.
 
         Blocks while it waits: not to be called on the event loop. If the stream is stuck, the lines stay with
-        the (daemon) thread, written should the stream drain before the process ends.
+        the (daemon) thread, written should the stream drain before the process ends; a later close of another
+        writer on that stream then does not wait at all.
         """
         self._closed.set()
         self._wake.set()
+        if self._stream in _stuck:
+            return
         self._thread.join(wait)
+        if self._thread.is_alive():
+            _stuck.add(self._stream)
 
 
 class LineHandler(logging.Handler):
