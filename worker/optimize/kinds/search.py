@@ -151,33 +151,98 @@ def compress(text: str, ctx: Context) -> Compressed | None:
 def _body_facts(
     text: str, lines: list[str], groups: list[_Group]
 ) -> tuple[dict[int, list[str]], dict[str, str]]:
-    """The facts of each match's body (by line index), from one scan of the whole text, and the whole word
-    a marker lists for each (`facts.whole_token`, at its first occurrence in a body).
+    """The facts of each match's body (by line index), as `facts.fact_spans` finds them in the whole text,
+    and the whole word a marker lists for each (`facts.whole_token`, at its first occurrence in a body).
 
     Facts that start in a `path:line:` prefix, or on a line that is not a match, are filed under -1: the
     final check still requires them, the markers do not list them (as when each body is scanned alone).
+
+    Unless a fact can run across a line break (`facts.may_cross_lines`), each line holds, scanned alone, the
+    facts the whole scan finds on it; a grep line is scanned in two pieces, cut after its `path:line:`
+    (`_cut`), whose digit skeletons (`facts.digit_skeleton`) repeat where whole lines seldom do: each
+    skeleton is scanned once (`facts.form_spans`), a piece holding `0x` as it is.
     """
-    # Where each line starts (a line break after each), and where a line after the last one would.
-    starts = list(accumulate(map(add, map(len, lines), repeat(1)), initial=0))
-    body_start = {m.index: starts[m.index] + len(m.raw) - len(m.body) for g in groups for m in g.matches}
-    no_body = starts[-1] + 1
+    body_at = {m.index: len(m.raw) - len(m.body) for g in groups for m in g.matches}
     found: dict[int, list[str]] = {}
     words: dict[str, str] = {}
-    spans = facts.fact_spans(text) if facts.may_cross_lines(text) else facts.piece_spans(text, _pieces(lines))
-    for position, fact in spans:
-        index = bisect_right(starts, position) - 1
-        if position >= body_start.get(index, no_body):
-            found.setdefault(index, []).append(fact)
-            if fact not in words:
-                words[fact] = facts.whole_token(text, position, fact)
+    if facts.may_cross_lines(text):
+        starts = list(accumulate(map(add, map(len, lines), repeat(1)), initial=0))
+        for position, fact in facts.fact_spans(text):
+            index = bisect_right(starts, position) - 1
+            if position - starts[index] >= body_at.get(index, _NO_BODY):
+                found.setdefault(index, []).append(fact)
+                if fact not in words:
+                    words[fact] = facts.whole_token(text, position, fact)
+            else:
+                found.setdefault(-1, []).append(fact)
+        return found, words
+    known: dict[str, list[tuple[int, int]]] = {}  # skeleton -> (start, end) of each of its facts
+    with_0x = "0x" in text
+    others: list[str] = []  # the facts filed under -1
+    offset = 0  # where the line starts in `text`
+    for index, (line, form) in enumerate(zip(lines, facts.digit_skeleton(text).split("\n"), strict=True)):
+        # The pieces of the line: its `path:line:` head and the rest, or the whole line (`_cut`, in line).
+        cut = line.find(": ")
+        if cut > 0 and line[cut - 1].isdigit() and line.find("`", 0, cut) < 0:
+            cut += 1
+            head = known.get(form[:cut])
+            if head is None:
+                head = known[form[:cut]] = facts.form_spans(form[:cut])
         else:
-            found.setdefault(-1, []).append(fact)
+            cut, head = 0, []
+        tail = known.get(form[cut:])
+        if tail is None:
+            tail = known[form[cut:]] = facts.form_spans(form[cut:])
+        if with_0x and "0x" in line:
+            head, tail = _spans_with_0x(line, cut, head, tail)
+        if not tail and not head:
+            offset += len(line) + 1
+            continue
+        body = body_at.get(index, _NO_BODY)  # where the match's body starts in the line
+        for start, end in head:
+            if start < body:
+                others.append(line[start:end])
+            else:
+                _file(found, words, text, index, offset + start, line[start:end])
+        for start, end in tail:
+            fact = line[cut + start : cut + end]
+            if cut + start < body:
+                others.append(fact)
+            else:
+                _file(found, words, text, index, offset + cut + start, fact)
+        offset += len(line) + 1
+    if others:
+        found[-1] = others
     return found, words
 
 
-def _pieces(lines: list[str]) -> list[tuple[int, int]]:
-    """The lines as (start, end) offsets of the text, a grep line cut in two after its `path:line:`: the paths
-    and the contents repeat their digit skeletons (`facts.piece_spans`) where whole lines seldom do.
+def _file(
+    found: dict[int, list[str]], words: dict[str, str], text: str, index: int, position: int, fact: str
+) -> None:
+    """File `fact`, found at `position` in the body of line `index` (`_body_facts`)."""
+    found.setdefault(index, []).append(fact)
+    if fact not in words:
+        words[fact] = facts.whole_token(text, position, fact)
+
+
+def _spans_with_0x(
+    line: str, cut: int, head: list[tuple[int, int]], tail: list[tuple[int, int]]
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """`head` and `tail`, the facts of a line's pieces (`_body_facts`), for a line holding `0x`: a piece
+    holding it scanned as it is (no pattern but `0x` tells one digit from another)."""
+    if "0x" in line[:cut]:
+        head = [(start, start + len(fact)) for start, fact in facts.fact_spans(line[:cut])]
+    if "0x" in line[cut:]:
+        tail = [(start, start + len(fact)) for start, fact in facts.fact_spans(line[cut:])]
+    return head, tail
+
+
+_NO_BODY = 1 << 62
+"""Where the body of a line that is no match starts: past its end (its facts are all filed under -1)."""
+
+
+def _cut(line: str) -> int:
+    """Where a grep line is cut in two for its fact scan: after its `path:line:`, or 0 (not cut).
 
     A line is cut at its first `: ` after a digit when no backtick comes before it. No fact spans that seam:
     a fact holds a blank only after a digit, a letter, a currency sign or a backslash (in amounts, times,
@@ -187,19 +252,10 @@ def _pieces(lines: list[str]) -> list[tuple[int, int]]:
     (an IPv6 address ends in `::`, and the colon here follows a digit), and the blank opening the second
     piece is as much a non-word character, and no sign, as it is in the whole line.
     """
-    bounds: list[tuple[int, int]] = []
-    add_bound = bounds.append
-    start = 0
-    for line in lines:
-        end = start + len(line)
-        cut = line.find(": ")
-        if cut > 0 and line[cut - 1].isdigit() and line.find("`", 0, cut) < 0:
-            add_bound((start, start + cut + 1))
-            add_bound((start + cut + 1, end))
-        elif line:
-            add_bound((start, end))
-        start = end + 1
-    return bounds
+    cut = line.find(": ")
+    if cut > 0 and line[cut - 1].isdigit() and line.find("`", 0, cut) < 0:
+        return cut + 1
+    return 0
 
 
 def _terms(cache: dict[str, list[str]], text: str) -> list[str]:
