@@ -21,6 +21,8 @@ from itertools import accumulate, repeat
 from operator import add
 from types import MappingProxyType
 
+import msgspec
+
 from worker.optimize import facts
 from worker.optimize.base import Compressed, Context, Mode
 from worker.optimize.bm25 import BM25, tokenize
@@ -54,8 +56,10 @@ _WORD_RE = re.compile(r"[A-Za-z0-9_]+")
 _CAMEL_PART_RE = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 
 
-@dataclass(slots=True)
-class _Match:
+class _Match(msgspec.Struct, gc=False):
+    """One match (a line of a file, or a line of paths). A Struct: its constructor runs in C, and there is one
+    per line; it holds only strings and numbers, so the garbage collector need not track it."""
+
     index: int
     path: str
     line: int | None
@@ -84,47 +88,53 @@ def compress(text: str, ctx: Context) -> Compressed | None:
             return None
         return finish(text, "\n".join(deduped), "search-dedupe", [f"{folded} repeated lines counted"])
     groups, duplicates = _parse(lines)
-    matches = [m for g in groups if g.path for m in g.matches]
-    if not matches:
-        return None
     settings = _SETTINGS[ctx.mode]
     # Many matches share a file, and grep bodies repeat: tokenize each distinct string once, and each file's
     # name stem once per file. A body is tokenized in two, at its first blank (no term holds a blank): its
     # line number and what follows it, which repeats where the whole body, numbered, seldom does.
     terms: dict[str, list[str]] = {}
-    stems: dict[str, list[str]] = {}
+    indices: list[int] = []
     docs = []
-    for m in matches:
-        stem = stems.get(m.path)
-        if stem is None:
-            stem = stems[m.path] = _terms(terms, m.path.rsplit("/", 1)[-1].rsplit(".", 1)[0])
-        body = m.body
-        cut = body.find(" ")
-        if cut > 0:
-            head = body[:cut]
-            number = head[:-1]
-            # A grep body's head is its line number and a colon, whose one term is the number.
-            if head[-1] == ":" and number.isdigit() and number.isascii():
-                docs.append([number, *_terms(terms, body[cut:]), *stem])
+    for group in groups:
+        if not group.path:
+            continue
+        stem = _terms(terms, group.path.rsplit("/", 1)[-1].rsplit(".", 1)[0])
+        for m in group.matches:
+            indices.append(m.index)
+            body = m.body
+            cut = body.find(" ")
+            if cut > 0:
+                head, rest = body[:cut], body[cut:]
+                found_terms = terms.get(rest)  # `_terms`, in line: there is a call per match
+                if found_terms is None:
+                    found_terms = terms[rest] = tokenize(rest)
+                number = head[:-1]
+                # A grep body's head is its line number and a colon, whose one term is the number.
+                if head[-1] == ":" and number.isdigit() and number.isascii():
+                    docs.append([number, *found_terms, *stem])
+                else:
+                    docs.append(_terms(terms, head) + found_terms + stem)
             else:
-                docs.append(_terms(terms, head) + _terms(terms, body[cut:]) + stem)
-        else:
-            docs.append(_terms(terms, body) + stem)
-    scores = dict(zip((m.index for m in matches), BM25(docs).scores(tokenize(ctx.query)), strict=True))
+                docs.append(_terms(terms, body) + stem)
+    if not docs:
+        return None
+    scores = dict(zip(indices, BM25(docs).scores(tokenize(ctx.query)), strict=True))
     keep = _select(groups, scores, settings)
-    visible = "\n".join(
-        (g.heading or "") + "\n" + "\n".join(m.raw for m in g.matches if m.index in keep or not g.path)
+    # Each group with its kept and dropped matches (a line that is not a match is kept).
+    parts = [
+        (g, [m for m in g.matches if m.index in keep], [m for m in g.matches if m.index not in keep])
+        if g.path
+        else (g, g.matches, [])
         for g in groups
-    )
+    ]
+    visible = "\n".join((g.heading or "") + "\n" + "\n".join([m.raw for m in kept]) for g, kept, _ in parts)
     ledger = FactLedger(visible)
     found, words = _body_facts(text, lines, groups)
     out: list[str] = []
     folded_total = 0
-    for group in groups:
+    for group, kept, dropped in parts:
         if group.heading is not None:
             out.append(group.heading)
-        dropped = [m for m in group.matches if group.path and m.index not in keep]
-        kept = [m for m in group.matches if not group.path or m.index in keep]
         marker_text = ""
         if dropped:
             dropped_facts = [
@@ -136,7 +146,7 @@ def compress(text: str, ctx: Context) -> Compressed | None:
                 folded_total += len(dropped)
             else:
                 kept, marker_text = group.matches, ""
-        out.extend(m.raw for m in kept)
+        out += [m.raw for m in kept]
         if marker_text:
             out.append(marker_text)
     if not folded_total and not duplicates:
