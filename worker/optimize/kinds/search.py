@@ -393,8 +393,10 @@ def _select(groups: list[_Group], scores: dict[int, float], settings: _Settings)
     ranked = sorted(sorted(group_of), key=scores.__getitem__, reverse=True)
     keep = set(ranked[: settings.top_n])
     files: set[int] = set()
+    # Past the cap, or once every file has its best, the ranking holds no more files' bests.
+    cap = min(settings.file_cap, sum(1 for g in groups if g.path and g.matches))
     for index in ranked:
-        if len(files) >= settings.file_cap:
+        if len(files) >= cap:
             break
         group = group_of[index]
         if group not in files:
