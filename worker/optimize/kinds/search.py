@@ -188,12 +188,15 @@ def _body_facts(
         return found, words
     known: dict[str, list[tuple[int, int]]] = {}  # skeleton -> (start, end) of each of its facts
     with_0x = "0x" in text
+    ticks = "`" in text
+    no_body = _NO_BODY
     others: list[str] = []  # the facts filed under -1
-    offset = 0  # where the line starts in `text`
+    other = others.append
+    line_starts: list[int] = []  # where each line starts in `text`: built if a body holds a fact
     for index, (line, form) in enumerate(zip(lines, facts.digit_skeleton(text).split("\n"), strict=True)):
         # The pieces of the line: its `path:line:` head and the rest, or the whole line (`_cut`, in line).
         cut = line.find(": ")
-        if cut > 0 and line[cut - 1].isdigit() and line.find("`", 0, cut) < 0:
+        if cut > 0 and line[cut - 1].isdigit() and not (ticks and "`" in line[:cut]):
             cut += 1
             head = known.get(form[:cut])
             if head is None:
@@ -205,34 +208,43 @@ def _body_facts(
             tail = known[form[cut:]] = facts.form_spans(form[cut:])
         if with_0x and "0x" in line:
             head, tail = _spans_with_0x(line, cut, head, tail)
-        if not tail and not head:
-            offset += len(line) + 1
+        if not (head or tail):
             continue
-        body = body_at.get(index, _NO_BODY)  # where the match's body starts in the line
+        body = body_at.get(index, no_body)  # where the match's body starts in the line
         for start, end in head:
             if start < body:
-                others.append(line[start:end])
+                other(line[start:end])
             else:
-                _file(found, words, text, index, offset + start, line[start:end])
+                _file(found, words, text, lines, line_starts, index, start, line[start:end])
         for start, end in tail:
-            fact = line[cut + start : cut + end]
             if cut + start < body:
-                others.append(fact)
+                other(line[cut + start : cut + end])
             else:
-                _file(found, words, text, index, offset + cut + start, fact)
-        offset += len(line) + 1
+                _file(
+                    found, words, text, lines, line_starts, index, cut + start, line[cut + start : cut + end]
+                )
     if others:
         found[-1] = others
     return found, words
 
 
 def _file(
-    found: dict[int, list[str]], words: dict[str, str], text: str, index: int, position: int, fact: str
+    found: dict[int, list[str]],
+    words: dict[str, str],
+    text: str,
+    lines: list[str],
+    starts: list[int],
+    index: int,
+    start: int,
+    fact: str,
 ) -> None:
-    """File `fact`, found at `position` in the body of line `index` (`_body_facts`)."""
+    """File `fact`, found at `start` in the body of line `index` of `text` (`_body_facts`); `starts`, where
+    each line starts in `text`, is filled on the first call that needs it."""
     found.setdefault(index, []).append(fact)
     if fact not in words:
-        words[fact] = facts.whole_token(text, position, fact)
+        if not starts:
+            starts += accumulate(map(add, map(len, lines), repeat(1)), initial=0)
+        words[fact] = facts.whole_token(text, starts[index] + start, fact)
 
 
 def _spans_with_0x(
