@@ -17,7 +17,7 @@ import re
 from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from itertools import accumulate, repeat
+from itertools import accumulate, chain, repeat
 from operator import add
 from types import MappingProxyType
 
@@ -137,9 +137,11 @@ def compress(text: str, ctx: Context) -> Compressed | None:
             out.append(group.heading)
         marker_text = ""
         if dropped:
-            dropped_facts = [
-                f for m in dropped if m.index in found for f in facts.distinct_facts(found[m.index])
-            ]
+            dropped_facts: list[str] = []
+            for m in dropped:
+                line_facts = found.get(m.index)
+                if line_facts:  # one fact (most lines with any) is distinct as it is
+                    dropped_facts += line_facts if len(line_facts) == 1 else facts.distinct_facts(line_facts)
             marker_text, listed = ledger.marker_of(_what(group, dropped, bool(kept)), dropped_facts, words)
             if worth_folding(marker_text, [m.raw for m in dropped]):
                 ledger.commit(listed)
@@ -154,7 +156,7 @@ def compress(text: str, ctx: Context) -> Compressed | None:
     notes = [f"folded {folded_total} lower-ranked matches"] if folded_total else []
     if duplicates:
         notes.append(f"dropped {duplicates} duplicate lines")
-    every_fact = facts.distinct_facts(f for spans in found.values() for f in spans)
+    every_fact = facts.distinct_facts(chain.from_iterable(found.values()))
     return finish(text, "\n".join(out), "search-rank", notes, original_facts=every_fact)
 
 
