@@ -170,9 +170,17 @@ def _body_facts(
     final check still requires them, the markers do not list them (as when each body is scanned alone).
 
     Unless a fact can run across a line break (`facts.may_cross_lines`), each line holds, scanned alone, the
-    facts the whole scan finds on it; a grep line is scanned in two pieces, cut after its `path:line:`
-    (`_cut`), whose digit skeletons (`facts.digit_skeleton`) repeat where whole lines seldom do: each
-    skeleton is scanned once (`facts.form_spans`), a piece holding `0x` as it is.
+    facts the whole scan finds on it; a grep line is scanned in two pieces, cut after its `path:line:`, whose
+    digit skeletons (`facts.digit_skeleton`) repeat where whole lines seldom do: each skeleton is scanned
+    once (`facts.form_spans`), a piece holding `0x` as it is.
+
+    A line is cut at its first `: ` after a digit when no backtick comes before it. No fact spans that seam:
+    a fact holds a blank only after a digit, a letter, a currency sign or a backslash (in amounts, times,
+    dates, quantities, Windows paths), never after a colon, and only inline code (opened by a backtick)
+    holds anything else; and no fact starts on a blank. Nor does a look-around tell the two scans apart:
+    what ends at the seam ends in a colon, which no pattern ends a word, a number or a look-ahead test with
+    (an IPv6 address ends in `::`, and the colon here follows a digit), and the blank opening the second
+    piece is as much a non-word character, and no sign, as it is in the whole line.
     """
     body_at = {m.index: len(m.raw) - len(m.body) for g in groups for m in g.matches}
     found: dict[int, list[str]] = {}
@@ -196,7 +204,7 @@ def _body_facts(
     other = others.append
     line_starts: list[int] = []  # where each line starts in `text`: built if a body holds a fact
     for index, (line, form) in enumerate(zip(lines, facts.digit_skeleton(text).split("\n"), strict=True)):
-        # The pieces of the line: its `path:line:` head and the rest, or the whole line (`_cut`, in line).
+        # The pieces of the line: its `path:line:` head and the rest, or the whole line.
         cut = line.find(": ")
         if cut > 0 and line[cut - 1].isdigit() and not (ticks and "`" in line[:cut]):
             cut += 1
@@ -263,23 +271,6 @@ def _spans_with_0x(
 
 _NO_BODY = 1 << 62
 """Where the body of a line that is no match starts: past its end (its facts are all filed under -1)."""
-
-
-def _cut(line: str) -> int:
-    """Where a grep line is cut in two for its fact scan: after its `path:line:`, or 0 (not cut).
-
-    A line is cut at its first `: ` after a digit when no backtick comes before it. No fact spans that seam:
-    a fact holds a blank only after a digit, a letter, a currency sign or a backslash (in amounts, times,
-    dates, quantities, Windows paths), never after a colon, and only inline code (opened by a backtick)
-    holds anything else; and no fact starts on a blank. Nor does a look-around tell the two scans apart:
-    what ends at the seam ends in a colon, which no pattern ends a word, a number or a look-ahead test with
-    (an IPv6 address ends in `::`, and the colon here follows a digit), and the blank opening the second
-    piece is as much a non-word character, and no sign, as it is in the whole line.
-    """
-    cut = line.find(": ")
-    if cut > 0 and line[cut - 1].isdigit() and line.find("`", 0, cut) < 0:
-        return cut + 1
-    return 0
 
 
 def _terms(cache: dict[str, list[str]], text: str) -> list[str]:
