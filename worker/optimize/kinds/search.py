@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate, chain, repeat
-from operator import add
+from operator import add, itemgetter
 from types import MappingProxyType
 
 import msgspec
@@ -302,7 +302,12 @@ def _parse(lines: list[str]) -> tuple[list[_Group], int]:
     heading: str | None = None
     # Matched in C up front: whether the next line is a numbered `N:` line (which makes this one a heading),
     # and the `path:line:` of a grep line (what most lines are).
-    numbered_next = [*map(HEADING_LINE_RE.match, lines[1:]), None]
+    # A numbered line starts with a digit: where no line does (most grep output), none is matched for.
+    numbered_next: Iterable[re.Match[str] | None] = (
+        [*map(HEADING_LINE_RE.match, lines[1:]), None]
+        if any(map(str.isdigit, map(itemgetter(slice(0, 1)), lines)))
+        else repeat(None, len(lines))
+    )
     greps = map(GREP_LINE_RE.match, lines)
     for index, (line, numbered, grep) in enumerate(zip(lines, numbered_next, greps, strict=True)):
         if grep is not None and heading is None and numbered is None and line[-1] != ":":
