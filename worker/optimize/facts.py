@@ -382,8 +382,7 @@ def _spans_by_line(text: str) -> list[tuple[int, str]] | None:
     distinct = dict.fromkeys(forms)
     if len(distinct) > _REPEATED_LINES_SHARE * len(lines) or may_cross_lines(text):
         return None
-    # skeleton -> (start, end) of each of its facts: a fact is where its match starts (no fact starts with a
-    # blank: see `_CLASS_LOOKAHEAD`) and as long as in the skeleton
+    # skeleton -> (start, end) of each of its facts (`form_spans`, in line: one call fewer per skeleton)
     known = {form: [(start, start + len(fact)) for start, fact in _scanned_spans(form)] for form in distinct}
     # Only the lines with a fact are visited (picked in C), each with the characters before it.
     chars_before = [0, *accumulate(map(len, lines[:-1]))]
@@ -401,37 +400,11 @@ def _spans_by_line(text: str) -> list[tuple[int, str]] | None:
     return spans
 
 
-def piece_spans(text: str, bounds: Iterable[tuple[int, int]]) -> list[tuple[int, str]]:
-    """`fact_spans(text)` from a scan of each piece `text[a:b]` of `bounds`, each digit skeleton
-    (`digit_skeleton`) scanned once, a piece holding `0x` as it is.
-
-    For pieces that repeat their skeleton where whole lines do not (the `path:line:` and the content of grep
-    lines). The caller proves the cut: the pieces, in order, cover every character of `text` but line breaks,
-    and no fact, nor any look-around of the catalog, reaches across a seam between two of them.
-    """
-    bounds = list(bounds)
-    forms = digit_skeleton(text)
-    pieces = [forms[a:b] for a, b in bounds]
-    # skeleton -> (start, end) of each of its facts, as in `_spans_by_line`
-    known = {
-        form: [(start, start + len(fact)) for start, fact in _scanned_spans(form)]
-        for form in dict.fromkeys(pieces)
-    }
-    # Only the pieces with a fact are visited (picked in C), and those holding `0x`.
-    visited: Iterable[int] = compress(range(len(pieces)), map(bool, map(known.__getitem__, pieces)))
-    with_0x = {k for k, (a, b) in enumerate(bounds) if "0x" in text[a:b]} if "0x" in text else set()
-    if with_0x:
-        visited = sorted(with_0x.union(visited))
-    spans: list[tuple[int, str]] = []
-    add = spans.append
-    for k in visited:  # a loop, not a comprehension: most pieces hold one fact, and a comprehension is a call
-        a, b = bounds[k]
-        if k in with_0x:
-            spans += [(a + start, fact) for start, fact in _scanned_spans(text[a:b])]
-            continue
-        for start, end in known[pieces[k]]:
-            add((a + start, text[a + start : a + end]))
-    return spans
+def form_spans(form: str) -> list[tuple[int, int]]:
+    """(start, end) of each fact of a digit skeleton (`digit_skeleton`): where every text without `0x` that
+    has this skeleton holds its facts (`fact_spans`; a fact is where its match starts, no fact starting with
+    a blank: see `_CLASS_LOOKAHEAD`), each as long."""
+    return [(start, start + len(fact)) for start, fact in _scanned_spans(form)]
 
 
 # A fact that a joiner ties to more word characters is part of a longer word: `16790` of the pod name

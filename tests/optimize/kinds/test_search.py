@@ -223,12 +223,33 @@ _AROUND_THE_SEAM = [
 ]
 
 
+def _body_facts_by_definition(
+    text: str, lines: list[str], groups: list[search._Group]
+) -> tuple[dict[int, list[str]], dict[str, str]]:
+    """`search._body_facts` from one scan of the whole text, each fact filed by where it starts."""
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line) + 1)
+    body_start = {m.index: starts[m.index] + len(m.raw) - len(m.body) for g in groups for m in g.matches}
+    found: dict[int, list[str]] = {}
+    words: dict[str, str] = {}
+    for position, fact in facts.fact_spans(text):
+        index = max(k for k, start in enumerate(starts) if start <= position)
+        if position >= body_start.get(index, len(text) + 1):
+            found.setdefault(index, []).append(fact)
+            words.setdefault(fact, facts.whole_token(text, position, fact))
+        else:
+            found.setdefault(-1, []).append(fact)
+    return found, words
+
+
 @settings(max_examples=1000, deadline=None)
 @given(st.lists(st.sampled_from(_AROUND_THE_SEAM), max_size=40))
 def test_grep_lines_cut_after_their_location_hold_the_whole_scans_facts(parts: list[str]) -> None:
     text = "".join(parts)
-    if not facts.may_cross_lines(text):
-        assert facts.piece_spans(text, search._pieces(text.split("\n"))) == facts.fact_spans(text), text
+    lines = text.split("\n")
+    groups, _ = search._parse(lines)
+    assert search._body_facts(text, lines, groups) == _body_facts_by_definition(text, lines, groups), text
 
 
 def _select_by_definition(

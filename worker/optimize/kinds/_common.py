@@ -56,9 +56,10 @@ def strip_ansi(text: str) -> str:
 
 def strip_trailing_ws(text: str, blanks: str = " \t") -> str:
     """`text` with CRLF line ends turned into LF and `blanks` (spaces and tabs) at line ends removed."""
-    if "\r\n" in text:
+    # A character is looked for with memchr, two with a slower search: the rarer one first.
+    if "\r" in text and "\r\n" in text:
         text = text.replace("\r\n", "\n")
-    if all(f"{c}\n" not in text for c in blanks) and not text.endswith(tuple(blanks)):
+    if all(c not in text or f"{c}\n" not in text for c in blanks) and not text.endswith(tuple(blanks)):
         return text  # nothing to strip: a substring search or two instead of a regex pass
     # Line by line, not `[ \t]+$`: the regex tries every space of indented text as a run's start.
     return "\n".join([line.rstrip(blanks) for line in text.split("\n")])

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from itertools import accumulate, repeat
-from operator import add
+from itertools import accumulate, chain, repeat
+from operator import add, itemgetter
 from types import MappingProxyType
+
+import msgspec
 
 from worker.optimize import facts
 from worker.optimize.base import Compressed, Context, Mode
@@ -54,8 +56,10 @@ _WORD_RE = re.compile(r"[A-Za-z0-9_]+")
 _CAMEL_PART_RE = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 
 
-@dataclass(slots=True)
-class _Match:
+class _Match(msgspec.Struct, gc=False):
+    """One match (a line of a file, or a line of paths). A Struct: its constructor runs in C, and there is one
+    per line; it holds only strings and numbers, so the garbage collector need not track it."""
+
     index: int
     path: str
     line: int | None
@@ -84,59 +88,67 @@ def compress(text: str, ctx: Context) -> Compressed | None:
             return None
         return finish(text, "\n".join(deduped), "search-dedupe", [f"{folded} repeated lines counted"])
     groups, duplicates = _parse(lines)
-    matches = [m for g in groups if g.path for m in g.matches]
-    if not matches:
-        return None
     settings = _SETTINGS[ctx.mode]
     # Many matches share a file, and grep bodies repeat: tokenize each distinct string once, and each file's
     # name stem once per file. A body is tokenized in two, at its first blank (no term holds a blank): its
     # line number and what follows it, which repeats where the whole body, numbered, seldom does.
     terms: dict[str, list[str]] = {}
-    stems: dict[str, list[str]] = {}
+    indices: list[int] = []
     docs = []
-    for m in matches:
-        stem = stems.get(m.path)
-        if stem is None:
-            stem = stems[m.path] = _terms(terms, m.path.rsplit("/", 1)[-1].rsplit(".", 1)[0])
-        body = m.body
-        cut = body.find(" ")
-        if cut > 0:
-            head = body[:cut]
-            number = head[:-1]
-            # A grep body's head is its line number and a colon, whose one term is the number.
-            if head[-1] == ":" and number.isdigit() and number.isascii():
-                docs.append([number, *_terms(terms, body[cut:]), *stem])
+    for group in groups:
+        if not group.path:
+            continue
+        stem = _terms(terms, group.path.rsplit("/", 1)[-1].rsplit(".", 1)[0])
+        for m in group.matches:
+            indices.append(m.index)
+            body = m.body
+            cut = body.find(" ")
+            if cut > 0:
+                head, rest = body[:cut], body[cut:]
+                found_terms = terms.get(rest)  # `_terms`, in line: there is a call per match
+                if found_terms is None:
+                    found_terms = terms[rest] = tokenize(rest)
+                number = head[:-1]
+                # A grep body's head is its line number and a colon, whose one term is the number.
+                if head[-1] == ":" and number.isdigit() and number.isascii():
+                    docs.append([number, *found_terms, *stem])
+                else:
+                    docs.append(_terms(terms, head) + found_terms + stem)
             else:
-                docs.append(_terms(terms, head) + _terms(terms, body[cut:]) + stem)
-        else:
-            docs.append(_terms(terms, body) + stem)
-    scores = dict(zip((m.index for m in matches), BM25(docs).scores(tokenize(ctx.query)), strict=True))
+                docs.append(_terms(terms, body) + stem)
+    if not docs:
+        return None
+    scores = dict(zip(indices, BM25(docs).scores(tokenize(ctx.query)), strict=True))
     keep = _select(groups, scores, settings)
-    visible = "\n".join(
-        (g.heading or "") + "\n" + "\n".join(m.raw for m in g.matches if m.index in keep or not g.path)
+    # Each group with its kept and dropped matches (a line that is not a match is kept).
+    parts = [
+        (g, [m for m in g.matches if m.index in keep], [m for m in g.matches if m.index not in keep])
+        if g.path
+        else (g, g.matches, [])
         for g in groups
-    )
+    ]
+    visible = "\n".join((g.heading or "") + "\n" + "\n".join([m.raw for m in kept]) for g, kept, _ in parts)
     ledger = FactLedger(visible)
     found, words = _body_facts(text, lines, groups)
     out: list[str] = []
     folded_total = 0
-    for group in groups:
+    for group, kept, dropped in parts:
         if group.heading is not None:
             out.append(group.heading)
-        dropped = [m for m in group.matches if group.path and m.index not in keep]
-        kept = [m for m in group.matches if not group.path or m.index in keep]
         marker_text = ""
         if dropped:
-            dropped_facts = [
-                f for m in dropped if m.index in found for f in facts.distinct_facts(found[m.index])
-            ]
+            dropped_facts: list[str] = []
+            for m in dropped:
+                line_facts = found.get(m.index)
+                if line_facts:  # one fact (most lines with any) is distinct as it is
+                    dropped_facts += line_facts if len(line_facts) == 1 else facts.distinct_facts(line_facts)
             marker_text, listed = ledger.marker_of(_what(group, dropped, bool(kept)), dropped_facts, words)
             if worth_folding(marker_text, [m.raw for m in dropped]):
                 ledger.commit(listed)
                 folded_total += len(dropped)
             else:
                 kept, marker_text = group.matches, ""
-        out.extend(m.raw for m in kept)
+        out += [m.raw for m in kept]
         if marker_text:
             out.append(marker_text)
     if not folded_total and not duplicates:
@@ -144,40 +156,23 @@ def compress(text: str, ctx: Context) -> Compressed | None:
     notes = [f"folded {folded_total} lower-ranked matches"] if folded_total else []
     if duplicates:
         notes.append(f"dropped {duplicates} duplicate lines")
-    every_fact = facts.distinct_facts(f for spans in found.values() for f in spans)
+    every_fact = facts.distinct_facts(chain.from_iterable(found.values()))
     return finish(text, "\n".join(out), "search-rank", notes, original_facts=every_fact)
 
 
 def _body_facts(
     text: str, lines: list[str], groups: list[_Group]
 ) -> tuple[dict[int, list[str]], dict[str, str]]:
-    """The facts of each match's body (by line index), from one scan of the whole text, and the whole word
-    a marker lists for each (`facts.whole_token`, at its first occurrence in a body).
+    """The facts of each match's body (by line index), as `facts.fact_spans` finds them in the whole text,
+    and the whole word a marker lists for each (`facts.whole_token`, at its first occurrence in a body).
 
     Facts that start in a `path:line:` prefix, or on a line that is not a match, are filed under -1: the
     final check still requires them, the markers do not list them (as when each body is scanned alone).
-    """
-    # Where each line starts (a line break after each), and where a line after the last one would.
-    starts = list(accumulate(map(add, map(len, lines), repeat(1)), initial=0))
-    body_start = {m.index: starts[m.index] + len(m.raw) - len(m.body) for g in groups for m in g.matches}
-    no_body = starts[-1] + 1
-    found: dict[int, list[str]] = {}
-    words: dict[str, str] = {}
-    spans = facts.fact_spans(text) if facts.may_cross_lines(text) else facts.piece_spans(text, _pieces(lines))
-    for position, fact in spans:
-        index = bisect_right(starts, position) - 1
-        if position >= body_start.get(index, no_body):
-            found.setdefault(index, []).append(fact)
-            if fact not in words:
-                words[fact] = facts.whole_token(text, position, fact)
-        else:
-            found.setdefault(-1, []).append(fact)
-    return found, words
 
-
-def _pieces(lines: list[str]) -> list[tuple[int, int]]:
-    """The lines as (start, end) offsets of the text, a grep line cut in two after its `path:line:`: the paths
-    and the contents repeat their digit skeletons (`facts.piece_spans`) where whole lines seldom do.
+    Unless a fact can run across a line break (`facts.may_cross_lines`), each line holds, scanned alone, the
+    facts the whole scan finds on it; a grep line is scanned in two pieces, cut after its `path:line:`, whose
+    digit skeletons (`facts.digit_skeleton`) repeat where whole lines seldom do: each skeleton is scanned
+    once (`facts.form_spans`), a piece holding `0x` as it is.
 
     A line is cut at its first `: ` after a digit when no backtick comes before it. No fact spans that seam:
     a fact holds a blank only after a digit, a letter, a currency sign or a backslash (in amounts, times,
@@ -187,19 +182,95 @@ def _pieces(lines: list[str]) -> list[tuple[int, int]]:
     (an IPv6 address ends in `::`, and the colon here follows a digit), and the blank opening the second
     piece is as much a non-word character, and no sign, as it is in the whole line.
     """
-    bounds: list[tuple[int, int]] = []
-    add_bound = bounds.append
-    start = 0
-    for line in lines:
-        end = start + len(line)
+    body_at = {m.index: len(m.raw) - len(m.body) for g in groups for m in g.matches}
+    found: dict[int, list[str]] = {}
+    words: dict[str, str] = {}
+    if facts.may_cross_lines(text):
+        starts = list(accumulate(map(add, map(len, lines), repeat(1)), initial=0))
+        for position, fact in facts.fact_spans(text):
+            index = bisect_right(starts, position) - 1
+            if position - starts[index] >= body_at.get(index, _NO_BODY):
+                found.setdefault(index, []).append(fact)
+                if fact not in words:
+                    words[fact] = facts.whole_token(text, position, fact)
+            else:
+                found.setdefault(-1, []).append(fact)
+        return found, words
+    known: dict[str, list[tuple[int, int]]] = {}  # skeleton -> (start, end) of each of its facts
+    with_0x = "0x" in text
+    ticks = "`" in text
+    no_body = _NO_BODY
+    others: list[str] = []  # the facts filed under -1
+    other = others.append
+    line_starts: list[int] = []  # where each line starts in `text`: built if a body holds a fact
+    for index, (line, form) in enumerate(zip(lines, facts.digit_skeleton(text).split("\n"), strict=True)):
+        # The pieces of the line: its `path:line:` head and the rest, or the whole line.
         cut = line.find(": ")
-        if cut > 0 and line[cut - 1].isdigit() and line.find("`", 0, cut) < 0:
-            add_bound((start, start + cut + 1))
-            add_bound((start + cut + 1, end))
-        elif line:
-            add_bound((start, end))
-        start = end + 1
-    return bounds
+        if cut > 0 and line[cut - 1].isdigit() and not (ticks and "`" in line[:cut]):
+            cut += 1
+            head = known.get(form[:cut])
+            if head is None:
+                head = known[form[:cut]] = facts.form_spans(form[:cut])
+        else:
+            cut, head = 0, []
+        tail = known.get(form[cut:])
+        if tail is None:
+            tail = known[form[cut:]] = facts.form_spans(form[cut:])
+        if with_0x and "0x" in line:
+            head, tail = _spans_with_0x(line, cut, head, tail)
+        if not (head or tail):
+            continue
+        body = body_at.get(index, no_body)  # where the match's body starts in the line
+        for start, end in head:
+            if start < body:
+                other(line[start:end])
+            else:
+                _file(found, words, text, lines, line_starts, index, start, line[start:end])
+        for start, end in tail:
+            if cut + start < body:
+                other(line[cut + start : cut + end])
+            else:
+                _file(
+                    found, words, text, lines, line_starts, index, cut + start, line[cut + start : cut + end]
+                )
+    if others:
+        found[-1] = others
+    return found, words
+
+
+def _file(
+    found: dict[int, list[str]],
+    words: dict[str, str],
+    text: str,
+    lines: list[str],
+    starts: list[int],
+    index: int,
+    start: int,
+    fact: str,
+) -> None:
+    """File `fact`, found at `start` in the body of line `index` of `text` (`_body_facts`); `starts`, where
+    each line starts in `text`, is filled on the first call that needs it."""
+    found.setdefault(index, []).append(fact)
+    if fact not in words:
+        if not starts:
+            starts += accumulate(map(add, map(len, lines), repeat(1)), initial=0)
+        words[fact] = facts.whole_token(text, starts[index] + start, fact)
+
+
+def _spans_with_0x(
+    line: str, cut: int, head: list[tuple[int, int]], tail: list[tuple[int, int]]
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """`head` and `tail`, the facts of a line's pieces (`_body_facts`), for a line holding `0x`: a piece
+    holding it scanned as it is (no pattern but `0x` tells one digit from another)."""
+    if "0x" in line[:cut]:
+        head = [(start, start + len(fact)) for start, fact in facts.fact_spans(line[:cut])]
+    if "0x" in line[cut:]:
+        tail = [(start, start + len(fact)) for start, fact in facts.fact_spans(line[cut:])]
+    return head, tail
+
+
+_NO_BODY = 1 << 62
+"""Where the body of a line that is no match starts: past its end (its facts are all filed under -1)."""
 
 
 def _terms(cache: dict[str, list[str]], text: str) -> list[str]:
@@ -231,7 +302,12 @@ def _parse(lines: list[str]) -> tuple[list[_Group], int]:
     heading: str | None = None
     # Matched in C up front: whether the next line is a numbered `N:` line (which makes this one a heading),
     # and the `path:line:` of a grep line (what most lines are).
-    numbered_next = [*map(HEADING_LINE_RE.match, lines[1:]), None]
+    # A numbered line starts with a digit: where no line does (most grep output), none is matched for.
+    numbered_next: Iterable[re.Match[str] | None] = (
+        [*map(HEADING_LINE_RE.match, lines[1:]), None]
+        if any(map(str.isdigit, map(itemgetter(slice(0, 1)), lines)))
+        else repeat(None, len(lines))
+    )
     greps = map(GREP_LINE_RE.match, lines)
     for index, (line, numbered, grep) in enumerate(zip(lines, numbered_next, greps, strict=True)):
         if grep is not None and heading is None and numbered is None and line[-1] != ":":
@@ -327,8 +403,10 @@ def _select(groups: list[_Group], scores: dict[int, float], settings: _Settings)
     ranked = sorted(sorted(group_of), key=scores.__getitem__, reverse=True)
     keep = set(ranked[: settings.top_n])
     files: set[int] = set()
+    # Past the cap, or once every file has its best, the ranking holds no more files' bests.
+    cap = min(settings.file_cap, sum(1 for g in groups if g.path and g.matches))
     for index in ranked:
-        if len(files) >= settings.file_cap:
+        if len(files) >= cap:
             break
         group = group_of[index]
         if group not in files:
