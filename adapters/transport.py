@@ -14,10 +14,11 @@ The domain never touches sockets: it hands this module bytes and gets a response
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
 
@@ -37,6 +38,31 @@ class UpstreamUnavailable(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+_SKIPPED = frozenset({istr("User-Agent")})
+"""The auto headers an upstream request goes without: aiohttp's `User-Agent` names aiohttp and its version."""
+_SKIPPED_MAP: CIMultiDictProxy[None] = CIMultiDictProxy(CIMultiDict({istr("User-Agent"): None}))
+
+
+class _UpstreamRequest(aiohttp.ClientRequest):
+    """aiohttp's request, with the session's `skip_auto_headers` applied without two multidicts per request.
+
+    Given a `skip_auto_headers`, aiohttp builds a multidict of it (from a sorted generator), copies the
+    request's headers into another and extends that with it, only to ask whether its two default headers
+    (`Accept`, `Accept-Encoding`) are among them: about a sixth of what building the request costs. With
+    ours, `User-Agent` alone, that is whether they are among the request's own headers; the headers come out
+    the same, in the same order."""
+
+    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
+        if skip_auto_headers != _SKIPPED:
+            super().update_auto_headers(skip_auto_headers)
+            return
+        self._skip_auto_headers = _SKIPPED_MAP  # type: ignore[assignment]  # read only, as aiohttp's is
+        headers = self.headers
+        for name, value in self.DEFAULT_HEADERS.items():
+            if name not in headers:
+                headers[name] = value
 
 
 class UpstreamClient:
@@ -62,7 +88,8 @@ class UpstreamClient:
                     sock_read=self.timeouts.first_byte,
                 ),
                 auto_decompress=True,
-                skip_auto_headers=("User-Agent",),
+                skip_auto_headers=_SKIPPED,
+                request_class=_UpstreamRequest,
                 # The pool serves every tenant: a cookie one answer set (a CDN's bot-management cookie, a
                 # provider's session) must not be sent with anyone's later requests.
                 cookie_jar=aiohttp.DummyCookieJar(),

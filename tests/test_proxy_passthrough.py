@@ -438,3 +438,32 @@ def test_client_disconnect_stops_the_upstream_read(gateway: GatewaySetup) -> Non
         time.sleep(0.05)
     assert gateway.fake.active_streams == 0
     assert gateway.fake.streams_aborted == 1 and gateway.fake.streams_completed == 0
+
+
+def test_upstream_request_headers(gateway: GatewaySetup) -> None:
+    """What an upstream receives, name by name and in order: the worker's own headers and aiohttp's defaults,
+    never aiohttp's `User-Agent` (it names the library and its version)."""
+    gateway.openai().chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    sent = gateway.fake.last()
+    assert [(k, v) for k, v in sent.headers.items() if k != "Content-Length"] == [
+        ("Host", sent.headers["Host"]),
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("Authorization", f"Bearer {UPSTREAM_KEYS['openai']}"),
+        ("Accept-Encoding", "gzip, deflate"),
+    ]
+    assert list(sent.headers)[-1] == "Content-Length"
+    assert sent.headers["Content-Length"] == str(len(sent.body))
+    gateway.anthropic().messages.create(
+        model="claude-sonnet-4-20250514", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
+    )
+    sent = gateway.fake.last()
+    assert list(sent.headers) == [
+        "Host",
+        "Content-Type",
+        "Accept",
+        "anthropic-version",
+        "x-api-key",
+        "Accept-Encoding",
+        "Content-Length",
+    ]
