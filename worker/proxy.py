@@ -387,7 +387,8 @@ async def proxy(
         carried = None
         unusable: str | None = None
         head: _Head | None = None
-        if resp is not None and status < 300 and stream and _is_event_stream(resp):
+        sse = resp is not None and _is_event_stream(resp)  # read once: asked again below
+        if resp is not None and status < 300 and stream and sse:
             # A stream is read up to its first event of substance before the client is answered: one that
             # fails there (Anthropic's overloaded_error as its first event, a stream that ends or stalls
             # before any) has sent the client nothing yet: it is retried and falls back like the status it
@@ -400,7 +401,7 @@ async def proxy(
                 raise
             if head.failed is not None:
                 status, unusable = head.failed
-        if resp is not None and status < 300 and not _is_event_stream(resp):
+        if resp is not None and status < 300 and not sse:
             # A JSON answer is read before it is accepted: OpenRouter reports a failure met after it began as
             # HTTP 200 with only an error, which is retried and falls back like the status it carries; an
             # answer cut off, or one no SDK could read (an HTML page from a proxy, `{}`), like a bad gateway.
@@ -441,7 +442,7 @@ async def proxy(
             closing = gw.breakers.succeeded(cand.provider, cand.upstream_model)  # it answered: it is up
             if closing is not None:
                 await closing
-            upstream = resp
+            upstream, upstream_sse = resp, sse
             break
         if status != 429:  # a rate limit (often one key's own) is retried, not held against the route
             # A failure with the client's own provider key may be that key's or its account's (its limits,
@@ -474,7 +475,7 @@ async def proxy(
                 raise
         if not again and following is None:
             if resp is not None:
-                upstream = resp  # nothing left to try: the client gets this failure as it is
+                upstream, upstream_sse = resp, sse  # nothing left to try: the client gets this one
                 break
             assert failure is not None
             _record_attempts(gw, acct, attempts, cand)
@@ -544,7 +545,7 @@ async def proxy(
             and (override is None or ctx.override_for not in (None, "openai"))  # not with its own key
             else None
         )
-        is_sse = _is_event_stream(upstream)
+        is_sse = upstream_sse
         if stream and is_sse:
             relay: Relay = _make_relay(fmt, wire, route, body, wants_usage)
             if made is not None:
