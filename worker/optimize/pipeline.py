@@ -116,14 +116,15 @@ def measure(fmt: Format, body: dict[str, Any], encoding: str = "o200k_base") -> 
 
 # The billed text is counted in parts whose counts add up to the whole's: cut before the first key of each
 # entry of a top-level list (a message, an input item, a tool) where the key opens with a letter, as compact
-# JSON writes `{"role"…`. The pre-tokenizers of o200k_base and cl100k_base cut a text into pieces, each
-# encoded on its own, so counts add up across a cut between two pieces, if each side alone is cut into the
-# same pieces. The `{` before the cut (after `[` or `,`) can only be in a run of punctuation (a piece of
-# letters may open with one such character, but a letter must follow it, not a quote); that run takes the
-# quote along and ends at the letter. No piece before the cut looks past the quote but that run, which ends
-# there alone as well; no piece after it looks back (neither pattern has a look-behind).
-# tests/optimize/test_pipeline.py checks it on random JSON. The optimized request is then counted again
-# from the same parts, encoding only those the optimizer changed.
+# JSON writes `{"role"…` (not before the request's first entry: a call to the encoder costs about as much as
+# encoding 50 characters, and the few characters before it go with it). The pre-tokenizers of o200k_base
+# and cl100k_base cut a text into pieces, each encoded on its own, so counts add up across a cut between two
+# pieces, if each side alone is cut into the same pieces. The `{` before the cut (after `[` or `,`) can only
+# be in a run of punctuation (a piece of letters may open with one such character, but a letter must follow
+# it, not a quote); that run takes the quote along and ends at the letter. No piece before the cut looks
+# past the quote but that run, which ends there alone as well; no piece after it looks back (neither pattern
+# has a look-behind). tests/optimize/test_pipeline.py checks it on random JSON. The optimized request is
+# then counted again from the same parts, encoding only those the optimizer changed.
 _LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 _MAY_CARRY_PAYLOAD = re.compile(b'"type":"(?:' + b"|".join(t.encode() for t in PAYLOAD_PART_TYPES) + b')"')
@@ -138,26 +139,47 @@ def _billed(fmt: Format, body: dict[str, Any]) -> tuple[str, int]:
 
 
 def _billed_parts(fmt: Format, body: dict[str, Any]) -> tuple[list[str], int]:
-    """`_billed(fmt, body)`, its text in parts (see above; one part when it carries payloads)."""
+    """`_billed(fmt, body)`, its text in parts (see above; one part when it carries payloads).
+
+    Each value, and each entry of a list, is encoded alone, and looked at alone for payloads: a match of
+    `_MAY_CARRY_PAYLOAD` holds no comma, so it never spans two of them.
+    """
     fields = {k: body[k] for k in content_fields(fmt) if k in body}
-    data = _encoder.encode(fields)
-    if _MAY_CARRY_PAYLOAD.search(data) is not None:
-        fields, estimated = without_payloads(fields)
-        return [_encoder.encode(fields).decode()], estimated
     encode = _encoder.encode
+    pieces: list[tuple[str, list[bytes] | bytes]] = []
+    for key, value in fields.items():
+        if type(value) is list and value:
+            items = list(map(encode, value))
+            if any(map(_MAY_CARRY_PAYLOAD.search, items)):
+                break
+            pieces.append((key, items))
+        else:
+            data = encode(value)
+            if _MAY_CARRY_PAYLOAD.search(data) is not None:
+                break
+            pieces.append((key, data))
+    else:
+        return _joined(pieces), 0
+    fields, estimated = without_payloads(fields)
+    return [encode(fields).decode()], estimated
+
+
+def _joined(pieces: list[tuple[str, list[bytes] | bytes]]) -> list[str]:
+    """The compact JSON object of `pieces` (each key, with its encoded value or its encoded list entries), as
+    `_encoder.encode` writes it, cut where `_billed_parts` says."""
     parts: list[str] = []
-    part: list[str] = ["{"]  # compact JSON, as `encode(fields)` writes it: the object, each list item alone
-    for n, (key, value) in enumerate(fields.items()):
-        part.append(f"{',' if n else ''}{encode(key).decode()}:")
-        if type(value) is not list or not value:
-            part.append(encode(value).decode())
+    part: list[str] = ["{"]
+    for n, (key, value) in enumerate(pieces):
+        part.append(f"{',' if n else ''}{_encoder.encode(key).decode()}:")
+        if isinstance(value, bytes):
+            part.append(value.decode())
             continue
         part.append("[")
-        for m, item in enumerate(value):
-            text = encode(item).decode()
+        for m, data in enumerate(value):
+            text = data.decode()
             if m:
                 part.append(",")
-            if text[2:3] in _LETTERS and text.startswith('{"'):
+            if (n or m) and text[2:3] in _LETTERS and text.startswith('{"'):
                 part.append('{"')
                 parts.append("".join(part))
                 part = [text[2:]]
@@ -166,7 +188,7 @@ def _billed_parts(fmt: Format, body: dict[str, Any]) -> tuple[list[str], int]:
         part.append("]")
     part.append("}")
     parts.append("".join(part))
-    return parts, 0
+    return parts
 
 
 def _count_parts(parts: list[str], encoding: str) -> tuple[int, dict[str, int]]:
