@@ -7,12 +7,14 @@ import copy
 import json
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.optimize.corpus import Case, all_cases, coding_session
-from worker.optimize.pipeline import Options, measure, optimize
+from worker import tokens
+from worker.optimize.pipeline import Options, _billed_parts, _count_parts, measure, optimize
 from worker.optimize.segments import detect_format
 
 CASES = {c.name: c for c in all_cases()}
@@ -227,6 +229,9 @@ def test_random_conversations_keep_the_invariants(convo: dict[str, Any], mode: s
         lost = [f for f in lost if not summarisable(f)]
     assert not lost
     assert report.optimized_tokens <= report.original_tokens
+    # Both counts exact: the output is counted again from the parts of the input it kept (`_count_parts`).
+    assert report.original_tokens == measure("chat", original)
+    assert report.optimized_tokens == measure("chat", body)
     _tool_pairs_valid(body)
     again = copy.deepcopy(convo)
     optimize("chat", again, Options(mode=mode))  # type: ignore[arg-type]
@@ -369,3 +374,55 @@ def test_an_assistant_prefill_ending_the_conversation_is_never_touched() -> None
     report = optimize("messages", body, Options(mode="aggressive", protect_recent_turns=0))
     assert body["messages"][-1]["content"] == prefill
     assert report.optimized_tokens < report.original_tokens  # the older turns were compacted
+
+
+# What decides where the pre-tokenizers cut: letters (of every case and kind), marks, digits, blanks, line
+# breaks, quotes, apostrophes and contractions, JSON punctuation and escapes.
+_TRICKY = st.sampled_from(
+    [
+        *"aZ0 .,:;'\"\\{}[]/\n\r\t!?$%#`-_",
+        "é",
+        "ß",
+        "中",
+        "\u0301",
+        "\u00a0",
+        "ǅ",
+        "ʰ",
+        "٣",
+        "🙂",
+        "'s",
+        "'LL",
+        "  ",
+    ]
+)
+
+
+def _tricky_text(most: int) -> st.SearchStrategy[str]:
+    return st.lists(_TRICKY, max_size=most).map("".join)
+
+
+_KEYS = st.sampled_from(["role", "content", "Type", "x", "_id", "1st", "é", '"q', " k", "'s"])
+_JSON: st.SearchStrategy[Any] = st.recursive(
+    _tricky_text(30) | st.integers() | st.floats(allow_nan=False) | st.booleans() | st.none(),
+    lambda inner: (
+        st.lists(inner, max_size=5)
+        | st.dictionaries(st.builds(str.__add__, _KEYS, _tricky_text(3)), inner, max_size=5)
+    ),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    messages=st.lists(_JSON, max_size=6),
+    tools=st.none() | _JSON,
+    encoding=st.sampled_from(["o200k_base", "cl100k_base"]),
+)
+def test_the_request_counted_in_parts_is_counted_exactly(messages: Any, tools: Any, encoding: str) -> None:
+    """The parts the pipeline counts one by one make up the billed text, and their counts add up to its."""
+    body = {"model": "m", "messages": messages} | ({} if tools is None else {"tools": tools})
+    parts, _ = _billed_parts("chat", body)
+    text = "".join(parts)
+    assert text == msgspec.json.encode({k: body[k] for k in ("messages", "tools") if k in body}).decode()
+    total, _ = _count_parts(parts, encoding)
+    assert total == tokens.count(text, encoding)
