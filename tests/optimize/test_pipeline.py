@@ -426,3 +426,17 @@ def test_the_request_counted_in_parts_is_counted_exactly(messages: Any, tools: A
     assert text == msgspec.json.encode({k: body[k] for k in ("messages", "tools") if k in body}).decode()
     total, _ = _count_parts(parts, encoding)
     assert total == tokens.count(text, encoding)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_mode_off_counts_and_changes_nothing(name: str) -> None:
+    """With the optimizer off the body is left as it is and the report is the count alone: the same number
+    before and after, nothing removed, no strategy, the default technique, no session."""
+    case = CASES[name]
+    body = copy.deepcopy(case.body)
+    report = optimize(case.fmt, body, Options(mode="off"))  # type: ignore[arg-type]
+    assert body == case.body
+    assert report.mode == "off"
+    assert report.original_tokens == report.optimized_tokens == measure(case.fmt, case.body) > 0  # type: ignore[arg-type]
+    assert report.removed == [] and report.applied_strategies == [] and report.technique == "auto"
+    assert report.replayed_items == 0 and report.reoptimized is False and report.time_ms >= 0

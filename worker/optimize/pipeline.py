@@ -218,11 +218,14 @@ def optimize(fmt: Format, body: dict[str, Any], options: Options) -> Report:
     """Optimize `body` in place and report what changed."""
     started = time.perf_counter()
     billed, estimated = _billed_parts(fmt, body)  # taken before anything changes `body`
+    if options.mode == "off":  # nothing changes: the count alone (what every request pays with it off)
+        original = tokens.count("".join(billed), options.encoding) + estimated
+        return Report(
+            mode="off", original_tokens=original, optimized_tokens=original, time_ms=_elapsed(started)
+        )
     pending: Future[tuple[int, dict[str, int]]] | None = None
     parts: dict[str, int] = {}
-    if options.mode == "off":
-        original = tokens.count("".join(billed), options.encoding) + estimated
-    elif sum(map(len, billed)) >= _COUNT_ALONGSIDE_CHARS:
+    if sum(map(len, billed)) >= _COUNT_ALONGSIDE_CHARS:
         running = threading.Event()
         pending = _counting.submit(_count_running, running, billed, options.encoding)
         running.wait(_START_WAIT_S)
@@ -233,8 +236,7 @@ def optimize(fmt: Format, body: dict[str, Any], options: Options) -> Report:
     report = Report(mode=options.mode, original_tokens=original, optimized_tokens=original, time_ms=0.0)
     undo: list[tuple[Segment, str]] = []
     try:
-        if options.mode != "off":
-            _compact(fmt, body, options, report, undo)
+        _compact(fmt, body, options, report, undo)
     finally:
         if pending is not None:
             counted, parts = pending.result()
@@ -247,7 +249,8 @@ def optimize(fmt: Format, body: dict[str, Any], options: Options) -> Report:
             report.removed.clear()
         else:
             report.optimized_tokens = optimized
-    report.applied_strategies = list(dict.fromkeys(r.what.split(":", 1)[0] for r in report.removed))
+    if report.removed:  # else the list it was made with, empty
+        report.applied_strategies = list(dict.fromkeys(r.what.split(":", 1)[0] for r in report.removed))
     report.time_ms = _elapsed(started)
     return report
 
