@@ -37,7 +37,7 @@ from .. import tokens
 from ..auth import KeyRecord
 from . import usage
 from .charges import PendingCharges
-from .claims import Claims
+from .claims import NO_CLAIMS, Claims
 from .plans import Plan, guarantee_status
 from .pricing import PRICES_TAKEN, Billed, Price, PriceTable, cost
 from .usage import Observed, Wire
@@ -321,7 +321,7 @@ class UsageRecorder:
             self._iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
         self._counter += 1
         # Unique without a random draw per request: a random per-process prefix and a counter.
-        event_id = f"{self._id_head}{self._counter & 0xFFFFFFFFFF:010x}"
+        event_id = self._id_head + hex(self._counter & 0xFFFFFFFFFF)[2:].zfill(10)  # `:010x`, cheaper
         original = (
             claims.original_input_tokens if claims.original_input_tokens is not None else original_tokens
         )
@@ -504,7 +504,8 @@ class UsageRecorder:
                 billed = Billed(input_tokens=ev.optimized_input_tokens, output_tokens=output)
             source = "estimated"
         metered = billed  # what quotas and credits are charged: the upstream's usage, never a client's claim
-        if claims.has_override and not failed:
+        plain = claims is NO_CLAIMS  # most requests: no client claims to look at
+        if not plain and claims.has_override and not failed:
             inp = claims.override_input_tokens
             cached = claims.override_cached_input_tokens
             split = billed if cached is None else msgspec.structs.replace(billed, cached_input_tokens=cached)
@@ -514,7 +515,7 @@ class UsageRecorder:
         actual = cost(billed, price, ttl)
         if failed:
             base_in, base_out, base_cost, base_source = 0, 0, actual, "computed"
-        elif claims.has_baseline:
+        elif not plain and claims.has_baseline:
             claimed_in, claimed_out = claims.baseline_input_tokens, claims.baseline_output_tokens
             base_in = claimed_in if claimed_in is not None else billed.input_tokens + ev.saved_input_tokens
             base_out = claimed_out if claimed_out is not None else billed.output_tokens
@@ -625,7 +626,9 @@ class UsageRecorder:
             # Newest first in key order: the key carries the time counted down from a far future, then this
             # process's count of entries counted down (requests in the same millisecond stay newest first).
             inverted = 10**13 - int(at * 1000)
-            key = f"{LOG_PREFIX}{key_id}/{inverted:013d}-{_SEQUENCE_END - sequence:012d}-{rid}"
+            # (zfill: the digits `:013d` and `:012d` give, without parsing a format spec per entry)
+            newest = str(_SEQUENCE_END - sequence).zfill(12)
+            key = f"{LOG_PREFIX}{key_id}/{str(inverted).zfill(13)}-{newest}-{rid}"
             out.append((key, b"", entry))
         return out
 
