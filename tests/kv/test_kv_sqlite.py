@@ -184,3 +184,30 @@ async def test_an_independent_connection_sees_the_same_data_and_writes_alongside
     memory = SqliteKV(":memory:")
     assert memory.independent() is memory  # a second :memory: connection would be another database
     await memory.close()
+
+
+async def test_put_many_of_any_size_writes_every_entry(sqlite_path: Path, clock: ManualClock) -> None:
+    """`put_many` splits a batch into statements of a few fixed sizes (in one transaction): every size, below,
+    at and above the largest, writes every entry with its value, metadata and expiration; a key given twice
+    keeps its last entry, as one multi-row statement would."""
+    async with SqliteKV(sqlite_path, clock=clock) as kv:
+        for size in (*range(1, 70), 127, 128, 129, 200, 511, 1001):
+            entries = [(f"b{size}/{i:04d}", f"v{size}.{i}".encode(), {"i": i}) for i in range(size)]
+            await kv.put_many(entries, expiration_ttl=600 + size)
+        await kv.put_many([("dup", b"first", None), ("dup", b"last", {"n": 2}), ("other", b"o", None)])
+        for size in (1, 37, 64, 129, 1001):
+            page = await kv.list(prefix=f"b{size}/", limit=1000)
+            names = [k.name for k in page.keys]
+            if not page.list_complete:
+                page = await kv.list(prefix=f"b{size}/", limit=1000, cursor=page.cursor)
+                names += [k.name for k in page.keys]
+            assert names == [f"b{size}/{i:04d}" for i in range(size)]
+            assert {k.expiration for k in page.keys} == {int(clock.now) + 600 + size}
+            assert await kv.get_with_metadata(f"b{size}/{size - 1:04d}") == (
+                f"v{size}.{size - 1}".encode(),
+                {"i": size - 1},
+            )
+        assert await kv.get_with_metadata("dup") == (b"last", {"n": 2})
+    async with aiosqlite.connect(sqlite_path) as conn:
+        [(count,)] = list(await conn.execute_fetchall("SELECT count(*) FROM kv"))
+    assert count == sum((*range(1, 70), 127, 128, 129, 200, 511, 1001)) + 2
