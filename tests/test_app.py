@@ -285,6 +285,12 @@ def test_a_stream_found_stuck_is_not_waited_for_again_by_another_writer() -> Non
             break
         time.sleep(0.05)
     assert sorted(stream.getvalue().splitlines()) == ["access line", "stopped"]
+    # Drained: once the stuck writer is done, a writer closed now waits for its lines, as on any stream.
+    access._thread.join(20)
+    later = LineWriter(stream, "t-later", batch_seconds=0.3)
+    later.add("later line")
+    later.close()
+    assert stream.getvalue().splitlines()[-1] == "later line"
 
 
 def test_env_binding_exposes_kv(w: InProcessWorker) -> None:

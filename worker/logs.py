@@ -41,7 +41,8 @@ CLOSE_WAIT_SECONDS = 5.0
 
 _stuck: weakref.WeakSet[Any] = weakref.WeakSet()
 """Streams a `LineWriter`'s close found not draining in its wait: another writer's close on the same stream
-(the access log's and the serving logs' both write to stderr) does not wait for it a second time."""
+(the access log's and the serving logs' both write to stderr) does not wait for it a second time. The mark
+goes when the writer that set it has written its last lines."""
 
 CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(32), 127)}
 """Control characters, written as `\\xNN` escapes in text lines."""
@@ -136,6 +137,8 @@ class LineWriter:
         self._batch = batch_seconds
         self._wake = threading.Event()
         self._closed = threading.Event()
+        self._marked = False
+        """Whether its close found the stream stuck (and marked it)."""
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -157,6 +160,8 @@ class LineWriter:
             self._flush()
             if self._closed.is_set():
                 self._flush()  # what was added before close()
+                if self._marked:  # it drained: later closes wait for their lines again
+                    _stuck.discard(self._stream)
                 return
 
     def _flush(self) -> None:
@@ -188,8 +193,8 @@ class LineWriter:
         """Stop the thread, which writes what is left, and wait for it `wait` seconds at most.
 
         Blocks while it waits: not to be called on the event loop. If the stream is stuck, the lines stay with
-        the (daemon) thread, written should the stream drain before the process ends; a later close of another
-        writer on that stream then does not wait at all.
+        the (daemon) thread, written should the stream drain before the process ends; a close of another
+        writer on that stream meanwhile does not wait at all.
         """
         self._closed.set()
         self._wake.set()
@@ -197,7 +202,10 @@ class LineWriter:
             return
         self._thread.join(wait)
         if self._thread.is_alive():
+            self._marked = True
             _stuck.add(self._stream)
+            if not self._thread.is_alive():  # it ended (and cleared the mark) just before the mark was set
+                _stuck.discard(self._stream)
 
 
 class LineHandler(logging.Handler):
