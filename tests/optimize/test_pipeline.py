@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from tests.optimize.corpus import Case, all_cases, coding_session
 from worker import tokens
-from worker.optimize.pipeline import Options, _billed_parts, _count_parts, measure, optimize
+from worker.optimize.pipeline import Options, _billed, _billed_parts, _count_parts, measure, optimize
 from worker.optimize.segments import detect_format
 
 CASES = {c.name: c for c in all_cases()}
@@ -424,6 +424,7 @@ def test_the_request_counted_in_parts_is_counted_exactly(messages: Any, tools: A
     parts, _ = _billed_parts("chat", body)
     text = "".join(parts)
     assert text == msgspec.json.encode({k: body[k] for k in ("messages", "tools") if k in body}).decode()
+    assert text == _billed("chat", body)[0]  # what `measure` and the optimizer off count, in one encode
     total, _ = _count_parts(parts, encoding)
     assert total == tokens.count(text, encoding)
 
@@ -440,3 +441,22 @@ def test_mode_off_counts_and_changes_nothing(name: str) -> None:
     assert report.original_tokens == report.optimized_tokens == measure(case.fmt, case.body) > 0  # type: ignore[arg-type]
     assert report.removed == [] and report.applied_strategies == [] and report.technique == "auto"
     assert report.replayed_items == 0 and report.reoptimized is False and report.time_ms >= 0
+
+
+def test_a_request_with_an_image_is_counted_alike_in_parts_and_in_one_encode() -> None:
+    """Image and file payloads are taken out before counting, by both ways of building the billed text."""
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "iVBORw0KGgo" * 500}}
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "What is on it?"}, image]},
+            {"role": "assistant", "content": "A cat."},
+            {"role": "user", "content": "And its colour?"},
+        ],
+    }
+    parts, estimated = _billed_parts("chat", body)
+    text, estimated_once = _billed("chat", body)
+    assert "".join(parts) == text and estimated == estimated_once > 0
+    assert "iVBORw0KGgo" not in text
+    report = optimize("chat", copy.deepcopy(body), Options())
+    assert report.original_tokens == measure("chat", body) == tokens.count(text) + estimated
