@@ -124,7 +124,8 @@ def measure(fmt: Format, body: dict[str, Any], encoding: str = "o200k_base") -> 
 # it, not a quote); that run takes the quote along and ends at the letter. No piece before the cut looks
 # past the quote but that run, which ends there alone as well; no piece after it looks back (neither pattern
 # has a look-behind). tests/optimize/test_pipeline.py checks it on random JSON. The optimized request is
-# then counted again from the same parts, encoding only those the optimizer changed.
+# then counted again from the same parts, encoding only those the optimizer changed. (A request counted on
+# the counting thread, alongside the compaction, is counted whole: see `optimize`.)
 _LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 _MAY_CARRY_PAYLOAD = re.compile(b'"type":"(?:' + b"|".join(t.encode() for t in PAYLOAD_PART_TYPES) + b')"')
@@ -230,11 +231,14 @@ def optimize(fmt: Format, body: dict[str, Any], options: Options) -> Report:
             mode="off", original_tokens=original, optimized_tokens=original, time_ms=_elapsed(started)
         )
     billed, estimated = _billed_parts(fmt, body)  # taken before anything changes `body`
-    pending: Future[tuple[int, dict[str, int]]] | None = None
-    parts: dict[str, int] = {}
+    pending: Future[int] | None = None
+    parts: dict[str, int] | None = None
     if sum(map(len, billed)) >= _COUNT_ALONGSIDE_CHARS:
+        # Counted whole, in one call: the counting thread holds the GIL only to start and to end it. Counted
+        # by parts, it would wait for the GIL after each while this thread compacts (up to the interpreter's
+        # 5 ms switch interval each time), and finish long after the compaction.
         running = threading.Event()
-        pending = _counting.submit(_count_running, running, billed, options.encoding)
+        pending = _counting.submit(_count_running, running, "".join(billed), options.encoding)
         running.wait(_START_WAIT_S)
         original = -1  # known once the count is in, before anything reads it
     else:
@@ -246,10 +250,13 @@ def optimize(fmt: Format, body: dict[str, Any], options: Options) -> Report:
         _compact(fmt, body, options, report, undo)
     finally:
         if pending is not None:
-            counted, parts = pending.result()
-            original = report.original_tokens = report.optimized_tokens = counted + estimated
+            original = report.original_tokens = report.optimized_tokens = pending.result() + estimated
     if undo:
-        optimized = _recount(fmt, body, options.encoding, parts)
+        optimized = (
+            measure(fmt, body, options.encoding)
+            if parts is None
+            else _recount(fmt, body, options.encoding, parts)
+        )
         if optimized >= original:  # shorter text is almost always fewer tokens; if not, forward the original
             for seg, old in reversed(undo):
                 seg.set(old)
@@ -262,10 +269,10 @@ def optimize(fmt: Format, body: dict[str, Any], options: Options) -> Report:
     return report
 
 
-def _count_running(running: threading.Event, parts: list[str], encoding: str) -> tuple[int, dict[str, int]]:
-    """`_count_parts(parts, encoding)`, on a counting thread that first tells `running` it has started."""
+def _count_running(running: threading.Event, text: str, encoding: str) -> int:
+    """`tokens.count(text, encoding)`, on a counting thread that first tells `running` it has started."""
     running.set()
-    return _count_parts(parts, encoding)
+    return tokens.count(text, encoding)
 
 
 def _compact(
