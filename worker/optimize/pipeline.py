@@ -23,7 +23,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -230,6 +230,12 @@ def optimize(fmt: Format, body: dict[str, Any], options: Options) -> Report:
         return Report(
             mode="off", original_tokens=original, optimized_tokens=original, time_ms=_elapsed(started)
         )
+    found = _find(fmt, body)
+    if not found.candidates:  # e.g. a first turn: nothing the optimizer may change, the count in one call
+        original = measure(fmt, body, options.encoding)
+        return Report(
+            mode=options.mode, original_tokens=original, optimized_tokens=original, time_ms=_elapsed(started)
+        )
     billed, estimated = _billed_parts(fmt, body)  # taken before anything changes `body`
     pending: Future[int] | None = None
     parts: dict[str, int] | None = None
@@ -247,7 +253,7 @@ def optimize(fmt: Format, body: dict[str, Any], options: Options) -> Report:
     report = Report(mode=options.mode, original_tokens=original, optimized_tokens=original, time_ms=0.0)
     undo: list[tuple[Segment, str]] = []
     try:
-        _compact(fmt, body, options, report, undo)
+        _compact(found, options, report, undo)
     finally:
         if pending is not None:
             original = report.original_tokens = report.optimized_tokens = pending.result() + estimated
@@ -275,18 +281,31 @@ def _count_running(running: threading.Event, text: str, encoding: str) -> int:
     return tokens.count(text, encoding)
 
 
-def _compact(
-    fmt: Format, body: dict[str, Any], options: Options, report: Report, undo: list[tuple[Segment, str]]
-) -> None:
-    """Dedup, tool output by kind, older prose: every change applied to `body` and noted in `undo`."""
+class _Found(NamedTuple):
+    """A request's segments, as the optimizer sees them before changing anything."""
+
+    turns: int
+    typed: list[Segment]
+    """What a person wrote (user text that is not an agent's instructions)."""
+    latest_user_turn: int
+    candidates: list[Segment]
+    """What the optimizer may change: not pinned, not the latest user turn, not a prefill."""
+
+
+def _find(fmt: Format, body: dict[str, Any]) -> _Found:
     segments, turns = extract(fmt, body)
     typed = [s for s in segments if s.kind == "user" and not instructions(s.text)]  # what a person wrote
     latest_user_turn = max((s.turn for s in typed), default=-1)
     # A conversation ending with the model's own turn is a prefill: the model continues that exact text.
     prefill = turns - 1 if any(s.kind == "assistant" and s.turn == turns - 1 for s in segments) else -2
     candidates = [s for s in segments if not s.pinned and s.turn not in (latest_user_turn, prefill)]
-    if not candidates:  # e.g. a first turn: only pinned content and the latest user turn, which stay whole
-        return  # before the query and the context are built: only the compressors below read them
+    return _Found(turns, typed, latest_user_turn, candidates)
+
+
+def _compact(found: _Found, options: Options, report: Report, undo: list[tuple[Segment, str]]) -> None:
+    """Dedup, tool output by kind, older prose: every change applied to the request's body (through its
+    segments) and noted in `undo`."""
+    turns, typed, latest_user_turn, candidates = found
     query = "\n".join(s.text for s in typed if s.turn == latest_user_turn)
     ctx = Context(mode=options.mode, query=query, profile=options.profile)
     frozen = {id(s) for s in candidates if s.item < options.frozen_items}
