@@ -231,19 +231,25 @@ async def test_access_log_line_per_request(make_worker: Callable[..., InProcessW
     assert access["acc-2"]["status"] == 404
 
 
+class _StuckPipe(io.StringIO):
+    """stderr piped to a reader that stopped reading: every write blocks until `drained` is set."""
+
+    def __init__(self, drained: threading.Event) -> None:
+        super().__init__()
+        self._drained = drained
+
+    def write(self, text: str) -> int:
+        self._drained.wait()
+        return super().write(text)
+
+
 async def test_an_access_log_stream_that_does_not_drain_cannot_hold_the_shutdown(
     make_worker: Callable[..., InProcessWorker],
 ) -> None:
     """stderr piped to a reader that stopped reading: every write blocks. The shutdown waits a bounded time
     for the last lines, off the event loop, and the lines still reach the stream if it drains later."""
     drained = threading.Event()
-
-    class StuckPipe(io.StringIO):
-        def write(self, text: str) -> int:
-            drained.wait()
-            return super().write(text)
-
-    stream = StuckPipe()
+    stream = _StuckPipe(drained)
     w = make_worker(access_stream=stream)
     async with aiohttp.ClientSession() as s:
         for rid in ("stuck-1", "stuck-2"):  # the first blocks the writer; the second waits in the buffer
@@ -264,13 +270,7 @@ def test_a_stream_found_stuck_is_not_waited_for_again_by_another_writer() -> Non
     whole bound for the first and then again for the second. A writer closed after another one found the
     stream stuck goes at once; its lines are still written should the stream drain."""
     drained = threading.Event()
-
-    class StuckPipe(io.StringIO):
-        def write(self, text: str) -> int:
-            drained.wait()
-            return super().write(text)
-
-    stream = StuckPipe()
+    stream = _StuckPipe(drained)
     access, serving = LineWriter(stream, "t-access"), LineWriter(stream, "t-serving")
     access.add("access line")
     access.close(wait=0.2)  # stuck: its thread is still blocked in the write
