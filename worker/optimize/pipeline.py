@@ -199,9 +199,11 @@ def _joined(pieces: list[tuple[str, list[bytes] | bytes]]) -> list[str]:
     return parts
 
 
-def _count_parts(parts: list[str], encoding: str) -> tuple[int, dict[str, int]]:
-    """The tokens of the text `parts` make up, and each distinct part's count."""
-    counts: dict[str, int] = {}
+def _count_parts(
+    parts: list[str], encoding: str, counts: dict[str, int] | None = None
+) -> tuple[int, dict[str, int]]:
+    """The tokens of the text `parts` make up, and each distinct part's count (`counts`: those known)."""
+    counts = {} if counts is None else counts
     total = 0
     for part in parts:
         known = counts.get(part)
@@ -213,13 +215,8 @@ def _count_parts(parts: list[str], encoding: str) -> tuple[int, dict[str, int]]:
 
 def _recount(fmt: Format, body: dict[str, Any], encoding: str, counts: dict[str, int]) -> int:
     """`measure(fmt, body, encoding)`, encoding only the parts (`_billed_parts`) not in `counts`."""
-    parts, total = _billed_parts(fmt, body)
-    for part in parts:
-        known = counts.get(part)
-        if known is None:
-            known = counts[part] = tokens.count(part, encoding)
-        total += known
-    return total
+    parts, estimated = _billed_parts(fmt, body)
+    return _count_parts(parts, encoding, counts)[0] + estimated
 
 
 def optimize(fmt: Format, body: dict[str, Any], options: Options) -> Report:
