@@ -119,7 +119,9 @@ class BM25:
     def _index(self, terms: Iterable[str]) -> None:
         """Postings of the `terms` not indexed yet, in document order.
 
-        A document passed more than once as the same list (a sentence repeated through a text) is read once.
+        A document holding a wanted term is read wherever it occurs, a repeated one (a sentence recurring
+        through a text) too: its one or two such terms are counted in C, which costs less than looking the
+        document up among those read before (search ranks hundreds of distinct documents, most holding one).
         """
         wanted = {t for t in terms if t not in self._postings}
         if not wanted:
@@ -127,16 +129,12 @@ class BM25:
         postings = self._postings
         for term in wanted:
             postings[term] = []
-        hits_of: dict[int, list[tuple[str, int]]] = {}
-        disjoint = wanted.isdisjoint
+        disjoint, common = wanted.isdisjoint, wanted.intersection
         for i, doc in enumerate(self._docs):
             if disjoint(doc):  # most documents hold no query term: ruled out in C, no list built
                 continue
-            hits = hits_of.get(id(doc))
-            if hits is None:
-                hits = hits_of[id(doc)] = [(term, doc.count(term)) for term in wanted.intersection(doc)]
-            for term, freq in hits:
-                postings[term].append((i, freq))
+            for term in common(doc):
+                postings[term].append((i, doc.count(term)))
 
     def idf(self, term: str) -> float:
         """Inverse document frequency of `term` (never negative)."""
