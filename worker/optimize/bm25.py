@@ -107,14 +107,17 @@ class BM25:
     def __init__(self, docs: Sequence[Sequence[str]], k1: float = K1, b: float = B) -> None:
         self.k1 = k1
         self.n = len(docs)
-        lengths = [len(doc) for doc in docs]
+        lengths = list(map(len, docs))
         total = sum(lengths)
         self.avgdl = total / self.n if self.n and total else 1.0
         self._docs = docs
         self._postings: dict[str, list[tuple[int, int]]] = {}
         """(document, term frequency) by term, for the terms asked about so far: a query names a few
         terms, and indexing every term of every document would cost more than the scoring."""
-        self._norm = [k1 * (1.0 - b + b * length / self.avgdl) for length in lengths]
+        # Documents of a corpus come in a few lengths: each length's normaliser is worked out once (the same
+        # float wherever it is worked out) and looked up for each document in C.
+        norm_of = {length: k1 * (1.0 - b + b * length / self.avgdl) for length in set(lengths)}
+        self._norm = list(map(norm_of.__getitem__, lengths))
 
     def _index(self, terms: Iterable[str]) -> None:
         """Postings of the `terms` not indexed yet, in document order.
