@@ -111,6 +111,22 @@ def test_repeated_query_terms_count_once_and_unknown_terms_score_zero() -> None:
     assert bm25.scores([]) == [0.0, 0.0]
 
 
+def test_a_documents_score_does_not_depend_on_where_it_stands() -> None:
+    """search ranks its matches as it reads them, in line order, not grouped by file: the same floats."""
+    import random
+
+    rng = random.Random(11)
+    words = ["refund", "cap", "ord", "77812", "ledger", "post", "amount", "step", "1", "12", "test"]
+    for _ in range(300):
+        docs = [[rng.choice(words) for _ in range(rng.randint(0, 9))] for _ in range(rng.randint(1, 40))]
+        query = [rng.choice(words) for _ in range(rng.randint(0, 6))]
+        order = list(range(len(docs)))
+        rng.shuffle(order)
+        scores = BM25(docs).scores(query)
+        shuffled = BM25([docs[k] for k in order]).scores(query)
+        assert [scores[k] for k in order] == shuffled
+
+
 def test_empty_corpus_and_empty_documents() -> None:
     assert BM25([]).scores(["x"]) == []
     assert BM25([[], []]).scores(["x"]) == [0.0, 0.0]

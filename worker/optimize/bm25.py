@@ -146,7 +146,12 @@ class BM25:
         return math.log(1.0 + (self.n - df + 0.5) / (df + 0.5))
 
     def scores(self, query_tokens: Iterable[str]) -> list[float]:
-        """One score per document, in document order (0.0 where no query term occurs)."""
+        """One score per document, in document order (0.0 where no query term occurs).
+
+        A document's score is worked out from its own terms and the corpus's statistics alone (its length,
+        the average length, each query term's document frequency): the same float wherever the document
+        stands among the others.
+        """
         out = [0.0] * self.n
         k1p = self.k1 + 1.0
         terms = dict.fromkeys(query_tokens)

@@ -248,8 +248,9 @@ def _body_facts_by_definition(
 def test_grep_lines_cut_after_their_location_hold_the_whole_scans_facts(parts: list[str]) -> None:
     text = "".join(parts)
     lines = text.split("\n")
-    groups, _ = search._parse(lines)
-    assert search._body_facts(text, lines, groups) == _body_facts_by_definition(text, lines, groups), text
+    parsed = search._parse(lines)
+    found = search._body_facts(text, lines, parsed.bodies)
+    assert found == _body_facts_by_definition(text, lines, parsed.groups), text
 
 
 def _select_by_definition(

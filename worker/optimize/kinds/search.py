@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate, chain, repeat
 from operator import add, itemgetter
 from types import MappingProxyType
+from typing import NamedTuple
 
 import msgspec
 
@@ -75,6 +76,22 @@ class _Group:
     path: str
     heading: str | None = None
     matches: list[_Match] = field(default_factory=list)
+    stem: list[str] = field(default_factory=list)
+    """The terms of the file's name without its extension, which every match of the file is ranked by too."""
+
+
+class _Parsed(NamedTuple):
+    """A search output read line by line (`_parse`)."""
+
+    groups: list[_Group]
+    duplicates: int
+    """How many duplicate lines were dropped."""
+    indices: list[int]
+    """The line of each document, in line order: a match with a path (a line that is no match has none)."""
+    docs: list[list[str]]
+    """Each document's terms (`_doc`)."""
+    bodies: list[int]
+    """Where the body of each line starts (`_NO_BODY` for a line that is no match)."""
 
 
 def compress(text: str, ctx: Context) -> Compressed | None:
@@ -87,37 +104,12 @@ def compress(text: str, ctx: Context) -> Compressed | None:
         if not folded:
             return None
         return finish(text, "\n".join(deduped), "search-dedupe", [f"{folded} repeated lines counted"])
-    groups, duplicates = _parse(lines)
+    groups, duplicates, indices, docs, bodies = _parse(lines)
     settings = _SETTINGS[ctx.mode]
-    # Many matches share a file, and grep bodies repeat: tokenize each distinct string once, and each file's
-    # name stem once per file. A body is tokenized in two, at its first blank (no term holds a blank): its
-    # line number and what follows it, which repeats where the whole body, numbered, seldom does.
-    terms: dict[str, list[str]] = {}
-    indices: list[int] = []
-    docs = []
-    for group in groups:
-        if not group.path:
-            continue
-        stem = _terms(terms, group.path.rsplit("/", 1)[-1].rsplit(".", 1)[0])
-        for m in group.matches:
-            indices.append(m.index)
-            body = m.body
-            cut = body.find(" ")
-            if cut > 0:
-                head, rest = body[:cut], body[cut:]
-                found_terms = terms.get(rest)  # `_terms`, in line: there is a call per match
-                if found_terms is None:
-                    found_terms = terms[rest] = tokenize(rest)
-                number = head[:-1]
-                # A grep body's head is its line number and a colon, whose one term is the number.
-                if head[-1] == ":" and number.isdigit() and number.isascii():
-                    docs.append([number, *found_terms, *stem])
-                else:
-                    docs.append(_terms(terms, head) + found_terms + stem)
-            else:
-                docs.append(_terms(terms, body) + stem)
     if not docs:
         return None
+    # A document's score depends on its own terms and the corpus's statistics, not on where the document
+    # stands among the others (`BM25.scores`): `_parse` gives them in line order, each score filed by line.
     scores = dict(zip(indices, BM25(docs).scores(tokenize(ctx.query)), strict=True))
     keep = _select(groups, scores, settings)
     # Each group with its kept and dropped matches (a line that is not a match is kept).
@@ -129,7 +121,7 @@ def compress(text: str, ctx: Context) -> Compressed | None:
     ]
     visible = "\n".join((g.heading or "") + "\n" + "\n".join([m.raw for m in kept]) for g, kept, _ in parts)
     ledger = FactLedger(visible)
-    found, words = _body_facts(text, lines, groups)
+    found, words = _body_facts(text, lines, bodies)
     out: list[str] = []
     folded_total = 0
     for group, kept, dropped in parts:
@@ -161,10 +153,11 @@ def compress(text: str, ctx: Context) -> Compressed | None:
 
 
 def _body_facts(
-    text: str, lines: list[str], groups: list[_Group]
+    text: str, lines: list[str], bodies: list[int]
 ) -> tuple[dict[int, list[str]], dict[str, str]]:
     """The facts of each match's body (by line index), as `facts.fact_spans` finds them in the whole text,
-    and the whole word a marker lists for each (`facts.whole_token`, at its first occurrence in a body).
+    and the whole word a marker lists for each (`facts.whole_token`, at its first occurrence in a body);
+    `bodies` says where each line's body starts (`_Parsed.bodies`).
 
     Facts that start in a `path:line:` prefix, or on a line that is not a match, are filed under -1: the
     final check still requires them, the markers do not list them (as when each body is scanned alone).
@@ -182,14 +175,13 @@ def _body_facts(
     (an IPv6 address ends in `::`, and the colon here follows a digit), and the blank opening the second
     piece is as much a non-word character, and no sign, as it is in the whole line.
     """
-    body_at = {m.index: len(m.raw) - len(m.body) for g in groups for m in g.matches}
     found: dict[int, list[str]] = {}
     words: dict[str, str] = {}
     if facts.may_cross_lines(text):
         starts = list(accumulate(map(add, map(len, lines), repeat(1)), initial=0))
         for position, fact in facts.fact_spans(text):
             index = bisect_right(starts, position) - 1
-            if position - starts[index] >= body_at.get(index, _NO_BODY):
+            if position - starts[index] >= bodies[index]:
                 found.setdefault(index, []).append(fact)
                 if fact not in words:
                     words[fact] = facts.whole_token(text, position, fact)
@@ -199,11 +191,11 @@ def _body_facts(
     known: dict[str, list[tuple[int, int]]] = {}  # skeleton -> (start, end) of each of its facts
     with_0x = "0x" in text
     ticks = "`" in text
-    no_body = _NO_BODY
     others: list[str] = []  # the facts filed under -1
     other = others.append
     line_starts: list[int] = []  # where each line starts in `text`: built if a body holds a fact
-    for index, (line, form) in enumerate(zip(lines, facts.digit_skeleton(text).split("\n"), strict=True)):
+    forms = facts.digit_skeleton(text).split("\n")
+    for index, (line, form, body) in enumerate(zip(lines, forms, bodies, strict=True)):
         # The pieces of the line: its `path:line:` head and the rest, or the whole line.
         cut = line.find(": ")
         if cut > 0 and line[cut - 1].isdigit() and not (ticks and "`" in line[:cut]):
@@ -220,7 +212,6 @@ def _body_facts(
             head, tail = _spans_with_0x(line, cut, head, tail)
         if not (head or tail):
             continue
-        body = body_at.get(index, no_body)  # where the match's body starts in the line
         for start, end in head:
             if start < body:
                 other(line[start:end])
@@ -293,13 +284,18 @@ def _what(group: _Group, dropped: list[_Match], some_kept: bool) -> str:
     return f"{len(dropped)} {more}{noun} in {group.path}{where}"
 
 
-def _parse(lines: list[str]) -> tuple[list[_Group], int]:
-    """Lines grouped by file (first-appearance order), and how many duplicate lines were dropped."""
+def _parse(lines: list[str]) -> _Parsed:
+    """Lines grouped by file (first-appearance order), how many duplicate lines were dropped, each match's
+    document (`_doc`) and where each line's body starts."""
     groups: list[_Group] = []
     by_path: dict[str, _Group] = {}
     seen: set[tuple[str, str]] = set()
     duplicates = 0
     heading: str | None = None
+    terms: dict[str, list[str]] = {}
+    indices: list[int] = []
+    docs: list[list[str]] = []
+    bodies = [_NO_BODY] * len(lines)
     # Matched in C up front: whether the next line is a numbered `N:` line (which makes this one a heading),
     # and the `path:line:` of a grep line (what most lines are).
     # A numbered line starts with a digit: where no line does (most grep output), none is matched for.
@@ -321,9 +317,24 @@ def _parse(lines: list[str]) -> tuple[list[_Group], int]:
             seen.add(key)
             group_for = by_path.get(found)
             if group_for is None:
-                group_for = by_path[found] = _Group(path=found)
+                group_for = by_path[found] = _Group(path=found, stem=_path_terms(terms, found))
                 groups.append(group_for)
-            group_for.matches.append(_Match(index, found, int(number), line, line[len(found) + 1 :]))
+            start = len(found) + 1
+            body = line[start:]
+            group_for.matches.append(_Match(index, found, int(number), line, body))
+            bodies[index] = start
+            indices.append(index)
+            # The body is the line number, its separator, then the rest: cut at its first blank (`_doc`), a
+            # body whose rest starts with one is cut right after the separator.
+            cut = len(number) + 1
+            if body[cut : cut + 1] == " " and body[cut - 1] == ":" and number.isascii():
+                rest = body[cut:]
+                rest_terms = terms.get(rest)  # `_terms`, in line: there is a call per match
+                if rest_terms is None:
+                    rest_terms = terms[rest] = tokenize(rest)
+                docs.append([number, *rest_terms, *group_for.stem])
+            else:
+                docs.append(_doc(terms, body, group_for.stem))
             continue
         if not line or line.isspace() or line == "--":
             heading = None if not line or line.isspace() else heading
@@ -336,7 +347,7 @@ def _parse(lines: list[str]) -> tuple[list[_Group], int]:
         )
         if path is not None:
             heading = path
-            group = _Group(path=path, heading=line)
+            group = _Group(path=path, heading=line, stem=_path_terms(terms, path))
             groups.append(group)
             by_path[path] = group
             continue
@@ -350,6 +361,7 @@ def _parse(lines: list[str]) -> tuple[list[_Group], int]:
                 match = _Match(index, line.strip(), None, line, line)
             else:
                 groups.append(_Group(path="", matches=[_Match(index, "", None, line, line)]))
+                bodies[index] = 0
                 continue
         key = (match.path, match.raw)
         if key in seen:
@@ -358,11 +370,37 @@ def _parse(lines: list[str]) -> tuple[list[_Group], int]:
         seen.add(key)
         group_for = by_path.get(match.path)
         if group_for is None:
-            group_for = _Group(path=match.path)
+            group_for = _Group(path=match.path, stem=_path_terms(terms, match.path))
             groups.append(group_for)
             by_path[match.path] = group_for
         group_for.matches.append(match)
-    return groups, duplicates
+        bodies[index] = len(line) - len(match.body)
+        indices.append(index)
+        docs.append(_doc(terms, match.body, group_for.stem))
+    return _Parsed(groups, duplicates, indices, docs, bodies)
+
+
+def _doc(terms: dict[str, list[str]], body: str, stem: list[str]) -> list[str]:
+    """A match's terms, for ranking: its body's, then its file name's (`stem`).
+
+    Many matches share a file, and grep bodies repeat: each distinct string is tokenized once (`terms`). A
+    body is tokenized in two, at its first blank (no term holds a blank): its line number and what follows
+    it, which repeats where the whole body, numbered, seldom does.
+    """
+    cut = body.find(" ")
+    if cut <= 0:
+        return _terms(terms, body) + stem
+    head, rest = body[:cut], body[cut:]
+    number = head[:-1]
+    # A grep body's head is its line number and a colon, whose one term is the number.
+    if head[-1] == ":" and number.isdigit() and number.isascii():
+        return [number, *_terms(terms, rest), *stem]
+    return _terms(terms, head) + _terms(terms, rest) + stem
+
+
+def _path_terms(terms: dict[str, list[str]], path: str) -> list[str]:
+    """The terms of a file's name without its extension (`_Group.stem`)."""
+    return _terms(terms, path.rsplit("/", 1)[-1].rsplit(".", 1)[0])
 
 
 def _heading_path(line: str, nxt: str, nxt_numbered: bool) -> str | None:
