@@ -324,8 +324,8 @@ def _parse(lines: list[str]) -> _Parsed:
             group_for.matches.append(_Match(index, found, int(number), line, body))
             bodies[index] = start
             indices.append(index)
-            # The body is the line number, its separator, then the rest: cut at its first blank (`_doc`), a
-            # body whose rest starts with one is cut right after the separator.
+            # The body is the line number, its separator, then the rest, and `_doc` cuts it at its first
+            # blank: neither the number nor the separator holds one, so a rest starting with one is cut there.
             cut = len(number) + 1
             if body[cut : cut + 1] == " " and body[cut - 1] == ":" and number.isascii():
                 rest = body[cut:]
