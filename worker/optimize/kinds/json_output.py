@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import re
-import string
 import sys
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
@@ -53,6 +52,7 @@ from worker.optimize.kinds._common import (
     count,
     fact_list,
     finish,
+    pieces_at_least,
     worth_folding,
 )
 from worker.optimize.kinds._detect import is_json_lines
@@ -115,14 +115,6 @@ _NEGATIVE_ZERO_RE = re.compile(r"[:,\[]-0(?=[,\]}]|$)")
 _STATUS_KEY_RE = re.compile(r"(?:^|[_.])(?:status|status_?code|code|http_?status)$", re.I)
 _QUERY_WORD_RE = re.compile(r"[A-Za-z0-9][\w-]{3,}")
 _RUN_RE = re.compile(r"[A-Za-z0-9]+")
-# Translation tables for `_pieces_at_least`: one class of ASCII characters kept as one character (letters;
-# digits; punctuation and control characters, with line breaks apart), all else a blank.
-_LETTER_RUNS = bytes(ord("a") if chr(c) in string.ascii_letters else ord(" ") for c in range(256))
-_DIGIT_RUNS = bytes(ord("0") if chr(c) in string.digits else ord(" ") for c in range(256))
-_PUNCTUATION_RUNS = bytes(
-    ord("\n") if chr(c) in "\r\n" else ord(" ") if chr(c).isalnum() or chr(c) in " \t\v\f" else ord(".")
-    for c in range(256)
-)
 _STOPWORDS = frozenset(
     (
         "about", "after", "also", "been", "before", "being", "could", "does", "from", "have", "into", "just",
@@ -386,32 +378,15 @@ def _worth_folding(marker_text: str, dropped: list[str]) -> bool:
     """`worth_folding`, without counting the folded records when a lower bound of their tokens is enough.
 
     Minified records hold no spaces, so `worth_folding`'s cheap bound (one token a word) says nothing and it
-    counts thousands of tokens; `_pieces_at_least` bounds them in a few C-speed passes. The answer is the
+    counts thousands of tokens; `pieces_at_least` bounds them in a few C-speed passes. The answer is the
     same: when the marker is within `FOLD_RATIO` of the bound, it is within `FOLD_RATIO` of the count.
     """
     joined = "\n".join(dropped)
     if joined.isascii():
-        enough = FOLD_RATIO * _pieces_at_least(joined)
+        enough = FOLD_RATIO * pieces_at_least(joined)
         if tokens.at_most(marker_text) <= enough or count(marker_text) <= enough:
             return True
     return worth_folding(marker_text, dropped)
-
-
-def _pieces_at_least(text: str) -> int:
-    """A number of tokens the ASCII `text` has at least, from the pieces tiktoken's pre-tokenizer cuts.
-
-    o200k_base (and cl100k_base) cut text into pieces before merging, and each piece is one token or more. A
-    piece holds letters of one run only, after one optional leading character (a contraction, `it's`, holds
-    two runs: hence one run less for each apostrophe); digits in pieces of one to three that hold nothing
-    else; punctuation in pieces of its own, except the one character a letter piece may lead with, and the
-    slashes a piece takes after its line breaks. So each run of letters, each 3-digit piece of a run of
-    digits and each run of two or more punctuation characters not right after a line break is a piece.
-    """
-    data = text.encode()
-    letter_runs = len(data.translate(_LETTER_RUNS).split()) - data.count(b"'")
-    digit_pieces = sum((len(run) + 2) // 3 for run in data.translate(_DIGIT_RUNS).split())
-    punctuation_runs = (b" " + data.translate(_PUNCTUATION_RUNS)).count(b" ..")
-    return letter_runs + digit_pieces + punctuation_runs
 
 
 def _facts_in_words(

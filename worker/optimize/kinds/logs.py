@@ -198,7 +198,7 @@ def compress(text: str, ctx: Context) -> Compressed | None:
     key_facts = _key_facts_by_entry(text, bodies, forms, starts)
     # Everything no fold may drop stays verbatim; markers need not repeat facts shown there.
     droppable = {i for piece in pieces for i in piece.dropped}
-    ledger = FactLedger("\n".join(bodies[i] for i in range(len(entries)) if i not in droppable))
+    ledger = FactLedger("\n".join([body for i, body in enumerate(bodies) if i not in droppable]))
     markers: dict[
         int, str
     ] = {}  # entry index -> marker emitted after it (a run) or instead of it (a stretch)
