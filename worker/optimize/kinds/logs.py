@@ -54,8 +54,10 @@ from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import accumulate
-from operator import add
+from operator import add, or_
 from types import MappingProxyType
+
+import msgspec
 
 from worker.optimize import facts
 from worker.optimize.base import Compressed, Context, Mode
@@ -292,16 +294,21 @@ def _key_facts_by_entry(
     """
     if facts.may_cross_lines(text):
         return _key_facts_by_scan(text, starts)
+    # a fact never starts with a blank: it is at its match's start
+    known: dict[str | None, tuple[slice, ...]] = {
+        form: tuple(slice(p, p + len(f)) for p, f in facts.fact_spans(form) if not summarisable(f))
+        for form in dict.fromkeys(forms)
+        if form is not None
+    }
     found: dict[int, list[str]] = {}
-    known: dict[str, tuple[slice, ...]] = {}
-    for i, (body, form) in enumerate(zip(bodies, forms, strict=True)):
-        if form is None:
+    # Only the entries whose skeleton holds a key fact, and those without a skeleton (`0x`), are visited: a
+    # log's routine lines mostly hold incidental values alone.
+    cuts_of = list(map(known.get, forms))
+    for i in itertools.compress(range(len(bodies)), [cuts is None or cuts for cuts in cuts_of]):
+        body, cuts = bodies[i], cuts_of[i]
+        if cuts is None:
             key = [fact for _, fact in facts.fact_spans(body) if not summarisable(fact)]
         else:
-            cuts = known.get(form)
-            if cuts is None:
-                spans = facts.fact_spans(form)  # a fact never starts with a blank: it is at its match's start
-                cuts = known[form] = tuple(slice(p, p + len(f)) for p, f in spans if not summarisable(f))
             key = [body[cut] for cut in cuts]
         if key:
             found[i] = key
@@ -366,8 +373,9 @@ def _describe(entries: list[_Entry], piece: Piece, shapes: dict[int, Shape], fir
     return f"{where} folded{hint}: {census}"
 
 
-@dataclass(slots=True)
-class _Entry:
+class _Entry(msgspec.Struct):
+    """A log entry (a Struct: built in C, a few hundred per log)."""
+
     start: int
     """0-based index of the entry's first line."""
     lines: list[str]
@@ -383,11 +391,33 @@ def _entries(lines: list[str]) -> list[_Entry]:
     # Whether each line opens with a prefix, tested once per line skeleton (the census and the grouping both
     # need it): the prefixes name no digit (a timestamp is digits of any value), so a line and its skeleton
     # (`facts.digit_skeleton`) both open with one or neither, and a log's lines repeat a few skeletons.
-    forms = facts.digit_skeleton("\n".join(lines)).split("\n")
+    joined = "\n".join(lines)
+    forms = facts.digit_skeleton(joined).split("\n")
     known = {form: _opens(form) for form in dict.fromkeys(forms)}
     opens = list(map(known.__getitem__, forms))
     nonblank = blank.count(False)
     structured = nonblank > 0 and sum(opens) * 2 >= nonblank
+    if "Traceback" not in joined:
+        # Without a traceback, whether a line continues the entry before it depends on that line and the one
+        # before alone: the entries' first lines are found in one pass, and each entry is a slice of lines.
+        after_blank = [True, *blank]
+        if structured:
+            heads = [
+                i
+                for i, gap, o in zip(range(len(lines)), map(or_, blank, after_blank), opens, strict=True)
+                if gap or o
+            ]
+        else:
+            continuation = _CONTINUATION_RE.match
+            heads = [
+                i
+                for i, gap, line in zip(range(len(lines)), map(or_, blank, after_blank), lines, strict=True)
+                if gap or not continuation(line)
+            ]
+        return [
+            _Entry(start, lines[start:end])
+            for start, end in zip(heads, [*heads[1:], len(lines)], strict=True)
+        ]
     entries: list[_Entry] = []
     current: list[str] = []  # the lines of the last entry, which ends with the line before this one
     traceback = (
