@@ -548,13 +548,24 @@ def _outliers(fields: _Fields, n: int) -> list[int]:
             mark([i for i in range(n) if i not in column], 1)
         # msgspec decodes to exactly these types, no subclasses. A column of strings (names, states, codes),
         # the commonest, can only hold error-like values; others are sorted by type in one pass.
-        if set(map(type, column.values())) == {str}:
+        kinds = set(map(type, column.values()))
+        if kinds == {str}:
             mark(_error_strings(cast(dict[int, str], column)), _ERROR_WEIGHT)
+            continue
+        if kinds in (_INTEGERS, _FLOATS):
+            # A column of numbers alone (ids, amounts, counts), the next commonest: converted in one pass.
+            numbers = (
+                _numbers(column) if kinds == _INTEGERS else _floats(cast(dict[int, msgspec.Raw], column))
+            )
+            if _STATUS_KEY_RE.search(leaf):
+                mark([i for i, v in column.items() if type(v) is int and 400 <= v <= 599], _ERROR_WEIGHT)
+            if len(numbers) >= 5:
+                _mark_numeric_outliers(numbers, mark)
             continue
         nones: list[int] = []
         strings: dict[int, str] = {}
         bools: list[tuple[int, bool]] = []
-        numbers: list[tuple[int, float]] = []
+        numbers = []
         for i, v in column.items():
             if type(v) is str:
                 strings[i] = v
@@ -585,6 +596,26 @@ def _outliers(fields: _Fields, n: int) -> list[int]:
         mark([i for i, value in filled if _error_text(value)], _ERROR_WEIGHT)
     ranked = sorted((i for i in range(n) if score[i] > 0), key=lambda i: (-score[i], i))
     return ranked
+
+
+_INTEGERS: frozenset[type] = frozenset((int,))
+_FLOATS: frozenset[type] = frozenset((msgspec.Raw,))
+
+
+def _numbers(column: Mapping[int, Any]) -> list[tuple[int, float]]:
+    """The integers of a column as floats (hundreds of digits have no float: not compared)."""
+    return [(i, float(v)) for i, v in column.items() if -_FLOAT_MAX <= v <= _FLOAT_MAX]
+
+
+def _floats(column: Mapping[int, msgspec.Raw]) -> list[tuple[int, float]]:
+    """The finite numbers of a column of floats (`_raw_number` of each)."""
+    try:
+        xs = list(map(float, map(bytes, column.values())))
+    except ValueError:
+        return [
+            (i, x) for i, x in zip(column, map(_raw_number, column.values()), strict=True) if x is not None
+        ]
+    return [(i, x) for i, x in zip(column, xs, strict=True) if -_FLOAT_MAX <= x <= _FLOAT_MAX]
 
 
 def _mark_numeric_outliers(numbers: list[tuple[int, float]], mark: Callable[[list[int], int], None]) -> None:
