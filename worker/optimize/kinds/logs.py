@@ -175,10 +175,11 @@ def compress(text: str, ctx: Context) -> Compressed | None:
             return None
         return finish(text, "\n".join(deduped), "log-dedupe", [f"{folded} exact repeated lines counted"])
     settings = _SETTINGS[ctx.mode]
-    entries = _entries(lines)
+    whole = facts.digit_skeleton(text)  # the entries and their skeletons both read it
+    entries = _entries(lines, whole)
     bodies = ["\n".join(entry.lines) for entry in entries]
     starts = _offsets(bodies)
-    forms = skeletons(text, bodies, starts)
+    forms = skeletons(text, bodies, starts, whole)
     important = _important_entries(text, bodies, starts, forms)
     pinned = list(important)
     for i, flag in enumerate(important):
@@ -381,23 +382,25 @@ class _Entry(msgspec.Struct):
     lines: list[str]
 
 
-def _entries(lines: list[str]) -> list[_Entry]:
+def _entries(lines: list[str], skeleton: str | None = None) -> list[_Entry]:
     """Lines grouped into log entries: a header line and its continuation lines (stack frames, wrapped text).
 
     When most lines carry a timestamp/level prefix, every unprefixed line continues the entry before it;
-    otherwise only indented lines and stack-frame shapes do.
+    otherwise only indented lines and stack-frame shapes do. `skeleton` is the lines' text's
+    `facts.digit_skeleton`, when the caller has it.
     """
     blank = [not line.strip() for line in lines]
     # Whether each line opens with a prefix, tested once per line skeleton (the census and the grouping both
     # need it): the prefixes name no digit (a timestamp is digits of any value), so a line and its skeleton
     # (`facts.digit_skeleton`) both open with one or neither, and a log's lines repeat a few skeletons.
-    joined = "\n".join(lines)
-    forms = facts.digit_skeleton(joined).split("\n")
+    if skeleton is None:
+        skeleton = facts.digit_skeleton("\n".join(lines))
+    forms = skeleton.split("\n")
     known = {form: _opens(form) for form in dict.fromkeys(forms)}
     opens = list(map(known.__getitem__, forms))
     nonblank = blank.count(False)
     structured = nonblank > 0 and sum(opens) * 2 >= nonblank
-    if "Traceback" not in joined:
+    if "Traceback" not in skeleton:  # (a word without digits: the same in the skeleton)
         # Without a traceback, whether a line continues the entry before it depends on that line and the one
         # before alone: the entries' first lines are found in one pass, and each entry is a slice of lines.
         after_blank = [True, *blank]
