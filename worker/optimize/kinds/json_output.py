@@ -35,8 +35,9 @@ import sys
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from itertools import accumulate
+from itertools import accumulate, repeat
 from itertools import compress as selected
+from operator import add
 from types import MappingProxyType
 from typing import Any, cast
 
@@ -272,19 +273,22 @@ def _member_spans(minified: str) -> list[tuple[int, str]]:
     `[.,]\d`, an amount's `[\d,]`) needs a digit or a currency word after it, which neither offers.
     tests/optimize/kinds/test_json_output.py compares this with the plain scan.
     """
-    pieces = minified.split(_MEMBER_SEAM)
-    last = len(pieces) - 1
-    if last < 2 or "0x" in minified:  # `0x` tells digits apart (`digit_skeleton`)
+    if "0x" in minified:  # `0x` tells digits apart (`digit_skeleton`)
         return facts.fact_spans(minified)
+    # Each piece's skeleton is as long as the piece: where the pieces start comes from the skeletons.
     forms = facts.digit_skeleton(minified).split(_MEMBER_SEAM)
+    last = len(forms) - 1
+    if last < 2:
+        return facts.fact_spans(minified)
     middle = forms[1:last]
     distinct = dict.fromkeys(middle)
-    if len(distinct) > _DISTINCT_MEMBERS_SHARE * len(pieces):
+    if len(distinct) > _DISTINCT_MEMBERS_SHARE * len(forms):
         return facts.fact_spans(minified)
     # skeleton -> (start, end) of each fact of a middle piece, relative to the piece without its quote
     known = {form: [(a - 1, a - 1 + len(f)) for a, f in facts.fact_spans(f'"{form},')] for form in distinct}
-    after_seam = list(accumulate([len(piece) + 2 for piece in pieces[:-1]]))  # where piece i + 1 starts
-    spans = facts.fact_spans(pieces[0] + ",")
+    # where piece i + 1 starts: past piece i and the seam
+    after_seam = list(accumulate(map(add, map(len, forms[:-1]), repeat(len(_MEMBER_SEAM)))))
+    spans = facts.fact_spans(minified[: len(forms[0])] + ",")
     places = known.__getitem__
     spans += [
         (start + a, minified[start + a : start + b])  # (a fact may end with the piece's comma)
@@ -292,7 +296,9 @@ def _member_spans(minified: str) -> list[tuple[int, str]]:
         for start in (after_seam[i - 1],)
         for a, b in places(forms[i])
     ]
-    spans += [(after_seam[-1] - 1 + a, fact) for a, fact in facts.fact_spans('"' + pieces[last])]
+    spans += [
+        (after_seam[-1] - 1 + a, fact) for a, fact in facts.fact_spans('"' + minified[after_seam[-1] :])
+    ]
     return spans
 
 
