@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate, repeat
 from itertools import compress as selected
-from operator import add
+from operator import add, itemgetter
 from types import MappingProxyType
 from typing import Any, cast
 
@@ -100,6 +100,7 @@ _FLOAT_MAX = sys.float_info.max
 _LIST_SCAN_ITEMS = 20
 """Elements of an array field looked at for error-like strings."""
 
+_START, _FACT = itemgetter(0), itemgetter(1)  # of a (start, fact) span
 # Floats are kept as their source text (msgspec.Raw), so `1.50` stays `1.50` and never becomes `1.5`.
 _DECODER = msgspec.json.Decoder(float_hook=lambda s: msgspec.Raw(s.encode()))
 
@@ -141,7 +142,7 @@ def compress(text: str, ctx: Context) -> Compressed | None:
             return _compress_json_lines(text, stripped, ctx)
         return None
     scan = _Scan.of(text, minified)  # the costliest step: done once for the final check and the markers
-    original_facts = fact_list(text) if scan is None else facts.distinct_facts(f for _, f in scan.spans)
+    original_facts = fact_list(text) if scan is None else facts.distinct_facts(map(_FACT, scan.spans))
     lossless_note = ["insignificant JSON whitespace"]
     if ctx.mode == "safe":
         return finish(text, minified, "json-minify", lossless_note, original_facts)
@@ -238,7 +239,7 @@ class _Scan:
         if "`" in minified or _has_longer_line(text, CHUNK_CHARS):
             return None
         spans = _member_spans(minified)
-        return cls(minified, spans, [start for start, _ in spans])
+        return cls(minified, spans, list(map(_START, spans)))
 
 
 def _has_longer_line(text: str, size: int) -> bool:
@@ -417,7 +418,7 @@ def _facts_in_words(
     else:
         text = joined = "\n".join(encoded[i] for i in wanted)
         spans = facts.fact_spans(text)
-        starts = [start for start, _ in spans]
+        starts = list(map(_START, spans))
         at, records = 0, wanted
     k = bisect_left(starts, at)
     found: dict[int, list[tuple[str, str]]] = {}
@@ -427,7 +428,7 @@ def _facts_in_words(
     # `distinct_facts` leaves out a fact that is an alphanumeric run of a longer fact of its record. Where no
     # fact of a record is a run of a longer fact of any of these records, it leaves out nothing (the common
     # case: an id and an amount), and the record's facts are distinct as found.
-    runs = _runs_of_longer([fact for _, fact in spans[k : bisect_left(starts, at + len(joined), k)]])
+    runs = _runs_of_longer(list(map(_FACT, spans[k : bisect_left(starts, at + len(joined), k)])))
     for i in records:
         end = begin + len(encoded[i])
         first: dict[str, int] = {}
