@@ -101,6 +101,7 @@ _LIST_SCAN_ITEMS = 20
 """Elements of an array field looked at for error-like strings."""
 
 _START, _FACT = itemgetter(0), itemgetter(1)  # of a (start, fact) span
+
 # Floats are kept as their source text (msgspec.Raw), so `1.50` stays `1.50` and never becomes `1.5`.
 _DECODER = msgspec.json.Decoder(float_hook=lambda s: msgspec.Raw(s.encode()))
 
@@ -606,6 +607,7 @@ def _outliers(fields: _Fields, n: int) -> list[int]:
 
 
 _INTEGERS: frozenset[type] = frozenset((int,))
+_STRINGS: frozenset[type] = frozenset((str,))
 _FLOATS: frozenset[type] = frozenset((msgspec.Raw,))
 
 
@@ -708,19 +710,29 @@ def _identity(items: list[Any], folded: list[int]) -> tuple[str, list[str]] | No
         key = first.get(candidate)
         if key is None:
             continue
-        values: list[str] = []
-        for i in folded:
-            value = items[i].get(key)
-            if isinstance(value, bool) or not isinstance(value, str | int):
-                break
-            shown = str(value)
-            if not 0 < len(shown) <= _IDENTITY_MAX_LEN:
-                break
-            values.append(shown)
-        else:
-            if len(set(values)) == len(values):
-                return str(key), values
+        values = _identities([items[i].get(key) for i in folded])
+        if values is not None and len(set(values)) == len(values):
+            return str(key), values
     return None
+
+
+def _identities(found: list[Any]) -> list[str] | None:
+    """`found` as shown, if each is a string or an integer (not a boolean) of 1 to `_IDENTITY_MAX_LEN`
+    characters shown; one type check and one length check of them all when they are all of one type."""
+    kinds = set(map(type, found))
+    if kinds in (_STRINGS, _INTEGERS):
+        shown = cast(list[str], found) if kinds == _STRINGS else list(map(str, found))
+        lengths = list(map(len, shown))
+        return shown if min(lengths) > 0 and max(lengths) <= _IDENTITY_MAX_LEN else None
+    values: list[str] = []
+    for value in found:
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            return None
+        text = str(value)
+        if not 0 < len(text) <= _IDENTITY_MAX_LEN:
+            return None
+        values.append(text)
+    return values
 
 
 def _shown(value: Scalar) -> str:
