@@ -191,7 +191,11 @@ def compress(text: str, ctx: Context) -> Compressed | None:
     shapes = shapes_of(
         bodies,
         forms,
-        (i for i, body in enumerate(bodies) if not pinned[i] and body and not body.isspace()),  # not blank
+        [
+            i
+            for i, (body, pin) in enumerate(zip(bodies, pinned, strict=True))
+            if not pin and body and not body.isspace()  # not blank
+        ],
     )
     pieces = fold_pieces(stretches(shapes, len(entries)), shapes, settings.min_group)
     if not pieces:
@@ -358,7 +362,9 @@ def _describe(entries: list[_Entry], piece: Piece, shapes: dict[int, Shape], fir
     start, end = entries[dropped[0]].start + 1, entries[dropped[-1]].start + len(entries[dropped[-1]].lines)
     where = f"line {start}" if start == end else f"lines {start}-{end}"
     if piece.run:
-        single = all(len(entries[i].lines) == 1 for i in piece.members)
+        # A run's members are neighbouring entries: one line each when they span as many lines as they are.
+        top, bottom = entries[piece.members[0]], entries[piece.members[-1]]
+        single = bottom.start + len(bottom.lines) - top.start == len(piece.members)
         noun = ("line" if single else "entry") if len(dropped) == 1 else ("lines" if single else "entries")
         hint = "; re-run to see them" if first else ""
         template = summary(shapes[piece.members[0]], [shapes[i] for i in dropped])
