@@ -684,7 +684,7 @@ def _describe(
     the marker lists, already holds them all), low-cardinality value counts, kept indices; and the
     identities it names."""
     # Records of an array mostly share one key order: each distinct one is looked at once.
-    key_orders = dict.fromkeys(tuple(items[i]) for i in folded)
+    key_orders = dict.fromkeys(map(tuple, map(items.__getitem__, folded)))
     keys = dict.fromkeys(key for order in key_orders for key in order)
     label = "same keys" if len({tuple(sorted(order)) for order in key_orders}) == 1 else "keys"
     parts = [f"folded {len(folded)} of {n} items ({label}: {', '.join(keys)})"]
@@ -752,7 +752,9 @@ def _value_summaries(fields: _Fields, folded: list[int], names: dict[int, str]) 
     Strings, booleans, numbers (floats as written) and null; a field holding an object or array is left out.
     A minority value (`_NAMED_MAX`) lists the `names` of its records, when the records have them.
     """
-    paths = dict.fromkeys(path for shape in dict.fromkeys(fields.shapes[i] for i in folded) for path in shape)
+    paths = dict.fromkeys(
+        path for shape in dict.fromkeys(map(fields.shapes.__getitem__, folded)) for path in shape
+    )
     is_folded = [False] * len(fields.shapes)
     for i in folded:
         is_folded[i] = True
