@@ -524,11 +524,14 @@ def listing_marker(what: str, found: Iterable[str], limit_chars: int = 2000) -> 
         return f"[trex: {what}]"
     listed: list[str] = []
     size = 0
-    for fact in facts:
-        if size + len(fact) > limit_chars:
-            break
-        listed.append(fact)
-        size += len(fact) + 2
+    if sum(map(len, facts)) + 2 * len(facts) <= limit_chars:
+        listed = facts  # no fact reaches the limit: the loop below would list them all
+    else:
+        for fact in facts:
+            if size + len(fact) > limit_chars:
+                break
+            listed.append(fact)
+            size += len(fact) + 2
     rest = len(facts) - len(listed)
     tail = f" (+{rest} more)" if rest else ""
     return f"[trex: {what}; facts kept: {', '.join(listed)}{tail}]"

@@ -24,7 +24,7 @@ from worker import tokens
 from worker.optimize import facts
 from worker.optimize.base import Context
 from worker.optimize.kinds import compress_tool_output, detect, json_output
-from worker.optimize.kinds._common import _chunks
+from worker.optimize.kinds._common import _chunks, pieces_at_least
 
 BALANCED = Context(mode="balanced")
 
@@ -400,7 +400,7 @@ def test_the_token_floor_of_folded_records_is_never_above_their_count(parts: lis
     """A fold is judged worth it from a floor of the folded records' tokens; above the count, a fold that
     saves too little would pass."""
     text = "".join(parts)
-    assert json_output._pieces_at_least(text) <= tokens.count(text)
+    assert pieces_at_least(text) <= tokens.count(text)
 
 
 def test_records_with_a_lone_backtick_each_fold_like_any_others() -> None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from unittest import mock
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.optimize.kinds._data import (
     JAVA_TRACE,
@@ -22,7 +25,7 @@ from tests.optimize.kinds._equivalence import assert_matches_alike
 from worker import tokens
 from worker.optimize import facts
 from worker.optimize.base import Context
-from worker.optimize.kinds import _templates, compress_tool_output, detect, logs
+from worker.optimize.kinds import _common, _templates, compress_tool_output, detect, logs
 
 BALANCED = Context(mode="balanced")
 _REPEAT_RE = re.compile(r"^\[trex: previous line repeated (\d+) more times\]$")
@@ -594,3 +597,38 @@ def test_the_level_word_scan_of_lowercased_text_finds_what_the_plain_pattern_fin
         assert [m.start() for m in logs._IMPORTANT_LOWER_RE.finditer(s)] == [
             m.start() for m in plain.finditer(s)
         ]
+
+
+# Log lines, records and markers, in pieces: words, numbers, punctuation, blanks, line breaks, non-ASCII.
+_FOLD_PARTS = [
+    *[
+        "INFO",
+        "GET",
+        "/healthz",
+        "200",
+        "4ms",
+        "it's",
+        "ORD-77812",
+        "2026-11-20T10:00:00.191Z",
+        "x",
+        "é",
+        "↵",
+    ],
+    *["[trex: ", "folded ", "lines 3-42", "; ", ", ", "{", '"id":', "}", "...", " ", "  ", "\t", "\n", "\n/"],
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(_FOLD_PARTS), max_size=8),
+    st.lists(st.lists(st.sampled_from(_FOLD_PARTS), max_size=12), min_size=1, max_size=20),
+)
+def test_a_fold_is_judged_worth_it_as_when_every_piece_is_counted(
+    marker: list[str], dropped: list[list[str]]
+) -> None:
+    """`worth_folding` skips an encode when the pre-tokenizer's pieces already bound the dropped text; the
+    answer is the one counting them gives."""
+    marker_text, pieces = "".join(marker), ["".join(parts) for parts in dropped]
+    with mock.patch.object(_common, "pieces_at_least", return_value=0):
+        counted = _common.worth_folding(marker_text, pieces)
+    assert _common.worth_folding(marker_text, pieces) == counted

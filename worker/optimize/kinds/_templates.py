@@ -109,10 +109,11 @@ def skeleton(body: str) -> str | None:
     return None if "0x" in body else facts.digit_skeleton(body)
 
 
-def skeletons(text: str, bodies: list[str], starts: list[int]) -> list[str | None]:
+def skeletons(text: str, bodies: list[str], starts: list[int], whole: str | None = None) -> list[str | None]:
     """`skeleton()` of each of `bodies`, which start at `starts` in `text`: one translation of the whole text
-    (translating each body on its own cost forty times as much)."""
-    whole = facts.digit_skeleton(text)
+    (translating each body on its own cost forty times as much), or `whole`, that translation, if given."""
+    if whole is None:
+        whole = facts.digit_skeleton(text)
     return [
         None if "0x" in body else whole[start : start + len(body)]
         for body, start in zip(bodies, starts, strict=True)

@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import math
 import re
-import string
 import sys
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from itertools import accumulate
+from itertools import accumulate, repeat
 from itertools import compress as selected
+from operator import add, itemgetter
 from types import MappingProxyType
 from typing import Any, cast
 
@@ -53,6 +53,7 @@ from worker.optimize.kinds._common import (
     count,
     fact_list,
     finish,
+    pieces_at_least,
     worth_folding,
 )
 from worker.optimize.kinds._detect import is_json_lines
@@ -99,6 +100,8 @@ _FLOAT_MAX = sys.float_info.max
 _LIST_SCAN_ITEMS = 20
 """Elements of an array field looked at for error-like strings."""
 
+_START, _FACT = itemgetter(0), itemgetter(1)  # of a (start, fact) span
+
 # Floats are kept as their source text (msgspec.Raw), so `1.50` stays `1.50` and never becomes `1.5`.
 _DECODER = msgspec.json.Decoder(float_hook=lambda s: msgspec.Raw(s.encode()))
 
@@ -115,14 +118,6 @@ _NEGATIVE_ZERO_RE = re.compile(r"[:,\[]-0(?=[,\]}]|$)")
 _STATUS_KEY_RE = re.compile(r"(?:^|[_.])(?:status|status_?code|code|http_?status)$", re.I)
 _QUERY_WORD_RE = re.compile(r"[A-Za-z0-9][\w-]{3,}")
 _RUN_RE = re.compile(r"[A-Za-z0-9]+")
-# Translation tables for `_pieces_at_least`: one class of ASCII characters kept as one character (letters;
-# digits; punctuation and control characters, with line breaks apart), all else a blank.
-_LETTER_RUNS = bytes(ord("a") if chr(c) in string.ascii_letters else ord(" ") for c in range(256))
-_DIGIT_RUNS = bytes(ord("0") if chr(c) in string.digits else ord(" ") for c in range(256))
-_PUNCTUATION_RUNS = bytes(
-    ord("\n") if chr(c) in "\r\n" else ord(" ") if chr(c).isalnum() or chr(c) in " \t\v\f" else ord(".")
-    for c in range(256)
-)
 _STOPWORDS = frozenset(
     (
         "about", "after", "also", "been", "before", "being", "could", "does", "from", "have", "into", "just",
@@ -148,7 +143,7 @@ def compress(text: str, ctx: Context) -> Compressed | None:
             return _compress_json_lines(text, stripped, ctx)
         return None
     scan = _Scan.of(text, minified)  # the costliest step: done once for the final check and the markers
-    original_facts = fact_list(text) if scan is None else facts.distinct_facts(f for _, f in scan.spans)
+    original_facts = fact_list(text) if scan is None else facts.distinct_facts(map(_FACT, scan.spans))
     lossless_note = ["insignificant JSON whitespace"]
     if ctx.mode == "safe":
         return finish(text, minified, "json-minify", lossless_note, original_facts)
@@ -245,7 +240,7 @@ class _Scan:
         if "`" in minified or _has_longer_line(text, CHUNK_CHARS):
             return None
         spans = _member_spans(minified)
-        return cls(minified, spans, [start for start, _ in spans])
+        return cls(minified, spans, list(map(_START, spans)))
 
 
 def _has_longer_line(text: str, size: int) -> bool:
@@ -280,19 +275,22 @@ def _member_spans(minified: str) -> list[tuple[int, str]]:
     `[.,]\d`, an amount's `[\d,]`) needs a digit or a currency word after it, which neither offers.
     tests/optimize/kinds/test_json_output.py compares this with the plain scan.
     """
-    pieces = minified.split(_MEMBER_SEAM)
-    last = len(pieces) - 1
-    if last < 2 or "0x" in minified:  # `0x` tells digits apart (`digit_skeleton`)
+    if "0x" in minified:  # `0x` tells digits apart (`digit_skeleton`)
         return facts.fact_spans(minified)
+    # Each piece's skeleton is as long as the piece: where the pieces start comes from the skeletons.
     forms = facts.digit_skeleton(minified).split(_MEMBER_SEAM)
+    last = len(forms) - 1
+    if last < 2:
+        return facts.fact_spans(minified)
     middle = forms[1:last]
     distinct = dict.fromkeys(middle)
-    if len(distinct) > _DISTINCT_MEMBERS_SHARE * len(pieces):
+    if len(distinct) > _DISTINCT_MEMBERS_SHARE * len(forms):
         return facts.fact_spans(minified)
     # skeleton -> (start, end) of each fact of a middle piece, relative to the piece without its quote
     known = {form: [(a - 1, a - 1 + len(f)) for a, f in facts.fact_spans(f'"{form},')] for form in distinct}
-    after_seam = list(accumulate([len(piece) + 2 for piece in pieces[:-1]]))  # where piece i + 1 starts
-    spans = facts.fact_spans(pieces[0] + ",")
+    # where piece i + 1 starts: past piece i and the seam
+    after_seam = list(accumulate(map(add, map(len, forms[:-1]), repeat(len(_MEMBER_SEAM)))))
+    spans = facts.fact_spans(minified[: len(forms[0])] + ",")
     places = known.__getitem__
     spans += [
         (start + a, minified[start + a : start + b])  # (a fact may end with the piece's comma)
@@ -300,7 +298,9 @@ def _member_spans(minified: str) -> list[tuple[int, str]]:
         for start in (after_seam[i - 1],)
         for a, b in places(forms[i])
     ]
-    spans += [(after_seam[-1] - 1 + a, fact) for a, fact in facts.fact_spans('"' + pieces[last])]
+    spans += [
+        (after_seam[-1] - 1 + a, fact) for a, fact in facts.fact_spans('"' + minified[after_seam[-1] :])
+    ]
     return spans
 
 
@@ -386,32 +386,15 @@ def _worth_folding(marker_text: str, dropped: list[str]) -> bool:
     """`worth_folding`, without counting the folded records when a lower bound of their tokens is enough.
 
     Minified records hold no spaces, so `worth_folding`'s cheap bound (one token a word) says nothing and it
-    counts thousands of tokens; `_pieces_at_least` bounds them in a few C-speed passes. The answer is the
+    counts thousands of tokens; `pieces_at_least` bounds them in a few C-speed passes. The answer is the
     same: when the marker is within `FOLD_RATIO` of the bound, it is within `FOLD_RATIO` of the count.
     """
     joined = "\n".join(dropped)
     if joined.isascii():
-        enough = FOLD_RATIO * _pieces_at_least(joined)
+        enough = FOLD_RATIO * pieces_at_least(joined)
         if tokens.at_most(marker_text) <= enough or count(marker_text) <= enough:
             return True
     return worth_folding(marker_text, dropped)
-
-
-def _pieces_at_least(text: str) -> int:
-    """A number of tokens the ASCII `text` has at least, from the pieces tiktoken's pre-tokenizer cuts.
-
-    o200k_base (and cl100k_base) cut text into pieces before merging, and each piece is one token or more. A
-    piece holds letters of one run only, after one optional leading character (a contraction, `it's`, holds
-    two runs: hence one run less for each apostrophe); digits in pieces of one to three that hold nothing
-    else; punctuation in pieces of its own, except the one character a letter piece may lead with, and the
-    slashes a piece takes after its line breaks. So each run of letters, each 3-digit piece of a run of
-    digits and each run of two or more punctuation characters not right after a line break is a piece.
-    """
-    data = text.encode()
-    letter_runs = len(data.translate(_LETTER_RUNS).split()) - data.count(b"'")
-    digit_pieces = sum((len(run) + 2) // 3 for run in data.translate(_DIGIT_RUNS).split())
-    punctuation_runs = (b" " + data.translate(_PUNCTUATION_RUNS)).count(b" ..")
-    return letter_runs + digit_pieces + punctuation_runs
 
 
 def _facts_in_words(
@@ -436,7 +419,7 @@ def _facts_in_words(
     else:
         text = joined = "\n".join(encoded[i] for i in wanted)
         spans = facts.fact_spans(text)
-        starts = [start for start, _ in spans]
+        starts = list(map(_START, spans))
         at, records = 0, wanted
     k = bisect_left(starts, at)
     found: dict[int, list[tuple[str, str]]] = {}
@@ -446,7 +429,7 @@ def _facts_in_words(
     # `distinct_facts` leaves out a fact that is an alphanumeric run of a longer fact of its record. Where no
     # fact of a record is a run of a longer fact of any of these records, it leaves out nothing (the common
     # case: an id and an amount), and the record's facts are distinct as found.
-    runs = _runs_of_longer([fact for _, fact in spans[k : bisect_left(starts, at + len(joined), k)]])
+    runs = _runs_of_longer(list(map(_FACT, spans[k : bisect_left(starts, at + len(joined), k)])))
     for i in records:
         end = begin + len(encoded[i])
         first: dict[str, int] = {}
@@ -573,13 +556,24 @@ def _outliers(fields: _Fields, n: int) -> list[int]:
             mark([i for i in range(n) if i not in column], 1)
         # msgspec decodes to exactly these types, no subclasses. A column of strings (names, states, codes),
         # the commonest, can only hold error-like values; others are sorted by type in one pass.
-        if set(map(type, column.values())) == {str}:
+        kinds = set(map(type, column.values()))
+        if kinds == {str}:
             mark(_error_strings(cast(dict[int, str], column)), _ERROR_WEIGHT)
+            continue
+        if kinds in (_INTEGERS, _FLOATS):
+            # A column of numbers alone (ids, amounts, counts), the next commonest: converted in one pass.
+            numbers = (
+                _numbers(column) if kinds == _INTEGERS else _floats(cast(dict[int, msgspec.Raw], column))
+            )
+            if _STATUS_KEY_RE.search(leaf):
+                mark([i for i, v in column.items() if type(v) is int and 400 <= v <= 599], _ERROR_WEIGHT)
+            if len(numbers) >= 5:
+                _mark_numeric_outliers(numbers, mark)
             continue
         nones: list[int] = []
         strings: dict[int, str] = {}
         bools: list[tuple[int, bool]] = []
-        numbers: list[tuple[int, float]] = []
+        numbers = []
         for i, v in column.items():
             if type(v) is str:
                 strings[i] = v
@@ -610,6 +604,27 @@ def _outliers(fields: _Fields, n: int) -> list[int]:
         mark([i for i, value in filled if _error_text(value)], _ERROR_WEIGHT)
     ranked = sorted((i for i in range(n) if score[i] > 0), key=lambda i: (-score[i], i))
     return ranked
+
+
+_INTEGERS: frozenset[type] = frozenset((int,))
+_STRINGS: frozenset[type] = frozenset((str,))
+_FLOATS: frozenset[type] = frozenset((msgspec.Raw,))
+
+
+def _numbers(column: Mapping[int, Any]) -> list[tuple[int, float]]:
+    """The integers of a column as floats (hundreds of digits have no float: not compared)."""
+    return [(i, float(v)) for i, v in column.items() if -_FLOAT_MAX <= v <= _FLOAT_MAX]
+
+
+def _floats(column: Mapping[int, msgspec.Raw]) -> list[tuple[int, float]]:
+    """The finite numbers of a column of floats (`_raw_number` of each)."""
+    try:
+        xs = list(map(float, map(bytes, column.values())))
+    except ValueError:
+        return [
+            (i, x) for i, x in zip(column, map(_raw_number, column.values()), strict=True) if x is not None
+        ]
+    return [(i, x) for i, x in zip(column, xs, strict=True) if -_FLOAT_MAX <= x <= _FLOAT_MAX]
 
 
 def _mark_numeric_outliers(numbers: list[tuple[int, float]], mark: Callable[[list[int], int], None]) -> None:
@@ -669,7 +684,7 @@ def _describe(
     the marker lists, already holds them all), low-cardinality value counts, kept indices; and the
     identities it names."""
     # Records of an array mostly share one key order: each distinct one is looked at once.
-    key_orders = dict.fromkeys(tuple(items[i]) for i in folded)
+    key_orders = dict.fromkeys(map(tuple, map(items.__getitem__, folded)))
     keys = dict.fromkeys(key for order in key_orders for key in order)
     label = "same keys" if len({tuple(sorted(order)) for order in key_orders}) == 1 else "keys"
     parts = [f"folded {len(folded)} of {n} items ({label}: {', '.join(keys)})"]
@@ -695,19 +710,29 @@ def _identity(items: list[Any], folded: list[int]) -> tuple[str, list[str]] | No
         key = first.get(candidate)
         if key is None:
             continue
-        values: list[str] = []
-        for i in folded:
-            value = items[i].get(key)
-            if isinstance(value, bool) or not isinstance(value, str | int):
-                break
-            shown = str(value)
-            if not 0 < len(shown) <= _IDENTITY_MAX_LEN:
-                break
-            values.append(shown)
-        else:
-            if len(set(values)) == len(values):
-                return str(key), values
+        values = _identities([items[i].get(key) for i in folded])
+        if values is not None and len(set(values)) == len(values):
+            return str(key), values
     return None
+
+
+def _identities(found: list[Any]) -> list[str] | None:
+    """`found` as shown, if each is a string or an integer (not a boolean) of 1 to `_IDENTITY_MAX_LEN`
+    characters shown; one type check and one length check of them all when they are all of one type."""
+    kinds = set(map(type, found))
+    if kinds in (_STRINGS, _INTEGERS):
+        shown = cast(list[str], found) if kinds == _STRINGS else list(map(str, found))
+        lengths = list(map(len, shown))
+        return shown if min(lengths) > 0 and max(lengths) <= _IDENTITY_MAX_LEN else None
+    values: list[str] = []
+    for value in found:
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            return None
+        text = str(value)
+        if not 0 < len(text) <= _IDENTITY_MAX_LEN:
+            return None
+        values.append(text)
+    return values
 
 
 def _shown(value: Scalar) -> str:
@@ -727,7 +752,9 @@ def _value_summaries(fields: _Fields, folded: list[int], names: dict[int, str]) 
     Strings, booleans, numbers (floats as written) and null; a field holding an object or array is left out.
     A minority value (`_NAMED_MAX`) lists the `names` of its records, when the records have them.
     """
-    paths = dict.fromkeys(path for shape in dict.fromkeys(fields.shapes[i] for i in folded) for path in shape)
+    paths = dict.fromkeys(
+        path for shape in dict.fromkeys(map(fields.shapes.__getitem__, folded)) for path in shape
+    )
     is_folded = [False] * len(fields.shapes)
     for i in folded:
         is_folded[i] = True

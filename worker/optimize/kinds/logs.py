@@ -54,8 +54,10 @@ from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import accumulate
-from operator import add
+from operator import add, or_
 from types import MappingProxyType
+
+import msgspec
 
 from worker.optimize import facts
 from worker.optimize.base import Compressed, Context, Mode
@@ -173,10 +175,11 @@ def compress(text: str, ctx: Context) -> Compressed | None:
             return None
         return finish(text, "\n".join(deduped), "log-dedupe", [f"{folded} exact repeated lines counted"])
     settings = _SETTINGS[ctx.mode]
-    entries = _entries(lines)
+    whole = facts.digit_skeleton(text)  # the entries and their skeletons both read it
+    entries = _entries(lines, whole)
     bodies = ["\n".join(entry.lines) for entry in entries]
     starts = _offsets(bodies)
-    forms = skeletons(text, bodies, starts)
+    forms = skeletons(text, bodies, starts, whole)
     important = _important_entries(text, bodies, starts, forms)
     pinned = list(important)
     for i, flag in enumerate(important):
@@ -188,7 +191,11 @@ def compress(text: str, ctx: Context) -> Compressed | None:
     shapes = shapes_of(
         bodies,
         forms,
-        (i for i, body in enumerate(bodies) if not pinned[i] and body and not body.isspace()),  # not blank
+        [
+            i
+            for i, (body, pin) in enumerate(zip(bodies, pinned, strict=True))
+            if not pin and body and not body.isspace()  # not blank
+        ],
     )
     pieces = fold_pieces(stretches(shapes, len(entries)), shapes, settings.min_group)
     if not pieces:
@@ -198,7 +205,7 @@ def compress(text: str, ctx: Context) -> Compressed | None:
     key_facts = _key_facts_by_entry(text, bodies, forms, starts)
     # Everything no fold may drop stays verbatim; markers need not repeat facts shown there.
     droppable = {i for piece in pieces for i in piece.dropped}
-    ledger = FactLedger("\n".join(bodies[i] for i in range(len(entries)) if i not in droppable))
+    ledger = FactLedger("\n".join([body for i, body in enumerate(bodies) if i not in droppable]))
     markers: dict[
         int, str
     ] = {}  # entry index -> marker emitted after it (a run) or instead of it (a stretch)
@@ -292,16 +299,21 @@ def _key_facts_by_entry(
     """
     if facts.may_cross_lines(text):
         return _key_facts_by_scan(text, starts)
+    # a fact never starts with a blank: it is at its match's start
+    known: dict[str | None, tuple[slice, ...]] = {
+        form: tuple(slice(p, p + len(f)) for p, f in facts.fact_spans(form) if not summarisable(f))
+        for form in dict.fromkeys(forms)
+        if form is not None
+    }
     found: dict[int, list[str]] = {}
-    known: dict[str, tuple[slice, ...]] = {}
-    for i, (body, form) in enumerate(zip(bodies, forms, strict=True)):
-        if form is None:
+    # Only the entries whose skeleton holds a key fact, and those without a skeleton (`0x`), are visited: a
+    # log's routine lines mostly hold incidental values alone.
+    cuts_of = list(map(known.get, forms))
+    for i in itertools.compress(range(len(bodies)), [cuts is None or cuts for cuts in cuts_of]):
+        body, cuts = bodies[i], cuts_of[i]
+        if cuts is None:
             key = [fact for _, fact in facts.fact_spans(body) if not summarisable(fact)]
         else:
-            cuts = known.get(form)
-            if cuts is None:
-                spans = facts.fact_spans(form)  # a fact never starts with a blank: it is at its match's start
-                cuts = known[form] = tuple(slice(p, p + len(f)) for p, f in spans if not summarisable(f))
             key = [body[cut] for cut in cuts]
         if key:
             found[i] = key
@@ -350,7 +362,9 @@ def _describe(entries: list[_Entry], piece: Piece, shapes: dict[int, Shape], fir
     start, end = entries[dropped[0]].start + 1, entries[dropped[-1]].start + len(entries[dropped[-1]].lines)
     where = f"line {start}" if start == end else f"lines {start}-{end}"
     if piece.run:
-        single = all(len(entries[i].lines) == 1 for i in piece.members)
+        # A run's members are neighbouring entries: one line each when they span as many lines as they are.
+        top, bottom = entries[piece.members[0]], entries[piece.members[-1]]
+        single = bottom.start + len(bottom.lines) - top.start == len(piece.members)
         noun = ("line" if single else "entry") if len(dropped) == 1 else ("lines" if single else "entries")
         hint = "; re-run to see them" if first else ""
         template = summary(shapes[piece.members[0]], [shapes[i] for i in dropped])
@@ -366,28 +380,53 @@ def _describe(entries: list[_Entry], piece: Piece, shapes: dict[int, Shape], fir
     return f"{where} folded{hint}: {census}"
 
 
-@dataclass(slots=True)
-class _Entry:
+class _Entry(msgspec.Struct):
+    """A log entry (a Struct: built in C, a few hundred per log)."""
+
     start: int
     """0-based index of the entry's first line."""
     lines: list[str]
 
 
-def _entries(lines: list[str]) -> list[_Entry]:
+def _entries(lines: list[str], skeleton: str | None = None) -> list[_Entry]:
     """Lines grouped into log entries: a header line and its continuation lines (stack frames, wrapped text).
 
     When most lines carry a timestamp/level prefix, every unprefixed line continues the entry before it;
-    otherwise only indented lines and stack-frame shapes do.
+    otherwise only indented lines and stack-frame shapes do. `skeleton` is the lines' text's
+    `facts.digit_skeleton`, when the caller has it.
     """
     blank = [not line.strip() for line in lines]
     # Whether each line opens with a prefix, tested once per line skeleton (the census and the grouping both
     # need it): the prefixes name no digit (a timestamp is digits of any value), so a line and its skeleton
     # (`facts.digit_skeleton`) both open with one or neither, and a log's lines repeat a few skeletons.
-    forms = facts.digit_skeleton("\n".join(lines)).split("\n")
+    if skeleton is None:
+        skeleton = facts.digit_skeleton("\n".join(lines))
+    forms = skeleton.split("\n")
     known = {form: _opens(form) for form in dict.fromkeys(forms)}
     opens = list(map(known.__getitem__, forms))
     nonblank = blank.count(False)
     structured = nonblank > 0 and sum(opens) * 2 >= nonblank
+    if "Traceback" not in skeleton:  # (a word without digits: the same in the skeleton)
+        # Without a traceback, whether a line continues the entry before it depends on that line and the one
+        # before alone: the entries' first lines are found in one pass, and each entry is a slice of lines.
+        after_blank = [True, *blank]
+        if structured:
+            heads = [
+                i
+                for i, gap, o in zip(range(len(lines)), map(or_, blank, after_blank), opens, strict=True)
+                if gap or o
+            ]
+        else:
+            continuation = _CONTINUATION_RE.match
+            heads = [
+                i
+                for i, gap, line in zip(range(len(lines)), map(or_, blank, after_blank), lines, strict=True)
+                if gap or not continuation(line)
+            ]
+        return [
+            _Entry(start, lines[start:end])
+            for start, end in zip(heads, [*heads[1:], len(lines)], strict=True)
+        ]
     entries: list[_Entry] = []
     current: list[str] = []  # the lines of the last entry, which ends with the line before this one
     traceback = (
