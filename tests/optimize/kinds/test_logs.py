@@ -632,3 +632,34 @@ def test_a_fold_is_judged_worth_it_as_when_every_piece_is_counted(
     with mock.patch.object(_common, "pieces_at_least", return_value=0):
         counted = _common.worth_folding(marker_text, pieces)
     assert _common.worth_folding(marker_text, pieces) == counted
+
+
+_ENTRY_LINES = st.sampled_from(
+    [
+        "",
+        "   ",
+        "2026-03-14T09:12:03Z INFO request served id=7",
+        "09:12:04 WARN slow query 812 ms",
+        "[ERROR] payment declined E4012",
+        "ValueError: amount must be positive",
+        "    at com.shop.Pay.run(Pay.java:42)",
+        '  File "app.py", line 7, in main',
+        "\tcontinued with a tab",
+        "Caused by: java.io.IOException",
+        "... 12 more",
+        "plain words without a prefix",
+        "src/app.py:12: error: bad type",
+    ]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_ENTRY_LINES, max_size=30), st.booleans())
+def test_entries_without_a_traceback_are_found_alike_by_both_ways(lines: list[str], structured: bool) -> None:
+    """`_entries` takes the sliced way for lines without `Traceback`: it must find the entries the line-by-line
+    walk finds, in both modes (most lines prefixed or not)."""
+    blank = [not line.strip() for line in lines]
+    opens = [logs._opens(line) for line in lines]
+    assert logs._entries_sliced(lines, blank, opens, structured) == logs._entries_walked(
+        lines, blank, opens, structured
+    )

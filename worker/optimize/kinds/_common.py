@@ -294,10 +294,12 @@ def pieces_at_least(text: str) -> int:
 
     o200k_base (and cl100k_base) cut text into pieces before merging, and each piece is one token or more. A
     piece holds letters of one run only, after one optional leading character (a contraction, `it's`, holds
-    two runs: hence one run less for each apostrophe); digits in pieces of one to three that hold nothing
-    else; punctuation in pieces of its own, except the one character a letter piece may lead with, and the
-    slashes a piece takes after its line breaks. So each run of letters, each 3-digit piece of a run of
-    digits and each run of two or more punctuation characters not right after a line break is a piece.
+    two runs: hence one run less for each apostrophe, in a contraction or not); digits in pieces of one to
+    three that hold nothing else; punctuation in pieces of its own, except the one character a letter piece
+    may lead with, and the slashes a piece takes after its line breaks. So each run of letters holds at
+    least one piece (a CamelCase run holds two), each 3-digit piece of a run of digits is one, and each run
+    of two or more punctuation characters not right after a line break holds at least one: their number is
+    a lower bound.
     """
     data = text.encode()
     letter_runs = len(data.translate(_LETTER_RUNS).split()) - data.count(b"'")

@@ -407,26 +407,38 @@ def _entries(lines: list[str], skeleton: str | None = None) -> list[_Entry]:
     nonblank = blank.count(False)
     structured = nonblank > 0 and sum(opens) * 2 >= nonblank
     if "Traceback" not in skeleton:  # (a word without digits: the same in the skeleton)
-        # Without a traceback, whether a line continues the entry before it depends on that line and the one
-        # before alone: the entries' first lines are found in one pass, and each entry is a slice of lines.
-        after_blank = [True, *blank]
-        if structured:
-            heads = [
-                i
-                for i, gap, o in zip(range(len(lines)), map(or_, blank, after_blank), opens, strict=True)
-                if gap or o
-            ]
-        else:
-            continuation = _CONTINUATION_RE.match
-            heads = [
-                i
-                for i, gap, line in zip(range(len(lines)), map(or_, blank, after_blank), lines, strict=True)
-                if gap or not continuation(line)
-            ]
-        return [
-            _Entry(start, lines[start:end])
-            for start, end in zip(heads, [*heads[1:], len(lines)], strict=True)
+        return _entries_sliced(lines, blank, opens, structured)
+    return _entries_walked(lines, blank, opens, structured)
+
+
+def _entries_sliced(lines: list[str], blank: list[bool], opens: list[bool], structured: bool) -> list[_Entry]:
+    """`_entries` of lines without a traceback: whether a line continues the entry before it depends on that
+    line and the one before alone, so the entries' first lines are found in one pass and each entry is a slice
+    of lines. What `_entries_walked` finds for such lines (a test checks it)."""
+    if not lines:
+        return []
+    after_blank = [True, *blank]
+    if structured:
+        heads = [
+            i
+            for i, gap, o in zip(range(len(lines)), map(or_, blank, after_blank), opens, strict=True)
+            if gap or o
         ]
+    else:
+        continuation = _CONTINUATION_RE.match
+        heads = [
+            i
+            for i, gap, line in zip(range(len(lines)), map(or_, blank, after_blank), lines, strict=True)
+            if gap or not continuation(line)
+        ]
+    return [
+        _Entry(start, lines[start:end]) for start, end in zip(heads, [*heads[1:], len(lines)], strict=True)
+    ]
+
+
+def _entries_walked(lines: list[str], blank: list[bool], opens: list[bool], structured: bool) -> list[_Entry]:
+    """`_entries`, line by line: a Python traceback's closing `ValueError: …` line belongs to the entry its
+    `Traceback` line opened."""
     entries: list[_Entry] = []
     current: list[str] = []  # the lines of the last entry, which ends with the line before this one
     traceback = (
