@@ -545,8 +545,7 @@ async def proxy(
             and (override is None or ctx.override_for not in (None, "openai"))  # not with its own key
             else None
         )
-        is_sse = upstream_sse
-        if stream and is_sse:
+        if stream and upstream_sse:
             relay: Relay = _make_relay(fmt, wire, route, body, wants_usage)
             if made is not None:
                 relay = stored_owners.OwnedStream(relay, ctx, gw.kv, made, key.id)

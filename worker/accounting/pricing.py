@@ -201,9 +201,8 @@ def cost(billed: Billed, price: Price | None, cache_write_ttl: str = "5m") -> fl
     write = write if write is not None else price.input
     write_1h = price.cache_write_1h if price.cache_write_1h is not None else price.input
     hour = min(billed.cache_write_1h_tokens, billed.cache_write_tokens)
-    uncached = max(0, billed.input_tokens - billed.cached_input_tokens - billed.cache_write_tokens)
     total = (
-        uncached * price.input
+        billed.uncached_input_tokens * price.input
         + billed.cached_input_tokens * cached
         + (billed.cache_write_tokens - hour) * write
         + hour * write_1h
