@@ -23,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +102,7 @@ class _Second:
     limit_text: str
     reset: int
     """Seconds until the minute window resets."""
+    reset_text: str
     concurrent: int
 
 
@@ -158,23 +159,28 @@ class Limits:
             return False
         return any(ip in net for net in self.trusted)
 
-    async def admit(self, key: KeyRecord, ip: str) -> Admitted | None:
-        """Count this request; raise the 429 (or 503) that refuses it. None when limits are off."""
-        return await self._admit(key.id, key.plan, ip)
+    def admit(self, key: KeyRecord, ip: str) -> Coroutine[Any, Any, Admitted | None]:
+        """Count this request; raise the 429 (or 503) that refuses it. None when limits are off. (`_admit`'s
+        coroutine itself, awaited by the caller: no second coroutine around it on every request.)"""
+        return self._admit(key.id, key.plan, ip)
 
-    async def admit_agent(self, agent_id: str, ip: str) -> Admitted | None:
+    def admit_agent(self, agent_id: str, ip: str) -> Coroutine[Any, Any, Admitted | None]:
         """`admit` for a signed agent: the per-key limits apply to the agent id (agents have no plan)."""
-        return await self._admit(agent_id, None, ip)
+        return self._admit(agent_id, None, ip)
 
     async def _admit(self, ident: str, plan_name: str | None, ip: str) -> Admitted | None:
         if not self.enabled:
             return None
-        now = self._clock()
-        second = self._second(ident, plan_name, ip, int(now))
+        second = self._seconds.get((ident, ip))
+        now = int(self._clock())
+        if second is None or second.now != now or second.plan_name != plan_name:
+            second = self._second(ident, plan_name, ip, now)
         key_limit = second.key_limit
+        # Most requests take both positions from this instance's leases, without a coroutine; the others
+        # count both counters in one round trip shared with every request counted at the same time.
+        used = self.counters.take(second.counters)
         try:
-            # Both counters in one round trip shared with every request counted at the same time.
-            used_key, used_ip = await self.counters.count(second.counters)
+            used_key, used_ip = used if used is not None else await self.counters.count(second.counters)
         except KVError as exc:
             if not self.fail_open:
                 raise ServiceUnavailableError(
@@ -188,8 +194,8 @@ class Limits:
         reset = second.reset
         headers = {
             X_RATELIMIT_LIMIT: second.limit_text,
-            X_RATELIMIT_REMAINING: str(max(0, key_limit - used_key)),
-            X_RATELIMIT_RESET: str(reset),
+            X_RATELIMIT_REMAINING: str(key_limit - used_key) if used_key < key_limit else "0",
+            X_RATELIMIT_RESET: second.reset_text,
         }
         if used_key > key_limit or used_ip > self.ip_per_minute:
             which = "key" if used_key > key_limit else "client IP"
@@ -212,13 +218,11 @@ class Limits:
 
     def _second(self, ident: str, plan_name: str | None, ip: str, now: int) -> _Second:
         """What counting a request of `ident` from `ip` needs in this second: built once a second per key
-        and client IP, not per request (the reset counts down by the second)."""
-        entry = self._seconds.get((ident, ip))
-        if entry is not None and entry.now == now and entry.plan_name == plan_name:
-            return entry
+        and client IP, not per request (the reset counts down by the second; `_admit` finds it built)."""
         plan = self.plans.get(plan_name) if plan_name else None
         key_limit = plan.requests_per_minute if plan and plan.requests_per_minute else self.key_per_minute
         window = now // 60
+        reset = max(1, (window + 1) * 60 - now)
         entry = _Second(
             now,
             plan_name,
@@ -229,7 +233,8 @@ class Limits:
             key_limit,
             str(key_limit),
             # ceil((window + 1) * 60 - t) for any t within this second: the seconds left in the minute.
-            max(1, (window + 1) * 60 - now),
+            reset,
+            str(reset),
             plan.max_concurrent if plan and plan.max_concurrent else self.max_concurrent,
         )
         if len(self._seconds) >= 4096:  # many client IPs: start over rather than scan them every second

@@ -41,6 +41,7 @@ import dataclasses
 import fnmatch
 import functools
 import logging
+import operator
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -182,8 +183,8 @@ class Admission:
     key_id: str
     plan: QuotaPlan
     credits: bool
-    day: str
-    week: str
+    tokens: tuple[tuple[str, int], ...]
+    """(counter, TTL) of the plan's token quotas in the request's day and week, charged its billed tokens."""
     counted: tuple[tuple[str, int | None], ...] = ()
     """The uses counted on admission (request quotas, web searches): given back if the request is refused
     before it reaches an upstream (`Quotas.give_back`)."""
@@ -203,11 +204,18 @@ class _Window:
 
     now: int
     plan: QuotaPlan
+    day_left: int
+    week_left: int
+    credit_rules: bool
+    """Whether the plan has any rule that makes a request draw on Compute Credits (`_credit_reason`)."""
+    tokens: tuple[tuple[str, int], ...]
     daily_tokens: str | None
     daily_tokens_limit: int
     weekly_tokens: str | None
     weekly_tokens_limit: int
     requests: tuple[tuple[str, int, int], ...]
+    limits: tuple[int, ...]
+    """The limits of `requests`, in their order."""
     what: tuple[str, ...]
     admission: Admission
 
@@ -302,10 +310,65 @@ class Quotas:
         # the daily quota must not eat into the weekly one).
         counted: list[tuple[str, int | None]] = []
         try:
-            return await self._admit(key, plan, model, web_search, tier, in_flight, counted)
+            now = int(self._clock())
+            window = self._windows.get(key.id)
+            if window is None or window.now != now or window.plan is not plan:
+                window = self._window(key.id, plan, now)
+            if web_search is not None and plan.daily_web_searches is not None:
+                if plan.daily_web_searches == 0:
+                    raise WebSearchNotAllowedError(
+                        f"Web search is not available on the {plan.name!r} plan.", param=web_search
+                    )
+                day_left = window.day_left
+                searches = f"quota/{key.id}/d{_windows(now)[0]}/web_searches"
+                (used,) = await self.counters.count([(searches, day_left + 3600, plan.daily_web_searches)])
+                if used > plan.daily_web_searches:
+                    raise self._exceeded("daily web search", plan.daily_web_searches, day_left)
+                counted.append((searches, day_left + 3600))
+            why = _credit_reason(plan, model, tier, in_flight) if window.credit_rules else None
+            if why is not None:
+                # What it may cost is known once its input is optimized and its model routed: it holds it
+                # then.
+                return Admission(key.id, plan, True, window.tokens, tuple(counted), why)
+            # Token quotas: the values read at most once a second (`_tokens_used`), found without a coroutine
+            # while fresh.
+            if window.daily_tokens is not None:
+                cached = self._tokens.get(window.daily_tokens)
+                tokens = (
+                    cached[0]
+                    if cached is not None and cached[1] > time.monotonic()
+                    else await self._tokens_used(window.daily_tokens, _DAY_TOKENS_TTL)
+                )
+                if tokens >= window.daily_tokens_limit:
+                    raise self._exceeded("daily token", window.daily_tokens_limit, window.day_left)
+            if window.weekly_tokens is not None:
+                cached = self._tokens.get(window.weekly_tokens)
+                tokens = (
+                    cached[0]
+                    if cached is not None and cached[1] > time.monotonic()
+                    else await self._tokens_used(window.weekly_tokens, _WEEK_TOKENS_TTL)
+                )
+                if tokens >= window.weekly_tokens_limit:
+                    raise self._exceeded("weekly token", window.weekly_tokens_limit, window.week_left)
+            if window.requests:
+                # Counted like the rate limits: shared round trips, and leases while far from the quota (most
+                # requests take their positions from a lease, without a coroutine).
+                positions = self.counters.take(window.requests)
+                if positions is None:
+                    positions = await self.counters.count(window.requests)
+                if not all(map(operator.le, positions, window.limits)):
+                    raise self._over(window, positions, counted)
+                if not counted:
+                    # Nothing counted but the request quotas (the common case): the admission this second's
+                    # requests of this key share (it is immutable).
+                    return window.admission
+                counted += window.admission.counted
         except BaseException:  # refused, the KV failing midway (a 503), or the client gone
             await self._uncount(counted)
             raise
+        if not counted:
+            return window.admission
+        return Admission(key.id, plan, False, window.tokens, tuple(counted))
 
     async def give_back(self, admission: Admission | None, *, release: bool = True) -> None:
         """Give back what an admitted request counted, when it is refused before reaching an upstream (a bad
@@ -339,66 +402,9 @@ class Quotas:
         except KVError as exc:
             log.error("could not give back %d counts of a refused request: %s", len(back), exc)
 
-    async def _admit(
-        self,
-        key: KeyRecord,
-        plan: QuotaPlan,
-        model: str,
-        web_search: str | None,
-        tier: str | None,
-        in_flight: int,
-        counted: list[tuple[str, int | None]],
-    ) -> Admission:
-        now = int(self._clock())
-        day, week, day_left, week_left = _windows(now)
-        if web_search is not None and plan.daily_web_searches is not None:
-            if plan.daily_web_searches == 0:
-                raise WebSearchNotAllowedError(
-                    f"Web search is not available on the {plan.name!r} plan.", param=web_search
-                )
-            searches = f"quota/{key.id}/d{day}/web_searches"
-            (used,) = await self.counters.count([(searches, day_left + 3600, plan.daily_web_searches)])
-            if used > plan.daily_web_searches:
-                raise self._exceeded("daily web search", plan.daily_web_searches, day_left)
-            counted.append((searches, day_left + 3600))
-        why = _credit_reason(plan, model, tier, in_flight)
-        if why is not None:
-            # What it may cost is known once its input is optimized and its model routed: it holds it then.
-            return Admission(key.id, plan, True, day, week, tuple(counted), why)
-        window = self._window(key.id, plan, now)
-        if window.daily_tokens is not None:
-            used = await self._tokens_used(window.daily_tokens, _DAY_TOKENS_TTL)
-            if used >= window.daily_tokens_limit:
-                raise self._exceeded("daily token", window.daily_tokens_limit, day_left)
-        if window.weekly_tokens is not None:
-            used = await self._tokens_used(window.weekly_tokens, _WEEK_TOKENS_TTL)
-            if used >= window.weekly_tokens_limit:
-                raise self._exceeded("weekly token", window.weekly_tokens_limit, week_left)
-        if window.requests:
-            # Counted like the rate limits: shared round trips, and leases while far from the quota.
-            positions = await self.counters.count(window.requests)
-            exceeded = None
-            for (counter, ttl, limit), position, what in zip(
-                window.requests, positions, window.what, strict=True
-            ):
-                if position > limit:
-                    exceeded = exceeded or self._exceeded(what, limit, ttl - 3600)
-                else:
-                    counted.append((counter, ttl))
-            if exceeded is not None:
-                raise exceeded
-        # Nothing counted but the request quotas (the common case): the admission this second's requests of
-        # this key share (it is immutable).
-        if len(counted) == len(window.requests):
-            return window.admission
-        return Admission(key.id, plan, False, day, week, tuple(counted))
-
     def _window(self, key_id: str, plan: QuotaPlan, now: int) -> _Window:
         """The counter names, counts and admission of a key's requests in this second (built once a second
-        per key, not for every request)."""
-        window = self._windows.get(key_id)
-        if window is not None and window.now == now and window.plan is plan:
-            return window
+        per key, not for every request: `admit` finds it built)."""
         day, week, day_left, week_left = _windows(now)
         # Counter names are built only for the windows the plan limits (most plans limit one or two).
         requests: list[tuple[str, int, int]] = []
@@ -409,16 +415,31 @@ class Quotas:
         if plan.weekly_requests is not None:
             requests.append((f"quota/{key_id}/w{week}/requests", week_left + 3600, plan.weekly_requests))
             what.append("weekly request")
+        daily_tokens = f"quota/{key_id}/d{day}/tokens" if plan.daily_tokens is not None else None
+        weekly_tokens = f"quota/{key_id}/w{week}/tokens" if plan.weekly_tokens is not None else None
+        tokens: tuple[tuple[str, int], ...] = ((daily_tokens, _DAY_TOKENS_TTL),) if daily_tokens else ()
+        if weekly_tokens is not None:
+            tokens += ((weekly_tokens, _WEEK_TOKENS_TTL),)
         window = _Window(
             now,
             plan,
-            f"quota/{key_id}/d{day}/tokens" if plan.daily_tokens is not None else None,
+            day_left,
+            week_left,
+            bool(
+                plan.credit_models
+                or plan.credit_premium
+                or plan.credit_pinned
+                or plan.credit_above_concurrent is not None
+            ),
+            tokens,
+            daily_tokens,
             plan.daily_tokens or 0,
-            f"quota/{key_id}/w{week}/tokens" if plan.weekly_tokens is not None else None,
+            weekly_tokens,
             plan.weekly_tokens or 0,
             tuple(requests),
+            tuple(limit for _, _, limit in requests),
             tuple(what),
-            Admission(key_id, plan, False, day, week, tuple((c, ttl) for c, ttl, _ in requests)),
+            Admission(key_id, plan, False, tokens, tuple((c, ttl) for c, ttl, _ in requests)),
         )
         if len(self._windows) >= 4096:  # many keys: start over rather than scan them every second
             self._windows.clear()
@@ -523,6 +544,23 @@ class Quotas:
     async def _undo(self, deltas: Mapping[str, int]) -> None:
         await self._give_back([(counter, -delta, HOLD_TTL) for counter, delta in deltas.items() if delta])
 
+    @classmethod
+    def _over(
+        cls, window: _Window, positions: Sequence[int], counted: list[tuple[str, int | None]]
+    ) -> GatewayError:
+        """The 429 of the first request quota a position is past; the counts within their limit are added to
+        `counted`, given back with the refusal."""
+        exceeded = None
+        for (counter, ttl, limit), position, what in zip(
+            window.requests, positions, window.what, strict=True
+        ):
+            if position > limit:
+                exceeded = exceeded or cls._exceeded(what, limit, ttl - 3600)
+            else:
+                counted.append((counter, ttl))
+        assert exceeded is not None, "called with a position past its limit"
+        return exceeded
+
     @staticmethod
     def _exceeded(what: str, limit: int, retry_after: int) -> GatewayError:
         return QuotaExceededError(
@@ -566,21 +604,16 @@ class Quotas:
         """What reconciliation adds: a request on credits has its cost debited and its hold released (in the
         same batch, so both are applied once), any other has its tokens counted against the quotas. A failed
         request is charged nothing (`billed_tokens` 0, `cost_usd` None) and only releases its hold."""
-        out: list[Increment] = []
         if admission.credits:
+            out: list[Increment] = []
             if cost_usd:
                 out.append((f"credits/{admission.key_id}", -round(cost_usd * MICRO), None))
             if admission.hold is not None:
                 out.append(admission.hold.release())
             return out
-        plan = admission.plan
-        if billed_tokens > 0 and plan.daily_tokens is not None:
-            out.append((f"quota/{admission.key_id}/d{admission.day}/tokens", billed_tokens, _DAY_TOKENS_TTL))
-        if billed_tokens > 0 and plan.weekly_tokens is not None:
-            out.append(
-                (f"quota/{admission.key_id}/w{admission.week}/tokens", billed_tokens, _WEEK_TOKENS_TTL)
-            )
-        return out
+        if billed_tokens > 0:
+            return [(counter, billed_tokens, ttl) for counter, ttl in admission.tokens]
+        return []
 
     async def charge(
         self, token: str, totals: Mapping[str, tuple[int, int | None]], *, token_ttl: int
