@@ -140,14 +140,19 @@ class CounterBatch:
         out: list[int] = []
         for key, _, _ in counters:
             leases = self._leases.get(key)
-            first = leases.ranges[0] if leases is not None and leases.ranges else None
-            if first is None or first[0] > first[1]:
-                for i in reversed(range(len(out))):  # given back: nothing ran in between
-                    self._leases[counters[i][0]].ranges[0][0] = out[i]
-                return None
-            out.append(first[0])
-            first[0] += 1
-        return out
+            if leases is None or not leases.ranges:
+                break
+            first = leases.ranges[0]
+            position = first[0]
+            if position > first[1]:
+                break
+            first[0] = position + 1
+            out.append(position)
+        else:
+            return out
+        for i in reversed(range(len(out))):  # given back: nothing ran in between
+            self._leases[counters[i][0]].ranges[0][0] = out[i]
+        return None
 
     async def count(self, counters: Sequence[tuple[str, int | None, int]]) -> list[int]:
         """Count one use of each `(key, expiration_ttl, limit)` and return its position: the counter's value
