@@ -112,6 +112,21 @@ async def test_far_from_the_limit_an_instance_counts_from_a_lease_without_round_
     assert await a.count([("rl", 120, 10**6)]) == [2 * LEASE_MAX + 1]
 
 
+async def test_take_serves_what_count_would_from_the_leases_and_takes_nothing_when_one_has_none(
+    kv: KVNamespace,
+) -> None:
+    counters = CounterBatch(kv)
+    both = [("rl/k", 120, 10**6), ("rl/ip", 120, 10**6)]
+    assert counters.take(both) is None  # no lease yet: `count` reserves one
+    assert await counters.count(both) == [1, 1]
+    assert [counters.take(both) for _ in range(LEASE_MAX - 1)] == [[i, i] for i in range(2, LEASE_MAX + 1)]
+    assert await counters.count([("rl/k", 120, 10**6)]) == [LEASE_MAX + 1]  # its next block
+    # The IP's block is used up: the key's position is given back, so `count` hands out the same ones.
+    assert counters.take(both) is None
+    assert await counters.count(both) == [LEASE_MAX + 2, LEASE_MAX + 1]
+    assert counters.round_trips == 3
+
+
 async def test_instances_sharing_a_counter_admit_exactly_the_limit_and_never_a_position_twice(
     kv: KVNamespace,
 ) -> None:
