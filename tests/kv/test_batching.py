@@ -116,14 +116,15 @@ async def test_take_serves_what_count_would_from_the_leases_and_takes_nothing_wh
     kv: KVNamespace,
 ) -> None:
     counters = CounterBatch(kv)
-    both = [("rl/k", 120, 10**6), ("rl/ip", 120, 10**6)]
+    limit = 32 * 64  # blocks of 32
+    both = [("rl/k", 120, limit), ("rl/ip", 120, limit)]
     assert counters.take(both) is None  # no lease yet: `count` reserves one
     assert await counters.count(both) == [1, 1]
-    assert [counters.take(both) for _ in range(LEASE_MAX - 1)] == [[i, i] for i in range(2, LEASE_MAX + 1)]
-    assert await counters.count([("rl/k", 120, 10**6)]) == [LEASE_MAX + 1]  # its next block
+    assert [counters.take(both) for _ in range(31)] == [[i, i] for i in range(2, 33)]
+    assert await counters.count([("rl/k", 120, limit)]) == [33]  # its next block
     # The IP's block is used up: the key's position is given back, so `count` hands out the same ones.
     assert counters.take(both) is None
-    assert await counters.count(both) == [LEASE_MAX + 2, LEASE_MAX + 1]
+    assert await counters.count(both) == [34, 33]
     assert counters.round_trips == 3
 
 
