@@ -102,12 +102,25 @@ class PriceTable:
         self._overrides: dict[str, Price] = dict(overrides or {})
         self._table: dict[str, Price] = {**BUILTIN_PRICES, **self._overrides}
         self._cache: dict[str, tuple[str, Price] | None] = {}
+        self._routes: dict[tuple[str, str, str], tuple[str, Price] | None] = {}
 
     def for_route(self, model: str, provider: str, upstream_model: str) -> tuple[str, Price] | None:
         """The price of a request for `model` that `provider` serves as `upstream_model`, wherever it is
         needed (events, the catalog, smart-auto): a `[pricing."…"]` entry for either name first; a local
         model has no other price (no one bills it, whatever it is called); else the table's match for the
-        upstream model, then for the name."""
+        upstream model, then for the name. Every proxied request asks: the answer for a route is kept (one
+        dict lookup instead of four, and two calls fewer)."""
+        route = (model, provider, upstream_model)
+        try:
+            return self._routes[route]
+        except KeyError:  # a route not priced yet (None is an answer too: no price)
+            pass
+        found = self._for_route(model, provider, upstream_model)
+        if len(self._routes) < 4096:  # model ids come from clients: bound what we remember
+            self._routes[route] = found
+        return found
+
+    def _for_route(self, model: str, provider: str, upstream_model: str) -> tuple[str, Price] | None:
         for name in (model, upstream_model):
             if name in self._overrides:
                 return name, self._overrides[name]
