@@ -139,3 +139,26 @@ async def test_a_request_after_a_revocation_does_not_join_a_load_that_read_the_k
     assert err.value.code == "key_revoked"
     await before  # (the request that came first may still be answered as before the change)
     store.close()
+
+
+async def test_a_remembered_hash_authenticates_nothing_the_cache_would_refuse() -> None:
+    """The hash of a key that authenticated is remembered, not its answer: once the key is revoked its next
+    lookup refuses it; keys that are refused (unknown, or none at all) are not remembered."""
+    store = KeyStore(MemoryKV(), Vault(MASTER_KEY))
+    record, token = await store.create("k")
+    await store.authenticate(token)  # loads the record into the cache
+    assert store.authenticate_cached(token)[0] == record
+    assert store.authenticate_cached(token)[0] == record  # with the remembered hash
+    await store.set_state(record.id, "revoked")  # drops the cached record
+    with pytest.raises(AuthenticationError, match="revoked"):
+        await store.authenticate(token)
+    with pytest.raises(AuthenticationError, match="revoked"):
+        store.authenticate_cached(token)
+    with pytest.raises(AuthenticationError):
+        await store.authenticate("trex_unknown")
+    with pytest.raises(AuthenticationError):
+        store.authenticate_cached("trex_unknown")  # refused from the cache
+    for missing in ("", None):
+        with pytest.raises(AuthenticationError, match="Missing proxy key"):
+            store.authenticate_cached(missing)
+    assert list(store._digests) == [token]

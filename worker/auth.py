@@ -142,8 +142,10 @@ def credential_from_headers(headers: Any) -> str | None:
     auth = headers.get(AUTHORIZATION)
     if auth:
         scheme, _, value = auth.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return _printable(value.strip())
+        if scheme.lower() == "bearer":
+            value = value.strip()
+            if value:
+                return _printable(value)
     key = headers.get(X_API_KEY)
     return _printable(key.strip()) if key and key.strip() else None
 
@@ -155,6 +157,7 @@ def _printable(token: str) -> str:
 
 
 _MAX_KEY_ID_CHARS = 64
+_MAX_DIGESTS = 10_000
 _MAX_PROVIDER_KEY_CHARS = 4096
 
 
@@ -198,6 +201,8 @@ class KeyStore:
         self._kv = kv
         self._vault = vault
         self._records: _TTLCache[KeyRecord | None] = _TTLCache(cache_ttl, clock=clock)
+        self._digests: dict[str, str] = {}
+        """The hashes of the keys that last authenticated (see `authenticate_cached`)."""
         self._provider_keys: _TTLCache[str | None] = _TTLCache(cache_ttl, clock=clock)
         self._last_used_written: dict[str, float] = {}
         # Changes read a record and write it back whole: two at once (a revoke and a plan change) would
@@ -381,10 +386,23 @@ class KeyStore:
     def authenticate_cached(self, token: str | None) -> tuple[KeyRecord | None, str]:
         """What `authenticate` answers when the key's record is in the cache (the 401s included), or None
         when only `authenticate` can tell (it reads the KV); and the token's digest, to pass it. Most requests
-        are answered here, with no coroutine."""
-        digest = _digest(token)
+        are answered here, with no coroutine.
+
+        The hash of a key that authenticated is remembered (for at most `_MAX_DIGESTS` keys): the same few
+        keys make nearly every request, and hashing one (an OpenSSL digest set up and hex-encoded) costs more
+        than the rest of this lookup. Only active keys' hashes are kept, so a flood of bad keys cannot fill
+        it."""
+        remembered = self._digests.get(token) if token else None
+        digest = remembered or _digest(token)
         hit, record = self._records.get(digest)
-        return (_active(record, digest) if hit else None), digest
+        if not hit:
+            return None, digest
+        key = _active(record, digest)
+        if remembered is None and token:
+            if len(self._digests) >= _MAX_DIGESTS:
+                self._digests.clear()  # bounded like the caches: the keys in use come back at once
+            self._digests[token] = digest
+        return key, digest
 
     async def _load_by_hash(self, digest: str) -> KeyRecord | None:
         key_id = await self._kv.get(f"keyhash/{digest}")
