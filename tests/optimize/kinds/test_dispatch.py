@@ -196,6 +196,12 @@ def test_the_diagnostic_pattern_matches_what_its_backtracking_form_matches() -> 
     assert_matches_alike(_detect.DIAGNOSTIC_RE, plain, alphabet, seed=4, most=12)
 
 
+def test_the_location_pattern_matches_what_its_backtracking_form_matches() -> None:
+    plain = re.compile(r"^(?!\d)[^\s:,]+:\d+:\d+: ?\S")
+    alphabet = [*"ab:12 \t,.-_x\u00e9", ":12:", ":3: ", "src/a.go", "1"]
+    assert_matches_alike(_detect.LOCATION_LINE_RE, plain, alphabet, seed=16, most=10)
+
+
 def test_a_share_of_lines_is_judged_as_counting_them_all_would() -> None:
     rng = random.Random(6)
     for _ in range(5_000):

@@ -48,8 +48,10 @@ PATH_ONLY_RE = re.compile(
 )
 # `path:line:col: message` (go vet, staticcheck, eslint's unix format, gcc): a line and a column, then the
 # finding. Such output is diagnostics whatever its words (`copylocks: call of fmt.Println copies lock
-# value`): every line is a finding to fix, none ranked away as a less relevant grep match.
-LOCATION_LINE_RE = re.compile(r"^(?!\d)[^\s:,]+:\d+:\d+: ?\S")
+# value`): every line is a finding to fix, none ranked away as a less relevant grep match. Possessive: a
+# run of path characters or digits ends where the colon after it is, so giving characters back cannot help
+# (on a grep line, which has no column, the path was given back a character at a time).
+LOCATION_LINE_RE = re.compile(r"^(?!\d)[^\s:,]++:\d++:\d++: ?\S")
 # Compiler/linter diagnostics without a column look like grep lines, but a level word or a code right after
 # the location (`error`, `E501`) says what they are; every line matters: they go to the log compressor.
 # Possessive: what follows each run cannot start inside it (a path ends at a colon, the level starts with a
