@@ -209,10 +209,8 @@ class _Window:
     credit_rules: bool
     """Whether the plan has any rule that makes a request draw on Compute Credits (`_credit_reason`)."""
     tokens: tuple[tuple[str, int], ...]
-    daily_tokens: str | None
-    daily_tokens_limit: int
-    weekly_tokens: str | None
-    weekly_tokens_limit: int
+    token_limits: tuple[tuple[str, int, int, str, int], ...]
+    """(counter, TTL, limit, what, seconds left) of each token quota of the plan, the daily one first."""
     requests: tuple[tuple[str, int, int], ...]
     limits: tuple[int, ...]
     """The limits of `requests`, in their order."""
@@ -332,24 +330,15 @@ class Quotas:
                 return Admission(key.id, plan, True, window.tokens, tuple(counted), why)
             # Token quotas: the values read at most once a second (`_tokens_used`), found without a coroutine
             # while fresh.
-            if window.daily_tokens is not None:
-                cached = self._tokens.get(window.daily_tokens)
-                tokens = (
+            for counter, ttl, limit, what, left in window.token_limits:
+                cached = self._tokens.get(counter)
+                used = (
                     cached[0]
                     if cached is not None and cached[1] > time.monotonic()
-                    else await self._tokens_used(window.daily_tokens, _DAY_TOKENS_TTL)
+                    else await self._tokens_used(counter, ttl)
                 )
-                if tokens >= window.daily_tokens_limit:
-                    raise self._exceeded("daily token", window.daily_tokens_limit, window.day_left)
-            if window.weekly_tokens is not None:
-                cached = self._tokens.get(window.weekly_tokens)
-                tokens = (
-                    cached[0]
-                    if cached is not None and cached[1] > time.monotonic()
-                    else await self._tokens_used(window.weekly_tokens, _WEEK_TOKENS_TTL)
-                )
-                if tokens >= window.weekly_tokens_limit:
-                    raise self._exceeded("weekly token", window.weekly_tokens_limit, window.week_left)
+                if used >= limit:
+                    raise self._exceeded(what, limit, left)
             if window.requests:
                 # Counted like the rate limits: shared round trips, and leases while far from the quota (most
                 # requests take their positions from a lease, without a coroutine).
@@ -415,11 +404,14 @@ class Quotas:
         if plan.weekly_requests is not None:
             requests.append((f"quota/{key_id}/w{week}/requests", week_left + 3600, plan.weekly_requests))
             what.append("weekly request")
-        daily_tokens = f"quota/{key_id}/d{day}/tokens" if plan.daily_tokens is not None else None
-        weekly_tokens = f"quota/{key_id}/w{week}/tokens" if plan.weekly_tokens is not None else None
-        tokens: tuple[tuple[str, int], ...] = ((daily_tokens, _DAY_TOKENS_TTL),) if daily_tokens else ()
-        if weekly_tokens is not None:
-            tokens += ((weekly_tokens, _WEEK_TOKENS_TTL),)
+        token_limits: list[tuple[str, int, int, str, int]] = []
+        if plan.daily_tokens is not None:
+            daily = f"quota/{key_id}/d{day}/tokens"
+            token_limits.append((daily, _DAY_TOKENS_TTL, plan.daily_tokens, "daily token", day_left))
+        if plan.weekly_tokens is not None:
+            weekly = f"quota/{key_id}/w{week}/tokens"
+            token_limits.append((weekly, _WEEK_TOKENS_TTL, plan.weekly_tokens, "weekly token", week_left))
+        tokens = tuple((counter, ttl) for counter, ttl, *_ in token_limits)
         window = _Window(
             now,
             plan,
@@ -432,10 +424,7 @@ class Quotas:
                 or plan.credit_above_concurrent is not None
             ),
             tokens,
-            daily_tokens,
-            plan.daily_tokens or 0,
-            weekly_tokens,
-            plan.weekly_tokens or 0,
+            tuple(token_limits),
             tuple(requests),
             tuple(limit for _, _, limit in requests),
             tuple(what),
