@@ -90,3 +90,49 @@ def test_at_least_splits_ascii_text_at_spaces_and_tabs_only() -> None:
             assert tokens.at_least(text) == sum(1 for word in words if word and not word.isspace()), repr(
                 text
             )
+
+
+def test_long_texts_are_remembered_by_count_and_short_ones_are_not() -> None:
+    tokens.forget_counts()
+    long_text = "The refund cap for ORD-77812 is 200.00 EUR. " * 40
+    short = "The refund cap for ORD-77812 is 200.00 EUR."
+    assert tokens.remembered(long_text) is None
+    n = tokens.count_remembered(long_text)
+    assert n == tokens.count(long_text)
+    assert tokens.remembered(long_text) == n
+    assert tokens.remembered(long_text, "cl100k_base") is None  # counts are per encoding
+    assert tokens.count_remembered(long_text, "cl100k_base") == tokens.count(long_text, "cl100k_base")
+    assert tokens.count_remembered(short) == tokens.count(short)
+    assert tokens.remembered(short) is None
+    tokens.forget_counts()
+    assert tokens.remembered(long_text) is None
+
+
+def test_remembered_counts_are_bounded_and_the_least_recently_used_go_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tokens.forget_counts()
+    monkeypatch.setattr(tokens, "_REMEMBERED_MAX", 3)
+    texts = [f"text {i}: " + "lorem ipsum dolor " * 80 for i in range(4)]
+    for text in texts[:3]:
+        tokens.count_remembered(text)
+    assert tokens.remembered(texts[0]) is not None  # used again: now the most recent
+    tokens.count_remembered(texts[3])
+    assert tokens.remembered(texts[1]) is None
+    assert [tokens.remembered(t) is not None for t in (texts[0], texts[2], texts[3])] == [True] * 3
+    tokens.forget_counts()
+
+
+def test_count_joined_adds_up_runs_of_short_texts_and_remembered_long_ones() -> None:
+    tokens.forget_counts()
+    long_text = "word " * 600
+    parts = [
+        '{"messages":[{"',
+        'role":"user","content":"hi"},{"',
+        f'role":"user","content":"{long_text}"}}]}}',
+    ]
+    text = "".join(parts)
+    assert tokens.count_joined(parts) == tokens.count(text)
+    assert tokens.remembered(parts[2]) == tokens.count(parts[2])
+    assert tokens.count_joined(parts) == tokens.count(text)  # and again, from what it remembered
+    tokens.forget_counts()

@@ -417,16 +417,46 @@ _JSON: st.SearchStrategy[Any] = st.recursive(
     messages=st.lists(_JSON, max_size=6),
     tools=st.none() | _JSON,
     encoding=st.sampled_from(["o200k_base", "cl100k_base"]),
+    leave_out=st.lists(st.booleans(), max_size=12),
 )
-def test_the_request_counted_in_parts_is_counted_exactly(messages: Any, tools: Any, encoding: str) -> None:
-    """The parts the pipeline counts one by one make up the billed text, and their counts add up to its."""
+def test_the_request_counted_in_parts_is_counted_exactly(
+    messages: Any, tools: Any, encoding: str, leave_out: list[bool]
+) -> None:
+    """The parts the pipeline counts one by one make up the billed text, and their counts add up to its; so
+    do the counts of any of them in order and of those parts joined (what is not remembered is counted so)."""
     body = {"model": "m", "messages": messages} | ({} if tools is None else {"tools": tools})
     parts, _ = _billed_parts("chat", body)
     text = "".join(parts)
     assert text == msgspec.json.encode({k: body[k] for k in ("messages", "tools") if k in body}).decode()
     assert text == _billed("chat", body)[0]  # what `measure` and the optimizer off count, in one encode
-    total, _ = _count_parts(parts, encoding)
-    assert total == tokens.count(text, encoding)
+    total, counts = _count_parts(parts, encoding)
+    assert total == tokens.count(text, encoding) == tokens.count_joined(parts, encoding)
+    some = [part for n, part in enumerate(parts) if not (leave_out[n] if n < len(leave_out) else False)]
+    assert tokens.count("".join(some), encoding) == sum(counts[part] for part in some)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_counts_remembered_from_an_earlier_request_are_the_counts(name: str) -> None:
+    """A request whose long parts were counted before (the client resends its conversation every turn) is
+    counted from the remembered counts, and exactly as a first sight of it is: same report, same body."""
+    case = CASES[name]
+    text, estimated = _billed(case.fmt, case.body)  # type: ignore[arg-type]
+    tokens.forget_counts()
+    first = copy.deepcopy(case.body)
+    cold = optimize(case.fmt, first, Options(mode="balanced"))  # type: ignore[arg-type]
+    assert cold.original_tokens == tokens.count(text) + estimated
+    long_parts = [p for p in _billed_parts(case.fmt, first)[0] if len(p) >= tokens.REMEMBERED_MIN_CHARS]  # type: ignore[arg-type]
+    # What it forwarded was counted after the compaction, the long parts remembered.
+    assert [tokens.remembered(p) for p in long_parts] == [tokens.count(p) for p in long_parts]
+    sent = _billed_parts(case.fmt, case.body)[0]  # type: ignore[arg-type]
+    if len(text) >= 16 * 1024:  # counted alongside the compaction: the longest part alone, remembered
+        assert tokens.remembered(max(sent, key=len)) == tokens.count(max(sent, key=len))
+    again = copy.deepcopy(case.body)
+    warm = optimize(case.fmt, again, Options(mode="balanced"))  # type: ignore[arg-type]
+    assert (warm.original_tokens, warm.optimized_tokens) == (cold.original_tokens, cold.optimized_tokens)
+    assert again == first
+    assert measure(case.fmt, case.body) == cold.original_tokens  # type: ignore[arg-type]
+    assert measure(case.fmt, first) == cold.optimized_tokens  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -46,6 +46,10 @@ _encoder = msgspec.json.Encoder()
 # over would cost more than it saves.
 _counting = ThreadPoolExecutor(2, thread_name_prefix="trex-count")
 _COUNT_ALONGSIDE_CHARS = 16 * 1024
+_COUNT_APART_CHARS = _COUNT_ALONGSIDE_CHARS // 2
+"""Counted alongside, the parts other than the longest go to the second counting thread from this length."""
+_COUNT_BY_PARTS_CHARS = 4 * tokens.REMEMBERED_MIN_CHARS
+"""`measure` counts a request this large by parts: one of them may be long enough to be remembered."""
 _START_WAIT_S = 0.002
 """How long this thread waits for the count to start before it compacts. A counting thread needs the GIL to
 start; once this one is busy compacting, it gets it only at the interpreter's next forced switch (5 ms), and
@@ -111,7 +115,12 @@ def measure(fmt: Format, body: dict[str, Any], encoding: str = "o200k_base") -> 
     """Input tokens of the billed content fields of `body` (compact JSON, as a provider receives them), with
     images and files counted by estimate (`opaque`)."""
     text, estimated = _billed(fmt, body)
-    return tokens.count(text, encoding) + estimated
+    if len(text) < _COUNT_BY_PARTS_CHARS:
+        return tokens.count(text, encoding) + estimated
+    # Large: most of it is what the client sent before (system prompt, tools, earlier turns), counted by parts
+    # so those come from the counts remembered (`tokens.count_joined`).
+    parts, estimated = _billed_parts(fmt, body)
+    return tokens.count_joined(parts, encoding) + estimated
 
 
 # The billed text is counted in parts whose counts add up to the whole's: cut before the first key of each
@@ -125,7 +134,8 @@ def measure(fmt: Format, body: dict[str, Any], encoding: str = "o200k_base") -> 
 # past the quote but that run, which ends there alone as well; no piece after it looks back (neither pattern
 # has a look-behind). tests/optimize/test_pipeline.py checks it on random JSON. The optimized request is
 # then counted again from the same parts, encoding only those the optimizer changed. (A request counted on
-# the counting thread, alongside the compaction, is counted whole: see `optimize`.)
+# the counting thread, alongside the compaction, is counted in a few calls, its parts joined: see
+# `optimize`.) Any of the parts in order add up alike, each cut being of the same kind.
 _LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 _MAY_CARRY_PAYLOAD = re.compile(b'"type":"(?:' + b"|".join(t.encode() for t in PAYLOAD_PART_TYPES) + b')"')
@@ -208,7 +218,7 @@ def _count_parts(
     for part in parts:
         known = counts.get(part)
         if known is None:
-            known = counts[part] = tokens.count(part, encoding)
+            known = counts[part] = tokens.count_remembered(part, encoding)
         total += known
     return total, counts
 
@@ -234,32 +244,43 @@ def optimize(fmt: Format, body: dict[str, Any], options: Options) -> Report:
             mode=options.mode, original_tokens=original, optimized_tokens=original, time_ms=_elapsed(started)
         )
     billed, estimated = _billed_parts(fmt, body)  # taken before anything changes `body`
-    pending: Future[int] | None = None
+    pending: list[Future[int]] = []
     parts: dict[str, int] | None = None
-    if sum(map(len, billed)) >= _COUNT_ALONGSIDE_CHARS:
-        # Counted whole, in one call: the counting thread holds the GIL only to start and to end it. Counted
-        # by parts, it would wait for the GIL after each while this thread compacts (up to the interpreter's
-        # 5 ms switch interval each time), and finish long after the compaction.
+    known, original, unknown = _split_remembered(billed, options.encoding)
+    if sum(map(len, unknown)) >= _COUNT_ALONGSIDE_CHARS:
+        # What is not remembered is counted alongside the compaction, each counting thread making a single
+        # call (the parts are cut so that any of them in order add up). A thread holds the GIL only to start
+        # and to end; after a call, it waits for the GIL while this one compacts (up to the interpreter's
+        # 5 ms switch interval), so a second call would start late and end long after the compaction. The
+        # longest part (most often the newest tool output, which the next turn resends) is counted alone, to
+        # be remembered; the rest in one call, on the other counting thread or, when short, here.
+        longest = max(range(len(unknown)), key=lambda n: len(unknown[n]))
         running = threading.Event()
-        pending = _counting.submit(_count_running, running, "".join(billed), options.encoding)
+        pending.append(_counting.submit(_count_running, running, unknown[longest], options.encoding))
+        rest = "".join(unknown[:longest] + unknown[longest + 1 :])
+        if len(rest) >= _COUNT_APART_CHARS:
+            pending.append(_counting.submit(tokens.count, rest, options.encoding))
+        else:
+            original += tokens.count(rest, options.encoding)
         running.wait(_START_WAIT_S)
-        original = -1  # known once the count is in, before anything reads it
     else:
-        original, parts = _count_parts(billed, options.encoding)
-        original += estimated
+        original, parts = _count_parts(billed, options.encoding, known)
+    original += estimated
     report = Report(mode=options.mode, original_tokens=original, optimized_tokens=original, time_ms=0.0)
     undo: list[tuple[Segment, str]] = []
     try:
         _compact(found, options, report, undo)
     finally:
-        if pending is not None:
-            original = report.original_tokens = report.optimized_tokens = pending.result() + estimated
+        if pending:
+            original = report.original_tokens = report.optimized_tokens = original + sum(
+                future.result() for future in pending
+            )
     if undo:
-        optimized = (
-            measure(fmt, body, options.encoding)
-            if parts is None
-            else _recount(fmt, body, options.encoding, parts)
-        )
+        if parts is None:  # counted alongside: the request as forwarded, by parts (`tokens.count_joined`)
+            forwarded, estimated = _billed_parts(fmt, body)
+            optimized = tokens.count_joined(forwarded, options.encoding) + estimated
+        else:
+            optimized = _recount(fmt, body, options.encoding, parts)
         if optimized >= original:  # shorter text is almost always fewer tokens; if not, forward the original
             for seg, old in reversed(undo):
                 seg.set(old)
@@ -272,10 +293,32 @@ def optimize(fmt: Format, body: dict[str, Any], options: Options) -> Report:
     return report
 
 
-def _count_running(running: threading.Event, text: str, encoding: str) -> int:
-    """`tokens.count(text, encoding)`, on a counting thread that first tells `running` it has started."""
+def _split_remembered(parts: list[str], encoding: str) -> tuple[dict[str, int], int, list[str]]:
+    """The long parts whose counts are remembered (`tokens.remembered`) with their counts, the sum of those
+    counts over `parts`, and the other parts in order."""
+    known: dict[str, int] = {}
+    if not any(len(part) >= tokens.REMEMBERED_MIN_CHARS for part in parts):
+        return known, 0, parts
+    total = 0
+    unknown: list[str] = []
+    for part in parts:
+        n = known.get(part)
+        if n is None and len(part) >= tokens.REMEMBERED_MIN_CHARS:
+            n = tokens.remembered(part, encoding)
+            if n is not None:
+                known[part] = n
+        if n is None:
+            unknown.append(part)
+        else:
+            total += n
+    return known, total, unknown
+
+
+def _count_running(running: threading.Event, part: str, encoding: str) -> int:
+    """`tokens.count_remembered(part, encoding)`, on a counting thread that first tells `running` it has
+    started."""
     running.set()
-    return tokens.count(text, encoding)
+    return tokens.count_remembered(part, encoding)
 
 
 class _Found(NamedTuple):
