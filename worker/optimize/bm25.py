@@ -21,11 +21,16 @@ B = 0.75
 
 # A run of letters/digits, optionally joined to more runs by identifier punctuation (a.b, a_b, a-b, a/b).
 _CHUNK_RE = re.compile(r"[^\W_]+(?:[._\-/:@]+[^\W_]+)*")
-# The same on ASCII text, where `[^\W_]` is `[A-Za-z0-9]`: a character set tests a bitmap where the Unicode
-# class asks for each character's category, and letters and separators are disjoint, so giving back
-# characters (possessive) could never lead to another match. About 1.7x faster.
-_ASCII_CHUNK_RE = re.compile(r"[A-Za-z0-9]++(?:[._\-/:@]++[A-Za-z0-9]++)*+")
+_SEPARATORS = "._-/:@"
 _SEP_RE = re.compile(r"[._\-/:@]+")
+# On ASCII text, where `[^\W_]` is `[A-Za-z0-9]`, chunks are cut without the pattern: every character that is
+# neither a letter, a digit nor a separator written as a blank, the text splits into pieces of letters, digits
+# and separators only, and within such a piece a run of separators is followed by a letter or a digit unless
+# it ends the piece. So a piece without its leading and trailing separators is one chunk (or nothing, when it
+# is separators only). A byte table applied in C, about 2x faster than the pattern on a grep line.
+_ASCII_PIECE_BYTES = bytes(
+    c if chr(c).isascii() and (chr(c).isalnum() or chr(c) in _SEPARATORS) else ord(" ") for c in range(256)
+)
 # Parts of an ASCII identifier: "HTTPServer" → HTTP, Server; "getUser2FA" → get, User, 2, FA.
 _CAMEL_RE = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 
@@ -83,18 +88,25 @@ def _chunk_terms(chunk: str) -> tuple[str, ...]:
     return tuple(terms)
 
 
+def _ascii_pieces(text: str) -> list[str]:
+    """The pieces of an ASCII `text` that hold its chunks, one each (see `_ASCII_PIECE_BYTES`): a chunk is its
+    piece stripped of separators, and a piece of separators only holds none."""
+    return text.encode().translate(_ASCII_PIECE_BYTES).decode().split()
+
+
 def tokenize(text: str) -> list[str]:
     """Lowercase terms of `text`, in order (see the module docstring)."""
     terms: list[str] = []
-    cache = _TERMS
-    for chunk in (_ASCII_CHUNK_RE if text.isascii() else _CHUNK_RE).findall(text):
-        found = cache.get(chunk)
+    cache = _TERMS  # by piece: a chunk, or an ASCII piece holding one (`_ascii_pieces`) or none
+    for piece in _ascii_pieces(text) if text.isascii() else _CHUNK_RE.findall(text):
+        found = cache.get(piece)
         if found is None:
-            found = _chunk_terms(chunk)
-            if len(chunk) <= _CACHED_CHUNK_MAX:
+            chunk = piece.strip(_SEPARATORS)
+            found = _chunk_terms(chunk) if chunk else ()
+            if len(piece) <= _CACHED_CHUNK_MAX:
                 if len(cache) >= _TERMS_MAX:
                     cache.clear()
-                cache[chunk] = found
+                cache[piece] = found
         terms += found
     return terms
 
