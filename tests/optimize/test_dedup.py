@@ -7,6 +7,7 @@ import random
 import re
 import zlib
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -284,7 +285,7 @@ def test_lines_joined_are_the_text_normalised_and_sketched_line_by_line() -> Non
     ]
     for _ in range(3_000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
-        lines = dedup._lines(text)
+        lines = dedup._lines(text.split("\n"))
         assert "\n".join(lines) == "\n".join(map(str.rstrip, text.split("\n"))).rstrip(), repr(text)
         usable = [line for line in lines if len(line.strip()) >= dedup.MIN_ANCHOR_CHARS]
         crcs = {zlib.crc32(line.encode("utf-8", "surrogatepass")) for line in usable}
@@ -309,8 +310,9 @@ def test_a_block_whose_lines_mostly_repeat_is_sketched_as_line_by_line() -> None
 
 
 def test_the_containment_anchor_is_the_first_longest_inner_line_of_the_body() -> None:
-    """`_Index.add` reads the lines' non-blank widths that `_shape` measured for the sketch where the block
-    has no leading whitespace (its body's lines are the normalised ones): the anchor is the same."""
+    """`_Index.add` finds the body's inner lines, their non-blank widths and offsets in the text's lines and the
+    normalised lines' widths (`_Shape.widths`) instead of splitting the stripped text: the anchor is the same,
+    leading blank lines and Unicode blanks included."""
     rng = random.Random(7)
     alphabet = ["a", "bc", " ", "\t", "\n", "\n\n", "\x1c", "\u3000", "é", "}", "defgh"]
     anchored = 0
@@ -319,9 +321,10 @@ def test_the_containment_anchor_is_the_first_longest_inner_line_of_the_body() ->
             "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6))) for _ in range(rng.randint(1, 6))
         ]
         text = "".join(rng.choice(pool) for _ in range(rng.randint(0, 60)))
-        lines = dedup._lines(text)
+        raw = text.split("\n")
+        lines = dedup._lines(raw)
         index = dedup._Index()
-        index.add(Block(0, 0, "tool_result", text), *dedup._shape(lines, "\n".join(lines)))
+        index.add(Block(0, 0, "tool_result", text), dedup._Shape(lines, "\n".join(lines)), raw)
         body = text.strip()
         if len(body) < dedup.MIN_CHARS:
             assert not index.items
@@ -336,3 +339,38 @@ def test_the_containment_anchor_is_the_first_longest_inner_line_of_the_body() ->
         else:
             assert index.prefixes == {body[: dedup.PREFIX_CHARS]: [0]}, repr(text)
     assert anchored > 300
+
+
+def test_blocks_sketched_only_near_in_line_count_dedupe_as_if_all_were(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A block is sketched, and the earlier ones voted on, only when some earlier block's line count is near
+    its own (`_Index.near`): the rewrites are those of sketching and voting on every block. Line counts on
+    either side of `NEAR_RATIO`, and of `_EDIT_LINES` (9 and 10 lines), are among them."""
+    rng = random.Random(8)
+    pool = [f"line {n}: {'x' * (n % 7)} value={n * 37 % 101}" for n in range(60)]
+
+    def version(base: list[str]) -> str:
+        lines = base[:]
+        for _ in range(rng.randint(0, 3)):  # an edit: a line changed, added or removed
+            at = rng.randrange(len(lines))
+            roll = rng.random()
+            if roll < 0.4:
+                lines[at] = f"changed {rng.randint(0, 9)} " + lines[at]
+            elif roll < 0.7:
+                lines.insert(at, rng.choice(pool))
+            elif len(lines) > 1:
+                del lines[at]
+        return "\n".join(lines) + "\n" * rng.randint(0, 2)
+
+    cases = []
+    for _ in range(400):
+        bases = [rng.sample(pool, rng.choice([1, 2, 8, 9, 10, 11, 19, 20, 21, 30])) for _ in range(3)]
+        cases.append(
+            [Block(i, i, "tool_result", version(rng.choice(bases))) for i in range(rng.randint(2, 12))]
+        )
+    lazy = [dedupe_detailed(blocks) for blocks in cases]
+    monkeypatch.setattr(dedup._Index, "near", lambda self, size: True)
+    eager = [dedupe_detailed(blocks) for blocks in cases]
+    assert lazy == eager
+    assert sum(r is not None and r.kind == "edited" for rs in lazy for r in rs) > 300

@@ -18,7 +18,9 @@ Cases 2 and 3 may both apply; the shorter result wins. Nothing is ever replaced 
 blocks left unchanged are indexed as references for cases 2 and 3 (a reader can see their full text); a
 block identical to one that was itself rewritten gets that rewrite. Everything runs off hash maps: exact
 texts, anchor lines (containment) and bottom-k line-hash sketches (edited copies), so the work is linear
-in the total text size rather than quadratic in the number of blocks. Deterministic: line hashes are
+in the total text size rather than quadratic in the number of blocks. A block is sketched only once some
+block's line count comes within `NEAR_RATIO` of its own (no edited copy is possible otherwise): tool
+outputs mostly differ in length, and most blocks are never sketched. Deterministic: line hashes are
 CRC-32, never Python's salted `hash`.
 """
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import heapq
 import re
 import zlib
+from bisect import bisect_left, insort
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 from itertools import accumulate, compress
@@ -52,6 +55,8 @@ _BOUNDARY_AFTER = ">:=([{\"',;|"
 _BOUNDARY_RE = re.compile(rf"(?:^|(?<=[\s{re.escape(_BOUNDARY_AFTER)}]))(?=\S)")
 _DIRECT_PREFIX_KEYS = 32
 """Up to this many prefix keys, `_prefix_hits` searches for each key instead of walking the boundaries."""
+_EDIT_LINES = round(1 / (1 - NEAR_RATIO))
+"""Below this many lines, `NEAR_RATIO` of a block's lines are all of them (10 lines at 90 %)."""
 _T = TypeVar("_T")
 
 Kind = Literal["identical", "repeated", "edited"]
@@ -94,14 +99,19 @@ def repeated_marker(block: Block) -> str:
     return f"[trex: repeated from {_where(block)}; omitted]"
 
 
-def _lines(text: str) -> list[str]:
-    """The lines of `text` with trailing whitespace stripped (what the line diff and the sketch compare).
+def _lines(raw: list[str]) -> list[str]:
+    """The lines of a text (`raw`: the text split at line breaks) with trailing whitespace stripped, without
+    the trailing blank lines (one empty line if all are blank): what the line diff and the sketch compare.
 
     Joined by line breaks, they are the text normalised for the identical-block test: each line without its
     trailing whitespace, the text without its trailing blank lines (what `rstrip` takes off the end of the
     text is the trailing whitespace of its last non-blank line and the blank lines after it, which the lines
-    stripped one by one lose too; tests/optimize/test_dedup.py compares the two ways)."""
-    return list(map(str.rstrip, text.rstrip().split("\n")))
+    stripped one by one lose too; tests/optimize/test_dedup.py compares the two ways). A block's text is
+    split once, for this, containment (`_contained`) and the index (`_Index.add`)."""
+    lines = list(map(str.rstrip, raw))
+    while len(lines) > 1 and not lines[-1]:
+        lines.pop()
+    return lines
 
 
 def _smaller(new: str, old: str) -> bool:
@@ -119,8 +129,8 @@ class _Indexed:
     block: Block
     body: str
     """The raw text without surrounding whitespace (what containment looks for)."""
-    lines: list[str]
-    """Normalised lines (trailing whitespace stripped), for the line diff."""
+    shape: _Shape
+    """Its normalised lines, for the line diff, and their sketch."""
 
 
 class _Index:
@@ -131,34 +141,67 @@ class _Index:
         self.prefixes: dict[str, list[int]] = {}
         """first `PREFIX_CHARS` of the body → items (blocks without a usable inner line)"""
         self.sketches: dict[int, list[int]] = {}
+        """sketch hash → items, for the first `sketched` items (see `votes`)"""
+        self.sketched = 0
+        self.sizes: list[int] = []
+        """The items' line counts, sorted."""
 
-    def add(self, block: Block, normalised: list[str], sketch: list[int], widths: list[int]) -> None:
-        """Index `block`, whose `_lines` are `normalised`, with their `_sketch` and how many non-blank
-        characters each holds (`widths`)."""
+    def add(self, block: Block, shape: _Shape, raw: list[str]) -> None:
+        """Index `block`, whose normalised lines are `shape`'s (`raw`: its text split at line breaks)."""
         body = block.text.strip()
         if len(body) < MIN_CHARS:
             return
         item = len(self.items)
-        self.items.append(_Indexed(block, body, normalised))
+        self.items.append(_Indexed(block, body, shape))
+        insort(self.sizes, len(shape.lines))
         # Containment anchor: the longest inner line, since an inner line of a contained block is a whole line
         # of the container; the first of the longest. Blocks of one or two lines (or without a usable inner
         # line) are found by prefix.
-        lines = body.split("\n")
+        # The body's lines are the text's from its first non-blank line (`first`) to its last (the last
+        # normalised line), the first without its leading whitespace, the last without its trailing one: its
+        # inner lines are the text's, whose non-blank widths are the normalised lines' (`shape.widths`).
+        lines = shape.lines
+        first = next(n for n, line in enumerate(lines) if line)  # there is one: the body is not empty
+        last = len(lines) - 1
         k = 0
-        if len(lines) >= 3:
-            # Without leading whitespace, the body's lines are the normalised ones plus trailing blanks.
-            same = not block.text[:1].isspace()
-            widths = widths[1:-1] if same else list(map(len, map(str.strip, lines[1:-1])))
+        if last - first >= 2:
+            widths = shape.widths()[first + 1 : last]
             longest = max(widths)
             if longest >= MIN_ANCHOR_CHARS:
                 k = 1 + widths.index(longest)
         if k:
-            offset = sum(map(len, lines[:k])) + k
-            _append(self.anchors.setdefault(lines[k], []), (item, offset))
+            # The body's line k starts after the lines before it, the first of them stripped, and k breaks.
+            offset = len(raw[first].lstrip()) + sum(map(len, raw[first + 1 : first + k])) + k
+            _append(self.anchors.setdefault(raw[first + k], []), (item, offset))
         else:
             _append(self.prefixes.setdefault(body[:PREFIX_CHARS], []), item)
+
+    def near(self, size: int) -> bool:
+        """Some item could be edited into a block of `size` lines (see `_edited`): its line count is within
+        `NEAR_RATIO` of `size`, and the two are not both under `_EDIT_LINES` (there, counts that near are
+        equal, and `NEAR_RATIO` of the lines identical is all of them: an identical text, not an edit).
+
+        The least count not below `NEAR_RATIO * size` (or `_EDIT_LINES`) is the one to test: a smaller one
+        is too small, a larger one further above `size`."""
+        low = NEAR_RATIO * size if size >= _EDIT_LINES else _EDIT_LINES
+        at = bisect_left(self.sizes, low)
+        return at < len(self.sizes) and min(self.sizes[at], size) >= NEAR_RATIO * max(self.sizes[at], size)
+
+    def votes(self, sketch: list[int]) -> dict[int, int]:
+        """How many hashes of `sketch` each item's sketch shares (items sharing none are left out).
+
+        Items are sketched here, on the first vote after they were added, in the order they were added: each
+        hash's bucket then holds the same items, in the same order, as if each had been sketched when added.
+        """
+        for item in range(self.sketched, len(self.items)):
+            for h in self.items[item].shape.sketch():
+                _append(self.sketches.setdefault(h, []), item)
+        self.sketched = len(self.items)
+        votes: dict[int, int] = {}
         for h in sketch:
-            _append(self.sketches.setdefault(h, []), item)
+            for item in self.sketches.get(h, ()):
+                votes[item] = votes.get(item, 0) + 1
+        return votes
 
 
 def _append(bucket: list[_T], value: _T) -> None:
@@ -169,6 +212,15 @@ def _append(bucket: list[_T], value: _T) -> None:
 
 
 _UTF8 = methodcaller("encode", "utf-8", "surrogatepass")
+
+
+def _widths(lines: list[str]) -> list[int]:
+    """How many non-blank characters each line holds (`_sketch_and_widths` without the sketch)."""
+    distinct = dict.fromkeys(lines)
+    if len(distinct) * 2 <= len(lines):  # most lines repeat one (pretty JSON): each is measured once
+        width = dict(zip(distinct, map(len, map(str.strip, distinct)), strict=True))
+        return list(map(width.__getitem__, lines))
+    return list(map(len, map(str.strip, lines)))
 
 
 def _sketch(lines: list[str], joined: str | None = None) -> list[int]:
@@ -196,6 +248,29 @@ def _sketch_and_widths(lines: list[str], joined: str | None = None) -> tuple[lis
     encoded = _UTF8("\n".join(lines) if joined is None else joined).split(b"\n")
     usable = compress(encoded, map(MIN_ANCHOR_CHARS.__le__, widths))
     return heapq.nsmallest(SKETCH_SIZE, set(map(zlib.crc32, usable))), widths
+
+
+@dataclass(slots=True)
+class _Shape:
+    """A block's `_lines` and their `joined` text, with their widths and sketch (`_sketch_and_widths`)
+    measured when first read: most blocks are never sketched (see the module docstring), and only indexed
+    ones are measured."""
+
+    lines: list[str]
+    joined: str
+    _widths: list[int] | None = None
+    _sketch: list[int] | None = None
+
+    def widths(self) -> list[int]:
+        if self._widths is None:
+            self._widths = _widths(self.lines)
+        return self._widths
+
+    def sketch(self) -> list[int]:
+        if self._sketch is None:
+            # Measures the widths again where `widths` did (a block indexed before any came near it): rare.
+            self._sketch, self._widths = _sketch_and_widths(self.lines, self.joined)
+        return self._sketch
 
 
 def _prefix_hits(text: str, prefixes: dict[str, list[int]]) -> list[tuple[int, str]]:
@@ -228,10 +303,10 @@ def _prefix_hits(text: str, prefixes: dict[str, list[int]]) -> list[tuple[int, s
     return found
 
 
-def _contained(block: Block, index: _Index) -> Replacement | None:
-    """Case 2: replace occurrences of earlier blocks inside this one."""
+def _contained(block: Block, index: _Index, lines: list[str]) -> Replacement | None:
+    """Case 2: replace occurrences of earlier blocks inside this one (`lines`: its text split at line
+    breaks)."""
     text = block.text
-    lines = text.split("\n")
     found: dict[tuple[int, int], None] = {}
     budget = 4 * len(text) + 4 * MIN_CHARS  # verification work stays linear in the block size
     size = len(text.strip())
@@ -307,15 +382,16 @@ def _diff(a: list[str], b: list[str]) -> tuple[list[tuple[str, int, int, int, in
     return ops, same
 
 
-def _edited(block: Block, index: _Index, lines: list[str], sketch: list[int]) -> Replacement | None:
-    """Case 3: a line diff against the most similar earlier block (`lines` and `sketch` are the block's)."""
-    raw = block.text.rstrip().split("\n")
+def _edited(block: Block, index: _Index, shape: _Shape) -> Replacement | None:
+    """Case 3: a line diff against the most similar earlier block (`shape`: the block's)."""
+    lines = shape.lines
+    if not index.near(len(lines)):  # nothing to sketch: no earlier block could pass the line count test below
+        return None
+    sketch = shape.sketch()
     if not sketch:
         return None
-    votes: dict[int, int] = {}
-    for h in sketch:
-        for item in index.sketches.get(h, ()):
-            votes[item] = votes.get(item, 0) + 1
+    raw = block.text.rstrip().split("\n")
+    votes = index.votes(sketch)
     # Most shared sketch hashes first, then the most recent earlier block (the closest version).
     ranked = sorted(votes, key=lambda item: (-votes[item], -item))[:2]
     best: Replacement | None = None
@@ -323,7 +399,7 @@ def _edited(block: Block, index: _Index, lines: list[str], sketch: list[int]) ->
         if votes[item] * 2 < len(sketch):
             break
         earlier = index.items[item]
-        a = earlier.lines
+        a = earlier.shape.lines
         if min(len(a), len(lines)) < NEAR_RATIO * max(len(a), len(lines)):
             continue
         ops, same = _diff(a, lines)
@@ -349,12 +425,6 @@ def _edited(block: Block, index: _Index, lines: list[str], sketch: list[int]) ->
     return best
 
 
-def _shape(lines: list[str], joined: str) -> tuple[list[str], list[int], list[int]]:
-    """A block's `_lines`, their `_sketch` and their non-blank widths, from those lines and their `joined`
-    text."""
-    return (lines, *_sketch_and_widths(lines, joined))
-
-
 def dedupe_detailed(blocks: list[Block]) -> list[Replacement | None]:
     """Like `dedupe`, with the kind of each rewrite and the blocks it refers to."""
     results: list[Replacement | None] = []
@@ -363,10 +433,11 @@ def dedupe_detailed(blocks: list[Block]) -> list[Replacement | None]:
     last = len(blocks) - 1
     for pos, block in enumerate(blocks):
         result: Replacement | None = None
-        shape: tuple[list[str], list[int], list[int]] | None = None  # the block's `_shape`, once
+        shape: _Shape | None = None  # set for the first block of each normalised text
         # Only an earlier block can be referred to: with none long enough so far, the last block is left
         # as it is without being looked at, and no block is indexed for a later one that does not exist.
-        lines = _lines(block.text) if pos < last or first else []
+        raw = block.text.split("\n") if pos < last or first else []
+        lines = _lines(raw)
         norm = "\n".join(lines)  # the normalised text: no trailing whitespace on a line or at the end
         if len(norm) >= MIN_CHARS:
             seen = first.get(norm)
@@ -378,20 +449,17 @@ def dedupe_detailed(blocks: list[Block]) -> list[Replacement | None]:
                     result = earlier  # the same rewrite, which refers to a block the reader can see
             else:
                 first[norm] = pos
+                shape = _Shape(lines, norm)
                 if index.items:
-                    shape = _shape(lines, norm)
-                    options = [
-                        r
-                        for r in (_contained(block, index), _edited(block, index, *shape[:2]))
-                        if r is not None
-                    ]
+                    found = (_contained(block, index, raw), _edited(block, index, shape))
+                    options = [r for r in found if r is not None]
                     if options:
                         result = min(options, key=lambda r: len(r.text))
         if result is not None and not _smaller(result.text, block.text):
             result = None
         results.append(result)
-        if result is None and pos < last and first.get(norm) == pos:
-            index.add(block, *(shape or _shape(lines, norm)))
+        if result is None and pos < last and shape is not None:
+            index.add(block, shape, raw)
     return results
 
 
