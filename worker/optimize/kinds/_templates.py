@@ -46,8 +46,10 @@ _LISTED_VALUES = 3
 """A slot with at most this many distinct values in a folded group lists them all."""
 
 
-class Shape(msgspec.Struct, frozen=True):
-    """An entry split into its template (`key`) and the values of its slots, in order."""
+class Shape(msgspec.Struct, frozen=True, gc=False):
+    """An entry split into its template (`key`) and the values of its slots, in order. Not tracked by the
+    cycle collector (`gc=False`): it holds strings and tuples of strings, so no cycle runs through it, and a
+    log has hundreds of them (see `logs._Entry`)."""
 
     key: str
     parts: tuple[str, ...]

@@ -514,8 +514,9 @@ def _error_text(value: list[Any]) -> bool:
 
 def _error_strings(strings: Mapping[int, str]) -> list[int]:
     """The records of `strings` whose value is error-like, searched once per distinct value; the common
-    answer, none, from one search of them all (joined by line breaks, which no error word spans)."""
-    distinct = dict.fromkeys(v for v in strings.values() if len(v) <= 200)
+    answer, none, from one search of them all (joined by line breaks, which no error word spans). The distinct
+    values are found in C, then the long ones left out: the same values, in the same order."""
+    distinct = [v for v in dict.fromkeys(strings.values()) if len(v) <= 200]
     if not distinct or _ERROR_VALUE_RE.search("\n".join(distinct)) is None:
         return []
     errors = {v for v in distinct if _ERROR_VALUE_RE.search(v)}
