@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 
 import pytest
@@ -339,6 +340,16 @@ def test_lines_scanned_alone_hold_the_whole_scans_facts_when_none_can_cross_a_li
 @given(st.lists(st.sampled_from(_AROUND_LINE_BREAKS), min_size=1, max_size=14))
 def test_lines_scanned_alone_hold_the_whole_scans_facts_on_random_text(parts: list[str]) -> None:
     _scan_lines_alone("".join(parts))
+
+
+def test_the_across_lines_pattern_with_its_first_look_behind_finds_what_the_plain_one_finds() -> None:
+    plain = re.compile(facts._ACROSS_LINES_RE.pattern.replace(r"(?<=[\d,Mm$€£¥₹A-Z\-\u2013]\n)", "", 1))
+    assert plain.pattern != facts._ACROSS_LINES_RE.pattern
+    rng = random.Random(21)
+    alphabet = [*"\n\n\n1,mMaA$€Zz-\u2013+% .", "ms", "UTC", "GMT", "PST", "EUR", "days", "a.m.", "b"]
+    for _ in range(30_000):
+        text = "".join(rng.choices(alphabet, k=rng.randint(1, 8)))
+        assert (facts._ACROSS_LINES_RE.search(text) is None) == (plain.search(text) is None), text
 
 
 def test_a_fact_across_a_line_break_is_noticed() -> None:

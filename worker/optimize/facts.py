@@ -270,9 +270,11 @@ _RUN_RE = re.compile(r"[A-Za-z0-9]+")
 # side of it is listed (a superset: a unit's first letters, any capital before a digit). No other pattern
 # matches a line break, and to every look-around a line break is what the start and the end of a text are (a
 # blank, a word boundary), so where none of these occurs each line holds, scanned alone, the facts a scan of
-# the whole text finds on it (`may_cross_lines`).
+# the whole text finds on it (`may_cross_lines`). A look-behind for any character that may stand before the
+# line break comes first: at most line breaks (after a letter or a full stop) it fails at once, where the
+# five look-behinds were tried one after another.
 _ACROSS_LINES_RE = re.compile(
-    r"\n(?:"
+    r"\n(?<=[\d,Mm$€£¥₹A-Z\-\u2013]\n)(?:"
     rf"(?<=[\d,]\n)(?=[A-Za-z%\-\u2013])(?:[AaPp][Mm]|[ap]\.m\.|[A-Z]{{2,4}}T|UTC|GMT|[kKmMbB]|%|[-\u2013]\s?\d|{_CURRENCY_CODES}|dollars|"
     rf"euros|pounds|{_UNITS})"
     r"|(?<=[Mm]\n)(?:UTC|GMT|[A-Z]{2,4}T)|(?<=[$€£¥₹]\n)\d|(?<=[A-Z]\n)[-+]?\d|(?<=[-\u2013]\n)\d"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from itertools import islice
 
 import pytest
 from hypothesis import example, given, settings
@@ -254,6 +255,57 @@ def test_search_output_is_told_per_line_skeleton_as_line_by_line() -> None:
     for text in (grep_output(), app_log(), java_log(), git_diff(), kubectl_pods()):
         lines = _detect._sample(text)
         assert _detect.is_search(lines) == _is_search_line_by_line(lines)
+
+
+def _detect_line_by_line(text: str) -> str:
+    """`detect` as its definition reads: the first 400 non-blank lines, each tested, none grouped by skeleton."""
+    stripped = text.strip()
+    if not stripped:
+        return "prose"
+    if _detect.is_json(stripped):
+        return "json"
+    lines = list(islice(filter(str.strip, stripped.split("\n")), 400))
+    end = next((k for k, line in enumerate(lines) if line.startswith("<system-reminder>")), len(lines))
+    if end > 0 and _detect._share_at_least(lines[:end], _detect.LINE_GUTTER_RE.match, 8):
+        return "code"
+    if _detect.is_diff(lines, "\n".join(lines)):
+        return "diff"
+    if _detect._COMPONENT_RE.match(stripped):
+        return "code"
+    if _detect.is_html(stripped):
+        return "html"
+    if _detect._share_at_least(lines, _detect.LOCATION_LINE_RE.match, 6, least=2):
+        return "diagnostics"
+    if _is_search_line_by_line(lines):
+        return "search"
+    if len(lines) >= 2 and _detect._share_at_least(lines, _detect._log_line, 4):
+        return "log"
+    if _detect.is_table(lines):
+        return "table"
+    return "code" if _detect.is_code(lines) else "prose"
+
+
+def test_detection_by_line_skeleton_is_detection_line_by_line() -> None:
+    """`detect` samples a text's lines split off as needed and tests each digit skeleton once."""
+    rng = random.Random(15)
+    parts = [
+        *["src/a.py:12:", "a.py:", "./b/c", "12:", "  Line 12: ", "x ", "     12\t", "  12→", "1234567\t"],
+        *["src/a.go:7:3: x", "a.c:5: error ", "2026-03-14T10:02:00Z INFO ", "W0314 10:02:00.5 ", "ok ", "--"],
+        *["<system-reminder>", "diff --git a/x b/x", "@@ -1,2 +1,3 @@", "+++ b/x", "def f(x):", "  return"],
+        *["a,b,c", "a\tb", "| a | b |", "|---|---|", "NAME   READY", "<div>", "Hi there.", "{", " ", ""],
+    ]
+    kinds = set()
+    for _ in range(1_000):
+        pieces = ["".join(rng.choices(parts, k=rng.randint(1, 3))) for _ in range(rng.randint(1, 5))]
+        lines = rng.choices(pieces, k=rng.choice([1, 2, 3, 10, 40, 399, 401, 900]))
+        text = re.sub(r"\d", lambda _: rng.choice("0123456789"), "\n".join(lines))
+        kind = detect(text)
+        assert kind == _detect_line_by_line(text), text
+        kinds.add(kind)
+    assert len(kinds) >= 8, kinds
+    samples = (grep_output(), app_log(), java_log(), git_diff(), kubectl_pods(), html_page(), PYTHON_SOURCE)
+    for text in samples:
+        assert detect(text) == _detect_line_by_line(text)
 
 
 def test_delimited_fields_of_lines_with_and_without_quotes() -> None:

@@ -303,7 +303,9 @@ def pieces_at_least(text: str) -> int:
     """
     data = text.encode()
     letter_runs = len(data.translate(_LETTER_RUNS).split()) - data.count(b"'")
-    digit_pieces = sum((len(run) + 2) // 3 for run in data.translate(_DIGIT_RUNS).split())
+    # A run of n digits is ceil(n / 3) pieces: the non-overlapping `000` in the run with `00` appended (the
+    # runs joined by `00 `, counted in C instead of one generator step per number of a JSON document).
+    digit_pieces = (b"00 ".join(data.translate(_DIGIT_RUNS).split()) + b"00").count(b"000")
     punctuation_runs = (b" " + data.translate(_PUNCTUATION_RUNS)).count(b" ..")
     return letter_runs + digit_pieces + punctuation_runs
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping
-from itertools import filterfalse, islice
+from itertools import filterfalse
 from operator import methodcaller
 from typing import Literal
 
@@ -140,8 +140,19 @@ def _share_at_least(lines: list[str], test: Callable[[str], object], tenths: int
 
 
 def _sample(text: str) -> list[str]:
-    """The first `_SAMPLE_LINES` non-blank lines of `text` (picked in C)."""
-    return list(islice(filter(str.strip, text.split("\n")), _SAMPLE_LINES))
+    """The first `_SAMPLE_LINES` non-blank lines of `text` (picked in C).
+
+    Only as many lines as are still needed are split off at a time (the rest stays one string): splitting a
+    log of thousands of lines to keep its first 400 cost most of the sampling.
+    """
+    lines: list[str] = []
+    rest: str | None = text
+    while rest is not None and len(lines) < _SAMPLE_LINES:
+        need = _SAMPLE_LINES - len(lines)
+        pieces = rest.split("\n", need)
+        rest = pieces.pop() if len(pieces) > need else None  # what follows the `need` lines, unsplit
+        lines += filter(str.strip, pieces)
+    return lines
 
 
 def is_json(stripped: str) -> bool:
@@ -172,9 +183,12 @@ def is_json_lines(stripped: str) -> bool:
     return True
 
 
-def is_diff(lines: list[str]) -> bool:
-    """Unified diff: a `diff --git` header, or a hunk header together with a `+++ ` file header."""
-    joined = "\n".join(lines)  # the lines that start with one of them hold it: most samples hold none
+def is_diff(lines: list[str], joined: str) -> bool:
+    """Unified diff: a `diff --git` header, or a hunk header together with a `+++ ` file header.
+
+    `joined` is the lines joined by line breaks, or its digit skeleton: the lines that start with a header
+    hold it (digits apart), and most samples hold none.
+    """
     if "diff --git " not in joined and ("@@ -" not in joined or "+++ " not in joined):
         return False
     has_hunk = has_plus = False
@@ -203,40 +217,51 @@ def is_html(text: str) -> bool:
 
 def is_search(lines: list[str]) -> bool:
     """grep/rg `path:line:` output (also rg's and OpenCode's heading modes), or a `find`/`ls`-style list of
-    paths.
+    paths (`_is_search` of the lines' census, as `detect` takes it)."""
+    return _is_search(Counter(digit_skeleton("\n".join(lines)).split("\n")))
+
+
+def _is_search(census: Counter[str]) -> bool:
+    """`is_search` of the lines that `census` counts.
 
     No test here tells one digit from another (a line number, a timestamp are digits of any value), so a
     line and its digit skeleton (`facts.digit_skeleton`) pass the same tests: each distinct skeleton is
-    tested once and counted as often as it occurs (a log or a test run repeats a few).
+    tested once and counted as often as it occurs (a log or a test run repeats a few). grep's `--` group
+    separators are not counted.
     """
-    body = [line for line in lines if line != "--"]
-    if len(body) < 2:
+    if "--" in census:
+        census = census.copy()
+        del census["--"]
+    body = census.total()
+    if body < 2:
         return False
-    census = Counter(digit_skeleton("\n".join(body)).split("\n"))
     if _census_share(census, DIAGNOSTIC_RE.match, 3):
         return False
     if _census_share(census, _grep_line, 6):
         return True
     numbered = _census_matching(census, HEADING_LINE_RE.match)
     paths = _census_matching(census, _path_line) if numbered else None
-    if numbered and paths and (numbered + paths) * 10 >= len(body) * 9:
+    if numbered and paths and (numbered + paths) * 10 >= body * 9:
         return True
     opencode = _census_matching(census, OPENCODE_LINE_RE.match)
     if opencode:
         headings = _census_matching(census, _heading_line)
-        if headings and (opencode + headings) * 10 >= len(body) * 8:
+        if headings and (opencode + headings) * 10 >= body * 8:
             return True
-    if len(body) < 3:
+    if body < 3:
         return False
     if paths is None:
         paths = _census_matching(census, _path_line)
-    return paths * 10 >= len(body) * 8
+    return paths * 10 >= body * 8
 
 
-def _census_share(census: Mapping[str, int], test: Callable[[str], object], tenths: int) -> bool:
+def _census_share(census: Counter[str], test: Callable[[str], object], tenths: int, least: int = 0) -> bool:
     """`_share_at_least` of the lines that `census` counts (each distinct line tested once)."""
-    need = -(-sum(census.values()) * tenths // 10)
-    misses_left = sum(census.values()) - need
+    total = census.total()
+    need = max(least, -(-total * tenths // 10))
+    misses_left = total - need
+    if misses_left < 0:
+        return False
     hits = 0
     for line, times in census.items():
         if test(line):
@@ -283,16 +308,16 @@ def _grep_line(line: str) -> bool:
     return bool(GREP_LINE_RE.match(line) or GREP_NOLINE_RE.match(line) or GREP_CONTEXT_RE.match(line))
 
 
-def is_diagnostics(lines: list[str]) -> bool:
+def is_diagnostics(census: Counter[str]) -> bool:
     """Most lines are `path:line:col: message` findings (a compiler's, a vet tool's or a linter's)."""
-    return _share_at_least(lines, LOCATION_LINE_RE.match, 6, least=2)
+    return _census_share(census, LOCATION_LINE_RE.match, 6, least=2)
 
 
-def is_log(lines: list[str]) -> bool:
+def is_log(census: Counter[str]) -> bool:
     """Most lines start with a timestamp or a level (or are compiler diagnostics / test-runner lines)."""
-    if len(lines) < 2:
+    if census.total() < 2:
         return False
-    return _share_at_least(lines, _log_line, 4)
+    return _census_share(census, _log_line, 4)
 
 
 def _log_line(line: str) -> bool:
@@ -347,26 +372,21 @@ def split_delimited(line: str, delim: str) -> list[str]:
 _REMINDER = "<system-reminder>"
 
 
-def has_gutter(lines: list[str]) -> bool:
+def has_gutter(lines: list[str], skeleton: str, census: Counter[str]) -> bool:
     """Most lines start with a file-read line-number gutter (`cat -n`, `   12→`), not counting the
-    `<system-reminder>` block Claude Code appends to a read (a short file would fall under the share)."""
-    end = len(lines)
-    joined = "\n".join(lines)  # one search in C rules the reminder out, as it mostly is
-    if joined.startswith(_REMINDER) or f"\n{_REMINDER}" in joined:
+    `<system-reminder>` block Claude Code appends to a read (a short file would fall under the share).
+    `skeleton` and `census` are the lines' digit skeleton and its census (`detect`): the gutter pattern does
+    not tell one digit from another."""
+    if skeleton.startswith(_REMINDER) or f"\n{_REMINDER}" in skeleton:  # one search in C rules it out
         end = next(k for k, line in enumerate(lines) if line.startswith(_REMINDER))
-    return end > 0 and _share_at_least(lines[:end], LINE_GUTTER_RE.match, 8)
-
-
-def strip_gutter(lines: list[str]) -> list[str]:
-    """Lines without a file-read line-number gutter, when most lines have one."""
-    if not has_gutter(lines):
-        return lines
-    return [LINE_GUTTER_RE.sub("", line, count=1) for line in lines]
+        return end > 0 and _share_at_least(lines[:end], LINE_GUTTER_RE.match, 8)
+    return _census_share(census, LINE_GUTTER_RE.match, 8)
 
 
 def is_code(lines: list[str]) -> bool:
-    """Source code: many lines start with a keyword or have code punctuation, and some are indented."""
-    lines = strip_gutter(lines)
+    """Source code: many lines start with a keyword or have code punctuation, and some are indented.
+
+    The lines have no file-read gutter (`detect` has told such a read apart first)."""
     if not lines:
         return False
     codeish = sum(1 for line in lines if _CODE_KEYWORD_RE.match(line) or _CODE_SHAPE_RE.search(line))
@@ -385,22 +405,27 @@ def detect(text: str) -> Kind:
     if is_json(stripped):
         return "json"
     lines = _sample(stripped)
-    if has_gutter(lines):
+    # The tests up to the log's judge each line by its digit skeleton, none telling one digit from another:
+    # each distinct skeleton is tested once and counted as often as it occurs (most lines of a log or of a
+    # test run repeat a few; 400 lines of a service log have 8).
+    skeleton = digit_skeleton("\n".join(lines))
+    census = Counter(skeleton.split("\n"))
+    if has_gutter(lines, skeleton, census):
         # A file read with line numbers: what the agent will edit, quoting its lines back exactly (a Markdown
         # hard break's trailing blanks, the tab after the number of a blank line). Passed through as it is,
         # whatever the file holds.
         return "code"
-    if is_diff(lines):
+    if is_diff(lines, skeleton):
         return "diff"
     if _COMPONENT_RE.match(stripped):
         return "code"
     if is_html(stripped):
         return "html"
-    if is_diagnostics(lines):
+    if is_diagnostics(census):
         return "diagnostics"
-    if is_search(lines):
+    if _is_search(census):
         return "search"
-    if is_log(lines):
+    if is_log(census):
         return "log"
     if is_table(lines):
         return "table"
