@@ -152,12 +152,16 @@ def count_remembered(text: str, encoding_name: str = "o200k_base") -> int:
     n = _recall(digest, encoding_name)
     if n is None:
         n = count(text, encoding_name)
-        with _remembered_lock:
-            known = _remembered.setdefault(encoding_name, OrderedDict())
-            known[digest] = n
-            if len(known) > _REMEMBERED_MAX:
-                known.popitem(last=False)  # the least recently used
+        _keep(digest, n, encoding_name)
     return n
+
+
+def _keep(digest: bytes, n: int, encoding_name: str) -> None:
+    with _remembered_lock:
+        known = _remembered.setdefault(encoding_name, OrderedDict())
+        known[digest] = n
+        if len(known) > _REMEMBERED_MAX:
+            known.popitem(last=False)  # the least recently used
 
 
 def _recall(digest: bytes, encoding_name: str) -> int | None:

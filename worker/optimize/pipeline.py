@@ -46,8 +46,6 @@ _encoder = msgspec.json.Encoder()
 # over would cost more than it saves.
 _counting = ThreadPoolExecutor(2, thread_name_prefix="trex-count")
 _COUNT_ALONGSIDE_CHARS = 16 * 1024
-_COUNT_APART_CHARS = _COUNT_ALONGSIDE_CHARS // 2
-"""Counted alongside, the parts other than the longest go to the second counting thread from this length."""
 _COUNT_BY_PARTS_CHARS = 4 * tokens.REMEMBERED_MIN_CHARS
 """`measure` counts a request this large by parts: one of them may be long enough to be remembered."""
 _START_WAIT_S = 0.002
@@ -244,24 +242,18 @@ def optimize(fmt: Format, body: dict[str, Any], options: Options) -> Report:
             mode=options.mode, original_tokens=original, optimized_tokens=original, time_ms=_elapsed(started)
         )
     billed, estimated = _billed_parts(fmt, body)  # taken before anything changes `body`
-    pending: list[Future[int]] = []
+    pending: Future[int] | None = None
     parts: dict[str, int] | None = None
     known, original, unknown = _split_remembered(billed, options.encoding)
     if sum(map(len, unknown)) >= _COUNT_ALONGSIDE_CHARS:
-        # What is not remembered is counted alongside the compaction, each counting thread making a single
-        # call (the parts are cut so that any of them in order add up). A thread holds the GIL only to start
-        # and to end; after a call, it waits for the GIL while this one compacts (up to the interpreter's
-        # 5 ms switch interval), so a second call would start late and end long after the compaction. The
-        # longest part (most often the newest tool output, which the next turn resends) is counted alone, to
-        # be remembered; the rest in one call, on the other counting thread or, when short, here.
-        longest = max(range(len(unknown)), key=lambda n: len(unknown[n]))
+        # What is not remembered is counted in one call (the parts are cut so that any of them in order add
+        # up): the counting thread holds the GIL only to start and to end it. Counted by parts, it would wait
+        # for the GIL after each while this thread compacts (up to the interpreter's 5 ms switch interval
+        # each time), and finish long after the compaction: with its longest part counted apart, to be
+        # remembered, bench.optimizer's coding session took a fifth longer. Long parts are remembered when
+        # forwarded unchanged, and when `measure` counts what the client sent (a session's next turn).
         running = threading.Event()
-        pending.append(_counting.submit(_count_running, running, unknown[longest], options.encoding))
-        rest = "".join(unknown[:longest] + unknown[longest + 1 :])
-        if len(rest) >= _COUNT_APART_CHARS:
-            pending.append(_counting.submit(tokens.count, rest, options.encoding))
-        else:
-            original += tokens.count(rest, options.encoding)
+        pending = _counting.submit(_count_running, running, "".join(unknown), options.encoding)
         running.wait(_START_WAIT_S)
     else:
         original, parts = _count_parts(billed, options.encoding, known)
@@ -271,10 +263,8 @@ def optimize(fmt: Format, body: dict[str, Any], options: Options) -> Report:
     try:
         _compact(found, options, report, undo)
     finally:
-        if pending:
-            original = report.original_tokens = report.optimized_tokens = original + sum(
-                future.result() for future in pending
-            )
+        if pending is not None:
+            original = report.original_tokens = report.optimized_tokens = original + pending.result()
     if undo:
         if parts is None:  # counted alongside: the request as forwarded, by parts (`tokens.count_joined`)
             forwarded, estimated = _billed_parts(fmt, body)
@@ -314,11 +304,10 @@ def _split_remembered(parts: list[str], encoding: str) -> tuple[dict[str, int], 
     return known, total, unknown
 
 
-def _count_running(running: threading.Event, part: str, encoding: str) -> int:
-    """`tokens.count_remembered(part, encoding)`, on a counting thread that first tells `running` it has
-    started."""
+def _count_running(running: threading.Event, text: str, encoding: str) -> int:
+    """`tokens.count(text, encoding)`, on a counting thread that first tells `running` it has started."""
     running.set()
-    return tokens.count_remembered(part, encoding)
+    return tokens.count(text, encoding)
 
 
 class _Found(NamedTuple):
