@@ -132,8 +132,8 @@ def measure(fmt: Format, body: dict[str, Any], encoding: str = "o200k_base") -> 
 # past the quote but that run, which ends there alone as well; no piece after it looks back (neither pattern
 # has a look-behind). tests/optimize/test_pipeline.py checks it on random JSON. The optimized request is
 # then counted again from the same parts, encoding only those the optimizer changed. (A request counted on
-# the counting thread, alongside the compaction, is counted in a few calls, its parts joined: see
-# `optimize`.) Any of the parts in order add up alike, each cut being of the same kind.
+# the counting thread, alongside the compaction, is counted in one call, the parts whose counts are not
+# remembered joined: see `optimize`.) Any of the parts in order add up alike, each cut being of the same kind.
 _LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 _MAY_CARRY_PAYLOAD = re.compile(b'"type":"(?:' + b"|".join(t.encode() for t in PAYLOAD_PART_TYPES) + b')"')
