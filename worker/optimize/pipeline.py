@@ -244,7 +244,13 @@ def optimize(fmt: Format, body: dict[str, Any], options: Options) -> Report:
     billed, estimated = _billed_parts(fmt, body)  # taken before anything changes `body`
     pending: Future[int] | None = None
     parts: dict[str, int] | None = None
-    known, original, unknown = _split_remembered(billed, options.encoding)
+    # Only a large request may be counted alongside: a smaller one is counted here, by parts, each long part
+    # looked up once (`tokens.count_remembered`), not looked up first to decide.
+    known, original, unknown = (
+        _split_remembered(billed, options.encoding)
+        if sum(map(len, billed)) >= _COUNT_ALONGSIDE_CHARS
+        else ({}, 0, [])
+    )
     if sum(map(len, unknown)) >= _COUNT_ALONGSIDE_CHARS:
         # What is not remembered is counted in one call (the parts are cut so that any of them in order add
         # up): the counting thread holds the GIL only to start and to end it. Counted by parts, it would wait
