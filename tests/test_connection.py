@@ -219,6 +219,55 @@ async def test_a_body_whose_chunked_framing_breaks_midway_is_a_json_400_not_a_ha
     assert len(gateway.fake.received) == before  # nothing was forwarded
 
 
+async def _keep_sending(writer: asyncio.StreamWriter, seconds: float) -> None:
+    """What a client still uploading does after the worker has answered and closed: it keeps sending."""
+    for _ in range(10):
+        writer.write(b"x" * 4096)
+        await writer.drain()
+        await asyncio.sleep(seconds / 10)
+
+
+async def _read_refusal(reader: asyncio.StreamReader) -> Reply:
+    """The answer that is waiting, read only now, and whether the worker then ended the stream (a FIN, not a
+    reset: a reset fails the read, as it loses an answer not yet read)."""
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in head[1:] if ln)}
+    body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), 5)
+    closed = await asyncio.wait_for(reader.read(1), 5) == b""
+    return Reply(int(head[0].split()[1]), headers, body, closed)
+
+
+@pytest.mark.parametrize("refused", ["malformed head", "broken body"])
+async def test_a_client_still_sending_when_it_is_refused_reads_its_answer_whole(
+    gateway: GatewaySetup, refused: str
+) -> None:
+    """The worker closed a refused connection at once: a socket closed with bytes unread is reset, and the
+    client lost the answer to "connection reset". Now it sends the answer and a FIN, and discards what the
+    client still sends until the client closes (or `lingering_time` passes)."""
+    reader, writer = await connect(gateway.worker.url)
+    try:
+        if refused == "malformed head":
+            writer.write(b"G@T /v1/models HTTP/1.1\r\n" + HOST + b"\r\n")
+        else:
+            writer.write(
+                b"POST /v1/chat/completions HTTP/1.1\r\n"
+                + HOST
+                + f"Authorization: Bearer {gateway.key}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+                + b'8\r\n{"model"\r\n'
+            )
+            await writer.drain()
+            await asyncio.sleep(0.2)  # the handler is reading the body
+            writer.write(b"zz\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.1)  # answered and closed by now
+        await _keep_sending(writer, 0.5)
+        reply = await _read_refusal(reader)
+    finally:
+        await close(writer)
+    _openai_error(reply, 400, "malformed_request")
+    assert reply.closed
+
+
 @pytest.fixture
 def quick(make_worker: Callable[..., InProcessWorker], fake_upstream: FakeUpstream) -> Iterator[GatewaySetup]:
     """A worker that waits one second for a request head and for each piece of a body, with a proxy key."""

@@ -16,6 +16,11 @@ a whole, and not counting time the worker itself stopped reading it): past that 
 with a 408 for the handler to answer. Responses, however long, are not timed. It costs one timer per
 connection, rearmed only for a head or body that arrives in pieces, and no task.
 
+A connection closed on a refusal is closed the way nginx's lingering close does it: the answer is sent, then
+a FIN (the client reads the end of the stream), and what the client still sends is read and discarded until
+it closes or `lingering_time` passes. Closed at once, a socket with unread bytes is reset, and a reset can
+take the answer with it: the client sees "connection reset" instead of its 400 or 408.
+
 aiohttp has no hook for any of this (aio-libs/aiohttp#3287), so `GatewayProtocol` subclasses its
 `RequestHandler` and reads a few of its internals: `_messages` (the queue its parser fills, where a parse
 error is queued as an `_ErrInfo`), `_request_count`, `_current_request` and `_waiter` (set while it waits for
@@ -44,6 +49,31 @@ _SLACK = 0.001
 _HEAD_KEPT = 16 * 1024
 """How much of a request head is kept while it arrives in pieces: enough for the request line, which is all a
 refusal needs of it."""
+
+
+class _LingeringClose:
+    """The transport of a connection being refused: everything passes through to `transport` but the first
+    `close()`, which shuts down the sending side only and closes `seconds` later (or when the client
+    closes, which makes asyncio close it). A second `close()` (the connection lost, a shutdown) closes now."""
+
+    __slots__ = ("_lingering", "_seconds", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, seconds: float) -> None:
+        self._transport = transport
+        self._seconds = seconds
+        self._lingering = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        transport = self._transport
+        if self._lingering or transport.is_closing() or not transport.can_write_eof() or self._seconds <= 0:
+            transport.close()
+            return
+        self._lingering = True
+        transport.write_eof()  # after what is buffered is sent
+        asyncio.get_running_loop().call_later(self._seconds, transport.close)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +228,15 @@ class GatewayProtocol(web.RequestHandler):
         body.feed_eof()  # what is left of aiohttp's lingering read of an unread body ends at once
         self._body = None
         self.close()  # the rest of the stream cannot be parsed: no further request on this connection
+        self._linger()
+
+    def _linger(self) -> None:
+        """Have this connection, which is answered and then closed, close lingering (module docstring)."""
+        transport = self.transport
+        if isinstance(transport, asyncio.Transport):
+            transport.resume_reading()  # in case the worker had stopped reading: the rest is to be discarded
+            lingering: Any = _LingeringClose(transport, self._lingering_time)
+            self.transport = lingering
 
     def handle_error(
         self,
@@ -229,6 +268,8 @@ class GatewayProtocol(web.RequestHandler):
             content_type="application/json",
         )
         resp.force_close()
+        self._close = True  # what the client still sends is not parsed
+        self._linger()
         return resp
 
 
