@@ -54,6 +54,9 @@ _SETTINGS: Mapping[Mode, _Settings] = MappingProxyType(
 )
 
 _WORD_RE = re.compile(r"[A-Za-z0-9_]+")
+# GREP_LINE_RE (its path and line number the same groups, matching the same lines), with the rest of the line
+# after a `:` separator that a blank follows: what `_doc` tokenizes of most grep lines' bodies.
+_GREP_REST_RE = re.compile(r"^((?!\d)[^\s:,]+):(\d+)(?::( .*)|[:-])", re.DOTALL)
 _CAMEL_PART_RE = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 
 
@@ -304,12 +307,12 @@ def _parse(lines: list[str]) -> _Parsed:
         if any(map(str.isdigit, map(itemgetter(slice(0, 1)), lines)))
         else repeat(None, len(lines))
     )
-    greps = map(GREP_LINE_RE.match, lines)
+    greps = map(_GREP_REST_RE.match, lines)
     for index, (line, numbered, grep) in enumerate(zip(lines, numbered_next, greps, strict=True)):
         if grep is not None and heading is None and numbered is None and line[-1] != ":":
             # A grep line (most lines), neither a heading nor under one: what the steps below do with it, in
             # fewer tests (it is not blank, and its match is made once it is known not to repeat).
-            found, number = grep.group(1, 2)  # the path and the line number
+            found, number, rest = grep.groups()  # the path, the line number, the rest after `: ` (or None)
             key = (found, line)
             if key in seen:
                 duplicates += 1
@@ -326,9 +329,7 @@ def _parse(lines: list[str]) -> _Parsed:
             indices.append(index)
             # The body is the line number, its separator, then the rest, and `_doc` cuts it at its first
             # blank: neither the number nor the separator holds one, so a rest starting with one is cut there.
-            cut = len(number) + 1
-            if body[cut : cut + 1] == " " and body[cut - 1] == ":" and number.isascii():
-                rest = body[cut:]
+            if rest is not None and number.isascii():
                 rest_terms = terms.get(rest)  # `_terms`, in line: there is a call per match
                 if rest_terms is None:
                     rest_terms = terms[rest] = tokenize(rest)
