@@ -486,6 +486,27 @@ def may_cross_lines(text: str) -> bool:
     return _ACROSS_LINES_RE.search(text) is not None
 
 
+_ACROSS_LINES_REACH = 17
+"""How far past a line break `_ACROSS_LINES_RE` reads: `calendar ` and a unit of 8 letters (`attempts`);
+before it, one character."""
+
+
+def may_cross_line_breaks(skeleton: str, line_starts: Iterable[int]) -> bool:
+    """`may_cross_lines` of a text whose digit skeleton (`digit_skeleton`) is `skeleton`, its lines past the
+    first starting at `line_starts`, with the pattern tried once on each distinct stretch around a line break:
+    the character before it and the `_ACROSS_LINES_REACH` after it. Lines that open alike (grep's paths, a
+    log's timestamps) make few stretches.
+
+    The pattern tells no digit from another, reads no further from a line break, and holds no anchor, word
+    boundary or negative look-around, which a text around a stretch could fail: it matches the text where it
+    matches one of the stretches."""
+    # A line break put before the text (where no look-behind of the pattern holds, as at the text's start)
+    # spares each stretch a test for the text's first character.
+    padded = "\n" + skeleton
+    stretches = {padded[start - 1 : start + _ACROSS_LINES_REACH + 1] for start in line_starts}
+    return any(map(_ACROSS_LINES_RE.search, stretches))
+
+
 def has_fact(text: str) -> bool:
     """True if `text` contains at least one fact."""
     return _FACT_RE.search(text) is not None

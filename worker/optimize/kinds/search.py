@@ -54,6 +54,9 @@ _SETTINGS: Mapping[Mode, _Settings] = MappingProxyType(
 )
 
 _WORD_RE = re.compile(r"[A-Za-z0-9_]+")
+# GREP_LINE_RE (its path and line number the same groups, matching the same lines), with the rest of the line
+# after a `:` separator that a blank follows: what `_doc` tokenizes of most grep lines' bodies.
+_GREP_REST_RE = re.compile(r"^((?!\d)[^\s:,]+):(\d+)(?::( .*)|[:-])", re.DOTALL)
 _CAMEL_PART_RE = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 
 
@@ -162,10 +165,11 @@ def _body_facts(
     Facts that start in a `path:line:` prefix, or on a line that is not a match, are filed under -1: the
     final check still requires them, the markers do not list them (as when each body is scanned alone).
 
-    Unless a fact can run across a line break (`facts.may_cross_lines`), each line holds, scanned alone, the
-    facts the whole scan finds on it; a grep line is scanned in two pieces, cut after its `path:line:`, whose
-    digit skeletons (`facts.digit_skeleton`) repeat where whole lines seldom do: each skeleton is scanned
-    once (`facts.form_spans`), a piece holding `0x` as it is.
+    Unless a fact can run across a line break (`facts.may_cross_line_breaks`: grep lines open with a few
+    paths, so the stretches around their breaks are few), each line holds, scanned alone, the facts the whole
+    scan finds on it; a grep line is scanned in two pieces, cut after its `path:line:`, whose digit skeletons
+    (`facts.digit_skeleton`) repeat where whole lines seldom do: each skeleton is scanned once
+    (`facts.form_spans`), a piece holding `0x` as it is.
 
     A line is cut at its first `: ` after a digit when no backtick comes before it. No fact spans that seam:
     a fact holds a blank only after a digit, a letter, a currency sign or a backslash (in amounts, times,
@@ -177,8 +181,9 @@ def _body_facts(
     """
     found: dict[int, list[str]] = {}
     words: dict[str, str] = {}
-    if facts.may_cross_lines(text):
-        starts = list(accumulate(map(add, map(len, lines), repeat(1)), initial=0))
+    starts = list(accumulate(map(add, map(len, lines), repeat(1)), initial=0))  # of each line in `text`
+    skeleton = facts.digit_skeleton(text)
+    if facts.may_cross_line_breaks(skeleton, starts[1:-1]):
         for position, fact in facts.fact_spans(text):
             index = bisect_right(starts, position) - 1
             if position - starts[index] >= bodies[index]:
@@ -193,8 +198,7 @@ def _body_facts(
     ticks = "`" in text
     others: list[str] = []  # the facts filed under -1
     other = others.append
-    line_starts: list[int] = []  # where each line starts in `text`: built if a body holds a fact
-    forms = facts.digit_skeleton(text).split("\n")
+    forms = skeleton.split("\n")
     for index, (line, form, body) in enumerate(zip(lines, forms, bodies, strict=True)):
         # The pieces of the line: its `path:line:` head and the rest, or the whole line.
         cut = line.find(": ")
@@ -216,14 +220,12 @@ def _body_facts(
             if start < body:
                 other(line[start:end])
             else:
-                _file(found, words, text, lines, line_starts, index, start, line[start:end])
+                _file(found, words, text, starts, index, start, line[start:end])
         for start, end in tail:
             if cut + start < body:
                 other(line[cut + start : cut + end])
             else:
-                _file(
-                    found, words, text, lines, line_starts, index, cut + start, line[cut + start : cut + end]
-                )
+                _file(found, words, text, starts, index, cut + start, line[cut + start : cut + end])
     if others:
         found[-1] = others
     return found, words
@@ -233,18 +235,15 @@ def _file(
     found: dict[int, list[str]],
     words: dict[str, str],
     text: str,
-    lines: list[str],
     starts: list[int],
     index: int,
     start: int,
     fact: str,
 ) -> None:
-    """File `fact`, found at `start` in the body of line `index` of `text` (`_body_facts`); `starts`, where
-    each line starts in `text`, is filled on the first call that needs it."""
+    """File `fact`, found at `start` in the body of line `index` of `text` (`_body_facts`), whose lines
+    start at `starts`."""
     found.setdefault(index, []).append(fact)
     if fact not in words:
-        if not starts:
-            starts += accumulate(map(add, map(len, lines), repeat(1)), initial=0)
         words[fact] = facts.whole_token(text, starts[index] + start, fact)
 
 
@@ -304,12 +303,12 @@ def _parse(lines: list[str]) -> _Parsed:
         if any(map(str.isdigit, map(itemgetter(slice(0, 1)), lines)))
         else repeat(None, len(lines))
     )
-    greps = map(GREP_LINE_RE.match, lines)
+    greps = map(_GREP_REST_RE.match, lines)
     for index, (line, numbered, grep) in enumerate(zip(lines, numbered_next, greps, strict=True)):
         if grep is not None and heading is None and numbered is None and line[-1] != ":":
             # A grep line (most lines), neither a heading nor under one: what the steps below do with it, in
             # fewer tests (it is not blank, and its match is made once it is known not to repeat).
-            found, number = grep.group(1, 2)  # the path and the line number
+            found, number, rest = grep.groups()  # the path, the line number, the rest after `: ` (or None)
             key = (found, line)
             if key in seen:
                 duplicates += 1
@@ -326,9 +325,7 @@ def _parse(lines: list[str]) -> _Parsed:
             indices.append(index)
             # The body is the line number, its separator, then the rest, and `_doc` cuts it at its first
             # blank: neither the number nor the separator holds one, so a rest starting with one is cut there.
-            cut = len(number) + 1
-            if body[cut : cut + 1] == " " and body[cut - 1] == ":" and number.isascii():
-                rest = body[cut:]
+            if rest is not None and number.isascii():
                 rest_terms = terms.get(rest)  # `_terms`, in line: there is a call per match
                 if rest_terms is None:
                     rest_terms = terms[rest] = tokenize(rest)
