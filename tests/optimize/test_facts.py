@@ -352,6 +352,28 @@ def test_the_across_lines_pattern_with_its_first_look_behind_finds_what_the_plai
         assert (facts._ACROSS_LINES_RE.search(text) is None) == (plain.search(text) is None), text
 
 
+def _across_by_stretches(text: str) -> bool:
+    starts = [i + 1 for i, c in enumerate(text) if c == "\n"]
+    return facts.may_cross_line_breaks(facts.digit_skeleton(text), starts)
+
+
+def test_the_across_lines_pattern_reads_no_further_than_its_stretches_reach() -> None:
+    """`may_cross_line_breaks` tries the pattern on the character before each break and the
+    `_ACROSS_LINES_REACH` after it: the pattern's longest match, its break included, must fit."""
+    longest = re._parser.parse(facts._ACROSS_LINES_RE.pattern).getwidth()[1]  # type: ignore[attr-defined]
+    assert longest - 1 <= facts._ACROSS_LINES_REACH
+    for unit in ("calendar attempts", "business requests", "working replicas"):
+        text = f"took 12\n{unit}"
+        assert facts.may_cross_lines(text) and _across_by_stretches(text), text
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([*_AROUND_LINE_BREAKS, *_LINE_STARTS, "calendar ", "12\n"]), max_size=14))
+def test_the_across_lines_question_asked_per_stretch_gets_the_whole_texts_answer(parts: list[str]) -> None:
+    text = "".join(parts)
+    assert _across_by_stretches(text) == facts.may_cross_lines(text), text
+
+
 def test_a_fact_across_a_line_break_is_noticed() -> None:
     for text in ["took 12\nms", "1,200\nEUR", "5 -\n6 days", "10:30 PM\nUTC", "$\n5", "USD\n-5", "12\n%"]:
         assert facts.may_cross_lines(text), text

@@ -33,7 +33,9 @@ HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 # `path:line:content`. The path has no blanks or commas and does not start with a digit, so timestamps
 # (`09:12:03 INFO`, `2026-03-14T09:12:03`) and CSV rows are not taken for paths. grep -C context lines
 # (`path-line-content`) are only recognised for paths with an extension: `-` is too common otherwise.
-GREP_LINE_RE = re.compile(r"^(?P<path>(?!\d)[^\s:,]+):(?P<line>\d+)(?P<sep>[:-])")
+GREP_HEAD = r"^(?P<path>(?!\d)[^\s:,]+):(?P<line>\d+)"
+"""A grep line's `path:line` (the path does not start with a digit)."""
+GREP_LINE_RE = re.compile(GREP_HEAD + r"(?P<sep>[:-])")
 GREP_CONTEXT_RE = re.compile(r"^(?P<path>(?!\d)[^\s:,]+?\.[A-Za-z]\w{0,7})-(?P<line>\d+)-")
 # `path:content` (grep without -n); `path::name` is a pytest node id, not a match.
 GREP_NOLINE_RE = re.compile(r"^(?P<path>[^\s:,]*[\w-]\.[A-Za-z]\w{0,7}):(?!:)(?P<content>.*)$")

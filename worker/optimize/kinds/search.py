@@ -30,6 +30,7 @@ from worker.optimize.bm25 import BM25, tokenize
 from worker.optimize.kinds._common import FactLedger, finish, fold_exact_repeats, worth_folding
 from worker.optimize.kinds._detect import (
     GREP_CONTEXT_RE,
+    GREP_HEAD,
     GREP_LINE_RE,
     GREP_NOLINE_RE,
     HEADING_LINE_RE,
@@ -54,9 +55,9 @@ _SETTINGS: Mapping[Mode, _Settings] = MappingProxyType(
 )
 
 _WORD_RE = re.compile(r"[A-Za-z0-9_]+")
-# GREP_LINE_RE (its path and line number the same groups, matching the same lines), with the rest of the line
-# after a `:` separator that a blank follows: what `_doc` tokenizes of most grep lines' bodies.
-_GREP_REST_RE = re.compile(r"^((?!\d)[^\s:,]+):(\d+)(?::( .*)|[:-])", re.DOTALL)
+# GREP_LINE_RE (matching the same lines), with the rest of the line after a `:` separator that a blank
+# follows as a third group: what `_doc` tokenizes of most grep lines' bodies.
+_GREP_REST_RE = re.compile(GREP_HEAD + r"(?::(?P<rest> .*)|[:-])", re.DOTALL)
 _CAMEL_PART_RE = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 
 
