@@ -1,7 +1,7 @@
 """Optimizer benchmark: per content kind and per whole session — token reduction, fact retention and time —
 compared in the same run with head+tail truncation at the same token budget and with `safe` mode.
 
-    python -m bench.optimizer [--repeat 7] [--no-write]
+    python -m bench.optimizer [--repeat 51] [--no-write]
 
 Speed is reported against the floor: the time tiktoken takes to encode the same input once. Every time is
 the engine's whole run, token counts included: a content kind is timed as `optimize()` of a chat request that
@@ -158,7 +158,8 @@ def _next_turn(repeat: int) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--repeat", type=int, default=7)
+    # Rounds of one call each: a few seconds in all, and the more of them, the steadier the median.
+    ap.add_argument("--repeat", type=int, default=51)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     tokens.encoding("o200k_base")  # load once, outside every timing
