@@ -61,13 +61,15 @@ sys.addaudithook(_tracker.audit)
 def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any]) -> Generator[None, Any, Any]:
     if fixturedef.scope == "function":
         return (yield)
-    before = {t.ident for t in threading.enumerate()}
+    # Told apart as threads, not by their idents: a thread that was running before and ended meanwhile may
+    # have given its ident to one the fixture started.
+    before = set(threading.enumerate())
     _tracker.in_wide_fixture = True
     try:
         return (yield)
     finally:
         _tracker.in_wide_fixture = False
-        _tracker.wide_threads |= {t.ident for t in threading.enumerate() if t.ident not in before} - {None}
+        _tracker.wide_threads |= {t.ident for t in threading.enumerate() if t not in before} - {None}
 
 
 @pytest.hookimpl(wrapper=True)
