@@ -69,7 +69,9 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any]) -> Generator[None, 
         return (yield)
     finally:
         _tracker.in_wide_fixture = False
-        _tracker.wide_threads |= {t.ident for t in threading.enumerate() if t not in before} - {None}
+        _tracker.wide_threads |= {
+            t.ident for t in threading.enumerate() if t not in before and t.ident is not None
+        }
 
 
 @pytest.hookimpl(wrapper=True)
