@@ -6,14 +6,28 @@ import pytest
 
 from tests.harness import ROOT
 
-LEAKS = """
+SERVE = """
 import socket
 
-import openai
 import pytest
+from aiohttp import web
 
 from tests.fakes.threaded import ThreadedServer
-from aiohttp import web
+
+
+def serve(path, handler):
+    async def app():
+        a = web.Application()
+        a.router.add_get(path, handler)
+        return a
+
+    return ThreadedServer(app).start()
+"""
+
+LEAKS = (
+    SERVE
+    + """
+import openai
 
 KEPT = []
 
@@ -23,12 +37,7 @@ def server():
     async def models(request):
         return web.json_response({"object": "list", "data": []})
 
-    async def app():
-        a = web.Application()
-        a.router.add_get("/v1/models", models)
-        return a
-
-    s = ThreadedServer(app).start()
+    s = serve("/v1/models", models)
     yield s
     s.stop()
 
@@ -51,6 +60,7 @@ def test_a_raw_connection_left_open(server):
 def test_nothing_opened():
     pass
 """
+)
 
 
 def test_the_test_that_leaves_a_socket_open_fails_at_its_teardown(
@@ -75,14 +85,10 @@ def test_the_test_that_leaves_a_socket_open_fails_at_its_teardown(
     assert "test_an_sdk_client_closed" not in result.stdout.str().split("short test summary")[-1]
 
 
-MODULE_SERVER = """
-import socket
+MODULE_SERVER = (
+    SERVE
+    + """
 import threading
-
-import pytest
-from aiohttp import web
-
-from tests.fakes.threaded import ThreadedServer
 
 POOL = []  # connections the module's server keeps open between requests, as an upstream pool does
 _done = threading.Event()
@@ -101,12 +107,7 @@ def server():
         POOL.append(socket.create_connection(("127.0.0.1", s.port)))
         return web.Response(text="ok")
 
-    async def app():
-        a = web.Application()
-        a.router.add_get("/", pooled)
-        return a
-
-    s = ThreadedServer(app).start()
+    s = serve("/", pooled)
     yield s
     for c in POOL:
         c.close()
@@ -123,6 +124,7 @@ def test_a_request_that_makes_the_module_server_open_a_connection(server):
 def test_a_later_test_of_the_module(server):
     assert POOL and all(c.fileno() != -1 for c in POOL)  # the module's connections were left to it
 """
+)
 
 
 def test_a_module_fixtures_thread_is_its_own_even_with_a_reused_thread_ident(
