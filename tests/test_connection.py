@@ -260,7 +260,7 @@ async def test_a_client_still_sending_when_it_is_refused_reads_its_answer_whole(
             writer.write(b"zz\r\n")
         await writer.drain()
         await asyncio.sleep(0.1)  # answered and closed by now
-        await _keep_sending(writer, 0.5)
+        await _keep_sending(writer, 0.3)  # well within the worker's lingering time (1 s)
         reply = await _read_refusal(reader)
     finally:
         await close(writer)
