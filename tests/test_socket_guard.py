@@ -88,7 +88,9 @@ def test_the_test_that_leaves_a_socket_open_fails_at_its_teardown(
 MODULE_SERVER = (
     SERVE
     + """
+import os
 import threading
+import time
 
 POOL = []  # connections the module's server keeps open between requests, as an upstream pool does
 _done = threading.Event()
@@ -98,9 +100,13 @@ _earlier.start()
 
 @pytest.fixture(scope="module")
 def server():
-    # The earlier thread ends, and the server's thread, started next, takes over its ident.
+    # The earlier thread ends, and the server's thread, started next, takes over its ident: a thread's ident
+    # is where its stack is, which the next thread gets once the system thread is gone (some time after join).
     _done.set()
     _earlier.join()
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/self/task/{_earlier.native_id}") and time.monotonic() < deadline:
+        time.sleep(0.001)
     s = None
 
     async def pooled(request):
