@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.optimize.corpus import all_cases
@@ -82,8 +82,8 @@ def test_at_least_counts_the_words_between_spaces_and_tabs_and_adds_up_over_piec
 
 
 def test_at_least_splits_ascii_text_at_spaces_and_tabs_only() -> None:
-    """ASCII text whose only blanks are spaces and tabs is counted by `str.split`; any other ASCII blank (a line
-    break, a form feed, a file separator) joins the runs on either side into one word, as in other text."""
+    """ASCII text whose only blanks are spaces and tabs is counted in C (a byte table); any other ASCII blank (a
+    line break, a form feed, a file separator) joins the runs on either side into one word, as in other text."""
     for blank in map(chr, range(128)):
         for text in (f"a{blank}b", f"a {blank} b", f"{blank}a\tb{blank}"):
             words = text.replace("\t", " ").split(" ")
@@ -136,3 +136,13 @@ def test_count_joined_adds_up_runs_of_short_texts_and_remembered_long_ones() -> 
     assert tokens.remembered(parts[2]) == tokens.count(parts[2])
     assert tokens.count_joined(parts) == tokens.count(text)  # and again, from what it remembered
     tokens.forget_counts()
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.text(alphabet=st.sampled_from([*"ab1 .,:-_\t\n\r\v\f\x1c\x85\xa0é中"]), max_size=40))
+@example("a\x1cb")
+@example(" \t a b\t")
+def test_at_least_counts_the_words_between_spaces_and_tabs_whatever_the_text(text: str) -> None:
+    """The ASCII case counted in C and the general one count the same words."""
+    words = text.replace("\t", " ").split(" ")
+    assert tokens.at_least(text) == sum(1 for word in words if word and not word.isspace()), repr(text)

@@ -152,16 +152,12 @@ def count_remembered(text: str, encoding_name: str = "o200k_base") -> int:
     n = _recall(digest, encoding_name)
     if n is None:
         n = count(text, encoding_name)
-        _keep(digest, n, encoding_name)
+        with _remembered_lock:
+            known = _remembered.setdefault(encoding_name, OrderedDict())
+            known[digest] = n
+            if len(known) > _REMEMBERED_MAX:
+                known.popitem(last=False)  # the least recently used
     return n
-
-
-def _keep(digest: bytes, n: int, encoding_name: str) -> None:
-    with _remembered_lock:
-        known = _remembered.setdefault(encoding_name, OrderedDict())
-        known[digest] = n
-        if len(known) > _REMEMBERED_MAX:
-            known.popitem(last=False)  # the least recently used
 
 
 def _recall(digest: bytes, encoding_name: str) -> int | None:
@@ -215,11 +211,19 @@ def at_least(text: str) -> int:
     and slashes after it (`.\\n/` is one piece). A compressor that only needs to know that a marker is
     shorter than what it replaces compares `at_most(marker)` with `at_least(replaced)` before counting.
     """
-    if text.isascii() and not any(blank in text for blank in _OTHER_ASCII_BLANKS):
-        return len(text.split())  # blanks are spaces and tabs alone: the words are the runs between them
+    if text.isascii():
+        classes = text.encode().translate(_WORD_STARTS)
+        if b"\n" not in classes:
+            # Blanks are spaces and tabs alone: a word starts at each non-blank after a blank (or the start),
+            # and no two such pairs overlap, so one count in C finds them all (splitting builds every word).
+            return (b" " + classes).count(b" x")
     words = text.replace("\t", " ").split(" ")
     return len(words) - words.count("") - sum(map(str.isspace, words))  # counted in C, not word by word
 
 
-_OTHER_ASCII_BLANKS = ("\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x1f")
-"""The ASCII characters other than space and tab that `str.split()` splits at (`str.isspace`)."""
+_WORD_STARTS = bytes(
+    ord(" ") if chr(c) in " \t" else ord("\n") if c < 128 and chr(c).isspace() else ord("x")
+    for c in range(256)
+)
+"""For `at_least`: space and tab as a blank, the other ASCII characters `str.isspace` holds (which the
+general case tells apart) as a line break, anything else as part of a word."""

@@ -25,12 +25,10 @@ from tests.optimize.kinds._data import (
     orders,
 )
 from tests.optimize.kinds._equivalence import assert_matches_alike
-from worker import tokens
 from worker.optimize.base import Context
 from worker.optimize.kinds import KINDS, _detect, compress_tool_output, detect
 from worker.optimize.kinds._common import (
     _chunks,
-    _words,
     collapse_blank_lines,
     missing_facts,
     strip_trailing_ws,
@@ -357,12 +355,3 @@ def test_the_final_check_finds_missing_facts_as_searching_for_each_would() -> No
             rng.choice(words[:6]) + rng.choice(["", "0", ", 7"]) for _ in range(rng.choice([3, 40, 600]))
         ]
         assert missing_facts("", output, found) == [fact for fact in found if fact not in output]
-
-
-@settings(max_examples=1000, deadline=None)
-@given(st.text(alphabet=st.sampled_from([*"ab1 .,:-_\t\n\r\v\f\x1c\x85\xa0é中"]), max_size=40))
-@example("a\x1cb")
-@example(" \t a b\t")
-def test_worth_folding_counts_the_words_tokens_at_least_counts(text: str) -> None:
-    """`_words` counts in C what `tokens.at_least` counts by splitting."""
-    assert _words(text) == tokens.at_least(text), repr(text)

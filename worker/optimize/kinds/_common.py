@@ -50,12 +50,6 @@ _PUNCTUATION_RUNS = bytes(
     ord("\n") if chr(c) in "\r\n" else ord(" ") if chr(c).isalnum() or chr(c) in " \t\v\f" else ord(".")
     for c in range(256)
 )
-# For `_words`: a blank `tokens.at_least` cuts words at (space, tab) as a blank, the other ASCII characters
-# `str.split` cuts at as a line break, anything else as a letter.
-_WORD_STARTS = bytes(
-    ord(" ") if chr(c) in " \t" else ord("\n") if c < 128 and chr(c).isspace() else ord("x")
-    for c in range(256)
-)
 _SEARCHED_FACTS_MAX = 512
 """`missing_facts` searches for at most this many facts as text instead of scanning the output for facts."""
 _LISTED_FACTS_MIN = 32
@@ -266,7 +260,7 @@ def worth_folding(marker_text: str, dropped: Sequence[str], counted: dict[str, i
     # A marker whose bytes are few next to the words it replaces is worth it without counting either (joined
     # by line breaks, the last word of a piece and the first of the next may make one word). Joined by a
     # space, the pieces have exactly their words, counted in one call.
-    words = _words(" ".join(dropped)) - (len(dropped) - 1)
+    words = tokens.at_least(" ".join(dropped)) - (len(dropped) - 1)
     if tokens.at_most(marker_text) <= FOLD_RATIO * words:
         return True
     # A marker is short: counting it is cheap, unlike the dropped pieces.
@@ -285,17 +279,6 @@ def worth_folding(marker_text: str, dropped: Sequence[str], counted: dict[str, i
         if k < len(dropped) and _within(marker_tokens, "\n".join(dropped[:k]), k):
             return True
     return _within(marker_tokens, "\n".join(dropped), 0)
-
-
-def _words(text: str) -> int:
-    """`tokens.at_least(text)`, counted in C for an ASCII text whose blanks are spaces and tabs: each word
-    starts at a letter after a blank (or the text's start), and no two such pairs overlap, so `bytes.count`
-    counts them all (`str.split` would build every word)."""
-    if text.isascii():
-        classes = text.encode().translate(_WORD_STARTS)
-        if b"\n" not in classes:
-            return (b" " + classes).count(b" x")
-    return tokens.at_least(text)
 
 
 def _within(marker_tokens: int, text: str, seams: int) -> bool:
