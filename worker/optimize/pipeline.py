@@ -266,16 +266,20 @@ def optimize(fmt: Format, body: dict[str, Any], options: Options) -> Report:
     original += estimated
     report = Report(mode=options.mode, original_tokens=original, optimized_tokens=original, time_ms=0.0)
     undo: list[tuple[Segment, str]] = []
+    optimized = 0
     try:
         _compact(found, options, report, undo)
+        if undo and parts is None:  # counted alongside: the request as forwarded, by parts (`count_joined`)
+            # Counted before the counting thread's result is asked for: a thread done encoding needs the GIL
+            # back to return its count, and gets it while this one encodes (tiktoken lets it go), instead of
+            # being woken for it, and waking this one in turn, once this one waits.
+            forwarded, estimated = _billed_parts(fmt, body)
+            optimized = tokens.count_joined(forwarded, options.encoding) + estimated
     finally:
         if pending is not None:
             original = report.original_tokens = report.optimized_tokens = original + pending.result()
     if undo:
-        if parts is None:  # counted alongside: the request as forwarded, by parts (`tokens.count_joined`)
-            forwarded, estimated = _billed_parts(fmt, body)
-            optimized = tokens.count_joined(forwarded, options.encoding) + estimated
-        else:
+        if parts is not None:
             optimized = _recount(fmt, body, options.encoding, parts)
         if optimized >= original:  # shorter text is almost always fewer tokens; if not, forward the original
             for seg, old in reversed(undo):
