@@ -1185,6 +1185,8 @@ class StreamEncoder:
             if self._started:
                 return b""
             self._start_usage = ev.usage
+            if ev.model:  # the model the upstream named, as a JSON answer gives it
+                self._model = ev.model
             return self._message_start(ev.id)
         if isinstance(ev, StreamFinish):
             self._finish = ev

@@ -1282,6 +1282,8 @@ class StreamEncoder:
         if isinstance(event, StreamStart):
             if self._id is None:
                 self._id = _chat_id(event.id)
+            if event.model and not self._started:  # the model the upstream named, as a JSON answer gives it
+                self._model = event.model
             if event.usage is not None:
                 self._usage = event.usage
             return b"" if self._started else self._chunk(None)

@@ -810,6 +810,8 @@ class StreamEncoder:
         if isinstance(event, StreamStart):
             if event.usage is not None:
                 self._merge_usage(event.usage)
+            if event.model and not self._started:  # the model the upstream named, as a JSON answer gives it
+                self._model = event.model
             # A second start (or one after content already opened the response) adds nothing for the client.
             return b"" if self._started else self._start(event.id)
         out = b"" if self._started else self._start("")

@@ -234,7 +234,7 @@ def test_responses_to_anthropic(gateway: GatewaySetup) -> None:
     tools = [
         {"type": "function", "name": "get_weather", "parameters": WEATHER_TOOL["function"]["parameters"]}
     ]  # type: ignore[index]
-    with client.responses.stream(model=CLAUDE, input="weather?", tools=tools) as stream:  # type: ignore[arg-type]
+    with client.responses.stream(model=CLAUDE, input="weather?", tools=tools) as stream:
         final = stream.get_final_response()
     calls = [item for item in final.output if item.type == "function_call"]
     assert len(calls) == 2 and all(json.loads(c.arguments) for c in calls)
@@ -391,3 +391,28 @@ def test_a_finished_stream_that_ends_without_its_terminator_is_complete_in_every
     assert chunks[-1].choices[0].finish_reason == "stop"
     event = wait_final(gateway, event_id)
     assert event["outcome"] == "completed" and event["billed"]["output_tokens"] == 19
+
+
+def test_a_translated_answer_names_the_model_the_upstream_answered_with_streaming_or_not(
+    gateway: GatewaySetup,
+) -> None:
+    """A JSON answer carries the model the upstream named (a dated snapshot of the alias asked for); a
+    stream translated into another format names the same one, not the alias."""
+    openai_client, anthropic_client = gateway.openai(), gateway.anthropic()
+    claude = fixture_json("anthropic/message_text.json")["model"]
+    gpt = fixture_json("openai/chat_text.json")["model"]
+    assert claude != CLAUDE and gpt != "gpt-4o-mini"  # else the test could not tell them apart
+
+    ask = [{"role": "user", "content": "hi"}]
+    assert openai_client.chat.completions.create(model=CLAUDE, messages=ask).model == claude
+    chunks = list(openai_client.chat.completions.create(model=CLAUDE, messages=ask, stream=True))
+    assert chunks and {c.model for c in chunks} == {claude}
+
+    assert openai_client.responses.create(model=CLAUDE, input="hi").model == claude
+    with openai_client.responses.stream(model=CLAUDE, input="hi") as rstream:
+        assert rstream.get_final_response().model == claude
+
+    message = anthropic_client.messages.create(model="gpt-4o-mini", max_tokens=50, messages=ask)
+    assert message.model == gpt
+    with anthropic_client.messages.stream(model="gpt-4o-mini", max_tokens=50, messages=ask) as mstream:
+        assert mstream.get_final_message().model == gpt
