@@ -354,6 +354,15 @@ def test_upstream_unreachable_is_502(make_worker, fake_upstream) -> None:  # typ
             model="gpt-4o-mini", messages=MESSAGES, extra_headers={"X-Upstream-Api-Key": "sk-x"}
         )
     assert err.value.status_code == 502 and err.value.code == "upstream_unreachable"
+    # Every route names the failure alike: embeddings go through another forwarding path.
+    with (
+        openai.OpenAI(api_key=token, base_url=w.url + "/v1", max_retries=0) as client,
+        pytest.raises(openai.APIStatusError) as err,
+    ):
+        client.embeddings.create(
+            model="text-embedding-3-small", input="x", extra_headers={"X-Upstream-Api-Key": "sk-x"}
+        )
+    assert err.value.status_code == 502 and err.value.code == "upstream_unreachable"
 
 
 @pytest.mark.parametrize(

@@ -2059,7 +2059,10 @@ async def forward_json(
             status = 504 if exc.kind == "timeout" else 502
             _finish_usage(gw, acct, status, "upstream_failed", None)
             raise UpstreamError(
-                f"Upstream {route.provider} unavailable: {exc}", status=status, headers=out_headers
+                f"Upstream {route.provider} unavailable: {exc}",
+                status=status,
+                code="upstream_timeout" if exc.kind == "timeout" else "upstream_unreachable",
+                headers=out_headers,
             ) from exc
         wait = _retry_wait(gw, tries, deadline, upstream) if upstream.status in _RETRYABLE else None
         if wait is None:
