@@ -39,6 +39,7 @@ from .optimize.segments import detect_format
 from .optimizing import compression_object, resolve_options, validate_payload
 from .quotas import parse_quota_plans
 from .server import run
+from .tokens import preload
 from .vault import MASTER_KEY_NAME, Vault, VaultError, ensure_master_key
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -408,6 +409,7 @@ def _compress_command(args: argparse.Namespace, config: Config) -> int:
     except GatewayError as exc:
         print(f"trex compress: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
+    preload(options.encoding)  # loaded first: the time reported is the engine's, not the tokenizer's load
     report = optimize(fmt, body, options)
     body["compression"] = compression_object(report)
     if args.json:
