@@ -1112,7 +1112,7 @@ def test_stream_encoder_round_trips_fixture(name: str) -> None:
     got = accumulate(raw)
     assert _comparable(got) == _comparable(expected)
     assert got.id == expected.id
-    assert got.model == "claude-client-name"
+    assert got.model == expected.model  # the model the upstream named, over the encoder's own
     # And through the SDK's public streaming API end to end.
     assert _comparable(sdk_stream_final(raw)) == _comparable(expected)
 
@@ -1152,6 +1152,11 @@ def openai_like_events() -> list[StreamEvent]:
     ]
 
 
+def test_stream_encoder_names_its_own_model_when_the_upstream_names_none() -> None:
+    events = [StreamStart("chatcmpl-9x", ""), *openai_like_events()[1:]]
+    assert accumulate(encode_stream(events, model="claude-alias")).model == "claude-alias"
+
+
 def test_stream_encoder_from_openai_like_source() -> None:
     raw = encode_stream(openai_like_events(), model="claude-alias")
     payloads = assert_anthropic_stream_shape(raw)
@@ -1169,7 +1174,7 @@ def test_stream_encoder_from_openai_like_source() -> None:
     }
     for final in (accumulate(raw), sdk_stream_final(raw)):
         assert final.id == "msg_chatcmpl-9x"
-        assert final.model == "claude-alias"
+        assert final.model == "gpt-4o-mini"  # what the upstream named
         assert final.stop_reason == "tool_use"
         text, call_a, call_b = final.content
         assert text.type == "text" and text.text == "Checking both."

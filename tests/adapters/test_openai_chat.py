@@ -1130,7 +1130,8 @@ def test_encoder_output_rebuilds_the_upstream_completion_in_the_sdk(fixture: str
     ours = accumulate(chunks)
 
     assert len({c.id for c in chunks}) == 1 and chunks[0].id.startswith("chatcmpl-")
-    assert all(c.model == "my-model" and c.created == 1700000000 for c in chunks)
+    # The model the upstream named in its chunks, over the encoder's own ("my-model").
+    assert all(c.model == upstream.model and c.created == 1700000000 for c in chunks)
     assert all(d["object"] == "chat.completion.chunk" and d["system_fingerprint"] is None for d in dicts)
     assert dicts[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert all("usage" in d for d in dicts) and all(d["usage"] is None for d in dicts[:-1])

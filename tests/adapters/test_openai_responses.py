@@ -757,9 +757,10 @@ def test_encode_echoes_request_settings() -> None:
 # --------------------------------------------------------------------------- StreamEncoder
 
 
-def text_stream(deltas: Sequence[str], usage: Usage) -> list[StreamEvent]:
+def text_stream(deltas: Sequence[str], usage: Usage, model: str = "") -> list[StreamEvent]:
+    """A text answer's events; `model`: the one the upstream names (none: the encoder names its own)."""
     return [
-        StreamStart(id="chatcmpl-1", model="x"),
+        StreamStart(id="chatcmpl-1", model=model),
         TextStart(0),
         *(TextDelta(0, d) for d in deltas),
         BlockStop(0),
@@ -773,8 +774,10 @@ def test_text_stream_matches_the_recorded_stream() -> None:
     recorded = fixture_events("responses_text.sse")
     deltas = [e["delta"] for e in recorded if e["type"] == "response.output_text.delta"]
     model = recorded[0]["response"]["model"]
+    _, parsed = encode_stream(text_stream(deltas, Usage(18, 13), model=model), model="gpt-4o-mini")
+    assert normalize(parsed) == normalize(recorded)  # named as the upstream named it
     _, parsed = encode_stream(text_stream(deltas, Usage(18, 13)), model=model)
-    assert normalize(parsed) == normalize(recorded)
+    assert normalize(parsed) == normalize(recorded)  # the upstream named none: the encoder's own
 
 
 def test_function_call_stream_matches_the_recorded_stream() -> None:
@@ -782,7 +785,7 @@ def test_function_call_stream_matches_the_recorded_stream() -> None:
     added = recorded[2]["item"]
     deltas = [e["delta"] for e in recorded if e["type"] == "response.function_call_arguments.delta"]
     events: list[StreamEvent] = [
-        StreamStart(id="x", model="x"),
+        StreamStart(id="x", model=recorded[0]["response"]["model"]),
         ToolCallStart(0, id=added["call_id"], name=added["name"]),
         *(ToolCallDelta(0, d) for d in deltas),
         BlockStop(0),
@@ -791,7 +794,7 @@ def test_function_call_stream_matches_the_recorded_stream() -> None:
         StreamEnd(),
     ]
     request = {"tools": recorded[0]["response"]["tools"]}
-    _, parsed = encode_stream(events, request=request, model=recorded[0]["response"]["model"])
+    _, parsed = encode_stream(events, request=request, model="an-alias")
     assert normalize(parsed) == normalize(recorded)
 
 
