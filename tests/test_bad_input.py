@@ -117,6 +117,39 @@ def test_json_nested_too_deeply_and_a_body_that_is_not_what_its_encoding_says_ar
         packed = gzip.compress(b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}')
         resp = client.post("/v1/chat/completions", content=packed, headers={"Content-Encoding": "gzip"})
         assert resp.status_code == 200, resp.text
+        # The message names the coding, not aiohttp's rendering of its exception (`400, message: …`).
+        resp = client.post(
+            "/v1/chat/completions", content=b"not deflate", headers={"Content-Encoding": "deflate"}
+        )
+        error = _openai_error(resp, 400)
+        assert error["code"] == "invalid_body" and error["message"] == (
+            "The request body cannot be decoded as its Content-Encoding (deflate) says."
+        )
+
+
+@pytest.mark.parametrize("coding", ["br", "zstd"])
+def test_a_content_coding_the_worker_cannot_decode_is_a_415_in_the_routes_shape(
+    gateway: GatewaySetup, coding: str
+) -> None:
+    """Not a 400 telling the client to install a Python module: the coding is named as unsupported, and the
+    ones that are supported are named too."""
+    auth = {"Authorization": f"Bearer {gateway.key}", "Content-Type": "application/json"}
+    before = len(gateway.fake.received)
+    with _Client(base_url=gateway.worker.url, headers=auth) as client:
+        resp = client.post("/v1/chat/completions", json=CHAT, headers={"Content-Encoding": coding})
+        error = _openai_error(resp, 415)
+        assert error["code"] == "unsupported_content_encoding"
+        assert error["message"] == (
+            f"Content-Encoding {coding} is not supported: send the body uncompressed, or gzip or deflate encoded."
+        )
+        resp = client.post(
+            "/v1/messages", json={**CHAT, "max_tokens": 5}, headers={"Content-Encoding": coding}
+        )
+        assert resp.status_code == 415 and resp.json()["type"] == "error"
+        assert resp.json()["error"]["message"].startswith(f"Content-Encoding {coding} is not supported")
+    with _Client(base_url=gateway.worker.url, headers=auth) as client:
+        assert client.get("/health").status_code == 200
+    assert len(gateway.fake.received) == before
 
 
 @pytest.mark.parametrize("header", ["Authorization", "x-api-key"])

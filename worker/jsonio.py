@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import msgspec
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from .appkeys import CONFIG
@@ -30,7 +31,13 @@ async def read_body(request: web.Request) -> bytes:
     except BodyRefused as exc:  # the connection gave up on the body (its framing is broken)
         raise exc.error from None
     except RequestPayloadError as exc:  # e.g. `Content-Encoding: gzip` on a body that is not gzip
-        raise InvalidRequestError(f"Cannot read the request body: {exc}", code="invalid_body") from None
+        cause, coding = exc.__cause__, request.headers.get(hdrs.CONTENT_ENCODING)
+        if coding and isinstance(cause, ContentEncodingError):
+            message = f"The request body cannot be decoded as its Content-Encoding ({coding}) says."
+        else:  # aiohttp's description, not the exception's `400, message: …` rendering
+            detail = cause.message if isinstance(cause, HttpProcessingError) else str(exc)
+            message = f"Cannot read the request body: {detail}"
+        raise InvalidRequestError(message, code="invalid_body") from None
 
 
 async def read_json(request: web.Request) -> Any:

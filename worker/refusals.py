@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError, LineTooLong
 
 from .errors import (
     ErrorFormat,
@@ -31,6 +31,8 @@ _MAX_DESCRIPTION = 200
 _DEFAULT_LIMIT = 8190  # aiohttp's max_line_size and max_field_size
 _HEADERS_TOO_LARGE = "request_headers_too_large"
 _MALFORMED = "malformed_request"
+# aiohttp names a coding it cannot decode by its library and its token: `brotli (br)`, `zstandard (zstd)`.
+_CODING = re.compile(r"\((\w+)\)")
 
 
 class HeadTimeout(HttpProcessingError):
@@ -83,6 +85,16 @@ def refusal(exc: HttpProcessingError, head: bytes = b"", *, in_body: bool = Fals
             )
         return InvalidRequestError(
             f"The request line is longer than {limit} bytes.", code="uri_too_long", status=414
+        )
+    if isinstance(exc, ContentEncodingError) and not in_body:
+        # Found in the head: a coding this worker has no decoder for (a body that is not what its coding
+        # says is found while it is read: see `jsonio.read_body`).
+        named = _CODING.search(exc.message)
+        coding = f"Content-Encoding {named.group(1)}" if named else "The request's Content-Encoding"
+        return InvalidRequestError(
+            f"{coding} is not supported: send the body uncompressed, or gzip or deflate encoded.",
+            code="unsupported_content_encoding",
+            status=415,
         )
     description = describe(exc)
     if description.endswith("overflow"):  # a Content-Length or chunk size no body limit could allow
