@@ -234,7 +234,7 @@ def test_responses_to_anthropic(gateway: GatewaySetup) -> None:
     tools = [
         {"type": "function", "name": "get_weather", "parameters": WEATHER_TOOL["function"]["parameters"]}
     ]  # type: ignore[index]
-    with client.responses.stream(model=CLAUDE, input="weather?", tools=tools) as stream:
+    with client.responses.stream(model=CLAUDE, input="weather?", tools=tools) as stream:  # type: ignore[arg-type]
         final = stream.get_final_response()
     calls = [item for item in final.output if item.type == "function_call"]
     assert len(calls) == 2 and all(json.loads(c.arguments) for c in calls)

@@ -13,7 +13,6 @@ from aiohttp.web_protocol import RequestPayloadError
 from .appkeys import CONFIG
 from .connection import BodyRefused
 from .errors import InvalidRequestError, PayloadTooLargeError
-from .logs import scrub
 
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
@@ -34,8 +33,8 @@ async def read_body(request: web.Request) -> bytes:
     except RequestPayloadError as exc:  # e.g. `Content-Encoding: gzip` on a body that is not gzip
         cause, coding = exc.__cause__, request.headers.get(hdrs.CONTENT_ENCODING)
         if coding and isinstance(cause, ContentEncodingError):
-            named = scrub(coding)[:64]  # echoed, but never a credential pasted into it, nor a long value
-            message = f"The request body cannot be decoded as its Content-Encoding ({named}) says."
+            # aiohttp decodes a body only when the header is one of its codings: the value is that token.
+            message = f"The request body cannot be decoded as its Content-Encoding ({coding}) says."
         else:  # aiohttp's description, not the exception's `400, message: …` rendering
             detail = cause.message if isinstance(cause, HttpProcessingError) else str(exc)
             message = f"Cannot read the request body: {detail}"
