@@ -164,6 +164,18 @@ async def authenticate(request: web.Request, gw: Gateway) -> KeyRecord:
     return key
 
 
+def unavailable(provider: str, exc: UpstreamUnavailable, headers: dict[str, str]) -> UpstreamError:
+    """What a client is told of an upstream it could not be sent to, or that did not answer in time: a 502
+    `upstream_unreachable` or a 504 `upstream_timeout`, whichever route it called."""
+    timed_out = exc.kind == "timeout"
+    return UpstreamError(
+        f"Upstream {provider} unavailable: {exc}",
+        status=504 if timed_out else 502,
+        code="upstream_timeout" if timed_out else "upstream_unreachable",
+        headers=headers,
+    )
+
+
 async def proxy(
     request: web.Request, gw: Gateway, key: KeyRecord, fmt: InboundFormat, body: dict[str, Any], raw: bytes
 ) -> web.StreamResponse:
@@ -480,12 +492,7 @@ async def proxy(
             assert failure is not None
             _record_attempts(gw, acct, attempts, cand)
             _finish_usage(gw, acct, status, "upstream_failed", None)
-            raise UpstreamError(
-                f"Upstream {cand.provider} unavailable: {failure}",
-                status=status,
-                code="upstream_timeout" if failure.kind == "timeout" else "upstream_unreachable",
-                headers=out_headers,
-            ) from failure
+            raise unavailable(cand.provider, failure, out_headers) from failure
         if head is not None and resp is not None:
             resp.close()  # a failed stream is not read to its end
         elif resp is not None:
@@ -2056,14 +2063,9 @@ async def forward_json(
                 tries += 1
                 await asyncio.sleep(wait)
                 continue
-            status = 504 if exc.kind == "timeout" else 502
-            _finish_usage(gw, acct, status, "upstream_failed", None)
-            raise UpstreamError(
-                f"Upstream {route.provider} unavailable: {exc}",
-                status=status,
-                code="upstream_timeout" if exc.kind == "timeout" else "upstream_unreachable",
-                headers=out_headers,
-            ) from exc
+            error = unavailable(route.provider, exc, out_headers)
+            _finish_usage(gw, acct, error.status, "upstream_failed", None)
+            raise error from exc
         wait = _retry_wait(gw, tries, deadline, upstream) if upstream.status in _RETRYABLE else None
         if wait is None:
             break

@@ -47,6 +47,7 @@ from ..proxy import (
     _write,
     authenticate,
     provider_key,
+    unavailable,
 )
 from ..stored_owners import ID_RE, Kind, forget, made_by, not_found, previous_not_found
 
@@ -79,13 +80,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
     try:
         upstream = await gw.upstream.request("openai", request.method, url, body or None, headers)
     except UpstreamUnavailable as exc:
-        timed_out = exc.kind == "timeout"
-        raise UpstreamError(
-            f"Upstream openai unavailable: {exc}",
-            status=504 if timed_out else 502,
-            code="upstream_timeout" if timed_out else "upstream_unreachable",
-            headers=out_headers,
-        ) from exc
+        raise unavailable("openai", exc, out_headers) from exc
     try:
         out_headers.update(_forwarded_headers(upstream.headers))
         if upstream.status >= 400:
